@@ -1,0 +1,1 @@
+//! IP/ICMP packets carried in datagrams (placeholder until the ICMP module lands).

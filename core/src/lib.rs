@@ -1,0 +1,10 @@
+//! burrow-core: the sans-IO heart of burrow, a Cloudflare Tunnel transport.
+//!
+//! Nothing in this crate touches sockets, clocks, threads or an async runtime. Codecs decode in
+//! place over borrowed slices and encode into caller-provided buffers.
+
+pub mod datagram;
+pub mod icmp;
+pub mod rpc;
+pub mod schema;
+pub mod stream;

@@ -1,0 +1,1 @@
+//! Generated Cap'n Proto code (placeholder until the schemas land).

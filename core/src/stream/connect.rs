@@ -1,0 +1,1 @@
+//! ConnectRequest / ConnectResponse (placeholder until the capnp codecs land).

@@ -1,0 +1,5 @@
+//! What travels on QUIC streams: the preambles that tell data streams from RPC streams, and the
+//! `ConnectRequest` / `ConnectResponse` that open a data stream.
+
+pub mod connect;
+pub mod preamble;
