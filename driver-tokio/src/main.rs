@@ -1,1 +1,38 @@
-fn main() {}
+//! `burrow`: the Cloudflare Tunnel transport daemon (tokio driver around burrow-core).
+
+mod decode;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// burrow: a fast, small Cloudflare Tunnel transport.
+#[derive(Debug, Parser)]
+#[command(name = "burrow", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Decode captured tunnel bytes (hex) and print one JSON object per input (JSON Lines).
+    ///
+    /// With HEX arguments each is decoded; with none, one hex string per line is read from
+    /// standard input (blank lines are skipped). A malformed input prints {"error": "..."} on
+    /// its line and decoding goes on; the exit status is 1 if any input failed.
+    Decode {
+        /// What the bytes are.
+        #[arg(value_enum)]
+        kind: decode::Kind,
+        /// Hex strings to decode (whitespace, ':' and a leading 0x are ignored).
+        hex: Vec<String>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Decode { kind, hex } => decode::run(kind, hex),
+    }
+}

@@ -100,7 +100,10 @@ vector_file!(
 pub fn all() -> Vec<(&'static str, VectorFile)> {
     vec![
         ("v3_datagrams.json", v3_datagrams()),
-        ("v3_decode_cloudflared_behaviour.json", v3_decode_behaviour()),
+        (
+            "v3_decode_cloudflared_behaviour.json",
+            v3_decode_behaviour(),
+        ),
         ("v2_datagrams.json", v2_datagrams()),
         ("connect_stream.json", connect_stream()),
         ("control_stream.json", control_stream()),

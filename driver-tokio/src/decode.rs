@@ -1,0 +1,148 @@
+//! `burrow decode`: the capture inspector. Presentation only; every decision about the bytes is
+//! burrow-core's.
+
+use std::io::{self, BufRead, Write};
+use std::process::ExitCode;
+
+use burrow_core::datagram::{v2, v3};
+use serde_json::{json, Value};
+
+/// Kinds of bytes the inspector understands.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Kind {
+    /// Datagram v3 (type byte first).
+    V3,
+    /// Datagram v2 (type byte last).
+    V2,
+    /// Data-stream preamble + ConnectRequest, as the edge sends it.
+    ConnectRequest,
+    /// Data-stream preamble + ConnectResponse, as the connector sends it.
+    ConnectResponse,
+    /// An IPv4/IPv6 ICMP packet.
+    Icmp,
+}
+
+/// Decodes every input and prints JSON Lines; exit status 1 if any input failed.
+pub fn run(kind: Kind, args: Vec<String>) -> ExitCode {
+    let stdout = io::stdout();
+    let mut out = stdout.lock();
+    let mut failed = false;
+    let mut emit = |line: &str| -> io::Result<()> {
+        let v = decode_line(kind, line).unwrap_or_else(|e| {
+            failed = true;
+            json!({ "error": e })
+        });
+        writeln!(out, "{v}")
+    };
+    let result = if args.is_empty() {
+        io::stdin().lock().lines().try_for_each(|line| match line {
+            Ok(l) if l.trim().is_empty() => Ok(()),
+            Ok(l) => emit(&l),
+            Err(e) => Err(e),
+        })
+    } else {
+        args.iter().try_for_each(|a| emit(a))
+    };
+    match result {
+        // A closed pipe (e.g. `| head`) is the reader's choice, not a failure to report.
+        Err(e) if e.kind() != io::ErrorKind::BrokenPipe => {
+            eprintln!("burrow decode: {e}");
+            ExitCode::FAILURE
+        }
+        _ if failed => ExitCode::FAILURE,
+        _ => ExitCode::SUCCESS,
+    }
+}
+
+/// Parses hex leniently: whitespace, ':' separators and a leading `0x` are ignored.
+fn parse_hex(s: &str) -> Result<Vec<u8>, String> {
+    let s = s.trim();
+    let s = s
+        .strip_prefix("0x")
+        .or_else(|| s.strip_prefix("0X"))
+        .unwrap_or(s);
+    let clean: String = s
+        .chars()
+        .filter(|c| !c.is_ascii_whitespace() && *c != ':')
+        .collect();
+    hex::decode(&clean).map_err(|e| format!("invalid hex: {e}"))
+}
+
+/// One input line to its JSON form, or the reason it could not be decoded.
+fn decode_line(kind: Kind, line: &str) -> Result<Value, String> {
+    let bytes = parse_hex(line)?;
+    match kind {
+        Kind::V3 => v3_json(&bytes),
+        Kind::V2 => v2_json(&bytes),
+        Kind::ConnectRequest => connect_request_json(&bytes),
+        Kind::ConnectResponse => connect_response_json(&bytes),
+        Kind::Icmp => icmp_json(&bytes),
+    }
+}
+
+fn v3_json(bytes: &[u8]) -> Result<Value, String> {
+    Ok(match v3::decode(bytes).map_err(|e| e.to_string())? {
+        v3::Datagram::Registration(r) => json!({
+            "type": "registration",
+            "request_id": r.request_id.to_string(),
+            "dest": r.dest.to_string(),
+            "traced": r.traced,
+            "idle_hint_secs": r.idle_hint_secs,
+            "payload_hex": hex::encode(r.payload),
+        }),
+        v3::Datagram::Payload(p) => json!({
+            "type": "payload",
+            "request_id": p.request_id.to_string(),
+            "payload_hex": hex::encode(p.payload),
+        }),
+        v3::Datagram::RegistrationResponse(r) => json!({
+            "type": "registration_response",
+            "request_id": r.request_id.to_string(),
+            "response_type": r.code.to_u8(),
+            "error_msg": r.error_msg,
+        }),
+        v3::Datagram::Icmp(i) => json!({
+            "type": "icmp",
+            "packet_hex": hex::encode(i.packet),
+        }),
+    })
+}
+
+fn v2_json(bytes: &[u8]) -> Result<Value, String> {
+    Ok(match v2::decode(bytes).map_err(|e| e.to_string())? {
+        v2::Datagram::Udp {
+            session_id,
+            payload,
+        } => json!({
+            "type": "udp",
+            "session_id": session_id.to_string(),
+            "payload_hex": hex::encode(payload),
+        }),
+        v2::Datagram::Ip { packet } => json!({
+            "type": "ip",
+            "packet_hex": hex::encode(packet),
+        }),
+        v2::Datagram::IpWithTrace { packet, identity } => json!({
+            "type": "ip_with_trace",
+            "packet_hex": hex::encode(packet),
+            "tracing_identity": identity.to_string(),
+        }),
+        v2::Datagram::TracingSpan { spans, identity } => json!({
+            "type": "tracing_span",
+            "spans_hex": hex::encode(spans),
+            "tracing_identity": identity.to_string(),
+        }),
+    })
+}
+
+fn connect_request_json(_bytes: &[u8]) -> Result<Value, String> {
+    Err("connect-request: pending".into())
+}
+
+fn connect_response_json(_bytes: &[u8]) -> Result<Value, String> {
+    Err("connect-response: pending".into())
+}
+
+fn icmp_json(_bytes: &[u8]) -> Result<Value, String> {
+    Err("icmp: pending".into())
+}
