@@ -5,6 +5,7 @@ use std::io::{self, BufRead, Write};
 use std::process::ExitCode;
 
 use burrow_core::datagram::{v2, v3};
+use burrow_core::icmp;
 use serde_json::{json, Value};
 
 /// Kinds of bytes the inspector understands.
@@ -143,6 +144,43 @@ fn connect_response_json(_bytes: &[u8]) -> Result<Value, String> {
     Err("connect-response: pending".into())
 }
 
-fn icmp_json(_bytes: &[u8]) -> Result<Value, String> {
-    Err("icmp: pending".into())
+fn icmp_json(bytes: &[u8]) -> Result<Value, String> {
+    let p = icmp::parse(bytes).map_err(|e| e.to_string())?;
+    let mut v = json!({
+        "version": match p.version() { icmp::IpVersion::V4 => 4, icmp::IpVersion::V6 => 6 },
+        "src": p.src().to_string(),
+        "dst": p.dst().to_string(),
+        "ttl": p.ttl(),
+        "protocol": p.protocol(),
+        "icmp_type": p.icmp_type(),
+        "code": p.code(),
+        "checksum": p.checksum(),
+    });
+    let (message, extra) = match p.message() {
+        icmp::IcmpMessage::EchoRequest { id, seq, data } => (
+            "echo_request",
+            json!({ "echo_id": id, "seq": seq, "data_hex": hex::encode(data) }),
+        ),
+        icmp::IcmpMessage::EchoReply { id, seq, data } => (
+            "echo_reply",
+            json!({ "echo_id": id, "seq": seq, "data_hex": hex::encode(data) }),
+        ),
+        icmp::IcmpMessage::TimeExceeded { original, .. } => (
+            "time_exceeded",
+            json!({ "quoted_hex": hex::encode(original) }),
+        ),
+        icmp::IcmpMessage::DestinationUnreachable { original, .. } => (
+            "destination_unreachable",
+            json!({ "quoted_hex": hex::encode(original) }),
+        ),
+        icmp::IcmpMessage::Other { body, .. } => {
+            ("other", json!({ "body_hex": hex::encode(body) }))
+        }
+    };
+    let obj = v.as_object_mut().expect("built as an object");
+    obj.insert("message".into(), message.into());
+    if let Value::Object(extra) = extra {
+        obj.extend(extra);
+    }
+    Ok(v)
 }

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use burrow_testvectors::{v2_datagrams, v3_datagrams};
+use burrow_testvectors::{icmp, v2_datagrams, v3_datagrams};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -85,6 +85,35 @@ fn stdin_lines_decode_in_order_and_bad_lines_do_not_stop_the_rest() {
     assert!(lines[1]["error"].as_str().unwrap().contains("invalid hex"));
     assert_eq!(lines[2]["error"], "IP datagram carries no packet");
     assert_eq!(lines[3]["type"], "ip");
+}
+
+#[test]
+fn icmp_echo_vectors_show_their_fields() {
+    let file = icmp();
+    let echoes: Vec<_> = file
+        .vectors
+        .iter()
+        .filter(|v| v.kind == "icmp.encode")
+        .collect();
+    assert_eq!(echoes.len(), 2);
+    for v in echoes {
+        let out = burrow(&["decode", "icmp", v.hex.as_deref().unwrap()], None);
+        assert!(out.status.success(), "{}", v.name);
+        let got = &json_lines(&out)[0];
+        assert_eq!(got["message"], "echo_request", "{}", v.name);
+        assert_eq!(got["src"], v.fields["src"], "{}", v.name);
+        assert_eq!(got["dst"], v.fields["dst"], "{}", v.name);
+        assert_eq!(got["echo_id"], v.fields["echo_id"], "{}", v.name);
+        assert_eq!(got["seq"], v.fields["seq"], "{}", v.name);
+        let ttl = v.fields.get("ttl").or(v.fields.get("hop_limit")).unwrap();
+        assert_eq!(&got["ttl"], ttl, "{}", v.name);
+        assert_eq!(
+            got["data_hex"],
+            hex::encode(v.str_field("data")),
+            "{}",
+            v.name
+        );
+    }
 }
 
 #[test]
