@@ -5,6 +5,7 @@
 
 pub mod datagram;
 pub mod icmp;
+pub mod quic;
 pub mod rpc;
 pub mod schema;
 pub mod stream;

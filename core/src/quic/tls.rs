@@ -1,0 +1,113 @@
+//! TLS for tunnel connections: TLS 1.3 only, ALPN `argotunnel`, post-quantum key exchange.
+//!
+//! cloudflared offers `X25519MLKEM768` first with a classical fallback (P-256), or, in strict
+//! mode (`--post-quantum`), post-quantum groups only. We offer `X25519MLKEM768`, then X25519 and
+//! P-256 in prefer mode, and `X25519MLKEM768` alone in strict mode. Certificates are verified
+//! against the roots the caller gives; reading system roots or a CA file is the driver's job.
+
+use std::sync::Arc;
+
+use quinn_proto::crypto::rustls::{QuicClientConfig, QuicServerConfig};
+use rustls::crypto::{aws_lc_rs, CryptoProvider};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::RootCertStore;
+use thiserror::Error;
+
+use super::ALPN;
+
+/// Which key-exchange groups to offer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum PostQuantum {
+    /// Post-quantum first, classical groups as fallback (cloudflared's default).
+    #[default]
+    Prefer,
+    /// Post-quantum only; a peer without it fails the handshake.
+    Strict,
+}
+
+/// TLS configuration could not be built from what the caller gave.
+#[derive(Debug, Error)]
+pub enum TlsError {
+    /// rustls refused the configuration (bad key, unsupported suite...).
+    #[error("TLS configuration rejected: {0}")]
+    Rustls(#[from] rustls::Error),
+    /// quinn refused the rustls configuration (no TLS 1.3 suite usable for QUIC).
+    #[error("TLS configuration unusable for QUIC: {0}")]
+    Quic(String),
+    /// A PEM input held something that is not a certificate or key.
+    #[error("invalid PEM in {what}: {source}")]
+    Pem {
+        /// Which input.
+        what: &'static str,
+        /// Parser's complaint.
+        source: rustls::pki_types::pem::Error,
+    },
+    /// A CA file held no certificate (cloudflared silently falls back to system roots here).
+    #[error("no certificate found in {0}")]
+    NoCertificates(&'static str),
+}
+
+fn provider(pq: PostQuantum) -> Arc<CryptoProvider> {
+    use aws_lc_rs::kx_group::{SECP256R1, X25519, X25519MLKEM768};
+    let kx_groups = match pq {
+        PostQuantum::Prefer => vec![X25519MLKEM768, X25519, SECP256R1],
+        PostQuantum::Strict => vec![X25519MLKEM768],
+    };
+    Arc::new(CryptoProvider {
+        kx_groups,
+        ..aws_lc_rs::default_provider()
+    })
+}
+
+/// Client (connector) TLS for QUIC, verifying the edge against `roots`.
+pub fn client_config(roots: RootCertStore, pq: PostQuantum) -> Result<QuicClientConfig, TlsError> {
+    let mut tls = rustls::ClientConfig::builder_with_provider(provider(pq))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))
+}
+
+/// Server (edge) TLS for QUIC with the given certificate chain and key.
+pub fn server_config(
+    chain: Vec<CertificateDer<'static>>,
+    key: PrivateKeyDer<'static>,
+    pq: PostQuantum,
+) -> Result<QuicServerConfig, TlsError> {
+    let mut tls = rustls::ServerConfig::builder_with_provider(provider(pq))
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_no_client_auth()
+        .with_single_cert(chain, key)?;
+    tls.alpn_protocols = vec![ALPN.to_vec()];
+    QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))
+}
+
+/// Every certificate in a PEM bundle; an empty bundle is an error, never a silent fallback.
+pub fn certs_from_pem(
+    pem: &[u8],
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+    let certs = CertificateDer::pem_slice_iter(pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem { what, source })?;
+    if certs.is_empty() {
+        return Err(TlsError::NoCertificates(what));
+    }
+    Ok(certs)
+}
+
+/// A root store holding exactly the certificates of a PEM bundle (cloudflared's `--cacert`).
+pub fn roots_from_pem(pem: &[u8], what: &'static str) -> Result<RootCertStore, TlsError> {
+    let mut roots = RootCertStore::empty();
+    for cert in certs_from_pem(pem, what)? {
+        roots.add(cert)?;
+    }
+    Ok(roots)
+}
+
+/// The first private key in a PEM file.
+pub fn key_from_pem(pem: &[u8], what: &'static str) -> Result<PrivateKeyDer<'static>, TlsError> {
+    PrivateKeyDer::from_pem_slice(pem).map_err(|source| TlsError::Pem { what, source })
+}

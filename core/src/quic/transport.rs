@@ -1,0 +1,76 @@
+//! Transport settings: cloudflared's values by default, every one settable.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use quinn_proto::{IdleTimeout, TransportConfig, VarInt};
+
+/// QUIC transport settings of a tunnel connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct QuicSettings {
+    /// Close the connection after this long without packets (cloudflared: 5 s).
+    pub idle_timeout: Duration,
+    /// Send a PING when nothing else went out for this long (cloudflared: 1 s).
+    pub keep_alive: Duration,
+    /// Per-stream receive window: bytes a peer may send ahead of our reads (cloudflared's
+    /// auto-tuning ceiling, 6 MiB). This bounds buffered memory per stream.
+    pub stream_receive_window: u32,
+    /// Connection-wide receive window (cloudflared's ceiling, 30 MiB).
+    pub connection_receive_window: u32,
+    /// Bidirectional streams the peer may have open at once.
+    pub max_concurrent_bidi_streams: u32,
+    /// Unidirectional streams the peer may have open at once. cloudflared grants 2^60 and
+    /// never reads them; 0 refuses them outright so they cannot pile up.
+    pub max_concurrent_uni_streams: u32,
+    /// Received QUIC datagrams queued before the oldest are dropped.
+    pub datagram_receive_buffer: usize,
+    /// Path MTU discovery (cloudflared: on unless `--quic-disable-pmtu-discovery`).
+    pub mtu_discovery: bool,
+}
+
+impl Default for QuicSettings {
+    fn default() -> Self {
+        Self {
+            idle_timeout: Duration::from_secs(5),
+            keep_alive: Duration::from_secs(1),
+            stream_receive_window: 6 * 1024 * 1024,
+            connection_receive_window: 30 * 1024 * 1024,
+            max_concurrent_bidi_streams: 1 << 16,
+            max_concurrent_uni_streams: 0,
+            datagram_receive_buffer: 1024 * 1024,
+            mtu_discovery: true,
+        }
+    }
+}
+
+/// Initial packet size for an edge address family: the largest that fits a 1280-byte path MTU.
+/// cloudflared picks 1232 for IPv4 and 1252 for IPv6, which is the wrong way round.
+pub fn initial_mtu(edge_is_ipv4: bool) -> u16 {
+    if edge_is_ipv4 {
+        1280 - 28
+    } else {
+        1280 - 48
+    }
+}
+
+impl QuicSettings {
+    /// quinn-proto transport configuration for a path to an edge of the given family.
+    pub fn transport_config(&self, edge_is_ipv4: bool) -> Arc<TransportConfig> {
+        let mut t = TransportConfig::default();
+        // Durations over 2^62 ms cannot be encoded; saturate instead of failing.
+        let idle = IdleTimeout::try_from(self.idle_timeout)
+            .unwrap_or_else(|_| IdleTimeout::from(VarInt::MAX));
+        t.max_idle_timeout(Some(idle))
+            .keep_alive_interval(Some(self.keep_alive))
+            .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
+            .receive_window(VarInt::from_u32(self.connection_receive_window))
+            .max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_bidi_streams))
+            .max_concurrent_uni_streams(VarInt::from_u32(self.max_concurrent_uni_streams))
+            .datagram_receive_buffer_size(Some(self.datagram_receive_buffer))
+            .initial_mtu(initial_mtu(edge_is_ipv4));
+        if !self.mtu_discovery {
+            t.mtu_discovery_config(None);
+        }
+        Arc::new(t)
+    }
+}
