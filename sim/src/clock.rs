@@ -1,0 +1,51 @@
+//! Virtual time. The state machines take `std::time::Instant`; the simulator counts time from
+//! zero and maps it onto one base `Instant`, so nothing depends on the wall clock and traces
+//! record offsets, which replay identically.
+
+use std::ops::Add;
+use std::time::{Duration, Instant};
+
+/// Time since the simulation began.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct VirtualTime(Duration);
+
+impl VirtualTime {
+    /// The start of the simulation.
+    pub const ZERO: Self = Self(Duration::ZERO);
+
+    /// Offset from the start.
+    pub fn since_start(self) -> Duration {
+        self.0
+    }
+}
+
+impl Add<Duration> for VirtualTime {
+    type Output = Self;
+
+    fn add(self, d: Duration) -> Self {
+        Self(self.0 + d)
+    }
+}
+
+/// Converts between virtual time and the `Instant`s the state machines use.
+#[derive(Debug, Clone, Copy)]
+pub struct Clock {
+    base: Instant,
+}
+
+impl Clock {
+    /// A clock whose zero is `base` (any instant; only offsets matter).
+    pub fn new(base: Instant) -> Self {
+        Self { base }
+    }
+
+    /// The `Instant` a state machine should be given for `t`.
+    pub fn instant(&self, t: VirtualTime) -> Instant {
+        self.base + t.0
+    }
+
+    /// Virtual time of an `Instant` a state machine asked for (earlier than zero counts as zero).
+    pub fn virtual_time(&self, i: Instant) -> VirtualTime {
+        VirtualTime(i.saturating_duration_since(self.base))
+    }
+}

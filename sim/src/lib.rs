@@ -1,0 +1,5 @@
+//! burrow-sim: connector, edge, origins and a lossy network in one process on virtual time,
+//! reproducible from a seed.
+
+pub mod clock;
+pub mod net;
