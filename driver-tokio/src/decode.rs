@@ -6,6 +6,8 @@ use std::process::ExitCode;
 
 use burrow_core::datagram::{v2, v3};
 use burrow_core::icmp;
+use burrow_core::rpc::{self, frame::FrameLimits};
+use burrow_core::stream::{connect, preamble};
 use serde_json::{json, Value};
 
 /// Kinds of bytes the inspector understands.
@@ -136,12 +138,77 @@ fn v2_json(bytes: &[u8]) -> Result<Value, String> {
     })
 }
 
-fn connect_request_json(_bytes: &[u8]) -> Result<Value, String> {
-    Err("connect-request: pending".into())
+/// Splits off the 8-byte data-stream preamble the connect kinds start with.
+fn after_data_preamble(bytes: &[u8]) -> Result<&[u8], String> {
+    match preamble::parse(bytes).map_err(|e| e.to_string())? {
+        Some(kind @ preamble::StreamKind::Data { .. }) => Ok(&bytes[kind.preamble_len()..]),
+        Some(preamble::StreamKind::Rpc) => Err("RPC-stream preamble, not a data stream".into()),
+        None => Err(format!(
+            "{} bytes: shorter than the 8-byte data-stream preamble",
+            bytes.len()
+        )),
+    }
 }
 
-fn connect_response_json(_bytes: &[u8]) -> Result<Value, String> {
-    Err("connect-response: pending".into())
+/// Metadata as `[{"key","val"}]`, failing on the first entry that is not UTF-8.
+fn metadata_json<'a>(
+    entries: impl Iterator<Item = Result<connect::Metadata<'a>, rpc::frame::DecodeError>>,
+) -> Result<Value, String> {
+    entries
+        .map(|m| {
+            m.map(|m| json!({ "key": m.key, "val": m.val }))
+                .map_err(|e| e.to_string())
+        })
+        .collect::<Result<Vec<_>, _>>()
+        .map(Value::Array)
+}
+
+/// Body bytes after the message, when the capture has any.
+fn with_body(mut v: Value, body: &[u8]) -> Value {
+    if let (false, Some(obj)) = (body.is_empty(), v.as_object_mut()) {
+        obj.insert("body_hex".into(), hex::encode(body).into());
+    }
+    v
+}
+
+fn connect_request_json(bytes: &[u8]) -> Result<Value, String> {
+    let msg = after_data_preamble(bytes)?;
+    let (req, used) = connect::decode_connect_request(msg, &FrameLimits::CONNECT_REQUEST)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "ConnectRequest incomplete: {} bytes after the preamble",
+                msg.len()
+            )
+        })?;
+    let kind = match req.connection_type() {
+        Ok(t) => t.as_str().to_owned(),
+        Err(e) => format!("unknown({})", e.0),
+    };
+    let v = json!({
+        "dest": req.dest().map_err(|e| e.to_string())?,
+        "type": kind,
+        "type_value": req.raw_type(),
+        "metadata": metadata_json(req.metadata())?,
+    });
+    Ok(with_body(v, &msg[used..]))
+}
+
+fn connect_response_json(bytes: &[u8]) -> Result<Value, String> {
+    let msg = after_data_preamble(bytes)?;
+    let (resp, used) = connect::decode_connect_response(msg, &FrameLimits::CONNECT_REQUEST)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| {
+            format!(
+                "ConnectResponse incomplete: {} bytes after the preamble",
+                msg.len()
+            )
+        })?;
+    let v = json!({
+        "error": resp.error().map_err(|e| e.to_string())?,
+        "metadata": metadata_json(resp.metadata())?,
+    });
+    Ok(with_body(v, &msg[used..]))
 }
 
 fn icmp_json(bytes: &[u8]) -> Result<Value, String> {

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::process::{Command, Output, Stdio};
 
-use burrow_testvectors::{icmp, v2_datagrams, v3_datagrams};
+use burrow_testvectors::{connect_stream, icmp, v2_datagrams, v3_datagrams};
 use proptest::prelude::*;
 use serde_json::Value;
 
@@ -85,6 +85,30 @@ fn stdin_lines_decode_in_order_and_bad_lines_do_not_stop_the_rest() {
     assert!(lines[1]["error"].as_str().unwrap().contains("invalid hex"));
     assert_eq!(lines[2]["error"], "IP datagram carries no packet");
     assert_eq!(lines[3]["type"], "ip");
+}
+
+#[test]
+fn connect_vectors_print_their_fields_in_wire_order() {
+    for v in &connect_stream().vectors {
+        let kind = match v.kind.as_str() {
+            "stream.connect_request" => "connect-request",
+            "stream.connect_response" => "connect-response",
+            other => panic!("{}: unexpected kind {other}", v.name),
+        };
+        let out = burrow(&["decode", kind, v.hex.as_deref().unwrap()], None);
+        assert!(out.status.success(), "{}: {:?}", v.name, json_lines(&out));
+        let got = &json_lines(&out)[0];
+        for key in ["dest", "type", "type_value", "error", "metadata"] {
+            if let Some(want) = v.fields.get(key) {
+                assert_eq!(&got[key], want, "{}: field {key}", v.name);
+            }
+        }
+        assert!(
+            got.get("body_hex").is_none(),
+            "{}: no body in the vector",
+            v.name
+        );
+    }
 }
 
 #[test]
