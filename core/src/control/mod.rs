@@ -1,0 +1,305 @@
+//! The control stream: the connector's first bidirectional stream, no preamble, Cap'n Proto RPC.
+//!
+//! The connector bootstraps the edge's `RegistrationServer`, calls `registerConnection`, then
+//! (connection 0, locally managed tunnels) `updateLocalConfiguration`, and on graceful shutdown
+//! `unregisterConnection`. [`connector::ControlClient`] is that side; [`edge::ControlServer`]
+//! serves it. Both are byte-in/byte-out machines: the caller moves stream bytes, they never
+//! touch a stream.
+
+pub mod connector;
+pub mod edge;
+
+use std::net::{IpAddr, Ipv6Addr};
+use std::time::Duration;
+
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::rpc::frame::{DecodeError, EncodeError, FrameLimits};
+use crate::rpc::message::{decode_message, Message};
+use crate::rpc::registration::{
+    ClientInfo, ConnectionDetails as WireDetails, ConnectionError, ConnectionOptions,
+    ConnectionResponse, RegisterConnectionParams, TunnelAuth,
+};
+
+/// Interface the connector's bootstrap capability is exported under by the edge.
+const EDGE_EXPORT_ID: u32 = 0;
+/// `cause` of a registration refused because the connection index is already connected.
+pub const DUPLICATE_CONNECTION: &str = "EDUPCONN";
+
+/// Everything `registerConnection` carries, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Registration {
+    /// Credentials `AccountTag`.
+    pub account_tag: String,
+    /// Credentials `TunnelSecret` bytes.
+    pub tunnel_secret: Vec<u8>,
+    /// Tunnel UUID.
+    pub tunnel_id: Uuid,
+    /// HA connection index.
+    pub conn_index: u8,
+    /// Connector instance UUID (one per process).
+    pub client_id: Uuid,
+    /// Advertised features.
+    pub features: Vec<String>,
+    /// Build version.
+    pub version: String,
+    /// `os_arch`, e.g. `linux_amd64`.
+    pub arch: String,
+    /// Sent as `originLocalIp` (cloudflared sends the edge's address on QUIC).
+    pub origin_local_ip: Option<IpAddr>,
+    /// Replace an existing connection with this index.
+    pub replace_existing: bool,
+    /// Unused by the edge; cloudflared sends 0.
+    pub compression_quality: u8,
+    /// Retries before this attempt.
+    pub num_previous_attempts: u8,
+}
+
+impl Registration {
+    /// Borrowed wire params; `features` and `ip` are scratch the params borrow from.
+    fn params<'a>(
+        &'a self,
+        features: &'a [&'a str],
+        ip: &'a [u8; 16],
+    ) -> RegisterConnectionParams<'a> {
+        RegisterConnectionParams {
+            auth: TunnelAuth {
+                account_tag: &self.account_tag,
+                tunnel_secret: &self.tunnel_secret,
+            },
+            tunnel_id: *self.tunnel_id.as_bytes(),
+            conn_index: self.conn_index,
+            options: ConnectionOptions {
+                client: ClientInfo {
+                    client_id: *self.client_id.as_bytes(),
+                    features: features.into(),
+                    version: &self.version,
+                    arch: &self.arch,
+                },
+                origin_local_ip: if self.origin_local_ip.is_some() {
+                    ip
+                } else {
+                    &[]
+                },
+                replace_existing: self.replace_existing,
+                compression_quality: self.compression_quality,
+                num_previous_attempts: self.num_previous_attempts,
+            },
+        }
+    }
+
+    /// The 16-byte form cloudflared's `net.ParseIP` produces (IPv4 mapped into IPv6).
+    fn ip_bytes(&self) -> [u8; 16] {
+        match self.origin_local_ip {
+            Some(IpAddr::V4(v4)) => v4.to_ipv6_mapped().octets(),
+            Some(IpAddr::V6(v6)) => v6.octets(),
+            None => [0; 16],
+        }
+    }
+
+    /// Owned copy of received params.
+    fn from_params(p: &RegisterConnectionParams<'_>) -> Result<Self, DecodeError> {
+        let ip = p.options.origin_local_ip;
+        let origin_local_ip = match ip.len() {
+            16 => {
+                let mut b = [0u8; 16];
+                b.copy_from_slice(ip);
+                Some(Ipv6Addr::from(b).to_canonical())
+            }
+            4 => Some(IpAddr::from([ip[0], ip[1], ip[2], ip[3]])),
+            // Anything else is unusable; cloudflared itself sends null when it cannot parse.
+            _ => None,
+        };
+        Ok(Self {
+            account_tag: p.auth.account_tag.to_owned(),
+            tunnel_secret: p.auth.tunnel_secret.to_vec(),
+            tunnel_id: Uuid::from_bytes(p.tunnel_id),
+            conn_index: p.conn_index,
+            client_id: Uuid::from_bytes(p.options.client.client_id),
+            features: p
+                .options
+                .client
+                .features
+                .iter()
+                .map(|f| f.map(str::to_owned))
+                .collect::<Result<_, _>>()?,
+            version: p.options.client.version.to_owned(),
+            arch: p.options.client.arch.to_owned(),
+            origin_local_ip,
+            replace_existing: p.options.replace_existing,
+            compression_quality: p.options.compression_quality,
+            num_previous_attempts: p.options.num_previous_attempts,
+        })
+    }
+}
+
+/// What the edge says about an accepted connection, owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectionDetails {
+    /// Connection UUID.
+    pub uuid: Uuid,
+    /// Edge location (airport code).
+    pub location: String,
+    /// The tunnel is managed remotely: no local configuration is sent.
+    pub remotely_managed: bool,
+}
+
+impl ConnectionDetails {
+    fn to_wire(&self) -> WireDetails<'_> {
+        WireDetails {
+            uuid: *self.uuid.as_bytes(),
+            location_name: &self.location,
+            tunnel_is_remotely_managed: self.remotely_managed,
+        }
+    }
+}
+
+/// A registration the edge refused (or that failed at the RPC level), owned.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistrationError {
+    /// The edge's cause text; [`DUPLICATE_CONNECTION`] for a duplicate.
+    pub cause: String,
+    /// Whether retrying may help. RPC-level failures count as permanent, as in cloudflared.
+    pub should_retry: bool,
+    /// The edge's suggested delay (cloudflared decodes and ignores it; we pass it on).
+    pub retry_after: Duration,
+}
+
+impl RegistrationError {
+    /// The edge already has a connection with this index.
+    pub fn is_duplicate_connection(&self) -> bool {
+        self.cause == DUPLICATE_CONNECTION
+    }
+
+    fn from_wire(e: &ConnectionError<'_>) -> Self {
+        Self {
+            cause: e.cause.to_owned(),
+            should_retry: e.should_retry,
+            // A negative delay from the peer means "no delay".
+            retry_after: Duration::from_nanos(u64::try_from(e.retry_after_ns).unwrap_or(0)),
+        }
+    }
+
+    fn to_wire(&self) -> ConnectionResponse<'_> {
+        ConnectionResponse::Error(ConnectionError {
+            cause: &self.cause,
+            retry_after_ns: i64::try_from(self.retry_after.as_nanos()).unwrap_or(i64::MAX),
+            should_retry: self.should_retry,
+        })
+    }
+}
+
+/// The peer broke the control-stream protocol; the stream (and connection) should be closed.
+#[derive(Debug, Error)]
+pub enum ControlError {
+    /// Bytes that are not a valid RPC message.
+    #[error("undecodable control-stream message: {0}")]
+    Decode(#[from] DecodeError),
+    /// The peer aborted the RPC connection.
+    #[error("peer aborted the control stream: {0}")]
+    Aborted(String),
+    /// A message that makes no sense in the conversation so far.
+    #[error("unexpected control-stream message: {0}")]
+    Unexpected(String),
+    /// A reply could not be encoded (a bug or absurd input, reported rather than dropped).
+    #[error("could not encode a control-stream reply: {0}")]
+    Encode(#[from] EncodeError),
+}
+
+/// The caller asked for something the control stream cannot do in its current state.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ApiError {
+    /// The operation needs a registered connection.
+    #[error("{0} needs a registered connection")]
+    NotRegistered(&'static str),
+    /// There is no registration waiting for an answer.
+    #[error("no registration is waiting for an answer")]
+    NoPendingRegistration,
+    /// The control stream is closed.
+    #[error("the control stream is closed")]
+    Closed,
+    /// A message could not be encoded.
+    #[error("could not encode {0}")]
+    Encode(String),
+}
+
+/// Bytes received on an RPC stream, cut into messages as they complete.
+#[derive(Debug, Default)]
+struct Inbox {
+    buf: Vec<u8>,
+}
+
+impl Inbox {
+    /// Appends `bytes` and hands every complete message to `handle`, in order; consumed bytes
+    /// are dropped even if a handler fails (the stream is then beyond saving anyway).
+    fn feed(
+        &mut self,
+        bytes: &[u8],
+        mut handle: impl FnMut(Message<'_>) -> Result<(), ControlError>,
+    ) -> Result<(), ControlError> {
+        self.buf.extend_from_slice(bytes);
+        let mut consumed = 0;
+        let result = loop {
+            let rest = &self.buf[consumed..];
+            match decode_message(rest, &FrameLimits::RPC) {
+                Ok(Some((msg, n))) => {
+                    consumed += n;
+                    if let Err(e) = msg
+                        .message()
+                        .map_err(ControlError::from)
+                        .and_then(&mut handle)
+                    {
+                        break Err(e);
+                    }
+                }
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e.into()),
+            }
+        };
+        self.buf.drain(..consumed);
+        result
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A registration like cloudflared's for connection `conn_index`.
+    pub(crate) fn registration(conn_index: u8) -> Registration {
+        Registration {
+            account_tag: "0123456789abcdef0123456789abcdef".into(),
+            tunnel_secret: vec![0x42; 32],
+            tunnel_id: Uuid::from_u128(0xaaaaaaaa_bbbb_4ccc_8ddd_eeeeeeeeeeee),
+            conn_index,
+            client_id: Uuid::from_u128(0x01234567_89ab_4cde_8f01_23456789abcd),
+            features: vec!["serialized_headers".into(), "support_datagram_v3_2".into()],
+            version: "2026.8.2".into(),
+            arch: "linux_amd64".into(),
+            origin_local_ip: Some(IpAddr::from([192, 0, 2, 10])),
+            replace_existing: false,
+            compression_quality: 0,
+            num_previous_attempts: 0,
+        }
+    }
+
+    #[test]
+    fn registration_round_trips_through_wire_params() {
+        let reg = registration(3);
+        let features: Vec<&str> = reg.features.iter().map(String::as_str).collect();
+        let ip = reg.ip_bytes();
+        assert_eq!(
+            Registration::from_params(&reg.params(&features, &ip)).unwrap(),
+            reg
+        );
+        let no_ip = Registration {
+            origin_local_ip: None,
+            ..reg.clone()
+        };
+        assert_eq!(
+            Registration::from_params(&no_ip.params(&features, &ip)).unwrap(),
+            no_ip
+        );
+    }
+}
