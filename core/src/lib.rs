@@ -10,3 +10,4 @@ pub mod quic;
 pub mod rpc;
 pub mod schema;
 pub mod stream;
+pub mod tunnel;

@@ -3,3 +3,5 @@
 
 pub mod clock;
 pub mod net;
+pub mod scenarios;
+pub mod world;

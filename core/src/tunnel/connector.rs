@@ -1,0 +1,411 @@
+//! One tunnel connection from the connector's side (cloudflared's role).
+//!
+//! Lifecycle: QUIC handshake → open the control stream (the first client bidirectional stream,
+//! which the edge takes for the control plane) → register → serve → on shutdown unregister,
+//! drain, close with application code 0 and an empty reason, as cloudflared does.
+//!
+//! Data streams are the next step of this state machine; until they land, edge-opened streams
+//! are refused (reset and stopped with code 0, the code cloudflared uses for every failure)
+//! and reported, never left to pile up.
+
+use std::collections::VecDeque;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn_proto::{
+    ClientConfig, ConnectError, Connection, ConnectionHandle, Dir, Endpoint, EndpointConfig, Event,
+    StreamEvent, StreamId, VarInt,
+};
+use thiserror::Error;
+use tracing::{debug, info, warn};
+
+use super::quic_io::{exchange_events, flush_stream, poll_conn_transmit, read_stream};
+use super::Transmit;
+use crate::control::connector::{ControlClient, ControlEvent};
+use crate::control::{ApiError, ConnectionDetails, Registration, RegistrationError};
+
+/// What a connector connection needs to know.
+#[derive(Clone)]
+pub struct ConnectorConfig {
+    /// What to register with.
+    pub registration: Registration,
+    /// Local configuration JSON pushed on connection 0 of a locally managed tunnel.
+    pub local_config: Option<Vec<u8>>,
+    /// QUIC client configuration (TLS + transport), see [`crate::quic`].
+    pub client: ClientConfig,
+    /// SNI: [`crate::quic::SERVER_NAME`] against Cloudflare.
+    pub server_name: String,
+    /// Deadline of each control-stream call (`--rpc-timeout`, 5 s).
+    pub rpc_timeout: Duration,
+    /// How long unregistering and draining may take (`--grace-period`, 30 s).
+    pub grace_period: Duration,
+}
+
+/// What happened on the connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectorEvent {
+    /// The edge accepted the registration; the connection serves traffic.
+    Registered(ConnectionDetails),
+    /// The edge refused the registration (or it failed); the connection is being closed.
+    RegistrationFailed(RegistrationError),
+    /// Pushing the local configuration failed (the connection stays up, as in cloudflared).
+    LocalConfigurationFailed(String),
+    /// Graceful shutdown: the edge acknowledged `unregisterConnection` (or it timed out).
+    Unregistered,
+    /// The edge opened a stream this version cannot serve yet; it was refused.
+    StreamRefused(StreamId),
+    /// The connection is gone; nothing more will happen.
+    Closed {
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+/// The caller misused the connection API.
+#[derive(Debug, Error)]
+pub enum ConnectorError {
+    /// quinn refused to start the connection (bad address, config...).
+    #[error("cannot connect to the edge: {0}")]
+    Connect(#[from] ConnectError),
+    /// Control-stream misuse.
+    #[error(transparent)]
+    Control(#[from] ApiError),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// QUIC handshake in progress.
+    Handshaking,
+    /// Control stream open, waiting for the registration answer.
+    Registering,
+    /// Registered and serving.
+    Serving,
+    /// `unregisterConnection` sent.
+    Unregistering,
+    /// Unregistered; in-flight streams may finish until the deadline.
+    Draining { until: Instant },
+    /// CONNECTION_CLOSE sent or received; waiting for quinn to drain.
+    Closing,
+    /// Done.
+    Closed,
+}
+
+struct Control {
+    stream: StreamId,
+    client: ControlClient,
+    /// Bytes the control stream could not take yet (flow control).
+    unsent: Vec<u8>,
+    received: Vec<u8>,
+}
+
+/// One tunnel connection, connector side.
+pub struct ConnectorConnection {
+    endpoint: Endpoint,
+    handle: ConnectionHandle,
+    conn: Connection,
+    config: ConnectorConfig,
+    state: State,
+    control: Option<Control>,
+    shutdown_requested: bool,
+    events: VecDeque<ConnectorEvent>,
+}
+
+impl ConnectorConnection {
+    /// Starts the QUIC handshake to `edge`. `rng_seed` seeds quinn's endpoint (reproducible
+    /// simulations pass one; daemons pass fresh randomness).
+    pub fn connect(
+        now: Instant,
+        config: ConnectorConfig,
+        edge: SocketAddr,
+        rng_seed: [u8; 32],
+    ) -> Result<Self, ConnectorError> {
+        let mut endpoint = Endpoint::new(
+            Arc::new(EndpointConfig::default()),
+            None,
+            true,
+            Some(rng_seed),
+        );
+        let (handle, conn) =
+            endpoint.connect(now, config.client.clone(), edge, &config.server_name)?;
+        Ok(Self {
+            endpoint,
+            handle,
+            conn,
+            config,
+            state: State::Handshaking,
+            control: None,
+            shutdown_requested: false,
+            events: VecDeque::new(),
+        })
+    }
+
+    /// Feeds a UDP datagram received from the edge.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let mut scratch = Vec::new();
+        let event = self.endpoint.handle(
+            now,
+            from,
+            None,
+            None,
+            bytes::BytesMut::from(data),
+            &mut scratch,
+        );
+        match event {
+            Some(quinn_proto::DatagramEvent::ConnectionEvent(h, ev)) if h == self.handle => {
+                self.conn.handle_event(ev);
+            }
+            // A client endpoint accepts no connections and answers nothing else of note.
+            _ => {}
+        }
+        self.progress(now);
+    }
+
+    /// Lets timers fire.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.conn.poll_timeout().is_some_and(|t| t <= now) {
+            self.conn.handle_timeout(now);
+        }
+        if let Some(c) = &mut self.control {
+            c.client.handle_timeout(now);
+        }
+        if let State::Draining { until } = self.state {
+            if until <= now {
+                self.close(now);
+            }
+        }
+        self.progress(now);
+    }
+
+    /// Starts graceful shutdown: unregister, drain, close. Safe to call in any state.
+    pub fn shutdown(&mut self, now: Instant) -> Result<(), ConnectorError> {
+        self.shutdown_requested = true;
+        match self.state {
+            State::Serving => {
+                if let Some(c) = &mut self.control {
+                    c.client.unregister(now, self.config.grace_period)?;
+                }
+                self.state = State::Unregistering;
+            }
+            State::Handshaking | State::Registering => self.close(now),
+            _ => {}
+        }
+        self.progress(now);
+        Ok(())
+    }
+
+    /// The next datagram to send, written into `buf`.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        poll_conn_transmit(&mut self.conn, now, buf)
+    }
+
+    /// When [`ConnectorConnection::handle_timeout`] must be called next.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let draining = match self.state {
+            State::Draining { until } => Some(until),
+            _ => None,
+        };
+        let control = self.control.as_ref().and_then(|c| c.client.poll_timeout());
+        [self.conn.poll_timeout(), control, draining]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<ConnectorEvent> {
+        self.events.pop_front()
+    }
+
+    /// True once the connection is fully gone.
+    pub fn is_closed(&self) -> bool {
+        self.state == State::Closed
+    }
+
+    /// Everything that follows an input: quinn events, control-stream bytes, state changes.
+    fn progress(&mut self, now: Instant) {
+        exchange_events(&mut self.endpoint, self.handle, &mut self.conn);
+        while let Some(event) = self.conn.poll() {
+            self.on_quic_event(now, event);
+        }
+        self.pump_control(now);
+        exchange_events(&mut self.endpoint, self.handle, &mut self.conn);
+        // A close we started ends without a ConnectionLost event, once quinn has drained.
+        if self.state == State::Closing && self.conn.is_drained() {
+            self.finish("closed by the connector".into());
+        }
+    }
+
+    fn on_quic_event(&mut self, now: Instant, event: Event) {
+        match event {
+            Event::Connected => self.open_control(now),
+            Event::ConnectionLost { reason } => {
+                self.finish(reason.to_string());
+            }
+            Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => self.refuse_streams(),
+            Event::Stream(StreamEvent::Readable { id })
+                if self.control.as_ref().is_some_and(|c| c.stream == id) =>
+            {
+                self.read_control(now);
+            }
+            // Datagrams arrive with the datagram half of the tunnel (issue 4); uni streams are
+            // refused by the transport settings.
+            _ => {}
+        }
+    }
+
+    fn open_control(&mut self, now: Instant) {
+        if self.shutdown_requested {
+            self.close(now);
+            return;
+        }
+        let Some(stream) = self.conn.streams().open(Dir::Bi) else {
+            // A fresh connection always has stream credit; if not, the edge is broken.
+            self.close_with("edge granted no stream for the control plane", now);
+            return;
+        };
+        let client = match ControlClient::new(
+            now,
+            &self.config.registration,
+            self.config.local_config.clone(),
+            self.config.rpc_timeout,
+        ) {
+            Ok(client) => client,
+            Err(e) => {
+                self.close_with(&format!("cannot start registration: {e}"), now);
+                return;
+            }
+        };
+        debug!(
+            conn_index = self.config.registration.conn_index,
+            "control stream opened"
+        );
+        self.control = Some(Control {
+            stream,
+            client,
+            unsent: Vec::new(),
+            received: Vec::new(),
+        });
+        self.state = State::Registering;
+    }
+
+    fn refuse_streams(&mut self) {
+        while let Some(id) = self.conn.streams().accept(Dir::Bi) {
+            warn!(stream = %id, "edge opened a data stream; data streams are not served yet");
+            let _ = self.conn.recv_stream(id).stop(VarInt::from_u32(0));
+            let _ = self.conn.send_stream(id).reset(VarInt::from_u32(0));
+            self.events.push_back(ConnectorEvent::StreamRefused(id));
+        }
+    }
+
+    fn read_control(&mut self, now: Instant) {
+        let Some(c) = &mut self.control else { return };
+        let finished = match read_stream(&mut self.conn, c.stream, &mut c.received) {
+            Ok(finished) => finished,
+            Err(e) => {
+                self.close_with(&format!("control stream reset by the edge: {e}"), now);
+                return;
+            }
+        };
+        let bytes = std::mem::take(&mut c.received);
+        if let Err(e) = c.client.handle_bytes(now, &bytes) {
+            self.close_with(&format!("control stream: {e}"), now);
+            return;
+        }
+        if finished && matches!(self.state, State::Registering | State::Serving) {
+            // cloudflared does not notice this (PROTOCOL.md A§6 #6); a dead control plane means
+            // the edge no longer routes to us, so reconnect.
+            self.close_with("edge closed the control stream", now);
+        }
+    }
+
+    /// Moves control-stream bytes out and acts on its events.
+    fn pump_control(&mut self, now: Instant) {
+        let Some(c) = &mut self.control else { return };
+        if let Some(bytes) = c.client.poll_transmit() {
+            c.unsent.extend_from_slice(&bytes);
+        }
+        let stream = c.stream;
+        if let Err(e) = flush_stream(&mut self.conn, stream, &mut c.unsent) {
+            self.close_with(&format!("control stream write failed: {e}"), now);
+            return;
+        }
+        while let Some(event) = self.control.as_mut().and_then(|c| c.client.poll_event()) {
+            self.on_control_event(now, event);
+        }
+        // Events may have queued more (e.g. the Abort on close).
+        if let Some(c) = &mut self.control {
+            if let Some(bytes) = c.client.poll_transmit() {
+                c.unsent.extend_from_slice(&bytes);
+                let _ = flush_stream(&mut self.conn, stream, &mut c.unsent);
+            }
+        }
+    }
+
+    fn on_control_event(&mut self, now: Instant, event: ControlEvent) {
+        let conn_index = self.config.registration.conn_index;
+        match event {
+            ControlEvent::Registered(details) => {
+                info!(conn_index, location = %details.location, connection = %details.uuid, "registered tunnel connection");
+                self.state = State::Serving;
+                self.events.push_back(ConnectorEvent::Registered(details));
+                if self.shutdown_requested {
+                    let _ = self.shutdown(now);
+                }
+            }
+            ControlEvent::RegistrationFailed(e) => {
+                warn!(conn_index, cause = %e.cause, should_retry = e.should_retry, "registration failed");
+                self.events
+                    .push_back(ConnectorEvent::RegistrationFailed(e.clone()));
+                self.close_with(&format!("registration failed: {}", e.cause), now);
+            }
+            ControlEvent::LocalConfigurationAccepted => {
+                debug!(conn_index, "local configuration pushed")
+            }
+            ControlEvent::LocalConfigurationFailed(reason) => {
+                warn!(conn_index, %reason, "pushing local configuration failed");
+                self.events
+                    .push_back(ConnectorEvent::LocalConfigurationFailed(reason));
+            }
+            ControlEvent::Unregistered | ControlEvent::UnregisterFailed(_) => {
+                if let ControlEvent::UnregisterFailed(reason) = &event {
+                    warn!(conn_index, %reason, "unregistering failed; draining anyway");
+                }
+                self.events.push_back(ConnectorEvent::Unregistered);
+                // No data streams are served yet, so there is nothing in flight to wait for.
+                self.state = State::Draining { until: now };
+                self.close(now);
+            }
+        }
+    }
+
+    /// Graceful close: Abort on the control stream, FIN, CONNECTION_CLOSE(0, "").
+    fn close(&mut self, now: Instant) {
+        if matches!(self.state, State::Closing | State::Closed) {
+            return;
+        }
+        if let Some(c) = &mut self.control {
+            c.client.close();
+            if let Some(bytes) = c.client.poll_transmit() {
+                c.unsent.extend_from_slice(&bytes);
+            }
+            let _ = flush_stream(&mut self.conn, c.stream, &mut c.unsent);
+            let _ = self.conn.send_stream(c.stream).finish();
+        }
+        self.conn.close(now, VarInt::from_u32(0), Bytes::new());
+        self.state = State::Closing;
+    }
+
+    fn close_with(&mut self, reason: &str, now: Instant) {
+        warn!(conn_index = self.config.registration.conn_index, %reason, "closing tunnel connection");
+        self.close(now);
+    }
+
+    fn finish(&mut self, reason: String) {
+        if self.state != State::Closed {
+            self.state = State::Closed;
+            self.events.push_back(ConnectorEvent::Closed { reason });
+        }
+    }
+}

@@ -1,0 +1,306 @@
+//! The edge's side: a QUIC server endpoint accepting tunnel connections. The first
+//! bidirectional stream a connector opens is its control stream; registrations are handed to
+//! the caller, which checks credentials and answers.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use quinn_proto::{
+    Connection, ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event,
+    ServerConfig, StreamEvent, StreamId, VarInt,
+};
+use tracing::{debug, warn};
+
+use super::quic_io::{exchange_events, flush_stream, poll_conn_transmit, read_stream};
+use super::Transmit;
+use crate::control::edge::{ControlServer, EdgeControlEvent};
+use crate::control::{ApiError, ConnectionDetails, Registration, RegistrationError};
+
+/// Identifies one connector connection at this edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConnId(pub usize);
+
+/// What connectors did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EdgeEvent {
+    /// A connector asks to register; answer with [`EdgeEndpoint::respond_registration`].
+    RegisterRequested {
+        /// Which connection.
+        conn: ConnId,
+        /// Its registration (credentials included).
+        registration: Registration,
+    },
+    /// A registered connector pushed its local configuration.
+    LocalConfiguration {
+        /// Which connection.
+        conn: ConnId,
+        /// The JSON it sent.
+        config: Vec<u8>,
+    },
+    /// A connector unregistered (graceful shutdown).
+    Unregistered {
+        /// Which connection.
+        conn: ConnId,
+    },
+    /// A connection is gone.
+    ConnectionClosed {
+        /// Which connection.
+        conn: ConnId,
+        /// Why, in words.
+        reason: String,
+    },
+}
+
+struct EdgeConnection {
+    conn: Connection,
+    control: Option<ControlStream>,
+    closed: bool,
+}
+
+struct ControlStream {
+    stream: StreamId,
+    server: ControlServer,
+    unsent: Vec<u8>,
+    received: Vec<u8>,
+}
+
+/// The edge's QUIC endpoint with every connector connection it holds.
+pub struct EdgeEndpoint {
+    endpoint: Endpoint,
+    // Ordered so that iteration, and hence what is sent first, is deterministic.
+    conns: BTreeMap<ConnId, EdgeConnection>,
+    responses: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<EdgeEvent>,
+}
+
+impl EdgeEndpoint {
+    /// An endpoint serving with `server` (TLS + transport, see [`crate::quic`]).
+    pub fn new(server: ServerConfig, rng_seed: [u8; 32]) -> Self {
+        Self {
+            endpoint: Endpoint::new(
+                Arc::new(EndpointConfig::default()),
+                Some(Arc::new(server)),
+                true,
+                Some(rng_seed),
+            ),
+            conns: BTreeMap::new(),
+            responses: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    /// Feeds a UDP datagram received from `from`.
+    pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
+        let mut buf = Vec::new();
+        match self
+            .endpoint
+            .handle(now, from, None, None, BytesMut::from(data), &mut buf)
+        {
+            Some(DatagramEvent::ConnectionEvent(h, ev)) => {
+                if let Some(c) = self.conns.get_mut(&ConnId(h.0)) {
+                    c.conn.handle_event(ev);
+                }
+            }
+            Some(DatagramEvent::NewConnection(incoming)) => {
+                match self.endpoint.accept(incoming, now, &mut buf, None) {
+                    Ok((h, conn)) => {
+                        debug!(conn = h.0, %from, "connector connection accepted");
+                        self.conns.insert(
+                            ConnId(h.0),
+                            EdgeConnection {
+                                conn,
+                                control: None,
+                                closed: false,
+                            },
+                        );
+                    }
+                    Err(e) => {
+                        warn!(%from, cause = %e.cause, "refused a connection");
+                        if let Some(t) = e.response {
+                            self.responses
+                                .push_back((t.destination, buf[..t.size].to_vec()));
+                        }
+                    }
+                }
+            }
+            Some(DatagramEvent::Response(t)) => {
+                self.responses
+                    .push_back((t.destination, buf[..t.size].to_vec()));
+            }
+            None => {}
+        }
+        self.progress(now);
+    }
+
+    /// Lets timers fire.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        for c in self.conns.values_mut() {
+            if c.conn.poll_timeout().is_some_and(|t| t <= now) {
+                c.conn.handle_timeout(now);
+            }
+        }
+        self.progress(now);
+    }
+
+    /// Answers a pending registration on `conn`.
+    pub fn respond_registration(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        result: Result<ConnectionDetails, RegistrationError>,
+    ) -> Result<(), ApiError> {
+        let c = self.conns.get_mut(&conn).ok_or(ApiError::Closed)?;
+        let control = c.control.as_mut().ok_or(ApiError::NoPendingRegistration)?;
+        control.server.respond_registration(result)?;
+        self.progress(now);
+        Ok(())
+    }
+
+    /// The next datagram to send, written into `buf`.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        if let Some((destination, bytes)) = self.responses.pop_front() {
+            buf.clear();
+            buf.extend_from_slice(&bytes);
+            return Some(Transmit {
+                destination,
+                size: bytes.len(),
+            });
+        }
+        self.conns
+            .values_mut()
+            .find_map(|c| poll_conn_transmit(&mut c.conn, now, buf))
+    }
+
+    /// When [`EdgeEndpoint::handle_timeout`] must be called next.
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        self.conns
+            .values_mut()
+            .filter_map(|c| c.conn.poll_timeout())
+            .min()
+    }
+
+    /// The next event.
+    pub fn poll_event(&mut self) -> Option<EdgeEvent> {
+        self.events.pop_front()
+    }
+
+    /// Connections currently held.
+    pub fn connection_count(&self) -> usize {
+        self.conns.len()
+    }
+
+    fn progress(&mut self, now: Instant) {
+        let mut gone = Vec::new();
+        for (&id, c) in self.conns.iter_mut() {
+            exchange_events(&mut self.endpoint, ConnectionHandle(id.0), &mut c.conn);
+            while let Some(event) = c.conn.poll() {
+                on_quic_event(now, id, c, event, &mut self.events);
+            }
+            pump_control(id, c, &mut self.events);
+            exchange_events(&mut self.endpoint, ConnectionHandle(id.0), &mut c.conn);
+            if c.conn.is_drained() {
+                if !c.closed {
+                    self.events.push_back(EdgeEvent::ConnectionClosed {
+                        conn: id,
+                        reason: "closed".into(),
+                    });
+                }
+                gone.push(id);
+            }
+        }
+        for id in gone {
+            self.conns.remove(&id);
+        }
+    }
+}
+
+fn on_quic_event(
+    now: Instant,
+    id: ConnId,
+    c: &mut EdgeConnection,
+    event: Event,
+    events: &mut VecDeque<EdgeEvent>,
+) {
+    match event {
+        Event::ConnectionLost { reason } => {
+            c.closed = true;
+            events.push_back(EdgeEvent::ConnectionClosed {
+                conn: id,
+                reason: reason.to_string(),
+            });
+        }
+        Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
+            while let Some(stream) = c.conn.streams().accept(Dir::Bi) {
+                if c.control.is_none() {
+                    c.control = Some(ControlStream {
+                        stream,
+                        server: ControlServer::new(),
+                        unsent: Vec::new(),
+                        received: Vec::new(),
+                    });
+                    // Data that came with the opening frame gets no Readable event of its own.
+                    read_control(now, id, c);
+                } else {
+                    // The connector opens further streams only for datagram-v2 unregistration,
+                    // which arrives with the datagram half of the tunnel.
+                    let _ = c.conn.recv_stream(stream).stop(VarInt::from_u32(0));
+                    let _ = c.conn.send_stream(stream).reset(VarInt::from_u32(0));
+                }
+            }
+        }
+        Event::Stream(StreamEvent::Readable { id: stream })
+            if c.control.as_ref().is_some_and(|ctl| ctl.stream == stream) =>
+        {
+            read_control(now, id, c);
+        }
+        _ => {}
+    }
+}
+
+/// Feeds what the control stream has to the control server; a broken one closes the connection.
+fn read_control(now: Instant, id: ConnId, c: &mut EdgeConnection) {
+    let Some(ctl) = c.control.as_mut() else {
+        return;
+    };
+    match read_stream(&mut c.conn, ctl.stream, &mut ctl.received) {
+        Ok(_) => {
+            let bytes = std::mem::take(&mut ctl.received);
+            if let Err(e) = ctl.server.handle_bytes(&bytes) {
+                warn!(conn = id.0, error = %e, "control stream broken; closing");
+                c.conn.close(now, VarInt::from_u32(0), bytes::Bytes::new());
+            }
+        }
+        Err(e) => debug!(conn = id.0, error = %e, "control stream ended"),
+    }
+}
+
+fn pump_control(id: ConnId, c: &mut EdgeConnection, events: &mut VecDeque<EdgeEvent>) {
+    let Some(ctl) = c.control.as_mut() else {
+        return;
+    };
+    while let Some(e) = ctl.server.poll_event() {
+        events.push_back(match e {
+            EdgeControlEvent::RegisterRequested(registration) => EdgeEvent::RegisterRequested {
+                conn: id,
+                registration,
+            },
+            EdgeControlEvent::LocalConfiguration(config) => {
+                EdgeEvent::LocalConfiguration { conn: id, config }
+            }
+            EdgeControlEvent::Unregistered => EdgeEvent::Unregistered { conn: id },
+            EdgeControlEvent::Aborted(reason) => {
+                debug!(conn = id.0, %reason, "connector ended its control stream");
+                continue;
+            }
+        });
+    }
+    if let Some(bytes) = ctl.server.poll_transmit() {
+        ctl.unsent.extend_from_slice(&bytes);
+    }
+    if let Err(e) = flush_stream(&mut c.conn, ctl.stream, &mut ctl.unsent) {
+        debug!(conn = id.0, error = %e, "control stream write failed");
+    }
+}

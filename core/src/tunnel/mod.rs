@@ -1,0 +1,13 @@
+//! Tunnel connections over QUIC, as pure state machines: [`connector::ConnectorConnection`]
+//! (one HA connection of cloudflared's side) and [`edge::EdgeEndpoint`] (the edge's side, for
+//! tests and self-hosting).
+//!
+//! The shape is quinn-proto's: feed UDP datagrams and timer expiries in (`handle_*`), then drain
+//! `poll_transmit`, `poll_event` and `poll_timeout` until they are empty. Nothing here owns a
+//! socket or a clock.
+
+pub mod connector;
+pub mod edge;
+mod quic_io;
+
+pub use quic_io::Transmit;

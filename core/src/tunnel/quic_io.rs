@@ -1,0 +1,81 @@
+//! The plumbing both roles share around quinn-proto: endpoint-event exchange, stream reads and
+//! buffered stream writes.
+
+use std::net::SocketAddr;
+
+use quinn_proto::{Connection, ConnectionHandle, Endpoint, ReadError, StreamId, WriteError};
+
+/// A UDP datagram to send: `size` bytes of the caller's buffer, to `destination`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Transmit {
+    /// Where to send it.
+    pub destination: SocketAddr,
+    /// Bytes of the buffer passed to `poll_transmit` that make up the datagram.
+    pub size: usize,
+}
+
+/// Lets the endpoint and one of its connections tell each other what they need to.
+pub(crate) fn exchange_events(endpoint: &mut Endpoint, h: ConnectionHandle, conn: &mut Connection) {
+    while let Some(ev) = conn.poll_endpoint_events() {
+        if let Some(back) = endpoint.handle_event(h, ev) {
+            conn.handle_event(back);
+        }
+    }
+}
+
+/// One datagram from `conn`, written into `buf` (cleared first).
+pub(crate) fn poll_conn_transmit(
+    conn: &mut Connection,
+    now: std::time::Instant,
+    buf: &mut Vec<u8>,
+) -> Option<Transmit> {
+    buf.clear();
+    conn.poll_transmit(now, 1, buf).map(|t| Transmit {
+        destination: t.destination,
+        size: t.size,
+    })
+}
+
+/// Appends everything readable on stream `id` to `sink`. Returns true once the peer finished
+/// the stream (FIN seen and all data read).
+pub(crate) fn read_stream(
+    conn: &mut Connection,
+    id: StreamId,
+    sink: &mut Vec<u8>,
+) -> Result<bool, ReadError> {
+    let mut stream = conn.recv_stream(id);
+    let mut chunks = match stream.read(true) {
+        Ok(chunks) => chunks,
+        // Already finished and read out: nothing more will come.
+        Err(_) => return Ok(true),
+    };
+    let result = loop {
+        match chunks.next(usize::MAX) {
+            Ok(Some(chunk)) => sink.extend_from_slice(&chunk.bytes),
+            Ok(None) => break Ok(true),
+            Err(ReadError::Blocked) => break Ok(false),
+            Err(e) => break Err(e),
+        }
+    };
+    // Whether flow-control credit must be sent is picked up by the next poll_transmit.
+    let _ = chunks.finalize();
+    result
+}
+
+/// Writes as much of `pending` as flow control allows to stream `id`, keeping the rest.
+pub(crate) fn flush_stream(
+    conn: &mut Connection,
+    id: StreamId,
+    pending: &mut Vec<u8>,
+) -> Result<(), WriteError> {
+    while !pending.is_empty() {
+        match conn.send_stream(id).write(pending) {
+            Ok(n) => {
+                pending.drain(..n);
+            }
+            Err(WriteError::Blocked) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,374 @@
+//! Scenarios: each builds a world from a seed, runs it, and checks invariants on what
+//! happened. A scenario returns the trace hash, or what went wrong.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burrow_core::control::{ConnectionDetails, Registration, RegistrationError};
+use burrow_core::quic::tls::{self, PostQuantum};
+use burrow_core::quic::transport::QuicSettings;
+use burrow_core::quic::SERVER_NAME;
+use burrow_core::tunnel::connector::{ConnectorConfig, ConnectorConnection, ConnectorEvent};
+use burrow_core::tunnel::edge::{EdgeEndpoint, EdgeEvent};
+use quinn_proto::{ClientConfig, ServerConfig};
+use rand_chacha::rand_core::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use uuid::Uuid;
+
+use crate::clock::{Clock, VirtualTime};
+use crate::net::{LinkConfig, Network};
+use crate::world::{Happening, World};
+
+/// What every scenario is run with.
+#[derive(Debug, Clone, Copy)]
+pub struct Params {
+    /// Seeds every random choice of the run.
+    pub seed: u64,
+    /// Packet loss on every link.
+    pub loss: f64,
+}
+
+/// A scenario: name and body.
+pub struct Scenario {
+    /// Name on the command line.
+    pub name: &'static str,
+    /// Runs it; `Ok(trace hash)` or why it failed.
+    pub run: fn(&Params) -> Result<u64, String>,
+}
+
+/// Every scenario, in the order `--list` prints them.
+pub const ALL: &[Scenario] = &[
+    Scenario {
+        name: "registration",
+        run: registration,
+    },
+    Scenario {
+        name: "bad-credentials",
+        run: bad_credentials,
+    },
+    Scenario {
+        name: "partition",
+        run: partition,
+    },
+];
+
+const EDGE: &str = "198.51.100.1:7844";
+const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
+const LOCAL_CONFIG: &[u8] = br#"{"ingress":[{"service":"hello_world"}]}"#;
+const LIMIT: Duration = Duration::from_secs(120);
+/// How long the registration scenario serves before shutting down.
+const SERVE: Duration = Duration::from_secs(15);
+
+/// The certificate the simulated edge presents. Ed25519 keeps signature sizes fixed, so packet
+/// sizes (and hence the run) do not depend on key randomness.
+fn edge_identity() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519 key");
+    let params = rcgen::CertificateParams::new(vec![SERVER_NAME.into()]).expect("params");
+    let cert = params.self_signed(&key).expect("self-signed");
+    let key = PrivatePkcs8KeyDer::from(key.serialize_der());
+    (cert.der().clone(), key.into())
+}
+
+/// A tunnel the simulated edge knows: its secret.
+struct Tunnels(HashMap<Uuid, (String, Vec<u8>)>);
+
+impl Tunnels {
+    /// The edge's check: cloudflared's edge refuses unknown tunnels and wrong secrets.
+    fn check(&self, r: &Registration) -> Result<(), RegistrationError> {
+        match self.0.get(&r.tunnel_id) {
+            Some((account, secret)) if *account == r.account_tag && *secret == r.tunnel_secret => {
+                Ok(())
+            }
+            _ => Err(RegistrationError {
+                cause: "Unauthorized: invalid tunnel credentials".into(),
+                should_retry: false,
+                retry_after: Duration::ZERO,
+            }),
+        }
+    }
+}
+
+struct Setup {
+    world: World,
+    rng: ChaCha8Rng,
+    client: ClientConfig,
+    tunnel_id: Uuid,
+    secret: Vec<u8>,
+    tunnels: Tunnels,
+}
+
+fn setup(p: &Params) -> Setup {
+    let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
+    let (cert, key) = edge_identity();
+    let settings = QuicSettings::default();
+    let mut server = ServerConfig::with_crypto(Arc::new(
+        tls::server_config(vec![cert.clone()], key, PostQuantum::Prefer).expect("server TLS"),
+    ));
+    server.transport_config(settings.transport_config(true));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert).expect("root");
+    let mut client = ClientConfig::new(Arc::new(
+        tls::client_config(roots, PostQuantum::Prefer).expect("client TLS"),
+    ));
+    client.transport_config(settings.transport_config(true));
+
+    let mut seed = [0u8; 32];
+    rng.fill_bytes(&mut seed);
+    let edge = EdgeEndpoint::new(server, seed);
+    let link = LinkConfig {
+        latency: Duration::from_millis(15),
+        jitter: Duration::from_millis(5),
+        loss: p.loss,
+        ..LinkConfig::default()
+    };
+    let net = Network::new(ChaCha8Rng::seed_from_u64(rng.next_u64()), link);
+    let world = World::new(
+        Clock::new(Instant::now()),
+        net,
+        EDGE.parse().expect("addr"),
+        edge,
+    );
+    let tunnel_id = Uuid::from_u128(u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64()));
+    let secret: Vec<u8> = (0..32).map(|_| rng.next_u64() as u8).collect();
+    let tunnels = Tunnels(HashMap::from([(
+        tunnel_id,
+        (ACCOUNT.to_owned(), secret.clone()),
+    )]));
+    Setup {
+        world,
+        rng,
+        client,
+        tunnel_id,
+        secret,
+        tunnels,
+    }
+}
+
+impl Setup {
+    /// Adds connector `conn_index` with the given secret; returns its index in the world.
+    fn add_connector(&mut self, conn_index: u8, secret: Vec<u8>) -> Result<usize, String> {
+        let registration = Registration {
+            account_tag: ACCOUNT.into(),
+            tunnel_secret: secret,
+            tunnel_id: self.tunnel_id,
+            conn_index,
+            client_id: Uuid::from_u128(42),
+            features: vec!["support_datagram_v3_2".into()],
+            version: "burrow-sim".into(),
+            arch: "linux_amd64".into(),
+            origin_local_ip: None,
+            replace_existing: false,
+            compression_quality: 0,
+            num_previous_attempts: 0,
+        };
+        let config = ConnectorConfig {
+            registration,
+            local_config: Some(LOCAL_CONFIG.to_vec()),
+            client: self.client.clone(),
+            server_name: SERVER_NAME.into(),
+            rpc_timeout: Duration::from_secs(5),
+            grace_period: Duration::from_secs(30),
+        };
+        let mut seed = [0u8; 32];
+        self.rng.fill_bytes(&mut seed);
+        let index = self.world.connectors.len();
+        let addr = SocketAddr::from(([192, 0, 2, 10], 40000 + index as u16));
+        let conn =
+            ConnectorConnection::connect(self.world.instant(), config, self.world.edge_addr, seed)
+                .map_err(|e| e.to_string())?;
+        self.world.connectors.push((addr, Some(conn)));
+        Ok(index)
+    }
+}
+
+/// The edge's answer to every registration: check credentials, accept or refuse.
+fn answer_registration(
+    world: &mut World,
+    tunnels: &Tunnels,
+    conn: burrow_core::tunnel::edge::ConnId,
+    registration: &Registration,
+) -> Result<(), String> {
+    let now = world.instant();
+    let result = tunnels.check(registration).map(|()| ConnectionDetails {
+        uuid: Uuid::from_u128(conn.0 as u128 + 1),
+        location: "SIM".into(),
+        remotely_managed: false,
+    });
+    let edge = world.edge.as_mut().ok_or("edge down")?;
+    edge.respond_registration(now, conn, result)
+        .map_err(|e| format!("edge could not answer: {e}"))
+}
+
+fn expect(cond: bool, what: &str, world: &World) -> Result<(), String> {
+    if cond {
+        Ok(())
+    } else {
+        Err(format!(
+            "invariant broken: {what}\nlast events:\n{}",
+            world.trace.tail().join("\n")
+        ))
+    }
+}
+
+/// Register, push local config, serve a while, shut down gracefully.
+fn registration(p: &Params) -> Result<u64, String> {
+    let mut s = setup(p);
+    let c = s.add_connector(0, s.secret.clone())?;
+    let tunnels = s.tunnels;
+    let mut registered_at = None;
+    let (mut config_seen, mut edge_unregistered, mut unregistered, mut closed) =
+        (false, false, false, false);
+    s.world.run_until(VirtualTime::ZERO + SERVE, |w, h| {
+        match h {
+            Happening::Edge(EdgeEvent::RegisterRequested { conn, registration }) => {
+                answer_registration(w, &tunnels, conn, &registration)?;
+            }
+            Happening::Edge(EdgeEvent::LocalConfiguration { config, .. }) => {
+                expect(
+                    config == LOCAL_CONFIG,
+                    "edge receives the local config as sent",
+                    w,
+                )?;
+                config_seen = true;
+            }
+            Happening::Edge(EdgeEvent::Unregistered { .. }) => edge_unregistered = true,
+            Happening::Connector(_, ConnectorEvent::Registered(d)) => {
+                expect(registered_at.is_none(), "registered once", w)?;
+                expect(d.location == "SIM", "details come from the edge", w)?;
+                registered_at = Some(w.now);
+            }
+            Happening::Connector(_, ConnectorEvent::Unregistered) => {
+                expect(
+                    registered_at.is_some(),
+                    "unregister follows registration",
+                    w,
+                )?;
+                unregistered = true;
+            }
+            Happening::Connector(_, ConnectorEvent::Closed { .. }) => closed = true,
+            Happening::Connector(_, other) => {
+                return Err(format!("unexpected connector event {other:?}"))
+            }
+            Happening::Edge(_) => {}
+        }
+        Ok(())
+    })?;
+    // Keep-alives keep the connection busy, so the first phase runs to its limit: 15 s of
+    // serving, time enough to register under loss. Then shut down gracefully.
+    let w = &mut s.world;
+    expect(registered_at.is_some(), "connector registers", w)?;
+    expect(config_seen, "edge gets the local configuration", w)?;
+    let now = w.instant();
+    w.connectors[c]
+        .1
+        .as_mut()
+        .ok_or("connector gone")?
+        .shutdown(now)
+        .map_err(|e| e.to_string())?;
+    let shutdown_limit = w.after(Duration::from_secs(40));
+    w.run_until(shutdown_limit, |w, h| {
+        match h {
+            Happening::Edge(EdgeEvent::Unregistered { .. }) => edge_unregistered = true,
+            Happening::Connector(_, ConnectorEvent::Unregistered) => unregistered = true,
+            Happening::Connector(_, ConnectorEvent::Closed { .. }) => closed = true,
+            Happening::Edge(EdgeEvent::ConnectionClosed { .. }) => {}
+            other => {
+                return Err(format!(
+                    "unexpected during shutdown: {other:?}\n{}",
+                    w.trace.tail().join("\n")
+                ))
+            }
+        }
+        Ok(())
+    })?;
+    expect(edge_unregistered, "edge sees unregisterConnection", w)?;
+    expect(unregistered, "connector learns it is unregistered", w)?;
+    expect(closed, "connection closes after unregistering", w)?;
+    Ok(w.trace.hash())
+}
+
+/// A wrong secret: the edge refuses, the connector reports it and closes.
+fn bad_credentials(p: &Params) -> Result<u64, String> {
+    let mut s = setup(p);
+    let mut wrong = s.secret.clone();
+    wrong[0] ^= 0xff;
+    s.add_connector(0, wrong)?;
+    let tunnels = s.tunnels;
+    let (mut refused, mut closed) = (false, false);
+    s.world.run_until(VirtualTime::ZERO + LIMIT, |w, h| {
+        match h {
+            Happening::Edge(EdgeEvent::RegisterRequested { conn, registration }) => {
+                answer_registration(w, &tunnels, conn, &registration)?;
+            }
+            Happening::Connector(_, ConnectorEvent::RegistrationFailed(e)) => {
+                expect(
+                    e.cause.starts_with("Unauthorized"),
+                    "the edge's cause reaches the connector",
+                    w,
+                )?;
+                expect(!e.should_retry, "a permanent refusal says so", w)?;
+                refused = true;
+            }
+            Happening::Connector(_, ConnectorEvent::Closed { .. }) => closed = true,
+            Happening::Connector(_, ConnectorEvent::Registered(_)) => {
+                return Err("registered with a wrong secret".into())
+            }
+            _ => {}
+        }
+        Ok(())
+    })?;
+    expect(refused, "refusal reported", &s.world)?;
+    expect(closed, "connection closed after refusal", &s.world)?;
+    Ok(s.world.trace.hash())
+}
+
+/// A partition longer than the 5 s idle timeout kills the connection on both sides.
+fn partition(p: &Params) -> Result<u64, String> {
+    let mut s = setup(p);
+    let c = s.add_connector(0, s.secret.clone())?;
+    let tunnels = s.tunnels;
+    let mut registered = false;
+    s.world
+        .run_until(VirtualTime::ZERO + Duration::from_secs(20), |w, h| {
+            if let Happening::Edge(EdgeEvent::RegisterRequested { conn, registration }) = h {
+                answer_registration(w, &tunnels, conn, &registration)?;
+            } else if let Happening::Connector(_, ConnectorEvent::Registered(_)) = h {
+                registered = true;
+            }
+            Ok(())
+        })?;
+    expect(registered, "registered before the partition", &s.world)?;
+    let w = &mut s.world;
+    let (edge, conn) = (w.edge_addr, w.connectors[c].0);
+    w.net.set_partition(edge, conn, true);
+    let (mut connector_closed, mut edge_closed) = (None, None);
+    let limit = w.after(Duration::from_secs(30));
+    let cut_at = w.now;
+    w.run_until(limit, |w, h| {
+        match h {
+            Happening::Connector(_, ConnectorEvent::Closed { reason }) => {
+                connector_closed = Some((w.now, reason))
+            }
+            Happening::Edge(EdgeEvent::ConnectionClosed { .. }) => edge_closed = Some(w.now),
+            _ => {}
+        }
+        Ok(())
+    })?;
+    let (at, reason) = connector_closed.ok_or("connector never noticed the partition")?;
+    expect(
+        reason.contains("timed out"),
+        "closed by the idle timeout",
+        w,
+    )?;
+    let waited = at.since_start() - cut_at.since_start();
+    expect(
+        waited >= Duration::from_secs(4) && waited <= Duration::from_secs(7),
+        "idle timeout (5 s) decides when, give or take a keep-alive",
+        w,
+    )?;
+    expect(edge_closed.is_some(), "edge drops the connection too", w)?;
+    Ok(w.trace.hash())
+}
