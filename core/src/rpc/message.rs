@@ -545,11 +545,7 @@ impl<'a> Transform<'a> {
 
 impl PartialEq for Transform<'_> {
     fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len()
-            && self
-                .iter()
-                .zip(other.iter())
-                .all(|(a, b)| matches!((a, b), (Ok(a), Ok(b)) if a == b))
+        super::same_items(self.iter(), other.iter())
     }
 }
 

@@ -28,6 +28,20 @@ use crate::schema::tunnelrpc_capnp::cloudflared_server;
 /// `SessionManager` or `ConfigurationManager` interface ID.
 pub const CLOUDFLARED_SERVER_INTERFACE_ID: u64 = <cloudflared_server::Client as HasTypeId>::TYPE_ID;
 
+/// Whether two lists read from messages hold equal items; an unreadable item equals nothing.
+pub(crate) fn same_items<T: PartialEq, E>(
+    mut a: impl Iterator<Item = Result<T, E>>,
+    mut b: impl Iterator<Item = Result<T, E>>,
+) -> bool {
+    loop {
+        match (a.next(), b.next()) {
+            (None, None) => return true,
+            (Some(Ok(x)), Some(Ok(y))) if x == y => {}
+            _ => return false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #[test]

@@ -407,11 +407,7 @@ impl<'a> From<&'a [&'a str]> for TextList<'a> {
 
 impl PartialEq for TextList<'_> {
     fn eq(&self, other: &Self) -> bool {
-        self.len() == other.len()
-            && self
-                .iter()
-                .zip(other.iter())
-                .all(|(a, b)| matches!((a, b), (Ok(a), Ok(b)) if a == b))
+        super::same_items(self.iter(), other.iter())
     }
 }
 
