@@ -8,6 +8,7 @@ pub mod datagram;
 pub mod icmp;
 pub mod quic;
 pub mod rpc;
+pub mod rpc_stream;
 pub mod schema;
 pub mod stream;
 pub mod tunnel;

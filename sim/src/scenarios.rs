@@ -53,6 +53,10 @@ pub const ALL: &[Scenario] = &[
         name: "partition",
         run: partition,
     },
+    Scenario {
+        name: "remote-config",
+        run: remote_config,
+    },
 ];
 
 const EDGE: &str = "198.51.100.1:7844";
@@ -371,4 +375,107 @@ fn partition(p: &Params) -> Result<u64, String> {
     )?;
     expect(edge_closed.is_some(), "edge drops the connection too", w)?;
     Ok(w.trace.hash())
+}
+
+/// The edge pushes configurations; versions only move forward, invalid ones are refused with
+/// the version unchanged, and every answer reaches the edge.
+fn remote_config(p: &Params) -> Result<u64, String> {
+    let mut s = setup(p);
+    s.add_connector(0, s.secret.clone())?;
+    let tunnels = s.tunnels;
+    let mut edge_conn = None;
+    s.world
+        .run_until(VirtualTime::ZERO + Duration::from_secs(15), |w, h| {
+            match h {
+                Happening::Edge(EdgeEvent::RegisterRequested { conn, registration }) => {
+                    answer_registration(w, &tunnels, conn, &registration)?;
+                    edge_conn = Some(conn);
+                }
+                Happening::Connector(_, ConnectorEvent::Registered(_)) | Happening::Edge(_) => {}
+                other => return Err(format!("unexpected {other:?}")),
+            }
+            Ok(())
+        })?;
+    let conn = edge_conn.ok_or("never registered")?;
+    // The connector process's configuration state (process-wide in cloudflared).
+    let mut versions = burrow_core::rpc_stream::ConfigVersions::new();
+    let good = br#"{"ingress":[{"service":"http_status:503"}]}"#.as_slice();
+    // (offered version, config, expected latest version, expect an error)
+    let pushes: [(i32, &[u8], i32, bool); 5] = [
+        (1, good, 1, false),
+        (1, good, 1, false),
+        (0, good, 1, false),
+        (3, b"{not json", 1, true),
+        (2, good, 2, false),
+    ];
+    for (version, config, want_latest, want_error) in pushes {
+        let w = &mut s.world;
+        let now = w.instant();
+        w.edge
+            .as_mut()
+            .ok_or("edge down")?
+            .update_configuration(now, conn, version, config)
+            .map_err(|e| e.to_string())?;
+        let mut answer = None;
+        let limit = w.after(Duration::from_secs(10));
+        w.run_until(limit, |w, h| {
+            match h {
+                Happening::Connector(
+                    i,
+                    ConnectorEvent::ConfigurationOffered {
+                        stream,
+                        version,
+                        config,
+                    },
+                ) => {
+                    let result = versions.offer(version, || {
+                        serde_json::from_slice::<serde_json::Value>(&config)
+                            .map(drop)
+                            .map_err(|e| format!("invalid configuration JSON: {e}"))
+                    });
+                    let now = w.instant();
+                    w.connectors[i]
+                        .1
+                        .as_mut()
+                        .ok_or("connector gone")?
+                        .respond_configuration(now, stream, &result)
+                        .map_err(|e| e.to_string())?;
+                }
+                Happening::Edge(EdgeEvent::ConfigurationResult { outcome, .. }) => {
+                    expect(answer.is_none(), "one answer per push", w)?;
+                    answer = Some(outcome);
+                }
+                other => return Err(format!("unexpected {other:?}")),
+            }
+            Ok(())
+        })?;
+        let Some(burrow_core::rpc_stream::edge::RpcCallOutcome::Configuration(r)) = answer else {
+            return Err(format!(
+                "push of version {version}: answer {answer:?}\n{}",
+                w.trace.tail().join("\n")
+            ));
+        };
+        expect(
+            r.latest_applied_version == want_latest,
+            &format!(
+                "version {version}: latest {want_latest}, got {}",
+                r.latest_applied_version
+            ),
+            w,
+        )?;
+        expect(
+            r.error.is_some() == want_error,
+            &format!(
+                "version {version}: error expected {want_error}, got {:?}",
+                r.error
+            ),
+            w,
+        )?;
+    }
+    expect(
+        versions.current() == 2,
+        "the connector ends on version 2",
+        &s.world,
+    )?;
+    Ok(s.world.trace.hash())
 }

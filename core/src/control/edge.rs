@@ -6,15 +6,13 @@ use std::collections::VecDeque;
 
 use tracing::debug;
 
-use super::{
-    ApiError, ConnectionDetails, ControlError, Inbox, Registration, RegistrationError,
-    EDGE_EXPORT_ID,
-};
-use crate::rpc::message::{self, Exception, ExceptionType, Message, MessageTarget};
+use super::{ApiError, ConnectionDetails, ControlError, Registration, RegistrationError};
+use crate::rpc::message::{self, ExceptionType, Message};
 use crate::rpc::method::Empty;
 use crate::rpc::registration::{
     RegisterConnection, UnregisterConnection, UpdateLocalConfiguration,
 };
+use crate::rpc::{BootstrapServer, Inbox};
 
 /// What the connector did on the control stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -39,8 +37,8 @@ pub struct ControlServer {
 #[derive(Debug, Default)]
 struct Serving {
     outbox: Vec<u8>,
-    /// Question of the connector's bootstrap, which calls may target before it returns.
-    bootstrap_question: Option<u32>,
+    /// Our `RegistrationServer`, which calls may target before the bootstrap returns.
+    bootstrap: BootstrapServer,
     /// Question of a registration waiting for the caller's answer.
     pending_registration: Option<u32>,
     events: VecDeque<EdgeControlEvent>,
@@ -92,9 +90,7 @@ impl Serving {
     fn on_message(&mut self, m: Message<'_>) -> Result<(), ControlError> {
         match m {
             Message::Bootstrap { question_id } => {
-                self.bootstrap_question = Some(question_id);
-                message::encode_bootstrap_return(question_id, EDGE_EXPORT_ID, &mut self.outbox)?;
-                Ok(())
+                Ok(self.bootstrap.answer(question_id, &mut self.outbox)?)
             }
             Message::Call(call) => self.on_call(call),
             Message::Abort(e) => {
@@ -108,29 +104,23 @@ impl Serving {
         }
     }
 
-    fn targets_us(&self, target: &MessageTarget<'_>) -> bool {
-        match target {
-            MessageTarget::ImportedCap(id) => *id == EDGE_EXPORT_ID,
-            MessageTarget::PromisedAnswer(p) => {
-                Some(p.question_id) == self.bootstrap_question && p.transform.is_empty()
-            }
-        }
-    }
-
     fn refuse(
         &mut self,
         question: u32,
         kind: ExceptionType,
         reason: &str,
     ) -> Result<(), ControlError> {
-        let e = Exception { reason, kind };
-        message::encode_exception_return(question, &e, &mut self.outbox)?;
-        Ok(())
+        Ok(BootstrapServer::refuse(
+            question,
+            kind,
+            reason,
+            &mut self.outbox,
+        )?)
     }
 
     fn on_call(&mut self, call: message::Call<'_>) -> Result<(), ControlError> {
         let q = call.question_id;
-        if !self.targets_us(&call.target) {
+        if !self.bootstrap.is_target(&call.target) {
             return self.refuse(q, ExceptionType::Failed, "call to an unknown capability");
         }
         if call.is::<RegisterConnection>() {

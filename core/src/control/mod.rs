@@ -15,15 +15,13 @@ use std::time::Duration;
 use thiserror::Error;
 use uuid::Uuid;
 
-use crate::rpc::frame::{DecodeError, EncodeError, FrameLimits};
-use crate::rpc::message::{decode_message, Message};
+use crate::rpc::frame::{DecodeError, EncodeError};
 use crate::rpc::registration::{
     ClientInfo, ConnectionDetails as WireDetails, ConnectionError, ConnectionOptions,
     ConnectionResponse, RegisterConnectionParams, TunnelAuth,
 };
+use crate::rpc::Inbox;
 
-/// Interface the connector's bootstrap capability is exported under by the edge.
-const EDGE_EXPORT_ID: u32 = 0;
 /// `cause` of a registration refused because the connection index is already connected.
 pub const DUPLICATE_CONNECTION: &str = "EDUPCONN";
 
@@ -222,44 +220,6 @@ pub enum ApiError {
     /// A message could not be encoded.
     #[error("could not encode {0}")]
     Encode(String),
-}
-
-/// Bytes received on an RPC stream, cut into messages as they complete.
-#[derive(Debug, Default)]
-struct Inbox {
-    buf: Vec<u8>,
-}
-
-impl Inbox {
-    /// Appends `bytes` and hands every complete message to `handle`, in order; consumed bytes
-    /// are dropped even if a handler fails (the stream is then beyond saving anyway).
-    fn feed(
-        &mut self,
-        bytes: &[u8],
-        mut handle: impl FnMut(Message<'_>) -> Result<(), ControlError>,
-    ) -> Result<(), ControlError> {
-        self.buf.extend_from_slice(bytes);
-        let mut consumed = 0;
-        let result = loop {
-            let rest = &self.buf[consumed..];
-            match decode_message(rest, &FrameLimits::RPC) {
-                Ok(Some((msg, n))) => {
-                    consumed += n;
-                    if let Err(e) = msg
-                        .message()
-                        .map_err(ControlError::from)
-                        .and_then(&mut handle)
-                    {
-                        break Err(e);
-                    }
-                }
-                Ok(None) => break Ok(()),
-                Err(e) => break Err(e.into()),
-            }
-        };
-        self.buf.drain(..consumed);
-        result
-    }
 }
 
 #[cfg(test)]

@@ -4,11 +4,12 @@
 //! which the edge takes for the control plane) → register → serve → on shutdown unregister,
 //! drain, close with application code 0 and an empty reason, as cloudflared does.
 //!
-//! Data streams are the next step of this state machine; until they land, edge-opened streams
-//! are refused (reset and stopped with code 0, the code cloudflared uses for every failure)
-//! and reported, never left to pile up.
+//! Edge-opened streams start with a preamble. RPC streams are served (remote configuration;
+//! datagram-v2 session calls are refused as on a v3 connection). Data streams are the next step
+//! of this state machine; until they land they are refused (reset and stopped with code 0, the
+//! code cloudflared uses for every failure) and reported, never left to pile up.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -25,6 +26,9 @@ use super::quic_io::{exchange_events, flush_stream, poll_conn_transmit, read_str
 use super::Transmit;
 use crate::control::connector::{ControlClient, ControlEvent};
 use crate::control::{ApiError, ConnectionDetails, Registration, RegistrationError};
+use crate::rpc_stream::connector::{RpcStreamEvent, RpcStreamServer};
+use crate::rpc_stream::ConfigUpdateResult;
+use crate::stream::preamble::{self, StreamKind};
 
 /// What a connector connection needs to know.
 #[derive(Clone)]
@@ -56,6 +60,17 @@ pub enum ConnectorEvent {
     Unregistered,
     /// The edge opened a stream this version cannot serve yet; it was refused.
     StreamRefused(StreamId),
+    /// The edge offers remote configuration; apply the version rule with
+    /// [`crate::rpc_stream::ConfigVersions`] and answer with
+    /// [`ConnectorConnection::respond_configuration`].
+    ConfigurationOffered {
+        /// The RPC stream to answer on.
+        stream: StreamId,
+        /// Offered version.
+        version: i32,
+        /// Configuration JSON.
+        config: Vec<u8>,
+    },
     /// The connection is gone; nothing more will happen.
     Closed {
         /// Why, in words.
@@ -92,6 +107,19 @@ enum State {
     Closed,
 }
 
+/// An edge-opened stream.
+enum Incoming {
+    /// Waiting for the whole preamble.
+    Preamble(Vec<u8>),
+    /// An RPC stream: one call to our `CloudflaredServer`.
+    Rpc {
+        server: RpcStreamServer,
+        unsent: Vec<u8>,
+        /// Finish the stream once `unsent` is written.
+        answered: bool,
+    },
+}
+
 struct Control {
     stream: StreamId,
     client: ControlClient,
@@ -108,6 +136,8 @@ pub struct ConnectorConnection {
     config: ConnectorConfig,
     state: State,
     control: Option<Control>,
+    /// Edge-opened streams, from the preamble on.
+    incoming: HashMap<StreamId, Incoming>,
     shutdown_requested: bool,
     events: VecDeque<ConnectorEvent>,
 }
@@ -136,6 +166,7 @@ impl ConnectorConnection {
             config,
             state: State::Handshaking,
             control: None,
+            incoming: HashMap::new(),
             shutdown_requested: false,
             events: VecDeque::new(),
         })
@@ -243,12 +274,20 @@ impl ConnectorConnection {
             Event::ConnectionLost { reason } => {
                 self.finish(reason.to_string());
             }
-            Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => self.refuse_streams(),
+            Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
+                while let Some(id) = self.conn.streams().accept(Dir::Bi) {
+                    self.incoming.insert(id, Incoming::Preamble(Vec::new()));
+                    // Data that came with the opening frame gets no Readable event of its own.
+                    self.read_incoming(id);
+                }
+            }
             Event::Stream(StreamEvent::Readable { id })
                 if self.control.as_ref().is_some_and(|c| c.stream == id) =>
             {
                 self.read_control(now);
             }
+            Event::Stream(StreamEvent::Readable { id }) => self.read_incoming(id),
+            Event::Stream(StreamEvent::Writable { id }) => self.flush_incoming(id),
             // Datagrams arrive with the datagram half of the tunnel (issue 4); uni streams are
             // refused by the transport settings.
             _ => {}
@@ -290,13 +329,119 @@ impl ConnectorConnection {
         self.state = State::Registering;
     }
 
-    fn refuse_streams(&mut self) {
-        while let Some(id) = self.conn.streams().accept(Dir::Bi) {
-            warn!(stream = %id, "edge opened a data stream; data streams are not served yet");
-            let _ = self.conn.recv_stream(id).stop(VarInt::from_u32(0));
-            let _ = self.conn.send_stream(id).reset(VarInt::from_u32(0));
-            self.events.push_back(ConnectorEvent::StreamRefused(id));
+    /// Reads an edge-opened stream: first its preamble, then what its kind calls for.
+    fn read_incoming(&mut self, id: StreamId) {
+        let Some(state) = self.incoming.get_mut(&id) else {
+            return;
+        };
+        let mut received = Vec::new();
+        let finished = match read_stream(&mut self.conn, id, &mut received) {
+            Ok(finished) => finished,
+            Err(e) => {
+                debug!(stream = %id, error = %e, "edge reset a stream");
+                self.incoming.remove(&id);
+                return;
+            }
+        };
+        if let Incoming::Preamble(buf) = state {
+            buf.extend_from_slice(&received);
+            received.clear();
+            match preamble::parse(buf) {
+                Ok(None) if !finished => return,
+                Ok(Some(kind @ StreamKind::Rpc)) => {
+                    received = buf.split_off(kind.preamble_len());
+                    *state = Incoming::Rpc {
+                        server: RpcStreamServer::new(),
+                        unsent: Vec::new(),
+                        answered: false,
+                    };
+                }
+                Ok(Some(StreamKind::Data { .. })) => {
+                    warn!(stream = %id, "edge opened a data stream; data streams are not served yet");
+                    self.refuse(id);
+                    self.events.push_back(ConnectorEvent::StreamRefused(id));
+                    return;
+                }
+                Ok(None) | Err(_) => {
+                    // cloudflared resets a stream with an unknown signature (code 0).
+                    debug!(stream = %id, "stream with no valid preamble");
+                    self.refuse(id);
+                    return;
+                }
+            }
         }
+        if let Some(Incoming::Rpc { server, .. }) = self.incoming.get_mut(&id) {
+            if let Err(e) = server.handle_bytes(&received) {
+                warn!(stream = %id, error = %e, "RPC stream broken");
+                self.refuse(id);
+                return;
+            }
+            while let Some(event) = server.poll_event() {
+                match event {
+                    RpcStreamEvent::ConfigurationOffered { version, config } => {
+                        self.events.push_back(ConnectorEvent::ConfigurationOffered {
+                            stream: id,
+                            version,
+                            config,
+                        });
+                    }
+                    RpcStreamEvent::SessionMethodRefused(method) => {
+                        debug!(stream = %id, method, "refused a datagram-v2 session call");
+                    }
+                }
+            }
+            self.flush_incoming(id);
+        }
+    }
+
+    /// Answers a configuration offer received on RPC stream `stream`.
+    pub fn respond_configuration(
+        &mut self,
+        now: Instant,
+        stream: StreamId,
+        result: &ConfigUpdateResult,
+    ) -> Result<(), ConnectorError> {
+        let Some(Incoming::Rpc {
+            server, answered, ..
+        }) = self.incoming.get_mut(&stream)
+        else {
+            return Err(ApiError::Closed.into());
+        };
+        server.respond_configuration(result)?;
+        *answered = true;
+        self.flush_incoming(stream);
+        self.progress(now);
+        Ok(())
+    }
+
+    /// Writes what an RPC stream has to say; finishes it once answered.
+    fn flush_incoming(&mut self, id: StreamId) {
+        let Some(Incoming::Rpc {
+            server,
+            unsent,
+            answered,
+        }) = self.incoming.get_mut(&id)
+        else {
+            return;
+        };
+        if let Some(bytes) = server.poll_transmit() {
+            unsent.extend_from_slice(&bytes);
+        }
+        if flush_stream(&mut self.conn, id, unsent).is_err() {
+            self.incoming.remove(&id);
+            return;
+        }
+        if *answered && unsent.is_empty() {
+            let _ = self.conn.send_stream(id).finish();
+            self.incoming.remove(&id);
+        }
+    }
+
+    /// Refuses a stream the way cloudflared fails one: STOP_SENDING and RESET_STREAM, code 0.
+    fn refuse(&mut self, id: StreamId) {
+        let _ = self.conn.recv_stream(id).stop(VarInt::from_u32(0));
+        let _ = self.conn.send_stream(id).reset(VarInt::from_u32(0));
+        self.incoming.remove(&id);
     }
 
     fn read_control(&mut self, now: Instant) {

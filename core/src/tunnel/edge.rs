@@ -18,6 +18,7 @@ use super::quic_io::{exchange_events, flush_stream, poll_conn_transmit, read_str
 use super::Transmit;
 use crate::control::edge::{ControlServer, EdgeControlEvent};
 use crate::control::{ApiError, ConnectionDetails, Registration, RegistrationError};
+use crate::rpc_stream::edge::{RpcCallOutcome, RpcStreamClient};
 
 /// Identifies one connector connection at this edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -45,6 +46,13 @@ pub enum EdgeEvent {
         /// Which connection.
         conn: ConnId,
     },
+    /// A connector answered a configuration push.
+    ConfigurationResult {
+        /// Which connection.
+        conn: ConnId,
+        /// Its answer.
+        outcome: RpcCallOutcome,
+    },
     /// A connection is gone.
     ConnectionClosed {
         /// Which connection.
@@ -57,7 +65,15 @@ pub enum EdgeEvent {
 struct EdgeConnection {
     conn: Connection,
     control: Option<ControlStream>,
+    /// RPC streams we opened, each carrying one call.
+    calls: BTreeMap<StreamId, RpcCall>,
     closed: bool,
+}
+
+struct RpcCall {
+    client: RpcStreamClient,
+    unsent: Vec<u8>,
+    received: Vec<u8>,
 }
 
 struct ControlStream {
@@ -113,6 +129,7 @@ impl EdgeEndpoint {
                             EdgeConnection {
                                 conn,
                                 control: None,
+                                calls: BTreeMap::new(),
                                 closed: false,
                             },
                         );
@@ -159,6 +176,33 @@ impl EdgeEndpoint {
         Ok(())
     }
 
+    /// Pushes remote configuration `version` to `conn` on a new RPC stream; the answer comes
+    /// as [`EdgeEvent::ConfigurationResult`].
+    pub fn update_configuration(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        version: i32,
+        config: &[u8],
+    ) -> Result<StreamId, ApiError> {
+        let c = self.conns.get_mut(&conn).ok_or(ApiError::Closed)?;
+        let mut client = RpcStreamClient::update_configuration(version, config)?;
+        let stream = c.conn.streams().open(Dir::Bi).ok_or(ApiError::Encode(
+            "no stream credit for an RPC stream".into(),
+        ))?;
+        let unsent = client.poll_transmit().unwrap_or_default();
+        c.calls.insert(
+            stream,
+            RpcCall {
+                client,
+                unsent,
+                received: Vec::new(),
+            },
+        );
+        self.progress(now);
+        Ok(stream)
+    }
+
     /// The next datagram to send, written into `buf`.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
         if let Some((destination, bytes)) = self.responses.pop_front() {
@@ -200,6 +244,12 @@ impl EdgeEndpoint {
                 on_quic_event(now, id, c, event, &mut self.events);
             }
             pump_control(id, c, &mut self.events);
+            for (&stream, call) in c.calls.iter_mut() {
+                if let Some(bytes) = call.client.poll_transmit() {
+                    call.unsent.extend_from_slice(&bytes);
+                }
+                let _ = flush_stream(&mut c.conn, stream, &mut call.unsent);
+            }
             exchange_events(&mut self.endpoint, ConnectionHandle(id.0), &mut c.conn);
             if c.conn.is_drained() {
                 if !c.closed {
@@ -256,7 +306,41 @@ fn on_quic_event(
         {
             read_control(now, id, c);
         }
+        Event::Stream(StreamEvent::Readable { id: stream }) => read_call(id, stream, c, events),
         _ => {}
+    }
+}
+
+/// Reads the answer on one of our RPC streams; an answered (or broken) call ends its stream.
+fn read_call(
+    id: ConnId,
+    stream: StreamId,
+    c: &mut EdgeConnection,
+    events: &mut VecDeque<EdgeEvent>,
+) {
+    let Some(call) = c.calls.get_mut(&stream) else {
+        return;
+    };
+    let outcome = match read_stream(&mut c.conn, stream, &mut call.received) {
+        Ok(finished) => {
+            let bytes = std::mem::take(&mut call.received);
+            match call.client.handle_bytes(&bytes) {
+                Ok(()) => call.client.poll_outcome().or_else(|| {
+                    finished.then(|| RpcCallOutcome::Failed("stream ended unanswered".into()))
+                }),
+                Err(e) => Some(RpcCallOutcome::Failed(e.to_string())),
+            }
+        }
+        Err(e) => Some(RpcCallOutcome::Failed(format!("stream reset: {e}"))),
+    };
+    if let Some(outcome) = outcome {
+        if let Some(bytes) = call.client.poll_transmit() {
+            call.unsent.extend_from_slice(&bytes);
+        }
+        let _ = flush_stream(&mut c.conn, stream, &mut call.unsent);
+        let _ = c.conn.send_stream(stream).finish();
+        c.calls.remove(&stream);
+        events.push_back(EdgeEvent::ConfigurationResult { conn: id, outcome });
     }
 }
 
