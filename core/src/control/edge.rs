@@ -65,7 +65,7 @@ impl ControlServer {
         let q = conv
             .pending_registration
             .take()
-            .ok_or(ApiError::NoPendingRegistration)?;
+            .ok_or(ApiError::NothingPending("registration"))?;
         let response = match &result {
             Ok(details) => crate::rpc::registration::ConnectionResponse::Details(details.to_wire()),
             Err(e) => e.to_wire(),

@@ -211,9 +211,9 @@ pub enum ApiError {
     /// The operation needs a registered connection.
     #[error("{0} needs a registered connection")]
     NotRegistered(&'static str),
-    /// There is no registration waiting for an answer.
-    #[error("no registration is waiting for an answer")]
-    NoPendingRegistration,
+    /// Nothing of this kind is waiting for an answer.
+    #[error("no {0} is waiting for an answer")]
+    NothingPending(&'static str),
     /// The control stream is closed.
     #[error("the control stream is closed")]
     Closed,

@@ -65,7 +65,7 @@ impl RpcStreamServer {
             .conv
             .pending_configuration
             .take()
-            .ok_or(ApiError::NoPendingRegistration)?;
+            .ok_or(ApiError::NothingPending("configuration update"))?;
         let response = UpdateConfigurationResponse {
             latest_applied_version: result.latest_applied_version,
             err: result.error.as_deref().unwrap_or(""),

@@ -99,8 +99,6 @@ enum State {
     Serving,
     /// `unregisterConnection` sent.
     Unregistering,
-    /// Unregistered; in-flight streams may finish until the deadline.
-    Draining { until: Instant },
     /// CONNECTION_CLOSE sent or received; waiting for quinn to drain.
     Closing,
     /// Done.
@@ -201,11 +199,6 @@ impl ConnectorConnection {
         if let Some(c) = &mut self.control {
             c.client.handle_timeout(now);
         }
-        if let State::Draining { until } = self.state {
-            if until <= now {
-                self.close(now);
-            }
-        }
         self.progress(now);
     }
 
@@ -233,12 +226,8 @@ impl ConnectorConnection {
 
     /// When [`ConnectorConnection::handle_timeout`] must be called next.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
-        let draining = match self.state {
-            State::Draining { until } => Some(until),
-            _ => None,
-        };
         let control = self.control.as_ref().and_then(|c| c.client.poll_timeout());
-        [self.conn.poll_timeout(), control, draining]
+        [self.conn.poll_timeout(), control]
             .into_iter()
             .flatten()
             .min()
@@ -518,8 +507,8 @@ impl ConnectorConnection {
                     warn!(conn_index, %reason, "unregistering failed; draining anyway");
                 }
                 self.events.push_back(ConnectorEvent::Unregistered);
-                // No data streams are served yet, so there is nothing in flight to wait for.
-                self.state = State::Draining { until: now };
+                // No data streams are served yet, so there is nothing in flight to drain; the
+                // grace-period drain arrives with them.
                 self.close(now);
             }
         }

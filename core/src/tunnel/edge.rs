@@ -170,7 +170,10 @@ impl EdgeEndpoint {
         result: Result<ConnectionDetails, RegistrationError>,
     ) -> Result<(), ApiError> {
         let c = self.conns.get_mut(&conn).ok_or(ApiError::Closed)?;
-        let control = c.control.as_mut().ok_or(ApiError::NoPendingRegistration)?;
+        let control = c
+            .control
+            .as_mut()
+            .ok_or(ApiError::NothingPending("registration"))?;
         control.server.respond_registration(result)?;
         self.progress(now);
         Ok(())
