@@ -2,4 +2,6 @@
 //! `ConnectRequest` / `ConnectResponse` that open a data stream.
 
 pub mod connect;
+pub mod http1;
 pub mod preamble;
+pub mod proxy;

@@ -1,0 +1,702 @@
+//! HTTP/1.1 toward the origin: the request head cloudflared's Go client would write for a
+//! `ConnectRequest`, and the origin's response read back with httparse (head, then the body by
+//! its framing, chunked bodies de-chunked).
+//!
+//! Request mapping follows PROTOCOL.md A§3.4, response mapping A§3.5. Header names are written in
+//! Go's canonical form (`content-type` → `Content-Type`) because the edge sees the names Go's
+//! header map produced.
+
+use http::{HeaderName, HeaderValue, Uri};
+use thiserror::Error;
+
+use super::connect::{key, ConnectRequestReader};
+use crate::rpc::frame::DecodeError;
+
+/// Most response header lines accepted from an origin.
+const MAX_HEADERS: usize = 128;
+/// Largest response head accepted from an origin (Go's default `MaxResponseHeaderBytes`).
+pub const MAX_HEAD_BYTES: usize = 1 << 20;
+/// Longest chunk-size or trailer line accepted.
+const MAX_LINE: usize = 4096;
+
+/// Header cloudflared strips from requests: the edge's marker for WebSocket upgrades.
+const INTERNAL_UPGRADE: &str = "Cf-Cloudflared-Proxy-Connection-Upgrade";
+/// Header carrying the Jaeger trace id; cloudflared consumes and deletes it.
+const TRACE_HEADER: &str = "Cf-Trace-Id";
+
+/// Why a `ConnectRequest` cannot become an HTTP request (answered with `ConnectResponse.error`).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RequestError {
+    /// The message's text was not readable.
+    #[error("unreadable request: {0}")]
+    Decode(String),
+    /// `dest` is not a URL or path.
+    #[error("malformed request destination {0:?}")]
+    Dest(String),
+    /// A `HttpHeader` key that does not split into exactly two parts (cloudflared's text).
+    #[error("header Key: {0} malformed")]
+    HeaderKey(String),
+    /// A header name or value that cannot go on an HTTP/1.1 wire (CR/LF injection and such).
+    #[error("invalid header {0:?}")]
+    HeaderInvalid(String),
+    /// The method is not an HTTP token.
+    #[error("invalid method {0:?}")]
+    Method(String),
+    /// A `Content-Length` that is not a decimal number (cloudflared's text).
+    #[error("Error setting content-length: {0}")]
+    ContentLength(String),
+}
+
+impl From<DecodeError> for RequestError {
+    fn from(e: DecodeError) -> Self {
+        Self::Decode(e.to_string())
+    }
+}
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    Empty,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Until the sender closes (responses only).
+    UntilClose,
+}
+
+/// What [`write_request`] decided about the request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RequestHead {
+    /// How the request body that follows on the stream is sent to the origin.
+    pub body: Framing,
+    /// The response to a HEAD request has no body whatever its headers say.
+    pub is_head: bool,
+    /// The `Host` the request was written with, if any: the origin's pooling key.
+    pub host: Option<String>,
+}
+
+/// Appends the HTTP/1.1 request head for `req` to `out`. `websocket` adds the upgrade headers
+/// cloudflared's proxy adds and never sends a body. On error `out` is left as it was.
+pub fn write_request(
+    req: &ConnectRequestReader<'_>,
+    websocket: bool,
+    out: &mut Vec<u8>,
+) -> Result<RequestHead, RequestError> {
+    let start = out.len();
+    let result = write_request_inner(req, websocket, out);
+    if result.is_err() {
+        out.truncate(start);
+    }
+    result
+}
+
+fn write_request_inner(
+    req: &ConnectRequestReader<'_>,
+    websocket: bool,
+    out: &mut Vec<u8>,
+) -> Result<RequestHead, RequestError> {
+    let dest = req.dest()?;
+    let uri: Uri = dest
+        .parse()
+        .map_err(|_| RequestError::Dest(dest.to_owned()))?;
+    let mut method = "GET";
+    let mut host = uri.authority().map(|a| a.as_str().to_owned());
+    let mut content_length = None;
+    let mut chunked = false;
+    for entry in req.metadata() {
+        let entry = entry?;
+        if entry.key == key::HTTP_METHOD && !entry.val.is_empty() {
+            method = entry.val;
+        } else if entry.key == key::HTTP_HOST {
+            host = Some(entry.val.to_owned());
+        } else if entry.key.contains("HttpHeader") {
+            let name = header_name(entry.key)?;
+            if name.eq_ignore_ascii_case("content-length") {
+                let n = entry
+                    .val
+                    .trim()
+                    .parse::<u64>()
+                    .map_err(|e| RequestError::ContentLength(e.to_string()))?;
+                content_length = Some(n);
+            } else if name.eq_ignore_ascii_case("transfer-encoding") {
+                chunked |= entry.val.to_ascii_lowercase().contains("chunked");
+            }
+        }
+    }
+    if http::Method::from_bytes(method.as_bytes()).is_err() {
+        return Err(RequestError::Method(method.to_owned()));
+    }
+    let path = uri.path_and_query().map_or("/", |p| p.as_str());
+    let path = if path.is_empty() { "/" } else { path };
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(path.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    if let Some(host) = &host {
+        write_header(out, "Host", host)?;
+    }
+    for entry in req.metadata() {
+        let entry = entry?;
+        if !entry.key.contains("HttpHeader") {
+            continue;
+        }
+        let name = header_name(entry.key)?;
+        let skip = [
+            "host",
+            "content-length",
+            "transfer-encoding",
+            "connection",
+            "upgrade",
+            INTERNAL_UPGRADE,
+            TRACE_HEADER,
+        ];
+        if skip.iter().any(|s| name.eq_ignore_ascii_case(s)) {
+            continue;
+        }
+        write_header(out, &canonical(name), entry.val)?;
+    }
+    let body = if websocket {
+        write_header(out, "Connection", "Upgrade")?;
+        write_header(out, "Upgrade", "websocket")?;
+        write_header(out, "Sec-Websocket-Version", "13")?;
+        Framing::Empty
+    } else {
+        write_header(out, "Connection", "keep-alive")?;
+        // cloudflared drops the body unless it is chunked or has a positive length.
+        if chunked {
+            write_header(out, "Transfer-Encoding", "chunked")?;
+            Framing::Chunked
+        } else if let Some(n @ 1..) = content_length {
+            write_header(out, "Content-Length", &n.to_string())?;
+            Framing::Length(n)
+        } else {
+            Framing::Empty
+        }
+    };
+    out.extend_from_slice(b"\r\n");
+    Ok(RequestHead {
+        body,
+        is_head: method.eq_ignore_ascii_case("HEAD"),
+        host,
+    })
+}
+
+/// The header name of an `HttpHeader:<Name>` key, checked the way cloudflared checks it.
+fn header_name(key: &str) -> Result<&str, RequestError> {
+    let mut parts = key.split(':');
+    match (parts.next(), parts.next(), parts.next()) {
+        (Some(_), Some(name), None) => Ok(name),
+        _ => Err(RequestError::HeaderKey(key.to_owned())),
+    }
+}
+
+fn write_header(out: &mut Vec<u8>, name: &str, value: &str) -> Result<(), RequestError> {
+    if HeaderName::from_bytes(name.as_bytes()).is_err() || HeaderValue::from_str(value).is_err() {
+        return Err(RequestError::HeaderInvalid(name.to_owned()));
+    }
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value.as_bytes());
+    out.extend_from_slice(b"\r\n");
+    Ok(())
+}
+
+/// Go's `CanonicalMIMEHeaderKey`: first letter and letters after `-` upper case, the rest
+/// lower; names with bytes outside token characters are left as they are.
+pub fn canonical(name: &str) -> String {
+    if HeaderName::from_bytes(name.as_bytes()).is_err() || name.contains(' ') {
+        return name.to_owned();
+    }
+    let mut upper = true;
+    name.chars()
+        .map(|c| {
+            let out = if upper {
+                c.to_ascii_uppercase()
+            } else {
+                c.to_ascii_lowercase()
+            };
+            upper = c == '-';
+            out
+        })
+        .collect()
+}
+
+/// Appends one chunk of the chunked transfer coding (nothing for an empty `data`, which would
+/// read as the last chunk).
+pub fn write_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    out.extend_from_slice(format!("{:x}\r\n", data.len()).as_bytes());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
+}
+
+/// The last chunk, with no trailers.
+pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
+
+/// The origin broke HTTP/1.1.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum ResponseError {
+    /// httparse refused the head.
+    #[error("malformed response head from origin: {0}")]
+    Head(String),
+    /// The head grew past [`MAX_HEAD_BYTES`].
+    #[error("response head from origin exceeds {MAX_HEAD_BYTES} bytes")]
+    HeadTooLarge,
+    /// Conflicting or unreadable `Content-Length`.
+    #[error("invalid Content-Length from origin")]
+    ContentLength,
+    /// A bad chunk-size line, or a line too long.
+    #[error("malformed chunked body from origin")]
+    Chunk,
+    /// The origin closed before the body was complete.
+    #[error("origin closed the connection before the body was complete")]
+    Truncated,
+}
+
+/// A parsed response head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ResponseHead {
+    /// Status code.
+    pub status: u16,
+    /// Header lines in order, names canonicalised; hop-by-hop framing headers Go's client
+    /// removes (`Transfer-Encoding`, and `Content-Length` beside chunking) are left out.
+    pub headers: Vec<(String, String)>,
+    /// How the body is delimited.
+    pub body: Framing,
+    /// Whether the connection may carry another request after this response.
+    pub keep_alive: bool,
+}
+
+/// Parses a response head at the start of `buf`. `Ok(None)`: incomplete, read more. Interim
+/// `1xx` responses other than `101` are skipped (their length is included in `used`).
+/// `is_head`: the request was HEAD, so no body follows.
+pub fn parse_response(
+    buf: &[u8],
+    is_head: bool,
+) -> Result<Option<(ResponseHead, usize)>, ResponseError> {
+    let mut used = 0;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        let n = match resp.parse(&buf[used..]) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) if buf.len() > MAX_HEAD_BYTES => {
+                return Err(ResponseError::HeadTooLarge)
+            }
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(e) => return Err(ResponseError::Head(e.to_string())),
+        };
+        let status = resp.code.unwrap_or(0);
+        if (100..200).contains(&status) && status != 101 {
+            used += n;
+            continue;
+        }
+        let head = response_head(status, resp.version == Some(1), resp.headers, is_head)?;
+        return Ok(Some((head, used + n)));
+    }
+}
+
+fn response_head(
+    status: u16,
+    http11: bool,
+    raw: &[httparse::Header<'_>],
+    is_head: bool,
+) -> Result<ResponseHead, ResponseError> {
+    let mut length: Option<u64> = None;
+    let mut chunked = false;
+    let mut close = !http11;
+    for h in raw {
+        let value = String::from_utf8_lossy(h.value);
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let n = value
+                .trim()
+                .parse::<u64>()
+                .map_err(|_| ResponseError::ContentLength)?;
+            if length.is_some_and(|l| l != n) {
+                return Err(ResponseError::ContentLength);
+            }
+            length = Some(n);
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            chunked = value
+                .rsplit(',')
+                .next()
+                .is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        } else if h.name.eq_ignore_ascii_case("connection") {
+            for token in value.split(',').map(str::trim) {
+                if token.eq_ignore_ascii_case("close") {
+                    close = true;
+                } else if token.eq_ignore_ascii_case("keep-alive") && !http11 {
+                    close = false;
+                }
+            }
+        }
+    }
+    let headers = raw
+        .iter()
+        .filter(|h| {
+            !(h.name.eq_ignore_ascii_case("transfer-encoding")
+                || (chunked && h.name.eq_ignore_ascii_case("content-length")))
+        })
+        .map(|h| {
+            (
+                canonical(h.name),
+                String::from_utf8_lossy(h.value).into_owned(),
+            )
+        })
+        .collect();
+    let body = if is_head || status == 204 || status == 304 || status == 101 {
+        Framing::Empty
+    } else if chunked {
+        Framing::Chunked
+    } else if let Some(n) = length {
+        if n == 0 {
+            Framing::Empty
+        } else {
+            Framing::Length(n)
+        }
+    } else {
+        Framing::UntilClose
+    };
+    Ok(ResponseHead {
+        status,
+        headers,
+        keep_alive: !close && body != Framing::UntilClose && status != 101,
+        body,
+    })
+}
+
+/// Reads a response body by its framing, writing the payload bytes out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BodyReader {
+    state: BodyState,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BodyState {
+    /// This many bytes left.
+    Length(u64),
+    /// Expecting a chunk-size line.
+    ChunkSize,
+    /// Inside a chunk: bytes left, then its CRLF.
+    ChunkData(u64),
+    /// The CRLF after a chunk's data.
+    ChunkEnd,
+    /// Trailer lines after the last chunk, up to an empty line.
+    Trailers,
+    /// Until the origin closes.
+    UntilClose,
+    /// Complete.
+    Done,
+}
+
+impl BodyReader {
+    /// A reader for a body delimited by `framing`.
+    pub fn new(framing: Framing) -> Self {
+        let state = match framing {
+            Framing::Empty | Framing::Length(0) => BodyState::Done,
+            Framing::Length(n) => BodyState::Length(n),
+            Framing::Chunked => BodyState::ChunkSize,
+            Framing::UntilClose => BodyState::UntilClose,
+        };
+        Self { state }
+    }
+
+    /// True once the whole body has been read.
+    pub fn is_done(&self) -> bool {
+        self.state == BodyState::Done
+    }
+
+    /// Reads from `input`, appending at most `room` payload bytes to `out`. Returns how many
+    /// input bytes were consumed; unconsumed bytes must be offered again with more after them.
+    pub fn read(
+        &mut self,
+        input: &[u8],
+        out: &mut Vec<u8>,
+        room: usize,
+    ) -> Result<usize, ResponseError> {
+        let mut used = 0;
+        let mut room = room;
+        loop {
+            let rest = &input[used..];
+            match self.state {
+                BodyState::Done => return Ok(used),
+                BodyState::UntilClose => {
+                    let n = rest.len().min(room);
+                    out.extend_from_slice(&rest[..n]);
+                    return Ok(used + n);
+                }
+                BodyState::Length(left) | BodyState::ChunkData(left) => {
+                    let n = rest
+                        .len()
+                        .min(room)
+                        .min(usize::try_from(left).unwrap_or(usize::MAX));
+                    out.extend_from_slice(&rest[..n]);
+                    used += n;
+                    room -= n;
+                    let left = left - n as u64;
+                    self.state = match (self.state, left) {
+                        (BodyState::Length(_), 0) => BodyState::Done,
+                        (BodyState::Length(_), l) => BodyState::Length(l),
+                        (_, 0) => BodyState::ChunkEnd,
+                        (_, l) => BodyState::ChunkData(l),
+                    };
+                    if left > 0 {
+                        return Ok(used);
+                    }
+                }
+                BodyState::ChunkSize => match httparse::parse_chunk_size(rest) {
+                    Ok(httparse::Status::Complete((n, size))) => {
+                        used += n;
+                        self.state = if size == 0 {
+                            BodyState::Trailers
+                        } else {
+                            BodyState::ChunkData(size)
+                        };
+                    }
+                    Ok(httparse::Status::Partial) if rest.len() < MAX_LINE => return Ok(used),
+                    _ => return Err(ResponseError::Chunk),
+                },
+                BodyState::ChunkEnd => match rest {
+                    [b'\r', b'\n', ..] => {
+                        used += 2;
+                        self.state = BodyState::ChunkSize;
+                    }
+                    [] | [b'\r'] => return Ok(used),
+                    _ => return Err(ResponseError::Chunk),
+                },
+                BodyState::Trailers => {
+                    // Trailers are dropped, as cloudflared drops them over QUIC.
+                    let Some(eol) = rest.windows(2).position(|w| w == b"\r\n") else {
+                        if rest.len() >= MAX_LINE {
+                            return Err(ResponseError::Chunk);
+                        }
+                        return Ok(used);
+                    };
+                    used += eol + 2;
+                    if eol == 0 {
+                        self.state = BodyState::Done;
+                    }
+                }
+            }
+        }
+    }
+
+    /// The origin closed: fine only for a body delimited by the close (or already complete).
+    pub fn finish(&mut self) -> Result<(), ResponseError> {
+        match self.state {
+            BodyState::Done => Ok(()),
+            BodyState::UntilClose => {
+                self.state = BodyState::Done;
+                Ok(())
+            }
+            _ => Err(ResponseError::Truncated),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rpc::frame::FrameLimits;
+    use crate::stream::connect::{
+        decode_connect_request, ConnectRequest, ConnectionType, Metadata,
+    };
+
+    fn request(dest: &str, meta: &[(&str, &str)], websocket: bool) -> (String, RequestHead) {
+        let metadata: Vec<Metadata<'_>> = meta
+            .iter()
+            .map(|&(key, val)| Metadata { key, val })
+            .collect();
+        let mut buf = Vec::new();
+        ConnectRequest {
+            dest,
+            connection_type: ConnectionType::Http,
+            metadata: &metadata,
+        }
+        .encode_body(&mut buf)
+        .unwrap();
+        let (req, _) = decode_connect_request(&buf, &FrameLimits::CONNECT_REQUEST)
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        let head = write_request(&req, websocket, &mut out).unwrap();
+        (String::from_utf8(out).unwrap(), head)
+    }
+
+    #[test]
+    fn request_head_follows_cloudflared_mapping() {
+        let (text, head) = request(
+            "https://app.example.com/a/b?x=1",
+            &[
+                ("HttpMethod", "POST"),
+                ("HttpHost", "app.example.com"),
+                ("HttpHeader:content-type", "text/plain"),
+                ("HttpHeader:Content-Length", "5"),
+                ("HttpHeader:Cf-Cloudflared-Proxy-Connection-Upgrade", "x"),
+                ("FlowID", "ignored"),
+            ],
+            false,
+        );
+        assert_eq!(
+            text,
+            "POST /a/b?x=1 HTTP/1.1\r\nHost: app.example.com\r\nContent-Type: text/plain\r\n\
+             Connection: keep-alive\r\nContent-Length: 5\r\n\r\n"
+        );
+        assert_eq!(head.body, Framing::Length(5));
+        assert_eq!(head.host.as_deref(), Some("app.example.com"));
+    }
+
+    #[test]
+    fn bodies_without_length_or_chunking_are_dropped() {
+        let (_, head) = request("/ok", &[("HttpMethod", "get")], false);
+        assert_eq!(head.body, Framing::Empty);
+        let (text, head) = request(
+            "/up",
+            &[("HttpHeader:Transfer-Encoding", "gzip, Chunked")],
+            false,
+        );
+        assert!(text.starts_with("GET /up HTTP/1.1\r\n"));
+        assert!(text.contains("Transfer-Encoding: chunked\r\n"));
+        assert_eq!(head.body, Framing::Chunked);
+    }
+
+    #[test]
+    fn websocket_request_gets_upgrade_headers_and_no_body() {
+        let (text, head) = request(
+            "http://h/ws",
+            &[
+                ("HttpHeader:Content-Length", "9"),
+                ("HttpHeader:Sec-WebSocket-Key", "k"),
+            ],
+            true,
+        );
+        assert!(text.contains(
+            "Connection: Upgrade\r\nUpgrade: websocket\r\nSec-Websocket-Version: 13\r\n"
+        ));
+        assert!(text.contains("Sec-Websocket-Key: k\r\n"));
+        assert_eq!(head.body, Framing::Empty);
+    }
+
+    #[test]
+    fn bad_requests_are_refused_with_cloudflared_texts() {
+        let refuse = |dest: &str, meta: &[(&str, &str)]| {
+            let metadata: Vec<Metadata<'_>> = meta
+                .iter()
+                .map(|&(key, val)| Metadata { key, val })
+                .collect();
+            let mut buf = Vec::new();
+            ConnectRequest {
+                dest,
+                connection_type: ConnectionType::Http,
+                metadata: &metadata,
+            }
+            .encode_body(&mut buf)
+            .unwrap();
+            let (req, _) = decode_connect_request(&buf, &FrameLimits::CONNECT_REQUEST)
+                .unwrap()
+                .unwrap();
+            let mut out = b"keep".to_vec();
+            let e = write_request(&req, false, &mut out).unwrap_err();
+            assert_eq!(out, b"keep");
+            e.to_string()
+        };
+        assert_eq!(
+            refuse("/", &[("HttpHeader:a:b", "x")]),
+            "header Key: HttpHeader:a:b malformed"
+        );
+        assert!(refuse("/", &[("HttpHeader:Content-Length", "x")])
+            .starts_with("Error setting content-length"));
+        assert!(refuse("/", &[("HttpHeader:X", "a\r\nInjected: 1")]).contains("invalid header"));
+        assert!(refuse("/", &[("HttpMethod", "GE T")]).contains("invalid method"));
+        assert!(refuse("not a url", &[]).contains("destination"));
+    }
+
+    #[test]
+    fn canonical_names_match_go() {
+        assert_eq!(canonical("content-type"), "Content-Type");
+        assert_eq!(canonical("X-FORWARDED-FOR"), "X-Forwarded-For");
+        assert_eq!(canonical("sec-websocket-key"), "Sec-Websocket-Key");
+        assert_eq!(canonical("bad name"), "bad name");
+    }
+
+    #[test]
+    fn response_heads_framing_and_keep_alive() {
+        let (head, used) = parse_response(
+            b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\ncontent-type: a\r\nContent-Length: 3\r\n\r\nabc",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(head.status, 200);
+        assert_eq!(head.body, Framing::Length(3));
+        assert!(head.keep_alive);
+        assert_eq!(head.headers[0], ("Content-Type".into(), "a".into()));
+        assert_eq!(used, 25 + 55);
+
+        let (head, _) = parse_response(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 9\r\nConnection: close\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(head.body, Framing::Chunked);
+        assert!(!head.keep_alive);
+        assert_eq!(head.headers, vec![("Connection".into(), "close".into())]);
+
+        let (head, _) = parse_response(b"HTTP/1.0 200 OK\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!((head.body, head.keep_alive), (Framing::UntilClose, false));
+        let (head, _) = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.body, Framing::Empty);
+        assert_eq!(parse_response(b"HTTP/1.1 200 OK\r\n", false), Ok(None));
+        assert!(parse_response(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+            false
+        )
+        .is_err());
+        assert!(parse_response(b"garbage\r\n\r\n", false).is_err());
+    }
+
+    #[test]
+    fn chunked_bodies_are_dechunked_across_any_split() {
+        let wire = b"5;ext=1\r\nhello\r\n1\r\n \r\n5\r\nworld\r\n0\r\nTrailer: x\r\n\r\n";
+        for split in 0..wire.len() {
+            let mut reader = BodyReader::new(Framing::Chunked);
+            let mut out = Vec::new();
+            let mut pending = wire[..split].to_vec();
+            let used = reader.read(&pending, &mut out, usize::MAX).unwrap();
+            pending.drain(..used);
+            pending.extend_from_slice(&wire[split..]);
+            let used = reader.read(&pending, &mut out, usize::MAX).unwrap();
+            assert_eq!(used, pending.len(), "split {split}");
+            assert_eq!(out, b"hello world");
+            assert!(reader.is_done());
+        }
+    }
+
+    #[test]
+    fn body_reads_respect_room_and_length() {
+        let mut reader = BodyReader::new(Framing::Length(4));
+        let mut out = Vec::new();
+        assert_eq!(reader.read(b"abcdef", &mut out, 3).unwrap(), 3);
+        assert_eq!(reader.read(b"def", &mut out, 3).unwrap(), 1);
+        assert!(reader.is_done());
+        assert_eq!(out, b"abcd");
+        let mut reader = BodyReader::new(Framing::Length(4));
+        reader.read(b"ab", &mut out, 9).unwrap();
+        assert_eq!(reader.finish(), Err(ResponseError::Truncated));
+        let mut reader = BodyReader::new(Framing::UntilClose);
+        assert_eq!(reader.read(b"xyz", &mut out, 9).unwrap(), 3);
+        assert_eq!(reader.finish(), Ok(()));
+        assert!(BodyReader::new(Framing::Chunked)
+            .read(b"zz\r\n", &mut out, 9)
+            .is_err());
+    }
+}

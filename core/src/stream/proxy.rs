@@ -1,0 +1,746 @@
+//! One data stream's traffic between the edge and an origin, with no QUIC and no sockets: bytes
+//! from the edge (after the preamble) and from the origin go in, bytes for each side come out.
+//!
+//! Upstream (edge → origin): the `ConnectRequest`, then the request body re-framed for the
+//! origin (HTTP), or raw bytes (TCP, WebSocket after its `101`). Downstream (origin → edge): the
+//! `ConnectResponse` (HTTP status and headers, TCP ack, or an error), then the body de-framed, or
+//! raw bytes. Each direction buffers at most `window` bytes; callers read from a side only as
+//! much as [`DataStream::edge_room`] / [`DataStream::origin_room`] allow, which is what carries
+//! backpressure end to end (PROTOCOL.md A§3.4-3.9).
+
+use thiserror::Error;
+
+use super::connect::{decode_connect_request, key, ConnectResponse, ConnectionType, Metadata};
+use super::http1::{self, BodyReader, Framing, ResponseHead};
+use crate::rpc::frame::FrameLimits;
+
+/// What kind of origin connection a stream needs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FlowKind {
+    /// HTTP/1.1 request and response.
+    Http,
+    /// HTTP upgrade, then raw bytes.
+    WebSocket,
+    /// Raw TCP to `ip:port`.
+    Tcp,
+}
+
+/// The origin a stream wants, once its `ConnectRequest` has been read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OriginTarget {
+    /// Connection kind.
+    pub kind: FlowKind,
+    /// `ConnectRequest.dest`: a URL or path (HTTP, WebSocket) or `ip:port` (TCP).
+    pub dest: String,
+    /// The request's `Host`, when it has one (HTTP, WebSocket).
+    pub host: Option<String>,
+}
+
+/// The edge broke the data-stream protocol; the stream is reset with nothing written, as
+/// cloudflared does.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("bad ConnectRequest: {0}")]
+pub struct StreamError(pub String);
+
+/// How the edge side of the stream must end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EdgeEnd {
+    /// FIN once everything queued is written; stop reading what is left of the request.
+    Finish,
+    /// RESET_STREAM(0) and STOP_SENDING(0) now.
+    Reset,
+}
+
+/// What happens to the origin connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginEnd {
+    /// Send FIN to the origin after what is queued (the edge finished a raw stream); keep reading.
+    ShutdownWrite,
+    /// The exchange completed on a keep-alive connection: it may carry another request.
+    Reusable,
+    /// Close the connection.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Up {
+    /// Reading the `ConnectRequest`.
+    Request,
+    /// Sending the HTTP request body.
+    Body(Framing),
+    /// Holding edge bytes until the origin answers the WebSocket upgrade.
+    AwaitUpgrade,
+    /// Raw bytes.
+    Raw,
+    /// Nothing more goes to the origin.
+    Done,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Down {
+    /// Waiting for the request, then for the origin connection.
+    Connecting,
+    /// Reading the origin's response head.
+    Head,
+    /// Reading the response body.
+    Body(BodyReader),
+    /// Raw bytes.
+    Raw,
+    /// Response complete.
+    Done,
+}
+
+/// One data stream's proxying state.
+#[derive(Debug)]
+pub struct DataStream {
+    window: usize,
+    limits: FrameLimits,
+    kind: Option<FlowKind>,
+    up: Up,
+    down: Down,
+    /// Request bytes before the whole `ConnectRequest` is in.
+    request: Vec<u8>,
+    is_head: bool,
+    keep_alive: bool,
+    /// Response head bytes before the whole head is in.
+    head: Vec<u8>,
+    to_origin: Vec<u8>,
+    to_edge: Vec<u8>,
+    responded: bool,
+    edge_end: Option<EdgeEnd>,
+    origin_end: Option<OriginEnd>,
+}
+
+impl DataStream {
+    /// A stream buffering at most `window` bytes each way, reading a `ConnectRequest` of at
+    /// most `limits`.
+    pub fn new(window: usize, limits: FrameLimits) -> Self {
+        Self {
+            window: window.max(1),
+            limits,
+            kind: None,
+            up: Up::Request,
+            down: Down::Connecting,
+            request: Vec::new(),
+            is_head: false,
+            keep_alive: false,
+            head: Vec::new(),
+            to_origin: Vec::new(),
+            to_edge: Vec::new(),
+            responded: false,
+            edge_end: None,
+            origin_end: None,
+        }
+    }
+
+    /// How many edge bytes the stream takes now (0: stop reading, let QUIC flow control hold
+    /// the edge back).
+    pub fn edge_room(&self) -> usize {
+        if self.edge_end.is_some() {
+            return 0;
+        }
+        match self.up {
+            Up::Request => self.limits.max_bytes.saturating_sub(self.request.len()),
+            Up::Body(Framing::Length(left)) => self
+                .window
+                .saturating_sub(self.to_origin.len())
+                .min(usize::try_from(left).unwrap_or(usize::MAX)),
+            Up::Body(_) | Up::Raw => self.window.saturating_sub(self.to_origin.len()),
+            Up::AwaitUpgrade | Up::Done => 0,
+        }
+    }
+
+    /// How many origin bytes the stream takes now.
+    pub fn origin_room(&self) -> usize {
+        if self.edge_end.is_some() {
+            return 0;
+        }
+        match self.down {
+            Down::Head => http1::MAX_HEAD_BYTES + 1 - self.head.len(),
+            Down::Body(_) | Down::Raw => self.window.saturating_sub(self.to_edge.len()),
+            Down::Connecting | Down::Done => 0,
+        }
+    }
+
+    /// Bytes from the edge (at most [`DataStream::edge_room`]). Once the `ConnectRequest` is
+    /// complete, returns the origin to open; a request that is readable but cannot be served
+    /// gets its error response queued instead.
+    pub fn on_edge_data(&mut self, data: &[u8]) -> Result<Option<OriginTarget>, StreamError> {
+        match self.up {
+            Up::Request => {
+                self.request.extend_from_slice(data);
+                let request = std::mem::take(&mut self.request);
+                let parsed = self.read_request(&request);
+                if matches!(parsed, Ok(None)) {
+                    self.request = request;
+                }
+                parsed
+            }
+            Up::Body(_) | Up::Raw => {
+                self.body_up(data);
+                Ok(None)
+            }
+            // Callers read only within edge_room; anything else is dropped by design.
+            Up::AwaitUpgrade | Up::Done => Ok(None),
+        }
+    }
+
+    fn read_request(&mut self, buf: &[u8]) -> Result<Option<OriginTarget>, StreamError> {
+        let decoded =
+            decode_connect_request(buf, &self.limits).map_err(|e| StreamError(e.to_string()))?;
+        let Some((req, used)) = decoded else {
+            return Ok(None);
+        };
+        let dest = req.dest().map_err(|e| StreamError(e.to_string()))?;
+        let kind = match req.connection_type() {
+            Ok(ConnectionType::Http) => FlowKind::Http,
+            Ok(ConnectionType::WebSocket) => FlowKind::WebSocket,
+            Ok(ConnectionType::Tcp) => FlowKind::Tcp,
+            Err(e) => {
+                // cloudflared meant to answer this and panics instead.
+                self.fail(&format!("unsupported error type: {}", e.0), false);
+                return Ok(None);
+            }
+        };
+        self.kind = Some(kind);
+        let mut host = None;
+        match kind {
+            FlowKind::Http | FlowKind::WebSocket => {
+                match http1::write_request(&req, kind == FlowKind::WebSocket, &mut self.to_origin) {
+                    Ok(head) => {
+                        self.is_head = head.is_head;
+                        host = head.host;
+                        self.up = match head.body {
+                            _ if kind == FlowKind::WebSocket => Up::AwaitUpgrade,
+                            Framing::Empty => Up::Done,
+                            framing => Up::Body(framing),
+                        };
+                    }
+                    Err(e) => {
+                        self.fail(&e.to_string(), false);
+                        return Ok(None);
+                    }
+                }
+            }
+            FlowKind::Tcp => self.up = Up::Raw,
+        }
+        let target = OriginTarget {
+            kind,
+            dest: dest.to_owned(),
+            host,
+        };
+        // What followed the request is the start of the body.
+        let rest = &buf[used..];
+        if !rest.is_empty() {
+            self.body_up(rest);
+        }
+        Ok(Some(target))
+    }
+
+    /// Queues request-body bytes for the origin, framed as the request says.
+    fn body_up(&mut self, data: &[u8]) {
+        match self.up {
+            Up::Body(Framing::Chunked) => http1::write_chunk(&mut self.to_origin, data),
+            Up::Body(Framing::Length(left)) => {
+                let n = data.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+                self.to_origin.extend_from_slice(&data[..n]);
+                let left = left - n as u64;
+                self.up = if left == 0 {
+                    Up::Done
+                } else {
+                    Up::Body(Framing::Length(left))
+                };
+            }
+            Up::Raw => self.to_origin.extend_from_slice(data),
+            _ => {}
+        }
+    }
+
+    /// The edge finished its side of the stream.
+    pub fn on_edge_finished(&mut self) {
+        match self.up {
+            Up::Request => {
+                self.edge_end = Some(EdgeEnd::Reset);
+            }
+            Up::Body(Framing::Chunked) => {
+                self.to_origin.extend_from_slice(http1::LAST_CHUNK);
+                self.up = Up::Done;
+            }
+            Up::Body(_) => {
+                // A body shorter than its Content-Length: the origin must not take it as whole.
+                self.abort();
+            }
+            Up::Raw => {
+                // cloudflared tears the origin down here; a half-close keeps the answer coming.
+                self.up = Up::Done;
+                self.origin_end.get_or_insert(OriginEnd::ShutdownWrite);
+            }
+            Up::AwaitUpgrade => self.up = Up::Done,
+            Up::Done => {}
+        }
+    }
+
+    /// The edge reset its side or stopped reading ours: abandon the exchange.
+    pub fn on_edge_reset(&mut self) {
+        self.abort();
+    }
+
+    /// The origin connection is up (or a pooled one was handed over).
+    pub fn on_origin_connected(&mut self) {
+        if self.down != Down::Connecting || self.edge_end.is_some() {
+            return;
+        }
+        match self.kind {
+            Some(FlowKind::Tcp) => {
+                self.respond(&ConnectResponse {
+                    error: "",
+                    metadata: &[],
+                });
+                self.down = Down::Raw;
+            }
+            Some(_) => self.down = Down::Head,
+            None => {}
+        }
+    }
+
+    /// The origin could not be reached, or broke mid-way.
+    pub fn on_origin_failed(&mut self, reason: &str) {
+        self.fail(reason, false);
+    }
+
+    /// The flow limit refused this stream.
+    pub fn refuse_rate_limited(&mut self) {
+        self.fail("too many active flows", true);
+    }
+
+    /// Bytes from the origin (at most [`DataStream::origin_room`]); returns how many were taken.
+    pub fn on_origin_data(&mut self, data: &[u8]) -> usize {
+        let room = self.origin_room();
+        let data = &data[..data.len().min(room)];
+        match &mut self.down {
+            Down::Raw => {
+                self.to_edge.extend_from_slice(data);
+                data.len()
+            }
+            Down::Head => {
+                self.head.extend_from_slice(data);
+                let head = std::mem::take(&mut self.head);
+                match http1::parse_response(&head, self.is_head) {
+                    Ok(Some((response, used))) => {
+                        self.on_response_head(response);
+                        // Bytes after the head belong to the body: take what fits now.
+                        let rest = &head[used..];
+                        let taken = self.on_origin_data(rest);
+                        // Whatever did not fit is not consumed from the caller's data.
+                        data.len() - (rest.len() - taken).min(data.len())
+                    }
+                    Ok(None) => {
+                        self.head = head;
+                        data.len()
+                    }
+                    Err(e) => {
+                        self.fail(&e.to_string(), false);
+                        data.len()
+                    }
+                }
+            }
+            Down::Body(reader) => {
+                let room = self.window.saturating_sub(self.to_edge.len());
+                match reader.read(data, &mut self.to_edge, room) {
+                    Ok(used) => {
+                        if reader.is_done() {
+                            self.down = Down::Done;
+                            self.complete();
+                        }
+                        used
+                    }
+                    Err(e) => {
+                        self.fail(&e.to_string(), false);
+                        data.len()
+                    }
+                }
+            }
+            Down::Connecting | Down::Done => 0,
+        }
+    }
+
+    fn on_response_head(&mut self, response: ResponseHead) {
+        let status = response.status.to_string();
+        let names: Vec<String> = response
+            .headers
+            .iter()
+            .map(|(name, _)| format!("{}{name}", key::HTTP_HEADER_PREFIX))
+            .collect();
+        let mut metadata = Vec::with_capacity(1 + names.len());
+        metadata.push(Metadata {
+            key: key::HTTP_STATUS,
+            val: &status,
+        });
+        metadata.extend(
+            names
+                .iter()
+                .zip(&response.headers)
+                .map(|(key, (_, val))| Metadata { key, val }),
+        );
+        self.respond(&ConnectResponse {
+            error: "",
+            metadata: &metadata,
+        });
+        self.keep_alive = response.keep_alive;
+        if self.kind == Some(FlowKind::WebSocket) && response.status == 101 {
+            self.down = Down::Raw;
+            if self.up == Up::AwaitUpgrade {
+                self.up = Up::Raw;
+            }
+            return;
+        }
+        if self.up == Up::AwaitUpgrade {
+            self.up = Up::Done;
+        }
+        let reader = BodyReader::new(response.body);
+        if reader.is_done() {
+            self.down = Down::Done;
+            self.complete();
+        } else {
+            self.down = Down::Body(reader);
+        }
+    }
+
+    /// The origin closed its side.
+    pub fn on_origin_finished(&mut self) {
+        match &mut self.down {
+            Down::Body(reader) => match reader.finish() {
+                Ok(()) => {
+                    self.down = Down::Done;
+                    self.keep_alive = false;
+                    self.complete();
+                }
+                Err(e) => self.fail(&e.to_string(), false),
+            },
+            Down::Raw => {
+                self.down = Down::Done;
+                self.origin_end = Some(OriginEnd::Close);
+                self.edge_end = Some(EdgeEnd::Finish);
+            }
+            Down::Connecting | Down::Head => {
+                self.fail("origin closed the connection before responding", false)
+            }
+            Down::Done => {}
+        }
+    }
+
+    /// The response is complete: finish the stream; keep the origin only if nothing is left
+    /// half-sent on it.
+    fn complete(&mut self) {
+        self.edge_end = Some(EdgeEnd::Finish);
+        let reusable = self.keep_alive && self.up == Up::Done && self.to_origin.is_empty();
+        self.origin_end = Some(if reusable {
+            OriginEnd::Reusable
+        } else {
+            OriginEnd::Close
+        });
+    }
+
+    /// Fails the exchange: an error `ConnectResponse` if nothing was answered yet, else a reset.
+    fn fail(&mut self, reason: &str, rate_limited: bool) {
+        if self.edge_end.is_some() {
+            return;
+        }
+        if self.responded {
+            self.abort();
+            return;
+        }
+        let limited = [Metadata {
+            key: key::FLOW_CONNECT_RATE_LIMITED,
+            val: key::FLOW_CONNECT_RATE_LIMITED_VALUE,
+        }];
+        self.respond(&ConnectResponse {
+            error: if reason.is_empty() {
+                "origin error"
+            } else {
+                reason
+            },
+            metadata: if rate_limited { &limited } else { &[] },
+        });
+        self.to_origin.clear();
+        self.up = Up::Done;
+        self.down = Down::Done;
+        self.edge_end = Some(EdgeEnd::Finish);
+        self.origin_end = Some(OriginEnd::Close);
+    }
+
+    fn abort(&mut self) {
+        self.to_origin.clear();
+        self.to_edge.clear();
+        self.up = Up::Done;
+        self.down = Down::Done;
+        self.edge_end = Some(EdgeEnd::Reset);
+        self.origin_end = Some(OriginEnd::Close);
+    }
+
+    fn respond(&mut self, response: &ConnectResponse<'_>) {
+        if response.encode(&mut self.to_edge).is_err() {
+            // Only absurd header sets fail to encode; the edge then sees a reset.
+            self.abort();
+            return;
+        }
+        self.responded = true;
+    }
+
+    /// What the origin needs to receive; the caller removes what it wrote.
+    pub fn to_origin(&mut self) -> &mut Vec<u8> {
+        &mut self.to_origin
+    }
+
+    /// What the edge needs to receive; the caller removes what it wrote.
+    pub fn to_edge(&mut self) -> &mut Vec<u8> {
+        &mut self.to_edge
+    }
+
+    /// How the edge side must end, once decided.
+    pub fn edge_end(&self) -> Option<EdgeEnd> {
+        self.edge_end
+    }
+
+    /// What to do with the origin connection, once decided.
+    pub fn origin_end(&self) -> Option<OriginEnd> {
+        self.origin_end
+    }
+
+    /// The connection kind, once the request is read.
+    pub fn kind(&self) -> Option<FlowKind> {
+        self.kind
+    }
+
+    /// Bytes buffered in this stream (both directions and partial heads): what the window
+    /// bounds.
+    pub fn buffered(&self) -> usize {
+        self.request.len() + self.head.len() + self.to_origin.len() + self.to_edge.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::connect::{decode_connect_response, ConnectRequest};
+    use crate::stream::preamble::DATA_PREAMBLE_LEN;
+
+    const WINDOW: usize = 64;
+
+    fn stream_for(
+        kind: ConnectionType,
+        dest: &str,
+        meta: &[(&str, &str)],
+    ) -> (DataStream, OriginTarget) {
+        let metadata: Vec<Metadata<'_>> = meta
+            .iter()
+            .map(|&(key, val)| Metadata { key, val })
+            .collect();
+        let mut buf = Vec::new();
+        ConnectRequest {
+            dest,
+            connection_type: kind,
+            metadata: &metadata,
+        }
+        .encode_body(&mut buf)
+        .unwrap();
+        let mut s = DataStream::new(WINDOW, FrameLimits::CONNECT_REQUEST);
+        // Byte by byte: a request may arrive in any pieces.
+        let (last, head) = buf.split_last().unwrap();
+        for b in head {
+            assert_eq!(s.on_edge_data(std::slice::from_ref(b)), Ok(None));
+        }
+        let target = s.on_edge_data(&[*last]).unwrap().unwrap();
+        (s, target)
+    }
+
+    /// Offers `wire` from the origin as a driver would, draining toward the edge in between.
+    fn feed_origin(s: &mut DataStream, wire: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut offset = 0;
+        while offset < wire.len() {
+            offset += s.on_origin_data(&wire[offset..]);
+            assert!(s.to_edge().len() <= WINDOW.max(200));
+            out.append(s.to_edge());
+        }
+        out
+    }
+
+    /// The response message and the body bytes after it.
+    fn response(s: &mut DataStream) -> (String, Vec<(String, String)>, Vec<u8>) {
+        response_of(&std::mem::take(s.to_edge()))
+    }
+
+    fn response_of(out: &[u8]) -> (String, Vec<(String, String)>, Vec<u8>) {
+        let (r, used) =
+            decode_connect_response(&out[DATA_PREAMBLE_LEN..], &FrameLimits::CONNECT_REQUEST)
+                .unwrap()
+                .unwrap();
+        let meta = r
+            .metadata()
+            .map(|m| m.unwrap())
+            .map(|m| (m.key.to_owned(), m.val.to_owned()))
+            .collect();
+        (
+            r.error().unwrap().to_owned(),
+            meta,
+            out[DATA_PREAMBLE_LEN + used..].to_vec(),
+        )
+    }
+
+    #[test]
+    fn http_exchange_dechunks_and_releases_keep_alive_origin() {
+        let (mut s, target) = stream_for(
+            ConnectionType::Http,
+            "http://h/x",
+            &[("HttpMethod", "POST"), ("HttpHeader:Content-Length", "3")],
+        );
+        assert_eq!(
+            target,
+            OriginTarget {
+                kind: FlowKind::Http,
+                dest: "http://h/x".into(),
+                host: Some("h".into())
+            }
+        );
+        assert_eq!(s.edge_room(), 0, "the request head fills the window");
+        assert!(String::from_utf8_lossy(s.to_origin()).ends_with("Content-Length: 3\r\n\r\n"));
+        s.to_origin().clear();
+        assert_eq!(s.edge_room(), 3, "no more than the Content-Length");
+        s.on_edge_data(b"abc").unwrap();
+        assert_eq!(s.edge_room(), 0);
+        assert_eq!(s.to_origin(), b"abc");
+        s.to_origin().clear();
+        assert_eq!(
+            s.origin_room(),
+            0,
+            "nothing is read before the origin connects"
+        );
+        s.on_origin_connected();
+        let wire =
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-A: 1\r\n\r\n3\r\nxyz\r\n0\r\n\r\n";
+        let out = feed_origin(&mut s, wire);
+        let (error, meta, body) = response_of(&out);
+        assert_eq!(error, "");
+        assert_eq!(
+            meta,
+            vec![
+                ("HttpStatus".into(), "200".into()),
+                ("HttpHeader:X-A".into(), "1".into())
+            ]
+        );
+        assert_eq!(body, b"xyz");
+        assert_eq!(s.edge_end(), Some(EdgeEnd::Finish));
+        assert_eq!(s.origin_end(), Some(OriginEnd::Reusable));
+    }
+
+    #[test]
+    fn chunked_request_body_is_rechunked_and_ended_at_fin() {
+        let (mut s, _) = stream_for(
+            ConnectionType::Http,
+            "/u",
+            &[("HttpHeader:Transfer-Encoding", "chunked")],
+        );
+        s.on_edge_data(b"hello").unwrap();
+        s.on_edge_finished();
+        assert!(String::from_utf8_lossy(s.to_origin()).ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"));
+        assert_eq!(s.edge_room(), 0);
+    }
+
+    #[test]
+    fn origin_bytes_are_bounded_by_the_window() {
+        let (mut s, _) = stream_for(ConnectionType::Http, "/big", &[]);
+        s.to_origin().clear();
+        s.on_origin_connected();
+        let mut wire = b"HTTP/1.1 200 OK\r\nContent-Length: 1000\r\n\r\n".to_vec();
+        wire.extend(std::iter::repeat_n(b'z', 1000));
+        let mut offset = 0;
+        let mut body = 0;
+        while offset < wire.len() {
+            let n = s.on_origin_data(&wire[offset..]);
+            offset += n;
+            assert!(
+                s.to_edge().len() <= WINDOW + 200,
+                "head plus one window at most"
+            );
+            let out = std::mem::take(s.to_edge());
+            body += out.len();
+            assert!(n > 0 || !out.is_empty());
+        }
+        assert!(body > 1000);
+        assert_eq!(s.origin_end(), Some(OriginEnd::Reusable));
+    }
+
+    #[test]
+    fn websocket_upgrade_then_raw_both_ways() {
+        let (mut s, target) = stream_for(ConnectionType::WebSocket, "http://h/ws", &[]);
+        assert_eq!(target.kind, FlowKind::WebSocket);
+        assert_eq!(s.edge_room(), 0, "edge bytes wait for the 101");
+        s.to_origin().clear();
+        s.on_origin_connected();
+        let wire = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\nfrom-origin";
+        let n = s.on_origin_data(wire);
+        let (_, meta, body) = response(&mut s);
+        assert_eq!(meta[0], ("HttpStatus".into(), "101".into()));
+        // The response message filled the window; the rest is taken once it drained.
+        assert_eq!(s.on_origin_data(&wire[n..]), wire.len() - n);
+        assert_eq!([body, std::mem::take(s.to_edge())].concat(), b"from-origin");
+        s.on_edge_data(b"from-edge").unwrap();
+        assert_eq!(s.to_origin(), b"from-edge");
+        s.on_edge_finished();
+        assert_eq!(s.origin_end(), Some(OriginEnd::ShutdownWrite));
+        s.on_origin_finished();
+        assert_eq!(
+            (s.edge_end(), s.origin_end()),
+            (Some(EdgeEnd::Finish), Some(OriginEnd::Close))
+        );
+    }
+
+    #[test]
+    fn tcp_is_acked_on_connect_and_failures_answer_with_errors() {
+        let (mut s, target) = stream_for(ConnectionType::Tcp, "10.0.0.1:22", &[]);
+        assert_eq!(target.kind, FlowKind::Tcp);
+        s.on_edge_data(b"early").unwrap();
+        s.on_origin_connected();
+        let (error, meta, body) = response(&mut s);
+        assert_eq!((error.as_str(), meta.len(), body.len()), ("", 0, 0));
+        assert_eq!(s.to_origin(), b"early");
+
+        let (mut s, _) = stream_for(ConnectionType::Tcp, "10.0.0.1:22", &[]);
+        s.refuse_rate_limited();
+        let (error, meta, _) = response(&mut s);
+        assert_eq!(error, "too many active flows");
+        assert_eq!(meta, vec![("FlowConnectRateLimited".into(), "true".into())]);
+        assert_eq!(s.edge_end(), Some(EdgeEnd::Finish));
+
+        let (mut s, _) = stream_for(ConnectionType::Http, "/", &[]);
+        s.on_origin_connected();
+        s.on_origin_data(b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nabc");
+        s.on_origin_finished();
+        assert_eq!(
+            s.edge_end(),
+            Some(EdgeEnd::Reset),
+            "after the response, failures reset"
+        );
+    }
+
+    #[test]
+    fn unknown_type_gets_an_error_reply_and_bad_bytes_a_reset() {
+        let mut buf = Vec::new();
+        ConnectRequest {
+            dest: "x",
+            connection_type: ConnectionType::Tcp,
+            metadata: &[],
+        }
+        .encode_body(&mut buf)
+        .unwrap();
+        // The type is the first data word of the root struct (after 8-byte header, 8-byte root pointer).
+        buf[16] = 7;
+        let mut s = DataStream::new(WINDOW, FrameLimits::CONNECT_REQUEST);
+        assert_eq!(s.on_edge_data(&buf), Ok(None));
+        let (error, _, _) = response(&mut s);
+        assert_eq!(error, "unsupported error type: 7");
+        let mut s = DataStream::new(WINDOW, FrameLimits::CONNECT_REQUEST);
+        assert!(s.on_edge_data(&[0xff; 64]).is_err());
+    }
+}
