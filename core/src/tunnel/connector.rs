@@ -5,9 +5,8 @@
 //! drain, close with application code 0 and an empty reason, as cloudflared does.
 //!
 //! Edge-opened streams start with a preamble. RPC streams are served (remote configuration;
-//! datagram-v2 session calls are refused as on a v3 connection). Data streams are the next step
-//! of this state machine; until they land they are refused (reset and stopped with code 0, the
-//! code cloudflared uses for every failure) and reported, never left to pile up.
+//! datagram-v2 session calls are refused as on a v3 connection). Data streams are proxied to
+//! origin flows the driver opens on request ([`OriginAction`]); see [`super::data`].
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -22,6 +21,7 @@ use quinn_proto::{
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
+use super::data::{reset, DataLimits, DataStreams, FlowId, OriginAction};
 use super::quic_io::{exchange_events, flush_stream, poll_conn_transmit, read_stream};
 use super::Transmit;
 use crate::control::connector::{ControlClient, ControlEvent};
@@ -45,6 +45,8 @@ pub struct ConnectorConfig {
     pub rpc_timeout: Duration,
     /// How long unregistering and draining may take (`--grace-period`, 30 s).
     pub grace_period: Duration,
+    /// Data-stream buffering, flow limit and origin keep-alive pool.
+    pub data: DataLimits,
 }
 
 /// What happened on the connection.
@@ -58,8 +60,6 @@ pub enum ConnectorEvent {
     LocalConfigurationFailed(String),
     /// Graceful shutdown: the edge acknowledged `unregisterConnection` (or it timed out).
     Unregistered,
-    /// The edge opened a stream this version cannot serve yet; it was refused.
-    StreamRefused(StreamId),
     /// The edge offers remote configuration; apply the version rule with
     /// [`crate::rpc_stream::ConfigVersions`] and answer with
     /// [`ConnectorConnection::respond_configuration`].
@@ -99,6 +99,8 @@ enum State {
     Serving,
     /// `unregisterConnection` sent.
     Unregistering,
+    /// Unregistered; in-flight streams finish until the deadline.
+    Draining(Instant),
     /// CONNECTION_CLOSE sent or received; waiting for quinn to drain.
     Closing,
     /// Done.
@@ -136,6 +138,7 @@ pub struct ConnectorConnection {
     control: Option<Control>,
     /// Edge-opened streams, from the preamble on.
     incoming: HashMap<StreamId, Incoming>,
+    data: DataStreams,
     shutdown_requested: bool,
     events: VecDeque<ConnectorEvent>,
 }
@@ -157,6 +160,7 @@ impl ConnectorConnection {
         );
         let (handle, conn) =
             endpoint.connect(now, config.client.clone(), edge, &config.server_name)?;
+        let data = config.data;
         Ok(Self {
             endpoint,
             handle,
@@ -165,6 +169,7 @@ impl ConnectorConnection {
             state: State::Handshaking,
             control: None,
             incoming: HashMap::new(),
+            data: DataStreams::new(data),
             shutdown_requested: false,
             events: VecDeque::new(),
         })
@@ -199,7 +204,63 @@ impl ConnectorConnection {
         if let Some(c) = &mut self.control {
             c.client.handle_timeout(now);
         }
+        self.data.expire_idle(now);
+        if matches!(self.state, State::Draining(deadline) if deadline <= now) {
+            warn!(
+                conn_index = self.config.registration.conn_index,
+                streams = self.data.active(),
+                "grace period over; closing with streams in flight"
+            );
+            self.close(now);
+        }
         self.progress(now);
+    }
+
+    /// What the driver must do with origin connections next.
+    pub fn poll_origin_action(&mut self) -> Option<OriginAction> {
+        self.data.poll_action()
+    }
+
+    /// The origin connection of `flow` is up.
+    pub fn handle_flow_connected(&mut self, now: Instant, flow: FlowId) {
+        self.data.on_flow_connected(now, &mut self.conn, flow);
+        self.progress(now);
+    }
+
+    /// The origin connection of `flow` could not be made, or broke.
+    pub fn handle_flow_failed(&mut self, now: Instant, flow: FlowId, reason: &str) {
+        self.data.on_flow_failed(now, &mut self.conn, flow, reason);
+        self.progress(now);
+    }
+
+    /// Bytes read from the origin of `flow`. Returns how many were taken; when short, keep the
+    /// rest and stop reading this flow until [`OriginAction::Resume`].
+    pub fn handle_flow_data(&mut self, now: Instant, flow: FlowId, bytes: &[u8]) -> usize {
+        let n = self.data.on_flow_data(now, &mut self.conn, flow, bytes);
+        self.progress(now);
+        n
+    }
+
+    /// The origin of `flow` closed its side.
+    pub fn handle_flow_finished(&mut self, now: Instant, flow: FlowId) {
+        self.data.on_flow_finished(now, &mut self.conn, flow);
+        self.progress(now);
+    }
+
+    /// The driver finished the last [`OriginAction::Write`] on `flow`.
+    pub fn handle_flow_written(&mut self, now: Instant, flow: FlowId) {
+        self.data.on_flow_written(now, &mut self.conn, flow);
+        self.progress(now);
+    }
+
+    /// Data streams in progress.
+    pub fn active_streams(&self) -> usize {
+        self.data.active()
+    }
+
+    /// Bytes buffered in data streams beyond QUIC's own buffers (bounded by the window).
+    pub fn buffered_bytes(&self) -> usize {
+        self.data.buffered()
     }
 
     /// Starts graceful shutdown: unregister, drain, close. Safe to call in any state.
@@ -227,7 +288,11 @@ impl ConnectorConnection {
     /// When [`ConnectorConnection::handle_timeout`] must be called next.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         let control = self.control.as_ref().and_then(|c| c.client.poll_timeout());
-        [self.conn.poll_timeout(), control]
+        let drain = match self.state {
+            State::Draining(deadline) => Some(deadline),
+            _ => None,
+        };
+        [self.conn.poll_timeout(), control, self.data.poll_timeout(), drain]
             .into_iter()
             .flatten()
             .min()
@@ -250,6 +315,13 @@ impl ConnectorConnection {
             self.on_quic_event(now, event);
         }
         self.pump_control(now);
+        if matches!(self.state, State::Draining(_)) && self.data.active() == 0 {
+            debug!(
+                conn_index = self.config.registration.conn_index,
+                "drained; closing"
+            );
+            self.close(now);
+        }
         exchange_events(&mut self.endpoint, self.handle, &mut self.conn);
         // A close we started ends without a ConnectionLost event, once quinn has drained.
         if self.state == State::Closing && self.conn.is_drained() {
@@ -263,11 +335,20 @@ impl ConnectorConnection {
             Event::ConnectionLost { reason } => {
                 self.finish(reason.to_string());
             }
+            Event::Stream(StreamEvent::Readable { id }) if self.data.owns(id) => {
+                self.data.on_readable(now, &mut self.conn, id);
+            }
+            Event::Stream(StreamEvent::Writable { id }) if self.data.owns(id) => {
+                self.data.drive(now, &mut self.conn, id);
+            }
+            Event::Stream(StreamEvent::Stopped { id, .. }) if self.data.owns(id) => {
+                self.data.on_stopped(now, &mut self.conn, id);
+            }
             Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
                 while let Some(id) = self.conn.streams().accept(Dir::Bi) {
                     self.incoming.insert(id, Incoming::Preamble(Vec::new()));
                     // Data that came with the opening frame gets no Readable event of its own.
-                    self.read_incoming(id);
+                    self.read_incoming(now, id);
                 }
             }
             Event::Stream(StreamEvent::Readable { id })
@@ -275,7 +356,7 @@ impl ConnectorConnection {
             {
                 self.read_control(now);
             }
-            Event::Stream(StreamEvent::Readable { id }) => self.read_incoming(id),
+            Event::Stream(StreamEvent::Readable { id }) => self.read_incoming(now, id),
             Event::Stream(StreamEvent::Writable { id }) => self.flush_incoming(id),
             // Datagrams arrive with the datagram half of the tunnel (issue 4); uni streams are
             // refused by the transport settings.
@@ -319,7 +400,7 @@ impl ConnectorConnection {
     }
 
     /// Reads an edge-opened stream: first its preamble, then what its kind calls for.
-    fn read_incoming(&mut self, id: StreamId) {
+    fn read_incoming(&mut self, now: Instant, id: StreamId) {
         let Some(state) = self.incoming.get_mut(&id) else {
             return;
         };
@@ -345,10 +426,10 @@ impl ConnectorConnection {
                         answered: false,
                     };
                 }
-                Ok(Some(StreamKind::Data { .. })) => {
-                    warn!(stream = %id, "edge opened a data stream; data streams are not served yet");
-                    self.refuse(id);
-                    self.events.push_back(ConnectorEvent::StreamRefused(id));
+                Ok(Some(kind @ StreamKind::Data { .. })) => {
+                    let rest = buf.split_off(kind.preamble_len());
+                    self.incoming.remove(&id);
+                    self.data.accept(now, &mut self.conn, id, &rest);
                     return;
                 }
                 Ok(None) | Err(_) => {
@@ -428,8 +509,7 @@ impl ConnectorConnection {
 
     /// Refuses a stream the way cloudflared fails one: STOP_SENDING and RESET_STREAM, code 0.
     fn refuse(&mut self, id: StreamId) {
-        let _ = self.conn.recv_stream(id).stop(VarInt::from_u32(0));
-        let _ = self.conn.send_stream(id).reset(VarInt::from_u32(0));
+        reset(&mut self.conn, id);
         self.incoming.remove(&id);
     }
 
@@ -507,9 +587,8 @@ impl ConnectorConnection {
                     warn!(conn_index, %reason, "unregistering failed; draining anyway");
                 }
                 self.events.push_back(ConnectorEvent::Unregistered);
-                // No data streams are served yet, so there is nothing in flight to drain; the
-                // grace-period drain arrives with them.
-                self.close(now);
+                // The edge routes no new requests here now; let those in flight finish.
+                self.state = State::Draining(now + self.config.grace_period);
             }
         }
     }
@@ -537,6 +616,7 @@ impl ConnectorConnection {
     }
 
     fn finish(&mut self, reason: String) {
+        self.data.close_all();
         if self.state != State::Closed {
             self.state = State::Closed;
             self.events.push_back(ConnectorEvent::Closed { reason });

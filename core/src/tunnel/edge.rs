@@ -1,6 +1,7 @@
 //! The edge's side: a QUIC server endpoint accepting tunnel connections. The first
 //! bidirectional stream a connector opens is its control stream; registrations are handed to
-//! the caller, which checks credentials and answers.
+//! the caller, which checks credentials and answers. The edge opens data streams for the
+//! requests it is given ([`EdgeEndpoint::open_request`]) and reports each response.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -14,7 +15,10 @@ use quinn_proto::{
 };
 use tracing::{debug, warn};
 
-use super::quic_io::{exchange_events, flush_stream, poll_conn_transmit, read_stream};
+use super::quic_io::{exchange_events, flush_stream, poll_conn_transmit, read_stream, read_stream_max};
+use crate::rpc::frame::FrameLimits;
+use crate::stream::connect::{decode_connect_response, ConnectRequest};
+use crate::stream::preamble::{DATA_PREAMBLE, DATA_PREAMBLE_LEN};
 use super::Transmit;
 use crate::control::edge::{ControlServer, EdgeControlEvent};
 use crate::control::{ApiError, ConnectionDetails, Registration, RegistrationError};
@@ -53,6 +57,31 @@ pub enum EdgeEvent {
         /// Its answer.
         outcome: RpcCallOutcome,
     },
+    /// The connector answered a request with its `ConnectResponse`.
+    Response {
+        /// Which connection.
+        conn: ConnId,
+        /// Which data stream.
+        stream: StreamId,
+        /// `ConnectResponse.error` (empty: success).
+        error: String,
+        /// Its metadata, in wire order.
+        metadata: Vec<(String, String)>,
+    },
+    /// Response body bytes (or the end) can be read with [`EdgeEndpoint::read_response`].
+    ResponseReadable {
+        /// Which connection.
+        conn: ConnId,
+        /// Which data stream.
+        stream: StreamId,
+    },
+    /// The connector reset a data stream (or stopped reading it).
+    StreamReset {
+        /// Which connection.
+        conn: ConnId,
+        /// Which data stream.
+        stream: StreamId,
+    },
     /// A connection is gone.
     ConnectionClosed {
         /// Which connection.
@@ -67,7 +96,21 @@ struct EdgeConnection {
     control: Option<ControlStream>,
     /// RPC streams we opened, each carrying one call.
     calls: BTreeMap<StreamId, RpcCall>,
+    /// Data streams we opened.
+    data: BTreeMap<StreamId, DataStream>,
     closed: bool,
+}
+
+/// One request we sent on a data stream.
+struct DataStream {
+    /// Request bytes quinn has not taken yet.
+    unsent: Vec<u8>,
+    /// FIN once `unsent` is written.
+    finish: bool,
+    /// Response bytes until the whole `ConnectResponse` is in; `None` once it was reported.
+    head: Option<Vec<u8>>,
+    /// Body bytes that came with the response message.
+    body: Vec<u8>,
 }
 
 struct RpcCall {
@@ -130,6 +173,7 @@ impl EdgeEndpoint {
                                 conn,
                                 control: None,
                                 calls: BTreeMap::new(),
+                                data: BTreeMap::new(),
                                 closed: false,
                             },
                         );
@@ -206,6 +250,115 @@ impl EdgeEndpoint {
         Ok(stream)
     }
 
+    /// Opens a data stream on `conn` carrying `request`; send its body with
+    /// [`EdgeEndpoint::send_request_body`]. The answer comes as [`EdgeEvent::Response`].
+    pub fn open_request(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        request: &ConnectRequest<'_>,
+    ) -> Result<StreamId, ApiError> {
+        let c = self.conns.get_mut(&conn).ok_or(ApiError::Closed)?;
+        let mut unsent = Vec::new();
+        request
+            .encode(&mut unsent)
+            .map_err(|e| ApiError::Encode(e.to_string()))?;
+        let stream = c
+            .conn
+            .streams()
+            .open(Dir::Bi)
+            .ok_or(ApiError::Encode("no stream credit for a data stream".into()))?;
+        c.data.insert(
+            stream,
+            DataStream {
+                unsent,
+                finish: false,
+                head: Some(Vec::new()),
+                body: Vec::new(),
+            },
+        );
+        self.progress(now);
+        Ok(stream)
+    }
+
+    /// Queues request-body bytes; takes at most what keeps the stream's unsent bytes within
+    /// `window`, and returns how many it took (0: wait for the stream to drain).
+    pub fn send_request_body(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        stream: StreamId,
+        bytes: &[u8],
+        window: usize,
+    ) -> Result<usize, ApiError> {
+        let c = self.conns.get_mut(&conn).ok_or(ApiError::Closed)?;
+        let d = c.data.get_mut(&stream).ok_or(ApiError::Closed)?;
+        if d.finish {
+            return Err(ApiError::Closed);
+        }
+        let n = bytes.len().min(window.saturating_sub(d.unsent.len()));
+        d.unsent.extend_from_slice(&bytes[..n]);
+        self.progress(now);
+        Ok(n)
+    }
+
+    /// Request bytes still waiting for QUIC to take them.
+    pub fn request_unsent(&self, conn: ConnId, stream: StreamId) -> usize {
+        self.conns
+            .get(&conn)
+            .and_then(|c| c.data.get(&stream))
+            .map_or(0, |d| d.unsent.len())
+    }
+
+    /// Ends the request body (FIN after what is queued).
+    pub fn finish_request(&mut self, now: Instant, conn: ConnId, stream: StreamId) -> Result<(), ApiError> {
+        let c = self.conns.get_mut(&conn).ok_or(ApiError::Closed)?;
+        c.data.get_mut(&stream).ok_or(ApiError::Closed)?.finish = true;
+        self.progress(now);
+        Ok(())
+    }
+
+    /// Abandons a request: RESET_STREAM and STOP_SENDING, code 0.
+    pub fn reset_request(&mut self, now: Instant, conn: ConnId, stream: StreamId) -> Result<(), ApiError> {
+        let c = self.conns.get_mut(&conn).ok_or(ApiError::Closed)?;
+        c.data.remove(&stream).ok_or(ApiError::Closed)?;
+        super::data::reset(&mut c.conn, stream);
+        self.progress(now);
+        Ok(())
+    }
+
+    /// Reads up to `max` response-body bytes into `sink`. Returns true once the body is complete
+    /// (the connector finished the stream); the stream is then forgotten.
+    pub fn read_response(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        stream: StreamId,
+        max: usize,
+        sink: &mut Vec<u8>,
+    ) -> Result<bool, ApiError> {
+        let c = self.conns.get_mut(&conn).ok_or(ApiError::Closed)?;
+        let d = c.data.get_mut(&stream).ok_or(ApiError::Closed)?;
+        if d.head.is_some() {
+            return Err(ApiError::NothingPending("response body"));
+        }
+        let n = d.body.len().min(max);
+        sink.extend(d.body.drain(..n));
+        let finished = match read_stream_max(&mut c.conn, stream, max - n, sink) {
+            Ok(finished) => finished && d.body.is_empty(),
+            Err(_) => {
+                c.data.remove(&stream);
+                self.events.push_back(EdgeEvent::StreamReset { conn, stream });
+                return Err(ApiError::Closed);
+            }
+        };
+        if finished && d.unsent.is_empty() {
+            c.data.remove(&stream);
+        }
+        self.progress(now);
+        Ok(finished)
+    }
+
     /// The next datagram to send, written into `buf`.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
         if let Some((destination, bytes)) = self.responses.pop_front() {
@@ -252,6 +405,19 @@ impl EdgeEndpoint {
                     call.unsent.extend_from_slice(&bytes);
                 }
                 let _ = flush_stream(&mut c.conn, stream, &mut call.unsent);
+            }
+            let mut broken = Vec::new();
+            for (&stream, d) in c.data.iter_mut() {
+                if flush_stream(&mut c.conn, stream, &mut d.unsent).is_err() {
+                    broken.push(stream);
+                } else if d.finish && d.unsent.is_empty() {
+                    // Finishing twice is harmless; quinn refuses the second.
+                    let _ = c.conn.send_stream(stream).finish();
+                }
+            }
+            for stream in broken {
+                c.data.remove(&stream);
+                self.events.push_back(EdgeEvent::StreamReset { conn: id, stream });
             }
             exchange_events(&mut self.endpoint, ConnectionHandle(id.0), &mut c.conn);
             if c.conn.is_drained() {
@@ -309,8 +475,73 @@ fn on_quic_event(
         {
             read_control(now, id, c);
         }
+        Event::Stream(StreamEvent::Readable { id: stream }) if c.data.contains_key(&stream) => {
+            read_data(id, stream, c, events)
+        }
+        Event::Stream(StreamEvent::Stopped { id: stream, .. }) if c.data.contains_key(&stream) => {
+            c.data.remove(&stream);
+            let _ = c.conn.send_stream(stream).reset(VarInt::from_u32(0));
+            events.push_back(EdgeEvent::StreamReset { conn: id, stream });
+        }
         Event::Stream(StreamEvent::Readable { id: stream }) => read_call(id, stream, c, events),
         _ => {}
+    }
+}
+
+/// Reads a data stream: the `ConnectResponse` first (reported as an event), then tells the
+/// caller body bytes are there to read.
+fn read_data(id: ConnId, stream: StreamId, c: &mut EdgeConnection, events: &mut VecDeque<EdgeEvent>) {
+    let Some(d) = c.data.get_mut(&stream) else {
+        return;
+    };
+    let Some(head) = &mut d.head else {
+        events.push_back(EdgeEvent::ResponseReadable { conn: id, stream });
+        return;
+    };
+    let limits = FrameLimits::CONNECT_REQUEST;
+    let room = (DATA_PREAMBLE_LEN + limits.max_bytes).saturating_sub(head.len());
+    let finished = match read_stream_max(&mut c.conn, stream, room, head) {
+        Ok(finished) => finished,
+        Err(_) => {
+            c.data.remove(&stream);
+            events.push_back(EdgeEvent::StreamReset { conn: id, stream });
+            return;
+        }
+    };
+    let n = head.len().min(DATA_PREAMBLE_LEN);
+    let parsed = if head[..n] != DATA_PREAMBLE[..n] {
+        Err("bad data-stream preamble in response".to_owned())
+    } else if head.len() < DATA_PREAMBLE_LEN {
+        Ok(None)
+    } else {
+        match decode_connect_response(&head[DATA_PREAMBLE_LEN..], &limits) {
+            Ok(Some((r, used))) => {
+                let error = r.error().unwrap_or_default().to_owned();
+                let metadata = r
+                    .metadata()
+                    .filter_map(Result::ok)
+                    .map(|m| (m.key.to_owned(), m.val.to_owned()))
+                    .collect();
+                Ok(Some((error, metadata, DATA_PREAMBLE_LEN + used)))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(e.to_string()),
+        }
+    };
+    match parsed {
+        Ok(Some((error, metadata, used))) => {
+            d.body = head.split_off(used);
+            d.head = None;
+            events.push_back(EdgeEvent::Response { conn: id, stream, error, metadata });
+            events.push_back(EdgeEvent::ResponseReadable { conn: id, stream });
+        }
+        Ok(None) if !finished => {}
+        Ok(None) | Err(_) => {
+            debug!(conn = id.0, stream = %stream, "unreadable response; resetting");
+            c.data.remove(&stream);
+            super::data::reset(&mut c.conn, stream);
+            events.push_back(EdgeEvent::StreamReset { conn: id, stream });
+        }
     }
 }
 

@@ -8,6 +8,7 @@
 
 pub mod connector;
 pub mod edge;
+pub mod data;
 mod quic_io;
 
 pub use quic_io::Transmit;

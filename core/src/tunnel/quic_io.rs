@@ -43,6 +43,18 @@ pub(crate) fn read_stream(
     id: StreamId,
     sink: &mut Vec<u8>,
 ) -> Result<bool, ReadError> {
+    read_stream_max(conn, id, usize::MAX, sink)
+}
+
+/// Like [`read_stream`], but appends at most `max` bytes: what is left stays in quinn, whose
+/// flow control then holds the peer back.
+pub(crate) fn read_stream_max(
+    conn: &mut Connection,
+    id: StreamId,
+    max: usize,
+    sink: &mut Vec<u8>,
+) -> Result<bool, ReadError> {
+    let mut max = max;
     let mut stream = conn.recv_stream(id);
     let mut chunks = match stream.read(true) {
         Ok(chunks) => chunks,
@@ -50,8 +62,14 @@ pub(crate) fn read_stream(
         Err(_) => return Ok(true),
     };
     let result = loop {
-        match chunks.next(usize::MAX) {
-            Ok(Some(chunk)) => sink.extend_from_slice(&chunk.bytes),
+        if max == 0 {
+            break Ok(false);
+        }
+        match chunks.next(max) {
+            Ok(Some(chunk)) => {
+                max -= chunk.bytes.len();
+                sink.extend_from_slice(&chunk.bytes);
+            }
             Ok(None) => break Ok(true),
             Err(ReadError::Blocked) => break Ok(false),
             Err(e) => break Err(e),

@@ -1,0 +1,546 @@
+//! Data streams on a connector connection and the origin flows that serve them.
+//!
+//! Each edge-opened data stream gets a [`DataStream`] (the protocol) and, once its request is
+//! read, an origin flow the driver opens and feeds back. Bytes move only as far as the other
+//! side has room: edge bytes stay in quinn (so QUIC flow control holds the edge back) while the
+//! origin is slow, and the driver stops reading an origin (until [`OriginAction::Resume`]) while
+//! the edge is slow. HTTP flows whose exchange ended cleanly on a keep-alive connection go to an
+//! idle pool and carry the next request for the same host.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use quinn_proto::{Connection, StreamId, VarInt};
+use tracing::{debug, trace};
+
+use super::quic_io::{flush_stream, read_stream_max};
+use crate::rpc::frame::FrameLimits;
+use crate::stream::proxy::{DataStream, EdgeEnd, FlowKind, OriginEnd, OriginTarget};
+
+/// Identifies one origin connection held by the driver.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct FlowId(pub u64);
+
+impl std::fmt::Display for FlowId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// What the driver must do with origin connections.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginAction {
+    /// Open a connection; answer with `handle_flow_connected` or `handle_flow_failed`.
+    Open {
+        /// The flow's id from now on.
+        flow: FlowId,
+        /// Its kind.
+        kind: FlowKind,
+        /// `ConnectRequest.dest`: URL or path (HTTP, WebSocket), `ip:port` (TCP).
+        dest: String,
+        /// The request's `Host` (HTTP, WebSocket).
+        host: Option<String>,
+    },
+    /// Write all of `data`, then call `handle_flow_written`. At most one write per flow is
+    /// outstanding.
+    Write {
+        /// Which flow.
+        flow: FlowId,
+        /// What to write.
+        data: Bytes,
+    },
+    /// The driver stopped reading this flow after a short `handle_flow_data`; read again.
+    Resume {
+        /// Which flow.
+        flow: FlowId,
+    },
+    /// Send FIN to the origin (after the outstanding write); keep reading it.
+    ShutdownWrite {
+        /// Which flow.
+        flow: FlowId,
+    },
+    /// Close the connection and forget the flow.
+    Close {
+        /// Which flow.
+        flow: FlowId,
+    },
+}
+
+/// Limits on data streams and their flows.
+#[derive(Debug, Clone, Copy)]
+pub struct DataLimits {
+    /// Bytes buffered per stream per direction beyond what QUIC and the origin socket hold.
+    pub window: usize,
+    /// Largest `ConnectRequest` accepted.
+    pub request: FrameLimits,
+    /// Most TCP flows at once (`--max-active-flows`); 0 means no limit.
+    pub max_active_flows: usize,
+    /// Most idle keep-alive origin connections kept (cloudflared's `keepAliveConnections`).
+    pub max_idle: usize,
+    /// How long an idle origin connection is kept (cloudflared's `keepAliveTimeout`).
+    pub idle_timeout: Duration,
+}
+
+impl Default for DataLimits {
+    fn default() -> Self {
+        Self {
+            window: 64 * 1024,
+            request: FrameLimits::CONNECT_REQUEST,
+            max_active_flows: 0,
+            max_idle: 100,
+            idle_timeout: Duration::from_secs(90),
+        }
+    }
+}
+
+struct Data {
+    proxy: DataStream,
+    flow: Option<FlowId>,
+    /// FIN from the edge seen.
+    edge_finished: bool,
+}
+
+struct Flow {
+    stream: Option<StreamId>,
+    kind: FlowKind,
+    /// Pool key (host or dest).
+    key: String,
+    connected: bool,
+    /// A write is outstanding at the driver.
+    writing: bool,
+    /// The driver stopped reading this flow.
+    paused: bool,
+    /// ShutdownWrite already asked.
+    shut: bool,
+    /// Idle in the pool since.
+    idle_since: Option<Instant>,
+}
+
+/// Every data stream and origin flow of one connection.
+pub(crate) struct DataStreams {
+    limits: DataLimits,
+    streams: BTreeMap<StreamId, Data>,
+    flows: BTreeMap<FlowId, Flow>,
+    next_flow: u64,
+    actions: VecDeque<OriginAction>,
+}
+
+impl DataStreams {
+    pub(crate) fn new(limits: DataLimits) -> Self {
+        Self {
+            limits,
+            streams: BTreeMap::new(),
+            flows: BTreeMap::new(),
+            next_flow: 0,
+            actions: VecDeque::new(),
+        }
+    }
+
+    /// Streams still in progress.
+    pub(crate) fn active(&self) -> usize {
+        self.streams.len()
+    }
+
+    pub(crate) fn poll_action(&mut self) -> Option<OriginAction> {
+        self.actions.pop_front()
+    }
+
+    /// Bytes buffered across all streams (for memory checks).
+    pub(crate) fn buffered(&self) -> usize {
+        self.streams.values().map(|d| d.proxy.buffered()).sum()
+    }
+
+    /// Takes over stream `id` after its data preamble; `rest` followed the preamble.
+    pub(crate) fn accept(&mut self, now: Instant, conn: &mut Connection, id: StreamId, rest: &[u8]) {
+        let mut data = Data {
+            proxy: DataStream::new(self.limits.window, self.limits.request),
+            flow: None,
+            edge_finished: false,
+        };
+        let target = data.proxy.on_edge_data(rest);
+        self.streams.insert(id, data);
+        self.on_request(now, conn, id, target);
+        self.drive(now, conn, id);
+    }
+
+    /// Handles the outcome of feeding request bytes.
+    fn on_request(
+        &mut self,
+        now: Instant,
+        conn: &mut Connection,
+        id: StreamId,
+        target: Result<Option<OriginTarget>, crate::stream::proxy::StreamError>,
+    ) {
+        match target {
+            Ok(Some(target)) => self.open_flow(now, id, target),
+            Ok(None) => {}
+            Err(e) => {
+                debug!(stream = %id, error = %e, "bad data stream; resetting");
+                reset(conn, id);
+                self.streams.remove(&id);
+            }
+        }
+    }
+
+    fn open_flow(&mut self, now: Instant, id: StreamId, target: OriginTarget) {
+        self.expire_idle(now);
+        let Some(data) = self.streams.get_mut(&id) else {
+            return;
+        };
+        if target.kind == FlowKind::Tcp && self.limits.max_active_flows > 0 {
+            let active = self
+                .flows
+                .values()
+                .filter(|f| f.kind == FlowKind::Tcp)
+                .count();
+            if active >= self.limits.max_active_flows {
+                debug!(stream = %id, active, "flow limit reached; refusing");
+                data.proxy.refuse_rate_limited();
+                return;
+            }
+        }
+        let key = target.host.clone().unwrap_or_else(|| target.dest.clone());
+        if target.kind == FlowKind::Http {
+            let pooled = self
+                .flows
+                .iter()
+                .find(|(_, f)| f.idle_since.is_some() && f.kind == FlowKind::Http && f.key == key)
+                .map(|(&flow, _)| flow);
+            if let Some(flow) = pooled {
+                trace!(stream = %id, %flow, "reusing an idle origin connection");
+                let f = self.flows.get_mut(&flow).expect("found above");
+                f.idle_since = None;
+                f.stream = Some(id);
+                data.flow = Some(flow);
+                data.proxy.on_origin_connected();
+                return;
+            }
+        }
+        let flow = FlowId(self.next_flow);
+        self.next_flow += 1;
+        debug!(stream = %id, %flow, kind = ?target.kind, dest = %target.dest, "opening origin flow");
+        self.flows.insert(
+            flow,
+            Flow {
+                stream: Some(id),
+                kind: target.kind,
+                key,
+                connected: false,
+                writing: false,
+                paused: false,
+                shut: false,
+                idle_since: None,
+            },
+        );
+        data.flow = Some(flow);
+        self.actions.push_back(OriginAction::Open {
+            flow,
+            kind: target.kind,
+            dest: target.dest,
+            host: target.host,
+        });
+    }
+
+    /// Closes idle pooled connections past their timeout.
+    pub(crate) fn expire_idle(&mut self, now: Instant) {
+        let timeout = self.limits.idle_timeout;
+        let expired: Vec<FlowId> = self
+            .flows
+            .iter()
+            .filter(|(_, f)| f.idle_since.is_some_and(|t| now.saturating_duration_since(t) >= timeout))
+            .map(|(&id, _)| id)
+            .collect();
+        for flow in expired {
+            self.close_flow(flow);
+        }
+    }
+
+    /// When the oldest idle connection expires.
+    pub(crate) fn poll_timeout(&self) -> Option<Instant> {
+        self.flows
+            .values()
+            .filter_map(|f| f.idle_since)
+            .min()
+            .map(|t| t + self.limits.idle_timeout)
+    }
+
+    pub(crate) fn owns(&self, id: StreamId) -> bool {
+        self.streams.contains_key(&id)
+    }
+
+    /// The edge sent more (or finished, or reset).
+    pub(crate) fn on_readable(&mut self, now: Instant, conn: &mut Connection, id: StreamId) {
+        self.drive(now, conn, id);
+    }
+
+    /// The edge stopped reading the stream (STOP_SENDING).
+    pub(crate) fn on_stopped(&mut self, now: Instant, conn: &mut Connection, id: StreamId) {
+        if let Some(data) = self.streams.get_mut(&id) {
+            data.proxy.on_edge_reset();
+        }
+        self.drive(now, conn, id);
+    }
+
+    pub(crate) fn on_flow_connected(&mut self, now: Instant, conn: &mut Connection, flow: FlowId) {
+        let Some(f) = self.flows.get_mut(&flow) else {
+            return;
+        };
+        f.connected = true;
+        if let Some(id) = f.stream {
+            if let Some(data) = self.streams.get_mut(&id) {
+                data.proxy.on_origin_connected();
+            }
+            self.drive(now, conn, id);
+        }
+    }
+
+    pub(crate) fn on_flow_failed(
+        &mut self,
+        now: Instant,
+        conn: &mut Connection,
+        flow: FlowId,
+        reason: &str,
+    ) {
+        let Some(f) = self.flows.remove(&flow) else {
+            return;
+        };
+        debug!(%flow, %reason, "origin flow failed");
+        if let Some(id) = f.stream {
+            if let Some(data) = self.streams.get_mut(&id) {
+                data.flow = None;
+                data.proxy.on_origin_failed(reason);
+            }
+            self.drive(now, conn, id);
+        }
+    }
+
+    /// Origin bytes; returns how many were taken. Short: stop reading until `Resume`.
+    pub(crate) fn on_flow_data(
+        &mut self,
+        now: Instant,
+        conn: &mut Connection,
+        flow: FlowId,
+        bytes: &[u8],
+    ) -> usize {
+        let Some(f) = self.flows.get_mut(&flow) else {
+            return 0;
+        };
+        let Some(id) = f.stream else {
+            // An idle pooled connection has nothing to say; one that speaks is broken.
+            debug!(%flow, "idle origin connection sent data; closing it");
+            self.close_flow(flow);
+            return 0;
+        };
+        let mut taken = 0;
+        while taken < bytes.len() {
+            let Some(data) = self.streams.get_mut(&id) else {
+                break;
+            };
+            let n = data.proxy.on_origin_data(&bytes[taken..]);
+            taken += n;
+            // Make room by moving bytes into QUIC, then try again.
+            let before = data.proxy.to_edge().len();
+            self.drive(now, conn, id);
+            let after = self
+                .streams
+                .get_mut(&id)
+                .map_or(0, |d| d.proxy.to_edge().len());
+            if n == 0 && after >= before {
+                break;
+            }
+        }
+        if taken < bytes.len() {
+            if let Some(f) = self.flows.get_mut(&flow) {
+                f.paused = true;
+            }
+        }
+        taken
+    }
+
+    /// The origin closed its side of the flow.
+    pub(crate) fn on_flow_finished(&mut self, now: Instant, conn: &mut Connection, flow: FlowId) {
+        let Some(f) = self.flows.get(&flow) else {
+            return;
+        };
+        match f.stream {
+            Some(id) => {
+                if let Some(data) = self.streams.get_mut(&id) {
+                    data.proxy.on_origin_finished();
+                }
+                self.drive(now, conn, id);
+            }
+            None => self.close_flow(flow),
+        }
+    }
+
+    /// The driver wrote the last `Write`.
+    pub(crate) fn on_flow_written(&mut self, now: Instant, conn: &mut Connection, flow: FlowId) {
+        let Some(f) = self.flows.get_mut(&flow) else {
+            return;
+        };
+        f.writing = false;
+        if let Some(id) = f.stream {
+            self.drive(now, conn, id);
+        }
+    }
+
+    /// Moves everything that can move on stream `id`, then ends what is finished.
+    pub(crate) fn drive(&mut self, now: Instant, conn: &mut Connection, id: StreamId) {
+        loop {
+            let Some(data) = self.streams.get_mut(&id) else {
+                return;
+            };
+            // Edge → stream.
+            let mut progressed = false;
+            let room = data.proxy.edge_room();
+            if room > 0 && !data.edge_finished {
+                let mut buf = Vec::new();
+                match read_stream_max(conn, id, room, &mut buf) {
+                    Ok(finished) => {
+                        if !buf.is_empty() {
+                            progressed = true;
+                            let target = data.proxy.on_edge_data(&buf);
+                            if !matches!(target, Ok(None)) {
+                                self.on_request(now, conn, id, target);
+                                continue;
+                            }
+                        }
+                        if finished {
+                            data.edge_finished = true;
+                            data.proxy.on_edge_finished();
+                            progressed = true;
+                        }
+                    }
+                    Err(e) => {
+                        debug!(stream = %id, error = %e, "edge reset the stream");
+                        data.edge_finished = true;
+                        data.proxy.on_edge_reset();
+                        progressed = true;
+                    }
+                }
+            }
+            let Some(data) = self.streams.get_mut(&id) else {
+                return;
+            };
+            // Stream → origin.
+            if let Some(flow) = data.flow {
+                if let Some(f) = self.flows.get_mut(&flow) {
+                    let pending = data.proxy.to_origin();
+                    if f.connected && !f.writing && !pending.is_empty() {
+                        f.writing = true;
+                        let bytes = Bytes::from(std::mem::take(pending));
+                        self.actions.push_back(OriginAction::Write { flow, data: bytes });
+                        progressed = true;
+                    }
+                }
+            }
+            // Stream → edge.
+            let out = data.proxy.to_edge();
+            if !out.is_empty() {
+                let before = out.len();
+                if flush_stream(conn, id, out).is_err() {
+                    // The edge stopped reading: nothing more can reach it.
+                    data.proxy.on_edge_reset();
+                }
+                progressed |= data.proxy.to_edge().len() != before;
+            }
+            // Origin reads resume once there is room.
+            if let Some(f) = data.flow.and_then(|flow| self.flows.get_mut(&flow)) {
+                if f.paused && data.proxy.origin_room() > 0 {
+                    f.paused = false;
+                    let flow = data.flow.expect("checked");
+                    self.actions.push_back(OriginAction::Resume { flow });
+                }
+            }
+            if !progressed {
+                break;
+            }
+        }
+        self.settle(now, conn, id);
+    }
+
+    /// Ends the stream and resolves its flow once the proxy has decided and buffers drained.
+    fn settle(&mut self, now: Instant, conn: &mut Connection, id: StreamId) {
+        let Some(data) = self.streams.get_mut(&id) else {
+            return;
+        };
+        let origin_end = data.proxy.origin_end();
+        if let (Some(end), Some(flow)) = (origin_end, data.flow) {
+            let drained = data.proxy.to_origin().is_empty()
+                && self.flows.get(&flow).is_some_and(|f| !f.writing);
+            match end {
+                OriginEnd::ShutdownWrite => {
+                    if let Some(f) = self.flows.get_mut(&flow) {
+                        if drained && !f.shut {
+                            f.shut = true;
+                            self.actions.push_back(OriginAction::ShutdownWrite { flow });
+                        }
+                    }
+                }
+                OriginEnd::Close => {
+                    data.flow = None;
+                    self.close_flow(flow);
+                }
+                OriginEnd::Reusable if drained => {
+                    data.flow = None;
+                    self.release(now, flow);
+                }
+                OriginEnd::Reusable => {}
+            }
+        }
+        let Some(data) = self.streams.get_mut(&id) else {
+            return;
+        };
+        match data.proxy.edge_end() {
+            Some(EdgeEnd::Finish) if data.proxy.to_edge().is_empty() && data.flow.is_none() => {
+                let _ = conn.send_stream(id).finish();
+                if !data.edge_finished {
+                    let _ = conn.recv_stream(id).stop(VarInt::from_u32(0));
+                }
+                self.streams.remove(&id);
+            }
+            Some(EdgeEnd::Reset) => {
+                reset(conn, id);
+                if let Some(flow) = data.flow.take() {
+                    self.close_flow(flow);
+                }
+                self.streams.remove(&id);
+            }
+            _ => {}
+        }
+    }
+
+    /// Puts a finished keep-alive flow into the idle pool (or closes it when the pool is full).
+    fn release(&mut self, now: Instant, flow: FlowId) {
+        let idle = self.flows.values().filter(|f| f.idle_since.is_some()).count();
+        match self.flows.get_mut(&flow) {
+            Some(f) if idle < self.limits.max_idle => {
+                f.stream = None;
+                f.idle_since = Some(now);
+            }
+            _ => self.close_flow(flow),
+        }
+    }
+
+    fn close_flow(&mut self, flow: FlowId) {
+        if self.flows.remove(&flow).is_some() {
+            self.actions.push_back(OriginAction::Close { flow });
+        }
+    }
+
+    /// Every stream and flow ends now (the connection is gone).
+    pub(crate) fn close_all(&mut self) {
+        self.streams.clear();
+        let flows: Vec<FlowId> = self.flows.keys().copied().collect();
+        for flow in flows {
+            self.close_flow(flow);
+        }
+    }
+}
+
+/// Fails a stream the way cloudflared does: RESET_STREAM(0) and STOP_SENDING(0).
+pub(crate) fn reset(conn: &mut Connection, id: StreamId) {
+    let _ = conn.recv_stream(id).stop(VarInt::from_u32(0));
+    let _ = conn.send_stream(id).reset(VarInt::from_u32(0));
+}
