@@ -1,7 +1,9 @@
 //! burrow-sim: connector, edge, origins and a lossy network in one process on virtual time,
 //! reproducible from a seed.
 
+pub mod client;
 pub mod clock;
 pub mod net;
+pub mod origin;
 pub mod scenarios;
 pub mod world;

@@ -24,6 +24,9 @@ struct Cli {
     /// Packet loss on every link, 0.0 to 1.0.
     #[arg(long, default_value_t = 0.0, value_parser = parse_loss)]
     loss: f64,
+    /// CI-scale traffic (tens of requests, small bodies) instead of the full scale.
+    #[arg(long)]
+    quick: bool,
     /// Print the scenario names, one a line, and exit.
     #[arg(long)]
     list: bool,
@@ -74,6 +77,7 @@ fn main() -> ExitCode {
         let params = Params {
             seed,
             loss: cli.loss,
+            quick: cli.quick,
         };
         match run_seed(&scenarios, &params) {
             Ok(hash) => println!("seed {seed} ok {hash:016x}"),
@@ -81,8 +85,9 @@ fn main() -> ExitCode {
                 failed += 1;
                 println!("seed {seed} FAILED in {scenario}: {why}");
                 println!(
-                    "  replay: cargo run -p burrow-sim --release -- --seed {seed} --seeds 1 --scenario {scenario} --loss {}",
-                    cli.loss
+                    "  replay: cargo run -p burrow-sim --release -- --seed {seed} --seeds 1 --scenario {scenario} --loss {}{}",
+                    cli.loss,
+                    if cli.quick { " --quick" } else { "" }
                 );
             }
         }

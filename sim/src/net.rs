@@ -17,8 +17,12 @@ use crate::clock::VirtualTime;
 pub struct LinkConfig {
     /// Base one-way delay.
     pub latency: Duration,
-    /// Extra delay drawn uniformly from `0..=jitter` per packet (reorders packets).
+    /// Extra delay drawn uniformly from `0..=jitter` per packet. Packets still leave a link in
+    /// the order they entered it (a queue's delay varies; it does not shuffle).
     pub jitter: Duration,
+    /// Probability a packet takes its own path, free of the queue's order: it may overtake or
+    /// be overtaken (reordering).
+    pub reorder: f64,
     /// Probability a packet is lost.
     pub loss: f64,
     /// Probability a delivered packet arrives twice.
@@ -32,6 +36,7 @@ impl Default for LinkConfig {
         Self {
             latency: Duration::from_millis(10),
             jitter: Duration::from_millis(2),
+            reorder: 0.0,
             loss: 0.0,
             duplicate: 0.0,
             partitioned: false,
@@ -73,6 +78,8 @@ pub struct Network {
     // Ordered by delivery time, then by send order so equal times stay deterministic.
     queue: BinaryHeap<Reverse<(VirtualTime, u64)>>,
     in_flight: HashMap<u64, Packet>,
+    /// Latest arrival scheduled per link, to keep each link first-in first-out.
+    last_arrival: HashMap<(SocketAddr, SocketAddr), VirtualTime>,
     next_seq: u64,
     stats: NetStats,
 }
@@ -86,6 +93,7 @@ impl Network {
             links: HashMap::new(),
             queue: BinaryHeap::new(),
             in_flight: HashMap::new(),
+            last_arrival: HashMap::new(),
             next_seq: 0,
             stats: NetStats::default(),
         }
@@ -138,7 +146,12 @@ impl Network {
         let copies = if self.chance() < cfg.duplicate { 2 } else { 1 };
         self.stats.duplicated += copies - 1;
         for _ in 0..copies {
-            let at = now + self.delay(&cfg);
+            let mut at = now + self.delay(&cfg);
+            if self.chance() >= cfg.reorder {
+                let last = self.last_arrival.entry((from, to)).or_insert(at);
+                at = at.max(*last);
+                *last = at;
+            }
             let seq = self.next_seq;
             self.next_seq += 1;
             self.queue.push(Reverse((at, seq)));
@@ -233,14 +246,24 @@ mod tests {
     }
 
     #[test]
-    fn jitter_reorders_and_partition_blocks() {
-        let cfg = LinkConfig {
+    fn jitter_keeps_order_reorder_breaks_it_and_partition_blocks() {
+        let jitter = LinkConfig {
             jitter: Duration::from_millis(5),
             ..LinkConfig::default()
         };
-        let (got, _) = run(3, cfg, 100);
-        let order: Vec<u8> = got.iter().map(|(_, d)| d[0]).collect();
-        assert!(order.windows(2).any(|w| w[0] > w[1]), "no reordering");
+        let order = |cfg| -> Vec<u8> { run(3, cfg, 100).0.iter().map(|(_, d)| d[0]).collect() };
+        assert!(
+            order(jitter).windows(2).all(|w| w[0] < w[1]),
+            "jitter alone reordered"
+        );
+        let reorder = LinkConfig {
+            reorder: 0.2,
+            ..jitter
+        };
+        assert!(
+            order(reorder).windows(2).any(|w| w[0] > w[1]),
+            "no reordering"
+        );
 
         let mut net = Network::new(ChaCha8Rng::seed_from_u64(0), LinkConfig::default());
         net.set_partition(addr(1), addr(2), true);

@@ -14,6 +14,7 @@ use fnv::FnvHasher;
 
 use crate::clock::{Clock, VirtualTime};
 use crate::net::Network;
+use crate::origin::Origins;
 
 /// Something a node reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +78,10 @@ pub struct World {
     pub edge: Option<EdgeEndpoint>,
     /// Connectors by index, each with its address; `None` once dropped.
     pub connectors: Vec<(SocketAddr, Option<ConnectorConnection>)>,
+    /// The origins behind every connector.
+    pub origins: Origins,
+    /// Times a scenario asked to be woken at (slow readers, pacing).
+    pub wakeups: std::collections::BTreeSet<VirtualTime>,
     buf: Vec<u8>,
     stalled_steps: u32,
 }
@@ -101,6 +106,8 @@ impl World {
             edge_addr,
             edge: Some(edge),
             connectors: Vec::new(),
+            origins: Origins::new(),
+            wakeups: std::collections::BTreeSet::new(),
             buf: Vec::with_capacity(2048),
             stalled_steps: 0,
         }
@@ -111,9 +118,15 @@ impl World {
         self.clock.instant(self.now)
     }
 
-    /// Moves every datagram the nodes want to send into the network.
+    /// Moves every datagram the nodes want to send into the network, after letting the
+    /// origins act on what the connectors asked of them.
     fn flush(&mut self) {
         let now = self.instant();
+        for (i, (_, conn)) in self.connectors.iter_mut().enumerate() {
+            if let Some(conn) = conn {
+                self.origins.pump(self.now, now, i, conn);
+            }
+        }
         if let Some(edge) = &mut self.edge {
             while let Some(t) = edge.poll_transmit(now, &mut self.buf) {
                 self.net.send(
@@ -161,6 +174,12 @@ impl World {
             return Ok(Step::Progress(pending));
         }
         let mut next = self.net.next_arrival();
+        for t in [self.origins.next_deadline(), self.wakeups.first().copied()]
+            .into_iter()
+            .flatten()
+        {
+            next = Some(next.map_or(t, |n| n.min(t)));
+        }
         let clock = self.clock;
         let mut consider = |t: Option<std::time::Instant>| {
             if let Some(t) = t.map(|i| clock.virtual_time(i)) {
@@ -190,6 +209,9 @@ impl World {
         } else {
             self.stalled_steps = 0;
             self.now = next;
+        }
+        while self.wakeups.first().is_some_and(|t| *t <= self.now) {
+            self.wakeups.pop_first();
         }
         let now = self.instant();
         while let Some(p) = self.net.poll_arrival(self.now) {
@@ -225,14 +247,32 @@ impl World {
         limit: VirtualTime,
         mut react: impl FnMut(&mut World, Happening) -> Result<(), String>,
     ) -> Result<(), String> {
+        self.run_ticking(limit, |w, h| match h {
+            Some(h) => react(w, h).map(|()| false),
+            None => Ok(false),
+        })
+    }
+
+    /// Like [`World::run_until`], also calling `f` with `None` after every step (to push
+    /// request bodies, read slowly, and the like). Stops early once `f` returns true.
+    pub fn run_ticking(
+        &mut self,
+        limit: VirtualTime,
+        mut f: impl FnMut(&mut World, Option<Happening>) -> Result<bool, String>,
+    ) -> Result<(), String> {
         while self.now < limit {
             match self.step(limit)? {
                 Step::Progress(events) => {
                     for e in events {
-                        react(self, e)?;
+                        if f(self, Some(e))? {
+                            return Ok(());
+                        }
                     }
                 }
                 Step::Idle => break,
+            }
+            if f(self, None)? {
+                break;
             }
         }
         Ok(())

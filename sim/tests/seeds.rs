@@ -7,9 +7,13 @@ fn every_scenario_passes_200_seeds_at_5_percent_loss() {
     let mut failures = Vec::new();
     for seed in 0..200 {
         for s in ALL {
-            if let Err(why) = (s.run)(&Params { seed, loss: 0.05 }) {
+            if let Err(why) = (s.run)(&Params {
+                seed,
+                loss: 0.05,
+                quick: true,
+            }) {
                 failures.push(format!(
-                    "seed {seed} {}: {why}\n  replay: cargo run -p burrow-sim --release -- --seed {seed} --seeds 1 --scenario {} --loss 0.05",
+                    "seed {seed} {}: {why}\n  replay: cargo run -p burrow-sim --release -- --seed {seed} --seeds 1 --scenario {} --loss 0.05 --quick",
                     s.name, s.name
                 ));
             }
@@ -29,6 +33,7 @@ fn the_same_seed_gives_the_same_trace() {
         let p = Params {
             seed: 7,
             loss: 0.05,
+            quick: true,
         };
         assert_eq!((s.run)(&p), (s.run)(&p), "{}", s.name);
     }

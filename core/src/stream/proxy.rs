@@ -150,6 +150,11 @@ impl DataStream {
         }
     }
 
+    /// True once the request needs nothing more from the edge (bytes after it are ignored).
+    pub fn request_complete(&self) -> bool {
+        self.up == Up::Done
+    }
+
     /// How many origin bytes the stream takes now.
     pub fn origin_room(&self) -> usize {
         if self.edge_end.is_some() {

@@ -292,10 +292,15 @@ impl ConnectorConnection {
             State::Draining(deadline) => Some(deadline),
             _ => None,
         };
-        [self.conn.poll_timeout(), control, self.data.poll_timeout(), drain]
-            .into_iter()
-            .flatten()
-            .min()
+        [
+            self.conn.poll_timeout(),
+            control,
+            self.data.poll_timeout(),
+            drain,
+        ]
+        .into_iter()
+        .flatten()
+        .min()
     }
 
     /// The next event.
@@ -341,6 +346,7 @@ impl ConnectorConnection {
             Event::Stream(StreamEvent::Writable { id }) if self.data.owns(id) => {
                 self.data.drive(now, &mut self.conn, id);
             }
+            Event::Stream(StreamEvent::Finished { id }) => self.data.on_acknowledged(id),
             Event::Stream(StreamEvent::Stopped { id, .. }) if self.data.owns(id) => {
                 self.data.on_stopped(now, &mut self.conn, id);
             }

@@ -122,6 +122,9 @@ pub(crate) struct DataStreams {
     limits: DataLimits,
     streams: BTreeMap<StreamId, Data>,
     flows: BTreeMap<FlowId, Flow>,
+    /// Streams finished by us whose data the edge has not acknowledged yet: closing the
+    /// connection now would lose their tail.
+    finishing: std::collections::BTreeSet<StreamId>,
     next_flow: u64,
     actions: VecDeque<OriginAction>,
 }
@@ -132,14 +135,20 @@ impl DataStreams {
             limits,
             streams: BTreeMap::new(),
             flows: BTreeMap::new(),
+            finishing: std::collections::BTreeSet::new(),
             next_flow: 0,
             actions: VecDeque::new(),
         }
     }
 
-    /// Streams still in progress.
+    /// Streams still in progress, counting finished ones the edge has not fully acknowledged.
     pub(crate) fn active(&self) -> usize {
-        self.streams.len()
+        self.streams.len() + self.finishing.len()
+    }
+
+    /// The edge acknowledged everything on stream `id` (or it was reset).
+    pub(crate) fn on_acknowledged(&mut self, id: StreamId) {
+        self.finishing.remove(&id);
     }
 
     pub(crate) fn poll_action(&mut self) -> Option<OriginAction> {
@@ -152,7 +161,13 @@ impl DataStreams {
     }
 
     /// Takes over stream `id` after its data preamble; `rest` followed the preamble.
-    pub(crate) fn accept(&mut self, now: Instant, conn: &mut Connection, id: StreamId, rest: &[u8]) {
+    pub(crate) fn accept(
+        &mut self,
+        now: Instant,
+        conn: &mut Connection,
+        id: StreamId,
+        rest: &[u8],
+    ) {
         let mut data = Data {
             proxy: DataStream::new(self.limits.window, self.limits.request),
             flow: None,
@@ -248,7 +263,10 @@ impl DataStreams {
         let expired: Vec<FlowId> = self
             .flows
             .iter()
-            .filter(|(_, f)| f.idle_since.is_some_and(|t| now.saturating_duration_since(t) >= timeout))
+            .filter(|(_, f)| {
+                f.idle_since
+                    .is_some_and(|t| now.saturating_duration_since(t) >= timeout)
+            })
             .map(|(&id, _)| id)
             .collect();
         for flow in expired {
@@ -266,7 +284,7 @@ impl DataStreams {
     }
 
     pub(crate) fn owns(&self, id: StreamId) -> bool {
-        self.streams.contains_key(&id)
+        self.streams.contains_key(&id) || self.finishing.contains(&id)
     }
 
     /// The edge sent more (or finished, or reset).
@@ -276,6 +294,7 @@ impl DataStreams {
 
     /// The edge stopped reading the stream (STOP_SENDING).
     pub(crate) fn on_stopped(&mut self, now: Instant, conn: &mut Connection, id: StreamId) {
+        self.finishing.remove(&id);
         if let Some(data) = self.streams.get_mut(&id) {
             data.proxy.on_edge_reset();
         }
@@ -393,10 +412,21 @@ impl DataStreams {
             };
             // Edge → stream.
             let mut progressed = false;
-            let room = data.proxy.edge_room();
+            let mut room = data.proxy.edge_room();
+            if data.proxy.request_complete() && !data.edge_finished {
+                // Nothing more is wanted, but seeing the FIN spares the edge a STOP_SENDING;
+                // stray bytes are dropped (quinn's window bounds them).
+                let mut stray = Vec::new();
+                match read_stream_max(conn, id, usize::MAX, &mut stray) {
+                    Ok(true) | Err(_) => data.edge_finished = true,
+                    Ok(false) => {}
+                }
+                room = 0;
+            }
             if room > 0 && !data.edge_finished {
                 let mut buf = Vec::new();
-                match read_stream_max(conn, id, room, &mut buf) {
+                let r = read_stream_max(conn, id, room, &mut buf);
+                match r {
                     Ok(finished) => {
                         if !buf.is_empty() {
                             progressed = true;
@@ -430,7 +460,8 @@ impl DataStreams {
                     if f.connected && !f.writing && !pending.is_empty() {
                         f.writing = true;
                         let bytes = Bytes::from(std::mem::take(pending));
-                        self.actions.push_back(OriginAction::Write { flow, data: bytes });
+                        self.actions
+                            .push_back(OriginAction::Write { flow, data: bytes });
                         progressed = true;
                     }
                 }
@@ -494,7 +525,9 @@ impl DataStreams {
         };
         match data.proxy.edge_end() {
             Some(EdgeEnd::Finish) if data.proxy.to_edge().is_empty() && data.flow.is_none() => {
-                let _ = conn.send_stream(id).finish();
+                if conn.send_stream(id).finish().is_ok() {
+                    self.finishing.insert(id);
+                }
                 if !data.edge_finished {
                     let _ = conn.recv_stream(id).stop(VarInt::from_u32(0));
                 }
@@ -513,7 +546,11 @@ impl DataStreams {
 
     /// Puts a finished keep-alive flow into the idle pool (or closes it when the pool is full).
     fn release(&mut self, now: Instant, flow: FlowId) {
-        let idle = self.flows.values().filter(|f| f.idle_since.is_some()).count();
+        let idle = self
+            .flows
+            .values()
+            .filter(|f| f.idle_since.is_some())
+            .count();
         match self.flows.get_mut(&flow) {
             Some(f) if idle < self.limits.max_idle => {
                 f.stream = None;
@@ -532,6 +569,7 @@ impl DataStreams {
     /// Every stream and flow ends now (the connection is gone).
     pub(crate) fn close_all(&mut self) {
         self.streams.clear();
+        self.finishing.clear();
         let flows: Vec<FlowId> = self.flows.keys().copied().collect();
         for flow in flows {
             self.close_flow(flow);

@@ -15,14 +15,16 @@ use quinn_proto::{
 };
 use tracing::{debug, warn};
 
-use super::quic_io::{exchange_events, flush_stream, poll_conn_transmit, read_stream, read_stream_max};
-use crate::rpc::frame::FrameLimits;
-use crate::stream::connect::{decode_connect_response, ConnectRequest};
-use crate::stream::preamble::{DATA_PREAMBLE, DATA_PREAMBLE_LEN};
+use super::quic_io::{
+    exchange_events, flush_stream, poll_conn_transmit, read_stream, read_stream_max,
+};
 use super::Transmit;
 use crate::control::edge::{ControlServer, EdgeControlEvent};
 use crate::control::{ApiError, ConnectionDetails, Registration, RegistrationError};
+use crate::rpc::frame::FrameLimits;
 use crate::rpc_stream::edge::{RpcCallOutcome, RpcStreamClient};
+use crate::stream::connect::{decode_connect_response, ConnectRequest};
+use crate::stream::preamble::{DATA_PREAMBLE, DATA_PREAMBLE_LEN};
 
 /// Identifies one connector connection at this edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -263,11 +265,9 @@ impl EdgeEndpoint {
         request
             .encode(&mut unsent)
             .map_err(|e| ApiError::Encode(e.to_string()))?;
-        let stream = c
-            .conn
-            .streams()
-            .open(Dir::Bi)
-            .ok_or(ApiError::Encode("no stream credit for a data stream".into()))?;
+        let stream = c.conn.streams().open(Dir::Bi).ok_or(ApiError::Encode(
+            "no stream credit for a data stream".into(),
+        ))?;
         c.data.insert(
             stream,
             DataStream {
@@ -311,7 +311,12 @@ impl EdgeEndpoint {
     }
 
     /// Ends the request body (FIN after what is queued).
-    pub fn finish_request(&mut self, now: Instant, conn: ConnId, stream: StreamId) -> Result<(), ApiError> {
+    pub fn finish_request(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        stream: StreamId,
+    ) -> Result<(), ApiError> {
         let c = self.conns.get_mut(&conn).ok_or(ApiError::Closed)?;
         c.data.get_mut(&stream).ok_or(ApiError::Closed)?.finish = true;
         self.progress(now);
@@ -319,7 +324,12 @@ impl EdgeEndpoint {
     }
 
     /// Abandons a request: RESET_STREAM and STOP_SENDING, code 0.
-    pub fn reset_request(&mut self, now: Instant, conn: ConnId, stream: StreamId) -> Result<(), ApiError> {
+    pub fn reset_request(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        stream: StreamId,
+    ) -> Result<(), ApiError> {
         let c = self.conns.get_mut(&conn).ok_or(ApiError::Closed)?;
         c.data.remove(&stream).ok_or(ApiError::Closed)?;
         super::data::reset(&mut c.conn, stream);
@@ -348,7 +358,8 @@ impl EdgeEndpoint {
             Ok(finished) => finished && d.body.is_empty(),
             Err(_) => {
                 c.data.remove(&stream);
-                self.events.push_back(EdgeEvent::StreamReset { conn, stream });
+                self.events
+                    .push_back(EdgeEvent::StreamReset { conn, stream });
                 return Err(ApiError::Closed);
             }
         };
@@ -417,7 +428,8 @@ impl EdgeEndpoint {
             }
             for stream in broken {
                 c.data.remove(&stream);
-                self.events.push_back(EdgeEvent::StreamReset { conn: id, stream });
+                self.events
+                    .push_back(EdgeEvent::StreamReset { conn: id, stream });
             }
             exchange_events(&mut self.endpoint, ConnectionHandle(id.0), &mut c.conn);
             if c.conn.is_drained() {
@@ -478,10 +490,14 @@ fn on_quic_event(
         Event::Stream(StreamEvent::Readable { id: stream }) if c.data.contains_key(&stream) => {
             read_data(id, stream, c, events)
         }
-        Event::Stream(StreamEvent::Stopped { id: stream, .. }) if c.data.contains_key(&stream) => {
-            c.data.remove(&stream);
-            let _ = c.conn.send_stream(stream).reset(VarInt::from_u32(0));
-            events.push_back(EdgeEvent::StreamReset { conn: id, stream });
+        Event::Stream(StreamEvent::Stopped { id: stream, .. }) => {
+            // The connector wants no more request bytes (cloudflared stops reading once a
+            // request is answered); its response still comes.
+            if let Some(d) = c.data.get_mut(&stream) {
+                d.unsent.clear();
+                d.finish = true;
+                let _ = c.conn.send_stream(stream).reset(VarInt::from_u32(0));
+            }
         }
         Event::Stream(StreamEvent::Readable { id: stream }) => read_call(id, stream, c, events),
         _ => {}
@@ -490,7 +506,12 @@ fn on_quic_event(
 
 /// Reads a data stream: the `ConnectResponse` first (reported as an event), then tells the
 /// caller body bytes are there to read.
-fn read_data(id: ConnId, stream: StreamId, c: &mut EdgeConnection, events: &mut VecDeque<EdgeEvent>) {
+fn read_data(
+    id: ConnId,
+    stream: StreamId,
+    c: &mut EdgeConnection,
+    events: &mut VecDeque<EdgeEvent>,
+) {
     let Some(d) = c.data.get_mut(&stream) else {
         return;
     };
@@ -532,7 +553,12 @@ fn read_data(id: ConnId, stream: StreamId, c: &mut EdgeConnection, events: &mut 
         Ok(Some((error, metadata, used))) => {
             d.body = head.split_off(used);
             d.head = None;
-            events.push_back(EdgeEvent::Response { conn: id, stream, error, metadata });
+            events.push_back(EdgeEvent::Response {
+                conn: id,
+                stream,
+                error,
+                metadata,
+            });
             events.push_back(EdgeEvent::ResponseReadable { conn: id, stream });
         }
         Ok(None) if !finished => {}

@@ -7,8 +7,8 @@
 //! socket or a clock.
 
 pub mod connector;
-pub mod edge;
 pub mod data;
+pub mod edge;
 mod quic_io;
 
 pub use quic_io::Transmit;
