@@ -4,7 +4,9 @@
 //! arbitrary bytes from either side never panic or outgrow the window.
 
 use burrow_core::rpc::frame::FrameLimits;
-use burrow_core::stream::connect::{decode_connect_request, ConnectRequest, ConnectionType, Metadata};
+use burrow_core::stream::connect::{
+    decode_connect_request, ConnectRequest, ConnectionType, Metadata,
+};
 use burrow_core::stream::http1::{
     self, canonical, parse_response, write_chunk, write_request, BodyReader, Framing, LAST_CHUNK,
 };

@@ -73,6 +73,8 @@ struct Active {
     finished_sending: bool,
     /// Response seen (status checked).
     answered: bool,
+    /// Refused by the connector's flow limit: no body follows.
+    limited: bool,
     received: u64,
 }
 
@@ -90,6 +92,8 @@ pub struct Client {
     pub completed: u64,
     /// Stop starting new requests (the connection is going away).
     pub paused: bool,
+    /// TCP requests the connector refused with `FlowConnectRateLimited`.
+    pub rate_limited: u64,
     /// Largest amount of request bytes waiting in the edge for QUIC at any time.
     pub max_unsent: usize,
     /// With a read budget: when the eyeball reads next.
@@ -112,6 +116,7 @@ impl Client {
             completed: 0,
             paused: false,
             max_unsent: 0,
+            rate_limited: 0,
             next_read: crate::clock::VirtualTime::ZERO,
         }
     }
@@ -228,6 +233,7 @@ impl Client {
                 digest: Digest::EMPTY,
                 finished_sending: false,
                 answered: false,
+                limited: false,
                 received: 0,
             },
         );
@@ -300,6 +306,7 @@ impl Client {
                 Request::WebSocket { seed, len } | Request::Tcp { seed, len } => (seed, len),
                 Request::Unreachable => (0, 0),
             };
+            let expected = if a.limited { 0 } else { expected };
             for (i, &b) in buf.iter().enumerate() {
                 let at = a.received + i as u64;
                 if at >= expected || b != content(seed, at) {
@@ -379,6 +386,14 @@ impl Client {
                         if get("HttpStatus") != Some("101") {
                             return Err(format!("stream {stream}: no upgrade: {metadata:?}"));
                         }
+                    }
+                    Request::Tcp { .. }
+                        if error == "too many active flows"
+                            && get("FlowConnectRateLimited") == Some("true") =>
+                    {
+                        a.limited = true;
+                        a.finished_sending = true;
+                        self.rate_limited += 1;
                     }
                     Request::Tcp { .. } => {
                         if !error.is_empty() || !metadata.is_empty() {

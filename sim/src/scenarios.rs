@@ -75,6 +75,10 @@ pub const ALL: &[Scenario] = &[
         run: tcp_echo,
     },
     Scenario {
+        name: "flow-limit",
+        run: flow_limit,
+    },
+    Scenario {
         name: "shutdown-during-traffic",
         run: shutdown_during_traffic,
     },
@@ -717,6 +721,37 @@ fn websocket_echo(p: &Params) -> Result<u64, String> {
 
 fn tcp_echo(p: &Params) -> Result<u64, String> {
     echo(p, |len, seed| Request::Tcp { len, seed })
+}
+
+/// `--max-active-flows 1` with two TCP streams at once: one is served, the other refused with
+/// `FlowConnectRateLimited` (whichever the connector saw second).
+fn flow_limit(p: &Params) -> Result<u64, String> {
+    let mut s = setup(p);
+    s.data_limits.max_active_flows = 1;
+    let c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, c)?;
+    let len = if p.quick { 64 * 1024 } else { 1024 * 1024 };
+    let requests = vec![Request::Tcp { len, seed: 1 }, Request::Tcp { len, seed: 2 }];
+    let mut client = Client::new(conn, requests, 2);
+    let bound = window_bound(&s);
+    serve(
+        &mut s.world,
+        &mut client,
+        c,
+        Duration::from_secs(600),
+        bound,
+    )?;
+    expect(
+        client.completed == 2,
+        "both streams ended cleanly",
+        &s.world,
+    )?;
+    expect(
+        client.rate_limited == 1,
+        &format!("exactly one refused ({})", client.rate_limited),
+        &s.world,
+    )?;
+    Ok(s.world.trace.hash())
 }
 
 /// Graceful shutdown while requests are in flight: every one of them completes within the
