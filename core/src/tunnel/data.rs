@@ -125,6 +125,8 @@ pub(crate) struct DataStreams {
     /// Streams finished by us whose data the edge has not acknowledged yet: closing the
     /// connection now would lose their tail.
     finishing: std::collections::BTreeSet<StreamId>,
+    /// Reused for every read from the edge.
+    scratch: Vec<u8>,
     next_flow: u64,
     actions: VecDeque<OriginAction>,
 }
@@ -136,6 +138,7 @@ impl DataStreams {
             streams: BTreeMap::new(),
             flows: BTreeMap::new(),
             finishing: std::collections::BTreeSet::new(),
+            scratch: Vec::new(),
             next_flow: 0,
             actions: VecDeque::new(),
         }
@@ -416,21 +419,24 @@ impl DataStreams {
             if data.proxy.request_complete() && !data.edge_finished {
                 // Nothing more is wanted, but seeing the FIN spares the edge a STOP_SENDING;
                 // stray bytes are dropped (quinn's window bounds them).
-                let mut stray = Vec::new();
-                match read_stream_max(conn, id, usize::MAX, &mut stray) {
+                match read_stream_max(conn, id, usize::MAX, &mut self.scratch) {
                     Ok(true) | Err(_) => data.edge_finished = true,
                     Ok(false) => {}
                 }
+                self.scratch.clear();
                 room = 0;
             }
             if room > 0 && !data.edge_finished {
-                let mut buf = Vec::new();
+                // One scratch buffer for every read: no allocation per read once it has grown.
+                let mut buf = std::mem::take(&mut self.scratch);
+                buf.clear();
                 let r = read_stream_max(conn, id, room, &mut buf);
+                let target = (!buf.is_empty()).then(|| data.proxy.on_edge_data(&buf));
+                self.scratch = buf;
                 match r {
                     Ok(finished) => {
-                        if !buf.is_empty() {
+                        if let Some(target) = target {
                             progressed = true;
-                            let target = data.proxy.on_edge_data(&buf);
                             if !matches!(target, Ok(None)) {
                                 self.on_request(now, conn, id, target);
                                 continue;
