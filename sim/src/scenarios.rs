@@ -893,6 +893,30 @@ fn edge_restart(p: &Params) -> Result<u64, String> {
     Ok(s.world.trace.hash())
 }
 
+/// Serves `client` on connector `c` and checks that it took at least `least` (whoever is slow
+/// set the pace) while the connector's buffers stayed within the window bound.
+fn paced(
+    s: &mut Setup,
+    c: usize,
+    client: &mut Client,
+    least: Duration,
+    who: &str,
+) -> Result<u64, String> {
+    let bound = window_bound(s);
+    let start = s.world.now;
+    let peak = serve(&mut s.world, client, c, Duration::from_secs(600), bound)?;
+    let took = s.world.now.since_start() - start.since_start();
+    expect(
+        took >= least,
+        &format!("the {who}'s pace sets the time ({took:?}, at least {least:?})"),
+        &s.world,
+    )?;
+    s.world
+        .trace
+        .record(s.world.now, &format!("peak buffered {peak}"));
+    Ok(s.world.trace.hash())
+}
+
 /// An origin that reads slowly: uploads back up into QUIC flow control, not into memory.
 fn slow_origin(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
@@ -910,28 +934,10 @@ fn slow_origin(p: &Params) -> Result<u64, String> {
         })
         .collect();
     let mut client = Client::new(conn, requests, 4);
-    let bound = window_bound(&s);
-    let start = s.world.now;
-    let peak = serve(
-        &mut s.world,
-        &mut client,
-        c,
-        Duration::from_secs(600),
-        bound,
-    )?;
-    let took = s.world.now.since_start() - start.since_start();
     // Each origin reads at its own pace, in parallel; the last write's pause comes after the
     // origin has answered, so allow one window.
     let least = Duration::from_secs_f64((size - 64 * 1024) as f64 / (256.0 * 1024.0));
-    expect(
-        took >= least,
-        &format!("the origin's pace sets the time ({took:?}, at least {least:?})"),
-        &s.world,
-    )?;
-    s.world
-        .trace
-        .record(s.world.now, &format!("peak buffered {peak}"));
-    Ok(s.world.trace.hash())
+    paced(&mut s, c, &mut client, least, "origin")
 }
 
 /// An eyeball that reads slowly: the origins are paused, not buffered.
@@ -952,24 +958,6 @@ fn slow_edge(p: &Params) -> Result<u64, String> {
     let mut client = Client::new(conn, requests, 4);
     // 4 KiB per 10 ms: 400 KiB/s across all streams.
     client.read_budget = Some(4096);
-    let bound = window_bound(&s);
-    let start = s.world.now;
-    let peak = serve(
-        &mut s.world,
-        &mut client,
-        c,
-        Duration::from_secs(600),
-        bound,
-    )?;
-    let took = s.world.now.since_start() - start.since_start();
-    let least = Duration::from_secs_f64((4 * size) as f64 / (400.0 * 1024.0));
-    expect(
-        took >= least.mul_f64(0.95),
-        &format!("the eyeball's pace sets the time ({took:?}, at least {least:?})"),
-        &s.world,
-    )?;
-    s.world
-        .trace
-        .record(s.world.now, &format!("peak buffered {peak}"));
-    Ok(s.world.trace.hash())
+    let least = Duration::from_secs_f64((4 * size) as f64 / (400.0 * 1024.0)).mul_f64(0.95);
+    paced(&mut s, c, &mut client, least, "eyeball")
 }
