@@ -94,8 +94,6 @@ pub struct Client {
     pub paused: bool,
     /// TCP requests the connector refused with `FlowConnectRateLimited`.
     pub rate_limited: u64,
-    /// Largest amount of request bytes waiting in the edge for QUIC at any time.
-    pub max_unsent: usize,
     /// With a read budget: when the eyeball reads next.
     next_read: crate::clock::VirtualTime,
 }
@@ -115,7 +113,6 @@ impl Client {
             read_budget: None,
             completed: 0,
             paused: false,
-            max_unsent: 0,
             rate_limited: 0,
             next_read: crate::clock::VirtualTime::ZERO,
         }
@@ -259,24 +256,23 @@ impl Client {
                 break;
             }
             let n = (len - a.sent).min(16 * 1024);
+            // Whole pieces only, so what was sent is exactly what was digested.
+            if edge.request_unsent(self.conn, stream) + n as usize > SEND_WINDOW {
+                break;
+            }
+            // The edge sends the body bare even when the eyeball chunked it; the connector
+            // re-chunks toward the origin.
             let piece: Vec<u8> = (a.sent..a.sent + n)
                 .map(|i| content(a.request.seed(), i))
                 .collect();
-            // The edge sends the body bare even when the eyeball chunked it; the connector
-            // re-chunks toward the origin.
-            let wire = &piece;
-            if edge.request_unsent(self.conn, stream) + wire.len() > SEND_WINDOW {
-                break;
-            }
             let taken = edge
-                .send_request_body(now, self.conn, stream, wire, SEND_WINDOW)
+                .send_request_body(now, self.conn, stream, &piece, SEND_WINDOW)
                 .map_err(|e| format!("send: {e}"))?;
-            if taken != wire.len() {
+            if taken != piece.len() {
                 return Err("edge took part of a body piece".into());
             }
             a.digest.update(&piece);
             a.sent += n;
-            self.max_unsent = self.max_unsent.max(edge.request_unsent(self.conn, stream));
         }
         Ok(())
     }

@@ -91,7 +91,13 @@ struct Body {
     next: u64,
     end: u64,
     chunked: bool,
+    /// Bytes a broken origin sends after the body (a whole extra response).
+    after: &'static [u8],
 }
+
+/// What the `smuggle` mode appends to a response: if a connector read it as the answer to the
+/// next request on the connection, the client would see the wrong body.
+const SMUGGLED: &[u8] = b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\nsmuggled!";
 
 enum Timer {
     Connected,
@@ -140,11 +146,6 @@ impl Origins {
             stats: OriginStats::default(),
             error: None,
         }
-    }
-
-    /// Open flows.
-    pub fn open_flows(&self) -> usize {
-        self.flows.len()
     }
 
     /// The earliest origin timer.
@@ -393,6 +394,7 @@ impl Flow {
             if body.chunked {
                 self.outbox.extend_from_slice(b"0\r\n\r\n");
             }
+            self.outbox.extend_from_slice(body.after);
             self.pending_body = None;
         }
     }
@@ -501,6 +503,7 @@ fn respond(
         next: 0,
         end: len,
         chunked: mode == "chunked",
+        after: if mode == "smuggle" { SMUGGLED } else { b"" },
     });
     Ok(mode == "close")
 }

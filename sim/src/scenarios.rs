@@ -142,8 +142,9 @@ struct Setup {
     data_limits: DataLimits,
 }
 
-fn setup(p: &Params) -> Setup {
-    let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
+/// An edge's QUIC server configuration with a fresh identity, and a client configuration
+/// that trusts exactly that identity.
+fn tls_pair() -> (ServerConfig, ClientConfig) {
     let (cert, key) = edge_identity();
     let settings = QuicSettings::default();
     let mut server = ServerConfig::with_crypto(Arc::new(
@@ -156,6 +157,12 @@ fn setup(p: &Params) -> Setup {
         tls::client_config(roots, PostQuantum::Prefer).expect("client TLS"),
     ));
     client.transport_config(settings.transport_config(true));
+    (server, client)
+}
+
+fn setup(p: &Params) -> Setup {
+    let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
+    let (server, client) = tls_pair();
 
     let mut seed = [0u8; 32];
     rng.fill_bytes(&mut seed);
@@ -545,14 +552,11 @@ fn register(s: &mut Setup, c: usize) -> Result<burrow_core::tunnel::edge::ConnId
 }
 
 /// Runs `client` to completion (or `limit`), checking the connector's buffers after every step
-/// against `bound(active streams)`.
-fn serve(
-    w: &mut World,
-    client: &mut Client,
-    c: usize,
-    limit: Duration,
-    bound: impl Fn(usize) -> usize,
-) -> Result<usize, String> {
+/// against the per-stream window bound.
+fn serve(s: &mut Setup, client: &mut Client, c: usize, limit: Duration) -> Result<usize, String> {
+    // A window each way plus a response head, per stream.
+    let per_stream = 2 * s.data_limits.window + 64 * 1024;
+    let w = &mut s.world;
     let limit = w.after(limit);
     let mut peak = 0;
     w.run_ticking(limit, |w, h| {
@@ -567,24 +571,22 @@ fn serve(
             Some(_) => return Ok(false),
             None => {}
         }
-        {
-            client.tick(w)?;
-            if let Some(conn) = w.connectors[c].1.as_ref() {
-                let buffered = conn.buffered_bytes();
-                peak = peak.max(buffered);
-                let allowed = bound(conn.active_streams());
-                if buffered > allowed {
-                    return Err(format!(
-                        "connector buffers {buffered} bytes over {} streams, bound {allowed}",
-                        conn.active_streams()
-                    ));
-                }
+        client.tick(w)?;
+        if let Some(conn) = w.connectors[c].1.as_ref() {
+            let buffered = conn.buffered_bytes();
+            peak = peak.max(buffered);
+            let allowed = conn.active_streams().max(1) * per_stream;
+            if buffered > allowed {
+                return Err(format!(
+                    "connector buffers {buffered} bytes over {} streams, bound {allowed}",
+                    conn.active_streams()
+                ));
             }
-            if let Some(e) = &w.origins.error {
-                return Err(format!("origin: {e}"));
-            }
-            Ok(client.is_done())
         }
+        if let Some(e) = &w.origins.error {
+            return Err(format!("origin: {e}"));
+        }
+        Ok(client.is_done())
     })?;
     if !client.is_done() {
         return Err(format!(
@@ -596,12 +598,6 @@ fn serve(
         ));
     }
     Ok(peak)
-}
-
-/// Per-stream bound on the connector's own buffers: a window each way plus a response head.
-fn window_bound(s: &Setup) -> impl Fn(usize) -> usize {
-    let per_stream = 2 * s.data_limits.window + 64 * 1024;
-    move |streams| streams.max(1) * per_stream
 }
 
 /// A mix of HTTP requests: bodies of every size class, fixed, chunked and close-delimited
@@ -629,7 +625,7 @@ fn http_requests(rng: &mut ChaCha8Rng, count: usize, max: u64) -> Vec<Request> {
         } else {
             0
         };
-        let mode = ["fixed", "fixed", "chunked", "close"][(rng.next_u32() % 4) as usize];
+        let mode = ["fixed", "fixed", "chunked", "close", "smuggle"][(rng.next_u32() % 5) as usize];
         out.push(Request::Http {
             up,
             chunked: up > 0 && rng.next_u32().is_multiple_of(2),
@@ -665,14 +661,7 @@ fn http_mixed(p: &Params) -> Result<u64, String> {
         })
         .count() as u64;
     let mut client = Client::new(conn, requests, 8);
-    let bound = window_bound(&s);
-    serve(
-        &mut s.world,
-        &mut client,
-        c,
-        Duration::from_secs(3600),
-        bound,
-    )?;
+    serve(&mut s, &mut client, c, Duration::from_secs(3600))?;
     let stats = s.world.origins.stats;
     expect(
         client.completed == count as u64,
@@ -703,14 +692,7 @@ fn echo(p: &Params, request: impl Fn(u64, u64) -> Request) -> Result<u64, String
     };
     let seed = s.rng.next_u64();
     let mut client = Client::new(conn, vec![request(len, seed)], 1);
-    let bound = window_bound(&s);
-    serve(
-        &mut s.world,
-        &mut client,
-        c,
-        Duration::from_secs(3600),
-        bound,
-    )?;
+    serve(&mut s, &mut client, c, Duration::from_secs(3600))?;
     expect(client.completed == 1, "the echo came back whole", &s.world)?;
     Ok(s.world.trace.hash())
 }
@@ -733,14 +715,7 @@ fn flow_limit(p: &Params) -> Result<u64, String> {
     let len = if p.quick { 64 * 1024 } else { 1024 * 1024 };
     let requests = vec![Request::Tcp { len, seed: 1 }, Request::Tcp { len, seed: 2 }];
     let mut client = Client::new(conn, requests, 2);
-    let bound = window_bound(&s);
-    serve(
-        &mut s.world,
-        &mut client,
-        c,
-        Duration::from_secs(600),
-        bound,
-    )?;
+    serve(&mut s, &mut client, c, Duration::from_secs(600))?;
     expect(
         client.completed == 2,
         "both streams ended cleanly",
@@ -841,14 +816,7 @@ fn edge_restart(p: &Params) -> Result<u64, String> {
     let c = s.add_connector(0, s.secret.clone())?;
     let conn = register(&mut s, c)?;
     let mut client = Client::new(conn, http_requests(&mut s.rng, 5, 64 * 1024), 4);
-    let bound = window_bound(&s);
-    serve(
-        &mut s.world,
-        &mut client,
-        c,
-        Duration::from_secs(120),
-        &bound,
-    )?;
+    serve(&mut s, &mut client, c, Duration::from_secs(120))?;
     // The edge process dies: its state is gone.
     s.world.edge = None;
     let mut closed = false;
@@ -862,19 +830,9 @@ fn edge_restart(p: &Params) -> Result<u64, String> {
     expect(closed, "connector notices the dead edge", &s.world)?;
     s.world.origins.drop_connector(c);
     s.world.connectors[c].1 = None;
-    // A fresh edge at the same address (new keys would be fine too; same identity here).
-    let (cert, key) = edge_identity();
-    let mut server = ServerConfig::with_crypto(Arc::new(
-        tls::server_config(vec![cert.clone()], key, PostQuantum::Prefer).expect("server TLS"),
-    ));
-    server.transport_config(QuicSettings::default().transport_config(true));
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert).map_err(|e| e.to_string())?;
-    let mut client_cfg = ClientConfig::new(Arc::new(
-        tls::client_config(roots, PostQuantum::Prefer).map_err(|e| e.to_string())?,
-    ));
-    client_cfg.transport_config(QuicSettings::default().transport_config(true));
-    s.client = client_cfg;
+    // A fresh edge at the same address, with a new identity the connectors are told to trust.
+    let (server, client) = tls_pair();
+    s.client = client;
     let mut seed = [0u8; 32];
     s.rng.fill_bytes(&mut seed);
     s.world.edge = Some(EdgeEndpoint::new(server, seed));
@@ -882,13 +840,7 @@ fn edge_restart(p: &Params) -> Result<u64, String> {
     let c2 = s.add_connector(0, s.secret.clone())?;
     let conn = register(&mut s, c2)?;
     let mut client = Client::new(conn, http_requests(&mut s.rng, 5, 64 * 1024), 4);
-    serve(
-        &mut s.world,
-        &mut client,
-        c2,
-        Duration::from_secs(120),
-        &bound,
-    )?;
+    serve(&mut s, &mut client, c2, Duration::from_secs(120))?;
     expect(client.completed == 5, "the new connection serves", &s.world)?;
     Ok(s.world.trace.hash())
 }
@@ -902,9 +854,8 @@ fn paced(
     least: Duration,
     who: &str,
 ) -> Result<u64, String> {
-    let bound = window_bound(s);
     let start = s.world.now;
-    let peak = serve(&mut s.world, client, c, Duration::from_secs(600), bound)?;
+    let peak = serve(s, client, c, Duration::from_secs(600))?;
     let took = s.world.now.since_start() - start.since_start();
     expect(
         took >= least,

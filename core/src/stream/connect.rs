@@ -388,6 +388,28 @@ impl<'b> Iterator for MetadataIter<'b> {
     }
 }
 
+/// A framed `ConnectRequest` (no preamble) from `(key, value)` pairs, for tests.
+#[cfg(test)]
+pub(crate) fn request_bytes(
+    connection_type: ConnectionType,
+    dest: &str,
+    meta: &[(&str, &str)],
+) -> Vec<u8> {
+    let metadata: Vec<Metadata<'_>> = meta
+        .iter()
+        .map(|&(key, val)| Metadata { key, val })
+        .collect();
+    let mut buf = Vec::new();
+    ConnectRequest {
+        dest,
+        connection_type,
+        metadata: &metadata,
+    }
+    .encode_body(&mut buf)
+    .expect("test requests encode");
+    buf
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

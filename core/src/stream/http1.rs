@@ -17,7 +17,7 @@ const MAX_HEADERS: usize = 128;
 /// Largest response head accepted from an origin (Go's default `MaxResponseHeaderBytes`).
 pub const MAX_HEAD_BYTES: usize = 1 << 20;
 /// Longest chunk-size or trailer line accepted.
-const MAX_LINE: usize = 4096;
+pub const MAX_LINE: usize = 4096;
 
 /// Header cloudflared strips from requests: the edge's marker for WebSocket upgrades.
 const INTERNAL_UPGRADE: &str = "Cf-Cloudflared-Proxy-Connection-Upgrade";
@@ -502,28 +502,25 @@ impl BodyReader {
 mod tests {
     use super::*;
     use crate::rpc::frame::FrameLimits;
-    use crate::stream::connect::{
-        decode_connect_request, ConnectRequest, ConnectionType, Metadata,
-    };
+    use crate::stream::connect::{decode_connect_request, request_bytes, ConnectionType};
 
-    fn request(dest: &str, meta: &[(&str, &str)], websocket: bool) -> (String, RequestHead) {
-        let metadata: Vec<Metadata<'_>> = meta
-            .iter()
-            .map(|&(key, val)| Metadata { key, val })
-            .collect();
-        let mut buf = Vec::new();
-        ConnectRequest {
-            dest,
-            connection_type: ConnectionType::Http,
-            metadata: &metadata,
-        }
-        .encode_body(&mut buf)
-        .unwrap();
+    /// Writes the request head for an HTTP `ConnectRequest` into `out`.
+    fn write(
+        dest: &str,
+        meta: &[(&str, &str)],
+        websocket: bool,
+        out: &mut Vec<u8>,
+    ) -> Result<RequestHead, RequestError> {
+        let buf = request_bytes(ConnectionType::Http, dest, meta);
         let (req, _) = decode_connect_request(&buf, &FrameLimits::CONNECT_REQUEST)
             .unwrap()
             .unwrap();
+        write_request(&req, websocket, out)
+    }
+
+    fn request(dest: &str, meta: &[(&str, &str)], websocket: bool) -> (String, RequestHead) {
         let mut out = Vec::new();
-        let head = write_request(&req, websocket, &mut out).unwrap();
+        let head = write(dest, meta, websocket, &mut out).unwrap();
         (String::from_utf8(out).unwrap(), head)
     }
 
@@ -584,23 +581,8 @@ mod tests {
     #[test]
     fn bad_requests_are_refused_with_cloudflared_texts() {
         let refuse = |dest: &str, meta: &[(&str, &str)]| {
-            let metadata: Vec<Metadata<'_>> = meta
-                .iter()
-                .map(|&(key, val)| Metadata { key, val })
-                .collect();
-            let mut buf = Vec::new();
-            ConnectRequest {
-                dest,
-                connection_type: ConnectionType::Http,
-                metadata: &metadata,
-            }
-            .encode_body(&mut buf)
-            .unwrap();
-            let (req, _) = decode_connect_request(&buf, &FrameLimits::CONNECT_REQUEST)
-                .unwrap()
-                .unwrap();
             let mut out = b"keep".to_vec();
-            let e = write_request(&req, false, &mut out).unwrap_err();
+            let e = write(dest, meta, false, &mut out).unwrap_err();
             assert_eq!(out, b"keep");
             e.to_string()
         };

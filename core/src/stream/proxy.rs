@@ -104,6 +104,9 @@ pub struct DataStream {
     keep_alive: bool,
     /// Response head bytes before the whole head is in.
     head: Vec<u8>,
+    /// Body framing split across reads (a partial chunk-size line, a lone CR), kept here so that
+    /// a short [`DataStream::on_origin_data`] always means "no room", never "send more first".
+    carry: Vec<u8>,
     to_origin: Vec<u8>,
     to_edge: Vec<u8>,
     responded: bool,
@@ -125,6 +128,7 @@ impl DataStream {
             is_head: false,
             keep_alive: false,
             head: Vec::new(),
+            carry: Vec::new(),
             to_origin: Vec::new(),
             to_edge: Vec::new(),
             responded: false,
@@ -140,7 +144,13 @@ impl DataStream {
             return 0;
         }
         match self.up {
-            Up::Request => self.limits.max_bytes.saturating_sub(self.request.len()),
+            // The request may be larger than the window, but what follows it (the body's
+            // start) must not be: read it a window at a time.
+            Up::Request => self
+                .limits
+                .max_bytes
+                .saturating_sub(self.request.len())
+                .min(self.window),
             Up::Body(Framing::Length(left)) => self
                 .window
                 .saturating_sub(self.to_origin.len())
@@ -155,13 +165,18 @@ impl DataStream {
         self.up == Up::Done
     }
 
+    /// True once the whole response (or the raw stream's origin side) has been read.
+    pub fn response_complete(&self) -> bool {
+        self.down == Down::Done
+    }
+
     /// How many origin bytes the stream takes now.
     pub fn origin_room(&self) -> usize {
         if self.edge_end.is_some() {
             return 0;
         }
         match self.down {
-            Down::Head => http1::MAX_HEAD_BYTES + 1 - self.head.len(),
+            Down::Head => (http1::MAX_HEAD_BYTES + 1).saturating_sub(self.head.len()),
             Down::Body(_) | Down::Raw => self.window.saturating_sub(self.to_edge.len()),
             Down::Connecting | Down::Done => 0,
         }
@@ -349,23 +364,57 @@ impl DataStream {
                     }
                 }
             }
-            Down::Body(reader) => {
-                let room = self.window.saturating_sub(self.to_edge.len());
-                match reader.read(data, &mut self.to_edge, room) {
-                    Ok(used) => {
-                        if reader.is_done() {
-                            self.down = Down::Done;
-                            self.complete();
-                        }
-                        used
-                    }
-                    Err(e) => {
-                        self.fail(&e.to_string(), false);
-                        data.len()
-                    }
+            Down::Body(_) if !self.carry.is_empty() => {
+                // Finish the carried line with (at most a line of) new bytes.
+                let take = data.len().min(http1::MAX_LINE);
+                let mut joined = std::mem::take(&mut self.carry);
+                let carried = joined.len();
+                joined.extend_from_slice(&data[..take]);
+                let used = self.read_body(&joined);
+                if used < carried {
+                    // Still incomplete (a long line): keep all of it.
+                    self.carry = joined.split_off(used);
+                    return take;
                 }
+                let from_data = used - carried;
+                from_data + self.on_origin_data(&data[from_data..])
+            }
+            Down::Body(_) => {
+                let used = self.read_body(data);
+                let stalled_on_input = matches!(self.down, Down::Body(_))
+                    && self.to_edge.len() < self.window
+                    && used < data.len();
+                if stalled_on_input {
+                    // Only a partial framing line stops the reader with room left; the reader
+                    // refuses lines past MAX_LINE, so this stays small.
+                    self.carry.extend_from_slice(&data[used..]);
+                    return data.len();
+                }
+                used
             }
             Down::Connecting | Down::Done => 0,
+        }
+    }
+
+    /// Feeds body bytes to the reader; returns how many it consumed (all, on a framing error,
+    /// which fails the stream).
+    fn read_body(&mut self, input: &[u8]) -> usize {
+        let Down::Body(reader) = &mut self.down else {
+            return 0;
+        };
+        let room = self.window.saturating_sub(self.to_edge.len());
+        match reader.read(input, &mut self.to_edge, room) {
+            Ok(used) => {
+                if reader.is_done() {
+                    self.down = Down::Done;
+                    self.complete();
+                }
+                used
+            }
+            Err(e) => {
+                self.fail(&e.to_string(), false);
+                input.len()
+            }
         }
     }
 
@@ -512,22 +561,21 @@ impl DataStream {
         self.origin_end
     }
 
-    /// The connection kind, once the request is read.
-    pub fn kind(&self) -> Option<FlowKind> {
-        self.kind
-    }
-
     /// Bytes buffered in this stream (both directions and partial heads): what the window
     /// bounds.
     pub fn buffered(&self) -> usize {
-        self.request.len() + self.head.len() + self.to_origin.len() + self.to_edge.len()
+        self.request.len()
+            + self.head.len()
+            + self.carry.len()
+            + self.to_origin.len()
+            + self.to_edge.len()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::stream::connect::{decode_connect_response, ConnectRequest};
+    use crate::stream::connect::{decode_connect_response, request_bytes};
     use crate::stream::preamble::DATA_PREAMBLE_LEN;
 
     const WINDOW: usize = 64;
@@ -537,19 +585,13 @@ mod tests {
         dest: &str,
         meta: &[(&str, &str)],
     ) -> (DataStream, OriginTarget) {
-        let metadata: Vec<Metadata<'_>> = meta
-            .iter()
-            .map(|&(key, val)| Metadata { key, val })
-            .collect();
-        let mut buf = Vec::new();
-        ConnectRequest {
-            dest,
-            connection_type: kind,
-            metadata: &metadata,
-        }
-        .encode_body(&mut buf)
-        .unwrap();
+        let buf = request_bytes(kind, dest, meta);
         let mut s = DataStream::new(WINDOW, FrameLimits::CONNECT_REQUEST);
+        assert_eq!(
+            s.edge_room(),
+            WINDOW,
+            "a request is read a window at a time"
+        );
         // Byte by byte: a request may arrive in any pieces.
         let (last, head) = buf.split_last().unwrap();
         for b in head {
@@ -637,6 +679,26 @@ mod tests {
         assert_eq!(body, b"xyz");
         assert_eq!(s.edge_end(), Some(EdgeEnd::Finish));
         assert_eq!(s.origin_end(), Some(OriginEnd::Reusable));
+    }
+
+    #[test]
+    fn split_framing_is_carried_so_short_counts_mean_no_room() {
+        let (mut s, _) = stream_for(ConnectionType::Http, "/c", &[]);
+        s.to_origin().clear();
+        s.on_origin_connected();
+        let wire = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n";
+        let mut out = Vec::new();
+        for b in wire {
+            // A byte at a time, draining as the edge would: every byte is taken, even a lone CR
+            // or half a chunk-size line, because there is room.
+            assert_eq!(s.on_origin_data(std::slice::from_ref(b)), 1);
+            out.append(s.to_edge());
+        }
+        assert!(s.response_complete());
+        assert!(out.ends_with(b"abcde"));
+        assert_eq!(s.origin_end(), Some(OriginEnd::Reusable));
+        // Anything after the response is not taken: the caller must not reuse the connection.
+        assert_eq!(s.on_origin_data(b"HTTP/1.1 200 OK\r\n"), 0);
     }
 
     #[test]
@@ -731,14 +793,7 @@ mod tests {
 
     #[test]
     fn unknown_type_gets_an_error_reply_and_bad_bytes_a_reset() {
-        let mut buf = Vec::new();
-        ConnectRequest {
-            dest: "x",
-            connection_type: ConnectionType::Tcp,
-            metadata: &[],
-        }
-        .encode_body(&mut buf)
-        .unwrap();
+        let mut buf = request_bytes(ConnectionType::Tcp, "x", &[]);
         // The type is the first data word of the root struct (after 8-byte header, 8-byte root pointer).
         buf[16] = 7;
         let mut s = DataStream::new(WINDOW, FrameLimits::CONNECT_REQUEST);

@@ -373,8 +373,22 @@ impl DataStreams {
             }
         }
         if taken < bytes.len() {
-            if let Some(f) = self.flows.get_mut(&flow) {
-                f.paused = true;
+            let data = self.streams.get_mut(&id);
+            if data.as_ref().is_some_and(|d| !d.proxy.response_complete()) {
+                // Out of room toward the edge: drive() sends Resume once there is some.
+                if let Some(f) = self.flows.get_mut(&flow) {
+                    f.paused = true;
+                }
+            } else {
+                // Bytes after a complete response: on a keep-alive connection they would be
+                // read as the next request's response. The connection is broken; close it
+                // rather than pool it.
+                debug!(%flow, "origin sent bytes after its response; closing it");
+                if let Some(d) = data {
+                    d.flow = None;
+                }
+                self.close_flow(flow);
+                self.drive(now, conn, id);
             }
         }
         taken

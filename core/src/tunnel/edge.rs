@@ -21,7 +21,7 @@ use super::quic_io::{
 use super::Transmit;
 use crate::control::edge::{ControlServer, EdgeControlEvent};
 use crate::control::{ApiError, ConnectionDetails, Registration, RegistrationError};
-use crate::rpc::frame::FrameLimits;
+use crate::rpc::frame::{frame_len, FrameLimits};
 use crate::rpc_stream::edge::{RpcCallOutcome, RpcStreamClient};
 use crate::stream::connect::{decode_connect_response, ConnectRequest};
 use crate::stream::preamble::{DATA_PREAMBLE, DATA_PREAMBLE_LEN};
@@ -477,8 +477,7 @@ fn on_quic_event(
                 } else {
                     // The connector opens further streams only for datagram-v2 unregistration,
                     // which arrives with the datagram half of the tunnel.
-                    let _ = c.conn.recv_stream(stream).stop(VarInt::from_u32(0));
-                    let _ = c.conn.send_stream(stream).reset(VarInt::from_u32(0));
+                    super::data::reset(&mut c.conn, stream);
                 }
             }
         }
@@ -520,13 +519,24 @@ fn read_data(
         return;
     };
     let limits = FrameLimits::CONNECT_REQUEST;
-    let room = (DATA_PREAMBLE_LEN + limits.max_bytes).saturating_sub(head.len());
-    let finished = match read_stream_max(&mut c.conn, stream, room, head) {
-        Ok(finished) => finished,
-        Err(_) => {
-            c.data.remove(&stream);
-            events.push_back(EdgeEvent::StreamReset { conn: id, stream });
-            return;
+    // Read no further than the message, so the body waits in quinn (and flow control) until
+    // the caller reads it.
+    let finished = loop {
+        let want = match head.get(DATA_PREAMBLE_LEN..).map(|m| frame_len(m, &limits)) {
+            Some(Ok(Some(n))) => DATA_PREAMBLE_LEN + n - head.len().min(DATA_PREAMBLE_LEN + n),
+            Some(Ok(None)) | None => 64,
+            // The decoder below reports it.
+            Some(Err(_)) => 0,
+        };
+        let before = head.len();
+        match read_stream_max(&mut c.conn, stream, want, head) {
+            Ok(finished) if finished || want == 0 || head.len() == before => break finished,
+            Ok(_) => {}
+            Err(_) => {
+                c.data.remove(&stream);
+                events.push_back(EdgeEvent::StreamReset { conn: id, stream });
+                return;
+            }
         }
     };
     let n = head.len().min(DATA_PREAMBLE_LEN);
