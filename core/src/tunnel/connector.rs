@@ -280,6 +280,14 @@ impl ConnectorConnection {
         Ok(())
     }
 
+    /// Closes at once (CONNECTION_CLOSE with code 0): the second shutdown signal, or the
+    /// supervisor's grace period running out.
+    pub fn close_now(&mut self, now: Instant) {
+        self.shutdown_requested = true;
+        self.close(now);
+        self.progress(now);
+    }
+
     /// The next datagram to send, written into `buf`.
     pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
         poll_conn_transmit(&mut self.conn, now, buf)

@@ -10,5 +10,6 @@ pub mod connector;
 pub mod data;
 pub mod edge;
 mod quic_io;
+pub mod supervisor;
 
 pub use quic_io::Transmit;
