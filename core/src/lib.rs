@@ -6,6 +6,7 @@
 pub mod control;
 pub mod datagram;
 pub mod icmp;
+pub mod ingress;
 pub mod quic;
 pub mod rpc;
 pub mod rpc_stream;

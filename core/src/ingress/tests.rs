@@ -1,0 +1,286 @@
+use proptest::prelude::*;
+
+use super::*;
+
+const CONFIG: &str = r#"
+tunnel: 6ff42ae2-765d-4adf-8112-31c55c1551ef
+credentials-file: /root/.cloudflared/6ff42ae2-765d-4adf-8112-31c55c1551ef.json
+originRequest:
+  connectTimeout: 10s
+  noTLSVerify: true
+ingress:
+  - hostname: app.example.com
+    path: ^/api/
+    service: http://localhost:8000
+    originRequest:
+      httpHostHeader: internal.app
+      keepAliveConnections: 5
+      keepAliveTimeout: 1m30s
+  - hostname: app.example.com
+    service: https://localhost:8443
+    originRequest:
+      originServerName: app.internal
+      caPool: /etc/ca.pem
+      noTLSVerify: false
+      disableChunkedEncoding: true
+  - hostname: "*.example.com"
+    service: unix:/run/app.sock
+  - hostname: ssh.example.org
+    service: ssh://localhost
+  - hostname: hello.example.org
+    service: hello_world
+  - service: http_status:404
+"#;
+
+#[test]
+fn parses_cloudflared_config_yml() {
+    let c = ConfigFile::from_yaml(CONFIG).expect("parses");
+    assert_eq!(
+        c.tunnel.as_deref(),
+        Some("6ff42ae2-765d-4adf-8112-31c55c1551ef")
+    );
+    let ing = c.ingress().expect("valid").expect("rules");
+    let rules = ing.rules();
+    assert_eq!(rules.len(), 6);
+    assert_eq!(
+        rules[0].service,
+        Service::Http {
+            tls: false,
+            host: "localhost".into(),
+            port: 8000
+        }
+    );
+    let o = &rules[0].origin_request;
+    assert_eq!(o.connect_timeout, Duration::from_secs(10), "global applies");
+    assert!(o.no_tls_verify, "global applies");
+    assert_eq!(o.http_host_header.as_deref(), Some("internal.app"));
+    assert_eq!(o.keep_alive_connections, 5);
+    assert_eq!(o.keep_alive_timeout, Duration::from_secs(90));
+    let o = &rules[1].origin_request;
+    assert!(!o.no_tls_verify, "rule overrides global");
+    assert!(o.disable_chunked_encoding);
+    assert_eq!(o.origin_server_name.as_deref(), Some("app.internal"));
+    assert_eq!(o.ca_pool.as_deref(), Some("/etc/ca.pem"));
+    assert_eq!(
+        rules[1].origin_request.keep_alive_connections, 100,
+        "default"
+    );
+    assert_eq!(
+        rules[3].service,
+        Service::Tcp {
+            host: "localhost".into(),
+            port: Some(22)
+        }
+    );
+    assert_eq!(rules[4].service, Service::HelloWorld);
+    assert_eq!(rules[5].service, Service::HttpStatus(404));
+}
+
+#[test]
+fn matching_follows_cloudflared() {
+    let ing = ConfigFile::from_yaml(CONFIG)
+        .expect("parses")
+        .ingress()
+        .expect("valid")
+        .expect("rules");
+    let idx = |host: &str, path: &str| ing.find(host, path).0;
+    assert_eq!(idx("app.example.com", "/api/users"), 0);
+    assert_eq!(idx("app.example.com:443", "/api/users"), 0, "port stripped");
+    assert_eq!(
+        idx("app.example.com", "/v2/api/"),
+        1,
+        "regex is anchored by ^"
+    );
+    assert_eq!(idx("app.example.com", "/"), 1);
+    assert_eq!(idx("x.example.com", "/"), 2, "wildcard");
+    assert_eq!(idx("a.b.example.com", "/"), 2, "wildcard, any depth");
+    assert_eq!(idx("example.com", "/"), 5, "wildcard is not the apex");
+    assert_eq!(
+        idx("APP.example.com", "/api/"),
+        2,
+        "case-sensitive exact match"
+    );
+    assert_eq!(idx("other.net", "/"), 5, "catch-all");
+    assert_eq!(
+        ing.find_request("https://app.example.com/api/x?y=1", None)
+            .0,
+        0
+    );
+    assert_eq!(
+        ing.find_request("http://ignored/api/x", Some("app.example.com"))
+            .0,
+        0,
+        "Host header wins"
+    );
+    assert_eq!(ing.find_request("/api/x", Some("hello.example.org")).0, 4);
+}
+
+#[test]
+fn unanchored_path_is_a_substring_match() {
+    let raw = vec![
+        RawRule {
+            path: Some("static".into()),
+            service: "http://a".into(),
+            ..Default::default()
+        },
+        RawRule {
+            service: "http://b".into(),
+            ..Default::default()
+        },
+    ];
+    let ing = Ingress::new(&raw, &OriginRequestConfig::default()).expect("valid");
+    assert_eq!(ing.find("h", "/x/static/y").0, 0);
+}
+
+fn err(yaml: &str) -> String {
+    ConfigFile::from_yaml(yaml)
+        .and_then(|c| c.ingress())
+        .expect_err("invalid")
+        .to_string()
+}
+
+#[test]
+fn validation_errors_have_cloudflared_texts() {
+    assert_eq!(
+        err("ingress:\n - hostname: a.com\n   service: http://x\n"),
+        "The last ingress rule must match all URLs (i.e. it should not have a hostname or path filter)"
+    );
+    assert_eq!(
+        err("ingress:\n - service: http://x\n - service: http://y\n"),
+        "Rule #1 is matching the hostname '', but this will match every hostname, meaning the rules which follow it will never be triggered."
+    );
+    assert_eq!(
+        err("ingress:\n - hostname: a.*.com\n   service: http://x\n - service: http://y\n"),
+        "Hostname patterns can have at most one wildcard character (\"*\") and it can only be used for subdomains, e.g. \"*.example.com\""
+    );
+    assert_eq!(
+        err("ingress:\n - hostname: a.com:80\n   service: http://x\n - service: http://y\n"),
+        "Hostname cannot contain a port"
+    );
+    assert!(
+        err("ingress:\n - hostname: a.com\n   path: \"(\"\n   service: http://x\n - service: http://y\n")
+            .starts_with("Rule #1 has an invalid regex")
+    );
+    assert_eq!(
+        err("ingress:\n - service: http://localhost:8080/\n"),
+        "http://localhost:8080/ is an invalid address, ingress rules don't support proxying to a different path on the origin service. The path will be the same as the eyeball request's path"
+    );
+    assert_eq!(
+        err("ingress:\n - service: localhost:8080\n"),
+        "localhost:8080 is an invalid address, please make sure it has a scheme and a hostname"
+    );
+    assert!(err("ingress:\n - service: http_status:abc\n").starts_with("invalid HTTP status"));
+    assert!(err("ingress:\n - service: http_status:42\n").starts_with("invalid HTTP status"));
+    assert!(
+        err("originRequest:\n  connectTimeout: soon\ningress:\n - service: http://x\n")
+            .contains("invalid duration")
+    );
+}
+
+#[test]
+fn services() {
+    assert_eq!(
+        Service::parse("wss://[::1]:9000").expect("ok"),
+        Service::Http {
+            tls: true,
+            host: "::1".into(),
+            port: 9000
+        }
+    );
+    assert_eq!(
+        Service::parse("unix+tls:/s").expect("ok"),
+        Service::Unix {
+            path: "/s".into(),
+            tls: true
+        }
+    );
+    assert_eq!(
+        Service::parse("tcp://db:5432").expect("ok"),
+        Service::Tcp {
+            host: "db".into(),
+            port: Some(5432)
+        }
+    );
+    assert_eq!(
+        Service::parse("hello-world").expect("ok"),
+        Service::HelloWorld
+    );
+    assert!(matches!(
+        Service::parse("bastion"),
+        Err(IngressError::Unsupported(_))
+    ));
+    assert_eq!(
+        Service::parse("http://localhost").expect("ok").to_string(),
+        "http://localhost:80"
+    );
+}
+
+#[test]
+fn remote_config_json_with_numeric_durations() {
+    let json = br#"{"ingress":[{"hostname":"a.com","service":"http://localhost:1","originRequest":{"connectTimeout":5}},{"service":"http_status:503"}],"warp-routing":{"enabled":true},"originRequest":{"noTLSVerify":true,"keepAliveTimeout":"2m"}}"#;
+    let (_, ing) = RemoteConfig::from_json(json).expect("valid");
+    assert_eq!(
+        ing.rules()[0].origin_request.connect_timeout,
+        Duration::from_secs(5)
+    );
+    assert_eq!(
+        ing.rules()[1].origin_request.keep_alive_timeout,
+        Duration::from_secs(120)
+    );
+    assert!(ing.rules()[1].origin_request.no_tls_verify);
+    assert!(RemoteConfig::from_json(b"{not json").is_err());
+    assert!(RemoteConfig::from_json(br#"{"ingress":[]}"#).is_err());
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_yaml_never_panics(text in "\\PC{0,400}") {
+        if let Ok(c) = ConfigFile::from_yaml(&text) {
+            if let Ok(Some(ing)) = c.ingress() {
+                let _ = ing.find("a.example.com", "/x");
+            }
+        }
+    }
+
+    #[test]
+    fn arbitrary_rules_never_panic(
+        rules in proptest::collection::vec(
+            (proptest::option::of("[a-z*.:\\[\\]0-9]{0,20}"), proptest::option::of("\\PC{0,12}"), "\\PC{0,30}"),
+            1..5),
+        host in "\\PC{0,30}",
+        path in "\\PC{0,30}",
+    ) {
+        let raw: Vec<RawRule> = rules.into_iter().map(|(hostname, path, service)| RawRule {
+            hostname, path, service, origin_request: None,
+        }).collect();
+        if let Ok(ing) = Ingress::new(&raw, &OriginRequestConfig::default()) {
+            let _ = ing.find(&host, &path);
+            let _ = ing.find_request(&host, Some(&path));
+        }
+    }
+
+    #[test]
+    fn arbitrary_services_never_panic(s in "\\PC{0,60}") {
+        if let Ok(service) = Service::parse(&s) {
+            let _ = service.to_string();
+        }
+    }
+
+    #[test]
+    fn structured_yaml_never_panics(
+        keys in proptest::collection::vec(
+            prop_oneof![
+                Just("hostname"), Just("path"), Just("service"), Just("originRequest"),
+                Just("connectTimeout"), Just("noTLSVerify"), Just("keepAliveConnections")
+            ],
+            0..6),
+        vals in proptest::collection::vec("[ -~]{0,12}", 6),
+    ) {
+        let mut text = String::from("ingress:\n");
+        for (k, v) in keys.iter().zip(&vals) {
+            text.push_str(&format!("  - {k}: {v}\n"));
+        }
+        text.push_str("  - service: http_status:404\n");
+        let _ = ConfigFile::from_yaml(&text).and_then(|c| c.ingress());
+    }
+}
