@@ -1,6 +1,13 @@
 //! `burrow`: the Cloudflare Tunnel transport daemon (tokio driver around burrow-core).
 
+mod connector;
+mod creds;
 mod decode;
+mod edge;
+mod metrics;
+mod origin;
+mod quickstart;
+mod run;
 
 use std::process::ExitCode;
 
@@ -28,11 +35,20 @@ enum Command {
         /// Hex strings to decode (whitespace, ':' and a leading 0x are ignored).
         hex: Vec<String>,
     },
+    /// Tunnel commands, as `cloudflared tunnel`.
+    Tunnel(run::TunnelArgs),
+    /// A self-hosted edge: accepts tunnel connections over QUIC and serves their hostnames.
+    Edge(edge::EdgeArgs),
+    /// Edge, connector and a hello-world origin in one process on loopback.
+    Quickstart(quickstart::QuickstartArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Decode { kind, hex } => decode::run(kind, hex),
+        Command::Tunnel(args) => run::main(args),
+        Command::Edge(args) => edge::main(args),
+        Command::Quickstart(args) => quickstart::main(args),
     }
 }

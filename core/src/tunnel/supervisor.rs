@@ -956,7 +956,11 @@ impl Supervisor {
         let dial_failure = !r.registered;
         // An idle timeout of a served connection means the path to that edge died: rotate.
         let rotate = reason.contains("timed out");
-        warn!(conn_index = index, link = %r.link, %reason, "connection closed");
+        if matches!(self.state, State::ShuttingDown(_)) {
+            debug!(conn_index = index, link = %r.link, %reason, "connection closed at shutdown");
+        } else {
+            warn!(conn_index = index, link = %r.link, %reason, "connection closed");
+        }
         self.retry(now, i, dial_failure, rotate);
     }
 }

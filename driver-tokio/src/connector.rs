@@ -1,0 +1,681 @@
+//! The connector daemon (`burrow tunnel run`): a thin tokio driver around burrow-core's
+//! [`Supervisor`]. It owns the UDP sockets (one per HA index, as cloudflared), the origin
+//! connections and the timer; every protocol decision is the supervisor's.
+//!
+//! The loop follows the sans-IO rule: after every input, drain every `poll_*` until empty,
+//! then sleep until `poll_timeout`.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burrow_core::control::Registration;
+use burrow_core::datagram::LinkId;
+use burrow_core::ingress::{Ingress, RemoteConfig};
+use burrow_core::quic::tls::{self, PostQuantum};
+use burrow_core::quic::transport::QuicSettings;
+use burrow_core::quic::SERVER_NAME;
+use burrow_core::rpc_stream::ConfigVersions;
+use burrow_core::stream::proxy::FlowKind;
+use burrow_core::tunnel::connector::ConnectorConfig;
+use burrow_core::tunnel::data::{DataLimits, FlowId, OriginAction};
+use burrow_core::tunnel::supervisor::{
+    EdgePool, IpVersion, Supervisor, SupervisorConfig, SupervisorError, SupervisorEvent,
+};
+use bytes::Bytes;
+use thiserror::Error;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, error, info, warn};
+
+use crate::creds::Credentials;
+use crate::metrics::Metrics;
+use crate::origin::{Dialer, FlowHandle, FlowReport, Report};
+
+/// Where the edge is.
+#[derive(Debug, Clone)]
+pub enum Edges {
+    /// `--edge host:port`, repeatable.
+    Static(Vec<String>),
+    /// DNS SRV discovery (`--region` picks the regional service).
+    Srv {
+        /// `--region`.
+        region: Option<String>,
+    },
+}
+
+/// Everything `tunnel run` needs.
+pub struct Options {
+    /// Credentials.
+    pub creds: Credentials,
+    /// Ingress rules.
+    pub ingress: Ingress,
+    /// Local configuration JSON pushed on connection 0.
+    pub local_config: Option<Vec<u8>>,
+    /// Edge addresses.
+    pub edges: Edges,
+    /// `--edge-ip-version`.
+    pub ip_version: IpVersion,
+    /// `--cacert` PEM contents: the only roots trusted for the edge.
+    pub cacert: Option<Vec<u8>>,
+    /// `--ha-connections`.
+    pub ha_connections: u8,
+    /// `--grace-period`.
+    pub grace_period: Duration,
+    /// `--features`.
+    pub features: Vec<String>,
+    /// `--max-active-flows` (0: none).
+    pub max_active_flows: usize,
+    /// `--post-quantum`.
+    pub post_quantum: bool,
+    /// Metrics (shared with the metrics server).
+    pub metrics: Arc<Metrics>,
+}
+
+/// Why the connector stopped with an error.
+#[derive(Debug, Error)]
+pub enum RunError {
+    /// No edge address.
+    #[error("edge discovery failed: {0}")]
+    Discovery(String),
+    /// TLS setup.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsError),
+    /// The supervisor gave up.
+    #[error(transparent)]
+    Supervisor(#[from] SupervisorError),
+    /// A socket could not be opened.
+    #[error("UDP socket: {0}")]
+    Socket(#[from] std::io::Error),
+}
+
+/// cloudflared's default feature list (PROTOCOL.md C§2.6), with datagram v3 chosen.
+const DEFAULT_FEATURES: &[&str] = &[
+    "allow_remote_config",
+    "serialized_headers",
+    "support_datagram_v2",
+    "support_quic_eof",
+    "management_logs",
+    "support_datagram_v3_2",
+];
+
+/// `GOOS_GOARCH` of this build, as cloudflared reports it.
+pub fn os_arch() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    };
+    format!("{}_{arch}", std::env::consts::OS)
+}
+
+/// Fresh OS randomness for seeds.
+pub fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // A failing OS RNG leaves zeros: jitter is then merely predictable, nothing breaks.
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+/// Resolves the edge into an address pool.
+pub async fn discover(edges: &Edges, ip_version: IpVersion) -> Result<EdgePool, RunError> {
+    match edges {
+        Edges::Static(list) => {
+            let mut addrs = Vec::new();
+            for e in list {
+                match tokio::net::lookup_host(e.as_str()).await {
+                    Ok(mut it) => match it.next() {
+                        Some(a) => addrs.push(a),
+                        None => warn!(edge = %e, "edge address resolves to nothing; skipped"),
+                    },
+                    Err(err) => {
+                        warn!(edge = %e, error = %err, "cannot resolve edge address; skipped")
+                    }
+                }
+            }
+            if addrs.is_empty() {
+                return Err(RunError::Discovery(
+                    "failed to resolve any edge address".into(),
+                ));
+            }
+            EdgePool::from_static(&addrs).map_err(|e| RunError::Discovery(e.to_string()))
+        }
+        Edges::Srv { region } => {
+            let service = match region {
+                Some(r) if !r.is_empty() => format!("_{r}-v2-origintunneld._tcp.argotunnel.com."),
+                _ => "_v2-origintunneld._tcp.argotunnel.com.".to_owned(),
+            };
+            let resolver = hickory_resolver::Resolver::builder_tokio()
+                .map_err(|e| RunError::Discovery(e.to_string()))?
+                .build();
+            let srv = resolver
+                .srv_lookup(service.as_str())
+                .await
+                .map_err(|e| RunError::Discovery(format!("SRV {service}: {e}")))?;
+            let targets: Vec<(String, u16)> = srv
+                .iter()
+                .map(|r| (r.target().to_utf8(), r.port()))
+                .collect();
+            if targets.len() < 2 {
+                return Err(RunError::Discovery(format!(
+                    "expected at least 2 Cloudflare Regions regions, but SRV only returned {}",
+                    targets.len()
+                )));
+            }
+            let mut regions = Vec::new();
+            for (target, port) in targets.iter().take(2) {
+                let ips = resolver
+                    .lookup_ip(target.as_str())
+                    .await
+                    .map_err(|e| RunError::Discovery(format!("{target}: {e}")))?;
+                regions.push(
+                    ips.iter()
+                        .map(|ip| SocketAddr::new(ip, *port))
+                        .collect::<Vec<_>>(),
+                );
+            }
+            EdgePool::from_regions(&regions[0], &regions[1], ip_version)
+                .map_err(|e| RunError::Discovery(e.to_string()))
+        }
+    }
+}
+
+/// Root certificates for the edge: `--cacert` alone, else the webpki roots.
+fn edge_roots(cacert: Option<&[u8]>) -> Result<rustls::RootCertStore, tls::TlsError> {
+    match cacert {
+        Some(pem) => tls::roots_from_pem(pem, "--cacert"),
+        None => Ok(rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        }),
+    }
+}
+
+/// Inputs to the loop.
+enum Input {
+    Udp {
+        index: u8,
+        generation: u64,
+        from: SocketAddr,
+        data: Vec<u8>,
+    },
+}
+
+struct Socket {
+    socket: Arc<UdpSocket>,
+    generation: u64,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for Socket {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+struct Flow {
+    handle: FlowHandle,
+    /// Bytes the connection could not take yet; the flow reads again once they are taken.
+    pending: Option<Bytes>,
+    kind: FlowKind,
+}
+
+/// The seam where QUIC datagrams of each tunnel connection will be dispatched to the UDP
+/// session manager and ICMP router (`burrow_core::session`, `burrow_core::icmp::router`, being
+/// built separately). Connections come and go by [`LinkId`]; sessions of a link that went
+/// down migrate to a surviving one there.
+#[derive(Default)]
+struct DatagramSeam {
+    links: HashMap<LinkId, u8>,
+}
+
+impl DatagramSeam {
+    fn link_up(&mut self, index: u8, link: LinkId) {
+        self.links.insert(link, index);
+    }
+
+    fn link_down(&mut self, link: LinkId) {
+        self.links.remove(&link);
+    }
+}
+
+/// Runs the connector until shut down. Each message on `shutdown` is one signal: the first
+/// starts a graceful shutdown, the second closes at once.
+pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Result<(), RunError> {
+    let pool = discover(&opts.edges, opts.ip_version).await?;
+    let roots = edge_roots(opts.cacert.as_deref())?;
+    let pq = if opts.post_quantum {
+        PostQuantum::Strict
+    } else {
+        PostQuantum::Prefer
+    };
+    let mut client = quinn_proto::ClientConfig::new(Arc::new(tls::client_config(roots, pq)?));
+    client.transport_config(QuicSettings::default().transport_config(true));
+    let mut features: Vec<String> = DEFAULT_FEATURES.iter().map(|s| (*s).to_owned()).collect();
+    if opts.post_quantum {
+        features.push("postquantum".into());
+    }
+    for f in &opts.features {
+        if !features.contains(f) && f != "support_datagram_v3" && f != "support_datagram_v3_1" {
+            features.push(f.clone());
+        }
+    }
+    let metrics = opts.metrics.clone();
+    let registration = Registration {
+        account_tag: opts.creds.account_tag.clone(),
+        tunnel_secret: opts.creds.secret.clone(),
+        tunnel_id: opts.creds.tunnel_id,
+        conn_index: 0,
+        client_id: metrics.connector_id,
+        features,
+        version: format!("burrow/{}", env!("CARGO_PKG_VERSION")),
+        arch: os_arch(),
+        origin_local_ip: None,
+        replace_existing: false,
+        compression_quality: 0,
+        num_previous_attempts: 0,
+    };
+    let data = DataLimits {
+        max_active_flows: opts.max_active_flows,
+        max_idle: opts.ingress.defaults.keep_alive_connections as usize,
+        idle_timeout: opts.ingress.defaults.keep_alive_timeout,
+        ..DataLimits::default()
+    };
+    let connector = ConnectorConfig {
+        registration,
+        local_config: opts.local_config.clone(),
+        client,
+        server_name: SERVER_NAME.into(),
+        rpc_timeout: Duration::from_secs(5),
+        grace_period: opts.grace_period,
+        data,
+    };
+    let mut config = SupervisorConfig::new(connector);
+    config.ha_connections = opts.ha_connections;
+    let mut sup = Supervisor::new(Instant::now(), config, pool, random_u64());
+    metrics.ha_connections.set(sup.ha_connections() as i64);
+    info!(
+        tunnel_id = %opts.creds.tunnel_id,
+        connector_id = %metrics.connector_id,
+        "Starting tunnel"
+    );
+
+    let dialer = Dialer {
+        ingress: Arc::new(std::sync::RwLock::new(Arc::new(opts.ingress))),
+        roots: Arc::new(rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        }),
+    };
+    let (input_tx, mut input_rx) = mpsc::unbounded_channel::<Input>();
+    let (flow_tx, mut flow_rx) = mpsc::unbounded_channel::<Report>();
+    let mut sockets: HashMap<u8, Socket> = HashMap::new();
+    let mut generation = 0u64;
+    let mut flows: HashMap<(LinkId, FlowId), Flow> = HashMap::new();
+    let mut versions = ConfigVersions::new();
+    let mut seam = DatagramSeam::default();
+    let mut buf = Vec::with_capacity(2048);
+    let mut fatal = None;
+    let mut signals = 0u32;
+
+    loop {
+        // Drain everything (events first: they open the sockets transmits go out of).
+        loop {
+            let now = Instant::now();
+            let mut progress = false;
+            while let Some(ev) = sup.poll_event() {
+                progress = true;
+                match ev {
+                    SupervisorEvent::Connecting { index, link, edge } => {
+                        debug!(conn_index = index, %link, %edge, "dialing edge");
+                        let fits = sockets
+                            .get(&index)
+                            .and_then(|s| s.socket.local_addr().ok())
+                            .is_some_and(|a| a.is_ipv4() == edge.is_ipv4());
+                        if !fits {
+                            generation += 1;
+                            match open_socket(index, generation, edge, input_tx.clone()).await {
+                                Ok(s) => {
+                                    sockets.insert(index, s);
+                                }
+                                Err(e) => {
+                                    error!(conn_index = index, error = %e, "cannot open UDP socket")
+                                }
+                            }
+                        }
+                    }
+                    SupervisorEvent::Registered {
+                        index,
+                        link,
+                        edge,
+                        details,
+                    } => {
+                        info!(
+                            conn_index = index,
+                            connection = %details.uuid,
+                            event = 0,
+                            ip = %edge.ip(),
+                            location = %details.location,
+                            protocol = "quic",
+                            "Registered tunnel connection"
+                        );
+                        metrics
+                            .register_success
+                            .with_label_values(&["registerConnection"])
+                            .inc();
+                        metrics
+                            .server_locations
+                            .with_label_values(&[&index.to_string(), &details.location])
+                            .set(1);
+                        seam.link_up(index, link);
+                    }
+                    SupervisorEvent::RegistrationFailed { index, error } => {
+                        let kind = if error.is_duplicate_connection() {
+                            "dup_edge_conn"
+                        } else {
+                            "server_error"
+                        };
+                        metrics
+                            .register_fail
+                            .with_label_values(&[kind, "registerConnection"])
+                            .inc();
+                        error!(conn_index = index, cause = %error.cause, "Register tunnel error from server side");
+                    }
+                    SupervisorEvent::LinkClosed {
+                        index,
+                        link,
+                        reason,
+                        was_registered,
+                    } => {
+                        if was_registered && !sup_stopping(signals) {
+                            warn!(conn_index = index, %link, %reason, "Connection terminated");
+                        } else {
+                            debug!(conn_index = index, %link, %reason, "connection attempt failed");
+                        }
+                        seam.link_down(link);
+                        let gone: Vec<_> =
+                            flows.keys().filter(|(l, _)| *l == link).copied().collect();
+                        for key in gone {
+                            if let Some(f) = flows.remove(&key) {
+                                close_flow_metrics(&metrics, f.kind);
+                            }
+                        }
+                    }
+                    SupervisorEvent::Reconnecting { index, delay } => {
+                        info!(conn_index = index, ?delay, "Retrying connection");
+                    }
+                    SupervisorEvent::FallbackUnavailable { index } => {
+                        warn!(conn_index = index, "QUIC keeps failing and burrow has no http2 fallback yet; check that UDP to the edge port is allowed");
+                    }
+                    SupervisorEvent::ConfigurationOffered {
+                        link,
+                        stream,
+                        version,
+                        config,
+                    } => {
+                        let ingress = dialer.ingress.clone();
+                        let result = versions.offer(version, || {
+                            let (_, new) =
+                                RemoteConfig::from_json(&config).map_err(|e| e.to_string())?;
+                            if let Ok(mut w) = ingress.write() {
+                                *w = Arc::new(new);
+                            }
+                            Ok(())
+                        });
+                        if result.error.is_none() {
+                            metrics
+                                .config_version
+                                .set(i64::from(result.latest_applied_version));
+                            info!(version, "Updated to new configuration");
+                        } else {
+                            warn!(version, error = ?result.error, "remote configuration refused");
+                        }
+                        if let Err(e) = sup.respond_configuration(now, link, stream, &result) {
+                            warn!(%link, error = %e, "cannot answer the configuration push");
+                        }
+                    }
+                    SupervisorEvent::LocalConfigurationFailed { index, reason } => {
+                        warn!(conn_index = index, %reason, "Failed to update local configuration");
+                    }
+                    SupervisorEvent::Fatal(e) => fatal = Some(e),
+                    SupervisorEvent::Stopped => {}
+                }
+            }
+            metrics
+                .ready
+                .store(sup.ready_connections(), Ordering::Relaxed);
+            while let Some((link, action)) = sup.poll_origin_action() {
+                progress = true;
+                on_action(
+                    now, &mut sup, &dialer, &mut flows, &flow_tx, &metrics, link, action,
+                );
+            }
+            while let Some((index, t)) = sup.poll_transmit(now, &mut buf) {
+                progress = true;
+                if let Some(s) = sockets.get(&index) {
+                    // Non-blocking: a full socket buffer drops the datagram, which QUIC's loss
+                    // recovery handles like any other loss.
+                    if let Err(e) = s.socket.try_send_to(&buf[..t.size], t.destination) {
+                        if e.kind() != std::io::ErrorKind::WouldBlock {
+                            debug!(conn_index = index, error = %e, "send failed");
+                        }
+                    }
+                }
+            }
+            if !progress {
+                break;
+            }
+        }
+        if sup.is_stopped() {
+            break;
+        }
+        let deadline = sup.poll_timeout();
+        let sleep = async {
+            match deadline {
+                Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            Some(input) = input_rx.recv() => {
+                let now = Instant::now();
+                let Input::Udp { index, generation: g, from, data } = input;
+                if sockets.get(&index).is_some_and(|s| s.generation == g) {
+                    sup.handle_datagram(now, index, from, &data);
+                }
+                // Take whatever else is queued before draining outputs.
+                while let Ok(Input::Udp { index, generation: g, from, data }) = input_rx.try_recv() {
+                    if sockets.get(&index).is_some_and(|s| s.generation == g) {
+                        sup.handle_datagram(now, index, from, &data);
+                    }
+                }
+            }
+            Some(report) = flow_rx.recv() => {
+                let now = Instant::now();
+                on_report(now, &mut sup, &mut flows, &metrics, report);
+                while let Ok(report) = flow_rx.try_recv() {
+                    on_report(now, &mut sup, &mut flows, &metrics, report);
+                }
+            }
+            () = sleep => {
+                sup.handle_timeout(Instant::now());
+            }
+            Some(()) = shutdown.recv() => {
+                signals += 1;
+                if signals == 1 {
+                    info!(grace_period = ?opts.grace_period, "Initiating graceful shutdown due to signal");
+                } else {
+                    info!("second signal: exiting now");
+                }
+                sup.shutdown(Instant::now());
+            }
+        }
+    }
+    // Flush the CONNECTION_CLOSEs of an immediate stop.
+    let now = Instant::now();
+    while let Some((index, t)) = sup.poll_transmit(now, &mut buf) {
+        if let Some(s) = sockets.get(&index) {
+            let _ = s.socket.try_send_to(&buf[..t.size], t.destination);
+        }
+    }
+    metrics.ready.store(0, Ordering::Relaxed);
+    match fatal {
+        Some(e) => Err(e.into()),
+        None => {
+            info!("no more connections active and exiting");
+            Ok(())
+        }
+    }
+}
+
+/// Whether a shutdown was asked (closing connections are then expected).
+fn sup_stopping(signals: u32) -> bool {
+    signals > 0
+}
+
+async fn open_socket(
+    index: u8,
+    generation: u64,
+    edge: SocketAddr,
+    tx: mpsc::UnboundedSender<Input>,
+) -> std::io::Result<Socket> {
+    let bind: SocketAddr = if edge.is_ipv4() {
+        "0.0.0.0:0".parse().expect("static")
+    } else {
+        "[::]:0".parse().expect("static")
+    };
+    let socket = Arc::new(UdpSocket::bind(bind).await?);
+    let rx = socket.clone();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match rx.recv_from(&mut buf).await {
+                Ok((n, from)) => {
+                    if tx
+                        .send(Input::Udp {
+                            index,
+                            generation,
+                            from,
+                            data: buf[..n].to_vec(),
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                // ICMP port-unreachable and the like surface as errors on some systems.
+                Err(e) => debug!(conn_index = index, error = %e, "UDP receive error"),
+            }
+        }
+    });
+    Ok(Socket {
+        socket,
+        generation,
+        reader,
+    })
+}
+
+fn close_flow_metrics(metrics: &Metrics, kind: FlowKind) {
+    metrics.concurrent_requests.dec();
+    metrics.open_flows.fetch_sub(1, Ordering::Relaxed);
+    if kind == FlowKind::Tcp {
+        metrics.tcp_active.dec();
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn on_action(
+    now: Instant,
+    sup: &mut Supervisor,
+    dialer: &Dialer,
+    flows: &mut HashMap<(LinkId, FlowId), Flow>,
+    flow_tx: &mpsc::UnboundedSender<Report>,
+    metrics: &Metrics,
+    link: LinkId,
+    action: OriginAction,
+) {
+    match action {
+        OriginAction::Open {
+            flow,
+            kind,
+            dest,
+            host,
+        } => {
+            debug!(%link, %flow, ?kind, %dest, "opening origin connection");
+            metrics.total_requests.inc();
+            metrics.concurrent_requests.inc();
+            metrics.open_flows.fetch_add(1, Ordering::Relaxed);
+            if kind == FlowKind::Tcp {
+                metrics.tcp_active.inc();
+                metrics.tcp_total.inc();
+            }
+            let handle = dialer.open(link, flow, kind, dest, host, flow_tx.clone());
+            flows.insert(
+                (link, flow),
+                Flow {
+                    handle,
+                    pending: None,
+                    kind,
+                },
+            );
+        }
+        OriginAction::Write { flow, data } => {
+            if let Some(f) = flows.get(&(link, flow)) {
+                f.handle.write(data);
+            }
+        }
+        OriginAction::Resume { flow } => {
+            if let Some(f) = flows.get_mut(&(link, flow)) {
+                if let Some(rest) = f.pending.take() {
+                    let n = sup.handle_flow_data(now, link, flow, &rest);
+                    if n < rest.len() {
+                        f.pending = Some(rest.slice(n..));
+                        return;
+                    }
+                }
+                f.handle.read_more();
+            }
+        }
+        OriginAction::ShutdownWrite { flow } => {
+            if let Some(f) = flows.get(&(link, flow)) {
+                f.handle.shutdown_write();
+            }
+        }
+        OriginAction::Close { flow } => {
+            if let Some(f) = flows.remove(&(link, flow)) {
+                close_flow_metrics(metrics, f.kind);
+            }
+        }
+    }
+}
+
+fn on_report(
+    now: Instant,
+    sup: &mut Supervisor,
+    flows: &mut HashMap<(LinkId, FlowId), Flow>,
+    metrics: &Metrics,
+    (link, flow, report): Report,
+) {
+    let Some(f) = flows.get_mut(&(link, flow)) else {
+        return;
+    };
+    match report {
+        FlowReport::Connected => sup.handle_flow_connected(now, link, flow),
+        FlowReport::Failed(reason) => {
+            metrics.request_errors.inc();
+            sup.handle_flow_failed(now, link, flow, &reason);
+        }
+        FlowReport::Data(bytes) => {
+            let n = sup.handle_flow_data(now, link, flow, &bytes);
+            if n < bytes.len() {
+                f.pending = Some(bytes.slice(n..));
+            } else {
+                f.handle.read_more();
+            }
+        }
+        FlowReport::Finished => sup.handle_flow_finished(now, link, flow),
+        FlowReport::Written => sup.handle_flow_written(now, link, flow),
+    }
+}

@@ -1,0 +1,379 @@
+//! Origin connections for the connector: dialling what the ingress rule names (TCP, unix
+//! socket, TLS, or an in-process service for `http_status:N` and `hello_world`) and moving bytes
+//! with one read in flight per flow, so burrow-core's backpressure decides the pace.
+//!
+//! Every flow is one task pair; it reports to the connector loop through [`FlowReport`]s and
+//! takes commands through its [`FlowHandle`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use burrow_core::datagram::LinkId;
+use burrow_core::ingress::{Ingress, OriginRequest, Service};
+use burrow_core::stream::proxy::FlowKind;
+use burrow_core::tunnel::data::FlowId;
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpStream, UnixStream};
+use tokio::sync::{mpsc, Notify};
+use tokio::task::JoinHandle;
+use tracing::debug;
+
+/// Any origin byte stream.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// What a flow tells the connector loop.
+#[derive(Debug)]
+pub enum FlowReport {
+    /// Dialled.
+    Connected,
+    /// Could not dial, or broke.
+    Failed(String),
+    /// Bytes read; the flow reads again after [`FlowHandle::read_more`].
+    Data(Bytes),
+    /// The origin closed its side.
+    Finished,
+    /// The last write completed.
+    Written,
+}
+
+/// A flow report with its identity.
+pub type Report = (LinkId, FlowId, FlowReport);
+
+enum WriteCmd {
+    Data(Bytes),
+    Shutdown,
+}
+
+/// The connector loop's handle on one origin connection.
+pub struct FlowHandle {
+    writes: mpsc::UnboundedSender<WriteCmd>,
+    permit: Arc<Notify>,
+    task: JoinHandle<()>,
+}
+
+impl FlowHandle {
+    /// Queues a write; [`FlowReport::Written`] follows.
+    pub fn write(&self, data: Bytes) {
+        let _ = self.writes.send(WriteCmd::Data(data));
+    }
+
+    /// FIN toward the origin after queued writes.
+    pub fn shutdown_write(&self) {
+        let _ = self.writes.send(WriteCmd::Shutdown);
+    }
+
+    /// Lets the flow read its next chunk.
+    pub fn read_more(&self) {
+        self.permit.notify_one();
+    }
+}
+
+impl Drop for FlowHandle {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// How the connector reaches origins.
+#[derive(Clone)]
+pub struct Dialer {
+    /// The rules in force (replaced by remote configuration).
+    pub ingress: Arc<std::sync::RwLock<Arc<Ingress>>>,
+    /// Roots for HTTPS origins (webpki roots, plus `caPool` files per rule).
+    pub roots: Arc<rustls::RootCertStore>,
+}
+
+const READ_CHUNK: usize = 32 * 1024;
+
+impl Dialer {
+    /// Starts flow `flow` of `link`: dials, then pumps bytes. Reports go to `reports`.
+    pub fn open(
+        &self,
+        link: LinkId,
+        flow: FlowId,
+        kind: FlowKind,
+        dest: String,
+        host: Option<String>,
+        reports: mpsc::UnboundedSender<Report>,
+    ) -> FlowHandle {
+        let (writes, write_rx) = mpsc::unbounded_channel();
+        let permit = Arc::new(Notify::new());
+        let dialer = self.clone();
+        let p = permit.clone();
+        let task = tokio::spawn(async move {
+            match dialer.dial(kind, &dest, host.as_deref()).await {
+                Ok(io) => {
+                    let _ = reports.send((link, flow, FlowReport::Connected));
+                    pump(io, write_rx, p, move |r| {
+                        let _ = reports.send((link, flow, r));
+                    })
+                    .await;
+                }
+                Err(e) => {
+                    debug!(%link, %flow, %dest, error = %e, "origin dial failed");
+                    let _ = reports.send((link, flow, FlowReport::Failed(e)));
+                }
+            }
+        });
+        FlowHandle {
+            writes,
+            permit,
+            task,
+        }
+    }
+
+    async fn dial(
+        &self,
+        kind: FlowKind,
+        dest: &str,
+        host: Option<&str>,
+    ) -> Result<Box<dyn Io>, String> {
+        if kind == FlowKind::Tcp {
+            // Private-network routing: dest is ip:port.
+            let s = tokio::time::timeout(Duration::from_secs(30), TcpStream::connect(dest))
+                .await
+                .map_err(|_| format!("dial tcp {dest}: i/o timeout"))?
+                .map_err(|e| format!("dial tcp {dest}: {e}"))?;
+            let _ = s.set_nodelay(true);
+            return Ok(Box::new(s));
+        }
+        let ingress = self
+            .ingress
+            .read()
+            .map_err(|_| "ingress lock poisoned".to_owned())?
+            .clone();
+        let (_, rule) = ingress.find_request(dest, host);
+        let o = &rule.origin_request;
+        match &rule.service {
+            Service::HttpStatus(code) => Ok(in_process(Responder::Status(*code))),
+            Service::HelloWorld => Ok(in_process(Responder::Hello)),
+            Service::Http { tls, host: h, port } => {
+                let addr = format!("{h}:{port}");
+                let s = connect_tcp(&addr, o).await?;
+                if *tls {
+                    self.tls(s, h, o).await
+                } else {
+                    Ok(Box::new(s))
+                }
+            }
+            Service::Unix { path, tls } => {
+                let s = tokio::time::timeout(o.connect_timeout, UnixStream::connect(path))
+                    .await
+                    .map_err(|_| format!("dial unix {path}: i/o timeout"))?
+                    .map_err(|e| format!("dial unix {path}: {e}"))?;
+                if *tls {
+                    self.tls(s, "localhost", o).await
+                } else {
+                    Ok(Box::new(s))
+                }
+            }
+            Service::Tcp { .. } => Err(format!(
+                "service {} is a TCP-over-WebSocket origin, not supported by burrow yet",
+                rule.service
+            )),
+        }
+    }
+
+    async fn tls<S: Io + 'static>(
+        &self,
+        s: S,
+        host: &str,
+        o: &OriginRequest,
+    ) -> Result<Box<dyn Io>, String> {
+        let config = origin_tls(&self.roots, o)?;
+        let name = o.origin_server_name.as_deref().unwrap_or(host).to_owned();
+        let name = rustls::pki_types::ServerName::try_from(name.clone())
+            .map_err(|e| format!("bad origin server name {name}: {e}"))?;
+        let c = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let s = tokio::time::timeout(o.tls_timeout, c.connect(name, s))
+            .await
+            .map_err(|_| "TLS handshake timeout".to_owned())?
+            .map_err(|e| format!("TLS handshake with the origin failed: {e}"))?;
+        Ok(Box::new(s))
+    }
+}
+
+async fn connect_tcp(addr: &str, o: &OriginRequest) -> Result<TcpStream, String> {
+    let s = tokio::time::timeout(o.connect_timeout, TcpStream::connect(addr))
+        .await
+        .map_err(|_| format!("dial tcp {addr}: i/o timeout"))?
+        .map_err(|e| format!("dial tcp {addr}: {e}"))?;
+    let _ = s.set_nodelay(true);
+    Ok(s)
+}
+
+/// rustls client config for an origin: roots plus `caPool`, or no verification.
+fn origin_tls(
+    roots: &rustls::RootCertStore,
+    o: &OriginRequest,
+) -> Result<rustls::ClientConfig, String> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?;
+    if o.no_tls_verify {
+        return Ok(builder
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(NoVerify(provider)))
+            .with_no_client_auth());
+    }
+    let mut roots = roots.clone();
+    if let Some(path) = &o.ca_pool {
+        let pem = std::fs::read(path).map_err(|e| format!("caPool {path}: {e}"))?;
+        let extra =
+            burrow_core::quic::tls::certs_from_pem(&pem, "caPool").map_err(|e| e.to_string())?;
+        for c in extra {
+            roots.add(c).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(builder.with_root_certificates(roots).with_no_client_auth())
+}
+
+/// `noTLSVerify: true`: accepts any certificate (signatures are still checked).
+#[derive(Debug)]
+struct NoVerify(Arc<rustls::crypto::CryptoProvider>);
+
+impl rustls::client::danger::ServerCertVerifier for NoVerify {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &rustls::pki_types::CertificateDer<'_>,
+        dss: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+/// Moves bytes: a writer half taking commands, a reader half reading one chunk per permit.
+async fn pump(
+    io: Box<dyn Io>,
+    mut writes: mpsc::UnboundedReceiver<WriteCmd>,
+    permit: Arc<Notify>,
+    report: impl Fn(FlowReport) + Send + Sync + 'static,
+) {
+    let report = Arc::new(report);
+    let (mut rd, mut wr) = tokio::io::split(io);
+    let r2 = report.clone();
+    let writer = async move {
+        while let Some(cmd) = writes.recv().await {
+            match cmd {
+                WriteCmd::Data(b) => {
+                    if let Err(e) = wr.write_all(&b).await {
+                        r2(FlowReport::Failed(format!("write to origin: {e}")));
+                        return;
+                    }
+                    r2(FlowReport::Written);
+                }
+                WriteCmd::Shutdown => {
+                    let _ = wr.shutdown().await;
+                }
+            }
+        }
+        // The loop dropped us: keep the read half going until aborted.
+        std::future::pending::<()>().await;
+    };
+    let reader = async move {
+        let mut buf = vec![0u8; READ_CHUNK];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) => {
+                    report(FlowReport::Finished);
+                    break;
+                }
+                Ok(n) => {
+                    report(FlowReport::Data(Bytes::copy_from_slice(&buf[..n])));
+                    permit.notified().await;
+                }
+                Err(e) => {
+                    report(FlowReport::Failed(format!("read from origin: {e}")));
+                    break;
+                }
+            }
+        }
+        std::future::pending::<()>().await;
+    };
+    tokio::join!(writer, reader);
+}
+
+/// In-process origins.
+#[derive(Clone, Copy)]
+enum Responder {
+    Status(u16),
+    Hello,
+}
+
+/// The page `hello_world` serves.
+pub const HELLO_PAGE: &str = "<!DOCTYPE html><html><head><title>burrow</title></head><body><h1>Congrats! You created a tunnel!</h1><p>This page is served by burrow's built-in hello_world origin, through the tunnel.</p></body></html>\n";
+
+/// An in-memory connection to an in-process HTTP/1.1 server (hyper).
+fn in_process(r: Responder) -> Box<dyn Io> {
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        let svc = service_fn(
+            move |req: hyper::Request<hyper::body::Incoming>| async move {
+                let resp = match r {
+                    Responder::Status(code) => {
+                        let status =
+                            http::StatusCode::from_u16(code).unwrap_or(http::StatusCode::OK);
+                        let mut resp = hyper::Response::new(Full::new(Bytes::new()));
+                        *resp.status_mut() = status;
+                        resp
+                    }
+                    Responder::Hello => {
+                        // Drain any body so the connection stays usable.
+                        let _ = http_body_util::BodyExt::collect(req.into_body()).await;
+                        let mut resp = hyper::Response::new(Full::new(Bytes::from_static(
+                            HELLO_PAGE.as_bytes(),
+                        )));
+                        resp.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static("text/html; charset=utf-8"),
+                        );
+                        resp
+                    }
+                };
+                Ok::<_, std::convert::Infallible>(resp)
+            },
+        );
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(server), svc)
+            .await;
+    });
+    Box::new(client)
+}
