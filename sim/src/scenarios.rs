@@ -94,7 +94,25 @@ pub const ALL: &[Scenario] = &[
         name: "slow-edge",
         run: slow_edge,
     },
+    Scenario {
+        name: "udp-echo",
+        run: udp::udp_echo,
+    },
+    Scenario {
+        name: "udp-idle",
+        run: udp::udp_idle,
+    },
+    Scenario {
+        name: "udp-migration",
+        run: udp::udp_migration,
+    },
+    Scenario {
+        name: "udp-flood",
+        run: udp::udp_flood,
+    },
 ];
+
+mod udp;
 
 const EDGE: &str = "198.51.100.1:7844";
 const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";

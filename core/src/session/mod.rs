@@ -186,17 +186,20 @@ pub enum DropReason {
     TooLarge,
     /// The session has no live connection to send on; it waits for the edge to re-register.
     NoLink,
+    /// Held for a socket that never opened (dial failed, or the session ended first).
+    Unopened,
 }
 
 impl DropReason {
     /// Every reason, for metrics.
-    pub const ALL: [DropReason; 6] = [
+    pub const ALL: [DropReason; 7] = [
         Self::Malformed,
         Self::UnexpectedType,
         Self::UnknownFlow,
         Self::PendingFull,
         Self::TooLarge,
         Self::NoLink,
+        Self::Unopened,
     ];
 
     /// The metric label.
@@ -208,6 +211,7 @@ impl DropReason {
             Self::PendingFull => "write_full",
             Self::TooLarge => "read_too_large",
             Self::NoLink => "no_link",
+            Self::Unopened => "unopened",
         }
     }
 }
@@ -230,7 +234,7 @@ pub struct SessionStats {
     /// Sessions ended by an origin error (`udp_failed_flows`).
     pub failed: u64,
     /// Dropped datagrams and payloads, by [`DropReason::ALL`] order.
-    pub dropped: [u64; 6],
+    pub dropped: [u64; 7],
 }
 
 impl SessionStats {
@@ -683,6 +687,9 @@ impl SessionManager {
     fn remove(&mut self, flow: UdpFlowId) -> Option<Session> {
         let s = self.sessions.remove(&flow)?;
         self.by_id.remove(&s.id);
+        if let State::Opening { pending, .. } = &s.state {
+            self.stats.dropped[DropReason::Unopened as usize] += pending.len() as u64;
+        }
         self.actions.push_back(SessionAction::Close { flow });
         Some(s)
     }

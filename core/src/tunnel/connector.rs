@@ -22,12 +22,15 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use super::data::{reset, DataLimits, DataStreams, FlowId, OriginAction};
-use super::quic_io::{exchange_events, flush_stream, poll_conn_transmit, read_stream};
+use super::quic_io::{
+    exchange_events, flush_stream, poll_conn_transmit, read_stream, send_datagram, DatagramError,
+};
 use super::Transmit;
 use crate::control::connector::{ControlClient, ControlEvent};
 use crate::control::{ApiError, ConnectionDetails, Registration, RegistrationError};
 use crate::rpc_stream::connector::{RpcStreamEvent, RpcStreamServer};
 use crate::rpc_stream::ConfigUpdateResult;
+use crate::session::DatagramVersion;
 use crate::stream::preamble::{self, StreamKind};
 
 /// What a connector connection needs to know.
@@ -308,6 +311,34 @@ impl ConnectorConnection {
         self.events.pop_front()
     }
 
+    /// The datagram format of this connection, from the features it registers with.
+    pub fn datagram_version(&self) -> DatagramVersion {
+        DatagramVersion::from_features(&self.config.registration.features)
+    }
+
+    /// The next QUIC datagram received from the edge.
+    pub fn poll_datagram(&mut self) -> Option<Bytes> {
+        self.conn.datagrams().recv()
+    }
+
+    /// Queues a QUIC datagram for the edge.
+    pub fn send_datagram(&mut self, datagram: Bytes) -> Result<(), DatagramError> {
+        if matches!(self.state, State::Closing | State::Closed) {
+            return Err(DatagramError::Closed);
+        }
+        send_datagram(&mut self.conn, datagram)
+    }
+
+    /// The largest datagram the connection carries now (peer limit and path MTU).
+    pub fn max_datagram_size(&mut self) -> Option<usize> {
+        self.conn.datagrams().max_size()
+    }
+
+    /// quinn's counters for the connection (frames, packets, path).
+    pub fn quic_stats(&self) -> quinn_proto::ConnectionStats {
+        self.conn.stats()
+    }
+
     /// True once the connection is fully gone.
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed
@@ -364,8 +395,8 @@ impl ConnectorConnection {
             }
             Event::Stream(StreamEvent::Readable { id }) => self.read_incoming(now, id),
             Event::Stream(StreamEvent::Writable { id }) => self.flush_incoming(id),
-            // Datagrams arrive with the datagram half of the tunnel (issue 4); uni streams are
-            // refused by the transport settings.
+            // Received datagrams wait in quinn for `poll_datagram`; uni streams are refused by
+            // the transport settings.
             _ => {}
         }
     }

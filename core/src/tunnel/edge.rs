@@ -8,7 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use quinn_proto::{
     Connection, ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event,
     ServerConfig, StreamEvent, StreamId, VarInt,
@@ -16,7 +16,8 @@ use quinn_proto::{
 use tracing::{debug, warn};
 
 use super::quic_io::{
-    exchange_events, flush_stream, poll_conn_transmit, read_stream, read_stream_max,
+    exchange_events, flush_stream, poll_conn_transmit, read_stream, read_stream_max, send_datagram,
+    DatagramError,
 };
 use super::Transmit;
 use crate::control::edge::{ControlServer, EdgeControlEvent};
@@ -396,6 +397,31 @@ impl EdgeEndpoint {
     /// The next event.
     pub fn poll_event(&mut self) -> Option<EdgeEvent> {
         self.events.pop_front()
+    }
+
+    /// Queues a QUIC datagram for connector connection `conn`.
+    pub fn send_datagram(&mut self, conn: ConnId, datagram: Bytes) -> Result<(), DatagramError> {
+        match self.conns.get_mut(&conn) {
+            Some(c) if !c.closed => send_datagram(&mut c.conn, datagram),
+            _ => Err(DatagramError::Closed),
+        }
+    }
+
+    /// The next QUIC datagram any connector sent, with the connection it came on.
+    pub fn poll_datagram(&mut self) -> Option<(ConnId, Bytes)> {
+        self.conns
+            .iter_mut()
+            .find_map(|(&id, c)| c.conn.datagrams().recv().map(|d| (id, d)))
+    }
+
+    /// The largest datagram connection `conn` carries now.
+    pub fn max_datagram_size(&mut self, conn: ConnId) -> Option<usize> {
+        self.conns.get_mut(&conn)?.conn.datagrams().max_size()
+    }
+
+    /// quinn's counters for connection `conn`.
+    pub fn quic_stats(&self, conn: ConnId) -> Option<quinn_proto::ConnectionStats> {
+        self.conns.get(&conn).map(|c| c.conn.stats())
     }
 
     /// Connections currently held.

@@ -11,4 +11,4 @@ pub mod data;
 pub mod edge;
 mod quic_io;
 
-pub use quic_io::Transmit;
+pub use quic_io::{DatagramError, Transmit};
