@@ -13,7 +13,6 @@ use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 mod common;
 use common::{allocs_per_op, assert_no_allocations};
 
-
 const PAYLOAD_LEN: usize = 1200;
 
 /// A 1200-byte payload datagram as the edge would send it.

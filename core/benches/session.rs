@@ -11,8 +11,8 @@ use std::time::{Duration, Instant};
 
 use burrow_core::datagram::{v3, LinkId};
 use burrow_core::session::{
-    DatagramVersion, Inbound, SessionAction, SessionId, SessionLimits, SessionManager,
-    UdpFlowId, HEADROOM, ORIGIN_READ, TAILROOM,
+    DatagramVersion, Inbound, SessionAction, SessionId, SessionLimits, SessionManager, UdpFlowId,
+    HEADROOM, ORIGIN_READ, TAILROOM,
 };
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -37,7 +37,11 @@ fn registration(id: u128) -> Vec<u8> {
 }
 
 /// Registers `ids` and opens every socket the manager asks for; returns the flows opened.
-fn open_all(m: &mut SessionManager, now: Instant, ids: impl Iterator<Item = u128>) -> Vec<UdpFlowId> {
+fn open_all(
+    m: &mut SessionManager,
+    now: Instant,
+    ids: impl Iterator<Item = u128>,
+) -> Vec<UdpFlowId> {
     let mut flows = Vec::new();
     for id in ids {
         m.handle_datagram(now, LINK, DatagramVersion::V3, &registration(id));
@@ -91,7 +95,10 @@ fn report_memory(now: Instant) {
         SESSIONS,
         (after - before) / 1024
     );
-    assert!(per_session <= 1024.0, "an idle session costs more than 1 KiB");
+    assert!(
+        per_session <= 1024.0,
+        "an idle session costs more than 1 KiB"
+    );
     // 100k more registrations against the full limit: all refused, memory flat.
     let flood_start = live_bytes();
     open_all(&mut m, now, SESSIONS..SESSIONS * 11);
@@ -106,7 +113,10 @@ fn report_memory(now: Instant) {
         m.stats().rate_limited
     );
     assert_eq!(m.active(), SESSIONS as usize);
-    assert!(flood_end - flood_start < 64 * 1024, "a refused flood grew the heap");
+    assert!(
+        flood_end - flood_start < 64 * 1024,
+        "a refused flood grew the heap"
+    );
 }
 
 fn bench(c: &mut Criterion) {
