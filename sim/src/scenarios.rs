@@ -110,8 +110,13 @@ pub const ALL: &[Scenario] = &[
         name: "udp-flood",
         run: udp::udp_flood,
     },
+    Scenario {
+        name: "icmp-traceroute",
+        run: icmp::icmp_traceroute,
+    },
 ];
 
+mod icmp;
 mod udp;
 
 const EDGE: &str = "198.51.100.1:7844";

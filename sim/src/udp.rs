@@ -11,10 +11,11 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use burrow_core::datagram::{v3, LinkId};
+use burrow_core::datagram::{v2, v3, LinkId};
+use burrow_core::icmp::{self, IcmpRouter, RouterAction, RouterConfig, Verdict};
 use burrow_core::session::{
-    Inbound, SessionAction, SessionId, SessionLimits, SessionManager, UdpFlowId, HEADROOM,
-    ORIGIN_READ, TAILROOM,
+    DatagramVersion, Inbound, SessionAction, SessionId, SessionLimits, SessionManager, UdpFlowId,
+    HEADROOM, ORIGIN_READ, TAILROOM,
 };
 use burrow_core::tunnel::connector::ConnectorConnection;
 use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint};
@@ -28,6 +29,35 @@ pub const ECHO_PORT: u16 = 7;
 pub const UNREACHABLE: [u8; 2] = [10, 99];
 /// How long an origin takes to echo.
 const ORIGIN_DELAY: Duration = Duration::from_micros(300);
+/// The connector's ICMP source addresses (those of PROTOCOL.md's TTL-exceeded examples).
+pub const ICMP_SRC_V4: std::net::Ipv4Addr = std::net::Ipv4Addr::new(172, 16, 0, 3);
+/// IPv6 source.
+pub const ICMP_SRC_V6: std::net::Ipv6Addr =
+    std::net::Ipv6Addr::new(0xfd51, 0x2391, 0x697, 0xf4ee, 0, 0, 0, 3);
+
+/// A simulated unprivileged ping socket: the kernel gives it its own echo ident.
+struct PingSocket {
+    ident: u16,
+}
+
+/// What the ICMP side counted.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct IcmpStats {
+    /// ICMP datagrams from the edge.
+    pub requests: u64,
+    /// Answered here with TTL exceeded.
+    pub ttl_exceeded: u64,
+    /// Sent through a ping socket.
+    pub forwarded: u64,
+    /// Refused by the router (bad packet, not an echo request...).
+    pub refused: u64,
+    /// Echo replies read from ping sockets.
+    pub replies: u64,
+    /// Replies (and TTL-exceeded packets) queued to the edge.
+    pub queued: u64,
+    /// Replies the router or quinn refused.
+    pub reply_refused: u64,
+}
 
 /// What the connector side counted.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
@@ -75,7 +105,18 @@ pub struct ConnectorUdp {
     buf: Vec<u8>,
     /// Counters.
     pub stats: ConnectorUdpStats,
+    /// The ICMP proxy under test.
+    pub icmp: IcmpRouter,
+    pings: HashMap<icmp::FunnelId, PingSocket>,
+    /// Echo replies due from the origin network: (when, order, funnel, from, ICMP message).
+    ping_replies: BinaryHeap<Reverse<PingReply>>,
+    /// ICMP counters.
+    pub icmp_stats: IcmpStats,
+    versions: HashMap<LinkId, DatagramVersion>,
 }
+
+/// An echo reply due: when, order, funnel, from, ICMP message.
+type PingReply = (VirtualTime, u64, icmp::FunnelId, std::net::IpAddr, Vec<u8>);
 
 impl ConnectorUdp {
     /// A connector side with `limits`.
@@ -87,6 +128,11 @@ impl ConnectorUdp {
             order: 0,
             buf: vec![0; HEADROOM + ORIGIN_READ + TAILROOM],
             stats: ConnectorUdpStats::default(),
+            icmp: IcmpRouter::new(RouterConfig::new(Some(ICMP_SRC_V4), Some(ICMP_SRC_V6))),
+            pings: HashMap::new(),
+            ping_replies: BinaryHeap::new(),
+            icmp_stats: IcmpStats::default(),
+            versions: HashMap::new(),
         }
     }
 
@@ -113,6 +159,7 @@ impl ConnectorUdp {
         for (i, (_, conn)) in connectors.iter_mut().enumerate() {
             let Some(conn) = conn else { continue };
             let version = conn.datagram_version();
+            self.versions.insert(Self::link(i), version);
             while let Some(d) = conn.poll_datagram() {
                 self.stats.datagrams_in += 1;
                 match d.first().copied() {
@@ -133,12 +180,16 @@ impl ConnectorUdp {
                         let payload = payload.to_vec();
                         self.write_origin(now, flow, payload);
                     }
-                    // ICMP arrives with the ICMP router.
-                    Inbound::Icmp(_) | Inbound::Handled | Inbound::Dropped(_) => {}
+                    Inbound::Icmp(packet) => {
+                        let packet = packet.to_vec();
+                        self.icmp_request(now, clock, Self::link(i), packet, conn);
+                    }
+                    Inbound::Handled | Inbound::Dropped(_) => {}
                 }
             }
         }
         self.drain_actions(now, clock, connectors);
+        self.ping_replies_due(now, clock, connectors);
         while let Some(Reverse((due, _, flow, payload))) = self.echoes.peek().cloned() {
             if due > now {
                 break;
@@ -214,6 +265,135 @@ impl ConnectorUdp {
         }
     }
 
+    /// An IP packet from the edge for the ICMP router; a TTL-exceeded answer goes straight back
+    /// on `conn`, an echo request to the simulated origin network.
+    fn icmp_request(
+        &mut self,
+        now: VirtualTime,
+        clock: &Clock,
+        link: LinkId,
+        mut packet: Vec<u8>,
+        conn: &mut ConnectorConnection,
+    ) {
+        self.icmp_stats.requests += 1;
+        let at = clock.instant(now);
+        let mut out = [0u8; 1 + 1500 + 1];
+        let verdict = self
+            .icmp
+            .handle_request(at, link, &mut packet, &mut out[1..]);
+        self.drain_icmp_actions();
+        match verdict {
+            Ok(Verdict::Reply { len }) => {
+                self.icmp_stats.ttl_exceeded += 1;
+                let datagram = frame_ip(self.version(link), &mut out, len);
+                self.send_icmp(datagram, Some(conn));
+            }
+            Ok(Verdict::Forward {
+                funnel,
+                dst,
+                message,
+                ..
+            }) => {
+                self.icmp_stats.forwarded += 1;
+                let Some(socket) = self.pings.get(&funnel) else {
+                    return;
+                };
+                // The origin network answers echo requests to 10/8 and fd00::/8 hosts.
+                let reachable = match dst {
+                    std::net::IpAddr::V4(a) => {
+                        a.octets()[0] == 10 && a.octets()[..2] != UNREACHABLE
+                    }
+                    std::net::IpAddr::V6(a) => a.octets()[0] == 0xfd && a.segments()[0] != 0xfd51,
+                };
+                if !reachable || message.len() < 8 {
+                    return;
+                }
+                // The kernel sent it with the socket's ident; the host echoes that.
+                let mut reply = message.to_vec();
+                reply[0] = if dst.is_ipv4() { 0 } else { 129 };
+                reply[4..6].copy_from_slice(&socket.ident.to_be_bytes());
+                self.order += 1;
+                self.ping_replies.push(Reverse((
+                    now + ORIGIN_DELAY,
+                    self.order,
+                    funnel,
+                    dst,
+                    reply,
+                )));
+            }
+            Err(_) => self.icmp_stats.refused += 1,
+        }
+    }
+
+    fn ping_replies_due(
+        &mut self,
+        now: VirtualTime,
+        clock: &Clock,
+        connectors: &mut [(SocketAddr, Option<ConnectorConnection>)],
+    ) {
+        let at = clock.instant(now);
+        while let Some(Reverse((due, ..))) = self.ping_replies.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((_, _, funnel, from, message))) = self.ping_replies.pop() else {
+                break;
+            };
+            if !self.pings.contains_key(&funnel) {
+                continue; // socket closed meanwhile
+            }
+            self.icmp_stats.replies += 1;
+            let mut out = [0u8; 1 + 1500 + 1];
+            match self
+                .icmp
+                .handle_reply(at, funnel, from, &message, &mut out[1..])
+            {
+                Ok((link, len)) => {
+                    let datagram = frame_ip(self.version(link), &mut out, len);
+                    let conn = connectors
+                        .get_mut(link.0 as usize)
+                        .and_then(|c| c.1.as_mut());
+                    self.send_icmp(datagram, conn);
+                }
+                Err(_) => self.icmp_stats.reply_refused += 1,
+            }
+        }
+    }
+
+    fn send_icmp(&mut self, datagram: Option<Bytes>, conn: Option<&mut ConnectorConnection>) {
+        let sent = match (datagram, conn) {
+            (Some(d), Some(conn)) => conn.send_datagram(d).is_ok(),
+            _ => false,
+        };
+        if sent {
+            self.icmp_stats.queued += 1;
+        } else {
+            self.icmp_stats.reply_refused += 1;
+        }
+    }
+
+    fn drain_icmp_actions(&mut self) {
+        while let Some(action) = self.icmp.poll_action() {
+            match action {
+                RouterAction::OpenFunnel { funnel, .. } => {
+                    // Any ident but the requester's id would do; derive one from the funnel.
+                    let ident = (funnel.0 as u16) ^ 0xbeef;
+                    self.pings.insert(funnel, PingSocket { ident });
+                }
+                RouterAction::CloseFunnel { funnel } => {
+                    self.pings.remove(&funnel);
+                }
+            }
+        }
+    }
+
+    fn version(&self, link: LinkId) -> DatagramVersion {
+        self.versions
+            .get(&link)
+            .copied()
+            .unwrap_or(DatagramVersion::V3)
+    }
+
     fn write_origin(&mut self, now: VirtualTime, flow: UdpFlowId, payload: Vec<u8>) {
         let Some(dest) = self.sockets.get(&flow) else {
             return;
@@ -237,6 +417,10 @@ impl ConnectorUdp {
         if self.sessions.poll_timeout().is_some_and(|t| t <= at) {
             self.sessions.handle_timeout(at);
         }
+        if self.icmp.poll_timeout().is_some_and(|t| t <= at) {
+            self.icmp.handle_timeout(at);
+            self.drain_icmp_actions();
+        }
         self.drain_actions(now, clock, connectors);
     }
 
@@ -244,7 +428,23 @@ impl ConnectorUdp {
     pub fn next_deadline(&self, clock: &Clock) -> Option<VirtualTime> {
         let timer = self.sessions.poll_timeout().map(|t| clock.virtual_time(t));
         let echo = self.echoes.peek().map(|Reverse((t, ..))| *t);
-        [timer, echo].into_iter().flatten().min()
+        let icmp = self.icmp.poll_timeout().map(|t| clock.virtual_time(t));
+        let ping = self.ping_replies.peek().map(|Reverse((t, ..))| *t);
+        [timer, echo, icmp, ping].into_iter().flatten().min()
+    }
+}
+
+/// Frames the IP packet at `out[1..1 + len]` as an ICMP datagram of `version`, in place.
+fn frame_ip(version: DatagramVersion, out: &mut [u8], len: usize) -> Option<Bytes> {
+    match version {
+        DatagramVersion::V3 => {
+            let n = v3::frame_icmp_in_place(out, len).ok()?;
+            Some(Bytes::copy_from_slice(&out[..n]))
+        }
+        DatagramVersion::V2 => {
+            let n = v2::frame_ip_in_place(&mut out[1..], len).ok()?;
+            Some(Bytes::copy_from_slice(&out[1..1 + n]))
+        }
     }
 }
 
