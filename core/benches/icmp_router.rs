@@ -5,10 +5,8 @@
 //! heap allocations per operation (counted by a global allocator wrapper) and fails if either
 //! path allocates.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use burrow_core::datagram::LinkId;
@@ -17,27 +15,8 @@ use burrow_core::icmp::{
 };
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-/// Counts every allocation and reallocation made through the global allocator.
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+mod common;
+use common::{allocs_per_op, assert_no_allocations};
 
 /// Typical `ping` payload: 56 bytes.
 const DATA: [u8; 56] = [0x5a; 56];
@@ -154,29 +133,19 @@ fn echo(src: IpAddr, dst: IpAddr, kind: EchoKind, id: u16) -> Vec<u8> {
     out
 }
 
-/// Runs `op` many times and returns allocations per call.
-fn allocs_per_op(mut op: impl FnMut() -> usize) -> f64 {
-    const N: u64 = 100_000;
-    let before = ALLOCS.load(Ordering::Relaxed);
-    for _ in 0..N {
-        black_box(op());
-    }
-    (ALLOCS.load(Ordering::Relaxed) - before) as f64 / N as f64
-}
-
 fn report_allocations(fixtures: &mut [Fixture]) {
     let mut out = vec![0u8; 1500];
-    println!("allocations per operation (counting global allocator, 100000 calls each):");
+    let mut rows = Vec::new();
     for f in fixtures {
         let family = if f.v6 { "v6" } else { "v4" };
         let mut packet = f.packet.clone();
         let forward = allocs_per_op(|| f.forward(&mut packet, &mut out));
         let reply = allocs_per_op(|| f.reply(&mut out));
-        for (name, per_op) in [("request forward", forward), ("reply rewrite", reply)] {
-            println!("  {family} {name:<28} {per_op}");
-            assert_eq!(per_op, 0.0, "{family} {name} allocates on the hot path");
-        }
+        rows.push((format!("{family} request forward"), forward));
+        rows.push((format!("{family} reply rewrite"), reply));
     }
+    let rows: Vec<(&str, f64)> = rows.iter().map(|(n, a)| (n.as_str(), *a)).collect();
+    assert_no_allocations(&rows);
 }
 
 fn bench(c: &mut Criterion) {
