@@ -176,9 +176,7 @@ impl World {
                     .enumerate()
                     .find(|(j, (_, c))| *j != *i && c.as_ref().is_some_and(|c| !c.is_closed()))
                     .map(|(j, _)| ConnectorUdp::link(j));
-                self.udp
-                    .sessions
-                    .link_closed(ConnectorUdp::link(*i), successor);
+                self.udp.hub.link_closed(ConnectorUdp::link(*i), successor);
             }
         }
         out

@@ -186,13 +186,16 @@ pub enum DropReason {
     TooLarge,
     /// The session has no live connection to send on; it waits for the edge to re-register.
     NoLink,
-    /// Held for a socket that never opened (dial failed, or the session ended first).
+    /// Held for a socket that never opened (dial failed, flow limit, or the session ended
+    /// first).
     Unopened,
+    /// Bundled with a repeated registration: the first one's payload was already delivered.
+    Repeated,
 }
 
 impl DropReason {
     /// Every reason, for metrics.
-    pub const ALL: [DropReason; 7] = [
+    pub const ALL: [DropReason; 8] = [
         Self::Malformed,
         Self::UnexpectedType,
         Self::UnknownFlow,
@@ -200,6 +203,7 @@ impl DropReason {
         Self::TooLarge,
         Self::NoLink,
         Self::Unopened,
+        Self::Repeated,
     ];
 
     /// The metric label.
@@ -212,6 +216,7 @@ impl DropReason {
             Self::TooLarge => "read_too_large",
             Self::NoLink => "no_link",
             Self::Unopened => "unopened",
+            Self::Repeated => "repeated",
         }
     }
 }
@@ -233,8 +238,10 @@ pub struct SessionStats {
     pub idle_closed: u64,
     /// Sessions ended by an origin error (`udp_failed_flows`).
     pub failed: u64,
+    /// Registrations that carried a bundled payload.
+    pub bundled_in: u64,
     /// Dropped datagrams and payloads, by [`DropReason::ALL`] order.
-    pub dropped: [u64; 7],
+    pub dropped: [u64; 8],
 }
 
 impl SessionStats {
@@ -432,12 +439,20 @@ impl SessionManager {
     }
 
     fn register(&mut self, now: Instant, r: Request, bundled: &[u8]) {
+        let has_payload = !bundled.is_empty();
+        self.stats.bundled_in += u64::from(has_payload);
         if let Some(&flow) = self.by_id.get(&r.id) {
+            if has_payload {
+                self.count(DropReason::Repeated);
+            }
             self.reregister(now, flow, r);
             return;
         }
         if self.limits.max_flows != 0 && self.sessions.len() >= self.limits.max_flows {
             self.stats.rate_limited += 1;
+            if has_payload {
+                self.count(DropReason::Unopened);
+            }
             warn!(flow_id = %r.id, link = %r.link, "Too many concurrent sessions being handled, rejecting udp proxy");
             self.answer(r.link, r.version, r.id, Answer::TooManyFlows);
             return;

@@ -10,5 +10,6 @@ pub mod connector;
 pub mod data;
 pub mod edge;
 mod quic_io;
+pub mod udp;
 
 pub use quic_io::{DatagramError, Transmit};

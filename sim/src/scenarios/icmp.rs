@@ -218,7 +218,7 @@ pub(super) fn icmp_traceroute(p: &Params) -> Result<u64, String> {
         w,
     )?;
     // v4 and v6: the traceroute's key and two requesters' keys.
-    let funnels = w.udp.icmp.funnels();
+    let funnels = w.udp.hub.icmp.funnels();
     expect(
         funnels == 6,
         &format!("one funnel per (src, dst, id): {funnels}"),
@@ -228,8 +228,8 @@ pub(super) fn icmp_traceroute(p: &Params) -> Result<u64, String> {
     let quiet = s.world.after(Duration::from_secs(12));
     s.world.run_ticking(quiet, |w, _| Ok(w.now >= quiet))?;
     let w = &s.world;
-    expect(w.udp.icmp.funnels() == 0, "idle funnels close", w)?;
-    let line = format!("{:?}", w.udp.icmp_stats);
+    expect(w.udp.hub.icmp.funnels() == 0, "idle funnels close", w)?;
+    let line = format!("{:?} {:?}", w.udp.stats(), w.udp.hub.stats());
     s.world.trace.record(s.world.now, &line);
     Ok(s.world.trace.hash())
 }
