@@ -520,7 +520,7 @@ fn remote_config(p: &Params) -> Result<u64, String> {
             }
             Ok(())
         })?;
-        let Some(burrow_core::rpc_stream::edge::RpcCallOutcome::Configuration(r)) = answer else {
+        let Some(burrow_core::rpc_stream::client::RpcCallOutcome::Configuration(r)) = answer else {
             return Err(format!(
                 "push of version {version}: answer {answer:?}\n{}",
                 w.trace.tail().join("\n")
