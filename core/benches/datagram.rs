@@ -4,35 +4,14 @@
 //! of heap allocations each operation makes (counted by a global allocator wrapper) and fails if
 //! any hot-path operation allocates.
 
-use std::alloc::{GlobalAlloc, Layout, System};
 use std::hint::black_box;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use burrow_core::datagram::{v2, v3};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
-/// Counts every allocation and reallocation made through the global allocator.
-struct Counting;
-
-static ALLOCS: AtomicU64 = AtomicU64::new(0);
-
-unsafe impl GlobalAlloc for Counting {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.alloc(layout) }
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        unsafe { System.dealloc(ptr, layout) }
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        ALLOCS.fetch_add(1, Ordering::Relaxed);
-        unsafe { System.realloc(ptr, layout, new_size) }
-    }
-}
-
-#[global_allocator]
-static GLOBAL: Counting = Counting;
+mod common;
+use common::{allocs_per_op, assert_no_allocations};
 
 const PAYLOAD_LEN: usize = 1200;
 
@@ -95,16 +74,6 @@ fn v2_frame_and_decode(buf: &mut [u8]) -> usize {
     }
 }
 
-/// Runs `op` many times and returns allocations per call.
-fn allocs_per_op(mut op: impl FnMut() -> usize) -> f64 {
-    const N: u64 = 100_000;
-    let before = ALLOCS.load(Ordering::Relaxed);
-    for _ in 0..N {
-        black_box(op());
-    }
-    (ALLOCS.load(Ordering::Relaxed) - before) as f64 / N as f64
-}
-
 fn report_allocations(payload: &[u8], registration: &[u8]) {
     let mut out = vec![0u8; 2048];
     let mut frame_buf = vec![0u8; v3::MAX_PAYLOAD_DATAGRAM_LEN];
@@ -127,11 +96,7 @@ fn report_allocations(payload: &[u8], registration: &[u8]) {
             allocs_per_op(|| v2_frame_and_decode(&mut v2_buf)),
         ),
     ];
-    println!("allocations per operation (counting global allocator, 100000 calls each):");
-    for (name, per_op) in rows {
-        println!("  {name:<32} {per_op}");
-        assert_eq!(per_op, 0.0, "{name} allocates on the hot path");
-    }
+    assert_no_allocations(&rows);
 }
 
 fn bench(c: &mut Criterion) {

@@ -11,5 +11,6 @@ pub mod quic;
 pub mod rpc;
 pub mod rpc_stream;
 pub mod schema;
+pub mod session;
 pub mod stream;
 pub mod tunnel;

@@ -240,6 +240,16 @@ impl DatagramSeam {
     fn link_down(&mut self, link: LinkId) {
         self.links.remove(&link);
     }
+
+    /// Datagram v2 session registration: to be handed to the session manager; unanswered
+    /// here, so the edge's call times out.
+    fn session_requested(&mut self, link: LinkId, id: String, dest: SocketAddr) {
+        warn!(%link, session = %id, %dest, "UDP sessions are not wired into the daemon yet");
+    }
+
+    fn session_unregistered(&mut self, link: LinkId, id: String) {
+        debug!(%link, session = %id, "UDP session unregistered by the edge");
+    }
 }
 
 /// Runs the connector until shut down. Each message on `shutdown` is one signal: the first
@@ -438,6 +448,12 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                     }
                     SupervisorEvent::LocalConfigurationFailed { index, reason } => {
                         warn!(conn_index = index, %reason, "Failed to update local configuration");
+                    }
+                    SupervisorEvent::UdpSessionRequested { link, id, dest, .. } => {
+                        seam.session_requested(link, format!("{id:?}"), dest);
+                    }
+                    SupervisorEvent::UdpSessionUnregistered { link, id, .. } => {
+                        seam.session_unregistered(link, format!("{id:?}"));
                     }
                     SupervisorEvent::Fatal(e) => fatal = Some(e),
                     SupervisorEvent::Stopped => {}

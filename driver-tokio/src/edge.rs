@@ -508,6 +508,9 @@ async fn edge_loop(
                         debug!(conn = conn.0, config = %String::from_utf8_lossy(&config), "local configuration");
                     }
                     EdgeEvent::ConfigurationResult { .. } => {}
+                    // UDP port mappings (v3 sessions) are not served by this edge yet.
+                    EdgeEvent::UdpSessionRegistered { .. }
+                    | EdgeEvent::UdpSessionUnregistered { .. } => {}
                     EdgeEvent::Response {
                         conn,
                         stream,

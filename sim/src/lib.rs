@@ -6,4 +6,5 @@ pub mod clock;
 pub mod net;
 pub mod origin;
 pub mod scenarios;
+pub mod udp;
 pub mod world;

@@ -94,7 +94,30 @@ pub const ALL: &[Scenario] = &[
         name: "slow-edge",
         run: slow_edge,
     },
+    Scenario {
+        name: "udp-echo",
+        run: udp::udp_echo,
+    },
+    Scenario {
+        name: "udp-idle",
+        run: udp::udp_idle,
+    },
+    Scenario {
+        name: "udp-migration",
+        run: udp::udp_migration,
+    },
+    Scenario {
+        name: "udp-flood",
+        run: udp::udp_flood,
+    },
+    Scenario {
+        name: "icmp-traceroute",
+        run: icmp::icmp_traceroute,
+    },
 ];
+
+mod icmp;
+mod udp;
 
 const EDGE: &str = "198.51.100.1:7844";
 const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
@@ -497,7 +520,7 @@ fn remote_config(p: &Params) -> Result<u64, String> {
             }
             Ok(())
         })?;
-        let Some(burrow_core::rpc_stream::edge::RpcCallOutcome::Configuration(r)) = answer else {
+        let Some(burrow_core::rpc_stream::client::RpcCallOutcome::Configuration(r)) = answer else {
             return Err(format!(
                 "push of version {version}: answer {answer:?}\n{}",
                 w.trace.tail().join("\n")

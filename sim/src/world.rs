@@ -15,6 +15,8 @@ use fnv::FnvHasher;
 use crate::clock::{Clock, VirtualTime};
 use crate::net::Network;
 use crate::origin::Origins;
+use crate::udp::ConnectorUdp;
+use burrow_core::session::SessionLimits;
 
 /// Something a node reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -82,6 +84,8 @@ pub struct World {
     pub origins: Origins,
     /// Times a scenario asked to be woken at (slow readers, pacing).
     pub wakeups: std::collections::BTreeSet<VirtualTime>,
+    /// The connectors' UDP sessions and the origin network behind them.
+    pub udp: ConnectorUdp,
     buf: Vec<u8>,
     stalled_steps: u32,
 }
@@ -108,6 +112,7 @@ impl World {
             connectors: Vec::new(),
             origins: Origins::new(),
             wakeups: std::collections::BTreeSet::new(),
+            udp: ConnectorUdp::new(SessionLimits::default()),
             buf: Vec::with_capacity(2048),
             stalled_steps: 0,
         }
@@ -127,6 +132,7 @@ impl World {
                 self.origins.pump(self.now, now, i, conn);
             }
         }
+        self.udp.pump(self.now, &self.clock, &mut self.connectors);
         if let Some(edge) = &mut self.edge {
             while let Some(t) = edge.poll_transmit(now, &mut self.buf) {
                 self.net.send(
@@ -162,6 +168,16 @@ impl World {
         }
         for h in &out {
             self.trace.record(self.now, h);
+            if let Happening::Connector(i, ConnectorEvent::Closed { .. }) = h {
+                // The supervisor's part: sessions move to a connection still up, if any.
+                let successor = self
+                    .connectors
+                    .iter()
+                    .enumerate()
+                    .find(|(j, (_, c))| *j != *i && c.as_ref().is_some_and(|c| !c.is_closed()))
+                    .map(|(j, _)| ConnectorUdp::link(j));
+                self.udp.hub.link_closed(ConnectorUdp::link(*i), successor);
+            }
         }
         out
     }
@@ -174,9 +190,13 @@ impl World {
             return Ok(Step::Progress(pending));
         }
         let mut next = self.net.next_arrival();
-        for t in [self.origins.next_deadline(), self.wakeups.first().copied()]
-            .into_iter()
-            .flatten()
+        for t in [
+            self.origins.next_deadline(),
+            self.wakeups.first().copied(),
+            self.udp.next_deadline(&self.clock),
+        ]
+        .into_iter()
+        .flatten()
         {
             next = Some(next.map_or(t, |n| n.min(t)));
         }
@@ -237,6 +257,8 @@ impl World {
                 }
             }
         }
+        self.udp
+            .handle_timeout(self.now, &self.clock, &mut self.connectors);
         self.flush();
         Ok(Step::Progress(self.collect()))
     }

@@ -12,6 +12,7 @@
 //! | [`write_ttl_exceeded`] | `NewICMPTTLExceedPacket`: TTL 255, quote of the raw packet up to 576 / 1280 bytes |
 //! | [`write_echo`] | gopacket serialisation with `FixLengths` + `ComputeChecksums` |
 //! | [`rewrite_echo`] | reply id/address rewrite (in place here; cloudflared re-encodes) |
+//! | [`IcmpRouter`] | the ICMP proxy: funnels (ping sockets) per (src, dst, echo id), idle expiry |
 //!
 //! Where cloudflared would mis-slice (jumbograms), a typed [`ParseError`] is returned instead.
 //! Policy stays with the caller: cloudflared answers TTL ≤ 1 with time exceeded even when the
@@ -23,12 +24,17 @@ mod echo;
 mod encode;
 mod error;
 mod packet;
+mod router;
 mod ttl;
 
 pub use checksum::{icmpv6_checksum, internet_checksum};
 pub use echo::{rewrite_echo, write_echo, Echo, EchoKind};
 pub use error::{EncodeError, ParseError, RewriteError, TtlError};
 pub use packet::{parse, IcmpMessage, IcmpPacket, IpVersion};
+pub use router::{
+    FunnelId, IcmpRouter, RouteError, RouteErrorKind, RouterAction, RouterConfig, Verdict,
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_FUNNELS,
+};
 pub use ttl::{
     decrement_ttl, write_ttl_exceeded, DEFAULT_TTL, TTL_EXCEEDED_MAX_V4, TTL_EXCEEDED_MAX_V6,
 };

@@ -8,8 +8,8 @@ use capnp::any_pointer;
 use capnp::traits::HasTypeId;
 
 use super::frame::{
-    data_words, malformed, read_array, read_data, read_text, text_words, write_data, write_text,
-    DecodeError, EncodeError,
+    check_len, data_words, malformed, read_array, read_data, read_text, text_words, write_data,
+    write_text, DecodeError, EncodeError, MAX_LIST_LEN,
 };
 use super::method::{Content, Empty, Method};
 use crate::schema::tunnelrpc_capnp::session_manager;
@@ -154,6 +154,102 @@ impl<'a> Content<'a> for UnregisterUdpSessionParams<'a> {
         let mut p =
             content.init_as::<session_manager::unregister_udp_session_params::Builder<'_>>();
         p.set_session_id(&self.session_id);
+        write_text("unregisterUdpSession.message", self.message, |v| {
+            p.set_message(v)
+        })
+    }
+}
+
+/// `registerUdpSession` params exactly as received, before cloudflared's handler validates them:
+/// a session id of any length and a `dstIp` that may be null. Servers read this (to answer bad
+/// input with cloudflared's texts instead of failing the stream); it also encodes such input.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RegisterUdpSessionRequest<'a> {
+    /// Session UUID bytes, unchecked.
+    pub session_id: &'a [u8],
+    /// Destination IP bytes; `None` for a null pointer.
+    pub dst_ip: Option<&'a [u8]>,
+    /// Destination port.
+    pub dst_port: u16,
+    /// Idle timeout hint in nanoseconds.
+    pub close_after_idle_hint_ns: i64,
+    /// Jaeger trace context, or empty.
+    pub trace_context: &'a str,
+}
+
+impl<'a> Content<'a> for RegisterUdpSessionRequest<'a> {
+    fn read(content: any_pointer::Reader<'a>) -> Result<Self, DecodeError> {
+        let p = content
+            .get_as::<session_manager::register_udp_session_params::Reader<'a>>()
+            .map_err(malformed("registerUdpSession params"))?;
+        let dst_ip = if p.has_dst_ip() {
+            Some(read_data(p.get_dst_ip(), "registerUdpSession.dstIp")?)
+        } else {
+            None
+        };
+        Ok(RegisterUdpSessionRequest {
+            session_id: read_data(p.get_session_id(), "registerUdpSession.sessionId")?,
+            dst_ip,
+            dst_port: p.get_dst_port(),
+            close_after_idle_hint_ns: p.get_close_after_idle_hint(),
+            trace_context: read_text(p.get_trace_context(), "registerUdpSession.traceContext")?,
+        })
+    }
+
+    fn words(&self) -> usize {
+        5 + data_words(self.session_id)
+            + data_words(self.dst_ip.unwrap_or_default())
+            + text_words(self.trace_context)
+    }
+
+    fn write(&self, content: any_pointer::Builder<'_>) -> Result<(), EncodeError> {
+        let mut p = content.init_as::<session_manager::register_udp_session_params::Builder<'_>>();
+        write_data("registerUdpSession.sessionId", self.session_id, |v| {
+            p.set_session_id(v)
+        })?;
+        if let Some(ip) = self.dst_ip {
+            // Set even when empty: an empty `dstIp` and a null one get different answers.
+            check_len("registerUdpSession.dstIp", ip.len(), MAX_LIST_LEN)?;
+            p.set_dst_ip(ip);
+        }
+        p.set_dst_port(self.dst_port);
+        p.set_close_after_idle_hint(self.close_after_idle_hint_ns);
+        write_text("registerUdpSession.traceContext", self.trace_context, |v| {
+            p.set_trace_context(v)
+        })
+    }
+}
+
+/// `unregisterUdpSession` params exactly as received: a session id of any length.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct UnregisterUdpSessionRequest<'a> {
+    /// Session UUID bytes, unchecked.
+    pub session_id: &'a [u8],
+    /// Why the session ended.
+    pub message: &'a str,
+}
+
+impl<'a> Content<'a> for UnregisterUdpSessionRequest<'a> {
+    fn read(content: any_pointer::Reader<'a>) -> Result<Self, DecodeError> {
+        let p = content
+            .get_as::<session_manager::unregister_udp_session_params::Reader<'a>>()
+            .map_err(malformed("unregisterUdpSession params"))?;
+        Ok(UnregisterUdpSessionRequest {
+            session_id: read_data(p.get_session_id(), "unregisterUdpSession.sessionId")?,
+            message: read_text(p.get_message(), "unregisterUdpSession.message")?,
+        })
+    }
+
+    fn words(&self) -> usize {
+        2 + data_words(self.session_id) + text_words(self.message)
+    }
+
+    fn write(&self, content: any_pointer::Builder<'_>) -> Result<(), EncodeError> {
+        let mut p =
+            content.init_as::<session_manager::unregister_udp_session_params::Builder<'_>>();
+        write_data("unregisterUdpSession.sessionId", self.session_id, |v| {
+            p.set_session_id(v)
+        })?;
         write_text("unregisterUdpSession.message", self.message, |v| {
             p.set_message(v)
         })

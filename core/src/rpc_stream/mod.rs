@@ -1,9 +1,14 @@
-//! RPC streams: bidirectional streams the edge opens with the RPC signature to call the
-//! connector's `CloudflaredServer` (remote configuration, datagram-v2 sessions), one call per
-//! stream. [`connector::RpcStreamServer`] answers; [`edge::RpcStreamClient`] calls.
+//! RPC streams: bidirectional streams opened with the RPC signature for one call each. The
+//! edge opens them to call the connector's `CloudflaredServer` (remote configuration,
+//! datagram-v2 session registration and unregistration); the connector opens them to call the
+//! edge's `SessionManager` (unregistering a datagram-v2 session that ended on its side).
+//! [`client::RpcStreamClient`] calls, [`server::RpcStreamServer`] answers, in either role.
 
-pub mod connector;
-pub mod edge;
+pub mod client;
+pub mod server;
+
+#[cfg(test)]
+mod tests;
 
 /// The version of the remotely managed configuration, as cloudflared's orchestrator tracks it:
 /// process-wide, starting at -1, moving only forward.
@@ -69,7 +74,7 @@ impl ConfigVersions {
 }
 
 #[cfg(test)]
-mod tests {
+mod version_tests {
     use super::*;
 
     #[test]

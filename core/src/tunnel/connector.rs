@@ -5,8 +5,11 @@
 //! drain, close with application code 0 and an empty reason, as cloudflared does.
 //!
 //! Edge-opened streams start with a preamble. RPC streams are served (remote configuration;
-//! datagram-v2 session calls are refused as on a v3 connection). Data streams are proxied to
-//! origin flows the driver opens on request ([`OriginAction`]); see [`super::data`].
+//! datagram-v2 session registration and unregistration on a v2 connection, refused as
+//! cloudflared refuses them on a v3 one). Data streams are proxied to origin flows the driver
+//! opens on request ([`OriginAction`]); see [`super::data`]. When a v2 session ends on this
+//! side, [`ConnectorConnection::unregister_udp_session`] tells the edge on an RPC stream of
+//! our own, as cloudflared does; its failure is only logged.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -22,12 +25,16 @@ use thiserror::Error;
 use tracing::{debug, info, warn};
 
 use super::data::{reset, DataLimits, DataStreams, FlowId, OriginAction};
-use super::quic_io::{exchange_events, flush_stream, poll_conn_transmit, read_stream};
+use super::quic_io::{
+    exchange_events, flush_stream, poll_conn_transmit, read_stream, send_datagram, DatagramError,
+};
 use super::Transmit;
 use crate::control::connector::{ControlClient, ControlEvent};
 use crate::control::{ApiError, ConnectionDetails, Registration, RegistrationError};
-use crate::rpc_stream::connector::{RpcStreamEvent, RpcStreamServer};
+use crate::rpc_stream::client::{RpcCallOutcome, RpcStreamClient};
+use crate::rpc_stream::server::{RpcStreamEvent, RpcStreamServer};
 use crate::rpc_stream::ConfigUpdateResult;
+use crate::session::{DatagramVersion, SessionId};
 use crate::stream::preamble::{self, StreamKind};
 
 /// What a connector connection needs to know.
@@ -71,6 +78,26 @@ pub enum ConnectorEvent {
         /// Configuration JSON.
         config: Vec<u8>,
     },
+    /// The edge asks for a datagram-v2 UDP session; register it with the session manager and
+    /// answer with [`ConnectorConnection::respond_udp_session`].
+    UdpSessionRequested {
+        /// The RPC stream to answer on.
+        stream: StreamId,
+        /// The session.
+        id: SessionId,
+        /// The origin it is for.
+        dest: SocketAddr,
+        /// `closeAfterIdleHint` in nanoseconds (0 or below: the default).
+        idle_hint_nanos: i64,
+    },
+    /// The edge ended a datagram-v2 UDP session (already acknowledged); close it without
+    /// telling the edge back.
+    UdpSessionUnregistered {
+        /// The session.
+        id: SessionId,
+        /// The edge's reason.
+        message: String,
+    },
     /// The connection is gone; nothing more will happen.
     Closed {
         /// Why, in words.
@@ -111,13 +138,21 @@ enum State {
 enum Incoming {
     /// Waiting for the whole preamble.
     Preamble(Vec<u8>),
-    /// An RPC stream: one call to our `CloudflaredServer`.
+    /// An RPC stream: one call to our `CloudflaredServer`; finished once it is settled and
+    /// `unsent` is written.
     Rpc {
         server: RpcStreamServer,
         unsent: Vec<u8>,
-        /// Finish the stream once `unsent` is written.
-        answered: bool,
     },
+}
+
+/// An RPC stream we opened: `unregisterUdpSession` on the edge's `SessionManager`.
+struct Call {
+    client: RpcStreamClient,
+    id: SessionId,
+    unsent: Vec<u8>,
+    /// Given up on (stream reset) if unanswered by then (`--rpc-timeout`).
+    deadline: Instant,
 }
 
 struct Control {
@@ -138,6 +173,8 @@ pub struct ConnectorConnection {
     control: Option<Control>,
     /// Edge-opened streams, from the preamble on.
     incoming: HashMap<StreamId, Incoming>,
+    /// RPC streams we opened.
+    calls: HashMap<StreamId, Call>,
     data: DataStreams,
     shutdown_requested: bool,
     events: VecDeque<ConnectorEvent>,
@@ -169,6 +206,7 @@ impl ConnectorConnection {
             state: State::Handshaking,
             control: None,
             incoming: HashMap::new(),
+            calls: HashMap::new(),
             data: DataStreams::new(data),
             shutdown_requested: false,
             events: VecDeque::new(),
@@ -205,6 +243,7 @@ impl ConnectorConnection {
             c.client.handle_timeout(now);
         }
         self.data.expire_idle(now);
+        self.expire_calls(now);
         if matches!(self.state, State::Draining(deadline) if deadline <= now) {
             warn!(
                 conn_index = self.config.registration.conn_index,
@@ -300,11 +339,13 @@ impl ConnectorConnection {
             State::Draining(deadline) => Some(deadline),
             _ => None,
         };
+        let call = self.calls.values().map(|c| c.deadline).min();
         [
             self.conn.poll_timeout(),
             control,
             self.data.poll_timeout(),
             drain,
+            call,
         ]
         .into_iter()
         .flatten()
@@ -314,6 +355,34 @@ impl ConnectorConnection {
     /// The next event.
     pub fn poll_event(&mut self) -> Option<ConnectorEvent> {
         self.events.pop_front()
+    }
+
+    /// The datagram format of this connection, from the features it registers with.
+    pub fn datagram_version(&self) -> DatagramVersion {
+        DatagramVersion::from_features(&self.config.registration.features)
+    }
+
+    /// The next QUIC datagram received from the edge.
+    pub fn poll_datagram(&mut self) -> Option<Bytes> {
+        self.conn.datagrams().recv()
+    }
+
+    /// Queues a QUIC datagram for the edge.
+    pub fn send_datagram(&mut self, datagram: Bytes) -> Result<(), DatagramError> {
+        if matches!(self.state, State::Closing | State::Closed) {
+            return Err(DatagramError::Closed);
+        }
+        send_datagram(&mut self.conn, datagram)
+    }
+
+    /// The largest datagram the connection carries now (peer limit and path MTU).
+    pub fn max_datagram_size(&mut self) -> Option<usize> {
+        self.conn.datagrams().max_size()
+    }
+
+    /// quinn's counters for the connection (frames, packets, path).
+    pub fn quic_stats(&self) -> quinn_proto::ConnectionStats {
+        self.conn.stats()
     }
 
     /// True once the connection is fully gone.
@@ -370,10 +439,16 @@ impl ConnectorConnection {
             {
                 self.read_control(now);
             }
+            Event::Stream(StreamEvent::Readable { id }) if self.calls.contains_key(&id) => {
+                self.read_call(id);
+            }
+            Event::Stream(StreamEvent::Writable { id }) if self.calls.contains_key(&id) => {
+                self.flush_call(id);
+            }
             Event::Stream(StreamEvent::Readable { id }) => self.read_incoming(now, id),
             Event::Stream(StreamEvent::Writable { id }) => self.flush_incoming(id),
-            // Datagrams arrive with the datagram half of the tunnel (issue 4); uni streams are
-            // refused by the transport settings.
+            // Received datagrams wait in quinn for `poll_datagram`; uni streams are refused by
+            // the transport settings.
             _ => {}
         }
     }
@@ -415,6 +490,7 @@ impl ConnectorConnection {
 
     /// Reads an edge-opened stream: first its preamble, then what its kind calls for.
     fn read_incoming(&mut self, now: Instant, id: StreamId) {
+        let version = self.datagram_version();
         let Some(state) = self.incoming.get_mut(&id) else {
             return;
         };
@@ -435,9 +511,8 @@ impl ConnectorConnection {
                 Ok(Some(kind @ StreamKind::Rpc)) => {
                     received = buf.split_off(kind.preamble_len());
                     *state = Incoming::Rpc {
-                        server: RpcStreamServer::new(),
+                        server: RpcStreamServer::connector(version),
                         unsent: Vec::new(),
-                        answered: false,
                     };
                 }
                 Ok(Some(kind @ StreamKind::Data { .. })) => {
@@ -472,6 +547,30 @@ impl ConnectorConnection {
                     RpcStreamEvent::SessionMethodRefused(method) => {
                         debug!(stream = %id, method, "refused a datagram-v2 session call");
                     }
+                    RpcStreamEvent::RegisterUdpSession {
+                        id: session,
+                        dest,
+                        idle_hint_nanos,
+                        trace_context: _,
+                    } => {
+                        self.events.push_back(ConnectorEvent::UdpSessionRequested {
+                            stream: id,
+                            id: session,
+                            dest,
+                            idle_hint_nanos,
+                        });
+                    }
+                    RpcStreamEvent::UnregisterUdpSession {
+                        id: session,
+                        message,
+                    } => {
+                        debug!(stream = %id, session_id = %session, %message, "edge unregistered a UDP session");
+                        self.events
+                            .push_back(ConnectorEvent::UdpSessionUnregistered {
+                                id: session,
+                                message,
+                            });
+                    }
                 }
             }
             self.flush_incoming(id);
@@ -485,27 +584,161 @@ impl ConnectorConnection {
         stream: StreamId,
         result: &ConfigUpdateResult,
     ) -> Result<(), ConnectorError> {
-        let Some(Incoming::Rpc {
-            server, answered, ..
-        }) = self.incoming.get_mut(&stream)
-        else {
+        let Some(Incoming::Rpc { server, .. }) = self.incoming.get_mut(&stream) else {
             return Err(ApiError::Closed.into());
         };
         server.respond_configuration(result)?;
-        *answered = true;
         self.flush_incoming(stream);
         self.progress(now);
         Ok(())
     }
 
+    /// Answers a [`ConnectorEvent::UdpSessionRequested`] received on RPC stream `stream`:
+    /// `Err(text)` goes into the response's `err` (what
+    /// [`crate::session::SessionAction::V2Registered`] carries).
+    pub fn respond_udp_session(
+        &mut self,
+        now: Instant,
+        stream: StreamId,
+        result: Result<(), String>,
+    ) -> Result<(), ConnectorError> {
+        let Some(Incoming::Rpc { server, .. }) = self.incoming.get_mut(&stream) else {
+            return Err(ApiError::Closed.into());
+        };
+        server.respond_register_udp_session(result)?;
+        self.flush_incoming(stream);
+        self.progress(now);
+        Ok(())
+    }
+
+    /// Tells the edge that datagram-v2 session `id` ended here (what
+    /// [`crate::session::SessionAction::V2Unregister`] asks): `unregisterUdpSession(id,
+    /// message)` on a new RPC stream. As in cloudflared, a failure (no stream credit, an
+    /// exception, no answer within the RPC timeout) is only logged.
+    pub fn unregister_udp_session(&mut self, now: Instant, id: SessionId, message: &str) {
+        let conn_index = self.config.registration.conn_index;
+        if !matches!(
+            self.state,
+            State::Serving | State::Unregistering | State::Draining(_)
+        ) {
+            debug!(conn_index, session_id = %id, "connection not serving; not unregistering the UDP session with the edge");
+            return;
+        }
+        let mut client = match RpcStreamClient::unregister_udp_session(id, message) {
+            Ok(client) => client,
+            Err(e) => {
+                warn!(conn_index, session_id = %id, error = %e, "Failed to unregister udp session with edge");
+                return;
+            }
+        };
+        let Some(stream) = self.conn.streams().open(Dir::Bi) else {
+            debug!(conn_index, session_id = %id, "Failed to open quic stream to unregister udp session with edge");
+            return;
+        };
+        debug!(conn_index, session_id = %id, %stream, %message, "unregistering UDP session with the edge");
+        let unsent = client.poll_transmit().unwrap_or_default();
+        self.calls.insert(
+            stream,
+            Call {
+                client,
+                id,
+                unsent,
+                deadline: now + self.config.rpc_timeout,
+            },
+        );
+        self.flush_call(stream);
+        self.progress(now);
+    }
+
+    /// RPC streams of ours still waiting for their answer.
+    pub fn pending_calls(&self) -> usize {
+        self.calls.len()
+    }
+
+    fn flush_call(&mut self, stream: StreamId) {
+        let Some(call) = self.calls.get_mut(&stream) else {
+            return;
+        };
+        if let Some(bytes) = call.client.poll_transmit() {
+            call.unsent.extend_from_slice(&bytes);
+        }
+        if let Err(e) = flush_stream(&mut self.conn, stream, &mut call.unsent) {
+            let id = call.id;
+            self.end_call(
+                stream,
+                Some(RpcCallOutcome::Failed(format!("write: {e}"))),
+                id,
+            );
+        }
+    }
+
+    /// Reads the edge's answer on one of our RPC streams.
+    fn read_call(&mut self, stream: StreamId) {
+        let Some(call) = self.calls.get_mut(&stream) else {
+            return;
+        };
+        let mut received = Vec::new();
+        let outcome = match read_stream(&mut self.conn, stream, &mut received) {
+            Ok(finished) => match call.client.handle_bytes(&received) {
+                Ok(()) => call.client.poll_outcome().or_else(|| {
+                    finished.then(|| RpcCallOutcome::Failed("stream ended unanswered".into()))
+                }),
+                Err(e) => Some(RpcCallOutcome::Failed(e.to_string())),
+            },
+            Err(e) => Some(RpcCallOutcome::Failed(format!("stream reset: {e}"))),
+        };
+        let id = call.id;
+        if outcome.is_some() {
+            self.end_call(stream, outcome, id);
+        }
+    }
+
+    /// Ends one of our RPC streams: on an answer, our last bytes (Finish) and FIN; otherwise a
+    /// reset. Either way the edge's side is stopped (cloudflared closes the stream).
+    fn end_call(&mut self, stream: StreamId, outcome: Option<RpcCallOutcome>, id: SessionId) {
+        let Some(mut call) = self.calls.remove(&stream) else {
+            return;
+        };
+        let conn_index = self.config.registration.conn_index;
+        match outcome {
+            Some(RpcCallOutcome::UdpSessionUnregistered) => {
+                debug!(conn_index, session_id = %id, "edge acknowledged the UDP session's end");
+                if let Some(bytes) = call.client.poll_transmit() {
+                    call.unsent.extend_from_slice(&bytes);
+                }
+                let _ = flush_stream(&mut self.conn, stream, &mut call.unsent);
+                let _ = self.conn.send_stream(stream).finish();
+                let _ = self.conn.recv_stream(stream).stop(VarInt::from_u32(0));
+                return;
+            }
+            Some(RpcCallOutcome::Failed(reason)) => {
+                warn!(conn_index, session_id = %id, %reason, "Failed to unregister udp session with edge");
+            }
+            Some(other) => {
+                warn!(conn_index, session_id = %id, answer = ?other, "Failed to unregister udp session with edge");
+            }
+            None => {
+                warn!(conn_index, session_id = %id, "Failed to unregister udp session with edge: no answer before the RPC timeout");
+            }
+        }
+        reset(&mut self.conn, stream);
+    }
+
+    fn expire_calls(&mut self, now: Instant) {
+        let expired: Vec<(StreamId, SessionId)> = self
+            .calls
+            .iter()
+            .filter(|(_, c)| c.deadline <= now)
+            .map(|(&s, c)| (s, c.id))
+            .collect();
+        for (stream, id) in expired {
+            self.end_call(stream, None, id);
+        }
+    }
+
     /// Writes what an RPC stream has to say; finishes it once answered.
     fn flush_incoming(&mut self, id: StreamId) {
-        let Some(Incoming::Rpc {
-            server,
-            unsent,
-            answered,
-        }) = self.incoming.get_mut(&id)
-        else {
+        let Some(Incoming::Rpc { server, unsent }) = self.incoming.get_mut(&id) else {
             return;
         };
         if let Some(bytes) = server.poll_transmit() {
@@ -515,8 +748,11 @@ impl ConnectorConnection {
             self.incoming.remove(&id);
             return;
         }
-        if *answered && unsent.is_empty() {
+        if server.is_settled() && unsent.is_empty() {
+            // cloudflared closes an RPC stream once its conversation is over: FIN, and
+            // STOP_SENDING for whatever the edge still sends (Finish, Abort).
             let _ = self.conn.send_stream(id).finish();
+            let _ = self.conn.recv_stream(id).stop(VarInt::from_u32(0));
             self.incoming.remove(&id);
         }
     }
@@ -631,6 +867,7 @@ impl ConnectorConnection {
 
     fn finish(&mut self, reason: String) {
         self.data.close_all();
+        self.calls.clear();
         if self.state != State::Closed {
             self.state = State::Closed;
             self.events.push_back(ConnectorEvent::Closed { reason });

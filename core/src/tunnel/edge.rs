@@ -1,14 +1,17 @@
 //! The edge's side: a QUIC server endpoint accepting tunnel connections. The first
 //! bidirectional stream a connector opens is its control stream; registrations are handed to
 //! the caller, which checks credentials and answers. The edge opens data streams for the
-//! requests it is given ([`EdgeEndpoint::open_request`]) and reports each response.
+//! requests it is given ([`EdgeEndpoint::open_request`]) and reports each response, and RPC
+//! streams for calls to the connector (remote configuration, datagram-v2 sessions). Further
+//! streams the connector opens are RPC streams to the edge's `SessionManager`
+//! (`unregisterUdpSession`), served here and reported as [`EdgeEvent::UdpSessionUnregistered`].
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use quinn_proto::{
     Connection, ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event,
     ServerConfig, StreamEvent, StreamId, VarInt,
@@ -16,15 +19,18 @@ use quinn_proto::{
 use tracing::{debug, warn};
 
 use super::quic_io::{
-    exchange_events, flush_stream, poll_conn_transmit, read_stream, read_stream_max,
+    exchange_events, flush_stream, poll_conn_transmit, read_stream, read_stream_max, send_datagram,
+    DatagramError,
 };
 use super::Transmit;
 use crate::control::edge::{ControlServer, EdgeControlEvent};
 use crate::control::{ApiError, ConnectionDetails, Registration, RegistrationError};
 use crate::rpc::frame::{frame_len, FrameLimits};
-use crate::rpc_stream::edge::{RpcCallOutcome, RpcStreamClient};
+use crate::rpc_stream::client::{RpcCallOutcome, RpcStreamClient};
+use crate::rpc_stream::server::{RpcStreamEvent, RpcStreamServer};
+use crate::session::SessionId;
 use crate::stream::connect::{decode_connect_response, ConnectRequest};
-use crate::stream::preamble::{DATA_PREAMBLE, DATA_PREAMBLE_LEN};
+use crate::stream::preamble::{self, StreamKind, DATA_PREAMBLE, DATA_PREAMBLE_LEN};
 
 /// Identifies one connector connection at this edge.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -58,6 +64,25 @@ pub enum EdgeEvent {
         conn: ConnId,
         /// Its answer.
         outcome: RpcCallOutcome,
+    },
+    /// The connector answered `registerUdpSession` (or the call failed: `Err` either way).
+    UdpSessionRegistered {
+        /// Which connection.
+        conn: ConnId,
+        /// The session.
+        id: SessionId,
+        /// `Ok` when the response's `err` is empty.
+        result: Result<(), String>,
+    },
+    /// The connector ended a datagram-v2 session on its side (`unregisterUdpSession` on a
+    /// stream it opened; already acknowledged).
+    UdpSessionUnregistered {
+        /// Which connection.
+        conn: ConnId,
+        /// The session.
+        id: SessionId,
+        /// Why, in the connector's words (e.g. `session idle for 3s`).
+        message: String,
     },
     /// The connector answered a request with its `ConnectResponse`.
     Response {
@@ -98,6 +123,8 @@ struct EdgeConnection {
     control: Option<ControlStream>,
     /// RPC streams we opened, each carrying one call.
     calls: BTreeMap<StreamId, RpcCall>,
+    /// RPC streams the connector opened (besides the control stream), served here.
+    served: BTreeMap<StreamId, Served>,
     /// Data streams we opened.
     data: BTreeMap<StreamId, DataStream>,
     closed: bool,
@@ -117,8 +144,28 @@ struct DataStream {
 
 struct RpcCall {
     client: RpcStreamClient,
+    called: Called,
     unsent: Vec<u8>,
     received: Vec<u8>,
+}
+
+/// What one of our RPC streams calls, to report its outcome.
+#[derive(Debug, Clone, Copy)]
+enum Called {
+    UpdateConfiguration,
+    RegisterUdpSession(SessionId),
+    UnregisterUdpSession(SessionId),
+}
+
+/// A connector-opened stream other than the control stream.
+enum Served {
+    /// Waiting for the whole signature.
+    Preamble(Vec<u8>),
+    /// An RPC stream to our `SessionManager`.
+    Rpc {
+        server: RpcStreamServer,
+        unsent: Vec<u8>,
+    },
 }
 
 struct ControlStream {
@@ -175,6 +222,7 @@ impl EdgeEndpoint {
                                 conn,
                                 control: None,
                                 calls: BTreeMap::new(),
+                                served: BTreeMap::new(),
                                 data: BTreeMap::new(),
                                 closed: false,
                             },
@@ -234,8 +282,46 @@ impl EdgeEndpoint {
         version: i32,
         config: &[u8],
     ) -> Result<StreamId, ApiError> {
+        let client = RpcStreamClient::update_configuration(version, config)?;
+        self.call(now, conn, client, Called::UpdateConfiguration)
+    }
+
+    /// Asks `conn` for datagram-v2 session `id` to `dest` (`registerUdpSession` on a new RPC
+    /// stream); the answer comes as [`EdgeEvent::UdpSessionRegistered`].
+    pub fn register_udp_session(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        id: SessionId,
+        dest: SocketAddr,
+        idle_hint_nanos: i64,
+    ) -> Result<StreamId, ApiError> {
+        let client = RpcStreamClient::register_udp_session(id, dest, idle_hint_nanos, "")?;
+        self.call(now, conn, client, Called::RegisterUdpSession(id))
+    }
+
+    /// Ends datagram-v2 session `id` on `conn` (`unregisterUdpSession` on a new RPC stream).
+    /// The connector closes it without calling back; a failure is only logged.
+    pub fn unregister_udp_session(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        id: SessionId,
+        message: &str,
+    ) -> Result<StreamId, ApiError> {
+        let client = RpcStreamClient::unregister_udp_session(id, message)?;
+        self.call(now, conn, client, Called::UnregisterUdpSession(id))
+    }
+
+    /// Opens an RPC stream on `conn` carrying `client`'s call.
+    fn call(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        mut client: RpcStreamClient,
+        called: Called,
+    ) -> Result<StreamId, ApiError> {
         let c = self.conns.get_mut(&conn).ok_or(ApiError::Closed)?;
-        let mut client = RpcStreamClient::update_configuration(version, config)?;
         let stream = c.conn.streams().open(Dir::Bi).ok_or(ApiError::Encode(
             "no stream credit for an RPC stream".into(),
         ))?;
@@ -244,6 +330,7 @@ impl EdgeEndpoint {
             stream,
             RpcCall {
                 client,
+                called,
                 unsent,
                 received: Vec::new(),
             },
@@ -398,6 +485,31 @@ impl EdgeEndpoint {
         self.events.pop_front()
     }
 
+    /// Queues a QUIC datagram for connector connection `conn`.
+    pub fn send_datagram(&mut self, conn: ConnId, datagram: Bytes) -> Result<(), DatagramError> {
+        match self.conns.get_mut(&conn) {
+            Some(c) if !c.closed => send_datagram(&mut c.conn, datagram),
+            _ => Err(DatagramError::Closed),
+        }
+    }
+
+    /// The next QUIC datagram any connector sent, with the connection it came on.
+    pub fn poll_datagram(&mut self) -> Option<(ConnId, Bytes)> {
+        self.conns
+            .iter_mut()
+            .find_map(|(&id, c)| c.conn.datagrams().recv().map(|d| (id, d)))
+    }
+
+    /// The largest datagram connection `conn` carries now.
+    pub fn max_datagram_size(&mut self, conn: ConnId) -> Option<usize> {
+        self.conns.get_mut(&conn)?.conn.datagrams().max_size()
+    }
+
+    /// quinn's counters for connection `conn`.
+    pub fn quic_stats(&self, conn: ConnId) -> Option<quinn_proto::ConnectionStats> {
+        self.conns.get(&conn).map(|c| c.conn.stats())
+    }
+
     /// Connections currently held.
     pub fn connection_count(&self) -> usize {
         self.conns.len()
@@ -416,6 +528,10 @@ impl EdgeEndpoint {
                     call.unsent.extend_from_slice(&bytes);
                 }
                 let _ = flush_stream(&mut c.conn, stream, &mut call.unsent);
+            }
+            let served: Vec<StreamId> = c.served.keys().copied().collect();
+            for stream in served {
+                flush_served(c, stream);
             }
             let mut broken = Vec::new();
             for (&stream, d) in c.data.iter_mut() {
@@ -475,9 +591,9 @@ fn on_quic_event(
                     // Data that came with the opening frame gets no Readable event of its own.
                     read_control(now, id, c);
                 } else {
-                    // The connector opens further streams only for datagram-v2 unregistration,
-                    // which arrives with the datagram half of the tunnel.
-                    super::data::reset(&mut c.conn, stream);
+                    // Further connector streams are RPC streams to our `SessionManager`.
+                    c.served.insert(stream, Served::Preamble(Vec::new()));
+                    read_served(id, stream, c, events);
                 }
             }
         }
@@ -488,6 +604,9 @@ fn on_quic_event(
         }
         Event::Stream(StreamEvent::Readable { id: stream }) if c.data.contains_key(&stream) => {
             read_data(id, stream, c, events)
+        }
+        Event::Stream(StreamEvent::Readable { id: stream }) if c.served.contains_key(&stream) => {
+            read_served(id, stream, c, events)
         }
         Event::Stream(StreamEvent::Stopped { id: stream, .. }) => {
             // The connector wants no more request bytes (cloudflared stops reading once a
@@ -603,14 +722,128 @@ fn read_call(
         }
         Err(e) => Some(RpcCallOutcome::Failed(format!("stream reset: {e}"))),
     };
-    if let Some(outcome) = outcome {
-        if let Some(bytes) = call.client.poll_transmit() {
-            call.unsent.extend_from_slice(&bytes);
+    let Some(outcome) = outcome else {
+        return;
+    };
+    if let Some(bytes) = call.client.poll_transmit() {
+        call.unsent.extend_from_slice(&bytes);
+    }
+    let _ = flush_stream(&mut c.conn, stream, &mut call.unsent);
+    let _ = c.conn.send_stream(stream).finish();
+    // Whatever else the connector sends on it is of no interest.
+    let _ = c.conn.recv_stream(stream).stop(VarInt::from_u32(0));
+    let called = call.called;
+    c.calls.remove(&stream);
+    match (called, outcome) {
+        (Called::UpdateConfiguration, outcome) => {
+            events.push_back(EdgeEvent::ConfigurationResult { conn: id, outcome })
         }
-        let _ = flush_stream(&mut c.conn, stream, &mut call.unsent);
+        (Called::RegisterUdpSession(session), outcome) => {
+            let result = match outcome {
+                RpcCallOutcome::UdpSessionRegistered(result) => result,
+                RpcCallOutcome::Failed(reason) => Err(reason),
+                other => Err(format!("unexpected answer {other:?}")),
+            };
+            events.push_back(EdgeEvent::UdpSessionRegistered {
+                conn: id,
+                id: session,
+                result,
+            });
+        }
+        (Called::UnregisterUdpSession(session), RpcCallOutcome::UdpSessionUnregistered) => {
+            debug!(conn = id.0, session_id = %session, "connector acknowledged unregisterUdpSession");
+        }
+        (Called::UnregisterUdpSession(session), outcome) => {
+            warn!(conn = id.0, session_id = %session, ?outcome, "unregisterUdpSession failed");
+        }
+    }
+}
+
+/// Reads a connector-opened stream: its signature, then the RPC conversation.
+fn read_served(
+    id: ConnId,
+    stream: StreamId,
+    c: &mut EdgeConnection,
+    events: &mut VecDeque<EdgeEvent>,
+) {
+    let Some(served) = c.served.get_mut(&stream) else {
+        return;
+    };
+    let mut received = Vec::new();
+    let finished = match read_stream(&mut c.conn, stream, &mut received) {
+        Ok(finished) => finished,
+        Err(e) => {
+            debug!(conn = id.0, stream = %stream, error = %e, "connector reset an RPC stream");
+            c.served.remove(&stream);
+            return;
+        }
+    };
+    if let Served::Preamble(buf) = served {
+        buf.extend_from_slice(&received);
+        match preamble::parse(buf) {
+            Ok(None) if !finished => return,
+            Ok(Some(kind @ StreamKind::Rpc)) => {
+                received = buf.split_off(kind.preamble_len());
+                *served = Served::Rpc {
+                    server: RpcStreamServer::edge(),
+                    unsent: Vec::new(),
+                };
+            }
+            Ok(_) | Err(_) => {
+                debug!(conn = id.0, stream = %stream, "connector stream is not an RPC stream");
+                c.served.remove(&stream);
+                super::data::reset(&mut c.conn, stream);
+                return;
+            }
+        }
+    }
+    let Some(Served::Rpc { server, .. }) = c.served.get_mut(&stream) else {
+        return;
+    };
+    if let Err(e) = server.handle_bytes(&received) {
+        warn!(conn = id.0, stream = %stream, error = %e, "RPC stream broken");
+        c.served.remove(&stream);
+        super::data::reset(&mut c.conn, stream);
+        return;
+    }
+    while let Some(event) = server.poll_event() {
+        match event {
+            RpcStreamEvent::UnregisterUdpSession {
+                id: session,
+                message,
+            } => events.push_back(EdgeEvent::UdpSessionUnregistered {
+                conn: id,
+                id: session,
+                message,
+            }),
+            // The edge's server refuses everything else itself.
+            other => debug!(conn = id.0, event = ?other, "connector RPC call"),
+        }
+    }
+    let settled = server.is_settled();
+    flush_served(c, stream);
+    if finished && !settled {
+        debug!(conn = id.0, stream = %stream, "connector ended an RPC stream unanswered");
+        c.served.remove(&stream);
+    }
+}
+
+/// Writes what a served RPC stream has to say; finishes it once its call is answered.
+fn flush_served(c: &mut EdgeConnection, stream: StreamId) {
+    let Some(Served::Rpc { server, unsent }) = c.served.get_mut(&stream) else {
+        return;
+    };
+    if let Some(bytes) = server.poll_transmit() {
+        unsent.extend_from_slice(&bytes);
+    }
+    if flush_stream(&mut c.conn, stream, unsent).is_err() {
+        c.served.remove(&stream);
+        return;
+    }
+    if server.is_settled() && unsent.is_empty() {
         let _ = c.conn.send_stream(stream).finish();
-        c.calls.remove(&stream);
-        events.push_back(EdgeEvent::ConfigurationResult { conn: id, outcome });
+        let _ = c.conn.recv_stream(stream).stop(VarInt::from_u32(0));
+        c.served.remove(&stream);
     }
 }
 

@@ -11,5 +11,6 @@ pub mod data;
 pub mod edge;
 mod quic_io;
 pub mod supervisor;
+pub mod udp;
 
-pub use quic_io::Transmit;
+pub use quic_io::{DatagramError, Transmit};

@@ -97,3 +97,35 @@ pub(crate) fn flush_stream(
     }
     Ok(())
 }
+
+/// Why a QUIC datagram could not be queued.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DatagramError {
+    /// The peer did not offer QUIC datagrams (or the connection is not up yet).
+    #[error("the peer does not accept QUIC datagrams")]
+    Unsupported,
+    /// Larger than the connection can carry now (peer limit or path MTU).
+    #[error("datagram of {0} bytes exceeds what the connection carries")]
+    TooLarge(usize),
+    /// The send queue is full (only when dropping stale datagrams is not allowed).
+    #[error("the datagram send queue is full")]
+    Full,
+    /// The connection is gone.
+    #[error("the connection is gone")]
+    Closed,
+}
+
+/// Queues `datagram` on `conn`. A full queue refuses the new datagram ([`DatagramError::Full`])
+/// rather than letting quinn drop an old one unseen: every drop is the caller's to count.
+pub(crate) fn send_datagram(
+    conn: &mut Connection,
+    datagram: bytes::Bytes,
+) -> Result<(), DatagramError> {
+    use quinn_proto::SendDatagramError as E;
+    let len = datagram.len();
+    conn.datagrams().send(datagram, false).map_err(|e| match e {
+        E::UnsupportedByPeer | E::Disabled => DatagramError::Unsupported,
+        E::TooLarge => DatagramError::TooLarge(len),
+        E::Blocked(_) => DatagramError::Full,
+    })
+}

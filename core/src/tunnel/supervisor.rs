@@ -393,6 +393,28 @@ pub enum SupervisorEvent {
         /// JSON.
         config: Vec<u8>,
     },
+    /// Datagram v2: the edge asks for a UDP session on `link` (for the session manager).
+    UdpSessionRequested {
+        /// Which attempt.
+        link: LinkId,
+        /// RPC stream to answer on.
+        stream: StreamId,
+        /// The session.
+        id: crate::session::SessionId,
+        /// Origin.
+        dest: SocketAddr,
+        /// `closeAfterIdleHint` in nanoseconds.
+        idle_hint_nanos: i64,
+    },
+    /// Datagram v2: the edge ended a UDP session on `link`.
+    UdpSessionUnregistered {
+        /// Which attempt.
+        link: LinkId,
+        /// The session.
+        id: crate::session::SessionId,
+        /// The edge's reason.
+        message: String,
+    },
     /// Pushing the local configuration failed (logged, not fatal).
     LocalConfigurationFailed {
         /// HA index.
@@ -880,6 +902,25 @@ impl Supervisor {
                             stream,
                             version,
                             config,
+                        }),
+                    ConnectorEvent::UdpSessionRequested {
+                        stream,
+                        id,
+                        dest,
+                        idle_hint_nanos,
+                    } => self.events.push_back(SupervisorEvent::UdpSessionRequested {
+                        link: r.link,
+                        stream,
+                        id,
+                        dest,
+                        idle_hint_nanos,
+                    }),
+                    ConnectorEvent::UdpSessionUnregistered { id, message } => self
+                        .events
+                        .push_back(SupervisorEvent::UdpSessionUnregistered {
+                            link: r.link,
+                            id,
+                            message,
                         }),
                     ConnectorEvent::Closed { reason } => closed = Some(reason),
                 }

@@ -1,0 +1,393 @@
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use super::*;
+use crate::datagram::v3::{Registration, ResponseCode};
+
+const A: LinkId = LinkId(1);
+const B: LinkId = LinkId(2);
+
+fn dest() -> SocketAddr {
+    "10.0.0.7:53".parse().unwrap()
+}
+
+fn registration(id: u128, idle: u16, bundled: &[u8]) -> Vec<u8> {
+    let r = Registration {
+        request_id: SessionId(id),
+        dest: dest(),
+        traced: false,
+        idle_hint_secs: idle,
+        payload: bundled,
+    };
+    let mut out = vec![0; r.encoded_len()];
+    r.encode(&mut out).unwrap();
+    out
+}
+
+fn payload(id: u128, bytes: &[u8]) -> Vec<u8> {
+    let p = v3::Payload {
+        request_id: SessionId(id),
+        payload: bytes,
+    };
+    let mut out = vec![0; p.encoded_len()];
+    p.encode(&mut out).unwrap();
+    out
+}
+
+fn actions(m: &mut SessionManager) -> Vec<SessionAction> {
+    std::iter::from_fn(|| m.poll_action()).collect()
+}
+
+fn response(link: LinkId, id: u128, code: ResponseCode) -> SessionAction {
+    let mut bytes = vec![0x03, code.to_u8()];
+    bytes.extend_from_slice(&id.to_be_bytes());
+    bytes.extend_from_slice(&[0, 0]);
+    SessionAction::Datagram {
+        link,
+        datagram: bytes.into(),
+    }
+}
+
+/// Registers `id` on `link` and opens its socket; returns the flow.
+fn open(m: &mut SessionManager, now: Instant, link: LinkId, id: u128, idle: u16) -> UdpFlowId {
+    let reg = registration(id, idle, b"");
+    assert_eq!(
+        m.handle_datagram(now, link, DatagramVersion::V3, &reg),
+        Inbound::Handled
+    );
+    let flow = match actions(m).as_slice() {
+        [SessionAction::Open { flow, dest: d }] if *d == dest() => *flow,
+        other => panic!("expected one Open, got {other:?}"),
+    };
+    m.handle_origin_opened(now, flow);
+    assert_eq!(
+        actions(m),
+        vec![response(link, id, ResponseCode::Ok)],
+        "OK is exactly cloudflared's 20 bytes"
+    );
+    flow
+}
+
+#[test]
+fn registration_opens_answers_and_forwards_in_order() {
+    let now = Instant::now();
+    let mut m = SessionManager::new(SessionLimits::default());
+    let reg = registration(7, 0, b"first");
+    assert_eq!(
+        m.handle_datagram(now, A, DatagramVersion::V3, &reg),
+        Inbound::Handled
+    );
+    let flow = match actions(&mut m).as_slice() {
+        [SessionAction::Open { flow, .. }] => *flow,
+        other => panic!("{other:?}"),
+    };
+    // A payload racing the socket's opening waits (cloudflared drops it, B§5 #8).
+    let early = payload(7, b"second");
+    assert_eq!(
+        m.handle_datagram(now, A, DatagramVersion::V3, &early),
+        Inbound::Handled
+    );
+    m.handle_origin_opened(now, flow);
+    assert_eq!(
+        actions(&mut m),
+        vec![
+            response(A, 7, ResponseCode::Ok),
+            SessionAction::Send {
+                flow,
+                payload: Bytes::from_static(b"first")
+            },
+            SessionAction::Send {
+                flow,
+                payload: Bytes::from_static(b"second")
+            },
+        ]
+    );
+    let later = payload(7, b"third");
+    assert_eq!(
+        m.handle_datagram(now, B, DatagramVersion::V3, &later),
+        Inbound::Forward {
+            flow,
+            payload: b"third"
+        },
+        "payloads are accepted from any connection, as in cloudflared"
+    );
+    assert_eq!(m.stats().total_flows, 1);
+}
+
+#[test]
+fn drops_are_counted_not_fatal() {
+    let now = Instant::now();
+    let mut m = SessionManager::new(SessionLimits::default());
+    let cases: [(&[u8], DropReason); 5] = [
+        (&[], DropReason::Malformed),
+        (&[0x00, 0x00, 0x01], DropReason::Malformed),
+        (&[0x09], DropReason::Malformed),
+        (
+            &[
+                3, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 0, 0,
+            ],
+            DropReason::UnexpectedType,
+        ),
+        (&payload(99, b"x"), DropReason::UnknownFlow),
+    ];
+    for (bytes, reason) in cases {
+        assert_eq!(
+            m.handle_datagram(now, A, DatagramVersion::V3, bytes),
+            Inbound::Dropped(reason)
+        );
+    }
+    assert_eq!(m.stats().dropped(DropReason::Malformed), 3);
+    assert_eq!(m.stats().dropped(DropReason::UnknownFlow), 1);
+    assert!(actions(&mut m).is_empty());
+}
+
+#[test]
+fn flow_limit_answers_too_many_and_failed_binds_free_their_slot() {
+    let now = Instant::now();
+    let mut m = SessionManager::new(SessionLimits {
+        max_flows: 1,
+        ..SessionLimits::default()
+    });
+    m.handle_datagram(now, A, DatagramVersion::V3, &registration(1, 0, b""));
+    let flow = match actions(&mut m).as_slice() {
+        [SessionAction::Open { flow, .. }] => *flow,
+        other => panic!("{other:?}"),
+    };
+    m.handle_datagram(now, A, DatagramVersion::V3, &registration(2, 0, b""));
+    assert_eq!(
+        actions(&mut m),
+        vec![response(A, 2, ResponseCode::TooManyActiveFlows)]
+    );
+    m.handle_origin_failed(flow, "connect: network is unreachable");
+    assert_eq!(
+        actions(&mut m),
+        vec![
+            SessionAction::Close { flow },
+            response(A, 1, ResponseCode::UnableToBindSocket)
+        ]
+    );
+    // The slot came back (cloudflared leaks it, B§5 #2).
+    open(&mut m, now, A, 3, 0);
+    assert_eq!(m.stats().rate_limited, 1);
+    assert_eq!(m.stats().bind_failures, 1);
+}
+
+#[test]
+fn duplicate_on_same_link_is_a_retry_and_other_link_migrates() {
+    let now = Instant::now();
+    let mut m = SessionManager::new(SessionLimits::default());
+    let flow = open(&mut m, now, A, 5, 0);
+    m.handle_datagram(now, A, DatagramVersion::V3, &registration(5, 0, b""));
+    assert_eq!(actions(&mut m), vec![response(A, 5, ResponseCode::Ok)]);
+    assert_eq!(m.stats().retries, 1);
+
+    m.handle_datagram(now, B, DatagramVersion::V3, &registration(5, 0, b""));
+    assert_eq!(
+        actions(&mut m),
+        vec![response(B, 5, ResponseCode::Ok)],
+        "migration tears nothing down"
+    );
+    assert_eq!(m.stats().migrated, 1);
+    let mut buf = vec![0u8; HEADROOM + 3 + TAILROOM];
+    buf[HEADROOM..HEADROOM + 3].copy_from_slice(b"abc");
+    let out = m.frame_origin(now, flow, &mut buf, 3).unwrap();
+    assert_eq!(out.link, B);
+    assert_eq!(&buf[out.range], &payload(5, b"abc")[..]);
+}
+
+#[test]
+fn idle_timer_follows_activity_and_never_spins() {
+    let t0 = Instant::now();
+    let mut m = SessionManager::new(SessionLimits::default());
+    let flow = open(&mut m, t0, A, 1, 5);
+    assert_eq!(m.poll_timeout(), Some(t0 + Duration::from_secs(5)));
+    // Activity at 3 s pushes the end to 8 s; the early wake-up re-arms instead of spinning.
+    let p = payload(1, b"x");
+    m.handle_datagram(t0 + Duration::from_secs(3), A, DatagramVersion::V3, &p);
+    let wake = m.poll_timeout().unwrap();
+    m.handle_timeout(wake);
+    assert!(actions(&mut m).is_empty());
+    let next = m.poll_timeout().unwrap();
+    assert!(next > wake, "timeout must move forward");
+    assert_eq!(next, t0 + Duration::from_secs(8));
+    m.handle_timeout(next);
+    assert_eq!(actions(&mut m), vec![SessionAction::Close { flow }]);
+    assert_eq!(m.poll_timeout(), None);
+    assert_eq!(m.active(), 0);
+    assert_eq!(m.stats().idle_closed, 1);
+}
+
+#[test]
+fn zero_hint_means_cloudflared_default() {
+    let t0 = Instant::now();
+    let mut m = SessionManager::new(SessionLimits::default());
+    open(&mut m, t0, A, 1, 0);
+    assert_eq!(m.poll_timeout(), Some(t0 + DEFAULT_IDLE));
+}
+
+#[test]
+fn frame_origin_writes_in_place_and_drops_oversize() {
+    let now = Instant::now();
+    let mut m = SessionManager::new(SessionLimits::default());
+    let flow = open(&mut m, now, A, 0xabc, 0);
+    let mut buf = vec![0u8; HEADROOM + ORIGIN_READ + TAILROOM];
+    buf[HEADROOM..HEADROOM + 4].copy_from_slice(b"pong");
+    let out = m.frame_origin(now, flow, &mut buf, 4).unwrap();
+    assert_eq!(out.range, 0..HEADROOM + 4);
+    assert_eq!(&buf[out.range], &payload(0xabc, b"pong")[..]);
+    assert_eq!(
+        m.frame_origin(now, flow, &mut buf, MAX_PAYLOAD + 1),
+        Err(DropReason::TooLarge)
+    );
+    assert_eq!(
+        m.active(),
+        1,
+        "an oversized packet does not end the session"
+    );
+    assert_eq!(
+        m.frame_origin(now, UdpFlowId(999), &mut buf, 4),
+        Err(DropReason::UnknownFlow)
+    );
+}
+
+#[test]
+fn dead_link_rehomes_or_waits_for_reregistration() {
+    let now = Instant::now();
+    let mut m = SessionManager::new(SessionLimits::default());
+    let f1 = open(&mut m, now, A, 1, 0);
+    let f2 = open(&mut m, now, A, 2, 0);
+    let mut buf = vec![0u8; HEADROOM + 8 + TAILROOM];
+    m.link_closed(A, Some(B));
+    assert_eq!(m.frame_origin(now, f1, &mut buf, 1).unwrap().link, B);
+    m.link_closed(B, None);
+    assert_eq!(
+        m.frame_origin(now, f2, &mut buf, 1),
+        Err(DropReason::NoLink)
+    );
+    // The edge re-registers on a new connection: same socket, now reachable again.
+    m.handle_datagram(
+        now,
+        LinkId(3),
+        DatagramVersion::V3,
+        &registration(2, 0, b""),
+    );
+    assert_eq!(
+        actions(&mut m),
+        vec![response(LinkId(3), 2, ResponseCode::Ok)]
+    );
+    assert_eq!(
+        m.frame_origin(now, f2, &mut buf, 1).unwrap().link,
+        LinkId(3)
+    );
+}
+
+#[test]
+fn v2_sessions_answer_over_rpc_and_unregister_when_idle() {
+    let t0 = Instant::now();
+    let mut m = SessionManager::new(SessionLimits::default());
+    let id = SessionId(0x0b6e4c3e6a4f4f559d1c3b1f2a7c9e10);
+    m.register_v2(t0, A, id, dest(), -5);
+    let flow = match actions(&mut m).as_slice() {
+        [SessionAction::Open { flow, .. }] => *flow,
+        other => panic!("{other:?}"),
+    };
+    m.handle_origin_opened(t0, flow);
+    assert_eq!(
+        actions(&mut m),
+        vec![SessionAction::V2Registered {
+            link: A,
+            id,
+            result: Ok(())
+        }]
+    );
+    // A negative hint panics cloudflared (B§5 #17); here it is the default.
+    assert_eq!(m.poll_timeout(), Some(t0 + DEFAULT_IDLE));
+
+    let uuid = uuid::Uuid::from_u128(id.0);
+    let mut dgram = b"ping".to_vec();
+    dgram.extend_from_slice(uuid.as_bytes());
+    dgram.push(0x00);
+    assert_eq!(
+        m.handle_datagram(t0, A, DatagramVersion::V2, &dgram),
+        Inbound::Forward {
+            flow,
+            payload: b"ping"
+        }
+    );
+    let mut buf = vec![0u8; HEADROOM + 4 + TAILROOM];
+    buf[HEADROOM..HEADROOM + 4].copy_from_slice(b"pong");
+    let out = m.frame_origin(t0, flow, &mut buf, 4).unwrap();
+    let mut expected = b"pong".to_vec();
+    expected.extend_from_slice(uuid.as_bytes());
+    expected.push(0x00);
+    assert_eq!(&buf[out.range], &expected[..]);
+
+    m.handle_timeout(t0 + DEFAULT_IDLE);
+    assert_eq!(
+        actions(&mut m),
+        vec![
+            SessionAction::Close { flow },
+            SessionAction::V2Unregister {
+                link: A,
+                id,
+                message: "session idle for 3m30s".into()
+            }
+        ]
+    );
+}
+
+#[test]
+fn v2_unregister_by_edge_is_not_echoed_and_limit_text_matches() {
+    let now = Instant::now();
+    let mut m = SessionManager::new(SessionLimits {
+        max_flows: 1,
+        ..SessionLimits::default()
+    });
+    let id = SessionId(1);
+    m.register_v2(now, A, id, dest(), 0);
+    let flow = match actions(&mut m).as_slice() {
+        [SessionAction::Open { flow, .. }] => *flow,
+        other => panic!("{other:?}"),
+    };
+    m.handle_origin_opened(now, flow);
+    actions(&mut m);
+    m.register_v2(now, A, SessionId(2), dest(), 0);
+    assert_eq!(
+        actions(&mut m),
+        vec![SessionAction::V2Registered {
+            link: A,
+            id: SessionId(2),
+            result: Err(V2_RATE_LIMITED.into())
+        }]
+    );
+    m.unregister_v2(id, "eyeball went away");
+    assert_eq!(actions(&mut m), vec![SessionAction::Close { flow }]);
+}
+
+#[test]
+fn go_durations() {
+    for (d, text) in [
+        (Duration::ZERO, "0s"),
+        (Duration::from_secs(210), "3m30s"),
+        (Duration::from_secs(5), "5s"),
+        (Duration::from_secs(3605), "1h0m5s"),
+        (Duration::from_millis(1500), "1.5s"),
+        (Duration::from_millis(250), "250ms"),
+        (Duration::from_nanos(1500), "1.5\u{b5}s"),
+        (Duration::from_nanos(7), "7ns"),
+    ] {
+        assert_eq!(go_duration(d), text);
+    }
+}
+
+#[test]
+fn features_choose_the_version() {
+    assert_eq!(
+        DatagramVersion::from_features(&["support_datagram_v2", "support_datagram_v3_2"]),
+        DatagramVersion::V3
+    );
+    assert_eq!(
+        DatagramVersion::from_features(&["support_datagram_v2", "support_datagram_v3_1"]),
+        DatagramVersion::V2
+    );
+}

@@ -1,0 +1,295 @@
+//! The connector's datagram plane: one [`SessionManager`] and one [`IcmpRouter`] for every
+//! tunnel connection of the process, and the routing between them and the connections.
+//!
+//! Drivers own sockets only. For each connection they call [`DatagramHub::drain`] after every
+//! input; it takes the connection's received datagrams and hands back, through a callback,
+//! what must leave through a socket now ([`Egress`], borrowed from the datagram: no copy, no
+//! allocation). Origin reads come back through [`DatagramHub::origin_read`] and
+//! [`DatagramHub::ping_reply`], which frame in place and send on the right connection. What is
+//! left for the driver (open/close a UDP socket or ping socket, v2 RPC answers) comes out of
+//! [`DatagramHub::poll_action`]. Every drop is counted ([`HubStats`], the manager's
+//! [`SessionStats`](crate::session::SessionStats)).
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use bytes::Bytes;
+use tracing::debug;
+
+use super::connector::ConnectorConnection;
+use crate::datagram::{v2, v3, LinkId};
+use crate::icmp::{FunnelId, IcmpRouter, RouteErrorKind, RouterAction, Verdict};
+use crate::session::{DatagramVersion, Inbound, SessionAction, SessionManager, UdpFlowId};
+
+/// Room for one IP packet in an ICMP datagram, with its type byte on either side.
+const ICMP_BUF: usize = 1 + 1500 + 1;
+
+/// Something that must leave through a socket now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Egress<'a> {
+    /// Write `payload` on the UDP socket of `flow`.
+    Udp {
+        /// The socket.
+        flow: UdpFlowId,
+        /// One datagram's payload.
+        payload: &'a [u8],
+    },
+    /// Send the ICMP `message` (no IP header) to `dst` through `funnel`'s ping socket.
+    Ping {
+        /// The ping socket.
+        funnel: FunnelId,
+        /// Destination.
+        dst: IpAddr,
+        /// ICMP header and body.
+        message: &'a [u8],
+        /// The decremented TTL, should the driver want to apply it.
+        ttl: u8,
+    },
+}
+
+/// Work for the driver.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HubAction {
+    /// A session asks for a socket, a delayed send, a close, or a v2 RPC.
+    Session(SessionAction),
+    /// The ICMP router asks for a ping socket to be opened or closed.
+    Icmp(RouterAction),
+}
+
+/// The hub's own counters (the manager and the router count their own drops).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct HubStats {
+    /// Datagrams taken from connections.
+    pub datagrams_in: u64,
+    /// Of those, UDP payload datagrams (v3 `0x01`, v2 suffix `0x00`).
+    pub payloads_in: u64,
+    /// Datagrams queued on connections (payloads, ICMP, registration responses).
+    pub datagrams_out: u64,
+    /// Datagrams a connection refused (queue full, too large, gone) or whose link is unknown.
+    pub send_refused: u64,
+    /// ICMP packets refused by the router because the edge sent something we do not proxy.
+    pub icmp_refused: u64,
+    /// Origin or ping-socket packets that could not be framed (counted by reason elsewhere).
+    pub origin_dropped: u64,
+}
+
+/// The tunnel connections the hub sends on, by link.
+pub trait Links {
+    /// The live connection of `link`, if any.
+    fn connection(&mut self, link: LinkId) -> Option<&mut ConnectorConnection>;
+}
+
+/// One datagram plane for the whole connector.
+pub struct DatagramHub {
+    /// UDP sessions.
+    pub sessions: SessionManager,
+    /// ICMP proxy.
+    pub icmp: IcmpRouter,
+    scratch: Box<[u8; ICMP_BUF]>,
+    out: Box<[u8; ICMP_BUF]>,
+    stats: HubStats,
+}
+
+impl DatagramHub {
+    /// A hub over `sessions` and `icmp`.
+    pub fn new(sessions: SessionManager, icmp: IcmpRouter) -> Self {
+        Self {
+            sessions,
+            icmp,
+            scratch: Box::new([0; ICMP_BUF]),
+            out: Box::new([0; ICMP_BUF]),
+            stats: HubStats::default(),
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &HubStats {
+        &self.stats
+    }
+
+    /// Takes every datagram `conn` (the connection of `link`) received; what must go out
+    /// through a socket is handed to `egress` before the next datagram is looked at.
+    pub fn drain(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        conn: &mut ConnectorConnection,
+        mut egress: impl FnMut(Egress<'_>),
+    ) {
+        let version = conn.datagram_version();
+        while let Some(d) = conn.poll_datagram() {
+            self.stats.datagrams_in += 1;
+            let payload_type = match version {
+                DatagramVersion::V3 => d.first() == Some(&(v3::DatagramType::Payload as u8)),
+                DatagramVersion::V2 => d.last() == Some(&(v2::DatagramType::Udp as u8)),
+            };
+            self.stats.payloads_in += u64::from(payload_type);
+            match self.sessions.handle_datagram(now, link, version, &d) {
+                Inbound::Forward { flow, payload } => egress(Egress::Udp { flow, payload }),
+                Inbound::Icmp(packet) => {
+                    self.icmp_request(now, link, version, conn, packet, &mut egress)
+                }
+                Inbound::Handled | Inbound::Dropped(_) => {}
+            }
+        }
+    }
+
+    fn icmp_request(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        version: DatagramVersion,
+        conn: &mut ConnectorConnection,
+        packet: &[u8],
+        egress: &mut impl FnMut(Egress<'_>),
+    ) {
+        // The router decrements the TTL in place; the received datagram is shared, so copy
+        // (at most 1280 bytes, into a buffer of our own).
+        let n = packet.len().min(self.scratch.len());
+        self.scratch[..n].copy_from_slice(&packet[..n]);
+        let verdict =
+            self.icmp
+                .handle_request(now, link, &mut self.scratch[..n], &mut self.out[1..]);
+        match verdict {
+            Ok(Verdict::Reply { len }) => {
+                let datagram = frame_ip(version, &mut self.out[..], len);
+                self.send(conn, datagram);
+            }
+            Ok(Verdict::Forward {
+                funnel,
+                dst,
+                message,
+                ttl,
+            }) => egress(Egress::Ping {
+                funnel,
+                dst,
+                message,
+                ttl,
+            }),
+            Err(e) => {
+                if e.kind() == RouteErrorKind::Peer {
+                    self.stats.icmp_refused += 1;
+                }
+                debug!(%link, error = %e, "ICMP packet not proxied");
+            }
+        }
+    }
+
+    /// `len` bytes read from the origin socket of `flow` sit at `buf[HEADROOM..]`
+    /// (see [`crate::session::SessionManager::frame_origin`]): frame them in place and send
+    /// them on the session's connection.
+    pub fn origin_read(
+        &mut self,
+        now: Instant,
+        flow: UdpFlowId,
+        buf: &mut [u8],
+        len: usize,
+        links: &mut (impl Links + ?Sized),
+    ) {
+        match self.sessions.frame_origin(now, flow, buf, len) {
+            Ok(out) => {
+                let datagram = Bytes::copy_from_slice(&buf[out.range]);
+                match links.connection(out.link) {
+                    Some(conn) => self.send(conn, Some(datagram)),
+                    None => self.stats.send_refused += 1,
+                }
+            }
+            Err(_) => self.stats.origin_dropped += 1,
+        }
+    }
+
+    /// `funnel`'s ping socket read `message` (an ICMP message, no IP header) from `from`.
+    pub fn ping_reply(
+        &mut self,
+        now: Instant,
+        funnel: FunnelId,
+        from: IpAddr,
+        message: &[u8],
+        links: &mut (impl Links + ?Sized),
+    ) {
+        match self
+            .icmp
+            .handle_reply(now, funnel, from, message, &mut self.out[1..])
+        {
+            Ok((link, len)) => match links.connection(link) {
+                Some(conn) => {
+                    let datagram = frame_ip(conn.datagram_version(), &mut self.out[..], len);
+                    self.send(conn, datagram);
+                }
+                None => self.stats.send_refused += 1,
+            },
+            Err(e) => {
+                self.stats.origin_dropped += 1;
+                debug!(%funnel, error = %e, "ping reply dropped");
+            }
+        }
+    }
+
+    /// Lets idle sessions and funnels end.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.sessions.poll_timeout().is_some_and(|t| t <= now) {
+            self.sessions.handle_timeout(now);
+        }
+        if self.icmp.poll_timeout().is_some_and(|t| t <= now) {
+            self.icmp.handle_timeout(now);
+        }
+    }
+
+    /// When [`DatagramHub::handle_timeout`] must run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        [self.sessions.poll_timeout(), self.icmp.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// The connection of `link` is gone; sessions move to `successor` if there is one.
+    pub fn link_closed(&mut self, link: LinkId, successor: Option<LinkId>) {
+        self.sessions.link_closed(link, successor);
+        self.icmp.link_closed(link);
+    }
+
+    /// The next thing for the driver. Registration responses are sent here, on `links`.
+    pub fn poll_action(&mut self, links: &mut (impl Links + ?Sized)) -> Option<HubAction> {
+        loop {
+            if let Some(a) = self.icmp.poll_action() {
+                return Some(HubAction::Icmp(a));
+            }
+            match self.sessions.poll_action()? {
+                SessionAction::Datagram { link, datagram } => match links.connection(link) {
+                    Some(conn) => self.send(conn, Some(datagram)),
+                    None => self.stats.send_refused += 1,
+                },
+                other => return Some(HubAction::Session(other)),
+            }
+        }
+    }
+
+    fn send(&mut self, conn: &mut ConnectorConnection, datagram: Option<Bytes>) {
+        match datagram.map(|d| conn.send_datagram(d)) {
+            Some(Ok(())) => self.stats.datagrams_out += 1,
+            _ => self.stats.send_refused += 1,
+        }
+    }
+}
+
+/// Frames the IP packet at `out[1..1 + len]` as an ICMP datagram of `version`.
+fn frame_ip(version: DatagramVersion, out: &mut [u8], len: usize) -> Option<Bytes> {
+    match version {
+        DatagramVersion::V3 => {
+            let n = v3::frame_icmp_in_place(out, len).ok()?;
+            Some(Bytes::copy_from_slice(&out[..n]))
+        }
+        DatagramVersion::V2 => {
+            let n = v2::frame_ip_in_place(&mut out[1..], len).ok()?;
+            Some(Bytes::copy_from_slice(&out[1..1 + n]))
+        }
+    }
+}
+
+impl Links for [(std::net::SocketAddr, Option<ConnectorConnection>)] {
+    /// Connections by index: the link is the index (as the simulator assigns them).
+    fn connection(&mut self, link: LinkId) -> Option<&mut ConnectorConnection> {
+        self.get_mut(usize::try_from(link.0).ok()?)?.1.as_mut()
+    }
+}

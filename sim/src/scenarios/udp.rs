@@ -1,0 +1,404 @@
+//! UDP-session scenarios (datagram v3): echo at scale under loss, idle expiry, migration when
+//! a connection dies, and a registration flood against the flow limit.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use burrow_core::datagram::v3::ResponseCode;
+use burrow_core::session::{DropReason, SessionLimits};
+use burrow_core::tunnel::edge::ConnId;
+
+use super::{expect, register, setup, Params, Setup};
+use crate::udp::{ConnectorUdp, Eyeball, ECHO_PORT, UNREACHABLE};
+use crate::world::Happening;
+
+/// `n` destinations: echo services, every 50th unreachable when `unreachable` is set.
+fn dests(n: usize, unreachable: bool) -> Vec<SocketAddr> {
+    (0..n)
+        .map(|i| {
+            let host = (i % 250 + 1) as u8;
+            if unreachable && i % 50 == 49 {
+                SocketAddr::from(([UNREACHABLE[0], UNREACHABLE[1], 0, host], ECHO_PORT))
+            } else {
+                SocketAddr::from(([10, 0, (i / 250 % 250) as u8, host], ECHO_PORT))
+            }
+        })
+        .collect()
+}
+
+/// Session ids from the run's seed.
+fn ids(s: &mut Setup) -> impl Iterator<Item = u128> {
+    use rand_chacha::rand_core::Rng;
+    let base = u128::from(s.rng.next_u64()) << 64;
+    (0u128..).map(move |i| base | i)
+}
+
+/// Runs the eyeball until `done` says so or `limit` passes; registrations are answered.
+fn drive(
+    s: &mut Setup,
+    eye: &mut Eyeball,
+    limit: Duration,
+    mut done: impl FnMut(&Eyeball, &crate::world::World) -> bool,
+) -> Result<(), String> {
+    let limit = s.world.after(limit);
+    s.world.run_ticking(limit, |w, h| {
+        if let Some(Happening::Connector(
+            _,
+            burrow_core::tunnel::connector::ConnectorEvent::Closed { reason },
+        )) = &h
+        {
+            return Err(format!("connection closed: {reason}"));
+        }
+        if h.is_some() {
+            return Ok(false);
+        }
+        if let Some(edge) = w.edge.as_mut() {
+            eye.tick(w.now, edge);
+        }
+        if let Some(t) = eye.next_wakeup() {
+            w.wakeups.insert(t);
+        }
+        Ok(done(eye, w))
+    })
+}
+
+/// Waits `d` of virtual time with the eyeball still taking what arrives.
+fn settle(s: &mut Setup, eye: &mut Eyeball, d: Duration) -> Result<(), String> {
+    let until = s.world.after(d);
+    drive(s, eye, d, move |_, w| w.now >= until)
+}
+
+/// Checks that every payload the eyeball sent is accounted for: echoed, or dropped where
+/// something counted it (the manager by reason, the hub, quinn, or the network as quinn's
+/// frame counters show).
+fn account(
+    s: &Setup,
+    eye: &Eyeball,
+    edge_conns: &[ConnId],
+    connectors: &[usize],
+) -> Result<String, String> {
+    let w = &s.world;
+    let o = w.udp.stats();
+    let hub = w.udp.hub.stats();
+    let m = w.udp.hub.sessions.stats();
+    let edge = w.edge.as_ref().ok_or("edge down")?;
+    let (mut e_tx, mut e_rx) = (0, 0);
+    for c in edge_conns {
+        if let Some(st) = edge.quic_stats(*c) {
+            e_tx += st.frame_tx.datagram;
+            e_rx += st.frame_rx.datagram;
+        }
+    }
+    let (mut c_tx, mut c_rx) = (0, 0);
+    for &i in connectors {
+        if let Some(conn) = &w.connectors[i].1 {
+            let st = conn.quic_stats();
+            c_tx += st.frame_tx.datagram;
+            c_rx += st.frame_rx.datagram;
+        }
+    }
+    // Datagrams lost on the way, by quinn's own count of frames sent and received, plus those
+    // its receive buffer shed.
+    let lost_e2c = e_tx.saturating_sub(c_rx) + c_rx.saturating_sub(hub.datagrams_in);
+    let lost_c2e = c_tx.saturating_sub(e_rx) + e_rx.saturating_sub(eye.stats.datagrams_in);
+    let manager_drops = [
+        DropReason::UnknownFlow,
+        DropReason::PendingFull,
+        DropReason::Unopened,
+        DropReason::Repeated,
+    ]
+    .iter()
+    .map(|r| m.dropped(*r))
+    .sum::<u64>();
+    let st = &eye.stats;
+    // Payloads lost on the way in, from both ends' counts.
+    let payloads_lost_e2c =
+        (st.payloads_sent - st.bundled - hub.payloads_in) + (st.bundled - m.bundled_in);
+    let lost_out = hub.datagrams_out - st.datagrams_in;
+    let line = format!(
+        "udp accounting: sent {} echoed {} | payloads lost e2c {payloads_lost_e2c} (quinn {lost_e2c}) | datagrams lost c2e {lost_out} (quinn {lost_c2e}) | manager drops {manager_drops} | to origin {} from origin {} queued {} refused {}",
+        st.payloads_sent, st.echoes, o.to_origin, o.from_origin, o.echoes_queued, o.echoes_refused
+    );
+    expect(st.strays == 0, "no stray datagram reaches the eyeball", w)?;
+    expect(
+        o.to_origin + manager_drops == hub.payloads_in + m.bundled_in,
+        &format!("every payload received is forwarded or counted ({line})"),
+        w,
+    )?;
+    expect(
+        o.to_origin == o.from_origin,
+        &format!("every forwarded payload is echoed ({line})"),
+        w,
+    )?;
+    expect(
+        o.from_origin == o.echoes_queued + o.echoes_refused && st.echoes <= o.echoes_queued,
+        &format!("every echo is queued or counted ({line})"),
+        w,
+    )?;
+    expect(
+        payloads_lost_e2c <= lost_e2c && lost_out <= lost_c2e,
+        &format!("whatever went missing on the way, quinn saw go missing ({line})"),
+        w,
+    )?;
+    if s.world.net.stats().lost + s.world.net.stats().partitioned == 0 {
+        expect(
+            lost_e2c + lost_c2e == 0,
+            &format!("without loss nothing goes missing ({line})"),
+            w,
+        )?;
+    }
+    Ok(line)
+}
+
+/// Many concurrent sessions echo through one connection under loss; unreachable origins are
+/// refused with `UnableToBindSocket`.
+pub(super) fn udp_echo(p: &Params) -> Result<u64, String> {
+    let mut s = setup(p);
+    let c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, c)?;
+    let n = if p.quick { 300 } else { 10_000 };
+    let spread = Duration::from_millis(if p.quick { 500 } else { 5_000 });
+    let ids = ids(&mut s);
+    let mut eye = Eyeball::new(ids, &dests(n, true), conn, s.world.now, spread, 0);
+    drive(&mut s, &mut eye, Duration::from_secs(120), |e, _| {
+        e.sessions
+            .iter()
+            .all(|s| s.refused.is_some() || (s.registered && s.sent >= e.per_session))
+    })?;
+    settle(&mut s, &mut eye, Duration::from_secs(2))?;
+    let unreachable = n / 50;
+    let w = &s.world;
+    let refused = eye.sessions.iter().filter(|s| s.refused.is_some()).count();
+    expect(
+        eye.sessions
+            .iter()
+            .filter(|s| s.refused.is_some())
+            .all(|s| {
+                s.refused == Some(ResponseCode::UnableToBindSocket)
+                    && s.dest.ip().to_string().starts_with("10.99.")
+            }),
+        "only unreachable origins are refused, with UnableToBindSocket",
+        w,
+    )?;
+    expect(
+        refused == unreachable,
+        &format!("{refused} refused, {unreachable} unreachable"),
+        w,
+    )?;
+    expect(
+        w.udp.hub.sessions.active() == n - unreachable,
+        "every reachable session is live",
+        w,
+    )?;
+    expect(
+        w.udp.sockets() == n - unreachable,
+        "one origin socket per session",
+        w,
+    )?;
+    // A lost refusal brings a retried registration, which dials (and fails) again.
+    expect(
+        w.udp.hub.sessions.stats().bind_failures >= unreachable as u64,
+        "bind failures counted",
+        w,
+    )?;
+    let line = account(&s, &eye, &[conn], &[c])?;
+    s.world.trace.record(s.world.now, &line);
+    Ok(s.world.trace.hash())
+}
+
+/// Sessions end on virtual time when idle; every socket is closed.
+pub(super) fn udp_idle(p: &Params) -> Result<u64, String> {
+    let mut s = setup(p);
+    let c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, c)?;
+    let n = 50;
+    let ids = ids(&mut s);
+    let mut eye = Eyeball::new(
+        ids,
+        &dests(n, false),
+        conn,
+        s.world.now,
+        Duration::from_millis(100),
+        3,
+    );
+    drive(&mut s, &mut eye, Duration::from_secs(60), |e, _| {
+        e.sessions
+            .iter()
+            .all(|s| s.registered && s.sent >= e.per_session)
+    })?;
+    let last_traffic = s.world.now;
+    expect(
+        s.world.udp.hub.sessions.active() == n,
+        "all sessions live while used",
+        &s.world,
+    )?;
+    settle(&mut s, &mut eye, Duration::from_secs(5))?;
+    let w = &s.world;
+    let idle_for = w.now.since_start() - last_traffic.since_start();
+    expect(
+        w.udp.hub.sessions.active() == 0,
+        &format!("every session ended {idle_for:?} after its last packet"),
+        w,
+    )?;
+    expect(w.udp.sockets() == 0, "every origin socket closed", w)?;
+    expect(
+        w.udp.hub.sessions.stats().idle_closed == n as u64,
+        "ended by the idle timer",
+        w,
+    )?;
+    expect(
+        w.udp.hub.sessions.poll_timeout().is_none(),
+        "no timer left armed",
+        w,
+    )?;
+    record_stats(&mut s, &eye);
+    Ok(s.world.trace.hash())
+}
+
+/// A connection dies during traffic: its sessions move to the other one, the edge re-registers
+/// them there, and nothing is torn down.
+pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
+    let mut s = setup(p);
+    let a = s.add_connector(0, s.secret.clone())?;
+    let conn_a = register(&mut s, a)?;
+    let b = s.add_connector(1, s.secret.clone())?;
+    let conn_b = register(&mut s, b)?;
+    let n = if p.quick { 100 } else { 1_000 };
+    let ids = ids(&mut s);
+    let mut eye = Eyeball::new(
+        ids,
+        &dests(n, false),
+        conn_a,
+        s.world.now,
+        Duration::from_millis(200),
+        0,
+    );
+    eye.per_session = 80;
+    eye.interval = Duration::from_millis(100);
+    // Traffic flows on every session (registrations lost three times over take a while).
+    drive(&mut s, &mut eye, Duration::from_secs(5), |e, _| {
+        e.sessions.iter().all(|s| s.registered && s.echoed >= 2)
+    })?;
+    let opened = s.world.udp.stats().sockets_opened;
+    expect(
+        opened == n as u64,
+        &format!("one socket per session ({opened} for {n})"),
+        &s.world,
+    )?;
+    // Connection A dies: the connector notices (here at once) and re-homes its sessions; the
+    // edge moves its flows to B and re-registers them.
+    s.world.connectors[a].1 = None;
+    s.world.origins.drop_connector(a);
+    s.world
+        .udp
+        .hub
+        .link_closed(ConnectorUdp::link(a), Some(ConnectorUdp::link(b)));
+    let before: Vec<u32> = eye.sessions.iter().map(|s| s.echoed).collect();
+    eye.move_sessions(conn_a, conn_b, s.world.now);
+    drive(&mut s, &mut eye, Duration::from_secs(60), |e, _| {
+        e.sessions
+            .iter()
+            .all(|s| s.registered && s.sent >= e.per_session)
+    })?;
+    settle(&mut s, &mut eye, Duration::from_secs(2))?;
+    let w = &s.world;
+    expect(
+        w.udp.stats().sockets_opened == opened,
+        "no session was re-opened",
+        w,
+    )?;
+    expect(
+        w.udp.stats().sockets_closed == 0,
+        "no session was torn down",
+        w,
+    )?;
+    expect(
+        w.udp.hub.sessions.active() == n,
+        "every session lives on",
+        w,
+    )?;
+    let silent: Vec<String> = eye
+        .sessions
+        .iter()
+        .zip(&before)
+        .filter(|(s, b)| s.echoed <= **b)
+        .map(|(s, b)| format!("{} sent {} echoed {} (before {b})", s.id, s.sent, s.echoed))
+        .collect();
+    expect(
+        silent.is_empty(),
+        &format!(
+            "every session echoes after the move; silent: {} {:?} {:?} {:?}",
+            silent.len(),
+            eye.stats,
+            w.udp.stats(),
+            w.udp.hub.sessions.stats()
+        ),
+        w,
+    )?;
+    let m = w.udp.hub.sessions.stats();
+    expect(
+        m.dropped(DropReason::NoLink) == 0,
+        "no origin packet found no connection",
+        w,
+    )?;
+    expect(m.migrated >= n as u64, "sessions counted as migrated", w)?;
+    record_stats(&mut s, &eye);
+    Ok(s.world.trace.hash())
+}
+
+/// Far more registrations than the flow limit: exactly the limit is served, the rest refused
+/// with `TooManyActiveFlows`, and the manager holds no more than the limit.
+pub(super) fn udp_flood(p: &Params) -> Result<u64, String> {
+    let mut s = setup(p);
+    let (limit, flood) = if p.quick {
+        (200, 2_000)
+    } else {
+        (10_000, 100_000)
+    };
+    s.world.udp = ConnectorUdp::new(SessionLimits {
+        max_flows: limit,
+        ..SessionLimits::default()
+    });
+    let c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, c)?;
+    let ids = ids(&mut s);
+    let spread = Duration::from_millis(if p.quick { 1_000 } else { 20_000 });
+    let mut eye = Eyeball::new(ids, &dests(flood, false), conn, s.world.now, spread, 0);
+    eye.per_session = 0;
+    eye.bundle = false;
+    let mut peak = 0;
+    drive(&mut s, &mut eye, Duration::from_secs(300), |e, w| {
+        peak = peak.max(w.udp.hub.sessions.active());
+        e.sessions
+            .iter()
+            .all(|s| s.registered || s.refused.is_some())
+    })?;
+    let w = &s.world;
+    let ok = eye.sessions.iter().filter(|s| s.registered).count();
+    let refused = eye
+        .sessions
+        .iter()
+        .filter(|s| s.refused == Some(ResponseCode::TooManyActiveFlows))
+        .count();
+    expect(ok == limit, &format!("{ok} served, limit {limit}"), w)?;
+    expect(refused == flood - limit, &format!("{refused} refused"), w)?;
+    expect(
+        peak <= limit,
+        &format!("peak {peak} sessions held, limit {limit}"),
+        w,
+    )?;
+    expect(w.udp.sockets() == limit, "sockets stay at the limit", w)?;
+    record_stats(&mut s, &eye);
+    Ok(s.world.trace.hash())
+}
+
+/// Puts the run's counters into the trace, so the fingerprint covers the UDP traffic.
+fn record_stats(s: &mut Setup, eye: &Eyeball) {
+    let line = format!(
+        "{:?} {:?} {:?}",
+        eye.stats,
+        s.world.udp.stats(),
+        s.world.udp.hub.sessions.stats()
+    );
+    s.world.trace.record(s.world.now, &line);
+}

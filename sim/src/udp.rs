@@ -1,0 +1,536 @@
+//! UDP sessions and ICMP in the simulation: the connector's datagram plane (core's
+//! [`DatagramHub`] over every connector connection) with a simulated origin network behind it
+//! (UDP echo services, unreachable hosts, ping sockets that rewrite echo ids as Linux's do),
+//! and an eyeball at the edge that registers v3 sessions and sends payloads.
+//!
+//! Every payload is accounted for: the eyeball counts what it sent and what came back, the
+//! connector side counts what it received, forwarded, echoed and queued, the manager counts
+//! its drops by reason, and quinn's frame counters give the datagrams the network lost.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::time::Duration;
+
+use burrow_core::datagram::{v3, LinkId};
+use burrow_core::icmp::{FunnelId, IcmpRouter, RouterAction, RouterConfig};
+use burrow_core::session::{
+    SessionAction, SessionId, SessionLimits, SessionManager, UdpFlowId, HEADROOM, ORIGIN_READ,
+    TAILROOM,
+};
+use burrow_core::tunnel::connector::ConnectorConnection;
+use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint};
+use burrow_core::tunnel::udp::{DatagramHub, Egress, HubAction};
+
+use crate::clock::{Clock, VirtualTime};
+
+/// UDP port of the simulated echo service.
+pub const ECHO_PORT: u16 = 7;
+/// First octets of destinations the simulated origin network cannot reach.
+pub const UNREACHABLE: [u8; 2] = [10, 99];
+/// How long an origin takes to echo.
+const ORIGIN_DELAY: Duration = Duration::from_micros(300);
+/// The connector's ICMP source addresses (those of PROTOCOL.md's TTL-exceeded examples).
+pub const ICMP_SRC_V4: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 3);
+/// IPv6 source.
+pub const ICMP_SRC_V6: Ipv6Addr = Ipv6Addr::new(0xfd51, 0x2391, 0x697, 0xf4ee, 0, 0, 0, 3);
+
+/// What the simulated origin side counted.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct OriginStats {
+    /// Payloads written to origin sockets.
+    pub to_origin: u64,
+    /// Echoes read from origin sockets.
+    pub from_origin: u64,
+    /// Of those, queued on a connection.
+    pub echoes_queued: u64,
+    /// Of those, refused (by the manager, by reason, or by quinn).
+    pub echoes_refused: u64,
+    /// Origin sockets opened.
+    pub sockets_opened: u64,
+    /// Origin sockets closed.
+    pub sockets_closed: u64,
+    /// Echo requests sent through ping sockets.
+    pub pings: u64,
+    /// Echo replies read from ping sockets.
+    pub ping_replies: u64,
+}
+
+/// An echo due: when, arrival order, socket, payload.
+type Echo = (VirtualTime, u64, UdpFlowId, Vec<u8>);
+/// An echo reply due: when, order, ping socket, from, ICMP message.
+type PingReply = (VirtualTime, u64, FunnelId, IpAddr, Vec<u8>);
+
+/// The simulated network behind the connector.
+#[derive(Default)]
+struct OriginNet {
+    /// Open origin sockets and where they point.
+    sockets: HashMap<UdpFlowId, SocketAddr>,
+    /// Open ping sockets and the echo ident the kernel gave each.
+    pings: HashMap<FunnelId, u16>,
+    echoes: BinaryHeap<Reverse<Echo>>,
+    ping_replies: BinaryHeap<Reverse<PingReply>>,
+    order: u64,
+    stats: OriginStats,
+}
+
+impl OriginNet {
+    /// A packet leaves the connector through a socket.
+    fn egress(&mut self, now: VirtualTime, e: Egress<'_>) {
+        match e {
+            Egress::Udp { flow, payload } => self.write_udp(now, flow, payload.to_vec()),
+            Egress::Ping {
+                funnel,
+                dst,
+                message,
+                ..
+            } => {
+                let Some(&ident) = self.pings.get(&funnel) else {
+                    return;
+                };
+                self.stats.pings += 1;
+                // The origin network answers echo requests to 10/8 and fd00::/8 hosts.
+                let reachable = match dst {
+                    IpAddr::V4(a) => a.octets()[0] == 10 && a.octets()[..2] != UNREACHABLE,
+                    IpAddr::V6(a) => a.octets()[0] == 0xfd && a.segments()[0] != 0xfd51,
+                };
+                if !reachable || message.len() < 8 {
+                    return;
+                }
+                // The kernel sent it with the socket's ident; the host echoes that.
+                let mut reply = message.to_vec();
+                reply[0] = if dst.is_ipv4() { 0 } else { 129 };
+                reply[4..6].copy_from_slice(&ident.to_be_bytes());
+                self.order += 1;
+                let due = now + ORIGIN_DELAY;
+                self.ping_replies
+                    .push(Reverse((due, self.order, funnel, dst, reply)));
+            }
+        }
+    }
+
+    fn write_udp(&mut self, now: VirtualTime, flow: UdpFlowId, payload: Vec<u8>) {
+        let Some(dest) = self.sockets.get(&flow) else {
+            return;
+        };
+        self.stats.to_origin += 1;
+        if dest.port() == ECHO_PORT {
+            self.order += 1;
+            self.echoes
+                .push(Reverse((now + ORIGIN_DELAY, self.order, flow, payload)));
+        }
+    }
+
+    fn next_deadline(&self) -> Option<VirtualTime> {
+        let echo = self.echoes.peek().map(|Reverse((t, ..))| *t);
+        let ping = self.ping_replies.peek().map(|Reverse((t, ..))| *t);
+        [echo, ping].into_iter().flatten().min()
+    }
+}
+
+/// The connector process's datagram half: one hub for every connection.
+pub struct ConnectorUdp {
+    /// The plane under test.
+    pub hub: DatagramHub,
+    net: OriginNet,
+    buf: Vec<u8>,
+}
+
+impl ConnectorUdp {
+    /// A connector side with `limits`.
+    pub fn new(limits: SessionLimits) -> Self {
+        Self {
+            hub: DatagramHub::new(
+                SessionManager::new(limits),
+                IcmpRouter::new(RouterConfig::new(Some(ICMP_SRC_V4), Some(ICMP_SRC_V6))),
+            ),
+            net: OriginNet::default(),
+            buf: vec![0; HEADROOM + ORIGIN_READ + TAILROOM],
+        }
+    }
+
+    /// The origin side's counters.
+    pub fn stats(&self) -> &OriginStats {
+        &self.net.stats
+    }
+
+    /// Open origin sockets.
+    pub fn sockets(&self) -> usize {
+        self.net.sockets.len()
+    }
+
+    /// The link of connector `index` (connectors are never replaced in place, so the index is
+    /// unique for the run).
+    pub fn link(index: usize) -> LinkId {
+        LinkId(index as u64)
+    }
+
+    /// Takes every received datagram from every connection and acts on it, then does what
+    /// the hub asked and delivers what the origin network sends back.
+    pub fn pump(
+        &mut self,
+        now: VirtualTime,
+        clock: &Clock,
+        connectors: &mut [(SocketAddr, Option<ConnectorConnection>)],
+    ) {
+        let at = clock.instant(now);
+        let net = &mut self.net;
+        for (i, (_, conn)) in connectors.iter_mut().enumerate() {
+            if let Some(conn) = conn {
+                self.hub
+                    .drain(at, Self::link(i), conn, |e| net.egress(now, e));
+            }
+        }
+        self.drain_actions(now, clock, connectors);
+        while let Some(Reverse((due, ..))) = self.net.echoes.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((_, _, flow, payload))) = self.net.echoes.pop() else {
+                break;
+            };
+            if !self.net.sockets.contains_key(&flow) {
+                continue; // closed meanwhile: the read never happens
+            }
+            self.net.stats.from_origin += 1;
+            let len = payload.len();
+            self.buf[HEADROOM..HEADROOM + len].copy_from_slice(&payload);
+            let before = self.hub.stats().datagrams_out;
+            self.hub
+                .origin_read(at, flow, &mut self.buf, len, connectors);
+            if self.hub.stats().datagrams_out > before {
+                self.net.stats.echoes_queued += 1;
+            } else {
+                self.net.stats.echoes_refused += 1;
+            }
+        }
+        while let Some(Reverse((due, ..))) = self.net.ping_replies.peek() {
+            if *due > now {
+                break;
+            }
+            let Some(Reverse((_, _, funnel, from, message))) = self.net.ping_replies.pop() else {
+                break;
+            };
+            if self.net.pings.contains_key(&funnel) {
+                self.net.stats.ping_replies += 1;
+                self.hub.ping_reply(at, funnel, from, &message, connectors);
+            }
+        }
+        self.drain_actions(now, clock, connectors);
+    }
+
+    fn drain_actions(
+        &mut self,
+        now: VirtualTime,
+        clock: &Clock,
+        connectors: &mut [(SocketAddr, Option<ConnectorConnection>)],
+    ) {
+        let at = clock.instant(now);
+        while let Some(action) = self.hub.poll_action(connectors) {
+            match action {
+                HubAction::Session(SessionAction::Open { flow, dest }) => {
+                    let unreachable = match dest.ip() {
+                        IpAddr::V4(v4) => v4.octets()[..2] == UNREACHABLE,
+                        IpAddr::V6(_) => true,
+                    };
+                    if unreachable {
+                        self.hub
+                            .sessions
+                            .handle_origin_failed(flow, "connect: network is unreachable");
+                    } else {
+                        self.net.sockets.insert(flow, dest);
+                        self.net.stats.sockets_opened += 1;
+                        self.hub.sessions.handle_origin_opened(at, flow);
+                    }
+                }
+                HubAction::Session(SessionAction::Send { flow, payload }) => {
+                    self.net.write_udp(now, flow, payload.to_vec());
+                }
+                HubAction::Session(SessionAction::Close { flow }) => {
+                    if self.net.sockets.remove(&flow).is_some() {
+                        self.net.stats.sockets_closed += 1;
+                    }
+                }
+                // v2 sessions are answered over RPC streams; the v3 scenarios never make them.
+                HubAction::Session(_) => {}
+                HubAction::Icmp(RouterAction::OpenFunnel { funnel, .. }) => {
+                    // Any ident but the requester's id would do; derive one from the funnel.
+                    self.net.pings.insert(funnel, (funnel.0 as u16) ^ 0xbeef);
+                }
+                HubAction::Icmp(RouterAction::CloseFunnel { funnel }) => {
+                    self.net.pings.remove(&funnel);
+                }
+            }
+        }
+    }
+
+    /// Lets idle sessions and funnels end.
+    pub fn handle_timeout(
+        &mut self,
+        now: VirtualTime,
+        clock: &Clock,
+        connectors: &mut [(SocketAddr, Option<ConnectorConnection>)],
+    ) {
+        self.hub.handle_timeout(clock.instant(now));
+        self.drain_actions(now, clock, connectors);
+    }
+
+    /// The earliest thing this side must do.
+    pub fn next_deadline(&self, clock: &Clock) -> Option<VirtualTime> {
+        let timer = self.hub.poll_timeout().map(|t| clock.virtual_time(t));
+        [timer, self.net.next_deadline()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+}
+
+/// One eyeball flow at the edge.
+#[derive(Debug, Clone)]
+pub struct EyeSession {
+    /// Its RequestID.
+    pub id: SessionId,
+    /// Origin it asks for.
+    pub dest: SocketAddr,
+    /// The connection it is registered on.
+    pub conn: ConnId,
+    /// Idle hint sent.
+    pub idle_secs: u16,
+    /// The connector answered OK.
+    pub registered: bool,
+    /// The connector refused (response code).
+    pub refused: Option<v3::ResponseCode>,
+    /// Registration datagrams sent.
+    pub registrations: u32,
+    /// Payloads sent.
+    pub sent: u32,
+    /// Echoes received.
+    pub echoed: u32,
+    /// The one timer that counts; older entries in the queue are stale.
+    due: VirtualTime,
+}
+
+/// What the eyeball counted.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct EyeStats {
+    /// Payloads queued at the edge (in payload datagrams or bundled).
+    pub payloads_sent: u64,
+    /// Of those, bundled in a registration.
+    pub bundled: u64,
+    /// Datagrams of any type queued at the edge.
+    pub datagrams_sent: u64,
+    /// Datagrams of any type received at the edge.
+    pub datagrams_in: u64,
+    /// Registration datagrams queued.
+    pub registrations_sent: u64,
+    /// Registration responses received.
+    pub responses_in: u64,
+    /// Echoes received with the right content.
+    pub echoes: u64,
+    /// Datagrams the edge refused to queue.
+    pub send_refused: u64,
+    /// Received datagrams that matched nothing (a bug if non-zero).
+    pub strays: u64,
+}
+
+/// An eyeball that registers v3 sessions and pings through them.
+pub struct Eyeball {
+    /// Its flows.
+    pub sessions: Vec<EyeSession>,
+    by_id: HashMap<SessionId, usize>,
+    /// Payloads per session.
+    pub per_session: u32,
+    /// Time between a session's payloads.
+    pub interval: Duration,
+    /// Re-send a registration not answered within this.
+    pub retry: Duration,
+    /// Send a bundled payload with the first registration.
+    pub bundle: bool,
+    /// Next action per session.
+    timers: BinaryHeap<Reverse<(VirtualTime, usize)>>,
+    /// Counters.
+    pub stats: EyeStats,
+}
+
+impl Eyeball {
+    /// Sessions to `dests` (one each), registered on `conn` starting at `start`, spread over
+    /// `spread` so they do not all go in one burst.
+    pub fn new(
+        ids: impl Iterator<Item = u128>,
+        dests: &[SocketAddr],
+        conn: ConnId,
+        start: VirtualTime,
+        spread: Duration,
+        idle_secs: u16,
+    ) -> Self {
+        let mut e = Self {
+            sessions: Vec::new(),
+            by_id: HashMap::new(),
+            per_session: 4,
+            interval: Duration::from_millis(200),
+            retry: Duration::from_millis(500),
+            bundle: true,
+            timers: BinaryHeap::new(),
+            stats: EyeStats::default(),
+        };
+        let n = dests.len().max(1) as u32;
+        for (i, (id, dest)) in ids.zip(dests).enumerate() {
+            let id = SessionId(id);
+            e.by_id.insert(id, i);
+            e.sessions.push(EyeSession {
+                id,
+                dest: *dest,
+                conn,
+                idle_secs,
+                registered: false,
+                refused: None,
+                registrations: 0,
+                sent: 0,
+                echoed: 0,
+                due: start + spread / n * i as u32,
+            });
+            e.timers.push(Reverse((start + spread / n * i as u32, i)));
+        }
+        e
+    }
+
+    /// The next time the eyeball wants to act.
+    pub fn next_wakeup(&self) -> Option<VirtualTime> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Moves every session of `from` to `to` and re-registers them there (what the edge does
+    /// when a connection dies).
+    pub fn move_sessions(&mut self, from: ConnId, to: ConnId, now: VirtualTime) {
+        for (i, s) in self.sessions.iter_mut().enumerate() {
+            if s.conn == from {
+                s.conn = to;
+                if s.refused.is_none() {
+                    s.registered = false;
+                    s.due = now;
+                    self.timers.push(Reverse((now, i)));
+                }
+            }
+        }
+    }
+
+    /// Takes what arrived and sends what is due.
+    pub fn tick(&mut self, now: VirtualTime, edge: &mut EdgeEndpoint) {
+        while let Some((_, d)) = edge.poll_datagram() {
+            self.stats.datagrams_in += 1;
+            self.receive(now, &d);
+        }
+        while let Some(&Reverse((t, i))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            if self.sessions[i].due == t {
+                self.act(now, i, edge);
+            }
+        }
+    }
+
+    fn receive(&mut self, now: VirtualTime, d: &[u8]) {
+        match v3::decode(d) {
+            Ok(v3::Datagram::RegistrationResponse(r)) => {
+                self.stats.responses_in += 1;
+                let Some(&i) = self.by_id.get(&r.request_id) else {
+                    self.stats.strays += 1;
+                    return;
+                };
+                let s = &mut self.sessions[i];
+                if r.code == v3::ResponseCode::Ok {
+                    if !s.registered {
+                        s.registered = true;
+                        s.due = now;
+                        self.timers.push(Reverse((now, i)));
+                    }
+                } else {
+                    s.refused = Some(r.code);
+                }
+            }
+            Ok(v3::Datagram::Payload(p)) => {
+                let Some(&i) = self.by_id.get(&p.request_id) else {
+                    self.stats.strays += 1;
+                    return;
+                };
+                if p.payload.starts_with(&p.request_id.0.to_be_bytes()) {
+                    self.sessions[i].echoed += 1;
+                    self.stats.echoes += 1;
+                } else {
+                    self.stats.strays += 1;
+                }
+            }
+            _ => self.stats.strays += 1,
+        }
+    }
+
+    fn payload_bytes(id: SessionId, seq: u32) -> Vec<u8> {
+        let mut p = id.0.to_be_bytes().to_vec();
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.resize(64 + (seq as usize % 4) * 100, 0xa5);
+        p
+    }
+
+    fn act(&mut self, now: VirtualTime, i: usize, edge: &mut EdgeEndpoint) {
+        let s = &mut self.sessions[i];
+        if s.refused.is_some() {
+            return;
+        }
+        if !s.registered {
+            // Bundle the first payload with the first registration only: a retry must not
+            // deliver it twice.
+            let first = (self.bundle && s.registrations == 0 && s.sent == 0)
+                .then(|| Self::payload_bytes(s.id, 0));
+            let r = v3::Registration {
+                request_id: s.id,
+                dest: s.dest,
+                traced: false,
+                idle_hint_secs: s.idle_secs,
+                payload: first.as_deref().unwrap_or(&[]),
+            };
+            let mut out = vec![0; r.encoded_len()];
+            if r.encode(&mut out).is_ok() {
+                match edge.send_datagram(s.conn, out.into()) {
+                    Ok(()) => {
+                        s.registrations += 1;
+                        self.stats.datagrams_sent += 1;
+                        self.stats.registrations_sent += 1;
+                        if first.is_some() {
+                            s.sent += 1;
+                            self.stats.payloads_sent += 1;
+                            self.stats.bundled += 1;
+                        }
+                    }
+                    Err(_) => self.stats.send_refused += 1,
+                }
+            }
+            s.due = now + self.retry;
+            self.timers.push(Reverse((s.due, i)));
+            return;
+        }
+        if s.sent >= self.per_session {
+            return;
+        }
+        let body = Self::payload_bytes(s.id, s.sent);
+        let p = v3::Payload {
+            request_id: s.id,
+            payload: &body,
+        };
+        let mut out = vec![0; p.encoded_len()];
+        if p.encode(&mut out).is_ok() {
+            match edge.send_datagram(s.conn, out.into()) {
+                Ok(()) => {
+                    s.sent += 1;
+                    self.stats.payloads_sent += 1;
+                    self.stats.datagrams_sent += 1;
+                }
+                Err(_) => self.stats.send_refused += 1,
+            }
+        }
+        let s = &mut self.sessions[i];
+        s.due = now + self.interval;
+        self.timers.push(Reverse((s.due, i)));
+    }
+}
