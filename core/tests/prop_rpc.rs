@@ -18,8 +18,9 @@ use burrow_core::rpc::registration::{
     UpdateLocalConfiguration, UpdateLocalConfigurationParams,
 };
 use burrow_core::rpc::session::{
-    RegisterUdpSession, RegisterUdpSessionParams, RegisterUdpSessionResponse, UnregisterUdpSession,
-    UnregisterUdpSessionParams,
+    RegisterUdpSession, RegisterUdpSessionParams, RegisterUdpSessionRequest,
+    RegisterUdpSessionResponse, UnregisterUdpSession, UnregisterUdpSessionParams,
+    UnregisterUdpSessionRequest,
 };
 use proptest::prelude::*;
 
@@ -195,6 +196,8 @@ fn walk_payload(p: &Payload<'_>) {
     let _ = p.content::<RegisterUdpSessionParams<'_>>();
     let _ = p.content::<RegisterUdpSessionResponse<'_>>();
     let _ = p.content::<UnregisterUdpSessionParams<'_>>();
+    let _ = p.content::<RegisterUdpSessionRequest<'_>>();
+    let _ = p.content::<UnregisterUdpSessionRequest<'_>>();
     let _ = p.content::<UpdateConfigurationParams<'_>>();
     let _ = p.content::<UpdateConfigurationResponse<'_>>();
     let _ = p.content::<Empty>();

@@ -111,6 +111,10 @@ pub const ALL: &[Scenario] = &[
         run: udp::udp_flood,
     },
     Scenario {
+        name: "udp-v2-and-v3",
+        run: udp_v2::udp_v2_and_v3,
+    },
+    Scenario {
         name: "icmp-traceroute",
         run: icmp::icmp_traceroute,
     },
@@ -118,6 +122,7 @@ pub const ALL: &[Scenario] = &[
 
 mod icmp;
 mod udp;
+mod udp_v2;
 
 const EDGE: &str = "198.51.100.1:7844";
 const ACCOUNT: &str = "0123456789abcdef0123456789abcdef";
@@ -222,15 +227,26 @@ fn setup(p: &Params) -> Setup {
 }
 
 impl Setup {
-    /// Adds connector `conn_index` with the given secret; returns its index in the world.
+    /// Adds connector `conn_index` with the given secret, speaking datagram v3; returns its
+    /// index in the world.
     fn add_connector(&mut self, conn_index: u8, secret: Vec<u8>) -> Result<usize, String> {
+        self.add_connector_with(conn_index, secret, &["support_datagram_v3_2"])
+    }
+
+    /// Adds connector `conn_index` registering `features` (which choose its datagram version).
+    fn add_connector_with(
+        &mut self,
+        conn_index: u8,
+        secret: Vec<u8>,
+        features: &[&str],
+    ) -> Result<usize, String> {
         let registration = Registration {
             account_tag: ACCOUNT.into(),
             tunnel_secret: secret,
             tunnel_id: self.tunnel_id,
             conn_index,
             client_id: Uuid::from_u128(42),
-            features: vec!["support_datagram_v3_2".into()],
+            features: features.iter().map(|f| (*f).to_owned()).collect(),
             version: "burrow-sim".into(),
             arch: "linux_amd64".into(),
             origin_local_ip: None,

@@ -18,9 +18,10 @@ use burrow_core::session::{
     SessionAction, SessionId, SessionLimits, SessionManager, UdpFlowId, HEADROOM, ORIGIN_READ,
     TAILROOM,
 };
-use burrow_core::tunnel::connector::ConnectorConnection;
+use burrow_core::tunnel::connector::{ConnectorConnection, ConnectorEvent};
 use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint};
 use burrow_core::tunnel::udp::{DatagramHub, Egress, HubAction};
+use quinn_proto::StreamId;
 
 use crate::clock::{Clock, VirtualTime};
 
@@ -134,6 +135,9 @@ pub struct ConnectorUdp {
     pub hub: DatagramHub,
     net: OriginNet,
     buf: Vec<u8>,
+    /// v2 `registerUdpSession` calls waiting for the manager, by link and session: the RPC
+    /// streams to answer on (a retried call may wait beside the first; one answer serves all).
+    v2_calls: HashMap<(LinkId, SessionId), Vec<StreamId>>,
 }
 
 impl ConnectorUdp {
@@ -146,7 +150,40 @@ impl ConnectorUdp {
             ),
             net: OriginNet::default(),
             buf: vec![0; HEADROOM + ORIGIN_READ + TAILROOM],
+            v2_calls: HashMap::new(),
         }
+    }
+
+    /// The datagram-v2 session calls connector `index` reported: registrations go to the
+    /// manager (answered from [`ConnectorUdp::drain_actions`]), unregistrations end sessions.
+    pub fn on_connector_event(
+        &mut self,
+        now: VirtualTime,
+        clock: &Clock,
+        index: usize,
+        event: &ConnectorEvent,
+        connectors: &mut [(SocketAddr, Option<ConnectorConnection>)],
+    ) {
+        let at = clock.instant(now);
+        let link = Self::link(index);
+        match event {
+            ConnectorEvent::UdpSessionRequested {
+                stream,
+                id,
+                dest,
+                idle_hint_nanos,
+            } => {
+                self.v2_calls.entry((link, *id)).or_default().push(*stream);
+                self.hub
+                    .sessions
+                    .register_v2(at, link, *id, *dest, *idle_hint_nanos);
+            }
+            ConnectorEvent::UdpSessionUnregistered { id, message } => {
+                self.hub.sessions.unregister_v2(*id, message);
+            }
+            _ => return,
+        }
+        self.drain_actions(now, clock, connectors);
     }
 
     /// The origin side's counters.
@@ -251,7 +288,20 @@ impl ConnectorUdp {
                         self.net.stats.sockets_closed += 1;
                     }
                 }
-                // v2 sessions are answered over RPC streams; the v3 scenarios never make them.
+                HubAction::Session(SessionAction::V2Registered { link, id, result }) => {
+                    let streams = self.v2_calls.remove(&(link, id)).unwrap_or_default();
+                    if let Some((_, Some(conn))) = connectors.get_mut(link.0 as usize) {
+                        for stream in streams {
+                            // The connection may have dropped the stream meanwhile.
+                            let _ = conn.respond_udp_session(at, stream, result.clone());
+                        }
+                    }
+                }
+                HubAction::Session(SessionAction::V2Unregister { link, id, message }) => {
+                    if let Some((_, Some(conn))) = connectors.get_mut(link.0 as usize) {
+                        conn.unregister_udp_session(at, id, &message);
+                    }
+                }
                 HubAction::Session(_) => {}
                 HubAction::Icmp(RouterAction::OpenFunnel { funnel, .. }) => {
                     // Any ident but the requester's id would do; derive one from the funnel.
@@ -429,6 +479,13 @@ impl Eyeball {
                 self.act(now, i, edge);
             }
         }
+    }
+
+    /// Takes one datagram the edge received for this eyeball (when the caller polls the edge
+    /// itself, to share its datagrams out).
+    pub fn take_datagram(&mut self, now: VirtualTime, d: &[u8]) {
+        self.stats.datagrams_in += 1;
+        self.receive(now, d);
     }
 
     fn receive(&mut self, now: VirtualTime, d: &[u8]) {

@@ -168,6 +168,10 @@ impl World {
         }
         for h in &out {
             self.trace.record(self.now, h);
+            if let Happening::Connector(i, e) = h {
+                self.udp
+                    .on_connector_event(self.now, &self.clock, *i, e, &mut self.connectors);
+            }
             if let Happening::Connector(i, ConnectorEvent::Closed { .. }) = h {
                 // The supervisor's part: sessions move to a connection still up, if any.
                 let successor = self

@@ -1,7 +1,8 @@
 #![no_main]
 //! Any bytes as an RPC stream: decoding a message must not panic, nor must reading every part
 //! of it (typed params of known methods, each results type, capability table, echoed
-//! messages), nor echoing it back as `Unimplemented`.
+//! messages), nor echoing it back as `Unimplemented`; nor serving it as an RPC stream in any
+//! role, answering what it asks.
 
 use burrow_core::rpc::configuration::{UpdateConfigurationParams, UpdateConfigurationResponse};
 use burrow_core::rpc::frame::FrameLimits;
@@ -13,8 +14,13 @@ use burrow_core::rpc::registration::{
     ConnectionResponse, RegisterConnectionParams, UpdateLocalConfigurationParams,
 };
 use burrow_core::rpc::session::{
-    RegisterUdpSessionParams, RegisterUdpSessionResponse, UnregisterUdpSessionParams,
+    RegisterUdpSessionParams, RegisterUdpSessionRequest, RegisterUdpSessionResponse,
+    UnregisterUdpSessionParams, UnregisterUdpSessionRequest,
 };
+use burrow_core::rpc_stream::client::RpcStreamClient;
+use burrow_core::rpc_stream::server::{RpcStreamEvent, RpcStreamServer};
+use burrow_core::rpc_stream::ConfigUpdateResult;
+use burrow_core::session::{DatagramVersion, SessionId};
 use libfuzzer_sys::fuzz_target;
 
 fn walk_message(m: &Message<'_>) {
@@ -46,6 +52,8 @@ fn walk_payload(p: &Payload<'_>) {
     let _ = p.content::<RegisterUdpSessionParams<'_>>();
     let _ = p.content::<RegisterUdpSessionResponse<'_>>();
     let _ = p.content::<UnregisterUdpSessionParams<'_>>();
+    let _ = p.content::<RegisterUdpSessionRequest<'_>>();
+    let _ = p.content::<UnregisterUdpSessionRequest<'_>>();
     let _ = p.content::<UpdateConfigurationParams<'_>>();
     let _ = p.content::<UpdateConfigurationResponse<'_>>();
     let _ = p.content::<Empty>();
@@ -63,5 +71,30 @@ fuzz_target!(|data: &[u8]| {
         let mut out = Vec::new();
         let _ = encode_unimplemented(&msg, &mut out);
         rest = &rest[n..];
+    }
+    for mut server in [
+        RpcStreamServer::connector(DatagramVersion::V2),
+        RpcStreamServer::connector(DatagramVersion::V3),
+        RpcStreamServer::edge(),
+    ] {
+        let _ = server.handle_bytes(data);
+        while let Some(e) = server.poll_event() {
+            let _ = match e {
+                RpcStreamEvent::RegisterUdpSession { .. } => {
+                    server.respond_register_udp_session(Err("no".into()))
+                }
+                RpcStreamEvent::ConfigurationOffered { version, .. } => server
+                    .respond_configuration(&ConfigUpdateResult {
+                        latest_applied_version: version,
+                        error: None,
+                    }),
+                _ => Ok(()),
+            };
+        }
+        let _ = server.poll_transmit();
+    }
+    if let Ok(mut client) = RpcStreamClient::unregister_udp_session(SessionId(1), "x") {
+        let _ = client.handle_bytes(data);
+        let _ = client.poll_outcome();
     }
 });

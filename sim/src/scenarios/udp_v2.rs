@@ -1,0 +1,421 @@
+//! Datagram v2 beside v3: one connector connection speaks v2 (sessions registered and
+//! unregistered over RPC streams, suffix-typed datagrams), another v3, both through the one
+//! session manager of the connector process.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use burrow_core::datagram::v2;
+use burrow_core::session::{go_duration, SessionId};
+use burrow_core::tunnel::connector::ConnectorEvent;
+use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
+use uuid::Uuid;
+
+use super::{expect, register, setup, Params, Setup};
+use crate::clock::{Clock, VirtualTime};
+use crate::udp::{Eyeball, ECHO_PORT};
+use crate::world::Happening;
+
+/// Idle timeout the edge asks for on every session (v2 in the RPC, v3 in the registration).
+const IDLE: Duration = Duration::from_secs(3);
+
+/// One v2 flow at the edge.
+#[derive(Debug, Clone)]
+struct V2Session {
+    id: SessionId,
+    dest: SocketAddr,
+    /// `registerUdpSession` calls made / answered.
+    calls: u32,
+    answered: u32,
+    registered: bool,
+    sent: u32,
+    echoed: u32,
+    /// The edge ends this one itself once its traffic is done.
+    edge_ends: bool,
+    /// When its traffic was done.
+    done_at: Option<VirtualTime>,
+    /// The edge called `unregisterUdpSession`.
+    edge_unregistered: bool,
+    /// What the connector's `unregisterUdpSession` calls said.
+    connector_unregistered: Vec<String>,
+    /// The one timer that counts.
+    due: VirtualTime,
+}
+
+/// An eyeball registering v2 sessions over RPC and pinging through them.
+struct V2Eyeball {
+    clock: Clock,
+    conn: ConnId,
+    sessions: Vec<V2Session>,
+    by_id: HashMap<SessionId, usize>,
+    per_session: u32,
+    interval: Duration,
+    /// Call again when a call failed, or after this without an answer.
+    retry: Duration,
+    /// Let echoes come home before the edge ends a session.
+    linger: Duration,
+    timers: BinaryHeap<Reverse<(VirtualTime, usize)>>,
+    /// Calls answered with an error (or that failed).
+    failed_calls: u32,
+    /// Datagrams that matched nothing.
+    strays: u32,
+}
+
+impl V2Eyeball {
+    fn new(
+        clock: Clock,
+        ids: &[u128],
+        dests: &[SocketAddr],
+        conn: ConnId,
+        start: VirtualTime,
+    ) -> Self {
+        let mut e = Self {
+            clock,
+            conn,
+            sessions: Vec::new(),
+            by_id: HashMap::new(),
+            per_session: 8,
+            interval: Duration::from_millis(200),
+            retry: Duration::from_secs(5),
+            linger: Duration::from_millis(500),
+            timers: BinaryHeap::new(),
+            failed_calls: 0,
+            strays: 0,
+        };
+        for (i, (id, dest)) in ids.iter().zip(dests).enumerate() {
+            let id = SessionId(*id);
+            let due = start + Duration::from_millis(5) * i as u32;
+            e.by_id.insert(id, i);
+            e.sessions.push(V2Session {
+                id,
+                dest: *dest,
+                calls: 0,
+                answered: 0,
+                registered: false,
+                sent: 0,
+                echoed: 0,
+                edge_ends: i % 4 == 0,
+                done_at: None,
+                edge_unregistered: false,
+                connector_unregistered: Vec::new(),
+                due,
+            });
+            e.timers.push(Reverse((due, i)));
+        }
+        e
+    }
+
+    fn next_wakeup(&self) -> Option<VirtualTime> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    fn wake(&mut self, i: usize, at: VirtualTime) {
+        self.sessions[i].due = at;
+        self.timers.push(Reverse((at, i)));
+    }
+
+    fn on_event(&mut self, now: VirtualTime, e: &EdgeEvent) {
+        match e {
+            EdgeEvent::UdpSessionRegistered { conn, id, result } if *conn == self.conn => {
+                let Some(&i) = self.by_id.get(id) else {
+                    self.strays += 1;
+                    return;
+                };
+                let s = &mut self.sessions[i];
+                s.answered += 1;
+                match result {
+                    Ok(()) if !s.registered => {
+                        s.registered = true;
+                        self.wake(i, now);
+                    }
+                    Ok(()) => {}
+                    Err(_) => {
+                        self.failed_calls += 1;
+                        if !s.registered && s.answered == s.calls {
+                            self.wake(i, now + self.interval);
+                        }
+                    }
+                }
+            }
+            EdgeEvent::UdpSessionUnregistered { conn, id, message } if *conn == self.conn => {
+                match self.by_id.get(id) {
+                    Some(&i) => self.sessions[i]
+                        .connector_unregistered
+                        .push(message.clone()),
+                    None => self.strays += 1,
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn receive(&mut self, d: &[u8]) {
+        match v2::decode(d) {
+            Ok(v2::Datagram::Udp {
+                session_id,
+                payload,
+            }) => {
+                let id = SessionId(session_id.as_u128());
+                match self.by_id.get(&id) {
+                    Some(&i) if payload.starts_with(&id.0.to_be_bytes()) => {
+                        self.sessions[i].echoed += 1
+                    }
+                    _ => self.strays += 1,
+                }
+            }
+            _ => self.strays += 1,
+        }
+    }
+
+    fn tick(&mut self, now: VirtualTime, edge: &mut EdgeEndpoint) {
+        while let Some(&Reverse((t, i))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            if self.sessions[i].due == t {
+                self.act(now, i, edge);
+            }
+        }
+    }
+
+    fn act(&mut self, now: VirtualTime, i: usize, edge: &mut EdgeEndpoint) {
+        let at = now;
+        let conn = self.conn;
+        let s = &mut self.sessions[i];
+        if !s.registered {
+            let instant = self.clock.instant(now);
+            match edge.register_udp_session(instant, conn, s.id, s.dest, IDLE.as_nanos() as i64) {
+                Ok(_) => s.calls += 1,
+                Err(_) => self.failed_calls += 1,
+            }
+            self.wake(i, at + self.retry);
+            return;
+        }
+        if s.sent < self.per_session {
+            let mut body = s.id.0.to_be_bytes().to_vec();
+            body.extend_from_slice(&s.sent.to_be_bytes());
+            body.resize(64 + (s.sent as usize % 4) * 100, 0x5a);
+            let d = v2::Datagram::Udp {
+                session_id: Uuid::from_u128(s.id.0),
+                payload: &body,
+            };
+            let mut out = vec![0; d.encoded_len()];
+            if d.encode(&mut out).is_ok() && edge.send_datagram(conn, out.into()).is_ok() {
+                s.sent += 1;
+            }
+            if s.sent >= self.per_session {
+                s.done_at = Some(now);
+                if s.edge_ends {
+                    self.wake(i, at + self.linger);
+                }
+            } else {
+                self.wake(i, at + self.interval);
+            }
+            return;
+        }
+        // Traffic done: the edge ends it, once no registration call is still under way (a
+        // late one would bring the session back).
+        if s.edge_ends && !s.edge_unregistered {
+            if s.answered < s.calls {
+                self.wake(i, at + self.interval);
+                return;
+            }
+            let instant = self.clock.instant(now);
+            if edge
+                .unregister_udp_session(instant, conn, s.id, "eyeball went away")
+                .is_ok()
+            {
+                s.edge_unregistered = true;
+            }
+        }
+    }
+}
+
+/// Session ids and echo destinations from the run's seed.
+fn flows(s: &mut Setup, n: usize, net: u8) -> (Vec<u128>, Vec<SocketAddr>) {
+    use rand_chacha::rand_core::Rng;
+    let base = u128::from(s.rng.next_u64()) << 64;
+    let ids = (0..n as u128).map(|i| base | i).collect();
+    let dests = (0..n)
+        .map(|i| SocketAddr::from(([10, net, (i / 250) as u8, (i % 250 + 1) as u8], ECHO_PORT)))
+        .collect();
+    (ids, dests)
+}
+
+/// A v2 and a v3 connection side by side under loss: sessions on both echo through the one
+/// manager; the edge unregisters a quarter of the v2 sessions (closed without an RPC back),
+/// the rest idle out and the connector unregisters each with `session idle for 3s`.
+pub(super) fn udp_v2_and_v3(p: &Params) -> Result<u64, String> {
+    let mut s = setup(p);
+    let a = s.add_connector_with(0, s.secret.clone(), &["support_datagram_v2"])?;
+    let conn_a = register(&mut s, a)?;
+    let b = s.add_connector_with(
+        1,
+        s.secret.clone(),
+        &["support_datagram_v2", "support_datagram_v3_2"],
+    )?;
+    let conn_b = register(&mut s, b)?;
+    let n = if p.quick { 60 } else { 400 };
+    let (v2_ids, v2_dests) = flows(&mut s, n, 1);
+    let (v3_ids, v3_dests) = flows(&mut s, n, 2);
+    let mut eye2 = V2Eyeball::new(s.world.clock, &v2_ids, &v2_dests, conn_a, s.world.now);
+    let mut eye3 = Eyeball::new(
+        v3_ids.into_iter(),
+        &v3_dests,
+        conn_b,
+        s.world.now,
+        Duration::from_millis(300),
+        IDLE.as_secs() as u16,
+    );
+    eye3.per_session = 8;
+
+    let mut requested = 0u32;
+    let mut edge_ends_seen = 0u32;
+    let mut unexpected: Vec<String> = Vec::new();
+    let limit = s.world.after(Duration::from_secs(60));
+    let mut quiet_since: Option<VirtualTime> = None;
+    s.world.run_ticking(limit, |w, h| {
+        match &h {
+            Some(Happening::Connector(_, ConnectorEvent::Closed { reason })) => {
+                return Err(format!("connection closed: {reason}"))
+            }
+            Some(Happening::Connector(i, ConnectorEvent::UdpSessionRequested { .. })) => {
+                if *i != a {
+                    unexpected.push(format!("v2 registration on connector {i}"));
+                }
+                requested += 1;
+            }
+            Some(Happening::Connector(i, ConnectorEvent::UdpSessionUnregistered { .. })) => {
+                if *i != a {
+                    unexpected.push(format!("v2 unregistration on connector {i}"));
+                }
+                edge_ends_seen += 1;
+            }
+            Some(Happening::Edge(e)) => eye2.on_event(w.now, e),
+            _ => {}
+        }
+        if h.is_some() {
+            return Ok(false);
+        }
+        let now = w.now;
+        if let Some(edge) = w.edge.as_mut() {
+            while let Some((conn, d)) = edge.poll_datagram() {
+                if conn == conn_a {
+                    eye2.receive(&d);
+                } else {
+                    eye3.take_datagram(now, &d);
+                }
+            }
+            eye2.tick(now, edge);
+            eye3.tick(now, edge);
+        }
+        for t in [eye2.next_wakeup(), eye3.next_wakeup()]
+            .into_iter()
+            .flatten()
+        {
+            w.wakeups.insert(t);
+        }
+        // Done once every session's traffic is over and the manager is empty for a while
+        // (the connector's last unregistration calls have been answered).
+        let traffic_done = eye2
+            .sessions
+            .iter()
+            .all(|s| s.done_at.is_some() && (!s.edge_ends || s.edge_unregistered))
+            && eye3
+                .sessions
+                .iter()
+                .all(|s| s.registered && s.sent >= eye3.per_session);
+        let empty = traffic_done && w.udp.hub.sessions.active() == 0;
+        match (empty, quiet_since) {
+            (false, _) => quiet_since = None,
+            (true, None) => quiet_since = Some(now),
+            (true, Some(t)) if now.since_start() - t.since_start() > Duration::from_secs(6) => {
+                return Ok(true)
+            }
+            _ => {}
+        }
+        Ok(false)
+    })?;
+
+    let w = &s.world;
+    let m = w.udp.hub.sessions.stats();
+    let summary = format!(
+        "v2 calls {} failed {} strays {} | connector requests {requested} edge-ends {edge_ends_seen} | {:?} | {:?}",
+        eye2.sessions.iter().map(|s| s.calls).sum::<u32>(),
+        eye2.failed_calls,
+        eye2.strays,
+        eye3.stats,
+        m
+    );
+    expect(unexpected.is_empty(), &format!("{unexpected:?}"), w)?;
+    expect(
+        quiet_since.is_some(),
+        &format!("traffic finished and every session ended ({summary})"),
+        w,
+    )?;
+    expect(
+        eye2.strays == 0 && eye3.stats.strays == 0,
+        &format!("no stray datagram or event ({summary})"),
+        w,
+    )?;
+    let silent = eye2.sessions.iter().filter(|s| s.echoed == 0).count()
+        + eye3.sessions.iter().filter(|s| s.echoed == 0).count();
+    expect(
+        silent == 0,
+        &format!("every session on both versions echoes; {silent} silent ({summary})"),
+        w,
+    )?;
+    let idle_text = format!("session idle for {}", go_duration(IDLE));
+    expect(
+        idle_text == "session idle for 3s",
+        "cloudflared's idle text",
+        w,
+    )?;
+    for v in &eye2.sessions {
+        if v.edge_ends {
+            expect(
+                v.connector_unregistered.is_empty(),
+                &format!(
+                    "session {} ended by the edge gets no unregisterUdpSession back, got {:?}",
+                    v.id, v.connector_unregistered
+                ),
+                w,
+            )?;
+        } else {
+            expect(
+                !v.connector_unregistered.is_empty()
+                    && v.connector_unregistered.iter().all(|m| *m == idle_text),
+                &format!(
+                    "idle session {} is unregistered by the connector with {idle_text:?}, got {:?}",
+                    v.id, v.connector_unregistered
+                ),
+                w,
+            )?;
+        }
+    }
+    let edge_ended = eye2.sessions.iter().filter(|s| s.edge_ends).count();
+    expect(
+        edge_ends_seen as usize == edge_ended,
+        &format!("the connector saw {edge_ends_seen} edge unregistrations of {edge_ended}"),
+        w,
+    )?;
+    expect(
+        m.idle_closed == (2 * n - edge_ended) as u64,
+        &format!("every other session on both versions idled out ({summary})"),
+        w,
+    )?;
+    expect(w.udp.sockets() == 0, "every origin socket closed", w)?;
+    expect(
+        w.connectors[a]
+            .1
+            .as_ref()
+            .is_some_and(|c| c.pending_calls() == 0),
+        "every unregistration call was answered",
+        w,
+    )?;
+    s.world.trace.record(s.world.now, &summary);
+    Ok(s.world.trace.hash())
+}
