@@ -948,58 +948,15 @@ async fn handle(
         }
     }
     if status == 101 {
-        if let (Some(upgrade), Some(mut ack_rx)) = (upgrade, ack_rx.take()) {
+        if let (Some(upgrade), Some(ack_rx)) = (upgrade, ack_rx.take()) {
             let c = cmds.clone();
             tokio::spawn(async move {
                 let Ok(upgraded) = upgrade.await else {
                     let _ = c.send(Cmd::Reset(key));
                     return;
                 };
-                let io = TokioIo::new(upgraded);
-                let (mut rd, mut wr) = tokio::io::split(io);
-                let c2 = c.clone();
-                let up = async move {
-                    let mut buf = vec![0u8; 32 * 1024];
-                    loop {
-                        match rd.read(&mut buf).await {
-                            Ok(0) | Err(_) => {
-                                let _ = c2.send(Cmd::Finish(key));
-                                break;
-                            }
-                            Ok(n) => {
-                                if c2
-                                    .send(Cmd::Body(key, Bytes::copy_from_slice(&buf[..n])))
-                                    .is_err()
-                                    || ack_rx.recv().await.is_none()
-                                {
-                                    break;
-                                }
-                            }
-                        }
-                    }
-                };
-                let down = async move {
-                    while let Some(ev) = events.recv().await {
-                        match ev {
-                            StreamEv::Body(b) => {
-                                if wr.write_all(&b).await.is_err() {
-                                    let _ = c.send(Cmd::Reset(key));
-                                    break;
-                                }
-                                let _ = c.send(Cmd::ReadMore(key));
-                            }
-                            StreamEv::Ack => {
-                                let _ = ack_tx.send(());
-                            }
-                            StreamEv::End | StreamEv::Reset => {
-                                let _ = wr.shutdown().await;
-                                break;
-                            }
-                            StreamEv::Response { .. } => {}
-                        }
-                    }
-                };
-                tokio::join!(up, down);
+                let (rd, wr) = tokio::io::split(TokioIo::new(upgraded));
+                splice(key, rd, wr, c, events, ack_tx, ack_rx).await;
             });
         }
         return builder
@@ -1039,6 +996,62 @@ async fn handle(
         .unwrap_or_else(|_| plain(502, "bad response headers\n"))
 }
 
+/// Pipes a raw byte stream (an upgraded WebSocket, a mapped TCP connection) both ways through
+/// tunnel stream `key`. Each read goes up only after the previous one was acknowledged, so a
+/// slow tunnel holds the socket instead of filling memory.
+async fn splice(
+    key: Key,
+    mut rd: impl tokio::io::AsyncRead + Unpin,
+    mut wr: impl tokio::io::AsyncWrite + Unpin,
+    cmds: mpsc::UnboundedSender<Cmd>,
+    mut events: mpsc::UnboundedReceiver<StreamEv>,
+    ack_tx: mpsc::UnboundedSender<()>,
+    mut ack_rx: mpsc::UnboundedReceiver<()>,
+) {
+    let c = cmds.clone();
+    let up = async move {
+        let mut buf = vec![0u8; 32 * 1024];
+        loop {
+            match rd.read(&mut buf).await {
+                Ok(0) | Err(_) => {
+                    let _ = c.send(Cmd::Finish(key));
+                    break;
+                }
+                Ok(n) => {
+                    if c.send(Cmd::Body(key, Bytes::copy_from_slice(&buf[..n])))
+                        .is_err()
+                        || ack_rx.recv().await.is_none()
+                    {
+                        break;
+                    }
+                }
+            }
+        }
+    };
+    let down = async move {
+        while let Some(ev) = events.recv().await {
+            match ev {
+                StreamEv::Body(b) => {
+                    if wr.write_all(&b).await.is_err() {
+                        let _ = cmds.send(Cmd::Reset(key));
+                        break;
+                    }
+                    let _ = cmds.send(Cmd::ReadMore(key));
+                }
+                StreamEv::Ack => {
+                    let _ = ack_tx.send(());
+                }
+                StreamEv::End | StreamEv::Reset => {
+                    let _ = wr.shutdown().await;
+                    break;
+                }
+                StreamEv::Response { .. } => {}
+            }
+        }
+    };
+    tokio::join!(up, down);
+}
+
 /// A `--tcp-map` listener: every accepted connection is a TCP stream to `dest` in the tunnel.
 async fn serve_tcp(
     listener: TcpListener,
@@ -1071,50 +1084,9 @@ async fn serve_tcp(
                     return;
                 }
             }
-            let (mut rd, mut wr) = sock.into_split();
-            let (ack_tx, mut ack_rx) = mpsc::unbounded_channel::<()>();
-            let c = cmds.clone();
-            let up = async move {
-                let mut buf = vec![0u8; 32 * 1024];
-                loop {
-                    match rd.read(&mut buf).await {
-                        Ok(0) | Err(_) => {
-                            let _ = c.send(Cmd::Finish(key));
-                            break;
-                        }
-                        Ok(n) => {
-                            if c.send(Cmd::Body(key, Bytes::copy_from_slice(&buf[..n])))
-                                .is_err()
-                                || ack_rx.recv().await.is_none()
-                            {
-                                break;
-                            }
-                        }
-                    }
-                }
-            };
-            let down = async move {
-                while let Some(ev) = events.recv().await {
-                    match ev {
-                        StreamEv::Body(b) => {
-                            if wr.write_all(&b).await.is_err() {
-                                let _ = cmds.send(Cmd::Reset(key));
-                                break;
-                            }
-                            let _ = cmds.send(Cmd::ReadMore(key));
-                        }
-                        StreamEv::Ack => {
-                            let _ = ack_tx.send(());
-                        }
-                        StreamEv::End | StreamEv::Reset => {
-                            let _ = wr.shutdown().await;
-                            break;
-                        }
-                        StreamEv::Response { .. } => {}
-                    }
-                }
-            };
-            tokio::join!(up, down);
+            let (rd, wr) = sock.into_split();
+            let (ack_tx, ack_rx) = mpsc::unbounded_channel::<()>();
+            splice(key, rd, wr, cmds, events, ack_tx, ack_rx).await;
         });
     }
 }
