@@ -224,8 +224,8 @@ struct Flow {
 }
 
 /// The seam where QUIC datagrams of each tunnel connection will be dispatched to the UDP
-/// session manager and ICMP router (`burrow_core::session`, `burrow_core::icmp::router`, being
-/// built separately). Connections come and go by [`LinkId`]; sessions of a link that went
+/// session manager and ICMP router (`burrow_core::tunnel::udp::DatagramHub` drives both; not
+/// wired in yet). Connections come and go by [`LinkId`]; sessions of a link that went
 /// down migrate to a surviving one there.
 #[derive(Default)]
 struct DatagramSeam {
@@ -241,10 +241,16 @@ impl DatagramSeam {
         self.links.remove(&link);
     }
 
-    /// Datagram v2 session registration: to be handed to the session manager; unanswered
-    /// here, so the edge's call times out.
-    fn session_requested(&mut self, link: LinkId, id: String, dest: SocketAddr) {
+    /// Datagram v2 session registration: to be handed to the session manager. Until then it
+    /// is refused at once, so the edge does not wait for an answer that never comes.
+    fn session_requested(
+        &mut self,
+        link: LinkId,
+        id: String,
+        dest: SocketAddr,
+    ) -> Result<(), String> {
         warn!(%link, session = %id, %dest, "UDP sessions are not wired into the daemon yet");
+        Err("UDP sessions are not supported by this connector yet".into())
     }
 
     fn session_unregistered(&mut self, link: LinkId, id: String) {
@@ -449,11 +455,20 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                     SupervisorEvent::LocalConfigurationFailed { index, reason } => {
                         warn!(conn_index = index, %reason, "Failed to update local configuration");
                     }
-                    SupervisorEvent::UdpSessionRequested { link, id, dest, .. } => {
-                        seam.session_requested(link, format!("{id:?}"), dest);
+                    SupervisorEvent::UdpSessionRequested {
+                        link,
+                        id,
+                        dest,
+                        stream,
+                        ..
+                    } => {
+                        let result = seam.session_requested(link, format!("{id}"), dest);
+                        if let Err(e) = sup.respond_udp_session(now, link, stream, result) {
+                            warn!(%link, error = %e, "cannot answer the UDP session request");
+                        }
                     }
                     SupervisorEvent::UdpSessionUnregistered { link, id, .. } => {
-                        seam.session_unregistered(link, format!("{id:?}"));
+                        seam.session_unregistered(link, format!("{id}"));
                     }
                     SupervisorEvent::Fatal(e) => fatal = Some(e),
                     SupervisorEvent::Stopped => {}

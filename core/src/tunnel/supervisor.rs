@@ -685,6 +685,18 @@ impl Supervisor {
             .unwrap_or(Ok(()))
     }
 
+    /// Answers a [`SupervisorEvent::UdpSessionRequested`] on `link`'s RPC stream `stream`.
+    pub fn respond_udp_session(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        stream: StreamId,
+        result: Result<(), String>,
+    ) -> Result<(), ConnectorError> {
+        self.with_link(now, link, |c| c.respond_udp_session(now, stream, result))
+            .unwrap_or(Ok(()))
+    }
+
     /// Graceful shutdown: every connection unregisters and drains; nothing reconnects. The
     /// grace period bounds the whole. A second call closes everything at once.
     pub fn shutdown(&mut self, now: Instant) {
