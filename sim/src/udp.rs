@@ -21,6 +21,7 @@ use burrow_core::session::{
 use burrow_core::tunnel::connector::{ConnectorConnection, ConnectorEvent};
 use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint};
 use burrow_core::tunnel::udp::{DatagramHub, Egress, HubAction};
+use bytes::BytesMut;
 use quinn_proto::StreamId;
 
 use crate::clock::{Clock, VirtualTime};
@@ -134,7 +135,7 @@ pub struct ConnectorUdp {
     /// The plane under test.
     pub hub: DatagramHub,
     net: OriginNet,
-    buf: Vec<u8>,
+    buf: BytesMut,
     /// v2 `registerUdpSession` calls waiting for the manager, by link and session: the RPC
     /// streams to answer on (a retried call may wait beside the first; one answer serves all).
     v2_calls: HashMap<(LinkId, SessionId), Vec<StreamId>>,
@@ -149,7 +150,7 @@ impl ConnectorUdp {
                 IcmpRouter::new(RouterConfig::new(Some(ICMP_SRC_V4), Some(ICMP_SRC_V6))),
             ),
             net: OriginNet::default(),
-            buf: vec![0; HEADROOM + ORIGIN_READ + TAILROOM],
+            buf: BytesMut::with_capacity(64 * 1024),
             v2_calls: HashMap::new(),
         }
     }
@@ -231,6 +232,8 @@ impl ConnectorUdp {
             }
             self.net.stats.from_origin += 1;
             let len = payload.len();
+            // What a driver does before each read: room for the framing around the payload.
+            self.buf.resize(HEADROOM + ORIGIN_READ + TAILROOM, 0);
             self.buf[HEADROOM..HEADROOM + len].copy_from_slice(&payload);
             let before = self.hub.stats().datagrams_out;
             self.hub

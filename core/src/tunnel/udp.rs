@@ -13,7 +13,7 @@
 use std::net::IpAddr;
 use std::time::Instant;
 
-use bytes::Bytes;
+use bytes::{Buf, Bytes, BytesMut};
 use tracing::debug;
 
 use super::connector::ConnectorConnection;
@@ -178,17 +178,24 @@ impl DatagramHub {
     /// `len` bytes read from the origin socket of `flow` sit at `buf[HEADROOM..]`
     /// (see [`crate::session::SessionManager::frame_origin`]): frame them in place and send
     /// them on the session's connection.
+    ///
+    /// The datagram is split off the front of `buf` and handed to quinn as it is, without a
+    /// copy; the driver then resizes `buf` for its next read. With a buffer of generous
+    /// capacity that costs, amortised, no allocation per packet: `BytesMut` takes its storage back once
+    /// quinn has sent what it split off.
     pub fn origin_read(
         &mut self,
         now: Instant,
         flow: UdpFlowId,
-        buf: &mut [u8],
+        buf: &mut BytesMut,
         len: usize,
         links: &mut (impl Links + ?Sized),
     ) {
         match self.sessions.frame_origin(now, flow, buf, len) {
             Ok(out) => {
-                let datagram = Bytes::copy_from_slice(&buf[out.range]);
+                let mut framed = buf.split_to(out.range.end);
+                framed.advance(out.range.start);
+                let datagram = framed.freeze();
                 match links.connection(out.link) {
                     Some(conn) => self.send(conn, Some(datagram)),
                     None => self.stats.send_refused += 1,
