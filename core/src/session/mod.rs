@@ -29,6 +29,7 @@ use tracing::{debug, warn};
 
 use crate::datagram::{v2, v3, LinkId};
 
+pub mod edge;
 #[cfg(test)]
 mod tests;
 

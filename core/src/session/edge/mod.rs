@@ -1,0 +1,966 @@
+//! The edge's side of UDP sessions and ICMP (PROTOCOL.md B§1, B§4): public client flows of
+//! a self-hosted edge carried as datagram-v3 sessions through a tunnel.
+//!
+//! Sans-IO, in str0m's shape. The driver owns one public UDP socket per mapping and the QUIC
+//! endpoint; it feeds client packets ([`EdgeSessions::handle_client`]) and the datagrams
+//! connectors send ([`EdgeSessions::handle_datagram`], which answers with a [`Deliver`]
+//! borrowing the payload), tells it which tunnel connections exist, and sends what
+//! [`EdgeSessions::poll_datagram`] hands out.
+//!
+//! A UDP mapping ties a public socket to one destination in a tunnel's private network.
+//! Each (mapping, client address) is one v3 session: a fresh 16-byte RequestId from a seeded
+//! RNG, a `0x00` registration retransmitted with backoff until the `0x03` response, then
+//! `0x01` payloads both ways. v3 has no close message (B§1.14), so the edge keeps its own idle
+//! timer and hints the connector to a slightly longer one, so the connector never forgets a
+//! session the edge still uses. When a session's connection closes it is registered again
+//! on another connection of the tunnel, which cloudflared answers as a migration.
+//!
+//! Payloads that arrive before the registration is answered are held (bounded) and sent as
+//! plain `0x01` once it is: stock cloudflared ignores a bundled payload and handles
+//! registrations asynchronously, so a payload sent right behind one is dropped as
+//! `write_flow_unknown` (B§1.9). [`EdgeSessionsConfig::bundle_first_payload`] bundles the
+//! first payload into the registration instead, for connectors that deliver it (burrow's).
+//!
+//! An ICMP mapping carries raw IP packets (echo requests with their IP header) as `0x02`
+//! datagrams; replies and errors go back to the client that last sent a request with the same
+//! (source, destination, echo id), from a small table with idle expiry ([`echo`]).
+
+mod echo;
+#[cfg(test)]
+mod tests;
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use bytes::{BufMut, Bytes, BytesMut};
+use fnv::FnvBuildHasher;
+use rand_chacha::rand_core::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
+use tracing::{debug, warn};
+use uuid::Uuid;
+
+use crate::datagram::{v2, v3};
+use crate::session::{DatagramVersion, SessionId};
+use crate::tunnel::edge::ConnId;
+use echo::EchoTable;
+
+/// Default edge-side idle timeout of a UDP session (Linux conntrack's for a UDP stream).
+pub const DEFAULT_IDLE: Duration = Duration::from_secs(120);
+/// Seconds added to the idle timeout in the hint sent to the connector, so that the connector,
+/// which cannot tell the edge it closed a session, always outlives the edge's view of it.
+pub const IDLE_HINT_MARGIN_SECS: u64 = 10;
+/// Default first registration retransmission delay; it doubles on each retry.
+pub const DEFAULT_RETRANSMIT: Duration = Duration::from_millis(250);
+/// Default registration attempts before a session is given up.
+pub const DEFAULT_ATTEMPTS: u32 = 6;
+/// Default idle expiry of an ICMP echo table entry.
+pub const DEFAULT_ICMP_IDLE: Duration = Duration::from_secs(30);
+/// Room kept in the reusable output buffer; it is refilled in blocks of this size.
+const OUT_BLOCK: usize = 64 * 1024;
+
+/// One public mapping, as the caller numbered it by adding it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MappingId(pub u32);
+
+impl std::fmt::Display for MappingId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "map#{}", self.0)
+    }
+}
+
+/// What a mapping carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MappingKind {
+    /// UDP payloads to `dest` in the tunnel's private network.
+    Udp {
+        /// Destination of every session of this mapping.
+        dest: SocketAddr,
+    },
+    /// Raw IP packets (ICMP echo requests) in, ICMP replies and errors out.
+    Icmp,
+}
+
+/// Bounds and timers.
+#[derive(Debug, Clone, Copy)]
+pub struct EdgeSessionsConfig {
+    /// A session with no traffic either way for this long ends (at least 1 s is used).
+    pub idle_timeout: Duration,
+    /// First registration retransmission delay; doubles each time.
+    pub retransmit: Duration,
+    /// Registrations sent (first one included) before the session is given up.
+    pub attempts: u32,
+    /// Payloads held per session while its registration is unanswered.
+    pub max_pending: usize,
+    /// Most UDP sessions at once; new client flows beyond it are dropped.
+    pub max_sessions: usize,
+    /// Bundle a new session's first payload into its registration (and its retransmissions)
+    /// instead of holding it until the answer. Only for connectors that deliver bundled
+    /// payloads; stock cloudflared ignores them.
+    pub bundle_first_payload: bool,
+    /// An ICMP echo table entry with no request or reply for this long is forgotten.
+    pub icmp_idle: Duration,
+    /// Most ICMP echo table entries.
+    pub max_echo_entries: usize,
+}
+
+impl Default for EdgeSessionsConfig {
+    fn default() -> Self {
+        Self {
+            idle_timeout: DEFAULT_IDLE,
+            retransmit: DEFAULT_RETRANSMIT,
+            attempts: DEFAULT_ATTEMPTS,
+            max_pending: 16,
+            max_sessions: 65536,
+            bundle_first_payload: false,
+            icmp_idle: DEFAULT_ICMP_IDLE,
+            max_echo_entries: 4096,
+        }
+    }
+}
+
+/// A packet the driver must send to a public client from the mapping's socket.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deliver<'a> {
+    /// Whose socket sends it.
+    pub mapping: MappingId,
+    /// Where it goes.
+    pub client: SocketAddr,
+    /// A UDP payload, or a whole IP packet for an ICMP mapping; borrowed from the datagram.
+    pub payload: &'a [u8],
+}
+
+/// Why a client packet or a connector datagram was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EdgeDrop {
+    /// The caller named a mapping it never added.
+    UnknownMapping,
+    /// The mapping's tunnel has no connection that can carry it (none, or only datagram-v2
+    /// connections for a UDP mapping).
+    NoConnection,
+    /// Client payload over the 1280-byte v3 limit (or an unframeable ICMP packet).
+    TooLarge,
+    /// The session table is full.
+    SessionsFull,
+    /// Held payloads of an unanswered registration are at their bound.
+    PendingFull,
+    /// Held for a registration that was refused or never answered.
+    Unregistered,
+    /// ICMP mapping packet that is not an IP packet carrying an ICMP echo request.
+    NotEcho,
+    /// The ICMP echo table is full.
+    EchoTableFull,
+    /// ICMP from the connector that matches no client.
+    EchoUnmatched,
+    /// A connector datagram that does not decode.
+    Malformed,
+    /// A datagram type the edge never receives (registrations, v2 UDP, spans).
+    UnexpectedType,
+    /// Payload or response for a session the edge does not have (or no longer on that link).
+    UnknownSession,
+    /// A datagram from a connection the caller never added.
+    UnknownConnection,
+    /// The QUIC connection refused the datagram (reported by the driver).
+    SendFailed,
+}
+
+impl EdgeDrop {
+    /// Every reason, in counter order.
+    pub const ALL: [EdgeDrop; 14] = [
+        Self::UnknownMapping,
+        Self::NoConnection,
+        Self::TooLarge,
+        Self::SessionsFull,
+        Self::PendingFull,
+        Self::Unregistered,
+        Self::NotEcho,
+        Self::EchoTableFull,
+        Self::EchoUnmatched,
+        Self::Malformed,
+        Self::UnexpectedType,
+        Self::UnknownSession,
+        Self::UnknownConnection,
+        Self::SendFailed,
+    ];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::UnknownMapping => "unknown_mapping",
+            Self::NoConnection => "no_connection",
+            Self::TooLarge => "too_large",
+            Self::SessionsFull => "sessions_full",
+            Self::PendingFull => "pending_full",
+            Self::Unregistered => "unregistered",
+            Self::NotEcho => "not_echo",
+            Self::EchoTableFull => "echo_table_full",
+            Self::EchoUnmatched => "echo_unmatched",
+            Self::Malformed => "malformed",
+            Self::UnexpectedType => "unexpected_type",
+            Self::UnknownSession => "unknown_session",
+            Self::UnknownConnection => "unknown_connection",
+            Self::SendFailed => "send_failed",
+        }
+    }
+}
+
+impl std::fmt::Display for EdgeDrop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// Counters.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EdgeSessionStats {
+    /// Sessions started (a client's first packet on a mapping).
+    pub opened: u64,
+    /// Registrations answered OK (first answer per registration round).
+    pub registered: u64,
+    /// Registration datagrams sent again after no answer.
+    pub retransmits: u64,
+    /// Sessions refused with `TooManyActiveFlows`.
+    pub refused_too_many_flows: u64,
+    /// Sessions refused with `UnableToBindSocket`.
+    pub refused_bind: u64,
+    /// Sessions refused with any other code.
+    pub refused_other: u64,
+    /// Sessions given up after [`EdgeSessionsConfig::attempts`] unanswered registrations.
+    pub registration_timeouts: u64,
+    /// Sessions ended by the idle timer.
+    pub idle_closed: u64,
+    /// Sessions registered again on another connection after theirs closed.
+    pub migrated: u64,
+    /// UDP payloads sent into the tunnel (bundled ones included).
+    pub payloads_out: u64,
+    /// UDP payloads delivered to clients.
+    pub payloads_in: u64,
+    /// ICMP packets sent into the tunnel.
+    pub icmp_out: u64,
+    /// ICMP packets delivered to clients.
+    pub icmp_in: u64,
+    /// Drops by [`EdgeDrop::ALL`] order.
+    pub dropped: [u64; 14],
+}
+
+impl EdgeSessionStats {
+    /// Drops counted for `reason`.
+    pub fn dropped(&self, reason: EdgeDrop) -> u64 {
+        self.dropped[reason as usize]
+    }
+}
+
+#[derive(Debug)]
+struct Mapping {
+    tunnel: Uuid,
+    kind: MappingKind,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct ConnInfo {
+    tunnel: Uuid,
+    version: DatagramVersion,
+}
+
+#[derive(Debug)]
+enum State {
+    /// Registration sent on the session's connection, unanswered.
+    Registering {
+        /// Registrations sent this round.
+        sent: u32,
+        /// When to send it again (or give up).
+        retry_at: Instant,
+        /// The registration as sent (with the bundled payload on the first round).
+        datagram: Bytes,
+        /// Framed `0x01` datagrams waiting for the answer.
+        pending: VecDeque<Bytes>,
+    },
+    /// Answered OK: payloads flow.
+    Registered,
+    /// No connection of the tunnel can carry it; waits (held payloads) for one.
+    Orphaned {
+        /// Framed `0x01` datagrams waiting for a connection.
+        pending: VecDeque<Bytes>,
+    },
+}
+
+#[derive(Debug)]
+struct Session {
+    mapping: MappingId,
+    client: SocketAddr,
+    tunnel: Uuid,
+    dest: SocketAddr,
+    conn: Option<ConnId>,
+    last_active: Instant,
+    state: State,
+}
+
+impl Session {
+    fn deadline(&self, idle: Duration) -> Instant {
+        let idle_at = self.last_active + idle;
+        match self.state {
+            State::Registering { retry_at, .. } => retry_at.min(idle_at),
+            _ => idle_at,
+        }
+    }
+}
+
+type Map<K, V> = HashMap<K, V, FnvBuildHasher>;
+
+/// Every public UDP session and ICMP flow of the edge.
+#[derive(Debug)]
+pub struct EdgeSessions {
+    config: EdgeSessionsConfig,
+    rng: ChaCha8Rng,
+    mappings: Vec<Mapping>,
+    conns: BTreeMap<ConnId, ConnInfo>,
+    /// Connections per tunnel, in the order they were added.
+    tunnels: Map<Uuid, Vec<ConnId>>,
+    /// Spreads new sessions over a tunnel's connections.
+    rr: usize,
+    sessions: Map<SessionId, Session>,
+    by_client: Map<(MappingId, SocketAddr), SessionId>,
+    /// Deadlines, checked lazily as in the connector's manager: early or stale entries are
+    /// fixed when they come up, so activity costs no heap work.
+    deadlines: BinaryHeap<Reverse<(Instant, SessionId)>>,
+    echo: EchoTable,
+    out: BytesMut,
+    queue: VecDeque<(ConnId, Bytes)>,
+    /// Mappings already warned about having only v2 connections.
+    warned_v2: Vec<bool>,
+    stats: EdgeSessionStats,
+}
+
+impl EdgeSessions {
+    /// An empty table; `rng_seed` seeds the RequestId generator.
+    pub fn new(config: EdgeSessionsConfig, rng_seed: [u8; 32]) -> Self {
+        let config = EdgeSessionsConfig {
+            idle_timeout: config.idle_timeout.max(Duration::from_secs(1)),
+            attempts: config.attempts.max(1),
+            ..config
+        };
+        Self {
+            echo: EchoTable::new(config.icmp_idle, config.max_echo_entries),
+            config,
+            rng: ChaCha8Rng::from_seed(rng_seed),
+            mappings: Vec::new(),
+            conns: BTreeMap::new(),
+            tunnels: Map::default(),
+            rr: 0,
+            sessions: Map::default(),
+            by_client: Map::default(),
+            deadlines: BinaryHeap::new(),
+            out: BytesMut::new(),
+            queue: VecDeque::new(),
+            warned_v2: Vec::new(),
+            stats: EdgeSessionStats::default(),
+        }
+    }
+
+    /// The configuration in force (idle and attempts clamped).
+    pub fn config(&self) -> &EdgeSessionsConfig {
+        &self.config
+    }
+
+    /// Adds a public mapping into `tunnel`.
+    pub fn add_mapping(&mut self, tunnel: Uuid, kind: MappingKind) -> MappingId {
+        let id = MappingId(u32::try_from(self.mappings.len()).unwrap_or(u32::MAX));
+        self.mappings.push(Mapping { tunnel, kind });
+        self.warned_v2.push(false);
+        id
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &EdgeSessionStats {
+        &self.stats
+    }
+
+    /// UDP sessions alive (registering, registered or waiting for a connection).
+    pub fn active_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+
+    /// Registered sessions.
+    pub fn registered_sessions(&self) -> usize {
+        self.sessions
+            .values()
+            .filter(|s| matches!(s.state, State::Registered))
+            .count()
+    }
+
+    /// ICMP echo table entries.
+    pub fn echo_entries(&self) -> usize {
+        self.echo.len()
+    }
+
+    /// The session of a client flow.
+    pub fn session_of(&self, mapping: MappingId, client: SocketAddr) -> Option<SessionId> {
+        self.by_client.get(&(mapping, client)).copied()
+    }
+
+    /// The connection a session is on.
+    pub fn connection_of(&self, id: SessionId) -> Option<ConnId> {
+        self.sessions.get(&id)?.conn
+    }
+
+    /// A registered tunnel connection; its datagram version comes from its features
+    /// ([`DatagramVersion::from_features`]). Sessions of the tunnel waiting for a connection
+    /// register on it if it speaks v3.
+    pub fn add_connection(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        tunnel: Uuid,
+        version: DatagramVersion,
+    ) {
+        if self
+            .conns
+            .insert(conn, ConnInfo { tunnel, version })
+            .is_none()
+        {
+            self.tunnels.entry(tunnel).or_default().push(conn);
+        }
+        if version != DatagramVersion::V3 {
+            return;
+        }
+        for (m, w) in self.mappings.iter().zip(self.warned_v2.iter_mut()) {
+            if m.tunnel == tunnel {
+                *w = false;
+            }
+        }
+        let orphans: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.tunnel == tunnel && s.conn.is_none())
+            .map(|(&id, _)| id)
+            .collect();
+        for id in orphans {
+            self.register_on(now, id, conn);
+        }
+    }
+
+    /// A tunnel connection is gone (closed, or unregistered: no new traffic). Its sessions
+    /// register again on another v3 connection of the tunnel, or wait for one.
+    pub fn remove_connection(&mut self, now: Instant, conn: ConnId) {
+        let Some(info) = self.conns.remove(&conn) else {
+            return;
+        };
+        if let Some(list) = self.tunnels.get_mut(&info.tunnel) {
+            list.retain(|c| *c != conn);
+        }
+        let moved: Vec<SessionId> = self
+            .sessions
+            .iter()
+            .filter(|(_, s)| s.conn == Some(conn))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in moved {
+            match self.pick_v3(info.tunnel) {
+                Some(next) => {
+                    self.stats.migrated += 1;
+                    debug!(flow_id = %id, from = conn.0, to = next.0, "re-registering session on another connection");
+                    self.register_on(now, id, next);
+                }
+                None => self.orphan(id),
+            }
+        }
+    }
+
+    /// A packet from `client` on `mapping`'s public socket: a UDP payload, or an IP packet
+    /// for an ICMP mapping. What must go into the tunnel comes out of
+    /// [`EdgeSessions::poll_datagram`].
+    pub fn handle_client(
+        &mut self,
+        now: Instant,
+        mapping: MappingId,
+        client: SocketAddr,
+        payload: &[u8],
+    ) -> Result<(), EdgeDrop> {
+        let Some(m) = self.mappings.get(mapping.0 as usize) else {
+            return Err(self.count(EdgeDrop::UnknownMapping));
+        };
+        let tunnel = m.tunnel;
+        match m.kind {
+            MappingKind::Udp { dest } => {
+                self.udp_from_client(now, mapping, tunnel, dest, client, payload)
+            }
+            MappingKind::Icmp => self.icmp_from_client(now, mapping, tunnel, client, payload),
+        }
+    }
+
+    fn udp_from_client(
+        &mut self,
+        now: Instant,
+        mapping: MappingId,
+        tunnel: Uuid,
+        dest: SocketAddr,
+        client: SocketAddr,
+        payload: &[u8],
+    ) -> Result<(), EdgeDrop> {
+        if payload.len() > v3::MAX_PAYLOAD_LEN {
+            return Err(self.count(EdgeDrop::TooLarge));
+        }
+        if let Some(&id) = self.by_client.get(&(mapping, client)) {
+            let max_pending = self.config.max_pending;
+            let datagram = self.frame_payload(id, payload);
+            let Some(s) = self.sessions.get_mut(&id) else {
+                return Err(self.count(EdgeDrop::UnknownSession));
+            };
+            s.last_active = now;
+            return match &mut s.state {
+                State::Registered => {
+                    let conn = s.conn.ok_or(EdgeDrop::NoConnection)?;
+                    self.stats.payloads_out += 1;
+                    self.queue.push_back((conn, datagram));
+                    Ok(())
+                }
+                State::Registering { pending, .. } | State::Orphaned { pending }
+                    if pending.len() < max_pending =>
+                {
+                    pending.push_back(datagram);
+                    Ok(())
+                }
+                _ => Err(self.count(EdgeDrop::PendingFull)),
+            };
+        }
+        let Some(conn) = self.pick_v3(tunnel) else {
+            self.warn_no_v3(mapping, tunnel);
+            return Err(self.count(EdgeDrop::NoConnection));
+        };
+        if self.sessions.len() >= self.config.max_sessions {
+            return Err(self.count(EdgeDrop::SessionsFull));
+        }
+        let id = loop {
+            let id =
+                SessionId(u128::from(self.rng.next_u64()) << 64 | u128::from(self.rng.next_u64()));
+            if !self.sessions.contains_key(&id) {
+                break id;
+            }
+        };
+        self.stats.opened += 1;
+        debug!(flow_id = %id, %mapping, %client, %dest, conn = conn.0, "new UDP session");
+        let mut pending = VecDeque::new();
+        let bundled = if self.config.bundle_first_payload {
+            payload
+        } else {
+            pending.push_back(self.frame_payload(id, payload));
+            &[]
+        };
+        let datagram = self.frame_registration(id, dest, bundled);
+        self.stats.payloads_out += u64::from(!bundled.is_empty());
+        self.sessions.insert(
+            id,
+            Session {
+                mapping,
+                client,
+                tunnel,
+                dest,
+                conn: Some(conn),
+                last_active: now,
+                state: State::Registering {
+                    sent: 0,
+                    retry_at: now,
+                    datagram,
+                    pending,
+                },
+            },
+        );
+        self.by_client.insert((mapping, client), id);
+        self.send_registration(now, id);
+        Ok(())
+    }
+
+    fn icmp_from_client(
+        &mut self,
+        now: Instant,
+        mapping: MappingId,
+        tunnel: Uuid,
+        client: SocketAddr,
+        packet: &[u8],
+    ) -> Result<(), EdgeDrop> {
+        let Some(conn) = self.tunnels.get(&tunnel).and_then(|l| l.first()).copied() else {
+            return Err(self.count(EdgeDrop::NoConnection));
+        };
+        let version = self.conns.get(&conn).map(|c| c.version);
+        if let Err(reason) = self.echo.request(now, tunnel, mapping, client, packet) {
+            return Err(self.count(reason));
+        }
+        let framed = match version {
+            Some(DatagramVersion::V3) => {
+                self.reserve(1 + packet.len());
+                self.out.put_u8(v3::DatagramType::Icmp as u8);
+                self.out.put_slice(packet);
+                v3::Icmp::decode(&self.out).is_ok()
+            }
+            _ => {
+                self.reserve(packet.len() + 1);
+                self.out.put_slice(packet);
+                self.out.put_u8(v2::DatagramType::Ip as u8);
+                v2::decode(&self.out).is_ok()
+            }
+        };
+        let datagram = self.out.split().freeze();
+        if !framed {
+            return Err(self.count(EdgeDrop::TooLarge));
+        }
+        self.stats.icmp_out += 1;
+        self.queue.push_back((conn, datagram));
+        Ok(())
+    }
+
+    /// A QUIC datagram the connector sent on `conn`. A payload or ICMP packet for a client
+    /// comes back borrowed from `datagram`; anything else is taken (answers, drops).
+    pub fn handle_datagram<'a>(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        datagram: &'a [u8],
+    ) -> Option<Deliver<'a>> {
+        let Some(info) = self.conns.get(&conn).copied() else {
+            self.count(EdgeDrop::UnknownConnection);
+            return None;
+        };
+        match info.version {
+            DatagramVersion::V3 => match v3::decode(datagram) {
+                Ok(v3::Datagram::Payload(p)) => self.payload_from_tunnel(now, conn, p),
+                Ok(v3::Datagram::RegistrationResponse(r)) => {
+                    self.response(now, conn, r);
+                    None
+                }
+                Ok(v3::Datagram::Icmp(i)) => self.icmp_from_tunnel(now, info.tunnel, i.packet),
+                Ok(v3::Datagram::Registration(_)) => {
+                    self.count(EdgeDrop::UnexpectedType);
+                    None
+                }
+                Err(e) => {
+                    debug!(conn = conn.0, error = %e, "dropping malformed datagram");
+                    self.count(EdgeDrop::Malformed);
+                    None
+                }
+            },
+            DatagramVersion::V2 => match v2::decode(datagram) {
+                Ok(v2::Datagram::Ip { packet } | v2::Datagram::IpWithTrace { packet, .. }) => {
+                    self.icmp_from_tunnel(now, info.tunnel, packet)
+                }
+                // UDP sessions are only carried over v3 here; spans are not expected.
+                Ok(_) => {
+                    self.count(EdgeDrop::UnexpectedType);
+                    None
+                }
+                Err(e) => {
+                    debug!(conn = conn.0, error = %e, "dropping malformed datagram");
+                    self.count(EdgeDrop::Malformed);
+                    None
+                }
+            },
+        }
+    }
+
+    fn payload_from_tunnel<'a>(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        p: v3::Payload<'a>,
+    ) -> Option<Deliver<'a>> {
+        let Some(s) = self.sessions.get_mut(&p.request_id) else {
+            self.count(EdgeDrop::UnknownSession);
+            return None;
+        };
+        // cloudflared sends from whichever connection the session is on; accept any of the
+        // tunnel's, as it does for the other direction.
+        if self.conns.get(&conn).map(|c| c.tunnel) != Some(s.tunnel) {
+            self.count(EdgeDrop::UnknownSession);
+            return None;
+        }
+        s.last_active = now;
+        let (mapping, client) = (s.mapping, s.client);
+        // A payload proves the registration was taken even if its answer was lost.
+        if matches!(s.state, State::Registering { .. }) && s.conn == Some(conn) {
+            self.registered(p.request_id);
+        }
+        self.stats.payloads_in += 1;
+        Some(Deliver {
+            mapping,
+            client,
+            payload: p.payload,
+        })
+    }
+
+    fn response(&mut self, now: Instant, conn: ConnId, r: v3::RegistrationResponse<'_>) {
+        let Some(s) = self.sessions.get_mut(&r.request_id) else {
+            self.count(EdgeDrop::UnknownSession);
+            return;
+        };
+        if s.conn != Some(conn) {
+            // An answer from a connection the session has left; the current one will answer.
+            debug!(flow_id = %r.request_id, conn = conn.0, "stale registration response");
+            return;
+        }
+        match r.code {
+            v3::ResponseCode::Ok => {
+                if matches!(s.state, State::Registering { .. }) {
+                    s.last_active = now;
+                    self.registered(r.request_id);
+                }
+            }
+            code => {
+                match code {
+                    v3::ResponseCode::TooManyActiveFlows => self.stats.refused_too_many_flows += 1,
+                    v3::ResponseCode::UnableToBindSocket => self.stats.refused_bind += 1,
+                    _ => self.stats.refused_other += 1,
+                }
+                warn!(flow_id = %r.request_id, mapping = %s.mapping, client = %s.client, dest = %s.dest, ?code, message = r.error_msg, "connector refused the UDP session");
+                self.end(r.request_id);
+            }
+        }
+    }
+
+    /// Marks a registering session registered and sends what it held.
+    fn registered(&mut self, id: SessionId) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let State::Registering { pending, .. } = std::mem::replace(&mut s.state, State::Registered)
+        else {
+            return;
+        };
+        self.stats.registered += 1;
+        if let Some(conn) = s.conn {
+            self.stats.payloads_out += pending.len() as u64;
+            self.queue.extend(pending.into_iter().map(|d| (conn, d)));
+        }
+    }
+
+    fn icmp_from_tunnel<'a>(
+        &mut self,
+        now: Instant,
+        tunnel: Uuid,
+        packet: &'a [u8],
+    ) -> Option<Deliver<'a>> {
+        match self.echo.reply(now, tunnel, packet) {
+            Ok((mapping, client)) => {
+                self.stats.icmp_in += 1;
+                Some(Deliver {
+                    mapping,
+                    client,
+                    payload: packet,
+                })
+            }
+            Err(reason) => {
+                self.count(reason);
+                None
+            }
+        }
+    }
+
+    /// The next datagram to send, with the connection it goes on.
+    pub fn poll_datagram(&mut self) -> Option<(ConnId, Bytes)> {
+        self.queue.pop_front()
+    }
+
+    /// The connection refused a datagram this module handed out (counted as
+    /// [`EdgeDrop::SendFailed`]).
+    pub fn send_failed(&mut self, conn: ConnId) {
+        debug!(conn = conn.0, "connection refused a datagram");
+        self.count(EdgeDrop::SendFailed);
+    }
+
+    /// When [`EdgeSessions::handle_timeout`] must run next.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let sessions = self.deadlines.peek().map(|Reverse((at, _))| *at);
+        [sessions, self.echo.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min()
+    }
+
+    /// Retransmits registrations, gives up unanswered ones, ends idle sessions and forgets
+    /// idle echo entries.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.echo.handle_timeout(now);
+        let idle = self.config.idle_timeout;
+        while let Some(&Reverse((at, id))) = self.deadlines.peek() {
+            if at > now {
+                break;
+            }
+            self.deadlines.pop();
+            let Some(s) = self.sessions.get(&id) else {
+                continue;
+            };
+            if s.last_active + idle <= now {
+                debug!(flow_id = %id, mapping = %s.mapping, client = %s.client, "UDP session idle");
+                self.stats.idle_closed += 1;
+                self.end(id);
+                continue;
+            }
+            match s.state {
+                State::Registering { retry_at, .. } if retry_at <= now => {
+                    self.send_registration(now, id)
+                }
+                _ => {
+                    let due = s.deadline(idle);
+                    self.deadlines.push(Reverse((due, id)));
+                }
+            }
+        }
+        // Stale entries of sessions that ended early must not pile up under a flood.
+        if self.deadlines.len() > 2 * self.sessions.len() + 64 {
+            let sessions = &self.sessions;
+            self.deadlines
+                .retain(|Reverse((_, id))| sessions.contains_key(id));
+        }
+    }
+
+    /// Sends (or re-sends) a registering session's registration, or gives it up.
+    fn send_registration(&mut self, now: Instant, id: SessionId) {
+        let (attempts, base) = (self.config.attempts, self.config.retransmit);
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let State::Registering {
+            sent,
+            retry_at,
+            datagram,
+            ..
+        } = &mut s.state
+        else {
+            return;
+        };
+        if *sent >= attempts {
+            warn!(flow_id = %id, mapping = %s.mapping, client = %s.client, dest = %s.dest, attempts, "UDP session registration unanswered; giving up");
+            self.stats.registration_timeouts += 1;
+            self.end(id);
+            return;
+        }
+        let Some(conn) = s.conn else { return };
+        if *sent > 0 {
+            self.stats.retransmits += 1;
+        }
+        let backoff = base.saturating_mul(1u32 << (*sent).min(16));
+        *sent += 1;
+        *retry_at = now + backoff;
+        self.queue.push_back((conn, datagram.clone()));
+        let due = s.deadline(self.config.idle_timeout);
+        self.deadlines.push(Reverse((due, id)));
+    }
+
+    /// Registers a live session afresh on `conn` (migration or a connection coming back).
+    fn register_on(&mut self, now: Instant, id: SessionId, conn: ConnId) {
+        let Some(s) = self.sessions.get(&id) else {
+            return;
+        };
+        let dest = s.dest;
+        // Never bundled: the connector may still hold the session and would drop it.
+        let datagram = self.frame_registration(id, dest, &[]);
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let pending = match std::mem::replace(&mut s.state, State::Registered) {
+            State::Registering { pending, .. } | State::Orphaned { pending } => pending,
+            State::Registered => VecDeque::new(),
+        };
+        s.conn = Some(conn);
+        s.state = State::Registering {
+            sent: 0,
+            retry_at: now,
+            datagram,
+            pending,
+        };
+        self.send_registration(now, id);
+    }
+
+    fn orphan(&mut self, id: SessionId) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        debug!(flow_id = %id, tunnel = %s.tunnel, "no connection left for the session; it waits");
+        let pending = match std::mem::replace(&mut s.state, State::Registered) {
+            State::Registering { pending, .. } | State::Orphaned { pending } => pending,
+            State::Registered => VecDeque::new(),
+        };
+        s.conn = None;
+        s.state = State::Orphaned { pending };
+        let due = s.deadline(self.config.idle_timeout);
+        self.deadlines.push(Reverse((due, id)));
+    }
+
+    fn end(&mut self, id: SessionId) {
+        let Some(s) = self.sessions.remove(&id) else {
+            return;
+        };
+        self.by_client.remove(&(s.mapping, s.client));
+        if let State::Registering { pending, .. } | State::Orphaned { pending } = s.state {
+            self.stats.dropped[EdgeDrop::Unregistered as usize] += pending.len() as u64;
+        }
+    }
+
+    /// A v3 connection of `tunnel`, round robin.
+    fn pick_v3(&mut self, tunnel: Uuid) -> Option<ConnId> {
+        let list = self.tunnels.get(&tunnel)?;
+        let v3: usize = list
+            .iter()
+            .filter(|c| self.conns.get(c).map(|i| i.version) == Some(DatagramVersion::V3))
+            .count();
+        if v3 == 0 {
+            return None;
+        }
+        self.rr = self.rr.wrapping_add(1);
+        list.iter()
+            .copied()
+            .filter(|c| self.conns.get(c).map(|i| i.version) == Some(DatagramVersion::V3))
+            .nth(self.rr % v3)
+    }
+
+    fn warn_no_v3(&mut self, mapping: MappingId, tunnel: Uuid) {
+        let has_v2 = self.tunnels.get(&tunnel).is_some_and(|l| !l.is_empty());
+        if let Some(w) = self.warned_v2.get_mut(mapping.0 as usize) {
+            if has_v2 && !*w {
+                *w = true;
+                warn!(%mapping, %tunnel, "tunnel has only datagram-v2 connections; UDP mappings need a connector with datagram v3 (support_datagram_v3_2); dropping");
+            }
+        }
+    }
+
+    fn reserve(&mut self, need: usize) {
+        if self.out.capacity() < need {
+            self.out.reserve(need.max(OUT_BLOCK));
+        }
+    }
+
+    /// `0x01` + id + payload, split off the reusable buffer.
+    fn frame_payload(&mut self, id: SessionId, payload: &[u8]) -> Bytes {
+        self.reserve(v3::PAYLOAD_HEADER_LEN + payload.len());
+        self.out.put_u8(v3::DatagramType::Payload as u8);
+        self.out.put_slice(&id.to_bytes());
+        self.out.put_slice(payload);
+        self.out.split().freeze()
+    }
+
+    fn frame_registration(&mut self, id: SessionId, dest: SocketAddr, payload: &[u8]) -> Bytes {
+        let hint = self
+            .config
+            .idle_timeout
+            .as_secs()
+            .saturating_add(IDLE_HINT_MARGIN_SECS);
+        let reg = v3::Registration {
+            request_id: id,
+            dest,
+            traced: false,
+            idle_hint_secs: u16::try_from(hint).unwrap_or(u16::MAX),
+            payload,
+        };
+        let len = reg.encoded_len();
+        self.reserve(len);
+        self.out.resize(len, 0);
+        // Callers checked the payload length; the buffer is sized for it.
+        let n = reg.encode(&mut self.out).unwrap_or(0);
+        self.out.truncate(n);
+        self.out.split().freeze()
+    }
+
+    fn count(&mut self, reason: EdgeDrop) -> EdgeDrop {
+        self.stats.dropped[reason as usize] += 1;
+        reason
+    }
+}

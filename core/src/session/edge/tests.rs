@@ -1,0 +1,454 @@
+use std::net::{IpAddr, SocketAddr};
+use std::time::{Duration, Instant};
+
+use uuid::Uuid;
+
+use super::*;
+use crate::icmp::{parse, write_echo, write_ttl_exceeded, Echo, EchoKind};
+
+const TUNNEL: Uuid = Uuid::from_u128(0x7e11);
+const A: ConnId = ConnId(1);
+const B: ConnId = ConnId(2);
+
+fn dest() -> SocketAddr {
+    "10.0.0.7:53".parse().unwrap()
+}
+
+fn client(port: u16) -> SocketAddr {
+    SocketAddr::from(([198, 51, 100, 9], port))
+}
+
+struct T {
+    now: Instant,
+    e: EdgeSessions,
+    udp: MappingId,
+    icmp: MappingId,
+}
+
+impl T {
+    fn new(config: EdgeSessionsConfig) -> Self {
+        let mut e = EdgeSessions::new(config, [3; 32]);
+        let udp = e.add_mapping(TUNNEL, MappingKind::Udp { dest: dest() });
+        let icmp = e.add_mapping(TUNNEL, MappingKind::Icmp);
+        let now = Instant::now();
+        e.add_connection(now, A, TUNNEL, DatagramVersion::V3);
+        T { now, e, udp, icmp }
+    }
+
+    fn out(&mut self) -> Vec<(ConnId, Bytes)> {
+        std::iter::from_fn(|| self.e.poll_datagram()).collect()
+    }
+
+    fn advance(&mut self, d: Duration) {
+        self.now += d;
+        if self.e.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.e.handle_timeout(self.now);
+        }
+    }
+
+    fn respond(&mut self, conn: ConnId, id: SessionId, code: v3::ResponseCode) {
+        let r = v3::RegistrationResponse {
+            request_id: id,
+            code,
+            error_msg: "",
+        };
+        let mut buf = [0u8; 20];
+        r.encode(&mut buf).unwrap();
+        assert_eq!(self.e.handle_datagram(self.now, conn, &buf), None);
+    }
+}
+
+fn registration(d: &[u8]) -> v3::Registration<'_> {
+    match v3::decode(d) {
+        Ok(v3::Datagram::Registration(r)) => r,
+        other => panic!("expected a registration, got {other:?}"),
+    }
+}
+
+fn payload(d: &[u8]) -> v3::Payload<'_> {
+    match v3::decode(d) {
+        Ok(v3::Datagram::Payload(p)) => p,
+        other => panic!("expected a payload, got {other:?}"),
+    }
+}
+
+fn payload_datagram(id: SessionId, p: &[u8]) -> Vec<u8> {
+    let mut buf = vec![0u8; v3::PAYLOAD_HEADER_LEN + p.len()];
+    v3::Payload {
+        request_id: id,
+        payload: p,
+    }
+    .encode(&mut buf)
+    .unwrap();
+    buf
+}
+
+#[test]
+fn first_packet_registers_then_held_payloads_follow_the_answer() {
+    let mut t = T::new(EdgeSessionsConfig::default());
+    t.e.handle_client(t.now, t.udp, client(1), b"q1").unwrap();
+    t.e.handle_client(t.now, t.udp, client(1), b"q2").unwrap();
+    let out = t.out();
+    assert_eq!(
+        out.len(),
+        1,
+        "only the registration leaves before the answer"
+    );
+    let r = registration(&out[0].1);
+    assert_eq!(out[0].0, A);
+    assert_eq!(r.dest, dest());
+    assert_eq!(r.payload, b"", "not bundled by default");
+    assert_eq!(
+        u64::from(r.idle_hint_secs),
+        DEFAULT_IDLE.as_secs() + IDLE_HINT_MARGIN_SECS
+    );
+    let id = r.request_id;
+    assert_eq!(t.e.session_of(t.udp, client(1)), Some(id));
+
+    t.respond(A, id, v3::ResponseCode::Ok);
+    let out = t.out();
+    let sent: Vec<&[u8]> = out.iter().map(|(_, d)| payload(d).payload).collect();
+    assert_eq!(sent, [b"q1".as_slice(), b"q2"]);
+    assert!(out.iter().all(|(c, _)| *c == A));
+
+    // Registered: straight through, both ways.
+    t.e.handle_client(t.now, t.udp, client(1), b"q3").unwrap();
+    assert_eq!(payload(&t.out()[0].1).payload, b"q3");
+    let reply = payload_datagram(id, b"a1");
+    assert_eq!(
+        t.e.handle_datagram(t.now, A, &reply),
+        Some(Deliver {
+            mapping: t.udp,
+            client: client(1),
+            payload: b"a1"
+        })
+    );
+    // Another client is another session with another id.
+    t.e.handle_client(t.now, t.udp, client(2), b"x").unwrap();
+    let other = registration(&t.out()[0].1).request_id;
+    assert_ne!(other, id);
+    assert_eq!(t.e.stats().opened, 2);
+    assert_eq!(t.e.stats().registered, 1);
+    assert_eq!(t.e.stats().payloads_out, 3);
+    assert_eq!(t.e.stats().payloads_in, 1);
+}
+
+#[test]
+fn bundled_first_payload_rides_every_retransmission() {
+    let mut t = T::new(EdgeSessionsConfig {
+        bundle_first_payload: true,
+        ..EdgeSessionsConfig::default()
+    });
+    t.e.handle_client(t.now, t.udp, client(1), b"first")
+        .unwrap();
+    t.e.handle_client(t.now, t.udp, client(1), b"second")
+        .unwrap();
+    let first = t.out();
+    assert_eq!(first.len(), 1);
+    assert_eq!(registration(&first[0].1).payload, b"first");
+    t.advance(DEFAULT_RETRANSMIT);
+    let again = t.out();
+    assert_eq!(again.len(), 1);
+    assert_eq!(
+        again[0].1, first[0].1,
+        "same registration, payload included"
+    );
+    assert_eq!(t.e.stats().retransmits, 1);
+    let id = registration(&first[0].1).request_id;
+    t.respond(A, id, v3::ResponseCode::Ok);
+    let out = t.out();
+    assert_eq!(out.len(), 1, "only the held second payload");
+    assert_eq!(payload(&out[0].1).payload, b"second");
+}
+
+#[test]
+fn unanswered_registration_backs_off_then_gives_up() {
+    let mut t = T::new(EdgeSessionsConfig::default());
+    t.e.handle_client(t.now, t.udp, client(1), b"q").unwrap();
+    let start = t.now;
+    let mut sent_at = vec![];
+    while t.now < start + Duration::from_secs(60) {
+        for _ in t.out() {
+            sent_at.push(t.now - start);
+        }
+        t.advance(Duration::from_millis(50));
+    }
+    let expect: Vec<Duration> = (0..DEFAULT_ATTEMPTS)
+        .map(|i| DEFAULT_RETRANSMIT * ((1 << i) - 1))
+        .collect();
+    assert_eq!(sent_at, expect);
+    assert_eq!(t.e.active_sessions(), 0);
+    assert_eq!(t.e.stats().registration_timeouts, 1);
+    assert_eq!(t.e.stats().dropped(EdgeDrop::Unregistered), 1);
+    assert_eq!(t.e.poll_timeout(), None, "nothing left to time");
+}
+
+#[test]
+fn refusals_end_the_session_and_are_counted() {
+    let mut t = T::new(EdgeSessionsConfig::default());
+    for (port, code) in [
+        (1, v3::ResponseCode::TooManyActiveFlows),
+        (2, v3::ResponseCode::UnableToBindSocket),
+        (3, v3::ResponseCode::DestinationUnreachable),
+    ] {
+        t.e.handle_client(t.now, t.udp, client(port), b"q").unwrap();
+        let id = registration(&t.out()[0].1).request_id;
+        t.respond(A, id, code);
+        assert_eq!(t.e.session_of(t.udp, client(port)), None);
+    }
+    let s = t.e.stats();
+    assert_eq!(
+        (s.refused_too_many_flows, s.refused_bind, s.refused_other),
+        (1, 1, 1)
+    );
+    assert_eq!(s.dropped(EdgeDrop::Unregistered), 3);
+    // A late OK for a refused session is an unknown session.
+    t.respond(A, SessionId(1), v3::ResponseCode::Ok);
+    assert_eq!(t.e.stats().dropped(EdgeDrop::UnknownSession), 1);
+    // The client tries again: a new session.
+    t.e.handle_client(t.now, t.udp, client(1), b"q").unwrap();
+    assert_eq!(t.e.stats().opened, 4);
+}
+
+#[test]
+fn idle_sessions_end_and_activity_keeps_them() {
+    let idle = Duration::from_secs(5);
+    let mut t = T::new(EdgeSessionsConfig {
+        idle_timeout: idle,
+        ..EdgeSessionsConfig::default()
+    });
+    t.e.handle_client(t.now, t.udp, client(1), b"q").unwrap();
+    let id = registration(&t.out()[0].1).request_id;
+    t.respond(A, id, v3::ResponseCode::Ok);
+    for _ in 0..4 {
+        t.advance(Duration::from_secs(3));
+        let reply = payload_datagram(id, b"a");
+        assert!(t.e.handle_datagram(t.now, A, &reply).is_some());
+    }
+    assert_eq!(t.e.active_sessions(), 1);
+    t.advance(Duration::from_secs(4));
+    assert_eq!(t.e.active_sessions(), 1);
+    t.advance(Duration::from_secs(1));
+    assert_eq!(t.e.active_sessions(), 0);
+    assert_eq!(t.e.stats().idle_closed, 1);
+    let reply = payload_datagram(id, b"late");
+    assert_eq!(t.e.handle_datagram(t.now, A, &reply), None);
+    assert_eq!(t.e.stats().dropped(EdgeDrop::UnknownSession), 1);
+}
+
+#[test]
+fn closed_connection_moves_sessions_to_another() {
+    let mut t = T::new(EdgeSessionsConfig::default());
+    t.e.add_connection(t.now, B, TUNNEL, DatagramVersion::V3);
+    // Two sessions end up on different connections (round robin); find the one on A.
+    let mut on_a = None;
+    for port in 1..=2 {
+        t.e.handle_client(t.now, t.udp, client(port), b"q").unwrap();
+        let (conn, d) = t.out().remove(0);
+        let id = registration(&d).request_id;
+        t.respond(conn, id, v3::ResponseCode::Ok);
+        t.out();
+        if conn == A {
+            on_a = Some((port, id));
+        }
+    }
+    let (port, id) = on_a.expect("one session on A");
+    t.e.remove_connection(t.now, A);
+    let out = t.out();
+    assert_eq!(out.len(), 1);
+    assert_eq!(out[0].0, B);
+    let r = registration(&out[0].1);
+    assert_eq!((r.request_id, r.dest, r.payload), (id, dest(), &[][..]));
+    assert_eq!(t.e.stats().migrated, 1);
+    // Held until B answers.
+    t.e.handle_client(t.now, t.udp, client(port), b"during")
+        .unwrap();
+    assert!(t.out().is_empty());
+    t.respond(B, id, v3::ResponseCode::Ok);
+    let out = t.out();
+    assert_eq!((out[0].0, payload(&out[0].1).payload), (B, &b"during"[..]));
+    assert_eq!(t.e.connection_of(id), Some(B));
+}
+
+#[test]
+fn sessions_wait_for_a_connection_when_none_is_left() {
+    let mut t = T::new(EdgeSessionsConfig::default());
+    t.e.handle_client(t.now, t.udp, client(1), b"q").unwrap();
+    let id = registration(&t.out()[0].1).request_id;
+    t.respond(A, id, v3::ResponseCode::Ok);
+    assert_eq!(payload(&t.out()[0].1).payload, b"q");
+    t.e.remove_connection(t.now, A);
+    t.e.handle_client(t.now, t.udp, client(1), b"held").unwrap();
+    assert!(t.out().is_empty());
+    // A new client has nowhere to go.
+    assert_eq!(
+        t.e.handle_client(t.now, t.udp, client(2), b"q"),
+        Err(EdgeDrop::NoConnection)
+    );
+    t.e.add_connection(t.now, B, TUNNEL, DatagramVersion::V3);
+    let out = t.out();
+    assert_eq!(registration(&out[0].1).request_id, id);
+    // A payload from the connector is as good as the answer.
+    let reply = payload_datagram(id, b"a");
+    assert!(t.e.handle_datagram(t.now, B, &reply).is_some());
+    assert_eq!(payload(&t.out()[0].1).payload, b"held");
+}
+
+#[test]
+fn v2_only_tunnels_carry_no_udp_sessions() {
+    let mut e = EdgeSessions::new(EdgeSessionsConfig::default(), [0; 32]);
+    let m = e.add_mapping(TUNNEL, MappingKind::Udp { dest: dest() });
+    let now = Instant::now();
+    e.add_connection(now, A, TUNNEL, DatagramVersion::V2);
+    assert_eq!(
+        e.handle_client(now, m, client(1), b"q"),
+        Err(EdgeDrop::NoConnection)
+    );
+    assert_eq!(
+        e.handle_client(now, MappingId(9), client(1), b"q"),
+        Err(EdgeDrop::UnknownMapping)
+    );
+    assert_eq!(
+        e.handle_client(now, m, client(1), &[0; v3::MAX_PAYLOAD_LEN + 1]),
+        Err(EdgeDrop::TooLarge)
+    );
+    assert_eq!(e.poll_datagram(), None);
+    assert_eq!(e.stats().dropped(EdgeDrop::NoConnection), 1);
+}
+
+#[test]
+fn pending_payloads_are_bounded() {
+    let mut t = T::new(EdgeSessionsConfig {
+        max_pending: 2,
+        ..EdgeSessionsConfig::default()
+    });
+    for i in 0..4u8 {
+        let r = t.e.handle_client(t.now, t.udp, client(1), &[i]);
+        assert_eq!(r.is_ok(), i < 2, "packet {i}");
+    }
+    assert_eq!(t.e.stats().dropped(EdgeDrop::PendingFull), 2);
+}
+
+#[test]
+fn garbage_from_the_connector_is_counted() {
+    let mut t = T::new(EdgeSessionsConfig::default());
+    assert_eq!(t.e.handle_datagram(t.now, A, &[]), None);
+    assert_eq!(t.e.handle_datagram(t.now, A, &[0x09, 1, 2]), None);
+    assert_eq!(t.e.handle_datagram(t.now, A, &[0x00; 26]), None);
+    assert_eq!(t.e.handle_datagram(t.now, ConnId(77), &[0x01; 20]), None);
+    let s = t.e.stats();
+    assert_eq!(s.dropped(EdgeDrop::Malformed), 2);
+    assert_eq!(s.dropped(EdgeDrop::UnexpectedType), 1);
+    assert_eq!(s.dropped(EdgeDrop::UnknownConnection), 1);
+}
+
+fn echo(src: &str, dst: &str, kind: EchoKind, id: u16, ttl: u8) -> Vec<u8> {
+    let mut buf = vec![0u8; 1500];
+    let n = write_echo(
+        &Echo {
+            src: src.parse::<IpAddr>().unwrap(),
+            dst: dst.parse::<IpAddr>().unwrap(),
+            ttl,
+            kind,
+            id,
+            seq: 1,
+            data: b"ping",
+        },
+        &mut buf,
+    )
+    .unwrap();
+    buf.truncate(n);
+    buf
+}
+
+#[test]
+fn icmp_replies_and_errors_go_back_to_the_requester() {
+    let mut t = T::new(EdgeSessionsConfig::default());
+    for (src, dst) in [("192.0.2.1", "10.0.0.9"), ("fd00::1", "fd00::9")] {
+        let req = echo(src, dst, EchoKind::Request, 77, 64);
+        t.e.handle_client(t.now, t.icmp, client(5), &req).unwrap();
+        let out = t.out();
+        assert_eq!(out.len(), 1);
+        assert_eq!(out[0].1[0], 0x02);
+        assert_eq!(&out[0].1[1..], &req[..]);
+
+        // The reply, wrapped as the connector sends it.
+        let reply = echo(dst, src, EchoKind::Reply, 77, 63);
+        let mut d = vec![0x02];
+        d.extend_from_slice(&reply);
+        assert_eq!(
+            t.e.handle_datagram(t.now, A, &d),
+            Some(Deliver {
+                mapping: t.icmp,
+                client: client(5),
+                payload: &reply
+            })
+        );
+        // A TTL-exceeded quoting the request goes to the same client.
+        let router: IpAddr = if src.contains(':') {
+            "fd00::fe".parse().unwrap()
+        } else {
+            "172.16.0.3".parse().unwrap()
+        };
+        let mut te = vec![0u8; 1500];
+        let n = write_ttl_exceeded(&parse(&req).unwrap(), router, &mut te[1..]).unwrap();
+        te[0] = 0x02;
+        let got = t.e.handle_datagram(t.now, A, &te[..=n]).expect("delivered");
+        assert_eq!((got.mapping, got.client), (t.icmp, client(5)));
+        // A reply with another echo id matches nobody.
+        let stray = echo(dst, src, EchoKind::Reply, 78, 63);
+        let mut d = vec![0x02];
+        d.extend_from_slice(&stray);
+        assert_eq!(t.e.handle_datagram(t.now, A, &d), None);
+    }
+    assert_eq!(t.e.stats().icmp_out, 2);
+    assert_eq!(t.e.stats().icmp_in, 4);
+    assert_eq!(t.e.stats().dropped(EdgeDrop::EchoUnmatched), 2);
+    // Not an echo request.
+    let reply = echo("192.0.2.1", "10.0.0.9", EchoKind::Reply, 1, 64);
+    assert_eq!(
+        t.e.handle_client(t.now, t.icmp, client(5), &reply),
+        Err(EdgeDrop::NotEcho)
+    );
+    assert_eq!(
+        t.e.handle_client(t.now, t.icmp, client(5), b"junk"),
+        Err(EdgeDrop::NotEcho)
+    );
+    // Entries expire.
+    assert_eq!(t.e.echo_entries(), 2);
+    t.advance(DEFAULT_ICMP_IDLE);
+    t.advance(DEFAULT_ICMP_IDLE / 2);
+    assert_eq!(t.e.echo_entries(), 0);
+    assert_eq!(t.e.poll_timeout(), None);
+}
+
+#[test]
+fn icmp_over_a_v2_connection_uses_the_suffix_format() {
+    let mut e = EdgeSessions::new(EdgeSessionsConfig::default(), [0; 32]);
+    let m = e.add_mapping(TUNNEL, MappingKind::Icmp);
+    let now = Instant::now();
+    e.add_connection(now, A, TUNNEL, DatagramVersion::V2);
+    let req = echo("192.0.2.1", "10.0.0.9", EchoKind::Request, 5, 64);
+    e.handle_client(now, m, client(1), &req).unwrap();
+    let (conn, d) = e.poll_datagram().unwrap();
+    assert_eq!(conn, A);
+    assert_eq!((&d[..req.len()], d[req.len()]), (&req[..], 0x01));
+    let mut reply = echo("10.0.0.9", "192.0.2.1", EchoKind::Reply, 5, 64);
+    reply.push(0x01);
+    let got = e.handle_datagram(now, A, &reply).unwrap();
+    assert_eq!(got.payload, &reply[..reply.len() - 1]);
+}
+
+#[test]
+fn echo_table_is_bounded() {
+    let mut t = T::new(EdgeSessionsConfig {
+        max_echo_entries: 2,
+        ..EdgeSessionsConfig::default()
+    });
+    for id in 0..3u16 {
+        let req = echo("192.0.2.1", "10.0.0.9", EchoKind::Request, id, 64);
+        let r = t.e.handle_client(t.now, t.icmp, client(1), &req);
+        assert_eq!(r.is_ok(), id < 2);
+    }
+    assert_eq!(t.e.stats().dropped(EdgeDrop::EchoTableFull), 1);
+}
