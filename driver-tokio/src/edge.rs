@@ -1,7 +1,8 @@
 //! `burrow edge`: a self-hosted edge. Tunnel connections come in over QUIC and are served by
 //! burrow-core's [`EdgeEndpoint`]; registrations are checked against a tunnels file; eyeball
 //! HTTP/1.1 requests (WebSocket upgrades included) are routed by `Host` to a registered tunnel,
-//! spread over its HA connections; `--tcp-map` ports carry raw TCP streams.
+//! spread over its HA connections; `--tcp-map` ports carry raw TCP streams; `--udp-map` and
+//! `--icmp-map` ports carry UDP sessions and ping as QUIC datagrams ([`crate::edge_udp`]).
 //!
 //! One task owns the endpoint; listener tasks talk to it through [`Cmd`]s and get each stream's
 //! response through a channel. Response bytes are read from the endpoint one chunk per credit,
@@ -39,6 +40,7 @@ use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::creds::Credentials;
+use crate::edge_udp::{DatagramArgs, EdgeDatagrams};
 use crate::run::init_logging;
 
 /// `burrow edge ...`.
@@ -65,6 +67,9 @@ pub struct EdgeArgs {
     /// Raw TCP port mapping LISTEN=TUNNEL:DEST (tunnel by name or id), repeatable.
     #[arg(long = "tcp-map")]
     pub tcp_map: Vec<String>,
+    /// UDP and ICMP mappings.
+    #[command(flatten)]
+    pub datagrams: DatagramArgs,
     /// Log level.
     #[arg(long, global = true, default_value = "info")]
     pub loglevel: String,
@@ -171,7 +176,8 @@ impl TunnelsFile {
             .map(|t| t.id)
     }
 
-    fn by_name_or_id(&self, s: &str) -> Option<Uuid> {
+    /// A tunnel by name or id.
+    pub(crate) fn by_name_or_id(&self, s: &str) -> Option<Uuid> {
         self.tunnels
             .iter()
             .find(|t| t.name == s || t.id.to_string() == s)
@@ -318,7 +324,7 @@ pub fn main(args: EdgeArgs) -> ExitCode {
     };
     match rt.block_on(async {
         let edge = start(&args, &tunnels_path).await?;
-        info!(quic = %edge.quic, http = %edge.http, "edge running");
+        info!(quic = %edge.quic, http = %edge.http, udp_maps = ?edge.udp_maps, icmp_maps = ?edge.icmp_maps, "edge running");
         let mut sig = crate::run::signals();
         sig.recv().await;
         Ok::<_, String>(())
@@ -340,6 +346,10 @@ pub struct RunningEdge {
     pub http: SocketAddr,
     /// Generated CA, if any.
     pub ca: Option<PathBuf>,
+    /// Bound address of each `--udp-map`, in flag order.
+    pub udp_maps: Vec<SocketAddr>,
+    /// Bound address of each `--icmp-map`, in flag order.
+    pub icmp_maps: Vec<SocketAddr>,
 }
 
 /// Starts the edge tasks on the current runtime.
@@ -363,9 +373,16 @@ pub async fn start(args: &EdgeArgs, tunnels_path: &Path) -> Result<RunningEdge, 
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.http))?;
     let http = http_listener.local_addr().map_err(|e| e.to_string())?;
+    let (datagrams, mapped) = crate::edge_udp::bind(&args.datagrams, &tunnels).await?;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     let tunnels = Arc::new(tunnels);
-    tokio::spawn(edge_loop(endpoint, socket, tunnels.clone(), cmd_rx));
+    tokio::spawn(edge_loop(
+        endpoint,
+        socket,
+        tunnels.clone(),
+        cmd_rx,
+        datagrams,
+    ));
     tokio::spawn(serve_http(http_listener, tunnels.clone(), cmd_tx.clone()));
     for map in &args.tcp_map {
         let (listen, target) = map
@@ -383,7 +400,13 @@ pub async fn start(args: &EdgeArgs, tunnels_path: &Path) -> Result<RunningEdge, 
         info!(listen = %l.local_addr().map_err(|e| e.to_string())?, %tunnel, %dest, "TCP mapping");
         tokio::spawn(serve_tcp(l, id, dest.to_owned(), cmd_tx.clone()));
     }
-    Ok(RunningEdge { quic, http, ca })
+    Ok(RunningEdge {
+        quic,
+        http,
+        ca,
+        udp_maps: mapped.udp,
+        icmp_maps: mapped.icmp,
+    })
 }
 
 type Key = (ConnId, StreamId);
@@ -437,6 +460,7 @@ async fn edge_loop(
     socket: Arc<UdpSocket>,
     tunnels: Arc<TunnelsFile>,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
+    mut datagrams: EdgeDatagrams,
 ) {
     let (udp_tx, mut udp_rx) = mpsc::unbounded_channel::<(SocketAddr, Vec<u8>)>();
     let rx = socket.clone();
@@ -475,6 +499,7 @@ async fn edge_loop(
                                 info!(conn = conn.0, tunnel = %registration.tunnel_id, conn_index = registration.conn_index, "tunnel connection registered");
                                 routes.entry(registration.tunnel_id).or_default().push(conn);
                                 conn_tunnel.insert(conn, registration.tunnel_id);
+                                datagrams.connection_registered(now, conn, &registration);
                             }
                             Err(e) => {
                                 warn!(conn = conn.0, tunnel = %registration.tunnel_id, cause = %e.cause, "registration refused")
@@ -490,10 +515,12 @@ async fn edge_loop(
                             "tunnel connection unregistered; no new requests"
                         );
                         unroute(&mut routes, &conn_tunnel, conn);
+                        datagrams.connection_gone(now, conn);
                     }
                     EdgeEvent::ConnectionClosed { conn, reason } => {
                         debug!(conn = conn.0, %reason, "tunnel connection closed");
                         unroute(&mut routes, &conn_tunnel, conn);
+                        datagrams.connection_gone(now, conn);
                         conn_tunnel.remove(&conn);
                         streams.retain(|k, s| {
                             if k.0 == conn {
@@ -508,7 +535,7 @@ async fn edge_loop(
                         debug!(conn = conn.0, config = %String::from_utf8_lossy(&config), "local configuration");
                     }
                     EdgeEvent::ConfigurationResult { .. } => {}
-                    // UDP port mappings (v3 sessions) are not served by this edge yet.
+                    // Mapped UDP sessions are v3 only; no v2 RPC sessions are opened here.
                     EdgeEvent::UdpSessionRegistered { .. }
                     | EdgeEvent::UdpSessionUnregistered { .. } => {}
                     EdgeEvent::Response {
@@ -584,6 +611,7 @@ async fn edge_loop(
                     }
                 }
             }
+            progress |= datagrams.pump(now, &mut ep);
             while let Some(t) = ep.poll_transmit(now, &mut buf) {
                 progress = true;
                 let _ = socket.try_send_to(&buf[..t.size], t.destination);
@@ -592,7 +620,10 @@ async fn edge_loop(
                 break;
             }
         }
-        let deadline = ep.poll_timeout();
+        let deadline = [ep.poll_timeout(), datagrams.poll_timeout()]
+            .into_iter()
+            .flatten()
+            .min();
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
@@ -614,7 +645,18 @@ async fn edge_loop(
                     on_cmd(now, &mut ep, &routes, &mut rr, &mut streams, cmd);
                 }
             }
-            () = sleep => ep.handle_timeout(Instant::now()),
+            Some(packet) = datagrams.recv() => {
+                let now = Instant::now();
+                datagrams.client(now, packet);
+                while let Some(packet) = datagrams.try_recv() {
+                    datagrams.client(now, packet);
+                }
+            }
+            () = sleep => {
+                let now = Instant::now();
+                ep.handle_timeout(now);
+                datagrams.handle_timeout(now);
+            }
         }
     }
 }

@@ -4,6 +4,7 @@ mod connector;
 mod creds;
 mod decode;
 mod edge;
+mod edge_udp;
 mod metrics;
 mod origin;
 mod quickstart;

@@ -72,6 +72,7 @@ async fn run(args: QuickstartArgs) -> Result<(), String> {
         key: None,
         tunnels: Some(tunnels.clone()),
         tcp_map: Vec::new(),
+        datagrams: Default::default(),
         loglevel: args.loglevel.clone(),
         command: None,
     };

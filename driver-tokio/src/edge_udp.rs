@@ -1,0 +1,277 @@
+//! `burrow edge --udp-map / --icmp-map`: public UDP ports whose traffic crosses a tunnel as
+//! datagram-v3 sessions, and UDP ports taking raw IP packets (ping) carried as ICMP datagrams.
+//!
+//! Every protocol decision is burrow-core's [`EdgeSessions`]; this is the glue. One task per
+//! mapping reads its socket and hands packets to the edge loop, which owns the endpoint and
+//! the session table, and sends what comes back for clients from the mapping's socket.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burrow_core::control::Registration;
+use burrow_core::session::edge::{
+    EdgeSessions, EdgeSessionsConfig, MappingId, MappingKind, DEFAULT_IDLE,
+};
+use burrow_core::session::DatagramVersion;
+use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint};
+use bytes::Bytes;
+use clap::Args;
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tracing::{debug, info};
+
+use crate::edge::TunnelsFile;
+
+/// Client packets queued for the edge loop; a full queue holds the readers (the kernel then
+/// drops, as it would for any slow UDP server).
+const QUEUE: usize = 1024;
+/// Largest packet read from a mapping socket (anything over 1280 is refused by core).
+const READ_BUF: usize = 2048;
+
+/// The datagram flags of `burrow edge`.
+#[derive(Debug, Args, Clone)]
+pub struct DatagramArgs {
+    /// UDP port mapping LISTEN=TUNNEL:DEST (tunnel by name or id; DEST is ip:port in the
+    /// tunnel's private network), repeatable. Needs connectors with datagram v3.
+    #[arg(long = "udp-map")]
+    pub udp_map: Vec<String>,
+    /// ICMP mapping LISTEN=TUNNEL, repeatable: a UDP port whose datagrams are raw IPv4/IPv6
+    /// packets (ICMP echo requests with their IP header); replies come back the same way.
+    #[arg(long = "icmp-map")]
+    pub icmp_map: Vec<String>,
+    /// A mapped UDP session with no traffic for this long ends (the connector is hinted a
+    /// little longer).
+    #[arg(long = "udp-idle-timeout", default_value = "120s", value_parser = humantime::parse_duration)]
+    pub udp_idle_timeout: Duration,
+    /// Bundle each session's first payload into its registration instead of sending it after
+    /// the answer. Only for connectors that deliver bundled payloads (burrow); stock cloudflared
+    /// drops them.
+    #[arg(long = "udp-bundle-first-payload")]
+    pub udp_bundle_first_payload: bool,
+}
+
+impl Default for DatagramArgs {
+    fn default() -> Self {
+        Self {
+            udp_map: Vec::new(),
+            icmp_map: Vec::new(),
+            udp_idle_timeout: DEFAULT_IDLE,
+            udp_bundle_first_payload: false,
+        }
+    }
+}
+
+/// `LISTEN=TUNNEL:DEST` → (listen, tunnel, dest).
+pub fn parse_udp_map(s: &str) -> Result<(&str, &str, SocketAddr), String> {
+    let bad = || format!("--udp-map {s}: expected LISTEN=TUNNEL:DEST with DEST an ip:port");
+    let (listen, target) = s.split_once('=').ok_or_else(bad)?;
+    let (tunnel, dest) = target.split_once(':').ok_or_else(bad)?;
+    let dest = dest.parse().map_err(|_| bad())?;
+    if listen.is_empty() || tunnel.is_empty() {
+        return Err(bad());
+    }
+    Ok((listen, tunnel, dest))
+}
+
+/// `LISTEN=TUNNEL` → (listen, tunnel).
+pub fn parse_icmp_map(s: &str) -> Result<(&str, &str), String> {
+    match s.split_once('=') {
+        Some((listen, tunnel)) if !listen.is_empty() && !tunnel.is_empty() => Ok((listen, tunnel)),
+        _ => Err(format!("--icmp-map {s}: expected LISTEN=TUNNEL")),
+    }
+}
+
+/// A packet a public client sent to a mapping.
+#[derive(Debug)]
+pub struct ClientPacket {
+    mapping: MappingId,
+    from: SocketAddr,
+    data: Bytes,
+}
+
+/// The bound addresses of the mappings, in flag order.
+#[derive(Debug, Clone, Default)]
+pub struct MappedAddrs {
+    /// One per `--udp-map`.
+    pub udp: Vec<SocketAddr>,
+    /// One per `--icmp-map`.
+    pub icmp: Vec<SocketAddr>,
+}
+
+/// The edge loop's datagram plane: the session table and the mapping sockets.
+pub struct EdgeDatagrams {
+    sessions: EdgeSessions,
+    /// By mapping id.
+    sockets: Vec<Arc<UdpSocket>>,
+    rx: mpsc::Receiver<ClientPacket>,
+}
+
+/// Binds every mapping socket and starts its reader; the table goes to the edge loop.
+pub async fn bind(
+    args: &DatagramArgs,
+    tunnels: &TunnelsFile,
+) -> Result<(EdgeDatagrams, MappedAddrs), String> {
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| format!("no randomness for request ids: {e}"))?;
+    let config = EdgeSessionsConfig {
+        idle_timeout: args.udp_idle_timeout,
+        bundle_first_payload: args.udp_bundle_first_payload,
+        ..EdgeSessionsConfig::default()
+    };
+    let mut sessions = EdgeSessions::new(config, seed);
+    let (tx, rx) = mpsc::channel(QUEUE);
+    let mut sockets = Vec::new();
+    let mut addrs = MappedAddrs::default();
+    let tunnel_id = |flag: &str, map: &str, t: &str| {
+        tunnels
+            .by_name_or_id(t)
+            .ok_or_else(|| format!("{flag} {map}: unknown tunnel {t}"))
+    };
+    for map in &args.udp_map {
+        let (listen, tunnel, dest) = parse_udp_map(map)?;
+        let id = tunnel_id("--udp-map", map, tunnel)?;
+        let mapping = sessions.add_mapping(id, MappingKind::Udp { dest });
+        let (sock, addr) = listen_on(listen).await?;
+        info!(listen = %addr, %tunnel, %dest, "UDP mapping");
+        addrs.udp.push(addr);
+        sockets.push(spawn_reader(sock, mapping, tx.clone()));
+    }
+    for map in &args.icmp_map {
+        let (listen, tunnel) = parse_icmp_map(map)?;
+        let id = tunnel_id("--icmp-map", map, tunnel)?;
+        let mapping = sessions.add_mapping(id, MappingKind::Icmp);
+        let (sock, addr) = listen_on(listen).await?;
+        info!(listen = %addr, %tunnel, "ICMP mapping (raw IP packets over UDP)");
+        addrs.icmp.push(addr);
+        sockets.push(spawn_reader(sock, mapping, tx.clone()));
+    }
+    Ok((
+        EdgeDatagrams {
+            sessions,
+            sockets,
+            rx,
+        },
+        addrs,
+    ))
+}
+
+async fn listen_on(listen: &str) -> Result<(UdpSocket, SocketAddr), String> {
+    let sock = UdpSocket::bind(listen)
+        .await
+        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let addr = sock.local_addr().map_err(|e| e.to_string())?;
+    Ok((sock, addr))
+}
+
+fn spawn_reader(
+    sock: UdpSocket,
+    mapping: MappingId,
+    tx: mpsc::Sender<ClientPacket>,
+) -> Arc<UdpSocket> {
+    let sock = Arc::new(sock);
+    let rd = sock.clone();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; READ_BUF];
+        loop {
+            match rd.recv_from(&mut buf).await {
+                Ok((n, from)) => {
+                    let data = Bytes::copy_from_slice(&buf[..n]);
+                    if tx
+                        .send(ClientPacket {
+                            mapping,
+                            from,
+                            data,
+                        })
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                // ICMP errors from earlier sends surface here on Linux; not fatal.
+                Err(e) => debug!(%mapping, error = %e, "mapping socket read error"),
+            }
+        }
+    });
+    sock
+}
+
+impl EdgeDatagrams {
+    /// A tunnel connection was registered: it may carry sessions (v3) or ICMP (either).
+    pub fn connection_registered(&mut self, now: Instant, conn: ConnId, r: &Registration) {
+        let version = DatagramVersion::from_features(&r.features);
+        if version == DatagramVersion::V2 && !self.sockets.is_empty() {
+            info!(
+                conn = conn.0,
+                tunnel = %r.tunnel_id,
+                "connection speaks datagram v2 only; UDP mappings will not use it"
+            );
+        }
+        self.sessions
+            .add_connection(now, conn, r.tunnel_id, version);
+    }
+
+    /// A tunnel connection closed or unregistered; its sessions move elsewhere.
+    pub fn connection_gone(&mut self, now: Instant, conn: ConnId) {
+        self.sessions.remove_connection(now, conn);
+    }
+
+    /// Next client packet (cancel-safe).
+    pub async fn recv(&mut self) -> Option<ClientPacket> {
+        self.rx.recv().await
+    }
+
+    /// A queued client packet, if any.
+    pub fn try_recv(&mut self) -> Option<ClientPacket> {
+        self.rx.try_recv().ok()
+    }
+
+    /// Feeds a client packet to the session table.
+    pub fn client(&mut self, now: Instant, p: ClientPacket) {
+        if let Err(reason) = self.sessions.handle_client(now, p.mapping, p.from, &p.data) {
+            debug!(mapping = %p.mapping, client = %p.from, %reason, "client packet dropped");
+        }
+    }
+
+    /// Datagrams from connectors out to clients, then the table's datagrams into the tunnel.
+    /// Returns whether anything moved.
+    pub fn pump(&mut self, now: Instant, ep: &mut EdgeEndpoint) -> bool {
+        let mut moved = false;
+        while let Some((conn, d)) = ep.poll_datagram() {
+            moved = true;
+            if let Some(out) = self.sessions.handle_datagram(now, conn, &d) {
+                let Some(sock) = self.sockets.get(out.mapping.0 as usize) else {
+                    continue;
+                };
+                // A full socket buffer drops the packet, as the kernel would for a slow reader.
+                if let Err(e) = sock.try_send_to(out.payload, out.client) {
+                    debug!(mapping = %out.mapping, client = %out.client, error = %e, "cannot send to client");
+                }
+            }
+        }
+        while let Some((conn, d)) = self.sessions.poll_datagram() {
+            moved = true;
+            if let Err(e) = ep.send_datagram(conn, d) {
+                debug!(conn = conn.0, error = %e, "tunnel connection refused a datagram");
+                self.sessions.send_failed(conn);
+            }
+        }
+        moved
+    }
+
+    /// When [`EdgeDatagrams::handle_timeout`] must run.
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        self.sessions.poll_timeout()
+    }
+
+    /// Retransmissions and idle expiry.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.sessions.poll_timeout().is_some_and(|t| t <= now) {
+            self.sessions.handle_timeout(now);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;
