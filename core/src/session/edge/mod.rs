@@ -509,12 +509,15 @@ impl EdgeSessions {
             };
             s.last_active = now;
             return match &mut s.state {
-                State::Registered => {
-                    let conn = s.conn.ok_or(EdgeDrop::NoConnection)?;
-                    self.stats.payloads_out += 1;
-                    self.queue.push_back((conn, datagram));
-                    Ok(())
-                }
+                State::Registered => match s.conn {
+                    Some(conn) => {
+                        self.stats.payloads_out += 1;
+                        self.queue.push_back((conn, datagram));
+                        Ok(())
+                    }
+                    // Unreachable: a session without a connection is orphaned, not registered.
+                    None => Err(self.count(EdgeDrop::NoConnection)),
+                },
                 State::Registering { pending, .. } | State::Orphaned { pending }
                     if pending.len() < max_pending =>
                 {
