@@ -96,7 +96,11 @@ proptest! {
             0..12,
         ),
         websocket in any::<bool>(),
+        host_header in proptest::option::of("\\PC{0,20}"),
+        disable_chunked_encoding in any::<bool>(),
     ) {
+        // originRequest options never make a head unparsable: a bad override is refused.
+        let options = http1::RequestOptions { host_header: host_header.as_deref(), disable_chunked_encoding };
         let md: Vec<Metadata<'_>> = metadata.iter().map(|(key, val)| Metadata { key, val }).collect();
         let mut buf = Vec::new();
         ConnectRequest { dest: &dest, connection_type: ConnectionType::Http, metadata: &md }
@@ -104,7 +108,7 @@ proptest! {
             .unwrap();
         let (req, _) = decode_connect_request(&buf, &FrameLimits::CONNECT_REQUEST).unwrap().unwrap();
         let mut out = Vec::new();
-        if write_request(&req, websocket, &mut out).is_ok() {
+        if write_request(&req, websocket, &options, &mut out).is_ok() {
             let mut headers = [httparse::EMPTY_HEADER; 64];
             let mut parsed = httparse::Request::new(&mut headers);
             let status = parsed.parse(&out);

@@ -261,7 +261,7 @@ impl Setup {
             server_name: SERVER_NAME.into(),
             rpc_timeout: Duration::from_secs(5),
             grace_period: Duration::from_secs(30),
-            data: self.data_limits,
+            data: self.data_limits.clone(),
         };
         let mut seed = [0u8; 32];
         self.rng.fill_bytes(&mut seed);

@@ -13,9 +13,16 @@ mod tests;
 
 pub use config::{ConfigFile, OriginRequestConfig, RawRule, RemoteConfig, WarpRoutingConfig};
 
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use regex::Regex;
+
+use crate::stream::http1::RequestOptions;
+
+/// The rules in force, shared by the driver's origin dialer and every connection's data
+/// streams, so that a configuration push reaches all of them at once.
+pub type SharedIngress = Arc<RwLock<Arc<Ingress>>>;
 use thiserror::Error;
 
 /// A configuration that cloudflared would refuse, with cloudflared's words where it has them.
@@ -323,6 +330,20 @@ impl Rule {
     /// The path filter as written.
     pub fn path(&self) -> Option<&str> {
         self.path.as_ref().map(Regex::as_str)
+    }
+
+    /// What the rule changes in the HTTP requests it takes. cloudflared applies
+    /// `httpHostHeader` in its URL origins' round trip only (unix sockets and built-in services
+    /// ignore it), `disableChunkedEncoding` to every HTTP origin.
+    pub fn request_options(&self) -> RequestOptions<'_> {
+        let o = &self.origin_request;
+        RequestOptions {
+            host_header: match self.service {
+                Service::Http { .. } => o.http_host_header.as_deref(),
+                _ => None,
+            },
+            disable_chunked_encoding: o.disable_chunked_encoding,
+        }
     }
 }
 

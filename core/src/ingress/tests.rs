@@ -284,3 +284,37 @@ proptest! {
         let _ = ConfigFile::from_yaml(&text).and_then(|c| c.ingress());
     }
 }
+
+#[test]
+fn request_options_follow_the_rule_and_its_service_kind() {
+    let ingress = ConfigFile::from_yaml(CONFIG)
+        .unwrap()
+        .ingress()
+        .unwrap()
+        .unwrap();
+    let api = ingress
+        .find("app.example.com", "/api/x")
+        .1
+        .request_options();
+    assert_eq!(api.host_header, Some("internal.app"));
+    assert!(!api.disable_chunked_encoding);
+    let site = ingress.find("app.example.com", "/").1.request_options();
+    assert_eq!(site.host_header, None);
+    assert!(site.disable_chunked_encoding);
+    // cloudflared's unix-socket origins ignore httpHostHeader; chunking applies to them.
+    let unix = Ingress::new(
+        &[RawRule {
+            service: "unix:/run/a.sock".into(),
+            origin_request: Some(OriginRequestConfig {
+                http_host_header: Some("h".into()),
+                disable_chunked_encoding: Some(true),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        &OriginRequestConfig::default(),
+    )
+    .unwrap();
+    let o = unix.rules()[0].request_options();
+    assert_eq!((o.host_header, o.disable_chunked_encoding), (None, true));
+}

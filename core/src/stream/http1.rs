@@ -23,6 +23,8 @@ pub const MAX_LINE: usize = 4096;
 const INTERNAL_UPGRADE: &str = "Cf-Cloudflared-Proxy-Connection-Upgrade";
 /// Header carrying the Jaeger trace id; cloudflared consumes and deletes it.
 const TRACE_HEADER: &str = "Cf-Trace-Id";
+/// Where the eyeball's `Host` goes when `httpHostHeader` replaces it.
+const FORWARDED_HOST: &str = "X-Forwarded-Host";
 
 /// Why a `ConnectRequest` cannot become an HTTP request (answered with `ConnectResponse.error`).
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -62,7 +64,8 @@ pub enum Framing {
     Length(u64),
     /// Chunked transfer coding.
     Chunked,
-    /// Until the sender closes (responses only).
+    /// Until the sender closes (responses); for a request, until the edge finishes its side
+    /// (`disableChunkedEncoding` with no length known).
     UntilClose,
 }
 
@@ -73,19 +76,55 @@ pub struct RequestHead {
     pub body: Framing,
     /// The response to a HEAD request has no body whatever its headers say.
     pub is_head: bool,
-    /// The `Host` the request was written with, if any: the origin's pooling key.
+    /// The eyeball's `Host` (before any `httpHostHeader`), if any: what rules match and the
+    /// origin's pooling key.
     pub host: Option<String>,
 }
 
-/// Appends the HTTP/1.1 request head for `req` to `out`. `websocket` adds the upgrade headers
-/// cloudflared's proxy adds and never sends a body. On error `out` is left as it was.
+/// The ingress rule's `originRequest` options that change the request itself (PROTOCOL.md
+/// C§5.4, §5.6, §5.8). The default changes nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RequestOptions<'a> {
+    /// `httpHostHeader`: the `Host` sent instead of the eyeball's, which goes in
+    /// `X-Forwarded-Host`.
+    pub host_header: Option<&'a str>,
+    /// `disableChunkedEncoding`: a body is never sent chunked. With a `Content-Length` it is
+    /// sent with it; without one it is sent bare, with neither header (what Go's transport does
+    /// for cloudflared, PROTOCOL.md C§6 #10), and the connection is not reused.
+    pub disable_chunked_encoding: bool,
+}
+
+/// The `Host` a request is written with: the `HttpHost` metadata, else the authority of
+/// `dest`. This is what ingress rules are matched against.
+pub fn request_host(req: &ConnectRequestReader<'_>) -> Result<Option<String>, RequestError> {
+    let mut host = None;
+    for entry in req.metadata() {
+        let entry = entry?;
+        if entry.key == key::HTTP_HOST {
+            host = Some(entry.val);
+        }
+    }
+    if let Some(h) = host {
+        return Ok(Some(h.to_owned()));
+    }
+    let dest = req.dest()?;
+    let uri: Uri = dest
+        .parse()
+        .map_err(|_| RequestError::Dest(dest.to_owned()))?;
+    Ok(uri.authority().map(|a| a.as_str().to_owned()))
+}
+
+/// Appends the HTTP/1.1 request head for `req` to `out`, changed as `options` say.
+/// `websocket` adds the upgrade headers cloudflared's proxy adds and never sends a body. On
+/// error `out` is left as it was.
 pub fn write_request(
     req: &ConnectRequestReader<'_>,
     websocket: bool,
+    options: &RequestOptions<'_>,
     out: &mut Vec<u8>,
 ) -> Result<RequestHead, RequestError> {
     let start = out.len();
-    let result = write_request_inner(req, websocket, out);
+    let result = write_request_inner(req, websocket, options, out);
     if result.is_err() {
         out.truncate(start);
     }
@@ -95,6 +134,7 @@ pub fn write_request(
 fn write_request_inner(
     req: &ConnectRequestReader<'_>,
     websocket: bool,
+    options: &RequestOptions<'_>,
     out: &mut Vec<u8>,
 ) -> Result<RequestHead, RequestError> {
     let dest = req.dest()?;
@@ -134,8 +174,9 @@ fn write_request_inner(
     out.push(b' ');
     out.extend_from_slice(path.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if let Some(host) = &host {
-        write_header(out, "Host", host)?;
+    let sent_host = options.host_header.or(host.as_deref());
+    if let Some(h) = sent_host {
+        write_header(out, "Host", h)?;
     }
     for entry in req.metadata() {
         let entry = entry?;
@@ -155,7 +196,14 @@ fn write_request_inner(
         if skip.iter().any(|s| name.eq_ignore_ascii_case(s)) {
             continue;
         }
+        // cloudflared `Set`s X-Forwarded-Host when it overrides Host: the edge's one goes.
+        if options.host_header.is_some() && name.eq_ignore_ascii_case(FORWARDED_HOST) {
+            continue;
+        }
         write_header(out, &canonical(name), entry.val)?;
+    }
+    if options.host_header.is_some() {
+        write_header(out, FORWARDED_HOST, host.as_deref().unwrap_or(""))?;
     }
     let body = if websocket {
         write_header(out, "Connection", "Upgrade")?;
@@ -165,14 +213,23 @@ fn write_request_inner(
     } else {
         write_header(out, "Connection", "keep-alive")?;
         // cloudflared drops the body unless it is chunked or has a positive length.
-        if chunked {
-            write_header(out, "Transfer-Encoding", "chunked")?;
-            Framing::Chunked
-        } else if let Some(n @ 1..) = content_length {
-            write_header(out, "Content-Length", &n.to_string())?;
-            Framing::Length(n)
-        } else {
-            Framing::Empty
+        match (chunked, content_length) {
+            // Without chunking Go sends the length it parsed, whatever the encoding said.
+            (true, Some(n @ 1..)) if options.disable_chunked_encoding => {
+                write_header(out, "Content-Length", &n.to_string())?;
+                Framing::Length(n)
+            }
+            // No length known: the body goes bare, delimited by nothing.
+            (true, _) if options.disable_chunked_encoding => Framing::UntilClose,
+            (true, _) => {
+                write_header(out, "Transfer-Encoding", "chunked")?;
+                Framing::Chunked
+            }
+            (false, Some(n @ 1..)) => {
+                write_header(out, "Content-Length", &n.to_string())?;
+                Framing::Length(n)
+            }
+            (false, _) => Framing::Empty,
         }
     };
     out.extend_from_slice(b"\r\n");
@@ -515,7 +572,7 @@ mod tests {
         let (req, _) = decode_connect_request(&buf, &FrameLimits::CONNECT_REQUEST)
             .unwrap()
             .unwrap();
-        write_request(&req, websocket, out)
+        write_request(&req, websocket, &RequestOptions::default(), out)
     }
 
     fn request(dest: &str, meta: &[(&str, &str)], websocket: bool) -> (String, RequestHead) {
@@ -545,6 +602,91 @@ mod tests {
         );
         assert_eq!(head.body, Framing::Length(5));
         assert_eq!(head.host.as_deref(), Some("app.example.com"));
+    }
+
+    fn request_with(
+        dest: &str,
+        meta: &[(&str, &str)],
+        websocket: bool,
+        options: RequestOptions<'_>,
+    ) -> (String, RequestHead) {
+        let buf = request_bytes(ConnectionType::Http, dest, meta);
+        let (req, _) = decode_connect_request(&buf, &FrameLimits::CONNECT_REQUEST)
+            .unwrap()
+            .unwrap();
+        let mut out = Vec::new();
+        let head = write_request(&req, websocket, &options, &mut out).unwrap();
+        (String::from_utf8(out).unwrap(), head)
+    }
+
+    #[test]
+    fn http_host_header_replaces_host_and_forwards_the_original() {
+        let options = RequestOptions {
+            host_header: Some("internal.app"),
+            ..RequestOptions::default()
+        };
+        let meta = [
+            ("HttpHost", "app.example.com"),
+            ("HttpHeader:X-Forwarded-Host", "from-the-edge"),
+            ("HttpHeader:Accept", "*/*"),
+        ];
+        let (text, head) = request_with("http://app.example.com/p", &meta, false, options);
+        assert_eq!(
+            text,
+            "GET /p HTTP/1.1\r\nHost: internal.app\r\nAccept: */*\r\n\
+             X-Forwarded-Host: app.example.com\r\nConnection: keep-alive\r\n\r\n"
+        );
+        assert_eq!(
+            head.host.as_deref(),
+            Some("app.example.com"),
+            "rules and pooling go by the eyeball's Host"
+        );
+        let (text, _) = request_with("http://app.example.com/ws", &meta, true, options);
+        assert!(text.contains("Host: internal.app\r\n"), "{text}");
+        assert!(text.contains("X-Forwarded-Host: app.example.com\r\n"));
+        assert!(!text.contains("from-the-edge"));
+        // Without the option the edge's headers pass unchanged.
+        let (text, _) = request_with("http://app.example.com/p", &meta, false, Default::default());
+        assert!(text.contains("Host: app.example.com\r\n"));
+        assert!(text.contains("X-Forwarded-Host: from-the-edge\r\n"));
+    }
+
+    #[test]
+    fn disable_chunked_encoding_sends_a_length_or_a_bare_body() {
+        let options = RequestOptions {
+            disable_chunked_encoding: true,
+            ..RequestOptions::default()
+        };
+        let chunked = ("HttpHeader:Transfer-Encoding", "chunked");
+        let post = ("HttpMethod", "POST");
+        let (text, head) = request_with(
+            "/u",
+            &[post, chunked, ("HttpHeader:Content-Length", "12")],
+            false,
+            options,
+        );
+        assert!(text.ends_with("Connection: keep-alive\r\nContent-Length: 12\r\n\r\n"));
+        assert!(!text.contains("Transfer-Encoding"));
+        assert_eq!(head.body, Framing::Length(12));
+        let (text, head) = request_with("/u", &[post, chunked], false, options);
+        assert!(text.ends_with("Connection: keep-alive\r\n\r\n"), "{text}");
+        assert!(!text.contains("Content-Length") && !text.contains("Transfer-Encoding"));
+        assert_eq!(head.body, Framing::UntilClose);
+        let (_, head) = request_with(
+            "/u",
+            &[post, ("HttpHeader:Content-Length", "3")],
+            false,
+            options,
+        );
+        assert_eq!(head.body, Framing::Length(3));
+        let (_, head) = request_with("/u", &[post], false, options);
+        assert_eq!(head.body, Framing::Empty);
+        let (_, head) = request_with("/ws", &[chunked], true, options);
+        assert_eq!(
+            head.body,
+            Framing::Empty,
+            "WebSocket requests carry no body"
+        );
     }
 
     #[test]

@@ -8,10 +8,13 @@
 //! much as [`DataStream::edge_room`] / [`DataStream::origin_room`] allow, which is what carries
 //! backpressure end to end (PROTOCOL.md A§3.4-3.9).
 
+use std::sync::Arc;
+
 use thiserror::Error;
 
 use super::connect::{decode_connect_request, key, ConnectResponse, ConnectionType, Metadata};
 use super::http1::{self, BodyReader, Framing, ResponseHead};
+use crate::ingress::Ingress;
 use crate::rpc::frame::FrameLimits;
 
 /// What kind of origin connection a stream needs.
@@ -112,6 +115,11 @@ pub struct DataStream {
     responded: bool,
     edge_end: Option<EdgeEnd>,
     origin_end: Option<OriginEnd>,
+    /// Rules whose `originRequest` options shape the request (none: defaults).
+    ingress: Option<Arc<Ingress>>,
+    /// The request body went without framing: the origin cannot tell where it ended, so the
+    /// connection must not carry another request.
+    bare_body: bool,
 }
 
 impl DataStream {
@@ -134,7 +142,16 @@ impl DataStream {
             responded: false,
             edge_end: None,
             origin_end: None,
+            ingress: None,
+            bare_body: false,
         }
+    }
+
+    /// Shapes HTTP requests by the `originRequest` options of the rule in `ingress` that
+    /// takes them.
+    pub fn with_ingress(mut self, ingress: Option<Arc<Ingress>>) -> Self {
+        self.ingress = ingress;
+        self
     }
 
     /// How many edge bytes the stream takes now (0: stop reading, let QUIC flow control hold
@@ -226,12 +243,21 @@ impl DataStream {
         let mut host = None;
         match kind {
             FlowKind::Http | FlowKind::WebSocket => {
-                match http1::write_request(&req, kind == FlowKind::WebSocket, &mut self.to_origin) {
+                let ingress = self.ingress.clone();
+                // An unreadable request fails in write_request below, with its reason.
+                let rule = match (&ingress, http1::request_host(&req)) {
+                    (Some(ingress), Ok(h)) => Some(ingress.find_request(dest, h.as_deref()).1),
+                    _ => None,
+                };
+                let options = rule.map(|r| r.request_options()).unwrap_or_default();
+                let websocket = kind == FlowKind::WebSocket;
+                match http1::write_request(&req, websocket, &options, &mut self.to_origin) {
                     Ok(head) => {
                         self.is_head = head.is_head;
                         host = head.host;
+                        self.bare_body = head.body == Framing::UntilClose && !websocket;
                         self.up = match head.body {
-                            _ if kind == FlowKind::WebSocket => Up::AwaitUpgrade,
+                            _ if websocket => Up::AwaitUpgrade,
                             Framing::Empty => Up::Done,
                             framing => Up::Body(framing),
                         };
@@ -271,7 +297,7 @@ impl DataStream {
                     Up::Body(Framing::Length(left))
                 };
             }
-            Up::Raw => self.to_origin.extend_from_slice(data),
+            Up::Body(Framing::UntilClose) | Up::Raw => self.to_origin.extend_from_slice(data),
             _ => {}
         }
     }
@@ -286,6 +312,8 @@ impl DataStream {
                 self.to_origin.extend_from_slice(http1::LAST_CHUNK);
                 self.up = Up::Done;
             }
+            // A bare body just stops; cloudflared does not half-close the origin either.
+            Up::Body(Framing::UntilClose) => self.up = Up::Done,
             Up::Body(_) => {
                 // A body shorter than its Content-Length: the origin must not take it as whole.
                 self.abort();
@@ -487,7 +515,8 @@ impl DataStream {
     /// half-sent on it.
     fn complete(&mut self) {
         self.edge_end = Some(EdgeEnd::Finish);
-        let reusable = self.keep_alive && self.up == Up::Done && self.to_origin.is_empty();
+        let reusable =
+            self.keep_alive && !self.bare_body && self.up == Up::Done && self.to_origin.is_empty();
         self.origin_end = Some(if reusable {
             OriginEnd::Reusable
         } else {
@@ -712,6 +741,81 @@ mod tests {
         s.on_edge_finished();
         assert!(String::from_utf8_lossy(s.to_origin()).ends_with("\r\n\r\n5\r\nhello\r\n0\r\n\r\n"));
         assert_eq!(s.edge_room(), 0);
+    }
+
+    fn ingress(yaml: &str) -> Option<Arc<Ingress>> {
+        let file = crate::ingress::ConfigFile::from_yaml(yaml).unwrap();
+        Some(Arc::new(file.ingress().unwrap().unwrap()))
+    }
+
+    const RULES: &str = r#"
+ingress:
+  - hostname: a.test
+    path: ^/raw
+    service: http://127.0.0.1:1
+    originRequest:
+      httpHostHeader: origin.internal
+      disableChunkedEncoding: true
+  - service: http://127.0.0.1:2
+"#;
+
+    fn stream_with(ingress: Option<Arc<Ingress>>, dest: &str, meta: &[(&str, &str)]) -> DataStream {
+        let buf = request_bytes(ConnectionType::Http, dest, meta);
+        let mut s = DataStream::new(WINDOW, FrameLimits::CONNECT_REQUEST).with_ingress(ingress);
+        let mut offset = 0;
+        let mut target = None;
+        while offset < buf.len() {
+            let n = s.edge_room().min(buf.len() - offset);
+            target = s.on_edge_data(&buf[offset..offset + n]).unwrap();
+            offset += n;
+        }
+        assert!(target.is_some());
+        s
+    }
+
+    #[test]
+    fn the_matching_rule_shapes_the_request_and_a_bare_body_is_not_reused() {
+        let meta = [
+            ("HttpMethod", "POST"),
+            ("HttpHost", "a.test"),
+            ("HttpHeader:Transfer-Encoding", "chunked"),
+        ];
+        let mut s = stream_with(ingress(RULES), "http://a.test/raw", &meta);
+        let head = String::from_utf8(std::mem::take(s.to_origin())).unwrap();
+        assert!(head.starts_with("POST /raw HTTP/1.1\r\nHost: origin.internal\r\n"));
+        assert!(head.contains("X-Forwarded-Host: a.test\r\n"));
+        assert!(!head.contains("Transfer-Encoding") && !head.contains("Content-Length"));
+        s.on_edge_data(b"bare ").unwrap();
+        s.on_edge_data(b"bytes").unwrap();
+        s.on_edge_finished();
+        assert_eq!(
+            s.to_origin(),
+            b"bare bytes",
+            "no chunk framing, no last chunk"
+        );
+        assert!(s.request_complete());
+        s.to_origin().clear();
+        s.on_origin_connected();
+        feed_origin(&mut s, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        assert_eq!(s.edge_end(), Some(EdgeEnd::Finish));
+        assert_eq!(
+            s.origin_end(),
+            Some(OriginEnd::Close),
+            "the origin cannot know where the body ended"
+        );
+
+        // Another path of the same host: the catch-all, which changes nothing.
+        let mut s = stream_with(ingress(RULES), "http://a.test/other", &meta);
+        let head = String::from_utf8(std::mem::take(s.to_origin())).unwrap();
+        assert!(head.contains("Host: a.test\r\n"));
+        assert!(head.contains("Transfer-Encoding: chunked\r\n"));
+        s.on_edge_data(b"abc").unwrap();
+        s.on_edge_finished();
+        assert_eq!(s.to_origin(), b"3\r\nabc\r\n0\r\n\r\n");
+
+        // No rules: as the edge sent it.
+        let mut s = stream_with(None, "http://a.test/raw", &meta);
+        assert!(String::from_utf8_lossy(s.to_origin()).contains("Transfer-Encoding: chunked"));
     }
 
     #[test]

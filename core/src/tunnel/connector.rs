@@ -197,7 +197,7 @@ impl ConnectorConnection {
         );
         let (handle, conn) =
             endpoint.connect(now, config.client.clone(), edge, &config.server_name)?;
-        let data = config.data;
+        let data = config.data.clone();
         Ok(Self {
             endpoint,
             handle,

@@ -15,6 +15,7 @@ use quinn_proto::{Connection, StreamId, VarInt};
 use tracing::{debug, trace};
 
 use super::quic_io::{flush_stream, read_stream_max};
+use crate::ingress::SharedIngress;
 use crate::rpc::frame::FrameLimits;
 use crate::stream::proxy::{DataStream, EdgeEnd, FlowKind, OriginEnd, OriginTarget};
 
@@ -67,8 +68,8 @@ pub enum OriginAction {
     },
 }
 
-/// Limits on data streams and their flows.
-#[derive(Debug, Clone, Copy)]
+/// Limits on data streams and their flows, and the rules that shape their requests.
+#[derive(Debug, Clone)]
 pub struct DataLimits {
     /// Bytes buffered per stream per direction beyond what QUIC and the origin socket hold.
     pub window: usize,
@@ -80,6 +81,10 @@ pub struct DataLimits {
     pub max_idle: usize,
     /// How long an idle origin connection is kept (cloudflared's `keepAliveTimeout`).
     pub idle_timeout: Duration,
+    /// The ingress rules, whose `originRequest` options (`httpHostHeader`,
+    /// `disableChunkedEncoding`) change HTTP requests; the driver shares this handle with its
+    /// dialer. None: requests go as the edge sent them.
+    pub ingress: Option<SharedIngress>,
 }
 
 impl Default for DataLimits {
@@ -90,6 +95,7 @@ impl Default for DataLimits {
             max_active_flows: 0,
             max_idle: 100,
             idle_timeout: Duration::from_secs(90),
+            ingress: None,
         }
     }
 }
@@ -171,8 +177,15 @@ impl DataStreams {
         id: StreamId,
         rest: &[u8],
     ) {
+        // A snapshot per stream: a configuration push applies from the next request on.
+        let ingress = self.limits.ingress.as_ref().map(|shared| {
+            shared
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .clone()
+        });
         let mut data = Data {
-            proxy: DataStream::new(self.limits.window, self.limits.request),
+            proxy: DataStream::new(self.limits.window, self.limits.request).with_ingress(ingress),
             flow: None,
             edge_finished: false,
         };
