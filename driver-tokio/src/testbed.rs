@@ -89,6 +89,11 @@ impl Proc {
         rss_kib(self.pid())
     }
 
+    /// CPU time used so far.
+    pub fn cpu_time(&self) -> Result<Duration, TestbedError> {
+        cpu_time(self.pid())
+    }
+
     /// Errors (with the tail of the log) if the process has exited.
     pub fn check_alive(&mut self) -> Result<(), TestbedError> {
         match self.child.try_wait() {
@@ -358,6 +363,32 @@ pub fn rss_kib(pid: u32) -> Result<u64, TestbedError> {
         .find_map(|l| l.strip_prefix("VmRSS:"))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
         .ok_or(TestbedError::NoRss(pid))
+}
+
+/// User plus system CPU time process `pid` has used so far.
+pub fn cpu_time(pid: u32) -> Result<Duration, TestbedError> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).map_err(io(path.clone()))?;
+    // Fields after the parenthesised command name (which may hold spaces): state is the
+    // first, utime and stime the 12th and 13th.
+    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    match (f.as_slice(), u64::try_from(hz)) {
+        ([user, system], Ok(hz)) if hz > 0 => {
+            Ok(Duration::from_secs_f64((user + system) as f64 / hz as f64))
+        }
+        _ => Err(TestbedError::Io {
+            what: format!("parse {path}"),
+            source: std::io::ErrorKind::InvalidData.into(),
+        }),
+    }
 }
 
 /// Raises this process's soft open-file limit to the hard limit (children inherit it);

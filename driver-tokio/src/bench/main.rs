@@ -398,6 +398,16 @@ fn main() -> ExitCode {
         Err(e) => (Cell::Failed(e.clone()), Cell::Failed(e.clone())),
     };
 
+    // Daemon CPU over the HTTP and TCP parts, per MB carried through the tunnel.
+    let cpu = |t: &Result<Tunnel, String>| {
+        t.as_ref()
+            .ok()
+            .and_then(|t| Some((t.connector.cpu_time().ok()?, t.edge.cpu_time().ok()?)))
+    };
+    let cpu_before = cpu(&tunnel);
+    let mut tunnel_mb = 0.0;
+    let carried =
+        |r: &Result<f64, String>, bytes: u64| r.as_ref().map_or(0.0, |_| bytes as f64 / 1e6);
     let hb = p.http_bytes;
     let tb = p.tcp_bytes;
     let conns = p.conns;
@@ -408,6 +418,7 @@ fn main() -> ExitCode {
         |t| Ok(t.http),
         |a| client::http_download(a, HOST, hb, conns),
     );
+    tunnel_mb += carried(&t, hb);
     rows.push(Row::new("HTTP download MB/s", Cell::of(&d), Cell::of(&t)));
     let (d, t) = both(
         origins.http,
@@ -415,6 +426,7 @@ fn main() -> ExitCode {
         |t| Ok(t.http),
         |a| client::http_upload(a, HOST, hb, conns),
     );
+    tunnel_mb += carried(&t, hb);
     rows.push(Row::new("HTTP upload MB/s", Cell::of(&d), Cell::of(&t)));
     let (d, t) = both(
         origins.http,
@@ -431,6 +443,7 @@ fn main() -> ExitCode {
         |t| Ok(t.tcp),
         |a| client::tcp_download(a, tb, conns),
     );
+    tunnel_mb += carried(&t, tb);
     rows.push(Row::new("TCP download MB/s", Cell::of(&d), Cell::of(&t)));
     let (d, t) = both(
         origins.tcp,
@@ -438,6 +451,7 @@ fn main() -> ExitCode {
         |t| Ok(t.tcp),
         |a| client::tcp_upload(a, tb, conns),
     );
+    tunnel_mb += carried(&t, tb);
     rows.push(Row::new("TCP upload MB/s", Cell::of(&d), Cell::of(&t)));
     let (d, t) = both(
         origins.tcp,
@@ -447,6 +461,17 @@ fn main() -> ExitCode {
     );
     rows.extend(rtt_rows("TCP 64 B", d, t));
 
+    let cpu_after = cpu(&tunnel);
+    let cpu_rows = match (cpu_before, cpu_after) {
+        (Some((c0, e0)), Some((c1, e1))) if tunnel_mb > 0.0 => {
+            let per = |a: Duration, b: Duration| Cell::Val((b - a).as_secs_f64() * 1e3 / tunnel_mb);
+            (per(c0, c1), per(e0, e1))
+        }
+        _ => {
+            let e = || Cell::Failed("no CPU figures (no tunnel, or nothing carried)".into());
+            (e(), e())
+        }
+    };
     eprintln!("burrow-bench: UDP ...");
     if let Ok(t) = &mut tunnel {
         // One probe first: when UDP does not pass at all, every UDP row says why at once.
@@ -546,6 +571,9 @@ fn main() -> ExitCode {
             |(_, a)| format!("{a}/{n}"),
         )),
     );
+    let note = "HTTP and TCP parts; information";
+    rows.push(Row::new("connector CPU ms per MB", na(), cpu_rows.0).note(note));
+    rows.push(Row::new("edge CPU ms per MB", na(), cpu_rows.1).note(note));
     rows.push(Row::new("edge RSS idle MiB", na(), edge_idle).note("information"));
     rows.push(
         Row::new(format!("edge RSS {n} UDP sessions MiB"), na(), edge_busy).note("information"),
