@@ -176,7 +176,8 @@ pub struct Testbed {
 }
 
 impl Testbed {
-    /// Creates tunnel `name` serving `hostnames` in a new directory under the temp dir.
+    /// Creates tunnel `name` serving `hostnames` in a new directory under the temp dir, named
+    /// after `label` and the process id (so `label` must be unique within a process).
     pub fn create(
         bin: &Path,
         label: &str,
