@@ -1,0 +1,160 @@
+//! The bench's origins, in process on loopback: HTTP (bodies of any size, an upload sink),
+//! TCP (echo, sink, source by first byte) and UDP echo. One thread per connection.
+
+use std::io::{self, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::thread;
+
+use tracing::debug;
+
+use crate::http::Reader;
+
+/// What every byte-sending path writes, repeated.
+pub static PATTERN: [u8; 64 * 1024] = {
+    let mut p = [0u8; 64 * 1024];
+    let mut i = 0;
+    while i < p.len() {
+        p[i] = (i.wrapping_mul(31) >> 3) as u8;
+        i += 1;
+    }
+    p
+};
+
+/// TCP origin modes, chosen by the first byte the client sends.
+pub mod mode {
+    /// Echo everything until end of stream.
+    pub const ECHO: u8 = b'E';
+    /// Read until end of stream, then answer the byte count (u64 big-endian).
+    pub const SINK: u8 = b'S';
+    /// Read a u64 big-endian count, send that many bytes, close.
+    pub const SOURCE: u8 = b'D';
+}
+
+/// Writes `n` bytes of [`PATTERN`].
+pub fn write_pattern(w: &mut impl Write, mut n: u64) -> io::Result<()> {
+    while n > 0 {
+        let take = PATTERN.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+        w.write_all(&PATTERN[..take])?;
+        n -= take as u64;
+    }
+    Ok(())
+}
+
+/// Reads until end of stream; returns the count.
+pub fn drain(r: &mut impl Read) -> io::Result<u64> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0;
+    loop {
+        match r.read(&mut buf)? {
+            0 => return Ok(total),
+            n => total += n as u64,
+        }
+    }
+}
+
+fn serve<F>(l: TcpListener, f: F) -> io::Result<SocketAddr>
+where
+    F: Fn(TcpStream) -> io::Result<()> + Send + Sync + Copy + 'static,
+{
+    let addr = l.local_addr()?;
+    thread::spawn(move || {
+        for s in l.incoming().flatten() {
+            let _ = s.set_nodelay(true);
+            thread::spawn(move || {
+                if let Err(e) = f(s) {
+                    debug!(error = %e, "origin connection ended");
+                }
+            });
+        }
+    });
+    Ok(addr)
+}
+
+/// HTTP/1.1 origin: `GET /bytes/N` answers N bytes, `POST /sink` answers the body's length,
+/// anything else a short body. Keep-alive unless the client says close.
+pub fn http() -> io::Result<SocketAddr> {
+    serve(TcpListener::bind("127.0.0.1:0")?, |s| {
+        let mut w = s.try_clone()?;
+        let mut r = Reader::new(s);
+        while let Some(head) = r.head()? {
+            let got = r.body(&head, false)?;
+            let path = head.first.split_whitespace().nth(1).unwrap_or("/");
+            let close = if head.close {
+                "Connection: close\r\n"
+            } else {
+                ""
+            };
+            if let Some(n) = path.strip_prefix("/bytes/") {
+                let n: u64 = n.parse().unwrap_or(0);
+                write!(w, "HTTP/1.1 200 OK\r\nContent-Length: {n}\r\n{close}\r\n")?;
+                write_pattern(&mut w, n)?;
+            } else {
+                let body = if path == "/sink" {
+                    got.to_string()
+                } else {
+                    "ok".to_owned()
+                };
+                let reply = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n{close}\r\n{body}",
+                    body.len()
+                );
+                w.write_all(reply.as_bytes())?;
+            }
+            if head.close {
+                break;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// TCP origin; see [`mode`].
+pub fn tcp() -> io::Result<SocketAddr> {
+    serve(TcpListener::bind("127.0.0.1:0")?, |mut s| {
+        let mut first = [0u8; 1];
+        s.read_exact(&mut first)?;
+        match first[0] {
+            mode::ECHO => {
+                let mut buf = vec![0u8; 64 * 1024];
+                loop {
+                    match s.read(&mut buf)? {
+                        0 => break,
+                        n => s.write_all(&buf[..n])?,
+                    }
+                }
+            }
+            mode::SINK => {
+                let n = drain(&mut s)?;
+                s.write_all(&n.to_be_bytes())?;
+            }
+            mode::SOURCE => {
+                let mut n = [0u8; 8];
+                s.read_exact(&mut n)?;
+                write_pattern(&mut s, u64::from_be_bytes(n))?;
+            }
+            _ => {}
+        }
+        s.shutdown(Shutdown::Write)
+    })
+}
+
+/// UDP echo origin: every datagram goes back to its sender. Two threads share the socket.
+pub fn udp() -> io::Result<SocketAddr> {
+    let sock = UdpSocket::bind("127.0.0.1:0")?;
+    let addr = sock.local_addr()?;
+    for _ in 0..2 {
+        let s = sock.try_clone()?;
+        thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            loop {
+                match s.recv_from(&mut buf) {
+                    Ok((n, from)) => {
+                        let _ = s.send_to(&buf[..n], from);
+                    }
+                    Err(e) => debug!(error = %e, "udp origin recv"),
+                }
+            }
+        });
+    }
+    Ok(addr)
+}

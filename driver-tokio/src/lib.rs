@@ -1,0 +1,4 @@
+//! burrow-tokio as a library: what the `burrow-bench` program and the integration tests share.
+//! The daemon itself lives in the `burrow` binary.
+
+pub mod testbed;

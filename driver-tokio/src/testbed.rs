@@ -1,0 +1,437 @@
+//! A tunnel on loopback made of real processes: `burrow edge` (generated CA) and
+//! `burrow tunnel run` as children of the caller, with a tunnel created by
+//! `burrow edge tunnel create`. Used by `burrow-bench` and by integration tests.
+//!
+//! Children are killed when their [`Proc`] guard drops (on error and panic too) and, on Linux,
+//! when the thread that spawned them dies, so an aborted run leaves no daemon behind.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use thiserror::Error;
+
+/// What goes wrong while setting up or watching the testbed.
+#[derive(Debug, Error)]
+pub enum TestbedError {
+    /// A file or socket operation failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: String,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// A child process exited while it should be running.
+    #[error("{name} exited ({status}); its log ends with:\n{log}")]
+    Exited {
+        /// Which child.
+        name: &'static str,
+        /// How it ended.
+        status: ExitStatus,
+        /// The tail of its stderr.
+        log: String,
+    },
+    /// `burrow edge tunnel create` failed or printed no id.
+    #[error("burrow edge tunnel create: {0}")]
+    Create(String),
+    /// A wait ran out of time.
+    #[error("timed out after {0:?}: {1}")]
+    Timeout(Duration, String),
+    /// `/proc/<pid>/status` has no VmRSS line.
+    #[error("no VmRSS for pid {0}")]
+    NoRss(u32),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> TestbedError {
+    let what = what.into();
+    move |source| TestbedError::Io { what, source }
+}
+
+/// A child process, killed and reaped on drop.
+pub struct Proc {
+    name: &'static str,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Proc {
+    /// Spawns `cmd` with stdout discarded and stderr into `log`.
+    pub fn spawn(name: &'static str, mut cmd: Command, log: PathBuf) -> Result<Self, TestbedError> {
+        let err = std::fs::File::create(&log).map_err(io(format!("{}", log.display())))?;
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(err));
+        // SAFETY: prctl is async-signal-safe and touches no memory of the parent; it asks the
+        // kernel to kill the child when the spawning thread goes away (a killed bench, say).
+        unsafe {
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+        let child = cmd.spawn().map_err(io(format!("spawn {name}")))?;
+        Ok(Self { name, child, log })
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Resident set size now, in KiB.
+    pub fn rss_kib(&self) -> Result<u64, TestbedError> {
+        rss_kib(self.pid())
+    }
+
+    /// CPU time used so far.
+    pub fn cpu_time(&self) -> Result<Duration, TestbedError> {
+        cpu_time(self.pid())
+    }
+
+    /// Errors (with the tail of the log) if the process has exited.
+    pub fn check_alive(&mut self) -> Result<(), TestbedError> {
+        match self.child.try_wait() {
+            Ok(None) => Ok(()),
+            Ok(Some(status)) => Err(TestbedError::Exited {
+                name: self.name,
+                status,
+                log: self.log_tail(2000),
+            }),
+            Err(e) => Err(io(format!("wait for {}", self.name))(e)),
+        }
+    }
+
+    /// The last `max` bytes of the child's stderr.
+    pub fn log_tail(&self, max: usize) -> String {
+        let text = std::fs::read(&self.log).unwrap_or_default();
+        let start = text.len().saturating_sub(max);
+        String::from_utf8_lossy(&text[start..]).into_owned()
+    }
+
+    /// The child, for signals and waits.
+    pub fn child(&mut self) -> &mut Child {
+        &mut self.child
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// How to start `burrow edge`.
+#[derive(Debug, Clone)]
+pub struct EdgeOpts {
+    /// QUIC address for tunnels.
+    pub quic: SocketAddr,
+    /// Public HTTP address.
+    pub http: SocketAddr,
+    /// `--tcp-map LISTEN=TUNNEL:DEST` values.
+    pub tcp_maps: Vec<String>,
+    /// `--udp-map LISTEN=TUNNEL:DEST` values.
+    pub udp_maps: Vec<String>,
+}
+
+impl EdgeOpts {
+    /// Free loopback ports for QUIC and HTTP, no mappings.
+    pub fn loopback() -> Result<Self, TestbedError> {
+        Ok(Self {
+            quic: free_udp()?,
+            http: free_tcp()?,
+            tcp_maps: Vec::new(),
+            udp_maps: Vec::new(),
+        })
+    }
+}
+
+/// How to start `burrow tunnel run`.
+#[derive(Debug, Clone)]
+pub struct ConnectorOpts {
+    /// The edge's QUIC address.
+    pub edge: SocketAddr,
+    /// Metrics and readiness address.
+    pub metrics: SocketAddr,
+    /// Ingress rules as (hostname, service); the last should have no hostname.
+    pub ingress: Vec<(Option<String>, String)>,
+    /// HA connections.
+    pub ha_connections: u8,
+}
+
+/// A tunnel created in a fresh state directory, removed on drop.
+pub struct Testbed {
+    bin: PathBuf,
+    dir: PathBuf,
+    /// Tunnel name.
+    pub name: String,
+    /// Tunnel id.
+    pub id: String,
+}
+
+impl Testbed {
+    /// Creates tunnel `name` serving `hostnames` in a new directory under the temp dir, named
+    /// after `label` and the process id (so `label` must be unique within a process).
+    pub fn create(
+        bin: &Path,
+        label: &str,
+        name: &str,
+        hostnames: &[&str],
+    ) -> Result<Self, TestbedError> {
+        let dir = std::env::temp_dir().join(format!("burrow-{label}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).map_err(io(format!("{}", dir.display())))?;
+        // From here on, drop cleans the directory up.
+        let mut bed = Self {
+            bin: bin.to_owned(),
+            dir,
+            name: name.to_owned(),
+            id: String::new(),
+        };
+        let mut cmd = Command::new(bin);
+        cmd.args(["edge", "--dir"])
+            .arg(&bed.dir)
+            .args(["tunnel", "create", name]);
+        for h in hostnames {
+            cmd.args(["--hostname", h]);
+        }
+        let out = cmd.output().map_err(io(format!("run {}", bin.display())))?;
+        if !out.status.success() {
+            return Err(TestbedError::Create(
+                String::from_utf8_lossy(&out.stderr).into_owned(),
+            ));
+        }
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        bed.id = stdout
+            .lines()
+            .find_map(|l| {
+                l.rsplit_once(" with id ")
+                    .map(|(_, id)| id.trim().to_owned())
+            })
+            .ok_or_else(|| TestbedError::Create(format!("no tunnel id in: {stdout}")))?;
+        Ok(bed)
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The edge's generated CA (exists once the edge started).
+    pub fn ca(&self) -> PathBuf {
+        self.dir.join("ca.pem")
+    }
+
+    /// The tunnel's credentials file.
+    pub fn credentials(&self) -> PathBuf {
+        self.dir.join(format!("{}.json", self.id))
+    }
+
+    /// Starts `burrow edge` and waits until its HTTP listener accepts (so QUIC is bound too).
+    pub fn edge(&self, o: &EdgeOpts) -> Result<Proc, TestbedError> {
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["edge", "--dir"])
+            .arg(&self.dir)
+            .args(["--listen", &o.quic.to_string()])
+            .args(["--http", &o.http.to_string()])
+            .args(["--loglevel", "warn"]);
+        for m in &o.tcp_maps {
+            cmd.args(["--tcp-map", m]);
+        }
+        for m in &o.udp_maps {
+            cmd.args(["--udp-map", m]);
+        }
+        let mut p = Proc::spawn("burrow edge", cmd, self.dir.join("edge.log"))?;
+        wait_for(Duration::from_secs(20), "edge HTTP listener", || {
+            p.check_alive()?;
+            Ok(self.ca().exists() && TcpStream::connect(o.http).is_ok())
+        })?;
+        Ok(p)
+    }
+
+    /// Writes the connector's config.yml (ingress rules) and starts `burrow tunnel run`.
+    pub fn connector(&self, o: &ConnectorOpts) -> Result<Proc, TestbedError> {
+        let config = self.dir.join("config.yml");
+        let q = |s: &str| serde_json::Value::from(s).to_string();
+        let mut yaml = format!(
+            "tunnel: {}\ncredentials-file: {}\ningress:\n",
+            q(&self.id),
+            q(&self.credentials().to_string_lossy())
+        );
+        for (host, service) in &o.ingress {
+            match host {
+                Some(h) => yaml.push_str(&format!(
+                    "  - hostname: {}\n    service: {}\n",
+                    q(h),
+                    q(service)
+                )),
+                None => yaml.push_str(&format!("  - service: {}\n", q(service))),
+            }
+        }
+        std::fs::write(&config, yaml).map_err(io(format!("{}", config.display())))?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["tunnel", "--config"])
+            .arg(&config)
+            .args(["--edge", &o.edge.to_string()])
+            .arg("--cacert")
+            .arg(self.ca())
+            .args(["--metrics", &o.metrics.to_string()])
+            .args(["--ha-connections", &o.ha_connections.to_string()])
+            .args(["--grace-period", "1s", "--loglevel", "warn", "run"])
+            .arg("--credentials-file")
+            .arg(self.credentials())
+            .arg(&self.id);
+        Proc::spawn("burrow tunnel run", cmd, self.dir.join("connector.log"))
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Polls `f` every 50 ms until it returns true, errors, or `limit` passes.
+pub fn wait_for(
+    limit: Duration,
+    what: &str,
+    mut f: impl FnMut() -> Result<bool, TestbedError>,
+) -> Result<(), TestbedError> {
+    let start = Instant::now();
+    loop {
+        if f()? {
+            return Ok(());
+        }
+        if start.elapsed() > limit {
+            return Err(TestbedError::Timeout(limit, what.to_owned()));
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `readyConnections` from the connector's `/ready`, if it answers.
+pub fn ready_connections(metrics: SocketAddr) -> Option<usize> {
+    let mut s = TcpStream::connect(metrics).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /ready HTTP/1.1\r\nHost: metrics\r\nConnection: close\r\n\r\n")
+        .ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).ok()?;
+    let v: serde_json::Value = serde_json::from_str(out.split_once("\r\n\r\n")?.1).ok()?;
+    v["readyConnections"]
+        .as_u64()
+        .and_then(|n| usize::try_from(n).ok())
+}
+
+/// Waits until the connector reports `n` registered connections.
+pub fn wait_ready(
+    connector: &mut Proc,
+    metrics: SocketAddr,
+    n: usize,
+    limit: Duration,
+) -> Result<(), TestbedError> {
+    wait_for(limit, &format!("{n} registered connections"), || {
+        connector.check_alive()?;
+        Ok(ready_connections(metrics) == Some(n))
+    })
+}
+
+/// A loopback TCP address free a moment ago.
+pub fn free_tcp() -> Result<SocketAddr, TestbedError> {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map_err(io("bind a free TCP port"))
+}
+
+/// A loopback UDP address free a moment ago.
+pub fn free_udp() -> Result<SocketAddr, TestbedError> {
+    UdpSocket::bind("127.0.0.1:0")
+        .and_then(|s| s.local_addr())
+        .map_err(io("bind a free UDP port"))
+}
+
+/// VmRSS of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> Result<u64, TestbedError> {
+    let path = format!("/proc/{pid}/status");
+    let text = std::fs::read_to_string(&path).map_err(io(path))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .ok_or(TestbedError::NoRss(pid))
+}
+
+/// User plus system CPU time process `pid` has used so far.
+pub fn cpu_time(pid: u32) -> Result<Duration, TestbedError> {
+    let path = format!("/proc/{pid}/stat");
+    let text = std::fs::read_to_string(&path).map_err(io(path.clone()))?;
+    // Fields after the parenthesised command name (which may hold spaces): state is the
+    // first, utime and stime the 12th and 13th.
+    let rest = text.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<u64> = rest
+        .split_whitespace()
+        .skip(11)
+        .take(2)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // SAFETY: sysconf reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    match (f.as_slice(), u64::try_from(hz)) {
+        ([user, system], Ok(hz)) if hz > 0 => {
+            Ok(Duration::from_secs_f64((user + system) as f64 / hz as f64))
+        }
+        _ => Err(TestbedError::Io {
+            what: format!("parse {path}"),
+            source: std::io::ErrorKind::InvalidData.into(),
+        }),
+    }
+}
+
+/// Raises this process's soft open-file limit to the hard limit (children inherit it);
+/// returns the new soft limit.
+pub fn raise_nofile() -> Result<u64, TestbedError> {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit only read and write the struct we pass.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) != 0 {
+            return Err(io("getrlimit")(std::io::Error::last_os_error()));
+        }
+        lim.rlim_cur = lim.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+            return Err(io("setrlimit")(std::io::Error::last_os_error()));
+        }
+    }
+    Ok(lim.rlim_cur)
+}
+
+/// The `burrow` binary in the directory of the running executable (cargo puts every binary
+/// of the package in one target directory; test executables sit one level down, in `deps`).
+pub fn burrow_beside_current_exe() -> Result<PathBuf, TestbedError> {
+    let exe = std::env::current_exe().map_err(io("current_exe"))?;
+    let dir = exe.parent().unwrap_or(Path::new("."));
+    [dir.join("burrow"), dir.join("../burrow")]
+        .into_iter()
+        .find(|p| p.is_file())
+        .ok_or_else(|| TestbedError::Io {
+            what: format!("find burrow next to {}", exe.display()),
+            source: std::io::ErrorKind::NotFound.into(),
+        })
+}
+
+/// Whether `burrow edge --help` lists `flag` (features land in parallel; callers skip what
+/// the binary does not have yet).
+pub fn edge_has_flag(bin: &Path, flag: &str) -> bool {
+    Command::new(bin)
+        .args(["edge", "--help"])
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
+        .unwrap_or(false)
+}

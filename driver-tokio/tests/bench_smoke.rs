@@ -1,0 +1,81 @@
+//! `burrow-bench --quick` end to end: the real daemons as child processes, real loopback
+//! traffic. Checks the table's shape and that HTTP and TCP figures exist on both sides; no
+//! timing is asserted (the figures of a debug build on a shared machine mean nothing).
+
+use std::process::Command;
+
+const BENCH: &str = env!("CARGO_BIN_EXE_burrow-bench");
+
+/// Rows that must have numbers on both sides whenever the tunnel is up.
+const MEASURED: &[&str] = &[
+    "HTTP download MB/s",
+    "HTTP upload MB/s",
+    "HTTP request round trip p50 us",
+    "HTTP request round trip p99 us",
+    "TCP download MB/s",
+    "TCP upload MB/s",
+    "TCP 64 B round trip p50 us",
+    "TCP 64 B round trip p99 us",
+];
+
+fn number(cell: &str, what: &str) -> f64 {
+    let v: f64 = cell
+        .parse()
+        .unwrap_or_else(|_| panic!("{what}: {cell:?} is not a number"));
+    assert!(v.is_finite() && v >= 0.0, "{what}: {v}");
+    v
+}
+
+#[test]
+fn quick_bench_prints_the_table() {
+    let out = Command::new(BENCH)
+        .arg("--quick")
+        .output()
+        .expect("run burrow-bench");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    let rows: Vec<Vec<&str>> = stdout
+        .lines()
+        .filter(|l| l.starts_with("| "))
+        .map(|l| l.split('|').skip(1).map(str::trim).collect())
+        .collect();
+    assert_eq!(
+        rows.first().map(|r| &r[..4]),
+        Some(&["metric", "direct", "tunnel", "tunnel/direct"][..]),
+        "{stdout}"
+    );
+    assert!(stdout.contains("cores available"), "machine note: {stdout}");
+    let row = |name: &str| {
+        rows.iter()
+            .find(|r| r[0] == name)
+            .unwrap_or_else(|| panic!("no row {name:?} in\n{stdout}"))
+    };
+    for name in MEASURED {
+        let r = row(name);
+        let direct = number(r[1], name);
+        let tunnel = number(r[2], name);
+        number(r[3], name);
+        assert!(direct > 0.0 && tunnel > 0.0, "{name}: {r:?}");
+    }
+    // UDP rows may be n/a while the tunnel lacks UDP; then they must say why.
+    for r in rows.iter().skip(1) {
+        for cell in &r[1..4] {
+            if *cell == "n/a" {
+                assert!(
+                    r.len() > 4 && !r[4].is_empty(),
+                    "n/a without a reason: {r:?}"
+                );
+            } else if *cell != "-" {
+                number(cell, r[0]);
+            }
+        }
+    }
+    let idle = row("connector RSS idle MiB");
+    assert!(number(idle[2], "connector RSS") > 1.0, "{idle:?}");
+    assert!(
+        rows.iter()
+            .any(|r| r[0].starts_with("UDP") && r[0].ends_with("packets/s")),
+        "{stdout}"
+    );
+}
