@@ -1,6 +1,7 @@
 //! The connector daemon (`burrow tunnel run`): a thin tokio driver around burrow-core's
 //! [`Supervisor`]. It owns the UDP sockets (one per HA index, as cloudflared), the origin
-//! connections and the timer; every protocol decision is the supervisor's.
+//! connections, the datagram sockets of UDP sessions and ICMP funnels ([`DatagramSockets`])
+//! and the timer; every protocol decision is the supervisor's.
 //!
 //! The loop follows the sans-IO rule: after every input, drain every `poll_*` until empty,
 //! then sleep until `poll_timeout`.
@@ -32,6 +33,7 @@ use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::creds::Credentials;
+use crate::datagram::{icmp_config, raise_nofile_limit, DatagramSockets, IcmpSources, SocketEvent};
 use crate::metrics::Metrics;
 use crate::origin::{Dialer, FlowHandle, FlowReport, Report};
 
@@ -67,8 +69,11 @@ pub struct Options {
     pub grace_period: Duration,
     /// `--features`.
     pub features: Vec<String>,
-    /// `--max-active-flows` (0: none).
+    /// `--max-active-flows` (0: none): TCP flows per connection, UDP sessions in all.
     pub max_active_flows: usize,
+    /// ICMP proxy sources (`--icmpv4-src`, `--icmpv6-src`, found when unset); `None` turns the
+    /// ICMP proxy off.
+    pub icmp: Option<IcmpSources>,
     /// `--post-quantum`.
     pub post_quantum: bool,
     /// Metrics (shared with the metrics server).
@@ -223,44 +228,10 @@ struct Flow {
     kind: FlowKind,
 }
 
-/// The seam where QUIC datagrams of each tunnel connection will be dispatched to the UDP
-/// session manager and ICMP router (`burrow_core::tunnel::udp::DatagramHub` drives both; not
-/// wired in yet). Connections come and go by [`LinkId`]; sessions of a link that went
-/// down migrate to a surviving one there.
-#[derive(Default)]
-struct DatagramSeam {
-    links: HashMap<LinkId, u8>,
-}
-
-impl DatagramSeam {
-    fn link_up(&mut self, index: u8, link: LinkId) {
-        self.links.insert(link, index);
-    }
-
-    fn link_down(&mut self, link: LinkId) {
-        self.links.remove(&link);
-    }
-
-    /// Datagram v2 session registration: to be handed to the session manager. Until then it
-    /// is refused at once, so the edge does not wait for an answer that never comes.
-    fn session_requested(
-        &mut self,
-        link: LinkId,
-        id: String,
-        dest: SocketAddr,
-    ) -> Result<(), String> {
-        warn!(%link, session = %id, %dest, "UDP sessions are not wired into the daemon yet");
-        Err("UDP sessions are not supported by this connector yet".into())
-    }
-
-    fn session_unregistered(&mut self, link: LinkId, id: String) {
-        debug!(%link, session = %id, "UDP session unregistered by the edge");
-    }
-}
-
 /// Runs the connector until shut down. Each message on `shutdown` is one signal: the first
 /// starts a graceful shutdown, the second closes at once.
 pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Result<(), RunError> {
+    raise_nofile_limit();
     let pool = discover(&opts.edges, opts.ip_version).await?;
     let roots = edge_roots(opts.cacert.as_deref())?;
     let pq = if opts.post_quantum {
@@ -311,6 +282,10 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     };
     let mut config = SupervisorConfig::new(connector);
     config.ha_connections = opts.ha_connections;
+    config.sessions.max_flows = opts.max_active_flows;
+    if let Some(sources) = opts.icmp {
+        config.icmp = icmp_config(sources);
+    }
     let mut sup = Supervisor::new(Instant::now(), config, pool, random_u64());
     metrics.ha_connections.set(sup.ha_connections() as i64);
     info!(
@@ -331,7 +306,8 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     let mut generation = 0u64;
     let mut flows: HashMap<(LinkId, FlowId), Flow> = HashMap::new();
     let mut versions = ConfigVersions::new();
-    let mut seam = DatagramSeam::default();
+    let (socket_tx, mut socket_rx) = mpsc::channel::<SocketEvent>(crate::datagram::CHANNEL_DEPTH);
+    let mut datagrams = DatagramSockets::new(socket_tx);
     let mut buf = Vec::with_capacity(2048);
     let mut fatal = None;
     let mut signals = 0u32;
@@ -364,7 +340,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                     }
                     SupervisorEvent::Registered {
                         index,
-                        link,
+                        link: _,
                         edge,
                         details,
                     } => {
@@ -385,7 +361,6 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                             .server_locations
                             .with_label_values(&[&index.to_string(), &details.location])
                             .set(1);
-                        seam.link_up(index, link);
                     }
                     SupervisorEvent::RegistrationFailed { index, error } => {
                         let kind = if error.is_duplicate_connection() {
@@ -410,7 +385,6 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                         } else {
                             debug!(conn_index = index, %link, %reason, "connection attempt failed");
                         }
-                        seam.link_down(link);
                         let gone: Vec<_> =
                             flows.keys().filter(|(l, _)| *l == link).copied().collect();
                         for key in gone {
@@ -455,21 +429,6 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                     SupervisorEvent::LocalConfigurationFailed { index, reason } => {
                         warn!(conn_index = index, %reason, "Failed to update local configuration");
                     }
-                    SupervisorEvent::UdpSessionRequested {
-                        link,
-                        id,
-                        dest,
-                        stream,
-                        ..
-                    } => {
-                        let result = seam.session_requested(link, format!("{id}"), dest);
-                        if let Err(e) = sup.respond_udp_session(now, link, stream, result) {
-                            warn!(%link, error = %e, "cannot answer the UDP session request");
-                        }
-                    }
-                    SupervisorEvent::UdpSessionUnregistered { link, id, .. } => {
-                        seam.session_unregistered(link, format!("{id}"));
-                    }
                     SupervisorEvent::Fatal(e) => fatal = Some(e),
                     SupervisorEvent::Stopped => {}
                 }
@@ -483,6 +442,20 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                     now, &mut sup, &dialer, &mut flows, &flow_tx, &metrics, link, action,
                 );
             }
+            // Datagrams the connections received, then the socket work they call for.
+            let pings_before = datagrams.stats().pings_sent;
+            if sup.drain_datagrams(now, |e| datagrams.egress(e)) > 0 {
+                progress = true;
+            }
+            while let Some(action) = sup.poll_datagram_action(now) {
+                progress = true;
+                let outcome = datagrams.act(action);
+                DatagramSockets::report(&mut sup, now, outcome);
+            }
+            datagrams.flush_deferred();
+            metrics
+                .icmp_total_requests
+                .inc_by(datagrams.stats().pings_sent - pings_before);
             while let Some((index, t)) = sup.poll_transmit(now, &mut buf) {
                 progress = true;
                 if let Some(s) = sockets.get(&index) {
@@ -499,6 +472,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                 break;
             }
         }
+        metrics.update_datagrams(sup.datagram_hub(), &datagrams);
         if sup.is_stopped() {
             break;
         }
@@ -521,6 +495,15 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                     if sockets.get(&index).is_some_and(|s| s.generation == g) {
                         sup.handle_datagram(now, index, from, &data);
                     }
+                }
+            }
+            Some(event) = socket_rx.recv() => {
+                let now = Instant::now();
+                on_socket_event(now, &mut sup, &mut datagrams, &metrics, event);
+                // A bounded batch, so timers and the edge's packets are not starved.
+                for _ in 0..256 {
+                    let Ok(event) = socket_rx.try_recv() else { break };
+                    on_socket_event(now, &mut sup, &mut datagrams, &metrics, event);
                 }
             }
             Some(report) = flow_rx.recv() => {
@@ -606,6 +589,48 @@ async fn open_socket(
         generation,
         reader,
     })
+}
+
+/// What an origin UDP socket or a ping socket read goes to the supervisor.
+fn on_socket_event(
+    now: Instant,
+    sup: &mut Supervisor,
+    sockets: &mut DatagramSockets,
+    metrics: &Metrics,
+    event: SocketEvent,
+) {
+    match event {
+        SocketEvent::UdpRead { flow, mut buf, len } => {
+            // A read that raced the socket's close is dropped.
+            if sockets.has_udp(flow) {
+                sup.udp_origin_read(now, flow, &mut buf, len);
+            }
+        }
+        SocketEvent::UdpFailed { flow, reason } => {
+            if sockets.remove_udp(flow) {
+                sup.handle_udp_failed(flow, &reason);
+            }
+        }
+        SocketEvent::PingRead {
+            funnel,
+            from,
+            message,
+        } => {
+            if sockets.has_funnel(funnel) {
+                let before = sup.datagram_hub().stats().datagrams_out;
+                sup.ping_reply(now, funnel, from, &message);
+                metrics
+                    .icmp_total_replies
+                    .inc_by(sup.datagram_hub().stats().datagrams_out - before);
+            }
+        }
+        SocketEvent::FunnelFailed { funnel, reason } => {
+            if sockets.remove_funnel(funnel) {
+                debug!(%funnel, %reason, "ping socket failed");
+                sup.handle_funnel_failed(funnel);
+            }
+        }
+    }
 }
 
 fn close_flow_metrics(metrics: &Metrics, kind: FlowKind) {

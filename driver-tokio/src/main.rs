@@ -2,6 +2,7 @@
 
 mod connector;
 mod creds;
+mod datagram;
 mod decode;
 mod edge;
 mod edge_udp;

@@ -5,6 +5,8 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use burrow_core::session::DropReason;
+use burrow_core::tunnel::udp::DatagramHub;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
@@ -14,6 +16,8 @@ use prometheus::{
 };
 use tokio::net::TcpListener;
 use tracing::{info, warn};
+
+use crate::datagram::DatagramSockets;
 
 /// Every metric the connector keeps. The `prometheus` crate keeps names verbatim, so
 /// cloudflared's counters (which have no `_total` suffix) keep their names.
@@ -39,6 +43,30 @@ pub struct Metrics {
     pub tcp_active: IntGauge,
     /// `cloudflared_tcp_total_sessions`.
     pub tcp_total: IntCounter,
+    /// `cloudflared_udp_active_flows`: UDP sessions now (v2 and v3; no `conn_index`: a
+    /// session is not tied to one connection here).
+    pub udp_active_flows: IntGauge,
+    /// `cloudflared_udp_total_flows`.
+    pub udp_total_flows: IntCounter,
+    /// `cloudflared_udp_failed_flows`.
+    pub udp_failed_flows: IntCounter,
+    /// `cloudflared_udp_retry_flow_responses`.
+    pub udp_retry_flow_responses: IntCounter,
+    /// `cloudflared_udp_migrated_flows`.
+    pub udp_migrated_flows: IntCounter,
+    /// `cloudflared_udp_dropped_datagrams{reason}`: cloudflared's reasons where they exist,
+    /// by [`DropReason::ALL`] order.
+    pub udp_dropped: [IntCounter; DropReason::ALL.len()],
+    /// Same metric, `reason="write_failed"`: origin socket writes that failed.
+    pub udp_write_failed: IntCounter,
+    /// Same metric, `reason="send_refused"`: datagrams the tunnel connection would not queue.
+    pub udp_send_refused: IntCounter,
+    /// `cloudflared_flow_client_registrations_rate_limited_total{flow_type="udp"}`.
+    pub udp_rate_limited: IntCounter,
+    /// `cloudflared_icmp_total_requests`: echo requests sent through ping sockets.
+    pub icmp_total_requests: IntCounter,
+    /// `cloudflared_icmp_total_replies`: echo replies sent back to the edge.
+    pub icmp_total_replies: IntCounter,
     /// Registered connections, for `/ready`.
     pub ready: AtomicUsize,
     /// Kept for `/ready`'s connectorId.
@@ -52,6 +80,11 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
         .unwrap_or_else(|_| IntGauge::new("invalid", "x").expect("static"));
     let _ = r.register(Box::new(g.clone()));
     g
+}
+
+/// Brings a counter up to `value` (the source counts; the metric follows).
+fn follow(c: &IntCounter, value: u64) {
+    c.inc_by(value.saturating_sub(c.get()));
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -89,6 +122,24 @@ impl Metrics {
             &["connection_id", "edge_location"],
         )
         .expect("static metric");
+        let udp_dropped_datagrams = IntCounterVec::new(
+            Opts::new(
+                "cloudflared_udp_dropped_datagrams",
+                "Total count of UDP dropped datagrams",
+            ),
+            &["reason"],
+        )
+        .expect("static metric");
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "cloudflared_flow_client_registrations_rate_limited_total",
+                "Count registrations rate limited by the flow limiter",
+            ),
+            &["flow_type"],
+        )
+        .expect("static metric");
+        let _ = r.register(Box::new(udp_dropped_datagrams.clone()));
+        let _ = r.register(Box::new(rate_limited.clone()));
         let _ = r.register(Box::new(register_success.clone()));
         let _ = r.register(Box::new(register_fail.clone()));
         let _ = r.register(Box::new(server_locations.clone()));
@@ -131,11 +182,68 @@ impl Metrics {
                 "cloudflared_tcp_total_sessions",
                 "Total count of TCP sessions that have been proxied to any origin",
             ),
+            udp_active_flows: gauge(
+                &r,
+                "cloudflared_udp_active_flows",
+                "Concurrent count of UDP flows that are being proxied to any origin",
+            ),
+            udp_total_flows: counter(
+                &r,
+                "cloudflared_udp_total_flows",
+                "Total count of UDP flows that have been proxied to any origin",
+            ),
+            udp_failed_flows: counter(
+                &r,
+                "cloudflared_udp_failed_flows",
+                "Total count of flows that errored and closed",
+            ),
+            udp_retry_flow_responses: counter(
+                &r,
+                "cloudflared_udp_retry_flow_responses",
+                "Total count of UDP flows that have had to send their registration response more than once",
+            ),
+            udp_migrated_flows: counter(
+                &r,
+                "cloudflared_udp_migrated_flows",
+                "Total count of UDP flows have been migrated across local connections",
+            ),
+            udp_rate_limited: rate_limited.with_label_values(&["udp"]),
+            udp_dropped: DropReason::ALL
+                .map(|r| udp_dropped_datagrams.with_label_values(&[r.label()])),
+            udp_write_failed: udp_dropped_datagrams.with_label_values(&["write_failed"]),
+            udp_send_refused: udp_dropped_datagrams.with_label_values(&["send_refused"]),
+            icmp_total_requests: counter(
+                &r,
+                "cloudflared_icmp_total_requests",
+                "Total count of ICMP requests that have been proxied to any origin",
+            ),
+            icmp_total_replies: counter(
+                &r,
+                "cloudflared_icmp_total_replies",
+                "Total count of ICMP replies that have been proxied from any origin",
+            ),
             ready: AtomicUsize::new(0),
             connector_id,
             open_flows: AtomicI64::new(0),
             registry: r,
         })
+    }
+
+    /// Copies the datagram plane's counters (the supervisor's hub and the daemon's sockets).
+    pub fn update_datagrams(&self, hub: &DatagramHub, sockets: &DatagramSockets) {
+        let s = hub.sessions.stats();
+        self.udp_active_flows.set(hub.sessions.active() as i64);
+        follow(&self.udp_total_flows, s.total_flows);
+        follow(&self.udp_failed_flows, s.failed);
+        follow(&self.udp_retry_flow_responses, s.retries);
+        follow(&self.udp_migrated_flows, s.migrated);
+        follow(&self.udp_rate_limited, s.rate_limited);
+        for (c, n) in self.udp_dropped.iter().zip(s.dropped) {
+            follow(c, n);
+        }
+        // Origin writes that failed, and datagrams quinn would not queue for the edge.
+        follow(&self.udp_write_failed, sockets.stats().udp_write_failed);
+        follow(&self.udp_send_refused, hub.stats().send_refused);
     }
 
     /// Prometheus text exposition.
@@ -221,5 +329,50 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
                 warn!(error = %e, "metrics connection failed");
             }
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burrow_core::datagram::{v3, LinkId};
+    use burrow_core::icmp::{IcmpRouter, RouterConfig};
+    use burrow_core::session::{DatagramVersion, SessionId, SessionLimits, SessionManager};
+    use std::time::Instant;
+
+    #[tokio::test]
+    async fn udp_counters_are_exported_under_cloudflared_names() {
+        let m = Metrics::new(uuid::Uuid::nil());
+        let mut hub = DatagramHub::new(
+            SessionManager::new(SessionLimits::default()),
+            IcmpRouter::new(RouterConfig::default()),
+        );
+        // A payload for a session nobody registered.
+        let p = v3::Payload {
+            request_id: SessionId(9),
+            payload: b"x",
+        };
+        let mut d = vec![0; p.encoded_len()];
+        p.encode(&mut d).expect("encode");
+        hub.sessions
+            .handle_datagram(Instant::now(), LinkId(0), DatagramVersion::V3, &d);
+        let (tx, _rx) = tokio::sync::mpsc::channel(1);
+        let sockets = DatagramSockets::new(tx);
+        m.update_datagrams(&hub, &sockets);
+        m.update_datagrams(&hub, &sockets);
+        let text = m.render();
+        assert!(
+            text.contains("cloudflared_udp_dropped_datagrams{reason=\"write_flow_unknown\"} 1"),
+            "{text}"
+        );
+        for name in [
+            "cloudflared_udp_active_flows 0",
+            "cloudflared_udp_total_flows 0",
+            "cloudflared_udp_migrated_flows 0",
+            "cloudflared_icmp_total_requests 0",
+            "cloudflared_icmp_total_replies 0",
+        ] {
+            assert!(text.contains(name), "{name} missing");
+        }
     }
 }

@@ -106,6 +106,8 @@ async fn run(args: QuickstartArgs) -> Result<(), String> {
         grace_period: Duration::from_secs(5),
         features: Vec::new(),
         max_active_flows: 0,
+        // As for cloudflared's quick tunnels: no ICMP proxy.
+        icmp: None,
         post_quantum: false,
         metrics: m.clone(),
     };

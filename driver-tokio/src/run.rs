@@ -105,9 +105,16 @@ pub struct RunArgs {
     /// Extra client feature strings.
     #[arg(long, short = 'F', value_delimiter = ',')]
     pub features: Vec<String>,
-    /// Most private-network (TCP) flows at once.
+    /// Most private-network flows at once (TCP per connection, UDP sessions in all).
     #[arg(long, env = "TUNNEL_MAX_ACTIVE_FLOWS")]
     pub max_active_flows: Option<usize>,
+    /// Source (and ping-socket bind) address of the ICMP proxy for IPv4; default: the
+    /// address of the route out.
+    #[arg(long, env = "TUNNEL_ICMPV4_SRC")]
+    pub icmpv4_src: Option<std::net::Ipv4Addr>,
+    /// Same for IPv6.
+    #[arg(long, env = "TUNNEL_ICMPV6_SRC")]
+    pub icmpv6_src: Option<std::net::Ipv6Addr>,
     /// Post-quantum key exchange only.
     #[arg(long, alias = "pq", env = "TUNNEL_POST_QUANTUM")]
     pub post_quantum: bool,
@@ -355,6 +362,10 @@ pub fn options(
         grace_period: grace,
         features: run.features.clone(),
         max_active_flows: run.max_active_flows.unwrap_or(0),
+        icmp: Some(crate::datagram::IcmpSources {
+            v4: run.icmpv4_src,
+            v6: run.icmpv6_src,
+        }),
         post_quantum: run.post_quantum,
         metrics,
     })

@@ -6,15 +6,24 @@
 //! seeded RNG, and shuts down gracefully (unregister, drain, close; a second shutdown, or the
 //! grace period running out, closes at once).
 //!
-//! Every connection attempt gets a fresh [`LinkId`]: origin flows, configuration offers and (with
-//! the datagram half) UDP sessions are tagged with it, so a reconnect that reuses an index is
-//! never confused with the connection it replaces. The driver owns one UDP socket per index
-//! (cloudflared reuses the local port per index) and feeds datagrams by index.
+//! Every connection attempt gets a fresh [`LinkId`]: origin flows, configuration offers and UDP
+//! sessions are tagged with it, so a reconnect that reuses an index is never confused with the
+//! connection it replaces. The driver owns one UDP socket per index (cloudflared reuses the
+//! local port per index) and feeds datagrams by index.
+//!
+//! The datagram plane (UDP sessions and ICMP, one [`DatagramHub`] for every connection) lives
+//! here too, so that the driver only moves bytes between sockets and the supervisor:
+//! [`Supervisor::drain_datagrams`] after every input hands out what leaves through an origin
+//! socket, [`Supervisor::udp_origin_read`] and [`Supervisor::ping_reply`] take what origin
+//! sockets read, and [`Supervisor::poll_datagram_action`] says which sockets to open and close.
+//! Datagram-v2 registrations and unregistrations over RPC are answered here, and when a
+//! connection goes its sessions move to a surviving registered one.
 
-use std::collections::VecDeque;
-use std::net::SocketAddr;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use bytes::BytesMut;
 use quinn_proto::StreamId;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -23,10 +32,13 @@ use tracing::{debug, info, warn};
 
 use super::connector::{ConnectorConfig, ConnectorConnection, ConnectorError, ConnectorEvent};
 use super::data::{FlowId, OriginAction};
+use super::udp::{DatagramHub, Egress, HubAction, Links};
 use super::Transmit;
 use crate::control::{ConnectionDetails, RegistrationError};
 use crate::datagram::LinkId;
+use crate::icmp::{FunnelId, IcmpRouter, RouterConfig};
 use crate::rpc_stream::ConfigUpdateResult;
+use crate::session::{SessionAction, SessionId, SessionLimits, SessionManager, UdpFlowId};
 
 /// Which address families of the edge to use (`--edge-ip-version`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -301,6 +313,11 @@ pub struct SupervisorConfig {
     /// `--max-edge-addr-retries` (8): dial failures in a row after which cloudflared would
     /// fall back to HTTP/2.
     pub max_edge_addr_retries: u32,
+    /// UDP session bounds; `max_flows` is `--max-active-flows` (0: unlimited).
+    pub sessions: SessionLimits,
+    /// ICMP proxy: source (and ping-socket bind) addresses, funnel idle time and bound. A
+    /// family without a source address is not proxied.
+    pub icmp: RouterConfig,
 }
 
 impl SupervisorConfig {
@@ -313,6 +330,8 @@ impl SupervisorConfig {
             backoff_base: Duration::from_secs(1),
             retries: 5,
             max_edge_addr_retries: 8,
+            sessions: SessionLimits::default(),
+            icmp: RouterConfig::default(),
         }
     }
 }
@@ -393,28 +412,6 @@ pub enum SupervisorEvent {
         /// JSON.
         config: Vec<u8>,
     },
-    /// Datagram v2: the edge asks for a UDP session on `link` (for the session manager).
-    UdpSessionRequested {
-        /// Which attempt.
-        link: LinkId,
-        /// RPC stream to answer on.
-        stream: StreamId,
-        /// The session.
-        id: crate::session::SessionId,
-        /// Origin.
-        dest: SocketAddr,
-        /// `closeAfterIdleHint` in nanoseconds.
-        idle_hint_nanos: i64,
-    },
-    /// Datagram v2: the edge ended a UDP session on `link`.
-    UdpSessionUnregistered {
-        /// Which attempt.
-        link: LinkId,
-        /// The session.
-        id: crate::session::SessionId,
-        /// The edge's reason.
-        message: String,
-    },
     /// Pushing the local configuration failed (logged, not fatal).
     LocalConfigurationFailed {
         /// HA index.
@@ -480,6 +477,23 @@ pub struct Supervisor {
     actions: VecDeque<(LinkId, OriginAction)>,
     /// Round-robin cursor for transmits, so one busy connection cannot starve the others.
     cursor: usize,
+    /// UDP sessions and ICMP of every connection.
+    hub: DatagramHub,
+    /// Datagram-v2 registrations waiting for the session manager's answer: the RPC streams to
+    /// answer on (a retried call may wait beside the first; one answer serves both).
+    v2_calls: HashMap<(LinkId, SessionId), Vec<StreamId>>,
+}
+
+/// The running connections, by link, as the hub sees them.
+struct SlotLinks<'a>(&'a mut [Slot]);
+
+impl Links for SlotLinks<'_> {
+    fn connection(&mut self, link: LinkId) -> Option<&mut ConnectorConnection> {
+        self.0.iter_mut().find_map(|s| match &mut s.phase {
+            Phase::Running(r) if r.link == link => Some(&mut r.conn),
+            _ => None,
+        })
+    }
 }
 
 impl Supervisor {
@@ -515,6 +529,10 @@ impl Supervisor {
                 dial_failures: 0,
             })
             .collect();
+        let hub = DatagramHub::new(
+            SessionManager::new(config.sessions),
+            IcmpRouter::new(config.icmp),
+        );
         Self {
             config,
             pool,
@@ -525,6 +543,8 @@ impl Supervisor {
             events: VecDeque::new(),
             actions: VecDeque::new(),
             cursor: 0,
+            hub,
+            v2_calls: HashMap::new(),
         }
     }
 
@@ -587,6 +607,8 @@ impl Supervisor {
                 _ => {}
             }
         }
+        // It checks whether its timers are due.
+        self.hub.handle_timeout(now);
         self.progress(now);
     }
 
@@ -596,6 +618,11 @@ impl Supervisor {
             State::ShuttingDown(d) => Some(d),
             _ => None,
         };
+        // Once stopped, idle sessions have nowhere to report to: their timers do not count.
+        let datagrams = match self.state {
+            State::Stopped => None,
+            _ => self.hub.poll_timeout(),
+        };
         self.slots
             .iter_mut()
             .filter_map(|s| match &mut s.phase {
@@ -604,6 +631,7 @@ impl Supervisor {
                 _ => None,
             })
             .chain(deadline)
+            .chain(datagrams)
             .min()
     }
 
@@ -685,16 +713,101 @@ impl Supervisor {
             .unwrap_or(Ok(()))
     }
 
-    /// Answers a [`SupervisorEvent::UdpSessionRequested`] on `link`'s RPC stream `stream`.
-    pub fn respond_udp_session(
+    /// Takes the datagrams every connection received (call after every input, at least after
+    /// [`Supervisor::handle_datagram`]). What must leave through an origin UDP socket or a ping
+    /// socket now is handed to `egress`, borrowed from the datagram; sessions being opened keep
+    /// their payloads until [`Supervisor::handle_udp_opened`]. A ping for a funnel whose
+    /// [`RouterAction::OpenFunnel`](crate::icmp::RouterAction::OpenFunnel) has not been polled
+    /// yet comes before it: the driver sends it once the socket is open. Returns how many
+    /// datagrams were taken.
+    pub fn drain_datagrams(&mut self, now: Instant, mut egress: impl FnMut(Egress<'_>)) -> u64 {
+        let before = self.hub.stats().datagrams_in;
+        for s in &mut self.slots {
+            if let Phase::Running(r) = &mut s.phase {
+                self.hub.drain(now, r.link, &mut r.conn, &mut egress);
+            }
+        }
+        self.hub.stats().datagrams_in - before
+    }
+
+    /// `len` bytes the origin socket of `flow` read sit at `buf[HEADROOM..]` (`buf` holds
+    /// [`HEADROOM`](crate::session::HEADROOM) + `len` + [`TAILROOM`](crate::session::TAILROOM)
+    /// bytes at least): they are framed in place and queued on the session's connection. The
+    /// datagram is split off `buf` without a copy; resize `buf` before the next read.
+    pub fn udp_origin_read(
         &mut self,
         now: Instant,
-        link: LinkId,
-        stream: StreamId,
-        result: Result<(), String>,
-    ) -> Result<(), ConnectorError> {
-        self.with_link(now, link, |c| c.respond_udp_session(now, stream, result))
-            .unwrap_or(Ok(()))
+        flow: UdpFlowId,
+        buf: &mut BytesMut,
+        len: usize,
+    ) {
+        self.hub
+            .origin_read(now, flow, buf, len, &mut SlotLinks(&mut self.slots));
+    }
+
+    /// The ping socket of `funnel` read `message` (ICMP, no IP header) from `from`.
+    pub fn ping_reply(&mut self, now: Instant, funnel: FunnelId, from: IpAddr, message: &[u8]) {
+        self.hub
+            .ping_reply(now, funnel, from, message, &mut SlotLinks(&mut self.slots));
+    }
+
+    /// The next socket to open or close: [`SessionAction::Open`], [`SessionAction::Send`],
+    /// [`SessionAction::Close`], or a funnel's
+    /// [`RouterAction`](crate::icmp::RouterAction). Registration answers (v3 datagrams, v2 RPC
+    /// responses) and v2 unregistrations go out on their connections on the way.
+    pub fn poll_datagram_action(&mut self, now: Instant) -> Option<HubAction> {
+        loop {
+            let action = self.hub.poll_action(&mut SlotLinks(&mut self.slots))?;
+            match action {
+                HubAction::Session(SessionAction::V2Registered { link, id, result }) => {
+                    let streams = self.v2_calls.remove(&(link, id)).unwrap_or_default();
+                    if let Some(conn) = SlotLinks(&mut self.slots).connection(link) {
+                        for stream in streams {
+                            // The edge may have given up on the stream meanwhile.
+                            if let Err(e) = conn.respond_udp_session(now, stream, result.clone()) {
+                                debug!(%link, session_id = %id, error = %e, "cannot answer registerUdpSession");
+                            }
+                        }
+                    }
+                    self.progress(now);
+                }
+                HubAction::Session(SessionAction::V2Unregister { link, id, message }) => {
+                    if let Some(conn) = SlotLinks(&mut self.slots).connection(link) {
+                        conn.unregister_udp_session(now, id, &message);
+                    }
+                    self.progress(now);
+                }
+                other => return Some(other),
+            }
+        }
+    }
+
+    /// The origin socket of `flow` is open (after [`SessionAction::Open`]).
+    pub fn handle_udp_opened(&mut self, now: Instant, flow: UdpFlowId) {
+        self.hub.sessions.handle_origin_opened(now, flow);
+    }
+
+    /// The origin socket of `flow` could not be opened, or reading or writing it failed for
+    /// good; `reason` is the socket error's text. The session ends.
+    pub fn handle_udp_failed(&mut self, flow: UdpFlowId, reason: &str) {
+        self.hub.sessions.handle_origin_failed(flow, reason);
+    }
+
+    /// The ping socket of `funnel` could not be opened, or reading it failed: the funnel is
+    /// forgotten (the driver drops whatever socket it has).
+    pub fn handle_funnel_failed(&mut self, funnel: FunnelId) {
+        self.hub.icmp.handle_funnel_failed(funnel);
+    }
+
+    /// Changes the UDP session limit (remote configuration); live sessions stay.
+    pub fn set_udp_flow_limit(&mut self, max_flows: usize) {
+        self.hub.sessions.set_flow_limit(max_flows);
+    }
+
+    /// The datagram plane, for its counters ([`DatagramHub::stats`], `sessions.stats()`,
+    /// `sessions.active()`, `icmp.funnels()`).
+    pub fn datagram_hub(&self) -> &DatagramHub {
+        &self.hub
     }
 
     /// Graceful shutdown: every connection unregisters and drains; nothing reconnects. The
@@ -735,6 +848,7 @@ impl Supervisor {
         }
         for s in &mut self.slots {
             if let Phase::Running(r) = std::mem::replace(&mut s.phase, Phase::Stopped) {
+                self.hub.link_closed(r.link, None);
                 self.events.push_back(SupervisorEvent::LinkClosed {
                     index: s.index,
                     link: r.link,
@@ -745,6 +859,7 @@ impl Supervisor {
                 s.phase = Phase::Running(r);
             }
         }
+        self.v2_calls.clear();
         self.state = State::Stopped;
         self.events.push_back(SupervisorEvent::Stopped);
     }
@@ -920,20 +1035,16 @@ impl Supervisor {
                         id,
                         dest,
                         idle_hint_nanos,
-                    } => self.events.push_back(SupervisorEvent::UdpSessionRequested {
-                        link: r.link,
-                        stream,
-                        id,
-                        dest,
-                        idle_hint_nanos,
-                    }),
-                    ConnectorEvent::UdpSessionUnregistered { id, message } => self
-                        .events
-                        .push_back(SupervisorEvent::UdpSessionUnregistered {
-                            link: r.link,
-                            id,
-                            message,
-                        }),
+                    } => {
+                        // Answered once the manager decides (`poll_datagram_action`).
+                        self.v2_calls.entry((r.link, id)).or_default().push(stream);
+                        self.hub
+                            .sessions
+                            .register_v2(now, r.link, id, dest, idle_hint_nanos);
+                    }
+                    ConnectorEvent::UdpSessionUnregistered { id, message } => {
+                        self.hub.sessions.unregister_v2(id, &message);
+                    }
                     ConnectorEvent::Closed { reason } => closed = Some(reason),
                 }
             }
@@ -962,6 +1073,20 @@ impl Supervisor {
         }
     }
 
+    /// `link` is gone: its UDP sessions move to a surviving registered connection (the lowest
+    /// index), so origin replies keep flowing until the edge re-registers them where it likes;
+    /// its pending v2 registrations are forgotten.
+    fn datagram_link_gone(&mut self, link: LinkId) {
+        let successor = self.slots.iter().find_map(|s| match &s.phase {
+            Phase::Running(r) if r.registered && r.link != link && !r.conn.is_closed() => {
+                Some(r.link)
+            }
+            _ => None,
+        });
+        self.hub.link_closed(link, successor);
+        self.v2_calls.retain(|(l, _), _| *l != link);
+    }
+
     /// Index 0 registered: the others start, one interval apart (cloudflared's `initialize`).
     fn schedule_ha(&mut self, now: Instant) {
         let interval = self.config.registration_interval;
@@ -982,6 +1107,7 @@ impl Supervisor {
             // close_all already reported it.
             return;
         }
+        self.datagram_link_gone(r.link);
         self.events.push_back(SupervisorEvent::LinkClosed {
             index,
             link: r.link,

@@ -3,21 +3,25 @@
 //! busy loop.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use bytes::{Bytes, BytesMut};
 use quinn_proto::{ClientConfig, ServerConfig};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use uuid::Uuid;
 
 use super::*;
 use crate::control::{ConnectionDetails, Registration, RegistrationError};
+use crate::datagram::{v2, v3};
+use crate::icmp::{write_echo, Echo, EchoKind, RouterAction};
 use crate::quic::tls::{self, PostQuantum};
 use crate::quic::transport::QuicSettings;
 use crate::quic::SERVER_NAME;
+use crate::session::{HEADROOM, ORIGIN_READ, TAILROOM};
 use crate::tunnel::data::DataLimits;
-use crate::tunnel::edge::{EdgeEndpoint, EdgeEvent};
+use crate::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
 
 const EDGE: &str = "192.0.2.1:7844";
 
@@ -87,6 +91,25 @@ struct World {
     events: Vec<(Duration, SupervisorEvent)>,
     edge_events: Vec<EdgeEvent>,
     buf: Vec<u8>,
+    /// Packets to and from this connector index are lost.
+    blackhole: Option<u8>,
+    /// The simulated origin sockets.
+    origin: Origin,
+    /// Datagrams the edge received, by connection.
+    edge_datagrams: Vec<(ConnId, Vec<u8>)>,
+}
+
+/// The origin side of the datagram plane, as a driver would see it.
+#[derive(Default)]
+struct Origin {
+    /// Opening a UDP socket fails with this text.
+    refuse: Option<&'static str>,
+    opened: Vec<(UdpFlowId, SocketAddr)>,
+    closed: Vec<UdpFlowId>,
+    /// Payloads written to origin sockets (egress and delayed sends alike).
+    written: Vec<(UdpFlowId, Vec<u8>)>,
+    funnels: Vec<(FunnelId, IpAddr)>,
+    pings: Vec<(FunnelId, IpAddr, Vec<u8>)>,
 }
 
 const LATENCY: Duration = Duration::from_millis(5);
@@ -97,10 +120,15 @@ fn conn_addr(index: u8) -> SocketAddr {
 
 impl World {
     fn new(ha: u8, seed: u64) -> Self {
+        Self::with(ha, seed, |_| {})
+    }
+
+    fn with(ha: u8, seed: u64, tune: impl FnOnce(&mut SupervisorConfig)) -> Self {
         let (server, client) = tls_pair();
         let start = Instant::now();
         let mut config = SupervisorConfig::new(connector_config(client));
         config.ha_connections = ha;
+        tune(&mut config);
         let pool = EdgePool::from_static(&[EDGE.parse().expect("addr")]).expect("pool");
         let sup = Supervisor::new(start, config, pool, seed);
         let edge = EdgeEndpoint::new(server.clone(), [seed as u8; 32]);
@@ -116,7 +144,53 @@ impl World {
             events: Vec::new(),
             edge_events: Vec::new(),
             buf: Vec::new(),
+            blackhole: None,
+            origin: Origin::default(),
+            edge_datagrams: Vec::new(),
         }
+    }
+
+    /// What a driver does with the datagram plane after an input.
+    fn pump_datagrams(&mut self) -> bool {
+        let now = self.now;
+        let origin = &mut self.origin;
+        let mut any = self.sup.drain_datagrams(now, |e| match e {
+            Egress::Udp { flow, payload } => origin.written.push((flow, payload.to_vec())),
+            Egress::Ping {
+                funnel,
+                dst,
+                message,
+                ..
+            } => origin.pings.push((funnel, dst, message.to_vec())),
+        }) > 0;
+        while let Some(action) = self.sup.poll_datagram_action(now) {
+            any = true;
+            match action {
+                HubAction::Session(SessionAction::Open { flow, dest }) => {
+                    self.origin.opened.push((flow, dest));
+                    match self.origin.refuse {
+                        Some(reason) => self.sup.handle_udp_failed(flow, reason),
+                        None => self.sup.handle_udp_opened(now, flow),
+                    }
+                }
+                HubAction::Session(SessionAction::Send { flow, payload }) => {
+                    self.origin.written.push((flow, payload.to_vec()))
+                }
+                HubAction::Session(SessionAction::Close { flow }) => self.origin.closed.push(flow),
+                HubAction::Icmp(RouterAction::OpenFunnel { funnel, bind }) => {
+                    self.origin.funnels.push((funnel, bind))
+                }
+                HubAction::Icmp(RouterAction::CloseFunnel { .. }) => {}
+                other => panic!("the supervisor leaks a connection's work: {other:?}"),
+            }
+        }
+        if let Some(edge) = &mut self.edge {
+            while let Some((conn, d)) = edge.poll_datagram() {
+                self.edge_datagrams.push((conn, d.to_vec()));
+                any = true;
+            }
+        }
+        any
     }
 
     fn send(&mut self, from: SocketAddr, to: SocketAddr, len: usize) {
@@ -173,6 +247,7 @@ impl World {
             }
             // Origin actions have nothing to do here: no requests are made.
             while self.sup.poll_origin_action().is_some() {}
+            any |= self.pump_datagrams();
             if !any {
                 break;
             }
@@ -218,6 +293,12 @@ impl World {
                     break;
                 }
                 let (from, to, data) = entry.remove();
+                if self
+                    .blackhole
+                    .is_some_and(|b| from == conn_addr(b) || to == conn_addr(b))
+                {
+                    continue;
+                }
                 if to == edge_addr {
                     if let Some(edge) = &mut self.edge {
                         edge.handle_datagram(self.now, from, &data);
@@ -539,4 +620,383 @@ fn static_pool_shares_one_address_among_indexes() {
     let a = two.get_addr(now, 0, &mut rng).expect("a");
     let b = two.get_addr(now, 1, &mut rng).expect("b");
     assert_ne!(a, b, "spread over addresses");
+}
+
+// The datagram plane, driven as the daemon drives it, against the edge over real QUIC.
+
+/// The connector's ICMPv4 source in these tests.
+const ICMP_SRC: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 3);
+
+fn datagram_world(ha: u8, seed: u64, v3: bool) -> World {
+    World::with(ha, seed, |c| {
+        if v3 {
+            c.connector.registration.features = vec!["support_datagram_v3_2".into()];
+        }
+        c.icmp = RouterConfig::new(Some(ICMP_SRC), None);
+    })
+}
+
+impl World {
+    /// The edge's connection of connector index `index` (its latest registration).
+    fn edge_conn(&self, index: u8) -> ConnId {
+        self.edge_events
+            .iter()
+            .rev()
+            .find_map(|e| match e {
+                EdgeEvent::RegisterRequested { conn, registration }
+                    if registration.conn_index == index =>
+                {
+                    Some(*conn)
+                }
+                _ => None,
+            })
+            .expect("index registered")
+    }
+
+    fn edge_send_v3(&mut self, conn: ConnId, d: v3::Datagram<'_>) {
+        let mut out = vec![0; d.encoded_len()];
+        let n = d.encode(&mut out).expect("encode");
+        out.truncate(n);
+        let edge = self.edge.as_mut().expect("edge");
+        edge.send_datagram(conn, Bytes::from(out)).expect("queued");
+    }
+
+    /// An origin socket read `payload`, as the daemon's reader hands it over.
+    fn origin_read(&mut self, flow: UdpFlowId, payload: &[u8]) {
+        let mut buf = BytesMut::zeroed(HEADROOM + ORIGIN_READ + TAILROOM);
+        buf[HEADROOM..HEADROOM + payload.len()].copy_from_slice(payload);
+        self.sup
+            .udp_origin_read(self.now, flow, &mut buf, payload.len());
+    }
+
+    fn v2_registered(&self) -> Vec<(SessionId, Result<(), String>)> {
+        self.edge_events
+            .iter()
+            .filter_map(|e| match e {
+                EdgeEvent::UdpSessionRegistered { id, result, .. } => Some((*id, result.clone())),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn v3_session_opens_forwards_and_frames_origin_replies_back() {
+    let mut w = datagram_world(1, 11, true);
+    w.run(Duration::from_secs(10), |w| w.sup.ready_connections() == 1);
+    let conn = w.edge_conn(0);
+    let id = SessionId(0x1234_5678);
+    let dest = addr("198.51.100.20:53");
+    w.edge_send_v3(
+        conn,
+        v3::Datagram::Registration(v3::Registration {
+            request_id: id,
+            dest,
+            traced: false,
+            idle_hint_secs: 30,
+            payload: b"bundled",
+        }),
+    );
+    w.run(Duration::from_secs(15), |w| !w.edge_datagrams.is_empty());
+    assert_eq!(w.origin.opened.len(), 1, "one socket per session");
+    let (flow, opened) = w.origin.opened[0];
+    assert_eq!(opened, dest);
+    match v3::decode(&w.edge_datagrams[0].1) {
+        Ok(v3::Datagram::RegistrationResponse(r)) => {
+            assert_eq!(r.request_id, id);
+            assert_eq!(r.code, v3::ResponseCode::Ok);
+        }
+        other => panic!("expected a registration response, got {other:?}"),
+    }
+    assert_eq!(
+        w.origin.written,
+        vec![(flow, b"bundled".to_vec())],
+        "the bundled payload waits for the socket, then goes out"
+    );
+
+    w.edge_send_v3(
+        conn,
+        v3::Datagram::Payload(v3::Payload {
+            request_id: id,
+            payload: b"second",
+        }),
+    );
+    w.run(Duration::from_secs(20), |w| w.origin.written.len() == 2);
+    assert_eq!(w.origin.written[1], (flow, b"second".to_vec()));
+
+    w.origin_read(flow, b"answer");
+    w.run(Duration::from_secs(25), |w| w.edge_datagrams.len() == 2);
+    let (on, d) = &w.edge_datagrams[1];
+    assert_eq!(*on, conn);
+    match v3::decode(d) {
+        Ok(v3::Datagram::Payload(p)) => {
+            assert_eq!(p.request_id, id);
+            assert_eq!(p.payload, b"answer");
+        }
+        other => panic!("expected a payload, got {other:?}"),
+    }
+    let hub = w.sup.datagram_hub();
+    assert_eq!(hub.sessions.active(), 1);
+    assert_eq!(hub.sessions.stats().total_flows, 1);
+    assert_eq!(hub.stats().payloads_in, 1, "one payload datagram");
+    assert_eq!(
+        hub.sessions.stats().bundled_in,
+        1,
+        "one bundled with the registration"
+    );
+
+    // The idle hint ends it; the supervisor's timer covers the session's.
+    let quiet = w.now;
+    w.run(Duration::from_secs(120), |w| !w.origin.closed.is_empty());
+    assert_eq!(w.origin.closed, vec![flow]);
+    let idle = w.now - quiet;
+    assert!(
+        idle >= Duration::from_secs(29) && idle <= Duration::from_secs(31),
+        "closed after its 30 s hint, not {idle:?}"
+    );
+    assert_eq!(w.sup.datagram_hub().sessions.active(), 0);
+    assert_eq!(w.sup.ready_connections(), 1, "the connection stays");
+}
+
+#[test]
+fn over_the_flow_limit_a_v3_session_is_refused() {
+    let mut w = World::with(1, 12, |c| {
+        c.connector.registration.features = vec!["support_datagram_v3_2".into()];
+        c.sessions.max_flows = 1;
+    });
+    w.run(Duration::from_secs(10), |w| w.sup.ready_connections() == 1);
+    let conn = w.edge_conn(0);
+    for id in [1u128, 2] {
+        w.edge_send_v3(
+            conn,
+            v3::Datagram::Registration(v3::Registration {
+                request_id: SessionId(id),
+                dest: addr("198.51.100.20:53"),
+                traced: false,
+                idle_hint_secs: 0,
+                payload: &[],
+            }),
+        );
+    }
+    w.run(Duration::from_secs(15), |w| w.edge_datagrams.len() == 2);
+    let codes: Vec<(SessionId, v3::ResponseCode)> = w
+        .edge_datagrams
+        .iter()
+        .map(|(_, d)| match v3::decode(d) {
+            Ok(v3::Datagram::RegistrationResponse(r)) => (r.request_id, r.code),
+            other => panic!("expected a registration response, got {other:?}"),
+        })
+        .collect();
+    assert!(codes.contains(&(SessionId(1), v3::ResponseCode::Ok)));
+    assert!(codes.contains(&(SessionId(2), v3::ResponseCode::TooManyActiveFlows)));
+    assert_eq!(w.origin.opened.len(), 1);
+}
+
+#[test]
+fn icmp_echo_goes_out_a_funnel_and_the_reply_comes_back() {
+    let mut w = datagram_world(1, 13, true);
+    w.run(Duration::from_secs(10), |w| w.sup.ready_connections() == 1);
+    let conn = w.edge_conn(0);
+    let eyeball = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9));
+    let target = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 30));
+    let echo = |ttl| Echo {
+        src: eyeball,
+        dst: target,
+        ttl,
+        kind: EchoKind::Request,
+        id: 0x4242,
+        seq: 7,
+        data: b"ping",
+    };
+    let mut pkt = [0u8; 128];
+    let n = write_echo(&echo(64), &mut pkt).expect("echo");
+    w.edge_send_v3(conn, v3::Datagram::Icmp(v3::Icmp { packet: &pkt[..n] }));
+    w.run(Duration::from_secs(15), |w| !w.origin.pings.is_empty());
+    let (funnel, dst, message) = w.origin.pings[0].clone();
+    assert_eq!(dst, target);
+    assert_eq!(message[0], 8, "an echo request goes out");
+    assert_eq!(w.origin.funnels, vec![(funnel, IpAddr::V4(ICMP_SRC))]);
+
+    // What a Linux ping socket reads: the ICMP message with the socket's ident as id.
+    let mut reply = message.clone();
+    reply[0] = 0;
+    reply[4..6].copy_from_slice(&0x9999u16.to_be_bytes());
+    w.sup.ping_reply(w.now, funnel, target, &reply);
+    w.run(Duration::from_secs(20), |w| !w.edge_datagrams.is_empty());
+    let (on, d) = &w.edge_datagrams[0];
+    assert_eq!(*on, conn);
+    let Ok(v3::Datagram::Icmp(icmp)) = v3::decode(d) else {
+        panic!("expected an ICMP datagram");
+    };
+    let p = crate::icmp::parse(icmp.packet).expect("IP packet");
+    assert_eq!((p.src(), p.dst()), (target, eyeball));
+    assert_eq!(
+        p.message(),
+        crate::icmp::IcmpMessage::EchoReply {
+            id: 0x4242,
+            seq: 7,
+            data: b"ping"
+        },
+        "the requester's echo id is put back"
+    );
+
+    // TTL 1 is answered here, from the ICMP source, without a ping.
+    let n = write_echo(&echo(1), &mut pkt).expect("echo");
+    w.edge_send_v3(conn, v3::Datagram::Icmp(v3::Icmp { packet: &pkt[..n] }));
+    w.run(Duration::from_secs(25), |w| w.edge_datagrams.len() == 2);
+    let Ok(v3::Datagram::Icmp(icmp)) = v3::decode(&w.edge_datagrams[1].1) else {
+        panic!("expected an ICMP datagram");
+    };
+    let p = crate::icmp::parse(icmp.packet).expect("IP packet");
+    assert_eq!(p.src(), IpAddr::V4(ICMP_SRC));
+    assert!(matches!(
+        p.message(),
+        crate::icmp::IcmpMessage::TimeExceeded { .. }
+    ));
+    assert_eq!(w.origin.pings.len(), 1);
+}
+
+#[test]
+fn v2_registration_over_rpc_is_answered_and_unregistered_both_ways() {
+    let mut w = datagram_world(1, 14, false);
+    w.run(Duration::from_secs(10), |w| w.sup.ready_connections() == 1);
+    let conn = w.edge_conn(0);
+    let id = SessionId(0xabcd);
+    let dest = addr("198.51.100.21:5353");
+    let now = w.now;
+    w.edge
+        .as_mut()
+        .expect("edge")
+        .register_udp_session(now, conn, id, dest, 0)
+        .expect("call");
+    w.run(Duration::from_secs(15), |w| !w.v2_registered().is_empty());
+    assert_eq!(w.v2_registered(), vec![(id, Ok(()))]);
+    let (flow, opened) = w.origin.opened[0];
+    assert_eq!(opened, dest);
+
+    // Suffix-typed payloads both ways.
+    let uuid = uuid::Uuid::from_u128(id.0);
+    let d = v2::Datagram::Udp {
+        session_id: uuid,
+        payload: b"query",
+    };
+    let mut out = vec![0; d.encoded_len()];
+    d.encode(&mut out).expect("encode");
+    w.edge
+        .as_mut()
+        .expect("edge")
+        .send_datagram(conn, out.into())
+        .expect("queued");
+    w.run(Duration::from_secs(20), |w| !w.origin.written.is_empty());
+    assert_eq!(w.origin.written, vec![(flow, b"query".to_vec())]);
+    w.origin_read(flow, b"reply");
+    w.run(Duration::from_secs(25), |w| !w.edge_datagrams.is_empty());
+    assert_eq!(
+        v2::decode(&w.edge_datagrams[0].1),
+        Ok(v2::Datagram::Udp {
+            session_id: uuid,
+            payload: b"reply"
+        })
+    );
+
+    // The edge ends it: the socket closes, the edge is not called back.
+    let now = w.now;
+    w.edge
+        .as_mut()
+        .expect("edge")
+        .unregister_udp_session(now, conn, id, "eyeball gone")
+        .expect("call");
+    w.run(Duration::from_secs(30), |w| !w.origin.closed.is_empty());
+    assert_eq!(w.origin.closed, vec![flow]);
+
+    // A socket that cannot be opened is reported in the RPC answer.
+    w.origin.refuse = Some("connect: network is unreachable");
+    let refused = SessionId(0xbeef);
+    let now = w.now;
+    w.edge
+        .as_mut()
+        .expect("edge")
+        .register_udp_session(now, conn, refused, dest, 0)
+        .expect("call");
+    w.run(Duration::from_secs(40), |w| w.v2_registered().len() == 2);
+    let (rid, result) = w.v2_registered()[1].clone();
+    assert_eq!(rid, refused);
+    let err = result.expect_err("refused");
+    assert!(err.contains("network is unreachable"), "{err}");
+
+    // A session that idles out here is unregistered with the edge (`unregisterUdpSession`).
+    w.origin.refuse = None;
+    let idle = SessionId(0xcafe);
+    let now = w.now;
+    w.edge
+        .as_mut()
+        .expect("edge")
+        .register_udp_session(now, conn, idle, dest, 2_000_000_000)
+        .expect("call");
+    w.run(Duration::from_secs(60), |w| {
+        w.edge_events
+            .iter()
+            .any(|e| matches!(e, EdgeEvent::UdpSessionUnregistered { id, .. } if *id == idle))
+    });
+    let message = w
+        .edge_events
+        .iter()
+        .find_map(|e| match e {
+            EdgeEvent::UdpSessionUnregistered { id, message, .. } if *id == idle => {
+                Some(message.clone())
+            }
+            _ => None,
+        })
+        .expect("unregistered by the connector");
+    assert_eq!(message, "session idle for 2s");
+}
+
+#[test]
+fn sessions_migrate_to_a_surviving_connection_when_their_link_closes() {
+    let mut w = datagram_world(2, 15, true);
+    w.run(Duration::from_secs(10), |w| w.sup.ready_connections() == 2);
+    let (conn0, conn1) = (w.edge_conn(0), w.edge_conn(1));
+    let (link0, link1) = (
+        w.sup.link_of(0).expect("link 0"),
+        w.sup.link_of(1).expect("link 1"),
+    );
+    let id = SessionId(77);
+    w.edge_send_v3(
+        conn0,
+        v3::Datagram::Registration(v3::Registration {
+            request_id: id,
+            dest: addr("198.51.100.22:9"),
+            traced: false,
+            idle_hint_secs: 120,
+            payload: &[],
+        }),
+    );
+    w.run(Duration::from_secs(15), |w| !w.edge_datagrams.is_empty());
+    let (flow, _) = w.origin.opened[0];
+    assert_eq!(w.sup.datagram_hub().sessions.link_of(id), Some(link0));
+
+    // Connection 0's path dies; the idle timeout notices.
+    w.blackhole = Some(0);
+    w.run(Duration::from_secs(40), |w| {
+        w.events
+            .iter()
+            .any(|(_, e)| matches!(e, SupervisorEvent::LinkClosed { link, .. } if *link == link0))
+    });
+    assert_eq!(
+        w.sup.datagram_hub().sessions.link_of(id),
+        Some(link1),
+        "re-homed on the survivor"
+    );
+    assert_eq!(w.sup.datagram_hub().sessions.stats().migrated, 1);
+    assert!(w.origin.closed.is_empty(), "the socket stays");
+
+    let before = w.edge_datagrams.len();
+    w.origin_read(flow, b"still here");
+    w.run(Duration::from_secs(45), |w| w.edge_datagrams.len() > before);
+    let (on, d) = &w.edge_datagrams[before];
+    assert_eq!(*on, conn1, "the reply goes out on the surviving connection");
+    assert!(matches!(
+        v3::decode(d),
+        Ok(v3::Datagram::Payload(p)) if p.request_id == id && p.payload == b"still here"
+    ));
 }

@@ -1,0 +1,630 @@
+//! The daemon's datagram sockets: one connected UDP socket per UDP session, one unprivileged
+//! ping socket per ICMP funnel. Sockets only: what to open, close, send and answer is decided
+//! by the supervisor's datagram plane ([`Supervisor::drain_datagrams`],
+//! [`Supervisor::poll_datagram_action`]); what the sockets read goes back to it through
+//! [`SocketEvent`]s on one bounded channel (a full channel stalls the readers, and the kernel
+//! drops what their sockets cannot hold, as for any UDP socket).
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burrow_core::icmp::{FunnelId, RouterAction, RouterConfig};
+use burrow_core::session::{SessionAction, UdpFlowId, HEADROOM, ORIGIN_READ, TAILROOM};
+use burrow_core::tunnel::supervisor::Supervisor;
+use burrow_core::tunnel::udp::{Egress, HubAction};
+use bytes::{Bytes, BytesMut};
+use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use tokio::net::UdpSocket;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
+
+/// Room for one origin read with the framing around it.
+const SLOT: usize = HEADROOM + ORIGIN_READ + TAILROOM;
+/// Reads a UDP reader's buffer holds before it takes a fresh one (when the datagrams split
+/// off it are still queued in quinn) or reclaims it (when they are gone).
+const SLOTS_PER_BUFFER: usize = 2;
+/// Largest ICMP message read from a ping socket (cloudflared's 1500-byte buffer).
+const PING_READ: usize = 1500;
+/// Depth of the channel from the socket readers to the loop.
+pub const CHANNEL_DEPTH: usize = 4096;
+
+/// What a socket reader reports to the loop.
+#[derive(Debug)]
+pub enum SocketEvent {
+    /// The origin socket of `flow` read `len` bytes into `buf[HEADROOM..]`.
+    UdpRead {
+        /// The session's socket.
+        flow: UdpFlowId,
+        /// Buffer of [`SLOT`] bytes, the payload at `HEADROOM`.
+        buf: BytesMut,
+        /// Payload length.
+        len: usize,
+    },
+    /// Reading the origin socket of `flow` failed; its reader stopped.
+    UdpFailed {
+        /// The session's socket.
+        flow: UdpFlowId,
+        /// The socket error.
+        reason: String,
+    },
+    /// The ping socket of `funnel` read an ICMP message (no IP header) from `from`.
+    PingRead {
+        /// The funnel.
+        funnel: FunnelId,
+        /// Who answered.
+        from: IpAddr,
+        /// ICMP header and body.
+        message: Bytes,
+    },
+    /// Reading the ping socket of `funnel` failed; its reader stopped.
+    FunnelFailed {
+        /// The funnel.
+        funnel: FunnelId,
+        /// The socket error.
+        reason: String,
+    },
+}
+
+/// Counters of the socket side (the supervisor's hub counts the rest).
+#[derive(Debug, Default, Clone)]
+pub struct SocketStats {
+    /// Payloads written to origin sockets.
+    pub udp_written: u64,
+    /// Payloads an origin socket refused (full buffer, or an error such as a refused port).
+    pub udp_write_failed: u64,
+    /// Echo requests sent through ping sockets (`cloudflared_icmp_total_requests`).
+    pub pings_sent: u64,
+    /// Echo requests a ping socket refused, or whose funnel never opened.
+    pub pings_failed: u64,
+    /// UDP sockets that could not be opened.
+    pub udp_open_failed: u64,
+}
+
+/// A socket and the task reading it; dropping it stops the reader and closes the socket.
+struct Owned {
+    socket: Arc<UdpSocket>,
+    reader: JoinHandle<()>,
+}
+
+impl Drop for Owned {
+    fn drop(&mut self) {
+        self.reader.abort();
+    }
+}
+
+/// Every origin UDP socket and ping socket of the daemon.
+pub struct DatagramSockets {
+    udp: HashMap<UdpFlowId, Owned>,
+    funnels: HashMap<FunnelId, Owned>,
+    tx: mpsc::Sender<SocketEvent>,
+    /// Echo requests for funnels whose socket the hub asked for in the same drain; sent once
+    /// it is open (only the first request of a funnel waits here).
+    deferred: Vec<(FunnelId, IpAddr, Vec<u8>)>,
+    stats: SocketStats,
+}
+
+impl DatagramSockets {
+    /// No sockets yet; readers report on `tx`.
+    pub fn new(tx: mpsc::Sender<SocketEvent>) -> Self {
+        Self {
+            udp: HashMap::new(),
+            funnels: HashMap::new(),
+            tx,
+            deferred: Vec::new(),
+            stats: SocketStats::default(),
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &SocketStats {
+        &self.stats
+    }
+
+    /// Whether `flow` still has its socket (reports about closed ones are stale).
+    pub fn has_udp(&self, flow: UdpFlowId) -> bool {
+        self.udp.contains_key(&flow)
+    }
+
+    /// Whether `funnel` still has its socket.
+    pub fn has_funnel(&self, funnel: FunnelId) -> bool {
+        self.funnels.contains_key(&funnel)
+    }
+
+    /// Forgets the socket of `flow` (its reader failed). True if it was there.
+    pub fn remove_udp(&mut self, flow: UdpFlowId) -> bool {
+        self.udp.remove(&flow).is_some()
+    }
+
+    /// Forgets the socket of `funnel`. True if it was there.
+    pub fn remove_funnel(&mut self, funnel: FunnelId) -> bool {
+        self.funnels.remove(&funnel).is_some()
+    }
+
+    /// Sends what the supervisor's drain hands out. Never blocks: a socket that cannot take a
+    /// datagram now drops it, as a full UDP socket buffer would.
+    pub fn egress(&mut self, e: Egress<'_>) {
+        match e {
+            Egress::Udp { flow, payload } => self.write_udp(flow, payload),
+            Egress::Ping {
+                funnel,
+                dst,
+                message,
+                ..
+            } => {
+                if self.funnels.contains_key(&funnel) {
+                    self.send_ping(funnel, dst, message);
+                } else {
+                    self.deferred.push((funnel, dst, message.to_vec()));
+                }
+            }
+        }
+    }
+
+    fn write_udp(&mut self, flow: UdpFlowId, payload: &[u8]) {
+        let Some(s) = self.udp.get(&flow) else {
+            self.stats.udp_write_failed += 1;
+            return;
+        };
+        // Straight to the non-blocking socket: tokio's `try_send` refuses until the reactor has
+        // seen the socket writable once, which would drop what is sent right after the open.
+        match SockRef::from(&*s.socket).send(payload) {
+            Ok(_) => self.stats.udp_written += 1,
+            Err(e) => {
+                self.stats.udp_write_failed += 1;
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    debug!(%flow, error = %e, "origin UDP write failed");
+                }
+            }
+        }
+    }
+
+    fn send_ping(&mut self, funnel: FunnelId, dst: IpAddr, message: &[u8]) {
+        let Some(s) = self.funnels.get(&funnel) else {
+            self.stats.pings_failed += 1;
+            return;
+        };
+        match SockRef::from(&*s.socket).send_to(message, &SocketAddr::new(dst, 0).into()) {
+            Ok(_) => self.stats.pings_sent += 1,
+            Err(e) => {
+                self.stats.pings_failed += 1;
+                debug!(%funnel, %dst, error = %e, "failed to send ICMP echo");
+            }
+        }
+    }
+
+    /// Sends the echo requests that waited for their funnel's socket (call after draining
+    /// [`Supervisor::poll_datagram_action`]).
+    pub fn flush_deferred(&mut self) {
+        for (funnel, dst, message) in std::mem::take(&mut self.deferred) {
+            self.send_ping(funnel, dst, &message);
+        }
+    }
+
+    /// Does one piece of socket work the supervisor asked for; what the supervisor must be
+    /// told comes back.
+    pub fn act(&mut self, action: HubAction) -> Outcome {
+        match action {
+            HubAction::Session(SessionAction::Open { flow, dest }) => match open_udp(dest) {
+                Ok(socket) => {
+                    let socket = Arc::new(socket);
+                    let reader = tokio::spawn(read_udp(flow, socket.clone(), self.tx.clone()));
+                    self.udp.insert(flow, Owned { socket, reader });
+                    Outcome::UdpOpened(flow)
+                }
+                Err(e) => {
+                    self.stats.udp_open_failed += 1;
+                    Outcome::UdpFailed(flow, e.to_string())
+                }
+            },
+            HubAction::Session(SessionAction::Send { flow, payload }) => {
+                self.write_udp(flow, &payload);
+                Outcome::Done
+            }
+            HubAction::Session(SessionAction::Close { flow }) => {
+                self.udp.remove(&flow);
+                Outcome::Done
+            }
+            HubAction::Icmp(RouterAction::OpenFunnel { funnel, bind }) => match open_ping(bind) {
+                Ok(socket) => {
+                    let socket = Arc::new(socket);
+                    let reader = tokio::spawn(read_ping(funnel, socket.clone(), self.tx.clone()));
+                    self.funnels.insert(funnel, Owned { socket, reader });
+                    Outcome::Done
+                }
+                Err(e) => {
+                    debug!(%funnel, %bind, error = %e, "cannot open a ping socket");
+                    Outcome::FunnelFailed(funnel)
+                }
+            },
+            HubAction::Icmp(RouterAction::CloseFunnel { funnel }) => {
+                self.funnels.remove(&funnel);
+                Outcome::Done
+            }
+            // The supervisor keeps connection work (registration answers, v2 RPCs) to itself.
+            HubAction::Session(other) => {
+                debug!(action = ?other, "datagram action not for the driver; ignored");
+                Outcome::Done
+            }
+        }
+    }
+
+    /// Tells `sup` how a piece of socket work went.
+    pub fn report(sup: &mut Supervisor, now: Instant, outcome: Outcome) {
+        match outcome {
+            Outcome::Done => {}
+            Outcome::UdpOpened(flow) => sup.handle_udp_opened(now, flow),
+            Outcome::UdpFailed(flow, reason) => sup.handle_udp_failed(flow, &reason),
+            Outcome::FunnelFailed(funnel) => sup.handle_funnel_failed(funnel),
+        }
+    }
+}
+
+/// How a [`DatagramSockets::act`] went, for the supervisor.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// Nothing to report.
+    Done,
+    /// The origin socket of a session is open.
+    UdpOpened(UdpFlowId),
+    /// It could not be opened (the socket error).
+    UdpFailed(UdpFlowId, String),
+    /// A ping socket could not be opened.
+    FunnelFailed(FunnelId),
+}
+
+/// A connected UDP socket to `dest` from a kernel-chosen local address (cloudflared's
+/// `DialUDP`). UDP connect only sets the peer; it does not block.
+fn open_udp(dest: SocketAddr) -> io::Result<UdpSocket> {
+    let bind = if dest.is_ipv4() {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
+    };
+    let socket = StdUdpSocket::bind(bind)?;
+    socket.connect(dest)?;
+    socket.set_nonblocking(true)?;
+    UdpSocket::from_std(socket)
+}
+
+/// An unprivileged ping socket (`SOCK_DGRAM`, `IPPROTO_ICMP`/`IPPROTO_ICMPV6`) bound to
+/// `bind`: the kernel puts in its own echo ident and, for ICMPv6, the checksum, and hands back
+/// only the replies to that ident, without IP header.
+pub fn open_ping(bind: IpAddr) -> io::Result<UdpSocket> {
+    let (domain, protocol) = match bind {
+        IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4),
+        IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6),
+    };
+    let socket = Socket::new(domain, Type::DGRAM, Some(protocol))?;
+    socket.set_nonblocking(true)?;
+    socket.bind(&SocketAddr::new(bind, 0).into())?;
+    UdpSocket::from_std(socket.into())
+}
+
+async fn read_udp(flow: UdpFlowId, socket: Arc<UdpSocket>, tx: mpsc::Sender<SocketEvent>) {
+    let mut buf = BytesMut::with_capacity(SLOTS_PER_BUFFER * SLOT);
+    loop {
+        // Reclaims the buffer once what was split off it is gone, else takes a fresh one.
+        buf.resize(SLOT, 0);
+        match socket
+            .recv(&mut buf[HEADROOM..HEADROOM + ORIGIN_READ])
+            .await
+        {
+            Ok(len) => {
+                let chunk = buf.split_to(SLOT);
+                let event = SocketEvent::UdpRead {
+                    flow,
+                    buf: chunk,
+                    len,
+                };
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = tx
+                    .send(SocketEvent::UdpFailed {
+                        flow,
+                        reason: e.to_string(),
+                    })
+                    .await;
+                return;
+            }
+        }
+    }
+}
+
+async fn read_ping(funnel: FunnelId, socket: Arc<UdpSocket>, tx: mpsc::Sender<SocketEvent>) {
+    let mut buf = BytesMut::with_capacity(4 * PING_READ);
+    loop {
+        buf.resize(PING_READ, 0);
+        match socket.recv_from(&mut buf).await {
+            Ok((n, from)) => {
+                let message = buf.split_to(n).freeze();
+                let event = SocketEvent::PingRead {
+                    funnel,
+                    from: from.ip(),
+                    message,
+                };
+                if tx.send(event).await.is_err() {
+                    return;
+                }
+            }
+            Err(e) => {
+                let _ = tx
+                    .send(SocketEvent::FunnelFailed {
+                        funnel,
+                        reason: e.to_string(),
+                    })
+                    .await;
+                return;
+            }
+        }
+    }
+}
+
+/// `--icmpv4-src` / `--icmpv6-src`, or `None` to find them as cloudflared does.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct IcmpSources {
+    /// IPv4 source and ping-socket bind address.
+    pub v4: Option<Ipv4Addr>,
+    /// IPv6 source.
+    pub v6: Option<Ipv6Addr>,
+}
+
+/// The local address the kernel would send to `probe` from. A UDP connect only picks a
+/// route; nothing is sent.
+fn outbound_ip(probe: SocketAddr) -> io::Result<IpAddr> {
+    let bind = if probe.is_ipv4() {
+        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
+    } else {
+        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
+    };
+    let socket = StdUdpSocket::bind(bind)?;
+    socket.connect(probe)?;
+    Ok(socket.local_addr()?.ip())
+}
+
+/// cloudflared's warning when the process may not open ping sockets (`ingress/icmp_linux.go`).
+const PING_GROUP_WARNING: &str = "The user running burrow has a GID (group ID) that is not within net.ipv4.ping_group_range. You might need to add that user to a group within that range, or instead update the range to encompass a group the user is already in by modifying /proc/sys/net/ipv4/ping_group_range (sysctl -w net.ipv4.ping_group_range=\"GID GID\"). Otherwise burrow will not be able to ping this network";
+
+/// The ICMP router's configuration: sources given or found (cloudflared: the address used
+/// towards `192.168.0.1:53` for IPv4, falling back here to loopback; for IPv6 the address
+/// used towards a public IPv6 address, falling back to `::1`), each family kept only if a ping
+/// socket can be opened on it. A refused permission is warned about once.
+pub fn icmp_config(given: IcmpSources) -> RouterConfig {
+    let v4 = given.v4.unwrap_or_else(|| {
+        match outbound_ip(SocketAddr::from(([192, 168, 0, 1], 53))) {
+            Ok(IpAddr::V4(a)) => a,
+            other => {
+                debug!(result = ?other, "Failed to determine the IPv4 for this machine. It will use {} to send/listen for ICMPv4 echo", Ipv4Addr::LOCALHOST);
+                Ipv4Addr::LOCALHOST
+            }
+        }
+    });
+    let v6 = given.v6.unwrap_or_else(|| {
+        let public = SocketAddr::from(([0x2606, 0x4700, 0x4700, 0, 0, 0, 0, 0x1111], 53));
+        match outbound_ip(public) {
+            Ok(IpAddr::V6(a)) => a,
+            other => {
+                debug!(result = ?other, "Failed to determine the IPv6 for this machine. It will use {} to send/listen for ICMPv6 echo", Ipv6Addr::LOCALHOST);
+                Ipv6Addr::LOCALHOST
+            }
+        }
+    });
+    let mut warned = false;
+    let mut usable = |addr: IpAddr| match open_ping(addr) {
+        Ok(_) => true,
+        Err(e) => {
+            if e.kind() == io::ErrorKind::PermissionDenied && !warned {
+                warned = true;
+                warn!(error = %e, "{PING_GROUP_WARNING}");
+            } else {
+                info!(source = %addr, error = %e, "cannot open a ping socket; ICMP of this family is not proxied");
+            }
+            false
+        }
+    };
+    let v4 = usable(IpAddr::V4(v4)).then_some(v4);
+    let v6 = usable(IpAddr::V6(v6)).then_some(v6);
+    match (v4, v6) {
+        (None, None) => warn!("ICMP proxy feature is disabled"),
+        _ => {
+            if let Some(a) = v4 {
+                info!("ICMP proxy will use {a} as source for IPv4");
+            }
+            if let Some(a) = v6 {
+                info!("ICMP proxy will use {a} as source for IPv6");
+            }
+        }
+    }
+    RouterConfig::new(v4, v6)
+}
+
+/// Raises the soft limit of open files to the hard limit: every UDP session and every ping
+/// funnel holds a socket (10k sessions, 10k descriptors).
+pub fn raise_nofile_limit() {
+    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            debug!(error = %e, soft = ?limit.current, hard = ?limit.maximum, "cannot raise the open file limit");
+        }
+    }
+    let now = getrlimit(Resource::Nofile);
+    debug!(soft = ?now.current, hard = ?now.maximum, "open file limit");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn sockets() -> (DatagramSockets, mpsc::Receiver<SocketEvent>) {
+        let (tx, rx) = mpsc::channel(64);
+        (DatagramSockets::new(tx), rx)
+    }
+
+    async fn recv_from(origin: &UdpSocket, buf: &mut [u8]) -> (usize, SocketAddr) {
+        tokio::time::timeout(Duration::from_secs(10), origin.recv_from(buf))
+            .await
+            .expect("a datagram in time")
+            .expect("origin read")
+    }
+
+    async fn next(rx: &mut mpsc::Receiver<SocketEvent>) -> SocketEvent {
+        tokio::time::timeout(Duration::from_secs(10), rx.recv())
+            .await
+            .expect("a socket event in time")
+            .expect("channel open")
+    }
+
+    #[tokio::test]
+    async fn a_session_socket_writes_reads_into_headroom_and_closes() {
+        let origin = UdpSocket::bind("127.0.0.1:0").await.expect("origin");
+        let dest = origin.local_addr().expect("addr");
+        let (mut s, mut rx) = sockets();
+        let flow = UdpFlowId(1);
+        let open = HubAction::Session(SessionAction::Open { flow, dest });
+        assert_eq!(s.act(open), Outcome::UdpOpened(flow));
+
+        s.egress(Egress::Udp {
+            flow,
+            payload: b"question",
+        });
+        let mut got = [0u8; 64];
+        let (n, from) = recv_from(&origin, &mut got).await;
+        assert_eq!(&got[..n], b"question");
+        origin.send_to(b"answer", from).await.expect("reply");
+        match next(&mut rx).await {
+            SocketEvent::UdpRead { flow: f, buf, len } => {
+                assert_eq!(f, flow);
+                assert_eq!(&buf[HEADROOM..HEADROOM + len], b"answer");
+                assert!(
+                    buf.len() >= HEADROOM + len + TAILROOM,
+                    "room to frame in place"
+                );
+            }
+            other => panic!("expected a read, got {other:?}"),
+        }
+
+        // Payloads that waited for the socket go out the same way.
+        let send = HubAction::Session(SessionAction::Send {
+            flow,
+            payload: Bytes::from_static(b"held"),
+        });
+        assert_eq!(s.act(send), Outcome::Done);
+        let (n, _) = recv_from(&origin, &mut got).await;
+        assert_eq!(&got[..n], b"held");
+        assert_eq!(s.stats().udp_written, 2);
+
+        assert_eq!(
+            s.act(HubAction::Session(SessionAction::Close { flow })),
+            Outcome::Done
+        );
+        assert!(!s.has_udp(flow));
+        s.egress(Egress::Udp {
+            flow,
+            payload: b"late",
+        });
+        assert_eq!(s.stats().udp_write_failed, 1, "no socket, counted");
+    }
+
+    #[tokio::test]
+    async fn a_refused_origin_port_fails_the_session() {
+        // A port with nothing behind it: the kernel answers with port unreachable.
+        let gone = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
+        let dest = gone.local_addr().expect("addr");
+        drop(gone);
+        let (mut s, mut rx) = sockets();
+        let flow = UdpFlowId(7);
+        let open = HubAction::Session(SessionAction::Open { flow, dest });
+        assert_eq!(s.act(open), Outcome::UdpOpened(flow));
+        s.egress(Egress::Udp {
+            flow,
+            payload: b"anyone?",
+        });
+        match next(&mut rx).await {
+            SocketEvent::UdpFailed { flow: f, reason } => {
+                assert_eq!(f, flow);
+                assert!(reason.to_lowercase().contains("refused"), "{reason}");
+            }
+            other => panic!("expected a failure, got {other:?}"),
+        }
+        assert!(s.remove_udp(flow));
+    }
+
+    /// With ping sockets permitted (`net.ipv4.ping_group_range` covers our group) an echo to
+    /// loopback comes back through the funnel; without, the funnel fails cleanly and the
+    /// router is configured without that family.
+    #[tokio::test]
+    async fn a_funnel_pings_loopback_or_fails_cleanly() {
+        let (mut s, mut rx) = sockets();
+        let funnel = FunnelId(3);
+        let bind = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let permitted = open_ping(bind).is_ok();
+        let open = HubAction::Icmp(RouterAction::OpenFunnel { funnel, bind });
+        if !permitted {
+            assert_eq!(s.act(open), Outcome::FunnelFailed(funnel));
+            assert!(!s.has_funnel(funnel));
+            let config = icmp_config(IcmpSources {
+                v4: Some(Ipv4Addr::LOCALHOST),
+                v6: Some(Ipv6Addr::LOCALHOST),
+            });
+            assert_eq!(config.ipv4_src, None, "IPv4 not proxied without permission");
+            // The echo for the failed funnel is dropped and counted, not queued forever.
+            s.egress(Egress::Ping {
+                funnel,
+                dst: bind,
+                message: &[8, 0, 0, 0, 0, 1, 0, 1],
+                ttl: 63,
+            });
+            s.flush_deferred();
+            assert_eq!(s.stats().pings_failed, 1);
+            return;
+        }
+        // The echo is handed out before the funnel's socket is opened, as the hub does.
+        let echo = [8, 0, 0, 0, 0x12, 0x34, 0, 9, b'h', b'i'];
+        s.egress(Egress::Ping {
+            funnel,
+            dst: bind,
+            message: &echo,
+            ttl: 63,
+        });
+        assert_eq!(s.act(open), Outcome::Done);
+        s.flush_deferred();
+        assert_eq!(s.stats().pings_sent, 1);
+        match next(&mut rx).await {
+            SocketEvent::PingRead {
+                funnel: f,
+                from,
+                message,
+            } => {
+                assert_eq!(f, funnel);
+                assert_eq!(from, bind);
+                assert_eq!(message[0], 0, "echo reply");
+                assert_eq!(&message[6..], &echo[6..], "sequence and data echoed");
+            }
+            other => panic!("expected a reply, got {other:?}"),
+        }
+        let config = icmp_config(IcmpSources {
+            v4: Some(Ipv4Addr::LOCALHOST),
+            v6: None,
+        });
+        assert_eq!(config.ipv4_src, Some(Ipv4Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn the_open_file_limit_ends_at_the_hard_limit() {
+        raise_nofile_limit();
+        let l = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+        assert_eq!(l.current, l.maximum);
+    }
+}
