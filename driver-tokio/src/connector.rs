@@ -265,7 +265,11 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         compression_quality: 0,
         num_previous_attempts: 0,
     };
+    // One handle for the dialer and every data stream, so a configuration push reaches all.
+    let ingress: burrow_core::ingress::SharedIngress =
+        Arc::new(std::sync::RwLock::new(Arc::new(opts.ingress.clone())));
     let data = DataLimits {
+        ingress: Some(ingress.clone()),
         max_active_flows: opts.max_active_flows,
         max_idle: opts.ingress.defaults.keep_alive_connections as usize,
         idle_timeout: opts.ingress.defaults.keep_alive_timeout,
@@ -295,7 +299,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     );
 
     let dialer = Dialer {
-        ingress: Arc::new(std::sync::RwLock::new(Arc::new(opts.ingress))),
+        ingress,
         roots: Arc::new(rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         }),

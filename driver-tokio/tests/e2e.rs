@@ -908,7 +908,6 @@ fn request_reply(mut s: TcpStream) -> (u16, String) {
 /// Passes once `connector.rs` shares its dialer's ingress handle with the data streams
 /// (`DataLimits::ingress`); until then core never sees the rules.
 #[test]
-#[ignore = "needs DataLimits::ingress wired in driver-tokio/src/connector.rs"]
 fn origin_request_http_host_header_reaches_the_origin() {
     let started = Instant::now();
     let s = setup("hosthdr");
