@@ -138,6 +138,8 @@ pub struct EdgeOpts {
     pub tcp_maps: Vec<String>,
     /// `--udp-map LISTEN=TUNNEL:DEST` values.
     pub udp_maps: Vec<String>,
+    /// `--icmp-map LISTEN=TUNNEL` values.
+    pub icmp_maps: Vec<String>,
 }
 
 impl EdgeOpts {
@@ -148,6 +150,7 @@ impl EdgeOpts {
             http: free_tcp()?,
             tcp_maps: Vec::new(),
             udp_maps: Vec::new(),
+            icmp_maps: Vec::new(),
         })
     }
 }
@@ -163,6 +166,8 @@ pub struct ConnectorOpts {
     pub ingress: Vec<(Option<String>, String)>,
     /// HA connections.
     pub ha_connections: u8,
+    /// More `tunnel run` flags, e.g. `--icmpv4-src`.
+    pub extra: Vec<String>,
 }
 
 /// A tunnel created in a fresh state directory, removed on drop.
@@ -247,6 +252,9 @@ impl Testbed {
         for m in &o.udp_maps {
             cmd.args(["--udp-map", m]);
         }
+        for m in &o.icmp_maps {
+            cmd.args(["--icmp-map", m]);
+        }
         let mut p = Proc::spawn("burrow edge", cmd, self.dir.join("edge.log"))?;
         wait_for(Duration::from_secs(20), "edge HTTP listener", || {
             p.check_alive()?;
@@ -284,6 +292,7 @@ impl Testbed {
             .args(["--metrics", &o.metrics.to_string()])
             .args(["--ha-connections", &o.ha_connections.to_string()])
             .args(["--grace-period", "1s", "--loglevel", "warn", "run"])
+            .args(&o.extra)
             .arg("--credentials-file")
             .arg(self.credentials())
             .arg(&self.id);

@@ -274,6 +274,7 @@ fn start_tunnel(p: &Plan, o: &Origins) -> Result<Tunnel, String> {
                 (None, "http_status:404".into()),
             ],
             ha_connections: p.ha,
+            extra: Vec::new(),
         })
         .map_err(|e| e.to_string())?;
     testbed::wait_ready(
