@@ -189,14 +189,22 @@ pub async fn discover(edges: &Edges, ip_version: IpVersion) -> Result<EdgePool, 
     }
 }
 
-/// Root certificates for the edge: `--cacert` alone, else the webpki roots.
+/// Root certificates for the edge: `--cacert` alone, else cloudflared's default (the system
+/// store plus Cloudflare's Origin CA roots, which the edge's certificate chains to).
 fn edge_roots(cacert: Option<&[u8]>) -> Result<rustls::RootCertStore, tls::TlsError> {
-    match cacert {
-        Some(pem) => tls::roots_from_pem(pem, "--cacert"),
-        None => Ok(rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        }),
+    if let Some(pem) = cacert {
+        return tls::roots_from_pem(pem, "--cacert");
     }
+    let system = rustls_native_certs::load_native_certs();
+    for e in &system.errors {
+        warn!(error = %e, "cannot read part of the system certificate store");
+    }
+    let (roots, skipped) = tls::edge_default_roots(system.certs)?;
+    debug!(
+        roots = roots.len(),
+        skipped, "edge roots: system store and Cloudflare's origin CAs"
+    );
+    Ok(roots)
 }
 
 /// Inputs to the loop.

@@ -107,7 +107,51 @@ pub fn roots_from_pem(pem: &[u8], what: &'static str) -> Result<RootCertStore, T
     Ok(roots)
 }
 
+/// Cloudflare's Origin CA roots (ECC, RSA, Origin Pull), which cloudflared trusts for the edge
+/// besides the system store: the edge's certificate chains to the ECC one, which no public
+/// store holds (PROTOCOL.md A§1, `tlsconfig/cloudflare_ca.go`). Public trust anchors, as
+/// Cloudflare publishes them.
+pub const CLOUDFLARE_ROOTS_PEM: &[u8] = include_bytes!("cloudflare-roots.pem");
+
+/// cloudflared's default roots for the edge: `system` (the platform store) plus
+/// [`CLOUDFLARE_ROOTS_PEM`]. Certificates the store refuses are skipped, and counted in the
+/// returned number, as cloudflared's pool skips what it cannot parse.
+pub fn edge_default_roots(
+    system: impl IntoIterator<Item = CertificateDer<'static>>,
+) -> Result<(RootCertStore, usize), TlsError> {
+    let mut roots = roots_from_pem(CLOUDFLARE_ROOTS_PEM, "embedded Cloudflare roots")?;
+    let (_, skipped) = roots.add_parsable_certificates(system);
+    Ok((roots, skipped))
+}
+
 /// The first private key in a PEM file.
 pub fn key_from_pem(pem: &[u8], what: &'static str) -> Result<PrivateKeyDer<'static>, TlsError> {
     PrivateKeyDer::from_pem_slice(pem).map_err(|source| TlsError::Pem { what, source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_cloudflare_roots_are_the_three_origin_cas() {
+        let (roots, skipped) = edge_default_roots(Vec::new()).expect("embedded roots");
+        assert_eq!((roots.len(), skipped), (3, 0));
+        let has = |name: &str| {
+            roots
+                .roots
+                .iter()
+                .any(|r| r.subject.windows(name.len()).any(|w| w == name.as_bytes()))
+        };
+        assert!(has("CloudFlare Origin SSL ECC Certificate Authority"));
+        assert!(has("CloudFlare Origin SSL Certificate Authority"));
+        assert!(has("origin-pull.cloudflare.net"));
+    }
+
+    #[test]
+    fn system_certificates_that_do_not_parse_are_skipped() {
+        let junk = CertificateDer::from(vec![0x30, 0x03, 0x02, 0x01, 0x00]);
+        let (roots, skipped) = edge_default_roots([junk]).expect("roots");
+        assert_eq!((roots.len(), skipped), (3, 1));
+    }
 }
