@@ -359,7 +359,7 @@ pub async fn start(args: &EdgeArgs, tunnels_path: &Path) -> Result<RunningEdge, 
     let mut server = quinn_proto::ServerConfig::with_crypto(Arc::new(
         tls::server_config(chain, key, PostQuantum::Prefer).map_err(|e| e.to_string())?,
     ));
-    server.transport_config(QuicSettings::default().transport_config(true));
+    server.transport_config(QuicSettings::edge().transport_config(true));
     let mut seed = [0u8; 32];
     let _ = getrandom::fill(&mut seed);
     let endpoint = EdgeEndpoint::new(server, seed);
