@@ -5,6 +5,7 @@
 
 pub mod control;
 pub mod datagram;
+pub mod flow;
 pub mod icmp;
 pub mod ingress;
 pub mod quic;

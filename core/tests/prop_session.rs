@@ -81,7 +81,8 @@ proptest! {
         let t0 = Instant::now();
         let mut now = t0;
         let limit = 6;
-        let mut m = SessionManager::new(SessionLimits { max_flows: limit, ..SessionLimits::default() });
+        let mut m = SessionManager::new(SessionLimits::default())
+        .with_flow_limiter(burrow_core::flow::FlowLimiter::new(limit as u64));
         let mut open = HashSet::new();
         let mut opened = 0usize;
         let mut closed = 0usize;

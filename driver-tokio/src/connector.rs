@@ -69,8 +69,12 @@ pub struct Options {
     pub grace_period: Duration,
     /// `--features`.
     pub features: Vec<String>,
-    /// `--max-active-flows` (0: none): TCP flows per connection, UDP sessions in all.
-    pub max_active_flows: usize,
+    /// `--max-active-flows`: overrides every configuration's `warp-routing.maxActiveFlows`
+    /// (0: unlimited). One limit for TCP flows and UDP sessions together.
+    pub max_active_flows: Option<u64>,
+    /// The configuration file's `warp-routing.maxActiveFlows`, in force until the edge pushes
+    /// a remote configuration.
+    pub local_max_active_flows: Option<u64>,
     /// ICMP proxy sources (`--icmpv4-src`, `--icmpv6-src`, found when unset); `None` turns the
     /// ICMP proxy off.
     pub icmp: Option<IcmpSources>,
@@ -278,7 +282,6 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         Arc::new(std::sync::RwLock::new(Arc::new(opts.ingress.clone())));
     let data = DataLimits {
         ingress: Some(ingress.clone()),
-        max_active_flows: opts.max_active_flows,
         max_idle: opts.ingress.defaults.keep_alive_connections as usize,
         idle_timeout: opts.ingress.defaults.keep_alive_timeout,
         ..DataLimits::default()
@@ -294,7 +297,8 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     };
     let mut config = SupervisorConfig::new(connector);
     config.ha_connections = opts.ha_connections;
-    config.sessions.max_flows = opts.max_active_flows;
+    config.max_active_flows = opts.max_active_flows;
+    config.local_max_active_flows = opts.local_max_active_flows;
     if let Some(sources) = opts.icmp {
         config.icmp = icmp_config(sources);
     }
@@ -419,11 +423,12 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                     } => {
                         let ingress = dialer.ingress.clone();
                         let result = versions.offer(version, || {
-                            let (_, new) =
+                            let (remote, new) =
                                 RemoteConfig::from_json(&config).map_err(|e| e.to_string())?;
                             if let Ok(mut w) = ingress.write() {
                                 *w = Arc::new(new);
                             }
+                            sup.apply_warp_routing(&remote.warp_routing);
                             Ok(())
                         });
                         if result.error.is_none() {
@@ -485,6 +490,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             }
         }
         metrics.update_datagrams(sup.datagram_hub(), &datagrams);
+        metrics.update_flows(sup.flow_limiter());
         if sup.is_stopped() {
             break;
         }

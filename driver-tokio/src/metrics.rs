@@ -5,6 +5,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
+use burrow_core::flow::{FlowLimiter, FlowType};
 use burrow_core::session::DropReason;
 use burrow_core::tunnel::udp::DatagramHub;
 use bytes::Bytes;
@@ -61,8 +62,9 @@ pub struct Metrics {
     pub udp_write_failed: IntCounter,
     /// Same metric, `reason="send_refused"`: datagrams the tunnel connection would not queue.
     pub udp_send_refused: IntCounter,
-    /// `cloudflared_flow_client_registrations_rate_limited_total{flow_type="udp"}`.
-    pub udp_rate_limited: IntCounter,
+    /// `flow_client_registrations_rate_limited_total{flow_type}`: TCP flows and UDP sessions
+    /// the flow limiter refused, by [`FlowType::ALL`] order.
+    pub flow_rate_limited: [IntCounter; FlowType::ALL.len()],
     /// `cloudflared_icmp_total_requests`: echo requests sent through ping sockets.
     pub icmp_total_requests: IntCounter,
     /// `cloudflared_icmp_total_replies`: echo replies sent back to the edge.
@@ -131,9 +133,11 @@ impl Metrics {
         )
         .expect("static metric");
         let rate_limited = IntCounterVec::new(
+            // cloudflared's `flow` namespace, without the `cloudflared_` prefix
+            // (`flow/metrics.go`).
             Opts::new(
-                "cloudflared_flow_client_registrations_rate_limited_total",
-                "Count registrations rate limited by the flow limiter",
+                "flow_client_registrations_rate_limited_total",
+                "Count registrations dropped due to high number of concurrent flows being handled",
             ),
             &["flow_type"],
         )
@@ -207,7 +211,7 @@ impl Metrics {
                 "cloudflared_udp_migrated_flows",
                 "Total count of UDP flows have been migrated across local connections",
             ),
-            udp_rate_limited: rate_limited.with_label_values(&["udp"]),
+            flow_rate_limited: FlowType::ALL.map(|t| rate_limited.with_label_values(&[t.label()])),
             udp_dropped: DropReason::ALL
                 .map(|r| udp_dropped_datagrams.with_label_values(&[r.label()])),
             udp_write_failed: udp_dropped_datagrams.with_label_values(&["write_failed"]),
@@ -237,13 +241,19 @@ impl Metrics {
         follow(&self.udp_failed_flows, s.failed);
         follow(&self.udp_retry_flow_responses, s.retries);
         follow(&self.udp_migrated_flows, s.migrated);
-        follow(&self.udp_rate_limited, s.rate_limited);
         for (c, n) in self.udp_dropped.iter().zip(s.dropped) {
             follow(c, n);
         }
         // Origin writes that failed, and datagrams quinn would not queue for the edge.
         follow(&self.udp_write_failed, sockets.stats().udp_write_failed);
         follow(&self.udp_send_refused, hub.stats().send_refused);
+    }
+
+    /// Copies the flow limiter's rejection counters.
+    pub fn update_flows(&self, flows: &FlowLimiter) {
+        for (c, t) in self.flow_rate_limited.iter().zip(FlowType::ALL) {
+            follow(c, flows.rejected(t));
+        }
     }
 
     /// Prometheus text exposition.

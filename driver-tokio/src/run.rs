@@ -105,9 +105,10 @@ pub struct RunArgs {
     /// Extra client feature strings.
     #[arg(long, short = 'F', value_delimiter = ',')]
     pub features: Vec<String>,
-    /// Most private-network flows at once (TCP per connection, UDP sessions in all).
+    /// Most private-network flows at once, TCP and UDP together (0: unlimited); overrides
+    /// `warp-routing.maxActiveFlows` of the local and the remote configuration.
     #[arg(long, env = "TUNNEL_MAX_ACTIVE_FLOWS")]
-    pub max_active_flows: Option<usize>,
+    pub max_active_flows: Option<u64>,
     /// Source (and ping-socket bind) address of the ICMP proxy for IPv4; default: the
     /// address of the route out.
     #[arg(long, env = "TUNNEL_ICMPV4_SRC")]
@@ -361,7 +362,8 @@ pub fn options(
         ha_connections: common.ha_connections.max(1),
         grace_period: grace,
         features: run.features.clone(),
-        max_active_flows: run.max_active_flows.unwrap_or(0),
+        max_active_flows: run.max_active_flows,
+        local_max_active_flows: file.warp_routing.max_active_flows,
         icmp: Some(crate::datagram::IcmpSources {
             v4: run.icmpv4_src,
             v6: run.icmpv6_src,

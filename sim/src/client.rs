@@ -384,7 +384,7 @@ impl Client {
                         }
                     }
                     Request::Tcp { .. }
-                        if error == "too many active flows"
+                        if error == burrow_core::stream::proxy::RATE_LIMITED
                             && get("FlowConnectRateLimited") == Some("true") =>
                     {
                         a.limited = true;

@@ -748,7 +748,7 @@ fn tcp_echo(p: &Params) -> Result<u64, String> {
 /// `FlowConnectRateLimited` (whichever the connector saw second).
 fn flow_limit(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    s.data_limits.max_active_flows = 1;
+    s.data_limits.flows.set_limit(1);
     let c = s.add_connector(0, s.secret.clone())?;
     let conn = register(&mut s, c)?;
     let len = if p.quick { 64 * 1024 } else { 1024 * 1024 };

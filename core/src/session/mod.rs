@@ -28,6 +28,7 @@ use fnv::FnvBuildHasher;
 use tracing::{debug, warn};
 
 use crate::datagram::{v2, v3, LinkId};
+use crate::flow::{FlowLimiter, FlowPermit, FlowType};
 
 pub mod edge;
 #[cfg(test)]
@@ -82,11 +83,10 @@ impl std::fmt::Display for UdpFlowId {
     }
 }
 
-/// Bounds of the manager.
+/// Bounds of the manager. How many sessions may be alive is the flow limiter's to say
+/// ([`SessionManager::with_flow_limiter`]).
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
-    /// Most sessions at once (`--max-active-flows`); 0 means unlimited, as in cloudflared.
-    pub max_flows: usize,
     /// Idle timeout when the edge's hint is zero.
     pub default_idle: Duration,
     /// Payloads held per session while its origin socket is being opened; more are dropped.
@@ -96,7 +96,6 @@ pub struct SessionLimits {
 impl Default for SessionLimits {
     fn default() -> Self {
         Self {
-            max_flows: 0,
             default_idle: DEFAULT_IDLE,
             max_pending: 16,
         }
@@ -227,7 +226,7 @@ impl DropReason {
 pub struct SessionStats {
     /// Sessions opened (`udp_total_flows`).
     pub total_flows: u64,
-    /// Registrations refused by the flow limit.
+    /// Registrations refused by the flow limiter.
     pub rate_limited: u64,
     /// Origin sockets that could not be opened.
     pub bind_failures: u64,
@@ -282,6 +281,8 @@ struct Session {
     idle: Duration,
     last_active: Instant,
     state: State,
+    /// The flow limiter's slot, released when the session is removed (never on migration).
+    _permit: FlowPermit,
 }
 
 type Map<K, V> = HashMap<K, V, FnvBuildHasher>;
@@ -290,6 +291,7 @@ type Map<K, V> = HashMap<K, V, FnvBuildHasher>;
 #[derive(Debug)]
 pub struct SessionManager {
     limits: SessionLimits,
+    flows: FlowLimiter,
     sessions: Map<UdpFlowId, Session>,
     by_id: Map<SessionId, UdpFlowId>,
     /// Idle deadlines, checked lazily: an entry may be early (activity since) or stale (session
@@ -301,10 +303,11 @@ pub struct SessionManager {
 }
 
 impl SessionManager {
-    /// An empty manager.
+    /// An empty manager with a limiter of its own, unlimited.
     pub fn new(limits: SessionLimits) -> Self {
         Self {
             limits,
+            flows: FlowLimiter::default(),
             sessions: Map::default(),
             by_id: Map::default(),
             deadlines: BinaryHeap::new(),
@@ -314,9 +317,16 @@ impl SessionManager {
         }
     }
 
-    /// Changes the flow limit (remote configuration, `--max-active-flows`); live sessions stay.
-    pub fn set_flow_limit(&mut self, max_flows: usize) {
-        self.limits.max_flows = max_flows;
+    /// Draws sessions from `flows` (the process-wide limiter TCP flows share); call before
+    /// any session exists.
+    pub fn with_flow_limiter(mut self, flows: FlowLimiter) -> Self {
+        self.flows = flows;
+        self
+    }
+
+    /// The limiter sessions draw from; its limit changes hot and live sessions stay.
+    pub fn flow_limiter(&self) -> &FlowLimiter {
+        &self.flows
     }
 
     /// Sessions alive (opening or open).
@@ -449,15 +459,15 @@ impl SessionManager {
             self.reregister(now, flow, r);
             return;
         }
-        if self.limits.max_flows != 0 && self.sessions.len() >= self.limits.max_flows {
+        let Ok(permit) = self.flows.acquire(FlowType::Udp) else {
             self.stats.rate_limited += 1;
             if has_payload {
                 self.count(DropReason::Unopened);
             }
-            warn!(flow_id = %r.id, link = %r.link, "Too many concurrent sessions being handled, rejecting udp proxy");
+            warn!(flow_id = %r.id, link = %r.link, limit = self.flows.limit(), "Too many concurrent sessions being handled, rejecting udp proxy");
             self.answer(r.link, r.version, r.id, Answer::TooManyFlows);
             return;
-        }
+        };
         let flow = UdpFlowId(self.next_flow);
         self.next_flow += 1;
         let mut pending = VecDeque::new();
@@ -479,6 +489,7 @@ impl SessionManager {
                     answer: vec![r.link],
                     pending,
                 },
+                _permit: permit,
             },
         );
         self.by_id.insert(r.id, flow);

@@ -17,6 +17,11 @@ use super::http1::{self, BodyReader, Framing, ResponseHead};
 use crate::ingress::Ingress;
 use crate::rpc::frame::FrameLimits;
 
+/// cloudflared's `ConnectResponse.error` for a TCP flow the flow limiter refused (sent with
+/// metadata `FlowConnectRateLimited=true`).
+pub const RATE_LIMITED: &str =
+    "failed to start tcp flow due to rate limiting: too many active flows";
+
 /// What kind of origin connection a stream needs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum FlowKind {
@@ -358,7 +363,7 @@ impl DataStream {
 
     /// The flow limit refused this stream.
     pub fn refuse_rate_limited(&mut self) {
-        self.fail("too many active flows", true);
+        self.fail(RATE_LIMITED, true);
     }
 
     /// Bytes from the origin (at most [`DataStream::origin_room`]); returns how many were taken.
@@ -880,7 +885,7 @@ ingress:
         let (mut s, _) = stream_for(ConnectionType::Tcp, "10.0.0.1:22", &[]);
         s.refuse_rate_limited();
         let (error, meta, _) = response(&mut s);
-        assert_eq!(error, "too many active flows");
+        assert_eq!(error, RATE_LIMITED);
         assert_eq!(meta, vec![("FlowConnectRateLimited".into(), "true".into())]);
         assert_eq!(s.edge_end(), Some(EdgeEnd::Finish));
 

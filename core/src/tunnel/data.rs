@@ -12,9 +12,10 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn_proto::{Connection, StreamId, VarInt};
-use tracing::{debug, trace};
+use tracing::{debug, trace, warn};
 
 use super::quic_io::{flush_stream, read_stream_max};
+use crate::flow::{FlowLimiter, FlowPermit, FlowType};
 use crate::ingress::SharedIngress;
 use crate::rpc::frame::FrameLimits;
 use crate::stream::proxy::{DataStream, EdgeEnd, FlowKind, OriginEnd, OriginTarget};
@@ -75,8 +76,10 @@ pub struct DataLimits {
     pub window: usize,
     /// Largest `ConnectRequest` accepted.
     pub request: FrameLimits,
-    /// Most TCP flows at once (`--max-active-flows`); 0 means no limit.
-    pub max_active_flows: usize,
+    /// The process-wide flow limiter every TCP flow takes a slot from; clones share it. Under
+    /// a [`Supervisor`](super::supervisor::Supervisor) it is shared with the UDP sessions and
+    /// its limit is the supervisor's to set.
+    pub flows: FlowLimiter,
     /// Most idle keep-alive origin connections kept (cloudflared's `keepAliveConnections`).
     pub max_idle: usize,
     /// How long an idle origin connection is kept (cloudflared's `keepAliveTimeout`).
@@ -92,7 +95,7 @@ impl Default for DataLimits {
         Self {
             window: 64 * 1024,
             request: FrameLimits::CONNECT_REQUEST,
-            max_active_flows: 0,
+            flows: FlowLimiter::default(),
             max_idle: 100,
             idle_timeout: Duration::from_secs(90),
             ingress: None,
@@ -121,6 +124,9 @@ struct Flow {
     shut: bool,
     /// Idle in the pool since.
     idle_since: Option<Instant>,
+    /// The flow limiter's slot (TCP flows); released when the flow is forgotten, whichever
+    /// way it ends.
+    _permit: Option<FlowPermit>,
 }
 
 /// Every data stream and origin flow of one connection.
@@ -219,18 +225,19 @@ impl DataStreams {
         let Some(data) = self.streams.get_mut(&id) else {
             return;
         };
-        if target.kind == FlowKind::Tcp && self.limits.max_active_flows > 0 {
-            let active = self
-                .flows
-                .values()
-                .filter(|f| f.kind == FlowKind::Tcp)
-                .count();
-            if active >= self.limits.max_active_flows {
-                debug!(stream = %id, active, "flow limit reached; refusing");
-                data.proxy.refuse_rate_limited();
-                return;
+        // cloudflared limits warp-routing TCP flows only; HTTP and WebSocket are not counted.
+        let permit = if target.kind == FlowKind::Tcp {
+            match self.limits.flows.acquire(FlowType::Tcp) {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    warn!(stream = %id, dest = %target.dest, limit = self.limits.flows.limit(), "Too many concurrent flows being handled, rejecting tcp proxy");
+                    data.proxy.refuse_rate_limited();
+                    return;
+                }
             }
-        }
+        } else {
+            None
+        };
         let key = target.host.clone().unwrap_or_else(|| target.dest.clone());
         if target.kind == FlowKind::Http {
             let pooled = self
@@ -262,6 +269,7 @@ impl DataStreams {
                 paused: false,
                 shut: false,
                 idle_since: None,
+                _permit: permit,
             },
         );
         data.flow = Some(flow);

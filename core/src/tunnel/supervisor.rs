@@ -36,7 +36,9 @@ use super::udp::{DatagramHub, Egress, HubAction, Links};
 use super::Transmit;
 use crate::control::{ConnectionDetails, RegistrationError};
 use crate::datagram::LinkId;
+use crate::flow::{effective_limit, FlowLimiter};
 use crate::icmp::{FunnelId, IcmpRouter, RouterConfig};
+use crate::ingress::WarpRoutingConfig;
 use crate::rpc_stream::ConfigUpdateResult;
 use crate::session::{SessionAction, SessionId, SessionLimits, SessionManager, UdpFlowId};
 
@@ -313,8 +315,14 @@ pub struct SupervisorConfig {
     /// `--max-edge-addr-retries` (8): dial failures in a row after which cloudflared would
     /// fall back to HTTP/2.
     pub max_edge_addr_retries: u32,
-    /// UDP session bounds; `max_flows` is `--max-active-flows` (0: unlimited).
+    /// UDP session bounds.
     pub sessions: SessionLimits,
+    /// `--max-active-flows` / `TUNNEL_MAX_ACTIVE_FLOWS`: when set, the flow limit whatever
+    /// any configuration says (0: unlimited).
+    pub max_active_flows: Option<u64>,
+    /// The local configuration file's `warp-routing.maxActiveFlows`: the flow limit until a
+    /// remote configuration replaces it (none: unlimited).
+    pub local_max_active_flows: Option<u64>,
     /// ICMP proxy: source (and ping-socket bind) addresses, funnel idle time and bound. A
     /// family without a source address is not proxied.
     pub icmp: RouterConfig,
@@ -331,6 +339,8 @@ impl SupervisorConfig {
             retries: 5,
             max_edge_addr_retries: 8,
             sessions: SessionLimits::default(),
+            max_active_flows: None,
+            local_max_active_flows: None,
             icmp: RouterConfig::default(),
         }
     }
@@ -529,8 +539,15 @@ impl Supervisor {
                 dial_failures: 0,
             })
             .collect();
+        // One limiter for the process: every connection's TCP flows (through the connector
+        // template's clones) and every UDP session.
+        let flows = config.connector.data.flows.clone();
+        flows.set_limit(effective_limit(
+            config.max_active_flows,
+            config.local_max_active_flows,
+        ));
         let hub = DatagramHub::new(
-            SessionManager::new(config.sessions),
+            SessionManager::new(config.sessions).with_flow_limiter(flows),
             IcmpRouter::new(config.icmp),
         );
         Self {
@@ -799,9 +816,21 @@ impl Supervisor {
         self.hub.icmp.handle_funnel_failed(funnel);
     }
 
-    /// Changes the UDP session limit (remote configuration); live sessions stay.
-    pub fn set_udp_flow_limit(&mut self, max_flows: usize) {
-        self.hub.sessions.set_flow_limit(max_flows);
+    /// Applies an accepted remote configuration's `warp-routing` to the flow limit (unless
+    /// `--max-active-flows` overrides it), as cloudflared's orchestrator does on every update.
+    /// Flows already active stay.
+    pub fn apply_warp_routing(&mut self, warp_routing: &WarpRoutingConfig) {
+        let limit = effective_limit(self.config.max_active_flows, warp_routing.max_active_flows);
+        let flows = self.flow_limiter();
+        if flows.limit() != limit {
+            info!(limit, active = flows.active(), "flow limit changed");
+            flows.set_limit(limit);
+        }
+    }
+
+    /// The process-wide flow limiter (TCP flows and UDP sessions), for its counters.
+    pub fn flow_limiter(&self) -> &FlowLimiter {
+        self.hub.sessions.flow_limiter()
     }
 
     /// The datagram plane, for its counters ([`DatagramHub::stats`], `sessions.stats()`,

@@ -355,10 +355,13 @@ pub(super) fn udp_flood(p: &Params) -> Result<u64, String> {
     } else {
         (10_000, 100_000)
     };
-    s.world.udp = ConnectorUdp::new(SessionLimits {
-        max_flows: limit,
-        ..SessionLimits::default()
-    });
+    s.world.udp = ConnectorUdp::new(SessionLimits::default());
+    s.world
+        .udp
+        .hub
+        .sessions
+        .flow_limiter()
+        .set_limit(limit as u64);
     let c = s.add_connector(0, s.secret.clone())?;
     let conn = register(&mut s, c)?;
     let ids = ids(&mut s);

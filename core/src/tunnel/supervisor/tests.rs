@@ -762,7 +762,7 @@ fn v3_session_opens_forwards_and_frames_origin_replies_back() {
 fn over_the_flow_limit_a_v3_session_is_refused() {
     let mut w = World::with(1, 12, |c| {
         c.connector.registration.features = vec!["support_datagram_v3_2".into()];
-        c.sessions.max_flows = 1;
+        c.max_active_flows = Some(1);
     });
     w.run(Duration::from_secs(10), |w| w.sup.ready_connections() == 1);
     let conn = w.edge_conn(0);
