@@ -192,6 +192,33 @@ mod tests {
     }
 
     #[test]
+    fn threads_sharing_a_limiter_never_pass_it() {
+        let l = FlowLimiter::new(3);
+        let workers: Vec<_> = (0..4)
+            .map(|i| {
+                let l = l.clone();
+                std::thread::spawn(move || {
+                    let kind = FlowType::ALL[i % 2];
+                    let mut granted = 0u32;
+                    for _ in 0..5_000 {
+                        if let Ok(p) = l.acquire(kind) {
+                            assert!(l.active() <= 3, "{} active", l.active());
+                            granted += 1;
+                            drop(p);
+                        }
+                    }
+                    granted
+                })
+            })
+            .collect();
+        let granted: u32 = workers.into_iter().map(|w| w.join().expect("worker")).sum();
+        assert!(granted > 0);
+        assert_eq!(l.active(), 0);
+        let refused = l.rejected(FlowType::Tcp) + l.rejected(FlowType::Udp);
+        assert_eq!(u64::from(granted) + refused, 20_000);
+    }
+
+    #[test]
     fn the_flag_overrides_the_configuration() {
         assert_eq!(effective_limit(None, None), 0);
         assert_eq!(effective_limit(None, Some(7)), 7);

@@ -232,6 +232,38 @@ fn remote_config_json_with_numeric_durations() {
     assert!(RemoteConfig::from_json(br#"{"ingress":[]}"#).is_err());
 }
 
+#[test]
+fn warp_routing_max_active_flows_from_yaml_and_json() {
+    let c = ConfigFile::from_yaml(
+        "warp-routing:\n  maxActiveFlows: 250\n  connectTimeout: 5s\ningress:\n  - service: http_status:404\n",
+    )
+    .expect("parses");
+    assert_eq!(c.warp_routing.max_active_flows, Some(250));
+    assert_eq!(
+        ConfigFile::from_yaml("tunnel: x\n")
+            .expect("parses")
+            .warp_routing
+            .max_active_flows,
+        None,
+        "absent: no limit from the file"
+    );
+    let (remote, _) = RemoteConfig::from_json(
+        br#"{"ingress":[{"service":"http_status:404"}],"warp-routing":{"maxActiveFlows":3,"connectTimeout":10}}"#,
+    )
+    .expect("valid");
+    assert_eq!(remote.warp_routing.max_active_flows, Some(3));
+    let (remote, _) =
+        RemoteConfig::from_json(br#"{"ingress":[{"service":"http_status:404"}]}"#).expect("valid");
+    assert_eq!(remote.warp_routing.max_active_flows, None);
+    assert!(
+        RemoteConfig::from_json(
+            br#"{"ingress":[{"service":"http_status:404"}],"warp-routing":{"maxActiveFlows":-1}}"#
+        )
+        .is_err(),
+        "an unsigned count, as cloudflared's uint64"
+    );
+}
+
 proptest! {
     #[test]
     fn arbitrary_yaml_never_panics(text in "\\PC{0,400}") {

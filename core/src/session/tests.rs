@@ -387,3 +387,57 @@ fn features_choose_the_version() {
         DatagramVersion::V2
     );
 }
+
+#[test]
+fn every_session_end_releases_its_flow_slot_once_and_migration_keeps_it() {
+    let now = Instant::now();
+    let flows = crate::flow::FlowLimiter::new(0);
+    let mut m = SessionManager::new(SessionLimits::default()).with_flow_limiter(flows.clone());
+    // Origin failure after opening.
+    let failed = open(&mut m, now, A, 1, 10);
+    // Idle expiry.
+    open(&mut m, now, A, 2, 1);
+    // Migrates, then lives on.
+    open(&mut m, now, A, 3, 100);
+    // v2, ended by the edge.
+    m.register_v2(now, B, SessionId(4), dest(), 0);
+    let v2 = match actions(&mut m).as_slice() {
+        [SessionAction::Open { flow, .. }] => *flow,
+        other => panic!("{other:?}"),
+    };
+    m.handle_origin_opened(now, v2);
+    actions(&mut m);
+    // Dial failure before opening.
+    m.handle_datagram(now, A, DatagramVersion::V3, &registration(5, 10, b""));
+    let undialled = match actions(&mut m).as_slice() {
+        [SessionAction::Open { flow, .. }] => *flow,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(flows.active(), 5);
+    assert_eq!(m.active(), 5);
+
+    m.handle_origin_failed(undialled, "connect: network is unreachable");
+    m.handle_origin_failed(undialled, "reported twice");
+    assert_eq!(flows.active(), 4, "a failed dial releases, once");
+    m.handle_origin_failed(failed, "read: connection refused");
+    assert_eq!(flows.active(), 3);
+    m.unregister_v2(SessionId(4), "closed by eyeball");
+    m.unregister_v2(SessionId(4), "again");
+    assert_eq!(flows.active(), 2);
+    // Migration: a registration on another link, then the old link dies.
+    m.handle_datagram(now, B, DatagramVersion::V3, &registration(3, 100, b""));
+    m.link_closed(A, Some(B));
+    assert_eq!(
+        flows.active(),
+        2,
+        "migrating neither releases nor takes a slot"
+    );
+    m.handle_timeout(now + Duration::from_secs(2));
+    assert_eq!(flows.active(), 1, "idle expiry releases");
+    m.handle_timeout(now + Duration::from_secs(3));
+    assert_eq!(flows.active(), 1);
+    assert_eq!(m.active() as u64, flows.active());
+    drop(m);
+    assert_eq!(flows.active(), 0, "a dropped manager gives every slot back");
+    assert_eq!(flows.rejected(crate::flow::FlowType::Udp), 0);
+}
