@@ -23,6 +23,8 @@ use crate::session::{HEADROOM, ORIGIN_READ, TAILROOM};
 use crate::tunnel::data::DataLimits;
 use crate::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
 
+mod flows;
+
 const EDGE: &str = "192.0.2.1:7844";
 
 fn tls_pair() -> (ServerConfig, ClientConfig) {
@@ -97,6 +99,10 @@ struct World {
     origin: Origin,
     /// Datagrams the edge received, by connection.
     edge_datagrams: Vec<(ConnId, Vec<u8>)>,
+    /// Origin actions (data-stream flows), for the tests that serve requests.
+    origin_actions: Vec<(LinkId, OriginAction)>,
+    /// Remote configuration versions, answered as the daemon does.
+    versions: crate::rpc_stream::ConfigVersions,
 }
 
 /// The origin side of the datagram plane, as a driver would see it.
@@ -147,6 +153,8 @@ impl World {
             blackhole: None,
             origin: Origin::default(),
             edge_datagrams: Vec::new(),
+            origin_actions: Vec::new(),
+            versions: crate::rpc_stream::ConfigVersions::new(),
         }
     }
 
@@ -242,11 +250,15 @@ impl World {
                 }
             }
             while let Some(e) = self.sup.poll_event() {
+                if let SupervisorEvent::ConfigurationOffered { .. } = &e {
+                    self.apply_configuration(&e);
+                }
                 self.events.push((self.now - self.start, e));
                 any = true;
             }
-            // Origin actions have nothing to do here: no requests are made.
-            while self.sup.poll_origin_action().is_some() {}
+            while let Some(a) = self.sup.poll_origin_action() {
+                self.origin_actions.push(a);
+            }
             any |= self.pump_datagrams();
             if !any {
                 break;
