@@ -375,6 +375,20 @@ mod tests {
             text.contains("cloudflared_udp_dropped_datagrams{reason=\"write_flow_unknown\"} 1"),
             "{text}"
         );
+        let flows = FlowLimiter::new(1);
+        let _held = flows.acquire(FlowType::Udp).expect("a slot");
+        for kind in [FlowType::Tcp, FlowType::Tcp, FlowType::Udp] {
+            assert!(flows.acquire(kind).is_err());
+        }
+        m.update_flows(&flows);
+        m.update_flows(&flows);
+        let text = m.render();
+        for line in [
+            "flow_client_registrations_rate_limited_total{flow_type=\"tcp\"} 2",
+            "flow_client_registrations_rate_limited_total{flow_type=\"udp\"} 1",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
+        }
         for name in [
             "cloudflared_udp_active_flows 0",
             "cloudflared_udp_total_flows 0",

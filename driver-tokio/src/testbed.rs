@@ -168,6 +168,8 @@ pub struct ConnectorOpts {
     pub ha_connections: u8,
     /// More `tunnel run` flags, e.g. `--icmpv4-src`.
     pub extra: Vec<String>,
+    /// More config.yml text after the ingress rules, e.g. a `warp-routing:` block.
+    pub config_extra: String,
 }
 
 /// A tunnel created in a fresh state directory, removed on drop.
@@ -282,6 +284,7 @@ impl Testbed {
                 None => yaml.push_str(&format!("  - service: {}\n", q(service))),
             }
         }
+        yaml.push_str(&o.config_extra);
         std::fs::write(&config, yaml).map_err(io(format!("{}", config.display())))?;
         let mut cmd = Command::new(&self.bin);
         cmd.args(["tunnel", "--config"])

@@ -48,6 +48,17 @@ fn metric(text: &str, name: &str) -> f64 {
 
 /// Edge and connector for `bed`, connector registered with `ha` connections.
 fn start(bed: &Testbed, eo: &EdgeOpts, ha: u8, extra: &[&str]) -> (Proc, Proc, SocketAddr) {
+    start_with(bed, eo, ha, extra, "")
+}
+
+/// [`start`] with more config.yml text.
+fn start_with(
+    bed: &Testbed,
+    eo: &EdgeOpts,
+    ha: u8,
+    extra: &[&str],
+    config_extra: &str,
+) -> (Proc, Proc, SocketAddr) {
     let edge = bed.edge(eo).expect("edge");
     let metrics = testbed::free_tcp().expect("port");
     let mut connector = bed
@@ -57,6 +68,7 @@ fn start(bed: &Testbed, eo: &EdgeOpts, ha: u8, extra: &[&str]) -> (Proc, Proc, S
             ingress: vec![(None, "http_status:404".into())],
             ha_connections: ha,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            config_extra: config_extra.to_owned(),
         })
         .expect("connector");
     testbed::wait_ready(
@@ -85,6 +97,101 @@ fn round_trip(sock: &UdpSocket, payload: &[u8]) -> Vec<u8> {
         }
     }
     panic!("no echo for a {}-byte payload", payload.len());
+}
+
+/// A TCP echo origin on loopback.
+fn tcp_echo() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind echo");
+    let addr = l.local_addr().expect("addr");
+    thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// The value of `name{label}`, 0 when absent.
+fn labelled(text: &str, name_and_label: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_label)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
+
+/// Whether a UDP client on `map` gets an echo of `payload` within a few tries.
+fn echoed(map: SocketAddr, payload: &[u8]) -> bool {
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("client");
+    sock.connect(map).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_millis(700)))
+        .expect("timeout");
+    let mut buf = [0u8; 2048];
+    for _ in 0..3 {
+        sock.send(payload).expect("send");
+        if let Ok(n) = sock.recv(&mut buf) {
+            return &buf[..n] == payload;
+        }
+    }
+    false
+}
+
+/// `warp-routing.maxActiveFlows: 1` in config.yml is one limit for TCP and UDP together: a UDP
+/// session takes it, then a TCP stream and a second session are refused and counted under
+/// cloudflared's metric; once `--max-active-flows 2` overrides the file, a TCP stream fits.
+#[test]
+fn one_flow_limit_for_tcp_and_udp_from_config_file_and_flag() {
+    let bed = Testbed::create(std::path::Path::new(BIN), "e2e-flows", "app", &["app.test"])
+        .expect("tunnel");
+    let udp_origin = udp_echo();
+    let tcp_origin = tcp_echo();
+    let (map, tcp_map) = (
+        testbed::free_udp().expect("port"),
+        testbed::free_tcp().expect("port"),
+    );
+    let mut eo = EdgeOpts::loopback().expect("ports");
+    eo.udp_maps = vec![format!("{map}=app:{udp_origin}")];
+    eo.tcp_maps = vec![format!("{tcp_map}=app:{tcp_origin}")];
+    let limit_one = "warp-routing:\n  maxActiveFlows: 1\n";
+    let tcp_works = || {
+        let mut s = TcpStream::connect(tcp_map).expect("tcp map");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        let _ = s.write_all(b"ping");
+        let mut buf = [0u8; 4];
+        s.read_exact(&mut buf).is_ok() && &buf == b"ping"
+    };
+    {
+        let (_edge, _connector, metrics) = start_with(&bed, &eo, 1, &[], limit_one);
+        assert!(echoed(map, b"first session"), "the first session is served");
+        assert!(!tcp_works(), "a TCP stream over the limit is refused");
+        assert!(!echoed(map, b"second session"), "so is a second session");
+        let text = metrics_text(metrics);
+        let rate_limited = "flow_client_registrations_rate_limited_total";
+        assert!(
+            labelled(&text, &format!("{rate_limited}{{flow_type=\"tcp\"}}")) >= 1.0,
+            "{text}"
+        );
+        assert!(
+            labelled(&text, &format!("{rate_limited}{{flow_type=\"udp\"}}")) >= 1.0,
+            "{text}"
+        );
+        assert_eq!(metric(&text, "cloudflared_udp_active_flows"), 1.0);
+    }
+    let (_edge, _connector, _) = start_with(&bed, &eo, 1, &["--max-active-flows", "2"], limit_one);
+    assert!(echoed(map, b"first session"));
+    assert!(tcp_works(), "the flag raised the limit to 2");
 }
 
 #[test]

@@ -275,6 +275,7 @@ fn start_tunnel(p: &Plan, o: &Origins) -> Result<Tunnel, String> {
             ],
             ha_connections: p.ha,
             extra: Vec::new(),
+            config_extra: String::new(),
         })
         .map_err(|e| e.to_string())?;
     testbed::wait_ready(
