@@ -94,6 +94,19 @@ impl Proc {
         cpu_time(self.pid())
     }
 
+    /// Waits up to `limit` for the child to exit on its own (after a signal, say).
+    pub fn wait_exit(&mut self, limit: Duration) -> Result<ExitStatus, TestbedError> {
+        let mut status = None;
+        wait_for(limit, &format!("{} to exit", self.name), || {
+            status = self
+                .child
+                .try_wait()
+                .map_err(io(format!("wait for {}", self.name)))?;
+            Ok(status.is_some())
+        })?;
+        status.ok_or_else(|| TestbedError::Timeout(limit, format!("{} to exit", self.name)))
+    }
+
     /// Errors (with the tail of the log) if the process has exited.
     pub fn check_alive(&mut self) -> Result<(), TestbedError> {
         match self.child.try_wait() {
@@ -265,8 +278,9 @@ impl Testbed {
         Ok(p)
     }
 
-    /// Writes the connector's config.yml (ingress rules) and starts `burrow tunnel run`.
-    pub fn connector(&self, o: &ConnectorOpts) -> Result<Proc, TestbedError> {
+    /// Writes the connector's config.yml (tunnel, credentials, ingress rules, `config_extra`);
+    /// burrow and cloudflared read the same file.
+    fn write_config(&self, o: &ConnectorOpts) -> Result<PathBuf, TestbedError> {
         let config = self.dir.join("config.yml");
         let q = |s: &str| serde_json::Value::from(s).to_string();
         let mut yaml = format!(
@@ -286,6 +300,12 @@ impl Testbed {
         }
         yaml.push_str(&o.config_extra);
         std::fs::write(&config, yaml).map_err(io(format!("{}", config.display())))?;
+        Ok(config)
+    }
+
+    /// Writes the connector's config.yml and starts `burrow tunnel run`.
+    pub fn connector(&self, o: &ConnectorOpts) -> Result<Proc, TestbedError> {
+        let config = self.write_config(o)?;
         let mut cmd = Command::new(&self.bin);
         cmd.args(["tunnel", "--config"])
             .arg(&config)
@@ -300,6 +320,47 @@ impl Testbed {
             .arg(self.credentials())
             .arg(&self.id);
         Proc::spawn("burrow tunnel run", cmd, self.dir.join("connector.log"))
+    }
+
+    /// Writes the same config.yml and starts a stock `cloudflared` (at `bin`) as the connector,
+    /// over QUIC with datagram v3. cloudflared opens at most one connection per edge address, so
+    /// when `o.edge` is unspecified (`0.0.0.0:port`, the edge listening on all addresses) it is
+    /// given `127.0.0.1..=127.0.0.N` at that port for `N` HA connections; otherwise `o.edge`.
+    pub fn cloudflared(&self, bin: &Path, o: &ConnectorOpts) -> Result<Proc, TestbedError> {
+        let config = self.write_config(o)?;
+        let mut cmd = Command::new(bin);
+        cmd.args(["tunnel", "--config"]).arg(&config);
+        if o.edge.ip().is_unspecified() {
+            for k in 1..=o.ha_connections {
+                cmd.args(["--edge", &format!("127.0.0.{k}:{}", o.edge.port())]);
+            }
+        } else {
+            cmd.args(["--edge", &o.edge.to_string()]);
+        }
+        cmd.arg("--cacert")
+            .arg(self.ca())
+            .args(["--metrics", &o.metrics.to_string()])
+            .args(["--ha-connections", &o.ha_connections.to_string()])
+            .args([
+                "--grace-period",
+                "1s",
+                "--no-autoupdate",
+                "--loglevel",
+                "warn",
+            ])
+            .args([
+                "run",
+                "--protocol",
+                "quic",
+                "--features",
+                "support_datagram_v3_2",
+            ])
+            .args(&o.extra);
+        Proc::spawn(
+            "cloudflared tunnel run",
+            cmd,
+            self.dir.join("cloudflared.log"),
+        )
     }
 }
 

@@ -10,93 +10,13 @@ use std::time::{Duration, Instant};
 
 use tungstenite::Message;
 
+mod common;
+use common::body::*;
+use common::client::*;
+use common::origins::*;
+
 const BIN: &str = env!("CARGO_BIN_EXE_burrow");
 const HOST: &str = "app.test";
-/// The body of the quick large-body check.
-const BIG: usize = 16 * 1024 * 1024;
-/// The body the issue asks for, each way.
-const HUGE: usize = 100 * 1024 * 1024;
-/// Unit the 100 MiB bodies are generated and written in.
-const BLOCK: usize = 1024 * 1024;
-
-fn byte(i: usize) -> u8 {
-    (i.wrapping_mul(2_654_435_761) >> 13) as u8
-}
-
-/// FNV-1a over 8-byte little-endian words (the last one zero-padded) and the length: cheap
-/// enough for 100 MiB in a debug build, and position dependent, so reordering is caught.
-#[derive(Default)]
-struct Digest {
-    h: u64,
-    len: u64,
-    partial: Vec<u8>,
-}
-
-impl Digest {
-    fn new() -> Self {
-        Self {
-            h: 0xcbf2_9ce4_8422_2325,
-            ..Self::default()
-        }
-    }
-
-    fn word(&mut self, w: [u8; 8]) {
-        self.h = (self.h ^ u64::from_le_bytes(w)).wrapping_mul(0x100_0000_01b3);
-    }
-
-    fn update(&mut self, mut data: &[u8]) {
-        self.len += data.len() as u64;
-        if !self.partial.is_empty() {
-            let take = (8 - self.partial.len()).min(data.len());
-            self.partial.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.partial.len() < 8 {
-                return;
-            }
-            let w: [u8; 8] = self.partial[..].try_into().expect("8 bytes");
-            self.partial.clear();
-            self.word(w);
-        }
-        let mut words = data.chunks_exact(8);
-        for w in &mut words {
-            self.word(w.try_into().expect("8 bytes"));
-        }
-        self.partial.extend_from_slice(words.remainder());
-    }
-
-    /// `digest/len`, as the origin's `/sum` answers.
-    fn finish(mut self) -> String {
-        if !self.partial.is_empty() {
-            let mut w = [0u8; 8];
-            w[..self.partial.len()].copy_from_slice(&self.partial);
-            self.word(w);
-        }
-        format!("{:016x}/{}", self.h, self.len)
-    }
-}
-
-fn digest(data: &[u8]) -> String {
-    let mut d = Digest::new();
-    d.update(data);
-    d.finish()
-}
-
-/// Word `k` of the 100 MiB pattern (splitmix64).
-fn word(k: u64) -> [u8; 8] {
-    let mut z = k.wrapping_add(1).wrapping_mul(0x9e37_79b9_7f4a_7c15);
-    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-    (z ^ (z >> 31)).to_le_bytes()
-}
-
-/// Bytes `[8 * first_word, ...)` of the pattern, `words` words long.
-fn pattern(first_word: u64, words: usize) -> Vec<u8> {
-    let mut out = Vec::with_capacity(words * 8);
-    for k in 0..words as u64 {
-        out.extend_from_slice(&word(first_word + k));
-    }
-    out
-}
 
 struct Kill(Child);
 impl Drop for Kill {
@@ -127,158 +47,6 @@ fn temp_dir(name: &str) -> PathBuf {
     let _ = std::fs::remove_dir_all(&d);
     std::fs::create_dir_all(&d).expect("dir");
     d
-}
-
-/// The origin: `/big` (16 MiB, fixed length), `/huge` (100 MiB of [`word`]s, fixed length),
-/// `/sum` (digest of the request body, fixed or chunked), `/host` (the `Host` and
-/// `X-Forwarded-Host` it was sent), `/slow` (answers after 1 s), anything else a small body.
-fn origin() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            thread::spawn(move || serve(s));
-        }
-    });
-    port
-}
-
-fn serve(s: TcpStream) {
-    let mut r = BufReader::new(s.try_clone().expect("clone"));
-    let mut w = s;
-    loop {
-        let mut line = String::new();
-        if r.read_line(&mut line).unwrap_or(0) == 0 {
-            return;
-        }
-        let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
-        let (mut len, mut chunked) = (0u64, false);
-        let (mut host, mut forwarded_host) = (String::new(), String::new());
-        loop {
-            let mut h = String::new();
-            if r.read_line(&mut h).unwrap_or(0) == 0 {
-                return;
-            }
-            let h = h.trim_end();
-            if h.is_empty() {
-                break;
-            }
-            let (name, value) = h.split_once(':').unwrap_or((h, ""));
-            let (name, value) = (name.to_ascii_lowercase(), value.trim());
-            match name.as_str() {
-                "content-length" => len = value.parse().unwrap_or(0),
-                "transfer-encoding" => chunked |= value.to_ascii_lowercase().contains("chunked"),
-                "host" => host = value.to_owned(),
-                "x-forwarded-host" => forwarded_host = value.to_owned(),
-                _ => {}
-            }
-        }
-        // The body is digested as it streams in: uploads may be 100 MiB.
-        let mut sum = Digest::new();
-        let mut buf = vec![0u8; 64 * 1024];
-        if chunked {
-            loop {
-                let mut size = String::new();
-                if r.read_line(&mut size).unwrap_or(0) == 0 {
-                    return;
-                }
-                let n = usize::from_str_radix(size.trim(), 16).unwrap_or(0);
-                let mut chunk = vec![0u8; n + 2];
-                if r.read_exact(&mut chunk).is_err() {
-                    return;
-                }
-                sum.update(&chunk[..n]);
-                if n == 0 {
-                    break;
-                }
-            }
-        } else {
-            while len > 0 {
-                let n = buf.len().min(usize::try_from(len).unwrap_or(usize::MAX));
-                if r.read_exact(&mut buf[..n]).is_err() {
-                    return;
-                }
-                sum.update(&buf[..n]);
-                len -= n as u64;
-            }
-        }
-        let reply = |w: &mut TcpStream, b: &[u8]| {
-            let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n", b.len());
-            w.write_all(head.as_bytes()).is_ok() && w.write_all(b).is_ok()
-        };
-        let ok = match path.as_str() {
-            "/big" => {
-                let b: Vec<u8> = (0..BIG).map(byte).collect();
-                reply(&mut w, &b)
-            }
-            "/huge" => {
-                let head = format!("HTTP/1.1 200 OK\r\nContent-Length: {HUGE}\r\n\r\n");
-                w.write_all(head.as_bytes()).is_ok()
-                    && (0..HUGE / BLOCK).all(|i| {
-                        w.write_all(&pattern((i * BLOCK / 8) as u64, BLOCK / 8))
-                            .is_ok()
-                    })
-            }
-            "/sum" => reply(&mut w, sum.finish().as_bytes()),
-            "/host" => reply(
-                &mut w,
-                format!("host={host};x-forwarded-host={forwarded_host}").as_bytes(),
-            ),
-            "/slow" => {
-                thread::sleep(Duration::from_secs(1));
-                reply(&mut w, b"slow done")
-            }
-            _ => reply(&mut w, b"hello from the origin"),
-        };
-        if !ok {
-            return;
-        }
-    }
-}
-
-/// One request through the edge's public port; returns (status, body).
-fn request(port: u16, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
-    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(60)))
-        .expect("timeout");
-    s.write_all(head.as_bytes()).expect("write head");
-    s.write_all(body).expect("write body");
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).expect("read");
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("head end");
-    let head = String::from_utf8_lossy(&out[..split]).to_string();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let mut body = out[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body);
-    }
-    (status, body)
-}
-
-fn dechunk(mut b: &[u8]) -> Vec<u8> {
-    let mut out = Vec::new();
-    loop {
-        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
-            return out;
-        };
-        let n = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap_or("0").trim(), 16)
-            .unwrap_or(0);
-        if n == 0 {
-            return out;
-        }
-        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
-        b = &b[eol + 2 + n + 2..];
-    }
 }
 
 fn get(port: u16, path: &str) -> (u16, Vec<u8>) {
@@ -561,55 +329,6 @@ fn edge_restart_reconnects() {
     cleanup(&s.dir);
 }
 
-/// A WebSocket echo origin: echoes text and binary messages; the text `close-from-origin`
-/// makes it start the closing handshake. How each connection ended goes to `ends`.
-fn ws_origin(ends: std::sync::mpsc::Sender<String>) -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            let ends = ends.clone();
-            thread::spawn(move || {
-                let end = match tungstenite::accept(s) {
-                    Ok(mut ws) => loop {
-                        match ws.read() {
-                            Ok(Message::Text(t)) if t.as_str() == "close-from-origin" => {
-                                if let Err(e) = ws.close(None) {
-                                    break format!("close failed: {e}");
-                                }
-                            }
-                            Ok(m @ (Message::Text(_) | Message::Binary(_))) => {
-                                if let Err(e) = ws.send(m) {
-                                    break format!("send failed: {e}");
-                                }
-                            }
-                            // Pings, pongs and the peer's Close are answered by tungstenite.
-                            Ok(_) => {}
-                            Err(tungstenite::Error::ConnectionClosed) => break "clean".into(),
-                            Err(e) => break format!("read failed: {e}"),
-                        }
-                    },
-                    Err(e) => format!("handshake failed: {e}"),
-                };
-                let _ = ends.send(end);
-            });
-        }
-    });
-    port
-}
-
-/// Text of about `n` bytes, multi-byte characters included.
-fn text_of(n: usize) -> String {
-    let mut t = String::new();
-    for c in "héllo wörld, ✓ tunnel 🦀 ".chars().cycle() {
-        if t.len() + c.len_utf8() > n {
-            break;
-        }
-        t.push(c);
-    }
-    t
-}
-
 fn ws_connect(port: u16) -> tungstenite::WebSocket<TcpStream> {
     let tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
     tcp.set_read_timeout(Some(Duration::from_secs(60)))
@@ -678,48 +397,6 @@ fn websocket_echo_through_the_edge() {
     eprintln!("websocket e2e took {:?}", started.elapsed());
 }
 
-/// A TCP echo origin: echoes as it reads; after the client's FIN it sends `<len:digest>` of
-/// everything it got, then closes. That tail can only arrive if the half-close went through.
-fn tcp_echo_origin() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = l.local_addr().expect("addr").port();
-    thread::spawn(move || {
-        for mut s in l.incoming().flatten() {
-            thread::spawn(move || {
-                let mut sum = Digest::new();
-                let mut buf = vec![0u8; 16 * 1024];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(n) => {
-                            sum.update(&buf[..n]);
-                            if s.write_all(&buf[..n]).is_err() {
-                                return;
-                            }
-                        }
-                        Err(_) => return,
-                    }
-                }
-                let _ = s.write_all(format!("<{}>", sum.finish()).as_bytes());
-            });
-        }
-    });
-    port
-}
-
-/// xorshift64*: test data that differs per connection.
-fn random_bytes(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x >> 12;
-            x ^= x << 25;
-            x ^= x >> 27;
-            (x.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 56) as u8
-        })
-        .collect()
-}
-
 #[test]
 fn tcp_map_echo_with_half_close() {
     let started = Instant::now();
@@ -776,62 +453,6 @@ fn tcp_map_echo_with_half_close() {
     eprintln!("tcp e2e took {:?}", started.elapsed());
 }
 
-/// Reads an HTTP/1.1 response, digesting its body as it streams (fixed length or chunked).
-fn response_digest(s: TcpStream) -> (u16, String) {
-    let mut r = BufReader::new(s);
-    let mut status = 0;
-    let (mut len, mut chunked) = (None::<u64>, false);
-    loop {
-        let mut line = String::new();
-        assert!(r.read_line(&mut line).expect("head") > 0, "head ends early");
-        let line = line.trim_end();
-        if line.is_empty() {
-            break;
-        }
-        if status == 0 {
-            status = line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
-            continue;
-        }
-        let lower = line.to_ascii_lowercase();
-        if let Some(v) = lower.strip_prefix("content-length:") {
-            len = v.trim().parse().ok();
-        }
-        chunked |= lower.starts_with("transfer-encoding:") && lower.contains("chunked");
-    }
-    let mut sum = Digest::new();
-    let mut buf = vec![0u8; 256 * 1024];
-    if chunked {
-        loop {
-            let mut size = String::new();
-            r.read_line(&mut size).expect("chunk size");
-            let mut n = u64::from_str_radix(size.trim(), 16).expect("chunk size");
-            if n == 0 {
-                break;
-            }
-            while n > 0 {
-                let k = buf.len().min(n as usize);
-                r.read_exact(&mut buf[..k]).expect("chunk");
-                sum.update(&buf[..k]);
-                n -= k as u64;
-            }
-            r.read_exact(&mut buf[..2]).expect("chunk end");
-        }
-    } else {
-        let mut n = len.expect("a length or chunking");
-        while n > 0 {
-            let k = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-            r.read_exact(&mut buf[..k]).expect("body");
-            sum.update(&buf[..k]);
-            n -= k as u64;
-        }
-    }
-    (status, sum.finish())
-}
-
 #[test]
 fn hundred_mib_bodies_both_ways() {
     let started = Instant::now();
@@ -883,26 +504,6 @@ fn hundred_mib_bodies_both_ways() {
         "100 MiB: download {down:?}, upload {up:?}, test {:?}",
         started.elapsed()
     );
-}
-
-/// The rest of an exchange whose request was written already: (status, body as text).
-fn request_reply(mut s: TcpStream) -> (u16, String) {
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).expect("read");
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("head end");
-    let head = String::from_utf8_lossy(&out[..split]);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        String::from_utf8_lossy(&out[split + 4..]).into_owned(),
-    )
 }
 
 /// Passes once `connector.rs` shares its dialer's ingress handle with the data streams

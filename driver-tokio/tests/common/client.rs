@@ -1,0 +1,188 @@
+//! Client side: HTTP requests and responses, UDP round trips, metrics scraping.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::time::Duration;
+
+use super::body::Digest;
+
+/// One request through the edge's public port; returns (status, body).
+pub fn request(port: u16, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(60)))
+        .expect("timeout");
+    s.write_all(head.as_bytes()).expect("write head");
+    s.write_all(body).expect("write body");
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("read");
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head end");
+    let head = String::from_utf8_lossy(&out[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let mut body = out[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    (status, body)
+}
+
+pub fn dechunk(mut b: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = b.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let n = usize::from_str_radix(std::str::from_utf8(&b[..eol]).unwrap_or("0").trim(), 16)
+            .unwrap_or(0);
+        if n == 0 {
+            return out;
+        }
+        out.extend_from_slice(&b[eol + 2..eol + 2 + n]);
+        b = &b[eol + 2 + n + 2..];
+    }
+}
+
+/// Text of about `n` bytes, multi-byte characters included.
+pub fn text_of(n: usize) -> String {
+    let mut t = String::new();
+    for c in "héllo wörld, ✓ tunnel 🦀 ".chars().cycle() {
+        if t.len() + c.len_utf8() > n {
+            break;
+        }
+        t.push(c);
+    }
+    t
+}
+
+/// Reads an HTTP/1.1 response, digesting its body as it streams (fixed length or chunked).
+pub fn response_digest(s: TcpStream) -> (u16, String) {
+    let mut r = BufReader::new(s);
+    let mut status = 0;
+    let (mut len, mut chunked) = (None::<u64>, false);
+    loop {
+        let mut line = String::new();
+        assert!(r.read_line(&mut line).expect("head") > 0, "head ends early");
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if status == 0 {
+            status = line
+                .split_whitespace()
+                .nth(1)
+                .and_then(|s| s.parse().ok())
+                .unwrap_or(0);
+            continue;
+        }
+        let lower = line.to_ascii_lowercase();
+        if let Some(v) = lower.strip_prefix("content-length:") {
+            len = v.trim().parse().ok();
+        }
+        chunked |= lower.starts_with("transfer-encoding:") && lower.contains("chunked");
+    }
+    let mut sum = Digest::new();
+    let mut buf = vec![0u8; 256 * 1024];
+    if chunked {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size).expect("chunk size");
+            let mut n = u64::from_str_radix(size.trim(), 16).expect("chunk size");
+            if n == 0 {
+                break;
+            }
+            while n > 0 {
+                let k = buf.len().min(n as usize);
+                r.read_exact(&mut buf[..k]).expect("chunk");
+                sum.update(&buf[..k]);
+                n -= k as u64;
+            }
+            r.read_exact(&mut buf[..2]).expect("chunk end");
+        }
+    } else {
+        let mut n = len.expect("a length or chunking");
+        while n > 0 {
+            let k = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
+            r.read_exact(&mut buf[..k]).expect("body");
+            sum.update(&buf[..k]);
+            n -= k as u64;
+        }
+    }
+    (status, sum.finish())
+}
+
+/// The rest of an exchange whose request was written already: (status, body as text).
+pub fn request_reply(mut s: TcpStream) -> (u16, String) {
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).expect("read");
+    let split = out
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("head end");
+    let head = String::from_utf8_lossy(&out[..split]);
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    (
+        status,
+        String::from_utf8_lossy(&out[split + 4..]).into_owned(),
+    )
+}
+
+/// The connector's `/metrics` text.
+pub fn metrics_text(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).expect("metrics");
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: m\r\nConnection: close\r\n\r\n")
+        .expect("write");
+    let mut out = String::new();
+    s.read_to_string(&mut out).expect("read");
+    out
+}
+
+/// The value of an unlabelled metric.
+pub fn metric(text: &str, name: &str) -> f64 {
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no metric {name} in\n{text}"))
+}
+
+/// Sends `payload` and waits for its echo, resending a few times (UDP may drop under load).
+pub fn round_trip(sock: &UdpSocket, payload: &[u8]) -> Vec<u8> {
+    let mut buf = [0u8; 2048];
+    for _ in 0..4 {
+        sock.send(payload).expect("send");
+        match sock.recv(&mut buf) {
+            Ok(n) => return buf[..n].to_vec(),
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("recv: {e}"),
+        }
+    }
+    panic!("no echo for a {}-byte payload", payload.len());
+}
+
+/// The value of `name{label}`, 0 when absent.
+pub fn labelled(text: &str, name_and_label: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix(name_and_label)?
+                .strip_prefix(' ')?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0.0)
+}
