@@ -15,7 +15,7 @@ use std::pin::Pin;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
@@ -327,6 +327,8 @@ pub fn main(args: EdgeArgs) -> ExitCode {
         info!(quic = %edge.quic, http = %edge.http, udp_maps = ?edge.udp_maps, icmp_maps = ?edge.icmp_maps, "edge running");
         let mut sig = crate::run::signals();
         sig.recv().await;
+        info!("shutting down: closing tunnel connections");
+        edge.shutdown().await;
         Ok::<_, String>(())
     }) {
         Ok(()) => ExitCode::SUCCESS,
@@ -350,6 +352,19 @@ pub struct RunningEdge {
     pub udp_maps: Vec<SocketAddr>,
     /// Bound address of each `--icmp-map`, in flag order.
     pub icmp_maps: Vec<SocketAddr>,
+    cmds: mpsc::UnboundedSender<Cmd>,
+}
+
+impl RunningEdge {
+    /// Closes every tunnel connection (connectors then reconnect at once, to this edge when it
+    /// is back or to another) and stops the QUIC loop. Waits at most a second for the closes
+    /// to be sent.
+    pub async fn shutdown(&self) {
+        let (done, sent) = oneshot::channel();
+        if self.cmds.send(Cmd::Shutdown(done)).is_ok() {
+            let _ = tokio::time::timeout(Duration::from_secs(1), sent).await;
+        }
+    }
 }
 
 /// Starts the edge tasks on the current runtime.
@@ -406,6 +421,7 @@ pub async fn start(args: &EdgeArgs, tunnels_path: &Path) -> Result<RunningEdge, 
         ca,
         udp_maps: mapped.udp,
         icmp_maps: mapped.icmp,
+        cmds: cmd_tx,
     })
 }
 
@@ -425,6 +441,8 @@ enum Cmd {
     Finish(Key),
     Reset(Key),
     ReadMore(Key),
+    /// Close every connection, send the closes, then answer and stop.
+    Shutdown(oneshot::Sender<()>),
 }
 
 /// What the edge loop tells a listener task about its stream.
@@ -480,6 +498,7 @@ async fn edge_loop(
     let mut rr: usize = 0;
     let mut streams: HashMap<Key, Stream> = HashMap::new();
     let mut buf = Vec::with_capacity(2048);
+    let mut closing: Option<oneshot::Sender<()>> = None;
     loop {
         // Drain.
         loop {
@@ -620,6 +639,11 @@ async fn edge_loop(
                 break;
             }
         }
+        if let Some(done) = closing.take() {
+            // The closes went out with the drain above.
+            let _ = done.send(());
+            return;
+        }
         let deadline = [ep.poll_timeout(), datagrams.poll_timeout()]
             .into_iter()
             .flatten()
@@ -640,8 +664,13 @@ async fn edge_loop(
             }
             Some(cmd) = cmds.recv() => {
                 let now = Instant::now();
-                on_cmd(now, &mut ep, &routes, &mut rr, &mut streams, cmd);
-                while let Ok(cmd) = cmds.try_recv() {
+                let mut next = Some(cmd);
+                while let Some(cmd) = next.take().or_else(|| cmds.try_recv().ok()) {
+                    if let Cmd::Shutdown(done) = cmd {
+                        ep.close_all(now, "edge shutting down");
+                        closing = Some(done);
+                        break;
+                    }
                     on_cmd(now, &mut ep, &routes, &mut rr, &mut streams, cmd);
                 }
             }
@@ -748,6 +777,8 @@ fn on_cmd(
                 s.readable = true;
             }
         }
+        // Taken by the loop before it gets here.
+        Cmd::Shutdown(_) => {}
     }
 }
 

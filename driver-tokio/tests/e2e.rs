@@ -315,6 +315,35 @@ fn edge_restart_reconnects() {
     let _connector = start_connector(&s);
     assert!(wait_ready(s.metrics, 4, Duration::from_secs(30)));
     assert_eq!(get(s.http, "/").0, 200);
+
+    // A stopped edge closes its connections: the connector sees it well within its 5 s idle
+    // timeout, and the edge exits cleanly.
+    let mut edge = edge;
+    signal(&edge.0, "-TERM");
+    assert!(
+        wait_ready(s.metrics, 0, Duration::from_secs(3)),
+        "the edge's closes reached the connector"
+    );
+    let start = Instant::now();
+    let code = loop {
+        if let Some(code) = edge.0.try_wait().expect("wait") {
+            break code;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "edge did not exit"
+        );
+        thread::sleep(Duration::from_millis(50));
+    };
+    assert!(code.success(), "edge exit: {code:?}");
+    let edge = start_edge(&s);
+    assert!(
+        wait_ready(s.metrics, 4, Duration::from_secs(60)),
+        "reconnected"
+    );
+    assert_eq!(get(s.http, "/").0, 200);
+
+    // A crashed edge sends nothing: the idle timeout notices.
     drop(edge);
     assert!(
         wait_ready(s.metrics, 0, Duration::from_secs(15)),

@@ -256,6 +256,20 @@ impl EdgeEndpoint {
         self.progress(now);
     }
 
+    /// Closes every connection because the edge is going away, so that connectors reconnect
+    /// at once rather than after their idle timeout. The closes go out with the next
+    /// `poll_transmit`s.
+    pub fn close_all(&mut self, now: Instant, reason: &str) {
+        for c in self.conns.values_mut() {
+            c.conn.close(
+                now,
+                VarInt::from_u32(0),
+                Bytes::copy_from_slice(reason.as_bytes()),
+            );
+        }
+        self.progress(now);
+    }
+
     /// Answers a pending registration on `conn`.
     pub fn respond_registration(
         &mut self,
