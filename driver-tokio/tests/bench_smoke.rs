@@ -1,6 +1,7 @@
 //! `burrow-bench --quick` end to end: the real daemons as child processes, real loopback
 //! traffic. Checks the table's shape and that HTTP and TCP figures exist on both sides; no
-//! timing is asserted (the figures of a debug build on a shared machine mean nothing).
+//! timing is asserted (the figures of a debug build on a shared machine mean nothing). With
+//! `BURROW_CLOUDFLARED` set to a cloudflared binary, its columns are checked too.
 
 use std::process::Command;
 
@@ -28,10 +29,16 @@ fn number(cell: &str, what: &str) -> f64 {
 
 #[test]
 fn quick_bench_prints_the_table() {
-    let out = Command::new(BENCH)
-        .arg("--quick")
-        .output()
-        .expect("run burrow-bench");
+    let cloudflared = std::env::var_os("BURROW_CLOUDFLARED");
+    let mut cmd = Command::new(BENCH);
+    cmd.arg("--quick");
+    let mut head = vec!["metric", "direct", "burrow", "burrow/direct"];
+    if let Some(path) = &cloudflared {
+        cmd.arg("--cloudflared").arg(path);
+        head.extend(["cloudflared", "cloudflared/direct"]);
+    }
+    let out = cmd.output().expect("run burrow-bench");
+    let cells = head.len();
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stdout}\n{stderr}");
@@ -41,8 +48,8 @@ fn quick_bench_prints_the_table() {
         .map(|l| l.split('|').skip(1).map(str::trim).collect())
         .collect();
     assert_eq!(
-        rows.first().map(|r| &r[..4]),
-        Some(&["metric", "direct", "tunnel", "tunnel/direct"][..]),
+        rows.first().map(|r| &r[..cells]),
+        Some(&head[..]),
         "{stdout}"
     );
     assert!(stdout.contains("cores available"), "machine note: {stdout}");
@@ -53,17 +60,18 @@ fn quick_bench_prints_the_table() {
     };
     for name in MEASURED {
         let r = row(name);
-        let direct = number(r[1], name);
-        let tunnel = number(r[2], name);
-        number(r[3], name);
-        assert!(direct > 0.0 && tunnel > 0.0, "{name}: {r:?}");
+        assert!(number(r[1], name) > 0.0, "{name}: {r:?}");
+        for k in (2..cells).step_by(2) {
+            assert!(number(r[k], name) > 0.0, "{name}: {r:?}");
+            number(r[k + 1], name);
+        }
     }
     // UDP rows may be n/a while the tunnel lacks UDP; then they must say why.
     for r in rows.iter().skip(1) {
-        for cell in &r[1..4] {
+        for cell in &r[1..cells] {
             if *cell == "n/a" {
                 assert!(
-                    r.len() > 4 && !r[4].is_empty(),
+                    r.len() > cells && !r[cells].is_empty(),
                     "n/a without a reason: {r:?}"
                 );
             } else if *cell != "-" {

@@ -2,7 +2,7 @@
 //! the origin directly and through the tunnel.
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream, UdpSocket};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -173,9 +173,10 @@ pub fn tcp_upload(addr: SocketAddr, total: u64, conns: usize) -> Result<f64, Str
     parallel(conns, |i| {
         let n = share(total, conns, i);
         let mut s = connect(addr)?;
-        s.write_all(&[mode::SINK])
+        let mut req = vec![mode::SINK];
+        req.extend_from_slice(&n.to_be_bytes());
+        s.write_all(&req)
             .and_then(|()| origin::write_pattern(&mut s, n))
-            .and_then(|()| s.shutdown(Shutdown::Write))
             .map_err(|e| format!("send: {e}"))?;
         let mut count = [0u8; 8];
         s.read_exact(&mut count)

@@ -6,7 +6,7 @@
 //! tunnel. Prints a table with the ratio tunnel/direct and the daemons' memory. A part that
 //! fails prints `n/a` and its reason; the rest still runs.
 //!
-//! `cargo run --release -p burrow-tokio --bin burrow-bench [-- --quick]`
+//! `cargo run --release -p burrow-tokio --bin burrow-bench [-- --quick] [--cloudflared PATH]`
 
 mod client;
 mod http;
@@ -61,6 +61,10 @@ struct Args {
     /// HA connections of the connector.
     #[arg(long, default_value_t = 4)]
     ha_connections: u8,
+    /// Also measure a stock cloudflared binary as the connector (through the same kind of
+    /// burrow edge), in extra columns.
+    #[arg(long)]
+    cloudflared: Option<std::path::PathBuf>,
 }
 
 /// Settings after defaults.
@@ -140,16 +144,17 @@ fn num(v: f64) -> String {
 struct Row {
     metric: String,
     direct: Cell,
-    tunnel: Cell,
+    /// One cell per connector measured, in column order.
+    tunnels: Vec<Cell>,
     note: String,
 }
 
 impl Row {
-    fn new(metric: impl Into<String>, direct: Cell, tunnel: Cell) -> Self {
+    fn new(metric: impl Into<String>, direct: Cell, tunnels: Vec<Cell>) -> Self {
         Self {
             metric: metric.into(),
             direct,
-            tunnel,
+            tunnels,
             note: String::new(),
         }
     }
@@ -159,65 +164,67 @@ impl Row {
         self
     }
 
-    fn cells(&self) -> [String; 5] {
-        let ratio = match (&self.direct, &self.tunnel) {
-            (Cell::Val(d), Cell::Val(t)) if *d != 0.0 => format!("{:.2}", t / d),
-            (Cell::Failed(_), _) | (_, Cell::Failed(_)) => "n/a".into(),
-            _ => "-".into(),
-        };
+    /// metric, direct, then each tunnel cell and its ratio to direct, then the note.
+    fn cells(&self, names: &[&str]) -> Vec<String> {
+        let mut out = vec![self.metric.clone(), self.direct.text()];
         let mut note = self.note.clone();
-        for (side, c) in [("direct", &self.direct), ("tunnel", &self.tunnel)] {
-            if let Cell::Failed(e) = c {
-                if !note.is_empty() {
-                    note.push_str("; ");
-                }
-                // One line per row: the reason's first line.
-                note.push_str(&format!("{side}: {}", e.lines().next().unwrap_or("")));
+        let mut fail = |side: &str, e: &str| {
+            if !note.is_empty() {
+                note.push_str("; ");
             }
+            // One line per row: the reason's first line.
+            note.push_str(&format!("{side}: {}", e.lines().next().unwrap_or("")));
+        };
+        if let Cell::Failed(e) = &self.direct {
+            fail("direct", e);
         }
-        [
-            self.metric.clone(),
-            self.direct.text(),
-            self.tunnel.text(),
-            ratio,
-            note,
-        ]
+        for (t, name) in self.tunnels.iter().zip(names) {
+            let ratio = match (&self.direct, t) {
+                (Cell::Val(d), Cell::Val(t)) if *d != 0.0 => format!("{:.2}", t / d),
+                (Cell::Failed(_), _) | (_, Cell::Failed(_)) => "n/a".into(),
+                _ => "-".into(),
+            };
+            if let Cell::Failed(e) = t {
+                fail(name, e);
+            }
+            out.push(t.text());
+            out.push(ratio);
+        }
+        out.push(note);
+        out
     }
 }
 
-fn print_table(rows: &[Row]) {
-    let head = ["metric", "direct", "tunnel", "tunnel/direct", "note"];
-    let cells: Vec<[String; 5]> = rows.iter().map(Row::cells).collect();
-    let mut w = head.map(str::len);
+fn print_table(rows: &[Row], names: &[&str]) {
+    let mut head = vec!["metric".to_owned(), "direct".to_owned()];
+    for n in names {
+        head.push((*n).to_owned());
+        head.push(format!("{n}/direct"));
+    }
+    head.push("note".into());
+    let cells: Vec<Vec<String>> = rows.iter().map(|r| r.cells(names)).collect();
+    let last = head.len() - 1;
+    let mut w: Vec<usize> = head.iter().map(|h| h.chars().count()).collect();
     for c in &cells {
-        for (i, s) in c.iter().enumerate().take(4) {
+        for (i, s) in c.iter().enumerate().take(last) {
             w[i] = w[i].max(s.chars().count());
         }
     }
-    let line = |c: [&str; 5]| {
-        println!(
-            "| {:<w0$} | {:>w1$} | {:>w2$} | {:>w3$} | {}",
-            c[0],
-            c[1],
-            c[2],
-            c[3],
-            c[4],
-            w0 = w[0],
-            w1 = w[1],
-            w2 = w[2],
-            w3 = w[3]
-        )
+    let line = |c: &[String]| {
+        let mut l = format!("| {:<w$} |", c[0], w = w[0]);
+        for (i, s) in c.iter().enumerate().take(last).skip(1) {
+            l.push_str(&format!(" {s:>w$} |", w = w[i]));
+        }
+        println!("{l} {}", c[last]);
     };
-    line(head);
-    println!(
-        "|{}|{}:|{}:|{}:|------",
-        "-".repeat(w[0] + 2),
-        "-".repeat(w[1] + 1),
-        "-".repeat(w[2] + 1),
-        "-".repeat(w[3] + 1)
-    );
+    line(&head);
+    let mut rule = format!("|{}|", "-".repeat(w[0] + 2));
+    for width in w.iter().take(last).skip(1) {
+        rule.push_str(&format!("{}:|", "-".repeat(width + 1)));
+    }
+    println!("{rule}------");
     for c in &cells {
-        line([&c[0], &c[1], &c[2], &c[3], &c[4]]);
+        line(c);
     }
 }
 
@@ -250,10 +257,26 @@ struct Origins {
     udp: SocketAddr,
 }
 
-fn start_tunnel(p: &Plan, o: &Origins) -> Result<Tunnel, String> {
+/// Which program connects the tunnel.
+#[derive(Clone, Copy)]
+enum Connector<'a> {
+    Burrow,
+    /// A stock cloudflared binary.
+    Cloudflared(&'a std::path::Path),
+}
+
+fn start_tunnel(p: &Plan, o: &Origins, who: Connector) -> Result<Tunnel, String> {
     let bin = testbed::burrow_beside_current_exe().map_err(|e| e.to_string())?;
-    let bed = Testbed::create(&bin, "bench", "bench", &[HOST]).map_err(|e| e.to_string())?;
+    let label = match who {
+        Connector::Burrow => "bench",
+        Connector::Cloudflared(_) => "bench-cloudflared",
+    };
+    let bed = Testbed::create(&bin, label, "bench", &[HOST]).map_err(|e| e.to_string())?;
     let mut eo = EdgeOpts::loopback().map_err(|e| e.to_string())?;
+    if let Connector::Cloudflared(_) = who {
+        // cloudflared opens one connection per edge address: it is given 127.0.0.1..=N.
+        eo.quic.set_ip(std::net::Ipv4Addr::UNSPECIFIED.into());
+    }
     let tcp = testbed::free_tcp().map_err(|e| e.to_string())?;
     eo.tcp_maps.push(format!("{tcp}={}:{}", bed.name, o.tcp));
     let udp = if testbed::edge_has_flag(&bin, "--udp-map") {
@@ -265,19 +288,22 @@ fn start_tunnel(p: &Plan, o: &Origins) -> Result<Tunnel, String> {
     };
     let edge = bed.edge(&eo).map_err(|e| e.to_string())?;
     let metrics = testbed::free_tcp().map_err(|e| e.to_string())?;
-    let mut connector = bed
-        .connector(&ConnectorOpts {
-            edge: eo.quic,
-            metrics,
-            ingress: vec![
-                (Some(HOST.into()), format!("http://{}", o.http)),
-                (None, "http_status:404".into()),
-            ],
-            ha_connections: p.ha,
-            extra: Vec::new(),
-            config_extra: String::new(),
-        })
-        .map_err(|e| e.to_string())?;
+    let co = ConnectorOpts {
+        edge: eo.quic,
+        metrics,
+        ingress: vec![
+            (Some(HOST.into()), format!("http://{}", o.http)),
+            (None, "http_status:404".into()),
+        ],
+        ha_connections: p.ha,
+        extra: Vec::new(),
+        config_extra: String::new(),
+    };
+    let mut connector = match who {
+        Connector::Burrow => bed.connector(&co),
+        Connector::Cloudflared(path) => bed.cloudflared(path, &co),
+    }
+    .map_err(|e| e.to_string())?;
     testbed::wait_ready(
         &mut connector,
         metrics,
@@ -295,30 +321,41 @@ fn start_tunnel(p: &Plan, o: &Origins) -> Result<Tunnel, String> {
     })
 }
 
-/// Runs `f` against the origin and, if the tunnel is up, through it.
-fn both<T>(
+/// Runs `f` against the origin and through each tunnel that is up.
+fn each<T>(
     direct: SocketAddr,
-    tunnel: &mut Result<Tunnel, String>,
+    tunnels: &mut [Result<Tunnel, String>],
     via: impl Fn(&Tunnel) -> Result<SocketAddr, String>,
     f: impl Fn(SocketAddr) -> Result<T, String>,
-) -> (Result<T, String>, Result<T, String>) {
+) -> (Result<T, String>, Vec<Result<T, String>>) {
     let d = f(direct);
-    let t = match tunnel {
-        Ok(t) => t
-            .alive()
-            .and_then(|()| via(t))
-            .and_then(&f)
-            // A daemon that died mid-run is the better reason.
-            .map_err(|e| t.alive().err().unwrap_or(e)),
-        Err(e) => Err(e.clone()),
-    };
+    let t = tunnels
+        .iter_mut()
+        .map(|tunnel| match tunnel {
+            Ok(t) => t
+                .alive()
+                .and_then(|()| via(t))
+                .and_then(&f)
+                // A daemon that died mid-run is the better reason.
+                .map_err(|e| t.alive().err().unwrap_or(e)),
+            Err(e) => Err(e.clone()),
+        })
+        .collect();
     (d, t)
+}
+
+/// One cell per tunnel from `results`, through `f`.
+fn cells<T>(results: &[Result<T, String>], f: impl Fn(&T) -> f64) -> Vec<Cell> {
+    results
+        .iter()
+        .map(|r| Cell::of(&r.as_ref().map(&f).map_err(Clone::clone)))
+        .collect()
 }
 
 fn rtt_rows(
     name: &str,
     d: Result<Percentiles, String>,
-    t: Result<Percentiles, String>,
+    t: Vec<Result<Percentiles, String>>,
 ) -> [Row; 2] {
     let pick = |r: &Result<Percentiles, String>, p99: bool| {
         Cell::of(
@@ -331,21 +368,28 @@ fn rtt_rows(
         Row::new(
             format!("{name} round trip p50 us"),
             pick(&d, false),
-            pick(&t, false),
+            t.iter().map(|r| pick(r, false)).collect(),
         ),
         Row::new(
             format!("{name} round trip p99 us"),
             pick(&d, true),
-            pick(&t, true),
+            t.iter().map(|r| pick(r, true)).collect(),
         ),
     ]
 }
 
-/// A note such as "loss direct 0.1% tunnel 2.0%", naming only the sides that have a value.
-fn sides<T>(what: &str, r: [&Result<T, String>; 2], f: impl Fn(&T) -> String) -> String {
-    let parts: Vec<String> = ["direct", "tunnel"]
-        .iter()
-        .zip(r)
+/// A note such as "loss direct 0.1% burrow 2.0%", naming only the sides that have a value.
+fn sides<T>(
+    what: &str,
+    names: &[&str],
+    d: Option<&Result<T, String>>,
+    t: &[Result<T, String>],
+    f: impl Fn(&T) -> String,
+) -> String {
+    let direct = d.map(|d| ("direct", d));
+    let parts: Vec<String> = direct
+        .into_iter()
+        .chain(names.iter().copied().zip(t))
         .filter_map(|(side, r)| r.as_ref().ok().map(|v| format!("{side} {}", f(v))))
         .collect();
     if parts.is_empty() {
@@ -384,98 +428,122 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    eprintln!("burrow-bench: starting burrow edge and burrow tunnel run ...");
-    let mut tunnel = start_tunnel(&p, &origins);
-    if let Err(e) = &tunnel {
-        eprintln!("burrow-bench: no tunnel, direct figures only: {e}");
+    let mut who = vec![Connector::Burrow];
+    let mut names = vec!["burrow"];
+    if let Some(path) = &args.cloudflared {
+        who.push(Connector::Cloudflared(path));
+        names.push("cloudflared");
+    }
+    let mut tunnels: Vec<Result<Tunnel, String>> = Vec::new();
+    for (w, name) in who.iter().zip(&names) {
+        eprintln!("burrow-bench: starting burrow edge and {name} as the connector ...");
+        let t = start_tunnel(&p, &origins, *w);
+        if let Err(e) = &t {
+            eprintln!("burrow-bench: no {name} tunnel: {e}");
+        }
+        tunnels.push(t);
     }
     let mut rows = Vec::new();
+    let failed = |e: &String| Cell::Failed(e.clone());
 
     // Idle memory, right after registration.
-    let (conn_idle, edge_idle) = match &tunnel {
-        Ok(t) => {
-            std::thread::sleep(Duration::from_millis(500));
-            (rss(&t.connector), rss(&t.edge))
-        }
-        Err(e) => (Cell::Failed(e.clone()), Cell::Failed(e.clone())),
-    };
+    std::thread::sleep(Duration::from_millis(500));
+    let conn_idle: Vec<Cell> = tunnels
+        .iter()
+        .map(|t| t.as_ref().map_or_else(failed, |t| rss(&t.connector)))
+        .collect();
+    let edge_idle: Vec<Cell> = tunnels
+        .iter()
+        .map(|t| t.as_ref().map_or_else(failed, |t| rss(&t.edge)))
+        .collect();
 
-    // Daemon CPU over the HTTP and TCP parts, per MB carried through the tunnel.
+    // Daemon CPU over the HTTP and TCP parts, per MB carried through each tunnel.
     let cpu = |t: &Result<Tunnel, String>| {
         t.as_ref()
             .ok()
             .and_then(|t| Some((t.connector.cpu_time().ok()?, t.edge.cpu_time().ok()?)))
     };
-    let cpu_before = cpu(&tunnel);
-    let mut tunnel_mb = 0.0;
-    let carried =
-        |r: &Result<f64, String>, bytes: u64| r.as_ref().map_or(0.0, |_| bytes as f64 / 1e6);
+    let cpu_before: Vec<_> = tunnels.iter().map(cpu).collect();
+    let mut tunnel_mb = vec![0.0; tunnels.len()];
+    let mut carried = |rs: &[Result<f64, String>], bytes: u64| {
+        for (mb, r) in tunnel_mb.iter_mut().zip(rs) {
+            *mb += r.as_ref().map_or(0.0, |_| bytes as f64 / 1e6);
+        }
+    };
     let hb = p.http_bytes;
     let tb = p.tcp_bytes;
     let conns = p.conns;
+    let id = |x: &f64| *x;
     eprintln!("burrow-bench: HTTP ...");
-    let (d, t) = both(
+    let (d, t) = each(
         origins.http,
-        &mut tunnel,
+        &mut tunnels,
         |t| Ok(t.http),
         |a| client::http_download(a, HOST, hb, conns),
     );
-    tunnel_mb += carried(&t, hb);
-    rows.push(Row::new("HTTP download MB/s", Cell::of(&d), Cell::of(&t)));
-    let (d, t) = both(
+    carried(&t, hb);
+    rows.push(Row::new("HTTP download MB/s", Cell::of(&d), cells(&t, id)));
+    let (d, t) = each(
         origins.http,
-        &mut tunnel,
+        &mut tunnels,
         |t| Ok(t.http),
         |a| client::http_upload(a, HOST, hb, conns),
     );
-    tunnel_mb += carried(&t, hb);
-    rows.push(Row::new("HTTP upload MB/s", Cell::of(&d), Cell::of(&t)));
-    let (d, t) = both(
+    carried(&t, hb);
+    rows.push(Row::new("HTTP upload MB/s", Cell::of(&d), cells(&t, id)));
+    let (d, t) = each(
         origins.http,
-        &mut tunnel,
+        &mut tunnels,
         |t| Ok(t.http),
         |a| client::http_rtt(a, HOST, p.samples),
     );
     rows.extend(rtt_rows("HTTP request", d, t));
 
     eprintln!("burrow-bench: TCP ...");
-    let (d, t) = both(
+    let (d, t) = each(
         origins.tcp,
-        &mut tunnel,
+        &mut tunnels,
         |t| Ok(t.tcp),
         |a| client::tcp_download(a, tb, conns),
     );
-    tunnel_mb += carried(&t, tb);
-    rows.push(Row::new("TCP download MB/s", Cell::of(&d), Cell::of(&t)));
-    let (d, t) = both(
+    carried(&t, tb);
+    rows.push(Row::new("TCP download MB/s", Cell::of(&d), cells(&t, id)));
+    let (d, t) = each(
         origins.tcp,
-        &mut tunnel,
+        &mut tunnels,
         |t| Ok(t.tcp),
         |a| client::tcp_upload(a, tb, conns),
     );
-    tunnel_mb += carried(&t, tb);
-    rows.push(Row::new("TCP upload MB/s", Cell::of(&d), Cell::of(&t)));
-    let (d, t) = both(
+    carried(&t, tb);
+    rows.push(Row::new("TCP upload MB/s", Cell::of(&d), cells(&t, id)));
+    let (d, t) = each(
         origins.tcp,
-        &mut tunnel,
+        &mut tunnels,
         |t| Ok(t.tcp),
         |a| client::tcp_rtt(a, p.samples),
     );
     rows.extend(rtt_rows("TCP 64 B", d, t));
 
-    let cpu_after = cpu(&tunnel);
-    let cpu_rows = match (cpu_before, cpu_after) {
-        (Some((c0, e0)), Some((c1, e1))) if tunnel_mb > 0.0 => {
-            let per = |a: Duration, b: Duration| Cell::Val((b - a).as_secs_f64() * 1e3 / tunnel_mb);
-            (per(c0, c1), per(e0, e1))
+    let cpu_after: Vec<_> = tunnels.iter().map(cpu).collect();
+    let mut conn_cpu = Vec::new();
+    let mut edge_cpu = Vec::new();
+    for ((before, after), mb) in cpu_before.iter().zip(&cpu_after).zip(&tunnel_mb) {
+        match (before, after) {
+            (Some((c0, e0)), Some((c1, e1))) if *mb > 0.0 => {
+                let per =
+                    |a: &Duration, b: &Duration| Cell::Val((*b - *a).as_secs_f64() * 1e3 / mb);
+                conn_cpu.push(per(c0, c1));
+                edge_cpu.push(per(e0, e1));
+            }
+            _ => {
+                let e = || Cell::Failed("no CPU figures (no tunnel, or nothing carried)".into());
+                conn_cpu.push(e());
+                edge_cpu.push(e());
+            }
         }
-        _ => {
-            let e = || Cell::Failed("no CPU figures (no tunnel, or nothing carried)".into());
-            (e(), e())
-        }
-    };
+    }
     eprintln!("burrow-bench: UDP ...");
-    if let Ok(t) = &mut tunnel {
+    for t in tunnels.iter_mut().flatten() {
         // One probe first: when UDP does not pass at all, every UDP row says why at once.
         if let Ok(udp) = t.udp {
             if let Err(e) = client::udp_probe(udp) {
@@ -484,73 +552,82 @@ fn main() -> ExitCode {
         }
     }
     let udp_via = |t: &Tunnel| t.udp.clone();
-    let (d, t) = both(origins.udp, &mut tunnel, udp_via, |a| {
+    let (d, t) = each(origins.udp, &mut tunnels, udp_via, |a| {
         client::udp_pps(a, p.udp_time, p.udp_flows, p.udp_window, p.udp_size)
     });
-    let note = sides("loss", [&d, &t], |(_, l)| format!("{:.1}%", l * 100.0));
+    let note = sides("loss", &names, Some(&d), &t, |(_, l)| {
+        format!("{:.1}%", l * 100.0)
+    });
     rows.push(
         Row::new(
             format!("UDP {} B packets/s", p.udp_size),
             Cell::of(&d.map(|x| x.0)),
-            Cell::of(&t.map(|x| x.0)),
+            cells(&t, |x| x.0),
         )
         .note(note),
     );
-    let (d, t) = both(origins.udp, &mut tunnel, udp_via, |a| {
+    let (d, t) = each(origins.udp, &mut tunnels, udp_via, |a| {
         client::udp_rtt(a, p.samples, p.udp_size)
     });
-    let note = sides("lost", [&d, &t], |(_, l)| l.to_string());
+    let note = sides("lost", &names, Some(&d), &t, |(_, l)| l.to_string());
     let mut udp_rows = rtt_rows(
         &format!("UDP {} B", p.udp_size),
         d.map(|x| x.0),
-        t.map(|x| x.0),
+        t.into_iter().map(|r| r.map(|x| x.0)).collect(),
     );
     udp_rows[1].note = note;
     rows.extend(udp_rows);
 
     // Memory: after the transfers, then with many UDP sessions open at once.
-    let conn_after = match &tunnel {
-        Ok(t) => rss(&t.connector),
-        Err(e) => Cell::Failed(e.clone()),
-    };
+    let conn_after: Vec<Cell> = tunnels
+        .iter()
+        .map(|t| t.as_ref().map_or_else(failed, |t| rss(&t.connector)))
+        .collect();
     let n = p.udp_sessions;
     eprintln!("burrow-bench: {n} UDP sessions ...");
     let direct_sessions =
         client::udp_sessions(origins.udp, n, 128, |_| ()).map(|(r, a, ())| (r, a));
-    let (conn_busy, edge_busy, tunnel_sessions) = match &mut tunnel {
-        Ok(t) => match t.alive().and_then(|()| t.udp.clone()) {
-            Ok(udp) => {
-                let r = client::udp_sessions(udp, n, 128, |_| {
-                    // Let the daemons settle before reading their memory.
-                    std::thread::sleep(Duration::from_millis(500));
-                    (rss(&t.connector), rss(&t.edge))
-                });
-                match r {
-                    Ok((rate, answered, (c, e))) => (c, e, Ok((rate, answered))),
-                    Err(e) => {
-                        let e = t.alive().err().unwrap_or(e);
-                        (Cell::Failed(e.clone()), Cell::Failed(e.clone()), Err(e))
+    let mut conn_busy = Vec::new();
+    let mut edge_busy = Vec::new();
+    let mut tunnel_sessions = Vec::new();
+    for tunnel in &mut tunnels {
+        let (c, e, s) = match tunnel {
+            Ok(t) => match t.alive().and_then(|()| t.udp.clone()) {
+                Ok(udp) => {
+                    let r = client::udp_sessions(udp, n, 128, |_| {
+                        // Let the daemons settle before reading their memory.
+                        std::thread::sleep(Duration::from_millis(500));
+                        (rss(&t.connector), rss(&t.edge))
+                    });
+                    match r {
+                        Ok((rate, answered, (c, e))) => (c, e, Ok((rate, answered))),
+                        Err(e) => {
+                            let e = t.alive().err().unwrap_or(e);
+                            (failed(&e), failed(&e), Err(e))
+                        }
                     }
                 }
-            }
-            Err(e) => (Cell::Failed(e.clone()), Cell::Failed(e.clone()), Err(e)),
-        },
-        Err(e) => (
-            Cell::Failed(e.clone()),
-            Cell::Failed(e.clone()),
-            Err(e.clone()),
-        ),
-    };
+                Err(e) => (failed(&e), failed(&e), Err(e)),
+            },
+            Err(e) => (failed(e), failed(e), Err(e.clone())),
+        };
+        conn_busy.push(c);
+        edge_busy.push(e);
+        tunnel_sessions.push(s);
+    }
+    let answered = |(_, a): &(f64, usize)| format!("{a}/{n}");
     let note = sides(
         "answered",
-        [&direct_sessions, &tunnel_sessions],
-        |(_, a)| format!("{a}/{n}"),
+        &names,
+        Some(&direct_sessions),
+        &tunnel_sessions,
+        answered,
     );
     rows.push(
         Row::new(
             "UDP new sessions/s",
             Cell::of(&direct_sessions.map(|x| x.0)),
-            Cell::of(&tunnel_sessions.as_ref().map(|x| x.0).map_err(Clone::clone)),
+            cells(&tunnel_sessions, |x| x.0),
         )
         .note(note),
     );
@@ -567,24 +644,21 @@ fn main() -> ExitCode {
             na(),
             conn_busy,
         )
-        .note(sides(
-            "answered",
-            [&Err(String::new()), &tunnel_sessions],
-            |(_, a)| format!("{a}/{n}"),
-        )),
+        .note(sides("answered", &names, None, &tunnel_sessions, answered)),
     );
-    let note = "HTTP and TCP parts; information";
-    rows.push(Row::new("connector CPU ms per MB", na(), cpu_rows.0).note(note));
-    rows.push(Row::new("edge CPU ms per MB", na(), cpu_rows.1).note(note));
-    rows.push(Row::new("edge RSS idle MiB", na(), edge_idle).note("information"));
+    let note = "HTTP and TCP parts";
+    rows.push(Row::new("connector CPU ms per MB", na(), conn_cpu).note(note));
+    rows.push(Row::new("edge CPU ms per MB", na(), edge_cpu).note(note));
+    rows.push(Row::new("edge RSS idle MiB", na(), edge_idle).note("the burrow edge"));
     rows.push(
-        Row::new(format!("edge RSS {n} UDP sessions MiB"), na(), edge_busy).note("information"),
+        Row::new(format!("edge RSS {n} UDP sessions MiB"), na(), edge_busy).note("the burrow edge"),
     );
 
     println!();
     println!(
-        "burrow-bench{}: direct = client to origin on loopback; tunnel = client -> burrow edge -> QUIC ({} HA connections) -> burrow tunnel run -> origin",
+        "burrow-bench{}: direct = client to origin on loopback; {} = client -> burrow edge -> QUIC ({} HA connections) -> that connector -> origin",
         if args.quick { " --quick" } else { "" },
+        names.join(", "),
         p.ha
     );
     println!(
@@ -603,8 +677,8 @@ fn main() -> ExitCode {
         Err(e) => println!("machine: {}; open files limit not raised: {e}", machine()),
     }
     println!();
-    print_table(&rows);
-    if tunnel.is_err() {
+    print_table(&rows, &names);
+    if tunnels.iter().any(Result::is_err) {
         return ExitCode::FAILURE;
     }
     ExitCode::SUCCESS

@@ -24,7 +24,8 @@ pub static PATTERN: [u8; 64 * 1024] = {
 pub mod mode {
     /// Echo everything until end of stream.
     pub const ECHO: u8 = b'E';
-    /// Read until end of stream, then answer the byte count (u64 big-endian).
+    /// Read a u64 big-endian length, then up to that many bytes (or until end of stream), then
+    /// answer the byte count read (u64 big-endian).
     pub const SINK: u8 = b'S';
     /// Read a u64 big-endian count, send that many bytes, close.
     pub const SOURCE: u8 = b'D';
@@ -42,14 +43,23 @@ pub fn write_pattern(w: &mut impl Write, mut n: u64) -> io::Result<()> {
 
 /// Reads until end of stream; returns the count.
 pub fn drain(r: &mut impl Read) -> io::Result<u64> {
+    drain_up_to(r, u64::MAX)
+}
+
+/// Reads and discards until EOF or `limit` bytes; returns how many were read.
+pub fn drain_up_to(r: &mut impl Read, limit: u64) -> io::Result<u64> {
     let mut buf = vec![0u8; 64 * 1024];
     let mut total = 0;
-    loop {
-        match r.read(&mut buf)? {
-            0 => return Ok(total),
+    while total < limit {
+        let want = buf
+            .len()
+            .min(usize::try_from(limit - total).unwrap_or(usize::MAX));
+        match r.read(&mut buf[..want])? {
+            0 => break,
             n => total += n as u64,
         }
     }
+    Ok(total)
 }
 
 fn serve<F>(l: TcpListener, f: F) -> io::Result<SocketAddr>
@@ -123,9 +133,13 @@ pub fn tcp() -> io::Result<SocketAddr> {
                     }
                 }
             }
+            // The length comes first, so the client need not half-close (cloudflared's TCP
+            // proxy ends a flow at the first EOF).
             mode::SINK => {
-                let n = drain(&mut s)?;
-                s.write_all(&n.to_be_bytes())?;
+                let mut n = [0u8; 8];
+                s.read_exact(&mut n)?;
+                let got = drain_up_to(&mut s, u64::from_be_bytes(n))?;
+                s.write_all(&got.to_be_bytes())?;
             }
             mode::SOURCE => {
                 let mut n = [0u8; 8];
