@@ -258,17 +258,10 @@ fn http_through_the_tunnel_then_sigterm_drains() {
 
     // A chunked upload.
     let up: Vec<u8> = (0..1_000_003).map(|i| byte(i * 7)).collect();
-    let mut chunked = Vec::new();
-    for piece in up.chunks(65_000) {
-        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
-        chunked.extend_from_slice(piece);
-        chunked.extend_from_slice(b"\r\n");
-    }
-    chunked.extend_from_slice(b"0\r\n\r\n");
     let (status, body) = request(
         s.http,
         &format!("POST /sum HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"),
-        &chunked,
+        &chunked(&up, 65_000),
     );
     assert_eq!(status, 200);
     assert_eq!(String::from_utf8_lossy(&body), digest(&up));

@@ -7,8 +7,7 @@
 //! every group for its duration (the machine's default `1 0` forbids them), then restores it.
 
 use std::io::{Read, Write};
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
-use std::thread;
+use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
 
 use burrow_tokio::testbed::{self, ConnectorOpts, EdgeOpts, Proc, Testbed};
@@ -130,28 +129,7 @@ fn udp_echo_through_v3_sessions() {
 
     const CLIENTS: usize = 16;
     const PACKETS: usize = 40;
-    let workers: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            thread::spawn(move || {
-                let sock = UdpSocket::bind("127.0.0.1:0").expect("client");
-                sock.connect(map).expect("connect");
-                sock.set_read_timeout(Some(Duration::from_secs(2)))
-                    .expect("timeout");
-                for i in 0..PACKETS {
-                    // Sizes from 1 byte to 1100, contents unique to client and packet.
-                    let len = 1 + (i * 97 + c * 13) % 1100;
-                    let payload: Vec<u8> = (0..len)
-                        .map(|k| (k as u8) ^ (c as u8).wrapping_mul(31) ^ (i as u8))
-                        .collect();
-                    let echo = round_trip(&sock, &payload);
-                    assert_eq!(echo, payload, "client {c} packet {i}");
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.join().expect("client thread");
-    }
+    udp_echo_clients(map, CLIENTS, PACKETS);
     // Each client address was one session, with its own connected socket on the connector.
     let text = metrics_text(metrics);
     let total = metric(&text, "cloudflared_udp_total_flows");
@@ -179,23 +157,7 @@ fn ping_through_icmp_mapping() {
         extra.extend(["--icmpv6-src", "::1"]);
     }
     let (_edge, connector, _metrics) = start(&bed, &eo, 1, &extra);
-    let sock = UdpSocket::bind("127.0.0.1:0").expect("client");
-    sock.connect(map).expect("connect");
-    sock.set_read_timeout(Some(Duration::from_secs(2)))
-        .expect("timeout");
-
-    ping_family(
-        &sock,
-        Ipv4Addr::new(10, 0, 0, 2).into(),
-        Ipv4Addr::LOCALHOST.into(),
-    );
-    if v6 {
-        ping_family(
-            &sock,
-            "fd00::2".parse::<Ipv6Addr>().expect("v6").into(),
-            Ipv6Addr::LOCALHOST.into(),
-        );
-    }
+    ping_both(map, v6);
     assert!(
         !connector
             .log_tail(100_000)

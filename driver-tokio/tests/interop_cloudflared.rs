@@ -13,7 +13,7 @@
 mod common;
 
 use std::io::Write;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, TcpStream, UdpSocket};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -22,7 +22,7 @@ use burrow_tokio::testbed::{self, ConnectorOpts, EdgeOpts, Proc, Testbed};
 use common::body::*;
 use common::client::*;
 use common::origins::*;
-use common::ping::{ping_family, PingRange};
+use common::ping::{ping_both, PingRange};
 use tungstenite::Message;
 
 const BIN: &str = env!("CARGO_BIN_EXE_burrow");
@@ -69,17 +69,10 @@ fn http_checks(http: u16) {
     assert_eq!(response_digest(c), (200, expected), "100 MiB download");
 
     let up: Vec<u8> = (0..1_000_003).map(|i| byte(i * 7)).collect();
-    let mut chunked = Vec::new();
-    for piece in up.chunks(65_000) {
-        chunked.extend_from_slice(format!("{:x}\r\n", piece.len()).as_bytes());
-        chunked.extend_from_slice(piece);
-        chunked.extend_from_slice(b"\r\n");
-    }
-    chunked.extend_from_slice(b"0\r\n\r\n");
     let (status, body) = request(
         http,
         &format!("POST /sum HTTP/1.1\r\nHost: {APP}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"),
-        &chunked,
+        &chunked(&up, 65_000),
     );
     assert_eq!(
         (status, String::from_utf8_lossy(&body)),
@@ -153,47 +146,6 @@ fn tcp_checks(map: SocketAddr) {
     }
 }
 
-fn udp_checks(map: SocketAddr) {
-    let workers: Vec<_> = (0..16usize)
-        .map(|c| {
-            thread::spawn(move || {
-                let sock = UdpSocket::bind("127.0.0.1:0").expect("client");
-                sock.connect(map).expect("connect");
-                sock.set_read_timeout(Some(Duration::from_secs(2)))
-                    .expect("timeout");
-                for i in 0..40usize {
-                    let len = 1 + (i * 97 + c * 13) % 1100;
-                    let payload: Vec<u8> = (0..len).map(|k| (k ^ c ^ i) as u8).collect();
-                    assert_eq!(
-                        round_trip(&sock, &payload),
-                        payload,
-                        "client {c} packet {i}"
-                    );
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.join().expect("client");
-    }
-}
-
-fn ping_checks(map: SocketAddr, v6: bool) {
-    let sock = UdpSocket::bind("127.0.0.1:0").expect("client");
-    sock.connect(map).expect("connect");
-    sock.set_read_timeout(Some(Duration::from_secs(2)))
-        .expect("timeout");
-    ping_family(
-        &sock,
-        Ipv4Addr::new(10, 0, 0, 2).into(),
-        Ipv4Addr::LOCALHOST.into(),
-    );
-    if v6 {
-        let client = "fd00::2".parse::<Ipv6Addr>().expect("v6");
-        ping_family(&sock, client.into(), Ipv6Addr::LOCALHOST.into());
-    }
-}
-
 #[test]
 #[ignore = "needs a stock cloudflared: BURROW_CLOUDFLARED=/path/to/cloudflared, --ignored"]
 fn stock_cloudflared_through_burrow_edge() {
@@ -244,8 +196,8 @@ fn stock_cloudflared_through_burrow_edge() {
     http_checks(http);
     websocket_checks(http, &ws_ends);
     tcp_checks(tcp_map);
-    udp_checks(udp_map);
-    ping_checks(icmp_map, v6);
+    udp_echo_clients(udp_map, 16, 40);
+    ping_both(icmp_map, v6);
     assert_eq!(get(http, "nobody.test", "/").0, 404, "an unknown host");
 
     // Edge restart: cloudflared notices (idle timeout), reconnects all 4, serves again.

@@ -186,3 +186,44 @@ pub fn labelled(text: &str, name_and_label: &str) -> f64 {
         })
         .unwrap_or(0.0)
 }
+
+/// `data` as a chunked HTTP/1.1 body in pieces of `piece` bytes, with the last chunk.
+pub fn chunked(data: &[u8], piece: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    for p in data.chunks(piece) {
+        out.extend_from_slice(format!("{:x}\r\n", p.len()).as_bytes());
+        out.extend_from_slice(p);
+        out.extend_from_slice(b"\r\n");
+    }
+    out.extend_from_slice(b"0\r\n\r\n");
+    out
+}
+
+/// `clients` UDP clients, each its own socket (so its own session), each echoing `packets`
+/// datagrams of 1 to 1100 bytes with contents unique to client and packet through `map`.
+pub fn udp_echo_clients(map: SocketAddr, clients: usize, packets: usize) {
+    let workers: Vec<_> = (0..clients)
+        .map(|c| {
+            std::thread::spawn(move || {
+                let sock = UdpSocket::bind("127.0.0.1:0").expect("client");
+                sock.connect(map).expect("connect");
+                sock.set_read_timeout(Some(Duration::from_secs(2)))
+                    .expect("timeout");
+                for i in 0..packets {
+                    let len = 1 + (i * 97 + c * 13) % 1100;
+                    let payload: Vec<u8> = (0..len)
+                        .map(|k| (k as u8) ^ (c as u8).wrapping_mul(31) ^ (i as u8))
+                        .collect();
+                    assert_eq!(
+                        round_trip(&sock, &payload),
+                        payload,
+                        "client {c} packet {i}"
+                    );
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().expect("client thread");
+    }
+}

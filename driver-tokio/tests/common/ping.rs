@@ -1,7 +1,8 @@
 //! ICMP through `--icmp-map`: echo requests as IP packets, reply checks, and the
 //! `ping_group_range` the connector needs for its ping sockets.
 
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, UdpSocket};
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
+use std::time::Duration;
 
 use super::client::round_trip;
 
@@ -158,4 +159,22 @@ pub fn ping_family(sock: &UdpSocket, client: IpAddr, target: IpAddr) {
     };
     assert_eq!(qs, &octets(client)[..], "quoted source");
     assert_eq!(qd, &octets(target)[..], "quoted destination");
+}
+
+/// Pings loopback through the ICMP mapping at `map` as an IPv4 client and, when `v6`, as an
+/// IPv6 one ([`ping_family`] each).
+pub fn ping_both(map: SocketAddr, v6: bool) {
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("client");
+    sock.connect(map).expect("connect");
+    sock.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    ping_family(
+        &sock,
+        Ipv4Addr::new(10, 0, 0, 2).into(),
+        Ipv4Addr::LOCALHOST.into(),
+    );
+    if v6 {
+        let client = "fd00::2".parse::<Ipv6Addr>().expect("v6");
+        ping_family(&sock, client.into(), Ipv6Addr::LOCALHOST.into());
+    }
 }
