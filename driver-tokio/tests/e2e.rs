@@ -217,6 +217,18 @@ fn signal(child: &Child, sig: &str) {
     assert!(ok.success());
 }
 
+/// The child's exit status; fails the test if it is still running after `limit`.
+fn exit_within(child: &mut Child, limit: Duration) -> std::process::ExitStatus {
+    let start = Instant::now();
+    loop {
+        if let Some(code) = child.try_wait().expect("wait") {
+            return code;
+        }
+        assert!(start.elapsed() < limit, "did not exit within {limit:?}");
+        thread::sleep(Duration::from_millis(50));
+    }
+}
+
 fn cleanup(dir: &Path) {
     let _ = std::fs::remove_dir_all(dir);
 }
@@ -286,17 +298,7 @@ fn http_through_the_tunnel_then_sigterm_drains() {
     signal(&connector.0, "-TERM");
     let (status, body) = slow.join().expect("thread");
     assert_eq!((status, body.as_slice()), (200, b"slow done".as_slice()));
-    let start = Instant::now();
-    let code = loop {
-        if let Some(code) = connector.0.try_wait().expect("wait") {
-            break code;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(15),
-            "connector did not exit"
-        );
-        thread::sleep(Duration::from_millis(50));
-    };
+    let code = exit_within(&mut connector.0, Duration::from_secs(15));
     assert!(code.success(), "clean exit after draining: {code:?}");
     cleanup(&s.dir);
 }
@@ -317,17 +319,7 @@ fn edge_restart_reconnects() {
         wait_ready(s.metrics, 0, Duration::from_secs(3)),
         "the edge's closes reached the connector"
     );
-    let start = Instant::now();
-    let code = loop {
-        if let Some(code) = edge.0.try_wait().expect("wait") {
-            break code;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(10),
-            "edge did not exit"
-        );
-        thread::sleep(Duration::from_millis(50));
-    };
+    let code = exit_within(&mut edge.0, Duration::from_secs(10));
     assert!(code.success(), "edge exit: {code:?}");
     let edge = start_edge(&s);
     assert!(

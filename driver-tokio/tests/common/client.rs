@@ -13,26 +13,29 @@ pub fn request(port: u16, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
         .expect("timeout");
     s.write_all(head.as_bytes()).expect("write head");
     s.write_all(body).expect("write body");
+    response(s)
+}
+
+/// Reads a whole response until the peer closes: (status, body, dechunked if chunked).
+fn response(mut s: TcpStream) -> (u16, Vec<u8>) {
     let mut out = Vec::new();
     s.read_to_end(&mut out).expect("read");
     let split = out
         .windows(4)
         .position(|w| w == b"\r\n\r\n")
         .expect("head end");
-    let head = String::from_utf8_lossy(&out[..split]).to_string();
+    let head = String::from_utf8_lossy(&out[..split]).to_ascii_lowercase();
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
-    let mut body = out[split + 4..].to_vec();
-    if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        body = dechunk(&body);
+    let body = &out[split + 4..];
+    if head.contains("transfer-encoding: chunked") {
+        (status, dechunk(body))
+    } else {
+        (status, body.to_vec())
     }
-    (status, body)
 }
 
 pub fn dechunk(mut b: &[u8]) -> Vec<u8> {
@@ -120,23 +123,9 @@ pub fn response_digest(s: TcpStream) -> (u16, String) {
 }
 
 /// The rest of an exchange whose request was written already: (status, body as text).
-pub fn request_reply(mut s: TcpStream) -> (u16, String) {
-    let mut out = Vec::new();
-    s.read_to_end(&mut out).expect("read");
-    let split = out
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .expect("head end");
-    let head = String::from_utf8_lossy(&out[..split]);
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    (
-        status,
-        String::from_utf8_lossy(&out[split + 4..]).into_owned(),
-    )
+pub fn request_reply(s: TcpStream) -> (u16, String) {
+    let (status, body) = response(s);
+    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// The connector's `/metrics` text.
