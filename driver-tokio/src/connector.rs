@@ -27,7 +27,6 @@ use burrow_core::tunnel::supervisor::{
 };
 use bytes::Bytes;
 use thiserror::Error;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
@@ -36,6 +35,7 @@ use crate::creds::Credentials;
 use crate::datagram::{icmp_config, raise_nofile_limit, DatagramSockets, IcmpSources, SocketEvent};
 use crate::metrics::Metrics;
 use crate::origin::{Dialer, FlowHandle, FlowReport, Report};
+use crate::quic_socket::{read_batches, Batch, QuicSocket};
 
 /// Where the edge is.
 #[derive(Debug, Clone)]
@@ -216,13 +216,12 @@ enum Input {
     Udp {
         index: u8,
         generation: u64,
-        from: SocketAddr,
-        data: Vec<u8>,
+        batch: Batch,
     },
 }
 
 struct Socket {
-    socket: Arc<UdpSocket>,
+    socket: Arc<QuicSocket>,
     generation: u64,
     reader: JoinHandle<()>,
 }
@@ -473,12 +472,17 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             metrics
                 .icmp_total_requests
                 .inc_by(datagrams.stats().pings_sent - pings_before);
-            while let Some((index, t)) = sup.poll_transmit(now, &mut buf) {
+            let gso = sockets
+                .values()
+                .map(|s| s.socket.max_datagrams())
+                .min()
+                .unwrap_or(1);
+            while let Some((index, t)) = sup.poll_transmit(now, gso, &mut buf) {
                 progress = true;
                 if let Some(s) = sockets.get(&index) {
-                    // Non-blocking: a full socket buffer drops the datagram, which QUIC's loss
+                    // Non-blocking: a full socket buffer drops the batch, which QUIC's loss
                     // recovery handles like any other loss.
-                    if let Err(e) = s.socket.try_send_to(&buf[..t.size], t.destination) {
+                    if let Err(e) = s.socket.try_send(&t, &buf) {
                         if e.kind() != std::io::ErrorKind::WouldBlock {
                             debug!(conn_index = index, error = %e, "send failed");
                         }
@@ -504,14 +508,15 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         tokio::select! {
             Some(input) = input_rx.recv() => {
                 let now = Instant::now();
-                let Input::Udp { index, generation: g, from, data } = input;
-                if sockets.get(&index).is_some_and(|s| s.generation == g) {
-                    sup.handle_datagram(now, index, from, &data);
-                }
+                let mut next = Some(input);
                 // Take whatever else is queued before draining outputs.
-                while let Ok(Input::Udp { index, generation: g, from, data }) = input_rx.try_recv() {
+                while let Some(Input::Udp { index, generation: g, batch }) =
+                    next.take().or_else(|| input_rx.try_recv().ok())
+                {
                     if sockets.get(&index).is_some_and(|s| s.generation == g) {
-                        sup.handle_datagram(now, index, from, &data);
+                        for (from, d) in batch.iter() {
+                            sup.handle_datagram(now, index, from, d);
+                        }
                     }
                 }
             }
@@ -547,9 +552,9 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     }
     // Flush the CONNECTION_CLOSEs of an immediate stop.
     let now = Instant::now();
-    while let Some((index, t)) = sup.poll_transmit(now, &mut buf) {
+    while let Some((index, t)) = sup.poll_transmit(now, 1, &mut buf) {
         if let Some(s) = sockets.get(&index) {
-            let _ = s.socket.try_send_to(&buf[..t.size], t.destination);
+            let _ = s.socket.try_send(&t, &buf);
         }
     }
     metrics.ready.store(0, Ordering::Relaxed);
@@ -578,29 +583,18 @@ async fn open_socket(
     } else {
         "[::]:0".parse().expect("static")
     };
-    let socket = Arc::new(UdpSocket::bind(bind).await?);
+    let socket = Arc::new(QuicSocket::bind(bind)?);
     let rx = socket.clone();
     let reader = tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        loop {
-            match rx.recv_from(&mut buf).await {
-                Ok((n, from)) => {
-                    if tx
-                        .send(Input::Udp {
-                            index,
-                            generation,
-                            from,
-                            data: buf[..n].to_vec(),
-                        })
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                // ICMP port-unreachable and the like surface as errors on some systems.
-                Err(e) => debug!(conn_index = index, error = %e, "UDP receive error"),
-            }
-        }
+        read_batches(&rx, |batch| {
+            tx.send(Input::Udp {
+                index,
+                generation,
+                batch,
+            })
+            .is_ok()
+        })
+        .await;
     });
     Ok(Socket {
         socket,

@@ -34,13 +34,14 @@ use hyper_util::rt::TokioIo;
 use quinn_proto::StreamId;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::TcpListener;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::creds::Credentials;
 use crate::edge_udp::{DatagramArgs, EdgeDatagrams};
+use crate::quic_socket::{read_batches, Batch, QuicSocket};
 use crate::run::init_logging;
 
 /// `burrow edge ...`.
@@ -378,10 +379,13 @@ pub async fn start(args: &EdgeArgs, tunnels_path: &Path) -> Result<RunningEdge, 
     let mut seed = [0u8; 32];
     let _ = getrandom::fill(&mut seed);
     let endpoint = EdgeEndpoint::new(server, seed);
+    let listen = tokio::net::lookup_host(&args.listen)
+        .await
+        .ok()
+        .and_then(|mut a| a.next())
+        .ok_or_else(|| format!("cannot listen on {}: not an address", args.listen))?;
     let socket = Arc::new(
-        UdpSocket::bind(&args.listen)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?,
+        QuicSocket::bind(listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?,
     );
     let quic = socket.local_addr().map_err(|e| e.to_string())?;
     let http_listener = TcpListener::bind(&args.http)
@@ -475,23 +479,14 @@ const READ_CHUNK: usize = 64 * 1024;
 
 async fn edge_loop(
     mut ep: EdgeEndpoint,
-    socket: Arc<UdpSocket>,
+    socket: Arc<QuicSocket>,
     tunnels: Arc<TunnelsFile>,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
     mut datagrams: EdgeDatagrams,
 ) {
-    let (udp_tx, mut udp_rx) = mpsc::unbounded_channel::<(SocketAddr, Vec<u8>)>();
+    let (udp_tx, mut udp_rx) = mpsc::unbounded_channel::<Batch>();
     let rx = socket.clone();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        loop {
-            if let Ok((n, from)) = rx.recv_from(&mut buf).await {
-                if udp_tx.send((from, buf[..n].to_vec())).is_err() {
-                    return;
-                }
-            }
-        }
-    });
+    tokio::spawn(async move { read_batches(&rx, |batch| udp_tx.send(batch).is_ok()).await });
     // Registered connections per tunnel, in registration order.
     let mut routes: HashMap<Uuid, Vec<ConnId>> = HashMap::new();
     let mut conn_tunnel: HashMap<ConnId, Uuid> = HashMap::new();
@@ -631,9 +626,10 @@ async fn edge_loop(
                 }
             }
             progress |= datagrams.pump(now, &mut ep);
-            while let Some(t) = ep.poll_transmit(now, &mut buf) {
+            while let Some(t) = ep.poll_transmit(now, socket.max_datagrams(), &mut buf) {
                 progress = true;
-                let _ = socket.try_send_to(&buf[..t.size], t.destination);
+                // A full socket buffer drops the batch: QUIC recovers it like any loss.
+                let _ = socket.try_send(&t, &buf);
             }
             if !progress {
                 break;
@@ -655,11 +651,13 @@ async fn edge_loop(
             }
         };
         tokio::select! {
-            Some((from, data)) = udp_rx.recv() => {
+            Some(batch) = udp_rx.recv() => {
                 let now = Instant::now();
-                ep.handle_datagram(now, from, &data);
-                while let Ok((from, data)) = udp_rx.try_recv() {
-                    ep.handle_datagram(now, from, &data);
+                let mut next = Some(batch);
+                while let Some(batch) = next.take().or_else(|| udp_rx.try_recv().ok()) {
+                    for (from, d) in batch.iter() {
+                        ep.handle_datagram(now, from, d);
+                    }
                 }
             }
             Some(cmd) = cmds.recv() => {

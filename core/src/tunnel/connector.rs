@@ -327,9 +327,14 @@ impl ConnectorConnection {
         self.progress(now);
     }
 
-    /// The next datagram to send, written into `buf`.
-    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
-        poll_conn_transmit(&mut self.conn, now, buf)
+    /// The next datagrams to send (up to `max_datagrams`, one destination), written into `buf`.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        max_datagrams: usize,
+        buf: &mut Vec<u8>,
+    ) -> Option<Transmit> {
+        poll_conn_transmit(&mut self.conn, now, max_datagrams, buf)
     }
 
     /// When [`ConnectorConnection::handle_timeout`] must be called next.
