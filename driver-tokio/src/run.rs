@@ -10,7 +10,7 @@ use burrow_core::tunnel::supervisor::IpVersion;
 use clap::{Args, Subcommand};
 use thiserror::Error;
 use tokio::sync::mpsc;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::connector::{self, Edges, Options};
@@ -26,7 +26,10 @@ pub struct TunnelArgs {
     command: TunnelCommand,
 }
 
-/// Flags cloudflared defines on `tunnel`.
+/// Flags cloudflared defines on `tunnel`. Every one but `--config` may also be a top-level key
+/// of config.yml under the same name; a flag given here or through its environment variable
+/// wins over the file, which wins over the default (see [`Settings::merge`]). So fields are
+/// `Option`s without clap defaults: the defaults are applied after the merge.
 #[derive(Debug, Args, Clone)]
 pub struct CommonArgs {
     /// Configuration file (cloudflared's config.yml).
@@ -38,39 +41,24 @@ pub struct CommonArgs {
     /// CA certificate (PEM) the edge is verified against, and nothing else.
     #[arg(long, global = true, env = "TUNNEL_CACERT")]
     pub cacert: Option<String>,
-    /// HA connections to the edge.
-    #[arg(long, global = true, default_value_t = 4)]
-    pub ha_connections: u8,
-    /// How long a graceful shutdown may take (at most 3m).
-    #[arg(
-        long,
-        global = true,
-        env = "TUNNEL_GRACE_PERIOD",
-        default_value = "30s"
-    )]
-    pub grace_period: String,
-    /// Edge IP version: 4, 6 or auto.
-    #[arg(
-        long,
-        global = true,
-        env = "TUNNEL_EDGE_IP_VERSION",
-        default_value = "auto"
-    )]
-    pub edge_ip_version: String,
+    /// HA connections to the edge [default: 4].
+    #[arg(long, global = true)]
+    pub ha_connections: Option<u8>,
+    /// How long a graceful shutdown may take (at most 3m) [default: 30s].
+    #[arg(long, global = true, env = "TUNNEL_GRACE_PERIOD", value_parser = parse_duration)]
+    pub grace_period: Option<Duration>,
+    /// Edge IP version: 4, 6 or auto [default: auto].
+    #[arg(long, global = true, env = "TUNNEL_EDGE_IP_VERSION")]
+    pub edge_ip_version: Option<String>,
     /// Edge region (regional SRV service).
     #[arg(long, global = true, env = "TUNNEL_REGION")]
     pub region: Option<String>,
-    /// Metrics and readiness server address.
-    #[arg(
-        long,
-        global = true,
-        env = "TUNNEL_METRICS",
-        default_value = "localhost:0"
-    )]
-    pub metrics: String,
-    /// Log level: debug, info, warn, error, fatal.
-    #[arg(long, global = true, env = "TUNNEL_LOGLEVEL", default_value = "info")]
-    pub loglevel: String,
+    /// Metrics and readiness server address [default: localhost:0].
+    #[arg(long, global = true, env = "TUNNEL_METRICS")]
+    pub metrics: Option<String>,
+    /// Log level: debug, info, warn, error, fatal [default: info].
+    #[arg(long, global = true, env = "TUNNEL_LOGLEVEL")]
+    pub loglevel: Option<String>,
     /// Accepted for compatibility; burrow never updates itself.
     #[arg(long, global = true, hide = true)]
     pub no_autoupdate: bool,
@@ -82,7 +70,7 @@ enum TunnelCommand {
     Run(RunArgs),
 }
 
-/// Flags of `tunnel run`.
+/// Flags of `tunnel run` (also config.yml keys, as [`CommonArgs`]).
 #[derive(Debug, Args, Clone)]
 pub struct RunArgs {
     /// Tunnel token (base64 JSON {a,t,s}).
@@ -94,14 +82,9 @@ pub struct RunArgs {
     /// One origin for every request (instead of ingress rules).
     #[arg(long, env = "TUNNEL_URL")]
     pub url: Option<String>,
-    /// Transport protocol: quic (http2 is not supported yet).
-    #[arg(
-        long,
-        short = 'p',
-        env = "TUNNEL_TRANSPORT_PROTOCOL",
-        default_value = "auto"
-    )]
-    pub protocol: String,
+    /// Transport protocol: quic (http2 is not supported yet) [default: auto].
+    #[arg(long, short = 'p', env = "TUNNEL_TRANSPORT_PROTOCOL")]
+    pub protocol: Option<String>,
     /// Extra client feature strings.
     #[arg(long, short = 'F', value_delimiter = ',')]
     pub features: Vec<String>,
@@ -116,11 +99,135 @@ pub struct RunArgs {
     /// Same for IPv6.
     #[arg(long, env = "TUNNEL_ICMPV6_SRC")]
     pub icmpv6_src: Option<std::net::Ipv6Addr>,
-    /// Post-quantum key exchange only.
+    /// Post-quantum key exchange only. Only "on" counts as given: the file's `post-quantum: true`
+    /// is not turned off by `TUNNEL_POST_QUANTUM=false`.
     #[arg(long, alias = "pq", env = "TUNNEL_POST_QUANTUM")]
     pub post_quantum: bool,
     /// Tunnel UUID (or the config file's `tunnel`).
     pub tunnel: Option<String>,
+}
+
+/// `tunnel run`'s settings: each from its flag or environment variable, else config.yml's key
+/// of the same name, else cloudflared's default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// `--edge`: static edge addresses (empty: DNS SRV).
+    pub edge: Vec<String>,
+    /// `--cacert`.
+    pub cacert: Option<String>,
+    /// `--ha-connections`.
+    pub ha_connections: u8,
+    /// `--grace-period`, at most [`MAX_GRACE`].
+    pub grace_period: Duration,
+    /// `--edge-ip-version`.
+    pub ip_version: IpVersion,
+    /// `--region`.
+    pub region: Option<String>,
+    /// `--metrics`.
+    pub metrics: String,
+    /// `--loglevel`.
+    pub loglevel: String,
+    /// `--features`.
+    pub features: Vec<String>,
+    /// `--max-active-flows`.
+    pub max_active_flows: Option<u64>,
+    /// `--icmpv4-src`.
+    pub icmpv4_src: Option<std::net::Ipv4Addr>,
+    /// `--icmpv6-src`.
+    pub icmpv6_src: Option<std::net::Ipv6Addr>,
+    /// `--post-quantum`.
+    pub post_quantum: bool,
+    /// `--token`.
+    pub token: Option<String>,
+    /// `--credentials-file`.
+    pub credentials_file: Option<String>,
+    /// `--url`.
+    pub url: Option<String>,
+    /// The tunnel argument, else the file's `tunnel`.
+    pub tunnel: Option<String>,
+}
+
+impl Settings {
+    /// Merges flags (clap has already put environment variables in them) over the file's keys
+    /// over the defaults, then checks the values cloudflared checks.
+    pub fn merge(
+        common: &CommonArgs,
+        run: &RunArgs,
+        file: &ConfigFile,
+    ) -> Result<Self, SetupError> {
+        // A list flag given at all replaces the file's list, as altsrc does.
+        fn list(flag: &[String], key: &Option<Vec<String>>) -> Vec<String> {
+            if flag.is_empty() {
+                key.clone().unwrap_or_default()
+            } else {
+                flag.to_vec()
+            }
+        }
+        let protocol = run.protocol.as_ref().or(file.protocol.as_ref());
+        match protocol.map_or("auto", String::as_str) {
+            "auto" | "quic" => {}
+            "http2" | "h2mux" => {
+                return Err(SetupError::Config(
+                    "the http2 protocol is not supported by burrow yet; use --protocol quic".into(),
+                ))
+            }
+            other => {
+                return Err(SetupError::Config(format!(
+                    "unknown protocol {other}, Available protocols: quic, http2"
+                )))
+            }
+        }
+        let grace_period = common
+            .grace_period
+            .or(file.grace_period.map(|d| d.0))
+            .unwrap_or(Duration::from_secs(30));
+        if grace_period > MAX_GRACE {
+            return Err(SetupError::Config(format!(
+                "grace-period {} is too long. Maximum allowed is 3m0s",
+                humantime::format_duration(grace_period)
+            )));
+        }
+        let ip_version = match common
+            .edge_ip_version
+            .as_ref()
+            .or(file.edge_ip_version.as_ref())
+            .map_or("auto", String::as_str)
+        {
+            "4" => IpVersion::V4,
+            "6" => IpVersion::V6,
+            "auto" => IpVersion::Auto,
+            other => {
+                return Err(SetupError::Config(format!(
+                    "invalid edge-ip-version {other}: use 4, 6 or auto"
+                )))
+            }
+        };
+        let or = |flag: &Option<String>, key: &Option<String>| flag.clone().or_else(|| key.clone());
+        Ok(Self {
+            edge: list(&common.edge, &file.edge),
+            cacert: or(&common.cacert, &file.cacert),
+            ha_connections: common.ha_connections.or(file.ha_connections).unwrap_or(4),
+            grace_period,
+            ip_version,
+            region: or(&common.region, &file.region),
+            metrics: or(&common.metrics, &file.metrics).unwrap_or_else(|| "localhost:0".into()),
+            loglevel: or(&common.loglevel, &file.loglevel).unwrap_or_else(|| "info".into()),
+            features: list(&run.features, &file.features),
+            max_active_flows: run.max_active_flows.or(file.max_active_flows),
+            icmpv4_src: run.icmpv4_src.or(file.icmpv4_src),
+            icmpv6_src: run.icmpv6_src.or(file.icmpv6_src),
+            post_quantum: run.post_quantum || file.post_quantum.unwrap_or(false),
+            token: or(&run.token, &file.token),
+            credentials_file: or(&run.credentials_file, &file.credentials_file),
+            url: or(&run.url, &file.url),
+            tunnel: or(&run.tunnel, &file.tunnel),
+        })
+    }
+}
+
+/// `--grace-period` as a Go duration (`30s`, `1m30s`).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
 }
 
 /// What stops `tunnel run` before it connects.
@@ -154,8 +261,28 @@ pub fn init_logging(level: &str) {
 
 /// Entry point of `burrow tunnel`.
 pub fn main(args: TunnelArgs) -> ExitCode {
-    init_logging(&args.common.loglevel);
     let TunnelCommand::Run(run) = args.command;
+    // The file may set the log level, so it is read before logging starts; its errors go to
+    // stderr directly.
+    let setup = load_config(&args.common).and_then(|loaded| {
+        let settings = Settings::merge(&args.common, &run, &loaded.file)?;
+        Ok((loaded, settings))
+    });
+    let (loaded, settings) = match setup {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    init_logging(&settings.loglevel);
+    if !loaded.file.ignored_keys.is_empty() {
+        debug!(
+            config = loaded.path.as_deref().unwrap_or(""),
+            keys = ?loaded.file.ignored_keys,
+            "configuration keys burrow does not act on, ignored"
+        );
+    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {
@@ -163,7 +290,7 @@ pub fn main(args: TunnelArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run_tunnel(args.common, run)) {
+    match rt.block_on(run_tunnel(settings, loaded)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -171,6 +298,33 @@ pub fn main(args: TunnelArgs) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// config.yml as read: its text (for the local configuration pushed to the edge) and shape.
+#[derive(Debug, Default)]
+pub struct LoadedConfig {
+    /// Where it was read from.
+    pub path: Option<String>,
+    /// Its text.
+    pub text: Option<String>,
+    /// Its parsed keys.
+    pub file: ConfigFile,
+}
+
+/// Reads `--config`, else the first of cloudflared's default locations, else nothing.
+pub fn load_config(common: &CommonArgs) -> Result<LoadedConfig, SetupError> {
+    let Some(path) = common.config.clone().or_else(default_config) else {
+        return Ok(LoadedConfig::default());
+    };
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| SetupError::Config(format!("cannot read config {path}: {e}")))?;
+    let file =
+        ConfigFile::from_yaml(&text).map_err(|e| SetupError::Config(format!("{path}: {e}")))?;
+    Ok(LoadedConfig {
+        path: Some(path),
+        text: Some(text),
+        file,
+    })
 }
 
 /// cloudflared's default config locations.
@@ -208,15 +362,14 @@ pub fn url_service(url: &str) -> Result<Service, String> {
 }
 
 /// Loads credentials: token > credentials file > `<uuid>.json` in cloudflared's directories.
-fn credentials(run: &RunArgs, file: &ConfigFile) -> Result<Credentials, SetupError> {
-    if let Some(t) = &run.token {
+fn credentials(settings: &Settings) -> Result<Credentials, SetupError> {
+    if let Some(t) = &settings.token {
         return Ok(Credentials::from_token(t)?);
     }
-    let id = run.tunnel.clone().or_else(|| file.tunnel.clone());
-    let path = run
+    let id = settings.tunnel.clone();
+    let path = settings
         .credentials_file
         .clone()
-        .or_else(|| file.credentials_file.clone())
         .or_else(|| {
             let id = id.as_ref()?;
             let home = std::env::var("HOME").unwrap_or_default();
@@ -248,62 +401,28 @@ fn credentials(run: &RunArgs, file: &ConfigFile) -> Result<Credentials, SetupErr
     Ok(creds)
 }
 
-/// Builds [`Options`] from flags and the configuration file.
+/// Builds [`Options`] from the merged settings and the configuration file.
 pub fn options(
-    common: &CommonArgs,
-    run: &RunArgs,
+    settings: &Settings,
+    loaded: &LoadedConfig,
     metrics: Arc<Metrics>,
 ) -> Result<Options, SetupError> {
-    match run.protocol.as_str() {
-        "auto" | "quic" => {}
-        "http2" | "h2mux" => {
-            return Err(SetupError::Config(
-                "the http2 protocol is not supported by burrow yet; use --protocol quic".into(),
-            ))
-        }
-        other => {
-            return Err(SetupError::Config(format!(
-                "unknown protocol {other}, Available protocols: quic, http2"
-            )))
-        }
-    }
-    let config_path = common.config.clone().or_else(default_config);
-    let (file, text) = match &config_path {
-        Some(p) => {
-            let text = std::fs::read_to_string(p)
-                .map_err(|e| SetupError::Config(format!("cannot read config {p}: {e}")))?;
-            let file = ConfigFile::from_yaml(&text)
-                .map_err(|e| SetupError::Config(format!("{p}: {e}")))?;
-            (file, Some(text))
-        }
-        None => (ConfigFile::default(), None),
-    };
-    let creds = credentials(run, &file)?;
-    let grace_text = file
-        .grace_period
-        .map(|d| humantime::format_duration(d.0).to_string())
-        .unwrap_or_else(|| common.grace_period.clone());
-    let grace = humantime::parse_duration(&grace_text)
-        .map_err(|e| SetupError::Config(format!("invalid --grace-period {grace_text}: {e}")))?;
-    if grace > MAX_GRACE {
-        return Err(SetupError::Config(format!(
-            "grace-period {grace_text} is too long. Maximum allowed is 3m0s"
-        )));
-    }
+    let file = &loaded.file;
+    let creds = credentials(settings)?;
     let ingress = match file
         .ingress()
         .map_err(|e| SetupError::Config(e.to_string()))?
     {
         Some(i) => {
-            if run.url.is_some() {
+            if settings.url.is_some() {
                 warn!("--url is ignored: the configuration file has ingress rules");
             }
             i
         }
-        None => match run.url.as_ref().or(file.url.as_ref()) {
+        None => match &settings.url {
             Some(url) => Ingress::single(url_service(url).map_err(SetupError::Config)?),
             None => {
-                if run.token.is_none() {
+                if settings.token.is_none() {
                     warn!("No ingress rules were defined in provided config (if any) nor from the cli, cloudflared will return 503 for all incoming HTTP requests");
                 }
                 Ingress::default_origin()
@@ -312,8 +431,8 @@ pub fn options(
     };
     // The local configuration conn 0 pushes: the file's ingress, originRequest and
     // warp-routing as JSON.
-    let local_config = text.and_then(|t| {
-        let v: serde_json::Value = serde_yaml_ng::from_str(&t).ok()?;
+    let local_config = loaded.text.as_ref().and_then(|t| {
+        let v: serde_json::Value = serde_yaml_ng::from_str(t).ok()?;
         let mut out = serde_json::Map::new();
         for key in ["ingress", "originRequest", "warp-routing"] {
             if let Some(x) = v.get(key) {
@@ -322,33 +441,23 @@ pub fn options(
         }
         Some(serde_json::Value::Object(out).to_string().into_bytes())
     });
-    let ip_version = match common.edge_ip_version.as_str() {
-        "4" => IpVersion::V4,
-        "6" => IpVersion::V6,
-        "auto" => IpVersion::Auto,
-        other => {
-            return Err(SetupError::Config(format!(
-                "invalid --edge-ip-version {other}: use 4, 6 or auto"
-            )))
-        }
-    };
-    let region = common
+    let region = settings
         .region
         .clone()
         .or_else(|| Some(creds.endpoint.clone()).filter(|e| !e.is_empty()));
-    if common.region.is_some() && !creds.endpoint.is_empty() {
+    if settings.region.is_some() && !creds.endpoint.is_empty() {
         return Err(SetupError::Config(
             "region provided with a token that has an endpoint".into(),
         ));
     }
-    let edges = if common.edge.is_empty() {
+    let edges = if settings.edge.is_empty() {
         Edges::Srv { region }
     } else {
-        Edges::Static(common.edge.clone())
+        Edges::Static(settings.edge.clone())
     };
-    let cacert = match &common.cacert {
+    let cacert = match &settings.cacert {
         Some(p) => {
-            Some(std::fs::read(p).map_err(|e| SetupError::Config(format!("--cacert {p}: {e}")))?)
+            Some(std::fs::read(p).map_err(|e| SetupError::Config(format!("cacert {p}: {e}")))?)
         }
         None => None,
     };
@@ -357,18 +466,18 @@ pub fn options(
         ingress,
         local_config,
         edges,
-        ip_version,
+        ip_version: settings.ip_version,
         cacert,
-        ha_connections: common.ha_connections.max(1),
-        grace_period: grace,
-        features: run.features.clone(),
-        max_active_flows: run.max_active_flows,
+        ha_connections: settings.ha_connections.max(1),
+        grace_period: settings.grace_period,
+        features: settings.features.clone(),
+        max_active_flows: settings.max_active_flows,
         local_max_active_flows: file.warp_routing.max_active_flows,
         icmp: Some(crate::datagram::IcmpSources {
-            v4: run.icmpv4_src,
-            v6: run.icmpv6_src,
+            v4: settings.icmpv4_src,
+            v6: settings.icmpv6_src,
         }),
-        post_quantum: run.post_quantum,
+        post_quantum: settings.post_quantum,
         metrics,
     })
 }
@@ -398,17 +507,177 @@ pub fn signals() -> mpsc::UnboundedReceiver<()> {
     rx
 }
 
-async fn run_tunnel(common: CommonArgs, run: RunArgs) -> Result<(), String> {
+async fn run_tunnel(settings: Settings, loaded: LoadedConfig) -> Result<(), String> {
     let connector_id = Uuid::new_v4();
     info!(%connector_id, "Generated Connector ID");
     let m = Metrics::new(connector_id);
-    let opts = options(&common, &run, m.clone()).map_err(|e| e.to_string())?;
-    let listener = metrics::bind(&common.metrics)
+    let opts = options(&settings, &loaded, m.clone()).map_err(|e| e.to_string())?;
+    let listener = metrics::bind(&settings.metrics)
         .await
-        .map_err(|e| format!("cannot bind metrics server on {}: {e}", common.metrics))?;
+        .map_err(|e| format!("cannot bind metrics server on {}: {e}", settings.metrics))?;
     tokio::spawn(metrics::serve(listener, m));
     let shutdown = signals();
     connector::run(opts, shutdown)
         .await
         .map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+
+    #[derive(Debug, Parser)]
+    struct Cli {
+        #[command(subcommand)]
+        command: Top,
+    }
+
+    #[derive(Debug, Subcommand)]
+    enum Top {
+        Tunnel(TunnelArgs),
+    }
+
+    /// Settings from a `burrow tunnel ...` command line and config.yml text.
+    fn settings(args: &[&str], yaml: &str) -> Result<Settings, SetupError> {
+        let Top::Tunnel(t) = Cli::try_parse_from([&["burrow", "tunnel"], args].concat())
+            .expect("flags parse")
+            .command;
+        let TunnelCommand::Run(run) = t.command;
+        let file = ConfigFile::from_yaml(yaml).expect("file parses");
+        Settings::merge(&t.common, &run, &file)
+    }
+
+    const FILE: &str = "
+tunnel: from-file
+edge: [192.0.2.1:7844, 192.0.2.2:7844]
+ha-connections: 2
+grace-period: 10s
+edge-ip-version: '6'
+metrics: 127.0.0.1:2000
+loglevel: debug
+features: [a, b]
+max-active-flows: 7
+icmpv4-src: 192.0.2.9
+url: http://localhost:3000
+no-autoupdate: true
+";
+
+    #[test]
+    fn without_flags_the_file_beats_the_defaults() {
+        let s = settings(&["run"], FILE).unwrap();
+        assert_eq!(s.edge, ["192.0.2.1:7844", "192.0.2.2:7844"]);
+        assert_eq!(s.ha_connections, 2);
+        assert_eq!(s.grace_period, Duration::from_secs(10));
+        assert_eq!(s.ip_version, IpVersion::V6);
+        assert_eq!(s.metrics, "127.0.0.1:2000");
+        assert_eq!(s.loglevel, "debug");
+        assert_eq!(s.features, ["a", "b"]);
+        assert_eq!(s.max_active_flows, Some(7));
+        assert_eq!(s.icmpv4_src, Some("192.0.2.9".parse().unwrap()));
+        assert_eq!(s.url.as_deref(), Some("http://localhost:3000"));
+        assert_eq!(s.tunnel.as_deref(), Some("from-file"));
+    }
+
+    #[test]
+    fn without_either_the_defaults_hold() {
+        let s = settings(&["run"], "").unwrap();
+        assert!(s.edge.is_empty(), "DNS SRV");
+        assert_eq!(s.ha_connections, 4);
+        assert_eq!(s.grace_period, Duration::from_secs(30));
+        assert_eq!(s.ip_version, IpVersion::Auto);
+        assert_eq!(s.metrics, "localhost:0");
+        assert_eq!(s.loglevel, "info");
+        assert!(s.features.is_empty());
+        assert_eq!(s.max_active_flows, None);
+        assert!(!s.post_quantum);
+    }
+
+    #[test]
+    fn flags_beat_the_file_before_or_after_run() {
+        let s = settings(
+            &[
+                "--ha-connections",
+                "3",
+                "--grace-period",
+                "1m",
+                "--edge",
+                "198.51.100.1:7844",
+                "run",
+                "--metrics",
+                "127.0.0.1:3000",
+                "--edge-ip-version",
+                "4",
+                "--loglevel",
+                "warn",
+                "-F",
+                "c",
+                "--max-active-flows",
+                "0",
+                "--url",
+                "http://localhost:4000",
+                "from-flag",
+            ],
+            FILE,
+        )
+        .unwrap();
+        assert_eq!(
+            s.edge,
+            ["198.51.100.1:7844"],
+            "a list flag replaces the file's"
+        );
+        assert_eq!(s.ha_connections, 3);
+        assert_eq!(
+            s.grace_period,
+            Duration::from_secs(60),
+            "an explicit --grace-period is not overridden by the file"
+        );
+        assert_eq!(s.ip_version, IpVersion::V4);
+        assert_eq!(s.metrics, "127.0.0.1:3000");
+        assert_eq!(s.loglevel, "warn");
+        assert_eq!(s.features, ["c"]);
+        assert_eq!(s.max_active_flows, Some(0));
+        assert_eq!(s.url.as_deref(), Some("http://localhost:4000"));
+        assert_eq!(s.tunnel.as_deref(), Some("from-flag"));
+        // Flags equal to the defaults still count as given.
+        let s = settings(
+            &["--grace-period", "30s", "--ha-connections", "4", "run"],
+            FILE,
+        )
+        .unwrap();
+        assert_eq!(s.grace_period, Duration::from_secs(30));
+        assert_eq!(s.ha_connections, 4);
+    }
+
+    #[test]
+    fn merged_values_are_checked_wherever_they_came_from() {
+        let e = |args: &[&str], yaml: &str| settings(args, yaml).unwrap_err().to_string();
+        assert!(e(&["run"], "grace-period: 4m\n").contains("too long"));
+        assert!(e(&["--grace-period", "4m", "run"], "").contains("too long"));
+        // The file's too-long value does not matter when the flag overrides it.
+        assert!(settings(&["--grace-period", "1s", "run"], "grace-period: 4m\n").is_ok());
+        assert!(e(&["run"], "protocol: http2\n").contains("http2 protocol is not supported"));
+        assert!(e(&["run"], "edge-ip-version: '5'\n").contains("edge-ip-version 5"));
+        assert!(settings(&["run", "-p", "quic"], "protocol: http2\n").is_ok());
+    }
+
+    #[test]
+    fn post_quantum_from_flag_or_file() {
+        assert!(
+            settings(&["run"], "post-quantum: true\n")
+                .unwrap()
+                .post_quantum
+        );
+        assert!(
+            settings(&["run", "--pq"], "post-quantum: false\n")
+                .unwrap()
+                .post_quantum
+        );
+        assert!(
+            !settings(&["run"], "post-quantum: false\n")
+                .unwrap()
+                .post_quantum
+        );
+    }
 }

@@ -280,7 +280,7 @@ impl Testbed {
 
     /// Writes the connector's config.yml (tunnel, credentials, ingress rules, `config_extra`);
     /// burrow and cloudflared read the same file.
-    fn write_config(&self, o: &ConnectorOpts) -> Result<PathBuf, TestbedError> {
+    pub fn write_config(&self, o: &ConnectorOpts) -> Result<PathBuf, TestbedError> {
         let config = self.dir.join("config.yml");
         let q = |s: &str| serde_json::Value::from(s).to_string();
         let mut yaml = format!(

@@ -1,5 +1,7 @@
 //! The shapes of cloudflared's `config.yml` and of the remote configuration the edge pushes.
 
+use std::net::{Ipv4Addr, Ipv6Addr};
+
 use serde::Deserialize;
 
 use super::duration::Dur;
@@ -66,44 +68,113 @@ pub struct WarpRoutingConfig {
     pub tcp_keep_alive: Option<Dur>,
 }
 
-/// cloudflared's `config.yml`: ingress plus the flag names the daemon reads from it.
+/// cloudflared's `config.yml`: ingress plus every top-level key naming a `tunnel`/`tunnel run`
+/// flag burrow acts on. cloudflared (urfave/cli altsrc) reads any flag from the file under its
+/// own name, so these keys are the flag names with the flag's type: strings, lists as YAML
+/// sequences, durations as `"30s"`. Other keys are not errors (cloudflared ignores what it does
+/// not know, and burrow does not act on every cloudflared flag); they land in
+/// [`ConfigFile::ignored_keys`].
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
-#[serde(default)]
+#[serde(default, rename_all = "kebab-case")]
 pub struct ConfigFile {
     /// `tunnel`: UUID (or name).
     pub tunnel: Option<String>,
+    /// `token`.
+    pub token: Option<String>,
     /// `credentials-file`.
-    #[serde(rename = "credentials-file")]
     pub credentials_file: Option<String>,
     /// `url`.
     pub url: Option<String>,
+    /// `edge`: a list of `host:port`.
+    pub edge: Option<Vec<String>>,
+    /// `cacert`.
+    pub cacert: Option<String>,
+    /// `ha-connections`.
+    pub ha_connections: Option<u8>,
+    /// `grace-period`.
+    pub grace_period: Option<Dur>,
+    /// `edge-ip-version`: 4, 6 or auto.
+    pub edge_ip_version: Option<String>,
+    /// `region`.
+    pub region: Option<String>,
     /// `metrics`.
     pub metrics: Option<String>,
     /// `loglevel`.
     pub loglevel: Option<String>,
     /// `protocol`.
     pub protocol: Option<String>,
-    /// `grace-period`.
-    #[serde(rename = "grace-period")]
-    pub grace_period: Option<Dur>,
+    /// `features`: a list.
+    pub features: Option<Vec<String>>,
+    /// `max-active-flows`.
+    pub max_active_flows: Option<u64>,
+    /// `icmpv4-src`.
+    pub icmpv4_src: Option<Ipv4Addr>,
+    /// `icmpv6-src`.
+    pub icmpv6_src: Option<Ipv6Addr>,
+    /// `post-quantum`.
+    pub post_quantum: Option<bool>,
     /// `ingress`.
     pub ingress: Vec<RawRule>,
     /// Global `originRequest`.
     #[serde(rename = "originRequest")]
     pub origin_request: OriginRequestConfig,
     /// `warp-routing`.
-    #[serde(rename = "warp-routing")]
     pub warp_routing: WarpRoutingConfig,
+    /// Top-level keys of the file that are none of the above, in file order.
+    #[serde(skip)]
+    pub ignored_keys: Vec<String>,
 }
+
+/// The top-level keys [`ConfigFile`] reads; kept beside the struct and checked by a test.
+pub const CONFIG_FILE_KEYS: &[&str] = &[
+    "tunnel",
+    "token",
+    "credentials-file",
+    "url",
+    "edge",
+    "cacert",
+    "ha-connections",
+    "grace-period",
+    "edge-ip-version",
+    "region",
+    "metrics",
+    "loglevel",
+    "protocol",
+    "features",
+    "max-active-flows",
+    "icmpv4-src",
+    "icmpv6-src",
+    "post-quantum",
+    "ingress",
+    "originRequest",
+    "warp-routing",
+];
 
 impl ConfigFile {
     /// Parses `config.yml` text. serde_yaml_ng is a maintained fork of the archived serde_yaml
-    /// with the same YAML 1.1 behaviour Go's yaml.v3 accepts for these files.
+    /// with the same YAML 1.1 behaviour Go's yaml.v3 accepts for these files. A known key of
+    /// the wrong type is an error naming the key (serde_yaml_ng prefixes the path).
     pub fn from_yaml(text: &str) -> Result<Self, IngressError> {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        serde_yaml_ng::from_str(text).map_err(|e| IngressError::Syntax(e.to_string()))
+        let mut file: Self =
+            serde_yaml_ng::from_str(text).map_err(|e| IngressError::Syntax(e.to_string()))?;
+        // The struct parsed, so the text is a mapping; a second, untyped pass names the rest.
+        if let Ok(map) = serde_yaml_ng::from_str::<serde_yaml_ng::Mapping>(text) {
+            file.ignored_keys = map
+                .keys()
+                .map(|k| match k {
+                    serde_yaml_ng::Value::String(s) => s.clone(),
+                    other => serde_yaml_ng::to_string(other)
+                        .unwrap_or_default()
+                        .trim_end()
+                        .to_owned(),
+                })
+                .filter(|k| !CONFIG_FILE_KEYS.contains(&k.as_str()))
+                .collect();
+        }
+        Ok(file)
     }
 
     /// The validated ingress, or `None` when the file has no rules.

@@ -11,7 +11,9 @@ mod duration;
 #[cfg(test)]
 mod tests;
 
-pub use config::{ConfigFile, OriginRequestConfig, RawRule, RemoteConfig, WarpRoutingConfig};
+pub use config::{
+    ConfigFile, OriginRequestConfig, RawRule, RemoteConfig, WarpRoutingConfig, CONFIG_FILE_KEYS,
+};
 
 use std::sync::{Arc, RwLock};
 use std::time::Duration;

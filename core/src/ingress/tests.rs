@@ -350,3 +350,150 @@ fn request_options_follow_the_rule_and_its_service_kind() {
     let o = unix.rules()[0].request_options();
     assert_eq!((o.host_header, o.disable_chunked_encoding), (None, true));
 }
+
+/// Every `tunnel`/`tunnel run` flag burrow acts on, as cloudflared's config.yml writes it.
+const FLAG_KEYS: &str = r#"
+tunnel: 6ff42ae2-765d-4adf-8112-31c55c1551ef
+token: eyJhIjoiYSJ9
+credentials-file: /etc/cloudflared/t.json
+url: http://localhost:3000
+edge:
+  - 127.0.0.1:7844
+  - "[::1]:7844"
+cacert: /etc/ca.pem
+ha-connections: 2
+grace-period: 10s
+edge-ip-version: "6"
+region: us
+metrics: 127.0.0.1:2000
+loglevel: debug
+protocol: quic
+features: [support_datagram_v3_2, x]
+max-active-flows: 7
+icmpv4-src: 192.0.2.1
+icmpv6-src: "2001:db8::1"
+post-quantum: true
+no-autoupdate: true
+autoupdate-freq: 24h
+logfile: /var/log/cloudflared.log
+retries: 3
+warp-routing:
+  maxActiveFlows: 5
+"#;
+
+#[test]
+fn flag_keys_parse_with_cloudflared_names_and_types() {
+    let c = ConfigFile::from_yaml(FLAG_KEYS).expect("parses");
+    assert_eq!(c.token.as_deref(), Some("eyJhIjoiYSJ9"));
+    assert_eq!(
+        c.credentials_file.as_deref(),
+        Some("/etc/cloudflared/t.json")
+    );
+    assert_eq!(c.url.as_deref(), Some("http://localhost:3000"));
+    assert_eq!(
+        c.edge,
+        Some(vec!["127.0.0.1:7844".to_owned(), "[::1]:7844".to_owned()])
+    );
+    assert_eq!(c.cacert.as_deref(), Some("/etc/ca.pem"));
+    assert_eq!(c.ha_connections, Some(2));
+    assert_eq!(c.grace_period, Some(duration::Dur(Duration::from_secs(10))));
+    assert_eq!(c.edge_ip_version.as_deref(), Some("6"));
+    assert_eq!(c.region.as_deref(), Some("us"));
+    assert_eq!(c.metrics.as_deref(), Some("127.0.0.1:2000"));
+    assert_eq!(c.loglevel.as_deref(), Some("debug"));
+    assert_eq!(c.protocol.as_deref(), Some("quic"));
+    assert_eq!(
+        c.features,
+        Some(vec!["support_datagram_v3_2".to_owned(), "x".to_owned()])
+    );
+    assert_eq!(c.max_active_flows, Some(7));
+    assert_eq!(c.icmpv4_src, Some("192.0.2.1".parse().unwrap()));
+    assert_eq!(c.icmpv6_src, Some("2001:db8::1".parse().unwrap()));
+    assert_eq!(c.post_quantum, Some(true));
+    assert_eq!(c.warp_routing.max_active_flows, Some(5));
+    assert_eq!(
+        c.ignored_keys,
+        ["no-autoupdate", "autoupdate-freq", "logfile", "retries"],
+        "keys burrow does not act on are collected, in file order, not refused"
+    );
+}
+
+#[test]
+fn a_flag_key_of_the_wrong_type_is_an_error_naming_it() {
+    for (yaml, key) in [
+        ("ha-connections: two\n", "ha-connections"),
+        ("ha-connections: 300\n", "ha-connections"),
+        ("edge: 127.0.0.1:7844\n", "edge"),
+        ("features: {a: b}\n", "features"),
+        ("grace-period: soon\n", "grace-period"),
+        ("max-active-flows: -1\n", "max-active-flows"),
+        ("icmpv4-src: \"::1\"\n", "icmpv4-src"),
+        ("post-quantum: [1]\n", "post-quantum"),
+        ("tunnel: t\nmetrics: [a]\n", "metrics"),
+    ] {
+        let e = err(yaml);
+        assert!(e.contains(key), "{yaml:?}: {e}");
+    }
+}
+
+/// A YAML value of any shape, a few levels deep.
+fn yaml_value() -> impl Strategy<Value = serde_yaml_ng::Value> {
+    use serde_yaml_ng::Value;
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(|n| Value::Number(n.into())),
+        any::<f64>().prop_map(|n| Value::Number(n.into())),
+        "\\PC{0,16}".prop_map(Value::String),
+        prop_oneof![
+            Just("10s"),
+            Just("127.0.0.1:7844"),
+            Just("::1"),
+            Just("quic")
+        ]
+        .prop_map(|s| Value::String(s.to_owned())),
+    ];
+    leaf.prop_recursive(3, 24, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_yaml_ng::Value::Sequence),
+            proptest::collection::vec(("[a-zA-Z-]{1,8}", inner), 0..4).prop_map(|kv| {
+                serde_yaml_ng::Value::Mapping(
+                    kv.into_iter()
+                        .map(|(k, v)| (serde_yaml_ng::Value::String(k), v))
+                        .collect(),
+                )
+            }),
+        ]
+    })
+}
+
+proptest! {
+    /// Any top-level map, with cloudflared's flag names or others as keys and any values, parses
+    /// or is refused, never panics; what parses names only unknown keys as ignored.
+    #[test]
+    fn arbitrary_yaml_maps_never_panic(
+        entries in proptest::collection::vec(
+            (
+                prop_oneof![
+                    proptest::sample::select(CONFIG_FILE_KEYS).prop_map(str::to_owned),
+                    "[a-z-]{1,12}",
+                ],
+                yaml_value(),
+            ),
+            0..8,
+        ),
+    ) {
+        let map: serde_yaml_ng::Mapping = entries
+            .into_iter()
+            .map(|(k, v)| (serde_yaml_ng::Value::String(k), v))
+            .collect();
+        let text = serde_yaml_ng::to_string(&map).expect("serializes");
+        if let Ok(c) = ConfigFile::from_yaml(&text) {
+            for k in &c.ignored_keys {
+                prop_assert!(!CONFIG_FILE_KEYS.contains(&k.as_str()), "{k}");
+                prop_assert!(map.contains_key(k.as_str()), "{k}");
+            }
+            let _ = c.ingress();
+        }
+    }
+}

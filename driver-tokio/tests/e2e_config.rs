@@ -1,0 +1,177 @@
+//! `burrow tunnel run` settings from config.yml, as cloudflared reads them: every flag is also a
+//! top-level key of the file, and a flag or its environment variable wins over the file, which
+//! wins over the default. Real processes: the daemon against `burrow edge` on loopback.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use burrow_tokio::testbed::{self, ConnectorOpts, EdgeOpts, Proc, Testbed};
+
+mod common;
+use common::origins::tcp_echo;
+
+const BIN: &str = env!("CARGO_BIN_EXE_burrow");
+
+/// A TCP stream through `map` that echoed once, kept open so it holds its flow.
+fn echo_stream(map: SocketAddr) -> Option<TcpStream> {
+    let mut s = TcpStream::connect(map).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"ping").ok()?;
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).ok()?;
+    (&buf == b"ping").then_some(s)
+}
+
+/// `burrow tunnel --config <config> <args>` with only the flags given here.
+fn connector(bed: &Testbed, config: &Path, args: &[&str]) -> Proc {
+    let mut cmd = Command::new(BIN);
+    cmd.args(["tunnel", "--config"]).arg(config).args(args);
+    Proc::spawn("burrow tunnel run", cmd, bed.dir().join("connector.log")).expect("connector")
+}
+
+/// The file sets edge, cacert, metrics, two HA connections, one flow at most (over
+/// warp-routing's 5), grace period and log level, next to keys burrow does not act on; the
+/// command line is `tunnel --config FILE run`. Then `--ha-connections 1 run
+/// --max-active-flows 2` on the command line win over the same file.
+#[test]
+fn connector_settings_from_config_file_and_flags_over_it() {
+    let bed = Testbed::create(Path::new(BIN), "e2e-config", "app", &["app.test"]).expect("tunnel");
+    let origin = tcp_echo();
+    let tcp_map = testbed::free_tcp().expect("port");
+    let mut eo = EdgeOpts::loopback().expect("ports");
+    eo.tcp_maps = vec![format!("{tcp_map}=app:{origin}")];
+    let _edge = bed.edge(&eo).expect("edge");
+    let metrics = testbed::free_tcp().expect("port");
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    let config: PathBuf = bed
+        .write_config(&ConnectorOpts {
+            edge: eo.quic,
+            metrics,
+            ingress: vec![(None, "http_status:404".into())],
+            ha_connections: 0,
+            extra: Vec::new(),
+            config_extra: format!(
+                "edge:\n  - {}\ncacert: {}\nmetrics: {}\nha-connections: 2\nmax-active-flows: 1\n\
+                 grace-period: 1s\nloglevel: debug\nwarp-routing:\n  maxActiveFlows: 5\n\
+                 no-autoupdate: true\nautoupdate-freq: 24h\nretries: 3\nlogfile: /dev/null\n",
+                q(&eo.quic.to_string()),
+                q(&bed.ca().to_string_lossy()),
+                q(&metrics.to_string()),
+            ),
+        })
+        .expect("config");
+
+    {
+        let mut c = connector(&bed, &config, &["run"]);
+        testbed::wait_ready(&mut c, metrics, 2, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}\nconnector: {}", c.log_tail(4000)));
+        let first = echo_stream(tcp_map).expect("the first TCP flow is served");
+        assert!(
+            echo_stream(tcp_map).is_none(),
+            "max-active-flows: 1 from the file refuses a second flow"
+        );
+        drop(first);
+        let log = c.log_tail(20_000);
+        assert!(
+            log.contains("ignored") && log.contains("retries") && log.contains("no-autoupdate"),
+            "loglevel: debug from the file, and the keys burrow does not act on are named:\n{log}"
+        );
+        // A graceful stop, so the edge drops this connector's connections at once rather
+        // than routing the next flows to them until they time out.
+        let killed = Command::new("kill")
+            .args(["-TERM", &c.pid().to_string()])
+            .status()
+            .expect("kill");
+        assert!(killed.success());
+        c.wait_exit(Duration::from_secs(10)).expect("graceful exit");
+    }
+
+    let mut c = connector(
+        &bed,
+        &config,
+        &["--ha-connections", "1", "run", "--max-active-flows", "2"],
+    );
+    testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\nconnector: {}", c.log_tail(4000)));
+    let _first = echo_stream(tcp_map).expect("first flow");
+    assert!(
+        echo_stream(tcp_map).is_some(),
+        "--max-active-flows 2 wins over the file's 1"
+    );
+    assert_eq!(
+        testbed::ready_connections(metrics),
+        Some(1),
+        "--ha-connections 1 wins over the file's 2"
+    );
+}
+
+/// `burrow tunnel --config FILE run` with environment `env`, in an empty HOME so no default
+/// credentials are found: it stops before connecting, and its stderr says why.
+fn stops_with(dir: &Path, yaml: &str, env: &[(&str, &str)], args: &[&str]) -> String {
+    let config = dir.join("config.yml");
+    std::fs::write(&config, yaml).expect("config");
+    let mut cmd = Command::new(BIN);
+    cmd.args(["tunnel", "--config"])
+        .arg(&config)
+        .args(args)
+        .arg("run")
+        .env("HOME", dir);
+    for (k, _) in std::env::vars() {
+        if k.starts_with("TUNNEL_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    let out: Output = cmd.output().expect("burrow runs");
+    assert!(!out.status.success(), "no credentials anywhere");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// The grace period is checked after the merge, so which value won shows in the error: a flag
+/// or environment variable over the file, and an explicit `--grace-period` is no longer
+/// overridden by the file. Type errors name the key and the file.
+#[test]
+fn environment_and_flags_win_over_the_file_and_type_errors_name_the_key() {
+    let dir = std::env::temp_dir().join(format!("burrow-e2e-config-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let too_long = "grace-period 4m is too long";
+    let no_creds = "no credentials";
+
+    let e = stops_with(&dir, "grace-period: 4m\n", &[], &[]);
+    assert!(e.contains(too_long), "the file beats the default: {e}");
+    let e = stops_with(
+        &dir,
+        "grace-period: 4m\n",
+        &[("TUNNEL_GRACE_PERIOD", "10s")],
+        &[],
+    );
+    assert!(
+        e.contains(no_creds) && !e.contains(too_long),
+        "env beats the file: {e}"
+    );
+    let e = stops_with(
+        &dir,
+        "grace-period: 10s\n",
+        &[("TUNNEL_GRACE_PERIOD", "4m")],
+        &[],
+    );
+    assert!(e.contains(too_long), "env beats the file: {e}");
+    let e = stops_with(&dir, "grace-period: 4m\n", &[], &["--grace-period", "10s"]);
+    assert!(
+        e.contains(no_creds) && !e.contains(too_long),
+        "the flag beats the file: {e}"
+    );
+
+    let e = stops_with(&dir, "ha-connections: two\nretries: 3\n", &[], &[]);
+    let config = dir.join("config.yml");
+    assert!(
+        e.contains("ha-connections") && e.contains(&*config.to_string_lossy()),
+        "{e}"
+    );
+    let e = stops_with(&dir, "edge: 127.0.0.1:7844\n", &[], &[]);
+    assert!(e.contains("edge") && e.contains("sequence"), "{e}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
