@@ -25,7 +25,6 @@ use burrow_core::session::{
     DatagramVersion, SessionAction, SessionLimits, SessionManager, UdpFlowId, HEADROOM, TAILROOM,
 };
 use burrow_core::tunnel::connector::{ConnectorConfig, ConnectorConnection};
-use burrow_core::tunnel::data::DataLimits;
 use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
 use burrow_core::tunnel::udp::{DatagramHub, Egress, HubAction};
 use bytes::BytesMut;
@@ -62,28 +61,12 @@ fn tls_pair() -> (ServerConfig, ClientConfig) {
 }
 
 fn connector_config(client: ClientConfig, index: u8) -> ConnectorConfig {
-    ConnectorConfig {
-        registration: Registration {
-            account_tag: "acct".into(),
-            tunnel_secret: vec![7; 32],
-            tunnel_id: TUNNEL,
-            conn_index: index,
-            client_id: Uuid::from_u128(2),
-            features: FEATURES.iter().map(|f| f.to_string()).collect(),
-            version: "burrow-test".into(),
-            arch: "linux_amd64".into(),
-            origin_local_ip: Some(IpAddr::from([127, 0, 0, 1])),
-            replace_existing: false,
-            compression_quality: 0,
-            num_previous_attempts: 0,
-        },
-        local_config: None,
-        client,
-        server_name: SERVER_NAME.into(),
-        rpc_timeout: Duration::from_secs(5),
-        grace_period: Duration::from_secs(30),
-        data: DataLimits::default(),
-    }
+    let features = FEATURES.iter().map(|f| f.to_string()).collect();
+    let registration = Registration {
+        conn_index: index,
+        ..Registration::new("acct", vec![7; 32], TUNNEL, Uuid::from_u128(2), features)
+    };
+    ConnectorConfig::new(registration, client)
 }
 
 /// The edge (endpoint + session table) and one connector process (connections + hub).

@@ -2,7 +2,7 @@
 //! paired in-process (TLS 1.3 + QUIC, packets handed across on virtual time), registering,
 //! answering and unregistering sessions in both directions, and a v3 connection refusing them.
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,7 +13,6 @@ use burrow_core::quic::SERVER_NAME;
 use burrow_core::rpc_stream::server::V3_REFUSES_REGISTER;
 use burrow_core::session::SessionId;
 use burrow_core::tunnel::connector::{ConnectorConfig, ConnectorConnection, ConnectorEvent};
-use burrow_core::tunnel::data::DataLimits;
 use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
 use quinn_proto::{ClientConfig, ServerConfig};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -60,28 +59,14 @@ impl Pair {
         let (server, client) = tls_pair();
         let now = Instant::now();
         let edge_addr: SocketAddr = "198.51.100.1:7844".parse().unwrap();
-        let config = ConnectorConfig {
-            registration: Registration {
-                account_tag: "acct".into(),
-                tunnel_secret: vec![7; 32],
-                tunnel_id: Uuid::from_u128(1),
-                conn_index: 0,
-                client_id: Uuid::from_u128(2),
-                features: features.iter().map(|f| f.to_string()).collect(),
-                version: "burrow-test".into(),
-                arch: "linux_amd64".into(),
-                origin_local_ip: Some(IpAddr::from([127, 0, 0, 1])),
-                replace_existing: false,
-                compression_quality: 0,
-                num_previous_attempts: 0,
-            },
-            local_config: None,
-            client,
-            server_name: SERVER_NAME.into(),
-            rpc_timeout: Duration::from_secs(5),
-            grace_period: Duration::from_secs(30),
-            data: DataLimits::default(),
-        };
+        let registration = Registration::new(
+            "acct",
+            vec![7; 32],
+            Uuid::from_u128(1),
+            Uuid::from_u128(2),
+            features.iter().map(|f| f.to_string()).collect(),
+        );
+        let config = ConnectorConfig::new(registration, client);
         let mut p = Pair {
             now,
             edge: EdgeEndpoint::new(server, [1; 32]),

@@ -17,7 +17,6 @@ use burrow_core::datagram::LinkId;
 use burrow_core::ingress::{Ingress, RemoteConfig};
 use burrow_core::quic::tls::{self, PostQuantum};
 use burrow_core::quic::transport::QuicSettings;
-use burrow_core::quic::SERVER_NAME;
 use burrow_core::rpc_stream::ConfigVersions;
 use burrow_core::stream::proxy::FlowKind;
 use burrow_core::tunnel::connector::ConnectorConfig;
@@ -110,17 +109,6 @@ const DEFAULT_FEATURES: &[&str] = &[
     "management_logs",
     "support_datagram_v3_2",
 ];
-
-/// `GOOS_GOARCH` of this build, as cloudflared reports it.
-pub fn os_arch() -> String {
-    let arch = match std::env::consts::ARCH {
-        "x86_64" => "amd64",
-        "aarch64" => "arm64",
-        "x86" => "386",
-        other => other,
-    };
-    format!("{}_{arch}", std::env::consts::OS)
-}
 
 /// Fresh OS randomness for seeds.
 pub fn random_u64() -> u64 {
@@ -262,20 +250,13 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         }
     }
     let metrics = opts.metrics.clone();
-    let registration = Registration {
-        account_tag: opts.creds.account_tag.clone(),
-        tunnel_secret: opts.creds.secret.clone(),
-        tunnel_id: opts.creds.tunnel_id,
-        conn_index: 0,
-        client_id: metrics.connector_id,
+    let registration = Registration::new(
+        opts.creds.account_tag.clone(),
+        opts.creds.secret.clone(),
+        opts.creds.tunnel_id,
+        metrics.connector_id,
         features,
-        version: format!("burrow/{}", env!("CARGO_PKG_VERSION")),
-        arch: os_arch(),
-        origin_local_ip: None,
-        replace_existing: false,
-        compression_quality: 0,
-        num_previous_attempts: 0,
-    };
+    );
     // One handle for the dialer and every data stream, so a configuration push reaches all.
     let ingress: burrow_core::ingress::SharedIngress =
         Arc::new(std::sync::RwLock::new(Arc::new(opts.ingress.clone())));
@@ -286,13 +267,10 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         ..DataLimits::default()
     };
     let connector = ConnectorConfig {
-        registration,
         local_config: opts.local_config.clone(),
-        client,
-        server_name: SERVER_NAME.into(),
-        rpc_timeout: Duration::from_secs(5),
         grace_period: opts.grace_period,
         data,
+        ..ConnectorConfig::new(registration, client)
     };
     let mut config = SupervisorConfig::new(connector);
     config.ha_connections = opts.ha_connections;

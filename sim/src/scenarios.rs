@@ -240,28 +240,24 @@ impl Setup {
         secret: Vec<u8>,
         features: &[&str],
     ) -> Result<usize, String> {
+        let features = features.iter().map(|f| (*f).to_owned()).collect();
         let registration = Registration {
-            account_tag: ACCOUNT.into(),
-            tunnel_secret: secret,
-            tunnel_id: self.tunnel_id,
             conn_index,
-            client_id: Uuid::from_u128(42),
-            features: features.iter().map(|f| (*f).to_owned()).collect(),
+            // Fixed, so that traces do not depend on the build or the platform.
             version: "burrow-sim".into(),
             arch: "linux_amd64".into(),
-            origin_local_ip: None,
-            replace_existing: false,
-            compression_quality: 0,
-            num_previous_attempts: 0,
+            ..Registration::new(
+                ACCOUNT,
+                secret,
+                self.tunnel_id,
+                Uuid::from_u128(42),
+                features,
+            )
         };
         let config = ConnectorConfig {
-            registration,
             local_config: Some(LOCAL_CONFIG.to_vec()),
-            client: self.client.clone(),
-            server_name: SERVER_NAME.into(),
-            rpc_timeout: Duration::from_secs(5),
-            grace_period: Duration::from_secs(30),
             data: self.data_limits.clone(),
+            ..ConnectorConfig::new(registration, self.client.clone())
         };
         let mut seed = [0u8; 32];
         self.rng.fill_bytes(&mut seed);

@@ -25,6 +25,18 @@ use crate::rpc::Inbox;
 /// `cause` of a registration refused because the connection index is already connected.
 pub const DUPLICATE_CONNECTION: &str = "EDUPCONN";
 
+/// This platform as cloudflared names it in `ClientInfo.arch` (Go's `GOOS_GOARCH`), e.g.
+/// `linux_amd64`, `linux_arm64`.
+pub fn os_arch() -> String {
+    let arch = match std::env::consts::ARCH {
+        "x86_64" => "amd64",
+        "aarch64" => "arm64",
+        "x86" => "386",
+        other => other,
+    };
+    format!("{}_{arch}", std::env::consts::OS)
+}
+
 /// Everything `registerConnection` carries, owned.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Registration {
@@ -55,6 +67,31 @@ pub struct Registration {
 }
 
 impl Registration {
+    /// A first registration (connection 0, no retries, no origin IP) of `tunnel_id` with these
+    /// credentials, as this build: version `burrow/<version>`, arch [`os_arch`].
+    pub fn new(
+        account_tag: impl Into<String>,
+        tunnel_secret: Vec<u8>,
+        tunnel_id: Uuid,
+        client_id: Uuid,
+        features: Vec<String>,
+    ) -> Self {
+        Self {
+            account_tag: account_tag.into(),
+            tunnel_secret,
+            tunnel_id,
+            conn_index: 0,
+            client_id,
+            features,
+            version: format!("burrow/{}", env!("CARGO_PKG_VERSION")),
+            arch: os_arch(),
+            origin_local_ip: None,
+            replace_existing: false,
+            compression_quality: 0,
+            num_previous_attempts: 0,
+        }
+    }
+
     /// Borrowed wire params; `features` and `ip` are scratch the params borrow from.
     fn params<'a>(
         &'a self,

@@ -56,6 +56,23 @@ pub struct ConnectorConfig {
     pub data: DataLimits,
 }
 
+impl ConnectorConfig {
+    /// A connection registering `registration` over `client` to [`crate::quic::SERVER_NAME`],
+    /// with cloudflared's defaults: 5 s RPC timeout, 30 s grace period, no local configuration,
+    /// default data limits.
+    pub fn new(registration: Registration, client: ClientConfig) -> Self {
+        Self {
+            registration,
+            local_config: None,
+            client,
+            server_name: crate::quic::SERVER_NAME.into(),
+            rpc_timeout: Duration::from_secs(5),
+            grace_period: Duration::from_secs(30),
+            data: DataLimits::default(),
+        }
+    }
+}
+
 /// What happened on the connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ConnectorEvent {

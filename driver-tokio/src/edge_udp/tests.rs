@@ -14,12 +14,10 @@ use burrow_core::datagram::LinkId;
 use burrow_core::icmp::{parse, write_echo, Echo, EchoKind, IcmpMessage, IcmpRouter, RouterConfig};
 use burrow_core::quic::tls::{self, PostQuantum};
 use burrow_core::quic::transport::QuicSettings;
-use burrow_core::quic::SERVER_NAME;
 use burrow_core::session::{
     SessionAction, SessionLimits, SessionManager, UdpFlowId, HEADROOM, TAILROOM,
 };
 use burrow_core::tunnel::connector::{ConnectorConfig, ConnectorConnection};
-use burrow_core::tunnel::data::DataLimits;
 use burrow_core::tunnel::udp::{DatagramHub, Egress, HubAction};
 use bytes::BytesMut;
 use tokio::net::UdpSocket;
@@ -61,27 +59,16 @@ async fn connector(edge: SocketAddr, ca_pem: Vec<u8>, creds: Credentials) {
         tls::client_config(roots, PostQuantum::Prefer).unwrap(),
     ));
     client.transport_config(QuicSettings::default().transport_config(true));
+    let registration = Registration::new(
+        creds.account_tag.clone(),
+        creds.secret.clone(),
+        creds.tunnel_id,
+        Uuid::from_u128(9),
+        vec!["support_datagram_v2".into(), "support_datagram_v3_2".into()],
+    );
     let config = ConnectorConfig {
-        registration: Registration {
-            account_tag: creds.account_tag.clone(),
-            tunnel_secret: creds.secret.clone(),
-            tunnel_id: creds.tunnel_id,
-            conn_index: 0,
-            client_id: Uuid::from_u128(9),
-            features: vec!["support_datagram_v2".into(), "support_datagram_v3_2".into()],
-            version: "burrow-test".into(),
-            arch: "linux_amd64".into(),
-            origin_local_ip: None,
-            replace_existing: false,
-            compression_quality: 0,
-            num_previous_attempts: 0,
-        },
-        local_config: None,
-        client,
-        server_name: SERVER_NAME.into(),
-        rpc_timeout: Duration::from_secs(5),
         grace_period: Duration::from_secs(5),
-        data: DataLimits::default(),
+        ..ConnectorConfig::new(registration, client)
     };
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let local = sock.local_addr().unwrap();

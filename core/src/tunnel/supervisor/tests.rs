@@ -20,7 +20,6 @@ use crate::quic::tls::{self, PostQuantum};
 use crate::quic::transport::QuicSettings;
 use crate::quic::SERVER_NAME;
 use crate::session::{HEADROOM, ORIGIN_READ, TAILROOM};
-use crate::tunnel::data::DataLimits;
 use crate::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
 
 mod flows;
@@ -49,28 +48,14 @@ fn tls_pair() -> (ServerConfig, ClientConfig) {
 }
 
 fn connector_config(client: ClientConfig) -> ConnectorConfig {
-    ConnectorConfig {
-        registration: Registration {
-            account_tag: "account".into(),
-            tunnel_secret: vec![7; 32],
-            tunnel_id: Uuid::from_u128(1),
-            conn_index: 0,
-            client_id: Uuid::from_u128(2),
-            features: vec![],
-            version: "test".into(),
-            arch: "linux_amd64".into(),
-            origin_local_ip: None,
-            replace_existing: false,
-            compression_quality: 0,
-            num_previous_attempts: 0,
-        },
-        local_config: None,
-        client,
-        server_name: SERVER_NAME.into(),
-        rpc_timeout: Duration::from_secs(5),
-        grace_period: Duration::from_secs(30),
-        data: DataLimits::default(),
-    }
+    let registration = Registration::new(
+        "account",
+        vec![7; 32],
+        Uuid::from_u128(1),
+        Uuid::from_u128(2),
+        vec![],
+    );
+    ConnectorConfig::new(registration, client)
 }
 
 /// How the test edge answers registrations.
