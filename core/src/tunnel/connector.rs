@@ -26,7 +26,8 @@ use tracing::{debug, info, warn};
 
 use super::data::{reset, DataLimits, DataStreams, FlowId, OriginAction};
 use super::quic_io::{
-    exchange_events, flush_stream, poll_conn_transmit, read_stream, send_datagram, DatagramError,
+    exchange_events, flush_rpc_server, flush_stream, poll_conn_transmit, read_stream,
+    send_datagram, DatagramError,
 };
 use super::Transmit;
 use crate::control::connector::{ControlClient, ControlEvent};
@@ -763,18 +764,7 @@ impl ConnectorConnection {
         let Some(Incoming::Rpc { server, unsent }) = self.incoming.get_mut(&id) else {
             return;
         };
-        if let Some(bytes) = server.poll_transmit() {
-            unsent.extend_from_slice(&bytes);
-        }
-        if flush_stream(&mut self.conn, id, unsent).is_err() {
-            self.incoming.remove(&id);
-            return;
-        }
-        if server.is_settled() && unsent.is_empty() {
-            // cloudflared closes an RPC stream once its conversation is over: FIN, and
-            // STOP_SENDING for whatever the edge still sends (Finish, Abort).
-            let _ = self.conn.send_stream(id).finish();
-            let _ = self.conn.recv_stream(id).stop(VarInt::from_u32(0));
+        if flush_rpc_server(&mut self.conn, id, server, unsent) {
             self.incoming.remove(&id);
         }
     }

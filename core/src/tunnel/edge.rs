@@ -19,8 +19,8 @@ use quinn_proto::{
 use tracing::{debug, warn};
 
 use super::quic_io::{
-    exchange_events, flush_stream, poll_conn_transmit, read_stream, read_stream_max, send_datagram,
-    DatagramError,
+    exchange_events, flush_rpc_server, flush_stream, poll_conn_transmit, read_stream,
+    read_stream_max, send_datagram, DatagramError,
 };
 use super::Transmit;
 use crate::control::edge::{ControlServer, EdgeControlEvent};
@@ -853,16 +853,7 @@ fn flush_served(c: &mut EdgeConnection, stream: StreamId) {
     let Some(Served::Rpc { server, unsent }) = c.served.get_mut(&stream) else {
         return;
     };
-    if let Some(bytes) = server.poll_transmit() {
-        unsent.extend_from_slice(&bytes);
-    }
-    if flush_stream(&mut c.conn, stream, unsent).is_err() {
-        c.served.remove(&stream);
-        return;
-    }
-    if server.is_settled() && unsent.is_empty() {
-        let _ = c.conn.send_stream(stream).finish();
-        let _ = c.conn.recv_stream(stream).stop(VarInt::from_u32(0));
+    if flush_rpc_server(&mut c.conn, stream, server, unsent) {
         c.served.remove(&stream);
     }
 }

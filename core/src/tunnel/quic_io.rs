@@ -3,7 +3,11 @@
 
 use std::net::SocketAddr;
 
-use quinn_proto::{Connection, ConnectionHandle, Endpoint, ReadError, StreamId, WriteError};
+use quinn_proto::{
+    Connection, ConnectionHandle, Endpoint, ReadError, StreamId, VarInt, WriteError,
+};
+
+use crate::rpc_stream::server::RpcStreamServer;
 
 /// UDP datagrams to send: `size` bytes of the caller's buffer, to `destination`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -112,6 +116,30 @@ pub(crate) fn flush_stream(
         }
     }
     Ok(())
+}
+
+/// Writes what a served RPC stream has to say and, once its call is answered and written,
+/// closes the stream as cloudflared does when a conversation is over: FIN, and STOP_SENDING for
+/// whatever the peer still sends (Finish, Abort). True when the stream is done with (closed or
+/// broken) and its state can go.
+pub(crate) fn flush_rpc_server(
+    conn: &mut Connection,
+    id: StreamId,
+    server: &mut RpcStreamServer,
+    unsent: &mut Vec<u8>,
+) -> bool {
+    if let Some(bytes) = server.poll_transmit() {
+        unsent.extend_from_slice(&bytes);
+    }
+    if flush_stream(conn, id, unsent).is_err() {
+        return true;
+    }
+    if server.is_settled() && unsent.is_empty() {
+        let _ = conn.send_stream(id).finish();
+        let _ = conn.recv_stream(id).stop(VarInt::from_u32(0));
+        return true;
+    }
+    false
 }
 
 /// Why a QUIC datagram could not be queued.
