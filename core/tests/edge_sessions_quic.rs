@@ -5,9 +5,10 @@
 //! TTL-exceeded) through an ICMP mapping. The origin network is played by the test: what the
 //! hub writes to an origin socket comes straight back as an origin read.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burrow_core::control::{ConnectionDetails, Registration};
@@ -15,9 +16,6 @@ use burrow_core::datagram::LinkId;
 use burrow_core::icmp::{
     parse, write_echo, Echo, EchoKind, IcmpMessage, IcmpRouter, RouterAction, RouterConfig,
 };
-use burrow_core::quic::tls::{self, PostQuantum};
-use burrow_core::quic::transport::QuicSettings;
-use burrow_core::quic::SERVER_NAME;
 use burrow_core::session::edge::{
     EdgeDrop, EdgeSessions, EdgeSessionsConfig, MappingId, MappingKind,
 };
@@ -28,8 +26,8 @@ use burrow_core::tunnel::connector::{ConnectorConfig, ConnectorConnection};
 use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
 use burrow_core::tunnel::udp::{DatagramHub, Egress, HubAction};
 use bytes::BytesMut;
-use quinn_proto::{ClientConfig, ServerConfig};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use common::tls_pair;
+use quinn_proto::ClientConfig;
 use uuid::Uuid;
 
 const TUNNEL: Uuid = Uuid::from_u128(0x7e11);
@@ -38,27 +36,6 @@ const FEATURES: &[&str] = &["support_datagram_v2", "support_datagram_v3_2"];
 
 /// Datagrams per `poll_transmit`, as a GSO-capable driver asks.
 const BATCH: usize = 10;
-
-fn tls_pair() -> (ServerConfig, ClientConfig) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-    let cert = rcgen::CertificateParams::new(vec![SERVER_NAME.into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let key: PrivateKeyDer<'static> = PrivatePkcs8KeyDer::from(key.serialize_der()).into();
-    let settings = QuicSettings::default();
-    let mut server = ServerConfig::with_crypto(Arc::new(
-        tls::server_config(vec![cert.der().clone()], key, PostQuantum::Prefer).unwrap(),
-    ));
-    server.transport_config(settings.transport_config(true));
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der().clone()).unwrap();
-    let mut client = ClientConfig::new(Arc::new(
-        tls::client_config(roots, PostQuantum::Prefer).unwrap(),
-    ));
-    client.transport_config(settings.transport_config(true));
-    (server, client)
-}
 
 fn connector_config(client: ClientConfig, index: u8) -> ConnectorConfig {
     let features = FEATURES.iter().map(|f| f.to_string()).collect();

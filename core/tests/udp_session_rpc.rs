@@ -2,44 +2,20 @@
 //! paired in-process (TLS 1.3 + QUIC, packets handed across on virtual time), registering,
 //! answering and unregistering sessions in both directions, and a v3 connection refusing them.
 
+mod common;
+
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burrow_core::control::{ConnectionDetails, Registration};
-use burrow_core::quic::tls::{self, PostQuantum};
-use burrow_core::quic::transport::QuicSettings;
-use burrow_core::quic::SERVER_NAME;
 use burrow_core::rpc_stream::server::V3_REFUSES_REGISTER;
 use burrow_core::session::SessionId;
 use burrow_core::tunnel::connector::{ConnectorConfig, ConnectorConnection, ConnectorEvent};
 use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
-use quinn_proto::{ClientConfig, ServerConfig};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use common::tls_pair;
 use uuid::Uuid;
 
 const ID: SessionId = SessionId(0x5e55_1011_0000_0000_0000_0000_0000_0001);
-
-fn tls_pair() -> (ServerConfig, ClientConfig) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-    let cert = rcgen::CertificateParams::new(vec![SERVER_NAME.into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let key: PrivateKeyDer<'static> = PrivatePkcs8KeyDer::from(key.serialize_der()).into();
-    let settings = QuicSettings::default();
-    let mut server = ServerConfig::with_crypto(Arc::new(
-        tls::server_config(vec![cert.der().clone()], key, PostQuantum::Prefer).unwrap(),
-    ));
-    server.transport_config(settings.transport_config(true));
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der().clone()).unwrap();
-    let mut client = ClientConfig::new(Arc::new(
-        tls::client_config(roots, PostQuantum::Prefer).unwrap(),
-    ));
-    client.transport_config(settings.transport_config(true));
-    (server, client)
-}
 
 /// One connector connection and the edge, on a perfect network.
 struct Pair {
