@@ -26,6 +26,7 @@ use burrow_core::tunnel::supervisor::{
 };
 use bytes::Bytes;
 use thiserror::Error;
+use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
@@ -34,7 +35,6 @@ use crate::creds::Credentials;
 use crate::datagram::{icmp_config, raise_nofile_limit, DatagramSockets, IcmpSources, SocketEvent};
 use crate::metrics::Metrics;
 use crate::origin::{Dialer, FlowHandle, FlowReport, Report};
-use crate::quic_socket::{read_batches, Batch, QuicSocket};
 
 /// Where the edge is.
 #[derive(Debug, Clone)]
@@ -204,12 +204,13 @@ enum Input {
     Udp {
         index: u8,
         generation: u64,
-        batch: Batch,
+        from: SocketAddr,
+        data: Vec<u8>,
     },
 }
 
 struct Socket {
-    socket: Arc<QuicSocket>,
+    socket: Arc<UdpSocket>,
     generation: u64,
     reader: JoinHandle<()>,
 }
@@ -450,17 +451,12 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             metrics
                 .icmp_total_requests
                 .inc_by(datagrams.stats().pings_sent - pings_before);
-            let gso = sockets
-                .values()
-                .map(|s| s.socket.max_datagrams())
-                .min()
-                .unwrap_or(1);
-            while let Some((index, t)) = sup.poll_transmit(now, gso, &mut buf) {
+            while let Some((index, t)) = sup.poll_transmit(now, &mut buf) {
                 progress = true;
                 if let Some(s) = sockets.get(&index) {
-                    // Non-blocking: a full socket buffer drops the batch, which QUIC's loss
+                    // Non-blocking: a full socket buffer drops the datagram, which QUIC's loss
                     // recovery handles like any other loss.
-                    if let Err(e) = s.socket.try_send(&t, &buf) {
+                    if let Err(e) = s.socket.try_send_to(&buf[..t.size], t.destination) {
                         if e.kind() != std::io::ErrorKind::WouldBlock {
                             debug!(conn_index = index, error = %e, "send failed");
                         }
@@ -486,15 +482,14 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         tokio::select! {
             Some(input) = input_rx.recv() => {
                 let now = Instant::now();
-                let mut next = Some(input);
+                let Input::Udp { index, generation: g, from, data } = input;
+                if sockets.get(&index).is_some_and(|s| s.generation == g) {
+                    sup.handle_datagram(now, index, from, &data);
+                }
                 // Take whatever else is queued before draining outputs.
-                while let Some(Input::Udp { index, generation: g, batch }) =
-                    next.take().or_else(|| input_rx.try_recv().ok())
-                {
+                while let Ok(Input::Udp { index, generation: g, from, data }) = input_rx.try_recv() {
                     if sockets.get(&index).is_some_and(|s| s.generation == g) {
-                        for (from, d) in batch.iter() {
-                            sup.handle_datagram(now, index, from, d);
-                        }
+                        sup.handle_datagram(now, index, from, &data);
                     }
                 }
             }
@@ -530,9 +525,9 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     }
     // Flush the CONNECTION_CLOSEs of an immediate stop.
     let now = Instant::now();
-    while let Some((index, t)) = sup.poll_transmit(now, 1, &mut buf) {
+    while let Some((index, t)) = sup.poll_transmit(now, &mut buf) {
         if let Some(s) = sockets.get(&index) {
-            let _ = s.socket.try_send(&t, &buf);
+            let _ = s.socket.try_send_to(&buf[..t.size], t.destination);
         }
     }
     metrics.ready.store(0, Ordering::Relaxed);
@@ -561,18 +556,29 @@ async fn open_socket(
     } else {
         "[::]:0".parse().expect("static")
     };
-    let socket = Arc::new(QuicSocket::bind(bind)?);
+    let socket = Arc::new(UdpSocket::bind(bind).await?);
     let rx = socket.clone();
     let reader = tokio::spawn(async move {
-        read_batches(&rx, |batch| {
-            tx.send(Input::Udp {
-                index,
-                generation,
-                batch,
-            })
-            .is_ok()
-        })
-        .await;
+        let mut buf = vec![0u8; 65536];
+        loop {
+            match rx.recv_from(&mut buf).await {
+                Ok((n, from)) => {
+                    if tx
+                        .send(Input::Udp {
+                            index,
+                            generation,
+                            from,
+                            data: buf[..n].to_vec(),
+                        })
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                // ICMP port-unreachable and the like surface as errors on some systems.
+                Err(e) => debug!(conn_index = index, error = %e, "UDP receive error"),
+            }
+        }
     });
     Ok(Socket {
         socket,

@@ -34,14 +34,13 @@ use hyper_util::rt::TokioIo;
 use quinn_proto::StreamId;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::creds::Credentials;
 use crate::edge_udp::{DatagramArgs, EdgeDatagrams};
-use crate::quic_socket::{read_batches, Batch, QuicSocket};
 use crate::run::init_logging;
 
 /// `burrow edge ...`.
@@ -379,13 +378,10 @@ pub async fn start(args: &EdgeArgs, tunnels_path: &Path) -> Result<RunningEdge, 
     let mut seed = [0u8; 32];
     let _ = getrandom::fill(&mut seed);
     let endpoint = EdgeEndpoint::new(server, seed);
-    let listen = tokio::net::lookup_host(&args.listen)
-        .await
-        .ok()
-        .and_then(|mut a| a.next())
-        .ok_or_else(|| format!("cannot listen on {}: not an address", args.listen))?;
     let socket = Arc::new(
-        QuicSocket::bind(listen).map_err(|e| format!("cannot listen on {}: {e}", args.listen))?,
+        UdpSocket::bind(&args.listen)
+            .await
+            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?,
     );
     let quic = socket.local_addr().map_err(|e| e.to_string())?;
     let http_listener = TcpListener::bind(&args.http)
@@ -479,14 +475,23 @@ const READ_CHUNK: usize = 64 * 1024;
 
 async fn edge_loop(
     mut ep: EdgeEndpoint,
-    socket: Arc<QuicSocket>,
+    socket: Arc<UdpSocket>,
     tunnels: Arc<TunnelsFile>,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
     mut datagrams: EdgeDatagrams,
 ) {
-    let (udp_tx, mut udp_rx) = mpsc::unbounded_channel::<Batch>();
+    let (udp_tx, mut udp_rx) = mpsc::unbounded_channel::<(SocketAddr, Vec<u8>)>();
     let rx = socket.clone();
-    tokio::spawn(async move { read_batches(&rx, |batch| udp_tx.send(batch).is_ok()).await });
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            if let Ok((n, from)) = rx.recv_from(&mut buf).await {
+                if udp_tx.send((from, buf[..n].to_vec())).is_err() {
+                    return;
+                }
+            }
+        }
+    });
     // Registered connections per tunnel, in registration order.
     let mut routes: HashMap<Uuid, Vec<ConnId>> = HashMap::new();
     let mut conn_tunnel: HashMap<ConnId, Uuid> = HashMap::new();
@@ -626,10 +631,9 @@ async fn edge_loop(
                 }
             }
             progress |= datagrams.pump(now, &mut ep);
-            while let Some(t) = ep.poll_transmit(now, socket.max_datagrams(), &mut buf) {
+            while let Some(t) = ep.poll_transmit(now, &mut buf) {
                 progress = true;
-                // A full socket buffer drops the batch: QUIC recovers it like any loss.
-                let _ = socket.try_send(&t, &buf);
+                let _ = socket.try_send_to(&buf[..t.size], t.destination);
             }
             if !progress {
                 break;
@@ -651,13 +655,11 @@ async fn edge_loop(
             }
         };
         tokio::select! {
-            Some(batch) = udp_rx.recv() => {
+            Some((from, data)) = udp_rx.recv() => {
                 let now = Instant::now();
-                let mut next = Some(batch);
-                while let Some(batch) = next.take().or_else(|| udp_rx.try_recv().ok()) {
-                    for (from, d) in batch.iter() {
-                        ep.handle_datagram(now, from, d);
-                    }
+                ep.handle_datagram(now, from, &data);
+                while let Ok((from, data)) = udp_rx.try_recv() {
+                    ep.handle_datagram(now, from, &data);
                 }
             }
             Some(cmd) = cmds.recv() => {

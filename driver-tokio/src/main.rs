@@ -8,7 +8,6 @@ mod edge;
 mod edge_udp;
 mod metrics;
 mod origin;
-mod quic_socket;
 mod quickstart;
 mod run;
 

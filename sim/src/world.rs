@@ -134,7 +134,7 @@ impl World {
         }
         self.udp.pump(self.now, &self.clock, &mut self.connectors);
         if let Some(edge) = &mut self.edge {
-            while let Some(t) = edge.poll_transmit(now, 1, &mut self.buf) {
+            while let Some(t) = edge.poll_transmit(now, &mut self.buf) {
                 self.net.send(
                     self.now,
                     self.edge_addr,
@@ -145,7 +145,7 @@ impl World {
         }
         for (addr, conn) in &mut self.connectors {
             let Some(conn) = conn else { continue };
-            while let Some(t) = conn.poll_transmit(now, 1, &mut self.buf) {
+            while let Some(t) = conn.poll_transmit(now, &mut self.buf) {
                 self.net
                     .send(self.now, *addr, t.destination, self.buf[..t.size].to_vec());
             }

@@ -345,14 +345,9 @@ impl ConnectorConnection {
         self.progress(now);
     }
 
-    /// The next datagrams to send (up to `max_datagrams`, one destination), written into `buf`.
-    pub fn poll_transmit(
-        &mut self,
-        now: Instant,
-        max_datagrams: usize,
-        buf: &mut Vec<u8>,
-    ) -> Option<Transmit> {
-        poll_conn_transmit(&mut self.conn, now, max_datagrams, buf)
+    /// The next datagram to send, written into `buf`.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
+        poll_conn_transmit(&mut self.conn, now, buf)
     }
 
     /// When [`ConnectorConnection::handle_timeout`] must be called next.

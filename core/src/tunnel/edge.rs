@@ -471,25 +471,19 @@ impl EdgeEndpoint {
         Ok(finished)
     }
 
-    /// The next datagrams to send (up to `max_datagrams`, one destination), written into `buf`.
-    pub fn poll_transmit(
-        &mut self,
-        now: Instant,
-        max_datagrams: usize,
-        buf: &mut Vec<u8>,
-    ) -> Option<Transmit> {
+    /// The next datagram to send, written into `buf`.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
         if let Some((destination, bytes)) = self.responses.pop_front() {
             buf.clear();
             buf.extend_from_slice(&bytes);
             return Some(Transmit {
                 destination,
                 size: bytes.len(),
-                segment_size: None,
             });
         }
         self.conns
             .values_mut()
-            .find_map(|c| poll_conn_transmit(&mut c.conn, now, max_datagrams, buf))
+            .find_map(|c| poll_conn_transmit(&mut c.conn, now, buf))
     }
 
     /// When [`EdgeEndpoint::handle_timeout`] must be called next.

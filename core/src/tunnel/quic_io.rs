@@ -9,25 +9,13 @@ use quinn_proto::{
 
 use crate::rpc_stream::server::RpcStreamServer;
 
-/// UDP datagrams to send: `size` bytes of the caller's buffer, to `destination`.
+/// A UDP datagram to send: `size` bytes of the caller's buffer, to `destination`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transmit {
     /// Where to send it.
     pub destination: SocketAddr,
-    /// Bytes of the buffer passed to `poll_transmit` that make up the datagram(s).
+    /// Bytes of the buffer passed to `poll_transmit` that make up the datagram.
     pub size: usize,
-    /// When set, the bytes are several datagrams of this size each (the last may be shorter):
-    /// one GSO send, or one send per segment. Only when `poll_transmit` was allowed more than
-    /// one datagram.
-    pub segment_size: Option<usize>,
-}
-
-impl Transmit {
-    /// The datagrams of `buf[..self.size]`, one per segment.
-    pub fn datagrams<'a>(&self, buf: &'a [u8]) -> std::slice::Chunks<'a, u8> {
-        let bytes = &buf[..self.size];
-        bytes.chunks(self.segment_size.unwrap_or(bytes.len()).max(1))
-    }
 }
 
 /// Lets the endpoint and one of its connections tell each other what they need to.
@@ -39,21 +27,17 @@ pub(crate) fn exchange_events(endpoint: &mut Endpoint, h: ConnectionHandle, conn
     }
 }
 
-/// Up to `max_datagrams` datagrams from `conn` for one destination (a GSO batch), written into
-/// `buf` (cleared first).
+/// One datagram from `conn`, written into `buf` (cleared first).
 pub(crate) fn poll_conn_transmit(
     conn: &mut Connection,
     now: std::time::Instant,
-    max_datagrams: usize,
     buf: &mut Vec<u8>,
 ) -> Option<Transmit> {
     buf.clear();
-    conn.poll_transmit(now, max_datagrams.max(1), buf)
-        .map(|t| Transmit {
-            destination: t.destination,
-            size: t.size,
-            segment_size: t.segment_size,
-        })
+    conn.poll_transmit(now, 1, buf).map(|t| Transmit {
+        destination: t.destination,
+        size: t.size,
+    })
 }
 
 /// Appends everything readable on stream `id` to `sink`. Returns true once the peer finished

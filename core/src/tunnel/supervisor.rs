@@ -652,19 +652,13 @@ impl Supervisor {
             .min()
     }
 
-    /// The next datagrams to send (up to `max_datagrams`, one destination), from the socket of
-    /// the returned index.
-    pub fn poll_transmit(
-        &mut self,
-        now: Instant,
-        max_datagrams: usize,
-        buf: &mut Vec<u8>,
-    ) -> Option<(u8, Transmit)> {
+    /// The next datagram to send, from the socket of the returned index.
+    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<(u8, Transmit)> {
         let n = self.slots.len();
         for k in 0..n {
             let i = (self.cursor + k) % n;
             if let Phase::Running(r) = &mut self.slots[i].phase {
-                if let Some(t) = r.conn.poll_transmit(now, max_datagrams, buf) {
+                if let Some(t) = r.conn.poll_transmit(now, buf) {
                     self.cursor = (i + 1) % n;
                     return Some((self.slots[i].index, t));
                 }
