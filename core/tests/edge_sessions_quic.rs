@@ -161,7 +161,7 @@ impl World {
         while self.now < end {
             loop {
                 let mut moved = false;
-                while let Some(t) = self.edge.poll_transmit(self.now, &mut buf) {
+                while let Some(t) = self.edge.poll_transmit(self.now, 1, &mut buf) {
                     moved = true;
                     if let Some((_, Some(c))) = self
                         .connectors
@@ -176,7 +176,7 @@ impl World {
                         continue;
                     };
                     let addr = *addr;
-                    while let Some(t) = c.poll_transmit(self.now, &mut buf) {
+                    while let Some(t) = c.poll_transmit(self.now, 1, &mut buf) {
                         moved = true;
                         self.edge.handle_datagram(self.now, addr, &buf[..t.size]);
                     }

@@ -473,7 +473,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             metrics
                 .icmp_total_requests
                 .inc_by(datagrams.stats().pings_sent - pings_before);
-            while let Some((index, t)) = sup.poll_transmit(now, &mut buf) {
+            while let Some((index, t)) = sup.poll_transmit(now, 1, &mut buf) {
                 progress = true;
                 if let Some(s) = sockets.get(&index) {
                     // Non-blocking: a full socket buffer drops the datagram, which QUIC's loss
@@ -547,7 +547,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     }
     // Flush the CONNECTION_CLOSEs of an immediate stop.
     let now = Instant::now();
-    while let Some((index, t)) = sup.poll_transmit(now, &mut buf) {
+    while let Some((index, t)) = sup.poll_transmit(now, 1, &mut buf) {
         if let Some(s) = sockets.get(&index) {
             let _ = s.socket.try_send_to(&buf[..t.size], t.destination);
         }

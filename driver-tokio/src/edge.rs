@@ -612,7 +612,7 @@ async fn edge_loop(
                 }
             }
             progress |= datagrams.pump(now, &mut ep);
-            while let Some(t) = ep.poll_transmit(now, &mut buf) {
+            while let Some(t) = ep.poll_transmit(now, 1, &mut buf) {
                 progress = true;
                 let _ = socket.try_send_to(&buf[..t.size], t.destination);
             }
