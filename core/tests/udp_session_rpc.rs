@@ -75,13 +75,13 @@ impl Pair {
         while self.now < end {
             loop {
                 let mut moved = false;
-                while let Some(t) = self.edge.poll_transmit(self.now, &mut buf) {
+                while let Some(t) = self.edge.poll_transmit(self.now, 1, &mut buf) {
                     moved = true;
                     assert_eq!(t.destination, self.conn_addr);
                     let b = buf[..t.size].to_vec();
                     self.conn.handle_datagram(self.now, self.edge_addr, &b);
                 }
-                while let Some(t) = self.conn.poll_transmit(self.now, &mut buf) {
+                while let Some(t) = self.conn.poll_transmit(self.now, 1, &mut buf) {
                     moved = true;
                     let b = buf[..t.size].to_vec();
                     self.edge.handle_datagram(self.now, self.conn_addr, &b);
@@ -276,7 +276,7 @@ fn unanswered_unregistration_gives_up_after_the_rpc_timeout() {
     let mut buf = Vec::new();
     let end = p.now + Duration::from_secs(6);
     while p.now < end {
-        while p.conn.poll_transmit(p.now, &mut buf).is_some() {}
+        while p.conn.poll_transmit(p.now, 1, &mut buf).is_some() {}
         p.now += Duration::from_millis(50);
         p.conn.handle_timeout(p.now);
     }

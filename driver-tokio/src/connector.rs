@@ -26,15 +26,17 @@ use burrow_core::tunnel::supervisor::{
 };
 use bytes::Bytes;
 use thiserror::Error;
-use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tokio::task::JoinHandle;
 use tracing::{debug, error, info, warn};
 
 use crate::creds::Credentials;
 use crate::datagram::{icmp_config, raise_nofile_limit, DatagramSockets, IcmpSources, SocketEvent};
 use crate::metrics::Metrics;
 use crate::origin::{Dialer, FlowHandle, FlowReport, Report};
+use crate::quic_socket::{QuicSocket, RecvBufs};
+
+/// Receive batches taken from one socket per wake-up before the loop turns to its other inputs.
+const READ_BATCHES: usize = 16;
 
 /// Where the edge is.
 #[derive(Debug, Clone)]
@@ -199,26 +201,10 @@ fn edge_roots(cacert: Option<&[u8]>) -> Result<rustls::RootCertStore, tls::TlsEr
     Ok(roots)
 }
 
-/// Inputs to the loop.
-enum Input {
-    Udp {
-        index: u8,
-        generation: u64,
-        from: SocketAddr,
-        data: Vec<u8>,
-    },
-}
-
+/// The QUIC socket of one HA index. The loop reads it directly (batched, into reused
+/// buffers): no reader task, no copy per datagram.
 struct Socket {
-    socket: Arc<UdpSocket>,
-    generation: u64,
-    reader: JoinHandle<()>,
-}
-
-impl Drop for Socket {
-    fn drop(&mut self) {
-        self.reader.abort();
-    }
+    socket: QuicSocket,
 }
 
 struct Flow {
@@ -294,15 +280,16 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         }),
     };
-    let (input_tx, mut input_rx) = mpsc::unbounded_channel::<Input>();
     let (flow_tx, mut flow_rx) = mpsc::unbounded_channel::<Report>();
     let mut sockets: HashMap<u8, Socket> = HashMap::new();
-    let mut generation = 0u64;
+    let mut recv_bufs = RecvBufs::new();
+    let mut last_read = 0u8;
     let mut flows: HashMap<(LinkId, FlowId), Flow> = HashMap::new();
     let mut versions = ConfigVersions::new();
     let (socket_tx, mut socket_rx) = mpsc::channel::<SocketEvent>(crate::datagram::CHANNEL_DEPTH);
     let mut datagrams = DatagramSockets::new(socket_tx);
-    let mut buf = Vec::with_capacity(2048);
+    // Room for a GSO batch of full-size datagrams.
+    let mut buf = Vec::with_capacity(64 * 1500);
     let mut fatal = None;
     let mut signals = 0u32;
 
@@ -321,8 +308,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                             .and_then(|s| s.socket.local_addr().ok())
                             .is_some_and(|a| a.is_ipv4() == edge.is_ipv4());
                         if !fits {
-                            generation += 1;
-                            match open_socket(index, generation, edge, input_tx.clone()).await {
+                            match open_socket(edge).await {
                                 Ok(s) => {
                                     sockets.insert(index, s);
                                 }
@@ -451,12 +437,13 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             metrics
                 .icmp_total_requests
                 .inc_by(datagrams.stats().pings_sent - pings_before);
-            while let Some((index, t)) = sup.poll_transmit(now, &mut buf) {
+            let segments = max_segments(&sockets);
+            while let Some((index, t)) = sup.poll_transmit(now, segments, &mut buf) {
                 progress = true;
                 if let Some(s) = sockets.get(&index) {
-                    // Non-blocking: a full socket buffer drops the datagram, which QUIC's loss
+                    // Non-blocking: a full socket buffer drops the datagrams, which QUIC's loss
                     // recovery handles like any other loss.
-                    if let Err(e) = s.socket.try_send_to(&buf[..t.size], t.destination) {
+                    if let Err(e) = s.socket.try_send(&t, &buf) {
                         if e.kind() != std::io::ErrorKind::WouldBlock {
                             debug!(conn_index = index, error = %e, "send failed");
                         }
@@ -480,17 +467,11 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             }
         };
         tokio::select! {
-            Some(input) = input_rx.recv() => {
+            index = readable(&sockets, last_read) => {
                 let now = Instant::now();
-                let Input::Udp { index, generation: g, from, data } = input;
-                if sockets.get(&index).is_some_and(|s| s.generation == g) {
-                    sup.handle_datagram(now, index, from, &data);
-                }
-                // Take whatever else is queued before draining outputs.
-                while let Ok(Input::Udp { index, generation: g, from, data }) = input_rx.try_recv() {
-                    if sockets.get(&index).is_some_and(|s| s.generation == g) {
-                        sup.handle_datagram(now, index, from, &data);
-                    }
+                last_read = index;
+                if let Some(s) = sockets.get(&index) {
+                    read_socket(now, &mut sup, index, &s.socket, &mut recv_bufs);
                 }
             }
             Some(event) = socket_rx.recv() => {
@@ -525,9 +506,10 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     }
     // Flush the CONNECTION_CLOSEs of an immediate stop.
     let now = Instant::now();
-    while let Some((index, t)) = sup.poll_transmit(now, &mut buf) {
+    let segments = max_segments(&sockets);
+    while let Some((index, t)) = sup.poll_transmit(now, segments, &mut buf) {
         if let Some(s) = sockets.get(&index) {
-            let _ = s.socket.try_send_to(&buf[..t.size], t.destination);
+            let _ = s.socket.try_send(&t, &buf);
         }
     }
     metrics.ready.store(0, Ordering::Relaxed);
@@ -545,46 +527,69 @@ fn sup_stopping(signals: u32) -> bool {
     signals > 0
 }
 
-async fn open_socket(
-    index: u8,
-    generation: u64,
-    edge: SocketAddr,
-    tx: mpsc::UnboundedSender<Input>,
-) -> std::io::Result<Socket> {
+async fn open_socket(edge: SocketAddr) -> std::io::Result<Socket> {
     let bind: SocketAddr = if edge.is_ipv4() {
         "0.0.0.0:0".parse().expect("static")
     } else {
         "[::]:0".parse().expect("static")
     };
-    let socket = Arc::new(UdpSocket::bind(bind).await?);
-    let rx = socket.clone();
-    let reader = tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        loop {
-            match rx.recv_from(&mut buf).await {
-                Ok((n, from)) => {
-                    if tx
-                        .send(Input::Udp {
-                            index,
-                            generation,
-                            from,
-                            data: buf[..n].to_vec(),
-                        })
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                // ICMP port-unreachable and the like surface as errors on some systems.
-                Err(e) => debug!(conn_index = index, error = %e, "UDP receive error"),
+    Ok(Socket {
+        socket: QuicSocket::bind(bind).await?,
+    })
+}
+
+/// The fewest datagrams every socket can send in one transmit: the supervisor picks the
+/// socket only after building the batch.
+fn max_segments(sockets: &HashMap<u8, Socket>) -> usize {
+    sockets
+        .values()
+        .map(|s| s.socket.max_transmit_segments())
+        .min()
+        .unwrap_or(1)
+}
+
+/// Resolves with the index of a socket that has datagrams to read, looking first at the
+/// indexes after `last` so a busy socket does not starve the others; pending while there is
+/// none (or no socket).
+async fn readable(sockets: &HashMap<u8, Socket>, last: u8) -> u8 {
+    std::future::poll_fn(|cx| {
+        let after = sockets.iter().filter(|(i, _)| **i > last);
+        let before = sockets.iter().filter(|(i, _)| **i <= last);
+        for (index, s) in after.chain(before) {
+            // An error is read (and logged) by read_socket like a datagram.
+            if s.socket.poll_recv_ready(cx).is_ready() {
+                return std::task::Poll::Ready(*index);
             }
         }
-    });
-    Ok(Socket {
-        socket,
-        generation,
-        reader,
+        std::task::Poll::Pending
     })
+    .await
+}
+
+/// Reads socket `index` in batches until it is empty, or for a bounded number of batches so
+/// timers and the other inputs are not starved, feeding each buffer to the supervisor.
+fn read_socket(
+    now: Instant,
+    sup: &mut Supervisor,
+    index: u8,
+    socket: &QuicSocket,
+    bufs: &mut RecvBufs,
+) {
+    for _ in 0..READ_BATCHES {
+        match socket.try_recv(bufs) {
+            Ok(()) => {
+                for received in bufs.received() {
+                    sup.handle_received(now, index, &received);
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+            // ICMP port-unreachable and the like surface as errors on some systems.
+            Err(e) => {
+                debug!(conn_index = index, error = %e, "UDP receive error");
+                return;
+            }
+        }
+    }
 }
 
 /// What an origin UDP socket or a ping socket read goes to the supervisor.

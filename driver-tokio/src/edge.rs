@@ -41,6 +41,7 @@ use uuid::Uuid;
 
 use crate::creds::Credentials;
 use crate::edge_udp::{DatagramArgs, EdgeDatagrams};
+use crate::quic_socket::{QuicSocket, RecvBufs};
 use crate::run::init_logging;
 
 /// `burrow edge ...`.
@@ -378,11 +379,10 @@ pub async fn start(args: &EdgeArgs, tunnels_path: &Path) -> Result<RunningEdge, 
     let mut seed = [0u8; 32];
     let _ = getrandom::fill(&mut seed);
     let endpoint = EdgeEndpoint::new(server, seed);
-    let socket = Arc::new(
-        UdpSocket::bind(&args.listen)
-            .await
-            .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?,
-    );
+    let socket = UdpSocket::bind(&args.listen)
+        .await
+        .and_then(QuicSocket::new)
+        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let quic = socket.local_addr().map_err(|e| e.to_string())?;
     let http_listener = TcpListener::bind(&args.http)
         .await
@@ -468,6 +468,9 @@ struct Stream {
     credit: bool,
 }
 
+/// Receive batches taken per wake-up before the loop turns to its other inputs.
+const READ_BATCHES: usize = 16;
+
 /// Bytes queued per request stream inside the endpoint.
 const SEND_WINDOW: usize = 256 * 1024;
 /// Largest response chunk handed to a listener at once.
@@ -475,29 +478,20 @@ const READ_CHUNK: usize = 64 * 1024;
 
 async fn edge_loop(
     mut ep: EdgeEndpoint,
-    socket: Arc<UdpSocket>,
+    socket: QuicSocket,
     tunnels: Arc<TunnelsFile>,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
     mut datagrams: EdgeDatagrams,
 ) {
-    let (udp_tx, mut udp_rx) = mpsc::unbounded_channel::<(SocketAddr, Vec<u8>)>();
-    let rx = socket.clone();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 65536];
-        loop {
-            if let Ok((n, from)) = rx.recv_from(&mut buf).await {
-                if udp_tx.send((from, buf[..n].to_vec())).is_err() {
-                    return;
-                }
-            }
-        }
-    });
+    // Read in the loop, in batches, into buffers reused for every read.
+    let mut recv_bufs = RecvBufs::new();
     // Registered connections per tunnel, in registration order.
     let mut routes: HashMap<Uuid, Vec<ConnId>> = HashMap::new();
     let mut conn_tunnel: HashMap<ConnId, Uuid> = HashMap::new();
     let mut rr: usize = 0;
     let mut streams: HashMap<Key, Stream> = HashMap::new();
-    let mut buf = Vec::with_capacity(2048);
+    // Room for a GSO batch of full-size datagrams.
+    let mut buf = Vec::with_capacity(64 * 1500);
     let mut closing: Option<oneshot::Sender<()>> = None;
     loop {
         // Drain.
@@ -631,9 +625,14 @@ async fn edge_loop(
                 }
             }
             progress |= datagrams.pump(now, &mut ep);
-            while let Some(t) = ep.poll_transmit(now, &mut buf) {
+            while let Some(t) = ep.poll_transmit(now, socket.max_transmit_segments(), &mut buf) {
                 progress = true;
-                let _ = socket.try_send_to(&buf[..t.size], t.destination);
+                // A full socket buffer drops the datagrams: QUIC recovers them as losses.
+                if let Err(e) = socket.try_send(&t, &buf) {
+                    if e.kind() != std::io::ErrorKind::WouldBlock {
+                        debug!(error = %e, to = %t.destination, "send failed");
+                    }
+                }
             }
             if !progress {
                 break;
@@ -655,11 +654,22 @@ async fn edge_loop(
             }
         };
         tokio::select! {
-            Some((from, data)) = udp_rx.recv() => {
+            Ok(()) = std::future::poll_fn(|cx| socket.poll_recv_ready(cx)) => {
                 let now = Instant::now();
-                ep.handle_datagram(now, from, &data);
-                while let Ok((from, data)) = udp_rx.try_recv() {
-                    ep.handle_datagram(now, from, &data);
+                // Bounded, so commands and timers get their turn under load.
+                for _ in 0..READ_BATCHES {
+                    match socket.try_recv(&mut recv_bufs) {
+                        Ok(()) => {
+                            for received in recv_bufs.received() {
+                                ep.handle_received(now, &received);
+                            }
+                        }
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
+                        Err(e) => {
+                            debug!(error = %e, "UDP receive error");
+                            break;
+                        }
+                    }
                 }
             }
             Some(cmd) = cmds.recv() => {

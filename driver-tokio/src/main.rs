@@ -8,6 +8,7 @@ mod edge;
 mod edge_udp;
 mod metrics;
 mod origin;
+mod quic_socket;
 mod quickstart;
 mod run;
 

@@ -15,6 +15,9 @@ use fnv::FnvHasher;
 use crate::clock::{Clock, VirtualTime};
 use crate::net::Network;
 use crate::origin::Origins;
+
+/// Datagrams a node may send in one batch, as a GSO-capable socket would take them.
+const GSO_SEGMENTS: usize = 10;
 use crate::udp::ConnectorUdp;
 use burrow_core::session::SessionLimits;
 
@@ -134,20 +137,20 @@ impl World {
         }
         self.udp.pump(self.now, &self.clock, &mut self.connectors);
         if let Some(edge) = &mut self.edge {
-            while let Some(t) = edge.poll_transmit(now, &mut self.buf) {
-                self.net.send(
-                    self.now,
-                    self.edge_addr,
-                    t.destination,
-                    self.buf[..t.size].to_vec(),
-                );
+            while let Some(t) = edge.poll_transmit(now, GSO_SEGMENTS, &mut self.buf) {
+                for d in t.datagrams(&self.buf) {
+                    self.net
+                        .send(self.now, self.edge_addr, t.destination, d.to_vec());
+                }
             }
         }
         for (addr, conn) in &mut self.connectors {
             let Some(conn) = conn else { continue };
-            while let Some(t) = conn.poll_transmit(now, &mut self.buf) {
-                self.net
-                    .send(self.now, *addr, t.destination, self.buf[..t.size].to_vec());
+            while let Some(t) = conn.poll_transmit(now, GSO_SEGMENTS, &mut self.buf) {
+                // The network carries datagrams: a GSO batch leaves as its segments.
+                for d in t.datagrams(&self.buf) {
+                    self.net.send(self.now, *addr, t.destination, d.to_vec());
+                }
             }
         }
     }

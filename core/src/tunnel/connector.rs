@@ -26,10 +26,10 @@ use tracing::{debug, info, warn};
 
 use super::data::{reset, DataLimits, DataStreams, FlowId, OriginAction};
 use super::quic_io::{
-    exchange_events, flush_rpc_server, flush_stream, poll_conn_transmit, read_stream,
-    send_datagram, DatagramError,
+    exchange_events, flush_rpc_server, flush_stream, handle_received, poll_conn_transmit,
+    read_stream, send_datagram, DatagramError,
 };
-use super::Transmit;
+use super::{Received, Transmit};
 use crate::control::connector::{ControlClient, ControlEvent};
 use crate::control::{ApiError, ConnectionDetails, Registration, RegistrationError};
 use crate::rpc_stream::client::{RpcCallOutcome, RpcStreamClient};
@@ -196,6 +196,8 @@ pub struct ConnectorConnection {
     data: DataStreams,
     shutdown_requested: bool,
     events: VecDeque<ConnectorEvent>,
+    /// Where quinn writes stateless responses (a client sends none; reused, not reallocated).
+    scratch: Vec<u8>,
 }
 
 impl ConnectorConnection {
@@ -228,27 +230,31 @@ impl ConnectorConnection {
             data: DataStreams::new(data),
             shutdown_requested: false,
             events: VecDeque::new(),
+            scratch: Vec::new(),
         })
     }
 
     /// Feeds a UDP datagram received from the edge.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        let mut scratch = Vec::new();
-        let event = self.endpoint.handle(
+        self.handle_received(now, &Received::single(from, data));
+    }
+
+    /// Feeds UDP datagrams received from the edge in one buffer (GRO: `stride` bytes each).
+    pub fn handle_received(&mut self, now: Instant, received: &Received<'_>) {
+        let (handle, conn) = (self.handle, &mut self.conn);
+        handle_received(
+            &mut self.endpoint,
             now,
-            from,
-            None,
-            None,
-            bytes::BytesMut::from(data),
-            &mut scratch,
+            received,
+            &mut self.scratch,
+            |_, event, _| match event {
+                quinn_proto::DatagramEvent::ConnectionEvent(h, ev) if h == handle => {
+                    conn.handle_event(ev);
+                }
+                // A client endpoint accepts no connections and answers nothing else of note.
+                _ => {}
+            },
         );
-        match event {
-            Some(quinn_proto::DatagramEvent::ConnectionEvent(h, ev)) if h == self.handle => {
-                self.conn.handle_event(ev);
-            }
-            // A client endpoint accepts no connections and answers nothing else of note.
-            _ => {}
-        }
         self.progress(now);
     }
 
@@ -345,9 +351,15 @@ impl ConnectorConnection {
         self.progress(now);
     }
 
-    /// The next datagram to send, written into `buf`.
-    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
-        poll_conn_transmit(&mut self.conn, now, buf)
+    /// The next datagrams to send, at most `max_datagrams` of them as one GSO batch, written
+    /// into `buf`.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        max_datagrams: usize,
+        buf: &mut Vec<u8>,
+    ) -> Option<Transmit> {
+        poll_conn_transmit(&mut self.conn, now, max_datagrams, buf)
     }
 
     /// When [`ConnectorConnection::handle_timeout`] must be called next.

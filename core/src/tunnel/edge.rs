@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use quinn_proto::{
     Connection, ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event,
     ServerConfig, StreamEvent, StreamId, VarInt,
@@ -19,10 +19,10 @@ use quinn_proto::{
 use tracing::{debug, warn};
 
 use super::quic_io::{
-    exchange_events, flush_rpc_server, flush_stream, poll_conn_transmit, read_stream,
-    read_stream_max, send_datagram, DatagramError,
+    exchange_events, flush_rpc_server, flush_stream, handle_received, poll_conn_transmit,
+    read_stream, read_stream_max, send_datagram, DatagramError,
 };
-use super::Transmit;
+use super::{EcnCodepoint, Received, Transmit};
 use crate::control::edge::{ControlServer, EdgeControlEvent};
 use crate::control::{ApiError, ConnectionDetails, Registration, RegistrationError};
 use crate::rpc::frame::{frame_len, FrameLimits};
@@ -180,8 +180,27 @@ pub struct EdgeEndpoint {
     endpoint: Endpoint,
     // Ordered so that iteration, and hence what is sent first, is deterministic.
     conns: BTreeMap<ConnId, EdgeConnection>,
-    responses: VecDeque<(SocketAddr, Vec<u8>)>,
+    /// Stateless answers (version negotiation, refusals): rare, so owned copies.
+    responses: VecDeque<Response>,
     events: VecDeque<EdgeEvent>,
+    /// Where quinn writes stateless responses (reused, not reallocated per datagram).
+    scratch: Vec<u8>,
+}
+
+/// A stateless datagram quinn's endpoint wants sent.
+struct Response {
+    destination: SocketAddr,
+    ecn: Option<EcnCodepoint>,
+    bytes: Vec<u8>,
+}
+
+/// Copies a stateless response out of `scratch`, where quinn wrote it.
+fn stateless(t: &quinn_proto::Transmit, scratch: &[u8]) -> Response {
+    Response {
+        destination: t.destination,
+        ecn: t.ecn.map(Into::into),
+        bytes: scratch[..t.size.min(scratch.len())].to_vec(),
+    }
 }
 
 impl EdgeEndpoint {
@@ -197,52 +216,57 @@ impl EdgeEndpoint {
             conns: BTreeMap::new(),
             responses: VecDeque::new(),
             events: VecDeque::new(),
+            scratch: Vec::new(),
         }
     }
 
     /// Feeds a UDP datagram received from `from`.
     pub fn handle_datagram(&mut self, now: Instant, from: SocketAddr, data: &[u8]) {
-        let mut buf = Vec::new();
-        match self
-            .endpoint
-            .handle(now, from, None, None, BytesMut::from(data), &mut buf)
-        {
-            Some(DatagramEvent::ConnectionEvent(h, ev)) => {
-                if let Some(c) = self.conns.get_mut(&ConnId(h.0)) {
-                    c.conn.handle_event(ev);
-                }
-            }
-            Some(DatagramEvent::NewConnection(incoming)) => {
-                match self.endpoint.accept(incoming, now, &mut buf, None) {
-                    Ok((h, conn)) => {
-                        debug!(conn = h.0, %from, "connector connection accepted");
-                        self.conns.insert(
-                            ConnId(h.0),
-                            EdgeConnection {
-                                conn,
-                                control: None,
-                                calls: BTreeMap::new(),
-                                served: BTreeMap::new(),
-                                data: BTreeMap::new(),
-                                closed: false,
-                            },
-                        );
+        self.handle_received(now, &Received::single(from, data));
+    }
+
+    /// Feeds UDP datagrams received in one buffer (GRO: `stride` bytes each).
+    pub fn handle_received(&mut self, now: Instant, received: &Received<'_>) {
+        let from = received.from;
+        let (conns, responses) = (&mut self.conns, &mut self.responses);
+        handle_received(
+            &mut self.endpoint,
+            now,
+            received,
+            &mut self.scratch,
+            |endpoint, event, scratch| match event {
+                DatagramEvent::ConnectionEvent(h, ev) => {
+                    if let Some(c) = conns.get_mut(&ConnId(h.0)) {
+                        c.conn.handle_event(ev);
                     }
-                    Err(e) => {
-                        warn!(%from, cause = %e.cause, "refused a connection");
-                        if let Some(t) = e.response {
-                            self.responses
-                                .push_back((t.destination, buf[..t.size].to_vec()));
+                }
+                DatagramEvent::NewConnection(incoming) => {
+                    match endpoint.accept(incoming, now, scratch, None) {
+                        Ok((h, conn)) => {
+                            debug!(conn = h.0, %from, "connector connection accepted");
+                            conns.insert(
+                                ConnId(h.0),
+                                EdgeConnection {
+                                    conn,
+                                    control: None,
+                                    calls: BTreeMap::new(),
+                                    served: BTreeMap::new(),
+                                    data: BTreeMap::new(),
+                                    closed: false,
+                                },
+                            );
+                        }
+                        Err(e) => {
+                            warn!(%from, cause = %e.cause, "refused a connection");
+                            if let Some(t) = e.response {
+                                responses.push_back(stateless(&t, scratch));
+                            }
                         }
                     }
                 }
-            }
-            Some(DatagramEvent::Response(t)) => {
-                self.responses
-                    .push_back((t.destination, buf[..t.size].to_vec()));
-            }
-            None => {}
-        }
+                DatagramEvent::Response(t) => responses.push_back(stateless(&t, scratch)),
+            },
+        );
         self.progress(now);
     }
 
@@ -471,19 +495,27 @@ impl EdgeEndpoint {
         Ok(finished)
     }
 
-    /// The next datagram to send, written into `buf`.
-    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<Transmit> {
-        if let Some((destination, bytes)) = self.responses.pop_front() {
+    /// The next datagrams to send, at most `max_datagrams` of them as one GSO batch, written
+    /// into `buf`.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        max_datagrams: usize,
+        buf: &mut Vec<u8>,
+    ) -> Option<Transmit> {
+        if let Some(r) = self.responses.pop_front() {
             buf.clear();
-            buf.extend_from_slice(&bytes);
+            buf.extend_from_slice(&r.bytes);
             return Some(Transmit {
-                destination,
-                size: bytes.len(),
+                destination: r.destination,
+                size: r.bytes.len(),
+                segment_size: None,
+                ecn: r.ecn,
             });
         }
         self.conns
             .values_mut()
-            .find_map(|c| poll_conn_transmit(&mut c.conn, now, buf))
+            .find_map(|c| poll_conn_transmit(&mut c.conn, now, max_datagrams, buf))
     }
 
     /// When [`EdgeEndpoint::handle_timeout`] must be called next.

@@ -4,7 +4,8 @@
 //!
 //! The shape is quinn-proto's: feed UDP datagrams and timer expiries in (`handle_*`), then drain
 //! `poll_transmit`, `poll_event` and `poll_timeout` until they are empty. Nothing here owns a
-//! socket or a clock.
+//! socket or a clock. I/O is batched as quinn does it: `handle_received` takes a GRO buffer of
+//! several datagrams ([`Received`]) and `poll_transmit` may return a GSO batch ([`Transmit`]).
 
 pub mod connector;
 pub mod data;
@@ -13,4 +14,4 @@ mod quic_io;
 pub mod supervisor;
 pub mod udp;
 
-pub use quic_io::{DatagramError, Transmit};
+pub use quic_io::{DatagramError, EcnCodepoint, Received, Transmit};

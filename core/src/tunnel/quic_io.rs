@@ -3,19 +3,162 @@
 
 use std::net::SocketAddr;
 
+use bytes::BytesMut;
 use quinn_proto::{
-    Connection, ConnectionHandle, Endpoint, ReadError, StreamId, VarInt, WriteError,
+    Connection, ConnectionHandle, DatagramEvent, Endpoint, ReadError, StreamId, VarInt, WriteError,
 };
 
 use crate::rpc_stream::server::RpcStreamServer;
 
-/// A UDP datagram to send: `size` bytes of the caller's buffer, to `destination`.
+/// Explicit Congestion Notification codepoint of a UDP datagram (RFC 3168), as the socket
+/// sets it on send and reports it on receive. Core-owned so drivers need not name quinn types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EcnCodepoint {
+    /// ECT(0): ECN-capable transport.
+    Ect0,
+    /// ECT(1): ECN-capable transport.
+    Ect1,
+    /// CE: congestion experienced.
+    Ce,
+}
+
+impl EcnCodepoint {
+    /// The codepoint of the two ECN bits of an IP header's TOS/traffic-class byte (`None`
+    /// for Not-ECT).
+    pub fn from_bits(bits: u8) -> Option<Self> {
+        match bits & 0b11 {
+            0b10 => Some(Self::Ect0),
+            0b01 => Some(Self::Ect1),
+            0b11 => Some(Self::Ce),
+            _ => None,
+        }
+    }
+
+    /// The two ECN bits.
+    pub fn bits(self) -> u8 {
+        match self {
+            Self::Ect0 => 0b10,
+            Self::Ect1 => 0b01,
+            Self::Ce => 0b11,
+        }
+    }
+}
+
+impl From<quinn_proto::EcnCodepoint> for EcnCodepoint {
+    fn from(e: quinn_proto::EcnCodepoint) -> Self {
+        match e {
+            quinn_proto::EcnCodepoint::Ect0 => Self::Ect0,
+            quinn_proto::EcnCodepoint::Ect1 => Self::Ect1,
+            quinn_proto::EcnCodepoint::Ce => Self::Ce,
+        }
+    }
+}
+
+impl From<EcnCodepoint> for quinn_proto::EcnCodepoint {
+    fn from(e: EcnCodepoint) -> Self {
+        match e {
+            EcnCodepoint::Ect0 => Self::Ect0,
+            EcnCodepoint::Ect1 => Self::Ect1,
+            EcnCodepoint::Ce => Self::Ce,
+        }
+    }
+}
+
+/// UDP datagrams to send: the first `size` bytes of the caller's buffer, to `destination`.
+/// With `segment_size`, the bytes are a GSO batch: datagrams of `segment_size` bytes each, the
+/// last possibly shorter, all to the same destination with the same ECN marking.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transmit {
     /// Where to send it.
     pub destination: SocketAddr,
-    /// Bytes of the buffer passed to `poll_transmit` that make up the datagram.
+    /// Bytes of the buffer passed to `poll_transmit` that make up the datagram(s).
     pub size: usize,
+    /// Size of each datagram when the buffer holds several (`None`: one datagram).
+    pub segment_size: Option<usize>,
+    /// ECN marking for the IP header.
+    pub ecn: Option<EcnCodepoint>,
+}
+
+impl Transmit {
+    /// The datagrams this transmit holds, cut from `buf` (the buffer passed to
+    /// `poll_transmit`): for drivers that cannot hand the kernel a GSO batch.
+    pub fn datagrams<'a>(&self, buf: &'a [u8]) -> std::slice::Chunks<'a, u8> {
+        let bytes = &buf[..self.size.min(buf.len())];
+        bytes.chunks(self.segment_size.unwrap_or(bytes.len()).max(1))
+    }
+
+    /// How many datagrams this transmit holds.
+    pub fn datagram_count(&self) -> usize {
+        match self.segment_size {
+            Some(s) if s > 0 => self.size.div_ceil(s),
+            _ => 1,
+        }
+    }
+}
+
+/// UDP datagrams received in one buffer: with GRO the kernel coalesces datagrams of one
+/// source into a buffer of `stride`-byte datagrams, the last possibly shorter.
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    /// Who sent them.
+    pub from: SocketAddr,
+    /// ECN marking they arrived with.
+    pub ecn: Option<EcnCodepoint>,
+    /// The datagram bytes, back to back.
+    pub data: &'a [u8],
+    /// Size of each datagram in `data` (`data.len()` or more: one datagram).
+    pub stride: usize,
+}
+
+impl<'a> Received<'a> {
+    /// One datagram without ECN information.
+    pub fn single(from: SocketAddr, data: &'a [u8]) -> Self {
+        Self {
+            from,
+            ecn: None,
+            data,
+            stride: data.len(),
+        }
+    }
+
+    /// Bytes per datagram (a `stride` of 0 counts as one datagram of all of `data`).
+    pub fn stride(&self) -> usize {
+        if self.stride == 0 {
+            self.data.len().max(1)
+        } else {
+            self.stride
+        }
+    }
+
+    /// The datagrams, cut at `stride`.
+    pub fn datagrams(&self) -> std::slice::Chunks<'a, u8> {
+        self.data.chunks(self.stride())
+    }
+}
+
+/// Feeds every datagram of `received` to `endpoint`, calling `on_event` with what each one
+/// yields. One copy per buffer: the segments are split off it without copying again.
+/// `scratch` is where quinn writes a stateless response, if any.
+pub(crate) fn handle_received(
+    endpoint: &mut Endpoint,
+    now: std::time::Instant,
+    received: &Received<'_>,
+    scratch: &mut Vec<u8>,
+    mut on_event: impl FnMut(&mut Endpoint, DatagramEvent, &mut Vec<u8>),
+) {
+    if received.data.is_empty() {
+        return;
+    }
+    let stride = received.stride();
+    let ecn = received.ecn.map(Into::into);
+    let mut data = BytesMut::from(received.data);
+    while !data.is_empty() {
+        let segment = data.split_to(stride.min(data.len()));
+        scratch.clear();
+        if let Some(event) = endpoint.handle(now, received.from, None, ecn, segment, scratch) {
+            on_event(endpoint, event, scratch);
+        }
+    }
 }
 
 /// Lets the endpoint and one of its connections tell each other what they need to.
@@ -27,17 +170,23 @@ pub(crate) fn exchange_events(endpoint: &mut Endpoint, h: ConnectionHandle, conn
     }
 }
 
-/// One datagram from `conn`, written into `buf` (cleared first).
+/// Up to `max_datagrams` datagrams from `conn` (a GSO batch when more than one), written into
+/// `buf` (cleared first).
 pub(crate) fn poll_conn_transmit(
     conn: &mut Connection,
     now: std::time::Instant,
+    max_datagrams: usize,
     buf: &mut Vec<u8>,
 ) -> Option<Transmit> {
     buf.clear();
-    conn.poll_transmit(now, 1, buf).map(|t| Transmit {
-        destination: t.destination,
-        size: t.size,
-    })
+    // quinn requires at least one.
+    conn.poll_transmit(now, max_datagrams.max(1), buf)
+        .map(|t| Transmit {
+            destination: t.destination,
+            size: t.size,
+            segment_size: t.segment_size,
+            ecn: t.ecn.map(Into::into),
+        })
 }
 
 /// Appends everything readable on stream `id` to `sink`. Returns true once the peer finished

@@ -33,7 +33,7 @@ use tracing::{debug, info, warn};
 use super::connector::{ConnectorConfig, ConnectorConnection, ConnectorError, ConnectorEvent};
 use super::data::{FlowId, OriginAction};
 use super::udp::{DatagramHub, Egress, HubAction, Links};
-use super::Transmit;
+use super::{Received, Transmit};
 use crate::control::{ConnectionDetails, RegistrationError};
 use crate::datagram::LinkId;
 use crate::flow::{effective_limit, FlowLimiter};
@@ -601,8 +601,13 @@ impl Supervisor {
 
     /// A UDP datagram arrived on the socket of `index`.
     pub fn handle_datagram(&mut self, now: Instant, index: u8, from: SocketAddr, data: &[u8]) {
+        self.handle_received(now, index, &Received::single(from, data));
+    }
+
+    /// UDP datagrams arrived on the socket of `index` in one buffer (GRO: `stride` bytes each).
+    pub fn handle_received(&mut self, now: Instant, index: u8, received: &Received<'_>) {
         if let Some(r) = self.running_mut(index) {
-            r.conn.handle_datagram(now, from, data);
+            r.conn.handle_received(now, received);
         }
         self.progress(now);
     }
@@ -652,13 +657,19 @@ impl Supervisor {
             .min()
     }
 
-    /// The next datagram to send, from the socket of the returned index.
-    pub fn poll_transmit(&mut self, now: Instant, buf: &mut Vec<u8>) -> Option<(u8, Transmit)> {
+    /// The next datagrams to send (at most `max_datagrams`, one GSO batch) from the socket of
+    /// the returned index.
+    pub fn poll_transmit(
+        &mut self,
+        now: Instant,
+        max_datagrams: usize,
+        buf: &mut Vec<u8>,
+    ) -> Option<(u8, Transmit)> {
         let n = self.slots.len();
         for k in 0..n {
             let i = (self.cursor + k) % n;
             if let Phase::Running(r) = &mut self.slots[i].phase {
-                if let Some(t) = r.conn.poll_transmit(now, buf) {
+                if let Some(t) = r.conn.poll_transmit(now, max_datagrams, buf) {
                     self.cursor = (i + 1) % n;
                     return Some((self.slots[i].index, t));
                 }

@@ -88,7 +88,7 @@ async fn connector(edge: SocketAddr, ca_pem: Vec<u8>, creds: Credentials) {
         let Some(conn) = links[0].1.as_mut() else {
             return;
         };
-        while let Some(t) = conn.poll_transmit(now, &mut buf) {
+        while let Some(t) = conn.poll_transmit(now, 1, &mut buf) {
             let _ = sock.send_to(&buf[..t.size], t.destination).await;
         }
         while conn.poll_event().is_some() {}
@@ -131,7 +131,7 @@ async fn connector(edge: SocketAddr, ca_pem: Vec<u8>, creds: Credentials) {
         // Actions may have queued datagrams (registration answers): send before sleeping.
         let conn = links[0].1.as_mut().unwrap();
         let mut sent = false;
-        while let Some(t) = conn.poll_transmit(now, &mut buf) {
+        while let Some(t) = conn.poll_transmit(now, 1, &mut buf) {
             sent = true;
             let _ = sock.send_to(&buf[..t.size], t.destination).await;
         }

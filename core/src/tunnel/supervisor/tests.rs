@@ -199,12 +199,12 @@ impl World {
         let edge_addr: SocketAddr = EDGE.parse().expect("addr");
         loop {
             let mut any = false;
-            while let Some((index, t)) = self.sup.poll_transmit(self.now, &mut self.buf) {
+            while let Some((index, t)) = self.sup.poll_transmit(self.now, 1, &mut self.buf) {
                 self.send(conn_addr(index), t.destination, t.size);
                 any = true;
             }
             if let Some(edge) = &mut self.edge {
-                while let Some(t) = edge.poll_transmit(self.now, &mut self.buf) {
+                while let Some(t) = edge.poll_transmit(self.now, 1, &mut self.buf) {
                     let (dest, size) = (t.destination, t.size);
                     self.seq += 1;
                     self.net.insert(
