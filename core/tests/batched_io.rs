@@ -4,22 +4,20 @@
 //! buffers of several coalesced datagrams through `handle_received`. A TCP flow carries
 //! megabytes both ways; the bytes must arrive intact and in order.
 
+mod common;
+
 use std::collections::VecDeque;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::Arc;
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use burrow_core::control::{ConnectionDetails, Registration};
-use burrow_core::quic::tls::{self, PostQuantum};
-use burrow_core::quic::transport::QuicSettings;
-use burrow_core::quic::SERVER_NAME;
 use burrow_core::stream::connect::{ConnectRequest, ConnectionType};
 use burrow_core::tunnel::connector::{ConnectorConfig, ConnectorConnection, ConnectorEvent};
-use burrow_core::tunnel::data::{DataLimits, FlowId, OriginAction};
+use burrow_core::tunnel::data::{FlowId, OriginAction};
 use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
 use burrow_core::tunnel::{EcnCodepoint, Received};
-use quinn_proto::{ClientConfig, ServerConfig, StreamId};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+use common::tls_pair;
+use quinn_proto::{ClientConfig, StreamId};
 use uuid::Uuid;
 
 /// Datagrams per GSO batch asked of `poll_transmit` (Linux allows up to 64).
@@ -29,50 +27,15 @@ const GRO_SEGMENTS: usize = 8;
 const DOWN: usize = 3 << 20;
 const UP: usize = 2 << 20;
 
-fn tls_pair() -> (ServerConfig, ClientConfig) {
-    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-    let cert = rcgen::CertificateParams::new(vec![SERVER_NAME.into()])
-        .unwrap()
-        .self_signed(&key)
-        .unwrap();
-    let key: PrivateKeyDer<'static> = PrivatePkcs8KeyDer::from(key.serialize_der()).into();
-    let settings = QuicSettings::default();
-    let mut server = ServerConfig::with_crypto(Arc::new(
-        tls::server_config(vec![cert.der().clone()], key, PostQuantum::Prefer).unwrap(),
-    ));
-    server.transport_config(settings.transport_config(true));
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(cert.der().clone()).unwrap();
-    let mut client = ClientConfig::new(Arc::new(
-        tls::client_config(roots, PostQuantum::Prefer).unwrap(),
-    ));
-    client.transport_config(settings.transport_config(true));
-    (server, client)
-}
-
 fn config(client: ClientConfig) -> ConnectorConfig {
-    ConnectorConfig {
-        registration: Registration {
-            account_tag: "acct".into(),
-            tunnel_secret: vec![7; 32],
-            tunnel_id: Uuid::from_u128(1),
-            conn_index: 0,
-            client_id: Uuid::from_u128(2),
-            features: vec![],
-            version: "burrow-test".into(),
-            arch: "linux_amd64".into(),
-            origin_local_ip: Some(IpAddr::from([127, 0, 0, 1])),
-            replace_existing: false,
-            compression_quality: 0,
-            num_previous_attempts: 0,
-        },
-        local_config: None,
-        client,
-        server_name: SERVER_NAME.into(),
-        rpc_timeout: Duration::from_secs(5),
-        grace_period: Duration::from_secs(30),
-        data: DataLimits::default(),
-    }
+    let registration = Registration::new(
+        "acct",
+        vec![7; 32],
+        Uuid::from_u128(1),
+        Uuid::from_u128(2),
+        vec![],
+    );
+    ConnectorConfig::new(registration, client)
 }
 
 /// Deterministic, position-dependent bytes, so reordering or loss shows.

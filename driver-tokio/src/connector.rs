@@ -35,9 +35,6 @@ use crate::metrics::Metrics;
 use crate::origin::{Dialer, FlowHandle, FlowReport, Report};
 use crate::quic_socket::{QuicSocket, RecvBufs};
 
-/// Receive batches taken from one socket per wake-up before the loop turns to its other inputs.
-const READ_BATCHES: usize = 16;
-
 /// Where the edge is.
 #[derive(Debug, Clone)]
 pub enum Edges {
@@ -201,12 +198,6 @@ fn edge_roots(cacert: Option<&[u8]>) -> Result<rustls::RootCertStore, tls::TlsEr
     Ok(roots)
 }
 
-/// The QUIC socket of one HA index. The loop reads it directly (batched, into reused
-/// buffers): no reader task, no copy per datagram.
-struct Socket {
-    socket: QuicSocket,
-}
-
 struct Flow {
     handle: FlowHandle,
     /// Bytes the connection could not take yet; the flow reads again once they are taken.
@@ -281,7 +272,9 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         }),
     };
     let (flow_tx, mut flow_rx) = mpsc::unbounded_channel::<Report>();
-    let mut sockets: HashMap<u8, Socket> = HashMap::new();
+    // The QUIC socket of each HA index; the loop reads them directly (batched, into reused
+    // buffers): no reader task, no copy per datagram.
+    let mut sockets: HashMap<u8, QuicSocket> = HashMap::new();
     let mut recv_bufs = RecvBufs::new();
     let mut last_read = 0u8;
     let mut flows: HashMap<(LinkId, FlowId), Flow> = HashMap::new();
@@ -305,7 +298,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                         debug!(conn_index = index, %link, %edge, "dialing edge");
                         let fits = sockets
                             .get(&index)
-                            .and_then(|s| s.socket.local_addr().ok())
+                            .and_then(|s| s.local_addr().ok())
                             .is_some_and(|a| a.is_ipv4() == edge.is_ipv4());
                         if !fits {
                             match open_socket(edge).await {
@@ -443,7 +436,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                 if let Some(s) = sockets.get(&index) {
                     // Non-blocking: a full socket buffer drops the datagrams, which QUIC's loss
                     // recovery handles like any other loss.
-                    if let Err(e) = s.socket.try_send(&t, &buf) {
+                    if let Err(e) = s.try_send(&t, &buf) {
                         if e.kind() != std::io::ErrorKind::WouldBlock {
                             debug!(conn_index = index, error = %e, "send failed");
                         }
@@ -471,7 +464,10 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                 let now = Instant::now();
                 last_read = index;
                 if let Some(s) = sockets.get(&index) {
-                    read_socket(now, &mut sup, index, &s.socket, &mut recv_bufs);
+                    let got = s.read_round(&mut recv_bufs, |r| sup.handle_received(now, index, r));
+                    if let Err(e) = got {
+                        debug!(conn_index = index, error = %e, "UDP receive error");
+                    }
                 }
             }
             Some(event) = socket_rx.recv() => {
@@ -509,7 +505,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     let segments = max_segments(&sockets);
     while let Some((index, t)) = sup.poll_transmit(now, segments, &mut buf) {
         if let Some(s) = sockets.get(&index) {
-            let _ = s.socket.try_send(&t, &buf);
+            let _ = s.try_send(&t, &buf);
         }
     }
     metrics.ready.store(0, Ordering::Relaxed);
@@ -527,23 +523,21 @@ fn sup_stopping(signals: u32) -> bool {
     signals > 0
 }
 
-async fn open_socket(edge: SocketAddr) -> std::io::Result<Socket> {
+async fn open_socket(edge: SocketAddr) -> std::io::Result<QuicSocket> {
     let bind: SocketAddr = if edge.is_ipv4() {
         "0.0.0.0:0".parse().expect("static")
     } else {
         "[::]:0".parse().expect("static")
     };
-    Ok(Socket {
-        socket: QuicSocket::bind(bind).await?,
-    })
+    QuicSocket::bind(bind).await
 }
 
 /// The fewest datagrams every socket can send in one transmit: the supervisor picks the
 /// socket only after building the batch.
-fn max_segments(sockets: &HashMap<u8, Socket>) -> usize {
+fn max_segments(sockets: &HashMap<u8, QuicSocket>) -> usize {
     sockets
         .values()
-        .map(|s| s.socket.max_transmit_segments())
+        .map(QuicSocket::max_transmit_segments)
         .min()
         .unwrap_or(1)
 }
@@ -551,45 +545,19 @@ fn max_segments(sockets: &HashMap<u8, Socket>) -> usize {
 /// Resolves with the index of a socket that has datagrams to read, looking first at the
 /// indexes after `last` so a busy socket does not starve the others; pending while there is
 /// none (or no socket).
-async fn readable(sockets: &HashMap<u8, Socket>, last: u8) -> u8 {
+async fn readable(sockets: &HashMap<u8, QuicSocket>, last: u8) -> u8 {
     std::future::poll_fn(|cx| {
         let after = sockets.iter().filter(|(i, _)| **i > last);
         let before = sockets.iter().filter(|(i, _)| **i <= last);
         for (index, s) in after.chain(before) {
-            // An error is read (and logged) by read_socket like a datagram.
-            if s.socket.poll_recv_ready(cx).is_ready() {
+            // An error is read (and logged) by read_round like a datagram.
+            if s.poll_recv_ready(cx).is_ready() {
                 return std::task::Poll::Ready(*index);
             }
         }
         std::task::Poll::Pending
     })
     .await
-}
-
-/// Reads socket `index` in batches until it is empty, or for a bounded number of batches so
-/// timers and the other inputs are not starved, feeding each buffer to the supervisor.
-fn read_socket(
-    now: Instant,
-    sup: &mut Supervisor,
-    index: u8,
-    socket: &QuicSocket,
-    bufs: &mut RecvBufs,
-) {
-    for _ in 0..READ_BATCHES {
-        match socket.try_recv(bufs) {
-            Ok(()) => {
-                for received in bufs.received() {
-                    sup.handle_received(now, index, &received);
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
-            // ICMP port-unreachable and the like surface as errors on some systems.
-            Err(e) => {
-                debug!(conn_index = index, error = %e, "UDP receive error");
-                return;
-            }
-        }
-    }
 }
 
 /// What an origin UDP socket or a ping socket read goes to the supervisor.

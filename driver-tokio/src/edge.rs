@@ -468,9 +468,6 @@ struct Stream {
     credit: bool,
 }
 
-/// Receive batches taken per wake-up before the loop turns to its other inputs.
-const READ_BATCHES: usize = 16;
-
 /// Bytes queued per request stream inside the endpoint.
 const SEND_WINDOW: usize = 256 * 1024;
 /// Largest response chunk handed to a listener at once.
@@ -656,20 +653,9 @@ async fn edge_loop(
         tokio::select! {
             Ok(()) = std::future::poll_fn(|cx| socket.poll_recv_ready(cx)) => {
                 let now = Instant::now();
-                // Bounded, so commands and timers get their turn under load.
-                for _ in 0..READ_BATCHES {
-                    match socket.try_recv(&mut recv_bufs) {
-                        Ok(()) => {
-                            for received in recv_bufs.received() {
-                                ep.handle_received(now, &received);
-                            }
-                        }
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => break,
-                        Err(e) => {
-                            debug!(error = %e, "UDP receive error");
-                            break;
-                        }
-                    }
+                let got = socket.read_round(&mut recv_bufs, |r| ep.handle_received(now, r));
+                if let Err(e) = got {
+                    debug!(error = %e, "UDP receive error");
                 }
             }
             Some(cmd) = cmds.recv() => {

@@ -27,6 +27,9 @@ const MAX_TRANSMIT_SEGMENTS: usize = 10;
 const SOCKET_BUFFER: usize = 7 << 20;
 /// Most datagrams Linux coalesces into one GRO buffer (`UDP_GRO_CNT_MAX`).
 const GRO_MAX_SEGMENTS: usize = 64;
+/// `recvmmsg` calls per [`QuicSocket::read_round`], so that under load a loop's commands and
+/// timers still get their turn.
+const READ_BATCHES: usize = 16;
 /// Buffers filled per `recvmmsg`. quinn uses 32; with GRO each buffer holds up to 64
 /// datagrams already, and fewer buffers keep the memory (64 x 1472 B each) small.
 const RECV_BATCH: usize = 8;
@@ -116,6 +119,24 @@ impl QuicSocket {
             self.state.recv((&self.io).into(), &mut iovs, meta)
         })?;
         *filled = n;
+        Ok(())
+    }
+
+    /// Reads what is queued, for at most a bounded number of `recvmmsg` calls, handing every
+    /// buffer to `f`. Ok once the socket is drained or the bound is reached; a receive error
+    /// (ICMP port-unreachable and the like surface as such on some systems) ends the round.
+    pub fn read_round(
+        &self,
+        bufs: &mut RecvBufs,
+        mut f: impl FnMut(&Received<'_>),
+    ) -> io::Result<()> {
+        for _ in 0..READ_BATCHES {
+            match self.try_recv(bufs) {
+                Ok(()) => bufs.received().for_each(|r| f(&r)),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
         Ok(())
     }
 }
