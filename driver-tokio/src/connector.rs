@@ -266,7 +266,6 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     );
 
     let dialer = Dialer {
-        ingress,
         roots: Arc::new(rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         }),
@@ -378,7 +377,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                         version,
                         config,
                     } => {
-                        let ingress = dialer.ingress.clone();
+                        let ingress = ingress.clone();
                         let result = versions.offer(version, || {
                             let (remote, new) =
                                 RemoteConfig::from_json(&config).map_err(|e| e.to_string())?;
@@ -626,7 +625,8 @@ fn on_action(
             flow,
             kind,
             dest,
-            host,
+            origin,
+            ..
         } => {
             debug!(%link, %flow, ?kind, %dest, "opening origin connection");
             metrics.total_requests.inc();
@@ -636,7 +636,7 @@ fn on_action(
                 metrics.tcp_active.inc();
                 metrics.tcp_total.inc();
             }
-            let handle = dialer.open(link, flow, kind, dest, host, flow_tx.clone());
+            let handle = dialer.open(link, flow, kind, dest, origin, flow_tx.clone());
             flows.insert(
                 (link, flow),
                 Flow {

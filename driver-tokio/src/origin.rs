@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_core::datagram::LinkId;
-use burrow_core::ingress::{Ingress, OriginRequest, Service};
+use burrow_core::ingress::{Origin, OriginRequest, Service};
 use burrow_core::stream::proxy::FlowKind;
 use burrow_core::tunnel::data::FlowId;
 use bytes::Bytes;
@@ -79,11 +79,9 @@ impl Drop for FlowHandle {
     }
 }
 
-/// How the connector reaches origins.
+/// How the connector reaches origins: the one core's ingress rule resolved for each request.
 #[derive(Clone)]
 pub struct Dialer {
-    /// The rules in force (replaced by remote configuration).
-    pub ingress: Arc<std::sync::RwLock<Arc<Ingress>>>,
     /// Roots for HTTPS origins (webpki roots, plus `caPool` files per rule).
     pub roots: Arc<rustls::RootCertStore>,
 }
@@ -98,7 +96,7 @@ impl Dialer {
         flow: FlowId,
         kind: FlowKind,
         dest: String,
-        host: Option<String>,
+        origin: Option<Arc<Origin>>,
         reports: mpsc::UnboundedSender<Report>,
     ) -> FlowHandle {
         let (writes, write_rx) = mpsc::unbounded_channel();
@@ -106,7 +104,7 @@ impl Dialer {
         let dialer = self.clone();
         let p = permit.clone();
         let task = tokio::spawn(async move {
-            match dialer.dial(kind, &dest, host.as_deref()).await {
+            match dialer.dial(kind, &dest, origin.as_deref()).await {
                 Ok(io) => {
                     let _ = reports.send((link, flow, FlowReport::Connected));
                     pump(io, write_rx, p, move |r| {
@@ -131,7 +129,7 @@ impl Dialer {
         &self,
         kind: FlowKind,
         dest: &str,
-        host: Option<&str>,
+        origin: Option<&Origin>,
     ) -> Result<Box<dyn Io>, String> {
         if kind == FlowKind::Tcp {
             // Private-network routing: dest is ip:port.
@@ -142,14 +140,11 @@ impl Dialer {
             let _ = s.set_nodelay(true);
             return Ok(Box::new(s));
         }
-        let ingress = self
-            .ingress
-            .read()
-            .map_err(|_| "ingress lock poisoned".to_owned())?
-            .clone();
-        let (_, rule) = ingress.find_request(dest, host);
-        let o = &rule.origin_request;
-        match &rule.service {
+        let Some(origin) = origin else {
+            return Err(format!("no ingress rule resolved {dest}"));
+        };
+        let o = &origin.origin_request;
+        match &origin.service {
             Service::HttpStatus(code) => Ok(in_process(Responder::Status(*code))),
             Service::HelloWorld => Ok(in_process(Responder::Hello)),
             Service::Http { tls, host: h, port } => {
@@ -174,7 +169,7 @@ impl Dialer {
             }
             Service::Tcp { .. } => Err(format!(
                 "service {} is a TCP-over-WebSocket origin, not supported by burrow yet",
-                rule.service
+                origin.service
             )),
         }
     }

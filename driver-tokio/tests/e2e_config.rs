@@ -175,3 +175,62 @@ fn environment_and_flags_win_over_the_file_and_type_errors_name_the_key() {
     assert!(e.contains("edge") && e.contains("sequence"), "{e}");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// `GET path` through the edge's public port with `Host: app.test`; the status.
+fn status(http: SocketAddr, path: &str) -> u16 {
+    let mut s = TcpStream::connect(http).expect("edge http");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"
+    )
+    .expect("request");
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Issue 11: a path rule holds whatever came before it on the tunnel. `^/admin` answers 403
+/// and everything else goes to an HTTP origin; on one connection, in both orders, each request
+/// reaches its own rule's service, never a pooled origin connection another rule opened.
+#[test]
+fn path_rules_hold_across_pooled_origin_connections() {
+    let bed =
+        Testbed::create(Path::new(BIN), "e2e-path-pool", "app", &["app.test"]).expect("tunnel");
+    let origin = common::origins::origin();
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let metrics = testbed::free_tcp().expect("port");
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    let config = bed.dir().join("paths.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "tunnel: {}\ncredentials-file: {}\nedge: [{}]\ncacert: {}\nmetrics: {}\n\
+             ha-connections: 1\ningress:\n  - hostname: app.test\n    path: ^/admin\n    \
+             service: http_status:403\n  - service: http://127.0.0.1:{origin}\n",
+            q(&bed.id),
+            q(&bed.credentials().to_string_lossy()),
+            q(&eo.quic.to_string()),
+            q(&bed.ca().to_string_lossy()),
+            q(&metrics.to_string()),
+        ),
+    )
+    .expect("config");
+    let mut c = connector(&bed, &config, &["run"]);
+    testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\nconnector: {}", c.log_tail(4000)));
+    let seen: Vec<(&str, u16)> = ["/", "/admin", "/", "/admin/x", "/index", "/admin"]
+        .into_iter()
+        .map(|p| (p, status(eo.http, p)))
+        .collect();
+    let want: Vec<(&str, u16)> = seen
+        .iter()
+        .map(|&(p, _)| (p, if p.starts_with("/admin") { 403 } else { 200 }))
+        .collect();
+    assert_eq!(seen, want, "connector: {}", c.log_tail(4000));
+}

@@ -217,6 +217,7 @@ impl Origins {
                 kind,
                 dest,
                 host,
+                ..
             } => {
                 self.stats.opened += 1;
                 if host.as_deref() == Some("down.example") || dest.starts_with("192.0.2.99") {

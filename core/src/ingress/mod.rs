@@ -305,6 +305,17 @@ enum Host {
     Suffix(String),
 }
 
+/// Where a rule sends requests and how they get there: all that decides which origin a request
+/// reaches, so an origin connection may carry another request only if it resolved to an equal
+/// `Origin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// Where it sends requests.
+    pub service: Service,
+    /// Its effective options.
+    pub origin_request: OriginRequest,
+}
+
 /// One validated rule.
 #[derive(Debug, Clone)]
 pub struct Rule {
@@ -312,10 +323,9 @@ pub struct Rule {
     /// As written, for logs and `ingress rule`.
     pub hostname: String,
     path: Option<Regex>,
-    /// Where it sends requests.
-    pub service: Service,
-    /// Its effective options.
-    pub origin_request: OriginRequest,
+    /// Its service and options; shared with the requests it takes, so resolving a request
+    /// allocates nothing.
+    pub origin: Arc<Origin>,
 }
 
 impl Rule {
@@ -338,9 +348,9 @@ impl Rule {
     /// `httpHostHeader` in its URL origins' round trip only (unix sockets and built-in services
     /// ignore it), `disableChunkedEncoding` to every HTTP origin.
     pub fn request_options(&self) -> RequestOptions<'_> {
-        let o = &self.origin_request;
+        let o = &self.origin.origin_request;
         RequestOptions {
-            host_header: match self.service {
+            host_header: match self.origin.service {
                 Service::Http { .. } => o.http_host_header.as_deref(),
                 _ => None,
             },
@@ -412,8 +422,10 @@ impl Ingress {
                 host,
                 hostname,
                 path,
-                service,
-                origin_request,
+                origin: Arc::new(Origin {
+                    service,
+                    origin_request,
+                }),
             });
         }
         Ok(Self { rules, defaults })
@@ -426,8 +438,10 @@ impl Ingress {
                 host: Host::Any,
                 hostname: String::new(),
                 path: None,
-                service,
-                origin_request: OriginRequest::default(),
+                origin: Arc::new(Origin {
+                    service,
+                    origin_request: OriginRequest::default(),
+                }),
             }],
             defaults: OriginRequest::default(),
         }

@@ -43,37 +43,37 @@ fn parses_cloudflared_config_yml() {
     let rules = ing.rules();
     assert_eq!(rules.len(), 6);
     assert_eq!(
-        rules[0].service,
+        rules[0].origin.service,
         Service::Http {
             tls: false,
             host: "localhost".into(),
             port: 8000
         }
     );
-    let o = &rules[0].origin_request;
+    let o = &rules[0].origin.origin_request;
     assert_eq!(o.connect_timeout, Duration::from_secs(10), "global applies");
     assert!(o.no_tls_verify, "global applies");
     assert_eq!(o.http_host_header.as_deref(), Some("internal.app"));
     assert_eq!(o.keep_alive_connections, 5);
     assert_eq!(o.keep_alive_timeout, Duration::from_secs(90));
-    let o = &rules[1].origin_request;
+    let o = &rules[1].origin.origin_request;
     assert!(!o.no_tls_verify, "rule overrides global");
     assert!(o.disable_chunked_encoding);
     assert_eq!(o.origin_server_name.as_deref(), Some("app.internal"));
     assert_eq!(o.ca_pool.as_deref(), Some("/etc/ca.pem"));
     assert_eq!(
-        rules[1].origin_request.keep_alive_connections, 100,
+        rules[1].origin.origin_request.keep_alive_connections, 100,
         "default"
     );
     assert_eq!(
-        rules[3].service,
+        rules[3].origin.service,
         Service::Tcp {
             host: "localhost".into(),
             port: Some(22)
         }
     );
-    assert_eq!(rules[4].service, Service::HelloWorld);
-    assert_eq!(rules[5].service, Service::HttpStatus(404));
+    assert_eq!(rules[4].origin.service, Service::HelloWorld);
+    assert_eq!(rules[5].origin.service, Service::HttpStatus(404));
 }
 
 #[test]
@@ -220,14 +220,14 @@ fn remote_config_json_with_numeric_durations() {
     let json = br#"{"ingress":[{"hostname":"a.com","service":"http://localhost:1","originRequest":{"connectTimeout":5}},{"service":"http_status:503"}],"warp-routing":{"enabled":true},"originRequest":{"noTLSVerify":true,"keepAliveTimeout":"2m"}}"#;
     let (_, ing) = RemoteConfig::from_json(json).expect("valid");
     assert_eq!(
-        ing.rules()[0].origin_request.connect_timeout,
+        ing.rules()[0].origin.origin_request.connect_timeout,
         Duration::from_secs(5)
     );
     assert_eq!(
-        ing.rules()[1].origin_request.keep_alive_timeout,
+        ing.rules()[1].origin.origin_request.keep_alive_timeout,
         Duration::from_secs(120)
     );
-    assert!(ing.rules()[1].origin_request.no_tls_verify);
+    assert!(ing.rules()[1].origin.origin_request.no_tls_verify);
     assert!(RemoteConfig::from_json(b"{not json").is_err());
     assert!(RemoteConfig::from_json(br#"{"ingress":[]}"#).is_err());
 }

@@ -14,7 +14,7 @@ use thiserror::Error;
 
 use super::connect::{decode_connect_request, key, ConnectResponse, ConnectionType, Metadata};
 use super::http1::{self, BodyReader, Framing, ResponseHead};
-use crate::ingress::Ingress;
+use crate::ingress::{Ingress, Origin};
 use crate::rpc::frame::FrameLimits;
 
 /// cloudflared's `ConnectResponse.error` for a TCP flow the flow limiter refused (sent with
@@ -42,6 +42,9 @@ pub struct OriginTarget {
     pub dest: String,
     /// The request's `Host`, when it has one (HTTP, WebSocket).
     pub host: Option<String>,
+    /// The origin the request's ingress rule resolved to (HTTP, WebSocket with rules): the only
+    /// origin it may reach. None: no rules (or TCP), dial `dest`.
+    pub origin: Option<Arc<Origin>>,
 }
 
 /// The edge broke the data-stream protocol; the stream is reset with nothing written, as
@@ -246,6 +249,7 @@ impl DataStream {
         };
         self.kind = Some(kind);
         let mut host = None;
+        let mut origin = None;
         match kind {
             FlowKind::Http | FlowKind::WebSocket => {
                 let ingress = self.ingress.clone();
@@ -255,6 +259,7 @@ impl DataStream {
                     _ => None,
                 };
                 let options = rule.map(|r| r.request_options()).unwrap_or_default();
+                origin = rule.map(|r| r.origin.clone());
                 let websocket = kind == FlowKind::WebSocket;
                 match http1::write_request(&req, websocket, &options, &mut self.to_origin) {
                     Ok(head) => {
@@ -279,6 +284,7 @@ impl DataStream {
             kind,
             dest: dest.to_owned(),
             host,
+            origin,
         };
         // What followed the request is the start of the body.
         let rest = &buf[used..];
@@ -681,7 +687,8 @@ mod tests {
             OriginTarget {
                 kind: FlowKind::Http,
                 dest: "http://h/x".into(),
-                host: Some("h".into())
+                host: Some("h".into()),
+                origin: None,
             }
         );
         assert_eq!(s.edge_room(), 0, "the request head fills the window");

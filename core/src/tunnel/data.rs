@@ -5,9 +5,11 @@
 //! side has room: edge bytes stay in quinn (so QUIC flow control holds the edge back) while the
 //! origin is slow, and the driver stops reading an origin (until [`OriginAction::Resume`]) while
 //! the edge is slow. HTTP flows whose exchange ended cleanly on a keep-alive connection go to an
-//! idle pool and carry the next request for the same host.
+//! idle pool and carry only a later request that resolved to the same origin (service and
+//! settings, see [`PoolKey`]).
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,7 +18,7 @@ use tracing::{debug, trace, warn};
 
 use super::quic_io::{flush_stream, read_stream_max};
 use crate::flow::{FlowLimiter, FlowPermit, FlowType};
-use crate::ingress::SharedIngress;
+use crate::ingress::{Origin, SharedIngress};
 use crate::rpc::frame::FrameLimits;
 use crate::stream::proxy::{DataStream, EdgeEnd, FlowKind, OriginEnd, OriginTarget};
 
@@ -43,6 +45,9 @@ pub enum OriginAction {
         dest: String,
         /// The request's `Host` (HTTP, WebSocket).
         host: Option<String>,
+        /// The origin the request's ingress rule resolved to: dial this, never re-match
+        /// (HTTP, WebSocket when there are rules).
+        origin: Option<Arc<Origin>>,
     },
     /// Write all of `data`, then call `handle_flow_written`. At most one write per flow is
     /// outstanding.
@@ -110,11 +115,20 @@ struct Data {
     edge_finished: bool,
 }
 
+/// What an idle HTTP origin connection may be reused for. The resolved origin keeps every
+/// request on the service its own rule named (a pool keyed by `Host` alone let `/admin`
+/// ride a connection opened for `/`); the `Host` stays in the key because it may pick the
+/// origin's TLS name and without rules it is all that tells origins apart.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct PoolKey {
+    origin: Option<Arc<Origin>>,
+    host: String,
+}
+
 struct Flow {
     stream: Option<StreamId>,
     kind: FlowKind,
-    /// Pool key (host or dest).
-    key: String,
+    key: PoolKey,
     connected: bool,
     /// A write is outstanding at the driver.
     writing: bool,
@@ -238,7 +252,10 @@ impl DataStreams {
         } else {
             None
         };
-        let key = target.host.clone().unwrap_or_else(|| target.dest.clone());
+        let key = PoolKey {
+            origin: target.origin.clone(),
+            host: target.host.clone().unwrap_or_else(|| target.dest.clone()),
+        };
         if target.kind == FlowKind::Http {
             let pooled = self
                 .flows
@@ -278,6 +295,7 @@ impl DataStreams {
             kind: target.kind,
             dest: target.dest,
             host: target.host,
+            origin: target.origin,
         });
     }
 
