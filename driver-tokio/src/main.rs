@@ -39,19 +39,19 @@ enum Command {
         hex: Vec<String>,
     },
     /// Tunnel commands, as `cloudflared tunnel`.
-    Tunnel(run::TunnelArgs),
+    Tunnel(Box<run::TunnelArgs>),
     /// A self-hosted edge: accepts tunnel connections over QUIC and serves their hostnames.
-    Edge(edge::EdgeArgs),
+    Edge(Box<edge::EdgeArgs>),
     /// Edge, connector and a hello-world origin in one process on loopback.
     Quickstart(quickstart::QuickstartArgs),
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = Cli::parse_from(run::cloudflared_argv(std::env::args_os().collect()));
     match cli.command {
         Command::Decode { kind, hex } => decode::run(kind, hex),
-        Command::Tunnel(args) => run::main(args),
-        Command::Edge(args) => edge::main(args),
+        Command::Tunnel(args) => run::main(*args),
+        Command::Edge(args) => edge::main(*args),
         Command::Quickstart(args) => quickstart::main(args),
     }
 }

@@ -59,9 +59,93 @@ pub struct CommonArgs {
     /// Log level: debug, info, warn, error, fatal [default: info].
     #[arg(long, global = true, env = "TUNNEL_LOGLEVEL")]
     pub loglevel: Option<String>,
-    /// Accepted for compatibility; burrow never updates itself.
+    /// cloudflared flags that change nothing burrow does.
+    #[command(flatten)]
+    pub ignored: IgnoredArgs,
+}
+
+/// cloudflared `tunnel` flags that are harmless to accept and ignore: burrow never updates
+/// itself, has no pre-checks, UI or reconnect tokens, and its heartbeats and metrics are its
+/// own. They are named once at debug level (see [`IgnoredArgs::given`]).
+#[derive(Debug, Args, Clone, Default)]
+pub struct IgnoredArgs {
+    #[arg(long, global = true, hide = true, env = "NO_AUTOUPDATE")]
+    no_autoupdate: bool,
     #[arg(long, global = true, hide = true)]
-    pub no_autoupdate: bool,
+    autoupdate_freq: Option<String>,
+    #[arg(long, global = true, hide = true)]
+    is_autoupdated: bool,
+    #[arg(long, global = true, hide = true, env = "TUNNEL_NO_PRECHECKS")]
+    no_prechecks: bool,
+    #[arg(long, global = true, hide = true, env = "TUNNEL_METRICS_UPDATE_FREQ")]
+    metrics_update_freq: Option<String>,
+    #[arg(long, global = true, hide = true, env = "TUNNEL_ORIGIN_CERT")]
+    origincert: Option<String>,
+    #[arg(long, global = true, hide = true)]
+    label: Option<String>,
+    #[arg(long, global = true, hide = true)]
+    heartbeat_interval: Option<String>,
+    #[arg(long, global = true, hide = true)]
+    heartbeat_count: Option<String>,
+    #[arg(long, global = true, hide = true)]
+    max_edge_addr_retries: Option<String>,
+    #[arg(long, global = true, hide = true)]
+    rpc_timeout: Option<String>,
+    #[arg(long, global = true, hide = true, env = "TUNNEL_COMPRESSION_LEVEL")]
+    compression_quality: Option<String>,
+    #[arg(long, global = true, hide = true, env = "DIAL_EDGE_TIMEOUT")]
+    dial_edge_timeout: Option<String>,
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        alias = "proto-loglevel",
+        env = "TUNNEL_TRANSPORT_LOGLEVEL"
+    )]
+    transport_loglevel: Option<String>,
+}
+
+impl IgnoredArgs {
+    /// The flags given (on the command line or through their environment variable).
+    pub fn given(&self) -> Vec<&'static str> {
+        let flags = [
+            (self.no_autoupdate, "no-autoupdate"),
+            (self.autoupdate_freq.is_some(), "autoupdate-freq"),
+            (self.is_autoupdated, "is-autoupdated"),
+            (self.no_prechecks, "no-prechecks"),
+            (self.metrics_update_freq.is_some(), "metrics-update-freq"),
+            (self.origincert.is_some(), "origincert"),
+            (self.label.is_some(), "label"),
+            (self.heartbeat_interval.is_some(), "heartbeat-interval"),
+            (self.heartbeat_count.is_some(), "heartbeat-count"),
+            (
+                self.max_edge_addr_retries.is_some(),
+                "max-edge-addr-retries",
+            ),
+            (self.rpc_timeout.is_some(), "rpc-timeout"),
+            (self.compression_quality.is_some(), "compression-quality"),
+            (self.dial_edge_timeout.is_some(), "dial-edge-timeout"),
+            (self.transport_loglevel.is_some(), "transport-loglevel"),
+        ];
+        flags
+            .into_iter()
+            .filter_map(|(given, name)| given.then_some(name))
+            .collect()
+    }
+}
+
+/// cloudflared's app-level flags are its `tunnel` flags, so they may come before `tunnel`:
+/// `burrow --no-autoupdate tunnel run` is read as `burrow tunnel --no-autoupdate run`.
+pub fn cloudflared_argv(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let leading_flag = args
+        .get(1)
+        .is_some_and(|a| a.to_string_lossy().starts_with('-'));
+    if let Some(at) = args.iter().position(|a| a == "tunnel") {
+        if leading_flag && at > 1 {
+            args[1..=at].rotate_right(1);
+        }
+    }
+    args
 }
 
 #[derive(Debug, Subcommand)]
@@ -276,6 +360,10 @@ pub fn main(args: TunnelArgs) -> ExitCode {
         }
     };
     init_logging(&settings.loglevel);
+    let ignored = args.common.ignored.given();
+    if !ignored.is_empty() {
+        debug!(flags = ?ignored, "flags burrow does not act on, ignored");
+    }
     if !loaded.file.ignored_keys.is_empty() {
         debug!(
             config = loaded.path.as_deref().unwrap_or(""),
@@ -679,5 +767,42 @@ no-autoupdate: true
                 .unwrap()
                 .post_quantum
         );
+    }
+
+    #[test]
+    fn flags_before_tunnel_move_after_it_and_nothing_else_moves() {
+        let argv = |a: &[&str]| -> Vec<String> {
+            cloudflared_argv(a.iter().map(Into::into).collect())
+                .into_iter()
+                .map(|s| s.to_string_lossy().into_owned())
+                .collect()
+        };
+        assert_eq!(
+            argv(&[
+                "burrow",
+                "--no-autoupdate",
+                "--metrics",
+                "x",
+                "tunnel",
+                "run",
+                "id"
+            ]),
+            [
+                "burrow",
+                "tunnel",
+                "--no-autoupdate",
+                "--metrics",
+                "x",
+                "run",
+                "id"
+            ]
+        );
+        for same in [
+            &["burrow", "tunnel", "--no-autoupdate", "run"][..],
+            &["burrow", "edge", "--dir", "tunnel"],
+            &["burrow", "--version"],
+        ] {
+            assert_eq!(argv(same), same);
+        }
     }
 }

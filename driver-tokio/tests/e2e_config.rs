@@ -176,6 +176,27 @@ fn environment_and_flags_win_over_the_file_and_type_errors_name_the_key() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// config.yml for `bed`'s tunnel: one connection to `eo`'s edge, metrics on `metrics`, then
+/// `rest`.
+fn one_connection_config(bed: &Testbed, eo: &EdgeOpts, metrics: SocketAddr, rest: &str) -> PathBuf {
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    let config = bed.dir().join("one.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "tunnel: {}\ncredentials-file: {}\nedge: [{}]\ncacert: {}\nmetrics: {}\n\
+             ha-connections: 1\n{rest}",
+            q(&bed.id),
+            q(&bed.credentials().to_string_lossy()),
+            q(&eo.quic.to_string()),
+            q(&bed.ca().to_string_lossy()),
+            q(&metrics.to_string()),
+        ),
+    )
+    .expect("config");
+    config
+}
+
 /// `GET path` through the edge's public port with `Host: app.test`; the status.
 fn status(http: SocketAddr, path: &str) -> u16 {
     let mut s = TcpStream::connect(http).expect("edge http");
@@ -205,22 +226,15 @@ fn path_rules_hold_across_pooled_origin_connections() {
     let eo = EdgeOpts::loopback().expect("ports");
     let _edge = bed.edge(&eo).expect("edge");
     let metrics = testbed::free_tcp().expect("port");
-    let q = |s: &str| serde_json::Value::from(s).to_string();
-    let config = bed.dir().join("paths.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "tunnel: {}\ncredentials-file: {}\nedge: [{}]\ncacert: {}\nmetrics: {}\n\
-             ha-connections: 1\ningress:\n  - hostname: app.test\n    path: ^/admin\n    \
-             service: http_status:403\n  - service: http://127.0.0.1:{origin}\n",
-            q(&bed.id),
-            q(&bed.credentials().to_string_lossy()),
-            q(&eo.quic.to_string()),
-            q(&bed.ca().to_string_lossy()),
-            q(&metrics.to_string()),
+    let config = one_connection_config(
+        &bed,
+        &eo,
+        metrics,
+        &format!(
+            "ingress:\n  - hostname: app.test\n    path: ^/admin\n    service: http_status:403\n  \
+             - service: http://127.0.0.1:{origin}\n"
         ),
-    )
-    .expect("config");
+    );
     let mut c = connector(&bed, &config, &["run"]);
     testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{e}\nconnector: {}", c.log_tail(4000)));
@@ -233,4 +247,47 @@ fn path_rules_hold_across_pooled_origin_connections() {
         .map(|&(p, _)| (p, if p.starts_with("/admin") { 403 } else { 200 }))
         .collect();
     assert_eq!(seen, want, "connector: {}", c.log_tail(4000));
+}
+
+/// Issue 17: cloudflared's app-level flags come before `tunnel` (`burrow --no-autoupdate
+/// tunnel run`), its `tunnel` flags before `run`; harmless ones are accepted, named at debug,
+/// and the connector runs.
+#[test]
+fn cloudflared_flags_before_tunnel_and_before_run_are_accepted() {
+    let bed =
+        Testbed::create(Path::new(BIN), "e2e-global-flags", "app", &["app.test"]).expect("tunnel");
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let metrics = testbed::free_tcp().expect("port");
+    let config = one_connection_config(
+        &bed,
+        &eo,
+        metrics,
+        "ingress:\n  - service: http_status:418\n",
+    );
+    let mut cmd = Command::new(BIN);
+    cmd.args([
+        "--no-autoupdate",
+        "--autoupdate-freq",
+        "24h",
+        "--loglevel",
+        "debug",
+        "tunnel",
+    ])
+    .args(["--no-prechecks", "--config"])
+    .arg(&config)
+    .args(["run", "--label", "box-1"]);
+    let mut c =
+        Proc::spawn("burrow tunnel run", cmd, bed.dir().join("connector.log")).expect("connector");
+    testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\nconnector: {}", c.log_tail(4000)));
+    assert_eq!(status(eo.http, "/"), 418, "the connector serves");
+    let log = c.log_tail(40_000);
+    let line = log
+        .lines()
+        .find(|l| l.contains("flags burrow does not act on"))
+        .unwrap_or_else(|| panic!("the ignored flags are named at debug:\n{log}"));
+    for flag in ["no-autoupdate", "autoupdate-freq", "no-prechecks", "label"] {
+        assert!(line.contains(flag), "{flag} named: {line}");
+    }
 }
