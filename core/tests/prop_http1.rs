@@ -100,7 +100,7 @@ proptest! {
         disable_chunked_encoding in any::<bool>(),
     ) {
         // originRequest options never make a head unparsable: a bad override is refused.
-        let options = http1::RequestOptions { host_header: host_header.as_deref(), disable_chunked_encoding };
+        let options = http1::RequestOptions { host_header: host_header.as_deref(), disable_chunked_encoding, tags: &[] };
         let md: Vec<Metadata<'_>> = metadata.iter().map(|(key, val)| Metadata { key, val }).collect();
         let mut buf = Vec::new();
         ConnectRequest { dest: &dest, connection_type: ConnectionType::Http, metadata: &md }

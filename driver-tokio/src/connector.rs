@@ -67,6 +67,8 @@ pub struct Options {
     pub grace_period: Duration,
     /// `--features`.
     pub features: Vec<String>,
+    /// `--tag`s, sent to origins with the connector id.
+    pub tags: Vec<burrow_core::stream::tag::Tag>,
     /// `--max-active-flows`: overrides every configuration's `warp-routing.maxActiveFlows`
     /// (0: unlimited). One limit for TCP flows and UDP sessions together.
     pub max_active_flows: Option<u64>,
@@ -242,6 +244,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         ingress: Some(ingress.clone()),
         max_idle: opts.ingress.defaults.keep_alive_connections as usize,
         idle_timeout: opts.ingress.defaults.keep_alive_timeout,
+        tags: opts.tags.clone(),
         ..DataLimits::default()
     };
     let connector = ConnectorConfig {

@@ -284,11 +284,12 @@ impl Metrics {
     }
 }
 
-/// Binds `addr` (cloudflared's default `localhost:0` tries 20241..20245 first).
+/// Binds `addr`. Only cloudflared's default, exactly `localhost:0`, tries localhost:20241..20245
+/// first; any other address (`127.0.0.1:0` too) is bound as given.
 pub async fn bind(addr: &str) -> std::io::Result<TcpListener> {
-    if addr == "localhost:0" || addr == "127.0.0.1:0" {
+    if addr == "localhost:0" {
         for port in 20241..=20245 {
-            if let Ok(l) = TcpListener::bind(("127.0.0.1", port)).await {
+            if let Ok(l) = TcpListener::bind(("localhost", port)).await {
                 return Ok(l);
             }
         }

@@ -105,6 +105,7 @@ async fn run(args: QuickstartArgs) -> Result<(), String> {
         ha_connections: 4,
         grace_period: Duration::from_secs(5),
         features: Vec::new(),
+        tags: Vec::new(),
         max_active_flows: None,
         local_max_active_flows: None,
         // As for cloudflared's quick tunnels: no ICMP proxy.

@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use burrow_core::ingress::{ConfigFile, Ingress, Service};
+use burrow_core::stream::tag::Tag;
 use burrow_core::tunnel::supervisor::IpVersion;
 use clap::{Args, Subcommand};
 use thiserror::Error;
@@ -59,6 +60,15 @@ pub struct CommonArgs {
     /// Log level: debug, info, warn, error, fatal [default: info].
     #[arg(long, global = true, env = "TUNNEL_LOGLEVEL")]
     pub loglevel: Option<String>,
+    /// Tag `KEY=VALUE` sent to origins as `Cf-Warp-Tag-KEY` (repeatable).
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "TUNNEL_TAG",
+        value_delimiter = ','
+    )]
+    pub tag: Vec<String>,
     /// cloudflared flags that change nothing burrow does.
     #[command(flatten)]
     pub ignored: IgnoredArgs,
@@ -213,6 +223,8 @@ pub struct Settings {
     pub loglevel: String,
     /// `--features`.
     pub features: Vec<String>,
+    /// `--tag`.
+    pub tags: Vec<Tag>,
     /// `--max-active-flows`.
     pub max_active_flows: Option<u64>,
     /// `--icmpv4-src`.
@@ -297,6 +309,11 @@ impl Settings {
             metrics: or(&common.metrics, &file.metrics).unwrap_or_else(|| "localhost:0".into()),
             loglevel: or(&common.loglevel, &file.loglevel).unwrap_or_else(|| "info".into()),
             features: list(&run.features, &file.features),
+            tags: list(&common.tag, &file.tag)
+                .iter()
+                .map(|t| Tag::parse(t))
+                .collect::<Result<_, _>>()
+                .map_err(|e| SetupError::Config(e.to_string()))?,
             max_active_flows: run.max_active_flows.or(file.max_active_flows),
             icmpv4_src: run.icmpv4_src.or(file.icmpv4_src),
             icmpv6_src: run.icmpv6_src.or(file.icmpv6_src),
@@ -559,6 +576,7 @@ pub fn options(
         ha_connections: settings.ha_connections.max(1),
         grace_period: settings.grace_period,
         features: settings.features.clone(),
+        tags: settings.tags.clone(),
         max_active_flows: settings.max_active_flows,
         local_max_active_flows: file.warp_routing.max_active_flows,
         icmp: Some(crate::datagram::IcmpSources {

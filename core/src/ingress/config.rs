@@ -105,6 +105,8 @@ pub struct ConfigFile {
     pub protocol: Option<String>,
     /// `features`: a list.
     pub features: Option<Vec<String>>,
+    /// `tag`: a list of `KEY=VALUE`.
+    pub tag: Option<Vec<String>>,
     /// `max-active-flows`.
     pub max_active_flows: Option<u64>,
     /// `icmpv4-src`.
@@ -141,6 +143,7 @@ pub const CONFIG_FILE_KEYS: &[&str] = &[
     "loglevel",
     "protocol",
     "features",
+    "tag",
     "max-active-flows",
     "icmpv4-src",
     "icmpv6-src",

@@ -355,6 +355,7 @@ impl Rule {
                 _ => None,
             },
             disable_chunked_encoding: o.disable_chunked_encoding,
+            tags: &[],
         }
     }
 }

@@ -10,6 +10,7 @@ use http::{HeaderName, HeaderValue, Uri};
 use thiserror::Error;
 
 use super::connect::{key, ConnectRequestReader};
+use super::tag::{self, Tag};
 use crate::rpc::frame::DecodeError;
 
 /// Most response header lines accepted from an origin.
@@ -92,6 +93,8 @@ pub struct RequestOptions<'a> {
     /// sent with it; without one it is sent bare, with neither header (what Go's transport does
     /// for cloudflared, PROTOCOL.md C§6 #10), and the connection is not reused.
     pub disable_chunked_encoding: bool,
+    /// The connector's tags, each sent as `Cf-Warp-Tag-<Name>`.
+    pub tags: &'a [Tag],
 }
 
 /// The `Host` a request is written with: the `HttpHost` metadata, else the authority of
@@ -201,6 +204,10 @@ fn write_request_inner(
             continue;
         }
         write_header(out, &canonical(name), entry.val)?;
+    }
+    for t in options.tags {
+        let name = canonical(&format!("{}{}", tag::HEADER_PREFIX, t.name));
+        write_header(out, &name, &t.value)?;
     }
     if options.host_header.is_some() {
         write_header(out, FORWARDED_HOST, host.as_deref().unwrap_or(""))?;
@@ -366,6 +373,7 @@ fn response_head(
     let mut length: Option<u64> = None;
     let mut chunked = false;
     let mut close = !http11;
+    let mut has_close = false;
     for h in raw {
         let value = String::from_utf8_lossy(h.value);
         if h.name.eq_ignore_ascii_case("content-length") {
@@ -386,17 +394,23 @@ fn response_head(
             for token in value.split(',').map(str::trim) {
                 if token.eq_ignore_ascii_case("close") {
                     close = true;
+                    has_close = true;
                 } else if token.eq_ignore_ascii_case("keep-alive") && !http11 {
                     close = false;
                 }
             }
         }
     }
+    // Go's client takes these out of `resp.Header`, so cloudflared never forwards them:
+    // `Connection` when an HTTP/1.1 response says close (`shouldClose`), `Trailer` beside
+    // chunking (`fixTrailer`).
     let headers = raw
         .iter()
         .filter(|h| {
             !(h.name.eq_ignore_ascii_case("transfer-encoding")
-                || (chunked && h.name.eq_ignore_ascii_case("content-length")))
+                || (chunked && h.name.eq_ignore_ascii_case("content-length"))
+                || (chunked && h.name.eq_ignore_ascii_case("trailer"))
+                || (http11 && has_close && h.name.eq_ignore_ascii_case("connection")))
         })
         .map(|h| {
             (
@@ -620,6 +634,26 @@ mod tests {
     }
 
     #[test]
+    fn tags_go_to_the_origin_as_cf_warp_tag_headers() {
+        let tags =
+            Tag::with_connector_id(&[Tag::parse("env=prod").unwrap()], uuid::Uuid::from_u128(7));
+        let options = RequestOptions {
+            tags: &tags,
+            ..RequestOptions::default()
+        };
+        for websocket in [false, true] {
+            let (text, _) = request_with("http://a.test/", &[], websocket, options);
+            assert!(
+                text.contains(
+                    "Cf-Warp-Tag-Env: prod\r\n\
+                     Cf-Warp-Tag-Id: 00000000-0000-0000-0000-000000000007\r\n"
+                ),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
     fn http_host_header_replaces_host_and_forwards_the_original() {
         let options = RequestOptions {
             host_header: Some("internal.app"),
@@ -769,7 +803,32 @@ mod tests {
         .unwrap();
         assert_eq!(head.body, Framing::Chunked);
         assert!(!head.keep_alive);
-        assert_eq!(head.headers, vec![("Connection".into(), "close".into())]);
+        assert_eq!(head.headers, vec![], "Go's client drops Connection: close");
+        let (head, _) = parse_response(
+            b"HTTP/1.1 200 OK\r\nConnection: keep-alive, Close\r\nConnection: x\r\n\
+              Keep-Alive: timeout=5\r\nTrailer: T\r\nContent-Length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert!(!head.keep_alive);
+        assert_eq!(
+            head.headers,
+            vec![
+                ("Keep-Alive".into(), "timeout=5".into()),
+                ("Trailer".into(), "T".into()),
+                ("Content-Length".into(), "0".into())
+            ],
+            "every Connection line goes; Trailer stays without chunking"
+        );
+        let (head, _) = parse_response(b"HTTP/1.0 200 OK\r\nConnection: close\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            head.headers,
+            vec![("Connection".into(), "close".into())],
+            "an HTTP/1.0 response keeps it, as in Go"
+        );
 
         let (head, _) = parse_response(b"HTTP/1.0 200 OK\r\n\r\n", false)
             .unwrap()

@@ -5,3 +5,4 @@ pub mod connect;
 pub mod http1;
 pub mod preamble;
 pub mod proxy;
+pub mod tag;

@@ -14,6 +14,7 @@ use thiserror::Error;
 
 use super::connect::{decode_connect_request, key, ConnectResponse, ConnectionType, Metadata};
 use super::http1::{self, BodyReader, Framing, ResponseHead};
+use super::tag::Tag;
 use crate::ingress::{Ingress, Origin};
 use crate::rpc::frame::FrameLimits;
 
@@ -125,6 +126,8 @@ pub struct DataStream {
     origin_end: Option<OriginEnd>,
     /// Rules whose `originRequest` options shape the request (none: defaults).
     ingress: Option<Arc<Ingress>>,
+    /// Tags sent to HTTP origins.
+    tags: Arc<[Tag]>,
     /// The request body went without framing: the origin cannot tell where it ended, so the
     /// connection must not carry another request.
     bare_body: bool,
@@ -151,6 +154,7 @@ impl DataStream {
             edge_end: None,
             origin_end: None,
             ingress: None,
+            tags: Arc::from([]),
             bare_body: false,
         }
     }
@@ -159,6 +163,12 @@ impl DataStream {
     /// takes them.
     pub fn with_ingress(mut self, ingress: Option<Arc<Ingress>>) -> Self {
         self.ingress = ingress;
+        self
+    }
+
+    /// Sends `tags` as `Cf-Warp-Tag-*` headers with HTTP requests.
+    pub fn with_tags(mut self, tags: Arc<[Tag]>) -> Self {
+        self.tags = tags;
         self
     }
 
@@ -258,7 +268,8 @@ impl DataStream {
                     (Some(ingress), Ok(h)) => Some(ingress.find_request(dest, h.as_deref()).1),
                     _ => None,
                 };
-                let options = rule.map(|r| r.request_options()).unwrap_or_default();
+                let mut options = rule.map(|r| r.request_options()).unwrap_or_default();
+                options.tags = &self.tags;
                 origin = rule.map(|r| r.origin.clone());
                 let websocket = kind == FlowKind::WebSocket;
                 match http1::write_request(&req, websocket, &options, &mut self.to_origin) {

@@ -217,7 +217,7 @@ impl ConnectorConnection {
         );
         let (handle, conn) =
             endpoint.connect(now, config.client.clone(), edge, &config.server_name)?;
-        let data = config.data.clone();
+        let data = DataStreams::new(config.data.clone(), config.registration.client_id);
         Ok(Self {
             endpoint,
             handle,
@@ -227,7 +227,7 @@ impl ConnectorConnection {
             control: None,
             incoming: HashMap::new(),
             calls: HashMap::new(),
-            data: DataStreams::new(data),
+            data,
             shutdown_requested: false,
             events: VecDeque::new(),
             scratch: Vec::new(),

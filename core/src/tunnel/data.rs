@@ -21,6 +21,7 @@ use crate::flow::{FlowLimiter, FlowPermit, FlowType};
 use crate::ingress::{Origin, SharedIngress};
 use crate::rpc::frame::FrameLimits;
 use crate::stream::proxy::{DataStream, EdgeEnd, FlowKind, OriginEnd, OriginTarget};
+use crate::stream::tag::Tag;
 
 /// Identifies one origin connection held by the driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -93,6 +94,8 @@ pub struct DataLimits {
     /// `disableChunkedEncoding`) change HTTP requests; the driver shares this handle with its
     /// dialer. None: requests go as the edge sent them.
     pub ingress: Option<SharedIngress>,
+    /// The user's connector tags (`--tag`); the connector id is added to them.
+    pub tags: Vec<Tag>,
 }
 
 impl Default for DataLimits {
@@ -104,6 +107,7 @@ impl Default for DataLimits {
             max_idle: 100,
             idle_timeout: Duration::from_secs(90),
             ingress: None,
+            tags: Vec::new(),
         }
     }
 }
@@ -155,11 +159,16 @@ pub(crate) struct DataStreams {
     scratch: Vec<u8>,
     next_flow: u64,
     actions: VecDeque<OriginAction>,
+    /// Every tag sent to HTTP origins, shared by the streams.
+    tags: Arc<[Tag]>,
 }
 
 impl DataStreams {
-    pub(crate) fn new(limits: DataLimits) -> Self {
+    /// Streams of a connector whose id is `connector_id`.
+    pub(crate) fn new(limits: DataLimits, connector_id: uuid::Uuid) -> Self {
+        let tags = Tag::with_connector_id(&limits.tags, connector_id).into();
         Self {
+            tags,
             limits,
             streams: BTreeMap::new(),
             flows: BTreeMap::new(),
@@ -205,7 +214,9 @@ impl DataStreams {
                 .clone()
         });
         let mut data = Data {
-            proxy: DataStream::new(self.limits.window, self.limits.request).with_ingress(ingress),
+            proxy: DataStream::new(self.limits.window, self.limits.request)
+                .with_ingress(ingress)
+                .with_tags(self.tags.clone()),
             flow: None,
             edge_finished: false,
         };
