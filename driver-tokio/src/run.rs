@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use burrow_core::ingress::{ConfigFile, Ingress, Service};
+use burrow_core::ingress::{ConfigFile, Ingress, OriginFlagKeys, OriginRequestConfig, Service};
 use burrow_core::stream::tag::Tag;
 use burrow_core::tunnel::supervisor::IpVersion;
 use clap::{Args, Subcommand};
@@ -60,6 +60,12 @@ pub struct CommonArgs {
     /// Log level: debug, info, warn, error, fatal [default: info].
     #[arg(long, global = true, env = "TUNNEL_LOGLEVEL")]
     pub loglevel: Option<String>,
+    /// Also write logs to this file (appended).
+    #[arg(long, global = true, env = "TUNNEL_LOGFILE")]
+    pub logfile: Option<String>,
+    /// Also write logs to `cloudflared.log` in this directory (when no --logfile).
+    #[arg(long, global = true, env = "TUNNEL_LOGDIRECTORY")]
+    pub log_directory: Option<String>,
     /// Tag `KEY=VALUE` sent to origins as `Cf-Warp-Tag-KEY` (repeatable).
     #[arg(
         long,
@@ -158,6 +164,45 @@ pub fn cloudflared_argv(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsSt
     args
 }
 
+/// cloudflared's `originRequest` flags for the origin of `--url`, `--hello-world` or
+/// `--unix-socket`; ingress rules from a file take their options from the file instead.
+#[derive(Debug, Args, Clone, Default)]
+pub struct OriginFlags {
+    /// Skip verifying the origin's TLS certificate.
+    #[arg(long, env = "NO_TLS_VERIFY")]
+    pub no_tls_verify: bool,
+    /// `Host` sent to the origin (the original goes in X-Forwarded-Host).
+    #[arg(long, env = "TUNNEL_HTTP_HOST_HEADER")]
+    pub http_host_header: Option<String>,
+    /// Extra CA file for the origin's certificate.
+    #[arg(long, env = "TUNNEL_ORIGIN_CA_POOL")]
+    pub origin_ca_pool: Option<String>,
+    /// Name expected on the origin's certificate.
+    #[arg(long, env = "TUNNEL_ORIGIN_SERVER_NAME")]
+    pub origin_server_name: Option<String>,
+    /// Never send request bodies chunked.
+    #[arg(long, env = "TUNNEL_NO_CHUNKED_ENCODING")]
+    pub no_chunked_encoding: bool,
+}
+
+impl OriginFlags {
+    /// These flags as an `originRequest` block, over `file` (the config file's keys of the
+    /// same names).
+    fn merge(&self, file: &OriginFlagKeys) -> OriginRequestConfig {
+        let or = |flag: &Option<String>, key: &Option<String>| flag.clone().or_else(|| key.clone());
+        OriginRequestConfig {
+            no_tls_verify: Some(self.no_tls_verify || file.no_tls_verify.unwrap_or(false)),
+            http_host_header: or(&self.http_host_header, &file.http_host_header),
+            ca_pool: or(&self.origin_ca_pool, &file.origin_ca_pool),
+            origin_server_name: or(&self.origin_server_name, &file.origin_server_name),
+            disable_chunked_encoding: Some(
+                self.no_chunked_encoding || file.no_chunked_encoding.unwrap_or(false),
+            ),
+            ..OriginRequestConfig::default()
+        }
+    }
+}
+
 #[derive(Debug, Subcommand)]
 enum TunnelCommand {
     /// Run a tunnel's connector.
@@ -170,12 +215,27 @@ pub struct RunArgs {
     /// Tunnel token (base64 JSON {a,t,s}).
     #[arg(long, env = "TUNNEL_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
+    /// File holding the tunnel token (used when no --token).
+    #[arg(long, env = "TUNNEL_TOKEN_FILE")]
+    pub token_file: Option<String>,
+    /// Credentials file contents (JSON), instead of --credentials-file.
+    #[arg(long, env = "TUNNEL_CRED_CONTENTS", hide_env_values = true)]
+    pub credentials_contents: Option<String>,
     /// Credentials file (cloudflared's <TunnelID>.json).
     #[arg(long, alias = "cred-file", env = "TUNNEL_CRED_FILE")]
     pub credentials_file: Option<String>,
     /// One origin for every request (instead of ingress rules).
     #[arg(long, env = "TUNNEL_URL")]
     pub url: Option<String>,
+    /// The built-in hello-world page for every request (instead of --url).
+    #[arg(long, env = "TUNNEL_HELLO_WORLD")]
+    pub hello_world: bool,
+    /// HTTP over this unix socket for every request (instead of --url).
+    #[arg(long, env = "TUNNEL_UNIX_SOCKET")]
+    pub unix_socket: Option<String>,
+    /// The single origin's options (cloudflared's legacy `--url`-mode flags).
+    #[command(flatten)]
+    pub origin: OriginFlags,
     /// Transport protocol: quic (http2 is not supported yet) [default: auto].
     #[arg(long, short = 'p', env = "TUNNEL_TRANSPORT_PROTOCOL")]
     pub protocol: Option<String>,
@@ -235,10 +295,22 @@ pub struct Settings {
     pub post_quantum: bool,
     /// `--token`.
     pub token: Option<String>,
+    /// `--token-file`.
+    pub token_file: Option<String>,
+    /// `--credentials-contents`.
+    pub credentials_contents: Option<String>,
     /// `--credentials-file`.
     pub credentials_file: Option<String>,
     /// `--url`.
     pub url: Option<String>,
+    /// `--hello-world`.
+    pub hello_world: bool,
+    /// `--unix-socket`.
+    pub unix_socket: Option<String>,
+    /// The single origin's options (`--no-tls-verify`, `--http-host-header`, ...).
+    pub origin: OriginRequestConfig,
+    /// `--logfile`, else `cloudflared.log` in `--log-directory`.
+    pub logfile: Option<String>,
     /// The tunnel argument, else the file's `tunnel`.
     pub tunnel: Option<String>,
 }
@@ -319,8 +391,17 @@ impl Settings {
             icmpv6_src: run.icmpv6_src.or(file.icmpv6_src),
             post_quantum: run.post_quantum || file.post_quantum.unwrap_or(false),
             token: or(&run.token, &file.token),
+            token_file: or(&run.token_file, &file.token_file),
+            credentials_contents: or(&run.credentials_contents, &file.credentials_contents),
             credentials_file: or(&run.credentials_file, &file.credentials_file),
             url: or(&run.url, &file.url),
+            hello_world: run.hello_world || file.hello_world.unwrap_or(false),
+            unix_socket: or(&run.unix_socket, &file.unix_socket),
+            origin: run.origin.merge(&file.origin_flags),
+            logfile: or(&common.logfile, &file.logfile).or_else(|| {
+                or(&common.log_directory, &file.log_directory)
+                    .map(|d| format!("{}/cloudflared.log", d.trim_end_matches('/')))
+            }),
             tunnel: or(&run.tunnel, &file.tunnel),
         })
     }
@@ -345,19 +426,43 @@ pub enum SetupError {
 /// cloudflared's longest grace period.
 const MAX_GRACE: Duration = Duration::from_secs(180);
 
-/// Sets up logging at `level`.
+/// Sets up logging at `level` to stderr.
 pub fn init_logging(level: &str) {
+    let _ = init_logging_to(level, None);
+}
+
+/// Sets up logging at `level` to stderr, and to `file` when given (appended; its directory
+/// is created, as cloudflared does).
+pub fn init_logging_to(level: &str, file: Option<&str>) -> Result<(), SetupError> {
+    use tracing_subscriber::fmt::writer::MakeWriterExt;
     let level = match level {
         "debug" | "trace" => tracing::Level::DEBUG,
         "warn" => tracing::Level::WARN,
         "error" | "fatal" => tracing::Level::ERROR,
         _ => tracing::Level::INFO,
     };
-    let _ = tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_max_level(level)
-        .with_writer(std::io::stderr)
-        .with_ansi(false)
+        .with_ansi(false);
+    let Some(path) = file else {
+        let _ = builder.with_writer(std::io::stderr).try_init();
+        return Ok(());
+    };
+    let open = || {
+        if let Some(dir) = std::path::Path::new(path).parent() {
+            std::fs::create_dir_all(dir)?;
+        }
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+    };
+    let f = open()
+        .map_err(|e| SetupError::Config(format!("unable to create a new logfile {path}: {e}")))?;
+    let _ = builder
+        .with_writer(std::io::stderr.and(std::sync::Mutex::new(f)))
         .try_init();
+    Ok(())
 }
 
 /// Entry point of `burrow tunnel`.
@@ -376,7 +481,10 @@ pub fn main(args: TunnelArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    init_logging(&settings.loglevel);
+    if let Err(e) = init_logging_to(&settings.loglevel, settings.logfile.as_deref()) {
+        eprintln!("error: {e}");
+        return ExitCode::FAILURE;
+    }
     let ignored = args.common.ignored.given();
     if !ignored.is_empty() {
         debug!(flags = ?ignored, "flags burrow does not act on, ignored");
@@ -466,12 +574,41 @@ pub fn url_service(url: &str) -> Result<Service, String> {
         .map_err(|e| format!("Error validating origin URL: {e}"))
 }
 
-/// Loads credentials: token > credentials file > `<uuid>.json` in cloudflared's directories.
+/// The one origin the command line names, in cloudflared's order: `--hello-world`, `--url`,
+/// `--unix-socket` (`ingress.parseSingleOriginService`).
+fn single_origin(settings: &Settings) -> Result<Option<Service>, SetupError> {
+    if settings.hello_world {
+        return Ok(Some(Service::HelloWorld));
+    }
+    if let Some(url) = &settings.url {
+        return url_service(url).map(Some).map_err(SetupError::Config);
+    }
+    Ok(settings.unix_socket.as_ref().map(|path| Service::Unix {
+        path: path.clone(),
+        tls: false,
+    }))
+}
+
+/// Loads credentials: token > token file > credentials contents > credentials file >
+/// `<uuid>.json` in cloudflared's directories.
 fn credentials(settings: &Settings) -> Result<Credentials, SetupError> {
     if let Some(t) = &settings.token {
         return Ok(Credentials::from_token(t)?);
     }
+    if let Some(path) = &settings.token_file {
+        let t = std::fs::read_to_string(path)
+            .map_err(|e| SetupError::Config(format!("Failed to read token file: {e}")))?;
+        return Ok(Credentials::from_token(t.trim())?);
+    }
     let id = settings.tunnel.clone();
+    if let Some(json) = &settings.credentials_contents {
+        let mut creds = Credentials::from_file_json("TUNNEL_CRED_CONTENTS", json.as_bytes())?;
+        // cloudflared: the tunnel named on the command line or in the file wins.
+        if let Some(id) = id.and_then(|i| Uuid::parse_str(&i).ok()) {
+            creds.tunnel_id = id;
+        }
+        return Ok(creds);
+    }
     let path = settings
         .credentials_file
         .clone()
@@ -524,10 +661,11 @@ pub fn options(
             }
             i
         }
-        None => match &settings.url {
-            Some(url) => Ingress::single(url_service(url).map_err(SetupError::Config)?),
+        None => match single_origin(settings)? {
+            Some(service) => Ingress::single_with(service, &settings.origin)
+                .map_err(|e| SetupError::Config(e.to_string()))?,
             None => {
-                if settings.token.is_none() {
+                if settings.token.is_none() && settings.token_file.is_none() {
                     warn!("No ingress rules were defined in provided config (if any) nor from the cli, cloudflared will return 503 for all incoming HTTP requests");
                 }
                 Ingress::default_origin()
@@ -822,5 +960,50 @@ no-autoupdate: true
         ] {
             assert_eq!(argv(same), same);
         }
+    }
+
+    #[test]
+    fn single_origin_flags_and_keys_shape_the_one_rule() {
+        let s = settings(
+            &[
+                "run",
+                "--url",
+                "https://localhost:8443",
+                "--http-host-header",
+                "internal.test",
+                "--no-tls-verify",
+            ],
+            "origin-ca-pool: /etc/ca.pem\nhttp-host-header: from-file\nno-chunked-encoding: true\n",
+        )
+        .unwrap();
+        let service = single_origin(&s).unwrap().unwrap();
+        let ingress = Ingress::single_with(service, &s.origin).unwrap();
+        let o = &ingress.rules()[0].origin.origin_request;
+        assert_eq!(
+            o.http_host_header.as_deref(),
+            Some("internal.test"),
+            "flag over file"
+        );
+        assert!(o.no_tls_verify);
+        assert_eq!(o.ca_pool.as_deref(), Some("/etc/ca.pem"), "the file's key");
+        assert!(o.disable_chunked_encoding);
+        let order = settings(
+            &[
+                "run",
+                "--url",
+                "http://a:1",
+                "--unix-socket",
+                "/s",
+                "--hello-world",
+            ],
+            "",
+        )
+        .unwrap();
+        assert_eq!(single_origin(&order).unwrap(), Some(Service::HelloWorld));
+        let order = settings(&["run", "--url", "http://a:1", "--unix-socket", "/s"], "").unwrap();
+        assert_eq!(
+            single_origin(&order).unwrap(),
+            Some(url_service("http://a:1").unwrap())
+        );
     }
 }

@@ -390,3 +390,153 @@ fn origin_requests_carry_tags_and_metrics_port_zero_is_ephemeral() {
     );
     assert!(head.starts_with("http/1.1 200"), "{head}");
 }
+
+/// The whole response of one keep-alive `GET path` with `Host: app.test` through the edge:
+/// (lower-cased head, body).
+fn get_whole(http: SocketAddr, path: &str) -> (String, String) {
+    let mut s = TcpStream::connect(http).expect("edge http");
+    s.set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    write!(s, "GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n").expect("request");
+    let mut got = Vec::new();
+    let mut b = [0u8; 4096];
+    loop {
+        let n = s.read(&mut b).expect("response");
+        assert!(n > 0, "response cut: {}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&b[..n]);
+        let text = String::from_utf8_lossy(&got).into_owned();
+        if let Some((head, body)) = text.split_once("\r\n\r\n") {
+            let head = head.to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .expect("content-length");
+            if body.len() >= len {
+                return (head, body.to_owned());
+            }
+        }
+    }
+}
+
+/// config.yml with only the edge, its CA, metrics and one connection: no tunnel, no
+/// credentials, no ingress.
+fn bare_config(bed: &Testbed, eo: &EdgeOpts, metrics: SocketAddr) -> PathBuf {
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    let config = bed.dir().join("bare.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "edge: [{}]\ncacert: {}\nmetrics: {}\nha-connections: 1\n",
+            q(&eo.quic.to_string()),
+            q(&bed.ca().to_string_lossy()),
+            q(&metrics.to_string()),
+        ),
+    )
+    .expect("config");
+    config
+}
+
+/// Issue 17: `--token-file` (the token cloudflared prints, in a file), `--hello-world` as the
+/// origin and `--logfile`.
+#[test]
+fn token_file_hello_world_and_logfile() {
+    use base64::Engine;
+    let bed =
+        Testbed::create(Path::new(BIN), "e2e-token-file", "app", &["app.test"]).expect("tunnel");
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let metrics = testbed::free_tcp().expect("port");
+    let creds: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(bed.credentials()).expect("credentials"))
+            .expect("json");
+    let token = serde_json::json!({
+        "a": creds["AccountTag"], "t": creds["TunnelID"], "s": creds["TunnelSecret"],
+    });
+    let token_file = bed.dir().join("token");
+    std::fs::write(
+        &token_file,
+        format!(
+            "{}\n",
+            base64::engine::general_purpose::STANDARD.encode(token.to_string())
+        ),
+    )
+    .expect("token file");
+    let logfile = bed.dir().join("logs/burrow.log");
+    let config = bare_config(&bed, &eo, metrics);
+    let mut c = connector(
+        &bed,
+        &config,
+        &[
+            "--logfile",
+            &logfile.to_string_lossy(),
+            "run",
+            "--token-file",
+            &token_file.to_string_lossy(),
+            "--hello-world",
+        ],
+    );
+    testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\nconnector: {}", c.log_tail(4000)));
+    let (head, body) = get_whole(eo.http, "/");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(body.contains("Congrats! You created a tunnel!"), "{body}");
+    let logged = std::fs::read_to_string(&logfile).expect("the log file exists");
+    assert!(logged.contains("registered tunnel connection"), "{logged}");
+}
+
+/// Issue 17: `--credentials-contents` with the tunnel id as argument, `--unix-socket` as the
+/// origin with `--http-host-header`, and `--log-directory`.
+#[test]
+fn credentials_contents_unix_socket_origin_and_log_directory() {
+    let bed =
+        Testbed::create(Path::new(BIN), "e2e-cred-contents", "app", &["app.test"]).expect("tunnel");
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let metrics = testbed::free_tcp().expect("port");
+    let socket = bed.dir().join("origin.sock");
+    let l = std::os::unix::net::UnixListener::bind(&socket).expect("unix origin");
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut head = Vec::new();
+            let mut b = [0u8; 1];
+            while !head.ends_with(b"\r\n\r\n") && s.read(&mut b).unwrap_or(0) == 1 {
+                head.push(b[0]);
+            }
+            let _ = write!(
+                s,
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n",
+                head.len()
+            );
+            let _ = s.write_all(&head);
+        }
+    });
+    let contents = std::fs::read_to_string(bed.credentials()).expect("credentials");
+    let logs = bed.dir().join("logdir");
+    let config = bare_config(&bed, &eo, metrics);
+    let mut c = connector(
+        &bed,
+        &config,
+        &[
+            "--log-directory",
+            &logs.to_string_lossy(),
+            "run",
+            "--credentials-contents",
+            &contents,
+            "--unix-socket",
+            &socket.to_string_lossy(),
+            "--http-host-header",
+            "internal.test",
+            &bed.id,
+        ],
+    );
+    testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\nconnector: {}", c.log_tail(4000)));
+    let (head, body) = get_whole(eo.http, "/x");
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    assert!(body.starts_with("GET /x HTTP/1.1\r\n"), "{body}");
+    // cloudflared applies httpHostHeader to URL origins only, not unix sockets.
+    assert!(body.contains("Host: app.test\r\n"), "{body}");
+    let logged = std::fs::read_to_string(logs.join("cloudflared.log")).expect("cloudflared.log");
+    assert!(logged.contains("registered tunnel connection"), "{logged}");
+}

@@ -56,6 +56,23 @@ pub struct RawRule {
     pub origin_request: Option<OriginRequestConfig>,
 }
 
+/// The legacy `--url`-mode flags as config.yml keys (cloudflared reads any flag from the file);
+/// they shape only the origin of `url`, `hello-world` or `unix-socket`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default, rename_all = "kebab-case")]
+pub struct OriginFlagKeys {
+    /// `no-tls-verify`.
+    pub no_tls_verify: Option<bool>,
+    /// `http-host-header`.
+    pub http_host_header: Option<String>,
+    /// `origin-ca-pool`.
+    pub origin_ca_pool: Option<String>,
+    /// `origin-server-name`.
+    pub origin_server_name: Option<String>,
+    /// `no-chunked-encoding`.
+    pub no_chunked_encoding: Option<bool>,
+}
+
 /// `warp-routing`.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", default)]
@@ -115,6 +132,21 @@ pub struct ConfigFile {
     pub icmpv6_src: Option<Ipv6Addr>,
     /// `post-quantum`.
     pub post_quantum: Option<bool>,
+    /// `token-file`.
+    pub token_file: Option<String>,
+    /// `credentials-contents`.
+    pub credentials_contents: Option<String>,
+    /// `hello-world`.
+    pub hello_world: Option<bool>,
+    /// `unix-socket`.
+    pub unix_socket: Option<String>,
+    /// `logfile`.
+    pub logfile: Option<String>,
+    /// `log-directory`.
+    pub log_directory: Option<String>,
+    /// The single origin's flag keys (`no-tls-verify`, ...).
+    #[serde(flatten)]
+    pub origin_flags: OriginFlagKeys,
     /// `ingress`.
     pub ingress: Vec<RawRule>,
     /// Global `originRequest`.
@@ -148,6 +180,17 @@ pub const CONFIG_FILE_KEYS: &[&str] = &[
     "icmpv4-src",
     "icmpv6-src",
     "post-quantum",
+    "token-file",
+    "credentials-contents",
+    "hello-world",
+    "unix-socket",
+    "logfile",
+    "log-directory",
+    "no-tls-verify",
+    "http-host-header",
+    "origin-ca-pool",
+    "origin-server-name",
+    "no-chunked-encoding",
     "ingress",
     "originRequest",
     "warp-routing",

@@ -12,7 +12,8 @@ mod duration;
 mod tests;
 
 pub use config::{
-    ConfigFile, OriginRequestConfig, RawRule, RemoteConfig, WarpRoutingConfig, CONFIG_FILE_KEYS,
+    ConfigFile, OriginFlagKeys, OriginRequestConfig, RawRule, RemoteConfig, WarpRoutingConfig,
+    CONFIG_FILE_KEYS,
 };
 
 use std::sync::{Arc, RwLock};
@@ -434,6 +435,21 @@ impl Ingress {
 
     /// One catch-all rule to `service` (`--url`, `--hello-world`).
     pub fn single(service: Service) -> Self {
+        Self::one_rule(service, OriginRequest::default())
+    }
+
+    /// One catch-all rule to `service` with the command line's origin options.
+    pub fn single_with(
+        service: Service,
+        options: &OriginRequestConfig,
+    ) -> Result<Self, IngressError> {
+        Ok(Self::one_rule(
+            service,
+            OriginRequest::default().overlay(options)?,
+        ))
+    }
+
+    fn one_rule(service: Service, origin_request: OriginRequest) -> Self {
         Self {
             rules: vec![Rule {
                 host: Host::Any,
@@ -441,10 +457,10 @@ impl Ingress {
                 path: None,
                 origin: Arc::new(Origin {
                     service,
-                    origin_request: OriginRequest::default(),
+                    origin_request: origin_request.clone(),
                 }),
             }],
-            defaults: OriginRequest::default(),
+            defaults: origin_request,
         }
     }
 

@@ -411,9 +411,10 @@ fn flag_keys_parse_with_cloudflared_names_and_types() {
     assert_eq!(c.icmpv6_src, Some("2001:db8::1".parse().unwrap()));
     assert_eq!(c.post_quantum, Some(true));
     assert_eq!(c.warp_routing.max_active_flows, Some(5));
+    assert!(c.logfile.is_some(), "logfile is read now");
     assert_eq!(
         c.ignored_keys,
-        ["no-autoupdate", "autoupdate-freq", "logfile", "retries"],
+        ["no-autoupdate", "autoupdate-freq", "retries"],
         "keys burrow does not act on are collected, in file order, not refused"
     );
 }
