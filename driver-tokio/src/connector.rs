@@ -332,6 +332,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                             .register_success
                             .with_label_values(&["registerConnection"])
                             .inc();
+                        metrics.registered.notify_one();
                         metrics
                             .server_locations
                             .with_label_values(&[&index.to_string(), &details.location])

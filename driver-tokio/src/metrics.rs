@@ -71,6 +71,8 @@ pub struct Metrics {
     pub icmp_total_replies: IntCounter,
     /// Registered connections, for `/ready`.
     pub ready: AtomicUsize,
+    /// Signalled at each registration; the first wakes the `--pidfile` writer.
+    pub registered: tokio::sync::Notify,
     /// Kept for `/ready`'s connectorId.
     pub connector_id: uuid::Uuid,
     /// Flows open now (not exported; a sanity counter for tests).
@@ -227,6 +229,7 @@ impl Metrics {
                 "Total count of ICMP replies that have been proxied from any origin",
             ),
             ready: AtomicUsize::new(0),
+            registered: tokio::sync::Notify::new(),
             connector_id,
             open_flows: AtomicI64::new(0),
             registry: r,

@@ -60,6 +60,9 @@ pub struct CommonArgs {
     /// Log level: debug, info, warn, error, fatal [default: info].
     #[arg(long, global = true, env = "TUNNEL_LOGLEVEL")]
     pub loglevel: Option<String>,
+    /// Write the process id to this file once the first connection is registered.
+    #[arg(long, global = true, env = "TUNNEL_PIDFILE")]
+    pub pidfile: Option<String>,
     /// Also write logs to this file (appended).
     #[arg(long, global = true, env = "TUNNEL_LOGFILE")]
     pub logfile: Option<String>,
@@ -311,6 +314,8 @@ pub struct Settings {
     pub origin: OriginRequestConfig,
     /// `--logfile`, else `cloudflared.log` in `--log-directory`.
     pub logfile: Option<String>,
+    /// `--pidfile`.
+    pub pidfile: Option<String>,
     /// The tunnel argument, else the file's `tunnel`.
     pub tunnel: Option<String>,
 }
@@ -398,6 +403,7 @@ impl Settings {
             hello_world: run.hello_world || file.hello_world.unwrap_or(false),
             unix_socket: or(&run.unix_socket, &file.unix_socket),
             origin: run.origin.merge(&file.origin_flags),
+            pidfile: or(&common.pidfile, &file.pidfile),
             logfile: or(&common.logfile, &file.logfile).or_else(|| {
                 or(&common.log_directory, &file.log_directory)
                     .map(|d| format!("{}/cloudflared.log", d.trim_end_matches('/')))
@@ -726,6 +732,18 @@ pub fn options(
     })
 }
 
+/// Writes the process id (no newline) to `path` (`~/` expanded), as cloudflared's
+/// writePidFile does; failures are logged, not fatal.
+fn write_pidfile(path: &str) {
+    let path = match path.strip_prefix("~/") {
+        Some(rest) => format!("{}/{rest}", std::env::var("HOME").unwrap_or_default()),
+        None => path.to_owned(),
+    };
+    if let Err(e) = std::fs::write(&path, std::process::id().to_string()) {
+        error!(pid_path = %path, error = %e, "Unable to write pid");
+    }
+}
+
 /// Sends one message per SIGTERM/SIGINT.
 pub fn signals() -> mpsc::UnboundedReceiver<()> {
     let (tx, rx) = mpsc::unbounded_channel();
@@ -759,6 +777,13 @@ async fn run_tunnel(settings: Settings, loaded: LoadedConfig) -> Result<(), Stri
     let listener = metrics::bind(&settings.metrics)
         .await
         .map_err(|e| format!("cannot bind metrics server on {}: {e}", settings.metrics))?;
+    if let Some(path) = settings.pidfile.clone() {
+        let m = m.clone();
+        tokio::spawn(async move {
+            m.registered.notified().await;
+            write_pidfile(&path);
+        });
+    }
     tokio::spawn(metrics::serve(listener, m));
     let shutdown = signals();
     connector::run(opts, shutdown)

@@ -438,9 +438,9 @@ fn bare_config(bed: &Testbed, eo: &EdgeOpts, metrics: SocketAddr) -> PathBuf {
 }
 
 /// Issue 17: `--token-file` (the token cloudflared prints, in a file), `--hello-world` as the
-/// origin and `--logfile`.
+/// origin, `--logfile` and `--pidfile`.
 #[test]
-fn token_file_hello_world_and_logfile() {
+fn token_file_hello_world_logfile_and_pidfile() {
     use base64::Engine;
     let bed =
         Testbed::create(Path::new(BIN), "e2e-token-file", "app", &["app.test"]).expect("tunnel");
@@ -463,11 +463,14 @@ fn token_file_hello_world_and_logfile() {
     )
     .expect("token file");
     let logfile = bed.dir().join("logs/burrow.log");
+    let pidfile = bed.dir().join("burrow.pid");
     let config = bare_config(&bed, &eo, metrics);
     let mut c = connector(
         &bed,
         &config,
         &[
+            "--pidfile",
+            &pidfile.to_string_lossy(),
             "--logfile",
             &logfile.to_string_lossy(),
             "run",
@@ -483,6 +486,13 @@ fn token_file_hello_world_and_logfile() {
     assert!(body.contains("Congrats! You created a tunnel!"), "{body}");
     let logged = std::fs::read_to_string(&logfile).expect("the log file exists");
     assert!(logged.contains("registered tunnel connection"), "{logged}");
+    let mut pid = String::new();
+    testbed::wait_for(Duration::from_secs(10), "the pid file", || {
+        pid = std::fs::read_to_string(&pidfile).unwrap_or_default();
+        Ok(!pid.is_empty())
+    })
+    .expect("--pidfile written after the first registration");
+    assert_eq!(pid, c.pid().to_string());
 }
 
 /// Issue 17: `--credentials-contents` with the tunnel id as argument, `--unix-socket` as the

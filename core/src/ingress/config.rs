@@ -142,6 +142,8 @@ pub struct ConfigFile {
     pub unix_socket: Option<String>,
     /// `logfile`.
     pub logfile: Option<String>,
+    /// `pidfile`.
+    pub pidfile: Option<String>,
     /// `log-directory`.
     pub log_directory: Option<String>,
     /// The single origin's flag keys (`no-tls-verify`, ...).
@@ -185,6 +187,7 @@ pub const CONFIG_FILE_KEYS: &[&str] = &[
     "hello-world",
     "unix-socket",
     "logfile",
+    "pidfile",
     "log-directory",
     "no-tls-verify",
     "http-host-header",
