@@ -5,6 +5,7 @@
 
 pub mod control;
 pub mod datagram;
+pub mod edge;
 pub mod flow;
 pub mod icmp;
 pub mod ingress;
