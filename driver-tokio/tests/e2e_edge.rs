@@ -10,12 +10,18 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use burrow_core::control::connector::{ControlClient, ControlEvent};
+use burrow_core::control::Registration;
+use burrow_core::rpc::message;
 use burrow_tokio::testbed::{self, ConnectorOpts, EdgeOpts, Proc, Testbed};
+use uuid::Uuid;
 
 mod common;
 use common::body::BIG;
 use common::client::request;
 use common::origins::origin;
+use common::quic::RawQuic;
 
 const BIN: &str = env!("CARGO_BIN_EXE_burrow");
 
@@ -273,7 +279,7 @@ fn eyeball_port_has_a_header_timeout_and_a_connection_cap() {
         fourth.read(&mut buf).is_err(),
         "a fourth connection is not served while three are open"
     );
-    // ...until the header timeout frees them.
+    // ...until they go.
     drop(held);
     fourth
         .set_read_timeout(Some(Duration::from_secs(15)))
@@ -362,4 +368,176 @@ fn eyeball_port_backs_off_when_out_of_descriptors() {
         "edge used {used:?} of CPU in {:?} while out of descriptors",
         t.elapsed()
     );
+}
+
+/// A registration with the credentials file at `path`.
+fn registration_from(path: &Path) -> Registration {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(path).expect("credentials")).expect("json");
+    let secret = base64::engine::general_purpose::STANDARD
+        .decode(v["TunnelSecret"].as_str().expect("secret"))
+        .expect("base64");
+    let id: Uuid = v["TunnelID"].as_str().expect("id").parse().expect("uuid");
+    let tag = v["AccountTag"].as_str().expect("tag");
+    Registration::new(tag, secret, id, Uuid::new_v4(), Vec::new())
+}
+
+/// Sends `client`'s opening on `ctl` and drives until it has an event.
+fn converse(
+    q: &mut RawQuic,
+    ctl: quinn_proto::StreamId,
+    client: &mut ControlClient,
+) -> ControlEvent {
+    let out = client.poll_transmit().expect("opening");
+    assert_eq!(q.write(ctl, &out), out.len());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline && !q.is_lost() {
+        q.drive(Duration::from_millis(20));
+        let got = q.read(ctl);
+        if !got.is_empty() {
+            client.handle_bytes(Instant::now(), &got).expect("answer");
+        }
+        if let Some(ev) = client.poll_event() {
+            return ev;
+        }
+    }
+    panic!("no answer (connection lost: {})", q.is_lost());
+}
+
+/// Item 8: a connection registers once (another tunnel's valid credentials on a registered
+/// connection are refused), and requests go only where a registration was accepted.
+#[test]
+fn a_connection_registers_once() {
+    let bed = Testbed::create(Path::new(BIN), "e-rereg", "app", &["app.test"]).expect("bed");
+    let out = create(bed.dir(), "other", &["other.test"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let other_id = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .find_map(|l| {
+            l.rsplit_once(" with id ")
+                .map(|(_, id)| id.trim().to_owned())
+        })
+        .expect("id");
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+
+    let mut q = RawQuic::connect(eo.quic, &bed.ca(), 1 << 20).expect("handshake");
+    let ctl = q.open();
+    let mut first = ControlClient::new(
+        Instant::now(),
+        &registration_from(&bed.credentials()),
+        None,
+        Duration::from_secs(5),
+    )
+    .expect("client");
+    assert!(matches!(
+        converse(&mut q, ctl, &mut first),
+        ControlEvent::Registered(_)
+    ));
+    let mut second = ControlClient::new(
+        Instant::now(),
+        &registration_from(&bed.dir().join(format!("{other_id}.json"))),
+        None,
+        Duration::from_secs(5),
+    )
+    .expect("client");
+    let ev = converse(&mut q, ctl, &mut second);
+    assert!(
+        matches!(ev, ControlEvent::RegistrationFailed(_)),
+        "second registration on one connection: {ev:?}"
+    );
+
+    // The other tunnel has no connection: its eyeballs get a 502 at once, not a request
+    // sent down this connection (which would never answer).
+    let http = eo.http;
+    let eyeball = thread::spawn(move || {
+        let mut s = TcpStream::connect(http).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(10)))
+            .expect("timeout");
+        s.write_all(b"GET / HTTP/1.1\r\nHost: other.test\r\nConnection: close\r\n\r\n")
+            .expect("request");
+        let mut reply = Vec::new();
+        let _ = s.read_to_end(&mut reply);
+        reply
+    });
+    while !eyeball.is_finished() {
+        q.drive(Duration::from_millis(50));
+    }
+    let reply = eyeball.join().expect("eyeball");
+    assert!(
+        reply.starts_with(b"HTTP/1.1 502"),
+        "{:?}",
+        String::from_utf8_lossy(&reply)
+    );
+}
+
+/// Item 3: an unauthenticated peer flooding `Bootstrap`s while granting no stream credit for
+/// the replies cannot grow the edge's memory past a fixed budget, and the edge still serves.
+#[test]
+fn bootstrap_flood_stays_within_a_memory_budget() {
+    const BUDGET_KIB: u64 = 48 * 1024;
+    let bed = Testbed::create(Path::new(BIN), "e-flood", "app", &["app.test"]).expect("bed");
+    let eo = EdgeOpts::loopback().expect("ports");
+    let edge = bed.edge(&eo).expect("edge");
+    thread::sleep(Duration::from_millis(500));
+    let base = edge.rss_kib().expect("rss");
+
+    let mut bootstraps = Vec::new();
+    for q in 0..4096 {
+        message::encode_bootstrap(q, &mut bootstraps).expect("encode");
+    }
+    let (mut sent, mut closed, mut peak) = (0usize, 0usize, base);
+    let started = Instant::now();
+    while started.elapsed() < Duration::from_secs(8) {
+        let Some(mut q) = RawQuic::connect(eo.quic, &bed.ca(), 0) else {
+            continue;
+        };
+        let ctl = q.open();
+        let mut at = 0;
+        let mut sampled = Instant::now();
+        while !q.is_lost() && started.elapsed() < Duration::from_secs(8) {
+            let n = q.write(ctl, &bootstraps[at..]);
+            sent += n;
+            at = (at + n) % bootstraps.len();
+            q.drive(Duration::from_millis(2));
+            if sampled.elapsed() > Duration::from_millis(100) {
+                peak = peak.max(edge.rss_kib().expect("rss"));
+                sampled = Instant::now();
+            }
+        }
+        closed += usize::from(q.is_lost());
+    }
+    peak = peak.max(edge.rss_kib().expect("rss"));
+    eprintln!(
+        "flood: {} MiB of Bootstraps, {closed} connections closed by the edge, RSS {} -> peak {} MiB",
+        sent >> 20,
+        base >> 10,
+        peak >> 10
+    );
+    assert!(
+        peak - base < BUDGET_KIB,
+        "edge RSS grew {} MiB under the flood",
+        (peak - base) >> 10
+    );
+    assert!(closed > 0, "the edge closed flooding connections");
+
+    // Still serving.
+    let metrics = testbed::free_tcp().expect("port");
+    let mut connector = bed
+        .connector(&ConnectorOpts {
+            edge: eo.quic,
+            metrics,
+            ingress: vec![(None, format!("http://127.0.0.1:{}", origin()))],
+            ha_connections: 2,
+            extra: Vec::new(),
+            config_extra: String::new(),
+        })
+        .expect("connector");
+    testbed::wait_ready(&mut connector, metrics, 2, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\nconnector: {}", connector.log_tail(4000)));
+    assert_eq!(get_host(eo.http, "app.test", "/", "").0, 200);
 }
