@@ -168,6 +168,8 @@ struct Setup {
     secret: Vec<u8>,
     tunnels: Tunnels,
     data_limits: DataLimits,
+    /// What each connector was added with (HA index, secret, features), to connect again.
+    specs: Vec<(u8, Vec<u8>, Vec<String>)>,
 }
 
 /// An edge's QUIC server configuration with a fresh identity, and a client configuration
@@ -223,6 +225,7 @@ fn setup(p: &Params) -> Setup {
         secret,
         tunnels,
         data_limits: DataLimits::default(),
+        specs: Vec::new(),
     }
 }
 
@@ -240,7 +243,9 @@ impl Setup {
         secret: Vec<u8>,
         features: &[&str],
     ) -> Result<usize, String> {
-        let features = features.iter().map(|f| (*f).to_owned()).collect();
+        let features: Vec<String> = features.iter().map(|f| (*f).to_owned()).collect();
+        self.specs
+            .push((conn_index, secret.clone(), features.clone()));
         let registration = Registration {
             conn_index,
             // Fixed, so that traces do not depend on the build or the platform.
@@ -269,6 +274,29 @@ impl Setup {
         self.world.connectors.push((addr, Some(conn)));
         Ok(index)
     }
+
+    /// A new connection in place of connector `c` (same HA index, secret and features), as
+    /// the supervisor makes one after a connection is lost; returns its index in the world.
+    fn reconnect(&mut self, c: usize) -> Result<usize, String> {
+        let (conn_index, secret, features) =
+            self.specs.get(c).cloned().ok_or("no such connector")?;
+        self.world.origins.drop_connector(c);
+        self.world.connectors[c].1 = None;
+        let features: Vec<&str> = features.iter().map(String::as_str).collect();
+        self.add_connector_with(conn_index, secret, &features)
+    }
+}
+
+/// How long a connector may take to register under loss, retrying as the supervisor does:
+/// a handshake that times out (10 s) or a registration call that does (5 s), then a backoff
+/// of up to 1, 2, 4, 8, 16, 32 s, leaves time for six attempts.
+const REGISTER_WITHIN: Duration = Duration::from_secs(150);
+
+/// The supervisor's backoff before connection attempt `attempt + 1` (cloudflared's
+/// `BackoffHandler`: uniform in `[0, 1 s · 2^attempt)`, the exponent capped at `--retries` 5).
+fn backoff(rng: &mut ChaCha8Rng, attempt: u32) -> Duration {
+    let cap = Duration::from_secs(1u64 << attempt.min(5));
+    Duration::from_nanos(rng.next_u64() % cap.as_nanos() as u64).max(Duration::from_millis(1))
 }
 
 /// The edge's answer to every registration: check credentials, accept or refuse.
@@ -293,25 +321,31 @@ fn expect(cond: bool, what: &str, world: &World) -> Result<(), String> {
     if cond {
         Ok(())
     } else {
-        Err(format!(
-            "invariant broken: {what}\nlast events:\n{}",
-            world.trace.tail().join("\n")
-        ))
+        Err(broken(what, world))
     }
+}
+
+/// The report of a broken invariant, with the trace's last events.
+fn broken(what: &str, world: &World) -> String {
+    format!(
+        "invariant broken: {what}\nlast events:\n{}",
+        world.trace.tail().join("\n")
+    )
 }
 
 /// Register, push local config, serve a while, shut down gracefully.
 fn registration(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let c = s.add_connector(0, s.secret.clone())?;
-    let tunnels = s.tunnels;
-    let mut registered_at = None;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    register(&mut s, &mut c)?;
+    let tunnels = &s.tunnels;
     let (mut config_seen, mut edge_unregistered, mut unregistered, mut closed) =
         (false, false, false, false);
-    s.world.run_until(VirtualTime::ZERO + SERVE, |w, h| {
+    let serve_until = s.world.after(SERVE);
+    s.world.run_until(serve_until, |w, h| {
         match h {
             Happening::Edge(EdgeEvent::RegisterRequested { conn, registration }) => {
-                answer_registration(w, &tunnels, conn, &registration)?;
+                answer_registration(w, tunnels, conn, &registration)?;
             }
             Happening::Edge(EdgeEvent::LocalConfiguration { config, .. }) => {
                 expect(
@@ -322,31 +356,21 @@ fn registration(p: &Params) -> Result<u64, String> {
                 config_seen = true;
             }
             Happening::Edge(EdgeEvent::Unregistered { .. }) => edge_unregistered = true,
-            Happening::Connector(_, ConnectorEvent::Registered(d)) => {
-                expect(registered_at.is_none(), "registered once", w)?;
-                expect(d.location == "SIM", "details come from the edge", w)?;
-                registered_at = Some(w.now);
+            Happening::Connector(_, ConnectorEvent::Registered(_)) => {
+                return Err(broken("registered once", w))
             }
-            Happening::Connector(_, ConnectorEvent::Unregistered) => {
-                expect(
-                    registered_at.is_some(),
-                    "unregister follows registration",
-                    w,
-                )?;
-                unregistered = true;
-            }
+            Happening::Connector(_, ConnectorEvent::Unregistered) => unregistered = true,
             Happening::Connector(_, ConnectorEvent::Closed { .. }) => closed = true,
             Happening::Connector(_, other) => {
-                return Err(format!("unexpected connector event {other:?}"))
+                return Err(broken(&format!("unexpected connector event {other:?}"), w))
             }
             Happening::Edge(_) => {}
         }
         Ok(())
     })?;
     // Keep-alives keep the connection busy, so the first phase runs to its limit: 15 s of
-    // serving, time enough to register under loss. Then shut down gracefully.
+    // serving. Then shut down gracefully.
     let w = &mut s.world;
-    expect(registered_at.is_some(), "connector registers", w)?;
     expect(config_seen, "edge gets the local configuration", w)?;
     let now = w.instant();
     w.connectors[c]
@@ -415,19 +439,11 @@ fn bad_credentials(p: &Params) -> Result<u64, String> {
 /// A partition longer than the 5 s idle timeout kills the connection on both sides.
 fn partition(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let c = s.add_connector(0, s.secret.clone())?;
-    let tunnels = s.tunnels;
-    let mut registered = false;
-    s.world
-        .run_until(VirtualTime::ZERO + Duration::from_secs(20), |w, h| {
-            if let Happening::Edge(EdgeEvent::RegisterRequested { conn, registration }) = h {
-                answer_registration(w, &tunnels, conn, &registration)?;
-            } else if let Happening::Connector(_, ConnectorEvent::Registered(_)) = h {
-                registered = true;
-            }
-            Ok(())
-        })?;
-    expect(registered, "registered before the partition", &s.world)?;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    register(&mut s, &mut c)?;
+    // Serve a while (keep-alives only) before the cut.
+    let until = s.world.now.max(VirtualTime::ZERO + Duration::from_secs(20));
+    s.world.run_until(until, |_, _| Ok(()))?;
     let w = &mut s.world;
     let (edge, conn) = (w.edge_addr, w.connectors[c].0);
     w.net.set_partition(edge, conn, true);
@@ -464,22 +480,24 @@ fn partition(p: &Params) -> Result<u64, String> {
 /// the version unchanged, and every answer reaches the edge.
 fn remote_config(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    s.add_connector(0, s.secret.clone())?;
-    let tunnels = s.tunnels;
-    let mut edge_conn = None;
-    s.world
-        .run_until(VirtualTime::ZERO + Duration::from_secs(15), |w, h| {
-            match h {
-                Happening::Edge(EdgeEvent::RegisterRequested { conn, registration }) => {
-                    answer_registration(w, &tunnels, conn, &registration)?;
-                    edge_conn = Some(conn);
-                }
-                Happening::Connector(_, ConnectorEvent::Registered(_)) | Happening::Edge(_) => {}
-                other => return Err(format!("unexpected {other:?}")),
-            }
-            Ok(())
-        })?;
-    let conn = edge_conn.ok_or("never registered")?;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, &mut c)?;
+    // Connection 0 pushes its local configuration after registering; let it land first.
+    let mut local_config = false;
+    let until = s.world.after(Duration::from_secs(15));
+    s.world.run_ticking(until, |_, h| {
+        match h {
+            Some(Happening::Edge(EdgeEvent::LocalConfiguration { .. })) => local_config = true,
+            Some(Happening::Edge(_)) | None => {}
+            Some(other) => return Err(format!("unexpected {other:?}")),
+        }
+        Ok(local_config)
+    })?;
+    expect(
+        local_config,
+        "the edge gets the local configuration",
+        &s.world,
+    )?;
     // The connector process's configuration state (process-wide in cloudflared).
     let mut versions = burrow_core::rpc_stream::ConfigVersions::new();
     let good = br#"{"ingress":[{"service":"http_status:503"}]}"#.as_slice();
@@ -563,27 +581,61 @@ fn remote_config(p: &Params) -> Result<u64, String> {
     Ok(s.world.trace.hash())
 }
 
-/// Runs until connector `c` is registered; returns the edge's id of its connection.
-fn register(s: &mut Setup, c: usize) -> Result<burrow_core::tunnel::edge::ConnId, String> {
-    let mut edge_conn = None;
-    let mut registered = false;
-    let tunnels = &s.tunnels;
-    let limit = s.world.after(Duration::from_secs(30));
-    s.world.run_ticking(limit, |w, h| {
-        match h {
-            Some(Happening::Edge(EdgeEvent::RegisterRequested { conn, registration })) => {
-                answer_registration(w, tunnels, conn, &registration)?;
-                edge_conn = Some(conn);
+/// Runs until connector `*c` is registered; returns the edge's id of its connection. A
+/// connection that closes before registering (a handshake or registration lost to the network
+/// past its deadline) is replaced after the supervisor's backoff, and `*c` follows the
+/// replacement: what a user relies on is that the connector registers, within
+/// [`REGISTER_WITHIN`], not that its first attempt does.
+fn register(s: &mut Setup, c: &mut usize) -> Result<burrow_core::tunnel::edge::ConnId, String> {
+    let deadline = s.world.after(REGISTER_WITHIN);
+    let mut attempt = 0;
+    loop {
+        let target = *c;
+        let (mut registered, mut closed) = (None, None);
+        let tunnels = &s.tunnels;
+        s.world.run_ticking(deadline, |w, h| {
+            match h {
+                Some(Happening::Edge(EdgeEvent::RegisterRequested { conn, registration })) => {
+                    answer_registration(w, tunnels, conn, &registration)?;
+                }
+                Some(Happening::Connector(i, ConnectorEvent::Registered(d))) if i == target => {
+                    expect(d.location == "SIM", "details come from the edge", w)?;
+                    registered = Some(d)
+                }
+                Some(Happening::Connector(i, ConnectorEvent::RegistrationFailed(e)))
+                    if i == target && !e.should_retry =>
+                {
+                    return Err(format!("the edge refused the registration for good: {e:?}"));
+                }
+                Some(Happening::Connector(i, ConnectorEvent::Closed { reason })) if i == target => {
+                    closed = Some(reason)
+                }
+                _ => {}
             }
-            Some(Happening::Connector(i, ConnectorEvent::Registered(_))) if i == c => {
-                registered = true
-            }
-            _ => {}
+            Ok(registered.is_some() || closed.is_some())
+        })?;
+        if let Some(d) = registered {
+            // The simulated edge names a connection's details after its id (answer_registration).
+            return Ok(burrow_core::tunnel::edge::ConnId(
+                d.uuid.as_u128() as usize - 1,
+            ));
         }
-        Ok(registered)
-    })?;
-    expect(registered, "connector registers", &s.world)?;
-    edge_conn.ok_or_else(|| "edge never saw the registration".into())
+        let Some(reason) = closed else {
+            let what =
+                format!("connector registers within {REGISTER_WITHIN:?} ({attempt} retries)");
+            return Err(broken(&what, &s.world));
+        };
+        attempt += 1;
+        let delay = backoff(&mut s.rng, attempt);
+        let w = &mut s.world;
+        w.trace.record(
+            w.now,
+            &format!("connector {target} closed before registering ({reason}); reconnecting in {delay:?}"),
+        );
+        let until = w.after(delay);
+        w.run_until(until.min(deadline), |_, _| Ok(()))?;
+        *c = s.reconnect(target)?;
+    }
 }
 
 /// Runs `client` to completion (or `limit`), checking the connector's buffers after every step
@@ -675,8 +727,8 @@ fn http_requests(rng: &mut ChaCha8Rng, count: usize, max: u64) -> Vec<Request> {
 /// Many HTTP requests through one connection; every byte checked both ways; keep-alive reuse.
 fn http_mixed(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let c = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, c)?;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, &mut c)?;
     let (count, max) = if p.quick {
         (30, 256 * 1024)
     } else {
@@ -718,8 +770,8 @@ fn http_mixed(p: &Params) -> Result<u64, String> {
 /// Raw bytes both ways after an upgrade (`ws`) or a TCP ack (`tcp`), echoed by the origin.
 fn echo(p: &Params, request: impl Fn(u64, u64) -> Request) -> Result<u64, String> {
     let mut s = setup(p);
-    let c = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, c)?;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, &mut c)?;
     let len = if p.quick {
         1024 * 1024
     } else {
@@ -745,8 +797,8 @@ fn tcp_echo(p: &Params) -> Result<u64, String> {
 fn flow_limit(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
     s.data_limits.flows.set_limit(1);
-    let c = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, c)?;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, &mut c)?;
     let len = if p.quick { 64 * 1024 } else { 1024 * 1024 };
     let requests = vec![Request::Tcp { len, seed: 1 }, Request::Tcp { len, seed: 2 }];
     let mut client = Client::new(conn, requests, 2);
@@ -768,8 +820,8 @@ fn flow_limit(p: &Params) -> Result<u64, String> {
 /// grace period, the edge gets nothing new after unregistering, then the connection closes.
 fn shutdown_during_traffic(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let c = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, c)?;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, &mut c)?;
     // Sized to finish well inside the 30 s grace period at 5% loss, where one connection
     // moves roughly 200 KiB/s (loss-limited congestion window).
     let size = if p.quick { 128 * 1024 } else { 256 * 1024 };
@@ -848,8 +900,8 @@ fn shutdown_during_traffic(p: &Params) -> Result<u64, String> {
 /// the same address and a new connection registers and serves again.
 fn edge_restart(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let c = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, c)?;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, &mut c)?;
     let mut client = Client::new(conn, http_requests(&mut s.rng, 5, 64 * 1024), 4);
     serve(&mut s, &mut client, c, Duration::from_secs(120))?;
     // The edge process dies: its state is gone.
@@ -872,8 +924,8 @@ fn edge_restart(p: &Params) -> Result<u64, String> {
     s.rng.fill_bytes(&mut seed);
     s.world.edge = Some(EdgeEndpoint::new(server, seed));
     // The supervisor's part: a new connection with the same index.
-    let c2 = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, c2)?;
+    let mut c2 = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, &mut c2)?;
     let mut client = Client::new(conn, http_requests(&mut s.rng, 5, 64 * 1024), 4);
     serve(&mut s, &mut client, c2, Duration::from_secs(120))?;
     expect(client.completed == 5, "the new connection serves", &s.world)?;
@@ -906,8 +958,8 @@ fn paced(
 /// An origin that reads slowly: uploads back up into QUIC flow control, not into memory.
 fn slow_origin(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let c = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, c)?;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, &mut c)?;
     s.world.origins.read_rate = Some(256 * 1024);
     let size = if p.quick { 512 * 1024 } else { 4 * 1024 * 1024 };
     let requests = (0..4)
@@ -929,8 +981,8 @@ fn slow_origin(p: &Params) -> Result<u64, String> {
 /// An eyeball that reads slowly: the origins are paused, not buffered.
 fn slow_edge(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let c = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, c)?;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, &mut c)?;
     let size = if p.quick { 512 * 1024 } else { 4 * 1024 * 1024 };
     let requests = (0..4)
         .map(|i| Request::Http {

@@ -154,8 +154,8 @@ fn account(
 /// refused with `UnableToBindSocket`.
 pub(super) fn udp_echo(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let c = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, c)?;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, &mut c)?;
     let n = if p.quick { 300 } else { 10_000 };
     let spread = Duration::from_millis(if p.quick { 500 } else { 5_000 });
     let ids = ids(&mut s);
@@ -209,8 +209,8 @@ pub(super) fn udp_echo(p: &Params) -> Result<u64, String> {
 /// Sessions end on virtual time when idle; every socket is closed.
 pub(super) fn udp_idle(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let c = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, c)?;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, &mut c)?;
     let n = 50;
     let ids = ids(&mut s);
     let mut eye = Eyeball::new(
@@ -259,10 +259,10 @@ pub(super) fn udp_idle(p: &Params) -> Result<u64, String> {
 /// them there, and nothing is torn down.
 pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let a = s.add_connector(0, s.secret.clone())?;
-    let conn_a = register(&mut s, a)?;
-    let b = s.add_connector(1, s.secret.clone())?;
-    let conn_b = register(&mut s, b)?;
+    let mut a = s.add_connector(0, s.secret.clone())?;
+    let conn_a = register(&mut s, &mut a)?;
+    let mut b = s.add_connector(1, s.secret.clone())?;
+    let conn_b = register(&mut s, &mut b)?;
     let n = if p.quick { 100 } else { 1_000 };
     let ids = ids(&mut s);
     let mut eye = Eyeball::new(
@@ -362,8 +362,8 @@ pub(super) fn udp_flood(p: &Params) -> Result<u64, String> {
         .sessions
         .flow_limiter()
         .set_limit(limit as u64);
-    let c = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, c)?;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, &mut c)?;
     let ids = ids(&mut s);
     let spread = Duration::from_millis(if p.quick { 1_000 } else { 20_000 });
     let mut eye = Eyeball::new(ids, &dests(flood, false), conn, s.world.now, spread, 0);
