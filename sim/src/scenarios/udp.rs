@@ -289,15 +289,31 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
         0,
     );
     eye.per_session = 80;
-    eye.interval = Duration::from_millis(100);
-    // Traffic flows on every session (registrations lost three times over take a while).
-    drive(&mut s, &mut eye, Duration::from_secs(5), |e, _| {
+    // The same offered load at both scales, about what one connection carries at 5% loss
+    // (~1000 datagrams of ~250 B a second). At 100 ms apart, 1000 sessions offered ten times
+    // that: the edge's datagram queue stayed full, registrations waited in it for tens of
+    // seconds, and sessions registered late or had sent everything before the move.
+    eye.interval = Duration::from_millis(n as u64);
+    // Traffic flows on every session before A dies, bounded by half of a session's traffic
+    // so that every one is mid-traffic when A dies.
+    let mid_traffic = eye.interval * eye.per_session / 2;
+    drive(&mut s, &mut eye, mid_traffic, |e, _| {
         e.sessions.iter().all(|s| s.registered && s.echoed >= 2)
     })?;
     let opened = s.world.udp.stats().sockets_opened;
+    let pending: Vec<String> = eye
+        .sessions
+        .iter()
+        .filter(|s| !s.registered)
+        .map(|s| format!("{} registrations {}", s.id, s.registrations))
+        .collect();
     expect(
         opened == n as u64,
-        &format!("one socket per session ({opened} for {n})"),
+        &format!(
+            "one socket per session ({opened} for {n}); unregistered: {pending:?} {:?} {:?}",
+            eye.stats,
+            s.world.udp.hub.sessions.stats()
+        ),
         &s.world,
     )?;
     // Connection A dies: the connector notices (here at once) and re-homes its sessions; the
@@ -310,7 +326,8 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
         .link_closed(ConnectorUdp::link(a), Some(ConnectorUdp::link(b)));
     let before: Vec<u32> = eye.sessions.iter().map(|s| s.echoed).collect();
     eye.move_sessions(conn_a, conn_b, s.world.now);
-    drive(&mut s, &mut eye, Duration::from_secs(60), |e, _| {
+    let rest = eye.interval * eye.per_session + Duration::from_secs(60);
+    drive(&mut s, &mut eye, rest, |e, _| {
         e.sessions
             .iter()
             .all(|s| s.registered && s.sent >= e.per_session)
