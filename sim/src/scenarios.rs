@@ -406,34 +406,33 @@ fn bad_credentials(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
     let mut wrong = s.secret.clone();
     wrong[0] ^= 0xff;
-    s.add_connector(0, wrong)?;
-    let tunnels = s.tunnels;
-    let (mut refused, mut closed) = (false, false);
-    s.world.run_until(VirtualTime::ZERO + LIMIT, |w, h| {
+    let mut c = s.add_connector(0, wrong)?;
+    // Attempts lost to the network are retried; the edge's answer is what must arrive.
+    let e = match connect(&mut s, &mut c)? {
+        Connected::Refused(e) => e,
+        Connected::Registered(_) => return Err("registered with a wrong secret".into()),
+    };
+    let w = &mut s.world;
+    expect(
+        e.cause.starts_with("Unauthorized"),
+        "the edge's cause reaches the connector",
+        w,
+    )?;
+    expect(!e.should_retry, "a permanent refusal says so", w)?;
+    let mut closed = false;
+    let limit = w.after(LIMIT);
+    w.run_ticking(limit, |_, h| {
         match h {
-            Happening::Edge(EdgeEvent::RegisterRequested { conn, registration }) => {
-                answer_registration(w, &tunnels, conn, &registration)?;
-            }
-            Happening::Connector(_, ConnectorEvent::RegistrationFailed(e)) => {
-                expect(
-                    e.cause.starts_with("Unauthorized"),
-                    "the edge's cause reaches the connector",
-                    w,
-                )?;
-                expect(!e.should_retry, "a permanent refusal says so", w)?;
-                refused = true;
-            }
-            Happening::Connector(_, ConnectorEvent::Closed { .. }) => closed = true,
-            Happening::Connector(_, ConnectorEvent::Registered(_)) => {
+            Some(Happening::Connector(i, ConnectorEvent::Closed { .. })) if i == c => closed = true,
+            Some(Happening::Connector(i, ConnectorEvent::Registered(_))) if i == c => {
                 return Err("registered with a wrong secret".into())
             }
             _ => {}
         }
-        Ok(())
+        Ok(closed)
     })?;
-    expect(refused, "refusal reported", &s.world)?;
-    expect(closed, "connection closed after refusal", &s.world)?;
-    Ok(s.world.trace.hash())
+    expect(closed, "connection closed after refusal", w)?;
+    Ok(w.trace.hash())
 }
 
 /// A partition longer than the 5 s idle timeout kills the connection on both sides.
@@ -581,17 +580,36 @@ fn remote_config(p: &Params) -> Result<u64, String> {
     Ok(s.world.trace.hash())
 }
 
-/// Runs until connector `*c` is registered; returns the edge's id of its connection. A
-/// connection that closes before registering (a handshake or registration lost to the network
+/// How a connector's registration ended.
+enum Connected {
+    /// Registered; the edge's id of the connection.
+    Registered(burrow_core::tunnel::edge::ConnId),
+    /// The edge refused it for good.
+    Refused(RegistrationError),
+}
+
+/// Runs until connector `*c` is registered; returns the edge's id of its connection.
+fn register(s: &mut Setup, c: &mut usize) -> Result<burrow_core::tunnel::edge::ConnId, String> {
+    match connect(s, c)? {
+        Connected::Registered(conn) => Ok(conn),
+        Connected::Refused(e) => Err(broken(
+            &format!("the edge refused the registration for good: {e:?}"),
+            &s.world,
+        )),
+    }
+}
+
+/// Runs until connector `*c` registers or is refused for good. A connection that closes
+/// before either (a handshake or registration lost to the network
 /// past its deadline) is replaced after the supervisor's backoff, and `*c` follows the
 /// replacement: what a user relies on is that the connector registers, within
 /// [`REGISTER_WITHIN`], not that its first attempt does.
-fn register(s: &mut Setup, c: &mut usize) -> Result<burrow_core::tunnel::edge::ConnId, String> {
+fn connect(s: &mut Setup, c: &mut usize) -> Result<Connected, String> {
     let deadline = s.world.after(REGISTER_WITHIN);
     let mut attempt = 0;
     loop {
         let target = *c;
-        let (mut registered, mut closed) = (None, None);
+        let (mut registered, mut refused, mut closed) = (None, None, None);
         let tunnels = &s.tunnels;
         s.world.run_ticking(deadline, |w, h| {
             match h {
@@ -605,20 +623,22 @@ fn register(s: &mut Setup, c: &mut usize) -> Result<burrow_core::tunnel::edge::C
                 Some(Happening::Connector(i, ConnectorEvent::RegistrationFailed(e)))
                     if i == target && !e.should_retry =>
                 {
-                    return Err(format!("the edge refused the registration for good: {e:?}"));
+                    refused = Some(e)
                 }
                 Some(Happening::Connector(i, ConnectorEvent::Closed { reason })) if i == target => {
                     closed = Some(reason)
                 }
                 _ => {}
             }
-            Ok(registered.is_some() || closed.is_some())
+            Ok(registered.is_some() || refused.is_some() || closed.is_some())
         })?;
         if let Some(d) = registered {
             // The simulated edge names a connection's details after its id (answer_registration).
-            return Ok(burrow_core::tunnel::edge::ConnId(
-                d.uuid.as_u128() as usize - 1,
-            ));
+            let conn = burrow_core::tunnel::edge::ConnId(d.uuid.as_u128() as usize - 1);
+            return Ok(Connected::Registered(conn));
+        }
+        if let Some(e) = refused {
+            return Ok(Connected::Refused(e));
         }
         let Some(reason) = closed else {
             let what =

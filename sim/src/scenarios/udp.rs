@@ -289,11 +289,12 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
         0,
     );
     eye.per_session = 80;
-    // The same offered load at both scales, about what one connection carries at 5% loss
-    // (~1000 datagrams of ~250 B a second). At 100 ms apart, 1000 sessions offered ten times
-    // that: the edge's datagram queue stayed full, registrations waited in it for tens of
-    // seconds, and sessions registered late or had sent everything before the move.
-    eye.interval = Duration::from_millis(n as u64);
+    // The same offered load at both scales, 250 datagrams of ~250 B a second: half of what
+    // one connection carries at 10% loss (~1 MSS per RTT / sqrt(loss), ~130 KB/s). At 100 ms
+    // apart, 1000 sessions offered 2.5 MB/s: the edge's datagram queue (1 MiB) stayed full,
+    // registrations waited in it for seconds, and sessions registered late or had sent
+    // everything before the move. This scenario is about migration, not congestion.
+    eye.interval = Duration::from_millis(4 * n as u64);
     // Traffic flows on every session before A dies, bounded by half of a session's traffic
     // so that every one is mid-traffic when A dies.
     let mid_traffic = eye.interval * eye.per_session / 2;
