@@ -195,7 +195,8 @@ impl ConnectionDetails {
 pub struct RegistrationError {
     /// The edge's cause text; [`DUPLICATE_CONNECTION`] for a duplicate.
     pub cause: String,
-    /// Whether retrying may help. RPC-level failures count as permanent, as in cloudflared.
+    /// Whether retrying may help. An RPC exception counts as permanent, as in cloudflared; a
+    /// call that got no answer in time is retryable.
     pub should_retry: bool,
     /// The edge's suggested delay (cloudflared decodes and ignores it; we pass it on).
     pub retry_after: Duration,

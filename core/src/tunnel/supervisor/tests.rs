@@ -63,6 +63,8 @@ fn connector_config(client: ClientConfig) -> ConnectorConfig {
 enum Answer {
     Accept,
     Refuse(&'static str, bool),
+    /// Registrations get no answer (as when heavy loss delays it past the RPC timeout).
+    Silent,
 }
 
 struct World {
@@ -217,6 +219,10 @@ impl World {
                     any = true;
                     if let EdgeEvent::RegisterRequested { conn, .. } = &e {
                         let result = match self.answer {
+                            Answer::Silent => {
+                                self.edge_events.push(e);
+                                continue;
+                            }
                             Answer::Accept => Ok(ConnectionDetails {
                                 uuid: Uuid::from_u128(conn.0 as u128 + 10),
                                 location: "TST".into(),
@@ -527,6 +533,29 @@ fn unauthorized_is_retried_as_cloudflared_does() {
         .filter(|(_, e)| matches!(e, SupervisorEvent::RegistrationFailed { .. }))
         .count();
     assert!(refusals >= 2, "retried: {refusals}");
+}
+
+#[test]
+fn a_first_registration_that_times_out_is_retried_not_fatal() {
+    let mut w = World::new(1, 9);
+    w.answer = Answer::Silent;
+    w.run(Duration::from_secs(30), |w| w.connecting().len() >= 3);
+    assert!(!w.sup.is_stopped(), "gave up: {:?}", w.events);
+    assert!(
+        !w.events
+            .iter()
+            .any(|(_, e)| matches!(e, SupervisorEvent::Fatal(_))),
+        "a timeout is not a refusal: {:?}",
+        w.events
+    );
+    assert!(w.events.iter().any(|(_, e)| matches!(
+        e,
+        SupervisorEvent::RegistrationFailed { error, .. } if error.should_retry
+    )));
+    // Once the edge answers again, the retried connection registers.
+    w.answer = Answer::Accept;
+    w.run(Duration::from_secs(120), |w| !w.registered().is_empty());
+    assert_eq!(w.registered().len(), 1, "{:?}", w.events);
 }
 
 fn addr(s: &str) -> SocketAddr {
