@@ -62,7 +62,7 @@ pub fn is_websocket_client_header(lower: &[u8]) -> bool {
 /// Appends `name` in Go's canonical MIME form (`textproto.CanonicalMIMEHeaderKey`): first letter
 /// and each letter after `-` upper case, the rest lower case; a name holding a byte that is not a
 /// token character is kept as it is, as Go keeps it.
-fn push_canonical(name: &[u8], out: &mut Vec<u8>) {
+pub fn push_canonical(name: &[u8], out: &mut Vec<u8>) {
     if !name.iter().all(|&b| is_token_byte(b)) {
         out.extend_from_slice(name);
         return;
