@@ -12,6 +12,7 @@
 //!
 //! There are no datagrams on HTTP/2 (no UDP, ICMP or private DNS, C§1.1).
 
+pub mod configuration;
 pub mod connector;
 pub mod edge;
 pub mod headers;
