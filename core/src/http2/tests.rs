@@ -75,10 +75,13 @@ fn drain<R: Role>(
 
 impl Pair {
     fn new() -> Self {
+        Self::with_connector_limits(Limits::default())
+    }
+
+    fn with_connector_limits(limits: Limits) -> Self {
         let now = Instant::now();
         let (server, client, _, _) = tls_configs();
-        let c = ConnectorConnection::new(now, client, tls::SERVER_NAME, Limits::default())
-            .expect("connector");
+        let c = ConnectorConnection::new(now, client, tls::SERVER_NAME, limits).expect("connector");
         let e = EdgeConnection::new(now, server, Limits::default()).expect("edge");
         let mut pair = Pair {
             now,
@@ -411,7 +414,42 @@ fn kinds_are_marked_and_errors_are_502_with_meta() {
     p.run();
     assert!(p.e_events.iter().any(|e| matches!(e,
         Event::Stream(StreamEvent::Reset { stream, reason }) if *stream == s_ws && *reason == h2::Reason::INTERNAL_ERROR)));
-    let _ = s_cfg;
+
+    // Configuration push (C§1.12): JSON body in, implicit 200 with the result JSON out.
+    p.e.send_data(
+        s_cfg,
+        Bytes::from_static(br#"{"version":1,"config":{"ingress":[]}}"#),
+    )
+    .expect("push");
+    p.e.finish(s_cfg, None).expect("end push");
+    p.run();
+    let mut body = configuration::PushBody::default();
+    let (bytes, end) = read_all(&mut p.c, cfg.stream);
+    assert!(end);
+    body.extend(&bytes).expect("small");
+    let push = body.decode().expect("push decodes");
+    assert_eq!(push.config, r#"{"ingress":[]}"#);
+    let result = crate::rpc_stream::ConfigVersions::new().offer(push.version, || Ok(()));
+    p.c.respond_implicit(cfg.stream).expect("implicit");
+    p.c.send_data(
+        cfg.stream,
+        Bytes::from(configuration::encode_result(&result)),
+    )
+    .expect("result");
+    p.c.finish(cfg.stream, None).expect("end");
+    p.run();
+    let (id, head) = loop {
+        match p.e_events.pop_front() {
+            Some(Event::Response { stream, response }) => break (stream, response.expect("head")),
+            Some(_) => continue,
+            None => panic!("no configuration response"),
+        }
+    };
+    assert_eq!((id, head.status, head.meta), (s_cfg, StatusCode::OK, None));
+    assert_eq!(
+        read_all(&mut p.e, s_cfg),
+        (br#"{"lastAppliedVersion":1,"err":null}"#.to_vec(), true)
+    );
 }
 
 #[test]
@@ -570,4 +608,24 @@ fn a_reader_that_does_not_read_holds_the_sender_back() {
         .e_events
         .iter()
         .any(|e| matches!(e, Event::Stream(StreamEvent::Writable(id)) if *id == s)));
+}
+
+#[test]
+fn streams_past_the_limit_are_refused() {
+    let mut p = Pair::with_connector_limits(Limits {
+        max_streams: 1,
+        ..Limits::default()
+    });
+    let get = || Request::get("http://o/").body(()).unwrap();
+    let first = p.e.open(RequestKind::Http, get(), false).expect("first");
+    let second = p.e.open(RequestKind::Http, get(), false).expect("second");
+    p.run();
+    p.request();
+    assert!(p.c_events.is_empty(), "the second stream never surfaces");
+    assert_eq!(p.c.open_streams(), 1);
+    assert!(p.e_events.iter().any(|e| matches!(e,
+        Event::Stream(StreamEvent::Reset { stream, reason }) if *stream == second && *reason == h2::Reason::REFUSED_STREAM)));
+    assert!(!p.e_events.iter().any(
+        |e| matches!(e, Event::Stream(StreamEvent::Reset { stream, .. }) if *stream == first)
+    ));
 }
