@@ -66,7 +66,8 @@ pub enum Event {
     },
     /// A stream became readable or writable, or was reset.
     Stream(StreamEvent),
-    /// The connection is over (`None`: cleanly). Flush the last `Transmit`, then close.
+    /// The connection is over (`None`: cleanly) and every stream with it. Flush the last
+    /// `Transmit`, then close the socket.
     Closed(Option<ConnectionError>),
 }
 
@@ -83,7 +84,9 @@ pub struct IncomingRequest {
     pub stream: StreamId,
     /// What it is for.
     pub kind: RequestKind,
-    /// Method, URI (`:authority` is the TCP destination for [`RequestKind::Tcp`]) and headers.
+    /// Method, URI and headers as the edge sent them; [`super::request::prepare_for_origin`]
+    /// makes them what cloudflared proxies, [`super::request::tcp_destination`] reads a TCP
+    /// stream's destination.
     pub head: http::request::Parts,
 }
 
