@@ -7,6 +7,7 @@ pub mod control;
 pub mod datagram;
 pub mod edge;
 pub mod flow;
+pub mod http2;
 pub mod icmp;
 pub mod ingress;
 pub mod quic;
