@@ -8,6 +8,7 @@
 
 pub mod connector;
 pub mod edge;
+pub mod features;
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;

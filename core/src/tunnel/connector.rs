@@ -410,6 +410,11 @@ impl ConnectorConnection {
         self.conn.datagrams().max_size()
     }
 
+    /// The path MTU quinn assumes now (the initial MTU until discovery raises it).
+    pub fn path_mtu(&self) -> u16 {
+        self.conn.current_mtu()
+    }
+
     /// quinn's counters for the connection (frames, packets, path).
     pub fn quic_stats(&self) -> quinn_proto::ConnectionStats {
         self.conn.stats()

@@ -30,7 +30,7 @@ use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
-use super::connector::{ConnectorConfig, ConnectorConnection, ConnectorError, ConnectorEvent};
+use super::connector::{ConnectorConfig, ConnectorConnection, ConnectorEvent};
 use super::data::{FlowId, OriginAction};
 use super::udp::{DatagramHub, Egress, HubAction, Links};
 use super::{Received, Transmit};
@@ -38,8 +38,9 @@ use crate::control::{ConnectionDetails, RegistrationError};
 use crate::datagram::LinkId;
 use crate::flow::{effective_limit, FlowLimiter};
 use crate::icmp::{FunnelId, IcmpRouter, RouterConfig};
-use crate::ingress::WarpRoutingConfig;
-use crate::rpc_stream::ConfigUpdateResult;
+use crate::ingress::RemoteConfig;
+use crate::quic::transport::QuicSettings;
+use crate::rpc_stream::ConfigVersions;
 use crate::session::{SessionAction, SessionId, SessionLimits, SessionManager, UdpFlowId};
 
 /// Which address families of the edge to use (`--edge-ip-version`).
@@ -63,6 +64,18 @@ pub enum PoolError {
     /// Nothing survived the IP-version filter.
     #[error("no edge address of the requested IP version")]
     NoAddressOfVersion,
+    /// SRV discovery found fewer than the two regions cloudflared needs.
+    #[error("expected at least 2 Cloudflare Regions regions, but SRV only returned {0}")]
+    TooFewRegions(usize),
+}
+
+/// The SRV name of the edge (cloudflared's `edgediscovery`): the global service, or
+/// `--region`'s (`us`, ...) when one is given.
+pub fn srv_service(region: Option<&str>) -> String {
+    match region {
+        Some(r) if !r.is_empty() => format!("_{r}-v2-origintunneld._tcp.argotunnel.com."),
+        _ => "_v2-origintunneld._tcp.argotunnel.com.".to_owned(),
+    }
 }
 
 /// One region's addresses, split by family as cloudflared's `Region` does.
@@ -131,6 +144,18 @@ impl EdgePool {
             return Err(PoolError::NoAddressOfVersion);
         }
         Ok(pool)
+    }
+
+    /// Addresses of the SRV targets of [`srv_service`], in the resolver's order: the first two
+    /// targets are the two regions, more are ignored (cloudflared's `ResolveEdge`).
+    pub fn from_srv_targets(
+        targets: &[Vec<SocketAddr>],
+        version: IpVersion,
+    ) -> Result<Self, PoolError> {
+        match targets {
+            [r1, r2, ..] => Self::from_regions(r1, r2, version),
+            _ => Err(PoolError::TooFewRegions(targets.len())),
+        }
     }
 
     /// A static `--edge` list: entries alternate between the two regions as in cloudflared,
@@ -326,6 +351,9 @@ pub struct SupervisorConfig {
     /// ICMP proxy: source (and ping-socket bind) addresses, funnel idle time and bound. A
     /// family without a source address is not proxied.
     pub icmp: RouterConfig,
+    /// QUIC transport settings; each attempt gets a transport configuration for its edge's
+    /// address family (the initial MTU differs).
+    pub quic: QuicSettings,
 }
 
 impl SupervisorConfig {
@@ -342,6 +370,7 @@ impl SupervisorConfig {
             max_active_flows: None,
             local_max_active_flows: None,
             icmp: RouterConfig::default(),
+            quic: QuicSettings::default(),
         }
     }
 }
@@ -411,16 +440,25 @@ pub enum SupervisorEvent {
         /// HA index.
         index: u8,
     },
-    /// The edge offers remote configuration; answer with [`Supervisor::respond_configuration`].
-    ConfigurationOffered {
-        /// Which attempt.
-        link: LinkId,
-        /// RPC stream to answer on.
-        stream: StreamId,
+    /// A remote configuration was applied: its ingress serves new requests, its
+    /// `warp-routing` sets the flow limit.
+    ConfigurationApplied {
+        /// The version now in force.
+        version: i32,
+    },
+    /// A remote configuration was refused (the previous one stays); the edge is told why.
+    ConfigurationRefused {
         /// Offered version.
         version: i32,
-        /// JSON.
-        config: Vec<u8>,
+        /// Why.
+        error: String,
+    },
+    /// The flow limit changed (a remote configuration's `warp-routing`). Active flows stay.
+    FlowLimitChanged {
+        /// New limit (0: unlimited).
+        limit: u64,
+        /// Flows active now.
+        active: u64,
     },
     /// Pushing the local configuration failed (logged, not fatal).
     LocalConfigurationFailed {
@@ -492,6 +530,8 @@ pub struct Supervisor {
     /// Datagram-v2 registrations waiting for the session manager's answer: the RPC streams to
     /// answer on (a retried call may wait beside the first; one answer serves both).
     v2_calls: HashMap<(LinkId, SessionId), Vec<StreamId>>,
+    /// Remote configuration versions (cloudflared's orchestrator).
+    versions: ConfigVersions,
 }
 
 /// The running connections, by link, as the hub sees them.
@@ -562,6 +602,7 @@ impl Supervisor {
             cursor: 0,
             hub,
             v2_calls: HashMap::new(),
+            versions: ConfigVersions::new(),
         }
     }
 
@@ -729,18 +770,6 @@ impl Supervisor {
         self.with_link(now, link, |c| c.handle_flow_written(now, flow));
     }
 
-    /// Answers a configuration offer.
-    pub fn respond_configuration(
-        &mut self,
-        now: Instant,
-        link: LinkId,
-        stream: StreamId,
-        result: &ConfigUpdateResult,
-    ) -> Result<(), ConnectorError> {
-        self.with_link(now, link, |c| c.respond_configuration(now, stream, result))
-            .unwrap_or(Ok(()))
-    }
-
     /// Takes the datagrams every connection received (call after every input, at least after
     /// [`Supervisor::handle_datagram`]). What must leave through an origin UDP socket or a ping
     /// socket now is handed to `egress`, borrowed from the datagram; sessions being opened keep
@@ -756,6 +785,25 @@ impl Supervisor {
             }
         }
         self.hub.stats().datagrams_in - before
+    }
+
+    /// Takes received datagrams until one leaves something for a socket (see
+    /// [`DatagramHub::pull`]); true while something is held for
+    /// [`Supervisor::take_egress`].
+    pub(crate) fn pull_egress(&mut self, now: Instant) -> bool {
+        for s in &mut self.slots {
+            if let Phase::Running(r) = &mut s.phase {
+                if self.hub.pull(now, r.link, &mut r.conn) {
+                    return true;
+                }
+            }
+        }
+        false
+    }
+
+    /// What [`Supervisor::pull_egress`] held.
+    pub(crate) fn take_egress(&mut self) -> Option<Egress<'_>> {
+        self.hub.take_egress()
     }
 
     /// `len` bytes the origin socket of `flow` read sit at `buf[HEADROOM..]` (`buf` holds
@@ -825,18 +873,6 @@ impl Supervisor {
     /// forgotten (the driver drops whatever socket it has).
     pub fn handle_funnel_failed(&mut self, funnel: FunnelId) {
         self.hub.icmp.handle_funnel_failed(funnel);
-    }
-
-    /// Applies an accepted remote configuration's `warp-routing` to the flow limit (unless
-    /// `--max-active-flows` overrides it), as cloudflared's orchestrator does on every update.
-    /// Flows already active stay.
-    pub fn apply_warp_routing(&mut self, warp_routing: &WarpRoutingConfig) {
-        let limit = effective_limit(self.config.max_active_flows, warp_routing.max_active_flows);
-        let flows = self.flow_limiter();
-        if flows.limit() != limit {
-            info!(limit, active = flows.active(), "flow limit changed");
-            flows.set_limit(limit);
-        }
     }
 
     /// The process-wide flow limiter (TCP flows and UDP sessions), for its counters.
@@ -942,6 +978,10 @@ impl Supervisor {
             u8::try_from(self.slots[i].backoff.retries).unwrap_or(u8::MAX);
         // cloudflared sends the edge's address here on QUIC (PROTOCOL.md C§7 #24).
         config.registration.origin_local_ip = Some(edge.ip());
+        // Only here is the family known: an IPv6 path has 20 bytes less room per packet.
+        config
+            .client
+            .transport_config(self.config.quic.transport_config(edge.is_ipv4()));
         if index != 0 {
             config.local_config = None;
         }
@@ -1062,14 +1102,47 @@ impl Supervisor {
                         stream,
                         version,
                         config,
-                    } => self
-                        .events
-                        .push_back(SupervisorEvent::ConfigurationOffered {
-                            link: r.link,
-                            stream,
-                            version,
-                            config,
-                        }),
+                    } => {
+                        let ingress = self.config.connector.data.ingress.as_ref();
+                        let hub = &self.hub;
+                        let max_active_flows = self.config.max_active_flows;
+                        let events = &mut self.events;
+                        let result = self.versions.offer(version, || {
+                            let (remote, new) =
+                                RemoteConfig::from_json(&config).map_err(|e| e.to_string())?;
+                            if let Some(shared) = ingress {
+                                *shared
+                                    .write()
+                                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                                    std::sync::Arc::new(new);
+                            }
+                            let limit = effective_limit(
+                                max_active_flows,
+                                remote.warp_routing.max_active_flows,
+                            );
+                            let flows = hub.sessions.flow_limiter();
+                            if flows.limit() != limit {
+                                flows.set_limit(limit);
+                                events.push_back(SupervisorEvent::FlowLimitChanged {
+                                    limit,
+                                    active: flows.active(),
+                                });
+                            }
+                            Ok(())
+                        });
+                        self.events.push_back(match &result.error {
+                            None => SupervisorEvent::ConfigurationApplied {
+                                version: result.latest_applied_version,
+                            },
+                            Some(error) => SupervisorEvent::ConfigurationRefused {
+                                version,
+                                error: error.clone(),
+                            },
+                        });
+                        if let Err(e) = r.conn.respond_configuration(now, stream, &result) {
+                            debug!(link = %r.link, error = %e, "cannot answer the configuration push");
+                        }
+                    }
                     ConnectorEvent::UdpSessionRequested {
                         stream,
                         id,

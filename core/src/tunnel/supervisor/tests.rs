@@ -86,8 +86,6 @@ struct World {
     edge_datagrams: Vec<(ConnId, Vec<u8>)>,
     /// Origin actions (data-stream flows), for the tests that serve requests.
     origin_actions: Vec<(LinkId, OriginAction)>,
-    /// Remote configuration versions, answered as the daemon does.
-    versions: crate::rpc_stream::ConfigVersions,
 }
 
 /// The origin side of the datagram plane, as a driver would see it.
@@ -139,7 +137,6 @@ impl World {
             origin: Origin::default(),
             edge_datagrams: Vec::new(),
             origin_actions: Vec::new(),
-            versions: crate::rpc_stream::ConfigVersions::new(),
         }
     }
 
@@ -235,9 +232,6 @@ impl World {
                 }
             }
             while let Some(e) = self.sup.poll_event() {
-                if let SupervisorEvent::ConfigurationOffered { .. } = &e {
-                    self.apply_configuration(&e);
-                }
                 self.events.push((self.now - self.start, e));
                 any = true;
             }
@@ -574,6 +568,46 @@ fn pool_balances_regions_and_rotates() {
     );
     let c = pool.get_different_addr(now, 0, false, &mut rng).expect("c");
     assert_ne!(c, a);
+}
+
+/// Each attempt's transport fits its edge's family: an IPv6 edge gets 1232-byte initial
+/// packets (1232 + 48 bytes of IPv6 and UDP headers = 1280), an IPv4 one 1252.
+#[test]
+fn each_attempt_gets_the_initial_mtu_of_its_edge_family() {
+    let (_, client) = tls_pair();
+    for (edge, mtu) in [("[2001:db8::1]:7844", 1232), ("192.0.2.1:7844", 1252)] {
+        let now = Instant::now();
+        let mut config = SupervisorConfig::new(connector_config(client.clone()));
+        config.ha_connections = 1;
+        let pool = EdgePool::from_static(&[edge.parse().expect("addr")]).expect("pool");
+        let mut sup = Supervisor::new(now, config, pool, 1);
+        sup.handle_timeout(now);
+        let Phase::Running(r) = &sup.slots[0].phase else {
+            panic!("index 0 did not start");
+        };
+        assert_eq!(r.conn.path_mtu(), mtu, "{edge}");
+    }
+}
+
+#[test]
+fn srv_names_and_regions() {
+    assert_eq!(srv_service(None), "_v2-origintunneld._tcp.argotunnel.com.");
+    assert_eq!(
+        srv_service(Some("")),
+        "_v2-origintunneld._tcp.argotunnel.com."
+    );
+    assert_eq!(
+        srv_service(Some("us")),
+        "_us-v2-origintunneld._tcp.argotunnel.com."
+    );
+    let a: SocketAddr = "192.0.2.1:7844".parse().expect("addr");
+    assert_eq!(
+        EdgePool::from_srv_targets(&[vec![a]], IpVersion::Auto).err(),
+        Some(PoolError::TooFewRegions(1))
+    );
+    let b: SocketAddr = "192.0.2.2:7844".parse().expect("addr");
+    let pool = EdgePool::from_srv_targets(&[vec![a], vec![b], vec![]], IpVersion::Auto);
+    assert_eq!(pool.expect("two regions").capacity(), 2);
 }
 
 #[test]

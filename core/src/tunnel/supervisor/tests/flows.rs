@@ -4,34 +4,10 @@
 
 use super::*;
 use crate::flow::FlowType;
-use crate::ingress::RemoteConfig;
 use crate::stream::connect::{ConnectRequest, ConnectionType};
 use crate::stream::proxy::{FlowKind, RATE_LIMITED};
 
 impl World {
-    /// What the daemon does with a configuration offer: version check, parse, apply the
-    /// `warp-routing` limit, answer.
-    pub(super) fn apply_configuration(&mut self, offer: &SupervisorEvent) {
-        let SupervisorEvent::ConfigurationOffered {
-            link,
-            stream,
-            version,
-            config,
-        } = offer
-        else {
-            return;
-        };
-        let sup = &mut self.sup;
-        let result = self.versions.offer(*version, || {
-            let (remote, _) = RemoteConfig::from_json(config).map_err(|e| e.to_string())?;
-            sup.apply_warp_routing(&remote.warp_routing);
-            Ok(())
-        });
-        self.sup
-            .respond_configuration(self.now, *link, *stream, &result)
-            .expect("answer the push");
-    }
-
     /// The edge opens a TCP data stream to `dest` on `conn`.
     fn open_tcp(&mut self, conn: ConnId, dest: &str) -> StreamId {
         let request = ConnectRequest {
