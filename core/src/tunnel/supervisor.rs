@@ -30,11 +30,13 @@ use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
-use super::connector::{ConnectorConfig, ConnectorConnection, ConnectorEvent};
+use super::connector::{
+    CloseReason, ConnectorConfig, ConnectorConnection, ConnectorEvent, LocalClose,
+};
 use super::data::{FlowId, OriginAction};
 use super::udp::{DatagramHub, Egress, HubAction, Links};
 use super::{Received, Transmit};
-use crate::control::{ConnectionDetails, RegistrationError};
+use crate::control::{ConnectionDetails, Refusal, RegistrationError};
 use crate::datagram::LinkId;
 use crate::flow::{effective_limit, FlowLimiter};
 use crate::icmp::{FunnelId, IcmpRouter, RouterConfig};
@@ -423,8 +425,8 @@ pub enum SupervisorEvent {
         index: u8,
         /// Which attempt.
         link: LinkId,
-        /// Why, in words.
-        reason: String,
+        /// Why.
+        reason: CloseReason,
         /// Whether it had registered.
         was_registered: bool,
     },
@@ -489,7 +491,6 @@ struct Running {
     link: LinkId,
     edge: SocketAddr,
     registered: bool,
-    refused: Option<RegistrationError>,
 }
 
 struct Slot {
@@ -928,7 +929,7 @@ impl Supervisor {
                 self.events.push_back(SupervisorEvent::LinkClosed {
                     index: s.index,
                     link: r.link,
-                    reason: "closed at shutdown".into(),
+                    reason: CloseReason::Local(LocalClose::Shutdown),
                     was_registered: r.registered,
                 });
                 // Keep it around only to flush its CONNECTION_CLOSE.
@@ -999,7 +1000,6 @@ impl Supervisor {
                     link,
                     edge,
                     registered: false,
-                    refused: None,
                 }));
             }
             Err(e) => {
@@ -1090,7 +1090,6 @@ impl Supervisor {
                         });
                     }
                     ConnectorEvent::RegistrationFailed(error) => {
-                        r.refused = Some(error.clone());
                         self.events
                             .push_back(SupervisorEvent::RegistrationFailed { index, error });
                     }
@@ -1211,7 +1210,7 @@ impl Supervisor {
         }
     }
 
-    fn on_closed(&mut self, now: Instant, i: usize, reason: String) {
+    fn on_closed(&mut self, now: Instant, i: usize, reason: CloseReason) {
         let Phase::Running(r) = std::mem::replace(&mut self.slots[i].phase, Phase::Stopped) else {
             return;
         };
@@ -1227,32 +1226,23 @@ impl Supervisor {
             reason: reason.clone(),
             was_registered: r.registered,
         });
-        if let Some(refused) = &r.refused {
+        if let CloseReason::Local(LocalClose::Refused(refused)) = &reason {
             // cloudflared: a permanent refusal of the first connection ends the process unless
-            // its cause says Unauthorized; everything else is retried forever.
-            if self.state == State::Starting
-                && !refused.should_retry
-                && !refused.is_duplicate_connection()
-                && !refused.cause.contains("Unauthorized")
-            {
+            // it is a duplicate or unauthorized; everything else is retried forever.
+            let refusal = refused.refusal();
+            if self.state == State::Starting && !refused.should_retry && refusal == Refusal::Other {
                 self.fatal(
                     now,
                     SupervisorError::InitialConnection(refused.cause.clone()),
                 );
                 return;
             }
-            let rotate = refused.is_duplicate_connection();
-            self.retry(now, i, false, rotate);
+            self.retry(now, i, false, refusal == Refusal::DuplicateConnection);
             return;
         }
         let dial_failure = !r.registered;
         // An idle timeout of a served connection means the path to that edge died: rotate.
-        let rotate = reason.contains("timed out");
-        if matches!(self.state, State::ShuttingDown(_)) {
-            debug!(conn_index = index, link = %r.link, %reason, "connection closed at shutdown");
-        } else {
-            warn!(conn_index = index, link = %r.link, %reason, "connection closed");
-        }
+        let rotate = reason == CloseReason::TimedOut;
         self.retry(now, i, dial_failure, rotate);
     }
 }
