@@ -463,11 +463,6 @@ impl ConnectorConnection {
         send_datagram(&mut self.conn, datagram)
     }
 
-    /// The largest datagram the connection carries now (peer limit and path MTU).
-    pub fn max_datagram_size(&mut self) -> Option<usize> {
-        self.conn.datagrams().max_size()
-    }
-
     /// The path MTU quinn assumes now (the initial MTU until discovery raises it).
     pub fn path_mtu(&self) -> u16 {
         self.conn.current_mtu()
