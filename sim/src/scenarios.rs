@@ -10,7 +10,9 @@ use burrow_core::control::{ConnectionDetails, Registration, RegistrationError};
 use burrow_core::quic::tls::{self, PostQuantum};
 use burrow_core::quic::transport::QuicSettings;
 use burrow_core::quic::SERVER_NAME;
-use burrow_core::tunnel::connector::{ConnectorConfig, ConnectorConnection, ConnectorEvent};
+use burrow_core::tunnel::connector::{
+    CloseReason, ConnectorConfig, ConnectorConnection, ConnectorEvent,
+};
 use burrow_core::tunnel::data::DataLimits;
 use burrow_core::tunnel::edge::{EdgeEndpoint, EdgeEvent};
 use quinn_proto::{ClientConfig, ServerConfig};
@@ -473,7 +475,7 @@ fn partition(p: &Params) -> Result<u64, String> {
     })?;
     let (at, reason) = connector_closed.ok_or("connector never noticed the partition")?;
     expect(
-        reason.contains("timed out"),
+        reason == CloseReason::TimedOut,
         "closed by the idle timeout",
         w,
     )?;
