@@ -763,7 +763,7 @@ fn serve(
 /// Connector `c`'s connection died (`reason`): it must leave nothing behind, neither streams,
 /// buffers, RPC calls or timers of its own, nor (once the origins acted on what it said last)
 /// origin connections.
-fn lost_connection(s: &mut Setup, c: usize, reason: &str) -> Result<(), String> {
+fn lost_connection(s: &mut Setup, c: usize, reason: &CloseReason) -> Result<(), String> {
     let w = &mut s.world;
     w.trace
         .record(w.now, &format!("connector {c} lost: {reason}"));

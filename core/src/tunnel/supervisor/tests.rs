@@ -616,7 +616,7 @@ fn a_first_registration_that_times_out_is_retried_not_fatal() {
     let mut w = World::new(1, 9);
     w.answer = Answer::Silent;
     w.run(Duration::from_secs(30), |w| w.connecting().len() >= 3);
-    assert!(!w.sup.is_stopped(), "gave up: {:?}", w.events);
+    assert!(!w.connector.is_stopped(), "gave up: {:?}", w.events);
     assert!(
         !w.events
             .iter()
