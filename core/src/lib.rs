@@ -3,9 +3,12 @@
 //! Nothing in this crate touches sockets, clocks, threads or an async runtime. Codecs decode in
 //! place over borrowed slices and encode into caller-provided buffers.
 
+pub mod connector;
 pub mod control;
 pub mod datagram;
+pub mod edge;
 pub mod flow;
+pub mod http2;
 pub mod icmp;
 pub mod ingress;
 pub mod quic;

@@ -1,10 +1,11 @@
-//! The connector daemon (`burrow tunnel run`): a thin tokio driver around burrow-core's
-//! [`Supervisor`]. It owns the UDP sockets (one per HA index, as cloudflared), the origin
-//! connections, the datagram sockets of UDP sessions and ICMP funnels ([`DatagramSockets`])
-//! and the timer; every protocol decision is the supervisor's.
+//! The connector daemon (`burrow tunnel run`): a tokio driver around burrow-core's
+//! [`Connector`]. It owns the UDP sockets (one per HA index, as cloudflared), the origin
+//! connections (one task each, reporting back on a channel), the datagram sockets of UDP
+//! sessions and ICMP funnels ([`DatagramSockets`]) and the timer; every protocol decision is
+//! the connector's.
 //!
-//! The loop follows the sans-IO rule: after every input, drain every `poll_*` until empty,
-//! then sleep until `poll_timeout`.
+//! The loop is str0m's: feed one input, drain `poll_output` until it says `Timeout`, then wait
+//! for I/O or the deadline.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -12,19 +13,21 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use burrow_core::connector::{Connector, Event, Input, Io, Output};
+use burrow_core::control::features::features;
 use burrow_core::control::Registration;
 use burrow_core::datagram::LinkId;
-use burrow_core::ingress::{Ingress, RemoteConfig};
+use burrow_core::icmp::FunnelId;
+use burrow_core::ingress::Ingress;
 use burrow_core::quic::tls::{self, PostQuantum};
-use burrow_core::quic::transport::QuicSettings;
-use burrow_core::rpc_stream::ConfigVersions;
+use burrow_core::session::UdpFlowId;
 use burrow_core::stream::proxy::FlowKind;
 use burrow_core::tunnel::connector::ConnectorConfig;
-use burrow_core::tunnel::data::{DataLimits, FlowId, OriginAction};
+use burrow_core::tunnel::data::{DataLimits, FlowId};
 use burrow_core::tunnel::supervisor::{
-    EdgePool, IpVersion, Supervisor, SupervisorConfig, SupervisorError, SupervisorEvent,
+    srv_service, EdgePool, IpVersion, SupervisorConfig, SupervisorError,
 };
-use bytes::Bytes;
+use burrow_core::tunnel::Transmit;
 use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
@@ -101,16 +104,6 @@ pub enum RunError {
     Socket(#[from] std::io::Error),
 }
 
-/// cloudflared's default feature list (PROTOCOL.md C§2.6), with datagram v3 chosen.
-const DEFAULT_FEATURES: &[&str] = &[
-    "allow_remote_config",
-    "serialized_headers",
-    "support_datagram_v2",
-    "support_quic_eof",
-    "management_logs",
-    "support_datagram_v3_2",
-];
-
 /// Fresh OS randomness for seeds.
 pub fn random_u64() -> u64 {
     let mut b = [0u8; 8];
@@ -143,10 +136,7 @@ pub async fn discover(edges: &Edges, ip_version: IpVersion) -> Result<EdgePool, 
             EdgePool::from_static(&addrs).map_err(|e| RunError::Discovery(e.to_string()))
         }
         Edges::Srv { region } => {
-            let service = match region {
-                Some(r) if !r.is_empty() => format!("_{r}-v2-origintunneld._tcp.argotunnel.com."),
-                _ => "_v2-origintunneld._tcp.argotunnel.com.".to_owned(),
-            };
+            let service = srv_service(region.as_deref());
             let resolver = hickory_resolver::Resolver::builder_tokio()
                 .map_err(|e| RunError::Discovery(e.to_string()))?
                 .build();
@@ -158,12 +148,7 @@ pub async fn discover(edges: &Edges, ip_version: IpVersion) -> Result<EdgePool, 
                 .iter()
                 .map(|r| (r.target().to_utf8(), r.port()))
                 .collect();
-            if targets.len() < 2 {
-                return Err(RunError::Discovery(format!(
-                    "expected at least 2 Cloudflare Regions regions, but SRV only returned {}",
-                    targets.len()
-                )));
-            }
+            // Only the first two targets are regions; resolve no more.
             let mut regions = Vec::new();
             for (target, port) in targets.iter().take(2) {
                 let ips = resolver
@@ -176,7 +161,7 @@ pub async fn discover(edges: &Edges, ip_version: IpVersion) -> Result<EdgePool, 
                         .collect::<Vec<_>>(),
                 );
             }
-            EdgePool::from_regions(&regions[0], &regions[1], ip_version)
+            EdgePool::from_srv_targets(&regions, ip_version)
                 .map_err(|e| RunError::Discovery(e.to_string()))
         }
     }
@@ -200,13 +185,6 @@ fn edge_roots(cacert: Option<&[u8]>) -> Result<rustls::RootCertStore, tls::TlsEr
     Ok(roots)
 }
 
-struct Flow {
-    handle: FlowHandle,
-    /// Bytes the connection could not take yet; the flow reads again once they are taken.
-    pending: Option<Bytes>,
-    kind: FlowKind,
-}
-
 /// Runs the connector until shut down. Each message on `shutdown` is one signal: the first
 /// starts a graceful shutdown, the second closes at once.
 pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Result<(), RunError> {
@@ -218,17 +196,8 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     } else {
         PostQuantum::Prefer
     };
-    let mut client = quinn_proto::ClientConfig::new(Arc::new(tls::client_config(roots, pq)?));
-    client.transport_config(QuicSettings::default().transport_config(true));
-    let mut features: Vec<String> = DEFAULT_FEATURES.iter().map(|s| (*s).to_owned()).collect();
-    if opts.post_quantum {
-        features.push("postquantum".into());
-    }
-    for f in &opts.features {
-        if !features.contains(f) && f != "support_datagram_v3" && f != "support_datagram_v3_1" {
-            features.push(f.clone());
-        }
-    }
+    let client = quinn_proto::ClientConfig::new(Arc::new(tls::client_config(roots, pq)?));
+    let features = features(opts.post_quantum, &opts.features);
     let metrics = opts.metrics.clone();
     let registration = Registration::new(
         opts.creds.account_tag.clone(),
@@ -260,202 +229,57 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     if let Some(sources) = opts.icmp {
         config.icmp = icmp_config(sources);
     }
-    let mut sup = Supervisor::new(Instant::now(), config, pool, random_u64());
-    metrics.ha_connections.set(sup.ha_connections() as i64);
+    let mut machine = Connector::new(Instant::now(), config, pool, random_u64());
+    metrics.ha_connections.set(machine.ha_connections() as i64);
     info!(
         tunnel_id = %opts.creds.tunnel_id,
         connector_id = %metrics.connector_id,
         "Starting tunnel"
     );
-
     let dialer = Dialer {
         roots: Arc::new(rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         }),
     };
-    let (flow_tx, mut flow_rx) = mpsc::unbounded_channel::<Report>();
-    // The QUIC socket of each HA index; the loop reads them directly (batched, into reused
-    // buffers): no reader task, no copy per datagram.
-    let mut sockets: HashMap<u8, QuicSocket> = HashMap::new();
-    let mut recv_bufs = RecvBufs::new();
-    let mut last_read = 0u8;
-    let mut flows: HashMap<(LinkId, FlowId), Flow> = HashMap::new();
-    let mut versions = ConfigVersions::new();
-    let (socket_tx, mut socket_rx) = mpsc::channel::<SocketEvent>(crate::datagram::CHANNEL_DEPTH);
-    let mut datagrams = DatagramSockets::new(socket_tx);
-    // Room for a GSO batch of full-size datagrams.
-    let mut buf = Vec::with_capacity(64 * 1500);
+    let mut io = DriverIo::new(dialer, metrics.clone());
     let mut fatal = None;
     let mut signals = 0u32;
 
     loop {
-        // Drain everything (events first: they open the sockets transmits go out of).
-        loop {
+        // Drain every output; the connector orders them.
+        let deadline = loop {
             let now = Instant::now();
-            let mut progress = false;
-            while let Some(ev) = sup.poll_event() {
-                progress = true;
-                match ev {
-                    SupervisorEvent::Connecting { index, link, edge } => {
-                        debug!(conn_index = index, %link, %edge, "dialing edge");
-                        let fits = sockets
-                            .get(&index)
-                            .and_then(|s| s.local_addr().ok())
-                            .is_some_and(|a| a.is_ipv4() == edge.is_ipv4());
-                        if !fits {
-                            match open_socket(edge).await {
-                                Ok(s) => {
-                                    sockets.insert(index, s);
-                                }
-                                Err(e) => {
-                                    error!(conn_index = index, error = %e, "cannot open UDP socket")
-                                }
-                            }
-                        }
-                    }
-                    SupervisorEvent::Registered {
-                        index,
-                        link: _,
-                        edge,
-                        details,
-                    } => {
-                        info!(
-                            conn_index = index,
-                            connection = %details.uuid,
-                            event = 0,
-                            ip = %edge.ip(),
-                            location = %details.location,
-                            protocol = "quic",
-                            "Registered tunnel connection"
-                        );
-                        metrics
-                            .register_success
-                            .with_label_values(&["registerConnection"])
-                            .inc();
-                        metrics.registered.notify_one();
-                        metrics
-                            .server_locations
-                            .with_label_values(&[&index.to_string(), &details.location])
-                            .set(1);
-                    }
-                    SupervisorEvent::RegistrationFailed { index, error } => {
-                        let kind = if error.is_duplicate_connection() {
-                            "dup_edge_conn"
-                        } else {
-                            "server_error"
-                        };
-                        metrics
-                            .register_fail
-                            .with_label_values(&[kind, "registerConnection"])
-                            .inc();
-                        error!(conn_index = index, cause = %error.cause, "Register tunnel error from server side");
-                    }
-                    SupervisorEvent::LinkClosed {
-                        index,
-                        link,
-                        reason,
-                        was_registered,
-                    } => {
-                        if was_registered && !sup_stopping(signals) {
-                            warn!(conn_index = index, %link, %reason, "Connection terminated");
-                        } else {
-                            debug!(conn_index = index, %link, %reason, "connection attempt failed");
-                        }
-                        let gone: Vec<_> =
-                            flows.keys().filter(|(l, _)| *l == link).copied().collect();
-                        for key in gone {
-                            if let Some(f) = flows.remove(&key) {
-                                close_flow_metrics(&metrics, f.kind);
-                            }
-                        }
-                    }
-                    SupervisorEvent::Reconnecting { index, delay } => {
-                        info!(conn_index = index, ?delay, "Retrying connection");
-                    }
-                    SupervisorEvent::FallbackUnavailable { index } => {
-                        warn!(conn_index = index, "QUIC keeps failing and burrow has no http2 fallback yet; check that UDP to the edge port is allowed");
-                    }
-                    SupervisorEvent::ConfigurationOffered {
-                        link,
-                        stream,
-                        version,
-                        config,
-                    } => {
-                        let ingress = ingress.clone();
-                        let result = versions.offer(version, || {
-                            let (remote, new) =
-                                RemoteConfig::from_json(&config).map_err(|e| e.to_string())?;
-                            if let Ok(mut w) = ingress.write() {
-                                *w = Arc::new(new);
-                            }
-                            sup.apply_warp_routing(&remote.warp_routing);
-                            Ok(())
-                        });
-                        if result.error.is_none() {
-                            metrics
-                                .config_version
-                                .set(i64::from(result.latest_applied_version));
-                            info!(version, "Updated to new configuration");
-                        } else {
-                            warn!(version, error = ?result.error, "remote configuration refused");
-                        }
-                        if let Err(e) = sup.respond_configuration(now, link, stream, &result) {
-                            warn!(%link, error = %e, "cannot answer the configuration push");
-                        }
-                    }
-                    SupervisorEvent::LocalConfigurationFailed { index, reason } => {
-                        warn!(conn_index = index, %reason, "Failed to update local configuration");
-                    }
-                    SupervisorEvent::Fatal(e) => fatal = Some(e),
-                    SupervisorEvent::Stopped => {}
+            let answer = match machine.poll_output(now) {
+                Output::Timeout(deadline) => break deadline,
+                Output::Transmit {
+                    index,
+                    transmit,
+                    data,
+                } => {
+                    io.transmit(index, &transmit, data);
+                    None
                 }
-            }
-            metrics
-                .ready
-                .store(sup.ready_connections(), Ordering::Relaxed);
-            while let Some((link, action)) = sup.poll_origin_action() {
-                progress = true;
-                on_action(
-                    now, &mut sup, &dialer, &mut flows, &flow_tx, &metrics, link, action,
-                );
-            }
-            // Datagrams the connections received, then the socket work they call for.
-            let pings_before = datagrams.stats().pings_sent;
-            if sup.drain_datagrams(now, |e| datagrams.egress(e)) > 0 {
-                progress = true;
-            }
-            while let Some(action) = sup.poll_datagram_action(now) {
-                progress = true;
-                let outcome = datagrams.act(action);
-                DatagramSockets::report(&mut sup, now, outcome);
-            }
-            datagrams.flush_deferred();
-            metrics
-                .icmp_total_requests
-                .inc_by(datagrams.stats().pings_sent - pings_before);
-            let segments = max_segments(&sockets);
-            while let Some((index, t)) = sup.poll_transmit(now, segments, &mut buf) {
-                progress = true;
-                if let Some(s) = sockets.get(&index) {
-                    // Non-blocking: a full socket buffer drops the datagrams, which QUIC's loss
-                    // recovery handles like any other loss.
-                    if let Err(e) = s.try_send(&t, &buf) {
-                        if e.kind() != std::io::ErrorKind::WouldBlock {
-                            debug!(conn_index = index, error = %e, "send failed");
-                        }
+                Output::Io(work) => io.act(work).await,
+                Output::Event(e) => {
+                    if let Event::Fatal(err) = &e {
+                        fatal = Some(err.clone());
                     }
+                    on_event(&metrics, e, signals > 0);
+                    None
                 }
+            };
+            if let Some(answer) = answer {
+                machine.handle_input(now, answer.as_input());
             }
-            if !progress {
-                break;
-            }
-        }
-        metrics.update_datagrams(sup.datagram_hub(), &datagrams);
-        metrics.update_flows(sup.flow_limiter());
-        if sup.is_stopped() {
+        };
+        metrics
+            .ready
+            .store(machine.ready_connections(), Ordering::Relaxed);
+        metrics.update_datagrams(machine.datagram_hub(), &io.datagrams);
+        metrics.update_flows(machine.flow_limiter());
+        if machine.is_stopped() {
             break;
         }
-        let deadline = sup.poll_timeout();
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
@@ -463,34 +287,36 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             }
         };
         tokio::select! {
-            index = readable(&sockets, last_read) => {
+            index = readable(&io.sockets, io.last_read) => {
                 let now = Instant::now();
-                last_read = index;
-                if let Some(s) = sockets.get(&index) {
-                    let got = s.read_round(&mut recv_bufs, |r| sup.handle_received(now, index, r));
+                io.last_read = index;
+                if let Some(s) = io.sockets.get(&index) {
+                    let got = s.read_round(&mut io.recv_bufs, |received| {
+                        machine.handle_input(now, Input::Received { index, received: *received });
+                    });
                     if let Err(e) = got {
                         debug!(conn_index = index, error = %e, "UDP receive error");
                     }
                 }
             }
-            Some(event) = socket_rx.recv() => {
+            Some(event) = io.socket_rx.recv() => {
                 let now = Instant::now();
-                on_socket_event(now, &mut sup, &mut datagrams, &metrics, event);
+                on_socket_event(now, &mut machine, &mut io.datagrams, &metrics, event);
                 // A bounded batch, so timers and the edge's packets are not starved.
                 for _ in 0..256 {
-                    let Ok(event) = socket_rx.try_recv() else { break };
-                    on_socket_event(now, &mut sup, &mut datagrams, &metrics, event);
+                    let Ok(event) = io.socket_rx.try_recv() else { break };
+                    on_socket_event(now, &mut machine, &mut io.datagrams, &metrics, event);
                 }
             }
-            Some(report) = flow_rx.recv() => {
+            Some(report) = io.flow_rx.recv() => {
                 let now = Instant::now();
-                on_report(now, &mut sup, &mut flows, &metrics, report);
-                while let Ok(report) = flow_rx.try_recv() {
-                    on_report(now, &mut sup, &mut flows, &metrics, report);
+                on_report(now, &mut machine, &io.flows, &metrics, report);
+                while let Ok(report) = io.flow_rx.try_recv() {
+                    on_report(now, &mut machine, &io.flows, &metrics, report);
                 }
             }
             () = sleep => {
-                sup.handle_timeout(Instant::now());
+                machine.handle_input(Instant::now(), Input::Timeout);
             }
             Some(()) = shutdown.recv() => {
                 signals += 1;
@@ -499,16 +325,8 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                 } else {
                     info!("second signal: exiting now");
                 }
-                sup.shutdown(Instant::now());
+                machine.handle_input(Instant::now(), Input::Shutdown);
             }
-        }
-    }
-    // Flush the CONNECTION_CLOSEs of an immediate stop.
-    let now = Instant::now();
-    let segments = max_segments(&sockets);
-    while let Some((index, t)) = sup.poll_transmit(now, segments, &mut buf) {
-        if let Some(s) = sockets.get(&index) {
-            let _ = s.try_send(&t, &buf);
         }
     }
     metrics.ready.store(0, Ordering::Relaxed);
@@ -521,9 +339,261 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     }
 }
 
-/// Whether a shutdown was asked (closing connections are then expected).
-fn sup_stopping(signals: u32) -> bool {
-    signals > 0
+/// Logs an event once and updates the metrics it moves.
+fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
+    match e {
+        Event::Connecting { index, link, edge } => {
+            debug!(conn_index = index, %link, %edge, "dialing edge");
+        }
+        Event::Registered {
+            index,
+            link: _,
+            edge,
+            details,
+        } => {
+            info!(
+                conn_index = index,
+                connection = %details.uuid,
+                event = 0,
+                ip = %edge.ip(),
+                location = %details.location,
+                protocol = "quic",
+                "Registered tunnel connection"
+            );
+            metrics
+                .register_success
+                .with_label_values(&["registerConnection"])
+                .inc();
+            metrics.registered.notify_one();
+            metrics
+                .server_locations
+                .with_label_values(&[&index.to_string(), &details.location])
+                .set(1);
+        }
+        Event::RegistrationFailed { index, error } => {
+            let kind = if error.is_duplicate_connection() {
+                "dup_edge_conn"
+            } else {
+                "server_error"
+            };
+            metrics
+                .register_fail
+                .with_label_values(&[kind, "registerConnection"])
+                .inc();
+            error!(conn_index = index, cause = %error.cause, "Register tunnel error from server side");
+        }
+        Event::LinkClosed {
+            index,
+            link,
+            reason,
+            was_registered,
+        } => {
+            if was_registered && !stopping {
+                warn!(conn_index = index, %link, %reason, "Connection terminated");
+            } else {
+                debug!(conn_index = index, %link, %reason, "connection attempt failed");
+            }
+        }
+        Event::Reconnecting { index, delay } => {
+            info!(conn_index = index, ?delay, "Retrying connection");
+        }
+        Event::FallbackUnavailable { index } => {
+            warn!(conn_index = index, "QUIC keeps failing and burrow has no http2 fallback yet; check that UDP to the edge port is allowed");
+        }
+        Event::ConfigurationApplied { version } => {
+            metrics.config_version.set(i64::from(version));
+            info!(version, "Updated to new configuration");
+        }
+        Event::ConfigurationRefused { version, error } => {
+            warn!(version, %error, "remote configuration refused");
+        }
+        Event::FlowLimitChanged { limit, active } => {
+            info!(limit, active, "flow limit changed");
+        }
+        Event::LocalConfigurationFailed { index, reason } => {
+            warn!(conn_index = index, %reason, "Failed to update local configuration");
+        }
+        Event::Fatal(e) => error!(error = %e, "giving up"),
+        Event::Stopped => {}
+    }
+}
+
+/// An input the driver owes the connector after doing some I/O.
+enum Answer {
+    EdgeSocket { index: u8, max_segments: usize },
+    UdpOpened(UdpFlowId),
+    UdpFailed(UdpFlowId, String),
+    FunnelFailed(FunnelId),
+}
+
+impl Answer {
+    fn as_input(&self) -> Input<'_> {
+        match self {
+            Self::EdgeSocket {
+                index,
+                max_segments,
+            } => Input::EdgeSocket {
+                index: *index,
+                max_segments: *max_segments,
+            },
+            Self::UdpOpened(flow) => Input::UdpOpened(*flow),
+            Self::UdpFailed(flow, reason) => Input::UdpFailed {
+                flow: *flow,
+                reason,
+            },
+            Self::FunnelFailed(funnel) => Input::FunnelFailed(*funnel),
+        }
+    }
+}
+
+/// Every socket and origin connection of the daemon.
+struct DriverIo {
+    /// The QUIC socket of each HA index; the loop reads them directly (batched, into reused
+    /// buffers): no reader task, no copy per datagram.
+    sockets: HashMap<u8, QuicSocket>,
+    recv_bufs: RecvBufs,
+    last_read: u8,
+    dialer: Dialer,
+    flows: HashMap<(LinkId, FlowId), Flow>,
+    flow_tx: mpsc::UnboundedSender<Report>,
+    flow_rx: mpsc::UnboundedReceiver<Report>,
+    datagrams: DatagramSockets,
+    socket_rx: mpsc::Receiver<SocketEvent>,
+    metrics: Arc<Metrics>,
+}
+
+impl DriverIo {
+    fn new(dialer: Dialer, metrics: Arc<Metrics>) -> Self {
+        let (flow_tx, flow_rx) = mpsc::unbounded_channel::<Report>();
+        let (socket_tx, socket_rx) = mpsc::channel::<SocketEvent>(crate::datagram::CHANNEL_DEPTH);
+        Self {
+            sockets: HashMap::new(),
+            recv_bufs: RecvBufs::new(),
+            last_read: 0,
+            dialer,
+            flows: HashMap::new(),
+            flow_tx,
+            flow_rx,
+            datagrams: DatagramSockets::new(socket_tx),
+            socket_rx,
+            metrics,
+        }
+    }
+
+    fn transmit(&self, index: u8, t: &Transmit, data: &[u8]) {
+        if let Some(s) = self.sockets.get(&index) {
+            // Non-blocking: a full socket buffer drops the datagrams, which QUIC's loss
+            // recovery handles like any other loss.
+            if let Err(e) = s.try_send(t, data) {
+                if e.kind() != std::io::ErrorKind::WouldBlock {
+                    debug!(conn_index = index, error = %e, "send failed");
+                }
+            }
+        }
+    }
+
+    /// Does one piece of I/O; what the connector must hear back about it.
+    async fn act(&mut self, work: Io<'_>) -> Option<Answer> {
+        let metrics = &self.metrics;
+        match work {
+            Io::EdgeSocket { index, edge } => {
+                let fits = self
+                    .sockets
+                    .get(&index)
+                    .and_then(|s| s.local_addr().ok())
+                    .is_some_and(|a| a.is_ipv4() == edge.is_ipv4());
+                if !fits {
+                    match open_socket(edge).await {
+                        Ok(s) => {
+                            self.sockets.insert(index, s);
+                        }
+                        Err(e) => {
+                            // The connection's handshake times out and is retried.
+                            error!(conn_index = index, error = %e, "cannot open UDP socket");
+                            return None;
+                        }
+                    }
+                }
+                let max_segments = self.sockets.get(&index)?.max_transmit_segments();
+                return Some(Answer::EdgeSocket {
+                    index,
+                    max_segments,
+                });
+            }
+            Io::OpenFlow {
+                link,
+                flow,
+                kind,
+                dest,
+                origin,
+            } => {
+                debug!(%link, %flow, ?kind, %dest, "opening origin connection");
+                metrics.total_requests.inc();
+                metrics.concurrent_requests.inc();
+                metrics.open_flows.fetch_add(1, Ordering::Relaxed);
+                if kind == FlowKind::Tcp {
+                    metrics.tcp_active.inc();
+                    metrics.tcp_total.inc();
+                }
+                let handle = self
+                    .dialer
+                    .open(link, flow, kind, dest, origin, self.flow_tx.clone());
+                self.flows.insert((link, flow), Flow { handle, kind });
+            }
+            Io::WriteFlow { link, flow, data } => {
+                if let Some(f) = self.flows.get(&(link, flow)) {
+                    f.handle.write(data);
+                }
+            }
+            Io::ReadFlow { link, flow } => {
+                if let Some(f) = self.flows.get(&(link, flow)) {
+                    f.handle.read_more();
+                }
+            }
+            Io::ShutdownFlow { link, flow } => {
+                if let Some(f) = self.flows.get(&(link, flow)) {
+                    f.handle.shutdown_write();
+                }
+            }
+            Io::CloseFlow { link, flow } => {
+                if let Some(f) = self.flows.remove(&(link, flow)) {
+                    close_flow_metrics(metrics, f.kind);
+                }
+            }
+            Io::OpenUdp { flow, dest } => {
+                return Some(match self.datagrams.open_udp(flow, dest) {
+                    Ok(()) => Answer::UdpOpened(flow),
+                    Err(reason) => Answer::UdpFailed(flow, reason),
+                });
+            }
+            Io::SendUdp { flow, payload } => self.datagrams.send_udp(flow, payload),
+            Io::CloseUdp { flow } => self.datagrams.close_udp(flow),
+            Io::OpenFunnel { funnel, bind } => {
+                if !self.datagrams.open_funnel(funnel, bind) {
+                    return Some(Answer::FunnelFailed(funnel));
+                }
+            }
+            Io::SendPing {
+                funnel,
+                dst,
+                message,
+                ..
+            } => {
+                let before = self.datagrams.stats().pings_sent;
+                self.datagrams.send_ping(funnel, dst, message);
+                metrics
+                    .icmp_total_requests
+                    .inc_by(self.datagrams.stats().pings_sent - before);
+            }
+            Io::CloseFunnel { funnel } => self.datagrams.close_funnel(funnel),
+        }
+        None
+    }
+}
+
+struct Flow {
+    handle: FlowHandle,
+    kind: FlowKind,
 }
 
 async fn open_socket(edge: SocketAddr) -> std::io::Result<QuicSocket> {
@@ -533,16 +603,6 @@ async fn open_socket(edge: SocketAddr) -> std::io::Result<QuicSocket> {
         "[::]:0".parse().expect("static")
     };
     QuicSocket::bind(bind).await
-}
-
-/// The fewest datagrams every socket can send in one transmit: the supervisor picks the
-/// socket only after building the batch.
-fn max_segments(sockets: &HashMap<u8, QuicSocket>) -> usize {
-    sockets
-        .values()
-        .map(QuicSocket::max_transmit_segments)
-        .min()
-        .unwrap_or(1)
 }
 
 /// Resolves with the index of a socket that has datagrams to read, looking first at the
@@ -563,10 +623,10 @@ async fn readable(sockets: &HashMap<u8, QuicSocket>, last: u8) -> u8 {
     .await
 }
 
-/// What an origin UDP socket or a ping socket read goes to the supervisor.
+/// What an origin UDP socket or a ping socket read goes to the connector.
 fn on_socket_event(
     now: Instant,
-    sup: &mut Supervisor,
+    machine: &mut Connector,
     sockets: &mut DatagramSockets,
     metrics: &Metrics,
     event: SocketEvent,
@@ -575,12 +635,19 @@ fn on_socket_event(
         SocketEvent::UdpRead { flow, mut buf, len } => {
             // A read that raced the socket's close is dropped.
             if sockets.has_udp(flow) {
-                sup.udp_origin_read(now, flow, &mut buf, len);
+                let buf = &mut buf;
+                machine.handle_input(now, Input::UdpRead { flow, buf, len });
             }
         }
         SocketEvent::UdpFailed { flow, reason } => {
             if sockets.remove_udp(flow) {
-                sup.handle_udp_failed(flow, &reason);
+                machine.handle_input(
+                    now,
+                    Input::UdpFailed {
+                        flow,
+                        reason: &reason,
+                    },
+                );
             }
         }
         SocketEvent::PingRead {
@@ -589,17 +656,22 @@ fn on_socket_event(
             message,
         } => {
             if sockets.has_funnel(funnel) {
-                let before = sup.datagram_hub().stats().datagrams_out;
-                sup.ping_reply(now, funnel, from, &message);
+                let before = machine.datagram_hub().stats().datagrams_out;
+                let input = Input::PingRead {
+                    funnel,
+                    from,
+                    message: &message,
+                };
+                machine.handle_input(now, input);
                 metrics
                     .icmp_total_replies
-                    .inc_by(sup.datagram_hub().stats().datagrams_out - before);
+                    .inc_by(machine.datagram_hub().stats().datagrams_out - before);
             }
         }
         SocketEvent::FunnelFailed { funnel, reason } => {
             if sockets.remove_funnel(funnel) {
                 debug!(%funnel, %reason, "ping socket failed");
-                sup.handle_funnel_failed(funnel);
+                machine.handle_input(now, Input::FunnelFailed(funnel));
             }
         }
     }
@@ -613,98 +685,30 @@ fn close_flow_metrics(metrics: &Metrics, kind: FlowKind) {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn on_action(
-    now: Instant,
-    sup: &mut Supervisor,
-    dialer: &Dialer,
-    flows: &mut HashMap<(LinkId, FlowId), Flow>,
-    flow_tx: &mpsc::UnboundedSender<Report>,
-    metrics: &Metrics,
-    link: LinkId,
-    action: OriginAction,
-) {
-    match action {
-        OriginAction::Open {
-            flow,
-            kind,
-            dest,
-            origin,
-            ..
-        } => {
-            debug!(%link, %flow, ?kind, %dest, "opening origin connection");
-            metrics.total_requests.inc();
-            metrics.concurrent_requests.inc();
-            metrics.open_flows.fetch_add(1, Ordering::Relaxed);
-            if kind == FlowKind::Tcp {
-                metrics.tcp_active.inc();
-                metrics.tcp_total.inc();
-            }
-            let handle = dialer.open(link, flow, kind, dest, origin, flow_tx.clone());
-            flows.insert(
-                (link, flow),
-                Flow {
-                    handle,
-                    pending: None,
-                    kind,
-                },
-            );
-        }
-        OriginAction::Write { flow, data } => {
-            if let Some(f) = flows.get(&(link, flow)) {
-                f.handle.write(data);
-            }
-        }
-        OriginAction::Resume { flow } => {
-            if let Some(f) = flows.get_mut(&(link, flow)) {
-                if let Some(rest) = f.pending.take() {
-                    let n = sup.handle_flow_data(now, link, flow, &rest);
-                    if n < rest.len() {
-                        f.pending = Some(rest.slice(n..));
-                        return;
-                    }
-                }
-                f.handle.read_more();
-            }
-        }
-        OriginAction::ShutdownWrite { flow } => {
-            if let Some(f) = flows.get(&(link, flow)) {
-                f.handle.shutdown_write();
-            }
-        }
-        OriginAction::Close { flow } => {
-            if let Some(f) = flows.remove(&(link, flow)) {
-                close_flow_metrics(metrics, f.kind);
-            }
-        }
-    }
-}
-
 fn on_report(
     now: Instant,
-    sup: &mut Supervisor,
-    flows: &mut HashMap<(LinkId, FlowId), Flow>,
+    machine: &mut Connector,
+    flows: &HashMap<(LinkId, FlowId), Flow>,
     metrics: &Metrics,
     (link, flow, report): Report,
 ) {
-    let Some(f) = flows.get_mut(&(link, flow)) else {
+    // Reports of a flow already closed are stale.
+    if !flows.contains_key(&(link, flow)) {
         return;
-    };
-    match report {
-        FlowReport::Connected => sup.handle_flow_connected(now, link, flow),
+    }
+    let input = match &report {
+        FlowReport::Connected => Input::FlowConnected { link, flow },
         FlowReport::Failed(reason) => {
             metrics.request_errors.inc();
-            sup.handle_flow_failed(now, link, flow, &reason);
+            Input::FlowFailed { link, flow, reason }
         }
-        FlowReport::Data(bytes) => {
-            let n = sup.handle_flow_data(now, link, flow, &bytes);
-            if n < bytes.len() {
-                f.pending = Some(bytes.slice(n..));
-            } else {
-                f.handle.read_more();
-            }
-        }
-        FlowReport::Finished => sup.handle_flow_finished(now, link, flow),
-        FlowReport::Written => sup.handle_flow_written(now, link, flow),
-    }
+        FlowReport::Data(data) => Input::FlowData {
+            link,
+            flow,
+            data: data.clone(),
+        },
+        FlowReport::Finished => Input::FlowFinished { link, flow },
+        FlowReport::Written => Input::FlowWritten { link, flow },
+    };
+    machine.handle_input(now, input);
 }

@@ -1,7 +1,6 @@
 //! The daemon's datagram sockets: one connected UDP socket per UDP session, one unprivileged
-//! ping socket per ICMP funnel. Sockets only: what to open, close, send and answer is decided
-//! by the supervisor's datagram plane ([`Supervisor::drain_datagrams`],
-//! [`Supervisor::poll_datagram_action`]); what the sockets read goes back to it through
+//! ping socket per ICMP funnel. Sockets only: what to open, close and send is the connector's
+//! [`Io`](burrow_core::connector::Io) work; what the sockets read goes back to it through
 //! [`SocketEvent`]s on one bounded channel (a full channel stalls the readers, and the kernel
 //! drops what their sockets cannot hold, as for any UDP socket).
 
@@ -9,12 +8,9 @@ use std::collections::HashMap;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
 use std::sync::Arc;
-use std::time::Instant;
 
-use burrow_core::icmp::{FunnelId, RouterAction, RouterConfig};
-use burrow_core::session::{SessionAction, UdpFlowId, HEADROOM, ORIGIN_READ, TAILROOM};
-use burrow_core::tunnel::supervisor::Supervisor;
-use burrow_core::tunnel::udp::{Egress, HubAction};
+use burrow_core::icmp::{FunnelId, RouterConfig};
+use burrow_core::session::{UdpFlowId, HEADROOM, ORIGIN_READ, TAILROOM};
 use bytes::{Bytes, BytesMut};
 use socket2::{Domain, Protocol, SockRef, Socket, Type};
 use tokio::net::UdpSocket;
@@ -101,9 +97,6 @@ pub struct DatagramSockets {
     udp: HashMap<UdpFlowId, Owned>,
     funnels: HashMap<FunnelId, Owned>,
     tx: mpsc::Sender<SocketEvent>,
-    /// Echo requests for funnels whose socket the hub asked for in the same drain; sent once
-    /// it is open (only the first request of a funnel waits here).
-    deferred: Vec<(FunnelId, IpAddr, Vec<u8>)>,
     stats: SocketStats,
 }
 
@@ -114,7 +107,6 @@ impl DatagramSockets {
             udp: HashMap::new(),
             funnels: HashMap::new(),
             tx,
-            deferred: Vec::new(),
             stats: SocketStats::default(),
         }
     }
@@ -144,27 +136,9 @@ impl DatagramSockets {
         self.funnels.remove(&funnel).is_some()
     }
 
-    /// Sends what the supervisor's drain hands out. Never blocks: a socket that cannot take a
-    /// datagram now drops it, as a full UDP socket buffer would.
-    pub fn egress(&mut self, e: Egress<'_>) {
-        match e {
-            Egress::Udp { flow, payload } => self.write_udp(flow, payload),
-            Egress::Ping {
-                funnel,
-                dst,
-                message,
-                ..
-            } => {
-                if self.funnels.contains_key(&funnel) {
-                    self.send_ping(funnel, dst, message);
-                } else {
-                    self.deferred.push((funnel, dst, message.to_vec()));
-                }
-            }
-        }
-    }
-
-    fn write_udp(&mut self, flow: UdpFlowId, payload: &[u8]) {
+    /// Writes one datagram on the socket of `flow`. Never blocks: a socket that cannot take
+    /// it now drops it, as a full UDP socket buffer would.
+    pub fn send_udp(&mut self, flow: UdpFlowId, payload: &[u8]) {
         let Some(s) = self.udp.get(&flow) else {
             self.stats.udp_write_failed += 1;
             return;
@@ -182,7 +156,8 @@ impl DatagramSockets {
         }
     }
 
-    fn send_ping(&mut self, funnel: FunnelId, dst: IpAddr, message: &[u8]) {
+    /// Sends an ICMP echo request through the ping socket of `funnel`.
+    pub fn send_ping(&mut self, funnel: FunnelId, dst: IpAddr, message: &[u8]) {
         let Some(s) = self.funnels.get(&funnel) else {
             self.stats.pings_failed += 1;
             return;
@@ -196,84 +171,49 @@ impl DatagramSockets {
         }
     }
 
-    /// Sends the echo requests that waited for their funnel's socket (call after draining
-    /// [`Supervisor::poll_datagram_action`]).
-    pub fn flush_deferred(&mut self) {
-        for (funnel, dst, message) in std::mem::take(&mut self.deferred) {
-            self.send_ping(funnel, dst, &message);
-        }
-    }
-
-    /// Does one piece of socket work the supervisor asked for; what the supervisor must be
-    /// told comes back.
-    pub fn act(&mut self, action: HubAction) -> Outcome {
-        match action {
-            HubAction::Session(SessionAction::Open { flow, dest }) => match open_udp(dest) {
-                Ok(socket) => {
-                    let socket = Arc::new(socket);
-                    let reader = tokio::spawn(read_udp(flow, socket.clone(), self.tx.clone()));
-                    self.udp.insert(flow, Owned { socket, reader });
-                    Outcome::UdpOpened(flow)
-                }
-                Err(e) => {
-                    self.stats.udp_open_failed += 1;
-                    Outcome::UdpFailed(flow, e.to_string())
-                }
-            },
-            HubAction::Session(SessionAction::Send { flow, payload }) => {
-                self.write_udp(flow, &payload);
-                Outcome::Done
+    /// Opens the connected socket of session `flow` and starts reading it; the socket error
+    /// if it cannot be opened.
+    pub fn open_udp(&mut self, flow: UdpFlowId, dest: SocketAddr) -> Result<(), String> {
+        match open_udp(dest) {
+            Ok(socket) => {
+                let socket = Arc::new(socket);
+                let reader = tokio::spawn(read_udp(flow, socket.clone(), self.tx.clone()));
+                self.udp.insert(flow, Owned { socket, reader });
+                Ok(())
             }
-            HubAction::Session(SessionAction::Close { flow }) => {
-                self.udp.remove(&flow);
-                Outcome::Done
-            }
-            HubAction::Icmp(RouterAction::OpenFunnel { funnel, bind }) => match open_ping(bind) {
-                Ok(socket) => {
-                    let socket = Arc::new(socket);
-                    let reader = tokio::spawn(read_ping(funnel, socket.clone(), self.tx.clone()));
-                    self.funnels.insert(funnel, Owned { socket, reader });
-                    Outcome::Done
-                }
-                Err(e) => {
-                    debug!(%funnel, %bind, error = %e, "cannot open a ping socket");
-                    Outcome::FunnelFailed(funnel)
-                }
-            },
-            HubAction::Icmp(RouterAction::CloseFunnel { funnel }) => {
-                self.funnels.remove(&funnel);
-                Outcome::Done
-            }
-            // The supervisor keeps connection work (registration answers, v2 RPCs) to itself.
-            HubAction::Session(other) => {
-                debug!(action = ?other, "datagram action not for the driver; ignored");
-                Outcome::Done
+            Err(e) => {
+                self.stats.udp_open_failed += 1;
+                Err(e.to_string())
             }
         }
     }
 
-    /// Tells `sup` how a piece of socket work went.
-    pub fn report(sup: &mut Supervisor, now: Instant, outcome: Outcome) {
-        match outcome {
-            Outcome::Done => {}
-            Outcome::UdpOpened(flow) => sup.handle_udp_opened(now, flow),
-            Outcome::UdpFailed(flow, reason) => sup.handle_udp_failed(flow, &reason),
-            Outcome::FunnelFailed(funnel) => sup.handle_funnel_failed(funnel),
+    /// Closes the socket of `flow`.
+    pub fn close_udp(&mut self, flow: UdpFlowId) {
+        self.udp.remove(&flow);
+    }
+
+    /// Opens the ping socket of `funnel` bound to `bind` and starts reading it; false if it
+    /// cannot be opened.
+    pub fn open_funnel(&mut self, funnel: FunnelId, bind: IpAddr) -> bool {
+        match open_ping(bind) {
+            Ok(socket) => {
+                let socket = Arc::new(socket);
+                let reader = tokio::spawn(read_ping(funnel, socket.clone(), self.tx.clone()));
+                self.funnels.insert(funnel, Owned { socket, reader });
+                true
+            }
+            Err(e) => {
+                debug!(%funnel, %bind, error = %e, "cannot open a ping socket");
+                false
+            }
         }
     }
-}
 
-/// How a [`DatagramSockets::act`] went, for the supervisor.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Outcome {
-    /// Nothing to report.
-    Done,
-    /// The origin socket of a session is open.
-    UdpOpened(UdpFlowId),
-    /// It could not be opened (the socket error).
-    UdpFailed(UdpFlowId, String),
-    /// A ping socket could not be opened.
-    FunnelFailed(FunnelId),
+    /// Closes the ping socket of `funnel`.
+    pub fn close_funnel(&mut self, funnel: FunnelId) {
+        self.funnels.remove(&funnel);
+    }
 }
 
 /// A connected UDP socket to `dest` from a kernel-chosen local address (cloudflared's
@@ -492,13 +432,9 @@ mod tests {
         let dest = origin.local_addr().expect("addr");
         let (mut s, mut rx) = sockets();
         let flow = UdpFlowId(1);
-        let open = HubAction::Session(SessionAction::Open { flow, dest });
-        assert_eq!(s.act(open), Outcome::UdpOpened(flow));
+        assert_eq!(s.open_udp(flow, dest), Ok(()));
 
-        s.egress(Egress::Udp {
-            flow,
-            payload: b"question",
-        });
+        s.send_udp(flow, b"question");
         let mut got = [0u8; 64];
         let (n, from) = recv_from(&origin, &mut got).await;
         assert_eq!(&got[..n], b"question");
@@ -516,24 +452,14 @@ mod tests {
         }
 
         // Payloads that waited for the socket go out the same way.
-        let send = HubAction::Session(SessionAction::Send {
-            flow,
-            payload: Bytes::from_static(b"held"),
-        });
-        assert_eq!(s.act(send), Outcome::Done);
+        s.send_udp(flow, b"held");
         let (n, _) = recv_from(&origin, &mut got).await;
         assert_eq!(&got[..n], b"held");
         assert_eq!(s.stats().udp_written, 2);
 
-        assert_eq!(
-            s.act(HubAction::Session(SessionAction::Close { flow })),
-            Outcome::Done
-        );
+        s.close_udp(flow);
         assert!(!s.has_udp(flow));
-        s.egress(Egress::Udp {
-            flow,
-            payload: b"late",
-        });
+        s.send_udp(flow, b"late");
         assert_eq!(s.stats().udp_write_failed, 1, "no socket, counted");
     }
 
@@ -545,12 +471,8 @@ mod tests {
         drop(gone);
         let (mut s, mut rx) = sockets();
         let flow = UdpFlowId(7);
-        let open = HubAction::Session(SessionAction::Open { flow, dest });
-        assert_eq!(s.act(open), Outcome::UdpOpened(flow));
-        s.egress(Egress::Udp {
-            flow,
-            payload: b"anyone?",
-        });
+        assert_eq!(s.open_udp(flow, dest), Ok(()));
+        s.send_udp(flow, b"anyone?");
         match next(&mut rx).await {
             SocketEvent::UdpFailed { flow: f, reason } => {
                 assert_eq!(f, flow);
@@ -570,36 +492,22 @@ mod tests {
         let funnel = FunnelId(3);
         let bind = IpAddr::V4(Ipv4Addr::LOCALHOST);
         let permitted = open_ping(bind).is_ok();
-        let open = HubAction::Icmp(RouterAction::OpenFunnel { funnel, bind });
         if !permitted {
-            assert_eq!(s.act(open), Outcome::FunnelFailed(funnel));
+            assert!(!s.open_funnel(funnel, bind));
             assert!(!s.has_funnel(funnel));
             let config = icmp_config(IcmpSources {
                 v4: Some(Ipv4Addr::LOCALHOST),
                 v6: Some(Ipv6Addr::LOCALHOST),
             });
             assert_eq!(config.ipv4_src, None, "IPv4 not proxied without permission");
-            // The echo for the failed funnel is dropped and counted, not queued forever.
-            s.egress(Egress::Ping {
-                funnel,
-                dst: bind,
-                message: &[8, 0, 0, 0, 0, 1, 0, 1],
-                ttl: 63,
-            });
-            s.flush_deferred();
+            // An echo for the failed funnel is dropped and counted.
+            s.send_ping(funnel, bind, &[8, 0, 0, 0, 0, 1, 0, 1]);
             assert_eq!(s.stats().pings_failed, 1);
             return;
         }
-        // The echo is handed out before the funnel's socket is opened, as the hub does.
         let echo = [8, 0, 0, 0, 0x12, 0x34, 0, 9, b'h', b'i'];
-        s.egress(Egress::Ping {
-            funnel,
-            dst: bind,
-            message: &echo,
-            ttl: 63,
-        });
-        assert_eq!(s.act(open), Outcome::Done);
-        s.flush_deferred();
+        assert!(s.open_funnel(funnel, bind));
+        s.send_ping(funnel, bind, &echo);
         assert_eq!(s.stats().pings_sent, 1);
         match next(&mut rx).await {
             SocketEvent::PingRead {

@@ -19,7 +19,12 @@ use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::STANDARD;
 use base64::Engine;
-use burrow_core::control::{ConnectionDetails, Registration, RegistrationError};
+use burrow_core::control::{ConnectionDetails, RegistrationError};
+use burrow_core::edge::auth::TunnelAuth;
+use burrow_core::edge::forwarded::{request_metadata, HOP_BY_HOP};
+use burrow_core::edge::hostnames::HostnameTable;
+use burrow_core::edge::log_budget::{LogBudget, Verdict};
+use burrow_core::edge::routes::Routes;
 use burrow_core::quic::tls::{self, PostQuantum};
 use burrow_core::quic::transport::QuicSettings;
 use burrow_core::quic::SERVER_NAME;
@@ -35,7 +40,7 @@ use quinn_proto::StreamId;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
@@ -71,11 +76,35 @@ pub struct EdgeArgs {
     /// UDP and ICMP mappings.
     #[command(flatten)]
     pub datagrams: DatagramArgs,
+    /// Limits of the public HTTP port.
+    #[command(flatten)]
+    pub http_limits: HttpLimits,
     /// Log level.
     #[arg(long, global = true, default_value = "info")]
     pub loglevel: String,
     #[command(subcommand)]
     pub command: Option<EdgeCommand>,
+}
+
+/// What one eyeball may hold of the public HTTP port.
+#[derive(Debug, Args, Clone)]
+pub struct HttpLimits {
+    /// Close an eyeball connection that has not sent a whole request head this long after it
+    /// connected or after its previous response (idle keep-alive included).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    pub http_header_timeout: Duration,
+    /// Eyeball connections served at once; further ones wait in the listen backlog.
+    #[arg(long, default_value_t = 10_000)]
+    pub http_max_connections: usize,
+}
+
+impl Default for HttpLimits {
+    fn default() -> Self {
+        Self {
+            http_header_timeout: Duration::from_secs(10),
+            http_max_connections: 10_000,
+        }
+    }
 }
 
 /// `burrow edge` subcommands.
@@ -139,42 +168,32 @@ impl TunnelsFile {
 
     fn save(&self, path: &Path) -> Result<(), String> {
         let text = serde_json::to_string_pretty(self).map_err(|e| e.to_string())?;
-        std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+        write_private(path, text.as_bytes())
     }
 
-    /// The edge's check: unknown tunnel or wrong secret/account is refused.
-    fn check(&self, r: &Registration) -> Result<(), RegistrationError> {
-        let ok = self.tunnels.iter().any(|t| {
-            t.id == r.tunnel_id
-                && t.account_tag == r.account_tag
-                && STANDARD.decode(&t.secret).ok().as_deref() == Some(r.tunnel_secret.as_slice())
-        });
-        if ok {
-            Ok(())
-        } else {
-            Err(RegistrationError {
-                cause: "Unauthorized: Invalid tunnel secret".into(),
-                should_retry: false,
-                retry_after: std::time::Duration::ZERO,
-            })
+    /// Every tunnel's hostnames, indexed; a hostname claimed twice or malformed is an error.
+    fn hostnames(&self) -> Result<HostnameTable, String> {
+        let mut table = HostnameTable::new();
+        for t in &self.tunnels {
+            for h in &t.hostnames {
+                table
+                    .insert(h, t.id)
+                    .map_err(|e| format!("tunnel {}: {e}", t.name))?;
+            }
         }
+        Ok(table)
     }
 
-    /// The tunnel serving `host` (exact, else the longest `*.` suffix).
-    fn route(&self, host: &str) -> Option<Uuid> {
-        let host = host.split(':').next().unwrap_or(host);
-        self.tunnels
-            .iter()
-            .find(|t| t.hostnames.iter().any(|h| h == host))
-            .or_else(|| {
-                self.tunnels.iter().find(|t| {
-                    t.hostnames.iter().any(|h| {
-                        h.strip_prefix('*')
-                            .is_some_and(|s| host.len() > s.len() && host.ends_with(s))
-                    })
-                })
-            })
-            .map(|t| t.id)
+    /// Every tunnel's credentials; a secret that is not base64 is an error.
+    fn auth(&self) -> Result<TunnelAuth, String> {
+        let mut auth = TunnelAuth::new();
+        for t in &self.tunnels {
+            let secret = STANDARD
+                .decode(&t.secret)
+                .map_err(|e| format!("tunnel {}: secret: {e}", t.name))?;
+            auth.insert(t.id, &t.account_tag, secret);
+        }
+        Ok(auth)
     }
 
     /// A tunnel by name or id.
@@ -184,6 +203,47 @@ impl TunnelsFile {
             .find(|t| t.name == s || t.id.to_string() == s)
             .map(|t| t.id)
     }
+}
+
+/// Creates the state directory (and missing parents) owner-only: it holds every tunnel's
+/// secret and the edge's private key.
+fn create_state_dir(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|e| format!("{}: {e}", dir.display()))
+}
+
+/// Writes a secret file owner-only (0600), atomically: a temporary file in the same directory,
+/// synced, then renamed over `path`, so neither a reader nor a crash ever sees it half written
+/// or with wider permissions.
+fn write_private(path: &Path, bytes: &[u8]) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let err = |p: &Path, e: std::io::Error| format!("{}: {e}", p.display());
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp{}", std::process::id()));
+    let tmp = path.with_file_name(name);
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| {
+            // A leftover temporary file from a crash may have been created wider.
+            f.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+            f.write_all(bytes)?;
+            f.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(err(path, e));
+    }
+    Ok(())
 }
 
 /// Creates a tunnel: fresh UUID and 32-byte secret.
@@ -196,13 +256,18 @@ pub fn create_tunnel(
     if file.tunnels.iter().any(|t| t.name == name) {
         return Err(format!("tunnel with name {name} already exists"));
     }
+    let mut table = file.hostnames()?;
+    let id = Uuid::new_v4();
+    for h in &hostnames {
+        table.insert(h, id).map_err(|e| e.to_string())?;
+    }
     let mut secret = vec![0u8; 32];
     getrandom::fill(&mut secret).map_err(|e| e.to_string())?;
     let mut account = [0u8; 16];
     getrandom::fill(&mut account).map_err(|e| e.to_string())?;
     let entry = TunnelEntry {
         name: name.into(),
-        id: Uuid::new_v4(),
+        id,
         account_tag: hex::encode(account),
         secret: STANDARD.encode(&secret),
         hostnames,
@@ -238,7 +303,7 @@ pub fn identity(
         let key = tls::key_from_pem(&read(k)?, "--key").map_err(|e| e.to_string())?;
         return Ok((chain, key, None));
     }
-    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    create_state_dir(dir)?;
     let ca_path = dir.join("ca.pem");
     let cert_path = dir.join("edge-cert.pem");
     let key_path = dir.join("edge-key.pem");
@@ -264,7 +329,7 @@ pub fn identity(
         std::fs::write(&ca_path, ca_cert.pem()).map_err(|e| e.to_string())?;
         std::fs::write(&cert_path, format!("{}{}", leaf.pem(), ca_cert.pem()))
             .map_err(|e| e.to_string())?;
-        std::fs::write(&key_path, leaf_key.serialize_pem()).map_err(|e| e.to_string())?;
+        write_private(&key_path, leaf_key.serialize_pem().as_bytes())?;
         info!(ca = %ca_path.display(), "generated a local edge CA; connectors trust it with --cacert");
     }
     let chain =
@@ -289,8 +354,8 @@ pub fn main(args: EdgeArgs) -> ExitCode {
             },
     }) = &args.command
     {
-        if let Err(e) = std::fs::create_dir_all(&args.dir) {
-            eprintln!("error: {}: {e}", args.dir.display());
+        if let Err(e) = create_state_dir(&args.dir) {
+            eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
         return match create_tunnel(&tunnels_path, name, hostname.clone()) {
@@ -371,6 +436,10 @@ impl RunningEdge {
 /// Starts the edge tasks on the current runtime.
 pub async fn start(args: &EdgeArgs, tunnels_path: &Path) -> Result<RunningEdge, String> {
     let tunnels = TunnelsFile::load(tunnels_path)?;
+    let hostnames = Arc::new(tunnels.hostnames()?);
+    let auth = tunnels.auth()?;
+    // Every eyeball connection and tunnel stream holds a descriptor.
+    crate::datagram::raise_nofile_limit();
     let (chain, key, ca) = identity(&args.dir, args.cert.as_deref(), args.key.as_deref())?;
     let mut server = quinn_proto::ServerConfig::with_crypto(Arc::new(
         tls::server_config(chain, key, PostQuantum::Prefer).map_err(|e| e.to_string())?,
@@ -390,15 +459,13 @@ pub async fn start(args: &EdgeArgs, tunnels_path: &Path) -> Result<RunningEdge, 
     let http = http_listener.local_addr().map_err(|e| e.to_string())?;
     let (datagrams, mapped) = crate::edge_udp::bind(&args.datagrams, &tunnels).await?;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-    let tunnels = Arc::new(tunnels);
-    tokio::spawn(edge_loop(
-        endpoint,
-        socket,
-        tunnels.clone(),
-        cmd_rx,
-        datagrams,
+    tokio::spawn(edge_loop(endpoint, socket, auth, cmd_rx, datagrams));
+    tokio::spawn(serve_http(
+        http_listener,
+        hostnames,
+        args.http_limits.clone(),
+        cmd_tx.clone(),
     ));
-    tokio::spawn(serve_http(http_listener, tunnels.clone(), cmd_tx.clone()));
     for map in &args.tcp_map {
         let (listen, target) = map
             .split_once('=')
@@ -476,16 +543,15 @@ const READ_CHUNK: usize = 64 * 1024;
 async fn edge_loop(
     mut ep: EdgeEndpoint,
     socket: QuicSocket,
-    tunnels: Arc<TunnelsFile>,
+    auth: TunnelAuth,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
     mut datagrams: EdgeDatagrams,
 ) {
     // Read in the loop, in batches, into buffers reused for every read.
     let mut recv_bufs = RecvBufs::new();
-    // Registered connections per tunnel, in registration order.
-    let mut routes: HashMap<Uuid, Vec<ConnId>> = HashMap::new();
-    let mut conn_tunnel: HashMap<ConnId, Uuid> = HashMap::new();
-    let mut rr: usize = 0;
+    let mut routes = Routes::new();
+    // Anyone may try to register: refusals are logged a few at a time.
+    let mut refusals = LogBudget::new(Duration::from_secs(10), 5);
     let mut streams: HashMap<Key, Stream> = HashMap::new();
     // Room for a GSO batch of full-size datagrams.
     let mut buf = Vec::with_capacity(64 * 1500);
@@ -499,7 +565,16 @@ async fn edge_loop(
                 progress = true;
                 match ev {
                     EdgeEvent::RegisterRequested { conn, registration } => {
-                        let result = tunnels.check(&registration).map(|()| ConnectionDetails {
+                        let result = auth.check(&registration).and_then(|tunnel| {
+                            routes
+                                .register(conn, tunnel)
+                                .map_err(|e| RegistrationError {
+                                    cause: e.to_string(),
+                                    should_retry: false,
+                                    retry_after: Duration::ZERO,
+                                })
+                        });
+                        let result = result.map(|()| ConnectionDetails {
                             uuid: Uuid::new_v4(),
                             location: "LOCAL".into(),
                             remotely_managed: false,
@@ -507,12 +582,12 @@ async fn edge_loop(
                         match &result {
                             Ok(_) => {
                                 info!(conn = conn.0, tunnel = %registration.tunnel_id, conn_index = registration.conn_index, "tunnel connection registered");
-                                routes.entry(registration.tunnel_id).or_default().push(conn);
-                                conn_tunnel.insert(conn, registration.tunnel_id);
                                 datagrams.connection_registered(now, conn, &registration);
                             }
                             Err(e) => {
-                                warn!(conn = conn.0, tunnel = %registration.tunnel_id, cause = %e.cause, "registration refused")
+                                if let Verdict::Log { suppressed } = refusals.check(now) {
+                                    warn!(conn = conn.0, tunnel = %registration.tunnel_id, cause = %e.cause, suppressed, "registration refused");
+                                }
                             }
                         }
                         if let Err(e) = ep.respond_registration(now, conn, result) {
@@ -524,14 +599,13 @@ async fn edge_loop(
                             conn = conn.0,
                             "tunnel connection unregistered; no new requests"
                         );
-                        unroute(&mut routes, &conn_tunnel, conn);
+                        routes.drain(conn);
                         datagrams.connection_gone(now, conn);
                     }
                     EdgeEvent::ConnectionClosed { conn, reason } => {
                         debug!(conn = conn.0, %reason, "tunnel connection closed");
-                        unroute(&mut routes, &conn_tunnel, conn);
+                        routes.remove(conn);
                         datagrams.connection_gone(now, conn);
-                        conn_tunnel.remove(&conn);
                         streams.retain(|k, s| {
                             if k.0 == conn {
                                 let _ = s.events.send(StreamEv::Reset);
@@ -576,6 +650,15 @@ async fn edge_loop(
                 let Some(s) = streams.get_mut(&key) else {
                     continue;
                 };
+                if s.events.is_closed() {
+                    // The eyeball side went away (at any point of the exchange): nobody reads
+                    // this stream, so reset it; stopping it gives its unread bytes back to the
+                    // connection's receive window.
+                    streams.remove(&key);
+                    let _ = ep.reset_request(now, key.0, key.1);
+                    progress = true;
+                    continue;
+                }
                 while let Some(front) = s.unsent.front_mut() {
                     match ep.send_request_body(now, key.0, key.1, front, SEND_WINDOW) {
                         Ok(n) if n == front.len() => {
@@ -667,7 +750,7 @@ async fn edge_loop(
                         closing = Some(done);
                         break;
                     }
-                    on_cmd(now, &mut ep, &routes, &mut rr, &mut streams, cmd);
+                    on_cmd(now, &mut ep, &mut routes, &mut streams, cmd);
                 }
             }
             Some(packet) = datagrams.recv() => {
@@ -686,23 +769,10 @@ async fn edge_loop(
     }
 }
 
-fn unroute(
-    routes: &mut HashMap<Uuid, Vec<ConnId>>,
-    conn_tunnel: &HashMap<ConnId, Uuid>,
-    conn: ConnId,
-) {
-    if let Some(t) = conn_tunnel.get(&conn) {
-        if let Some(list) = routes.get_mut(t) {
-            list.retain(|c| *c != conn);
-        }
-    }
-}
-
 fn on_cmd(
     now: Instant,
     ep: &mut EdgeEndpoint,
-    routes: &HashMap<Uuid, Vec<ConnId>>,
-    rr: &mut usize,
+    routes: &mut Routes,
     streams: &mut HashMap<Key, Stream>,
     cmd: Cmd,
 ) {
@@ -715,14 +785,10 @@ fn on_cmd(
             events,
             reply,
         } => {
-            let conns = routes.get(&tunnel).map(Vec::as_slice).unwrap_or(&[]);
-            if conns.is_empty() {
+            let Some(conn) = routes.pick(tunnel) else {
                 let _ = reply.send(Err("no connection to the tunnel".into()));
                 return;
-            }
-            // Spread requests over the tunnel's HA connections.
-            *rr = rr.wrapping_add(1);
-            let conn = conns[*rr % conns.len()];
+            };
             let meta: Vec<Metadata<'_>> = metadata
                 .iter()
                 .map(|(key, val)| Metadata { key, val })
@@ -842,38 +908,38 @@ impl Drop for ChanBody {
     }
 }
 
-/// Request headers that describe this hop only.
-const HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "upgrade",
-    "te",
-    "trailer",
-];
-
 async fn serve_http(
     listener: TcpListener,
-    tunnels: Arc<TunnelsFile>,
+    hostnames: Arc<HostnameTable>,
+    limits: HttpLimits,
     cmds: mpsc::UnboundedSender<Cmd>,
 ) {
+    let slots = Arc::new(Semaphore::new(limits.http_max_connections));
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(limits.http_header_timeout);
     loop {
-        let Ok((stream, peer)) = listener.accept().await else {
-            continue;
+        // At the cap, stop accepting: further eyeballs wait in the kernel's backlog.
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
         };
+        let (stream, peer) = crate::accept::accept(&listener, "eyeball HTTP").await;
         let _ = stream.set_nodelay(true);
-        let tunnels = tunnels.clone();
+        let hostnames = hostnames.clone();
         let cmds = cmds.clone();
-        tokio::spawn(async move {
-            let svc = service_fn(move |req| {
-                let tunnels = tunnels.clone();
+        let conn = http.serve_connection(
+            TokioIo::new(stream),
+            service_fn(move |req| {
+                let hostnames = hostnames.clone();
                 let cmds = cmds.clone();
-                async move { Ok::<_, std::convert::Infallible>(handle(req, peer, &tunnels, cmds).await) }
-            });
-            let _ = hyper::server::conn::http1::Builder::new()
-                .serve_connection(TokioIo::new(stream), svc)
-                .with_upgrades()
-                .await;
+                async move {
+                    Ok::<_, std::convert::Infallible>(handle(req, peer, &hostnames, cmds).await)
+                }
+            }),
+        );
+        tokio::spawn(async move {
+            let _ = conn.with_upgrades().await;
+            drop(slot);
         });
     }
 }
@@ -891,7 +957,7 @@ fn plain(status: u16, text: &str) -> Resp {
 async fn handle(
     mut req: hyper::Request<hyper::body::Incoming>,
     peer: SocketAddr,
-    tunnels: &TunnelsFile,
+    hostnames: &HostnameTable,
     cmds: mpsc::UnboundedSender<Cmd>,
 ) -> Resp {
     let host = req
@@ -901,7 +967,7 @@ async fn handle(
         .or_else(|| req.uri().host())
         .unwrap_or("")
         .to_owned();
-    let Some(tunnel) = tunnels.route(&host) else {
+    let Some(tunnel) = hostnames.route(&host) else {
         return plain(404, "no tunnel serves this hostname\n");
     };
     let websocket = req
@@ -914,25 +980,14 @@ async fn handle(
         .path_and_query()
         .map_or("/", |p| p.as_str())
         .to_owned();
-    let mut metadata = vec![
-        ("HttpMethod".to_owned(), req.method().as_str().to_owned()),
-        ("HttpHost".to_owned(), host.clone()),
-    ];
-    for (name, value) in req.headers() {
-        if HOP.contains(&name.as_str()) || name == http::header::HOST {
-            continue;
-        }
-        if let Ok(v) = value.to_str() {
-            metadata.push((
-                format!(
-                    "HttpHeader:{}",
-                    burrow_core::stream::http1::canonical(name.as_str())
-                ),
-                v.to_owned(),
-            ));
-        }
-    }
-    metadata.push(("HttpHeader:X-Forwarded-For".into(), peer.ip().to_string()));
+    let metadata = request_metadata(
+        req.method().as_str(),
+        &host,
+        req.headers()
+            .iter()
+            .filter_map(|(name, value)| Some((name.as_str(), value.to_str().ok()?))),
+        peer.ip(),
+    );
     let kind = if websocket {
         ConnectionType::WebSocket
     } else {
@@ -1010,7 +1065,8 @@ async fn handle(
     for (k, v) in &meta {
         if let Some(name) = k.strip_prefix("HttpHeader:") {
             let lower = name.to_ascii_lowercase();
-            if !websocket && (HOP.contains(&lower.as_str()) || lower == "transfer-encoding") {
+            if !websocket && (HOP_BY_HOP.contains(&lower.as_str()) || lower == "transfer-encoding")
+            {
                 continue;
             }
             builder = builder.header(name, v);
@@ -1129,9 +1185,7 @@ async fn serve_tcp(
     cmds: mpsc::UnboundedSender<Cmd>,
 ) {
     loop {
-        let Ok((sock, _)) = listener.accept().await else {
-            continue;
-        };
+        let (sock, _) = crate::accept::accept(&listener, "TCP mapping").await;
         let _ = sock.set_nodelay(true);
         let cmds = cmds.clone();
         let dest = dest.clone();

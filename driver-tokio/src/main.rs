@@ -1,5 +1,6 @@
 //! `burrow`: the Cloudflare Tunnel transport daemon (tokio driver around burrow-core).
 
+mod accept;
 mod connector;
 mod creds;
 mod datagram;

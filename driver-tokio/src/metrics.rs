@@ -305,9 +305,7 @@ pub async fn serve(listener: TcpListener, metrics: Arc<Metrics>) {
     let addr: Option<SocketAddr> = listener.local_addr().ok();
     info!(addr = ?addr, "Starting metrics server on {}/metrics", addr.map(|a| a.to_string()).unwrap_or_default());
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+        let (stream, _) = crate::accept::accept(&listener, "metrics").await;
         let m = metrics.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {

@@ -73,6 +73,7 @@ async fn run(args: QuickstartArgs) -> Result<(), String> {
         tunnels: Some(tunnels.clone()),
         tcp_map: Vec::new(),
         datagrams: Default::default(),
+        http_limits: Default::default(),
         loglevel: args.loglevel.clone(),
         command: None,
     };

@@ -153,6 +153,8 @@ pub struct EdgeOpts {
     pub udp_maps: Vec<String>,
     /// `--icmp-map LISTEN=TUNNEL` values.
     pub icmp_maps: Vec<String>,
+    /// More `edge` flags, e.g. `--http-header-timeout 1s`.
+    pub extra: Vec<String>,
 }
 
 impl EdgeOpts {
@@ -164,6 +166,7 @@ impl EdgeOpts {
             tcp_maps: Vec::new(),
             udp_maps: Vec::new(),
             icmp_maps: Vec::new(),
+            extra: Vec::new(),
         })
     }
 }
@@ -270,6 +273,7 @@ impl Testbed {
         for m in &o.icmp_maps {
             cmd.args(["--icmp-map", m]);
         }
+        cmd.args(&o.extra);
         let mut p = Proc::spawn("burrow edge", cmd, self.dir.join("edge.log"))?;
         wait_for(Duration::from_secs(20), "edge HTTP listener", || {
             p.check_alive()?;

@@ -170,6 +170,7 @@ fn stock_cloudflared_through_burrow_edge() {
         tcp_maps: vec![format!("{tcp_map}=app:{tcp_origin}")],
         udp_maps: vec![format!("{udp_map}=app:{udp_origin}")],
         icmp_maps: vec![format!("{icmp_map}=app")],
+        extra: Vec::new(),
     };
     let edge = bed.edge(&eo).expect("edge");
     let v6 = UdpSocket::bind("[::1]:0").is_ok();

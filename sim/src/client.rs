@@ -94,6 +94,8 @@ pub struct Client {
     pub paused: bool,
     /// TCP requests the connector refused with `FlowConnectRateLimited`.
     pub rate_limited: u64,
+    /// Requests that ended with an error because their connection was lost.
+    pub failed: u64,
     /// With a read budget: when the eyeball reads next.
     next_read: crate::clock::VirtualTime,
 }
@@ -114,6 +116,7 @@ impl Client {
             completed: 0,
             paused: false,
             rate_limited: 0,
+            failed: 0,
             next_read: crate::clock::VirtualTime::ZERO,
         }
     }
@@ -134,6 +137,15 @@ impl Client {
                 )
             })
             .collect()
+    }
+
+    /// The connection died: every request in flight on it ended with that error (an eyeball
+    /// sees the edge fail them); the rest go to `conn`, the connection that replaced it.
+    pub fn connection_lost(&mut self, conn: ConnId) {
+        self.failed += self.active.len() as u64;
+        self.active.clear();
+        self.readable.clear();
+        self.conn = conn;
     }
 
     /// Requests in flight.

@@ -30,6 +30,10 @@ struct Cli {
     /// Print the scenario names, one a line, and exit.
     #[arg(long)]
     list: bool,
+    /// Print the core machines' logs at this level and above (error, warn, info, debug,
+    /// trace) to stderr, to read what led to a failure while replaying it.
+    #[arg(long)]
+    log: Option<tracing::Level>,
 }
 
 fn parse_loss(s: &str) -> Result<f64, String> {
@@ -55,6 +59,13 @@ fn run_seed(scenarios: &[&Scenario], params: &Params) -> Result<u64, (&'static s
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Some(level) = cli.log {
+        tracing_subscriber::fmt()
+            .with_max_level(level)
+            .with_writer(std::io::stderr)
+            .without_time()
+            .init();
+    }
     if cli.list {
         for s in ALL {
             println!("{}", s.name);

@@ -148,6 +148,11 @@ impl Origins {
         }
     }
 
+    /// Origin connections connector `who` has open.
+    pub fn flows_of(&self, who: usize) -> usize {
+        self.flows.keys().filter(|(w, _)| *w == who).count()
+    }
+
     /// The earliest origin timer.
     pub fn next_deadline(&self) -> Option<VirtualTime> {
         self.timers.keys().next().map(|(t, _)| *t)

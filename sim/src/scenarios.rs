@@ -10,7 +10,9 @@ use burrow_core::control::{ConnectionDetails, Registration, RegistrationError};
 use burrow_core::quic::tls::{self, PostQuantum};
 use burrow_core::quic::transport::QuicSettings;
 use burrow_core::quic::SERVER_NAME;
-use burrow_core::tunnel::connector::{ConnectorConfig, ConnectorConnection, ConnectorEvent};
+use burrow_core::tunnel::connector::{
+    CloseReason, ConnectorConfig, ConnectorConnection, ConnectorEvent,
+};
 use burrow_core::tunnel::data::DataLimits;
 use burrow_core::tunnel::edge::{EdgeEndpoint, EdgeEvent};
 use quinn_proto::{ClientConfig, ServerConfig};
@@ -168,6 +170,10 @@ struct Setup {
     secret: Vec<u8>,
     tunnels: Tunnels,
     data_limits: DataLimits,
+    /// What each connector was added with (HA index, secret, features), to connect again.
+    specs: Vec<(u8, Vec<u8>, Vec<String>)>,
+    /// The network is hostile (see [`HOSTILE_LOSS`]).
+    hostile: bool,
 }
 
 /// An edge's QUIC server configuration with a fresh identity, and a client configuration
@@ -223,6 +229,8 @@ fn setup(p: &Params) -> Setup {
         secret,
         tunnels,
         data_limits: DataLimits::default(),
+        specs: Vec::new(),
+        hostile: p.loss >= HOSTILE_LOSS,
     }
 }
 
@@ -240,7 +248,9 @@ impl Setup {
         secret: Vec<u8>,
         features: &[&str],
     ) -> Result<usize, String> {
-        let features = features.iter().map(|f| (*f).to_owned()).collect();
+        let features: Vec<String> = features.iter().map(|f| (*f).to_owned()).collect();
+        self.specs
+            .push((conn_index, secret.clone(), features.clone()));
         let registration = Registration {
             conn_index,
             // Fixed, so that traces do not depend on the build or the platform.
@@ -269,6 +279,38 @@ impl Setup {
         self.world.connectors.push((addr, Some(conn)));
         Ok(index)
     }
+
+    /// A new connection in place of connector `c` (same HA index, secret and features), as
+    /// the supervisor makes one after a connection is lost; returns its index in the world.
+    fn reconnect(&mut self, c: usize) -> Result<usize, String> {
+        let (conn_index, secret, features) =
+            self.specs.get(c).cloned().ok_or("no such connector")?;
+        self.world.origins.drop_connector(c);
+        self.world.connectors[c].1 = None;
+        let features: Vec<&str> = features.iter().map(String::as_str).collect();
+        self.add_connector_with(conn_index, secret, &features)
+    }
+}
+
+/// Loss from which the network is hostile: with one packet in four lost each way, quinn's
+/// backed-off probes can go unanswered for the 5 s idle timeout (cloudflared's too), so a
+/// connection may die mid-traffic. Below it, a connection dying mid-traffic is a failure.
+/// On a hostile network what a user relies on is: every request ends (answered whole, or
+/// failed with its connection), every byte delivered is intact, a dead connection leaves
+/// nothing behind (streams, buffers, calls, timers, origin connections), and the connector
+/// comes back.
+const HOSTILE_LOSS: f64 = 0.2;
+
+/// How long a connector may take to register under loss, retrying as the supervisor does:
+/// a handshake that times out (10 s) or a registration call that does (5 s), then a backoff
+/// of up to 1, 2, 4, 8, 16, 32 s, leaves time for six attempts.
+const REGISTER_WITHIN: Duration = Duration::from_secs(150);
+
+/// The supervisor's backoff before connection attempt `attempt + 1` (cloudflared's
+/// `BackoffHandler`: uniform in `[0, 1 s · 2^attempt)`, the exponent capped at `--retries` 5).
+fn backoff(rng: &mut ChaCha8Rng, attempt: u32) -> Duration {
+    let cap = Duration::from_secs(1u64 << attempt.min(5));
+    Duration::from_nanos(rng.next_u64() % cap.as_nanos() as u64).max(Duration::from_millis(1))
 }
 
 /// The edge's answer to every registration: check credentials, accept or refuse.
@@ -293,25 +335,31 @@ fn expect(cond: bool, what: &str, world: &World) -> Result<(), String> {
     if cond {
         Ok(())
     } else {
-        Err(format!(
-            "invariant broken: {what}\nlast events:\n{}",
-            world.trace.tail().join("\n")
-        ))
+        Err(broken(what, world))
     }
+}
+
+/// The report of a broken invariant, with the trace's last events.
+fn broken(what: &str, world: &World) -> String {
+    format!(
+        "invariant broken: {what}\nlast events:\n{}",
+        world.trace.tail().join("\n")
+    )
 }
 
 /// Register, push local config, serve a while, shut down gracefully.
 fn registration(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let c = s.add_connector(0, s.secret.clone())?;
-    let tunnels = s.tunnels;
-    let mut registered_at = None;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    register(&mut s, &mut c)?;
+    let tunnels = &s.tunnels;
     let (mut config_seen, mut edge_unregistered, mut unregistered, mut closed) =
         (false, false, false, false);
-    s.world.run_until(VirtualTime::ZERO + SERVE, |w, h| {
+    let serve_until = s.world.after(SERVE);
+    s.world.run_until(serve_until, |w, h| {
         match h {
             Happening::Edge(EdgeEvent::RegisterRequested { conn, registration }) => {
-                answer_registration(w, &tunnels, conn, &registration)?;
+                answer_registration(w, tunnels, conn, &registration)?;
             }
             Happening::Edge(EdgeEvent::LocalConfiguration { config, .. }) => {
                 expect(
@@ -322,31 +370,21 @@ fn registration(p: &Params) -> Result<u64, String> {
                 config_seen = true;
             }
             Happening::Edge(EdgeEvent::Unregistered { .. }) => edge_unregistered = true,
-            Happening::Connector(_, ConnectorEvent::Registered(d)) => {
-                expect(registered_at.is_none(), "registered once", w)?;
-                expect(d.location == "SIM", "details come from the edge", w)?;
-                registered_at = Some(w.now);
+            Happening::Connector(_, ConnectorEvent::Registered(_)) => {
+                return Err(broken("registered once", w))
             }
-            Happening::Connector(_, ConnectorEvent::Unregistered) => {
-                expect(
-                    registered_at.is_some(),
-                    "unregister follows registration",
-                    w,
-                )?;
-                unregistered = true;
-            }
+            Happening::Connector(_, ConnectorEvent::Unregistered) => unregistered = true,
             Happening::Connector(_, ConnectorEvent::Closed { .. }) => closed = true,
             Happening::Connector(_, other) => {
-                return Err(format!("unexpected connector event {other:?}"))
+                return Err(broken(&format!("unexpected connector event {other:?}"), w))
             }
             Happening::Edge(_) => {}
         }
         Ok(())
     })?;
     // Keep-alives keep the connection busy, so the first phase runs to its limit: 15 s of
-    // serving, time enough to register under loss. Then shut down gracefully.
+    // serving. Then shut down gracefully.
     let w = &mut s.world;
-    expect(registered_at.is_some(), "connector registers", w)?;
     expect(config_seen, "edge gets the local configuration", w)?;
     let now = w.instant();
     w.connectors[c]
@@ -382,52 +420,43 @@ fn bad_credentials(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
     let mut wrong = s.secret.clone();
     wrong[0] ^= 0xff;
-    s.add_connector(0, wrong)?;
-    let tunnels = s.tunnels;
-    let (mut refused, mut closed) = (false, false);
-    s.world.run_until(VirtualTime::ZERO + LIMIT, |w, h| {
+    let mut c = s.add_connector(0, wrong)?;
+    // Attempts lost to the network are retried; the edge's answer is what must arrive.
+    let e = match connect(&mut s, &mut c)? {
+        Connected::Refused(e) => e,
+        Connected::Registered(_) => return Err("registered with a wrong secret".into()),
+    };
+    let w = &mut s.world;
+    expect(
+        e.cause.starts_with("Unauthorized"),
+        "the edge's cause reaches the connector",
+        w,
+    )?;
+    expect(!e.should_retry, "a permanent refusal says so", w)?;
+    let mut closed = false;
+    let limit = w.after(LIMIT);
+    w.run_ticking(limit, |_, h| {
         match h {
-            Happening::Edge(EdgeEvent::RegisterRequested { conn, registration }) => {
-                answer_registration(w, &tunnels, conn, &registration)?;
-            }
-            Happening::Connector(_, ConnectorEvent::RegistrationFailed(e)) => {
-                expect(
-                    e.cause.starts_with("Unauthorized"),
-                    "the edge's cause reaches the connector",
-                    w,
-                )?;
-                expect(!e.should_retry, "a permanent refusal says so", w)?;
-                refused = true;
-            }
-            Happening::Connector(_, ConnectorEvent::Closed { .. }) => closed = true,
-            Happening::Connector(_, ConnectorEvent::Registered(_)) => {
+            Some(Happening::Connector(i, ConnectorEvent::Closed { .. })) if i == c => closed = true,
+            Some(Happening::Connector(i, ConnectorEvent::Registered(_))) if i == c => {
                 return Err("registered with a wrong secret".into())
             }
             _ => {}
         }
-        Ok(())
+        Ok(closed)
     })?;
-    expect(refused, "refusal reported", &s.world)?;
-    expect(closed, "connection closed after refusal", &s.world)?;
-    Ok(s.world.trace.hash())
+    expect(closed, "connection closed after refusal", w)?;
+    Ok(w.trace.hash())
 }
 
 /// A partition longer than the 5 s idle timeout kills the connection on both sides.
 fn partition(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let c = s.add_connector(0, s.secret.clone())?;
-    let tunnels = s.tunnels;
-    let mut registered = false;
-    s.world
-        .run_until(VirtualTime::ZERO + Duration::from_secs(20), |w, h| {
-            if let Happening::Edge(EdgeEvent::RegisterRequested { conn, registration }) = h {
-                answer_registration(w, &tunnels, conn, &registration)?;
-            } else if let Happening::Connector(_, ConnectorEvent::Registered(_)) = h {
-                registered = true;
-            }
-            Ok(())
-        })?;
-    expect(registered, "registered before the partition", &s.world)?;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    register(&mut s, &mut c)?;
+    // Serve a while (keep-alives only) before the cut.
+    let until = s.world.now.max(VirtualTime::ZERO + Duration::from_secs(20));
+    s.world.run_until(until, |_, _| Ok(()))?;
     let w = &mut s.world;
     let (edge, conn) = (w.edge_addr, w.connectors[c].0);
     w.net.set_partition(edge, conn, true);
@@ -446,7 +475,7 @@ fn partition(p: &Params) -> Result<u64, String> {
     })?;
     let (at, reason) = connector_closed.ok_or("connector never noticed the partition")?;
     expect(
-        reason.contains("timed out"),
+        reason == CloseReason::TimedOut,
         "closed by the idle timeout",
         w,
     )?;
@@ -464,22 +493,24 @@ fn partition(p: &Params) -> Result<u64, String> {
 /// the version unchanged, and every answer reaches the edge.
 fn remote_config(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    s.add_connector(0, s.secret.clone())?;
-    let tunnels = s.tunnels;
-    let mut edge_conn = None;
-    s.world
-        .run_until(VirtualTime::ZERO + Duration::from_secs(15), |w, h| {
-            match h {
-                Happening::Edge(EdgeEvent::RegisterRequested { conn, registration }) => {
-                    answer_registration(w, &tunnels, conn, &registration)?;
-                    edge_conn = Some(conn);
-                }
-                Happening::Connector(_, ConnectorEvent::Registered(_)) | Happening::Edge(_) => {}
-                other => return Err(format!("unexpected {other:?}")),
-            }
-            Ok(())
-        })?;
-    let conn = edge_conn.ok_or("never registered")?;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, &mut c)?;
+    // Connection 0 pushes its local configuration after registering; let it land first.
+    let mut local_config = false;
+    let until = s.world.after(Duration::from_secs(15));
+    s.world.run_ticking(until, |_, h| {
+        match h {
+            Some(Happening::Edge(EdgeEvent::LocalConfiguration { .. })) => local_config = true,
+            Some(Happening::Edge(_)) | None => {}
+            Some(other) => return Err(format!("unexpected {other:?}")),
+        }
+        Ok(local_config)
+    })?;
+    expect(
+        local_config,
+        "the edge gets the local configuration",
+        &s.world,
+    )?;
     // The connector process's configuration state (process-wide in cloudflared).
     let mut versions = burrow_core::rpc_stream::ConfigVersions::new();
     let good = br#"{"ingress":[{"service":"http_status:503"}]}"#.as_slice();
@@ -563,66 +594,160 @@ fn remote_config(p: &Params) -> Result<u64, String> {
     Ok(s.world.trace.hash())
 }
 
-/// Runs until connector `c` is registered; returns the edge's id of its connection.
-fn register(s: &mut Setup, c: usize) -> Result<burrow_core::tunnel::edge::ConnId, String> {
-    let mut edge_conn = None;
-    let mut registered = false;
-    let tunnels = &s.tunnels;
-    let limit = s.world.after(Duration::from_secs(30));
-    s.world.run_ticking(limit, |w, h| {
-        match h {
-            Some(Happening::Edge(EdgeEvent::RegisterRequested { conn, registration })) => {
-                answer_registration(w, tunnels, conn, &registration)?;
-                edge_conn = Some(conn);
+/// How a connector's registration ended.
+enum Connected {
+    /// Registered; the edge's id of the connection.
+    Registered(burrow_core::tunnel::edge::ConnId),
+    /// The edge refused it for good.
+    Refused(RegistrationError),
+}
+
+/// Runs until connector `*c` is registered; returns the edge's id of its connection.
+fn register(s: &mut Setup, c: &mut usize) -> Result<burrow_core::tunnel::edge::ConnId, String> {
+    match connect(s, c)? {
+        Connected::Registered(conn) => Ok(conn),
+        Connected::Refused(e) => Err(broken(
+            &format!("the edge refused the registration for good: {e:?}"),
+            &s.world,
+        )),
+    }
+}
+
+/// Runs until connector `*c` registers or is refused for good. A connection that closes
+/// before either (a handshake or registration lost to the network
+/// past its deadline) is replaced after the supervisor's backoff, and `*c` follows the
+/// replacement: what a user relies on is that the connector registers, within
+/// [`REGISTER_WITHIN`], not that its first attempt does.
+fn connect(s: &mut Setup, c: &mut usize) -> Result<Connected, String> {
+    let deadline = s.world.after(REGISTER_WITHIN);
+    let mut attempt = 0;
+    loop {
+        let target = *c;
+        let (mut registered, mut refused, mut closed) = (None, None, None);
+        let tunnels = &s.tunnels;
+        s.world.run_ticking(deadline, |w, h| {
+            match h {
+                Some(Happening::Edge(EdgeEvent::RegisterRequested { conn, registration })) => {
+                    answer_registration(w, tunnels, conn, &registration)?;
+                }
+                Some(Happening::Connector(i, ConnectorEvent::Registered(d))) if i == target => {
+                    expect(d.location == "SIM", "details come from the edge", w)?;
+                    registered = Some(d)
+                }
+                Some(Happening::Connector(i, ConnectorEvent::RegistrationFailed(e)))
+                    if i == target && !e.should_retry =>
+                {
+                    refused = Some(e)
+                }
+                Some(Happening::Connector(i, ConnectorEvent::Closed { reason })) if i == target => {
+                    closed = Some(reason)
+                }
+                _ => {}
             }
-            Some(Happening::Connector(i, ConnectorEvent::Registered(_))) if i == c => {
-                registered = true
-            }
-            _ => {}
+            Ok(registered.is_some() || refused.is_some() || closed.is_some())
+        })?;
+        if let Some(d) = registered {
+            // The simulated edge names a connection's details after its id (answer_registration).
+            let conn = burrow_core::tunnel::edge::ConnId(d.uuid.as_u128() as usize - 1);
+            return Ok(Connected::Registered(conn));
         }
-        Ok(registered)
-    })?;
-    expect(registered, "connector registers", &s.world)?;
-    edge_conn.ok_or_else(|| "edge never saw the registration".into())
+        if let Some(e) = refused {
+            return Ok(Connected::Refused(e));
+        }
+        let Some(reason) = closed else {
+            let what =
+                format!("connector registers within {REGISTER_WITHIN:?} ({attempt} retries)");
+            return Err(broken(&what, &s.world));
+        };
+        attempt += 1;
+        reconnect_after_backoff(
+            s,
+            c,
+            attempt,
+            &format!("closed before registering ({reason})"),
+        )?;
+    }
+}
+
+/// The supervisor's part when connector `*c`'s connection is gone (`why`): after the backoff
+/// of retry `attempt`, a new connection with the same index; `*c` follows it.
+fn reconnect_after_backoff(
+    s: &mut Setup,
+    c: &mut usize,
+    attempt: u32,
+    why: &str,
+) -> Result<(), String> {
+    let delay = backoff(&mut s.rng, attempt);
+    let w = &mut s.world;
+    w.trace.record(
+        w.now,
+        &format!("connector {c} {why}; reconnecting in {delay:?}"),
+    );
+    let until = w.after(delay);
+    w.run_until(until, |_, _| Ok(()))?;
+    *c = s.reconnect(*c)?;
+    Ok(())
 }
 
 /// Runs `client` to completion (or `limit`), checking the connector's buffers after every step
-/// against the per-stream window bound.
-fn serve(s: &mut Setup, client: &mut Client, c: usize, limit: Duration) -> Result<usize, String> {
+/// against the per-stream window bound. On a hostile network a connection may die: then
+/// [`lost_connection`] checks it left nothing behind, `*c` reconnects and the client goes on.
+fn serve(
+    s: &mut Setup,
+    client: &mut Client,
+    c: &mut usize,
+    limit: Duration,
+) -> Result<usize, String> {
     // A window each way plus a response head, per stream.
     let per_stream = 2 * s.data_limits.window + 64 * 1024;
-    let w = &mut s.world;
-    let limit = w.after(limit);
+    let limit = s.world.after(limit);
     let mut peak = 0;
-    w.run_ticking(limit, |w, h| {
-        match &h {
-            Some(Happening::Edge(e)) => {
-                client.on_event(e)?;
-                return Ok(false);
+    loop {
+        let target = *c;
+        let mut lost = None;
+        s.world.run_ticking(limit, |w, h| {
+            match &h {
+                Some(Happening::Edge(e)) => {
+                    client.on_event(e)?;
+                    return Ok(false);
+                }
+                Some(Happening::Connector(i, ConnectorEvent::Closed { reason }))
+                    if *i == target =>
+                {
+                    lost = Some(reason.clone());
+                    return Ok(true);
+                }
+                Some(_) => return Ok(false),
+                None => {}
             }
-            Some(Happening::Connector(_, ConnectorEvent::Closed { reason })) => {
-                return Err(format!("connection closed mid-traffic: {reason}"))
+            client.tick(w)?;
+            if let Some(conn) = w.connectors[target].1.as_ref() {
+                let buffered = conn.buffered_bytes();
+                peak = peak.max(buffered);
+                let allowed = conn.active_streams().max(1) * per_stream;
+                if buffered > allowed {
+                    return Err(format!(
+                        "connector buffers {buffered} bytes over {} streams, bound {allowed}",
+                        conn.active_streams()
+                    ));
+                }
             }
-            Some(_) => return Ok(false),
-            None => {}
-        }
-        client.tick(w)?;
-        if let Some(conn) = w.connectors[c].1.as_ref() {
-            let buffered = conn.buffered_bytes();
-            peak = peak.max(buffered);
-            let allowed = conn.active_streams().max(1) * per_stream;
-            if buffered > allowed {
-                return Err(format!(
-                    "connector buffers {buffered} bytes over {} streams, bound {allowed}",
-                    conn.active_streams()
-                ));
+            if let Some(e) = &w.origins.error {
+                return Err(format!("origin: {e}"));
             }
+            Ok(client.is_done())
+        })?;
+        let Some(reason) = lost else { break };
+        if !s.hostile {
+            return Err(format!("connection closed mid-traffic: {reason}"));
         }
-        if let Some(e) = &w.origins.error {
-            return Err(format!("origin: {e}"));
-        }
-        Ok(client.is_done())
-    })?;
+        lost_connection(s, target, &reason)?;
+        // A registered connection's loss resets the backoff: the first retry waits up to 2 s.
+        reconnect_after_backoff(s, c, 1, &format!("lost ({reason})"))?;
+        let conn = register(s, c)?;
+        client.connection_lost(conn);
+    }
+    let w = &s.world;
     if !client.is_done() {
         return Err(format!(
             "{} requests done, {} in flight when time ran out\n{}{}",
@@ -633,6 +758,36 @@ fn serve(s: &mut Setup, client: &mut Client, c: usize, limit: Duration) -> Resul
         ));
     }
     Ok(peak)
+}
+
+/// Connector `c`'s connection died (`reason`): it must leave nothing behind, neither streams,
+/// buffers, RPC calls or timers of its own, nor (once the origins acted on what it said last)
+/// origin connections.
+fn lost_connection(s: &mut Setup, c: usize, reason: &CloseReason) -> Result<(), String> {
+    let w = &mut s.world;
+    w.trace
+        .record(w.now, &format!("connector {c} lost: {reason}"));
+    // One more step lets the origins act on the closes the connection queued as it died.
+    let next = w.after(Duration::from_millis(1));
+    w.run_until(next, |_, _| Ok(()))?;
+    let conn = w.connectors[c].1.as_mut().ok_or("connector gone")?;
+    let leftovers = (
+        conn.active_streams(),
+        conn.buffered_bytes(),
+        conn.pending_calls(),
+        conn.poll_timeout(),
+    );
+    expect(
+        leftovers == (0, 0, 0, None),
+        &format!("a dead connection holds nothing (streams, bytes, calls, timer): {leftovers:?}"),
+        w,
+    )?;
+    let flows = w.origins.flows_of(c);
+    expect(
+        flows == 0,
+        &format!("a dead connection's origin connections are closed ({flows} open)"),
+        w,
+    )
 }
 
 /// A mix of HTTP requests: bodies of every size class, fixed, chunked and close-delimited
@@ -675,8 +830,8 @@ fn http_requests(rng: &mut ChaCha8Rng, count: usize, max: u64) -> Vec<Request> {
 /// Many HTTP requests through one connection; every byte checked both ways; keep-alive reuse.
 fn http_mixed(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let c = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, c)?;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, &mut c)?;
     let (count, max) = if p.quick {
         (30, 256 * 1024)
     } else {
@@ -696,8 +851,21 @@ fn http_mixed(p: &Params) -> Result<u64, String> {
         })
         .count() as u64;
     let mut client = Client::new(conn, requests, 8);
-    serve(&mut s, &mut client, c, Duration::from_secs(3600))?;
+    serve(&mut s, &mut client, &mut c, Duration::from_secs(3600))?;
     let stats = s.world.origins.stats;
+    if s.hostile {
+        // Requests in flight when a connection died failed with it; the rest were answered.
+        expect(
+            client.completed + client.failed == count as u64,
+            &format!(
+                "every request answered or failed with its connection ({} answered, {} failed)",
+                client.completed, client.failed
+            ),
+            &s.world,
+        )?;
+        s.world.trace.record(s.world.now, &stats);
+        return Ok(s.world.trace.hash());
+    }
     expect(
         client.completed == count as u64,
         "every request answered",
@@ -718,8 +886,8 @@ fn http_mixed(p: &Params) -> Result<u64, String> {
 /// Raw bytes both ways after an upgrade (`ws`) or a TCP ack (`tcp`), echoed by the origin.
 fn echo(p: &Params, request: impl Fn(u64, u64) -> Request) -> Result<u64, String> {
     let mut s = setup(p);
-    let c = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, c)?;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, &mut c)?;
     let len = if p.quick {
         1024 * 1024
     } else {
@@ -727,8 +895,15 @@ fn echo(p: &Params, request: impl Fn(u64, u64) -> Request) -> Result<u64, String
     };
     let seed = s.rng.next_u64();
     let mut client = Client::new(conn, vec![request(len, seed)], 1);
-    serve(&mut s, &mut client, c, Duration::from_secs(3600))?;
-    expect(client.completed == 1, "the echo came back whole", &s.world)?;
+    serve(&mut s, &mut client, &mut c, Duration::from_secs(3600))?;
+    let whole = client.completed == 1;
+    // On a hostile network the echo may instead fail with its connection.
+    let failed_cleanly = s.hostile && client.failed == 1;
+    expect(
+        whole || failed_cleanly,
+        "the echo came back whole (or, on a hostile network, failed with its connection)",
+        &s.world,
+    )?;
     Ok(s.world.trace.hash())
 }
 
@@ -745,12 +920,12 @@ fn tcp_echo(p: &Params) -> Result<u64, String> {
 fn flow_limit(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
     s.data_limits.flows.set_limit(1);
-    let c = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, c)?;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, &mut c)?;
     let len = if p.quick { 64 * 1024 } else { 1024 * 1024 };
     let requests = vec![Request::Tcp { len, seed: 1 }, Request::Tcp { len, seed: 2 }];
     let mut client = Client::new(conn, requests, 2);
-    serve(&mut s, &mut client, c, Duration::from_secs(600))?;
+    serve(&mut s, &mut client, &mut c, Duration::from_secs(600))?;
     expect(
         client.completed == 2,
         "both streams ended cleanly",
@@ -768,8 +943,8 @@ fn flow_limit(p: &Params) -> Result<u64, String> {
 /// grace period, the edge gets nothing new after unregistering, then the connection closes.
 fn shutdown_during_traffic(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let c = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, c)?;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, &mut c)?;
     // Sized to finish well inside the 30 s grace period at 5% loss, where one connection
     // moves roughly 200 KiB/s (loss-limited congestion window).
     let size = if p.quick { 128 * 1024 } else { 256 * 1024 };
@@ -848,10 +1023,10 @@ fn shutdown_during_traffic(p: &Params) -> Result<u64, String> {
 /// the same address and a new connection registers and serves again.
 fn edge_restart(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let c = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, c)?;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, &mut c)?;
     let mut client = Client::new(conn, http_requests(&mut s.rng, 5, 64 * 1024), 4);
-    serve(&mut s, &mut client, c, Duration::from_secs(120))?;
+    serve(&mut s, &mut client, &mut c, Duration::from_secs(120))?;
     // The edge process dies: its state is gone.
     s.world.edge = None;
     let mut closed = false;
@@ -872,10 +1047,10 @@ fn edge_restart(p: &Params) -> Result<u64, String> {
     s.rng.fill_bytes(&mut seed);
     s.world.edge = Some(EdgeEndpoint::new(server, seed));
     // The supervisor's part: a new connection with the same index.
-    let c2 = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, c2)?;
+    let mut c2 = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, &mut c2)?;
     let mut client = Client::new(conn, http_requests(&mut s.rng, 5, 64 * 1024), 4);
-    serve(&mut s, &mut client, c2, Duration::from_secs(120))?;
+    serve(&mut s, &mut client, &mut c2, Duration::from_secs(120))?;
     expect(client.completed == 5, "the new connection serves", &s.world)?;
     Ok(s.world.trace.hash())
 }
@@ -884,13 +1059,13 @@ fn edge_restart(p: &Params) -> Result<u64, String> {
 /// set the pace) while the connector's buffers stayed within the window bound.
 fn paced(
     s: &mut Setup,
-    c: usize,
+    mut c: usize,
     client: &mut Client,
     least: Duration,
     who: &str,
 ) -> Result<u64, String> {
     let start = s.world.now;
-    let peak = serve(s, client, c, Duration::from_secs(600))?;
+    let peak = serve(s, client, &mut c, Duration::from_secs(600))?;
     let took = s.world.now.since_start() - start.since_start();
     expect(
         took >= least,
@@ -906,8 +1081,8 @@ fn paced(
 /// An origin that reads slowly: uploads back up into QUIC flow control, not into memory.
 fn slow_origin(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let c = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, c)?;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, &mut c)?;
     s.world.origins.read_rate = Some(256 * 1024);
     let size = if p.quick { 512 * 1024 } else { 4 * 1024 * 1024 };
     let requests = (0..4)
@@ -929,8 +1104,8 @@ fn slow_origin(p: &Params) -> Result<u64, String> {
 /// An eyeball that reads slowly: the origins are paused, not buffered.
 fn slow_edge(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let c = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, c)?;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, &mut c)?;
     let size = if p.quick { 512 * 1024 } else { 4 * 1024 * 1024 };
     let requests = (0..4)
         .map(|i| Request::Http {

@@ -74,6 +74,10 @@ struct OriginNet {
     ping_replies: BinaryHeap<Reverse<PingReply>>,
     order: u64,
     stats: OriginStats,
+    /// When each open socket last carried a payload either way (or opened).
+    last_io: HashMap<UdpFlowId, VirtualTime>,
+    /// For every socket closed: how long it had been quiet.
+    quiet_at_close: Vec<(UdpFlowId, Duration)>,
 }
 
 impl OriginNet {
@@ -116,6 +120,7 @@ impl OriginNet {
             return;
         };
         self.stats.to_origin += 1;
+        self.last_io.insert(flow, now);
         if dest.port() == ECHO_PORT {
             self.order += 1;
             self.echoes
@@ -192,6 +197,12 @@ impl ConnectorUdp {
         &self.net.stats
     }
 
+    /// Every origin socket closed so far, with how long it had carried nothing when it was
+    /// closed.
+    pub fn quiet_at_close(&self) -> &[(UdpFlowId, Duration)] {
+        &self.net.quiet_at_close
+    }
+
     /// Open origin sockets.
     pub fn sockets(&self) -> usize {
         self.net.sockets.len()
@@ -231,6 +242,7 @@ impl ConnectorUdp {
                 continue; // closed meanwhile: the read never happens
             }
             self.net.stats.from_origin += 1;
+            self.net.last_io.insert(flow, now);
             let len = payload.len();
             // What a driver does before each read: room for the framing around the payload.
             self.buf.resize(HEADROOM + ORIGIN_READ + TAILROOM, 0);
@@ -279,6 +291,7 @@ impl ConnectorUdp {
                             .handle_origin_failed(flow, "connect: network is unreachable");
                     } else {
                         self.net.sockets.insert(flow, dest);
+                        self.net.last_io.insert(flow, now);
                         self.net.stats.sockets_opened += 1;
                         self.hub.sessions.handle_origin_opened(at, flow);
                     }
@@ -289,6 +302,10 @@ impl ConnectorUdp {
                 HubAction::Session(SessionAction::Close { flow }) => {
                     if self.net.sockets.remove(&flow).is_some() {
                         self.net.stats.sockets_closed += 1;
+                        if let Some(at) = self.net.last_io.remove(&flow) {
+                            let quiet = now.since_start() - at.since_start();
+                            self.net.quiet_at_close.push((flow, quiet));
+                        }
                     }
                 }
                 HubAction::Session(SessionAction::V2Registered { link, id, result }) => {

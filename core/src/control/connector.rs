@@ -50,12 +50,13 @@ enum Asked {
 
 impl Asked {
     /// The event a failure of this question produces (bootstrap failing fails registration).
-    fn failure(self, reason: String) -> ControlEvent {
+    /// `retryable`: nothing was refused, the answer just did not come in time.
+    fn failure(self, reason: String, retryable: bool) -> ControlEvent {
         match self {
             Asked::Bootstrap | Asked::Register => {
                 ControlEvent::RegistrationFailed(RegistrationError {
                     cause: reason,
-                    should_retry: false,
+                    should_retry: retryable,
                     retry_after: Duration::ZERO,
                 })
             }
@@ -187,7 +188,10 @@ impl ControlClient {
         while let Some(i) = conv.questions.iter().position(|q| q.deadline <= now) {
             let q = conv.questions.swap_remove(i);
             warn!(question = q.id, asked = ?q.asked, "control-stream call timed out");
-            conv.fail(q.asked, "timed out".into());
+            // Under heavy loss an answer can take longer than the deadline (a lost handshake
+            // flight backs quinn's probe timer off past it); the edge refused nothing, so the
+            // supervisor must retry, as cloudflared retries every QUIC registration failure.
+            conv.fail(q.asked, "timed out".into(), true);
         }
     }
 
@@ -234,7 +238,7 @@ impl Conversation {
     }
 
     /// Records a failed question: the event, and what it means for the phase.
-    fn fail(&mut self, asked: Asked, reason: String) {
+    fn fail(&mut self, asked: Asked, reason: String, retryable: bool) {
         if matches!(asked, Asked::Bootstrap | Asked::Register) {
             // Bootstrap and registration fail together; one event tells it.
             if self.phase == Phase::Done {
@@ -245,7 +249,7 @@ impl Conversation {
         if asked == Asked::Unregister {
             self.phase = Phase::Done;
         }
-        self.events.push_back(asked.failure(reason));
+        self.events.push_back(asked.failure(reason, retryable));
     }
 
     /// Sends what registration unlocks: the local configuration, once.
@@ -300,11 +304,11 @@ impl Conversation {
         let payload = match r.body {
             ReturnBody::Results(p) => p,
             ReturnBody::Exception(e) => {
-                self.fail(asked, e.reason.to_owned());
+                self.fail(asked, e.reason.to_owned(), false);
                 return Ok(());
             }
             other => {
-                self.fail(asked, format!("unsupported return {other:?}"));
+                self.fail(asked, format!("unsupported return {other:?}"), false);
                 return Ok(());
             }
         };
@@ -362,7 +366,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn timeout_fails_registration_with_an_event() {
+    fn timeout_fails_registration_with_a_retryable_event() {
         let now = Instant::now();
         let reg = crate::control::tests::registration(0);
         let mut c = ControlClient::new(now, &reg, None, Duration::from_secs(5)).unwrap();
@@ -373,7 +377,7 @@ mod tests {
         c.handle_timeout(now + Duration::from_secs(5));
         assert!(matches!(
             c.poll_event(),
-            Some(ControlEvent::RegistrationFailed(RegistrationError { ref cause, should_retry: false, .. })) if cause == "timed out"
+            Some(ControlEvent::RegistrationFailed(RegistrationError { ref cause, should_retry: true, .. })) if cause == "timed out"
         ));
         // Bootstrap and register both timed out: one event, not two.
         assert_eq!(c.poll_event(), None);

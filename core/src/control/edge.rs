@@ -1,6 +1,10 @@
 //! The edge's side of the control stream: it serves `RegistrationServer` as its bootstrap
 //! capability. Registration is answered by the caller (which checks credentials); local
 //! configuration and unregistration are acknowledged at once and reported as events.
+//!
+//! Anyone can open a connection and talk on its control stream, so until a registration is
+//! accepted a connection may send only [`PRE_REGISTRATION_MESSAGES`] messages (cloudflared
+//! sends two or three); past that the peer broke protocol. A connection registers once.
 
 use std::collections::VecDeque;
 
@@ -13,6 +17,9 @@ use crate::rpc::registration::{
     RegisterConnection, UnregisterConnection, UpdateLocalConfiguration,
 };
 use crate::rpc::{BootstrapServer, Inbox};
+
+/// Messages a connection may send before its registration is accepted.
+pub const PRE_REGISTRATION_MESSAGES: u32 = 16;
 
 /// What the connector did on the control stream.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -41,6 +48,10 @@ struct Serving {
     bootstrap: BootstrapServer,
     /// Question of a registration waiting for the caller's answer.
     pending_registration: Option<u32>,
+    /// A registration was accepted.
+    registered: bool,
+    /// Messages received so far (counted until registration).
+    messages: u32,
     events: VecDeque<EdgeControlEvent>,
 }
 
@@ -66,6 +77,7 @@ impl ControlServer {
             .pending_registration
             .take()
             .ok_or(ApiError::NothingPending("registration"))?;
+        conv.registered = result.is_ok();
         let response = match &result {
             Ok(details) => crate::rpc::registration::ConnectionResponse::Details(details.to_wire()),
             Err(e) => e.to_wire(),
@@ -84,10 +96,23 @@ impl ControlServer {
     pub fn poll_event(&mut self) -> Option<EdgeControlEvent> {
         self.conv.events.pop_front()
     }
+
+    /// Whether a registration was accepted.
+    pub fn is_registered(&self) -> bool {
+        self.conv.registered
+    }
 }
 
 impl Serving {
     fn on_message(&mut self, m: Message<'_>) -> Result<(), ControlError> {
+        if !self.registered {
+            self.messages += 1;
+            if self.messages > PRE_REGISTRATION_MESSAGES {
+                return Err(ControlError::Unexpected(format!(
+                    "more than {PRE_REGISTRATION_MESSAGES} messages before registering"
+                )));
+            }
+        }
         match m {
             Message::Bootstrap { question_id } => {
                 Ok(self.bootstrap.answer(question_id, &mut self.outbox)?)
@@ -124,11 +149,11 @@ impl Serving {
             return self.refuse(q, ExceptionType::Failed, "call to an unknown capability");
         }
         if call.is::<RegisterConnection>() {
-            if self.pending_registration.is_some() {
+            if self.pending_registration.is_some() || self.registered {
                 return self.refuse(
                     q,
                     ExceptionType::Failed,
-                    "a registration is already pending",
+                    "this connection already registered",
                 );
             }
             let registration = Registration::from_params(&call.params_of::<RegisterConnection>()?)?;
@@ -155,5 +180,98 @@ impl Serving {
             );
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::{Duration, Instant};
+
+    use super::*;
+    use crate::control::connector::{ControlClient, ControlEvent};
+    use crate::control::tests::registration;
+
+    /// A connector's opening (Bootstrap + registerConnection) fed to a fresh server.
+    fn opened() -> (ControlServer, ControlClient, Instant) {
+        let now = Instant::now();
+        let mut client =
+            ControlClient::new(now, &registration(0), None, Duration::from_secs(5)).expect("new");
+        let mut server = ControlServer::new();
+        server
+            .handle_bytes(&client.poll_transmit().expect("opening"))
+            .expect("served");
+        assert!(matches!(
+            server.poll_event(),
+            Some(EdgeControlEvent::RegisterRequested(_))
+        ));
+        (server, client, now)
+    }
+
+    fn details() -> ConnectionDetails {
+        ConnectionDetails {
+            uuid: uuid::Uuid::nil(),
+            location: "LOCAL".into(),
+            remotely_managed: true,
+        }
+    }
+
+    #[test]
+    fn a_connection_registers_once() {
+        let (mut server, mut client, now) = opened();
+        server.respond_registration(Ok(details())).expect("answer");
+        assert!(server.is_registered());
+        client
+            .handle_bytes(now, &server.poll_transmit().expect("answer"))
+            .expect("read");
+        assert!(matches!(
+            client.poll_event(),
+            Some(ControlEvent::Registered(_))
+        ));
+        // The same registration again, on the same connection: refused by the server itself.
+        let mut again =
+            ControlClient::new(now, &registration(1), None, Duration::from_secs(5)).expect("new");
+        server
+            .handle_bytes(&again.poll_transmit().expect("opening"))
+            .expect("served");
+        assert_eq!(server.poll_event(), None, "not handed to the caller");
+        assert_eq!(
+            server.respond_registration(Ok(details())),
+            Err(ApiError::NothingPending("registration"))
+        );
+        let answer = server.poll_transmit().expect("refusal");
+        again.handle_bytes(now, &answer).expect("read");
+        assert!(
+            !matches!(again.poll_event(), Some(ControlEvent::Registered(_))),
+            "second registration refused"
+        );
+    }
+
+    #[test]
+    fn a_refused_registration_does_not_register() {
+        let (mut server, _, _) = opened();
+        server
+            .respond_registration(Err(RegistrationError {
+                cause: "no".into(),
+                should_retry: false,
+                retry_after: Duration::ZERO,
+            }))
+            .expect("answer");
+        assert!(!server.is_registered());
+    }
+
+    #[test]
+    fn bootstrap_flood_before_registering_is_a_protocol_error() {
+        let mut server = ControlServer::new();
+        let mut bytes = Vec::new();
+        for q in 0..PRE_REGISTRATION_MESSAGES {
+            message::encode_bootstrap(q, &mut bytes).expect("encode");
+        }
+        server.handle_bytes(&bytes).expect("within the allowance");
+        let mut one = Vec::new();
+        message::encode_bootstrap(PRE_REGISTRATION_MESSAGES, &mut one).expect("encode");
+        assert!(matches!(
+            server.handle_bytes(&one),
+            Err(ControlError::Unexpected(_))
+        ));
     }
 }

@@ -8,6 +8,7 @@
 
 pub mod connector;
 pub mod edge;
+pub mod features;
 
 use std::net::{IpAddr, Ipv6Addr};
 use std::time::Duration;
@@ -195,16 +196,40 @@ impl ConnectionDetails {
 pub struct RegistrationError {
     /// The edge's cause text; [`DUPLICATE_CONNECTION`] for a duplicate.
     pub cause: String,
-    /// Whether retrying may help. RPC-level failures count as permanent, as in cloudflared.
+    /// Whether retrying may help. An RPC exception counts as permanent, as in cloudflared; a
+    /// call that got no answer in time is retryable.
     pub should_retry: bool,
     /// The edge's suggested delay (cloudflared decodes and ignores it; we pass it on).
     pub retry_after: Duration,
+}
+
+/// What a refused registration means, read once from the edge's cause text (the wire has
+/// no code for it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// The edge already has a connection with this index: try another address.
+    DuplicateConnection,
+    /// The credentials were refused; cloudflared retries these forever rather than exit.
+    Unauthorized,
+    /// Anything else.
+    Other,
 }
 
 impl RegistrationError {
     /// The edge already has a connection with this index.
     pub fn is_duplicate_connection(&self) -> bool {
         self.cause == DUPLICATE_CONNECTION
+    }
+
+    /// What the refusal means.
+    pub fn refusal(&self) -> Refusal {
+        if self.is_duplicate_connection() {
+            Refusal::DuplicateConnection
+        } else if self.cause.contains("Unauthorized") {
+            Refusal::Unauthorized
+        } else {
+            Refusal::Other
+        }
     }
 
     fn from_wire(e: &ConnectionError<'_>) -> Self {

@@ -48,7 +48,7 @@ pub enum TlsError {
     NoCertificates(&'static str),
 }
 
-fn provider(pq: PostQuantum) -> Arc<CryptoProvider> {
+pub(crate) fn provider(pq: PostQuantum) -> Arc<CryptoProvider> {
     use aws_lc_rs::kx_group::{SECP256R1, X25519, X25519MLKEM768};
     let kx_groups = match pq {
         PostQuantum::Prefer => vec![X25519MLKEM768, X25519, SECP256R1],

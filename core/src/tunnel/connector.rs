@@ -118,9 +118,64 @@ pub enum ConnectorEvent {
     },
     /// The connection is gone; nothing more will happen.
     Closed {
-        /// Why, in words.
-        reason: String,
+        /// Why.
+        reason: CloseReason,
     },
+}
+
+/// Why a tunnel connection ended: by our decision ([`CloseReason::Local`]) or the edge's and
+/// the path's ([`CloseReason::Remote`], [`CloseReason::TimedOut`], [`CloseReason::Transport`]).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CloseReason {
+    /// We closed it.
+    #[error("closed by the connector: {0}")]
+    Local(LocalClose),
+    /// The edge closed it (CONNECTION_CLOSE or a stateless reset), with its words.
+    #[error("closed by the edge: {0}")]
+    Remote(String),
+    /// Nothing was heard from the edge for the idle timeout: the path to it died.
+    #[error("timed out")]
+    TimedOut,
+    /// QUIC failed (handshake, TLS, protocol violation, version mismatch).
+    #[error("transport failed: {0}")]
+    Transport(String),
+}
+
+impl CloseReason {
+    /// Whether we decided it.
+    pub fn is_local(&self) -> bool {
+        matches!(self, Self::Local(_))
+    }
+}
+
+/// Why we closed a connection.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum LocalClose {
+    /// Shut down (drained, or at once).
+    #[error("shutdown")]
+    Shutdown,
+    /// The edge refused the registration.
+    #[error("registration refused: {}", .0.cause)]
+    Refused(RegistrationError),
+    /// The control stream failed (the edge closed, reset or starved it, or it broke RPC).
+    #[error("control stream: {0}")]
+    Control(String),
+}
+
+impl From<quinn_proto::ConnectionError> for CloseReason {
+    fn from(e: quinn_proto::ConnectionError) -> Self {
+        use quinn_proto::ConnectionError as E;
+        match e {
+            E::TimedOut => Self::TimedOut,
+            E::ApplicationClosed(_) | E::ConnectionClosed(_) | E::Reset => {
+                Self::Remote(e.to_string())
+            }
+            E::LocallyClosed => Self::Local(LocalClose::Shutdown),
+            E::VersionMismatch | E::TransportError(_) | E::CidsExhausted => {
+                Self::Transport(e.to_string())
+            }
+        }
+    }
 }
 
 /// The caller misused the connection API.
@@ -198,6 +253,8 @@ pub struct ConnectorConnection {
     events: VecDeque<ConnectorEvent>,
     /// Where quinn writes stateless responses (a client sends none; reused, not reallocated).
     scratch: Vec<u8>,
+    /// Why we are closing, once we are.
+    close_reason: Option<LocalClose>,
 }
 
 impl ConnectorConnection {
@@ -231,6 +288,7 @@ impl ConnectorConnection {
             shutdown_requested: false,
             events: VecDeque::new(),
             scratch: Vec::new(),
+            close_reason: None,
         })
     }
 
@@ -405,9 +463,9 @@ impl ConnectorConnection {
         send_datagram(&mut self.conn, datagram)
     }
 
-    /// The largest datagram the connection carries now (peer limit and path MTU).
-    pub fn max_datagram_size(&mut self) -> Option<usize> {
-        self.conn.datagrams().max_size()
+    /// The path MTU quinn assumes now (the initial MTU until discovery raises it).
+    pub fn path_mtu(&self) -> u16 {
+        self.conn.current_mtu()
     }
 
     /// quinn's counters for the connection (frames, packets, path).
@@ -437,7 +495,8 @@ impl ConnectorConnection {
         exchange_events(&mut self.endpoint, self.handle, &mut self.conn);
         // A close we started ends without a ConnectionLost event, once quinn has drained.
         if self.state == State::Closing && self.conn.is_drained() {
-            self.finish("closed by the connector".into());
+            let reason = self.close_reason.take().unwrap_or(LocalClose::Shutdown);
+            self.finish(CloseReason::Local(reason));
         }
     }
 
@@ -445,7 +504,7 @@ impl ConnectorConnection {
         match event {
             Event::Connected => self.open_control(now),
             Event::ConnectionLost { reason } => {
-                self.finish(reason.to_string());
+                self.finish(reason.into());
             }
             Event::Stream(StreamEvent::Readable { id }) if self.data.owns(id) => {
                 self.data.on_readable(now, &mut self.conn, id);
@@ -490,7 +549,10 @@ impl ConnectorConnection {
         }
         let Some(stream) = self.conn.streams().open(Dir::Bi) else {
             // A fresh connection always has stream credit; if not, the edge is broken.
-            self.close_with("edge granted no stream for the control plane", now);
+            self.close_with(
+                LocalClose::Control("edge granted no stream for the control plane".into()),
+                now,
+            );
             return;
         };
         let client = match ControlClient::new(
@@ -501,7 +563,10 @@ impl ConnectorConnection {
         ) {
             Ok(client) => client,
             Err(e) => {
-                self.close_with(&format!("cannot start registration: {e}"), now);
+                self.close_with(
+                    LocalClose::Control(format!("cannot start registration: {e}")),
+                    now,
+                );
                 return;
             }
         };
@@ -787,19 +852,19 @@ impl ConnectorConnection {
         let finished = match read_stream(&mut self.conn, c.stream, &mut c.received) {
             Ok(finished) => finished,
             Err(e) => {
-                self.close_with(&format!("control stream reset by the edge: {e}"), now);
+                self.close_with(LocalClose::Control(format!("reset by the edge: {e}")), now);
                 return;
             }
         };
         let bytes = std::mem::take(&mut c.received);
         if let Err(e) = c.client.handle_bytes(now, &bytes) {
-            self.close_with(&format!("control stream: {e}"), now);
+            self.close_with(LocalClose::Control(e.to_string()), now);
             return;
         }
         if finished && matches!(self.state, State::Registering | State::Serving) {
             // cloudflared does not notice this (PROTOCOL.md A§6 #6); a dead control plane means
             // the edge no longer routes to us, so reconnect.
-            self.close_with("edge closed the control stream", now);
+            self.close_with(LocalClose::Control("closed by the edge".into()), now);
         }
     }
 
@@ -811,7 +876,7 @@ impl ConnectorConnection {
         }
         let stream = c.stream;
         if let Err(e) = flush_stream(&mut self.conn, stream, &mut c.unsent) {
-            self.close_with(&format!("control stream write failed: {e}"), now);
+            self.close_with(LocalClose::Control(format!("write failed: {e}")), now);
             return;
         }
         while let Some(event) = self.control.as_mut().and_then(|c| c.client.poll_event()) {
@@ -841,7 +906,7 @@ impl ConnectorConnection {
                 warn!(conn_index, cause = %e.cause, should_retry = e.should_retry, "registration failed");
                 self.events
                     .push_back(ConnectorEvent::RegistrationFailed(e.clone()));
-                self.close_with(&format!("registration failed: {}", e.cause), now);
+                self.close_with(LocalClose::Refused(e), now);
             }
             ControlEvent::LocalConfigurationAccepted => {
                 debug!(conn_index, "local configuration pushed")
@@ -879,12 +944,15 @@ impl ConnectorConnection {
         self.state = State::Closing;
     }
 
-    fn close_with(&mut self, reason: &str, now: Instant) {
+    fn close_with(&mut self, reason: LocalClose, now: Instant) {
         warn!(conn_index = self.config.registration.conn_index, %reason, "closing tunnel connection");
+        if self.close_reason.is_none() {
+            self.close_reason = Some(reason);
+        }
         self.close(now);
     }
 
-    fn finish(&mut self, reason: String) {
+    fn finish(&mut self, reason: CloseReason) {
         self.data.close_all();
         self.calls.clear();
         if self.state != State::Closed {

@@ -5,11 +5,18 @@
 //! streams for calls to the connector (remote configuration, datagram-v2 sessions). Further
 //! streams the connector opens are RPC streams to the edge's `SessionManager`
 //! (`unregisterUdpSession`), served here and reported as [`EdgeEvent::UdpSessionUnregistered`].
+//!
+//! Anyone may connect, so what a connection can make the edge hold is bounded: at most
+//! [`MAX_UNREGISTERED`] connections wait for their registration at once, each for at most
+//! [`REGISTRATION_DEADLINE`], saying little meanwhile ([`crate::control::edge`]) and opening no
+//! RPC streams; and a peer that lets more than [`CONTROL_UNSENT_MAX`] of control-stream replies
+//! pile up (by granting no stream credit) is closed. Requests go to registered connections
+//! only, and a [`ConnId`] is never reused, so a route can never reach a later connection.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn_proto::{
@@ -32,7 +39,14 @@ use crate::session::SessionId;
 use crate::stream::connect::{decode_connect_response, ConnectRequest};
 use crate::stream::preamble::{self, StreamKind, DATA_PREAMBLE, DATA_PREAMBLE_LEN};
 
-/// Identifies one connector connection at this edge.
+/// Connections that have not registered yet, at most; further ones are refused.
+pub const MAX_UNREGISTERED: usize = 256;
+/// A connection that has not registered this long after it was accepted is closed.
+pub const REGISTRATION_DEADLINE: Duration = Duration::from_secs(10);
+/// Control-stream reply bytes the peer may leave unread before it is closed.
+pub const CONTROL_UNSENT_MAX: usize = 64 * 1024;
+
+/// Identifies one connector connection at this edge; never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(pub usize);
 
@@ -120,6 +134,9 @@ pub enum EdgeEvent {
 
 struct EdgeConnection {
     conn: Connection,
+    handle: ConnectionHandle,
+    /// Closed unless registered by then.
+    register_by: Instant,
     control: Option<ControlStream>,
     /// RPC streams we opened, each carrying one call.
     calls: BTreeMap<StreamId, RpcCall>,
@@ -168,6 +185,15 @@ enum Served {
     },
 }
 
+impl EdgeConnection {
+    /// Whether its registration was accepted (it may have unregistered since).
+    fn registered(&self) -> bool {
+        self.control
+            .as_ref()
+            .is_some_and(|ctl| ctl.server.is_registered())
+    }
+}
+
 struct ControlStream {
     stream: StreamId,
     server: ControlServer,
@@ -180,6 +206,9 @@ pub struct EdgeEndpoint {
     endpoint: Endpoint,
     // Ordered so that iteration, and hence what is sent first, is deterministic.
     conns: BTreeMap<ConnId, EdgeConnection>,
+    /// quinn reuses its handles; our ids are never reused.
+    ids: HashMap<ConnectionHandle, ConnId>,
+    next_id: usize,
     /// Stateless answers (version negotiation, refusals): rare, so owned copies.
     responses: VecDeque<Response>,
     events: VecDeque<EdgeEvent>,
@@ -214,6 +243,8 @@ impl EdgeEndpoint {
                 Some(rng_seed),
             ),
             conns: BTreeMap::new(),
+            ids: HashMap::new(),
+            next_id: 0,
             responses: VecDeque::new(),
             events: VecDeque::new(),
             scratch: Vec::new(),
@@ -228,7 +259,12 @@ impl EdgeEndpoint {
     /// Feeds UDP datagrams received in one buffer (GRO: `stride` bytes each).
     pub fn handle_received(&mut self, now: Instant, received: &Received<'_>) {
         let from = received.from;
-        let (conns, responses) = (&mut self.conns, &mut self.responses);
+        let (conns, ids, next_id, responses) = (
+            &mut self.conns,
+            &mut self.ids,
+            &mut self.next_id,
+            &mut self.responses,
+        );
         handle_received(
             &mut self.endpoint,
             now,
@@ -236,18 +272,30 @@ impl EdgeEndpoint {
             &mut self.scratch,
             |endpoint, event, scratch| match event {
                 DatagramEvent::ConnectionEvent(h, ev) => {
-                    if let Some(c) = conns.get_mut(&ConnId(h.0)) {
+                    if let Some(c) = ids.get(&h).and_then(|id| conns.get_mut(id)) {
                         c.conn.handle_event(ev);
                     }
                 }
                 DatagramEvent::NewConnection(incoming) => {
+                    let waiting = conns.values().filter(|c| !c.registered()).count();
+                    if waiting >= MAX_UNREGISTERED {
+                        debug!(%from, waiting, "refused a connection: too many unregistered");
+                        let t = endpoint.refuse(incoming, scratch);
+                        responses.push_back(stateless(&t, scratch));
+                        return;
+                    }
                     match endpoint.accept(incoming, now, scratch, None) {
                         Ok((h, conn)) => {
-                            debug!(conn = h.0, %from, "connector connection accepted");
+                            let id = ConnId(*next_id);
+                            *next_id += 1;
+                            debug!(conn = id.0, %from, "connector connection accepted");
+                            ids.insert(h, id);
                             conns.insert(
-                                ConnId(h.0),
+                                id,
                                 EdgeConnection {
                                     conn,
+                                    handle: h,
+                                    register_by: now + REGISTRATION_DEADLINE,
                                     control: None,
                                     calls: BTreeMap::new(),
                                     served: BTreeMap::new(),
@@ -272,9 +320,17 @@ impl EdgeEndpoint {
 
     /// Lets timers fire.
     pub fn handle_timeout(&mut self, now: Instant) {
-        for c in self.conns.values_mut() {
+        for (id, c) in self.conns.iter_mut() {
             if c.conn.poll_timeout().is_some_and(|t| t <= now) {
                 c.conn.handle_timeout(now);
+            }
+            if !c.registered() && !c.conn.is_closed() && c.register_by <= now {
+                debug!(conn = id.0, "no registration in time; closing");
+                c.conn.close(
+                    now,
+                    VarInt::from_u32(0),
+                    Bytes::from_static(b"no registration in time"),
+                );
             }
         }
         self.progress(now);
@@ -386,6 +442,9 @@ impl EdgeEndpoint {
         request: &ConnectRequest<'_>,
     ) -> Result<StreamId, ApiError> {
         let c = self.conns.get_mut(&conn).ok_or(ApiError::Closed)?;
+        if !c.registered() {
+            return Err(ApiError::NotRegistered("a request"));
+        }
         let mut unsent = Vec::new();
         request
             .encode(&mut unsent)
@@ -522,7 +581,13 @@ impl EdgeEndpoint {
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         self.conns
             .values_mut()
-            .filter_map(|c| c.conn.poll_timeout())
+            .filter_map(|c| {
+                let deadline = (!c.registered() && !c.conn.is_closed()).then_some(c.register_by);
+                [c.conn.poll_timeout(), deadline]
+                    .into_iter()
+                    .flatten()
+                    .min()
+            })
             .min()
     }
 
@@ -564,11 +629,11 @@ impl EdgeEndpoint {
     fn progress(&mut self, now: Instant) {
         let mut gone = Vec::new();
         for (&id, c) in self.conns.iter_mut() {
-            exchange_events(&mut self.endpoint, ConnectionHandle(id.0), &mut c.conn);
+            exchange_events(&mut self.endpoint, c.handle, &mut c.conn);
             while let Some(event) = c.conn.poll() {
                 on_quic_event(now, id, c, event, &mut self.events);
             }
-            pump_control(id, c, &mut self.events);
+            pump_control(now, id, c, &mut self.events);
             for (&stream, call) in c.calls.iter_mut() {
                 if let Some(bytes) = call.client.poll_transmit() {
                     call.unsent.extend_from_slice(&bytes);
@@ -593,7 +658,7 @@ impl EdgeEndpoint {
                 self.events
                     .push_back(EdgeEvent::StreamReset { conn: id, stream });
             }
-            exchange_events(&mut self.endpoint, ConnectionHandle(id.0), &mut c.conn);
+            exchange_events(&mut self.endpoint, c.handle, &mut c.conn);
             if c.conn.is_drained() {
                 if !c.closed {
                     self.events.push_back(EdgeEvent::ConnectionClosed {
@@ -605,7 +670,9 @@ impl EdgeEndpoint {
             }
         }
         for id in gone {
-            self.conns.remove(&id);
+            if let Some(c) = self.conns.remove(&id) {
+                self.ids.remove(&c.handle);
+            }
         }
     }
 }
@@ -636,10 +703,13 @@ fn on_quic_event(
                     });
                     // Data that came with the opening frame gets no Readable event of its own.
                     read_control(now, id, c);
-                } else {
+                } else if c.registered() {
                     // Further connector streams are RPC streams to our `SessionManager`.
                     c.served.insert(stream, Served::Preamble(Vec::new()));
                     read_served(id, stream, c, events);
+                } else {
+                    // Nothing to serve before registration.
+                    super::data::reset(&mut c.conn, stream);
                 }
             }
         }
@@ -893,7 +963,12 @@ fn read_control(now: Instant, id: ConnId, c: &mut EdgeConnection) {
         Ok(_) => {
             let bytes = std::mem::take(&mut ctl.received);
             if let Err(e) = ctl.server.handle_bytes(&bytes) {
-                warn!(conn = id.0, error = %e, "control stream broken; closing");
+                // Before registration anyone may be talking: not worth a warning each.
+                if ctl.server.is_registered() {
+                    warn!(conn = id.0, error = %e, "control stream broken; closing");
+                } else {
+                    debug!(conn = id.0, error = %e, "unregistered peer broke the control stream; closing");
+                }
                 c.conn.close(now, VarInt::from_u32(0), bytes::Bytes::new());
             }
         }
@@ -901,7 +976,12 @@ fn read_control(now: Instant, id: ConnId, c: &mut EdgeConnection) {
     }
 }
 
-fn pump_control(id: ConnId, c: &mut EdgeConnection, events: &mut VecDeque<EdgeEvent>) {
+fn pump_control(
+    now: Instant,
+    id: ConnId,
+    c: &mut EdgeConnection,
+    events: &mut VecDeque<EdgeEvent>,
+) {
     let Some(ctl) = c.control.as_mut() else {
         return;
     };
@@ -927,4 +1007,21 @@ fn pump_control(id: ConnId, c: &mut EdgeConnection, events: &mut VecDeque<EdgeEv
     if let Err(e) = flush_stream(&mut c.conn, ctl.stream, &mut ctl.unsent) {
         debug!(conn = id.0, error = %e, "control stream write failed");
     }
+    if ctl.unsent.len() > CONTROL_UNSENT_MAX && !c.conn.is_closed() {
+        warn!(
+            conn = id.0,
+            unsent = ctl.unsent.len(),
+            "peer leaves its control stream unread; closing"
+        );
+        ctl.unsent = Vec::new();
+        c.conn.close(
+            now,
+            VarInt::from_u32(0),
+            Bytes::from_static(b"control stream unread"),
+        );
+    }
 }
+
+#[cfg(test)]
+#[path = "edge_tests.rs"]
+mod tests;

@@ -88,6 +88,26 @@ pub struct DatagramHub {
     scratch: Box<[u8; ICMP_BUF]>,
     out: Box<[u8; ICMP_BUF]>,
     stats: HubStats,
+    /// What the last pull left for a socket.
+    held: Option<Held>,
+    /// The payload [`DatagramHub::take_egress`] lends out.
+    udp_out: Bytes,
+}
+
+/// Something a pulled datagram left for a socket, until it is taken.
+#[derive(Debug)]
+enum Held {
+    Udp {
+        flow: UdpFlowId,
+        payload: Bytes,
+    },
+    Ping {
+        funnel: FunnelId,
+        dst: IpAddr,
+        /// Where the message lies in `scratch`.
+        range: std::ops::Range<usize>,
+        ttl: u8,
+    },
 }
 
 impl DatagramHub {
@@ -99,6 +119,8 @@ impl DatagramHub {
             scratch: Box::new([0; ICMP_BUF]),
             out: Box::new([0; ICMP_BUF]),
             stats: HubStats::default(),
+            held: None,
+            udp_out: Bytes::new(),
         }
     }
 
@@ -116,6 +138,21 @@ impl DatagramHub {
         conn: &mut ConnectorConnection,
         mut egress: impl FnMut(Egress<'_>),
     ) {
+        while self.pull(now, link, conn) {
+            if let Some(e) = self.take_egress() {
+                egress(e);
+            }
+        }
+    }
+
+    /// Takes datagrams `conn` (the connection of `link`) received until one leaves something
+    /// for a socket, which is held for [`DatagramHub::take_egress`]. True while something is
+    /// held. Any socket the datagram asks for ([`DatagramHub::poll_action`]) is queued by then,
+    /// so a caller that drains actions before taking the egress opens the socket first.
+    pub fn pull(&mut self, now: Instant, link: LinkId, conn: &mut ConnectorConnection) -> bool {
+        if self.held.is_some() {
+            return true;
+        }
         let version = conn.datagram_version();
         while let Some(d) = conn.poll_datagram() {
             self.stats.datagrams_in += 1;
@@ -125,15 +162,49 @@ impl DatagramHub {
             };
             self.stats.payloads_in += u64::from(payload_type);
             match self.sessions.handle_datagram(now, link, version, &d) {
-                Inbound::Forward { flow, payload } => egress(Egress::Udp { flow, payload }),
+                Inbound::Forward { flow, payload } => {
+                    // A view of the received datagram: no copy.
+                    let payload = d.slice_ref(payload);
+                    self.held = Some(Held::Udp { flow, payload });
+                    return true;
+                }
                 Inbound::Icmp(packet) => {
-                    self.icmp_request(now, link, version, conn, packet, &mut egress)
+                    if self.icmp_request(now, link, version, conn, packet) {
+                        return true;
+                    }
                 }
                 Inbound::Handled | Inbound::Dropped(_) => {}
             }
         }
+        false
     }
 
+    /// What the last [`DatagramHub::pull`] left for a socket, borrowed from the datagram or
+    /// the hub's buffer; valid until the next pull.
+    pub fn take_egress(&mut self) -> Option<Egress<'_>> {
+        Some(match self.held.take()? {
+            Held::Udp { flow, payload } => {
+                self.udp_out = payload;
+                Egress::Udp {
+                    flow,
+                    payload: &self.udp_out,
+                }
+            }
+            Held::Ping {
+                funnel,
+                dst,
+                range,
+                ttl,
+            } => Egress::Ping {
+                funnel,
+                dst,
+                message: &self.scratch[range],
+                ttl,
+            },
+        })
+    }
+
+    /// True when an ICMP request leaves an echo for a ping socket (held).
     fn icmp_request(
         &mut self,
         now: Instant,
@@ -141,12 +212,12 @@ impl DatagramHub {
         version: DatagramVersion,
         conn: &mut ConnectorConnection,
         packet: &[u8],
-        egress: &mut impl FnMut(Egress<'_>),
-    ) {
+    ) -> bool {
         // The router decrements the TTL in place; the received datagram is shared, so copy
         // (at most 1280 bytes, into a buffer of our own).
         let n = packet.len().min(self.scratch.len());
         self.scratch[..n].copy_from_slice(&packet[..n]);
+        let base = self.scratch.as_ptr() as usize;
         let verdict =
             self.icmp
                 .handle_request(now, link, &mut self.scratch[..n], &mut self.out[1..]);
@@ -154,23 +225,31 @@ impl DatagramHub {
             Ok(Verdict::Reply { len }) => {
                 let datagram = frame_ip(version, &mut self.out[..], len);
                 self.send(conn, datagram);
+                false
             }
             Ok(Verdict::Forward {
                 funnel,
                 dst,
                 message,
                 ttl,
-            }) => egress(Egress::Ping {
-                funnel,
-                dst,
-                message,
-                ttl,
-            }),
+            }) => {
+                // The message lies within `scratch`: keep where, not a copy.
+                let start = message.as_ptr() as usize - base;
+                let range = start..start + message.len();
+                self.held = Some(Held::Ping {
+                    funnel,
+                    dst,
+                    range,
+                    ttl,
+                });
+                true
+            }
             Err(e) => {
                 if e.kind() == RouteErrorKind::Peer {
                     self.stats.icmp_refused += 1;
                 }
                 debug!(%link, error = %e, "ICMP packet not proxied");
+                false
             }
         }
     }

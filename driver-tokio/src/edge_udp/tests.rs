@@ -199,6 +199,7 @@ async fn udp_and_icmp_mappings_through_a_real_tunnel() {
             icmp_map: vec!["127.0.0.1:0=t1".into()],
             ..DatagramArgs::default()
         },
+        http_limits: Default::default(),
         loglevel: "info".into(),
         command: None,
     };

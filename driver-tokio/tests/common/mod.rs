@@ -5,3 +5,4 @@ pub mod body;
 pub mod client;
 pub mod origins;
 pub mod ping;
+pub mod quic;

@@ -11,7 +11,9 @@ use super::body::{byte, pattern, Digest, BIG, BLOCK, HUGE};
 
 /// The origin: `/big` (16 MiB, fixed length), `/huge` (100 MiB of [`word`]s, fixed length),
 /// `/sum` (digest of the request body, fixed or chunked), `/host` (the `Host` and
-/// `X-Forwarded-Host` it was sent), `/slow` (answers after 1 s), anything else a small body.
+/// `X-Forwarded-Host` it was sent), `/headers` (every header line it was sent, names in lower
+/// case), `/slow` (answers after 1 s), `/slowbig` (16 MiB after 1 s), anything else a small
+/// body.
 pub fn origin() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = l.local_addr().expect("addr").port();
@@ -34,6 +36,7 @@ pub fn serve(s: TcpStream) {
         let path = line.split_whitespace().nth(1).unwrap_or("/").to_owned();
         let (mut len, mut chunked) = (0u64, false);
         let (mut host, mut forwarded_host) = (String::new(), String::new());
+        let mut all = String::new();
         loop {
             let mut h = String::new();
             if r.read_line(&mut h).unwrap_or(0) == 0 {
@@ -45,6 +48,7 @@ pub fn serve(s: TcpStream) {
             }
             let (name, value) = h.split_once(':').unwrap_or((h, ""));
             let (name, value) = (name.to_ascii_lowercase(), value.trim());
+            all.push_str(&format!("{name}: {value}\n"));
             match name.as_str() {
                 "content-length" => len = value.parse().unwrap_or(0),
                 "transfer-encoding" => chunked |= value.to_ascii_lowercase().contains("chunked"),
@@ -104,6 +108,12 @@ pub fn serve(s: TcpStream) {
                 &mut w,
                 format!("host={host};x-forwarded-host={forwarded_host}").as_bytes(),
             ),
+            "/headers" => reply(&mut w, all.as_bytes()),
+            "/slowbig" => {
+                thread::sleep(Duration::from_secs(1));
+                let b: Vec<u8> = (0..BIG).map(byte).collect();
+                reply(&mut w, &b)
+            }
             "/slow" => {
                 thread::sleep(Duration::from_secs(1));
                 reply(&mut w, b"slow done")

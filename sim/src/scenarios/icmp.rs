@@ -149,8 +149,8 @@ impl Pinger {
 /// Traceroute (TTL 1..8) and pings from two requesters sharing an echo id, v4 and v6.
 pub(super) fn icmp_traceroute(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let c = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, c)?;
+    let mut c = s.add_connector(0, s.secret.clone())?;
+    let conn = register(&mut s, &mut c)?;
     let start = s.world.now;
     let mut pinger = Pinger {
         conn,

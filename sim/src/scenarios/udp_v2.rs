@@ -250,14 +250,14 @@ fn flows(s: &mut Setup, n: usize, net: u8) -> (Vec<u128>, Vec<SocketAddr>) {
 /// the rest idle out and the connector unregisters each with `session idle for 3s`.
 pub(super) fn udp_v2_and_v3(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let a = s.add_connector_with(0, s.secret.clone(), &["support_datagram_v2"])?;
-    let conn_a = register(&mut s, a)?;
-    let b = s.add_connector_with(
+    let mut a = s.add_connector_with(0, s.secret.clone(), &["support_datagram_v2"])?;
+    let conn_a = register(&mut s, &mut a)?;
+    let mut b = s.add_connector_with(
         1,
         s.secret.clone(),
         &["support_datagram_v2", "support_datagram_v3_2"],
     )?;
-    let conn_b = register(&mut s, b)?;
+    let conn_b = register(&mut s, &mut b)?;
     let n = if p.quick { 60 } else { 400 };
     let (v2_ids, v2_dests) = flows(&mut s, n, 1);
     let (v3_ids, v3_dests) = flows(&mut s, n, 2);

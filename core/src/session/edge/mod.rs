@@ -381,14 +381,6 @@ impl EdgeSessions {
         self.sessions.len()
     }
 
-    /// Registered sessions.
-    pub fn registered_sessions(&self) -> usize {
-        self.sessions
-            .values()
-            .filter(|s| matches!(s.state, State::Registered))
-            .count()
-    }
-
     /// ICMP echo table entries.
     pub fn echo_entries(&self) -> usize {
         self.echo.len()

@@ -13,14 +13,19 @@ use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use uuid::Uuid;
 
 use super::*;
+use crate::connector::{Connector, Input, Io, Output};
 use crate::control::{ConnectionDetails, Registration, RegistrationError};
 use crate::datagram::{v2, v3};
-use crate::icmp::{write_echo, Echo, EchoKind, RouterAction};
+use crate::icmp::FunnelId;
+use crate::icmp::{write_echo, Echo, EchoKind};
 use crate::quic::tls::{self, PostQuantum};
 use crate::quic::transport::QuicSettings;
 use crate::quic::SERVER_NAME;
+use crate::session::UdpFlowId;
 use crate::session::{HEADROOM, ORIGIN_READ, TAILROOM};
+use crate::tunnel::data::{FlowId, OriginAction};
 use crate::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
+use crate::tunnel::Received;
 
 mod flows;
 
@@ -63,12 +68,17 @@ fn connector_config(client: ClientConfig) -> ConnectorConfig {
 enum Answer {
     Accept,
     Refuse(&'static str, bool),
+    /// Registrations get no answer (as when heavy loss delays it past the RPC timeout).
+    Silent,
 }
 
 struct World {
     start: Instant,
     now: Instant,
-    sup: Supervisor,
+    /// The machine under test, driven as a driver does (see [`World::flush`]).
+    connector: Connector,
+    /// The deadline of the last `Output::Timeout`.
+    deadline: Option<Instant>,
     server: ServerConfig,
     edge: Option<EdgeEndpoint>,
     answer: Answer,
@@ -86,8 +96,6 @@ struct World {
     edge_datagrams: Vec<(ConnId, Vec<u8>)>,
     /// Origin actions (data-stream flows), for the tests that serve requests.
     origin_actions: Vec<(LinkId, OriginAction)>,
-    /// Remote configuration versions, answered as the daemon does.
-    versions: crate::rpc_stream::ConfigVersions,
 }
 
 /// The origin side of the datagram plane, as a driver would see it.
@@ -121,12 +129,13 @@ impl World {
         config.ha_connections = ha;
         tune(&mut config);
         let pool = EdgePool::from_static(&[EDGE.parse().expect("addr")]).expect("pool");
-        let sup = Supervisor::new(start, config, pool, seed);
+        let connector = Connector::new(start, config, pool, seed);
         let edge = EdgeEndpoint::new(server.clone(), [seed as u8; 32]);
         Self {
             start,
             now: start,
-            sup,
+            connector,
+            deadline: None,
             server,
             edge: Some(edge),
             answer: Answer::Accept,
@@ -139,69 +148,57 @@ impl World {
             origin: Origin::default(),
             edge_datagrams: Vec::new(),
             origin_actions: Vec::new(),
-            versions: crate::rpc_stream::ConfigVersions::new(),
         }
     }
 
-    /// What a driver does with the datagram plane after an input.
-    fn pump_datagrams(&mut self) -> bool {
-        let now = self.now;
-        let origin = &mut self.origin;
-        let mut any = self.sup.drain_datagrams(now, |e| match e {
-            Egress::Udp { flow, payload } => origin.written.push((flow, payload.to_vec())),
-            Egress::Ping {
-                funnel,
-                dst,
-                message,
-                ..
-            } => origin.pings.push((funnel, dst, message.to_vec())),
-        }) > 0;
-        while let Some(action) = self.sup.poll_datagram_action(now) {
-            any = true;
-            match action {
-                HubAction::Session(SessionAction::Open { flow, dest }) => {
-                    self.origin.opened.push((flow, dest));
-                    match self.origin.refuse {
-                        Some(reason) => self.sup.handle_udp_failed(flow, reason),
-                        None => self.sup.handle_udp_opened(now, flow),
-                    }
-                }
-                HubAction::Session(SessionAction::Send { flow, payload }) => {
-                    self.origin.written.push((flow, payload.to_vec()))
-                }
-                HubAction::Session(SessionAction::Close { flow }) => self.origin.closed.push(flow),
-                HubAction::Icmp(RouterAction::OpenFunnel { funnel, bind }) => {
-                    self.origin.funnels.push((funnel, bind))
-                }
-                HubAction::Icmp(RouterAction::CloseFunnel { .. }) => {}
-                other => panic!("the supervisor leaks a connection's work: {other:?}"),
-            }
-        }
-        if let Some(edge) = &mut self.edge {
-            while let Some((conn, d)) = edge.poll_datagram() {
-                self.edge_datagrams.push((conn, d.to_vec()));
-                any = true;
-            }
-        }
-        any
-    }
-
-    fn send(&mut self, from: SocketAddr, to: SocketAddr, len: usize) {
-        self.seq += 1;
-        self.net.insert(
-            (self.now + LATENCY, self.seq),
-            (from, to, self.buf[..len].to_vec()),
-        );
-    }
-
-    /// Drains every output (the driver rule), answering registrations.
+    /// The driver loop: feed nothing, drain `poll_output` until `Timeout`, doing the I/O it
+    /// asks for on the simulated network and origin; then let the edge act. Until quiet.
     fn flush(&mut self) {
         let edge_addr: SocketAddr = EDGE.parse().expect("addr");
         loop {
             let mut any = false;
-            while let Some((index, t)) = self.sup.poll_transmit(self.now, 1, &mut self.buf) {
-                self.send(conn_addr(index), t.destination, t.size);
+            loop {
+                let now = self.now;
+                let answer = match self.connector.poll_output(now) {
+                    Output::Timeout(deadline) => {
+                        self.deadline = deadline;
+                        break;
+                    }
+                    Output::Transmit {
+                        index,
+                        transmit,
+                        data,
+                    } => {
+                        for d in transmit.datagrams(data) {
+                            self.seq += 1;
+                            self.net.insert(
+                                (now + LATENCY, self.seq),
+                                (conn_addr(index), transmit.destination, d.to_vec()),
+                            );
+                        }
+                        None
+                    }
+                    Output::Event(e) => {
+                        self.events.push((now - self.start, e));
+                        None
+                    }
+                    Output::Io(io) => do_io(&mut self.origin, &mut self.origin_actions, io),
+                };
                 any = true;
+                if let Some(answer) = answer {
+                    let input = match &answer {
+                        TestAnswer::EdgeSocket(index) => Input::EdgeSocket {
+                            index: *index,
+                            max_segments: 1,
+                        },
+                        TestAnswer::UdpOpened(flow) => Input::UdpOpened(*flow),
+                        TestAnswer::UdpFailed(flow, reason) => Input::UdpFailed {
+                            flow: *flow,
+                            reason,
+                        },
+                    };
+                    self.connector.handle_input(now, input);
+                }
             }
             if let Some(edge) = &mut self.edge {
                 while let Some(t) = edge.poll_transmit(self.now, 1, &mut self.buf) {
@@ -217,6 +214,10 @@ impl World {
                     any = true;
                     if let EdgeEvent::RegisterRequested { conn, .. } = &e {
                         let result = match self.answer {
+                            Answer::Silent => {
+                                self.edge_events.push(e);
+                                continue;
+                            }
                             Answer::Accept => Ok(ConnectionDetails {
                                 uuid: Uuid::from_u128(conn.0 as u128 + 10),
                                 location: "TST".into(),
@@ -233,22 +234,21 @@ impl World {
                     }
                     self.edge_events.push(e);
                 }
-            }
-            while let Some(e) = self.sup.poll_event() {
-                if let SupervisorEvent::ConfigurationOffered { .. } = &e {
-                    self.apply_configuration(&e);
+                while let Some((conn, d)) = edge.poll_datagram() {
+                    self.edge_datagrams.push((conn, d.to_vec()));
+                    any = true;
                 }
-                self.events.push((self.now - self.start, e));
-                any = true;
             }
-            while let Some(a) = self.sup.poll_origin_action() {
-                self.origin_actions.push(a);
-            }
-            any |= self.pump_datagrams();
             if !any {
                 break;
             }
         }
+    }
+
+    /// Feeds one input, then drains the outputs.
+    fn input(&mut self, input: Input<'_>) {
+        self.connector.handle_input(self.now, input);
+        self.flush();
     }
 
     /// Runs until `until` (virtual), or `stop` says so.
@@ -262,7 +262,7 @@ impl World {
             }
             let mut next = self.net.keys().next().map(|k| k.0);
             for t in [
-                self.sup.poll_timeout(),
+                self.deadline,
                 self.edge.as_mut().and_then(|e| e.poll_timeout()),
             ]
             .into_iter()
@@ -301,15 +301,16 @@ impl World {
                         edge.handle_datagram(self.now, from, &data);
                     }
                 } else if let Some(index) = (0..8u8).find(|i| conn_addr(*i) == to) {
-                    self.sup.handle_datagram(self.now, index, from, &data);
+                    let received = Received::single(from, &data);
+                    self.connector
+                        .handle_input(self.now, Input::Received { index, received });
                 }
             }
-            if self.sup.poll_timeout().is_some_and(|t| t <= self.now) {
-                self.sup.handle_timeout(self.now);
-                let after = self.sup.poll_timeout();
+            if self.deadline.is_some_and(|t| t <= self.now) {
+                self.input(Input::Timeout);
                 assert!(
-                    after.is_none_or(|t| t > self.now),
-                    "supervisor timeout did not move forward after handle_timeout"
+                    self.deadline.is_none_or(|t| t > self.now),
+                    "the connector's timeout did not move forward after Input::Timeout"
                 );
             }
             if let Some(edge) = &mut self.edge {
@@ -341,11 +342,81 @@ impl World {
     }
 }
 
+/// What the test driver owes the connector after some I/O.
+enum TestAnswer {
+    EdgeSocket(u8),
+    UdpOpened(UdpFlowId),
+    UdpFailed(UdpFlowId, &'static str),
+}
+
+/// The I/O a driver does, on the simulated origin: origin flows are recorded as the actions
+/// they were before the connector (the tests answer them), sockets as what was opened and
+/// written.
+fn do_io(
+    origin: &mut Origin,
+    actions: &mut Vec<(LinkId, OriginAction)>,
+    io: Io<'_>,
+) -> Option<TestAnswer> {
+    match io {
+        Io::EdgeSocket { index, .. } => return Some(TestAnswer::EdgeSocket(index)),
+        Io::OpenFlow {
+            link,
+            flow,
+            kind,
+            dest,
+            origin,
+        } => actions.push((
+            link,
+            OriginAction::Open {
+                flow,
+                kind,
+                dest,
+                host: None,
+                origin,
+            },
+        )),
+        Io::WriteFlow { link, flow, data } => {
+            actions.push((link, OriginAction::Write { flow, data }))
+        }
+        Io::ReadFlow { link, flow } => actions.push((link, OriginAction::Resume { flow })),
+        Io::ShutdownFlow { link, flow } => {
+            actions.push((link, OriginAction::ShutdownWrite { flow }))
+        }
+        Io::CloseFlow { link, flow } => actions.push((link, OriginAction::Close { flow })),
+        Io::OpenUdp { flow, dest } => {
+            origin.opened.push((flow, dest));
+            return Some(match origin.refuse {
+                Some(reason) => TestAnswer::UdpFailed(flow, reason),
+                None => TestAnswer::UdpOpened(flow),
+            });
+        }
+        Io::SendUdp { flow, payload } => origin.written.push((flow, payload.to_vec())),
+        Io::CloseUdp { flow } => origin.closed.push(flow),
+        Io::OpenFunnel { funnel, bind } => origin.funnels.push((funnel, bind)),
+        Io::SendPing {
+            funnel,
+            dst,
+            message,
+            ..
+        } => {
+            assert!(
+                origin.funnels.iter().any(|(f, _)| *f == funnel),
+                "an echo goes out before its funnel's socket is opened"
+            );
+            origin.pings.push((funnel, dst, message.to_vec()));
+        }
+        Io::CloseFunnel { .. } => {}
+    }
+    None
+}
+
 #[test]
 fn ha_connections_start_staggered_after_the_first_registers() {
     let mut w = World::new(4, 1);
-    w.run(Duration::from_secs(10), |w| w.sup.ready_connections() == 4);
-    assert_eq!(w.sup.ready_connections(), 4);
+    w.run(Duration::from_secs(10), |w| {
+        w.connector.ready_connections() == 4
+    });
+    assert_eq!(w.connector.ready_connections(), 4);
     let registered = w.registered();
     let first = registered.iter().find(|r| r.1 == 0).expect("index 0").0;
     let connecting = w.connecting();
@@ -395,8 +466,10 @@ fn without_an_edge_it_backs_off_with_jitter_and_connects_once_the_edge_is_up() {
         "HA connections wait for the first"
     );
     w.edge = Some(EdgeEndpoint::new(w.server.clone(), [9; 32]));
-    w.run(Duration::from_secs(200), |w| w.sup.ready_connections() == 2);
-    assert_eq!(w.sup.ready_connections(), 2);
+    w.run(Duration::from_secs(200), |w| {
+        w.connector.ready_connections() == 2
+    });
+    assert_eq!(w.connector.ready_connections(), 2);
 }
 
 #[test]
@@ -418,15 +491,21 @@ fn same_seed_same_schedule() {
 #[test]
 fn edge_restart_reconnects_every_index_on_new_links() {
     let mut w = World::new(4, 2);
-    w.run(Duration::from_secs(10), |w| w.sup.ready_connections() == 4);
+    w.run(Duration::from_secs(10), |w| {
+        w.connector.ready_connections() == 4
+    });
     let before: Vec<LinkId> = w.registered().iter().map(|r| r.2).collect();
     w.edge = None;
     w.net.clear();
-    w.run(Duration::from_secs(20), |w| w.sup.ready_connections() == 0);
-    assert_eq!(w.sup.ready_connections(), 0, "idle timeout noticed");
+    w.run(Duration::from_secs(20), |w| {
+        w.connector.ready_connections() == 0
+    });
+    assert_eq!(w.connector.ready_connections(), 0, "idle timeout noticed");
     w.edge = Some(EdgeEndpoint::new(w.server.clone(), [3; 32]));
-    w.run(Duration::from_secs(120), |w| w.sup.ready_connections() == 4);
-    assert_eq!(w.sup.ready_connections(), 4);
+    w.run(Duration::from_secs(120), |w| {
+        w.connector.ready_connections() == 4
+    });
+    assert_eq!(w.connector.ready_connections(), 4);
     let after: Vec<LinkId> = w.registered().iter().skip(4).map(|r| r.2).collect();
     assert!(
         after.iter().all(|l| !before.contains(l)),
@@ -451,11 +530,13 @@ fn edge_restart_reconnects_every_index_on_new_links() {
 #[test]
 fn graceful_shutdown_unregisters_every_connection_then_stops() {
     let mut w = World::new(4, 3);
-    w.run(Duration::from_secs(10), |w| w.sup.ready_connections() == 4);
+    w.run(Duration::from_secs(10), |w| {
+        w.connector.ready_connections() == 4
+    });
     let at = w.now;
-    w.sup.shutdown(at);
-    w.run(Duration::from_secs(60), |w| w.sup.is_stopped());
-    assert!(w.sup.is_stopped());
+    w.input(Input::Shutdown);
+    w.run(Duration::from_secs(60), |w| w.connector.is_stopped());
+    assert!(w.connector.is_stopped());
     assert!(
         w.now - at < Duration::from_secs(5),
         "nothing in flight: quick"
@@ -477,17 +558,20 @@ fn graceful_shutdown_unregisters_every_connection_then_stops() {
         "no reconnect during shutdown"
     );
     // Nothing is left armed.
-    assert_eq!(w.sup.poll_timeout(), None);
+    w.flush();
+    assert_eq!(w.deadline, None);
 }
 
 #[test]
 fn second_shutdown_stops_at_once() {
     let mut w = World::new(2, 4);
-    w.run(Duration::from_secs(10), |w| w.sup.ready_connections() == 2);
+    w.run(Duration::from_secs(10), |w| {
+        w.connector.ready_connections() == 2
+    });
     let now = w.now;
-    w.sup.shutdown(now);
-    w.sup.shutdown(now);
-    assert!(w.sup.is_stopped());
+    w.connector.handle_input(now, Input::Shutdown);
+    w.connector.handle_input(now, Input::Shutdown);
+    assert!(w.connector.is_stopped());
     w.flush();
     assert!(w.events.iter().any(|(_, e)| *e == SupervisorEvent::Stopped));
 }
@@ -497,18 +581,17 @@ fn shutdown_before_anything_registered_stops() {
     let mut w = World::new(4, 5);
     w.edge = None;
     w.run(Duration::from_secs(3), |_| false);
-    let now = w.now;
-    w.sup.shutdown(now);
-    w.run(Duration::from_secs(40), |w| w.sup.is_stopped());
-    assert!(w.sup.is_stopped());
+    w.input(Input::Shutdown);
+    w.run(Duration::from_secs(40), |w| w.connector.is_stopped());
+    assert!(w.connector.is_stopped());
 }
 
 #[test]
 fn permanent_refusal_of_the_first_connection_is_fatal() {
     let mut w = World::new(4, 6);
     w.answer = Answer::Refuse("tunnel deleted", false);
-    w.run(Duration::from_secs(30), |w| w.sup.is_stopped());
-    assert!(w.sup.is_stopped());
+    w.run(Duration::from_secs(30), |w| w.connector.is_stopped());
+    assert!(w.connector.is_stopped());
     assert!(w.events.iter().any(|(_, e)| matches!(
         e,
         SupervisorEvent::Fatal(SupervisorError::InitialConnection(c)) if c == "tunnel deleted"
@@ -520,13 +603,36 @@ fn unauthorized_is_retried_as_cloudflared_does() {
     let mut w = World::new(1, 8);
     w.answer = Answer::Refuse("Unauthorized: invalid tunnel credentials", false);
     w.run(Duration::from_secs(30), |_| false);
-    assert!(!w.sup.is_stopped());
+    assert!(!w.connector.is_stopped());
     let refusals = w
         .events
         .iter()
         .filter(|(_, e)| matches!(e, SupervisorEvent::RegistrationFailed { .. }))
         .count();
     assert!(refusals >= 2, "retried: {refusals}");
+}
+
+#[test]
+fn a_first_registration_that_times_out_is_retried_not_fatal() {
+    let mut w = World::new(1, 9);
+    w.answer = Answer::Silent;
+    w.run(Duration::from_secs(30), |w| w.connecting().len() >= 3);
+    assert!(!w.connector.is_stopped(), "gave up: {:?}", w.events);
+    assert!(
+        !w.events
+            .iter()
+            .any(|(_, e)| matches!(e, SupervisorEvent::Fatal(_))),
+        "a timeout is not a refusal: {:?}",
+        w.events
+    );
+    assert!(w.events.iter().any(|(_, e)| matches!(
+        e,
+        SupervisorEvent::RegistrationFailed { error, .. } if error.should_retry
+    )));
+    // Once the edge answers again, the retried connection registers.
+    w.answer = Answer::Accept;
+    w.run(Duration::from_secs(120), |w| !w.registered().is_empty());
+    assert_eq!(w.registered().len(), 1, "{:?}", w.events);
 }
 
 fn addr(s: &str) -> SocketAddr {
@@ -574,6 +680,46 @@ fn pool_balances_regions_and_rotates() {
     );
     let c = pool.get_different_addr(now, 0, false, &mut rng).expect("c");
     assert_ne!(c, a);
+}
+
+/// Each attempt's transport fits its edge's family: an IPv6 edge gets 1232-byte initial
+/// packets (1232 + 48 bytes of IPv6 and UDP headers = 1280), an IPv4 one 1252.
+#[test]
+fn each_attempt_gets_the_initial_mtu_of_its_edge_family() {
+    let (_, client) = tls_pair();
+    for (edge, mtu) in [("[2001:db8::1]:7844", 1232), ("192.0.2.1:7844", 1252)] {
+        let now = Instant::now();
+        let mut config = SupervisorConfig::new(connector_config(client.clone()));
+        config.ha_connections = 1;
+        let pool = EdgePool::from_static(&[edge.parse().expect("addr")]).expect("pool");
+        let mut sup = Supervisor::new(now, config, pool, 1);
+        sup.handle_timeout(now);
+        let Phase::Running(r) = &sup.slots[0].phase else {
+            panic!("index 0 did not start");
+        };
+        assert_eq!(r.conn.path_mtu(), mtu, "{edge}");
+    }
+}
+
+#[test]
+fn srv_names_and_regions() {
+    assert_eq!(srv_service(None), "_v2-origintunneld._tcp.argotunnel.com.");
+    assert_eq!(
+        srv_service(Some("")),
+        "_v2-origintunneld._tcp.argotunnel.com."
+    );
+    assert_eq!(
+        srv_service(Some("us")),
+        "_us-v2-origintunneld._tcp.argotunnel.com."
+    );
+    let a: SocketAddr = "192.0.2.1:7844".parse().expect("addr");
+    assert_eq!(
+        EdgePool::from_srv_targets(&[vec![a]], IpVersion::Auto).err(),
+        Some(PoolError::TooFewRegions(1))
+    );
+    let b: SocketAddr = "192.0.2.2:7844".parse().expect("addr");
+    let pool = EdgePool::from_srv_targets(&[vec![a], vec![b], vec![]], IpVersion::Auto);
+    assert_eq!(pool.expect("two regions").capacity(), 2);
 }
 
 #[test]
@@ -662,8 +808,12 @@ impl World {
     fn origin_read(&mut self, flow: UdpFlowId, payload: &[u8]) {
         let mut buf = BytesMut::zeroed(HEADROOM + ORIGIN_READ + TAILROOM);
         buf[HEADROOM..HEADROOM + payload.len()].copy_from_slice(payload);
-        self.sup
-            .udp_origin_read(self.now, flow, &mut buf, payload.len());
+        let len = payload.len();
+        self.input(Input::UdpRead {
+            flow,
+            buf: &mut buf,
+            len,
+        });
     }
 
     fn v2_registered(&self) -> Vec<(SessionId, Result<(), String>)> {
@@ -680,7 +830,9 @@ impl World {
 #[test]
 fn v3_session_opens_forwards_and_frames_origin_replies_back() {
     let mut w = datagram_world(1, 11, true);
-    w.run(Duration::from_secs(10), |w| w.sup.ready_connections() == 1);
+    w.run(Duration::from_secs(10), |w| {
+        w.connector.ready_connections() == 1
+    });
     let conn = w.edge_conn(0);
     let id = SessionId(0x1234_5678);
     let dest = addr("198.51.100.20:53");
@@ -732,7 +884,7 @@ fn v3_session_opens_forwards_and_frames_origin_replies_back() {
         }
         other => panic!("expected a payload, got {other:?}"),
     }
-    let hub = w.sup.datagram_hub();
+    let hub = w.connector.datagram_hub();
     assert_eq!(hub.sessions.active(), 1);
     assert_eq!(hub.sessions.stats().total_flows, 1);
     assert_eq!(hub.stats().payloads_in, 1, "one payload datagram");
@@ -751,8 +903,8 @@ fn v3_session_opens_forwards_and_frames_origin_replies_back() {
         idle >= Duration::from_secs(29) && idle <= Duration::from_secs(31),
         "closed after its 30 s hint, not {idle:?}"
     );
-    assert_eq!(w.sup.datagram_hub().sessions.active(), 0);
-    assert_eq!(w.sup.ready_connections(), 1, "the connection stays");
+    assert_eq!(w.connector.datagram_hub().sessions.active(), 0);
+    assert_eq!(w.connector.ready_connections(), 1, "the connection stays");
 }
 
 #[test]
@@ -761,7 +913,9 @@ fn over_the_flow_limit_a_v3_session_is_refused() {
         c.connector.registration.features = vec!["support_datagram_v3_2".into()];
         c.max_active_flows = Some(1);
     });
-    w.run(Duration::from_secs(10), |w| w.sup.ready_connections() == 1);
+    w.run(Duration::from_secs(10), |w| {
+        w.connector.ready_connections() == 1
+    });
     let conn = w.edge_conn(0);
     for id in [1u128, 2] {
         w.edge_send_v3(
@@ -792,7 +946,9 @@ fn over_the_flow_limit_a_v3_session_is_refused() {
 #[test]
 fn icmp_echo_goes_out_a_funnel_and_the_reply_comes_back() {
     let mut w = datagram_world(1, 13, true);
-    w.run(Duration::from_secs(10), |w| w.sup.ready_connections() == 1);
+    w.run(Duration::from_secs(10), |w| {
+        w.connector.ready_connections() == 1
+    });
     let conn = w.edge_conn(0);
     let eyeball = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9));
     let target = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 30));
@@ -818,7 +974,11 @@ fn icmp_echo_goes_out_a_funnel_and_the_reply_comes_back() {
     let mut reply = message.clone();
     reply[0] = 0;
     reply[4..6].copy_from_slice(&0x9999u16.to_be_bytes());
-    w.sup.ping_reply(w.now, funnel, target, &reply);
+    w.input(Input::PingRead {
+        funnel,
+        from: target,
+        message: &reply,
+    });
     w.run(Duration::from_secs(20), |w| !w.edge_datagrams.is_empty());
     let (on, d) = &w.edge_datagrams[0];
     assert_eq!(*on, conn);
@@ -856,7 +1016,9 @@ fn icmp_echo_goes_out_a_funnel_and_the_reply_comes_back() {
 #[test]
 fn v2_registration_over_rpc_is_answered_and_unregistered_both_ways() {
     let mut w = datagram_world(1, 14, false);
-    w.run(Duration::from_secs(10), |w| w.sup.ready_connections() == 1);
+    w.run(Duration::from_secs(10), |w| {
+        w.connector.ready_connections() == 1
+    });
     let conn = w.edge_conn(0);
     let id = SessionId(0xabcd);
     let dest = addr("198.51.100.21:5353");
@@ -951,11 +1113,13 @@ fn v2_registration_over_rpc_is_answered_and_unregistered_both_ways() {
 #[test]
 fn sessions_migrate_to_a_surviving_connection_when_their_link_closes() {
     let mut w = datagram_world(2, 15, true);
-    w.run(Duration::from_secs(10), |w| w.sup.ready_connections() == 2);
+    w.run(Duration::from_secs(10), |w| {
+        w.connector.ready_connections() == 2
+    });
     let (conn0, conn1) = (w.edge_conn(0), w.edge_conn(1));
     let (link0, link1) = (
-        w.sup.link_of(0).expect("link 0"),
-        w.sup.link_of(1).expect("link 1"),
+        w.connector.link_of(0).expect("link 0"),
+        w.connector.link_of(1).expect("link 1"),
     );
     let id = SessionId(77);
     w.edge_send_v3(
@@ -970,7 +1134,7 @@ fn sessions_migrate_to_a_surviving_connection_when_their_link_closes() {
     );
     w.run(Duration::from_secs(15), |w| !w.edge_datagrams.is_empty());
     let (flow, _) = w.origin.opened[0];
-    assert_eq!(w.sup.datagram_hub().sessions.link_of(id), Some(link0));
+    assert_eq!(w.connector.datagram_hub().sessions.link_of(id), Some(link0));
 
     // Connection 0's path dies; the idle timeout notices.
     w.blackhole = Some(0);
@@ -980,11 +1144,11 @@ fn sessions_migrate_to_a_surviving_connection_when_their_link_closes() {
             .any(|(_, e)| matches!(e, SupervisorEvent::LinkClosed { link, .. } if *link == link0))
     });
     assert_eq!(
-        w.sup.datagram_hub().sessions.link_of(id),
+        w.connector.datagram_hub().sessions.link_of(id),
         Some(link1),
         "re-homed on the survivor"
     );
-    assert_eq!(w.sup.datagram_hub().sessions.stats().migrated, 1);
+    assert_eq!(w.connector.datagram_hub().sessions.stats().migrated, 1);
     assert!(w.origin.closed.is_empty(), "the socket stays");
 
     let before = w.edge_datagrams.len();

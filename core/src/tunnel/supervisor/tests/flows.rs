@@ -4,34 +4,10 @@
 
 use super::*;
 use crate::flow::FlowType;
-use crate::ingress::RemoteConfig;
 use crate::stream::connect::{ConnectRequest, ConnectionType};
 use crate::stream::proxy::{FlowKind, RATE_LIMITED};
 
 impl World {
-    /// What the daemon does with a configuration offer: version check, parse, apply the
-    /// `warp-routing` limit, answer.
-    pub(super) fn apply_configuration(&mut self, offer: &SupervisorEvent) {
-        let SupervisorEvent::ConfigurationOffered {
-            link,
-            stream,
-            version,
-            config,
-        } = offer
-        else {
-            return;
-        };
-        let sup = &mut self.sup;
-        let result = self.versions.offer(*version, || {
-            let (remote, _) = RemoteConfig::from_json(config).map_err(|e| e.to_string())?;
-            sup.apply_warp_routing(&remote.warp_routing);
-            Ok(())
-        });
-        self.sup
-            .respond_configuration(self.now, *link, *stream, &result)
-            .expect("answer the push");
-    }
-
     /// The edge opens a TCP data stream to `dest` on `conn`.
     fn open_tcp(&mut self, conn: ConnId, dest: &str) -> StreamId {
         let request = ConnectRequest {
@@ -85,7 +61,7 @@ impl World {
         let stream = self.open_tcp(conn, dest);
         self.run(Duration::from_secs(5), |w| w.flow_to(dest).is_some());
         let (link, flow) = self.flow_to(dest).expect("the origin flow opens");
-        self.sup.handle_flow_connected(self.now, link, flow);
+        self.input(Input::FlowConnected { link, flow });
         self.run(Duration::from_secs(5), |w| {
             w.response(conn, stream).is_some()
         });
@@ -171,9 +147,11 @@ fn remote(max_active_flows: Option<u64>) -> String {
 #[test]
 fn tcp_flows_and_udp_sessions_share_one_limit_that_remote_configuration_changes() {
     let mut w = v3_world(21, |c| c.local_max_active_flows = Some(3));
-    w.run(Duration::from_secs(10), |w| w.sup.ready_connections() == 2);
+    w.run(Duration::from_secs(10), |w| {
+        w.connector.ready_connections() == 2
+    });
     let (conn0, conn1) = (w.edge_conn(0), w.edge_conn(1));
-    let flows = w.sup.flow_limiter().clone();
+    let flows = w.connector.flow_limiter().clone();
     assert_eq!(flows.limit(), 3, "the local file's warp-routing");
 
     // A TCP flow on each connection and a session: three, the limit.
@@ -224,8 +202,11 @@ fn tcp_flows_and_udp_sessions_share_one_limit_that_remote_configuration_changes(
     });
     assert_eq!(flows.active(), 6);
     let (link, flow) = w.flow_to("10.0.0.7:22").expect("dialled");
-    w.sup
-        .handle_flow_failed(w.now, link, flow, "connect: connection refused");
+    w.input(Input::FlowFailed {
+        link,
+        flow,
+        reason: "connect: connection refused",
+    });
     w.run(Duration::from_secs(5), |w| {
         w.response(conn0, stream).is_some()
     });
@@ -248,7 +229,7 @@ fn tcp_flows_and_udp_sessions_share_one_limit_that_remote_configuration_changes(
 
     // Connection 1's path dies: its TCP flow ends with it, its session moves to connection 0
     // and keeps its slot.
-    assert_eq!(link1, w.sup.link_of(1).expect("link 1"));
+    assert_eq!(link1, w.connector.link_of(1).expect("link 1"));
     w.blackhole = Some(1);
     w.run(Duration::from_secs(60), |w| {
         w.events
@@ -259,7 +240,7 @@ fn tcp_flows_and_udp_sessions_share_one_limit_that_remote_configuration_changes(
         w.closed(link1, f1),
         "the flow on the lost connection is closed"
     );
-    assert_eq!(w.sup.datagram_hub().sessions.active(), 2);
+    assert_eq!(w.connector.datagram_hub().sessions.active(), 2);
     assert_eq!(flows.active(), 3, "one TCP flow and two sessions are left");
     assert_eq!(
         (flows.rejected(FlowType::Tcp), flows.rejected(FlowType::Udp)),
@@ -279,13 +260,16 @@ fn tcp_flows_and_udp_sessions_share_one_limit_that_remote_configuration_changes(
         )
     });
     assert_eq!(flows.active(), 3, "half-closed still counts");
-    w.sup.handle_flow_finished(w.now, link0, f0);
+    w.input(Input::FlowFinished {
+        link: link0,
+        flow: f0,
+    });
     w.run(Duration::from_secs(5), |w| w.closed(link0, f0));
     assert!(w.closed(link0, f0));
     assert_eq!(flows.active(), 2, "only the sessions are left");
     assert_eq!(
         flows.active(),
-        w.sup.datagram_hub().sessions.active() as u64
+        w.connector.datagram_hub().sessions.active() as u64
     );
 }
 
@@ -295,12 +279,18 @@ fn the_flag_overrides_local_and_remote_limits() {
         c.max_active_flows = Some(1);
         c.local_max_active_flows = Some(5);
     });
-    w.run(Duration::from_secs(10), |w| w.sup.ready_connections() == 2);
+    w.run(Duration::from_secs(10), |w| {
+        w.connector.ready_connections() == 2
+    });
     let conn0 = w.edge_conn(0);
-    assert_eq!(w.sup.flow_limiter().limit(), 1);
+    assert_eq!(w.connector.flow_limiter().limit(), 1);
     w.push_config(conn0, 1, &remote(Some(10)));
-    assert_eq!(w.sup.flow_limiter().limit(), 1, "--max-active-flows wins");
+    assert_eq!(
+        w.connector.flow_limiter().limit(),
+        1,
+        "--max-active-flows wins"
+    );
     assert_eq!(w.register_v3(conn0, 1), v3::ResponseCode::Ok);
     w.refused_tcp(conn0, "10.0.0.1:22");
-    assert_eq!(w.sup.flow_limiter().active(), 1);
+    assert_eq!(w.connector.flow_limiter().active(), 1);
 }

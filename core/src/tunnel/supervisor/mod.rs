@@ -8,295 +8,43 @@
 //!
 //! Every connection attempt gets a fresh [`LinkId`]: origin flows, configuration offers and UDP
 //! sessions are tagged with it, so a reconnect that reuses an index is never confused with the
-//! connection it replaces. The driver owns one UDP socket per index (cloudflared reuses the
-//! local port per index) and feeds datagrams by index.
+//! connection it replaces. Pushed remote configurations are versioned and applied here.
 //!
-//! The datagram plane (UDP sessions and ICMP, one [`DatagramHub`] for every connection) lives
-//! here too, so that the driver only moves bytes between sockets and the supervisor:
-//! [`Supervisor::drain_datagrams`] after every input hands out what leaves through an origin
-//! socket, [`Supervisor::udp_origin_read`] and [`Supervisor::ping_reply`] take what origin
-//! sockets read, and [`Supervisor::poll_datagram_action`] says which sockets to open and close.
-//! Datagram-v2 registrations and unregistrations over RPC are answered here, and when a
-//! connection goes its sessions move to a surviving registered one.
+//! Drivers do not call it: [`crate::connector::Connector`] wraps it and orders its outputs.
+//! Its parts: [`pool`] (edge addresses), [`backoff`], [`datagrams`] (the datagram plane of every
+//! connection: UDP sessions, ICMP, v2 registrations, re-homing sessions when a link goes).
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
 use quinn_proto::StreamId;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
 use tracing::{debug, info, warn};
 
-use super::connector::{ConnectorConfig, ConnectorConnection, ConnectorError, ConnectorEvent};
+mod backoff;
+mod datagrams;
+mod pool;
+
+pub use pool::{srv_service, EdgePool, IpVersion, PoolError};
+
+use super::connector::{
+    CloseReason, ConnectorConfig, ConnectorConnection, ConnectorEvent, LocalClose,
+};
 use super::data::{FlowId, OriginAction};
-use super::udp::{DatagramHub, Egress, HubAction, Links};
+use super::udp::DatagramHub;
 use super::{Received, Transmit};
-use crate::control::{ConnectionDetails, RegistrationError};
+use crate::control::{ConnectionDetails, Refusal, RegistrationError};
 use crate::datagram::LinkId;
 use crate::flow::{effective_limit, FlowLimiter};
-use crate::icmp::{FunnelId, IcmpRouter, RouterConfig};
-use crate::ingress::WarpRoutingConfig;
-use crate::rpc_stream::ConfigUpdateResult;
-use crate::session::{SessionAction, SessionId, SessionLimits, SessionManager, UdpFlowId};
-
-/// Which address families of the edge to use (`--edge-ip-version`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum IpVersion {
-    /// The family of the first address the resolver returned, the other as fallback.
-    #[default]
-    Auto,
-    /// IPv4 only.
-    V4,
-    /// IPv6 only.
-    V6,
-}
-
-/// No edge address could be handed out.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-pub enum PoolError {
-    /// Every address is held by another connection (cloudflared's `ErrNoAddressesLeft`).
-    #[error("there are no free edge addresses left to resolve to")]
-    NoAddressesLeft,
-    /// Nothing survived the IP-version filter.
-    #[error("no edge address of the requested IP version")]
-    NoAddressOfVersion,
-}
-
-/// One region's addresses, split by family as cloudflared's `Region` does.
-#[derive(Debug, Clone)]
-struct Region {
-    primary: Vec<SocketAddr>,
-    secondary: Vec<SocketAddr>,
-    /// On the secondary family until then (an IPv6 connectivity error moved us there).
-    secondary_until: Option<Instant>,
-}
-
-impl Region {
-    fn new(addrs: &[SocketAddr], version: IpVersion) -> Self {
-        let (v4, v6): (Vec<_>, Vec<_>) = addrs.iter().partition(|a| a.is_ipv4());
-        let (primary, secondary) = match version {
-            IpVersion::V4 => (v4, Vec::new()),
-            IpVersion::V6 => (v6, Vec::new()),
-            IpVersion::Auto if addrs.first().is_some_and(|a| a.is_ipv6()) => (v6, v4),
-            IpVersion::Auto => (v4, v6),
-        };
-        Self {
-            primary,
-            secondary,
-            secondary_until: None,
-        }
-    }
-
-    fn active(&self, now: Instant) -> &[SocketAddr] {
-        match self.secondary_until {
-            Some(until) if now < until && !self.secondary.is_empty() => &self.secondary,
-            _ => &self.primary,
-        }
-    }
-
-    fn len(&self) -> usize {
-        self.primary.len().max(self.secondary.len())
-    }
-}
-
-/// How long an IPv6 connectivity error moves a region to IPv4 (cloudflared's `timeoutDuration`).
-const SECONDARY_FOR: Duration = Duration::from_secs(600);
-
-/// Edge addresses and which HA index holds which (cloudflared's `edgediscovery`).
-#[derive(Debug, Clone)]
-pub struct EdgePool {
-    regions: [Region; 2],
-    /// Held address per index.
-    held: Vec<Option<SocketAddr>>,
-    /// Static edge: an address may serve several indexes (see [`EdgePool::from_static`]).
-    shared: bool,
-}
-
-impl EdgePool {
-    /// Addresses from SRV discovery: target 0 is region 1, target 1 region 2, in resolver order.
-    pub fn from_regions(
-        region1: &[SocketAddr],
-        region2: &[SocketAddr],
-        version: IpVersion,
-    ) -> Result<Self, PoolError> {
-        let pool = Self {
-            regions: [Region::new(region1, version), Region::new(region2, version)],
-            held: Vec::new(),
-            shared: false,
-        };
-        if pool.capacity() == 0 {
-            return Err(PoolError::NoAddressOfVersion);
-        }
-        Ok(pool)
-    }
-
-    /// A static `--edge` list: entries alternate between the two regions as in cloudflared,
-    /// the IP version is ignored. Unlike cloudflared, an address may carry several HA
-    /// connections, so one self-hosted edge gets all of them (cloudflared caps HA at the number
-    /// of addresses and spins when rotation finds no other address, PROTOCOL.md C§7 #1).
-    pub fn from_static(addrs: &[SocketAddr]) -> Result<Self, PoolError> {
-        let r1: Vec<_> = addrs.iter().copied().step_by(2).collect();
-        let r2: Vec<_> = addrs.iter().copied().skip(1).step_by(2).collect();
-        let mut pool = Self::from_regions(&r1, &r2, IpVersion::Auto)?;
-        pool.regions.iter_mut().for_each(|r| {
-            r.primary.append(&mut r.secondary);
-        });
-        pool.shared = true;
-        Ok(pool)
-    }
-
-    /// How many HA connections the pool can serve at once.
-    pub fn capacity(&self) -> usize {
-        if self.shared {
-            usize::MAX
-        } else {
-            self.regions.iter().map(Region::len).sum()
-        }
-    }
-
-    fn users(&self, addr: SocketAddr) -> usize {
-        self.held.iter().filter(|h| **h == Some(addr)).count()
-    }
-
-    /// The address `index` holds, or a new one for it.
-    pub fn get_addr(
-        &mut self,
-        now: Instant,
-        index: u8,
-        rng: &mut impl Rng,
-    ) -> Result<SocketAddr, PoolError> {
-        if let Some(Some(a)) = self.held.get(index as usize) {
-            return Ok(*a);
-        }
-        let addr = self.pick(now, None, rng)?;
-        self.hold(index, Some(addr));
-        Ok(addr)
-    }
-
-    /// Gives back what `index` holds and picks another address. With `connectivity_error`, a
-    /// failing IPv6 address moves its region to IPv4 for a while (cloudflared's `GiveBack`).
-    pub fn get_different_addr(
-        &mut self,
-        now: Instant,
-        index: u8,
-        connectivity_error: bool,
-        rng: &mut impl Rng,
-    ) -> Result<SocketAddr, PoolError> {
-        let old = self.held.get(index as usize).copied().flatten();
-        self.hold(index, None);
-        if let (Some(old), true) = (old, connectivity_error) {
-            for r in &mut self.regions {
-                let on_secondary = r.secondary_until.is_some_and(|u| now < u);
-                if old.is_ipv6() && r.primary.contains(&old) && !r.secondary.is_empty() {
-                    r.secondary_until = Some(now + SECONDARY_FOR);
-                } else if old.is_ipv4() && on_secondary && r.secondary.contains(&old) {
-                    r.secondary_until = None;
-                }
-            }
-        }
-        let addr = match self.pick(now, old, rng) {
-            Ok(a) => a,
-            // Only one address serves us: try it again rather than give up.
-            Err(PoolError::NoAddressesLeft) if self.shared => {
-                old.ok_or(PoolError::NoAddressesLeft)?
-            }
-            Err(e) => return Err(e),
-        };
-        self.hold(index, Some(addr));
-        Ok(addr)
-    }
-
-    /// Forgets what `index` holds.
-    pub fn release(&mut self, index: u8) {
-        self.hold(index, None);
-    }
-
-    fn hold(&mut self, index: u8, addr: Option<SocketAddr>) {
-        let i = index as usize;
-        if self.held.len() <= i {
-            self.held.resize(i + 1, None);
-        }
-        self.held[i] = addr;
-    }
-
-    /// A free address from the region with the most free ones (random on a tie, random within).
-    fn pick(
-        &self,
-        now: Instant,
-        exclude: Option<SocketAddr>,
-        rng: &mut impl Rng,
-    ) -> Result<SocketAddr, PoolError> {
-        let least = |r: &Region| {
-            r.active(now)
-                .iter()
-                .filter(|a| Some(**a) != exclude)
-                .map(|a| self.users(*a))
-                .min()
-        };
-        let free: Vec<Vec<SocketAddr>> = self
-            .regions
-            .iter()
-            .map(|r| {
-                let candidates = r.active(now).iter().filter(|a| Some(**a) != exclude);
-                if self.shared {
-                    // Least used first: spread HA connections over the addresses.
-                    let min = least(r).unwrap_or(0);
-                    candidates
-                        .filter(|a| self.users(**a) == min)
-                        .copied()
-                        .collect()
-                } else {
-                    candidates
-                        .filter(|a| self.users(**a) == 0)
-                        .copied()
-                        .collect()
-                }
-            })
-            .collect();
-        let region = match (free[0].len(), free[1].len()) {
-            (0, 0) => return Err(PoolError::NoAddressesLeft),
-            _ if self.shared => {
-                // Prefer the region whose addresses are least used.
-                match (least(&self.regions[0]), least(&self.regions[1])) {
-                    (Some(a), Some(b)) if a != b => usize::from(b < a),
-                    (None, _) => 1,
-                    (_, None) => 0,
-                    _ => (rng.next_u32() % 2) as usize,
-                }
-            }
-            (a, b) if a > b => 0,
-            (a, b) if b > a => 1,
-            _ => (rng.next_u32() % 2) as usize,
-        };
-        let list = &free[region];
-        if list.is_empty() {
-            return Err(PoolError::NoAddressesLeft);
-        }
-        Ok(list[rng.next_u32() as usize % list.len()])
-    }
-}
-
-/// cloudflared's `retry.BackoffHandler`: wait uniformly in `[0, base·2^retries)`.
-#[derive(Debug, Clone, Copy)]
-struct Backoff {
-    retries: u32,
-    max_retries: u32,
-    base: Duration,
-}
-
-impl Backoff {
-    fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
-        if self.retries < self.max_retries {
-            self.retries += 1;
-        }
-        let cap = self.base.saturating_mul(1u32 << self.retries.min(20));
-        let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX).max(1);
-        Duration::from_nanos(rng.next_u64() % nanos)
-    }
-}
+use crate::icmp::{IcmpRouter, RouterConfig};
+use crate::ingress::RemoteConfig;
+use crate::quic::transport::QuicSettings;
+use crate::rpc_stream::ConfigVersions;
+use crate::session::{SessionId, SessionLimits, SessionManager};
+use backoff::Backoff;
 
 /// How the supervisor runs.
 #[derive(Clone)]
@@ -326,6 +74,9 @@ pub struct SupervisorConfig {
     /// ICMP proxy: source (and ping-socket bind) addresses, funnel idle time and bound. A
     /// family without a source address is not proxied.
     pub icmp: RouterConfig,
+    /// QUIC transport settings; each attempt gets a transport configuration for its edge's
+    /// address family (the initial MTU differs).
+    pub quic: QuicSettings,
 }
 
 impl SupervisorConfig {
@@ -342,6 +93,7 @@ impl SupervisorConfig {
             max_active_flows: None,
             local_max_active_flows: None,
             icmp: RouterConfig::default(),
+            quic: QuicSettings::default(),
         }
     }
 }
@@ -394,8 +146,8 @@ pub enum SupervisorEvent {
         index: u8,
         /// Which attempt.
         link: LinkId,
-        /// Why, in words.
-        reason: String,
+        /// Why.
+        reason: CloseReason,
         /// Whether it had registered.
         was_registered: bool,
     },
@@ -411,16 +163,25 @@ pub enum SupervisorEvent {
         /// HA index.
         index: u8,
     },
-    /// The edge offers remote configuration; answer with [`Supervisor::respond_configuration`].
-    ConfigurationOffered {
-        /// Which attempt.
-        link: LinkId,
-        /// RPC stream to answer on.
-        stream: StreamId,
+    /// A remote configuration was applied: its ingress serves new requests, its
+    /// `warp-routing` sets the flow limit.
+    ConfigurationApplied {
+        /// The version now in force.
+        version: i32,
+    },
+    /// A remote configuration was refused (the previous one stays); the edge is told why.
+    ConfigurationRefused {
         /// Offered version.
         version: i32,
-        /// JSON.
-        config: Vec<u8>,
+        /// Why.
+        error: String,
+    },
+    /// The flow limit changed (a remote configuration's `warp-routing`). Active flows stay.
+    FlowLimitChanged {
+        /// New limit (0: unlimited).
+        limit: u64,
+        /// Flows active now.
+        active: u64,
     },
     /// Pushing the local configuration failed (logged, not fatal).
     LocalConfigurationFailed {
@@ -451,7 +212,6 @@ struct Running {
     link: LinkId,
     edge: SocketAddr,
     registered: bool,
-    refused: Option<RegistrationError>,
 }
 
 struct Slot {
@@ -475,7 +235,7 @@ enum State {
 }
 
 /// The HA connections of one connector process.
-pub struct Supervisor {
+pub(crate) struct Supervisor {
     config: SupervisorConfig,
     pool: EdgePool,
     rng: ChaCha8Rng,
@@ -492,18 +252,8 @@ pub struct Supervisor {
     /// Datagram-v2 registrations waiting for the session manager's answer: the RPC streams to
     /// answer on (a retried call may wait beside the first; one answer serves both).
     v2_calls: HashMap<(LinkId, SessionId), Vec<StreamId>>,
-}
-
-/// The running connections, by link, as the hub sees them.
-struct SlotLinks<'a>(&'a mut [Slot]);
-
-impl Links for SlotLinks<'_> {
-    fn connection(&mut self, link: LinkId) -> Option<&mut ConnectorConnection> {
-        self.0.iter_mut().find_map(|s| match &mut s.phase {
-            Phase::Running(r) if r.link == link => Some(&mut r.conn),
-            _ => None,
-        })
-    }
+    /// Remote configuration versions (cloudflared's orchestrator).
+    versions: ConfigVersions,
 }
 
 impl Supervisor {
@@ -562,6 +312,7 @@ impl Supervisor {
             cursor: 0,
             hub,
             v2_calls: HashMap::new(),
+            versions: ConfigVersions::new(),
         }
     }
 
@@ -586,22 +337,9 @@ impl Supervisor {
         }
     }
 
-    /// Registered links with their index, for spreading work over them.
-    pub fn registered_links(&self) -> impl Iterator<Item = (u8, LinkId)> + '_ {
-        self.slots.iter().filter_map(|s| match &s.phase {
-            Phase::Running(r) if r.registered => Some((s.index, r.link)),
-            _ => None,
-        })
-    }
-
     /// True once everything is closed (after a shutdown or a fatal error).
     pub fn is_stopped(&self) -> bool {
         self.state == State::Stopped
-    }
-
-    /// A UDP datagram arrived on the socket of `index`.
-    pub fn handle_datagram(&mut self, now: Instant, index: u8, from: SocketAddr, data: &[u8]) {
-        self.handle_received(now, index, &Received::single(from, data));
     }
 
     /// UDP datagrams arrived on the socket of `index` in one buffer (GRO: `stride` bytes each).
@@ -729,116 +467,6 @@ impl Supervisor {
         self.with_link(now, link, |c| c.handle_flow_written(now, flow));
     }
 
-    /// Answers a configuration offer.
-    pub fn respond_configuration(
-        &mut self,
-        now: Instant,
-        link: LinkId,
-        stream: StreamId,
-        result: &ConfigUpdateResult,
-    ) -> Result<(), ConnectorError> {
-        self.with_link(now, link, |c| c.respond_configuration(now, stream, result))
-            .unwrap_or(Ok(()))
-    }
-
-    /// Takes the datagrams every connection received (call after every input, at least after
-    /// [`Supervisor::handle_datagram`]). What must leave through an origin UDP socket or a ping
-    /// socket now is handed to `egress`, borrowed from the datagram; sessions being opened keep
-    /// their payloads until [`Supervisor::handle_udp_opened`]. A ping for a funnel whose
-    /// [`RouterAction::OpenFunnel`](crate::icmp::RouterAction::OpenFunnel) has not been polled
-    /// yet comes before it: the driver sends it once the socket is open. Returns how many
-    /// datagrams were taken.
-    pub fn drain_datagrams(&mut self, now: Instant, mut egress: impl FnMut(Egress<'_>)) -> u64 {
-        let before = self.hub.stats().datagrams_in;
-        for s in &mut self.slots {
-            if let Phase::Running(r) = &mut s.phase {
-                self.hub.drain(now, r.link, &mut r.conn, &mut egress);
-            }
-        }
-        self.hub.stats().datagrams_in - before
-    }
-
-    /// `len` bytes the origin socket of `flow` read sit at `buf[HEADROOM..]` (`buf` holds
-    /// [`HEADROOM`](crate::session::HEADROOM) + `len` + [`TAILROOM`](crate::session::TAILROOM)
-    /// bytes at least): they are framed in place and queued on the session's connection. The
-    /// datagram is split off `buf` without a copy; resize `buf` before the next read.
-    pub fn udp_origin_read(
-        &mut self,
-        now: Instant,
-        flow: UdpFlowId,
-        buf: &mut BytesMut,
-        len: usize,
-    ) {
-        self.hub
-            .origin_read(now, flow, buf, len, &mut SlotLinks(&mut self.slots));
-    }
-
-    /// The ping socket of `funnel` read `message` (ICMP, no IP header) from `from`.
-    pub fn ping_reply(&mut self, now: Instant, funnel: FunnelId, from: IpAddr, message: &[u8]) {
-        self.hub
-            .ping_reply(now, funnel, from, message, &mut SlotLinks(&mut self.slots));
-    }
-
-    /// The next socket to open or close: [`SessionAction::Open`], [`SessionAction::Send`],
-    /// [`SessionAction::Close`], or a funnel's
-    /// [`RouterAction`](crate::icmp::RouterAction). Registration answers (v3 datagrams, v2 RPC
-    /// responses) and v2 unregistrations go out on their connections on the way.
-    pub fn poll_datagram_action(&mut self, now: Instant) -> Option<HubAction> {
-        loop {
-            let action = self.hub.poll_action(&mut SlotLinks(&mut self.slots))?;
-            match action {
-                HubAction::Session(SessionAction::V2Registered { link, id, result }) => {
-                    let streams = self.v2_calls.remove(&(link, id)).unwrap_or_default();
-                    if let Some(conn) = SlotLinks(&mut self.slots).connection(link) {
-                        for stream in streams {
-                            // The edge may have given up on the stream meanwhile.
-                            if let Err(e) = conn.respond_udp_session(now, stream, result.clone()) {
-                                debug!(%link, session_id = %id, error = %e, "cannot answer registerUdpSession");
-                            }
-                        }
-                    }
-                    self.progress(now);
-                }
-                HubAction::Session(SessionAction::V2Unregister { link, id, message }) => {
-                    if let Some(conn) = SlotLinks(&mut self.slots).connection(link) {
-                        conn.unregister_udp_session(now, id, &message);
-                    }
-                    self.progress(now);
-                }
-                other => return Some(other),
-            }
-        }
-    }
-
-    /// The origin socket of `flow` is open (after [`SessionAction::Open`]).
-    pub fn handle_udp_opened(&mut self, now: Instant, flow: UdpFlowId) {
-        self.hub.sessions.handle_origin_opened(now, flow);
-    }
-
-    /// The origin socket of `flow` could not be opened, or reading or writing it failed for
-    /// good; `reason` is the socket error's text. The session ends.
-    pub fn handle_udp_failed(&mut self, flow: UdpFlowId, reason: &str) {
-        self.hub.sessions.handle_origin_failed(flow, reason);
-    }
-
-    /// The ping socket of `funnel` could not be opened, or reading it failed: the funnel is
-    /// forgotten (the driver drops whatever socket it has).
-    pub fn handle_funnel_failed(&mut self, funnel: FunnelId) {
-        self.hub.icmp.handle_funnel_failed(funnel);
-    }
-
-    /// Applies an accepted remote configuration's `warp-routing` to the flow limit (unless
-    /// `--max-active-flows` overrides it), as cloudflared's orchestrator does on every update.
-    /// Flows already active stay.
-    pub fn apply_warp_routing(&mut self, warp_routing: &WarpRoutingConfig) {
-        let limit = effective_limit(self.config.max_active_flows, warp_routing.max_active_flows);
-        let flows = self.flow_limiter();
-        if flows.limit() != limit {
-            info!(limit, active = flows.active(), "flow limit changed");
-            flows.set_limit(limit);
-        }
-    }
-
     /// The process-wide flow limiter (TCP flows and UDP sessions), for its counters.
     pub fn flow_limiter(&self) -> &FlowLimiter {
         self.hub.sessions.flow_limiter()
@@ -892,7 +520,7 @@ impl Supervisor {
                 self.events.push_back(SupervisorEvent::LinkClosed {
                     index: s.index,
                     link: r.link,
-                    reason: "closed at shutdown".into(),
+                    reason: CloseReason::Local(LocalClose::Shutdown),
                     was_registered: r.registered,
                 });
                 // Keep it around only to flush its CONNECTION_CLOSE.
@@ -942,6 +570,10 @@ impl Supervisor {
             u8::try_from(self.slots[i].backoff.retries).unwrap_or(u8::MAX);
         // cloudflared sends the edge's address here on QUIC (PROTOCOL.md C§7 #24).
         config.registration.origin_local_ip = Some(edge.ip());
+        // Only here is the family known: an IPv6 path has 20 bytes less room per packet.
+        config
+            .client
+            .transport_config(self.config.quic.transport_config(edge.is_ipv4()));
         if index != 0 {
             config.local_config = None;
         }
@@ -959,7 +591,6 @@ impl Supervisor {
                     link,
                     edge,
                     registered: false,
-                    refused: None,
                 }));
             }
             Err(e) => {
@@ -1050,7 +681,6 @@ impl Supervisor {
                         });
                     }
                     ConnectorEvent::RegistrationFailed(error) => {
-                        r.refused = Some(error.clone());
                         self.events
                             .push_back(SupervisorEvent::RegistrationFailed { index, error });
                     }
@@ -1062,14 +692,47 @@ impl Supervisor {
                         stream,
                         version,
                         config,
-                    } => self
-                        .events
-                        .push_back(SupervisorEvent::ConfigurationOffered {
-                            link: r.link,
-                            stream,
-                            version,
-                            config,
-                        }),
+                    } => {
+                        let ingress = self.config.connector.data.ingress.as_ref();
+                        let hub = &self.hub;
+                        let max_active_flows = self.config.max_active_flows;
+                        let events = &mut self.events;
+                        let result = self.versions.offer(version, || {
+                            let (remote, new) =
+                                RemoteConfig::from_json(&config).map_err(|e| e.to_string())?;
+                            if let Some(shared) = ingress {
+                                *shared
+                                    .write()
+                                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
+                                    std::sync::Arc::new(new);
+                            }
+                            let limit = effective_limit(
+                                max_active_flows,
+                                remote.warp_routing.max_active_flows,
+                            );
+                            let flows = hub.sessions.flow_limiter();
+                            if flows.limit() != limit {
+                                flows.set_limit(limit);
+                                events.push_back(SupervisorEvent::FlowLimitChanged {
+                                    limit,
+                                    active: flows.active(),
+                                });
+                            }
+                            Ok(())
+                        });
+                        self.events.push_back(match &result.error {
+                            None => SupervisorEvent::ConfigurationApplied {
+                                version: result.latest_applied_version,
+                            },
+                            Some(error) => SupervisorEvent::ConfigurationRefused {
+                                version,
+                                error: error.clone(),
+                            },
+                        });
+                        if let Err(e) = r.conn.respond_configuration(now, stream, &result) {
+                            debug!(link = %r.link, error = %e, "cannot answer the configuration push");
+                        }
+                    }
                     ConnectorEvent::UdpSessionRequested {
                         stream,
                         id,
@@ -1113,20 +776,6 @@ impl Supervisor {
         }
     }
 
-    /// `link` is gone: its UDP sessions move to a surviving registered connection (the lowest
-    /// index), so origin replies keep flowing until the edge re-registers them where it likes;
-    /// its pending v2 registrations are forgotten.
-    fn datagram_link_gone(&mut self, link: LinkId) {
-        let successor = self.slots.iter().find_map(|s| match &s.phase {
-            Phase::Running(r) if r.registered && r.link != link && !r.conn.is_closed() => {
-                Some(r.link)
-            }
-            _ => None,
-        });
-        self.hub.link_closed(link, successor);
-        self.v2_calls.retain(|(l, _), _| *l != link);
-    }
-
     /// Index 0 registered: the others start, one interval apart (cloudflared's `initialize`).
     fn schedule_ha(&mut self, now: Instant) {
         let interval = self.config.registration_interval;
@@ -1138,7 +787,7 @@ impl Supervisor {
         }
     }
 
-    fn on_closed(&mut self, now: Instant, i: usize, reason: String) {
+    fn on_closed(&mut self, now: Instant, i: usize, reason: CloseReason) {
         let Phase::Running(r) = std::mem::replace(&mut self.slots[i].phase, Phase::Stopped) else {
             return;
         };
@@ -1154,32 +803,23 @@ impl Supervisor {
             reason: reason.clone(),
             was_registered: r.registered,
         });
-        if let Some(refused) = &r.refused {
+        if let CloseReason::Local(LocalClose::Refused(refused)) = &reason {
             // cloudflared: a permanent refusal of the first connection ends the process unless
-            // its cause says Unauthorized; everything else is retried forever.
-            if self.state == State::Starting
-                && !refused.should_retry
-                && !refused.is_duplicate_connection()
-                && !refused.cause.contains("Unauthorized")
-            {
+            // it is a duplicate or unauthorized; everything else is retried forever.
+            let refusal = refused.refusal();
+            if self.state == State::Starting && !refused.should_retry && refusal == Refusal::Other {
                 self.fatal(
                     now,
                     SupervisorError::InitialConnection(refused.cause.clone()),
                 );
                 return;
             }
-            let rotate = refused.is_duplicate_connection();
-            self.retry(now, i, false, rotate);
+            self.retry(now, i, false, refusal == Refusal::DuplicateConnection);
             return;
         }
         let dial_failure = !r.registered;
         // An idle timeout of a served connection means the path to that edge died: rotate.
-        let rotate = reason.contains("timed out");
-        if matches!(self.state, State::ShuttingDown(_)) {
-            debug!(conn_index = index, link = %r.link, %reason, "connection closed at shutdown");
-        } else {
-            warn!(conn_index = index, link = %r.link, %reason, "connection closed");
-        }
+        let rotate = reason == CloseReason::TimedOut;
         self.retry(now, i, dial_failure, rotate);
     }
 }

@@ -1,0 +1,534 @@
+//! The connector: cloudflared's side of a tunnel (HA connections, origin flows, UDP sessions,
+//! ICMP) as one sans-IO machine in str0m's shape.
+//!
+//! The driver feeds one [`Input`] with [`Connector::handle_input`], then drains
+//! [`Connector::poll_output`] until it says [`Output::Timeout`], then waits for I/O or the
+//! deadline. Everything comes out of that one call in the order it must happen: the socket a
+//! connection sends from before its first transmit, a funnel's ping socket before its first
+//! echo, a flow's close after its last write. The driver does the I/O and nothing else.
+//!
+//! Transmits are written into the connector's own buffer and lent out ([`Output::Transmit`]):
+//! a GSO batch of up to `max_segments` datagrams goes to the socket as it is, with no copy.
+//! Datagrams for origin sockets are lent the same way, borrowed from the QUIC datagram they
+//! came in (UDP payloads) or from the ICMP router's buffer (echo requests). An [`Output`]
+//! borrows the connector until the next call, which is how the driver loop uses it anyway.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::{Bytes, BytesMut};
+
+use crate::datagram::LinkId;
+use crate::flow::FlowLimiter;
+use crate::icmp::{FunnelId, RouterAction};
+use crate::ingress::Origin;
+use crate::session::{SessionAction, UdpFlowId};
+use crate::stream::proxy::FlowKind;
+use crate::tunnel::data::{FlowId, OriginAction};
+use crate::tunnel::supervisor::{EdgePool, Supervisor, SupervisorConfig};
+use crate::tunnel::udp::{DatagramHub, Egress, HubAction};
+use crate::tunnel::{Received, Transmit};
+
+pub use crate::tunnel::supervisor::SupervisorEvent as Event;
+
+/// Something that happened outside the connector: a socket read, an origin task's progress,
+/// the timer, a signal.
+#[derive(Debug)]
+pub enum Input<'a> {
+    /// The deadline of the last [`Output::Timeout`] passed (early calls are harmless).
+    Timeout,
+    /// Graceful shutdown; a second one closes everything at once.
+    Shutdown,
+    /// The socket [`Io::EdgeSocket`] asked for is ready; it sends GSO batches of up to
+    /// `max_segments` datagrams.
+    EdgeSocket {
+        /// HA index.
+        index: u8,
+        /// Datagrams per transmit the socket takes (1 without GSO).
+        max_segments: usize,
+    },
+    /// UDP datagrams arrived on the edge socket of HA index `index`.
+    Received {
+        /// HA index.
+        index: u8,
+        /// One datagram or a GRO batch.
+        received: Received<'a>,
+    },
+    /// The origin connection of a flow is up ([`Io::OpenFlow`]).
+    FlowConnected {
+        /// The connection attempt it belongs to.
+        link: LinkId,
+        /// Which flow.
+        flow: FlowId,
+    },
+    /// The origin connection of a flow could not be opened, or broke.
+    FlowFailed {
+        /// The connection attempt it belongs to.
+        link: LinkId,
+        /// Which flow.
+        flow: FlowId,
+        /// The I/O error, in words (it goes into the HTTP 502 cloudflared answers).
+        reason: &'a str,
+    },
+    /// The origin sent bytes. The driver reads the flow again after [`Io::ReadFlow`].
+    FlowData {
+        /// The connection attempt it belongs to.
+        link: LinkId,
+        /// Which flow.
+        flow: FlowId,
+        /// What was read; the connector keeps what the edge cannot take yet.
+        data: Bytes,
+    },
+    /// The origin closed its side of a flow.
+    FlowFinished {
+        /// The connection attempt it belongs to.
+        link: LinkId,
+        /// Which flow.
+        flow: FlowId,
+    },
+    /// The last [`Io::WriteFlow`] of a flow completed.
+    FlowWritten {
+        /// The connection attempt it belongs to.
+        link: LinkId,
+        /// Which flow.
+        flow: FlowId,
+    },
+    /// The origin socket of a UDP session is open ([`Io::OpenUdp`]).
+    UdpOpened(UdpFlowId),
+    /// The origin socket of a UDP session could not be opened, or failed for good.
+    UdpFailed {
+        /// The session's socket.
+        flow: UdpFlowId,
+        /// The socket error, in words.
+        reason: &'a str,
+    },
+    /// The origin socket of a UDP session read `len` bytes into `buf[HEADROOM..]`
+    /// ([`crate::session::HEADROOM`]); `buf` has [`crate::session::TAILROOM`] more after them.
+    /// The datagram is framed in place and split off `buf` without a copy.
+    UdpRead {
+        /// The session's socket.
+        flow: UdpFlowId,
+        /// The read buffer.
+        buf: &'a mut BytesMut,
+        /// Bytes read.
+        len: usize,
+    },
+    /// A funnel's ping socket read an ICMP message (no IP header).
+    PingRead {
+        /// The funnel.
+        funnel: FunnelId,
+        /// Who answered.
+        from: IpAddr,
+        /// ICMP header and body.
+        message: &'a [u8],
+    },
+    /// A funnel's ping socket could not be opened, or reading it failed.
+    FunnelFailed(FunnelId),
+}
+
+/// I/O the driver must do now.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Io<'a> {
+    /// Have a UDP socket of `edge`'s address family for HA index `index` (keep the one it has
+    /// if the family matches, as cloudflared reuses the local port per index), then answer
+    /// [`Input::EdgeSocket`].
+    EdgeSocket {
+        /// HA index.
+        index: u8,
+        /// The edge address its connection dials.
+        edge: SocketAddr,
+    },
+    /// Open an origin connection; answer [`Input::FlowConnected`] or [`Input::FlowFailed`].
+    OpenFlow {
+        /// The connection attempt it belongs to.
+        link: LinkId,
+        /// The flow's id from now on.
+        flow: FlowId,
+        /// Its kind.
+        kind: FlowKind,
+        /// `ConnectRequest.dest`: URL or path (HTTP, WebSocket), `ip:port` (TCP).
+        dest: String,
+        /// The origin the request's ingress rule resolved to: dial this, never re-match
+        /// (HTTP, WebSocket when there are rules).
+        origin: Option<Arc<Origin>>,
+    },
+    /// Write all of `data` to the flow's origin, then answer [`Input::FlowWritten`]. At most
+    /// one write per flow is outstanding.
+    WriteFlow {
+        /// The connection attempt it belongs to.
+        link: LinkId,
+        /// Which flow.
+        flow: FlowId,
+        /// What to write.
+        data: Bytes,
+    },
+    /// Read the flow's origin once more ([`Input::FlowData`]).
+    ReadFlow {
+        /// The connection attempt it belongs to.
+        link: LinkId,
+        /// Which flow.
+        flow: FlowId,
+    },
+    /// FIN toward the origin after the outstanding write; keep reading it.
+    ShutdownFlow {
+        /// The connection attempt it belongs to.
+        link: LinkId,
+        /// Which flow.
+        flow: FlowId,
+    },
+    /// Close the origin connection and forget the flow.
+    CloseFlow {
+        /// The connection attempt it belongs to.
+        link: LinkId,
+        /// Which flow.
+        flow: FlowId,
+    },
+    /// Open a connected UDP socket to `dest` for a session; answer [`Input::UdpOpened`] or
+    /// [`Input::UdpFailed`], then feed its reads as [`Input::UdpRead`].
+    OpenUdp {
+        /// The session's socket.
+        flow: UdpFlowId,
+        /// The origin.
+        dest: SocketAddr,
+    },
+    /// Write one datagram on a session's socket (a full socket drops it, as UDP does).
+    SendUdp {
+        /// The session's socket.
+        flow: UdpFlowId,
+        /// The payload.
+        payload: &'a [u8],
+    },
+    /// Close a session's socket.
+    CloseUdp {
+        /// The session's socket.
+        flow: UdpFlowId,
+    },
+    /// Open an unprivileged ping socket bound to `bind` for a funnel; feed its reads as
+    /// [`Input::PingRead`], its failure as [`Input::FunnelFailed`].
+    OpenFunnel {
+        /// The funnel.
+        funnel: FunnelId,
+        /// Local address.
+        bind: IpAddr,
+    },
+    /// Send an ICMP echo request through a funnel's ping socket.
+    SendPing {
+        /// The funnel.
+        funnel: FunnelId,
+        /// Destination.
+        dst: IpAddr,
+        /// ICMP header and body (the kernel sets ident and checksum).
+        message: &'a [u8],
+        /// The decremented TTL, should the driver want to apply it.
+        ttl: u8,
+    },
+    /// Close a funnel's ping socket.
+    CloseFunnel {
+        /// The funnel.
+        funnel: FunnelId,
+    },
+}
+
+/// What the driver must do next.
+#[derive(Debug)]
+pub enum Output<'a> {
+    /// Send `data` (one datagram, or a GSO batch of `transmit.segment_size` datagrams) from the
+    /// edge socket of HA index `index`.
+    Transmit {
+        /// HA index.
+        index: u8,
+        /// Destination, segment size, ECN.
+        transmit: Transmit,
+        /// The bytes, lent from the connector's buffer.
+        data: &'a [u8],
+    },
+    /// Socket or origin work.
+    Io(Io<'a>),
+    /// Something happened (for logs, metrics, readiness).
+    Event(Event),
+    /// Nothing more to do until this time (`None`: until an input).
+    Timeout(Option<Instant>),
+}
+
+/// Work or an event waiting its turn.
+enum Queued {
+    Io(Io<'static>),
+    Event(Event),
+}
+
+/// The connector of one `tunnel run` process.
+pub struct Connector {
+    sup: Supervisor,
+    queue: VecDeque<Queued>,
+    /// Origin flows the driver holds, with bytes their connection could not take yet (the
+    /// driver reads such a flow again only once they are taken).
+    flows: HashMap<(LinkId, FlowId), Option<Bytes>>,
+    /// GSO capacity of each edge socket.
+    segments: BTreeMap<u8, usize>,
+    /// One GSO batch.
+    buf: Vec<u8>,
+    /// A delayed session payload being lent out.
+    lent: Bytes,
+}
+
+impl Connector {
+    /// A connector over `pool`; `seed` drives every random choice (backoff jitter, address
+    /// choice, quinn). Connection 0 starts at `now`.
+    pub fn new(now: Instant, config: SupervisorConfig, pool: EdgePool, seed: u64) -> Self {
+        Self {
+            sup: Supervisor::new(now, config, pool, seed),
+            queue: VecDeque::new(),
+            flows: HashMap::new(),
+            segments: BTreeMap::new(),
+            // Room for a GSO batch of full-size datagrams.
+            buf: Vec::with_capacity(64 * 1500),
+            lent: Bytes::new(),
+        }
+    }
+
+    /// HA connections this connector runs (after capping to the pool).
+    pub fn ha_connections(&self) -> usize {
+        self.sup.ha_connections()
+    }
+
+    /// Connections registered and serving now.
+    pub fn ready_connections(&self) -> usize {
+        self.sup.ready_connections()
+    }
+
+    /// True once everything is closed (after a shutdown or a fatal error).
+    pub fn is_stopped(&self) -> bool {
+        self.sup.is_stopped()
+    }
+
+    /// The current link of `index`, if it has a connection.
+    pub fn link_of(&self, index: u8) -> Option<LinkId> {
+        self.sup.link_of(index)
+    }
+
+    /// The datagram plane, for its counters.
+    pub fn datagram_hub(&self) -> &DatagramHub {
+        self.sup.datagram_hub()
+    }
+
+    /// The process-wide flow limiter, for its counters.
+    pub fn flow_limiter(&self) -> &FlowLimiter {
+        self.sup.flow_limiter()
+    }
+
+    /// Takes one input. Stale ones (a flow or link that is gone) are ignored.
+    pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
+        match input {
+            Input::Timeout => self.sup.handle_timeout(now),
+            Input::Shutdown => self.sup.shutdown(now),
+            Input::EdgeSocket {
+                index,
+                max_segments,
+            } => {
+                self.segments.insert(index, max_segments.max(1));
+            }
+            Input::Received { index, received } => self.sup.handle_received(now, index, &received),
+            Input::FlowConnected { link, flow } => self.sup.handle_flow_connected(now, link, flow),
+            Input::FlowFailed { link, flow, reason } => {
+                self.sup.handle_flow_failed(now, link, flow, reason)
+            }
+            Input::FlowData { link, flow, data } => {
+                if self.flows.contains_key(&(link, flow)) {
+                    self.feed(now, link, flow, data);
+                }
+            }
+            Input::FlowFinished { link, flow } => self.sup.handle_flow_finished(now, link, flow),
+            Input::FlowWritten { link, flow } => self.sup.handle_flow_written(now, link, flow),
+            Input::UdpOpened(flow) => self.sup.handle_udp_opened(now, flow),
+            Input::UdpFailed { flow, reason } => self.sup.handle_udp_failed(flow, reason),
+            Input::UdpRead { flow, buf, len } => self.sup.udp_origin_read(now, flow, buf, len),
+            Input::PingRead {
+                funnel,
+                from,
+                message,
+            } => self.sup.ping_reply(now, funnel, from, message),
+            Input::FunnelFailed(funnel) => self.sup.handle_funnel_failed(funnel),
+        }
+    }
+
+    /// The next thing to do. Call until it returns [`Output::Timeout`].
+    pub fn poll_output(&mut self, now: Instant) -> Output<'_> {
+        loop {
+            // Events and origin actions first: they open the sockets and flows the rest use.
+            while let Some(e) = self.sup.poll_event() {
+                self.on_event(e);
+            }
+            if let Some((link, action)) = self.sup.poll_origin_action() {
+                self.on_origin_action(now, link, action);
+                continue;
+            }
+            if let Some(q) = self.queue.pop_front() {
+                return match q {
+                    Queued::Io(io) => Output::Io(io),
+                    Queued::Event(e) => Output::Event(e),
+                };
+            }
+            if let Some(action) = self.sup.poll_datagram_action(now) {
+                match self.datagram_io(action) {
+                    Next::Io(io) => return Output::Io(io),
+                    Next::Lent(flow) => return self.lent(flow),
+                    Next::Skip => continue,
+                }
+            }
+            if self.sup.pull_egress(now) {
+                // The datagram may have asked for the socket it goes out of: that first.
+                if let Some(action) = self.sup.poll_datagram_action(now) {
+                    match self.datagram_io(action) {
+                        Next::Io(io) => return Output::Io(io),
+                        Next::Lent(flow) => return self.lent(flow),
+                        Next::Skip => continue,
+                    }
+                }
+                return match self.sup.take_egress() {
+                    Some(Egress::Udp { flow, payload }) => {
+                        Output::Io(Io::SendUdp { flow, payload })
+                    }
+                    Some(Egress::Ping {
+                        funnel,
+                        dst,
+                        message,
+                        ttl,
+                    }) => Output::Io(Io::SendPing {
+                        funnel,
+                        dst,
+                        message,
+                        ttl,
+                    }),
+                    // Not reached (the pull held something); polling again costs nothing.
+                    None => Output::Timeout(Some(now)),
+                };
+            }
+            // The fewest datagrams every socket takes: the batch is built before its socket
+            // is known.
+            let segments = self.segments.values().copied().min().unwrap_or(1);
+            if let Some((index, transmit)) = self.sup.poll_transmit(now, segments, &mut self.buf) {
+                let size = transmit.size.min(self.buf.len());
+                return Output::Transmit {
+                    index,
+                    transmit,
+                    data: &self.buf[..size],
+                };
+            }
+            return Output::Timeout(self.sup.poll_timeout());
+        }
+    }
+
+    fn on_event(&mut self, e: Event) {
+        match &e {
+            Event::Connecting { index, edge, .. } => {
+                self.queue.push_back(Queued::Io(Io::EdgeSocket {
+                    index: *index,
+                    edge: *edge,
+                }));
+            }
+            Event::LinkClosed { link, .. } => {
+                // Its origin connections go with it.
+                let gone: Vec<_> = self
+                    .flows
+                    .keys()
+                    .filter(|(l, _)| l == link)
+                    .copied()
+                    .collect();
+                for (link, flow) in gone {
+                    self.flows.remove(&(link, flow));
+                    self.queue
+                        .push_back(Queued::Io(Io::CloseFlow { link, flow }));
+                }
+            }
+            _ => {}
+        }
+        self.queue.push_back(Queued::Event(e));
+    }
+
+    fn on_origin_action(&mut self, now: Instant, link: LinkId, action: OriginAction) {
+        let io = match action {
+            OriginAction::Open {
+                flow,
+                kind,
+                dest,
+                origin,
+                ..
+            } => {
+                self.flows.insert((link, flow), None);
+                Io::OpenFlow {
+                    link,
+                    flow,
+                    kind,
+                    dest,
+                    origin,
+                }
+            }
+            OriginAction::Write { flow, data } => Io::WriteFlow { link, flow, data },
+            OriginAction::Resume { flow } => {
+                match self.flows.get_mut(&(link, flow)).map(Option::take) {
+                    Some(Some(rest)) => self.feed(now, link, flow, rest),
+                    Some(None) => self
+                        .queue
+                        .push_back(Queued::Io(Io::ReadFlow { link, flow })),
+                    None => {}
+                }
+                return;
+            }
+            OriginAction::ShutdownWrite { flow } => Io::ShutdownFlow { link, flow },
+            OriginAction::Close { flow } => {
+                self.flows.remove(&(link, flow));
+                Io::CloseFlow { link, flow }
+            }
+        };
+        self.queue.push_back(Queued::Io(io));
+    }
+
+    /// Gives origin bytes to their connection; what it cannot take waits for its `Resume`,
+    /// and the driver reads again only once all are taken.
+    fn feed(&mut self, now: Instant, link: LinkId, flow: FlowId, data: Bytes) {
+        let n = self.sup.handle_flow_data(now, link, flow, &data);
+        let Some(pending) = self.flows.get_mut(&(link, flow)) else {
+            return;
+        };
+        if n < data.len() {
+            *pending = Some(data.slice(n..));
+        } else {
+            self.queue
+                .push_back(Queued::Io(Io::ReadFlow { link, flow }));
+        }
+    }
+
+    fn lent(&self, flow: UdpFlowId) -> Output<'_> {
+        Output::Io(Io::SendUdp {
+            flow,
+            payload: &self.lent,
+        })
+    }
+
+    fn datagram_io(&mut self, action: HubAction) -> Next {
+        Next::Io(match action {
+            HubAction::Session(SessionAction::Open { flow, dest }) => Io::OpenUdp { flow, dest },
+            HubAction::Session(SessionAction::Send { flow, payload }) => {
+                self.lent = payload;
+                return Next::Lent(flow);
+            }
+            HubAction::Session(SessionAction::Close { flow }) => Io::CloseUdp { flow },
+            HubAction::Icmp(RouterAction::OpenFunnel { funnel, bind }) => {
+                Io::OpenFunnel { funnel, bind }
+            }
+            HubAction::Icmp(RouterAction::CloseFunnel { funnel }) => Io::CloseFunnel { funnel },
+            // Connection work (registration answers, v2 RPCs) never leaves the supervisor.
+            HubAction::Session(_) => return Next::Skip,
+        })
+    }
+}
+
+/// What a datagram action asks of the driver.
+enum Next {
+    Io(Io<'static>),
+    /// Send the payload in `lent`.
+    Lent(UdpFlowId),
+    Skip,
+}

@@ -1,0 +1,228 @@
+//! The edge's side: TLS server, HTTP/2 client (PROTOCOL.md C§1.1). It opens the control stream
+//! and request streams toward a connector, marked as cloudflared expects (C§1.4–1.5), and reads
+//! the connector's serialized response heads (C§1.7–1.8).
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use h2::client::{self, SendRequest};
+use h2::Reason;
+use http::{HeaderValue, Method, Request};
+
+use super::machine::{
+    Connection, Drive, Event, Limits, Role, INITIAL_WINDOW, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE,
+    RESET_RETENTION,
+};
+use super::pipe::Pipe;
+use super::request::RequestKind;
+use super::response::ConnectorResponse;
+use super::streams::{reason_of, ApiError, Stream, StreamEvent, StreamId, Streams};
+use super::tls;
+use crate::quic::tls::TlsError;
+
+/// The edge's HTTP/2 connection to one connector.
+pub type EdgeConnection = Connection<Client>;
+
+type HandshakeFuture = Pin<
+    Box<
+        dyn Future<
+                Output = Result<(SendRequest<Bytes>, client::Connection<Pipe, Bytes>), h2::Error>,
+            > + Send,
+    >,
+>;
+
+/// HTTP/2 client state.
+pub struct Client {
+    state: State,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client").finish_non_exhaustive()
+    }
+}
+
+enum State {
+    Handshaking(HandshakeFuture),
+    Running {
+        /// `None` after shutdown: no new streams.
+        send: Option<SendRequest<Bytes>>,
+        /// Boxed: h2's connection is large and lives as long as the connection.
+        conn: Box<client::Connection<Pipe, Bytes>>,
+    },
+    Done,
+}
+
+impl EdgeConnection {
+    /// A connection from a connector that just dialled in, accepted at `now`.
+    pub fn new(
+        now: Instant,
+        config: Arc<rustls::ServerConfig>,
+        limits: Limits,
+    ) -> Result<Self, TlsError> {
+        let session = tls::server_session(config)?;
+        let pipe = Pipe::new(session.into(), limits.tls_buffer);
+        let handshake = client::Builder::new()
+            .initial_window_size(INITIAL_WINDOW)
+            .initial_connection_window_size(INITIAL_WINDOW)
+            .max_frame_size(MAX_FRAME_SIZE)
+            .max_header_list_size(MAX_HEADER_LIST_SIZE)
+            .reset_stream_duration(RESET_RETENTION)
+            .handshake(pipe.clone());
+        let role = Client {
+            state: State::Handshaking(Box::pin(handshake)),
+        };
+        Ok(Connection::build(now, role, pipe, limits))
+    }
+
+    /// Opens the control stream (C§1.6): `GET http://localhost:8080/` marked `control-stream`,
+    /// as cloudflared's own tests open it. Its bodies carry the Cap'n Proto RPC both ways.
+    pub fn open_control_stream(&mut self) -> Result<StreamId, ApiError> {
+        let request = Request::get("http://localhost:8080/")
+            .body(())
+            .map_err(|_| ApiError::NotReady)?;
+        self.open(RequestKind::ControlStream, request, false)
+    }
+
+    /// Opens a stream of `kind` carrying `request` (its marker header added; for
+    /// [`RequestKind::Tcp`] the URI authority is the destination `IP:port`). `end` sends
+    /// END_STREAM with the head (a request without a body).
+    pub fn open(
+        &mut self,
+        kind: RequestKind,
+        mut request: Request<()>,
+        end: bool,
+    ) -> Result<StreamId, ApiError> {
+        self.live()?;
+        if !self.connected() {
+            return Err(ApiError::NotReady);
+        }
+        if self.open_streams() >= self.limits().max_streams {
+            return Err(ApiError::NotReady);
+        }
+        if let Some((name, value)) = kind.marker() {
+            request
+                .headers_mut()
+                .insert(name, HeaderValue::from_static(value));
+        }
+        if kind == RequestKind::Configuration {
+            *request.method_mut() = Method::PUT;
+        }
+        let State::Running {
+            send: Some(send), ..
+        } = &mut self.role.state
+        else {
+            return Err(ApiError::NotReady);
+        };
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        if send.poll_ready(&mut cx).is_pending() {
+            return Err(ApiError::NotReady);
+        }
+        let (response, body) = send
+            .send_request(request, end)
+            .map_err(|_| ApiError::NotReady)?;
+        let id = StreamId::from(body.stream_id());
+        let mut stream = Stream::new(kind);
+        stream.response = Some(response);
+        stream.send = Some(body);
+        if end {
+            stream.ended_with_head();
+        }
+        self.streams.map.insert(id.0, stream);
+        self.mark_dirty();
+        Ok(id)
+    }
+}
+
+impl Role for Client {
+    fn drive(
+        &mut self,
+        cx: &mut Context<'_>,
+        streams: &mut Streams,
+        events: &mut VecDeque<Event>,
+    ) -> Drive {
+        if let State::Handshaking(handshake) = &mut self.state {
+            match handshake.as_mut().poll(cx) {
+                Poll::Ready(Ok((send, conn))) => {
+                    self.state = State::Running {
+                        send: Some(send),
+                        conn: Box::new(conn),
+                    }
+                }
+                Poll::Ready(Err(e)) => {
+                    self.state = State::Done;
+                    return Drive::Closed(Some(e));
+                }
+                Poll::Pending => return Drive::Running,
+            }
+        }
+        let State::Running { conn, .. } = &mut self.state else {
+            return Drive::Closed(None);
+        };
+        match Pin::new(&mut **conn).poll(cx) {
+            Poll::Ready(result) => {
+                self.state = State::Done;
+                return Drive::Closed(result.err());
+            }
+            Poll::Pending => {}
+        }
+        poll_responses(cx, streams, events);
+        Drive::Running
+    }
+
+    fn ready(&self) -> bool {
+        matches!(self.state, State::Running { .. })
+    }
+
+    fn shutdown(&mut self) {
+        if let State::Running { send, .. } = &mut self.state {
+            // Without a SendRequest h2 ends the connection once the open streams finish.
+            *send = None;
+        }
+    }
+}
+
+/// Turns arrived response heads into events; a head that cannot be read resets its stream.
+fn poll_responses(cx: &mut Context<'_>, streams: &mut Streams, events: &mut VecDeque<Event>) {
+    let mut gone = Vec::new();
+    for (&raw, s) in streams.map.iter_mut() {
+        let Some(future) = s.response.as_mut() else {
+            continue;
+        };
+        let stream = StreamId(raw);
+        match Pin::new(future).poll(cx) {
+            Poll::Ready(Ok(response)) => {
+                s.response = None;
+                let (head, body) = response.into_parts();
+                let response = ConnectorResponse::from_head(head);
+                if response.is_err() {
+                    if let Some(send) = s.send.as_mut() {
+                        send.send_reset(Reason::PROTOCOL_ERROR);
+                    }
+                    gone.push(raw);
+                } else {
+                    s.recv = Some(body);
+                }
+                streams.progress = true;
+                events.push_back(Event::Response { stream, response });
+            }
+            Poll::Ready(Err(e)) => {
+                gone.push(raw);
+                events.push_back(Event::Stream(StreamEvent::Reset {
+                    stream,
+                    reason: reason_of(&e),
+                }));
+            }
+            Poll::Pending => {}
+        }
+    }
+    for raw in gone {
+        streams.progress = true;
+        streams.map.remove(&raw);
+    }
+}

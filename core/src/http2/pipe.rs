@@ -1,0 +1,95 @@
+//! The in-memory transport h2 runs on: rustls's connection over byte buffers, seen by h2 as an
+//! `AsyncRead + AsyncWrite` that is ready or pending, never blocking.
+//!
+//! h2 owns its transport by value and exposes no way back to it, while the machine must feed
+//! ciphertext in and drain ciphertext out; so both hold the TLS session through an
+//! `Arc<Mutex<_>>`. The machine is its only user and is single-owner: the mutex is never
+//! contended and can never block (h2 keeps its own stream state behind one the same way).
+
+use std::io::{self, Read, Write};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::task::{Context, Poll};
+
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+/// The TLS session and what the machine needs to know about its plaintext traffic.
+#[derive(Debug)]
+pub(crate) struct Tls {
+    /// The rustls session (client on the connector, server on the edge).
+    pub(crate) session: rustls::Connection,
+    /// Plaintext bytes h2 has read and written: the pump's measure of progress.
+    pub(crate) moved: u64,
+    /// A TLS error rustls reported; the connection is over.
+    pub(crate) error: Option<rustls::Error>,
+}
+
+/// Shared handle to the TLS session; h2 holds one as its I/O object.
+#[derive(Debug, Clone)]
+pub(crate) struct Pipe(Arc<Mutex<Tls>>);
+
+impl Pipe {
+    /// A pipe over `session`, whose unsent ciphertext is bounded by `buffer_limit` bytes.
+    pub(crate) fn new(mut session: rustls::Connection, buffer_limit: usize) -> Self {
+        session.set_buffer_limit(Some(buffer_limit));
+        Pipe(Arc::new(Mutex::new(Tls {
+            session,
+            moved: 0,
+            error: None,
+        })))
+    }
+
+    /// The session (a poisoned lock only means a panic elsewhere; the state is still whole).
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Tls> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl AsyncRead for Pipe {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let mut tls = self.lock();
+        match tls.session.reader().read(buf.initialize_unfilled()) {
+            Ok(n) => {
+                buf.advance(n);
+                tls.moved += n as u64;
+                Poll::Ready(Ok(()))
+            }
+            // No plaintext until more ciphertext arrives: the machine polls again after input.
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Poll::Pending,
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+}
+
+impl AsyncWrite for Pipe {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let mut tls = self.lock();
+        match tls.session.writer().write(buf) {
+            // The ciphertext buffer is full: pending until the driver transmits.
+            Ok(0) if !buf.is_empty() => Poll::Pending,
+            Ok(n) => {
+                tls.moved += n as u64;
+                Poll::Ready(Ok(n))
+            }
+            Err(e) => Poll::Ready(Err(e)),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        // rustls encrypts on write; what is left to flush is the driver's to transmit.
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.lock().session.send_close_notify();
+        Poll::Ready(Ok(()))
+    }
+}

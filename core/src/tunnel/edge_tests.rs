@@ -1,0 +1,264 @@
+//! What an unregistered peer can make the edge hold, on virtual time: a raw quinn client
+//! talks to an [`EdgeEndpoint`] through memory.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::BytesMut;
+use quinn_proto::{ClientConfig, Dir, Endpoint, EndpointConfig, Event, ServerConfig};
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use super::*;
+use crate::quic::tls::{self, PostQuantum};
+use crate::quic::transport::QuicSettings;
+use crate::quic::SERVER_NAME;
+use crate::stream::connect::ConnectionType;
+
+const EDGE: &str = "192.0.2.1:7844";
+const CLIENT: &str = "198.51.100.1:50000";
+
+fn tls_pair() -> (ServerConfig, ClientConfig) {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key");
+    let cert = rcgen::CertificateParams::new(vec![SERVER_NAME.into()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("cert");
+    let key = PrivateKeyDer::from(PrivatePkcs8KeyDer::from(key.serialize_der()));
+    let mut server = ServerConfig::with_crypto(Arc::new(
+        tls::server_config(vec![cert.der().clone()], key, PostQuantum::Prefer).expect("tls"),
+    ));
+    server.transport_config(QuicSettings::edge().transport_config(true));
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(cert.der().clone()).expect("root");
+    let mut client = ClientConfig::new(Arc::new(
+        tls::client_config(roots, PostQuantum::Prefer).expect("tls"),
+    ));
+    client.transport_config(QuicSettings::default().transport_config(true));
+    (server, client)
+}
+
+/// An edge and one raw client connection, moved by hand.
+struct Pair {
+    edge: EdgeEndpoint,
+    client: Endpoint,
+    handle: quinn_proto::ConnectionHandle,
+    conn: quinn_proto::Connection,
+    lost: bool,
+}
+
+impl Pair {
+    fn new(edge: EdgeEndpoint, cfg: ClientConfig, now: Instant) -> Self {
+        let mut client = Endpoint::new(
+            Arc::new(EndpointConfig::default()),
+            None,
+            true,
+            Some([7; 32]),
+        );
+        let edge_addr: SocketAddr = EDGE.parse().expect("addr");
+        let (handle, conn) = client
+            .connect(now, cfg, edge_addr, SERVER_NAME)
+            .expect("connect");
+        Self {
+            edge,
+            client,
+            handle,
+            conn,
+            lost: false,
+        }
+    }
+
+    /// Moves packets both ways until neither side has more to say.
+    fn exchange(&mut self, now: Instant) {
+        let client_addr: SocketAddr = CLIENT.parse().expect("addr");
+        for _ in 0..100 {
+            let mut moved = false;
+            let mut buf = Vec::new();
+            while let Some(t) = self.conn.poll_transmit(now, 1, &mut buf) {
+                self.edge.handle_datagram(now, client_addr, &buf[..t.size]);
+                buf.clear();
+                moved = true;
+            }
+            while let Some(t) = self.edge.poll_transmit(now, 1, &mut buf) {
+                let data = BytesMut::from(&buf[..t.size]);
+                let mut scratch = Vec::new();
+                if let Some(quinn_proto::DatagramEvent::ConnectionEvent(_, ev)) =
+                    self.client.handle(
+                        now,
+                        EDGE.parse().expect("addr"),
+                        None,
+                        None,
+                        data,
+                        &mut scratch,
+                    )
+                {
+                    self.conn.handle_event(ev);
+                }
+                buf.clear();
+                moved = true;
+            }
+            while let Some(ev) = self.conn.poll_endpoint_events() {
+                if let Some(ev) = self.client.handle_event(self.handle, ev) {
+                    self.conn.handle_event(ev);
+                }
+            }
+            while let Some(ev) = self.conn.poll() {
+                if let Event::ConnectionLost { .. } = ev {
+                    self.lost = true;
+                }
+            }
+            if !moved {
+                return;
+            }
+        }
+    }
+
+    /// Runs both sides' timers at `now`.
+    fn tick(&mut self, now: Instant) {
+        self.conn.handle_timeout(now);
+        self.edge.handle_timeout(now);
+        self.exchange(now);
+    }
+
+    fn conn_ids(&mut self) -> Vec<ConnId> {
+        self.edge.conns.keys().copied().collect()
+    }
+}
+
+fn edge() -> (EdgeEndpoint, ClientConfig) {
+    let (server, client) = tls_pair();
+    (EdgeEndpoint::new(server, [1; 32]), client)
+}
+
+#[test]
+fn an_unregistered_connection_is_closed_at_the_deadline_and_takes_no_requests() {
+    let t0 = Instant::now();
+    let (edge, cfg) = edge();
+    let mut p = Pair::new(edge, cfg, t0);
+    p.exchange(t0);
+    let conn = p.conn_ids()[0];
+    // Handshake done, but no registration: nothing may be sent down it.
+    let request = ConnectRequest {
+        dest: "http://app.test/",
+        connection_type: ConnectionType::Http,
+        metadata: &[],
+    };
+    assert_eq!(
+        p.edge.open_request(t0, conn, &request),
+        Err(ApiError::NotRegistered("a request"))
+    );
+    // Keep the connection alive on the client's side; only the deadline may close it.
+    let mut now = t0;
+    let timeout = p.edge.poll_timeout().expect("a deadline");
+    assert!(timeout > t0, "a timeout in the past is a busy loop");
+    while now < t0 + REGISTRATION_DEADLINE - Duration::from_millis(500) {
+        now += Duration::from_millis(500);
+        p.conn.ping();
+        p.tick(now);
+        assert!(!p.lost, "closed before the deadline");
+    }
+    let wake = p.edge.poll_timeout().expect("a deadline");
+    assert!(
+        wake <= t0 + REGISTRATION_DEADLINE,
+        "the deadline is a wake-up"
+    );
+    now = t0 + REGISTRATION_DEADLINE;
+    p.tick(now);
+    assert!(p.lost, "closed at the registration deadline");
+}
+
+#[test]
+fn connection_ids_are_never_reused() {
+    let t0 = Instant::now();
+    let (edge, cfg) = edge();
+    let mut p = Pair::new(edge, cfg.clone(), t0);
+    p.exchange(t0);
+    let first = p.conn_ids();
+    assert_eq!(first.len(), 1);
+    // Closed and drained: quinn frees its handle.
+    let mut now = t0 + Duration::from_millis(10);
+    p.conn
+        .close(now, quinn_proto::VarInt::from_u32(0), bytes::Bytes::new());
+    p.exchange(now);
+    for _ in 0..40 {
+        now += Duration::from_millis(250);
+        p.tick(now);
+    }
+    assert!(p.conn_ids().is_empty(), "drained");
+    let mut q = Pair::new(p.edge, cfg, now);
+    q.exchange(now);
+    let second = q.conn_ids();
+    assert_eq!(second.len(), 1);
+    assert_ne!(first, second, "a new connection gets a new id");
+}
+
+/// A client granting the edge no stream credit, with its control stream open.
+fn creditless(t0: Instant) -> (Pair, quinn_proto::StreamId) {
+    let (server, mut cfg) = tls_pair();
+    let mut transport = quinn_proto::TransportConfig::default();
+    transport.stream_receive_window(quinn_proto::VarInt::from_u32(0));
+    cfg.transport_config(Arc::new(transport));
+    let mut p = Pair::new(EdgeEndpoint::new(server, [2; 32]), cfg, t0);
+    p.exchange(t0);
+    let ctl = p.conn.streams().open(Dir::Bi).expect("stream");
+    (p, ctl)
+}
+
+fn bootstraps(n: u32) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for q in 0..n {
+        crate::rpc::message::encode_bootstrap(q, &mut bytes).expect("encode");
+    }
+    bytes
+}
+
+#[test]
+fn a_bootstrap_flood_before_registering_closes_the_connection() {
+    let t0 = Instant::now();
+    let (mut p, ctl) = creditless(t0);
+    let bytes = bootstraps(crate::control::edge::PRE_REGISTRATION_MESSAGES + 1);
+    assert_eq!(p.conn.send_stream(ctl).write(&bytes), Ok(bytes.len()));
+    p.exchange(t0);
+    assert!(p.lost, "more messages than allowed before registering");
+}
+
+#[test]
+fn a_registered_peer_that_leaves_control_replies_unread_is_closed() {
+    let t0 = Instant::now();
+    let (mut p, ctl) = creditless(t0);
+    let registration = crate::control::tests::registration(0);
+    let mut client = crate::control::connector::ControlClient::new(
+        t0,
+        &registration,
+        None,
+        Duration::from_secs(5),
+    )
+    .expect("client");
+    let opening = client.poll_transmit().expect("opening");
+    assert_eq!(p.conn.send_stream(ctl).write(&opening), Ok(opening.len()));
+    p.exchange(t0);
+    let conn = p.conn_ids()[0];
+    assert!(matches!(
+        p.edge.poll_event(),
+        Some(EdgeEvent::RegisterRequested { .. })
+    ));
+    p.edge
+        .respond_registration(
+            t0,
+            conn,
+            Ok(ConnectionDetails {
+                uuid: uuid::Uuid::nil(),
+                location: "LOCAL".into(),
+                remotely_managed: true,
+            }),
+        )
+        .expect("answer");
+    // Registered, so no message budget; but every reply stays queued.
+    let bytes = bootstraps(4096);
+    let mut at = 0;
+    while !p.lost && at < bytes.len() {
+        at += p.conn.send_stream(ctl).write(&bytes[at..]).expect("write");
+        p.exchange(t0);
+    }
+    assert!(p.lost, "closed once the unread replies passed the cap");
+}
