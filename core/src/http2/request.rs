@@ -119,18 +119,7 @@ pub fn tcp_destination(head: &Parts) -> Result<SocketAddr, TcpDestinationError> 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(n, v)| {
-                (
-                    http::HeaderName::from_static(n),
-                    HeaderValue::from_static(v),
-                )
-            })
-            .collect()
-    }
+    use crate::http2::tests::header_map as headers;
 
     #[test]
     fn classification_follows_cloudflareds_order() {

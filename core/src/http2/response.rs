@@ -174,18 +174,7 @@ impl ConnectorResponse {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn map(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
-        pairs
-            .iter()
-            .map(|(n, v)| {
-                (
-                    http::HeaderName::from_static(n),
-                    HeaderValue::from_static(v),
-                )
-            })
-            .collect()
-    }
+    use crate::http2::tests::header_map as map;
 
     #[test]
     fn meta_values_are_byte_exact() {

@@ -629,3 +629,16 @@ fn streams_past_the_limit_are_refused() {
         |e| matches!(e, Event::Stream(StreamEvent::Reset { stream, .. }) if *stream == first)
     ));
 }
+
+/// A header map from static pairs, for the codec tests.
+pub(crate) fn header_map(pairs: &[(&'static str, &'static str)]) -> http::HeaderMap {
+    pairs
+        .iter()
+        .map(|(n, v)| {
+            (
+                http::HeaderName::from_static(n),
+                http::HeaderValue::from_static(v),
+            )
+        })
+        .collect()
+}
