@@ -6,11 +6,12 @@
 //! tunnel. Prints a table with the ratio tunnel/direct and the daemons' memory. A part that
 //! fails prints `n/a` and its reason; the rest still runs.
 //!
-//! `cargo run --release -p burrow-tokio --bin burrow-bench [-- --quick] [--cloudflared PATH]`
+//! `cargo run --release -p burrow-tokio --bin burrow-bench [-- --quick] [--pin] [--cloudflared PATH]`
 
 mod client;
 mod http;
 mod origin;
+mod pin;
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -65,6 +66,10 @@ struct Args {
     /// burrow edge), in extra columns.
     #[arg(long)]
     cloudflared: Option<std::path::PathBuf>,
+    /// Pin the connector alone on CPU 1 and everything else (edge, origins, clients) on CPU 0,
+    /// so throughput and round trips measure the connector, not the contention for two cores.
+    #[arg(long)]
+    pin: bool,
 }
 
 /// Settings after defaults.
@@ -265,7 +270,7 @@ enum Connector<'a> {
     Cloudflared(&'a std::path::Path),
 }
 
-fn start_tunnel(p: &Plan, o: &Origins, who: Connector) -> Result<Tunnel, String> {
+fn start_tunnel(p: &Plan, o: &Origins, who: Connector, pin: bool) -> Result<Tunnel, String> {
     let bin = testbed::burrow_beside_current_exe().map_err(|e| e.to_string())?;
     let label = match who {
         Connector::Burrow => "bench",
@@ -311,6 +316,9 @@ fn start_tunnel(p: &Plan, o: &Origins, who: Connector) -> Result<Tunnel, String>
         Duration::from_secs(30),
     )
     .map_err(|e| e.to_string())?;
+    if pin {
+        pin::connector(connector.pid()).map_err(|e| format!("pin the connector: {e}"))?;
+    }
     Ok(Tunnel {
         connector,
         edge,
@@ -403,8 +411,10 @@ fn rss(p: &Proc) -> Cell {
     Cell::of(&p.rss_kib().map(mib).map_err(|e| e.to_string()))
 }
 
-fn machine() -> String {
-    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+fn machine(pin: bool) -> String {
+    // Online CPUs, not this thread's affinity mask (which `--pin` narrowed to one).
+    // SAFETY: sysconf reads a system constant.
+    let cores = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) }.max(0);
     let cpu = std::fs::read_to_string("/proc/cpuinfo")
         .ok()
         .and_then(|t| {
@@ -413,12 +423,26 @@ fn machine() -> String {
                 .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".into());
-    format!("{cores} cores available ({cpu}); daemons, origins and clients share them")
+    let layout = if pin {
+        format!(
+            "pinned: the connector alone on CPU {}, edge, origins and clients on CPU 0",
+            pin::CONNECTOR_CPU
+        )
+    } else {
+        "daemons, origins and clients share them".to_owned()
+    };
+    format!("{cores} cores available ({cpu}); {layout}")
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     let p = Plan::new(&args);
+    if args.pin {
+        if let Err(e) = pin::rest_on_cpu0() {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    }
     let nofile = testbed::raise_nofile();
     let origins = match (origin::http(), origin::tcp(), origin::udp()) {
         (Ok(http), Ok(tcp), Ok(udp)) => Origins { http, tcp, udp },
@@ -437,7 +461,7 @@ fn main() -> ExitCode {
     let mut tunnels: Vec<Result<Tunnel, String>> = Vec::new();
     for (w, name) in who.iter().zip(&names) {
         eprintln!("burrow-bench: starting burrow edge and {name} as the connector ...");
-        let t = start_tunnel(&p, &origins, *w);
+        let t = start_tunnel(&p, &origins, *w, args.pin);
         if let Err(e) = &t {
             eprintln!("burrow-bench: no {name} tunnel: {e}");
         }
@@ -673,8 +697,11 @@ fn main() -> ExitCode {
         n
     );
     match nofile {
-        Ok(l) => println!("machine: {}; open files limit {l}", machine()),
-        Err(e) => println!("machine: {}; open files limit not raised: {e}", machine()),
+        Ok(l) => println!("machine: {}; open files limit {l}", machine(args.pin)),
+        Err(e) => println!(
+            "machine: {}; open files limit not raised: {e}",
+            machine(args.pin)
+        ),
     }
     println!();
     print_table(&rows, &names);
