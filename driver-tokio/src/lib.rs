@@ -1,4 +1,5 @@
-//! burrow-tokio as a library: what the `burrow-bench` program and the integration tests share.
-//! The daemon itself lives in the `burrow` binary.
+//! burrow-tokio as a library: what the `burrow` daemon, the `burrow-bench` program and the
+//! integration tests share. The daemon itself lives in the `burrow` binary.
 
+pub mod quic_socket;
 pub mod testbed;

@@ -8,6 +8,7 @@
 //!
 //! `cargo run --release -p burrow-tokio --bin burrow-bench [-- --quick] [--pin] [--cloudflared PATH]`
 
+mod ceiling;
 mod client;
 mod http;
 mod origin;
@@ -149,6 +150,8 @@ fn num(v: f64) -> String {
 struct Row {
     metric: String,
     direct: Cell,
+    /// Raw QUIC, one stream, between two processes: throughput rows only.
+    ceiling: Cell,
     /// One cell per connector measured, in column order.
     tunnels: Vec<Cell>,
     note: String,
@@ -159,9 +162,15 @@ impl Row {
         Self {
             metric: metric.into(),
             direct,
+            ceiling: Cell::NotApplicable,
             tunnels,
             note: String::new(),
         }
+    }
+
+    fn ceiling(mut self, c: &Result<f64, String>) -> Self {
+        self.ceiling = Cell::of(c);
+        self
     }
 
     fn note(mut self, n: impl Into<String>) -> Self {
@@ -171,7 +180,7 @@ impl Row {
 
     /// metric, direct, then each tunnel cell and its ratio to direct, then the note.
     fn cells(&self, names: &[&str]) -> Vec<String> {
-        let mut out = vec![self.metric.clone(), self.direct.text()];
+        let mut out = vec![self.metric.clone(), self.direct.text(), self.ceiling.text()];
         let mut note = self.note.clone();
         let mut fail = |side: &str, e: &str| {
             if !note.is_empty() {
@@ -182,6 +191,9 @@ impl Row {
         };
         if let Cell::Failed(e) = &self.direct {
             fail("direct", e);
+        }
+        if let Cell::Failed(e) = &self.ceiling {
+            fail("ceiling", e);
         }
         for (t, name) in self.tunnels.iter().zip(names) {
             let ratio = match (&self.direct, t) {
@@ -201,7 +213,11 @@ impl Row {
 }
 
 fn print_table(rows: &[Row], names: &[&str]) {
-    let mut head = vec!["metric".to_owned(), "direct".to_owned()];
+    let mut head = vec![
+        "metric".to_owned(),
+        "direct".to_owned(),
+        "QUIC ceiling".to_owned(),
+    ];
     for n in names {
         head.push((*n).to_owned());
         head.push(format!("{n}/direct"));
@@ -435,6 +451,15 @@ fn machine(pin: bool) -> String {
 }
 
 fn main() -> ExitCode {
+    if std::env::args().nth(1).as_deref() == Some(ceiling::PEER_FLAG) {
+        return match ceiling::serve() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("ceiling peer: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = Args::parse();
     let p = Plan::new(&args);
     if args.pin {
@@ -498,6 +523,11 @@ fn main() -> ExitCode {
     let tb = p.tcp_bytes;
     let conns = p.conns;
     let id = |x: &f64| *x;
+    eprintln!("burrow-bench: QUIC ceiling ...");
+    let (ceil_down, ceil_up) = match ceiling::Peer::start(args.pin) {
+        Ok(peer) => (peer.measure(false, hb), peer.measure(true, hb)),
+        Err(e) => (Err(e.clone()), Err(e)),
+    };
     eprintln!("burrow-bench: HTTP ...");
     let (d, t) = each(
         origins.http,
@@ -506,7 +536,7 @@ fn main() -> ExitCode {
         |a| client::http_download(a, HOST, hb, conns),
     );
     carried(&t, hb);
-    rows.push(Row::new("HTTP download MB/s", Cell::of(&d), cells(&t, id)));
+    rows.push(Row::new("HTTP download MB/s", Cell::of(&d), cells(&t, id)).ceiling(&ceil_down));
     let (d, t) = each(
         origins.http,
         &mut tunnels,
@@ -514,7 +544,7 @@ fn main() -> ExitCode {
         |a| client::http_upload(a, HOST, hb, conns),
     );
     carried(&t, hb);
-    rows.push(Row::new("HTTP upload MB/s", Cell::of(&d), cells(&t, id)));
+    rows.push(Row::new("HTTP upload MB/s", Cell::of(&d), cells(&t, id)).ceiling(&ceil_up));
     let (d, t) = each(
         origins.http,
         &mut tunnels,
@@ -531,7 +561,7 @@ fn main() -> ExitCode {
         |a| client::tcp_download(a, tb, conns),
     );
     carried(&t, tb);
-    rows.push(Row::new("TCP download MB/s", Cell::of(&d), cells(&t, id)));
+    rows.push(Row::new("TCP download MB/s", Cell::of(&d), cells(&t, id)).ceiling(&ceil_down));
     let (d, t) = each(
         origins.tcp,
         &mut tunnels,
@@ -539,7 +569,7 @@ fn main() -> ExitCode {
         |a| client::tcp_upload(a, tb, conns),
     );
     carried(&t, tb);
-    rows.push(Row::new("TCP upload MB/s", Cell::of(&d), cells(&t, id)));
+    rows.push(Row::new("TCP upload MB/s", Cell::of(&d), cells(&t, id)).ceiling(&ceil_up));
     let (d, t) = each(
         origins.tcp,
         &mut tunnels,
