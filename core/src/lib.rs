@@ -16,5 +16,7 @@ pub mod rpc;
 pub mod rpc_stream;
 pub mod schema;
 pub mod session;
+#[cfg(feature = "cli")]
+pub mod settings;
 pub mod stream;
 pub mod tunnel;

@@ -21,6 +21,7 @@ use burrow_core::icmp::FunnelId;
 use burrow_core::ingress::Ingress;
 use burrow_core::quic::tls::{self, PostQuantum};
 use burrow_core::session::UdpFlowId;
+use burrow_core::settings::Credentials;
 use burrow_core::stream::proxy::FlowKind;
 use burrow_core::tunnel::connector::ConnectorConfig;
 use burrow_core::tunnel::data::{DataLimits, FlowId};
@@ -32,23 +33,12 @@ use thiserror::Error;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use crate::creds::Credentials;
 use crate::datagram::{icmp_config, raise_nofile_limit, DatagramSockets, IcmpSources, SocketEvent};
 use crate::metrics::Metrics;
 use crate::origin::{Dialer, FlowHandle, FlowReport, Report};
 use crate::quic_socket::{QuicSocket, RecvBufs};
 
-/// Where the edge is.
-#[derive(Debug, Clone)]
-pub enum Edges {
-    /// `--edge host:port`, repeatable.
-    Static(Vec<String>),
-    /// DNS SRV discovery (`--region` picks the regional service).
-    Srv {
-        /// `--region`.
-        region: Option<String>,
-    },
-}
+pub use burrow_core::settings::Edges;
 
 /// Everything `tunnel run` needs.
 pub struct Options {

@@ -44,10 +44,10 @@ use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
-use crate::creds::Credentials;
 use crate::edge_udp::{DatagramArgs, EdgeDatagrams};
 use crate::quic_socket::{QuicSocket, RecvBufs};
 use crate::run::init_logging;
+use burrow_core::settings::Credentials;
 
 /// `burrow edge ...`.
 #[derive(Debug, Args, Clone)]

@@ -2,7 +2,6 @@
 
 mod accept;
 mod connector;
-mod creds;
 mod datagram;
 mod decode;
 mod edge;
@@ -42,7 +41,7 @@ enum Command {
         hex: Vec<String>,
     },
     /// Tunnel commands, as `cloudflared tunnel`.
-    Tunnel(Box<run::TunnelArgs>),
+    Tunnel(Box<burrow_core::settings::TunnelArgs>),
     /// A self-hosted edge: accepts tunnel connections over QUIC and serves their hostnames.
     Edge(Box<edge::EdgeArgs>),
     /// Edge, connector and a hello-world origin in one process on loopback.
@@ -50,7 +49,9 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse_from(run::cloudflared_argv(std::env::args_os().collect()));
+    let cli = Cli::parse_from(burrow_core::settings::cloudflared_argv(
+        std::env::args_os().collect(),
+    ));
     match cli.command {
         Command::Decode { kind, hex } => decode::run(kind, hex),
         Command::Tunnel(args) => run::main(*args),

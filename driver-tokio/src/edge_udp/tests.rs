@@ -26,8 +26,8 @@ use tokio::time::timeout;
 use uuid::Uuid;
 
 use super::*;
-use crate::creds::Credentials;
 use crate::edge::{self, EdgeArgs};
+use burrow_core::settings::Credentials;
 
 const WAIT: Duration = Duration::from_secs(20);
 

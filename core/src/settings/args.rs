@@ -1,0 +1,262 @@
+//! The command line of `tunnel run`, as cloudflared spells it (clap; environment variables are
+//! read by clap).
+
+use std::time::Duration;
+
+use clap::{Args, Subcommand};
+
+use crate::ingress::{OriginFlagKeys, OriginRequestConfig};
+
+/// `burrow tunnel ...`.
+#[derive(Debug, Args)]
+pub struct TunnelArgs {
+    /// Flags of `tunnel`, before or after the subcommand.
+    #[command(flatten)]
+    pub common: CommonArgs,
+    /// The subcommand.
+    #[command(subcommand)]
+    pub command: TunnelCommand,
+}
+
+/// Flags cloudflared defines on `tunnel`. Every one but `--config` may also be a top-level key
+/// of config.yml under the same name; a flag given here or through its environment variable
+/// wins over the file, which wins over the default (see [`super::Settings::merge`]). So fields are
+/// `Option`s without clap defaults: the defaults are applied after the merge.
+#[derive(Debug, Args, Clone, Default)]
+pub struct CommonArgs {
+    /// Configuration file (cloudflared's config.yml).
+    #[arg(long, global = true)]
+    pub config: Option<String>,
+    /// Edge address host:port (repeatable); replaces DNS SRV discovery.
+    #[arg(long, global = true, env = "TUNNEL_EDGE", value_delimiter = ',')]
+    pub edge: Vec<String>,
+    /// CA certificate (PEM) the edge is verified against, and nothing else.
+    #[arg(long, global = true, env = "TUNNEL_CACERT")]
+    pub cacert: Option<String>,
+    /// HA connections to the edge [default: 4].
+    #[arg(long, global = true)]
+    pub ha_connections: Option<u8>,
+    /// How long a graceful shutdown may take (at most 3m) [default: 30s].
+    #[arg(long, global = true, env = "TUNNEL_GRACE_PERIOD", value_parser = parse_duration)]
+    pub grace_period: Option<Duration>,
+    /// Edge IP version: 4, 6 or auto [default: auto].
+    #[arg(long, global = true, env = "TUNNEL_EDGE_IP_VERSION")]
+    pub edge_ip_version: Option<String>,
+    /// Edge region (regional SRV service).
+    #[arg(long, global = true, env = "TUNNEL_REGION")]
+    pub region: Option<String>,
+    /// Metrics and readiness server address [default: localhost:0].
+    #[arg(long, global = true, env = "TUNNEL_METRICS")]
+    pub metrics: Option<String>,
+    /// Log level: debug, info, warn, error, fatal [default: info].
+    #[arg(long, global = true, env = "TUNNEL_LOGLEVEL")]
+    pub loglevel: Option<String>,
+    /// Write the process id to this file once the first connection is registered.
+    #[arg(long, global = true, env = "TUNNEL_PIDFILE")]
+    pub pidfile: Option<String>,
+    /// Also write logs to this file (appended).
+    #[arg(long, global = true, env = "TUNNEL_LOGFILE")]
+    pub logfile: Option<String>,
+    /// Also write logs to `cloudflared.log` in this directory (when no --logfile).
+    #[arg(long, global = true, env = "TUNNEL_LOGDIRECTORY")]
+    pub log_directory: Option<String>,
+    /// Tag `KEY=VALUE` sent to origins as `Cf-Warp-Tag-KEY` (repeatable).
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "TUNNEL_TAG",
+        value_delimiter = ','
+    )]
+    pub tag: Vec<String>,
+    /// cloudflared flags that change nothing burrow does.
+    #[command(flatten)]
+    pub ignored: IgnoredArgs,
+}
+
+/// cloudflared `tunnel` flags that are harmless to accept and ignore: burrow never updates
+/// itself, has no pre-checks, UI or reconnect tokens, and its heartbeats and metrics are its
+/// own. They are named once at debug level (see [`IgnoredArgs::given`]).
+#[derive(Debug, Args, Clone, Default)]
+pub struct IgnoredArgs {
+    #[arg(long, global = true, hide = true, env = "NO_AUTOUPDATE")]
+    no_autoupdate: bool,
+    #[arg(long, global = true, hide = true)]
+    autoupdate_freq: Option<String>,
+    #[arg(long, global = true, hide = true)]
+    is_autoupdated: bool,
+    #[arg(long, global = true, hide = true, env = "TUNNEL_NO_PRECHECKS")]
+    no_prechecks: bool,
+    #[arg(long, global = true, hide = true, env = "TUNNEL_METRICS_UPDATE_FREQ")]
+    metrics_update_freq: Option<String>,
+    #[arg(long, global = true, hide = true, env = "TUNNEL_ORIGIN_CERT")]
+    origincert: Option<String>,
+    #[arg(long, global = true, hide = true)]
+    label: Option<String>,
+    #[arg(long, global = true, hide = true)]
+    heartbeat_interval: Option<String>,
+    #[arg(long, global = true, hide = true)]
+    heartbeat_count: Option<String>,
+    #[arg(long, global = true, hide = true)]
+    max_edge_addr_retries: Option<String>,
+    #[arg(long, global = true, hide = true)]
+    rpc_timeout: Option<String>,
+    #[arg(long, global = true, hide = true, env = "TUNNEL_COMPRESSION_LEVEL")]
+    compression_quality: Option<String>,
+    #[arg(long, global = true, hide = true, env = "DIAL_EDGE_TIMEOUT")]
+    dial_edge_timeout: Option<String>,
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        alias = "proto-loglevel",
+        env = "TUNNEL_TRANSPORT_LOGLEVEL"
+    )]
+    transport_loglevel: Option<String>,
+}
+
+impl IgnoredArgs {
+    /// The flags given (on the command line or through their environment variable).
+    pub fn given(&self) -> Vec<&'static str> {
+        let flags = [
+            (self.no_autoupdate, "no-autoupdate"),
+            (self.autoupdate_freq.is_some(), "autoupdate-freq"),
+            (self.is_autoupdated, "is-autoupdated"),
+            (self.no_prechecks, "no-prechecks"),
+            (self.metrics_update_freq.is_some(), "metrics-update-freq"),
+            (self.origincert.is_some(), "origincert"),
+            (self.label.is_some(), "label"),
+            (self.heartbeat_interval.is_some(), "heartbeat-interval"),
+            (self.heartbeat_count.is_some(), "heartbeat-count"),
+            (
+                self.max_edge_addr_retries.is_some(),
+                "max-edge-addr-retries",
+            ),
+            (self.rpc_timeout.is_some(), "rpc-timeout"),
+            (self.compression_quality.is_some(), "compression-quality"),
+            (self.dial_edge_timeout.is_some(), "dial-edge-timeout"),
+            (self.transport_loglevel.is_some(), "transport-loglevel"),
+        ];
+        flags
+            .into_iter()
+            .filter_map(|(given, name)| given.then_some(name))
+            .collect()
+    }
+}
+
+/// cloudflared's app-level flags are its `tunnel` flags, so they may come before `tunnel`:
+/// `burrow --no-autoupdate tunnel run` is read as `burrow tunnel --no-autoupdate run`.
+pub fn cloudflared_argv(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
+    let leading_flag = args
+        .get(1)
+        .is_some_and(|a| a.to_string_lossy().starts_with('-'));
+    if let Some(at) = args.iter().position(|a| a == "tunnel") {
+        if leading_flag && at > 1 {
+            args[1..=at].rotate_right(1);
+        }
+    }
+    args
+}
+
+/// cloudflared's `originRequest` flags for the origin of `--url`, `--hello-world` or
+/// `--unix-socket`; ingress rules from a file take their options from the file instead.
+#[derive(Debug, Args, Clone, Default)]
+pub struct OriginFlags {
+    /// Skip verifying the origin's TLS certificate.
+    #[arg(long, env = "NO_TLS_VERIFY")]
+    pub no_tls_verify: bool,
+    /// `Host` sent to the origin (the original goes in X-Forwarded-Host).
+    #[arg(long, env = "TUNNEL_HTTP_HOST_HEADER")]
+    pub http_host_header: Option<String>,
+    /// Extra CA file for the origin's certificate.
+    #[arg(long, env = "TUNNEL_ORIGIN_CA_POOL")]
+    pub origin_ca_pool: Option<String>,
+    /// Name expected on the origin's certificate.
+    #[arg(long, env = "TUNNEL_ORIGIN_SERVER_NAME")]
+    pub origin_server_name: Option<String>,
+    /// Never send request bodies chunked.
+    #[arg(long, env = "TUNNEL_NO_CHUNKED_ENCODING")]
+    pub no_chunked_encoding: bool,
+}
+
+impl OriginFlags {
+    /// These flags as an `originRequest` block, over `file` (the config file's keys of the
+    /// same names).
+    pub(super) fn merge(&self, file: &OriginFlagKeys) -> OriginRequestConfig {
+        let or = |flag: &Option<String>, key: &Option<String>| flag.clone().or_else(|| key.clone());
+        OriginRequestConfig {
+            no_tls_verify: Some(self.no_tls_verify || file.no_tls_verify.unwrap_or(false)),
+            http_host_header: or(&self.http_host_header, &file.http_host_header),
+            ca_pool: or(&self.origin_ca_pool, &file.origin_ca_pool),
+            origin_server_name: or(&self.origin_server_name, &file.origin_server_name),
+            disable_chunked_encoding: Some(
+                self.no_chunked_encoding || file.no_chunked_encoding.unwrap_or(false),
+            ),
+            ..OriginRequestConfig::default()
+        }
+    }
+}
+
+/// Subcommands of `tunnel`.
+#[derive(Debug, Subcommand)]
+pub enum TunnelCommand {
+    /// Run a tunnel's connector.
+    Run(RunArgs),
+}
+
+/// Flags of `tunnel run` (also config.yml keys, as [`CommonArgs`]).
+#[derive(Debug, Args, Clone)]
+pub struct RunArgs {
+    /// Tunnel token (base64 JSON {a,t,s}).
+    #[arg(long, env = "TUNNEL_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// File holding the tunnel token (used when no --token).
+    #[arg(long, env = "TUNNEL_TOKEN_FILE")]
+    pub token_file: Option<String>,
+    /// Credentials file contents (JSON), instead of --credentials-file.
+    #[arg(long, env = "TUNNEL_CRED_CONTENTS", hide_env_values = true)]
+    pub credentials_contents: Option<String>,
+    /// Credentials file (cloudflared's <TunnelID>.json).
+    #[arg(long, alias = "cred-file", env = "TUNNEL_CRED_FILE")]
+    pub credentials_file: Option<String>,
+    /// One origin for every request (instead of ingress rules).
+    #[arg(long, env = "TUNNEL_URL")]
+    pub url: Option<String>,
+    /// The built-in hello-world page for every request (instead of --url).
+    #[arg(long, env = "TUNNEL_HELLO_WORLD")]
+    pub hello_world: bool,
+    /// HTTP over this unix socket for every request (instead of --url).
+    #[arg(long, env = "TUNNEL_UNIX_SOCKET")]
+    pub unix_socket: Option<String>,
+    /// The single origin's options (cloudflared's legacy `--url`-mode flags).
+    #[command(flatten)]
+    pub origin: OriginFlags,
+    /// Transport protocol: quic (http2 is not supported yet) [default: auto].
+    #[arg(long, short = 'p', env = "TUNNEL_TRANSPORT_PROTOCOL")]
+    pub protocol: Option<String>,
+    /// Extra client feature strings.
+    #[arg(long, short = 'F', value_delimiter = ',')]
+    pub features: Vec<String>,
+    /// Most private-network flows at once, TCP and UDP together (0: unlimited); overrides
+    /// `warp-routing.maxActiveFlows` of the local and the remote configuration.
+    #[arg(long, env = "TUNNEL_MAX_ACTIVE_FLOWS")]
+    pub max_active_flows: Option<u64>,
+    /// Source (and ping-socket bind) address of the ICMP proxy for IPv4; default: the
+    /// address of the route out.
+    #[arg(long, env = "TUNNEL_ICMPV4_SRC")]
+    pub icmpv4_src: Option<std::net::Ipv4Addr>,
+    /// Same for IPv6.
+    #[arg(long, env = "TUNNEL_ICMPV6_SRC")]
+    pub icmpv6_src: Option<std::net::Ipv6Addr>,
+    /// Post-quantum key exchange only. Only "on" counts as given: the file's `post-quantum: true`
+    /// is not turned off by `TUNNEL_POST_QUANTUM=false`.
+    #[arg(long, alias = "pq", env = "TUNNEL_POST_QUANTUM")]
+    pub post_quantum: bool,
+    /// Tunnel UUID (or the config file's `tunnel`).
+    pub tunnel: Option<String>,
+}
+
+/// `--grace-period` as a Go duration (`30s`, `1m30s`).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}

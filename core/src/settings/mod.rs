@@ -1,0 +1,566 @@
+//! `tunnel run`'s settings, shared by both drivers: cloudflared's flags (clap), config.yml,
+//! credentials and token, merged into one [`RunConfig`]. Everything the machine is asked for
+//! (files, `$HOME`) goes through [`Host`], so tests run on maps; [`OsHost`] is the real one.
+//! Only the drivers use this module (feature `cli`); the machines never do.
+
+mod args;
+mod creds;
+mod log;
+#[cfg(test)]
+mod tests;
+
+use std::time::Duration;
+
+use thiserror::Error;
+use uuid::Uuid;
+
+use crate::ingress::{ConfigFile, Ingress, OriginRequestConfig, Service};
+use crate::stream::tag::Tag;
+use crate::tunnel::supervisor::IpVersion;
+
+pub use args::{
+    cloudflared_argv, CommonArgs, IgnoredArgs, OriginFlags, RunArgs, TunnelArgs, TunnelCommand,
+};
+pub use creds::{Credentials, CredsError};
+pub use log::{init_logging, init_logging_to};
+
+/// What settings read from the machine they run on.
+pub trait Host {
+    /// The contents of the file at `path`.
+    fn read(&self, path: &str) -> std::io::Result<Vec<u8>>;
+    /// True if `path` names a regular file.
+    fn is_file(&self, path: &str) -> bool;
+    /// `$HOME` (empty when unset).
+    fn home(&self) -> String;
+}
+
+/// The process's own file system and environment.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct OsHost;
+
+impl Host for OsHost {
+    fn read(&self, path: &str) -> std::io::Result<Vec<u8>> {
+        std::fs::read(path)
+    }
+    fn is_file(&self, path: &str) -> bool {
+        std::path::Path::new(path).is_file()
+    }
+    fn home(&self) -> String {
+        std::env::var("HOME").unwrap_or_default()
+    }
+}
+
+/// `tunnel run`'s settings: each from its flag or environment variable, else config.yml's key
+/// of the same name, else cloudflared's default.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Settings {
+    /// `--edge`: static edge addresses (empty: DNS SRV).
+    pub edge: Vec<String>,
+    /// `--cacert`.
+    pub cacert: Option<String>,
+    /// `--ha-connections`.
+    pub ha_connections: u8,
+    /// `--grace-period`, at most [`MAX_GRACE`].
+    pub grace_period: Duration,
+    /// `--edge-ip-version`.
+    pub ip_version: IpVersion,
+    /// `--region`.
+    pub region: Option<String>,
+    /// `--metrics`.
+    pub metrics: String,
+    /// `--loglevel`.
+    pub loglevel: String,
+    /// `--features`.
+    pub features: Vec<String>,
+    /// `--tag`.
+    pub tags: Vec<Tag>,
+    /// `--max-active-flows`.
+    pub max_active_flows: Option<u64>,
+    /// `--icmpv4-src`.
+    pub icmpv4_src: Option<std::net::Ipv4Addr>,
+    /// `--icmpv6-src`.
+    pub icmpv6_src: Option<std::net::Ipv6Addr>,
+    /// `--post-quantum`.
+    pub post_quantum: bool,
+    /// `--token`.
+    pub token: Option<String>,
+    /// `--token-file`.
+    pub token_file: Option<String>,
+    /// `--credentials-contents`.
+    pub credentials_contents: Option<String>,
+    /// `--credentials-file`.
+    pub credentials_file: Option<String>,
+    /// `--url`.
+    pub url: Option<String>,
+    /// `--hello-world`.
+    pub hello_world: bool,
+    /// `--unix-socket`.
+    pub unix_socket: Option<String>,
+    /// The single origin's options (`--no-tls-verify`, `--http-host-header`, ...).
+    pub origin: OriginRequestConfig,
+    /// `--logfile`, else `cloudflared.log` in `--log-directory`.
+    pub logfile: Option<String>,
+    /// `--pidfile`.
+    pub pidfile: Option<String>,
+    /// The tunnel argument, else the file's `tunnel`.
+    pub tunnel: Option<String>,
+}
+
+impl Settings {
+    /// Merges flags (clap has already put environment variables in them) over the file's keys
+    /// over the defaults, then checks the values cloudflared checks.
+    pub fn merge(
+        common: &CommonArgs,
+        run: &RunArgs,
+        file: &ConfigFile,
+    ) -> Result<Self, SetupError> {
+        // A list flag given at all replaces the file's list, as altsrc does.
+        fn list(flag: &[String], key: &Option<Vec<String>>) -> Vec<String> {
+            if flag.is_empty() {
+                key.clone().unwrap_or_default()
+            } else {
+                flag.to_vec()
+            }
+        }
+        let protocol = run.protocol.as_ref().or(file.protocol.as_ref());
+        match protocol.map_or("auto", String::as_str) {
+            "auto" | "quic" => {}
+            "http2" | "h2mux" => {
+                return Err(SetupError::Config(
+                    "the http2 protocol is not supported by burrow yet; use --protocol quic".into(),
+                ))
+            }
+            other => {
+                return Err(SetupError::Config(format!(
+                    "unknown protocol {other}, Available protocols: quic, http2"
+                )))
+            }
+        }
+        let grace_period = common
+            .grace_period
+            .or(file.grace_period.map(|d| d.0))
+            .unwrap_or(Duration::from_secs(30));
+        if grace_period > MAX_GRACE {
+            return Err(SetupError::Config(format!(
+                "grace-period {} is too long. Maximum allowed is 3m0s",
+                humantime::format_duration(grace_period)
+            )));
+        }
+        let ip_version = match common
+            .edge_ip_version
+            .as_ref()
+            .or(file.edge_ip_version.as_ref())
+            .map_or("auto", String::as_str)
+        {
+            "4" => IpVersion::V4,
+            "6" => IpVersion::V6,
+            "auto" => IpVersion::Auto,
+            other => {
+                return Err(SetupError::Config(format!(
+                    "invalid edge-ip-version {other}: use 4, 6 or auto"
+                )))
+            }
+        };
+        let or = |flag: &Option<String>, key: &Option<String>| flag.clone().or_else(|| key.clone());
+        Ok(Self {
+            edge: list(&common.edge, &file.edge),
+            cacert: or(&common.cacert, &file.cacert),
+            ha_connections: common.ha_connections.or(file.ha_connections).unwrap_or(4),
+            grace_period,
+            ip_version,
+            region: or(&common.region, &file.region),
+            metrics: or(&common.metrics, &file.metrics).unwrap_or_else(|| "localhost:0".into()),
+            loglevel: or(&common.loglevel, &file.loglevel).unwrap_or_else(|| "info".into()),
+            features: list(&run.features, &file.features),
+            tags: list(&common.tag, &file.tag)
+                .iter()
+                .map(|t| Tag::parse(t))
+                .collect::<Result<_, _>>()
+                .map_err(|e| SetupError::Config(e.to_string()))?,
+            max_active_flows: run.max_active_flows.or(file.max_active_flows),
+            icmpv4_src: run.icmpv4_src.or(file.icmpv4_src),
+            icmpv6_src: run.icmpv6_src.or(file.icmpv6_src),
+            post_quantum: run.post_quantum || file.post_quantum.unwrap_or(false),
+            token: or(&run.token, &file.token),
+            token_file: or(&run.token_file, &file.token_file),
+            credentials_contents: or(&run.credentials_contents, &file.credentials_contents),
+            credentials_file: or(&run.credentials_file, &file.credentials_file),
+            url: or(&run.url, &file.url),
+            hello_world: run.hello_world || file.hello_world.unwrap_or(false),
+            unix_socket: or(&run.unix_socket, &file.unix_socket),
+            origin: run.origin.merge(&file.origin_flags),
+            pidfile: or(&common.pidfile, &file.pidfile),
+            logfile: or(&common.logfile, &file.logfile).or_else(|| {
+                or(&common.log_directory, &file.log_directory)
+                    .map(|d| format!("{}/cloudflared.log", d.trim_end_matches('/')))
+            }),
+            tunnel: or(&run.tunnel, &file.tunnel),
+        })
+    }
+}
+
+/// What stops `tunnel run` before it connects.
+#[derive(Debug, Error)]
+pub enum SetupError {
+    /// Credentials.
+    #[error(transparent)]
+    Creds(#[from] CredsError),
+    /// Configuration.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// cloudflared's longest grace period.
+const MAX_GRACE: Duration = Duration::from_secs(180);
+
+/// config.yml as read: its text (for the local configuration pushed to the edge) and shape.
+#[derive(Debug, Default)]
+pub struct LoadedConfig {
+    /// Where it was read from.
+    pub path: Option<String>,
+    /// Its text.
+    pub text: Option<String>,
+    /// Its parsed keys.
+    pub file: ConfigFile,
+}
+
+/// Reads `--config`, else the first of cloudflared's default locations, else nothing.
+pub fn load_config(common: &CommonArgs, host: &dyn Host) -> Result<LoadedConfig, SetupError> {
+    let Some(path) = common.config.clone().or_else(|| {
+        cloudflared_dirs(host)
+            .iter()
+            .flat_map(|d| [format!("{d}/config.yml"), format!("{d}/config.yaml")])
+            .find(|p| host.is_file(p))
+    }) else {
+        return Ok(LoadedConfig::default());
+    };
+    let text = read_text(host, &path)
+        .map_err(|e| SetupError::Config(format!("cannot read config {path}: {e}")))?;
+    let file =
+        ConfigFile::from_yaml(&text).map_err(|e| SetupError::Config(format!("{path}: {e}")))?;
+    Ok(LoadedConfig {
+        path: Some(path),
+        text: Some(text),
+        file,
+    })
+}
+
+fn read_text(host: &dyn Host, path: &str) -> std::io::Result<String> {
+    String::from_utf8(host.read(path)?)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidData, e))
+}
+
+/// cloudflared's default directories for config.yml and credentials files.
+fn cloudflared_dirs(host: &dyn Host) -> [String; 5] {
+    let home = host.home();
+    [
+        format!("{home}/.cloudflared"),
+        format!("{home}/.cloudflare-warp"),
+        format!("{home}/cloudflare-warp"),
+        "/etc/cloudflared".into(),
+        "/usr/local/etc/cloudflared".into(),
+    ]
+}
+
+/// `path` with a leading `~/` replaced by `$HOME/`.
+pub fn expand_home(path: &str, host: &dyn Host) -> String {
+    match path.strip_prefix("~/") {
+        Some(rest) => format!("{}/{rest}", host.home()),
+        None => path.to_owned(),
+    }
+}
+
+/// Parses `--url` as cloudflared does: schemes http, https, rdp, ssh, smb, tcp (default http),
+/// path dropped.
+pub fn url_service(url: &str) -> Result<Service, String> {
+    let with_scheme = if url.contains("://") {
+        url.to_owned()
+    } else {
+        format!("http://{url}")
+    };
+    let (scheme, rest) = with_scheme.split_once("://").unwrap_or(("http", url));
+    if !["http", "https", "rdp", "ssh", "smb", "tcp"].contains(&scheme) {
+        return Err(format!(
+            "Error validating origin URL: Currently Cloudflare Tunnel does not support {scheme} protocol."
+        ));
+    }
+    let authority = rest.split(['/', '?']).next().unwrap_or("");
+    Service::parse(&format!("{scheme}://{authority}"))
+        .map_err(|e| format!("Error validating origin URL: {e}"))
+}
+
+/// The one origin the command line names, in cloudflared's order: `--hello-world`, `--url`,
+/// `--unix-socket` (`ingress.parseSingleOriginService`).
+pub fn single_origin(settings: &Settings) -> Result<Option<Service>, SetupError> {
+    if settings.hello_world {
+        return Ok(Some(Service::HelloWorld));
+    }
+    if let Some(url) = &settings.url {
+        return url_service(url).map(Some).map_err(SetupError::Config);
+    }
+    Ok(settings.unix_socket.as_ref().map(|path| Service::Unix {
+        path: path.clone(),
+        tls: false,
+    }))
+}
+
+/// Loads credentials: token > token file > credentials contents > credentials file >
+/// `<uuid>.json` in cloudflared's directories.
+pub fn credentials(settings: &Settings, host: &dyn Host) -> Result<Credentials, SetupError> {
+    if let Some(t) = &settings.token {
+        return Ok(Credentials::from_token(t)?);
+    }
+    if let Some(path) = &settings.token_file {
+        let t = read_text(host, path)
+            .map_err(|e| SetupError::Config(format!("Failed to read token file: {e}")))?;
+        return Ok(Credentials::from_token(t.trim())?);
+    }
+    // cloudflared: the tunnel named on the command line or in the file wins over the
+    // credentials' TunnelID.
+    let id = settings
+        .tunnel
+        .as_deref()
+        .and_then(|i| Uuid::parse_str(i).ok());
+    if let Some(json) = &settings.credentials_contents {
+        let mut creds = Credentials::from_file_json("TUNNEL_CRED_CONTENTS", json.as_bytes())?;
+        if let Some(id) = id {
+            creds.tunnel_id = id;
+        }
+        return Ok(creds);
+    }
+    let path = settings
+        .credentials_file
+        .clone()
+        .or_else(|| {
+            let id = settings.tunnel.as_ref()?;
+            cloudflared_dirs(host)
+                .iter()
+                .map(|d| format!("{d}/{id}.json"))
+                .find(|p| host.is_file(p))
+        })
+        .ok_or_else(|| {
+            SetupError::Config(
+                "no credentials: pass --token, or --credentials-file with the tunnel id".into(),
+            )
+        })?;
+    let path = expand_home(&path, host);
+    let bytes = host.read(&path).map_err(|source| CredsError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    let mut creds = Credentials::from_file_json(&path, &bytes)?;
+    if let Some(id) = id {
+        creds.tunnel_id = id;
+    }
+    Ok(creds)
+}
+
+/// Where the edge is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Edges {
+    /// `--edge host:port`, repeatable.
+    Static(Vec<String>),
+    /// DNS SRV discovery (`--region` picks the regional service).
+    Srv {
+        /// `--region`, else the credentials' endpoint.
+        region: Option<String>,
+    },
+}
+
+/// Everything a driver needs to run a tunnel's connector, resolved from the settings, the
+/// configuration file and the credentials.
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    /// Credentials.
+    pub creds: Credentials,
+    /// Ingress rules.
+    pub ingress: Ingress,
+    /// Local configuration JSON pushed on connection 0.
+    pub local_config: Option<Vec<u8>>,
+    /// Edge addresses.
+    pub edges: Edges,
+    /// `--edge-ip-version`.
+    pub ip_version: IpVersion,
+    /// `--cacert` PEM contents: the only roots trusted for the edge.
+    pub cacert: Option<Vec<u8>>,
+    /// `--ha-connections` (at least 1).
+    pub ha_connections: u8,
+    /// `--grace-period`.
+    pub grace_period: Duration,
+    /// `--features`.
+    pub features: Vec<String>,
+    /// `--tag`s, sent to origins with the connector id.
+    pub tags: Vec<Tag>,
+    /// `--max-active-flows`.
+    pub max_active_flows: Option<u64>,
+    /// The configuration file's `warp-routing.maxActiveFlows`.
+    pub local_max_active_flows: Option<u64>,
+    /// `--icmpv4-src`.
+    pub icmpv4_src: Option<std::net::Ipv4Addr>,
+    /// `--icmpv6-src`.
+    pub icmpv6_src: Option<std::net::Ipv6Addr>,
+    /// `--post-quantum`.
+    pub post_quantum: bool,
+}
+
+/// What [`run_config`] noticed that the driver should log (it has no logger of its own).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Notice {
+    /// `--url` was given but the file has ingress rules, which win.
+    UrlIgnored,
+    /// No ingress rules and no origin: every request gets 503.
+    NoIngress,
+}
+
+impl Notice {
+    /// cloudflared's words for it.
+    pub fn message(self) -> &'static str {
+        match self {
+            Self::UrlIgnored => "--url is ignored: the configuration file has ingress rules",
+            Self::NoIngress => "No ingress rules were defined in provided config (if any) nor from the cli, cloudflared will return 503 for all incoming HTTP requests",
+        }
+    }
+}
+
+/// Resolves settings and the loaded file into a [`RunConfig`], with notices to log.
+pub fn run_config(
+    settings: &Settings,
+    loaded: &LoadedConfig,
+    host: &dyn Host,
+) -> Result<(RunConfig, Vec<Notice>), SetupError> {
+    let file = &loaded.file;
+    let mut notices = Vec::new();
+    let creds = credentials(settings, host)?;
+    let ingress = match file
+        .ingress()
+        .map_err(|e| SetupError::Config(e.to_string()))?
+    {
+        Some(i) => {
+            if settings.url.is_some() {
+                notices.push(Notice::UrlIgnored);
+            }
+            i
+        }
+        None => match single_origin(settings)? {
+            Some(service) => Ingress::single_with(service, &settings.origin)
+                .map_err(|e| SetupError::Config(e.to_string()))?,
+            None => {
+                if settings.token.is_none() && settings.token_file.is_none() {
+                    notices.push(Notice::NoIngress);
+                }
+                Ingress::default_origin()
+            }
+        },
+    };
+    // The local configuration conn 0 pushes: the file's ingress, originRequest and
+    // warp-routing as JSON.
+    let local_config = loaded.text.as_ref().and_then(|t| {
+        let v: serde_json::Value = serde_yaml_ng::from_str(t).ok()?;
+        let mut out = serde_json::Map::new();
+        for key in ["ingress", "originRequest", "warp-routing"] {
+            if let Some(x) = v.get(key) {
+                out.insert(key.into(), x.clone());
+            }
+        }
+        Some(serde_json::Value::Object(out).to_string().into_bytes())
+    });
+    if settings.region.is_some() && !creds.endpoint.is_empty() {
+        return Err(SetupError::Config(
+            "region provided with a token that has an endpoint".into(),
+        ));
+    }
+    let region = settings
+        .region
+        .clone()
+        .or_else(|| Some(creds.endpoint.clone()).filter(|e| !e.is_empty()));
+    let edges = if settings.edge.is_empty() {
+        Edges::Srv { region }
+    } else {
+        Edges::Static(settings.edge.clone())
+    };
+    let cacert = match &settings.cacert {
+        Some(p) => Some(
+            host.read(p)
+                .map_err(|e| SetupError::Config(format!("cacert {p}: {e}")))?,
+        ),
+        None => None,
+    };
+    let config = RunConfig {
+        creds,
+        ingress,
+        local_config,
+        edges,
+        ip_version: settings.ip_version,
+        cacert,
+        ha_connections: settings.ha_connections.max(1),
+        grace_period: settings.grace_period,
+        features: settings.features.clone(),
+        tags: settings.tags.clone(),
+        max_active_flows: settings.max_active_flows,
+        local_max_active_flows: file.warp_routing.max_active_flows,
+        icmpv4_src: settings.icmpv4_src,
+        icmpv6_src: settings.icmpv6_src,
+        post_quantum: settings.post_quantum,
+    };
+    Ok((config, notices))
+}
+
+/// Writes the process id (no newline) to `path` (`~/` expanded), as cloudflared's
+/// writePidFile does.
+pub fn write_pidfile(path: &str, host: &dyn Host) -> Result<String, (String, std::io::Error)> {
+    let path = expand_home(path, host);
+    match std::fs::write(&path, std::process::id().to_string()) {
+        Ok(()) => Ok(path),
+        Err(e) => Err((path, e)),
+    }
+}
+
+impl RunConfig {
+    /// The connector's configuration: registration with `connector_id`, the edge's TLS trusting
+    /// `roots`, the ingress, limits, and `icmp` (which the driver finds by probing sockets).
+    pub fn supervisor_config(
+        &self,
+        roots: rustls::RootCertStore,
+        connector_id: Uuid,
+        icmp: crate::icmp::RouterConfig,
+    ) -> Result<crate::tunnel::supervisor::SupervisorConfig, crate::quic::tls::TlsError> {
+        use crate::quic::tls::{self, PostQuantum};
+        use crate::tunnel::connector::ConnectorConfig;
+        use crate::tunnel::data::DataLimits;
+        let pq = if self.post_quantum {
+            PostQuantum::Strict
+        } else {
+            PostQuantum::Prefer
+        };
+        let client =
+            quinn_proto::ClientConfig::new(std::sync::Arc::new(tls::client_config(roots, pq)?));
+        let registration = crate::control::Registration::new(
+            self.creds.account_tag.clone(),
+            self.creds.secret.clone(),
+            self.creds.tunnel_id,
+            connector_id,
+            crate::control::features::features(self.post_quantum, &self.features),
+        );
+        let data = DataLimits {
+            ingress: Some(std::sync::Arc::new(std::sync::RwLock::new(
+                std::sync::Arc::new(self.ingress.clone()),
+            ))),
+            max_idle: self.ingress.defaults.keep_alive_connections as usize,
+            idle_timeout: self.ingress.defaults.keep_alive_timeout,
+            tags: self.tags.clone(),
+            ..DataLimits::default()
+        };
+        let connector = ConnectorConfig {
+            local_config: self.local_config.clone(),
+            grace_period: self.grace_period,
+            data,
+            ..ConnectorConfig::new(registration, client)
+        };
+        let mut config = crate::tunnel::supervisor::SupervisorConfig::new(connector);
+        config.ha_connections = self.ha_connections;
+        config.max_active_flows = self.max_active_flows;
+        config.local_max_active_flows = self.local_max_active_flows;
+        config.icmp = icmp;
+        Ok(config)
+    }
+}

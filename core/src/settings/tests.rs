@@ -1,0 +1,345 @@
+//! Settings: flags over file over defaults, and the checks.
+
+use std::collections::HashMap;
+
+use clap::{Parser, Subcommand};
+
+use super::*;
+
+#[derive(Debug, Parser)]
+struct Cli {
+    #[command(subcommand)]
+    command: Top,
+}
+
+#[derive(Debug, Subcommand)]
+enum Top {
+    Tunnel(TunnelArgs),
+}
+
+/// Settings from a `burrow tunnel ...` command line and config.yml text.
+fn settings(args: &[&str], yaml: &str) -> Result<Settings, SetupError> {
+    let Top::Tunnel(t) = Cli::try_parse_from([&["burrow", "tunnel"], args].concat())
+        .expect("flags parse")
+        .command;
+    let TunnelCommand::Run(run) = t.command;
+    let file = ConfigFile::from_yaml(yaml).expect("file parses");
+    Settings::merge(&t.common, &run, &file)
+}
+
+const FILE: &str = "
+tunnel: from-file
+edge: [192.0.2.1:7844, 192.0.2.2:7844]
+ha-connections: 2
+grace-period: 10s
+edge-ip-version: '6'
+metrics: 127.0.0.1:2000
+loglevel: debug
+features: [a, b]
+max-active-flows: 7
+icmpv4-src: 192.0.2.9
+url: http://localhost:3000
+no-autoupdate: true
+";
+
+#[test]
+fn without_flags_the_file_beats_the_defaults() {
+    let s = settings(&["run"], FILE).unwrap();
+    assert_eq!(s.edge, ["192.0.2.1:7844", "192.0.2.2:7844"]);
+    assert_eq!(s.ha_connections, 2);
+    assert_eq!(s.grace_period, Duration::from_secs(10));
+    assert_eq!(s.ip_version, IpVersion::V6);
+    assert_eq!(s.metrics, "127.0.0.1:2000");
+    assert_eq!(s.loglevel, "debug");
+    assert_eq!(s.features, ["a", "b"]);
+    assert_eq!(s.max_active_flows, Some(7));
+    assert_eq!(s.icmpv4_src, Some("192.0.2.9".parse().unwrap()));
+    assert_eq!(s.url.as_deref(), Some("http://localhost:3000"));
+    assert_eq!(s.tunnel.as_deref(), Some("from-file"));
+}
+
+#[test]
+fn without_either_the_defaults_hold() {
+    let s = settings(&["run"], "").unwrap();
+    assert!(s.edge.is_empty(), "DNS SRV");
+    assert_eq!(s.ha_connections, 4);
+    assert_eq!(s.grace_period, Duration::from_secs(30));
+    assert_eq!(s.ip_version, IpVersion::Auto);
+    assert_eq!(s.metrics, "localhost:0");
+    assert_eq!(s.loglevel, "info");
+    assert!(s.features.is_empty());
+    assert_eq!(s.max_active_flows, None);
+    assert!(!s.post_quantum);
+}
+
+#[test]
+fn flags_beat_the_file_before_or_after_run() {
+    let s = settings(
+        &[
+            "--ha-connections",
+            "3",
+            "--grace-period",
+            "1m",
+            "--edge",
+            "198.51.100.1:7844",
+            "run",
+            "--metrics",
+            "127.0.0.1:3000",
+            "--edge-ip-version",
+            "4",
+            "--loglevel",
+            "warn",
+            "-F",
+            "c",
+            "--max-active-flows",
+            "0",
+            "--url",
+            "http://localhost:4000",
+            "from-flag",
+        ],
+        FILE,
+    )
+    .unwrap();
+    assert_eq!(
+        s.edge,
+        ["198.51.100.1:7844"],
+        "a list flag replaces the file's"
+    );
+    assert_eq!(s.ha_connections, 3);
+    assert_eq!(
+        s.grace_period,
+        Duration::from_secs(60),
+        "an explicit --grace-period is not overridden by the file"
+    );
+    assert_eq!(s.ip_version, IpVersion::V4);
+    assert_eq!(s.metrics, "127.0.0.1:3000");
+    assert_eq!(s.loglevel, "warn");
+    assert_eq!(s.features, ["c"]);
+    assert_eq!(s.max_active_flows, Some(0));
+    assert_eq!(s.url.as_deref(), Some("http://localhost:4000"));
+    assert_eq!(s.tunnel.as_deref(), Some("from-flag"));
+    // Flags equal to the defaults still count as given.
+    let s = settings(
+        &["--grace-period", "30s", "--ha-connections", "4", "run"],
+        FILE,
+    )
+    .unwrap();
+    assert_eq!(s.grace_period, Duration::from_secs(30));
+    assert_eq!(s.ha_connections, 4);
+}
+
+#[test]
+fn merged_values_are_checked_wherever_they_came_from() {
+    let e = |args: &[&str], yaml: &str| settings(args, yaml).unwrap_err().to_string();
+    assert!(e(&["run"], "grace-period: 4m\n").contains("too long"));
+    assert!(e(&["--grace-period", "4m", "run"], "").contains("too long"));
+    // The file's too-long value does not matter when the flag overrides it.
+    assert!(settings(&["--grace-period", "1s", "run"], "grace-period: 4m\n").is_ok());
+    assert!(e(&["run"], "protocol: http2\n").contains("http2 protocol is not supported"));
+    assert!(e(&["run"], "edge-ip-version: '5'\n").contains("edge-ip-version 5"));
+    assert!(settings(&["run", "-p", "quic"], "protocol: http2\n").is_ok());
+}
+
+#[test]
+fn post_quantum_from_flag_or_file() {
+    assert!(
+        settings(&["run"], "post-quantum: true\n")
+            .unwrap()
+            .post_quantum
+    );
+    assert!(
+        settings(&["run", "--pq"], "post-quantum: false\n")
+            .unwrap()
+            .post_quantum
+    );
+    assert!(
+        !settings(&["run"], "post-quantum: false\n")
+            .unwrap()
+            .post_quantum
+    );
+}
+
+#[test]
+fn flags_before_tunnel_move_after_it_and_nothing_else_moves() {
+    let argv = |a: &[&str]| -> Vec<String> {
+        cloudflared_argv(a.iter().map(Into::into).collect())
+            .into_iter()
+            .map(|s| s.to_string_lossy().into_owned())
+            .collect()
+    };
+    assert_eq!(
+        argv(&[
+            "burrow",
+            "--no-autoupdate",
+            "--metrics",
+            "x",
+            "tunnel",
+            "run",
+            "id"
+        ]),
+        [
+            "burrow",
+            "tunnel",
+            "--no-autoupdate",
+            "--metrics",
+            "x",
+            "run",
+            "id"
+        ]
+    );
+    for same in [
+        &["burrow", "tunnel", "--no-autoupdate", "run"][..],
+        &["burrow", "edge", "--dir", "tunnel"],
+        &["burrow", "--version"],
+    ] {
+        assert_eq!(argv(same), same);
+    }
+}
+
+#[test]
+fn single_origin_flags_and_keys_shape_the_one_rule() {
+    let s = settings(
+        &[
+            "run",
+            "--url",
+            "https://localhost:8443",
+            "--http-host-header",
+            "internal.test",
+            "--no-tls-verify",
+        ],
+        "origin-ca-pool: /etc/ca.pem\nhttp-host-header: from-file\nno-chunked-encoding: true\n",
+    )
+    .unwrap();
+    let service = single_origin(&s).unwrap().unwrap();
+    let ingress = Ingress::single_with(service, &s.origin).unwrap();
+    let o = &ingress.rules()[0].origin.origin_request;
+    assert_eq!(
+        o.http_host_header.as_deref(),
+        Some("internal.test"),
+        "flag over file"
+    );
+    assert!(o.no_tls_verify);
+    assert_eq!(o.ca_pool.as_deref(), Some("/etc/ca.pem"), "the file's key");
+    assert!(o.disable_chunked_encoding);
+    let order = settings(
+        &[
+            "run",
+            "--url",
+            "http://a:1",
+            "--unix-socket",
+            "/s",
+            "--hello-world",
+        ],
+        "",
+    )
+    .unwrap();
+    assert_eq!(single_origin(&order).unwrap(), Some(Service::HelloWorld));
+    let order = settings(&["run", "--url", "http://a:1", "--unix-socket", "/s"], "").unwrap();
+    assert_eq!(
+        single_origin(&order).unwrap(),
+        Some(url_service("http://a:1").unwrap())
+    );
+}
+
+/// Files and `$HOME` from a map.
+struct MapHost(HashMap<&'static str, &'static str>);
+
+impl Host for MapHost {
+    fn read(&self, path: &str) -> std::io::Result<Vec<u8>> {
+        self.0
+            .get(path)
+            .map(|s| s.as_bytes().to_vec())
+            .ok_or_else(|| std::io::ErrorKind::NotFound.into())
+    }
+    fn is_file(&self, path: &str) -> bool {
+        self.0.contains_key(path)
+    }
+    fn home(&self) -> String {
+        "/home/u".into()
+    }
+}
+
+const ID: &str = "11111111-2222-3333-4444-555555555555";
+const OTHER: &str = "99999999-2222-3333-4444-555555555555";
+const CREDS: &str = r#"{"AccountTag":"acc","TunnelSecret":"AQID","TunnelID":"11111111-2222-3333-4444-555555555555"}"#;
+
+#[test]
+fn credentials_are_found_where_cloudflared_looks_and_the_named_tunnel_wins() {
+    let host = MapHost(HashMap::from([
+        (
+            "/home/u/.cloudflared/config.yml",
+            "tunnel: 99999999-2222-3333-4444-555555555555
+",
+        ),
+        (
+            "/etc/cloudflared/99999999-2222-3333-4444-555555555555.json",
+            CREDS,
+        ),
+        ("/home/u/creds.json", CREDS),
+        ("/tok", "  bad token \n"),
+    ]));
+    let loaded = load_config(&CommonArgs::default(), &host).unwrap();
+    assert_eq!(
+        loaded.path.as_deref(),
+        Some("/home/u/.cloudflared/config.yml")
+    );
+    let s = settings(&["run"], loaded.text.as_deref().unwrap()).unwrap();
+    let c = credentials(&s, &host).unwrap();
+    assert_eq!(c.account_tag, "acc");
+    assert_eq!(c.secret, [1, 2, 3]);
+    assert_eq!(c.tunnel_id.to_string(), OTHER, "the file's tunnel wins");
+    let s = settings(&["run", "--credentials-file", "~/creds.json"], "").unwrap();
+    assert_eq!(credentials(&s, &host).unwrap().tunnel_id.to_string(), ID);
+    let s = settings(&["run", "--token-file", "/tok"], "").unwrap();
+    assert!(matches!(
+        credentials(&s, &host),
+        Err(SetupError::Creds(CredsError::BadToken))
+    ));
+    let s = settings(&["run", "--token-file", "/missing"], "").unwrap();
+    assert!(credentials(&s, &host)
+        .unwrap_err()
+        .to_string()
+        .contains("token file"));
+    let s = settings(&["run"], "").unwrap();
+    assert!(credentials(&s, &host)
+        .unwrap_err()
+        .to_string()
+        .contains("no credentials"));
+}
+
+#[test]
+fn run_config_applies_the_region_rule_and_reads_the_cacert() {
+    let host = MapHost(HashMap::from([("/ca.pem", "PEM"), ("/c.json", CREDS)]));
+    let loaded = LoadedConfig::default();
+    let s = settings(
+        &[
+            "run",
+            "--credentials-file",
+            "/c.json",
+            "--cacert",
+            "/ca.pem",
+            "--url",
+            "http://127.0.0.1:1",
+        ],
+        "",
+    )
+    .unwrap();
+    let (rc, notices) = run_config(&s, &loaded, &host).unwrap();
+    assert_eq!(rc.cacert.as_deref(), Some(&b"PEM"[..]));
+    assert_eq!(rc.edges, Edges::Srv { region: None });
+    assert!(notices.is_empty());
+    let s = settings(
+        &["run", "--credentials-file", "/c.json", "--cacert", "/nope"],
+        "",
+    )
+    .unwrap();
+    assert!(run_config(&s, &loaded, &host)
+        .unwrap_err()
+        .to_string()
+        .contains("cacert /nope"));
+    let s = settings(&["run", "--credentials-file", "/c.json"], "").unwrap();
+    assert_eq!(
+        run_config(&s, &loaded, &host).unwrap().1,
+        [Notice::NoIngress]
+    );
+}
