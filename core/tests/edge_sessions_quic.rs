@@ -24,11 +24,20 @@ use burrow_core::session::{
 };
 use burrow_core::tunnel::connector::{ConnectorConfig, ConnectorConnection};
 use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
-use burrow_core::tunnel::udp::{DatagramHub, Egress, HubAction};
+use burrow_core::tunnel::udp::{DatagramHub, Egress, HubAction, Links};
 use bytes::BytesMut;
 use common::tls_pair;
 use quinn_proto::ClientConfig;
 use uuid::Uuid;
+
+/// The test's connections by index: the link is the index.
+struct Conns<'a>(&'a mut [(SocketAddr, Option<ConnectorConnection>)]);
+
+impl Links for Conns<'_> {
+    fn connection(&mut self, link: LinkId) -> Option<&mut ConnectorConnection> {
+        self.0.get_mut(usize::try_from(link.0).ok()?)?.1.as_mut()
+    }
+}
 
 const TUNNEL: Uuid = Uuid::from_u128(0x7e11);
 const ICMP_SRC: Ipv4Addr = Ipv4Addr::new(172, 16, 0, 3);
@@ -259,7 +268,7 @@ impl World {
                 }
             });
         }
-        while let Some(a) = self.hub.poll_action(&mut self.connectors[..]) {
+        while let Some(a) = self.hub.poll_action(&mut Conns(&mut self.connectors)) {
             moved = true;
             match a {
                 HubAction::Session(SessionAction::Open { flow, dest }) => {
@@ -294,13 +303,18 @@ impl World {
                 flow,
                 &mut self.buf,
                 payload.len(),
-                &mut self.connectors[..],
+                &mut Conns(&mut self.connectors),
             );
         }
         for (funnel, from, message) in std::mem::take(&mut self.ping_replies) {
             moved = true;
-            self.hub
-                .ping_reply(self.now, funnel, from, &message, &mut self.connectors[..]);
+            self.hub.ping_reply(
+                self.now,
+                funnel,
+                from,
+                &message,
+                &mut Conns(&mut self.connectors),
+            );
         }
         moved
     }

@@ -1,6 +1,6 @@
 //! Simulated origins behind the connectors, sans-IO like everything else: an HTTP/1.1 server
 //! with keep-alive, a WebSocket echo and a TCP echo. They carry out the connectors'
-//! [`OriginAction`]s on virtual time; a slow origin acknowledges writes at a set rate.
+//! origin [`Io`] on virtual time; a slow origin acknowledges writes at a set rate.
 //!
 //! Content is generated, not stored: body byte `i` of a stream seeded `s` is [`content`]`(s, i)`,
 //! so both ends check integrity byte for byte without holding megabytes.
@@ -8,10 +8,12 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use burrow_core::connector::{Input, Io};
+use burrow_core::datagram::LinkId;
 use burrow_core::stream::http1::{BodyReader, Framing};
 use burrow_core::stream::proxy::FlowKind;
-use burrow_core::tunnel::connector::ConnectorConnection;
-use burrow_core::tunnel::data::{FlowId, OriginAction};
+use burrow_core::tunnel::data::FlowId;
+use bytes::Bytes;
 
 use crate::clock::VirtualTime;
 
@@ -78,7 +80,10 @@ struct Flow {
     pending_body: Option<Body>,
     /// Bytes produced, not yet taken by the connector.
     outbox: Vec<u8>,
-    paused: bool,
+    /// The dial completed.
+    connected: bool,
+    /// A read is outstanding (the first one is, once connected; then after each ReadFlow).
+    reading: bool,
     /// Close after the outbox drains.
     close_after: bool,
     /// The connector half-closed toward us.
@@ -105,6 +110,54 @@ enum Timer {
     Written,
 }
 
+/// A flow's key: connector process, connection attempt, flow.
+type Key = (usize, LinkId, FlowId);
+
+/// What an origin tells its connector, owned until it is fed.
+#[derive(Debug)]
+pub enum Report {
+    /// The dial succeeded.
+    Connected(LinkId, FlowId),
+    /// The dial failed.
+    Failed(LinkId, FlowId, String),
+    /// The outstanding write completed.
+    Written(LinkId, FlowId),
+    /// Bytes read.
+    Data(LinkId, FlowId, Bytes),
+    /// End of stream read.
+    Finished(LinkId, FlowId),
+}
+
+impl Report {
+    /// The connector's input.
+    pub fn as_input(&self) -> Input<'_> {
+        match self {
+            Report::Connected(link, flow) => Input::FlowConnected {
+                link: *link,
+                flow: *flow,
+            },
+            Report::Failed(link, flow, reason) => Input::FlowFailed {
+                link: *link,
+                flow: *flow,
+                reason,
+            },
+            Report::Written(link, flow) => Input::FlowWritten {
+                link: *link,
+                flow: *flow,
+            },
+            Report::Data(link, flow, data) => Input::FlowData {
+                link: *link,
+                flow: *flow,
+                data: data.clone(),
+            },
+            Report::Finished(link, flow) => Input::FlowFinished {
+                link: *link,
+                flow: *flow,
+            },
+        }
+    }
+}
+
 /// What the origins did, for invariants.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct OriginStats {
@@ -118,8 +171,8 @@ pub struct OriginStats {
 
 /// Every origin flow of every connector.
 pub struct Origins {
-    flows: BTreeMap<(usize, FlowId), Flow>,
-    timers: BTreeMap<(VirtualTime, u64), (usize, FlowId, Timer)>,
+    flows: BTreeMap<Key, Flow>,
+    timers: BTreeMap<(VirtualTime, u64), (Key, Timer)>,
     seq: u64,
     /// Bytes per second an origin reads; `None`: instantly.
     pub read_rate: Option<u64>,
@@ -148,9 +201,12 @@ impl Origins {
         }
     }
 
-    /// Origin connections connector `who` has open.
-    pub fn flows_of(&self, who: usize) -> usize {
-        self.flows.keys().filter(|(w, _)| *w == who).count()
+    /// Origin connections connector `who` has open on `link` (every link: `None`).
+    pub fn flows_of(&self, who: usize, link: Option<LinkId>) -> usize {
+        self.flows
+            .keys()
+            .filter(|(w, l, _)| *w == who && link.is_none_or(|link| *l == link))
+            .count()
     }
 
     /// The earliest origin timer.
@@ -158,78 +214,70 @@ impl Origins {
         self.timers.keys().next().map(|(t, _)| *t)
     }
 
-    fn arm(&mut self, at: VirtualTime, who: usize, flow: FlowId, timer: Timer) {
+    fn arm(&mut self, at: VirtualTime, key: Key, timer: Timer) {
         self.seq += 1;
-        self.timers.insert((at, self.seq), (who, flow, timer));
+        self.timers.insert((at, self.seq), (key, timer));
     }
 
-    /// Fires due timers and carries out connector `who`'s actions; returns whether anything
-    /// happened.
-    pub fn pump(
-        &mut self,
-        now: VirtualTime,
-        instant: std::time::Instant,
-        who: usize,
-        conn: &mut ConnectorConnection,
-    ) -> bool {
-        let mut any = false;
-        loop {
-            let mut progressed = false;
-            while let Some(action) = conn.poll_origin_action() {
-                progressed = true;
-                self.apply(now, who, action);
-            }
-            let due: Vec<(VirtualTime, u64)> = self
-                .timers
-                .range(..=(now, u64::MAX))
-                .filter(|(_, (w, _, _))| *w == who)
-                .map(|(k, _)| *k)
-                .collect();
-            for key in due {
-                let (_, flow, timer) = self.timers.remove(&key).expect("listed");
-                progressed = true;
-                match timer {
-                    Timer::Connected => conn.handle_flow_connected(instant, flow),
-                    Timer::Failed(reason) => conn.handle_flow_failed(instant, flow, &reason),
-                    Timer::Written => conn.handle_flow_written(instant, flow),
+    /// The next thing an origin has to tell its connector by `now`: a due timer, else bytes
+    /// (or the end) of a flow with a read outstanding.
+    pub fn next_input(&mut self, now: VirtualTime) -> Option<(usize, Report)> {
+        if let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 <= now {
+                let ((who, link, flow), timer) = entry.remove();
+                if timer_live(&self.flows, (who, link, flow), &timer) {
+                    return Some((
+                        who,
+                        match timer {
+                            Timer::Connected => {
+                                if let Some(f) = self.flows.get_mut(&(who, link, flow)) {
+                                    f.connected = true;
+                                }
+                                Report::Connected(link, flow)
+                            }
+                            Timer::Failed(reason) => Report::Failed(link, flow, reason),
+                            Timer::Written => Report::Written(link, flow),
+                        },
+                    ));
                 }
+                return self.next_input(now);
             }
-            let keys: Vec<(usize, FlowId)> = self
-                .flows
-                .range((who, FlowId(0))..=(who, FlowId(u64::MAX)))
-                .map(|(k, _)| *k)
-                .collect();
-            for key in keys {
-                progressed |= self.deliver(instant, key, conn);
-            }
-            if !progressed {
-                return any;
-            }
-            any = true;
         }
+        for (&(who, link, flow), f) in self.flows.iter_mut() {
+            if !f.connected || !f.reading || f.done {
+                continue;
+            }
+            f.refill();
+            if !f.outbox.is_empty() {
+                let n = f.outbox.len().min(READ_CHUNK);
+                let data = Bytes::from(f.outbox.drain(..n).collect::<Vec<u8>>());
+                f.reading = false;
+                return Some((who, Report::Data(link, flow, data)));
+            }
+            if f.close_after && f.pending_body.is_none() {
+                f.done = true;
+                return Some((who, Report::Finished(link, flow)));
+            }
+        }
+        None
     }
 
-    /// Forgets connector `who`'s flows (its connection is gone).
-    pub fn drop_connector(&mut self, who: usize) {
-        self.flows.retain(|(w, _), _| *w != who);
-        self.timers.retain(|_, (w, _, _)| *w != who);
-    }
-
-    fn apply(&mut self, now: VirtualTime, who: usize, action: OriginAction) {
-        match action {
-            OriginAction::Open {
+    /// Carries out connector `who`'s I/O on an origin flow.
+    pub fn apply(&mut self, now: VirtualTime, who: usize, io: Io<'_>) {
+        match io {
+            Io::OpenFlow {
+                link,
                 flow,
                 kind,
                 dest,
-                host,
                 ..
             } => {
                 self.stats.opened += 1;
-                if host.as_deref() == Some("down.example") || dest.starts_with("192.0.2.99") {
+                let key = (who, link, flow);
+                if dest.contains("down.example") || dest.starts_with("192.0.2.99") {
                     self.arm(
                         now + Duration::from_millis(1),
-                        who,
-                        flow,
+                        key,
                         Timer::Failed("dial tcp: connection refused".into()),
                     );
                     return;
@@ -245,25 +293,27 @@ impl Origins {
                     FlowKind::Tcp => Server::Echo { upgrade: None },
                 };
                 self.flows.insert(
-                    (who, flow),
+                    key,
                     Flow {
                         server,
                         pending_body: None,
                         outbox: Vec::new(),
-                        paused: false,
+                        connected: false,
+                        reading: true,
                         close_after: false,
                         peer_finished: false,
                         done: false,
                     },
                 );
-                self.arm(now + Duration::from_millis(1), who, flow, Timer::Connected);
+                self.arm(now + Duration::from_millis(1), key, Timer::Connected);
             }
-            OriginAction::Write { flow, data } => {
+            Io::WriteFlow { link, flow, data } => {
+                let key = (who, link, flow);
                 self.stats.bytes_in += data.len() as u64;
                 let delay = self.read_rate.map_or(Duration::ZERO, |rate| {
                     Duration::from_secs_f64(data.len() as f64 / rate as f64)
                 });
-                match self.flows.get_mut(&(who, flow)) {
+                match self.flows.get_mut(&key) {
                     Some(f) => {
                         if let Err(e) = f.receive(&data, &mut self.stats) {
                             self.error.get_or_insert(e);
@@ -274,15 +324,15 @@ impl Origins {
                             .get_or_insert(format!("write to unknown flow {flow}"));
                     }
                 }
-                self.arm(now + delay, who, flow, Timer::Written);
+                self.arm(now + delay, key, Timer::Written);
             }
-            OriginAction::Resume { flow } => {
-                if let Some(f) = self.flows.get_mut(&(who, flow)) {
-                    f.paused = false;
+            Io::ReadFlow { link, flow } => {
+                if let Some(f) = self.flows.get_mut(&(who, link, flow)) {
+                    f.reading = true;
                 }
             }
-            OriginAction::ShutdownWrite { flow } => {
-                if let Some(f) = self.flows.get_mut(&(who, flow)) {
+            Io::ShutdownFlow { link, flow } => {
+                if let Some(f) = self.flows.get_mut(&(who, link, flow)) {
                     f.peer_finished = true;
                     // Echo servers close once they have echoed everything.
                     if matches!(f.server, Server::Echo { .. }) {
@@ -290,45 +340,23 @@ impl Origins {
                     }
                 }
             }
-            OriginAction::Close { flow } => {
-                self.flows.remove(&(who, flow));
+            Io::CloseFlow { link, flow } => {
+                let key = (who, link, flow);
+                self.flows.remove(&key);
+                self.timers.retain(|_, (k, _)| *k != key);
+            }
+            other => {
+                self.error
+                    .get_or_insert(format!("not origin flow I/O: {other:?}"));
             }
         }
     }
+}
 
-    /// Hands the connector what flow `key` has to say, as far as it takes it.
-    fn deliver(
-        &mut self,
-        instant: std::time::Instant,
-        key: (usize, FlowId),
-        conn: &mut ConnectorConnection,
-    ) -> bool {
-        let Some(f) = self.flows.get_mut(&key) else {
-            return false;
-        };
-        if f.paused || f.done {
-            return false;
-        }
-        f.refill();
-        let mut progressed = false;
-        while !f.outbox.is_empty() {
-            let n = f.outbox.len().min(READ_CHUNK);
-            let taken = conn.handle_flow_data(instant, key.1, &f.outbox[..n]);
-            f.outbox.drain(..taken);
-            progressed |= taken > 0;
-            if taken < n {
-                f.paused = true;
-                return progressed;
-            }
-            f.refill();
-        }
-        if f.close_after && f.pending_body.is_none() {
-            f.done = true;
-            conn.handle_flow_finished(instant, key.1);
-            return true;
-        }
-        progressed
-    }
+/// Whether a timer still means something: a dial failure always does (the flow never
+/// existed here), the rest only while their flow is open.
+fn timer_live(flows: &BTreeMap<Key, Flow>, key: Key, timer: &Timer) -> bool {
+    matches!(timer, Timer::Failed(_)) || flows.contains_key(&key)
 }
 
 impl Flow {

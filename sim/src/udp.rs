@@ -1,7 +1,6 @@
-//! UDP sessions and ICMP in the simulation: the connector's datagram plane (core's
-//! [`DatagramHub`] over every connector connection) with a simulated origin network behind it
-//! (UDP echo services, unreachable hosts, ping sockets that rewrite echo ids as Linux's do),
-//! and an eyeball at the edge that registers v3 sessions and sends payloads.
+//! UDP sessions and ICMP in the simulation: the network behind the connectors' datagram
+//! planes (UDP echo services, unreachable hosts, ping sockets that rewrite echo ids as Linux's
+//! do), and an eyeball at the edge that registers v3 sessions and sends payloads.
 //!
 //! Every payload is accounted for: the eyeball counts what it sent and what came back, the
 //! connector side counts what it received, forwarded, echoed and queued, the manager counts
@@ -12,19 +11,14 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use burrow_core::datagram::{v3, LinkId};
-use burrow_core::icmp::{FunnelId, IcmpRouter, RouterAction, RouterConfig};
-use burrow_core::session::{
-    SessionAction, SessionId, SessionLimits, SessionManager, UdpFlowId, HEADROOM, ORIGIN_READ,
-    TAILROOM,
-};
-use burrow_core::tunnel::connector::{ConnectorConnection, ConnectorEvent};
+use burrow_core::connector::Input;
+use burrow_core::datagram::v3;
+use burrow_core::icmp::FunnelId;
+use burrow_core::session::{SessionId, UdpFlowId, HEADROOM, ORIGIN_READ, TAILROOM};
 use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint};
-use burrow_core::tunnel::udp::{DatagramHub, Egress, HubAction};
 use bytes::BytesMut;
-use quinn_proto::StreamId;
 
-use crate::clock::{Clock, VirtualTime};
+use crate::clock::VirtualTime;
 
 /// UDP port of the simulated echo service.
 pub const ECHO_PORT: u16 = 7;
@@ -58,300 +52,240 @@ pub struct OriginStats {
     pub ping_replies: u64,
 }
 
-/// An echo due: when, arrival order, socket, payload.
-type Echo = (VirtualTime, u64, UdpFlowId, Vec<u8>);
-/// An echo reply due: when, order, ping socket, from, ICMP message.
-type PingReply = (VirtualTime, u64, FunnelId, IpAddr, Vec<u8>);
+/// An echo due: when, arrival order, connector, socket, payload.
+type Echo = (VirtualTime, u64, usize, UdpFlowId, Vec<u8>);
+/// An echo reply due: when, order, connector, ping socket, from, ICMP message.
+type PingReply = (VirtualTime, u64, usize, FunnelId, IpAddr, Vec<u8>);
 
-/// The simulated network behind the connector.
-#[derive(Default)]
-struct OriginNet {
-    /// Open origin sockets and where they point.
-    sockets: HashMap<UdpFlowId, SocketAddr>,
+/// The simulated network behind the connectors' UDP sessions and ping sockets.
+pub struct OriginNet {
+    /// Open origin sockets and where they point, by connector and session socket.
+    sockets: HashMap<(usize, UdpFlowId), SocketAddr>,
     /// Open ping sockets and the echo ident the kernel gave each.
-    pings: HashMap<FunnelId, u16>,
+    pings: HashMap<(usize, FunnelId), u16>,
     echoes: BinaryHeap<Reverse<Echo>>,
     ping_replies: BinaryHeap<Reverse<PingReply>>,
     order: u64,
     stats: OriginStats,
     /// When each open socket last carried a payload either way (or opened).
-    last_io: HashMap<UdpFlowId, VirtualTime>,
+    last_io: HashMap<(usize, UdpFlowId), VirtualTime>,
     /// For every socket closed: how long it had been quiet.
     quiet_at_close: Vec<(UdpFlowId, Duration)>,
+    /// The read buffer handed to the connector (what a driver keeps between reads).
+    pub buf: BytesMut,
+}
+
+impl Default for OriginNet {
+    fn default() -> Self {
+        Self {
+            sockets: HashMap::new(),
+            pings: HashMap::new(),
+            echoes: BinaryHeap::new(),
+            ping_replies: BinaryHeap::new(),
+            order: 0,
+            stats: OriginStats::default(),
+            last_io: HashMap::new(),
+            quiet_at_close: Vec::new(),
+            buf: BytesMut::with_capacity(64 * 1024),
+        }
+    }
+}
+
+/// A read an origin socket or ping socket has for its connector.
+pub enum Read {
+    /// An echo on a session socket.
+    Udp(usize, UdpFlowId, Vec<u8>),
+    /// An echo reply on a ping socket.
+    Ping(usize, FunnelId, IpAddr, Vec<u8>),
+}
+
+impl Read {
+    /// The connector it is for.
+    pub fn node(&self) -> usize {
+        match self {
+            Read::Udp(n, ..) | Read::Ping(n, ..) => *n,
+        }
+    }
+
+    /// The connector's input, reading into `buf` as a driver does (room for the framing
+    /// around the payload).
+    pub fn as_input<'a>(&'a self, buf: &'a mut BytesMut) -> Input<'a> {
+        match self {
+            Read::Udp(_, flow, payload) => {
+                let len = payload.len();
+                buf.resize(HEADROOM + ORIGIN_READ + TAILROOM, 0);
+                buf[HEADROOM..HEADROOM + len].copy_from_slice(payload);
+                Input::UdpRead {
+                    flow: *flow,
+                    buf,
+                    len,
+                }
+            }
+            Read::Ping(_, funnel, from, message) => Input::PingRead {
+                funnel: *funnel,
+                from: *from,
+                message,
+            },
+        }
+    }
 }
 
 impl OriginNet {
-    /// A packet leaves the connector through a socket.
-    fn egress(&mut self, now: VirtualTime, e: Egress<'_>) {
-        match e {
-            Egress::Udp { flow, payload } => self.write_udp(now, flow, payload.to_vec()),
-            Egress::Ping {
-                funnel,
-                dst,
-                message,
-                ..
-            } => {
-                let Some(&ident) = self.pings.get(&funnel) else {
-                    return;
-                };
-                self.stats.pings += 1;
-                // The origin network answers echo requests to 10/8 and fd00::/8 hosts.
-                let reachable = match dst {
-                    IpAddr::V4(a) => a.octets()[0] == 10 && a.octets()[..2] != UNREACHABLE,
-                    IpAddr::V6(a) => a.octets()[0] == 0xfd && a.segments()[0] != 0xfd51,
-                };
-                if !reachable || message.len() < 8 {
-                    return;
-                }
-                // The kernel sent it with the socket's ident; the host echoes that.
-                let mut reply = message.to_vec();
-                reply[0] = if dst.is_ipv4() { 0 } else { 129 };
-                reply[4..6].copy_from_slice(&ident.to_be_bytes());
-                self.order += 1;
-                let due = now + ORIGIN_DELAY;
-                self.ping_replies
-                    .push(Reverse((due, self.order, funnel, dst, reply)));
-            }
-        }
-    }
-
-    fn write_udp(&mut self, now: VirtualTime, flow: UdpFlowId, payload: Vec<u8>) {
-        let Some(dest) = self.sockets.get(&flow) else {
-            return;
-        };
-        self.stats.to_origin += 1;
-        self.last_io.insert(flow, now);
-        if dest.port() == ECHO_PORT {
-            self.order += 1;
-            self.echoes
-                .push(Reverse((now + ORIGIN_DELAY, self.order, flow, payload)));
-        }
-    }
-
-    fn next_deadline(&self) -> Option<VirtualTime> {
-        let echo = self.echoes.peek().map(|Reverse((t, ..))| *t);
-        let ping = self.ping_replies.peek().map(|Reverse((t, ..))| *t);
-        [echo, ping].into_iter().flatten().min()
-    }
-}
-
-/// The connector process's datagram half: one hub for every connection.
-pub struct ConnectorUdp {
-    /// The plane under test.
-    pub hub: DatagramHub,
-    net: OriginNet,
-    buf: BytesMut,
-    /// v2 `registerUdpSession` calls waiting for the manager, by link and session: the RPC
-    /// streams to answer on (a retried call may wait beside the first; one answer serves all).
-    v2_calls: HashMap<(LinkId, SessionId), Vec<StreamId>>,
-}
-
-impl ConnectorUdp {
-    /// A connector side with `limits`.
-    pub fn new(limits: SessionLimits) -> Self {
-        Self {
-            hub: DatagramHub::new(
-                SessionManager::new(limits),
-                IcmpRouter::new(RouterConfig::new(Some(ICMP_SRC_V4), Some(ICMP_SRC_V6))),
-            ),
-            net: OriginNet::default(),
-            buf: BytesMut::with_capacity(64 * 1024),
-            v2_calls: HashMap::new(),
-        }
-    }
-
-    /// The datagram-v2 session calls connector `index` reported: registrations go to the
-    /// manager (answered from [`ConnectorUdp::drain_actions`]), unregistrations end sessions.
-    pub fn on_connector_event(
-        &mut self,
-        now: VirtualTime,
-        clock: &Clock,
-        index: usize,
-        event: &ConnectorEvent,
-        connectors: &mut [(SocketAddr, Option<ConnectorConnection>)],
-    ) {
-        let at = clock.instant(now);
-        let link = Self::link(index);
-        match event {
-            ConnectorEvent::UdpSessionRequested {
-                stream,
-                id,
-                dest,
-                idle_hint_nanos,
-            } => {
-                self.v2_calls.entry((link, *id)).or_default().push(*stream);
-                self.hub
-                    .sessions
-                    .register_v2(at, link, *id, *dest, *idle_hint_nanos);
-            }
-            ConnectorEvent::UdpSessionUnregistered { id, message } => {
-                self.hub.sessions.unregister_v2(*id, message);
-            }
-            _ => return,
-        }
-        self.drain_actions(now, clock, connectors);
-    }
-
-    /// The origin side's counters.
+    /// The connector's counters.
     pub fn stats(&self) -> &OriginStats {
-        &self.net.stats
+        &self.stats
     }
 
     /// Every origin socket closed so far, with how long it had carried nothing when it was
     /// closed.
     pub fn quiet_at_close(&self) -> &[(UdpFlowId, Duration)] {
-        &self.net.quiet_at_close
+        &self.quiet_at_close
     }
 
     /// Open origin sockets.
     pub fn sockets(&self) -> usize {
-        self.net.sockets.len()
+        self.sockets.len()
     }
 
-    /// The link of connector `index` (connectors are never replaced in place, so the index is
-    /// unique for the run).
-    pub fn link(index: usize) -> LinkId {
-        LinkId(index as u64)
+    /// Counts an echo read as queued on a connection or refused.
+    pub fn count_echo(&mut self, queued: bool) {
+        if queued {
+            self.stats.echoes_queued += 1;
+        } else {
+            self.stats.echoes_refused += 1;
+        }
     }
 
-    /// Takes every received datagram from every connection and acts on it, then does what
-    /// the hub asked and delivers what the origin network sends back.
-    pub fn pump(
+    /// Open ping sockets.
+    pub fn funnels(&self) -> usize {
+        self.pings.len()
+    }
+
+    /// Opens a session socket to `dest`, or says why not.
+    pub fn open(
         &mut self,
         now: VirtualTime,
-        clock: &Clock,
-        connectors: &mut [(SocketAddr, Option<ConnectorConnection>)],
-    ) {
-        let at = clock.instant(now);
-        let net = &mut self.net;
-        for (i, (_, conn)) in connectors.iter_mut().enumerate() {
-            if let Some(conn) = conn {
-                self.hub
-                    .drain(at, Self::link(i), conn, |e| net.egress(now, e));
+        who: usize,
+        flow: UdpFlowId,
+        dest: SocketAddr,
+    ) -> Result<(), &'static str> {
+        let unreachable = match dest.ip() {
+            IpAddr::V4(v4) => v4.octets()[..2] == UNREACHABLE,
+            IpAddr::V6(_) => true,
+        };
+        if unreachable {
+            return Err("connect: network is unreachable");
+        }
+        self.sockets.insert((who, flow), dest);
+        self.last_io.insert((who, flow), now);
+        self.stats.sockets_opened += 1;
+        Ok(())
+    }
+
+    /// Closes a session socket.
+    pub fn close(&mut self, now: VirtualTime, who: usize, flow: UdpFlowId) {
+        if self.sockets.remove(&(who, flow)).is_some() {
+            self.stats.sockets_closed += 1;
+            if let Some(at) = self.last_io.remove(&(who, flow)) {
+                let quiet = now.since_start() - at.since_start();
+                self.quiet_at_close.push((flow, quiet));
             }
         }
-        self.drain_actions(now, clock, connectors);
-        while let Some(Reverse((due, ..))) = self.net.echoes.peek() {
+    }
+
+    /// Opens a ping socket.
+    pub fn open_funnel(&mut self, who: usize, funnel: FunnelId) {
+        // Any ident but the requester's id would do; derive one from the funnel.
+        self.pings.insert((who, funnel), (funnel.0 as u16) ^ 0xbeef);
+    }
+
+    /// Closes a ping socket.
+    pub fn close_funnel(&mut self, who: usize, funnel: FunnelId) {
+        self.pings.remove(&(who, funnel));
+    }
+
+    /// An echo request leaves through a ping socket.
+    pub fn ping(
+        &mut self,
+        now: VirtualTime,
+        who: usize,
+        funnel: FunnelId,
+        dst: IpAddr,
+        message: &[u8],
+    ) {
+        let Some(&ident) = self.pings.get(&(who, funnel)) else {
+            return;
+        };
+        self.stats.pings += 1;
+        // The origin network answers echo requests to 10/8 and fd00::/8 hosts.
+        let reachable = match dst {
+            IpAddr::V4(a) => a.octets()[0] == 10 && a.octets()[..2] != UNREACHABLE,
+            IpAddr::V6(a) => a.octets()[0] == 0xfd && a.segments()[0] != 0xfd51,
+        };
+        if !reachable || message.len() < 8 {
+            return;
+        }
+        // The kernel sent it with the socket's ident; the host echoes that.
+        let mut reply = message.to_vec();
+        reply[0] = if dst.is_ipv4() { 0 } else { 129 };
+        reply[4..6].copy_from_slice(&ident.to_be_bytes());
+        self.order += 1;
+        let due = now + ORIGIN_DELAY;
+        self.ping_replies
+            .push(Reverse((due, self.order, who, funnel, dst, reply)));
+    }
+
+    /// A payload leaves through a session socket.
+    pub fn write_udp(&mut self, now: VirtualTime, who: usize, flow: UdpFlowId, payload: Vec<u8>) {
+        let Some(dest) = self.sockets.get(&(who, flow)) else {
+            return;
+        };
+        self.stats.to_origin += 1;
+        self.last_io.insert((who, flow), now);
+        if dest.port() == ECHO_PORT {
+            self.order += 1;
+            self.echoes.push(Reverse((
+                now + ORIGIN_DELAY,
+                self.order,
+                who,
+                flow,
+                payload,
+            )));
+        }
+    }
+
+    /// The next read due by `now` on a socket still open.
+    pub fn next_read(&mut self, now: VirtualTime) -> Option<Read> {
+        while let Some(Reverse((due, ..))) = self.echoes.peek() {
             if *due > now {
                 break;
             }
-            let Some(Reverse((_, _, flow, payload))) = self.net.echoes.pop() else {
-                break;
-            };
-            if !self.net.sockets.contains_key(&flow) {
+            let Reverse((_, _, who, flow, payload)) = self.echoes.pop()?;
+            if !self.sockets.contains_key(&(who, flow)) {
                 continue; // closed meanwhile: the read never happens
             }
-            self.net.stats.from_origin += 1;
-            self.net.last_io.insert(flow, now);
-            let len = payload.len();
-            // What a driver does before each read: room for the framing around the payload.
-            self.buf.resize(HEADROOM + ORIGIN_READ + TAILROOM, 0);
-            self.buf[HEADROOM..HEADROOM + len].copy_from_slice(&payload);
-            let before = self.hub.stats().datagrams_out;
-            self.hub
-                .origin_read(at, flow, &mut self.buf, len, connectors);
-            if self.hub.stats().datagrams_out > before {
-                self.net.stats.echoes_queued += 1;
-            } else {
-                self.net.stats.echoes_refused += 1;
-            }
+            self.stats.from_origin += 1;
+            self.last_io.insert((who, flow), now);
+            return Some(Read::Udp(who, flow, payload));
         }
-        while let Some(Reverse((due, ..))) = self.net.ping_replies.peek() {
+        while let Some(Reverse((due, ..))) = self.ping_replies.peek() {
             if *due > now {
                 break;
             }
-            let Some(Reverse((_, _, funnel, from, message))) = self.net.ping_replies.pop() else {
-                break;
-            };
-            if self.net.pings.contains_key(&funnel) {
-                self.net.stats.ping_replies += 1;
-                self.hub.ping_reply(at, funnel, from, &message, connectors);
+            let Reverse((_, _, who, funnel, from, message)) = self.ping_replies.pop()?;
+            if self.pings.contains_key(&(who, funnel)) {
+                self.stats.ping_replies += 1;
+                return Some(Read::Ping(who, funnel, from, message));
             }
         }
-        self.drain_actions(now, clock, connectors);
+        None
     }
 
-    fn drain_actions(
-        &mut self,
-        now: VirtualTime,
-        clock: &Clock,
-        connectors: &mut [(SocketAddr, Option<ConnectorConnection>)],
-    ) {
-        let at = clock.instant(now);
-        while let Some(action) = self.hub.poll_action(connectors) {
-            match action {
-                HubAction::Session(SessionAction::Open { flow, dest }) => {
-                    let unreachable = match dest.ip() {
-                        IpAddr::V4(v4) => v4.octets()[..2] == UNREACHABLE,
-                        IpAddr::V6(_) => true,
-                    };
-                    if unreachable {
-                        self.hub
-                            .sessions
-                            .handle_origin_failed(flow, "connect: network is unreachable");
-                    } else {
-                        self.net.sockets.insert(flow, dest);
-                        self.net.last_io.insert(flow, now);
-                        self.net.stats.sockets_opened += 1;
-                        self.hub.sessions.handle_origin_opened(at, flow);
-                    }
-                }
-                HubAction::Session(SessionAction::Send { flow, payload }) => {
-                    self.net.write_udp(now, flow, payload.to_vec());
-                }
-                HubAction::Session(SessionAction::Close { flow }) => {
-                    if self.net.sockets.remove(&flow).is_some() {
-                        self.net.stats.sockets_closed += 1;
-                        if let Some(at) = self.net.last_io.remove(&flow) {
-                            let quiet = now.since_start() - at.since_start();
-                            self.net.quiet_at_close.push((flow, quiet));
-                        }
-                    }
-                }
-                HubAction::Session(SessionAction::V2Registered { link, id, result }) => {
-                    let streams = self.v2_calls.remove(&(link, id)).unwrap_or_default();
-                    if let Some((_, Some(conn))) = connectors.get_mut(link.0 as usize) {
-                        for stream in streams {
-                            // The connection may have dropped the stream meanwhile.
-                            let _ = conn.respond_udp_session(at, stream, result.clone());
-                        }
-                    }
-                }
-                HubAction::Session(SessionAction::V2Unregister { link, id, message }) => {
-                    if let Some((_, Some(conn))) = connectors.get_mut(link.0 as usize) {
-                        conn.unregister_udp_session(at, id, &message);
-                    }
-                }
-                HubAction::Session(_) => {}
-                HubAction::Icmp(RouterAction::OpenFunnel { funnel, .. }) => {
-                    // Any ident but the requester's id would do; derive one from the funnel.
-                    self.net.pings.insert(funnel, (funnel.0 as u16) ^ 0xbeef);
-                }
-                HubAction::Icmp(RouterAction::CloseFunnel { funnel }) => {
-                    self.net.pings.remove(&funnel);
-                }
-            }
-        }
-    }
-
-    /// Lets idle sessions and funnels end.
-    pub fn handle_timeout(
-        &mut self,
-        now: VirtualTime,
-        clock: &Clock,
-        connectors: &mut [(SocketAddr, Option<ConnectorConnection>)],
-    ) {
-        self.hub.handle_timeout(clock.instant(now));
-        self.drain_actions(now, clock, connectors);
-    }
-
-    /// The earliest thing this side must do.
-    pub fn next_deadline(&self, clock: &Clock) -> Option<VirtualTime> {
-        let timer = self.hub.poll_timeout().map(|t| clock.virtual_time(t));
-        [timer, self.net.next_deadline()]
-            .into_iter()
-            .flatten()
-            .min()
+    /// The earliest read due.
+    pub fn next_deadline(&self) -> Option<VirtualTime> {
+        let echo = self.echoes.peek().map(|Reverse((t, ..))| *t);
+        let ping = self.ping_replies.peek().map(|Reverse((t, ..))| *t);
+        [echo, ping].into_iter().flatten().min()
     }
 }
 

@@ -1,33 +1,43 @@
-//! A simulated world: one edge and some connectors, wired through the lossy [`Network`], driven
-//! on virtual time by the str0m rule: after every input, drain every output, then sleep until
-//! the earliest deadline. A deadline that does not move time forward is a busy loop, and an
-//! error (firezone's lesson).
+//! A simulated world: one edge and some connector processes, wired through the lossy
+//! [`Network`], driven on virtual time by the str0m rule: after every input, drain every
+//! output, then sleep until the earliest deadline. A deadline that does not move time forward
+//! is a busy loop, and an error (firezone's lesson).
+//!
+//! Each connector process is the real [`Connector`] (supervisor, HA connections, backoff,
+//! datagram plane), driven through [`Connector::drain`] as a driver does; the world does its
+//! I/O on the simulated network, origins and origin network.
 
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt::Debug;
 use std::hash::Hasher;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use burrow_core::tunnel::connector::{ConnectorConnection, ConnectorEvent};
-use burrow_core::tunnel::edge::{EdgeEndpoint, EdgeEvent};
+use burrow_core::connector::{Connector, Event, Input, Io, Output};
+use burrow_core::control::{ConnectionDetails, Registration, RegistrationError};
+use burrow_core::datagram::LinkId;
+use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
+use burrow_core::tunnel::udp::DatagramHub;
+use burrow_core::tunnel::Received;
 use fnv::FnvHasher;
 
 use crate::clock::{Clock, VirtualTime};
 use crate::net::Network;
 use crate::origin::Origins;
+use crate::udp::{OriginNet, Read};
 
 /// Datagrams a node may send in one batch, as a GSO-capable socket would take them.
 const GSO_SEGMENTS: usize = 10;
-use crate::udp::ConnectorUdp;
-use burrow_core::session::SessionLimits;
+/// First port of a connector's edge sockets (HA index `i` sends from `BASE_PORT + i`).
+const BASE_PORT: u16 = 40000;
 
 /// Something a node reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Happening {
     /// The edge reported an event.
     Edge(EdgeEvent),
-    /// Connector `index` reported an event.
-    Connector(usize, ConnectorEvent),
+    /// Connector process `index` reported an event.
+    Connector(usize, Event),
 }
 
 /// Every event with its virtual time, hashed as it is recorded so a run has one fingerprint.
@@ -67,6 +77,54 @@ impl Trace {
     }
 }
 
+/// One connector process: the machine and the sockets the world keeps for it.
+pub struct Node {
+    /// The machine under test.
+    pub connector: Connector,
+    /// Its host's address; HA index `i`'s socket is this IP at `BASE_PORT + i`.
+    ip: [u8; 4],
+    /// The deadline of its last [`Output::Timeout`].
+    deadline: Option<Instant>,
+    /// The edge connection serving each of its links (from its `Registered` events, as the
+    /// simulated edge names a connection's details after its id).
+    pub served: BTreeMap<LinkId, (u8, ConnId)>,
+    /// Every link that ever registered, and its edge connection.
+    history: BTreeMap<LinkId, ConnId>,
+}
+
+impl Node {
+    /// The address HA index `index` sends from.
+    pub fn socket(&self, index: u8) -> SocketAddr {
+        SocketAddr::from((self.ip, BASE_PORT + u16::from(index)))
+    }
+
+    /// The edge connection `link` registered as, if it did.
+    pub fn served_by(&self, link: LinkId) -> Option<ConnId> {
+        self.history.get(&link).copied()
+    }
+
+    /// The datagram plane, for its counters.
+    pub fn hub(&self) -> &DatagramHub {
+        self.connector.datagram_hub()
+    }
+
+    /// Edge connections registered and serving now, lowest HA index first.
+    pub fn live(&self) -> Vec<ConnId> {
+        let mut live: Vec<(u8, ConnId)> = self.served.values().copied().collect();
+        live.sort();
+        live.into_iter().map(|(_, c)| c).collect()
+    }
+
+    /// Bytes the connector's connections hold and the streams they hold them for.
+    pub fn buffered(&self) -> (usize, usize) {
+        (0..self.connector.ha_connections() as u8)
+            .filter_map(|i| self.connector.connection(i))
+            .fold((0, 0), |(b, s), c| {
+                (b + c.buffered_bytes(), s + c.active_streams())
+            })
+    }
+}
+
 /// An edge, its connectors, and the network between them.
 pub struct World {
     /// Maps virtual time to the `Instant`s the state machines take.
@@ -77,21 +135,31 @@ pub struct World {
     pub net: Network,
     /// What happened.
     pub trace: Trace,
-    /// The edge's address.
-    pub edge_addr: SocketAddr,
+    /// The edge's addresses (one per HA index, as cloudflared's edge pool gives them); one
+    /// edge process serves them all.
+    pub edge_addrs: Vec<SocketAddr>,
     /// The edge, `None` while it is down.
     pub edge: Option<EdgeEndpoint>,
-    /// Connectors by index, each with its address; `None` once dropped.
-    pub connectors: Vec<(SocketAddr, Option<ConnectorConnection>)>,
+    /// Connector processes.
+    pub connectors: Vec<Node>,
     /// The origins behind every connector.
     pub origins: Origins,
     /// Times a scenario asked to be woken at (slow readers, pacing).
-    pub wakeups: std::collections::BTreeSet<VirtualTime>,
-    /// The connectors' UDP sessions and the origin network behind them.
-    pub udp: ConnectorUdp,
+    pub wakeups: BTreeSet<VirtualTime>,
+    /// The network behind the connectors' UDP sessions and ping sockets.
+    pub udp: OriginNet,
+    /// The edge's answer to a registration (its tunnel store).
+    pub registrar: Box<Registrar>,
+    /// Which edge address each connector socket dials (edge packets come from it).
+    routes: HashMap<SocketAddr, SocketAddr>,
+    /// Events of the current step.
+    pending: Vec<Happening>,
     buf: Vec<u8>,
     stalled_steps: u32,
 }
+
+/// How the edge answers a registration on a connection.
+pub type Registrar = dyn Fn(ConnId, &Registration) -> Result<ConnectionDetails, RegistrationError>;
 
 /// What one step did.
 #[derive(Debug)]
@@ -103,53 +171,201 @@ pub enum Step {
 }
 
 impl World {
-    /// A world with an edge at `edge_addr` and no connectors yet.
-    pub fn new(clock: Clock, net: Network, edge_addr: SocketAddr, edge: EdgeEndpoint) -> Self {
+    /// A world with an edge at `edge_addrs` and no connectors yet.
+    pub fn new(
+        clock: Clock,
+        net: Network,
+        edge_addrs: Vec<SocketAddr>,
+        edge: EdgeEndpoint,
+    ) -> Self {
         Self {
             clock,
             now: VirtualTime::ZERO,
             net,
             trace: Trace::new(),
-            edge_addr,
+            edge_addrs,
             edge: Some(edge),
             connectors: Vec::new(),
             origins: Origins::new(),
-            wakeups: std::collections::BTreeSet::new(),
-            udp: ConnectorUdp::new(SessionLimits::default()),
+            wakeups: BTreeSet::new(),
+            udp: OriginNet::default(),
+            registrar: Box::new(|_, _| {
+                Err(RegistrationError {
+                    cause: "no tunnels".into(),
+                    should_retry: false,
+                    retry_after: Duration::ZERO,
+                })
+            }),
+            routes: HashMap::new(),
+            pending: Vec::new(),
             buf: Vec::with_capacity(2048),
             stalled_steps: 0,
         }
     }
 
+    /// Adds a connector process; returns its index.
+    pub fn add(&mut self, connector: Connector) -> usize {
+        let n = self.connectors.len();
+        self.connectors.push(Node {
+            connector,
+            ip: [192, 0, 2, 10 + n as u8],
+            deadline: None,
+            served: BTreeMap::new(),
+            history: BTreeMap::new(),
+        });
+        self.drain(n);
+        n
+    }
+
     /// The `Instant` of the current virtual time.
-    pub fn instant(&self) -> std::time::Instant {
+    pub fn instant(&self) -> Instant {
         self.clock.instant(self.now)
     }
 
-    /// Moves every datagram the nodes want to send into the network, after letting the
-    /// origins act on what the connectors asked of them.
-    fn flush(&mut self) {
+    /// Feeds connector `n` one input and does what it asks.
+    pub fn feed(&mut self, n: usize, input: Input<'_>) {
         let now = self.instant();
-        for (i, (_, conn)) in self.connectors.iter_mut().enumerate() {
-            if let Some(conn) = conn {
-                self.origins.pump(self.now, now, i, conn);
+        self.connectors[n].connector.handle_input(now, input);
+        self.drain(n);
+    }
+
+    /// Drains connector `n`'s outputs: transmits into the network, I/O on the origins and the
+    /// origin network (answered at once where a driver would), events into this step's list.
+    fn drain(&mut self, n: usize) {
+        let now = self.instant();
+        let vnow = self.now;
+        let World {
+            connectors,
+            net,
+            origins,
+            udp,
+            routes,
+            pending,
+            ..
+        } = self;
+        let node = &mut connectors[n];
+        let ip = node.ip;
+        let socket = |index: u8| SocketAddr::from((ip, BASE_PORT + u16::from(index)));
+        let (served, history) = (&mut node.served, &mut node.history);
+        node.deadline = node.connector.drain(now, |out| match out {
+            Output::Transmit {
+                index,
+                transmit,
+                data,
+            } => {
+                // The network carries datagrams: a GSO batch leaves as its segments.
+                for d in transmit.datagrams(data) {
+                    net.send(vnow, socket(index), transmit.destination, d.to_vec());
+                }
+                None
             }
+            Output::Event(e) => {
+                match &e {
+                    Event::Registered {
+                        index,
+                        link,
+                        details,
+                        ..
+                    } => {
+                        let conn = ConnId(details.uuid.as_u128() as usize - 1);
+                        served.insert(*link, (*index, conn));
+                        history.insert(*link, conn);
+                    }
+                    Event::LinkClosed { link, .. } => {
+                        served.remove(link);
+                    }
+                    _ => {}
+                }
+                pending.push(Happening::Connector(n, e));
+                None
+            }
+            Output::Io(Io::EdgeSocket { index, edge }) => {
+                routes.insert(socket(index), edge);
+                Some(Input::EdgeSocket {
+                    index,
+                    max_segments: GSO_SEGMENTS,
+                })
+            }
+            Output::Io(io) => match io {
+                Io::OpenUdp { flow, dest } => Some(match udp.open(vnow, n, flow, dest) {
+                    Ok(()) => Input::UdpOpened(flow),
+                    Err(reason) => Input::UdpFailed { flow, reason },
+                }),
+                Io::SendUdp { flow, payload } => {
+                    udp.write_udp(vnow, n, flow, payload.to_vec());
+                    None
+                }
+                Io::CloseUdp { flow } => {
+                    udp.close(vnow, n, flow);
+                    None
+                }
+                Io::OpenFunnel { funnel, .. } => {
+                    udp.open_funnel(n, funnel);
+                    None
+                }
+                Io::SendPing {
+                    funnel,
+                    dst,
+                    message,
+                    ..
+                } => {
+                    udp.ping(vnow, n, funnel, dst, message);
+                    None
+                }
+                Io::CloseFunnel { funnel } => {
+                    udp.close_funnel(n, funnel);
+                    None
+                }
+                flow_io => {
+                    origins.apply(vnow, n, flow_io);
+                    None
+                }
+            },
+            Output::Timeout(_) => None,
+        });
+    }
+
+    /// Moves every datagram the nodes want to send into the network, after letting the
+    /// origins and the origin network act.
+    fn flush(&mut self) {
+        for n in 0..self.connectors.len() {
+            self.drain(n);
         }
-        self.udp.pump(self.now, &self.clock, &mut self.connectors);
+        loop {
+            let Some((n, input)) = self.origins.next_input(self.now) else {
+                break;
+            };
+            let now = self.instant();
+            self.connectors[n]
+                .connector
+                .handle_input(now, input.as_input());
+            self.drain(n);
+        }
+        while let Some(read) = self.udp.next_read(self.now) {
+            let now = self.instant();
+            let n = read.node();
+            let mut buf = std::mem::take(&mut self.udp.buf);
+            let input = read.as_input(&mut buf);
+            let before = self.connectors[n].hub().stats().datagrams_out;
+            self.connectors[n].connector.handle_input(now, input);
+            let queued = self.connectors[n].hub().stats().datagrams_out > before;
+            self.udp.buf = buf;
+            if let Read::Udp(..) = read {
+                self.udp.count_echo(queued);
+            }
+            self.drain(n);
+        }
+        let now = self.instant();
         if let Some(edge) = &mut self.edge {
             while let Some(t) = edge.poll_transmit(now, GSO_SEGMENTS, &mut self.buf) {
+                // The edge answers from the address the connector dialled.
+                let from = self
+                    .routes
+                    .get(&t.destination)
+                    .copied()
+                    .unwrap_or(self.edge_addrs[0]);
                 for d in t.datagrams(&self.buf) {
-                    self.net
-                        .send(self.now, self.edge_addr, t.destination, d.to_vec());
-                }
-            }
-        }
-        for (addr, conn) in &mut self.connectors {
-            let Some(conn) = conn else { continue };
-            while let Some(t) = conn.poll_transmit(now, GSO_SEGMENTS, &mut self.buf) {
-                // The network carries datagrams: a GSO batch leaves as its segments.
-                for d in t.datagrams(&self.buf) {
-                    self.net.send(self.now, *addr, t.destination, d.to_vec());
+                    self.net.send(self.now, from, t.destination, d.to_vec());
                 }
             }
         }
@@ -157,34 +373,20 @@ impl World {
 
     /// Drains every node's events into the trace and returns them.
     fn collect(&mut self) -> Vec<Happening> {
-        let mut out = Vec::new();
+        let mut out = std::mem::take(&mut self.pending);
         if let Some(edge) = &mut self.edge {
+            let now = self.clock.instant(self.now);
             while let Some(e) = edge.poll_event() {
+                if let EdgeEvent::RegisterRequested { conn, registration } = &e {
+                    let answer = (self.registrar)(*conn, registration);
+                    // The connection may have gone meanwhile.
+                    let _ = edge.respond_registration(now, *conn, answer);
+                }
                 out.push(Happening::Edge(e));
-            }
-        }
-        for (i, (_, conn)) in self.connectors.iter_mut().enumerate() {
-            let Some(conn) = conn else { continue };
-            while let Some(e) = conn.poll_event() {
-                out.push(Happening::Connector(i, e));
             }
         }
         for h in &out {
             self.trace.record(self.now, h);
-            if let Happening::Connector(i, e) = h {
-                self.udp
-                    .on_connector_event(self.now, &self.clock, *i, e, &mut self.connectors);
-            }
-            if let Happening::Connector(i, ConnectorEvent::Closed { .. }) = h {
-                // The supervisor's part: sessions move to a connection still up, if any.
-                let successor = self
-                    .connectors
-                    .iter()
-                    .enumerate()
-                    .find(|(j, (_, c))| *j != *i && c.as_ref().is_some_and(|c| !c.is_closed()))
-                    .map(|(j, _)| ConnectorUdp::link(j));
-                self.udp.hub.link_closed(ConnectorUdp::link(*i), successor);
-            }
         }
         out
     }
@@ -200,7 +402,7 @@ impl World {
         for t in [
             self.origins.next_deadline(),
             self.wakeups.first().copied(),
-            self.udp.next_deadline(&self.clock),
+            self.udp.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -208,7 +410,7 @@ impl World {
             next = Some(next.map_or(t, |n| n.min(t)));
         }
         let clock = self.clock;
-        let mut consider = |t: Option<std::time::Instant>| {
+        let mut consider = |t: Option<Instant>| {
             if let Some(t) = t.map(|i| clock.virtual_time(i)) {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
@@ -216,10 +418,8 @@ impl World {
         if let Some(edge) = &mut self.edge {
             consider(edge.poll_timeout());
         }
-        for (_, conn) in self.connectors.iter_mut() {
-            if let Some(conn) = conn {
-                consider(conn.poll_timeout());
-            }
+        for node in &self.connectors {
+            consider(node.deadline);
         }
         let Some(next) = next.filter(|n| *n <= limit) else {
             self.now = self.now.max(limit);
@@ -242,30 +442,35 @@ impl World {
         }
         let now = self.instant();
         while let Some(p) = self.net.poll_arrival(self.now) {
-            if p.to == self.edge_addr {
+            if self.edge_addrs.contains(&p.to) {
                 if let Some(edge) = &mut self.edge {
                     edge.handle_datagram(now, p.from, &p.data);
                 }
-            } else if let Some((_, Some(conn))) =
-                self.connectors.iter_mut().find(|(a, _)| *a == p.to)
-            {
-                conn.handle_datagram(now, p.from, &p.data);
+                continue;
             }
+            let Some(n) = self
+                .connectors
+                .iter()
+                .position(|c| c.ip == ip_of(p.to) && p.to.port() >= BASE_PORT)
+            else {
+                continue;
+            };
+            let Ok(index) = u8::try_from(p.to.port() - BASE_PORT) else {
+                continue;
+            };
+            let received = Received::single(p.from, &p.data);
+            self.feed(n, Input::Received { index, received });
         }
         if let Some(edge) = &mut self.edge {
             if edge.poll_timeout().is_some_and(|t| t <= now) {
                 edge.handle_timeout(now);
             }
         }
-        for (_, conn) in self.connectors.iter_mut() {
-            if let Some(conn) = conn {
-                if conn.poll_timeout().is_some_and(|t| t <= now) {
-                    conn.handle_timeout(now);
-                }
+        for n in 0..self.connectors.len() {
+            if self.connectors[n].deadline.is_some_and(|t| t <= now) {
+                self.feed(n, Input::Timeout);
             }
         }
-        self.udp
-            .handle_timeout(self.now, &self.clock, &mut self.connectors);
         self.flush();
         Ok(Step::Progress(self.collect()))
     }
@@ -310,5 +515,29 @@ impl World {
     /// Virtual time `d` from now.
     pub fn after(&self, d: Duration) -> VirtualTime {
         self.now + d
+    }
+
+    /// Cuts or heals every path between connector `n`'s sockets and the edge.
+    pub fn partition_node(&mut self, n: usize, partitioned: bool) {
+        let ha = self.connectors[n].connector.ha_connections() as u8;
+        for index in 0..ha {
+            self.partition_index(n, index, partitioned);
+        }
+    }
+
+    /// Cuts or heals every path between the socket of connector `n`'s HA index `index` and
+    /// the edge.
+    pub fn partition_index(&mut self, n: usize, index: u8, partitioned: bool) {
+        let socket = self.connectors[n].socket(index);
+        for edge in self.edge_addrs.clone() {
+            self.net.set_partition(edge, socket, partitioned);
+        }
+    }
+}
+
+fn ip_of(a: SocketAddr) -> [u8; 4] {
+    match a.ip() {
+        std::net::IpAddr::V4(v4) => v4.octets(),
+        std::net::IpAddr::V6(_) => [0; 4],
     }
 }

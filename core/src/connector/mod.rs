@@ -26,6 +26,7 @@ use crate::icmp::{FunnelId, RouterAction};
 use crate::ingress::Origin;
 use crate::session::{SessionAction, UdpFlowId};
 use crate::stream::proxy::FlowKind;
+use crate::tunnel::connector::ConnectorConnection;
 use crate::tunnel::data::{FlowId, OriginAction};
 use crate::tunnel::supervisor::{EdgePool, Supervisor, SupervisorConfig};
 use crate::tunnel::udp::{DatagramHub, Egress, HubAction};
@@ -316,6 +317,31 @@ impl Connector {
     /// The process-wide flow limiter, for its counters.
     pub fn flow_limiter(&self) -> &FlowLimiter {
         self.sup.flow_limiter()
+    }
+
+    /// The connection of HA index `index`, while it has one (for its counters).
+    pub fn connection(&self, index: u8) -> Option<&ConnectorConnection> {
+        self.sup.connection(index)
+    }
+
+    /// Drains [`Connector::poll_output`] into `io` until it says [`Output::Timeout`], feeding
+    /// back at once the input `io` answers with (a socket opened, a flow connected); returns
+    /// the deadline. The inner half of a driver loop that answers some I/O in place (the
+    /// simulator, the tests).
+    pub fn drain(
+        &mut self,
+        now: Instant,
+        mut io: impl FnMut(Output<'_>) -> Option<Input<'static>>,
+    ) -> Option<Instant> {
+        loop {
+            let answer = match self.poll_output(now) {
+                Output::Timeout(deadline) => return deadline,
+                out => io(out),
+            };
+            if let Some(input) = answer {
+                self.handle_input(now, input);
+            }
+        }
     }
 
     /// Takes one input. Stale ones (a flow or link that is gone) are ignored.

@@ -372,10 +372,3 @@ fn frame_ip(version: DatagramVersion, out: &mut [u8], len: usize) -> Option<Byte
         }
     }
 }
-
-impl Links for [(std::net::SocketAddr, Option<ConnectorConnection>)] {
-    /// Connections by index: the link is the index (as the simulator assigns them).
-    fn connection(&mut self, link: LinkId) -> Option<&mut ConnectorConnection> {
-        self.get_mut(usize::try_from(link.0).ok()?)?.1.as_mut()
-    }
-}

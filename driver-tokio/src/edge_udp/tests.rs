@@ -18,7 +18,7 @@ use burrow_core::session::{
     SessionAction, SessionLimits, SessionManager, UdpFlowId, HEADROOM, TAILROOM,
 };
 use burrow_core::tunnel::connector::{ConnectorConfig, ConnectorConnection};
-use burrow_core::tunnel::udp::{DatagramHub, Egress, HubAction};
+use burrow_core::tunnel::udp::{DatagramHub, Egress, HubAction, Links};
 use bytes::BytesMut;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
@@ -71,9 +71,8 @@ async fn connector(edge: SocketAddr, ca_pem: Vec<u8>, creds: Credentials) {
         ..ConnectorConfig::new(registration, client)
     };
     let sock = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-    let local = sock.local_addr().unwrap();
     let conn = ConnectorConnection::connect(Instant::now(), config, edge, [4; 32]).unwrap();
-    let mut links = [(local, Some(conn))];
+    let mut links = OneLink(Some(conn));
     let mut hub = DatagramHub::new(
         SessionManager::new(SessionLimits::default()),
         IcmpRouter::new(RouterConfig::new(Some(Ipv4Addr::LOCALHOST), None)),
@@ -85,7 +84,7 @@ async fn connector(edge: SocketAddr, ca_pem: Vec<u8>, creds: Credentials) {
     let mut obuf = BytesMut::new();
     loop {
         let now = Instant::now();
-        let Some(conn) = links[0].1.as_mut() else {
+        let Some(conn) = links.0.as_mut() else {
             return;
         };
         while let Some(t) = conn.poll_transmit(now, 1, &mut buf) {
@@ -99,7 +98,7 @@ async fn connector(edge: SocketAddr, ca_pem: Vec<u8>, creds: Credentials) {
                 }
             }
         });
-        while let Some(a) = hub.poll_action(&mut links[..]) {
+        while let Some(a) = hub.poll_action(&mut links) {
             match a {
                 HubAction::Session(SessionAction::Open { flow, dest }) => {
                     let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
@@ -129,7 +128,7 @@ async fn connector(edge: SocketAddr, ca_pem: Vec<u8>, creds: Credentials) {
             }
         }
         // Actions may have queued datagrams (registration answers): send before sleeping.
-        let conn = links[0].1.as_mut().unwrap();
+        let conn = links.0.as_mut().unwrap();
         let mut sent = false;
         while let Some(t) = conn.poll_transmit(now, 1, &mut buf) {
             sent = true;
@@ -145,7 +144,7 @@ async fn connector(edge: SocketAddr, ca_pem: Vec<u8>, creds: Credentials) {
             .unwrap_or(now + Duration::from_secs(1));
         tokio::select! {
             r = sock.recv_from(&mut rbuf) => {
-                if let (Ok((n, from)), Some(conn)) = (r, links[0].1.as_mut()) {
+                if let (Ok((n, from)), Some(conn)) = (r, links.0.as_mut()) {
                     conn.handle_datagram(Instant::now(), from, &rbuf[..n]);
                 }
             }
@@ -153,16 +152,25 @@ async fn connector(edge: SocketAddr, ca_pem: Vec<u8>, creds: Credentials) {
                 obuf.clear();
                 obuf.resize(HEADROOM + data.len() + TAILROOM, 0);
                 obuf[HEADROOM..HEADROOM + data.len()].copy_from_slice(&data);
-                hub.origin_read(Instant::now(), flow, &mut obuf, data.len(), &mut links[..]);
+                hub.origin_read(Instant::now(), flow, &mut obuf, data.len(), &mut links);
             }
             () = tokio::time::sleep_until(deadline.into()) => {
                 let now = Instant::now();
-                if let Some(conn) = links[0].1.as_mut() {
+                if let Some(conn) = links.0.as_mut() {
                     conn.handle_timeout(now);
                 }
                 hub.handle_timeout(now);
             }
         }
+    }
+}
+
+/// The one connection the connector half of this test runs, whatever the link.
+struct OneLink(Option<ConnectorConnection>);
+
+impl Links for OneLink {
+    fn connection(&mut self, _: LinkId) -> Option<&mut ConnectorConnection> {
+        self.0.as_mut()
     }
 }
 

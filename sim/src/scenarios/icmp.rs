@@ -149,8 +149,8 @@ impl Pinger {
 /// Traceroute (TTL 1..8) and pings from two requesters sharing an echo id, v4 and v6.
 pub(super) fn icmp_traceroute(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let mut c = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, &mut c)?;
+    let c = s.add_connector(1, s.secret.clone());
+    let conn = register(&mut s, c)?;
     let start = s.world.now;
     let mut pinger = Pinger {
         conn,
@@ -218,7 +218,7 @@ pub(super) fn icmp_traceroute(p: &Params) -> Result<u64, String> {
         w,
     )?;
     // v4 and v6: the traceroute's key and two requesters' keys.
-    let funnels = w.udp.hub.icmp.funnels();
+    let funnels = w.connectors[c].hub().icmp.funnels();
     expect(
         funnels == 6,
         &format!("one funnel per (src, dst, id): {funnels}"),
@@ -228,8 +228,12 @@ pub(super) fn icmp_traceroute(p: &Params) -> Result<u64, String> {
     let quiet = s.world.after(Duration::from_secs(12));
     s.world.run_ticking(quiet, |w, _| Ok(w.now >= quiet))?;
     let w = &s.world;
-    expect(w.udp.hub.icmp.funnels() == 0, "idle funnels close", w)?;
-    let line = format!("{:?} {:?}", w.udp.stats(), w.udp.hub.stats());
+    expect(
+        w.connectors[c].hub().icmp.funnels() == 0 && w.udp.funnels() == 0,
+        "idle funnels close, and their ping sockets",
+        w,
+    )?;
+    let line = format!("{:?} {:?}", w.udp.stats(), w.connectors[c].hub().stats());
     s.world.trace.record(s.world.now, &line);
     Ok(s.world.trace.hash())
 }

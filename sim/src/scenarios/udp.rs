@@ -5,11 +5,13 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use burrow_core::datagram::v3::ResponseCode;
-use burrow_core::session::{DropReason, SessionLimits};
+use burrow_core::session::DropReason;
 use burrow_core::tunnel::edge::ConnId;
 
-use super::{expect, register, setup, Params, Setup};
-use crate::udp::{ConnectorUdp, Eyeball, ECHO_PORT, UNREACHABLE};
+use burrow_core::connector::Event;
+
+use super::{expect, register, setup, Params, Setup, HA};
+use crate::udp::{Eyeball, ECHO_PORT, UNREACHABLE};
 use crate::world::Happening;
 
 /// `n` destinations: echo services, every 50th unreachable when `unreachable` is set.
@@ -33,18 +35,39 @@ fn ids(s: &mut Setup) -> impl Iterator<Item = u128> {
     (0u128..).map(move |i| base | i)
 }
 
-/// Runs the eyeball until `done` says so or `limit` passes; registrations are answered.
+/// Runs the eyeball until `done` says so or `limit` passes. A served connection that closes
+/// is a failure unless `on_event` takes it.
 fn drive(
     s: &mut Setup,
     eye: &mut Eyeball,
     limit: Duration,
     mut done: impl FnMut(&Eyeball, &crate::world::World) -> bool,
 ) -> Result<(), String> {
+    drive_with(s, eye, limit, &mut done, |_, _| Ok(false))
+}
+
+/// [`drive`], handing every event to `on_event` first (true: handled).
+fn drive_with(
+    s: &mut Setup,
+    eye: &mut Eyeball,
+    limit: Duration,
+    done: &mut impl FnMut(&Eyeball, &crate::world::World) -> bool,
+    mut on_event: impl FnMut(&mut Eyeball, &Happening) -> Result<bool, String>,
+) -> Result<(), String> {
     let limit = s.world.after(limit);
     s.world.run_ticking(limit, |w, h| {
+        if let Some(h) = &h {
+            if on_event(eye, h)? {
+                return Ok(false);
+            }
+        }
         if let Some(Happening::Connector(
             _,
-            burrow_core::tunnel::connector::ConnectorEvent::Closed { reason },
+            Event::LinkClosed {
+                reason,
+                was_registered: true,
+                ..
+            },
         )) = &h
         {
             return Err(format!("connection closed: {reason}"));
@@ -71,16 +94,12 @@ fn settle(s: &mut Setup, eye: &mut Eyeball, d: Duration) -> Result<(), String> {
 /// Checks that every payload the eyeball sent is accounted for: echoed, or dropped where
 /// something counted it (the manager by reason, the hub, quinn, or the network as quinn's
 /// frame counters show).
-fn account(
-    s: &Setup,
-    eye: &Eyeball,
-    edge_conns: &[ConnId],
-    connectors: &[usize],
-) -> Result<String, String> {
+fn account(s: &Setup, eye: &Eyeball, edge_conns: &[ConnId], c: usize) -> Result<String, String> {
     let w = &s.world;
     let o = w.udp.stats();
-    let hub = w.udp.hub.stats();
-    let m = w.udp.hub.sessions.stats();
+    let node = &w.connectors[c];
+    let hub = node.hub().stats();
+    let m = node.hub().sessions.stats();
     let edge = w.edge.as_ref().ok_or("edge down")?;
     let (mut e_tx, mut e_rx) = (0, 0);
     for c in edge_conns {
@@ -89,9 +108,9 @@ fn account(
             e_rx += st.frame_rx.datagram;
         }
     }
-    let (mut c_tx, mut c_rx) = (0, 0);
-    for &i in connectors {
-        if let Some(conn) = &w.connectors[i].1 {
+    let (mut c_tx, mut c_rx) = (0u64, 0u64);
+    for i in 0..node.connector.ha_connections() as u8 {
+        if let Some(conn) = node.connector.connection(i) {
             let st = conn.quic_stats();
             c_tx += st.frame_tx.datagram;
             c_rx += st.frame_rx.datagram;
@@ -154,8 +173,8 @@ fn account(
 /// refused with `UnableToBindSocket`.
 pub(super) fn udp_echo(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let mut c = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, &mut c)?;
+    let c = s.add_connector(HA, s.secret.clone());
+    let conn = register(&mut s, c)?;
     let n = if p.quick { 300 } else { 10_000 };
     let spread = Duration::from_millis(if p.quick { 500 } else { 5_000 });
     let ids = ids(&mut s);
@@ -186,7 +205,7 @@ pub(super) fn udp_echo(p: &Params) -> Result<u64, String> {
         w,
     )?;
     expect(
-        w.udp.hub.sessions.active() == n - unreachable,
+        w.connectors[c].hub().sessions.active() == n - unreachable,
         "every reachable session is live",
         w,
     )?;
@@ -197,11 +216,11 @@ pub(super) fn udp_echo(p: &Params) -> Result<u64, String> {
     )?;
     // A lost refusal brings a retried registration, which dials (and fails) again.
     expect(
-        w.udp.hub.sessions.stats().bind_failures >= unreachable as u64,
+        w.connectors[c].hub().sessions.stats().bind_failures >= unreachable as u64,
         "bind failures counted",
         w,
     )?;
-    let line = account(&s, &eye, &[conn], &[c])?;
+    let line = account(&s, &eye, &[conn], c)?;
     s.world.trace.record(s.world.now, &line);
     Ok(s.world.trace.hash())
 }
@@ -209,8 +228,8 @@ pub(super) fn udp_echo(p: &Params) -> Result<u64, String> {
 /// Sessions end on virtual time when idle; every socket is closed.
 pub(super) fn udp_idle(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let mut c = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, &mut c)?;
+    let c = s.add_connector(1, s.secret.clone());
+    let conn = register(&mut s, c)?;
     let n = 50;
     let hint = Duration::from_secs(3);
     let ids = ids(&mut s);
@@ -251,33 +270,38 @@ pub(super) fn udp_idle(p: &Params) -> Result<u64, String> {
     )?;
     let idle_for = w.now.since_start() - last_traffic.since_start();
     expect(
-        w.udp.hub.sessions.active() == 0,
+        w.connectors[c].hub().sessions.active() == 0,
         &format!("every session ended {idle_for:?} after its last packet"),
         w,
     )?;
     expect(w.udp.sockets() == 0, "every origin socket closed", w)?;
     expect(
-        w.udp.hub.sessions.stats().idle_closed == n as u64,
+        w.connectors[c].hub().sessions.stats().idle_closed == n as u64,
         "ended by the idle timer",
         w,
     )?;
     expect(
-        w.udp.hub.sessions.poll_timeout().is_none(),
+        w.connectors[c].hub().sessions.poll_timeout().is_none(),
         "no timer left armed",
         w,
     )?;
-    record_stats(&mut s, &eye);
+    record_stats(&mut s, &eye, c);
     Ok(s.world.trace.hash())
 }
 
-/// A connection dies during traffic: its sessions move to the other one, the edge re-registers
-/// them there, and nothing is torn down.
+/// A connection dies during traffic (its path to the edge is cut): the supervisor re-homes
+/// its sessions to the other HA connection, the edge re-registers them there, and nothing is
+/// torn down.
 pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
-    let mut a = s.add_connector(0, s.secret.clone())?;
-    let conn_a = register(&mut s, &mut a)?;
-    let mut b = s.add_connector(1, s.secret.clone())?;
-    let conn_b = register(&mut s, &mut b)?;
+    let c = s.add_connector(2, s.secret.clone());
+    register(&mut s, c)?;
+    let limit = s.world.after(super::REGISTER_WITHIN);
+    s.world
+        .run_ticking(limit, |w, _| Ok(w.connectors[c].live().len() == 2))?;
+    let live = s.world.connectors[c].live();
+    expect(live.len() == 2, "both HA connections serve", &s.world)?;
+    let (conn_a, conn_b) = (live[0], live[1]);
     let n = if p.quick { 100 } else { 1_000 };
     let ids = ids(&mut s);
     let mut eye = Eyeball::new(
@@ -313,28 +337,53 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
         &format!(
             "one socket per session ({opened} for {n}); unregistered: {pending:?} {:?} {:?}",
             eye.stats,
-            s.world.udp.hub.sessions.stats()
+            s.world.connectors[c].hub().sessions.stats()
         ),
         &s.world,
     )?;
-    // Connection A dies: the connector notices (here at once) and re-homes its sessions; the
-    // edge moves its flows to B and re-registers them.
-    s.world.connectors[a].1 = None;
-    s.world.origins.drop_connector(a);
-    s.world
-        .udp
-        .hub
-        .link_closed(ConnectorUdp::link(a), Some(ConnectorUdp::link(b)));
+    // Connection A's path dies: both ends notice by idle timeout. The connector re-homes A's
+    // sessions to B; the edge, once it drops A, re-registers its flows on B.
+    s.world.partition_index(c, 0, true);
     let before: Vec<u32> = eye.sessions.iter().map(|s| s.echoed).collect();
-    eye.move_sessions(conn_a, conn_b, s.world.now);
     let rest = eye.interval * eye.per_session + Duration::from_secs(60);
-    drive(&mut s, &mut eye, rest, |e, _| {
-        e.sessions
-            .iter()
-            .all(|s| s.registered && s.sent >= e.per_session)
-    })?;
+    let (mut edge_moved, mut connector_moved) = (false, false);
+    let now = s.world.now;
+    drive_with(
+        &mut s,
+        &mut eye,
+        rest,
+        &mut |e, _| {
+            e.sessions
+                .iter()
+                .all(|s| s.registered && s.sent >= e.per_session)
+        },
+        |eye, h| match h {
+            Happening::Edge(burrow_core::tunnel::edge::EdgeEvent::ConnectionClosed {
+                conn,
+                ..
+            }) if *conn == conn_a => {
+                eye.move_sessions(conn_a, conn_b, now.max(now));
+                edge_moved = true;
+                Ok(true)
+            }
+            Happening::Connector(_, Event::LinkClosed { .. }) if !connector_moved => {
+                connector_moved = true;
+                Ok(true)
+            }
+            // Index 0 reconnects (through the cut, in vain) while B serves.
+            Happening::Connector(
+                _,
+                Event::LinkClosed {
+                    was_registered: false,
+                    ..
+                },
+            ) => Ok(true),
+            _ => Ok(false),
+        },
+    )?;
     settle(&mut s, &mut eye, Duration::from_secs(2))?;
     let w = &s.world;
+    expect(edge_moved && connector_moved, "both ends noticed A die", w)?;
     expect(
         w.udp.stats().sockets_opened == opened,
         "no session was re-opened",
@@ -345,11 +394,8 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
         "no session was torn down",
         w,
     )?;
-    expect(
-        w.udp.hub.sessions.active() == n,
-        "every session lives on",
-        w,
-    )?;
+    let hub = w.connectors[c].hub();
+    expect(hub.sessions.active() == n, "every session lives on", w)?;
     let silent: Vec<String> = eye
         .sessions
         .iter()
@@ -364,18 +410,18 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
             silent.len(),
             eye.stats,
             w.udp.stats(),
-            w.udp.hub.sessions.stats()
+            hub.sessions.stats()
         ),
         w,
     )?;
-    let m = w.udp.hub.sessions.stats();
+    let m = hub.sessions.stats();
     expect(
         m.dropped(DropReason::NoLink) == 0,
         "no origin packet found no connection",
         w,
     )?;
     expect(m.migrated >= n as u64, "sessions counted as migrated", w)?;
-    record_stats(&mut s, &eye);
+    record_stats(&mut s, &eye, c);
     Ok(s.world.trace.hash())
 }
 
@@ -388,15 +434,9 @@ pub(super) fn udp_flood(p: &Params) -> Result<u64, String> {
     } else {
         (10_000, 100_000)
     };
-    s.world.udp = ConnectorUdp::new(SessionLimits::default());
-    s.world
-        .udp
-        .hub
-        .sessions
-        .flow_limiter()
-        .set_limit(limit as u64);
-    let mut c = s.add_connector(0, s.secret.clone())?;
-    let conn = register(&mut s, &mut c)?;
+    s.max_active_flows = Some(limit as u64);
+    let c = s.add_connector(1, s.secret.clone());
+    let conn = register(&mut s, c)?;
     let ids = ids(&mut s);
     let spread = Duration::from_millis(if p.quick { 1_000 } else { 20_000 });
     let mut eye = Eyeball::new(ids, &dests(flood, false), conn, s.world.now, spread, 0);
@@ -404,7 +444,7 @@ pub(super) fn udp_flood(p: &Params) -> Result<u64, String> {
     eye.bundle = false;
     let mut peak = 0;
     drive(&mut s, &mut eye, Duration::from_secs(300), |e, w| {
-        peak = peak.max(w.udp.hub.sessions.active());
+        peak = peak.max(w.connectors[c].hub().sessions.active());
         e.sessions
             .iter()
             .all(|s| s.registered || s.refused.is_some())
@@ -424,17 +464,17 @@ pub(super) fn udp_flood(p: &Params) -> Result<u64, String> {
         w,
     )?;
     expect(w.udp.sockets() == limit, "sockets stay at the limit", w)?;
-    record_stats(&mut s, &eye);
+    record_stats(&mut s, &eye, c);
     Ok(s.world.trace.hash())
 }
 
 /// Puts the run's counters into the trace, so the fingerprint covers the UDP traffic.
-fn record_stats(s: &mut Setup, eye: &Eyeball) {
+fn record_stats(s: &mut Setup, eye: &Eyeball, c: usize) {
     let line = format!(
         "{:?} {:?} {:?}",
         eye.stats,
         s.world.udp.stats(),
-        s.world.udp.hub.sessions.stats()
+        s.world.connectors[c].hub().sessions.stats()
     );
     s.world.trace.record(s.world.now, &line);
 }

@@ -337,6 +337,14 @@ impl Supervisor {
         }
     }
 
+    /// The connection of `index`, while it has one.
+    pub fn connection(&self, index: u8) -> Option<&ConnectorConnection> {
+        match &self.slots.get(index as usize)?.phase {
+            Phase::Running(r) => Some(&r.conn),
+            _ => None,
+        }
+    }
+
     /// True once everything is closed (after a shutdown or a fatal error).
     pub fn is_stopped(&self) -> bool {
         self.state == State::Stopped

@@ -157,49 +157,45 @@ impl World {
         let edge_addr: SocketAddr = EDGE.parse().expect("addr");
         loop {
             let mut any = false;
-            loop {
-                let now = self.now;
-                let answer = match self.connector.poll_output(now) {
-                    Output::Timeout(deadline) => {
-                        self.deadline = deadline;
-                        break;
-                    }
+            let now = self.now;
+            let start = self.start;
+            let (net, seq, events) = (&mut self.net, &mut self.seq, &mut self.events);
+            let (origin, actions) = (&mut self.origin, &mut self.origin_actions);
+            // The loop helper the simulator drives the connector with.
+            self.deadline = self.connector.drain(now, |out| {
+                any = true;
+                match out {
+                    Output::Timeout(_) => None,
                     Output::Transmit {
                         index,
                         transmit,
                         data,
                     } => {
                         for d in transmit.datagrams(data) {
-                            self.seq += 1;
-                            self.net.insert(
-                                (now + LATENCY, self.seq),
+                            *seq += 1;
+                            net.insert(
+                                (now + LATENCY, *seq),
                                 (conn_addr(index), transmit.destination, d.to_vec()),
                             );
                         }
                         None
                     }
                     Output::Event(e) => {
-                        self.events.push((now - self.start, e));
+                        events.push((now - start, e));
                         None
                     }
-                    Output::Io(io) => do_io(&mut self.origin, &mut self.origin_actions, io),
-                };
-                any = true;
-                if let Some(answer) = answer {
-                    let input = match &answer {
-                        TestAnswer::EdgeSocket(index) => Input::EdgeSocket {
-                            index: *index,
+                    Output::Io(io) => match do_io(origin, actions, io)? {
+                        TestAnswer::EdgeSocket(index) => Some(Input::EdgeSocket {
+                            index,
                             max_segments: 1,
-                        },
-                        TestAnswer::UdpOpened(flow) => Input::UdpOpened(*flow),
-                        TestAnswer::UdpFailed(flow, reason) => Input::UdpFailed {
-                            flow: *flow,
-                            reason,
-                        },
-                    };
-                    self.connector.handle_input(now, input);
+                        }),
+                        TestAnswer::UdpOpened(flow) => Some(Input::UdpOpened(flow)),
+                        TestAnswer::UdpFailed(flow, reason) => {
+                            Some(Input::UdpFailed { flow, reason })
+                        }
+                    },
                 }
-            }
+            });
             if let Some(edge) = &mut self.edge {
                 while let Some(t) = edge.poll_transmit(self.now, 1, &mut self.buf) {
                     let (dest, size) = (t.destination, t.size);
