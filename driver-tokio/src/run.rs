@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use burrow_core::ingress::{ConfigFile, Ingress, OriginFlagKeys, OriginRequestConfig, Service};
 use burrow_core::stream::tag::Tag;
+use burrow_core::tunnel::protocol::{ProtocolFlag, UnknownProtocol};
 use burrow_core::tunnel::supervisor::IpVersion;
 use clap::{Args, Subcommand};
 use thiserror::Error;
@@ -239,7 +240,7 @@ pub struct RunArgs {
     /// The single origin's options (cloudflared's legacy `--url`-mode flags).
     #[command(flatten)]
     pub origin: OriginFlags,
-    /// Transport protocol: quic (http2 is not supported yet) [default: auto].
+    /// Transport protocol: auto, quic or http2 [default: auto].
     #[arg(long, short = 'p', env = "TUNNEL_TRANSPORT_PROTOCOL")]
     pub protocol: Option<String>,
     /// Extra client feature strings.
@@ -296,6 +297,8 @@ pub struct Settings {
     pub icmpv6_src: Option<std::net::Ipv6Addr>,
     /// `--post-quantum`.
     pub post_quantum: bool,
+    /// `--protocol`.
+    pub protocol: ProtocolFlag,
     /// `--token`.
     pub token: Option<String>,
     /// `--token-file`.
@@ -337,19 +340,10 @@ impl Settings {
             }
         }
         let protocol = run.protocol.as_ref().or(file.protocol.as_ref());
-        match protocol.map_or("auto", String::as_str) {
-            "auto" | "quic" => {}
-            "http2" | "h2mux" => {
-                return Err(SetupError::Config(
-                    "the http2 protocol is not supported by burrow yet; use --protocol quic".into(),
-                ))
-            }
-            other => {
-                return Err(SetupError::Config(format!(
-                    "unknown protocol {other}, Available protocols: quic, http2"
-                )))
-            }
-        }
+        let protocol: ProtocolFlag = protocol
+            .map_or("auto", String::as_str)
+            .parse()
+            .map_err(|e: UnknownProtocol| SetupError::Config(e.to_string()))?;
         let grace_period = common
             .grace_period
             .or(file.grace_period.map(|d| d.0))
@@ -395,6 +389,7 @@ impl Settings {
             icmpv4_src: run.icmpv4_src.or(file.icmpv4_src),
             icmpv6_src: run.icmpv6_src.or(file.icmpv6_src),
             post_quantum: run.post_quantum || file.post_quantum.unwrap_or(false),
+            protocol,
             token: or(&run.token, &file.token),
             token_file: or(&run.token_file, &file.token_file),
             credentials_contents: or(&run.credentials_contents, &file.credentials_contents),
@@ -728,6 +723,7 @@ pub fn options(
             v6: settings.icmpv6_src,
         }),
         post_quantum: settings.post_quantum,
+        protocol: settings.protocol,
         metrics,
     })
 }
@@ -926,7 +922,11 @@ no-autoupdate: true
         assert!(e(&["--grace-period", "4m", "run"], "").contains("too long"));
         // The file's too-long value does not matter when the flag overrides it.
         assert!(settings(&["--grace-period", "1s", "run"], "grace-period: 4m\n").is_ok());
-        assert!(e(&["run"], "protocol: http2\n").contains("http2 protocol is not supported"));
+        assert!(e(&["run"], "protocol: h3\n").contains("unknown protocol h3"));
+        assert_eq!(
+            settings(&["run"], "protocol: http2\n").unwrap().protocol,
+            ProtocolFlag::Fixed(burrow_core::tunnel::protocol::Protocol::Http2)
+        );
         assert!(e(&["run"], "edge-ip-version: '5'\n").contains("edge-ip-version 5"));
         assert!(settings(&["run", "-p", "quic"], "protocol: http2\n").is_ok());
     }
