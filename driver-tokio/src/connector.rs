@@ -25,11 +25,13 @@ use burrow_core::settings::Credentials;
 use burrow_core::stream::proxy::FlowKind;
 use burrow_core::tunnel::connector::ConnectorConfig;
 use burrow_core::tunnel::data::{DataLimits, FlowId};
+use burrow_core::tunnel::protocol::{remote_selection, Protocol, ProtocolFlag, PERCENTAGE_RECORD};
 use burrow_core::tunnel::supervisor::{
     srv_service, EdgePool, IpVersion, SupervisorConfig, SupervisorError,
 };
 use burrow_core::tunnel::Transmit;
 use thiserror::Error;
+use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
@@ -73,6 +75,8 @@ pub struct Options {
     pub icmp: Option<IcmpSources>,
     /// `--post-quantum`.
     pub post_quantum: bool,
+    /// `--protocol`.
+    pub protocol: ProtocolFlag,
     /// Metrics (shared with the metrics server).
     pub metrics: Arc<Metrics>,
 }
@@ -157,6 +161,24 @@ pub async fn discover(edges: &Edges, ip_version: IpVersion) -> Result<EdgePool, 
     }
 }
 
+/// The first TXT record of [`PERCENTAGE_RECORD`] (none if the lookup fails).
+async fn percentage_record() -> Option<String> {
+    let resolver = hickory_resolver::Resolver::builder_tokio().ok()?.build();
+    let lookup = tokio::time::timeout(
+        Duration::from_secs(10),
+        resolver.txt_lookup(PERCENTAGE_RECORD),
+    )
+    .await
+    .ok()?
+    .ok()?;
+    let record = lookup.iter().next()?;
+    let text: Vec<u8> = record
+        .iter()
+        .flat_map(|part| part.iter().copied())
+        .collect();
+    String::from_utf8(text).ok()
+}
+
 /// Root certificates for the edge: `--cacert` alone, else cloudflared's default (the system
 /// store plus Cloudflare's Origin CA roots, which the edge's certificate chains to).
 fn edge_roots(cacert: Option<&[u8]>) -> Result<rustls::RootCertStore, tls::TlsError> {
@@ -186,7 +208,19 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     } else {
         PostQuantum::Prefer
     };
+    let http2_tls = burrow_core::http2::tls::client_config(roots.clone(), pq)?;
     let client = quinn_proto::ClientConfig::new(Arc::new(tls::client_config(roots, pq)?));
+    let auto_initial = match (opts.protocol, &opts.edges) {
+        (ProtocolFlag::Auto, Edges::Srv { .. }) => {
+            let txt = percentage_record().await;
+            if txt.is_none() {
+                warn!("Unable to lookup protocol percentage.");
+            }
+            remote_selection(txt.as_deref(), &opts.creds.account_tag)
+        }
+        // The percentage record describes Cloudflare's edge, not one given with --edge.
+        _ => Protocol::Quic,
+    };
     let features = features(opts.post_quantum, &opts.features);
     let metrics = opts.metrics.clone();
     let registration = Registration::new(
@@ -213,6 +247,9 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         ..ConnectorConfig::new(registration, client)
     };
     let mut config = SupervisorConfig::new(connector);
+    config.protocol = opts.protocol;
+    config.auto_initial = auto_initial;
+    config.http2_tls = Some(http2_tls);
     config.ha_connections = opts.ha_connections;
     config.max_active_flows = opts.max_active_flows;
     config.local_max_active_flows = opts.local_max_active_flows;
@@ -270,6 +307,12 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         if machine.is_stopped() {
             break;
         }
+        // TCP connections to read (the link took all it was given) or to finish writing.
+        let wanted: Vec<(LinkId, bool)> = io
+            .edges
+            .iter()
+            .map(|(&link, e)| (link, !e.eof && machine.edge_wants_read(link)))
+            .collect();
         let sleep = async {
             match deadline {
                 Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
@@ -305,6 +348,23 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                     on_report(now, &mut machine, &io.flows, &metrics, report);
                 }
             }
+            Some((link, dialed)) = io.dial_rx.recv() => {
+                let now = Instant::now();
+                match dialed.and_then(|s| s.set_nodelay(true).and(s.local_addr()).map(|a| (s, a))) {
+                    Ok((stream, local)) => {
+                        io.edges.insert(link, EdgeTcp { stream, unsent: Vec::new(), close: false, eof: false });
+                        machine.handle_input(now, Input::EdgeConnected { link, local: local.ip() });
+                    }
+                    Err(e) => {
+                        let reason = format!("DialContext error: {e}");
+                        machine.handle_input(now, Input::EdgeFailed { link, reason: &reason });
+                    }
+                }
+            }
+            (link, what) = edge_ready(&io.edges, &wanted) => {
+                let now = Instant::now();
+                on_edge_ready(now, &mut machine, &mut io, link, what);
+            }
             () = sleep => {
                 machine.handle_input(Instant::now(), Input::Timeout);
             }
@@ -332,13 +392,19 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
 /// Logs an event once and updates the metrics it moves.
 fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
     match e {
-        Event::Connecting { index, link, edge } => {
-            debug!(conn_index = index, %link, %edge, "dialing edge");
+        Event::Connecting {
+            index,
+            link,
+            edge,
+            protocol,
+        } => {
+            debug!(conn_index = index, %link, %edge, %protocol, "dialing edge");
         }
         Event::Registered {
             index,
             link: _,
             edge,
+            protocol,
             details,
         } => {
             info!(
@@ -347,7 +413,7 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
                 event = 0,
                 ip = %edge.ip(),
                 location = %details.location,
-                protocol = "quic",
+                protocol = protocol.as_str(),
                 "Registered tunnel connection"
             );
             metrics
@@ -388,7 +454,13 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
             info!(conn_index = index, ?delay, "Retrying connection");
         }
         Event::FallbackUnavailable { index } => {
-            warn!(conn_index = index, "QUIC keeps failing and burrow has no http2 fallback yet; check that UDP to the edge port is allowed");
+            warn!(conn_index = index, "QUIC keeps failing and --protocol quic allows no fallback; check that UDP to the edge port is allowed");
+        }
+        Event::ProtocolChanged { index, protocol } => {
+            if protocol == Protocol::Http2 {
+                warn!(conn_index = index, "If you are using private routing to this Tunnel, then ICMP, UDP (and Private DNS Resolution) will not work unless your cloudflared can connect with Cloudflare Network with `quic`.");
+            }
+            info!(conn_index = index, %protocol, "Changing protocol");
         }
         Event::ConfigurationApplied { version } => {
             metrics.config_version.set(i64::from(version));
@@ -411,6 +483,7 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
 /// An input the driver owes the connector after doing some I/O.
 enum Answer {
     EdgeSocket { index: u8, max_segments: usize },
+    EdgeWritten(LinkId),
     UdpOpened(UdpFlowId),
     UdpFailed(UdpFlowId, String),
     FunnelFailed(FunnelId),
@@ -426,6 +499,7 @@ impl Answer {
                 index: *index,
                 max_segments: *max_segments,
             },
+            Self::EdgeWritten(link) => Input::EdgeWritten { link: *link },
             Self::UdpOpened(flow) => Input::UdpOpened(*flow),
             Self::UdpFailed(flow, reason) => Input::UdpFailed {
                 flow: *flow,
@@ -449,13 +523,31 @@ struct DriverIo {
     flow_rx: mpsc::UnboundedReceiver<Report>,
     datagrams: DatagramSockets,
     socket_rx: mpsc::Receiver<SocketEvent>,
+    /// TCP connections of HTTP/2 links.
+    edges: HashMap<LinkId, EdgeTcp>,
+    dial_tx: mpsc::UnboundedSender<(LinkId, std::io::Result<TcpStream>)>,
+    dial_rx: mpsc::UnboundedReceiver<(LinkId, std::io::Result<TcpStream>)>,
+    /// One read buffer for every TCP connection.
+    tcp_buf: Vec<u8>,
     metrics: Arc<Metrics>,
+}
+
+/// The TCP connection of an HTTP/2 link.
+struct EdgeTcp {
+    stream: TcpStream,
+    /// Ciphertext the socket did not take yet (the link's one outstanding write).
+    unsent: Vec<u8>,
+    /// Close once `unsent` is written.
+    close: bool,
+    /// The edge closed its side (reported once).
+    eof: bool,
 }
 
 impl DriverIo {
     fn new(dialer: Dialer, metrics: Arc<Metrics>) -> Self {
         let (flow_tx, flow_rx) = mpsc::unbounded_channel::<Report>();
         let (socket_tx, socket_rx) = mpsc::channel::<SocketEvent>(crate::datagram::CHANNEL_DEPTH);
+        let (dial_tx, dial_rx) = mpsc::unbounded_channel();
         Self {
             sockets: HashMap::new(),
             recv_bufs: RecvBufs::new(),
@@ -466,6 +558,10 @@ impl DriverIo {
             flow_rx,
             datagrams: DatagramSockets::new(socket_tx),
             socket_rx,
+            edges: HashMap::new(),
+            dial_tx,
+            dial_rx,
+            tcp_buf: vec![0; 64 * 1024],
             metrics,
         }
     }
@@ -576,6 +672,41 @@ impl DriverIo {
                     .inc_by(self.datagrams.stats().pings_sent - before);
             }
             Io::CloseFunnel { funnel } => self.datagrams.close_funnel(funnel),
+            Io::DialEdge { index, link, edge } => {
+                debug!(conn_index = index, %link, %edge, "dialing edge over TCP");
+                let tx = self.dial_tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send((link, TcpStream::connect(edge).await));
+                });
+            }
+            Io::WriteEdge { link, data } => {
+                let Some(e) = self.edges.get_mut(&link) else {
+                    // Gone already: the link learns it from EdgeFailed.
+                    return None;
+                };
+                let n = match e.stream.try_write(data) {
+                    Ok(n) => n,
+                    Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => 0,
+                    Err(err) => {
+                        debug!(%link, error = %err, "edge write failed");
+                        self.edges.remove(&link);
+                        return None;
+                    }
+                };
+                if n == data.len() {
+                    return Some(Answer::EdgeWritten(link));
+                }
+                e.unsent.extend_from_slice(&data[n..]);
+            }
+            Io::CloseEdge { link } => {
+                if let Some(e) = self.edges.get_mut(&link) {
+                    if e.unsent.is_empty() {
+                        self.edges.remove(&link);
+                    } else {
+                        e.close = true;
+                    }
+                }
+            }
         }
         None
     }
@@ -611,6 +742,97 @@ async fn readable(sockets: &HashMap<u8, QuicSocket>, last: u8) -> u8 {
         std::task::Poll::Pending
     })
     .await
+}
+
+/// What an edge TCP connection is ready for.
+enum EdgeReady {
+    Read,
+    Write,
+}
+
+/// Resolves with a TCP connection that is readable (and `wanted` says to read it) or writable
+/// with bytes waiting; pending while there is none.
+async fn edge_ready(
+    edges: &HashMap<LinkId, EdgeTcp>,
+    wanted: &[(LinkId, bool)],
+) -> (LinkId, EdgeReady) {
+    std::future::poll_fn(|cx| {
+        for &(link, read) in wanted {
+            let Some(e) = edges.get(&link) else { continue };
+            if !e.unsent.is_empty() && e.stream.poll_write_ready(cx).is_ready() {
+                return std::task::Poll::Ready((link, EdgeReady::Write));
+            }
+            if read && e.stream.poll_read_ready(cx).is_ready() {
+                return std::task::Poll::Ready((link, EdgeReady::Read));
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+/// Reads or writes an edge TCP connection that is ready, and tells the connector.
+fn on_edge_ready(
+    now: Instant,
+    machine: &mut Connector,
+    io: &mut DriverIo,
+    link: LinkId,
+    what: EdgeReady,
+) {
+    let Some(e) = io.edges.get_mut(&link) else {
+        return;
+    };
+    match what {
+        EdgeReady::Write => match e.stream.try_write(&e.unsent) {
+            Ok(n) => {
+                e.unsent.drain(..n);
+                if e.unsent.is_empty() {
+                    if e.close {
+                        io.edges.remove(&link);
+                    }
+                    machine.handle_input(now, Input::EdgeWritten { link });
+                }
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(err) => {
+                io.edges.remove(&link);
+                let reason = err.to_string();
+                machine.handle_input(
+                    now,
+                    Input::EdgeFailed {
+                        link,
+                        reason: &reason,
+                    },
+                );
+            }
+        },
+        EdgeReady::Read => match e.stream.try_read(&mut io.tcp_buf) {
+            Ok(n) => {
+                if n == 0 {
+                    e.eof = true;
+                }
+                machine.handle_input(
+                    now,
+                    Input::EdgeReceived {
+                        link,
+                        data: &io.tcp_buf[..n],
+                    },
+                );
+            }
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(err) => {
+                io.edges.remove(&link);
+                let reason = err.to_string();
+                machine.handle_input(
+                    now,
+                    Input::EdgeFailed {
+                        link,
+                        reason: &reason,
+                    },
+                );
+            }
+        },
+    }
 }
 
 /// What an origin UDP socket or a ping socket read goes to the connector.

@@ -112,6 +112,7 @@ async fn run(args: QuickstartArgs) -> Result<(), String> {
         // As for cloudflared's quick tunnels: no ICMP proxy.
         icmp: None,
         post_quantum: false,
+        protocol: burrow_core::tunnel::protocol::ProtocolFlag::Auto,
         metrics: m.clone(),
     };
     let (stop_tx, stop_rx) = mpsc::unbounded_channel();

@@ -92,6 +92,7 @@ pub fn options(
             v6: rc.icmpv6_src,
         }),
         post_quantum: rc.post_quantum,
+        protocol: rc.protocol,
         metrics,
     })
 }

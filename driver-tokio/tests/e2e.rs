@@ -86,10 +86,18 @@ struct Setup {
     http: u16,
     metrics: u16,
     origin: u16,
+    /// `--protocol` of the connector.
+    protocol: &'static str,
 }
 
 fn setup(name: &str) -> Setup {
-    let dir = temp_dir(name);
+    setup_over(name, "quic")
+}
+
+/// A setup whose connector runs `--protocol protocol` (the edge serves QUIC and HTTP/2 on
+/// the same port).
+fn setup_over(name: &str, protocol: &'static str) -> Setup {
+    let dir = temp_dir(&format!("{name}-{protocol}"));
     let out = Command::new(BIN)
         .args(["edge", "--dir"])
         .arg(&dir)
@@ -115,6 +123,7 @@ fn setup(name: &str) -> Setup {
         http: free_tcp(),
         metrics: free_tcp(),
         origin: origin(),
+        protocol,
     }
 }
 
@@ -199,7 +208,7 @@ fn start_connector_with(s: &Setup, origin_args: &[&str]) -> Kill {
                 "--loglevel",
                 "warn",
             ])
-            .args(["run", "--credentials-file"])
+            .args(["run", "--protocol", s.protocol, "--credentials-file"])
             .arg(s.dir.join(format!("{}.json", s.id)))
             .args(origin_args)
             .arg(&s.id)
@@ -251,7 +260,16 @@ fn quickstart_once_serves_hello_world() {
 
 #[test]
 fn http_through_the_tunnel_then_sigterm_drains() {
-    let s = setup("http");
+    http_through_the_tunnel_then_sigterm_drains_over("quic");
+}
+
+#[test]
+fn http_through_the_tunnel_then_sigterm_drains_http2() {
+    http_through_the_tunnel_then_sigterm_drains_over("http2");
+}
+
+fn http_through_the_tunnel_then_sigterm_drains_over(protocol: &'static str) {
+    let s = setup_over("http", protocol);
     let _edge = start_edge(&s);
     let mut connector = start_connector(&s);
     assert!(
@@ -305,7 +323,16 @@ fn http_through_the_tunnel_then_sigterm_drains() {
 
 #[test]
 fn edge_restart_reconnects() {
-    let s = setup("restart");
+    edge_restart_reconnects_over("quic");
+}
+
+#[test]
+fn edge_restart_reconnects_http2() {
+    edge_restart_reconnects_over("http2");
+}
+
+fn edge_restart_reconnects_over(protocol: &'static str) {
+    let s = setup_over("restart", protocol);
     let edge = start_edge(&s);
     let _connector = start_connector(&s);
     assert!(wait_ready(s.metrics, 4, Duration::from_secs(30)));
@@ -365,8 +392,17 @@ fn ws_until_closed(ws: &mut tungstenite::WebSocket<TcpStream>) {
 
 #[test]
 fn websocket_echo_through_the_edge() {
+    websocket_echo_through_the_edge_over("quic");
+}
+
+#[test]
+fn websocket_echo_through_the_edge_http2() {
+    websocket_echo_through_the_edge_over("http2");
+}
+
+fn websocket_echo_through_the_edge_over(protocol: &'static str) {
     let started = Instant::now();
-    let mut s = setup("ws");
+    let mut s = setup_over("ws", protocol);
     let (ends_tx, ends) = std::sync::mpsc::channel();
     s.origin = ws_origin(ends_tx);
     let _edge = start_edge(&s);
@@ -413,8 +449,17 @@ fn websocket_echo_through_the_edge() {
 
 #[test]
 fn tcp_map_echo_with_half_close() {
+    tcp_map_echo_with_half_close_over("quic");
+}
+
+#[test]
+fn tcp_map_echo_with_half_close_http2() {
+    tcp_map_echo_with_half_close_over("http2");
+}
+
+fn tcp_map_echo_with_half_close_over(protocol: &'static str) {
     let started = Instant::now();
-    let s = setup("tcp");
+    let s = setup_over("tcp", protocol);
     let echo = tcp_echo_origin();
     let (_edge, port) = start_edge_tcp_map(&s, &format!("127.0.0.1:{echo}"));
     let _connector = start_connector(&s);
@@ -469,8 +514,17 @@ fn tcp_map_echo_with_half_close() {
 
 #[test]
 fn hundred_mib_bodies_both_ways() {
+    hundred_mib_bodies_both_ways_over("quic");
+}
+
+#[test]
+fn hundred_mib_bodies_both_ways_http2() {
+    hundred_mib_bodies_both_ways_over("http2");
+}
+
+fn hundred_mib_bodies_both_ways_over(protocol: &'static str) {
     let started = Instant::now();
-    let s = setup("huge");
+    let s = setup_over("huge", protocol);
     let _edge = start_edge(&s);
     let _connector = start_connector(&s);
     assert!(wait_ready(s.metrics, 4, Duration::from_secs(30)));

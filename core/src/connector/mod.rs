@@ -13,7 +13,7 @@
 //! came in (UDP payloads) or from the ICMP router's buffer (echo requests). An [`Output`]
 //! borrows the connector until the next call, which is how the driver loop uses it anyway.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::Instant;
@@ -28,6 +28,7 @@ use crate::session::{SessionAction, UdpFlowId};
 use crate::stream::proxy::FlowKind;
 use crate::tunnel::connector::ConnectorConnection;
 use crate::tunnel::data::{FlowId, OriginAction};
+use crate::tunnel::protocol::Protocol;
 use crate::tunnel::supervisor::{EdgePool, Supervisor, SupervisorConfig};
 use crate::tunnel::udp::{DatagramHub, Egress, HubAction};
 use crate::tunnel::{Received, Transmit};
@@ -127,6 +128,33 @@ pub enum Input<'a> {
     },
     /// A funnel's ping socket could not be opened, or reading it failed.
     FunnelFailed(FunnelId),
+    /// The TCP connection [`Io::DialEdge`] asked for is up, from local address `local`.
+    EdgeConnected {
+        /// The HTTP/2 connection it carries.
+        link: LinkId,
+        /// The socket's local address (sent to the edge as `originLocalIp`).
+        local: IpAddr,
+    },
+    /// An HTTP/2 link's TCP connection could not be made, or failed.
+    EdgeFailed {
+        /// Which connection.
+        link: LinkId,
+        /// The I/O error, in words.
+        reason: &'a str,
+    },
+    /// Bytes read from an HTTP/2 link's TCP connection; empty when the edge closed it. Read
+    /// again only while [`Connector::edge_wants_read`] says so.
+    EdgeReceived {
+        /// Which connection.
+        link: LinkId,
+        /// What was read.
+        data: &'a [u8],
+    },
+    /// The last [`Io::WriteEdge`] of a link is written.
+    EdgeWritten {
+        /// Which connection.
+        link: LinkId,
+    },
 }
 
 /// I/O the driver must do now.
@@ -230,6 +258,29 @@ pub enum Io<'a> {
         /// The funnel.
         funnel: FunnelId,
     },
+    /// Open a TCP connection to `edge` for an HTTP/2 link; answer [`Input::EdgeConnected`] or
+    /// [`Input::EdgeFailed`]. (The link's handshake deadline covers the dial.)
+    DialEdge {
+        /// HA index.
+        index: u8,
+        /// The connection it carries.
+        link: LinkId,
+        /// Edge address.
+        edge: SocketAddr,
+    },
+    /// Write all of `data` to the link's TCP connection, then answer [`Input::EdgeWritten`].
+    /// At most one write per link is outstanding.
+    WriteEdge {
+        /// Which connection.
+        link: LinkId,
+        /// Ciphertext.
+        data: &'a [u8],
+    },
+    /// Close the link's TCP connection (after the outstanding write).
+    CloseEdge {
+        /// Which connection.
+        link: LinkId,
+    },
 }
 
 /// What the driver must do next.
@@ -272,6 +323,8 @@ pub struct Connector {
     buf: Vec<u8>,
     /// A delayed session payload being lent out.
     lent: Bytes,
+    /// HTTP/2 links whose TCP connection is open at the driver.
+    tcp_links: HashSet<LinkId>,
 }
 
 impl Connector {
@@ -286,6 +339,7 @@ impl Connector {
             // Room for a GSO batch of full-size datagrams.
             buf: Vec::with_capacity(64 * 1500),
             lent: Bytes::new(),
+            tcp_links: HashSet::new(),
         }
     }
 
@@ -376,7 +430,19 @@ impl Connector {
                 message,
             } => self.sup.ping_reply(now, funnel, from, message),
             Input::FunnelFailed(funnel) => self.sup.handle_funnel_failed(funnel),
+            Input::EdgeConnected { link, local } => {
+                self.sup.handle_edge_connected(now, link, local)
+            }
+            Input::EdgeFailed { link, reason } => self.sup.handle_edge_failed(now, link, reason),
+            Input::EdgeReceived { link, data } => self.sup.handle_edge_bytes(now, link, data),
+            Input::EdgeWritten { link } => self.sup.handle_edge_written(now, link),
         }
+    }
+
+    /// Whether the driver may read the TCP connection of HTTP/2 link `link` now (false while
+    /// the link holds bytes it could not take yet: TCP then holds the edge back).
+    pub fn edge_wants_read(&mut self, link: LinkId) -> bool {
+        self.sup.edge_wants_read(link)
     }
 
     /// The next thing to do. Call until it returns [`Output::Timeout`].
@@ -442,19 +508,48 @@ impl Connector {
                     data: &self.buf[..size],
                 };
             }
+            if let Some((link, write)) = self.sup.poll_edge_write(now) {
+                if !write {
+                    self.tcp_links.remove(&link);
+                    return Output::Io(Io::CloseEdge { link });
+                }
+                let data = self.sup.edge_lent(link);
+                return Output::Io(Io::WriteEdge { link, data });
+            }
             return Output::Timeout(self.sup.poll_timeout());
         }
     }
 
     fn on_event(&mut self, e: Event) {
         match &e {
-            Event::Connecting { index, edge, .. } => {
-                self.queue.push_back(Queued::Io(Io::EdgeSocket {
-                    index: *index,
-                    edge: *edge,
-                }));
+            Event::Connecting {
+                index,
+                edge,
+                link,
+                protocol,
+            } => {
+                let io = match protocol {
+                    Protocol::Quic => Io::EdgeSocket {
+                        index: *index,
+                        edge: *edge,
+                    },
+                    Protocol::Http2 => {
+                        self.tcp_links.insert(*link);
+                        Io::DialEdge {
+                            index: *index,
+                            link: *link,
+                            edge: *edge,
+                        }
+                    }
+                };
+                self.queue.push_back(Queued::Io(io));
             }
             Event::LinkClosed { link, .. } => {
+                // Its TCP connection, if it has one and it was not closed already.
+                if self.tcp_links.remove(link) {
+                    self.queue
+                        .push_back(Queued::Io(Io::CloseEdge { link: *link }));
+                }
                 // Its origin connections go with it.
                 let gone: Vec<_> = self
                     .flows

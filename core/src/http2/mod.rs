@@ -31,4 +31,4 @@ pub use response::{ConnectorResponse, ResponseMeta};
 pub use streams::{ApiError, Read, StreamEvent, StreamId};
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

@@ -231,7 +231,7 @@ pub struct RunArgs {
     /// The single origin's options (cloudflared's legacy `--url`-mode flags).
     #[command(flatten)]
     pub origin: OriginFlags,
-    /// Transport protocol: quic (http2 is not supported yet) [default: auto].
+    /// Transport protocol: auto, quic or http2 [default: auto].
     #[arg(long, short = 'p', env = "TUNNEL_TRANSPORT_PROTOCOL")]
     pub protocol: Option<String>,
     /// Extra client feature strings.

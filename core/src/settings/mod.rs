@@ -16,6 +16,7 @@ use uuid::Uuid;
 
 use crate::ingress::{ConfigFile, Ingress, OriginRequestConfig, Service};
 use crate::stream::tag::Tag;
+use crate::tunnel::protocol::{ProtocolFlag, UnknownProtocol};
 use crate::tunnel::supervisor::IpVersion;
 
 pub use args::{
@@ -82,6 +83,8 @@ pub struct Settings {
     pub icmpv6_src: Option<std::net::Ipv6Addr>,
     /// `--post-quantum`.
     pub post_quantum: bool,
+    /// `--protocol`.
+    pub protocol: ProtocolFlag,
     /// `--token`.
     pub token: Option<String>,
     /// `--token-file`.
@@ -123,19 +126,10 @@ impl Settings {
             }
         }
         let protocol = run.protocol.as_ref().or(file.protocol.as_ref());
-        match protocol.map_or("auto", String::as_str) {
-            "auto" | "quic" => {}
-            "http2" | "h2mux" => {
-                return Err(SetupError::Config(
-                    "the http2 protocol is not supported by burrow yet; use --protocol quic".into(),
-                ))
-            }
-            other => {
-                return Err(SetupError::Config(format!(
-                    "unknown protocol {other}, Available protocols: quic, http2"
-                )))
-            }
-        }
+        let protocol: ProtocolFlag = protocol
+            .map_or("auto", String::as_str)
+            .parse()
+            .map_err(|e: UnknownProtocol| SetupError::Config(e.to_string()))?;
         let grace_period = common
             .grace_period
             .or(file.grace_period.map(|d| d.0))
@@ -181,6 +175,7 @@ impl Settings {
             icmpv4_src: run.icmpv4_src.or(file.icmpv4_src),
             icmpv6_src: run.icmpv6_src.or(file.icmpv6_src),
             post_quantum: run.post_quantum || file.post_quantum.unwrap_or(false),
+            protocol,
             token: or(&run.token, &file.token),
             token_file: or(&run.token_file, &file.token_file),
             credentials_contents: or(&run.credentials_contents, &file.credentials_contents),
@@ -401,6 +396,8 @@ pub struct RunConfig {
     pub icmpv6_src: Option<std::net::Ipv6Addr>,
     /// `--post-quantum`.
     pub post_quantum: bool,
+    /// `--protocol`.
+    pub protocol: ProtocolFlag,
 }
 
 /// What [`run_config`] noticed that the driver should log (it has no logger of its own).
@@ -501,6 +498,7 @@ pub fn run_config(
         icmpv4_src: settings.icmpv4_src,
         icmpv6_src: settings.icmpv6_src,
         post_quantum: settings.post_quantum,
+        protocol: settings.protocol,
     };
     Ok((config, notices))
 }

@@ -135,7 +135,11 @@ fn merged_values_are_checked_wherever_they_came_from() {
     assert!(e(&["--grace-period", "4m", "run"], "").contains("too long"));
     // The file's too-long value does not matter when the flag overrides it.
     assert!(settings(&["--grace-period", "1s", "run"], "grace-period: 4m\n").is_ok());
-    assert!(e(&["run"], "protocol: http2\n").contains("http2 protocol is not supported"));
+    assert!(e(&["run"], "protocol: h3\n").contains("unknown protocol h3"));
+    assert_eq!(
+        settings(&["run"], "protocol: http2\n").unwrap().protocol,
+        ProtocolFlag::Fixed(crate::tunnel::protocol::Protocol::Http2)
+    );
     assert!(e(&["run"], "edge-ip-version: '5'\n").contains("edge-ip-version 5"));
     assert!(settings(&["run", "-p", "quic"], "protocol: http2\n").is_ok());
 }

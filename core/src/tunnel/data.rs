@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use quinn_proto::{Connection, StreamId, VarInt};
+use std::fmt::{Debug, Display};
 use tracing::{debug, trace, warn};
 
 use super::quic_io::{flush_stream, read_stream_max};
@@ -129,8 +130,8 @@ struct PoolKey {
     host: String,
 }
 
-struct Flow {
-    stream: Option<StreamId>,
+struct Flow<I> {
+    stream: Option<I>,
     kind: FlowKind,
     key: PoolKey,
     connected: bool,
@@ -148,13 +149,13 @@ struct Flow {
 }
 
 /// Every data stream and origin flow of one connection.
-pub(crate) struct DataStreams {
+pub(crate) struct DataStreams<I = StreamId> {
     limits: DataLimits,
-    streams: BTreeMap<StreamId, Data>,
-    flows: BTreeMap<FlowId, Flow>,
+    streams: BTreeMap<I, Data>,
+    flows: BTreeMap<FlowId, Flow<I>>,
     /// Streams finished by us whose data the edge has not acknowledged yet: closing the
     /// connection now would lose their tail.
-    finishing: std::collections::BTreeSet<StreamId>,
+    finishing: std::collections::BTreeSet<I>,
     /// Reused for every read from the edge.
     scratch: Vec<u8>,
     next_flow: u64,
@@ -163,7 +164,7 @@ pub(crate) struct DataStreams {
     tags: Arc<[Tag]>,
 }
 
-impl DataStreams {
+impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
     /// Streams of a connector whose id is `connector_id`.
     pub(crate) fn new(limits: DataLimits, connector_id: uuid::Uuid) -> Self {
         let tags = Tag::with_connector_id(&limits.tags, connector_id).into();
@@ -185,7 +186,7 @@ impl DataStreams {
     }
 
     /// The edge acknowledged everything on stream `id` (or it was reset).
-    pub(crate) fn on_acknowledged(&mut self, id: StreamId) {
+    pub(crate) fn on_acknowledged(&mut self, id: I) {
         self.finishing.remove(&id);
     }
 
@@ -199,11 +200,11 @@ impl DataStreams {
     }
 
     /// Takes over stream `id` after its data preamble; `rest` followed the preamble.
-    pub(crate) fn accept(
+    pub(crate) fn accept<E: EdgeStreams<Id = I>>(
         &mut self,
         now: Instant,
-        conn: &mut Connection,
-        id: StreamId,
+        conn: &mut E,
+        id: I,
         rest: &[u8],
     ) {
         // A snapshot per stream: a configuration push applies from the next request on.
@@ -227,11 +228,11 @@ impl DataStreams {
     }
 
     /// Handles the outcome of feeding request bytes.
-    fn on_request(
+    fn on_request<E: EdgeStreams<Id = I>>(
         &mut self,
         now: Instant,
-        conn: &mut Connection,
-        id: StreamId,
+        conn: &mut E,
+        id: I,
         target: Result<Option<OriginTarget>, crate::stream::proxy::StreamError>,
     ) {
         match target {
@@ -239,13 +240,13 @@ impl DataStreams {
             Ok(None) => {}
             Err(e) => {
                 debug!(stream = %id, error = %e, "bad data stream; resetting");
-                reset(conn, id);
+                conn.reset(id);
                 self.streams.remove(&id);
             }
         }
     }
 
-    fn open_flow(&mut self, now: Instant, id: StreamId, target: OriginTarget) {
+    fn open_flow(&mut self, now: Instant, id: I, target: OriginTarget) {
         self.expire_idle(now);
         let Some(data) = self.streams.get_mut(&id) else {
             return;
@@ -336,17 +337,22 @@ impl DataStreams {
             .map(|t| t + self.limits.idle_timeout)
     }
 
-    pub(crate) fn owns(&self, id: StreamId) -> bool {
+    pub(crate) fn owns(&self, id: I) -> bool {
         self.streams.contains_key(&id) || self.finishing.contains(&id)
     }
 
     /// The edge sent more (or finished, or reset).
-    pub(crate) fn on_readable(&mut self, now: Instant, conn: &mut Connection, id: StreamId) {
+    pub(crate) fn on_readable<E: EdgeStreams<Id = I>>(
+        &mut self,
+        now: Instant,
+        conn: &mut E,
+        id: I,
+    ) {
         self.drive(now, conn, id);
     }
 
     /// The edge stopped reading the stream (STOP_SENDING).
-    pub(crate) fn on_stopped(&mut self, now: Instant, conn: &mut Connection, id: StreamId) {
+    pub(crate) fn on_stopped<E: EdgeStreams<Id = I>>(&mut self, now: Instant, conn: &mut E, id: I) {
         self.finishing.remove(&id);
         if let Some(data) = self.streams.get_mut(&id) {
             data.proxy.on_edge_reset();
@@ -354,7 +360,12 @@ impl DataStreams {
         self.drive(now, conn, id);
     }
 
-    pub(crate) fn on_flow_connected(&mut self, now: Instant, conn: &mut Connection, flow: FlowId) {
+    pub(crate) fn on_flow_connected<E: EdgeStreams<Id = I>>(
+        &mut self,
+        now: Instant,
+        conn: &mut E,
+        flow: FlowId,
+    ) {
         let Some(f) = self.flows.get_mut(&flow) else {
             return;
         };
@@ -367,10 +378,10 @@ impl DataStreams {
         }
     }
 
-    pub(crate) fn on_flow_failed(
+    pub(crate) fn on_flow_failed<E: EdgeStreams<Id = I>>(
         &mut self,
         now: Instant,
-        conn: &mut Connection,
+        conn: &mut E,
         flow: FlowId,
         reason: &str,
     ) {
@@ -388,10 +399,10 @@ impl DataStreams {
     }
 
     /// Origin bytes; returns how many were taken. Short: stop reading until `Resume`.
-    pub(crate) fn on_flow_data(
+    pub(crate) fn on_flow_data<E: EdgeStreams<Id = I>>(
         &mut self,
         now: Instant,
-        conn: &mut Connection,
+        conn: &mut E,
         flow: FlowId,
         bytes: &[u8],
     ) -> usize {
@@ -445,7 +456,12 @@ impl DataStreams {
     }
 
     /// The origin closed its side of the flow.
-    pub(crate) fn on_flow_finished(&mut self, now: Instant, conn: &mut Connection, flow: FlowId) {
+    pub(crate) fn on_flow_finished<E: EdgeStreams<Id = I>>(
+        &mut self,
+        now: Instant,
+        conn: &mut E,
+        flow: FlowId,
+    ) {
         let Some(f) = self.flows.get(&flow) else {
             return;
         };
@@ -461,7 +477,12 @@ impl DataStreams {
     }
 
     /// The driver wrote the last `Write`.
-    pub(crate) fn on_flow_written(&mut self, now: Instant, conn: &mut Connection, flow: FlowId) {
+    pub(crate) fn on_flow_written<E: EdgeStreams<Id = I>>(
+        &mut self,
+        now: Instant,
+        conn: &mut E,
+        flow: FlowId,
+    ) {
         let Some(f) = self.flows.get_mut(&flow) else {
             return;
         };
@@ -472,7 +493,7 @@ impl DataStreams {
     }
 
     /// Moves everything that can move on stream `id`, then ends what is finished.
-    pub(crate) fn drive(&mut self, now: Instant, conn: &mut Connection, id: StreamId) {
+    pub(crate) fn drive<E: EdgeStreams<Id = I>>(&mut self, now: Instant, conn: &mut E, id: I) {
         loop {
             let Some(data) = self.streams.get_mut(&id) else {
                 return;
@@ -483,7 +504,7 @@ impl DataStreams {
             if data.proxy.request_complete() && !data.edge_finished {
                 // Nothing more is wanted, but seeing the FIN spares the edge a STOP_SENDING;
                 // stray bytes are dropped (quinn's window bounds them).
-                match read_stream_max(conn, id, usize::MAX, &mut self.scratch) {
+                match conn.read(id, usize::MAX, &mut self.scratch) {
                     Ok(true) | Err(_) => data.edge_finished = true,
                     Ok(false) => {}
                 }
@@ -494,7 +515,7 @@ impl DataStreams {
                 // One scratch buffer for every read: no allocation per read once it has grown.
                 let mut buf = std::mem::take(&mut self.scratch);
                 buf.clear();
-                let r = read_stream_max(conn, id, room, &mut buf);
+                let r = conn.read(id, room, &mut buf);
                 let target = (!buf.is_empty()).then(|| data.proxy.on_edge_data(&buf));
                 self.scratch = buf;
                 match r {
@@ -540,7 +561,7 @@ impl DataStreams {
             let out = data.proxy.to_edge();
             if !out.is_empty() {
                 let before = out.len();
-                if flush_stream(conn, id, out).is_err() {
+                if conn.write(id, out).is_err() {
                     // The edge stopped reading: nothing more can reach it.
                     data.proxy.on_edge_reset();
                 }
@@ -562,7 +583,7 @@ impl DataStreams {
     }
 
     /// Ends the stream and resolves its flow once the proxy has decided and buffers drained.
-    fn settle(&mut self, now: Instant, conn: &mut Connection, id: StreamId) {
+    fn settle<E: EdgeStreams<Id = I>>(&mut self, now: Instant, conn: &mut E, id: I) {
         let Some(data) = self.streams.get_mut(&id) else {
             return;
         };
@@ -595,16 +616,16 @@ impl DataStreams {
         };
         match data.proxy.edge_end() {
             Some(EdgeEnd::Finish) if data.proxy.to_edge().is_empty() && data.flow.is_none() => {
-                if conn.send_stream(id).finish().is_ok() {
+                if conn.finish(id) {
                     self.finishing.insert(id);
                 }
                 if !data.edge_finished {
-                    let _ = conn.recv_stream(id).stop(VarInt::from_u32(0));
+                    conn.stop(id);
                 }
                 self.streams.remove(&id);
             }
             Some(EdgeEnd::Reset) => {
-                reset(conn, id);
+                conn.reset(id);
                 if let Some(flow) = data.flow.take() {
                     self.close_flow(flow);
                 }
@@ -644,6 +665,49 @@ impl DataStreams {
         for flow in flows {
             self.close_flow(flow);
         }
+    }
+}
+
+/// The edge side of data streams: the transport a [`DataStreams`] reads requests from and
+/// writes responses to (QUIC streams, or HTTP/2 streams behind an adapter).
+pub(crate) trait EdgeStreams {
+    /// Stream identifier.
+    type Id;
+    /// Appends at most `max` bytes of stream `id` to `sink`; true once the edge finished its
+    /// side. An error means the edge reset the stream.
+    fn read(&mut self, id: Self::Id, max: usize, sink: &mut Vec<u8>) -> Result<bool, String>;
+    /// Writes what the stream takes of `pending` and removes it; an error means the edge
+    /// stopped reading.
+    fn write(&mut self, id: Self::Id, pending: &mut Vec<u8>) -> Result<(), String>;
+    /// Ends our side after what was written; true if the edge must still acknowledge it.
+    fn finish(&mut self, id: Self::Id) -> bool;
+    /// Stops reading what is left of the request.
+    fn stop(&mut self, id: Self::Id);
+    /// Fails the stream.
+    fn reset(&mut self, id: Self::Id);
+}
+
+impl EdgeStreams for Connection {
+    type Id = StreamId;
+
+    fn read(&mut self, id: StreamId, max: usize, sink: &mut Vec<u8>) -> Result<bool, String> {
+        read_stream_max(self, id, max, sink).map_err(|e| e.to_string())
+    }
+
+    fn write(&mut self, id: StreamId, pending: &mut Vec<u8>) -> Result<(), String> {
+        flush_stream(self, id, pending).map_err(|e| e.to_string())
+    }
+
+    fn finish(&mut self, id: StreamId) -> bool {
+        self.send_stream(id).finish().is_ok()
+    }
+
+    fn stop(&mut self, id: StreamId) {
+        let _ = self.recv_stream(id).stop(VarInt::from_u32(0));
+    }
+
+    fn reset(&mut self, id: StreamId) {
+        reset(self, id);
     }
 }
 

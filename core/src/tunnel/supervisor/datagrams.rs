@@ -21,7 +21,7 @@ struct SlotLinks<'a>(&'a mut [Slot]);
 impl Links for SlotLinks<'_> {
     fn connection(&mut self, link: LinkId) -> Option<&mut ConnectorConnection> {
         self.0.iter_mut().find_map(|s| match &mut s.phase {
-            Phase::Running(r) if r.link == link => Some(&mut r.conn),
+            Phase::Running(r) if r.link == link => r.conn.quic(),
             _ => None,
         })
     }
@@ -34,8 +34,11 @@ impl Supervisor {
     pub(crate) fn pull_egress(&mut self, now: Instant) -> bool {
         for s in &mut self.slots {
             if let Phase::Running(r) = &mut s.phase {
-                if self.hub.pull(now, r.link, &mut r.conn) {
-                    return true;
+                let link = r.link;
+                if let Some(conn) = r.conn.quic() {
+                    if self.hub.pull(now, link, conn) {
+                        return true;
+                    }
                 }
             }
         }
@@ -121,7 +124,13 @@ impl Supervisor {
     /// its pending v2 registrations are forgotten.
     pub(super) fn datagram_link_gone(&mut self, link: LinkId) {
         let successor = self.slots.iter().find_map(|s| match &s.phase {
-            Phase::Running(r) if r.registered && r.link != link && !r.conn.is_closed() => {
+            // Sessions can only move to a connection with datagrams (QUIC).
+            Phase::Running(r)
+                if r.registered
+                    && r.link != link
+                    && !r.conn.is_closed()
+                    && matches!(r.conn, super::link::Link::Quic(_)) =>
+            {
                 Some(r.link)
             }
             _ => None,

@@ -15,7 +15,8 @@
 //! connection: UDP sessions, ICMP, v2 registrations, re-homing sessions when a link goes).
 
 use std::collections::{HashMap, VecDeque};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use quinn_proto::StreamId;
@@ -26,6 +27,7 @@ use tracing::{debug, info, warn};
 
 mod backoff;
 mod datagrams;
+mod link;
 mod pool;
 
 pub use pool::{srv_service, EdgePool, IpVersion, PoolError};
@@ -44,7 +46,10 @@ use crate::ingress::RemoteConfig;
 use crate::quic::transport::QuicSettings;
 use crate::rpc_stream::ConfigVersions;
 use crate::session::{SessionId, SessionLimits, SessionManager};
+use crate::tunnel::http2_link::Http2Link;
+use crate::tunnel::protocol::{Protocol, ProtocolFlag};
 use backoff::Backoff;
+use link::Link;
 
 /// How the supervisor runs.
 #[derive(Clone)]
@@ -77,6 +82,17 @@ pub struct SupervisorConfig {
     /// QUIC transport settings; each attempt gets a transport configuration for its edge's
     /// address family (the initial MTU differs).
     pub quic: QuicSettings,
+    /// `--protocol`.
+    pub protocol: ProtocolFlag,
+    /// Where `auto` starts (the remote selector's choice, [`crate::tunnel::protocol`]).
+    pub auto_initial: Protocol,
+    /// TLS of HTTP/2 connections (same roots and key exchange as QUIC's); none: HTTP/2 is not
+    /// available.
+    pub http2_tls: Option<Arc<rustls::ClientConfig>>,
+    /// `auto`: QUIC handshakes timing out in a row on one index before it falls back to
+    /// HTTP/2 (each takes quinn's handshake timeout, 5 s, plus backoff: 2 fall back within
+    /// about 10 s; cloudflared waits for 9 dial failures).
+    pub fallback_after_timeouts: u32,
 }
 
 impl SupervisorConfig {
@@ -94,6 +110,10 @@ impl SupervisorConfig {
             local_max_active_flows: None,
             icmp: RouterConfig::default(),
             quic: QuicSettings::default(),
+            protocol: ProtocolFlag::Fixed(Protocol::Quic),
+            auto_initial: Protocol::Quic,
+            http2_tls: None,
+            fallback_after_timeouts: 2,
         }
     }
 }
@@ -121,6 +141,8 @@ pub enum SupervisorEvent {
         link: LinkId,
         /// Edge address dialled.
         edge: SocketAddr,
+        /// Over which transport (HTTP/2: the driver dials TCP to `edge`).
+        protocol: Protocol,
     },
     /// A connection registered and serves.
     Registered {
@@ -130,6 +152,8 @@ pub enum SupervisorEvent {
         link: LinkId,
         /// Edge address.
         edge: SocketAddr,
+        /// Over which transport.
+        protocol: Protocol,
         /// What the edge said.
         details: ConnectionDetails,
     },
@@ -158,10 +182,18 @@ pub enum SupervisorEvent {
         /// Backoff drawn.
         delay: Duration,
     },
-    /// cloudflared would now fall back to HTTP/2, which burrow does not have: QUIC is retried.
+    /// cloudflared would now fall back to HTTP/2, but `--protocol quic` forbids it: QUIC is
+    /// retried.
     FallbackUnavailable {
         /// HA index.
         index: u8,
+    },
+    /// An index changed transport (`auto`): fell back to HTTP/2, or returned to QUIC.
+    ProtocolChanged {
+        /// HA index.
+        index: u8,
+        /// The transport its next connection uses.
+        protocol: Protocol,
     },
     /// A remote configuration was applied: its ingress serves new requests, its
     /// `warp-routing` sets the flow limit.
@@ -208,7 +240,7 @@ enum Phase {
 }
 
 struct Running {
-    conn: ConnectorConnection,
+    conn: Link,
     link: LinkId,
     edge: SocketAddr,
     registered: bool,
@@ -220,6 +252,19 @@ struct Slot {
     backoff: Backoff,
     /// Dial failures in a row (cloudflared's `IpAddrFallback` counter).
     dial_failures: u32,
+    /// The transport of its next connection.
+    protocol: Protocol,
+    /// QUIC handshakes that timed out in a row.
+    quic_timeouts: u32,
+}
+
+impl Slot {
+    fn running(&mut self) -> Option<&mut Running> {
+        match &mut self.phase {
+            Phase::Running(r) => Some(r),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -287,6 +332,11 @@ impl Supervisor {
                 },
                 backoff,
                 dial_failures: 0,
+                protocol: match config.protocol {
+                    ProtocolFlag::Fixed(p) => p,
+                    ProtocolFlag::Auto => config.auto_initial,
+                },
+                quic_timeouts: 0,
             })
             .collect();
         // One limiter for the process: every connection's TCP flows (through the connector
@@ -337,10 +387,13 @@ impl Supervisor {
         }
     }
 
-    /// The connection of `index`, while it has one.
+    /// The QUIC connection of `index`, while it has one.
     pub fn connection(&self, index: u8) -> Option<&ConnectorConnection> {
         match &self.slots.get(index as usize)?.phase {
-            Phase::Running(r) => Some(&r.conn),
+            Phase::Running(r) => match &r.conn {
+                link::Link::Quic(c) => Some(c),
+                link::Link::Http2(_) => None,
+            },
             _ => None,
         }
     }
@@ -352,8 +405,8 @@ impl Supervisor {
 
     /// UDP datagrams arrived on the socket of `index` in one buffer (GRO: `stride` bytes each).
     pub fn handle_received(&mut self, now: Instant, index: u8, received: &Received<'_>) {
-        if let Some(r) = self.running_mut(index) {
-            r.conn.handle_received(now, received);
+        if let Some(c) = self.running_mut(index).and_then(|r| r.conn.quic()) {
+            c.handle_received(now, received);
         }
         self.progress(now);
     }
@@ -414,8 +467,8 @@ impl Supervisor {
         let n = self.slots.len();
         for k in 0..n {
             let i = (self.cursor + k) % n;
-            if let Phase::Running(r) = &mut self.slots[i].phase {
-                if let Some(t) = r.conn.poll_transmit(now, max_datagrams, buf) {
+            if let Some(c) = self.slots[i].running().and_then(|r| r.conn.quic()) {
+                if let Some(t) = c.poll_transmit(now, max_datagrams, buf) {
                     self.cursor = (i + 1) % n;
                     return Some((self.slots[i].index, t));
                 }
@@ -441,6 +494,72 @@ impl Supervisor {
     /// The next event.
     pub fn poll_event(&mut self) -> Option<SupervisorEvent> {
         self.events.pop_front()
+    }
+
+    /// The TCP connection of HTTP/2 link `link` is up, from local address `local`.
+    pub fn handle_edge_connected(&mut self, now: Instant, link: LinkId, local: IpAddr) {
+        self.with_http2(now, link, |c| c.handle_connected(now, local));
+    }
+
+    /// The TCP connection of HTTP/2 link `link` could not be made, or failed.
+    pub fn handle_edge_failed(&mut self, now: Instant, link: LinkId, reason: &str) {
+        self.with_http2(now, link, |c| c.handle_failed(now, reason));
+    }
+
+    /// Bytes read from the TCP connection of `link` (empty: the edge closed it).
+    pub fn handle_edge_bytes(&mut self, now: Instant, link: LinkId, data: &[u8]) {
+        self.with_http2(now, link, |c| c.handle_bytes(now, data));
+    }
+
+    /// The last write to the TCP connection of `link` completed.
+    pub fn handle_edge_written(&mut self, now: Instant, link: LinkId) {
+        self.with_http2(now, link, |c| c.handle_written(now));
+    }
+
+    /// Whether the driver may read the TCP connection of `link` now.
+    pub fn edge_wants_read(&mut self, link: LinkId) -> bool {
+        self.http2_of(link).is_some_and(|c| c.wants_read())
+    }
+
+    /// The HTTP/2 link with ciphertext to write now (`true`; the bytes are
+    /// [`Supervisor::edge_lent`]), or whose TCP connection is to be closed now (`false`).
+    pub fn poll_edge_write(&mut self, now: Instant) -> Option<(LinkId, bool)> {
+        let n = self.slots.len();
+        for k in 0..n {
+            let i = (self.cursor + k) % n;
+            let Some(r) = self.slots[i].running() else {
+                continue;
+            };
+            let link = r.link;
+            let Some(c) = r.conn.http2() else { continue };
+            if c.poll_release() {
+                return Some((link, false));
+            }
+            if c.poll_write(now).is_some() {
+                self.cursor = (i + 1) % n;
+                return Some((link, true));
+            }
+        }
+        None
+    }
+
+    /// The ciphertext the last [`Supervisor::poll_edge_write`] lent for `link`.
+    pub fn edge_lent(&mut self, link: LinkId) -> &[u8] {
+        self.http2_of(link).map_or(&[], |c| c.lent())
+    }
+
+    fn http2_of(&mut self, link: LinkId) -> Option<&mut Http2Link> {
+        self.slots.iter_mut().find_map(|s| match &mut s.phase {
+            Phase::Running(r) if r.link == link => r.conn.http2(),
+            _ => None,
+        })
+    }
+
+    fn with_http2(&mut self, now: Instant, link: LinkId, f: impl FnOnce(&mut Http2Link)) {
+        if let Some(c) = self.http2_of(link) {
+            f(c);
+            self.progress(now);
+        }
     }
 
     /// The origin connection of `flow` is up. Stale links are ignored.
@@ -551,7 +670,7 @@ impl Supervisor {
         &mut self,
         now: Instant,
         link: LinkId,
-        f: impl FnOnce(&mut ConnectorConnection) -> T,
+        f: impl FnOnce(&mut Link) -> T,
     ) -> Option<T> {
         let r = self.slots.iter_mut().find_map(|s| match &mut s.phase {
             Phase::Running(r) if r.link == link => Some(r),
@@ -589,11 +708,29 @@ impl Supervisor {
         self.rng.fill_bytes(&mut seed);
         let link = LinkId(self.next_link);
         self.next_link += 1;
-        match ConnectorConnection::connect(now, config, edge, seed) {
+        let protocol = self.slots[i].protocol;
+        let conn = match (protocol, &self.config.http2_tls) {
+            (Protocol::Quic, _) => ConnectorConnection::connect(now, config, edge, seed)
+                .map(Link::Quic)
+                .map_err(|e| e.to_string()),
+            (Protocol::Http2, Some(tls)) => {
+                // cloudflared sends the TCP socket's local address here: set once connected.
+                config.registration.origin_local_ip = None;
+                Http2Link::new(now, config, tls.clone())
+                    .map(|c| Link::Http2(Box::new(c)))
+                    .map_err(|e| e.to_string())
+            }
+            (Protocol::Http2, None) => Err("no TLS configuration for http2".to_owned()),
+        };
+        match conn {
             Ok(conn) => {
-                debug!(conn_index = index, %link, %edge, "connecting");
-                self.events
-                    .push_back(SupervisorEvent::Connecting { index, link, edge });
+                debug!(conn_index = index, %link, %edge, %protocol, "connecting");
+                self.events.push_back(SupervisorEvent::Connecting {
+                    index,
+                    link,
+                    edge,
+                    protocol,
+                });
                 self.slots[i].phase = Phase::Running(Box::new(Running {
                     conn,
                     link,
@@ -631,14 +768,37 @@ impl Supervisor {
             self.pool.release(index);
             return;
         }
+        // cloudflared falls back after `max_edge_addr_retries` dial failures in a row, or with
+        // the backoff at its cap; burrow also after a few QUIC handshake timeouts in a row.
+        let mut dial_cap = false;
         if dial_failure {
             let slot = &mut self.slots[i];
             slot.dial_failures += 1;
             if slot.dial_failures > self.config.max_edge_addr_retries {
                 slot.dial_failures = 0;
+                dial_cap = true;
+            }
+        }
+        let slot = &self.slots[i];
+        let fall_back = dial_cap
+            || slot.backoff.retries >= slot.backoff.max_retries
+            || slot.quic_timeouts >= self.config.fallback_after_timeouts.max(1);
+        if fall_back && slot.protocol == Protocol::Quic {
+            if self.config.protocol == ProtocolFlag::Auto && self.config.http2_tls.is_some() {
+                warn!(conn_index = index, "Switching to fallback protocol http2");
+                let slot = &mut self.slots[i];
+                slot.protocol = Protocol::Http2;
+                slot.quic_timeouts = 0;
+                slot.dial_failures = 0;
+                slot.backoff.retries = 0;
+                self.events.push_back(SupervisorEvent::ProtocolChanged {
+                    index,
+                    protocol: Protocol::Http2,
+                });
+            } else if dial_cap {
                 warn!(
                     conn_index = index,
-                    "QUIC keeps failing; cloudflared would fall back to http2, which burrow does not support yet"
+                    "QUIC keeps failing; cloudflared would fall back to http2, which --protocol quic forbids"
                 );
                 self.events
                     .push_back(SupervisorEvent::FallbackUnavailable { index });
@@ -685,6 +845,7 @@ impl Supervisor {
                             index,
                             link: r.link,
                             edge: r.edge,
+                            protocol: r.conn.protocol(),
                             details,
                         });
                     }
@@ -767,6 +928,7 @@ impl Supervisor {
                 // cloudflared's connectedFuse: a registration resets the backoff.
                 self.slots[i].backoff.retries = 0;
                 self.slots[i].dial_failures = 0;
+                self.slots[i].quic_timeouts = 0;
                 if self.state == State::Starting && index == 0 {
                     self.state = State::Running;
                     self.schedule_ha(now);
@@ -787,8 +949,11 @@ impl Supervisor {
     /// Index 0 registered: the others start, one interval apart (cloudflared's `initialize`).
     fn schedule_ha(&mut self, now: Instant) {
         let interval = self.config.registration_interval;
+        let protocol = self.slots[0].protocol;
         for s in self.slots.iter_mut().skip(1) {
             if matches!(s.phase, Phase::Waiting) {
+                // cloudflared's `initialize`: the others start on index 0's protocol.
+                s.protocol = protocol;
                 let k = u32::from(s.index) - 1;
                 s.phase = Phase::StartAt(now + interval * k);
             }
@@ -828,6 +993,13 @@ impl Supervisor {
         let dial_failure = !r.registered;
         // An idle timeout of a served connection means the path to that edge died: rotate.
         let rotate = reason == CloseReason::TimedOut;
+        // A QUIC handshake that timed out is what blocked UDP looks like.
+        let slot = &mut self.slots[i];
+        if r.conn.protocol() == Protocol::Quic && dial_failure && rotate {
+            slot.quic_timeouts += 1;
+        } else {
+            slot.quic_timeouts = 0;
+        }
         self.retry(now, i, dial_failure, rotate);
     }
 }

@@ -1,0 +1,467 @@
+//! The connector over HTTP/2, against the in-process HTTP/2 edge machine and its control
+//! server, on virtual time: registration, requests through origin flows, configuration pushes,
+//! shutdown; and `auto` falling back from QUIC when its handshakes time out.
+
+use std::collections::VecDeque;
+
+use http::{Request, StatusCode};
+
+use super::*;
+use crate::control::edge::{ControlServer, EdgeControlEvent};
+use crate::http2::{
+    self, EdgeConnection, Event as H2Event, Input as H2Input, Output as H2Output, Read,
+    RequestKind, StreamId,
+};
+use crate::stream::proxy::FlowKind;
+use crate::tunnel::protocol::{Protocol, ProtocolFlag};
+
+/// What the connector asked of the driver that the test answers later.
+#[derive(Debug)]
+enum Asked {
+    OpenFlow(LinkId, FlowId, FlowKind, String),
+    WriteFlow(FlowId, Vec<u8>),
+}
+
+struct H2World {
+    now: Instant,
+    connector: Connector,
+    timeout: Option<Instant>,
+    server_tls: Arc<rustls::ServerConfig>,
+    /// The link the edge serves, its machine and the bytes each way.
+    edge: Option<(LinkId, EdgeConnection)>,
+    to_edge: Vec<u8>,
+    to_connector: Vec<u8>,
+    edge_events: VecDeque<H2Event>,
+    control: ControlServer,
+    control_stream: Option<StreamId>,
+    dials: Vec<(LinkId, SocketAddr)>,
+    asked: VecDeque<Asked>,
+    events: Vec<SupervisorEvent>,
+    closed_tcp: Vec<LinkId>,
+}
+
+impl H2World {
+    fn new(protocol: ProtocolFlag) -> Self {
+        let now = Instant::now();
+        let (server_tls, client_tls, _, _) = http2::tests::tls_configs();
+        let (_, quic_client) = tls_pair();
+        let mut config = SupervisorConfig::new(connector_config(quic_client));
+        config.ha_connections = 1;
+        config.protocol = protocol;
+        config.http2_tls = Some(client_tls);
+        let pool = EdgePool::from_static(&[EDGE.parse().expect("addr")]).expect("pool");
+        let mut connector = Connector::new(now, config, pool, 7);
+        // Connection 0 starts now.
+        connector.handle_input(now, Input::Timeout);
+        Self {
+            now,
+            connector,
+            timeout: None,
+            server_tls,
+            edge: None,
+            to_edge: Vec::new(),
+            to_connector: Vec::new(),
+            edge_events: VecDeque::new(),
+            control: ControlServer::new(),
+            control_stream: None,
+            dials: Vec::new(),
+            asked: VecDeque::new(),
+            events: Vec::new(),
+            closed_tcp: Vec::new(),
+        }
+    }
+
+    /// Drains the connector's output as a driver would; TCP writes complete at once.
+    fn flush(&mut self) {
+        loop {
+            let mut written = None;
+            match self.connector.poll_output(self.now) {
+                Output::Timeout(t) => {
+                    self.timeout = t;
+                    return;
+                }
+                Output::Transmit { .. } => {} // UDP to nowhere: the QUIC edge is unreachable.
+                Output::Event(e) => self.events.push(e),
+                Output::Io(io) => match io {
+                    Io::DialEdge { link, edge, .. } => self.dials.push((link, edge)),
+                    Io::WriteEdge { link, data } => {
+                        if self.edge.as_ref().is_some_and(|(l, _)| *l == link) {
+                            self.to_edge.extend_from_slice(data);
+                        }
+                        written = Some(link);
+                    }
+                    Io::CloseEdge { link } => self.closed_tcp.push(link),
+                    Io::OpenFlow {
+                        link,
+                        flow,
+                        kind,
+                        dest,
+                        ..
+                    } => self
+                        .asked
+                        .push_back(Asked::OpenFlow(link, flow, kind, dest)),
+                    Io::WriteFlow { flow, data, .. } => {
+                        self.asked.push_back(Asked::WriteFlow(flow, data.to_vec()))
+                    }
+                    _ => {}
+                },
+            }
+            if let Some(link) = written {
+                self.connector
+                    .handle_input(self.now, Input::EdgeWritten { link });
+            }
+        }
+    }
+
+    /// Accepts the pending TCP dial with the in-process edge.
+    fn accept_dial(&mut self) -> LinkId {
+        self.flush();
+        let (link, edge) = self.dials.pop().expect("a dial");
+        assert_eq!(edge, EDGE.parse().unwrap());
+        let machine =
+            EdgeConnection::new(self.now, self.server_tls.clone(), http2::Limits::default())
+                .expect("edge");
+        self.edge = Some((link, machine));
+        self.control = ControlServer::new();
+        self.control_stream = None;
+        let local = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9));
+        self.connector
+            .handle_input(self.now, Input::EdgeConnected { link, local });
+        link
+    }
+
+    /// Moves bytes both ways, serving the control stream, until nothing moves.
+    fn run(&mut self) {
+        for _ in 0..10_000 {
+            self.flush();
+            let Some((link, edge)) = &mut self.edge else {
+                return;
+            };
+            let link = *link;
+            let mut moved = false;
+            if !self.to_edge.is_empty() {
+                let n = edge.handle_input(self.now, H2Input::Received(&self.to_edge));
+                self.to_edge.drain(..n);
+                moved |= n > 0;
+            }
+            let mut buf = [0u8; 16 * 1024];
+            loop {
+                match edge.poll_output(self.now) {
+                    H2Output::Event(H2Event::Connected) => {
+                        self.control_stream = Some(edge.open_control_stream().expect("control"));
+                    }
+                    H2Output::Event(e) => self.edge_events.push_back(e),
+                    H2Output::Transmit => {
+                        let n = edge.transmit(&mut buf);
+                        self.to_connector.extend_from_slice(&buf[..n]);
+                    }
+                    H2Output::Timeout(_) => break,
+                }
+                moved = true;
+            }
+            if let Some(cs) = self.control_stream {
+                while let Ok(Read::Data(bytes)) = edge.read(cs) {
+                    self.control.handle_bytes(&bytes).expect("control bytes");
+                    moved = true;
+                }
+                while let Some(ev) = self.control.poll_event() {
+                    if let EdgeControlEvent::RegisterRequested(r) = ev {
+                        assert_eq!(
+                            r.origin_local_ip,
+                            Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9)))
+                        );
+                        let details = ConnectionDetails {
+                            uuid: Uuid::from_u128(9),
+                            location: "LIS".into(),
+                            remotely_managed: true,
+                        };
+                        self.control
+                            .respond_registration(Ok(details))
+                            .expect("respond");
+                    }
+                }
+                if let Some(out) = self.control.poll_transmit() {
+                    edge.send_data(cs, Bytes::from(out)).expect("control write");
+                    moved = true;
+                }
+            }
+            if !self.to_connector.is_empty() {
+                let data = std::mem::take(&mut self.to_connector);
+                self.connector
+                    .handle_input(self.now, Input::EdgeReceived { link, data: &data });
+                moved = true;
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("never went quiet");
+    }
+
+    fn edge(&mut self) -> &mut EdgeConnection {
+        &mut self.edge.as_mut().expect("edge").1
+    }
+
+    fn registered(&self) -> Option<Protocol> {
+        self.events.iter().rev().find_map(|e| match e {
+            SupervisorEvent::Registered { protocol, .. } => Some(*protocol),
+            _ => None,
+        })
+    }
+
+    /// Reads the response head and whole body of `stream` at the edge.
+    fn response(&mut self, stream: StreamId) -> (http2::ConnectorResponse, Vec<u8>) {
+        let mut head = None;
+        let mut body = Vec::new();
+        for _ in 0..100 {
+            self.run();
+            while let Some(ev) = self.edge_events.pop_front() {
+                // Other streams' heads (the control stream's) do not matter here.
+                if let H2Event::Response {
+                    stream: s,
+                    response,
+                } = ev
+                {
+                    if s == stream {
+                        head = Some(response.expect("head"));
+                    }
+                }
+            }
+            if let Some(h) = &head {
+                let h = h.clone();
+                loop {
+                    match self.edge().read(stream) {
+                        Ok(Read::Data(b)) => body.extend_from_slice(&b),
+                        Ok(Read::Finished) => return (h, body),
+                        Ok(Read::Blocked) | Err(_) => break,
+                    }
+                }
+            }
+        }
+        panic!("no complete response on {stream}");
+    }
+}
+
+#[test]
+fn http2_connection_registers_and_proxies_a_request() {
+    let mut w = H2World::new(ProtocolFlag::Fixed(Protocol::Http2));
+    let link = w.accept_dial();
+    w.run();
+    assert_eq!(w.registered(), Some(Protocol::Http2));
+    assert_eq!(w.connector.ready_connections(), 1);
+
+    let req = Request::get("https://app.example/path?q=1")
+        .header("accept", "text/plain")
+        .body(())
+        .unwrap();
+    let stream = w.edge().open(RequestKind::Http, req, true).expect("open");
+    w.run();
+    let (flow, dest) = match w.asked.pop_front() {
+        Some(Asked::OpenFlow(l, flow, FlowKind::Http, dest)) if l == link => (flow, dest),
+        other => panic!("expected an HTTP flow, got {other:?}"),
+    };
+    assert_eq!(dest, "https://app.example/path?q=1");
+    w.connector
+        .handle_input(w.now, Input::FlowConnected { link, flow });
+    w.run();
+    let request = match w.asked.pop_front() {
+        Some(Asked::WriteFlow(f, data)) if f == flow => String::from_utf8(data).unwrap(),
+        other => panic!("expected the request head, got {other:?}"),
+    };
+    assert!(
+        request.starts_with("GET /path?q=1 HTTP/1.1\r\n"),
+        "{request}"
+    );
+    assert!(request.contains("Host: app.example\r\n"), "{request}");
+    assert!(request.contains("Accept: text/plain\r\n"), "{request}");
+    w.connector
+        .handle_input(w.now, Input::FlowWritten { link, flow });
+    let origin = Bytes::from_static(
+        b"HTTP/1.1 201 Created\r\nContent-Type: text/plain\r\nContent-Length: 5\r\n\r\nhello",
+    );
+    w.connector.handle_input(
+        w.now,
+        Input::FlowData {
+            link,
+            flow,
+            data: origin,
+        },
+    );
+    let (head, body) = w.response(stream);
+    assert_eq!(head.status, StatusCode::CREATED);
+    assert_eq!(head.meta, Some(http2::ResponseMeta::Origin));
+    assert_eq!(head.headers.get("content-type").unwrap(), "text/plain");
+    assert_eq!(head.transport_headers.get("content-length").unwrap(), "5");
+    assert_eq!(body, b"hello");
+}
+
+#[test]
+fn http2_origin_failure_is_a_502_from_cloudflared() {
+    let mut w = H2World::new(ProtocolFlag::Fixed(Protocol::Http2));
+    let link = w.accept_dial();
+    w.run();
+    let req = Request::get("http://app.example/").body(()).unwrap();
+    let stream = w.edge().open(RequestKind::Http, req, true).expect("open");
+    w.run();
+    let Some(Asked::OpenFlow(_, flow, ..)) = w.asked.pop_front() else {
+        panic!("no flow");
+    };
+    w.connector.handle_input(
+        w.now,
+        Input::FlowFailed {
+            link,
+            flow,
+            reason: "connection refused",
+        },
+    );
+    let (head, body) = w.response(stream);
+    assert_eq!(head.status, StatusCode::BAD_GATEWAY);
+    assert_eq!(head.meta, Some(http2::ResponseMeta::Cloudflared));
+    assert!(body.is_empty());
+}
+
+#[test]
+fn http2_tcp_stream_half_closes_both_ways() {
+    let mut w = H2World::new(ProtocolFlag::Fixed(Protocol::Http2));
+    let link = w.accept_dial();
+    w.run();
+    let req = Request::get("http://10.0.0.1:22/").body(()).unwrap();
+    let stream = w.edge().open(RequestKind::Tcp, req, false).expect("open");
+    w.run();
+    let flow = match w.asked.pop_front() {
+        Some(Asked::OpenFlow(_, flow, FlowKind::Tcp, dest)) => {
+            assert_eq!(dest, "10.0.0.1:22");
+            flow
+        }
+        other => panic!("expected a TCP flow, got {other:?}"),
+    };
+    w.connector
+        .handle_input(w.now, Input::FlowConnected { link, flow });
+    w.run();
+    let head = loop {
+        match w.edge_events.pop_front() {
+            Some(H2Event::Response { response, .. }) => break response.expect("head"),
+            Some(_) => continue,
+            None => panic!("no TCP accept"),
+        }
+    };
+    assert_eq!(head.status, StatusCode::OK);
+    // Edge → origin, then the edge's half-close reaches the origin as a write shutdown.
+    w.edge()
+        .send_data(stream, Bytes::from_static(b"ping"))
+        .expect("send");
+    w.edge().finish(stream, None).expect("finish");
+    w.run();
+    match w.asked.pop_front() {
+        Some(Asked::WriteFlow(f, data)) if f == flow => assert_eq!(data, b"ping"),
+        other => panic!("expected the bytes, got {other:?}"),
+    }
+    w.connector
+        .handle_input(w.now, Input::FlowWritten { link, flow });
+    w.run();
+    // Origin → edge still flows, then the origin's FIN ends the stream.
+    w.connector.handle_input(
+        w.now,
+        Input::FlowData {
+            link,
+            flow,
+            data: Bytes::from_static(b"pong"),
+        },
+    );
+    w.connector
+        .handle_input(w.now, Input::FlowFinished { link, flow });
+    w.run();
+    let mut got = Vec::new();
+    let mut fin = false;
+    while let Ok(r) = w.edge().read(stream) {
+        match r {
+            Read::Data(b) => got.extend_from_slice(&b),
+            Read::Finished => {
+                fin = true;
+                break;
+            }
+            Read::Blocked => break,
+        }
+    }
+    assert_eq!((got.as_slice(), fin), (&b"pong"[..], true));
+}
+
+#[test]
+fn http2_configuration_push_is_applied_and_answered() {
+    let mut w = H2World::new(ProtocolFlag::Fixed(Protocol::Http2));
+    w.accept_dial();
+    w.run();
+    let req = Request::put("http://localhost:8080/config")
+        .body(())
+        .unwrap();
+    let stream = w
+        .edge()
+        .open(RequestKind::Configuration, req, false)
+        .expect("open");
+    let body = br#"{"version": 4, "config": {"ingress": [{"service": "http_status:404"}]}}"#;
+    w.edge()
+        .send_data(stream, Bytes::from_static(body))
+        .expect("send");
+    w.edge().finish(stream, None).expect("finish");
+    let (head, answer) = w.response(stream);
+    assert_eq!((head.status, head.meta), (StatusCode::OK, None));
+    assert_eq!(answer, br#"{"lastAppliedVersion":4,"err":null}"#);
+    assert!(w
+        .events
+        .contains(&SupervisorEvent::ConfigurationApplied { version: 4 }));
+}
+
+#[test]
+fn http2_shutdown_unregisters_and_stops() {
+    let mut w = H2World::new(ProtocolFlag::Fixed(Protocol::Http2));
+    w.accept_dial();
+    w.run();
+    w.connector.handle_input(w.now, Input::Shutdown);
+    for _ in 0..50 {
+        w.run();
+        if w.connector.is_stopped() {
+            break;
+        }
+        // Virtual time: jump to the next deadline (the grace period bounds the drain).
+        if let Some(t) = w.timeout {
+            assert!(
+                t > w.now || w.connector.is_stopped(),
+                "timeout does not move"
+            );
+            w.now = t;
+            w.connector.handle_input(w.now, Input::Timeout);
+        }
+    }
+    assert!(w.connector.is_stopped());
+    assert!(w.events.contains(&SupervisorEvent::Stopped));
+}
+
+#[test]
+fn auto_falls_back_to_http2_when_quic_handshakes_time_out() {
+    let mut w = H2World::new(ProtocolFlag::Auto);
+    let start = w.now;
+    // UDP goes nowhere: every QUIC handshake times out; time jumps from deadline to deadline.
+    for _ in 0..1000 {
+        w.flush();
+        if !w.dials.is_empty() {
+            break;
+        }
+        let t = w.timeout.expect("a deadline while connecting");
+        assert!(t > w.now, "timeout does not move forward");
+        w.now = t;
+        w.connector.handle_input(w.now, Input::Timeout);
+    }
+    assert!(!w.dials.is_empty(), "never fell back");
+    let waited = w.now - start;
+    assert!(
+        waited <= Duration::from_secs(30),
+        "fell back after {waited:?}"
+    );
+    assert!(w.events.contains(&SupervisorEvent::ProtocolChanged {
+        index: 0,
+        protocol: Protocol::Http2
+    }));
+    w.accept_dial();
+    w.run();
+    assert_eq!(w.registered(), Some(Protocol::Http2));
+}
