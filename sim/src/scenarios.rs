@@ -24,7 +24,7 @@ use uuid::Uuid;
 
 use crate::client::{Client, Request};
 use crate::clock::{Clock, VirtualTime};
-use crate::net::{LinkConfig, Network};
+use crate::net::{Bursts, LinkConfig, Network};
 use crate::udp::{ICMP_SRC_V4, ICMP_SRC_V6};
 use crate::world::{Happening, World};
 
@@ -89,6 +89,10 @@ pub const ALL: &[Scenario] = &[
     Scenario {
         name: "edge-restart",
         run: edge_restart,
+    },
+    Scenario {
+        name: "hostile-path",
+        run: hostile_path,
     },
     Scenario {
         name: "slow-origin",
@@ -1055,6 +1059,143 @@ fn edge_restart(p: &Params) -> Result<u64, String> {
     let done = client.completed == 5 || (s.hostile && client.completed + client.failed == 5);
     expect(done, "the new connection serves", &s.world)?;
     Ok(s.world.trace.hash())
+}
+
+/// HTTP traffic over 4 HA connections on the worst path the model has: bursty loss on top of
+/// the run's loss, jitter, reordering and duplication; the path MTU shrinks under the
+/// connections mid-traffic (after discovery raised it); one index loses its edge-to-connector
+/// direction for longer than the idle timeout (an asymmetric partition). Every request is
+/// answered whole or fails with its connection, nothing hangs, the cut connection comes back,
+/// and after a shutdown nothing is left: origin connections, sessions, buffers, timers.
+fn hostile_path(p: &Params) -> Result<u64, String> {
+    let mut s = setup(p);
+    s.hostile = true;
+    s.world.net.set_default(LinkConfig {
+        latency: Duration::from_millis(15),
+        jitter: Duration::from_millis(10),
+        reorder: 0.02,
+        duplicate: 0.01,
+        loss: p.loss,
+        bursts: Some(Bursts {
+            to_bad: 0.01,
+            to_good: 0.25,
+            bad_loss: 0.7,
+        }),
+        ..LinkConfig::default()
+    });
+    let c = s.add_connector(HA, s.secret.clone());
+    let conn = register(&mut s, c)?;
+    let count = if p.quick { 30 } else { 300 };
+    let requests = http_requests(&mut s.rng, count, 256 * 1024);
+    let mut client = Client::new(conn, requests, 8);
+    // Let discovery raise the MTU, then shrink the path under every connection; cut index 1's
+    // edge-to-connector direction for 12 s.
+    let later = s.world.after(Duration::from_secs(3));
+    s.world.run_until(later, |_, _| Ok(()))?;
+    for index in 0..HA {
+        let socket = s.world.connectors[c].socket(index);
+        for edge in s.world.edge_addrs.clone() {
+            s.world.net.set_mtu(edge, socket, Some(1252));
+        }
+    }
+    let cut = s.world.connectors[c].socket(1);
+    for edge in s.world.edge_addrs.clone() {
+        s.world.net.set_one_way_partition(edge, cut, true);
+    }
+    let heal_at = s.world.after(Duration::from_secs(12));
+    s.world.wakeups.insert(heal_at);
+    let mut healed = false;
+    let limit = s.world.after(Duration::from_secs(600));
+    // Serve, healing the cut on time.
+    loop {
+        let mut lost = None;
+        s.world.run_ticking(limit, |w, h| {
+            match &h {
+                Some(Happening::Edge(e)) => {
+                    client.on_event(e)?;
+                    return Ok(false);
+                }
+                Some(Happening::Connector(
+                    _,
+                    Event::LinkClosed {
+                        link,
+                        reason,
+                        was_registered: true,
+                        ..
+                    },
+                )) if w.connectors[c].served_by(*link) == Some(client.conn) => {
+                    lost = Some((*link, reason.clone()));
+                    return Ok(true);
+                }
+                Some(_) => return Ok(false),
+                None => {}
+            }
+            if !healed && w.now >= heal_at {
+                healed = true;
+                for edge in w.edge_addrs.clone() {
+                    w.net.set_one_way_partition(edge, cut, false);
+                }
+            }
+            client.tick(w)?;
+            if let Some(e) = &w.origins.error {
+                return Err(format!("origin: {e}"));
+            }
+            Ok(client.is_done() && healed)
+        })?;
+        let Some((link, reason)) = lost else { break };
+        lost_connection(&mut s, c, link, &reason)?;
+        let conn = register(&mut s, c)?;
+        client.connection_lost(conn);
+    }
+    let w = &mut s.world;
+    expect(
+        client.is_done() && client.completed + client.failed == count as u64,
+        &format!(
+            "every request ends: {} answered, {} failed, {} in flight",
+            client.completed,
+            client.failed,
+            client.in_flight()
+        ),
+        w,
+    )?;
+    expect(
+        w.net.stats().too_big > 0,
+        "the shrunk path MTU dropped packets (discovery had raised it above)",
+        w,
+    )?;
+    // The connector comes back on the index that was cut.
+    let back = w.after(REGISTER_WITHIN);
+    w.run_ticking(back, |w, _| {
+        Ok(w.connectors[c].live().len() == usize::from(HA))
+    })?;
+    expect(
+        w.connectors[c].live().len() == usize::from(HA),
+        "every HA connection serves again",
+        w,
+    )?;
+    w.feed(c, Input::Shutdown);
+    let limit = w.after(GRACE + Duration::from_secs(5));
+    w.run_ticking(limit, |w, _| Ok(w.connectors[c].connector.is_stopped()))?;
+    let after = w.after(Duration::from_secs(1));
+    w.run_until(after, |_, _| Ok(()))?;
+    let node = &w.connectors[c];
+    let leftovers = (
+        w.origins.flows_of(c, None),
+        node.hub().sessions.active(),
+        w.udp.sockets(),
+        node.buffered(),
+        node.connector.flow_limiter().active(),
+    );
+    expect(
+        node.connector.is_stopped() && leftovers == (0, 0, 0, (0, 0), 0),
+        &format!(
+            "stopped, nothing left (origin flows, sessions, sockets, buffers, flows): {leftovers:?}; net {:?}",
+            w.net.stats()
+        ),
+        w,
+    )?;
+    w.trace.record(w.now, &w.net.stats());
+    Ok(w.trace.hash())
 }
 
 /// Serves `client` on connector `c` and checks that it took at least `least` (whoever is slow
