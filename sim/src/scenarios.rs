@@ -357,14 +357,19 @@ fn registration(p: &Params) -> Result<u64, String> {
     })?;
     let w = &mut s.world;
     expect(config_seen, "edge gets the local configuration", w)?;
-    if !hostile {
-        let ready = w.connectors[c].connector.ready_connections();
-        expect(
-            ready == usize::from(HA),
-            &format!("{ready} of {HA} HA connections serve"),
-            w,
-        )?;
-    }
+    // Every HA index serves within the registration bound (under loss an index may still be
+    // retrying after SERVE: a registration lost past its deadline closes the connection,
+    // which drains for three probe timeouts before the supervisor's backoff starts).
+    let limit = w.after(REGISTER_WITHIN);
+    w.run_ticking(limit, |w, _| {
+        Ok(w.connectors[c].connector.ready_connections() == usize::from(HA))
+    })?;
+    let ready = w.connectors[c].connector.ready_connections();
+    expect(
+        ready == usize::from(HA),
+        &format!("{ready} of {HA} HA connections serve"),
+        w,
+    )?;
     let serving = w.connectors[c].live().len();
     // Then shut down gracefully.
     w.feed(c, Input::Shutdown);
