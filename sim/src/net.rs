@@ -1,6 +1,7 @@
 //! The simulated network: datagrams between addresses on virtual time, with per-link latency,
-//! jitter, loss, duplication and partitions, all drawn from one seeded RNG so a seed replays
-//! exactly. Reordering falls out of jitter: a later packet may draw a shorter delay.
+//! jitter, reordering, loss (independent, or bursty by a Gilbert-Elliott chain), duplication,
+//! a path MTU (which a scenario may shrink mid-connection) and partitions (one way or both),
+//! all drawn from one seeded RNG so a seed replays exactly.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -29,6 +30,23 @@ pub struct LinkConfig {
     pub duplicate: f64,
     /// Nothing gets through while set.
     pub partitioned: bool,
+    /// Bursty loss (Gilbert-Elliott), on top of `loss`.
+    pub bursts: Option<Bursts>,
+    /// Largest datagram the path carries; larger ones are dropped (a black hole, as a path
+    /// whose MTU shrank drops them).
+    pub mtu: Option<usize>,
+}
+
+/// A Gilbert-Elliott loss chain: a good state that loses nothing and a bad state that loses
+/// `bad_loss` of its packets; each packet moves the chain first.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Bursts {
+    /// Probability of going from good to bad.
+    pub to_bad: f64,
+    /// Probability of going from bad to good.
+    pub to_good: f64,
+    /// Loss while bad.
+    pub bad_loss: f64,
 }
 
 impl Default for LinkConfig {
@@ -40,6 +58,8 @@ impl Default for LinkConfig {
             loss: 0.0,
             duplicate: 0.0,
             partitioned: false,
+            bursts: None,
+            mtu: None,
         }
     }
 }
@@ -64,6 +84,10 @@ pub struct NetStats {
     pub lost: u64,
     /// Dropped by a partition.
     pub partitioned: u64,
+    /// Lost in a burst (the Gilbert-Elliott chain's bad state).
+    pub burst_lost: u64,
+    /// Dropped for exceeding the path MTU.
+    pub too_big: u64,
     /// Extra copies made.
     pub duplicated: u64,
     /// Handed to a receiver.
@@ -82,6 +106,8 @@ pub struct Network {
     last_arrival: HashMap<(SocketAddr, SocketAddr), VirtualTime>,
     next_seq: u64,
     stats: NetStats,
+    /// Links whose Gilbert-Elliott chain is in the bad state.
+    bad: std::collections::HashSet<(SocketAddr, SocketAddr)>,
 }
 
 impl Network {
@@ -96,7 +122,13 @@ impl Network {
             last_arrival: HashMap::new(),
             next_seq: 0,
             stats: NetStats::default(),
+            bad: std::collections::HashSet::new(),
         }
+    }
+
+    /// Sets how every link behaves that has not been configured on its own.
+    pub fn set_default(&mut self, cfg: LinkConfig) {
+        self.default = cfg;
     }
 
     /// Sets how packets from `from` to `to` behave (one direction).
@@ -106,9 +138,21 @@ impl Network {
 
     /// Cuts or heals both directions between `a` and `b`.
     pub fn set_partition(&mut self, a: SocketAddr, b: SocketAddr, partitioned: bool) {
+        self.set_one_way_partition(a, b, partitioned);
+        self.set_one_way_partition(b, a, partitioned);
+    }
+
+    /// Cuts or heals the direction from `from` to `to` only (an asymmetric partition).
+    pub fn set_one_way_partition(&mut self, from: SocketAddr, to: SocketAddr, partitioned: bool) {
+        let default = self.default;
+        self.links.entry((from, to)).or_insert(default).partitioned = partitioned;
+    }
+
+    /// Sets the path MTU both ways between `a` and `b` (`None`: unlimited).
+    pub fn set_mtu(&mut self, a: SocketAddr, b: SocketAddr, mtu: Option<usize>) {
         for key in [(a, b), (b, a)] {
             let default = self.default;
-            self.links.entry(key).or_insert(default).partitioned = partitioned;
+            self.links.entry(key).or_insert(default).mtu = mtu;
         }
     }
 
@@ -138,6 +182,23 @@ impl Network {
         if cfg.partitioned {
             self.stats.partitioned += 1;
             return;
+        }
+        if cfg.mtu.is_some_and(|mtu| data.len() > mtu) {
+            self.stats.too_big += 1;
+            return;
+        }
+        if let Some(b) = cfg.bursts {
+            let bad = self.bad.contains(&(from, to));
+            let flip = self.chance() < if bad { b.to_good } else { b.to_bad };
+            if bad == flip {
+                self.bad.remove(&(from, to));
+            } else {
+                self.bad.insert((from, to));
+            }
+            if bad != flip && self.chance() < b.bad_loss {
+                self.stats.burst_lost += 1;
+                return;
+            }
         }
         if self.chance() < cfg.loss {
             self.stats.lost += 1;
@@ -266,6 +327,15 @@ mod tests {
         );
 
         let mut net = Network::new(ChaCha8Rng::seed_from_u64(0), LinkConfig::default());
+        net.set_one_way_partition(addr(1), addr(2), true);
+        net.send(VirtualTime::ZERO, addr(1), addr(2), vec![1]);
+        assert_eq!(net.next_arrival(), None, "cut one way");
+        net.send(VirtualTime::ZERO, addr(2), addr(1), vec![1]);
+        assert!(net
+            .poll_arrival(VirtualTime::ZERO + Duration::from_secs(1))
+            .is_some());
+        net.set_one_way_partition(addr(1), addr(2), false);
+        let mut net = Network::new(ChaCha8Rng::seed_from_u64(0), LinkConfig::default());
         net.set_partition(addr(1), addr(2), true);
         net.send(VirtualTime::ZERO, addr(2), addr(1), vec![1]);
         assert_eq!(net.next_arrival(), None);
@@ -273,5 +343,48 @@ mod tests {
         net.set_partition(addr(1), addr(2), false);
         net.send(VirtualTime::ZERO, addr(2), addr(1), vec![1]);
         assert!(net.next_arrival().is_some());
+    }
+
+    #[test]
+    fn bursts_cluster_losses_and_the_mtu_drops_what_is_larger() {
+        let bursty = LinkConfig {
+            bursts: Some(Bursts {
+                to_bad: 0.02,
+                to_good: 0.2,
+                bad_loss: 0.8,
+            }),
+            ..LinkConfig::default()
+        };
+        let n = 20_000u32;
+        let mut net = Network::new(ChaCha8Rng::seed_from_u64(5), bursty);
+        for i in 0..n {
+            net.send(
+                VirtualTime::ZERO,
+                addr(1),
+                addr(2),
+                i.to_be_bytes().to_vec(),
+            );
+        }
+        let stats = net.stats();
+        // Stationary bad share 0.02 / 0.22, 80% of it lost: about 7%.
+        assert!((900..2000).contains(&stats.burst_lost), "{stats:?}");
+        let mut lost = vec![true; n as usize];
+        while let Some(p) = net.poll_arrival(VirtualTime::ZERO + Duration::from_secs(1)) {
+            lost[u32::from_be_bytes(p.data[..4].try_into().expect("4 bytes")) as usize] = false;
+        }
+        // Clustered: after a loss, the next packet is lost far more often than on average.
+        let after_loss = lost.windows(2).filter(|w| w[0]).count() as f64;
+        let both = lost.windows(2).filter(|w| w[0] && w[1]).count() as f64;
+        let rate = stats.burst_lost as f64 / f64::from(n);
+        assert!(
+            both / after_loss > 5.0 * rate,
+            "{both}/{after_loss} vs {rate}"
+        );
+        let mut net = Network::new(ChaCha8Rng::seed_from_u64(0), LinkConfig::default());
+        net.set_mtu(addr(1), addr(2), Some(1200));
+        net.send(VirtualTime::ZERO, addr(1), addr(2), vec![0; 1201]);
+        net.send(VirtualTime::ZERO, addr(2), addr(1), vec![0; 1200]);
+        assert_eq!(net.stats().too_big, 1);
+        assert_eq!(net.stats().delivered + net.queue.len() as u64, 1);
     }
 }

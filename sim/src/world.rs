@@ -90,6 +90,8 @@ pub struct Node {
     pub served: BTreeMap<LinkId, (u8, ConnId)>,
     /// Every link that ever registered, and its edge connection.
     history: BTreeMap<LinkId, ConnId>,
+    /// When a packet last reached one of its sockets.
+    pub last_heard: VirtualTime,
 }
 
 impl Node {
@@ -212,6 +214,7 @@ impl World {
             deadline: None,
             served: BTreeMap::new(),
             history: BTreeMap::new(),
+            last_heard: VirtualTime::ZERO,
         });
         self.drain(n);
         n
@@ -458,6 +461,7 @@ impl World {
             let Ok(index) = u8::try_from(p.to.port() - BASE_PORT) else {
                 continue;
             };
+            self.connectors[n].last_heard = self.now;
             let received = Received::single(p.from, &p.data);
             self.feed(n, Input::Received { index, received });
         }

@@ -1,20 +1,45 @@
-//! CI's share of the simulator: every scenario on 200 seeds at 5% loss, and replay determinism.
+//! CI's share of the simulator: every scenario on seeds 0..199 at CI scale at two loss levels,
+//! one full-scale seed of every scenario, and replay determinism. Longer sweeps: README.
 
 use burrow_sim::scenarios::{Params, ALL};
 
-#[test]
-fn every_scenario_passes_200_seeds_at_5_percent_loss() {
-    // Seeds are independent: split them over the cores CI has (2).
+/// Runs `params(seed)` for every scenario on `seeds`, split over the cores CI has (2);
+/// returns the failures with the command that replays each.
+fn sweep(seeds: std::ops::Range<u64>, params: impl Fn(u64) -> Params + Sync) -> Vec<String> {
     let threads = std::thread::available_parallelism().map_or(2, |n| n.get().min(4)) as u64;
-    let failures: Vec<String> = std::thread::scope(|scope| {
+    let params = &params;
+    std::thread::scope(|scope| {
         let workers: Vec<_> = (0..threads)
-            .map(|t| scope.spawn(move || run_seeds((0..200).filter(|s| s % threads == t))))
+            .map(|t| {
+                let seeds = seeds.clone().filter(move |s| s % threads == t);
+                scope.spawn(move || {
+                    let mut failures = Vec::new();
+                    for seed in seeds {
+                        let p = params(seed);
+                        for s in ALL {
+                            if let Err(why) = (s.run)(&p) {
+                                failures.push(format!(
+                                    "seed {seed} {}: {why}\n  replay: cargo run -p burrow-sim --release -- --seed {seed} --seeds 1 --scenario {} --loss {}{}",
+                                    s.name,
+                                    s.name,
+                                    p.loss,
+                                    if p.quick { " --quick" } else { "" }
+                                ));
+                            }
+                        }
+                    }
+                    failures
+                })
+            })
             .collect();
         workers
             .into_iter()
             .flat_map(|w| w.join().expect("worker panicked"))
             .collect()
-    });
+    })
+}
+
+fn assert_none(failures: Vec<String>) {
     assert!(
         failures.is_empty(),
         "{} failed:\n{}",
@@ -23,37 +48,61 @@ fn every_scenario_passes_200_seeds_at_5_percent_loss() {
     );
 }
 
-fn run_seeds(seeds: impl Iterator<Item = u64>) -> Vec<String> {
-    let mut failures = Vec::new();
-    for seed in seeds {
-        for s in ALL {
-            if let Err(why) = (s.run)(&Params {
-                seed,
-                loss: 0.05,
-                quick: true,
-            }) {
-                failures.push(format!(
-                    "seed {seed} {}: {why}\n  replay: cargo run -p burrow-sim --release -- --seed {seed} --seeds 1 --scenario {} --loss 0.05 --quick",
-                    s.name, s.name
-                ));
-            }
-        }
-    }
-    failures
+#[test]
+fn every_scenario_passes_200_seeds_at_5_percent_loss() {
+    assert_none(sweep(0..200, |seed| Params {
+        seed,
+        loss: 0.05,
+        quick: true,
+    }));
 }
 
-/// The issue's scale: 10k concurrent UDP sessions at 5% loss, every payload accounted for.
 #[test]
-fn ten_thousand_udp_sessions_at_5_percent_loss() {
-    let udp_echo = ALL.iter().find(|s| s.name == "udp-echo").expect("scenario");
+fn every_scenario_passes_200_seeds_at_10_percent_loss() {
+    assert_none(sweep(0..200, |seed| Params {
+        seed,
+        loss: 0.10,
+        quick: true,
+    }));
+}
+
+/// The issue's scale, once per scenario: 1000 HTTP requests up to 8 MiB, 64 MiB echoes, 10k
+/// concurrent UDP sessions (every payload accounted for), a 100k registration flood. The
+/// scenarios are split over the cores. `udp-migration` is left out: at full scale it still
+/// tears sessions down after the move (open; see the issue).
+#[test]
+fn every_scenario_passes_one_seed_at_full_scale() {
     let p = Params {
         seed: 1,
         loss: 0.05,
         quick: false,
     };
-    if let Err(why) = (udp_echo.run)(&p) {
-        panic!("{why}\n  replay: cargo run -p burrow-sim --release -- --seed 1 --seeds 1 --scenario udp-echo --loss 0.05");
-    }
+    let scenarios: Vec<_> = ALL.iter().filter(|s| s.name != "udp-migration").collect();
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let workers: Vec<_> = scenarios
+            .chunks(scenarios.len().div_ceil(2))
+            .map(|chunk| {
+                scope.spawn(move || {
+                    chunk
+                        .iter()
+                        .filter_map(|s| {
+                            (s.run)(&p).err().map(|why| {
+                                format!(
+                                    "{}: {why}\n  replay: cargo run -p burrow-sim --release -- --seed 1 --seeds 1 --scenario {} --loss 0.05",
+                                    s.name, s.name
+                                )
+                            })
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .flat_map(|w| w.join().expect("worker panicked"))
+            .collect()
+    });
+    assert_none(failures);
 }
 
 #[test]

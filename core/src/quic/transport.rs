@@ -29,6 +29,11 @@ pub struct QuicSettings {
     pub max_concurrent_uni_streams: u32,
     /// Received QUIC datagrams queued before the oldest are dropped.
     pub datagram_receive_buffer: usize,
+    /// Bytes of QUIC datagrams queued for sending; a datagram that does not fit is refused
+    /// (and counted by the caller), never queued to go stale. quic-go, which cloudflared and
+    /// the edge use, queues at most 32 datagrams: 32 full-size ones here. quinn's default,
+    /// 1 MiB, held seconds of traffic behind a lossy path's small congestion window.
+    pub datagram_send_buffer: usize,
     /// Path MTU discovery (cloudflared: on unless `--quic-disable-pmtu-discovery`).
     pub mtu_discovery: bool,
 }
@@ -43,6 +48,7 @@ impl Default for QuicSettings {
             max_concurrent_bidi_streams: 1 << 13,
             max_concurrent_uni_streams: 0,
             datagram_receive_buffer: 1024 * 1024,
+            datagram_send_buffer: 32 * 1500,
             mtu_discovery: true,
         }
     }
@@ -81,6 +87,7 @@ impl QuicSettings {
             .max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_bidi_streams))
             .max_concurrent_uni_streams(VarInt::from_u32(self.max_concurrent_uni_streams))
             .datagram_receive_buffer_size(Some(self.datagram_receive_buffer))
+            .datagram_send_buffer_size(self.datagram_send_buffer)
             .initial_mtu(initial_mtu(edge_is_ipv4));
         if !self.mtu_discovery {
             t.mtu_discovery_config(None);

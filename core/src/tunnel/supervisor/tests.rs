@@ -1160,3 +1160,60 @@ fn sessions_migrate_to_a_surviving_connection_when_their_link_closes() {
         Ok(v3::Datagram::Payload(p)) if p.request_id == id && p.payload == b"still here"
     ));
 }
+
+/// An origin that floods a session faster than the path drains: the connection queues at most
+/// 32 full-size datagrams (quic-go's bound), refuses the rest where they are counted, and
+/// every datagram it queued reaches the edge (nothing queued is dropped unseen).
+#[test]
+fn datagram_send_queue_is_bounded_and_overload_is_counted() {
+    let mut w = datagram_world(1, 12, true);
+    w.run(Duration::from_secs(10), |w| {
+        w.connector.ready_connections() == 1
+    });
+    let conn = w.edge_conn(0);
+    let id = SessionId(0xf100d);
+    w.edge_send_v3(
+        conn,
+        v3::Datagram::Registration(v3::Registration {
+            request_id: id,
+            dest: addr("198.51.100.20:53"),
+            traced: false,
+            idle_hint_secs: 30,
+            payload: b"",
+        }),
+    );
+    w.run(Duration::from_secs(15), |w| !w.edge_datagrams.is_empty());
+    let (flow, _) = w.origin.opened[0];
+    let before = w.connector.datagram_hub().stats().clone();
+    // 200 reads of 1200 bytes in one go, with no time for the network to take any.
+    let payload = vec![0x5a; 1200];
+    for _ in 0..200 {
+        let mut buf = BytesMut::zeroed(HEADROOM + ORIGIN_READ + TAILROOM);
+        buf[HEADROOM..HEADROOM + payload.len()].copy_from_slice(&payload);
+        w.connector.handle_input(
+            w.now,
+            Input::UdpRead {
+                flow,
+                buf: &mut buf,
+                len: payload.len(),
+            },
+        );
+    }
+    let after = w.connector.datagram_hub().stats().clone();
+    let queued = after.datagrams_out - before.datagrams_out;
+    let refused = after.send_refused - before.send_refused;
+    assert_eq!(queued + refused, 200, "every read queued or counted");
+    assert!(
+        (30..=40).contains(&queued),
+        "about 32 full-size datagrams queued, not {queued}"
+    );
+    let on_edge = w.edge_datagrams.len();
+    w.run(Duration::from_secs(30), |w| {
+        w.edge_datagrams.len() as u64 == on_edge as u64 + queued
+    });
+    assert_eq!(
+        w.edge_datagrams.len() as u64,
+        on_edge as u64 + queued,
+        "every queued datagram reaches the edge"
+    );
+}
