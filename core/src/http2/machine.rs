@@ -88,6 +88,9 @@ pub struct IncomingRequest {
     /// makes them what cloudflared proxies, [`super::request::tcp_destination`] reads a TCP
     /// stream's destination.
     pub head: http::request::Parts,
+    /// The head came with END_STREAM: the request has no body (Go's `ContentLength` 0; a
+    /// body of unknown length is otherwise sent on chunked, as Go's transport does).
+    pub ended: bool,
 }
 
 /// Why a connection ended, other than cleanly (the peer broke or left; never caller misuse).

@@ -38,6 +38,9 @@ use crate::stream::connect::{
 use crate::stream::http1::canonical;
 use crate::stream::preamble::DATA_PREAMBLE_LEN;
 
+/// The metadata entry that asks the proxy for a chunked request body.
+const TRANSFER_ENCODING_KEY: &str = "HttpHeader:Transfer-Encoding";
+
 /// Ciphertext handed to the driver per write.
 const WRITE_CHUNK: usize = 64 * 1024;
 
@@ -253,6 +256,13 @@ fn connect_request(req: &mut IncomingRequest) -> Result<Vec<u8>, String> {
                 let Ok(val) = v.to_str() else { continue };
                 metadata.push(Metadata { key: name, val });
             }
+        } // HTTP/2 has no Transfer-Encoding: a body without a length goes chunked to the origin,
+          // as Go's transport sends cloudflared's `ContentLength == -1` requests.
+        if !req.ended && !head.headers.contains_key(http::header::CONTENT_LENGTH) {
+            metadata.push(Metadata {
+                key: TRANSFER_ENCODING_KEY,
+                val: "chunked",
+            });
         }
     }
     let mut out = Vec::new();
