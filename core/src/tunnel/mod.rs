@@ -10,6 +10,8 @@
 pub mod connector;
 pub mod data;
 pub mod edge;
+pub mod edge_http2;
+pub mod edge_transports;
 mod quic_io;
 pub mod supervisor;
 pub mod udp;
