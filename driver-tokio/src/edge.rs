@@ -1,12 +1,14 @@
-//! `burrow edge`: a self-hosted edge. Tunnel connections come in over QUIC and are served by
-//! burrow-core's [`EdgeEndpoint`]; registrations are checked against a tunnels file; eyeball
+//! `burrow edge`: a self-hosted edge. Tunnel connections come in over QUIC (UDP) or HTTP/2 over
+//! TLS (TCP, [`crate::edge_http2`]) on the same port and are served by burrow-core's
+//! [`EdgeTransports`]; registrations are checked against a tunnels file; eyeball
 //! HTTP/1.1 requests (WebSocket upgrades included) are routed by `Host` to a registered tunnel,
 //! spread over its HA connections; `--tcp-map` ports carry raw TCP streams; `--udp-map` and
 //! `--icmp-map` ports carry UDP sessions and ping as QUIC datagrams ([`crate::edge_udp`]).
 //!
 //! One task owns the endpoint; listener tasks talk to it through [`Cmd`]s and get each stream's
 //! response through a channel. Response bytes are read from the endpoint one chunk per credit,
-//! request bytes go in one chunk per acknowledgement, so QUIC flow control paces both ways.
+//! request bytes go in one chunk per acknowledgement, so QUIC's or HTTP/2's flow control paces
+//! both ways.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -25,18 +27,21 @@ use burrow_core::edge::forwarded::{request_metadata, HOP_BY_HOP};
 use burrow_core::edge::hostnames::HostnameTable;
 use burrow_core::edge::log_budget::{LogBudget, Verdict};
 use burrow_core::edge::routes::Routes;
+use burrow_core::http2;
 use burrow_core::quic::tls::{self, PostQuantum};
 use burrow_core::quic::transport::QuicSettings;
 use burrow_core::quic::SERVER_NAME;
+use burrow_core::stream::connect::key;
 use burrow_core::stream::connect::{ConnectRequest, ConnectionType, Metadata};
 use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
+use burrow_core::tunnel::edge_http2::Http2Edge;
+use burrow_core::tunnel::edge_transports::{DataStream, EdgeTransports};
 use bytes::Bytes;
 use clap::{Args, Subcommand};
 use http_body_util::BodyExt;
 use hyper::body::Frame;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use quinn_proto::StreamId;
 use serde::{Deserialize, Serialize};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, UdpSocket};
@@ -45,6 +50,7 @@ use tracing::{debug, error, info, warn};
 use uuid::Uuid;
 
 use crate::creds::Credentials;
+use crate::edge_http2::Sockets;
 use crate::edge_udp::{DatagramArgs, EdgeDatagrams};
 use crate::quic_socket::{QuicSocket, RecvBufs};
 use crate::run::init_logging;
@@ -52,7 +58,7 @@ use crate::run::init_logging;
 /// `burrow edge ...`.
 #[derive(Debug, Args, Clone)]
 pub struct EdgeArgs {
-    /// QUIC address tunnels connect to.
+    /// Address tunnels connect to: QUIC on UDP, HTTP/2 over TLS on TCP.
     #[arg(long, default_value = "127.0.0.1:7844")]
     pub listen: String,
     /// Public HTTP address eyeballs connect to.
@@ -326,10 +332,11 @@ pub fn identity(
         .map_err(|e| e.to_string())?
         .signed_by(&leaf_key, &issuer)
         .map_err(|e| e.to_string())?;
-        std::fs::write(&ca_path, ca_cert.pem()).map_err(|e| e.to_string())?;
         std::fs::write(&cert_path, format!("{}{}", leaf.pem(), ca_cert.pem()))
             .map_err(|e| e.to_string())?;
         write_private(&key_path, leaf_key.serialize_pem().as_bytes())?;
+        // Last: connectors (and tests) take the CA's presence to mean the identity is whole.
+        std::fs::write(&ca_path, ca_cert.pem()).map_err(|e| e.to_string())?;
         info!(ca = %ca_path.display(), "generated a local edge CA; connectors trust it with --cacert");
     }
     let chain =
@@ -390,7 +397,7 @@ pub fn main(args: EdgeArgs) -> ExitCode {
     };
     match rt.block_on(async {
         let edge = start(&args, &tunnels_path).await?;
-        info!(quic = %edge.quic, http = %edge.http, udp_maps = ?edge.udp_maps, icmp_maps = ?edge.icmp_maps, "edge running");
+        info!(quic = %edge.quic, http2 = %edge.quic, http = %edge.http, udp_maps = ?edge.udp_maps, icmp_maps = ?edge.icmp_maps, "edge running");
         let mut sig = crate::run::signals();
         sig.recv().await;
         info!("shutting down: closing tunnel connections");
@@ -441,25 +448,38 @@ pub async fn start(args: &EdgeArgs, tunnels_path: &Path) -> Result<RunningEdge, 
     // Every eyeball connection and tunnel stream holds a descriptor.
     crate::datagram::raise_nofile_limit();
     let (chain, key, ca) = identity(&args.dir, args.cert.as_deref(), args.key.as_deref())?;
+    let h2_tls = http2::tls::server_config(chain.clone(), key.clone_key(), PostQuantum::Prefer)
+        .map_err(|e| e.to_string())?;
     let mut server = quinn_proto::ServerConfig::with_crypto(Arc::new(
         tls::server_config(chain, key, PostQuantum::Prefer).map_err(|e| e.to_string())?,
     ));
     server.transport_config(QuicSettings::edge().transport_config(true));
     let mut seed = [0u8; 32];
     let _ = getrandom::fill(&mut seed);
-    let endpoint = EdgeEndpoint::new(server, seed);
+    let endpoint = EdgeTransports {
+        quic: EdgeEndpoint::new(server, seed),
+        http2: Http2Edge::new(h2_tls, http2::Limits::default()),
+    };
     let socket = UdpSocket::bind(&args.listen)
         .await
         .and_then(QuicSocket::new)
         .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
     let quic = socket.local_addr().map_err(|e| e.to_string())?;
+    // HTTP/2 connectors dial the same address over TCP, as on Cloudflare's 7844.
+    let tunnel_tcp = TcpListener::bind(quic)
+        .await
+        .map_err(|e| format!("cannot listen on TCP {quic}: {e}"))?;
+    let (accepted_tx, accepted) = mpsc::unbounded_channel();
+    tokio::spawn(crate::edge_http2::serve(tunnel_tcp, accepted_tx));
     let http_listener = TcpListener::bind(&args.http)
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.http))?;
     let http = http_listener.local_addr().map_err(|e| e.to_string())?;
     let (datagrams, mapped) = crate::edge_udp::bind(&args.datagrams, &tunnels).await?;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
-    tokio::spawn(edge_loop(endpoint, socket, auth, cmd_rx, datagrams));
+    tokio::spawn(edge_loop(
+        endpoint, socket, accepted, auth, cmd_rx, datagrams,
+    ));
     tokio::spawn(serve_http(
         http_listener,
         hostnames,
@@ -492,7 +512,7 @@ pub async fn start(args: &EdgeArgs, tunnels_path: &Path) -> Result<RunningEdge, 
     })
 }
 
-type Key = (ConnId, StreamId);
+type Key = (ConnId, DataStream);
 
 /// What a listener task asks of the edge loop.
 enum Cmd {
@@ -541,8 +561,9 @@ const SEND_WINDOW: usize = 256 * 1024;
 const READ_CHUNK: usize = 64 * 1024;
 
 async fn edge_loop(
-    mut ep: EdgeEndpoint,
+    mut ep: EdgeTransports,
     socket: QuicSocket,
+    mut accepted: mpsc::UnboundedReceiver<(tokio::net::TcpStream, SocketAddr)>,
     auth: TunnelAuth,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
     mut datagrams: EdgeDatagrams,
@@ -556,6 +577,8 @@ async fn edge_loop(
     // Room for a GSO batch of full-size datagrams.
     let mut buf = Vec::with_capacity(64 * 1500);
     let mut closing: Option<oneshot::Sender<()>> = None;
+    let (socket_tx, mut socket_rx) = mpsc::unbounded_channel();
+    let mut sockets = Sockets::new(socket_tx);
     loop {
         // Drain.
         loop {
@@ -581,8 +604,13 @@ async fn edge_loop(
                         });
                         match &result {
                             Ok(_) => {
-                                info!(conn = conn.0, tunnel = %registration.tunnel_id, conn_index = registration.conn_index, "tunnel connection registered");
-                                datagrams.connection_registered(now, conn, &registration);
+                                let http2 = ep.is_http2(conn);
+                                let protocol = if http2 { "http2" } else { "quic" };
+                                info!(conn = conn.0, tunnel = %registration.tunnel_id, conn_index = registration.conn_index, protocol, "tunnel connection registered");
+                                // No datagrams on HTTP/2 (PROTOCOL.md C§1.1).
+                                if !http2 {
+                                    datagrams.connection_registered(now, conn, &registration);
+                                }
                             }
                             Err(e) => {
                                 if let Verdict::Log { suppressed } = refusals.check(now) {
@@ -704,8 +732,12 @@ async fn edge_loop(
                     }
                 }
             }
-            progress |= datagrams.pump(now, &mut ep);
-            while let Some(t) = ep.poll_transmit(now, socket.max_transmit_segments(), &mut buf) {
+            progress |= datagrams.pump(now, &mut ep.quic);
+            progress |= sockets.pump(now, &mut ep);
+            while let Some(t) = ep
+                .quic
+                .poll_transmit(now, socket.max_transmit_segments(), &mut buf)
+            {
                 progress = true;
                 // A full socket buffer drops the datagrams: QUIC recovers them as losses.
                 if let Err(e) = socket.try_send(&t, &buf) {
@@ -736,7 +768,7 @@ async fn edge_loop(
         tokio::select! {
             Ok(()) = std::future::poll_fn(|cx| socket.poll_recv_ready(cx)) => {
                 let now = Instant::now();
-                let got = socket.read_round(&mut recv_bufs, |r| ep.handle_received(now, r));
+                let got = socket.read_round(&mut recv_bufs, |r| ep.quic.handle_received(now, r));
                 if let Err(e) = got {
                     debug!(error = %e, "UDP receive error");
                 }
@@ -751,6 +783,15 @@ async fn edge_loop(
                         break;
                     }
                     on_cmd(now, &mut ep, &mut routes, &mut streams, cmd);
+                }
+            }
+            Some((sock, peer)) = accepted.recv() => {
+                sockets.accept(Instant::now(), &mut ep, sock, peer);
+            }
+            Some(ev) = socket_rx.recv() => {
+                sockets.on_event(ev);
+                while let Ok(ev) = socket_rx.try_recv() {
+                    sockets.on_event(ev);
                 }
             }
             Some(packet) = datagrams.recv() => {
@@ -771,7 +812,7 @@ async fn edge_loop(
 
 fn on_cmd(
     now: Instant,
-    ep: &mut EdgeEndpoint,
+    ep: &mut EdgeTransports,
     routes: &mut Routes,
     streams: &mut HashMap<Key, Stream>,
     cmd: Cmd,
@@ -1057,13 +1098,13 @@ async fn handle(
     }
     let status = meta
         .iter()
-        .find(|(k, _)| k == "HttpStatus")
+        .find(|(k, _)| k == key::HTTP_STATUS)
         .and_then(|(_, v)| v.parse::<u16>().ok())
         .unwrap_or(502);
     let (body_tx, body_rx) = mpsc::unbounded_channel::<Bytes>();
     let mut builder = hyper::Response::builder().status(status);
     for (k, v) in &meta {
-        if let Some(name) = k.strip_prefix("HttpHeader:") {
+        if let Some(name) = k.strip_prefix(key::HTTP_HEADER_PREFIX) {
             let lower = name.to_ascii_lowercase();
             if !websocket && (HOP_BY_HOP.contains(&lower.as_str()) || lower == "transfer-encoding")
             {

@@ -6,6 +6,7 @@ mod creds;
 mod datagram;
 mod decode;
 mod edge;
+mod edge_http2;
 mod edge_udp;
 mod metrics;
 mod origin;
