@@ -657,19 +657,9 @@ impl EdgeEndpoint {
             .find_map(|(&id, c)| c.conn.datagrams().recv().map(|d| (id, d)))
     }
 
-    /// The largest datagram connection `conn` carries now.
-    pub fn max_datagram_size(&mut self, conn: ConnId) -> Option<usize> {
-        self.conns.get_mut(&conn)?.conn.datagrams().max_size()
-    }
-
     /// quinn's counters for connection `conn`.
     pub fn quic_stats(&self, conn: ConnId) -> Option<quinn_proto::ConnectionStats> {
         self.conns.get(&conn).map(|c| c.conn.stats())
-    }
-
-    /// Connections currently held.
-    pub fn connection_count(&self) -> usize {
-        self.conns.len()
     }
 
     fn progress(&mut self, now: Instant) {
