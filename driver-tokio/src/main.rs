@@ -6,7 +6,6 @@ mod creds;
 mod datagram;
 mod decode;
 mod edge;
-mod edge_http2;
 mod edge_udp;
 mod metrics;
 mod origin;
