@@ -299,6 +299,12 @@ impl<R: Role> Connection<R> {
         self.dirty = true;
     }
 
+    /// Ends the connection now, every stream with it (TLS close_notify, no GOAWAY): for a peer
+    /// that broke a rule above HTTP/2 or never registered. `Closed(None)` follows.
+    pub fn abort(&mut self) {
+        self.close(None);
+    }
+
     /// Pulls the next body bytes of `stream` (credit goes back to the peer as bytes are read).
     pub fn read(&mut self, stream: StreamId) -> Result<Read, ApiError> {
         self.live()?;
