@@ -482,13 +482,12 @@ impl Connector {
                     data: &self.buf[..size],
                 };
             }
-            if let Some((link, write)) = self.sup.poll_edge_write(now) {
-                if !write {
-                    self.tcp_links.remove(&link);
-                    return Output::Io(Io::CloseEdge { link });
-                }
+            if let Some(link) = self.sup.poll_edge_write(now) {
                 let data = self.sup.edge_lent(link);
                 return Output::Io(Io::WriteEdge { link, data });
+            }
+            if self.sup.has_events() {
+                continue;
             }
             return Output::Timeout(self.sup.poll_timeout());
         }

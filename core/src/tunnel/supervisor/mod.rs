@@ -510,9 +510,8 @@ impl Supervisor {
         self.http2_of(link).is_some_and(|c| c.wants_read())
     }
 
-    /// The HTTP/2 link with ciphertext to write now (`true`; the bytes are
-    /// [`Supervisor::edge_lent`]), or whose TCP connection is to be closed now (`false`).
-    pub fn poll_edge_write(&mut self, now: Instant) -> Option<(LinkId, bool)> {
+    /// The HTTP/2 link with ciphertext to write now (the bytes are [`Supervisor::edge_lent`]).
+    pub fn poll_edge_write(&mut self, now: Instant) -> Option<LinkId> {
         let n = self.slots.len();
         for k in 0..n {
             let i = (self.cursor + k) % n;
@@ -521,15 +520,27 @@ impl Supervisor {
             };
             let link = r.link;
             let Some(c) = r.conn.http2() else { continue };
-            if c.poll_release() {
-                return Some((link, false));
-            }
             if c.poll_write(now).is_some() {
                 self.cursor = (i + 1) % n;
-                return Some((link, true));
+                return Some(link);
             }
         }
+        // A link whose last bytes are now written reports its end.
+        let mut released = false;
+        for s in &mut self.slots {
+            if let Some(c) = s.running().and_then(|r| r.conn.http2()) {
+                released |= c.release_close();
+            }
+        }
+        if released {
+            self.progress(now);
+        }
         None
+    }
+
+    /// Whether events wait for [`Supervisor::poll_event`].
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
     }
 
     /// The ciphertext the last [`Supervisor::poll_edge_write`] lent for `link`.
