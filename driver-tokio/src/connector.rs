@@ -423,7 +423,7 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
                 event = 0,
                 ip = %edge.ip(),
                 location = %details.location,
-                protocol = protocol.as_str(),
+                protocol = %protocol,
                 "Registered tunnel connection"
             );
             metrics

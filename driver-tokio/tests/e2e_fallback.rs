@@ -1,0 +1,99 @@
+//! `--protocol auto` where UDP to the edge is dropped (an nftables rule on loopback, as root):
+//! the connector falls back to HTTP/2 within the 60 s, all 4 connections register
+//! over HTTP/2 and serve. Skips without root or `nft`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use burrow_tokio::testbed::{self, ConnectorOpts, EdgeOpts, Testbed};
+
+mod common;
+use common::client::request;
+use common::origins::origin;
+
+const BIN: &str = env!("CARGO_BIN_EXE_burrow");
+
+/// An nftables table dropping UDP to one port on output; removed on drop.
+struct DropUdp(String);
+
+impl DropUdp {
+    fn to_port(port: u16) -> Option<Self> {
+        let table = format!("burrow_fallback_{}", std::process::id());
+        let nft = |args: &str| {
+            Command::new("nft")
+                .args(args.split(' '))
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let ok = nft(&format!("add table inet {table}"))
+            && nft(&format!(
+                "add chain inet {table} out {{ type filter hook output priority 0 ; }}"
+            ))
+            && nft(&format!("add rule inet {table} out udp dport {port} drop"));
+        let rule = DropUdp(table);
+        ok.then_some(rule)
+    }
+}
+
+impl Drop for DropUdp {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn auto_falls_back_to_http2_when_udp_is_dropped() {
+    let Some(bed_edge) = EdgeOpts::loopback().ok() else {
+        panic!("no ports");
+    };
+    let bed = Testbed::create(BIN.as_ref(), "fallback", "app", &["app.test"]).expect("bed");
+    let _edge = bed.edge(&bed_edge).expect("edge");
+    let Some(_rule) = DropUdp::to_port(bed_edge.quic.port()) else {
+        eprintln!("skipped: needs root and nft to drop UDP on loopback");
+        return;
+    };
+    let metrics = testbed::free_tcp().expect("port");
+    let started = Instant::now();
+    let mut connector = bed
+        .connector(&ConnectorOpts {
+            edge: bed_edge.quic,
+            metrics,
+            ingress: vec![(None, format!("http://127.0.0.1:{}", origin()))],
+            ha_connections: 4,
+            extra: vec![
+                "--protocol".into(),
+                "auto".into(),
+                "--loglevel".into(),
+                "info".into(),
+            ],
+            config_extra: String::new(),
+        })
+        .expect("connector");
+    testbed::wait_ready(&mut connector, metrics, 4, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\nconnector: {}", connector.log_tail(4000)));
+    let took = started.elapsed();
+    let log = connector.log_tail(200_000);
+    assert!(
+        log.contains("Switching to fallback protocol http2"),
+        "{log}"
+    );
+    let over_http2 = log
+        .lines()
+        .filter(|l| l.contains("Registered tunnel connection") && l.contains("protocol=http2"))
+        .count();
+    assert!(over_http2 >= 4, "4 registrations over http2:\n{log}");
+    for i in 0..20 {
+        let (status, body) = request(
+            bed_edge.http.port(),
+            &format!("GET /small/{i} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"),
+            b"",
+        );
+        assert_eq!(
+            (status, body.as_slice()),
+            (200, &b"hello from the origin"[..])
+        );
+    }
+    eprintln!("4 connections over http2 {took:?} after start with UDP dropped");
+}
