@@ -413,6 +413,12 @@ impl Connector {
         }
     }
 
+    /// Whether HTTP/2 link `link` still wants its TCP connection (a dial that completes after
+    /// the link gave up is closed by the driver).
+    pub fn has_edge_link(&self, link: LinkId) -> bool {
+        self.tcp_links.contains(&link)
+    }
+
     /// Whether the driver may read the TCP connection of HTTP/2 link `link` now (false while
     /// the link holds bytes it could not take yet: TCP then holds the edge back).
     pub fn edge_wants_read(&mut self, link: LinkId) -> bool {
