@@ -352,8 +352,11 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                 let now = Instant::now();
                 match dialed.and_then(|s| s.set_nodelay(true).and(s.local_addr()).map(|a| (s, a))) {
                     Ok((stream, local)) => {
-                        io.edges.insert(link, EdgeTcp { stream, unsent: Vec::new(), close: false, eof: false });
-                        machine.handle_input(now, Input::EdgeConnected { link, local: local.ip() });
+                        // A link that gave up meanwhile (its handshake deadline) gets no socket.
+                        if machine.has_edge_link(link) {
+                            io.edges.insert(link, EdgeTcp { stream, unsent: Vec::new(), close: false, eof: false });
+                            machine.handle_input(now, Input::EdgeConnected { link, local: local.ip() });
+                        }
                     }
                     Err(e) => {
                         let reason = format!("DialContext error: {e}");
@@ -413,7 +416,7 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
                 event = 0,
                 ip = %edge.ip(),
                 location = %details.location,
-                protocol = protocol.as_str(),
+                protocol = %protocol,
                 "Registered tunnel connection"
             );
             metrics

@@ -327,9 +327,10 @@ impl Testbed {
     }
 
     /// Writes the same config.yml and starts a stock `cloudflared` (at `bin`) as the connector,
-    /// over QUIC with datagram v3. cloudflared opens at most one connection per edge address, so
-    /// when `o.edge` is unspecified (`0.0.0.0:port`, the edge listening on all addresses) it is
-    /// given `127.0.0.1..=127.0.0.N` at that port for `N` HA connections; otherwise `o.edge`.
+    /// over QUIC with datagram v3 (or the `--protocol` given in `o.extra`). cloudflared opens at
+    /// most one connection per edge address, so when `o.edge` is unspecified (`0.0.0.0:port`,
+    /// the edge listening on all addresses) it is given `127.0.0.1..=127.0.0.N` at that port for
+    /// `N` HA connections; otherwise `o.edge`.
     pub fn cloudflared(&self, bin: &Path, o: &ConnectorOpts) -> Result<Proc, TestbedError> {
         let config = self.write_config(o)?;
         let mut cmd = Command::new(bin);
@@ -352,14 +353,12 @@ impl Testbed {
                 "--loglevel",
                 "warn",
             ])
-            .args([
-                "run",
-                "--protocol",
-                "quic",
-                "--features",
-                "support_datagram_v3_2",
-            ])
-            .args(&o.extra);
+            .args(["run", "--features", "support_datagram_v3_2"]);
+        // QUIC unless the caller picks a protocol.
+        if !o.extra.iter().any(|a| a == "--protocol") {
+            cmd.args(["--protocol", "quic"]);
+        }
+        cmd.args(&o.extra);
         Proc::spawn(
             "cloudflared tunnel run",
             cmd,

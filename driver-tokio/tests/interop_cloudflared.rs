@@ -3,7 +3,8 @@
 //! bodies checked, a chunked upload, 50 concurrent requests), WebSocket echo, TCP echo through
 //! `--tcp-map`, UDP echo through datagram-v3 sessions and ping (IPv4 and IPv6, TTL-1 time
 //! exceeded) through `--icmp-map`; it reconnects after an edge restart and drains an in-flight
-//! request on SIGTERM.
+//! request on SIGTERM. The same again with `--protocol http2` (HTTP/2 over TLS on TCP, the
+//! edge's port), everything but UDP and ICMP, which HTTP/2 does not carry.
 //!
 //! This project does not build cloudflared (no Go here, and none of its code is ours to ship):
 //! point `BURROW_CLOUDFLARED` at a binary and run
@@ -146,13 +147,46 @@ fn tcp_checks(map: SocketAddr) {
     }
 }
 
+/// Established TCP connections whose local port is `port` (the edge's side of each HTTP/2
+/// tunnel connection), from `/proc/net/tcp`.
+fn tcp_established(port: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let local = format!(":{port:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&local) && f[3] == "01"
+        })
+        .count()
+}
+
 #[test]
 #[ignore = "needs a stock cloudflared: BURROW_CLOUDFLARED=/path/to/cloudflared, --ignored"]
 fn stock_cloudflared_through_burrow_edge() {
+    interop(Protocol::Quic);
+}
+
+#[test]
+#[ignore = "needs a stock cloudflared: BURROW_CLOUDFLARED=/path/to/cloudflared, --ignored"]
+fn stock_cloudflared_over_http2_through_burrow_edge() {
+    interop(Protocol::Http2);
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Quic,
+    Http2,
+}
+
+fn interop(protocol: Protocol) {
     let cfd = cloudflared();
-    let _range = PingRange::open_to_all();
+    let over_quic = protocol == Protocol::Quic;
+    let _range = over_quic.then(PingRange::open_to_all);
     let started = Instant::now();
-    let bed = Testbed::create(Path::new(BIN), "interop", "app", &[APP, WS]).expect("tunnel");
+    let name = if over_quic { "interop" } else { "interop-h2" };
+    let bed = Testbed::create(Path::new(BIN), name, "app", &[APP, WS]).expect("tunnel");
     let (ws_ends_tx, ws_ends) = std::sync::mpsc::channel();
     let (http_origin, ws_origin) = (origin(), ws_origin(ws_ends_tx));
     let (tcp_origin, udp_origin) = (tcp_echo(), udp_echo());
@@ -178,6 +212,9 @@ fn stock_cloudflared_through_burrow_edge() {
     if v6 {
         extra.extend(["--icmpv6-src".to_owned(), "::1".to_owned()]);
     }
+    if !over_quic {
+        extra.extend(["--protocol".to_owned(), "http2".to_owned()]);
+    }
     let co = ConnectorOpts {
         edge: eo.quic,
         metrics: testbed::free_tcp().expect("port"),
@@ -197,8 +234,13 @@ fn stock_cloudflared_through_burrow_edge() {
     http_checks(http);
     websocket_checks(http, &ws_ends);
     tcp_checks(tcp_map);
-    udp_echo_clients(udp_map, 16, 40);
-    ping_both(icmp_map, v6);
+    if over_quic {
+        udp_echo_clients(udp_map, 16, 40);
+        ping_both(icmp_map, v6);
+    } else {
+        // Every HA connection is on TCP, none on QUIC (no UDP session nor datagram exists).
+        assert_eq!(tcp_established(eo.quic.port()), HA, "HTTP/2 connections");
+    }
     assert_eq!(get(http, "nobody.test", "/").0, 404, "an unknown host");
 
     // Edge restart: cloudflared notices (idle timeout), reconnects all 4, serves again.
@@ -239,7 +281,7 @@ fn stock_cloudflared_through_burrow_edge() {
         cfd.log_tail(4000)
     );
     eprintln!(
-        "interop with stock cloudflared took {:?}",
+        "interop with stock cloudflared over {protocol:?} took {:?}",
         started.elapsed()
     );
 }

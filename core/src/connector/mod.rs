@@ -439,6 +439,12 @@ impl Connector {
         }
     }
 
+    /// Whether HTTP/2 link `link` still wants its TCP connection (a dial that completes after
+    /// the link gave up is closed by the driver).
+    pub fn has_edge_link(&self, link: LinkId) -> bool {
+        self.tcp_links.contains(&link)
+    }
+
     /// Whether the driver may read the TCP connection of HTTP/2 link `link` now (false while
     /// the link holds bytes it could not take yet: TCP then holds the edge back).
     pub fn edge_wants_read(&mut self, link: LinkId) -> bool {
@@ -508,13 +514,12 @@ impl Connector {
                     data: &self.buf[..size],
                 };
             }
-            if let Some((link, write)) = self.sup.poll_edge_write(now) {
-                if !write {
-                    self.tcp_links.remove(&link);
-                    return Output::Io(Io::CloseEdge { link });
-                }
+            if let Some(link) = self.sup.poll_edge_write(now) {
                 let data = self.sup.edge_lent(link);
                 return Output::Io(Io::WriteEdge { link, data });
+            }
+            if self.sup.has_events() {
+                continue;
             }
             return Output::Timeout(self.sup.poll_timeout());
         }

@@ -6,6 +6,9 @@
 
 use std::net::IpAddr;
 
+use crate::stream::connect::key;
+use crate::stream::http1::canonical;
+
 /// Request headers that describe this hop only (lower case).
 pub const HOP_BY_HOP: &[&str] = &[
     "connection",
@@ -25,8 +28,8 @@ pub fn request_metadata<'a>(
     peer: IpAddr,
 ) -> Vec<(String, String)> {
     let mut metadata = vec![
-        ("HttpMethod".to_owned(), method.to_owned()),
-        ("HttpHost".to_owned(), host.to_owned()),
+        (key::HTTP_METHOD.to_owned(), method.to_owned()),
+        (key::HTTP_HOST.to_owned(), host.to_owned()),
     ];
     let mut chain = String::new();
     for (name, value) in headers {
@@ -41,14 +44,14 @@ pub fn request_metadata<'a>(
             continue;
         }
         metadata.push((
-            format!("HttpHeader:{}", crate::stream::http1::canonical(name)),
+            format!("{}{}", key::HTTP_HEADER_PREFIX, canonical(name)),
             value.to_owned(),
         ));
     }
     let peer = peer.to_string();
     chain.push_str(&peer);
-    metadata.push(("HttpHeader:Cf-Connecting-Ip".to_owned(), peer));
-    metadata.push(("HttpHeader:X-Forwarded-For".to_owned(), chain));
+    metadata.push((format!("{}Cf-Connecting-Ip", key::HTTP_HEADER_PREFIX), peer));
+    metadata.push((format!("{}X-Forwarded-For", key::HTTP_HEADER_PREFIX), chain));
     metadata
 }
 

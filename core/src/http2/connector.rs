@@ -175,6 +175,7 @@ impl Role for Server {
                         }
                         let id = StreamId::from(respond.stream_id());
                         let (head, body) = request.into_parts();
+                        let ended = body.is_end_stream();
                         let kind = RequestKind::classify(&head.headers);
                         let mut stream = Stream::new(kind);
                         stream.recv = Some(body);
@@ -185,6 +186,7 @@ impl Role for Server {
                             stream: id,
                             kind,
                             head,
+                            ended,
                         }));
                     }
                     Poll::Ready(Some(Err(e))) => {

@@ -12,7 +12,9 @@ use std::time::Instant;
 use bytes::Bytes;
 use h2::client::{self, SendRequest};
 use h2::Reason;
-use http::{HeaderValue, Method, Request};
+use http::header::HeaderName;
+use http::{HeaderValue, Method, Request, StatusCode, Uri};
+use thiserror::Error;
 
 use super::machine::{
     Connection, Drive, Event, Limits, Role, INITIAL_WINDOW, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE,
@@ -20,10 +22,12 @@ use super::machine::{
 };
 use super::pipe::Pipe;
 use super::request::RequestKind;
-use super::response::ConnectorResponse;
+use super::response::{ConnectorResponse, ResponseMeta};
 use super::streams::{reason_of, ApiError, Stream, StreamEvent, StreamId, Streams};
 use super::tls;
 use crate::quic::tls::TlsError;
+use crate::stream::connect::{key, ConnectRequest, ConnectionType};
+use crate::stream::http1::canonical;
 
 /// The edge's HTTP/2 connection to one connector.
 pub type EdgeConnection = Connection<Client>;
@@ -225,4 +229,114 @@ fn poll_responses(cx: &mut Context<'_>, streams: &mut Streams, events: &mut VecD
         streams.progress = true;
         streams.map.remove(&raw);
     }
+}
+
+/// A tunnel request could not be put into an HTTP/2 request head.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RequestHeadError {
+    /// The destination is not a URI (HTTP, WebSocket) or `IP:port` authority (TCP).
+    #[error("destination {0:?} is not usable as a request URI")]
+    Destination(String),
+    /// The method metadata is not an HTTP method.
+    #[error("method {0:?} is not an HTTP method")]
+    Method(String),
+    /// A header metadata entry is not a valid header.
+    #[error("header {0:?} is not a valid HTTP header")]
+    Header(String),
+}
+
+/// Request headers HTTP/2 forbids (RFC 9113 §8.2.2; Go's server answers them with 400), and
+/// `host`, which travels as `:authority`.
+const NOT_ON_HTTP2: [&str; 6] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "transfer-encoding",
+    "upgrade",
+    "host",
+];
+
+/// The HTTP/2 stream that carries what QUIC carries as `request` (PROTOCOL.md C§1.4–1.5,
+/// 1.10–1.11): its kind, and a head with the method from [`key::HTTP_METHOD`], the URI from
+/// `dest` (for TCP, `http://IP:port/`, whose authority cloudflared dials) and every
+/// `HttpHeader:` entry that HTTP/2 allows.
+pub fn request_head(
+    request: &ConnectRequest<'_>,
+) -> Result<(RequestKind, Request<()>), RequestHeadError> {
+    let kind = match request.connection_type {
+        ConnectionType::Http => RequestKind::Http,
+        ConnectionType::WebSocket => RequestKind::Websocket,
+        ConnectionType::Tcp => RequestKind::Tcp,
+    };
+    let uri = if kind == RequestKind::Tcp {
+        format!("http://{}/", request.dest)
+    } else {
+        request.dest.to_owned()
+    };
+    let uri: Uri = uri
+        .parse()
+        .map_err(|_| RequestHeadError::Destination(request.dest.to_owned()))?;
+    if uri.authority().is_none() {
+        return Err(RequestHeadError::Destination(request.dest.to_owned()));
+    }
+    let mut head = Request::new(());
+    *head.uri_mut() = uri;
+    for m in request.metadata {
+        if m.key == key::HTTP_METHOD && !m.val.is_empty() {
+            *head.method_mut() = Method::from_bytes(m.val.as_bytes())
+                .map_err(|_| RequestHeadError::Method(m.val.to_owned()))?;
+        } else if let Some(name) = m.key.strip_prefix(key::HTTP_HEADER_PREFIX) {
+            let bad = || RequestHeadError::Header(name.to_owned());
+            let name = HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad())?;
+            if NOT_ON_HTTP2.contains(&name.as_str())
+                || (name == http::header::TE && m.val != "trailers")
+            {
+                continue;
+            }
+            let value = HeaderValue::from_str(m.val).map_err(|_| bad())?;
+            head.headers_mut().append(name, value);
+        }
+    }
+    Ok((kind, head))
+}
+
+/// `error` of a response the connector failed ([`ResponseMeta::Cloudflared`]).
+pub const CONNECTOR_FAILED: &str = "the connector could not serve the request";
+/// `error` of a response refused by the connector's flow limit.
+pub const FLOW_LIMITED: &str = "the connector refused the request: too many active flows";
+
+/// The connector's answer on a stream of `kind`, as QUIC's `ConnectResponse` carries it:
+/// `error` (empty on success) and metadata ([`key::HTTP_STATUS`], `HttpHeader:` entries). A
+/// WebSocket accepted arrives as 200 (HTTP/2 has no 101) and is reported as 101.
+pub fn connect_response(
+    kind: RequestKind,
+    response: &ConnectorResponse,
+) -> (String, Vec<(String, String)>) {
+    match response.meta {
+        Some(ResponseMeta::Cloudflared) => return (CONNECTOR_FAILED.to_owned(), Vec::new()),
+        Some(ResponseMeta::FlowRateLimited) => {
+            let limited = (
+                key::FLOW_CONNECT_RATE_LIMITED.to_owned(),
+                key::FLOW_CONNECT_RATE_LIMITED_VALUE.to_owned(),
+            );
+            return (FLOW_LIMITED.to_owned(), vec![limited]);
+        }
+        Some(ResponseMeta::Origin) | None => {}
+    }
+    let status = match (kind, response.status) {
+        (RequestKind::Websocket, StatusCode::OK) => StatusCode::SWITCHING_PROTOCOLS,
+        (_, status) => status,
+    };
+    let mut metadata = Vec::with_capacity(response.headers.len() + 1);
+    metadata.push((key::HTTP_STATUS.to_owned(), status.as_str().to_owned()));
+    for (name, value) in &response.headers {
+        let Ok(value) = value.to_str() else {
+            continue;
+        };
+        metadata.push((
+            format!("{}{}", key::HTTP_HEADER_PREFIX, canonical(name.as_str())),
+            value.to_owned(),
+        ));
+    }
+    (String::new(), metadata)
 }

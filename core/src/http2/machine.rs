@@ -88,6 +88,9 @@ pub struct IncomingRequest {
     /// makes them what cloudflared proxies, [`super::request::tcp_destination`] reads a TCP
     /// stream's destination.
     pub head: http::request::Parts,
+    /// The head came with END_STREAM: the request has no body (Go's `ContentLength` 0; a
+    /// body of unknown length is otherwise sent on chunked, as Go's transport does).
+    pub ended: bool,
 }
 
 /// Why a connection ended, other than cleanly (the peer broke or left; never caller misuse).
@@ -294,6 +297,12 @@ impl<R: Role> Connection<R> {
     pub fn shutdown(&mut self) {
         self.role.shutdown();
         self.dirty = true;
+    }
+
+    /// Ends the connection now, every stream with it (TLS close_notify, no GOAWAY): for a peer
+    /// that broke a rule above HTTP/2 or never registered. `Closed(None)` follows.
+    pub fn abort(&mut self) {
+        self.close(None);
     }
 
     /// Pulls the next body bytes of `stream` (credit goes back to the peer as bytes are read).

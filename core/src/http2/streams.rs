@@ -347,7 +347,20 @@ fn pump_one<E: From<StreamEvent>>(
         _ => Poll::Pending,
     };
     if let Poll::Ready(r) = reset {
-        return Err(r.unwrap_or_else(|e| reason_of(&e)));
+        let reason = r.unwrap_or_else(|e| reason_of(&e));
+        let answered = s.respond.is_none() && s.response.is_none();
+        if reason != Reason::NO_ERROR || !answered {
+            return Err(reason);
+        }
+        // RFC 9113 §8.1: the server answered and asks us to stop sending without error (Go
+        // does when its handler returns before the request body ended). Our side is over;
+        // what it sent is still read to its end.
+        s.queue.clear();
+        s.queued = 0;
+        s.fin = Some(Fin::End);
+        s.send_ended = true;
+        s.want_writable = false;
+        moved = true;
     }
     if s.want_readable && s.stash.is_none() && s.recv.is_some() {
         match poll_body(s, cx)? {

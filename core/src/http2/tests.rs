@@ -642,3 +642,45 @@ pub(crate) fn header_map(pairs: &[(&'static str, &'static str)]) -> http::Header
         })
         .collect()
 }
+
+/// RFC 9113 §8.1, as Go's server does when its handler returns first: a full response, then
+/// RST_STREAM(NO_ERROR) while the request still streams. The edge stops sending and still
+/// reads the whole response; nothing is reported as a reset.
+#[test]
+fn a_full_answer_then_no_error_reset_keeps_the_response() {
+    let mut p = Pair::new();
+    let s =
+        p.e.open(
+            RequestKind::Websocket,
+            Request::get("http://o/ws").body(()).unwrap(),
+            false,
+        )
+        .expect("open");
+    p.e.send_data(s, Bytes::from_static(b"still sending"))
+        .expect("send");
+    p.run();
+    let r = p.request();
+    p.c.respond(r.stream, StatusCode::OK, &HeaderMap::new())
+        .expect("respond");
+    p.c.send_data(r.stream, Bytes::from_static(b"goodbye"))
+        .expect("send");
+    p.c.finish(r.stream, None).expect("finish");
+    p.run();
+    p.c.reset(r.stream, h2::Reason::NO_ERROR).expect("reset");
+    p.run();
+    let (stream, _) = p.response();
+    assert_eq!(stream, s);
+    assert!(
+        !p.e_events
+            .iter()
+            .any(|e| matches!(e, Event::Stream(StreamEvent::Reset { .. }))),
+        "{:?}",
+        p.e_events
+    );
+    assert_eq!(read_all(&mut p.e, s), (b"goodbye".to_vec(), true));
+    assert_eq!(
+        p.e.send_data(s, Bytes::from_static(b"more")),
+        Err(ApiError::UnknownStream(s)),
+        "our side is over"
+    );
+}

@@ -50,9 +50,10 @@ pub const CONTROL_UNSENT_MAX: usize = 64 * 1024;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct ConnId(pub usize);
 
-/// What connectors did.
+/// What connectors did. `S` names a data stream: QUIC's here, HTTP/2's in
+/// [`super::edge_http2::Http2Edge`].
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum EdgeEvent {
+pub enum EdgeEvent<S = StreamId> {
     /// A connector asks to register; answer with [`EdgeEndpoint::respond_registration`].
     RegisterRequested {
         /// Which connection.
@@ -103,7 +104,7 @@ pub enum EdgeEvent {
         /// Which connection.
         conn: ConnId,
         /// Which data stream.
-        stream: StreamId,
+        stream: S,
         /// `ConnectResponse.error` (empty: success).
         error: String,
         /// Its metadata, in wire order.
@@ -114,14 +115,14 @@ pub enum EdgeEvent {
         /// Which connection.
         conn: ConnId,
         /// Which data stream.
-        stream: StreamId,
+        stream: S,
     },
     /// The connector reset a data stream (or stopped reading it).
     StreamReset {
         /// Which connection.
         conn: ConnId,
         /// Which data stream.
-        stream: StreamId,
+        stream: S,
     },
     /// A connection is gone.
     ConnectionClosed {
@@ -130,6 +131,43 @@ pub enum EdgeEvent {
         /// Why, in words.
         reason: String,
     },
+}
+
+impl<S> EdgeEvent<S> {
+    /// The same event with its stream id mapped by `f`.
+    pub fn map_stream<T>(self, f: impl FnOnce(S) -> T) -> EdgeEvent<T> {
+        use EdgeEvent::*;
+        match self {
+            RegisterRequested { conn, registration } => RegisterRequested { conn, registration },
+            LocalConfiguration { conn, config } => LocalConfiguration { conn, config },
+            Unregistered { conn } => Unregistered { conn },
+            ConfigurationResult { conn, outcome } => ConfigurationResult { conn, outcome },
+            UdpSessionRegistered { conn, id, result } => UdpSessionRegistered { conn, id, result },
+            UdpSessionUnregistered { conn, id, message } => {
+                UdpSessionUnregistered { conn, id, message }
+            }
+            Response {
+                conn,
+                stream,
+                error,
+                metadata,
+            } => Response {
+                conn,
+                stream: f(stream),
+                error,
+                metadata,
+            },
+            ResponseReadable { conn, stream } => ResponseReadable {
+                conn,
+                stream: f(stream),
+            },
+            StreamReset { conn, stream } => StreamReset {
+                conn,
+                stream: f(stream),
+            },
+            ConnectionClosed { conn, reason } => ConnectionClosed { conn, reason },
+        }
+    }
 }
 
 struct EdgeConnection {
@@ -316,6 +354,14 @@ impl EdgeEndpoint {
             },
         );
         self.progress(now);
+    }
+
+    /// A fresh id, never used by this endpoint, for a connection another transport holds
+    /// (HTTP/2 over TCP), so ids are unique across the edge.
+    pub fn reserve_conn_id(&mut self) -> ConnId {
+        let id = ConnId(self.next_id);
+        self.next_id += 1;
+        id
     }
 
     /// Lets timers fire.
@@ -611,19 +657,9 @@ impl EdgeEndpoint {
             .find_map(|(&id, c)| c.conn.datagrams().recv().map(|d| (id, d)))
     }
 
-    /// The largest datagram connection `conn` carries now.
-    pub fn max_datagram_size(&mut self, conn: ConnId) -> Option<usize> {
-        self.conns.get_mut(&conn)?.conn.datagrams().max_size()
-    }
-
     /// quinn's counters for connection `conn`.
     pub fn quic_stats(&self, conn: ConnId) -> Option<quinn_proto::ConnectionStats> {
         self.conns.get(&conn).map(|c| c.conn.stats())
-    }
-
-    /// Connections currently held.
-    pub fn connection_count(&self) -> usize {
-        self.conns.len()
     }
 
     fn progress(&mut self, now: Instant) {

@@ -38,6 +38,9 @@ use crate::stream::connect::{
 use crate::stream::http1::canonical;
 use crate::stream::preamble::DATA_PREAMBLE_LEN;
 
+/// The metadata entry that asks the proxy for a chunked request body.
+const TRANSFER_ENCODING_KEY: &str = "HttpHeader:Transfer-Encoding";
+
 /// Ciphertext handed to the driver per write.
 const WRITE_CHUNK: usize = 64 * 1024;
 
@@ -253,6 +256,13 @@ fn connect_request(req: &mut IncomingRequest) -> Result<Vec<u8>, String> {
                 let Ok(val) = v.to_str() else { continue };
                 metadata.push(Metadata { key: name, val });
             }
+        } // HTTP/2 has no Transfer-Encoding: a body without a length goes chunked to the origin,
+          // as Go's transport sends cloudflared's `ContentLength == -1` requests.
+        if !req.ended && !head.headers.contains_key(http::header::CONTENT_LENGTH) {
+            metadata.push(Metadata {
+                key: TRANSFER_ENCODING_KEY,
+                val: "chunked",
+            });
         }
     }
     let mut out = Vec::new();
@@ -289,10 +299,12 @@ pub struct Http2Link {
     lent: usize,
     shutdown_requested: bool,
     close_reason: Option<CloseReason>,
-    /// The driver has been told to close the TCP connection.
-    released: bool,
     /// The latest time seen (for the machine's deadline in `poll_timeout`).
     now: Instant,
+    /// Why it closed, until the last bytes are written ([`Http2Link::release_close`]).
+    closing: Option<CloseReason>,
+    /// The TCP connection is up and not failed.
+    tcp_up: bool,
 }
 
 impl Http2Link {
@@ -322,8 +334,9 @@ impl Http2Link {
             lent: 0,
             shutdown_requested: false,
             close_reason: None,
-            released: false,
             now,
+            closing: None,
+            tcp_up: false,
         })
     }
 
@@ -332,12 +345,15 @@ impl Http2Link {
         if self.state == State::Dialing {
             self.config.registration.origin_local_ip = Some(local);
             self.state = State::Handshaking;
+            self.tcp_up = true;
         }
         self.progress(now);
     }
 
     /// The TCP connection could not be made, or broke.
     pub fn handle_failed(&mut self, now: Instant, reason: &str) {
+        self.tcp_up = false;
+        self.writing = false;
         self.finish(CloseReason::Transport(reason.to_owned()));
         self.progress(now);
     }
@@ -372,7 +388,7 @@ impl Http2Link {
     /// The next ciphertext to write (one write outstanding at a time), lent until the next
     /// call.
     pub fn poll_write(&mut self, now: Instant) -> Option<&[u8]> {
-        if self.writing || matches!(self.state, State::Dialing) || self.released {
+        if self.writing || !self.tcp_up {
             return None;
         }
         self.drain_machine(now);
@@ -390,20 +406,6 @@ impl Http2Link {
     /// The ciphertext the last [`Http2Link::poll_write`] lent.
     pub fn lent(&self) -> &[u8] {
         &self.out[..self.lent]
-    }
-
-    /// True once the driver should close the TCP connection (everything is written); reported
-    /// once.
-    pub fn poll_release(&mut self) -> bool {
-        if self.released || self.writing || self.state != State::Closed {
-            return false;
-        }
-        let now = self.now;
-        if matches!(self.conn.poll_output(now), Output::Transmit) {
-            return false;
-        }
-        self.released = true;
-        true
     }
 
     /// Lets timers fire.
@@ -590,6 +592,7 @@ impl Http2Link {
             self.close(now);
             self.drain_machine(now);
         }
+        self.release_close();
     }
 
     fn on_event(&mut self, now: Instant, event: Event) {
@@ -820,6 +823,14 @@ impl Http2Link {
                     warn!(conn_index, %reason, "unregistering failed; draining anyway");
                 }
                 self.events.push_back(ConnectorEvent::Unregistered);
+                // As cloudflared's control handler returns once unregistered, the control
+                // stream ends now (what the edge still sends on it is read and dropped); and
+                // GOAWAY: no new streams. Both go out before the last responses, so the edge
+                // closes once it has read them instead of racing an end that comes with them.
+                if let Some(c) = self.control.take() {
+                    let _ = self.conn.finish(c.stream, None);
+                }
+                self.conn.shutdown();
                 self.state = State::Draining(now + self.config.grace_period);
             }
         }
@@ -855,6 +866,9 @@ impl Http2Link {
         self.close(now);
     }
 
+    /// The connection is over. `Closed` is reported once its last ciphertext (the end of the
+    /// responses, GOAWAY, close_notify) is written: the supervisor drops the link then, and the
+    /// driver closes the socket.
     fn finish(&mut self, reason: CloseReason) {
         self.data.close_all();
         self.sides.clear();
@@ -864,8 +878,24 @@ impl Http2Link {
         if self.state != State::Closed {
             self.state = State::Closed;
             self.close_reason.get_or_insert(reason.clone());
+            self.closing = Some(reason);
+        }
+    }
+
+    /// Reports `Closed` once nothing is left to write (or nothing can be: no TCP yet). True
+    /// if it did.
+    pub fn release_close(&mut self) -> bool {
+        if self.closing.is_none() || self.writing {
+            return false;
+        }
+        let now = self.now;
+        if self.tcp_up && matches!(self.conn.poll_output(now), Output::Transmit) {
+            return false;
+        }
+        if let Some(reason) = self.closing.take() {
             self.events.push_back(ConnectorEvent::Closed { reason });
         }
+        true
     }
 }
 

@@ -10,6 +10,8 @@
 pub mod connector;
 pub mod data;
 pub mod edge;
+pub mod edge_http2;
+pub mod edge_transports;
 pub mod http2_link;
 pub mod protocol;
 mod quic_io;

@@ -93,6 +93,9 @@ pub struct SupervisorConfig {
     /// HTTP/2 (each takes quinn's handshake timeout, 5 s, plus backoff: 2 fall back within
     /// about 10 s; cloudflared waits for 9 dial failures).
     pub fallback_after_timeouts: u32,
+    /// `auto`: how long after falling back to HTTP/2 one connection tries QUIC again (it
+    /// drains and reconnects over QUIC; a failed try doubles the wait, up to 16 times).
+    pub quic_retry_interval: Duration,
 }
 
 impl SupervisorConfig {
@@ -114,6 +117,7 @@ impl SupervisorConfig {
             auto_initial: Protocol::Quic,
             http2_tls: None,
             fallback_after_timeouts: 2,
+            quic_retry_interval: Duration::from_secs(60),
         }
     }
 }
@@ -299,6 +303,10 @@ pub(crate) struct Supervisor {
     v2_calls: HashMap<(LinkId, SessionId), Vec<StreamId>>,
     /// Remote configuration versions (cloudflared's orchestrator).
     versions: ConfigVersions,
+    /// `auto`: when an HTTP/2 connection next tries QUIC, and the wait after a failed try.
+    quic_retry: Option<(Instant, Duration)>,
+    /// The index trying QUIC again now.
+    returning: Option<usize>,
 }
 
 impl Supervisor {
@@ -363,6 +371,8 @@ impl Supervisor {
             hub,
             v2_calls: HashMap::new(),
             versions: ConfigVersions::new(),
+            quic_retry: None,
+            returning: None,
         }
     }
 
@@ -420,6 +430,7 @@ impl Supervisor {
                 self.close_all(now);
             }
         }
+        self.try_quic_again(now);
         for i in 0..self.slots.len() {
             match &mut self.slots[i].phase {
                 Phase::StartAt(at) if *at <= now => self.start(now, i),
@@ -453,7 +464,47 @@ impl Supervisor {
             })
             .chain(deadline)
             .chain(datagrams)
+            .chain(self.quic_retry.map(|(at, _)| at))
             .min()
+    }
+
+    /// `auto`, better than cloudflared (which stays on HTTP/2): when the retry time comes, one
+    /// registered HTTP/2 connection drains (unregister: the edge routes new requests to the
+    /// others, those in flight finish) and its index reconnects over QUIC. If QUIC fails again
+    /// it falls back as before and the next try waits twice as long; if it registers, the next
+    /// HTTP/2 connection follows.
+    fn try_quic_again(&mut self, now: Instant) {
+        let Some((at, wait)) = self.quic_retry else {
+            return;
+        };
+        if at > now || self.returning.is_some() || self.state != State::Running {
+            return;
+        }
+        let candidate = self.slots.iter().position(|s| {
+            s.protocol == Protocol::Http2 && matches!(&s.phase, Phase::Running(r) if r.registered)
+        });
+        let Some(i) = candidate else {
+            // Nothing on HTTP/2 is serving now; look again later.
+            self.quic_retry = Some((now + wait, wait));
+            return;
+        };
+        let index = self.slots[i].index;
+        info!(
+            conn_index = index,
+            "trying quic again: draining the http2 connection"
+        );
+        self.slots[i].protocol = Protocol::Quic;
+        self.returning = Some(i);
+        self.quic_retry = None;
+        self.events.push_back(SupervisorEvent::ProtocolChanged {
+            index,
+            protocol: Protocol::Quic,
+        });
+        if let Some(r) = self.slots[i].running() {
+            if let Err(e) = r.conn.shutdown(now) {
+                warn!(conn_index = index, error = %e, "shutdown refused");
+            }
+        }
     }
 
     /// The next datagrams to send (at most `max_datagrams`, one GSO batch) from the socket of
@@ -521,9 +572,8 @@ impl Supervisor {
         self.http2_of(link).is_some_and(|c| c.wants_read())
     }
 
-    /// The HTTP/2 link with ciphertext to write now (`true`; the bytes are
-    /// [`Supervisor::edge_lent`]), or whose TCP connection is to be closed now (`false`).
-    pub fn poll_edge_write(&mut self, now: Instant) -> Option<(LinkId, bool)> {
+    /// The HTTP/2 link with ciphertext to write now (the bytes are [`Supervisor::edge_lent`]).
+    pub fn poll_edge_write(&mut self, now: Instant) -> Option<LinkId> {
         let n = self.slots.len();
         for k in 0..n {
             let i = (self.cursor + k) % n;
@@ -532,15 +582,27 @@ impl Supervisor {
             };
             let link = r.link;
             let Some(c) = r.conn.http2() else { continue };
-            if c.poll_release() {
-                return Some((link, false));
-            }
             if c.poll_write(now).is_some() {
                 self.cursor = (i + 1) % n;
-                return Some((link, true));
+                return Some(link);
             }
         }
+        // A link whose last bytes are now written reports its end.
+        let mut released = false;
+        for s in &mut self.slots {
+            if let Some(c) = s.running().and_then(|r| r.conn.http2()) {
+                released |= c.release_close();
+            }
+        }
+        if released {
+            self.progress(now);
+        }
         None
+    }
+
+    /// Whether events wait for [`Supervisor::poll_event`].
+    pub fn has_events(&self) -> bool {
+        !self.events.is_empty()
     }
 
     /// The ciphertext the last [`Supervisor::poll_edge_write`] lent for `link`.
@@ -786,6 +848,17 @@ impl Supervisor {
         if fall_back && slot.protocol == Protocol::Quic {
             if self.config.protocol == ProtocolFlag::Auto && self.config.http2_tls.is_some() {
                 warn!(conn_index = index, "Switching to fallback protocol http2");
+                let base = self.config.quic_retry_interval;
+                let wait = match self.returning.take() {
+                    // The try failed: wait longer before the next one.
+                    Some(r) if r == i => self
+                        .quic_retry
+                        .map_or(base * 2, |(_, w)| (w * 2).min(base * 16)),
+                    _ => base,
+                };
+                if self.quic_retry.is_none_or(|(at, _)| at < now + wait) {
+                    self.quic_retry = Some((now + wait, wait));
+                }
                 let slot = &mut self.slots[i];
                 slot.protocol = Protocol::Http2;
                 slot.quic_timeouts = 0;
@@ -924,6 +997,17 @@ impl Supervisor {
             while let Some(a) = r.conn.poll_origin_action() {
                 self.actions.push_back((r.link, a));
             }
+            if r.registered && self.returning == Some(i) && r.conn.protocol() == Protocol::Quic {
+                // QUIC works again: the next HTTP/2 connection follows shortly.
+                self.returning = None;
+                if self.slots.iter().any(|s| s.protocol == Protocol::Http2) {
+                    let next = now + self.config.registration_interval;
+                    self.quic_retry = Some((next, self.config.quic_retry_interval));
+                }
+            }
+            let Phase::Running(r) = &mut self.slots[i].phase else {
+                continue;
+            };
             if r.registered {
                 // cloudflared's connectedFuse: a registration resets the backoff.
                 self.slots[i].backoff.retries = 0;

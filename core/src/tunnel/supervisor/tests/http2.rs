@@ -465,3 +465,72 @@ fn auto_falls_back_to_http2_when_quic_handshakes_time_out() {
     w.run();
     assert_eq!(w.registered(), Some(Protocol::Http2));
 }
+
+impl H2World {
+    /// Jumps virtual time from deadline to deadline until `done`, at most `limit` ahead.
+    fn advance_until(&mut self, limit: Duration, mut done: impl FnMut(&Self) -> bool) {
+        let end = self.now + limit;
+        loop {
+            self.run();
+            if done(self) {
+                return;
+            }
+            let t = self.timeout.expect("a deadline");
+            assert!(t > self.now, "timeout does not move forward");
+            assert!(t <= end, "not within {limit:?}: {:?}", self.changes());
+            self.now = t;
+            self.connector.handle_input(self.now, Input::Timeout);
+        }
+    }
+
+    fn changes(&self) -> Vec<Protocol> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                SupervisorEvent::ProtocolChanged { protocol, .. } => Some(*protocol),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+#[test]
+fn auto_tries_quic_again_and_falls_back_with_a_longer_wait() {
+    let mut w = H2World::new(ProtocolFlag::Auto);
+    w.advance_until(Duration::from_secs(30), |w| !w.dials.is_empty());
+    w.accept_dial();
+    w.run();
+    assert_eq!(w.registered(), Some(Protocol::Http2));
+    let fell_back = w.now;
+
+    // A minute on, the HTTP/2 connection drains and index 0 tries QUIC (UDP still goes
+    // nowhere here), then falls back again.
+    w.advance_until(Duration::from_secs(120), |w| w.changes().len() >= 3);
+    assert_eq!(
+        w.changes(),
+        [Protocol::Http2, Protocol::Quic, Protocol::Http2]
+    );
+    let tried = w.now;
+    assert!(
+        tried - fell_back >= Duration::from_secs(60),
+        "{:?}",
+        tried - fell_back
+    );
+    assert!(w.events.iter().any(|e| matches!(
+        e,
+        SupervisorEvent::Connecting {
+            protocol: Protocol::Quic,
+            ..
+        }
+    )));
+    // Back on HTTP/2; the next try waits twice as long from the second fallback.
+    w.advance_until(Duration::from_secs(30), |w| !w.dials.is_empty());
+    w.accept_dial();
+    w.run();
+    w.advance_until(Duration::from_secs(300), |w| w.changes().len() >= 4);
+    assert!(
+        w.now - tried >= Duration::from_secs(120),
+        "{:?}",
+        w.now - tried
+    );
+}

@@ -1,0 +1,153 @@
+//! `--protocol auto` where UDP to the edge is dropped (an nftables rule on loopback, as root):
+//! the connector falls back to HTTP/2 within the 60 s, all 4 connections register
+//! over HTTP/2 and serve; once UDP passes again every connection returns to QUIC within 3
+//! minutes while requests keep succeeding. Skips without root or `nft`.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use burrow_tokio::testbed::{self, ConnectorOpts, EdgeOpts, Testbed};
+
+mod common;
+use common::client::request;
+use common::origins::origin;
+
+const BIN: &str = env!("CARGO_BIN_EXE_burrow");
+
+/// An nftables table dropping UDP to one port on output; removed on drop.
+struct DropUdp(String);
+
+impl DropUdp {
+    fn to_port(port: u16) -> Option<Self> {
+        let table = format!("burrow_fallback_{}", std::process::id());
+        let nft = |args: &str| {
+            Command::new("nft")
+                .args(args.split(' '))
+                .status()
+                .is_ok_and(|s| s.success())
+        };
+        let ok = nft(&format!("add table inet {table}"))
+            && nft(&format!(
+                "add chain inet {table} out {{ type filter hook output priority 0 ; }}"
+            ))
+            && nft(&format!("add rule inet {table} out udp dport {port} drop"));
+        let rule = DropUdp(table);
+        ok.then_some(rule)
+    }
+}
+
+impl Drop for DropUdp {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.0])
+            .status();
+    }
+}
+
+#[test]
+fn auto_falls_back_to_http2_when_udp_is_dropped_and_returns_to_quic() {
+    fallback_and_return(false);
+}
+
+/// The same, failing on any request lost during the switch back: about one in a thousand comes
+/// back 502 "the tunnel reset the request" when a draining HTTP/2 connection's last response
+/// arrives at `burrow edge` together with the connection's end (the edge tears the connection
+/// down before forwarding it; edge side, reported).
+#[test]
+#[ignore = "burrow edge drops a response that arrives with the HTTP/2 connection's end"]
+fn every_request_during_the_switch_back_succeeds() {
+    fallback_and_return(true);
+}
+
+fn fallback_and_return(strict: bool) {
+    let bed_edge = EdgeOpts::loopback().expect("ports");
+    let label = format!("fallback-{strict}");
+    let bed = Testbed::create(BIN.as_ref(), &label, "app", &["app.test"]).expect("bed");
+    let _edge = bed.edge(&bed_edge).expect("edge");
+    let Some(rule) = DropUdp::to_port(bed_edge.quic.port()) else {
+        eprintln!("skipped: needs root and nft to drop UDP on loopback");
+        return;
+    };
+    let metrics = testbed::free_tcp().expect("port");
+    let started = Instant::now();
+    let mut connector = bed
+        .connector(&ConnectorOpts {
+            edge: bed_edge.quic,
+            metrics,
+            ingress: vec![(None, format!("http://127.0.0.1:{}", origin()))],
+            ha_connections: 4,
+            extra: vec![
+                "--protocol".into(),
+                "auto".into(),
+                "--loglevel".into(),
+                "info".into(),
+            ],
+            config_extra: String::new(),
+        })
+        .expect("connector");
+    testbed::wait_ready(&mut connector, metrics, 4, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\nconnector: {}", connector.log_tail(4000)));
+    let took = started.elapsed();
+    let log = connector.log_tail(200_000);
+    assert!(
+        log.contains("Switching to fallback protocol http2"),
+        "{log}"
+    );
+    let over_http2 = log
+        .lines()
+        .filter(|l| l.contains("Registered tunnel connection") && l.contains("protocol=http2"))
+        .count();
+    assert!(over_http2 >= 4, "4 registrations over http2:\n{log}");
+    for i in 0..20 {
+        let (status, body) = request(
+            bed_edge.http.port(),
+            &format!("GET /small/{i} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"),
+            b"",
+        );
+        assert_eq!(
+            (status, body.as_slice()),
+            (200, &b"hello from the origin"[..])
+        );
+    }
+    eprintln!("4 connections over http2 {took:?} after start with UDP dropped");
+
+    // UDP passes again: each connection drains and comes back over QUIC, one at a time, while
+    // requests keep going.
+    drop(rule);
+    let restored = Instant::now();
+    let (mut sent, mut lost) = (0, 0);
+    loop {
+        let (status, body) = request(
+            bed_edge.http.port(),
+            &format!("GET /small/{sent} HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n"),
+            b"",
+        );
+        let answered = (status, body.as_slice()) == (200, &b"hello from the origin"[..]);
+        assert!(
+            answered || !strict,
+            "request {sent} during the switch: {status} {}",
+            String::from_utf8_lossy(&body)
+        );
+        lost += usize::from(!answered);
+        sent += 1;
+        let log = connector.log_tail(400_000);
+        let over_quic = log
+            .lines()
+            .filter(|l| l.contains("Registered tunnel connection") && l.contains("protocol=quic"))
+            .count();
+        if over_quic >= 4
+            && testbed::wait_ready(&mut connector, metrics, 4, Duration::from_secs(5)).is_ok()
+        {
+            break;
+        }
+        assert!(
+            restored.elapsed() < Duration::from_secs(180),
+            "not back on QUIC within 3 minutes:\n{log}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "all 4 back on quic {:?} after UDP was restored; {sent} requests during the switch, {lost} not answered",
+        restored.elapsed()
+    );
+}
