@@ -425,11 +425,21 @@ pub fn free_tcp() -> Result<SocketAddr, TestbedError> {
         .map_err(io("bind a free TCP port"))
 }
 
-/// A loopback UDP address free a moment ago.
+/// A loopback UDP address free a moment ago, its port free on TCP too (`burrow edge --listen`
+/// takes both).
 pub fn free_udp() -> Result<SocketAddr, TestbedError> {
-    UdpSocket::bind("127.0.0.1:0")
-        .and_then(|s| s.local_addr())
-        .map_err(io("bind a free UDP port"))
+    let mut last = None;
+    for _ in 0..32 {
+        let udp = UdpSocket::bind("127.0.0.1:0").map_err(io("bind a free UDP port"))?;
+        let addr = udp.local_addr().map_err(io("bind a free UDP port"))?;
+        match TcpListener::bind(addr) {
+            Ok(_) => return Ok(addr),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(io("find a port free on UDP and TCP")(last.unwrap_or_else(
+        || std::io::Error::from(std::io::ErrorKind::AddrInUse),
+    )))
 }
 
 /// VmRSS of process `pid`, in KiB.

@@ -4,7 +4,8 @@
 //! loopback socket and real TLS. The connector registers 2 connections, then serves: a 100 MiB
 //! download and a 100 MiB upload (both checked by digest), 50 concurrent requests, a WebSocket
 //! upgrade carrying bytes both ways, and TCP through `--tcp-map` with half-close (the eyeball
-//! shuts its write side first and still reads the whole echo).
+//! shuts its write side first and still reads the whole echo), and a TCP peer that never
+//! speaks TLS is closed.
 
 mod common;
 
@@ -497,6 +498,24 @@ fn burrow_edge_serves_an_http2_connector() {
     for h in handles {
         h.join().expect("TCP client");
     }
+
+    // A TCP peer that never speaks TLS is closed (handshake deadline 15 s, registration 10 s).
+    let mut silent = TcpStream::connect(quic).expect("connect");
+    silent
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .expect("timeout");
+    // At most a TLS alert comes back, then EOF (not the 30 s read timeout).
+    let mut rest = Vec::new();
+    let _ = silent.read_to_end(&mut rest);
+    assert!(
+        rest.len() < 64,
+        "{} bytes for a peer that said nothing",
+        rest.len()
+    );
+    assert!(
+        silent.read(&mut [0u8; 1]).is_ok_and(|n| n == 0),
+        "the edge closed the silent connection"
+    );
 
     stop.store(true, Ordering::Relaxed);
     for c in conns {

@@ -7,10 +7,9 @@ use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use burrow_core::control::{ConnectionDetails, RegistrationError};
 use burrow_core::edge::auth::TunnelAuth;
 use burrow_core::edge::log_budget::{LogBudget, Verdict};
-use burrow_core::edge::routes::Routes;
+use burrow_core::edge::registrar::Registrar;
 use burrow_core::stream::connect::{ConnectRequest, ConnectionType, Metadata};
 use burrow_core::tunnel::edge::{ConnId, EdgeEvent};
 use burrow_core::tunnel::edge_transports::{DataStream, EdgeTransports};
@@ -83,7 +82,7 @@ pub(super) async fn run(
 ) {
     // Read in the loop, in batches, into buffers reused for every read.
     let mut recv_bufs = RecvBufs::new();
-    let mut routes = Routes::new();
+    let mut registrar = Registrar::new(auth);
     // Anyone may try to register: refusals are logged a few at a time.
     let mut refusals = LogBudget::new(Duration::from_secs(10), 5);
     let mut streams: HashMap<Key, Stream> = HashMap::new();
@@ -101,20 +100,7 @@ pub(super) async fn run(
                 progress = true;
                 match ev {
                     EdgeEvent::RegisterRequested { conn, registration } => {
-                        let result = auth.check(&registration).and_then(|tunnel| {
-                            routes
-                                .register(conn, tunnel)
-                                .map_err(|e| RegistrationError {
-                                    cause: e.to_string(),
-                                    should_retry: false,
-                                    retry_after: Duration::ZERO,
-                                })
-                        });
-                        let result = result.map(|()| ConnectionDetails {
-                            uuid: Uuid::new_v4(),
-                            location: "LOCAL".into(),
-                            remotely_managed: false,
-                        });
+                        let result = registrar.register(conn, &registration, Uuid::new_v4());
                         match &result {
                             Ok(_) => {
                                 let http2 = ep.is_http2(conn);
@@ -140,12 +126,12 @@ pub(super) async fn run(
                             conn = conn.0,
                             "tunnel connection unregistered; no new requests"
                         );
-                        routes.drain(conn);
+                        registrar.unregistered(conn);
                         datagrams.connection_gone(now, conn);
                     }
                     EdgeEvent::ConnectionClosed { conn, reason } => {
                         debug!(conn = conn.0, %reason, "tunnel connection closed");
-                        routes.remove(conn);
+                        registrar.closed(conn);
                         datagrams.connection_gone(now, conn);
                         streams.retain(|k, s| {
                             if k.0 == conn {
@@ -295,7 +281,7 @@ pub(super) async fn run(
                         closing = Some(done);
                         break;
                     }
-                    on_cmd(now, &mut ep, &mut routes, &mut streams, cmd);
+                    on_cmd(now, &mut ep, &mut registrar, &mut streams, cmd);
                 }
             }
             Some((sock, peer)) = accepted.recv() => {
@@ -326,7 +312,7 @@ pub(super) async fn run(
 fn on_cmd(
     now: Instant,
     ep: &mut EdgeTransports,
-    routes: &mut Routes,
+    registrar: &mut Registrar<TunnelAuth>,
     streams: &mut HashMap<Key, Stream>,
     cmd: Cmd,
 ) {
@@ -339,7 +325,7 @@ fn on_cmd(
             events,
             reply,
         } => {
-            let Some(conn) = routes.pick(tunnel) else {
+            let Some(conn) = registrar.pick(tunnel) else {
                 let _ = reply.send(Err("no connection to the tunnel".into()));
                 return;
             };

@@ -219,6 +219,30 @@ impl RunningEdge {
     }
 }
 
+/// Binds the tunnel port: QUIC on UDP and HTTP/2 on TCP at the same address, as Cloudflare's
+/// edge does on 7844. With port 0 the kernel picks the UDP port; if that port is taken on TCP,
+/// another is tried (a few times).
+async fn bind_tunnel_port(listen: &str) -> Result<(QuicSocket, TcpListener), String> {
+    let any_port = listen.parse::<SocketAddr>().is_ok_and(|a| a.port() == 0);
+    let mut attempts = if any_port { 16 } else { 1 };
+    loop {
+        let socket = UdpSocket::bind(listen)
+            .await
+            .and_then(QuicSocket::new)
+            .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        let quic = socket.local_addr().map_err(|e| e.to_string())?;
+        match TcpListener::bind(quic).await {
+            Ok(tcp) => return Ok((socket, tcp)),
+            Err(e) => {
+                attempts -= 1;
+                if attempts == 0 {
+                    return Err(format!("cannot listen on TCP {quic}: {e}"));
+                }
+            }
+        }
+    }
+}
+
 /// Starts the edge tasks on the current runtime.
 pub async fn start(args: &EdgeArgs, tunnels_path: &Path) -> Result<RunningEdge, String> {
     let tunnels = TunnelsFile::load(tunnels_path)?;
@@ -240,15 +264,8 @@ pub async fn start(args: &EdgeArgs, tunnels_path: &Path) -> Result<RunningEdge, 
         quic: EdgeEndpoint::new(server, seed),
         http2: Http2Edge::new(h2_tls, burrow_core::http2::Limits::default()),
     };
-    let socket = UdpSocket::bind(&args.listen)
-        .await
-        .and_then(QuicSocket::new)
-        .map_err(|e| format!("cannot listen on {}: {e}", args.listen))?;
+    let (socket, tunnel_tcp) = bind_tunnel_port(&args.listen).await?;
     let quic = socket.local_addr().map_err(|e| e.to_string())?;
-    // HTTP/2 connectors dial the same address over TCP, as on Cloudflare's 7844.
-    let tunnel_tcp = TcpListener::bind(quic)
-        .await
-        .map_err(|e| format!("cannot listen on TCP {quic}: {e}"))?;
     let (accepted_tx, accepted) = mpsc::unbounded_channel();
     tokio::spawn(http2::serve(tunnel_tcp, accepted_tx));
     let http_listener = TcpListener::bind(&args.http)
