@@ -6,6 +6,7 @@ mod datagrams;
 mod edge_socket;
 mod origin;
 mod resolver;
+mod srv;
 mod status;
 mod tls;
 mod tunnel;

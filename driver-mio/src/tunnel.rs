@@ -4,7 +4,7 @@
 //! bytes between it and the sockets.
 
 use std::collections::hash_map::Entry;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +13,7 @@ use burrow_core::connector::{Connector, Event, Input, Io, Output};
 use burrow_core::icmp::FunnelId;
 use burrow_core::session::UdpFlowId;
 use burrow_core::settings::{write_pidfile, Edges, OsHost, RunConfig, Settings};
-use burrow_core::tunnel::supervisor::{EdgePool, IpVersion};
+use burrow_core::tunnel::supervisor::{srv_service, EdgePool, IpVersion};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -25,6 +25,7 @@ use crate::datagrams::{icmp_config, raise_nofile_limit, Datagrams, IcmpSources, 
 use crate::edge_socket::{EdgeSocket, RecvBufs};
 use crate::origin::{Key, Origins, Report};
 use crate::resolver::Resolver;
+use crate::srv;
 use crate::status::{self, Client, Figures};
 use crate::tls::{edge_roots, OriginTls};
 
@@ -33,6 +34,10 @@ const SIGNALS: Token = Token(1);
 const STATUS: Token = Token(2);
 /// First token handed to sockets opened on demand.
 const FIRST: usize = 16;
+/// Requests in flight per connection the edge is granted. quinn keeps bookkeeping for every
+/// stream granted from the start (about 90 bytes each): burrow-tokio's 8192 cost about 700 KiB
+/// per connection, most of this process's memory; a small box serves far fewer at once.
+const MAX_STREAMS: u32 = 1024;
 /// Most scrapes or probes served at once; more wait in the listen backlog.
 const MAX_STATUS_CLIENTS: usize = 16;
 
@@ -81,7 +86,7 @@ fn random_u64() -> u64 {
 
 /// The edge as an address pool. Names are resolved here, before the loop starts, where
 /// blocking stalls nothing.
-fn discover(edges: &Edges, _ip_version: IpVersion) -> Result<EdgePool, String> {
+fn discover(edges: &Edges, ip_version: IpVersion) -> Result<EdgePool, String> {
     match edges {
         Edges::Static(list) => {
             let mut addrs: Vec<SocketAddr> = Vec::new();
@@ -99,10 +104,15 @@ fn discover(edges: &Edges, _ip_version: IpVersion) -> Result<EdgePool, String> {
             }
             EdgePool::from_static(&addrs).map_err(|e| format!("edge discovery failed: {e}"))
         }
-        Edges::Srv { .. } => Err(
-            "edge discovery failed: burrow-mio has no DNS SRV discovery yet; pass --edge host:port"
-                .into(),
-        ),
+        Edges::Srv { region } => {
+            let service = srv_service(region.as_deref());
+            let targets =
+                srv::lookup(&service).map_err(|e| format!("edge discovery failed: {e}"))?;
+            let regions =
+                srv::regions(&targets).map_err(|e| format!("edge discovery failed: {e}"))?;
+            EdgePool::from_srv_targets(&regions, ip_version)
+                .map_err(|e| format!("edge discovery failed: {e}"))
+        }
     }
 }
 
@@ -145,6 +155,9 @@ struct Driver {
     datagrams: Datagrams,
     listener: TcpListener,
     clients: HashMap<Token, Client>,
+    /// Status clients, oldest first: a new one evicts the oldest when all slots are taken,
+    /// so clients that connect and say nothing cannot lock probes out.
+    client_order: VecDeque<Token>,
     figures: Figures,
     /// Sockets that hit their read bound: read again without waiting.
     again: Vec<Token>,
@@ -278,17 +291,19 @@ impl Driver {
             if !self.origins.contains(&(link, flow)) {
                 continue;
             }
-            let input = match &report {
+            let reason;
+            let input = match report {
                 Report::Connected => Input::FlowConnected { link, flow },
-                Report::Failed(reason) => {
+                Report::Failed(r) => {
                     self.figures.request_errors += 1;
-                    Input::FlowFailed { link, flow, reason }
+                    reason = r;
+                    Input::FlowFailed {
+                        link,
+                        flow,
+                        reason: &reason,
+                    }
                 }
-                Report::Data(data) => Input::FlowData {
-                    link,
-                    flow,
-                    data: data.clone(),
-                },
+                Report::Data(data) => Input::FlowData { link, flow, data },
                 Report::Finished => Input::FlowFinished { link, flow },
                 Report::Written => Input::FlowWritten { link, flow },
             };
@@ -353,21 +368,29 @@ impl Driver {
                     None => true,
                 };
                 if done {
-                    if let Some(mut c) = self.clients.remove(&token) {
-                        let _ = self.poll.registry().deregister(c.source());
-                    }
-                    self.tokens.free(Some(token));
+                    self.client_order.retain(|t| *t != token);
+                    self.drop_client(token);
                 }
             }
         }
+    }
+
+    fn drop_client(&mut self, token: Token) {
+        if let Some(mut c) = self.clients.remove(&token) {
+            let _ = self.poll.registry().deregister(c.source());
+        }
+        self.tokens.free(Some(token));
     }
 
     fn accept(&mut self) {
         loop {
             match self.listener.accept() {
                 Ok((stream, _)) => {
-                    if self.clients.len() >= MAX_STATUS_CLIENTS {
-                        continue; // dropped: closed at once
+                    while self.clients.len() >= MAX_STATUS_CLIENTS {
+                        let Some(oldest) = self.client_order.pop_front() else {
+                            break;
+                        };
+                        self.drop_client(oldest);
                     }
                     let token = self.tokens.alloc(Source::Status);
                     let mut c = Client::new(stream);
@@ -420,9 +443,10 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         v4: rc.icmpv4_src,
         v6: rc.icmpv6_src,
     });
-    let config = rc
+    let mut config = rc
         .supervisor_config(roots, connector_id, icmp)
         .map_err(|e| format!("TLS: {e}"))?;
+    config.quic.max_concurrent_bidi_streams = MAX_STREAMS;
     let mut machine = Connector::new(Instant::now(), config, pool, random_u64());
     info!(tunnel_id = %rc.creds.tunnel_id, %connector_id, "Starting tunnel");
 
@@ -438,6 +462,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         datagrams: Datagrams::new(),
         listener,
         clients: HashMap::new(),
+        client_order: VecDeque::new(),
         figures: Figures {
             connector_id: connector_id.to_string(),
             ha_connections: machine.ha_connections(),

@@ -405,3 +405,100 @@ fn edge_restart_reconnects() {
     .expect("reconnected");
     assert_eq!(get(eo.http, "/").0, 200);
 }
+
+/// An HTTPS origin (rustls; a self-signed certificate for `localhost`) that answers every
+/// request with `body`; its port and the certificate's PEM.
+fn tls_origin(body: Vec<u8>) -> (u16, String) {
+    use std::sync::Arc;
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .expect("server config");
+    let config = Arc::new(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let body = Arc::new(body);
+    thread::spawn(move || {
+        for s in listener.incoming().map_while(Result::ok) {
+            let (config, body) = (config.clone(), body.clone());
+            thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(config).expect("conn");
+                let mut tls = rustls::StreamOwned::new(conn, s);
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = tls.write_all(resp.as_bytes());
+                let _ = tls.write_all(&body);
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    (port, cert.pem())
+}
+
+#[test]
+fn https_origin_by_name_verified_with_ca_pool() {
+    let body = pattern(7, 300_000);
+    let (port, pem) = tls_origin(body.clone());
+    let eo = EdgeOpts::loopback().expect("ports");
+    let bed = Testbed::create(burrow(), "mio-https", "app", &[HOST]).expect("tunnel");
+    let ca = bed.dir().join("origin-ca.pem");
+    std::fs::write(&ca, pem).expect("ca");
+    let _edge = bed.edge(&eo).expect("edge");
+    let metrics = testbed::free_tcp().expect("port");
+    let o = ConnectorOpts {
+        edge: eo.quic,
+        metrics,
+        // A name: resolved off the loop, then TLS verified against caPool for "localhost".
+        ingress: vec![(None, format!("https://localhost:{port}"))],
+        ha_connections: 1,
+        extra: Vec::new(),
+        config_extra: format!(
+            "originRequest:\n  caPool: {}\n",
+            serde_json::Value::from(ca.to_string_lossy())
+        ),
+    };
+    let mut connector = mio_connector(&bed, &o, "1s");
+    testbed::wait_ready(&mut connector, metrics, 1, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\nburrow-mio: {}", connector.log_tail(4000)));
+    for _ in 0..3 {
+        let (status, got) = get(eo.http, "/");
+        assert_eq!(status, 200, "{}", connector.log_tail(4000));
+        assert!(got == body, "body through TLS intact ({} bytes)", got.len());
+    }
+    // Without the CA the origin is refused: verification is on.
+    let (status, _) = {
+        let bed2 = Testbed::create(burrow(), "mio-https-noca", "app", &[HOST]).expect("tunnel");
+        let eo2 = EdgeOpts::loopback().expect("ports");
+        let _edge2 = bed2.edge(&eo2).expect("edge");
+        let metrics2 = testbed::free_tcp().expect("port");
+        let o2 = ConnectorOpts {
+            edge: eo2.quic,
+            metrics: metrics2,
+            ingress: vec![(None, format!("https://localhost:{port}"))],
+            ha_connections: 1,
+            extra: Vec::new(),
+            config_extra: String::new(),
+        };
+        let mut c2 = mio_connector(&bed2, &o2, "1s");
+        testbed::wait_ready(&mut c2, metrics2, 1, Duration::from_secs(30)).expect("ready");
+        get(eo2.http, "/")
+    };
+    assert_eq!(status, 502, "an unverified origin is a bad gateway");
+}
