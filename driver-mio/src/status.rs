@@ -209,3 +209,41 @@ impl Client {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(b: Vec<u8>) -> String {
+        String::from_utf8(b).expect("utf8")
+    }
+
+    #[test]
+    fn ready_follows_registered_connections_with_cloudflareds_json() {
+        let mut f = Figures {
+            connector_id: "c".into(),
+            ..Figures::default()
+        };
+        let head = b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n";
+        let r = text(f.respond(head));
+        assert!(r.starts_with("HTTP/1.1 503 "), "{r}");
+        assert!(r.ends_with("{\"status\":503,\"readyConnections\":0,\"connectorId\":\"c\"}"));
+        f.ready = 4;
+        let r = text(f.respond(head));
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        assert!(r.contains("\"readyConnections\":4"));
+    }
+
+    #[test]
+    fn metrics_healthcheck_unknown_paths_and_garbage() {
+        let f = Figures {
+            total_requests: 7,
+            ..Figures::default()
+        };
+        let m = text(f.respond(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n"));
+        assert!(m.contains("\ncloudflared_tunnel_total_requests 7\n"), "{m}");
+        assert!(text(f.respond(b"GET /healthcheck HTTP/1.1\r\n\r\n")).ends_with("\r\n\r\nOK\n"));
+        assert!(text(f.respond(b"GET /nope HTTP/1.1\r\n\r\n")).starts_with("HTTP/1.1 404 "));
+        assert!(text(f.respond(b"\xff\xfe\r\n\r\n")).starts_with("HTTP/1.1 400 "));
+    }
+}
