@@ -13,12 +13,9 @@ mod tunnel;
 
 use std::process::ExitCode;
 
-use burrow_core::settings::{
-    cloudflared_argv, init_logging_to, load_config, run_config, OsHost, Settings, TunnelArgs,
-    TunnelCommand,
-};
+use burrow_core::settings::{cloudflared_argv, run_config, start, OsHost, TunnelArgs};
 use clap::{Parser, Subcommand};
-use tracing::{debug, error, warn};
+use tracing::{error, warn};
 
 /// burrow-mio: a small, single-threaded Cloudflare Tunnel connector.
 #[derive(Debug, Parser)]
@@ -37,31 +34,13 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse_from(cloudflared_argv(std::env::args_os().collect()));
     let Command::Tunnel(args) = cli.command;
-    let TunnelCommand::Run(run) = args.command;
-    // The file may set the log level, so it is read before logging starts; its errors go to
-    // stderr directly.
-    let setup = load_config(&args.common, &OsHost).and_then(|loaded| {
-        let settings = Settings::merge(&args.common, &run, &loaded.file)?;
-        Ok((loaded, settings))
-    });
-    let (loaded, settings) = match setup {
+    let (loaded, settings) = match start(&args, &OsHost) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = init_logging_to(&settings.loglevel, settings.logfile.as_deref()) {
-        eprintln!("error: {e}");
-        return ExitCode::FAILURE;
-    }
-    let ignored = args.common.ignored.given();
-    if !ignored.is_empty() {
-        debug!(flags = ?ignored, "flags burrow does not act on, ignored");
-    }
-    if !loaded.file.ignored_keys.is_empty() {
-        debug!(keys = ?loaded.file.ignored_keys, "configuration keys burrow does not act on, ignored");
-    }
     let result = run_config(&settings, &loaded, &OsHost)
         .map_err(|e| e.to_string())
         .and_then(|(rc, notices)| {
