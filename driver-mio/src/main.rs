@@ -1,12 +1,60 @@
-//! burrow-mio: the single-threaded driver for embedded boxes.
-//!
-//! The event loop lands with the tunnel core (issue 3); until then this binary only reports what
-//! it is, so the workspace shape is in place.
+//! burrow-mio: the Cloudflare Tunnel connector for small boxes. `tunnel run` takes the same
+//! flags, config.yml, credentials and token as `burrow tunnel run` (burrow-core's `settings`)
+//! and runs the same connector machine on one thread: a mio event loop, no async runtime.
 
-fn main() {
-    eprintln!(
-        "burrow-mio {}: the embedded event loop is not built yet; use `burrow` (burrow-tokio)",
-        env!("CARGO_PKG_VERSION")
-    );
-    std::process::exit(2);
+mod datagrams;
+mod edge_socket;
+mod origin;
+mod resolver;
+mod srv;
+mod status;
+mod tls;
+mod tunnel;
+
+use std::process::ExitCode;
+
+use burrow_core::settings::{cloudflared_argv, run_config, start, OsHost, TunnelArgs};
+use clap::{Parser, Subcommand};
+use tracing::{error, warn};
+
+/// burrow-mio: a small, single-threaded Cloudflare Tunnel connector.
+#[derive(Debug, Parser)]
+#[command(name = "burrow-mio", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Tunnel commands, as `cloudflared tunnel`.
+    Tunnel(Box<TunnelArgs>),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse_from(cloudflared_argv(std::env::args_os().collect()));
+    let Command::Tunnel(args) = cli.command;
+    let (loaded, settings) = match start(&args, &OsHost) {
+        Ok(x) => x,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = run_config(&settings, &loaded, &OsHost)
+        .map_err(|e| e.to_string())
+        .and_then(|(rc, notices)| {
+            for n in notices {
+                warn!("{}", n.message());
+            }
+            tunnel::run(&settings, rc)
+        });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            error!("{e}");
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
 }

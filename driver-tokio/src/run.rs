@@ -6,11 +6,10 @@ use std::sync::Arc;
 
 pub use burrow_core::settings::init_logging;
 use burrow_core::settings::{
-    init_logging_to, load_config, run_config, write_pidfile, LoadedConfig, OsHost, Settings,
-    SetupError, TunnelArgs, TunnelCommand,
+    run_config, start, write_pidfile, LoadedConfig, OsHost, Settings, SetupError, TunnelArgs,
 };
 use tokio::sync::mpsc;
-use tracing::{debug, error, info, warn};
+use tracing::{error, info, warn};
 use uuid::Uuid;
 
 use crate::connector::{self, Options};
@@ -18,35 +17,13 @@ use crate::metrics::{self, Metrics};
 
 /// Entry point of `burrow tunnel`.
 pub fn main(args: TunnelArgs) -> ExitCode {
-    let TunnelCommand::Run(run) = args.command;
-    // The file may set the log level, so it is read before logging starts; its errors go to
-    // stderr directly.
-    let setup = load_config(&args.common, &OsHost).and_then(|loaded| {
-        let settings = Settings::merge(&args.common, &run, &loaded.file)?;
-        Ok((loaded, settings))
-    });
-    let (loaded, settings) = match setup {
+    let (loaded, settings) = match start(&args, &OsHost) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("error: {e}");
             return ExitCode::FAILURE;
         }
     };
-    if let Err(e) = init_logging_to(&settings.loglevel, settings.logfile.as_deref()) {
-        eprintln!("error: {e}");
-        return ExitCode::FAILURE;
-    }
-    let ignored = args.common.ignored.given();
-    if !ignored.is_empty() {
-        debug!(flags = ?ignored, "flags burrow does not act on, ignored");
-    }
-    if !loaded.file.ignored_keys.is_empty() {
-        debug!(
-            config = loaded.path.as_deref().unwrap_or(""),
-            keys = ?loaded.file.ignored_keys,
-            "configuration keys burrow does not act on, ignored"
-        );
-    }
     let rt = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
         Err(e) => {

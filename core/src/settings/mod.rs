@@ -219,6 +219,28 @@ pub struct LoadedConfig {
     pub file: ConfigFile,
 }
 
+/// How `tunnel run` starts in either driver: config.yml read (it may set the log level, so
+/// before logging starts), settings merged and checked, logging set up, and the flags and keys
+/// burrow does not act on named once at debug level. An error here goes to stderr only.
+pub fn start(args: &TunnelArgs, host: &dyn Host) -> Result<(LoadedConfig, Settings), SetupError> {
+    let TunnelCommand::Run(run) = &args.command;
+    let loaded = load_config(&args.common, host)?;
+    let settings = Settings::merge(&args.common, run, &loaded.file)?;
+    init_logging_to(&settings.loglevel, settings.logfile.as_deref())?;
+    let ignored = args.common.ignored.given();
+    if !ignored.is_empty() {
+        tracing::debug!(flags = ?ignored, "flags burrow does not act on, ignored");
+    }
+    if !loaded.file.ignored_keys.is_empty() {
+        tracing::debug!(
+            config = loaded.path.as_deref().unwrap_or(""),
+            keys = ?loaded.file.ignored_keys,
+            "configuration keys burrow does not act on, ignored"
+        );
+    }
+    Ok((loaded, settings))
+}
+
 /// Reads `--config`, else the first of cloudflared's default locations, else nothing.
 pub fn load_config(common: &CommonArgs, host: &dyn Host) -> Result<LoadedConfig, SetupError> {
     let Some(path) = common.config.clone().or_else(|| {

@@ -1,0 +1,123 @@
+//! Edge discovery by DNS SRV, as cloudflared does it without `--edge`: one SRV query for the
+//! (regional) service to the system's name servers, then the first two targets' addresses.
+//! It runs once, before the loop starts, so it may block; messages are built and parsed by
+//! hickory-proto (no runtime: its `tokio` feature is off), the name servers come from
+//! /etc/resolv.conf (resolv-conf), target addresses from `getaddrinfo`.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
+use std::time::Duration;
+
+use hickory_proto::op::{Message, MessageType, OpCode, Query};
+use hickory_proto::rr::{Name, RData, RecordType};
+
+/// How long one name server has to answer.
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The SRV targets of `service` (`host`, `port`), in the order the name server gave them.
+pub fn lookup(service: &str) -> Result<Vec<(String, u16)>, String> {
+    let conf = std::fs::read("/etc/resolv.conf").map_err(|e| format!("/etc/resolv.conf: {e}"))?;
+    let conf = resolv_conf::Config::parse(&conf).map_err(|e| format!("/etc/resolv.conf: {e}"))?;
+    let name = Name::from_ascii(service).map_err(|e| format!("SRV {service}: {e}"))?;
+    let mut id = [0u8; 2];
+    let _ = getrandom::fill(&mut id);
+    let id = u16::from_be_bytes(id);
+    let mut query = Message::new();
+    query
+        .set_id(id)
+        .set_message_type(MessageType::Query)
+        .set_op_code(OpCode::Query)
+        .set_recursion_desired(true)
+        .add_query(Query::query(name, RecordType::SRV));
+    let bytes = query.to_vec().map_err(|e| e.to_string())?;
+    let mut last = format!("SRV {service}: no name server in /etc/resolv.conf");
+    for ns in &conf.nameservers {
+        let server = SocketAddr::new(IpAddr::from(ns), 53);
+        match ask(server, id, &bytes) {
+            Ok(answer) => return targets(&answer).map_err(|e| format!("SRV {service}: {e}")),
+            Err(e) => last = format!("SRV {service} from {server}: {e}"),
+        }
+    }
+    Err(last)
+}
+
+fn ask(server: SocketAddr, id: u16, query: &[u8]) -> std::io::Result<Message> {
+    let bind: SocketAddr = if server.is_ipv4() {
+        (Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = UdpSocket::bind(bind)?;
+    socket.connect(server)?;
+    socket.set_read_timeout(Some(TIMEOUT))?;
+    socket.send(query)?;
+    let mut buf = [0u8; 4096];
+    loop {
+        let n = socket.recv(&mut buf)?;
+        // Anything but the answer to this query (a late answer to another) is skipped.
+        match Message::from_vec(&buf[..n]) {
+            Ok(m) if m.id() == id && m.message_type() == MessageType::Response => return Ok(m),
+            _ => continue,
+        }
+    }
+}
+
+/// The SRV records of an answer.
+fn targets(answer: &Message) -> Result<Vec<(String, u16)>, String> {
+    let found: Vec<(String, u16)> = answer
+        .answers()
+        .iter()
+        .filter_map(|r| match r.data() {
+            RData::SRV(srv) => Some((srv.target().to_utf8(), srv.port())),
+            _ => None,
+        })
+        .collect();
+    if found.is_empty() {
+        return Err(format!("no SRV records ({})", answer.response_code()));
+    }
+    Ok(found)
+}
+
+/// The addresses of the first two targets (cloudflared's two regions).
+pub fn regions(targets: &[(String, u16)]) -> Result<Vec<Vec<SocketAddr>>, String> {
+    targets
+        .iter()
+        .take(2)
+        .map(|(host, port)| {
+            (host.trim_end_matches('.'), *port)
+                .to_socket_addrs()
+                .map(Iterator::collect)
+                .map_err(|e| format!("{host}: {e}"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use hickory_proto::rr::rdata::SRV;
+    use hickory_proto::rr::Record;
+
+    use super::*;
+
+    #[test]
+    fn srv_answers_become_targets_in_order() {
+        let mut m = Message::new();
+        m.set_message_type(MessageType::Response);
+        let name = Name::from_ascii("_v2-origintunneld._tcp.argotunnel.com.").unwrap();
+        for (i, host) in ["region1.v2.argotunnel.com.", "region2.v2.argotunnel.com."]
+            .into_iter()
+            .enumerate()
+        {
+            let srv = SRV::new(1, 1, 7844 + i as u16, Name::from_ascii(host).unwrap());
+            m.add_answer(Record::from_rdata(name.clone(), 300, RData::SRV(srv)));
+        }
+        let parsed = Message::from_vec(&m.to_vec().unwrap()).unwrap();
+        assert_eq!(
+            targets(&parsed).unwrap(),
+            [
+                ("region1.v2.argotunnel.com.".to_owned(), 7844),
+                ("region2.v2.argotunnel.com.".to_owned(), 7845)
+            ]
+        );
+        assert!(targets(&Message::new()).is_err());
+    }
+}

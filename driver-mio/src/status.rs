@@ -1,0 +1,249 @@
+//! The `/metrics`, `/ready` and `/healthcheck` listener, served by the loop: each connection
+//! sends one request head (bounded), gets one response and is closed, as a scraper or a
+//! readiness probe expects.
+
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+
+use mio::net::{TcpListener, TcpStream};
+
+/// Longest request head read; anything longer is answered 431 and closed.
+const MAX_HEAD: usize = 4096;
+
+/// What the endpoints report, read from the connector by the loop.
+#[derive(Debug, Default, Clone)]
+pub struct Figures {
+    /// The connector id (`/ready`'s `connectorId`).
+    pub connector_id: String,
+    /// Registered connections now.
+    pub ready: usize,
+    /// HA connections configured.
+    pub ha_connections: usize,
+    /// Origin requests opened (`cloudflared_tunnel_total_requests`).
+    pub total_requests: u64,
+    /// Origin flows open now (`cloudflared_tunnel_concurrent_requests_per_tunnel`).
+    pub concurrent_requests: u64,
+    /// Origin flows that failed (`cloudflared_tunnel_request_errors`).
+    pub request_errors: u64,
+    /// Echo requests sent (`cloudflared_icmp_total_requests`).
+    pub icmp_requests: u64,
+    /// Configuration version applied (`cloudflared_orchestration_config_version`).
+    pub config_version: i64,
+}
+
+impl Figures {
+    /// `/ready`: status and cloudflared's JSON.
+    fn ready(&self) -> (u16, String) {
+        let status = if self.ready > 0 { 200 } else { 503 };
+        let body = format!(
+            "{{\"status\":{status},\"readyConnections\":{},\"connectorId\":\"{}\"}}",
+            self.ready, self.connector_id
+        );
+        (status, body)
+    }
+
+    /// Prometheus text exposition of cloudflared's names for these figures.
+    fn metrics(&self) -> String {
+        let mut out = String::new();
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        };
+        metric(
+            "cloudflared_tunnel_ha_connections",
+            "gauge",
+            "Number of active ha connections",
+            self.ha_connections.to_string(),
+        );
+        metric(
+            "cloudflared_tunnel_total_requests",
+            "counter",
+            "Amount of requests proxied through all the tunnels",
+            self.total_requests.to_string(),
+        );
+        metric(
+            "cloudflared_tunnel_concurrent_requests_per_tunnel",
+            "gauge",
+            "Concurrent requests proxied through each tunnel",
+            self.concurrent_requests.to_string(),
+        );
+        metric(
+            "cloudflared_tunnel_request_errors",
+            "counter",
+            "Amount of errors due to proxying request",
+            self.request_errors.to_string(),
+        );
+        metric(
+            "cloudflared_icmp_total_requests",
+            "counter",
+            "Total count of ICMP requests that have been proxied to any origin",
+            self.icmp_requests.to_string(),
+        );
+        metric(
+            "cloudflared_orchestration_config_version",
+            "gauge",
+            "Configuration Version",
+            self.config_version.to_string(),
+        );
+        out
+    }
+
+    /// The response to a request head.
+    fn respond(&self, head: &[u8]) -> Vec<u8> {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        let path = match req.parse(head) {
+            Ok(_) => req.path.unwrap_or("/"),
+            Err(_) => return response(400, "text/plain; charset=utf-8", "bad request\n"),
+        };
+        match path.split('?').next().unwrap_or("/") {
+            "/metrics" => response(
+                200,
+                "text/plain; version=0.0.4; charset=utf-8",
+                &self.metrics(),
+            ),
+            "/ready" => {
+                let (status, body) = self.ready();
+                response(status, "application/json", &body)
+            }
+            "/healthcheck" => response(200, "text/plain; charset=utf-8", "OK\n"),
+            _ => response(404, "text/plain; charset=utf-8", "404 page not found\n"),
+        }
+    }
+}
+
+fn response(status: u16, ctype: &str, body: &str) -> Vec<u8> {
+    let reason = match status {
+        200 => "OK",
+        400 => "Bad Request",
+        404 => "Not Found",
+        431 => "Request Header Fields Too Large",
+        _ => "Service Unavailable",
+    };
+    format!(
+        "HTTP/1.1 {status} {reason}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .into_bytes()
+}
+
+/// Binds `addr`. Only cloudflared's default, exactly `localhost:0`, tries
+/// localhost:20241..20245 first.
+pub fn bind(addr: &str) -> io::Result<TcpListener> {
+    use std::net::ToSocketAddrs;
+    let mut tries: Vec<SocketAddr> = Vec::new();
+    if addr == "localhost:0" {
+        for port in 20241..=20245 {
+            tries.extend(("localhost", port).to_socket_addrs()?);
+        }
+    }
+    // A name here is resolved once, before the loop starts.
+    tries.extend(addr.to_socket_addrs()?);
+    let mut last = io::Error::new(io::ErrorKind::AddrNotAvailable, "no address");
+    for a in tries {
+        match TcpListener::bind(a) {
+            Ok(l) => return Ok(l),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// One scrape or probe in progress.
+pub struct Client {
+    stream: TcpStream,
+    head: Vec<u8>,
+    out: Vec<u8>,
+    sent: usize,
+}
+
+impl Client {
+    /// A fresh connection.
+    pub fn new(stream: TcpStream) -> Self {
+        Self {
+            stream,
+            head: Vec::new(),
+            out: Vec::new(),
+            sent: 0,
+        }
+    }
+
+    /// The mio source.
+    pub fn source(&mut self) -> &mut TcpStream {
+        &mut self.stream
+    }
+
+    /// Reads and answers what it can; true once done (close it).
+    pub fn drive(&mut self, figures: &Figures) -> bool {
+        if self.out.is_empty() {
+            let mut buf = [0u8; 1024];
+            loop {
+                match self.stream.read(&mut buf) {
+                    Ok(0) => return true,
+                    Ok(n) => {
+                        self.head.extend_from_slice(&buf[..n]);
+                        if self.head.windows(4).any(|w| w == b"\r\n\r\n") {
+                            self.out = figures.respond(&self.head);
+                            break;
+                        }
+                        if self.head.len() > MAX_HEAD {
+                            self.out = response(431, "text/plain; charset=utf-8", "");
+                            break;
+                        }
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(_) => return true,
+                }
+            }
+        }
+        while self.sent < self.out.len() {
+            match self.stream.write(&self.out[self.sent..]) {
+                Ok(n) => self.sent += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(_) => return true,
+            }
+        }
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn text(b: Vec<u8>) -> String {
+        String::from_utf8(b).expect("utf8")
+    }
+
+    #[test]
+    fn ready_follows_registered_connections_with_cloudflareds_json() {
+        let mut f = Figures {
+            connector_id: "c".into(),
+            ..Figures::default()
+        };
+        let head = b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n";
+        let r = text(f.respond(head));
+        assert!(r.starts_with("HTTP/1.1 503 "), "{r}");
+        assert!(r.ends_with("{\"status\":503,\"readyConnections\":0,\"connectorId\":\"c\"}"));
+        f.ready = 4;
+        let r = text(f.respond(head));
+        assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
+        assert!(r.contains("\"readyConnections\":4"));
+    }
+
+    #[test]
+    fn metrics_healthcheck_unknown_paths_and_garbage() {
+        let f = Figures {
+            total_requests: 7,
+            ..Figures::default()
+        };
+        let m = text(f.respond(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n"));
+        assert!(m.contains("\ncloudflared_tunnel_total_requests 7\n"), "{m}");
+        assert!(text(f.respond(b"GET /healthcheck HTTP/1.1\r\n\r\n")).ends_with("\r\n\r\nOK\n"));
+        assert!(text(f.respond(b"GET /nope HTTP/1.1\r\n\r\n")).starts_with("HTTP/1.1 404 "));
+        assert!(text(f.respond(b"\xff\xfe\r\n\r\n")).starts_with("HTTP/1.1 400 "));
+    }
+}

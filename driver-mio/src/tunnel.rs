@@ -1,0 +1,634 @@
+//! `burrow-mio tunnel run`: one thread, one `mio::Poll`, one [`Connector`]. The loop is
+//! str0m's: feed one input, drain `poll_output` until it says `Timeout`, then wait for I/O or
+//! the earliest deadline. Every protocol decision is the connector's; this file only moves
+//! bytes between it and the sockets.
+
+use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use burrow_core::connector::{Connector, Event, Input, Io, Output};
+use burrow_core::icmp::FunnelId;
+use burrow_core::session::UdpFlowId;
+use burrow_core::settings::{write_pidfile, Edges, OsHost, RunConfig, Settings};
+use burrow_core::tunnel::supervisor::{srv_service, EdgePool, IpVersion};
+use mio::net::TcpListener;
+use mio::{Events, Interest, Poll, Registry, Token, Waker};
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook_mio::v1_0::Signals;
+use tracing::{debug, error, info, warn};
+use uuid::Uuid;
+
+use crate::datagrams::{icmp_config, raise_nofile_limit, Datagrams, IcmpSources, Round};
+use crate::edge_socket::{EdgeSocket, RecvBufs};
+use crate::origin::{Key, Origins, Report};
+use crate::resolver::Resolver;
+use crate::srv;
+use crate::status::{self, Client, Figures};
+use crate::tls::{edge_roots, OriginTls};
+
+const WAKER: Token = Token(0);
+const SIGNALS: Token = Token(1);
+const STATUS: Token = Token(2);
+/// First token handed to sockets opened on demand.
+const FIRST: usize = 16;
+/// Requests in flight per connection the edge is granted. quinn keeps bookkeeping for every
+/// stream granted from the start (about 90 bytes each): burrow-tokio's 8192 cost about 700 KiB
+/// per connection, most of this process's memory; a small box serves far fewer at once.
+const MAX_STREAMS: u32 = 1024;
+/// Most scrapes or probes served at once; more wait in the listen backlog.
+const MAX_STATUS_CLIENTS: usize = 16;
+
+/// What a token stands for.
+#[derive(Debug, Clone, Copy)]
+enum Source {
+    Edge(u8),
+    Flow(Key),
+    Udp(UdpFlowId),
+    Funnel(FunnelId),
+    Status,
+}
+
+/// Tokens of the sockets opened on demand, never two alike at once.
+struct Tokens {
+    map: HashMap<Token, Source>,
+    next: usize,
+}
+
+impl Tokens {
+    fn alloc(&mut self, source: Source) -> Token {
+        loop {
+            let t = Token(self.next);
+            self.next = self.next.checked_add(1).unwrap_or(FIRST);
+            if let Entry::Vacant(e) = self.map.entry(t) {
+                e.insert(source);
+                return t;
+            }
+        }
+    }
+
+    fn free(&mut self, t: Option<Token>) {
+        if let Some(t) = t {
+            self.map.remove(&t);
+        }
+    }
+}
+
+/// Fresh OS randomness for the connector's seed.
+fn random_u64() -> u64 {
+    let mut b = [0u8; 8];
+    // A failing OS RNG leaves zeros: jitter is then merely predictable, nothing breaks.
+    let _ = getrandom::fill(&mut b);
+    u64::from_le_bytes(b)
+}
+
+/// The edge as an address pool. Names are resolved here, before the loop starts, where
+/// blocking stalls nothing.
+fn discover(edges: &Edges, ip_version: IpVersion) -> Result<EdgePool, String> {
+    match edges {
+        Edges::Static(list) => {
+            let mut addrs: Vec<SocketAddr> = Vec::new();
+            for e in list {
+                match e.to_socket_addrs().map(|mut it| it.next()) {
+                    Ok(Some(a)) => addrs.push(a),
+                    Ok(None) => warn!(edge = %e, "edge address resolves to nothing; skipped"),
+                    Err(err) => {
+                        warn!(edge = %e, error = %err, "cannot resolve edge address; skipped")
+                    }
+                }
+            }
+            if addrs.is_empty() {
+                return Err("edge discovery failed: failed to resolve any edge address".into());
+            }
+            EdgePool::from_static(&addrs).map_err(|e| format!("edge discovery failed: {e}"))
+        }
+        Edges::Srv { region } => {
+            let service = srv_service(region.as_deref());
+            let targets =
+                srv::lookup(&service).map_err(|e| format!("edge discovery failed: {e}"))?;
+            let regions =
+                srv::regions(&targets).map_err(|e| format!("edge discovery failed: {e}"))?;
+            EdgePool::from_srv_targets(&regions, ip_version)
+                .map_err(|e| format!("edge discovery failed: {e}"))
+        }
+    }
+}
+
+/// An input the loop owes the connector after doing some I/O.
+enum Answer {
+    EdgeSocket { index: u8, max_segments: usize },
+    UdpOpened(UdpFlowId),
+    UdpFailed(UdpFlowId, String),
+    FunnelFailed(FunnelId),
+}
+
+impl Answer {
+    fn as_input(&self) -> Input<'_> {
+        match self {
+            Self::EdgeSocket {
+                index,
+                max_segments,
+            } => Input::EdgeSocket {
+                index: *index,
+                max_segments: *max_segments,
+            },
+            Self::UdpOpened(flow) => Input::UdpOpened(*flow),
+            Self::UdpFailed(flow, reason) => Input::UdpFailed {
+                flow: *flow,
+                reason,
+            },
+            Self::FunnelFailed(funnel) => Input::FunnelFailed(*funnel),
+        }
+    }
+}
+
+/// Every socket of the loop.
+struct Driver {
+    poll: Poll,
+    tokens: Tokens,
+    edges: BTreeMap<u8, (EdgeSocket, Token)>,
+    recv_bufs: RecvBufs,
+    origins: Origins,
+    resolver: Resolver,
+    datagrams: Datagrams,
+    listener: TcpListener,
+    clients: HashMap<Token, Client>,
+    /// Status clients, oldest first: a new one evicts the oldest when all slots are taken,
+    /// so clients that connect and say nothing cannot lock probes out.
+    client_order: VecDeque<Token>,
+    figures: Figures,
+    /// Sockets that hit their read bound: read again without waiting.
+    again: Vec<Token>,
+}
+
+impl Driver {
+    fn registry(&self) -> &Registry {
+        self.poll.registry()
+    }
+
+    fn transmit(&self, index: u8, t: &burrow_core::tunnel::Transmit, data: &[u8]) {
+        if let Some((s, _)) = self.edges.get(&index) {
+            s.send(t, data);
+        }
+    }
+
+    /// Does one piece of I/O; what the connector must hear back about it.
+    fn act(&mut self, now: Instant, work: Io<'_>) -> Option<Answer> {
+        let registry = self.poll.registry();
+        match work {
+            Io::EdgeSocket { index, edge } => {
+                let fits = self
+                    .edges
+                    .get(&index)
+                    .and_then(|(s, _)| s.local_addr().ok())
+                    .is_some_and(|a| a.is_ipv4() == edge.is_ipv4());
+                if !fits {
+                    if let Some((mut old, token)) = self.edges.remove(&index) {
+                        let _ = registry.deregister(old.source());
+                        self.tokens.free(Some(token));
+                    }
+                    let token = self.tokens.alloc(Source::Edge(index));
+                    let opened = EdgeSocket::bind_for(edge).and_then(|mut s| {
+                        registry.register(s.source(), token, Interest::READABLE)?;
+                        Ok(s)
+                    });
+                    match opened {
+                        Ok(s) => {
+                            self.edges.insert(index, (s, token));
+                        }
+                        Err(e) => {
+                            // The connection's handshake times out and is retried.
+                            self.tokens.free(Some(token));
+                            error!(conn_index = index, error = %e, "cannot open UDP socket");
+                            return None;
+                        }
+                    }
+                }
+                let max_segments = self.edges.get(&index)?.0.max_transmit_segments();
+                return Some(Answer::EdgeSocket {
+                    index,
+                    max_segments,
+                });
+            }
+            Io::OpenFlow {
+                link,
+                flow,
+                kind,
+                dest,
+                origin,
+            } => {
+                debug!(%link, %flow, ?kind, %dest, "opening origin connection");
+                self.figures.total_requests += 1;
+                let key = (link, flow);
+                let token = self.tokens.alloc(Source::Flow(key));
+                self.origins.open(
+                    now,
+                    registry,
+                    &mut self.resolver,
+                    token,
+                    key,
+                    kind,
+                    dest,
+                    origin,
+                );
+            }
+            Io::WriteFlow { link, flow, data } => self.origins.write(now, (link, flow), data),
+            Io::ReadFlow { link, flow } => self.origins.read_more(now, (link, flow)),
+            Io::ShutdownFlow { link, flow } => self.origins.shutdown(now, (link, flow)),
+            Io::CloseFlow { link, flow } => {
+                let token = self.origins.close(registry, (link, flow));
+                self.tokens.free(token);
+            }
+            Io::OpenUdp { flow, dest } => {
+                let token = self.tokens.alloc(Source::Udp(flow));
+                return Some(match self.datagrams.open_udp(registry, token, flow, dest) {
+                    Ok(()) => Answer::UdpOpened(flow),
+                    Err(e) => {
+                        self.tokens.free(Some(token));
+                        Answer::UdpFailed(flow, e.to_string())
+                    }
+                });
+            }
+            Io::SendUdp { flow, payload } => self.datagrams.send_udp(flow, payload),
+            Io::CloseUdp { flow } => {
+                let token = self.datagrams.close_udp(registry, flow);
+                self.tokens.free(token);
+            }
+            Io::OpenFunnel { funnel, bind } => {
+                let token = self.tokens.alloc(Source::Funnel(funnel));
+                if let Err(e) = self.datagrams.open_funnel(registry, token, funnel, bind) {
+                    debug!(%funnel, %bind, error = %e, "cannot open a ping socket");
+                    self.tokens.free(Some(token));
+                    return Some(Answer::FunnelFailed(funnel));
+                }
+            }
+            Io::SendPing {
+                funnel,
+                dst,
+                message,
+                ..
+            } => {
+                self.datagrams.send_ping(funnel, dst, message);
+                self.figures.icmp_requests = self.datagrams.stats.pings_sent;
+            }
+            Io::CloseFunnel { funnel } => {
+                let token = self.datagrams.close_funnel(registry, funnel);
+                self.tokens.free(token);
+            }
+        }
+        None
+    }
+
+    /// Feeds what the origins reported.
+    fn feed_reports(&mut self, now: Instant, machine: &mut Connector) -> bool {
+        if self.origins.reports.is_empty() {
+            return false;
+        }
+        let mut reports = std::mem::take(&mut self.origins.reports);
+        for ((link, flow), report) in reports.drain(..) {
+            if !self.origins.contains(&(link, flow)) {
+                continue;
+            }
+            let reason;
+            let input = match report {
+                Report::Connected => Input::FlowConnected { link, flow },
+                Report::Failed(r) => {
+                    self.figures.request_errors += 1;
+                    reason = r;
+                    Input::FlowFailed {
+                        link,
+                        flow,
+                        reason: &reason,
+                    }
+                }
+                Report::Data(data) => Input::FlowData { link, flow, data },
+                Report::Finished => Input::FlowFinished { link, flow },
+                Report::Written => Input::FlowWritten { link, flow },
+            };
+            machine.handle_input(now, input);
+        }
+        // Reports made while feeding (none today) stay; the buffer is reused.
+        reports.append(&mut self.origins.reports);
+        self.origins.reports = reports;
+        true
+    }
+
+    /// Reads the socket behind `token` after a readiness event.
+    fn on_ready(&mut self, now: Instant, machine: &mut Connector, token: Token) {
+        let Some(source) = self.tokens.map.get(&token).copied() else {
+            return;
+        };
+        match source {
+            Source::Edge(index) => {
+                let Some((s, _)) = self.edges.get(&index) else {
+                    return;
+                };
+                let got = s.read_round(&mut self.recv_bufs, |received| {
+                    machine.handle_input(
+                        now,
+                        Input::Received {
+                            index,
+                            received: *received,
+                        },
+                    );
+                });
+                match got {
+                    Ok(true) => {}
+                    Ok(false) => self.again.push(token),
+                    // Errors (an ICMP unreachable, say) end the round; what is queued
+                    // behind them is read at once.
+                    Err(e) => {
+                        debug!(conn_index = index, error = %e, "UDP receive error");
+                        self.again.push(token);
+                    }
+                }
+            }
+            Source::Flow(key) => self.origins.ready(now, key),
+            Source::Udp(flow) => {
+                let registry = self.poll.registry();
+                match self.datagrams.read_udp(registry, now, machine, flow) {
+                    Round::Drained => {}
+                    Round::More => self.again.push(token),
+                    Round::Failed(t) => self.tokens.free(Some(t)),
+                }
+            }
+            Source::Funnel(funnel) => {
+                let registry = self.poll.registry();
+                match self.datagrams.read_ping(registry, now, machine, funnel) {
+                    Round::Drained => {}
+                    Round::More => self.again.push(token),
+                    Round::Failed(t) => self.tokens.free(Some(t)),
+                }
+            }
+            Source::Status => {
+                let done = match self.clients.get_mut(&token) {
+                    Some(c) => c.drive(&self.figures),
+                    None => true,
+                };
+                if done {
+                    self.client_order.retain(|t| *t != token);
+                    self.drop_client(token);
+                }
+            }
+        }
+    }
+
+    fn drop_client(&mut self, token: Token) {
+        if let Some(mut c) = self.clients.remove(&token) {
+            let _ = self.poll.registry().deregister(c.source());
+        }
+        self.tokens.free(Some(token));
+    }
+
+    fn accept(&mut self) {
+        loop {
+            match self.listener.accept() {
+                Ok((stream, _)) => {
+                    while self.clients.len() >= MAX_STATUS_CLIENTS {
+                        let Some(oldest) = self.client_order.pop_front() else {
+                            break;
+                        };
+                        self.drop_client(oldest);
+                    }
+                    let token = self.tokens.alloc(Source::Status);
+                    let mut c = Client::new(stream);
+                    let interest = Interest::READABLE | Interest::WRITABLE;
+                    if self
+                        .registry()
+                        .register(c.source(), token, interest)
+                        .is_ok()
+                    {
+                        self.clients.insert(token, c);
+                    } else {
+                        self.tokens.free(Some(token));
+                    }
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    debug!(error = %e, "metrics accept failed");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Runs the connector until shut down (or a fatal error).
+pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
+    raise_nofile_limit();
+    let connector_id = Uuid::new_v4();
+    info!(%connector_id, "Generated Connector ID");
+    let poll = Poll::new().map_err(|e| format!("cannot create the event loop: {e}"))?;
+    let waker = Arc::new(
+        Waker::new(poll.registry(), WAKER).map_err(|e| format!("cannot create a waker: {e}"))?,
+    );
+    let mut signals = Signals::new([SIGTERM, SIGINT])
+        .map_err(|e| format!("cannot install signal handlers: {e}"))?;
+    poll.registry()
+        .register(&mut signals, SIGNALS, Interest::READABLE)
+        .map_err(|e| e.to_string())?;
+    let mut listener = status::bind(&settings.metrics)
+        .map_err(|e| format!("cannot bind metrics server on {}: {e}", settings.metrics))?;
+    poll.registry()
+        .register(&mut listener, STATUS, Interest::READABLE)
+        .map_err(|e| e.to_string())?;
+    if let Ok(addr) = listener.local_addr() {
+        info!(%addr, "Starting metrics server on {addr}/metrics");
+    }
+    let pool = discover(&rc.edges, rc.ip_version)?;
+    let roots = edge_roots(rc.cacert.as_deref()).map_err(|e| format!("TLS: {e}"))?;
+    let icmp = icmp_config(IcmpSources {
+        v4: rc.icmpv4_src,
+        v6: rc.icmpv6_src,
+    });
+    let mut config = rc
+        .supervisor_config(roots, connector_id, icmp)
+        .map_err(|e| format!("TLS: {e}"))?;
+    config.quic.max_concurrent_bidi_streams = MAX_STREAMS;
+    let mut machine = Connector::new(Instant::now(), config, pool, random_u64());
+    info!(tunnel_id = %rc.creds.tunnel_id, %connector_id, "Starting tunnel");
+
+    let mut d = Driver {
+        tokens: Tokens {
+            map: HashMap::new(),
+            next: FIRST,
+        },
+        edges: BTreeMap::new(),
+        recv_bufs: RecvBufs::new(),
+        origins: Origins::new(OriginTls::new()),
+        resolver: Resolver::new(waker),
+        datagrams: Datagrams::new(),
+        listener,
+        clients: HashMap::new(),
+        client_order: VecDeque::new(),
+        figures: Figures {
+            connector_id: connector_id.to_string(),
+            ha_connections: machine.ha_connections(),
+            ..Figures::default()
+        },
+        again: Vec::new(),
+        poll,
+    };
+    let mut events = Events::with_capacity(128);
+    let mut fatal = None;
+    let mut signal_count = 0u32;
+    let mut pidfile = settings.pidfile.clone();
+    let mut now = Instant::now();
+    loop {
+        // Drain every output (the connector orders them), then what the origins reported,
+        // until neither has anything.
+        let deadline = loop {
+            let deadline = loop {
+                let answer = match machine.poll_output(now) {
+                    Output::Timeout(deadline) => break deadline,
+                    Output::Transmit {
+                        index,
+                        transmit,
+                        data,
+                    } => {
+                        d.transmit(index, &transmit, data);
+                        None
+                    }
+                    Output::Io(work) => d.act(now, work),
+                    Output::Event(e) => {
+                        if let Event::Fatal(err) = &e {
+                            fatal = Some(err.to_string());
+                        }
+                        if matches!(e, Event::Registered { .. }) {
+                            if let Some(path) = pidfile.take() {
+                                if let Err((pid_path, e)) = write_pidfile(&path, &OsHost) {
+                                    error!(%pid_path, error = %e, "Unable to write pid");
+                                }
+                            }
+                        }
+                        if let Event::ConfigurationApplied { version } = &e {
+                            d.figures.config_version = i64::from(*version);
+                        }
+                        log_event(&e, signal_count > 0);
+                        None
+                    }
+                };
+                if let Some(answer) = answer {
+                    machine.handle_input(now, answer.as_input());
+                }
+            };
+            if !d.feed_reports(now, &mut machine) {
+                break deadline;
+            }
+        };
+        d.figures.ready = machine.ready_connections();
+        d.figures.concurrent_requests = d.origins.len() as u64;
+        if machine.is_stopped() {
+            break;
+        }
+        let wake = [deadline, d.origins.deadline(), d.resolver.deadline()]
+            .into_iter()
+            .flatten()
+            .min();
+        let timeout = if d.again.is_empty() {
+            wake.map(|w| w.saturating_duration_since(Instant::now()))
+        } else {
+            Some(Duration::ZERO)
+        };
+        if let Err(e) = d.poll.poll(&mut events, timeout) {
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                return Err(format!("event loop: {e}"));
+            }
+        }
+        now = Instant::now();
+        for token in std::mem::take(&mut d.again) {
+            d.on_ready(now, &mut machine, token);
+        }
+        for event in events.iter() {
+            match event.token() {
+                WAKER => {
+                    for (id, answer) in d.resolver.answers(now) {
+                        let registry = d.poll.registry();
+                        d.origins.resolved(now, registry, id, answer);
+                    }
+                }
+                SIGNALS => {
+                    for _ in signals.pending() {
+                        signal_count += 1;
+                        if signal_count == 1 {
+                            info!(grace_period = ?settings.grace_period, "Initiating graceful shutdown due to signal");
+                        } else {
+                            info!("second signal: exiting now");
+                        }
+                        machine.handle_input(now, Input::Shutdown);
+                    }
+                }
+                STATUS => d.accept(),
+                token => d.on_ready(now, &mut machine, token),
+            }
+        }
+        d.origins.expire(now);
+        d.resolver.retire(now);
+        if deadline.is_some_and(|t| t <= now) {
+            machine.handle_input(now, Input::Timeout);
+        }
+    }
+    match fatal {
+        Some(e) => Err(e),
+        None => {
+            info!("no more connections active and exiting");
+            Ok(())
+        }
+    }
+}
+
+/// Logs an event once.
+fn log_event(e: &Event, stopping: bool) {
+    match e {
+        Event::Connecting { index, link, edge } => {
+            debug!(conn_index = index, %link, %edge, "dialing edge");
+        }
+        Event::Registered {
+            index,
+            edge,
+            details,
+            ..
+        } => info!(
+            conn_index = index,
+            connection = %details.uuid,
+            event = 0,
+            ip = %edge.ip(),
+            location = %details.location,
+            protocol = "quic",
+            "Registered tunnel connection"
+        ),
+        Event::RegistrationFailed { index, error } => {
+            error!(conn_index = index, cause = %error.cause, "Register tunnel error from server side");
+        }
+        Event::LinkClosed {
+            index,
+            link,
+            reason,
+            was_registered,
+        } => {
+            if *was_registered && !stopping {
+                warn!(conn_index = index, %link, %reason, "Connection terminated");
+            } else {
+                debug!(conn_index = index, %link, %reason, "connection attempt failed");
+            }
+        }
+        Event::Reconnecting { index, delay } => {
+            info!(conn_index = index, ?delay, "Retrying connection");
+        }
+        Event::FallbackUnavailable { index } => {
+            warn!(conn_index = index, "QUIC keeps failing and burrow has no http2 fallback yet; check that UDP to the edge port is allowed");
+        }
+        Event::ConfigurationApplied { version } => info!(version, "Updated to new configuration"),
+        Event::ConfigurationRefused { version, error } => {
+            warn!(version, %error, "remote configuration refused");
+        }
+        Event::FlowLimitChanged { limit, active } => info!(limit, active, "flow limit changed"),
+        Event::LocalConfigurationFailed { index, reason } => {
+            warn!(conn_index = index, %reason, "Failed to update local configuration");
+        }
+        Event::Fatal(e) => error!(error = %e, "giving up"),
+        Event::Stopped => {}
+    }
+}

@@ -1,0 +1,504 @@
+//! End to end: the built `burrow-mio` binary as the connector, through the real `burrow edge`
+//! (burrow-tokio's binary, built here if need be), over real loopback sockets, TLS and QUIC,
+//! with origins served by this test. The helpers are burrow-tokio's own test helpers, read by
+//! path so both drivers are checked by the same code.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use tungstenite::Message;
+
+#[path = "../../driver-tokio/tests/common/mod.rs"]
+mod common;
+#[allow(dead_code)]
+#[path = "../../driver-tokio/src/testbed.rs"]
+mod testbed;
+
+use common::body::*;
+use common::client::*;
+use common::origins::*;
+use common::ping::{ping_both, PingRange};
+use testbed::{ConnectorOpts, EdgeOpts, Proc, Testbed};
+
+const MIO: &str = env!("CARGO_BIN_EXE_burrow-mio");
+const HOST: &str = "app.test";
+
+/// burrow-tokio's `burrow` (the edge), built once per test run so it is never stale.
+fn burrow() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let out = Command::new(cargo)
+            .args(["build", "-p", "burrow-tokio", "--bin", "burrow"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("cargo build burrow");
+        assert!(
+            out.status.success(),
+            "building burrow: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // burrow-mio's binary sits in the profile directory; burrow lands beside it.
+        let bin = Path::new(MIO).with_file_name("burrow");
+        assert!(bin.is_file(), "{} not found", bin.display());
+        bin
+    })
+}
+
+/// Starts `burrow-mio tunnel run` with `bed`'s config.yml (ingress from `o`).
+fn mio_connector(bed: &Testbed, o: &ConnectorOpts, grace: &str) -> Proc {
+    let config = bed.write_config(o).expect("config");
+    let mut cmd = Command::new(MIO);
+    cmd.args(["tunnel", "--config"])
+        .arg(&config)
+        .args(["--edge", &o.edge.to_string()])
+        .arg("--cacert")
+        .arg(bed.ca())
+        .args(["--metrics", &o.metrics.to_string()])
+        .args(["--ha-connections", &o.ha_connections.to_string()])
+        .args(["--grace-period", grace, "--loglevel", "info", "run"])
+        .args(&o.extra)
+        .arg("--credentials-file")
+        .arg(bed.credentials())
+        .arg(&bed.id);
+    Proc::spawn("burrow-mio tunnel run", cmd, bed.dir().join("mio.log")).expect("burrow-mio")
+}
+
+/// Edge (with `eo`'s maps) and burrow-mio with `ha` connections registered.
+fn start(
+    name: &str,
+    eo: &EdgeOpts,
+    ingress: Vec<(Option<String>, String)>,
+    ha: u8,
+    extra: &[&str],
+) -> (Testbed, Proc, Proc, SocketAddr) {
+    let bed = Testbed::create(burrow(), name, "app", &[HOST]).expect("tunnel");
+    let edge = bed.edge(eo).expect("edge");
+    let metrics = testbed::free_tcp().expect("port");
+    let o = ConnectorOpts {
+        edge: eo.quic,
+        metrics,
+        ingress,
+        ha_connections: ha,
+        extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+        config_extra: String::new(),
+    };
+    let mut connector = mio_connector(&bed, &o, "10s");
+    testbed::wait_ready(
+        &mut connector,
+        metrics,
+        usize::from(ha),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("{e}\nburrow-mio: {}", connector.log_tail(4000)));
+    (bed, edge, connector, metrics)
+}
+
+fn origin_ingress(port: u16) -> Vec<(Option<String>, String)> {
+    vec![(None, format!("http://127.0.0.1:{port}"))]
+}
+
+fn get(http: SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    request(
+        http.port(),
+        &format!("GET {path} HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n"),
+        b"",
+    )
+}
+
+/// The process's thread count (`Threads:` in /proc/PID/status).
+fn threads(pid: u32) -> usize {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("Threads line")
+}
+
+#[test]
+fn http_bodies_concurrency_ready_and_sigterm_drain() {
+    let eo = EdgeOpts::loopback().expect("ports");
+    let (_bed, _edge, mut connector, metrics) =
+        start("mio-http", &eo, origin_ingress(origin()), 4, &[]);
+    assert_eq!(threads(connector.pid()), 1, "one thread");
+    assert_eq!(testbed::ready_connections(metrics), Some(4));
+
+    // A large body, every byte checked.
+    let (status, body) = get(eo.http, "/big");
+    assert_eq!(status, 200);
+    assert_eq!(body.len(), BIG);
+    assert!(
+        body.iter().enumerate().all(|(i, b)| *b == byte(i)),
+        "big body intact"
+    );
+
+    // A chunked upload.
+    let up: Vec<u8> = (0..1_000_003).map(|i| byte(i * 7)).collect();
+    let (status, body) = request(
+        eo.http.port(),
+        &format!("POST /sum HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"),
+        &chunked(&up, 65_000),
+    );
+    assert_eq!(status, 200);
+    assert_eq!(String::from_utf8_lossy(&body), digest(&up));
+
+    // 50 concurrent requests.
+    let handles: Vec<_> = (0..50)
+        .map(|i| {
+            let http = eo.http;
+            thread::spawn(move || get(http, &format!("/small/{i}")))
+        })
+        .collect();
+    for h in handles {
+        let (status, body) = h.join().expect("thread");
+        assert_eq!(status, 200);
+        assert_eq!(body, b"hello from the origin");
+    }
+    assert_eq!(threads(connector.pid()), 1, "still one thread");
+
+    // SIGTERM with a request in flight: it completes, then the connector exits cleanly.
+    let http = eo.http;
+    let slow = thread::spawn(move || get(http, "/slow"));
+    thread::sleep(Duration::from_millis(300));
+    let pid = connector.pid().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let (status, body) = slow.join().expect("thread");
+    assert_eq!((status, body.as_slice()), (200, b"slow done".as_slice()));
+    let code = connector
+        .wait_exit(Duration::from_secs(15))
+        .expect("exits after draining");
+    assert!(code.success(), "clean exit after draining: {code:?}");
+}
+
+#[test]
+fn hundred_mib_bodies_both_ways() {
+    let eo = EdgeOpts::loopback().expect("ports");
+    let (_bed, _edge, _connector, _metrics) =
+        start("mio-huge", &eo, origin_ingress(origin()), 4, &[]);
+    let expected = {
+        let mut d = Digest::new();
+        for i in 0..HUGE / BLOCK {
+            d.update(&pattern((i * BLOCK / 8) as u64, BLOCK / 8));
+        }
+        d.finish()
+    };
+    let t = Instant::now();
+    let mut c = TcpStream::connect(eo.http).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(300)))
+        .expect("timeout");
+    c.write_all(
+        format!("GET /huge HTTP/1.1\r\nHost: {HOST}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .expect("request");
+    assert_eq!(response_digest(c), (200, expected.clone()), "download");
+    let down = t.elapsed();
+
+    let t = Instant::now();
+    let mut c = TcpStream::connect(eo.http).expect("connect");
+    c.set_read_timeout(Some(Duration::from_secs(300)))
+        .expect("timeout");
+    c.write_all(
+        format!("POST /sum HTTP/1.1\r\nHost: {HOST}\r\nContent-Length: {HUGE}\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .expect("request");
+    for i in 0..HUGE / BLOCK {
+        c.write_all(&pattern((i * BLOCK / 8) as u64, BLOCK / 8))
+            .expect("upload");
+    }
+    assert_eq!(
+        request_reply(c),
+        (200, expected),
+        "upload digest at the origin"
+    );
+    eprintln!(
+        "burrow-mio 100 MiB: download {down:?}, upload {:?}",
+        t.elapsed()
+    );
+}
+
+#[test]
+fn websocket_echo_and_closes() {
+    let eo = EdgeOpts::loopback().expect("ports");
+    let (ends_tx, ends) = std::sync::mpsc::channel();
+    let ws_port = ws_origin(ends_tx);
+    let (_bed, _edge, _connector, _metrics) = start("mio-ws", &eo, origin_ingress(ws_port), 1, &[]);
+    let connect = || {
+        let tcp = TcpStream::connect(eo.http).expect("connect");
+        tcp.set_read_timeout(Some(Duration::from_secs(60)))
+            .expect("timeout");
+        let (ws, resp) = tungstenite::client(format!("ws://{HOST}/echo"), tcp).expect("handshake");
+        assert_eq!(resp.status(), 101);
+        ws
+    };
+    let until_closed = |ws: &mut tungstenite::WebSocket<TcpStream>| loop {
+        match ws.read() {
+            Ok(Message::Close(_)) => {}
+            Err(tungstenite::Error::ConnectionClosed) => return,
+            other => panic!("expected the close handshake, got {other:?}"),
+        }
+    };
+    let mut ws = connect();
+    for (i, n) in [0, 1, 125, 126, 65_536, 200_003, 1_048_579]
+        .into_iter()
+        .enumerate()
+    {
+        let text = text_of(n);
+        ws.send(Message::text(text.clone())).expect("send text");
+        match ws.read().expect("read") {
+            Message::Text(t) => assert!(t.as_str() == text, "text echo of {n} bytes"),
+            other => panic!("expected text, got {other:?}"),
+        }
+        let bin: Vec<u8> = (0..n).map(|j| byte(j * 31 + i)).collect();
+        ws.send(Message::binary(bin.clone())).expect("send binary");
+        match ws.read().expect("read") {
+            Message::Binary(b) => assert!(b[..] == bin[..], "binary echo of {n} bytes"),
+            other => panic!("expected binary, got {other:?}"),
+        }
+    }
+    ws.close(None).expect("close");
+    until_closed(&mut ws);
+    let end = ends
+        .recv_timeout(Duration::from_secs(10))
+        .expect("origin end");
+    assert_eq!(end, "clean", "client-initiated close");
+    let mut ws = connect();
+    ws.send(Message::text("close-from-origin")).expect("send");
+    until_closed(&mut ws);
+    let end = ends
+        .recv_timeout(Duration::from_secs(10))
+        .expect("origin end");
+    assert_eq!(end, "clean", "origin-initiated close");
+}
+
+#[test]
+fn tcp_echo_with_half_close() {
+    let echo = tcp_echo_origin();
+    let map = testbed::free_tcp().expect("port");
+    let mut eo = EdgeOpts::loopback().expect("ports");
+    eo.tcp_maps = vec![format!("{map}=app:127.0.0.1:{echo}")];
+    let (_bed, _edge, _connector, _metrics) =
+        start("mio-tcp", &eo, origin_ingress(origin()), 2, &[]);
+    let handles: Vec<_> = (0..20u64)
+        .map(|i| {
+            thread::spawn(move || {
+                let n = if i == 0 {
+                    0
+                } else {
+                    (i as usize * 15_013) % (300 * 1024)
+                };
+                let data = random_bytes(i, n);
+                let mut c = TcpStream::connect(map).expect("connect");
+                c.set_read_timeout(Some(Duration::from_secs(60)))
+                    .expect("timeout");
+                let mut w = c.try_clone().expect("clone");
+                let sent = data.clone();
+                let writer = thread::spawn(move || {
+                    for piece in sent.chunks(7_001) {
+                        w.write_all(piece).expect("write");
+                    }
+                    w.shutdown(std::net::Shutdown::Write).expect("half-close");
+                });
+                let mut got = Vec::new();
+                c.read_to_end(&mut got).expect("read");
+                writer.join().expect("writer");
+                let tail = format!("<{}>", digest(&data));
+                assert!(got.len() == data.len() + tail.len(), "conn {i}: length");
+                assert!(got[..data.len()] == data[..], "conn {i}: echo");
+                assert_eq!(String::from_utf8_lossy(&got[data.len()..]), tail);
+            })
+        })
+        .collect();
+    for h in handles {
+        h.join().expect("connection");
+    }
+}
+
+#[test]
+fn udp_echo_through_v3_sessions() {
+    let echo = udp_echo();
+    let map = testbed::free_udp().expect("port");
+    let mut eo = EdgeOpts::loopback().expect("ports");
+    eo.udp_maps = vec![format!("{map}=app:{echo}")];
+    let (_bed, _edge, _connector, _metrics) = start(
+        "mio-udp",
+        &eo,
+        vec![(None, "http_status:404".into())],
+        2,
+        &[],
+    );
+    udp_echo_clients(map, 8, 50);
+}
+
+#[test]
+fn ping_v4_v6_and_ttl_exceeded() {
+    let _range = PingRange::open_to_all();
+    let map = testbed::free_udp().expect("port");
+    let mut eo = EdgeOpts::loopback().expect("ports");
+    eo.icmp_maps = vec![format!("{map}=app")];
+    let v6 = UdpSocket::bind("[::1]:0").is_ok();
+    let mut extra = vec!["--icmpv4-src", "127.0.0.1"];
+    if v6 {
+        extra.extend(["--icmpv6-src", "::1"]);
+    }
+    let (_bed, _edge, connector, _metrics) = start(
+        "mio-icmp",
+        &eo,
+        vec![(None, "http_status:404".into())],
+        1,
+        &extra,
+    );
+    ping_both(map, v6);
+    assert!(
+        !connector
+            .log_tail(100_000)
+            .contains("ICMP proxy feature is disabled"),
+        "ping sockets were refused"
+    );
+}
+
+#[test]
+fn in_process_origins_answer() {
+    let eo = EdgeOpts::loopback().expect("ports");
+    let (_bed, _edge, _connector, _metrics) = start(
+        "mio-status",
+        &eo,
+        vec![(None, "http_status:418".into())],
+        1,
+        &[],
+    );
+    assert_eq!(get(eo.http, "/").0, 418);
+}
+
+#[test]
+fn edge_restart_reconnects() {
+    let eo = EdgeOpts::loopback().expect("ports");
+    let (bed, edge, _connector, metrics) =
+        start("mio-restart", &eo, origin_ingress(origin()), 4, &[]);
+    assert_eq!(get(eo.http, "/").0, 200);
+    let mut edge = edge;
+    let pid = edge.pid().to_string();
+    assert!(Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .expect("kill")
+        .success());
+    let _ = edge.wait_exit(Duration::from_secs(10));
+    testbed::wait_for(Duration::from_secs(15), "connections down", || {
+        Ok(testbed::ready_connections(metrics) == Some(0))
+    })
+    .expect("the edge's closes reached burrow-mio");
+    let _edge = bed.edge(&eo).expect("edge again");
+    testbed::wait_for(Duration::from_secs(60), "reconnected", || {
+        Ok(testbed::ready_connections(metrics) == Some(4))
+    })
+    .expect("reconnected");
+    assert_eq!(get(eo.http, "/").0, 200);
+}
+
+/// An HTTPS origin (rustls; a self-signed certificate for `localhost`) that answers every
+/// request with `body`; its port and the certificate's PEM.
+fn tls_origin(body: Vec<u8>) -> (u16, String) {
+    use std::sync::Arc;
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".into()]).expect("cert");
+    let key = rustls::pki_types::PrivateKeyDer::Pkcs8(signing_key.serialize_der().into());
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .with_no_client_auth()
+        .with_single_cert(vec![cert.der().clone()], key)
+        .expect("server config");
+    let config = Arc::new(config);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = listener.local_addr().expect("addr").port();
+    let body = Arc::new(body);
+    thread::spawn(move || {
+        for s in listener.incoming().map_while(Result::ok) {
+            let (config, body) = (config.clone(), body.clone());
+            thread::spawn(move || {
+                let conn = rustls::ServerConnection::new(config).expect("conn");
+                let mut tls = rustls::StreamOwned::new(conn, s);
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut b) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&b[..n]),
+                    }
+                }
+                let resp = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                );
+                let _ = tls.write_all(resp.as_bytes());
+                let _ = tls.write_all(&body);
+                tls.conn.send_close_notify();
+                let _ = tls.flush();
+            });
+        }
+    });
+    (port, cert.pem())
+}
+
+#[test]
+fn https_origin_by_name_verified_with_ca_pool() {
+    let body = pattern(7, 300_000);
+    let (port, pem) = tls_origin(body.clone());
+    let eo = EdgeOpts::loopback().expect("ports");
+    let bed = Testbed::create(burrow(), "mio-https", "app", &[HOST]).expect("tunnel");
+    let ca = bed.dir().join("origin-ca.pem");
+    std::fs::write(&ca, pem).expect("ca");
+    let _edge = bed.edge(&eo).expect("edge");
+    let metrics = testbed::free_tcp().expect("port");
+    let o = ConnectorOpts {
+        edge: eo.quic,
+        metrics,
+        // A name: resolved off the loop, then TLS verified against caPool for "localhost".
+        ingress: vec![(None, format!("https://localhost:{port}"))],
+        ha_connections: 1,
+        extra: Vec::new(),
+        config_extra: format!(
+            "originRequest:\n  caPool: {}\n",
+            serde_json::Value::from(ca.to_string_lossy())
+        ),
+    };
+    let mut connector = mio_connector(&bed, &o, "1s");
+    testbed::wait_ready(&mut connector, metrics, 1, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\nburrow-mio: {}", connector.log_tail(4000)));
+    for _ in 0..3 {
+        let (status, got) = get(eo.http, "/");
+        assert_eq!(status, 200, "{}", connector.log_tail(4000));
+        assert!(got == body, "body through TLS intact ({} bytes)", got.len());
+    }
+    // Without the CA the origin is refused: verification is on.
+    let (status, _) = {
+        let bed2 = Testbed::create(burrow(), "mio-https-noca", "app", &[HOST]).expect("tunnel");
+        let eo2 = EdgeOpts::loopback().expect("ports");
+        let _edge2 = bed2.edge(&eo2).expect("edge");
+        let metrics2 = testbed::free_tcp().expect("port");
+        let o2 = ConnectorOpts {
+            edge: eo2.quic,
+            metrics: metrics2,
+            ingress: vec![(None, format!("https://localhost:{port}"))],
+            ha_connections: 1,
+            extra: Vec::new(),
+            config_extra: String::new(),
+        };
+        let mut c2 = mio_connector(&bed2, &o2, "1s");
+        testbed::wait_ready(&mut c2, metrics2, 1, Duration::from_secs(30)).expect("ready");
+        get(eo2.http, "/")
+    };
+    assert_eq!(status, 502, "an unverified origin is a bad gateway");
+}
