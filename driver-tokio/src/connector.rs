@@ -167,6 +167,18 @@ pub async fn discover(edges: &Edges, ip_version: IpVersion) -> Result<EdgePool, 
     }
 }
 
+/// Roots for HTTPS origins and Access key sets: the system store plus webpki's roots
+/// (cloudflared trusts the system store; `caPool` adds to it per rule).
+fn web_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let system = rustls_native_certs::load_native_certs();
+    let (added, skipped) = roots.add_parsable_certificates(system.certs);
+    debug!(added, skipped, "origin roots: webpki and the system store");
+    roots
+}
+
 /// Root certificates for the edge: `--cacert` alone, else cloudflared's default (the system
 /// store plus Cloudflare's Origin CA roots, which the edge's certificate chains to).
 fn edge_roots(cacert: Option<&[u8]>) -> Result<rustls::RootCertStore, tls::TlsError> {
@@ -236,11 +248,20 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         connector_id = %metrics.connector_id,
         "Starting tunnel"
     );
+    let web_roots = Arc::new(web_roots());
     let dialer = Dialer {
-        roots: Arc::new(rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        }),
+        roots: web_roots.clone(),
     };
+    let access_urls =
+        |i: &Ingress| -> Vec<String> { i.access_certs_urls().map(str::to_owned).collect() };
+    let (keys_tx, mut keys_rx) = mpsc::unbounded_channel();
+    let (urls_tx, urls_rx) = mpsc::unbounded_channel();
+    tokio::spawn(crate::access::run(
+        access_urls(&opts.ingress),
+        urls_rx,
+        keys_tx,
+        web_roots,
+    ));
     let mut io = DriverIo::new(dialer, metrics.clone());
     let mut fatal = None;
     let mut signals = 0u32;
@@ -263,6 +284,13 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                 Output::Event(e) => {
                     if let Event::Fatal(err) = &e {
                         fatal = Some(err.clone());
+                    }
+                    if let Event::ConfigurationApplied { .. } = &e {
+                        let now = ingress
+                            .read()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .clone();
+                        let _ = urls_tx.send(access_urls(&now));
                     }
                     on_event(&metrics, e, signals > 0);
                     None
@@ -317,6 +345,9 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             }
             () = sleep => {
                 machine.handle_input(Instant::now(), Input::Timeout);
+            }
+            Some(keys) = keys_rx.recv() => {
+                machine.handle_input(Instant::now(), Input::AccessKeys(keys));
             }
             Some(()) = shutdown.recv() => {
                 signals += 1;

@@ -82,7 +82,7 @@ impl Drop for FlowHandle {
 /// How the connector reaches origins: the one core's ingress rule resolved for each request.
 #[derive(Clone)]
 pub struct Dialer {
-    /// Roots for HTTPS origins (webpki roots, plus `caPool` files per rule).
+    /// Roots for HTTPS origins (webpki and the system store, plus `caPool` files per rule).
     pub roots: Arc<rustls::RootCertStore>,
 }
 

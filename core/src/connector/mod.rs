@@ -126,6 +126,9 @@ pub enum Input<'a> {
     },
     /// A funnel's ping socket could not be opened, or reading it failed.
     FunnelFailed(FunnelId),
+    /// Signing keys for rules with `originRequest.access`, fetched as a
+    /// [`crate::ingress::access::KeyFetcher`] asked; they replace the ones before.
+    AccessKeys(Arc<crate::ingress::access::AccessKeys>),
 }
 
 /// I/O the driver must do now.
@@ -350,6 +353,7 @@ impl Connector {
                 message,
             } => self.sup.ping_reply(now, funnel, from, message),
             Input::FunnelFailed(funnel) => self.sup.handle_funnel_failed(funnel),
+            Input::AccessKeys(keys) => self.sup.set_access_keys(keys),
         }
     }
 

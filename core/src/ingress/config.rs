@@ -40,6 +40,8 @@ pub struct OriginRequestConfig {
     pub disable_chunked_encoding: Option<bool>,
     /// `http2Origin` (parsed; origins are spoken to in HTTP/1.1).
     pub http2_origin: Option<bool>,
+    /// `access`: Cloudflare Access JWT checks.
+    pub access: Option<super::access::AccessConfig>,
 }
 
 /// One rule as written.

@@ -9,12 +9,14 @@
 //! backpressure end to end (PROTOCOL.md A§3.4-3.9).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use thiserror::Error;
 
 use super::connect::{decode_connect_request, key, ConnectResponse, ConnectionType, Metadata};
 use super::http1::{self, BodyReader, Framing, ResponseHead};
 use super::tag::Tag;
+use crate::ingress::access::{self, AccessKeys, Verdict};
 use crate::ingress::{Ingress, Origin};
 use crate::rpc::frame::FrameLimits;
 
@@ -128,6 +130,10 @@ pub struct DataStream {
     ingress: Option<Arc<Ingress>>,
     /// Tags sent to HTTP origins.
     tags: Arc<[Tag]>,
+    /// Signing keys for rules with `access.required` (none: such rules refuse everything).
+    access: Option<Arc<AccessKeys>>,
+    /// When the request is judged (Access JWT expiry).
+    now: Option<Instant>,
     /// The request body went without framing: the origin cannot tell where it ended, so the
     /// connection must not carry another request.
     bare_body: bool,
@@ -155,8 +161,22 @@ impl DataStream {
             origin_end: None,
             ingress: None,
             tags: Arc::from([]),
+            access: None,
+            now: None,
             bare_body: false,
         }
+    }
+
+    /// Checks Access JWTs of rules that require them with `keys`, judged at `now`.
+    pub fn with_access(mut self, keys: Option<Arc<AccessKeys>>, now: Instant) -> Self {
+        self.access = keys;
+        self.now = Some(now);
+        self
+    }
+
+    /// The time a request read from now on is judged at.
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = Some(now);
     }
 
     /// Shapes HTTP requests by the `originRequest` options of the rule in `ingress` that
@@ -268,6 +288,40 @@ impl DataStream {
                     (Some(ingress), Ok(h)) => Some(ingress.find_request(dest, h.as_deref()).1),
                     _ => None,
                 };
+                let policy = match rule {
+                    Some(r) => r.origin.origin_request.access.as_ref(),
+                    // A request whose host cannot be read matches no rule: if any rule is
+                    // protected, it must not slip past on that account.
+                    None => ingress.as_ref().and_then(|i| {
+                        i.rules()
+                            .iter()
+                            .find_map(|r| r.origin.origin_request.access.as_ref())
+                    }),
+                };
+                if let Some(policy) = policy {
+                    let token = req.metadata().flatten().find_map(|m| {
+                        m.key
+                            .strip_prefix(key::HTTP_HEADER_PREFIX)
+                            .filter(|name| name.eq_ignore_ascii_case(access::JWT_HEADER))
+                            .map(|_| m.val)
+                    });
+                    let Some(now) = self.now else {
+                        self.fail("no clock to judge the Access token by", false);
+                        return Ok(None);
+                    };
+                    match access::check(policy, token, self.access.as_deref(), now) {
+                        Verdict::Pass => {}
+                        Verdict::Forbidden(reason) => {
+                            tracing::debug!(%reason, "request filtered by middleware handler (AccessJWTValidator)");
+                            self.answer_status(403);
+                            return Ok(None);
+                        }
+                        Verdict::Error(reason) => {
+                            self.fail(&reason, false);
+                            return Ok(None);
+                        }
+                    }
+                }
                 let mut options = rule.map(|r| r.request_options()).unwrap_or_default();
                 options.tags = &self.tags;
                 origin = rule.map(|r| r.origin.clone());
@@ -559,7 +613,7 @@ impl DataStream {
             key: key::FLOW_CONNECT_RATE_LIMITED,
             val: key::FLOW_CONNECT_RATE_LIMITED_VALUE,
         }];
-        self.respond(&ConnectResponse {
+        self.answer(&ConnectResponse {
             error: if reason.is_empty() {
                 "origin error"
             } else {
@@ -567,6 +621,27 @@ impl DataStream {
             },
             metadata: if rate_limited { &limited } else { &[] },
         });
+    }
+
+    /// Answers `status` with no headers and no body, the origin never asked (cloudflared's
+    /// middleware refusals).
+    fn answer_status(&mut self, status: u16) {
+        let status = status.to_string();
+        self.answer(&ConnectResponse {
+            error: "",
+            metadata: &[Metadata {
+                key: key::HTTP_STATUS,
+                val: &status,
+            }],
+        });
+    }
+
+    /// Ends the exchange with `response`, before anything reached the origin.
+    fn answer(&mut self, response: &ConnectResponse<'_>) {
+        self.respond(response);
+        if !self.responded {
+            return;
+        }
         self.to_origin.clear();
         self.up = Up::Done;
         self.down = Down::Done;

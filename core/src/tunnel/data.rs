@@ -18,6 +18,7 @@ use tracing::{debug, trace, warn};
 
 use super::quic_io::{flush_stream, read_stream_max};
 use crate::flow::{FlowLimiter, FlowPermit, FlowType};
+use crate::ingress::access::AccessKeys;
 use crate::ingress::{Origin, SharedIngress};
 use crate::rpc::frame::FrameLimits;
 use crate::stream::proxy::{DataStream, EdgeEnd, FlowKind, OriginEnd, OriginTarget};
@@ -96,6 +97,8 @@ pub struct DataLimits {
     pub ingress: Option<SharedIngress>,
     /// The user's connector tags (`--tag`); the connector id is added to them.
     pub tags: Vec<Tag>,
+    /// Signing keys for rules with `originRequest.access` (none yet: those rules refuse).
+    pub access: Option<Arc<AccessKeys>>,
 }
 
 impl Default for DataLimits {
@@ -108,6 +111,7 @@ impl Default for DataLimits {
             idle_timeout: Duration::from_secs(90),
             ingress: None,
             tags: Vec::new(),
+            access: None,
         }
     }
 }
@@ -179,6 +183,11 @@ impl DataStreams {
         }
     }
 
+    /// New streams check Access JWTs with `keys`.
+    pub(crate) fn set_access_keys(&mut self, keys: Arc<AccessKeys>) {
+        self.limits.access = Some(keys);
+    }
+
     /// Streams still in progress, counting finished ones the edge has not fully acknowledged.
     pub(crate) fn active(&self) -> usize {
         self.streams.len() + self.finishing.len()
@@ -216,6 +225,7 @@ impl DataStreams {
         let mut data = Data {
             proxy: DataStream::new(self.limits.window, self.limits.request)
                 .with_ingress(ingress)
+                .with_access(self.limits.access.clone(), now)
                 .with_tags(self.tags.clone()),
             flow: None,
             edge_finished: false,
@@ -495,6 +505,7 @@ impl DataStreams {
                 let mut buf = std::mem::take(&mut self.scratch);
                 buf.clear();
                 let r = read_stream_max(conn, id, room, &mut buf);
+                data.proxy.set_now(now);
                 let target = (!buf.is_empty()).then(|| data.proxy.on_edge_data(&buf));
                 self.scratch = buf;
                 match r {
