@@ -556,6 +556,7 @@ impl DriverIo {
                 flow,
                 kind,
                 dest,
+                host,
                 origin,
             } => {
                 debug!(%link, %flow, ?kind, %dest, "opening origin connection");
@@ -566,9 +567,9 @@ impl DriverIo {
                     metrics.tcp_active.inc();
                     metrics.tcp_total.inc();
                 }
-                let handle = self
-                    .dialer
-                    .open(link, flow, kind, dest, origin, self.flow_tx.clone());
+                let handle =
+                    self.dialer
+                        .open((link, flow), kind, dest, host, origin, self.flow_tx.clone());
                 self.flows.insert((link, flow), Flow { handle, kind });
             }
             Io::WriteFlow { link, flow, data } => {

@@ -153,6 +153,8 @@ pub enum Io<'a> {
         kind: FlowKind,
         /// `ConnectRequest.dest`: URL or path (HTTP, WebSocket), `ip:port` (TCP).
         dest: String,
+        /// The request's `Host` (HTTP, WebSocket): see [`Origin::tls_server_name`].
+        host: Option<String>,
         /// The origin the request's ingress rule resolved to: dial this, never re-match
         /// (HTTP, WebSocket when there are rules).
         origin: Option<Arc<Origin>>,
@@ -457,8 +459,8 @@ impl Connector {
                 flow,
                 kind,
                 dest,
+                host,
                 origin,
-                ..
             } => {
                 self.flows.insert((link, flow), None);
                 Io::OpenFlow {
@@ -466,6 +468,7 @@ impl Connector {
                     flow,
                     kind,
                     dest,
+                    host,
                     origin,
                 }
             }

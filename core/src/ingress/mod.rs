@@ -329,6 +329,31 @@ pub struct Origin {
     pub origin_request: OriginRequest,
 }
 
+impl Origin {
+    /// The TLS server name for a request whose `Host` is `request_host`, as cloudflared picks
+    /// it: with `matchSNItoHost` the `Host` the origin is sent (`httpHostHeader` if set, port
+    /// stripped), else `originServerName`, else the service's host (None: the driver's default).
+    pub fn tls_server_name<'a>(&'a self, request_host: Option<&'a str>) -> Option<&'a str> {
+        let o = &self.origin_request;
+        if o.match_sni_to_host {
+            let host = match self.service {
+                Service::Http { .. } => o.http_host_header.as_deref().or(request_host),
+                _ => request_host,
+            };
+            if let Some(h) = host.map(strip_port).filter(|h| !h.is_empty()) {
+                return Some(h.trim_start_matches('[').trim_end_matches(']'));
+            }
+        }
+        if let Some(name) = o.origin_server_name.as_deref() {
+            return Some(name);
+        }
+        match &self.service {
+            Service::Http { host, .. } => Some(host),
+            _ => None,
+        }
+    }
+}
+
 /// One validated rule.
 #[derive(Debug, Clone)]
 pub struct Rule {

@@ -364,6 +364,7 @@ fn do_io(
             flow,
             kind,
             dest,
+            host,
             origin,
         } => actions.push((
             link,
@@ -371,7 +372,7 @@ fn do_io(
                 flow,
                 kind,
                 dest,
-                host: None,
+                host,
                 origin,
             },
         )),
