@@ -173,10 +173,18 @@ impl Dialer {
                     Ok(Box::new(s))
                 }
             }
-            Service::Tcp { .. } => Err(format!(
-                "service {} is a TCP-over-WebSocket origin, not supported by burrow yet",
-                origin.service
-            )),
+            // TCP over WebSocket: core unwraps the frames; the origin is a plain socket.
+            Service::Tcp { host, port } => {
+                let Some(port) = port else {
+                    return Err(format!("service {} has no port", origin.service));
+                };
+                let addr = if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                };
+                Ok(Box::new(connect_tcp(&addr, o).await?))
+            }
         }
     }
 
