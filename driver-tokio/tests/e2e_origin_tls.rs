@@ -1,6 +1,7 @@
 //! Origin connection settings end to end (real `burrow edge` and `burrow tunnel run` on
 //! loopback): the TLS server name an HTTPS origin sees (`matchSNItoHost`, `originServerName`),
-//! `caPool` trust, and `tcpKeepAlive` on the origin socket (read from /proc/net/tcp).
+//! `caPool` trust, `tcpKeepAlive` on the origin socket, and per-rule `keepAliveConnections` and
+//! `keepAliveTimeout` (sockets read from /proc/net/tcp).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -12,6 +13,8 @@ use std::time::Duration;
 
 use burrow_tokio::testbed::{self, EdgeOpts, Proc, Testbed};
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+mod common;
 
 const BIN: &str = env!("CARGO_BIN_EXE_burrow");
 
@@ -188,5 +191,97 @@ fn origin_tls_names_ca_pool_and_tcp_keep_alive() {
     assert!(
         ka.iter().any(|&(kind, left)| kind == 2 && left <= 7.0),
         "a keep-alive timer of at most 7 s on the origin socket: {ka:?}"
+    );
+}
+
+/// Waits up to 10 s for the connector's sockets to `port` to number `n`; returns the count.
+fn settle_to(port: u16, n: usize) -> usize {
+    for _ in 0..100 {
+        if timers_to(port).len() == n {
+            break;
+        }
+        thread::sleep(Duration::from_millis(100));
+    }
+    timers_to(port).len()
+}
+
+#[test]
+fn keep_alive_pools_are_per_rule() {
+    let bed = Testbed::create(
+        Path::new(BIN),
+        "e2e-keepalive",
+        "app",
+        &["few.test", "short.test"],
+    )
+    .expect("tunnel");
+    let few = common::origins::origin();
+    let short = common::origins::origin();
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let metrics = testbed::free_tcp().expect("port");
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    let config = bed.dir().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "tunnel: {id}\ncredentials-file: {creds}\ningress:\n\
+             - hostname: few.test\n  service: http://127.0.0.1:{few}\n  originRequest:\n    keepAliveConnections: 1\n\
+             - hostname: short.test\n  service: http://127.0.0.1:{short}\n  originRequest:\n    keepAliveTimeout: 1s\n\
+             - service: http_status:404\n",
+            id = q(&bed.id),
+            creds = q(&bed.credentials().to_string_lossy()),
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["tunnel", "--config"])
+        .arg(&config)
+        .args(["--edge", &eo.quic.to_string(), "--cacert"])
+        .arg(bed.ca())
+        .args([
+            "--metrics",
+            &metrics.to_string(),
+            "--ha-connections",
+            "1",
+            "run",
+        ]);
+    let mut c =
+        Proc::spawn("burrow tunnel run", cmd, bed.dir().join("connector.log")).expect("connector");
+    testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\nconnector: {}", c.log_tail(4000)));
+
+    let http = eo.http;
+    let slow: Vec<_> = (0..3)
+        .map(|_| {
+            thread::spawn(move || {
+                let mut s = TcpStream::connect(http).unwrap();
+                s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+                write!(
+                    s,
+                    "GET /slow HTTP/1.1\r\nHost: few.test\r\nConnection: close\r\n\r\n"
+                )
+                .unwrap();
+                let mut out = String::new();
+                let _ = s.read_to_string(&mut out);
+                out.split_whitespace().nth(1).map(str::to_owned)
+            })
+        })
+        .collect();
+    for t in slow {
+        assert_eq!(t.join().unwrap().as_deref(), Some("200"));
+    }
+    assert_eq!(
+        settle_to(few, 1),
+        1,
+        "three connections served; keepAliveConnections: 1 keeps one"
+    );
+
+    assert_eq!(get(eo.http, "short.test").0, 200);
+    assert_eq!(timers_to(short).len(), 1, "pooled after the request");
+    assert_eq!(settle_to(short, 0), 0, "keepAliveTimeout: 1s closes it");
+    assert_eq!(
+        timers_to(few).len(),
+        1,
+        "the other rule keeps its default 90 s"
     );
 }

@@ -87,9 +87,11 @@ pub struct DataLimits {
     /// a [`Supervisor`](super::supervisor::Supervisor) it is shared with the UDP sessions and
     /// its limit is the supervisor's to set.
     pub flows: FlowLimiter,
-    /// Most idle keep-alive origin connections kept (cloudflared's `keepAliveConnections`).
+    /// Most idle keep-alive connections kept to origins no rule resolved (a rule's own
+    /// `keepAliveConnections` bounds its pool).
     pub max_idle: usize,
-    /// How long an idle origin connection is kept (cloudflared's `keepAliveTimeout`).
+    /// How long an idle connection to an origin no rule resolved is kept (a rule's own
+    /// `keepAliveTimeout` applies to its pool).
     pub idle_timeout: Duration,
     /// The ingress rules, whose `originRequest` options (`httpHostHeader`,
     /// `disableChunkedEncoding`) change HTTP requests; the driver shares this handle with its
@@ -320,16 +322,12 @@ impl DataStreams {
         });
     }
 
-    /// Closes idle pooled connections past their timeout.
+    /// Closes idle pooled connections past their rule's `keepAliveTimeout`.
     pub(crate) fn expire_idle(&mut self, now: Instant) {
-        let timeout = self.limits.idle_timeout;
         let expired: Vec<FlowId> = self
             .flows
             .iter()
-            .filter(|(_, f)| {
-                f.idle_since
-                    .is_some_and(|t| now.saturating_duration_since(t) >= timeout)
-            })
+            .filter(|(_, f)| self.idle_deadline(f).is_some_and(|d| now >= d))
             .map(|(&id, _)| id)
             .collect();
         for flow in expired {
@@ -337,13 +335,23 @@ impl DataStreams {
         }
     }
 
-    /// When the oldest idle connection expires.
+    /// When the first idle connection expires.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.flows
             .values()
-            .filter_map(|f| f.idle_since)
+            .filter_map(|f| self.idle_deadline(f))
             .min()
-            .map(|t| t + self.limits.idle_timeout)
+    }
+
+    /// When an idle flow expires: its rule's `keepAliveTimeout` (the limits' without a rule);
+    /// zero keeps it, as Go's `IdleConnTimeout`.
+    fn idle_deadline(&self, f: &Flow) -> Option<Instant> {
+        let timeout = f.key.origin.as_ref().map_or(self.limits.idle_timeout, |o| {
+            o.origin_request.keep_alive_timeout
+        });
+        f.idle_since
+            .filter(|_| !timeout.is_zero())
+            .map(|t| t + timeout)
     }
 
     pub(crate) fn owns(&self, id: StreamId) -> bool {
@@ -626,14 +634,25 @@ impl DataStreams {
     }
 
     /// Puts a finished keep-alive flow into the idle pool (or closes it when the pool is full).
+    /// The pool is per rule, as cloudflared's transports are: at most the rule's
+    /// `keepAliveConnections` idle (Go reads 0 as its default of 2 per host).
     fn release(&mut self, now: Instant, flow: FlowId) {
+        let Some(origin) = self.flows.get(&flow).map(|f| f.key.origin.clone()) else {
+            return;
+        };
+        let max = origin.as_ref().map_or(self.limits.max_idle, |o| {
+            match o.origin_request.keep_alive_connections {
+                0 => 2,
+                n => n as usize,
+            }
+        });
         let idle = self
             .flows
             .values()
-            .filter(|f| f.idle_since.is_some())
+            .filter(|f| f.idle_since.is_some() && f.key.origin == origin)
             .count();
         match self.flows.get_mut(&flow) {
-            Some(f) if idle < self.limits.max_idle => {
+            Some(f) if idle < max => {
                 f.stream = None;
                 f.idle_since = Some(now);
             }
