@@ -62,6 +62,8 @@ pub struct Options {
     pub edges: Edges,
     /// `--edge-ip-version`.
     pub ip_version: IpVersion,
+    /// `--edge-bind-address`: the local IP of the edge sockets.
+    pub edge_bind_address: Option<std::net::IpAddr>,
     /// `--cacert` PEM contents: the only roots trusted for the edge.
     pub cacert: Option<Vec<u8>>,
     /// `--ha-connections`.
@@ -263,6 +265,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         web_roots,
     ));
     let mut io = DriverIo::new(dialer, metrics.clone());
+    io.bind = opts.edge_bind_address;
     let mut fatal = None;
     let mut signals = 0u32;
 
@@ -479,6 +482,8 @@ impl Answer {
 
 /// Every socket and origin connection of the daemon.
 struct DriverIo {
+    /// `--edge-bind-address`.
+    bind: Option<std::net::IpAddr>,
     /// The QUIC socket of each HA index; the loop reads them directly (batched, into reused
     /// buffers): no reader task, no copy per datagram.
     sockets: HashMap<u8, QuicSocket>,
@@ -498,6 +503,7 @@ impl DriverIo {
         let (flow_tx, flow_rx) = mpsc::unbounded_channel::<Report>();
         let (socket_tx, socket_rx) = mpsc::channel::<SocketEvent>(crate::datagram::CHANNEL_DEPTH);
         Self {
+            bind: None,
             sockets: HashMap::new(),
             recv_bufs: RecvBufs::new(),
             last_read: 0,
@@ -534,7 +540,7 @@ impl DriverIo {
                     .and_then(|s| s.local_addr().ok())
                     .is_some_and(|a| a.is_ipv4() == edge.is_ipv4());
                 if !fits {
-                    match open_socket(edge).await {
+                    match open_socket(edge, self.bind).await {
                         Ok(s) => {
                             self.sockets.insert(index, s);
                         }
@@ -628,11 +634,14 @@ struct Flow {
     kind: FlowKind,
 }
 
-async fn open_socket(edge: SocketAddr) -> std::io::Result<QuicSocket> {
-    let bind: SocketAddr = if edge.is_ipv4() {
-        "0.0.0.0:0".parse().expect("static")
-    } else {
-        "[::]:0".parse().expect("static")
+async fn open_socket(
+    edge: SocketAddr,
+    local: Option<std::net::IpAddr>,
+) -> std::io::Result<QuicSocket> {
+    let bind: SocketAddr = match local {
+        Some(ip) => SocketAddr::new(ip, 0),
+        None if edge.is_ipv4() => "0.0.0.0:0".parse().expect("static"),
+        None => "[::]:0".parse().expect("static"),
     };
     QuicSocket::bind(bind).await
 }

@@ -114,6 +114,8 @@ pub struct ConfigFile {
     pub grace_period: Option<Dur>,
     /// `edge-ip-version`: 4, 6 or auto.
     pub edge_ip_version: Option<String>,
+    /// `edge-bind-address`.
+    pub edge_bind_address: Option<std::net::IpAddr>,
     /// `region`.
     pub region: Option<String>,
     /// `metrics`.
@@ -174,6 +176,7 @@ pub const CONFIG_FILE_KEYS: &[&str] = &[
     "ha-connections",
     "grace-period",
     "edge-ip-version",
+    "edge-bind-address",
     "region",
     "metrics",
     "loglevel",
