@@ -10,9 +10,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burrow_core::connector::{Connector, Event, Input, Io, Output};
+use burrow_core::datagram::LinkId;
 use burrow_core::icmp::FunnelId;
 use burrow_core::session::UdpFlowId;
 use burrow_core::settings::{write_pidfile, Edges, OsHost, RunConfig, Settings};
+use burrow_core::tunnel::protocol::{Protocol, ProtocolFlag};
 use burrow_core::tunnel::supervisor::{srv_service, EdgePool, IpVersion};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -122,6 +124,7 @@ enum Answer {
     UdpOpened(UdpFlowId),
     UdpFailed(UdpFlowId, String),
     FunnelFailed(FunnelId),
+    EdgeFailed(LinkId),
 }
 
 impl Answer {
@@ -140,6 +143,10 @@ impl Answer {
                 reason,
             },
             Self::FunnelFailed(funnel) => Input::FunnelFailed(*funnel),
+            Self::EdgeFailed(link) => Input::EdgeFailed {
+                link: *link,
+                reason: "burrow-mio has no HTTP/2 transport yet",
+            },
         }
     }
 }
@@ -218,6 +225,8 @@ impl Driver {
                 kind,
                 dest,
                 origin,
+                // matchSNItoHost is not served by burrow-mio yet: TLS names come from the rule.
+                host: _,
             } => {
                 debug!(%link, %flow, ?kind, %dest, "opening origin connection");
                 self.figures.total_requests += 1;
@@ -277,6 +286,10 @@ impl Driver {
                 let token = self.datagrams.close_funnel(registry, funnel);
                 self.tokens.free(token);
             }
+            // run() only lets the connector use QUIC, so it never dials TCP; should it ask,
+            // the dial fails and the connector stays on QUIC.
+            Io::DialEdge { link, .. } => return Some(Answer::EdgeFailed(link)),
+            Io::WriteEdge { .. } | Io::CloseEdge { .. } => {}
         }
         None
     }
@@ -417,6 +430,9 @@ impl Driver {
 
 /// Runs the connector until shut down (or a fatal error).
 pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
+    if rc.protocol == ProtocolFlag::Fixed(Protocol::Http2) {
+        return Err("burrow-mio has no HTTP/2 transport yet; use --protocol quic or auto".into());
+    }
     raise_nofile_limit();
     let connector_id = Uuid::new_v4();
     info!(%connector_id, "Generated Connector ID");
@@ -582,13 +598,19 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
 /// Logs an event once.
 fn log_event(e: &Event, stopping: bool) {
     match e {
-        Event::Connecting { index, link, edge } => {
-            debug!(conn_index = index, %link, %edge, "dialing edge");
+        Event::Connecting {
+            index,
+            link,
+            edge,
+            protocol,
+        } => {
+            debug!(conn_index = index, %link, %edge, %protocol, "dialing edge");
         }
         Event::Registered {
             index,
             edge,
             details,
+            protocol,
             ..
         } => info!(
             conn_index = index,
@@ -596,9 +618,12 @@ fn log_event(e: &Event, stopping: bool) {
             event = 0,
             ip = %edge.ip(),
             location = %details.location,
-            protocol = "quic",
+            protocol = %protocol,
             "Registered tunnel connection"
         ),
+        Event::ProtocolChanged { index, protocol } => {
+            info!(conn_index = index, %protocol, "Switching protocol");
+        }
         Event::RegistrationFailed { index, error } => {
             error!(conn_index = index, cause = %error.cause, "Register tunnel error from server side");
         }

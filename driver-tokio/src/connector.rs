@@ -54,6 +54,8 @@ pub struct Options {
     pub edges: Edges,
     /// `--edge-ip-version`.
     pub ip_version: IpVersion,
+    /// `--edge-bind-address`: the local IP of the edge sockets.
+    pub edge_bind_address: Option<std::net::IpAddr>,
     /// `--cacert` PEM contents: the only roots trusted for the edge.
     pub cacert: Option<Vec<u8>>,
     /// `--ha-connections`.
@@ -179,6 +181,18 @@ async fn percentage_record() -> Option<String> {
     String::from_utf8(text).ok()
 }
 
+/// Roots for HTTPS origins and Access key sets: the system store plus webpki's roots
+/// (cloudflared trusts the system store; `caPool` adds to it per rule).
+fn web_roots() -> rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    let system = rustls_native_certs::load_native_certs();
+    let (added, skipped) = roots.add_parsable_certificates(system.certs);
+    debug!(added, skipped, "origin roots: webpki and the system store");
+    roots
+}
+
 /// Root certificates for the edge: `--cacert` alone, else cloudflared's default (the system
 /// store plus Cloudflare's Origin CA roots, which the edge's certificate chains to).
 fn edge_roots(cacert: Option<&[u8]>) -> Result<rustls::RootCertStore, tls::TlsError> {
@@ -263,12 +277,22 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         connector_id = %metrics.connector_id,
         "Starting tunnel"
     );
+    let web_roots = Arc::new(web_roots());
     let dialer = Dialer {
-        roots: Arc::new(rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        }),
+        roots: web_roots.clone(),
     };
+    let access_urls =
+        |i: &Ingress| -> Vec<String> { i.access_certs_urls().map(str::to_owned).collect() };
+    let (keys_tx, mut keys_rx) = mpsc::unbounded_channel();
+    let (urls_tx, urls_rx) = mpsc::unbounded_channel();
+    tokio::spawn(crate::access::run(
+        access_urls(&opts.ingress),
+        urls_rx,
+        keys_tx,
+        web_roots,
+    ));
     let mut io = DriverIo::new(dialer, metrics.clone());
+    io.bind = opts.edge_bind_address;
     let mut fatal = None;
     let mut signals = 0u32;
 
@@ -290,6 +314,13 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                 Output::Event(e) => {
                     if let Event::Fatal(err) = &e {
                         fatal = Some(err.clone());
+                    }
+                    if let Event::ConfigurationApplied { .. } = &e {
+                        let now = ingress
+                            .read()
+                            .unwrap_or_else(std::sync::PoisonError::into_inner)
+                            .clone();
+                        let _ = urls_tx.send(access_urls(&now));
                     }
                     on_event(&metrics, e, signals > 0);
                     None
@@ -370,6 +401,9 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             }
             () = sleep => {
                 machine.handle_input(Instant::now(), Input::Timeout);
+            }
+            Some(keys) = keys_rx.recv() => {
+                machine.handle_input(Instant::now(), Input::AccessKeys(keys));
             }
             Some(()) = shutdown.recv() => {
                 signals += 1;
@@ -515,6 +549,8 @@ impl Answer {
 
 /// Every socket and origin connection of the daemon.
 struct DriverIo {
+    /// `--edge-bind-address`.
+    bind: Option<std::net::IpAddr>,
     /// The QUIC socket of each HA index; the loop reads them directly (batched, into reused
     /// buffers): no reader task, no copy per datagram.
     sockets: HashMap<u8, QuicSocket>,
@@ -552,6 +588,7 @@ impl DriverIo {
         let (socket_tx, socket_rx) = mpsc::channel::<SocketEvent>(crate::datagram::CHANNEL_DEPTH);
         let (dial_tx, dial_rx) = mpsc::unbounded_channel();
         Self {
+            bind: None,
             sockets: HashMap::new(),
             recv_bufs: RecvBufs::new(),
             last_read: 0,
@@ -592,7 +629,7 @@ impl DriverIo {
                     .and_then(|s| s.local_addr().ok())
                     .is_some_and(|a| a.is_ipv4() == edge.is_ipv4());
                 if !fits {
-                    match open_socket(edge).await {
+                    match open_socket(edge, self.bind).await {
                         Ok(s) => {
                             self.sockets.insert(index, s);
                         }
@@ -614,6 +651,7 @@ impl DriverIo {
                 flow,
                 kind,
                 dest,
+                host,
                 origin,
             } => {
                 debug!(%link, %flow, ?kind, %dest, "opening origin connection");
@@ -624,9 +662,9 @@ impl DriverIo {
                     metrics.tcp_active.inc();
                     metrics.tcp_total.inc();
                 }
-                let handle = self
-                    .dialer
-                    .open(link, flow, kind, dest, origin, self.flow_tx.clone());
+                let handle =
+                    self.dialer
+                        .open((link, flow), kind, dest, host, origin, self.flow_tx.clone());
                 self.flows.insert((link, flow), Flow { handle, kind });
             }
             Io::WriteFlow { link, flow, data } => {
@@ -720,11 +758,14 @@ struct Flow {
     kind: FlowKind,
 }
 
-async fn open_socket(edge: SocketAddr) -> std::io::Result<QuicSocket> {
-    let bind: SocketAddr = if edge.is_ipv4() {
-        "0.0.0.0:0".parse().expect("static")
-    } else {
-        "[::]:0".parse().expect("static")
+async fn open_socket(
+    edge: SocketAddr,
+    local: Option<std::net::IpAddr>,
+) -> std::io::Result<QuicSocket> {
+    let bind: SocketAddr = match local {
+        Some(ip) => SocketAddr::new(ip, 0),
+        None if edge.is_ipv4() => "0.0.0.0:0".parse().expect("static"),
+        None => "[::]:0".parse().expect("static"),
     };
     QuicSocket::bind(bind).await
 }

@@ -1,6 +1,7 @@
 //! `burrow`: the Cloudflare Tunnel transport daemon (tokio driver around burrow-core).
 
 mod accept;
+mod access;
 mod connector;
 mod datagram;
 mod decode;

@@ -82,20 +82,21 @@ impl Drop for FlowHandle {
 /// How the connector reaches origins: the one core's ingress rule resolved for each request.
 #[derive(Clone)]
 pub struct Dialer {
-    /// Roots for HTTPS origins (webpki roots, plus `caPool` files per rule).
+    /// Roots for HTTPS origins (webpki and the system store, plus `caPool` files per rule).
     pub roots: Arc<rustls::RootCertStore>,
 }
 
 const READ_CHUNK: usize = 32 * 1024;
 
 impl Dialer {
-    /// Starts flow `flow` of `link`: dials, then pumps bytes. Reports go to `reports`.
+    /// Starts flow `flow` of `link`: dials (`host` is the request's, for `matchSNItoHost`),
+    /// then pumps bytes. Reports go to `reports`.
     pub fn open(
         &self,
-        link: LinkId,
-        flow: FlowId,
+        (link, flow): (LinkId, FlowId),
         kind: FlowKind,
         dest: String,
+        host: Option<String>,
         origin: Option<Arc<Origin>>,
         reports: mpsc::UnboundedSender<Report>,
     ) -> FlowHandle {
@@ -104,7 +105,10 @@ impl Dialer {
         let dialer = self.clone();
         let p = permit.clone();
         let task = tokio::spawn(async move {
-            match dialer.dial(kind, &dest, origin.as_deref()).await {
+            match dialer
+                .dial(kind, &dest, host.as_deref(), origin.as_deref())
+                .await
+            {
                 Ok(io) => {
                     let _ = reports.send((link, flow, FlowReport::Connected));
                     pump(io, write_rx, p, move |r| {
@@ -129,6 +133,7 @@ impl Dialer {
         &self,
         kind: FlowKind,
         dest: &str,
+        host: Option<&str>,
         origin: Option<&Origin>,
     ) -> Result<Box<dyn Io>, String> {
         if kind == FlowKind::Tcp {
@@ -144,6 +149,7 @@ impl Dialer {
             return Err(format!("no ingress rule resolved {dest}"));
         };
         let o = &origin.origin_request;
+        let name = origin.tls_server_name(host).unwrap_or("localhost");
         match &origin.service {
             Service::HttpStatus(code) => Ok(in_process(Responder::Status(*code))),
             Service::HelloWorld => Ok(in_process(Responder::Hello)),
@@ -151,7 +157,7 @@ impl Dialer {
                 let addr = format!("{h}:{port}");
                 let s = connect_tcp(&addr, o).await?;
                 if *tls {
-                    self.tls(s, h, o).await
+                    self.tls(s, name, o).await
                 } else {
                     Ok(Box::new(s))
                 }
@@ -162,15 +168,23 @@ impl Dialer {
                     .map_err(|_| format!("dial unix {path}: i/o timeout"))?
                     .map_err(|e| format!("dial unix {path}: {e}"))?;
                 if *tls {
-                    self.tls(s, "localhost", o).await
+                    self.tls(s, name, o).await
                 } else {
                     Ok(Box::new(s))
                 }
             }
-            Service::Tcp { .. } => Err(format!(
-                "service {} is a TCP-over-WebSocket origin, not supported by burrow yet",
-                origin.service
-            )),
+            // TCP over WebSocket: core unwraps the frames; the origin is a plain socket.
+            Service::Tcp { host, port } => {
+                let Some(port) = port else {
+                    return Err(format!("service {} has no port", origin.service));
+                };
+                let addr = if host.contains(':') {
+                    format!("[{host}]:{port}")
+                } else {
+                    format!("{host}:{port}")
+                };
+                Ok(Box::new(connect_tcp(&addr, o).await?))
+            }
         }
     }
 
@@ -181,7 +195,7 @@ impl Dialer {
         o: &OriginRequest,
     ) -> Result<Box<dyn Io>, String> {
         let config = origin_tls(&self.roots, o)?;
-        let name = o.origin_server_name.as_deref().unwrap_or(host).to_owned();
+        let name = host.to_owned();
         let name = rustls::pki_types::ServerName::try_from(name.clone())
             .map_err(|e| format!("bad origin server name {name}: {e}"))?;
         let c = tokio_rustls::TlsConnector::from(Arc::new(config));
@@ -199,6 +213,15 @@ async fn connect_tcp(addr: &str, o: &OriginRequest) -> Result<TcpStream, String>
         .map_err(|_| format!("dial tcp {addr}: i/o timeout"))?
         .map_err(|e| format!("dial tcp {addr}: {e}"))?;
     let _ = s.set_nodelay(true);
+    // `tcpKeepAlive`, as Go's dialer applies it: first probe and interval both that period.
+    if !o.tcp_keep_alive.is_zero() {
+        let ka = socket2::TcpKeepalive::new()
+            .with_time(o.tcp_keep_alive)
+            .with_interval(o.tcp_keep_alive);
+        if let Err(e) = socket2::SockRef::from(&s).set_tcp_keepalive(&ka) {
+            debug!(%addr, error = %e, "cannot set TCP keep-alive on the origin connection");
+        }
+    }
     Ok(s)
 }
 

@@ -102,6 +102,7 @@ async fn run(args: QuickstartArgs) -> Result<(), String> {
         local_config: Some(br#"{"ingress":[{"service":"hello_world"}]}"#.to_vec()),
         edges: Edges::Static(vec![running.quic.to_string()]),
         ip_version: IpVersion::Auto,
+        edge_bind_address: None,
         cacert: Some(cacert),
         ha_connections: 4,
         grace_period: Duration::from_secs(5),

@@ -57,6 +57,7 @@ pub fn options(
         local_config: rc.local_config,
         edges: rc.edges,
         ip_version: rc.ip_version,
+        edge_bind_address: rc.edge_bind_address,
         cacert: rc.cacert,
         ha_connections: rc.ha_connections,
         grace_period: rc.grace_period,

@@ -155,6 +155,9 @@ pub enum Input<'a> {
         /// Which connection.
         link: LinkId,
     },
+    /// Signing keys for rules with `originRequest.access`, fetched as a
+    /// [`crate::ingress::access::KeyFetcher`] asked; they replace the ones before.
+    AccessKeys(Arc<crate::ingress::access::AccessKeys>),
 }
 
 /// I/O the driver must do now.
@@ -179,6 +182,8 @@ pub enum Io<'a> {
         kind: FlowKind,
         /// `ConnectRequest.dest`: URL or path (HTTP, WebSocket), `ip:port` (TCP).
         dest: String,
+        /// The request's `Host` (HTTP, WebSocket): see [`Origin::tls_server_name`].
+        host: Option<String>,
         /// The origin the request's ingress rule resolved to: dial this, never re-match
         /// (HTTP, WebSocket when there are rules).
         origin: Option<Arc<Origin>>,
@@ -436,6 +441,7 @@ impl Connector {
             Input::EdgeFailed { link, reason } => self.sup.handle_edge_failed(now, link, reason),
             Input::EdgeReceived { link, data } => self.sup.handle_edge_bytes(now, link, data),
             Input::EdgeWritten { link } => self.sup.handle_edge_written(now, link),
+            Input::AccessKeys(keys) => self.sup.set_access_keys(keys),
         }
     }
 
@@ -579,8 +585,8 @@ impl Connector {
                 flow,
                 kind,
                 dest,
+                host,
                 origin,
-                ..
             } => {
                 self.flows.insert((link, flow), None);
                 Io::OpenFlow {
@@ -588,6 +594,7 @@ impl Connector {
                     flow,
                     kind,
                     dest,
+                    host,
                     origin,
                 }
             }

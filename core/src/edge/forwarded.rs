@@ -33,7 +33,12 @@ pub fn request_metadata<'a>(
     ];
     let mut chain = String::new();
     for (name, value) in headers {
-        if HOP_BY_HOP.contains(&name) || name == "host" || name.starts_with("cf-") {
+        // Cf-Access-Jwt-Assertion passes: this edge runs no Access of its own, and a connector
+        // with `originRequest.access` checks the token's signature, so a forged one gains nothing.
+        if HOP_BY_HOP.contains(&name)
+            || name == "host"
+            || (name.starts_with("cf-") && name != "cf-access-jwt-assertion")
+        {
             continue;
         }
         if name == "x-forwarded-for" {

@@ -40,6 +40,8 @@ pub struct OriginRequestConfig {
     pub disable_chunked_encoding: Option<bool>,
     /// `http2Origin` (parsed; origins are spoken to in HTTP/1.1).
     pub http2_origin: Option<bool>,
+    /// `access`: Cloudflare Access JWT checks.
+    pub access: Option<super::access::AccessConfig>,
 }
 
 /// One rule as written.
@@ -112,6 +114,8 @@ pub struct ConfigFile {
     pub grace_period: Option<Dur>,
     /// `edge-ip-version`: 4, 6 or auto.
     pub edge_ip_version: Option<String>,
+    /// `edge-bind-address`.
+    pub edge_bind_address: Option<std::net::IpAddr>,
     /// `region`.
     pub region: Option<String>,
     /// `metrics`.
@@ -172,6 +176,7 @@ pub const CONFIG_FILE_KEYS: &[&str] = &[
     "ha-connections",
     "grace-period",
     "edge-ip-version",
+    "edge-bind-address",
     "region",
     "metrics",
     "loglevel",

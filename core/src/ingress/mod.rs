@@ -6,6 +6,7 @@
 //! configuration JSON ([`RemoteConfig::from_json`]) or from `--url` ([`Ingress::single`]).
 //! Validation errors carry cloudflared's texts. Parsing is pure: files are read by the driver.
 
+pub mod access;
 mod config;
 mod duration;
 #[cfg(test)]
@@ -71,6 +72,9 @@ pub enum IngressError {
     /// A service kind burrow does not run (yet).
     #[error("service {0} is not supported by burrow yet")]
     Unsupported(String),
+    /// `originRequest.access` that cloudflared refuses.
+    #[error("{0}")]
+    Access(String),
     /// A duration value that does not parse.
     #[error("invalid duration {0:?}")]
     Duration(String),
@@ -237,6 +241,8 @@ pub struct OriginRequest {
     pub disable_chunked_encoding: bool,
     /// SNI from the request's Host.
     pub match_sni_to_host: bool,
+    /// The Access check requests must pass (`access.required`).
+    pub access: Option<access::AccessPolicy>,
 }
 
 impl Default for OriginRequest {
@@ -253,6 +259,7 @@ impl Default for OriginRequest {
             keep_alive_timeout: Duration::from_secs(90),
             disable_chunked_encoding: false,
             match_sni_to_host: false,
+            access: None,
         }
     }
 }
@@ -291,6 +298,11 @@ impl OriginRequest {
         if let Some(v) = c.match_sni_to_host {
             o.match_sni_to_host = v;
         }
+        // cloudflared checks only a rule's own `access`; burrow also lets a global one apply
+        // (to every rule that does not set its own), so protection never silently fails open.
+        if let Some(v) = &c.access {
+            o.access = access::AccessPolicy::from_config(v)?;
+        }
         Ok(o)
     }
 }
@@ -315,6 +327,31 @@ pub struct Origin {
     pub service: Service,
     /// Its effective options.
     pub origin_request: OriginRequest,
+}
+
+impl Origin {
+    /// The TLS server name for a request whose `Host` is `request_host`, as cloudflared picks
+    /// it: with `matchSNItoHost` the `Host` the origin is sent (`httpHostHeader` if set, port
+    /// stripped), else `originServerName`, else the service's host (None: the driver's default).
+    pub fn tls_server_name<'a>(&'a self, request_host: Option<&'a str>) -> Option<&'a str> {
+        let o = &self.origin_request;
+        if o.match_sni_to_host {
+            let host = match self.service {
+                Service::Http { .. } => o.http_host_header.as_deref().or(request_host),
+                _ => request_host,
+            };
+            if let Some(h) = host.map(strip_port).filter(|h| !h.is_empty()) {
+                return Some(h.trim_start_matches('[').trim_end_matches(']'));
+            }
+        }
+        if let Some(name) = o.origin_server_name.as_deref() {
+            return Some(name);
+        }
+        match &self.service {
+            Service::Http { host, .. } => Some(host),
+            _ => None,
+        }
+    }
 }
 
 /// One validated rule.
@@ -472,6 +509,17 @@ impl Ingress {
     /// The rules, in order.
     pub fn rules(&self) -> &[Rule] {
         &self.rules
+    }
+
+    /// The certs URLs of every team whose Access JWTs some rule checks.
+    pub fn access_certs_urls(&self) -> impl Iterator<Item = &str> {
+        self.rules.iter().filter_map(|r| {
+            r.origin
+                .origin_request
+                .access
+                .as_ref()
+                .map(|a| a.certs_url.as_str())
+        })
     }
 
     /// The first rule taking `host` (a port is stripped) and `path`, with its index; the last

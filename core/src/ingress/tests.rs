@@ -498,3 +498,40 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn tls_server_name_as_cloudflared_picks_it() {
+    let ing = |yaml: &str| {
+        ConfigFile::from_yaml(yaml)
+            .unwrap()
+            .ingress()
+            .unwrap()
+            .unwrap()
+    };
+    let i = ing("ingress:\n  - service: https://10.0.0.1:8443\n");
+    assert_eq!(
+        i.rules()[0].origin.tls_server_name(Some("a.test")),
+        Some("10.0.0.1")
+    );
+    let i = ing("ingress:\n  - service: https://o.internal\n    originRequest:\n      originServerName: named.internal\n");
+    assert_eq!(
+        i.rules()[0].origin.tls_server_name(Some("a.test")),
+        Some("named.internal")
+    );
+    let i = ing("ingress:\n  - service: https://o.internal\n    originRequest:\n      originServerName: named.internal\n      matchSNItoHost: true\n");
+    let o = &i.rules()[0].origin;
+    assert_eq!(
+        o.tls_server_name(Some("a.test:8443")),
+        Some("a.test"),
+        "the request's Host wins, port stripped"
+    );
+    assert_eq!(o.tls_server_name(None), Some("named.internal"));
+    let i = ing("ingress:\n  - service: https://o.internal\n    originRequest:\n      httpHostHeader: h.internal\n      matchSNItoHost: true\n");
+    assert_eq!(
+        i.rules()[0].origin.tls_server_name(Some("a.test")),
+        Some("h.internal"),
+        "the Host the origin is sent"
+    );
+    let i = ing("ingress:\n  - service: unix+tls:/run/s.sock\n");
+    assert_eq!(i.rules()[0].origin.tls_server_name(Some("a.test")), None);
+}

@@ -42,6 +42,9 @@ pub struct CommonArgs {
     /// Edge IP version: 4, 6 or auto [default: auto].
     #[arg(long, global = true, env = "TUNNEL_EDGE_IP_VERSION")]
     pub edge_ip_version: Option<String>,
+    /// Local IP address the connections to the edge are made from (picks the IP version).
+    #[arg(long, global = true, env = "TUNNEL_EDGE_BIND_ADDRESS")]
+    pub edge_bind_address: Option<std::net::IpAddr>,
     /// Edge region (regional SRV service).
     #[arg(long, global = true, env = "TUNNEL_REGION")]
     pub region: Option<String>,

@@ -65,6 +65,8 @@ pub struct Settings {
     pub grace_period: Duration,
     /// `--edge-ip-version`.
     pub ip_version: IpVersion,
+    /// `--edge-bind-address`.
+    pub edge_bind_address: Option<std::net::IpAddr>,
     /// `--region`.
     pub region: Option<String>,
     /// `--metrics`.
@@ -155,6 +157,23 @@ impl Settings {
                 )))
             }
         };
+        // cloudflared's adjustIPVersionByBindAddress: the bind address decides the family.
+        let edge_bind_address = common.edge_bind_address.or(file.edge_bind_address);
+        let ip_version = match (edge_bind_address, ip_version) {
+            (None, v) => v,
+            (Some(ip), IpVersion::V6) if ip.is_ipv4() => {
+                return Err(SetupError::Config(
+                    "IPv4 bind address is specified, but edge-ip-version is IPv6".into(),
+                ))
+            }
+            (Some(ip), IpVersion::V4) if ip.is_ipv6() => {
+                return Err(SetupError::Config(
+                    "IPv6 bind address is specified, but edge-ip-version is IPv4".into(),
+                ))
+            }
+            (Some(ip), _) if ip.is_ipv4() => IpVersion::V4,
+            (Some(_), _) => IpVersion::V6,
+        };
         let or = |flag: &Option<String>, key: &Option<String>| flag.clone().or_else(|| key.clone());
         Ok(Self {
             edge: list(&common.edge, &file.edge),
@@ -162,6 +181,7 @@ impl Settings {
             ha_connections: common.ha_connections.or(file.ha_connections).unwrap_or(4),
             grace_period,
             ip_version,
+            edge_bind_address,
             region: or(&common.region, &file.region),
             metrics: or(&common.metrics, &file.metrics).unwrap_or_else(|| "localhost:0".into()),
             loglevel: or(&common.loglevel, &file.loglevel).unwrap_or_else(|| "info".into()),
@@ -398,6 +418,8 @@ pub struct RunConfig {
     pub edges: Edges,
     /// `--edge-ip-version`.
     pub ip_version: IpVersion,
+    /// `--edge-bind-address`.
+    pub edge_bind_address: Option<std::net::IpAddr>,
     /// `--cacert` PEM contents: the only roots trusted for the edge.
     pub cacert: Option<Vec<u8>>,
     /// `--ha-connections` (at least 1).
@@ -510,6 +532,7 @@ pub fn run_config(
         local_config,
         edges,
         ip_version: settings.ip_version,
+        edge_bind_address: settings.edge_bind_address,
         cacert,
         ha_connections: settings.ha_connections.max(1),
         grace_period: settings.grace_period,

@@ -9,13 +9,16 @@
 //! backpressure end to end (PROTOCOL.md A§3.4-3.9).
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use thiserror::Error;
 
 use super::connect::{decode_connect_request, key, ConnectResponse, ConnectionType, Metadata};
 use super::http1::{self, BodyReader, Framing, ResponseHead};
 use super::tag::Tag;
-use crate::ingress::{Ingress, Origin};
+use super::websocket::{self, Control};
+use crate::ingress::access::{self, AccessKeys, Verdict};
+use crate::ingress::{Ingress, Origin, Service};
 use crate::rpc::frame::FrameLimits;
 
 /// cloudflared's `ConnectResponse.error` for a TCP flow the flow limiter refused (sent with
@@ -102,6 +105,14 @@ enum Down {
     Done,
 }
 
+/// The WebSocket side of a TCP-over-WebSocket stream.
+#[derive(Debug)]
+struct WsBridge {
+    decoder: websocket::Decoder,
+    /// `Sec-WebSocket-Accept` for the 101 (none when the request had no key, as cloudflared).
+    accept: Option<String>,
+}
+
 /// One data stream's proxying state.
 #[derive(Debug)]
 pub struct DataStream {
@@ -128,6 +139,13 @@ pub struct DataStream {
     ingress: Option<Arc<Ingress>>,
     /// Tags sent to HTTP origins.
     tags: Arc<[Tag]>,
+    /// Signing keys for rules with `access.required` (none: such rules refuse everything).
+    access: Option<Arc<AccessKeys>>,
+    /// When the request is judged (Access JWT expiry).
+    now: Option<Instant>,
+    /// A TCP-over-WebSocket origin (`ssh://`, `tcp://`, ...): the edge side is WebSocket
+    /// frames, the origin side raw bytes.
+    ws: Option<WsBridge>,
     /// The request body went without framing: the origin cannot tell where it ended, so the
     /// connection must not carry another request.
     bare_body: bool,
@@ -155,8 +173,23 @@ impl DataStream {
             origin_end: None,
             ingress: None,
             tags: Arc::from([]),
+            access: None,
+            now: None,
+            ws: None,
             bare_body: false,
         }
+    }
+
+    /// Checks Access JWTs of rules that require them with `keys`, judged at `now`.
+    pub fn with_access(mut self, keys: Option<Arc<AccessKeys>>, now: Instant) -> Self {
+        self.access = keys;
+        self.now = Some(now);
+        self
+    }
+
+    /// The time a request read from now on is judged at.
+    pub fn set_now(&mut self, now: Instant) {
+        self.now = Some(now);
     }
 
     /// Shapes HTTP requests by the `originRequest` options of the rule in `ingress` that
@@ -190,6 +223,11 @@ impl DataStream {
                 .window
                 .saturating_sub(self.to_origin.len())
                 .min(usize::try_from(left).unwrap_or(usize::MAX)),
+            // Pongs go toward the edge: a ping flood must not grow that buffer either.
+            Up::Raw if self.ws.is_some() => self
+                .window
+                .saturating_sub(self.to_origin.len())
+                .min(self.window.saturating_sub(self.to_edge.len())),
             Up::Body(_) | Up::Raw => self.window.saturating_sub(self.to_origin.len()),
             Up::AwaitUpgrade | Up::Done => 0,
         }
@@ -212,6 +250,9 @@ impl DataStream {
         }
         match self.down {
             Down::Head => (http1::MAX_HEAD_BYTES + 1).saturating_sub(self.head.len()),
+            Down::Raw if self.ws.is_some() => self
+                .window
+                .saturating_sub(self.to_edge.len() + websocket::MAX_HEADER),
             Down::Body(_) | Down::Raw => self.window.saturating_sub(self.to_edge.len()),
             Down::Connecting | Down::Done => 0,
         }
@@ -268,6 +309,68 @@ impl DataStream {
                     (Some(ingress), Ok(h)) => Some(ingress.find_request(dest, h.as_deref()).1),
                     _ => None,
                 };
+                let policy = match rule {
+                    Some(r) => r.origin.origin_request.access.as_ref(),
+                    // A request whose host cannot be read matches no rule: if any rule is
+                    // protected, it must not slip past on that account.
+                    None => ingress.as_ref().and_then(|i| {
+                        i.rules()
+                            .iter()
+                            .find_map(|r| r.origin.origin_request.access.as_ref())
+                    }),
+                };
+                if let Some(policy) = policy {
+                    let token = req.metadata().flatten().find_map(|m| {
+                        m.key
+                            .strip_prefix(key::HTTP_HEADER_PREFIX)
+                            .filter(|name| name.eq_ignore_ascii_case(access::JWT_HEADER))
+                            .map(|_| m.val)
+                    });
+                    let Some(now) = self.now else {
+                        self.fail("no clock to judge the Access token by", false);
+                        return Ok(None);
+                    };
+                    match access::check(policy, token, self.access.as_deref(), now) {
+                        Verdict::Pass => {}
+                        Verdict::Forbidden(reason) => {
+                            tracing::debug!(%reason, "request filtered by middleware handler (AccessJWTValidator)");
+                            self.answer_status(403);
+                            return Ok(None);
+                        }
+                        Verdict::Error(reason) => {
+                            self.fail(&reason, false);
+                            return Ok(None);
+                        }
+                    }
+                }
+                if let Some(r) = rule.filter(|r| matches!(r.origin.service, Service::Tcp { .. })) {
+                    if kind != FlowKind::WebSocket {
+                        let e = format!(
+                            "service {} takes WebSocket requests only (cloudflared access)",
+                            r.origin.service
+                        );
+                        self.fail(&e, false);
+                        return Ok(None);
+                    }
+                    let key = req.metadata().flatten().find_map(|m| {
+                        m.key
+                            .strip_prefix(key::HTTP_HEADER_PREFIX)
+                            .filter(|name| name.eq_ignore_ascii_case("Sec-WebSocket-Key"))
+                            .map(|_| websocket::accept_key(m.val))
+                    });
+                    self.ws = Some(WsBridge {
+                        decoder: websocket::Decoder::default(),
+                        accept: key,
+                    });
+                    // Nothing goes to the origin before its 101: the eyeball waits for it.
+                    self.up = Up::AwaitUpgrade;
+                    return Ok(Some(OriginTarget {
+                        kind,
+                        dest: dest.to_owned(),
+                        host: http1::request_host(&req).ok().flatten(),
+                        origin: Some(r.origin.clone()),
+                    }));
+                }
                 let mut options = rule.map(|r| r.request_options()).unwrap_or_default();
                 options.tags = &self.tags;
                 origin = rule.map(|r| r.origin.clone());
@@ -319,8 +422,35 @@ impl DataStream {
                     Up::Body(Framing::Length(left))
                 };
             }
+            Up::Raw if self.ws.is_some() => self.ws_up(data),
             Up::Body(Framing::UntilClose) | Up::Raw => self.to_origin.extend_from_slice(data),
             _ => {}
+        }
+    }
+
+    /// Unwraps the eyeball's WebSocket frames for the origin; answers pings.
+    fn ws_up(&mut self, data: &[u8]) {
+        let Some(ws) = &mut self.ws else {
+            return;
+        };
+        match ws.decoder.feed(data, &mut self.to_origin) {
+            Ok(controls) => {
+                for c in controls {
+                    match c {
+                        Control::Ping(p) => {
+                            websocket::write_frame(&mut self.to_edge, websocket::OP_PONG, &p)
+                        }
+                        Control::Close => {
+                            self.up = Up::Done;
+                            self.origin_end.get_or_insert(OriginEnd::ShutdownWrite);
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "eyeball broke the WebSocket; resetting");
+                self.abort();
+            }
         }
     }
 
@@ -360,6 +490,38 @@ impl DataStream {
         if self.down != Down::Connecting || self.edge_end.is_some() {
             return;
         }
+        if let Some(ws) = &self.ws {
+            let accept = ws.accept.clone();
+            let mut metadata = vec![Metadata {
+                key: key::HTTP_STATUS,
+                val: "101",
+            }];
+            if let Some(a) = &accept {
+                metadata.extend([
+                    Metadata {
+                        key: "HttpHeader:Connection",
+                        val: "Upgrade",
+                    },
+                    Metadata {
+                        key: "HttpHeader:Upgrade",
+                        val: "websocket",
+                    },
+                    Metadata {
+                        key: "HttpHeader:Sec-Websocket-Accept",
+                        val: a,
+                    },
+                ]);
+            }
+            self.respond(&ConnectResponse {
+                error: "",
+                metadata: &metadata,
+            });
+            self.down = Down::Raw;
+            if self.up == Up::AwaitUpgrade {
+                self.up = Up::Raw;
+            }
+            return;
+        }
         match self.kind {
             Some(FlowKind::Tcp) => {
                 self.respond(&ConnectResponse {
@@ -388,6 +550,12 @@ impl DataStream {
         let room = self.origin_room();
         let data = &data[..data.len().min(room)];
         match &mut self.down {
+            Down::Raw if self.ws.is_some() => {
+                if !data.is_empty() {
+                    websocket::write_frame(&mut self.to_edge, websocket::OP_BINARY, data);
+                }
+                data.len()
+            }
             Down::Raw => {
                 self.to_edge.extend_from_slice(data);
                 data.len()
@@ -559,7 +727,7 @@ impl DataStream {
             key: key::FLOW_CONNECT_RATE_LIMITED,
             val: key::FLOW_CONNECT_RATE_LIMITED_VALUE,
         }];
-        self.respond(&ConnectResponse {
+        self.answer(&ConnectResponse {
             error: if reason.is_empty() {
                 "origin error"
             } else {
@@ -567,6 +735,27 @@ impl DataStream {
             },
             metadata: if rate_limited { &limited } else { &[] },
         });
+    }
+
+    /// Answers `status` with no headers and no body, the origin never asked (cloudflared's
+    /// middleware refusals).
+    fn answer_status(&mut self, status: u16) {
+        let status = status.to_string();
+        self.answer(&ConnectResponse {
+            error: "",
+            metadata: &[Metadata {
+                key: key::HTTP_STATUS,
+                val: &status,
+            }],
+        });
+    }
+
+    /// Ends the exchange with `response`, before anything reached the origin.
+    fn answer(&mut self, response: &ConnectResponse<'_>) {
+        self.respond(response);
+        if !self.responded {
+            return;
+        }
         self.to_origin.clear();
         self.up = Up::Done;
         self.down = Down::Done;

@@ -374,6 +374,11 @@ impl ConnectorConnection {
         self.progress(now);
     }
 
+    /// New data streams check Access JWTs with `keys`.
+    pub fn set_access_keys(&mut self, keys: std::sync::Arc<crate::ingress::access::AccessKeys>) {
+        self.data.set_access_keys(keys);
+    }
+
     /// Data streams in progress.
     pub fn active_streams(&self) -> usize {
         self.data.active()

@@ -19,6 +19,7 @@ use tracing::{debug, trace, warn};
 
 use super::quic_io::{flush_stream, read_stream_max};
 use crate::flow::{FlowLimiter, FlowPermit, FlowType};
+use crate::ingress::access::AccessKeys;
 use crate::ingress::{Origin, SharedIngress};
 use crate::rpc::frame::FrameLimits;
 use crate::stream::proxy::{DataStream, EdgeEnd, FlowKind, OriginEnd, OriginTarget};
@@ -87,9 +88,11 @@ pub struct DataLimits {
     /// a [`Supervisor`](super::supervisor::Supervisor) it is shared with the UDP sessions and
     /// its limit is the supervisor's to set.
     pub flows: FlowLimiter,
-    /// Most idle keep-alive origin connections kept (cloudflared's `keepAliveConnections`).
+    /// Most idle keep-alive connections kept to origins no rule resolved (a rule's own
+    /// `keepAliveConnections` bounds its pool).
     pub max_idle: usize,
-    /// How long an idle origin connection is kept (cloudflared's `keepAliveTimeout`).
+    /// How long an idle connection to an origin no rule resolved is kept (a rule's own
+    /// `keepAliveTimeout` applies to its pool).
     pub idle_timeout: Duration,
     /// The ingress rules, whose `originRequest` options (`httpHostHeader`,
     /// `disableChunkedEncoding`) change HTTP requests; the driver shares this handle with its
@@ -97,6 +100,8 @@ pub struct DataLimits {
     pub ingress: Option<SharedIngress>,
     /// The user's connector tags (`--tag`); the connector id is added to them.
     pub tags: Vec<Tag>,
+    /// Signing keys for rules with `originRequest.access` (none yet: those rules refuse).
+    pub access: Option<Arc<AccessKeys>>,
 }
 
 impl Default for DataLimits {
@@ -109,6 +114,7 @@ impl Default for DataLimits {
             idle_timeout: Duration::from_secs(90),
             ingress: None,
             tags: Vec::new(),
+            access: None,
         }
     }
 }
@@ -180,6 +186,11 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
         }
     }
 
+    /// New streams check Access JWTs with `keys`.
+    pub(crate) fn set_access_keys(&mut self, keys: Arc<AccessKeys>) {
+        self.limits.access = Some(keys);
+    }
+
     /// Streams still in progress, counting finished ones the edge has not fully acknowledged.
     pub(crate) fn active(&self) -> usize {
         self.streams.len() + self.finishing.len()
@@ -217,6 +228,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
         let mut data = Data {
             proxy: DataStream::new(self.limits.window, self.limits.request)
                 .with_ingress(ingress)
+                .with_access(self.limits.access.clone(), now)
                 .with_tags(self.tags.clone()),
             flow: None,
             edge_finished: false,
@@ -311,16 +323,12 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
         });
     }
 
-    /// Closes idle pooled connections past their timeout.
+    /// Closes idle pooled connections past their rule's `keepAliveTimeout`.
     pub(crate) fn expire_idle(&mut self, now: Instant) {
-        let timeout = self.limits.idle_timeout;
         let expired: Vec<FlowId> = self
             .flows
             .iter()
-            .filter(|(_, f)| {
-                f.idle_since
-                    .is_some_and(|t| now.saturating_duration_since(t) >= timeout)
-            })
+            .filter(|(_, f)| self.idle_deadline(f).is_some_and(|d| now >= d))
             .map(|(&id, _)| id)
             .collect();
         for flow in expired {
@@ -328,13 +336,23 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
         }
     }
 
-    /// When the oldest idle connection expires.
+    /// When the first idle connection expires.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.flows
             .values()
-            .filter_map(|f| f.idle_since)
+            .filter_map(|f| self.idle_deadline(f))
             .min()
-            .map(|t| t + self.limits.idle_timeout)
+    }
+
+    /// When an idle flow expires: its rule's `keepAliveTimeout` (the limits' without a rule);
+    /// zero keeps it, as Go's `IdleConnTimeout`.
+    fn idle_deadline(&self, f: &Flow<I>) -> Option<Instant> {
+        let timeout = f.key.origin.as_ref().map_or(self.limits.idle_timeout, |o| {
+            o.origin_request.keep_alive_timeout
+        });
+        f.idle_since
+            .filter(|_| !timeout.is_zero())
+            .map(|t| t + timeout)
     }
 
     pub(crate) fn owns(&self, id: I) -> bool {
@@ -516,6 +534,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
                 let mut buf = std::mem::take(&mut self.scratch);
                 buf.clear();
                 let r = conn.read(id, room, &mut buf);
+                data.proxy.set_now(now);
                 let target = (!buf.is_empty()).then(|| data.proxy.on_edge_data(&buf));
                 self.scratch = buf;
                 match r {
@@ -636,14 +655,25 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
     }
 
     /// Puts a finished keep-alive flow into the idle pool (or closes it when the pool is full).
+    /// The pool is per rule, as cloudflared's transports are: at most the rule's
+    /// `keepAliveConnections` idle (Go reads 0 as its default of 2 per host).
     fn release(&mut self, now: Instant, flow: FlowId) {
+        let Some(origin) = self.flows.get(&flow).map(|f| f.key.origin.clone()) else {
+            return;
+        };
+        let max = origin.as_ref().map_or(self.limits.max_idle, |o| {
+            match o.origin_request.keep_alive_connections {
+                0 => 2,
+                n => n as usize,
+            }
+        });
         let idle = self
             .flows
             .values()
-            .filter(|f| f.idle_since.is_some())
+            .filter(|f| f.idle_since.is_some() && f.key.origin == origin)
             .count();
         match self.flows.get_mut(&flow) {
-            Some(f) if idle < self.limits.max_idle => {
+            Some(f) if idle < max => {
                 f.stream = None;
                 f.idle_since = Some(now);
             }

@@ -133,6 +133,13 @@ impl Link {
         }
     }
 
+    pub(crate) fn set_access_keys(
+        &mut self,
+        keys: std::sync::Arc<crate::ingress::access::AccessKeys>,
+    ) {
+        both!(self, c => c.set_access_keys(keys))
+    }
+
     pub(crate) fn close_now(&mut self, now: Instant) {
         both!(self, c => c.close_now(now))
     }

@@ -728,6 +728,19 @@ impl Supervisor {
         }
     }
 
+    /// Every connection, and every later one, checks Access JWTs with `keys`.
+    pub(crate) fn set_access_keys(
+        &mut self,
+        keys: std::sync::Arc<crate::ingress::access::AccessKeys>,
+    ) {
+        for s in &mut self.slots {
+            if let Phase::Running(r) = &mut s.phase {
+                r.conn.set_access_keys(keys.clone());
+            }
+        }
+        self.config.connector.data.access = Some(keys);
+    }
+
     fn with_link<T>(
         &mut self,
         now: Instant,

@@ -361,6 +361,7 @@ fn do_io(
             flow,
             kind,
             dest,
+            host,
             origin,
         } => actions.push((
             link,
@@ -368,7 +369,7 @@ fn do_io(
                 flow,
                 kind,
                 dest,
-                host: None,
+                host,
                 origin,
             },
         )),
