@@ -9,6 +9,7 @@
 pub mod access;
 mod config;
 mod duration;
+pub mod no_tls_verify;
 #[cfg(test)]
 mod tests;
 
