@@ -173,7 +173,13 @@ impl EdgeLinks {
             if let Some(err) = failed {
                 self.remove(registry, link);
                 let reason = format!("DialContext error: {err}");
-                machine.handle_input(now, Input::EdgeFailed { link, reason: &reason });
+                machine.handle_input(
+                    now,
+                    Input::EdgeFailed {
+                        link,
+                        reason: &reason,
+                    },
+                );
                 return Round::Gone(token);
             }
             match e.stream.peer_addr() {
@@ -183,7 +189,13 @@ impl EdgeLinks {
                 Err(err) => {
                     self.remove(registry, link);
                     let reason = format!("DialContext error: {err}");
-                    machine.handle_input(now, Input::EdgeFailed { link, reason: &reason });
+                    machine.handle_input(
+                        now,
+                        Input::EdgeFailed {
+                            link,
+                            reason: &reason,
+                        },
+                    );
                     return Round::Gone(token);
                 }
             }
@@ -201,7 +213,13 @@ impl EdgeLinks {
                 Err(err) => {
                     self.remove(registry, link);
                     let reason = format!("DialContext error: {err}");
-                    machine.handle_input(now, Input::EdgeFailed { link, reason: &reason });
+                    machine.handle_input(
+                        now,
+                        Input::EdgeFailed {
+                            link,
+                            reason: &reason,
+                        },
+                    );
                     return Round::Gone(token);
                 }
             };
@@ -279,7 +297,13 @@ impl EdgeLinks {
         let token = self.links.get(&link).map(|e| e.token);
         self.remove(registry, link);
         let reason = err.to_string();
-        machine.handle_input(now, Input::EdgeFailed { link, reason: &reason });
+        machine.handle_input(
+            now,
+            Input::EdgeFailed {
+                link,
+                reason: &reason,
+            },
+        );
         token.map_or(Round::Done, Round::Gone)
     }
 }

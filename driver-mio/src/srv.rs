@@ -151,7 +151,10 @@ mod tests {
         let mut m = Message::new();
         m.set_message_type(MessageType::Response);
         let name = Name::from_ascii("protocol-v2.argotunnel.com.").unwrap();
-        let txt = TXT::new(vec![r#"[{"protocol":"quic","#.into(), r#""percentage":100}]"#.into()]);
+        let txt = TXT::new(vec![
+            r#"[{"protocol":"quic","#.into(),
+            r#""percentage":100}]"#.into(),
+        ]);
         m.add_answer(Record::from_rdata(name, 300, RData::TXT(txt)));
         let parsed = Message::from_vec(&m.to_vec().unwrap()).unwrap();
         assert_eq!(

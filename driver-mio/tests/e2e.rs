@@ -119,10 +119,14 @@ fn start_over(
     let over = log
         .lines()
         .filter(|l| {
-            l.contains("Registered tunnel connection") && l.contains(&format!("protocol={protocol}"))
+            l.contains("Registered tunnel connection")
+                && l.contains(&format!("protocol={protocol}"))
         })
         .count();
-    assert_eq!(over, registered, "every registration over {protocol}:\n{log}");
+    assert_eq!(
+        over, registered,
+        "every registration over {protocol}:\n{log}"
+    );
     (bed, edge, connector, metrics)
 }
 
@@ -468,8 +472,14 @@ fn edge_restart_reconnects_http2() {
 
 fn edge_restart_reconnects_over(protocol: &str) {
     let eo = EdgeOpts::loopback().expect("ports");
-    let (bed, edge, _connector, metrics) =
-        start_over(protocol, "mio-restart", &eo, origin_ingress(origin()), 4, &[]);
+    let (bed, edge, _connector, metrics) = start_over(
+        protocol,
+        "mio-restart",
+        &eo,
+        origin_ingress(origin()),
+        4,
+        &[],
+    );
     assert_eq!(get(eo.http, "/").0, 200);
     let mut edge = edge;
     let pid = edge.pid().to_string();
