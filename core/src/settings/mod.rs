@@ -559,13 +559,25 @@ pub fn write_pidfile(path: &str, host: &dyn Host) -> Result<String, (String, std
 }
 
 impl RunConfig {
+    /// Whether `--protocol auto` starts on the remote percentage selector's choice, so the
+    /// driver must first look up the TXT record [`PERCENTAGE_RECORD`] (only for Cloudflare's
+    /// edge, found by SRV: the record says nothing of an edge given with `--edge`).
+    ///
+    /// [`PERCENTAGE_RECORD`]: crate::tunnel::protocol::PERCENTAGE_RECORD
+    pub fn wants_percentage_record(&self) -> bool {
+        self.protocol == ProtocolFlag::Auto && matches!(self.edges, Edges::Srv { .. })
+    }
+
     /// The connector's configuration: registration with `connector_id`, the edge's TLS trusting
-    /// `roots`, the ingress, limits, and `icmp` (which the driver finds by probing sockets).
+    /// `roots` (QUIC and HTTP/2), the protocol (`auto` starting where `percentage`, the TXT
+    /// record the driver looked up when [`Self::wants_percentage_record`], says), the ingress,
+    /// limits, and `icmp` (which the driver finds by probing sockets).
     pub fn supervisor_config(
         &self,
         roots: rustls::RootCertStore,
         connector_id: Uuid,
         icmp: crate::icmp::RouterConfig,
+        percentage: Option<&str>,
     ) -> Result<crate::tunnel::supervisor::SupervisorConfig, crate::quic::tls::TlsError> {
         use crate::quic::tls::{self, PostQuantum};
         use crate::tunnel::connector::ConnectorConfig;
@@ -575,6 +587,7 @@ impl RunConfig {
         } else {
             PostQuantum::Prefer
         };
+        let http2_tls = crate::http2::tls::client_config(roots.clone(), pq)?;
         let client =
             quinn_proto::ClientConfig::new(std::sync::Arc::new(tls::client_config(roots, pq)?));
         let registration = crate::control::Registration::new(
@@ -604,6 +617,13 @@ impl RunConfig {
         config.max_active_flows = self.max_active_flows;
         config.local_max_active_flows = self.local_max_active_flows;
         config.icmp = icmp;
+        config.protocol = self.protocol;
+        config.auto_initial = if self.wants_percentage_record() {
+            crate::tunnel::protocol::remote_selection(percentage, &self.creds.account_tag)
+        } else {
+            crate::tunnel::protocol::Protocol::Quic
+        };
+        config.http2_tls = Some(http2_tls);
         Ok(config)
     }
 }
