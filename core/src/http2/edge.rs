@@ -171,6 +171,8 @@ impl Role for Client {
         match Pin::new(&mut **conn).poll(cx) {
             Poll::Ready(result) => {
                 self.state = State::Done;
+                // Heads that came with the end are still delivered (see `Streams::settle`).
+                poll_responses(cx, streams, events);
                 return Drive::Closed(result.err());
             }
             Poll::Pending => {}
