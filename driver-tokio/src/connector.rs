@@ -79,6 +79,8 @@ pub struct Options {
     pub post_quantum: bool,
     /// `--protocol`.
     pub protocol: ProtocolFlag,
+    /// `--retries`: the backoff's exponent cap, and when `auto` falls back.
+    pub retries: u32,
     /// Metrics (shared with the metrics server).
     pub metrics: Arc<Metrics>,
 }
@@ -265,6 +267,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     config.auto_initial = auto_initial;
     config.http2_tls = Some(http2_tls);
     config.ha_connections = opts.ha_connections;
+    config.retries = opts.retries;
     config.max_active_flows = opts.max_active_flows;
     config.local_max_active_flows = opts.local_max_active_flows;
     if let Some(sources) = opts.icmp {
