@@ -741,3 +741,25 @@ fn an_answer_that_arrives_with_the_connection_end_is_delivered() {
         assert_eq!(p.e.read(s), Err(ApiError::Closed), "read out, then gone");
     }
 }
+
+/// The edge's SETTINGS say ENABLE_PUSH 0, as Cloudflare's edge does: the connector (the HTTP/2
+/// server) may not push.
+#[test]
+fn the_edge_disables_server_push() {
+    let mut p = Pair::new();
+    p.e.open(
+        RequestKind::Http,
+        Request::get("http://o/").body(()).unwrap(),
+        true,
+    )
+    .expect("open");
+    p.run();
+    let r = p.request();
+    let s = p.c.streams.get(r.stream).expect("stream");
+    let respond = s.respond.as_mut().expect("unanswered");
+    let pushed = respond.push_request(Request::get("http://o/pushed").body(()).unwrap());
+    assert!(
+        pushed.is_err(),
+        "push must be refused by the edge's settings"
+    );
+}
