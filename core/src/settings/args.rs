@@ -63,6 +63,9 @@ pub struct CommonArgs {
     /// Also write logs to `cloudflared.log` in this directory (when no --logfile).
     #[arg(long, global = true, env = "TUNNEL_LOGDIRECTORY")]
     pub log_directory: Option<String>,
+    /// Log format on stderr: `default` (text lines) or `json` (cloudflared's JSON lines).
+    #[arg(long, global = true, env = "TUNNEL_LOG_OUTPUT")]
+    pub output: Option<String>,
     /// Maximum retries for connection errors: the backoff's exponent cap (at most 2^N s
     /// between tries) and, with `--protocol auto`, when a connection falls back to HTTP/2
     /// [default: 5].

@@ -24,7 +24,7 @@ pub use args::{
     cloudflared_argv, CommonArgs, IgnoredArgs, OriginFlags, RunArgs, TunnelArgs, TunnelCommand,
 };
 pub use creds::{Credentials, CredsError};
-pub use log::{init_logging, init_logging_to};
+pub use log::{init_logging, init_logging_as, init_logging_to, LogFormat};
 
 /// What settings read from the machine they run on.
 pub trait Host {
@@ -110,6 +110,8 @@ pub struct Settings {
     pub pidfile: Option<String>,
     /// `--retries`.
     pub retries: u32,
+    /// `--output`.
+    pub log_format: LogFormat,
     /// The tunnel argument, else the file's `tunnel`.
     pub tunnel: Option<String>,
     /// cloudflared's `__configuration_flags`: those of its `configFlags` that were set (flag,
@@ -216,6 +218,10 @@ impl Settings {
                     .map(|d| format!("{}/cloudflared.log", d.trim_end_matches('/')))
             }),
             retries: common.retries.or(file.retries).unwrap_or(5),
+            log_format: common
+                .output
+                .as_deref()
+                .map_or(LogFormat::Text, LogFormat::parse),
             tunnel: or(&run.tunnel, &file.tunnel),
             configuration_flags: configuration_flags(common, run, file),
         })
@@ -293,7 +299,11 @@ pub fn start(args: &TunnelArgs, host: &dyn Host) -> Result<(LoadedConfig, Settin
     let TunnelCommand::Run(run) = &args.command;
     let loaded = load_config(&args.common, host)?;
     let settings = Settings::merge(&args.common, run, &loaded.file)?;
-    init_logging_to(&settings.loglevel, settings.logfile.as_deref())?;
+    init_logging_as(
+        &settings.loglevel,
+        settings.logfile.as_deref(),
+        settings.log_format,
+    )?;
     let ignored = args.common.ignored.given();
     if !ignored.is_empty() {
         tracing::debug!(flags = ?ignored, "flags burrow does not act on, ignored");
