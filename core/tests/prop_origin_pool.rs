@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burrow_core::control::{ConnectionDetails, Registration};
@@ -157,7 +157,7 @@ impl Pair {
             vec![],
         );
         let mut config = ConnectorConfig::new(registration, client);
-        config.data.ingress = Some(Arc::new(RwLock::new(Arc::new(ingress))));
+        config.data.ingress = Some(Arc::new(ingress));
         let now = Instant::now();
         let edge_addr: SocketAddr = "198.51.100.1:7844".parse().unwrap();
         Pair {

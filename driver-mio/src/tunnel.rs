@@ -463,6 +463,8 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         .supervisor_config(roots, connector_id, icmp)
         .map_err(|e| format!("TLS: {e}"))?;
     config.quic.max_concurrent_bidi_streams = MAX_STREAMS;
+    // No HTTP/2 transport here: `auto` stays on QUIC.
+    config.http2_tls = None;
     let mut machine = Connector::new(Instant::now(), config, pool, random_u64());
     info!(tunnel_id = %rc.creds.tunnel_id, %connector_id, "Starting tunnel");
 

@@ -18,16 +18,13 @@ pub use config::{
     CONFIG_FILE_KEYS,
 };
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use regex::Regex;
 
 use crate::stream::http1::RequestOptions;
 
-/// The rules in force, shared by the driver's origin dialer and every connection's data
-/// streams, so that a configuration push reaches all of them at once.
-pub type SharedIngress = Arc<RwLock<Arc<Ingress>>>;
 use thiserror::Error;
 
 /// A configuration that cloudflared would refuse, with cloudflared's words where it has them.

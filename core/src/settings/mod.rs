@@ -559,8 +559,10 @@ pub fn write_pidfile(path: &str, host: &dyn Host) -> Result<String, (String, std
 }
 
 impl RunConfig {
-    /// The connector's configuration: registration with `connector_id`, the edge's TLS trusting
-    /// `roots`, the ingress, limits, and `icmp` (which the driver finds by probing sockets).
+    /// The connector's configuration: registration with `connector_id`, the edge's TLS (QUIC
+    /// and HTTP/2) trusting `roots`, `--protocol`, the ingress, limits, and `icmp` (which the
+    /// driver finds by probing sockets). `auto_initial` is left to the driver, which looks up
+    /// the percentage record.
     pub fn supervisor_config(
         &self,
         roots: rustls::RootCertStore,
@@ -575,6 +577,7 @@ impl RunConfig {
         } else {
             PostQuantum::Prefer
         };
+        let http2_tls = crate::http2::tls::client_config(roots.clone(), pq)?;
         let client =
             quinn_proto::ClientConfig::new(std::sync::Arc::new(tls::client_config(roots, pq)?));
         let registration = crate::control::Registration::new(
@@ -585,9 +588,7 @@ impl RunConfig {
             crate::control::features::features(self.post_quantum, &self.features),
         );
         let data = DataLimits {
-            ingress: Some(std::sync::Arc::new(std::sync::RwLock::new(
-                std::sync::Arc::new(self.ingress.clone()),
-            ))),
+            ingress: Some(std::sync::Arc::new(self.ingress.clone())),
             max_idle: self.ingress.defaults.keep_alive_connections as usize,
             idle_timeout: self.ingress.defaults.keep_alive_timeout,
             tags: self.tags.clone(),
@@ -604,6 +605,8 @@ impl RunConfig {
         config.max_active_flows = self.max_active_flows;
         config.local_max_active_flows = self.local_max_active_flows;
         config.icmp = icmp;
+        config.protocol = self.protocol;
+        config.http2_tls = Some(http2_tls);
         Ok(config)
     }
 }

@@ -20,7 +20,7 @@ use tracing::{debug, trace, warn};
 use super::quic_io::{flush_stream, read_stream_max};
 use crate::flow::{FlowLimiter, FlowPermit, FlowType};
 use crate::ingress::access::AccessKeys;
-use crate::ingress::{Origin, SharedIngress};
+use crate::ingress::{Ingress, Origin};
 use crate::rpc::frame::FrameLimits;
 use crate::stream::proxy::{DataStream, EdgeEnd, FlowKind, OriginEnd, OriginTarget};
 use crate::stream::tag::Tag;
@@ -94,10 +94,11 @@ pub struct DataLimits {
     /// How long an idle connection to an origin no rule resolved is kept (a rule's own
     /// `keepAliveTimeout` applies to its pool).
     pub idle_timeout: Duration,
-    /// The ingress rules, whose `originRequest` options (`httpHostHeader`,
-    /// `disableChunkedEncoding`) change HTTP requests; the driver shares this handle with its
-    /// dialer. None: requests go as the edge sent them.
-    pub ingress: Option<SharedIngress>,
+    /// The ingress rules, which resolve each request's origin and whose `originRequest`
+    /// options (`httpHostHeader`, `disableChunkedEncoding`) change HTTP requests; a
+    /// configuration push replaces them ([`DataStreams::set_ingress`]). None: requests go as
+    /// the edge sent them.
+    pub ingress: Option<Arc<Ingress>>,
     /// The user's connector tags (`--tag`); the connector id is added to them.
     pub tags: Vec<Tag>,
     /// Signing keys for rules with `originRequest.access` (none yet: those rules refuse).
@@ -191,6 +192,11 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
         self.limits.access = Some(keys);
     }
 
+    /// New streams resolve origins with `ingress` (a configuration push).
+    pub(crate) fn set_ingress(&mut self, ingress: Arc<Ingress>) {
+        self.limits.ingress = Some(ingress);
+    }
+
     /// Streams still in progress, counting finished ones the edge has not fully acknowledged.
     pub(crate) fn active(&self) -> usize {
         self.streams.len() + self.finishing.len()
@@ -219,12 +225,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
         rest: &[u8],
     ) {
         // A snapshot per stream: a configuration push applies from the next request on.
-        let ingress = self.limits.ingress.as_ref().map(|shared| {
-            shared
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone()
-        });
+        let ingress = self.limits.ingress.clone();
         let mut data = Data {
             proxy: DataStream::new(self.limits.window, self.limits.request)
                 .with_ingress(ingress)

@@ -529,6 +529,11 @@ impl Http2Link {
         self.data.set_access_keys(keys);
     }
 
+    /// New data streams resolve origins with `ingress` (a configuration push).
+    pub fn set_ingress(&mut self, ingress: std::sync::Arc<crate::ingress::Ingress>) {
+        self.data.set_ingress(ingress);
+    }
+
     /// Data streams in progress.
     pub fn active_streams(&self) -> usize {
         self.data.active()

@@ -140,6 +140,10 @@ impl Link {
         both!(self, c => c.set_access_keys(keys))
     }
 
+    pub(crate) fn set_ingress(&mut self, ingress: std::sync::Arc<crate::ingress::Ingress>) {
+        both!(self, c => c.set_ingress(ingress))
+    }
+
     pub(crate) fn close_now(&mut self, now: Instant) {
         both!(self, c => c.close_now(now))
     }
