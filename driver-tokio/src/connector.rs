@@ -22,7 +22,7 @@ use burrow_core::session::UdpFlowId;
 use burrow_core::settings::RunConfig;
 use burrow_core::stream::proxy::FlowKind;
 use burrow_core::tunnel::data::FlowId;
-use burrow_core::tunnel::protocol::{remote_selection, Protocol, ProtocolFlag, PERCENTAGE_RECORD};
+use burrow_core::tunnel::protocol::{Protocol, PERCENTAGE_RECORD};
 use burrow_core::tunnel::supervisor::{srv_service, EdgePool, IpVersion, SupervisorError};
 use burrow_core::tunnel::Transmit;
 use thiserror::Error;
@@ -183,16 +183,14 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     let rc = &opts.run;
     let pool = discover(&rc.edges, rc.ip_version).await?;
     let roots = edge_roots(rc.cacert.as_deref())?;
-    let auto_initial = match (rc.protocol, &rc.edges) {
-        (ProtocolFlag::Auto, Edges::Srv { .. }) => {
-            let txt = percentage_record().await;
-            if txt.is_none() {
-                warn!("Unable to lookup protocol percentage.");
-            }
-            remote_selection(txt.as_deref(), &rc.creds.account_tag)
+    let percentage = if rc.wants_percentage_record() {
+        let txt = percentage_record().await;
+        if txt.is_none() {
+            warn!("Unable to lookup protocol percentage.");
         }
-        // The percentage record describes Cloudflare's edge, not one given with --edge.
-        _ => Protocol::Quic,
+        txt
+    } else {
+        None
     };
     let metrics = opts.metrics.clone();
     let icmp = if opts.icmp {
@@ -203,8 +201,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     } else {
         RouterConfig::default()
     };
-    let mut config = rc.supervisor_config(roots, metrics.connector_id, icmp)?;
-    config.auto_initial = auto_initial;
+    let config = rc.supervisor_config(roots, metrics.connector_id, icmp, percentage.as_deref())?;
     let mut machine = Connector::new(Instant::now(), config, pool, random_u64());
     metrics.ha_connections.set(machine.ha_connections() as i64);
     info!(
@@ -271,6 +268,9 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             .store(machine.ready_connections(), Ordering::Relaxed);
         metrics.update_datagrams(machine.datagram_hub(), &io.datagrams);
         metrics.update_flows(machine.flow_limiter());
+        metrics
+            .quic
+            .sample(Instant::now(), &machine, opts.run.ha_connections);
         if machine.is_stopped() {
             break;
         }
@@ -372,6 +372,9 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
             protocol,
         } => {
             debug!(conn_index = index, %link, %edge, %protocol, "dialing edge");
+            if protocol == Protocol::Quic {
+                metrics.quic.connecting(link);
+            }
         }
         Event::Registered {
             index,
@@ -417,6 +420,7 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
             reason,
             was_registered,
         } => {
+            metrics.quic.closed(link);
             if was_registered && !stopping {
                 warn!(conn_index = index, %link, %reason, "Connection terminated");
             } else {
@@ -601,7 +605,14 @@ impl DriverIo {
                 let handle =
                     self.dialer
                         .open((link, flow), kind, dest, host, origin, self.flow_tx.clone());
-                self.flows.insert((link, flow), Flow { handle, kind });
+                self.flows.insert(
+                    (link, flow),
+                    Flow {
+                        handle,
+                        kind,
+                        opened: Instant::now(),
+                    },
+                );
             }
             Io::WriteFlow { link, flow, data } => {
                 if let Some(f) = self.flows.get(&(link, flow)) {
@@ -692,6 +703,8 @@ impl DriverIo {
 struct Flow {
     handle: FlowHandle,
     kind: FlowKind,
+    /// When its origin was dialed (for `cloudflared_proxy_connect_latency`).
+    opened: Instant,
 }
 
 async fn open_socket(
@@ -885,13 +898,25 @@ fn on_report(
     (link, flow, report): Report,
 ) {
     // Reports of a flow already closed are stale.
-    if !flows.contains_key(&(link, flow)) {
+    let Some(f) = flows.get(&(link, flow)) else {
         return;
-    }
+    };
+    // cloudflared times TCP streams only (proxyStream, proxyTCPStream).
+    let tcp = f.kind == FlowKind::Tcp;
     let input = match &report {
-        FlowReport::Connected => Input::FlowConnected { link, flow },
+        FlowReport::Connected => {
+            if tcp {
+                metrics
+                    .connect_latency
+                    .observe(f.opened.elapsed().as_millis() as f64);
+            }
+            Input::FlowConnected { link, flow }
+        }
         FlowReport::Failed(reason) => {
             metrics.request_errors.inc();
+            if tcp {
+                metrics.connect_stream_errors.inc();
+            }
             Input::FlowFailed { link, flow, reason }
         }
         FlowReport::Data(data) => Input::FlowData {

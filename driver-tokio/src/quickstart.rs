@@ -76,6 +76,7 @@ async fn run(args: QuickstartArgs) -> Result<(), String> {
         datagrams: Default::default(),
         http_limits: Default::default(),
         loglevel: args.loglevel.clone(),
+        local_config_dir: None,
         command: None,
     };
     let running = edge::start(&edge_args, &tunnels).await?;
@@ -116,6 +117,7 @@ async fn run(args: QuickstartArgs) -> Result<(), String> {
             icmpv6_src: None,
             post_quantum: false,
             protocol: burrow_core::tunnel::protocol::ProtocolFlag::Auto,
+            retries: 5,
         },
         // As for cloudflared's quick tunnels: no ICMP proxy.
         icmp: false,

@@ -349,14 +349,20 @@ fn a_configuration_push_on_one_connection_resolves_requests_on_every_connection(
     };
     let service = get(&mut w, conn1, "http://app.test/before");
     assert!(
-        matches!(&service, Some(crate::ingress::Service::Http { port: 9090, .. })),
+        matches!(
+            &service,
+            Some(crate::ingress::Service::Http { port: 9090, .. })
+        ),
         "the local rules: {service:?}"
     );
     let pushed = r#"{"ingress":[{"service":"http://127.0.0.1:8080"}]}"#;
     w.push_config(conn0, 1, pushed);
     let service = get(&mut w, conn1, "http://app.test/after");
     assert!(
-        matches!(&service, Some(crate::ingress::Service::Http { port: 8080, .. })),
+        matches!(
+            &service,
+            Some(crate::ingress::Service::Http { port: 8080, .. })
+        ),
         "the other connection resolves with the pushed rules: {service:?}"
     );
     let ingress = w.connector.ingress().expect("rules");
