@@ -293,7 +293,7 @@ pub(super) fn udp_v2_and_v3(p: &Params) -> Result<u64, String> {
     let mut eye3 = Eyeball::new(
         v3_ids.into_iter(),
         &v3_dests,
-        conn_b,
+        &[conn_b],
         s.world.now,
         Duration::from_millis(300),
         IDLE.as_secs() as u16,
