@@ -195,6 +195,8 @@ struct Setup {
     max_active_flows: Option<u64>,
     /// The network is hostile (see [`HOSTILE_LOSS`]).
     hostile: bool,
+    /// Why a served connection died, on a hostile network, while a UDP scenario drove traffic.
+    lost: Option<CloseReason>,
 }
 
 /// An edge's QUIC server configuration with a fresh identity, and a client configuration
@@ -245,6 +247,7 @@ fn setup(p: &Params) -> Setup {
         data_limits: DataLimits::default(),
         max_active_flows: None,
         hostile: p.loss >= HOSTILE_LOSS,
+        lost: None,
     }
 }
 

@@ -142,6 +142,11 @@ impl OriginNet {
         &self.quiet_at_close
     }
 
+    /// The last time any open session socket carried a payload (or opened).
+    pub fn last_io(&self) -> Option<VirtualTime> {
+        self.last_io.values().copied().max()
+    }
+
     /// Open origin sockets.
     pub fn sockets(&self) -> usize {
         self.sockets.len()
