@@ -202,6 +202,7 @@ fn v2_register_answer_and_unregister_both_ways() {
         }]
     );
     assert_eq!(p.conn.pending_calls(), 0, "the edge answered");
+    assert_eq!(p.conn.failed_unregistrations(), 0);
     assert_eq!(p.take_conn_events(), vec![]);
 
     // The edge ends a session: the connector is told, nothing comes back.
@@ -281,6 +282,7 @@ fn unanswered_unregistration_gives_up_after_the_rpc_timeout() {
         p.conn.handle_timeout(p.now);
     }
     assert_eq!(p.conn.pending_calls(), 0, "given up, only logged");
+    assert_eq!(p.conn.failed_unregistrations(), 1, "and counted");
     assert!(
         !p.take_conn_events()
             .iter()

@@ -4,6 +4,7 @@
 
 mod datagrams;
 mod edge_socket;
+mod edge_tcp;
 mod origin;
 mod resolver;
 mod srv;

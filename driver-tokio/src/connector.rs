@@ -79,6 +79,8 @@ pub struct Options {
     pub post_quantum: bool,
     /// `--protocol`.
     pub protocol: ProtocolFlag,
+    /// `--retries`: the backoff's exponent cap, and when `auto` falls back.
+    pub retries: u32,
     /// Metrics (shared with the metrics server).
     pub metrics: Arc<Metrics>,
 }
@@ -265,6 +267,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     config.auto_initial = auto_initial;
     config.http2_tls = Some(http2_tls);
     config.ha_connections = opts.ha_connections;
+    config.retries = opts.retries;
     config.max_active_flows = opts.max_active_flows;
     config.local_max_active_flows = opts.local_max_active_flows;
     if let Some(sources) = opts.icmp {
@@ -335,6 +338,9 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             .store(machine.ready_connections(), Ordering::Relaxed);
         metrics.update_datagrams(machine.datagram_hub(), &io.datagrams);
         metrics.update_flows(machine.flow_limiter());
+        metrics
+            .quic
+            .sample(Instant::now(), &machine, opts.ha_connections);
         if machine.is_stopped() {
             break;
         }
@@ -436,6 +442,9 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
             protocol,
         } => {
             debug!(conn_index = index, %link, %edge, %protocol, "dialing edge");
+            if protocol == Protocol::Quic {
+                metrics.quic.connecting(link);
+            }
         }
         Event::Registered {
             index,
@@ -481,6 +490,7 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
             reason,
             was_registered,
         } => {
+            metrics.quic.closed(link);
             if was_registered && !stopping {
                 warn!(conn_index = index, %link, %reason, "Connection terminated");
             } else {
@@ -665,7 +675,14 @@ impl DriverIo {
                 let handle =
                     self.dialer
                         .open((link, flow), kind, dest, host, origin, self.flow_tx.clone());
-                self.flows.insert((link, flow), Flow { handle, kind });
+                self.flows.insert(
+                    (link, flow),
+                    Flow {
+                        handle,
+                        kind,
+                        opened: Instant::now(),
+                    },
+                );
             }
             Io::WriteFlow { link, flow, data } => {
                 if let Some(f) = self.flows.get(&(link, flow)) {
@@ -756,6 +773,8 @@ impl DriverIo {
 struct Flow {
     handle: FlowHandle,
     kind: FlowKind,
+    /// When its origin was dialed (for `cloudflared_proxy_connect_latency`).
+    opened: Instant,
 }
 
 async fn open_socket(
@@ -949,13 +968,25 @@ fn on_report(
     (link, flow, report): Report,
 ) {
     // Reports of a flow already closed are stale.
-    if !flows.contains_key(&(link, flow)) {
+    let Some(f) = flows.get(&(link, flow)) else {
         return;
-    }
+    };
+    // cloudflared times TCP streams only (proxyStream, proxyTCPStream).
+    let tcp = f.kind == FlowKind::Tcp;
     let input = match &report {
-        FlowReport::Connected => Input::FlowConnected { link, flow },
+        FlowReport::Connected => {
+            if tcp {
+                metrics
+                    .connect_latency
+                    .observe(f.opened.elapsed().as_millis() as f64);
+            }
+            Input::FlowConnected { link, flow }
+        }
         FlowReport::Failed(reason) => {
             metrics.request_errors.inc();
+            if tcp {
+                metrics.connect_stream_errors.inc();
+            }
             Input::FlowFailed { link, flow, reason }
         }
         FlowReport::Data(data) => Input::FlowData {

@@ -85,6 +85,9 @@ struct Question {
     id: u32,
     asked: Asked,
     deadline: Instant,
+    /// Failed by its deadline; the id stays taken until its late answer arrives (Cap'n Proto
+    /// frees a question id only once it is both returned and finished).
+    timed_out: bool,
 }
 
 /// The connector's control-stream state machine.
@@ -103,6 +106,8 @@ struct Conversation {
     local_config: Option<Vec<u8>>,
     rpc_timeout: Duration,
     events: VecDeque<ControlEvent>,
+    /// Answers that came after their question's deadline or after we closed: ignored.
+    late_answers: u64,
 }
 
 impl ControlClient {
@@ -124,6 +129,7 @@ impl ControlClient {
             local_config: local_config.filter(|_| registration.conn_index == 0),
             rpc_timeout,
             events: VecDeque::new(),
+            late_answers: 0,
         };
         let bootstrap = conv.ask(now, Asked::Bootstrap, rpc_timeout);
         message::encode_bootstrap(bootstrap, &mut conv.outbox).map_err(encode("Bootstrap"))?;
@@ -182,22 +188,39 @@ impl ControlClient {
         conv.phase = Phase::Closed;
     }
 
-    /// Fails calls whose deadline has passed.
+    /// Fails calls whose deadline has passed. Their answers may still come; they are then
+    /// ignored (see [`ControlClient::late_answers`]).
     pub fn handle_timeout(&mut self, now: Instant) {
         let conv = &mut self.conv;
-        while let Some(i) = conv.questions.iter().position(|q| q.deadline <= now) {
-            let q = conv.questions.swap_remove(i);
-            warn!(question = q.id, asked = ?q.asked, "control-stream call timed out");
+        while let Some(q) = conv
+            .questions
+            .iter_mut()
+            .find(|q| !q.timed_out && q.deadline <= now)
+        {
+            q.timed_out = true;
+            let (id, asked) = (q.id, q.asked);
+            warn!(question = id, asked = ?asked, "control-stream call timed out");
             // Under heavy loss an answer can take longer than the deadline (a lost handshake
             // flight backs quinn's probe timer off past it); the edge refused nothing, so the
             // supervisor must retry, as cloudflared retries every QUIC registration failure.
-            conv.fail(q.asked, "timed out".into(), true);
+            conv.fail(asked, "timed out".into(), true);
         }
     }
 
-    /// The earliest call deadline.
+    /// The earliest call deadline still to act on.
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.conv.questions.iter().map(|q| q.deadline).min()
+        self.conv
+            .questions
+            .iter()
+            .filter(|q| !q.timed_out)
+            .map(|q| q.deadline)
+            .min()
+    }
+
+    /// Answers that arrived after their call had failed by its deadline, or after the
+    /// conversation was closed, and were ignored.
+    pub fn late_answers(&self) -> u64 {
+        self.conv.late_answers
     }
 
     /// Bytes to write to the control stream, if any.
@@ -233,6 +256,7 @@ impl Conversation {
             id,
             asked,
             deadline: now + timeout,
+            timed_out: false,
         });
         id
     }
@@ -271,6 +295,13 @@ impl Conversation {
     }
 
     fn on_message(&mut self, m: Message<'_>) -> Result<(), ControlError> {
+        if self.phase == Phase::Closed {
+            // We aborted the conversation: what the edge sent meanwhile has no one to act on it.
+            if let Message::Return(_) = m {
+                self.late_answers += 1;
+            }
+            return Ok(());
+        }
         match m {
             Message::Return(r) => self.on_return(r),
             Message::Abort(e) => Err(ControlError::Aborted(e.reason.to_owned())),
@@ -298,9 +329,17 @@ impl Conversation {
             .ok_or_else(|| {
                 ControlError::Unexpected(format!("Return for unknown question {}", r.answer_id))
             })?;
-        let asked = self.questions.swap_remove(pos).asked;
+        let q = self.questions.swap_remove(pos);
         // We never pass capabilities, so results keep none of ours alive.
         message::encode_finish(r.answer_id, false, &mut self.outbox)?;
+        if q.timed_out {
+            // Its failure was already reported and acted on (a registration retried, a drain
+            // started): the answer changes nothing, and is no reason to drop the connection.
+            debug!(question = q.id, asked = ?q.asked, "answer after the call's deadline ignored");
+            self.late_answers += 1;
+            return Ok(());
+        }
+        let asked = q.asked;
         let payload = match r.body {
             ReturnBody::Results(p) => p,
             ReturnBody::Exception(e) => {
@@ -382,6 +421,91 @@ mod tests {
         // Bootstrap and register both timed out: one event, not two.
         assert_eq!(c.poll_event(), None);
         assert_eq!(c.poll_timeout(), None, "no deadline left to wake for");
+    }
+
+    /// A client registered with a server, with a local configuration to push.
+    fn registered(now: Instant) -> (ControlClient, crate::control::edge::ControlServer) {
+        use crate::control::edge::{ControlServer, EdgeControlEvent};
+        let reg = crate::control::tests::registration(0);
+        let mut c = ControlClient::new(now, &reg, Some(b"{}".to_vec()), Duration::from_secs(5))
+            .expect("new");
+        let mut server = ControlServer::new();
+        server.handle_bytes(&c.poll_transmit().unwrap()).unwrap();
+        assert!(matches!(
+            server.poll_event(),
+            Some(EdgeControlEvent::RegisterRequested(_))
+        ));
+        server
+            .respond_registration(Ok(ConnectionDetails {
+                uuid: uuid::Uuid::nil(),
+                location: "LOCAL".into(),
+                remotely_managed: false,
+            }))
+            .unwrap();
+        c.handle_bytes(now, &server.poll_transmit().unwrap())
+            .unwrap();
+        assert!(matches!(c.poll_event(), Some(ControlEvent::Registered(_))));
+        (c, server)
+    }
+
+    #[test]
+    fn an_answer_after_the_deadline_is_ignored_not_a_protocol_error() {
+        let now = Instant::now();
+        let (mut c, mut server) = registered(now);
+        // The local configuration goes out; its answer is slower than the deadline.
+        let push = c
+            .poll_transmit()
+            .expect("finish and updateLocalConfiguration");
+        let late = now + Duration::from_secs(6);
+        c.handle_timeout(late);
+        assert_eq!(
+            c.poll_event(),
+            Some(ControlEvent::LocalConfigurationFailed("timed out".into()))
+        );
+        assert_eq!(c.poll_timeout(), None, "a failed call has no deadline left");
+        server.handle_bytes(&push).unwrap();
+        let answer = server.poll_transmit().expect("the edge's answer");
+        c.handle_bytes(late, &answer)
+            .expect("a late answer keeps the conversation");
+        assert_eq!(c.poll_event(), None, "and reports nothing twice");
+        assert_eq!(c.late_answers(), 1);
+        assert!(c.is_registered());
+        // The id was held until the answer came, and is free again: unregistering still works.
+        c.unregister(late, Duration::from_secs(30)).unwrap();
+        server.handle_bytes(&c.poll_transmit().unwrap()).unwrap();
+        c.handle_bytes(late, &server.poll_transmit().unwrap())
+            .unwrap();
+        assert_eq!(c.poll_event(), Some(ControlEvent::Unregistered));
+        // An answer to a question never asked is still a protocol error.
+        let mut bogus = Vec::new();
+        message::encode_return::<UpdateLocalConfiguration>(77, &Empty, &mut bogus).unwrap();
+        assert!(c.handle_bytes(late, &bogus).is_err());
+    }
+
+    #[test]
+    fn a_timed_out_question_keeps_its_id_until_answered() {
+        let now = Instant::now();
+        let (mut c, _server) = registered(now);
+        let _ = c.poll_transmit();
+        c.handle_timeout(now + Duration::from_secs(6));
+        let _ = c.poll_event();
+        // updateLocalConfiguration (question 1) is still unanswered: unregister must not reuse 1.
+        c.unregister(now, Duration::from_secs(30)).unwrap();
+        let mut ids: Vec<(u32, Asked)> = c.conv.questions.iter().map(|q| (q.id, q.asked)).collect();
+        ids.sort_unstable_by_key(|(id, _)| *id);
+        assert_eq!(ids, [(1, Asked::LocalConfig), (2, Asked::Unregister)]);
+    }
+
+    #[test]
+    fn answers_after_close_are_ignored() {
+        let now = Instant::now();
+        let (mut c, mut server) = registered(now);
+        let push = c.poll_transmit().unwrap();
+        c.close();
+        server.handle_bytes(&push).unwrap();
+        c.handle_bytes(now, &server.poll_transmit().unwrap())
+            .expect("the conversation is over; nothing to fail");
+        assert_eq!(c.late_answers(), 1);
     }
 
     #[test]

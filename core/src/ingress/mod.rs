@@ -9,6 +9,8 @@
 pub mod access;
 mod config;
 mod duration;
+pub mod local_config;
+pub use duration::parse as parse_duration;
 pub mod no_tls_verify;
 #[cfg(test)]
 mod tests;

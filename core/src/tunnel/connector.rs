@@ -255,6 +255,12 @@ pub struct ConnectorConnection {
     scratch: Vec<u8>,
     /// Why we are closing, once we are.
     close_reason: Option<LocalClose>,
+    /// Room in quinn's datagram send queue when it is empty (for [`Self::datagram_bytes_queued`]).
+    datagram_room: usize,
+    /// Bytes of it taken, as of the last send or transmit.
+    datagram_queued: usize,
+    /// `unregisterUdpSession` calls of ours that failed or went unanswered.
+    failed_unregistrations: u64,
 }
 
 impl ConnectorConnection {
@@ -272,9 +278,10 @@ impl ConnectorConnection {
             true,
             Some(rng_seed),
         );
-        let (handle, conn) =
+        let (handle, mut conn) =
             endpoint.connect(now, config.client.clone(), edge, &config.server_name)?;
         let data = DataStreams::new(config.data.clone(), config.registration.client_id);
+        let datagram_room = conn.datagrams().send_buffer_space();
         Ok(Self {
             endpoint,
             handle,
@@ -289,6 +296,9 @@ impl ConnectorConnection {
             events: VecDeque::new(),
             scratch: Vec::new(),
             close_reason: None,
+            datagram_room,
+            datagram_queued: 0,
+            failed_unregistrations: 0,
         })
     }
 
@@ -422,7 +432,16 @@ impl ConnectorConnection {
         max_datagrams: usize,
         buf: &mut Vec<u8>,
     ) -> Option<Transmit> {
-        poll_conn_transmit(&mut self.conn, now, max_datagrams, buf)
+        let t = poll_conn_transmit(&mut self.conn, now, max_datagrams, buf);
+        self.note_datagram_queue();
+        t
+    }
+
+    /// Remembers how much of quinn's datagram queue is taken (it changes only as datagrams
+    /// are queued or packets built), so that it can be read through a shared reference.
+    fn note_datagram_queue(&mut self) {
+        let space = self.conn.datagrams().send_buffer_space();
+        self.datagram_queued = self.datagram_room.saturating_sub(space);
     }
 
     /// When [`ConnectorConnection::handle_timeout`] must be called next.
@@ -465,7 +484,26 @@ impl ConnectorConnection {
         if matches!(self.state, State::Closing | State::Closed) {
             return Err(DatagramError::Closed);
         }
-        send_datagram(&mut self.conn, datagram)
+        let sent = send_datagram(&mut self.conn, datagram);
+        self.note_datagram_queue();
+        sent
+    }
+
+    /// Bytes of datagrams queued in quinn, not yet sent (bounded by the datagram send buffer).
+    pub fn datagram_bytes_queued(&self) -> usize {
+        self.datagram_queued
+    }
+
+    /// Control-stream answers that came after their call's deadline (or after the
+    /// conversation closed) and were ignored.
+    pub fn late_control_answers(&self) -> u64 {
+        self.control.as_ref().map_or(0, |c| c.client.late_answers())
+    }
+
+    /// `unregisterUdpSession` calls of ours that failed or went unanswered within the RPC
+    /// timeout (cloudflared logs them; the session is gone on our side either way).
+    pub fn failed_unregistrations(&self) -> u64 {
+        self.failed_unregistrations
     }
 
     /// The path MTU quinn assumes now (the initial MTU until discovery raises it).
@@ -821,6 +859,7 @@ impl ConnectorConnection {
                 warn!(conn_index, session_id = %id, "Failed to unregister udp session with edge: no answer before the RPC timeout");
             }
         }
+        self.failed_unregistrations += 1;
         reset(&mut self.conn, stream);
     }
 

@@ -1208,6 +1208,11 @@ fn datagram_send_queue_is_bounded_and_overload_is_counted() {
         (30..=40).contains(&queued),
         "about 32 full-size datagrams queued, not {queued}"
     );
+    let waiting = w.connector.connection(0).unwrap().datagram_bytes_queued();
+    assert!(
+        (30 * 1200..=32 * 1500).contains(&waiting),
+        "the queue's bytes are reported: {waiting}"
+    );
     let on_edge = w.edge_datagrams.len();
     w.run(Duration::from_secs(30), |w| {
         w.edge_datagrams.len() as u64 == on_edge as u64 + queued
@@ -1216,5 +1221,10 @@ fn datagram_send_queue_is_bounded_and_overload_is_counted() {
         w.edge_datagrams.len() as u64,
         on_edge as u64 + queued,
         "every queued datagram reaches the edge"
+    );
+    assert_eq!(
+        w.connector.connection(0).unwrap().datagram_bytes_queued(),
+        0,
+        "and the queue is empty after"
     );
 }
