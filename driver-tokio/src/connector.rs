@@ -341,6 +341,9 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             .store(machine.ready_connections(), Ordering::Relaxed);
         metrics.update_datagrams(machine.datagram_hub(), &io.datagrams);
         metrics.update_flows(machine.flow_limiter());
+        metrics
+            .quic
+            .sample(Instant::now(), &machine, opts.ha_connections);
         if machine.is_stopped() {
             break;
         }
@@ -442,6 +445,9 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
             protocol,
         } => {
             debug!(conn_index = index, %link, %edge, %protocol, "dialing edge");
+            if protocol == Protocol::Quic {
+                metrics.quic.connecting(link);
+            }
         }
         Event::Registered {
             index,
@@ -487,6 +493,7 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
             reason,
             was_registered,
         } => {
+            metrics.quic.closed(link);
             if was_registered && !stopping {
                 warn!(conn_index = index, %link, %reason, "Connection terminated");
             } else {
@@ -671,7 +678,14 @@ impl DriverIo {
                 let handle =
                     self.dialer
                         .open((link, flow), kind, dest, host, origin, self.flow_tx.clone());
-                self.flows.insert((link, flow), Flow { handle, kind });
+                self.flows.insert(
+                    (link, flow),
+                    Flow {
+                        handle,
+                        kind,
+                        opened: Instant::now(),
+                    },
+                );
             }
             Io::WriteFlow { link, flow, data } => {
                 if let Some(f) = self.flows.get(&(link, flow)) {
@@ -762,6 +776,8 @@ impl DriverIo {
 struct Flow {
     handle: FlowHandle,
     kind: FlowKind,
+    /// When its origin was dialed (for `cloudflared_proxy_connect_latency`).
+    opened: Instant,
 }
 
 async fn open_socket(
@@ -955,13 +971,25 @@ fn on_report(
     (link, flow, report): Report,
 ) {
     // Reports of a flow already closed are stale.
-    if !flows.contains_key(&(link, flow)) {
+    let Some(f) = flows.get(&(link, flow)) else {
         return;
-    }
+    };
+    // cloudflared times TCP streams only (proxyStream, proxyTCPStream).
+    let tcp = f.kind == FlowKind::Tcp;
     let input = match &report {
-        FlowReport::Connected => Input::FlowConnected { link, flow },
+        FlowReport::Connected => {
+            if tcp {
+                metrics
+                    .connect_latency
+                    .observe(f.opened.elapsed().as_millis() as f64);
+            }
+            Input::FlowConnected { link, flow }
+        }
         FlowReport::Failed(reason) => {
             metrics.request_errors.inc();
+            if tcp {
+                metrics.connect_stream_errors.inc();
+            }
             Input::FlowFailed { link, flow, reason }
         }
         FlowReport::Data(data) => Input::FlowData {
