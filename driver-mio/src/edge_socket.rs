@@ -34,12 +34,12 @@ pub struct EdgeSocket {
 }
 
 impl EdgeSocket {
-    /// Binds the unspecified address of `edge`'s family.
-    pub fn bind_for(edge: SocketAddr) -> io::Result<Self> {
-        let bind: SocketAddr = if edge.is_ipv4() {
-            (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
-        } else {
-            (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    /// Binds `local` (`--edge-bind-address`), else the unspecified address of `edge`'s family.
+    pub fn bind_for(edge: SocketAddr, local: Option<std::net::IpAddr>) -> io::Result<Self> {
+        let bind: SocketAddr = match local {
+            Some(ip) => (ip, 0).into(),
+            None if edge.is_ipv4() => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
+            None => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
         };
         let io = UdpSocket::bind(bind)?;
         let state = UdpSocketState::new((&io).into())?;

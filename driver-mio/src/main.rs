@@ -4,7 +4,9 @@
 
 mod datagrams;
 mod edge_socket;
+mod edge_tcp;
 mod origin;
+mod resident;
 mod resolver;
 mod srv;
 mod status;

@@ -1,5 +1,6 @@
 //! Edge discovery by DNS SRV, as cloudflared does it without `--edge`: one SRV query for the
-//! (regional) service to the system's name servers, then the first two targets' addresses.
+//! (regional) service to the system's name servers, then the first two targets' addresses;
+//! and the TXT record of `auto`'s protocol percentages.
 //! It runs once, before the loop starts, so it may block; messages are built and parsed by
 //! hickory-proto (no runtime: its `tokio` feature is off), the name servers come from
 //! /etc/resolv.conf (resolv-conf), target addresses from `getaddrinfo`.
@@ -15,9 +16,32 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The SRV targets of `service` (`host`, `port`), in the order the name server gave them.
 pub fn lookup(service: &str) -> Result<Vec<(String, u16)>, String> {
+    let answer = query(service, RecordType::SRV)?;
+    targets(&answer).map_err(|e| format!("SRV {service}: {e}"))
+}
+
+/// The first TXT record of `name`, its strings joined (the protocol percentages).
+pub fn txt(name: &str) -> Result<String, String> {
+    let answer = query(name, RecordType::TXT)?;
+    first_txt(&answer).ok_or_else(|| format!("TXT {name}: no record ({})", answer.response_code()))
+}
+
+fn first_txt(answer: &Message) -> Option<String> {
+    answer.answers().iter().find_map(|r| match r.data() {
+        RData::TXT(txt) => {
+            let bytes: Vec<u8> = txt.iter().flat_map(|s| s.iter().copied()).collect();
+            String::from_utf8(bytes).ok()
+        }
+        _ => None,
+    })
+}
+
+/// Asks the system's name servers in turn for `name`'s `kind` records.
+fn query(name: &str, kind: RecordType) -> Result<Message, String> {
     let conf = std::fs::read("/etc/resolv.conf").map_err(|e| format!("/etc/resolv.conf: {e}"))?;
     let conf = resolv_conf::Config::parse(&conf).map_err(|e| format!("/etc/resolv.conf: {e}"))?;
-    let name = Name::from_ascii(service).map_err(|e| format!("SRV {service}: {e}"))?;
+    let service = name;
+    let name = Name::from_ascii(name).map_err(|e| format!("{kind} {service}: {e}"))?;
     let mut id = [0u8; 2];
     let _ = getrandom::fill(&mut id);
     let id = u16::from_be_bytes(id);
@@ -27,14 +51,14 @@ pub fn lookup(service: &str) -> Result<Vec<(String, u16)>, String> {
         .set_message_type(MessageType::Query)
         .set_op_code(OpCode::Query)
         .set_recursion_desired(true)
-        .add_query(Query::query(name, RecordType::SRV));
+        .add_query(Query::query(name, kind));
     let bytes = query.to_vec().map_err(|e| e.to_string())?;
-    let mut last = format!("SRV {service}: no name server in /etc/resolv.conf");
+    let mut last = format!("{kind} {service}: no name server in /etc/resolv.conf");
     for ns in &conf.nameservers {
         let server = SocketAddr::new(IpAddr::from(ns), 53);
         match ask(server, id, &bytes) {
-            Ok(answer) => return targets(&answer).map_err(|e| format!("SRV {service}: {e}")),
-            Err(e) => last = format!("SRV {service} from {server}: {e}"),
+            Ok(answer) => return Ok(answer),
+            Err(e) => last = format!("{kind} {service} from {server}: {e}"),
         }
     }
     Err(last)
@@ -119,5 +143,24 @@ mod tests {
             ]
         );
         assert!(targets(&Message::new()).is_err());
+    }
+
+    #[test]
+    fn txt_strings_are_joined() {
+        use hickory_proto::rr::rdata::TXT;
+        let mut m = Message::new();
+        m.set_message_type(MessageType::Response);
+        let name = Name::from_ascii("protocol-v2.argotunnel.com.").unwrap();
+        let txt = TXT::new(vec![
+            r#"[{"protocol":"quic","#.into(),
+            r#""percentage":100}]"#.into(),
+        ]);
+        m.add_answer(Record::from_rdata(name, 300, RData::TXT(txt)));
+        let parsed = Message::from_vec(&m.to_vec().unwrap()).unwrap();
+        assert_eq!(
+            first_txt(&parsed).as_deref(),
+            Some(r#"[{"protocol":"quic","percentage":100}]"#)
+        );
+        assert_eq!(first_txt(&Message::new()), None);
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::hash_map::Entry;
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -13,8 +13,8 @@ use burrow_core::connector::{Connector, Event, Input, Io, Output};
 use burrow_core::datagram::LinkId;
 use burrow_core::icmp::FunnelId;
 use burrow_core::session::UdpFlowId;
-use burrow_core::settings::{write_pidfile, Edges, OsHost, RunConfig, Settings};
-use burrow_core::tunnel::protocol::{Protocol, ProtocolFlag};
+use burrow_core::settings::{edge_roots, write_pidfile, Edges, OsHost, RunConfig, Settings};
+use burrow_core::tunnel::protocol::{Protocol, PERCENTAGE_RECORD};
 use burrow_core::tunnel::supervisor::{srv_service, EdgePool, IpVersion};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -25,11 +25,12 @@ use uuid::Uuid;
 
 use crate::datagrams::{icmp_config, raise_nofile_limit, Datagrams, IcmpSources, Round};
 use crate::edge_socket::{EdgeSocket, RecvBufs};
+use crate::edge_tcp::{EdgeLinks, Round as EdgeRound};
 use crate::origin::{Key, Origins, Report};
 use crate::resolver::Resolver;
 use crate::srv;
 use crate::status::{self, Client, Figures};
-use crate::tls::{edge_roots, OriginTls};
+use crate::tls::OriginTls;
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -38,8 +39,9 @@ const STATUS: Token = Token(2);
 const FIRST: usize = 16;
 /// Requests in flight per connection the edge is granted. quinn keeps bookkeeping for every
 /// stream granted from the start (about 90 bytes each): burrow-tokio's 8192 cost about 700 KiB
-/// per connection, most of this process's memory; a small box serves far fewer at once.
-const MAX_STREAMS: u32 = 1024;
+/// per connection, most of this process's memory; a small box serves far fewer at once (4
+/// connections still take 1024 requests at once).
+const MAX_STREAMS: u32 = 256;
 /// Most scrapes or probes served at once; more wait in the listen backlog.
 const MAX_STATUS_CLIENTS: usize = 16;
 
@@ -47,6 +49,7 @@ const MAX_STATUS_CLIENTS: usize = 16;
 #[derive(Debug, Clone, Copy)]
 enum Source {
     Edge(u8),
+    EdgeTcp(LinkId),
     Flow(Key),
     Udp(UdpFlowId),
     Funnel(FunnelId),
@@ -124,7 +127,8 @@ enum Answer {
     UdpOpened(UdpFlowId),
     UdpFailed(UdpFlowId, String),
     FunnelFailed(FunnelId),
-    EdgeFailed(LinkId),
+    EdgeWritten(LinkId),
+    EdgeFailed(LinkId, String),
 }
 
 impl Answer {
@@ -143,9 +147,10 @@ impl Answer {
                 reason,
             },
             Self::FunnelFailed(funnel) => Input::FunnelFailed(*funnel),
-            Self::EdgeFailed(link) => Input::EdgeFailed {
+            Self::EdgeWritten(link) => Input::EdgeWritten { link: *link },
+            Self::EdgeFailed(link, reason) => Input::EdgeFailed {
                 link: *link,
-                reason: "burrow-mio has no HTTP/2 transport yet",
+                reason,
             },
         }
     }
@@ -156,7 +161,11 @@ struct Driver {
     poll: Poll,
     tokens: Tokens,
     edges: BTreeMap<u8, (EdgeSocket, Token)>,
+    /// `--edge-bind-address`: the local IP of every edge socket, UDP and TCP.
+    bind: Option<IpAddr>,
     recv_bufs: RecvBufs,
+    /// TCP connections of HTTP/2 links.
+    edge_tcp: EdgeLinks,
     origins: Origins,
     resolver: Resolver,
     datagrams: Datagrams,
@@ -197,7 +206,7 @@ impl Driver {
                         self.tokens.free(Some(token));
                     }
                     let token = self.tokens.alloc(Source::Edge(index));
-                    let opened = EdgeSocket::bind_for(edge).and_then(|mut s| {
+                    let opened = EdgeSocket::bind_for(edge, self.bind).and_then(|mut s| {
                         registry.register(s.source(), token, Interest::READABLE)?;
                         Ok(s)
                     });
@@ -286,10 +295,28 @@ impl Driver {
                 let token = self.datagrams.close_funnel(registry, funnel);
                 self.tokens.free(token);
             }
-            // run() only lets the connector use QUIC, so it never dials TCP; should it ask,
-            // the dial fails and the connector stays on QUIC.
-            Io::DialEdge { link, .. } => return Some(Answer::EdgeFailed(link)),
-            Io::WriteEdge { .. } | Io::CloseEdge { .. } => {}
+            Io::DialEdge { index, link, edge } => {
+                debug!(conn_index = index, %link, %edge, "dialing edge over TCP");
+                let token = self.tokens.alloc(Source::EdgeTcp(link));
+                if let Err(e) = self.edge_tcp.dial(registry, token, link, edge, self.bind) {
+                    self.tokens.free(Some(token));
+                    return Some(Answer::EdgeFailed(link, format!("DialContext error: {e}")));
+                }
+            }
+            Io::WriteEdge { link, data } => {
+                return match self.edge_tcp.write(registry, link, data) {
+                    Ok(true) => Some(Answer::EdgeWritten(link)),
+                    Ok(false) => None,
+                    Err((token, e)) => {
+                        self.tokens.free(Some(token));
+                        Some(Answer::EdgeFailed(link, e.to_string()))
+                    }
+                };
+            }
+            Io::CloseEdge { link } => {
+                let token = self.edge_tcp.close(registry, link);
+                self.tokens.free(token);
+            }
         }
         None
     }
@@ -356,6 +383,14 @@ impl Driver {
                         debug!(conn_index = index, error = %e, "UDP receive error");
                         self.again.push(token);
                     }
+                }
+            }
+            Source::EdgeTcp(link) => {
+                let registry = self.poll.registry();
+                match self.edge_tcp.ready(now, registry, machine, link) {
+                    EdgeRound::Done => {}
+                    EdgeRound::Again => self.again.push(token),
+                    EdgeRound::Gone(t) => self.tokens.free(Some(t)),
                 }
             }
             Source::Flow(key) => self.origins.ready(now, key),
@@ -430,9 +465,6 @@ impl Driver {
 
 /// Runs the connector until shut down (or a fatal error).
 pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
-    if rc.protocol == ProtocolFlag::Fixed(Protocol::Http2) {
-        return Err("burrow-mio has no HTTP/2 transport yet; use --protocol quic or auto".into());
-    }
     raise_nofile_limit();
     let connector_id = Uuid::new_v4();
     info!(%connector_id, "Generated Connector ID");
@@ -459,8 +491,17 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         v4: rc.icmpv4_src,
         v6: rc.icmpv6_src,
     });
+    let percentage = if rc.wants_percentage_record() {
+        let txt = srv::txt(PERCENTAGE_RECORD);
+        if let Err(e) = &txt {
+            warn!(error = %e, "Unable to lookup protocol percentage.");
+        }
+        txt.ok()
+    } else {
+        None
+    };
     let mut config = rc
-        .supervisor_config(roots, connector_id, icmp)
+        .supervisor_config(roots, connector_id, icmp, percentage.as_deref())
         .map_err(|e| format!("TLS: {e}"))?;
     config.quic.max_concurrent_bidi_streams = MAX_STREAMS;
     let mut machine = Connector::new(Instant::now(), config, pool, random_u64());
@@ -472,7 +513,9 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
             next: FIRST,
         },
         edges: BTreeMap::new(),
+        bind: rc.edge_bind_address,
         recv_bufs: RecvBufs::new(),
+        edge_tcp: EdgeLinks::new(),
         origins: Origins::new(OriginTls::new()),
         resolver: Resolver::new(waker),
         datagrams: Datagrams::new(),
@@ -491,6 +534,8 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
     let mut fatal = None;
     let mut signal_count = 0u32;
     let mut pidfile = settings.pidfile.clone();
+    // Start-up's code pages are given back once, when every connection has registered.
+    let mut trimmed = false;
     let mut now = Instant::now();
     loop {
         // Drain every output (the connector orders them), then what the origins reported,
@@ -534,7 +579,14 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
                 break deadline;
             }
         };
+        // HTTP/2 links that held their bytes back and now want them.
+        let wanted: Vec<Token> = d.edge_tcp.wanted(&mut machine).collect();
+        d.again.extend(wanted);
         d.figures.ready = machine.ready_connections();
+        if !trimmed && d.figures.ready >= d.figures.ha_connections {
+            trimmed = true;
+            crate::resident::trim_file_pages();
+        }
         d.figures.concurrent_requests = d.origins.len() as u64;
         if machine.is_stopped() {
             break;
@@ -622,7 +674,10 @@ fn log_event(e: &Event, stopping: bool) {
             "Registered tunnel connection"
         ),
         Event::ProtocolChanged { index, protocol } => {
-            info!(conn_index = index, %protocol, "Switching protocol");
+            if *protocol == Protocol::Http2 {
+                warn!(conn_index = index, "If you are using private routing to this Tunnel, then ICMP, UDP (and Private DNS Resolution) will not work unless your cloudflared can connect with Cloudflare Network with `quic`.");
+            }
+            info!(conn_index = index, %protocol, "Changing protocol");
         }
         Event::RegistrationFailed { index, error } => {
             error!(conn_index = index, cause = %error.cause, "Register tunnel error from server side");
@@ -643,7 +698,7 @@ fn log_event(e: &Event, stopping: bool) {
             info!(conn_index = index, ?delay, "Retrying connection");
         }
         Event::FallbackUnavailable { index } => {
-            warn!(conn_index = index, "QUIC keeps failing and burrow has no http2 fallback yet; check that UDP to the edge port is allowed");
+            warn!(conn_index = index, "QUIC keeps failing and --protocol quic allows no fallback; check that UDP to the edge port is allowed");
         }
         Event::ConfigurationApplied { version } => info!(version, "Updated to new configuration"),
         Event::ConfigurationRefused { version, error } => {

@@ -52,8 +52,13 @@ fn burrow() -> &'static Path {
 
 /// Starts `burrow-mio tunnel run` with `bed`'s config.yml (ingress from `o`).
 fn mio_connector(bed: &Testbed, o: &ConnectorOpts, grace: &str) -> Proc {
+    mio_connector_from(Path::new(MIO), bed, o, grace)
+}
+
+/// The same with the burrow-mio binary at `bin`.
+fn mio_connector_from(bin: &Path, bed: &Testbed, o: &ConnectorOpts, grace: &str) -> Proc {
     let config = bed.write_config(o).expect("config");
-    let mut cmd = Command::new(MIO);
+    let mut cmd = Command::new(bin);
     cmd.args(["tunnel", "--config"])
         .arg(&config)
         .args(["--edge", &o.edge.to_string()])
@@ -69,7 +74,7 @@ fn mio_connector(bed: &Testbed, o: &ConnectorOpts, grace: &str) -> Proc {
     Proc::spawn("burrow-mio tunnel run", cmd, bed.dir().join("mio.log")).expect("burrow-mio")
 }
 
-/// Edge (with `eo`'s maps) and burrow-mio with `ha` connections registered.
+/// Edge (with `eo`'s maps) and burrow-mio with `ha` connections registered over QUIC.
 fn start(
     name: &str,
     eo: &EdgeOpts,
@@ -77,7 +82,22 @@ fn start(
     ha: u8,
     extra: &[&str],
 ) -> (Testbed, Proc, Proc, SocketAddr) {
-    let bed = Testbed::create(burrow(), name, "app", &[HOST]).expect("tunnel");
+    start_over("quic", name, eo, ingress, ha, extra)
+}
+
+/// The same over `protocol` (`--protocol quic|http2`).
+fn start_over(
+    protocol: &str,
+    name: &str,
+    eo: &EdgeOpts,
+    ingress: Vec<(Option<String>, String)>,
+    ha: u8,
+    extra: &[&str],
+) -> (Testbed, Proc, Proc, SocketAddr) {
+    let name = format!("{name}-{protocol}");
+    let mut extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+    extra.extend(["--protocol".to_owned(), protocol.to_owned()]);
+    let bed = Testbed::create(burrow(), &name, "app", &[HOST]).expect("tunnel");
     let edge = bed.edge(eo).expect("edge");
     let metrics = testbed::free_tcp().expect("port");
     let o = ConnectorOpts {
@@ -85,7 +105,7 @@ fn start(
         metrics,
         ingress,
         ha_connections: ha,
-        extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+        extra,
         config_extra: String::new(),
     };
     let mut connector = mio_connector(&bed, &o, "10s");
@@ -96,6 +116,22 @@ fn start(
         Duration::from_secs(30),
     )
     .unwrap_or_else(|e| panic!("{e}\nburrow-mio: {}", connector.log_tail(4000)));
+    let log = connector.log_tail(100_000);
+    let registered = log
+        .lines()
+        .filter(|l| l.contains("Registered tunnel connection"))
+        .count();
+    let over = log
+        .lines()
+        .filter(|l| {
+            l.contains("Registered tunnel connection")
+                && l.contains(&format!("protocol={protocol}"))
+        })
+        .count();
+    assert_eq!(
+        over, registered,
+        "every registration over {protocol}:\n{log}"
+    );
     (bed, edge, connector, metrics)
 }
 
@@ -111,55 +147,124 @@ fn get(http: SocketAddr, path: &str) -> (u16, Vec<u8>) {
     )
 }
 
-/// The process's thread count (`Threads:` in /proc/PID/status).
-fn threads(pid: u32) -> usize {
+/// A number field of /proc/PID/status (`Threads`, `VmRSS` in kB, ...).
+fn status_field(pid: u32, name: &str) -> usize {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
     status
         .lines()
-        .find_map(|l| l.strip_prefix("Threads:"))
-        .and_then(|n| n.trim().parse().ok())
-        .expect("Threads line")
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .and_then(|n| n.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("{name} line"))
+}
+
+/// The process's thread count.
+fn threads(pid: u32) -> usize {
+    status_field(pid, "Threads")
+}
+
+/// The small-box figures of the issue, measured on the size-optimised build: stripped binary
+/// at most 6 MB, idle VmRSS at most 4 MiB 5 s after 4 connections registered, 1 thread.
+/// Build it first; the test measures what `BURROW_MIO_SMALL` names:
+/// `cargo build --profile release-small -p burrow-mio && BURROW_MIO_SMALL=$PWD/target/release-small/burrow-mio cargo test -p burrow-mio --test e2e small_build_figures -- --ignored --nocapture`
+#[test]
+#[ignore = "measures a release-small build named by BURROW_MIO_SMALL"]
+fn small_build_figures() {
+    let bin = PathBuf::from(
+        std::env::var_os("BURROW_MIO_SMALL").expect("BURROW_MIO_SMALL=path to the small build"),
+    );
+    let size = std::fs::metadata(&bin).expect("binary").len();
+    let eo = EdgeOpts::loopback().expect("ports");
+    let bed = Testbed::create(burrow(), "mio-small", "app", &[HOST]).expect("tunnel");
+    let _edge = bed.edge(&eo).expect("edge");
+    let metrics = testbed::free_tcp().expect("port");
+    let o = ConnectorOpts {
+        edge: eo.quic,
+        metrics,
+        // Nothing listens there: no origin is dialled while idle.
+        ingress: origin_ingress(9),
+        ha_connections: 4,
+        extra: Vec::new(),
+        config_extra: String::new(),
+    };
+    let mut connector = mio_connector_from(&bin, &bed, &o, "1s");
+    testbed::wait_ready(&mut connector, metrics, 4, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\nburrow-mio: {}", connector.log_tail(4000)));
+    thread::sleep(Duration::from_secs(5));
+    let pid = connector.pid();
+    let (rss, anon, file) = (
+        status_field(pid, "VmRSS"),
+        status_field(pid, "RssAnon"),
+        status_field(pid, "RssFile"),
+    );
+    let threads = threads(pid);
+    eprintln!(
+        "burrow-mio small build: {size} bytes; idle with 4 connections: VmRSS {rss} kB (RssAnon {anon} kB, RssFile {file} kB), {threads} thread(s)"
+    );
+    assert!(size <= 6_000_000, "stripped binary {size} bytes");
+    assert!(rss <= 4096, "idle VmRSS {rss} kB");
+    assert_eq!(threads, 1);
 }
 
 #[test]
 fn http_bodies_concurrency_ready_and_sigterm_drain() {
-    let eo = EdgeOpts::loopback().expect("ports");
-    let (_bed, _edge, mut connector, metrics) =
-        start("mio-http", &eo, origin_ingress(origin()), 4, &[]);
-    assert_eq!(threads(connector.pid()), 1, "one thread");
-    assert_eq!(testbed::ready_connections(metrics), Some(4));
+    http_bodies_concurrency_ready_and_sigterm_drain_over("quic");
+}
 
-    // A large body, every byte checked.
-    let (status, body) = get(eo.http, "/big");
+/// As over QUIC; the drain at the end fails as burrow-tokio's over HTTP/2 does: the request in
+/// flight at SIGTERM comes back 502 because `burrow edge` tears the connection's streams down
+/// before forwarding a response that arrives with the connection's end (edge side).
+#[test]
+#[ignore = "burrow edge drops a response that arrives with the HTTP/2 connection's end"]
+fn http_bodies_concurrency_ready_and_sigterm_drain_http2() {
+    http_bodies_concurrency_ready_and_sigterm_drain_over("http2");
+}
+
+/// Everything but the SIGTERM drain over HTTP/2, so it stays checked while the drain waits
+/// for the edge's fix.
+#[test]
+fn http_bodies_and_concurrency_http2() {
+    let eo = EdgeOpts::loopback().expect("ports");
+    let (_bed, _edge, connector, metrics) =
+        start_over("http2", "mio-http", &eo, origin_ingress(origin()), 4, &[]);
+    assert_eq!(testbed::ready_connections(metrics), Some(4));
+    bodies_and_concurrency(eo.http);
+    assert_eq!(threads(connector.pid()), 1, "still one thread");
+}
+
+/// A large body, a chunked upload and 50 concurrent requests, every byte checked.
+fn bodies_and_concurrency(http: SocketAddr) {
+    let (status, body) = get(http, "/big");
     assert_eq!(status, 200);
     assert_eq!(body.len(), BIG);
     assert!(
         body.iter().enumerate().all(|(i, b)| *b == byte(i)),
         "big body intact"
     );
-
-    // A chunked upload.
     let up: Vec<u8> = (0..1_000_003).map(|i| byte(i * 7)).collect();
     let (status, body) = request(
-        eo.http.port(),
+        http.port(),
         &format!("POST /sum HTTP/1.1\r\nHost: {HOST}\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n"),
         &chunked(&up, 65_000),
     );
     assert_eq!(status, 200);
     assert_eq!(String::from_utf8_lossy(&body), digest(&up));
-
-    // 50 concurrent requests.
     let handles: Vec<_> = (0..50)
-        .map(|i| {
-            let http = eo.http;
-            thread::spawn(move || get(http, &format!("/small/{i}")))
-        })
+        .map(|i| thread::spawn(move || get(http, &format!("/small/{i}"))))
         .collect();
     for h in handles {
         let (status, body) = h.join().expect("thread");
         assert_eq!(status, 200);
         assert_eq!(body, b"hello from the origin");
     }
+}
+
+fn http_bodies_concurrency_ready_and_sigterm_drain_over(protocol: &str) {
+    let eo = EdgeOpts::loopback().expect("ports");
+    let (_bed, _edge, mut connector, metrics) =
+        start_over(protocol, "mio-http", &eo, origin_ingress(origin()), 4, &[]);
+    assert_eq!(threads(connector.pid()), 1, "one thread");
+    assert_eq!(testbed::ready_connections(metrics), Some(4));
+    bodies_and_concurrency(eo.http);
     assert_eq!(threads(connector.pid()), 1, "still one thread");
 
     // SIGTERM with a request in flight: it completes, then the connector exits cleanly.
@@ -182,9 +287,18 @@ fn http_bodies_concurrency_ready_and_sigterm_drain() {
 
 #[test]
 fn hundred_mib_bodies_both_ways() {
+    hundred_mib_bodies_both_ways_over("quic");
+}
+
+#[test]
+fn hundred_mib_bodies_both_ways_http2() {
+    hundred_mib_bodies_both_ways_over("http2");
+}
+
+fn hundred_mib_bodies_both_ways_over(protocol: &str) {
     let eo = EdgeOpts::loopback().expect("ports");
     let (_bed, _edge, _connector, _metrics) =
-        start("mio-huge", &eo, origin_ingress(origin()), 4, &[]);
+        start_over(protocol, "mio-huge", &eo, origin_ingress(origin()), 4, &[]);
     let expected = {
         let mut d = Digest::new();
         for i in 0..HUGE / BLOCK {
@@ -222,17 +336,27 @@ fn hundred_mib_bodies_both_ways() {
         "upload digest at the origin"
     );
     eprintln!(
-        "burrow-mio 100 MiB: download {down:?}, upload {:?}",
+        "burrow-mio 100 MiB over {protocol}: download {down:?}, upload {:?}",
         t.elapsed()
     );
 }
 
 #[test]
 fn websocket_echo_and_closes() {
+    websocket_echo_and_closes_over("quic");
+}
+
+#[test]
+fn websocket_echo_and_closes_http2() {
+    websocket_echo_and_closes_over("http2");
+}
+
+fn websocket_echo_and_closes_over(protocol: &str) {
     let eo = EdgeOpts::loopback().expect("ports");
     let (ends_tx, ends) = std::sync::mpsc::channel();
     let ws_port = ws_origin(ends_tx);
-    let (_bed, _edge, _connector, _metrics) = start("mio-ws", &eo, origin_ingress(ws_port), 1, &[]);
+    let (_bed, _edge, _connector, _metrics) =
+        start_over(protocol, "mio-ws", &eo, origin_ingress(ws_port), 1, &[]);
     let connect = || {
         let tcp = TcpStream::connect(eo.http).expect("connect");
         tcp.set_read_timeout(Some(Duration::from_secs(60)))
@@ -283,12 +407,21 @@ fn websocket_echo_and_closes() {
 
 #[test]
 fn tcp_echo_with_half_close() {
+    tcp_echo_with_half_close_over("quic");
+}
+
+#[test]
+fn tcp_echo_with_half_close_http2() {
+    tcp_echo_with_half_close_over("http2");
+}
+
+fn tcp_echo_with_half_close_over(protocol: &str) {
     let echo = tcp_echo_origin();
     let map = testbed::free_tcp().expect("port");
     let mut eo = EdgeOpts::loopback().expect("ports");
     eo.tcp_maps = vec![format!("{map}=app:127.0.0.1:{echo}")];
     let (_bed, _edge, _connector, _metrics) =
-        start("mio-tcp", &eo, origin_ingress(origin()), 2, &[]);
+        start_over(protocol, "mio-tcp", &eo, origin_ingress(origin()), 2, &[]);
     let handles: Vec<_> = (0..20u64)
         .map(|i| {
             thread::spawn(move || {
@@ -382,9 +515,24 @@ fn in_process_origins_answer() {
 
 #[test]
 fn edge_restart_reconnects() {
+    edge_restart_reconnects_over("quic");
+}
+
+#[test]
+fn edge_restart_reconnects_http2() {
+    edge_restart_reconnects_over("http2");
+}
+
+fn edge_restart_reconnects_over(protocol: &str) {
     let eo = EdgeOpts::loopback().expect("ports");
-    let (bed, edge, _connector, metrics) =
-        start("mio-restart", &eo, origin_ingress(origin()), 4, &[]);
+    let (bed, edge, _connector, metrics) = start_over(
+        protocol,
+        "mio-restart",
+        &eo,
+        origin_ingress(origin()),
+        4,
+        &[],
+    );
     assert_eq!(get(eo.http, "/").0, 200);
     let mut edge = edge;
     let pid = edge.pid().to_string();

@@ -25,7 +25,9 @@ use burrow_core::settings::Credentials;
 use burrow_core::stream::proxy::FlowKind;
 use burrow_core::tunnel::connector::ConnectorConfig;
 use burrow_core::tunnel::data::{DataLimits, FlowId};
-use burrow_core::tunnel::protocol::{remote_selection, Protocol, ProtocolFlag, PERCENTAGE_RECORD};
+use burrow_core::tunnel::protocol::{
+    auto_follows_percentage_record, remote_selection, Protocol, ProtocolFlag, PERCENTAGE_RECORD,
+};
 use burrow_core::tunnel::supervisor::{
     srv_service, EdgePool, IpVersion, SupervisorConfig, SupervisorError,
 };
@@ -79,6 +81,10 @@ pub struct Options {
     pub post_quantum: bool,
     /// `--protocol`.
     pub protocol: ProtocolFlag,
+    /// `--token` was given: `auto` starts on QUIC without the percentage record.
+    pub token: bool,
+    /// `--retries`: the backoff's exponent cap, and when `auto` falls back.
+    pub retries: u32,
     /// Metrics (shared with the metrics server).
     pub metrics: Arc<Metrics>,
 }
@@ -193,30 +199,12 @@ fn web_roots() -> rustls::RootCertStore {
     roots
 }
 
-/// Root certificates for the edge: `--cacert` alone, else cloudflared's default (the system
-/// store plus Cloudflare's Origin CA roots, which the edge's certificate chains to).
-fn edge_roots(cacert: Option<&[u8]>) -> Result<rustls::RootCertStore, tls::TlsError> {
-    if let Some(pem) = cacert {
-        return tls::roots_from_pem(pem, "--cacert");
-    }
-    let system = rustls_native_certs::load_native_certs();
-    for e in &system.errors {
-        warn!(error = %e, "cannot read part of the system certificate store");
-    }
-    let (roots, skipped) = tls::edge_default_roots(system.certs)?;
-    debug!(
-        roots = roots.len(),
-        skipped, "edge roots: system store and Cloudflare's origin CAs"
-    );
-    Ok(roots)
-}
-
 /// Runs the connector until shut down. Each message on `shutdown` is one signal: the first
 /// starts a graceful shutdown, the second closes at once.
 pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Result<(), RunError> {
     raise_nofile_limit();
     let pool = discover(&opts.edges, opts.ip_version).await?;
-    let roots = edge_roots(opts.cacert.as_deref())?;
+    let roots = burrow_core::settings::edge_roots(opts.cacert.as_deref())?;
     let pq = if opts.post_quantum {
         PostQuantum::Strict
     } else {
@@ -224,16 +212,15 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     };
     let http2_tls = burrow_core::http2::tls::client_config(roots.clone(), pq)?;
     let client = quinn_proto::ClientConfig::new(Arc::new(tls::client_config(roots, pq)?));
-    let auto_initial = match (opts.protocol, &opts.edges) {
-        (ProtocolFlag::Auto, Edges::Srv { .. }) => {
-            let txt = percentage_record().await;
-            if txt.is_none() {
-                warn!("Unable to lookup protocol percentage.");
-            }
-            remote_selection(txt.as_deref(), &opts.creds.account_tag)
+    let srv = matches!(opts.edges, Edges::Srv { .. });
+    let auto_initial = if auto_follows_percentage_record(opts.protocol, srv, opts.token) {
+        let txt = percentage_record().await;
+        if txt.is_none() {
+            warn!("Unable to lookup protocol percentage.");
         }
-        // The percentage record describes Cloudflare's edge, not one given with --edge.
-        _ => Protocol::Quic,
+        remote_selection(txt.as_deref(), &opts.creds.account_tag)
+    } else {
+        Protocol::Quic
     };
     let features = features(opts.post_quantum, &opts.features);
     let metrics = opts.metrics.clone();
@@ -265,6 +252,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     config.auto_initial = auto_initial;
     config.http2_tls = Some(http2_tls);
     config.ha_connections = opts.ha_connections;
+    config.retries = opts.retries;
     config.max_active_flows = opts.max_active_flows;
     config.local_max_active_flows = opts.local_max_active_flows;
     if let Some(sources) = opts.icmp {
@@ -335,6 +323,9 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             .store(machine.ready_connections(), Ordering::Relaxed);
         metrics.update_datagrams(machine.datagram_hub(), &io.datagrams);
         metrics.update_flows(machine.flow_limiter());
+        metrics
+            .quic
+            .sample(Instant::now(), &machine, opts.ha_connections);
         if machine.is_stopped() {
             break;
         }
@@ -436,6 +427,9 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
             protocol,
         } => {
             debug!(conn_index = index, %link, %edge, %protocol, "dialing edge");
+            if protocol == Protocol::Quic {
+                metrics.quic.connecting(link);
+            }
         }
         Event::Registered {
             index,
@@ -481,6 +475,7 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
             reason,
             was_registered,
         } => {
+            metrics.quic.closed(link);
             if was_registered && !stopping {
                 warn!(conn_index = index, %link, %reason, "Connection terminated");
             } else {
@@ -665,7 +660,14 @@ impl DriverIo {
                 let handle =
                     self.dialer
                         .open((link, flow), kind, dest, host, origin, self.flow_tx.clone());
-                self.flows.insert((link, flow), Flow { handle, kind });
+                self.flows.insert(
+                    (link, flow),
+                    Flow {
+                        handle,
+                        kind,
+                        opened: Instant::now(),
+                    },
+                );
             }
             Io::WriteFlow { link, flow, data } => {
                 if let Some(f) = self.flows.get(&(link, flow)) {
@@ -756,6 +758,8 @@ impl DriverIo {
 struct Flow {
     handle: FlowHandle,
     kind: FlowKind,
+    /// When its origin was dialed (for `cloudflared_proxy_connect_latency`).
+    opened: Instant,
 }
 
 async fn open_socket(
@@ -949,13 +953,25 @@ fn on_report(
     (link, flow, report): Report,
 ) {
     // Reports of a flow already closed are stale.
-    if !flows.contains_key(&(link, flow)) {
+    let Some(f) = flows.get(&(link, flow)) else {
         return;
-    }
+    };
+    // cloudflared times TCP streams only (proxyStream, proxyTCPStream).
+    let tcp = f.kind == FlowKind::Tcp;
     let input = match &report {
-        FlowReport::Connected => Input::FlowConnected { link, flow },
+        FlowReport::Connected => {
+            if tcp {
+                metrics
+                    .connect_latency
+                    .observe(f.opened.elapsed().as_millis() as f64);
+            }
+            Input::FlowConnected { link, flow }
+        }
         FlowReport::Failed(reason) => {
             metrics.request_errors.inc();
+            if tcp {
+                metrics.connect_stream_errors.inc();
+            }
             Input::FlowFailed { link, flow, reason }
         }
         FlowReport::Data(data) => Input::FlowData {

@@ -9,6 +9,7 @@ mod edge;
 mod edge_udp;
 mod metrics;
 mod origin;
+mod quic_metrics;
 mod quickstart;
 mod run;
 

@@ -13,12 +13,14 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use crate::datagram::DatagramSockets;
+use crate::quic_metrics::QuicClientMetrics;
 
 /// Every metric the connector keeps. The `prometheus` crate keeps names verbatim, so
 /// cloudflared's counters (which have no `_total` suffix) keep their names.
@@ -69,6 +71,13 @@ pub struct Metrics {
     pub icmp_total_requests: IntCounter,
     /// `cloudflared_icmp_total_replies`: echo replies sent back to the edge.
     pub icmp_total_replies: IntCounter,
+    /// `quic_client_*`, per `conn_index`.
+    pub quic: QuicClientMetrics,
+    /// `cloudflared_proxy_connect_latency`: milliseconds from dialing a TCP flow's origin
+    /// (ingress `tcp://`-style services and private-network TCP) to its stream acknowledged.
+    pub connect_latency: Histogram,
+    /// `cloudflared_proxy_connect_streams_errors`: TCP flows whose origin could not be reached.
+    pub connect_stream_errors: IntCounter,
     /// Registered connections, for `/ready`.
     pub ready: AtomicUsize,
     /// Signalled at each registration; the first wakes the `--pidfile` writer.
@@ -144,6 +153,29 @@ impl Metrics {
             &["flow_type"],
         )
         .expect("static metric");
+        // cloudflared's process_* family (CPU, memory, descriptors, start time), from /proc.
+        let _ = r.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ));
+        // cloudflared's un-namespaced build_info; burrow has no Go version or build type.
+        let build_info = IntGaugeVec::new(
+            Opts::new("build_info", "Build and version information"),
+            &["goversion", "type", "revision", "version"],
+        )
+        .expect("static metric");
+        build_info
+            .with_label_values(&["none (rust)", "burrow", "", env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let _ = r.register(Box::new(build_info));
+        let connect_latency = Histogram::with_opts(
+            HistogramOpts::new(
+                "cloudflared_proxy_connect_latency",
+                "Time it takes to establish and acknowledge connections in milliseconds",
+            )
+            .buckets(vec![1.0, 10.0, 25.0, 50.0, 100.0, 500.0, 1000.0, 5000.0]),
+        )
+        .expect("static metric");
+        let _ = r.register(Box::new(connect_latency.clone()));
         let _ = r.register(Box::new(udp_dropped_datagrams.clone()));
         let _ = r.register(Box::new(rate_limited.clone()));
         let _ = r.register(Box::new(register_success.clone()));
@@ -227,6 +259,13 @@ impl Metrics {
                 &r,
                 "cloudflared_icmp_total_replies",
                 "Total count of ICMP replies that have been proxied from any origin",
+            ),
+            quic: QuicClientMetrics::new(&r),
+            connect_latency,
+            connect_stream_errors: counter(
+                &r,
+                "cloudflared_proxy_connect_streams_errors",
+                "Total count of failure to establish and acknowledge connections",
             ),
             ready: AtomicUsize::new(0),
             registered: tokio::sync::Notify::new(),

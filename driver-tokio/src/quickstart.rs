@@ -75,6 +75,7 @@ async fn run(args: QuickstartArgs) -> Result<(), String> {
         datagrams: Default::default(),
         http_limits: Default::default(),
         loglevel: args.loglevel.clone(),
+        local_config_dir: None,
         command: None,
     };
     let running = edge::start(&edge_args, &tunnels).await?;
@@ -114,6 +115,8 @@ async fn run(args: QuickstartArgs) -> Result<(), String> {
         icmp: None,
         post_quantum: false,
         protocol: burrow_core::tunnel::protocol::ProtocolFlag::Auto,
+        token: false,
+        retries: 5,
         metrics: m.clone(),
     };
     let (stop_tx, stop_rx) = mpsc::unbounded_channel();

@@ -263,12 +263,9 @@ fn http_through_the_tunnel_then_sigterm_drains() {
     http_through_the_tunnel_then_sigterm_drains_over("quic");
 }
 
-/// Everything up to the drain passes over HTTP/2 (big body, chunked upload, 50 concurrent);
-/// the request in flight at SIGTERM then comes back 502 "the tunnel reset the request": the
-/// connector sends its response, then ends the connection, and `burrow edge` tears the
-/// connection's streams down before forwarding a response that arrives with the end.
+/// The request in flight at SIGTERM is answered over HTTP/2 too: its response reaches
+/// `burrow edge` together with the connection's end.
 #[test]
-#[ignore = "burrow edge drops a response that arrives with the HTTP/2 connection's end"]
 fn http_through_the_tunnel_then_sigterm_drains_http2() {
     http_through_the_tunnel_then_sigterm_drains_over("http2");
 }

@@ -533,3 +533,45 @@ fn read_head(s: &mut TcpStream) -> String {
     }
     String::from_utf8_lossy(&head).into_owned()
 }
+
+/// Connections that have not registered are bounded on TCP as on QUIC: with
+/// `MAX_UNREGISTERED` (256) silent TCP peers waiting, the next one is closed at once; once
+/// they leave, a new one is taken again.
+#[test]
+fn unregistered_http2_connections_are_bounded() {
+    const MAX_UNREGISTERED: usize = burrow_core::tunnel::edge::MAX_UNREGISTERED;
+    let bed = Testbed::create(Path::new(BIN), "e-h2-bound", "app", &[HOST]).expect("tunnel");
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let port = eo.quic.port();
+    let dial = || {
+        let s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+        s.set_read_timeout(Some(Duration::from_secs(1)))
+            .expect("timeout");
+        s
+    };
+    // Still open: a read waits (for the TLS handshake that never comes) instead of ending.
+    let open = |s: &mut TcpStream| matches!(s.read(&mut [0u8; 1]), Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut));
+    let mut waiting: Vec<TcpStream> = (0..MAX_UNREGISTERED).map(|_| dial()).collect();
+    let mut refused = dial();
+    assert!(
+        !open(&mut refused),
+        "connection {} past the bound is closed",
+        MAX_UNREGISTERED + 1
+    );
+    assert!(open(&mut waiting[0]), "the waiting ones are still served");
+    assert!(open(&mut waiting[MAX_UNREGISTERED - 1]));
+    drop(waiting);
+    // The edge sees them end; room again.
+    let start = Instant::now();
+    loop {
+        let mut again = dial();
+        if open(&mut again) {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "a new connection is taken once the waiting ones left"
+        );
+    }
+}

@@ -72,6 +72,8 @@ impl EdgeConnection {
         let session = tls::server_session(config)?;
         let pipe = Pipe::new(session.into(), limits.tls_buffer);
         let handshake = client::Builder::new()
+            // As Cloudflare's edge: the connector may not push (SETTINGS_ENABLE_PUSH 0).
+            .enable_push(false)
             .initial_window_size(INITIAL_WINDOW)
             .initial_connection_window_size(INITIAL_WINDOW)
             .max_frame_size(MAX_FRAME_SIZE)
@@ -171,6 +173,8 @@ impl Role for Client {
         match Pin::new(&mut **conn).poll(cx) {
             Poll::Ready(result) => {
                 self.state = State::Done;
+                // Heads that came with the end are still delivered (see `Streams::settle`).
+                poll_responses(cx, streams, events);
                 return Drive::Closed(result.err());
             }
             Poll::Pending => {}

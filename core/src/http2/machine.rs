@@ -306,8 +306,11 @@ impl<R: Role> Connection<R> {
     }
 
     /// Pulls the next body bytes of `stream` (credit goes back to the peer as bytes are read).
+    /// After `Closed`, a stream whose answer arrived complete stays readable to its end.
     pub fn read(&mut self, stream: StreamId) -> Result<Read, ApiError> {
-        self.live()?;
+        if self.closed && self.streams.map.is_empty() {
+            return Err(ApiError::Closed);
+        }
         self.dirty = true;
         self.streams
             .read(&mut Context::from_waker(Waker::noop()), stream)
@@ -341,6 +344,11 @@ impl<R: Role> Connection<R> {
     /// Streams open now.
     pub fn open_streams(&self) -> usize {
         self.streams.map.len()
+    }
+
+    /// Whether `stream` is known: open, or (after `Closed`) holding an answer to read.
+    pub fn has_stream(&self, stream: StreamId) -> bool {
+        self.streams.map.contains_key(&stream.0)
     }
 
     pub(crate) fn live(&self) -> Result<(), ApiError> {
@@ -437,7 +445,8 @@ impl<R: Role> Connection<R> {
         }
         self.closed = true;
         self.deadline = None;
-        self.streams.map.clear();
+        self.streams
+            .settle(&mut Context::from_waker(Waker::noop()), &mut self.events);
         let mut tls = self.pipe.lock();
         if tls.error.is_none() {
             tls.session.send_close_notify();

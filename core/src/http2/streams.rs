@@ -98,8 +98,9 @@ pub(crate) struct Stream {
     pub(crate) kind: RequestKind,
     /// The peer's body, until it ends or the stream is reset.
     pub(crate) recv: Option<RecvStream>,
-    /// Body bytes polled from h2 but not yet read by the caller.
-    stash: Option<Bytes>,
+    /// Body bytes polled from h2 but not yet read by the caller (more than one chunk only once
+    /// the connection ended, see [`Streams::settle`]).
+    stash: VecDeque<Bytes>,
     /// The peer's body ended (reported to the caller once `recv_reported`).
     recv_ended: bool,
     /// `Read::Finished` was returned.
@@ -132,7 +133,7 @@ impl Stream {
         Stream {
             kind,
             recv: None,
-            stash: None,
+            stash: VecDeque::new(),
             recv_ended: false,
             recv_reported: false,
             want_readable: true,
@@ -195,7 +196,7 @@ impl Streams {
     /// Pulls the next body bytes of `id`.
     pub(crate) fn read(&mut self, cx: &mut Context<'_>, id: StreamId) -> Result<Read, ApiError> {
         let s = self.get(id)?;
-        let read = match s.stash.take() {
+        let read = match s.stash.pop_front() {
             Some(data) => Ok(Read::Data(data)),
             None if s.recv_ended => Ok(Read::Finished),
             None => poll_body(s, cx),
@@ -313,6 +314,50 @@ impl Streams {
     }
 }
 
+impl Streams {
+    /// The connection ended. A stream whose answer is complete in what arrived before the end
+    /// (a drain's last response comes with the GOAWAY and close) stays readable to its end and
+    /// is reported readable; every other stream is gone with the connection.
+    pub(crate) fn settle<E: From<StreamEvent>>(
+        &mut self,
+        cx: &mut Context<'_>,
+        events: &mut VecDeque<E>,
+    ) {
+        self.map.retain(|&raw, s| {
+            // Edge role only: an answered stream (the connector's requests die with it).
+            let answered = s.respond.is_none() && s.response.is_none();
+            if !answered || s.recv_reported {
+                return false;
+            }
+            let Some(recv) = s.recv.as_mut() else {
+                return false;
+            };
+            while !s.recv_ended {
+                // h2 hands out what it buffered before it reports the connection's end.
+                match recv.poll_data(cx) {
+                    Poll::Ready(Some(Ok(data))) => {
+                        if !data.is_empty() {
+                            s.stash.push_back(data);
+                        }
+                    }
+                    Poll::Ready(None) => s.recv_ended = true,
+                    // Cut short by the end.
+                    Poll::Ready(Some(Err(_))) | Poll::Pending => return false,
+                }
+            }
+            s.recv = None;
+            // Nothing can be sent any more: our side is over.
+            s.send = None;
+            s.queue.clear();
+            s.queued = 0;
+            s.send_ended = true;
+            s.want_writable = false;
+            events.push_back(StreamEvent::Readable(StreamId(raw)).into());
+            true
+        });
+    }
+}
+
 /// Polls the body of `s` once.
 fn poll_body(s: &mut Stream, cx: &mut Context<'_>) -> Result<Read, Reason> {
     let Some(recv) = s.recv.as_mut() else {
@@ -362,10 +407,10 @@ fn pump_one<E: From<StreamEvent>>(
         s.want_writable = false;
         moved = true;
     }
-    if s.want_readable && s.stash.is_none() && s.recv.is_some() {
+    if s.want_readable && s.stash.is_empty() && s.recv.is_some() {
         match poll_body(s, cx)? {
             Read::Data(data) => {
-                s.stash = Some(data);
+                s.stash.push_back(data);
                 s.want_readable = false;
                 events.push_back(StreamEvent::Readable(id).into());
                 moved = true;

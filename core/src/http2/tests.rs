@@ -684,3 +684,82 @@ fn a_full_answer_then_no_error_reset_keeps_the_response() {
         "our side is over"
     );
 }
+
+/// A connector answers in full and then ends the connection (a drain's last response): the
+/// edge gets the response, the GOAWAY, TLS close_notify and the TCP end in one read. The
+/// answer is still delivered, head and whole body, before the connection is reported closed.
+#[test]
+fn an_answer_that_arrives_with_the_connection_end_is_delivered() {
+    for abort in [false, true] {
+        let mut p = Pair::new();
+        let s =
+            p.e.open(
+                RequestKind::Http,
+                Request::get("http://o/slow").body(()).unwrap(),
+                true,
+            )
+            .expect("open");
+        p.run();
+        let r = p.request();
+        p.c.respond(r.stream, StatusCode::OK, &HeaderMap::new())
+            .expect("respond");
+        p.c.send_data(r.stream, Bytes::from_static(b"slow done"))
+            .expect("send");
+        p.c.finish(r.stream, None).expect("finish");
+        if abort {
+            // Flush the answer, then close TLS without a GOAWAY.
+            drain(p.now, &mut p.c, &mut p.c_events, &mut p.to_e);
+            p.c.abort();
+        } else {
+            p.c.shutdown();
+        }
+        drain(p.now, &mut p.c, &mut p.c_events, &mut p.to_e);
+        let wire = std::mem::take(&mut p.to_e);
+        assert_eq!(p.e.handle_input(p.now, Input::Received(&wire)), wire.len());
+        p.e.handle_input(p.now, Input::PeerClosed);
+        let mut wire = Vec::new();
+        drain(p.now, &mut p.e, &mut p.e_events, &mut wire);
+        let (stream, head) = p.response();
+        assert_eq!((stream, head.status), (s, StatusCode::OK), "abort: {abort}");
+        assert_eq!(
+            read_all(&mut p.e, s),
+            (b"slow done".to_vec(), true),
+            "abort: {abort}"
+        );
+        assert!(
+            p.e_events.iter().any(|e| matches!(e, Event::Closed(_))),
+            "abort: {abort}: {:?}",
+            p.e_events
+        );
+        assert!(
+            !p.e_events
+                .iter()
+                .any(|e| matches!(e, Event::Stream(StreamEvent::Reset { .. }))),
+            "abort: {abort}: {:?}",
+            p.e_events
+        );
+        assert_eq!(p.e.read(s), Err(ApiError::Closed), "read out, then gone");
+    }
+}
+
+/// The edge's SETTINGS say ENABLE_PUSH 0, as Cloudflare's edge does: the connector (the HTTP/2
+/// server) may not push.
+#[test]
+fn the_edge_disables_server_push() {
+    let mut p = Pair::new();
+    p.e.open(
+        RequestKind::Http,
+        Request::get("http://o/").body(()).unwrap(),
+        true,
+    )
+    .expect("open");
+    p.run();
+    let r = p.request();
+    let s = p.c.streams.get(r.stream).expect("stream");
+    let respond = s.respond.as_mut().expect("unanswered");
+    let pushed = respond.push_request(Request::get("http://o/pushed").body(()).unwrap());
+    assert!(
+        pushed.is_err(),
+        "push must be refused by the edge's settings"
+    );
+}

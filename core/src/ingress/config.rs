@@ -150,6 +150,8 @@ pub struct ConfigFile {
     pub pidfile: Option<String>,
     /// `log-directory`.
     pub log_directory: Option<String>,
+    /// `retries`.
+    pub retries: Option<u32>,
     /// The single origin's flag keys (`no-tls-verify`, ...).
     #[serde(flatten)]
     pub origin_flags: OriginFlagKeys,
@@ -163,6 +165,10 @@ pub struct ConfigFile {
     /// Top-level keys of the file that are none of the above, in file order.
     #[serde(skip)]
     pub ignored_keys: Vec<String>,
+    /// Scalar values of the keys cloudflared reports in `__configuration_flags`
+    /// ([`super::local_config::CONFIGURATION_FLAGS`]), as written.
+    #[serde(skip)]
+    pub flag_values: std::collections::BTreeMap<String, String>,
 }
 
 /// The top-level keys [`ConfigFile`] reads; kept beside the struct and checked by a test.
@@ -194,6 +200,7 @@ pub const CONFIG_FILE_KEYS: &[&str] = &[
     "logfile",
     "pidfile",
     "log-directory",
+    "retries",
     "no-tls-verify",
     "http-host-header",
     "origin-ca-pool",
@@ -216,6 +223,15 @@ impl ConfigFile {
             serde_yaml_ng::from_str(text).map_err(|e| IngressError::Syntax(e.to_string()))?;
         // The struct parsed, so the text is a mapping; a second, untyped pass names the rest.
         if let Ok(map) = serde_yaml_ng::from_str::<serde_yaml_ng::Mapping>(text) {
+            for name in super::local_config::CONFIGURATION_FLAGS {
+                let value = match map.get(*name) {
+                    Some(serde_yaml_ng::Value::String(s)) => s.clone(),
+                    Some(serde_yaml_ng::Value::Bool(b)) => b.to_string(),
+                    Some(serde_yaml_ng::Value::Number(n)) => n.to_string(),
+                    _ => continue,
+                };
+                file.flag_values.insert((*name).to_owned(), value);
+            }
             file.ignored_keys = map
                 .keys()
                 .map(|k| match k {

@@ -9,6 +9,8 @@
 pub mod access;
 mod config;
 mod duration;
+pub mod local_config;
+pub use duration::parse as parse_duration;
 pub mod no_tls_verify;
 #[cfg(test)]
 mod tests;
@@ -83,6 +85,9 @@ pub enum IngressError {
     #[error("cannot parse the configuration: {0}")]
     Syntax(String),
 }
+
+/// The page the `hello_world` service serves (both drivers serve it in process).
+pub const HELLO_PAGE: &str = "<!DOCTYPE html><html><head><title>burrow</title></head><body><h1>Congrats! You created a tunnel!</h1><p>This page is served by burrow's built-in hello_world origin, through the tunnel.</p></body></html>\n";
 
 /// Where a rule sends requests.
 #[derive(Debug, Clone, PartialEq, Eq)]

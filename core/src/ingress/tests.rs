@@ -412,9 +412,15 @@ fn flag_keys_parse_with_cloudflared_names_and_types() {
     assert_eq!(c.post_quantum, Some(true));
     assert_eq!(c.warp_routing.max_active_flows, Some(5));
     assert!(c.logfile.is_some(), "logfile is read now");
+    assert!(c.retries.is_some(), "retries is read now");
+    assert_eq!(
+        c.flag_values.get("no-autoupdate").map(String::as_str),
+        Some("true"),
+        "configuration flags keep their written value"
+    );
     assert_eq!(
         c.ignored_keys,
-        ["no-autoupdate", "autoupdate-freq", "retries"],
+        ["no-autoupdate", "autoupdate-freq"],
         "keys burrow does not act on are collected, in file order, not refused"
     );
 }

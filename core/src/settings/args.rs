@@ -63,6 +63,11 @@ pub struct CommonArgs {
     /// Also write logs to `cloudflared.log` in this directory (when no --logfile).
     #[arg(long, global = true, env = "TUNNEL_LOGDIRECTORY")]
     pub log_directory: Option<String>,
+    /// Maximum retries for connection errors: the backoff's exponent cap (at most 2^N s
+    /// between tries) and, with `--protocol auto`, when a connection falls back to HTTP/2
+    /// [default: 5].
+    #[arg(long, global = true, env = "TUNNEL_RETRIES")]
+    pub retries: Option<u32>,
     /// Tag `KEY=VALUE` sent to origins as `Cf-Warp-Tag-KEY` (repeatable).
     #[arg(
         long,
@@ -119,6 +124,19 @@ pub struct IgnoredArgs {
 }
 
 impl IgnoredArgs {
+    /// The value given for one of the flags cloudflared reports in `__configuration_flags`,
+    /// in Go's spelling (`--no-autoupdate` is `"true"`); durations as given.
+    pub fn configuration_flag(&self, name: &str) -> Option<String> {
+        match name {
+            "no-autoupdate" => self.no_autoupdate.then(|| "true".to_owned()),
+            "autoupdate-freq" => self.autoupdate_freq.clone(),
+            "metrics-update-freq" => self.metrics_update_freq.clone(),
+            "origincert" => self.origincert.clone(),
+            "transport-loglevel" => self.transport_loglevel.clone(),
+            _ => None,
+        }
+    }
+
     /// The flags given (on the command line or through their environment variable).
     pub fn given(&self) -> Vec<&'static str> {
         let flags = [

@@ -9,6 +9,7 @@ mod log;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
 use thiserror::Error;
@@ -107,8 +108,13 @@ pub struct Settings {
     pub logfile: Option<String>,
     /// `--pidfile`.
     pub pidfile: Option<String>,
+    /// `--retries`.
+    pub retries: u32,
     /// The tunnel argument, else the file's `tunnel`.
     pub tunnel: Option<String>,
+    /// cloudflared's `__configuration_flags`: those of its `configFlags` that were set (flag,
+    /// environment or file), printed as Go prints the flag's value.
+    pub configuration_flags: BTreeMap<String, String>,
 }
 
 impl Settings {
@@ -209,9 +215,50 @@ impl Settings {
                 or(&common.log_directory, &file.log_directory)
                     .map(|d| format!("{}/cloudflared.log", d.trim_end_matches('/')))
             }),
+            retries: common.retries.or(file.retries).unwrap_or(5),
             tunnel: or(&run.tunnel, &file.tunnel),
+            configuration_flags: configuration_flags(common, run, file),
         })
     }
+}
+
+/// cloudflared's `parseConfigFlags`: each of `configFlags` set on the command line, in the
+/// environment or in config.yml (`max-active-flows` is no config-file key in cloudflared),
+/// as the flag's Go value prints.
+fn configuration_flags(
+    common: &CommonArgs,
+    run: &RunArgs,
+    file: &ConfigFile,
+) -> BTreeMap<String, String> {
+    use crate::ingress::local_config::{go_duration, CONFIGURATION_FLAGS};
+    let mut out = BTreeMap::new();
+    for name in CONFIGURATION_FLAGS {
+        let given = match *name {
+            "retries" => common.retries.map(|n| n.to_string()),
+            "protocol" => run.protocol.clone(),
+            "loglevel" => common.loglevel.clone(),
+            "metrics" => common.metrics.clone(),
+            "edge-ip-version" => common.edge_ip_version.clone(),
+            "edge-bind-address" => common.edge_bind_address.map(|a| a.to_string()),
+            "max-active-flows" => run.max_active_flows.map(|n| n.to_string()),
+            other => common.ignored.configuration_flag(other),
+        };
+        let from_file = || {
+            (*name != "max-active-flows")
+                .then(|| file.flag_values.get(*name).cloned())
+                .flatten()
+        };
+        let Some(mut value) = given.or_else(from_file) else {
+            continue;
+        };
+        if matches!(*name, "autoupdate-freq" | "metrics-update-freq") {
+            if let Some(d) = crate::ingress::parse_duration(&value) {
+                value = go_duration(d);
+            }
+        }
+        out.insert((*name).to_owned(), value);
+    }
+    out
 }
 
 /// What stops `tunnel run` before it connects.
@@ -442,6 +489,11 @@ pub struct RunConfig {
     pub post_quantum: bool,
     /// `--protocol`.
     pub protocol: ProtocolFlag,
+    /// `--token` (or `TUNNEL_TOKEN`) was given: `auto` starts on QUIC whatever the
+    /// percentage record says, as cloudflared does for token tunnels.
+    pub token: bool,
+    /// `--retries`.
+    pub retries: u32,
 }
 
 /// What [`run_config`] noticed that the driver should log (it has no logger of its own).
@@ -493,18 +545,7 @@ pub fn run_config(
             }
         },
     };
-    // The local configuration conn 0 pushes: the file's ingress, originRequest and
-    // warp-routing as JSON.
-    let local_config = loaded.text.as_ref().and_then(|t| {
-        let v: serde_json::Value = serde_yaml_ng::from_str(t).ok()?;
-        let mut out = serde_json::Map::new();
-        for key in ["ingress", "originRequest", "warp-routing"] {
-            if let Some(x) = v.get(key) {
-                out.insert(key.into(), x.clone());
-            }
-        }
-        Some(serde_json::Value::Object(out).to_string().into_bytes())
-    });
+    let local_config = Some(local_config(settings, loaded)?);
     if settings.region.is_some() && !creds.endpoint.is_empty() {
         return Err(SetupError::Config(
             "region provided with a token that has an endpoint".into(),
@@ -544,8 +585,46 @@ pub fn run_config(
         icmpv6_src: settings.icmpv6_src,
         post_quantum: settings.post_quantum,
         protocol: settings.protocol,
+        token: settings.token.is_some(),
+        retries: settings.retries,
     };
     Ok((config, notices))
+}
+
+/// The configuration connection 0 sends a locally managed tunnel's edge, as cloudflared
+/// builds it: the file's rules, else the command line's one origin, else the 503 rule.
+pub fn local_config(settings: &Settings, loaded: &LoadedConfig) -> Result<Vec<u8>, SetupError> {
+    use crate::ingress::local_config::{
+        normalise_service, url_service_string, LocalConfig, RawOrigin,
+    };
+    let config_err = |e: crate::ingress::IngressError| SetupError::Config(e.to_string());
+    let from_file = match &loaded.text {
+        Some(t) => LocalConfig::from_file(t).map_err(config_err)?,
+        None => None,
+    };
+    let local = match from_file {
+        Some(l) => l,
+        None => {
+            let service = if settings.hello_world {
+                Some("hello_world".to_owned())
+            } else if let Some(url) = &settings.url {
+                Some(normalise_service(&url_service_string(url)))
+            } else {
+                settings.unix_socket.as_ref().map(|p| format!("unix:{p}"))
+            };
+            let local = match service {
+                Some(s) => LocalConfig::single(s, &RawOrigin::from_flags(&settings.origin)),
+                None => LocalConfig::no_rules(),
+            };
+            match &loaded.text {
+                Some(t) => local.with_file_warp_routing(t).map_err(config_err)?,
+                None => local,
+            }
+        }
+    };
+    Ok(local
+        .with_flags(settings.configuration_flags.clone())
+        .to_json())
 }
 
 /// Writes the process id (no newline) to `path` (`~/` expanded), as cloudflared's
@@ -559,13 +638,30 @@ pub fn write_pidfile(path: &str, host: &dyn Host) -> Result<String, (String, std
 }
 
 impl RunConfig {
+    /// Whether `--protocol auto` starts on the remote percentage selector's choice, so the
+    /// driver must first look up the TXT record [`PERCENTAGE_RECORD`] (only for Cloudflare's
+    /// edge, found by SRV: the record says nothing of an edge given with `--edge`; and not
+    /// for a `--token` tunnel, which starts on QUIC).
+    ///
+    /// [`PERCENTAGE_RECORD`]: crate::tunnel::protocol::PERCENTAGE_RECORD
+    pub fn wants_percentage_record(&self) -> bool {
+        crate::tunnel::protocol::auto_follows_percentage_record(
+            self.protocol,
+            matches!(self.edges, Edges::Srv { .. }),
+            self.token,
+        )
+    }
+
     /// The connector's configuration: registration with `connector_id`, the edge's TLS trusting
-    /// `roots`, the ingress, limits, and `icmp` (which the driver finds by probing sockets).
+    /// `roots` (QUIC and HTTP/2), the protocol (`auto` starting where `percentage`, the TXT
+    /// record the driver looked up when [`Self::wants_percentage_record`], says), the ingress,
+    /// limits, and `icmp` (which the driver finds by probing sockets).
     pub fn supervisor_config(
         &self,
         roots: rustls::RootCertStore,
         connector_id: Uuid,
         icmp: crate::icmp::RouterConfig,
+        percentage: Option<&str>,
     ) -> Result<crate::tunnel::supervisor::SupervisorConfig, crate::quic::tls::TlsError> {
         use crate::quic::tls::{self, PostQuantum};
         use crate::tunnel::connector::ConnectorConfig;
@@ -575,6 +671,7 @@ impl RunConfig {
         } else {
             PostQuantum::Prefer
         };
+        let http2_tls = crate::http2::tls::client_config(roots.clone(), pq)?;
         let client =
             quinn_proto::ClientConfig::new(std::sync::Arc::new(tls::client_config(roots, pq)?));
         let registration = crate::control::Registration::new(
@@ -601,9 +698,39 @@ impl RunConfig {
         };
         let mut config = crate::tunnel::supervisor::SupervisorConfig::new(connector);
         config.ha_connections = self.ha_connections;
+        config.retries = self.retries;
         config.max_active_flows = self.max_active_flows;
         config.local_max_active_flows = self.local_max_active_flows;
         config.icmp = icmp;
+        config.protocol = self.protocol;
+        config.auto_initial = if self.wants_percentage_record() {
+            crate::tunnel::protocol::remote_selection(percentage, &self.creds.account_tag)
+        } else {
+            crate::tunnel::protocol::Protocol::Quic
+        };
+        config.http2_tls = Some(http2_tls);
         Ok(config)
     }
+}
+
+/// Root certificates for the edge: `--cacert` alone, else cloudflared's default (the system
+/// store plus Cloudflare's Origin CA roots, which the edge's certificate chains to).
+pub fn edge_roots(
+    cacert: Option<&[u8]>,
+) -> Result<rustls::RootCertStore, crate::quic::tls::TlsError> {
+    use crate::quic::tls;
+    if let Some(pem) = cacert {
+        return tls::roots_from_pem(pem, "--cacert");
+    }
+    let system = rustls_native_certs::load_native_certs();
+    for e in &system.errors {
+        tracing::warn!(error = %e, "cannot read part of the system certificate store");
+    }
+    let (roots, skipped) = tls::edge_default_roots(system.certs)?;
+    tracing::debug!(
+        roots = roots.len(),
+        skipped,
+        "edge roots: system store and Cloudflare's origin CAs"
+    );
+    Ok(roots)
 }

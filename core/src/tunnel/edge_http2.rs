@@ -72,6 +72,13 @@ struct Conn {
     deadline: Option<Instant>,
     /// `Closed` was seen; the socket closes once the last bytes are out.
     closed: bool,
+    /// The socket was handed to [`Http2Edge::poll_finished`].
+    socket_done: bool,
+    /// `Unregistered` was reported.
+    unregistered: bool,
+    /// The connection ended with answers still to read: `ConnectionClosed` is reported once
+    /// they are read (or abandoned), so the caller does not reset them.
+    close_reason: Option<String>,
 }
 
 impl Conn {
@@ -122,6 +129,9 @@ impl Http2Edge {
                 transmit: false,
                 deadline: None,
                 closed: false,
+                socket_done: false,
+                unregistered: false,
+                close_reason: None,
             },
         );
         self.progress(now, id);
@@ -194,14 +204,36 @@ impl Http2Edge {
         n
     }
 
-    /// A connection that is over with everything sent: close its socket; it is forgotten.
+    /// A connection that is over with everything sent: close its socket. It is forgotten
+    /// once the answers that came with its end are read.
     pub fn poll_finished(&mut self) -> Option<ConnId> {
         let id = self
             .conns
             .iter()
-            .find_map(|(&id, c)| (c.closed && c.h2.is_closed()).then_some(id))?;
-        self.conns.remove(&id);
+            .find_map(|(&id, c)| (c.closed && !c.socket_done && c.h2.is_closed()).then_some(id))?;
+        if let Some(c) = self.conns.get_mut(&id) {
+            c.socket_done = true;
+        }
+        self.forget_if_done(id);
         Some(id)
+    }
+
+    /// A stream of `conn` is over: once a closed connection has none left, `ConnectionClosed`
+    /// is reported and, with its socket closed, it is forgotten.
+    fn forget_if_done(&mut self, conn: ConnId) {
+        let Some(c) = self.conns.get_mut(&conn) else {
+            return;
+        };
+        if !c.closed || !c.data.is_empty() {
+            return;
+        }
+        if let Some(reason) = c.close_reason.take() {
+            self.events
+                .push_back(EdgeEvent::ConnectionClosed { conn, reason });
+        }
+        if c.socket_done {
+            self.conns.remove(&conn);
+        }
     }
 
     /// Whether `conn` is one of these connections.
@@ -251,6 +283,9 @@ impl Http2Edge {
         request: &ConnectRequest<'_>,
     ) -> Result<StreamId, ApiError> {
         let c = self.conns.get_mut(&conn).ok_or(ApiError::Closed)?;
+        if c.closed {
+            return Err(ApiError::Closed);
+        }
         if !c.registered() {
             return Err(ApiError::NotRegistered("a request"));
         }
@@ -316,6 +351,7 @@ impl Http2Edge {
         c.data.remove(&stream).ok_or(ApiError::Closed)?;
         let _ = c.h2.reset(stream, Reason::CANCEL);
         self.progress(now, conn);
+        self.forget_if_done(conn);
         Ok(())
     }
 
@@ -358,6 +394,7 @@ impl Http2Edge {
             let _ = c.h2.reset(stream, Reason::CANCEL);
         }
         self.progress(now, conn);
+        self.forget_if_done(conn);
         Ok(finished)
     }
 
@@ -450,11 +487,21 @@ fn on_event(id: ConnId, c: &mut Conn, event: Event, events: &mut VecDeque<EdgeEv
         }
         Event::Closed(error) => {
             c.closed = true;
-            c.data.clear();
-            events.push_back(EdgeEvent::ConnectionClosed {
-                conn: id,
-                reason: error.map_or_else(|| "closed".to_owned(), |e| e.to_string()),
-            });
+            let reason = error.map_or_else(|| "closed".to_owned(), |e| e.to_string());
+            // Answers that arrived complete with the end are still delivered (a drain's last
+            // response); the machine reported them readable.
+            let h2 = &c.h2;
+            c.data.retain(|&s, d| d.answered && h2.has_stream(s));
+            if c.data.is_empty() {
+                events.push_back(EdgeEvent::ConnectionClosed { conn: id, reason });
+            } else {
+                if !c.unregistered {
+                    // No new requests go to it meanwhile.
+                    c.unregistered = true;
+                    events.push_back(EdgeEvent::Unregistered { conn: id });
+                }
+                c.close_reason = Some(reason);
+            }
         }
         // The connector opens no streams (it is the HTTP/2 server).
         Event::Request(_) => {}
@@ -495,6 +542,7 @@ fn read_control(id: ConnId, c: &mut Conn, events: &mut VecDeque<EdgeEvent<Stream
                 events.push_back(EdgeEvent::LocalConfiguration { conn: id, config })
             }
             EdgeControlEvent::Unregistered => {
+                c.unregistered = true;
                 events.push_back(EdgeEvent::Unregistered { conn: id })
             }
             EdgeControlEvent::Aborted(reason) => {

@@ -79,7 +79,10 @@ pub(super) async fn run(
     auth: TunnelAuth,
     mut cmds: mpsc::UnboundedReceiver<Cmd>,
     mut datagrams: EdgeDatagrams,
+    local_config_dir: Option<std::path::PathBuf>,
 ) {
+    // Which tunnel each registered connection serves, to name recorded configurations.
+    let mut tunnel_of: HashMap<ConnId, Uuid> = HashMap::new();
     // Read in the loop, in batches, into buffers reused for every read.
     let mut recv_bufs = RecvBufs::new();
     let mut registrar = Registrar::new(auth);
@@ -103,6 +106,7 @@ pub(super) async fn run(
                         let result = registrar.register(conn, &registration, Uuid::new_v4());
                         match &result {
                             Ok(_) => {
+                                tunnel_of.insert(conn, registration.tunnel_id);
                                 let http2 = ep.is_http2(conn);
                                 let protocol = if http2 { "http2" } else { "quic" };
                                 info!(conn = conn.0, tunnel = %registration.tunnel_id, conn_index = registration.conn_index, protocol, "tunnel connection registered");
@@ -132,6 +136,7 @@ pub(super) async fn run(
                     EdgeEvent::ConnectionClosed { conn, reason } => {
                         debug!(conn = conn.0, %reason, "tunnel connection closed");
                         registrar.closed(conn);
+                        tunnel_of.remove(&conn);
                         datagrams.connection_gone(now, conn);
                         streams.retain(|k, s| {
                             if k.0 == conn {
@@ -144,6 +149,10 @@ pub(super) async fn run(
                     }
                     EdgeEvent::LocalConfiguration { conn, config } => {
                         debug!(conn = conn.0, config = %String::from_utf8_lossy(&config), "local configuration");
+                        if let (Some(dir), Some(tunnel)) = (&local_config_dir, tunnel_of.get(&conn))
+                        {
+                            record_local_config(dir, *tunnel, &config);
+                        }
                     }
                     EdgeEvent::ConfigurationResult { .. } => {}
                     // Mapped UDP sessions are v3 only; no v2 RPC sessions are opened here.
@@ -405,4 +414,14 @@ pub(super) async fn open(
     .map_err(|_| "edge stopped".to_owned())?;
     let key = answer.await.map_err(|_| "edge stopped".to_owned())??;
     Ok((key, rx))
+}
+
+/// Writes `config` to DIR/<tunnel>.json whole (a temporary file renamed), so a reader never
+/// sees half of it.
+fn record_local_config(dir: &std::path::Path, tunnel: Uuid, config: &[u8]) {
+    let path = dir.join(format!("{tunnel}.json"));
+    let tmp = dir.join(format!(".{tunnel}.json.tmp"));
+    if let Err(e) = std::fs::write(&tmp, config).and_then(|()| std::fs::rename(&tmp, &path)) {
+        warn!(path = %path.display(), error = %e, "cannot record the local configuration");
+    }
 }

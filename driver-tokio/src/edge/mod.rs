@@ -73,6 +73,10 @@ pub struct EdgeArgs {
     /// Log level.
     #[arg(long, global = true, default_value = "info")]
     pub loglevel: String,
+    /// Write each local configuration a connector sends (`updateLocalConfiguration`) to
+    /// DIR/<tunnel id>.json, as received.
+    #[arg(long)]
+    pub local_config_dir: Option<PathBuf>,
     #[command(subcommand)]
     pub command: Option<EdgeCommand>,
 }
@@ -275,7 +279,13 @@ pub async fn start(args: &EdgeArgs, tunnels_path: &Path) -> Result<RunningEdge, 
     let (datagrams, mapped) = crate::edge_udp::bind(&args.datagrams, &tunnels).await?;
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     tokio::spawn(event_loop::run(
-        endpoint, socket, accepted, auth, cmd_rx, datagrams,
+        endpoint,
+        socket,
+        accepted,
+        auth,
+        cmd_rx,
+        datagrams,
+        args.local_config_dir.clone(),
     ));
     tokio::spawn(eyeball::serve(
         http_listener,

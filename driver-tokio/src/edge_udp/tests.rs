@@ -209,6 +209,7 @@ async fn udp_and_icmp_mappings_through_a_real_tunnel() {
         },
         http_limits: Default::default(),
         loglevel: "info".into(),
+        local_config_dir: None,
         command: None,
     };
     let running = edge::start(&args, &tunnels).await.unwrap();
