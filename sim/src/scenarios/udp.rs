@@ -520,7 +520,9 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
     )?;
     settle(&mut s, &mut eye, Duration::from_secs(2))?;
     if s.lost.is_some() {
-        // B died too.
+        // B died too. The cut of A's path is the scenario's, not the network's: heal it, so
+        // that coming back is possible.
+        s.world.partition_index(c, 0, false);
         return degraded(&mut s, &[c], DEFAULT_IDLE, eye.stats.strays);
     }
     let w = &s.world;
