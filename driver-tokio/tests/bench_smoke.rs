@@ -1,7 +1,8 @@
 //! `burrow-bench --quick` end to end: the real daemons as child processes, real loopback
 //! traffic. Checks the table's shape and that HTTP and TCP figures exist on both sides; no
 //! timing is asserted (the figures of a debug build on a shared machine mean nothing). With
-//! `BURROW_CLOUDFLARED` set to a cloudflared binary, its columns are checked too.
+//! `BURROW_MIO` set to a burrow-mio binary, or `BURROW_CLOUDFLARED` to a cloudflared binary,
+//! their columns are checked too.
 
 use std::process::Command;
 
@@ -39,6 +40,10 @@ fn quick_bench_prints_the_table() {
         "burrow",
         "burrow/direct",
     ];
+    if let Some(path) = std::env::var_os("BURROW_MIO") {
+        cmd.arg("--mio").arg(path);
+        head.extend(["burrow-mio", "burrow-mio/direct"]);
+    }
     if let Some(path) = &cloudflared {
         cmd.arg("--cloudflared").arg(path);
         head.extend(["cloudflared", "cloudflared/direct"]);

@@ -6,7 +6,7 @@
 //! tunnel. Prints a table with the ratio tunnel/direct and the daemons' memory. A part that
 //! fails prints `n/a` and its reason; the rest still runs.
 //!
-//! `cargo run --release -p burrow-tokio --bin burrow-bench [-- --quick] [--pin] [--cloudflared PATH]`
+//! `cargo run --release -p burrow-tokio --bin burrow-bench [-- --quick] [--pin] [--mio PATH] [--cloudflared PATH]`
 
 mod ceiling;
 mod client;
@@ -63,6 +63,10 @@ struct Args {
     /// HA connections of the connector.
     #[arg(long, default_value_t = 4)]
     ha_connections: u8,
+    /// Also measure burrow-mio (the binary at PATH, e.g. `target/release-small/burrow-mio`) as
+    /// the connector, in extra columns.
+    #[arg(long, value_name = "PATH")]
+    mio: Option<std::path::PathBuf>,
     /// Also measure a stock cloudflared binary as the connector (through the same kind of
     /// burrow edge), in extra columns.
     #[arg(long)]
@@ -282,6 +286,8 @@ struct Origins {
 #[derive(Clone, Copy)]
 enum Connector<'a> {
     Burrow,
+    /// burrow-mio, the single-threaded connector.
+    Mio(&'a std::path::Path),
     /// A stock cloudflared binary.
     Cloudflared(&'a std::path::Path),
 }
@@ -290,6 +296,7 @@ fn start_tunnel(p: &Plan, o: &Origins, who: Connector, pin: bool) -> Result<Tunn
     let bin = testbed::burrow_beside_current_exe().map_err(|e| e.to_string())?;
     let label = match who {
         Connector::Burrow => "bench",
+        Connector::Mio(_) => "bench-mio",
         Connector::Cloudflared(_) => "bench-cloudflared",
     };
     let bed = Testbed::create(&bin, label, "bench", &[HOST]).map_err(|e| e.to_string())?;
@@ -322,6 +329,7 @@ fn start_tunnel(p: &Plan, o: &Origins, who: Connector, pin: bool) -> Result<Tunn
     };
     let mut connector = match who {
         Connector::Burrow => bed.connector(&co),
+        Connector::Mio(path) => bed.connector_from(path, &co),
         Connector::Cloudflared(path) => bed.cloudflared(path, &co),
     }
     .map_err(|e| e.to_string())?;
@@ -479,6 +487,10 @@ fn main() -> ExitCode {
     };
     let mut who = vec![Connector::Burrow];
     let mut names = vec!["burrow"];
+    if let Some(path) = &args.mio {
+        who.push(Connector::Mio(path));
+        names.push("burrow-mio");
+    }
     if let Some(path) = &args.cloudflared {
         who.push(Connector::Cloudflared(path));
         names.push("cloudflared");
@@ -668,6 +680,16 @@ fn main() -> ExitCode {
         conn_busy.push(c);
         edge_busy.push(e);
         tunnel_sessions.push(s);
+        if let Ok(t) = tunnel {
+            // Its figures are taken. A connector keeps its sessions' sockets until they idle
+            // out, and each holds an ephemeral port: stopped now, the next connector's sessions
+            // get the whole port range (two connectors' 10k sessions plus the clients' 10k do
+            // not fit in Linux's default 28k ports, and the second would fail to open some).
+            for p in [&mut t.connector, &mut t.edge] {
+                let _ = p.child().kill();
+                let _ = p.child().wait();
+            }
+        }
     }
     let answered = |(_, a): &(f64, usize)| format!("{a}/{n}");
     let note = sides(
