@@ -199,30 +199,12 @@ fn web_roots() -> rustls::RootCertStore {
     roots
 }
 
-/// Root certificates for the edge: `--cacert` alone, else cloudflared's default (the system
-/// store plus Cloudflare's Origin CA roots, which the edge's certificate chains to).
-fn edge_roots(cacert: Option<&[u8]>) -> Result<rustls::RootCertStore, tls::TlsError> {
-    if let Some(pem) = cacert {
-        return tls::roots_from_pem(pem, "--cacert");
-    }
-    let system = rustls_native_certs::load_native_certs();
-    for e in &system.errors {
-        warn!(error = %e, "cannot read part of the system certificate store");
-    }
-    let (roots, skipped) = tls::edge_default_roots(system.certs)?;
-    debug!(
-        roots = roots.len(),
-        skipped, "edge roots: system store and Cloudflare's origin CAs"
-    );
-    Ok(roots)
-}
-
 /// Runs the connector until shut down. Each message on `shutdown` is one signal: the first
 /// starts a graceful shutdown, the second closes at once.
 pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Result<(), RunError> {
     raise_nofile_limit();
     let pool = discover(&opts.edges, opts.ip_version).await?;
-    let roots = edge_roots(opts.cacert.as_deref())?;
+    let roots = burrow_core::settings::edge_roots(opts.cacert.as_deref())?;
     let pq = if opts.post_quantum {
         PostQuantum::Strict
     } else {

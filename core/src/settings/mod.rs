@@ -712,3 +712,25 @@ impl RunConfig {
         Ok(config)
     }
 }
+
+/// Root certificates for the edge: `--cacert` alone, else cloudflared's default (the system
+/// store plus Cloudflare's Origin CA roots, which the edge's certificate chains to).
+pub fn edge_roots(
+    cacert: Option<&[u8]>,
+) -> Result<rustls::RootCertStore, crate::quic::tls::TlsError> {
+    use crate::quic::tls;
+    if let Some(pem) = cacert {
+        return tls::roots_from_pem(pem, "--cacert");
+    }
+    let system = rustls_native_certs::load_native_certs();
+    for e in &system.errors {
+        tracing::warn!(error = %e, "cannot read part of the system certificate store");
+    }
+    let (roots, skipped) = tls::edge_default_roots(system.certs)?;
+    tracing::debug!(
+        roots = roots.len(),
+        skipped,
+        "edge roots: system store and Cloudflare's origin CAs"
+    );
+    Ok(roots)
+}
