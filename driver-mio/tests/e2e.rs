@@ -650,3 +650,82 @@ fn https_origin_by_name_verified_with_ca_pool() {
     };
     assert_eq!(status, 502, "an unverified origin is a bad gateway");
 }
+
+/// `--protocol auto` with UDP to the edge dropped (nftables, as root): 4 connections over
+/// HTTP/2 within 60 s that serve; UDP restored, all 4 back on QUIC within 3 minutes with every
+/// request during the switch answered. Skips without root or `nft`.
+#[test]
+fn auto_falls_back_to_http2_when_udp_is_dropped_and_returns_to_quic() {
+    let eo = EdgeOpts::loopback().expect("ports");
+    let bed = Testbed::create(burrow(), "mio-fallback", "app", &[HOST]).expect("tunnel");
+    let _edge = bed.edge(&eo).expect("edge");
+    let Some(rule) = common::nft::DropUdp::to_port(eo.quic.port()) else {
+        eprintln!("skipped: needs root and nft to drop UDP on loopback");
+        return;
+    };
+    let metrics = testbed::free_tcp().expect("port");
+    let started = Instant::now();
+    let o = ConnectorOpts {
+        edge: eo.quic,
+        metrics,
+        ingress: origin_ingress(origin()),
+        ha_connections: 4,
+        extra: vec!["--protocol".into(), "auto".into()],
+        config_extra: String::new(),
+    };
+    let mut connector = mio_connector(&bed, &o, "10s");
+    testbed::wait_ready(&mut connector, metrics, 4, Duration::from_secs(60))
+        .unwrap_or_else(|e| panic!("{e}\nburrow-mio: {}", connector.log_tail(4000)));
+    let took = started.elapsed();
+    let registered_over = |log: &str, protocol: &str| {
+        log.lines()
+            .filter(|l| {
+                l.contains("Registered tunnel connection")
+                    && l.contains(&format!("protocol={protocol}"))
+            })
+            .count()
+    };
+    let log = connector.log_tail(200_000);
+    assert!(
+        log.contains("Switching to fallback protocol http2"),
+        "{log}"
+    );
+    assert!(registered_over(&log, "http2") >= 4, "4 over http2:\n{log}");
+    for i in 0..20 {
+        let (status, body) = get(eo.http, &format!("/small/{i}"));
+        assert_eq!(
+            (status, body.as_slice()),
+            (200, &b"hello from the origin"[..])
+        );
+    }
+    eprintln!("burrow-mio: 4 connections over http2 {took:?} after start with UDP dropped");
+
+    drop(rule);
+    let restored = Instant::now();
+    let mut sent = 0;
+    loop {
+        let (status, body) = get(eo.http, &format!("/small/{sent}"));
+        assert_eq!(
+            (status, body.as_slice()),
+            (200, &b"hello from the origin"[..]),
+            "request {sent} during the switch: {}",
+            String::from_utf8_lossy(&body)
+        );
+        sent += 1;
+        let log = connector.log_tail(400_000);
+        if registered_over(&log, "quic") >= 4
+            && testbed::wait_ready(&mut connector, metrics, 4, Duration::from_secs(5)).is_ok()
+        {
+            break;
+        }
+        assert!(
+            restored.elapsed() < Duration::from_secs(180),
+            "not back on QUIC within 3 minutes:\n{log}"
+        );
+        thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "burrow-mio: all 4 back on quic {:?} after UDP was restored; {sent} requests during the switch, all answered",
+        restored.elapsed()
+    );
+}
