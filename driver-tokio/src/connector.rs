@@ -25,7 +25,9 @@ use burrow_core::settings::Credentials;
 use burrow_core::stream::proxy::FlowKind;
 use burrow_core::tunnel::connector::ConnectorConfig;
 use burrow_core::tunnel::data::{DataLimits, FlowId};
-use burrow_core::tunnel::protocol::{remote_selection, Protocol, ProtocolFlag, PERCENTAGE_RECORD};
+use burrow_core::tunnel::protocol::{
+    auto_follows_percentage_record, remote_selection, Protocol, ProtocolFlag, PERCENTAGE_RECORD,
+};
 use burrow_core::tunnel::supervisor::{
     srv_service, EdgePool, IpVersion, SupervisorConfig, SupervisorError,
 };
@@ -79,6 +81,8 @@ pub struct Options {
     pub post_quantum: bool,
     /// `--protocol`.
     pub protocol: ProtocolFlag,
+    /// `--token` was given: `auto` starts on QUIC without the percentage record.
+    pub token: bool,
     /// `--retries`: the backoff's exponent cap, and when `auto` falls back.
     pub retries: u32,
     /// Metrics (shared with the metrics server).
@@ -195,30 +199,12 @@ fn web_roots() -> rustls::RootCertStore {
     roots
 }
 
-/// Root certificates for the edge: `--cacert` alone, else cloudflared's default (the system
-/// store plus Cloudflare's Origin CA roots, which the edge's certificate chains to).
-fn edge_roots(cacert: Option<&[u8]>) -> Result<rustls::RootCertStore, tls::TlsError> {
-    if let Some(pem) = cacert {
-        return tls::roots_from_pem(pem, "--cacert");
-    }
-    let system = rustls_native_certs::load_native_certs();
-    for e in &system.errors {
-        warn!(error = %e, "cannot read part of the system certificate store");
-    }
-    let (roots, skipped) = tls::edge_default_roots(system.certs)?;
-    debug!(
-        roots = roots.len(),
-        skipped, "edge roots: system store and Cloudflare's origin CAs"
-    );
-    Ok(roots)
-}
-
 /// Runs the connector until shut down. Each message on `shutdown` is one signal: the first
 /// starts a graceful shutdown, the second closes at once.
 pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Result<(), RunError> {
     raise_nofile_limit();
     let pool = discover(&opts.edges, opts.ip_version).await?;
-    let roots = edge_roots(opts.cacert.as_deref())?;
+    let roots = burrow_core::settings::edge_roots(opts.cacert.as_deref())?;
     let pq = if opts.post_quantum {
         PostQuantum::Strict
     } else {
@@ -226,16 +212,15 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     };
     let http2_tls = burrow_core::http2::tls::client_config(roots.clone(), pq)?;
     let client = quinn_proto::ClientConfig::new(Arc::new(tls::client_config(roots, pq)?));
-    let auto_initial = match (opts.protocol, &opts.edges) {
-        (ProtocolFlag::Auto, Edges::Srv { .. }) => {
-            let txt = percentage_record().await;
-            if txt.is_none() {
-                warn!("Unable to lookup protocol percentage.");
-            }
-            remote_selection(txt.as_deref(), &opts.creds.account_tag)
+    let srv = matches!(opts.edges, Edges::Srv { .. });
+    let auto_initial = if auto_follows_percentage_record(opts.protocol, srv, opts.token) {
+        let txt = percentage_record().await;
+        if txt.is_none() {
+            warn!("Unable to lookup protocol percentage.");
         }
-        // The percentage record describes Cloudflare's edge, not one given with --edge.
-        _ => Protocol::Quic,
+        remote_selection(txt.as_deref(), &opts.creds.account_tag)
+    } else {
+        Protocol::Quic
     };
     let features = features(opts.post_quantum, &opts.features);
     let metrics = opts.metrics.clone();

@@ -321,9 +321,6 @@ enum Responder {
     Hello,
 }
 
-/// The page `hello_world` serves.
-pub const HELLO_PAGE: &str = "<!DOCTYPE html><html><head><title>burrow</title></head><body><h1>Congrats! You created a tunnel!</h1><p>This page is served by burrow's built-in hello_world origin, through the tunnel.</p></body></html>\n";
-
 /// An in-memory connection to an in-process HTTP/1.1 server (hyper).
 fn in_process(r: Responder) -> Box<dyn Io> {
     let (client, server) = tokio::io::duplex(64 * 1024);
@@ -342,7 +339,7 @@ fn in_process(r: Responder) -> Box<dyn Io> {
                         // Drain any body so the connection stays usable.
                         let _ = http_body_util::BodyExt::collect(req.into_body()).await;
                         let mut resp = hyper::Response::new(Full::new(Bytes::from_static(
-                            HELLO_PAGE.as_bytes(),
+                            burrow_core::ingress::HELLO_PAGE.as_bytes(),
                         )));
                         resp.headers_mut().insert(
                             http::header::CONTENT_TYPE,

@@ -115,6 +115,7 @@ async fn run(args: QuickstartArgs) -> Result<(), String> {
         icmp: None,
         post_quantum: false,
         protocol: burrow_core::tunnel::protocol::ProtocolFlag::Auto,
+        token: false,
         retries: 5,
         metrics: m.clone(),
     };

@@ -71,6 +71,7 @@ pub fn options(
         }),
         post_quantum: rc.post_quantum,
         protocol: rc.protocol,
+        token: rc.token,
         retries: rc.retries,
         metrics,
     })
