@@ -210,25 +210,9 @@ fn http_bodies_concurrency_ready_and_sigterm_drain() {
     http_bodies_concurrency_ready_and_sigterm_drain_over("quic");
 }
 
-/// As over QUIC; the drain at the end fails as burrow-tokio's over HTTP/2 does: the request in
-/// flight at SIGTERM comes back 502 because `burrow edge` tears the connection's streams down
-/// before forwarding a response that arrives with the connection's end (edge side).
 #[test]
-#[ignore = "burrow edge drops a response that arrives with the HTTP/2 connection's end"]
 fn http_bodies_concurrency_ready_and_sigterm_drain_http2() {
     http_bodies_concurrency_ready_and_sigterm_drain_over("http2");
-}
-
-/// Everything but the SIGTERM drain over HTTP/2, so it stays checked while the drain waits
-/// for the edge's fix.
-#[test]
-fn http_bodies_and_concurrency_http2() {
-    let eo = EdgeOpts::loopback().expect("ports");
-    let (_bed, _edge, connector, metrics) =
-        start_over("http2", "mio-http", &eo, origin_ingress(origin()), 4, &[]);
-    assert_eq!(testbed::ready_connections(metrics), Some(4));
-    bodies_and_concurrency(eo.http);
-    assert_eq!(threads(connector.pid()), 1, "still one thread");
 }
 
 /// A large body, a chunked upload and 50 concurrent requests, every byte checked.
