@@ -766,12 +766,7 @@ async fn open_socket(
     edge: SocketAddr,
     local: Option<std::net::IpAddr>,
 ) -> std::io::Result<QuicSocket> {
-    let bind: SocketAddr = match local {
-        Some(ip) => SocketAddr::new(ip, 0),
-        None if edge.is_ipv4() => "0.0.0.0:0".parse().expect("static"),
-        None => "[::]:0".parse().expect("static"),
-    };
-    QuicSocket::bind(bind).await
+    QuicSocket::bind(burrow_os::edge_bind(edge, local)).await
 }
 
 /// Resolves with the index of a socket that has datagrams to read, looking first at the
