@@ -18,11 +18,6 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
-/// Room for one origin read with the framing around it.
-const SLOT: usize = HEADROOM + ORIGIN_READ + TAILROOM;
-/// Reads a UDP reader's buffer holds before it takes a fresh one (when the datagrams split
-/// off it are still queued in quinn) or reclaims it (when they are gone).
-const SLOTS_PER_BUFFER: usize = 2;
 /// Largest ICMP message read from a ping socket (cloudflared's 1500-byte buffer).
 const PING_READ: usize = 1500;
 /// Depth of the channel from the socket readers to the loop.
@@ -35,7 +30,7 @@ pub enum SocketEvent {
     UdpRead {
         /// The session's socket.
         flow: UdpFlowId,
-        /// Buffer of [`SLOT`] bytes, the payload at `HEADROOM`.
+        /// The payload at `HEADROOM`, with `TAILROOM` bytes after it.
         buf: BytesMut,
         /// Payload length.
         len: usize,
@@ -227,34 +222,39 @@ pub fn open_ping(bind: IpAddr) -> io::Result<UdpSocket> {
 }
 
 async fn read_udp(flow: UdpFlowId, socket: Arc<UdpSocket>, tx: mpsc::Sender<SocketEvent>) {
-    let mut buf = BytesMut::with_capacity(SLOTS_PER_BUFFER * SLOT);
     loop {
-        // Reclaims the buffer once what was split off it is gone, else takes a fresh one.
-        buf.resize(SLOT, 0);
-        match socket
-            .recv(&mut buf[HEADROOM..HEADROOM + ORIGIN_READ])
-            .await
-        {
-            Ok(len) => {
-                let chunk = buf.split_to(SLOT);
-                let event = SocketEvent::UdpRead {
+        // An idle session holds no buffer (10k sessions would hold 10k of them): wait until a
+        // datagram is queued, read it on the stack, and hand on a buffer sized to it (one copy of
+        // the payload, which is small next to the 1.5 KiB a reused buffer would pin).
+        if let Err(e) = socket.readable().await {
+            let _ = tx
+                .send(SocketEvent::UdpFailed {
                     flow,
-                    buf: chunk,
-                    len,
-                };
-                if tx.send(event).await.is_err() {
-                    return;
+                    reason: e.to_string(),
+                })
+                .await;
+            return;
+        }
+        let event = {
+            let mut read = [0u8; ORIGIN_READ];
+            match socket.try_recv(&mut read) {
+                Ok(len) => {
+                    let mut buf = BytesMut::with_capacity(HEADROOM + len + TAILROOM);
+                    buf.resize(HEADROOM, 0);
+                    buf.extend_from_slice(&read[..len]);
+                    buf.resize(HEADROOM + len + TAILROOM, 0);
+                    SocketEvent::UdpRead { flow, buf, len }
                 }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => SocketEvent::UdpFailed {
+                    flow,
+                    reason: e.to_string(),
+                },
             }
-            Err(e) => {
-                let _ = tx
-                    .send(SocketEvent::UdpFailed {
-                        flow,
-                        reason: e.to_string(),
-                    })
-                    .await;
-                return;
-            }
+        };
+        let failed = matches!(event, SocketEvent::UdpFailed { .. });
+        if tx.send(event).await.is_err() || failed {
+            return;
         }
     }
 }
