@@ -256,7 +256,11 @@ impl Origins {
                         label.len()
                     );
                     p.conn.handle_flow_written(p.now, flow);
-                    let n = p.conn.handle_flow_data(p.now, flow, response.as_bytes());
+                    let n = p.conn.handle_flow_data(
+                        p.now,
+                        flow,
+                        &bytes::Bytes::copy_from_slice(response.as_bytes()),
+                    );
                     assert_eq!(n, response.len(), "a small response fits the window");
                 }
                 OriginAction::Close { flow } => {

@@ -158,31 +158,13 @@ fn web_roots() -> rustls::RootCertStore {
     roots
 }
 
-/// Root certificates for the edge: `--cacert` alone, else cloudflared's default (the system
-/// store plus Cloudflare's Origin CA roots, which the edge's certificate chains to).
-fn edge_roots(cacert: Option<&[u8]>) -> Result<rustls::RootCertStore, tls::TlsError> {
-    if let Some(pem) = cacert {
-        return tls::roots_from_pem(pem, "--cacert");
-    }
-    let system = rustls_native_certs::load_native_certs();
-    for e in &system.errors {
-        warn!(error = %e, "cannot read part of the system certificate store");
-    }
-    let (roots, skipped) = tls::edge_default_roots(system.certs)?;
-    debug!(
-        roots = roots.len(),
-        skipped, "edge roots: system store and Cloudflare's origin CAs"
-    );
-    Ok(roots)
-}
-
 /// Runs the connector until shut down. Each message on `shutdown` is one signal: the first
 /// starts a graceful shutdown, the second closes at once.
 pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Result<(), RunError> {
     raise_nofile_limit();
     let rc = &opts.run;
     let pool = discover(&rc.edges, rc.ip_version).await?;
-    let roots = edge_roots(rc.cacert.as_deref())?;
+    let roots = burrow_core::settings::edge_roots(rc.cacert.as_deref())?;
     let percentage = if rc.wants_percentage_record() {
         let txt = percentage_record().await;
         if txt.is_none() {
@@ -711,12 +693,7 @@ async fn open_socket(
     edge: SocketAddr,
     local: Option<std::net::IpAddr>,
 ) -> std::io::Result<QuicSocket> {
-    let bind: SocketAddr = match local {
-        Some(ip) => SocketAddr::new(ip, 0),
-        None if edge.is_ipv4() => "0.0.0.0:0".parse().expect("static"),
-        None => "[::]:0".parse().expect("static"),
-    };
-    QuicSocket::bind(bind).await
+    QuicSocket::bind(burrow_os::edge_bind(edge, local)).await
 }
 
 /// Resolves with the index of a socket that has datagrams to read, looking first at the

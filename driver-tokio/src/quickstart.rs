@@ -118,6 +118,7 @@ async fn run(args: QuickstartArgs) -> Result<(), String> {
             post_quantum: false,
             protocol: burrow_core::tunnel::protocol::ProtocolFlag::Auto,
             retries: 5,
+            token: false,
         },
         // As for cloudflared's quick tunnels: no ICMP proxy.
         icmp: false,

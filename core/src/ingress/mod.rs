@@ -83,6 +83,9 @@ pub enum IngressError {
     Syntax(String),
 }
 
+/// The page the `hello_world` service serves (both drivers serve it in process).
+pub const HELLO_PAGE: &str = "<!DOCTYPE html><html><head><title>burrow</title></head><body><h1>Congrats! You created a tunnel!</h1><p>This page is served by burrow's built-in hello_world origin, through the tunnel.</p></body></html>\n";
+
 /// Where a rule sends requests.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Service {

@@ -366,7 +366,7 @@ impl ConnectorConnection {
 
     /// Bytes read from the origin of `flow`. Returns how many were taken; when short, keep the
     /// rest and stop reading this flow until [`OriginAction::Resume`].
-    pub fn handle_flow_data(&mut self, now: Instant, flow: FlowId, bytes: &[u8]) -> usize {
+    pub fn handle_flow_data(&mut self, now: Instant, flow: FlowId, bytes: &Bytes) -> usize {
         let n = self.data.on_flow_data(now, &mut self.conn, flow, bytes);
         self.progress(now);
         n

@@ -503,7 +503,7 @@ impl Http2Link {
     }
 
     /// Bytes read from the origin of `flow`; returns how many were taken.
-    pub fn handle_flow_data(&mut self, now: Instant, flow: FlowId, bytes: &[u8]) -> usize {
+    pub fn handle_flow_data(&mut self, now: Instant, flow: FlowId, bytes: &Bytes) -> usize {
         let mut edge = edge(&mut self.conn, &mut self.sides);
         let n = self.data.on_flow_data(now, &mut edge, flow, bytes);
         self.progress(now);

@@ -110,7 +110,12 @@ impl Link {
         both!(self, c => c.handle_flow_failed(now, flow, reason))
     }
 
-    pub(crate) fn handle_flow_data(&mut self, now: Instant, flow: FlowId, bytes: &[u8]) -> usize {
+    pub(crate) fn handle_flow_data(
+        &mut self,
+        now: Instant,
+        flow: FlowId,
+        bytes: &bytes::Bytes,
+    ) -> usize {
         both!(self, c => c.handle_flow_data(now, flow, bytes))
     }
 

@@ -640,7 +640,7 @@ impl Supervisor {
         now: Instant,
         link: LinkId,
         flow: FlowId,
-        bytes: &[u8],
+        bytes: &bytes::Bytes,
     ) -> usize {
         self.with_link(now, link, |c| c.handle_flow_data(now, flow, bytes))
             .unwrap_or(0)
