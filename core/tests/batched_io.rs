@@ -284,7 +284,7 @@ fn gso_batches_and_gro_buffers_carry_a_tcp_flow_intact_both_ways() {
     });
 
     // Both directions at once: origin bytes down to the edge, request bytes up to the origin.
-    let down = pattern(0x5a, DOWN);
+    let down = bytes::Bytes::from(pattern(0x5a, DOWN));
     let up = pattern(0xa5, UP);
     let (mut fed, mut queued) = (0, 0);
     let mut got_down = Vec::with_capacity(DOWN);
@@ -297,9 +297,11 @@ fn gso_batches_and_gro_buffers_carry_a_tcp_flow_intact_both_ways() {
         while progress {
             progress = false;
             if fed < DOWN {
-                let n =
-                    p.conn
-                        .handle_flow_data(p.now, flow, &down[fed..(fed + 64 * 1024).min(DOWN)]);
+                let n = p.conn.handle_flow_data(
+                    p.now,
+                    flow,
+                    &down.slice(fed..(fed + 64 * 1024).min(DOWN)),
+                );
                 fed += n;
                 progress |= n > 0;
             }

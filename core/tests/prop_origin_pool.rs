@@ -8,7 +8,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burrow_core::control::{ConnectionDetails, Registration};
@@ -157,7 +157,7 @@ impl Pair {
             vec![],
         );
         let mut config = ConnectorConfig::new(registration, client);
-        config.data.ingress = Some(Arc::new(RwLock::new(Arc::new(ingress))));
+        config.data.ingress = Some(Arc::new(ingress));
         let now = Instant::now();
         let edge_addr: SocketAddr = "198.51.100.1:7844".parse().unwrap();
         Pair {
@@ -256,7 +256,11 @@ impl Origins {
                         label.len()
                     );
                     p.conn.handle_flow_written(p.now, flow);
-                    let n = p.conn.handle_flow_data(p.now, flow, response.as_bytes());
+                    let n = p.conn.handle_flow_data(
+                        p.now,
+                        flow,
+                        &bytes::Bytes::copy_from_slice(response.as_bytes()),
+                    );
                     assert_eq!(n, response.len(), "a small response fits the window");
                 }
                 OriginAction::Close { flow } => {

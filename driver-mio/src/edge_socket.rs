@@ -36,12 +36,7 @@ pub struct EdgeSocket {
 impl EdgeSocket {
     /// Binds `local` (`--edge-bind-address`), else the unspecified address of `edge`'s family.
     pub fn bind_for(edge: SocketAddr, local: Option<std::net::IpAddr>) -> io::Result<Self> {
-        let bind: SocketAddr = match local {
-            Some(ip) => (ip, 0).into(),
-            None if edge.is_ipv4() => (std::net::Ipv4Addr::UNSPECIFIED, 0).into(),
-            None => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-        };
-        let io = UdpSocket::bind(bind)?;
+        let io = UdpSocket::bind(burrow_os::edge_bind(edge, local))?;
         let state = UdpSocketState::new((&io).into())?;
         // Best effort: the kernel caps the size at net.core.{r,w}mem_max.
         let _ = state.set_recv_buffer_size((&io).into(), SOCKET_BUFFER);

@@ -725,9 +725,6 @@ fn client(
         .map_err(|e| e.to_string())
 }
 
-/// The page `hello_world` serves (burrow-tokio's).
-const HELLO_PAGE: &str = "<!DOCTYPE html><html><head><title>burrow</title></head><body><h1>Congrats! You created a tunnel!</h1><p>This page is served by burrow's built-in hello_world origin, through the tunnel.</p></body></html>\n";
-
 /// An in-process origin: one request head in, one response out, then the connection ends
 /// (`Connection: close`), so nothing reuses it.
 struct Responder {
@@ -768,7 +765,9 @@ impl Responder {
         let mut req = httparse::Request::new(&mut headers);
         let (status, body): (u16, &str) = match req.parse(&self.head) {
             Ok(httparse::Status::Partial) if self.head.len() < MAX_HEAD => return,
-            Ok(httparse::Status::Complete(_)) if self.hello => (200, HELLO_PAGE),
+            Ok(httparse::Status::Complete(_)) if self.hello => {
+                (200, burrow_core::ingress::HELLO_PAGE)
+            }
             Ok(httparse::Status::Complete(_)) => (self.status, ""),
             _ => (400, ""),
         };
@@ -832,7 +831,7 @@ mod tests {
         let Some(Some(resp)) = h.answer() else {
             panic!("answered")
         };
-        assert!(resp.ends_with(HELLO_PAGE.as_bytes()));
+        assert!(resp.ends_with(burrow_core::ingress::HELLO_PAGE.as_bytes()));
         let mut bad = Responder::status(200);
         bad.take(&[0xff; 10]);
         let Some(Some(resp)) = bad.answer() else {

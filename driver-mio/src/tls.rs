@@ -1,30 +1,12 @@
-//! TLS trust for both sides: the edge's roots (`--cacert`, else the system store and
-//! Cloudflare's origin CAs) and each origin's client configuration (webpki roots plus
-//! `caPool`, or no verification), built once per distinct option set and shared by its flows.
+//! TLS trust for origins: each origin's client configuration (webpki roots plus `caPool`, or
+//! no verification), built once per distinct option set and shared by its flows. (The
+//! edge's roots are `burrow_core::settings::edge_roots`, shared with burrow-tokio.)
 
 use std::collections::HashMap;
 use std::sync::Arc;
 
 use burrow_core::ingress::OriginRequest;
-use burrow_core::quic::tls::{self, TlsError};
-use tracing::{debug, warn};
-
-/// Root certificates for the edge: `--cacert` alone, else cloudflared's default.
-pub fn edge_roots(cacert: Option<&[u8]>) -> Result<rustls::RootCertStore, TlsError> {
-    if let Some(pem) = cacert {
-        return tls::roots_from_pem(pem, "--cacert");
-    }
-    let system = rustls_native_certs::load_native_certs();
-    for e in &system.errors {
-        warn!(error = %e, "cannot read part of the system certificate store");
-    }
-    let (roots, skipped) = tls::edge_default_roots(system.certs)?;
-    debug!(
-        roots = roots.len(),
-        skipped, "edge roots: system store and Cloudflare's origin CAs"
-    );
-    Ok(roots)
-}
+use burrow_core::quic::tls;
 
 /// Origin client configurations by (`noTLSVerify`, `caPool`).
 pub struct OriginTls {

@@ -13,7 +13,7 @@ use burrow_core::connector::{Connector, Event, Input, Io, Output};
 use burrow_core::datagram::LinkId;
 use burrow_core::icmp::FunnelId;
 use burrow_core::session::UdpFlowId;
-use burrow_core::settings::{write_pidfile, Edges, OsHost, RunConfig, Settings};
+use burrow_core::settings::{edge_roots, write_pidfile, Edges, OsHost, RunConfig, Settings};
 use burrow_core::tunnel::protocol::{Protocol, PERCENTAGE_RECORD};
 use burrow_core::tunnel::supervisor::{srv_service, EdgePool, IpVersion};
 use mio::net::TcpListener;
@@ -30,7 +30,7 @@ use crate::origin::{Key, Origins, Report};
 use crate::resolver::Resolver;
 use crate::srv;
 use crate::status::{self, Client, Figures};
-use crate::tls::{edge_roots, OriginTls};
+use crate::tls::OriginTls;
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -39,8 +39,9 @@ const STATUS: Token = Token(2);
 const FIRST: usize = 16;
 /// Requests in flight per connection the edge is granted. quinn keeps bookkeeping for every
 /// stream granted from the start (about 90 bytes each): burrow-tokio's 8192 cost about 700 KiB
-/// per connection, most of this process's memory; a small box serves far fewer at once.
-const MAX_STREAMS: u32 = 1024;
+/// per connection, most of this process's memory; a small box serves far fewer at once (4
+/// connections still take 1024 requests at once).
+const MAX_STREAMS: u32 = 256;
 /// Most scrapes or probes served at once; more wait in the listen backlog.
 const MAX_STATUS_CLIENTS: usize = 16;
 
@@ -533,6 +534,8 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
     let mut fatal = None;
     let mut signal_count = 0u32;
     let mut pidfile = settings.pidfile.clone();
+    // Start-up's code pages are given back once, when every connection has registered.
+    let mut trimmed = false;
     let mut now = Instant::now();
     loop {
         // Drain every output (the connector orders them), then what the origins reported,
@@ -580,6 +583,10 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         let wanted: Vec<Token> = d.edge_tcp.wanted(&mut machine).collect();
         d.again.extend(wanted);
         d.figures.ready = machine.ready_connections();
+        if !trimmed && d.figures.ready >= d.figures.ha_connections {
+            trimmed = true;
+            crate::resident::trim_file_pages();
+        }
         d.figures.concurrent_requests = d.origins.len() as u64;
         if machine.is_stopped() {
             break;

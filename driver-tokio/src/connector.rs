@@ -14,21 +14,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burrow_core::connector::{Connector, Event, Input, Io, Output};
-use burrow_core::control::features::features;
-use burrow_core::control::Registration;
 use burrow_core::datagram::LinkId;
-use burrow_core::icmp::FunnelId;
+use burrow_core::icmp::{FunnelId, RouterConfig};
 use burrow_core::ingress::Ingress;
-use burrow_core::quic::tls::{self, PostQuantum};
+use burrow_core::quic::tls;
 use burrow_core::session::UdpFlowId;
-use burrow_core::settings::Credentials;
+use burrow_core::settings::RunConfig;
 use burrow_core::stream::proxy::FlowKind;
-use burrow_core::tunnel::connector::ConnectorConfig;
-use burrow_core::tunnel::data::{DataLimits, FlowId};
-use burrow_core::tunnel::protocol::{remote_selection, Protocol, ProtocolFlag, PERCENTAGE_RECORD};
-use burrow_core::tunnel::supervisor::{
-    srv_service, EdgePool, IpVersion, SupervisorConfig, SupervisorError,
-};
+use burrow_core::tunnel::data::FlowId;
+use burrow_core::tunnel::protocol::{Protocol, PERCENTAGE_RECORD};
+use burrow_core::tunnel::supervisor::{srv_service, EdgePool, IpVersion, SupervisorError};
 use burrow_core::tunnel::Transmit;
 use thiserror::Error;
 use tokio::net::TcpStream;
@@ -44,43 +39,11 @@ pub use burrow_core::settings::Edges;
 
 /// Everything `tunnel run` needs.
 pub struct Options {
-    /// Credentials.
-    pub creds: Credentials,
-    /// Ingress rules.
-    pub ingress: Ingress,
-    /// Local configuration JSON pushed on connection 0.
-    pub local_config: Option<Vec<u8>>,
-    /// Edge addresses.
-    pub edges: Edges,
-    /// `--edge-ip-version`.
-    pub ip_version: IpVersion,
-    /// `--edge-bind-address`: the local IP of the edge sockets.
-    pub edge_bind_address: Option<std::net::IpAddr>,
-    /// `--cacert` PEM contents: the only roots trusted for the edge.
-    pub cacert: Option<Vec<u8>>,
-    /// `--ha-connections`.
-    pub ha_connections: u8,
-    /// `--grace-period`.
-    pub grace_period: Duration,
-    /// `--features`.
-    pub features: Vec<String>,
-    /// `--tag`s, sent to origins with the connector id.
-    pub tags: Vec<burrow_core::stream::tag::Tag>,
-    /// `--max-active-flows`: overrides every configuration's `warp-routing.maxActiveFlows`
-    /// (0: unlimited). One limit for TCP flows and UDP sessions together.
-    pub max_active_flows: Option<u64>,
-    /// The configuration file's `warp-routing.maxActiveFlows`, in force until the edge pushes
-    /// a remote configuration.
-    pub local_max_active_flows: Option<u64>,
-    /// ICMP proxy sources (`--icmpv4-src`, `--icmpv6-src`, found when unset); `None` turns the
-    /// ICMP proxy off.
-    pub icmp: Option<IcmpSources>,
-    /// `--post-quantum`.
-    pub post_quantum: bool,
-    /// `--protocol`.
-    pub protocol: ProtocolFlag,
-    /// `--retries`: the backoff's exponent cap, and when `auto` falls back.
-    pub retries: u32,
+    /// The settings, configuration file and credentials, resolved by core (shared with
+    /// burrow-mio).
+    pub run: RunConfig,
+    /// Whether to proxy ICMP (from `--icmpv4-src`/`--icmpv6-src`, found when unset).
+    pub icmp: bool,
     /// Metrics (shared with the metrics server).
     pub metrics: Arc<Metrics>,
 }
@@ -195,88 +158,36 @@ fn web_roots() -> rustls::RootCertStore {
     roots
 }
 
-/// Root certificates for the edge: `--cacert` alone, else cloudflared's default (the system
-/// store plus Cloudflare's Origin CA roots, which the edge's certificate chains to).
-fn edge_roots(cacert: Option<&[u8]>) -> Result<rustls::RootCertStore, tls::TlsError> {
-    if let Some(pem) = cacert {
-        return tls::roots_from_pem(pem, "--cacert");
-    }
-    let system = rustls_native_certs::load_native_certs();
-    for e in &system.errors {
-        warn!(error = %e, "cannot read part of the system certificate store");
-    }
-    let (roots, skipped) = tls::edge_default_roots(system.certs)?;
-    debug!(
-        roots = roots.len(),
-        skipped, "edge roots: system store and Cloudflare's origin CAs"
-    );
-    Ok(roots)
-}
-
 /// Runs the connector until shut down. Each message on `shutdown` is one signal: the first
 /// starts a graceful shutdown, the second closes at once.
 pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Result<(), RunError> {
     raise_nofile_limit();
-    let pool = discover(&opts.edges, opts.ip_version).await?;
-    let roots = edge_roots(opts.cacert.as_deref())?;
-    let pq = if opts.post_quantum {
-        PostQuantum::Strict
-    } else {
-        PostQuantum::Prefer
-    };
-    let http2_tls = burrow_core::http2::tls::client_config(roots.clone(), pq)?;
-    let client = quinn_proto::ClientConfig::new(Arc::new(tls::client_config(roots, pq)?));
-    let auto_initial = match (opts.protocol, &opts.edges) {
-        (ProtocolFlag::Auto, Edges::Srv { .. }) => {
-            let txt = percentage_record().await;
-            if txt.is_none() {
-                warn!("Unable to lookup protocol percentage.");
-            }
-            remote_selection(txt.as_deref(), &opts.creds.account_tag)
+    let rc = &opts.run;
+    let pool = discover(&rc.edges, rc.ip_version).await?;
+    let roots = burrow_core::settings::edge_roots(rc.cacert.as_deref())?;
+    let percentage = if rc.wants_percentage_record() {
+        let txt = percentage_record().await;
+        if txt.is_none() {
+            warn!("Unable to lookup protocol percentage.");
         }
-        // The percentage record describes Cloudflare's edge, not one given with --edge.
-        _ => Protocol::Quic,
+        txt
+    } else {
+        None
     };
-    let features = features(opts.post_quantum, &opts.features);
     let metrics = opts.metrics.clone();
-    let registration = Registration::new(
-        opts.creds.account_tag.clone(),
-        opts.creds.secret.clone(),
-        opts.creds.tunnel_id,
-        metrics.connector_id,
-        features,
-    );
-    // One handle for the dialer and every data stream, so a configuration push reaches all.
-    let ingress: burrow_core::ingress::SharedIngress =
-        Arc::new(std::sync::RwLock::new(Arc::new(opts.ingress.clone())));
-    let data = DataLimits {
-        ingress: Some(ingress.clone()),
-        max_idle: opts.ingress.defaults.keep_alive_connections as usize,
-        idle_timeout: opts.ingress.defaults.keep_alive_timeout,
-        tags: opts.tags.clone(),
-        ..DataLimits::default()
+    let icmp = if opts.icmp {
+        icmp_config(IcmpSources {
+            v4: rc.icmpv4_src,
+            v6: rc.icmpv6_src,
+        })
+    } else {
+        RouterConfig::default()
     };
-    let connector = ConnectorConfig {
-        local_config: opts.local_config.clone(),
-        grace_period: opts.grace_period,
-        data,
-        ..ConnectorConfig::new(registration, client)
-    };
-    let mut config = SupervisorConfig::new(connector);
-    config.protocol = opts.protocol;
-    config.auto_initial = auto_initial;
-    config.http2_tls = Some(http2_tls);
-    config.ha_connections = opts.ha_connections;
-    config.retries = opts.retries;
-    config.max_active_flows = opts.max_active_flows;
-    config.local_max_active_flows = opts.local_max_active_flows;
-    if let Some(sources) = opts.icmp {
-        config.icmp = icmp_config(sources);
-    }
+    let config = rc.supervisor_config(roots, metrics.connector_id, icmp, percentage.as_deref())?;
     let mut machine = Connector::new(Instant::now(), config, pool, random_u64());
     metrics.ha_connections.set(machine.ha_connections() as i64);
     info!(
-        tunnel_id = %opts.creds.tunnel_id,
+        tunnel_id = %rc.creds.tunnel_id,
         connector_id = %metrics.connector_id,
         "Starting tunnel"
     );
@@ -289,13 +200,16 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     let (keys_tx, mut keys_rx) = mpsc::unbounded_channel();
     let (urls_tx, urls_rx) = mpsc::unbounded_channel();
     tokio::spawn(crate::access::run(
-        access_urls(&opts.ingress),
+        machine
+            .ingress()
+            .map(|i| access_urls(i))
+            .unwrap_or_default(),
         urls_rx,
         keys_tx,
         web_roots,
     ));
     let mut io = DriverIo::new(dialer, metrics.clone());
-    io.bind = opts.edge_bind_address;
+    io.bind = rc.edge_bind_address;
     let mut fatal = None;
     let mut signals = 0u32;
 
@@ -319,11 +233,9 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                         fatal = Some(err.clone());
                     }
                     if let Event::ConfigurationApplied { .. } = &e {
-                        let now = ingress
-                            .read()
-                            .unwrap_or_else(std::sync::PoisonError::into_inner)
-                            .clone();
-                        let _ = urls_tx.send(access_urls(&now));
+                        if let Some(ingress) = machine.ingress() {
+                            let _ = urls_tx.send(access_urls(ingress));
+                        }
                     }
                     on_event(&metrics, e, signals > 0);
                     None
@@ -340,7 +252,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         metrics.update_flows(machine.flow_limiter());
         metrics
             .quic
-            .sample(Instant::now(), &machine, opts.ha_connections);
+            .sample(Instant::now(), &machine, opts.run.ha_connections);
         if machine.is_stopped() {
             break;
         }
@@ -414,7 +326,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             Some(()) = shutdown.recv() => {
                 signals += 1;
                 if signals == 1 {
-                    info!(grace_period = ?opts.grace_period, "Initiating graceful shutdown due to signal");
+                    info!(grace_period = ?opts.run.grace_period, "Initiating graceful shutdown due to signal");
                 } else {
                     info!("second signal: exiting now");
                 }
@@ -781,12 +693,7 @@ async fn open_socket(
     edge: SocketAddr,
     local: Option<std::net::IpAddr>,
 ) -> std::io::Result<QuicSocket> {
-    let bind: SocketAddr = match local {
-        Some(ip) => SocketAddr::new(ip, 0),
-        None if edge.is_ipv4() => "0.0.0.0:0".parse().expect("static"),
-        None => "[::]:0".parse().expect("static"),
-    };
-    QuicSocket::bind(bind).await
+    QuicSocket::bind(burrow_os::edge_bind(edge, local)).await
 }
 
 /// Resolves with the index of a socket that has datagrams to read, looking first at the

@@ -6,23 +6,18 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket as StdUdpSocket};
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
-use burrow_core::icmp::{FunnelId, RouterConfig};
+use burrow_core::icmp::FunnelId;
 use burrow_core::session::{UdpFlowId, HEADROOM, ORIGIN_READ, TAILROOM};
 use bytes::{Bytes, BytesMut};
-use socket2::{Domain, Protocol, SockRef, Socket, Type};
+use socket2::SockRef;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
+use tracing::debug;
 
-/// Room for one origin read with the framing around it.
-const SLOT: usize = HEADROOM + ORIGIN_READ + TAILROOM;
-/// Reads a UDP reader's buffer holds before it takes a fresh one (when the datagrams split
-/// off it are still queued in quinn) or reclaims it (when they are gone).
-const SLOTS_PER_BUFFER: usize = 2;
 /// Largest ICMP message read from a ping socket (cloudflared's 1500-byte buffer).
 const PING_READ: usize = 1500;
 /// Depth of the channel from the socket readers to the loop.
@@ -35,7 +30,7 @@ pub enum SocketEvent {
     UdpRead {
         /// The session's socket.
         flow: UdpFlowId,
-        /// Buffer of [`SLOT`] bytes, the payload at `HEADROOM`.
+        /// The payload at `HEADROOM`, with `TAILROOM` bytes after it.
         buf: BytesMut,
         /// Payload length.
         len: usize,
@@ -216,63 +211,50 @@ impl DatagramSockets {
     }
 }
 
-/// A connected UDP socket to `dest` from a kernel-chosen local address (cloudflared's
-/// `DialUDP`). UDP connect only sets the peer; it does not block.
+/// [`burrow_os::open_udp`] on the runtime.
 fn open_udp(dest: SocketAddr) -> io::Result<UdpSocket> {
-    let bind = if dest.is_ipv4() {
-        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
-    } else {
-        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
-    };
-    let socket = StdUdpSocket::bind(bind)?;
-    socket.connect(dest)?;
-    socket.set_nonblocking(true)?;
-    UdpSocket::from_std(socket)
+    UdpSocket::from_std(burrow_os::open_udp(dest)?)
 }
 
-/// An unprivileged ping socket (`SOCK_DGRAM`, `IPPROTO_ICMP`/`IPPROTO_ICMPV6`) bound to
-/// `bind`: the kernel puts in its own echo ident and, for ICMPv6, the checksum, and hands back
-/// only the replies to that ident, without IP header.
+/// [`burrow_os::open_ping`] on the runtime.
 pub fn open_ping(bind: IpAddr) -> io::Result<UdpSocket> {
-    let (domain, protocol) = match bind {
-        IpAddr::V4(_) => (Domain::IPV4, Protocol::ICMPV4),
-        IpAddr::V6(_) => (Domain::IPV6, Protocol::ICMPV6),
-    };
-    let socket = Socket::new(domain, Type::DGRAM, Some(protocol))?;
-    socket.set_nonblocking(true)?;
-    socket.bind(&SocketAddr::new(bind, 0).into())?;
-    UdpSocket::from_std(socket.into())
+    UdpSocket::from_std(burrow_os::open_ping(bind)?)
 }
 
 async fn read_udp(flow: UdpFlowId, socket: Arc<UdpSocket>, tx: mpsc::Sender<SocketEvent>) {
-    let mut buf = BytesMut::with_capacity(SLOTS_PER_BUFFER * SLOT);
     loop {
-        // Reclaims the buffer once what was split off it is gone, else takes a fresh one.
-        buf.resize(SLOT, 0);
-        match socket
-            .recv(&mut buf[HEADROOM..HEADROOM + ORIGIN_READ])
-            .await
-        {
-            Ok(len) => {
-                let chunk = buf.split_to(SLOT);
-                let event = SocketEvent::UdpRead {
+        // An idle session holds no buffer (10k sessions would hold 10k of them): wait until a
+        // datagram is queued, read it on the stack, and hand on a buffer sized to it (one copy of
+        // the payload, which is small next to the 1.5 KiB a reused buffer would pin).
+        if let Err(e) = socket.readable().await {
+            let _ = tx
+                .send(SocketEvent::UdpFailed {
                     flow,
-                    buf: chunk,
-                    len,
-                };
-                if tx.send(event).await.is_err() {
-                    return;
+                    reason: e.to_string(),
+                })
+                .await;
+            return;
+        }
+        let event = {
+            let mut read = [0u8; ORIGIN_READ];
+            match socket.try_recv(&mut read) {
+                Ok(len) => {
+                    let mut buf = BytesMut::with_capacity(HEADROOM + len + TAILROOM);
+                    buf.resize(HEADROOM, 0);
+                    buf.extend_from_slice(&read[..len]);
+                    buf.resize(HEADROOM + len + TAILROOM, 0);
+                    SocketEvent::UdpRead { flow, buf, len }
                 }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+                Err(e) => SocketEvent::UdpFailed {
+                    flow,
+                    reason: e.to_string(),
+                },
             }
-            Err(e) => {
-                let _ = tx
-                    .send(SocketEvent::UdpFailed {
-                        flow,
-                        reason: e.to_string(),
-                    })
-                    .await;
-                return;
-            }
+        };
+        let failed = matches!(event, SocketEvent::UdpFailed { .. });
+        if tx.send(event).await.is_err() || failed {
+            return;
         }
     }
 }
@@ -306,105 +288,12 @@ async fn read_ping(funnel: FunnelId, socket: Arc<UdpSocket>, tx: mpsc::Sender<So
     }
 }
 
-/// `--icmpv4-src` / `--icmpv6-src`, or `None` to find them as cloudflared does.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct IcmpSources {
-    /// IPv4 source and ping-socket bind address.
-    pub v4: Option<Ipv4Addr>,
-    /// IPv6 source.
-    pub v6: Option<Ipv6Addr>,
-}
-
-/// The local address the kernel would send to `probe` from. A UDP connect only picks a
-/// route; nothing is sent.
-fn outbound_ip(probe: SocketAddr) -> io::Result<IpAddr> {
-    let bind = if probe.is_ipv4() {
-        SocketAddr::from((Ipv4Addr::UNSPECIFIED, 0))
-    } else {
-        SocketAddr::from((Ipv6Addr::UNSPECIFIED, 0))
-    };
-    let socket = StdUdpSocket::bind(bind)?;
-    socket.connect(probe)?;
-    Ok(socket.local_addr()?.ip())
-}
-
-/// cloudflared's warning when the process may not open ping sockets (`ingress/icmp_linux.go`).
-const PING_GROUP_WARNING: &str = "The user running burrow has a GID (group ID) that is not within net.ipv4.ping_group_range. You might need to add that user to a group within that range, or instead update the range to encompass a group the user is already in by modifying /proc/sys/net/ipv4/ping_group_range (sysctl -w net.ipv4.ping_group_range=\"GID GID\"). Otherwise burrow will not be able to ping this network";
-
-/// The ICMP router's configuration: sources given or found (cloudflared: the address used
-/// towards `192.168.0.1:53` for IPv4, falling back here to loopback; for IPv6 the address
-/// used towards a public IPv6 address, falling back to `::1`), each family kept only if a ping
-/// socket can be opened on it. A refused permission is warned about once.
-pub fn icmp_config(given: IcmpSources) -> RouterConfig {
-    let v4 = given.v4.unwrap_or_else(|| {
-        match outbound_ip(SocketAddr::from(([192, 168, 0, 1], 53))) {
-            Ok(IpAddr::V4(a)) => a,
-            other => {
-                debug!(result = ?other, "Failed to determine the IPv4 for this machine. It will use {} to send/listen for ICMPv4 echo", Ipv4Addr::LOCALHOST);
-                Ipv4Addr::LOCALHOST
-            }
-        }
-    });
-    let v6 = given.v6.unwrap_or_else(|| {
-        let public = SocketAddr::from(([0x2606, 0x4700, 0x4700, 0, 0, 0, 0, 0x1111], 53));
-        match outbound_ip(public) {
-            Ok(IpAddr::V6(a)) => a,
-            other => {
-                debug!(result = ?other, "Failed to determine the IPv6 for this machine. It will use {} to send/listen for ICMPv6 echo", Ipv6Addr::LOCALHOST);
-                Ipv6Addr::LOCALHOST
-            }
-        }
-    });
-    let mut warned = false;
-    let mut usable = |addr: IpAddr| match open_ping(addr) {
-        Ok(_) => true,
-        Err(e) => {
-            if e.kind() == io::ErrorKind::PermissionDenied && !warned {
-                warned = true;
-                warn!(error = %e, "{PING_GROUP_WARNING}");
-            } else {
-                info!(source = %addr, error = %e, "cannot open a ping socket; ICMP of this family is not proxied");
-            }
-            false
-        }
-    };
-    let v4 = usable(IpAddr::V4(v4)).then_some(v4);
-    let v6 = usable(IpAddr::V6(v6)).then_some(v6);
-    match (v4, v6) {
-        (None, None) => warn!("ICMP proxy feature is disabled"),
-        _ => {
-            if let Some(a) = v4 {
-                info!("ICMP proxy will use {a} as source for IPv4");
-            }
-            if let Some(a) = v6 {
-                info!("ICMP proxy will use {a} as source for IPv6");
-            }
-        }
-    }
-    RouterConfig::new(v4, v6)
-}
-
-/// Raises the soft limit of open files to the hard limit: every UDP session and every ping
-/// funnel holds a socket (10k sessions, 10k descriptors).
-pub fn raise_nofile_limit() {
-    use rustix::process::{getrlimit, setrlimit, Resource, Rlimit};
-    let limit = getrlimit(Resource::Nofile);
-    if limit.current != limit.maximum {
-        let raised = Rlimit {
-            current: limit.maximum,
-            maximum: limit.maximum,
-        };
-        if let Err(e) = setrlimit(Resource::Nofile, raised) {
-            debug!(error = %e, soft = ?limit.current, hard = ?limit.maximum, "cannot raise the open file limit");
-        }
-    }
-    let now = getrlimit(Resource::Nofile);
-    debug!(soft = ?now.current, hard = ?now.maximum, "open file limit");
-}
+pub use burrow_os::{icmp_config, raise_nofile_limit, IcmpSources};
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::net::{Ipv4Addr, Ipv6Addr};
     use std::time::Duration;
 
     fn sockets() -> (DatagramSockets, mpsc::Receiver<SocketEvent>) {

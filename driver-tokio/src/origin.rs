@@ -12,7 +12,7 @@ use burrow_core::datagram::LinkId;
 use burrow_core::ingress::{Origin, OriginRequest, Service};
 use burrow_core::stream::proxy::FlowKind;
 use burrow_core::tunnel::data::FlowId;
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
@@ -86,7 +86,10 @@ pub struct Dialer {
     pub roots: Arc<rustls::RootCertStore>,
 }
 
+/// Bytes asked of the origin per read when a fresh buffer is needed.
 const READ_CHUNK: usize = 32 * 1024;
+/// Least room worth a read: below it the buffer is renewed first.
+const MIN_READ: usize = 4 * 1024;
 
 impl Dialer {
     /// Starts flow `flow` of `link`: dials (`host` is the request's, for `matchSNItoHost`),
@@ -283,15 +286,21 @@ async fn pump(
         std::future::pending::<()>().await;
     };
     let reader = async move {
-        let mut buf = vec![0u8; READ_CHUNK];
+        // Each read is split off as it is (no copy) and handed on; core passes it to QUIC by
+        // reference. Later reads fill the rest of the same allocation, and a fresh one comes
+        // only when little is left (or reclaimed, once nobody holds the old one).
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
         loop {
-            match rd.read(&mut buf).await {
+            if buf.capacity() < MIN_READ {
+                buf.reserve(READ_CHUNK);
+            }
+            match rd.read_buf(&mut buf).await {
                 Ok(0) => {
                     report(FlowReport::Finished);
                     break;
                 }
-                Ok(n) => {
-                    report(FlowReport::Data(Bytes::copy_from_slice(&buf[..n])));
+                Ok(_) => {
+                    report(FlowReport::Data(buf.split().freeze()));
                     permit.notified().await;
                 }
                 Err(e) => {
@@ -312,9 +321,6 @@ enum Responder {
     Hello,
 }
 
-/// The page `hello_world` serves.
-pub const HELLO_PAGE: &str = "<!DOCTYPE html><html><head><title>burrow</title></head><body><h1>Congrats! You created a tunnel!</h1><p>This page is served by burrow's built-in hello_world origin, through the tunnel.</p></body></html>\n";
-
 /// An in-memory connection to an in-process HTTP/1.1 server (hyper).
 fn in_process(r: Responder) -> Box<dyn Io> {
     let (client, server) = tokio::io::duplex(64 * 1024);
@@ -333,7 +339,7 @@ fn in_process(r: Responder) -> Box<dyn Io> {
                         // Drain any body so the connection stays usable.
                         let _ = http_body_util::BodyExt::collect(req.into_body()).await;
                         let mut resp = hyper::Response::new(Full::new(Bytes::from_static(
-                            HELLO_PAGE.as_bytes(),
+                            burrow_core::ingress::HELLO_PAGE.as_bytes(),
                         )));
                         resp.headers_mut().insert(
                             http::header::CONTENT_TYPE,

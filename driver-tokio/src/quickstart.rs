@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use burrow_core::ingress::{Ingress, Service};
+use burrow_core::settings::RunConfig;
 use burrow_core::tunnel::supervisor::IpVersion;
 use clap::Args;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -98,24 +99,29 @@ async fn run(args: QuickstartArgs) -> Result<(), String> {
     let metrics_addr = listener.local_addr().map_err(|e| e.to_string())?;
     tokio::spawn(metrics::serve(listener, m.clone()));
     let opts = Options {
-        creds,
-        ingress: Ingress::single(Service::HelloWorld),
-        local_config: Some(br#"{"ingress":[{"service":"hello_world"}]}"#.to_vec()),
-        edges: Edges::Static(vec![running.quic.to_string()]),
-        ip_version: IpVersion::Auto,
-        edge_bind_address: None,
-        cacert: Some(cacert),
-        ha_connections: 4,
-        grace_period: Duration::from_secs(5),
-        features: Vec::new(),
-        tags: Vec::new(),
-        max_active_flows: None,
-        local_max_active_flows: None,
+        run: RunConfig {
+            creds,
+            ingress: Ingress::single(Service::HelloWorld),
+            local_config: Some(br#"{"ingress":[{"service":"hello_world"}]}"#.to_vec()),
+            edges: Edges::Static(vec![running.quic.to_string()]),
+            ip_version: IpVersion::Auto,
+            edge_bind_address: None,
+            cacert: Some(cacert),
+            ha_connections: 4,
+            grace_period: Duration::from_secs(5),
+            features: Vec::new(),
+            tags: Vec::new(),
+            max_active_flows: None,
+            local_max_active_flows: None,
+            icmpv4_src: None,
+            icmpv6_src: None,
+            post_quantum: false,
+            protocol: burrow_core::tunnel::protocol::ProtocolFlag::Auto,
+            retries: 5,
+            token: false,
+        },
         // As for cloudflared's quick tunnels: no ICMP proxy.
-        icmp: None,
-        post_quantum: false,
-        protocol: burrow_core::tunnel::protocol::ProtocolFlag::Auto,
-        retries: 5,
+        icmp: false,
         metrics: m.clone(),
     };
     let (stop_tx, stop_rx) = mpsc::unbounded_channel();

@@ -52,26 +52,8 @@ pub fn options(
         warn!("{}", n.message());
     }
     Ok(Options {
-        creds: rc.creds,
-        ingress: rc.ingress,
-        local_config: rc.local_config,
-        edges: rc.edges,
-        ip_version: rc.ip_version,
-        edge_bind_address: rc.edge_bind_address,
-        cacert: rc.cacert,
-        ha_connections: rc.ha_connections,
-        grace_period: rc.grace_period,
-        features: rc.features,
-        tags: rc.tags,
-        max_active_flows: rc.max_active_flows,
-        local_max_active_flows: rc.local_max_active_flows,
-        icmp: Some(crate::datagram::IcmpSources {
-            v4: rc.icmpv4_src,
-            v6: rc.icmpv6_src,
-        }),
-        post_quantum: rc.post_quantum,
-        protocol: rc.protocol,
-        retries: rc.retries,
+        run: rc,
+        icmp: true,
         metrics,
     })
 }

@@ -309,8 +309,13 @@ impl Testbed {
 
     /// Writes the connector's config.yml and starts `burrow tunnel run`.
     pub fn connector(&self, o: &ConnectorOpts) -> Result<Proc, TestbedError> {
+        self.connector_from(&self.bin, o)
+    }
+
+    /// The same with another binary that takes `burrow tunnel run`'s flags (burrow-mio).
+    pub fn connector_from(&self, bin: &Path, o: &ConnectorOpts) -> Result<Proc, TestbedError> {
         let config = self.write_config(o)?;
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = Command::new(bin);
         cmd.args(["tunnel", "--config"])
             .arg(&config)
             .args(["--edge", &o.edge.to_string()])

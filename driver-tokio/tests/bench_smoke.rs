@@ -1,7 +1,9 @@
 //! `burrow-bench --quick` end to end: the real daemons as child processes, real loopback
 //! traffic. Checks the table's shape and that HTTP and TCP figures exist on both sides; no
 //! timing is asserted (the figures of a debug build on a shared machine mean nothing). With
-//! `BURROW_CLOUDFLARED` set to a cloudflared binary, its columns are checked too.
+//! `BURROW_MIO` set to a burrow-mio binary, or `BURROW_CLOUDFLARED` to a cloudflared binary,
+//! their columns are checked too; with `--http2`, each connector's columns over HTTP/2 as well
+//! (no UDP there: n/a with the reason).
 
 use std::process::Command;
 
@@ -39,9 +41,23 @@ fn quick_bench_prints_the_table() {
         "burrow",
         "burrow/direct",
     ];
+    let mio = std::env::var_os("BURROW_MIO");
+    if let Some(path) = &mio {
+        cmd.arg("--mio").arg(path);
+        head.extend(["burrow-mio", "burrow-mio/direct"]);
+    }
     if let Some(path) = &cloudflared {
         cmd.arg("--cloudflared").arg(path);
         head.extend(["cloudflared", "cloudflared/direct"]);
+    }
+    // Every connector again over HTTP/2.
+    cmd.arg("--http2");
+    head.extend(["burrow h2", "burrow h2/direct"]);
+    if mio.is_some() {
+        head.extend(["burrow-mio h2", "burrow-mio h2/direct"]);
+    }
+    if cloudflared.is_some() {
+        head.extend(["cloudflared h2", "cloudflared h2/direct"]);
     }
     let out = cmd.output().expect("run burrow-bench");
     let cells = head.len();

@@ -3,48 +3,17 @@
 //! over HTTP/2 and serve; once UDP passes again every connection returns to QUIC within 3
 //! minutes while requests keep succeeding. Skips without root or `nft`.
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use burrow_tokio::testbed::{self, ConnectorOpts, EdgeOpts, Testbed};
 
 mod common;
 use common::client::request;
+use common::nft::DropUdp;
 use common::origins::origin;
 
 const BIN: &str = env!("CARGO_BIN_EXE_burrow");
 
-/// An nftables table dropping UDP to one port on output; removed on drop.
-struct DropUdp(String);
-
-impl DropUdp {
-    fn to_port(port: u16) -> Option<Self> {
-        let table = format!("burrow_fallback_{}", std::process::id());
-        let nft = |args: &str| {
-            Command::new("nft")
-                .args(args.split(' '))
-                .status()
-                .is_ok_and(|s| s.success())
-        };
-        let ok = nft(&format!("add table inet {table}"))
-            && nft(&format!(
-                "add chain inet {table} out {{ type filter hook output priority 0 ; }}"
-            ))
-            && nft(&format!("add rule inet {table} out udp dport {port} drop"));
-        let rule = DropUdp(table);
-        ok.then_some(rule)
-    }
-}
-
-impl Drop for DropUdp {
-    fn drop(&mut self) {
-        let _ = Command::new("nft")
-            .args(["delete", "table", "inet", &self.0])
-            .status();
-    }
-}
-
-/// Every request sent while the connections move back to QUIC is answered.
 #[test]
 fn auto_falls_back_to_http2_when_udp_is_dropped_and_returns_to_quic() {
     let bed_edge = EdgeOpts::loopback().expect("ports");

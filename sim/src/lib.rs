@@ -5,6 +5,7 @@ pub mod client;
 pub mod clock;
 pub mod net;
 pub mod origin;
+pub mod rtt;
 pub mod scenarios;
 pub mod udp;
 pub mod world;

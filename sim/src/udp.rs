@@ -142,6 +142,11 @@ impl OriginNet {
         &self.quiet_at_close
     }
 
+    /// The last time any open session socket carried a payload (or opened).
+    pub fn last_io(&self) -> Option<VirtualTime> {
+        self.last_io.values().copied().max()
+    }
+
     /// Open origin sockets.
     pub fn sockets(&self) -> usize {
         self.sockets.len()
@@ -357,12 +362,13 @@ pub struct Eyeball {
 }
 
 impl Eyeball {
-    /// Sessions to `dests` (one each), registered on `conn` starting at `start`, spread over
-    /// `spread` so they do not all go in one burst.
+    /// Sessions to `dests` (one each), registered on `conns` in turn (as the edge spreads
+    /// eyeballs over a tunnel's connections) starting at `start`, spread over `spread` so they
+    /// do not all go in one burst.
     pub fn new(
         ids: impl Iterator<Item = u128>,
         dests: &[SocketAddr],
-        conn: ConnId,
+        conns: &[ConnId],
         start: VirtualTime,
         spread: Duration,
         idle_secs: u16,
@@ -384,7 +390,7 @@ impl Eyeball {
             e.sessions.push(EyeSession {
                 id,
                 dest: *dest,
-                conn,
+                conn: conns[i % conns.len()],
                 idle_secs,
                 registered: false,
                 refused: None,
@@ -403,16 +409,15 @@ impl Eyeball {
         self.timers.peek().map(|Reverse((t, _))| *t)
     }
 
-    /// Moves every session of `from` to `to` and re-registers them there (what the edge does
-    /// when a connection dies).
-    pub fn move_sessions(&mut self, from: ConnId, to: ConnId, now: VirtualTime) {
-        for (i, s) in self.sessions.iter_mut().enumerate() {
+    /// Moves every session of `from` to `to`, to register there (what the edge does when a
+    /// connection dies): each one when its next payload is due, as the edge re-registers a
+    /// flow when its eyeball next sends, not all of them in one burst.
+    pub fn move_sessions(&mut self, from: ConnId, to: ConnId) {
+        for s in &mut self.sessions {
             if s.conn == from {
                 s.conn = to;
                 if s.refused.is_none() {
                     s.registered = false;
-                    s.due = now;
-                    self.timers.push(Reverse((now, i)));
                 }
             }
         }

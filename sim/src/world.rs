@@ -24,6 +24,7 @@ use fnv::FnvHasher;
 use crate::clock::{Clock, VirtualTime};
 use crate::net::Network;
 use crate::origin::Origins;
+use crate::rtt::RttReplica;
 use crate::udp::{OriginNet, Read};
 
 /// Datagrams a node may send in one batch, as a GSO-capable socket would take them.
@@ -92,9 +93,29 @@ pub struct Node {
     history: BTreeMap<LinkId, ConnId>,
     /// When a packet last reached one of its sockets.
     pub last_heard: VirtualTime,
+    /// Replays each HA index's RTT estimator (for the PTO) when set: `(link, estimator)`.
+    pub rtt: Option<BTreeMap<u8, (LinkId, RttReplica)>>,
 }
 
 impl Node {
+    /// Looks at HA index `index`'s smoothed RTT after a datagram reached it, when watching.
+    fn watch_rtt(&mut self, index: u8) {
+        let Some(watched) = &mut self.rtt else { return };
+        let (Some(link), Some(conn)) = (
+            self.connector.link_of(index),
+            self.connector.connection(index),
+        ) else {
+            return;
+        };
+        let entry = watched
+            .entry(index)
+            .or_insert((link, RttReplica::default()));
+        if entry.0 != link {
+            *entry = (link, RttReplica::default());
+        }
+        entry.1.observe(conn.quic_stats().path.rtt);
+    }
+
     /// The address HA index `index` sends from.
     pub fn socket(&self, index: u8) -> SocketAddr {
         SocketAddr::from((self.ip, BASE_PORT + u16::from(index)))
@@ -215,6 +236,7 @@ impl World {
             served: BTreeMap::new(),
             history: BTreeMap::new(),
             last_heard: VirtualTime::ZERO,
+            rtt: None,
         });
         self.drain(n);
         n
@@ -464,6 +486,7 @@ impl World {
             self.connectors[n].last_heard = self.now;
             let received = Received::single(p.from, &p.data);
             self.feed(n, Input::Received { index, received });
+            self.connectors[n].watch_rtt(index);
         }
         if let Some(edge) = &mut self.edge {
             if edge.poll_timeout().is_some_and(|t| t <= now) {

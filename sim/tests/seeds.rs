@@ -68,8 +68,7 @@ fn every_scenario_passes_200_seeds_at_10_percent_loss() {
 
 /// The issue's scale, once per scenario: 1000 HTTP requests up to 8 MiB, 64 MiB echoes, 10k
 /// concurrent UDP sessions (every payload accounted for), a 100k registration flood. The
-/// scenarios are split over the cores. `udp-migration` is left out: at full scale it still
-/// tears sessions down after the move (open; see the issue).
+/// scenarios are split over the cores.
 #[test]
 fn every_scenario_passes_one_seed_at_full_scale() {
     let p = Params {
@@ -77,7 +76,7 @@ fn every_scenario_passes_one_seed_at_full_scale() {
         loss: 0.05,
         quick: false,
     };
-    let scenarios: Vec<_> = ALL.iter().filter(|s| s.name != "udp-migration").collect();
+    let scenarios: Vec<_> = ALL.iter().collect();
     let failures: Vec<String> = std::thread::scope(|scope| {
         let workers: Vec<_> = scenarios
             .chunks(scenarios.len().div_ceil(2))

@@ -33,13 +33,18 @@ static GLOBAL: Counting = Counting;
 
 /// Runs `op` many times and returns allocations per call.
 #[allow(dead_code)] // not every bench uses every helper
-pub fn allocs_per_op<T>(mut op: impl FnMut() -> T) -> f64 {
-    const N: u64 = 100_000;
+pub fn allocs_per_op<T>(op: impl FnMut() -> T) -> f64 {
+    allocs_per_ops(100_000, op)
+}
+
+/// Runs `op` `n` times and returns allocations per call.
+#[allow(dead_code)]
+pub fn allocs_per_ops<T>(n: u64, mut op: impl FnMut() -> T) -> f64 {
     let before = ALLOCS.load(Ordering::Relaxed);
-    for _ in 0..N {
+    for _ in 0..n {
         black_box(op());
     }
-    (ALLOCS.load(Ordering::Relaxed) - before) as f64 / N as f64
+    (ALLOCS.load(Ordering::Relaxed) - before) as f64 / n as f64
 }
 
 /// Heap bytes live right now.

@@ -368,6 +368,12 @@ impl Connector {
         self.sup.link_of(index)
     }
 
+    /// The ingress rules in force: the last configuration push's, else the local ones (none:
+    /// requests go to origins as the edge sent them).
+    pub fn ingress(&self) -> Option<&Arc<crate::ingress::Ingress>> {
+        self.sup.ingress()
+    }
+
     /// The datagram plane, for its counters.
     pub fn datagram_hub(&self) -> &DatagramHub {
         self.sup.datagram_hub()

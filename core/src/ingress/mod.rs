@@ -20,16 +20,13 @@ pub use config::{
     CONFIG_FILE_KEYS,
 };
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use regex::Regex;
 
 use crate::stream::http1::RequestOptions;
 
-/// The rules in force, shared by the driver's origin dialer and every connection's data
-/// streams, so that a configuration push reaches all of them at once.
-pub type SharedIngress = Arc<RwLock<Arc<Ingress>>>;
 use thiserror::Error;
 
 /// A configuration that cloudflared would refuse, with cloudflared's words where it has them.
@@ -85,6 +82,9 @@ pub enum IngressError {
     #[error("cannot parse the configuration: {0}")]
     Syntax(String),
 }
+
+/// The page the `hello_world` service serves (both drivers serve it in process).
+pub const HELLO_PAGE: &str = "<!DOCTYPE html><html><head><title>burrow</title></head><body><h1>Congrats! You created a tunnel!</h1><p>This page is served by burrow's built-in hello_world origin, through the tunnel.</p></body></html>\n";
 
 /// Where a rule sends requests.
 #[derive(Debug, Clone, PartialEq, Eq)]

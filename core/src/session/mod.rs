@@ -236,6 +236,8 @@ pub struct SessionStats {
     pub migrated: u64,
     /// Sessions ended by their idle timer.
     pub idle_closed: u64,
+    /// Sessions the edge ended (v2 `unregisterUdpSession` from the edge).
+    pub remote_closed: u64,
     /// Sessions ended by an origin error (`udp_failed_flows`).
     pub failed: u64,
     /// Registrations that carried a bundled payload.
@@ -445,6 +447,7 @@ impl SessionManager {
     pub fn unregister_v2(&mut self, id: SessionId, message: &str) {
         if let Some(flow) = self.by_id.get(&id).copied() {
             debug!(flow_id = %id, %message, "session closed by remote");
+            self.stats.remote_closed += 1;
             self.end(flow, None);
         }
     }

@@ -424,6 +424,7 @@ fn every_session_end_releases_its_flow_slot_once_and_migration_keeps_it() {
     m.unregister_v2(SessionId(4), "closed by eyeball");
     m.unregister_v2(SessionId(4), "again");
     assert_eq!(flows.active(), 2);
+    assert_eq!(m.stats().remote_closed, 1, "counted once, as it ended once");
     // Migration: a registration on another link, then the old link dies.
     m.handle_datagram(now, B, DatagramVersion::V3, &registration(3, 100, b""));
     m.link_closed(A, Some(B));

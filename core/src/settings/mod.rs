@@ -499,6 +499,9 @@ pub struct RunConfig {
     pub post_quantum: bool,
     /// `--protocol`.
     pub protocol: ProtocolFlag,
+    /// `--token` (or `TUNNEL_TOKEN`) was given: `auto` starts on QUIC whatever the
+    /// percentage record says, as cloudflared does for token tunnels.
+    pub token: bool,
     /// `--retries`.
     pub retries: u32,
 }
@@ -592,6 +595,7 @@ pub fn run_config(
         icmpv6_src: settings.icmpv6_src,
         post_quantum: settings.post_quantum,
         protocol: settings.protocol,
+        token: settings.token.is_some(),
         retries: settings.retries,
     };
     Ok((config, notices))
@@ -646,11 +650,16 @@ pub fn write_pidfile(path: &str, host: &dyn Host) -> Result<String, (String, std
 impl RunConfig {
     /// Whether `--protocol auto` starts on the remote percentage selector's choice, so the
     /// driver must first look up the TXT record [`PERCENTAGE_RECORD`] (only for Cloudflare's
-    /// edge, found by SRV: the record says nothing of an edge given with `--edge`).
+    /// edge, found by SRV: the record says nothing of an edge given with `--edge`; and not
+    /// for a `--token` tunnel, which starts on QUIC).
     ///
     /// [`PERCENTAGE_RECORD`]: crate::tunnel::protocol::PERCENTAGE_RECORD
     pub fn wants_percentage_record(&self) -> bool {
-        self.protocol == ProtocolFlag::Auto && matches!(self.edges, Edges::Srv { .. })
+        crate::tunnel::protocol::auto_follows_percentage_record(
+            self.protocol,
+            matches!(self.edges, Edges::Srv { .. }),
+            self.token,
+        )
     }
 
     /// The connector's configuration: registration with `connector_id`, the edge's TLS trusting
@@ -683,9 +692,7 @@ impl RunConfig {
             crate::control::features::features(self.post_quantum, &self.features),
         );
         let data = DataLimits {
-            ingress: Some(std::sync::Arc::new(std::sync::RwLock::new(
-                std::sync::Arc::new(self.ingress.clone()),
-            ))),
+            ingress: Some(std::sync::Arc::new(self.ingress.clone())),
             max_idle: self.ingress.defaults.keep_alive_connections as usize,
             idle_timeout: self.ingress.defaults.keep_alive_timeout,
             tags: self.tags.clone(),
@@ -712,4 +719,26 @@ impl RunConfig {
         config.http2_tls = Some(http2_tls);
         Ok(config)
     }
+}
+
+/// Root certificates for the edge: `--cacert` alone, else cloudflared's default (the system
+/// store plus Cloudflare's Origin CA roots, which the edge's certificate chains to).
+pub fn edge_roots(
+    cacert: Option<&[u8]>,
+) -> Result<rustls::RootCertStore, crate::quic::tls::TlsError> {
+    use crate::quic::tls;
+    if let Some(pem) = cacert {
+        return tls::roots_from_pem(pem, "--cacert");
+    }
+    let system = rustls_native_certs::load_native_certs();
+    for e in &system.errors {
+        tracing::warn!(error = %e, "cannot read part of the system certificate store");
+    }
+    let (roots, skipped) = tls::edge_default_roots(system.certs)?;
+    tracing::debug!(
+        roots = roots.len(),
+        skipped,
+        "edge roots: system store and Cloudflare's origin CAs"
+    );
+    Ok(roots)
 }

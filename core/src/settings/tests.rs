@@ -347,3 +347,54 @@ fn run_config_applies_the_region_rule_and_reads_the_cacert() {
         [Notice::NoIngress]
     );
 }
+
+/// `--protocol auto` against Cloudflare's edge follows the percentage record, except for a
+/// `--token` tunnel (flag or `TUNNEL_TOKEN`), which starts on QUIC as cloudflared's selector
+/// for token tunnels does; `--token-file` counts as no token there.
+#[test]
+fn a_token_tunnel_on_auto_starts_on_quic_whatever_the_percentage_record_says() {
+    use crate::tunnel::protocol::Protocol;
+    let creds = Credentials {
+        account_tag: "acc".into(),
+        secret: vec![1, 2, 3],
+        tunnel_id: ID.parse().unwrap(),
+        endpoint: String::new(),
+    };
+    let token = creds.to_token();
+    // MapHost holds static text; one small string for the test's life.
+    let token_file: &'static str = Box::leak(token.clone().into_boxed_str());
+    let host = MapHost(HashMap::from([("/c.json", CREDS), ("/tok", token_file)]));
+    // Only HTTP/2 is above every threshold: the remote selector picks it.
+    let http2_only =
+        r#"[{"protocol":"quic","percentage":0},{"protocol":"http2","percentage":100}]"#;
+    let auto_start = |args: &[&str]| {
+        let s = settings(args, "").unwrap();
+        let (rc, _) = run_config(&s, &LoadedConfig::default(), &host).unwrap();
+        let config = rc
+            .supervisor_config(
+                rustls::RootCertStore::empty(),
+                uuid::Uuid::nil(),
+                crate::icmp::RouterConfig::default(),
+                Some(http2_only),
+            )
+            .unwrap();
+        (rc.wants_percentage_record(), config.auto_initial)
+    };
+    assert_eq!(
+        auto_start(&["run", "--protocol", "auto", "--token", &token]),
+        (false, Protocol::Quic)
+    );
+    assert_eq!(
+        auto_start(&["run", "--protocol", "auto", "--credentials-file", "/c.json"]),
+        (true, Protocol::Http2)
+    );
+    assert_eq!(
+        auto_start(&["run", "--protocol", "auto", "--token-file", "/tok"]),
+        (true, Protocol::Http2)
+    );
+    // An edge given with --edge: the record says nothing of it.
+    assert_eq!(
+        auto_start(&["run", "--token", &token, "--edge", "127.0.0.1:7844"]),
+        (false, Protocol::Quic)
+    );
+}

@@ -508,14 +508,8 @@ impl BodyReader {
                     out.extend_from_slice(&rest[..n]);
                     used += n;
                     room -= n;
-                    let left = left - n as u64;
-                    self.state = match (self.state, left) {
-                        (BodyState::Length(_), 0) => BodyState::Done,
-                        (BodyState::Length(_), l) => BodyState::Length(l),
-                        (_, 0) => BodyState::ChunkEnd,
-                        (_, l) => BodyState::ChunkData(l),
-                    };
-                    if left > 0 {
+                    self.skip(n);
+                    if left > n as u64 {
                         return Ok(used);
                     }
                 }
@@ -554,6 +548,30 @@ impl BodyReader {
                 }
             }
         }
+    }
+
+    /// How many of the next input bytes are payload, passed on unchanged (0 while framing or
+    /// nothing is next): a caller may move them itself, then [`BodyReader::skip`] them.
+    pub fn verbatim(&self) -> usize {
+        match self.state {
+            BodyState::Length(left) | BodyState::ChunkData(left) => {
+                usize::try_from(left).unwrap_or(usize::MAX)
+            }
+            BodyState::UntilClose => usize::MAX,
+            _ => 0,
+        }
+    }
+
+    /// Counts `n` payload bytes (at most [`BodyReader::verbatim`]) as read.
+    pub fn skip(&mut self, n: usize) {
+        let n = n as u64;
+        self.state = match self.state {
+            BodyState::Length(left) if n >= left => BodyState::Done,
+            BodyState::Length(left) => BodyState::Length(left - n),
+            BodyState::ChunkData(left) if n >= left => BodyState::ChunkEnd,
+            BodyState::ChunkData(left) => BodyState::ChunkData(left - n),
+            other => other,
+        };
     }
 
     /// The origin closed: fine only for a body delimited by the close (or already complete).

@@ -258,6 +258,60 @@ impl DataStream {
         }
     }
 
+    /// How many of the next edge bytes go to the origin exactly as sent (a raw stream, or a
+    /// request body with a length or none), within [`DataStream::edge_room`]: the caller may
+    /// append them to [`DataStream::to_origin`] itself, sparing a copy, then report them with
+    /// [`DataStream::passed_up`]. 0: they go through [`DataStream::on_edge_data`].
+    pub fn passthrough_up(&self) -> usize {
+        match self.up {
+            Up::Raw if self.ws.is_some() => 0,
+            Up::Raw | Up::Body(Framing::Length(_)) | Up::Body(Framing::UntilClose) => {
+                self.edge_room()
+            }
+            _ => 0,
+        }
+    }
+
+    /// `n` edge bytes (at most [`DataStream::passthrough_up`]) were appended to
+    /// [`DataStream::to_origin`] by the caller.
+    pub fn passed_up(&mut self, n: usize) {
+        if let Up::Body(Framing::Length(left)) = self.up {
+            let left = left.saturating_sub(n as u64);
+            self.up = if left == 0 {
+                Up::Done
+            } else {
+                Up::Body(Framing::Length(left))
+            };
+        }
+    }
+
+    /// How many of the next origin bytes go to the edge exactly as read (a raw stream, or body
+    /// payload), with nothing queued before them: a caller holding them in a shared buffer may
+    /// hand them to QUIC itself, sparing copies, then report them with
+    /// [`DataStream::passed_down`]. 0: they go through [`DataStream::on_origin_data`].
+    pub fn passthrough_down(&self) -> usize {
+        if self.edge_end.is_some() || !self.to_edge.is_empty() || !self.carry.is_empty() {
+            return 0;
+        }
+        match &self.down {
+            Down::Raw if self.ws.is_none() => usize::MAX,
+            Down::Body(reader) => reader.verbatim(),
+            _ => 0,
+        }
+    }
+
+    /// `n` origin bytes (at most [`DataStream::passthrough_down`]) went to the edge by the
+    /// caller.
+    pub fn passed_down(&mut self, n: usize) {
+        if let Down::Body(reader) = &mut self.down {
+            reader.skip(n);
+            if reader.is_done() {
+                self.down = Down::Done;
+                self.complete();
+            }
+        }
+    }
+
     /// Bytes from the edge (at most [`DataStream::edge_room`]). Once the `ConnectRequest` is
     /// complete, returns the origin to open; a request that is readable but cannot be served
     /// gets its error response queued instead.
@@ -920,6 +974,101 @@ mod tests {
         assert_eq!(body, b"xyz");
         assert_eq!(s.edge_end(), Some(EdgeEnd::Finish));
         assert_eq!(s.origin_end(), Some(OriginEnd::Reusable));
+    }
+
+    /// Offers `wire` as a zero-copy driver would: payload the stream lets through goes straight
+    /// to the edge (up to `piece` bytes a time), the rest through `on_origin_data`.
+    fn feed_origin_passing(s: &mut DataStream, wire: &[u8], piece: usize) -> (Vec<u8>, usize) {
+        let mut out = Vec::new();
+        let mut passed = 0;
+        let mut offset = 0;
+        while offset < wire.len() {
+            let n = s.passthrough_down().min(wire.len() - offset).min(piece);
+            if n > 0 {
+                out.extend_from_slice(&wire[offset..offset + n]);
+                s.passed_down(n);
+                passed += n;
+                offset += n;
+                continue;
+            }
+            let n = s.on_origin_data(&wire[offset..(offset + piece).min(wire.len())]);
+            out.append(s.to_edge());
+            if n == 0 {
+                break;
+            }
+            offset += n;
+        }
+        (out, passed)
+    }
+
+    #[test]
+    fn passing_payload_through_gives_the_buffered_paths_bytes_and_ending() {
+        let wires: [&[u8]; 3] = [
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n0123456789",
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n5;x=y\r\ndefgh\r\n0\r\nT: 1\r\n\r\n",
+            b"HTTP/1.1 200 OK\r\nConnection: close\r\n\r\nuntil the end",
+        ];
+        for wire in wires {
+            let (mut a, _) = stream_for(ConnectionType::Http, "/p", &[]);
+            a.on_origin_connected();
+            let want = feed_origin(&mut a, wire);
+            for piece in [1, 3, 7, wire.len()] {
+                let (mut b, _) = stream_for(ConnectionType::Http, "/p", &[]);
+                b.on_origin_connected();
+                let (got, passed) = feed_origin_passing(&mut b, wire, piece);
+                assert_eq!(got, want, "piece {piece}");
+                // Payload that starts a read passes; payload after framing in one read does not.
+                assert!(
+                    piece > 1 || passed > 0,
+                    "byte by byte, payload passes through"
+                );
+                if wire.ends_with(b"end") {
+                    b.on_origin_finished();
+                    a.on_origin_finished();
+                }
+                assert_eq!(b.response_complete(), a.response_complete());
+                assert_eq!(b.edge_end(), a.edge_end());
+                assert_eq!(b.origin_end(), a.origin_end());
+            }
+        }
+        // Framing is never passed through, and nothing passes ahead of queued bytes.
+        let (mut s, _) = stream_for(ConnectionType::Http, "/p", &[]);
+        s.on_origin_connected();
+        assert_eq!(s.passthrough_down(), 0, "the head is parsed");
+        s.on_origin_data(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n");
+        assert_eq!(s.passthrough_down(), 0, "the response is queued first");
+        s.to_edge().clear();
+        assert_eq!(s.passthrough_down(), 0, "a chunk-size line is next");
+        s.on_origin_data(b"4\r\n");
+        assert_eq!(s.passthrough_down(), 4, "the chunk's payload");
+    }
+
+    #[test]
+    fn request_bodies_pass_through_within_their_length_and_the_window() {
+        let (mut s, _) = stream_for(
+            ConnectionType::Http,
+            "http://h/x",
+            &[("HttpMethod", "POST"), ("HttpHeader:Content-Length", "100")],
+        );
+        s.to_origin().clear();
+        assert_eq!(s.passthrough_up(), WINDOW, "the window bounds it");
+        s.to_origin().extend_from_slice(&[b'a'; WINDOW]);
+        s.passed_up(WINDOW);
+        assert_eq!(s.passthrough_up(), 0, "a full buffer takes nothing");
+        s.to_origin().clear();
+        assert_eq!(s.passthrough_up(), 100 - WINDOW, "the length bounds it");
+        s.passed_up(100 - WINDOW);
+        assert!(s.request_complete());
+        // Chunked bodies are re-framed, so they never pass through.
+        let (s, _) = stream_for(
+            ConnectionType::Http,
+            "http://h/x",
+            &[
+                ("HttpMethod", "POST"),
+                ("HttpHeader:Transfer-Encoding", "chunked"),
+            ],
+        );
+        assert_eq!(s.passthrough_up(), 0);
     }
 
     #[test]

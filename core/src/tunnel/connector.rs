@@ -366,7 +366,7 @@ impl ConnectorConnection {
 
     /// Bytes read from the origin of `flow`. Returns how many were taken; when short, keep the
     /// rest and stop reading this flow until [`OriginAction::Resume`].
-    pub fn handle_flow_data(&mut self, now: Instant, flow: FlowId, bytes: &[u8]) -> usize {
+    pub fn handle_flow_data(&mut self, now: Instant, flow: FlowId, bytes: &Bytes) -> usize {
         let n = self.data.on_flow_data(now, &mut self.conn, flow, bytes);
         self.progress(now);
         n
@@ -387,6 +387,11 @@ impl ConnectorConnection {
     /// New data streams check Access JWTs with `keys`.
     pub fn set_access_keys(&mut self, keys: std::sync::Arc<crate::ingress::access::AccessKeys>) {
         self.data.set_access_keys(keys);
+    }
+
+    /// New data streams resolve origins with `ingress` (a configuration push).
+    pub fn set_ingress(&mut self, ingress: std::sync::Arc<crate::ingress::Ingress>) {
+        self.data.set_ingress(ingress);
     }
 
     /// Data streams in progress.

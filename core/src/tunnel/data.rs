@@ -20,7 +20,7 @@ use tracing::{debug, trace, warn};
 use super::quic_io::{flush_stream, read_stream_max};
 use crate::flow::{FlowLimiter, FlowPermit, FlowType};
 use crate::ingress::access::AccessKeys;
-use crate::ingress::{Origin, SharedIngress};
+use crate::ingress::{Ingress, Origin};
 use crate::rpc::frame::FrameLimits;
 use crate::stream::proxy::{DataStream, EdgeEnd, FlowKind, OriginEnd, OriginTarget};
 use crate::stream::tag::Tag;
@@ -94,10 +94,11 @@ pub struct DataLimits {
     /// How long an idle connection to an origin no rule resolved is kept (a rule's own
     /// `keepAliveTimeout` applies to its pool).
     pub idle_timeout: Duration,
-    /// The ingress rules, whose `originRequest` options (`httpHostHeader`,
-    /// `disableChunkedEncoding`) change HTTP requests; the driver shares this handle with its
-    /// dialer. None: requests go as the edge sent them.
-    pub ingress: Option<SharedIngress>,
+    /// The ingress rules, which resolve each request's origin and whose `originRequest`
+    /// options (`httpHostHeader`, `disableChunkedEncoding`) change HTTP requests; a
+    /// configuration push replaces them ([`DataStreams::set_ingress`]). None: requests go as
+    /// the edge sent them.
+    pub ingress: Option<Arc<Ingress>>,
     /// The user's connector tags (`--tag`); the connector id is added to them.
     pub tags: Vec<Tag>,
     /// Signing keys for rules with `originRequest.access` (none yet: those rules refuse).
@@ -191,6 +192,11 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
         self.limits.access = Some(keys);
     }
 
+    /// New streams resolve origins with `ingress` (a configuration push).
+    pub(crate) fn set_ingress(&mut self, ingress: Arc<Ingress>) {
+        self.limits.ingress = Some(ingress);
+    }
+
     /// Streams still in progress, counting finished ones the edge has not fully acknowledged.
     pub(crate) fn active(&self) -> usize {
         self.streams.len() + self.finishing.len()
@@ -219,12 +225,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
         rest: &[u8],
     ) {
         // A snapshot per stream: a configuration push applies from the next request on.
-        let ingress = self.limits.ingress.as_ref().map(|shared| {
-            shared
-                .read()
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .clone()
-        });
+        let ingress = self.limits.ingress.clone();
         let mut data = Data {
             proxy: DataStream::new(self.limits.window, self.limits.request)
                 .with_ingress(ingress)
@@ -422,7 +423,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
         now: Instant,
         conn: &mut E,
         flow: FlowId,
-        bytes: &[u8],
+        bytes: &Bytes,
     ) -> usize {
         let Some(f) = self.flows.get_mut(&flow) else {
             return 0;
@@ -438,7 +439,29 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             let Some(data) = self.streams.get_mut(&id) else {
                 break;
             };
-            let n = data.proxy.on_origin_data(&bytes[taken..]);
+            let verbatim = data.proxy.passthrough_down().min(bytes.len() - taken);
+            let n = if verbatim > 0 {
+                // Payload as read: the stream takes the origin's buffer itself, no copy. What
+                // it cannot take now goes the buffered way below, so the window still decides
+                // when the origin is read again.
+                match conn.write_shared(id, bytes.slice(taken..taken + verbatim)) {
+                    Ok(n) => {
+                        data.proxy.passed_down(n);
+                        n
+                    }
+                    Err(_) => {
+                        data.proxy.on_edge_reset();
+                        0
+                    }
+                }
+            } else {
+                0
+            };
+            let n = if n == 0 {
+                data.proxy.on_origin_data(&bytes[taken..])
+            } else {
+                n
+            };
             taken += n;
             // Make room by moving bytes into QUIC, then try again.
             let before = data.proxy.to_edge().len();
@@ -530,13 +553,28 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
                 room = 0;
             }
             if room > 0 && !data.edge_finished {
-                // One scratch buffer for every read: no allocation per read once it has grown.
-                let mut buf = std::mem::take(&mut self.scratch);
-                buf.clear();
-                let r = conn.read(id, room, &mut buf);
-                data.proxy.set_now(now);
-                let target = (!buf.is_empty()).then(|| data.proxy.on_edge_data(&buf));
-                self.scratch = buf;
+                let verbatim = data.proxy.passthrough_up();
+                let (r, target) = if verbatim > 0 {
+                    // Body bytes as sent: straight from QUIC into what the origin gets, one
+                    // copy fewer; sized once, so QUIC's packet-sized chunks never regrow it.
+                    let sink = data.proxy.to_origin();
+                    sink.reserve(verbatim);
+                    let before = sink.len();
+                    let r = conn.read(id, verbatim, sink);
+                    let n = data.proxy.to_origin().len() - before;
+                    data.proxy.passed_up(n);
+                    (r, (n > 0).then_some(Ok(None)))
+                } else {
+                    // One scratch buffer for every read: no allocation per read once it has
+                    // grown.
+                    let mut buf = std::mem::take(&mut self.scratch);
+                    buf.clear();
+                    let r = conn.read(id, room, &mut buf);
+                    data.proxy.set_now(now);
+                    let target = (!buf.is_empty()).then(|| data.proxy.on_edge_data(&buf));
+                    self.scratch = buf;
+                    (r, target)
+                };
                 match r {
                     Ok(finished) => {
                         if let Some(target) = target {
@@ -709,6 +747,13 @@ pub(crate) trait EdgeStreams {
     /// Writes what the stream takes of `pending` and removes it; an error means the edge
     /// stopped reading.
     fn write(&mut self, id: Self::Id, pending: &mut Vec<u8>) -> Result<(), String>;
+    /// Writes what the stream takes of `data`, keeping a reference rather than a copy where it
+    /// can; returns how many bytes it took. An error means the edge stopped reading.
+    fn write_shared(&mut self, id: Self::Id, data: Bytes) -> Result<usize, String> {
+        let mut pending = data.to_vec();
+        self.write(id, &mut pending)?;
+        Ok(data.len() - pending.len())
+    }
     /// Ends our side after what was written; true if the edge must still acknowledge it.
     fn finish(&mut self, id: Self::Id) -> bool;
     /// Stops reading what is left of the request.
@@ -726,6 +771,14 @@ impl EdgeStreams for Connection {
 
     fn write(&mut self, id: StreamId, pending: &mut Vec<u8>) -> Result<(), String> {
         flush_stream(self, id, pending).map_err(|e| e.to_string())
+    }
+
+    fn write_shared(&mut self, id: StreamId, data: Bytes) -> Result<usize, String> {
+        match self.send_stream(id).write_chunks(&mut [data]) {
+            Ok(written) => Ok(written.bytes),
+            Err(quinn_proto::WriteError::Blocked) => Ok(0),
+            Err(e) => Err(e.to_string()),
+        }
     }
 
     fn finish(&mut self, id: StreamId) -> bool {

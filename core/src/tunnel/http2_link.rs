@@ -503,7 +503,7 @@ impl Http2Link {
     }
 
     /// Bytes read from the origin of `flow`; returns how many were taken.
-    pub fn handle_flow_data(&mut self, now: Instant, flow: FlowId, bytes: &[u8]) -> usize {
+    pub fn handle_flow_data(&mut self, now: Instant, flow: FlowId, bytes: &Bytes) -> usize {
         let mut edge = edge(&mut self.conn, &mut self.sides);
         let n = self.data.on_flow_data(now, &mut edge, flow, bytes);
         self.progress(now);
@@ -527,6 +527,11 @@ impl Http2Link {
     /// New data streams check Access JWTs with `keys`.
     pub fn set_access_keys(&mut self, keys: std::sync::Arc<crate::ingress::access::AccessKeys>) {
         self.data.set_access_keys(keys);
+    }
+
+    /// New data streams resolve origins with `ingress` (a configuration push).
+    pub fn set_ingress(&mut self, ingress: std::sync::Arc<crate::ingress::Ingress>) {
+        self.data.set_ingress(ingress);
     }
 
     /// Data streams in progress.

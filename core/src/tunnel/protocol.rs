@@ -59,6 +59,15 @@ impl FromStr for ProtocolFlag {
     }
 }
 
+/// Whether `--protocol auto` starts where the percentage record says, as cloudflared's
+/// `NewProtocolSelector` decides: only for `auto`, only against Cloudflare's edge found by SRV
+/// (the record says nothing of an edge given with `--edge`), and not when `--token` (or
+/// `TUNNEL_TOKEN`) was given: cloudflared then starts on QUIC with fallback to HTTP/2 (its
+/// default selector). `--token-file` is not `--token` there (`c.IsSet("token")`), nor here.
+pub fn auto_follows_percentage_record(flag: ProtocolFlag, srv_edges: bool, token: bool) -> bool {
+    flag == ProtocolFlag::Auto && srv_edges && !token
+}
+
 /// DNS TXT record holding the protocol percentages.
 pub const PERCENTAGE_RECORD: &str = "protocol-v2.argotunnel.com";
 

@@ -6,7 +6,7 @@
 //! tunnel. Prints a table with the ratio tunnel/direct and the daemons' memory. A part that
 //! fails prints `n/a` and its reason; the rest still runs.
 //!
-//! `cargo run --release -p burrow-tokio --bin burrow-bench [-- --quick] [--pin] [--cloudflared PATH]`
+//! `cargo run --release -p burrow-tokio --bin burrow-bench [-- --quick] [--pin] [--mio PATH] [--cloudflared PATH] [--http2]`
 
 mod ceiling;
 mod client;
@@ -63,10 +63,18 @@ struct Args {
     /// HA connections of the connector.
     #[arg(long, default_value_t = 4)]
     ha_connections: u8,
+    /// Also measure burrow-mio (the binary at PATH, e.g. `target/release-small/burrow-mio`) as
+    /// the connector, in extra columns.
+    #[arg(long, value_name = "PATH")]
+    mio: Option<std::path::PathBuf>,
     /// Also measure a stock cloudflared binary as the connector (through the same kind of
     /// burrow edge), in extra columns.
     #[arg(long)]
     cloudflared: Option<std::path::PathBuf>,
+    /// Also measure each connector with `--protocol http2` (HTTP/2 over TLS on TCP to the
+    /// edge's port), in extra columns `... h2`. HTTP/2 carries no UDP.
+    #[arg(long)]
+    http2: bool,
     /// Pin the connector alone on CPU 1 and everything else (edge, origins, clients) on CPU 0,
     /// so throughput and round trips measure the connector, not the contention for two cores.
     #[arg(long)]
@@ -282,15 +290,27 @@ struct Origins {
 #[derive(Clone, Copy)]
 enum Connector<'a> {
     Burrow,
+    /// burrow-mio, the single-threaded connector.
+    Mio(&'a std::path::Path),
     /// A stock cloudflared binary.
     Cloudflared(&'a std::path::Path),
 }
 
-fn start_tunnel(p: &Plan, o: &Origins, who: Connector, pin: bool) -> Result<Tunnel, String> {
+fn start_tunnel(
+    p: &Plan,
+    o: &Origins,
+    who: Connector,
+    http2: bool,
+    pin: bool,
+) -> Result<Tunnel, String> {
     let bin = testbed::burrow_beside_current_exe().map_err(|e| e.to_string())?;
-    let label = match who {
-        Connector::Burrow => "bench",
-        Connector::Cloudflared(_) => "bench-cloudflared",
+    let label = match (who, http2) {
+        (Connector::Burrow, false) => "bench",
+        (Connector::Mio(_), false) => "bench-mio",
+        (Connector::Cloudflared(_), false) => "bench-cloudflared",
+        (Connector::Burrow, true) => "bench-h2",
+        (Connector::Mio(_), true) => "bench-mio-h2",
+        (Connector::Cloudflared(_), true) => "bench-cloudflared-h2",
     };
     let bed = Testbed::create(&bin, label, "bench", &[HOST]).map_err(|e| e.to_string())?;
     let mut eo = EdgeOpts::loopback().map_err(|e| e.to_string())?;
@@ -300,7 +320,9 @@ fn start_tunnel(p: &Plan, o: &Origins, who: Connector, pin: bool) -> Result<Tunn
     }
     let tcp = testbed::free_tcp().map_err(|e| e.to_string())?;
     eo.tcp_maps.push(format!("{tcp}={}:{}", bed.name, o.tcp));
-    let udp = if testbed::edge_has_flag(&bin, "--udp-map") {
+    let udp = if http2 {
+        Err("HTTP/2 carries no UDP".to_owned())
+    } else if testbed::edge_has_flag(&bin, "--udp-map") {
         let udp = testbed::free_udp().map_err(|e| e.to_string())?;
         eo.udp_maps.push(format!("{udp}={}:{}", bed.name, o.udp));
         Ok(udp)
@@ -317,11 +339,16 @@ fn start_tunnel(p: &Plan, o: &Origins, who: Connector, pin: bool) -> Result<Tunn
             (None, "http_status:404".into()),
         ],
         ha_connections: p.ha,
-        extra: Vec::new(),
+        extra: if http2 {
+            vec!["--protocol".into(), "http2".into()]
+        } else {
+            Vec::new()
+        },
         config_extra: String::new(),
     };
     let mut connector = match who {
         Connector::Burrow => bed.connector(&co),
+        Connector::Mio(path) => bed.connector_from(path, &co),
         Connector::Cloudflared(path) => bed.cloudflared(path, &co),
     }
     .map_err(|e| e.to_string())?;
@@ -477,16 +504,32 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let mut who = vec![Connector::Burrow];
+    let mut who = vec![(Connector::Burrow, false)];
     let mut names = vec!["burrow"];
+    if let Some(path) = &args.mio {
+        who.push((Connector::Mio(path), false));
+        names.push("burrow-mio");
+    }
     if let Some(path) = &args.cloudflared {
-        who.push(Connector::Cloudflared(path));
+        who.push((Connector::Cloudflared(path), false));
         names.push("cloudflared");
     }
+    if args.http2 {
+        who.push((Connector::Burrow, true));
+        names.push("burrow h2");
+        if let Some(path) = &args.mio {
+            who.push((Connector::Mio(path), true));
+            names.push("burrow-mio h2");
+        }
+        if let Some(path) = &args.cloudflared {
+            who.push((Connector::Cloudflared(path), true));
+            names.push("cloudflared h2");
+        }
+    }
     let mut tunnels: Vec<Result<Tunnel, String>> = Vec::new();
-    for (w, name) in who.iter().zip(&names) {
+    for ((w, http2), name) in who.iter().zip(&names) {
         eprintln!("burrow-bench: starting burrow edge and {name} as the connector ...");
-        let t = start_tunnel(&p, &origins, *w, args.pin);
+        let t = start_tunnel(&p, &origins, *w, *http2, args.pin);
         if let Err(e) = &t {
             eprintln!("burrow-bench: no {name} tunnel: {e}");
         }
@@ -668,6 +711,16 @@ fn main() -> ExitCode {
         conn_busy.push(c);
         edge_busy.push(e);
         tunnel_sessions.push(s);
+        if let Ok(t) = tunnel {
+            // Its figures are taken. A connector keeps its sessions' sockets until they idle
+            // out, and each holds an ephemeral port: stopped now, the next connector's sessions
+            // get the whole port range (two connectors' 10k sessions plus the clients' 10k do
+            // not fit in Linux's default 28k ports, and the second would fail to open some).
+            for p in [&mut t.connector, &mut t.edge] {
+                let _ = p.child().kill();
+                let _ = p.child().wait();
+            }
+        }
     }
     let answered = |(_, a): &(f64, usize)| format!("{a}/{n}");
     let note = sides(
@@ -710,10 +763,15 @@ fn main() -> ExitCode {
 
     println!();
     println!(
-        "burrow-bench{}: direct = client to origin on loopback; {} = client -> burrow edge -> QUIC ({} HA connections) -> that connector -> origin",
+        "burrow-bench{}: direct = client to origin on loopback; {} = client -> burrow edge -> QUIC ({} HA connections) -> that connector -> origin{}",
         if args.quick { " --quick" } else { "" },
         names.join(", "),
-        p.ha
+        p.ha,
+        if args.http2 {
+            "; ... h2: over HTTP/2 (TLS on TCP) instead of QUIC"
+        } else {
+            ""
+        }
     );
     println!(
         "HTTP {} MiB and TCP {} MiB each way over {} connections; {} round-trip samples; UDP {:?} x {} flows x window {}; {} sessions",

@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod client;
+pub mod nft;
 pub mod origins;
 pub mod ping;
 pub mod quic;

@@ -9,6 +9,8 @@ use burrow_core::session::DropReason;
 use burrow_core::tunnel::edge::ConnId;
 
 use burrow_core::connector::Event;
+use burrow_core::session::DEFAULT_IDLE;
+use burrow_core::tunnel::connector::CloseReason;
 
 use super::{expect, register, setup, Params, Setup, HA};
 use crate::udp::{Eyeball, ECHO_PORT, UNREACHABLE};
@@ -36,7 +38,8 @@ fn ids(s: &mut Setup) -> impl Iterator<Item = u128> {
 }
 
 /// Runs the eyeball until `done` says so or `limit` passes. A served connection that closes
-/// is a failure unless `on_event` takes it.
+/// is a failure unless `on_event` takes it, or the network is hostile: then the drive stops
+/// with the reason in `s.lost` (and later drives do nothing), for [`degraded`] to check.
 fn drive(
     s: &mut Setup,
     eye: &mut Eyeball,
@@ -54,7 +57,11 @@ fn drive_with(
     done: &mut impl FnMut(&Eyeball, &crate::world::World) -> bool,
     mut on_event: impl FnMut(&mut Eyeball, &Happening) -> Result<bool, String>,
 ) -> Result<(), String> {
+    if s.lost.is_some() {
+        return Ok(());
+    }
     let limit = s.world.after(limit);
+    let (hostile, lost) = (s.hostile, &mut s.lost);
     s.world.run_ticking(limit, |w, h| {
         if let Some(h) = &h {
             if on_event(eye, h)? {
@@ -70,6 +77,10 @@ fn drive_with(
             },
         )) = &h
         {
+            if hostile {
+                *lost = Some(reason.clone());
+                return Ok(true);
+            }
             return Err(format!("connection closed: {reason}"));
         }
         if h.is_some() {
@@ -83,6 +94,84 @@ fn drive_with(
         }
         Ok(done(eye, w))
     })
+}
+
+/// A served connection died mid-traffic on a hostile network (`s.lost`): the eyeballs stop,
+/// and what a user relies on then is checked. The connector comes back (every HA index of
+/// every node in `nodes` serves again within the registration bound); every session ends by
+/// its idle timer, `idle` after the last packet its origin socket carried (nothing hangs);
+/// nothing is left (sessions, origin sockets, flow slots, session timers, datagrams queued on
+/// connections); and no datagram that arrived was wrong (`strays`, as the eyeballs count them:
+/// an echo carries its session's id, so a mixed-up or corrupted one is a stray).
+pub(super) fn degraded(
+    s: &mut Setup,
+    nodes: &[usize],
+    idle: Duration,
+    strays: u64,
+) -> Result<u64, String> {
+    let why = s.lost.take().unwrap_or(CloseReason::TimedOut);
+    let w = &mut s.world;
+    w.trace.record(
+        w.now,
+        &format!("hostile: a connection died ({why}); degrading"),
+    );
+    expect(
+        strays == 0,
+        "no stray or corrupted datagram reached an eyeball",
+        w,
+    )?;
+    let ready = |w: &crate::world::World| {
+        nodes.iter().all(|&n| {
+            let c = &w.connectors[n].connector;
+            c.ready_connections() == c.ha_connections()
+        })
+    };
+    let limit = w.after(super::REGISTER_WITHIN);
+    w.run_ticking(limit, |w, _| Ok(ready(w)))?;
+    expect(
+        ready(w),
+        "the connector comes back: every HA connection serves again",
+        w,
+    )?;
+    // Payloads still queued at the edge reach their sessions after the eyeballs stopped, so
+    // each session's timer runs from its own last packet.
+    let limit = w.after(idle + Duration::from_secs(60));
+    w.run_ticking(limit, |w, _| {
+        Ok(w.udp
+            .last_io()
+            .is_none_or(|t| w.now.since_start() > t.since_start() + idle + Duration::from_secs(1)))
+    })?;
+    let open: usize = nodes
+        .iter()
+        .map(|&n| w.connectors[n].hub().sessions.active())
+        .sum();
+    expect(
+        open == 0 && w.udp.sockets() == 0,
+        &format!(
+            "every session ends within {idle:?} of its last packet ({open} open, {} sockets)",
+            w.udp.sockets()
+        ),
+        w,
+    )?;
+    for &n in nodes {
+        let node = &w.connectors[n];
+        let queued: usize = (0..node.connector.ha_connections() as u8)
+            .filter_map(|i| node.connector.connection(i))
+            .map(|c| c.datagram_bytes_queued())
+            .sum();
+        let leftovers = (
+            node.hub().sessions.poll_timeout().is_some(),
+            node.connector.flow_limiter().active(),
+            queued,
+        );
+        expect(
+            leftovers == (false, 0, 0),
+            &format!("nothing left (session timer armed, flow slots, datagram bytes queued): {leftovers:?}"),
+            w,
+        )?;
+    }
+    w.trace.record(w.now, &w.net.stats());
+    Ok(w.trace.hash())
 }
 
 /// Waits `d` of virtual time with the eyeball still taking what arrives.
@@ -202,13 +291,16 @@ pub(super) fn udp_echo(p: &Params) -> Result<u64, String> {
     let n = if p.quick { 300 } else { 10_000 };
     let spread = Duration::from_millis(if p.quick { 500 } else { 5_000 });
     let ids = ids(&mut s);
-    let mut eye = Eyeball::new(ids, &dests(n, true), conn, s.world.now, spread, 0);
+    let mut eye = Eyeball::new(ids, &dests(n, true), &[conn], s.world.now, spread, 0);
     drive(&mut s, &mut eye, Duration::from_secs(120), |e, _| {
         e.sessions
             .iter()
             .all(|s| s.refused.is_some() || (s.registered && s.sent >= e.per_session))
     })?;
     drain_queues(&mut s, &mut eye, c)?;
+    if s.lost.is_some() {
+        return degraded(&mut s, &[c], DEFAULT_IDLE, eye.stats.strays);
+    }
     let unreachable = n / 50;
     let w = &s.world;
     let refused = eye.sessions.iter().filter(|s| s.refused.is_some()).count();
@@ -260,7 +352,7 @@ pub(super) fn udp_idle(p: &Params) -> Result<u64, String> {
     let mut eye = Eyeball::new(
         ids,
         &dests(n, false),
-        conn,
+        &[conn],
         s.world.now,
         Duration::from_millis(100),
         hint.as_secs() as u16,
@@ -270,15 +362,36 @@ pub(super) fn udp_idle(p: &Params) -> Result<u64, String> {
             .iter()
             .all(|s| s.registered && s.sent >= e.per_session)
     })?;
-    let last_traffic = s.world.now;
+    if s.lost.is_some() {
+        return degraded(&mut s, &[c], hint, eye.stats.strays);
+    }
     // Sessions that registered early may end before the last one is done: what a user relies
     // on is that none ends while in use, i.e. each origin socket closes only after carrying
-    // nothing for the whole idle hint.
-    settle(&mut s, &mut eye, Duration::from_secs(5))?;
+    // nothing for the whole idle hint, and that each does close then. Payloads the edge still
+    // had queued may arrive after the eyeball is done, so each socket's own last packet counts.
+    let limit = s.world.after(Duration::from_secs(60));
+    while s.world.now < limit && s.lost.is_none() {
+        let quiet_enough = s.world.udp.last_io().is_none_or(|t| {
+            s.world.now.since_start() > t.since_start() + hint + Duration::from_secs(1)
+        });
+        if quiet_enough {
+            break;
+        }
+        settle(&mut s, &mut eye, Duration::from_millis(500))?;
+    }
+    if s.lost.is_some() {
+        return degraded(&mut s, &[c], hint, eye.stats.strays);
+    }
     let w = &s.world;
+    // A registration retried after its session idled out (its answer was lost) opens it
+    // again: every session gets a socket, and every socket opened ends by the idle timer.
+    let m = w.connectors[c].hub().sessions.stats();
     expect(
-        w.udp.stats().sockets_opened == n as u64,
-        "every session got its origin socket",
+        w.udp.stats().sockets_opened >= n as u64 && w.udp.stats().sockets_opened == m.total_flows,
+        &format!(
+            "every session got its origin socket ({} opened for {n}; {m:?})",
+            w.udp.stats().sockets_opened
+        ),
         w,
     )?;
     let early: Vec<_> = w
@@ -292,16 +405,18 @@ pub(super) fn udp_idle(p: &Params) -> Result<u64, String> {
         &format!("no session ends while in use (closed after less than {hint:?} quiet: {early:?})"),
         w,
     )?;
-    let idle_for = w.now.since_start() - last_traffic.since_start();
     expect(
         w.connectors[c].hub().sessions.active() == 0,
-        &format!("every session ended {idle_for:?} after its last packet"),
+        &format!(
+            "every session ended within {hint:?} (and a second) of its socket's last packet ({} open)",
+            w.connectors[c].hub().sessions.active()
+        ),
         w,
     )?;
     expect(w.udp.sockets() == 0, "every origin socket closed", w)?;
     expect(
-        w.connectors[c].hub().sessions.stats().idle_closed == n as u64,
-        "ended by the idle timer",
+        w.connectors[c].hub().sessions.stats().idle_closed == m.total_flows,
+        "every session opened ended by the idle timer",
         w,
     )?;
     expect(
@@ -314,8 +429,9 @@ pub(super) fn udp_idle(p: &Params) -> Result<u64, String> {
 }
 
 /// A connection dies during traffic (its path to the edge is cut): the supervisor re-homes
-/// its sessions to the other HA connection, the edge re-registers them there, and nothing is
-/// torn down.
+/// its sessions to the other HA connection, the edge re-registers them there (each as its
+/// eyeball next sends), and nothing is torn down. The eyeballs' sessions are spread over both
+/// connections, as the edge spreads them.
 pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
     let c = s.add_connector(2, s.secret.clone());
@@ -331,7 +447,7 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
     let mut eye = Eyeball::new(
         ids,
         &dests(n, false),
-        conn_a,
+        &[conn_a, conn_b],
         s.world.now,
         Duration::from_millis(200),
         0,
@@ -349,6 +465,9 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
     drive(&mut s, &mut eye, mid_traffic, |e, _| {
         e.sessions.iter().all(|s| s.registered && s.echoed >= 2)
     })?;
+    if s.lost.is_some() {
+        return degraded(&mut s, &[c], DEFAULT_IDLE, eye.stats.strays);
+    }
     let opened = s.world.udp.stats().sockets_opened;
     let pending: Vec<String> = eye
         .sessions
@@ -368,10 +487,10 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
     // Connection A's path dies: both ends notice by idle timeout. The connector re-homes A's
     // sessions to B; the edge, once it drops A, re-registers its flows on B.
     s.world.partition_index(c, 0, true);
+    let on_a = eye.sessions.iter().filter(|s| s.conn == conn_a).count();
     let before: Vec<u32> = eye.sessions.iter().map(|s| s.echoed).collect();
     let rest = eye.interval * eye.per_session + Duration::from_secs(60);
     let (mut edge_moved, mut connector_moved) = (false, false);
-    let now = s.world.now;
     drive_with(
         &mut s,
         &mut eye,
@@ -386,7 +505,7 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
                 conn,
                 ..
             }) if *conn == conn_a => {
-                eye.move_sessions(conn_a, conn_b, now.max(now));
+                eye.move_sessions(conn_a, conn_b);
                 edge_moved = true;
                 Ok(true)
             }
@@ -406,6 +525,12 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
         },
     )?;
     settle(&mut s, &mut eye, Duration::from_secs(2))?;
+    if s.lost.is_some() {
+        // B died too. The cut of A's path is the scenario's, not the network's: heal it, so
+        // that coming back is possible.
+        s.world.partition_index(c, 0, false);
+        return degraded(&mut s, &[c], DEFAULT_IDLE, eye.stats.strays);
+    }
     let w = &s.world;
     expect(edge_moved && connector_moved, "both ends noticed A die", w)?;
     expect(
@@ -415,7 +540,13 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
     )?;
     expect(
         w.udp.stats().sockets_closed == 0,
-        "no session was torn down",
+        &format!(
+            "no session was torn down: {} closed, quiet at close {:?}; {:?} {:?}",
+            w.udp.stats().sockets_closed,
+            &w.udp.quiet_at_close()[..w.udp.quiet_at_close().len().min(8)],
+            w.connectors[c].hub().sessions.stats(),
+            eye.stats
+        ),
         w,
     )?;
     let hub = w.connectors[c].hub();
@@ -444,7 +575,14 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
         "no origin packet found no connection",
         w,
     )?;
-    expect(m.migrated >= n as u64, "sessions counted as migrated", w)?;
+    expect(
+        m.migrated >= on_a as u64,
+        &format!(
+            "A's sessions counted as migrated ({} for {on_a})",
+            m.migrated
+        ),
+        w,
+    )?;
     record_stats(&mut s, &eye, c);
     Ok(s.world.trace.hash())
 }
@@ -463,7 +601,7 @@ pub(super) fn udp_flood(p: &Params) -> Result<u64, String> {
     let conn = register(&mut s, c)?;
     let ids = ids(&mut s);
     let spread = Duration::from_millis(if p.quick { 1_000 } else { 20_000 });
-    let mut eye = Eyeball::new(ids, &dests(flood, false), conn, s.world.now, spread, 0);
+    let mut eye = Eyeball::new(ids, &dests(flood, false), &[conn], s.world.now, spread, 0);
     eye.per_session = 0;
     eye.bundle = false;
     let mut peak = 0;
@@ -473,6 +611,9 @@ pub(super) fn udp_flood(p: &Params) -> Result<u64, String> {
             .iter()
             .all(|s| s.registered || s.refused.is_some())
     })?;
+    if s.lost.is_some() {
+        return degraded(&mut s, &[c], DEFAULT_IDLE, eye.stats.strays);
+    }
     let w = &s.world;
     let ok = eye.sessions.iter().filter(|s| s.registered).count();
     let refused = eye

@@ -42,8 +42,9 @@ struct V2Session {
     connector_unregistered: Vec<String>,
     /// Registered again after the connector ended it mid-traffic.
     reopened: u32,
-    /// Connector unregistrations that came after the edge had ended it.
-    after_edge_end: u32,
+    /// The connector ended it while a registration's answer was still on its way (it idled
+    /// out first): that answer opens nothing.
+    ended_unanswered: bool,
     /// The one timer that counts.
     due: VirtualTime,
 }
@@ -74,6 +75,7 @@ impl V2Eyeball {
         dests: &[SocketAddr],
         conn: ConnId,
         start: VirtualTime,
+        stagger: Duration,
     ) -> Self {
         let mut e = Self {
             clock,
@@ -90,7 +92,7 @@ impl V2Eyeball {
         };
         for (i, (id, dest)) in ids.iter().zip(dests).enumerate() {
             let id = SessionId(*id);
-            let due = start + Duration::from_millis(5) * i as u32;
+            let due = start + stagger * i as u32;
             e.by_id.insert(id, i);
             e.sessions.push(V2Session {
                 id,
@@ -105,7 +107,7 @@ impl V2Eyeball {
                 edge_unregistered: false,
                 connector_unregistered: Vec::new(),
                 reopened: 0,
-                after_edge_end: 0,
+                ended_unanswered: false,
                 due,
             });
             e.timers.push(Reverse((due, i)));
@@ -132,6 +134,13 @@ impl V2Eyeball {
                 let s = &mut self.sessions[i];
                 s.answered += 1;
                 match result {
+                    Ok(()) if !s.registered && s.ended_unanswered => {
+                        // As the edge, which processed the connector's unregistration first:
+                        // the session is gone; register it again.
+                        s.ended_unanswered = false;
+                        s.reopened += 1;
+                        self.wake(i, now);
+                    }
                     Ok(()) if !s.registered => {
                         s.registered = true;
                         self.wake(i, now);
@@ -150,12 +159,12 @@ impl V2Eyeball {
                     Some(i) => {
                         let s = &mut self.sessions[i];
                         s.connector_unregistered.push(message.clone());
-                        if s.edge_unregistered {
-                            s.after_edge_end += 1;
-                        }
                         // The connector ended it (it idled out while the registration's
                         // answer was on its way): as the edge does, register again if there
                         // is traffic left.
+                        if !s.registered && s.answered < s.calls {
+                            s.ended_unanswered = true;
+                        }
                         if s.registered && s.sent < self.per_session {
                             s.registered = false;
                             s.reopened += 1;
@@ -289,23 +298,37 @@ pub(super) fn udp_v2_and_v3(p: &Params) -> Result<u64, String> {
     let n = if p.quick { 60 } else { 400 };
     let (v2_ids, v2_dests) = flows(&mut s, n, 1);
     let (v3_ids, v3_dests) = flows(&mut s, n, 2);
-    let mut eye2 = V2Eyeball::new(s.world.clock, &v2_ids, &v2_dests, conn_a, s.world.now);
-    let mut eye3 = Eyeball::new(
-        v3_ids.into_iter(),
-        &v3_dests,
-        conn_b,
-        s.world.now,
-        Duration::from_millis(300),
-        IDLE.as_secs() as u16,
-    );
     // Enough payloads that the network alone silences a session (every payload or its echo
     // lost) with probability under 1e-9, whatever the loss.
     let per_session = payloads_to_be_heard(p.loss);
+    // Sessions start staggered so that about 50 send at once on each connection, 250
+    // datagrams a second: what a connection carries at 5% loss. At full scale all 400 began
+    // within 2 s, 2000 a second: the edge's datagram queue (32, as quic-go's) refused most of
+    // them and whole sessions went unheard. This scenario is about the two versions, not
+    // about congestion (udp-flood and the overload test are).
+    let stagger = Duration::from_millis(200) * per_session / 50;
+    let mut eye2 = V2Eyeball::new(
+        s.world.clock,
+        &v2_ids,
+        &v2_dests,
+        conn_a,
+        s.world.now,
+        stagger,
+    );
+    let mut eye3 = Eyeball::new(
+        v3_ids.into_iter(),
+        &v3_dests,
+        &[conn_b],
+        s.world.now,
+        stagger * n as u32,
+        IDLE.as_secs() as u16,
+    );
     eye2.per_session = per_session;
     eye3.per_session = per_session;
 
     let limit = s.world.after(Duration::from_secs(60));
     let mut quiet_since: Option<VirtualTime> = None;
+    let (hostile, lost) = (s.hostile, &mut s.lost);
     s.world.run_ticking(limit, |w, h| {
         match &h {
             Some(Happening::Connector(
@@ -315,7 +338,13 @@ pub(super) fn udp_v2_and_v3(p: &Params) -> Result<u64, String> {
                     was_registered: true,
                     ..
                 },
-            )) => return Err(format!("connection closed: {reason}")),
+            )) => {
+                if hostile {
+                    *lost = Some(reason.clone());
+                    return Ok(true);
+                }
+                return Err(format!("connection closed: {reason}"));
+            }
             Some(Happening::Edge(e)) => eye2.on_event(w.now, e),
             _ => {}
         }
@@ -364,6 +393,10 @@ pub(super) fn udp_v2_and_v3(p: &Params) -> Result<u64, String> {
         Ok(false)
     })?;
 
+    if s.lost.is_some() {
+        let strays = u64::from(eye2.strays) + eye3.stats.strays;
+        return super::udp::degraded(&mut s, &[a, b], IDLE, strays);
+    }
     let w = &s.world;
     let (m2, m3) = (
         w.connectors[a].hub().sessions.stats(),
@@ -388,11 +421,47 @@ pub(super) fn udp_v2_and_v3(p: &Params) -> Result<u64, String> {
         &format!("no stray datagram or event ({summary})"),
         w,
     )?;
-    let silent = eye2.sessions.iter().filter(|s| s.echoed == 0).count()
-        + eye3.sessions.iter().filter(|s| s.echoed == 0).count();
+    // A v2 session the connector idled out before its registration's answer came, whose
+    // unregisterUdpSession call was then lost, stays open at the edge with nothing behind it:
+    // v2 has no way to tell (v3's registration datagrams do). Such calls fail after the RPC
+    // timeout and are counted, and only they explain a silent v2 session.
+    let failed = w.connectors[a]
+        .connector
+        .connection(0)
+        .map_or(0, |c| c.failed_unregistrations());
+    let silent_v2: Vec<String> = eye2
+        .sessions
+        .iter()
+        .filter(|s| s.echoed == 0)
+        .map(|s| {
+            format!(
+                "v2 {} calls {} answered {} sent {} reopened {} unregistered {:?}",
+                s.id, s.calls, s.answered, s.sent, s.reopened, s.connector_unregistered
+            )
+        })
+        .collect();
+    let silent_v3: Vec<String> = eye3
+        .sessions
+        .iter()
+        .filter(|s| s.echoed == 0)
+        .map(|s| {
+            format!(
+                "v3 {} registrations {} sent {}",
+                s.id, s.registrations, s.sent
+            )
+        })
+        .collect();
+    let unheard_silent = eye2
+        .sessions
+        .iter()
+        .filter(|s| s.echoed == 0 && s.connector_unregistered.is_empty())
+        .count() as u64;
     expect(
-        silent == 0,
-        &format!("every session on both versions echoes; {silent} silent ({summary})"),
+        silent_v3.is_empty() && silent_v2.len() as u64 == unheard_silent,
+        &format!(
+            "every session on both versions echoes, but for v2 ones whose end was lost \
+             ({failed} unregistrations failed); silent: {silent_v2:?} {silent_v3:?} ({summary})"
+        ),
         w,
     )?;
     let idle_text = format!("session idle for {}", go_duration(IDLE));
@@ -404,21 +473,21 @@ pub(super) fn udp_v2_and_v3(p: &Params) -> Result<u64, String> {
     for v in &eye2.sessions {
         if v.edge_ends {
             // Under loss the connector may idle one out mid-traffic (then the eyeball
-            // registers it again): never after the edge ended it.
+            // registers it again), or before the edge's unregistration reaches it (the calls
+            // cross): each time it was open, it ended once, by the edge or idle. The counters
+            // below check that no session ended twice.
             expect(
-                v.after_edge_end == 0
-                    && v.connector_unregistered.len() == v.reopened as usize
+                v.connector_unregistered.len() <= v.reopened as usize + 1
                     && v.connector_unregistered.iter().all(|m| *m == idle_text),
                 &format!(
-                    "session {} ended by the edge gets no unregisterUdpSession back, got {:?} ({} reopened)",
+                    "session {} ended by the edge is unregistered by the connector only when it idled out, got {:?} ({} reopened)",
                     v.id, v.connector_unregistered, v.reopened
                 ),
                 w,
             )?;
         } else {
             expect(
-                !v.connector_unregistered.is_empty()
-                    && v.connector_unregistered.iter().all(|m| *m == idle_text),
+                v.connector_unregistered.iter().all(|m| *m == idle_text),
                 &format!(
                     "idle session {} is unregistered by the connector with {idle_text:?}, got {:?}",
                     v.id, v.connector_unregistered
@@ -427,15 +496,35 @@ pub(super) fn udp_v2_and_v3(p: &Params) -> Result<u64, String> {
             )?;
         }
     }
-    let edge_ended = eye2.sessions.iter().filter(|s| s.edge_ends).count();
+    // An unregisterUdpSession call lost to the network fails after the RPC timeout, counted
+    // (cloudflared only logs it; the session is gone on the connector's side either way).
+    let unheard = eye2
+        .sessions
+        .iter()
+        .filter(|v| v.connector_unregistered.is_empty() && (!v.edge_ends || v.echoed == 0))
+        .count() as u64;
+    expect(
+        unheard <= failed,
+        &format!(
+            "every idle session is unregistered by the connector, or its call failed and was counted ({unheard} unheard, {failed} failed calls)"
+        ),
+        w,
+    )?;
+    let edge_ended = eye2
+        .sessions
+        .iter()
+        .filter(|s| s.edge_ends && s.edge_unregistered)
+        .count() as u64;
     expect(
         m2.total_flows >= n as u64
             && m3.total_flows >= n as u64
-            && m2.idle_closed + edge_ended as u64 == m2.total_flows
+            && m2.idle_closed + m2.remote_closed == m2.total_flows
+            && m2.remote_closed <= edge_ended
             && m3.idle_closed == m3.total_flows,
         // A registration retried after its session idled out opens it again (and it idles
-        // out again): every session opened ends, by the edge or by its idle timer.
-        &format!("every session opened ended, by the edge or idle, on both versions ({summary})"),
+        // out again): every session opened ends once, by the edge or by its idle timer. An
+        // edge's unregistration lost to the network leaves its session to the idle timer.
+        &format!("every session opened ended once, by the edge ({edge_ended} tried) or idle, on both versions ({summary})"),
         w,
     )?;
     expect(w.udp.sockets() == 0, "every origin socket closed", w)?;
@@ -444,7 +533,7 @@ pub(super) fn udp_v2_and_v3(p: &Params) -> Result<u64, String> {
             .connector
             .connection(0)
             .is_some_and(|c| c.pending_calls() == 0),
-        "every unregistration call was answered",
+        "every unregistration call ended (answered, or failed after the RPC timeout)",
         w,
     )?;
     s.world.trace.record(s.world.now, &summary);

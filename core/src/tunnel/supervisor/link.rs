@@ -110,7 +110,12 @@ impl Link {
         both!(self, c => c.handle_flow_failed(now, flow, reason))
     }
 
-    pub(crate) fn handle_flow_data(&mut self, now: Instant, flow: FlowId, bytes: &[u8]) -> usize {
+    pub(crate) fn handle_flow_data(
+        &mut self,
+        now: Instant,
+        flow: FlowId,
+        bytes: &bytes::Bytes,
+    ) -> usize {
         both!(self, c => c.handle_flow_data(now, flow, bytes))
     }
 
@@ -138,6 +143,10 @@ impl Link {
         keys: std::sync::Arc<crate::ingress::access::AccessKeys>,
     ) {
         both!(self, c => c.set_access_keys(keys))
+    }
+
+    pub(crate) fn set_ingress(&mut self, ingress: std::sync::Arc<crate::ingress::Ingress>) {
+        both!(self, c => c.set_ingress(ingress))
     }
 
     pub(crate) fn close_now(&mut self, now: Instant) {

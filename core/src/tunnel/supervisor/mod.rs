@@ -640,7 +640,7 @@ impl Supervisor {
         now: Instant,
         link: LinkId,
         flow: FlowId,
-        bytes: &[u8],
+        bytes: &bytes::Bytes,
     ) -> usize {
         self.with_link(now, link, |c| c.handle_flow_data(now, flow, bytes))
             .unwrap_or(0)
@@ -739,6 +739,21 @@ impl Supervisor {
             }
         }
         self.config.connector.data.access = Some(keys);
+    }
+
+    /// Every connection, and every later one, resolves new requests with `ingress`.
+    fn set_ingress(&mut self, ingress: std::sync::Arc<crate::ingress::Ingress>) {
+        for s in &mut self.slots {
+            if let Phase::Running(r) = &mut s.phase {
+                r.conn.set_ingress(ingress.clone());
+            }
+        }
+        self.config.connector.data.ingress = Some(ingress);
+    }
+
+    /// The ingress rules in force (the last configuration push's, else the local ones).
+    pub(crate) fn ingress(&self) -> Option<&std::sync::Arc<crate::ingress::Ingress>> {
+        self.config.connector.data.ingress.as_ref()
     }
 
     fn with_link<T>(
@@ -917,6 +932,8 @@ impl Supervisor {
 
     /// Collects connection events and acts on them.
     fn progress(&mut self, now: Instant) {
+        // Rules a configuration push brought: every connection takes them below.
+        let mut pushed = None;
         for i in 0..self.slots.len() {
             let index = self.slots[i].index;
             let Phase::Running(r) = &mut self.slots[i].phase else {
@@ -948,18 +965,17 @@ impl Supervisor {
                         version,
                         config,
                     } => {
-                        let ingress = self.config.connector.data.ingress.as_ref();
+                        // Without rules of its own the connector proxies as the edge asks,
+                        // whatever a push says.
+                        let has_rules = self.config.connector.data.ingress.is_some();
                         let hub = &self.hub;
                         let max_active_flows = self.config.max_active_flows;
                         let events = &mut self.events;
                         let result = self.versions.offer(version, || {
                             let (remote, new) =
                                 RemoteConfig::from_json(&config).map_err(|e| e.to_string())?;
-                            if let Some(shared) = ingress {
-                                *shared
-                                    .write()
-                                    .unwrap_or_else(std::sync::PoisonError::into_inner) =
-                                    std::sync::Arc::new(new);
+                            if has_rules {
+                                pushed = Some(std::sync::Arc::new(new));
                             }
                             let limit = effective_limit(
                                 max_active_flows,
@@ -1034,6 +1050,9 @@ impl Supervisor {
             if let Some(reason) = closed {
                 self.on_closed(now, i, reason);
             }
+        }
+        if let Some(ingress) = pushed {
+            self.set_ingress(ingress);
         }
         if let State::ShuttingDown(_) = self.state {
             if self.slots.iter().all(|s| matches!(s.phase, Phase::Stopped)) {

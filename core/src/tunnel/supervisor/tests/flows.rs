@@ -4,7 +4,7 @@
 
 use super::*;
 use crate::flow::FlowType;
-use crate::stream::connect::{ConnectRequest, ConnectionType};
+use crate::stream::connect::{key, ConnectRequest, ConnectionType, Metadata};
 use crate::stream::proxy::{FlowKind, RATE_LIMITED};
 
 impl World {
@@ -293,4 +293,82 @@ fn the_flag_overrides_local_and_remote_limits() {
     assert_eq!(w.register_v3(conn0, 1), v3::ResponseCode::Ok);
     w.refused_tcp(conn0, "10.0.0.1:22");
     assert_eq!(w.connector.flow_limiter().active(), 1);
+}
+
+/// The `Service` of the origin the connector opened for an HTTP request to `dest`.
+fn http_origin(w: &World, dest: &str) -> Option<crate::ingress::Service> {
+    w.origin_actions.iter().find_map(|(_, a)| match a {
+        OriginAction::Open {
+            kind: FlowKind::Http,
+            dest: d,
+            origin,
+            ..
+        } if d == dest => origin.as_ref().map(|o| o.service.clone()),
+        _ => None,
+    })
+}
+
+#[test]
+fn a_configuration_push_on_one_connection_resolves_requests_on_every_connection() {
+    let local = crate::ingress::Ingress::single(crate::ingress::Service::Http {
+        tls: false,
+        host: "127.0.0.1".into(),
+        port: 9090,
+    });
+    let mut w = v3_world(23, |c| {
+        c.connector.data.ingress = Some(std::sync::Arc::new(local));
+    });
+    w.run(Duration::from_secs(10), |w| {
+        w.connector.ready_connections() == 2
+    });
+    let (conn0, conn1) = (w.edge_conn(0), w.edge_conn(1));
+    let get = |w: &mut World, conn: ConnId, dest: &str| {
+        let metadata = [
+            Metadata {
+                key: key::HTTP_METHOD,
+                val: "GET",
+            },
+            Metadata {
+                key: key::HTTP_HOST,
+                val: "app.test",
+            },
+        ];
+        let request = ConnectRequest {
+            dest,
+            connection_type: ConnectionType::Http,
+            metadata: &metadata,
+        };
+        let now = w.now;
+        w.edge
+            .as_mut()
+            .expect("edge")
+            .open_request(now, conn, &request)
+            .expect("open");
+        w.run(Duration::from_secs(2), |w| http_origin(w, dest).is_some());
+        http_origin(w, dest)
+    };
+    let service = get(&mut w, conn1, "http://app.test/before");
+    assert!(
+        matches!(
+            &service,
+            Some(crate::ingress::Service::Http { port: 9090, .. })
+        ),
+        "the local rules: {service:?}"
+    );
+    let pushed = r#"{"ingress":[{"service":"http://127.0.0.1:8080"}]}"#;
+    w.push_config(conn0, 1, pushed);
+    let service = get(&mut w, conn1, "http://app.test/after");
+    assert!(
+        matches!(
+            &service,
+            Some(crate::ingress::Service::Http { port: 8080, .. })
+        ),
+        "the other connection resolves with the pushed rules: {service:?}"
+    );
+    let ingress = w.connector.ingress().expect("rules");
+    assert_eq!(ingress.rules().len(), 1);
+    assert!(matches!(
+        ingress.rules()[0].origin.service,
+        crate::ingress::Service::Http { port: 8080, .. }
+    ));
 }
