@@ -76,7 +76,9 @@ fn connector_settings_from_config_file_and_flags_over_it() {
         drop(first);
         let log = c.log_tail(20_000);
         assert!(
-            log.contains("ignored") && log.contains("autoupdate-freq") && log.contains("no-autoupdate"),
+            log.contains("ignored")
+                && log.contains("autoupdate-freq")
+                && log.contains("no-autoupdate"),
             "loglevel: debug from the file, and the keys burrow does not act on are named:\n{log}"
         );
         // A graceful stop, so the edge drops this connector's connections at once rather
