@@ -225,8 +225,10 @@ async fn read_udp(flow: UdpFlowId, socket: Arc<UdpSocket>, tx: mpsc::Sender<Sock
     loop {
         // An idle session holds no buffer (10k sessions would hold 10k of them): wait until a
         // datagram is queued, read it on the stack, and hand on a buffer sized to it (one copy of
-        // the payload, which is small next to the 1.5 KiB a reused buffer would pin).
-        if let Err(e) = socket.readable().await {
+        // the payload, which is small next to the 1.5 KiB a reused buffer would pin). The wait
+        // is a zero-length peek, not `readable()`: a refused port (ICMP port unreachable) only
+        // leaves a socket error, which a receive reports and `readable()` never wakes for.
+        if let Err(e) = socket.peek(&mut []).await {
             let _ = tx
                 .send(SocketEvent::UdpFailed {
                     flow,
