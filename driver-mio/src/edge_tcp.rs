@@ -171,32 +171,26 @@ impl EdgeLinks {
                 Ok(None) => None,
             };
             if let Some(err) = failed {
-                self.remove(registry, link);
-                let reason = format!("DialContext error: {err}");
-                machine.handle_input(
+                return self.fail(
                     now,
-                    Input::EdgeFailed {
-                        link,
-                        reason: &reason,
-                    },
+                    registry,
+                    machine,
+                    link,
+                    &burrow_core::connector::dial_failure(&err),
                 );
-                return Round::Gone(token);
             }
             match e.stream.peer_addr() {
                 Ok(_) => {}
                 // Still connecting.
                 Err(err) if err.kind() == io::ErrorKind::NotConnected => return Round::Done,
                 Err(err) => {
-                    self.remove(registry, link);
-                    let reason = format!("DialContext error: {err}");
-                    machine.handle_input(
+                    return self.fail(
                         now,
-                        Input::EdgeFailed {
-                            link,
-                            reason: &reason,
-                        },
+                        registry,
+                        machine,
+                        link,
+                        &burrow_core::connector::dial_failure(&err),
                     );
-                    return Round::Gone(token);
                 }
             }
             // A link that gave up meanwhile (its handshake deadline) gets no socket.
@@ -211,16 +205,13 @@ impl EdgeLinks {
             {
                 Ok(a) => a.ip(),
                 Err(err) => {
-                    self.remove(registry, link);
-                    let reason = format!("DialContext error: {err}");
-                    machine.handle_input(
+                    return self.fail(
                         now,
-                        Input::EdgeFailed {
-                            link,
-                            reason: &reason,
-                        },
+                        registry,
+                        machine,
+                        link,
+                        &burrow_core::connector::dial_failure(&err),
                     );
-                    return Round::Gone(token);
                 }
             };
             e.connected = true;
@@ -244,7 +235,7 @@ impl EdgeLinks {
                     }
                 }
                 Err(err) if err.kind() == io::ErrorKind::WouldBlock => {}
-                Err(err) => return self.fail(now, registry, machine, link, &err),
+                Err(err) => return self.fail(now, registry, machine, link, &err.to_string()),
             }
         }
         let Some(e) = self.links.get_mut(&link) else {
@@ -282,7 +273,7 @@ impl EdgeLinks {
                 Round::Done
             }
             Err(err) if err.kind() == io::ErrorKind::Interrupted => Round::Again,
-            Err(err) => self.fail(now, registry, machine, link, &err),
+            Err(err) => self.fail(now, registry, machine, link, &err.to_string()),
         }
     }
 
@@ -292,18 +283,11 @@ impl EdgeLinks {
         registry: &Registry,
         machine: &mut Connector,
         link: LinkId,
-        err: &io::Error,
+        reason: &str,
     ) -> Round {
         let token = self.links.get(&link).map(|e| e.token);
         self.remove(registry, link);
-        let reason = err.to_string();
-        machine.handle_input(
-            now,
-            Input::EdgeFailed {
-                link,
-                reason: &reason,
-            },
-        );
+        machine.handle_input(now, Input::EdgeFailed { link, reason });
         token.map_or(Round::Done, Round::Gone)
     }
 }

@@ -300,7 +300,10 @@ impl Driver {
                 let token = self.tokens.alloc(Source::EdgeTcp(link));
                 if let Err(e) = self.edge_tcp.dial(registry, token, link, edge, self.bind) {
                     self.tokens.free(Some(token));
-                    return Some(Answer::EdgeFailed(link, format!("DialContext error: {e}")));
+                    return Some(Answer::EdgeFailed(
+                        link,
+                        burrow_core::connector::dial_failure(&e),
+                    ));
                 }
             }
             Io::WriteEdge { link, data } => {

@@ -308,7 +308,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                         }
                     }
                     Err(e) => {
-                        let reason = format!("DialContext error: {e}");
+                        let reason = burrow_core::connector::dial_failure(&e);
                         machine.handle_input(now, Input::EdgeFailed { link, reason: &reason });
                     }
                 }

@@ -35,6 +35,12 @@ use crate::tunnel::{Received, Transmit};
 
 pub use crate::tunnel::supervisor::SupervisorEvent as Event;
 
+/// The reason an edge dial failed, in cloudflared's words (`DialContext error: ...`), for
+/// [`Input::EdgeFailed`] and the QUIC dial failures both drivers report.
+pub fn dial_failure(err: &dyn std::fmt::Display) -> String {
+    format!("DialContext error: {err}")
+}
+
 /// Something that happened outside the connector: a socket read, an origin task's progress,
 /// the timer, a signal.
 #[derive(Debug)]
