@@ -535,6 +535,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
     let mut fatal = None;
     let mut signal_count = 0u32;
     let mut pidfile = settings.pidfile.clone();
+    let mut systemd_told = false;
     // Start-up's code pages are given back once, when every connection has registered.
     let mut trimmed = false;
     let mut now = Instant::now();
@@ -562,6 +563,11 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
                             if let Some(path) = pidfile.take() {
                                 if let Err((pid_path, e)) = write_pidfile(&path, &OsHost) {
                                     error!(%pid_path, error = %e, "Unable to write pid");
+                                }
+                            }
+                            if !std::mem::replace(&mut systemd_told, true) {
+                                if let Err(e) = burrow_os::notify_ready() {
+                                    warn!(error = %e, "cannot notify systemd");
                                 }
                             }
                         }
