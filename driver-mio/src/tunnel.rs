@@ -683,7 +683,7 @@ fn log_event(e: &Event, stopping: bool) {
             info!(conn_index = index, %protocol, "Changing protocol");
         }
         Event::RegistrationFailed { index, error } => {
-            error!(conn_index = index, cause = %error.cause, "Register tunnel error from server side");
+            error!(conn_index = index, cause = %error, local = error.is_local(), "Register tunnel error from server side");
         }
         Event::LinkClosed {
             index,

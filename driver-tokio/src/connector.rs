@@ -385,7 +385,7 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
                 .set(1);
         }
         Event::RegistrationFailed { index, error } => {
-            let kind = if error.is_duplicate_connection() {
+            let kind = if error.refusal() == burrow_core::control::Refusal::DuplicateConnection {
                 "dup_edge_conn"
             } else {
                 "server_error"
@@ -394,7 +394,7 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
                 .register_fail
                 .with_label_values(&[kind, "registerConnection"])
                 .inc();
-            error!(conn_index = index, cause = %error.cause, "Register tunnel error from server side");
+            error!(conn_index = index, cause = %error, local = error.is_local(), "Register tunnel error from server side");
         }
         Event::LinkClosed {
             index,

@@ -815,10 +815,10 @@ impl Http2Link {
                 }
             }
             ControlEvent::RegistrationFailed(e) => {
-                warn!(conn_index, cause = %e.cause, should_retry = e.should_retry, "registration failed");
+                warn!(conn_index, cause = %e, should_retry = e.should_retry(), local = e.is_local(), "registration failed");
                 self.events
                     .push_back(ConnectorEvent::RegistrationFailed(e.clone()));
-                self.close_with(LocalClose::Refused(e), now);
+                self.close_with(LocalClose::Registration(e), now);
             }
             ControlEvent::LocalConfigurationAccepted => {
                 debug!(conn_index, "local configuration pushed")

@@ -38,7 +38,7 @@ use super::connector::{
 use super::data::{FlowId, OriginAction};
 use super::udp::DatagramHub;
 use super::{Received, Transmit};
-use crate::control::{ConnectionDetails, Refusal, RegistrationError};
+use crate::control::{CallFailure, ConnectionDetails, Refusal, RegistrationFailure};
 use crate::datagram::LinkId;
 use crate::flow::{effective_limit, FlowLimiter};
 use crate::icmp::{IcmpRouter, RouterConfig};
@@ -128,7 +128,7 @@ pub enum SupervisorError {
     /// The first connection was refused for good (cloudflared: "initial tunnel connection
     /// failed").
     #[error("initial tunnel connection failed: {0}")]
-    InitialConnection(String),
+    InitialConnection(RegistrationFailure),
     /// No edge address to connect to.
     #[error(transparent)]
     Pool(#[from] PoolError),
@@ -165,8 +165,8 @@ pub enum SupervisorEvent {
     RegistrationFailed {
         /// HA index.
         index: u8,
-        /// The edge's answer.
-        error: RegistrationError,
+        /// The edge's answer, or the call's failure.
+        error: RegistrationFailure,
     },
     /// A connection is gone: drop every flow and session tagged with `link`.
     LinkClosed {
@@ -224,7 +224,7 @@ pub enum SupervisorEvent {
         /// HA index.
         index: u8,
         /// Why.
-        reason: String,
+        reason: CallFailure,
     },
     /// The supervisor gave up; it is stopped.
     Fatal(SupervisorError),
@@ -1092,15 +1092,13 @@ impl Supervisor {
             reason: reason.clone(),
             was_registered: r.registered,
         });
-        if let CloseReason::Local(LocalClose::Refused(refused)) = &reason {
+        if let CloseReason::Local(LocalClose::Registration(refused)) = &reason {
             // cloudflared: a permanent refusal of the first connection ends the process unless
             // it is a duplicate or unauthorized; everything else is retried forever.
             let refusal = refused.refusal();
-            if self.state == State::Starting && !refused.should_retry && refusal == Refusal::Other {
-                self.fatal(
-                    now,
-                    SupervisorError::InitialConnection(refused.cause.clone()),
-                );
+            if self.state == State::Starting && !refused.should_retry() && refusal == Refusal::Other
+            {
+                self.fatal(now, SupervisorError::InitialConnection(refused.clone()));
                 return;
             }
             self.retry(now, i, false, refusal == Refusal::DuplicateConnection);
