@@ -37,7 +37,10 @@ mod imp {
     /// Resident anonymous memory of this process (resident minus file-backed), in bytes.
     fn anon_resident() -> Option<u64> {
         let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-        let mut f = statm.split_whitespace().skip(1).map(|v| v.parse::<u64>().ok());
+        let mut f = statm
+            .split_whitespace()
+            .skip(1)
+            .map(|v| v.parse::<u64>().ok());
         let (resident, shared) = (f.next()??, f.next()??);
         // SAFETY: sysconf only reads a system constant.
         let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).ok()?;
@@ -88,11 +91,7 @@ mod tests {
         // 64 MiB in 4 KiB blocks (below the mmap threshold, so inside an arena), touched; one
         // block in 16 kept, so what is freed is holes glibc cannot return by itself.
         let mut blocks: Vec<Vec<u8>> = (0..16384).map(|i| vec![i as u8; 4096]).collect();
-        let kept: Vec<Vec<u8>> = blocks
-            .iter_mut()
-            .step_by(16)
-            .map(std::mem::take)
-            .collect();
+        let kept: Vec<Vec<u8>> = blocks.iter_mut().step_by(16).map(std::mem::take).collect();
         drop(blocks);
         let mut trim = HeapTrim::new();
         let released = trim.tick().expect("60 MiB free in holes is worth a trim");
