@@ -359,6 +359,10 @@ pub struct Eyeball {
     timers: BinaryHeap<Reverse<(VirtualTime, usize)>>,
     /// Counters.
     pub stats: EyeStats,
+    /// When the last registration datagram was queued: a retried registration restarts its
+    /// session's idle timer (cloudflared's `handleSessionAlreadyRegistered` and `Migrate`),
+    /// so a session's quiet time runs from this as well as from its socket's last packet.
+    pub last_registration: Option<VirtualTime>,
 }
 
 impl Eyeball {
@@ -382,6 +386,7 @@ impl Eyeball {
             bundle: true,
             timers: BinaryHeap::new(),
             stats: EyeStats::default(),
+            last_registration: None,
         };
         let n = dests.len().max(1) as u32;
         for (i, (id, dest)) in ids.zip(dests).enumerate() {
@@ -510,6 +515,7 @@ impl Eyeball {
             if r.encode(&mut out).is_ok() {
                 match edge.send_datagram(s.conn, out.into()) {
                     Ok(()) => {
+                        self.last_registration = Some(now);
                         s.registrations += 1;
                         self.stats.datagrams_sent += 1;
                         self.stats.registrations_sent += 1;

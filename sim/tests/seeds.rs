@@ -115,3 +115,40 @@ fn the_same_seed_gives_the_same_trace() {
         assert_eq!((s.run)(&p), (s.run)(&p), "{}", s.name);
     }
 }
+
+/// Seeds of 25% loss sweeps (CI scale) that once failed, each with what its fix was about:
+/// they replay the exact case, so a regression shows up by name.
+const REGRESSIONS: &[(&str, u64, &str)] = &[
+    (
+        "udp-idle",
+        5_700_819,
+        "a retried registration restarts its session's idle timer (cloudflared does too)",
+    ),
+    (
+        "udp-idle",
+        5_700_999,
+        "a retried registration restarts its session's idle timer (cloudflared does too)",
+    ),
+];
+
+#[test]
+fn seeds_that_once_failed_at_25_percent_loss_pass() {
+    let failures: Vec<String> = REGRESSIONS
+        .iter()
+        .filter_map(|&(name, seed, about)| {
+            let s = ALL
+                .iter()
+                .find(|s| s.name == name)
+                .expect("scenario exists");
+            let p = Params {
+                seed,
+                loss: 0.25,
+                quick: true,
+            };
+            (s.run)(&p)
+                .err()
+                .map(|why| format!("{name} seed {seed} ({about}): {why}"))
+        })
+        .collect();
+    assert_none(failures);
+}

@@ -108,6 +108,7 @@ pub(super) fn degraded(
     nodes: &[usize],
     idle: Duration,
     strays: u64,
+    last_registration: Option<crate::clock::VirtualTime>,
 ) -> Result<u64, String> {
     let why = s.lost.take().unwrap_or(CloseReason::TimedOut);
     let w = &mut s.world;
@@ -134,11 +135,13 @@ pub(super) fn degraded(
         w,
     )?;
     // Payloads still queued at the edge reach their sessions after the eyeballs stopped, so
-    // each session's timer runs from its own last packet.
+    // each session's timer runs from its own last packet (or last registration, which
+    // restarts it too).
     let limit = w.after(idle + Duration::from_secs(60));
     w.run_ticking(limit, |w, _| {
         Ok(w.udp
             .last_io()
+            .max(last_registration)
             .is_none_or(|t| w.now.since_start() > t.since_start() + idle + Duration::from_secs(1)))
     })?;
     let open: usize = nodes
@@ -299,7 +302,13 @@ pub(super) fn udp_echo(p: &Params) -> Result<u64, String> {
     })?;
     drain_queues(&mut s, &mut eye, c)?;
     if s.lost.is_some() {
-        return degraded(&mut s, &[c], DEFAULT_IDLE, eye.stats.strays);
+        return degraded(
+            &mut s,
+            &[c],
+            DEFAULT_IDLE,
+            eye.stats.strays,
+            eye.last_registration,
+        );
     }
     let unreachable = n / 50;
     let w = &s.world;
@@ -363,15 +372,18 @@ pub(super) fn udp_idle(p: &Params) -> Result<u64, String> {
             .all(|s| s.registered && s.sent >= e.per_session)
     })?;
     if s.lost.is_some() {
-        return degraded(&mut s, &[c], hint, eye.stats.strays);
+        return degraded(&mut s, &[c], hint, eye.stats.strays, eye.last_registration);
     }
     // Sessions that registered early may end before the last one is done: what a user relies
     // on is that none ends while in use, i.e. each origin socket closes only after carrying
     // nothing for the whole idle hint, and that each does close then. Payloads the edge still
     // had queued may arrive after the eyeball is done, so each socket's own last packet counts.
+    // A registration retried because its answer was lost restarts the session's idle timer
+    // as in cloudflared, so the quiet time also runs from the eyeball's last registration.
     let limit = s.world.after(Duration::from_secs(60));
     while s.world.now < limit && s.lost.is_none() {
-        let quiet_enough = s.world.udp.last_io().is_none_or(|t| {
+        let last = s.world.udp.last_io().max(eye.last_registration);
+        let quiet_enough = last.is_none_or(|t| {
             s.world.now.since_start() > t.since_start() + hint + Duration::from_secs(1)
         });
         if quiet_enough {
@@ -380,7 +392,7 @@ pub(super) fn udp_idle(p: &Params) -> Result<u64, String> {
         settle(&mut s, &mut eye, Duration::from_millis(500))?;
     }
     if s.lost.is_some() {
-        return degraded(&mut s, &[c], hint, eye.stats.strays);
+        return degraded(&mut s, &[c], hint, eye.stats.strays, eye.last_registration);
     }
     let w = &s.world;
     // A registration retried after its session idled out (its answer was lost) opens it
@@ -408,7 +420,7 @@ pub(super) fn udp_idle(p: &Params) -> Result<u64, String> {
     expect(
         w.connectors[c].hub().sessions.active() == 0,
         &format!(
-            "every session ended within {hint:?} (and a second) of its socket's last packet ({} open)",
+            "every session ended within {hint:?} (and a second) of its socket's last packet or its last registration ({} open)",
             w.connectors[c].hub().sessions.active()
         ),
         w,
@@ -466,7 +478,13 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
         e.sessions.iter().all(|s| s.registered && s.echoed >= 2)
     })?;
     if s.lost.is_some() {
-        return degraded(&mut s, &[c], DEFAULT_IDLE, eye.stats.strays);
+        return degraded(
+            &mut s,
+            &[c],
+            DEFAULT_IDLE,
+            eye.stats.strays,
+            eye.last_registration,
+        );
     }
     let opened = s.world.udp.stats().sockets_opened;
     let pending: Vec<String> = eye
@@ -529,7 +547,13 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
         // B died too. The cut of A's path is the scenario's, not the network's: heal it, so
         // that coming back is possible.
         s.world.partition_index(c, 0, false);
-        return degraded(&mut s, &[c], DEFAULT_IDLE, eye.stats.strays);
+        return degraded(
+            &mut s,
+            &[c],
+            DEFAULT_IDLE,
+            eye.stats.strays,
+            eye.last_registration,
+        );
     }
     let w = &s.world;
     expect(edge_moved && connector_moved, "both ends noticed A die", w)?;
@@ -612,7 +636,13 @@ pub(super) fn udp_flood(p: &Params) -> Result<u64, String> {
             .all(|s| s.registered || s.refused.is_some())
     })?;
     if s.lost.is_some() {
-        return degraded(&mut s, &[c], DEFAULT_IDLE, eye.stats.strays);
+        return degraded(
+            &mut s,
+            &[c],
+            DEFAULT_IDLE,
+            eye.stats.strays,
+            eye.last_registration,
+        );
     }
     let w = &s.world;
     let ok = eye.sessions.iter().filter(|s| s.registered).count();

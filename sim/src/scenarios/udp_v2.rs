@@ -395,7 +395,7 @@ pub(super) fn udp_v2_and_v3(p: &Params) -> Result<u64, String> {
 
     if s.lost.is_some() {
         let strays = u64::from(eye2.strays) + eye3.stats.strays;
-        return super::udp::degraded(&mut s, &[a, b], IDLE, strays);
+        return super::udp::degraded(&mut s, &[a, b], IDLE, strays, eye3.last_registration);
     }
     let w = &s.world;
     let (m2, m3) = (
