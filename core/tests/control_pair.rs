@@ -5,7 +5,9 @@ use std::time::{Duration, Instant};
 
 use burrow_core::control::connector::{ControlClient, ControlEvent};
 use burrow_core::control::edge::{ControlServer, EdgeControlEvent};
-use burrow_core::control::{ConnectionDetails, Registration, RegistrationError};
+use burrow_core::control::{
+    CallFailure, ConnectionDetails, Registration, RegistrationError, RegistrationFailure,
+};
 use proptest::prelude::*;
 use uuid::Uuid;
 
@@ -125,7 +127,12 @@ fn refusal_reaches_the_connector_with_cause_and_retry_hint() {
         retry_after: Duration::from_secs(3),
     };
     let (ce, _) = converse(&mut c, &mut s, &[7], &Err(refusal.clone()), now);
-    assert_eq!(ce, vec![ControlEvent::RegistrationFailed(refusal.clone())]);
+    assert_eq!(
+        ce,
+        vec![ControlEvent::RegistrationFailed(
+            RegistrationFailure::Refused(refusal.clone())
+        )]
+    );
     assert!(refusal.is_duplicate_connection());
     assert!(!c.is_registered());
     assert_eq!(c.poll_timeout(), None, "nothing left to wait for");
@@ -165,7 +172,7 @@ fn unregister_that_is_never_answered_times_out_at_the_grace_period() {
     c.handle_timeout(now + Duration::from_secs(30));
     assert_eq!(
         c.poll_event(),
-        Some(ControlEvent::UnregisterFailed("timed out".into()))
+        Some(ControlEvent::UnregisterFailed(CallFailure::TimedOut))
     );
 }
 

@@ -6,7 +6,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burrow_core::connector::{Connector, Event, Input};
-use burrow_core::control::{ConnectionDetails, Registration, RegistrationError};
+use burrow_core::control::{
+    ConnectionDetails, Refusal, Registration, RegistrationError, RegistrationFailure,
+};
 use burrow_core::datagram::LinkId;
 use burrow_core::icmp::RouterConfig;
 use burrow_core::quic::tls::{self, PostQuantum};
@@ -356,7 +358,7 @@ fn registration(p: &Params) -> Result<u64, String> {
             }
             // A registration lost to the network is retried; the edge never refuses one.
             Happening::Connector(_, Event::RegistrationFailed { error, .. })
-                if !error.should_retry =>
+                if !error.should_retry() =>
             {
                 return Err(broken(&format!("registration refused: {error:?}"), w))
             }
@@ -430,11 +432,11 @@ fn bad_credentials(p: &Params) -> Result<u64, String> {
     };
     let w = &mut s.world;
     expect(
-        e.cause.starts_with("Unauthorized"),
+        e.refusal() == Refusal::Unauthorized && e.to_string().starts_with("Unauthorized"),
         "the edge's cause reaches the connector",
         w,
     )?;
-    expect(!e.should_retry, "a permanent refusal says so", w)?;
+    expect(!e.should_retry(), "a permanent refusal says so", w)?;
     let mut closed = false;
     let limit = w.after(LIMIT);
     w.run_ticking(limit, |_, h| {
@@ -442,7 +444,7 @@ fn bad_credentials(p: &Params) -> Result<u64, String> {
             Some(Happening::Connector(
                 i,
                 Event::LinkClosed {
-                    reason: CloseReason::Local(LocalClose::Refused(_)),
+                    reason: CloseReason::Local(LocalClose::Registration(_)),
                     ..
                 },
             )) if i == c => closed = true,
@@ -667,7 +669,7 @@ enum Connected {
     /// Registered; the edge's id of the connection.
     Registered(ConnId),
     /// The edge refused it for good.
-    Refused(RegistrationError),
+    Refused(RegistrationFailure),
 }
 
 /// Runs until connector `c` serves; returns the edge's id of a connection it serves on.
@@ -696,7 +698,7 @@ fn connect(s: &mut Setup, c: usize) -> Result<Connected, String> {
                 expect(details.location == "SIM", "details come from the edge", w)?;
             }
             Some(Happening::Connector(i, Event::RegistrationFailed { error, .. }))
-                if i == c && !error.should_retry =>
+                if i == c && !error.should_retry() =>
             {
                 refused = Some(error)
             }

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 
 use tracing::{debug, warn};
 
-use super::{ApiError, ConnectionDetails, ControlError, Inbox, Registration, RegistrationError};
+use super::{
+    ApiError, CallFailure, ConnectionDetails, ControlError, EdgeCause, Inbox, Registration,
+    RegistrationError, RegistrationFailure,
+};
 use crate::rpc::frame::EncodeError;
 use crate::rpc::message::{
     self, CapDescriptor, Exception, Message, MessageTarget, ReturnBody, SHUTDOWN_REASON,
@@ -28,15 +31,15 @@ pub enum ControlEvent {
     /// The edge accepted the registration.
     Registered(ConnectionDetails),
     /// The edge refused it, the call failed, or it timed out. Never swallowed.
-    RegistrationFailed(RegistrationError),
+    RegistrationFailed(RegistrationFailure),
     /// The edge acknowledged the local configuration.
     LocalConfigurationAccepted,
     /// Pushing the local configuration failed (cloudflared only logs this).
-    LocalConfigurationFailed(String),
+    LocalConfigurationFailed(CallFailure),
     /// The edge acknowledged `unregisterConnection`: drain, then close.
     Unregistered,
     /// `unregisterConnection` failed or timed out: drain and close anyway.
-    UnregisterFailed(String),
+    UnregisterFailed(CallFailure),
 }
 
 /// What an outstanding question asked.
@@ -50,18 +53,13 @@ enum Asked {
 
 impl Asked {
     /// The event a failure of this question produces (bootstrap failing fails registration).
-    /// `retryable`: nothing was refused, the answer just did not come in time.
-    fn failure(self, reason: String, retryable: bool) -> ControlEvent {
+    fn failure(self, failure: CallFailure) -> ControlEvent {
         match self {
             Asked::Bootstrap | Asked::Register => {
-                ControlEvent::RegistrationFailed(RegistrationError {
-                    cause: reason,
-                    should_retry: retryable,
-                    retry_after: Duration::ZERO,
-                })
+                ControlEvent::RegistrationFailed(RegistrationFailure::Call(failure))
             }
-            Asked::LocalConfig => ControlEvent::LocalConfigurationFailed(reason),
-            Asked::Unregister => ControlEvent::UnregisterFailed(reason),
+            Asked::LocalConfig => ControlEvent::LocalConfigurationFailed(failure),
+            Asked::Unregister => ControlEvent::UnregisterFailed(failure),
         }
     }
 }
@@ -203,7 +201,7 @@ impl ControlClient {
             // Under heavy loss an answer can take longer than the deadline (a lost handshake
             // flight backs quinn's probe timer off past it); the edge refused nothing, so the
             // supervisor must retry, as cloudflared retries every QUIC registration failure.
-            conv.fail(asked, "timed out".into(), true);
+            conv.fail(asked, CallFailure::TimedOut);
         }
     }
 
@@ -262,7 +260,7 @@ impl Conversation {
     }
 
     /// Records a failed question: the event, and what it means for the phase.
-    fn fail(&mut self, asked: Asked, reason: String, retryable: bool) {
+    fn fail(&mut self, asked: Asked, failure: CallFailure) {
         if matches!(asked, Asked::Bootstrap | Asked::Register) {
             // Bootstrap and registration fail together; one event tells it.
             if self.phase == Phase::Done {
@@ -273,7 +271,7 @@ impl Conversation {
         if asked == Asked::Unregister {
             self.phase = Phase::Done;
         }
-        self.events.push_back(asked.failure(reason, retryable));
+        self.events.push_back(asked.failure(failure));
     }
 
     /// Sends what registration unlocks: the local configuration, once.
@@ -343,11 +341,12 @@ impl Conversation {
         let payload = match r.body {
             ReturnBody::Results(p) => p,
             ReturnBody::Exception(e) => {
-                self.fail(asked, e.reason.to_owned(), false);
+                self.fail(asked, CallFailure::Remote(EdgeCause::parse(e.reason)));
                 return Ok(());
             }
             other => {
-                self.fail(asked, format!("unsupported return {other:?}"), false);
+                let cause = EdgeCause::Other(format!("unsupported return {other:?}"));
+                self.fail(asked, CallFailure::Remote(cause));
                 return Ok(());
             }
         };
@@ -384,7 +383,7 @@ impl Conversation {
                 ConnectionResponse::Error(e) => {
                     self.phase = Phase::Done;
                     self.events.push_back(ControlEvent::RegistrationFailed(
-                        RegistrationError::from_wire(&e),
+                        RegistrationFailure::Refused(RegistrationError::from_wire(&e)),
                     ));
                 }
             },
@@ -416,7 +415,9 @@ mod tests {
         c.handle_timeout(now + Duration::from_secs(5));
         assert!(matches!(
             c.poll_event(),
-            Some(ControlEvent::RegistrationFailed(RegistrationError { ref cause, should_retry: true, .. })) if cause == "timed out"
+            Some(ControlEvent::RegistrationFailed(RegistrationFailure::Call(
+                CallFailure::TimedOut
+            )))
         ));
         // Bootstrap and register both timed out: one event, not two.
         assert_eq!(c.poll_event(), None);
@@ -460,7 +461,9 @@ mod tests {
         c.handle_timeout(late);
         assert_eq!(
             c.poll_event(),
-            Some(ControlEvent::LocalConfigurationFailed("timed out".into()))
+            Some(ControlEvent::LocalConfigurationFailed(
+                CallFailure::TimedOut
+            ))
         );
         assert_eq!(c.poll_timeout(), None, "a failed call has no deadline left");
         server.handle_bytes(&push).unwrap();

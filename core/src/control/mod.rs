@@ -191,20 +191,81 @@ impl ConnectionDetails {
     }
 }
 
-/// A registration the edge refused (or that failed at the RPC level), owned.
+/// The edge's words for a failed registration, classified once as they are read, as
+/// cloudflared classifies them: the wire has no code, only the text (`EDUPCONN` exactly,
+/// `connection/control.go`; any text containing `Unauthorized`, `supervisor/supervisor.go`).
+/// Displayed, it is the text itself, byte for byte.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum EdgeCause {
+    /// [`DUPLICATE_CONNECTION`]: the edge already has a connection with this index.
+    DuplicateConnection,
+    /// The credentials were refused; cloudflared retries these forever rather than exit.
+    Unauthorized(String),
+    /// Anything else, in the edge's words.
+    Other(String),
+}
+
+impl EdgeCause {
+    /// Classifies the edge's text (the only place that reads it).
+    pub fn parse(text: &str) -> Self {
+        if text == DUPLICATE_CONNECTION {
+            Self::DuplicateConnection
+        } else if text.contains("Unauthorized") {
+            Self::Unauthorized(text.to_owned())
+        } else {
+            Self::Other(text.to_owned())
+        }
+    }
+
+    /// The text on the wire.
+    pub fn as_str(&self) -> &str {
+        match self {
+            Self::DuplicateConnection => DUPLICATE_CONNECTION,
+            Self::Unauthorized(t) | Self::Other(t) => t,
+        }
+    }
+
+    /// What it means for the supervisor.
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            Self::DuplicateConnection => Refusal::DuplicateConnection,
+            Self::Unauthorized(_) => Refusal::Unauthorized,
+            Self::Other(_) => Refusal::Other,
+        }
+    }
+}
+
+impl std::fmt::Display for EdgeCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl From<&str> for EdgeCause {
+    fn from(text: &str) -> Self {
+        Self::parse(text)
+    }
+}
+
+impl From<String> for EdgeCause {
+    fn from(text: String) -> Self {
+        Self::parse(&text)
+    }
+}
+
+/// A registration the edge refused: its `ConnectionError`, owned. The edge builds one to
+/// send; the connector reads one as [`RegistrationFailure::Refused`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RegistrationError {
-    /// The edge's cause text; [`DUPLICATE_CONNECTION`] for a duplicate.
-    pub cause: String,
-    /// Whether retrying may help. An RPC exception counts as permanent, as in cloudflared; a
-    /// call that got no answer in time is retryable.
+    /// The edge's cause; [`EdgeCause::DuplicateConnection`] for a duplicate.
+    pub cause: EdgeCause,
+    /// Whether retrying may help.
     pub should_retry: bool,
     /// The edge's suggested delay (cloudflared decodes and ignores it; we pass it on).
     pub retry_after: Duration,
 }
 
-/// What a refused registration means, read once from the edge's cause text (the wire has
-/// no code for it).
+/// What a refused registration means for the supervisor.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Refusal {
     /// The edge already has a connection with this index: try another address.
@@ -218,23 +279,17 @@ pub enum Refusal {
 impl RegistrationError {
     /// The edge already has a connection with this index.
     pub fn is_duplicate_connection(&self) -> bool {
-        self.cause == DUPLICATE_CONNECTION
+        self.cause == EdgeCause::DuplicateConnection
     }
 
     /// What the refusal means.
     pub fn refusal(&self) -> Refusal {
-        if self.is_duplicate_connection() {
-            Refusal::DuplicateConnection
-        } else if self.cause.contains("Unauthorized") {
-            Refusal::Unauthorized
-        } else {
-            Refusal::Other
-        }
+        self.cause.refusal()
     }
 
     fn from_wire(e: &ConnectionError<'_>) -> Self {
         Self {
-            cause: e.cause.to_owned(),
+            cause: EdgeCause::parse(e.cause),
             should_retry: e.should_retry,
             // A negative delay from the peer means "no delay".
             retry_after: Duration::from_nanos(u64::try_from(e.retry_after_ns).unwrap_or(0)),
@@ -243,10 +298,69 @@ impl RegistrationError {
 
     fn to_wire(&self) -> ConnectionResponse<'_> {
         ConnectionResponse::Error(ConnectionError {
-            cause: &self.cause,
+            cause: self.cause.as_str(),
             retry_after_ns: i64::try_from(self.retry_after.as_nanos()).unwrap_or(i64::MAX),
             should_retry: self.should_retry,
         })
+    }
+}
+
+/// Why a control-stream call failed: our own deadline passed (local), or the edge failed the
+/// call (remote). Kept apart, as h11 keeps local and remote protocol errors apart.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum CallFailure {
+    /// Local: no answer within the call's deadline. Nothing was refused; retrying may help.
+    #[error("timed out")]
+    TimedOut,
+    /// Remote: the edge answered with an RPC exception (or a return we cannot use), in its
+    /// words.
+    #[error("{0}")]
+    Remote(EdgeCause),
+}
+
+/// Why a registration did not succeed.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum RegistrationFailure {
+    /// Remote: the edge answered with a refusal.
+    #[error("{}", .0.cause)]
+    Refused(RegistrationError),
+    /// The call itself failed (timed out, or the edge threw an exception).
+    #[error(transparent)]
+    Call(#[from] CallFailure),
+}
+
+impl RegistrationFailure {
+    /// Whether retrying may help: the edge's word for a refusal; an RPC exception counts as
+    /// permanent, as in cloudflared; a call that got no answer in time is retryable.
+    pub fn should_retry(&self) -> bool {
+        match self {
+            Self::Refused(e) => e.should_retry,
+            Self::Call(CallFailure::TimedOut) => true,
+            Self::Call(CallFailure::Remote(_)) => false,
+        }
+    }
+
+    /// What it means for the supervisor (cloudflared reads an exception's text as it reads a
+    /// refusal's).
+    pub fn refusal(&self) -> Refusal {
+        match self {
+            Self::Refused(e) => e.refusal(),
+            Self::Call(CallFailure::Remote(cause)) => cause.refusal(),
+            Self::Call(CallFailure::TimedOut) => Refusal::Other,
+        }
+    }
+
+    /// The edge's suggested delay, if it refused.
+    pub fn retry_after(&self) -> Duration {
+        match self {
+            Self::Refused(e) => e.retry_after,
+            Self::Call(_) => Duration::ZERO,
+        }
+    }
+
+    /// Whether we decided it (our deadline), not the edge.
+    pub fn is_local(&self) -> bool {
+        matches!(self, Self::Call(CallFailure::TimedOut))
     }
 }
 
@@ -304,6 +418,56 @@ pub(crate) mod tests {
             compression_quality: 0,
             num_previous_attempts: 0,
         }
+    }
+
+    #[test]
+    fn edge_causes_are_classified_once_and_keep_their_text() {
+        for (text, refusal) in [
+            ("EDUPCONN", Refusal::DuplicateConnection),
+            ("Unauthorized: Invalid tunnel secret", Refusal::Unauthorized),
+            ("tunnel deleted", Refusal::Other),
+            // cloudflared compares the whole text for a duplicate.
+            ("EDUPCONN ", Refusal::Other),
+        ] {
+            let cause = EdgeCause::parse(text);
+            assert_eq!(cause.refusal(), refusal, "{text:?}");
+            assert_eq!(cause.as_str(), text, "byte for byte");
+            assert_eq!(cause.to_string(), text);
+        }
+        // Through the wire and back, the text is what the edge wrote.
+        let refused = RegistrationError {
+            cause: "Unauthorized: Invalid tunnel secret".into(),
+            should_retry: false,
+            retry_after: Duration::from_secs(1),
+        };
+        let ConnectionResponse::Error(wire) = refused.to_wire() else {
+            panic!("an error response")
+        };
+        assert_eq!(wire.cause, "Unauthorized: Invalid tunnel secret");
+        assert_eq!(RegistrationError::from_wire(&wire), refused);
+    }
+
+    #[test]
+    fn a_local_timeout_and_a_remote_refusal_are_kept_apart() {
+        let timed_out = RegistrationFailure::Call(CallFailure::TimedOut);
+        assert!(timed_out.is_local() && timed_out.should_retry());
+        assert_eq!(timed_out.refusal(), Refusal::Other);
+        assert_eq!(timed_out.to_string(), "timed out");
+        let refused = RegistrationFailure::Refused(RegistrationError {
+            cause: DUPLICATE_CONNECTION.into(),
+            should_retry: true,
+            retry_after: Duration::from_secs(3),
+        });
+        assert!(!refused.is_local() && refused.should_retry());
+        assert_eq!(refused.refusal(), Refusal::DuplicateConnection);
+        assert_eq!(refused.retry_after(), Duration::from_secs(3));
+        assert_eq!(refused.to_string(), "EDUPCONN");
+        // An RPC exception is permanent, as in cloudflared, and read as a refusal's text is.
+        let exception = RegistrationFailure::Call(CallFailure::Remote(EdgeCause::parse(
+            "Unauthorized: no such tunnel",
+        )));
+        assert!(!exception.is_local() && !exception.should_retry());
+        assert_eq!(exception.refusal(), Refusal::Unauthorized);
     }
 
     #[test]

@@ -89,7 +89,7 @@ mod tests {
             reg(Uuid::from_u128(3), "tag-a", &[1; 32]),
         ] {
             let e = auth.check(&bad).expect_err("refused");
-            assert_eq!(e.cause, UNAUTHORIZED);
+            assert_eq!(e.cause.as_str(), UNAUTHORIZED);
             assert!(!e.should_retry);
         }
     }

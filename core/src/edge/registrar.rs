@@ -54,7 +54,7 @@ impl<A: Authenticator> Registrar<A> {
         self.routes
             .register(conn, tunnel)
             .map_err(|e| RegistrationError {
-                cause: e.to_string(),
+                cause: e.to_string().into(),
                 should_retry: false,
                 retry_after: Duration::ZERO,
             })?;

@@ -31,7 +31,7 @@ use super::quic_io::{
 };
 use super::{Received, Transmit};
 use crate::control::connector::{ControlClient, ControlEvent};
-use crate::control::{ApiError, ConnectionDetails, Registration, RegistrationError};
+use crate::control::{ApiError, CallFailure, ConnectionDetails, Registration, RegistrationFailure};
 use crate::rpc_stream::client::{RpcCallOutcome, RpcStreamClient};
 use crate::rpc_stream::server::{RpcStreamEvent, RpcStreamServer};
 use crate::rpc_stream::ConfigUpdateResult;
@@ -80,9 +80,9 @@ pub enum ConnectorEvent {
     /// The edge accepted the registration; the connection serves traffic.
     Registered(ConnectionDetails),
     /// The edge refused the registration (or it failed); the connection is being closed.
-    RegistrationFailed(RegistrationError),
+    RegistrationFailed(RegistrationFailure),
     /// Pushing the local configuration failed (the connection stays up, as in cloudflared).
-    LocalConfigurationFailed(String),
+    LocalConfigurationFailed(CallFailure),
     /// Graceful shutdown: the edge acknowledged `unregisterConnection` (or it timed out).
     Unregistered,
     /// The edge offers remote configuration; apply the version rule with
@@ -154,9 +154,9 @@ pub enum LocalClose {
     /// Shut down (drained, or at once).
     #[error("shutdown")]
     Shutdown,
-    /// The edge refused the registration.
-    #[error("registration refused: {}", .0.cause)]
-    Refused(RegistrationError),
+    /// The registration failed: the edge refused it, or the call failed or timed out.
+    #[error("registration failed: {0}")]
+    Registration(RegistrationFailure),
     /// The control stream failed (the edge closed, reset or starved it, or it broke RPC).
     #[error("control stream: {0}")]
     Control(String),
@@ -397,6 +397,12 @@ impl ConnectorConnection {
     /// Data streams in progress.
     pub fn active_streams(&self) -> usize {
         self.data.active()
+    }
+
+    /// What this connection's requests came to since the last call (counters only grow, so
+    /// the caller sums what it takes).
+    pub fn take_request_stats(&mut self) -> crate::tunnel::requests::RequestStats {
+        self.data.take_request_stats()
     }
 
     /// Bytes buffered in data streams beyond QUIC's own buffers (bounded by the window).
@@ -952,10 +958,10 @@ impl ConnectorConnection {
                 }
             }
             ControlEvent::RegistrationFailed(e) => {
-                warn!(conn_index, cause = %e.cause, should_retry = e.should_retry, "registration failed");
+                warn!(conn_index, cause = %e, should_retry = e.should_retry(), local = e.is_local(), "registration failed");
                 self.events
                     .push_back(ConnectorEvent::RegistrationFailed(e.clone()));
-                self.close_with(LocalClose::Refused(e), now);
+                self.close_with(LocalClose::Registration(e), now);
             }
             ControlEvent::LocalConfigurationAccepted => {
                 debug!(conn_index, "local configuration pushed")

@@ -539,6 +539,12 @@ impl Http2Link {
         self.data.active()
     }
 
+    /// What this connection's requests came to since the last call (counters only grow, so
+    /// the caller sums what it takes).
+    pub fn take_request_stats(&mut self) -> crate::tunnel::requests::RequestStats {
+        self.data.take_request_stats()
+    }
+
     /// Starts graceful shutdown: unregister, drain, GOAWAY, close.
     pub fn shutdown(&mut self, now: Instant) {
         self.shutdown_requested = true;
@@ -815,10 +821,10 @@ impl Http2Link {
                 }
             }
             ControlEvent::RegistrationFailed(e) => {
-                warn!(conn_index, cause = %e.cause, should_retry = e.should_retry, "registration failed");
+                warn!(conn_index, cause = %e, should_retry = e.should_retry(), local = e.is_local(), "registration failed");
                 self.events
                     .push_back(ConnectorEvent::RegistrationFailed(e.clone()));
-                self.close_with(LocalClose::Refused(e), now);
+                self.close_with(LocalClose::Registration(e), now);
             }
             ControlEvent::LocalConfigurationAccepted => {
                 debug!(conn_index, "local configuration pushed")

@@ -38,7 +38,7 @@ use super::connector::{
 use super::data::{FlowId, OriginAction};
 use super::udp::DatagramHub;
 use super::{Received, Transmit};
-use crate::control::{ConnectionDetails, Refusal, RegistrationError};
+use crate::control::{CallFailure, ConnectionDetails, Refusal, RegistrationFailure};
 use crate::datagram::LinkId;
 use crate::flow::{effective_limit, FlowLimiter};
 use crate::icmp::{IcmpRouter, RouterConfig};
@@ -48,6 +48,7 @@ use crate::rpc_stream::ConfigVersions;
 use crate::session::{SessionId, SessionLimits, SessionManager};
 use crate::tunnel::http2_link::Http2Link;
 use crate::tunnel::protocol::{Protocol, ProtocolFlag};
+use crate::tunnel::requests::RequestStats;
 use backoff::Backoff;
 use link::Link;
 
@@ -128,7 +129,7 @@ pub enum SupervisorError {
     /// The first connection was refused for good (cloudflared: "initial tunnel connection
     /// failed").
     #[error("initial tunnel connection failed: {0}")]
-    InitialConnection(String),
+    InitialConnection(RegistrationFailure),
     /// No edge address to connect to.
     #[error(transparent)]
     Pool(#[from] PoolError),
@@ -165,8 +166,8 @@ pub enum SupervisorEvent {
     RegistrationFailed {
         /// HA index.
         index: u8,
-        /// The edge's answer.
-        error: RegistrationError,
+        /// The edge's answer, or the call's failure.
+        error: RegistrationFailure,
     },
     /// A connection is gone: drop every flow and session tagged with `link`.
     LinkClosed {
@@ -224,7 +225,7 @@ pub enum SupervisorEvent {
         /// HA index.
         index: u8,
         /// Why.
-        reason: String,
+        reason: CallFailure,
     },
     /// The supervisor gave up; it is stopped.
     Fatal(SupervisorError),
@@ -307,6 +308,9 @@ pub(crate) struct Supervisor {
     quic_retry: Option<(Instant, Duration)>,
     /// The index trying QUIC again now.
     returning: Option<usize>,
+    /// What every request of this process came to, taken from the connections after each
+    /// step.
+    requests: RequestStats,
 }
 
 impl Supervisor {
@@ -373,6 +377,7 @@ impl Supervisor {
             versions: ConfigVersions::new(),
             quic_retry: None,
             returning: None,
+            requests: RequestStats::default(),
         }
     }
 
@@ -659,6 +664,11 @@ impl Supervisor {
     /// The process-wide flow limiter (TCP flows and UDP sessions), for its counters.
     pub fn flow_limiter(&self) -> &FlowLimiter {
         self.hub.sessions.flow_limiter()
+    }
+
+    /// What every request of this process came to (connections gone included).
+    pub fn request_stats(&self) -> &RequestStats {
+        &self.requests
     }
 
     /// The datagram plane, for its counters ([`DatagramHub::stats`], `sessions.stats()`,
@@ -1026,6 +1036,10 @@ impl Supervisor {
             while let Some(a) = r.conn.poll_origin_action() {
                 self.actions.push_back((r.link, a));
             }
+            let taken = r.conn.take_request_stats();
+            if !taken.is_empty() {
+                self.requests.add(&taken);
+            }
             if r.registered && self.returning == Some(i) && r.conn.protocol() == Protocol::Quic {
                 // QUIC works again: the next HTTP/2 connection follows shortly.
                 self.returning = None;
@@ -1080,6 +1094,8 @@ impl Supervisor {
         let Phase::Running(r) = std::mem::replace(&mut self.slots[i].phase, Phase::Stopped) else {
             return;
         };
+        let mut r = r;
+        self.requests.add(&r.conn.take_request_stats());
         let index = self.slots[i].index;
         if self.state == State::Stopped {
             // close_all already reported it.
@@ -1092,15 +1108,13 @@ impl Supervisor {
             reason: reason.clone(),
             was_registered: r.registered,
         });
-        if let CloseReason::Local(LocalClose::Refused(refused)) = &reason {
+        if let CloseReason::Local(LocalClose::Registration(refused)) = &reason {
             // cloudflared: a permanent refusal of the first connection ends the process unless
             // it is a duplicate or unauthorized; everything else is retried forever.
             let refusal = refused.refusal();
-            if self.state == State::Starting && !refused.should_retry && refusal == Refusal::Other {
-                self.fatal(
-                    now,
-                    SupervisorError::InitialConnection(refused.cause.clone()),
-                );
+            if self.state == State::Starting && !refused.should_retry() && refusal == Refusal::Other
+            {
+                self.fatal(now, SupervisorError::InitialConnection(refused.clone()));
                 return;
             }
             self.retry(now, i, false, refusal == Refusal::DuplicateConnection);

@@ -594,7 +594,7 @@ fn permanent_refusal_of_the_first_connection_is_fatal() {
     assert!(w.connector.is_stopped());
     assert!(w.events.iter().any(|(_, e)| matches!(
         e,
-        SupervisorEvent::Fatal(SupervisorError::InitialConnection(c)) if c == "tunnel deleted"
+        SupervisorEvent::Fatal(SupervisorError::InitialConnection(c)) if c.to_string() == "tunnel deleted"
     )));
 }
 
@@ -627,7 +627,7 @@ fn a_first_registration_that_times_out_is_retried_not_fatal() {
     );
     assert!(w.events.iter().any(|(_, e)| matches!(
         e,
-        SupervisorEvent::RegistrationFailed { error, .. } if error.should_retry
+        SupervisorEvent::RegistrationFailed { error, .. } if error.should_retry()
     )));
     // Once the edge answers again, the retried connection registers.
     w.answer = Answer::Accept;
