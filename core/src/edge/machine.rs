@@ -26,7 +26,7 @@ use super::hostnames::HostnameTable;
 use super::log_budget::{LogBudget, Verdict};
 use super::registrar::{Authenticator, Registrar};
 use super::streams::{EyeballId, OpenError, StreamEvent, Streams};
-use crate::control::ApiError;
+use crate::control::{ApiError, EdgeCause};
 use crate::session::edge::{EdgeDrop, EdgeSessions, EdgeSessionsConfig, MappingId, MappingKind};
 use crate::session::DatagramVersion;
 use crate::stream::connect::{ConnectRequest, ConnectionType, Metadata};
@@ -194,7 +194,7 @@ pub enum Event {
         /// The tunnel it named.
         tunnel: Uuid,
         /// The refusal sent back.
-        cause: String,
+        cause: EdgeCause,
         /// Refusals since the last reported one that were not reported.
         suppressed: u64,
     },

@@ -326,7 +326,7 @@ fn a_wrong_secret_is_refused_and_takes_no_requests() {
         w.events
             .iter()
             .filter(
-                |e| matches!(e, Event::RegistrationRefused { cause, .. } if cause == UNAUTHORIZED),
+                |e| matches!(e, Event::RegistrationRefused { cause, .. } if cause.as_str() == UNAUTHORIZED),
             )
             .count()
     };
