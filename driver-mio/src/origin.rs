@@ -176,11 +176,6 @@ impl Origins {
         }
     }
 
-    /// Flows held.
-    pub fn len(&self) -> usize {
-        self.flows.len()
-    }
-
     /// Whether `key` is still held (reports of closed flows are stale).
     pub fn contains(&self, key: &Key) -> bool {
         self.flows.contains_key(key)

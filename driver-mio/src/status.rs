@@ -5,6 +5,7 @@
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
+use burrow_core::tunnel::requests::RequestStats;
 use mio::net::{TcpListener, TcpStream};
 
 /// Longest request head read; anything longer is answered 431 and closed.
@@ -19,12 +20,9 @@ pub struct Figures {
     pub ready: usize,
     /// HA connections configured.
     pub ha_connections: usize,
-    /// Origin requests opened (`cloudflared_tunnel_total_requests`).
-    pub total_requests: u64,
-    /// Origin flows open now (`cloudflared_tunnel_concurrent_requests_per_tunnel`).
-    pub concurrent_requests: u64,
-    /// Origin flows that failed (`cloudflared_tunnel_request_errors`).
-    pub request_errors: u64,
+    /// What core counted of the proxied requests (`cloudflared_tunnel_total_requests`,
+    /// `_concurrent_requests_per_tunnel`, `_request_errors`, `_response_by_code`).
+    pub requests: RequestStats,
     /// Echo requests sent (`cloudflared_icmp_total_requests`).
     pub icmp_requests: u64,
     /// Configuration version applied (`cloudflared_orchestration_config_version`).
@@ -60,19 +58,31 @@ impl Figures {
             "cloudflared_tunnel_total_requests",
             "counter",
             "Amount of requests proxied through all the tunnels",
-            self.total_requests.to_string(),
+            self.requests.total.to_string(),
         );
         metric(
             "cloudflared_tunnel_concurrent_requests_per_tunnel",
             "gauge",
             "Concurrent requests proxied through each tunnel",
-            self.concurrent_requests.to_string(),
+            self.requests.in_flight().to_string(),
         );
         metric(
             "cloudflared_tunnel_request_errors",
             "counter",
-            "Amount of errors due to proxying request",
-            self.request_errors.to_string(),
+            "Count of error proxying to origin",
+            self.requests.errors.to_string(),
+        );
+        metric(
+            "cloudflared_tcp_total_sessions",
+            "counter",
+            "Total count of TCP sessions that have been proxied to any origin",
+            self.requests.tcp_total.to_string(),
+        );
+        metric(
+            "cloudflared_tcp_active_sessions",
+            "gauge",
+            "Concurrent count of TCP sessions that are being proxied to any origin",
+            self.requests.tcp_active().to_string(),
         );
         metric(
             "cloudflared_icmp_total_requests",
@@ -80,6 +90,21 @@ impl Figures {
             "Total count of ICMP requests that have been proxied to any origin",
             self.icmp_requests.to_string(),
         );
+        // A labelled family: one HELP/TYPE, a line per code seen (none before the first).
+        if !self.requests.by_status.is_empty() {
+            let name = "cloudflared_tunnel_response_by_code";
+            out.push_str(&format!(
+                "# HELP {name} Count of responses by HTTP status code\n# TYPE {name} counter\n"
+            ));
+            for (code, n) in &self.requests.by_status {
+                out.push_str(&format!("{name}{{status_code=\"{code}\"}} {n}\n"));
+            }
+        }
+        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
+            out.push_str(&format!(
+                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
+            ));
+        };
         metric(
             "cloudflared_orchestration_config_version",
             "gauge",
@@ -236,12 +261,20 @@ mod tests {
 
     #[test]
     fn metrics_healthcheck_unknown_paths_and_garbage() {
-        let f = Figures {
-            total_requests: 7,
-            ..Figures::default()
-        };
+        let mut f = Figures::default();
+        f.requests.total = 7;
+        f.requests.ended = 6;
+        f.requests.by_status.insert(404, 2);
         let m = text(f.respond(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n"));
         assert!(m.contains("\ncloudflared_tunnel_total_requests 7\n"), "{m}");
+        assert!(
+            m.contains("\ncloudflared_tunnel_concurrent_requests_per_tunnel 1\n"),
+            "{m}"
+        );
+        assert!(
+            m.contains("\ncloudflared_tunnel_response_by_code{status_code=\"404\"} 2\n"),
+            "{m}"
+        );
         assert!(text(f.respond(b"GET /healthcheck HTTP/1.1\r\n\r\n")).ends_with("\r\n\r\nOK\n"));
         assert!(text(f.respond(b"GET /nope HTTP/1.1\r\n\r\n")).starts_with("HTTP/1.1 404 "));
         assert!(text(f.respond(b"\xff\xfe\r\n\r\n")).starts_with("HTTP/1.1 400 "));

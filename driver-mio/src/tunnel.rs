@@ -238,7 +238,6 @@ impl Driver {
                 host: _,
             } => {
                 debug!(%link, %flow, ?kind, %dest, "opening origin connection");
-                self.figures.total_requests += 1;
                 let key = (link, flow);
                 let token = self.tokens.alloc(Source::Flow(key));
                 self.origins
@@ -331,7 +330,6 @@ impl Driver {
                 Report::Handshaking => Input::FlowHandshaking { link, flow },
                 Report::Connected => Input::FlowConnected { link, flow },
                 Report::Failed(r) => {
-                    self.figures.request_errors += 1;
                     reason = r;
                     Input::FlowFailed {
                         link,
@@ -530,6 +528,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
     let mut fatal = None;
     let mut signal_count = 0u32;
     let mut pidfile = settings.pidfile.clone();
+    let mut systemd_told = false;
     // Start-up's code pages are given back once, when every connection has registered.
     let mut trimmed = false;
     let mut now = Instant::now();
@@ -559,6 +558,11 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
                                     error!(%pid_path, error = %e, "Unable to write pid");
                                 }
                             }
+                            if !std::mem::replace(&mut systemd_told, true) {
+                                if let Err(e) = burrow_os::notify_ready() {
+                                    warn!(error = %e, "cannot notify systemd");
+                                }
+                            }
                         }
                         if let Event::ConfigurationApplied { version } = &e {
                             d.figures.config_version = i64::from(*version);
@@ -583,7 +587,11 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
             trimmed = true;
             crate::resident::trim_file_pages();
         }
-        d.figures.concurrent_requests = d.origins.len() as u64;
+        let requests = machine.request_stats();
+        if (requests.total, requests.ended) != (d.figures.requests.total, d.figures.requests.ended)
+        {
+            d.figures.requests.clone_from(requests);
+        }
         if machine.is_stopped() {
             break;
         }

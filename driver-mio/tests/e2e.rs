@@ -135,6 +135,33 @@ fn start_over(
     (bed, edge, connector, metrics)
 }
 
+/// cloudflared's per-request metrics as core counts them, exported by burrow-mio.
+#[test]
+fn request_metrics_by_status_code() {
+    let bed = Testbed::create(
+        burrow(),
+        "mio-reqs",
+        "app",
+        &["ok.test", "dead.test", "other.test"],
+    )
+    .expect("tunnel");
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let metrics = testbed::free_tcp().expect("port");
+    let o = ConnectorOpts {
+        edge: eo.quic,
+        metrics,
+        ingress: counting_ingress(origin()),
+        ha_connections: 1,
+        extra: vec![],
+        config_extra: String::new(),
+    };
+    let mut connector = mio_connector(&bed, &o, "10s");
+    testbed::wait_ready(&mut connector, metrics, 1, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\nburrow-mio: {}", connector.log_tail(4000)));
+    request_counts_by_code(eo.http.port(), metrics);
+}
+
 fn origin_ingress(port: u16) -> Vec<(Option<String>, String)> {
     vec![(None, format!("http://127.0.0.1:{port}"))]
 }

@@ -250,6 +250,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             .store(machine.ready_connections(), Ordering::Relaxed);
         metrics.update_datagrams(machine.datagram_hub(), &io.datagrams);
         metrics.update_flows(machine.flow_limiter());
+        metrics.update_requests(machine.request_stats());
         metrics
             .quic
             .sample(Instant::now(), &machine, opts.run.ha_connections);
@@ -577,13 +578,7 @@ impl DriverIo {
                 origin,
             } => {
                 debug!(%link, %flow, ?kind, %dest, "opening origin connection");
-                metrics.total_requests.inc();
-                metrics.concurrent_requests.inc();
                 metrics.open_flows.fetch_add(1, Ordering::Relaxed);
-                if kind == FlowKind::Tcp {
-                    metrics.tcp_active.inc();
-                    metrics.tcp_total.inc();
-                }
                 let handle =
                     self.dialer
                         .open((link, flow), kind, dest, host, origin, self.flow_tx.clone());
@@ -612,8 +607,8 @@ impl DriverIo {
                 }
             }
             Io::CloseFlow { link, flow } => {
-                if let Some(f) = self.flows.remove(&(link, flow)) {
-                    close_flow_metrics(metrics, f.kind);
+                if self.flows.remove(&(link, flow)).is_some() {
+                    close_flow_metrics(metrics);
                 }
             }
             Io::OpenUdp { flow, dest } => {
@@ -859,12 +854,8 @@ fn on_socket_event(
     }
 }
 
-fn close_flow_metrics(metrics: &Metrics, kind: FlowKind) {
-    metrics.concurrent_requests.dec();
+fn close_flow_metrics(metrics: &Metrics) {
     metrics.open_flows.fetch_sub(1, Ordering::Relaxed);
-    if kind == FlowKind::Tcp {
-        metrics.tcp_active.dec();
-    }
 }
 
 fn on_report(
@@ -891,7 +882,6 @@ fn on_report(
             Input::FlowConnected { link, flow }
         }
         FlowReport::Failed(reason) => {
-            metrics.request_errors.inc();
             if tcp {
                 metrics.connect_stream_errors.inc();
             }

@@ -7,11 +7,13 @@ mod datagram;
 mod decode;
 mod edge;
 mod edge_udp;
+mod heap;
 mod metrics;
 mod origin;
 mod quic_metrics;
 mod quickstart;
 mod run;
+mod service;
 
 // The QUIC socket lives in the library so the bench's QUIC ceiling uses the same one.
 use burrow_tokio::quic_socket;
@@ -48,6 +50,8 @@ enum Command {
     Edge(Box<edge::EdgeArgs>),
     /// Edge, connector and a hello-world origin in one process on loopback.
     Quickstart(quickstart::QuickstartArgs),
+    /// Manages the system service, as `cloudflared service` (systemd).
+    Service(burrow_core::settings::service::ServiceArgs),
 }
 
 fn main() -> ExitCode {
@@ -59,5 +63,6 @@ fn main() -> ExitCode {
         Command::Tunnel(args) => run::main(*args),
         Command::Edge(args) => edge::main(*args),
         Command::Quickstart(args) => quickstart::main(args),
+        Command::Service(args) => service::main(args),
     }
 }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use burrow_core::flow::{FlowLimiter, FlowType};
 use burrow_core::session::DropReason;
+use burrow_core::tunnel::requests::RequestStats;
 use burrow_core::tunnel::udp::DatagramHub;
 use bytes::Bytes;
 use http_body_util::Full;
@@ -34,6 +35,10 @@ pub struct Metrics {
     pub concurrent_requests: IntGauge,
     /// `cloudflared_tunnel_request_errors`.
     pub request_errors: IntCounter,
+    /// `cloudflared_tunnel_response_by_code{status_code}`.
+    pub response_by_code: IntCounterVec,
+    /// Requests ended as of the last copy of the by-code counts (they change only then).
+    requests_ended: std::sync::atomic::AtomicU64,
     /// `cloudflared_tunnel_tunnel_register_success{rpcName}`.
     pub register_success: IntCounterVec,
     /// `cloudflared_tunnel_tunnel_register_fail{error,rpcName}`.
@@ -135,6 +140,15 @@ impl Metrics {
             &["connection_id", "edge_location"],
         )
         .expect("static metric");
+        let response_by_code = IntCounterVec::new(
+            Opts::new(
+                "cloudflared_tunnel_response_by_code",
+                "Count of responses by HTTP status code",
+            ),
+            &["status_code"],
+        )
+        .expect("static metric");
+        let _ = r.register(Box::new(response_by_code.clone()));
         let udp_dropped_datagrams = IntCounterVec::new(
             Opts::new(
                 "cloudflared_udp_dropped_datagrams",
@@ -200,8 +214,10 @@ impl Metrics {
             request_errors: counter(
                 &r,
                 "cloudflared_tunnel_request_errors",
-                "Amount of errors proxying requests",
+                "Count of error proxying to origin",
             ),
+            response_by_code,
+            requests_ended: std::sync::atomic::AtomicU64::new(0),
             register_success,
             register_fail,
             server_locations,
@@ -289,6 +305,26 @@ impl Metrics {
         // Origin writes that failed, and datagrams quinn would not queue for the edge.
         follow(&self.udp_write_failed, sockets.stats().udp_write_failed);
         follow(&self.udp_send_refused, hub.stats().send_refused);
+    }
+
+    /// Copies what core counted of the proxied requests (cloudflared's `proxy/metrics.go`).
+    pub fn update_requests(&self, stats: &RequestStats) {
+        follow(&self.total_requests, stats.total);
+        follow(&self.request_errors, stats.errors);
+        follow(&self.tcp_total, stats.tcp_total);
+        self.concurrent_requests.set(stats.in_flight() as i64);
+        self.tcp_active.set(stats.tcp_active() as i64);
+        // Codes only change when a request ends: skip the label look-ups otherwise.
+        if self.requests_ended.swap(stats.ended, Ordering::Relaxed) != stats.ended {
+            for (code, n) in &stats.by_status {
+                follow(
+                    &self
+                        .response_by_code
+                        .with_label_values(&[&code.to_string()]),
+                    *n,
+                );
+            }
+        }
     }
 
     /// Copies the flow limiter's rejection counters.

@@ -91,16 +91,23 @@ async fn run_tunnel(settings: Settings, loaded: LoadedConfig) -> Result<(), Stri
     let listener = metrics::bind(&settings.metrics)
         .await
         .map_err(|e| format!("cannot bind metrics server on {}: {e}", settings.metrics))?;
-    if let Some(path) = settings.pidfile.clone() {
-        let m = m.clone();
-        tokio::spawn(async move {
-            m.registered.notified().await;
+    // At the first registration, as cloudflared: the pid file, and systemd's READY=1 (the
+    // unit `service install` writes is Type=notify).
+    let pidfile = settings.pidfile.clone();
+    let first = m.clone();
+    tokio::spawn(async move {
+        first.registered.notified().await;
+        if let Some(path) = pidfile {
             if let Err((pid_path, e)) = write_pidfile(&path, &OsHost) {
                 error!(%pid_path, error = %e, "Unable to write pid");
             }
-        });
-    }
+        }
+        if let Err(e) = burrow_os::notify_ready() {
+            warn!(error = %e, "cannot notify systemd");
+        }
+    });
     tokio::spawn(metrics::serve(listener, m));
+    crate::heap::spawn_trim();
     let shutdown = signals();
     connector::run(opts, shutdown)
         .await

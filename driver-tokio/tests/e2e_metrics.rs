@@ -12,7 +12,7 @@ use std::time::Duration;
 use burrow_tokio::testbed::{self, ConnectorOpts, EdgeOpts, Proc, Testbed};
 
 mod common;
-use common::client::{metric, metrics_text, request};
+use common::client::{counting_ingress, metric, metrics_text, request, request_counts_by_code};
 use common::origins::{origin, tcp_echo};
 
 const BIN: &str = env!("CARGO_BIN_EXE_burrow");
@@ -110,7 +110,8 @@ fn dashboards_metrics_with_real_traffic() {
     }
     assert!(m("quic_client_total_connections") >= 2.0);
     assert_eq!(m("quic_client_closed_connections"), 0.0);
-    assert!(m("cloudflared_tunnel_total_requests") >= 1.0);
+    assert!(m("cloudflared_tunnel_total_requests") >= 21.0);
+    assert_eq!(m("cloudflared_tcp_total_sessions"), 1.0);
     assert!(m("cloudflared_proxy_connect_latency_count") >= 1.0);
     assert_eq!(m("cloudflared_proxy_connect_streams_errors"), 0.0);
     assert!(m("process_resident_memory_bytes") > 1e6);
@@ -126,6 +127,36 @@ fn dashboards_metrics_with_real_traffic() {
             && build.ends_with(" 1"),
         "{build}"
     );
+}
+
+/// cloudflared's per-request metrics (`total_requests`, `response_by_code`, `request_errors`,
+/// `concurrent_requests_per_tunnel`), counted by core, over QUIC and over HTTP/2.
+#[test]
+fn request_metrics_by_status_code() {
+    for protocol in ["quic", "http2"] {
+        let bed = Testbed::create(
+            Path::new(BIN),
+            &format!("e2e-reqs-{protocol}"),
+            "app",
+            &["ok.test", "dead.test", "other.test"],
+        )
+        .expect("tunnel");
+        let eo = EdgeOpts::loopback().expect("ports");
+        let _edge = bed.edge(&eo).expect("edge");
+        let metrics = testbed::free_tcp().expect("port");
+        let mut connector = bed
+            .connector(&ConnectorOpts {
+                edge: eo.quic,
+                metrics,
+                ingress: counting_ingress(origin()),
+                ha_connections: 1,
+                extra: vec!["--protocol".into(), protocol.into()],
+                config_extra: String::new(),
+            })
+            .expect("connector");
+        testbed::wait_ready(&mut connector, metrics, 1, Duration::from_secs(30)).expect("ready");
+        request_counts_by_code(eo.http.port(), metrics);
+    }
 }
 
 #[test]

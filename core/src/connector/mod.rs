@@ -396,6 +396,11 @@ impl Connector {
         self.sup.datagram_hub()
     }
 
+    /// What every proxied request came to, for cloudflared's request metrics.
+    pub fn request_stats(&self) -> &crate::tunnel::requests::RequestStats {
+        self.sup.request_stats()
+    }
+
     /// The process-wide flow limiter, for its counters.
     pub fn flow_limiter(&self) -> &FlowLimiter {
         self.sup.flow_limiter()

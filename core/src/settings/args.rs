@@ -169,12 +169,13 @@ impl IgnoredArgs {
 }
 
 /// cloudflared's app-level flags are its `tunnel` flags, so they may come before `tunnel`:
-/// `burrow --no-autoupdate tunnel run` is read as `burrow tunnel --no-autoupdate run`.
+/// `burrow --no-autoupdate tunnel run` is read as `burrow tunnel --no-autoupdate run`; so
+/// is `burrow --config FILE service install`.
 pub fn cloudflared_argv(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let leading_flag = args
         .get(1)
         .is_some_and(|a| a.to_string_lossy().starts_with('-'));
-    if let Some(at) = args.iter().position(|a| a == "tunnel") {
+    if let Some(at) = args.iter().position(|a| a == "tunnel" || a == "service") {
         if leading_flag && at > 1 {
             args[1..=at].rotate_right(1);
         }

@@ -6,6 +6,7 @@
 mod args;
 mod creds;
 mod log;
+pub mod service;
 #[cfg(test)]
 mod tests;
 

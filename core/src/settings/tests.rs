@@ -191,6 +191,10 @@ fn flags_before_tunnel_move_after_it_and_nothing_else_moves() {
             "id"
         ]
     );
+    assert_eq!(
+        argv(&["burrow", "--config", "c.yml", "service", "install"]),
+        ["burrow", "service", "--config", "c.yml", "install"]
+    );
     for same in [
         &["burrow", "tunnel", "--no-autoupdate", "run"][..],
         &["burrow", "edge", "--dir", "tunnel"],

@@ -20,6 +20,7 @@ use super::websocket::{self, Control};
 use crate::ingress::access::{self, AccessKeys, Verdict};
 use crate::ingress::{Ingress, Origin, Service};
 use crate::rpc::frame::FrameLimits;
+use crate::tunnel::requests::RequestOutcome;
 
 /// cloudflared's `ConnectResponse.error` for a TCP flow the flow limiter refused (sent with
 /// metadata `FlowConnectRateLimited=true`).
@@ -149,6 +150,14 @@ pub struct DataStream {
     /// The request body went without framing: the origin cannot tell where it ended, so the
     /// connection must not carry another request.
     bare_body: bool,
+    /// The exchange failed (a request error in cloudflared's metrics).
+    errored: bool,
+    /// The origin's response status, unless it was a 101.
+    status: Option<u16>,
+    /// The whole response was read from the origin.
+    delivered: bool,
+    /// The stream turned into raw bytes (TCP acked, WebSocket answered 101).
+    raw: bool,
 }
 
 impl DataStream {
@@ -177,6 +186,24 @@ impl DataStream {
             now: None,
             ws: None,
             bare_body: false,
+            errored: false,
+            status: None,
+            delivered: false,
+            raw: false,
+        }
+    }
+
+    /// What the `ConnectRequest` asked for, once it is read (then the stream is a request).
+    pub fn kind(&self) -> Option<FlowKind> {
+        self.kind
+    }
+
+    /// What the request came to so far; final once the stream has ended.
+    pub fn outcome(&self) -> RequestOutcome {
+        match self.status {
+            _ if self.errored => RequestOutcome::Error,
+            Some(code) if self.delivered => RequestOutcome::Status(code),
+            _ => RequestOutcome::Done,
         }
     }
 
@@ -388,6 +415,8 @@ impl DataStream {
                         Verdict::Pass => {}
                         Verdict::Forbidden(reason) => {
                             tracing::debug!(%reason, "request filtered by middleware handler (AccessJWTValidator)");
+                            // cloudflared logs a filtered request as a request error.
+                            self.errored = true;
                             self.answer_status(403);
                             return Ok(None);
                         }
@@ -570,7 +599,7 @@ impl DataStream {
                 error: "",
                 metadata: &metadata,
             });
-            self.down = Down::Raw;
+            self.go_raw();
             if self.up == Up::AwaitUpgrade {
                 self.up = Up::Raw;
             }
@@ -582,7 +611,7 @@ impl DataStream {
                     error: "",
                     metadata: &[],
                 });
-                self.down = Down::Raw;
+                self.go_raw();
             }
             Some(_) => self.down = Down::Head,
             None => {}
@@ -713,8 +742,11 @@ impl DataStream {
             metadata: &metadata,
         });
         self.keep_alive = response.keep_alive;
+        if response.status != 101 {
+            self.status = Some(response.status);
+        }
         if self.kind == Some(FlowKind::WebSocket) && response.status == 101 {
-            self.down = Down::Raw;
+            self.go_raw();
             if self.up == Up::AwaitUpgrade {
                 self.up = Up::Raw;
             }
@@ -758,6 +790,7 @@ impl DataStream {
     /// The response is complete: finish the stream; keep the origin only if nothing is left
     /// half-sent on it.
     fn complete(&mut self) {
+        self.delivered = true;
         self.edge_end = Some(EdgeEnd::Finish);
         let reusable =
             self.keep_alive && !self.bare_body && self.up == Up::Done && self.to_origin.is_empty();
@@ -777,6 +810,8 @@ impl DataStream {
             self.abort();
             return;
         }
+        // cloudflared's flow limit refusal is returned without being logged as a request error.
+        self.errored |= !rate_limited;
         let limited = [Metadata {
             key: key::FLOW_CONNECT_RATE_LIMITED,
             val: key::FLOW_CONNECT_RATE_LIMITED_VALUE,
@@ -818,12 +853,21 @@ impl DataStream {
     }
 
     fn abort(&mut self) {
+        // A raw stream (TCP, WebSocket after its 101) that breaks is no request error in
+        // cloudflared (its pipe logs and returns nothing); an HTTP exchange that breaks is.
+        self.errored |= !self.raw;
         self.to_origin.clear();
         self.to_edge.clear();
         self.up = Up::Done;
         self.down = Down::Done;
         self.edge_end = Some(EdgeEnd::Reset);
         self.origin_end = Some(OriginEnd::Close);
+    }
+
+    /// From now on bytes pass as they are, both ways.
+    fn go_raw(&mut self) {
+        self.down = Down::Raw;
+        self.raw = true;
     }
 
     fn respond(&mut self, response: &ConnectResponse<'_>) {
@@ -1226,6 +1270,11 @@ ingress:
             (s.edge_end(), s.origin_end()),
             (Some(EdgeEnd::Finish), Some(OriginEnd::Close))
         );
+        assert_eq!(
+            s.outcome(),
+            RequestOutcome::Done,
+            "a 101 is no response code"
+        );
     }
 
     #[test]
@@ -1237,6 +1286,9 @@ ingress:
         let (error, meta, body) = response(&mut s);
         assert_eq!((error.as_str(), meta.len(), body.len()), ("", 0, 0));
         assert_eq!(s.to_origin(), b"early");
+        // A raw stream that breaks is no request error (cloudflared's pipe returns nothing).
+        s.on_origin_failed("reset by peer");
+        assert_eq!(s.outcome(), RequestOutcome::Done);
 
         let (mut s, _) = stream_for(ConnectionType::Tcp, "10.0.0.1:22", &[]);
         s.refuse_rate_limited();
@@ -1244,6 +1296,11 @@ ingress:
         assert_eq!(error, RATE_LIMITED);
         assert_eq!(meta, vec![("FlowConnectRateLimited".into(), "true".into())]);
         assert_eq!(s.edge_end(), Some(EdgeEnd::Finish));
+        assert_eq!(s.outcome(), RequestOutcome::Done, "not a request error");
+
+        let (mut s, _) = stream_for(ConnectionType::Tcp, "10.0.0.1:22", &[]);
+        s.on_origin_failed("connection refused");
+        assert_eq!(s.outcome(), RequestOutcome::Error);
 
         let (mut s, _) = stream_for(ConnectionType::Http, "/", &[]);
         s.on_origin_connected();
@@ -1254,6 +1311,38 @@ ingress:
             Some(EdgeEnd::Reset),
             "after the response, failures reset"
         );
+        assert_eq!(s.outcome(), RequestOutcome::Error, "a cut body is an error");
+    }
+
+    #[test]
+    fn outcomes_are_the_status_of_a_whole_response_or_an_error() {
+        let (mut s, _) = stream_for(ConnectionType::Http, "/", &[]);
+        assert_eq!(s.kind(), Some(FlowKind::Http));
+        s.on_origin_connected();
+        feed_origin(
+            &mut s,
+            b"HTTP/1.1 404 Not Found\r\nContent-Length: 3\r\n\r\nab",
+        );
+        assert_eq!(s.outcome(), RequestOutcome::Done, "not whole yet");
+        feed_origin(&mut s, b"c");
+        assert_eq!(s.outcome(), RequestOutcome::Status(404));
+
+        // The edge gives up before the response: cloudflared's "Incoming request ended
+        // abruptly".
+        let (mut s, _) = stream_for(ConnectionType::Http, "/", &[]);
+        s.on_edge_reset();
+        assert_eq!(s.outcome(), RequestOutcome::Error);
+
+        // The origin cannot be reached: the edge answers 502, the connector counts an error.
+        let (mut s, _) = stream_for(ConnectionType::Http, "/", &[]);
+        s.on_origin_failed("connection refused");
+        assert_eq!(s.outcome(), RequestOutcome::Error);
+
+        // A bad response head.
+        let (mut s, _) = stream_for(ConnectionType::Http, "/", &[]);
+        s.on_origin_connected();
+        s.on_origin_data(b"NOT HTTP\r\n\r\n");
+        assert_eq!(s.outcome(), RequestOutcome::Error);
     }
 
     #[test]

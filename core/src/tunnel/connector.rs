@@ -405,6 +405,12 @@ impl ConnectorConnection {
         self.data.active()
     }
 
+    /// What this connection's requests came to since the last call (counters only grow, so
+    /// the caller sums what it takes).
+    pub fn take_request_stats(&mut self) -> crate::tunnel::requests::RequestStats {
+        self.data.take_request_stats()
+    }
+
     /// Bytes buffered in data streams beyond QUIC's own buffers (bounded by the window).
     pub fn buffered_bytes(&self) -> usize {
         self.data.buffered()

@@ -25,6 +25,7 @@ use crate::ingress::{Ingress, Origin};
 use crate::rpc::frame::FrameLimits;
 use crate::stream::proxy::{DataStream, EdgeEnd, FlowKind, OriginEnd, OriginTarget};
 use crate::stream::tag::Tag;
+use crate::tunnel::requests::RequestStats;
 
 /// Identifies one origin connection held by the driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -128,6 +129,20 @@ struct Data {
     flow: Option<FlowId>,
     /// FIN from the edge seen.
     edge_finished: bool,
+    /// Its request was read and counted as started (of this kind).
+    counted: Option<FlowKind>,
+}
+
+impl Data {
+    /// Counts the request as started once its `ConnectRequest` has been read.
+    fn note_request(&mut self, stats: &mut RequestStats) {
+        if self.counted.is_none() {
+            if let Some(kind) = self.proxy.kind() {
+                self.counted = Some(kind);
+                stats.started(kind);
+            }
+        }
+    }
 }
 
 /// What an idle HTTP origin connection may be reused for. The resolved origin keeps every
@@ -174,6 +189,8 @@ pub(crate) struct DataStreams<I = StreamId> {
     actions: VecDeque<OriginAction>,
     /// Every tag sent to HTTP origins, shared by the streams.
     tags: Arc<[Tag]>,
+    /// What the requests of this connection came to since last taken.
+    stats: RequestStats,
 }
 
 impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
@@ -189,6 +206,21 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             scratch: Vec::new(),
             next_flow: 0,
             actions: VecDeque::new(),
+            stats: RequestStats::default(),
+        }
+    }
+
+    /// What the requests of this connection came to since the last call.
+    pub(crate) fn take_request_stats(&mut self) -> RequestStats {
+        std::mem::take(&mut self.stats)
+    }
+
+    /// Forgets stream `id`, counting its request's outcome.
+    fn end_stream(&mut self, id: I) {
+        if let Some(data) = self.streams.remove(&id) {
+            if let Some(kind) = data.counted {
+                self.stats.ended(kind, data.proxy.outcome());
+            }
         }
     }
 
@@ -238,8 +270,10 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
                 .with_tags(self.tags.clone()),
             flow: None,
             edge_finished: false,
+            counted: None,
         };
         let target = data.proxy.on_edge_data(rest);
+        data.note_request(&mut self.stats);
         self.streams.insert(id, data);
         self.on_request(now, conn, id, target);
         self.drive(now, conn, id);
@@ -259,7 +293,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             Err(e) => {
                 debug!(stream = %id, error = %e, "bad data stream; resetting");
                 conn.reset(id);
-                self.streams.remove(&id);
+                self.end_stream(id);
             }
         }
     }
@@ -612,6 +646,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
                     let r = conn.read(id, room, &mut buf);
                     data.proxy.set_now(now);
                     let target = (!buf.is_empty()).then(|| data.proxy.on_edge_data(&buf));
+                    data.note_request(&mut self.stats);
                     self.scratch = buf;
                     (r, target)
                 };
@@ -719,14 +754,14 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
                 if !data.edge_finished {
                     conn.stop(id);
                 }
-                self.streams.remove(&id);
+                self.end_stream(id);
             }
             Some(EdgeEnd::Reset) => {
                 conn.reset(id);
                 if let Some(flow) = data.flow.take() {
                     self.close_flow(flow);
                 }
-                self.streams.remove(&id);
+                self.end_stream(id);
             }
             _ => {}
         }
@@ -767,7 +802,14 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
 
     /// Every stream and flow ends now (the connection is gone).
     pub(crate) fn close_all(&mut self) {
-        self.streams.clear();
+        let ids: Vec<I> = self.streams.keys().copied().collect();
+        for id in ids {
+            // Whatever was still being exchanged breaks with the connection.
+            if let Some(data) = self.streams.get_mut(&id) {
+                data.proxy.on_edge_reset();
+            }
+            self.end_stream(id);
+        }
         self.finishing.clear();
         let flows: Vec<FlowId> = self.flows.keys().copied().collect();
         for flow in flows {

@@ -546,6 +546,12 @@ impl Http2Link {
         self.data.active()
     }
 
+    /// What this connection's requests came to since the last call (counters only grow, so
+    /// the caller sums what it takes).
+    pub fn take_request_stats(&mut self) -> crate::tunnel::requests::RequestStats {
+        self.data.take_request_stats()
+    }
+
     /// Starts graceful shutdown: unregister, drain, GOAWAY, close.
     pub fn shutdown(&mut self, now: Instant) {
         self.shutdown_requested = true;

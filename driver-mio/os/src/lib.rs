@@ -1,6 +1,9 @@
 //! The operating-system pieces both drivers (burrow-tokio and burrow-mio) share, std-only so
 //! each wraps the sockets in its own event loop's type: the edge sockets' local address,
-//! origin UDP and ping sockets, the ICMP source probe and the open-file limit.
+//! origin UDP and ping sockets, the ICMP source probe, the open-file limit, and [`heap`]
+//! (returning freed heap to the kernel).
+
+pub mod heap;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -136,6 +139,27 @@ pub fn raise_nofile_limit() {
     }
     let now = getrlimit(Resource::Nofile);
     debug!(soft = ?now.current, hard = ?now.maximum, "open file limit");
+}
+
+/// Tells systemd the service is up (`READY=1` on `$NOTIFY_SOCKET`, sd_notify's protocol), as
+/// cloudflared does once its first connection is registered: the unit `service install`
+/// writes is `Type=notify`. Without `$NOTIFY_SOCKET` (not started by systemd) it does nothing.
+pub fn notify_ready() -> io::Result<()> {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return Ok(());
+    };
+    let socket = std::os::unix::net::UnixDatagram::unbound()?;
+    let bytes = path.as_encoded_bytes();
+    // A leading '@' names a socket in Linux's abstract namespace.
+    let addr = match bytes.strip_prefix(b"@") {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            std::os::unix::net::SocketAddr::from_abstract_name(name)?
+        }
+        None => std::os::unix::net::SocketAddr::from_pathname(&path)?,
+    };
+    socket.send_to_addr(b"READY=1", &addr)?;
+    Ok(())
 }
 
 #[cfg(test)]

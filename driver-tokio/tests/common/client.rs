@@ -216,3 +216,80 @@ pub fn udp_echo_clients(map: SocketAddr, clients: usize, packets: usize) {
         w.join().expect("client thread");
     }
 }
+
+/// The ingress [`request_counts_by_code`] needs: `ok.test` to `origin`, `dead.test` to a port
+/// nothing listens on, anything else `http_status:404`.
+pub fn counting_ingress(origin: u16) -> Vec<(Option<String>, String)> {
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port");
+    vec![
+        (Some("ok.test".into()), format!("http://127.0.0.1:{origin}")),
+        (Some("dead.test".into()), format!("http://{dead}")),
+        (None, "http_status:404".into()),
+    ]
+}
+
+/// Sends 5 requests answered 200, 3 answered 404 and 2 whose origin is down (the edge answers
+/// 502) through the edge's HTTP port, then checks the connector's request metrics as
+/// cloudflared keeps them: every request counted (pooled origin connections included), whole
+/// responses by code, the unreachable origin as request errors, none in flight.
+pub fn request_counts_by_code(http: u16, metrics: SocketAddr) {
+    let get = |host: &str| {
+        request(
+            http,
+            &format!("GET /hello HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"),
+            b"",
+        )
+        .0
+    };
+    let before = metrics_text(metrics);
+    let base = |name: &str| labelled(&before, name);
+    for (host, want, n) in [
+        ("ok.test", 200, 5),
+        ("other.test", 404, 3),
+        ("dead.test", 502, 2),
+    ] {
+        for _ in 0..n {
+            assert_eq!(get(host), want, "{host}");
+        }
+    }
+    // The edge answers before the connector has ended the stream: wait for the last end.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let text = loop {
+        let text = metrics_text(metrics);
+        let total = labelled(&text, "cloudflared_tunnel_total_requests")
+            - base("cloudflared_tunnel_total_requests");
+        let busy = labelled(&text, "cloudflared_tunnel_concurrent_requests_per_tunnel");
+        if (total >= 10.0 && busy == 0.0) || std::time::Instant::now() > deadline {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let delta = |name: &str| labelled(&text, name) - base(name);
+    assert_eq!(delta("cloudflared_tunnel_total_requests"), 10.0, "{text}");
+    assert_eq!(
+        labelled(&text, "cloudflared_tunnel_concurrent_requests_per_tunnel"),
+        0.0,
+        "{text}"
+    );
+    assert_eq!(
+        delta(r#"cloudflared_tunnel_response_by_code{status_code="200"}"#),
+        5.0,
+        "{text}"
+    );
+    assert_eq!(
+        delta(r#"cloudflared_tunnel_response_by_code{status_code="404"}"#),
+        3.0,
+        "{text}"
+    );
+    // cloudflared never counts the edge's 502 as a response: the origin was not reached.
+    assert_eq!(
+        labelled(
+            &text,
+            r#"cloudflared_tunnel_response_by_code{status_code="502"}"#
+        ),
+        0.0
+    );
+    assert_eq!(delta("cloudflared_tunnel_request_errors"), 2.0, "{text}");
+}

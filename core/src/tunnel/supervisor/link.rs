@@ -10,6 +10,7 @@ use crate::tunnel::connector::{ConnectorConnection, ConnectorEvent};
 use crate::tunnel::data::{FlowId, OriginAction};
 use crate::tunnel::http2_link::Http2Link;
 use crate::tunnel::protocol::Protocol;
+use crate::tunnel::requests::RequestStats;
 
 /// A tunnel connection over QUIC or HTTP/2.
 // It lives boxed (in the supervisor's `Running`): the size difference costs nothing.
@@ -155,6 +156,10 @@ impl Link {
 
     pub(crate) fn close_now(&mut self, now: Instant) {
         both!(self, c => c.close_now(now))
+    }
+
+    pub(crate) fn take_request_stats(&mut self) -> RequestStats {
+        both!(self, c => c.take_request_stats())
     }
 
     pub(crate) fn is_closed(&self) -> bool {

@@ -48,6 +48,7 @@ use crate::rpc_stream::ConfigVersions;
 use crate::session::{SessionId, SessionLimits, SessionManager};
 use crate::tunnel::http2_link::Http2Link;
 use crate::tunnel::protocol::{Protocol, ProtocolFlag};
+use crate::tunnel::requests::RequestStats;
 use backoff::Backoff;
 use link::Link;
 
@@ -307,6 +308,9 @@ pub(crate) struct Supervisor {
     quic_retry: Option<(Instant, Duration)>,
     /// The index trying QUIC again now.
     returning: Option<usize>,
+    /// What every request of this process came to, taken from the connections after each
+    /// step.
+    requests: RequestStats,
 }
 
 impl Supervisor {
@@ -373,6 +377,7 @@ impl Supervisor {
             versions: ConfigVersions::new(),
             quic_retry: None,
             returning: None,
+            requests: RequestStats::default(),
         }
     }
 
@@ -665,6 +670,11 @@ impl Supervisor {
     /// The process-wide flow limiter (TCP flows and UDP sessions), for its counters.
     pub fn flow_limiter(&self) -> &FlowLimiter {
         self.hub.sessions.flow_limiter()
+    }
+
+    /// What every request of this process came to (connections gone included).
+    pub fn request_stats(&self) -> &RequestStats {
+        &self.requests
     }
 
     /// The datagram plane, for its counters ([`DatagramHub::stats`], `sessions.stats()`,
@@ -1032,6 +1042,10 @@ impl Supervisor {
             while let Some(a) = r.conn.poll_origin_action() {
                 self.actions.push_back((r.link, a));
             }
+            let taken = r.conn.take_request_stats();
+            if !taken.is_empty() {
+                self.requests.add(&taken);
+            }
             if r.registered && self.returning == Some(i) && r.conn.protocol() == Protocol::Quic {
                 // QUIC works again: the next HTTP/2 connection follows shortly.
                 self.returning = None;
@@ -1086,6 +1100,8 @@ impl Supervisor {
         let Phase::Running(r) = std::mem::replace(&mut self.slots[i].phase, Phase::Stopped) else {
             return;
         };
+        let mut r = r;
+        self.requests.add(&r.conn.take_request_stats());
         let index = self.slots[i].index;
         if self.state == State::Stopped {
             // close_all already reported it.
