@@ -7,6 +7,7 @@ mod datagram;
 mod decode;
 mod edge;
 mod edge_udp;
+mod heap;
 mod metrics;
 mod origin;
 mod quic_metrics;

@@ -107,6 +107,7 @@ async fn run_tunnel(settings: Settings, loaded: LoadedConfig) -> Result<(), Stri
         }
     });
     tokio::spawn(metrics::serve(listener, m));
+    crate::heap::spawn_trim();
     let shutdown = signals();
     connector::run(opts, shutdown)
         .await

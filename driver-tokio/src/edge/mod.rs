@@ -180,6 +180,7 @@ pub fn main(args: EdgeArgs) -> ExitCode {
     };
     match rt.block_on(async {
         let edge = start(&args, &tunnels_path).await?;
+        crate::heap::spawn_trim();
         info!(quic = %edge.quic, http2 = %edge.quic, http = %edge.http, udp_maps = ?edge.udp_maps, icmp_maps = ?edge.icmp_maps, "edge running");
         let mut sig = crate::run::signals();
         sig.recv().await;
