@@ -274,7 +274,13 @@ fn as_http2<B>(mut req: hyper::Request<B>) -> Result<hyper::Request<B>, http::Er
     for n in named {
         headers.remove(n);
     }
-    for n in ["connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade"] {
+    for n in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    ] {
         headers.remove(n);
     }
     if headers

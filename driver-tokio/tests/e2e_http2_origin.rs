@@ -101,7 +101,10 @@ fn send(http: SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let (head, body) = out.split_once("\r\n\r\n").unwrap_or(("", ""));
-    let body = if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
         String::from_utf8_lossy(&common::client::dechunk(body.as_bytes())).into_owned()
     } else {
         body.to_owned()
@@ -112,8 +115,8 @@ fn send(http: SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
 #[test]
 fn requests_reach_an_http2_only_origin() {
     let (origin, conns) = h2_origin();
-    let bed = Testbed::create(Path::new(BIN), "e2e-h2o", "app", &["h1.test", "h2.test"])
-        .expect("tunnel");
+    let bed =
+        Testbed::create(Path::new(BIN), "e2e-h2o", "app", &["h1.test", "h2.test"]).expect("tunnel");
     let eo = EdgeOpts::loopback().expect("ports");
     let _edge = bed.edge(&eo).expect("edge");
     let service = format!("https://127.0.0.1:{}", origin.port());
@@ -127,8 +130,9 @@ fn requests_reach_an_http2_only_origin() {
         ha_connections: 1,
         extra: Vec::new(),
         // The last (catch-all) rule speaks HTTP/2; every rule skips verification.
-        config_extra: "    originRequest:\n      http2Origin: true\noriginRequest:\n  noTLSVerify: true\n"
-            .into(),
+        config_extra:
+            "    originRequest:\n      http2Origin: true\noriginRequest:\n  noTLSVerify: true\n"
+                .into(),
     };
     let mut conn = bed.connector(&co).expect("connector");
     testbed::wait_ready(&mut conn, co.metrics, 1, Duration::from_secs(30)).expect("ready");
