@@ -3,10 +3,11 @@
 //! with one read in flight per flow, so burrow-core's backpressure decides the pace.
 //!
 //! Every flow is one task pair; it reports to the connector loop through [`FlowReport`]s and
-//! takes commands through its [`FlowHandle`].
+//! takes commands through its [`FlowHandle`]. Dials have no deadline here: the connector fails
+//! one that outlasts its rule's `connectTimeout` or `tlsTimeout` and closes it, which drops
+//! the handle and aborts the task.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use burrow_core::datagram::LinkId;
 use burrow_core::ingress::{Origin, OriginRequest, Service};
@@ -29,7 +30,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// What a flow tells the connector loop.
 #[derive(Debug)]
 pub enum FlowReport {
-    /// Dialled.
+    /// Connected; the TLS handshake begins (its deadline is the connector's).
+    Handshaking,
+    /// Dialled (TLS included).
     Connected,
     /// Could not dial, or broke.
     Failed(String),
@@ -108,8 +111,17 @@ impl Dialer {
         let dialer = self.clone();
         let p = permit.clone();
         let task = tokio::spawn(async move {
+            let handshaking = || {
+                let _ = reports.send((link, flow, FlowReport::Handshaking));
+            };
             match dialer
-                .dial(kind, &dest, host.as_deref(), origin.as_deref())
+                .dial(
+                    kind,
+                    &dest,
+                    host.as_deref(),
+                    origin.as_deref(),
+                    &handshaking,
+                )
                 .await
             {
                 Ok(io) => {
@@ -138,12 +150,12 @@ impl Dialer {
         dest: &str,
         host: Option<&str>,
         origin: Option<&Origin>,
+        handshaking: &(dyn Fn() + Send + Sync),
     ) -> Result<Box<dyn Io>, String> {
         if kind == FlowKind::Tcp {
             // Private-network routing: dest is ip:port.
-            let s = tokio::time::timeout(Duration::from_secs(30), TcpStream::connect(dest))
+            let s = TcpStream::connect(dest)
                 .await
-                .map_err(|_| format!("dial tcp {dest}: i/o timeout"))?
                 .map_err(|e| format!("dial tcp {dest}: {e}"))?;
             let _ = s.set_nodelay(true);
             return Ok(Box::new(s));
@@ -161,17 +173,18 @@ impl Dialer {
                 let addr = format!("{h}:{port}");
                 let s = connect_tcp(&addr, o).await?;
                 if *tls {
+                    handshaking();
                     self.tls(s, name, o, http2).await
                 } else {
                     Ok(Box::new(s))
                 }
             }
             Service::Unix { path, tls } => {
-                let s = tokio::time::timeout(o.connect_timeout, UnixStream::connect(path))
+                let s = UnixStream::connect(path)
                     .await
-                    .map_err(|_| format!("dial unix {path}: i/o timeout"))?
                     .map_err(|e| format!("dial unix {path}: {e}"))?;
                 if *tls {
+                    handshaking();
                     self.tls(s, name, o, http2).await
                 } else {
                     Ok(Box::new(s))
@@ -209,9 +222,9 @@ impl Dialer {
         let name = rustls::pki_types::ServerName::try_from(name.clone())
             .map_err(|e| format!("bad origin server name {name}: {e}"))?;
         let c = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let s = tokio::time::timeout(o.tls_timeout, c.connect(name, s))
+        let s = c
+            .connect(name, s)
             .await
-            .map_err(|_| "TLS handshake timeout".to_owned())?
             .map_err(|e| format!("TLS handshake with the origin failed: {e}"))?;
         if s.get_ref().1.alpn_protocol() == Some(b"h2") {
             return http2_bridge(s).await;
@@ -308,9 +321,8 @@ fn as_http2<B>(mut req: hyper::Request<B>) -> Result<hyper::Request<B>, http::Er
 }
 
 async fn connect_tcp(addr: &str, o: &OriginRequest) -> Result<TcpStream, String> {
-    let s = tokio::time::timeout(o.connect_timeout, TcpStream::connect(addr))
+    let s = TcpStream::connect(addr)
         .await
-        .map_err(|_| format!("dial tcp {addr}: i/o timeout"))?
         .map_err(|e| format!("dial tcp {addr}: {e}"))?;
     let _ = s.set_nodelay(true);
     // `tcpKeepAlive`, as Go's dialer applies it: first probe and interval both that period.
