@@ -16,7 +16,7 @@ use burrow_core::tunnel::data::FlowId;
 use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, Notify};
@@ -165,6 +165,7 @@ impl Dialer {
         };
         let o = &origin.origin_request;
         let name = origin.tls_server_name(host).unwrap_or("localhost");
+        let http2 = origin.offers_http2(kind);
         match &origin.service {
             Service::HttpStatus(code) => Ok(in_process(Responder::Status(*code))),
             Service::HelloWorld => Ok(in_process(Responder::Hello)),
@@ -173,7 +174,7 @@ impl Dialer {
                 let s = connect_tcp(&addr, o).await?;
                 if *tls {
                     handshaking();
-                    self.tls(s, name, o).await
+                    self.tls(s, name, o, http2).await
                 } else {
                     Ok(Box::new(s))
                 }
@@ -184,7 +185,7 @@ impl Dialer {
                     .map_err(|e| format!("dial unix {path}: {e}"))?;
                 if *tls {
                     handshaking();
-                    self.tls(s, name, o).await
+                    self.tls(s, name, o, http2).await
                 } else {
                     Ok(Box::new(s))
                 }
@@ -204,13 +205,19 @@ impl Dialer {
         }
     }
 
+    /// TLS to the origin; with `http2` (core's [`Origin::offers_http2`]) `h2` is offered
+    /// first, and if the origin picks it the flow goes through [`http2_bridge`].
     async fn tls<S: Io + 'static>(
         &self,
         s: S,
         host: &str,
         o: &OriginRequest,
+        http2: bool,
     ) -> Result<Box<dyn Io>, String> {
-        let config = origin_tls(&self.roots, o)?;
+        let mut config = origin_tls(&self.roots, o)?;
+        if http2 {
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        }
         let name = host.to_owned();
         let name = rustls::pki_types::ServerName::try_from(name.clone())
             .map_err(|e| format!("bad origin server name {name}: {e}"))?;
@@ -219,8 +226,98 @@ impl Dialer {
             .connect(name, s)
             .await
             .map_err(|e| format!("TLS handshake with the origin failed: {e}"))?;
+        if s.get_ref().1.alpn_protocol() == Some(b"h2") {
+            return http2_bridge(s).await;
+        }
         Ok(Box::new(s))
     }
+}
+
+/// HTTP/2 to the origin behind an HTTP/1.1 flow: core speaks HTTP/1.1 on the flow as to any
+/// origin; an in-process hyper HTTP/1.1 server reads each request and sends it on one HTTP/2
+/// connection (hyper's client), whose responses it writes back as HTTP/1.1. Keep-alive on the
+/// flow reuses that connection.
+async fn http2_bridge<S: Io + 'static>(s: S) -> Result<Box<dyn Io>, String> {
+    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
+        .await
+        .map_err(|e| format!("HTTP/2 handshake with the origin failed: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "HTTP/2 origin connection ended");
+        }
+    });
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let mut send = send.clone();
+            // An error closes the flow without a response: core fails the request (a 502).
+            async move {
+                let req = as_http2(req).map_err(BridgeError::Request)?;
+                send.send_request(req).await.map_err(BridgeError::Origin)
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(server), svc)
+            .await;
+    });
+    Ok(Box::new(client))
+}
+
+/// Why the HTTP/2 bridge failed a request.
+#[derive(Debug, thiserror::Error)]
+enum BridgeError {
+    #[error("request not expressible in HTTP/2: {0}")]
+    Request(http::Error),
+    #[error("HTTP/2 origin: {0}")]
+    Origin(hyper::Error),
+}
+
+/// An HTTP/1.1 request as HTTP/2 sends it: `Host` becomes the `:authority` of an absolute
+/// URI (Go's transport sends no `Host` header on HTTP/2 either), and the connection-specific
+/// headers HTTP/2 forbids (RFC 9113 8.2.2; `TE` only as `trailers`) are dropped.
+fn as_http2<B>(mut req: hyper::Request<B>) -> Result<hyper::Request<B>, http::Error> {
+    let headers = req.headers_mut();
+    let named: Vec<http::HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| http::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(n);
+    }
+    if headers
+        .get(http::header::TE)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        headers.remove(http::header::TE);
+    }
+    let authority = headers
+        .remove(http::header::HOST)
+        .and_then(|h| h.to_str().ok().map(str::to_owned))
+        .unwrap_or_else(|| "localhost".to_owned());
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    *req.uri_mut() = http::Uri::builder()
+        .scheme("https")
+        .authority(authority)
+        .path_and_query(path)
+        .build()?;
+    *req.version_mut() = http::Version::HTTP_2;
+    Ok(req)
 }
 
 async fn connect_tcp(addr: &str, o: &OriginRequest) -> Result<TcpStream, String> {
