@@ -145,6 +145,11 @@ const REGRESSIONS: &[(&str, u64, &str)] = &[
         "a v3 session idled out mid-traffic (the path starved it for over 3 s) may stay silent",
     ),
     (
+        "udp-v2-and-v3",
+        5_900_476,
+        "a retried v2 registration call may open a session again after it idled out",
+    ),
+    (
         "hostile-path",
         5_700_384,
         "requests go only over connections the edge still holds (it may time one out first)",
