@@ -871,6 +871,7 @@ fn on_report(
     // cloudflared times TCP streams only (proxyStream, proxyTCPStream).
     let tcp = f.kind == FlowKind::Tcp;
     let input = match &report {
+        FlowReport::Handshaking => Input::FlowHandshaking { link, flow },
         FlowReport::Connected => {
             if tcp {
                 metrics

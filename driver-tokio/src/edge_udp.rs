@@ -1,25 +1,23 @@
 //! `burrow edge --udp-map / --icmp-map`: public UDP ports whose traffic crosses a tunnel as
 //! datagram-v3 sessions, and UDP ports taking raw IP packets (ping) carried as ICMP datagrams.
 //!
-//! Every protocol decision is burrow-core's [`EdgeSessions`]; this is the glue. One task per
-//! mapping reads its socket and hands packets to the edge loop, which owns the endpoint and
-//! the session table, and sends what comes back for clients from the mapping's socket.
+//! Every protocol decision is burrow-core's (the edge machine's session table,
+//! [`burrow_core::session::edge::EdgeSessions`]); this is the glue. One task per mapping reads
+//! its socket and hands packets to the edge loop, which feeds them to the machine and sends
+//! what comes back for clients from the mapping's socket.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use burrow_core::control::Registration;
-use burrow_core::session::edge::{
-    EdgeSessions, EdgeSessionsConfig, MappingId, MappingKind, DEFAULT_IDLE,
-};
-use burrow_core::session::DatagramVersion;
-use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint};
+use burrow_core::edge::Input;
+use burrow_core::session::edge::{EdgeSessionsConfig, MappingId, MappingKind, DEFAULT_IDLE};
 use bytes::Bytes;
 use clap::Args;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::{debug, info};
+use uuid::Uuid;
 
 use crate::edge::TunnelsFile;
 
@@ -90,6 +88,17 @@ pub struct ClientPacket {
     data: Bytes,
 }
 
+impl ClientPacket {
+    /// The edge machine's input for it.
+    pub fn input(&self) -> Input<'_> {
+        Input::ClientPacket {
+            mapping: self.mapping,
+            from: self.from,
+            data: &self.data,
+        }
+    }
+}
+
 /// The bound addresses of the mappings, in flag order.
 #[derive(Debug, Clone, Default)]
 pub struct MappedAddrs {
@@ -99,27 +108,32 @@ pub struct MappedAddrs {
     pub icmp: Vec<SocketAddr>,
 }
 
-/// The edge loop's datagram plane: the session table and the mapping sockets.
-pub struct EdgeDatagrams {
-    sessions: EdgeSessions,
+/// What the edge machine needs to know of the mappings.
+pub struct Mappings {
+    /// The session table's bounds and timers.
+    pub config: EdgeSessionsConfig,
+    /// Every mapping, numbered in this order.
+    pub mappings: Vec<(Uuid, MappingKind)>,
+}
+
+/// The mapping sockets: readers feed the edge loop, the loop sends clients their packets.
+pub struct MappingSockets {
     /// By mapping id.
     sockets: Vec<Arc<UdpSocket>>,
     rx: mpsc::Receiver<ClientPacket>,
 }
 
-/// Binds every mapping socket and starts its reader; the table goes to the edge loop.
+/// Binds every mapping socket and starts its reader.
 pub async fn bind(
     args: &DatagramArgs,
     tunnels: &TunnelsFile,
-) -> Result<(EdgeDatagrams, MappedAddrs), String> {
-    let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| format!("no randomness for request ids: {e}"))?;
+) -> Result<(MappingSockets, Mappings, MappedAddrs), String> {
     let config = EdgeSessionsConfig {
         idle_timeout: args.udp_idle_timeout,
         bundle_first_payload: args.udp_bundle_first_payload,
         ..EdgeSessionsConfig::default()
     };
-    let mut sessions = EdgeSessions::new(config, seed);
+    let mut mappings = Vec::new();
     let (tx, rx) = mpsc::channel(QUEUE);
     let mut sockets = Vec::new();
     let mut addrs = MappedAddrs::default();
@@ -131,7 +145,8 @@ pub async fn bind(
     for map in &args.udp_map {
         let (listen, tunnel, dest) = parse_udp_map(map)?;
         let id = tunnel_id("--udp-map", map, tunnel)?;
-        let mapping = sessions.add_mapping(id, MappingKind::Udp { dest });
+        let mapping = MappingId(u32::try_from(mappings.len()).unwrap_or(u32::MAX));
+        mappings.push((id, MappingKind::Udp { dest }));
         let (sock, addr) = listen_on(listen).await?;
         info!(listen = %addr, %tunnel, %dest, "UDP mapping");
         addrs.udp.push(addr);
@@ -140,22 +155,19 @@ pub async fn bind(
     for map in &args.icmp_map {
         let (listen, tunnel) = parse_icmp_map(map)?;
         let id = tunnel_id("--icmp-map", map, tunnel)?;
-        let mapping = sessions.add_mapping(id, MappingKind::Icmp);
+        let mapping = MappingId(u32::try_from(mappings.len()).unwrap_or(u32::MAX));
+        mappings.push((id, MappingKind::Icmp));
         let (sock, addr) = listen_on(listen).await?;
         info!(listen = %addr, %tunnel, "ICMP mapping (raw IP packets over UDP)");
         addrs.icmp.push(addr);
         sockets.push(spawn_reader(sock, mapping, tx.clone()));
     }
     Ok((
-        EdgeDatagrams {
-            sessions,
-            sockets,
-            rx,
-        },
+        MappingSockets { sockets, rx },
+        Mappings { config, mappings },
         addrs,
     ))
 }
-
 async fn listen_on(listen: &str) -> Result<(UdpSocket, SocketAddr), String> {
     let sock = UdpSocket::bind(listen)
         .await
@@ -197,26 +209,7 @@ fn spawn_reader(
     sock
 }
 
-impl EdgeDatagrams {
-    /// A tunnel connection was registered: it may carry sessions (v3) or ICMP (either).
-    pub fn connection_registered(&mut self, now: Instant, conn: ConnId, r: &Registration) {
-        let version = DatagramVersion::from_features(&r.features);
-        if version == DatagramVersion::V2 && !self.sockets.is_empty() {
-            info!(
-                conn = conn.0,
-                tunnel = %r.tunnel_id,
-                "connection speaks datagram v2 only; UDP mappings will not use it"
-            );
-        }
-        self.sessions
-            .add_connection(now, conn, r.tunnel_id, version);
-    }
-
-    /// A tunnel connection closed or unregistered; its sessions move elsewhere.
-    pub fn connection_gone(&mut self, now: Instant, conn: ConnId) {
-        self.sessions.remove_connection(now, conn);
-    }
-
+impl MappingSockets {
     /// Next client packet (cancel-safe).
     pub async fn recv(&mut self) -> Option<ClientPacket> {
         self.rx.recv().await
@@ -227,48 +220,14 @@ impl EdgeDatagrams {
         self.rx.try_recv().ok()
     }
 
-    /// Feeds a client packet to the session table.
-    pub fn client(&mut self, now: Instant, p: ClientPacket) {
-        if let Err(reason) = self.sessions.handle_client(now, p.mapping, p.from, &p.data) {
-            debug!(mapping = %p.mapping, client = %p.from, %reason, "client packet dropped");
-        }
-    }
-
-    /// Datagrams from connectors out to clients, then the table's datagrams into the tunnel.
-    /// Returns whether anything moved.
-    pub fn pump(&mut self, now: Instant, ep: &mut EdgeEndpoint) -> bool {
-        let mut moved = false;
-        while let Some((conn, d)) = ep.poll_datagram() {
-            moved = true;
-            if let Some(out) = self.sessions.handle_datagram(now, conn, &d) {
-                let Some(sock) = self.sockets.get(out.mapping.0 as usize) else {
-                    continue;
-                };
-                // A full socket buffer drops the packet, as the kernel would for a slow reader.
-                if let Err(e) = sock.try_send_to(out.payload, out.client) {
-                    debug!(mapping = %out.mapping, client = %out.client, error = %e, "cannot send to client");
-                }
-            }
-        }
-        while let Some((conn, d)) = self.sessions.poll_datagram() {
-            moved = true;
-            if let Err(e) = ep.send_datagram(conn, d) {
-                debug!(conn = conn.0, error = %e, "tunnel connection refused a datagram");
-                self.sessions.send_failed(conn);
-            }
-        }
-        moved
-    }
-
-    /// When [`EdgeDatagrams::handle_timeout`] must run.
-    pub fn poll_timeout(&self) -> Option<Instant> {
-        self.sessions.poll_timeout()
-    }
-
-    /// Retransmissions and idle expiry.
-    pub fn handle_timeout(&mut self, now: Instant) {
-        if self.sessions.poll_timeout().is_some_and(|t| t <= now) {
-            self.sessions.handle_timeout(now);
+    /// Sends a packet to a client from the mapping's socket.
+    pub fn send(&self, mapping: MappingId, client: SocketAddr, payload: &[u8]) {
+        let Some(sock) = self.sockets.get(mapping.0 as usize) else {
+            return;
+        };
+        // A full socket buffer drops the packet, as the kernel would for a slow reader.
+        if let Err(e) = sock.try_send_to(payload, client) {
+            debug!(%mapping, %client, error = %e, "cannot send to client");
         }
     }
 }

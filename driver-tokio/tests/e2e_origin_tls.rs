@@ -1,7 +1,8 @@
 //! Origin connection settings end to end (real `burrow edge` and `burrow tunnel run` on
 //! loopback): the TLS server name an HTTPS origin sees (`matchSNItoHost`, `originServerName`),
-//! `caPool` trust, `tcpKeepAlive` on the origin socket, and per-rule `keepAliveConnections` and
-//! `keepAliveTimeout` (sockets read from /proc/net/tcp).
+//! `caPool` trust, `noTLSVerify` (and `--no-tls-verify` with `--url`), `tcpKeepAlive` on the
+//! origin socket, and per-rule `keepAliveConnections` and `keepAliveTimeout` (sockets read from
+//! /proc/net/tcp).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -192,6 +193,113 @@ fn origin_tls_names_ca_pool_and_tcp_keep_alive() {
         ka.iter().any(|&(kind, left)| kind == 2 && left <= 7.0),
         "a keep-alive timer of at most 7 s on the origin socket: {ka:?}"
     );
+}
+
+/// Starts `burrow tunnel run` for `bed` with `args` after `run` (before the credentials) and
+/// waits for its connection.
+fn run_connector(bed: &Testbed, eo: &EdgeOpts, config: Option<&Path>, args: &[&str]) -> Proc {
+    let metrics = testbed::free_tcp().expect("port");
+    let mut cmd = Command::new(BIN);
+    cmd.arg("tunnel");
+    if let Some(config) = config {
+        cmd.arg("--config").arg(config);
+    }
+    cmd.args(["--edge", &eo.quic.to_string(), "--cacert"])
+        .arg(bed.ca())
+        .args([
+            "--metrics",
+            &metrics.to_string(),
+            "--ha-connections",
+            "1",
+            "run",
+        ])
+        .args(args)
+        .arg("--credentials-file")
+        .arg(bed.credentials())
+        .arg(&bed.id);
+    let mut c =
+        Proc::spawn("burrow tunnel run", cmd, bed.dir().join("connector.log")).expect("connector");
+    testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\nconnector: {}", c.log_tail(4000)));
+    c
+}
+
+/// Stops a connector the graceful way (SIGTERM: it unregisters, so the edge stops routing to
+/// it) and waits for it to exit.
+fn stop(mut c: Proc) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &c.pid().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+    let status = c.wait_exit(Duration::from_secs(30)).expect("exits");
+    assert!(status.success(), "{status}: {}", c.log_tail(3000));
+}
+
+/// An HTTPS origin with a self-signed certificate: `noTLSVerify: true` reaches it (200), a rule
+/// with neither it nor `caPool` is refused (the edge answers 502), `caPool` with its certificate
+/// reaches it; `--no-tls-verify` and `--origin-ca-pool` do the same for `--url`.
+#[test]
+fn no_tls_verify_in_rules_and_with_url() {
+    let bed = Testbed::create(
+        Path::new(BIN),
+        "e2e-no-tls-verify",
+        "app",
+        &["skip.test", "strict.test", "pool.test"],
+    )
+    .expect("tunnel");
+    // The certificate names the address dialed, so caPool alone is enough to trust it.
+    let (origin, pem) = tls_origin(&["127.0.0.1"]);
+    let ca = bed.dir().join("origin-ca.pem");
+    std::fs::write(&ca, &pem).unwrap();
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    let config = bed.dir().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "ingress:\n\
+             - hostname: skip.test\n  service: https://{origin}\n  originRequest:\n    noTLSVerify: true\n\
+             - hostname: pool.test\n  service: https://{origin}\n  originRequest:\n    caPool: {ca}\n\
+             - service: https://{origin}\n",
+            ca = q(&ca.to_string_lossy()),
+        ),
+    )
+    .unwrap();
+    let c = run_connector(&bed, &eo, Some(&config), &[]);
+    assert_eq!(get(eo.http, "skip.test").0, 200, "noTLSVerify: true");
+    assert_eq!(
+        get(eo.http, "pool.test").0,
+        200,
+        "caPool with its certificate"
+    );
+    let (status, body) = get(eo.http, "strict.test");
+    assert_eq!(
+        status, 502,
+        "neither: a self-signed origin is refused: {body}"
+    );
+    stop(c);
+
+    let url = format!("https://{origin}");
+    let ca = ca.to_string_lossy();
+    for (args, want) in [
+        (vec!["--no-tls-verify"], 200),
+        (vec![], 502),
+        (vec!["--origin-ca-pool", &ca], 200),
+    ] {
+        let mut all = vec!["--url", &url, "--grace-period", "1s"];
+        all.extend(&args);
+        let c = run_connector(&bed, &eo, None, &all);
+        let (status, body) = get(eo.http, "strict.test");
+        assert_eq!(
+            status,
+            want,
+            "--url with {args:?}: {body}\n{}",
+            c.log_tail(3000)
+        );
+        stop(c);
+    }
 }
 
 /// Waits up to 10 s for the connector's sockets to `port` to number `n`; returns the count.

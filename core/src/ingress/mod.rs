@@ -26,6 +26,7 @@ use std::time::Duration;
 use regex::Regex;
 
 use crate::stream::http1::RequestOptions;
+use crate::stream::proxy::FlowKind;
 
 use thiserror::Error;
 
@@ -246,6 +247,8 @@ pub struct OriginRequest {
     pub match_sni_to_host: bool,
     /// The Access check requests must pass (`access.required`).
     pub access: Option<access::AccessPolicy>,
+    /// `http2Origin`: offer HTTP/2 to TLS origins (see [`Origin::offers_http2`]).
+    pub http2_origin: bool,
 }
 
 impl Default for OriginRequest {
@@ -263,6 +266,7 @@ impl Default for OriginRequest {
             disable_chunked_encoding: false,
             match_sni_to_host: false,
             access: None,
+            http2_origin: false,
         }
     }
 }
@@ -301,6 +305,9 @@ impl OriginRequest {
         if let Some(v) = c.match_sni_to_host {
             o.match_sni_to_host = v;
         }
+        if let Some(v) = c.http2_origin {
+            o.http2_origin = v;
+        }
         // cloudflared checks only a rule's own `access`; burrow also lets a global one apply
         // (to every rule that does not set its own), so protection never silently fails open.
         if let Some(v) = &c.access {
@@ -333,6 +340,18 @@ pub struct Origin {
 }
 
 impl Origin {
+    /// Whether a flow of `kind` to this origin offers HTTP/2 (ALPN `h2`, then `http/1.1`), as
+    /// cloudflared's `http2Origin` (Go's `ForceAttemptHTTP2`): only plain HTTP requests to a TLS
+    /// origin; WebSocket upgrades stay on HTTP/1.1 and cleartext origins are never sent h2c.
+    /// The origin's TLS answer decides: without `h2` negotiated the flow is HTTP/1.1.
+    pub fn offers_http2(&self, kind: FlowKind) -> bool {
+        let tls = matches!(
+            self.service,
+            Service::Http { tls: true, .. } | Service::Unix { tls: true, .. }
+        );
+        self.origin_request.http2_origin && tls && kind == FlowKind::Http
+    }
+
     /// The TLS server name for a request whose `Host` is `request_host`, as cloudflared picks
     /// it: with `matchSNItoHost` the `Host` the origin is sent (`httpHostHeader` if set, port
     /// stripped), else `originServerName`, else the service's host (None: the driver's default).

@@ -541,3 +541,20 @@ fn tls_server_name_as_cloudflared_picks_it() {
     let i = ing("ingress:\n  - service: unix+tls:/run/s.sock\n");
     assert_eq!(i.rules()[0].origin.tls_server_name(Some("a.test")), None);
 }
+
+#[test]
+fn http2_is_offered_only_for_http_requests_to_tls_origins_of_http2origin_rules() {
+    let origins = ConfigFile::from_yaml(
+        "originRequest:\n  http2Origin: true\ningress:\n  - hostname: a\n    service: https://o:8443\n  - hostname: b\n    service: unix+tls:/run/o.sock\n  - hostname: c\n    service: http://o:8080\n  - hostname: d\n    service: https://o\n    originRequest:\n      http2Origin: false\n  - service: http_status:404\n",
+    )
+    .unwrap()
+    .ingress()
+    .unwrap()
+    .unwrap();
+    let offers = |i: usize, kind| origins.rules()[i].origin.offers_http2(kind);
+    assert!(offers(0, FlowKind::Http) && offers(1, FlowKind::Http));
+    assert!(!offers(0, FlowKind::WebSocket), "upgrades stay on HTTP/1.1");
+    assert!(!offers(2, FlowKind::Http), "no h2c to cleartext origins");
+    assert!(!offers(3, FlowKind::Http), "the rule's own setting wins");
+    assert!(!offers(4, FlowKind::Http));
+}

@@ -6,6 +6,7 @@
 mod args;
 mod creds;
 mod log;
+mod refused;
 pub mod service;
 #[cfg(test)]
 mod tests;
@@ -26,6 +27,7 @@ pub use args::{
 };
 pub use creds::{Credentials, CredsError};
 pub use log::{init_logging, init_logging_as, init_logging_to, LogFormat};
+pub use refused::{RefusedArgs, RefusedFlag};
 
 /// What settings read from the machine they run on.
 pub trait Host {
@@ -277,6 +279,9 @@ pub enum SetupError {
     /// Configuration.
     #[error("{0}")]
     Config(String),
+    /// A cloudflared flag burrow cannot honour.
+    #[error(transparent)]
+    Refused(#[from] RefusedFlag),
 }
 
 /// cloudflared's longest grace period.
@@ -298,6 +303,9 @@ pub struct LoadedConfig {
 /// burrow does not act on named once at debug level. An error here goes to stderr only.
 pub fn start(args: &TunnelArgs, host: &dyn Host) -> Result<(LoadedConfig, Settings), SetupError> {
     let TunnelCommand::Run(run) = &args.command;
+    if let Some(refused) = args.common.refused.given() {
+        return Err(refused.into());
+    }
     let loaded = load_config(&args.common, host)?;
     let settings = Settings::merge(&args.common, run, &loaded.file)?;
     init_logging_as(

@@ -402,3 +402,75 @@ fn a_token_tunnel_on_auto_starts_on_quic_whatever_the_percentage_record_says() {
         (false, Protocol::Quic)
     );
 }
+
+fn tunnel_args(args: &[&str]) -> TunnelArgs {
+    let Top::Tunnel(t) = Cli::try_parse_from([&["burrow", "tunnel"], args].concat())
+        .expect("flags parse")
+        .command;
+    t
+}
+
+#[test]
+fn flags_burrow_cannot_honour_stop_it_with_the_reason() {
+    let host = MapHost(HashMap::new());
+    for (args, flag) in [
+        (&["--lb-pool", "p", "run", "id"][..], "lb-pool"),
+        (&["run", "--hostname", "a.example.com", "id"], "hostname"),
+        (
+            &["--quic-disable-pmtu-discovery", "run"],
+            "quic-disable-pmtu-discovery",
+        ),
+        (
+            &["run", "--proxy-connect-timeout", "5s", "--url", "http://x"],
+            "proxy-connect-timeout",
+        ),
+        (
+            &["--dns-resolver-addrs", "1.1.1.1:53", "run"],
+            "dns-resolver-addrs",
+        ),
+    ] {
+        match start(&tunnel_args(args), &host) {
+            Err(SetupError::Refused(r)) => {
+                assert_eq!(r.flag, flag);
+                let text = r.to_string();
+                assert!(
+                    text.starts_with(&format!(
+                        "--{flag} is a cloudflared flag burrow does not support: "
+                    )),
+                    "{text}"
+                );
+            }
+            other => panic!("{args:?}: {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+#[test]
+fn flags_cloudflared_itself_ignores_are_taken_and_named() {
+    let t = tunnel_args(&[
+        "--proxy-dns",
+        "--proxy-dns-upstream",
+        "https://1.1.1.1/dns-query",
+        "--ui",
+        "--use-reconnect-token",
+        "run",
+        "--ssh-server",
+        "--proxy-connection-timeout",
+        "90s",
+        "--proxy-no-happy-eyeballs",
+        "id",
+    ]);
+    assert!(t.common.refused.given().is_none());
+    let named = t.common.ignored.given();
+    for flag in [
+        "proxy-dns",
+        "proxy-dns-upstream",
+        "ui",
+        "use-reconnect-token",
+        "ssh-server",
+        "proxy-connection-timeout",
+        "proxy-no-happy-eyeballs",
+    ] {
+        assert!(named.contains(&flag), "{flag} in {named:?}");
+    }
+}

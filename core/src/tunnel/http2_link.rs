@@ -415,6 +415,8 @@ impl Http2Link {
             c.client.handle_timeout(now);
         }
         self.data.expire_idle(now);
+        let mut edge = edge(&mut self.conn, &mut self.sides);
+        self.data.expire_dials(now, &mut edge);
         match self.state {
             State::Draining(deadline) if deadline <= now => {
                 warn!(
@@ -486,6 +488,11 @@ impl Http2Link {
         discard(&mut self.conn, stream);
         self.progress(now);
         Ok(())
+    }
+
+    /// The origin of `flow` is connected and its TLS handshake begins (its own deadline).
+    pub fn handle_flow_handshaking(&mut self, now: Instant, flow: FlowId) {
+        self.data.on_flow_handshaking(now, flow);
     }
 
     /// The origin connection of `flow` is up.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use burrow_core::edge::forwarded::{request_metadata, HOP_BY_HOP};
-use burrow_core::edge::hostnames::HostnameTable;
+use burrow_core::edge::{EyeballId, OpenError, StreamEvent, Target};
 use burrow_core::stream::connect::{key, ConnectionType};
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -17,7 +17,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::event_loop::{open, Cmd, Key, StreamEv};
+use super::event_loop::{open, Cmd};
 use super::tcp_map::splice;
 use super::HttpLimits;
 
@@ -25,7 +25,7 @@ use super::HttpLimits;
 struct ChanBody {
     rx: mpsc::UnboundedReceiver<Bytes>,
     cmds: mpsc::UnboundedSender<Cmd>,
-    key: Key,
+    key: EyeballId,
     done: bool,
 }
 
@@ -65,7 +65,6 @@ impl Drop for ChanBody {
 /// Serves eyeballs on `listener` until the edge stops.
 pub(super) async fn serve(
     listener: TcpListener,
-    hostnames: Arc<HostnameTable>,
     limits: HttpLimits,
     cmds: mpsc::UnboundedSender<Cmd>,
 ) {
@@ -80,16 +79,12 @@ pub(super) async fn serve(
         };
         let (stream, peer) = crate::accept::accept(&listener, "eyeball HTTP").await;
         let _ = stream.set_nodelay(true);
-        let hostnames = hostnames.clone();
         let cmds = cmds.clone();
         let conn = http.serve_connection(
             TokioIo::new(stream),
             service_fn(move |req| {
-                let hostnames = hostnames.clone();
                 let cmds = cmds.clone();
-                async move {
-                    Ok::<_, std::convert::Infallible>(handle(req, peer, &hostnames, cmds).await)
-                }
+                async move { Ok::<_, std::convert::Infallible>(handle(req, peer, cmds).await) }
             }),
         );
         tokio::spawn(async move {
@@ -112,7 +107,6 @@ fn plain(status: u16, text: &str) -> Resp {
 async fn handle(
     mut req: hyper::Request<hyper::body::Incoming>,
     peer: SocketAddr,
-    hostnames: &HostnameTable,
     cmds: mpsc::UnboundedSender<Cmd>,
 ) -> Resp {
     let host = req
@@ -122,9 +116,6 @@ async fn handle(
         .or_else(|| req.uri().host())
         .unwrap_or("")
         .to_owned();
-    let Some(tunnel) = hostnames.route(&host) else {
-        return plain(404, "no tunnel serves this hostname\n");
-    };
     let websocket = req
         .headers()
         .get(http::header::UPGRADE)
@@ -148,11 +139,11 @@ async fn handle(
     } else {
         ConnectionType::Http
     };
-    let (key, mut events) =
-        match open(&cmds, tunnel, format!("http://{host}{pq}"), kind, metadata).await {
-            Ok(x) => x,
-            Err(e) => return plain(502, &format!("{e}\n")),
-        };
+    let dest = format!("http://{host}{pq}");
+    let (key, mut events) = match open(&cmds, Target::Hostname(host), dest, kind, metadata) {
+        Ok(x) => x,
+        Err(e) => return plain(502, &format!("{e}\n")),
+    };
     // Request body (not for WebSocket: bytes flow after the upgrade).
     let (ack_tx, ack_rx) = mpsc::unbounded_channel::<()>();
     let mut ack_rx = Some(ack_rx);
@@ -196,14 +187,18 @@ async fn handle(
     // Wait for the response head, passing acks along.
     let (error, meta) = loop {
         match events.recv().await {
-            Some(StreamEv::Response { error, metadata }) => break (error, metadata),
-            Some(StreamEv::Ack) => {
+            Some(StreamEvent::Response { error, metadata }) => break (error, metadata),
+            Some(StreamEvent::Ack) => {
                 let _ = ack_tx.send(());
             }
-            Some(StreamEv::Reset) | None | Some(StreamEv::End) => {
+            Some(StreamEvent::Refused(e)) => {
+                let status = if e == OpenError::NoRoute { 404 } else { 502 };
+                return plain(status, &format!("{e}\n"));
+            }
+            Some(StreamEvent::Reset) | None | Some(StreamEvent::End) => {
                 return plain(502, "the tunnel reset the request\n");
             }
-            Some(StreamEv::Body(_)) => {}
+            Some(StreamEvent::Body(_)) => {}
         }
     };
     if !error.is_empty() {
@@ -249,19 +244,19 @@ async fn handle(
     tokio::spawn(async move {
         while let Some(ev) = events.recv().await {
             match ev {
-                StreamEv::Body(b) => {
+                StreamEvent::Body(b) => {
                     if body_tx.send(b).is_err() {
                         return;
                     }
                 }
-                StreamEv::Ack => {
+                StreamEvent::Ack => {
                     let _ = ack_tx.send(());
                 }
-                StreamEv::End => return,
+                StreamEvent::End => return,
                 // Dropping body_tx without End: hyper sees an early end; for a body with a
                 // length that aborts the connection, which is what a reset must look like.
-                StreamEv::Reset => return,
-                StreamEv::Response { .. } => {}
+                StreamEvent::Reset | StreamEvent::Refused(_) => return,
+                StreamEvent::Response { .. } => {}
             }
         }
     });

@@ -1,17 +1,19 @@
 //! The TCP side of `burrow edge --listen`: connectors that speak HTTP/2 over TLS (cloudflared
 //! `--protocol http2`) dial the same port QUIC listens on, over TCP. Each accepted socket gets
-//! a reader and a writer task; the edge loop owns the machines ([`Http2Edge`]) and moves bytes
-//! between them and the tasks. Reads are bounded (a few chunks in flight per socket) and so
-//! are writes (the loop stops taking ciphertext from a connection whose writer lags), so a slow
-//! or hostile peer holds its own socket, not the edge's memory.
+//! a reader and a writer task; the edge machine ([`Edge`]) owns the connections and says what
+//! to write and when to stop. Reads are bounded (a few chunks in flight per socket, fed only
+//! while the machine wants them) and so are writes (the machine lends at most
+//! [`burrow_core::edge::machine::WRITE_AHEAD`] unwritten bytes per connection), so a slow or
+//! hostile peer holds its own socket, not the edge's memory.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
+use burrow_core::edge::auth::TunnelAuth;
+use burrow_core::edge::{Edge, Input};
 use burrow_core::tunnel::edge::ConnId;
-use burrow_core::tunnel::edge_transports::EdgeTransports;
 use bytes::Bytes;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -23,9 +25,6 @@ use tracing::debug;
 const READ_CHUNK: usize = 64 * 1024;
 /// Reads handed to the loop and not yet consumed, per socket.
 const READS_AHEAD: usize = 4;
-/// Ciphertext handed to a writer and not yet written, per socket, past which the loop stops
-/// taking more from that connection.
-const WRITE_AHEAD: usize = 1024 * 1024;
 
 /// What a socket task tells the edge loop.
 #[derive(Debug)]
@@ -41,8 +40,6 @@ pub(crate) enum SocketEv {
 /// One connector's TCP socket as the loop sees it.
 struct Socket {
     out: mpsc::UnboundedSender<Bytes>,
-    /// Ciphertext given to the writer, not yet written.
-    writing: usize,
     /// Reads the machine has not taken yet, in order; each holds a reader permit.
     pending: VecDeque<Bytes>,
     eof: bool,
@@ -55,7 +52,6 @@ struct Socket {
 pub(crate) struct Sockets {
     socks: HashMap<ConnId, Socket>,
     events: mpsc::UnboundedSender<SocketEv>,
-    buf: Vec<u8>,
 }
 
 impl Sockets {
@@ -64,7 +60,6 @@ impl Sockets {
         Self {
             socks: HashMap::new(),
             events,
-            buf: vec![0; READ_CHUNK],
         }
     }
 
@@ -72,15 +67,17 @@ impl Sockets {
     pub(crate) fn accept(
         &mut self,
         now: Instant,
-        ep: &mut EdgeTransports,
+        edge: &mut Edge<TunnelAuth>,
         sock: TcpStream,
         peer: SocketAddr,
     ) {
-        let id = ep.quic.reserve_conn_id();
-        if let Err(e) = ep.http2.accept(now, id) {
-            debug!(%peer, error = %e, "refused an HTTP/2 connection");
-            return;
-        }
+        let id = match edge.accept_tcp(now) {
+            Ok(id) => id,
+            Err(e) => {
+                debug!(%peer, error = %e, "refused an HTTP/2 connection");
+                return;
+            }
+        };
         debug!(conn = id.0, %peer, "HTTP/2 connector connection accepted");
         let _ = sock.set_nodelay(true);
         let (mut rd, mut wr) = sock.into_split();
@@ -124,7 +121,6 @@ impl Sockets {
             id,
             Socket {
                 out,
-                writing: 0,
                 pending: VecDeque::new(),
                 eof: false,
                 reads,
@@ -134,7 +130,7 @@ impl Sockets {
     }
 
     /// Takes a socket task's report.
-    pub(crate) fn on_event(&mut self, ev: SocketEv) {
+    pub(crate) fn on_event(&mut self, now: Instant, edge: &mut Edge<TunnelAuth>, ev: SocketEv) {
         match ev {
             SocketEv::Read(id, bytes) => {
                 if let Some(s) = self.socks.get_mut(&id) {
@@ -146,55 +142,54 @@ impl Sockets {
                     s.eof = true;
                 }
             }
-            SocketEv::Wrote(id, n) => {
-                if let Some(s) = self.socks.get_mut(&id) {
-                    s.writing = s.writing.saturating_sub(n);
-                }
-            }
+            SocketEv::Wrote(id, len) => edge.handle_input(now, Input::TcpWritten { conn: id, len }),
         }
     }
 
-    /// Moves bytes between the sockets and the machines; true if anything moved.
-    pub(crate) fn pump(&mut self, now: Instant, ep: &mut EdgeTransports) -> bool {
-        let mut progress = false;
+    /// Feeds held reads to the connections that want them; true if any went in.
+    pub(crate) fn feed(&mut self, now: Instant, edge: &mut Edge<TunnelAuth>) -> bool {
+        let mut fed = false;
         for (&id, s) in self.socks.iter_mut() {
-            while let Some(front) = s.pending.front_mut() {
-                let n = ep.http2.handle_received(now, id, front);
-                if n == 0 {
+            while edge.tcp_wants_read(id) {
+                if let Some(bytes) = s.pending.pop_front() {
+                    edge.handle_input(
+                        now,
+                        Input::TcpReceived {
+                            conn: id,
+                            data: &bytes,
+                        },
+                    );
+                    s.reads.add_permits(1);
+                } else if s.eof {
+                    s.eof = false;
+                    edge.handle_input(
+                        now,
+                        Input::TcpReceived {
+                            conn: id,
+                            data: &[],
+                        },
+                    );
+                } else {
                     break;
                 }
-                progress = true;
-                let _ = front.split_to(n.min(front.len()));
-                if !front.is_empty() {
-                    // The machine must transmit first.
-                    break;
-                }
-                s.pending.pop_front();
-                s.reads.add_permits(1);
-            }
-            if s.eof && s.pending.is_empty() {
-                s.eof = false;
-                ep.http2.handle_peer_closed(now, id);
-                progress = true;
-            }
-            while s.writing < WRITE_AHEAD && ep.http2.wants_transmit(id) {
-                let n = ep.http2.transmit(now, id, &mut self.buf);
-                if n == 0 {
-                    break;
-                }
-                progress = true;
-                s.writing += n;
-                let _ = s.out.send(Bytes::copy_from_slice(&self.buf[..n]));
+                fed = true;
             }
         }
-        while let Some(id) = ep.http2.poll_finished() {
-            progress = true;
-            if let Some(s) = self.socks.remove(&id) {
-                // The writer sends what is queued, then shuts the socket down.
-                s.reader.abort();
-            }
+        fed
+    }
+
+    /// Hands ciphertext to a connection's writer.
+    pub(crate) fn write(&mut self, conn: ConnId, data: &[u8]) {
+        if let Some(s) = self.socks.get(&conn) {
+            let _ = s.out.send(Bytes::copy_from_slice(data));
         }
-        progress
+    }
+
+    /// The connection is done: the writer sends what is queued, then shuts the socket down.
+    pub(crate) fn close(&mut self, conn: ConnId) {
+        if let Some(s) = self.socks.remove(&conn) {
+            s.reader.abort();
+        }
     }
 }
 

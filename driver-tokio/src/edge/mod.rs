@@ -1,12 +1,12 @@
 //! `burrow edge`: a self-hosted edge. Tunnel connections come in over QUIC (UDP) or HTTP/2 over
 //! TLS (TCP, [`http2`]) on the same port and are served by burrow-core's
-//! [`EdgeTransports`]; registrations are checked against a tunnels file; eyeball
+//! [`Edge`](burrow_core::edge::Edge) machine; registrations are checked against a tunnels file; eyeball
 //! HTTP/1.1 requests (WebSocket upgrades included) are routed by `Host` to a registered tunnel,
 //! spread over its HA connections; `--tcp-map` ports carry raw TCP streams; `--udp-map` and
 //! `--icmp-map` ports carry UDP sessions and ping as QUIC datagrams ([`crate::edge_udp`]).
 //!
 //! Modules: [`tunnels`] (the tunnels file), [`identity`] (certificate and local CA),
-//! [`event_loop`] (the task owning both transports), [`eyeball`] (the public HTTP port),
+//! [`event_loop`] (the task driving the edge machine), [`eyeball`] (the public HTTP port),
 //! [`tcp_map`] (`--tcp-map` ports), [`http2`] (the TCP sockets of HTTP/2 connectors).
 
 mod event_loop;
@@ -22,11 +22,9 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+use burrow_core::edge::{Edge, EdgeConfig};
 use burrow_core::quic::tls::{self, PostQuantum};
 use burrow_core::quic::transport::QuicSettings;
-use burrow_core::tunnel::edge::EdgeEndpoint;
-use burrow_core::tunnel::edge_http2::Http2Edge;
-use burrow_core::tunnel::edge_transports::EdgeTransports;
 use clap::{Args, Subcommand};
 use tokio::net::{TcpListener, UdpSocket};
 use tokio::sync::{mpsc, oneshot};
@@ -251,7 +249,7 @@ async fn bind_tunnel_port(listen: &str) -> Result<(QuicSocket, TcpListener), Str
 /// Starts the edge tasks on the current runtime.
 pub async fn start(args: &EdgeArgs, tunnels_path: &Path) -> Result<RunningEdge, String> {
     let tunnels = TunnelsFile::load(tunnels_path)?;
-    let hostnames = Arc::new(tunnels.hostnames()?);
+    let hostnames = tunnels.hostnames()?;
     let auth = tunnels.auth()?;
     // Every eyeball connection and tunnel stream holds a descriptor.
     crate::datagram::raise_nofile_limit();
@@ -264,11 +262,7 @@ pub async fn start(args: &EdgeArgs, tunnels_path: &Path) -> Result<RunningEdge, 
     ));
     server.transport_config(QuicSettings::edge().transport_config(true));
     let mut seed = [0u8; 32];
-    let _ = getrandom::fill(&mut seed);
-    let endpoint = EdgeTransports {
-        quic: EdgeEndpoint::new(server, seed),
-        http2: Http2Edge::new(h2_tls, burrow_core::http2::Limits::default()),
-    };
+    getrandom::fill(&mut seed).map_err(|e| format!("no randomness for the edge: {e}"))?;
     let (socket, tunnel_tcp) = bind_tunnel_port(&args.listen).await?;
     let quic = socket.local_addr().map_err(|e| e.to_string())?;
     let (accepted_tx, accepted) = mpsc::unbounded_channel();
@@ -277,20 +271,31 @@ pub async fn start(args: &EdgeArgs, tunnels_path: &Path) -> Result<RunningEdge, 
         .await
         .map_err(|e| format!("cannot listen on {}: {e}", args.http))?;
     let http = http_listener.local_addr().map_err(|e| e.to_string())?;
-    let (datagrams, mapped) = crate::edge_udp::bind(&args.datagrams, &tunnels).await?;
+    let (mapping_sockets, mappings, mapped) =
+        crate::edge_udp::bind(&args.datagrams, &tunnels).await?;
+    let edge = Edge::new(
+        EdgeConfig {
+            quic: server,
+            http2_tls: h2_tls,
+            http2_limits: burrow_core::http2::Limits::default(),
+            hostnames,
+            sessions: mappings.config,
+            mappings: mappings.mappings,
+            seed,
+        },
+        auth,
+    );
     let (cmd_tx, cmd_rx) = mpsc::unbounded_channel();
     tokio::spawn(event_loop::run(
-        endpoint,
+        edge,
         socket,
         accepted,
-        auth,
         cmd_rx,
-        datagrams,
+        mapping_sockets,
         args.local_config_dir.clone(),
     ));
     tokio::spawn(eyeball::serve(
         http_listener,
-        hostnames,
         args.http_limits.clone(),
         cmd_tx.clone(),
     ));

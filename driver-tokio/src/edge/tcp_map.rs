@@ -7,19 +7,20 @@ use tokio::sync::mpsc;
 use tracing::debug;
 use uuid::Uuid;
 
+use burrow_core::edge::{EyeballId, StreamEvent, Target};
 use burrow_core::stream::connect::ConnectionType;
 
-use super::event_loop::{open, Cmd, Key, StreamEv};
+use super::event_loop::{open, Cmd};
 
 /// Pipes a raw byte stream (an upgraded WebSocket, a mapped TCP connection) both ways through
 /// tunnel stream `key`. Each read goes up only after the previous one was acknowledged, so a
 /// slow tunnel holds the socket instead of filling memory.
 pub(super) async fn splice(
-    key: Key,
+    key: EyeballId,
     mut rd: impl tokio::io::AsyncRead + Unpin,
     mut wr: impl tokio::io::AsyncWrite + Unpin,
     cmds: mpsc::UnboundedSender<Cmd>,
-    mut events: mpsc::UnboundedReceiver<StreamEv>,
+    mut events: mpsc::UnboundedReceiver<StreamEvent>,
     ack_tx: mpsc::UnboundedSender<()>,
     mut ack_rx: mpsc::UnboundedReceiver<()>,
 ) {
@@ -46,21 +47,21 @@ pub(super) async fn splice(
     let down = async move {
         while let Some(ev) = events.recv().await {
             match ev {
-                StreamEv::Body(b) => {
+                StreamEvent::Body(b) => {
                     if wr.write_all(&b).await.is_err() {
                         let _ = cmds.send(Cmd::Reset(key));
                         break;
                     }
                     let _ = cmds.send(Cmd::ReadMore(key));
                 }
-                StreamEv::Ack => {
+                StreamEvent::Ack => {
                     let _ = ack_tx.send(());
                 }
-                StreamEv::End | StreamEv::Reset => {
+                StreamEvent::End | StreamEvent::Reset | StreamEvent::Refused(_) => {
                     let _ = wr.shutdown().await;
                     break;
                 }
-                StreamEv::Response { .. } => {}
+                StreamEvent::Response { .. } => {}
             }
         }
     };
@@ -80,17 +81,18 @@ pub(super) async fn serve(
         let cmds = cmds.clone();
         let dest = dest.clone();
         tokio::spawn(async move {
-            let (key, mut events) =
-                match open(&cmds, tunnel, dest, ConnectionType::Tcp, Vec::new()).await {
-                    Ok(x) => x,
-                    Err(e) => {
-                        debug!(error = %e, "TCP mapping: cannot open a stream");
-                        return;
-                    }
-                };
+            let target = Target::Tunnel(tunnel);
+            let (key, mut events) = match open(&cmds, target, dest, ConnectionType::Tcp, Vec::new())
+            {
+                Ok(x) => x,
+                Err(e) => {
+                    debug!(error = %e, "TCP mapping: cannot open a stream");
+                    return;
+                }
+            };
             // The ack (ConnectResponse) first.
             match events.recv().await {
-                Some(StreamEv::Response { error, .. }) if error.is_empty() => {}
+                Some(StreamEvent::Response { error, .. }) if error.is_empty() => {}
                 other => {
                     debug!(?other, "TCP mapping refused");
                     let _ = cmds.send(Cmd::Reset(key));

@@ -103,6 +103,10 @@ impl Link {
         both!(self, c => c.poll_origin_action())
     }
 
+    pub(crate) fn handle_flow_handshaking(&mut self, now: Instant, flow: FlowId) {
+        both!(self, c => c.handle_flow_handshaking(now, flow))
+    }
+
     pub(crate) fn handle_flow_connected(&mut self, now: Instant, flow: FlowId) {
         both!(self, c => c.handle_flow_connected(now, flow))
     }

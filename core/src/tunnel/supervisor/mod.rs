@@ -629,6 +629,12 @@ impl Supervisor {
         }
     }
 
+    /// The origin of `flow` is connected and its TLS handshake begins. Stale links are
+    /// ignored.
+    pub fn handle_flow_handshaking(&mut self, now: Instant, link: LinkId, flow: FlowId) {
+        self.with_link(now, link, |c| c.handle_flow_handshaking(now, flow));
+    }
+
     /// The origin connection of `flow` is up. Stale links are ignored.
     pub fn handle_flow_connected(&mut self, now: Instant, link: LinkId, flow: FlowId) {
         self.with_link(now, link, |c| c.handle_flow_connected(now, flow));

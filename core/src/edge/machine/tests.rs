@@ -1,0 +1,445 @@
+//! The edge machine against core's own [`Connector`] (2 HA connections over QUIC) through an
+//! in-memory network, on virtual time: registration and refusal, routing and round robin,
+//! and the pacing of stream bodies both ways.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+
+use super::*;
+use crate::connector::{Connector, Input as CInput, Io as CIo, Output as COutput};
+use crate::control::Registration;
+use crate::datagram::LinkId;
+use crate::edge::auth::{TunnelAuth, UNAUTHORIZED};
+use crate::edge::streams::READ_CHUNK;
+use crate::quic::tls::{self, PostQuantum};
+use crate::quic::transport::QuicSettings;
+use crate::quic::SERVER_NAME;
+use crate::tunnel::connector::ConnectorConfig;
+use crate::tunnel::data::FlowId;
+use crate::tunnel::supervisor::{EdgePool, SupervisorConfig};
+
+const EDGE: &str = "192.0.2.1:7844";
+const TUNNEL: Uuid = Uuid::from_u128(1);
+const LATENCY: Duration = Duration::from_millis(5);
+
+fn conn_addr(index: u8) -> SocketAddr {
+    SocketAddr::from(([198, 51, 100, 7], 40000 + u16::from(index)))
+}
+
+/// What the connector asked of its origin side.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Origin {
+    Open(LinkId, FlowId),
+    Write(LinkId, FlowId, Vec<u8>),
+    Read(LinkId, FlowId),
+}
+
+struct World {
+    now: Instant,
+    edge: Edge<TunnelAuth>,
+    connector: Connector,
+    edge_deadline: Option<Instant>,
+    connector_deadline: Option<Instant>,
+    /// (arrival, seq) -> (from, to, bytes)
+    net: BTreeMap<(Instant, u64), (SocketAddr, SocketAddr, Vec<u8>)>,
+    seq: u64,
+    events: Vec<Event>,
+    streams: Vec<(EyeballId, StreamEvent)>,
+    origin: Vec<Origin>,
+}
+
+impl World {
+    /// An edge that knows tunnel [`TUNNEL`] with `secret`; a connector presenting `[7; 32]`.
+    fn new(secret: Vec<u8>) -> Self {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key");
+        let cert = rcgen::CertificateParams::new(vec![SERVER_NAME.into()])
+            .expect("params")
+            .self_signed(&key)
+            .expect("cert");
+        let key = PrivateKeyDer::from(PrivatePkcs8KeyDer::from(key.serialize_der()));
+        let mut quic = quinn_proto::ServerConfig::with_crypto(Arc::new(
+            tls::server_config(
+                vec![cert.der().clone()],
+                key.clone_key(),
+                PostQuantum::Prefer,
+            )
+            .expect("tls"),
+        ));
+        quic.transport_config(QuicSettings::edge().transport_config(true));
+        let http2_tls =
+            crate::http2::tls::server_config(vec![cert.der().clone()], key, PostQuantum::Prefer)
+                .expect("h2 tls");
+        let mut hostnames = HostnameTable::new();
+        hostnames.insert("app.test", TUNNEL).expect("hostname");
+        let mut auth = TunnelAuth::new();
+        auth.insert(TUNNEL, "account", secret);
+        let start = Instant::now();
+        let edge = Edge::new(
+            EdgeConfig {
+                quic,
+                http2_tls,
+                http2_limits: crate::http2::Limits::default(),
+                hostnames,
+                sessions: EdgeSessionsConfig::default(),
+                mappings: Vec::new(),
+                seed: [3; 32],
+            },
+            auth,
+        );
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert.der().clone()).expect("root");
+        let mut client = quinn_proto::ClientConfig::new(Arc::new(
+            tls::client_config(roots, PostQuantum::Prefer).expect("tls"),
+        ));
+        client.transport_config(QuicSettings::default().transport_config(true));
+        let registration = Registration::new(
+            "account",
+            vec![7; 32],
+            TUNNEL,
+            Uuid::from_u128(2),
+            Vec::new(),
+        );
+        let mut config = SupervisorConfig::new(ConnectorConfig::new(registration, client));
+        config.ha_connections = 2;
+        let pool = EdgePool::from_static(&[EDGE.parse().expect("addr")]).expect("pool");
+        Self {
+            now: start,
+            edge,
+            connector: Connector::new(start, config, pool, 5),
+            edge_deadline: None,
+            connector_deadline: None,
+            net: BTreeMap::new(),
+            seq: 0,
+            events: Vec::new(),
+            streams: Vec::new(),
+            origin: Vec::new(),
+        }
+    }
+
+    /// Both drivers' inner loops: drain each machine until it says `Timeout`.
+    fn flush(&mut self) {
+        let now = self.now;
+        let edge_addr: SocketAddr = EDGE.parse().expect("addr");
+        let (net, seq, origin) = (&mut self.net, &mut self.seq, &mut self.origin);
+        self.connector_deadline = self.connector.drain(now, |out| match out {
+            COutput::Transmit {
+                index,
+                transmit,
+                data,
+            } => {
+                for d in transmit.datagrams(data) {
+                    *seq += 1;
+                    net.insert(
+                        (now + LATENCY, *seq),
+                        (conn_addr(index), transmit.destination, d.to_vec()),
+                    );
+                }
+                None
+            }
+            COutput::Io(CIo::EdgeSocket { index, .. }) => Some(CInput::EdgeSocket {
+                index,
+                max_segments: 1,
+            }),
+            COutput::Io(CIo::OpenFlow { link, flow, .. }) => {
+                origin.push(Origin::Open(link, flow));
+                None
+            }
+            COutput::Io(CIo::WriteFlow { link, flow, data }) => {
+                origin.push(Origin::Write(link, flow, data.to_vec()));
+                Some(CInput::FlowWritten { link, flow })
+            }
+            COutput::Io(CIo::ReadFlow { link, flow }) => {
+                origin.push(Origin::Read(link, flow));
+                None
+            }
+            _ => None,
+        });
+        loop {
+            match self.edge.poll_output(now) {
+                Output::Timeout(d) => {
+                    self.edge_deadline = d;
+                    break;
+                }
+                Output::Transmit { transmit, data } => {
+                    for d in transmit.datagrams(data) {
+                        self.seq += 1;
+                        self.net.insert(
+                            (now + LATENCY, self.seq),
+                            (edge_addr, transmit.destination, d.to_vec()),
+                        );
+                    }
+                }
+                Output::Io(Io::Stream { id, event }) => self.streams.push((id, event)),
+                Output::Io(io) => panic!("no TCP or mappings in these tests: {io:?}"),
+                Output::Event(e) => self.events.push(e),
+            }
+        }
+    }
+
+    /// Feeds the edge one input, then drains both machines.
+    fn edge_input(&mut self, input: Input<'_>) {
+        self.edge.handle_input(self.now, input);
+        self.flush();
+    }
+
+    /// Feeds the connector one input, then drains both machines.
+    fn connector_input(&mut self, input: CInput<'_>) {
+        self.connector.handle_input(self.now, input);
+        self.flush();
+    }
+
+    /// Runs virtual time until `stop` says so or `limit` passed; false on the limit.
+    fn run(&mut self, limit: Duration, stop: impl Fn(&World) -> bool) -> bool {
+        let until = self.now + limit;
+        let edge_addr: SocketAddr = EDGE.parse().expect("addr");
+        loop {
+            self.flush();
+            if stop(self) {
+                return true;
+            }
+            let next = [
+                self.net.keys().next().map(|k| k.0),
+                self.edge_deadline,
+                self.connector_deadline,
+            ]
+            .into_iter()
+            .flatten()
+            .min();
+            match next {
+                Some(t) if t <= until => self.now = self.now.max(t),
+                _ => return false,
+            }
+            while let Some(entry) = self.net.first_entry() {
+                if entry.key().0 > self.now {
+                    break;
+                }
+                let (from, to, data) = entry.remove();
+                let received = Received::single(from, &data);
+                if to == edge_addr {
+                    self.edge.handle_input(self.now, Input::Received(received));
+                } else if let Some(index) = (0..2u8).find(|i| conn_addr(*i) == to) {
+                    self.connector
+                        .handle_input(self.now, CInput::Received { index, received });
+                }
+            }
+            if self.edge_deadline.is_some_and(|t| t <= self.now) {
+                self.edge.handle_input(self.now, Input::Timeout);
+            }
+            if self.connector_deadline.is_some_and(|t| t <= self.now) {
+                self.connector.handle_input(self.now, CInput::Timeout);
+            }
+        }
+    }
+
+    fn registered(&self) -> usize {
+        self.events
+            .iter()
+            .filter(|e| matches!(e, Event::Registered { .. }))
+            .count()
+    }
+
+    fn open(&mut self, id: u64, target: Target) {
+        self.edge_input(Input::Open {
+            id: EyeballId(id),
+            target,
+            dest: "192.0.2.9:22".into(),
+            kind: ConnectionType::Tcp,
+            metadata: Vec::new(),
+        });
+    }
+
+    fn events_of(&self, id: u64) -> Vec<StreamEvent> {
+        self.streams
+            .iter()
+            .filter(|(i, _)| *i == EyeballId(id))
+            .map(|(_, e)| e.clone())
+            .collect()
+    }
+
+    fn opened(&self) -> Vec<(LinkId, FlowId)> {
+        self.origin
+            .iter()
+            .filter_map(|o| match o {
+                Origin::Open(l, f) => Some((*l, *f)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    /// Opens stream `id` into the tunnel and connects its origin flow; returns the flow.
+    fn connected(&mut self, id: u64) -> (LinkId, FlowId) {
+        let before = self.opened().len();
+        self.open(id, Target::Tunnel(TUNNEL));
+        assert!(self.run(Duration::from_secs(5), |w| w.opened().len() > before));
+        let (link, flow) = self.opened()[before];
+        self.connector_input(CInput::FlowConnected { link, flow });
+        assert!(self.run(Duration::from_secs(5), |w| {
+            w.events_of(id)
+                .iter()
+                .any(|e| matches!(e, StreamEvent::Response { .. }))
+        }));
+        (link, flow)
+    }
+}
+
+fn registered_world() -> World {
+    let mut w = World::new(vec![7; 32]);
+    assert!(
+        w.run(Duration::from_secs(30), |w| w.registered() == 2),
+        "both HA connections register: {:?}",
+        w.events
+    );
+    w
+}
+
+#[test]
+fn requests_are_spread_round_robin_over_a_tunnels_registered_connections() {
+    let mut w = registered_world();
+    for id in 0..4 {
+        w.open(id, Target::Tunnel(TUNNEL));
+    }
+    assert!(w.run(Duration::from_secs(5), |w| w.opened().len() == 4));
+    let mut per_link: BTreeMap<LinkId, usize> = BTreeMap::new();
+    for (link, _) in w.opened() {
+        *per_link.entry(link).or_default() += 1;
+    }
+    assert_eq!(per_link.values().copied().collect::<Vec<_>>(), [2, 2]);
+    // By hostname too (case and port do not matter); an unknown one is refused at once.
+    w.open(10, Target::Hostname("APP.test:8080".into()));
+    assert!(w.run(Duration::from_secs(5), |w| w.opened().len() == 5));
+    w.open(11, Target::Hostname("other.test".into()));
+    assert_eq!(w.events_of(11), [StreamEvent::Refused(OpenError::NoRoute)]);
+    w.open(12, Target::Tunnel(Uuid::from_u128(99)));
+    assert_eq!(
+        w.events_of(12),
+        [StreamEvent::Refused(OpenError::NoConnection)]
+    );
+}
+
+#[test]
+fn a_wrong_secret_is_refused_and_takes_no_requests() {
+    let mut w = World::new(vec![8; 32]);
+    let refused = |w: &World| {
+        w.events
+            .iter()
+            .filter(
+                |e| matches!(e, Event::RegistrationRefused { cause, .. } if cause.as_str() == UNAUTHORIZED),
+            )
+            .count()
+    };
+    assert!(w.run(Duration::from_secs(30), |w| refused(w) >= 1));
+    assert_eq!(w.registered(), 0);
+    w.open(1, Target::Tunnel(TUNNEL));
+    assert_eq!(
+        w.events_of(1),
+        [StreamEvent::Refused(OpenError::NoConnection)]
+    );
+}
+
+#[test]
+fn a_response_body_moves_one_chunk_per_credit() {
+    let mut w = registered_world();
+    let (link, flow) = w.connected(1);
+    assert_eq!(
+        w.events_of(1),
+        [StreamEvent::Response {
+            error: String::new(),
+            metadata: Vec::new()
+        }]
+    );
+    let total = 3 * READ_CHUNK + 100;
+    let body: Vec<u8> = (0..total).map(|i| (i % 251) as u8).collect();
+    w.connector_input(CInput::FlowData {
+        link,
+        flow,
+        data: Bytes::from(body.clone()),
+    });
+    let bodies = |w: &World| {
+        w.events_of(1)
+            .into_iter()
+            .filter_map(|e| match e {
+                StreamEvent::Body(b) => Some(b),
+                _ => None,
+            })
+            .collect::<Vec<_>>()
+    };
+    let mut got = Vec::new();
+    let mut taken = 0;
+    while got.len() < total {
+        assert!(
+            w.run(Duration::from_secs(5), |w| bodies(w).len() > taken),
+            "a chunk comes after each credit ({} of {total} bytes)",
+            got.len()
+        );
+        // Without credit nothing more comes, however long it waits.
+        w.run(Duration::from_secs(1), |_| false);
+        assert_eq!(bodies(&w).len(), taken + 1, "one chunk per credit");
+        let chunk = bodies(&w)[taken].clone();
+        taken += 1;
+        assert!(!chunk.is_empty() && chunk.len() <= READ_CHUNK);
+        got.extend_from_slice(&chunk);
+        w.edge_input(Input::ReadMore(EyeballId(1)));
+    }
+    assert_eq!(got, body);
+    w.connector_input(CInput::FlowFinished { link, flow });
+    assert!(w.run(Duration::from_secs(5), |w| w
+        .events_of(1)
+        .contains(&StreamEvent::End)));
+    assert_eq!(w.edge.open_streams(), 0);
+}
+
+#[test]
+fn a_request_body_chunk_is_acked_once_taken_and_reaches_the_origin() {
+    let mut w = registered_world();
+    let (link, flow) = w.connected(2);
+    for chunk in [&b"hello "[..], b"tunnel"] {
+        let acks = |w: &World| {
+            w.events_of(2)
+                .iter()
+                .filter(|e| **e == StreamEvent::Ack)
+                .count()
+        };
+        let before = acks(&w);
+        w.edge_input(Input::Body {
+            id: EyeballId(2),
+            data: Bytes::copy_from_slice(chunk),
+        });
+        assert_eq!(acks(&w), before + 1, "acked once the transport took it");
+    }
+    w.edge_input(Input::Finish(EyeballId(2)));
+    let written = |w: &World| {
+        w.origin
+            .iter()
+            .filter_map(|o| match o {
+                Origin::Write(l, f, d) if (*l, *f) == (link, flow) => Some(d.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect::<Vec<u8>>()
+    };
+    assert!(w.run(Duration::from_secs(5), |w| written(w).len() == 12));
+    assert_eq!(written(&w), b"hello tunnel");
+}
+
+#[test]
+fn shutdown_closes_every_connection_and_resets_its_streams() {
+    let mut w = registered_world();
+    w.connected(3);
+    w.edge_input(Input::Shutdown);
+    let closed = |w: &World| {
+        w.events
+            .iter()
+            .filter(|e| matches!(e, Event::ConnectionClosed { .. }))
+            .count()
+    };
+    assert!(w.run(Duration::from_secs(5), |w| closed(w) == 2));
+    assert_eq!(w.events_of(3).last(), Some(&StreamEvent::Reset));
+    w.open(4, Target::Tunnel(TUNNEL));
+    assert_eq!(
+        w.events_of(4),
+        [StreamEvent::Refused(OpenError::NoConnection)]
+    );
+}

@@ -1,0 +1,294 @@
+//! Eyeball streams: each request the edge forwards into a tunnel, named by the driver
+//! ([`EyeballId`]) and paced both ways. A request-body chunk is acknowledged
+//! ([`StreamEvent::Ack`]) once the transport took it whole, so the eyeball sends the next only
+//! then; a response-body chunk goes out only against a credit ([`Streams::read_more`]), so a
+//! slow eyeball holds its tunnel stream (and the connector, through flow control) rather than
+//! the edge's memory.
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Instant;
+
+use bytes::Bytes;
+use thiserror::Error;
+
+use crate::control::ApiError;
+use crate::stream::connect::ConnectRequest;
+use crate::tunnel::edge::ConnId;
+use crate::tunnel::edge_transports::{DataStream, EdgeTransports};
+
+/// Request bytes queued per stream inside a QUIC connection.
+pub const SEND_WINDOW: usize = 256 * 1024;
+/// Largest response chunk handed to the eyeball at once.
+pub const READ_CHUNK: usize = 64 * 1024;
+
+/// One eyeball stream, as the driver numbered it when it opened it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct EyeballId(pub u64);
+
+/// Why a stream could not be opened.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum OpenError {
+    /// No tunnel serves the hostname.
+    #[error("no tunnel serves this hostname")]
+    NoRoute,
+    /// The tunnel has no registered connection.
+    #[error("no connection to the tunnel")]
+    NoConnection,
+    /// The connection refused the stream.
+    #[error("{0}")]
+    Transport(#[from] ApiError),
+}
+
+/// What happened to an eyeball stream, for the eyeball.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StreamEvent {
+    /// The stream could not be opened; nothing more comes.
+    Refused(OpenError),
+    /// The connector's `ConnectResponse`.
+    Response {
+        /// `ConnectResponse.error` (empty: success).
+        error: String,
+        /// Its metadata, in wire order.
+        metadata: Vec<(String, String)>,
+    },
+    /// The last request-body chunk was taken: send the next.
+    Ack,
+    /// Response-body bytes; call [`Streams::read_more`] for the next chunk.
+    Body(Bytes),
+    /// The response ended; nothing more comes.
+    End,
+    /// The stream was reset (by the connector, or its connection closed); nothing more comes.
+    Reset,
+}
+
+impl StreamEvent {
+    /// Whether nothing comes after it.
+    pub fn is_last(&self) -> bool {
+        matches!(self, Self::Refused(_) | Self::End | Self::Reset)
+    }
+}
+
+struct Stream {
+    conn: ConnId,
+    stream: DataStream,
+    /// Request bytes waiting for room.
+    unsent: VecDeque<Bytes>,
+    finish: bool,
+    readable: bool,
+    credit: bool,
+}
+
+impl Stream {
+    fn has_work(&self) -> bool {
+        !self.unsent.is_empty() || self.finish || (self.readable && self.credit)
+    }
+}
+
+/// Every eyeball stream of the edge.
+#[derive(Default)]
+pub struct Streams {
+    by_id: HashMap<EyeballId, Stream>,
+    by_key: HashMap<(ConnId, DataStream), EyeballId>,
+    /// Streams that may have work; a stream blocked on transport room stays here.
+    active: BTreeSet<EyeballId>,
+}
+
+impl Streams {
+    /// None.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Streams open.
+    pub fn len(&self) -> usize {
+        self.by_id.len()
+    }
+
+    /// Whether none is open.
+    pub fn is_empty(&self) -> bool {
+        self.by_id.is_empty()
+    }
+
+    /// Opens `id` on `conn` with `request`.
+    pub fn open(
+        &mut self,
+        now: Instant,
+        tp: &mut EdgeTransports,
+        id: EyeballId,
+        conn: ConnId,
+        request: &ConnectRequest<'_>,
+    ) -> Result<(), OpenError> {
+        let stream = tp.open_request(now, conn, request)?;
+        self.by_key.insert((conn, stream), id);
+        self.by_id.insert(
+            id,
+            Stream {
+                conn,
+                stream,
+                unsent: VecDeque::new(),
+                finish: false,
+                readable: false,
+                credit: true,
+            },
+        );
+        Ok(())
+    }
+
+    /// Request-body bytes from the eyeball (acknowledged once taken).
+    pub fn body(&mut self, id: EyeballId, bytes: Bytes) {
+        if let Some(s) = self.by_id.get_mut(&id) {
+            s.unsent.push_back(bytes);
+            self.active.insert(id);
+        }
+    }
+
+    /// The request body ended (after what was queued).
+    pub fn finish(&mut self, id: EyeballId) {
+        if let Some(s) = self.by_id.get_mut(&id) {
+            s.finish = true;
+            self.active.insert(id);
+        }
+    }
+
+    /// The eyeball took the last response chunk: the next may go.
+    pub fn read_more(&mut self, id: EyeballId) {
+        if let Some(s) = self.by_id.get_mut(&id) {
+            s.credit = true;
+            // Whatever is buffered may be readable without a new event.
+            s.readable = true;
+            self.active.insert(id);
+        }
+    }
+
+    /// The eyeball went away: the stream is reset (stopping it gives its unread bytes back to
+    /// the connection's receive window).
+    pub fn reset(&mut self, now: Instant, tp: &mut EdgeTransports, id: EyeballId) {
+        if let Some(s) = self.remove(id) {
+            let _ = tp.reset_request(now, s.conn, s.stream);
+        }
+    }
+
+    /// The connector's `ConnectResponse` on a stream.
+    pub fn on_response(
+        &mut self,
+        conn: ConnId,
+        stream: DataStream,
+        error: String,
+        metadata: Vec<(String, String)>,
+        out: &mut impl FnMut(EyeballId, StreamEvent),
+    ) {
+        if let Some(&id) = self.by_key.get(&(conn, stream)) {
+            out(id, StreamEvent::Response { error, metadata });
+        }
+    }
+
+    /// Response bytes (or the end) can be read on a stream.
+    pub fn on_readable(&mut self, conn: ConnId, stream: DataStream) {
+        if let Some(&id) = self.by_key.get(&(conn, stream)) {
+            if let Some(s) = self.by_id.get_mut(&id) {
+                s.readable = true;
+                self.active.insert(id);
+            }
+        }
+    }
+
+    /// The connector reset a stream.
+    pub fn on_reset(
+        &mut self,
+        conn: ConnId,
+        stream: DataStream,
+        out: &mut impl FnMut(EyeballId, StreamEvent),
+    ) {
+        if let Some(&id) = self.by_key.get(&(conn, stream)) {
+            self.remove(id);
+            out(id, StreamEvent::Reset);
+        }
+    }
+
+    /// A connection closed: every stream on it is reset.
+    pub fn on_closed(&mut self, conn: ConnId, out: &mut impl FnMut(EyeballId, StreamEvent)) {
+        let gone: Vec<EyeballId> = self
+            .by_id
+            .iter()
+            .filter(|(_, s)| s.conn == conn)
+            .map(|(&id, _)| id)
+            .collect();
+        for id in gone {
+            self.remove(id);
+            out(id, StreamEvent::Reset);
+        }
+    }
+
+    /// Request bodies in, response bodies out, as far as room and credit go; true if anything
+    /// moved.
+    pub fn pump(
+        &mut self,
+        now: Instant,
+        tp: &mut EdgeTransports,
+        out: &mut impl FnMut(EyeballId, StreamEvent),
+    ) -> bool {
+        let mut progress = false;
+        let ids: Vec<EyeballId> = self.active.iter().copied().collect();
+        for id in ids {
+            let Some(s) = self.by_id.get_mut(&id) else {
+                self.active.remove(&id);
+                continue;
+            };
+            while let Some(front) = s.unsent.front_mut() {
+                match tp.send_request_body(now, s.conn, s.stream, front, SEND_WINDOW) {
+                    Ok(n) if n == front.len() => {
+                        s.unsent.pop_front();
+                        out(id, StreamEvent::Ack);
+                        progress = true;
+                    }
+                    Ok(n) => {
+                        // No room: tried again on the next pump.
+                        *front = front.slice(n..);
+                        progress |= n > 0;
+                        break;
+                    }
+                    Err(_) => {
+                        s.unsent.clear();
+                        break;
+                    }
+                }
+            }
+            if s.finish && s.unsent.is_empty() {
+                s.finish = false;
+                let _ = tp.finish_request(now, s.conn, s.stream);
+                progress = true;
+            }
+            if s.readable && s.credit {
+                let mut chunk = Vec::new();
+                match tp.read_response(now, s.conn, s.stream, READ_CHUNK, &mut chunk) {
+                    Ok(done) => {
+                        progress = true;
+                        s.readable = false;
+                        if !chunk.is_empty() {
+                            s.credit = false;
+                            out(id, StreamEvent::Body(Bytes::from(chunk)));
+                        }
+                        if done {
+                            self.remove(id);
+                            out(id, StreamEvent::End);
+                            continue;
+                        }
+                    }
+                    // Response head not in yet, or the stream is gone.
+                    Err(_) => s.readable = false,
+                }
+            }
+            if !s.has_work() {
+                self.active.remove(&id);
+            }
+        }
+        progress
+    }
+
+    fn remove(&mut self, id: EyeballId) -> Option<Stream> {
+        let s = self.by_id.remove(&id)?;
+        self.by_key.remove(&(s.conn, s.stream));
+        self.active.remove(&id);
+        Some(s)
+    }
+}
