@@ -185,7 +185,11 @@ impl DatagramSockets {
     /// socket per turn so a busy session does not starve the others, and hands each to `on`.
     /// A socket whose read fails is closed and reported as [`UdpRead::Failed`].
     pub fn read_udp(&mut self, budget: usize, mut on: impl FnMut(UdpRead)) {
-        match self.poll.get_mut().poll(&mut self.events, Some(Duration::ZERO)) {
+        match self
+            .poll
+            .get_mut()
+            .poll(&mut self.events, Some(Duration::ZERO))
+        {
             Ok(()) => {
                 for event in &self.events {
                     let flow = UdpFlowId(event.token().0 as u64);
@@ -276,10 +280,11 @@ impl DatagramSockets {
         };
         let opened = burrow_os::open_udp(dest).and_then(|socket| {
             let fd = socket.as_raw_fd();
-            self.poll
-                .get_ref()
-                .registry()
-                .register(&mut SourceFd(&fd), Token(token), Interest::READABLE)?;
+            self.poll.get_ref().registry().register(
+                &mut SourceFd(&fd),
+                Token(token),
+                Interest::READABLE,
+            )?;
             Ok(socket)
         });
         match opened {
