@@ -310,9 +310,9 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             }
             Some(report) = io.flow_rx.recv() => {
                 let now = Instant::now();
-                on_report(now, &mut machine, &io.flows, &metrics, report);
+                on_report(now, &mut machine, &mut io.flows, &metrics, report);
                 while let Ok(report) = io.flow_rx.try_recv() {
-                    on_report(now, &mut machine, &io.flows, &metrics, report);
+                    on_report(now, &mut machine, &mut io.flows, &metrics, report);
                 }
             }
             Some((link, dialed)) = io.dial_rx.recv() => {
@@ -605,6 +605,7 @@ impl DriverIo {
                         handle,
                         kind,
                         opened: Instant::now(),
+                        settled: false,
                     },
                 );
             }
@@ -624,7 +625,11 @@ impl DriverIo {
                 }
             }
             Io::CloseFlow { link, flow } => {
-                if self.flows.remove(&(link, flow)).is_some() {
+                if let Some(f) = self.flows.remove(&(link, flow)) {
+                    // A TCP stream whose dial the connector gave up on failed to connect.
+                    if !f.settled && f.kind == FlowKind::Tcp {
+                        metrics.connect_stream_errors.inc();
+                    }
                     close_flow_metrics(metrics);
                 }
             }
@@ -699,6 +704,9 @@ struct Flow {
     kind: FlowKind,
     /// When its origin was dialed (for `cloudflared_proxy_connect_latency`).
     opened: Instant,
+    /// Its dial ended (connected, or failed and counted): a close before that is a dial the
+    /// connector gave up on (its deadline, or the stream ended first), counted then.
+    settled: bool,
 }
 
 async fn open_socket(
@@ -860,12 +868,12 @@ fn close_flow_metrics(metrics: &Metrics) {
 fn on_report(
     now: Instant,
     machine: &mut Connector,
-    flows: &HashMap<(LinkId, FlowId), Flow>,
+    flows: &mut HashMap<(LinkId, FlowId), Flow>,
     metrics: &Metrics,
     (link, flow, report): Report,
 ) {
     // Reports of a flow already closed are stale.
-    let Some(f) = flows.get(&(link, flow)) else {
+    let Some(f) = flows.get_mut(&(link, flow)) else {
         return;
     };
     // cloudflared times TCP streams only (proxyStream, proxyTCPStream).
@@ -873,6 +881,7 @@ fn on_report(
     let input = match &report {
         FlowReport::Handshaking => Input::FlowHandshaking { link, flow },
         FlowReport::Connected => {
+            f.settled = true;
             if tcp {
                 metrics
                     .connect_latency
@@ -881,6 +890,7 @@ fn on_report(
             Input::FlowConnected { link, flow }
         }
         FlowReport::Failed(reason) => {
+            f.settled = true;
             if tcp {
                 metrics.connect_stream_errors.inc();
             }
