@@ -498,7 +498,7 @@ mod tests {
         hub.sessions
             .handle_datagram(Instant::now(), LinkId(0), DatagramVersion::V3, &d);
         let (tx, _rx) = tokio::sync::mpsc::channel(1);
-        let sockets = DatagramSockets::new(tx);
+        let sockets = DatagramSockets::new(tx).expect("epoll set");
         m.update_datagrams(&hub, &sockets);
         m.update_datagrams(&hub, &sockets);
         let text = m.render();

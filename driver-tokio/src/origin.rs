@@ -190,6 +190,8 @@ impl Dialer {
                     Ok(Box::new(s))
                 }
             }
+            // Core gives each bastion request the TCP origin it names; never dialled as such.
+            Service::Bastion => Err("bastion has no destination of its own".to_owned()),
             // TCP over WebSocket: core unwraps the frames; the origin is a plain socket.
             Service::Tcp { host, port } => {
                 let Some(port) = port else {

@@ -144,6 +144,11 @@ const REGRESSIONS: &[(&str, u64, &str)] = &[
         5_700_084,
         "a v3 session idled out mid-traffic (the path starved it for over 3 s) may stay silent",
     ),
+    (
+        "hostile-path",
+        5_700_384,
+        "requests go only over connections the edge still holds (it may time one out first)",
+    ),
 ];
 
 #[test]

@@ -40,6 +40,8 @@ pub struct OriginRequestConfig {
     pub disable_chunked_encoding: Option<bool>,
     /// `http2Origin`: offer HTTP/2 to TLS origins.
     pub http2_origin: Option<bool>,
+    /// `bastionMode`.
+    pub bastion_mode: Option<bool>,
     /// `access`: Cloudflare Access JWT checks.
     pub access: Option<super::access::AccessConfig>,
 }

@@ -669,6 +669,12 @@ impl EdgeEndpoint {
         })
     }
 
+    /// Whether connection `conn` is still open on the edge's side (a connector may not have
+    /// noticed yet that the edge closed it).
+    pub fn is_open(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| !c.closed)
+    }
+
     /// quinn's counters for connection `conn`.
     pub fn quic_stats(&self, conn: ConnId) -> Option<quinn_proto::ConnectionStats> {
         self.conns.get(&conn).map(|c| c.conn.stats())
