@@ -216,7 +216,7 @@ pub enum DialFailure {
 pub enum Step {
     /// Nothing until more bytes come.
     Read,
-    /// Send these bytes to the client, then carry on with [`Server::next`]'s answer.
+    /// Send these bytes to the client, then take the boxed step.
     Send(Vec<u8>, Box<Step>),
     /// Resolve this name; answer [`Server::resolved`].
     Resolve(String),
@@ -261,11 +261,11 @@ impl Server {
     /// fails, and the driver reads nothing while a name resolves or a dial runs.
     pub fn feed(&mut self, data: &[u8]) -> Step {
         self.buf.extend_from_slice(data);
-        self.next()
+        self.advance()
     }
 
     /// The next step from what has been received.
-    pub fn next(&mut self) -> Step {
+    pub fn advance(&mut self) -> Step {
         match &self.state {
             State::Greeting => match decode_greeting(&self.buf) {
                 Ok(None) => Step::Read,
@@ -281,7 +281,7 @@ impl Server {
                     self.buf.drain(..used);
                     self.state = State::Request;
                     // The request may have come with the greeting.
-                    Step::Send(vec![VERSION, NO_AUTH], Box::new(self.next()))
+                    Step::Send(vec![VERSION, NO_AUTH], Box::new(self.advance()))
                 }
             },
             State::Request => match decode_request(&self.buf) {
