@@ -841,6 +841,8 @@ impl Supervisor {
         match conn {
             Ok(conn) => {
                 debug!(conn_index = index, %link, %edge, %protocol, "connecting");
+                // Its UDP flows are counted under its index (cloudflared's `conn_index`).
+                self.hub.sessions.set_link_index(link, index);
                 self.events.push_back(SupervisorEvent::Connecting {
                     index,
                     link,
