@@ -3,17 +3,15 @@
 //! without blocking, moved one read per permit so the connector's backpressure sets the pace.
 //! HTTP framing, WebSocket and TCP streams are all bytes here: the connector frames them.
 //!
-//! Deadlines are cloudflared's dial and TLS timeouts per origin; names go to the
-//! [`Resolver`] thread and the flow waits for its answer.
+//! Names go to the [`Resolver`] thread and the flow waits for its answer. Dial and TLS
+//! deadlines are the connector's: it fails a slow flow and closes it.
 //!
 //! [`Io::OpenFlow`]: burrow_core::connector::Io::OpenFlow
 
-use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 use burrow_core::datagram::LinkId;
 use burrow_core::ingress::{Origin, OriginRequest, Service};
@@ -34,15 +32,15 @@ pub type Key = (LinkId, FlowId);
 
 /// Bytes read from an origin per permit.
 const READ_CHUNK: usize = 16 * 1024;
-/// Dial timeout of private-network TCP flows (cloudflared's).
-const TCP_DIAL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Longest request head an in-process origin reads.
 const MAX_HEAD: usize = 64 * 1024;
 
 /// What a flow tells the connector.
 #[derive(Debug)]
 pub enum Report {
-    /// Dialled.
+    /// Connected; the TLS handshake begins (its deadline is the connector's).
+    Handshaking,
+    /// Dialled (TLS included).
     Connected,
     /// Could not dial, or broke.
     Failed(String),
@@ -142,9 +140,6 @@ struct Flow {
     target: String,
     stream: Option<Stream>,
     tls: Option<Box<ClientConnection>>,
-    tls_timeout: Duration,
-    connect_timeout: Duration,
-    deadline: Option<Instant>,
     /// May read once more.
     permit: bool,
     /// What is left of the outstanding write.
@@ -163,8 +158,6 @@ pub struct Origins {
     /// Resolver ids of flows waiting for a name.
     lookups: HashMap<u64, Key>,
     next_lookup: u64,
-    /// Dial and handshake deadlines (checked against the flow when they fire).
-    timers: BinaryHeap<Reverse<(Instant, Key)>>,
     scratch: Vec<u8>,
     /// What the connector must hear, in order.
     pub reports: Vec<(Key, Report)>,
@@ -178,7 +171,6 @@ impl Origins {
             tls,
             lookups: HashMap::new(),
             next_lookup: 0,
-            timers: BinaryHeap::new(),
             scratch: vec![0; READ_CHUNK],
             reports: Vec::new(),
         }
@@ -193,7 +185,6 @@ impl Origins {
     #[allow(clippy::too_many_arguments)]
     pub fn open(
         &mut self,
-        now: Instant,
         registry: &Registry,
         resolver: &mut Resolver,
         token: Token,
@@ -208,9 +199,6 @@ impl Origins {
             target: dest.clone(),
             stream: None,
             tls: None,
-            tls_timeout: Duration::ZERO,
-            connect_timeout: TCP_DIAL_TIMEOUT,
-            deadline: None,
             permit: true,
             write: None,
             shutdown: false,
@@ -234,28 +222,18 @@ impl Origins {
                 self.flows.insert(key, flow);
                 self.reports.push((key, Report::Connected));
             }
-            Plan::Dial {
-                target,
-                tls,
-                connect_timeout,
-                tls_timeout,
-            } => {
+            Plan::Dial { target, tls } => {
                 flow.tls = tls;
-                flow.connect_timeout = connect_timeout;
-                flow.tls_timeout = tls_timeout;
-                let deadline = now + connect_timeout;
-                flow.deadline = Some(deadline);
-                self.timers.push(Reverse((deadline, key)));
                 match target {
                     Target::Addr(addr) => {
                         flow.target = addr.to_string();
                         self.flows.insert(key, flow);
-                        self.connect(now, registry, key, Ok(Target::Addr(addr)));
+                        self.connect(registry, key, Ok(Target::Addr(addr)));
                     }
                     Target::Unix(path) => {
                         flow.target = path.clone();
                         self.flows.insert(key, flow);
-                        self.connect(now, registry, key, Ok(Target::Unix(path)));
+                        self.connect(registry, key, Ok(Target::Unix(path)));
                     }
                     Target::Name(host_port) => {
                         flow.target = host_port.clone();
@@ -271,25 +249,13 @@ impl Origins {
     }
 
     /// A resolver answer.
-    pub fn resolved(
-        &mut self,
-        now: Instant,
-        registry: &Registry,
-        id: u64,
-        answer: Result<SocketAddr, String>,
-    ) {
+    pub fn resolved(&mut self, registry: &Registry, id: u64, answer: Result<SocketAddr, String>) {
         if let Some(key) = self.lookups.remove(&id) {
-            self.connect(now, registry, key, answer.map(Target::Addr));
+            self.connect(registry, key, answer.map(Target::Addr));
         }
     }
 
-    fn connect(
-        &mut self,
-        now: Instant,
-        registry: &Registry,
-        key: Key,
-        target: Result<Target, String>,
-    ) {
+    fn connect(&mut self, registry: &Registry, key: Key, target: Result<Target, String>) {
         let Some(flow) = self.flows.get_mut(&key) else {
             return;
         };
@@ -321,35 +287,35 @@ impl Origins {
         }
         flow.stream = Some(stream);
         flow.state = State::Connecting;
-        self.drive(now, key);
+        self.drive(key);
     }
 
     /// The flow registered under `key` has a readiness event.
-    pub fn ready(&mut self, now: Instant, key: Key) {
-        self.drive(now, key);
+    pub fn ready(&mut self, key: Key) {
+        self.drive(key);
     }
 
     /// Queues a write; [`Report::Written`] follows.
-    pub fn write(&mut self, now: Instant, key: Key, data: Bytes) {
+    pub fn write(&mut self, key: Key, data: Bytes) {
         if let Some(f) = self.flows.get_mut(&key) {
             f.write = Some(data);
-            self.drive(now, key);
+            self.drive(key);
         }
     }
 
     /// FIN toward the origin after the outstanding write.
-    pub fn shutdown(&mut self, now: Instant, key: Key) {
+    pub fn shutdown(&mut self, key: Key) {
         if let Some(f) = self.flows.get_mut(&key) {
             f.shutdown = true;
-            self.drive(now, key);
+            self.drive(key);
         }
     }
 
     /// Lets the flow read its next chunk.
-    pub fn read_more(&mut self, now: Instant, key: Key) {
+    pub fn read_more(&mut self, key: Key) {
         if let Some(f) = self.flows.get_mut(&key) {
             f.permit = true;
-            self.drive(now, key);
+            self.drive(key);
         }
     }
 
@@ -362,64 +328,22 @@ impl Origins {
         Some(f.token)
     }
 
-    /// The next dial or handshake deadline.
-    pub fn deadline(&mut self) -> Option<Instant> {
-        // Drop timers of flows past their dial first, so the loop never wakes for nothing.
-        while let Some(Reverse((at, key))) = self.timers.peek() {
-            let live = self.flows.get(key).is_some_and(|f| f.deadline == Some(*at));
-            if live {
-                return Some(*at);
-            }
-            self.timers.pop();
-        }
-        None
-    }
-
-    /// Fails the flows whose dial or handshake deadline passed.
-    pub fn expire(&mut self, now: Instant) {
-        while let Some(Reverse((at, key))) = self.timers.peek().copied() {
-            if at > now {
-                break;
-            }
-            self.timers.pop();
-            let Some(f) = self.flows.get(&key) else {
-                continue;
-            };
-            if f.deadline != Some(at) {
-                continue;
-            }
-            let msg = if f.state == State::Handshaking {
-                "TLS handshake timeout".to_owned()
-            } else {
-                format!("dial tcp {}: i/o timeout", f.target)
-            };
-            self.fail(key, msg);
-        }
-    }
-
     fn fail(&mut self, key: Key, reason: String) {
         if let Some(f) = self.flows.get_mut(&key) {
             if f.state != State::Dead {
                 debug!(link = %key.0, flow = %key.1, %reason, "origin flow failed");
                 f.state = State::Dead;
-                f.deadline = None;
                 self.reports.push((key, Report::Failed(reason)));
             }
         }
     }
 
     /// Makes every step the flow can make now.
-    fn drive(&mut self, now: Instant, key: Key) {
+    fn drive(&mut self, key: Key) {
         let Some(f) = self.flows.get_mut(&key) else {
             return;
         };
-        let before = f.state;
-        let result = step(now, f, &mut self.scratch, &mut self.reports, key);
-        if before != State::Handshaking && f.state == State::Handshaking {
-            if let Some(deadline) = f.deadline {
-                self.timers.push(Reverse((deadline, key)));
-            }
-        }
+        let result = step(f, &mut self.scratch, &mut self.reports, key);
         if let Err(e) = result {
             self.fail(key, e);
         }
@@ -428,7 +352,6 @@ impl Origins {
 
 /// One flow's progress: connect, handshake, write, shut down, read, as far as the sockets go.
 fn step(
-    now: Instant,
     f: &mut Flow,
     scratch: &mut [u8],
     reports: &mut Vec<(Key, Report)>,
@@ -449,10 +372,9 @@ fn step(
         }
         if f.tls.is_some() {
             f.state = State::Handshaking;
-            f.deadline = Some(now + f.tls_timeout);
+            reports.push((key, Report::Handshaking));
         } else {
             f.state = State::Open;
-            f.deadline = None;
             reports.push((key, Report::Connected));
         }
     }
@@ -465,7 +387,6 @@ fn step(
             return Ok(());
         }
         f.state = State::Open;
-        f.deadline = None;
         reports.push((key, Report::Connected));
     }
     if f.state != State::Open {
@@ -645,8 +566,6 @@ enum Plan {
     Dial {
         target: Target,
         tls: Option<Box<ClientConnection>>,
-        connect_timeout: Duration,
-        tls_timeout: Duration,
     },
 }
 
@@ -671,12 +590,7 @@ fn plan(
             Ok(a) => Target::Addr(a),
             Err(_) => Target::Name(dest.to_owned()),
         };
-        return Ok(Plan::Dial {
-            target,
-            tls: None,
-            connect_timeout: TCP_DIAL_TIMEOUT,
-            tls_timeout: Duration::ZERO,
-        });
+        return Ok(Plan::Dial { target, tls: None });
     }
     let Some(origin) = origin else {
         return Err(format!("no ingress rule resolved {dest}"));
@@ -687,7 +601,7 @@ fn plan(
         Service::HelloWorld => return Ok(Plan::InProcess(Responder::hello())),
         Service::Http { tls, host, port } => (target(host, *port), tls.then_some(host.as_str())),
         Service::Unix { path, tls } => (Target::Unix(path.clone()), tls.then_some("localhost")),
-        Service::Tcp { .. } => {
+        Service::Tcp { .. } | Service::Bastion => {
             return Err(format!(
                 "service {} is a TCP-over-WebSocket origin, not supported by burrow yet",
                 origin.service
@@ -698,12 +612,7 @@ fn plan(
         Some(host) => Some(client(tls, host, o)?),
         None => None,
     };
-    Ok(Plan::Dial {
-        target,
-        tls,
-        connect_timeout: o.connect_timeout,
-        tls_timeout: o.tls_timeout,
-    })
+    Ok(Plan::Dial { target, tls })
 }
 
 fn client(

@@ -191,7 +191,7 @@ impl Driver {
     }
 
     /// Does one piece of I/O; what the connector must hear back about it.
-    fn act(&mut self, now: Instant, work: Io<'_>) -> Option<Answer> {
+    fn act(&mut self, work: Io<'_>) -> Option<Answer> {
         let registry = self.poll.registry();
         match work {
             Io::EdgeSocket { index, edge } => {
@@ -240,20 +240,12 @@ impl Driver {
                 debug!(%link, %flow, ?kind, %dest, "opening origin connection");
                 let key = (link, flow);
                 let token = self.tokens.alloc(Source::Flow(key));
-                self.origins.open(
-                    now,
-                    registry,
-                    &mut self.resolver,
-                    token,
-                    key,
-                    kind,
-                    dest,
-                    origin,
-                );
+                self.origins
+                    .open(registry, &mut self.resolver, token, key, kind, dest, origin);
             }
-            Io::WriteFlow { link, flow, data } => self.origins.write(now, (link, flow), data),
-            Io::ReadFlow { link, flow } => self.origins.read_more(now, (link, flow)),
-            Io::ShutdownFlow { link, flow } => self.origins.shutdown(now, (link, flow)),
+            Io::WriteFlow { link, flow, data } => self.origins.write((link, flow), data),
+            Io::ReadFlow { link, flow } => self.origins.read_more((link, flow)),
+            Io::ShutdownFlow { link, flow } => self.origins.shutdown((link, flow)),
             Io::CloseFlow { link, flow } => {
                 let token = self.origins.close(registry, (link, flow));
                 self.tokens.free(token);
@@ -335,6 +327,7 @@ impl Driver {
             }
             let reason;
             let input = match report {
+                Report::Handshaking => Input::FlowHandshaking { link, flow },
                 Report::Connected => Input::FlowConnected { link, flow },
                 Report::Failed(r) => {
                     reason = r;
@@ -394,7 +387,7 @@ impl Driver {
                     EdgeRound::Gone(t) => self.tokens.free(Some(t)),
                 }
             }
-            Source::Flow(key) => self.origins.ready(now, key),
+            Source::Flow(key) => self.origins.ready(key),
             Source::Udp(flow) => {
                 let registry = self.poll.registry();
                 match self.datagrams.read_udp(registry, now, machine, flow) {
@@ -554,7 +547,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
                         d.transmit(index, &transmit, data);
                         None
                     }
-                    Output::Io(work) => d.act(now, work),
+                    Output::Io(work) => d.act(work),
                     Output::Event(e) => {
                         if let Event::Fatal(err) = &e {
                             fatal = Some(err.to_string());
@@ -602,7 +595,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         if machine.is_stopped() {
             break;
         }
-        let wake = [deadline, d.origins.deadline(), d.resolver.deadline()]
+        let wake = [deadline, d.resolver.deadline()]
             .into_iter()
             .flatten()
             .min();
@@ -625,7 +618,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
                 WAKER => {
                     for (id, answer) in d.resolver.answers(now) {
                         let registry = d.poll.registry();
-                        d.origins.resolved(now, registry, id, answer);
+                        d.origins.resolved(registry, id, answer);
                     }
                 }
                 SIGNALS => {
@@ -643,7 +636,6 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
                 token => d.on_ready(now, &mut machine, token),
             }
         }
-        d.origins.expire(now);
         d.resolver.retire(now);
         if deadline.is_some_and(|t| t <= now) {
             machine.handle_input(now, Input::Timeout);

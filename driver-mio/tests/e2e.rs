@@ -162,6 +162,54 @@ fn request_metrics_by_status_code() {
     request_counts_by_code(eo.http.port(), metrics);
 }
 
+/// The connector's dial and TLS-handshake deadlines, with burrow-mio's non-blocking dials:
+/// an origin that never answers the TLS handshake fails at `tlsTimeout`, one whose connect
+/// never completes at `connectTimeout` (502s, not earlier, not a hang).
+#[test]
+fn origin_dial_and_tls_handshake_fail_at_their_deadlines() {
+    use common::stalled::{fails_at, silent_origin, unanswered_origin};
+    let (connect, tls) = (Duration::from_secs(2), Duration::from_secs(3));
+    let bed = Testbed::create(
+        burrow(),
+        "mio-deadlines",
+        "app",
+        &["tls.test", "dial.test", "other.test"],
+    )
+    .expect("tunnel");
+    let silent = silent_origin();
+    let (unanswered, _held) = unanswered_origin();
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let metrics = testbed::free_tcp().expect("port");
+    let o = ConnectorOpts {
+        edge: eo.quic,
+        metrics,
+        ingress: vec![
+            (Some("tls.test".into()), format!("https://{silent}")),
+            (Some("dial.test".into()), format!("http://{unanswered}")),
+            (None, "http_status:418".into()),
+        ],
+        ha_connections: 1,
+        extra: vec![],
+        config_extra: format!(
+            "originRequest:\n  connectTimeout: {}s\n  tlsTimeout: {}s\n  noTLSVerify: true\n",
+            connect.as_secs(),
+            tls.as_secs()
+        ),
+    };
+    let mut connector = mio_connector(&bed, &o, "10s");
+    testbed::wait_ready(&mut connector, metrics, 1, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\nburrow-mio: {}", connector.log_tail(4000)));
+    let log = || connector.log_tail(4000);
+    fails_at(eo.http, "tls.test", tls, log);
+    fails_at(eo.http, "dial.test", connect, log);
+    assert_eq!(
+        common::stalled::timed_get(eo.http, "other.test").0,
+        418,
+        "and still serves"
+    );
+}
+
 fn origin_ingress(port: u16) -> Vec<(Option<String>, String)> {
     vec![(None, format!("http://127.0.0.1:{port}"))]
 }

@@ -30,7 +30,9 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use crate::datagram::{icmp_config, raise_nofile_limit, DatagramSockets, IcmpSources, SocketEvent};
+use crate::datagram::{
+    icmp_config, raise_nofile_limit, DatagramSockets, IcmpSources, SocketEvent, UdpRead,
+};
 use crate::metrics::Metrics;
 use crate::origin::{Dialer, FlowHandle, FlowReport, Report};
 use crate::quic_socket::{QuicSocket, RecvBufs};
@@ -158,6 +160,9 @@ fn web_roots() -> rustls::RootCertStore {
     roots
 }
 
+/// Session datagrams read per turn of the loop (a bounded batch, as for the other sources).
+const UDP_READ_BATCH: usize = 256;
+
 /// Runs the connector until shut down. Each message on `shutdown` is one signal: the first
 /// starts a graceful shutdown, the second closes at once.
 pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Result<(), RunError> {
@@ -208,7 +213,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         keys_tx,
         web_roots,
     ));
-    let mut io = DriverIo::new(dialer, metrics.clone());
+    let mut io = DriverIo::new(dialer, metrics.clone())?;
     io.bind = rc.edge_bind_address;
     let mut fatal = None;
     let mut signals = 0u32;
@@ -281,6 +286,18 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                         debug!(conn_index = index, error = %e, "UDP receive error");
                     }
                 }
+            }
+            () = io.datagrams.udp_readable() => {
+                let now = Instant::now();
+                // A bounded batch, so timers and the edge's packets are not starved.
+                io.datagrams.read_udp(UDP_READ_BATCH, |read| match read {
+                    UdpRead::Data { flow, mut buf, len } => {
+                        machine.handle_input(now, Input::UdpRead { flow, buf: &mut buf, len });
+                    }
+                    UdpRead::Failed { flow, reason } => {
+                        machine.handle_input(now, Input::UdpFailed { flow, reason: &reason });
+                    }
+                });
             }
             Some(event) = io.socket_rx.recv() => {
                 let now = Instant::now();
@@ -506,11 +523,11 @@ struct EdgeTcp {
 }
 
 impl DriverIo {
-    fn new(dialer: Dialer, metrics: Arc<Metrics>) -> Self {
+    fn new(dialer: Dialer, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let (flow_tx, flow_rx) = mpsc::unbounded_channel::<Report>();
         let (socket_tx, socket_rx) = mpsc::channel::<SocketEvent>(crate::datagram::CHANNEL_DEPTH);
         let (dial_tx, dial_rx) = mpsc::unbounded_channel();
-        Self {
+        Ok(Self {
             bind: None,
             sockets: HashMap::new(),
             recv_bufs: RecvBufs::new(),
@@ -519,14 +536,14 @@ impl DriverIo {
             flows: HashMap::new(),
             flow_tx,
             flow_rx,
-            datagrams: DatagramSockets::new(socket_tx),
+            datagrams: DatagramSockets::new(socket_tx)?,
             socket_rx,
             edges: HashMap::new(),
             dial_tx,
             dial_rx,
             tcp_buf: vec![0; 64 * 1024],
             metrics,
-        }
+        })
     }
 
     fn transmit(&self, index: u8, t: &Transmit, data: &[u8]) {
@@ -809,24 +826,6 @@ fn on_socket_event(
     event: SocketEvent,
 ) {
     match event {
-        SocketEvent::UdpRead { flow, mut buf, len } => {
-            // A read that raced the socket's close is dropped.
-            if sockets.has_udp(flow) {
-                let buf = &mut buf;
-                machine.handle_input(now, Input::UdpRead { flow, buf, len });
-            }
-        }
-        SocketEvent::UdpFailed { flow, reason } => {
-            if sockets.remove_udp(flow) {
-                machine.handle_input(
-                    now,
-                    Input::UdpFailed {
-                        flow,
-                        reason: &reason,
-                    },
-                );
-            }
-        }
         SocketEvent::PingRead {
             funnel,
             from,
@@ -872,6 +871,7 @@ fn on_report(
     // cloudflared times TCP streams only (proxyStream, proxyTCPStream).
     let tcp = f.kind == FlowKind::Tcp;
     let input = match &report {
+        FlowReport::Handshaking => Input::FlowHandshaking { link, flow },
         FlowReport::Connected => {
             if tcp {
                 metrics

@@ -3,10 +3,11 @@
 //! with one read in flight per flow, so burrow-core's backpressure decides the pace.
 //!
 //! Every flow is one task pair; it reports to the connector loop through [`FlowReport`]s and
-//! takes commands through its [`FlowHandle`].
+//! takes commands through its [`FlowHandle`]. Dials have no deadline here: the connector fails
+//! one that outlasts its rule's `connectTimeout` or `tlsTimeout` and closes it, which drops
+//! the handle and aborts the task.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use burrow_core::datagram::LinkId;
 use burrow_core::ingress::{Origin, OriginRequest, Service};
@@ -15,7 +16,7 @@ use burrow_core::tunnel::data::FlowId;
 use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, Notify};
@@ -29,7 +30,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// What a flow tells the connector loop.
 #[derive(Debug)]
 pub enum FlowReport {
-    /// Dialled.
+    /// Connected; the TLS handshake begins (its deadline is the connector's).
+    Handshaking,
+    /// Dialled (TLS included).
     Connected,
     /// Could not dial, or broke.
     Failed(String),
@@ -108,8 +111,17 @@ impl Dialer {
         let dialer = self.clone();
         let p = permit.clone();
         let task = tokio::spawn(async move {
+            let handshaking = || {
+                let _ = reports.send((link, flow, FlowReport::Handshaking));
+            };
             match dialer
-                .dial(kind, &dest, host.as_deref(), origin.as_deref())
+                .dial(
+                    kind,
+                    &dest,
+                    host.as_deref(),
+                    origin.as_deref(),
+                    &handshaking,
+                )
                 .await
             {
                 Ok(io) => {
@@ -138,12 +150,12 @@ impl Dialer {
         dest: &str,
         host: Option<&str>,
         origin: Option<&Origin>,
+        handshaking: &(dyn Fn() + Send + Sync),
     ) -> Result<Box<dyn Io>, String> {
         if kind == FlowKind::Tcp {
             // Private-network routing: dest is ip:port.
-            let s = tokio::time::timeout(Duration::from_secs(30), TcpStream::connect(dest))
+            let s = TcpStream::connect(dest)
                 .await
-                .map_err(|_| format!("dial tcp {dest}: i/o timeout"))?
                 .map_err(|e| format!("dial tcp {dest}: {e}"))?;
             let _ = s.set_nodelay(true);
             return Ok(Box::new(s));
@@ -153,6 +165,7 @@ impl Dialer {
         };
         let o = &origin.origin_request;
         let name = origin.tls_server_name(host).unwrap_or("localhost");
+        let http2 = origin.offers_http2(kind);
         match &origin.service {
             Service::HttpStatus(code) => Ok(in_process(Responder::Status(*code))),
             Service::HelloWorld => Ok(in_process(Responder::Hello)),
@@ -160,22 +173,25 @@ impl Dialer {
                 let addr = format!("{h}:{port}");
                 let s = connect_tcp(&addr, o).await?;
                 if *tls {
-                    self.tls(s, name, o).await
+                    handshaking();
+                    self.tls(s, name, o, http2).await
                 } else {
                     Ok(Box::new(s))
                 }
             }
             Service::Unix { path, tls } => {
-                let s = tokio::time::timeout(o.connect_timeout, UnixStream::connect(path))
+                let s = UnixStream::connect(path)
                     .await
-                    .map_err(|_| format!("dial unix {path}: i/o timeout"))?
                     .map_err(|e| format!("dial unix {path}: {e}"))?;
                 if *tls {
-                    self.tls(s, name, o).await
+                    handshaking();
+                    self.tls(s, name, o, http2).await
                 } else {
                     Ok(Box::new(s))
                 }
             }
+            // Core gives each bastion request the TCP origin it names; never dialled as such.
+            Service::Bastion => Err("bastion has no destination of its own".to_owned()),
             // TCP over WebSocket: core unwraps the frames; the origin is a plain socket.
             Service::Tcp { host, port } => {
                 let Some(port) = port else {
@@ -191,29 +207,124 @@ impl Dialer {
         }
     }
 
+    /// TLS to the origin; with `http2` (core's [`Origin::offers_http2`]) `h2` is offered
+    /// first, and if the origin picks it the flow goes through [`http2_bridge`].
     async fn tls<S: Io + 'static>(
         &self,
         s: S,
         host: &str,
         o: &OriginRequest,
+        http2: bool,
     ) -> Result<Box<dyn Io>, String> {
-        let config = origin_tls(&self.roots, o)?;
+        let mut config = origin_tls(&self.roots, o)?;
+        if http2 {
+            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        }
         let name = host.to_owned();
         let name = rustls::pki_types::ServerName::try_from(name.clone())
             .map_err(|e| format!("bad origin server name {name}: {e}"))?;
         let c = tokio_rustls::TlsConnector::from(Arc::new(config));
-        let s = tokio::time::timeout(o.tls_timeout, c.connect(name, s))
+        let s = c
+            .connect(name, s)
             .await
-            .map_err(|_| "TLS handshake timeout".to_owned())?
             .map_err(|e| format!("TLS handshake with the origin failed: {e}"))?;
+        if s.get_ref().1.alpn_protocol() == Some(b"h2") {
+            return http2_bridge(s).await;
+        }
         Ok(Box::new(s))
     }
 }
 
-async fn connect_tcp(addr: &str, o: &OriginRequest) -> Result<TcpStream, String> {
-    let s = tokio::time::timeout(o.connect_timeout, TcpStream::connect(addr))
+/// HTTP/2 to the origin behind an HTTP/1.1 flow: core speaks HTTP/1.1 on the flow as to any
+/// origin; an in-process hyper HTTP/1.1 server reads each request and sends it on one HTTP/2
+/// connection (hyper's client), whose responses it writes back as HTTP/1.1. Keep-alive on the
+/// flow reuses that connection.
+async fn http2_bridge<S: Io + 'static>(s: S) -> Result<Box<dyn Io>, String> {
+    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
         .await
-        .map_err(|_| format!("dial tcp {addr}: i/o timeout"))?
+        .map_err(|e| format!("HTTP/2 handshake with the origin failed: {e}"))?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!(error = %e, "HTTP/2 origin connection ended");
+        }
+    });
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+            let mut send = send.clone();
+            // An error closes the flow without a response: core fails the request (a 502).
+            async move {
+                let req = as_http2(req).map_err(BridgeError::Request)?;
+                send.send_request(req).await.map_err(BridgeError::Origin)
+            }
+        });
+        let _ = hyper::server::conn::http1::Builder::new()
+            .serve_connection(TokioIo::new(server), svc)
+            .await;
+    });
+    Ok(Box::new(client))
+}
+
+/// Why the HTTP/2 bridge failed a request.
+#[derive(Debug, thiserror::Error)]
+enum BridgeError {
+    #[error("request not expressible in HTTP/2: {0}")]
+    Request(http::Error),
+    #[error("HTTP/2 origin: {0}")]
+    Origin(hyper::Error),
+}
+
+/// An HTTP/1.1 request as HTTP/2 sends it: `Host` becomes the `:authority` of an absolute
+/// URI (Go's transport sends no `Host` header on HTTP/2 either), and the connection-specific
+/// headers HTTP/2 forbids (RFC 9113 8.2.2; `TE` only as `trailers`) are dropped.
+fn as_http2<B>(mut req: hyper::Request<B>) -> Result<hyper::Request<B>, http::Error> {
+    let headers = req.headers_mut();
+    let named: Vec<http::HeaderName> = headers
+        .get_all(http::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| http::HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for n in named {
+        headers.remove(n);
+    }
+    for n in [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "transfer-encoding",
+        "upgrade",
+    ] {
+        headers.remove(n);
+    }
+    if headers
+        .get(http::header::TE)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
+    {
+        headers.remove(http::header::TE);
+    }
+    let authority = headers
+        .remove(http::header::HOST)
+        .and_then(|h| h.to_str().ok().map(str::to_owned))
+        .unwrap_or_else(|| "localhost".to_owned());
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_owned();
+    *req.uri_mut() = http::Uri::builder()
+        .scheme("https")
+        .authority(authority)
+        .path_and_query(path)
+        .build()?;
+    *req.version_mut() = http::Version::HTTP_2;
+    Ok(req)
+}
+
+async fn connect_tcp(addr: &str, o: &OriginRequest) -> Result<TcpStream, String> {
+    let s = TcpStream::connect(addr)
+        .await
         .map_err(|e| format!("dial tcp {addr}: {e}"))?;
     let _ = s.set_nodelay(true);
     // `tcpKeepAlive`, as Go's dialer applies it: first probe and interval both that period.

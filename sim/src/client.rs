@@ -98,6 +98,9 @@ pub struct Client {
     pub failed: u64,
     /// With a read budget: when the eyeball reads next.
     next_read: crate::clock::VirtualTime,
+    /// The edge closed `conn` (timed out first on its side): nothing more goes on it, and
+    /// the requests on it end once the connector notices too ([`Client::connection_lost`]).
+    edge_closed: bool,
 }
 
 /// Request bytes the client keeps queued in the edge per stream.
@@ -118,6 +121,7 @@ impl Client {
             rate_limited: 0,
             failed: 0,
             next_read: crate::clock::VirtualTime::ZERO,
+            edge_closed: false,
         }
     }
 
@@ -146,6 +150,7 @@ impl Client {
         self.active.clear();
         self.readable.clear();
         self.conn = conn;
+        self.edge_closed = false;
     }
 
     /// Requests in flight.
@@ -155,6 +160,9 @@ impl Client {
 
     /// Starts requests, pushes bodies, reads responses. Call after every step.
     pub fn tick(&mut self, w: &mut World) -> Result<(), String> {
+        if self.edge_closed {
+            return Ok(());
+        }
         while !self.paused && self.active.len() < self.concurrency {
             let Some(request) = self.queue.pop_front() else {
                 break;
@@ -414,6 +422,10 @@ impl Client {
             }
             EdgeEvent::ResponseReadable { conn, stream } if *conn == self.conn => {
                 self.readable.insert(*stream);
+                Ok(true)
+            }
+            EdgeEvent::ConnectionClosed { conn, .. } if *conn == self.conn => {
+                self.edge_closed = true;
                 Ok(true)
             }
             EdgeEvent::StreamReset { conn, stream } if *conn == self.conn => Err(format!(

@@ -683,11 +683,22 @@ fn register(s: &mut Setup, c: usize) -> Result<ConnId, String> {
     }
 }
 
+/// Connector `c`'s registered connections that the edge still holds too, lowest HA index
+/// first: on a lossy path the edge may time a connection out before the connector notices,
+/// and an edge routes requests only over connections it has.
+fn serving(w: &World, c: usize) -> Vec<ConnId> {
+    w.connectors[c]
+        .live()
+        .into_iter()
+        .filter(|conn| w.edge.as_ref().is_some_and(|e| e.is_open(*conn)))
+        .collect()
+}
+
 /// Runs until connector `c` registers a connection or is refused for good. Attempts lost to
 /// the network are the supervisor's to retry, after its backoff: what a user relies on is that
 /// the connector registers within [`REGISTER_WITHIN`], not that its first attempt does.
 fn connect(s: &mut Setup, c: usize) -> Result<Connected, String> {
-    if let Some(conn) = s.world.connectors[c].live().first() {
+    if let Some(conn) = serving(&s.world, c).first() {
         return Ok(Connected::Registered(*conn));
     }
     let deadline = s.world.after(REGISTER_WITHIN);
@@ -704,12 +715,12 @@ fn connect(s: &mut Setup, c: usize) -> Result<Connected, String> {
             }
             _ => {}
         }
-        Ok(refused.is_some() || !w.connectors[c].live().is_empty())
+        Ok(refused.is_some() || !serving(w, c).is_empty())
     })?;
     if let Some(e) = refused {
         return Ok(Connected::Refused(e));
     }
-    match s.world.connectors[c].live().first() {
+    match serving(&s.world, c).first() {
         Some(conn) => Ok(Connected::Registered(*conn)),
         None => Err(broken(
             &format!("connector registers within {REGISTER_WITHIN:?}"),
@@ -773,7 +784,7 @@ fn serve(s: &mut Setup, client: &mut Client, c: usize, limit: Duration) -> Resul
         })?;
         let Some((link, reason)) = lost else { break };
         lost_connection(s, c, link, &reason)?;
-        if !s.world.connectors[c].live().contains(&client.conn) {
+        if !serving(&s.world, c).contains(&client.conn) {
             let conn = register(s, c)?;
             client.connection_lost(conn);
         }

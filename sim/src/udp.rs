@@ -71,6 +71,8 @@ pub struct OriginNet {
     last_io: HashMap<(usize, UdpFlowId), VirtualTime>,
     /// For every socket closed: how long it had been quiet.
     quiet_at_close: Vec<(UdpFlowId, Duration)>,
+    /// For every socket closed: its destination and when it closed.
+    closed: Vec<(SocketAddr, VirtualTime)>,
     /// The read buffer handed to the connector (what a driver keeps between reads).
     pub buf: BytesMut,
 }
@@ -86,6 +88,7 @@ impl Default for OriginNet {
             stats: OriginStats::default(),
             last_io: HashMap::new(),
             quiet_at_close: Vec::new(),
+            closed: Vec::new(),
             buf: BytesMut::with_capacity(64 * 1024),
         }
     }
@@ -142,6 +145,15 @@ impl OriginNet {
         &self.quiet_at_close
     }
 
+    /// Every origin socket closed so far: its destination, when it closed and how long it had
+    /// carried nothing then.
+    pub fn closed(&self) -> impl Iterator<Item = (SocketAddr, VirtualTime, Duration)> + '_ {
+        self.closed
+            .iter()
+            .zip(&self.quiet_at_close)
+            .map(|(&(dest, at), &(_, quiet))| (dest, at, quiet))
+    }
+
     /// The last time any open session socket carried a payload (or opened).
     pub fn last_io(&self) -> Option<VirtualTime> {
         self.last_io.values().copied().max()
@@ -189,12 +201,12 @@ impl OriginNet {
 
     /// Closes a session socket.
     pub fn close(&mut self, now: VirtualTime, who: usize, flow: UdpFlowId) {
-        if self.sockets.remove(&(who, flow)).is_some() {
+        if let Some(dest) = self.sockets.remove(&(who, flow)) {
             self.stats.sockets_closed += 1;
-            if let Some(at) = self.last_io.remove(&(who, flow)) {
-                let quiet = now.since_start() - at.since_start();
-                self.quiet_at_close.push((flow, quiet));
-            }
+            let at = self.last_io.remove(&(who, flow)).unwrap_or(now);
+            let quiet = now.since_start() - at.since_start();
+            self.quiet_at_close.push((flow, quiet));
+            self.closed.push((dest, now));
         }
     }
 
@@ -315,6 +327,8 @@ pub struct EyeSession {
     pub sent: u32,
     /// Echoes received.
     pub echoed: u32,
+    /// When its last payload was queued at the edge.
+    pub last_sent: Option<VirtualTime>,
     /// The one timer that counts; older entries in the queue are stale.
     due: VirtualTime,
 }
@@ -402,6 +416,7 @@ impl Eyeball {
                 registrations: 0,
                 sent: 0,
                 echoed: 0,
+                last_sent: None,
                 due: start + spread / n * i as u32,
             });
             e.timers.push(Reverse((start + spread / n * i as u32, i)));
@@ -520,6 +535,7 @@ impl Eyeball {
                         self.stats.datagrams_sent += 1;
                         self.stats.registrations_sent += 1;
                         if first.is_some() {
+                            s.last_sent = Some(now);
                             s.sent += 1;
                             self.stats.payloads_sent += 1;
                             self.stats.bundled += 1;
@@ -544,6 +560,7 @@ impl Eyeball {
         if p.encode(&mut out).is_ok() {
             match edge.send_datagram(s.conn, out.into()) {
                 Ok(()) => {
+                    s.last_sent = Some(now);
                     s.sent += 1;
                     self.stats.payloads_sent += 1;
                     self.stats.datagrams_sent += 1;

@@ -129,6 +129,26 @@ const REGRESSIONS: &[(&str, u64, &str)] = &[
         5_700_999,
         "a retried registration restarts its session's idle timer (cloudflared does too)",
     ),
+    (
+        "udp-echo",
+        5_700_077,
+        "the accounting waits until the edge's and the connector's datagram queues are empty",
+    ),
+    (
+        "udp-v2-and-v3",
+        5_700_080,
+        "a v2 session idled out mid-traffic (the path starved it for over 3 s) may stay silent",
+    ),
+    (
+        "udp-v2-and-v3",
+        5_700_084,
+        "a v3 session idled out mid-traffic (the path starved it for over 3 s) may stay silent",
+    ),
+    (
+        "hostile-path",
+        5_700_384,
+        "requests go only over connections the edge still holds (it may time one out first)",
+    ),
 ];
 
 #[test]

@@ -64,7 +64,15 @@ pub enum Input<'a> {
         /// One datagram or a GRO batch.
         received: Received<'a>,
     },
-    /// The origin connection of a flow is up ([`Io::OpenFlow`]).
+    /// The origin of a TLS flow is connected and its TLS handshake begins: the handshake has
+    /// a deadline of its own (`tlsTimeout`).
+    FlowHandshaking {
+        /// The connection attempt it belongs to.
+        link: LinkId,
+        /// Which flow.
+        flow: FlowId,
+    },
+    /// The origin connection of a flow is up ([`Io::OpenFlow`]), TLS included.
     FlowConnected {
         /// The connection attempt it belongs to.
         link: LinkId,
@@ -178,7 +186,10 @@ pub enum Io<'a> {
         /// The edge address its connection dials.
         edge: SocketAddr,
     },
-    /// Open an origin connection; answer [`Input::FlowConnected`] or [`Input::FlowFailed`].
+    /// Open an origin connection; answer [`Input::FlowConnected`] or [`Input::FlowFailed`]
+    /// ([`Input::FlowHandshaking`] between connect and TLS). No deadline of the driver's: the
+    /// connector fails a dial that takes longer than the rule's `connectTimeout` (then
+    /// `tlsTimeout`) as a failed dial fails, and closes it ([`Io::CloseFlow`]).
     OpenFlow {
         /// The connection attempt it belongs to.
         link: LinkId,
@@ -432,6 +443,9 @@ impl Connector {
                 self.segments.insert(index, max_segments.max(1));
             }
             Input::Received { index, received } => self.sup.handle_received(now, index, &received),
+            Input::FlowHandshaking { link, flow } => {
+                self.sup.handle_flow_handshaking(now, link, flow)
+            }
             Input::FlowConnected { link, flow } => self.sup.handle_flow_connected(now, link, flow),
             Input::FlowFailed { link, flow, reason } => {
                 self.sup.handle_flow_failed(now, link, flow, reason)

@@ -38,8 +38,10 @@ pub struct OriginRequestConfig {
     pub no_tls_verify: Option<bool>,
     /// `disableChunkedEncoding`.
     pub disable_chunked_encoding: Option<bool>,
-    /// `http2Origin` (parsed; origins are spoken to in HTTP/1.1).
+    /// `http2Origin`: offer HTTP/2 to TLS origins.
     pub http2_origin: Option<bool>,
+    /// `bastionMode`.
+    pub bastion_mode: Option<bool>,
     /// `access`: Cloudflare Access JWT checks.
     pub access: Option<super::access::AccessConfig>,
 }

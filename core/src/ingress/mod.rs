@@ -7,6 +7,7 @@
 //! Validation errors carry cloudflared's texts. Parsing is pure: files are read by the driver.
 
 pub mod access;
+pub mod bastion;
 mod config;
 mod duration;
 pub mod local_config;
@@ -26,6 +27,7 @@ use std::time::Duration;
 use regex::Regex;
 
 use crate::stream::http1::RequestOptions;
+use crate::stream::proxy::FlowKind;
 
 use thiserror::Error;
 
@@ -109,6 +111,9 @@ pub enum Service {
     HttpStatus(u16),
     /// The built-in hello-world page.
     HelloWorld,
+    /// cloudflared's bastion (`service: bastion` or `bastionMode`): TCP over WebSocket to the
+    /// destination each request names ([`bastion::destination`]).
+    Bastion,
     /// Any other `scheme://host[:port]`: a raw TCP stream (cloudflared carries it over
     /// WebSocket; ssh 22, rdp 3389, smb 445, tcp 7864 by default).
     Tcp {
@@ -146,7 +151,10 @@ impl Service {
         if matches!(raw, "hello_world" | "hello-world" | "helloworld") {
             return Ok(Service::HelloWorld);
         }
-        if matches!(raw, "bastion" | "socks-proxy") {
+        if raw == "bastion" {
+            return Ok(Service::Bastion);
+        }
+        if raw == "socks-proxy" {
             return Err(IngressError::Unsupported(raw.into()));
         }
         let uri: http::Uri = raw
@@ -211,6 +219,7 @@ impl std::fmt::Display for Service {
             Service::Unix { path, tls: true } => write!(f, "unix+tls:{path}"),
             Service::HttpStatus(s) => write!(f, "http_status:{s}"),
             Service::HelloWorld => f.write_str("hello_world"),
+            Service::Bastion => f.write_str("bastion"),
             Service::Tcp { host, port } => match port {
                 Some(p) => write!(f, "tcp://{host}:{p}"),
                 None => write!(f, "tcp://{host}"),
@@ -246,6 +255,10 @@ pub struct OriginRequest {
     pub match_sni_to_host: bool,
     /// The Access check requests must pass (`access.required`).
     pub access: Option<access::AccessPolicy>,
+    /// `http2Origin`: offer HTTP/2 to TLS origins (see [`Origin::offers_http2`]).
+    pub http2_origin: bool,
+    /// `bastionMode`: the rule's URL service is replaced by [`Service::Bastion`].
+    pub bastion_mode: bool,
 }
 
 impl Default for OriginRequest {
@@ -263,6 +276,8 @@ impl Default for OriginRequest {
             disable_chunked_encoding: false,
             match_sni_to_host: false,
             access: None,
+            http2_origin: false,
+            bastion_mode: false,
         }
     }
 }
@@ -301,6 +316,12 @@ impl OriginRequest {
         if let Some(v) = c.match_sni_to_host {
             o.match_sni_to_host = v;
         }
+        if let Some(v) = c.http2_origin {
+            o.http2_origin = v;
+        }
+        if let Some(v) = c.bastion_mode {
+            o.bastion_mode = v;
+        }
         // cloudflared checks only a rule's own `access`; burrow also lets a global one apply
         // (to every rule that does not set its own), so protection never silently fails open.
         if let Some(v) = &c.access {
@@ -333,6 +354,18 @@ pub struct Origin {
 }
 
 impl Origin {
+    /// Whether a flow of `kind` to this origin offers HTTP/2 (ALPN `h2`, then `http/1.1`), as
+    /// cloudflared's `http2Origin` (Go's `ForceAttemptHTTP2`): only plain HTTP requests to a TLS
+    /// origin; WebSocket upgrades stay on HTTP/1.1 and cleartext origins are never sent h2c.
+    /// The origin's TLS answer decides: without `h2` negotiated the flow is HTTP/1.1.
+    pub fn offers_http2(&self, kind: FlowKind) -> bool {
+        let tls = matches!(
+            self.service,
+            Service::Http { tls: true, .. } | Service::Unix { tls: true, .. }
+        );
+        self.origin_request.http2_origin && tls && kind == FlowKind::Http
+    }
+
     /// The TLS server name for a request whose `Host` is `request_host`, as cloudflared picks
     /// it: with `matchSNItoHost` the `Host` the origin is sent (`httpHostHeader` if set, port
     /// stripped), else `originServerName`, else the service's host (None: the driver's default).
@@ -419,7 +452,24 @@ impl Ingress {
         let total = raw.len();
         let mut rules = Vec::with_capacity(total);
         for (i, r) in raw.iter().enumerate() {
-            let service = Service::parse(&r.service)?;
+            let origin_request = match &r.origin_request {
+                Some(c) => defaults.overlay(c)?,
+                None => defaults.clone(),
+            };
+            // cloudflared: `bastionMode` turns any URL service (not unix sockets, statuses,
+            // hello world or socks-proxy) into the bastion, before the URL is checked.
+            let keeps_service = ["unix:", "unix+tls:", "http_status:"]
+                .iter()
+                .any(|p| r.service.starts_with(p))
+                || matches!(
+                    r.service.as_str(),
+                    "hello_world" | "hello-world" | "helloworld" | "socks-proxy"
+                );
+            let service = if origin_request.bastion_mode && !keeps_service {
+                Service::Bastion
+            } else {
+                Service::parse(&r.service)?
+            };
             let hostname = r.hostname.clone().unwrap_or_default();
             let path = r.path.clone().unwrap_or_default();
             if hostname.rsplit_once(':').is_some_and(|(h, p)| {
@@ -455,10 +505,6 @@ impl Ingress {
                 Host::Suffix(rest.to_owned())
             } else {
                 Host::Exact(hostname.clone())
-            };
-            let origin_request = match &r.origin_request {
-                Some(c) => defaults.overlay(c)?,
-                None => defaults.clone(),
             };
             rules.push(Rule {
                 host,

@@ -205,8 +205,9 @@ fn services() {
         Service::parse("hello-world").expect("ok"),
         Service::HelloWorld
     );
+    assert_eq!(Service::parse("bastion").expect("ok"), Service::Bastion);
     assert!(matches!(
-        Service::parse("bastion"),
+        Service::parse("socks-proxy"),
         Err(IngressError::Unsupported(_))
     ));
     assert_eq!(
@@ -540,4 +541,41 @@ fn tls_server_name_as_cloudflared_picks_it() {
     );
     let i = ing("ingress:\n  - service: unix+tls:/run/s.sock\n");
     assert_eq!(i.rules()[0].origin.tls_server_name(Some("a.test")), None);
+}
+
+#[test]
+fn http2_is_offered_only_for_http_requests_to_tls_origins_of_http2origin_rules() {
+    let origins = ConfigFile::from_yaml(
+        "originRequest:\n  http2Origin: true\ningress:\n  - hostname: a\n    service: https://o:8443\n  - hostname: b\n    service: unix+tls:/run/o.sock\n  - hostname: c\n    service: http://o:8080\n  - hostname: d\n    service: https://o\n    originRequest:\n      http2Origin: false\n  - service: http_status:404\n",
+    )
+    .unwrap()
+    .ingress()
+    .unwrap()
+    .unwrap();
+    let offers = |i: usize, kind| origins.rules()[i].origin.offers_http2(kind);
+    assert!(offers(0, FlowKind::Http) && offers(1, FlowKind::Http));
+    assert!(!offers(0, FlowKind::WebSocket), "upgrades stay on HTTP/1.1");
+    assert!(!offers(2, FlowKind::Http), "no h2c to cleartext origins");
+    assert!(!offers(3, FlowKind::Http), "the rule's own setting wins");
+    assert!(!offers(4, FlowKind::Http));
+}
+
+#[test]
+fn bastion_mode_turns_url_services_into_the_bastion_as_cloudflared() {
+    let ing = ConfigFile::from_yaml(
+        "ingress:\n  - hostname: a\n    service: bastion\n  - hostname: b\n    service: ssh://x:22\n    originRequest:\n      bastionMode: true\n  - hostname: c\n    service: hello_world\n    originRequest:\n      bastionMode: true\n  - service: http://x:1\n",
+    )
+    .unwrap()
+    .ingress()
+    .unwrap()
+    .unwrap();
+    let services: Vec<String> = ing
+        .rules()
+        .iter()
+        .map(|r| r.origin.service.to_string())
+        .collect();
+    assert_eq!(
+        services,
+        ["bastion", "bastion", "hello_world", "http://x:1"]
+    );
 }

@@ -83,11 +83,16 @@ pub struct CommonArgs {
     /// cloudflared flags that change nothing burrow does.
     #[command(flatten)]
     pub ignored: IgnoredArgs,
+    /// cloudflared flags burrow cannot honour: `tunnel run` stops, naming why.
+    #[command(flatten)]
+    pub refused: super::refused::RefusedArgs,
 }
 
 /// cloudflared `tunnel` flags that are harmless to accept and ignore: burrow never updates
 /// itself, has no pre-checks, UI or reconnect tokens, and its heartbeats and metrics are its
-/// own. They are named once at debug level (see [`IgnoredArgs::given`]).
+/// own; cloudflared itself ignores the removed SSH server's and DNS proxy's flags, `--ui`,
+/// `--use-reconnect-token` and the two deprecated proxy timeouts. They are named once at debug
+/// level (see [`IgnoredArgs::given`]).
 #[derive(Debug, Args, Clone, Default)]
 pub struct IgnoredArgs {
     #[arg(long, global = true, hide = true, env = "NO_AUTOUPDATE")]
@@ -124,6 +129,61 @@ pub struct IgnoredArgs {
         env = "TUNNEL_TRANSPORT_LOGLEVEL"
     )]
     transport_loglevel: Option<String>,
+    #[arg(long, global = true, hide = true, env = "TUNNEL_USE_RECONNECT_TOKEN")]
+    use_reconnect_token: bool,
+    #[arg(long, global = true, hide = true)]
+    ui: bool,
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "TUNNEL_MANAGEMENT_DIAGNOSTICS"
+    )]
+    management_diagnostics: bool,
+    #[arg(long, global = true, hide = true, env = "TUNNEL_TRACE_OUTPUT")]
+    trace_output: Option<String>,
+    #[arg(long, global = true, hide = true, env = "TUNNEL_MAX_FETCH_SIZE")]
+    max_fetch_size: Option<String>,
+    #[arg(long, global = true, hide = true)]
+    proxy_no_happy_eyeballs: bool,
+    #[arg(long, global = true, hide = true)]
+    proxy_connection_timeout: Option<String>,
+    #[arg(long, global = true, hide = true)]
+    proxy_expect_continue_timeout: Option<String>,
+    #[arg(long, global = true, hide = true)]
+    proxy_dns: bool,
+    #[arg(long, global = true, hide = true)]
+    proxy_dns_port: Option<String>,
+    #[arg(long, global = true, hide = true)]
+    proxy_dns_address: Option<String>,
+    #[arg(long, global = true, hide = true)]
+    proxy_dns_upstream: Vec<String>,
+    #[arg(long, global = true, hide = true)]
+    proxy_dns_max_upstream_conns: Option<String>,
+    #[arg(long, global = true, hide = true)]
+    proxy_dns_bootstrap: Vec<String>,
+    #[arg(long, global = true, hide = true, env = "TUNNEL_SSH_SERVER")]
+    ssh_server: bool,
+    #[arg(long, global = true, hide = true, env = "LOCAL_SSH_PORT")]
+    local_ssh_port: Option<String>,
+    #[arg(long, global = true, hide = true, env = "SSH_IDLE_TIMEOUT")]
+    ssh_idle_timeout: Option<String>,
+    #[arg(long, global = true, hide = true, env = "SSH_MAX_TIMEOUT")]
+    ssh_max_timeout: Option<String>,
+    #[arg(long, global = true, hide = true, env = "BUCKET_ID")]
+    bucket_name: Option<String>,
+    #[arg(long, global = true, hide = true, env = "REGION_ID")]
+    region_name: Option<String>,
+    #[arg(long, global = true, hide = true, env = "SECRET_ID")]
+    secret_id: Option<String>,
+    #[arg(long, global = true, hide = true, env = "ACCESS_CLIENT_ID")]
+    access_key_id: Option<String>,
+    #[arg(long, global = true, hide = true, env = "SESSION_TOKEN_ID")]
+    session_token: Option<String>,
+    #[arg(long, global = true, hide = true, env = "S3_URL")]
+    s3_url_host: Option<String>,
+    #[arg(long, global = true, hide = true, env = "HOST_KEY_PATH")]
+    host_key_path: Option<String>,
 }
 
 impl IgnoredArgs {
@@ -160,6 +220,40 @@ impl IgnoredArgs {
             (self.compression_quality.is_some(), "compression-quality"),
             (self.dial_edge_timeout.is_some(), "dial-edge-timeout"),
             (self.transport_loglevel.is_some(), "transport-loglevel"),
+            (self.use_reconnect_token, "use-reconnect-token"),
+            (self.ui, "ui"),
+            (self.management_diagnostics, "management-diagnostics"),
+            (self.trace_output.is_some(), "trace-output"),
+            (self.max_fetch_size.is_some(), "max-fetch-size"),
+            (self.proxy_no_happy_eyeballs, "proxy-no-happy-eyeballs"),
+            (
+                self.proxy_connection_timeout.is_some(),
+                "proxy-connection-timeout",
+            ),
+            (
+                self.proxy_expect_continue_timeout.is_some(),
+                "proxy-expect-continue-timeout",
+            ),
+            (self.proxy_dns, "proxy-dns"),
+            (self.proxy_dns_port.is_some(), "proxy-dns-port"),
+            (self.proxy_dns_address.is_some(), "proxy-dns-address"),
+            (!self.proxy_dns_upstream.is_empty(), "proxy-dns-upstream"),
+            (
+                self.proxy_dns_max_upstream_conns.is_some(),
+                "proxy-dns-max-upstream-conns",
+            ),
+            (!self.proxy_dns_bootstrap.is_empty(), "proxy-dns-bootstrap"),
+            (self.ssh_server, "ssh-server"),
+            (self.local_ssh_port.is_some(), "local-ssh-port"),
+            (self.ssh_idle_timeout.is_some(), "ssh-idle-timeout"),
+            (self.ssh_max_timeout.is_some(), "ssh-max-timeout"),
+            (self.bucket_name.is_some(), "bucket-name"),
+            (self.region_name.is_some(), "region-name"),
+            (self.secret_id.is_some(), "secret-id"),
+            (self.access_key_id.is_some(), "access-key-id"),
+            (self.session_token.is_some(), "session-token"),
+            (self.s3_url_host.is_some(), "s3-url-host"),
+            (self.host_key_path.is_some(), "host-key-path"),
         ];
         flags
             .into_iter()
@@ -170,7 +264,9 @@ impl IgnoredArgs {
 
 /// cloudflared's app-level flags are its `tunnel` flags, so they may come before `tunnel`:
 /// `burrow --no-autoupdate tunnel run` is read as `burrow tunnel --no-autoupdate run`; so
-/// is `burrow --config FILE service install`.
+/// is `burrow --config FILE service install`. cloudflared's `tunnel` also takes some of `run`'s
+/// flags (`--credentials-file`, `--protocol`, `--post-quantum`, `--url` and the origin flags):
+/// given between `tunnel` and `run` they move after `run`, with their value.
 pub fn cloudflared_argv(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let leading_flag = args
         .get(1)
@@ -180,8 +276,63 @@ pub fn cloudflared_argv(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsSt
             args[1..=at].rotate_right(1);
         }
     }
+    // Only `burrow tunnel ... run`: `burrow edge ... tunnel create` is left alone.
+    let tunnel = args.get(1).is_some_and(|a| a == "tunnel").then_some(1);
+    let run = args.iter().position(|a| a == "run");
+    if let (Some(tunnel), Some(run)) = (tunnel, run) {
+        if tunnel < run {
+            let mut kept = Vec::new();
+            let mut moved = Vec::new();
+            let mut i = tunnel + 1;
+            while i < run {
+                let arg = args[i].to_string_lossy().into_owned();
+                let name = arg.split('=').next().unwrap_or_default();
+                let takes_value = RUN_FLAGS_WITH_VALUE.contains(&name) && !arg.contains('=');
+                if RUN_FLAGS_WITH_VALUE.contains(&name) || RUN_SWITCHES.contains(&name) {
+                    moved.push(args[i].clone());
+                    if takes_value && i + 1 < run {
+                        i += 1;
+                        moved.push(args[i].clone());
+                    }
+                } else {
+                    kept.push(args[i].clone());
+                }
+                i += 1;
+            }
+            if !moved.is_empty() {
+                let rest = args.split_off(run + 1);
+                args.truncate(tunnel + 1);
+                args.extend(kept);
+                args.push("run".into());
+                args.extend(moved);
+                args.extend(rest);
+            }
+        }
+    }
     args
 }
+
+/// `run` flags with a value that cloudflared's `tunnel` takes too.
+const RUN_FLAGS_WITH_VALUE: &[&str] = &[
+    "--credentials-file",
+    "--cred-file",
+    "--protocol",
+    "-p",
+    "--url",
+    "--unix-socket",
+    "--http-host-header",
+    "--origin-ca-pool",
+    "--origin-server-name",
+];
+
+/// `run` switches that cloudflared's `tunnel` takes too.
+const RUN_SWITCHES: &[&str] = &[
+    "--post-quantum",
+    "--pq",
+    "--hello-world",
+    "--no-tls-verify",
+    "--no-chunked-encoding",
+];
 
 /// cloudflared's `originRequest` flags for the origin of `--url`, `--hello-world` or
 /// `--unix-socket`; ingress rules from a file take their options from the file instead.

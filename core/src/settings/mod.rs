@@ -6,6 +6,7 @@
 mod args;
 mod creds;
 mod log;
+mod refused;
 pub mod service;
 #[cfg(test)]
 mod tests;
@@ -26,6 +27,7 @@ pub use args::{
 };
 pub use creds::{Credentials, CredsError};
 pub use log::{init_logging, init_logging_as, init_logging_to, LogFormat};
+pub use refused::{RefusedArgs, RefusedFlag};
 
 /// What settings read from the machine they run on.
 pub trait Host {
@@ -277,6 +279,9 @@ pub enum SetupError {
     /// Configuration.
     #[error("{0}")]
     Config(String),
+    /// A cloudflared flag burrow cannot honour.
+    #[error(transparent)]
+    Refused(#[from] RefusedFlag),
 }
 
 /// cloudflared's longest grace period.
@@ -298,6 +303,9 @@ pub struct LoadedConfig {
 /// burrow does not act on named once at debug level. An error here goes to stderr only.
 pub fn start(args: &TunnelArgs, host: &dyn Host) -> Result<(LoadedConfig, Settings), SetupError> {
     let TunnelCommand::Run(run) = &args.command;
+    if let Some(refused) = args.common.refused.given() {
+        return Err(refused.into());
+    }
     let loaded = load_config(&args.common, host)?;
     let settings = Settings::merge(&args.common, run, &loaded.file)?;
     init_logging_as(
@@ -492,6 +500,8 @@ pub struct RunConfig {
     pub max_active_flows: Option<u64>,
     /// The configuration file's `warp-routing.maxActiveFlows`.
     pub local_max_active_flows: Option<u64>,
+    /// The configuration file's `warp-routing.connectTimeout`.
+    pub local_tcp_connect_timeout: Option<std::time::Duration>,
     /// `--icmpv4-src`.
     pub icmpv4_src: Option<std::net::Ipv4Addr>,
     /// `--icmpv6-src`.
@@ -592,6 +602,7 @@ pub fn run_config(
         tags: settings.tags.clone(),
         max_active_flows: settings.max_active_flows,
         local_max_active_flows: file.warp_routing.max_active_flows,
+        local_tcp_connect_timeout: file.warp_routing.connect_timeout.map(|d| d.0),
         icmpv4_src: settings.icmpv4_src,
         icmpv6_src: settings.icmpv6_src,
         post_quantum: settings.post_quantum,
@@ -697,6 +708,9 @@ impl RunConfig {
             max_idle: self.ingress.defaults.keep_alive_connections as usize,
             idle_timeout: self.ingress.defaults.keep_alive_timeout,
             tags: self.tags.clone(),
+            tcp_connect_timeout: self
+                .local_tcp_connect_timeout
+                .unwrap_or(crate::tunnel::dial::TCP_DIAL_TIMEOUT),
             ..DataLimits::default()
         };
         let connector = ConnectorConfig {

@@ -195,9 +195,43 @@ fn flags_before_tunnel_move_after_it_and_nothing_else_moves() {
         argv(&["burrow", "--config", "c.yml", "service", "install"]),
         ["burrow", "service", "--config", "c.yml", "install"]
     );
+    // `run`'s flags that cloudflared's `tunnel` also takes move after `run`, with values.
+    assert_eq!(
+        argv(&[
+            "burrow",
+            "--no-autoupdate",
+            "tunnel",
+            "--url",
+            "http://x",
+            "--metrics",
+            "m",
+            "--no-tls-verify",
+            "--protocol=http2",
+            "--credentials-file",
+            "c.json",
+            "run",
+            "id"
+        ]),
+        [
+            "burrow",
+            "tunnel",
+            "--no-autoupdate",
+            "--metrics",
+            "m",
+            "run",
+            "--url",
+            "http://x",
+            "--no-tls-verify",
+            "--protocol=http2",
+            "--credentials-file",
+            "c.json",
+            "id"
+        ]
+    );
     for same in [
         &["burrow", "tunnel", "--no-autoupdate", "run"][..],
         &["burrow", "edge", "--dir", "tunnel"],
+        &["burrow", "edge", "--url", "x", "tunnel", "run"],
         &["burrow", "--version"],
     ] {
         assert_eq!(argv(same), same);
@@ -400,5 +434,118 @@ fn a_token_tunnel_on_auto_starts_on_quic_whatever_the_percentage_record_says() {
     assert_eq!(
         auto_start(&["run", "--token", &token, "--edge", "127.0.0.1:7844"]),
         (false, Protocol::Quic)
+    );
+}
+
+fn tunnel_args(args: &[&str]) -> TunnelArgs {
+    let Top::Tunnel(t) = Cli::try_parse_from([&["burrow", "tunnel"], args].concat())
+        .expect("flags parse")
+        .command;
+    t
+}
+
+#[test]
+fn flags_burrow_cannot_honour_stop_it_with_the_reason() {
+    let host = MapHost(HashMap::new());
+    for (args, flag) in [
+        (&["--lb-pool", "p", "run", "id"][..], "lb-pool"),
+        (&["run", "--hostname", "a.example.com", "id"], "hostname"),
+        (
+            &["--quic-disable-pmtu-discovery", "run"],
+            "quic-disable-pmtu-discovery",
+        ),
+        (
+            &["run", "--proxy-connect-timeout", "5s", "--url", "http://x"],
+            "proxy-connect-timeout",
+        ),
+        (
+            &["--dns-resolver-addrs", "1.1.1.1:53", "run"],
+            "dns-resolver-addrs",
+        ),
+    ] {
+        match start(&tunnel_args(args), &host) {
+            Err(SetupError::Refused(r)) => {
+                assert_eq!(r.flag, flag);
+                let text = r.to_string();
+                assert!(
+                    text.starts_with(&format!(
+                        "--{flag} is a cloudflared flag burrow does not support: "
+                    )),
+                    "{text}"
+                );
+            }
+            other => panic!("{args:?}: {:?}", other.map(|_| ())),
+        }
+    }
+}
+
+#[test]
+fn flags_cloudflared_itself_ignores_are_taken_and_named() {
+    let t = tunnel_args(&[
+        "--proxy-dns",
+        "--proxy-dns-upstream",
+        "https://1.1.1.1/dns-query",
+        "--ui",
+        "--use-reconnect-token",
+        "run",
+        "--ssh-server",
+        "--proxy-connection-timeout",
+        "90s",
+        "--proxy-no-happy-eyeballs",
+        "id",
+    ]);
+    assert!(t.common.refused.given().is_none());
+    let named = t.common.ignored.given();
+    for flag in [
+        "proxy-dns",
+        "proxy-dns-upstream",
+        "ui",
+        "use-reconnect-token",
+        "ssh-server",
+        "proxy-connection-timeout",
+        "proxy-no-happy-eyeballs",
+    ] {
+        assert!(named.contains(&flag), "{flag} in {named:?}");
+    }
+}
+
+/// Private-network TCP flows dial with config.yml's `warp-routing.connectTimeout`, else
+/// cloudflared's default (a remote configuration replaces it later, in the supervisor).
+#[test]
+fn warp_routing_connect_timeout_reaches_the_tcp_dials() {
+    let host = MapHost(HashMap::from([("/c.json", CREDS)]));
+    let timeout = |yaml: &str| {
+        let s = settings(
+            &[
+                "run",
+                "--credentials-file",
+                "/c.json",
+                "--url",
+                "http://127.0.0.1:1",
+            ],
+            "",
+        )
+        .unwrap();
+        let loaded = LoadedConfig {
+            path: Some("/config.yml".into()),
+            text: Some(yaml.into()),
+            file: ConfigFile::from_yaml(yaml).expect("file parses"),
+        };
+        let (rc, _) = run_config(&s, &loaded, &host).unwrap();
+        rc.supervisor_config(
+            rustls::RootCertStore::empty(),
+            uuid::Uuid::nil(),
+            crate::icmp::RouterConfig::default(),
+            None,
+        )
+        .unwrap()
+        .connector
+        .data
+        .tcp_connect_timeout
+    };
+    assert_eq!(timeout(""), crate::tunnel::dial::TCP_DIAL_TIMEOUT);
+    assert_eq!(
+        timeout("warp-routing:\n  connectTimeout: 2s\n"),
+        std::time::Duration::from_secs(2)
     );
 }

@@ -335,6 +335,7 @@ impl ConnectorConnection {
             c.client.handle_timeout(now);
         }
         self.data.expire_idle(now);
+        self.data.expire_dials(now, &mut self.conn);
         self.expire_calls(now);
         if matches!(self.state, State::Draining(deadline) if deadline <= now) {
             warn!(
@@ -350,6 +351,11 @@ impl ConnectorConnection {
     /// What the driver must do with origin connections next.
     pub fn poll_origin_action(&mut self) -> Option<OriginAction> {
         self.data.poll_action()
+    }
+
+    /// The origin of `flow` is connected and its TLS handshake begins (its own deadline).
+    pub fn handle_flow_handshaking(&mut self, now: Instant, flow: FlowId) {
+        self.data.on_flow_handshaking(now, flow);
     }
 
     /// The origin connection of `flow` is up.
@@ -387,6 +393,11 @@ impl ConnectorConnection {
     /// New data streams check Access JWTs with `keys`.
     pub fn set_access_keys(&mut self, keys: std::sync::Arc<crate::ingress::access::AccessKeys>) {
         self.data.set_access_keys(keys);
+    }
+
+    /// New private-network TCP flows dial with `timeout` (a configuration push).
+    pub fn set_tcp_connect_timeout(&mut self, timeout: Duration) {
+        self.data.set_tcp_connect_timeout(timeout);
     }
 
     /// New data streams resolve origins with `ingress` (a configuration push).

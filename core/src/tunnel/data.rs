@@ -17,6 +17,7 @@ use quinn_proto::{Connection, StreamId, VarInt};
 use std::fmt::{Debug, Display};
 use tracing::{debug, trace, warn};
 
+use super::dial::Dial;
 use super::quic_io::{flush_stream, read_stream_max};
 use crate::flow::{FlowLimiter, FlowPermit, FlowType};
 use crate::ingress::access::AccessKeys;
@@ -39,7 +40,9 @@ impl std::fmt::Display for FlowId {
 /// What the driver must do with origin connections.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum OriginAction {
-    /// Open a connection; answer with `handle_flow_connected` or `handle_flow_failed`.
+    /// Open a connection; answer with `handle_flow_connected` or `handle_flow_failed`
+    /// (`handle_flow_handshaking` between connect and TLS). The dial has no deadline of the
+    /// driver's: one that takes too long is failed here and closed ([`OriginAction::Close`]).
     Open {
         /// The flow's id from now on.
         flow: FlowId,
@@ -104,6 +107,9 @@ pub struct DataLimits {
     pub tags: Vec<Tag>,
     /// Signing keys for rules with `originRequest.access` (none yet: those rules refuse).
     pub access: Option<Arc<AccessKeys>>,
+    /// Dial timeout of private-network TCP flows: `warp-routing.connectTimeout`, the remote
+    /// configuration's once one is pushed.
+    pub tcp_connect_timeout: Duration,
 }
 
 impl Default for DataLimits {
@@ -117,6 +123,7 @@ impl Default for DataLimits {
             ingress: None,
             tags: Vec::new(),
             access: None,
+            tcp_connect_timeout: super::dial::TCP_DIAL_TIMEOUT,
         }
     }
 }
@@ -168,6 +175,8 @@ struct Flow<I> {
     /// The flow limiter's slot (TCP flows); released when the flow is forgotten, whichever
     /// way it ends.
     _permit: Option<FlowPermit>,
+    /// The dial's deadline, until the driver says the origin is connected.
+    dial: Option<Dial>,
 }
 
 /// Every data stream and origin flow of one connection.
@@ -222,6 +231,11 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
     /// New streams check Access JWTs with `keys`.
     pub(crate) fn set_access_keys(&mut self, keys: Arc<AccessKeys>) {
         self.limits.access = Some(keys);
+    }
+
+    /// New private-network TCP flows dial with `timeout` (a configuration push).
+    pub(crate) fn set_tcp_connect_timeout(&mut self, timeout: Duration) {
+        self.limits.tcp_connect_timeout = timeout;
     }
 
     /// New streams resolve origins with `ingress` (a configuration push).
@@ -346,6 +360,13 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
                 shut: false,
                 idle_since: None,
                 _permit: permit,
+                dial: Some(Dial::start(
+                    now,
+                    target.kind,
+                    &target.dest,
+                    target.origin.as_deref(),
+                    self.limits.tcp_connect_timeout,
+                )),
             },
         );
         data.flow = Some(flow);
@@ -371,12 +392,38 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
         }
     }
 
-    /// When the first idle connection expires.
+    /// When the first idle connection expires, or the first dial gives up.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
         self.flows
             .values()
-            .filter_map(|f| self.idle_deadline(f))
+            .flat_map(|f| {
+                [
+                    self.idle_deadline(f),
+                    f.dial.as_ref().and_then(Dial::deadline),
+                ]
+            })
+            .flatten()
             .min()
+    }
+
+    /// Fails the flows whose origin did not connect (or finish its TLS handshake) in time, as
+    /// a failed dial fails, and tells the driver to drop the dial.
+    pub(crate) fn expire_dials<E: EdgeStreams<Id = I>>(&mut self, now: Instant, conn: &mut E) {
+        let expired: Vec<(FlowId, String)> = self
+            .flows
+            .iter()
+            .filter_map(|(&id, f)| Some((id, f.dial.as_ref()?.expired(now)?.to_string())))
+            .collect();
+        for (flow, reason) in expired {
+            self.on_flow_failed(now, conn, flow, &reason);
+        }
+    }
+
+    /// The origin of `flow` is connected and its TLS handshake begins (its own deadline).
+    pub(crate) fn on_flow_handshaking(&mut self, now: Instant, flow: FlowId) {
+        if let Some(d) = self.flows.get_mut(&flow).and_then(|f| f.dial.as_mut()) {
+            d.on_handshaking(now);
+        }
     }
 
     /// When an idle flow expires: its rule's `keepAliveTimeout` (the limits' without a rule);
@@ -423,6 +470,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             return;
         };
         f.connected = true;
+        f.dial = None;
         if let Some(id) = f.stream {
             if let Some(data) = self.streams.get_mut(&id) {
                 data.proxy.on_origin_connected();
@@ -442,6 +490,8 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             return;
         };
         debug!(%flow, %reason, "origin flow failed");
+        // The driver lets go of it too: a dial still under way, a socket that broke.
+        self.actions.push_back(OriginAction::Close { flow });
         if let Some(id) = f.stream {
             if let Some(data) = self.streams.get_mut(&id) {
                 data.flow = None;

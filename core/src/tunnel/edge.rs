@@ -183,6 +183,8 @@ struct EdgeConnection {
     /// Data streams we opened.
     data: BTreeMap<StreamId, DataStream>,
     closed: bool,
+    /// quinn's datagram send buffer when empty, to tell how much of it is taken.
+    datagram_room: usize,
 }
 
 /// One request we sent on a data stream.
@@ -323,7 +325,7 @@ impl EdgeEndpoint {
                         return;
                     }
                     match endpoint.accept(incoming, now, scratch, None) {
-                        Ok((h, conn)) => {
+                        Ok((h, mut conn)) => {
                             let id = ConnId(*next_id);
                             *next_id += 1;
                             debug!(conn = id.0, %from, "connector connection accepted");
@@ -331,6 +333,7 @@ impl EdgeEndpoint {
                             conns.insert(
                                 id,
                                 EdgeConnection {
+                                    datagram_room: conn.datagrams().send_buffer_space(),
                                     conn,
                                     handle: h,
                                     register_by: now + REGISTRATION_DEADLINE,
@@ -655,6 +658,21 @@ impl EdgeEndpoint {
         self.conns
             .iter_mut()
             .find_map(|(&id, c)| c.conn.datagrams().recv().map(|d| (id, d)))
+    }
+
+    /// Bytes of datagrams queued for connection `conn` and not yet sent (bounded by the
+    /// datagram send buffer); 0 for a connection that is gone.
+    pub fn datagram_bytes_queued(&mut self, conn: ConnId) -> usize {
+        self.conns.get_mut(&conn).map_or(0, |c| {
+            c.datagram_room
+                .saturating_sub(c.conn.datagrams().send_buffer_space())
+        })
+    }
+
+    /// Whether connection `conn` is still open on the edge's side (a connector may not have
+    /// noticed yet that the edge closed it).
+    pub fn is_open(&self, conn: ConnId) -> bool {
+        self.conns.get(&conn).is_some_and(|c| !c.closed)
     }
 
     /// quinn's counters for connection `conn`.

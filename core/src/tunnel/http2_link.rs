@@ -415,6 +415,8 @@ impl Http2Link {
             c.client.handle_timeout(now);
         }
         self.data.expire_idle(now);
+        let mut edge = edge(&mut self.conn, &mut self.sides);
+        self.data.expire_dials(now, &mut edge);
         match self.state {
             State::Draining(deadline) if deadline <= now => {
                 warn!(
@@ -488,6 +490,11 @@ impl Http2Link {
         Ok(())
     }
 
+    /// The origin of `flow` is connected and its TLS handshake begins (its own deadline).
+    pub fn handle_flow_handshaking(&mut self, now: Instant, flow: FlowId) {
+        self.data.on_flow_handshaking(now, flow);
+    }
+
     /// The origin connection of `flow` is up.
     pub fn handle_flow_connected(&mut self, now: Instant, flow: FlowId) {
         let mut edge = edge(&mut self.conn, &mut self.sides);
@@ -527,6 +534,11 @@ impl Http2Link {
     /// New data streams check Access JWTs with `keys`.
     pub fn set_access_keys(&mut self, keys: std::sync::Arc<crate::ingress::access::AccessKeys>) {
         self.data.set_access_keys(keys);
+    }
+
+    /// New private-network TCP flows dial with `timeout` (a configuration push).
+    pub fn set_tcp_connect_timeout(&mut self, timeout: std::time::Duration) {
+        self.data.set_tcp_connect_timeout(timeout);
     }
 
     /// New data streams resolve origins with `ingress` (a configuration push).

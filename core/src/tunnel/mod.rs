@@ -9,6 +9,7 @@
 
 pub mod connector;
 pub mod data;
+pub mod dial;
 pub mod edge;
 pub mod edge_http2;
 pub mod edge_transports;

@@ -7,3 +7,4 @@ pub mod nft;
 pub mod origins;
 pub mod ping;
 pub mod quic;
+pub mod stalled;

@@ -183,24 +183,34 @@ fn settle(s: &mut Setup, eye: &mut Eyeball, d: Duration) -> Result<(), String> {
     drive(s, eye, d, move |_, w| w.now >= until)
 }
 
-/// Datagram frames connector `c`'s connections have sent.
-fn datagrams_sent(s: &Setup, c: usize) -> u64 {
-    let node = &s.world.connectors[c];
-    (0..node.connector.ha_connections() as u8)
-        .filter_map(|i| node.connector.connection(i))
-        .map(|conn| conn.quic_stats().frame_tx.datagram)
-        .sum()
-}
-
-/// Settles until the connector's datagram send queues are drained: a second in which none of
-/// its connections sent a datagram (at most a minute; behind a lossy path's small window the
-/// queue takes a while).
-fn drain_queues(s: &mut Setup, eye: &mut Eyeball, c: usize) -> Result<(), String> {
+/// Settles until nothing is on its way: the edge's and the connector's datagram send queues
+/// are empty and no echo is due from an origin, then a second more for packets in flight (at
+/// most two minutes). Behind a lossy path's small window, and quinn's probes backing off, a
+/// queue may sit unsent for more than a second: a payload still queued is neither delivered
+/// nor lost, so the accounting must not begin before it leaves.
+fn drain_queues(
+    s: &mut Setup,
+    eye: &mut Eyeball,
+    c: usize,
+    edge_conns: &[ConnId],
+) -> Result<(), String> {
     settle(s, eye, Duration::from_secs(2))?;
-    for _ in 0..60 {
-        let before = datagrams_sent(s, c);
+    for _ in 0..120 {
+        let node = &s.world.connectors[c];
+        let connector_queued: usize = (0..node.connector.ha_connections() as u8)
+            .filter_map(|i| node.connector.connection(i))
+            .map(|conn| conn.datagram_bytes_queued())
+            .sum();
+        let origin_due = s.world.udp.next_deadline().is_some();
+        let edge_queued: usize = match s.world.edge.as_mut() {
+            Some(edge) => edge_conns
+                .iter()
+                .map(|&conn| edge.datagram_bytes_queued(conn))
+                .sum(),
+            None => 0,
+        };
         settle(s, eye, Duration::from_secs(1))?;
-        if datagrams_sent(s, c) == before {
+        if connector_queued == 0 && edge_queued == 0 && !origin_due {
             break;
         }
     }
@@ -300,7 +310,7 @@ pub(super) fn udp_echo(p: &Params) -> Result<u64, String> {
             .iter()
             .all(|s| s.refused.is_some() || (s.registered && s.sent >= e.per_session))
     })?;
-    drain_queues(&mut s, &mut eye, c)?;
+    drain_queues(&mut s, &mut eye, c, &[conn])?;
     if s.lost.is_some() {
         return degraded(
             &mut s,

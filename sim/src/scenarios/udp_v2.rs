@@ -429,10 +429,50 @@ pub(super) fn udp_v2_and_v3(p: &Params) -> Result<u64, String> {
         .connector
         .connection(0)
         .map_or(0, |c| c.failed_unregistrations());
+    // The connector ends a session only after it carried nothing for its whole idle hint,
+    // on either version (the edge's own unregistrations aside).
+    let v3_dests: std::collections::HashSet<SocketAddr> =
+        eye3.sessions.iter().map(|s| s.dest).collect();
+    let idle_dests: std::collections::HashSet<SocketAddr> = eye2
+        .sessions
+        .iter()
+        .filter(|s| !s.edge_ends)
+        .map(|s| s.dest)
+        .chain(v3_dests.iter().copied())
+        .collect();
+    let early: Vec<_> = w
+        .udp
+        .closed()
+        .filter(|(dest, _, quiet)| idle_dests.contains(dest) && *quiet < IDLE)
+        .collect();
+    expect(
+        early.is_empty(),
+        &format!("no session ends while in use (closed after less than {IDLE:?} quiet: {early:?})"),
+        w,
+    )?;
+    // On a hostile network the path may carry none of a session's payloads (the edge's
+    // datagram queue full, quinn's probes backing off) for longer than the 3 s idle hint: the
+    // connector then ends it mid-traffic, as cloudflared does, and neither version tells the
+    // edge in a way that brings it back (v3 has no end signal; v2's eyeball re-registers, and
+    // the path may starve it again). Such a session may stay silent; only its end explains
+    // it: a socket of its that closed, after the whole hint quiet, before its eyeball's last
+    // payload.
+    let idled_mid_traffic = |dest: SocketAddr, last_sent: Option<VirtualTime>| {
+        s.hostile
+            && w.udp.closed().any(|(d, at, quiet)| {
+                d == dest && quiet >= IDLE && last_sent.is_some_and(|t| at < t)
+            })
+    };
+    let mut idled_silent = 0u64;
     let silent_v2: Vec<String> = eye2
         .sessions
         .iter()
         .filter(|s| s.echoed == 0)
+        .filter(|v| {
+            let explained = idled_mid_traffic(v.dest, v.done_at);
+            idled_silent += u64::from(explained);
+            !explained && !v.connector_unregistered.is_empty()
+        })
         .map(|s| {
             format!(
                 "v2 {} calls {} answered {} sent {} reopened {} unregistered {:?}",
@@ -444,6 +484,11 @@ pub(super) fn udp_v2_and_v3(p: &Params) -> Result<u64, String> {
         .sessions
         .iter()
         .filter(|s| s.echoed == 0)
+        .filter(|v| {
+            let explained = idled_mid_traffic(v.dest, v.last_sent);
+            idled_silent += u64::from(explained);
+            !explained
+        })
         .map(|s| {
             format!(
                 "v3 {} registrations {} sent {}",
@@ -451,15 +496,12 @@ pub(super) fn udp_v2_and_v3(p: &Params) -> Result<u64, String> {
             )
         })
         .collect();
-    let unheard_silent = eye2
-        .sessions
-        .iter()
-        .filter(|s| s.echoed == 0 && s.connector_unregistered.is_empty())
-        .count() as u64;
+
     expect(
-        silent_v3.is_empty() && silent_v2.len() as u64 == unheard_silent,
+        silent_v3.is_empty() && silent_v2.is_empty(),
         &format!(
-            "every session on both versions echoes, but for v2 ones whose end was lost \
+            "every session on both versions echoes, but for v2 ones whose end was lost and, on a \
+             hostile network, ones idled out mid-traffic \
              ({failed} unregistrations failed); silent: {silent_v2:?} {silent_v3:?} ({summary})"
         ),
         w,
@@ -536,6 +578,9 @@ pub(super) fn udp_v2_and_v3(p: &Params) -> Result<u64, String> {
         "every unregistration call ended (answered, or failed after the RPC timeout)",
         w,
     )?;
-    s.world.trace.record(s.world.now, &summary);
+    s.world.trace.record(
+        s.world.now,
+        &format!("{summary} | silent after an idle end mid-traffic: {idled_silent}"),
+    );
     Ok(s.world.trace.hash())
 }

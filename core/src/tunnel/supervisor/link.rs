@@ -103,6 +103,10 @@ impl Link {
         both!(self, c => c.poll_origin_action())
     }
 
+    pub(crate) fn handle_flow_handshaking(&mut self, now: Instant, flow: FlowId) {
+        both!(self, c => c.handle_flow_handshaking(now, flow))
+    }
+
     pub(crate) fn handle_flow_connected(&mut self, now: Instant, flow: FlowId) {
         both!(self, c => c.handle_flow_connected(now, flow))
     }
@@ -144,6 +148,10 @@ impl Link {
         keys: std::sync::Arc<crate::ingress::access::AccessKeys>,
     ) {
         both!(self, c => c.set_access_keys(keys))
+    }
+
+    pub(crate) fn set_tcp_connect_timeout(&mut self, timeout: std::time::Duration) {
+        both!(self, c => c.set_tcp_connect_timeout(timeout))
     }
 
     pub(crate) fn set_ingress(&mut self, ingress: std::sync::Arc<crate::ingress::Ingress>) {

@@ -27,6 +27,7 @@ use crate::tunnel::data::{FlowId, OriginAction};
 use crate::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
 use crate::tunnel::Received;
 
+mod dials;
 mod flows;
 mod http2;
 

@@ -1,0 +1,74 @@
+//! Origin dial and TLS-handshake deadlines end to end (real `burrow edge` and `burrow tunnel
+//! run` on loopback): the connector's own timers fail a request whose origin never finishes
+//! connecting at the rule's `connectTimeout`, and one whose origin accepts TCP but never
+//! answers the TLS handshake at its `tlsTimeout`: a 502, not earlier, and not a hang.
+
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use burrow_tokio::testbed::{self, EdgeOpts, Proc, Testbed};
+use common::stalled::{fails_at, silent_origin, timed_get, unanswered_origin};
+
+mod common;
+
+const BIN: &str = env!("CARGO_BIN_EXE_burrow");
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const TLS_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[test]
+fn origin_dial_and_tls_handshake_fail_at_their_deadlines() {
+    let bed = Testbed::create(
+        Path::new(BIN),
+        "e2e-origin-deadlines",
+        "app",
+        &["tls.test", "dial.test", "other.test"],
+    )
+    .expect("tunnel");
+    let silent = silent_origin();
+    let (unanswered, _held) = unanswered_origin();
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let metrics = testbed::free_tcp().expect("port");
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    let config = bed.dir().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "tunnel: {id}\ncredentials-file: {creds}\ningress:\n\
+             - hostname: tls.test\n  service: https://{silent}\n  originRequest:\n    tlsTimeout: {tls}s\n    noTLSVerify: true\n\
+             - hostname: dial.test\n  service: http://{unanswered}\n  originRequest:\n    connectTimeout: {connect}s\n\
+             - service: http_status:418\n",
+            id = q(&bed.id),
+            creds = q(&bed.credentials().to_string_lossy()),
+            tls = TLS_TIMEOUT.as_secs(),
+            connect = CONNECT_TIMEOUT.as_secs(),
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["tunnel", "--config"])
+        .arg(&config)
+        .args(["--edge", &eo.quic.to_string(), "--cacert"])
+        .arg(bed.ca())
+        .args([
+            "--metrics",
+            &metrics.to_string(),
+            "--ha-connections",
+            "1",
+            "--loglevel",
+            "debug",
+            "run",
+        ]);
+    let mut c =
+        Proc::spawn("burrow tunnel run", cmd, bed.dir().join("connector.log")).expect("connector");
+    testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\nconnector: {}", c.log_tail(4000)));
+
+    let log = || c.log_tail(4000);
+    fails_at(eo.http, "tls.test", TLS_TIMEOUT, log);
+    fails_at(eo.http, "dial.test", CONNECT_TIMEOUT, log);
+    // The connector still serves.
+    assert_eq!(timed_get(eo.http, "other.test").0, 418);
+}
