@@ -206,10 +206,10 @@ fn services() {
         Service::HelloWorld
     );
     assert_eq!(Service::parse("bastion").expect("ok"), Service::Bastion);
-    assert!(matches!(
-        Service::parse("socks-proxy"),
-        Err(IngressError::Unsupported(_))
-    ));
+    assert_eq!(
+        Service::parse("socks-proxy").expect("ok"),
+        Service::SocksProxy
+    );
     assert_eq!(
         Service::parse("http://localhost").expect("ok").to_string(),
         "http://localhost:80"

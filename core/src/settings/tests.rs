@@ -195,9 +195,43 @@ fn flags_before_tunnel_move_after_it_and_nothing_else_moves() {
         argv(&["burrow", "--config", "c.yml", "service", "install"]),
         ["burrow", "service", "--config", "c.yml", "install"]
     );
+    // `run`'s flags that cloudflared's `tunnel` also takes move after `run`, with values.
+    assert_eq!(
+        argv(&[
+            "burrow",
+            "--no-autoupdate",
+            "tunnel",
+            "--url",
+            "http://x",
+            "--metrics",
+            "m",
+            "--no-tls-verify",
+            "--protocol=http2",
+            "--credentials-file",
+            "c.json",
+            "run",
+            "id"
+        ]),
+        [
+            "burrow",
+            "tunnel",
+            "--no-autoupdate",
+            "--metrics",
+            "m",
+            "run",
+            "--url",
+            "http://x",
+            "--no-tls-verify",
+            "--protocol=http2",
+            "--credentials-file",
+            "c.json",
+            "id"
+        ]
+    );
     for same in [
         &["burrow", "tunnel", "--no-autoupdate", "run"][..],
         &["burrow", "edge", "--dir", "tunnel"],
+        &["burrow", "edge", "--url", "x", "tunnel", "run"],
         &["burrow", "--version"],
     ] {
         assert_eq!(argv(same), same);

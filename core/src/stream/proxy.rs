@@ -426,9 +426,12 @@ impl DataStream {
                         }
                     }
                 }
-                if let Some(r) = rule
-                    .filter(|r| matches!(r.origin.service, Service::Tcp { .. } | Service::Bastion))
-                {
+                if let Some(r) = rule.filter(|r| {
+                    matches!(
+                        r.origin.service,
+                        Service::Tcp { .. } | Service::Bastion | Service::SocksProxy
+                    )
+                }) {
                     if kind != FlowKind::WebSocket {
                         let e = format!(
                             "service {} takes WebSocket requests only (cloudflared access)",
