@@ -25,9 +25,19 @@ const WARP_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 
 #[test]
 fn origin_dial_and_tls_handshake_fail_at_their_deadlines() {
+    deadlines_over("quic");
+}
+
+/// The same over HTTP/2 to the edge (the other connection machine holding the flows).
+#[test]
+fn origin_dial_and_tls_handshake_fail_at_their_deadlines_http2() {
+    deadlines_over("http2");
+}
+
+fn deadlines_over(protocol: &str) {
     let bed = Testbed::create(
         Path::new(BIN),
-        "e2e-origin-deadlines",
+        &format!("e2e-origin-deadlines-{protocol}"),
         "app",
         &["tls.test", "dial.test", "other.test"],
     )
@@ -67,6 +77,8 @@ fn origin_dial_and_tls_handshake_fail_at_their_deadlines() {
             &metrics.to_string(),
             "--ha-connections",
             "1",
+            "--protocol",
+            protocol,
             "--loglevel",
             "debug",
             "run",
@@ -76,6 +88,14 @@ fn origin_dial_and_tls_handshake_fail_at_their_deadlines() {
     testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{e}\nconnector: {}", c.log_tail(4000)));
 
+    let registered = c.log_tail(100_000);
+    assert!(
+        registered
+            .lines()
+            .any(|l| l.contains("Registered tunnel connection")
+                && l.contains(&format!("protocol={protocol}"))),
+        "registered over {protocol}:\n{registered}"
+    );
     let log = || c.log_tail(4000);
     fails_at(eo.http, "tls.test", TLS_TIMEOUT, log);
     fails_at(eo.http, "dial.test", CONNECT_TIMEOUT, log);
