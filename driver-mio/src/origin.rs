@@ -601,7 +601,7 @@ fn plan(
         Service::HelloWorld => return Ok(Plan::InProcess(Responder::hello())),
         Service::Http { tls, host, port } => (target(host, *port), tls.then_some(host.as_str())),
         Service::Unix { path, tls } => (Target::Unix(path.clone()), tls.then_some("localhost")),
-        Service::Tcp { .. } => {
+        Service::Tcp { .. } | Service::Bastion | Service::SocksProxy => {
             return Err(format!(
                 "service {} is a TCP-over-WebSocket origin, not supported by burrow yet",
                 origin.service

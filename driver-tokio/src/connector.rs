@@ -30,7 +30,9 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tracing::{debug, error, info, warn};
 
-use crate::datagram::{icmp_config, raise_nofile_limit, DatagramSockets, IcmpSources, SocketEvent};
+use crate::datagram::{
+    icmp_config, raise_nofile_limit, DatagramSockets, IcmpSources, SocketEvent, UdpRead,
+};
 use crate::metrics::Metrics;
 use crate::origin::{Dialer, FlowHandle, FlowReport, Report};
 use crate::quic_socket::{QuicSocket, RecvBufs};
@@ -158,6 +160,9 @@ fn web_roots() -> rustls::RootCertStore {
     roots
 }
 
+/// Session datagrams read per turn of the loop (a bounded batch, as for the other sources).
+const UDP_READ_BATCH: usize = 256;
+
 /// Runs the connector until shut down. Each message on `shutdown` is one signal: the first
 /// starts a graceful shutdown, the second closes at once.
 pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Result<(), RunError> {
@@ -208,7 +213,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         keys_tx,
         web_roots,
     ));
-    let mut io = DriverIo::new(dialer, metrics.clone());
+    let mut io = DriverIo::new(dialer, metrics.clone())?;
     io.bind = rc.edge_bind_address;
     let mut fatal = None;
     let mut signals = 0u32;
@@ -282,6 +287,18 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                     }
                 }
             }
+            () = io.datagrams.udp_readable() => {
+                let now = Instant::now();
+                // A bounded batch, so timers and the edge's packets are not starved.
+                io.datagrams.read_udp(UDP_READ_BATCH, |read| match read {
+                    UdpRead::Data { flow, mut buf, len } => {
+                        machine.handle_input(now, Input::UdpRead { flow, buf: &mut buf, len });
+                    }
+                    UdpRead::Failed { flow, reason } => {
+                        machine.handle_input(now, Input::UdpFailed { flow, reason: &reason });
+                    }
+                });
+            }
             Some(event) = io.socket_rx.recv() => {
                 let now = Instant::now();
                 on_socket_event(now, &mut machine, &mut io.datagrams, &metrics, event);
@@ -293,9 +310,9 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             }
             Some(report) = io.flow_rx.recv() => {
                 let now = Instant::now();
-                on_report(now, &mut machine, &io.flows, &metrics, report);
+                on_report(now, &mut machine, &mut io.flows, &metrics, report);
                 while let Ok(report) = io.flow_rx.try_recv() {
-                    on_report(now, &mut machine, &io.flows, &metrics, report);
+                    on_report(now, &mut machine, &mut io.flows, &metrics, report);
                 }
             }
             Some((link, dialed)) = io.dial_rx.recv() => {
@@ -506,11 +523,11 @@ struct EdgeTcp {
 }
 
 impl DriverIo {
-    fn new(dialer: Dialer, metrics: Arc<Metrics>) -> Self {
+    fn new(dialer: Dialer, metrics: Arc<Metrics>) -> std::io::Result<Self> {
         let (flow_tx, flow_rx) = mpsc::unbounded_channel::<Report>();
         let (socket_tx, socket_rx) = mpsc::channel::<SocketEvent>(crate::datagram::CHANNEL_DEPTH);
         let (dial_tx, dial_rx) = mpsc::unbounded_channel();
-        Self {
+        Ok(Self {
             bind: None,
             sockets: HashMap::new(),
             recv_bufs: RecvBufs::new(),
@@ -519,14 +536,14 @@ impl DriverIo {
             flows: HashMap::new(),
             flow_tx,
             flow_rx,
-            datagrams: DatagramSockets::new(socket_tx),
+            datagrams: DatagramSockets::new(socket_tx)?,
             socket_rx,
             edges: HashMap::new(),
             dial_tx,
             dial_rx,
             tcp_buf: vec![0; 64 * 1024],
             metrics,
-        }
+        })
     }
 
     fn transmit(&self, index: u8, t: &Transmit, data: &[u8]) {
@@ -588,6 +605,7 @@ impl DriverIo {
                         handle,
                         kind,
                         opened: Instant::now(),
+                        settled: false,
                     },
                 );
             }
@@ -607,7 +625,11 @@ impl DriverIo {
                 }
             }
             Io::CloseFlow { link, flow } => {
-                if self.flows.remove(&(link, flow)).is_some() {
+                if let Some(f) = self.flows.remove(&(link, flow)) {
+                    // A TCP stream whose dial the connector gave up on failed to connect.
+                    if !f.settled && f.kind == FlowKind::Tcp {
+                        metrics.connect_stream_errors.inc();
+                    }
                     close_flow_metrics(metrics);
                 }
             }
@@ -682,6 +704,9 @@ struct Flow {
     kind: FlowKind,
     /// When its origin was dialed (for `cloudflared_proxy_connect_latency`).
     opened: Instant,
+    /// Its dial ended (connected, or failed and counted): a close before that is a dial the
+    /// connector gave up on (its deadline, or the stream ended first), counted then.
+    settled: bool,
 }
 
 async fn open_socket(
@@ -809,24 +834,6 @@ fn on_socket_event(
     event: SocketEvent,
 ) {
     match event {
-        SocketEvent::UdpRead { flow, mut buf, len } => {
-            // A read that raced the socket's close is dropped.
-            if sockets.has_udp(flow) {
-                let buf = &mut buf;
-                machine.handle_input(now, Input::UdpRead { flow, buf, len });
-            }
-        }
-        SocketEvent::UdpFailed { flow, reason } => {
-            if sockets.remove_udp(flow) {
-                machine.handle_input(
-                    now,
-                    Input::UdpFailed {
-                        flow,
-                        reason: &reason,
-                    },
-                );
-            }
-        }
         SocketEvent::PingRead {
             funnel,
             from,
@@ -861,12 +868,12 @@ fn close_flow_metrics(metrics: &Metrics) {
 fn on_report(
     now: Instant,
     machine: &mut Connector,
-    flows: &HashMap<(LinkId, FlowId), Flow>,
+    flows: &mut HashMap<(LinkId, FlowId), Flow>,
     metrics: &Metrics,
     (link, flow, report): Report,
 ) {
     // Reports of a flow already closed are stale.
-    let Some(f) = flows.get(&(link, flow)) else {
+    let Some(f) = flows.get_mut(&(link, flow)) else {
         return;
     };
     // cloudflared times TCP streams only (proxyStream, proxyTCPStream).
@@ -874,6 +881,7 @@ fn on_report(
     let input = match &report {
         FlowReport::Handshaking => Input::FlowHandshaking { link, flow },
         FlowReport::Connected => {
+            f.settled = true;
             if tcp {
                 metrics
                     .connect_latency
@@ -882,6 +890,7 @@ fn on_report(
             Input::FlowConnected { link, flow }
         }
         FlowReport::Failed(reason) => {
+            f.settled = true;
             if tcp {
                 metrics.connect_stream_errors.inc();
             }

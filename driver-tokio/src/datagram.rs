@@ -1,18 +1,26 @@
 //! The daemon's datagram sockets: one connected UDP socket per UDP session, one unprivileged
 //! ping socket per ICMP funnel. Sockets only: what to open, close and send is the connector's
-//! [`Io`](burrow_core::connector::Io) work; what the sockets read goes back to it through
-//! [`SocketEvent`]s on one bounded channel (a full channel stalls the readers, and the kernel
-//! drops what their sockets cannot hold, as for any UDP socket).
+//! [`Io`](burrow_core::connector::Io) work. Session sockets are read by the connector's loop
+//! itself through one epoll set ([`DatagramSockets::udp_readable`], [`DatagramSockets::read_udp`]):
+//! no task, waker or tokio registration per session, which cost about 1 KiB each. What ping
+//! sockets read goes back through [`SocketEvent`]s on one bounded channel (a full channel
+//! stalls the readers, and the kernel drops what their sockets cannot hold, as for any UDP
+//! socket).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use burrow_core::icmp::FunnelId;
 use burrow_core::session::{UdpFlowId, HEADROOM, ORIGIN_READ, TAILROOM};
 use bytes::{Bytes, BytesMut};
+use mio::unix::SourceFd;
+use mio::{Events, Interest, Poll, Token};
 use socket2::SockRef;
+use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
@@ -20,28 +28,14 @@ use tracing::debug;
 
 /// Largest ICMP message read from a ping socket (cloudflared's 1500-byte buffer).
 const PING_READ: usize = 1500;
-/// Depth of the channel from the socket readers to the loop.
+/// Depth of the channel from the ping socket readers to the loop.
 pub const CHANNEL_DEPTH: usize = 4096;
+/// Readiness events taken from the session epoll set at once.
+const EVENTS: usize = 256;
 
-/// What a socket reader reports to the loop.
+/// What a ping socket reader reports to the loop.
 #[derive(Debug)]
 pub enum SocketEvent {
-    /// The origin socket of `flow` read `len` bytes into `buf[HEADROOM..]`.
-    UdpRead {
-        /// The session's socket.
-        flow: UdpFlowId,
-        /// The payload at `HEADROOM`, with `TAILROOM` bytes after it.
-        buf: BytesMut,
-        /// Payload length.
-        len: usize,
-    },
-    /// Reading the origin socket of `flow` failed; its reader stopped.
-    UdpFailed {
-        /// The session's socket.
-        flow: UdpFlowId,
-        /// The socket error.
-        reason: String,
-    },
     /// The ping socket of `funnel` read an ICMP message (no IP header) from `from`.
     PingRead {
         /// The funnel.
@@ -55,6 +49,27 @@ pub enum SocketEvent {
     FunnelFailed {
         /// The funnel.
         funnel: FunnelId,
+        /// The socket error.
+        reason: String,
+    },
+}
+
+/// What [`DatagramSockets::read_udp`] read from a session socket.
+#[derive(Debug)]
+pub enum UdpRead {
+    /// The socket of `flow` read `len` bytes into `buf[HEADROOM..]`.
+    Data {
+        /// The session's socket.
+        flow: UdpFlowId,
+        /// The payload at `HEADROOM`, with `TAILROOM` bytes after it.
+        buf: BytesMut,
+        /// Payload length.
+        len: usize,
+    },
+    /// Reading the socket of `flow` failed (a refused port, say); the socket is closed.
+    Failed {
+        /// The session's socket.
+        flow: UdpFlowId,
         /// The socket error.
         reason: String,
     },
@@ -75,7 +90,7 @@ pub struct SocketStats {
     pub udp_open_failed: u64,
 }
 
-/// A socket and the task reading it; dropping it stops the reader and closes the socket.
+/// A ping socket and the task reading it; dropping it stops the reader and closes the socket.
 struct Owned {
     socket: Arc<UdpSocket>,
     reader: JoinHandle<()>,
@@ -87,23 +102,47 @@ impl Drop for Owned {
     }
 }
 
+/// A session socket in the epoll set.
+struct Session {
+    socket: std::net::UdpSocket,
+    /// In `ready` already (a busy socket is signalled again while it waits its turn).
+    queued: bool,
+}
+
 /// Every origin UDP socket and ping socket of the daemon.
 pub struct DatagramSockets {
-    udp: HashMap<UdpFlowId, Owned>,
+    udp: HashMap<UdpFlowId, Session>,
+    /// The epoll set of every session socket (edge-triggered, token = flow id), itself
+    /// registered with tokio: one readiness for all sessions.
+    poll: AsyncFd<Poll>,
+    events: Events,
+    /// Sessions that may have datagrams queued, read one datagram per turn.
+    ready: VecDeque<UdpFlowId>,
+    /// The read buffer of session sockets.
+    scratch: Box<[u8; ORIGIN_READ]>,
     funnels: HashMap<FunnelId, Owned>,
     tx: mpsc::Sender<SocketEvent>,
     stats: SocketStats,
 }
 
 impl DatagramSockets {
-    /// No sockets yet; readers report on `tx`.
-    pub fn new(tx: mpsc::Sender<SocketEvent>) -> Self {
-        Self {
+    /// No sockets yet; ping socket readers report on `tx`. Needs the runtime (the epoll set
+    /// is registered with it).
+    pub fn new(tx: mpsc::Sender<SocketEvent>) -> io::Result<Self> {
+        let poll = Poll::new()?;
+        // SAFETY: the Poll owns its epoll descriptor, open until the Poll drops, which the
+        // AsyncFd does after deregistering it.
+        let poll = unsafe { AsyncFd::register_with_interest(poll, tokio::io::Interest::READABLE)? };
+        Ok(Self {
             udp: HashMap::new(),
+            poll,
+            events: Events::with_capacity(EVENTS),
+            ready: VecDeque::new(),
+            scratch: Box::new([0; ORIGIN_READ]),
             funnels: HashMap::new(),
             tx,
             stats: SocketStats::default(),
-        }
+        })
     }
 
     /// The counters.
@@ -111,24 +150,91 @@ impl DatagramSockets {
         &self.stats
     }
 
-    /// Whether `flow` still has its socket (reports about closed ones are stale).
+    /// Whether `flow` still has its socket.
+    #[cfg(test)]
     pub fn has_udp(&self, flow: UdpFlowId) -> bool {
         self.udp.contains_key(&flow)
     }
 
-    /// Whether `funnel` still has its socket.
+    /// Whether `funnel` still has its socket (reports about closed ones are stale).
     pub fn has_funnel(&self, funnel: FunnelId) -> bool {
         self.funnels.contains_key(&funnel)
-    }
-
-    /// Forgets the socket of `flow` (its reader failed). True if it was there.
-    pub fn remove_udp(&mut self, flow: UdpFlowId) -> bool {
-        self.udp.remove(&flow).is_some()
     }
 
     /// Forgets the socket of `funnel`. True if it was there.
     pub fn remove_funnel(&mut self, funnel: FunnelId) -> bool {
         self.funnels.remove(&funnel).is_some()
+    }
+
+    /// Resolves when a session socket may have a datagram or an error to read; then call
+    /// [`Self::read_udp`]. Cancel-safe.
+    pub async fn udp_readable(&self) {
+        if !self.ready.is_empty() {
+            return;
+        }
+        match self.poll.readable().await {
+            // Cleared before `read_udp` drains the set: a socket signalled after that makes
+            // the set readable again.
+            Ok(mut guard) => guard.clear_ready(),
+            // Not for a live epoll descriptor; never spin on it.
+            Err(_) => std::future::pending().await,
+        }
+    }
+
+    /// Reads at most `budget` datagrams from the session sockets that are ready, one per
+    /// socket per turn so a busy session does not starve the others, and hands each to `on`.
+    /// A socket whose read fails is closed and reported as [`UdpRead::Failed`].
+    pub fn read_udp(&mut self, budget: usize, mut on: impl FnMut(UdpRead)) {
+        match self
+            .poll
+            .get_mut()
+            .poll(&mut self.events, Some(Duration::ZERO))
+        {
+            Ok(()) => {
+                for event in &self.events {
+                    let flow = UdpFlowId(event.token().0 as u64);
+                    if let Some(s) = self.udp.get_mut(&flow) {
+                        if !s.queued {
+                            s.queued = true;
+                            self.ready.push_back(flow);
+                        }
+                    }
+                }
+            }
+            Err(e) => debug!(error = %e, "session epoll wait failed"),
+        }
+        let mut read = 0;
+        while read < budget {
+            let Some(flow) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(s) = self.udp.get_mut(&flow) else {
+                continue; // closed while it waited
+            };
+            match s.socket.recv(&mut self.scratch[..]) {
+                Ok(len) => {
+                    // Still queued: it may hold more, read on its next turn.
+                    self.ready.push_back(flow);
+                    read += 1;
+                    // A buffer sized to the payload (one copy of it, small next to the 1.5 KiB a
+                    // buffer per session would pin), with room to frame it in place.
+                    let mut buf = BytesMut::with_capacity(HEADROOM + len + TAILROOM);
+                    buf.resize(HEADROOM, 0);
+                    buf.extend_from_slice(&self.scratch[..len]);
+                    buf.resize(HEADROOM + len + TAILROOM, 0);
+                    on(UdpRead::Data { flow, buf, len });
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.queued = false,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => self.ready.push_front(flow),
+                Err(e) => {
+                    self.udp.remove(&flow);
+                    on(UdpRead::Failed {
+                        flow,
+                        reason: e.to_string(),
+                    });
+                }
+            }
+        }
     }
 
     /// Writes one datagram on the socket of `flow`. Never blocks: a socket that cannot take
@@ -138,9 +244,7 @@ impl DatagramSockets {
             self.stats.udp_write_failed += 1;
             return;
         };
-        // Straight to the non-blocking socket: tokio's `try_send` refuses until the reactor has
-        // seen the socket writable once, which would drop what is sent right after the open.
-        match SockRef::from(&*s.socket).send(payload) {
+        match s.socket.send(payload) {
             Ok(_) => self.stats.udp_written += 1,
             Err(e) => {
                 self.stats.udp_write_failed += 1;
@@ -166,14 +270,31 @@ impl DatagramSockets {
         }
     }
 
-    /// Opens the connected socket of session `flow` and starts reading it; the socket error
-    /// if it cannot be opened.
+    /// Opens the connected socket of session `flow` and adds it to the epoll set; the socket
+    /// error if it cannot be opened.
     pub fn open_udp(&mut self, flow: UdpFlowId, dest: SocketAddr) -> Result<(), String> {
-        match open_udp(dest) {
+        // The flow id is the socket's token; on 32-bit targets ids past 2^32 have none.
+        let Ok(token) = usize::try_from(flow.0) else {
+            self.stats.udp_open_failed += 1;
+            return Err("no epoll token for this flow id".into());
+        };
+        let opened = burrow_os::open_udp(dest).and_then(|socket| {
+            let fd = socket.as_raw_fd();
+            self.poll.get_ref().registry().register(
+                &mut SourceFd(&fd),
+                Token(token),
+                Interest::READABLE,
+            )?;
+            Ok(socket)
+        });
+        match opened {
             Ok(socket) => {
-                let socket = Arc::new(socket);
-                let reader = tokio::spawn(read_udp(flow, socket.clone(), self.tx.clone()));
-                self.udp.insert(flow, Owned { socket, reader });
+                // Closing the socket takes it out of the epoll set.
+                let session = Session {
+                    socket,
+                    queued: false,
+                };
+                self.udp.insert(flow, session);
                 Ok(())
             }
             Err(e) => {
@@ -211,54 +332,9 @@ impl DatagramSockets {
     }
 }
 
-/// [`burrow_os::open_udp`] on the runtime.
-fn open_udp(dest: SocketAddr) -> io::Result<UdpSocket> {
-    UdpSocket::from_std(burrow_os::open_udp(dest)?)
-}
-
 /// [`burrow_os::open_ping`] on the runtime.
 pub fn open_ping(bind: IpAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(burrow_os::open_ping(bind)?)
-}
-
-async fn read_udp(flow: UdpFlowId, socket: Arc<UdpSocket>, tx: mpsc::Sender<SocketEvent>) {
-    loop {
-        // An idle session holds no buffer (10k sessions would hold 10k of them): wait until a
-        // datagram is queued, read it on the stack, and hand on a buffer sized to it (one copy of
-        // the payload, which is small next to the 1.5 KiB a reused buffer would pin). The wait
-        // is a zero-length peek, not `readable()`: a refused port (ICMP port unreachable) only
-        // leaves a socket error, which a receive reports and `readable()` never wakes for.
-        if let Err(e) = socket.peek(&mut []).await {
-            let _ = tx
-                .send(SocketEvent::UdpFailed {
-                    flow,
-                    reason: e.to_string(),
-                })
-                .await;
-            return;
-        }
-        let event = {
-            let mut read = [0u8; ORIGIN_READ];
-            match socket.try_recv(&mut read) {
-                Ok(len) => {
-                    let mut buf = BytesMut::with_capacity(HEADROOM + len + TAILROOM);
-                    buf.resize(HEADROOM, 0);
-                    buf.extend_from_slice(&read[..len]);
-                    buf.resize(HEADROOM + len + TAILROOM, 0);
-                    SocketEvent::UdpRead { flow, buf, len }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => SocketEvent::UdpFailed {
-                    flow,
-                    reason: e.to_string(),
-                },
-            }
-        };
-        let failed = matches!(event, SocketEvent::UdpFailed { .. });
-        if tx.send(event).await.is_err() || failed {
-            return;
-        }
-    }
 }
 
 async fn read_ping(funnel: FunnelId, socket: Arc<UdpSocket>, tx: mpsc::Sender<SocketEvent>) {
@@ -300,7 +376,24 @@ mod tests {
 
     fn sockets() -> (DatagramSockets, mpsc::Receiver<SocketEvent>) {
         let (tx, rx) = mpsc::channel(64);
-        (DatagramSockets::new(tx), rx)
+        (DatagramSockets::new(tx).expect("epoll set"), rx)
+    }
+
+    /// The next read of a session socket, through the epoll set as the loop reads them.
+    async fn next_udp(s: &mut DatagramSockets) -> UdpRead {
+        let read = async {
+            loop {
+                s.udp_readable().await;
+                let mut got = None;
+                s.read_udp(1, |r| got = Some(r));
+                if let Some(r) = got {
+                    return r;
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .expect("a session read in time")
     }
 
     async fn recv_from(origin: &UdpSocket, buf: &mut [u8]) -> (usize, SocketAddr) {
@@ -321,7 +414,7 @@ mod tests {
     async fn a_session_socket_writes_reads_into_headroom_and_closes() {
         let origin = UdpSocket::bind("127.0.0.1:0").await.expect("origin");
         let dest = origin.local_addr().expect("addr");
-        let (mut s, mut rx) = sockets();
+        let (mut s, _rx) = sockets();
         let flow = UdpFlowId(1);
         assert_eq!(s.open_udp(flow, dest), Ok(()));
 
@@ -330,8 +423,8 @@ mod tests {
         let (n, from) = recv_from(&origin, &mut got).await;
         assert_eq!(&got[..n], b"question");
         origin.send_to(b"answer", from).await.expect("reply");
-        match next(&mut rx).await {
-            SocketEvent::UdpRead { flow: f, buf, len } => {
+        match next_udp(&mut s).await {
+            UdpRead::Data { flow: f, buf, len } => {
                 assert_eq!(f, flow);
                 assert_eq!(&buf[HEADROOM..HEADROOM + len], b"answer");
                 assert!(
@@ -360,18 +453,18 @@ mod tests {
         let gone = UdpSocket::bind("127.0.0.1:0").await.expect("bind");
         let dest = gone.local_addr().expect("addr");
         drop(gone);
-        let (mut s, mut rx) = sockets();
+        let (mut s, _rx) = sockets();
         let flow = UdpFlowId(7);
         assert_eq!(s.open_udp(flow, dest), Ok(()));
         s.send_udp(flow, b"anyone?");
-        match next(&mut rx).await {
-            SocketEvent::UdpFailed { flow: f, reason } => {
+        match next_udp(&mut s).await {
+            UdpRead::Failed { flow: f, reason } => {
                 assert_eq!(f, flow);
                 assert!(reason.to_lowercase().contains("refused"), "{reason}");
             }
             other => panic!("expected a failure, got {other:?}"),
         }
-        assert!(s.remove_udp(flow));
+        assert!(!s.has_udp(flow), "a failed socket is closed");
     }
 
     /// With ping sockets permitted (`net.ipv4.ping_group_range` covers our group) an echo to

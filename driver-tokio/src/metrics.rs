@@ -51,17 +51,19 @@ pub struct Metrics {
     pub tcp_active: IntGauge,
     /// `cloudflared_tcp_total_sessions`.
     pub tcp_total: IntCounter,
-    /// `cloudflared_udp_active_flows`: UDP sessions now (v2 and v3; no `conn_index`: a
-    /// session is not tied to one connection here).
-    pub udp_active_flows: IntGauge,
-    /// `cloudflared_udp_total_flows`.
-    pub udp_total_flows: IntCounter,
-    /// `cloudflared_udp_failed_flows`.
-    pub udp_failed_flows: IntCounter,
-    /// `cloudflared_udp_retry_flow_responses`.
-    pub udp_retry_flow_responses: IntCounter,
-    /// `cloudflared_udp_migrated_flows`.
-    pub udp_migrated_flows: IntCounter,
+    /// `cloudflared_udp_active_flows{conn_index}`: UDP sessions (v2 and v3) open now, under the
+    /// index they registered on.
+    pub udp_active_flows: IntGaugeVec,
+    /// `cloudflared_udp_total_flows{conn_index}`.
+    pub udp_total_flows: IntCounterVec,
+    /// `cloudflared_udp_failed_flows{conn_index}`.
+    pub udp_failed_flows: IntCounterVec,
+    /// `cloudflared_udp_retry_flow_responses{conn_index}`.
+    pub udp_retry_flow_responses: IntCounterVec,
+    /// `cloudflared_udp_migrated_flows{conn_index}`.
+    pub udp_migrated_flows: IntCounterVec,
+    /// The sum of the by-index flow counts as of the last copy.
+    udp_by_index_seen: std::sync::atomic::AtomicU64,
     /// `cloudflared_udp_dropped_datagrams{reason}`: cloudflared's reasons where they exist,
     /// by [`DropReason::ALL`] order.
     pub udp_dropped: [IntCounter; DropReason::ALL.len()],
@@ -103,6 +105,34 @@ fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
 /// Brings a counter up to `value` (the source counts; the metric follows).
 fn follow(c: &IntCounter, value: u64) {
     c.inc_by(value.saturating_sub(c.get()));
+}
+
+/// A family labelled `conn_index`, as cloudflared's UDP flow metrics (counter or gauge).
+fn by_index<T: prometheus::core::Collector + Clone + FromOpts + 'static>(
+    r: &Registry,
+    name: &str,
+    help: &str,
+) -> T {
+    let v = T::from_opts(Opts::new(name, help), &["conn_index"]);
+    let _ = r.register(Box::new(v.clone()));
+    v
+}
+
+/// Builds a labelled family from static options.
+trait FromOpts: Sized {
+    fn from_opts(opts: Opts, labels: &[&str]) -> Self;
+}
+
+impl FromOpts for IntCounterVec {
+    fn from_opts(opts: Opts, labels: &[&str]) -> Self {
+        IntCounterVec::new(opts, labels).expect("static metric")
+    }
+}
+
+impl FromOpts for IntGaugeVec {
+    fn from_opts(opts: Opts, labels: &[&str]) -> Self {
+        IntGaugeVec::new(opts, labels).expect("static metric")
+    }
 }
 
 fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
@@ -236,31 +266,32 @@ impl Metrics {
                 "cloudflared_tcp_total_sessions",
                 "Total count of TCP sessions that have been proxied to any origin",
             ),
-            udp_active_flows: gauge(
+            udp_active_flows: by_index(
                 &r,
                 "cloudflared_udp_active_flows",
                 "Concurrent count of UDP flows that are being proxied to any origin",
             ),
-            udp_total_flows: counter(
+            udp_total_flows: by_index(
                 &r,
                 "cloudflared_udp_total_flows",
                 "Total count of UDP flows that have been proxied to any origin",
             ),
-            udp_failed_flows: counter(
+            udp_failed_flows: by_index(
                 &r,
                 "cloudflared_udp_failed_flows",
                 "Total count of flows that errored and closed",
             ),
-            udp_retry_flow_responses: counter(
+            udp_retry_flow_responses: by_index(
                 &r,
                 "cloudflared_udp_retry_flow_responses",
                 "Total count of UDP flows that have had to send their registration response more than once",
             ),
-            udp_migrated_flows: counter(
+            udp_migrated_flows: by_index(
                 &r,
                 "cloudflared_udp_migrated_flows",
                 "Total count of UDP flows have been migrated across local connections",
             ),
+            udp_by_index_seen: std::sync::atomic::AtomicU64::new(0),
             flow_rate_limited: FlowType::ALL.map(|t| rate_limited.with_label_values(&[t.label()])),
             udp_dropped: DropReason::ALL
                 .map(|r| udp_dropped_datagrams.with_label_values(&[r.label()])),
@@ -294,11 +325,34 @@ impl Metrics {
     /// Copies the datagram plane's counters (the supervisor's hub and the daemon's sockets).
     pub fn update_datagrams(&self, hub: &DatagramHub, sockets: &DatagramSockets) {
         let s = hub.sessions.stats();
-        self.udp_active_flows.set(hub.sessions.active() as i64);
-        follow(&self.udp_total_flows, s.total_flows);
-        follow(&self.udp_failed_flows, s.failed);
-        follow(&self.udp_retry_flow_responses, s.retries);
-        follow(&self.udp_migrated_flows, s.migrated);
+        // The labelled families change only with these counts: skip their look-ups otherwise.
+        let seen: u64 = hub
+            .sessions
+            .index_stats()
+            .values()
+            .map(|a| a.total_flows + a.ended + a.failed + a.retries + a.migrated)
+            .sum();
+        let changed = self.udp_by_index_seen.swap(seen, Ordering::Relaxed) != seen;
+        for (index, at) in hub.sessions.index_stats().iter().filter(|_| changed) {
+            let label = [index.to_string()];
+            let label = [label[0].as_str()];
+            self.udp_active_flows
+                .with_label_values(&label)
+                .set(at.active() as i64);
+            follow(
+                &self.udp_total_flows.with_label_values(&label),
+                at.total_flows,
+            );
+            follow(&self.udp_failed_flows.with_label_values(&label), at.failed);
+            follow(
+                &self.udp_retry_flow_responses.with_label_values(&label),
+                at.retries,
+            );
+            follow(
+                &self.udp_migrated_flows.with_label_values(&label),
+                at.migrated,
+            );
+        }
         for (c, n) in self.udp_dropped.iter().zip(s.dropped) {
             follow(c, n);
         }
@@ -444,7 +498,7 @@ mod tests {
         hub.sessions
             .handle_datagram(Instant::now(), LinkId(0), DatagramVersion::V3, &d);
         let (tx, _rx) = tokio::sync::mpsc::channel(1);
-        let sockets = DatagramSockets::new(tx);
+        let sockets = DatagramSockets::new(tx).expect("epoll set");
         m.update_datagrams(&hub, &sockets);
         m.update_datagrams(&hub, &sockets);
         let text = m.render();
@@ -467,13 +521,37 @@ mod tests {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }
         for name in [
-            "cloudflared_udp_active_flows 0",
-            "cloudflared_udp_total_flows 0",
-            "cloudflared_udp_migrated_flows 0",
             "cloudflared_icmp_total_requests 0",
             "cloudflared_icmp_total_replies 0",
         ] {
             assert!(text.contains(name), "{name} missing");
+        }
+        // A session registered and opened on the connection of HA index 2.
+        hub.sessions.set_link_index(LinkId(7), 2);
+        let r = v3::Registration {
+            request_id: SessionId(5),
+            dest: "127.0.0.1:53".parse().expect("addr"),
+            traced: false,
+            idle_hint_secs: 0,
+            payload: b"",
+        };
+        let mut d = vec![0; r.encoded_len()];
+        r.encode(&mut d).expect("encode");
+        hub.sessions
+            .handle_datagram(Instant::now(), LinkId(7), DatagramVersion::V3, &d);
+        while let Some(a) = hub.sessions.poll_action() {
+            if let burrow_core::session::SessionAction::Open { flow, .. } = a {
+                hub.sessions.handle_origin_opened(Instant::now(), flow);
+            }
+        }
+        m.update_datagrams(&hub, &sockets);
+        let text = m.render();
+        for line in [
+            "cloudflared_udp_active_flows{conn_index=\"2\"} 1",
+            "cloudflared_udp_total_flows{conn_index=\"2\"} 1",
+            "cloudflared_udp_migrated_flows{conn_index=\"2\"} 0",
+        ] {
+            assert!(text.contains(line), "{line} missing in\n{text}");
         }
     }
 }

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 
 use burrow_core::datagram::LinkId;
-use burrow_core::ingress::{Origin, OriginRequest, Service};
+use burrow_core::ingress::{IpRule, Origin, OriginRequest, Service};
 use burrow_core::stream::proxy::FlowKind;
 use burrow_core::tunnel::data::FlowId;
 use bytes::{Bytes, BytesMut};
@@ -190,6 +190,9 @@ impl Dialer {
                     Ok(Box::new(s))
                 }
             }
+            Service::SocksProxy => Ok(socks_bridge(o.ip_rules.clone(), o.connect_timeout)),
+            // Core gives each bastion request the TCP origin it names; never dialled as such.
+            Service::Bastion => Err("bastion has no destination of its own".to_owned()),
             // TCP over WebSocket: core unwraps the frames; the origin is a plain socket.
             Service::Tcp { host, port } => {
                 let Some(port) = port else {
@@ -261,6 +264,80 @@ async fn http2_bridge<S: Io + 'static>(s: S) -> Result<Box<dyn Io>, String> {
             .await;
     });
     Ok(Box::new(client))
+}
+
+/// A `socks-proxy` origin: an in-process SOCKS5 server on the flow's (WebSocket-unwrapped)
+/// bytes. Core's `socks::Server` decides every reply and whether to connect; this task
+/// resolves, dials and then copies both ways.
+fn socks_bridge(rules: Vec<IpRule>, connect_timeout: std::time::Duration) -> Box<dyn Io> {
+    use burrow_core::stream::socks::{DialFailure, Server, Step};
+    let (client, mut server) = tokio::io::duplex(64 * 1024);
+    tokio::spawn(async move {
+        let mut socks = Server::new(rules);
+        let mut target: Option<TcpStream> = None;
+        let mut buf = vec![0u8; 4096];
+        let mut step = Step::Read;
+        loop {
+            step = match step {
+                Step::Read => match server.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => socks.feed(&buf[..n]),
+                },
+                Step::Send(bytes, next) => {
+                    if server.write_all(&bytes).await.is_err() {
+                        return;
+                    }
+                    *next
+                }
+                Step::Resolve(name) => {
+                    let ip = tokio::net::lookup_host((name.as_str(), 0))
+                        .await
+                        .ok()
+                        .and_then(|mut a| a.next())
+                        .map(|a| a.ip());
+                    socks.resolved(ip)
+                }
+                Step::Dial(addr) => {
+                    let dial = TcpStream::connect(addr);
+                    let dialled = if connect_timeout.is_zero() {
+                        dial.await
+                    } else {
+                        tokio::time::timeout(connect_timeout, dial)
+                            .await
+                            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+                    };
+                    match dialled.and_then(|t| t.local_addr().map(|l| (t, l))) {
+                        Ok((tcp, local)) => {
+                            target = Some(tcp);
+                            socks.connected(local)
+                        }
+                        Err(e) => socks.dial_failed(match e.kind() {
+                            std::io::ErrorKind::ConnectionRefused => DialFailure::Refused,
+                            std::io::ErrorKind::NetworkUnreachable => {
+                                DialFailure::NetworkUnreachable
+                            }
+                            _ => DialFailure::Other,
+                        }),
+                    }
+                }
+                Step::Pipe(rest) => {
+                    let Some(mut tcp) = target.take() else {
+                        return;
+                    };
+                    let _ = tcp.set_nodelay(true);
+                    if tcp.write_all(&rest).await.is_ok() {
+                        let _ = tokio::io::copy_bidirectional(&mut server, &mut tcp).await;
+                    }
+                    return;
+                }
+                Step::Close(e) => {
+                    debug!(error = %e, "SOCKS stream ended");
+                    return;
+                }
+            };
+        }
+    });
+    Box::new(client)
 }
 
 /// Why the HTTP/2 bridge failed a request.

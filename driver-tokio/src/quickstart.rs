@@ -113,6 +113,7 @@ async fn run(args: QuickstartArgs) -> Result<(), String> {
             tags: Vec::new(),
             max_active_flows: None,
             local_max_active_flows: None,
+            local_tcp_connect_timeout: None,
             icmpv4_src: None,
             icmpv6_src: None,
             post_quantum: false,

@@ -110,7 +110,7 @@ fn one_flow_limit_for_tcp_and_udp_from_config_file_and_flag() {
             labelled(&text, &format!("{rate_limited}{{flow_type=\"udp\"}}")) >= 1.0,
             "{text}"
         );
-        assert_eq!(metric(&text, "cloudflared_udp_active_flows"), 1.0);
+        assert_eq!(summed(&text, "cloudflared_udp_active_flows"), 1.0);
     }
     let (_edge, _connector, _) = start_with(&bed, &eo, 1, &["--max-active-flows", "2"], limit_one);
     assert!(echoed(map, b"first session"));
@@ -132,15 +132,26 @@ fn udp_echo_through_v3_sessions() {
     udp_echo_clients(map, CLIENTS, PACKETS);
     // Each client address was one session, with its own connected socket on the connector.
     let text = metrics_text(metrics);
-    let total = metric(&text, "cloudflared_udp_total_flows");
+    let total = summed(&text, "cloudflared_udp_total_flows");
     assert!(
         total >= CLIENTS as f64,
         "{total} sessions for {CLIENTS} clients"
     );
     assert_eq!(
-        metric(&text, "cloudflared_udp_active_flows"),
+        summed(&text, "cloudflared_udp_active_flows"),
         CLIENTS as f64
     );
+    // Labelled by the HA index each session registered on, as cloudflared's (2 connections).
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("cloudflared_udp_total_flows{"))
+    {
+        assert!(
+            line.starts_with("cloudflared_udp_total_flows{conn_index=\"0\"}")
+                || line.starts_with("cloudflared_udp_total_flows{conn_index=\"1\"}"),
+            "{line}"
+        );
+    }
 }
 
 #[test]

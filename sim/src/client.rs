@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
-use burrow_core::stream::connect::{ConnectRequest, ConnectionType, Metadata};
+use burrow_core::stream::connect::{key, ConnectRequest, ConnectionType, Metadata};
 use burrow_core::tunnel::edge::{ConnId, EdgeEvent};
 use quinn_proto::StreamId;
 
@@ -189,7 +189,7 @@ impl Client {
         let now = w.instant();
         let edge = w.edge.as_mut().ok_or("edge down")?;
         let (path, dest, kind);
-        let mut meta: Vec<(String, String)> = vec![("HttpHost".into(), "app.sim".into())];
+        let mut meta: Vec<(String, String)> = vec![(key::HTTP_HOST.into(), "app.sim".into())];
         match &request {
             Request::Http {
                 up,
@@ -202,19 +202,19 @@ impl Client {
                 dest = format!("http://app.sim{path}");
                 kind = ConnectionType::Http;
                 meta.push((
-                    "HttpMethod".into(),
+                    key::HTTP_METHOD.into(),
                     if *up > 0 { "POST" } else { "GET" }.into(),
                 ));
                 if *chunked {
-                    meta.push(("HttpHeader:Transfer-Encoding".into(), "chunked".into()));
+                    meta.push((header("Transfer-Encoding"), "chunked".into()));
                 } else if *up > 0 {
-                    meta.push(("HttpHeader:Content-Length".into(), up.to_string()));
+                    meta.push((header("Content-Length"), up.to_string()));
                 }
             }
             Request::WebSocket { .. } => {
                 dest = "http://app.sim/ws".into();
                 kind = ConnectionType::WebSocket;
-                meta.push(("HttpHeader:Sec-Websocket-Key".into(), "c2ltdWxhdGVk".into()));
+                meta.push((header("Sec-Websocket-Key"), "c2ltdWxhdGVk".into()));
             }
             Request::Tcp { .. } => {
                 dest = "10.0.0.7:7".into();
@@ -224,7 +224,7 @@ impl Client {
             Request::Unreachable => {
                 dest = "http://down.example/".into();
                 kind = ConnectionType::Http;
-                meta = vec![("HttpHost".into(), "down.example".into())];
+                meta = vec![(key::HTTP_HOST.into(), "down.example".into())];
             }
         }
         let metadata: Vec<Metadata<'_>> = meta
@@ -379,7 +379,7 @@ impl Client {
                         }
                     }
                     Request::Http { up, .. } => {
-                        if !error.is_empty() || get("HttpStatus") != Some("200") {
+                        if !error.is_empty() || get(key::HTTP_STATUS) != Some("200") {
                             return Err(format!("stream {stream}: {error:?} {metadata:?}"));
                         }
                         // The origin answers once it has the whole body, which by then the
@@ -390,22 +390,23 @@ impl Client {
                                 "stream {stream}: answered before the body was sent"
                             ));
                         }
-                        if get("HttpHeader:X-Request-Digest") != Some(expected.text().as_str()) {
+                        if get(&header("X-Request-Digest")) != Some(expected.text().as_str()) {
                             return Err(format!(
                                 "stream {stream}: origin got a different request body: {:?} vs {}",
-                                get("HttpHeader:X-Request-Digest"),
+                                get(&header("X-Request-Digest")),
                                 expected.text()
                             ));
                         }
                     }
                     Request::WebSocket { .. } => {
-                        if get("HttpStatus") != Some("101") {
+                        if get(key::HTTP_STATUS) != Some("101") {
                             return Err(format!("stream {stream}: no upgrade: {metadata:?}"));
                         }
                     }
                     Request::Tcp { .. }
                         if error == burrow_core::stream::proxy::RATE_LIMITED
-                            && get("FlowConnectRateLimited") == Some("true") =>
+                            && get(key::FLOW_CONNECT_RATE_LIMITED)
+                                == Some(key::FLOW_CONNECT_RATE_LIMITED_VALUE) =>
                     {
                         a.limited = true;
                         a.finished_sending = true;
@@ -434,4 +435,9 @@ impl Client {
             _ => Ok(false),
         }
     }
+}
+
+/// The metadata key of HTTP header `name`.
+fn header(name: &str) -> String {
+    format!("{}{name}", key::HTTP_HEADER_PREFIX)
 }

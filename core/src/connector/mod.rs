@@ -79,7 +79,8 @@ pub enum Input<'a> {
         /// Which flow.
         flow: FlowId,
     },
-    /// The origin connection of a flow could not be opened, or broke.
+    /// The origin connection of a flow could not be opened, or broke. The connector answers
+    /// the request as a failed dial and closes the flow ([`Io::CloseFlow`]).
     FlowFailed {
         /// The connection attempt it belongs to.
         link: LinkId,

@@ -19,6 +19,12 @@ pub const HOP_BY_HOP: &[&str] = &[
     "trailer",
 ];
 
+/// The eyeball's own `Cf-*` headers that reach the connector, as Cloudflare's edge passes
+/// them: the Access token (this edge runs no Access of its own, and a connector with
+/// `originRequest.access` checks its signature, so a forged one gains nothing) and the
+/// bastion destination `cloudflared access --destination` sends.
+pub const EYEBALL_CF_HEADERS: &[&str] = &["cf-access-jwt-assertion", "cf-access-jump-destination"];
+
 /// `ConnectRequest` metadata for an eyeball's HTTP request from `peer`. `headers` are
 /// (name, value) with names in lower case, as `http` keeps them.
 pub fn request_metadata<'a>(
@@ -33,11 +39,9 @@ pub fn request_metadata<'a>(
     ];
     let mut chain = String::new();
     for (name, value) in headers {
-        // Cf-Access-Jwt-Assertion passes: this edge runs no Access of its own, and a connector
-        // with `originRequest.access` checks the token's signature, so a forged one gains nothing.
         if HOP_BY_HOP.contains(&name)
             || name == "host"
-            || (name.starts_with("cf-") && name != "cf-access-jwt-assertion")
+            || (name.starts_with("cf-") && !EYEBALL_CF_HEADERS.contains(&name))
         {
             continue;
         }

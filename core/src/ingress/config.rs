@@ -40,6 +40,10 @@ pub struct OriginRequestConfig {
     pub disable_chunked_encoding: Option<bool>,
     /// `http2Origin`: offer HTTP/2 to TLS origins.
     pub http2_origin: Option<bool>,
+    /// `bastionMode`.
+    pub bastion_mode: Option<bool>,
+    /// `ipRules` (of a `socks-proxy` rule).
+    pub ip_rules: Option<Vec<IpRuleConfig>>,
     /// `access`: Cloudflare Access JWT checks.
     pub access: Option<super::access::AccessConfig>,
 }
@@ -73,6 +77,18 @@ pub struct OriginFlagKeys {
     pub origin_server_name: Option<String>,
     /// `no-chunked-encoding`.
     pub no_chunked_encoding: Option<bool>,
+}
+
+/// One `ipRules` entry as written.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(default)]
+pub struct IpRuleConfig {
+    /// `prefix`: a CIDR.
+    pub prefix: Option<String>,
+    /// `ports`.
+    pub ports: Vec<i64>,
+    /// `allow`.
+    pub allow: bool,
 }
 
 /// `warp-routing`.

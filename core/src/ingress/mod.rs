@@ -7,6 +7,7 @@
 //! Validation errors carry cloudflared's texts. Parsing is pure: files are read by the driver.
 
 pub mod access;
+pub mod bastion;
 mod config;
 mod duration;
 pub mod local_config;
@@ -16,8 +17,8 @@ pub mod no_tls_verify;
 mod tests;
 
 pub use config::{
-    ConfigFile, OriginFlagKeys, OriginRequestConfig, RawRule, RemoteConfig, WarpRoutingConfig,
-    CONFIG_FILE_KEYS,
+    ConfigFile, IpRuleConfig, OriginFlagKeys, OriginRequestConfig, RawRule, RemoteConfig,
+    WarpRoutingConfig, CONFIG_FILE_KEYS,
 };
 
 use std::sync::Arc;
@@ -73,6 +74,9 @@ pub enum IngressError {
     /// A service kind burrow does not run (yet).
     #[error("service {0} is not supported by burrow yet")]
     Unsupported(String),
+    /// An `ipRules` entry cloudflared refuses.
+    #[error("unable to create ip rule for socks-proxy: {0}")]
+    IpRule(String),
     /// `originRequest.access` that cloudflared refuses.
     #[error("{0}")]
     Access(String),
@@ -110,6 +114,11 @@ pub enum Service {
     HttpStatus(u16),
     /// The built-in hello-world page.
     HelloWorld,
+    /// cloudflared's SOCKS5 proxy over WebSocket (`socks-proxy`), limited by `ipRules`.
+    SocksProxy,
+    /// cloudflared's bastion (`service: bastion` or `bastionMode`): TCP over WebSocket to the
+    /// destination each request names ([`bastion::destination`]).
+    Bastion,
     /// Any other `scheme://host[:port]`: a raw TCP stream (cloudflared carries it over
     /// WebSocket; ssh 22, rdp 3389, smb 445, tcp 7864 by default).
     Tcp {
@@ -147,8 +156,11 @@ impl Service {
         if matches!(raw, "hello_world" | "hello-world" | "helloworld") {
             return Ok(Service::HelloWorld);
         }
-        if matches!(raw, "bastion" | "socks-proxy") {
-            return Err(IngressError::Unsupported(raw.into()));
+        if raw == "bastion" {
+            return Ok(Service::Bastion);
+        }
+        if raw == "socks-proxy" {
+            return Ok(Service::SocksProxy);
         }
         let uri: http::Uri = raw
             .parse()
@@ -212,6 +224,8 @@ impl std::fmt::Display for Service {
             Service::Unix { path, tls: true } => write!(f, "unix+tls:{path}"),
             Service::HttpStatus(s) => write!(f, "http_status:{s}"),
             Service::HelloWorld => f.write_str("hello_world"),
+            Service::Bastion => f.write_str("bastion"),
+            Service::SocksProxy => f.write_str("socks-proxy"),
             Service::Tcp { host, port } => match port {
                 Some(p) => write!(f, "tcp://{host}:{p}"),
                 None => write!(f, "tcp://{host}"),
@@ -249,6 +263,10 @@ pub struct OriginRequest {
     pub access: Option<access::AccessPolicy>,
     /// `http2Origin`: offer HTTP/2 to TLS origins (see [`Origin::offers_http2`]).
     pub http2_origin: bool,
+    /// `bastionMode`: the rule's URL service is replaced by [`Service::Bastion`].
+    pub bastion_mode: bool,
+    /// `ipRules`: where a `socks-proxy` rule may connect (first match decides; none: refused).
+    pub ip_rules: Vec<IpRule>,
 }
 
 impl Default for OriginRequest {
@@ -267,6 +285,8 @@ impl Default for OriginRequest {
             match_sni_to_host: false,
             access: None,
             http2_origin: false,
+            bastion_mode: false,
+            ip_rules: Vec::new(),
         }
     }
 }
@@ -308,12 +328,91 @@ impl OriginRequest {
         if let Some(v) = c.http2_origin {
             o.http2_origin = v;
         }
+        if let Some(v) = c.bastion_mode {
+            o.bastion_mode = v;
+        }
+        if let Some(rules) = &c.ip_rules {
+            o.ip_rules = rules
+                .iter()
+                .map(|r| IpRule::parse(r.prefix.as_deref(), &r.ports, r.allow))
+                .collect::<Result<_, _>>()?;
+        }
         // cloudflared checks only a rule's own `access`; burrow also lets a global one apply
         // (to every rule that does not set its own), so protection never silently fails open.
         if let Some(v) = &c.access {
             o.access = access::AccessPolicy::from_config(v)?;
         }
         Ok(o)
+    }
+}
+
+/// One `ipRules` entry: a CIDR prefix, ports (none: all) and whether it allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IpRule {
+    /// The network's address, host bits cleared.
+    pub network: std::net::IpAddr,
+    /// The prefix length.
+    pub prefix_len: u8,
+    /// Ports it applies to (empty: every port).
+    pub ports: Vec<u16>,
+    /// Allow or deny.
+    pub allow: bool,
+}
+
+impl IpRule {
+    /// cloudflared's `ipaccess.NewRuleByCIDR`: a prefix is required, ports are 1..=65535.
+    pub fn parse(prefix: Option<&str>, ports: &[i64], allow: bool) -> Result<Self, IngressError> {
+        let prefix = prefix
+            .filter(|p| !p.is_empty())
+            .ok_or_else(|| IngressError::IpRule("no prefix provided".into()))?;
+        let bad = || IngressError::IpRule(format!("unable to parse cidr: {prefix}"));
+        let (addr, len) = prefix.split_once('/').ok_or_else(bad)?;
+        let addr: std::net::IpAddr = addr.parse().map_err(|_| bad())?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix_len: u8 = len
+            .parse()
+            .ok()
+            .filter(|l| *l <= max && !len.starts_with('+'))
+            .ok_or_else(bad)?;
+        let ports = ports
+            .iter()
+            .map(|&p| {
+                u16::try_from(p).ok().filter(|p| *p >= 1).ok_or_else(|| {
+                    IngressError::IpRule(format!(
+                        "invalid port {p}, needs to be between 1 and 65535"
+                    ))
+                })
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Self {
+            network: mask(addr, prefix_len),
+            prefix_len,
+            ports,
+            allow,
+        })
+    }
+
+    /// Whether `ip` is in the prefix (of the same family, as Go's `IPNet.Contains`).
+    pub fn contains(&self, ip: std::net::IpAddr) -> bool {
+        ip.is_ipv4() == self.network.is_ipv4() && mask(ip, self.prefix_len) == self.network
+    }
+}
+
+fn mask(ip: std::net::IpAddr, len: u8) -> std::net::IpAddr {
+    use std::net::IpAddr;
+    match ip {
+        IpAddr::V4(a) => {
+            let m = u32::MAX
+                .checked_shl(32 - u32::from(len.min(32)))
+                .unwrap_or(0);
+            IpAddr::from((u32::from(a) & m).to_be_bytes())
+        }
+        IpAddr::V6(a) => {
+            let m = u128::MAX
+                .checked_shl(128 - u32::from(len.min(128)))
+                .unwrap_or(0);
+            IpAddr::from((u128::from(a) & m).to_be_bytes())
+        }
     }
 }
 
@@ -438,7 +537,24 @@ impl Ingress {
         let total = raw.len();
         let mut rules = Vec::with_capacity(total);
         for (i, r) in raw.iter().enumerate() {
-            let service = Service::parse(&r.service)?;
+            let origin_request = match &r.origin_request {
+                Some(c) => defaults.overlay(c)?,
+                None => defaults.clone(),
+            };
+            // cloudflared: `bastionMode` turns any URL service (not unix sockets, statuses,
+            // hello world or socks-proxy) into the bastion, before the URL is checked.
+            let keeps_service = ["unix:", "unix+tls:", "http_status:"]
+                .iter()
+                .any(|p| r.service.starts_with(p))
+                || matches!(
+                    r.service.as_str(),
+                    "hello_world" | "hello-world" | "helloworld" | "socks-proxy"
+                );
+            let service = if origin_request.bastion_mode && !keeps_service {
+                Service::Bastion
+            } else {
+                Service::parse(&r.service)?
+            };
             let hostname = r.hostname.clone().unwrap_or_default();
             let path = r.path.clone().unwrap_or_default();
             if hostname.rsplit_once(':').is_some_and(|(h, p)| {
@@ -474,10 +590,6 @@ impl Ingress {
                 Host::Suffix(rest.to_owned())
             } else {
                 Host::Exact(hostname.clone())
-            };
-            let origin_request = match &r.origin_request {
-                Some(c) => defaults.overlay(c)?,
-                None => defaults.clone(),
             };
             rules.push(Rule {
                 host,

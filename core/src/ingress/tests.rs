@@ -205,10 +205,11 @@ fn services() {
         Service::parse("hello-world").expect("ok"),
         Service::HelloWorld
     );
-    assert!(matches!(
-        Service::parse("bastion"),
-        Err(IngressError::Unsupported(_))
-    ));
+    assert_eq!(Service::parse("bastion").expect("ok"), Service::Bastion);
+    assert_eq!(
+        Service::parse("socks-proxy").expect("ok"),
+        Service::SocksProxy
+    );
     assert_eq!(
         Service::parse("http://localhost").expect("ok").to_string(),
         "http://localhost:80"
@@ -557,4 +558,24 @@ fn http2_is_offered_only_for_http_requests_to_tls_origins_of_http2origin_rules()
     assert!(!offers(2, FlowKind::Http), "no h2c to cleartext origins");
     assert!(!offers(3, FlowKind::Http), "the rule's own setting wins");
     assert!(!offers(4, FlowKind::Http));
+}
+
+#[test]
+fn bastion_mode_turns_url_services_into_the_bastion_as_cloudflared() {
+    let ing = ConfigFile::from_yaml(
+        "ingress:\n  - hostname: a\n    service: bastion\n  - hostname: b\n    service: ssh://x:22\n    originRequest:\n      bastionMode: true\n  - hostname: c\n    service: hello_world\n    originRequest:\n      bastionMode: true\n  - service: http://x:1\n",
+    )
+    .unwrap()
+    .ingress()
+    .unwrap()
+    .unwrap();
+    let services: Vec<String> = ing
+        .rules()
+        .iter()
+        .map(|r| r.origin.service.to_string())
+        .collect();
+    assert_eq!(
+        services,
+        ["bastion", "bastion", "hello_world", "http://x:1"]
+    );
 }

@@ -18,7 +18,7 @@
 //! or below fall back to the default instead of panicking.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::ops::Range;
 use std::time::{Duration, Instant};
@@ -253,6 +253,30 @@ impl SessionStats {
     }
 }
 
+/// One HA connection index's share of the flow counters cloudflared labels with `conn_index`
+/// (`quic/v3/metrics.go`): a session counts where it registered, a retry or migration where
+/// it arrived, a failure where its payloads went.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexStats {
+    /// Sessions opened (`udp_total_flows`).
+    pub total_flows: u64,
+    /// Of those, sessions ended (`udp_active_flows` is the difference).
+    pub ended: u64,
+    /// Sessions ended by an origin error (`udp_failed_flows`).
+    pub failed: u64,
+    /// Duplicate registrations answered again (`udp_retry_flow_responses`).
+    pub retries: u64,
+    /// Sessions moved here from another connection (`udp_migrated_flows`).
+    pub migrated: u64,
+}
+
+impl IndexStats {
+    /// Sessions opened here and not ended (`udp_active_flows`).
+    pub fn active(&self) -> u64 {
+        self.total_flows.saturating_sub(self.ended)
+    }
+}
+
 /// Where a framed origin payload must go: `buf[range]` on `link`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Outbound {
@@ -280,6 +304,8 @@ struct Session {
     dest: SocketAddr,
     /// Where origin payloads go; `None` after the connection died, until a re-registration.
     link: Option<LinkId>,
+    /// The HA index it registered on, once opened (where it counts as active).
+    opened_on: Option<u8>,
     idle: Duration,
     last_active: Instant,
     state: State,
@@ -302,6 +328,10 @@ pub struct SessionManager {
     actions: VecDeque<SessionAction>,
     next_flow: u64,
     stats: SessionStats,
+    /// The HA index of each live link (told by the supervisor).
+    indexes: Map<LinkId, u8>,
+    /// The counters by HA index (at most 256 entries).
+    by_index: BTreeMap<u8, IndexStats>,
 }
 
 impl SessionManager {
@@ -316,7 +346,25 @@ impl SessionManager {
             actions: VecDeque::new(),
             next_flow: 0,
             stats: SessionStats::default(),
+            indexes: Map::default(),
+            by_index: BTreeMap::new(),
         }
+    }
+
+    /// `link` is the connection of HA index `index` (until [`Self::link_closed`]).
+    pub fn set_link_index(&mut self, link: LinkId, index: u8) {
+        self.indexes.insert(link, index);
+    }
+
+    /// The flow counters by HA index.
+    pub fn index_stats(&self) -> &BTreeMap<u8, IndexStats> {
+        &self.by_index
+    }
+
+    /// The counters of the index of `link`, if the supervisor named one.
+    fn at_link(&mut self, link: Option<LinkId>) -> Option<&mut IndexStats> {
+        let index = *self.indexes.get(&link?)?;
+        Some(self.by_index.entry(index).or_default())
     }
 
     /// Draws sessions from `flows` (the process-wide limiter TCP flows share); call before
@@ -486,6 +534,7 @@ impl SessionManager {
                 version: r.version,
                 dest: r.dest,
                 link: Some(r.link),
+                opened_on: None,
                 idle: r.idle,
                 last_active: now,
                 state: State::Opening {
@@ -507,13 +556,24 @@ impl SessionManager {
         };
         // The new registration's destination and hint are ignored, as in cloudflared.
         s.last_active = now;
-        if s.link == Some(r.link) {
+        let retry = s.link == Some(r.link);
+        if retry {
             self.stats.retries += 1;
         } else {
             debug!(flow_id = %r.id, from = ?s.link, to = %r.link, "migrating session");
             s.link = Some(r.link);
             self.stats.migrated += 1;
         }
+        if let Some(at) = self.at_link(Some(r.link)) {
+            if retry {
+                at.retries += 1;
+            } else {
+                at.migrated += 1;
+            }
+        }
+        let Some(s) = self.sessions.get_mut(&flow) else {
+            return;
+        };
         match &mut s.state {
             State::Opening { answer, .. } => {
                 if !answer.contains(&r.link) {
@@ -556,8 +616,15 @@ impl SessionManager {
         };
         s.last_active = now;
         let deadline = now + s.idle;
-        let (id, version) = (s.id, s.version);
+        let (id, version, link) = (s.id, s.version, s.link);
         self.stats.total_flows += 1;
+        let index = link.and_then(|l| self.indexes.get(&l).copied());
+        if let Some(i) = index {
+            self.by_index.entry(i).or_default().total_flows += 1;
+        }
+        if let Some(s) = self.sessions.get_mut(&flow) {
+            s.opened_on = index;
+        }
         self.deadlines.push(Reverse((deadline, flow)));
         for link in answer {
             self.answer(link, version, id, Answer::Ok);
@@ -577,6 +644,10 @@ impl SessionManager {
         if matches!(s.state, State::Open) {
             warn!(flow_id = %s.id, %reason, "flow closed with an error");
             self.stats.failed += 1;
+            let link = s.link;
+            if let Some(at) = self.at_link(link) {
+                at.failed += 1;
+            }
             self.end(flow, Some(reason.to_owned()));
             return;
         }
@@ -653,7 +724,11 @@ impl SessionManager {
         }
         if successor.is_some() {
             self.stats.migrated += moved;
+            if let Some(at) = self.at_link(successor) {
+                at.migrated += moved;
+            }
         }
+        self.indexes.remove(&link);
         if moved > 0 {
             debug!(%link, ?successor, sessions = moved, "connection gone; sessions re-homed");
         }
@@ -717,6 +792,9 @@ impl SessionManager {
     fn remove(&mut self, flow: UdpFlowId) -> Option<Session> {
         let s = self.sessions.remove(&flow)?;
         self.by_id.remove(&s.id);
+        if let Some(i) = s.opened_on {
+            self.by_index.entry(i).or_default().ended += 1;
+        }
         if let State::Opening { pending, .. } = &s.state {
             self.stats.dropped[DropReason::Unopened as usize] += pending.len() as u64;
         }

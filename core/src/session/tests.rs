@@ -442,3 +442,42 @@ fn every_session_end_releases_its_flow_slot_once_and_migration_keeps_it() {
     assert_eq!(flows.active(), 0, "a dropped manager gives every slot back");
     assert_eq!(flows.rejected(crate::flow::FlowType::Udp), 0);
 }
+
+#[test]
+fn flows_are_counted_by_the_index_of_their_connection() {
+    let now = Instant::now();
+    let mut m = SessionManager::new(SessionLimits::default());
+    m.set_link_index(A, 0);
+    m.set_link_index(B, 1);
+    let f1 = open(&mut m, now, A, 1, 0);
+    let _f2 = open(&mut m, now, A, 2, 0);
+    // A retry on A, then session 1 moves to B.
+    m.handle_datagram(now, A, DatagramVersion::V3, &registration(1, 0, b""));
+    m.handle_datagram(now, B, DatagramVersion::V3, &registration(1, 0, b""));
+    let _ = actions(&mut m);
+    // Its origin fails while it is on B: a failure of index 1, still an active flow of 0 until
+    // it is gone.
+    m.handle_origin_failed(f1, "connection refused");
+    let at = |m: &SessionManager, i: u8| m.index_stats().get(&i).cloned().unwrap_or_default();
+    let zero = at(&m, 0);
+    assert_eq!(
+        (
+            zero.total_flows,
+            zero.active(),
+            zero.retries,
+            zero.failed,
+            zero.migrated
+        ),
+        (2, 1, 1, 0, 0)
+    );
+    let one = at(&m, 1);
+    assert_eq!(
+        (one.total_flows, one.active(), one.migrated, one.failed),
+        (0, 0, 1, 1)
+    );
+    // A closes with B as successor: session 2 migrates to index 1; A's index is forgotten.
+    m.link_closed(A, Some(B));
+    assert_eq!(at(&m, 1).migrated, 2);
+    m.set_link_index(LinkId(9), 0);
+    assert_eq!(m.stats().total_flows, 2, "the totals are unchanged");
+}

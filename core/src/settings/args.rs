@@ -264,7 +264,9 @@ impl IgnoredArgs {
 
 /// cloudflared's app-level flags are its `tunnel` flags, so they may come before `tunnel`:
 /// `burrow --no-autoupdate tunnel run` is read as `burrow tunnel --no-autoupdate run`; so
-/// is `burrow --config FILE service install`.
+/// is `burrow --config FILE service install`. cloudflared's `tunnel` also takes some of `run`'s
+/// flags (`--credentials-file`, `--protocol`, `--post-quantum`, `--url` and the origin flags):
+/// given between `tunnel` and `run` they move after `run`, with their value.
 pub fn cloudflared_argv(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let leading_flag = args
         .get(1)
@@ -274,8 +276,63 @@ pub fn cloudflared_argv(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsSt
             args[1..=at].rotate_right(1);
         }
     }
+    // Only `burrow tunnel ... run`: `burrow edge ... tunnel create` is left alone.
+    let tunnel = args.get(1).is_some_and(|a| a == "tunnel").then_some(1);
+    let run = args.iter().position(|a| a == "run");
+    if let (Some(tunnel), Some(run)) = (tunnel, run) {
+        if tunnel < run {
+            let mut kept = Vec::new();
+            let mut moved = Vec::new();
+            let mut i = tunnel + 1;
+            while i < run {
+                let arg = args[i].to_string_lossy().into_owned();
+                let name = arg.split('=').next().unwrap_or_default();
+                let takes_value = RUN_FLAGS_WITH_VALUE.contains(&name) && !arg.contains('=');
+                if RUN_FLAGS_WITH_VALUE.contains(&name) || RUN_SWITCHES.contains(&name) {
+                    moved.push(args[i].clone());
+                    if takes_value && i + 1 < run {
+                        i += 1;
+                        moved.push(args[i].clone());
+                    }
+                } else {
+                    kept.push(args[i].clone());
+                }
+                i += 1;
+            }
+            if !moved.is_empty() {
+                let rest = args.split_off(run + 1);
+                args.truncate(tunnel + 1);
+                args.extend(kept);
+                args.push("run".into());
+                args.extend(moved);
+                args.extend(rest);
+            }
+        }
+    }
     args
 }
+
+/// `run` flags with a value that cloudflared's `tunnel` takes too.
+const RUN_FLAGS_WITH_VALUE: &[&str] = &[
+    "--credentials-file",
+    "--cred-file",
+    "--protocol",
+    "-p",
+    "--url",
+    "--unix-socket",
+    "--http-host-header",
+    "--origin-ca-pool",
+    "--origin-server-name",
+];
+
+/// `run` switches that cloudflared's `tunnel` takes too.
+const RUN_SWITCHES: &[&str] = &[
+    "--post-quantum",
+    "--pq",
+    "--hello-world",
+    "--no-tls-verify",
+    "--no-chunked-encoding",
+];
 
 /// cloudflared's `originRequest` flags for the origin of `--url`, `--hello-world` or
 /// `--unix-socket`; ingress rules from a file take their options from the file instead.

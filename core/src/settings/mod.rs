@@ -500,6 +500,8 @@ pub struct RunConfig {
     pub max_active_flows: Option<u64>,
     /// The configuration file's `warp-routing.maxActiveFlows`.
     pub local_max_active_flows: Option<u64>,
+    /// The configuration file's `warp-routing.connectTimeout`.
+    pub local_tcp_connect_timeout: Option<std::time::Duration>,
     /// `--icmpv4-src`.
     pub icmpv4_src: Option<std::net::Ipv4Addr>,
     /// `--icmpv6-src`.
@@ -600,6 +602,7 @@ pub fn run_config(
         tags: settings.tags.clone(),
         max_active_flows: settings.max_active_flows,
         local_max_active_flows: file.warp_routing.max_active_flows,
+        local_tcp_connect_timeout: file.warp_routing.connect_timeout.map(|d| d.0),
         icmpv4_src: settings.icmpv4_src,
         icmpv6_src: settings.icmpv6_src,
         post_quantum: settings.post_quantum,
@@ -705,6 +708,9 @@ impl RunConfig {
             max_idle: self.ingress.defaults.keep_alive_connections as usize,
             idle_timeout: self.ingress.defaults.keep_alive_timeout,
             tags: self.tags.clone(),
+            tcp_connect_timeout: self
+                .local_tcp_connect_timeout
+                .unwrap_or(crate::tunnel::dial::TCP_DIAL_TIMEOUT),
             ..DataLimits::default()
         };
         let connector = ConnectorConfig {

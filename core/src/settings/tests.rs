@@ -195,9 +195,43 @@ fn flags_before_tunnel_move_after_it_and_nothing_else_moves() {
         argv(&["burrow", "--config", "c.yml", "service", "install"]),
         ["burrow", "service", "--config", "c.yml", "install"]
     );
+    // `run`'s flags that cloudflared's `tunnel` also takes move after `run`, with values.
+    assert_eq!(
+        argv(&[
+            "burrow",
+            "--no-autoupdate",
+            "tunnel",
+            "--url",
+            "http://x",
+            "--metrics",
+            "m",
+            "--no-tls-verify",
+            "--protocol=http2",
+            "--credentials-file",
+            "c.json",
+            "run",
+            "id"
+        ]),
+        [
+            "burrow",
+            "tunnel",
+            "--no-autoupdate",
+            "--metrics",
+            "m",
+            "run",
+            "--url",
+            "http://x",
+            "--no-tls-verify",
+            "--protocol=http2",
+            "--credentials-file",
+            "c.json",
+            "id"
+        ]
+    );
     for same in [
         &["burrow", "tunnel", "--no-autoupdate", "run"][..],
         &["burrow", "edge", "--dir", "tunnel"],
+        &["burrow", "edge", "--url", "x", "tunnel", "run"],
         &["burrow", "--version"],
     ] {
         assert_eq!(argv(same), same);
@@ -473,4 +507,45 @@ fn flags_cloudflared_itself_ignores_are_taken_and_named() {
     ] {
         assert!(named.contains(&flag), "{flag} in {named:?}");
     }
+}
+
+/// Private-network TCP flows dial with config.yml's `warp-routing.connectTimeout`, else
+/// cloudflared's default (a remote configuration replaces it later, in the supervisor).
+#[test]
+fn warp_routing_connect_timeout_reaches_the_tcp_dials() {
+    let host = MapHost(HashMap::from([("/c.json", CREDS)]));
+    let timeout = |yaml: &str| {
+        let s = settings(
+            &[
+                "run",
+                "--credentials-file",
+                "/c.json",
+                "--url",
+                "http://127.0.0.1:1",
+            ],
+            "",
+        )
+        .unwrap();
+        let loaded = LoadedConfig {
+            path: Some("/config.yml".into()),
+            text: Some(yaml.into()),
+            file: ConfigFile::from_yaml(yaml).expect("file parses"),
+        };
+        let (rc, _) = run_config(&s, &loaded, &host).unwrap();
+        rc.supervisor_config(
+            rustls::RootCertStore::empty(),
+            uuid::Uuid::nil(),
+            crate::icmp::RouterConfig::default(),
+            None,
+        )
+        .unwrap()
+        .connector
+        .data
+        .tcp_connect_timeout
+    };
+    assert_eq!(timeout(""), crate::tunnel::dial::TCP_DIAL_TIMEOUT);
+    assert_eq!(
+        timeout("warp-routing:\n  connectTimeout: 2s\n"),
+        std::time::Duration::from_secs(2)
+    );
 }

@@ -6,5 +6,6 @@ pub mod connect;
 pub mod http1;
 pub mod preamble;
 pub mod proxy;
+pub mod socks;
 pub mod tag;
 pub mod websocket;

@@ -18,7 +18,7 @@ use super::http1::{self, BodyReader, Framing, ResponseHead};
 use super::tag::Tag;
 use super::websocket::{self, Control};
 use crate::ingress::access::{self, AccessKeys, Verdict};
-use crate::ingress::{Ingress, Origin, Service};
+use crate::ingress::{bastion, Ingress, Origin, Service};
 use crate::rpc::frame::FrameLimits;
 use crate::tunnel::requests::RequestOutcome;
 
@@ -426,7 +426,12 @@ impl DataStream {
                         }
                     }
                 }
-                if let Some(r) = rule.filter(|r| matches!(r.origin.service, Service::Tcp { .. })) {
+                if let Some(r) = rule.filter(|r| {
+                    matches!(
+                        r.origin.service,
+                        Service::Tcp { .. } | Service::Bastion | Service::SocksProxy
+                    )
+                }) {
                     if kind != FlowKind::WebSocket {
                         let e = format!(
                             "service {} takes WebSocket requests only (cloudflared access)",
@@ -435,12 +440,31 @@ impl DataStream {
                         self.fail(&e, false);
                         return Ok(None);
                     }
-                    let key = req.metadata().flatten().find_map(|m| {
-                        m.key
-                            .strip_prefix(key::HTTP_HEADER_PREFIX)
-                            .filter(|name| name.eq_ignore_ascii_case("Sec-WebSocket-Key"))
-                            .map(|_| websocket::accept_key(m.val))
-                    });
+                    let header = |wanted: &str| {
+                        req.metadata().flatten().find_map(|m| {
+                            m.key
+                                .strip_prefix(key::HTTP_HEADER_PREFIX)
+                                .filter(|name| name.eq_ignore_ascii_case(wanted))
+                                .map(|_| m.val)
+                        })
+                    };
+                    // A bastion's origin is the destination this request names.
+                    let origin = if r.origin.service == Service::Bastion {
+                        let named = header(bastion::JUMP_DESTINATION).unwrap_or("");
+                        match bastion::destination(named) {
+                            Ok(service) => Arc::new(Origin {
+                                service,
+                                origin_request: r.origin.origin_request.clone(),
+                            }),
+                            Err(e) => {
+                                self.fail(&e.to_string(), false);
+                                return Ok(None);
+                            }
+                        }
+                    } else {
+                        r.origin.clone()
+                    };
+                    let key = header("Sec-WebSocket-Key").map(websocket::accept_key);
                     self.ws = Some(WsBridge {
                         decoder: websocket::Decoder::default(),
                         accept: key,
@@ -451,7 +475,7 @@ impl DataStream {
                         kind,
                         dest: dest.to_owned(),
                         host: http1::request_host(&req).ok().flatten(),
-                        origin: Some(r.origin.clone()),
+                        origin: Some(origin),
                     }));
                 }
                 let mut options = rule.map(|r| r.request_options()).unwrap_or_default();

@@ -395,6 +395,11 @@ impl ConnectorConnection {
         self.data.set_access_keys(keys);
     }
 
+    /// New private-network TCP flows dial with `timeout` (a configuration push).
+    pub fn set_tcp_connect_timeout(&mut self, timeout: Duration) {
+        self.data.set_tcp_connect_timeout(timeout);
+    }
+
     /// New data streams resolve origins with `ingress` (a configuration push).
     pub fn set_ingress(&mut self, ingress: std::sync::Arc<crate::ingress::Ingress>) {
         self.data.set_ingress(ingress);

@@ -107,6 +107,9 @@ pub struct DataLimits {
     pub tags: Vec<Tag>,
     /// Signing keys for rules with `originRequest.access` (none yet: those rules refuse).
     pub access: Option<Arc<AccessKeys>>,
+    /// Dial timeout of private-network TCP flows: `warp-routing.connectTimeout`, the remote
+    /// configuration's once one is pushed.
+    pub tcp_connect_timeout: Duration,
 }
 
 impl Default for DataLimits {
@@ -120,6 +123,7 @@ impl Default for DataLimits {
             ingress: None,
             tags: Vec::new(),
             access: None,
+            tcp_connect_timeout: super::dial::TCP_DIAL_TIMEOUT,
         }
     }
 }
@@ -227,6 +231,11 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
     /// New streams check Access JWTs with `keys`.
     pub(crate) fn set_access_keys(&mut self, keys: Arc<AccessKeys>) {
         self.limits.access = Some(keys);
+    }
+
+    /// New private-network TCP flows dial with `timeout` (a configuration push).
+    pub(crate) fn set_tcp_connect_timeout(&mut self, timeout: Duration) {
+        self.limits.tcp_connect_timeout = timeout;
     }
 
     /// New streams resolve origins with `ingress` (a configuration push).
@@ -356,6 +365,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
                     target.kind,
                     &target.dest,
                     target.origin.as_deref(),
+                    self.limits.tcp_connect_timeout,
                 )),
             },
         );

@@ -1,5 +1,6 @@
 //! Origin dial and TLS handshake deadlines: cloudflared's `connectTimeout` and `tlsTimeout`
-//! per rule, and [`TCP_DIAL_TIMEOUT`] for private-network TCP. They run on the connector's
+//! per rule, and `warp-routing.connectTimeout` ([`TCP_DIAL_TIMEOUT`] without it) for
+//! private-network TCP. They run on the connector's
 //! timers, so every driver gets them and a driver's dial needs no clock of its own: the
 //! driver reports the connect (`Input::FlowHandshaking`) and the end of the handshake, and a
 //! dial past its deadline fails as a failed dial does and is closed.
@@ -11,9 +12,9 @@ use thiserror::Error;
 use crate::ingress::{Origin, Service};
 use crate::stream::proxy::FlowKind;
 
-/// Dial timeout of private-network TCP flows: the one both drivers used. (cloudflared dials
-/// them with `warp-routing.connectTimeout`, which burrow does not read yet.)
-pub const TCP_DIAL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Dial timeout of private-network TCP flows without `warp-routing.connectTimeout`
+/// (cloudflared's `defaultWarpRoutingConnectTimeout`).
+pub const TCP_DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// An origin connection that did not come up in time. Its text goes into the 502 the edge
 /// relays, in Go's words.
@@ -44,12 +45,17 @@ pub(crate) struct Dial {
 }
 
 impl Dial {
-    /// The dial of a flow opened at `now`.
-    pub(crate) fn start(now: Instant, kind: FlowKind, dest: &str, origin: Option<&Origin>) -> Self {
+    /// The dial of a flow opened at `now`; private-network TCP flows (and requests no rule
+    /// resolved) wait `tcp_timeout`.
+    pub(crate) fn start(
+        now: Instant,
+        kind: FlowKind,
+        dest: &str,
+        origin: Option<&Origin>,
+        tcp_timeout: Duration,
+    ) -> Self {
         let (network, target, connect, tls_timeout) = match (kind, origin) {
-            (FlowKind::Tcp, _) | (_, None) => {
-                ("tcp", dest.to_owned(), TCP_DIAL_TIMEOUT, Duration::ZERO)
-            }
+            (FlowKind::Tcp, _) | (_, None) => ("tcp", dest.to_owned(), tcp_timeout, Duration::ZERO),
             (_, Some(o)) => {
                 let r = &o.origin_request;
                 match &o.service {
@@ -140,7 +146,13 @@ mod tests {
             port: 8443,
         };
         let o = origin(https, 30, 10);
-        let mut d = Dial::start(t0, FlowKind::Http, "https://app.test/", Some(&o));
+        let mut d = Dial::start(
+            t0,
+            FlowKind::Http,
+            "https://app.test/",
+            Some(&o),
+            TCP_DIAL_TIMEOUT,
+        );
         assert_eq!(d.deadline(), Some(t0 + Duration::from_secs(30)));
         assert_eq!(d.expired(t0 + Duration::from_secs(29)), None);
         assert_eq!(
@@ -165,9 +177,9 @@ mod tests {
     }
 
     #[test]
-    fn private_tcp_waits_30_seconds_and_zero_or_in_process_waits_for_nothing() {
+    fn private_tcp_waits_its_own_timeout_and_zero_or_in_process_waits_for_nothing() {
         let t0 = Instant::now();
-        let d = Dial::start(t0, FlowKind::Tcp, "10.0.0.1:22", None);
+        let d = Dial::start(t0, FlowKind::Tcp, "10.0.0.1:22", None, TCP_DIAL_TIMEOUT);
         assert_eq!(d.deadline(), Some(t0 + TCP_DIAL_TIMEOUT));
         assert_eq!(
             d.expired(t0 + TCP_DIAL_TIMEOUT).unwrap().to_string(),
@@ -181,11 +193,23 @@ mod tests {
             0,
             0,
         );
-        let d = Dial::start(t0, FlowKind::Http, "http://app.test/", Some(&zero));
+        let d = Dial::start(
+            t0,
+            FlowKind::Http,
+            "http://app.test/",
+            Some(&zero),
+            TCP_DIAL_TIMEOUT,
+        );
         assert_eq!(d.deadline(), None);
         assert_eq!(d.expired(t0 + Duration::from_secs(3600)), None);
         let hello = origin(Service::HelloWorld, 30, 10);
-        let d = Dial::start(t0, FlowKind::Http, "http://app.test/", Some(&hello));
+        let d = Dial::start(
+            t0,
+            FlowKind::Http,
+            "http://app.test/",
+            Some(&hello),
+            TCP_DIAL_TIMEOUT,
+        );
         assert_eq!(d.deadline(), None);
         let unix = origin(
             Service::Unix {
@@ -195,7 +219,13 @@ mod tests {
             2,
             0,
         );
-        let d = Dial::start(t0, FlowKind::Http, "http://app.test/", Some(&unix));
+        let d = Dial::start(
+            t0,
+            FlowKind::Http,
+            "http://app.test/",
+            Some(&unix),
+            TCP_DIAL_TIMEOUT,
+        );
         assert_eq!(
             d.expired(t0 + Duration::from_secs(2)).unwrap().to_string(),
             "dial unix /run/app.sock: i/o timeout"

@@ -293,3 +293,18 @@ pub fn request_counts_by_code(http: u16, metrics: SocketAddr) {
     );
     assert_eq!(delta("cloudflared_tunnel_request_errors"), 2.0, "{text}");
 }
+
+/// The sum of every `name{...}` series (a family labelled `conn_index`, say), 0 when absent.
+pub fn summed(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| {
+            l.strip_prefix(name)?
+                .strip_prefix('{')?
+                .split_once("} ")?
+                .1
+                .trim()
+                .parse::<f64>()
+                .ok()
+        })
+        .sum()
+}

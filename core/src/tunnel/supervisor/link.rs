@@ -150,6 +150,10 @@ impl Link {
         both!(self, c => c.set_access_keys(keys))
     }
 
+    pub(crate) fn set_tcp_connect_timeout(&mut self, timeout: std::time::Duration) {
+        both!(self, c => c.set_tcp_connect_timeout(timeout))
+    }
+
     pub(crate) fn set_ingress(&mut self, ingress: std::sync::Arc<crate::ingress::Ingress>) {
         both!(self, c => c.set_ingress(ingress))
     }

@@ -757,6 +757,16 @@ impl Supervisor {
         self.config.connector.data.access = Some(keys);
     }
 
+    /// Every connection, and every later one, dials private-network TCP flows with `timeout`.
+    fn set_tcp_connect_timeout(&mut self, timeout: Duration) {
+        for s in &mut self.slots {
+            if let Phase::Running(r) = &mut s.phase {
+                r.conn.set_tcp_connect_timeout(timeout);
+            }
+        }
+        self.config.connector.data.tcp_connect_timeout = timeout;
+    }
+
     /// Every connection, and every later one, resolves new requests with `ingress`.
     fn set_ingress(&mut self, ingress: std::sync::Arc<crate::ingress::Ingress>) {
         for s in &mut self.slots {
@@ -831,6 +841,8 @@ impl Supervisor {
         match conn {
             Ok(conn) => {
                 debug!(conn_index = index, %link, %edge, %protocol, "connecting");
+                // Its UDP flows are counted under its index (cloudflared's `conn_index`).
+                self.hub.sessions.set_link_index(link, index);
                 self.events.push_back(SupervisorEvent::Connecting {
                     index,
                     link,
@@ -950,6 +962,7 @@ impl Supervisor {
     fn progress(&mut self, now: Instant) {
         // Rules a configuration push brought: every connection takes them below.
         let mut pushed = None;
+        let mut tcp_connect_timeout = None;
         for i in 0..self.slots.len() {
             let index = self.slots[i].index;
             let Phase::Running(r) = &mut self.slots[i].phase else {
@@ -993,6 +1006,14 @@ impl Supervisor {
                             if has_rules {
                                 pushed = Some(std::sync::Arc::new(new));
                             }
+                            // cloudflared replaces the whole warp-routing section, its
+                            // default included.
+                            tcp_connect_timeout = Some(
+                                remote
+                                    .warp_routing
+                                    .connect_timeout
+                                    .map_or(crate::tunnel::dial::TCP_DIAL_TIMEOUT, |d| d.0),
+                            );
                             let limit = effective_limit(
                                 max_active_flows,
                                 remote.warp_routing.max_active_flows,
@@ -1073,6 +1094,9 @@ impl Supervisor {
         }
         if let Some(ingress) = pushed {
             self.set_ingress(ingress);
+        }
+        if let Some(timeout) = tcp_connect_timeout {
+            self.set_tcp_connect_timeout(timeout);
         }
         if let State::ShuttingDown(_) = self.state {
             if self.slots.iter().all(|s| matches!(s.phase, Phase::Stopped)) {

@@ -215,8 +215,9 @@ fn a_dial_that_succeeds_in_time_cancels_its_deadline() {
 }
 
 #[test]
-fn private_tcp_dials_wait_30_seconds() {
+fn private_tcp_dials_wait_warp_routing_connect_timeout() {
     let (mut w, conn) = world(34, false);
+    // Without warp-routing: cloudflared's default.
     let (stream, link, flow, opened) = w.open(conn, ConnectionType::Tcp, "10.0.0.9:22");
     assert!(w.origin_actions.iter().any(
         |(l, a)| matches!(a, OriginAction::Open { flow: f, kind: FlowKind::Tcp, .. } if *l == link && *f == flow)
@@ -233,6 +234,28 @@ fn private_tcp_dials_wait_30_seconds() {
         Some("dial tcp 10.0.0.9:22: i/o timeout"),
         "the error ConnectResponse of a TCP stream"
     );
+    // The edge pushes warp-routing.connectTimeout (whole seconds): new flows wait that long.
+    let pushed = Duration::from_secs(9);
+    let config = format!(
+        r#"{{"ingress":[{{"service":"http_status:404"}}],"warp-routing":{{"connectTimeout":{}}}}}"#,
+        pushed.as_secs()
+    );
+    let now = w.now;
+    w.edge
+        .as_mut()
+        .expect("edge")
+        .update_configuration(now, conn, 1, config.as_bytes())
+        .expect("push");
+    w.run_until(w.now + Duration::from_secs(2), |w| {
+        w.events
+            .iter()
+            .any(|(_, e)| matches!(e, SupervisorEvent::ConfigurationApplied { version: 1 }))
+    });
+    let (_, link, flow, opened) = w.open(conn, ConnectionType::Tcp, "10.0.0.10:22");
+    w.run_until(opened + pushed + Duration::from_secs(1), |w| {
+        w.dial_closed(link, flow)
+    });
+    assert_eq!(w.now, opened + pushed, "the pushed connectTimeout");
 }
 
 #[test]

@@ -1,0 +1,122 @@
+//! The `bastion` service and `originRequest.bastionMode` end to end (real `burrow edge` and
+//! `burrow tunnel run` on loopback): an eyeball WebSocket, as `cloudflared access
+//! --destination` opens it, reaches the TCP destination its `Cf-Access-Jump-Destination`
+//! names (`burrow edge` passes that header on, as Cloudflare's edge); without it the request
+//! fails.
+
+use std::net::{SocketAddr, TcpStream};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+use burrow_tokio::testbed::{self, EdgeOpts, Proc, Testbed};
+use tungstenite::client::IntoClientRequest;
+use tungstenite::Message;
+
+mod common;
+use common::origins::tcp_echo;
+
+const BIN: &str = env!("CARGO_BIN_EXE_burrow");
+
+fn ws(
+    http: SocketAddr,
+    host: &str,
+    jump: Option<&str>,
+) -> Result<tungstenite::WebSocket<TcpStream>, u16> {
+    let tcp = TcpStream::connect(http).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut req = format!("ws://{host}/").into_client_request().unwrap();
+    if let Some(j) = jump {
+        req.headers_mut()
+            .insert("Cf-Access-Jump-Destination", j.parse().unwrap());
+    }
+    match tungstenite::client(req, tcp) {
+        Ok((ws, resp)) => {
+            assert_eq!(resp.status(), 101);
+            Ok(ws)
+        }
+        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
+            Err(resp.status().as_u16())
+        }
+        Err(e) => panic!("handshake: {e}"),
+    }
+}
+
+fn echo_once(s: &mut tungstenite::WebSocket<TcpStream>, data: &[u8]) -> Vec<u8> {
+    s.send(Message::Binary(data.to_vec().into())).unwrap();
+    let mut got = Vec::new();
+    while got.len() < data.len() {
+        match s.read().expect("read") {
+            Message::Binary(b) => got.extend_from_slice(&b),
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    got
+}
+
+#[test]
+fn bastion_requests_reach_the_destination_they_name() {
+    let bed = Testbed::create(
+        Path::new(BIN),
+        "e2e-bastion",
+        "app",
+        &["bastion.test", "jump.test"],
+    )
+    .expect("tunnel");
+    let (echo_a, echo_b) = (tcp_echo(), tcp_echo());
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let metrics = testbed::free_tcp().expect("port");
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    let config = bed.dir().join("config.yml");
+    // jump.test names an ssh service, but bastionMode makes it a bastion (as cloudflared).
+    std::fs::write(
+        &config,
+        format!(
+            "tunnel: {id}\ncredentials-file: {creds}\ningress:\n\
+             - hostname: bastion.test\n  service: bastion\n\
+             - hostname: jump.test\n  service: ssh://127.0.0.1:1\n  originRequest:\n    bastionMode: true\n\
+             - service: http_status:404\n",
+            id = q(&bed.id),
+            creds = q(&bed.credentials().to_string_lossy()),
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(BIN);
+    cmd.args(["tunnel", "--config"])
+        .arg(&config)
+        .args(["--edge", &eo.quic.to_string(), "--cacert"])
+        .arg(bed.ca())
+        .args([
+            "--metrics",
+            &metrics.to_string(),
+            "--ha-connections",
+            "1",
+            "run",
+        ]);
+    let mut c =
+        Proc::spawn("burrow tunnel run", cmd, bed.dir().join("connector.log")).expect("connector");
+    testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\nconnector: {}", c.log_tail(4000)));
+
+    // Two destinations behind one hostname, each reached by the request that names it.
+    let mut a = ws(eo.http, "bastion.test", Some(&echo_a.to_string())).expect("upgrade");
+    assert_eq!(echo_once(&mut a, b"to a"), b"to a");
+    let url = format!("ssh://{echo_b}/ignored");
+    let mut b = ws(eo.http, "bastion.test", Some(&url)).expect("upgrade");
+    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
+    assert!(echo_once(&mut b, &big) == big, "the echo came back whole");
+    let mut j = ws(eo.http, "jump.test", Some(&echo_a.to_string())).expect("upgrade");
+    assert_eq!(echo_once(&mut j, b"via bastionMode"), b"via bastionMode");
+
+    // No destination (or one without a port): the request fails, the eyeball gets no upgrade.
+    assert_eq!(ws(eo.http, "bastion.test", None).err(), Some(502));
+    assert_eq!(
+        ws(eo.http, "bastion.test", Some("127.0.0.1")).err(),
+        Some(502)
+    );
+    // The connection carries on.
+    let mut again = ws(eo.http, "bastion.test", Some(&echo_b.to_string())).expect("upgrade");
+    assert_eq!(echo_once(&mut again, b"still"), b"still");
+    c.check_alive().expect("connector alive");
+}
