@@ -457,6 +457,9 @@ impl Driver {
     }
 }
 
+/// How often, at most, the loop asks whether freed heap is worth returning.
+const HEAP_CHECK: Duration = Duration::from_secs(1);
+
 /// Runs the connector until shut down (or a fatal error).
 pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
     raise_nofile_limit();
@@ -531,7 +534,12 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
     let mut systemd_told = false;
     // Start-up's code pages are given back once, when every connection has registered.
     let mut trimmed = false;
+    // Freed heap goes back to the kernel after a burst. Checked at most once a second, and
+    // only when the loop wakes anyway (keep-alives wake it while connections are up), so
+    // an idle box gets no extra wake-ups.
+    let mut heap = burrow_os::heap::HeapTrim::new();
     let mut now = Instant::now();
+    let mut heap_checked = now;
     loop {
         // Drain every output (the connector orders them), then what the origins reported,
         // until neither has anything.
@@ -637,6 +645,12 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
             }
         }
         d.resolver.retire(now);
+        if now.saturating_duration_since(heap_checked) >= HEAP_CHECK {
+            heap_checked = now;
+            if let Some(bytes) = heap.tick() {
+                debug!(released = bytes, "freed heap returned to the kernel");
+            }
+        }
         if deadline.is_some_and(|t| t <= now) {
             machine.handle_input(now, Input::Timeout);
         }
