@@ -285,13 +285,8 @@ impl Testbed {
     /// Writes the connector's config.yml (tunnel, credentials, ingress rules, `config_extra`);
     /// burrow and cloudflared read the same file.
     pub fn write_config(&self, o: &ConnectorOpts) -> Result<PathBuf, TestbedError> {
-        let config = self.dir.join("config.yml");
         let q = |s: &str| serde_json::Value::from(s).to_string();
-        let mut yaml = format!(
-            "tunnel: {}\ncredentials-file: {}\ningress:\n",
-            q(&self.id),
-            q(&self.credentials().to_string_lossy())
-        );
+        let mut yaml = self.config_head();
         for (host, service) in &o.ingress {
             match host {
                 Some(h) => yaml.push_str(&format!(
@@ -303,8 +298,59 @@ impl Testbed {
             }
         }
         yaml.push_str(&o.config_extra);
+        self.write_yaml(&yaml)
+    }
+
+    /// config.yml's first lines: the tunnel, its credentials, and `ingress:`.
+    fn config_head(&self) -> String {
+        let q = |s: &str| serde_json::Value::from(s).to_string();
+        format!(
+            "tunnel: {}\ncredentials-file: {}\ningress:\n",
+            q(&self.id),
+            q(&self.credentials().to_string_lossy())
+        )
+    }
+
+    fn write_yaml(&self, yaml: &str) -> Result<PathBuf, TestbedError> {
+        let config = self.dir.join("config.yml");
         std::fs::write(&config, yaml).map_err(io(format!("{}", config.display())))?;
         Ok(config)
+    }
+
+    /// For rules [`ConnectorOpts`] cannot express (options on any rule): writes config.yml
+    /// with `ingress` as the YAML under `ingress:` (top-level keys may follow it), starts
+    /// `burrow tunnel run` with one connection to `edge` and `flags` before `run`, and waits
+    /// until it registered. Returns the connector and its metrics address.
+    pub fn connector_with_ingress(
+        &self,
+        edge: SocketAddr,
+        ingress: &str,
+        flags: &[&str],
+    ) -> Result<(Proc, SocketAddr), TestbedError> {
+        let config = self.write_yaml(&(self.config_head() + ingress))?;
+        let metrics = free_tcp()?;
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["tunnel", "--config"])
+            .arg(&config)
+            .args(["--edge", &edge.to_string()])
+            .arg("--cacert")
+            .arg(self.ca())
+            .args(["--metrics", &metrics.to_string(), "--ha-connections", "1"])
+            .args(flags)
+            .arg("run");
+        let mut c = Proc::spawn("burrow tunnel run", cmd, self.dir.join("connector.log"))?;
+        wait_ready(&mut c, metrics, 1, Duration::from_secs(30)).map_err(|e| match e {
+            // An exit carries the log already; a timeout gets it here.
+            TestbedError::Timeout(limit, what) => TestbedError::Timeout(
+                limit,
+                format!(
+                    "{what}; the connector's log ends with:\n{}",
+                    c.log_tail(4000)
+                ),
+            ),
+            e => e,
+        })?;
+        Ok((c, metrics))
     }
 
     /// Writes the connector's config.yml and starts `burrow tunnel run`.

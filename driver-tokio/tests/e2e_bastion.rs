@@ -6,10 +6,9 @@
 
 use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use burrow_tokio::testbed::{self, EdgeOpts, Proc, Testbed};
+use burrow_tokio::testbed::{EdgeOpts, Testbed};
 use tungstenite::client::IntoClientRequest;
 use tungstenite::Message;
 
@@ -66,38 +65,16 @@ fn bastion_requests_reach_the_destination_they_name() {
     let (echo_a, echo_b) = (tcp_echo(), tcp_echo());
     let eo = EdgeOpts::loopback().expect("ports");
     let _edge = bed.edge(&eo).expect("edge");
-    let metrics = testbed::free_tcp().expect("port");
-    let q = |s: &str| serde_json::Value::from(s).to_string();
-    let config = bed.dir().join("config.yml");
     // jump.test names an ssh service, but bastionMode makes it a bastion (as cloudflared).
-    std::fs::write(
-        &config,
-        format!(
-            "tunnel: {id}\ncredentials-file: {creds}\ningress:\n\
-             - hostname: bastion.test\n  service: bastion\n\
+    let (mut c, _metrics) = bed
+        .connector_with_ingress(
+            eo.quic,
+            "- hostname: bastion.test\n  service: bastion\n\
              - hostname: jump.test\n  service: ssh://127.0.0.1:1\n  originRequest:\n    bastionMode: true\n\
              - service: http_status:404\n",
-            id = q(&bed.id),
-            creds = q(&bed.credentials().to_string_lossy()),
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["tunnel", "--config"])
-        .arg(&config)
-        .args(["--edge", &eo.quic.to_string(), "--cacert"])
-        .arg(bed.ca())
-        .args([
-            "--metrics",
-            &metrics.to_string(),
-            "--ha-connections",
-            "1",
-            "run",
-        ]);
-    let mut c =
-        Proc::spawn("burrow tunnel run", cmd, bed.dir().join("connector.log")).expect("connector");
-    testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e}\nconnector: {}", c.log_tail(4000)));
+            &[],
+        )
+        .expect("connector");
 
     // Two destinations behind one hostname, each reached by the request that names it.
     let mut a = ws(eo.http, "bastion.test", Some(&echo_a.to_string())).expect("upgrade");

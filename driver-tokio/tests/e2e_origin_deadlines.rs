@@ -8,10 +8,9 @@
 use std::io::Read;
 use std::net::TcpStream;
 use std::path::Path;
-use std::process::Command;
 use std::time::{Duration, Instant};
 
-use burrow_tokio::testbed::{self, EdgeOpts, Proc, Testbed};
+use burrow_tokio::testbed::{self, EdgeOpts, Testbed};
 use common::client::{metric, metrics_text};
 use common::stalled::{fails_at, silent_origin, timed_get, unanswered_origin, SLACK};
 
@@ -48,45 +47,21 @@ fn deadlines_over(protocol: &str) {
     let mut eo = EdgeOpts::loopback().expect("ports");
     eo.tcp_maps = vec![format!("{tcp_map}=app:{unanswered}")];
     let _edge = bed.edge(&eo).expect("edge");
-    let metrics = testbed::free_tcp().expect("port");
-    let q = |s: &str| serde_json::Value::from(s).to_string();
-    let config = bed.dir().join("config.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "tunnel: {id}\ncredentials-file: {creds}\ningress:\n\
-             - hostname: tls.test\n  service: https://{silent}\n  originRequest:\n    tlsTimeout: {tls}s\n    noTLSVerify: true\n\
-             - hostname: dial.test\n  service: http://{unanswered}\n  originRequest:\n    connectTimeout: {connect}s\n\
-             - service: http_status:418\n\
-             warp-routing:\n  connectTimeout: {warp}s\n",
-            id = q(&bed.id),
-            creds = q(&bed.credentials().to_string_lossy()),
-            tls = TLS_TIMEOUT.as_secs(),
-            connect = CONNECT_TIMEOUT.as_secs(),
-            warp = WARP_CONNECT_TIMEOUT.as_secs(),
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["tunnel", "--config"])
-        .arg(&config)
-        .args(["--edge", &eo.quic.to_string(), "--cacert"])
-        .arg(bed.ca())
-        .args([
-            "--metrics",
-            &metrics.to_string(),
-            "--ha-connections",
-            "1",
-            "--protocol",
-            protocol,
-            "--loglevel",
-            "debug",
-            "run",
-        ]);
-    let mut c =
-        Proc::spawn("burrow tunnel run", cmd, bed.dir().join("connector.log")).expect("connector");
-    testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e}\nconnector: {}", c.log_tail(4000)));
+    let (c, metrics) = bed
+        .connector_with_ingress(
+            eo.quic,
+            &format!(
+                "- hostname: tls.test\n  service: https://{silent}\n  originRequest:\n    tlsTimeout: {tls}s\n    noTLSVerify: true\n\
+                 - hostname: dial.test\n  service: http://{unanswered}\n  originRequest:\n    connectTimeout: {connect}s\n\
+                 - service: http_status:418\n\
+                 warp-routing:\n  connectTimeout: {warp}s\n",
+                tls = TLS_TIMEOUT.as_secs(),
+                connect = CONNECT_TIMEOUT.as_secs(),
+                warp = WARP_CONNECT_TIMEOUT.as_secs(),
+            ),
+            &["--protocol", protocol, "--loglevel", "debug"],
+        )
+        .expect("connector");
 
     let registered = c.log_tail(100_000);
     assert!(

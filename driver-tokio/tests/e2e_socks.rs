@@ -5,10 +5,9 @@
 
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::process::Command;
 use std::time::Duration;
 
-use burrow_tokio::testbed::{self, EdgeOpts, Proc, Testbed};
+use burrow_tokio::testbed::{EdgeOpts, Testbed};
 use tungstenite::Message;
 
 mod common;
@@ -68,40 +67,20 @@ fn socks5_over_websocket_connects_where_ip_rules_allow() {
         .unwrap();
     let eo = EdgeOpts::loopback().expect("ports");
     let _edge = bed.edge(&eo).expect("edge");
-    let metrics = testbed::free_tcp().expect("port");
-    let q = |s: &str| serde_json::Value::from(s).to_string();
-    let config = bed.dir().join("config.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "tunnel: {id}\ncredentials-file: {creds}\ningress:\n\
-             - hostname: socks.test\n  service: socks-proxy\n  originRequest:\n    ipRules:\n\
-             \x20     - prefix: 127.0.0.0/8\n        ports: [{echo_port}, {closed_port}]\n        allow: true\n\
-             - hostname: closed.test\n  service: socks-proxy\n\
-             - service: http_status:404\n",
-            id = q(&bed.id),
-            creds = q(&bed.credentials().to_string_lossy()),
-            echo_port = echo.port(),
-            closed_port = closed.port(),
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["tunnel", "--config"])
-        .arg(&config)
-        .args(["--edge", &eo.quic.to_string(), "--cacert"])
-        .arg(bed.ca())
-        .args([
-            "--metrics",
-            &metrics.to_string(),
-            "--ha-connections",
-            "1",
-            "run",
-        ]);
-    let mut c =
-        Proc::spawn("burrow tunnel run", cmd, bed.dir().join("connector.log")).expect("connector");
-    testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e}\nconnector: {}", c.log_tail(4000)));
+    let (mut c, _metrics) = bed
+        .connector_with_ingress(
+            eo.quic,
+            &format!(
+                "- hostname: socks.test\n  service: socks-proxy\n  originRequest:\n    ipRules:\n\
+                 \x20     - prefix: 127.0.0.0/8\n        ports: [{echo_port}, {closed_port}]\n        allow: true\n\
+                 - hostname: closed.test\n  service: socks-proxy\n\
+                 - service: http_status:404\n",
+                echo_port = echo.port(),
+                closed_port = closed.port(),
+            ),
+            &[],
+        )
+        .expect("connector");
 
     // Allowed: success with the connector's local address, then the echo, bytes intact.
     let mut s = ws(eo.http, "socks.test");
