@@ -6,7 +6,6 @@ mod datagrams;
 mod edge_socket;
 mod edge_tcp;
 mod origin;
-mod resident;
 mod resolver;
 mod srv;
 mod status;

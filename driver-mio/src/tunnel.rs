@@ -532,8 +532,8 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
     let mut signal_count = 0u32;
     let mut pidfile = settings.pidfile.clone();
     let mut systemd_told = false;
-    // Start-up's code pages are given back once, when every connection has registered.
-    let mut trimmed = false;
+    // Start-up's pages are given back once, when every connection has registered.
+    let mut startup = burrow_os::resident::StartupTrim::new();
     // Freed heap goes back to the kernel after a burst. Checked at most once a second, and
     // only when the loop wakes anyway (keep-alives wake it while connections are up), so
     // an idle box gets no extra wake-ups.
@@ -591,10 +591,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         let wanted: Vec<Token> = d.edge_tcp.wanted(&mut machine).collect();
         d.again.extend(wanted);
         d.figures.ready = machine.ready_connections();
-        if !trimmed && d.figures.ready >= d.figures.ha_connections {
-            trimmed = true;
-            crate::resident::trim_file_pages();
-        }
+        startup.on_ready(d.figures.ready, d.figures.ha_connections);
         let requests = machine.request_stats();
         if (requests.total, requests.ended) != (d.figures.requests.total, d.figures.requests.ended)
         {

@@ -217,6 +217,8 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     io.bind = rc.edge_bind_address;
     let mut fatal = None;
     let mut signals = 0u32;
+    // Start-up's pages are given back once, when every connection has registered.
+    let mut startup = burrow_os::resident::StartupTrim::new();
 
     loop {
         // Drain every output; the connector orders them.
@@ -253,6 +255,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         metrics
             .ready
             .store(machine.ready_connections(), Ordering::Relaxed);
+        startup.on_ready(machine.ready_connections(), machine.ha_connections());
         metrics.update_datagrams(machine.datagram_hub(), &io.datagrams);
         metrics.update_flows(machine.flow_limiter());
         metrics.update_requests(machine.request_stats());

@@ -1,9 +1,10 @@
 //! The operating-system pieces both drivers (burrow-tokio and burrow-mio) share, std-only so
 //! each wraps the sockets in its own event loop's type: the edge sockets' local address,
-//! origin UDP and ping sockets, the ICMP source probe, the open-file limit, and [`heap`]
-//! (returning freed heap to the kernel).
+//! origin UDP and ping sockets, the ICMP source probe, the open-file limit, [`heap`]
+//! (returning freed heap to the kernel) and [`resident`] (start-up's pages given back).
 
 pub mod heap;
+pub mod resident;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};

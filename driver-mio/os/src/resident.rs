@@ -1,4 +1,4 @@
-//! Resident memory for small boxes. Start-up touches code that never runs again (argument
+//! Resident memory after start-up. Start-up touches code that never runs again (argument
 //! parsing, configuration, TLS and registration): once every connection is registered, the
 //! clean pages of read-only file mappings (the binary's text and rodata, libc's) are dropped
 //! from this process's page tables. They stay in the page cache, shared, and fault back in
@@ -9,6 +9,27 @@
 use std::ffi::c_void;
 
 use tracing::debug;
+
+/// Trims start-up's pages once, when every connection has registered the first time.
+#[derive(Debug, Default)]
+pub struct StartupTrim {
+    done: bool,
+}
+
+impl StartupTrim {
+    /// Not trimmed yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Trims the first time `ready` registered connections reach `wanted`.
+    pub fn on_ready(&mut self, ready: usize, wanted: usize) {
+        if !self.done && ready >= wanted {
+            self.done = true;
+            trim_file_pages();
+        }
+    }
+}
 
 /// One mapping from /proc/self/smaps.
 struct Mapping {
