@@ -17,6 +17,7 @@ use std::time::Duration;
 use burrow_core::icmp::FunnelId;
 use burrow_core::session::{UdpFlowId, HEADROOM, ORIGIN_READ, TAILROOM};
 use bytes::{Bytes, BytesMut};
+use fnv::FnvBuildHasher;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use socket2::SockRef;
@@ -111,7 +112,7 @@ struct Session {
 
 /// Every origin UDP socket and ping socket of the daemon.
 pub struct DatagramSockets {
-    udp: HashMap<UdpFlowId, Session>,
+    udp: HashMap<UdpFlowId, Session, FnvBuildHasher>,
     /// The epoll set of every session socket (edge-triggered, token = flow id), itself
     /// registered with tokio: one readiness for all sessions.
     poll: AsyncFd<Poll>,
@@ -120,7 +121,7 @@ pub struct DatagramSockets {
     ready: VecDeque<UdpFlowId>,
     /// The read buffer of session sockets.
     scratch: Box<[u8; ORIGIN_READ]>,
-    funnels: HashMap<FunnelId, Owned>,
+    funnels: HashMap<FunnelId, Owned, FnvBuildHasher>,
     tx: mpsc::Sender<SocketEvent>,
     stats: SocketStats,
 }
@@ -134,12 +135,12 @@ impl DatagramSockets {
         // AsyncFd does after deregistering it.
         let poll = unsafe { AsyncFd::register_with_interest(poll, tokio::io::Interest::READABLE)? };
         Ok(Self {
-            udp: HashMap::new(),
+            udp: HashMap::default(),
             poll,
             events: Events::with_capacity(EVENTS),
             ready: VecDeque::new(),
             scratch: Box::new([0; ORIGIN_READ]),
-            funnels: HashMap::new(),
+            funnels: HashMap::default(),
             tx,
             stats: SocketStats::default(),
         })
