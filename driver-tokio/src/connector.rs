@@ -254,7 +254,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             .ready
             .store(machine.ready_connections(), Ordering::Relaxed);
         metrics.update_datagrams(machine.datagram_hub(), &io.datagrams);
-        metrics.update_flows(machine.flow_limiter());
+        metrics.update_flows(&machine.flow_stats());
         metrics.update_requests(machine.request_stats());
         metrics
             .quic

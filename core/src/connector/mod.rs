@@ -21,7 +21,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use crate::datagram::LinkId;
-use crate::flow::FlowLimiter;
+use crate::flow::FlowStats;
 use crate::icmp::{FunnelId, RouterAction};
 use crate::ingress::Origin;
 use crate::session::{SessionAction, UdpFlowId};
@@ -34,6 +34,13 @@ use crate::tunnel::udp::{DatagramHub, Egress, HubAction};
 use crate::tunnel::{Received, Transmit};
 
 pub use crate::tunnel::supervisor::SupervisorEvent as Event;
+
+// The machine holds plain single-owner state (no `Rc`, no cells): a driver may move it to
+// another thread.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Connector>();
+};
 
 /// The reason an edge dial failed, in cloudflared's words (`DialContext error: ...`), for
 /// [`Input::EdgeFailed`] and the QUIC dial failures both drivers report.
@@ -402,9 +409,9 @@ impl Connector {
         self.sup.request_stats()
     }
 
-    /// The process-wide flow limiter, for its counters.
-    pub fn flow_limiter(&self) -> &FlowLimiter {
-        self.sup.flow_limiter()
+    /// The process-wide flow figures (TCP flows and UDP sessions): limit, active, refused.
+    pub fn flow_stats(&self) -> FlowStats {
+        self.sup.flow_stats()
     }
 
     /// The connection of HA index `index`, while it has one (for its counters).
