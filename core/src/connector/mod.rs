@@ -180,6 +180,13 @@ pub enum Input<'a> {
     /// Signing keys for rules with `originRequest.access`, fetched as a
     /// [`crate::ingress::access::KeyFetcher`] asked; they replace the ones before.
     AccessKeys(Arc<crate::ingress::access::AccessKeys>),
+    /// The answer to [`Io::LookupTxt`].
+    TxtRecord {
+        /// The name looked up.
+        name: &'a str,
+        /// Its first TXT record, strings joined; none if the lookup failed.
+        text: Option<&'a str>,
+    },
 }
 
 /// I/O the driver must do now.
@@ -310,6 +317,12 @@ pub enum Io<'a> {
     CloseEdge {
         /// Which connection.
         link: LinkId,
+    },
+    /// Look up the TXT record of `name` with the system's resolver and answer
+    /// [`Input::TxtRecord`] (`auto` reading the protocol percentages again, hourly).
+    LookupTxt {
+        /// The DNS name.
+        name: &'static str,
     },
 }
 
@@ -481,6 +494,7 @@ impl Connector {
             Input::EdgeReceived { link, data } => self.sup.handle_edge_bytes(now, link, data),
             Input::EdgeWritten { link } => self.sup.handle_edge_written(now, link),
             Input::AccessKeys(keys) => self.sup.set_access_keys(keys),
+            Input::TxtRecord { name, text } => self.sup.handle_txt_record(now, name, text),
         }
     }
 
@@ -562,6 +576,9 @@ impl Connector {
             if let Some(link) = self.sup.poll_edge_write(now) {
                 let data = self.sup.edge_lent(link);
                 return Output::Io(Io::WriteEdge { link, data });
+            }
+            if let Some(name) = self.sup.poll_lookup() {
+                return Output::Io(Io::LookupTxt { name });
             }
             if self.sup.has_events() {
                 continue;

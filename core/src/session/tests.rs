@@ -144,8 +144,7 @@ fn drops_are_counted_not_fatal() {
 #[test]
 fn flow_limit_answers_too_many_and_failed_binds_free_their_slot() {
     let now = Instant::now();
-    let mut m = SessionManager::new(SessionLimits::default())
-        .with_flow_limit(1);
+    let mut m = SessionManager::new(SessionLimits::default()).with_flow_limit(1);
     m.handle_datagram(now, A, DatagramVersion::V3, &registration(1, 0, b""));
     let flow = match actions(&mut m).as_slice() {
         [SessionAction::Open { flow, .. }] => *flow,
@@ -337,8 +336,7 @@ fn v2_sessions_answer_over_rpc_and_unregister_when_idle() {
 #[test]
 fn v2_unregister_by_edge_is_not_echoed_and_limit_text_matches() {
     let now = Instant::now();
-    let mut m = SessionManager::new(SessionLimits::default())
-        .with_flow_limit(1);
+    let mut m = SessionManager::new(SessionLimits::default()).with_flow_limit(1);
     let id = SessionId(1);
     m.register_v2(now, A, id, dest(), 0);
     let flow = match actions(&mut m).as_slice() {

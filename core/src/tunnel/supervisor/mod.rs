@@ -47,7 +47,7 @@ use crate::quic::transport::QuicSettings;
 use crate::rpc_stream::ConfigVersions;
 use crate::session::{SessionId, SessionLimits, SessionManager};
 use crate::tunnel::http2_link::Http2Link;
-use crate::tunnel::protocol::{Protocol, ProtocolFlag};
+use crate::tunnel::protocol::{self, Protocol, ProtocolFlag, PERCENTAGE_RECORD};
 use crate::tunnel::requests::RequestStats;
 use backoff::Backoff;
 use link::Link;
@@ -87,6 +87,12 @@ pub struct SupervisorConfig {
     pub protocol: ProtocolFlag,
     /// Where `auto` starts (the remote selector's choice, [`crate::tunnel::protocol`]).
     pub auto_initial: Protocol,
+    /// When `auto` follows the percentage record (cloudflared's remote selector): the account
+    /// tag whose threshold it is read against. It is read again every `selector_ttl` (the
+    /// driver looks it up when asked), and new connections follow what it selects.
+    pub remote_selector: Option<String>,
+    /// How long a reading of the percentage record holds (cloudflared: one hour).
+    pub selector_ttl: Duration,
     /// TLS of HTTP/2 connections (same roots and key exchange as QUIC's); none: HTTP/2 is not
     /// available.
     pub http2_tls: Option<Arc<rustls::ClientConfig>>,
@@ -116,6 +122,8 @@ impl SupervisorConfig {
             quic: QuicSettings::default(),
             protocol: ProtocolFlag::Fixed(Protocol::Quic),
             auto_initial: Protocol::Quic,
+            remote_selector: None,
+            selector_ttl: protocol::RESOLVE_TTL,
             http2_tls: None,
             fallback_after_timeouts: 2,
             quic_retry_interval: Duration::from_secs(60),
@@ -192,6 +200,12 @@ pub enum SupervisorEvent {
     FallbackUnavailable {
         /// HA index.
         index: u8,
+    },
+    /// The percentage record, read again, selects another protocol: new connections of
+    /// indexes not in fallback use it (`auto`; connections up stay as they are).
+    ProtocolSelected {
+        /// What it selects now.
+        protocol: Protocol,
     },
     /// An index changed transport (`auto`): fell back to HTTP/2, or returned to QUIC.
     ProtocolChanged {
@@ -278,6 +292,9 @@ struct Slot {
     protocol: Protocol,
     /// QUIC handshakes that timed out in a row.
     quic_timeouts: u32,
+    /// On HTTP/2 because QUIC failed (`auto`), not because it was selected: a new selection
+    /// leaves it there.
+    in_fallback: bool,
 }
 
 impl Slot {
@@ -299,6 +316,24 @@ enum State {
     ShuttingDown(Instant),
     /// Done.
     Stopped,
+}
+
+/// `auto`'s remote selector: what the percentage record selects, and when to read it again.
+struct Selector {
+    account_tag: String,
+    current: Protocol,
+    lookup: Lookup,
+}
+
+/// Where the next reading of the percentage record stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// Read it again at this time.
+    At(Instant),
+    /// Due: the driver is to be asked.
+    Due,
+    /// Asked; waiting for the answer.
+    Asked,
 }
 
 /// The HA connections of one connector process.
@@ -330,6 +365,8 @@ pub(crate) struct Supervisor {
     requests: RequestStats,
     /// The flow limit in force (0: unlimited): the flag's, else the configuration's.
     flow_limit: u64,
+    /// `auto` following the percentage record.
+    selector: Option<Selector>,
 }
 
 impl Supervisor {
@@ -368,8 +405,17 @@ impl Supervisor {
                     ProtocolFlag::Auto => config.auto_initial,
                 },
                 quic_timeouts: 0,
+                in_fallback: false,
             })
             .collect();
+        let selector = match config.protocol {
+            ProtocolFlag::Auto => config.remote_selector.clone().map(|account_tag| Selector {
+                account_tag,
+                current: config.auto_initial,
+                lookup: Lookup::At(now + config.selector_ttl),
+            }),
+            ProtocolFlag::Fixed(_) => None,
+        };
         let flow_limit = effective_limit(config.max_active_flows, config.local_max_active_flows);
         let mut hub = DatagramHub::new(
             SessionManager::new(config.sessions),
@@ -393,7 +439,59 @@ impl Supervisor {
             returning: None,
             requests: RequestStats::default(),
             flow_limit,
+            selector,
         }
+    }
+
+    /// The TXT record the driver must look up now ([`PERCENTAGE_RECORD`]), once per reading.
+    pub fn poll_lookup(&mut self) -> Option<&'static str> {
+        let s = self.selector.as_mut()?;
+        (s.lookup == Lookup::Due).then(|| {
+            s.lookup = Lookup::Asked;
+            PERCENTAGE_RECORD
+        })
+    }
+
+    /// The driver looked up the TXT record `name`: its first record's text, none if the lookup
+    /// failed. A record that selects another protocol than before changes the protocol of new
+    /// connections; a failed or unreadable one keeps it (cloudflared's `Current`).
+    pub fn handle_txt_record(&mut self, now: Instant, name: &str, text: Option<&str>) {
+        let ttl = self.config.selector_ttl;
+        let Some(s) = self.selector.as_mut() else {
+            return;
+        };
+        if name != PERCENTAGE_RECORD || s.lookup != Lookup::Asked {
+            return;
+        }
+        s.lookup = Lookup::At(now + ttl);
+        let Some(selected) = text.and_then(|t| protocol::selection(t, &s.account_tag)) else {
+            warn!(record = PERCENTAGE_RECORD, "Failed to refresh protocol");
+            return;
+        };
+        if selected == s.current {
+            return;
+        }
+        s.current = selected;
+        self.events
+            .push_back(SupervisorEvent::ProtocolSelected { protocol: selected });
+        for slot in &mut self.slots {
+            if selected == Protocol::Http2 {
+                // HTTP/2 is what `auto` wants now: nobody is in fallback, nothing returns.
+                slot.in_fallback = false;
+            }
+            if !slot.in_fallback {
+                slot.protocol = selected;
+            }
+        }
+        if selected == Protocol::Http2 {
+            self.quic_retry = None;
+        }
+        self.config.auto_initial = selected;
+    }
+
+    /// What `auto` runs on when nothing fails: the record's choice, else QUIC.
+    fn selected(&self) -> Protocol {
+        self.selector.as_ref().map_or(Protocol::Quic, |s| s.current)
     }
 
     /// Tells every place flows live (each connection's TCP flows, the UDP sessions) what the
@@ -485,6 +583,11 @@ impl Supervisor {
             }
         }
         self.try_quic_again(now);
+        if let Some(s) = &mut self.selector {
+            if matches!(s.lookup, Lookup::At(at) if at <= now) {
+                s.lookup = Lookup::Due;
+            }
+        }
         for i in 0..self.slots.len() {
             self.sync_flow_gates();
             match &mut self.slots[i].phase {
@@ -521,6 +624,10 @@ impl Supervisor {
             .chain(deadline)
             .chain(datagrams)
             .chain(self.quic_retry.map(|(at, _)| at))
+            .chain(self.selector.as_ref().and_then(|s| match s.lookup {
+                Lookup::At(at) => Some(at),
+                Lookup::Due | Lookup::Asked => None,
+            }))
             .min()
     }
 
@@ -534,6 +641,11 @@ impl Supervisor {
             return;
         };
         if at > now || self.returning.is_some() || self.state != State::Running {
+            return;
+        }
+        if self.selected() != Protocol::Quic {
+            // The percentage record wants HTTP/2 now: there is nothing to return to.
+            self.quic_retry = None;
             return;
         }
         let candidate = self.slots.iter().position(|s| {
@@ -550,6 +662,7 @@ impl Supervisor {
             "trying quic again: draining the http2 connection"
         );
         self.slots[i].protocol = Protocol::Quic;
+        self.slots[i].in_fallback = false;
         self.returning = Some(i);
         self.quic_retry = None;
         self.events.push_back(SupervisorEvent::ProtocolChanged {
@@ -984,6 +1097,7 @@ impl Supervisor {
                 }
                 let slot = &mut self.slots[i];
                 slot.protocol = Protocol::Http2;
+                slot.in_fallback = true;
                 slot.quic_timeouts = 0;
                 slot.dial_failures = 0;
                 slot.backoff.retries = 0;
@@ -1037,10 +1151,7 @@ impl Supervisor {
             // connection itself, done once its events are read: each such call may admit
             // flows, so the flow gates are brought up to date before it.
             let mut deferred = VecDeque::new();
-            loop {
-                let Phase::Running(r) = &mut self.slots[i].phase else {
-                    break;
-                };
+            while let Phase::Running(r) = &mut self.slots[i].phase {
                 while let Some(ev) = r.conn.poll_event() {
                     match ev {
                         ConnectorEvent::Registered(details) => {
@@ -1141,8 +1252,7 @@ impl Supervisor {
                         }
                         Deferred::Respond(stream, result) => {
                             if let Some(r) = self.slots[i].running() {
-                                if let Err(e) = r.conn.respond_configuration(now, stream, &result)
-                                {
+                                if let Err(e) = r.conn.respond_configuration(now, stream, &result) {
                                     debug!(link = %r.link, error = %e, "cannot answer the configuration push");
                                 }
                             }
@@ -1176,7 +1286,7 @@ impl Supervisor {
             if r.registered && self.returning == Some(i) && r.conn.protocol() == Protocol::Quic {
                 // QUIC works again: the next HTTP/2 connection follows shortly.
                 self.returning = None;
-                if self.slots.iter().any(|s| s.protocol == Protocol::Http2) {
+                if self.slots.iter().any(|s| s.in_fallback) {
                     let next = now + self.config.registration_interval;
                     self.quic_retry = Some((next, self.config.quic_retry_interval));
                 }
@@ -1215,11 +1325,12 @@ impl Supervisor {
     /// Index 0 registered: the others start, one interval apart (cloudflared's `initialize`).
     fn schedule_ha(&mut self, now: Instant) {
         let interval = self.config.registration_interval;
-        let protocol = self.slots[0].protocol;
+        let (protocol, in_fallback) = (self.slots[0].protocol, self.slots[0].in_fallback);
         for s in self.slots.iter_mut().skip(1) {
             if matches!(s.phase, Phase::Waiting) {
                 // cloudflared's `initialize`: the others start on index 0's protocol.
                 s.protocol = protocol;
+                s.in_fallback = in_fallback;
                 let k = u32::from(s.index) - 1;
                 s.phase = Phase::StartAt(now + interval * k);
             }

@@ -151,7 +151,11 @@ fn tcp_flows_and_udp_sessions_share_one_limit_that_remote_configuration_changes(
         w.connector.ready_connections() == 2
     });
     let (conn0, conn1) = (w.edge_conn(0), w.edge_conn(1));
-    assert_eq!(w.connector.flow_stats().limit, 3, "the local file's warp-routing");
+    assert_eq!(
+        w.connector.flow_stats().limit,
+        3,
+        "the local file's warp-routing"
+    );
 
     // A TCP flow on each connection and a session: three, the limit.
     let (s0, link0, f0) = w.serve_tcp(conn0, "10.0.0.1:22");
@@ -167,7 +171,10 @@ fn tcp_flows_and_udp_sessions_share_one_limit_that_remote_configuration_changes(
         v3::ResponseCode::TooManyActiveFlows
     );
     assert_eq!(
-        (w.connector.flow_stats().rejected(FlowType::Tcp), w.connector.flow_stats().rejected(FlowType::Udp)),
+        (
+            w.connector.flow_stats().rejected(FlowType::Tcp),
+            w.connector.flow_stats().rejected(FlowType::Udp)
+        ),
         (2, 1)
     );
     assert_eq!(w.origin.opened.len(), 1, "one UDP socket");
@@ -182,9 +189,19 @@ fn tcp_flows_and_udp_sessions_share_one_limit_that_remote_configuration_changes(
 
     // A stale version changes nothing; lowering to 1 keeps all five and refuses new ones.
     w.push_config(conn1, 1, &remote(Some(50)));
-    assert_eq!(w.connector.flow_stats().limit, 5, "version 1 again is a no-op");
+    assert_eq!(
+        w.connector.flow_stats().limit,
+        5,
+        "version 1 again is a no-op"
+    );
     w.push_config(conn1, 2, &remote(Some(1)));
-    assert_eq!((w.connector.flow_stats().limit, w.connector.flow_stats().active), (1, 5));
+    assert_eq!(
+        (
+            w.connector.flow_stats().limit,
+            w.connector.flow_stats().active
+        ),
+        (1, 5)
+    );
     assert_eq!(
         w.register_v3(conn0, 4),
         v3::ResponseCode::TooManyActiveFlows
@@ -240,9 +257,16 @@ fn tcp_flows_and_udp_sessions_share_one_limit_that_remote_configuration_changes(
         "the flow on the lost connection is closed"
     );
     assert_eq!(w.connector.datagram_hub().sessions.active(), 2);
-    assert_eq!(w.connector.flow_stats().active, 3, "one TCP flow and two sessions are left");
     assert_eq!(
-        (w.connector.flow_stats().rejected(FlowType::Tcp), w.connector.flow_stats().rejected(FlowType::Udp)),
+        w.connector.flow_stats().active,
+        3,
+        "one TCP flow and two sessions are left"
+    );
+    assert_eq!(
+        (
+            w.connector.flow_stats().rejected(FlowType::Tcp),
+            w.connector.flow_stats().rejected(FlowType::Udp)
+        ),
         (3, 2)
     );
 
@@ -258,14 +282,22 @@ fn tcp_flows_and_udp_sessions_share_one_limit_that_remote_configuration_changes(
             |(l, a)| matches!(a, OriginAction::ShutdownWrite { flow } if *l == link0 && *flow == f0),
         )
     });
-    assert_eq!(w.connector.flow_stats().active, 3, "half-closed still counts");
+    assert_eq!(
+        w.connector.flow_stats().active,
+        3,
+        "half-closed still counts"
+    );
     w.input(Input::FlowFinished {
         link: link0,
         flow: f0,
     });
     w.run(Duration::from_secs(5), |w| w.closed(link0, f0));
     assert!(w.closed(link0, f0));
-    assert_eq!(w.connector.flow_stats().active, 2, "only the sessions are left");
+    assert_eq!(
+        w.connector.flow_stats().active,
+        2,
+        "only the sessions are left"
+    );
     assert_eq!(
         w.connector.flow_stats().active,
         w.connector.datagram_hub().sessions.active() as u64
@@ -284,11 +316,7 @@ fn the_flag_overrides_local_and_remote_limits() {
     let conn0 = w.edge_conn(0);
     assert_eq!(w.connector.flow_stats().limit, 1);
     w.push_config(conn0, 1, &remote(Some(10)));
-    assert_eq!(
-        w.connector.flow_stats().limit,
-        1,
-        "--max-active-flows wins"
-    );
+    assert_eq!(w.connector.flow_stats().limit, 1, "--max-active-flows wins");
     assert_eq!(w.register_v3(conn0, 1), v3::ResponseCode::Ok);
     w.refused_tcp(conn0, "10.0.0.1:22");
     assert_eq!(w.connector.flow_stats().active, 1);
