@@ -90,10 +90,13 @@ pub struct Dialer {
     pub roots: Arc<rustls::RootCertStore>,
 }
 
-/// Bytes asked of the origin per read when a fresh buffer is needed.
-const READ_CHUNK: usize = 32 * 1024;
+/// Bytes asked of the origin per read when a fresh buffer is needed. Each read is a round trip
+/// through the connector loop (report, then permit), two cross-thread wake-ups: 128 KiB rather
+/// than 32 KiB cut a download's syscalls per MB by about 60% and its context switches by about
+/// half (measured on loopback; see the commit).
+const READ_CHUNK: usize = 128 * 1024;
 /// Least room worth a read: below it the buffer is renewed first.
-const MIN_READ: usize = 4 * 1024;
+const MIN_READ: usize = 16 * 1024;
 
 impl Dialer {
     /// Starts flow `flow` of `link`: dials (`host` is the request's, for `matchSNItoHost`),
