@@ -134,6 +134,11 @@ impl Streams {
         Ok(())
     }
 
+    /// The connection stream `id` is on, while it is open.
+    pub fn connection(&self, id: EyeballId) -> Option<ConnId> {
+        self.by_id.get(&id).map(|s| s.conn)
+    }
+
     /// Request-body bytes from the eyeball (acknowledged once taken).
     pub fn body(&mut self, id: EyeballId, bytes: Bytes) {
         if let Some(s) = self.by_id.get_mut(&id) {
