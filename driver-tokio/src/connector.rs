@@ -25,6 +25,7 @@ use burrow_core::tunnel::data::FlowId;
 use burrow_core::tunnel::protocol::{Protocol, PERCENTAGE_RECORD};
 use burrow_core::tunnel::supervisor::{srv_service, EdgePool, IpVersion, SupervisorError};
 use burrow_core::tunnel::Transmit;
+use fnv::FnvBuildHasher;
 use thiserror::Error;
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
@@ -493,11 +494,11 @@ struct DriverIo {
     bind: Option<std::net::IpAddr>,
     /// The QUIC socket of each HA index; the loop reads them directly (batched, into reused
     /// buffers): no reader task, no copy per datagram.
-    sockets: HashMap<u8, QuicSocket>,
+    sockets: HashMap<u8, QuicSocket, FnvBuildHasher>,
     recv_bufs: RecvBufs,
     last_read: u8,
     dialer: Dialer,
-    flows: HashMap<(LinkId, FlowId), Flow>,
+    flows: HashMap<(LinkId, FlowId), Flow, FnvBuildHasher>,
     flow_tx: mpsc::UnboundedSender<Report>,
     flow_rx: mpsc::UnboundedReceiver<Report>,
     datagrams: DatagramSockets,
@@ -529,11 +530,11 @@ impl DriverIo {
         let (dial_tx, dial_rx) = mpsc::unbounded_channel();
         Ok(Self {
             bind: None,
-            sockets: HashMap::new(),
+            sockets: HashMap::default(),
             recv_bufs: RecvBufs::new(),
             last_read: 0,
             dialer,
-            flows: HashMap::new(),
+            flows: HashMap::default(),
             flow_tx,
             flow_rx,
             datagrams: DatagramSockets::new(socket_tx)?,
@@ -719,7 +720,7 @@ async fn open_socket(
 /// Resolves with the index of a socket that has datagrams to read, looking first at the
 /// indexes after `last` so a busy socket does not starve the others; pending while there is
 /// none (or no socket).
-async fn readable(sockets: &HashMap<u8, QuicSocket>, last: u8) -> u8 {
+async fn readable(sockets: &HashMap<u8, QuicSocket, FnvBuildHasher>, last: u8) -> u8 {
     std::future::poll_fn(|cx| {
         let after = sockets.iter().filter(|(i, _)| **i > last);
         let before = sockets.iter().filter(|(i, _)| **i <= last);
@@ -868,7 +869,7 @@ fn close_flow_metrics(metrics: &Metrics) {
 fn on_report(
     now: Instant,
     machine: &mut Connector,
-    flows: &mut HashMap<(LinkId, FlowId), Flow>,
+    flows: &mut HashMap<(LinkId, FlowId), Flow, FnvBuildHasher>,
     metrics: &Metrics,
     (link, flow, report): Report,
 ) {

@@ -17,6 +17,7 @@ use std::time::Duration;
 use burrow_core::icmp::FunnelId;
 use burrow_core::session::{UdpFlowId, HEADROOM, ORIGIN_READ, TAILROOM};
 use bytes::{Bytes, BytesMut};
+use fnv::FnvBuildHasher;
 use mio::unix::SourceFd;
 use mio::{Events, Interest, Poll, Token};
 use socket2::SockRef;
@@ -32,6 +33,10 @@ const PING_READ: usize = 1500;
 pub const CHANNEL_DEPTH: usize = 4096;
 /// Readiness events taken from the session epoll set at once.
 const EVENTS: usize = 256;
+/// Bytes allocated at once for framed session reads. Each read is cut from it at its own size,
+/// so it holds a few hundred small datagrams: one allocation for all of them, where a buffer
+/// per read cost two (its own, and the one `split_to` makes to share it) and as many frees.
+const SLAB: usize = 16 * 1024;
 
 /// What a ping socket reader reports to the loop.
 #[derive(Debug)]
@@ -111,7 +116,7 @@ struct Session {
 
 /// Every origin UDP socket and ping socket of the daemon.
 pub struct DatagramSockets {
-    udp: HashMap<UdpFlowId, Session>,
+    udp: HashMap<UdpFlowId, Session, FnvBuildHasher>,
     /// The epoll set of every session socket (edge-triggered, token = flow id), itself
     /// registered with tokio: one readiness for all sessions.
     poll: AsyncFd<Poll>,
@@ -120,7 +125,9 @@ pub struct DatagramSockets {
     ready: VecDeque<UdpFlowId>,
     /// The read buffer of session sockets.
     scratch: Box<[u8; ORIGIN_READ]>,
-    funnels: HashMap<FunnelId, Owned>,
+    /// Where each read is copied with room to frame it, then split off (see [`SLAB`]).
+    slab: BytesMut,
+    funnels: HashMap<FunnelId, Owned, FnvBuildHasher>,
     tx: mpsc::Sender<SocketEvent>,
     stats: SocketStats,
 }
@@ -134,12 +141,13 @@ impl DatagramSockets {
         // AsyncFd does after deregistering it.
         let poll = unsafe { AsyncFd::register_with_interest(poll, tokio::io::Interest::READABLE)? };
         Ok(Self {
-            udp: HashMap::new(),
+            udp: HashMap::default(),
             poll,
             events: Events::with_capacity(EVENTS),
             ready: VecDeque::new(),
             scratch: Box::new([0; ORIGIN_READ]),
-            funnels: HashMap::new(),
+            slab: BytesMut::new(),
+            funnels: HashMap::default(),
             tx,
             stats: SocketStats::default(),
         })
@@ -216,12 +224,17 @@ impl DatagramSockets {
                     // Still queued: it may hold more, read on its next turn.
                     self.ready.push_back(flow);
                     read += 1;
-                    // A buffer sized to the payload (one copy of it, small next to the 1.5 KiB a
-                    // buffer per session would pin), with room to frame it in place.
-                    let mut buf = BytesMut::with_capacity(HEADROOM + len + TAILROOM);
-                    buf.resize(HEADROOM, 0);
-                    buf.extend_from_slice(&self.scratch[..len]);
-                    buf.resize(HEADROOM + len + TAILROOM, 0);
+                    // A piece of the slab sized to the payload (one copy of it, small next to
+                    // the 1.5 KiB a buffer per session would pin), with room to frame it in
+                    // place. A slab is reused once every piece of it is gone.
+                    let need = HEADROOM + len + TAILROOM;
+                    if self.slab.capacity() < need {
+                        self.slab.reserve(SLAB);
+                    }
+                    self.slab.resize(HEADROOM, 0);
+                    self.slab.extend_from_slice(&self.scratch[..len]);
+                    self.slab.resize(need, 0);
+                    let buf = self.slab.split_to(need);
                     on(UdpRead::Data { flow, buf, len });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.queued = false,

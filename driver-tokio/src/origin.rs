@@ -10,8 +10,9 @@
 use std::sync::Arc;
 
 use burrow_core::datagram::LinkId;
-use burrow_core::ingress::{IpRule, Origin, OriginRequest, Service};
+use burrow_core::ingress::{Origin, OriginRequest, Service};
 use burrow_core::stream::proxy::FlowKind;
+use burrow_core::stream::socks::Server;
 use burrow_core::tunnel::data::FlowId;
 use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
@@ -89,10 +90,13 @@ pub struct Dialer {
     pub roots: Arc<rustls::RootCertStore>,
 }
 
-/// Bytes asked of the origin per read when a fresh buffer is needed.
-const READ_CHUNK: usize = 32 * 1024;
+/// Bytes asked of the origin per read when a fresh buffer is needed. Each read is a round trip
+/// through the connector loop (report, then permit), two cross-thread wake-ups: 128 KiB rather
+/// than 32 KiB cut a download's syscalls per MB by about 60% and its context switches by about
+/// half (measured on loopback; see the commit).
+const READ_CHUNK: usize = 128 * 1024;
 /// Least room worth a read: below it the buffer is renewed first.
-const MIN_READ: usize = 4 * 1024;
+const MIN_READ: usize = 16 * 1024;
 
 impl Dialer {
     /// Starts flow `flow` of `link`: dials (`host` is the request's, for `matchSNItoHost`),
@@ -190,7 +194,11 @@ impl Dialer {
                     Ok(Box::new(s))
                 }
             }
-            Service::SocksProxy => Ok(socks_bridge(o.ip_rules.clone(), o.connect_timeout)),
+            Service::SocksProxy => Ok(socks_bridge(
+                Server::new(o.ip_rules.clone()),
+                None,
+                o.connect_timeout,
+            )),
             // Core gives each bastion request the TCP origin it names; never dialled as such.
             Service::Bastion => Err("bastion has no destination of its own".to_owned()),
             // TCP over WebSocket: core unwraps the frames; the origin is a plain socket.
@@ -203,7 +211,18 @@ impl Dialer {
                 } else {
                     format!("{host}:{port}")
                 };
-                Ok(Box::new(connect_tcp(&addr, o).await?))
+                let tcp = connect_tcp(&addr, o).await?;
+                if origin.socks_over_tcp() {
+                    let local = tcp
+                        .local_addr()
+                        .map_err(|e| format!("dial tcp {addr}: {e}"))?;
+                    return Ok(socks_bridge(
+                        Server::over_dialled(local),
+                        Some(tcp),
+                        o.connect_timeout,
+                    ));
+                }
+                Ok(Box::new(tcp))
             }
         }
     }
@@ -266,15 +285,18 @@ async fn http2_bridge<S: Io + 'static>(s: S) -> Result<Box<dyn Io>, String> {
     Ok(Box::new(client))
 }
 
-/// A `socks-proxy` origin: an in-process SOCKS5 server on the flow's (WebSocket-unwrapped)
-/// bytes. Core's `socks::Server` decides every reply and whether to connect; this task
-/// resolves, dials and then copies both ways.
-fn socks_bridge(rules: Vec<IpRule>, connect_timeout: std::time::Duration) -> Box<dyn Io> {
-    use burrow_core::stream::socks::{DialFailure, Server, Step};
+/// A SOCKS5 origin: an in-process SOCKS5 server on the flow's (WebSocket-unwrapped) bytes,
+/// for a `socks-proxy` rule or a TCP origin with `proxyType: socks` (then `target` is the
+/// origin connection, dialled already). Core's `socks::Server` decides every reply and whether
+/// to connect; this task resolves, dials and then copies both ways.
+fn socks_bridge(
+    mut socks: Server,
+    mut target: Option<TcpStream>,
+    connect_timeout: std::time::Duration,
+) -> Box<dyn Io> {
+    use burrow_core::stream::socks::{DialFailure, Step};
     let (client, mut server) = tokio::io::duplex(64 * 1024);
     tokio::spawn(async move {
-        let mut socks = Server::new(rules);
-        let mut target: Option<TcpStream> = None;
         let mut buf = vec![0u8; 4096];
         let mut step = Step::Read;
         loop {

@@ -107,6 +107,19 @@ impl Proc {
         status.ok_or_else(|| TestbedError::Timeout(limit, format!("{} to exit", self.name)))
     }
 
+    /// Stops the child the graceful way (SIGTERM: a connector unregisters, so the edge stops
+    /// routing to it) and waits up to `limit` for it to exit.
+    pub fn terminate(&mut self, limit: Duration) -> Result<ExitStatus, TestbedError> {
+        let pid = libc::pid_t::try_from(self.pid()).unwrap_or(libc::pid_t::MAX);
+        // SAFETY: kill has no memory effects; the pid is our own unreaped child's.
+        if unsafe { libc::kill(pid, libc::SIGTERM) } == -1 {
+            return Err(io(format!("SIGTERM {}", self.name))(
+                std::io::Error::last_os_error(),
+            ));
+        }
+        self.wait_exit(limit)
+    }
+
     /// Errors (with the tail of the log) if the process has exited.
     pub fn check_alive(&mut self) -> Result<(), TestbedError> {
         match self.child.try_wait() {
@@ -351,6 +364,33 @@ impl Testbed {
             e => e,
         })?;
         Ok((c, metrics))
+    }
+
+    /// Starts `bin` (burrow, burrow-mio or cloudflared) as `tunnel run` with `run_flags` and no
+    /// config file (`$HOME` is an empty directory, so none is found): one connection to
+    /// `edge`, a 1 s grace period, this tunnel's credentials. Waits until it registered.
+    pub fn connector_without_config(
+        &self,
+        bin: &Path,
+        edge: SocketAddr,
+        run_flags: &[&str],
+    ) -> Result<Proc, TestbedError> {
+        let home = self.dir.join("empty-home");
+        std::fs::create_dir_all(&home).map_err(io(format!("{}", home.display())))?;
+        let metrics = free_tcp()?;
+        let mut cmd = Command::new(bin);
+        cmd.env("HOME", &home)
+            .args(["tunnel", "--edge", &edge.to_string(), "--cacert"])
+            .arg(self.ca())
+            .args(["--metrics", &metrics.to_string(), "--ha-connections", "1"])
+            .args(["--grace-period", "1s", "run"])
+            .args(run_flags)
+            .arg("--credentials-file")
+            .arg(self.credentials())
+            .arg(&self.id);
+        let mut c = Proc::spawn("tunnel run", cmd, self.dir.join("connector-flags.log"))?;
+        wait_ready(&mut c, metrics, 1, Duration::from_secs(30))?;
+        Ok(c)
     }
 
     /// Writes the connector's config.yml and starts `burrow tunnel run`.

@@ -97,3 +97,39 @@ fn bastion_requests_reach_the_destination_they_name() {
     assert_eq!(echo_once(&mut again, b"still"), b"still");
     c.check_alive().expect("connector alive");
 }
+
+/// `--bastion` on the command line (no config file): the one origin is the bastion, from
+/// burrow and, with `BURROW_CLOUDFLARED` set, from stock cloudflared alike.
+#[test]
+fn bastion_flag_makes_the_one_origin_a_bastion() {
+    let bed =
+        Testbed::create(Path::new(BIN), "e2e-bastion-flag", "app", &["any.test"]).expect("tunnel");
+    let echo = tcp_echo();
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let mut bins = vec![(std::path::PathBuf::from(BIN), vec!["--bastion"])];
+    if let Some(cfd) = std::env::var_os("BURROW_CLOUDFLARED") {
+        let flags = vec![
+            "--bastion",
+            "--features",
+            "support_datagram_v3_2",
+            "--protocol",
+            "quic",
+        ];
+        bins.push((cfd.into(), flags));
+    }
+    for (bin, flags) in bins {
+        let mut c = bed
+            .connector_without_config(&bin, eo.quic, &flags)
+            .expect("connector");
+        let mut s = ws(eo.http, "any.test", Some(&echo.to_string())).expect("upgrade");
+        assert_eq!(echo_once(&mut s, b"jumped"), b"jumped", "{}", bin.display());
+        assert_eq!(
+            ws(eo.http, "any.test", None).err(),
+            Some(502),
+            "{}",
+            bin.display()
+        );
+        c.terminate(Duration::from_secs(30)).expect("stops");
+    }
+}

@@ -183,3 +183,44 @@ fn requests_reach_an_http2_only_origin() {
     assert_eq!(status, 502);
     conn.check_alive().expect("connector alive");
 }
+
+/// `--http2-origin` with `--url`: the one origin is spoken
+/// to in HTTP/2; without it, in HTTP/1.1, which the HTTP/2-only origin refuses. The same from
+/// stock cloudflared when `BURROW_CLOUDFLARED` is set.
+#[test]
+fn http2_origin_flag_with_url() {
+    let (origin, _conns) = h2_origin();
+    let bed = Testbed::create(Path::new(BIN), "e2e-h2o-flag", "app", &["h2.test"]).expect("tunnel");
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let url = format!("https://127.0.0.1:{}", origin.port());
+    let mut bins = vec![(std::path::PathBuf::from(BIN), Vec::new())];
+    if let Some(cfd) = std::env::var_os("BURROW_CLOUDFLARED") {
+        let flags = vec!["--features", "support_datagram_v3_2", "--protocol", "quic"];
+        bins.push((cfd.into(), flags));
+    }
+    let get = "GET /flag HTTP/1.1\r\nHost: h2.test\r\nConnection: close\r\n\r\n";
+    for (bin, extra) in bins {
+        let name = bin.display().to_string();
+        let mut flags = vec!["--url", url.as_str(), "--no-tls-verify", "--http2-origin"];
+        flags.extend(&extra);
+        let mut c = bed
+            .connector_without_config(&bin, eo.quic, &flags)
+            .expect("connector");
+        let (status, body) = send(eo.http, get, b"");
+        assert_eq!(status, 200, "{name}: {body}");
+        assert!(
+            body.starts_with("HTTP/2.0 GET h2.test /flag"),
+            "{name}: {body}"
+        );
+        c.terminate(Duration::from_secs(30)).expect("stops");
+
+        let mut flags = vec!["--url", url.as_str(), "--no-tls-verify"];
+        flags.extend(&extra);
+        let mut c = bed
+            .connector_without_config(&bin, eo.quic, &flags)
+            .expect("connector");
+        assert_eq!(send(eo.http, get, b"").0, 502, "{name}: without the flag");
+        c.terminate(Duration::from_secs(30)).expect("stops");
+    }
+}

@@ -232,3 +232,40 @@ fn no_rules_and_no_origin() {
         want,
     );
 }
+
+#[test]
+fn bastion_socks5_http2_origin_and_proxy_flags() {
+    let bed = Bed::new("lc-flags");
+    let want = concat!(
+        r#"{"__configuration_flags":{"protocol":"quic"},"ingress":[{"service":"bastion","originRequest":{"#,
+        r#""bastionMode":true,"proxyAddress":"0.0.0.0","proxyPort":1080,"proxyType":"socks","http2Origin":true}}],"#,
+        r#""warp-routing":{}}"#
+    );
+    // --bastion wins over --url, as in cloudflared; the environment sets the others.
+    bed.check(
+        &[
+            "tunnel",
+            "--edge",
+            "{edge}",
+            "--cacert",
+            "{ca}",
+            "--bastion",
+            "run",
+            "--protocol",
+            "quic",
+            "--url",
+            "tcp://127.0.0.1:1",
+            "--socks5",
+            "--proxy-address",
+            "0.0.0.0",
+            "--credentials-file",
+            "{creds}",
+            "{id}",
+        ],
+        &[
+            ("TUNNEL_PROXY_PORT", "1080"),
+            ("TUNNEL_ORIGIN_ENABLE_HTTP2", "true"),
+        ],
+        want,
+    );
+}

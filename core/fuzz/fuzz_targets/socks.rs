@@ -1,7 +1,8 @@
 #![no_main]
 //! Any bytes as a SOCKS5 client's, in any pieces: no panic; a request that decodes encodes
 //! back to the bytes it was read from (domains as UTF-8 aside); the exchange only asks to
-//! dial an address the rules allow (here: none, so never).
+//! dial an address the rules allow (here: none, so never); over a dialled connection it never
+//! asks to resolve or dial.
 
 use burrow_core::stream::socks::{decode_request, encode_request, Host, Server, Step};
 use libfuzzer_sys::fuzz_target;
@@ -31,6 +32,17 @@ fuzz_target!(|data: &[u8]| {
         }
         assert!(!matches!(next, Step::Dial(_) | Step::Pipe(_)));
         if matches!(next, Step::Close(_)) {
+            break;
+        }
+    }
+    let mut s = Server::over_dialled(([127, 0, 0, 1], 1).into());
+    for chunk in rest.chunks(usize::from(step).max(1)) {
+        let mut next = s.feed(chunk);
+        while let Step::Send(_, after) = next {
+            next = *after;
+        }
+        assert!(!matches!(next, Step::Dial(_) | Step::Resolve(_)));
+        if matches!(next, Step::Close(_) | Step::Pipe(_)) {
             break;
         }
     }

@@ -42,6 +42,13 @@ pub struct OriginRequestConfig {
     pub http2_origin: Option<bool>,
     /// `bastionMode`.
     pub bastion_mode: Option<bool>,
+    /// `proxyType`: `socks` runs a SOCKS5 server over a TCP service's WebSocket.
+    pub proxy_type: Option<String>,
+    /// `proxyAddress`: only sent in the local configuration (cloudflared 2026.8.2 opens no
+    /// listener for it).
+    pub proxy_address: Option<String>,
+    /// `proxyPort`: as `proxyAddress`.
+    pub proxy_port: Option<u64>,
     /// `ipRules` (of a `socks-proxy` rule).
     pub ip_rules: Option<Vec<IpRuleConfig>>,
     /// `access`: Cloudflare Access JWT checks.
@@ -77,6 +84,16 @@ pub struct OriginFlagKeys {
     pub origin_server_name: Option<String>,
     /// `no-chunked-encoding`.
     pub no_chunked_encoding: Option<bool>,
+    /// `bastion`.
+    pub bastion: Option<bool>,
+    /// `socks5`.
+    pub socks5: Option<bool>,
+    /// `http2-origin`.
+    pub http2_origin: Option<bool>,
+    /// `proxy-address`.
+    pub proxy_address: Option<String>,
+    /// `proxy-port`.
+    pub proxy_port: Option<u64>,
 }
 
 /// One `ipRules` entry as written.
@@ -222,6 +239,11 @@ pub const CONFIG_FILE_KEYS: &[&str] = &[
     "origin-ca-pool",
     "origin-server-name",
     "no-chunked-encoding",
+    "bastion",
+    "socks5",
+    "http2-origin",
+    "proxy-address",
+    "proxy-port",
     "ingress",
     "originRequest",
     "warp-routing",

@@ -86,6 +86,11 @@ impl RawOrigin {
             no_tls_verify: c.no_tls_verify,
             disable_chunked_encoding: c.disable_chunked_encoding,
             match_sni_to_host: c.match_sni_to_host,
+            bastion_mode: c.bastion_mode,
+            proxy_address: c.proxy_address.clone(),
+            proxy_port: c.proxy_port,
+            proxy_type: c.proxy_type.clone(),
+            http2_origin: c.http2_origin,
             ..Self::default()
         }
     }

@@ -267,6 +267,9 @@ pub struct OriginRequest {
     pub bastion_mode: bool,
     /// `ipRules`: where a `socks-proxy` rule may connect (first match decides; none: refused).
     pub ip_rules: Vec<IpRule>,
+    /// `proxyType: socks`: a TCP service's WebSocket carries a SOCKS5 exchange before the
+    /// bytes (see [`Origin::socks_over_tcp`]).
+    pub socks: bool,
 }
 
 impl Default for OriginRequest {
@@ -287,6 +290,7 @@ impl Default for OriginRequest {
             http2_origin: false,
             bastion_mode: false,
             ip_rules: Vec::new(),
+            socks: false,
         }
     }
 }
@@ -330,6 +334,9 @@ impl OriginRequest {
         }
         if let Some(v) = c.bastion_mode {
             o.bastion_mode = v;
+        }
+        if let Some(v) = &c.proxy_type {
+            o.socks = v == "socks";
         }
         if let Some(rules) = &c.ip_rules {
             o.ip_rules = rules
@@ -449,6 +456,15 @@ impl Origin {
             Service::Http { tls: true, .. } | Service::Unix { tls: true, .. }
         );
         self.origin_request.http2_origin && tls && kind == FlowKind::Http
+    }
+
+    /// Whether this TCP origin is reached through a SOCKS5 exchange inside the eyeball's
+    /// WebSocket, as cloudflared's `proxyType: socks` (its `socks.StreamHandler` over a
+    /// `ConnDialer`): the service (or the bastion's destination) is dialled first, then the
+    /// client's CONNECT, whatever it names, is answered with that connection
+    /// ([`crate::stream::socks::Server::over_dialled`]). Other services ignore `proxyType`.
+    pub fn socks_over_tcp(&self) -> bool {
+        matches!(self.service, Service::Tcp { .. }) && self.origin_request.socks
     }
 
     /// The TLS server name for a request whose `Host` is `request_host`, as cloudflared picks

@@ -323,6 +323,8 @@ const RUN_FLAGS_WITH_VALUE: &[&str] = &[
     "--http-host-header",
     "--origin-ca-pool",
     "--origin-server-name",
+    "--proxy-address",
+    "--proxy-port",
 ];
 
 /// `run` switches that cloudflared's `tunnel` takes too.
@@ -332,6 +334,9 @@ const RUN_SWITCHES: &[&str] = &[
     "--hello-world",
     "--no-tls-verify",
     "--no-chunked-encoding",
+    "--bastion",
+    "--socks5",
+    "--http2-origin",
 ];
 
 /// cloudflared's `originRequest` flags for the origin of `--url`, `--hello-world` or
@@ -353,6 +358,21 @@ pub struct OriginFlags {
     /// Never send request bodies chunked.
     #[arg(long, env = "TUNNEL_NO_CHUNKED_ENCODING")]
     pub no_chunked_encoding: bool,
+    /// Run as a jump host: the one origin is the bastion (each request names its destination).
+    #[arg(long, env = "TUNNEL_BASTION")]
+    pub bastion: bool,
+    /// A SOCKS5 exchange inside the WebSocket of a TCP origin (`proxyType: socks`).
+    #[arg(long, env = "TUNNEL_SOCKS")]
+    pub socks5: bool,
+    /// Offer HTTP/2 to a TLS origin (`http2Origin`).
+    #[arg(long, env = "TUNNEL_ORIGIN_ENABLE_HTTP2")]
+    pub http2_origin: bool,
+    /// `proxyAddress` of the one rule (only reported to the edge; no listener is opened).
+    #[arg(long, env = "TUNNEL_PROXY_ADDRESS")]
+    pub proxy_address: Option<String>,
+    /// `proxyPort` of the one rule (as `--proxy-address`).
+    #[arg(long, env = "TUNNEL_PROXY_PORT")]
+    pub proxy_port: Option<u64>,
 }
 
 impl OriginFlags {
@@ -368,6 +388,12 @@ impl OriginFlags {
             disable_chunked_encoding: Some(
                 self.no_chunked_encoding || file.no_chunked_encoding.unwrap_or(false),
             ),
+            // cloudflared sets these only when the flag is set (`c.IsSet`), so absent stays None.
+            bastion_mode: (self.bastion || file.bastion == Some(true)).then_some(true),
+            proxy_type: (self.socks5 || file.socks5 == Some(true)).then(|| "socks".to_owned()),
+            http2_origin: (self.http2_origin || file.http2_origin == Some(true)).then_some(true),
+            proxy_address: or(&self.proxy_address, &file.proxy_address),
+            proxy_port: self.proxy_port.or(file.proxy_port),
             ..OriginRequestConfig::default()
         }
     }

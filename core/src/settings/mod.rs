@@ -392,11 +392,14 @@ pub fn url_service(url: &str) -> Result<Service, String> {
         .map_err(|e| format!("Error validating origin URL: {e}"))
 }
 
-/// The one origin the command line names, in cloudflared's order: `--hello-world`, `--url`,
-/// `--unix-socket` (`ingress.parseSingleOriginService`).
+/// The one origin the command line names, in cloudflared's order: `--hello-world`,
+/// `--bastion`, `--url`, `--unix-socket` (`ingress.parseSingleOriginService`).
 pub fn single_origin(settings: &Settings) -> Result<Option<Service>, SetupError> {
     if settings.hello_world {
         return Ok(Some(Service::HelloWorld));
+    }
+    if settings.origin.bastion_mode == Some(true) {
+        return Ok(Some(Service::Bastion));
     }
     if let Some(url) = &settings.url {
         return url_service(url).map(Some).map_err(SetupError::Config);
@@ -629,6 +632,8 @@ pub fn local_config(settings: &Settings, loaded: &LoadedConfig) -> Result<Vec<u8
         None => {
             let service = if settings.hello_world {
                 Some("hello_world".to_owned())
+            } else if settings.origin.bastion_mode == Some(true) {
+                Some("bastion".to_owned())
             } else if let Some(url) = &settings.url {
                 Some(normalise_service(&url_service_string(url)))
             } else {

@@ -283,6 +283,94 @@ fn single_origin_flags_and_keys_shape_the_one_rule() {
     );
 }
 
+#[test]
+fn bastion_socks5_http2_origin_and_proxy_flags_shape_the_one_rule() {
+    // --bastion comes after --hello-world and before --url, and sets bastionMode.
+    let s = settings(
+        &[
+            "run",
+            "--url",
+            "tcp://127.0.0.1:22",
+            "--bastion",
+            "--http2-origin",
+        ],
+        "",
+    )
+    .unwrap();
+    let service = single_origin(&s).unwrap().unwrap();
+    assert_eq!(service, Service::Bastion);
+    let ingress = Ingress::single_with(service, &s.origin).unwrap();
+    let o = &ingress.rules()[0].origin.origin_request;
+    assert!(o.bastion_mode && o.http2_origin && !o.socks);
+    let s = settings(&["run", "--hello-world", "--bastion"], "").unwrap();
+    assert_eq!(single_origin(&s).unwrap(), Some(Service::HelloWorld));
+
+    // --socks5 is proxyType socks, which only TCP origins act on.
+    let s = settings(
+        &["run", "--url", "ssh://127.0.0.1:2222", "--socks5"],
+        "proxy-address: 0.0.0.0\nproxy-port: 1080\n",
+    )
+    .unwrap();
+    assert_eq!(s.origin.proxy_type.as_deref(), Some("socks"));
+    assert_eq!(s.origin.proxy_address.as_deref(), Some("0.0.0.0"));
+    assert_eq!(s.origin.proxy_port, Some(1080));
+    let ingress = Ingress::single_with(single_origin(&s).unwrap().unwrap(), &s.origin).unwrap();
+    assert!(ingress.rules()[0].origin.socks_over_tcp());
+    let s = settings(&["run", "--url", "http://127.0.0.1:1", "--socks5"], "").unwrap();
+    let ingress = Ingress::single_with(single_origin(&s).unwrap().unwrap(), &s.origin).unwrap();
+    assert!(!ingress.rules()[0].origin.socks_over_tcp());
+
+    // The file's keys, and nothing set without them.
+    let s = settings(
+        &["run"],
+        "bastion: true\nsocks5: true\nhttp2-origin: true\n",
+    )
+    .unwrap();
+    assert_eq!(single_origin(&s).unwrap(), Some(Service::Bastion));
+    assert_eq!(s.origin.http2_origin, Some(true));
+    assert_eq!(s.origin.proxy_type.as_deref(), Some("socks"));
+    let s = settings(&["run", "--url", "http://a:1"], "bastion: false\n").unwrap();
+    assert_eq!(
+        (
+            s.origin.bastion_mode,
+            s.origin.proxy_type,
+            s.origin.http2_origin
+        ),
+        (None, None, None)
+    );
+
+    // cloudflared's `tunnel` takes them too: given before `run` they move after it.
+    let argv: Vec<String> = cloudflared_argv(
+        [
+            "burrow",
+            "tunnel",
+            "--bastion",
+            "--proxy-port",
+            "9",
+            "--socks5",
+            "run",
+        ]
+        .iter()
+        .map(Into::into)
+        .collect(),
+    )
+    .into_iter()
+    .map(|s| s.to_string_lossy().into_owned())
+    .collect();
+    assert_eq!(
+        argv,
+        [
+            "burrow",
+            "tunnel",
+            "run",
+            "--bastion",
+            "--proxy-port",
+            "9",
+            "--socks5"
+        ]
+    );
+}
+
 /// Files and `$HOME` from a map.
 struct MapHost(HashMap<&'static str, &'static str>);
 

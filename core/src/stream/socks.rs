@@ -242,6 +242,8 @@ enum State {
 #[derive(Debug)]
 pub struct Server {
     rules: Vec<IpRule>,
+    /// The local address of a connection dialled before the exchange ([`Server::over_dialled`]).
+    dialled: Option<SocketAddr>,
     state: State,
     buf: Vec<u8>,
 }
@@ -251,8 +253,20 @@ impl Server {
     pub fn new(rules: Vec<IpRule>) -> Self {
         Self {
             rules,
+            dialled: None,
             state: State::Greeting,
             buf: Vec::new(),
+        }
+    }
+
+    /// An exchange over a connection the driver already dialled from `local` (cloudflared's
+    /// `proxyType: socks`, its `ConnDialer`): a CONNECT to any destination is answered success
+    /// from `local` and piped to that connection, with no name resolved and no rule checked;
+    /// BIND and UDP ASSOCIATE are refused as by [`Server::new`].
+    pub fn over_dialled(local: SocketAddr) -> Self {
+        Self {
+            dialled: Some(local),
+            ..Self::new(Vec::new())
         }
     }
 
@@ -295,6 +309,10 @@ impl Server {
                             encode_reply(reply::COMMAND_NOT_SUPPORTED, None),
                             Box::new(Step::Close(SocksError::Command(req.command))),
                         );
+                    }
+                    if let Some(local) = self.dialled {
+                        self.state = State::Dialling(req);
+                        return self.connected(local);
                     }
                     match req.host.clone() {
                         Host::Ip(ip) => self.check(req, ip),

@@ -125,6 +125,31 @@ fn names_are_resolved_then_checked_and_dial_failures_answered() {
 }
 
 #[test]
+fn over_a_dialled_connection_any_connect_is_that_connection() {
+    // cloudflared's proxyType socks: the name is neither resolved nor checked against rules.
+    let local: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let mut s = Server::over_dialled(local);
+    let mut input = vec![5, 1, 0];
+    input.extend(connect(Host::Domain("anything.invalid".into()), 9));
+    input.extend(b"early");
+    let (sent, step) = run(s.feed(&input));
+    assert_eq!(sent, [5, 0, 5, 0, 0, 1, 127, 0, 0, 1, 0x9c, 0x40]);
+    assert_eq!(step, Step::Pipe(b"early".to_vec()));
+
+    // BIND and UDP ASSOCIATE are still refused.
+    let mut s = Server::over_dialled(local);
+    let mut input = vec![5, 1, 0];
+    input.extend(encode_request(&Request {
+        command: 3,
+        host: Host::Ip([10, 0, 0, 1].into()),
+        port: 1,
+    }));
+    let (sent, step) = run(s.feed(&input));
+    assert_eq!(&sent[2..4], [5, reply::COMMAND_NOT_SUPPORTED]);
+    assert_eq!(step, Step::Close(SocksError::Command(3)));
+}
+
+#[test]
 fn ip_rules_parse_as_cloudflared() {
     let r = IpRule::parse(Some("10.1.2.3/8"), &[443, 22], true).unwrap();
     assert_eq!(r.network, IpAddr::from([10, 0, 0, 0]));
@@ -166,8 +191,12 @@ proptest! {
     }
 
     #[test]
-    fn any_bytes_in_any_pieces_never_panic(data in proptest::collection::vec(any::<u8>(), 0..600), step in 1usize..40) {
-        let mut s = Server::new(Vec::new());
+    fn any_bytes_in_any_pieces_never_panic(data in proptest::collection::vec(any::<u8>(), 0..600), step in 1usize..40, dialled: bool) {
+        let mut s = if dialled {
+            Server::over_dialled("127.0.0.1:1".parse().unwrap())
+        } else {
+            Server::new(Vec::new())
+        };
         for chunk in data.chunks(step) {
             let (_, next) = run(s.feed(chunk));
             if matches!(next, Step::Close(_)) {
