@@ -445,6 +445,33 @@ fn shutdown_closes_every_connection_and_resets_its_streams() {
 }
 
 #[test]
+fn a_closed_connections_streams_are_reset_in_the_order_they_were_named() {
+    let mut w = registered_world();
+    let ids: Vec<u64> = (0..40).map(|i| 1000 - 7 * i).collect();
+    for &id in &ids {
+        w.open(id, Target::Tunnel(TUNNEL));
+    }
+    w.edge_input(Input::Shutdown);
+    assert!(w.run(Duration::from_secs(5), |w| w
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::ConnectionClosed { .. }))
+        .count()
+        == 2));
+    let resets: Vec<EyeballId> = w
+        .streams
+        .iter()
+        .filter(|(_, e)| *e == StreamEvent::Reset)
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(resets.len(), ids.len());
+    // The connections close one after the other, each resetting its streams in id order:
+    // ascending but for one step down, where the second connection's run starts.
+    let descents = resets.windows(2).filter(|p| p[0] > p[1]).count();
+    assert!(descents <= 1, "{resets:?}");
+}
+
+#[test]
 fn a_configuration_push_is_answered_and_registrations_name_their_connection_id() {
     let mut w = registered_world();
     let conns: Vec<(ConnId, Uuid)> = w
