@@ -83,9 +83,8 @@ fn origin_to_edge(m: &mut SessionManager, now: Instant, flow: UdpFlowId, buf: &m
 /// Heap bytes per idle session, and the heap after a flood of 10x the flow limit.
 fn report_memory(now: Instant) {
     let before = live_bytes();
-    let mut m = SessionManager::new(SessionLimits::default()).with_flow_limiter(
-        burrow_core::flow::FlowLimiter::new(SESSIONS as usize as u64),
-    );
+    let mut m =
+        SessionManager::new(SessionLimits::default()).with_flow_limit(SESSIONS as usize as u64);
     open_all(&mut m, now, 0..SESSIONS);
     let after = live_bytes();
     let per_session = (after - before) as f64 / SESSIONS as f64;

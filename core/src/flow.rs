@@ -1,14 +1,19 @@
-//! The process-wide flow limiter (PROTOCOL.md B§1.11, cloudflared's `flow/limiter.go`): one
-//! count shared by TCP flows on every tunnel connection and UDP sessions of both datagram
+//! The process-wide flow limit (PROTOCOL.md B§1.11, cloudflared's `flow/limiter.go`): one
+//! count across TCP flows on every tunnel connection and UDP sessions of both datagram
 //! versions, against one hot-swappable limit (0: unlimited).
 //!
-//! A granted slot is a [`FlowPermit`] that gives the slot back when dropped. Whoever owns the
-//! flow owns its permit, so every way a flow can end (closed, failed dial, reset, connection
-//! lost, idle expiry) releases it exactly once, and a flow that moves (a session migrating to
-//! another connection) keeps it.
+//! Plain single-owner state, nothing shared. The count is nobody's counter: it is the number
+//! of flow records that hold a slot, wherever they live (each connection's TCP flows, the
+//! session manager's sessions). A record is made with the [`FlowSlot`] a [`FlowGate`] granted
+//! and gives it back by being removed, so every way a flow ends (closed, failed dial, reset,
+//! connection lost, idle expiry) releases its slot exactly once, and a record that moves (a
+//! session migrating to another connection) keeps it.
+//!
+//! The supervisor owns every place flows live; before it hands control to one, it gives it a
+//! gate: the limit, and the slots held by the rest of the process (which cannot change while
+//! that one runs).
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::collections::BTreeMap;
 
 use thiserror::Error;
 
@@ -39,87 +44,123 @@ impl FlowType {
 #[error("too many active flows")]
 pub struct TooManyActiveFlows;
 
-#[derive(Debug, Default)]
-struct Inner {
-    active: AtomicU64,
-    limit: AtomicU64,
-    rejected: [AtomicU64; 2],
+/// What one place that keeps flows may admit: the process's limit and the slots held
+/// everywhere else.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FlowGate {
+    limit: u64,
+    elsewhere: u64,
 }
 
-/// A handle on one limiter; clones share it. Cheap: an `Arc` of atomics, so the connections
-/// and the session manager each hold one without threading a reference through every call.
-#[derive(Debug, Clone, Default)]
-pub struct FlowLimiter(Arc<Inner>);
+impl FlowGate {
+    /// No limit.
+    pub const UNLIMITED: Self = Self {
+        limit: 0,
+        elsewhere: 0,
+    };
 
-impl FlowLimiter {
-    /// A limiter allowing `limit` flows at once; 0 means unlimited.
-    pub fn new(limit: u64) -> Self {
-        let l = Self::default();
-        l.set_limit(limit);
-        l
+    /// `limit` flows at once in the process (0: unlimited), `elsewhere` of them held by others.
+    pub fn new(limit: u64, elsewhere: u64) -> Self {
+        Self { limit, elsewhere }
     }
 
-    /// Takes a slot for a flow of `kind`, or counts a rejection when `limit` flows are active.
-    pub fn acquire(&self, kind: FlowType) -> Result<FlowPermit, TooManyActiveFlows> {
-        let granted = self
-            .0
-            .active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                let limit = self.0.limit.load(Ordering::Acquire);
-                (limit == 0 || n < limit).then(|| n.saturating_add(1))
-            });
-        match granted {
-            Ok(_) => Ok(FlowPermit {
-                limiter: self.0.clone(),
-            }),
-            Err(_) => {
-                self.0.rejected[kind as usize].fetch_add(1, Ordering::Relaxed);
-                Err(TooManyActiveFlows)
-            }
+    /// The limit (0: unlimited).
+    pub fn limit(&self) -> u64 {
+        self.limit
+    }
+
+    /// A slot for one more flow beside the `here` its caller holds, if the limit allows it.
+    pub fn admit(&self, here: u64) -> Result<FlowSlot, TooManyActiveFlows> {
+        if self.limit == 0 || self.elsewhere.saturating_add(here) < self.limit {
+            Ok(FlowSlot(()))
+        } else {
+            Err(TooManyActiveFlows)
         }
     }
+}
 
-    /// Changes the limit at once (a configuration update); flows already active stay, new
-    /// ones wait until the count is below it.
-    pub fn set_limit(&self, limit: u64) {
-        self.0.limit.store(limit, Ordering::Release);
-    }
+/// A slot a [`FlowGate`] granted. The flow's record keeps it: only a gate makes one, and it
+/// cannot be copied, so a record holding one was admitted, and removing the record is the
+/// release.
+#[derive(Debug, PartialEq, Eq)]
+#[must_use = "a slot counts only in the record of its flow"]
+pub struct FlowSlot(());
 
+/// The process's flow figures, for metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct FlowStats {
     /// The limit in force (0: unlimited).
-    pub fn limit(&self) -> u64 {
-        self.0.limit.load(Ordering::Acquire)
-    }
-
+    pub limit: u64,
     /// Flows holding a slot now.
-    pub fn active(&self) -> u64 {
-        self.0.active.load(Ordering::Acquire)
-    }
+    pub active: u64,
+    /// Flows refused so far, by [`FlowType::ALL`] order.
+    pub rejected: [u64; 2],
+}
 
+impl FlowStats {
     /// Flows of `kind` refused so far.
     pub fn rejected(&self, kind: FlowType) -> u64 {
-        self.0.rejected[kind as usize].load(Ordering::Relaxed)
+        self.rejected[kind as usize]
     }
 }
 
-/// One flow's slot; dropping it releases the slot.
+/// Flow records by key, some of them holding a slot; how many do is kept beside them. Records
+/// leave only through [`SlotMap::remove`], which drops their slot with them: there is no
+/// release to forget or repeat.
 #[derive(Debug)]
-#[must_use = "dropping the permit releases the slot at once"]
-pub struct FlowPermit {
-    limiter: Arc<Inner>,
+pub(crate) struct SlotMap<K, V> {
+    records: BTreeMap<K, (V, Option<FlowSlot>)>,
+    slots: u64,
 }
 
-impl FlowPermit {
-    /// Releases the slot (the same as dropping the permit).
-    pub fn release(self) {}
+impl<K: Ord, V> Default for SlotMap<K, V> {
+    fn default() -> Self {
+        Self {
+            records: BTreeMap::new(),
+            slots: 0,
+        }
+    }
 }
 
-impl Drop for FlowPermit {
-    fn drop(&mut self) {
-        // Each permit stands for one increment, so this cannot underflow; saturate anyway.
-        let _ = self
-            .limiter
-            .active
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1));
+impl<K: Ord, V> SlotMap<K, V> {
+    /// Records holding a slot.
+    pub(crate) fn slots(&self) -> u64 {
+        self.slots
+    }
+
+    /// Adds a record with the slot it was admitted with, if it needs one. A record already
+    /// under `key` is removed first.
+    pub(crate) fn insert(&mut self, key: K, value: V, slot: Option<FlowSlot>) {
+        self.remove(&key);
+        self.slots += u64::from(slot.is_some());
+        self.records.insert(key, (value, slot));
+    }
+
+    /// Removes a record; its slot, if it held one, is free again.
+    pub(crate) fn remove(&mut self, key: &K) -> Option<V> {
+        let (value, slot) = self.records.remove(key)?;
+        self.slots -= u64::from(slot.is_some());
+        Some(value)
+    }
+
+    pub(crate) fn get(&self, key: &K) -> Option<&V> {
+        self.records.get(key).map(|(v, _)| v)
+    }
+
+    pub(crate) fn get_mut(&mut self, key: &K) -> Option<&mut V> {
+        self.records.get_mut(key).map(|(v, _)| v)
+    }
+
+    pub(crate) fn iter(&self) -> impl Iterator<Item = (&K, &V)> {
+        self.records.iter().map(|(k, (v, _))| (k, v))
+    }
+
+    pub(crate) fn values(&self) -> impl Iterator<Item = &V> {
+        self.records.values().map(|(v, _)| v)
+    }
+
+    pub(crate) fn keys(&self) -> impl Iterator<Item = &K> {
+        self.records.keys()
     }
 }
 
@@ -135,87 +176,42 @@ mod tests {
     use super::*;
 
     #[test]
-    fn zero_is_unlimited_and_still_counts() {
-        let l = FlowLimiter::new(0);
-        let permits: Vec<_> = (0..1000)
-            .map(|_| l.acquire(FlowType::Tcp).expect("unlimited"))
-            .collect();
-        assert_eq!(l.active(), 1000);
-        drop(permits);
-        assert_eq!(l.active(), 0);
-        assert_eq!(l.rejected(FlowType::Tcp), 0);
+    fn zero_is_unlimited() {
+        let gate = FlowGate::new(0, u64::MAX);
+        assert!(gate.admit(u64::MAX).is_ok());
+        assert!(FlowGate::UNLIMITED.admit(1_000_000).is_ok());
     }
 
     #[test]
-    fn tcp_and_udp_draw_from_one_count_and_rejections_count_by_kind() {
-        let l = FlowLimiter::new(2);
-        let a = l.acquire(FlowType::Tcp).expect("first");
-        let shared = l.clone();
-        let b = shared.acquire(FlowType::Udp).expect("second");
-        assert_eq!(l.acquire(FlowType::Udp).err(), Some(TooManyActiveFlows));
+    fn a_gate_counts_what_others_hold() {
+        let gate = FlowGate::new(3, 2);
+        assert!(gate.admit(0).is_ok());
+        assert_eq!(gate.admit(1), Err(TooManyActiveFlows));
+        let lowered = FlowGate::new(1, 2);
         assert_eq!(
-            shared.acquire(FlowType::Tcp).err(),
-            Some(TooManyActiveFlows)
+            lowered.admit(0),
+            Err(TooManyActiveFlows),
+            "over the limit already: nobody is cut off, nobody new comes in"
         );
-        assert_eq!(
-            shared.acquire(FlowType::Tcp).err(),
-            Some(TooManyActiveFlows)
-        );
-        assert_eq!(
-            (l.rejected(FlowType::Tcp), l.rejected(FlowType::Udp)),
-            (2, 1)
-        );
-        a.release();
-        assert_eq!(l.active(), 1);
-        let c = l.acquire(FlowType::Udp).expect("a slot came back");
-        drop((b, c));
-        assert_eq!(l.active(), 0);
     }
 
     #[test]
-    fn lowering_the_limit_keeps_active_flows_and_refuses_new_ones() {
-        let l = FlowLimiter::new(5);
-        let mut held: Vec<_> = (0..4)
-            .map(|_| l.acquire(FlowType::Tcp).expect("under 5"))
-            .collect();
-        l.set_limit(2);
-        assert_eq!(l.active(), 4, "nobody is cut off");
-        assert!(l.acquire(FlowType::Udp).is_err());
-        held.truncate(2);
-        assert_eq!(l.active(), 2);
-        assert!(l.acquire(FlowType::Tcp).is_err(), "2 active, limit 2");
-        held.pop();
-        held.push(l.acquire(FlowType::Tcp).expect("below the limit again"));
-        l.set_limit(0);
-        held.push(l.acquire(FlowType::Tcp).expect("unlimited now"));
-        assert_eq!(l.active(), 3);
-    }
-
-    #[test]
-    fn threads_sharing_a_limiter_never_pass_it() {
-        let l = FlowLimiter::new(3);
-        let workers: Vec<_> = (0..4)
-            .map(|i| {
-                let l = l.clone();
-                std::thread::spawn(move || {
-                    let kind = FlowType::ALL[i % 2];
-                    let mut granted = 0u32;
-                    for _ in 0..5_000 {
-                        if let Ok(p) = l.acquire(kind) {
-                            assert!(l.active() <= 3, "{} active", l.active());
-                            granted += 1;
-                            drop(p);
-                        }
-                    }
-                    granted
-                })
-            })
-            .collect();
-        let granted: u32 = workers.into_iter().map(|w| w.join().expect("worker")).sum();
-        assert!(granted > 0);
-        assert_eq!(l.active(), 0);
-        let refused = l.rejected(FlowType::Tcp) + l.rejected(FlowType::Udp);
-        assert_eq!(u64::from(granted) + refused, 20_000);
+    fn a_slot_map_counts_the_records_that_hold_a_slot() {
+        let gate = FlowGate::new(2, 0);
+        let mut m = SlotMap::default();
+        m.insert(1, "tcp", Some(gate.admit(m.slots()).expect("first")));
+        m.insert(2, "http", None);
+        m.insert(3, "tcp", Some(gate.admit(m.slots()).expect("second")));
+        assert_eq!(m.slots(), 2);
+        assert!(gate.admit(m.slots()).is_err());
+        assert_eq!(m.remove(&1), Some("tcp"));
+        assert_eq!(m.remove(&1), None, "a second removal finds nothing");
+        assert_eq!(m.slots(), 1);
+        assert_eq!(m.remove(&2), Some("http"));
+        assert_eq!(m.slots(), 1, "a record without a slot frees none");
+        // Replacing a record removes the old one, slot and all.
+        m.insert(3, "tcp again", Some(gate.admit(0).expect("room")));
+        assert_eq!((m.slots(), m.get(&3)), (1, Some(&"tcp again")));
     }
 
     #[test]

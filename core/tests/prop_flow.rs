@@ -1,74 +1,64 @@
-//! The flow limiter against a model: any sequence of acquires, releases and limit changes.
+//! The flow limit against a model: places holding flows (connections, the session manager)
+//! admit through gates that count what the others hold, over any sequence of admissions,
+//! releases and limit changes.
 
-use burrow_core::flow::{FlowLimiter, FlowPermit, FlowType};
+use burrow_core::flow::{FlowGate, FlowSlot};
 use proptest::prelude::*;
 
 #[derive(Debug, Clone)]
 enum Op {
-    Acquire(FlowType),
-    /// Releases the held permit at this index (modulo how many are held).
-    Release(usize),
+    /// Place `0` (modulo the places) asks for a slot.
+    Admit(usize),
+    /// Place `0` releases the flow at index `1` (modulo what it holds).
+    Release(usize, usize),
     SetLimit(u64),
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        4 => prop_oneof![Just(FlowType::Tcp), Just(FlowType::Udp)].prop_map(Op::Acquire),
-        3 => any::<usize>().prop_map(Op::Release),
+        4 => any::<usize>().prop_map(Op::Admit),
+        3 => (any::<usize>(), any::<usize>()).prop_map(|(p, i)| Op::Release(p, i)),
         1 => (0u64..6).prop_map(Op::SetLimit),
     ]
 }
 
 proptest! {
-    /// A slot is granted exactly when fewer than `limit` are held (or the limit is 0), so a
-    /// grant never takes the count past the limit; the count always equals the permits alive
-    /// (no underflow, no leak); rejections are counted by kind; all slots come back at the end.
+    /// A place's gate (the limit, and what every other place holds) grants a slot exactly
+    /// when the process holds fewer than `limit` (or the limit is 0), so grants never take the
+    /// count past the limit, whichever place asks.
     #[test]
-    fn grants_follow_the_limit_and_the_count_follows_the_permits(
+    fn gates_grant_exactly_while_the_process_is_under_the_limit(
         initial in 0u64..6,
+        places in 1usize..5,
         ops in prop::collection::vec(op(), 0..200),
     ) {
-        let l = FlowLimiter::new(initial);
-        // The other holder of the shared handle, as the session manager is.
-        let other = l.clone();
-        let mut held: Vec<FlowPermit> = Vec::new();
+        let mut held: Vec<Vec<FlowSlot>> = (0..places).map(|_| Vec::new()).collect();
         let mut limit = initial;
-        let mut rejected = [0u64; 2];
-        for (i, op) in ops.into_iter().enumerate() {
-            let handle = if i % 2 == 0 { &l } else { &other };
+        for op in ops {
+            let total: u64 = held.iter().map(|h| h.len() as u64).sum();
             match op {
-                Op::Acquire(kind) => {
-                    let before = held.len() as u64;
-                    let room = limit == 0 || before < limit;
-                    match handle.acquire(kind) {
-                        Ok(p) => {
-                            prop_assert!(room, "granted with {before} held, limit {limit}");
-                            held.push(p);
-                            prop_assert!(limit == 0 || held.len() as u64 <= limit);
+                Op::Admit(p) => {
+                    let p = p % places;
+                    let own = held[p].len() as u64;
+                    let gate = FlowGate::new(limit, total - own);
+                    let room = limit == 0 || total < limit;
+                    match gate.admit(own) {
+                        Ok(slot) => {
+                            prop_assert!(room, "granted with {total} held, limit {limit}");
+                            held[p].push(slot);
                         }
-                        Err(_) => {
-                            prop_assert!(!room, "refused with {before} held, limit {limit}");
-                            rejected[kind as usize] += 1;
-                        }
+                        Err(_) => prop_assert!(!room, "refused with {total} held, limit {limit}"),
                     }
                 }
-                Op::Release(at) => {
-                    if !held.is_empty() {
-                        let at = at % held.len();
-                        held.swap_remove(at).release();
+                Op::Release(p, i) => {
+                    let h = &mut held[p % places];
+                    if !h.is_empty() {
+                        let i = i % h.len();
+                        drop(h.swap_remove(i));
                     }
                 }
-                Op::SetLimit(n) => {
-                    handle.set_limit(n);
-                    limit = n;
-                }
+                Op::SetLimit(n) => limit = n,
             }
-            prop_assert_eq!(l.active(), held.len() as u64);
-            prop_assert_eq!(other.limit(), limit);
-            prop_assert_eq!(l.rejected(FlowType::Tcp), rejected[0]);
-            prop_assert_eq!(l.rejected(FlowType::Udp), rejected[1]);
         }
-        drop(held);
-        prop_assert_eq!(l.active(), 0);
     }
 }

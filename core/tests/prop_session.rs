@@ -82,7 +82,7 @@ proptest! {
         let mut now = t0;
         let limit = 6;
         let mut m = SessionManager::new(SessionLimits::default())
-        .with_flow_limiter(burrow_core::flow::FlowLimiter::new(limit as u64));
+        .with_flow_limit(limit as u64);
         let mut open = HashSet::new();
         let mut opened = 0usize;
         let mut closed = 0usize;

@@ -156,6 +156,41 @@ impl Answer {
     }
 }
 
+/// TXT lookups the connector asks for (`auto` reading the protocol percentages, hourly):
+/// each on a short-lived thread, as the name servers may take seconds; answers wake the loop.
+struct TxtLookups {
+    waker: Arc<Waker>,
+    tx: std::sync::mpsc::Sender<(&'static str, Option<String>)>,
+    rx: std::sync::mpsc::Receiver<(&'static str, Option<String>)>,
+}
+
+impl TxtLookups {
+    fn new(waker: Arc<Waker>) -> Self {
+        let (tx, rx) = std::sync::mpsc::channel();
+        Self { waker, tx, rx }
+    }
+
+    fn lookup(&self, name: &'static str) {
+        let (tx, waker) = (self.tx.clone(), self.waker.clone());
+        let spawned = std::thread::Builder::new()
+            .name("txt".into())
+            .stack_size(128 * 1024)
+            .spawn(move || {
+                let text = srv::txt(name)
+                    .map_err(|e| debug!(error = %e, "TXT lookup failed"))
+                    .ok();
+                let _ = tx.send((name, text));
+                let _ = waker.wake();
+            });
+        if let Err(e) = spawned {
+            // Answered as a failed lookup: the connector keeps its protocol and asks again.
+            warn!(error = %e, "cannot start a TXT lookup");
+            let _ = self.tx.send((name, None));
+            let _ = self.waker.wake();
+        }
+    }
+}
+
 /// Every socket of the loop.
 struct Driver {
     poll: Poll,
@@ -168,6 +203,7 @@ struct Driver {
     edge_tcp: EdgeLinks,
     origins: Origins,
     resolver: Resolver,
+    txt: TxtLookups,
     datagrams: Datagrams,
     listener: TcpListener,
     clients: HashMap<Token, Client>,
@@ -311,6 +347,7 @@ impl Driver {
                 let token = self.edge_tcp.close(registry, link);
                 self.tokens.free(token);
             }
+            Io::LookupTxt { name } => self.txt.lookup(name),
         }
         None
     }
@@ -514,7 +551,8 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         recv_bufs: RecvBufs::new(),
         edge_tcp: EdgeLinks::new(),
         origins: Origins::new(OriginTls::new()),
-        resolver: Resolver::new(waker),
+        resolver: Resolver::new(waker.clone()),
+        txt: TxtLookups::new(waker),
         datagrams: Datagrams::new(),
         listener,
         clients: HashMap::new(),
@@ -628,6 +666,16 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
                         let registry = d.poll.registry();
                         d.origins.resolved(registry, id, answer);
                     }
+                    let txt: Vec<_> = d.txt.rx.try_iter().collect();
+                    for (name, text) in txt {
+                        machine.handle_input(
+                            now,
+                            Input::TxtRecord {
+                                name,
+                                text: text.as_deref(),
+                            },
+                        );
+                    }
                 }
                 SIGNALS => {
                     for _ in signals.pending() {
@@ -690,6 +738,9 @@ fn log_event(e: &Event, stopping: bool) {
             protocol = %protocol,
             "Registered tunnel connection"
         ),
+        Event::ProtocolSelected { protocol } => {
+            info!(%protocol, "the protocol percentages changed: new connections use {protocol}");
+        }
         Event::ProtocolChanged { index, protocol } => {
             if *protocol == Protocol::Http2 {
                 warn!(conn_index = index, "If you are using private routing to this Tunnel, then ICMP, UDP (and Private DNS Resolution) will not work unless your cloudflared can connect with Cloudflare Network with `quic`.");

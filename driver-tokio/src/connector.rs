@@ -131,16 +131,13 @@ pub async fn discover(edges: &Edges, ip_version: IpVersion) -> Result<EdgePool, 
     }
 }
 
-/// The first TXT record of [`PERCENTAGE_RECORD`] (none if the lookup fails).
-async fn percentage_record() -> Option<String> {
+/// The first TXT record of `name`, its strings joined (none if the lookup fails).
+async fn txt_record(name: &str) -> Option<String> {
     let resolver = hickory_resolver::Resolver::builder_tokio().ok()?.build();
-    let lookup = tokio::time::timeout(
-        Duration::from_secs(10),
-        resolver.txt_lookup(PERCENTAGE_RECORD),
-    )
-    .await
-    .ok()?
-    .ok()?;
+    let lookup = tokio::time::timeout(Duration::from_secs(10), resolver.txt_lookup(name))
+        .await
+        .ok()?
+        .ok()?;
     let record = lookup.iter().next()?;
     let text: Vec<u8> = record
         .iter()
@@ -172,7 +169,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     let pool = discover(&rc.edges, rc.ip_version).await?;
     let roots = burrow_core::settings::edge_roots(rc.cacert.as_deref())?;
     let percentage = if rc.wants_percentage_record() {
-        let txt = percentage_record().await;
+        let txt = txt_record(PERCENTAGE_RECORD).await;
         if txt.is_none() {
             warn!("Unable to lookup protocol percentage.");
         }
@@ -255,7 +252,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             .ready
             .store(machine.ready_connections(), Ordering::Relaxed);
         metrics.update_datagrams(machine.datagram_hub(), &io.datagrams);
-        metrics.update_flows(machine.flow_limiter());
+        metrics.update_flows(&machine.flow_stats());
         metrics.update_requests(machine.request_stats());
         metrics
             .quic
@@ -335,6 +332,9 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             (link, what) = edge_ready(&io.edges, &wanted) => {
                 let now = Instant::now();
                 on_edge_ready(now, &mut machine, &mut io, link, what);
+            }
+            Some((name, text)) = io.txt_rx.recv() => {
+                machine.handle_input(Instant::now(), Input::TxtRecord { name, text: text.as_deref() });
             }
             () = sleep => {
                 machine.handle_input(Instant::now(), Input::Timeout);
@@ -434,6 +434,9 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
         Event::FallbackUnavailable { index } => {
             warn!(conn_index = index, "QUIC keeps failing and --protocol quic allows no fallback; check that UDP to the edge port is allowed");
         }
+        Event::ProtocolSelected { protocol } => {
+            info!(%protocol, "the protocol percentages changed: new connections use {protocol}");
+        }
         Event::ProtocolChanged { index, protocol } => {
             if protocol == Protocol::Http2 {
                 warn!(conn_index = index, "If you are using private routing to this Tunnel, then ICMP, UDP (and Private DNS Resolution) will not work unless your cloudflared can connect with Cloudflare Network with `quic`.");
@@ -510,6 +513,9 @@ struct DriverIo {
     /// One read buffer for every TCP connection.
     tcp_buf: Vec<u8>,
     metrics: Arc<Metrics>,
+    /// TXT lookups the connector asked for, answered from their tasks.
+    txt_tx: mpsc::UnboundedSender<(&'static str, Option<String>)>,
+    txt_rx: mpsc::UnboundedReceiver<(&'static str, Option<String>)>,
 }
 
 /// The TCP connection of an HTTP/2 link.
@@ -528,6 +534,7 @@ impl DriverIo {
         let (flow_tx, flow_rx) = mpsc::unbounded_channel::<Report>();
         let (socket_tx, socket_rx) = mpsc::channel::<SocketEvent>(crate::datagram::CHANNEL_DEPTH);
         let (dial_tx, dial_rx) = mpsc::unbounded_channel();
+        let (txt_tx, txt_rx) = mpsc::unbounded_channel();
         Ok(Self {
             bind: None,
             sockets: HashMap::default(),
@@ -544,6 +551,8 @@ impl DriverIo {
             dial_rx,
             tcp_buf: vec![0; 64 * 1024],
             metrics,
+            txt_tx,
+            txt_rx,
         })
     }
 
@@ -694,6 +703,12 @@ impl DriverIo {
                         e.close = true;
                     }
                 }
+            }
+            Io::LookupTxt { name } => {
+                let tx = self.txt_tx.clone();
+                tokio::spawn(async move {
+                    let _ = tx.send((name, txt_record(name).await));
+                });
             }
         }
         None

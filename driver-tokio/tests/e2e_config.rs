@@ -83,12 +83,7 @@ fn connector_settings_from_config_file_and_flags_over_it() {
         );
         // A graceful stop, so the edge drops this connector's connections at once rather
         // than routing the next flows to them until they time out.
-        let killed = Command::new("kill")
-            .args(["-TERM", &c.pid().to_string()])
-            .status()
-            .expect("kill");
-        assert!(killed.success());
-        c.wait_exit(Duration::from_secs(10)).expect("graceful exit");
+        c.terminate(Duration::from_secs(10)).expect("graceful exit");
     }
 
     let mut c = connector(

@@ -227,12 +227,7 @@ fn run_connector(bed: &Testbed, eo: &EdgeOpts, config: Option<&Path>, args: &[&s
 /// Stops a connector the graceful way (SIGTERM: it unregisters, so the edge stops routing to
 /// it) and waits for it to exit.
 fn stop(mut c: Proc) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &c.pid().to_string()])
-        .status()
-        .expect("kill");
-    assert!(ok.success());
-    let status = c.wait_exit(Duration::from_secs(30)).expect("exits");
+    let status = c.terminate(Duration::from_secs(30)).expect("exits");
     assert!(status.success(), "{status}: {}", c.log_tail(3000));
 }
 

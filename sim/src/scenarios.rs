@@ -1284,7 +1284,7 @@ fn hostile_path(p: &Params) -> Result<u64, String> {
         node.hub().sessions.active(),
         w.udp.sockets(),
         node.buffered(),
-        node.connector.flow_limiter().active(),
+        node.connector.flow_stats().active,
     );
     expect(
         node.connector.is_stopped() && leftovers == (0, 0, 0, (0, 0), 0),

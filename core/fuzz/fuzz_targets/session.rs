@@ -15,7 +15,7 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|data: &[u8]| {
     let t0 = Instant::now();
     let mut m = SessionManager::new(SessionLimits::default())
-        .with_flow_limiter(burrow_core::flow::FlowLimiter::new(8));
+        .with_flow_limit(8);
     let mut buf = vec![0u8; HEADROOM + ORIGIN_READ + TAILROOM];
     let mut flows = Vec::new();
     // Each record: [op, len, bytes...].

@@ -21,7 +21,7 @@ use std::time::Instant;
 use bytes::{Bytes, BytesMut};
 
 use crate::datagram::LinkId;
-use crate::flow::FlowLimiter;
+use crate::flow::FlowStats;
 use crate::icmp::{FunnelId, RouterAction};
 use crate::ingress::Origin;
 use crate::session::{SessionAction, UdpFlowId};
@@ -34,6 +34,13 @@ use crate::tunnel::udp::{DatagramHub, Egress, HubAction};
 use crate::tunnel::{Received, Transmit};
 
 pub use crate::tunnel::supervisor::SupervisorEvent as Event;
+
+// The machine holds plain single-owner state (no `Rc`, no cells): a driver may move it to
+// another thread.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    assert_send::<Connector>();
+};
 
 /// The reason an edge dial failed, in cloudflared's words (`DialContext error: ...`), for
 /// [`Input::EdgeFailed`] and the QUIC dial failures both drivers report.
@@ -173,6 +180,13 @@ pub enum Input<'a> {
     /// Signing keys for rules with `originRequest.access`, fetched as a
     /// [`crate::ingress::access::KeyFetcher`] asked; they replace the ones before.
     AccessKeys(Arc<crate::ingress::access::AccessKeys>),
+    /// The answer to [`Io::LookupTxt`].
+    TxtRecord {
+        /// The name looked up.
+        name: &'a str,
+        /// Its first TXT record, strings joined; none if the lookup failed.
+        text: Option<&'a str>,
+    },
 }
 
 /// I/O the driver must do now.
@@ -304,6 +318,12 @@ pub enum Io<'a> {
         /// Which connection.
         link: LinkId,
     },
+    /// Look up the TXT record of `name` with the system's resolver and answer
+    /// [`Input::TxtRecord`] (`auto` reading the protocol percentages again, hourly).
+    LookupTxt {
+        /// The DNS name.
+        name: &'static str,
+    },
 }
 
 /// What the driver must do next.
@@ -402,9 +422,9 @@ impl Connector {
         self.sup.request_stats()
     }
 
-    /// The process-wide flow limiter, for its counters.
-    pub fn flow_limiter(&self) -> &FlowLimiter {
-        self.sup.flow_limiter()
+    /// The process-wide flow figures (TCP flows and UDP sessions): limit, active, refused.
+    pub fn flow_stats(&self) -> FlowStats {
+        self.sup.flow_stats()
     }
 
     /// The connection of HA index `index`, while it has one (for its counters).
@@ -474,6 +494,7 @@ impl Connector {
             Input::EdgeReceived { link, data } => self.sup.handle_edge_bytes(now, link, data),
             Input::EdgeWritten { link } => self.sup.handle_edge_written(now, link),
             Input::AccessKeys(keys) => self.sup.set_access_keys(keys),
+            Input::TxtRecord { name, text } => self.sup.handle_txt_record(now, name, text),
         }
     }
 
@@ -555,6 +576,9 @@ impl Connector {
             if let Some(link) = self.sup.poll_edge_write(now) {
                 let data = self.sup.edge_lent(link);
                 return Output::Io(Io::WriteEdge { link, data });
+            }
+            if let Some(name) = self.sup.poll_lookup() {
+                return Output::Io(Io::LookupTxt { name });
             }
             if self.sup.has_events() {
                 continue;

@@ -307,6 +307,16 @@ struct TcpConn {
     writing: usize,
 }
 
+// The machine holds plain single-owner state (no `Rc`, no cells): with a `Send` tunnel store
+// a driver may move it to another thread.
+const _: () = {
+    const fn assert_send<T: Send>() {}
+    #[allow(dead_code)]
+    const fn edge_is_send<A: Send>() {
+        assert_send::<Edge<A>>();
+    }
+};
+
 /// The edge of one `burrow edge` process.
 pub struct Edge<A> {
     tp: EdgeTransports,

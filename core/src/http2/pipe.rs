@@ -1,10 +1,17 @@
 //! The in-memory transport h2 runs on: rustls's connection over byte buffers, seen by h2 as an
 //! `AsyncRead + AsyncWrite` that is ready or pending, never blocking.
 //!
-//! h2 owns its transport by value and exposes no way back to it, while the machine must feed
-//! ciphertext in and drain ciphertext out; so both hold the TLS session through an
-//! `Arc<Mutex<_>>`. The machine is its only user and is single-owner: the mutex is never
-//! contended and can never block (h2 keeps its own stream state behind one the same way).
+//! This `Arc<Mutex<_>>` is the one lock in core's machines, and it stays for these reasons:
+//! h2's `Connection` (and `Handshake`) takes its I/O object by value and gives no way back to
+//! it (no `get_mut`, no `into_inner` while serving), yet between two polls of h2 the machine
+//! must feed received ciphertext into the same TLS session and drain what to send from it. So
+//! the session has two owners, h2's transport and the machine, and only shared ownership
+//! reaches it: `Rc<RefCell<_>>` would make the `Connector` and `Edge` machines `!Send`; moving
+//! the session into a thread-local around each poll would hide the state in a global and
+//! break if h2 ever touched its transport outside those calls; `unsafe` aliasing is out. The
+//! mutex is never contended (the machine is single-owner and polls h2 itself) and so never
+//! blocks; h2 keeps its own stream state behind an `Arc<Mutex<_>>` the same way, so dropping
+//! this one would not leave the HTTP/2 machines lock-free anyway.
 
 use std::io::{self, Read, Write};
 use std::pin::Pin;

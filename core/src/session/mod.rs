@@ -28,7 +28,7 @@ use fnv::FnvBuildHasher;
 use tracing::{debug, warn};
 
 use crate::datagram::{v2, v3, LinkId};
-use crate::flow::{FlowLimiter, FlowPermit, FlowType};
+use crate::flow::{FlowGate, FlowSlot};
 
 pub mod edge;
 #[cfg(test)]
@@ -83,8 +83,8 @@ impl std::fmt::Display for UdpFlowId {
     }
 }
 
-/// Bounds of the manager. How many sessions may be alive is the flow limiter's to say
-/// ([`SessionManager::with_flow_limiter`]).
+/// Bounds of the manager. How many sessions may be alive is the flow limit's to say
+/// ([`SessionManager::set_flow_gate`]).
 #[derive(Debug, Clone, Copy)]
 pub struct SessionLimits {
     /// Idle timeout when the edge's hint is zero.
@@ -309,8 +309,9 @@ struct Session {
     idle: Duration,
     last_active: Instant,
     state: State,
-    /// The flow limiter's slot, released when the session is removed (never on migration).
-    _permit: FlowPermit,
+    /// Its slot of the process-wide flow limit: every session holds one, so the sessions in
+    /// the map are the slots held, and removing a session (never migrating it) releases it.
+    _slot: FlowSlot,
 }
 
 type Map<K, V> = HashMap<K, V, FnvBuildHasher>;
@@ -319,7 +320,8 @@ type Map<K, V> = HashMap<K, V, FnvBuildHasher>;
 #[derive(Debug)]
 pub struct SessionManager {
     limits: SessionLimits,
-    flows: FlowLimiter,
+    /// What the flow limit lets the manager admit (the supervisor's to set).
+    gate: FlowGate,
     sessions: Map<UdpFlowId, Session>,
     by_id: Map<SessionId, UdpFlowId>,
     /// Idle deadlines, checked lazily: an entry may be early (activity since) or stale (session
@@ -335,11 +337,11 @@ pub struct SessionManager {
 }
 
 impl SessionManager {
-    /// An empty manager with a limiter of its own, unlimited.
+    /// An empty manager, unlimited until [`Self::set_flow_gate`].
     pub fn new(limits: SessionLimits) -> Self {
         Self {
             limits,
-            flows: FlowLimiter::default(),
+            gate: FlowGate::UNLIMITED,
             sessions: Map::default(),
             by_id: Map::default(),
             deadlines: BinaryHeap::new(),
@@ -367,16 +369,21 @@ impl SessionManager {
         Some(self.by_index.entry(index).or_default())
     }
 
-    /// Draws sessions from `flows` (the process-wide limiter TCP flows share); call before
-    /// any session exists.
-    pub fn with_flow_limiter(mut self, flows: FlowLimiter) -> Self {
-        self.flows = flows;
+    /// New sessions are admitted by `gate`: under a supervisor, the process-wide limit and
+    /// the TCP flows of every connection, set before each call. A lower limit ends nobody.
+    pub fn set_flow_gate(&mut self, gate: FlowGate) {
+        self.gate = gate;
+    }
+
+    /// Alone in its process, at most `limit` sessions at once (0: unlimited).
+    pub fn with_flow_limit(mut self, limit: u64) -> Self {
+        self.gate = FlowGate::new(limit, 0);
         self
     }
 
-    /// The limiter sessions draw from; its limit changes hot and live sessions stay.
-    pub fn flow_limiter(&self) -> &FlowLimiter {
-        &self.flows
+    /// Sessions holding a slot of the flow limit: all of them.
+    pub fn flow_slots(&self) -> u64 {
+        self.sessions.len() as u64
     }
 
     /// Sessions alive (opening or open).
@@ -510,12 +517,12 @@ impl SessionManager {
             self.reregister(now, flow, r);
             return;
         }
-        let Ok(permit) = self.flows.acquire(FlowType::Udp) else {
+        let Ok(slot) = self.gate.admit(self.flow_slots()) else {
             self.stats.rate_limited += 1;
             if has_payload {
                 self.count(DropReason::Unopened);
             }
-            warn!(flow_id = %r.id, link = %r.link, limit = self.flows.limit(), "Too many concurrent sessions being handled, rejecting udp proxy");
+            warn!(flow_id = %r.id, link = %r.link, limit = self.gate.limit(), "Too many concurrent sessions being handled, rejecting udp proxy");
             self.answer(r.link, r.version, r.id, Answer::TooManyFlows);
             return;
         };
@@ -541,7 +548,7 @@ impl SessionManager {
                     answer: vec![r.link],
                     pending,
                 },
-                _permit: permit,
+                _slot: slot,
             },
         );
         self.by_id.insert(r.id, flow);

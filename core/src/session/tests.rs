@@ -144,8 +144,7 @@ fn drops_are_counted_not_fatal() {
 #[test]
 fn flow_limit_answers_too_many_and_failed_binds_free_their_slot() {
     let now = Instant::now();
-    let mut m = SessionManager::new(SessionLimits::default())
-        .with_flow_limiter(crate::flow::FlowLimiter::new(1));
+    let mut m = SessionManager::new(SessionLimits::default()).with_flow_limit(1);
     m.handle_datagram(now, A, DatagramVersion::V3, &registration(1, 0, b""));
     let flow = match actions(&mut m).as_slice() {
         [SessionAction::Open { flow, .. }] => *flow,
@@ -337,8 +336,7 @@ fn v2_sessions_answer_over_rpc_and_unregister_when_idle() {
 #[test]
 fn v2_unregister_by_edge_is_not_echoed_and_limit_text_matches() {
     let now = Instant::now();
-    let mut m = SessionManager::new(SessionLimits::default())
-        .with_flow_limiter(crate::flow::FlowLimiter::new(1));
+    let mut m = SessionManager::new(SessionLimits::default()).with_flow_limit(1);
     let id = SessionId(1);
     m.register_v2(now, A, id, dest(), 0);
     let flow = match actions(&mut m).as_slice() {
@@ -391,8 +389,7 @@ fn features_choose_the_version() {
 #[test]
 fn every_session_end_releases_its_flow_slot_once_and_migration_keeps_it() {
     let now = Instant::now();
-    let flows = crate::flow::FlowLimiter::new(0);
-    let mut m = SessionManager::new(SessionLimits::default()).with_flow_limiter(flows.clone());
+    let mut m = SessionManager::new(SessionLimits::default());
     // Origin failure after opening.
     let failed = open(&mut m, now, A, 1, 10);
     // Idle expiry.
@@ -413,34 +410,30 @@ fn every_session_end_releases_its_flow_slot_once_and_migration_keeps_it() {
         [SessionAction::Open { flow, .. }] => *flow,
         other => panic!("{other:?}"),
     };
-    assert_eq!(flows.active(), 5);
-    assert_eq!(m.active(), 5);
+    assert_eq!(m.flow_slots(), 5);
 
     m.handle_origin_failed(undialled, "connect: network is unreachable");
     m.handle_origin_failed(undialled, "reported twice");
-    assert_eq!(flows.active(), 4, "a failed dial releases, once");
+    assert_eq!(m.flow_slots(), 4, "a failed dial releases, once");
     m.handle_origin_failed(failed, "read: connection refused");
-    assert_eq!(flows.active(), 3);
+    assert_eq!(m.flow_slots(), 3);
     m.unregister_v2(SessionId(4), "closed by eyeball");
     m.unregister_v2(SessionId(4), "again");
-    assert_eq!(flows.active(), 2);
+    assert_eq!(m.flow_slots(), 2);
     assert_eq!(m.stats().remote_closed, 1, "counted once, as it ended once");
     // Migration: a registration on another link, then the old link dies.
     m.handle_datagram(now, B, DatagramVersion::V3, &registration(3, 100, b""));
     m.link_closed(A, Some(B));
     assert_eq!(
-        flows.active(),
+        m.flow_slots(),
         2,
         "migrating neither releases nor takes a slot"
     );
     m.handle_timeout(now + Duration::from_secs(2));
-    assert_eq!(flows.active(), 1, "idle expiry releases");
+    assert_eq!(m.flow_slots(), 1, "idle expiry releases");
     m.handle_timeout(now + Duration::from_secs(3));
-    assert_eq!(flows.active(), 1);
-    assert_eq!(m.active() as u64, flows.active());
-    drop(m);
-    assert_eq!(flows.active(), 0, "a dropped manager gives every slot back");
-    assert_eq!(flows.rejected(crate::flow::FlowType::Udp), 0);
+    assert_eq!(m.flow_slots(), 1);
+    assert_eq!(m.stats().rate_limited, 0);
 }
 
 #[test]

@@ -736,6 +736,10 @@ impl RunConfig {
         } else {
             crate::tunnel::protocol::Protocol::Quic
         };
+        // ... and reads the record again every hour.
+        config.remote_selector = self
+            .wants_percentage_record()
+            .then(|| self.creds.account_tag.clone());
         config.http2_tls = Some(http2_tls);
         Ok(config)
     }

@@ -405,6 +405,17 @@ impl ConnectorConnection {
         self.data.set_ingress(ingress);
     }
 
+    /// New TCP flows are admitted by `gate` (under a supervisor: the process-wide limit and
+    /// what the rest of the process holds, set before each call). Unlimited until set.
+    pub fn set_flow_gate(&mut self, gate: crate::flow::FlowGate) {
+        self.data.set_flow_gate(gate);
+    }
+
+    /// TCP flows holding a slot of the flow limit.
+    pub fn flow_slots(&self) -> u64 {
+        self.data.flow_slots()
+    }
+
     /// Data streams in progress.
     pub fn active_streams(&self) -> usize {
         self.data.active()

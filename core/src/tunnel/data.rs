@@ -19,7 +19,7 @@ use tracing::{debug, trace, warn};
 
 use super::dial::Dial;
 use super::quic_io::{flush_stream, read_stream_max};
-use crate::flow::{FlowLimiter, FlowPermit, FlowType};
+use crate::flow::{FlowGate, FlowSlot, SlotMap};
 use crate::ingress::access::AccessKeys;
 use crate::ingress::{Ingress, Origin};
 use crate::rpc::frame::FrameLimits;
@@ -88,10 +88,6 @@ pub struct DataLimits {
     pub window: usize,
     /// Largest `ConnectRequest` accepted.
     pub request: FrameLimits,
-    /// The process-wide flow limiter every TCP flow takes a slot from; clones share it. Under
-    /// a [`Supervisor`](super::supervisor::Supervisor) it is shared with the UDP sessions and
-    /// its limit is the supervisor's to set.
-    pub flows: FlowLimiter,
     /// Most idle keep-alive connections kept to origins no rule resolved (a rule's own
     /// `keepAliveConnections` bounds its pool).
     pub max_idle: usize,
@@ -117,7 +113,6 @@ impl Default for DataLimits {
         Self {
             window: 64 * 1024,
             request: FrameLimits::CONNECT_REQUEST,
-            flows: FlowLimiter::default(),
             max_idle: 100,
             idle_timeout: Duration::from_secs(90),
             ingress: None,
@@ -172,9 +167,6 @@ struct Flow<I> {
     shut: bool,
     /// Idle in the pool since.
     idle_since: Option<Instant>,
-    /// The flow limiter's slot (TCP flows); released when the flow is forgotten, whichever
-    /// way it ends.
-    _permit: Option<FlowPermit>,
     /// The dial's deadline, until the driver says the origin is connected.
     dial: Option<Dial>,
 }
@@ -183,7 +175,11 @@ struct Flow<I> {
 pub(crate) struct DataStreams<I = StreamId> {
     limits: DataLimits,
     streams: BTreeMap<I, Data>,
-    flows: BTreeMap<FlowId, Flow<I>>,
+    /// Origin flows; a TCP flow's record holds its slot of the process-wide flow limit, so
+    /// whichever way the flow ends, removing the record releases the slot.
+    flows: SlotMap<FlowId, Flow<I>>,
+    /// What the flow limit lets this connection admit (the supervisor's to set).
+    gate: FlowGate,
     /// Streams finished by us whose data the edge has not acknowledged yet: closing the
     /// connection now would lose their tail.
     finishing: std::collections::BTreeSet<I>,
@@ -205,7 +201,8 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             tags,
             limits,
             streams: BTreeMap::new(),
-            flows: BTreeMap::new(),
+            flows: SlotMap::default(),
+            gate: FlowGate::UNLIMITED,
             finishing: std::collections::BTreeSet::new(),
             scratch: Vec::new(),
             next_flow: 0,
@@ -217,6 +214,16 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
     /// What the requests of this connection came to since the last call.
     pub(crate) fn take_request_stats(&mut self) -> RequestStats {
         std::mem::take(&mut self.stats)
+    }
+
+    /// New TCP flows are admitted by `gate` (the supervisor's, before each call).
+    pub(crate) fn set_flow_gate(&mut self, gate: FlowGate) {
+        self.gate = gate;
+    }
+
+    /// TCP flows holding a slot of the flow limit.
+    pub(crate) fn flow_slots(&self) -> u64 {
+        self.flows.slots()
     }
 
     /// Forgets stream `id`, counting its request's outcome.
@@ -313,12 +320,13 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             return;
         };
         // cloudflared limits warp-routing TCP flows only; HTTP and WebSocket are not counted.
-        let permit = if target.kind == FlowKind::Tcp {
-            match self.limits.flows.acquire(FlowType::Tcp) {
-                Ok(permit) => Some(permit),
+        let slot: Option<FlowSlot> = if target.kind == FlowKind::Tcp {
+            match self.gate.admit(self.flows.slots()) {
+                Ok(slot) => Some(slot),
                 Err(_) => {
-                    warn!(stream = %id, dest = %target.dest, limit = self.limits.flows.limit(), "Too many concurrent flows being handled, rejecting tcp proxy");
+                    warn!(stream = %id, dest = %target.dest, limit = self.gate.limit(), "Too many concurrent flows being handled, rejecting tcp proxy");
                     data.proxy.refuse_rate_limited();
+                    self.stats.tcp_refused += 1;
                     return;
                 }
             }
@@ -359,7 +367,6 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
                 paused: false,
                 shut: false,
                 idle_since: None,
-                _permit: permit,
                 dial: Some(Dial::start(
                     now,
                     target.kind,
@@ -368,6 +375,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
                     self.limits.tcp_connect_timeout,
                 )),
             },
+            slot,
         );
         data.flow = Some(flow);
         self.actions.push_back(OriginAction::Open {

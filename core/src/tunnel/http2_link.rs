@@ -546,6 +546,18 @@ impl Http2Link {
         self.data.set_ingress(ingress);
     }
 
+    /// New TCP flows are admitted by `gate` (see [`ConnectorConnection::set_flow_gate`]).
+    ///
+    /// [`ConnectorConnection::set_flow_gate`]: crate::tunnel::connector::ConnectorConnection::set_flow_gate
+    pub fn set_flow_gate(&mut self, gate: crate::flow::FlowGate) {
+        self.data.set_flow_gate(gate);
+    }
+
+    /// TCP flows holding a slot of the flow limit.
+    pub fn flow_slots(&self) -> u64 {
+        self.data.flow_slots()
+    }
+
     /// Data streams in progress.
     pub fn active_streams(&self) -> usize {
         self.data.active()

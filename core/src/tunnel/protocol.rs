@@ -3,6 +3,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::time::Duration;
 
 use serde::Deserialize;
 use thiserror::Error;
@@ -71,6 +72,10 @@ pub fn auto_follows_percentage_record(flag: ProtocolFlag, srv_edges: bool, token
 /// DNS TXT record holding the protocol percentages.
 pub const PERCENTAGE_RECORD: &str = "protocol-v2.argotunnel.com";
 
+/// How long a reading of the percentage record holds before `auto` reads it again
+/// (cloudflared's `ResolveTTL`).
+pub const RESOLVE_TTL: Duration = Duration::from_secs(3600);
+
 #[derive(Deserialize)]
 struct Percent {
     #[serde(default)]
@@ -84,9 +89,14 @@ struct Percent {
 /// (`fnv1a32(account_tag) % 100`), else QUIC. No record, or one that does not read, gives
 /// HTTP/2, as cloudflared's failed lookup does (C§2.3).
 pub fn remote_selection(txt: Option<&str>, account_tag: &str) -> Protocol {
-    let Some(Ok(percents)) = txt.map(serde_json::from_str::<Vec<Percent>>) else {
-        return Protocol::Http2;
-    };
+    txt.and_then(|txt| selection(txt, account_tag))
+        .unwrap_or(Protocol::Http2)
+}
+
+/// What the percentage record `txt` selects for `account_tag`; none when it does not read (a
+/// refresh then keeps the protocol it had, as cloudflared's does).
+pub fn selection(txt: &str, account_tag: &str) -> Option<Protocol> {
+    let percents = serde_json::from_str::<Vec<Percent>>(txt).ok()?;
     let threshold = threshold(account_tag);
     let percentage = |p: Protocol| {
         percents
@@ -94,10 +104,12 @@ pub fn remote_selection(txt: Option<&str>, account_tag: &str) -> Protocol {
             .find(|e| e.protocol.eq_ignore_ascii_case(p.as_str()))
             .map_or(0, |e| e.percentage)
     };
-    [Protocol::Quic, Protocol::Http2]
-        .into_iter()
-        .find(|&p| percentage(p) > threshold)
-        .unwrap_or(Protocol::Quic)
+    Some(
+        [Protocol::Quic, Protocol::Http2]
+            .into_iter()
+            .find(|&p| percentage(p) > threshold)
+            .unwrap_or(Protocol::Quic),
+    )
 }
 
 /// cloudflared's `switchThreshold`: 32-bit FNV-1a of the account tag, modulo 100.

@@ -42,6 +42,8 @@ pub struct RequestStats {
     pub tcp_total: u64,
     /// TCP requests whose stream ended.
     pub tcp_ended: u64,
+    /// TCP requests the flow limit refused (`cloudflared_flow_rate_limited_total{flow_type="tcp"}`).
+    pub tcp_refused: u64,
 }
 
 impl RequestStats {
@@ -86,6 +88,7 @@ impl RequestStats {
         }
         self.tcp_total += other.tcp_total;
         self.tcp_ended += other.tcp_ended;
+        self.tcp_refused += other.tcp_refused;
     }
 
     /// True when nothing was counted.

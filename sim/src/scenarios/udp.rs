@@ -165,7 +165,7 @@ pub(super) fn degraded(
             .sum();
         let leftovers = (
             node.hub().sessions.poll_timeout().is_some(),
-            node.connector.flow_limiter().active(),
+            node.connector.flow_stats().active,
             queued,
         );
         expect(

@@ -32,6 +32,9 @@ impl Supervisor {
     /// [`crate::tunnel::udp::DatagramHub::pull`]); true while something is held for
     /// [`Supervisor::take_egress`].
     pub(crate) fn pull_egress(&mut self, now: Instant) -> bool {
+        // Registrations admit sessions: the others' flows are counted first (pulling changes
+        // no connection's).
+        self.sync_flow_gates();
         for s in &mut self.slots {
             if let Phase::Running(r) = &mut s.phase {
                 let link = r.link;
@@ -80,6 +83,7 @@ impl Supervisor {
             let action = self.hub.poll_action(&mut SlotLinks(&mut self.slots))?;
             match action {
                 HubAction::Session(SessionAction::V2Registered { link, id, result }) => {
+                    self.sync_flow_gates();
                     let streams = self.v2_calls.remove(&(link, id)).unwrap_or_default();
                     if let Some(conn) = SlotLinks(&mut self.slots).connection(link) {
                         for stream in streams {
@@ -92,6 +96,7 @@ impl Supervisor {
                     self.progress(now);
                 }
                 HubAction::Session(SessionAction::V2Unregister { link, id, message }) => {
+                    self.sync_flow_gates();
                     if let Some(conn) = SlotLinks(&mut self.slots).connection(link) {
                         conn.unregister_udp_session(now, id, &message);
                     }

@@ -162,6 +162,14 @@ impl Link {
         both!(self, c => c.close_now(now))
     }
 
+    pub(crate) fn set_flow_gate(&mut self, gate: crate::flow::FlowGate) {
+        both!(self, c => c.set_flow_gate(gate))
+    }
+
+    pub(crate) fn flow_slots(&self) -> u64 {
+        both!(self, c => c.flow_slots())
+    }
+
     pub(crate) fn take_request_stats(&mut self) -> RequestStats {
         both!(self, c => c.take_request_stats())
     }

@@ -40,14 +40,14 @@ use super::udp::DatagramHub;
 use super::{Received, Transmit};
 use crate::control::{CallFailure, ConnectionDetails, Refusal, RegistrationFailure};
 use crate::datagram::LinkId;
-use crate::flow::{effective_limit, FlowLimiter};
+use crate::flow::{effective_limit, FlowGate, FlowStats, FlowType};
 use crate::icmp::{IcmpRouter, RouterConfig};
 use crate::ingress::RemoteConfig;
 use crate::quic::transport::QuicSettings;
 use crate::rpc_stream::ConfigVersions;
 use crate::session::{SessionId, SessionLimits, SessionManager};
 use crate::tunnel::http2_link::Http2Link;
-use crate::tunnel::protocol::{Protocol, ProtocolFlag};
+use crate::tunnel::protocol::{self, Protocol, ProtocolFlag, PERCENTAGE_RECORD};
 use crate::tunnel::requests::RequestStats;
 use backoff::Backoff;
 use link::Link;
@@ -87,6 +87,12 @@ pub struct SupervisorConfig {
     pub protocol: ProtocolFlag,
     /// Where `auto` starts (the remote selector's choice, [`crate::tunnel::protocol`]).
     pub auto_initial: Protocol,
+    /// When `auto` follows the percentage record (cloudflared's remote selector): the account
+    /// tag whose threshold it is read against. It is read again every `selector_ttl` (the
+    /// driver looks it up when asked), and new connections follow what it selects.
+    pub remote_selector: Option<String>,
+    /// How long a reading of the percentage record holds (cloudflared: one hour).
+    pub selector_ttl: Duration,
     /// TLS of HTTP/2 connections (same roots and key exchange as QUIC's); none: HTTP/2 is not
     /// available.
     pub http2_tls: Option<Arc<rustls::ClientConfig>>,
@@ -116,6 +122,8 @@ impl SupervisorConfig {
             quic: QuicSettings::default(),
             protocol: ProtocolFlag::Fixed(Protocol::Quic),
             auto_initial: Protocol::Quic,
+            remote_selector: None,
+            selector_ttl: protocol::RESOLVE_TTL,
             http2_tls: None,
             fallback_after_timeouts: 2,
             quic_retry_interval: Duration::from_secs(60),
@@ -193,6 +201,12 @@ pub enum SupervisorEvent {
         /// HA index.
         index: u8,
     },
+    /// The percentage record, read again, selects another protocol: new connections of
+    /// indexes not in fallback use it (`auto`; connections up stay as they are).
+    ProtocolSelected {
+        /// What it selects now.
+        protocol: Protocol,
+    },
     /// An index changed transport (`auto`): fell back to HTTP/2, or returned to QUIC.
     ProtocolChanged {
         /// HA index.
@@ -233,6 +247,23 @@ pub enum SupervisorEvent {
     Stopped,
 }
 
+/// What a connection's event asks for, done after its events are read.
+enum Deferred {
+    /// Tell the driver the flow limit changed (once the figures are current).
+    LimitChanged(u64),
+    /// Answer a configuration push.
+    Respond(StreamId, crate::rpc_stream::ConfigUpdateResult),
+    /// A datagram-v2 session registration, for the session manager.
+    RegisterV2 {
+        link: LinkId,
+        id: SessionId,
+        dest: SocketAddr,
+        idle_hint_nanos: i64,
+    },
+    /// The edge ended a datagram-v2 session.
+    UnregisterV2 { id: SessionId, message: String },
+}
+
 enum Phase {
     /// Waiting for index 0 to register before starting.
     Waiting,
@@ -261,6 +292,9 @@ struct Slot {
     protocol: Protocol,
     /// QUIC handshakes that timed out in a row.
     quic_timeouts: u32,
+    /// On HTTP/2 because QUIC failed (`auto`), not because it was selected: a new selection
+    /// leaves it there.
+    in_fallback: bool,
 }
 
 impl Slot {
@@ -282,6 +316,24 @@ enum State {
     ShuttingDown(Instant),
     /// Done.
     Stopped,
+}
+
+/// `auto`'s remote selector: what the percentage record selects, and when to read it again.
+struct Selector {
+    account_tag: String,
+    current: Protocol,
+    lookup: Lookup,
+}
+
+/// Where the next reading of the percentage record stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Lookup {
+    /// Read it again at this time.
+    At(Instant),
+    /// Due: the driver is to be asked.
+    Due,
+    /// Asked; waiting for the answer.
+    Asked,
 }
 
 /// The HA connections of one connector process.
@@ -311,6 +363,10 @@ pub(crate) struct Supervisor {
     /// What every request of this process came to, taken from the connections after each
     /// step.
     requests: RequestStats,
+    /// The flow limit in force (0: unlimited): the flag's, else the configuration's.
+    flow_limit: u64,
+    /// `auto` following the percentage record.
+    selector: Option<Selector>,
 }
 
 impl Supervisor {
@@ -349,19 +405,23 @@ impl Supervisor {
                     ProtocolFlag::Auto => config.auto_initial,
                 },
                 quic_timeouts: 0,
+                in_fallback: false,
             })
             .collect();
-        // One limiter for the process: every connection's TCP flows (through the connector
-        // template's clones) and every UDP session.
-        let flows = config.connector.data.flows.clone();
-        flows.set_limit(effective_limit(
-            config.max_active_flows,
-            config.local_max_active_flows,
-        ));
-        let hub = DatagramHub::new(
-            SessionManager::new(config.sessions).with_flow_limiter(flows),
+        let selector = match config.protocol {
+            ProtocolFlag::Auto => config.remote_selector.clone().map(|account_tag| Selector {
+                account_tag,
+                current: config.auto_initial,
+                lookup: Lookup::At(now + config.selector_ttl),
+            }),
+            ProtocolFlag::Fixed(_) => None,
+        };
+        let flow_limit = effective_limit(config.max_active_flows, config.local_max_active_flows);
+        let mut hub = DatagramHub::new(
+            SessionManager::new(config.sessions),
             IcmpRouter::new(config.icmp),
         );
+        hub.sessions.set_flow_gate(FlowGate::new(flow_limit, 0));
         Self {
             config,
             pool,
@@ -378,7 +438,93 @@ impl Supervisor {
             quic_retry: None,
             returning: None,
             requests: RequestStats::default(),
+            flow_limit,
+            selector,
         }
+    }
+
+    /// The TXT record the driver must look up now ([`PERCENTAGE_RECORD`]), once per reading.
+    pub fn poll_lookup(&mut self) -> Option<&'static str> {
+        let s = self.selector.as_mut()?;
+        (s.lookup == Lookup::Due).then(|| {
+            s.lookup = Lookup::Asked;
+            PERCENTAGE_RECORD
+        })
+    }
+
+    /// The driver looked up the TXT record `name`: its first record's text, none if the lookup
+    /// failed. A record that selects another protocol than before changes the protocol of new
+    /// connections; a failed or unreadable one keeps it (cloudflared's `Current`).
+    pub fn handle_txt_record(&mut self, now: Instant, name: &str, text: Option<&str>) {
+        let ttl = self.config.selector_ttl;
+        let Some(s) = self.selector.as_mut() else {
+            return;
+        };
+        if name != PERCENTAGE_RECORD || s.lookup != Lookup::Asked {
+            return;
+        }
+        s.lookup = Lookup::At(now + ttl);
+        let Some(selected) = text.and_then(|t| protocol::selection(t, &s.account_tag)) else {
+            warn!(record = PERCENTAGE_RECORD, "Failed to refresh protocol");
+            return;
+        };
+        if selected == s.current {
+            return;
+        }
+        s.current = selected;
+        self.events
+            .push_back(SupervisorEvent::ProtocolSelected { protocol: selected });
+        for slot in &mut self.slots {
+            if selected == Protocol::Http2 {
+                // HTTP/2 is what `auto` wants now: nobody is in fallback, nothing returns.
+                slot.in_fallback = false;
+            }
+            if !slot.in_fallback {
+                slot.protocol = selected;
+            }
+        }
+        if selected == Protocol::Http2 {
+            self.quic_retry = None;
+        }
+        self.config.auto_initial = selected;
+    }
+
+    /// What `auto` runs on when nothing fails: the record's choice, else QUIC.
+    fn selected(&self) -> Protocol {
+        self.selector.as_ref().map_or(Protocol::Quic, |s| s.current)
+    }
+
+    /// Tells every place flows live (each connection's TCP flows, the UDP sessions) what the
+    /// flow limit lets it admit: the limit, and the slots held by all the others. Called
+    /// before control passes to any of them: between two such calls only the one called can
+    /// have changed its count, so its gate is exact while it runs.
+    fn sync_flow_gates(&mut self) {
+        let limit = self.flow_limit;
+        let total = self.flows_active();
+        for s in &mut self.slots {
+            if let Phase::Running(r) = &mut s.phase {
+                let own = r.conn.flow_slots();
+                r.conn.set_flow_gate(FlowGate::new(limit, total - own));
+            }
+        }
+        let own = self.hub.sessions.flow_slots();
+        self.hub
+            .sessions
+            .set_flow_gate(FlowGate::new(limit, total - own));
+    }
+
+    /// Flows holding a slot of the flow limit, process-wide: counted from the records that
+    /// hold them.
+    fn flows_active(&self) -> u64 {
+        let tcp: u64 = self
+            .slots
+            .iter()
+            .map(|s| match &s.phase {
+                Phase::Running(r) => r.conn.flow_slots(),
+                _ => 0,
+            })
+            .sum();
+        tcp + self.hub.sessions.flow_slots()
     }
 
     /// HA connections this supervisor runs (after capping to the pool).
@@ -420,6 +566,7 @@ impl Supervisor {
 
     /// UDP datagrams arrived on the socket of `index` in one buffer (GRO: `stride` bytes each).
     pub fn handle_received(&mut self, now: Instant, index: u8, received: &Received<'_>) {
+        self.sync_flow_gates();
         if let Some(c) = self.running_mut(index).and_then(|r| r.conn.quic()) {
             c.handle_received(now, received);
         }
@@ -436,7 +583,13 @@ impl Supervisor {
             }
         }
         self.try_quic_again(now);
+        if let Some(s) = &mut self.selector {
+            if matches!(s.lookup, Lookup::At(at) if at <= now) {
+                s.lookup = Lookup::Due;
+            }
+        }
         for i in 0..self.slots.len() {
+            self.sync_flow_gates();
             match &mut self.slots[i].phase {
                 Phase::StartAt(at) if *at <= now => self.start(now, i),
                 // It checks which of its own timers are due.
@@ -445,6 +598,7 @@ impl Supervisor {
             }
         }
         // It checks whether its timers are due.
+        self.sync_flow_gates();
         self.hub.handle_timeout(now);
         self.progress(now);
     }
@@ -470,6 +624,10 @@ impl Supervisor {
             .chain(deadline)
             .chain(datagrams)
             .chain(self.quic_retry.map(|(at, _)| at))
+            .chain(self.selector.as_ref().and_then(|s| match s.lookup {
+                Lookup::At(at) => Some(at),
+                Lookup::Due | Lookup::Asked => None,
+            }))
             .min()
     }
 
@@ -483,6 +641,11 @@ impl Supervisor {
             return;
         };
         if at > now || self.returning.is_some() || self.state != State::Running {
+            return;
+        }
+        if self.selected() != Protocol::Quic {
+            // The percentage record wants HTTP/2 now: there is nothing to return to.
+            self.quic_retry = None;
             return;
         }
         let candidate = self.slots.iter().position(|s| {
@@ -499,12 +662,14 @@ impl Supervisor {
             "trying quic again: draining the http2 connection"
         );
         self.slots[i].protocol = Protocol::Quic;
+        self.slots[i].in_fallback = false;
         self.returning = Some(i);
         self.quic_retry = None;
         self.events.push_back(SupervisorEvent::ProtocolChanged {
             index,
             protocol: Protocol::Quic,
         });
+        self.sync_flow_gates();
         if let Some(r) = self.slots[i].running() {
             if let Err(e) = r.conn.shutdown(now) {
                 warn!(conn_index = index, error = %e, "shutdown refused");
@@ -579,6 +744,7 @@ impl Supervisor {
 
     /// The HTTP/2 link with ciphertext to write now (the bytes are [`Supervisor::edge_lent`]).
     pub fn poll_edge_write(&mut self, now: Instant) -> Option<LinkId> {
+        self.sync_flow_gates();
         let n = self.slots.len();
         for k in 0..n {
             let i = (self.cursor + k) % n;
@@ -623,6 +789,7 @@ impl Supervisor {
     }
 
     fn with_http2(&mut self, now: Instant, link: LinkId, f: impl FnOnce(&mut Http2Link)) {
+        self.sync_flow_gates();
         if let Some(c) = self.http2_of(link) {
             f(c);
             self.progress(now);
@@ -667,9 +834,17 @@ impl Supervisor {
         self.with_link(now, link, |c| c.handle_flow_written(now, flow));
     }
 
-    /// The process-wide flow limiter (TCP flows and UDP sessions), for its counters.
-    pub fn flow_limiter(&self) -> &FlowLimiter {
-        self.hub.sessions.flow_limiter()
+    /// The process-wide flow figures: TCP flows and UDP sessions holding a slot, the limit,
+    /// refusals by kind.
+    pub fn flow_stats(&self) -> FlowStats {
+        let mut rejected = [0; 2];
+        rejected[FlowType::Tcp as usize] = self.requests.tcp_refused;
+        rejected[FlowType::Udp as usize] = self.hub.sessions.stats().rate_limited;
+        FlowStats {
+            limit: self.flow_limit,
+            active: self.flows_active(),
+            rejected,
+        }
     }
 
     /// What every request of this process came to (connections gone included).
@@ -695,7 +870,9 @@ impl Supervisor {
             State::Starting | State::Running => {
                 info!("initiating graceful shutdown");
                 self.state = State::ShuttingDown(now + self.config.connector.grace_period);
-                for s in &mut self.slots {
+                for i in 0..self.slots.len() {
+                    self.sync_flow_gates();
+                    let s = &mut self.slots[i];
                     match &mut s.phase {
                         Phase::Running(r) => {
                             // Only misuse errors come back; the connection closes either way.
@@ -712,8 +889,9 @@ impl Supervisor {
     }
 
     fn close_all(&mut self, now: Instant) {
-        for s in &mut self.slots {
-            if let Phase::Running(r) = &mut s.phase {
+        for i in 0..self.slots.len() {
+            self.sync_flow_gates();
+            if let Phase::Running(r) = &mut self.slots[i].phase {
                 r.conn.close_now(now);
             }
             // What is still running closes with CONNECTION_CLOSE once polled; the driver
@@ -788,6 +966,7 @@ impl Supervisor {
         link: LinkId,
         f: impl FnOnce(&mut Link) -> T,
     ) -> Option<T> {
+        self.sync_flow_gates();
         let r = self.slots.iter_mut().find_map(|s| match &mut s.phase {
             Phase::Running(r) if r.link == link => Some(r),
             _ => None,
@@ -855,6 +1034,7 @@ impl Supervisor {
                     edge,
                     registered: false,
                 }));
+                self.sync_flow_gates();
             }
             Err(e) => {
                 warn!(conn_index = index, %edge, error = %e, "cannot start a connection");
@@ -917,6 +1097,7 @@ impl Supervisor {
                 }
                 let slot = &mut self.slots[i];
                 slot.protocol = Protocol::Http2;
+                slot.in_fallback = true;
                 slot.quic_timeouts = 0;
                 slot.dial_failures = 0;
                 slot.backoff.retries = 0;
@@ -965,100 +1146,135 @@ impl Supervisor {
         let mut tcp_connect_timeout = None;
         for i in 0..self.slots.len() {
             let index = self.slots[i].index;
+            let mut closed = None;
+            // What the connection's events ask of the others (the session manager) or of the
+            // connection itself, done once its events are read: each such call may admit
+            // flows, so the flow gates are brought up to date before it.
+            let mut deferred = VecDeque::new();
+            while let Phase::Running(r) = &mut self.slots[i].phase {
+                while let Some(ev) = r.conn.poll_event() {
+                    match ev {
+                        ConnectorEvent::Registered(details) => {
+                            r.registered = true;
+                            self.events.push_back(SupervisorEvent::Registered {
+                                index,
+                                link: r.link,
+                                edge: r.edge,
+                                protocol: r.conn.protocol(),
+                                details,
+                            });
+                        }
+                        ConnectorEvent::RegistrationFailed(error) => {
+                            self.events
+                                .push_back(SupervisorEvent::RegistrationFailed { index, error });
+                        }
+                        ConnectorEvent::LocalConfigurationFailed(reason) => self
+                            .events
+                            .push_back(SupervisorEvent::LocalConfigurationFailed { index, reason }),
+                        ConnectorEvent::Unregistered => {}
+                        ConnectorEvent::ConfigurationOffered {
+                            stream,
+                            version,
+                            config,
+                        } => {
+                            // Without rules of its own the connector proxies as the edge asks,
+                            // whatever a push says.
+                            let has_rules = self.config.connector.data.ingress.is_some();
+                            let max_active_flows = self.config.max_active_flows;
+                            let mut limit = None;
+                            let result = self.versions.offer(version, || {
+                                let (remote, new) =
+                                    RemoteConfig::from_json(&config).map_err(|e| e.to_string())?;
+                                if has_rules {
+                                    pushed = Some(std::sync::Arc::new(new));
+                                }
+                                // cloudflared replaces the whole warp-routing section, its
+                                // default included.
+                                tcp_connect_timeout = Some(
+                                    remote
+                                        .warp_routing
+                                        .connect_timeout
+                                        .map_or(crate::tunnel::dial::TCP_DIAL_TIMEOUT, |d| d.0),
+                                );
+                                limit = Some(effective_limit(
+                                    max_active_flows,
+                                    remote.warp_routing.max_active_flows,
+                                ));
+                                Ok(())
+                            });
+                            if let Some(limit) = limit.filter(|l| *l != self.flow_limit) {
+                                // Flows already active stay; new ones wait for room.
+                                self.flow_limit = limit;
+                                deferred.push_back(Deferred::LimitChanged(limit));
+                            }
+                            self.events.push_back(match &result.error {
+                                None => SupervisorEvent::ConfigurationApplied {
+                                    version: result.latest_applied_version,
+                                },
+                                Some(error) => SupervisorEvent::ConfigurationRefused {
+                                    version,
+                                    error: error.clone(),
+                                },
+                            });
+                            deferred.push_back(Deferred::Respond(stream, result));
+                        }
+                        ConnectorEvent::UdpSessionRequested {
+                            stream,
+                            id,
+                            dest,
+                            idle_hint_nanos,
+                        } => {
+                            // Answered once the manager decides (`poll_datagram_action`).
+                            self.v2_calls.entry((r.link, id)).or_default().push(stream);
+                            deferred.push_back(Deferred::RegisterV2 {
+                                link: r.link,
+                                id,
+                                dest,
+                                idle_hint_nanos,
+                            });
+                        }
+                        ConnectorEvent::UdpSessionUnregistered { id, message } => {
+                            deferred.push_back(Deferred::UnregisterV2 { id, message });
+                        }
+                        ConnectorEvent::Closed { reason } => closed = Some(reason),
+                    }
+                }
+                if deferred.is_empty() {
+                    break;
+                }
+                while let Some(d) = deferred.pop_front() {
+                    self.sync_flow_gates();
+                    match d {
+                        Deferred::LimitChanged(limit) => {
+                            let active = self.flows_active();
+                            self.events
+                                .push_back(SupervisorEvent::FlowLimitChanged { limit, active });
+                        }
+                        Deferred::Respond(stream, result) => {
+                            if let Some(r) = self.slots[i].running() {
+                                if let Err(e) = r.conn.respond_configuration(now, stream, &result) {
+                                    debug!(link = %r.link, error = %e, "cannot answer the configuration push");
+                                }
+                            }
+                        }
+                        Deferred::RegisterV2 {
+                            link,
+                            id,
+                            dest,
+                            idle_hint_nanos,
+                        } => self
+                            .hub
+                            .sessions
+                            .register_v2(now, link, id, dest, idle_hint_nanos),
+                        Deferred::UnregisterV2 { id, message } => {
+                            self.hub.sessions.unregister_v2(id, &message);
+                        }
+                    }
+                }
+            }
             let Phase::Running(r) = &mut self.slots[i].phase else {
                 continue;
             };
-            let mut closed = None;
-            while let Some(ev) = r.conn.poll_event() {
-                match ev {
-                    ConnectorEvent::Registered(details) => {
-                        r.registered = true;
-                        self.events.push_back(SupervisorEvent::Registered {
-                            index,
-                            link: r.link,
-                            edge: r.edge,
-                            protocol: r.conn.protocol(),
-                            details,
-                        });
-                    }
-                    ConnectorEvent::RegistrationFailed(error) => {
-                        self.events
-                            .push_back(SupervisorEvent::RegistrationFailed { index, error });
-                    }
-                    ConnectorEvent::LocalConfigurationFailed(reason) => self
-                        .events
-                        .push_back(SupervisorEvent::LocalConfigurationFailed { index, reason }),
-                    ConnectorEvent::Unregistered => {}
-                    ConnectorEvent::ConfigurationOffered {
-                        stream,
-                        version,
-                        config,
-                    } => {
-                        // Without rules of its own the connector proxies as the edge asks,
-                        // whatever a push says.
-                        let has_rules = self.config.connector.data.ingress.is_some();
-                        let hub = &self.hub;
-                        let max_active_flows = self.config.max_active_flows;
-                        let events = &mut self.events;
-                        let result = self.versions.offer(version, || {
-                            let (remote, new) =
-                                RemoteConfig::from_json(&config).map_err(|e| e.to_string())?;
-                            if has_rules {
-                                pushed = Some(std::sync::Arc::new(new));
-                            }
-                            // cloudflared replaces the whole warp-routing section, its
-                            // default included.
-                            tcp_connect_timeout = Some(
-                                remote
-                                    .warp_routing
-                                    .connect_timeout
-                                    .map_or(crate::tunnel::dial::TCP_DIAL_TIMEOUT, |d| d.0),
-                            );
-                            let limit = effective_limit(
-                                max_active_flows,
-                                remote.warp_routing.max_active_flows,
-                            );
-                            let flows = hub.sessions.flow_limiter();
-                            if flows.limit() != limit {
-                                flows.set_limit(limit);
-                                events.push_back(SupervisorEvent::FlowLimitChanged {
-                                    limit,
-                                    active: flows.active(),
-                                });
-                            }
-                            Ok(())
-                        });
-                        self.events.push_back(match &result.error {
-                            None => SupervisorEvent::ConfigurationApplied {
-                                version: result.latest_applied_version,
-                            },
-                            Some(error) => SupervisorEvent::ConfigurationRefused {
-                                version,
-                                error: error.clone(),
-                            },
-                        });
-                        if let Err(e) = r.conn.respond_configuration(now, stream, &result) {
-                            debug!(link = %r.link, error = %e, "cannot answer the configuration push");
-                        }
-                    }
-                    ConnectorEvent::UdpSessionRequested {
-                        stream,
-                        id,
-                        dest,
-                        idle_hint_nanos,
-                    } => {
-                        // Answered once the manager decides (`poll_datagram_action`).
-                        self.v2_calls.entry((r.link, id)).or_default().push(stream);
-                        self.hub
-                            .sessions
-                            .register_v2(now, r.link, id, dest, idle_hint_nanos);
-                    }
-                    ConnectorEvent::UdpSessionUnregistered { id, message } => {
-                        self.hub.sessions.unregister_v2(id, &message);
-                    }
-                    ConnectorEvent::Closed { reason } => closed = Some(reason),
-                }
-            }
             // Origin actions are moved out before the connection can go away.
             while let Some(a) = r.conn.poll_origin_action() {
                 self.actions.push_back((r.link, a));
@@ -1070,7 +1286,7 @@ impl Supervisor {
             if r.registered && self.returning == Some(i) && r.conn.protocol() == Protocol::Quic {
                 // QUIC works again: the next HTTP/2 connection follows shortly.
                 self.returning = None;
-                if self.slots.iter().any(|s| s.protocol == Protocol::Http2) {
+                if self.slots.iter().any(|s| s.in_fallback) {
                     let next = now + self.config.registration_interval;
                     self.quic_retry = Some((next, self.config.quic_retry_interval));
                 }
@@ -1109,11 +1325,12 @@ impl Supervisor {
     /// Index 0 registered: the others start, one interval apart (cloudflared's `initialize`).
     fn schedule_ha(&mut self, now: Instant) {
         let interval = self.config.registration_interval;
-        let protocol = self.slots[0].protocol;
+        let (protocol, in_fallback) = (self.slots[0].protocol, self.slots[0].in_fallback);
         for s in self.slots.iter_mut().skip(1) {
             if matches!(s.phase, Phase::Waiting) {
                 // cloudflared's `initialize`: the others start on index 0's protocol.
                 s.protocol = protocol;
+                s.in_fallback = in_fallback;
                 let k = u32::from(s.index) - 1;
                 s.phase = Phase::StartAt(now + interval * k);
             }

@@ -151,14 +151,17 @@ fn tcp_flows_and_udp_sessions_share_one_limit_that_remote_configuration_changes(
         w.connector.ready_connections() == 2
     });
     let (conn0, conn1) = (w.edge_conn(0), w.edge_conn(1));
-    let flows = w.connector.flow_limiter().clone();
-    assert_eq!(flows.limit(), 3, "the local file's warp-routing");
+    assert_eq!(
+        w.connector.flow_stats().limit,
+        3,
+        "the local file's warp-routing"
+    );
 
     // A TCP flow on each connection and a session: three, the limit.
     let (s0, link0, f0) = w.serve_tcp(conn0, "10.0.0.1:22");
     let (_, link1, f1) = w.serve_tcp(conn1, "10.0.0.2:22");
     assert_eq!(w.register_v3(conn0, 1), v3::ResponseCode::Ok);
-    assert_eq!(flows.active(), 3);
+    assert_eq!(w.connector.flow_stats().active, 3);
 
     // Either kind, on either connection, is refused now.
     w.refused_tcp(conn0, "10.0.0.3:22");
@@ -168,24 +171,37 @@ fn tcp_flows_and_udp_sessions_share_one_limit_that_remote_configuration_changes(
         v3::ResponseCode::TooManyActiveFlows
     );
     assert_eq!(
-        (flows.rejected(FlowType::Tcp), flows.rejected(FlowType::Udp)),
+        (
+            w.connector.flow_stats().rejected(FlowType::Tcp),
+            w.connector.flow_stats().rejected(FlowType::Udp)
+        ),
         (2, 1)
     );
     assert_eq!(w.origin.opened.len(), 1, "one UDP socket");
 
     // The edge raises the limit to 5: a flow and a session more fit, then no more.
     w.push_config(conn0, 1, &remote(Some(5)));
-    assert_eq!(flows.limit(), 5);
+    assert_eq!(w.connector.flow_stats().limit, 5);
     let (s5, link5, f5) = w.serve_tcp(conn1, "10.0.0.5:22");
     assert_eq!(w.register_v3(conn1, 3), v3::ResponseCode::Ok);
-    assert_eq!(flows.active(), 5);
+    assert_eq!(w.connector.flow_stats().active, 5);
     w.refused_tcp(conn0, "10.0.0.6:22");
 
     // A stale version changes nothing; lowering to 1 keeps all five and refuses new ones.
     w.push_config(conn1, 1, &remote(Some(50)));
-    assert_eq!(flows.limit(), 5, "version 1 again is a no-op");
+    assert_eq!(
+        w.connector.flow_stats().limit,
+        5,
+        "version 1 again is a no-op"
+    );
     w.push_config(conn1, 2, &remote(Some(1)));
-    assert_eq!((flows.limit(), flows.active()), (1, 5));
+    assert_eq!(
+        (
+            w.connector.flow_stats().limit,
+            w.connector.flow_stats().active
+        ),
+        (1, 5)
+    );
     assert_eq!(
         w.register_v3(conn0, 4),
         v3::ResponseCode::TooManyActiveFlows
@@ -193,14 +209,14 @@ fn tcp_flows_and_udp_sessions_share_one_limit_that_remote_configuration_changes(
 
     // Without warp-routing the limit goes away (cloudflared's default 0).
     w.push_config(conn0, 3, &remote(None));
-    assert_eq!(flows.limit(), 0);
+    assert_eq!(w.connector.flow_stats().limit, 0);
 
     // A failed dial gives its slot back.
     let stream = w.open_tcp(conn0, "10.0.0.7:22");
     w.run(Duration::from_secs(5), |w| {
         w.flow_to("10.0.0.7:22").is_some()
     });
-    assert_eq!(flows.active(), 6);
+    assert_eq!(w.connector.flow_stats().active, 6);
     let (link, flow) = w.flow_to("10.0.0.7:22").expect("dialled");
     w.input(Input::FlowFailed {
         link,
@@ -214,7 +230,7 @@ fn tcp_flows_and_udp_sessions_share_one_limit_that_remote_configuration_changes(
         w.response(conn0, stream).map(|r| r.0),
         Some("connect: connection refused".into())
     );
-    assert_eq!(flows.active(), 5);
+    assert_eq!(w.connector.flow_stats().active, 5);
 
     // The edge resets a flow: its slot comes back once.
     let now = w.now;
@@ -225,7 +241,7 @@ fn tcp_flows_and_udp_sessions_share_one_limit_that_remote_configuration_changes(
         .expect("reset");
     w.run(Duration::from_secs(5), |w| w.closed(link5, f5));
     assert!(w.closed(link5, f5));
-    assert_eq!(flows.active(), 4);
+    assert_eq!(w.connector.flow_stats().active, 4);
 
     // Connection 1's path dies: its TCP flow ends with it, its session moves to connection 0
     // and keeps its slot.
@@ -241,9 +257,16 @@ fn tcp_flows_and_udp_sessions_share_one_limit_that_remote_configuration_changes(
         "the flow on the lost connection is closed"
     );
     assert_eq!(w.connector.datagram_hub().sessions.active(), 2);
-    assert_eq!(flows.active(), 3, "one TCP flow and two sessions are left");
     assert_eq!(
-        (flows.rejected(FlowType::Tcp), flows.rejected(FlowType::Udp)),
+        w.connector.flow_stats().active,
+        3,
+        "one TCP flow and two sessions are left"
+    );
+    assert_eq!(
+        (
+            w.connector.flow_stats().rejected(FlowType::Tcp),
+            w.connector.flow_stats().rejected(FlowType::Udp)
+        ),
         (3, 2)
     );
 
@@ -259,16 +282,24 @@ fn tcp_flows_and_udp_sessions_share_one_limit_that_remote_configuration_changes(
             |(l, a)| matches!(a, OriginAction::ShutdownWrite { flow } if *l == link0 && *flow == f0),
         )
     });
-    assert_eq!(flows.active(), 3, "half-closed still counts");
+    assert_eq!(
+        w.connector.flow_stats().active,
+        3,
+        "half-closed still counts"
+    );
     w.input(Input::FlowFinished {
         link: link0,
         flow: f0,
     });
     w.run(Duration::from_secs(5), |w| w.closed(link0, f0));
     assert!(w.closed(link0, f0));
-    assert_eq!(flows.active(), 2, "only the sessions are left");
     assert_eq!(
-        flows.active(),
+        w.connector.flow_stats().active,
+        2,
+        "only the sessions are left"
+    );
+    assert_eq!(
+        w.connector.flow_stats().active,
         w.connector.datagram_hub().sessions.active() as u64
     );
 }
@@ -283,16 +314,12 @@ fn the_flag_overrides_local_and_remote_limits() {
         w.connector.ready_connections() == 2
     });
     let conn0 = w.edge_conn(0);
-    assert_eq!(w.connector.flow_limiter().limit(), 1);
+    assert_eq!(w.connector.flow_stats().limit, 1);
     w.push_config(conn0, 1, &remote(Some(10)));
-    assert_eq!(
-        w.connector.flow_limiter().limit(),
-        1,
-        "--max-active-flows wins"
-    );
+    assert_eq!(w.connector.flow_stats().limit, 1, "--max-active-flows wins");
     assert_eq!(w.register_v3(conn0, 1), v3::ResponseCode::Ok);
     w.refused_tcp(conn0, "10.0.0.1:22");
-    assert_eq!(w.connector.flow_limiter().active(), 1);
+    assert_eq!(w.connector.flow_stats().active, 1);
 }
 
 /// The `Service` of the origin the connector opened for an HTTP request to `dest`.

@@ -38,10 +38,16 @@ struct H2World {
     asked: VecDeque<Asked>,
     events: Vec<SupervisorEvent>,
     closed_tcp: Vec<LinkId>,
+    /// TXT lookups asked for.
+    lookups: Vec<&'static str>,
 }
 
 impl H2World {
     fn new(protocol: ProtocolFlag) -> Self {
+        Self::with(protocol, |_| {})
+    }
+
+    fn with(protocol: ProtocolFlag, tune: impl FnOnce(&mut SupervisorConfig)) -> Self {
         let now = Instant::now();
         let (server_tls, client_tls, _, _) = http2::tests::tls_configs();
         let (_, quic_client) = tls_pair();
@@ -49,6 +55,7 @@ impl H2World {
         config.ha_connections = 1;
         config.protocol = protocol;
         config.http2_tls = Some(client_tls);
+        tune(&mut config);
         let pool = EdgePool::from_static(&[EDGE.parse().expect("addr")]).expect("pool");
         let mut connector = Connector::new(now, config, pool, 7);
         // Connection 0 starts now.
@@ -68,6 +75,7 @@ impl H2World {
             asked: VecDeque::new(),
             events: Vec::new(),
             closed_tcp: Vec::new(),
+            lookups: Vec::new(),
         }
     }
 
@@ -91,6 +99,7 @@ impl H2World {
                         written = Some(link);
                     }
                     Io::CloseEdge { link } => self.closed_tcp.push(link),
+                    Io::LookupTxt { name } => self.lookups.push(name),
                     Io::OpenFlow {
                         link,
                         flow,
@@ -533,4 +542,153 @@ fn auto_tries_quic_again_and_falls_back_with_a_longer_wait() {
         "{:?}",
         w.now - tried
     );
+}
+
+/// The transports new connections were started on, in order.
+fn connecting(w: &H2World) -> Vec<Protocol> {
+    w.events
+        .iter()
+        .filter_map(|e| match e {
+            SupervisorEvent::Connecting { protocol, .. } => Some(*protocol),
+            _ => None,
+        })
+        .collect()
+}
+
+/// A percentage record giving `quic` and `http2` these shares.
+fn percentages(quic: u8, http2: u8) -> String {
+    format!(
+        r#"[{{"protocol":"quic","percentage":{quic}}},{{"protocol":"http2","percentage":{http2}}}]"#
+    )
+}
+
+#[test]
+fn auto_reads_the_percentage_record_again_every_hour_and_new_connections_follow_it() {
+    use crate::tunnel::protocol::{PERCENTAGE_RECORD, RESOLVE_TTL};
+    // The record said HTTP/2 at start.
+    let mut w = H2World::with(ProtocolFlag::Auto, |c| {
+        c.auto_initial = Protocol::Http2;
+        c.remote_selector = Some("account".into());
+    });
+    let start = w.now;
+    let link = w.accept_dial();
+    w.run();
+    assert_eq!(w.registered(), Some(Protocol::Http2));
+
+    // Nothing is asked before the record's hour is up, then the record once.
+    w.advance_until(RESOLVE_TTL * 2, |w| !w.lookups.is_empty());
+    assert_eq!(w.lookups, [PERCENTAGE_RECORD]);
+    assert!(
+        w.now - start >= RESOLVE_TTL,
+        "asked after {:?}",
+        w.now - start
+    );
+    let asked = w.now;
+    // It says QUIC now: the serving connection stays, the next one is QUIC.
+    let record = percentages(100, 0);
+    w.connector.handle_input(
+        w.now,
+        Input::TxtRecord {
+            name: PERCENTAGE_RECORD,
+            text: Some(&record),
+        },
+    );
+    w.run();
+    assert!(w.events.contains(&SupervisorEvent::ProtocolSelected {
+        protocol: Protocol::Quic
+    }));
+    assert!(
+        w.closed_tcp.is_empty(),
+        "a serving connection is not dropped"
+    );
+    assert_eq!(connecting(&w), [Protocol::Http2]);
+    w.connector
+        .handle_input(w.now, Input::EdgeReceived { link, data: &[] });
+    w.advance_until(Duration::from_secs(30), |w| connecting(w).len() >= 2);
+    assert_eq!(connecting(&w), [Protocol::Http2, Protocol::Quic]);
+
+    // A failed lookup keeps the protocol; the record is asked again an hour after each answer.
+    w.advance_until(RESOLVE_TTL * 2, |w| w.lookups.len() >= 2);
+    assert!(w.now - asked >= RESOLVE_TTL);
+    let failed = w.now;
+    let selected = |w: &H2World| {
+        w.events
+            .iter()
+            .filter(|e| matches!(e, SupervisorEvent::ProtocolSelected { .. }))
+            .count()
+    };
+    w.connector.handle_input(
+        w.now,
+        Input::TxtRecord {
+            name: PERCENTAGE_RECORD,
+            text: None,
+        },
+    );
+    let garbled = "not json";
+    w.advance_until(RESOLVE_TTL * 2, |w| w.lookups.len() >= 3);
+    assert!(w.now - failed >= RESOLVE_TTL);
+    w.connector.handle_input(
+        w.now,
+        Input::TxtRecord {
+            name: PERCENTAGE_RECORD,
+            text: Some(garbled),
+        },
+    );
+    w.run();
+    assert_eq!(
+        selected(&w),
+        1,
+        "neither a failed nor an unreadable record changes it"
+    );
+
+    // Back to HTTP/2 by the record: QUIC is not tried again while it says so, even by an
+    // index that fell back.
+    w.advance_until(RESOLVE_TTL * 2, |w| w.lookups.len() >= 4);
+    let record = percentages(0, 100);
+    w.connector.handle_input(
+        w.now,
+        Input::TxtRecord {
+            name: PERCENTAGE_RECORD,
+            text: Some(&record),
+        },
+    );
+    w.run();
+    assert_eq!(selected(&w), 2);
+    let before = connecting(&w).len();
+    w.dials.clear();
+    w.advance_until(Duration::from_secs(600), |w| !w.dials.is_empty());
+    w.accept_dial();
+    w.run();
+    assert_eq!(w.registered(), Some(Protocol::Http2));
+    let end = w.now + Duration::from_secs(600);
+    while w.now < end {
+        w.run();
+        let Some(t) = w.timeout else { break };
+        w.now = t.min(end);
+        w.connector.handle_input(w.now, Input::Timeout);
+    }
+    assert!(
+        connecting(&w)[before..]
+            .iter()
+            .all(|p| *p == Protocol::Http2),
+        "{:?}",
+        connecting(&w)
+    );
+}
+
+#[test]
+fn a_fixed_protocol_never_reads_the_percentage_record() {
+    let mut w = H2World::with(ProtocolFlag::Fixed(Protocol::Http2), |c| {
+        c.remote_selector = Some("account".into());
+    });
+    w.accept_dial();
+    w.run();
+    let end = w.now + crate::tunnel::protocol::RESOLVE_TTL * 3;
+    while w.now < end {
+        w.run();
+        let Some(t) = w.timeout else { break };
+        w.now = t.min(end);
+        w.connector.handle_input(w.now, Input::Timeout);
+    }
+    assert!(w.lookups.is_empty());
 }
