@@ -1,13 +1,15 @@
-//! The eyeball side of the simulation: requests the edge sends down a tunnel connection, with
+//! The eyeball side of the simulation: requests into a tunnel through the edge machine, with
 //! generated bodies, and the checks on what comes back (status, request digest echoed by the
 //! origin, every response byte, length).
 
-use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
 
-use burrow_core::stream::connect::{key, ConnectRequest, ConnectionType, Metadata};
-use burrow_core::tunnel::edge::{ConnId, EdgeEvent};
-use quinn_proto::StreamId;
+use burrow_core::edge::{EyeballId, Input, OpenError, StreamEvent, Target};
+use burrow_core::stream::connect::{key, ConnectionType};
+use burrow_core::tunnel::edge::ConnId;
+use bytes::Bytes;
+use uuid::Uuid;
 
 use crate::origin::{content, response_path, Digest};
 use crate::world::World;
@@ -68,60 +70,76 @@ impl Request {
 
 struct Active {
     request: Request,
+    /// The edge connection it went out on.
+    conn: Option<ConnId>,
     sent: u64,
     digest: Digest,
+    /// A body piece is with the edge, not yet acknowledged.
+    awaiting_ack: bool,
     finished_sending: bool,
     /// Response seen (status checked).
     answered: bool,
     /// Refused by the connector's flow limit: no body follows.
     limited: bool,
     received: u64,
+    /// Bytes of the last response chunk the eyeball has not read yet (it asks for the next
+    /// chunk once it read them all).
+    unread: usize,
+    /// The response ended (completed once everything is read).
+    ended: bool,
 }
 
-/// Issues requests on one edge connection, `concurrency` at a time, and checks every answer.
+/// Issues requests into tunnel `tunnel` through the edge machine, `concurrency` at a time, and
+/// checks every answer. The edge picks the connection (round robin over the tunnel's
+/// registered ones) and paces both bodies: a request-body piece goes once the last was
+/// acknowledged, a response chunk comes once the last was read.
 pub struct Client {
-    /// The edge connection requests go to.
-    pub conn: ConnId,
+    tunnel: Uuid,
     queue: VecDeque<Request>,
-    active: BTreeMap<StreamId, Active>,
-    readable: BTreeSet<StreamId>,
+    active: BTreeMap<EyeballId, Active>,
     concurrency: usize,
     /// Bytes the eyeball reads per 10 ms; `None`: all at once.
     pub read_budget: Option<usize>,
     /// Requests answered in full and checked.
     pub completed: u64,
-    /// Stop starting new requests (the connection is going away).
+    /// Stop starting new requests (the connections are going away).
     pub paused: bool,
+    /// A request may end with its connection (the network is hostile); otherwise that is a
+    /// failure.
+    pub hostile: bool,
     /// TCP requests the connector refused with `FlowConnectRateLimited`.
     pub rate_limited: u64,
-    /// Requests that ended with an error because their connection was lost.
+    /// Requests that ended with an error because their connection was lost (or, on a hostile
+    /// network, found no connection).
     pub failed: u64,
     /// With a read budget: when the eyeball reads next.
     next_read: crate::clock::VirtualTime,
-    /// The edge closed `conn` (timed out first on its side): nothing more goes on it, and
-    /// the requests on it end once the connector notices too ([`Client::connection_lost`]).
-    edge_closed: bool,
+    /// The edge had no connection for the last request: start none before this.
+    retry_at: Option<crate::clock::VirtualTime>,
 }
 
-/// Request bytes the client keeps queued in the edge per stream.
-const SEND_WINDOW: usize = 64 * 1024;
+/// How long an eyeball the edge had no connection for waits before it tries again.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// Request-body bytes the eyeball hands the edge at once.
+const PIECE: u64 = 16 * 1024;
 
 impl Client {
-    /// A client for `conn` with `requests` to make.
-    pub fn new(conn: ConnId, requests: Vec<Request>, concurrency: usize) -> Self {
+    /// A client for `tunnel` with `requests` to make.
+    pub fn new(tunnel: Uuid, requests: Vec<Request>, concurrency: usize) -> Self {
         Self {
-            conn,
+            tunnel,
             queue: requests.into(),
             active: BTreeMap::new(),
-            readable: BTreeSet::new(),
             concurrency,
             read_budget: None,
             completed: 0,
             paused: false,
+            hostile: false,
             rate_limited: 0,
             failed: 0,
             next_read: crate::clock::VirtualTime::ZERO,
-            edge_closed: false,
+            retry_at: None,
         }
     }
 
@@ -136,21 +154,11 @@ impl Client {
             .iter()
             .map(|(id, a)| {
                 format!(
-                    "  {id}: sent {} finished {} answered {} received {} {:?}\n",
-                    a.sent, a.finished_sending, a.answered, a.received, a.request
+                    "  {id:?} on {:?}: sent {} finished {} answered {} received {} {:?}\n",
+                    a.conn, a.sent, a.finished_sending, a.answered, a.received, a.request
                 )
             })
             .collect()
-    }
-
-    /// The connection died: every request in flight on it ended with that error (an eyeball
-    /// sees the edge fail them); the rest go to `conn`, the connection that replaced it.
-    pub fn connection_lost(&mut self, conn: ConnId) {
-        self.failed += self.active.len() as u64;
-        self.active.clear();
-        self.readable.clear();
-        self.conn = conn;
-        self.edge_closed = false;
     }
 
     /// Requests in flight.
@@ -160,23 +168,26 @@ impl Client {
 
     /// Starts requests, pushes bodies, reads responses. Call after every step.
     pub fn tick(&mut self, w: &mut World) -> Result<(), String> {
-        if self.edge_closed {
-            return Ok(());
+        while let Some((id, event)) = w.inbox.pop_front() {
+            self.on_stream(w, id, event)?;
         }
-        while !self.paused && self.active.len() < self.concurrency {
+        if self.retry_at.is_some_and(|t| w.now >= t) {
+            self.retry_at = None;
+        }
+        while !self.paused && self.retry_at.is_none() && self.active.len() < self.concurrency {
             let Some(request) = self.queue.pop_front() else {
                 break;
             };
             self.start(w, request)?;
         }
-        let streams: Vec<StreamId> = self.active.keys().copied().collect();
-        for stream in streams {
-            self.push_body(w, stream)?;
+        let streams: Vec<EyeballId> = self.active.keys().copied().collect();
+        for id in streams {
+            self.push_body(w, id);
         }
         if self.read_budget.is_none() {
-            self.read(w)?;
+            self.read(w);
         } else if w.now >= self.next_read {
-            self.read(w)?;
+            self.read(w);
             self.next_read = w.after(Duration::from_millis(10));
             if !self.active.is_empty() {
                 w.wakeups.insert(self.next_read);
@@ -186,8 +197,6 @@ impl Client {
     }
 
     fn start(&mut self, w: &mut World, request: Request) -> Result<(), String> {
-        let now = w.instant();
-        let edge = w.edge.as_mut().ok_or("edge down")?;
         let (path, dest, kind);
         let mut meta: Vec<(String, String)> = vec![(key::HTTP_HOST.into(), "app.sim".into())];
         match &request {
@@ -227,144 +236,129 @@ impl Client {
                 meta = vec![(key::HTTP_HOST.into(), "down.example".into())];
             }
         }
-        let metadata: Vec<Metadata<'_>> = meta
-            .iter()
-            .map(|(key, val)| Metadata { key, val })
-            .collect();
-        let stream = edge
-            .open_request(
-                now,
-                self.conn,
-                &ConnectRequest {
-                    dest: &dest,
-                    connection_type: kind,
-                    metadata: &metadata,
-                },
-            )
-            .map_err(|e| format!("open_request: {e}"))?;
+        let id = w.eyeball_id();
+        let open = Input::Open {
+            id,
+            target: Target::Tunnel(self.tunnel),
+            dest,
+            kind,
+            metadata: meta,
+        };
+        if !w.edge_input(open) {
+            return Err("edge down".into());
+        }
+        let conn = w.edge().and_then(|e| e.stream_connection(id));
         self.active.insert(
-            stream,
+            id,
             Active {
                 request,
+                conn,
                 sent: 0,
                 digest: Digest::EMPTY,
+                awaiting_ack: false,
                 finished_sending: false,
                 answered: false,
                 limited: false,
                 received: 0,
+                unread: 0,
+                ended: false,
             },
         );
         Ok(())
     }
 
-    fn push_body(&mut self, w: &mut World, stream: StreamId) -> Result<(), String> {
-        let now = w.instant();
-        let Some(edge) = w.edge.as_mut() else {
-            return Ok(());
+    fn push_body(&mut self, w: &mut World, id: EyeballId) {
+        let Some(a) = self.active.get_mut(&id) else {
+            return;
         };
-        let Some(a) = self.active.get_mut(&stream) else {
-            return Ok(());
-        };
-        let len = a.request.up_len();
         // WebSocket bytes wait for the 101 (the connector would hold them anyway).
         let hold = matches!(a.request, Request::WebSocket { .. }) && !a.answered;
-        while !a.finished_sending && !hold {
-            if a.sent == len {
-                edge.finish_request(now, self.conn, stream)
-                    .map_err(|e| format!("finish: {e}"))?;
-                a.finished_sending = true;
-                break;
-            }
-            let n = (len - a.sent).min(16 * 1024);
-            // Whole pieces only, so what was sent is exactly what was digested.
-            if edge.request_unsent(self.conn, stream) + n as usize > SEND_WINDOW {
-                break;
-            }
-            // The edge sends the body bare even when the eyeball chunked it; the connector
-            // re-chunks toward the origin.
-            let piece: Vec<u8> = (a.sent..a.sent + n)
-                .map(|i| content(a.request.seed(), i))
-                .collect();
-            let taken = edge
-                .send_request_body(now, self.conn, stream, &piece, SEND_WINDOW)
-                .map_err(|e| format!("send: {e}"))?;
-            if taken != piece.len() {
-                return Err("edge took part of a body piece".into());
-            }
-            a.digest.update(&piece);
-            a.sent += n;
+        if a.finished_sending || a.awaiting_ack || hold {
+            return;
         }
-        Ok(())
+        let len = a.request.up_len();
+        if a.sent == len {
+            a.finished_sending = true;
+            w.edge_input(Input::Finish(id));
+            return;
+        }
+        let n = (len - a.sent).min(PIECE);
+        // The edge sends the body bare even when the eyeball chunked it; the connector
+        // re-chunks toward the origin.
+        let piece: Vec<u8> = (a.sent..a.sent + n)
+            .map(|i| content(a.request.seed(), i))
+            .collect();
+        a.digest.update(&piece);
+        a.sent += n;
+        a.awaiting_ack = true;
+        w.edge_input(Input::Body {
+            id,
+            data: Bytes::from(piece),
+        });
     }
 
-    fn read(&mut self, w: &mut World) -> Result<(), String> {
-        let now = w.instant();
-        let Some(edge) = w.edge.as_mut() else {
-            return Ok(());
-        };
+    /// Reads what arrived, within the budget; asks for the next chunk of a stream once its
+    /// last is read, and completes a stream once its end and every byte are in.
+    fn read(&mut self, w: &mut World) {
         let mut budget = self.read_budget.unwrap_or(usize::MAX);
-        let streams: Vec<StreamId> = self.readable.iter().copied().collect();
-        for stream in streams {
-            if budget == 0 {
-                break;
-            }
-            let Some(a) = self.active.get_mut(&stream) else {
-                self.readable.remove(&stream);
+        let ids: Vec<EyeballId> = self.active.keys().copied().collect();
+        for id in ids {
+            let Some(a) = self.active.get_mut(&id) else {
                 continue;
             };
-            let mut buf = Vec::new();
-            let finished = edge
-                .read_response(now, self.conn, stream, budget, &mut buf)
-                .map_err(|e| format!("stream {stream}: read: {e}"))?;
-            budget -= buf.len().min(budget);
-            let (seed, expected) = match a.request {
-                Request::Http { seed, down, .. } => (seed, down),
-                Request::WebSocket { seed, len } | Request::Tcp { seed, len } => (seed, len),
-                Request::Unreachable => (0, 0),
-            };
-            let expected = if a.limited { 0 } else { expected };
-            for (i, &b) in buf.iter().enumerate() {
-                let at = a.received + i as u64;
-                if at >= expected || b != content(seed, at) {
-                    return Err(format!(
-                        "stream {stream}: response byte {at} wrong ({:?})",
-                        a.request
-                    ));
+            if a.unread > 0 {
+                if budget == 0 {
+                    continue;
+                }
+                let n = a.unread.min(budget);
+                a.unread -= n;
+                budget -= n;
+                if a.unread == 0 && !a.ended {
+                    w.edge_input(Input::ReadMore(id));
                 }
             }
-            a.received += buf.len() as u64;
-            if finished {
-                if a.received != expected {
-                    return Err(format!(
-                        "stream {stream}: {} of {expected} response bytes ({:?})",
-                        a.received, a.request
-                    ));
-                }
-                self.active.remove(&stream);
-                self.readable.remove(&stream);
+            if a.ended && a.unread == 0 {
+                self.active.remove(&id);
                 self.completed += 1;
-            } else if self.read_budget.is_none() {
-                // Everything available was read; wait for the next Readable.
-                self.readable.remove(&stream);
             }
         }
-        Ok(())
     }
 
-    /// Checks and records an edge event about this client's streams. Returns false for events
-    /// that are not about its streams.
-    pub fn on_event(&mut self, event: &EdgeEvent) -> Result<bool, String> {
+    fn expected(a: &Active) -> (u64, u64) {
+        let (seed, expected) = match a.request {
+            Request::Http { seed, down, .. } => (seed, down),
+            Request::WebSocket { seed, len } | Request::Tcp { seed, len } => (seed, len),
+            Request::Unreachable => (0, 0),
+        };
+        (seed, if a.limited { 0 } else { expected })
+    }
+
+    /// Checks and records what the edge told one of this client's streams (others: those of
+    /// an earlier client).
+    fn on_stream(
+        &mut self,
+        w: &mut World,
+        id: EyeballId,
+        event: StreamEvent,
+    ) -> Result<(), String> {
+        let Some(a) = self.active.get_mut(&id) else {
+            return Ok(());
+        };
         match event {
-            EdgeEvent::Response {
-                conn,
-                stream,
-                error,
-                metadata,
-            } if *conn == self.conn => {
-                let a = self
-                    .active
-                    .get_mut(stream)
-                    .ok_or(format!("response on unknown stream {stream}"))?;
+            StreamEvent::Refused(e) => {
+                if !self.hostile || e != OpenError::NoConnection {
+                    return Err(format!("stream {id:?} refused: {e}"));
+                }
+                // On a hostile network every connection may be down for a while: the request
+                // is tried again later.
+                if let Some(a) = self.active.remove(&id) {
+                    self.queue.push_front(a.request);
+                }
+                let at = w.after(RETRY);
+                self.retry_at = Some(at);
+                w.wakeups.insert(at);
+            }
+            StreamEvent::Response { error, metadata } => {
                 a.answered = true;
                 let get = |k: &str| {
                     metadata
@@ -380,19 +374,19 @@ impl Client {
                     }
                     Request::Http { up, .. } => {
                         if !error.is_empty() || get(key::HTTP_STATUS) != Some("200") {
-                            return Err(format!("stream {stream}: {error:?} {metadata:?}"));
+                            return Err(format!("stream {id:?}: {error:?} {metadata:?}"));
                         }
                         // The origin answers once it has the whole body, which by then the
                         // client has sent in full.
                         let expected = a.digest;
                         if a.sent != up {
                             return Err(format!(
-                                "stream {stream}: answered before the body was sent"
+                                "stream {id:?}: answered before the body was sent"
                             ));
                         }
                         if get(&header("X-Request-Digest")) != Some(expected.text().as_str()) {
                             return Err(format!(
-                                "stream {stream}: origin got a different request body: {:?} vs {}",
+                                "stream {id:?}: origin got a different request body: {:?} vs {}",
                                 get(&header("X-Request-Digest")),
                                 expected.text()
                             ));
@@ -400,7 +394,7 @@ impl Client {
                     }
                     Request::WebSocket { .. } => {
                         if get(key::HTTP_STATUS) != Some("101") {
-                            return Err(format!("stream {stream}: no upgrade: {metadata:?}"));
+                            return Err(format!("stream {id:?}: no upgrade: {metadata:?}"));
                         }
                     }
                     Request::Tcp { .. }
@@ -414,26 +408,56 @@ impl Client {
                     }
                     Request::Tcp { .. } => {
                         if !error.is_empty() || !metadata.is_empty() {
-                            return Err(format!("stream {stream}: TCP ack {error:?} {metadata:?}"));
+                            return Err(format!("stream {id:?}: TCP ack {error:?} {metadata:?}"));
                         }
                     }
                 }
-                Ok(true)
             }
-            EdgeEvent::ResponseReadable { conn, stream } if *conn == self.conn => {
-                self.readable.insert(*stream);
-                Ok(true)
+            StreamEvent::Ack => a.awaiting_ack = false,
+            StreamEvent::Body(bytes) => {
+                let (seed, expected) = Self::expected(a);
+                for (i, &b) in bytes.iter().enumerate() {
+                    let at = a.received + i as u64;
+                    if at >= expected || b != content(seed, at) {
+                        return Err(format!(
+                            "stream {id:?}: response byte {at} wrong ({:?})",
+                            a.request
+                        ));
+                    }
+                }
+                a.received += bytes.len() as u64;
+                a.unread = bytes.len();
             }
-            EdgeEvent::ConnectionClosed { conn, .. } if *conn == self.conn => {
-                self.edge_closed = true;
-                Ok(true)
+            StreamEvent::End => {
+                let (_, expected) = Self::expected(a);
+                if a.received != expected {
+                    return Err(format!(
+                        "stream {id:?}: {} of {expected} response bytes ({:?})",
+                        a.received, a.request
+                    ));
+                }
+                a.ended = true;
             }
-            EdgeEvent::StreamReset { conn, stream } if *conn == self.conn => Err(format!(
-                "stream {stream} reset by the connector ({:?})",
-                self.active.get(stream).map(|a| &a.request)
-            )),
-            _ => Ok(false),
+            StreamEvent::Reset => {
+                // The edge resets the streams of a connection that closed; otherwise the
+                // connector reset it.
+                if a.conn.is_some_and(|c| w.edge_has(c)) {
+                    return Err(format!(
+                        "stream {id:?} reset by the connector ({:?})",
+                        a.request
+                    ));
+                }
+                if !self.hostile {
+                    return Err(format!(
+                        "stream {id:?} failed with its connection {:?} ({:?})",
+                        a.conn, a.request
+                    ));
+                }
+                self.active.remove(&id);
+                self.failed += 1;
+            }
         }
+        Ok(())
     }
 }
 

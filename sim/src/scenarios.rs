@@ -10,13 +10,18 @@ use burrow_core::control::{
     ConnectionDetails, Refusal, Registration, RegistrationError, RegistrationFailure,
 };
 use burrow_core::datagram::LinkId;
+use burrow_core::edge::auth::TunnelAuth;
+use burrow_core::edge::hostnames::HostnameTable;
+use burrow_core::edge::registrar::LOCATION;
+use burrow_core::edge::{self, Edge, EdgeConfig};
 use burrow_core::icmp::RouterConfig;
 use burrow_core::quic::tls::{self, PostQuantum};
 use burrow_core::quic::transport::QuicSettings;
 use burrow_core::quic::SERVER_NAME;
+use burrow_core::session::edge::EdgeSessionsConfig;
 use burrow_core::tunnel::connector::{CloseReason, ConnectorConfig, LocalClose};
 use burrow_core::tunnel::data::DataLimits;
-use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
+use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint};
 use burrow_core::tunnel::supervisor::{EdgePool, SupervisorConfig};
 use quinn_proto::{ClientConfig, ServerConfig};
 use rand_chacha::rand_core::{Rng, SeedableRng};
@@ -28,7 +33,7 @@ use crate::client::{Client, Request};
 use crate::clock::{Clock, VirtualTime};
 use crate::net::{Bursts, LinkConfig, Network};
 use crate::udp::{ICMP_SRC_V4, ICMP_SRC_V6};
-use crate::world::{Happening, World};
+use crate::world::{EdgeNode, Happening, World};
 
 /// What every scenario is run with.
 #[derive(Debug, Clone, Copy)]
@@ -161,8 +166,8 @@ fn edge_identity() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
     (cert.der().clone(), key.into())
 }
 
-/// The edge's check: cloudflared's edge refuses unknown tunnels and wrong secrets. The
-/// simulated edge names a connection's details after its id.
+/// The bare endpoint's check ([`EdgeNode::Endpoint`]): cloudflared's edge refuses unknown
+/// tunnels and wrong secrets. It names a connection's details after its id.
 fn check(
     tunnels: &HashMap<Uuid, (String, Vec<u8>)>,
     conn: ConnId,
@@ -172,7 +177,7 @@ fn check(
         Some((account, secret)) if *account == r.account_tag && *secret == r.tunnel_secret => {
             Ok(ConnectionDetails {
                 uuid: Uuid::from_u128(conn.0 as u128 + 1),
-                location: "SIM".into(),
+                location: LOCATION.into(),
                 remotely_managed: false,
             })
         }
@@ -189,6 +194,8 @@ struct Setup {
     rng: ChaCha8Rng,
     /// The edge's QUIC configuration (a restarted edge keeps its identity).
     server: ServerConfig,
+    /// Its HTTP/2 TLS configuration, with the same identity.
+    http2_tls: Arc<rustls::ServerConfig>,
     client: ClientConfig,
     tunnel_id: Uuid,
     secret: Vec<u8>,
@@ -201,11 +208,17 @@ struct Setup {
     lost: Option<CloseReason>,
 }
 
-/// An edge's QUIC server configuration with a fresh identity, and a client configuration
-/// that trusts exactly that identity.
-fn tls_pair() -> (ServerConfig, ClientConfig) {
+/// An edge's QUIC and HTTP/2 server configurations with a fresh identity, and a client
+/// configuration that trusts exactly that identity.
+fn tls_pair() -> (ServerConfig, Arc<rustls::ServerConfig>, ClientConfig) {
     let (cert, key) = edge_identity();
     let settings = QuicSettings::default();
+    let http2_tls = burrow_core::http2::tls::server_config(
+        vec![cert.clone()],
+        key.clone_key(),
+        PostQuantum::Prefer,
+    )
+    .expect("HTTP/2 TLS");
     let mut server = ServerConfig::with_crypto(Arc::new(
         tls::server_config(vec![cert.clone()], key, PostQuantum::Prefer).expect("server TLS"),
     ));
@@ -216,15 +229,46 @@ fn tls_pair() -> (ServerConfig, ClientConfig) {
         tls::client_config(roots, PostQuantum::Prefer).expect("client TLS"),
     ));
     client.transport_config(settings.transport_config(true));
-    (server, client)
+    (server, http2_tls, client)
 }
 
+/// A fresh edge process: the machine `burrow edge` runs, knowing `tunnel_id` with `secret`.
+fn edge_machine(
+    server: &ServerConfig,
+    http2_tls: &Arc<rustls::ServerConfig>,
+    tunnel_id: Uuid,
+    secret: &[u8],
+    seed: [u8; 32],
+) -> EdgeNode {
+    let mut auth = TunnelAuth::new();
+    auth.insert(tunnel_id, ACCOUNT, secret.to_vec());
+    let config = EdgeConfig {
+        quic: server.clone(),
+        http2_tls: http2_tls.clone(),
+        http2_limits: burrow_core::http2::Limits::default(),
+        hostnames: HostnameTable::new(),
+        sessions: EdgeSessionsConfig::default(),
+        mappings: Vec::new(),
+        seed,
+    };
+    EdgeNode::Machine(Box::new(Edge::new(config, auth)))
+}
+
+/// A world whose edge is the edge machine.
 fn setup(p: &Params) -> Setup {
+    setup_with(p, false)
+}
+
+/// A world whose edge is a bare endpoint, for the datagram scenarios' eyeballs.
+fn setup_datagrams(p: &Params) -> Setup {
+    setup_with(p, true)
+}
+
+fn setup_with(p: &Params, datagrams: bool) -> Setup {
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
-    let (server, client) = tls_pair();
+    let (server, http2_tls, client) = tls_pair();
     let mut seed = [0u8; 32];
     rng.fill_bytes(&mut seed);
-    let edge = EdgeEndpoint::new(server.clone(), seed);
     let link = LinkConfig {
         latency: Duration::from_millis(15),
         jitter: Duration::from_millis(5),
@@ -234,15 +278,23 @@ fn setup(p: &Params) -> Setup {
     };
     let net = Network::new(ChaCha8Rng::seed_from_u64(rng.next_u64()), link);
     let edges = EDGES.iter().map(|a| a.parse().expect("addr")).collect();
-    let mut world = World::new(Clock::new(Instant::now()), net, edges, edge);
     let tunnel_id = Uuid::from_u128(u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64()));
     let secret: Vec<u8> = (0..32).map(|_| rng.next_u64() as u8).collect();
-    let tunnels = HashMap::from([(tunnel_id, (ACCOUNT.to_owned(), secret.clone()))]);
-    world.registrar = Box::new(move |conn, r| check(&tunnels, conn, r));
+    let edge = if datagrams {
+        let tunnels = HashMap::from([(tunnel_id, (ACCOUNT.to_owned(), secret.clone()))]);
+        EdgeNode::Endpoint(
+            Box::new(EdgeEndpoint::new(server.clone(), seed)),
+            Box::new(move |conn, r| check(&tunnels, conn, r)),
+        )
+    } else {
+        edge_machine(&server, &http2_tls, tunnel_id, &secret, seed)
+    };
+    let world = World::new(Clock::new(Instant::now()), net, edges, edge);
     Setup {
         world,
         rng,
         server,
+        http2_tls,
         client,
         tunnel_id,
         secret,
@@ -338,7 +390,7 @@ fn registration(p: &Params) -> Result<u64, String> {
     let serve_until = s.world.after(SERVE);
     s.world.run_until(serve_until, |w, h| {
         match h {
-            Happening::Edge(EdgeEvent::LocalConfiguration { config, .. }) => {
+            Happening::Edge(edge::Event::LocalConfiguration { config, .. }) => {
                 expect(
                     config == LOCAL_CONFIG,
                     "edge receives the local config as sent",
@@ -389,7 +441,7 @@ fn registration(p: &Params) -> Result<u64, String> {
     let start = w.now;
     w.run_ticking(shutdown_limit, |w, h| {
         match h {
-            Some(Happening::Edge(EdgeEvent::Unregistered { .. })) => unregistered += 1,
+            Some(Happening::Edge(edge::Event::Unregistered { .. })) => unregistered += 1,
             Some(Happening::Connector(_, Event::Stopped)) => stopped = Some(w.now),
             Some(Happening::Connector(_, Event::Registered { .. })) => {
                 return Err(broken("registered during shutdown", w))
@@ -506,7 +558,7 @@ fn partition(p: &Params) -> Result<u64, String> {
             ) if connector_closed.is_none() => {
                 connector_closed = Some((w.now, reason, w.connectors[c].last_heard))
             }
-            Happening::Edge(EdgeEvent::ConnectionClosed { .. }) => edge_closed = Some(w.now),
+            Happening::Edge(edge::Event::ConnectionClosed { .. }) => edge_closed = Some(w.now),
             Happening::Connector(_, Event::Registered { .. }) => {
                 return Err(broken("registered through a partition", w))
             }
@@ -582,7 +634,7 @@ fn remote_config(p: &Params) -> Result<u64, String> {
     let mut local_config = false;
     let until = s.world.after(Duration::from_secs(15));
     s.world.run_ticking(until, |_, h| {
-        if let Some(Happening::Edge(EdgeEvent::LocalConfiguration { .. })) = h {
+        if let Some(Happening::Edge(edge::Event::LocalConfiguration { .. })) = h {
             local_config = true;
         }
         Ok(local_config)
@@ -604,12 +656,12 @@ fn remote_config(p: &Params) -> Result<u64, String> {
     let mut applied = None;
     for (version, config, want_latest, want_error) in pushes {
         let w = &mut s.world;
-        let now = w.instant();
-        w.edge
-            .as_mut()
-            .ok_or("edge down")?
-            .update_configuration(now, conn, version, config)
-            .map_err(|e| e.to_string())?;
+        let push = edge::Input::PushConfiguration {
+            conn,
+            version,
+            config,
+        };
+        expect(w.edge_input(push), "the edge runs", w)?;
         let (mut answer, mut decided) = (None, None);
         let limit = w.after(Duration::from_secs(10));
         w.run_ticking(limit, |w, h| {
@@ -622,7 +674,7 @@ fn remote_config(p: &Params) -> Result<u64, String> {
                     }
                     decided = Some(());
                 }
-                Some(Happening::Edge(EdgeEvent::ConfigurationResult { outcome, .. })) => {
+                Some(Happening::Edge(edge::Event::ConfigurationResult { outcome, .. })) => {
                     expect(answer.is_none(), "one answer per push", w)?;
                     answer = Some(outcome);
                 }
@@ -690,7 +742,7 @@ fn serving(w: &World, c: usize) -> Vec<ConnId> {
     w.connectors[c]
         .live()
         .into_iter()
-        .filter(|conn| w.edge.as_ref().is_some_and(|e| e.is_open(*conn)))
+        .filter(|conn| w.edge_has(*conn))
         .collect()
 }
 
@@ -706,7 +758,11 @@ fn connect(s: &mut Setup, c: usize) -> Result<Connected, String> {
     s.world.run_ticking(deadline, |w, h| {
         match h {
             Some(Happening::Connector(i, Event::Registered { details, .. })) if i == c => {
-                expect(details.location == "SIM", "details come from the edge", w)?;
+                expect(
+                    details.location == LOCATION,
+                    "details come from the edge",
+                    w,
+                )?;
             }
             Some(Happening::Connector(i, Event::RegistrationFailed { error, .. }))
                 if i == c && !error.should_retry() =>
@@ -738,15 +794,12 @@ fn serve(s: &mut Setup, client: &mut Client, c: usize, limit: Duration) -> Resul
     let per_stream = 2 * s.data_limits.window + 64 * 1024;
     let limit = s.world.after(limit);
     let hostile = s.hostile;
+    client.hostile = hostile;
     let mut peak = 0;
     loop {
         let mut lost = None;
         s.world.run_ticking(limit, |w, h| {
             match &h {
-                Some(Happening::Edge(e)) => {
-                    client.on_event(e)?;
-                    return Ok(false);
-                }
                 Some(Happening::Connector(
                     i,
                     Event::LinkClosed {
@@ -784,10 +837,8 @@ fn serve(s: &mut Setup, client: &mut Client, c: usize, limit: Duration) -> Resul
         })?;
         let Some((link, reason)) = lost else { break };
         lost_connection(s, c, link, &reason)?;
-        if !serving(&s.world, c).contains(&client.conn) {
-            let conn = register(s, c)?;
-            client.connection_lost(conn);
-        }
+        // Requests go on once a connection serves (the edge routes only over those).
+        register(s, c)?;
     }
     let w = &s.world;
     if !client.is_done() {
@@ -872,7 +923,7 @@ fn http_requests(rng: &mut ChaCha8Rng, count: usize, max: u64) -> Vec<Request> {
 fn http_mixed(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
     let c = s.add_connector(HA, s.secret.clone());
-    let conn = register(&mut s, c)?;
+    register(&mut s, c)?;
     let (count, max) = if p.quick {
         (30, 256 * 1024)
     } else {
@@ -891,7 +942,7 @@ fn http_mixed(p: &Params) -> Result<u64, String> {
             )
         })
         .count() as u64;
-    let mut client = Client::new(conn, requests, 8);
+    let mut client = Client::new(s.tunnel_id, requests, 8);
     serve(&mut s, &mut client, c, Duration::from_secs(3600))?;
     let stats = s.world.origins.stats;
     if s.hostile {
@@ -928,14 +979,14 @@ fn http_mixed(p: &Params) -> Result<u64, String> {
 fn echo(p: &Params, request: impl Fn(u64, u64) -> Request) -> Result<u64, String> {
     let mut s = setup(p);
     let c = s.add_connector(HA, s.secret.clone());
-    let conn = register(&mut s, c)?;
+    register(&mut s, c)?;
     let len = if p.quick {
         1024 * 1024
     } else {
         64 * 1024 * 1024
     };
     let seed = s.rng.next_u64();
-    let mut client = Client::new(conn, vec![request(len, seed)], 1);
+    let mut client = Client::new(s.tunnel_id, vec![request(len, seed)], 1);
     serve(&mut s, &mut client, c, Duration::from_secs(3600))?;
     let whole = client.completed == 1;
     // On a hostile network the echo may instead fail with its connection.
@@ -962,10 +1013,10 @@ fn flow_limit(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
     s.max_active_flows = Some(1);
     let c = s.add_connector(1, s.secret.clone());
-    let conn = register(&mut s, c)?;
+    register(&mut s, c)?;
     let len = if p.quick { 64 * 1024 } else { 1024 * 1024 };
     let requests = vec![Request::Tcp { len, seed: 1 }, Request::Tcp { len, seed: 2 }];
-    let mut client = Client::new(conn, requests, 2);
+    let mut client = Client::new(s.tunnel_id, requests, 2);
     serve(&mut s, &mut client, c, Duration::from_secs(600))?;
     if s.hostile && client.failed > 0 {
         // A stream that failed with its connection says nothing about the limit.
@@ -989,7 +1040,7 @@ fn flow_limit(p: &Params) -> Result<u64, String> {
 fn shutdown_during_traffic(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
     let c = s.add_connector(HA, s.secret.clone());
-    let conn = register(&mut s, c)?;
+    register(&mut s, c)?;
     // Sized to finish well inside the 30 s grace period at 5% loss, where one connection
     // moves roughly 200 KiB/s (loss-limited congestion window).
     let size = if p.quick { 128 * 1024 } else { 256 * 1024 };
@@ -1002,15 +1053,13 @@ fn shutdown_during_traffic(p: &Params) -> Result<u64, String> {
             seed: i,
         })
         .collect();
-    let mut client = Client::new(conn, requests, 8);
+    let mut client = Client::new(s.tunnel_id, requests, 8);
     // Let the requests start, then shut down.
+    client.hostile = s.hostile;
     let w = &mut s.world;
     let start = w.after(Duration::from_millis(300));
     w.run_ticking(start, |w, h| {
         match &h {
-            Some(Happening::Edge(e)) => {
-                client.on_event(e)?;
-            }
             Some(_) => {}
             None => client.tick(w)?,
         }
@@ -1023,12 +1072,10 @@ fn shutdown_during_traffic(p: &Params) -> Result<u64, String> {
     let limit = w.after(Duration::from_secs(40));
     w.run_ticking(limit, |w, h| {
         match &h {
-            Some(Happening::Edge(EdgeEvent::Unregistered { conn })) if *conn == client.conn => {
+            // Any of the tunnel's connections: the edge spreads requests over them all.
+            Some(Happening::Edge(edge::Event::Unregistered { .. })) => {
                 unregistered = true;
                 client.paused = true;
-            }
-            Some(Happening::Edge(e)) => {
-                client.on_event(e)?;
             }
             Some(Happening::Connector(
                 _,
@@ -1037,9 +1084,7 @@ fn shutdown_during_traffic(p: &Params) -> Result<u64, String> {
                     reason: reason @ (CloseReason::TimedOut | CloseReason::Remote(_)),
                     ..
                 },
-            )) if w.connectors[c].served_by(*link) == Some(client.conn) => {
-                lost = Some(reason.clone())
-            }
+            )) if w.connectors[c].served_by(*link).is_some() => lost = Some(reason.clone()),
             Some(Happening::Connector(_, Event::Stopped)) => stopped_at = Some(w.now),
             Some(_) => {}
             None => client.tick(w)?,
@@ -1088,11 +1133,11 @@ fn shutdown_during_traffic(p: &Params) -> Result<u64, String> {
 fn edge_restart(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
     let c = s.add_connector(HA, s.secret.clone());
-    let conn = register(&mut s, c)?;
-    let mut client = Client::new(conn, http_requests(&mut s.rng, 5, 64 * 1024), 4);
+    register(&mut s, c)?;
+    let mut client = Client::new(s.tunnel_id, http_requests(&mut s.rng, 5, 64 * 1024), 4);
     serve(&mut s, &mut client, c, Duration::from_secs(120))?;
     // The edge process dies: its state is gone.
-    s.world.edge = None;
+    s.world.set_edge(None);
     let limit = s.world.after(Duration::from_secs(20));
     s.world
         .run_ticking(limit, |w, _| Ok(w.connectors[c].live().is_empty()))?;
@@ -1109,9 +1154,10 @@ fn edge_restart(p: &Params) -> Result<u64, String> {
     // A fresh edge process at the same addresses, with the same identity.
     let mut seed = [0u8; 32];
     s.rng.fill_bytes(&mut seed);
-    s.world.edge = Some(EdgeEndpoint::new(s.server.clone(), seed));
-    let conn = register(&mut s, c)?;
-    let mut client = Client::new(conn, http_requests(&mut s.rng, 5, 64 * 1024), 4);
+    let edge = edge_machine(&s.server, &s.http2_tls, s.tunnel_id, &s.secret, seed);
+    s.world.set_edge(Some(edge));
+    register(&mut s, c)?;
+    let mut client = Client::new(s.tunnel_id, http_requests(&mut s.rng, 5, 64 * 1024), 4);
     serve(&mut s, &mut client, c, Duration::from_secs(120))?;
     let done = client.completed == 5 || (s.hostile && client.completed + client.failed == 5);
     expect(done, "the new connection serves", &s.world)?;
@@ -1141,10 +1187,11 @@ fn hostile_path(p: &Params) -> Result<u64, String> {
         ..LinkConfig::default()
     });
     let c = s.add_connector(HA, s.secret.clone());
-    let conn = register(&mut s, c)?;
+    register(&mut s, c)?;
     let count = if p.quick { 30 } else { 300 };
     let requests = http_requests(&mut s.rng, count, 256 * 1024);
-    let mut client = Client::new(conn, requests, 8);
+    let mut client = Client::new(s.tunnel_id, requests, 8);
+    client.hostile = true;
     // Let discovery raise the MTU, then shrink the path under every connection; cut index 1's
     // edge-to-connector direction for 12 s.
     let later = s.world.after(Duration::from_secs(3));
@@ -1168,10 +1215,6 @@ fn hostile_path(p: &Params) -> Result<u64, String> {
         let mut lost = None;
         s.world.run_ticking(limit, |w, h| {
             match &h {
-                Some(Happening::Edge(e)) => {
-                    client.on_event(e)?;
-                    return Ok(false);
-                }
                 Some(Happening::Connector(
                     _,
                     Event::LinkClosed {
@@ -1180,7 +1223,7 @@ fn hostile_path(p: &Params) -> Result<u64, String> {
                         was_registered: true,
                         ..
                     },
-                )) if w.connectors[c].served_by(*link) == Some(client.conn) => {
+                )) if w.connectors[c].served_by(*link).is_some() => {
                     lost = Some((*link, reason.clone()));
                     return Ok(true);
                 }
@@ -1201,17 +1244,17 @@ fn hostile_path(p: &Params) -> Result<u64, String> {
         })?;
         let Some((link, reason)) = lost else { break };
         lost_connection(&mut s, c, link, &reason)?;
-        let conn = register(&mut s, c)?;
-        client.connection_lost(conn);
+        register(&mut s, c)?;
     }
     let w = &mut s.world;
     expect(
         client.is_done() && client.completed + client.failed == count as u64,
         &format!(
-            "every request ends: {} answered, {} failed, {} in flight",
+            "every request ends: {} answered, {} failed, {} in flight\n{}",
             client.completed,
             client.failed,
-            client.in_flight()
+            client.in_flight(),
+            client.describe()
         ),
         w,
     )?;
@@ -1282,7 +1325,7 @@ fn paced(
 fn slow_origin(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
     let c = s.add_connector(1, s.secret.clone());
-    let conn = register(&mut s, c)?;
+    register(&mut s, c)?;
     s.world.origins.read_rate = Some(256 * 1024);
     let size = if p.quick { 512 * 1024 } else { 4 * 1024 * 1024 };
     let requests = (0..4)
@@ -1294,7 +1337,7 @@ fn slow_origin(p: &Params) -> Result<u64, String> {
             seed: i,
         })
         .collect();
-    let mut client = Client::new(conn, requests, 4);
+    let mut client = Client::new(s.tunnel_id, requests, 4);
     // Each origin reads at its own pace, in parallel; the last write's pause comes after the
     // origin has answered, so allow one window.
     let least = Duration::from_secs_f64((size - 64 * 1024) as f64 / (256.0 * 1024.0));
@@ -1305,7 +1348,7 @@ fn slow_origin(p: &Params) -> Result<u64, String> {
 fn slow_edge(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
     let c = s.add_connector(1, s.secret.clone());
-    let conn = register(&mut s, c)?;
+    register(&mut s, c)?;
     let size = if p.quick { 512 * 1024 } else { 4 * 1024 * 1024 };
     let requests = (0..4)
         .map(|i| Request::Http {
@@ -1316,7 +1359,7 @@ fn slow_edge(p: &Params) -> Result<u64, String> {
             seed: i,
         })
         .collect();
-    let mut client = Client::new(conn, requests, 4);
+    let mut client = Client::new(s.tunnel_id, requests, 4);
     // 4 KiB per 10 ms: 400 KiB/s across all streams.
     client.read_budget = Some(4096);
     let least = Duration::from_secs_f64((4 * size) as f64 / (400.0 * 1024.0)).mul_f64(0.95);

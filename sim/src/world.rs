@@ -5,9 +5,13 @@
 //!
 //! Each connector process is the real [`Connector`] (supervisor, HA connections, backoff,
 //! datagram plane), driven through [`Connector::drain`] as a driver does; the world does its
-//! I/O on the simulated network, origins and origin network.
+//! I/O on the simulated network, origins and origin network. The edge is the real [`Edge`]
+//! that `burrow edge` runs (authentication, routing, eyeball streams and their credit), fed
+//! and drained as burrow-tokio's edge loop does; only the datagram scenarios, whose eyeballs
+//! speak datagram v2/v3 and v2's session calls to a connection themselves, run a bare
+//! [`EdgeEndpoint`] ([`EdgeNode::Endpoint`]).
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Debug;
 use std::hash::Hasher;
 use std::net::SocketAddr;
@@ -16,10 +20,13 @@ use std::time::{Duration, Instant};
 use burrow_core::connector::{Connector, Event, Input, Io, Output};
 use burrow_core::control::{ConnectionDetails, Registration, RegistrationError};
 use burrow_core::datagram::LinkId;
+use burrow_core::edge::auth::TunnelAuth;
+use burrow_core::edge::{self, Edge, EyeballId, StreamEvent};
 use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
 use burrow_core::tunnel::udp::DatagramHub;
 use burrow_core::tunnel::Received;
 use fnv::FnvHasher;
+use uuid::Uuid;
 
 use crate::clock::{Clock, VirtualTime};
 use crate::net::Network;
@@ -35,10 +42,23 @@ const BASE_PORT: u16 = 40000;
 /// Something a node reported.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Happening {
-    /// The edge reported an event.
-    Edge(EdgeEvent),
+    /// The edge machine reported an event.
+    Edge(edge::Event),
+    /// The edge machine told an eyeball stream what happened to it.
+    Stream(EyeballId, StreamEvent),
+    /// The bare edge endpoint ([`EdgeNode::Endpoint`]) reported an event.
+    Endpoint(EdgeEvent),
     /// Connector process `index` reported an event.
     Connector(usize, Event),
+}
+
+/// The edge process.
+pub enum EdgeNode {
+    /// The machine `burrow edge` runs.
+    Machine(Box<Edge<TunnelAuth>>),
+    /// A bare QUIC endpoint whose registrations `registrar` answers, for the datagram
+    /// scenarios' eyeballs (the machine's own sessions serve public UDP/ICMP mappings).
+    Endpoint(Box<EdgeEndpoint>, Box<Registrar>),
 }
 
 /// Every event with its virtual time, hashed as it is recorded so a run has one fingerprint.
@@ -86,8 +106,8 @@ pub struct Node {
     ip: [u8; 4],
     /// The deadline of its last [`Output::Timeout`].
     deadline: Option<Instant>,
-    /// The edge connection serving each of its links (from its `Registered` events, as the
-    /// simulated edge names a connection's details after its id).
+    /// The edge connection serving each of its links (from its `Registered` events: the
+    /// connection id the edge told it names the edge's connection).
     pub served: BTreeMap<LinkId, (u8, ConnId)>,
     /// Every link that ever registered, and its edge connection.
     history: BTreeMap<LinkId, ConnId>,
@@ -162,7 +182,11 @@ pub struct World {
     /// edge process serves them all.
     pub edge_addrs: Vec<SocketAddr>,
     /// The edge, `None` while it is down.
-    pub edge: Option<EdgeEndpoint>,
+    edge: Option<EdgeNode>,
+    /// The deadline of the edge machine's last [`edge::Output::Timeout`].
+    edge_deadline: Option<Instant>,
+    /// The edge's connection behind each connection id it told a connector.
+    edge_conns: HashMap<Uuid, ConnId>,
     /// Connector processes.
     pub connectors: Vec<Node>,
     /// The origins behind every connector.
@@ -171,17 +195,20 @@ pub struct World {
     pub wakeups: BTreeSet<VirtualTime>,
     /// The network behind the connectors' UDP sessions and ping sockets.
     pub udp: OriginNet,
-    /// The edge's answer to a registration (its tunnel store).
-    pub registrar: Box<Registrar>,
     /// Which edge address each connector socket dials (edge packets come from it).
     routes: HashMap<SocketAddr, SocketAddr>,
     /// Events of the current step.
     pending: Vec<Happening>,
+    /// What the edge told eyeball streams, in order, until the eyeballs take it (whoever
+    /// runs the world meanwhile): stream events carry the eyeball's bytes.
+    pub inbox: VecDeque<(EyeballId, StreamEvent)>,
+    /// The next eyeball stream's name.
+    next_eyeball: u64,
     buf: Vec<u8>,
     stalled_steps: u32,
 }
 
-/// How the edge answers a registration on a connection.
+/// How a bare edge endpoint answers a registration on a connection.
 pub type Registrar = dyn Fn(ConnId, &Registration) -> Result<ConnectionDetails, RegistrationError>;
 
 /// What one step did.
@@ -194,35 +221,96 @@ pub enum Step {
 }
 
 impl World {
-    /// A world with an edge at `edge_addrs` and no connectors yet.
-    pub fn new(
-        clock: Clock,
-        net: Network,
-        edge_addrs: Vec<SocketAddr>,
-        edge: EdgeEndpoint,
-    ) -> Self {
-        Self {
+    /// A world with `edge` at `edge_addrs` and no connectors yet.
+    pub fn new(clock: Clock, net: Network, edge_addrs: Vec<SocketAddr>, edge: EdgeNode) -> Self {
+        let mut w = Self {
             clock,
             now: VirtualTime::ZERO,
             net,
             trace: Trace::new(),
             edge_addrs,
-            edge: Some(edge),
+            edge: None,
+            edge_deadline: None,
+            edge_conns: HashMap::new(),
             connectors: Vec::new(),
             origins: Origins::new(),
             wakeups: BTreeSet::new(),
             udp: OriginNet::default(),
-            registrar: Box::new(|_, _| {
-                Err(RegistrationError {
-                    cause: "no tunnels".into(),
-                    should_retry: false,
-                    retry_after: Duration::ZERO,
-                })
-            }),
             routes: HashMap::new(),
             pending: Vec::new(),
+            inbox: VecDeque::new(),
+            next_eyeball: 0,
             buf: Vec::with_capacity(2048),
             stalled_steps: 0,
+        };
+        w.set_edge(Some(edge));
+        w
+    }
+
+    /// Starts `edge` (a fresh process: nothing of the last one survives), or stops the edge.
+    pub fn set_edge(&mut self, edge: Option<EdgeNode>) {
+        self.edge = edge;
+        self.edge_deadline = None;
+        let now = self.instant();
+        if let Some(EdgeNode::Machine(m)) = &mut self.edge {
+            m.handle_input(
+                now,
+                edge::Input::QuicSocket {
+                    max_segments: GSO_SEGMENTS,
+                },
+            );
+        }
+    }
+
+    /// The edge machine, while it runs (not for [`EdgeNode::Endpoint`] worlds).
+    pub fn edge(&self) -> Option<&Edge<TunnelAuth>> {
+        match &self.edge {
+            Some(EdgeNode::Machine(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Feeds the edge machine one input (its outputs are drained with the next step); false
+    /// while it is down.
+    pub fn edge_input(&mut self, input: edge::Input<'_>) -> bool {
+        let now = self.instant();
+        match &mut self.edge {
+            Some(EdgeNode::Machine(m)) => {
+                m.handle_input(now, input);
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// A name for a new eyeball stream, unique in this world.
+    pub fn eyeball_id(&mut self) -> EyeballId {
+        self.next_eyeball += 1;
+        EyeballId(self.next_eyeball)
+    }
+
+    /// The bare edge endpoint, in the datagram scenarios' worlds.
+    pub fn endpoint(&mut self) -> Option<&mut EdgeEndpoint> {
+        match &mut self.edge {
+            Some(EdgeNode::Endpoint(e, _)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// The bare edge endpoint, to read.
+    pub fn endpoint_ref(&self) -> Option<&EdgeEndpoint> {
+        match &self.edge {
+            Some(EdgeNode::Endpoint(e, _)) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Whether the edge holds connection `conn` open.
+    pub fn edge_has(&self, conn: ConnId) -> bool {
+        match &self.edge {
+            Some(EdgeNode::Machine(m)) => m.is_open(conn),
+            Some(EdgeNode::Endpoint(e, _)) => e.is_open(conn),
+            None => false,
         }
     }
 
@@ -266,6 +354,7 @@ impl World {
             udp,
             routes,
             pending,
+            edge_conns,
             ..
         } = self;
         let node = &mut connectors[n];
@@ -292,9 +381,11 @@ impl World {
                         details,
                         ..
                     } => {
-                        let conn = ConnId(details.uuid.as_u128() as usize - 1);
-                        served.insert(*link, (*index, conn));
-                        history.insert(*link, conn);
+                        // The edge told this id before the answer left it.
+                        if let Some(&conn) = edge_conns.get(&details.uuid) {
+                            served.insert(*link, (*index, conn));
+                            history.insert(*link, conn);
+                        }
                     }
                     Event::LinkClosed { link, .. } => {
                         served.remove(link);
@@ -380,38 +471,92 @@ impl World {
             }
             self.drain(n);
         }
+        self.drain_edge();
+    }
+
+    /// Drains the edge as burrow-tokio's edge loop does: datagrams into the network (from the
+    /// address the connector dialled), stream events to the eyeballs, events into this step's
+    /// list, until it says `Timeout`.
+    fn drain_edge(&mut self) {
         let now = self.instant();
-        if let Some(edge) = &mut self.edge {
-            while let Some(t) = edge.poll_transmit(now, GSO_SEGMENTS, &mut self.buf) {
-                // The edge answers from the address the connector dialled.
-                let from = self
-                    .routes
-                    .get(&t.destination)
-                    .copied()
-                    .unwrap_or(self.edge_addrs[0]);
-                for d in t.datagrams(&self.buf) {
-                    self.net.send(self.now, from, t.destination, d.to_vec());
+        let World {
+            edge,
+            edge_deadline,
+            edge_conns,
+            routes,
+            net,
+            pending,
+            inbox,
+            buf,
+            edge_addrs,
+            ..
+        } = self;
+        let vnow = self.now;
+        let mut send = |destination: SocketAddr, datagrams: &mut dyn Iterator<Item = &[u8]>| {
+            let from = routes.get(&destination).copied().unwrap_or(edge_addrs[0]);
+            for d in datagrams {
+                net.send(vnow, from, destination, d.to_vec());
+            }
+        };
+        match edge {
+            Some(EdgeNode::Machine(m)) => loop {
+                match m.poll_output(now) {
+                    edge::Output::Timeout(d) => {
+                        *edge_deadline = d;
+                        break;
+                    }
+                    edge::Output::Transmit { transmit, data } => {
+                        send(transmit.destination, &mut transmit.datagrams(data))
+                    }
+                    edge::Output::Io(edge::Io::Stream { id, event }) => {
+                        inbox.push_back((id, event.clone()));
+                        pending.push(Happening::Stream(id, event));
+                    }
+                    // No HTTP/2 connector and no public mapping here.
+                    edge::Output::Io(_) => {}
+                    edge::Output::Event(e) => {
+                        if let edge::Event::Registered {
+                            conn, connection, ..
+                        } = &e
+                        {
+                            edge_conns.insert(*connection, *conn);
+                        }
+                        pending.push(Happening::Edge(e));
+                    }
+                }
+            },
+            Some(EdgeNode::Endpoint(e, registrar)) => {
+                while let Some(t) = e.poll_transmit(now, GSO_SEGMENTS, buf) {
+                    send(t.destination, &mut t.datagrams(buf));
+                }
+                while let Some(ev) = e.poll_event() {
+                    if let EdgeEvent::RegisterRequested { conn, registration } = &ev {
+                        let answer = registrar(*conn, registration);
+                        if let Ok(details) = &answer {
+                            edge_conns.insert(details.uuid, *conn);
+                        }
+                        // The connection may have gone meanwhile.
+                        let _ = e.respond_registration(now, *conn, answer);
+                    }
+                    // Answers go out with the next flush.
+                    pending.push(Happening::Endpoint(ev));
                 }
             }
+            None => {}
         }
     }
 
     /// Drains every node's events into the trace and returns them.
     fn collect(&mut self) -> Vec<Happening> {
-        let mut out = std::mem::take(&mut self.pending);
-        if let Some(edge) = &mut self.edge {
-            let now = self.clock.instant(self.now);
-            while let Some(e) = edge.poll_event() {
-                if let EdgeEvent::RegisterRequested { conn, registration } = &e {
-                    let answer = (self.registrar)(*conn, registration);
-                    // The connection may have gone meanwhile.
-                    let _ = edge.respond_registration(now, *conn, answer);
-                }
-                out.push(Happening::Edge(e));
-            }
-        }
+        let out = std::mem::take(&mut self.pending);
         for h in &out {
-            self.trace.record(self.now, h);
+            match h {
+                // A body by its length: the client checks every byte.
+                Happening::Stream(id, StreamEvent::Body(b)) => self
+                    .trace
+                    .record(self.now, &format_args!("{id:?} Body({} bytes)", b.len())),
+                h => self.trace.record(self.now, h),
+            }
         }
         out
     }
@@ -440,8 +585,10 @@ impl World {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         };
-        if let Some(edge) = &mut self.edge {
-            consider(edge.poll_timeout());
+        match &mut self.edge {
+            Some(EdgeNode::Machine(_)) => consider(self.edge_deadline),
+            Some(EdgeNode::Endpoint(e, _)) => consider(e.poll_timeout()),
+            None => {}
         }
         for node in &self.connectors {
             consider(node.deadline);
@@ -468,8 +615,13 @@ impl World {
         let now = self.instant();
         while let Some(p) = self.net.poll_arrival(self.now) {
             if self.edge_addrs.contains(&p.to) {
-                if let Some(edge) = &mut self.edge {
-                    edge.handle_datagram(now, p.from, &p.data);
+                match &mut self.edge {
+                    Some(EdgeNode::Machine(m)) => m.handle_input(
+                        now,
+                        edge::Input::Received(Received::single(p.from, &p.data)),
+                    ),
+                    Some(EdgeNode::Endpoint(e, _)) => e.handle_datagram(now, p.from, &p.data),
+                    None => {}
                 }
                 continue;
             }
@@ -488,9 +640,16 @@ impl World {
             self.feed(n, Input::Received { index, received });
             self.connectors[n].watch_rtt(index);
         }
-        if let Some(edge) = &mut self.edge {
-            if edge.poll_timeout().is_some_and(|t| t <= now) {
-                edge.handle_timeout(now);
+        let due = match &mut self.edge {
+            Some(EdgeNode::Machine(_)) => self.edge_deadline,
+            Some(EdgeNode::Endpoint(e, _)) => e.poll_timeout(),
+            None => None,
+        };
+        if due.is_some_and(|t| t <= now) {
+            match &mut self.edge {
+                Some(EdgeNode::Machine(m)) => m.handle_input(now, edge::Input::Timeout),
+                Some(EdgeNode::Endpoint(e, _)) => e.handle_timeout(now),
+                None => {}
             }
         }
         for n in 0..self.connectors.len() {

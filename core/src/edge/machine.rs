@@ -27,6 +27,7 @@ use super::log_budget::{LogBudget, Verdict};
 use super::registrar::{Authenticator, Registrar};
 use super::streams::{EyeballId, OpenError, StreamEvent, Streams};
 use crate::control::{ApiError, EdgeCause};
+use crate::rpc_stream::client::RpcCallOutcome;
 use crate::session::edge::{EdgeDrop, EdgeSessions, EdgeSessionsConfig, MappingId, MappingKind};
 use crate::session::DatagramVersion;
 use crate::stream::connect::{ConnectRequest, ConnectionType, Metadata};
@@ -128,6 +129,17 @@ pub enum Input<'a> {
     Reset(EyeballId),
     /// The eyeball took the last [`StreamEvent::Body`]: the next may come.
     ReadMore(EyeballId),
+    /// Push remote configuration `version` to a QUIC connection (`updateConfiguration`, as
+    /// Cloudflare's edge does when a remotely managed tunnel's configuration changes); the
+    /// answer comes as [`Event::ConfigurationResult`]. HTTP/2 connections take no pushes here.
+    PushConfiguration {
+        /// Which connection.
+        conn: ConnId,
+        /// The version offered.
+        version: i32,
+        /// The configuration JSON.
+        config: &'a [u8],
+    },
     /// A public client's packet on a UDP/ICMP mapping's socket.
     ClientPacket {
         /// Which mapping.
@@ -186,6 +198,8 @@ pub enum Event {
         conn_index: u8,
         /// Its transport.
         protocol: Protocol,
+        /// The connection id told to the connector (cloudflared logs it as `connection`).
+        connection: Uuid,
     },
     /// A registration was refused. Only a few per window are reported (anyone may try).
     RegistrationRefused {
@@ -232,6 +246,14 @@ pub enum Event {
         tunnel: Uuid,
         /// The JSON, as received.
         config: Vec<u8>,
+    },
+    /// A connector answered a configuration push ([`Input::PushConfiguration`]), or the push
+    /// could not be sent (`RpcCallOutcome::Failed`: no such QUIC connection).
+    ConfigurationResult {
+        /// Which connection.
+        conn: ConnId,
+        /// Its answer.
+        outcome: RpcCallOutcome,
     },
     /// A client packet on a mapping was dropped.
     ClientPacketDropped {
@@ -367,6 +389,16 @@ impl<A: Authenticator> Edge<A> {
         self.streams.len()
     }
 
+    /// The connection eyeball stream `id` went out on, while it is open.
+    pub fn stream_connection(&self, id: EyeballId) -> Option<ConnId> {
+        self.streams.connection(id)
+    }
+
+    /// Whether tunnel connection `conn` is open (on either transport).
+    pub fn is_open(&self, conn: ConnId) -> bool {
+        self.tp.quic.is_open(conn) || self.tp.http2.contains(conn)
+    }
+
     /// A connector dialled the TCP port (HTTP/2 over TLS): its connection's id, or why it is
     /// refused (then close the socket).
     pub fn accept_tcp(&mut self, now: Instant) -> Result<ConnId, AcceptError> {
@@ -417,6 +449,24 @@ impl<A: Authenticator> Edge<A> {
             Input::Finish(id) => self.streams.finish(id),
             Input::Reset(id) => self.streams.reset(now, &mut self.tp, id),
             Input::ReadMore(id) => self.streams.read_more(id),
+            Input::PushConfiguration {
+                conn,
+                version,
+                config,
+            } => {
+                // An HTTP/2 connection is not the QUIC endpoint's: refused as closed.
+                let pushed = self
+                    .tp
+                    .quic
+                    .update_configuration(now, conn, version, config);
+                if let Err(e) = pushed {
+                    self.queue
+                        .push_back(Queued::Event(Event::ConfigurationResult {
+                            conn,
+                            outcome: RpcCallOutcome::Failed(e.to_string()),
+                        }));
+                }
+            }
             Input::ClientPacket {
                 mapping,
                 from,
@@ -562,6 +612,7 @@ impl<A: Authenticator> Edge<A> {
                             tunnel,
                             conn_index: registration.conn_index,
                             protocol,
+                            connection: uuid,
                         }));
                         // No datagrams on HTTP/2 (PROTOCOL.md C§1.1).
                         if !http2 {
@@ -619,10 +670,11 @@ impl<A: Authenticator> Edge<A> {
                         }));
                 }
             }
-            // This edge pushes no configuration and opens no v2 sessions (mapped UDP is v3).
-            EdgeEvent::ConfigurationResult { .. }
-            | EdgeEvent::UdpSessionRegistered { .. }
-            | EdgeEvent::UdpSessionUnregistered { .. } => {}
+            EdgeEvent::ConfigurationResult { conn, outcome } => self
+                .queue
+                .push_back(Queued::Event(Event::ConfigurationResult { conn, outcome })),
+            // This edge opens no v2 sessions (mapped UDP is v3).
+            EdgeEvent::UdpSessionRegistered { .. } | EdgeEvent::UdpSessionUnregistered { .. } => {}
             EdgeEvent::Response {
                 conn,
                 stream,

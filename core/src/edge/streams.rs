@@ -134,6 +134,11 @@ impl Streams {
         Ok(())
     }
 
+    /// The connection stream `id` is on, while it is open.
+    pub fn connection(&self, id: EyeballId) -> Option<ConnId> {
+        self.by_id.get(&id).map(|s| s.conn)
+    }
+
     /// Request-body bytes from the eyeball (acknowledged once taken).
     pub fn body(&mut self, id: EyeballId, bytes: Bytes) {
         if let Some(s) = self.by_id.get_mut(&id) {
@@ -207,12 +212,14 @@ impl Streams {
 
     /// A connection closed: every stream on it is reset.
     pub fn on_closed(&mut self, conn: ConnId, out: &mut impl FnMut(EyeballId, StreamEvent)) {
-        let gone: Vec<EyeballId> = self
+        let mut gone: Vec<EyeballId> = self
             .by_id
             .iter()
             .filter(|(_, s)| s.conn == conn)
             .map(|(&id, _)| id)
             .collect();
+        // In the order they were named, not the map's: the same inputs give the same outputs.
+        gone.sort_unstable();
         for id in gone {
             self.remove(id);
             out(id, StreamEvent::Reset);

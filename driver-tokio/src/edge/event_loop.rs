@@ -189,8 +189,9 @@ fn log_event(e: Event, local_config_dir: Option<&std::path::Path>) {
             tunnel,
             conn_index,
             protocol,
+            connection,
         } => {
-            info!(conn = conn.0, %tunnel, conn_index, protocol = protocol.as_str(), "tunnel connection registered")
+            info!(conn = conn.0, %tunnel, conn_index, %connection, protocol = protocol.as_str(), "tunnel connection registered")
         }
         Event::RegistrationRefused {
             conn,
@@ -222,6 +223,9 @@ fn log_event(e: Event, local_config_dir: Option<&std::path::Path>) {
             if let Some(dir) = local_config_dir {
                 record_local_config(dir, tunnel, &config);
             }
+        }
+        Event::ConfigurationResult { conn, outcome } => {
+            debug!(conn = conn.0, ?outcome, "configuration push answered")
         }
         Event::ClientPacketDropped {
             mapping,

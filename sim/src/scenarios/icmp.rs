@@ -9,7 +9,7 @@ use burrow_core::datagram::v3;
 use burrow_core::icmp::{self, Echo, EchoKind, IcmpMessage};
 use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint};
 
-use super::{expect, register, setup, Params};
+use super::{expect, register, setup_datagrams, Params};
 use crate::clock::VirtualTime;
 use crate::udp::{ICMP_SRC_V4, ICMP_SRC_V6};
 
@@ -148,7 +148,7 @@ impl Pinger {
 
 /// Traceroute (TTL 1..8) and pings from two requesters sharing an echo id, v4 and v6.
 pub(super) fn icmp_traceroute(p: &Params) -> Result<u64, String> {
-    let mut s = setup(p);
+    let mut s = setup_datagrams(p);
     let c = s.add_connector(1, s.secret.clone());
     let conn = register(&mut s, c)?;
     let start = s.world.now;
@@ -185,8 +185,9 @@ pub(super) fn icmp_traceroute(p: &Params) -> Result<u64, String> {
         if h.is_some() {
             return Ok(false);
         }
-        if let Some(edge) = w.edge.as_mut() {
-            pinger.tick(w.now, edge);
+        let now = w.now;
+        if let Some(edge) = w.endpoint() {
+            pinger.tick(now, edge);
         }
         if let Some(t) = pinger.next_wakeup() {
             w.wakeups.insert(t);

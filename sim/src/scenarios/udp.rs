@@ -12,7 +12,7 @@ use burrow_core::connector::Event;
 use burrow_core::session::DEFAULT_IDLE;
 use burrow_core::tunnel::connector::CloseReason;
 
-use super::{expect, register, setup, Params, Setup, HA};
+use super::{expect, register, setup_datagrams, Params, Setup, HA};
 use crate::udp::{Eyeball, ECHO_PORT, UNREACHABLE};
 use crate::world::Happening;
 
@@ -86,8 +86,9 @@ fn drive_with(
         if h.is_some() {
             return Ok(false);
         }
-        if let Some(edge) = w.edge.as_mut() {
-            eye.tick(w.now, edge);
+        let now = w.now;
+        if let Some(edge) = w.endpoint() {
+            eye.tick(now, edge);
         }
         if let Some(t) = eye.next_wakeup() {
             w.wakeups.insert(t);
@@ -202,7 +203,7 @@ fn drain_queues(
             .map(|conn| conn.datagram_bytes_queued())
             .sum();
         let origin_due = s.world.udp.next_deadline().is_some();
-        let edge_queued: usize = match s.world.edge.as_mut() {
+        let edge_queued: usize = match s.world.endpoint() {
             Some(edge) => edge_conns
                 .iter()
                 .map(|&conn| edge.datagram_bytes_queued(conn))
@@ -226,7 +227,7 @@ fn account(s: &Setup, eye: &Eyeball, edge_conns: &[ConnId], c: usize) -> Result<
     let node = &w.connectors[c];
     let hub = node.hub().stats();
     let m = node.hub().sessions.stats();
-    let edge = w.edge.as_ref().ok_or("edge down")?;
+    let edge = w.endpoint_ref().ok_or("edge down")?;
     let (mut e_tx, mut e_rx) = (0, 0);
     for c in edge_conns {
         if let Some(st) = edge.quic_stats(*c) {
@@ -298,7 +299,7 @@ fn account(s: &Setup, eye: &Eyeball, edge_conns: &[ConnId], c: usize) -> Result<
 /// Many concurrent sessions echo through one connection under loss; unreachable origins are
 /// refused with `UnableToBindSocket`.
 pub(super) fn udp_echo(p: &Params) -> Result<u64, String> {
-    let mut s = setup(p);
+    let mut s = setup_datagrams(p);
     let c = s.add_connector(HA, s.secret.clone());
     let conn = register(&mut s, c)?;
     let n = if p.quick { 300 } else { 10_000 };
@@ -362,7 +363,7 @@ pub(super) fn udp_echo(p: &Params) -> Result<u64, String> {
 
 /// Sessions end on virtual time when idle; every socket is closed.
 pub(super) fn udp_idle(p: &Params) -> Result<u64, String> {
-    let mut s = setup(p);
+    let mut s = setup_datagrams(p);
     let c = s.add_connector(1, s.secret.clone());
     let conn = register(&mut s, c)?;
     let n = 50;
@@ -455,7 +456,7 @@ pub(super) fn udp_idle(p: &Params) -> Result<u64, String> {
 /// eyeball next sends), and nothing is torn down. The eyeballs' sessions are spread over both
 /// connections, as the edge spreads them.
 pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
-    let mut s = setup(p);
+    let mut s = setup_datagrams(p);
     let c = s.add_connector(2, s.secret.clone());
     register(&mut s, c)?;
     let limit = s.world.after(super::REGISTER_WITHIN);
@@ -529,7 +530,7 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
                 .all(|s| s.registered && s.sent >= e.per_session)
         },
         |eye, h| match h {
-            Happening::Edge(burrow_core::tunnel::edge::EdgeEvent::ConnectionClosed {
+            Happening::Endpoint(burrow_core::tunnel::edge::EdgeEvent::ConnectionClosed {
                 conn,
                 ..
             }) if *conn == conn_a => {
@@ -624,7 +625,7 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
 /// Far more registrations than the flow limit: exactly the limit is served, the rest refused
 /// with `TooManyActiveFlows`, and the manager holds no more than the limit.
 pub(super) fn udp_flood(p: &Params) -> Result<u64, String> {
-    let mut s = setup(p);
+    let mut s = setup_datagrams(p);
     let (limit, flood) = if p.quick {
         (200, 2_000)
     } else {

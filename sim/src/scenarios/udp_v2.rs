@@ -13,7 +13,7 @@ use burrow_core::session::{go_duration, SessionId};
 use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
 use uuid::Uuid;
 
-use super::{expect, register, setup, Params, Setup};
+use super::{expect, register, setup_datagrams, Params, Setup};
 use crate::clock::{Clock, VirtualTime};
 use crate::udp::{Eyeball, ECHO_PORT};
 use crate::world::Happening;
@@ -286,7 +286,7 @@ fn flows(s: &mut Setup, n: usize, net: u8) -> (Vec<u128>, Vec<SocketAddr>) {
 /// unregisters a quarter of the v2 sessions (closed without an RPC back), the rest idle out
 /// and the v2 connector unregisters each with `session idle for 3s`.
 pub(super) fn udp_v2_and_v3(p: &Params) -> Result<u64, String> {
-    let mut s = setup(p);
+    let mut s = setup_datagrams(p);
     let a = s.add_connector_with(1, s.secret.clone(), &["support_datagram_v2"]);
     let conn_a = register(&mut s, a)?;
     let b = s.add_connector_with(
@@ -345,14 +345,14 @@ pub(super) fn udp_v2_and_v3(p: &Params) -> Result<u64, String> {
                 }
                 return Err(format!("connection closed: {reason}"));
             }
-            Some(Happening::Edge(e)) => eye2.on_event(w.now, e),
+            Some(Happening::Endpoint(e)) => eye2.on_event(w.now, e),
             _ => {}
         }
         if h.is_some() {
             return Ok(false);
         }
         let now = w.now;
-        if let Some(edge) = w.edge.as_mut() {
+        if let Some(edge) = w.endpoint() {
             while let Some((conn, d)) = edge.poll_datagram() {
                 if conn == conn_a {
                     eye2.receive(&d);

@@ -443,3 +443,86 @@ fn shutdown_closes_every_connection_and_resets_its_streams() {
         [StreamEvent::Refused(OpenError::NoConnection)]
     );
 }
+
+#[test]
+fn a_closed_connections_streams_are_reset_in_the_order_they_were_named() {
+    let mut w = registered_world();
+    let ids: Vec<u64> = (0..40).map(|i| 1000 - 7 * i).collect();
+    for &id in &ids {
+        w.open(id, Target::Tunnel(TUNNEL));
+    }
+    w.edge_input(Input::Shutdown);
+    assert!(w.run(Duration::from_secs(5), |w| w
+        .events
+        .iter()
+        .filter(|e| matches!(e, Event::ConnectionClosed { .. }))
+        .count()
+        == 2));
+    let resets: Vec<EyeballId> = w
+        .streams
+        .iter()
+        .filter(|(_, e)| *e == StreamEvent::Reset)
+        .map(|(id, _)| *id)
+        .collect();
+    assert_eq!(resets.len(), ids.len());
+    // The connections close one after the other, each resetting its streams in id order:
+    // ascending but for one step down, where the second connection's run starts.
+    let descents = resets.windows(2).filter(|p| p[0] > p[1]).count();
+    assert!(descents <= 1, "{resets:?}");
+}
+
+#[test]
+fn a_configuration_push_is_answered_and_registrations_name_their_connection_id() {
+    let mut w = registered_world();
+    let conns: Vec<(ConnId, Uuid)> = w
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Registered {
+                conn, connection, ..
+            } => Some((*conn, *connection)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(conns.len(), 2);
+    assert_ne!(conns[0].1, conns[1].1, "each connection its own id");
+    let conn = conns[0].0;
+    assert!(w.edge.is_open(conn));
+    let answer = |w: &World| {
+        w.events.iter().find_map(|e| match e {
+            Event::ConfigurationResult { conn: c, outcome } if *c == conn => Some(outcome.clone()),
+            _ => None,
+        })
+    };
+    w.edge_input(Input::PushConfiguration {
+        conn,
+        version: 3,
+        config: br#"{"ingress":[{"service":"http_status:503"}]}"#,
+    });
+    assert!(w.run(Duration::from_secs(5), |w| answer(w).is_some()));
+    match answer(&w) {
+        Some(RpcCallOutcome::Configuration(r)) => {
+            assert_eq!((r.latest_applied_version, r.error), (3, None));
+        }
+        other => panic!("answered {other:?}"),
+    }
+    // A connection the edge does not have: the push fails at once.
+    w.edge_input(Input::PushConfiguration {
+        conn: ConnId(999),
+        version: 4,
+        config: b"{}",
+    });
+    assert!(w.events.iter().any(|e| matches!(
+        e,
+        Event::ConfigurationResult {
+            conn: ConnId(999),
+            outcome: RpcCallOutcome::Failed(_)
+        }
+    )));
+    // A stream's connection is known while it is open.
+    w.open(5, Target::Tunnel(TUNNEL));
+    assert!(w
+        .edge
+        .stream_connection(EyeballId(5))
+        .is_some_and(|c| w.edge.is_open(c)));
+}
