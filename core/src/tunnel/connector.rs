@@ -1018,6 +1018,9 @@ impl ConnectorConnection {
             let _ = self.conn.send_stream(c.stream).finish();
         }
         self.conn.close(now, VarInt::from_u32(0), Bytes::new());
+        // Nothing moves on a closed connection: its streams end now (their origins closed), not
+        // when quinn has drained, which a stop may not wait for.
+        self.data.close_all();
         self.state = State::Closing;
     }
 
