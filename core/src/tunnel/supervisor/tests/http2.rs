@@ -43,6 +43,17 @@ struct H2World {
 }
 
 impl H2World {
+    /// The driver's answer to core's percentage TXT lookup (`None`: the lookup failed).
+    fn answer_percentages(&mut self, text: Option<&str>) {
+        self.connector.handle_input(
+            self.now,
+            Input::TxtRecord {
+                name: PERCENTAGE_RECORD,
+                text,
+            },
+        );
+    }
+
     fn new(protocol: ProtocolFlag) -> Self {
         Self::with(protocol, |_| {})
     }
@@ -586,13 +597,7 @@ fn auto_reads_the_percentage_record_again_every_hour_and_new_connections_follow_
     let asked = w.now;
     // It says QUIC now: the serving connection stays, the next one is QUIC.
     let record = percentages(100, 0);
-    w.connector.handle_input(
-        w.now,
-        Input::TxtRecord {
-            name: PERCENTAGE_RECORD,
-            text: Some(&record),
-        },
-    );
+    w.answer_percentages(Some(&record));
     w.run();
     assert!(w.events.contains(&SupervisorEvent::ProtocolSelected {
         protocol: Protocol::Quic
@@ -617,23 +622,11 @@ fn auto_reads_the_percentage_record_again_every_hour_and_new_connections_follow_
             .filter(|e| matches!(e, SupervisorEvent::ProtocolSelected { .. }))
             .count()
     };
-    w.connector.handle_input(
-        w.now,
-        Input::TxtRecord {
-            name: PERCENTAGE_RECORD,
-            text: None,
-        },
-    );
+    w.answer_percentages(None);
     let garbled = "not json";
     w.advance_until(RESOLVE_TTL * 2, |w| w.lookups.len() >= 3);
     assert!(w.now - failed >= RESOLVE_TTL);
-    w.connector.handle_input(
-        w.now,
-        Input::TxtRecord {
-            name: PERCENTAGE_RECORD,
-            text: Some(garbled),
-        },
-    );
+    w.answer_percentages(Some(garbled));
     w.run();
     assert_eq!(
         selected(&w),
@@ -645,13 +638,7 @@ fn auto_reads_the_percentage_record_again_every_hour_and_new_connections_follow_
     // index that fell back.
     w.advance_until(RESOLVE_TTL * 2, |w| w.lookups.len() >= 4);
     let record = percentages(0, 100);
-    w.connector.handle_input(
-        w.now,
-        Input::TxtRecord {
-            name: PERCENTAGE_RECORD,
-            text: Some(&record),
-        },
-    );
+    w.answer_percentages(Some(&record));
     w.run();
     assert_eq!(selected(&w), 2);
     let before = connecting(&w).len();
