@@ -17,13 +17,16 @@ pub struct QuicSettings {
     pub stream_receive_window: u32,
     /// Connection-wide receive window (cloudflared's ceiling, 30 MiB).
     pub connection_receive_window: u32,
-    /// Bidirectional streams the peer may have open at once. cloudflared grants 2^60; quinn
-    /// allocates bookkeeping for every one granted when a connection starts (about 300 bytes
-    /// each: 1 << 16 cost 5 MiB per connection, 20 MiB of a connector's 33 MiB idle RSS), so
-    /// the connector grants 8192 per connection (32768 requests in flight over 4 connections;
-    /// beyond that the edge waits for credit) and the edge, which only takes the control and
-    /// RPC streams, 256.
+    /// Bidirectional streams the peer may have open at once, at most. cloudflared grants 2^60;
+    /// quinn keeps bookkeeping for every stream granted (about 85 bytes each), so the
+    /// connector grants at most 8192 per connection (32768 requests in flight over 4
+    /// connections; beyond that the edge waits for credit) and the edge, which only takes the
+    /// control and RPC streams, 256.
     pub max_concurrent_bidi_streams: u32,
+    /// Of those, granted when the connection starts. The connector doubles its grant each time
+    /// the edge has half of it open (`ConnectorConnection`), up to the maximum: 8192 granted
+    /// from the start cost about 700 KiB per connection, most of an idle connector's memory.
+    pub initial_bidi_streams: u32,
     /// Unidirectional streams the peer may have open at once. cloudflared grants 2^60 and
     /// never reads them; 0 refuses them outright so they cannot pile up.
     pub max_concurrent_uni_streams: u32,
@@ -46,6 +49,7 @@ impl Default for QuicSettings {
             stream_receive_window: 6 * 1024 * 1024,
             connection_receive_window: 30 * 1024 * 1024,
             max_concurrent_bidi_streams: 1 << 13,
+            initial_bidi_streams: 128,
             max_concurrent_uni_streams: 0,
             datagram_receive_buffer: 1024 * 1024,
             datagram_send_buffer: 32 * 1500,
@@ -70,6 +74,7 @@ impl QuicSettings {
     pub fn edge() -> Self {
         Self {
             max_concurrent_bidi_streams: 256,
+            initial_bidi_streams: 256,
             ..Self::default()
         }
     }
@@ -84,7 +89,10 @@ impl QuicSettings {
             .keep_alive_interval(Some(self.keep_alive))
             .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
             .receive_window(VarInt::from_u32(self.connection_receive_window))
-            .max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_bidi_streams))
+            .max_concurrent_bidi_streams(VarInt::from_u32(
+                self.initial_bidi_streams
+                    .min(self.max_concurrent_bidi_streams),
+            ))
             .max_concurrent_uni_streams(VarInt::from_u32(self.max_concurrent_uni_streams))
             .datagram_receive_buffer_size(Some(self.datagram_receive_buffer))
             .datagram_send_buffer_size(self.datagram_send_buffer)

@@ -996,6 +996,7 @@ impl Supervisor {
         config
             .client
             .transport_config(self.config.quic.transport_config(edge.is_ipv4()));
+        config.max_streams = self.config.quic.max_concurrent_bidi_streams;
         if index != 0 {
             config.local_config = None;
         }

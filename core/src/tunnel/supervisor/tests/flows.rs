@@ -399,3 +399,38 @@ fn a_configuration_push_on_one_connection_resolves_requests_on_every_connection(
         crate::ingress::Service::Http { port: 8080, .. }
     ));
 }
+
+#[test]
+fn the_stream_grant_grows_with_the_load_up_to_its_maximum() {
+    let mut w = World::with(1, 23, |c| c.quic.max_concurrent_bidi_streams = 1000);
+    w.run(Duration::from_secs(10), |w| {
+        w.connector.ready_connections() == 1
+    });
+    let conn = w.edge_conn(0);
+    let grant = |w: &World| {
+        w.connector
+            .connection(0)
+            .expect("connection")
+            .stream_grant()
+    };
+    assert_eq!(grant(&w), 128, "the initial grant");
+    // The edge opens requests as fast as its credit allows; their dials never finish, so
+    // every stream stays open.
+    let request = ConnectRequest {
+        dest: "10.0.0.1:22",
+        connection_type: ConnectionType::Tcp,
+        metadata: &[],
+    };
+    let mut open = 0;
+    for _ in 0..20 {
+        let now = w.now;
+        let edge = w.edge.as_mut().expect("edge");
+        while open < 2000 && edge.open_request(now, conn, &request).is_ok() {
+            open += 1;
+        }
+        let until = w.now - w.start + Duration::from_millis(100);
+        w.run(until, |_| false);
+    }
+    assert_eq!(open, 1000, "the edge got credit up to the maximum, no more");
+    assert_eq!(grant(&w), 1000);
+}
