@@ -23,9 +23,10 @@ pub struct QuicSettings {
     /// connections; beyond that the edge waits for credit) and the edge, which only takes the
     /// control and RPC streams, 256.
     pub max_concurrent_bidi_streams: u32,
-    /// Of those, granted when the connection starts. The connector doubles its grant each time
-    /// the edge has half of it open (`ConnectorConnection`), up to the maximum: 8192 granted
-    /// from the start cost about 700 KiB per connection, most of an idle connector's memory.
+    /// Of those, what the connector grants when a connection starts
+    /// ([`Self::connector_transport_config`]); it doubles the grant each time the edge has half
+    /// of it open (`ConnectorConnection`), up to the maximum: 8192 granted from the start cost
+    /// about 700 KiB per connection, most of an idle connector's memory.
     pub initial_bidi_streams: u32,
     /// Unidirectional streams the peer may have open at once. cloudflared grants 2^60 and
     /// never reads them; 0 refuses them outright so they cannot pile up.
@@ -74,13 +75,25 @@ impl QuicSettings {
     pub fn edge() -> Self {
         Self {
             max_concurrent_bidi_streams: 256,
-            initial_bidi_streams: 256,
             ..Self::default()
         }
     }
 
-    /// quinn-proto transport configuration for a path to an edge of the given family.
+    /// quinn-proto transport configuration for a path to an edge of the given family,
+    /// granting the peer [`Self::max_concurrent_bidi_streams`] from the start.
     pub fn transport_config(&self, edge_is_ipv4: bool) -> Arc<TransportConfig> {
+        self.granting(self.max_concurrent_bidi_streams, edge_is_ipv4)
+    }
+
+    /// The same for the connector's side, granting [`Self::initial_bidi_streams`] at first.
+    pub fn connector_transport_config(&self, edge_is_ipv4: bool) -> Arc<TransportConfig> {
+        let grant = self
+            .initial_bidi_streams
+            .min(self.max_concurrent_bidi_streams);
+        self.granting(grant, edge_is_ipv4)
+    }
+
+    fn granting(&self, bidi_streams: u32, edge_is_ipv4: bool) -> Arc<TransportConfig> {
         let mut t = TransportConfig::default();
         // Durations over 2^62 ms cannot be encoded; saturate instead of failing.
         let idle = IdleTimeout::try_from(self.idle_timeout)
@@ -89,10 +102,7 @@ impl QuicSettings {
             .keep_alive_interval(Some(self.keep_alive))
             .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
             .receive_window(VarInt::from_u32(self.connection_receive_window))
-            .max_concurrent_bidi_streams(VarInt::from_u32(
-                self.initial_bidi_streams
-                    .min(self.max_concurrent_bidi_streams),
-            ))
+            .max_concurrent_bidi_streams(VarInt::from_u32(bidi_streams))
             .max_concurrent_uni_streams(VarInt::from_u32(self.max_concurrent_uni_streams))
             .datagram_receive_buffer_size(Some(self.datagram_receive_buffer))
             .datagram_send_buffer_size(self.datagram_send_buffer)
