@@ -414,23 +414,36 @@ fn the_stream_grant_grows_with_the_load_up_to_its_maximum() {
             .stream_grant()
     };
     assert_eq!(grant(&w), 128, "the initial grant");
-    // The edge opens requests as fast as its credit allows; their dials never finish, so
-    // every stream stays open.
+    // The edge names 2000 requests, as fast as its queue of those waiting for credit takes
+    // them; their dials never finish, so every stream that opens stays open.
     let request = ConnectRequest {
         dest: "10.0.0.1:22",
         connection_type: ConnectionType::Tcp,
         metadata: &[],
     };
-    let mut open = 0;
+    let mut named = Vec::new();
     for _ in 0..20 {
         let now = w.now;
         let edge = w.edge.as_mut().expect("edge");
-        while open < 2000 && edge.open_request(now, conn, &request).is_ok() {
-            open += 1;
+        while named.len() < 2000 {
+            match edge.open_request(now, conn, &request) {
+                Ok(stream) => named.push(stream),
+                Err(_) => break,
+            }
         }
         let until = w.now - w.start + Duration::from_millis(100);
         w.run(until, |_| false);
     }
-    assert_eq!(open, 1000, "the edge got credit up to the maximum, no more");
+    assert_eq!(named.len(), 2000, "beyond the grant, requests wait");
+    // A stream that opened sent its request; one still waiting holds it.
+    let edge = w.edge.as_ref().expect("edge");
+    let opened = named
+        .iter()
+        .filter(|&&s| edge.request_unsent(conn, s) == 0)
+        .count();
+    assert_eq!(
+        opened, 1000,
+        "the edge got credit up to the maximum, no more"
+    );
     assert_eq!(grant(&w), 1000);
 }
