@@ -12,6 +12,7 @@ use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
+use std::time::Duration;
 
 use burrow_core::datagram::LinkId;
 use burrow_core::ingress::{Origin, OriginRequest, Service};
@@ -149,6 +150,8 @@ struct Flow {
     shut: bool,
     eof: bool,
     responder: Option<Responder>,
+    /// `tcpKeepAlive` for the origin connection (zero: the system's).
+    keep_alive: Duration,
 }
 
 /// Every origin connection of the loop.
@@ -181,7 +184,8 @@ impl Origins {
         self.flows.contains_key(key)
     }
 
-    /// Starts dialling what `kind`, `dest` and `origin` name; it is registered under `token`.
+    /// Starts dialling what `kind`, `dest` and `origin` name (`host`: the request's, for
+    /// `matchSNItoHost`); it is registered under `token`.
     #[allow(clippy::too_many_arguments)]
     pub fn open(
         &mut self,
@@ -191,6 +195,7 @@ impl Origins {
         key: Key,
         kind: FlowKind,
         dest: String,
+        host: Option<&str>,
         origin: Option<Arc<Origin>>,
     ) {
         let mut flow = Flow {
@@ -205,8 +210,9 @@ impl Origins {
             shut: false,
             eof: false,
             responder: None,
+            keep_alive: Duration::ZERO,
         };
-        let plan = match plan(kind, &dest, origin.as_deref(), &mut self.tls) {
+        let plan = match plan(kind, &dest, host, origin.as_deref(), &mut self.tls) {
             Ok(p) => p,
             Err(e) => {
                 flow.state = State::Dead;
@@ -222,8 +228,13 @@ impl Origins {
                 self.flows.insert(key, flow);
                 self.reports.push((key, Report::Connected));
             }
-            Plan::Dial { target, tls } => {
+            Plan::Dial {
+                target,
+                tls,
+                keep_alive,
+            } => {
                 flow.tls = tls;
+                flow.keep_alive = keep_alive;
                 match target {
                     Target::Addr(addr) => {
                         flow.target = addr.to_string();
@@ -369,6 +380,9 @@ fn step(
         }
         if let Some(Stream::Tcp(t)) = &f.stream {
             let _ = t.set_nodelay(true);
+            if let Err(e) = burrow_os::tcp_keep_alive(t, f.keep_alive) {
+                debug!(target = %f.target, error = %e, "cannot set TCP keep-alive on the origin connection");
+            }
         }
         if f.tls.is_some() {
             f.state = State::Handshaking;
@@ -566,6 +580,7 @@ enum Plan {
     Dial {
         target: Target,
         tls: Option<Box<ClientConnection>>,
+        keep_alive: Duration,
     },
 }
 
@@ -581,6 +596,7 @@ fn target(host: &str, port: u16) -> Target {
 fn plan(
     kind: FlowKind,
     dest: &str,
+    host: Option<&str>,
     origin: Option<&Origin>,
     tls: &mut OriginTls,
 ) -> Result<Plan, String> {
@@ -590,38 +606,61 @@ fn plan(
             Ok(a) => Target::Addr(a),
             Err(_) => Target::Name(dest.to_owned()),
         };
-        return Ok(Plan::Dial { target, tls: None });
+        return Ok(Plan::Dial {
+            target,
+            tls: None,
+            keep_alive: Duration::ZERO,
+        });
     }
     let Some(origin) = origin else {
         return Err(format!("no ingress rule resolved {dest}"));
     };
     let o = &origin.origin_request;
-    let (target, tls_host) = match &origin.service {
+    let (target, with_tls) = match &origin.service {
         Service::HttpStatus(code) => return Ok(Plan::InProcess(Responder::status(*code))),
         Service::HelloWorld => return Ok(Plan::InProcess(Responder::hello())),
-        Service::Http { tls, host, port } => (target(host, *port), tls.then_some(host.as_str())),
-        Service::Unix { path, tls } => (Target::Unix(path.clone()), tls.then_some("localhost")),
-        Service::Tcp { .. } | Service::Bastion | Service::SocksProxy => {
+        Service::Http { tls, host, port } => (target(host, *port), *tls),
+        Service::Unix { path, tls } => (Target::Unix(path.clone()), *tls),
+        // TCP over WebSocket: core unwraps the frames; the origin is a plain socket.
+        Service::Tcp { port: None, .. } => {
+            return Err(format!("service {} has no port", origin.service))
+        }
+        Service::Tcp { .. } if origin.socks_over_tcp() => {
             return Err(format!(
-                "service {} is a TCP-over-WebSocket origin, not supported by burrow yet",
+                "service {} with proxyType socks is not supported by burrow-mio yet",
                 origin.service
             ))
         }
+        Service::Tcp {
+            host,
+            port: Some(port),
+        } => (target(host, *port), false),
+        // Core gives each bastion request the TCP origin it names; never dialled as such.
+        Service::Bastion => return Err("bastion has no destination of its own".to_owned()),
+        Service::SocksProxy => {
+            return Err("service socks-proxy is not supported by burrow-mio yet".to_owned())
+        }
     };
-    let tls = match tls_host {
-        Some(host) => Some(client(tls, host, o)?),
-        None => None,
+    let tls = if with_tls {
+        Some(client(tls, origin.tls_server_name(host), o)?)
+    } else {
+        None
     };
-    Ok(Plan::Dial { target, tls })
+    Ok(Plan::Dial {
+        target,
+        tls,
+        keep_alive: o.tcp_keep_alive,
+    })
 }
 
+/// A TLS client for server name `name` (None: `localhost`, as for a unix socket).
 fn client(
     tls: &mut OriginTls,
-    host: &str,
+    name: Option<&str>,
     o: &OriginRequest,
 ) -> Result<Box<ClientConnection>, String> {
     let config = tls.config(o)?;
-    let name = o.origin_server_name.as_deref().unwrap_or(host).to_owned();
+    let name = name.unwrap_or("localhost").to_owned();
     let name = ServerName::try_from(name.clone())
         .map_err(|e| format!("bad origin server name {name}: {e}"))?;
     ClientConnection::new(config, name)

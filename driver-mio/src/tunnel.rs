@@ -270,14 +270,21 @@ impl Driver {
                 kind,
                 dest,
                 origin,
-                // matchSNItoHost is not served by burrow-mio yet: TLS names come from the rule.
-                host: _,
+                host,
             } => {
                 debug!(%link, %flow, ?kind, %dest, "opening origin connection");
                 let key = (link, flow);
                 let token = self.tokens.alloc(Source::Flow(key));
-                self.origins
-                    .open(registry, &mut self.resolver, token, key, kind, dest, origin);
+                self.origins.open(
+                    registry,
+                    &mut self.resolver,
+                    token,
+                    key,
+                    kind,
+                    dest,
+                    host.as_deref(),
+                    origin,
+                );
             }
             Io::WriteFlow { link, flow, data } => self.origins.write((link, flow), data),
             Io::ReadFlow { link, flow } => self.origins.read_more((link, flow)),
