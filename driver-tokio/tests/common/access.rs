@@ -3,7 +3,7 @@
 //! through `burrow edge`'s HTTP listener.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::time::Duration;
 
 use tungstenite::client::IntoClientRequest;
@@ -145,4 +145,159 @@ pub fn check_bastion(http: SocketAddr, echo_a: SocketAddr, echo_b: SocketAddr) {
     // The connection carries on.
     let mut again = ws_to(http, "bastion.test", Some(&echo_b.to_string())).expect("upgrade");
     assert_eq!(echo_once(&mut again, b"still"), b"still");
+}
+
+/// Greeting (no authentication) and CONNECT to `dest`: the 10-byte IPv4 reply.
+fn socks_connect(s: &mut Ws, dest: SocketAddr) -> Vec<u8> {
+    s.send(Message::Binary(vec![5, 1, 0].into())).unwrap();
+    assert_eq!(read_n(s, 2), [5, 0], "no authentication chosen");
+    let SocketAddr::V4(v4) = dest else {
+        panic!("IPv4 only here")
+    };
+    let mut req = vec![5, 1, 0, 1];
+    req.extend(v4.ip().octets());
+    req.extend(v4.port().to_be_bytes());
+    s.send(Message::Binary(req.into())).unwrap();
+    read_n(s, 10)
+}
+
+/// Ingress for [`check_socks_proxy`]: `socks.test` a socks-proxy allowed 127.0.0.0/8 at the
+/// ports of `echo` and `closed`; `closed.test` one with no `ipRules`.
+pub fn socks_proxy_ingress(echo: SocketAddr, closed: SocketAddr) -> String {
+    format!(
+        "- hostname: socks.test\n  service: socks-proxy\n  originRequest:\n    ipRules:\n\
+         \x20     - prefix: 127.0.0.0/8\n        ports: [{echo_port}, {closed_port}]\n        allow: true\n\
+         - hostname: closed.test\n  service: socks-proxy\n\
+         - service: http_status:404\n",
+        echo_port = echo.port(),
+        closed_port = closed.port(),
+    )
+}
+
+/// A port nothing listens on (bound a moment ago, then closed).
+pub fn closed_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+/// A SOCKS5 client inside the eyeball's WebSocket connects where the rule's `ipRules` allow
+/// (the TCP echo at `echo`), and is refused the rest with SOCKS5's own reply codes.
+pub fn check_socks_proxy(http: SocketAddr, echo: SocketAddr, closed: SocketAddr) {
+    // Allowed: success with the connector's local address, then the echo, bytes intact.
+    let mut s = ws(http, "socks.test");
+    let reply = socks_connect(&mut s, echo);
+    assert_eq!(reply[..4], [5, 0, 0, 1], "{reply:?}");
+    assert_eq!(reply[4..8], [127, 0, 0, 1]);
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 241) as u8).collect();
+    s.send(Message::Binary(data.clone().into())).unwrap();
+    assert!(read_n(&mut s, data.len()) == data, "echo came back whole");
+
+    // Allowed but nobody listening: connection refused (5).
+    let mut s = ws(http, "socks.test");
+    assert_eq!(socks_connect(&mut s, closed)[..2], [5, 5]);
+
+    // Port not in the rule, and a rule with no ipRules at all: not allowed by ruleset (2).
+    let mut s = ws(http, "socks.test");
+    let other = SocketAddr::from(([127, 0, 0, 1], 9));
+    assert_eq!(socks_connect(&mut s, other)[..2], [5, 2]);
+    let mut s = ws(http, "closed.test");
+    assert_eq!(socks_connect(&mut s, echo)[..2], [5, 2]);
+}
+
+/// A TCP origin that greets each connection first, as an SSH server does, with the port it
+/// sees the connection come from (`peer PORT\n`), then echoes.
+pub fn banner_echo() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            std::thread::spawn(move || {
+                let peer = s.peer_addr().map(|a| a.port()).unwrap_or(0);
+                if s.write_all(format!("peer {peer}\n").as_bytes()).is_err() {
+                    return;
+                }
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Through a `proxyType: socks` TCP origin: the greeting, a CONNECT naming somewhere else
+/// entirely, answered success from the address the origin sees (its banner comes after the
+/// reply, never before), then bytes both ways; BIND is refused.
+pub fn socks_over_tcp_origin(http: SocketAddr, host: &str, jump: Option<&str>) {
+    let mut s = ws_to(http, host, jump).expect("upgrade");
+    s.send(Message::Binary(vec![5, 1, 0].into())).unwrap();
+    assert_eq!(
+        read_n(&mut s, 2),
+        [5, 0],
+        "{host}: no authentication chosen"
+    );
+    let mut req = vec![5, 1, 0, 3, 16];
+    req.extend(b"ignored.invalid\0");
+    req.extend(9u16.to_be_bytes());
+    s.send(Message::Binary(req.into())).unwrap();
+    let banner_len = "peer 12345\n".len();
+    let got = read_n(&mut s, 10 + banner_len - 1);
+    let mut got = got;
+    while !got.ends_with(b"\n") {
+        got.extend(read_n(&mut s, 1));
+    }
+    assert_eq!(got[..8], [5, 0, 0, 1, 127, 0, 0, 1], "{host}: {got:?}");
+    let bound = u16::from_be_bytes([got[8], got[9]]);
+    assert_eq!(
+        String::from_utf8_lossy(&got[10..]),
+        format!("peer {bound}\n"),
+        "{host}: the reply names the origin connection, and comes before the origin's bytes"
+    );
+    // In messages of at most 4 KiB: cloudflared's WebSocket reader drops what of a message
+    // does not fit its caller's buffer (`websocket.Conn.Read`), which `cloudflared access`
+    // never sends more than.
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i % 239) as u8).collect();
+    for piece in data.chunks(4000) {
+        s.send(Message::Binary(piece.to_vec().into())).unwrap();
+    }
+    assert!(
+        read_n(&mut s, data.len()) == data,
+        "{host}: echo came back whole"
+    );
+
+    let mut s = ws_to(http, host, jump).expect("upgrade");
+    s.send(Message::Binary(vec![5, 1, 0].into())).unwrap();
+    assert_eq!(read_n(&mut s, 2), [5, 0]);
+    s.send(Message::Binary(vec![5, 2, 0, 1, 127, 0, 0, 1, 0, 9].into()))
+        .unwrap();
+    assert_eq!(
+        read_n(&mut s, 10)[..2],
+        [5, 7],
+        "{host}: BIND not supported"
+    );
+}
+
+/// Ingress for [`check_proxy_type_socks`]: `proxyType: socks` on a TCP rule and on a bastion,
+/// and the same TCP origin (at `origin`, a [`banner_echo`]) without it.
+pub fn proxy_type_socks_ingress(origin: SocketAddr) -> String {
+    format!(
+        "- hostname: rule.test\n  service: tcp://{origin}\n  originRequest:\n    proxyType: socks\n\
+         - hostname: jump.test\n  service: bastion\n  originRequest:\n    proxyType: socks\n\
+         - hostname: plain.test\n  service: tcp://{origin}\n\
+         - service: http_status:404\n"
+    )
+}
+
+/// `proxyType: socks` puts SOCKS5 in front of the TCP origin at `origin` (a [`banner_echo`]).
+pub fn check_proxy_type_socks(http: SocketAddr, origin: SocketAddr) {
+    socks_over_tcp_origin(http, "rule.test", None);
+    socks_over_tcp_origin(http, "jump.test", Some(&origin.to_string()));
+    // Without proxyType the origin's bytes come straight away.
+    let mut s = ws(http, "plain.test");
+    assert!(read_n(&mut s, 5).starts_with(b"peer "));
 }
