@@ -6,7 +6,6 @@
 use std::path::Path;
 use std::time::Duration;
 
-#[allow(dead_code)]
 #[path = "../../driver-tokio/tests/common/mod.rs"]
 mod common;
 mod harness;
