@@ -1,10 +1,13 @@
 //! The operating-system pieces both drivers (burrow-tokio and burrow-mio) share, std-only so
 //! each wraps the sockets in its own event loop's type: the edge sockets' local address,
 //! origin UDP and ping sockets, the ICMP source probe, the open-file limit, [`heap`]
-//! (returning freed heap to the kernel) and [`resident`] (start-up's pages given back).
+//! (returning freed heap to the kernel), [`resident`] (start-up's pages given back), and the
+//! I/O of core's settings: [`settings`] (files, the system certificate store) and [`log`].
 
 pub mod heap;
+pub mod log;
 pub mod resident;
+pub mod settings;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};
@@ -122,6 +125,18 @@ pub fn icmp_config(given: IcmpSources) -> RouterConfig {
         }
     }
     RouterConfig::new(v4, v6)
+}
+
+/// `tcpKeepAlive` on an origin connection, as Go's dialer applies it: first probe and interval
+/// both `period`; zero leaves the system's setting.
+pub fn tcp_keep_alive<S: std::os::fd::AsFd>(s: &S, period: std::time::Duration) -> io::Result<()> {
+    if period.is_zero() {
+        return Ok(());
+    }
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(period)
+        .with_interval(period);
+    socket2::SockRef::from(s).set_tcp_keepalive(&ka)
 }
 
 /// Raises the soft limit of open files to the hard limit: every UDP session and every ping
