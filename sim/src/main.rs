@@ -5,6 +5,7 @@ use std::process::ExitCode;
 
 use std::hash::Hasher;
 
+use burrow_core::tunnel::protocol::Protocol;
 use burrow_sim::scenarios::{Params, Scenario, ALL};
 use clap::Parser;
 
@@ -89,6 +90,7 @@ fn main() -> ExitCode {
             seed,
             loss: cli.loss,
             quick: cli.quick,
+            protocol: Protocol::Quic,
         };
         match run_seed(&scenarios, &params) {
             Ok(hash) => println!("seed {seed} ok {hash:016x}"),

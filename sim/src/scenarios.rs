@@ -22,6 +22,7 @@ use burrow_core::session::edge::EdgeSessionsConfig;
 use burrow_core::tunnel::connector::{CloseReason, ConnectorConfig, LocalClose};
 use burrow_core::tunnel::data::DataLimits;
 use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint};
+use burrow_core::tunnel::protocol::{Protocol, ProtocolFlag};
 use burrow_core::tunnel::supervisor::{EdgePool, SupervisorConfig};
 use quinn_proto::{ClientConfig, ServerConfig};
 use rand_chacha::rand_core::{Rng, SeedableRng};
@@ -45,6 +46,16 @@ pub struct Params {
     /// Traffic at CI scale (tens of requests, bodies up to 256 KiB, 1 MiB echoes) instead of
     /// the full one (1000 requests up to 8 MiB, 64 MiB echoes).
     pub quick: bool,
+    /// The transport the stream scenarios' connectors use (`--protocol`); the `/http2` variants
+    /// in [`ALL`] set HTTP/2, whatever is given.
+    pub protocol: Protocol,
+}
+
+impl Params {
+    /// These parameters over `protocol`.
+    fn over(&self, protocol: Protocol) -> Self {
+        Self { protocol, ..*self }
+    }
 }
 
 /// A scenario: name and body.
@@ -109,6 +120,27 @@ pub const ALL: &[Scenario] = &[
         name: "slow-edge",
         run: slow_edge,
     },
+    // The stream scenarios again, with the connector on HTTP/2 (over the simulated TCP).
+    Scenario {
+        name: "registration/http2",
+        run: |p| registration(&p.over(Protocol::Http2)),
+    },
+    Scenario {
+        name: "http-mixed/http2",
+        run: |p| http_mixed(&p.over(Protocol::Http2)),
+    },
+    Scenario {
+        name: "websocket-echo/http2",
+        run: |p| websocket_echo(&p.over(Protocol::Http2)),
+    },
+    Scenario {
+        name: "tcp-echo/http2",
+        run: |p| tcp_echo(&p.over(Protocol::Http2)),
+    },
+    Scenario {
+        name: "edge-restart/http2",
+        run: |p| edge_restart(&p.over(Protocol::Http2)),
+    },
     Scenario {
         name: "udp-echo",
         run: udp::udp_echo,
@@ -160,7 +192,12 @@ const HA: u8 = 4;
 /// sizes (and hence the run) do not depend on key randomness.
 fn edge_identity() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519 key");
-    let params = rcgen::CertificateParams::new(vec![SERVER_NAME.into()]).expect("params");
+    // Both transports' names, as Cloudflare's edge certificate has them.
+    let names = vec![
+        SERVER_NAME.into(),
+        burrow_core::http2::tls::SERVER_NAME.into(),
+    ];
+    let params = rcgen::CertificateParams::new(names).expect("params");
     let cert = params.self_signed(&key).expect("self-signed");
     let key = PrivatePkcs8KeyDer::from(key.serialize_der());
     (cert.der().clone(), key.into())
@@ -197,6 +234,10 @@ struct Setup {
     /// Its HTTP/2 TLS configuration, with the same identity.
     http2_tls: Arc<rustls::ServerConfig>,
     client: ClientConfig,
+    /// The connectors' HTTP/2 TLS, trusting that identity.
+    client_http2: Arc<rustls::ClientConfig>,
+    /// `--protocol` of connectors added from now on.
+    protocol: ProtocolFlag,
     tunnel_id: Uuid,
     secret: Vec<u8>,
     data_limits: DataLimits,
@@ -210,7 +251,12 @@ struct Setup {
 
 /// An edge's QUIC and HTTP/2 server configurations with a fresh identity, and a client
 /// configuration that trusts exactly that identity.
-fn tls_pair() -> (ServerConfig, Arc<rustls::ServerConfig>, ClientConfig) {
+fn tls_pair() -> (
+    ServerConfig,
+    Arc<rustls::ServerConfig>,
+    ClientConfig,
+    Arc<rustls::ClientConfig>,
+) {
     let (cert, key) = edge_identity();
     let settings = QuicSettings::default();
     let http2_tls = burrow_core::http2::tls::server_config(
@@ -225,11 +271,13 @@ fn tls_pair() -> (ServerConfig, Arc<rustls::ServerConfig>, ClientConfig) {
     server.transport_config(settings.transport_config(true));
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert).expect("root");
+    let client_http2 = burrow_core::http2::tls::client_config(roots.clone(), PostQuantum::Prefer)
+        .expect("HTTP/2 client TLS");
     let mut client = ClientConfig::new(Arc::new(
         tls::client_config(roots, PostQuantum::Prefer).expect("client TLS"),
     ));
     client.transport_config(settings.transport_config(true));
-    (server, http2_tls, client)
+    (server, http2_tls, client, client_http2)
 }
 
 /// A fresh edge process: the machine `burrow edge` runs, knowing `tunnel_id` with `secret`.
@@ -266,7 +314,7 @@ fn setup_datagrams(p: &Params) -> Setup {
 
 fn setup_with(p: &Params, datagrams: bool) -> Setup {
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
-    let (server, http2_tls, client) = tls_pair();
+    let (server, http2_tls, client, client_http2) = tls_pair();
     let mut seed = [0u8; 32];
     rng.fill_bytes(&mut seed);
     let link = LinkConfig {
@@ -296,6 +344,8 @@ fn setup_with(p: &Params, datagrams: bool) -> Setup {
         server,
         http2_tls,
         client,
+        client_http2,
+        protocol: ProtocolFlag::Fixed(p.protocol),
         tunnel_id,
         secret,
         data_limits: DataLimits::default(),
@@ -337,6 +387,8 @@ impl Setup {
         config.ha_connections = ha;
         config.max_active_flows = self.max_active_flows;
         config.icmp = RouterConfig::new(Some(ICMP_SRC_V4), Some(ICMP_SRC_V6));
+        config.protocol = self.protocol;
+        config.http2_tls = Some(self.client_http2.clone());
         let pool = EdgePool::from_static(&self.world.edge_addrs).expect("edge pool");
         let seed = self.rng.next_u64();
         let now = self.world.instant();
