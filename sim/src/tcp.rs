@@ -9,6 +9,8 @@
 //! - Each direction is a pipe. A write enters it whole while the bytes written and not yet read
 //!   by the other side are under [`WINDOW`] (the socket buffers), and is then reported written;
 //!   past it, writes wait (TCP's backpressure: a reader that does not read holds the writer).
+//! - Each direction sends at most [`BANDWIDTH`] (a bottleneck on the path; TCP's slow start is
+//!   not modelled, so without it a connection would move any amount at once).
 //! - Bytes arrive in order, one way's delay later. Loss is delay, never corruption: each lost
 //!   MSS-sized segment is sent again after Linux's minimum RTO (200 ms), doubling on every
 //!   further loss, and everything behind it waits (head-of-line blocking). Duplication,
@@ -34,6 +36,8 @@ use crate::net::Network;
 
 /// Bytes written and not yet read by the other side, per direction, past which writes wait.
 pub const WINDOW: usize = 1024 * 1024;
+/// Bytes per second each direction of a connection sends at most (16 Mbit/s).
+pub const BANDWIDTH: u64 = 2_000_000;
 /// One segment: a loss delays this much of the stream.
 const MSS: usize = 1460;
 /// Bytes that travel as one unit (they arrive at the time of their latest segment).
@@ -114,6 +118,8 @@ struct Dir {
     eof_told: bool,
     /// The latest arrival scheduled (pipes deliver in order).
     last: VirtualTime,
+    /// When the bottleneck has sent what was admitted so far.
+    busy: VirtualTime,
     /// Retransmissions of the stalled front piece.
     retries: u32,
 }
@@ -337,7 +343,9 @@ impl Tcp {
             d.written.push_back(data.len());
             d.held += data.len();
             for chunk in data.chunks(CHUNK) {
-                let at = (now + transit(net, from, to, chunk.len())).max(d.last);
+                let nanos = chunk.len() as u64 * 1_000_000_000 / BANDWIDTH;
+                d.busy = d.busy.max(now) + Duration::from_nanos(nanos);
+                let at = (d.busy + transit(net, from, to, chunk.len())).max(d.last);
                 d.last = at;
                 d.flight.push_back(Piece {
                     at,
