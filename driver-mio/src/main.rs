@@ -14,7 +14,8 @@ mod tunnel;
 
 use std::process::ExitCode;
 
-use burrow_core::settings::{cloudflared_argv, run_config, start, OsHost, TunnelArgs};
+use burrow_core::settings::{cloudflared_argv, run_config, TunnelArgs};
+use burrow_os::settings::{start, OsHost};
 use clap::{Parser, Subcommand};
 use tracing::{error, warn};
 
@@ -35,7 +36,7 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse_from(cloudflared_argv(std::env::args_os().collect()));
     let Command::Tunnel(args) = cli.command;
-    let (loaded, settings) = match start(&args, &OsHost) {
+    let (loaded, settings) = match start(&args) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("error: {e}");

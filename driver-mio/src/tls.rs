@@ -1,6 +1,6 @@
 //! TLS trust for origins: each origin's client configuration (webpki roots plus `caPool`, or
 //! no verification), built once per distinct option set and shared by its flows. (The
-//! edge's roots are `burrow_core::settings::edge_roots`, shared with burrow-tokio.)
+//! edge's roots are `burrow_os::settings::edge_roots`, shared with burrow-tokio.)
 
 use std::collections::HashMap;
 use std::sync::Arc;

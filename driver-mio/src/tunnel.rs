@@ -13,9 +13,10 @@ use burrow_core::connector::{Connector, Event, Input, Io, Output};
 use burrow_core::datagram::LinkId;
 use burrow_core::icmp::FunnelId;
 use burrow_core::session::UdpFlowId;
-use burrow_core::settings::{edge_roots, write_pidfile, Edges, OsHost, RunConfig, Settings};
+use burrow_core::settings::{Edges, RunConfig, Settings};
 use burrow_core::tunnel::protocol::{Protocol, PERCENTAGE_RECORD};
 use burrow_core::tunnel::supervisor::{srv_service, EdgePool, IpVersion};
+use burrow_os::settings::{edge_roots, write_pidfile};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
 use signal_hook::consts::{SIGINT, SIGTERM};
@@ -600,7 +601,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
                         }
                         if matches!(e, Event::Registered { .. }) {
                             if let Some(path) = pidfile.take() {
-                                if let Err((pid_path, e)) = write_pidfile(&path, &OsHost) {
+                                if let Err((pid_path, e)) = write_pidfile(&path) {
                                     error!(%pid_path, error = %e, "Unable to write pid");
                                 }
                             }

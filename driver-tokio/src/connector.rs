@@ -167,7 +167,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     raise_nofile_limit();
     let rc = &opts.run;
     let pool = discover(&rc.edges, rc.ip_version).await?;
-    let roots = burrow_core::settings::edge_roots(rc.cacert.as_deref())?;
+    let roots = burrow_os::settings::edge_roots(rc.cacert.as_deref())?;
     let percentage = if rc.wants_percentage_record() {
         let txt = txt_record(PERCENTAGE_RECORD).await;
         if txt.is_none() {

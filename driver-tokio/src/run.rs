@@ -4,10 +4,9 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
-pub use burrow_core::settings::init_logging;
-use burrow_core::settings::{
-    run_config, start, write_pidfile, LoadedConfig, OsHost, Settings, SetupError, TunnelArgs,
-};
+use burrow_core::settings::{run_config, LoadedConfig, Settings, SetupError, TunnelArgs};
+pub use burrow_os::log::init_logging;
+use burrow_os::settings::{start, write_pidfile, OsHost};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 use uuid::Uuid;
@@ -17,7 +16,7 @@ use crate::metrics::{self, Metrics};
 
 /// Entry point of `burrow tunnel`.
 pub fn main(args: TunnelArgs) -> ExitCode {
-    let (loaded, settings) = match start(&args, &OsHost) {
+    let (loaded, settings) = match start(&args) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("error: {e}");
@@ -98,7 +97,7 @@ async fn run_tunnel(settings: Settings, loaded: LoadedConfig) -> Result<(), Stri
     tokio::spawn(async move {
         first.registered.notified().await;
         if let Some(path) = pidfile {
-            if let Err((pid_path, e)) = write_pidfile(&path, &OsHost) {
+            if let Err((pid_path, e)) = write_pidfile(&path) {
                 error!(%pid_path, error = %e, "Unable to write pid");
             }
         }

@@ -11,7 +11,9 @@ use burrow_core::settings::service::{
     self, ServiceArgs, ServiceCommand, ServiceError, INSTALL_SYSTEMCTL, RELOAD_SYSTEMCTL,
     TOKEN_FILE, UNINSTALL_SYSTEMCTL, UNIT,
 };
-use burrow_core::settings::{init_logging, load_config, CommonArgs, OsHost, SetupError};
+use burrow_core::settings::{load_config, CommonArgs, SetupError};
+use burrow_os::log::init_logging;
+use burrow_os::settings::OsHost;
 use thiserror::Error;
 use tracing::{info, warn};
 

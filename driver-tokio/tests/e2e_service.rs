@@ -96,9 +96,12 @@ fn token_install_runs_the_tunnel_and_uninstall_removes_it() {
     let bed = Testbed::create(Path::new(BIN), "e2e-svc", "app", &["app.test"]).expect("tunnel");
     let eo = EdgeOpts::loopback().expect("ports");
     let _edge = bed.edge(&eo).expect("edge");
-    let token = Credentials::read_file(&bed.credentials().to_string_lossy())
-        .expect("credentials")
-        .to_token();
+    let token = Credentials::from_file_json(
+        "credentials",
+        &std::fs::read(bed.credentials()).expect("credentials file"),
+    )
+    .expect("credentials")
+    .to_token();
     let host = Host::new("token", true);
     let out = host.service(&["service", "install", &token]);
     assert!(out.status.success(), "{}", stderr(&out));

@@ -396,6 +396,9 @@ pub enum ApiError {
     /// A message could not be encoded.
     #[error("could not encode {0}")]
     Encode(String),
+    /// The peer's stream grant is used up and this many streams already wait for it to grow.
+    #[error("no stream credit: {0} streams already wait for the peer's grant")]
+    NoStreamCredit(usize),
 }
 
 #[cfg(test)]

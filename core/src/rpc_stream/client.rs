@@ -33,6 +33,9 @@ pub enum RpcCallOutcome {
     UdpSessionUnregistered,
     /// The call failed (exception or unusable answer).
     Failed(String),
+    /// The connection closed before the call was answered (or, waiting for stream credit,
+    /// before it was sent).
+    ConnectionClosed,
 }
 
 /// Which method the call is, to read its results.

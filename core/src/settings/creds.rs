@@ -123,15 +123,6 @@ impl Credentials {
         })
     }
 
-    /// Reads a credentials file.
-    pub fn read_file(path: &str) -> Result<Self, CredsError> {
-        let bytes = std::fs::read(path).map_err(|source| CredsError::Io {
-            path: path.into(),
-            source,
-        })?;
-        Self::from_file_json(path, &bytes)
-    }
-
     /// The credentials file's JSON, as cloudflared writes it.
     pub fn to_file_json(&self) -> String {
         let f = File {
@@ -141,23 +132,6 @@ impl Credentials {
             endpoint: self.endpoint.clone(),
         };
         serde_json::to_string(&f).unwrap_or_default()
-    }
-
-    /// Writes the credentials file with mode 0400 (cloudflared's), replacing none.
-    pub fn write_file(&self, path: &str) -> Result<(), CredsError> {
-        use std::io::Write;
-        use std::os::unix::fs::OpenOptionsExt;
-        let io = |source| CredsError::Io {
-            path: path.into(),
-            source,
-        };
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o400)
-            .open(path)
-            .map_err(io)?;
-        f.write_all(self.to_file_json().as_bytes()).map_err(io)
     }
 }
 

@@ -1,7 +1,8 @@
 //! `tunnel run`'s settings, shared by both drivers: cloudflared's flags (clap), config.yml,
 //! credentials and token, merged into one [`RunConfig`]. Everything the machine is asked for
-//! (files, `$HOME`) goes through [`Host`], so tests run on maps; [`OsHost`] is the real one.
-//! Only the drivers use this module (feature `cli`); the machines never do.
+//! (files, `$HOME`) goes through [`Host`], so tests run on maps; the drivers' is burrow-os's.
+//! Only the drivers use this module (feature `cli`); the machines never do. It does no I/O of
+//! its own: reading and writing files, logging and the system certificate store are burrow-os's.
 
 mod args;
 mod creds;
@@ -26,7 +27,7 @@ pub use args::{
     cloudflared_argv, CommonArgs, IgnoredArgs, OriginFlags, RunArgs, TunnelArgs, TunnelCommand,
 };
 pub use creds::{Credentials, CredsError};
-pub use log::{init_logging, init_logging_as, init_logging_to, LogFormat};
+pub use log::LogFormat;
 pub use refused::{RefusedArgs, RefusedFlag};
 
 /// What settings read from the machine they run on.
@@ -37,22 +38,6 @@ pub trait Host {
     fn is_file(&self, path: &str) -> bool;
     /// `$HOME` (empty when unset).
     fn home(&self) -> String;
-}
-
-/// The process's own file system and environment.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct OsHost;
-
-impl Host for OsHost {
-    fn read(&self, path: &str) -> std::io::Result<Vec<u8>> {
-        std::fs::read(path)
-    }
-    fn is_file(&self, path: &str) -> bool {
-        std::path::Path::new(path).is_file()
-    }
-    fn home(&self) -> String {
-        std::env::var("HOME").unwrap_or_default()
-    }
 }
 
 /// `tunnel run`'s settings: each from its flag or environment variable, else config.yml's key
@@ -299,8 +284,8 @@ pub struct LoadedConfig {
 }
 
 /// How `tunnel run` starts in either driver: config.yml read (it may set the log level, so
-/// before logging starts), settings merged and checked, logging set up, and the flags and keys
-/// burrow does not act on named once at debug level. An error here goes to stderr only.
+/// before logging starts), settings merged and checked. The driver then sets up logging and
+/// calls [`note_ignored`]. An error here goes to stderr only.
 pub fn start(args: &TunnelArgs, host: &dyn Host) -> Result<(LoadedConfig, Settings), SetupError> {
     let TunnelCommand::Run(run) = &args.command;
     if let Some(refused) = args.common.refused.given() {
@@ -308,11 +293,12 @@ pub fn start(args: &TunnelArgs, host: &dyn Host) -> Result<(LoadedConfig, Settin
     }
     let loaded = load_config(&args.common, host)?;
     let settings = Settings::merge(&args.common, run, &loaded.file)?;
-    init_logging_as(
-        &settings.loglevel,
-        settings.logfile.as_deref(),
-        settings.log_format,
-    )?;
+    Ok((loaded, settings))
+}
+
+/// Names the flags and configuration keys burrow does not act on, once at debug level (once
+/// logging is set up).
+pub fn note_ignored(args: &TunnelArgs, loaded: &LoadedConfig) {
     let ignored = args.common.ignored.given();
     if !ignored.is_empty() {
         tracing::debug!(flags = ?ignored, "flags burrow does not act on, ignored");
@@ -324,7 +310,6 @@ pub fn start(args: &TunnelArgs, host: &dyn Host) -> Result<(LoadedConfig, Settin
             "configuration keys burrow does not act on, ignored"
         );
     }
-    Ok((loaded, settings))
 }
 
 /// Reads `--config`, else the first of cloudflared's default locations, else nothing.
@@ -654,16 +639,6 @@ pub fn local_config(settings: &Settings, loaded: &LoadedConfig) -> Result<Vec<u8
         .to_json())
 }
 
-/// Writes the process id (no newline) to `path` (`~/` expanded), as cloudflared's
-/// writePidFile does.
-pub fn write_pidfile(path: &str, host: &dyn Host) -> Result<String, (String, std::io::Error)> {
-    let path = expand_home(path, host);
-    match std::fs::write(&path, std::process::id().to_string()) {
-        Ok(()) => Ok(path),
-        Err(e) => Err((path, e)),
-    }
-}
-
 impl RunConfig {
     /// Whether `--protocol auto` starts on the remote percentage selector's choice, so the
     /// driver must first look up the TXT record [`PERCENTAGE_RECORD`] (only for Cloudflare's
@@ -743,26 +718,4 @@ impl RunConfig {
         config.http2_tls = Some(http2_tls);
         Ok(config)
     }
-}
-
-/// Root certificates for the edge: `--cacert` alone, else cloudflared's default (the system
-/// store plus Cloudflare's Origin CA roots, which the edge's certificate chains to).
-pub fn edge_roots(
-    cacert: Option<&[u8]>,
-) -> Result<rustls::RootCertStore, crate::quic::tls::TlsError> {
-    use crate::quic::tls;
-    if let Some(pem) = cacert {
-        return tls::roots_from_pem(pem, "--cacert");
-    }
-    let system = rustls_native_certs::load_native_certs();
-    for e in &system.errors {
-        tracing::warn!(error = %e, "cannot read part of the system certificate store");
-    }
-    let (roots, skipped) = tls::edge_default_roots(system.certs)?;
-    tracing::debug!(
-        roots = roots.len(),
-        skipped,
-        "edge roots: system store and Cloudflare's origin CAs"
-    );
-    Ok(roots)
 }

@@ -12,6 +12,11 @@
 //! RPC streams; and a peer that lets more than [`CONTROL_UNSENT_MAX`] of control-stream replies
 //! pile up (by granting no stream credit) is closed. Requests go to registered connections
 //! only, and a [`ConnId`] is never reused, so a route can never reach a later connection.
+//!
+//! A request or call beyond the connector's stream grant waits for the grant to grow, as
+//! quic-go's `OpenStreamSync` does at Cloudflare's edge (cloudflared's grant is unbounded,
+//! burrow's grows with the load): at most [`MAX_WAITING_STREAMS`] per connection, each already
+//! named by the stream id it will open as, and failed with the connection if it closes first.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -21,7 +26,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quinn_proto::{
     Connection, ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event,
-    ServerConfig, StreamEvent, StreamId, VarInt,
+    ServerConfig, Side, StreamEvent, StreamId, VarInt,
 };
 use tracing::{debug, warn};
 
@@ -45,6 +50,10 @@ pub const MAX_UNREGISTERED: usize = 256;
 pub const REGISTRATION_DEADLINE: Duration = Duration::from_secs(10);
 /// Control-stream reply bytes the peer may leave unread before it is closed.
 pub const CONTROL_UNSENT_MAX: usize = 64 * 1024;
+/// Requests and calls that may wait for a connection's stream credit; beyond that opening one
+/// fails with [`ApiError::NoStreamCredit`]. A connector's grant grows long before this many
+/// wait; one that never grants keeps the edge holding no more than this.
+pub const MAX_WAITING_STREAMS: usize = 1024;
 
 /// Identifies one connector connection at this edge; never reused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -182,6 +191,11 @@ struct EdgeConnection {
     served: BTreeMap<StreamId, Served>,
     /// Data streams we opened.
     data: BTreeMap<StreamId, DataStream>,
+    /// Streams of ours (in `calls` or `data`) named but not opened yet, for want of stream
+    /// credit; opened in this order, that of their ids, as the grant grows.
+    waiting: VecDeque<StreamId>,
+    /// Index of the next stream id of ours to name.
+    next_stream: u64,
     closed: bool,
     /// quinn's datagram send buffer when empty, to tell how much of it is taken.
     datagram_room: usize,
@@ -231,6 +245,50 @@ impl EdgeConnection {
         self.control
             .as_ref()
             .is_some_and(|ctl| ctl.server.is_registered())
+    }
+
+    /// Names the next stream of ours: opened at once if the connector's grant allows,
+    /// otherwise queued behind those already waiting, to open when the grant grows.
+    fn name_stream(&mut self) -> Result<StreamId, ApiError> {
+        if self.closed || self.conn.is_closed() {
+            return Err(ApiError::Closed);
+        }
+        if self.waiting.is_empty() {
+            if let Some(stream) = self.conn.streams().open(Dir::Bi) {
+                self.next_stream = stream.index() + 1;
+                return Ok(stream);
+            }
+        }
+        if self.waiting.len() >= MAX_WAITING_STREAMS {
+            return Err(ApiError::NoStreamCredit(self.waiting.len()));
+        }
+        // quinn numbers our streams in the order they open, and only these two paths open
+        // them, so the id is known before the stream exists.
+        let stream = StreamId::new(Side::Server, Dir::Bi, self.next_stream);
+        self.next_stream += 1;
+        self.waiting.push_back(stream);
+        Ok(stream)
+    }
+
+    /// Whether `stream` of ours is open at quinn (not waiting for credit).
+    fn opened(&self, stream: StreamId) -> bool {
+        self.waiting.front().is_none_or(|w| stream < *w)
+    }
+
+    /// Opens waiting streams while the grant allows (quinn's `StreamEvent::Available`). One
+    /// the caller reset while it waited is opened and reset at once, so that the streams
+    /// named after it still open as what they were named.
+    fn open_waiting(&mut self) {
+        while let Some(&named) = self.waiting.front() {
+            let Some(stream) = self.conn.streams().open(Dir::Bi) else {
+                return;
+            };
+            debug_assert_eq!(stream, named, "streams open in the order they were named");
+            self.waiting.pop_front();
+            if !self.calls.contains_key(&stream) && !self.data.contains_key(&stream) {
+                super::data::reset(&mut self.conn, stream);
+            }
+        }
     }
 }
 
@@ -341,6 +399,8 @@ impl EdgeEndpoint {
                                     calls: BTreeMap::new(),
                                     served: BTreeMap::new(),
                                     data: BTreeMap::new(),
+                                    waiting: VecDeque::new(),
+                                    next_stream: 0,
                                     closed: false,
                                 },
                             );
@@ -456,7 +516,8 @@ impl EdgeEndpoint {
         self.call(now, conn, client, Called::UnregisterUdpSession(id))
     }
 
-    /// Opens an RPC stream on `conn` carrying `client`'s call.
+    /// Opens an RPC stream on `conn` carrying `client`'s call (beyond the connector's stream
+    /// grant: once it grows).
     fn call(
         &mut self,
         now: Instant,
@@ -465,9 +526,7 @@ impl EdgeEndpoint {
         called: Called,
     ) -> Result<StreamId, ApiError> {
         let c = self.conns.get_mut(&conn).ok_or(ApiError::Closed)?;
-        let stream = c.conn.streams().open(Dir::Bi).ok_or(ApiError::Encode(
-            "no stream credit for an RPC stream".into(),
-        ))?;
+        let stream = c.name_stream()?;
         let unsent = client.poll_transmit().unwrap_or_default();
         c.calls.insert(
             stream,
@@ -482,7 +541,8 @@ impl EdgeEndpoint {
         Ok(stream)
     }
 
-    /// Opens a data stream on `conn` carrying `request`; send its body with
+    /// Opens a data stream on `conn` carrying `request` (or, beyond the connector's stream
+    /// grant, names it and opens it once the grant grows); send its body with
     /// [`EdgeEndpoint::send_request_body`]. The answer comes as [`EdgeEvent::Response`].
     pub fn open_request(
         &mut self,
@@ -498,9 +558,7 @@ impl EdgeEndpoint {
         request
             .encode(&mut unsent)
             .map_err(|e| ApiError::Encode(e.to_string()))?;
-        let stream = c.conn.streams().open(Dir::Bi).ok_or(ApiError::Encode(
-            "no stream credit for a data stream".into(),
-        ))?;
+        let stream = c.name_stream()?;
         c.data.insert(
             stream,
             DataStream {
@@ -565,7 +623,10 @@ impl EdgeEndpoint {
     ) -> Result<(), ApiError> {
         let c = self.conns.get_mut(&conn).ok_or(ApiError::Closed)?;
         c.data.remove(&stream).ok_or(ApiError::Closed)?;
-        super::data::reset(&mut c.conn, stream);
+        // One still waiting for credit is reset when it opens.
+        if c.opened(stream) {
+            super::data::reset(&mut c.conn, stream);
+        }
         self.progress(now);
         Ok(())
     }
@@ -687,8 +748,12 @@ impl EdgeEndpoint {
             while let Some(event) = c.conn.poll() {
                 on_quic_event(now, id, c, event, &mut self.events);
             }
+            c.open_waiting();
             pump_control(now, id, c, &mut self.events);
-            for (&stream, call) in c.calls.iter_mut() {
+            // Streams still waiting for credit have nothing to write to yet.
+            let unopened = c.waiting.front().copied();
+            let opened = |stream: &StreamId| unopened.is_none_or(|w| *stream < w);
+            for (&stream, call) in c.calls.iter_mut().filter(|(s, _)| opened(s)) {
                 if let Some(bytes) = call.client.poll_transmit() {
                     call.unsent.extend_from_slice(&bytes);
                 }
@@ -699,7 +764,7 @@ impl EdgeEndpoint {
                 flush_served(c, stream);
             }
             let mut broken = Vec::new();
-            for (&stream, d) in c.data.iter_mut() {
+            for (&stream, d) in c.data.iter_mut().filter(|(s, _)| opened(s)) {
                 if flush_stream(&mut c.conn, stream, &mut d.unsent).is_err() {
                     broken.push(stream);
                 } else if d.finish && d.unsent.is_empty() {
@@ -715,10 +780,7 @@ impl EdgeEndpoint {
             exchange_events(&mut self.endpoint, c.handle, &mut c.conn);
             if c.conn.is_drained() {
                 if !c.closed {
-                    self.events.push_back(EdgeEvent::ConnectionClosed {
-                        conn: id,
-                        reason: "closed".into(),
-                    });
+                    closed(id, c, "closed".into(), &mut self.events);
                 }
                 gone.push(id);
             }
@@ -739,13 +801,7 @@ fn on_quic_event(
     events: &mut VecDeque<EdgeEvent>,
 ) {
     match event {
-        Event::ConnectionLost { reason } => {
-            c.closed = true;
-            events.push_back(EdgeEvent::ConnectionClosed {
-                conn: id,
-                reason: reason.to_string(),
-            });
-        }
+        Event::ConnectionLost { reason } => closed(id, c, reason.to_string(), events),
         Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
             while let Some(stream) = c.conn.streams().accept(Dir::Bi) {
                 if c.control.is_none() {
@@ -904,6 +960,27 @@ fn read_call(
     let _ = c.conn.recv_stream(stream).stop(VarInt::from_u32(0));
     let called = call.called;
     c.calls.remove(&stream);
+    report_call(id, called, outcome, events);
+}
+
+/// The connection is gone: its calls fail, waiting or not (its requests fail with it, by the
+/// [`EdgeEvent::ConnectionClosed`] that follows).
+fn closed(id: ConnId, c: &mut EdgeConnection, reason: String, events: &mut VecDeque<EdgeEvent>) {
+    c.closed = true;
+    c.waiting.clear();
+    for (_, call) in std::mem::take(&mut c.calls) {
+        report_call(id, call.called, RpcCallOutcome::ConnectionClosed, events);
+    }
+    events.push_back(EdgeEvent::ConnectionClosed { conn: id, reason });
+}
+
+/// Reports how one of our calls ended.
+fn report_call(
+    id: ConnId,
+    called: Called,
+    outcome: RpcCallOutcome,
+    events: &mut VecDeque<EdgeEvent>,
+) {
     match (called, outcome) {
         (Called::UpdateConfiguration, outcome) => {
             events.push_back(EdgeEvent::ConfigurationResult { conn: id, outcome })
@@ -912,6 +989,7 @@ fn read_call(
             let result = match outcome {
                 RpcCallOutcome::UdpSessionRegistered(result) => result,
                 RpcCallOutcome::Failed(reason) => Err(reason),
+                RpcCallOutcome::ConnectionClosed => Err("the connection closed".into()),
                 other => Err(format!("unexpected answer {other:?}")),
             };
             events.push_back(EdgeEvent::UdpSessionRegistered {
@@ -919,6 +997,9 @@ fn read_call(
                 id: session,
                 result,
             });
+        }
+        (Called::UnregisterUdpSession(session), RpcCallOutcome::ConnectionClosed) => {
+            debug!(conn = id.0, session_id = %session, "unregisterUdpSession unsent: the connection closed");
         }
         (Called::UnregisterUdpSession(session), RpcCallOutcome::UdpSessionUnregistered) => {
             debug!(conn = id.0, session_id = %session, "connector acknowledged unregisterUdpSession");

@@ -226,6 +226,19 @@ fn a_bootstrap_flood_before_registering_closes_the_connection() {
 fn a_registered_peer_that_leaves_control_replies_unread_is_closed() {
     let t0 = Instant::now();
     let (mut p, ctl) = creditless(t0);
+    register(&mut p, ctl, t0);
+    // Registered, so no message budget; but every reply stays queued.
+    let bytes = bootstraps(4096);
+    let mut at = 0;
+    while !p.lost && at < bytes.len() {
+        at += p.conn.send_stream(ctl).write(&bytes[at..]).expect("write");
+        p.exchange(t0);
+    }
+    assert!(p.lost, "closed once the unread replies passed the cap");
+}
+
+/// Registers the client of `p` on its control stream `ctl`; the edge accepts.
+fn register(p: &mut Pair, ctl: quinn_proto::StreamId, t0: Instant) -> ConnId {
     let registration = crate::control::tests::registration(0);
     let mut client = crate::control::connector::ControlClient::new(
         t0,
@@ -253,12 +266,168 @@ fn a_registered_peer_that_leaves_control_replies_unread_is_closed() {
             }),
         )
         .expect("answer");
-    // Registered, so no message budget; but every reply stays queued.
-    let bytes = bootstraps(4096);
-    let mut at = 0;
-    while !p.lost && at < bytes.len() {
-        at += p.conn.send_stream(ctl).write(&bytes[at..]).expect("write");
-        p.exchange(t0);
+    p.exchange(t0);
+    conn
+}
+
+/// A registered client that grants the edge no streams until told to.
+fn registered_without_grant(t0: Instant) -> (Pair, ConnId) {
+    let (server, mut cfg) = tls_pair();
+    let mut transport = quinn_proto::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(quinn_proto::VarInt::from_u32(0));
+    cfg.transport_config(Arc::new(transport));
+    let mut p = Pair::new(EdgeEndpoint::new(server, [3; 32]), cfg, t0);
+    p.exchange(t0);
+    let ctl = p.conn.streams().open(Dir::Bi).expect("stream");
+    let conn = register(&mut p, ctl, t0);
+    (p, conn)
+}
+
+/// Grants the edge `n` streams in all.
+fn grant(p: &mut Pair, n: u32, now: Instant) {
+    p.conn
+        .set_max_concurrent_streams(Dir::Bi, quinn_proto::VarInt::from_u32(n));
+    p.exchange(now);
+}
+
+fn session_dest() -> SocketAddr {
+    "10.0.0.7:53".parse().expect("addr")
+}
+
+#[test]
+fn a_call_beyond_the_grant_waits_for_credit_then_is_answered() {
+    let t0 = Instant::now();
+    let (mut p, conn) = registered_without_grant(t0);
+    let session = SessionId(7);
+    let named = p
+        .edge
+        .register_udp_session(t0, conn, session, session_dest(), 0)
+        .expect("waits for credit");
+    p.exchange(t0);
+    assert_eq!(p.conn.streams().accept(Dir::Bi), None, "nothing opened yet");
+    assert_eq!(p.edge.poll_event(), None, "and nothing failed");
+
+    grant(&mut p, 1, t0);
+    let stream = p
+        .conn
+        .streams()
+        .accept(Dir::Bi)
+        .expect("opened with the credit");
+    assert_eq!(stream, named, "as the stream it was named");
+    let mut bytes = Vec::new();
+    read_stream(&mut p.conn, stream, &mut bytes).expect("read");
+    let kind = preamble::parse(&bytes).expect("preamble").expect("whole");
+    assert_eq!(kind, StreamKind::Rpc);
+    let mut server = RpcStreamServer::connector(crate::session::DatagramVersion::V2);
+    server
+        .handle_bytes(&bytes[kind.preamble_len()..])
+        .expect("call");
+    assert!(matches!(
+        server.poll_event(),
+        Some(RpcStreamEvent::RegisterUdpSession { id, .. }) if id == session
+    ));
+    server.respond_register_udp_session(Ok(())).expect("answer");
+    let answer = server.poll_transmit().expect("answer bytes");
+    assert_eq!(p.conn.send_stream(stream).write(&answer), Ok(answer.len()));
+    p.exchange(t0);
+    assert_eq!(
+        p.edge.poll_event(),
+        Some(EdgeEvent::UdpSessionRegistered {
+            conn,
+            id: session,
+            result: Ok(())
+        })
+    );
+}
+
+#[test]
+fn at_most_max_waiting_streams_wait_for_credit() {
+    let t0 = Instant::now();
+    let (mut p, conn) = registered_without_grant(t0);
+    let request = ConnectRequest {
+        dest: "http://app.test/",
+        connection_type: ConnectionType::Http,
+        metadata: &[],
+    };
+    let mut named = Vec::new();
+    for _ in 0..MAX_WAITING_STREAMS {
+        named.push(p.edge.open_request(t0, conn, &request).expect("waits"));
     }
-    assert!(p.lost, "closed once the unread replies passed the cap");
+    assert_eq!(
+        p.edge.open_request(t0, conn, &request),
+        Err(ApiError::NoStreamCredit(MAX_WAITING_STREAMS))
+    );
+    assert_eq!(
+        p.edge.update_configuration(t0, conn, 1, b"{}").map(|_| ()),
+        Err(ApiError::NoStreamCredit(MAX_WAITING_STREAMS)),
+        "calls wait in the same queue"
+    );
+    // The first one the caller gives up on still takes its turn, reset at once, so the rest
+    // open as what they were named.
+    p.edge.reset_request(t0, conn, named[0]).expect("reset");
+    grant(&mut p, 3, t0);
+    let opened: Vec<_> = std::iter::from_fn(|| p.conn.streams().accept(Dir::Bi)).collect();
+    assert_eq!(opened, named[..3]);
+    assert!(
+        matches!(
+            read_stream(&mut p.conn, named[0], &mut Vec::new()),
+            Err(quinn_proto::ReadError::Reset(_))
+        ),
+        "reset"
+    );
+    let mut head = Vec::new();
+    read_stream(&mut p.conn, named[1], &mut head).expect("read");
+    assert!(
+        head.starts_with(&DATA_PREAMBLE),
+        "the next one carries its request"
+    );
+    // Room in the queue for as many as opened.
+    for _ in 0..3 {
+        p.edge.open_request(t0, conn, &request).expect("waits");
+    }
+    assert_eq!(
+        p.edge.open_request(t0, conn, &request),
+        Err(ApiError::NoStreamCredit(MAX_WAITING_STREAMS))
+    );
+}
+
+#[test]
+fn calls_waiting_for_credit_fail_when_the_connection_closes() {
+    let t0 = Instant::now();
+    let (mut p, conn) = registered_without_grant(t0);
+    let session = SessionId(9);
+    p.edge
+        .register_udp_session(t0, conn, session, session_dest(), 0)
+        .expect("waits");
+    p.edge
+        .update_configuration(t0, conn, 3, b"{}")
+        .expect("waits");
+    p.conn
+        .close(t0, quinn_proto::VarInt::from_u32(0), bytes::Bytes::new());
+    p.exchange(t0);
+    let events: Vec<_> = std::iter::from_fn(|| p.edge.poll_event()).collect();
+    assert_eq!(
+        events[..2],
+        [
+            EdgeEvent::UdpSessionRegistered {
+                conn,
+                id: session,
+                result: Err("the connection closed".into())
+            },
+            EdgeEvent::ConfigurationResult {
+                conn,
+                outcome: RpcCallOutcome::ConnectionClosed
+            },
+        ]
+    );
+    assert!(matches!(
+        events[2..],
+        [EdgeEvent::ConnectionClosed { conn: c, .. }] if c == conn
+    ));
+    assert_eq!(
+        p.edge
+            .register_udp_session(t0, conn, session, session_dest(), 0),
+        Err(ApiError::Closed),
+        "nothing waits on a closed connection"
+    );
 }

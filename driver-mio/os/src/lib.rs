@@ -1,10 +1,13 @@
 //! The operating-system pieces both drivers (burrow-tokio and burrow-mio) share, std-only so
 //! each wraps the sockets in its own event loop's type: the edge sockets' local address,
 //! origin UDP and ping sockets, the ICMP source probe, the open-file limit, [`heap`]
-//! (returning freed heap to the kernel) and [`resident`] (start-up's pages given back).
+//! (returning freed heap to the kernel), [`resident`] (start-up's pages given back), and the
+//! I/O of core's settings: [`settings`] (files, the system certificate store) and [`log`].
 
 pub mod heap;
+pub mod log;
 pub mod resident;
+pub mod settings;
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, UdpSocket};

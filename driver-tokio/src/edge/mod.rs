@@ -151,7 +151,9 @@ pub fn main(args: EdgeArgs) -> ExitCode {
                 let path = credentials_file
                     .clone()
                     .unwrap_or_else(|| args.dir.join(format!("{}.json", entry.id)));
-                if let Err(e) = creds.write_file(&path.to_string_lossy()) {
+                if let Err(e) =
+                    burrow_os::settings::write_credentials(&creds, &path.to_string_lossy())
+                {
                     eprintln!("error: {e}");
                     return ExitCode::FAILURE;
                 }
