@@ -436,14 +436,13 @@ impl Tcp {
     /// later segment with a reset.
     pub fn edge_stopped(&mut self, now: VirtualTime, net: &mut Network) {
         for c in self.conns.values_mut() {
-            if c.edge_gone {
+            // Only what the process accepted: a SYN on its way reaches whatever listens then.
+            let Some(e) = c.edge.take() else {
                 continue;
-            }
+            };
+            self.by_edge.remove(&e);
             c.edge_gone = true;
             c.edge_open = false;
-            if let Some(e) = c.edge.take() {
-                self.by_edge.remove(&e);
-            }
             Self::reset_toward_connector(now, net, c);
         }
     }
@@ -639,8 +638,13 @@ mod tests {
 
     /// Dials, accepts, and returns the connection with time at its establishment.
     fn connected(net: &mut Network, tcp: &mut Tcp) -> (TcpId, VirtualTime) {
-        let mut now = VirtualTime::ZERO;
-        tcp.dial(now, net, 0, LinkId(1), addr(1), addr(2));
+        tcp.dial(VirtualTime::ZERO, net, 0, LinkId(1), addr(1), addr(2));
+        connected_after_dial(net, tcp)
+    }
+
+    /// Accepts the dial in progress; the connection and the time it is established.
+    fn connected_after_dial(net: &mut Network, tcp: &mut Tcp) -> (TcpId, VirtualTime) {
+        let mut now;
         loop {
             now = tcp.next_deadline().expect("dial in progress");
             for e in tcp.advance(now, net) {
@@ -768,5 +772,15 @@ mod tests {
             }]
         ));
         assert_eq!(tcp.connector_end(id), None);
+    }
+
+    #[test]
+    fn a_dial_on_its_way_reaches_the_edge_that_runs_when_it_arrives() {
+        let mut net = Network::new(ChaCha8Rng::seed_from_u64(5), LinkConfig::default());
+        let mut tcp = Tcp::default();
+        tcp.dial(VirtualTime::ZERO, &mut net, 0, LinkId(1), addr(1), addr(2));
+        // The edge process restarts while the SYN travels: nothing of it is reset.
+        tcp.edge_stopped(VirtualTime::ZERO, &mut net);
+        let (_, _) = connected_after_dial(&mut net, &mut tcp);
     }
 }
