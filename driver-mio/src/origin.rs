@@ -6,16 +6,22 @@
 //! Names go to the [`Resolver`] thread and the flow waits for its answer. Dial and TLS
 //! deadlines are the connector's: it fails a slow flow and closes it.
 //!
+//! A SOCKS5 origin (`socks-proxy`, or a TCP origin with `proxyType: socks`) is core's
+//! [`Server`] in front of the flow: the client's bytes feed it, its replies go back as the
+//! origin's bytes, and it says what to resolve and dial; once it pipes, the flow is plain TCP.
+//!
 //! [`Io::OpenFlow`]: burrow_core::connector::Io::OpenFlow
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use burrow_core::datagram::LinkId;
 use burrow_core::ingress::{Origin, OriginRequest, Service};
 use burrow_core::stream::proxy::FlowKind;
+use burrow_core::stream::socks::{DialFailure, Server, Step};
 use burrow_core::tunnel::data::FlowId;
 use bytes::{Buf, Bytes};
 use mio::net::{TcpStream, UnixStream};
@@ -149,12 +155,63 @@ struct Flow {
     shut: bool,
     eof: bool,
     responder: Option<Responder>,
+    /// `tcpKeepAlive` for the origin connection (zero: the system's).
+    keep_alive: Duration,
+    /// A SOCKS5 exchange in front of the origin, until it pipes.
+    socks: Option<Box<Socks>>,
+    /// `proxyType: socks`: the exchange starts once the origin is connected.
+    socks_over: bool,
+    /// Bytes of the client's that came with its SOCKS request, for the destination before
+    /// anything else (the connector heard they were written).
+    internal: Option<Bytes>,
+}
+
+/// Where a SOCKS5 exchange is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    /// Reading the client's greeting and request.
+    Talking,
+    /// Waiting for the resolver.
+    Resolving,
+    /// Connecting to the destination; the client's next bytes wait.
+    Dialling,
+    /// Connected: the flow is the destination's once `out` is sent.
+    Piping,
+    /// Ended: the flow finishes once `out` is sent.
+    Closing,
+}
+
+/// A SOCKS5 exchange: core's [`Server`] decides, this does its I/O.
+struct Socks {
+    server: Server,
+    /// Our replies for the client, one per read permit.
+    out: VecDeque<Bytes>,
+    phase: Phase,
+    /// The rule's `connectTimeout`, for the destination's dial (zero: none).
+    connect_timeout: Duration,
+}
+
+impl Socks {
+    fn new(server: Server, connect_timeout: Duration) -> Box<Self> {
+        Box::new(Self {
+            server,
+            out: VecDeque::new(),
+            phase: Phase::Talking,
+            connect_timeout,
+        })
+    }
 }
 
 /// Every origin connection of the loop.
 pub struct Origins {
     flows: HashMap<Key, Flow>,
     tls: OriginTls,
+    /// The loop's registry (a handle on the same poll).
+    registry: Registry,
+    /// Names are resolved here.
+    resolver: Resolver,
+    /// Deadlines of SOCKS destination dials.
+    dials: HashMap<Key, Instant>,
     /// Resolver ids of flows waiting for a name.
     lookups: HashMap<u64, Key>,
     next_lookup: u64,
@@ -164,11 +221,14 @@ pub struct Origins {
 }
 
 impl Origins {
-    /// No flows yet.
-    pub fn new(tls: OriginTls) -> Self {
+    /// No flows yet; sockets are registered with `registry`.
+    pub fn new(tls: OriginTls, registry: Registry, resolver: Resolver) -> Self {
         Self {
             flows: HashMap::new(),
             tls,
+            registry,
+            resolver,
+            dials: HashMap::new(),
             lookups: HashMap::new(),
             next_lookup: 0,
             scratch: vec![0; READ_CHUNK],
@@ -181,16 +241,15 @@ impl Origins {
         self.flows.contains_key(key)
     }
 
-    /// Starts dialling what `kind`, `dest` and `origin` name; it is registered under `token`.
-    #[allow(clippy::too_many_arguments)]
+    /// Starts dialling what `kind`, `dest` and `origin` name (`host`: the request's, for
+    /// `matchSNItoHost`); it is registered under `token`.
     pub fn open(
         &mut self,
-        registry: &Registry,
-        resolver: &mut Resolver,
         token: Token,
         key: Key,
         kind: FlowKind,
         dest: String,
+        host: Option<&str>,
         origin: Option<Arc<Origin>>,
     ) {
         let mut flow = Flow {
@@ -205,8 +264,12 @@ impl Origins {
             shut: false,
             eof: false,
             responder: None,
+            keep_alive: Duration::ZERO,
+            socks: None,
+            socks_over: false,
+            internal: None,
         };
-        let plan = match plan(kind, &dest, origin.as_deref(), &mut self.tls) {
+        let plan = match plan(kind, &dest, host, origin.as_deref(), &mut self.tls) {
             Ok(p) => p,
             Err(e) => {
                 flow.state = State::Dead;
@@ -222,18 +285,31 @@ impl Origins {
                 self.flows.insert(key, flow);
                 self.reports.push((key, Report::Connected));
             }
-            Plan::Dial { target, tls } => {
+            Plan::Socks(socks) => {
+                flow.socks = Some(socks);
+                flow.state = State::Open;
+                self.flows.insert(key, flow);
+                self.reports.push((key, Report::Connected));
+            }
+            Plan::Dial {
+                target,
+                tls,
+                keep_alive,
+                socks_over,
+            } => {
                 flow.tls = tls;
+                flow.keep_alive = keep_alive;
+                flow.socks_over = socks_over;
                 match target {
                     Target::Addr(addr) => {
                         flow.target = addr.to_string();
                         self.flows.insert(key, flow);
-                        self.connect(registry, key, Ok(Target::Addr(addr)));
+                        self.connect(key, Ok(Target::Addr(addr)));
                     }
                     Target::Unix(path) => {
                         flow.target = path.clone();
                         self.flows.insert(key, flow);
-                        self.connect(registry, key, Ok(Target::Unix(path)));
+                        self.connect(key, Ok(Target::Unix(path)));
                     }
                     Target::Name(host_port) => {
                         flow.target = host_port.clone();
@@ -241,21 +317,162 @@ impl Origins {
                         let id = self.next_lookup;
                         self.next_lookup += 1;
                         self.lookups.insert(id, key);
-                        resolver.lookup(id, host_port);
+                        self.resolver.lookup(id, host_port);
                     }
                 }
             }
         }
     }
 
-    /// A resolver answer.
-    pub fn resolved(&mut self, registry: &Registry, id: u64, answer: Result<SocketAddr, String>) {
-        if let Some(key) = self.lookups.remove(&id) {
-            self.connect(registry, key, answer.map(Target::Addr));
+    /// Takes the resolver's answers (it woke the loop).
+    pub fn resolved(&mut self, now: Instant) {
+        for (id, answer) in self.resolver.answers(now) {
+            let Some(key) = self.lookups.remove(&id) else {
+                continue;
+            };
+            let socks = self.flows.get_mut(&key).and_then(|f| f.socks.as_mut());
+            match socks {
+                Some(sx) if sx.phase == Phase::Resolving => {
+                    let step = sx.server.resolved(answer.ok().map(|a| a.ip()));
+                    self.run_socks(key, step);
+                }
+                _ => self.connect(key, answer.map(Target::Addr)),
+            }
         }
     }
 
-    fn connect(&mut self, registry: &Registry, key: Key, target: Result<Target, String>) {
+    /// When [`Origins::tick`] has work: a SOCKS dial's deadline, or the resolver's.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.dials
+            .values()
+            .copied()
+            .chain(self.resolver.deadline())
+            .min()
+    }
+
+    /// Fails SOCKS dials past their deadline (as a dial that timed out); lets the resolver
+    /// thread end when idle.
+    pub fn tick(&mut self, now: Instant) {
+        self.resolver.retire(now);
+        let late: Vec<Key> = self
+            .dials
+            .iter()
+            .filter(|(_, d)| **d <= now)
+            .map(|(k, _)| *k)
+            .collect();
+        for key in late {
+            self.dials.remove(&key);
+            let Some(f) = self.flows.get_mut(&key) else {
+                continue;
+            };
+            if let Some(mut s) = f.stream.take() {
+                let _ = self.registry.deregister(s.source());
+            }
+            if let Some(sx) = f.socks.as_mut() {
+                let step = sx
+                    .server
+                    .dial_failed(DialFailure::of(io::ErrorKind::TimedOut));
+                self.run_socks(key, step);
+            }
+        }
+    }
+
+    /// Does what the SOCKS exchange of `key` asks, until it waits for something.
+    fn run_socks(&mut self, key: Key, mut step: Step) {
+        loop {
+            let Some(f) = self.flows.get_mut(&key) else {
+                return;
+            };
+            let Some(sx) = f.socks.as_mut() else {
+                return;
+            };
+            step = match step {
+                Step::Read => {
+                    sx.phase = Phase::Talking;
+                    break;
+                }
+                Step::Send(bytes, next) => {
+                    sx.out.push_back(Bytes::from(bytes));
+                    *next
+                }
+                Step::Resolve(name) => {
+                    sx.phase = Phase::Resolving;
+                    let id = self.next_lookup;
+                    self.next_lookup += 1;
+                    self.lookups.insert(id, key);
+                    self.resolver.lookup(id, format!("{name}:0"));
+                    break;
+                }
+                Step::Dial(addr) => {
+                    let token = f.token;
+                    let dialled = TcpStream::connect(addr).and_then(|mut s| {
+                        let interest = Interest::READABLE | Interest::WRITABLE;
+                        self.registry.register(&mut s, token, interest)?;
+                        Ok(s)
+                    });
+                    match dialled {
+                        Ok(s) => {
+                            f.stream = Some(Stream::Tcp(s));
+                            f.target = addr.to_string();
+                            sx.phase = Phase::Dialling;
+                            if !sx.connect_timeout.is_zero() {
+                                self.dials.insert(key, Instant::now() + sx.connect_timeout);
+                            }
+                            break;
+                        }
+                        Err(e) => sx.server.dial_failed(DialFailure::of(e.kind())),
+                    }
+                }
+                Step::Pipe(rest) => {
+                    sx.phase = Phase::Piping;
+                    if !rest.is_empty() {
+                        f.internal = Some(Bytes::from(rest));
+                    }
+                    break;
+                }
+                Step::Close(e) => {
+                    debug!(link = %key.0, flow = %key.1, error = %e, "SOCKS stream ended");
+                    sx.phase = Phase::Closing;
+                    break;
+                }
+            };
+        }
+        self.drive(key);
+    }
+
+    /// The answer to a SOCKS exchange's dial, once the socket knows it.
+    fn socks_dialled(&mut self, key: Key) -> Option<Step> {
+        let f = self.flows.get_mut(&key)?;
+        let sx = f.socks.as_mut().filter(|s| s.phase == Phase::Dialling)?;
+        let s = f.stream.as_ref()?;
+        let local = match s.take_error() {
+            Ok(Some(e)) | Err(e) => Err(e),
+            Ok(None) => match s.connected() {
+                Err(e) if e.kind() == io::ErrorKind::NotConnected => return None,
+                r => r.and_then(|()| match s {
+                    Stream::Tcp(t) => t.local_addr(),
+                    Stream::Unix(_) => Err(io::ErrorKind::Unsupported.into()),
+                }),
+            },
+        };
+        self.dials.remove(&key);
+        Some(match local {
+            Ok(local) => {
+                if let Stream::Tcp(t) = s {
+                    let _ = t.set_nodelay(true);
+                }
+                sx.server.connected(local)
+            }
+            Err(e) => {
+                if let Some(mut s) = f.stream.take() {
+                    let _ = self.registry.deregister(s.source());
+                }
+                sx.server.dial_failed(DialFailure::of(e.kind()))
+            }
+        })
+    }
+
+    fn connect(&mut self, key: Key, target: Result<Target, String>) {
         let Some(flow) = self.flows.get_mut(&key) else {
             return;
         };
@@ -281,7 +498,10 @@ impl Origins {
             }
         };
         let interest = Interest::READABLE | Interest::WRITABLE;
-        if let Err(e) = registry.register(stream.source(), flow.token, interest) {
+        if let Err(e) = self
+            .registry
+            .register(stream.source(), flow.token, interest)
+        {
             let msg = format!("dial {scheme} {}: {e}", flow.target);
             return self.fail(key, msg);
         }
@@ -297,9 +517,22 @@ impl Origins {
 
     /// Queues a write; [`Report::Written`] follows.
     pub fn write(&mut self, key: Key, data: Bytes) {
-        if let Some(f) = self.flows.get_mut(&key) {
-            f.write = Some(data);
-            self.drive(key);
+        let Some(f) = self.flows.get_mut(&key) else {
+            return;
+        };
+        match f.socks.as_mut().map(|sx| (sx.phase, sx)) {
+            Some((Phase::Talking, sx)) => {
+                let step = sx.server.feed(&data);
+                self.reports.push((key, Report::Written));
+                self.run_socks(key, step);
+            }
+            // Nobody reads them any more.
+            Some((Phase::Closing, _)) => self.reports.push((key, Report::Written)),
+            // Held until the exchange pipes (or for the destination).
+            _ => {
+                f.write = Some(data);
+                self.drive(key);
+            }
         }
     }
 
@@ -320,10 +553,11 @@ impl Origins {
     }
 
     /// Closes and forgets the flow; its token is free again.
-    pub fn close(&mut self, registry: &Registry, key: Key) -> Option<Token> {
+    pub fn close(&mut self, key: Key) -> Option<Token> {
+        self.dials.remove(&key);
         let mut f = self.flows.remove(&key)?;
         if let Some(s) = &mut f.stream {
-            let _ = registry.deregister(s.source());
+            let _ = self.registry.deregister(s.source());
         }
         Some(f.token)
     }
@@ -340,6 +574,9 @@ impl Origins {
 
     /// Makes every step the flow can make now.
     fn drive(&mut self, key: Key) {
+        if let Some(step) = self.socks_dialled(key) {
+            return self.run_socks(key, step);
+        }
         let Some(f) = self.flows.get_mut(&key) else {
             return;
         };
@@ -369,6 +606,17 @@ fn step(
         }
         if let Some(Stream::Tcp(t)) = &f.stream {
             let _ = t.set_nodelay(true);
+            if let Err(e) = burrow_os::tcp_keep_alive(t, f.keep_alive) {
+                debug!(target = %f.target, error = %e, "cannot set TCP keep-alive on the origin connection");
+            }
+        }
+        if f.socks_over {
+            let local = match s {
+                Stream::Tcp(t) => t.local_addr(),
+                Stream::Unix(_) => Err(io::ErrorKind::Unsupported.into()),
+            };
+            let local = local.map_err(|e| format!("dial tcp {}: {e}", f.target))?;
+            f.socks = Some(Socks::new(Server::over_dialled(local), Duration::ZERO));
         }
         if f.tls.is_some() {
             f.state = State::Handshaking;
@@ -412,11 +660,40 @@ fn step(
         }
         return Ok(());
     }
+    if let Some(sx) = &mut f.socks {
+        // Our replies first, each on its own read permit; the destination waits until then.
+        if f.permit {
+            if let Some(b) = sx.out.pop_front() {
+                f.permit = false;
+                reports.push((key, Report::Data(b)));
+            }
+        }
+        if !sx.out.is_empty() {
+            return Ok(());
+        }
+        match sx.phase {
+            Phase::Piping => f.socks = None,
+            Phase::Closing => {
+                if !f.eof {
+                    f.eof = true;
+                    reports.push((key, Report::Finished));
+                }
+                return Ok(());
+            }
+            _ => return Ok(()),
+        }
+    }
     let Some(s) = &mut f.stream else {
         return Ok(());
     };
+    // What came with the SOCKS request goes first.
+    if let Some(data) = &mut f.internal {
+        if write_some(s, data).map_err(|e| format!("write to origin: {e}"))? {
+            f.internal = None;
+        }
+    }
     // Writes.
-    if let Some(data) = &mut f.write {
+    if let Some(data) = f.write.as_mut().filter(|_| f.internal.is_none()) {
         let done = match &mut f.tls {
             None => write_some(s, data),
             Some(tls) => {
@@ -440,7 +717,7 @@ fn step(
     } else if let Some(tls) = &mut f.tls {
         flush_tls(s, tls).map_err(|e| format!("write to origin: {e}"))?;
     }
-    if f.shutdown && !f.shut && f.write.is_none() {
+    if f.shutdown && !f.shut && f.write.is_none() && f.internal.is_none() {
         if let Some(tls) = &mut f.tls {
             tls.send_close_notify();
             let _ = flush_tls(s, tls);
@@ -563,9 +840,14 @@ enum Target {
 /// How a flow starts.
 enum Plan {
     InProcess(Responder),
+    /// A SOCKS5 server that dials what the client asks.
+    Socks(Box<Socks>),
     Dial {
         target: Target,
         tls: Option<Box<ClientConnection>>,
+        keep_alive: Duration,
+        /// `proxyType: socks`: a SOCKS5 exchange over the dialled connection.
+        socks_over: bool,
     },
 }
 
@@ -581,6 +863,7 @@ fn target(host: &str, port: u16) -> Target {
 fn plan(
     kind: FlowKind,
     dest: &str,
+    host: Option<&str>,
     origin: Option<&Origin>,
     tls: &mut OriginTls,
 ) -> Result<Plan, String> {
@@ -590,38 +873,58 @@ fn plan(
             Ok(a) => Target::Addr(a),
             Err(_) => Target::Name(dest.to_owned()),
         };
-        return Ok(Plan::Dial { target, tls: None });
+        return Ok(Plan::Dial {
+            target,
+            tls: None,
+            keep_alive: Duration::ZERO,
+            socks_over: false,
+        });
     }
     let Some(origin) = origin else {
         return Err(format!("no ingress rule resolved {dest}"));
     };
     let o = &origin.origin_request;
-    let (target, tls_host) = match &origin.service {
+    let (target, with_tls) = match &origin.service {
         Service::HttpStatus(code) => return Ok(Plan::InProcess(Responder::status(*code))),
         Service::HelloWorld => return Ok(Plan::InProcess(Responder::hello())),
-        Service::Http { tls, host, port } => (target(host, *port), tls.then_some(host.as_str())),
-        Service::Unix { path, tls } => (Target::Unix(path.clone()), tls.then_some("localhost")),
-        Service::Tcp { .. } | Service::Bastion | Service::SocksProxy => {
-            return Err(format!(
-                "service {} is a TCP-over-WebSocket origin, not supported by burrow yet",
-                origin.service
-            ))
+        Service::Http { tls, host, port } => (target(host, *port), *tls),
+        Service::Unix { path, tls } => (Target::Unix(path.clone()), *tls),
+        // TCP over WebSocket: core unwraps the frames; the origin is a plain socket.
+        Service::Tcp { port: None, .. } => {
+            return Err(format!("service {} has no port", origin.service))
+        }
+        Service::Tcp {
+            host,
+            port: Some(port),
+        } => (target(host, *port), false),
+        // Core gives each bastion request the TCP origin it names; never dialled as such.
+        Service::Bastion => return Err("bastion has no destination of its own".to_owned()),
+        Service::SocksProxy => {
+            let server = Server::new(o.ip_rules.clone());
+            return Ok(Plan::Socks(Socks::new(server, o.connect_timeout)));
         }
     };
-    let tls = match tls_host {
-        Some(host) => Some(client(tls, host, o)?),
-        None => None,
+    let tls = if with_tls {
+        Some(client(tls, origin.tls_server_name(host), o)?)
+    } else {
+        None
     };
-    Ok(Plan::Dial { target, tls })
+    Ok(Plan::Dial {
+        target,
+        tls,
+        keep_alive: o.tcp_keep_alive,
+        socks_over: origin.socks_over_tcp(),
+    })
 }
 
+/// A TLS client for server name `name` (None: `localhost`, as for a unix socket).
 fn client(
     tls: &mut OriginTls,
-    host: &str,
+    name: Option<&str>,
     o: &OriginRequest,
 ) -> Result<Box<ClientConnection>, String> {
     let config = tls.config(o)?;
-    let name = o.origin_server_name.as_deref().unwrap_or(host).to_owned();
+    let name = name.unwrap_or("localhost").to_owned();
     let name = ServerName::try_from(name.clone())
         .map_err(|e| format!("bad origin server name {name}: {e}"))?;
     ClientConnection::new(config, name)

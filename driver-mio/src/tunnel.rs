@@ -38,10 +38,10 @@ const SIGNALS: Token = Token(1);
 const STATUS: Token = Token(2);
 /// First token handed to sockets opened on demand.
 const FIRST: usize = 16;
-/// Requests in flight per connection the edge is granted. quinn keeps bookkeeping for every
-/// stream granted from the start (about 90 bytes each): burrow-tokio's 8192 cost about 700 KiB
-/// per connection, most of this process's memory; a small box serves far fewer at once (4
-/// connections still take 1024 requests at once).
+/// Requests in flight per connection the edge is granted at most. quinn keeps bookkeeping for
+/// every stream granted (about 85 bytes each; the grant starts smaller and grows with the
+/// load): burrow-tokio's 8192 would cost about 700 KiB per connection under load; a small box
+/// serves far fewer at once (4 connections still take 1024 requests at once).
 const MAX_STREAMS: u32 = 256;
 /// Most scrapes or probes served at once; more wait in the listen backlog.
 const MAX_STATUS_CLIENTS: usize = 16;
@@ -203,7 +203,6 @@ struct Driver {
     /// TCP connections of HTTP/2 links.
     edge_tcp: EdgeLinks,
     origins: Origins,
-    resolver: Resolver,
     txt: TxtLookups,
     datagrams: Datagrams,
     listener: TcpListener,
@@ -271,20 +270,19 @@ impl Driver {
                 kind,
                 dest,
                 origin,
-                // matchSNItoHost is not served by burrow-mio yet: TLS names come from the rule.
-                host: _,
+                host,
             } => {
                 debug!(%link, %flow, ?kind, %dest, "opening origin connection");
                 let key = (link, flow);
                 let token = self.tokens.alloc(Source::Flow(key));
                 self.origins
-                    .open(registry, &mut self.resolver, token, key, kind, dest, origin);
+                    .open(token, key, kind, dest, host.as_deref(), origin);
             }
             Io::WriteFlow { link, flow, data } => self.origins.write((link, flow), data),
             Io::ReadFlow { link, flow } => self.origins.read_more((link, flow)),
             Io::ShutdownFlow { link, flow } => self.origins.shutdown((link, flow)),
             Io::CloseFlow { link, flow } => {
-                let token = self.origins.close(registry, (link, flow));
+                let token = self.origins.close((link, flow));
                 self.tokens.free(token);
             }
             Io::OpenUdp { flow, dest } => {
@@ -539,6 +537,10 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         .supervisor_config(roots, connector_id, icmp, percentage.as_deref())
         .map_err(|e| format!("TLS: {e}"))?;
     config.quic.max_concurrent_bidi_streams = MAX_STREAMS;
+    let origin_registry = poll
+        .registry()
+        .try_clone()
+        .map_err(|e| format!("cannot create the event loop: {e}"))?;
     let mut machine = Connector::new(Instant::now(), config, pool, random_u64());
     info!(tunnel_id = %rc.creds.tunnel_id, %connector_id, "Starting tunnel");
 
@@ -551,8 +553,11 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         bind: rc.edge_bind_address,
         recv_bufs: RecvBufs::new(),
         edge_tcp: EdgeLinks::new(),
-        origins: Origins::new(OriginTls::new()),
-        resolver: Resolver::new(waker.clone()),
+        origins: Origins::new(
+            OriginTls::new(),
+            origin_registry,
+            Resolver::new(waker.clone()),
+        ),
         txt: TxtLookups::new(waker),
         datagrams: Datagrams::new(),
         listener,
@@ -639,10 +644,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         if machine.is_stopped() {
             break;
         }
-        let wake = [deadline, d.resolver.deadline()]
-            .into_iter()
-            .flatten()
-            .min();
+        let wake = [deadline, d.origins.deadline()].into_iter().flatten().min();
         let timeout = if d.again.is_empty() {
             wake.map(|w| w.saturating_duration_since(Instant::now()))
         } else {
@@ -660,10 +662,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         for event in events.iter() {
             match event.token() {
                 WAKER => {
-                    for (id, answer) in d.resolver.answers(now) {
-                        let registry = d.poll.registry();
-                        d.origins.resolved(registry, id, answer);
-                    }
+                    d.origins.resolved(now);
                     let txt: Vec<_> = d.txt.rx.try_iter().collect();
                     for (name, text) in txt {
                         machine.handle_input(
@@ -690,7 +689,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
                 token => d.on_ready(now, &mut machine, token),
             }
         }
-        d.resolver.retire(now);
+        d.origins.tick(now);
         if now.saturating_duration_since(heap_checked) >= HEAP_CHECK {
             heap_checked = now;
             if let Some(bytes) = heap.tick() {

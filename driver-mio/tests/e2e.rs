@@ -7,7 +7,6 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -15,6 +14,7 @@ use tungstenite::Message;
 
 #[path = "../../driver-tokio/tests/common/mod.rs"]
 mod common;
+mod harness;
 #[allow(dead_code)]
 #[path = "../../driver-tokio/src/testbed.rs"]
 mod testbed;
@@ -23,32 +23,10 @@ use common::body::*;
 use common::client::*;
 use common::origins::*;
 use common::ping::{ping_both, PingRange};
+use harness::{burrow, MIO};
 use testbed::{ConnectorOpts, EdgeOpts, Proc, Testbed};
 
-const MIO: &str = env!("CARGO_BIN_EXE_burrow-mio");
 const HOST: &str = "app.test";
-
-/// burrow-tokio's `burrow` (the edge), built once per test run so it is never stale.
-fn burrow() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let out = Command::new(cargo)
-            .args(["build", "-p", "burrow-tokio", "--bin", "burrow"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"))
-            .output()
-            .expect("cargo build burrow");
-        assert!(
-            out.status.success(),
-            "building burrow: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // burrow-mio's binary sits in the profile directory; burrow lands beside it.
-        let bin = Path::new(MIO).with_file_name("burrow");
-        assert!(bin.is_file(), "{} not found", bin.display());
-        bin
-    })
-}
 
 /// Starts `burrow-mio tunnel run` with `bed`'s config.yml (ingress from `o`).
 fn mio_connector(bed: &Testbed, o: &ConnectorOpts, grace: &str) -> Proc {

@@ -333,13 +333,7 @@ fn socks_bridge(
                             target = Some(tcp);
                             socks.connected(local)
                         }
-                        Err(e) => socks.dial_failed(match e.kind() {
-                            std::io::ErrorKind::ConnectionRefused => DialFailure::Refused,
-                            std::io::ErrorKind::NetworkUnreachable => {
-                                DialFailure::NetworkUnreachable
-                            }
-                            _ => DialFailure::Other,
-                        }),
+                        Err(e) => socks.dial_failed(DialFailure::of(e.kind())),
                     }
                 }
                 Step::Pipe(rest) => {
@@ -424,14 +418,8 @@ async fn connect_tcp(addr: &str, o: &OriginRequest) -> Result<TcpStream, String>
         .await
         .map_err(|e| format!("dial tcp {addr}: {e}"))?;
     let _ = s.set_nodelay(true);
-    // `tcpKeepAlive`, as Go's dialer applies it: first probe and interval both that period.
-    if !o.tcp_keep_alive.is_zero() {
-        let ka = socket2::TcpKeepalive::new()
-            .with_time(o.tcp_keep_alive)
-            .with_interval(o.tcp_keep_alive);
-        if let Err(e) = socket2::SockRef::from(&s).set_tcp_keepalive(&ka) {
-            debug!(%addr, error = %e, "cannot set TCP keep-alive on the origin connection");
-        }
+    if let Err(e) = burrow_os::tcp_keep_alive(&s, o.tcp_keep_alive) {
+        debug!(%addr, error = %e, "cannot set TCP keep-alive on the origin connection");
     }
     Ok(s)
 }

@@ -340,9 +340,20 @@ impl Testbed {
         ingress: &str,
         flags: &[&str],
     ) -> Result<(Proc, SocketAddr), TestbedError> {
+        self.connector_with_ingress_from(&self.bin, edge, ingress, flags)
+    }
+
+    /// The same with another binary that takes `burrow tunnel run`'s flags (burrow-mio).
+    pub fn connector_with_ingress_from(
+        &self,
+        bin: &Path,
+        edge: SocketAddr,
+        ingress: &str,
+        flags: &[&str],
+    ) -> Result<(Proc, SocketAddr), TestbedError> {
         let config = self.write_yaml(&(self.config_head() + ingress))?;
         let metrics = free_tcp()?;
-        let mut cmd = Command::new(&self.bin);
+        let mut cmd = Command::new(bin);
         cmd.args(["tunnel", "--config"])
             .arg(&config)
             .args(["--edge", &edge.to_string()])

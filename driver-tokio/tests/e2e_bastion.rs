@@ -4,54 +4,16 @@
 //! names (`burrow edge` passes that header on, as Cloudflare's edge); without it the request
 //! fails.
 
-use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::Duration;
 
 use burrow_tokio::testbed::{EdgeOpts, Testbed};
-use tungstenite::client::IntoClientRequest;
-use tungstenite::Message;
 
 mod common;
+use common::access::{check_bastion, echo_once, ws_to as ws, BASTION_INGRESS};
 use common::origins::tcp_echo;
 
 const BIN: &str = env!("CARGO_BIN_EXE_burrow");
-
-fn ws(
-    http: SocketAddr,
-    host: &str,
-    jump: Option<&str>,
-) -> Result<tungstenite::WebSocket<TcpStream>, u16> {
-    let tcp = TcpStream::connect(http).expect("connect");
-    tcp.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    let mut req = format!("ws://{host}/").into_client_request().unwrap();
-    if let Some(j) = jump {
-        req.headers_mut()
-            .insert("Cf-Access-Jump-Destination", j.parse().unwrap());
-    }
-    match tungstenite::client(req, tcp) {
-        Ok((ws, resp)) => {
-            assert_eq!(resp.status(), 101);
-            Ok(ws)
-        }
-        Err(tungstenite::HandshakeError::Failure(tungstenite::Error::Http(resp))) => {
-            Err(resp.status().as_u16())
-        }
-        Err(e) => panic!("handshake: {e}"),
-    }
-}
-
-fn echo_once(s: &mut tungstenite::WebSocket<TcpStream>, data: &[u8]) -> Vec<u8> {
-    s.send(Message::Binary(data.to_vec().into())).unwrap();
-    let mut got = Vec::new();
-    while got.len() < data.len() {
-        match s.read().expect("read") {
-            Message::Binary(b) => got.extend_from_slice(&b),
-            other => panic!("unexpected {other:?}"),
-        }
-    }
-    got
-}
 
 #[test]
 fn bastion_requests_reach_the_destination_they_name() {
@@ -65,36 +27,10 @@ fn bastion_requests_reach_the_destination_they_name() {
     let (echo_a, echo_b) = (tcp_echo(), tcp_echo());
     let eo = EdgeOpts::loopback().expect("ports");
     let _edge = bed.edge(&eo).expect("edge");
-    // jump.test names an ssh service, but bastionMode makes it a bastion (as cloudflared).
     let (mut c, _metrics) = bed
-        .connector_with_ingress(
-            eo.quic,
-            "- hostname: bastion.test\n  service: bastion\n\
-             - hostname: jump.test\n  service: ssh://127.0.0.1:1\n  originRequest:\n    bastionMode: true\n\
-             - service: http_status:404\n",
-            &[],
-        )
+        .connector_with_ingress(eo.quic, BASTION_INGRESS, &[])
         .expect("connector");
-
-    // Two destinations behind one hostname, each reached by the request that names it.
-    let mut a = ws(eo.http, "bastion.test", Some(&echo_a.to_string())).expect("upgrade");
-    assert_eq!(echo_once(&mut a, b"to a"), b"to a");
-    let url = format!("ssh://{echo_b}/ignored");
-    let mut b = ws(eo.http, "bastion.test", Some(&url)).expect("upgrade");
-    let big: Vec<u8> = (0..200_000u32).map(|i| (i % 253) as u8).collect();
-    assert!(echo_once(&mut b, &big) == big, "the echo came back whole");
-    let mut j = ws(eo.http, "jump.test", Some(&echo_a.to_string())).expect("upgrade");
-    assert_eq!(echo_once(&mut j, b"via bastionMode"), b"via bastionMode");
-
-    // No destination (or one without a port): the request fails, the eyeball gets no upgrade.
-    assert_eq!(ws(eo.http, "bastion.test", None).err(), Some(502));
-    assert_eq!(
-        ws(eo.http, "bastion.test", Some("127.0.0.1")).err(),
-        Some(502)
-    );
-    // The connection carries on.
-    let mut again = ws(eo.http, "bastion.test", Some(&echo_b.to_string())).expect("upgrade");
-    assert_eq!(echo_once(&mut again, b"still"), b"still");
+    check_bastion(eo.http, echo_a, echo_b);
     c.check_alive().expect("connector alive");
 }
 

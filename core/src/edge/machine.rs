@@ -28,7 +28,9 @@ use super::registrar::{Authenticator, Registrar};
 use super::streams::{EyeballId, OpenError, StreamEvent, Streams};
 use crate::control::{ApiError, EdgeCause};
 use crate::rpc_stream::client::RpcCallOutcome;
-use crate::session::edge::{EdgeDrop, EdgeSessions, EdgeSessionsConfig, MappingId, MappingKind};
+use crate::session::edge::{
+    EdgeDrop, EdgeSessions, EdgeSessionsConfig, MappingId, MappingKind, SessionEvent,
+};
 use crate::session::DatagramVersion;
 use crate::stream::connect::{ConnectRequest, ConnectionType, Metadata};
 use crate::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
@@ -264,6 +266,8 @@ pub enum Event {
         /// Why.
         reason: EdgeDrop,
     },
+    /// A UDP session of a mapping opened, registered, moved or ended.
+    Session(SessionEvent),
     /// A tunnel connection refused a datagram.
     DatagramRefused {
         /// Which connection.
@@ -491,6 +495,9 @@ impl<A: Authenticator> Edge<A> {
             // uses.
             while let Some(e) = self.tp.poll_event() {
                 self.on_event(now, e);
+            }
+            while let Some(e) = self.sessions.poll_event() {
+                self.queue.push_back(Queued::Event(Event::Session(e)));
             }
             if let Some(q) = self.queue.pop_front() {
                 return match q {

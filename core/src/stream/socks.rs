@@ -211,6 +211,17 @@ pub enum DialFailure {
     Other,
 }
 
+impl DialFailure {
+    /// The failure an OS error of `kind` stands for.
+    pub fn of(kind: std::io::ErrorKind) -> Self {
+        match kind {
+            std::io::ErrorKind::ConnectionRefused => Self::Refused,
+            std::io::ErrorKind::NetworkUnreachable => Self::NetworkUnreachable,
+            _ => Self::Other,
+        }
+    }
+}
+
 /// What the driver must do next.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Step {

@@ -127,6 +127,18 @@ pub fn icmp_config(given: IcmpSources) -> RouterConfig {
     RouterConfig::new(v4, v6)
 }
 
+/// `tcpKeepAlive` on an origin connection, as Go's dialer applies it: first probe and interval
+/// both `period`; zero leaves the system's setting.
+pub fn tcp_keep_alive<S: std::os::fd::AsFd>(s: &S, period: std::time::Duration) -> io::Result<()> {
+    if period.is_zero() {
+        return Ok(());
+    }
+    let ka = socket2::TcpKeepalive::new()
+        .with_time(period)
+        .with_interval(period);
+    socket2::SockRef::from(s).set_tcp_keepalive(&ka)
+}
+
 /// Raises the soft limit of open files to the hard limit: every UDP session and every ping
 /// funnel holds a socket (10k sessions, 10k descriptors).
 pub fn raise_nofile_limit() {

@@ -9,6 +9,7 @@ use std::time::Instant;
 
 use burrow_core::edge::auth::TunnelAuth;
 use burrow_core::edge::{Edge, Event, EyeballId, Input, Io, Output, StreamEvent, Target};
+use burrow_core::session::edge::{SessionChange, SessionEnd, SessionEvent};
 use burrow_core::stream::connect::ConnectionType;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -234,6 +235,45 @@ fn log_event(e: Event, local_config_dir: Option<&std::path::Path>) {
         } => debug!(%mapping, %client, reason = reason.label(), "client packet dropped"),
         Event::DatagramRefused { conn, error } => {
             debug!(conn = conn.0, %error, "tunnel connection refused a datagram")
+        }
+        Event::Session(e) => log_session(&e),
+    }
+}
+
+/// One line per UDP session change: a refusal or an unanswered registration is worth a
+/// warning, the rest is routine.
+fn log_session(e: &SessionEvent) {
+    let SessionEvent {
+        id,
+        mapping,
+        client,
+        change,
+    } = e;
+    match change {
+        SessionChange::Opened { conn, dest } => {
+            debug!(flow_id = %id, %mapping, %client, %dest, conn = conn.0, "new UDP session")
+        }
+        SessionChange::Registered { conn } => {
+            debug!(flow_id = %id, %mapping, %client, conn = conn.0, "UDP session registered")
+        }
+        SessionChange::Migrated { from, to } => debug!(
+            flow_id = %id, %mapping, %client, from = from.map(|c| c.0), to = to.0,
+            "re-registering UDP session on another connection"
+        ),
+        SessionChange::Waiting { from } => debug!(
+            flow_id = %id, %mapping, %client, from = from.0,
+            "no connection left for the UDP session; it waits"
+        ),
+        SessionChange::Ended(SessionEnd::Refused { code, message }) => warn!(
+            flow_id = %id, %mapping, %client, ?code, %message,
+            "connector refused the UDP session"
+        ),
+        SessionChange::Ended(SessionEnd::Unanswered { attempts }) => warn!(
+            flow_id = %id, %mapping, %client, attempts,
+            "UDP session registration unanswered; giving up"
+        ),
+        SessionChange::Ended(SessionEnd::Idle) => {
+            debug!(flow_id = %id, %mapping, %client, "UDP session idle")
         }
     }
 }

@@ -1,6 +1,7 @@
 //! Helpers the end-to-end tests share. Each test binary uses a different part of them.
 #![allow(dead_code)]
 
+pub mod access;
 pub mod body;
 pub mod client;
 pub mod nft;

@@ -17,6 +17,8 @@ use crate::edge::streams::READ_CHUNK;
 use crate::quic::tls::{self, PostQuantum};
 use crate::quic::transport::QuicSettings;
 use crate::quic::SERVER_NAME;
+use crate::session::edge::SessionChange;
+use crate::session::{UdpFlowId, HEADROOM, ORIGIN_READ, TAILROOM};
 use crate::tunnel::connector::ConnectorConfig;
 use crate::tunnel::data::FlowId;
 use crate::tunnel::supervisor::{EdgePool, SupervisorConfig};
@@ -35,6 +37,10 @@ enum Origin {
     Open(LinkId, FlowId),
     Write(LinkId, FlowId, Vec<u8>),
     Read(LinkId, FlowId),
+    /// A UDP session's socket opened (answered at once).
+    OpenUdp(UdpFlowId, SocketAddr),
+    /// A payload written to it.
+    SendUdp(UdpFlowId, Vec<u8>),
 }
 
 struct World {
@@ -49,11 +55,20 @@ struct World {
     events: Vec<Event>,
     streams: Vec<(EyeballId, StreamEvent)>,
     origin: Vec<Origin>,
+    /// What the edge sent public clients: (mapping, client, payload).
+    to_clients: Vec<(MappingId, SocketAddr, Vec<u8>)>,
+    /// A connector socket whose packets the network loses both ways.
+    cut: Option<SocketAddr>,
 }
 
 impl World {
     /// An edge that knows tunnel [`TUNNEL`] with `secret`; a connector presenting `[7; 32]`.
     fn new(secret: Vec<u8>) -> Self {
+        Self::with(secret, Vec::new(), Vec::new())
+    }
+
+    /// [`World::new`], the connector registering `features`, the edge serving `mappings`.
+    fn with(secret: Vec<u8>, features: Vec<String>, mappings: Vec<(Uuid, MappingKind)>) -> Self {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key");
         let cert = rcgen::CertificateParams::new(vec![SERVER_NAME.into()])
             .expect("params")
@@ -84,7 +99,7 @@ impl World {
                 http2_limits: crate::http2::Limits::default(),
                 hostnames,
                 sessions: EdgeSessionsConfig::default(),
-                mappings: Vec::new(),
+                mappings,
                 seed: [3; 32],
             },
             auth,
@@ -95,13 +110,8 @@ impl World {
             tls::client_config(roots, PostQuantum::Prefer).expect("tls"),
         ));
         client.transport_config(QuicSettings::default().transport_config(true));
-        let registration = Registration::new(
-            "account",
-            vec![7; 32],
-            TUNNEL,
-            Uuid::from_u128(2),
-            Vec::new(),
-        );
+        let registration =
+            Registration::new("account", vec![7; 32], TUNNEL, Uuid::from_u128(2), features);
         let mut config = SupervisorConfig::new(ConnectorConfig::new(registration, client));
         config.ha_connections = 2;
         let pool = EdgePool::from_static(&[EDGE.parse().expect("addr")]).expect("pool");
@@ -116,6 +126,8 @@ impl World {
             events: Vec::new(),
             streams: Vec::new(),
             origin: Vec::new(),
+            to_clients: Vec::new(),
+            cut: None,
         }
     }
 
@@ -155,6 +167,14 @@ impl World {
                 origin.push(Origin::Read(link, flow));
                 None
             }
+            COutput::Io(CIo::OpenUdp { flow, dest }) => {
+                origin.push(Origin::OpenUdp(flow, dest));
+                Some(CInput::UdpOpened(flow))
+            }
+            COutput::Io(CIo::SendUdp { flow, payload }) => {
+                origin.push(Origin::SendUdp(flow, payload.to_vec()));
+                None
+            }
             _ => None,
         });
         loop {
@@ -173,7 +193,12 @@ impl World {
                     }
                 }
                 Output::Io(Io::Stream { id, event }) => self.streams.push((id, event)),
-                Output::Io(io) => panic!("no TCP or mappings in these tests: {io:?}"),
+                Output::Io(Io::SendToClient {
+                    mapping,
+                    client,
+                    payload,
+                }) => self.to_clients.push((mapping, client, payload.to_vec())),
+                Output::Io(io) => panic!("no TCP in these tests: {io:?}"),
                 Output::Event(e) => self.events.push(e),
             }
         }
@@ -217,6 +242,9 @@ impl World {
                     break;
                 }
                 let (from, to, data) = entry.remove();
+                if self.cut.is_some_and(|c| c == from || c == to) {
+                    continue;
+                }
                 let received = Received::single(from, &data);
                 if to == edge_addr {
                     self.edge.handle_input(self.now, Input::Received(received));
@@ -525,4 +553,124 @@ fn a_configuration_push_is_answered_and_registrations_name_their_connection_id()
         .edge
         .stream_connection(EyeballId(5))
         .is_some_and(|c| w.edge.is_open(c)));
+}
+
+/// A public client's packets on a UDP mapping cross the tunnel as a v3 session and its
+/// origin's answers come back to that client; the session's life comes out as events, and
+/// when its connection closes it registers again on the other one, on the same origin socket.
+#[test]
+fn a_mapped_udp_session_echoes_and_moves_when_its_connection_closes() {
+    let dest: SocketAddr = "10.0.0.7:7".parse().expect("addr");
+    let client: SocketAddr = "203.0.113.5:5353".parse().expect("addr");
+    let mut w = World::with(
+        vec![7; 32],
+        vec!["support_datagram_v3_2".into()],
+        vec![(TUNNEL, MappingKind::Udp { dest })],
+    );
+    assert!(w.run(Duration::from_secs(30), |w| w.registered() == 2));
+    let mapping = MappingId(0);
+    let sessions = |w: &World| -> Vec<SessionChange> {
+        w.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Session(s) if s.client == client && s.mapping == mapping => {
+                    Some(s.change.clone())
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    let sent = |w: &World| -> Vec<(UdpFlowId, Vec<u8>)> {
+        w.origin
+            .iter()
+            .filter_map(|o| match o {
+                Origin::SendUdp(f, p) => Some((*f, p.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    w.edge_input(Input::ClientPacket {
+        mapping,
+        from: client,
+        data: b"ping 1",
+    });
+    assert!(w.run(Duration::from_secs(5), |w| !sent(w).is_empty()));
+    let (flow, payload) = sent(&w)[0].clone();
+    assert_eq!(payload, b"ping 1");
+    assert!(w.origin.contains(&Origin::OpenUdp(flow, dest)));
+    let first = match sessions(&w)[..] {
+        [SessionChange::Opened { conn, dest: d }, SessionChange::Registered { conn: r }]
+            if d == dest && r == conn =>
+        {
+            conn
+        }
+        ref other => panic!("opened and registered, got {other:?}"),
+    };
+
+    // The origin answers: the client gets it from the mapping's socket.
+    let echo = |w: &mut World, text: &[u8]| {
+        let mut buf = BytesMut::zeroed(HEADROOM + ORIGIN_READ + TAILROOM);
+        buf[HEADROOM..HEADROOM + text.len()].copy_from_slice(text);
+        w.connector_input(CInput::UdpRead {
+            flow,
+            buf: &mut buf,
+            len: text.len(),
+        });
+    };
+    echo(&mut w, b"pong 1");
+    assert!(w.run(Duration::from_secs(5), |w| !w.to_clients.is_empty()));
+    assert_eq!(w.to_clients, [(mapping, client, b"pong 1".to_vec())]);
+
+    // Its connection's path is cut: once the edge drops the connection, the session
+    // registers on the other one and the same origin socket carries on.
+    let index = w
+        .events
+        .iter()
+        .find_map(|e| match e {
+            Event::Registered {
+                conn, conn_index, ..
+            } if *conn == first => Some(*conn_index),
+            _ => None,
+        })
+        .expect("registered");
+    w.cut = Some(conn_addr(index));
+    assert!(w.run(Duration::from_secs(60), |w| {
+        sessions(w)
+            .iter()
+            .any(|c| matches!(c, SessionChange::Registered { conn } if *conn != first))
+    }));
+    let changes = sessions(&w);
+    let second = match changes[2..] {
+        [SessionChange::Migrated { from, to }, SessionChange::Registered { conn }]
+            if from == Some(first) && conn == to && to != first =>
+        {
+            to
+        }
+        ref other => panic!("migrated, then registered there; got {other:?}"),
+    };
+    assert_eq!(
+        w.edge
+            .sessions()
+            .session_of(mapping, client)
+            .and_then(|id| w.edge.sessions().connection_of(id)),
+        Some(second)
+    );
+    assert!(!changes.iter().any(|c| matches!(c, SessionChange::Ended(_))));
+    w.to_clients.clear();
+    w.edge_input(Input::ClientPacket {
+        mapping,
+        from: client,
+        data: b"ping 2",
+    });
+    assert!(w.run(Duration::from_secs(10), |w| sent(w).len() == 2));
+    assert_eq!(sent(&w)[1], (flow, b"ping 2".to_vec()), "the same socket");
+    echo(&mut w, b"pong 2");
+    assert!(w.run(Duration::from_secs(10), |w| !w.to_clients.is_empty()));
+    assert_eq!(w.to_clients, [(mapping, client, b"pong 2".to_vec())]);
+    let opened = w
+        .origin
+        .iter()
+        .filter(|o| matches!(o, Origin::OpenUdp(..)))
+        .count();
+    assert_eq!(opened, 1, "no second origin socket");
 }

@@ -131,6 +131,72 @@ pub struct Deliver<'a> {
     pub payload: &'a [u8],
 }
 
+/// What happened to a UDP session (one client flow on a UDP mapping), for the driver's logs
+/// and for whoever watches the clients.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionEvent {
+    /// Its RequestId.
+    pub id: SessionId,
+    /// The mapping the client sends to.
+    pub mapping: MappingId,
+    /// The client.
+    pub client: SocketAddr,
+    /// What happened.
+    pub change: SessionChange,
+}
+
+/// See [`SessionEvent`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionChange {
+    /// The client's first packet opened it; its registration goes out on `conn`.
+    Opened {
+        /// Where it registers.
+        conn: ConnId,
+        /// The mapping's destination.
+        dest: SocketAddr,
+    },
+    /// The connector took its registration on `conn` (answered OK, or sent a payload).
+    Registered {
+        /// Which connection.
+        conn: ConnId,
+    },
+    /// It registers again on `to`: its connection `from` went away, or (`None`) it was
+    /// waiting for one.
+    Migrated {
+        /// The connection it left.
+        from: Option<ConnId>,
+        /// Where it registers now.
+        to: ConnId,
+    },
+    /// Its connection went away and no other of the tunnel can carry it: it waits for one,
+    /// holding what the client sends meanwhile (bounded).
+    Waiting {
+        /// The connection it left.
+        from: ConnId,
+    },
+    /// It ended; nothing more comes for it (the client's next packet opens a new one).
+    Ended(SessionEnd),
+}
+
+/// Why a UDP session ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The connector refused it.
+    Refused {
+        /// Its answer.
+        code: v3::ResponseCode,
+        /// Its words.
+        message: String,
+    },
+    /// Its registration went unanswered this many times.
+    Unanswered {
+        /// Registrations sent in the last round.
+        attempts: u32,
+    },
+    /// Nothing crossed it either way for the idle timeout.
+    Idle,
+}
+
 /// Why a client packet or a connector datagram was dropped.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum EdgeDrop {
@@ -330,6 +396,9 @@ pub struct EdgeSessions {
     /// Mappings already warned about having only v2 connections.
     warned_v2: Vec<bool>,
     stats: EdgeSessionStats,
+    /// What happened to sessions, until [`EdgeSessions::poll_event`] takes it (drained
+    /// after every input by the edge machine).
+    events: VecDeque<SessionEvent>,
 }
 
 impl EdgeSessions {
@@ -355,6 +424,7 @@ impl EdgeSessions {
             queue: VecDeque::new(),
             warned_v2: Vec::new(),
             stats: EdgeSessionStats::default(),
+            events: VecDeque::new(),
         }
     }
 
@@ -428,6 +498,13 @@ impl EdgeSessions {
             .map(|(&id, _)| id)
             .collect();
         for id in orphans {
+            self.event(
+                id,
+                SessionChange::Migrated {
+                    from: None,
+                    to: conn,
+                },
+            );
             self.register_on(now, id, conn);
         }
     }
@@ -451,10 +528,19 @@ impl EdgeSessions {
             match self.pick_v3(info.tunnel) {
                 Some(next) => {
                     self.stats.migrated += 1;
-                    debug!(flow_id = %id, from = conn.0, to = next.0, "re-registering session on another connection");
+                    self.event(
+                        id,
+                        SessionChange::Migrated {
+                            from: Some(conn),
+                            to: next,
+                        },
+                    );
                     self.register_on(now, id, next);
                 }
-                None => self.orphan(id),
+                None => {
+                    self.event(id, SessionChange::Waiting { from: conn });
+                    self.orphan(id);
+                }
             }
         }
     }
@@ -534,7 +620,6 @@ impl EdgeSessions {
             }
         };
         self.stats.opened += 1;
-        debug!(flow_id = %id, %mapping, %client, %dest, conn = conn.0, "new UDP session");
         let mut pending = VecDeque::new();
         let bundled = if self.config.bundle_first_payload {
             payload
@@ -562,6 +647,7 @@ impl EdgeSessions {
             },
         );
         self.by_client.insert((mapping, client), id);
+        self.event(id, SessionChange::Opened { conn, dest });
         self.send_registration(now, id);
         Ok(())
     }
@@ -705,8 +791,8 @@ impl EdgeSessions {
                     v3::ResponseCode::UnableToBindSocket => self.stats.refused_bind += 1,
                     _ => self.stats.refused_other += 1,
                 }
-                warn!(flow_id = %r.request_id, mapping = %s.mapping, client = %s.client, dest = %s.dest, ?code, message = r.error_msg, "connector refused the UDP session");
-                self.end(r.request_id);
+                let message = r.error_msg.to_owned();
+                self.end(r.request_id, SessionEnd::Refused { code, message });
             }
         }
     }
@@ -724,6 +810,7 @@ impl EdgeSessions {
         if let Some(conn) = s.conn {
             self.stats.payloads_out += pending.len() as u64;
             self.queue.extend(pending.into_iter().map(|d| (conn, d)));
+            self.event(id, SessionChange::Registered { conn });
         }
     }
 
@@ -784,9 +871,8 @@ impl EdgeSessions {
                 continue;
             };
             if s.last_active + idle <= now {
-                debug!(flow_id = %id, mapping = %s.mapping, client = %s.client, "UDP session idle");
                 self.stats.idle_closed += 1;
-                self.end(id);
+                self.end(id, SessionEnd::Idle);
                 continue;
             }
             match s.state {
@@ -823,9 +909,8 @@ impl EdgeSessions {
             return;
         };
         if *sent >= attempts {
-            warn!(flow_id = %id, mapping = %s.mapping, client = %s.client, dest = %s.dest, attempts, "UDP session registration unanswered; giving up");
             self.stats.registration_timeouts += 1;
-            self.end(id);
+            self.end(id, SessionEnd::Unanswered { attempts });
             return;
         }
         let Some(conn) = s.conn else { return };
@@ -869,7 +954,6 @@ impl EdgeSessions {
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
-        debug!(flow_id = %id, tunnel = %s.tunnel, "no connection left for the session; it waits");
         let pending = match std::mem::replace(&mut s.state, State::Registered) {
             State::Registering { pending, .. } | State::Orphaned { pending } => pending,
             State::Registered => VecDeque::new(),
@@ -880,7 +964,7 @@ impl EdgeSessions {
         self.deadlines.push(Reverse((due, id)));
     }
 
-    fn end(&mut self, id: SessionId) {
+    fn end(&mut self, id: SessionId, why: SessionEnd) {
         let Some(s) = self.sessions.remove(&id) else {
             return;
         };
@@ -888,6 +972,29 @@ impl EdgeSessions {
         if let State::Registering { pending, .. } | State::Orphaned { pending } = s.state {
             self.stats.dropped[EdgeDrop::Unregistered as usize] += pending.len() as u64;
         }
+        self.events.push_back(SessionEvent {
+            id,
+            mapping: s.mapping,
+            client: s.client,
+            change: SessionChange::Ended(why),
+        });
+    }
+
+    /// Reports `change` of live session `id`.
+    fn event(&mut self, id: SessionId, change: SessionChange) {
+        if let Some(s) = self.sessions.get(&id) {
+            self.events.push_back(SessionEvent {
+                id,
+                mapping: s.mapping,
+                client: s.client,
+                change,
+            });
+        }
+    }
+
+    /// The next thing that happened to a session.
+    pub fn poll_event(&mut self) -> Option<SessionEvent> {
+        self.events.pop_front()
     }
 
     /// A v3 connection of `tunnel`, round robin.

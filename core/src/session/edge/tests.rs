@@ -452,3 +452,138 @@ fn echo_table_is_bounded() {
     }
     assert_eq!(t.e.stats().dropped(EdgeDrop::EchoTableFull), 1);
 }
+
+/// Every change of a session's life, in order, named by its mapping and client.
+#[test]
+fn every_session_change_is_reported_once_in_order() {
+    use SessionChange::*;
+    // Longer than the registration's attempts take.
+    let idle = Duration::from_secs(60);
+    let mut t = T::new(EdgeSessionsConfig {
+        idle_timeout: idle,
+        ..EdgeSessionsConfig::default()
+    });
+    let changes = |t: &mut T| -> Vec<(SessionId, MappingId, SocketAddr, SessionChange)> {
+        std::iter::from_fn(|| t.e.poll_event())
+            .map(|e| (e.id, e.mapping, e.client, e.change))
+            .collect()
+    };
+    let (udp, c1, c2) = (t.udp, client(1), client(2));
+    t.e.handle_client(t.now, udp, c1, b"q").unwrap();
+    let id = registration(&t.out()[0].1).request_id;
+    assert_eq!(
+        changes(&mut t),
+        [(
+            id,
+            udp,
+            c1,
+            Opened {
+                conn: A,
+                dest: dest()
+            }
+        )]
+    );
+    t.respond(A, id, v3::ResponseCode::Ok);
+    // A second answer (a retransmission's) changes nothing.
+    t.respond(A, id, v3::ResponseCode::Ok);
+    assert_eq!(changes(&mut t), [(id, udp, c1, Registered { conn: A })]);
+
+    // Its connection goes with none left: it waits; one comes: it registers there.
+    t.e.remove_connection(t.now, A);
+    t.e.add_connection(t.now, B, TUNNEL, DatagramVersion::V3);
+    t.respond(B, id, v3::ResponseCode::Ok);
+    assert_eq!(
+        changes(&mut t),
+        [
+            (id, udp, c1, Waiting { from: A }),
+            (id, udp, c1, Migrated { from: None, to: B }),
+            (id, udp, c1, Registered { conn: B }),
+        ]
+    );
+    t.e.add_connection(t.now, A, TUNNEL, DatagramVersion::V3);
+    t.e.remove_connection(t.now, B);
+    assert_eq!(
+        changes(&mut t),
+        [(
+            id,
+            udp,
+            c1,
+            Migrated {
+                from: Some(B),
+                to: A
+            }
+        )]
+    );
+
+    // A refusal ends a second client's session, with the connector's words.
+    t.out();
+    t.e.handle_client(t.now, udp, c2, b"q").unwrap();
+    let id2 = registration(&t.out()[0].1).request_id;
+    let r = v3::RegistrationResponse {
+        request_id: id2,
+        code: v3::ResponseCode::UnableToBindSocket,
+        error_msg: "no route",
+    };
+    let mut buf = [0u8; 64];
+    let n = r.encode(&mut buf).unwrap();
+    assert_eq!(t.e.handle_datagram(t.now, A, &buf[..n]), None);
+    let refused = SessionEnd::Refused {
+        code: v3::ResponseCode::UnableToBindSocket,
+        message: "no route".into(),
+    };
+    assert_eq!(
+        changes(&mut t),
+        [
+            (
+                id2,
+                udp,
+                c2,
+                Opened {
+                    conn: A,
+                    dest: dest()
+                }
+            ),
+            (id2, udp, c2, Ended(refused)),
+        ]
+    );
+
+    // The first one's registration on A goes unanswered: given up after every attempt.
+    for _ in 0..200 {
+        t.advance(Duration::from_millis(100));
+        t.out();
+    }
+    assert_eq!(
+        changes(&mut t),
+        [(
+            id,
+            udp,
+            c1,
+            Ended(SessionEnd::Unanswered {
+                attempts: DEFAULT_ATTEMPTS
+            })
+        )]
+    );
+
+    // A third is answered, then idles out.
+    t.e.handle_client(t.now, udp, c2, b"q").unwrap();
+    let id3 = registration(&t.out()[0].1).request_id;
+    t.respond(A, id3, v3::ResponseCode::Ok);
+    t.advance(idle);
+    assert_eq!(
+        changes(&mut t),
+        [
+            (
+                id3,
+                udp,
+                c2,
+                Opened {
+                    conn: A,
+                    dest: dest()
+                }
+            ),
+            (id3, udp, c2, Registered { conn: A }),
+            (id3, udp, c2, Ended(SessionEnd::Idle)),
+        ]
+    );
+    assert_eq!(t.e.active_sessions(), 0);
+}

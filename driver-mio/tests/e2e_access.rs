@@ -1,0 +1,105 @@
+//! TCP over WebSocket through burrow-mio (what `cloudflared access` opens): `ssh://`/`tcp://`
+//! services, `bastion` (by rule, `bastionMode` and `--bastion`), `socks-proxy` and `proxyType:
+//! socks` (by rule and `--socks5`), each through the real `burrow edge` on loopback and checked
+//! by the same code as burrow-tokio (`common::access`).
+
+use std::path::Path;
+use std::time::Duration;
+
+#[path = "../../driver-tokio/tests/common/mod.rs"]
+mod common;
+mod harness;
+#[allow(dead_code)]
+#[path = "../../driver-tokio/src/testbed.rs"]
+mod testbed;
+
+use common::access::*;
+use common::origins::tcp_echo;
+use harness::{burrow, MIO};
+use testbed::{EdgeOpts, Proc, Testbed};
+
+/// A tunnel serving `hosts`, its edge, and burrow-mio with `ingress` (YAML under `ingress:`)
+/// registered over one connection; the edge's addresses.
+fn start(label: &str, hosts: &[&str], ingress: &str) -> (Testbed, Proc, Proc, EdgeOpts) {
+    let bed = Testbed::create(burrow(), label, "app", hosts).expect("tunnel");
+    let eo = EdgeOpts::loopback().expect("ports");
+    let edge = bed.edge(&eo).expect("edge");
+    let (c, _metrics) = bed
+        .connector_with_ingress_from(Path::new(MIO), eo.quic, ingress, &[])
+        .expect("burrow-mio");
+    (bed, edge, c, eo)
+}
+
+#[test]
+fn tcp_services_bridge_websocket_to_raw_tcp() {
+    let echo = tcp_echo();
+    let (_bed, _edge, mut c, eo) = start(
+        "mio-tcp-ws",
+        &["ssh.test", "tcp.test"],
+        &tcp_services_ingress(echo),
+    );
+    check_tcp_services(eo.http);
+    c.check_alive().expect("burrow-mio alive");
+}
+
+#[test]
+fn bastion_requests_reach_the_destination_they_name() {
+    let (echo_a, echo_b) = (tcp_echo(), tcp_echo());
+    let (_bed, _edge, mut c, eo) = start(
+        "mio-bastion",
+        &["bastion.test", "jump.test"],
+        BASTION_INGRESS,
+    );
+    check_bastion(eo.http, echo_a, echo_b);
+    c.check_alive().expect("burrow-mio alive");
+}
+
+/// `--bastion` with no config file: the one origin is the bastion.
+#[test]
+fn bastion_flag_makes_the_one_origin_a_bastion() {
+    let bed = Testbed::create(burrow(), "mio-bastion-flag", "app", &["any.test"]).expect("tunnel");
+    let echo = tcp_echo();
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let mut c = bed
+        .connector_without_config(Path::new(MIO), eo.quic, &["--bastion"])
+        .expect("burrow-mio");
+    let mut s = ws_to(eo.http, "any.test", Some(&echo.to_string())).expect("upgrade");
+    assert_eq!(echo_once(&mut s, b"jumped"), b"jumped");
+    assert_eq!(ws_to(eo.http, "any.test", None).err(), Some(502));
+    c.terminate(Duration::from_secs(30)).expect("stops");
+}
+
+#[test]
+fn socks5_over_websocket_connects_where_ip_rules_allow() {
+    let echo = tcp_echo();
+    let closed = closed_port();
+    let (_bed, _edge, mut c, eo) = start(
+        "mio-socks",
+        &["socks.test", "closed.test"],
+        &socks_proxy_ingress(echo, closed),
+    );
+    check_socks_proxy(eo.http, echo, closed);
+    c.check_alive().expect("burrow-mio alive");
+}
+
+#[test]
+fn proxy_type_socks_puts_socks5_in_front_of_a_tcp_origin() {
+    let origin = banner_echo();
+    let (bed, _edge, mut c, eo) = start(
+        "mio-socks-type",
+        &["rule.test", "jump.test", "plain.test"],
+        &proxy_type_socks_ingress(origin),
+    );
+    check_proxy_type_socks(eo.http, origin);
+    c.check_alive().expect("burrow-mio alive");
+    c.terminate(Duration::from_secs(30)).expect("stops");
+
+    // The command line's `--url tcp://... --socks5`.
+    let url = format!("tcp://{origin}");
+    let mut p = bed
+        .connector_without_config(Path::new(MIO), eo.quic, &["--url", &url, "--socks5"])
+        .expect("burrow-mio --socks5");
+    socks_over_tcp_origin(eo.http, "rule.test", None);
+    p.terminate(Duration::from_secs(30)).expect("stops");
+}
