@@ -38,10 +38,10 @@ const SIGNALS: Token = Token(1);
 const STATUS: Token = Token(2);
 /// First token handed to sockets opened on demand.
 const FIRST: usize = 16;
-/// Requests in flight per connection the edge is granted. quinn keeps bookkeeping for every
-/// stream granted from the start (about 90 bytes each): burrow-tokio's 8192 cost about 700 KiB
-/// per connection, most of this process's memory; a small box serves far fewer at once (4
-/// connections still take 1024 requests at once).
+/// Requests in flight per connection the edge is granted at most. quinn keeps bookkeeping for
+/// every stream granted (about 85 bytes each; the grant starts smaller and grows with the
+/// load): burrow-tokio's 8192 would cost about 700 KiB per connection under load; a small box
+/// serves far fewer at once (4 connections still take 1024 requests at once).
 const MAX_STREAMS: u32 = 256;
 /// Most scrapes or probes served at once; more wait in the listen backlog.
 const MAX_STATUS_CLIENTS: usize = 16;

@@ -18,7 +18,7 @@ use burrow_core::icmp::RouterConfig;
 use burrow_core::quic::tls::{self, PostQuantum};
 use burrow_core::quic::transport::QuicSettings;
 use burrow_core::quic::SERVER_NAME;
-use burrow_core::session::edge::EdgeSessionsConfig;
+use burrow_core::session::edge::{EdgeSessionsConfig, MappingKind};
 use burrow_core::tunnel::connector::{CloseReason, ConnectorConfig, LocalClose};
 use burrow_core::tunnel::data::DataLimits;
 use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint};
@@ -206,6 +206,8 @@ struct Setup {
     hostile: bool,
     /// Why a served connection died, on a hostile network, while a UDP scenario drove traffic.
     lost: Option<CloseReason>,
+    /// The edge's public mappings (a restarted edge keeps them).
+    mapped: Mapped,
 }
 
 /// An edge's QUIC and HTTP/2 server configurations with a fresh identity, and a client
@@ -232,6 +234,14 @@ fn tls_pair() -> (ServerConfig, Arc<rustls::ServerConfig>, ClientConfig) {
     (server, http2_tls, client)
 }
 
+/// The public UDP/ICMP side of an edge machine (`burrow edge --udp-map/--icmp-map`): its
+/// session table's bounds and its mappings into the scenario's tunnel, numbered in order.
+#[derive(Debug, Clone, Default)]
+struct Mapped {
+    sessions: EdgeSessionsConfig,
+    kinds: Vec<MappingKind>,
+}
+
 /// A fresh edge process: the machine `burrow edge` runs, knowing `tunnel_id` with `secret`.
 fn edge_machine(
     server: &ServerConfig,
@@ -239,6 +249,7 @@ fn edge_machine(
     tunnel_id: Uuid,
     secret: &[u8],
     seed: [u8; 32],
+    mapped: &Mapped,
 ) -> EdgeNode {
     let mut auth = TunnelAuth::new();
     auth.insert(tunnel_id, ACCOUNT, secret.to_vec());
@@ -247,8 +258,8 @@ fn edge_machine(
         http2_tls: http2_tls.clone(),
         http2_limits: burrow_core::http2::Limits::default(),
         hostnames: HostnameTable::new(),
-        sessions: EdgeSessionsConfig::default(),
-        mappings: Vec::new(),
+        sessions: mapped.sessions,
+        mappings: mapped.kinds.iter().map(|k| (tunnel_id, *k)).collect(),
         seed,
     };
     EdgeNode::Machine(Box::new(Edge::new(config, auth)))
@@ -256,15 +267,21 @@ fn edge_machine(
 
 /// A world whose edge is the edge machine.
 fn setup(p: &Params) -> Setup {
-    setup_with(p, false)
+    setup_with(p, Some(Mapped::default()))
+}
+
+/// A world whose edge machine serves public UDP/ICMP `mapped` into the tunnel.
+fn setup_mapped(p: &Params, mapped: Mapped) -> Setup {
+    setup_with(p, Some(mapped))
 }
 
 /// A world whose edge is a bare endpoint, for the datagram scenarios' eyeballs.
 fn setup_datagrams(p: &Params) -> Setup {
-    setup_with(p, true)
+    setup_with(p, None)
 }
 
-fn setup_with(p: &Params, datagrams: bool) -> Setup {
+/// A world whose edge is the machine serving `mapped`, or (`None`) a bare endpoint.
+fn setup_with(p: &Params, mapped: Option<Mapped>) -> Setup {
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
     let (server, http2_tls, client) = tls_pair();
     let mut seed = [0u8; 32];
@@ -280,14 +297,14 @@ fn setup_with(p: &Params, datagrams: bool) -> Setup {
     let edges = EDGES.iter().map(|a| a.parse().expect("addr")).collect();
     let tunnel_id = Uuid::from_u128(u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64()));
     let secret: Vec<u8> = (0..32).map(|_| rng.next_u64() as u8).collect();
-    let edge = if datagrams {
+    let edge = if let Some(mapped) = &mapped {
+        edge_machine(&server, &http2_tls, tunnel_id, &secret, seed, mapped)
+    } else {
         let tunnels = HashMap::from([(tunnel_id, (ACCOUNT.to_owned(), secret.clone()))]);
         EdgeNode::Endpoint(
             Box::new(EdgeEndpoint::new(server.clone(), seed)),
             Box::new(move |conn, r| check(&tunnels, conn, r)),
         )
-    } else {
-        edge_machine(&server, &http2_tls, tunnel_id, &secret, seed)
     };
     let world = World::new(Clock::new(Instant::now()), net, edges, edge);
     Setup {
@@ -302,6 +319,7 @@ fn setup_with(p: &Params, datagrams: bool) -> Setup {
         max_active_flows: None,
         hostile: p.loss >= HOSTILE_LOSS,
         lost: None,
+        mapped: mapped.unwrap_or_default(),
     }
 }
 
@@ -1154,7 +1172,14 @@ fn edge_restart(p: &Params) -> Result<u64, String> {
     // A fresh edge process at the same addresses, with the same identity.
     let mut seed = [0u8; 32];
     s.rng.fill_bytes(&mut seed);
-    let edge = edge_machine(&s.server, &s.http2_tls, s.tunnel_id, &s.secret, seed);
+    let edge = edge_machine(
+        &s.server,
+        &s.http2_tls,
+        s.tunnel_id,
+        &s.secret,
+        seed,
+        &s.mapped,
+    );
     s.world.set_edge(Some(edge));
     register(&mut s, c)?;
     let mut client = Client::new(s.tunnel_id, http_requests(&mut s.rng, 5, 64 * 1024), 4);

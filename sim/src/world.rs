@@ -22,6 +22,7 @@ use burrow_core::control::{ConnectionDetails, Registration, RegistrationError};
 use burrow_core::datagram::LinkId;
 use burrow_core::edge::auth::TunnelAuth;
 use burrow_core::edge::{self, Edge, EyeballId, StreamEvent};
+use burrow_core::session::edge::MappingId;
 use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
 use burrow_core::tunnel::udp::DatagramHub;
 use burrow_core::tunnel::Received;
@@ -202,10 +203,24 @@ pub struct World {
     /// What the edge told eyeball streams, in order, until the eyeballs take it (whoever
     /// runs the world meanwhile): stream events carry the eyeball's bytes.
     pub inbox: VecDeque<(EyeballId, StreamEvent)>,
+    /// What the edge sent public clients from its UDP/ICMP mappings' sockets, in order, until
+    /// the clients take it.
+    pub to_clients: VecDeque<ToClient>,
     /// The next eyeball stream's name.
     next_eyeball: u64,
     buf: Vec<u8>,
     stalled_steps: u32,
+}
+
+/// A packet the edge sent a public client from a mapping's socket.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ToClient {
+    /// Whose socket sent it.
+    pub mapping: MappingId,
+    /// Where to.
+    pub client: SocketAddr,
+    /// UDP payload, or an IP packet for an ICMP mapping.
+    pub payload: Vec<u8>,
 }
 
 /// How a bare edge endpoint answers a registration on a connection.
@@ -239,6 +254,7 @@ impl World {
             routes: HashMap::new(),
             pending: Vec::new(),
             inbox: VecDeque::new(),
+            to_clients: VecDeque::new(),
             next_eyeball: 0,
             buf: Vec::with_capacity(2048),
             stalled_steps: 0,
@@ -487,6 +503,7 @@ impl World {
             net,
             pending,
             inbox,
+            to_clients,
             buf,
             edge_addrs,
             ..
@@ -512,7 +529,16 @@ impl World {
                         inbox.push_back((id, event.clone()));
                         pending.push(Happening::Stream(id, event));
                     }
-                    // No HTTP/2 connector and no public mapping here.
+                    edge::Output::Io(edge::Io::SendToClient {
+                        mapping,
+                        client,
+                        payload,
+                    }) => to_clients.push_back(ToClient {
+                        mapping,
+                        client,
+                        payload: payload.to_vec(),
+                    }),
+                    // No HTTP/2 connector here.
                     edge::Output::Io(_) => {}
                     edge::Output::Event(e) => {
                         if let edge::Event::Registered {

@@ -17,13 +17,17 @@ pub struct QuicSettings {
     pub stream_receive_window: u32,
     /// Connection-wide receive window (cloudflared's ceiling, 30 MiB).
     pub connection_receive_window: u32,
-    /// Bidirectional streams the peer may have open at once. cloudflared grants 2^60; quinn
-    /// allocates bookkeeping for every one granted when a connection starts (about 300 bytes
-    /// each: 1 << 16 cost 5 MiB per connection, 20 MiB of a connector's 33 MiB idle RSS), so
-    /// the connector grants 8192 per connection (32768 requests in flight over 4 connections;
-    /// beyond that the edge waits for credit) and the edge, which only takes the control and
-    /// RPC streams, 256.
+    /// Bidirectional streams the peer may have open at once, at most. cloudflared grants 2^60;
+    /// quinn keeps bookkeeping for every stream granted (about 85 bytes each), so the
+    /// connector grants at most 8192 per connection (32768 requests in flight over 4
+    /// connections; beyond that the edge waits for credit) and the edge, which only takes the
+    /// control and RPC streams, 256.
     pub max_concurrent_bidi_streams: u32,
+    /// Of those, what the connector grants when a connection starts
+    /// ([`Self::connector_transport_config`]); it doubles the grant each time the edge has half
+    /// of it open (`ConnectorConnection`), up to the maximum: 8192 granted from the start cost
+    /// about 700 KiB per connection, most of an idle connector's memory.
+    pub initial_bidi_streams: u32,
     /// Unidirectional streams the peer may have open at once. cloudflared grants 2^60 and
     /// never reads them; 0 refuses them outright so they cannot pile up.
     pub max_concurrent_uni_streams: u32,
@@ -46,6 +50,7 @@ impl Default for QuicSettings {
             stream_receive_window: 6 * 1024 * 1024,
             connection_receive_window: 30 * 1024 * 1024,
             max_concurrent_bidi_streams: 1 << 13,
+            initial_bidi_streams: 128,
             max_concurrent_uni_streams: 0,
             datagram_receive_buffer: 1024 * 1024,
             datagram_send_buffer: 32 * 1500,
@@ -74,8 +79,21 @@ impl QuicSettings {
         }
     }
 
-    /// quinn-proto transport configuration for a path to an edge of the given family.
+    /// quinn-proto transport configuration for a path to an edge of the given family,
+    /// granting the peer [`Self::max_concurrent_bidi_streams`] from the start.
     pub fn transport_config(&self, edge_is_ipv4: bool) -> Arc<TransportConfig> {
+        self.granting(self.max_concurrent_bidi_streams, edge_is_ipv4)
+    }
+
+    /// The same for the connector's side, granting [`Self::initial_bidi_streams`] at first.
+    pub fn connector_transport_config(&self, edge_is_ipv4: bool) -> Arc<TransportConfig> {
+        let grant = self
+            .initial_bidi_streams
+            .min(self.max_concurrent_bidi_streams);
+        self.granting(grant, edge_is_ipv4)
+    }
+
+    fn granting(&self, bidi_streams: u32, edge_is_ipv4: bool) -> Arc<TransportConfig> {
         let mut t = TransportConfig::default();
         // Durations over 2^62 ms cannot be encoded; saturate instead of failing.
         let idle = IdleTimeout::try_from(self.idle_timeout)
@@ -84,7 +102,7 @@ impl QuicSettings {
             .keep_alive_interval(Some(self.keep_alive))
             .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
             .receive_window(VarInt::from_u32(self.connection_receive_window))
-            .max_concurrent_bidi_streams(VarInt::from_u32(self.max_concurrent_bidi_streams))
+            .max_concurrent_bidi_streams(VarInt::from_u32(bidi_streams))
             .max_concurrent_uni_streams(VarInt::from_u32(self.max_concurrent_uni_streams))
             .datagram_receive_buffer_size(Some(self.datagram_receive_buffer))
             .datagram_send_buffer_size(self.datagram_send_buffer)

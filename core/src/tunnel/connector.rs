@@ -55,6 +55,9 @@ pub struct ConnectorConfig {
     pub grace_period: Duration,
     /// Data-stream buffering, flow limit and origin keep-alive pool.
     pub data: DataLimits,
+    /// Most streams the edge may have open at once: the grant grows to it from the transport
+    /// configuration's initial one ([`crate::quic::transport::QuicSettings::max_concurrent_bidi_streams`]).
+    pub max_streams: u32,
 }
 
 impl ConnectorConfig {
@@ -70,6 +73,8 @@ impl ConnectorConfig {
             rpc_timeout: Duration::from_secs(5),
             grace_period: Duration::from_secs(30),
             data: DataLimits::default(),
+            max_streams: crate::quic::transport::QuicSettings::default()
+                .max_concurrent_bidi_streams,
         }
     }
 }
@@ -544,6 +549,12 @@ impl ConnectorConnection {
         self.conn.current_mtu()
     }
 
+    /// Streams the edge may have open at once now (grows with the load, see
+    /// [`ConnectorConfig::max_streams`]).
+    pub fn stream_grant(&self) -> u64 {
+        self.conn.max_concurrent_streams(Dir::Bi)
+    }
+
     /// quinn's counters for the connection (frames, packets, path).
     pub fn quic_stats(&self) -> quinn_proto::ConnectionStats {
         self.conn.stats()
@@ -598,6 +609,7 @@ impl ConnectorConnection {
                     // Data that came with the opening frame gets no Readable event of its own.
                     self.read_incoming(now, id);
                 }
+                self.widen_stream_grant();
             }
             Event::Stream(StreamEvent::Readable { id })
                 if self.control.as_ref().is_some_and(|c| c.stream == id) =>
@@ -615,6 +627,21 @@ impl ConnectorConnection {
             // Received datagrams wait in quinn for `poll_datagram`; uni streams are refused by
             // the transport settings.
             _ => {}
+        }
+    }
+
+    /// Doubles the edge's stream grant, up to [`ConnectorConfig::max_streams`], once half of it
+    /// is open: quinn keeps bookkeeping for every stream granted, so the grant follows the
+    /// load instead of costing its maximum from the start. The edge sees the new credit in the
+    /// next packet, well before it runs out.
+    fn widen_stream_grant(&mut self) {
+        let granted = self.conn.max_concurrent_streams(Dir::Bi);
+        let open = self.conn.streams().remote_open_streams(Dir::Bi);
+        let max = u64::from(self.config.max_streams);
+        if granted < max && open.saturating_mul(2) >= granted {
+            if let Ok(wider) = VarInt::from_u64(granted.saturating_mul(2).clamp(1, max)) {
+                self.conn.set_max_concurrent_streams(Dir::Bi, wider);
+            }
         }
     }
 

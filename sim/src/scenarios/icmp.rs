@@ -1,17 +1,22 @@
 //! ICMP through the tunnel (datagram v3): traceroute-style probes with TTL 1..8 and pings from
 //! two requesters sharing an echo id, over IPv4 and IPv6, against the simulated origin network
-//! (whose ping sockets rewrite echo ids, as Linux's do).
+//! (whose ping sockets rewrite echo ids, as Linux's do). The requesters are public clients of
+//! the edge machine's ICMP mapping (`burrow edge --icmp-map`), sending raw IP packets over UDP.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use burrow_core::datagram::v3;
+use burrow_core::edge::Input;
 use burrow_core::icmp::{self, Echo, EchoKind, IcmpMessage};
-use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint};
+use burrow_core::session::edge::{EdgeSessionsConfig, MappingId, MappingKind};
 
-use super::{expect, register, setup_datagrams, Params};
+use super::{expect, register, setup_mapped, Mapped, Params};
 use crate::clock::VirtualTime;
 use crate::udp::{ICMP_SRC_V4, ICMP_SRC_V6};
+use crate::world::{ToClient, World};
+
+/// The edge's one mapping: ICMP.
+const MAPPING: MappingId = MappingId(0);
 
 /// How a probe was answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -35,9 +40,17 @@ struct Probe {
     next: VirtualTime,
 }
 
-/// The eyeball side: sends probes until answered, checks every answer.
+/// The public address of the client that sends probes from `src` (one per requester).
+fn client_of(src: IpAddr) -> SocketAddr {
+    let last = match src {
+        IpAddr::V4(a) => a.octets()[3],
+        IpAddr::V6(a) => a.octets()[15].wrapping_add(100),
+    };
+    SocketAddr::from(([203, 0, 113, last], 40_000))
+}
+
+/// The clients' side: sends probes until answered, checks every answer.
 struct Pinger {
-    conn: ConnId,
     probes: Vec<Probe>,
     /// Answers that matched no probe or were wrong (a bug if non-zero).
     bad: Vec<String>,
@@ -83,32 +96,43 @@ impl Pinger {
             .min()
     }
 
-    fn tick(&mut self, now: VirtualTime, edge: &mut EdgeEndpoint) {
-        while let Some((_, d)) = edge.poll_datagram() {
+    fn tick(&mut self, w: &mut World) {
+        while let Some(d) = w.to_clients.pop_front() {
             self.receive(&d);
         }
+        let now = w.now;
         for p in self.probes.iter_mut().filter(|p| p.answer.is_none()) {
             if p.next > now {
                 continue;
             }
-            let d = v3::Icmp { packet: &p.bytes };
-            let mut out = vec![0u8; d.encoded_len()];
-            if d.encode(&mut out).is_ok() && edge.send_datagram(self.conn, out.into()).is_ok() {
-                p.sent += 1;
-            }
+            let sent = w.edge_input(Input::ClientPacket {
+                mapping: MAPPING,
+                from: client_of(p.src),
+                data: &p.bytes,
+            });
+            p.sent += u32::from(sent);
             p.next = now + Duration::from_millis(300);
         }
     }
 
-    fn receive(&mut self, d: &[u8]) {
-        let Ok(v3::Datagram::Icmp(i)) = v3::decode(d) else {
-            self.bad.push(format!("not an ICMP datagram: {d:02x?}"));
+    fn receive(&mut self, d: &ToClient) {
+        if d.mapping != MAPPING {
+            self.bad.push(format!("a packet from {:?}", d.mapping));
             return;
-        };
-        let Ok(pkt) = icmp::parse(i.packet) else {
+        }
+        let Ok(pkt) = icmp::parse(&d.payload) else {
             self.bad.push("unparseable ICMP packet".into());
             return;
         };
+        // Only the requester's own client hears its answers.
+        if d.client != client_of(pkt.dst()) {
+            self.bad.push(format!(
+                "an answer for {} sent to client {}",
+                pkt.dst(),
+                d.client
+            ));
+            return;
+        }
         match pkt.message() {
             IcmpMessage::EchoReply { id, seq, .. } => {
                 let found = self.probes.iter_mut().find(|p| {
@@ -148,12 +172,17 @@ impl Pinger {
 
 /// Traceroute (TTL 1..8) and pings from two requesters sharing an echo id, v4 and v6.
 pub(super) fn icmp_traceroute(p: &Params) -> Result<u64, String> {
-    let mut s = setup_datagrams(p);
+    let mut s = setup_mapped(
+        p,
+        Mapped {
+            sessions: EdgeSessionsConfig::default(),
+            kinds: vec![MappingKind::Icmp],
+        },
+    );
     let c = s.add_connector(1, s.secret.clone());
-    let conn = register(&mut s, c)?;
+    register(&mut s, c)?;
     let start = s.world.now;
     let mut pinger = Pinger {
-        conn,
         probes: Vec::new(),
         bad: Vec::new(),
     };
@@ -185,10 +214,7 @@ pub(super) fn icmp_traceroute(p: &Params) -> Result<u64, String> {
         if h.is_some() {
             return Ok(false);
         }
-        let now = w.now;
-        if let Some(edge) = w.endpoint() {
-            pinger.tick(now, edge);
-        }
+        pinger.tick(w);
         if let Some(t) = pinger.next_wakeup() {
             w.wakeups.insert(t);
         }

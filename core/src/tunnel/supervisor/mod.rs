@@ -995,7 +995,8 @@ impl Supervisor {
         // Only here is the family known: an IPv6 path has 20 bytes less room per packet.
         config
             .client
-            .transport_config(self.config.quic.transport_config(edge.is_ipv4()));
+            .transport_config(self.config.quic.connector_transport_config(edge.is_ipv4()));
+        config.max_streams = self.config.quic.max_concurrent_bidi_streams;
         if index != 0 {
             config.local_config = None;
         }

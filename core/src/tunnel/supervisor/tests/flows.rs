@@ -399,3 +399,51 @@ fn a_configuration_push_on_one_connection_resolves_requests_on_every_connection(
         crate::ingress::Service::Http { port: 8080, .. }
     ));
 }
+
+#[test]
+fn the_stream_grant_grows_with_the_load_up_to_its_maximum() {
+    let mut w = World::with(1, 23, |c| c.quic.max_concurrent_bidi_streams = 1000);
+    w.run(Duration::from_secs(10), |w| {
+        w.connector.ready_connections() == 1
+    });
+    let conn = w.edge_conn(0);
+    let grant = |w: &World| {
+        w.connector
+            .connection(0)
+            .expect("connection")
+            .stream_grant()
+    };
+    assert_eq!(grant(&w), 128, "the initial grant");
+    // The edge names 2000 requests, as fast as its queue of those waiting for credit takes
+    // them; their dials never finish, so every stream that opens stays open.
+    let request = ConnectRequest {
+        dest: "10.0.0.1:22",
+        connection_type: ConnectionType::Tcp,
+        metadata: &[],
+    };
+    let mut named = Vec::new();
+    for _ in 0..20 {
+        let now = w.now;
+        let edge = w.edge.as_mut().expect("edge");
+        while named.len() < 2000 {
+            match edge.open_request(now, conn, &request) {
+                Ok(stream) => named.push(stream),
+                Err(_) => break,
+            }
+        }
+        let until = w.now - w.start + Duration::from_millis(100);
+        w.run(until, |_| false);
+    }
+    assert_eq!(named.len(), 2000, "beyond the grant, requests wait");
+    // A stream that opened sent its request; one still waiting holds it.
+    let edge = w.edge.as_ref().expect("edge");
+    let opened = named
+        .iter()
+        .filter(|&&s| edge.request_unsent(conn, s) == 0)
+        .count();
+    assert_eq!(
+        opened, 1000,
+        "the edge got credit up to the maximum, no more"
+    );
+    assert_eq!(grant(&w), 1000);
+}
