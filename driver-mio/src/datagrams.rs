@@ -30,6 +30,8 @@ pub const READS_PER_EVENT: usize = 64;
 pub struct SocketStats {
     /// Echo requests sent through ping sockets.
     pub pings_sent: u64,
+    /// Origin UDP writes that failed or found no socket (`udp_dropped_datagrams{reason="write_failed"}`).
+    pub udp_write_failed: u64,
 }
 
 /// Every origin UDP socket and ping socket.
@@ -81,11 +83,14 @@ impl Datagrams {
 
     /// Writes one datagram; a socket that cannot take it now drops it, as UDP does.
     pub fn send_udp(&mut self, flow: UdpFlowId, payload: &[u8]) {
-        if let Some((s, _)) = self.udp.get(&flow) {
-            if let Err(e) = s.send(payload) {
-                if e.kind() != io::ErrorKind::WouldBlock {
-                    debug!(%flow, error = %e, "origin UDP write failed");
-                }
+        let Some((s, _)) = self.udp.get(&flow) else {
+            self.stats.udp_write_failed += 1;
+            return;
+        };
+        if let Err(e) = s.send(payload) {
+            self.stats.udp_write_failed += 1;
+            if e.kind() != io::ErrorKind::WouldBlock {
+                debug!(%flow, error = %e, "origin UDP write failed");
             }
         }
     }

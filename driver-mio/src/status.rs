@@ -5,11 +5,22 @@
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
+use std::collections::BTreeMap;
+
+use burrow_core::session::{DropReason, IndexStats};
 use burrow_core::tunnel::requests::RequestStats;
 use mio::net::{TcpListener, TcpStream};
 
 /// Longest request head read; anything longer is answered 431 and closed.
 const MAX_HEAD: usize = 4096;
+
+/// A family labelled `conn_index`: name, type, help, and its value in core's counters.
+type IndexFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&IndexStats) -> u64,
+);
 
 /// What the endpoints report, read from the connector by the loop.
 #[derive(Debug, Default, Clone)]
@@ -27,6 +38,15 @@ pub struct Figures {
     pub icmp_requests: u64,
     /// Configuration version applied (`cloudflared_orchestration_config_version`).
     pub config_version: i64,
+    /// Core's UDP flow counters by HA connection index (`cloudflared_udp_*_flows{conn_index}`).
+    pub udp: BTreeMap<u8, IndexStats>,
+    /// Core's dropped datagrams by [`DropReason::ALL`] order, then origin writes that failed and
+    /// datagrams QUIC would not queue (`cloudflared_udp_dropped_datagrams{reason}`).
+    pub udp_dropped: [u64; DropReason::ALL.len()],
+    /// Origin UDP writes that failed.
+    pub udp_write_failed: u64,
+    /// Datagrams the QUIC connection would not queue.
+    pub udp_send_refused: u64,
 }
 
 impl Figures {
@@ -111,6 +131,60 @@ impl Figures {
             "Configuration Version",
             self.config_version.to_string(),
         );
+        // burrow-tokio's families under the same names, helps and labels.
+        let by_index: [IndexFamily; 5] = [
+            (
+                "cloudflared_udp_active_flows",
+                "gauge",
+                "Concurrent count of UDP flows that are being proxied to any origin",
+                IndexStats::active,
+            ),
+            (
+                "cloudflared_udp_total_flows",
+                "counter",
+                "Total count of UDP flows that have been proxied to any origin",
+                |s| s.total_flows,
+            ),
+            (
+                "cloudflared_udp_failed_flows",
+                "counter",
+                "Total count of flows that errored and closed",
+                |s| s.failed,
+            ),
+            (
+                "cloudflared_udp_retry_flow_responses",
+                "counter",
+                "Total count of UDP flows that have had to send their registration response more than once",
+                |s| s.retries,
+            ),
+            (
+                "cloudflared_udp_migrated_flows",
+                "counter",
+                "Total count of UDP flows have been migrated across local connections",
+                |s| s.migrated,
+            ),
+        ];
+        for (name, kind, help, value) in by_index.iter().filter(|_| !self.udp.is_empty()) {
+            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
+            for (index, s) in &self.udp {
+                out.push_str(&format!("{name}{{conn_index=\"{index}\"}} {}\n", value(s)));
+            }
+        }
+        let name = "cloudflared_udp_dropped_datagrams";
+        out.push_str(&format!(
+            "# HELP {name} Total count of UDP dropped datagrams\n# TYPE {name} counter\n"
+        ));
+        let reasons = DropReason::ALL
+            .iter()
+            .map(|r| r.label())
+            .zip(self.udp_dropped);
+        let others = [
+            ("write_failed", self.udp_write_failed),
+            ("send_refused", self.udp_send_refused),
+        ];
+        for (reason, n) in reasons.chain(others) {
+            out.push_str(&format!("{name}{{reason=\"{reason}\"}} {n}\n"));
+        }
         out
     }
 

@@ -641,6 +641,13 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         {
             d.figures.requests.clone_from(requests);
         }
+        let hub = machine.datagram_hub();
+        if hub.sessions.index_stats() != &d.figures.udp {
+            d.figures.udp.clone_from(hub.sessions.index_stats());
+        }
+        d.figures.udp_dropped = hub.sessions.stats().dropped;
+        d.figures.udp_send_refused = hub.stats().send_refused;
+        d.figures.udp_write_failed = d.datagrams.stats.udp_write_failed;
         if machine.is_stopped() {
             break;
         }

@@ -500,7 +500,7 @@ fn udp_echo_through_v3_sessions() {
     let map = testbed::free_udp().expect("port");
     let mut eo = EdgeOpts::loopback().expect("ports");
     eo.udp_maps = vec![format!("{map}=app:{echo}")];
-    let (_bed, _edge, _connector, _metrics) = start(
+    let (_bed, _edge, _connector, metrics) = start(
         "mio-udp",
         &eo,
         vec![(None, "http_status:404".into())],
@@ -508,6 +508,8 @@ fn udp_echo_through_v3_sessions() {
         &[],
     );
     udp_echo_clients(map, 8, 50);
+    // The same flow metrics as burrow-tokio's, from core's counters.
+    check_udp_flow_metrics(&metrics_text(metrics), 8);
 }
 
 #[test]

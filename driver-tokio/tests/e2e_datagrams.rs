@@ -131,27 +131,7 @@ fn udp_echo_through_v3_sessions() {
     const PACKETS: usize = 40;
     udp_echo_clients(map, CLIENTS, PACKETS);
     // Each client address was one session, with its own connected socket on the connector.
-    let text = metrics_text(metrics);
-    let total = summed(&text, "cloudflared_udp_total_flows");
-    assert!(
-        total >= CLIENTS as f64,
-        "{total} sessions for {CLIENTS} clients"
-    );
-    assert_eq!(
-        summed(&text, "cloudflared_udp_active_flows"),
-        CLIENTS as f64
-    );
-    // Labelled by the HA index each session registered on, as cloudflared's (2 connections).
-    for line in text
-        .lines()
-        .filter(|l| l.starts_with("cloudflared_udp_total_flows{"))
-    {
-        assert!(
-            line.starts_with("cloudflared_udp_total_flows{conn_index=\"0\"}")
-                || line.starts_with("cloudflared_udp_total_flows{conn_index=\"1\"}"),
-            "{line}"
-        );
-    }
+    check_udp_flow_metrics(&metrics_text(metrics), CLIENTS);
 }
 
 #[test]

@@ -7,5 +7,6 @@ pub mod net;
 pub mod origin;
 pub mod rtt;
 pub mod scenarios;
+pub mod tcp;
 pub mod udp;
 pub mod world;

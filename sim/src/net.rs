@@ -88,6 +88,8 @@ pub struct NetStats {
     pub burst_lost: u64,
     /// Dropped for exceeding the path MTU.
     pub too_big: u64,
+    /// Dropped by a firewall that blocks UDP to (and from) an address.
+    pub udp_blocked: u64,
     /// Extra copies made.
     pub duplicated: u64,
     /// Handed to a receiver.
@@ -108,6 +110,8 @@ pub struct Network {
     stats: NetStats,
     /// Links whose Gilbert-Elliott chain is in the bad state.
     bad: std::collections::HashSet<(SocketAddr, SocketAddr)>,
+    /// Addresses a firewall drops every datagram to and from (TCP still passes).
+    udp_blocked: std::collections::HashSet<SocketAddr>,
 }
 
 impl Network {
@@ -123,6 +127,7 @@ impl Network {
             next_seq: 0,
             stats: NetStats::default(),
             bad: std::collections::HashSet::new(),
+            udp_blocked: std::collections::HashSet::new(),
         }
     }
 
@@ -148,6 +153,16 @@ impl Network {
         self.links.entry((from, to)).or_insert(default).partitioned = partitioned;
     }
 
+    /// Blocks or unblocks every datagram to and from `addr`, as a firewall that drops UDP to
+    /// the edge's port does (TCP, [`crate::tcp`], is not affected).
+    pub fn set_udp_blocked(&mut self, addr: SocketAddr, blocked: bool) {
+        if blocked {
+            self.udp_blocked.insert(addr);
+        } else {
+            self.udp_blocked.remove(&addr);
+        }
+    }
+
     /// Sets the path MTU both ways between `a` and `b` (`None`: unlimited).
     pub fn set_mtu(&mut self, a: SocketAddr, b: SocketAddr, mtu: Option<usize>) {
         for key in [(a, b), (b, a)] {
@@ -156,16 +171,18 @@ impl Network {
         }
     }
 
-    fn link(&self, from: SocketAddr, to: SocketAddr) -> LinkConfig {
+    /// How packets from `from` to `to` behave.
+    pub(crate) fn link(&self, from: SocketAddr, to: SocketAddr) -> LinkConfig {
         self.links.get(&(from, to)).copied().unwrap_or(self.default)
     }
 
     /// A uniform draw in [0, 1).
-    fn chance(&mut self) -> f64 {
+    pub(crate) fn chance(&mut self) -> f64 {
         (self.rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    fn delay(&mut self, cfg: &LinkConfig) -> Duration {
+    /// One way's delay on a link configured as `cfg`: latency plus a jitter draw.
+    pub(crate) fn delay(&mut self, cfg: &LinkConfig) -> Duration {
         let jitter_ns = u64::try_from(cfg.jitter.as_nanos()).unwrap_or(u64::MAX);
         let extra = if jitter_ns == 0 {
             0
@@ -181,6 +198,10 @@ impl Network {
         let cfg = self.link(from, to);
         if cfg.partitioned {
             self.stats.partitioned += 1;
+            return;
+        }
+        if self.udp_blocked.contains(&to) || self.udp_blocked.contains(&from) {
+            self.stats.udp_blocked += 1;
             return;
         }
         if cfg.mtu.is_some_and(|mtu| data.len() > mtu) {

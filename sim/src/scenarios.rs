@@ -22,6 +22,7 @@ use burrow_core::session::edge::{EdgeSessionsConfig, MappingKind};
 use burrow_core::tunnel::connector::{CloseReason, ConnectorConfig, LocalClose};
 use burrow_core::tunnel::data::DataLimits;
 use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint};
+use burrow_core::tunnel::protocol::{Protocol, ProtocolFlag};
 use burrow_core::tunnel::supervisor::{EdgePool, SupervisorConfig};
 use quinn_proto::{ClientConfig, ServerConfig};
 use rand_chacha::rand_core::{Rng, SeedableRng};
@@ -45,6 +46,16 @@ pub struct Params {
     /// Traffic at CI scale (tens of requests, bodies up to 256 KiB, 1 MiB echoes) instead of
     /// the full one (1000 requests up to 8 MiB, 64 MiB echoes).
     pub quick: bool,
+    /// The transport the stream scenarios' connectors use (`--protocol`); the `/http2` variants
+    /// in [`ALL`] set HTTP/2, whatever is given.
+    pub protocol: Protocol,
+}
+
+impl Params {
+    /// These parameters over `protocol`.
+    fn over(&self, protocol: Protocol) -> Self {
+        Self { protocol, ..*self }
+    }
 }
 
 /// A scenario: name and body.
@@ -135,6 +146,42 @@ pub const ALL: &[Scenario] = &[
     },
 ];
 
+/// The stream scenarios again with the connector on HTTP/2 (over the simulated TCP,
+/// [`crate::tcp`]), and `udp-blocked`. Not in [`ALL`] (so not in CI's sweeps) yet: one process
+/// replays each seed exactly, but two runs of the same seed in one process while other threads
+/// run scenarios can differ (`the_same_seed_gives_the_same_trace` caught http-mixed/http2), and
+/// the cause is not found yet. `--scenario` runs them, `--list` names them.
+pub const HTTP2: &[Scenario] = &[
+    Scenario {
+        name: "registration/http2",
+        run: |p| registration(&p.over(Protocol::Http2)),
+    },
+    Scenario {
+        name: "http-mixed/http2",
+        run: |p| http_mixed(&p.over(Protocol::Http2)),
+    },
+    Scenario {
+        name: "websocket-echo/http2",
+        run: |p| websocket_echo(&p.over(Protocol::Http2)),
+    },
+    Scenario {
+        name: "tcp-echo/http2",
+        run: |p| tcp_echo(&p.over(Protocol::Http2)),
+    },
+    Scenario {
+        name: "shutdown-during-traffic/http2",
+        run: |p| shutdown_during_traffic(&p.over(Protocol::Http2)),
+    },
+    Scenario {
+        name: "edge-restart/http2",
+        run: |p| edge_restart(&p.over(Protocol::Http2)),
+    },
+    Scenario {
+        name: "udp-blocked",
+        run: udp_blocked,
+    },
+];
+
 mod icmp;
 mod udp;
 mod udp_v2;
@@ -160,7 +207,12 @@ const HA: u8 = 4;
 /// sizes (and hence the run) do not depend on key randomness.
 fn edge_identity() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("ed25519 key");
-    let params = rcgen::CertificateParams::new(vec![SERVER_NAME.into()]).expect("params");
+    // Both transports' names, as Cloudflare's edge certificate has them.
+    let names = vec![
+        SERVER_NAME.into(),
+        burrow_core::http2::tls::SERVER_NAME.into(),
+    ];
+    let params = rcgen::CertificateParams::new(names).expect("params");
     let cert = params.self_signed(&key).expect("self-signed");
     let key = PrivatePkcs8KeyDer::from(key.serialize_der());
     (cert.der().clone(), key.into())
@@ -197,6 +249,10 @@ struct Setup {
     /// Its HTTP/2 TLS configuration, with the same identity.
     http2_tls: Arc<rustls::ServerConfig>,
     client: ClientConfig,
+    /// The connectors' HTTP/2 TLS, trusting that identity.
+    client_http2: Arc<rustls::ClientConfig>,
+    /// `--protocol` of connectors added from now on.
+    protocol: ProtocolFlag,
     tunnel_id: Uuid,
     secret: Vec<u8>,
     data_limits: DataLimits,
@@ -212,7 +268,12 @@ struct Setup {
 
 /// An edge's QUIC and HTTP/2 server configurations with a fresh identity, and a client
 /// configuration that trusts exactly that identity.
-fn tls_pair() -> (ServerConfig, Arc<rustls::ServerConfig>, ClientConfig) {
+fn tls_pair() -> (
+    ServerConfig,
+    Arc<rustls::ServerConfig>,
+    ClientConfig,
+    Arc<rustls::ClientConfig>,
+) {
     let (cert, key) = edge_identity();
     let settings = QuicSettings::default();
     let http2_tls = burrow_core::http2::tls::server_config(
@@ -227,11 +288,13 @@ fn tls_pair() -> (ServerConfig, Arc<rustls::ServerConfig>, ClientConfig) {
     server.transport_config(settings.transport_config(true));
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert).expect("root");
+    let client_http2 = burrow_core::http2::tls::client_config(roots.clone(), PostQuantum::Prefer)
+        .expect("HTTP/2 client TLS");
     let mut client = ClientConfig::new(Arc::new(
         tls::client_config(roots, PostQuantum::Prefer).expect("client TLS"),
     ));
     client.transport_config(settings.transport_config(true));
-    (server, http2_tls, client)
+    (server, http2_tls, client, client_http2)
 }
 
 /// The public UDP/ICMP side of an edge machine (`burrow edge --udp-map/--icmp-map`): its
@@ -283,7 +346,7 @@ fn setup_datagrams(p: &Params) -> Setup {
 /// A world whose edge is the machine serving `mapped`, or (`None`) a bare endpoint.
 fn setup_with(p: &Params, mapped: Option<Mapped>) -> Setup {
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
-    let (server, http2_tls, client) = tls_pair();
+    let (server, http2_tls, client, client_http2) = tls_pair();
     let mut seed = [0u8; 32];
     rng.fill_bytes(&mut seed);
     let link = LinkConfig {
@@ -313,6 +376,8 @@ fn setup_with(p: &Params, mapped: Option<Mapped>) -> Setup {
         server,
         http2_tls,
         client,
+        client_http2,
+        protocol: ProtocolFlag::Fixed(p.protocol),
         tunnel_id,
         secret,
         data_limits: DataLimits::default(),
@@ -355,6 +420,8 @@ impl Setup {
         config.ha_connections = ha;
         config.max_active_flows = self.max_active_flows;
         config.icmp = RouterConfig::new(Some(ICMP_SRC_V4), Some(ICMP_SRC_V6));
+        config.protocol = self.protocol;
+        config.http2_tls = Some(self.client_http2.clone());
         let pool = EdgePool::from_static(&self.world.edge_addrs).expect("edge pool");
         let seed = self.rng.next_u64();
         let now = self.world.instant();
@@ -1110,7 +1177,9 @@ fn shutdown_during_traffic(p: &Params) -> Result<u64, String> {
             Some(_) => {}
             None => client.tick(w)?,
         }
-        Ok(stopped_at.is_some())
+        // What the connector wrote to TCP before it stopped still reaches the edge (the
+        // kernel sends it): the requests may end after the process.
+        Ok(stopped_at.is_some() && client.is_done())
     })?;
     let stopped_at = stopped_at.ok_or("the connector never stopped")?;
     // On a hostile network the grace period may run out first: then what is still in flight
@@ -1392,4 +1461,137 @@ fn slow_edge(p: &Params) -> Result<u64, String> {
     client.read_budget = Some(4096);
     let least = Duration::from_secs_f64((4 * size) as f64 / (400.0 * 1024.0)).mul_f64(0.95);
     paced(&mut s, c, &mut client, least, "eyeball")
+}
+
+/// How soon `auto` must be on HTTP/2 once QUIC's handshakes time out (issue 13: cloudflared
+/// needs 1-3 minutes; burrow promises 30 s).
+const FALLBACK_WITHIN: Duration = Duration::from_secs(30);
+/// How soon every connection must be back on QUIC once UDP gets through again (issue 13).
+const RETURN_WITHIN: Duration = Duration::from_secs(180);
+
+/// A firewall drops UDP to the edge: `--protocol auto` falls back to HTTP/2 within
+/// [`FALLBACK_WITHIN`], every HA connection serves over it, and requests are answered. Then
+/// UDP gets through again: the connector returns every connection to QUIC by itself within
+/// [`RETURN_WITHIN`], and every request sent meanwhile is answered (none is dropped by the
+/// switch: an HTTP/2 connection drains before its index reconnects over QUIC).
+fn udp_blocked(p: &Params) -> Result<u64, String> {
+    let mut s = setup(p);
+    s.protocol = ProtocolFlag::Auto;
+    for edge in s.world.edge_addrs.clone() {
+        s.world.net.set_udp_blocked(edge, true);
+    }
+    let start = s.world.now;
+    let c = s.add_connector(HA, s.secret.clone());
+    // Index 0 falls back and registers over HTTP/2.
+    let mut first = None;
+    let limit = s.world.after(REGISTER_WITHIN);
+    s.world.run_ticking(limit, |w, h| {
+        if let Some(Happening::Connector(_, Event::Registered { protocol, .. })) = h {
+            if protocol == Protocol::Quic {
+                return Err(broken("registered over QUIC with UDP blocked", w));
+            }
+            first = Some(w.now);
+        }
+        Ok(first.is_some())
+    })?;
+    let first = first.ok_or_else(|| broken("auto falls back to HTTP/2 and registers", &s.world))?;
+    let took = first.since_start() - start.since_start();
+    // Loss may cost an HTTP/2 attempt too (its handshake timed out, or its registration did):
+    // the bound is on falling back, which a hostile network may make take longer to register.
+    expect(
+        took <= FALLBACK_WITHIN || s.hostile,
+        &format!("on HTTP/2 {took:?} after starting, within {FALLBACK_WITHIN:?}"),
+        &s.world,
+    )?;
+    // Every index serves, over HTTP/2 (they start on index 0's protocol).
+    let w = &mut s.world;
+    let limit = w.after(REGISTER_WITHIN);
+    w.run_ticking(limit, |w, _| {
+        Ok(w.connectors[c].connector.ready_connections() == usize::from(HA))
+    })?;
+    expect(
+        w.connectors[c].connector.ready_connections() == usize::from(HA),
+        "every HA connection serves over HTTP/2",
+        w,
+    )?;
+    let mut client = Client::new(s.tunnel_id, http_requests(&mut s.rng, 20, 64 * 1024), 4);
+    serve(&mut s, &mut client, c, Duration::from_secs(600))?;
+    expect(
+        client.completed == 20 || (s.hostile && client.completed + client.failed == 20),
+        "requests are answered over HTTP/2",
+        &s.world,
+    )?;
+    // UDP gets through again; traffic goes on while the connections move back to QUIC.
+    for edge in s.world.edge_addrs.clone() {
+        s.world.net.set_udp_blocked(edge, false);
+    }
+    let unblocked = s.world.now;
+    let mut on: [Protocol; HA as usize] = [Protocol::Http2; HA as usize];
+    let hostile = s.hostile;
+    let (mut sent, mut answered, mut failed) = (0u64, 0u64, 0u64);
+    let mut back = None;
+    let limit = s.world.after(RETURN_WITHIN + REGISTER_WITHIN);
+    let mut client = Client::new(s.tunnel_id, Vec::new(), 4);
+    client.hostile = hostile;
+    let w = &mut s.world;
+    w.run_ticking(limit, |w, h| {
+        match h {
+            Some(Happening::Connector(
+                i,
+                Event::Registered {
+                    index, protocol, ..
+                },
+            )) if i == c => on[usize::from(index)] = protocol,
+            Some(Happening::Connector(
+                i,
+                Event::LinkClosed {
+                    reason,
+                    was_registered: true,
+                    ..
+                },
+            )) if i == c && !hostile && reason != CloseReason::Local(LocalClose::Shutdown) => {
+                return Err(broken(&format!("a served connection died: {reason}"), w))
+            }
+            Some(_) => {}
+            None => {
+                if client.is_done() {
+                    // The next batch, until every connection is back and its requests end.
+                    answered += client.completed;
+                    failed += client.failed;
+                    if back.is_some() {
+                        return Ok(true);
+                    }
+                    let requests = http_requests(&mut s.rng, 8, 64 * 1024);
+                    sent += requests.len() as u64;
+                    client = Client::new(s.tunnel_id, requests, 4);
+                    client.hostile = hostile;
+                }
+                client.tick(w)?;
+                if let Some(e) = &w.origins.error {
+                    return Err(format!("origin: {e}"));
+                }
+            }
+        }
+        if back.is_none() && on.iter().all(|p| *p == Protocol::Quic) {
+            back = Some(w.now);
+        }
+        Ok(false)
+    })?;
+    let back = back.ok_or_else(|| broken("every connection returns to QUIC", w))?;
+    let took = back.since_start() - unblocked.since_start();
+    w.trace.record(
+        w.now,
+        &format!("back on QUIC {took:?} after UDP was unblocked; {sent} requests sent meanwhile"),
+    );
+    expect(
+        took <= RETURN_WITHIN || hostile,
+        &format!("back on QUIC {took:?} after UDP came back, within {RETURN_WITHIN:?}"),
+        w,
+    )?;
+    expect(
+        answered == sent || (hostile && answered + failed == sent),
+        &format!("every request sent during the switch is answered ({answered} of {sent}, {failed} failed)"),
+        w,
+    )?;
+    Ok(w.trace.hash())
 }

@@ -33,6 +33,7 @@ use crate::clock::{Clock, VirtualTime};
 use crate::net::Network;
 use crate::origin::Origins;
 use crate::rtt::RttReplica;
+use crate::tcp::{End, Tcp, TcpEvent};
 use crate::udp::{OriginNet, Read};
 
 /// Datagrams a node may send in one batch, as a GSO-capable socket would take them.
@@ -177,6 +178,8 @@ pub struct World {
     pub now: VirtualTime,
     /// The network.
     pub net: Network,
+    /// TCP connections over it (HTTP/2 links).
+    pub tcp: Tcp,
     /// What happened.
     pub trace: Trace,
     /// The edge's addresses (one per HA index, as cloudflared's edge pool gives them); one
@@ -242,6 +245,7 @@ impl World {
             clock,
             now: VirtualTime::ZERO,
             net,
+            tcp: Tcp::default(),
             trace: Trace::new(),
             edge_addrs,
             edge: None,
@@ -267,6 +271,8 @@ impl World {
     pub fn set_edge(&mut self, edge: Option<EdgeNode>) {
         self.edge = edge;
         self.edge_deadline = None;
+        // The old process's TCP connections die with it.
+        self.tcp.edge_stopped(self.now, &mut self.net);
         let now = self.instant();
         if let Some(EdgeNode::Machine(m)) = &mut self.edge {
             m.handle_input(
@@ -366,6 +372,7 @@ impl World {
         let World {
             connectors,
             net,
+            tcp,
             origins,
             udp,
             routes,
@@ -448,6 +455,22 @@ impl World {
                     udp.close_funnel(n, funnel);
                     None
                 }
+                Io::DialEdge { index, link, edge } => {
+                    tcp.dial(vnow, net, n, link, socket(index), edge);
+                    None
+                }
+                Io::WriteEdge { link, data } => {
+                    let written = tcp
+                        .of_link(n, link)
+                        .is_none_or(|id| tcp.write(vnow, net, id, End::Connector, data));
+                    written.then_some(Input::EdgeWritten { link })
+                }
+                Io::CloseEdge { link } => {
+                    if let Some(id) = tcp.of_link(n, link) {
+                        tcp.close(vnow, net, id, End::Connector);
+                    }
+                    None
+                }
                 flow_io => {
                     origins.apply(vnow, n, flow_io);
                     None
@@ -488,6 +511,100 @@ impl World {
             self.drain(n);
         }
         self.drain_edge();
+        while self.pump_tcp() {
+            self.drain_edge();
+        }
+    }
+
+    /// Hands what arrived on the TCP connections to the ends that want to read it, and reports
+    /// writes that found room; true if anything moved.
+    fn pump_tcp(&mut self) -> bool {
+        let mut moved = false;
+        for id in self.tcp.ids() {
+            if let Some((n, link)) = self.tcp.connector_end(id) {
+                while self.connectors[n].connector.edge_wants_read(link) {
+                    let Some(data) = self.tcp.read(self.now, &mut self.net, id, End::Connector)
+                    else {
+                        break;
+                    };
+                    moved = true;
+                    self.feed(n, Input::EdgeReceived { link, data: &data });
+                    if data.is_empty() {
+                        break;
+                    }
+                }
+                if self.tcp.take_written(id, End::Connector).is_some() {
+                    moved = true;
+                    self.feed(n, Input::EdgeWritten { link });
+                }
+            }
+            if let Some(conn) = self.tcp.edge_end(id) {
+                let now = self.instant();
+                let Some(EdgeNode::Machine(m)) = &mut self.edge else {
+                    continue;
+                };
+                while m.tcp_wants_read(conn) {
+                    let Some(data) = self.tcp.read(self.now, &mut self.net, id, End::Edge) else {
+                        break;
+                    };
+                    moved = true;
+                    m.handle_input(now, edge::Input::TcpReceived { conn, data: &data });
+                    if data.is_empty() {
+                        break;
+                    }
+                }
+                while let Some(len) = self.tcp.take_written(id, End::Edge) {
+                    moved = true;
+                    m.handle_input(now, edge::Input::TcpWritten { conn, len });
+                }
+            }
+        }
+        moved
+    }
+
+    /// Tells the machines what TCP did as time passed: SYNs reach the edge, dials are
+    /// answered, connections reset.
+    fn tcp_arrivals(&mut self) {
+        let now = self.instant();
+        for e in self.tcp.advance(self.now, &mut self.net) {
+            match e {
+                TcpEvent::Syn(id) => {
+                    let conn = match &mut self.edge {
+                        Some(EdgeNode::Machine(m)) => m.accept_tcp(now).ok(),
+                        // A bare QUIC endpoint listens on no TCP port; no edge, no listener.
+                        _ => None,
+                    };
+                    self.tcp.accepted(self.now, &mut self.net, id, conn);
+                }
+                TcpEvent::Dialled {
+                    node,
+                    link,
+                    accepted,
+                } => {
+                    if !self.connectors[node].connector.has_edge_link(link) {
+                        // The link gave up meanwhile: the socket is closed.
+                        if let Some(id) = self.tcp.of_link(node, link) {
+                            self.tcp.close(self.now, &mut self.net, id, End::Connector);
+                        }
+                    } else if accepted {
+                        let local = std::net::IpAddr::from(self.connectors[node].ip);
+                        self.feed(node, Input::EdgeConnected { link, local });
+                    } else {
+                        let reason = burrow_core::connector::dial_failure(&"connection refused");
+                        self.feed(
+                            node,
+                            Input::EdgeFailed {
+                                link,
+                                reason: &reason,
+                            },
+                        );
+                    }
+                }
+                TcpEvent::Reset { node, link, reason } => {
+                    self.feed(node, Input::EdgeFailed { link, reason });
+                }
+            }
+        }
     }
 
     /// Drains the edge as burrow-tokio's edge loop does: datagrams into the network (from the
@@ -506,10 +623,13 @@ impl World {
             to_clients,
             buf,
             edge_addrs,
+            tcp,
             ..
         } = self;
         let vnow = self.now;
-        let mut send = |destination: SocketAddr, datagrams: &mut dyn Iterator<Item = &[u8]>| {
+        let send = |net: &mut Network,
+                    destination: SocketAddr,
+                    datagrams: &mut dyn Iterator<Item = &[u8]>| {
             let from = routes.get(&destination).copied().unwrap_or(edge_addrs[0]);
             for d in datagrams {
                 net.send(vnow, from, destination, d.to_vec());
@@ -517,17 +637,32 @@ impl World {
         };
         match edge {
             Some(EdgeNode::Machine(m)) => loop {
+                let mut written = None;
                 match m.poll_output(now) {
                     edge::Output::Timeout(d) => {
                         *edge_deadline = d;
                         break;
                     }
                     edge::Output::Transmit { transmit, data } => {
-                        send(transmit.destination, &mut transmit.datagrams(data))
+                        send(net, transmit.destination, &mut transmit.datagrams(data))
                     }
                     edge::Output::Io(edge::Io::Stream { id, event }) => {
                         inbox.push_back((id, event.clone()));
                         pending.push(Happening::Stream(id, event));
+                    }
+                    edge::Output::Io(edge::Io::WriteTcp { conn, data }) => {
+                        let len = data.len();
+                        if tcp
+                            .of_edge(conn)
+                            .is_none_or(|id| tcp.write(vnow, net, id, End::Edge, data))
+                        {
+                            written = Some((conn, len));
+                        }
+                    }
+                    edge::Output::Io(edge::Io::CloseTcp { conn }) => {
+                        if let Some(id) = tcp.of_edge(conn) {
+                            tcp.close(vnow, net, id, End::Edge);
+                        }
                     }
                     edge::Output::Io(edge::Io::SendToClient {
                         mapping,
@@ -538,8 +673,6 @@ impl World {
                         client,
                         payload: payload.to_vec(),
                     }),
-                    // No HTTP/2 connector here.
-                    edge::Output::Io(_) => {}
                     edge::Output::Event(e) => {
                         if let edge::Event::Registered {
                             conn, connection, ..
@@ -550,10 +683,13 @@ impl World {
                         pending.push(Happening::Edge(e));
                     }
                 }
+                if let Some((conn, len)) = written {
+                    m.handle_input(now, edge::Input::TcpWritten { conn, len });
+                }
             },
             Some(EdgeNode::Endpoint(e, registrar)) => {
                 while let Some(t) = e.poll_transmit(now, GSO_SEGMENTS, buf) {
-                    send(t.destination, &mut t.datagrams(buf));
+                    send(net, t.destination, &mut t.datagrams(buf));
                 }
                 while let Some(ev) = e.poll_event() {
                     if let EdgeEvent::RegisterRequested { conn, registration } = &ev {
@@ -599,6 +735,7 @@ impl World {
             self.origins.next_deadline(),
             self.wakeups.first().copied(),
             self.udp.next_deadline(),
+            self.tcp.next_deadline(),
         ]
         .into_iter()
         .flatten()
@@ -638,6 +775,7 @@ impl World {
         while self.wakeups.first().is_some_and(|t| *t <= self.now) {
             self.wakeups.pop_first();
         }
+        self.tcp_arrivals();
         let now = self.instant();
         while let Some(p) = self.net.poll_arrival(self.now) {
             if self.edge_addrs.contains(&p.to) {

@@ -1,6 +1,7 @@
 //! CI's share of the simulator: every scenario on seeds 0..199 at CI scale at two loss levels,
 //! one full-scale seed of every scenario, and replay determinism. Longer sweeps: README.
 
+use burrow_core::tunnel::protocol::Protocol;
 use burrow_sim::scenarios::{Params, ALL};
 
 /// Runs `params(seed)` for every scenario on `seeds`, split over the cores CI has (2);
@@ -54,6 +55,7 @@ fn every_scenario_passes_200_seeds_at_5_percent_loss() {
         seed,
         loss: 0.05,
         quick: true,
+        protocol: Protocol::Quic,
     }));
 }
 
@@ -63,6 +65,7 @@ fn every_scenario_passes_200_seeds_at_10_percent_loss() {
         seed,
         loss: 0.10,
         quick: true,
+        protocol: Protocol::Quic,
     }));
 }
 
@@ -75,6 +78,7 @@ fn every_scenario_passes_one_seed_at_full_scale() {
         seed: 1,
         loss: 0.05,
         quick: false,
+        protocol: Protocol::Quic,
     };
     let scenarios: Vec<_> = ALL.iter().collect();
     let failures: Vec<String> = std::thread::scope(|scope| {
@@ -111,6 +115,7 @@ fn the_same_seed_gives_the_same_trace() {
             seed: 7,
             loss: 0.05,
             quick: true,
+            protocol: Protocol::Quic,
         };
         assert_eq!((s.run)(&p), (s.run)(&p), "{}", s.name);
     }
@@ -169,6 +174,7 @@ fn seeds_that_once_failed_at_25_percent_loss_pass() {
                 seed,
                 loss: 0.25,
                 quick: true,
+                protocol: Protocol::Quic,
             };
             (s.run)(&p)
                 .err()

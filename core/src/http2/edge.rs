@@ -328,6 +328,8 @@ pub fn connect_response(
         Some(ResponseMeta::Origin) | None => {}
     }
     let status = match (kind, response.status) {
+        // QUIC's answer to a TCP stream carries nothing but its (empty) error.
+        (RequestKind::Tcp, _) => return (String::new(), Vec::new()),
         (RequestKind::Websocket, StatusCode::OK) => StatusCode::SWITCHING_PROTOCOLS,
         (_, status) => status,
     };
@@ -343,4 +345,38 @@ pub fn connect_response(
         ));
     }
     (String::new(), metadata)
+}
+
+#[cfg(test)]
+mod connect_response_tests {
+    use http::HeaderMap;
+
+    use super::*;
+
+    fn accepted(status: StatusCode) -> ConnectorResponse {
+        let mut headers = HeaderMap::new();
+        headers.insert("x-origin", http::HeaderValue::from_static("1"));
+        ConnectorResponse {
+            status,
+            meta: Some(ResponseMeta::Origin),
+            headers,
+            transport_headers: HeaderMap::new(),
+        }
+    }
+
+    #[test]
+    fn answers_read_as_quics_connect_response_for_each_kind() {
+        // A TCP stream accepted: no error and no metadata, as QUIC's ConnectResponse has it
+        // (an eyeball of either transport then reads the same answer).
+        let (error, metadata) = connect_response(RequestKind::Tcp, &accepted(StatusCode::OK));
+        assert_eq!((error.as_str(), metadata.len()), ("", 0));
+        let (_, metadata) = connect_response(RequestKind::Websocket, &accepted(StatusCode::OK));
+        assert_eq!(metadata[0], (key::HTTP_STATUS.to_owned(), "101".to_owned()));
+        let (_, metadata) = connect_response(RequestKind::Http, &accepted(StatusCode::OK));
+        assert_eq!(metadata[0], (key::HTTP_STATUS.to_owned(), "200".to_owned()));
+        assert_eq!(
+            metadata[1],
+            ("HttpHeader:X-Origin".to_owned(), "1".to_owned())
+        );
+    }
 }

@@ -679,6 +679,12 @@ impl Http2Link {
 
     fn on_request(&mut self, now: Instant, mut req: IncomingRequest) {
         let id = req.stream;
+        if self.state == State::Registering {
+            // The edge routes requests here once it has answered the registration: the
+            // answer may be in the same read, not yet taken from the control stream.
+            self.read_control(now);
+            self.pump_control(now);
+        }
         match req.kind {
             RequestKind::ControlStream => self.open_control(now, id),
             RequestKind::Configuration => {

@@ -294,6 +294,38 @@ pub fn request_counts_by_code(http: u16, metrics: SocketAddr) {
     assert_eq!(delta("cloudflared_tunnel_request_errors"), 2.0, "{text}");
 }
 
+/// The UDP flow metrics after `clients` sessions, all still open, over 2 HA connections:
+/// cloudflared's families labelled by the `conn_index` each session registered on.
+pub fn check_udp_flow_metrics(text: &str, clients: usize) {
+    let total = summed(text, "cloudflared_udp_total_flows");
+    assert!(
+        total >= clients as f64,
+        "{total} sessions for {clients} clients\n{text}"
+    );
+    assert_eq!(
+        summed(text, "cloudflared_udp_active_flows"),
+        clients as f64,
+        "{text}"
+    );
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("cloudflared_udp_total_flows{"))
+        .collect();
+    assert!(!lines.is_empty(), "{text}");
+    for line in lines {
+        assert!(
+            line.starts_with("cloudflared_udp_total_flows{conn_index=\"0\"}")
+                || line.starts_with("cloudflared_udp_total_flows{conn_index=\"1\"}"),
+            "{line}"
+        );
+    }
+    // Nothing dropped on loopback, each reason present.
+    assert!(
+        text.contains("cloudflared_udp_dropped_datagrams{reason=\"write_flow_unknown\"} 0"),
+        "{text}"
+    );
+}
+
 /// The sum of every `name{...}` series (a family labelled `conn_index`, say), 0 when absent.
 pub fn summed(text: &str, name: &str) -> f64 {
     text.lines()

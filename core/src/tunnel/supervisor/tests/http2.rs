@@ -40,6 +40,10 @@ struct H2World {
     closed_tcp: Vec<LinkId>,
     /// TXT lookups asked for.
     lookups: Vec<&'static str>,
+    /// Hold the edge's bytes back from the connector once it answers a registration...
+    hold_after_register: bool,
+    /// ...which it now does.
+    held: bool,
 }
 
 impl H2World {
@@ -87,6 +91,8 @@ impl H2World {
             events: Vec::new(),
             closed_tcp: Vec::new(),
             lookups: Vec::new(),
+            hold_after_register: false,
+            held: false,
         }
     }
 
@@ -198,6 +204,7 @@ impl H2World {
                         self.control
                             .respond_registration(Ok(details))
                             .expect("respond");
+                        self.held |= self.hold_after_register;
                     }
                 }
                 if let Some(out) = self.control.poll_transmit() {
@@ -205,7 +212,7 @@ impl H2World {
                     moved = true;
                 }
             }
-            if !self.to_connector.is_empty() {
+            if !self.to_connector.is_empty() && !self.held {
                 let data = std::mem::take(&mut self.to_connector);
                 self.connector
                     .handle_input(self.now, Input::EdgeReceived { link, data: &data });
@@ -313,6 +320,30 @@ fn http2_connection_registers_and_proxies_a_request() {
     assert_eq!(head.headers.get("content-type").unwrap(), "text/plain");
     assert_eq!(head.transport_headers.get("content-length").unwrap(), "5");
     assert_eq!(body, b"hello");
+}
+
+/// The edge routes a request to a connection as soon as it has answered its registration, so
+/// the request's HEADERS may come in the same read as the answer: the request is served, not
+/// refused as one that came before registration.
+#[test]
+fn a_request_read_with_the_registration_answer_is_served() {
+    let mut w = H2World::new(ProtocolFlag::Fixed(Protocol::Http2));
+    w.hold_after_register = true;
+    let link = w.accept_dial();
+    w.run();
+    assert!(w.held && w.registered().is_none());
+    let req = Request::get("http://app.example/").body(()).unwrap();
+    w.edge().open(RequestKind::Http, req, true).expect("open");
+    w.run();
+    w.held = false;
+    w.run();
+    assert_eq!(w.registered(), Some(Protocol::Http2));
+    match w.asked.pop_front() {
+        Some(Asked::OpenFlow(l, _, FlowKind::Http, dest)) if l == link => {
+            assert_eq!(dest, "http://app.example/")
+        }
+        other => panic!("expected an HTTP flow, got {other:?}"),
+    }
 }
 
 #[test]
