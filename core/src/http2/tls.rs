@@ -7,17 +7,18 @@ use std::sync::Arc;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use rustls::{ClientConfig, ClientConnection, RootCertStore, ServerConfig, ServerConnection};
 
-use crate::quic::tls::{provider, PostQuantum, TlsError};
+use crate::quic::tls::{no_resumption, provider, PostQuantum, TlsError};
 
 /// SNI (and verified name) of HTTP/2 tunnel connections; no flag overrides it.
 pub const SERVER_NAME: &str = "h2.cftunnel.com";
 
 /// Connector (TLS client) configuration verifying the edge against `roots`.
 pub fn client_config(roots: RootCertStore, pq: PostQuantum) -> Result<Arc<ClientConfig>, TlsError> {
-    let tls = ClientConfig::builder_with_provider(provider(pq))
+    let mut tls = ClientConfig::builder_with_provider(provider(pq))
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_root_certificates(roots)
         .with_no_client_auth();
+    tls.resumption = no_resumption();
     Ok(Arc::new(tls))
 }
 
@@ -50,4 +51,45 @@ pub fn client_session(
 /// A server TLS session.
 pub fn server_session(config: Arc<ServerConfig>) -> Result<ServerConnection, TlsError> {
     Ok(ServerConnection::new(config)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::HandshakeKind;
+
+    /// Runs one handshake to completion over in-memory byte queues.
+    fn handshake(client: &Arc<ClientConfig>, server: &Arc<ServerConfig>) -> ClientConnection {
+        let mut c = client_session(client.clone(), SERVER_NAME).expect("client");
+        let mut s = server_session(server.clone()).expect("server");
+        for _ in 0..20 {
+            let mut wire = Vec::new();
+            c.write_tls(&mut wire).expect("client writes");
+            s.read_tls(&mut wire.as_slice()).expect("server reads");
+            s.process_new_packets().expect("server accepts");
+            let mut wire = Vec::new();
+            s.write_tls(&mut wire).expect("server writes");
+            c.read_tls(&mut wire.as_slice()).expect("client reads");
+            c.process_new_packets().expect("client accepts");
+            if !c.is_handshaking() && !s.is_handshaking() && !s.wants_write() {
+                break;
+            }
+        }
+        assert!(!c.is_handshaking(), "the handshake completes");
+        c
+    }
+
+    #[test]
+    fn the_connector_never_resumes_a_session_as_cloudflared_never_does() {
+        let (server, client, _, _) = crate::http2::tests::tls_configs();
+        assert_eq!(
+            handshake(&client, &server).handshake_kind(),
+            Some(HandshakeKind::Full)
+        );
+        // The edge has sent its tickets by now; a resuming client would use one here.
+        assert_eq!(
+            handshake(&client, &server).handshake_kind(),
+            Some(HandshakeKind::Full)
+        );
+    }
 }

@@ -67,7 +67,16 @@ pub fn client_config(roots: RootCertStore, pq: PostQuantum) -> Result<QuicClient
         .with_root_certificates(roots)
         .with_no_client_auth();
     tls.alpn_protocols = vec![ALPN.to_vec()];
+    tls.resumption = no_resumption();
     QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))
+}
+
+/// The connector never resumes a TLS session, on QUIC or HTTP/2: cloudflared sets no
+/// `ClientSessionCache`, so its ClientHello never carries a PSK, and ours match it. A resumed
+/// hello would also carry the ticket's age read from the wall clock, which the machines must
+/// not depend on (the simulator's traces did).
+pub(crate) fn no_resumption() -> rustls::client::Resumption {
+    rustls::client::Resumption::disabled()
 }
 
 /// Server (edge) TLS for QUIC with the given certificate chain and key.
