@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::hash::Hasher;
 
 use burrow_core::tunnel::protocol::Protocol;
-use burrow_sim::scenarios::{Params, Scenario, ALL, HTTP2};
+use burrow_sim::scenarios::{Params, Scenario, ALL};
 use clap::Parser;
 
 /// Deterministic simulation of burrow's connector and edge over a lossy network.
@@ -68,14 +68,14 @@ fn main() -> ExitCode {
             .init();
     }
     if cli.list {
-        for s in ALL.iter().chain(HTTP2) {
+        for s in ALL {
             println!("{}", s.name);
         }
         return ExitCode::SUCCESS;
     }
     let scenarios: Vec<_> = match &cli.scenario {
-        None => ALL.iter().chain(HTTP2).collect(),
-        Some(name) => match ALL.iter().chain(HTTP2).find(|s| s.name == name) {
+        None => ALL.iter().collect(),
+        Some(name) => match ALL.iter().find(|s| s.name == name) {
             Some(s) => vec![s],
             None => {
                 eprintln!("burrow-sim: no scenario {name:?}; --list shows them");

@@ -120,38 +120,7 @@ pub const ALL: &[Scenario] = &[
         name: "slow-edge",
         run: slow_edge,
     },
-    Scenario {
-        name: "udp-echo",
-        run: udp::udp_echo,
-    },
-    Scenario {
-        name: "udp-idle",
-        run: udp::udp_idle,
-    },
-    Scenario {
-        name: "udp-migration",
-        run: udp::udp_migration,
-    },
-    Scenario {
-        name: "udp-flood",
-        run: udp::udp_flood,
-    },
-    Scenario {
-        name: "udp-v2-and-v3",
-        run: udp_v2::udp_v2_and_v3,
-    },
-    Scenario {
-        name: "icmp-traceroute",
-        run: icmp::icmp_traceroute,
-    },
-];
-
-/// The stream scenarios again with the connector on HTTP/2 (over the simulated TCP,
-/// [`crate::tcp`]), and `udp-blocked`. Not in [`ALL`] (so not in CI's sweeps) yet: one process
-/// replays each seed exactly, but two runs of the same seed in one process while other threads
-/// run scenarios can differ (`the_same_seed_gives_the_same_trace` caught http-mixed/http2), and
-/// the cause is not found yet. `--scenario` runs them, `--list` names them.
-pub const HTTP2: &[Scenario] = &[
+    // The stream scenarios again, with the connector on HTTP/2 (over the simulated TCP).
     Scenario {
         name: "registration/http2",
         run: |p| registration(&p.over(Protocol::Http2)),
@@ -179,6 +148,30 @@ pub const HTTP2: &[Scenario] = &[
     Scenario {
         name: "udp-blocked",
         run: udp_blocked,
+    },
+    Scenario {
+        name: "udp-echo",
+        run: udp::udp_echo,
+    },
+    Scenario {
+        name: "udp-idle",
+        run: udp::udp_idle,
+    },
+    Scenario {
+        name: "udp-migration",
+        run: udp::udp_migration,
+    },
+    Scenario {
+        name: "udp-flood",
+        run: udp::udp_flood,
+    },
+    Scenario {
+        name: "udp-v2-and-v3",
+        run: udp_v2::udp_v2_and_v3,
+    },
+    Scenario {
+        name: "icmp-traceroute",
+        run: icmp::icmp_traceroute,
     },
 ];
 
@@ -212,7 +205,11 @@ fn edge_identity() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
         SERVER_NAME.into(),
         burrow_core::http2::tls::SERVER_NAME.into(),
     ];
-    let params = rcgen::CertificateParams::new(names).expect("params");
+    let mut params = rcgen::CertificateParams::new(names).expect("params");
+    // A fixed serial: rcgen's default is the key's hash with leading zero bytes dropped, so one
+    // key in 128 made a certificate a byte shorter, and over HTTP/2 (TCP at a set bandwidth)
+    // a byte is time: two runs of a seed differed.
+    params.serial_number = Some(rcgen::SerialNumber::from_slice(&[0x42; 20]));
     let cert = params.self_signed(&key).expect("self-signed");
     let key = PrivatePkcs8KeyDer::from(key.serialize_der());
     (cert.der().clone(), key.into())
