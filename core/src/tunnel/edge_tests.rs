@@ -192,16 +192,25 @@ fn connection_ids_are_never_reused() {
     assert_ne!(first, second, "a new connection gets a new id");
 }
 
-/// A client granting the edge no stream credit, with its control stream open.
-fn creditless(t0: Instant) -> (Pair, quinn_proto::StreamId) {
+/// A client with `transport` connected to an edge seeded `seed`, its control stream open.
+fn connected_with(
+    transport: quinn_proto::TransportConfig,
+    seed: u8,
+    t0: Instant,
+) -> (Pair, quinn_proto::StreamId) {
     let (server, mut cfg) = tls_pair();
-    let mut transport = quinn_proto::TransportConfig::default();
-    transport.stream_receive_window(quinn_proto::VarInt::from_u32(0));
     cfg.transport_config(Arc::new(transport));
-    let mut p = Pair::new(EdgeEndpoint::new(server, [2; 32]), cfg, t0);
+    let mut p = Pair::new(EdgeEndpoint::new(server, [seed; 32]), cfg, t0);
     p.exchange(t0);
     let ctl = p.conn.streams().open(Dir::Bi).expect("stream");
     (p, ctl)
+}
+
+/// A client granting the edge no stream credit, with its control stream open.
+fn creditless(t0: Instant) -> (Pair, quinn_proto::StreamId) {
+    let mut transport = quinn_proto::TransportConfig::default();
+    transport.stream_receive_window(quinn_proto::VarInt::from_u32(0));
+    connected_with(transport, 2, t0)
 }
 
 fn bootstraps(n: u32) -> Vec<u8> {
@@ -272,13 +281,9 @@ fn register(p: &mut Pair, ctl: quinn_proto::StreamId, t0: Instant) -> ConnId {
 
 /// A registered client that grants the edge no streams until told to.
 fn registered_without_grant(t0: Instant) -> (Pair, ConnId) {
-    let (server, mut cfg) = tls_pair();
     let mut transport = quinn_proto::TransportConfig::default();
     transport.max_concurrent_bidi_streams(quinn_proto::VarInt::from_u32(0));
-    cfg.transport_config(Arc::new(transport));
-    let mut p = Pair::new(EdgeEndpoint::new(server, [3; 32]), cfg, t0);
-    p.exchange(t0);
-    let ctl = p.conn.streams().open(Dir::Bi).expect("stream");
+    let (mut p, ctl) = connected_with(transport, 3, t0);
     let conn = register(&mut p, ctl, t0);
     (p, conn)
 }
