@@ -9,7 +9,6 @@ mod origin;
 mod resolver;
 mod srv;
 mod status;
-mod tls;
 mod tunnel;
 
 use std::process::ExitCode;

@@ -31,7 +31,7 @@ use rustls::ClientConnection;
 use tracing::debug;
 
 use crate::resolver::Resolver;
-use crate::tls::OriginTls;
+use burrow_os::origin_tls::OriginTls;
 
 /// One origin connection's identity.
 pub type Key = (LinkId, FlowId);
@@ -923,7 +923,7 @@ fn client(
     name: Option<&str>,
     o: &OriginRequest,
 ) -> Result<Box<ClientConnection>, String> {
-    let config = tls.config(o)?;
+    let config = tls.config(o, false)?;
     let name = name.unwrap_or("localhost").to_owned();
     let name = ServerName::try_from(name.clone())
         .map_err(|e| format!("bad origin server name {name}: {e}"))?;

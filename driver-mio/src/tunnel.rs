@@ -31,7 +31,7 @@ use crate::origin::{Key, Origins, Report};
 use crate::resolver::Resolver;
 use crate::srv;
 use crate::status::{self, Client, Figures};
-use crate::tls::OriginTls;
+use burrow_os::origin_tls::OriginTls;
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -554,7 +554,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         recv_bufs: RecvBufs::new(),
         edge_tcp: EdgeLinks::new(),
         origins: Origins::new(
-            OriginTls::new(),
+            OriginTls::new(None),
             origin_registry,
             Resolver::new(waker.clone()),
         ),

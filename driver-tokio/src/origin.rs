@@ -7,13 +7,14 @@
 //! one that outlasts its rule's `connectTimeout` or `tlsTimeout` and closes it, which drops
 //! the handle and aborts the task.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use burrow_core::datagram::LinkId;
 use burrow_core::ingress::{Origin, OriginRequest, Service};
 use burrow_core::stream::proxy::FlowKind;
 use burrow_core::stream::socks::Server;
 use burrow_core::tunnel::data::FlowId;
+use burrow_os::origin_tls::OriginTls;
 use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::service::service_fn;
@@ -86,8 +87,8 @@ impl Drop for FlowHandle {
 /// How the connector reaches origins: the one core's ingress rule resolved for each request.
 #[derive(Clone)]
 pub struct Dialer {
-    /// Roots for HTTPS origins (webpki and the system store, plus `caPool` files per rule).
-    pub roots: Arc<rustls::RootCertStore>,
+    /// Client configurations for HTTPS origins, shared by every flow's task.
+    tls: Arc<Mutex<OriginTls>>,
 }
 
 /// Bytes asked of the origin per read when a fresh buffer is needed. Each read is a round trip
@@ -99,6 +100,13 @@ const READ_CHUNK: usize = 128 * 1024;
 const MIN_READ: usize = 16 * 1024;
 
 impl Dialer {
+    /// A dialer trusting `roots` (webpki and the system store) plus each rule's `caPool`.
+    pub fn new(roots: Arc<rustls::RootCertStore>) -> Self {
+        Self {
+            tls: Arc::new(Mutex::new(OriginTls::new(Some(roots)))),
+        }
+    }
+
     /// Starts flow `flow` of `link`: dials (`host` is the request's, for `matchSNItoHost`),
     /// then pumps bytes. Reports go to `reports`.
     pub fn open(
@@ -236,14 +244,15 @@ impl Dialer {
         o: &OriginRequest,
         http2: bool,
     ) -> Result<Box<dyn Io>, String> {
-        let mut config = origin_tls(&self.roots, o)?;
-        if http2 {
-            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        }
+        let config = self
+            .tls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .config(o, http2)?;
         let name = host.to_owned();
         let name = rustls::pki_types::ServerName::try_from(name.clone())
             .map_err(|e| format!("bad origin server name {name}: {e}"))?;
-        let c = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let c = tokio_rustls::TlsConnector::from(config);
         let s = c
             .connect(name, s)
             .await
@@ -422,35 +431,6 @@ async fn connect_tcp(addr: &str, o: &OriginRequest) -> Result<TcpStream, String>
         debug!(%addr, error = %e, "cannot set TCP keep-alive on the origin connection");
     }
     Ok(s)
-}
-
-/// rustls client config for an origin: roots plus `caPool`, or no verification.
-fn origin_tls(
-    roots: &rustls::RootCertStore,
-    o: &OriginRequest,
-) -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    if o.no_tls_verify {
-        return Ok(builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(
-                burrow_core::ingress::no_tls_verify::NoVerify(provider),
-            ))
-            .with_no_client_auth());
-    }
-    let mut roots = roots.clone();
-    if let Some(path) = &o.ca_pool {
-        let pem = std::fs::read(path).map_err(|e| format!("caPool {path}: {e}"))?;
-        let extra =
-            burrow_core::quic::tls::certs_from_pem(&pem, "caPool").map_err(|e| e.to_string())?;
-        for c in extra {
-            roots.add(c).map_err(|e| e.to_string())?;
-        }
-    }
-    Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }
 
 /// Moves bytes: a writer half taking commands, a reader half reading one chunk per permit.

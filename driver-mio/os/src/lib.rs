@@ -6,6 +6,7 @@
 
 pub mod heap;
 pub mod log;
+pub mod origin_tls;
 pub mod resident;
 pub mod settings;
 
