@@ -492,7 +492,10 @@ fn a_request_still_on_its_way_when_the_unregistration_is_answered_is_served() {
         .expect("reset");
     w.run(Duration::from_secs(60), |w| w.connector.is_stopped());
     assert!(w.connector.is_stopped());
-    assert!(w.now - at < Duration::from_secs(5), "the edge's close ends it");
+    assert!(
+        w.now - at < Duration::from_secs(5),
+        "the edge's close ends it"
+    );
     assert!(w.events.iter().any(|(_, e)| matches!(
         e,
         SupervisorEvent::LinkClosed {
