@@ -372,6 +372,16 @@ impl ConnectorConnection {
         self.data.on_flow_handshaking(now, flow);
     }
 
+    /// The in-process origin of `flow` began a destination dial (its own deadline).
+    pub fn handle_flow_dialing(&mut self, now: Instant, flow: FlowId) {
+        self.data.on_flow_dialing(now, flow);
+    }
+
+    /// That destination dial ended.
+    pub fn handle_flow_dialed(&mut self, flow: FlowId) {
+        self.data.on_flow_dialed(flow);
+    }
+
     /// The origin connection of `flow` is up.
     pub fn handle_flow_connected(&mut self, now: Instant, flow: FlowId) {
         self.data.on_flow_connected(now, &mut self.conn, flow);
