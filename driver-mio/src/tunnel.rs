@@ -281,6 +281,7 @@ impl Driver {
             Io::WriteFlow { link, flow, data } => self.origins.write((link, flow), data),
             Io::ReadFlow { link, flow } => self.origins.read_more((link, flow)),
             Io::ShutdownFlow { link, flow } => self.origins.shutdown((link, flow)),
+            Io::AbortDial { link, flow } => self.origins.abort_dial((link, flow)),
             Io::CloseFlow { link, flow } => {
                 let token = self.origins.close((link, flow));
                 self.tokens.free(token);
@@ -364,6 +365,8 @@ impl Driver {
             let reason;
             let input = match report {
                 Report::Handshaking => Input::FlowHandshaking { link, flow },
+                Report::Dialing => Input::FlowDialing { link, flow },
+                Report::Dialed => Input::FlowDialed { link, flow },
                 Report::Connected => Input::FlowConnected { link, flow },
                 Report::Failed(r) => {
                     reason = r;

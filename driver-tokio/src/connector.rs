@@ -623,6 +623,11 @@ impl DriverIo {
                     f.handle.shutdown_write();
                 }
             }
+            Io::AbortDial { link, flow } => {
+                if let Some(f) = self.flows.get(&(link, flow)) {
+                    f.handle.abort_dial();
+                }
+            }
             Io::CloseFlow { link, flow } => {
                 if let Some(f) = self.flows.remove(&(link, flow)) {
                     // A TCP stream whose dial the connector gave up on failed to connect.
@@ -885,6 +890,8 @@ fn on_report(
     let tcp = f.kind == FlowKind::Tcp;
     let input = match &report {
         FlowReport::Handshaking => Input::FlowHandshaking { link, flow },
+        FlowReport::Dialing => Input::FlowDialing { link, flow },
+        FlowReport::Dialed => Input::FlowDialed { link, flow },
         FlowReport::Connected => {
             f.settled = true;
             if tcp {

@@ -5,7 +5,8 @@
 //! Every flow is one task pair; it reports to the connector loop through [`FlowReport`]s and
 //! takes commands through its [`FlowHandle`]. Dials have no deadline here: the connector fails
 //! one that outlasts its rule's `connectTimeout` or `tlsTimeout` and closes it, which drops
-//! the handle and aborts the task.
+//! the handle and aborts the task; a SOCKS5 destination dial it aborts through
+//! [`FlowHandle::abort_dial`].
 
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -34,6 +35,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub enum FlowReport {
     /// Connected; the TLS handshake begins (its deadline is the connector's).
     Handshaking,
+    /// The SOCKS5 server in front of the flow began dialling its client's destination (its
+    /// deadline is the connector's).
+    Dialing,
+    /// That dial ended, connected or failed.
+    Dialed,
     /// Dialled (TLS included).
     Connected,
     /// Could not dial, or broke.
@@ -58,6 +64,8 @@ enum WriteCmd {
 pub struct FlowHandle {
     writes: mpsc::UnboundedSender<WriteCmd>,
     permit: Arc<Notify>,
+    /// Ends a SOCKS5 destination dial as timed out.
+    abort: Arc<Notify>,
     task: JoinHandle<()>,
 }
 
@@ -75,6 +83,25 @@ impl FlowHandle {
     /// Lets the flow read its next chunk.
     pub fn read_more(&self) {
         self.permit.notify_one();
+    }
+
+    /// The connector gave up on the SOCKS5 destination dial ([`FlowReport::Dialing`]).
+    pub fn abort_dial(&self) {
+        self.abort.notify_one();
+    }
+}
+
+/// What a flow's dial reports on its way, and where the connector's abort comes from.
+#[derive(Clone)]
+struct Progress {
+    id: (LinkId, FlowId),
+    reports: mpsc::UnboundedSender<Report>,
+    abort: Arc<Notify>,
+}
+
+impl Progress {
+    fn report(&self, r: FlowReport) {
+        let _ = self.reports.send((self.id.0, self.id.1, r));
     }
 }
 
@@ -120,20 +147,17 @@ impl Dialer {
     ) -> FlowHandle {
         let (writes, write_rx) = mpsc::unbounded_channel();
         let permit = Arc::new(Notify::new());
+        let abort = Arc::new(Notify::new());
         let dialer = self.clone();
         let p = permit.clone();
+        let progress = Progress {
+            id: (link, flow),
+            reports: reports.clone(),
+            abort: abort.clone(),
+        };
         let task = tokio::spawn(async move {
-            let handshaking = || {
-                let _ = reports.send((link, flow, FlowReport::Handshaking));
-            };
             match dialer
-                .dial(
-                    kind,
-                    &dest,
-                    host.as_deref(),
-                    origin.as_deref(),
-                    &handshaking,
-                )
+                .dial(kind, &dest, host.as_deref(), origin.as_deref(), &progress)
                 .await
             {
                 Ok(io) => {
@@ -152,6 +176,7 @@ impl Dialer {
         FlowHandle {
             writes,
             permit,
+            abort,
             task,
         }
     }
@@ -162,8 +187,9 @@ impl Dialer {
         dest: &str,
         host: Option<&str>,
         origin: Option<&Origin>,
-        handshaking: &(dyn Fn() + Send + Sync),
+        progress: &Progress,
     ) -> Result<Box<dyn Io>, String> {
+        let handshaking = || progress.report(FlowReport::Handshaking);
         if kind == FlowKind::Tcp {
             // Private-network routing: dest is ip:port.
             let s = TcpStream::connect(dest)
@@ -205,7 +231,7 @@ impl Dialer {
             Service::SocksProxy => Ok(socks_bridge(
                 Server::new(o.ip_rules.clone()),
                 None,
-                o.connect_timeout,
+                progress.clone(),
             )),
             // Core gives each bastion request the TCP origin it names; never dialled as such.
             Service::Bastion => Err("bastion has no destination of its own".to_owned()),
@@ -227,7 +253,7 @@ impl Dialer {
                     return Ok(socks_bridge(
                         Server::over_dialled(local),
                         Some(tcp),
-                        o.connect_timeout,
+                        progress.clone(),
                     ));
                 }
                 Ok(Box::new(tcp))
@@ -297,11 +323,12 @@ async fn http2_bridge<S: Io + 'static>(s: S) -> Result<Box<dyn Io>, String> {
 /// A SOCKS5 origin: an in-process SOCKS5 server on the flow's (WebSocket-unwrapped) bytes,
 /// for a `socks-proxy` rule or a TCP origin with `proxyType: socks` (then `target` is the
 /// origin connection, dialled already). Core's `socks::Server` decides every reply and whether
-/// to connect; this task resolves, dials and then copies both ways.
+/// to connect; this task resolves, dials and then copies both ways. The dial's deadline is
+/// the connector's: it is reported, and ends when the connector aborts it.
 fn socks_bridge(
     mut socks: Server,
     mut target: Option<TcpStream>,
-    connect_timeout: std::time::Duration,
+    progress: Progress,
 ) -> Box<dyn Io> {
     use burrow_core::stream::socks::{DialFailure, Step};
     let (client, mut server) = tokio::io::duplex(64 * 1024);
@@ -329,14 +356,12 @@ fn socks_bridge(
                     socks.resolved(ip)
                 }
                 Step::Dial(addr) => {
-                    let dial = TcpStream::connect(addr);
-                    let dialled = if connect_timeout.is_zero() {
-                        dial.await
-                    } else {
-                        tokio::time::timeout(connect_timeout, dial)
-                            .await
-                            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+                    progress.report(FlowReport::Dialing);
+                    let dialled = tokio::select! {
+                        r = TcpStream::connect(addr) => r,
+                        () = progress.abort.notified() => Err(std::io::ErrorKind::TimedOut.into()),
                     };
+                    progress.report(FlowReport::Dialed);
                     match dialled.and_then(|t| t.local_addr().map(|l| (t, l))) {
                         Ok((tcp, local)) => {
                             target = Some(tcp);
