@@ -664,7 +664,7 @@ impl Http2Link {
                     self.data.on_stopped(now, &mut edge, stream);
                 }
             }
-            Event::Response { .. } => {}
+            Event::Response { .. } | Event::GoingAway => {}
             Event::Closed(error) => {
                 let reason = match error {
                     None if self.shutdown_requested => CloseReason::Local(LocalClose::Shutdown),
