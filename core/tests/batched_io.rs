@@ -346,7 +346,9 @@ fn gso_batches_and_gro_buffers_carry_a_tcp_flow_intact_both_ways() {
                         shut = true;
                     }
                     // A short handle_flow_data asked to be resumed: the loop feeds again anyway.
-                    OriginAction::Resume { .. } | OriginAction::Close { .. } => {}
+                    OriginAction::Resume { .. }
+                    | OriginAction::Close { .. }
+                    | OriginAction::AbortDial { .. } => {}
                     OriginAction::Open { .. } => panic!("unexpected second origin flow"),
                 }
             }

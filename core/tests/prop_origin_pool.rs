@@ -266,7 +266,9 @@ impl Origins {
                 OriginAction::Close { flow } => {
                     self.flows.remove(&flow);
                 }
-                OriginAction::Resume { .. } | OriginAction::ShutdownWrite { .. } => {}
+                OriginAction::Resume { .. }
+                | OriginAction::ShutdownWrite { .. }
+                | OriginAction::AbortDial { .. } => {}
             }
         }
     }

@@ -31,7 +31,7 @@ use rustls::ClientConnection;
 use tracing::debug;
 
 use crate::resolver::Resolver;
-use crate::tls::OriginTls;
+use burrow_os::origin_tls::OriginTls;
 
 /// One origin connection's identity.
 pub type Key = (LinkId, FlowId);
@@ -46,6 +46,11 @@ const MAX_HEAD: usize = 64 * 1024;
 pub enum Report {
     /// Connected; the TLS handshake begins (its deadline is the connector's).
     Handshaking,
+    /// The SOCKS5 exchange in front of the flow began dialling its client's destination (its
+    /// deadline is the connector's: [`Origins::abort_dial`]).
+    Dialing,
+    /// That dial ended, connected or failed.
+    Dialed,
     /// Dialled (TLS included).
     Connected,
     /// Could not dial, or broke.
@@ -187,17 +192,14 @@ struct Socks {
     /// Our replies for the client, one per read permit.
     out: VecDeque<Bytes>,
     phase: Phase,
-    /// The rule's `connectTimeout`, for the destination's dial (zero: none).
-    connect_timeout: Duration,
 }
 
 impl Socks {
-    fn new(server: Server, connect_timeout: Duration) -> Box<Self> {
+    fn new(server: Server) -> Box<Self> {
         Box::new(Self {
             server,
             out: VecDeque::new(),
             phase: Phase::Talking,
-            connect_timeout,
         })
     }
 }
@@ -210,8 +212,6 @@ pub struct Origins {
     registry: Registry,
     /// Names are resolved here.
     resolver: Resolver,
-    /// Deadlines of SOCKS destination dials.
-    dials: HashMap<Key, Instant>,
     /// Resolver ids of flows waiting for a name.
     lookups: HashMap<u64, Key>,
     next_lookup: u64,
@@ -228,7 +228,6 @@ impl Origins {
             tls,
             registry,
             resolver,
-            dials: HashMap::new(),
             lookups: HashMap::new(),
             next_lookup: 0,
             scratch: vec![0; READ_CHUNK],
@@ -341,40 +340,33 @@ impl Origins {
         }
     }
 
-    /// When [`Origins::tick`] has work: a SOCKS dial's deadline, or the resolver's.
+    /// When [`Origins::tick`] has work: the resolver's.
     pub fn deadline(&self) -> Option<Instant> {
-        self.dials
-            .values()
-            .copied()
-            .chain(self.resolver.deadline())
-            .min()
+        self.resolver.deadline()
     }
 
-    /// Fails SOCKS dials past their deadline (as a dial that timed out); lets the resolver
-    /// thread end when idle.
+    /// Lets the resolver thread end when idle.
     pub fn tick(&mut self, now: Instant) {
         self.resolver.retire(now);
-        let late: Vec<Key> = self
-            .dials
-            .iter()
-            .filter(|(_, d)| **d <= now)
-            .map(|(k, _)| *k)
-            .collect();
-        for key in late {
-            self.dials.remove(&key);
-            let Some(f) = self.flows.get_mut(&key) else {
-                continue;
-            };
-            if let Some(mut s) = f.stream.take() {
-                let _ = self.registry.deregister(s.source());
-            }
-            if let Some(sx) = f.socks.as_mut() {
-                let step = sx
-                    .server
-                    .dial_failed(DialFailure::of(io::ErrorKind::TimedOut));
-                self.run_socks(key, step);
-            }
+    }
+
+    /// The connector gave up on the SOCKS destination dial of `key` ([`Report::Dialing`]):
+    /// it fails as a dial that timed out. Stale calls (the dial ended) do nothing.
+    pub fn abort_dial(&mut self, key: Key) {
+        let Some(f) = self.flows.get_mut(&key) else {
+            return;
+        };
+        let Some(sx) = f.socks.as_mut().filter(|sx| sx.phase == Phase::Dialling) else {
+            return;
+        };
+        if let Some(mut s) = f.stream.take() {
+            let _ = self.registry.deregister(s.source());
         }
+        self.reports.push((key, Report::Dialed));
+        let step = sx
+            .server
+            .dial_failed(DialFailure::of(io::ErrorKind::TimedOut));
+        self.run_socks(key, step);
     }
 
     /// Does what the SOCKS exchange of `key` asks, until it waits for something.
@@ -415,9 +407,7 @@ impl Origins {
                             f.stream = Some(Stream::Tcp(s));
                             f.target = addr.to_string();
                             sx.phase = Phase::Dialling;
-                            if !sx.connect_timeout.is_zero() {
-                                self.dials.insert(key, Instant::now() + sx.connect_timeout);
-                            }
+                            self.reports.push((key, Report::Dialing));
                             break;
                         }
                         Err(e) => sx.server.dial_failed(DialFailure::of(e.kind())),
@@ -455,7 +445,7 @@ impl Origins {
                 }),
             },
         };
-        self.dials.remove(&key);
+        self.reports.push((key, Report::Dialed));
         Some(match local {
             Ok(local) => {
                 if let Stream::Tcp(t) = s {
@@ -554,7 +544,6 @@ impl Origins {
 
     /// Closes and forgets the flow; its token is free again.
     pub fn close(&mut self, key: Key) -> Option<Token> {
-        self.dials.remove(&key);
         let mut f = self.flows.remove(&key)?;
         if let Some(s) = &mut f.stream {
             let _ = self.registry.deregister(s.source());
@@ -616,7 +605,7 @@ fn step(
                 Stream::Unix(_) => Err(io::ErrorKind::Unsupported.into()),
             };
             let local = local.map_err(|e| format!("dial tcp {}: {e}", f.target))?;
-            f.socks = Some(Socks::new(Server::over_dialled(local), Duration::ZERO));
+            f.socks = Some(Socks::new(Server::over_dialled(local)));
         }
         if f.tls.is_some() {
             f.state = State::Handshaking;
@@ -901,7 +890,7 @@ fn plan(
         Service::Bastion => return Err("bastion has no destination of its own".to_owned()),
         Service::SocksProxy => {
             let server = Server::new(o.ip_rules.clone());
-            return Ok(Plan::Socks(Socks::new(server, o.connect_timeout)));
+            return Ok(Plan::Socks(Socks::new(server)));
         }
     };
     let tls = if with_tls {
@@ -923,7 +912,7 @@ fn client(
     name: Option<&str>,
     o: &OriginRequest,
 ) -> Result<Box<ClientConnection>, String> {
-    let config = tls.config(o)?;
+    let config = tls.config(o, false)?;
     let name = name.unwrap_or("localhost").to_owned();
     let name = ServerName::try_from(name.clone())
         .map_err(|e| format!("bad origin server name {name}: {e}"))?;

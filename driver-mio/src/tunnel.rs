@@ -31,7 +31,7 @@ use crate::origin::{Key, Origins, Report};
 use crate::resolver::Resolver;
 use crate::srv;
 use crate::status::{self, Client, Figures};
-use crate::tls::OriginTls;
+use burrow_os::origin_tls::OriginTls;
 
 const WAKER: Token = Token(0);
 const SIGNALS: Token = Token(1);
@@ -281,6 +281,7 @@ impl Driver {
             Io::WriteFlow { link, flow, data } => self.origins.write((link, flow), data),
             Io::ReadFlow { link, flow } => self.origins.read_more((link, flow)),
             Io::ShutdownFlow { link, flow } => self.origins.shutdown((link, flow)),
+            Io::AbortDial { link, flow } => self.origins.abort_dial((link, flow)),
             Io::CloseFlow { link, flow } => {
                 let token = self.origins.close((link, flow));
                 self.tokens.free(token);
@@ -364,6 +365,8 @@ impl Driver {
             let reason;
             let input = match report {
                 Report::Handshaking => Input::FlowHandshaking { link, flow },
+                Report::Dialing => Input::FlowDialing { link, flow },
+                Report::Dialed => Input::FlowDialed { link, flow },
                 Report::Connected => Input::FlowConnected { link, flow },
                 Report::Failed(r) => {
                     reason = r;
@@ -554,7 +557,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         recv_bufs: RecvBufs::new(),
         edge_tcp: EdgeLinks::new(),
         origins: Origins::new(
-            OriginTls::new(),
+            OriginTls::new(None),
             origin_registry,
             Resolver::new(waker.clone()),
         ),

@@ -35,8 +35,20 @@ fn mio_connector(bed: &Testbed, o: &ConnectorOpts, grace: &str) -> Proc {
 
 /// The same with the burrow-mio binary at `bin`.
 fn mio_connector_from(bin: &Path, bed: &Testbed, o: &ConnectorOpts, grace: &str) -> Proc {
+    mio_connector_with_env(bin, bed, o, grace, &[])
+}
+
+/// The same with extra environment variables.
+fn mio_connector_with_env(
+    bin: &Path,
+    bed: &Testbed,
+    o: &ConnectorOpts,
+    grace: &str,
+    env: &[(&str, &Path)],
+) -> Proc {
     let config = bed.write_config(o).expect("config");
     let mut cmd = Command::new(bin);
+    cmd.envs(env.iter().copied());
     cmd.args(["tunnel", "--config"])
         .arg(&config)
         .args(["--edge", &o.edge.to_string()])
@@ -670,24 +682,38 @@ fn https_origin_by_name_verified_with_ca_pool() {
         assert!(got == body, "body through TLS intact ({} bytes)", got.len());
     }
     // Without the CA the origin is refused: verification is on.
-    let (status, _) = {
-        let bed2 = Testbed::create(burrow(), "mio-https-noca", "app", &[HOST]).expect("tunnel");
-        let eo2 = EdgeOpts::loopback().expect("ports");
-        let _edge2 = bed2.edge(&eo2).expect("edge");
-        let metrics2 = testbed::free_tcp().expect("port");
-        let o2 = ConnectorOpts {
-            edge: eo2.quic,
-            metrics: metrics2,
-            ingress: vec![(None, format!("https://localhost:{port}"))],
-            ha_connections: 1,
-            extra: Vec::new(),
-            config_extra: String::new(),
-        };
-        let mut c2 = mio_connector(&bed2, &o2, "1s");
-        testbed::wait_ready(&mut c2, metrics2, 1, Duration::from_secs(30)).expect("ready");
-        get(eo2.http, "/")
+    assert_eq!(
+        get_without_ca_pool("mio-https-noca", port, &[]),
+        502,
+        "an unverified origin is a bad gateway"
+    );
+    // The CA in the system store (SSL_CERT_FILE, which the store honours) and no caPool: trusted,
+    // as cloudflared trusts the system store.
+    assert_eq!(
+        get_without_ca_pool("mio-https-system", port, &[("SSL_CERT_FILE", &ca)]),
+        200,
+        "an origin the system store trusts is served"
+    );
+}
+
+/// The status of one request through a fresh burrow-mio (environment `env`) to the HTTPS origin
+/// on `port`, with no `caPool`.
+fn get_without_ca_pool(name: &str, port: u16, env: &[(&str, &Path)]) -> u16 {
+    let bed = Testbed::create(burrow(), name, "app", &[HOST]).expect("tunnel");
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let metrics = testbed::free_tcp().expect("port");
+    let o = ConnectorOpts {
+        edge: eo.quic,
+        metrics,
+        ingress: vec![(None, format!("https://localhost:{port}"))],
+        ha_connections: 1,
+        extra: Vec::new(),
+        config_extra: String::new(),
     };
-    assert_eq!(status, 502, "an unverified origin is a bad gateway");
+    let mut c = mio_connector_with_env(Path::new(MIO), &bed, &o, "1s", env);
+    testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30)).expect("ready");
+    get(eo.http, "/").0
 }
 
 /// `--protocol auto` with UDP to the edge dropped (nftables, as root): 4 connections over

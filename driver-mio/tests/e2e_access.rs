@@ -15,6 +15,7 @@ mod testbed;
 
 use common::access::*;
 use common::origins::tcp_echo;
+use common::stalled::unanswered_origin;
 use harness::{burrow, MIO};
 use testbed::{EdgeOpts, Proc, Testbed};
 
@@ -80,6 +81,19 @@ fn socks5_over_websocket_connects_where_ip_rules_allow() {
         &socks_proxy_ingress(echo, closed),
     );
     check_socks_proxy(eo.http, echo, closed);
+    c.check_alive().expect("burrow-mio alive");
+}
+
+/// The destination dial has the rule's `connectTimeout`, on the connector's timers.
+#[test]
+fn socks5_destination_dial_ends_at_connect_timeout() {
+    let (unanswered, _held) = unanswered_origin();
+    let (_bed, _edge, mut c, eo) = start(
+        "mio-socks-deadline",
+        &["slow.test"],
+        &socks_deadline_ingress(unanswered),
+    );
+    check_socks_dial_deadline(eo.http, unanswered);
     c.check_alive().expect("burrow-mio alive");
 }
 

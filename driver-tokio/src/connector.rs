@@ -146,18 +146,6 @@ async fn txt_record(name: &str) -> Option<String> {
     String::from_utf8(text).ok()
 }
 
-/// Roots for HTTPS origins and Access key sets: the system store plus webpki's roots
-/// (cloudflared trusts the system store; `caPool` adds to it per rule).
-fn web_roots() -> rustls::RootCertStore {
-    let mut roots = rustls::RootCertStore {
-        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-    };
-    let system = rustls_native_certs::load_native_certs();
-    let (added, skipped) = roots.add_parsable_certificates(system.certs);
-    debug!(added, skipped, "origin roots: webpki and the system store");
-    roots
-}
-
 /// Session datagrams read per turn of the loop (a bounded batch, as for the other sources).
 const UDP_READ_BATCH: usize = 256;
 
@@ -194,10 +182,8 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         connector_id = %metrics.connector_id,
         "Starting tunnel"
     );
-    let web_roots = Arc::new(web_roots());
-    let dialer = Dialer {
-        roots: web_roots.clone(),
-    };
+    let web_roots = Arc::new(burrow_os::origin_tls::web_roots());
+    let dialer = Dialer::new(web_roots.clone());
     let access_urls =
         |i: &Ingress| -> Vec<String> { i.access_certs_urls().map(str::to_owned).collect() };
     let (keys_tx, mut keys_rx) = mpsc::unbounded_channel();
@@ -637,6 +623,11 @@ impl DriverIo {
                     f.handle.shutdown_write();
                 }
             }
+            Io::AbortDial { link, flow } => {
+                if let Some(f) = self.flows.get(&(link, flow)) {
+                    f.handle.abort_dial();
+                }
+            }
             Io::CloseFlow { link, flow } => {
                 if let Some(f) = self.flows.remove(&(link, flow)) {
                     // A TCP stream whose dial the connector gave up on failed to connect.
@@ -899,6 +890,8 @@ fn on_report(
     let tcp = f.kind == FlowKind::Tcp;
     let input = match &report {
         FlowReport::Handshaking => Input::FlowHandshaking { link, flow },
+        FlowReport::Dialing => Input::FlowDialing { link, flow },
+        FlowReport::Dialed => Input::FlowDialed { link, flow },
         FlowReport::Connected => {
             f.settled = true;
             if tcp {

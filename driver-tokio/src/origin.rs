@@ -5,15 +5,17 @@
 //! Every flow is one task pair; it reports to the connector loop through [`FlowReport`]s and
 //! takes commands through its [`FlowHandle`]. Dials have no deadline here: the connector fails
 //! one that outlasts its rule's `connectTimeout` or `tlsTimeout` and closes it, which drops
-//! the handle and aborts the task.
+//! the handle and aborts the task; a SOCKS5 destination dial it aborts through
+//! [`FlowHandle::abort_dial`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use burrow_core::datagram::LinkId;
 use burrow_core::ingress::{Origin, OriginRequest, Service};
 use burrow_core::stream::proxy::FlowKind;
 use burrow_core::stream::socks::Server;
 use burrow_core::tunnel::data::FlowId;
+use burrow_os::origin_tls::OriginTls;
 use bytes::{Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::service::service_fn;
@@ -33,6 +35,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 pub enum FlowReport {
     /// Connected; the TLS handshake begins (its deadline is the connector's).
     Handshaking,
+    /// The SOCKS5 server in front of the flow began dialling its client's destination (its
+    /// deadline is the connector's).
+    Dialing,
+    /// That dial ended, connected or failed.
+    Dialed,
     /// Dialled (TLS included).
     Connected,
     /// Could not dial, or broke.
@@ -57,6 +64,8 @@ enum WriteCmd {
 pub struct FlowHandle {
     writes: mpsc::UnboundedSender<WriteCmd>,
     permit: Arc<Notify>,
+    /// Ends a SOCKS5 destination dial as timed out.
+    abort: Arc<Notify>,
     task: JoinHandle<()>,
 }
 
@@ -75,6 +84,25 @@ impl FlowHandle {
     pub fn read_more(&self) {
         self.permit.notify_one();
     }
+
+    /// The connector gave up on the SOCKS5 destination dial ([`FlowReport::Dialing`]).
+    pub fn abort_dial(&self) {
+        self.abort.notify_one();
+    }
+}
+
+/// What a flow's dial reports on its way, and where the connector's abort comes from.
+#[derive(Clone)]
+struct Progress {
+    id: (LinkId, FlowId),
+    reports: mpsc::UnboundedSender<Report>,
+    abort: Arc<Notify>,
+}
+
+impl Progress {
+    fn report(&self, r: FlowReport) {
+        let _ = self.reports.send((self.id.0, self.id.1, r));
+    }
 }
 
 impl Drop for FlowHandle {
@@ -86,8 +114,8 @@ impl Drop for FlowHandle {
 /// How the connector reaches origins: the one core's ingress rule resolved for each request.
 #[derive(Clone)]
 pub struct Dialer {
-    /// Roots for HTTPS origins (webpki and the system store, plus `caPool` files per rule).
-    pub roots: Arc<rustls::RootCertStore>,
+    /// Client configurations for HTTPS origins, shared by every flow's task.
+    tls: Arc<Mutex<OriginTls>>,
 }
 
 /// Bytes asked of the origin per read when a fresh buffer is needed. Each read is a round trip
@@ -99,6 +127,13 @@ const READ_CHUNK: usize = 128 * 1024;
 const MIN_READ: usize = 16 * 1024;
 
 impl Dialer {
+    /// A dialer trusting `roots` (webpki and the system store) plus each rule's `caPool`.
+    pub fn new(roots: Arc<rustls::RootCertStore>) -> Self {
+        Self {
+            tls: Arc::new(Mutex::new(OriginTls::new(Some(roots)))),
+        }
+    }
+
     /// Starts flow `flow` of `link`: dials (`host` is the request's, for `matchSNItoHost`),
     /// then pumps bytes. Reports go to `reports`.
     pub fn open(
@@ -112,20 +147,17 @@ impl Dialer {
     ) -> FlowHandle {
         let (writes, write_rx) = mpsc::unbounded_channel();
         let permit = Arc::new(Notify::new());
+        let abort = Arc::new(Notify::new());
         let dialer = self.clone();
         let p = permit.clone();
+        let progress = Progress {
+            id: (link, flow),
+            reports: reports.clone(),
+            abort: abort.clone(),
+        };
         let task = tokio::spawn(async move {
-            let handshaking = || {
-                let _ = reports.send((link, flow, FlowReport::Handshaking));
-            };
             match dialer
-                .dial(
-                    kind,
-                    &dest,
-                    host.as_deref(),
-                    origin.as_deref(),
-                    &handshaking,
-                )
+                .dial(kind, &dest, host.as_deref(), origin.as_deref(), &progress)
                 .await
             {
                 Ok(io) => {
@@ -144,6 +176,7 @@ impl Dialer {
         FlowHandle {
             writes,
             permit,
+            abort,
             task,
         }
     }
@@ -154,8 +187,9 @@ impl Dialer {
         dest: &str,
         host: Option<&str>,
         origin: Option<&Origin>,
-        handshaking: &(dyn Fn() + Send + Sync),
+        progress: &Progress,
     ) -> Result<Box<dyn Io>, String> {
+        let handshaking = || progress.report(FlowReport::Handshaking);
         if kind == FlowKind::Tcp {
             // Private-network routing: dest is ip:port.
             let s = TcpStream::connect(dest)
@@ -197,7 +231,7 @@ impl Dialer {
             Service::SocksProxy => Ok(socks_bridge(
                 Server::new(o.ip_rules.clone()),
                 None,
-                o.connect_timeout,
+                progress.clone(),
             )),
             // Core gives each bastion request the TCP origin it names; never dialled as such.
             Service::Bastion => Err("bastion has no destination of its own".to_owned()),
@@ -219,7 +253,7 @@ impl Dialer {
                     return Ok(socks_bridge(
                         Server::over_dialled(local),
                         Some(tcp),
-                        o.connect_timeout,
+                        progress.clone(),
                     ));
                 }
                 Ok(Box::new(tcp))
@@ -236,14 +270,15 @@ impl Dialer {
         o: &OriginRequest,
         http2: bool,
     ) -> Result<Box<dyn Io>, String> {
-        let mut config = origin_tls(&self.roots, o)?;
-        if http2 {
-            config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-        }
+        let config = self
+            .tls
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .config(o, http2)?;
         let name = host.to_owned();
         let name = rustls::pki_types::ServerName::try_from(name.clone())
             .map_err(|e| format!("bad origin server name {name}: {e}"))?;
-        let c = tokio_rustls::TlsConnector::from(Arc::new(config));
+        let c = tokio_rustls::TlsConnector::from(config);
         let s = c
             .connect(name, s)
             .await
@@ -288,11 +323,12 @@ async fn http2_bridge<S: Io + 'static>(s: S) -> Result<Box<dyn Io>, String> {
 /// A SOCKS5 origin: an in-process SOCKS5 server on the flow's (WebSocket-unwrapped) bytes,
 /// for a `socks-proxy` rule or a TCP origin with `proxyType: socks` (then `target` is the
 /// origin connection, dialled already). Core's `socks::Server` decides every reply and whether
-/// to connect; this task resolves, dials and then copies both ways.
+/// to connect; this task resolves, dials and then copies both ways. The dial's deadline is
+/// the connector's: it is reported, and ends when the connector aborts it.
 fn socks_bridge(
     mut socks: Server,
     mut target: Option<TcpStream>,
-    connect_timeout: std::time::Duration,
+    progress: Progress,
 ) -> Box<dyn Io> {
     use burrow_core::stream::socks::{DialFailure, Step};
     let (client, mut server) = tokio::io::duplex(64 * 1024);
@@ -320,14 +356,12 @@ fn socks_bridge(
                     socks.resolved(ip)
                 }
                 Step::Dial(addr) => {
-                    let dial = TcpStream::connect(addr);
-                    let dialled = if connect_timeout.is_zero() {
-                        dial.await
-                    } else {
-                        tokio::time::timeout(connect_timeout, dial)
-                            .await
-                            .unwrap_or_else(|_| Err(std::io::ErrorKind::TimedOut.into()))
+                    progress.report(FlowReport::Dialing);
+                    let dialled = tokio::select! {
+                        r = TcpStream::connect(addr) => r,
+                        () = progress.abort.notified() => Err(std::io::ErrorKind::TimedOut.into()),
                     };
+                    progress.report(FlowReport::Dialed);
                     match dialled.and_then(|t| t.local_addr().map(|l| (t, l))) {
                         Ok((tcp, local)) => {
                             target = Some(tcp);
@@ -422,35 +456,6 @@ async fn connect_tcp(addr: &str, o: &OriginRequest) -> Result<TcpStream, String>
         debug!(%addr, error = %e, "cannot set TCP keep-alive on the origin connection");
     }
     Ok(s)
-}
-
-/// rustls client config for an origin: roots plus `caPool`, or no verification.
-fn origin_tls(
-    roots: &rustls::RootCertStore,
-    o: &OriginRequest,
-) -> Result<rustls::ClientConfig, String> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?;
-    if o.no_tls_verify {
-        return Ok(builder
-            .dangerous()
-            .with_custom_certificate_verifier(Arc::new(
-                burrow_core::ingress::no_tls_verify::NoVerify(provider),
-            ))
-            .with_no_client_auth());
-    }
-    let mut roots = roots.clone();
-    if let Some(path) = &o.ca_pool {
-        let pem = std::fs::read(path).map_err(|e| format!("caPool {path}: {e}"))?;
-        let extra =
-            burrow_core::quic::tls::certs_from_pem(&pem, "caPool").map_err(|e| e.to_string())?;
-        for c in extra {
-            roots.add(c).map_err(|e| e.to_string())?;
-        }
-    }
-    Ok(builder.with_root_certificates(roots).with_no_client_auth())
 }
 
 /// Moves bytes: a writer half taking commands, a reader half reading one chunk per permit.

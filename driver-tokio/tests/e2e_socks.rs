@@ -13,6 +13,7 @@ use burrow_tokio::testbed::{EdgeOpts, Testbed};
 mod common;
 use common::access::*;
 use common::origins::tcp_echo;
+use common::stalled::unanswered_origin;
 
 const BIN: &str = env!("CARGO_BIN_EXE_burrow");
 
@@ -33,6 +34,21 @@ fn socks5_over_websocket_connects_where_ip_rules_allow() {
         .connector_with_ingress(eo.quic, &socks_proxy_ingress(echo, closed), &[])
         .expect("connector");
     check_socks_proxy(eo.http, echo, closed);
+    c.check_alive().expect("connector alive");
+}
+
+/// The destination dial has the rule's `connectTimeout`, on the connector's timers.
+#[test]
+fn socks5_destination_dial_ends_at_connect_timeout() {
+    let bed = Testbed::create(Path::new(BIN), "e2e-socks-deadline", "app", &["slow.test"])
+        .expect("tunnel");
+    let (unanswered, _held) = unanswered_origin();
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let (mut c, _metrics) = bed
+        .connector_with_ingress(eo.quic, &socks_deadline_ingress(unanswered), &[])
+        .expect("connector");
+    check_socks_dial_deadline(eo.http, unanswered);
     c.check_alive().expect("connector alive");
 }
 

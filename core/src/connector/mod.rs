@@ -79,6 +79,22 @@ pub enum Input<'a> {
         /// Which flow.
         flow: FlowId,
     },
+    /// The connected flow's in-process origin (a `socks-proxy` rule's SOCKS5 server) began
+    /// dialling the destination its client named. The connector gives that dial the rule's
+    /// `connectTimeout` and, past it, says [`Io::AbortDial`].
+    FlowDialing {
+        /// The connection attempt it belongs to.
+        link: LinkId,
+        /// Which flow.
+        flow: FlowId,
+    },
+    /// The destination dial of [`Input::FlowDialing`] ended, connected or failed.
+    FlowDialed {
+        /// The connection attempt it belongs to.
+        link: LinkId,
+        /// Which flow.
+        flow: FlowId,
+    },
     /// The origin connection of a flow is up ([`Io::OpenFlow`]), TLS included.
     FlowConnected {
         /// The connection attempt it belongs to.
@@ -246,6 +262,15 @@ pub enum Io<'a> {
     },
     /// Close the origin connection and forget the flow.
     CloseFlow {
+        /// The connection attempt it belongs to.
+        link: LinkId,
+        /// Which flow.
+        flow: FlowId,
+    },
+    /// The destination dial of [`Input::FlowDialing`] outlasted the rule's `connectTimeout`:
+    /// drop it and fail it as a dial that timed out (the SOCKS5 client is answered "host
+    /// unreachable"); the flow stays. No answer; stale ones (the dial ended) are ignored.
+    AbortDial {
         /// The connection attempt it belongs to.
         link: LinkId,
         /// Which flow.
@@ -467,6 +492,8 @@ impl Connector {
             Input::FlowHandshaking { link, flow } => {
                 self.sup.handle_flow_handshaking(now, link, flow)
             }
+            Input::FlowDialing { link, flow } => self.sup.handle_flow_dialing(now, link, flow),
+            Input::FlowDialed { link, flow } => self.sup.handle_flow_dialed(now, link, flow),
             Input::FlowConnected { link, flow } => self.sup.handle_flow_connected(now, link, flow),
             Input::FlowFailed { link, flow, reason } => {
                 self.sup.handle_flow_failed(now, link, flow, reason)
@@ -666,6 +693,7 @@ impl Connector {
                 return;
             }
             OriginAction::ShutdownWrite { flow } => Io::ShutdownFlow { link, flow },
+            OriginAction::AbortDial { flow } => Io::AbortDial { link, flow },
             OriginAction::Close { flow } => {
                 self.flows.remove(&(link, flow));
                 Io::CloseFlow { link, flow }

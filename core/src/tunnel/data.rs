@@ -79,6 +79,13 @@ pub enum OriginAction {
         /// Which flow.
         flow: FlowId,
     },
+    /// The destination dial the flow's in-process origin began (`handle_flow_dialing`) took
+    /// longer than the rule's `connectTimeout`: drop it and fail it as a dial that timed out.
+    /// The flow itself lives on (its SOCKS5 client is answered).
+    AbortDial {
+        /// Which flow.
+        flow: FlowId,
+    },
 }
 
 /// Limits on data streams and their flows, and the rules that shape their requests.
@@ -167,7 +174,8 @@ struct Flow<I> {
     shut: bool,
     /// Idle in the pool since.
     idle_since: Option<Instant>,
-    /// The dial's deadline, until the driver says the origin is connected.
+    /// The dial's deadline, until the driver says the origin is connected; then that of a
+    /// destination dial its in-process origin makes, while it runs.
     dial: Option<Dial>,
 }
 
@@ -423,7 +431,29 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             .filter_map(|(&id, f)| Some((id, f.dial.as_ref()?.expired(now)?.to_string())))
             .collect();
         for (flow, reason) in expired {
-            self.on_flow_failed(now, conn, flow, &reason);
+            match self.flows.get_mut(&flow) {
+                Some(f) if f.dial.as_ref().is_some_and(Dial::is_destination) => {
+                    debug!(%flow, "destination dial timed out");
+                    f.dial = None;
+                    self.actions.push_back(OriginAction::AbortDial { flow });
+                }
+                _ => self.on_flow_failed(now, conn, flow, &reason),
+            }
+        }
+    }
+
+    /// The connected flow's in-process origin (a SOCKS5 server) began dialling the
+    /// destination its client named: that dial has the rule's `connectTimeout` from `now`.
+    pub(crate) fn on_flow_dialing(&mut self, now: Instant, flow: FlowId) {
+        if let Some(f) = self.flows.get_mut(&flow).filter(|f| f.connected) {
+            f.dial = Some(Dial::destination(now, f.key.origin.as_deref()));
+        }
+    }
+
+    /// That destination dial ended, connected or failed: no deadline any more.
+    pub(crate) fn on_flow_dialed(&mut self, flow: FlowId) {
+        if let Some(f) = self.flows.get_mut(&flow) {
+            f.dial = None;
         }
     }
 

@@ -39,6 +39,9 @@ pub(crate) struct Dial {
     /// None: the phase has no deadline (a zero timeout, or an in-process origin).
     deadline: Option<Instant>,
     handshaking: bool,
+    /// A dial the flow's in-process origin makes of its own ([`Dial::destination`]): its
+    /// expiry aborts that dial, and the flow lives on.
+    destination: bool,
     network: &'static str,
     target: String,
     tls_timeout: Duration,
@@ -82,10 +85,32 @@ impl Dial {
         Self {
             deadline: after(now, connect),
             handshaking: false,
+            destination: false,
             network,
             target,
             tls_timeout,
         }
+    }
+
+    /// The dial a connected flow's in-process origin (a `socks-proxy` rule's SOCKS5 server)
+    /// makes of the destination its client named, begun at `now`: the rule's
+    /// `connectTimeout` (cloudflared's SOCKS dialer has none; burrow bounds it by the rule's).
+    pub(crate) fn destination(now: Instant, origin: Option<&Origin>) -> Self {
+        let connect = origin.map_or(Duration::ZERO, |o| o.origin_request.connect_timeout);
+        Self {
+            deadline: after(now, connect),
+            handshaking: false,
+            destination: true,
+            network: "tcp",
+            target: String::new(),
+            tls_timeout: Duration::ZERO,
+        }
+    }
+
+    /// Whether its expiry aborts a destination dial ([`Dial::destination`]) rather than fails
+    /// the flow.
+    pub(crate) fn is_destination(&self) -> bool {
+        self.destination
     }
 
     /// The connect is done and the TLS handshake begins: its own deadline from `now`.

@@ -495,6 +495,16 @@ impl Http2Link {
         self.data.on_flow_handshaking(now, flow);
     }
 
+    /// The in-process origin of `flow` began a destination dial (its own deadline).
+    pub fn handle_flow_dialing(&mut self, now: Instant, flow: FlowId) {
+        self.data.on_flow_dialing(now, flow);
+    }
+
+    /// That destination dial ended.
+    pub fn handle_flow_dialed(&mut self, flow: FlowId) {
+        self.data.on_flow_dialed(flow);
+    }
+
     /// The origin connection of `flow` is up.
     pub fn handle_flow_connected(&mut self, now: Instant, flow: FlowId) {
         let mut edge = edge(&mut self.conn, &mut self.sides);

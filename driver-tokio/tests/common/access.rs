@@ -206,6 +206,51 @@ pub fn check_socks_proxy(http: SocketAddr, echo: SocketAddr, closed: SocketAddr)
     assert_eq!(socks_connect(&mut s, echo)[..2], [5, 2]);
 }
 
+/// The `connectTimeout` of [`socks_deadline_ingress`]'s rule.
+pub const SOCKS_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Ingress for [`check_socks_dial_deadline`]: `slow.test` a socks-proxy allowed to reach
+/// `unanswered` (whose connect never completes), with [`SOCKS_CONNECT_TIMEOUT`].
+pub fn socks_deadline_ingress(unanswered: SocketAddr) -> String {
+    format!(
+        "- hostname: slow.test\n  service: socks-proxy\n  originRequest:\n    connectTimeout: {}s\n    ipRules:\n\
+         \x20     - prefix: 127.0.0.0/8\n        ports: [{}]\n        allow: true\n\
+         - service: http_status:404\n",
+        SOCKS_CONNECT_TIMEOUT.as_secs(),
+        unanswered.port(),
+    )
+}
+
+/// A SOCKS5 CONNECT to `unanswered` (a connect that never completes) is answered "host
+/// unreachable" (4) at the rule's `connectTimeout`, the connector's timer: not earlier, and
+/// not after the kernel's SYN retries. The connector serves on.
+pub fn check_socks_dial_deadline(http: SocketAddr, unanswered: SocketAddr) {
+    use crate::common::stalled::SLACK;
+    let mut s = ws(http, "slow.test");
+    s.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    let start = std::time::Instant::now();
+    let reply = socks_connect(&mut s, unanswered);
+    let took = start.elapsed();
+    assert_eq!(reply[..2], [5, 4], "host unreachable: {reply:?}");
+    assert!(
+        took >= SOCKS_CONNECT_TIMEOUT && took < SOCKS_CONNECT_TIMEOUT + SLACK,
+        "answered at connectTimeout ({SOCKS_CONNECT_TIMEOUT:?}): took {took:?}"
+    );
+    // Two at once each get their own deadline.
+    let mut a = ws(http, "slow.test");
+    let mut b = ws(http, "slow.test");
+    a.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    b.get_mut()
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    assert_eq!(socks_connect(&mut a, unanswered)[..2], [5, 4]);
+    assert_eq!(socks_connect(&mut b, unanswered)[..2], [5, 4]);
+}
+
 /// A TCP origin that greets each connection first, as an SSH server does, with the port it
 /// sees the connection come from (`peer PORT\n`), then echoes.
 pub fn banner_echo() -> SocketAddr {

@@ -107,6 +107,14 @@ impl Link {
         both!(self, c => c.handle_flow_handshaking(now, flow))
     }
 
+    pub(crate) fn handle_flow_dialing(&mut self, now: Instant, flow: FlowId) {
+        both!(self, c => c.handle_flow_dialing(now, flow))
+    }
+
+    pub(crate) fn handle_flow_dialed(&mut self, flow: FlowId) {
+        both!(self, c => c.handle_flow_dialed(flow))
+    }
+
     pub(crate) fn handle_flow_connected(&mut self, now: Instant, flow: FlowId) {
         both!(self, c => c.handle_flow_connected(now, flow))
     }

@@ -802,6 +802,16 @@ impl Supervisor {
         self.with_link(now, link, |c| c.handle_flow_handshaking(now, flow));
     }
 
+    /// The in-process origin of `flow` began a destination dial. Stale links are ignored.
+    pub fn handle_flow_dialing(&mut self, now: Instant, link: LinkId, flow: FlowId) {
+        self.with_link(now, link, |c| c.handle_flow_dialing(now, flow));
+    }
+
+    /// That destination dial ended. Stale links are ignored.
+    pub fn handle_flow_dialed(&mut self, now: Instant, link: LinkId, flow: FlowId) {
+        self.with_link(now, link, |c| c.handle_flow_dialed(flow));
+    }
+
     /// The origin connection of `flow` is up. Stale links are ignored.
     pub fn handle_flow_connected(&mut self, now: Instant, link: LinkId, flow: FlowId) {
         self.with_link(now, link, |c| c.handle_flow_connected(now, flow));

@@ -382,6 +382,7 @@ fn do_io(
             actions.push((link, OriginAction::ShutdownWrite { flow }))
         }
         Io::CloseFlow { link, flow } => actions.push((link, OriginAction::Close { flow })),
+        Io::AbortDial { link, flow } => actions.push((link, OriginAction::AbortDial { flow })),
         Io::OpenUdp { flow, dest } => {
             origin.opened.push((flow, dest));
             return Some(match origin.refuse {

@@ -15,6 +15,18 @@ const TLS: Duration = Duration::from_secs(4);
 /// A connector whose one rule sends HTTP requests to `127.0.0.1:9` (HTTPS with `tls`), with
 /// [`CONNECT`] and [`TLS`] as its timeouts; registered.
 fn world(seed: u64, tls: bool) -> (World, ConnId) {
+    world_of(
+        seed,
+        Service::Http {
+            tls,
+            host: "127.0.0.1".into(),
+            port: 9,
+        },
+    )
+}
+
+/// A connector whose one rule is `service`, with [`CONNECT`] and [`TLS`]; registered.
+fn world_of(seed: u64, service: Service) -> (World, ConnId) {
     // As the edge pushes them: whole seconds.
     let options: OriginRequestConfig = serde_json::from_str(&format!(
         r#"{{"connectTimeout":{},"tlsTimeout":{}}}"#,
@@ -22,11 +34,6 @@ fn world(seed: u64, tls: bool) -> (World, ConnId) {
         TLS.as_secs()
     ))
     .expect("options");
-    let service = Service::Http {
-        tls,
-        host: "127.0.0.1".into(),
-        port: 9,
-    };
     let ingress = Ingress::single_with(service, &options).expect("rules");
     let mut w = World::with(1, seed, |c| {
         c.connector.data.ingress = Some(std::sync::Arc::new(ingress));
@@ -47,7 +54,7 @@ impl World {
         kind: ConnectionType,
         dest: &str,
     ) -> (StreamId, LinkId, FlowId, Instant) {
-        let metadata = [
+        let mut metadata = vec![
             Metadata {
                 key: key::HTTP_METHOD,
                 val: "GET",
@@ -57,6 +64,12 @@ impl World {
                 val: "app.test",
             },
         ];
+        if kind == ConnectionType::WebSocket {
+            metadata.push(Metadata {
+                key: "HttpHeader:Sec-Websocket-Key",
+                val: "dGhlIHNhbXBsZSBub25jZQ==",
+            });
+        }
         let request = ConnectRequest {
             dest,
             connection_type: kind,
@@ -93,6 +106,12 @@ impl World {
     /// Runs until virtual time `at`, or `stop`.
     fn run_until(&mut self, at: Instant, stop: impl FnMut(&World) -> bool) {
         self.run(at - self.start, stop);
+    }
+
+    fn dial_aborted(&self, link: LinkId, flow: FlowId) -> bool {
+        self.origin_actions.iter().any(
+            |(l, a)| matches!(a, OriginAction::AbortDial { flow: f } if *l == link && *f == flow),
+        )
     }
 
     fn dial_closed(&self, link: LinkId, flow: FlowId) -> bool {
@@ -288,4 +307,86 @@ fn a_flow_that_fails_is_closed_at_the_driver() {
         reason: "read from origin: connection reset by peer",
     });
     assert!(w.dial_closed(link, flow), "and one that broke");
+}
+
+/// A `socks-proxy` flow (its origin in process, connected at once) whose SOCKS5 server dials
+/// the destination its client named: core gives that dial the rule's `connectTimeout` and
+/// tells the driver to abort it then, at that time exactly; the flow lives on.
+#[test]
+fn a_socks_destination_dial_is_aborted_at_connect_timeout_and_the_flow_kept() {
+    let (mut w, conn) = world_of(35, Service::SocksProxy);
+    let (stream, link, flow, _) = w.open(conn, ConnectionType::WebSocket, "http://app.test/");
+    w.input(Input::FlowConnected { link, flow });
+    w.run_until(w.now + Duration::from_secs(1), |_| false);
+    let dialing = w.now;
+    w.input(Input::FlowDialing { link, flow });
+    assert!(
+        w.deadline.is_some_and(|d| d <= dialing + CONNECT),
+        "the Timeout output covers the destination dial: {:?}",
+        w.deadline
+    );
+    w.run_until(dialing + CONNECT - Duration::from_millis(1), |w| {
+        w.dial_aborted(link, flow)
+    });
+    assert!(!w.dial_aborted(link, flow), "aborted before connectTimeout");
+    w.run_until(dialing + CONNECT + Duration::from_secs(1), |w| {
+        w.dial_aborted(link, flow)
+    });
+    assert!(w.dial_aborted(link, flow), "the driver is told to abort");
+    assert_eq!(w.now, dialing + CONNECT, "at connectTimeout exactly");
+    assert!(
+        w.deadline.is_none_or(|d| d > dialing + CONNECT),
+        "the deadline moves on once fired: {:?}",
+        w.deadline
+    );
+    // The driver answers the SOCKS5 client; the flow and its stream stay.
+    w.input(Input::FlowDialed { link, flow });
+    w.run_until(w.now + Duration::from_secs(2), |_| false);
+    assert!(!w.dial_closed(link, flow), "the flow is kept");
+    let aborts = w
+        .origin_actions
+        .iter()
+        .filter(|(_, a)| matches!(a, OriginAction::AbortDial { .. }))
+        .count();
+    assert_eq!(aborts, 1, "aborted once");
+    assert_eq!(
+        w.answer(conn, stream).as_deref(),
+        Some(""),
+        "the 101 stands"
+    );
+}
+
+#[test]
+fn a_socks_destination_dial_that_ends_in_time_is_never_aborted() {
+    let (mut w, conn) = world_of(36, Service::SocksProxy);
+    let (_, link, flow, _) = w.open(conn, ConnectionType::WebSocket, "http://app.test/");
+    w.input(Input::FlowConnected { link, flow });
+    let dialing = w.now;
+    w.input(Input::FlowDialing { link, flow });
+    w.run_until(dialing + Duration::from_secs(2), |_| false);
+    w.input(Input::FlowDialed { link, flow });
+    assert!(
+        w.deadline.is_none_or(|d| d != dialing + CONNECT),
+        "no dial deadline left: {:?}",
+        w.deadline
+    );
+    w.run_until(dialing + CONNECT + Duration::from_secs(5), |w| {
+        w.dial_aborted(link, flow)
+    });
+    assert!(!w.dial_aborted(link, flow));
+    assert!(!w.dial_closed(link, flow));
+    // A report for a flow that is not connected arms nothing.
+    let (_, link2, flow2, opened) = w.open(conn, ConnectionType::WebSocket, "http://app.test/2");
+    assert_ne!(flow2, flow);
+    w.input(Input::FlowDialing {
+        link: link2,
+        flow: flow2,
+    });
+    w.run_until(opened + CONNECT + Duration::from_secs(1), |w| {
+        w.dial_aborted(link2, flow2)
+    });
+    assert!(
+        !w.dial_aborted(link2, flow2),
+        "an unconnected flow's report is ignored"
+    );
 }
