@@ -786,7 +786,7 @@ fn a_shutdown_ends_the_connection_only_after_every_answer_is_sent() {
         .map(|i| (i % 251) as u8)
         .collect();
     let mut sent = 0;
-    let mut feed = |p: &mut Pair, sent: &mut usize| {
+    let feed = |p: &mut Pair, sent: &mut usize| {
         while *sent < body.len() {
             let n =
                 p.c.send_data(r.stream, Bytes::copy_from_slice(&body[*sent..]))
