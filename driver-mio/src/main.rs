@@ -30,11 +30,16 @@ struct Cli {
 enum Command {
     /// Tunnel commands, as `cloudflared tunnel`.
     Tunnel(Box<TunnelArgs>),
+    /// Manages the system service, as `cloudflared service` (systemd, OpenRC or SysV).
+    Service(burrow_core::settings::service::ServiceArgs),
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(cloudflared_argv(std::env::args_os().collect()));
-    let Command::Tunnel(args) = cli.command;
+    let args = match cli.command {
+        Command::Tunnel(args) => args,
+        Command::Service(args) => return burrow_os::service::main(args),
+    };
     let (loaded, settings) = match start(&args) {
         Ok(x) => x,
         Err(e) => {

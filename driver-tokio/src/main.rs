@@ -13,7 +13,6 @@ mod origin;
 mod quic_metrics;
 mod quickstart;
 mod run;
-mod service;
 
 // The QUIC socket lives in the library so the bench's QUIC ceiling uses the same one.
 use burrow_tokio::quic_socket;
@@ -50,7 +49,7 @@ enum Command {
     Edge(Box<edge::EdgeArgs>),
     /// Edge, connector and a hello-world origin in one process on loopback.
     Quickstart(quickstart::QuickstartArgs),
-    /// Manages the system service, as `cloudflared service` (systemd).
+    /// Manages the system service, as `cloudflared service` (systemd, OpenRC or SysV).
     Service(burrow_core::settings::service::ServiceArgs),
 }
 
@@ -63,6 +62,6 @@ fn main() -> ExitCode {
         Command::Tunnel(args) => run::main(*args),
         Command::Edge(args) => edge::main(*args),
         Command::Quickstart(args) => quickstart::main(args),
-        Command::Service(args) => service::main(args),
+        Command::Service(args) => burrow_os::service::main(args),
     }
 }

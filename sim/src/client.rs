@@ -112,6 +112,8 @@ pub struct Client {
     /// Requests that ended with an error because their connection was lost (or, on a hostile
     /// network, found no connection).
     pub failed: u64,
+    /// The edge connection each failed request went out on.
+    pub failed_on: Vec<Option<ConnId>>,
     /// With a read budget: when the eyeball reads next.
     next_read: crate::clock::VirtualTime,
     /// The edge had no connection for the last request: start none before this.
@@ -138,6 +140,7 @@ impl Client {
             hostile: false,
             rate_limited: 0,
             failed: 0,
+            failed_on: Vec::new(),
             next_read: crate::clock::VirtualTime::ZERO,
             retry_at: None,
         }
@@ -453,6 +456,7 @@ impl Client {
                         a.conn, a.request
                     ));
                 }
+                self.failed_on.push(a.conn);
                 self.active.remove(&id);
                 self.failed += 1;
             }

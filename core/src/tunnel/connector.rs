@@ -2,7 +2,11 @@
 //!
 //! Lifecycle: QUIC handshake → open the control stream (the first client bidirectional stream,
 //! which the edge takes for the control plane) → register → serve → on shutdown unregister,
-//! drain, close with application code 0 and an empty reason, as cloudflared does.
+//! end the control conversation, drain, close with application code 0 and an empty reason, as
+//! cloudflared does. The drain lasts until the edge closes the connection or the grace period
+//! ends, serving every stream that arrives meanwhile: streams the edge opened before it saw the
+//! unregistration may still be on their way (lost and retransmitted), so no stream count on
+//! this side can tell that none is left.
 //!
 //! Edge-opened streams start with a preamble. RPC streams are served (remote configuration;
 //! datagram-v2 session registration and unregistration on a v2 connection, refused as
@@ -156,7 +160,8 @@ impl CloseReason {
 /// Why we closed a connection.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 pub enum LocalClose {
-    /// Shut down (drained, or at once).
+    /// Shut down: drained (the edge closed the connection after we unregistered, or the grace
+    /// period ended), or at once.
     #[error("shutdown")]
     Shutdown,
     /// The registration failed: the edge refused it, or the call failed or timed out.
@@ -204,7 +209,7 @@ enum State {
     Serving,
     /// `unregisterConnection` sent.
     Unregistering,
-    /// Unregistered; in-flight streams finish until the deadline.
+    /// Unregistered; streams are served until the edge closes the connection or the deadline.
     Draining(Instant),
     /// CONNECTION_CLOSE sent or received; waiting for quinn to drain.
     Closing,
@@ -343,11 +348,15 @@ impl ConnectorConnection {
         self.data.expire_dials(now, &mut self.conn);
         self.expire_calls(now);
         if matches!(self.state, State::Draining(deadline) if deadline <= now) {
-            warn!(
-                conn_index = self.config.registration.conn_index,
-                streams = self.data.active(),
-                "grace period over; closing with streams in flight"
-            );
+            let (conn_index, streams) = (self.config.registration.conn_index, self.data.active());
+            if streams > 0 {
+                warn!(
+                    conn_index,
+                    streams, "grace period over; closing with streams in flight"
+                );
+            } else {
+                debug!(conn_index, "grace period over; closing");
+            }
             self.close(now);
         }
         self.progress(now);
@@ -582,13 +591,6 @@ impl ConnectorConnection {
             self.on_quic_event(now, event);
         }
         self.pump_control(now);
-        if matches!(self.state, State::Draining(_)) && self.data.active() == 0 {
-            debug!(
-                conn_index = self.config.registration.conn_index,
-                "drained; closing"
-            );
-            self.close(now);
-        }
         exchange_events(&mut self.endpoint, self.handle, &mut self.conn);
         // A close we started ends without a ConnectionLost event, once quinn has drained.
         if self.state == State::Closing && self.conn.is_drained() {
@@ -601,7 +603,23 @@ impl ConnectorConnection {
         match event {
             Event::Connected => self.open_control(now),
             Event::ConnectionLost { reason } => {
-                self.finish(reason.into());
+                let reason = match reason {
+                    // The edge closing after we unregistered ends the drain: the shutdown's
+                    // orderly end (as a closed HTTP/2 connection is during one).
+                    quinn_proto::ConnectionError::ApplicationClosed(close)
+                        if matches!(self.state, State::Draining(_))
+                            && close.error_code == VarInt::from_u32(0) =>
+                    {
+                        debug!(
+                            conn_index = self.config.registration.conn_index,
+                            streams = self.data.active(),
+                            "the edge closed the unregistered connection"
+                        );
+                        CloseReason::Local(LocalClose::Shutdown)
+                    }
+                    reason => reason.into(),
+                };
+                self.finish(reason);
             }
             Event::Stream(StreamEvent::Readable { id }) if self.data.owns(id) => {
                 self.data.on_readable(now, &mut self.conn, id);
@@ -1035,7 +1053,10 @@ impl ConnectorConnection {
                     warn!(conn_index, %reason, "unregistering failed; draining anyway");
                 }
                 self.events.push_back(ConnectorEvent::Unregistered);
-                // The edge routes no new requests here now; let those in flight finish.
+                // cloudflared ends the RPC conversation now (Abort + FIN), which tells the edge
+                // we have its answer, then serves what still comes until the edge closes the
+                // connection or the grace period ends.
+                self.end_control();
                 self.state = State::Draining(now + self.config.grace_period);
             }
         }
@@ -1046,6 +1067,16 @@ impl ConnectorConnection {
         if matches!(self.state, State::Closing | State::Closed) {
             return;
         }
+        self.end_control();
+        self.conn.close(now, VarInt::from_u32(0), Bytes::new());
+        // Nothing moves on a closed connection: its streams end now (their origins closed), not
+        // when quinn has drained, which a stop may not wait for.
+        self.data.close_all();
+        self.state = State::Closing;
+    }
+
+    /// Ends the control conversation: Abort("rpc: shutdown"), then FIN.
+    fn end_control(&mut self) {
         if let Some(c) = &mut self.control {
             c.client.close();
             if let Some(bytes) = c.client.poll_transmit() {
@@ -1054,11 +1085,6 @@ impl ConnectorConnection {
             let _ = flush_stream(&mut self.conn, c.stream, &mut c.unsent);
             let _ = self.conn.send_stream(c.stream).finish();
         }
-        self.conn.close(now, VarInt::from_u32(0), Bytes::new());
-        // Nothing moves on a closed connection: its streams end now (their origins closed), not
-        // when quinn has drained, which a stop may not wait for.
-        self.data.close_all();
-        self.state = State::Closing;
     }
 
     fn close_with(&mut self, reason: LocalClose, now: Instant) {

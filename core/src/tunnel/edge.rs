@@ -196,6 +196,11 @@ struct EdgeConnection {
     waiting: VecDeque<StreamId>,
     /// Index of the next stream id of ours to name.
     next_stream: u64,
+    /// The connector unregistered: it is shutting down and gets no new requests.
+    unregistered: bool,
+    /// The connector ended its control conversation (Abort or FIN), as cloudflared does once
+    /// it has the answer to `unregisterConnection`.
+    control_ended: bool,
     closed: bool,
     /// quinn's datagram send buffer when empty, to tell how much of it is taken.
     datagram_room: usize,
@@ -268,6 +273,17 @@ impl EdgeConnection {
         self.next_stream += 1;
         self.waiting.push_back(stream);
         Ok(stream)
+    }
+
+    /// Whether the connector unregistered, has our answer, and nothing is in flight either way.
+    /// It serves streams until we close the connection (or its grace period ends): only we
+    /// know that none of ours is still on its way to it.
+    fn drained(&self) -> bool {
+        self.unregistered
+            && self.control_ended
+            && self.data.is_empty()
+            && self.calls.is_empty()
+            && self.served.is_empty()
     }
 
     /// Whether `stream` of ours is open at quinn (not waiting for credit).
@@ -401,6 +417,8 @@ impl EdgeEndpoint {
                                     data: BTreeMap::new(),
                                     waiting: VecDeque::new(),
                                     next_stream: 0,
+                                    unregistered: false,
+                                    control_ended: false,
                                     closed: false,
                                 },
                             );
@@ -777,6 +795,13 @@ impl EdgeEndpoint {
                 self.events
                     .push_back(EdgeEvent::StreamReset { conn: id, stream });
             }
+            if c.drained() && !c.conn.is_closed() {
+                debug!(
+                    conn = id.0,
+                    "connector unregistered and nothing is in flight; closing"
+                );
+                c.conn.close(now, VarInt::from_u32(0), Bytes::new());
+            }
             exchange_events(&mut self.endpoint, c.handle, &mut c.conn);
             if c.conn.is_drained() {
                 if !c.closed {
@@ -1095,7 +1120,8 @@ fn read_control(now: Instant, id: ConnId, c: &mut EdgeConnection) {
         return;
     };
     match read_stream(&mut c.conn, ctl.stream, &mut ctl.received) {
-        Ok(_) => {
+        Ok(finished) => {
+            c.control_ended |= finished;
             let bytes = std::mem::take(&mut ctl.received);
             if let Err(e) = ctl.server.handle_bytes(&bytes) {
                 // Before registration anyone may be talking: not worth a warning each.
@@ -1129,9 +1155,13 @@ fn pump_control(
             EdgeControlEvent::LocalConfiguration(config) => {
                 EdgeEvent::LocalConfiguration { conn: id, config }
             }
-            EdgeControlEvent::Unregistered => EdgeEvent::Unregistered { conn: id },
+            EdgeControlEvent::Unregistered => {
+                c.unregistered = true;
+                EdgeEvent::Unregistered { conn: id }
+            }
             EdgeControlEvent::Aborted(reason) => {
                 debug!(conn = id.0, %reason, "connector ended its control stream");
+                c.control_ended = true;
                 continue;
             }
         });

@@ -2,12 +2,14 @@
 //! each wraps the sockets in its own event loop's type: the edge sockets' local address,
 //! origin UDP and ping sockets, the ICMP source probe, the open-file limit, [`heap`]
 //! (returning freed heap to the kernel), [`resident`] (start-up's pages given back), and the
-//! I/O of core's settings: [`settings`] (files, the system certificate store) and [`log`].
+//! I/O of core's settings: [`settings`] (files, the system certificate store), [`log`],
+//! [`origin_tls`] (trust for HTTPS origins) and [`service`] (`service install`).
 
 pub mod heap;
 pub mod log;
 pub mod origin_tls;
 pub mod resident;
+pub mod service;
 pub mod settings;
 
 use std::io;

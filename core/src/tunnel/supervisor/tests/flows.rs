@@ -1,6 +1,7 @@
 //! One flow limiter for the whole supervisor: TCP flows on every connection and UDP sessions
 //! draw from it, its limit comes from the flag, the local file and remote configuration, and
-//! every way a flow ends gives its slot back.
+//! every way a flow ends gives its slot back. A flow the edge sent before a shutdown is served even
+//! when the connector learns of it only after unregistering.
 
 use super::*;
 use crate::flow::FlowType;
@@ -446,4 +447,61 @@ fn the_stream_grant_grows_with_the_load_up_to_its_maximum() {
         "the edge got credit up to the maximum, no more"
     );
     assert_eq!(grant(&w), 1000);
+}
+
+#[test]
+fn a_request_still_on_its_way_when_the_unregistration_is_answered_is_served() {
+    let mut w = World::new(1, 29);
+    w.run(Duration::from_secs(10), |w| {
+        w.connector.ready_connections() == 1
+    });
+    let conn = w.edge_conn(0);
+    // The edge sends a request just before the connector shuts down, and its packets are
+    // lost: the connector learns of the stream only from the retransmission, which comes
+    // after the answer to `unregisterConnection`.
+    let stream = w.open_tcp(conn, "10.0.0.9:22");
+    w.flush();
+    w.net.clear();
+    let at = w.now;
+    w.input(Input::Shutdown);
+    w.run(Duration::from_secs(20), |w| {
+        w.flow_to("10.0.0.9:22").is_some() || w.connector.is_stopped()
+    });
+    assert!(
+        w.edge_events
+            .iter()
+            .any(|e| matches!(e, EdgeEvent::Unregistered { .. })),
+        "unregistered first"
+    );
+    let (link, flow) = w
+        .flow_to("10.0.0.9:22")
+        .expect("the late request reaches its origin: the connection still serves");
+    w.input(Input::FlowConnected { link, flow });
+    w.run(Duration::from_secs(20), |w| {
+        w.response(conn, stream).is_some()
+    });
+    assert_eq!(w.response(conn, stream), Some((String::new(), vec![])));
+    assert!(!w.connector.is_stopped(), "still draining");
+    // The edge is done with it: with nothing in flight it closes the connection, which ends
+    // the connector's drain well before the grace period.
+    let now = w.now;
+    w.edge
+        .as_mut()
+        .expect("edge")
+        .reset_request(now, conn, stream)
+        .expect("reset");
+    w.run(Duration::from_secs(60), |w| w.connector.is_stopped());
+    assert!(w.connector.is_stopped());
+    assert!(
+        w.now - at < Duration::from_secs(5),
+        "the edge's close ends it"
+    );
+    assert!(w.events.iter().any(|(_, e)| matches!(
+        e,
+        SupervisorEvent::LinkClosed {
+            reason: CloseReason::Local(LocalClose::Shutdown),
+            ..
+        }
+    )));
+    assert!(w.closed(link, flow), "its origin connection closed with it");
 }
