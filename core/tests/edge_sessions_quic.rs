@@ -225,8 +225,8 @@ impl World {
         }
         while let Some((conn, d)) = self.sessions.poll_datagram() {
             moved = true;
-            if self.edge.send_datagram(conn, d).is_err() {
-                self.sessions.send_failed(conn);
+            if self.edge.send_datagram(conn, d.clone()).is_err() {
+                self.sessions.send_failed(self.now, conn, &d);
             }
         }
         moved

@@ -335,7 +335,7 @@ fn setup_mapped(p: &Params, mapped: Mapped) -> Setup {
     setup_with(p, Some(mapped))
 }
 
-/// A world whose edge is a bare endpoint, for the datagram scenarios' eyeballs.
+/// A world whose edge is a bare endpoint, for `udp-v2-and-v3`'s eyeballs.
 fn setup_datagrams(p: &Params) -> Setup {
     setup_with(p, None)
 }

@@ -11,14 +11,17 @@ use std::collections::{BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
-use burrow_core::connector::Input;
+use burrow_core::connector::Input as ConnectorInput;
 use burrow_core::datagram::v3;
+use burrow_core::edge::{Event, Input};
 use burrow_core::icmp::FunnelId;
+use burrow_core::session::edge::{MappingId, SessionChange, SessionEnd, SessionEvent};
 use burrow_core::session::{SessionId, UdpFlowId, HEADROOM, ORIGIN_READ, TAILROOM};
 use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint};
 use bytes::BytesMut;
 
 use crate::clock::VirtualTime;
+use crate::world::{ToClient, World};
 
 /// UDP port of the simulated echo service.
 pub const ECHO_PORT: u16 = 7;
@@ -112,19 +115,19 @@ impl Read {
 
     /// The connector's input, reading into `buf` as a driver does (room for the framing
     /// around the payload).
-    pub fn as_input<'a>(&'a self, buf: &'a mut BytesMut) -> Input<'a> {
+    pub fn as_input<'a>(&'a self, buf: &'a mut BytesMut) -> ConnectorInput<'a> {
         match self {
             Read::Udp(_, flow, payload) => {
                 let len = payload.len();
                 buf.resize(HEADROOM + ORIGIN_READ + TAILROOM, 0);
                 buf[HEADROOM..HEADROOM + len].copy_from_slice(payload);
-                Input::UdpRead {
+                ConnectorInput::UdpRead {
                     flow: *flow,
                     buf,
                     len,
                 }
             }
-            Read::Ping(_, funnel, from, message) => Input::PingRead {
+            Read::Ping(_, funnel, from, message) => ConnectorInput::PingRead {
                 funnel: *funnel,
                 from: *from,
                 message,
@@ -571,5 +574,252 @@ impl Eyeball {
         let s = &mut self.sessions[i];
         s.due = now + self.interval;
         self.timers.push(Reverse((s.due, i)));
+    }
+}
+
+/// One public client of the edge machine's UDP mappings (`burrow edge --udp-map`): a socket
+/// that sends payloads to a mapping's port and takes what comes back. What the edge did with
+/// its flow comes from the edge's session events.
+#[derive(Debug, Clone)]
+pub struct UdpClient {
+    /// Its address.
+    pub addr: SocketAddr,
+    /// The mapping it sends to.
+    pub mapping: MappingId,
+    /// Payloads sent.
+    pub sent: u32,
+    /// Echoes received (each carries this client's tag).
+    pub echoed: u32,
+    /// When its last payload was sent.
+    pub last_sent: Option<VirtualTime>,
+    /// Every session the edge opened for it, in order.
+    pub sessions: Vec<SessionId>,
+    /// Its session now (opened, not ended).
+    pub session: Option<SessionId>,
+    /// The connection its session is on.
+    pub conn: Option<ConnId>,
+    /// The connector took its session (registered on `conn`).
+    pub registered: bool,
+    /// The connector took one of its sessions at some time.
+    pub was_registered: bool,
+    /// Why each of its sessions ended.
+    pub ended: Vec<SessionEnd>,
+    /// The one timer that counts.
+    due: VirtualTime,
+}
+
+impl UdpClient {
+    /// The refusals among its sessions' ends.
+    pub fn refusals(&self) -> impl Iterator<Item = v3::ResponseCode> + '_ {
+        self.ended.iter().filter_map(|e| match e {
+            SessionEnd::Refused { code, .. } => Some(*code),
+            _ => None,
+        })
+    }
+}
+
+/// What the clients counted.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ClientStats {
+    /// Payloads handed to the edge.
+    pub sent: u64,
+    /// Packets received from the edge.
+    pub received: u64,
+    /// Echoes received with this client's tag.
+    pub echoes: u64,
+    /// Packets the edge dropped (`ClientPacketDropped`).
+    pub dropped: u64,
+    /// Session events seen.
+    pub events: u64,
+}
+
+/// The public clients of the edge machine's UDP mappings, each sending `per_client` payloads
+/// `interval` apart; every packet and session event is checked as it comes.
+pub struct UdpClients {
+    /// The clients.
+    pub clients: Vec<UdpClient>,
+    by_addr: HashMap<SocketAddr, usize>,
+    /// Payloads per client.
+    pub per_client: u32,
+    /// Time between a client's payloads.
+    pub interval: Duration,
+    timers: BinaryHeap<Reverse<(VirtualTime, usize)>>,
+    /// Counters.
+    pub stats: ClientStats,
+    /// What went wrong (a bug if not empty): a packet or event that matched no client, a
+    /// wrong payload, a second session opened while one lives.
+    pub bad: Vec<String>,
+}
+
+impl UdpClients {
+    /// One client per entry of `mappings`, the `i`th starting at `start + spread * i / n`.
+    pub fn new(mappings: &[MappingId], start: VirtualTime, spread: Duration) -> Self {
+        let mut c = Self {
+            clients: Vec::new(),
+            by_addr: HashMap::new(),
+            per_client: 4,
+            interval: Duration::from_millis(200),
+            timers: BinaryHeap::new(),
+            stats: ClientStats::default(),
+            bad: Vec::new(),
+        };
+        let n = mappings.len().max(1) as u32;
+        for (i, &mapping) in mappings.iter().enumerate() {
+            let addr = SocketAddr::from((
+                [198, 18, (i / 250 % 250) as u8, (i % 250 + 1) as u8],
+                50_000 + (i / 62_500) as u16,
+            ));
+            let due = start + spread / n * i as u32;
+            c.by_addr.insert(addr, i);
+            c.clients.push(UdpClient {
+                addr,
+                mapping,
+                sent: 0,
+                echoed: 0,
+                last_sent: None,
+                sessions: Vec::new(),
+                session: None,
+                conn: None,
+                registered: false,
+                was_registered: false,
+                ended: Vec::new(),
+                due,
+            });
+            c.timers.push(Reverse((due, i)));
+        }
+        c
+    }
+
+    /// The next time a client wants to send.
+    pub fn next_wakeup(&self) -> Option<VirtualTime> {
+        self.timers.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Clients whose traffic is over.
+    pub fn done(&self) -> bool {
+        self.clients.iter().all(|c| c.sent >= self.per_client)
+    }
+
+    /// The payload a client sends: its index, the sequence number, padding.
+    fn payload(i: usize, seq: u32) -> Vec<u8> {
+        let mut p = (i as u64).to_be_bytes().to_vec();
+        p.extend_from_slice(&seq.to_be_bytes());
+        p.resize(64 + (seq as usize % 4) * 100, 0xa5);
+        p
+    }
+
+    /// Takes what the edge sent and sends what is due.
+    pub fn tick(&mut self, w: &mut World) {
+        while let Some(d) = w.to_clients.pop_front() {
+            self.receive(&d);
+        }
+        let now = w.now;
+        while let Some(&Reverse((t, i))) = self.timers.peek() {
+            if t > now {
+                break;
+            }
+            self.timers.pop();
+            let c = &mut self.clients[i];
+            if c.due != t || c.sent >= self.per_client {
+                continue;
+            }
+            let payload = Self::payload(i, c.sent);
+            if w.edge_input(Input::ClientPacket {
+                mapping: c.mapping,
+                from: c.addr,
+                data: &payload,
+            }) {
+                c.sent += 1;
+                c.last_sent = Some(now);
+                self.stats.sent += 1;
+            }
+            c.due = now + self.interval;
+            self.timers.push(Reverse((c.due, i)));
+        }
+    }
+
+    fn receive(&mut self, d: &ToClient) {
+        self.stats.received += 1;
+        let Some(&i) = self.by_addr.get(&d.client) else {
+            self.bad
+                .push(format!("a packet for unknown client {}", d.client));
+            return;
+        };
+        let c = &mut self.clients[i];
+        if d.mapping != c.mapping || !d.payload.starts_with(&(i as u64).to_be_bytes()) {
+            self.bad.push(format!(
+                "client {} got {:?}'s packet {:02x?}",
+                c.addr,
+                d.mapping,
+                &d.payload[..d.payload.len().min(12)]
+            ));
+            return;
+        }
+        c.echoed += 1;
+        self.stats.echoes += 1;
+    }
+
+    /// What the edge reported about a client's flow.
+    pub fn on_event(&mut self, e: &Event) {
+        match e {
+            Event::Session(e) => self.on_session(e),
+            Event::ClientPacketDropped { client, .. } if self.by_addr.contains_key(client) => {
+                self.stats.dropped += 1
+            }
+            _ => {}
+        }
+    }
+
+    fn on_session(&mut self, e: &SessionEvent) {
+        self.stats.events += 1;
+        let Some(&i) = self.by_addr.get(&e.client) else {
+            self.bad.push(format!("an event for unknown client: {e:?}"));
+            return;
+        };
+        let c = &mut self.clients[i];
+        if e.mapping != c.mapping {
+            self.bad.push(format!("an event on another mapping: {e:?}"));
+            return;
+        }
+        if let SessionChange::Opened { conn, .. } = e.change {
+            if let Some(old) = c.session {
+                self.bad.push(format!(
+                    "client {} got session {} while {old} lives",
+                    c.addr, e.id
+                ));
+            }
+            c.session = Some(e.id);
+            c.sessions.push(e.id);
+            c.conn = Some(conn);
+            c.registered = false;
+            return;
+        }
+        if c.session != Some(e.id) {
+            self.bad
+                .push(format!("an event for a session not live: {e:?}"));
+            return;
+        }
+        match &e.change {
+            SessionChange::Opened { .. } => {}
+            SessionChange::Registered { conn } => {
+                c.conn = Some(*conn);
+                c.registered = true;
+                c.was_registered = true;
+            }
+            SessionChange::Migrated { to, .. } => {
+                c.conn = Some(*to);
+                c.registered = false;
+            }
+            SessionChange::Waiting { .. } => {
+                c.conn = None;
+                c.registered = false;
+            }
+            SessionChange::Ended(why) => {
+                c.session = None;
+                c.conn = None;
+                c.registered = false;
+                c.ended.push(why.clone());
+            }
+        }
     }
 }

@@ -7,9 +7,10 @@
 //! datagram plane), driven through [`Connector::drain`] as a driver does; the world does its
 //! I/O on the simulated network, origins and origin network. The edge is the real [`Edge`]
 //! that `burrow edge` runs (authentication, routing, eyeball streams and their credit), fed
-//! and drained as burrow-tokio's edge loop does; only the datagram scenarios, whose eyeballs
-//! speak datagram v2/v3 and v2's session calls to a connection themselves, run a bare
-//! [`EdgeEndpoint`] ([`EdgeNode::Endpoint`]).
+//! and drained as burrow-tokio's edge loop does (its UDP/ICMP mappings serve the datagram
+//! scenarios' public clients); only `udp-v2-and-v3`, whose eyeballs speak datagram v2 and v2's
+//! session calls to a connection themselves, runs a bare [`EdgeEndpoint`]
+//! ([`EdgeNode::Endpoint`]).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Debug;
@@ -58,8 +59,8 @@ pub enum Happening {
 pub enum EdgeNode {
     /// The machine `burrow edge` runs.
     Machine(Box<Edge<TunnelAuth>>),
-    /// A bare QUIC endpoint whose registrations `registrar` answers, for the datagram
-    /// scenarios' eyeballs (the machine's own sessions serve public UDP/ICMP mappings).
+    /// A bare QUIC endpoint whose registrations `registrar` answers, for `udp-v2-and-v3`'s
+    /// eyeballs (the machine's own sessions serve public UDP/ICMP mappings, over v3 only).
     Endpoint(Box<EdgeEndpoint>, Box<Registrar>),
 }
 
@@ -146,6 +147,11 @@ impl Node {
     /// The edge connection `link` registered as, if it did.
     pub fn served_by(&self, link: LinkId) -> Option<ConnId> {
         self.history.get(&link).copied()
+    }
+
+    /// Every edge connection it registered as, in the order of its links.
+    pub fn history(&self) -> Vec<ConnId> {
+        self.history.values().copied().collect()
     }
 
     /// The datagram plane, for its counters.
@@ -287,6 +293,14 @@ impl World {
     /// The edge machine, while it runs (not for [`EdgeNode::Endpoint`] worlds).
     pub fn edge(&self) -> Option<&Edge<TunnelAuth>> {
         match &self.edge {
+            Some(EdgeNode::Machine(m)) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// The edge machine, while it runs, to drive or to ask what needs `&mut`.
+    pub fn edge_mut(&mut self) -> Option<&mut Edge<TunnelAuth>> {
+        match &mut self.edge {
             Some(EdgeNode::Machine(m)) => Some(m),
             _ => None,
         }

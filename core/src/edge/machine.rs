@@ -388,6 +388,11 @@ impl<A: Authenticator> Edge<A> {
         &self.sessions
     }
 
+    /// Datagram bytes queued on QUIC connection `conn` and not yet sent (0 if it is gone).
+    pub fn datagram_bytes_queued(&mut self, conn: ConnId) -> usize {
+        self.tp.quic.datagram_bytes_queued(conn)
+    }
+
     /// Eyeball streams open.
     pub fn open_streams(&self) -> usize {
         self.streams.len()
@@ -527,8 +532,9 @@ impl<A: Authenticator> Edge<A> {
             }
             // The session table's datagrams into the tunnel.
             if let Some((conn, d)) = self.sessions.poll_datagram() {
-                if let Err(error) = self.tp.quic.send_datagram(conn, d) {
-                    self.sessions.send_failed(conn);
+                // A cheap clone (shared bytes), kept to tell the sessions what failed.
+                if let Err(error) = self.tp.quic.send_datagram(conn, d.clone()) {
+                    self.sessions.send_failed(now, conn, &d);
                     self.queue
                         .push_back(Queued::Event(Event::DatagramRefused { conn, error }));
                 }

@@ -240,8 +240,7 @@ fn log_event(e: Event, local_config_dir: Option<&std::path::Path>) {
     }
 }
 
-/// One line per UDP session change: a refusal or an unanswered registration is worth a
-/// warning, the rest is routine.
+/// One line per UDP session change: a refusal is worth a warning, the rest is routine.
 fn log_session(e: &SessionEvent) {
     let SessionEvent {
         id,
@@ -267,10 +266,6 @@ fn log_session(e: &SessionEvent) {
         SessionChange::Ended(SessionEnd::Refused { code, message }) => warn!(
             flow_id = %id, %mapping, %client, ?code, %message,
             "connector refused the UDP session"
-        ),
-        SessionChange::Ended(SessionEnd::Unanswered { attempts }) => warn!(
-            flow_id = %id, %mapping, %client, attempts,
-            "UDP session registration unanswered; giving up"
         ),
         SessionChange::Ended(SessionEnd::Idle) => {
             debug!(flow_id = %id, %mapping, %client, "UDP session idle")

@@ -1,61 +1,89 @@
 //! UDP-session scenarios (datagram v3): echo at scale under loss, idle expiry, migration when
-//! a connection dies, and a registration flood against the flow limit.
+//! a connection dies, and a registration flood against the flow limit. The clients are public
+//! clients of the edge machine's UDP mappings (`burrow edge --udp-map`): the edge opens,
+//! registers, migrates and ends their sessions, as the daemon's does.
 
 use std::net::SocketAddr;
 use std::time::Duration;
 
 use burrow_core::datagram::v3::ResponseCode;
 use burrow_core::session::DropReason;
-use burrow_core::tunnel::edge::ConnId;
 
 use burrow_core::connector::Event;
 use burrow_core::session::DEFAULT_IDLE;
 use burrow_core::tunnel::connector::CloseReason;
 
-use super::{expect, register, setup_datagrams, Params, Setup, HA};
-use crate::udp::{Eyeball, ECHO_PORT, UNREACHABLE};
+use burrow_core::edge;
+use burrow_core::session::edge::{
+    EdgeDrop, EdgeSessionsConfig, MappingId, MappingKind, SessionEnd, IDLE_HINT_MARGIN_SECS,
+};
+
+use super::{expect, register, setup_mapped, Mapped, Params, Setup, HA};
+use crate::udp::{UdpClients, ECHO_PORT, UNREACHABLE};
 use crate::world::Happening;
 
-/// `n` destinations: echo services, every 50th unreachable when `unreachable` is set.
-fn dests(n: usize, unreachable: bool) -> Vec<SocketAddr> {
+/// The mapping whose destination is an echo service.
+const ECHO: MappingId = MappingId(0);
+/// The mapping whose destination the origin network cannot reach.
+const NOWHERE: MappingId = MappingId(1);
+
+/// The edge's UDP mappings ([`ECHO`], [`NOWHERE`]) with sessions idle after `idle`.
+fn mappings(idle: Duration) -> Mapped {
+    Mapped {
+        sessions: EdgeSessionsConfig {
+            idle_timeout: idle,
+            ..EdgeSessionsConfig::default()
+        },
+        kinds: vec![
+            MappingKind::Udp {
+                dest: SocketAddr::from(([10, 0, 0, 1], ECHO_PORT)),
+            },
+            MappingKind::Udp {
+                dest: SocketAddr::from(([UNREACHABLE[0], UNREACHABLE[1], 0, 1], ECHO_PORT)),
+            },
+        ],
+    }
+}
+
+/// The connector's idle timeout of a session the edge times out after `idle` (the hint the
+/// edge sends it).
+fn hint(idle: Duration) -> Duration {
+    idle + Duration::from_secs(IDLE_HINT_MARGIN_SECS)
+}
+
+/// `n` clients' mappings: [`ECHO`], every 50th [`NOWHERE`] when `unreachable` is set.
+fn targets(n: usize, unreachable: bool) -> Vec<MappingId> {
     (0..n)
         .map(|i| {
-            let host = (i % 250 + 1) as u8;
             if unreachable && i % 50 == 49 {
-                SocketAddr::from(([UNREACHABLE[0], UNREACHABLE[1], 0, host], ECHO_PORT))
+                NOWHERE
             } else {
-                SocketAddr::from(([10, 0, (i / 250 % 250) as u8, host], ECHO_PORT))
+                ECHO
             }
         })
         .collect()
 }
 
-/// Session ids from the run's seed.
-fn ids(s: &mut Setup) -> impl Iterator<Item = u128> {
-    use rand_chacha::rand_core::Rng;
-    let base = u128::from(s.rng.next_u64()) << 64;
-    (0u128..).map(move |i| base | i)
-}
-
-/// Runs the eyeball until `done` says so or `limit` passes. A served connection that closes
-/// is a failure unless `on_event` takes it, or the network is hostile: then the drive stops
-/// with the reason in `s.lost` (and later drives do nothing), for [`degraded`] to check.
-fn drive(
+/// Runs the public clients until `done` says so or `limit` passes; every edge event goes to
+/// the clients (which check it). A served connection that closes is a failure unless
+/// `on_event` takes it, or the network is hostile: then the run stops with the reason in
+/// `s.lost` (and later runs do nothing), for [`degraded`] to check.
+fn run_clients(
     s: &mut Setup,
-    eye: &mut Eyeball,
+    clients: &mut UdpClients,
     limit: Duration,
-    mut done: impl FnMut(&Eyeball, &crate::world::World) -> bool,
+    mut done: impl FnMut(&UdpClients, &crate::world::World) -> bool,
 ) -> Result<(), String> {
-    drive_with(s, eye, limit, &mut done, |_, _| Ok(false))
+    run_clients_with(s, clients, limit, &mut done, |_, _| Ok(false))
 }
 
-/// [`drive`], handing every event to `on_event` first (true: handled).
-fn drive_with(
+/// [`run_clients`], handing every event to `on_event` too (true: handled).
+fn run_clients_with(
     s: &mut Setup,
-    eye: &mut Eyeball,
+    clients: &mut UdpClients,
     limit: Duration,
-    done: &mut impl FnMut(&Eyeball, &crate::world::World) -> bool,
-    mut on_event: impl FnMut(&mut Eyeball, &Happening) -> Result<bool, String>,
+    done: &mut impl FnMut(&UdpClients, &crate::world::World) -> bool,
+    mut on_event: impl FnMut(&mut UdpClients, &Happening) -> Result<bool, String>,
 ) -> Result<(), String> {
     if s.lost.is_some() {
         return Ok(());
@@ -63,8 +91,11 @@ fn drive_with(
     let limit = s.world.after(limit);
     let (hostile, lost) = (s.hostile, &mut s.lost);
     s.world.run_ticking(limit, |w, h| {
+        if let Some(Happening::Edge(e)) = &h {
+            clients.on_event(e);
+        }
         if let Some(h) = &h {
-            if on_event(eye, h)? {
+            if on_event(clients, h)? {
                 return Ok(false);
             }
         }
@@ -86,14 +117,80 @@ fn drive_with(
         if h.is_some() {
             return Ok(false);
         }
-        let now = w.now;
-        if let Some(edge) = w.endpoint() {
-            eye.tick(now, edge);
-        }
-        if let Some(t) = eye.next_wakeup() {
+        clients.tick(w);
+        if let Some(t) = clients.next_wakeup() {
             w.wakeups.insert(t);
         }
-        Ok(done(eye, w))
+        Ok(done(clients, w))
+    })
+}
+
+/// Waits `d` of virtual time with the clients still taking what arrives.
+fn settle_clients(s: &mut Setup, clients: &mut UdpClients, d: Duration) -> Result<(), String> {
+    let until = s.world.after(d);
+    run_clients(s, clients, d, move |_, w| w.now >= until)
+}
+
+/// Settles until nothing is on its way: the edge's and the connector's datagram send queues
+/// are empty and no echo is due from an origin, then a second more for packets in flight (at
+/// most two minutes). Behind a lossy path's small window, and quinn's probes backing off, a
+/// queue may sit unsent for more than a second: a payload still queued is neither delivered
+/// nor lost, so the accounting must not begin before it leaves.
+fn drain_client_queues(s: &mut Setup, clients: &mut UdpClients, c: usize) -> Result<(), String> {
+    settle_clients(s, clients, Duration::from_secs(2))?;
+    for _ in 0..120 {
+        let conns = s.world.connectors[c].live();
+        let node = &s.world.connectors[c];
+        let connector_queued: usize = (0..node.connector.ha_connections() as u8)
+            .filter_map(|i| node.connector.connection(i))
+            .map(|conn| conn.datagram_bytes_queued())
+            .sum();
+        let origin_due = s.world.udp.next_deadline().is_some();
+        let edge_queued: usize = match s.world.edge_mut() {
+            Some(edge) => conns
+                .iter()
+                .map(|&conn| edge.datagram_bytes_queued(conn))
+                .sum(),
+            None => 0,
+        };
+        settle_clients(s, clients, Duration::from_secs(1))?;
+        if connector_queued == 0 && edge_queued == 0 && !origin_due {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Runs until every session at the edge has ended (by its idle timer, `edge_idle` after its
+/// client's last packet at most) and then the connector's timers have had `hint` (and a
+/// second) since the later of that end and the last packet an origin socket carried: the
+/// edge retries a registration until the session ends, and each retry restarts the
+/// connector's timer, as cloudflared's `handleSessionAlreadyRegistered` does.
+fn run_out_sessions(
+    s: &mut Setup,
+    clients: &mut UdpClients,
+    edge_idle: Duration,
+    hint: Duration,
+) -> Result<(), String> {
+    let edge_empty =
+        |w: &crate::world::World| w.edge().is_none_or(|e| e.sessions().active_sessions() == 0);
+    run_clients(s, clients, edge_idle + Duration::from_secs(60), |_, w| {
+        edge_empty(w)
+    })?;
+    if s.lost.is_some() {
+        return Ok(());
+    }
+    expect(
+        edge_empty(&s.world),
+        &format!("every session at the edge ends within {edge_idle:?} of its client's last packet"),
+        &s.world,
+    )?;
+    let ended = Some(s.world.now);
+    run_clients(s, clients, hint + Duration::from_secs(60), |_, w| {
+        w.udp
+            .last_io()
+            .max(ended)
+            .is_none_or(|t| w.now.since_start() > t.since_start() + hint + Duration::from_secs(1))
     })
 }
 
@@ -135,6 +232,22 @@ pub(super) fn degraded(
         "the connector comes back: every HA connection serves again",
         w,
     )?;
+    // An edge machine's sessions end by its own idle timer, and it retries a registration
+    // until then (each retry restarts the connector's timer): the connector's timers run
+    // from that end at the latest.
+    let mut last_registration = last_registration;
+    if w.edge().is_some() {
+        let edge_empty =
+            |w: &crate::world::World| w.edge().is_none_or(|e| e.sessions().active_sessions() == 0);
+        let limit = w.after(idle + Duration::from_secs(60));
+        w.run_ticking(limit, |w, _| Ok(edge_empty(w)))?;
+        expect(
+            edge_empty(w),
+            "every session at the edge ends by its idle timer",
+            w,
+        )?;
+        last_registration = last_registration.max(Some(w.now));
+    }
     // Payloads still queued at the edge reach their sessions after the eyeballs stopped, so
     // each session's timer runs from its own last packet (or last registration, which
     // restarts it too).
@@ -178,59 +291,20 @@ pub(super) fn degraded(
     Ok(w.trace.hash())
 }
 
-/// Waits `d` of virtual time with the eyeball still taking what arrives.
-fn settle(s: &mut Setup, eye: &mut Eyeball, d: Duration) -> Result<(), String> {
-    let until = s.world.after(d);
-    drive(s, eye, d, move |_, w| w.now >= until)
-}
-
-/// Settles until nothing is on its way: the edge's and the connector's datagram send queues
-/// are empty and no echo is due from an origin, then a second more for packets in flight (at
-/// most two minutes). Behind a lossy path's small window, and quinn's probes backing off, a
-/// queue may sit unsent for more than a second: a payload still queued is neither delivered
-/// nor lost, so the accounting must not begin before it leaves.
-fn drain_queues(
-    s: &mut Setup,
-    eye: &mut Eyeball,
-    c: usize,
-    edge_conns: &[ConnId],
-) -> Result<(), String> {
-    settle(s, eye, Duration::from_secs(2))?;
-    for _ in 0..120 {
-        let node = &s.world.connectors[c];
-        let connector_queued: usize = (0..node.connector.ha_connections() as u8)
-            .filter_map(|i| node.connector.connection(i))
-            .map(|conn| conn.datagram_bytes_queued())
-            .sum();
-        let origin_due = s.world.udp.next_deadline().is_some();
-        let edge_queued: usize = match s.world.endpoint() {
-            Some(edge) => edge_conns
-                .iter()
-                .map(|&conn| edge.datagram_bytes_queued(conn))
-                .sum(),
-            None => 0,
-        };
-        settle(s, eye, Duration::from_secs(1))?;
-        if connector_queued == 0 && edge_queued == 0 && !origin_due {
-            break;
-        }
-    }
-    Ok(())
-}
-
-/// Checks that every payload the eyeball sent is accounted for: echoed, or dropped where
-/// something counted it (the manager by reason, the hub, quinn, or the network as quinn's
-/// frame counters show).
-fn account(s: &Setup, eye: &Eyeball, edge_conns: &[ConnId], c: usize) -> Result<String, String> {
+/// Checks that every payload the clients sent is accounted for: echoed, or dropped where
+/// something counted it (the edge and the manager by reason, the hub, quinn, or the network
+/// as quinn's frame counters show).
+fn account_clients(s: &Setup, clients: &UdpClients, c: usize) -> Result<String, String> {
     let w = &s.world;
     let o = w.udp.stats();
     let node = &w.connectors[c];
     let hub = node.hub().stats();
     let m = node.hub().sessions.stats();
-    let edge = w.endpoint_ref().ok_or("edge down")?;
+    let edge = w.edge().ok_or("edge down")?;
+    let es = edge.sessions().stats();
     let (mut e_tx, mut e_rx) = (0, 0);
-    for c in edge_conns {
-        if let Some(st) = edge.quic_stats(*c) {
+    for conn in node.history() {
+        if let Some(st) = edge.transports().quic.quic_stats(conn) {
             e_tx += st.frame_tx.datagram;
             e_rx += st.frame_rx.datagram;
         }
@@ -244,9 +318,9 @@ fn account(s: &Setup, eye: &Eyeball, edge_conns: &[ConnId], c: usize) -> Result<
         }
     }
     // Datagrams lost on the way, by quinn's own count of frames sent and received, plus those
-    // its receive buffer shed.
+    // the connector's receive buffer shed.
     let lost_e2c = e_tx.saturating_sub(c_rx) + c_rx.saturating_sub(hub.datagrams_in);
-    let lost_c2e = c_tx.saturating_sub(e_rx) + e_rx.saturating_sub(eye.stats.datagrams_in);
+    let lost_c2e = c_tx.saturating_sub(e_rx);
     let manager_drops = [
         DropReason::UnknownFlow,
         DropReason::PendingFull,
@@ -256,16 +330,45 @@ fn account(s: &Setup, eye: &Eyeball, edge_conns: &[ConnId], c: usize) -> Result<
     .iter()
     .map(|r| m.dropped(*r))
     .sum::<u64>();
-    let st = &eye.stats;
-    // Payloads lost on the way in, from both ends' counts.
-    let payloads_lost_e2c =
-        (st.payloads_sent - st.bundled - hub.payloads_in) + (st.bundled - m.bundled_in);
-    let lost_out = hub.datagrams_out - st.datagrams_in;
+    // What the edge dropped of the clients' packets, by reason.
+    let edge_drops = [
+        EdgeDrop::NoConnection,
+        EdgeDrop::TooLarge,
+        EdgeDrop::SessionsFull,
+        EdgeDrop::PendingFull,
+        EdgeDrop::Unregistered,
+    ]
+    .iter()
+    .map(|r| es.dropped(*r))
+    .sum::<u64>();
+    let send_failed = es.dropped(EdgeDrop::SendFailed);
+    let st = &clients.stats;
+    let payloads_lost_e2c = es
+        .payloads_out
+        .saturating_sub(hub.payloads_in + m.bundled_in);
+    let echoes_lost_c2e = o.echoes_queued.saturating_sub(es.payloads_in);
     let line = format!(
-        "udp accounting: sent {} echoed {} | payloads lost e2c {payloads_lost_e2c} (quinn {lost_e2c}) | datagrams lost c2e {lost_out} (quinn {lost_c2e}) | manager drops {manager_drops} | to origin {} from origin {} queued {} refused {}",
-        st.payloads_sent, st.echoes, o.to_origin, o.from_origin, o.echoes_queued, o.echoes_refused
+        "udp accounting: sent {} echoed {} | edge out {} dropped {edge_drops} send failed {send_failed} | payloads lost e2c {payloads_lost_e2c} (quinn {lost_e2c}) | echoes lost c2e {echoes_lost_c2e} (quinn {lost_c2e}) | manager drops {manager_drops} | to origin {} from origin {} queued {} refused {}",
+        st.sent, st.echoes, es.payloads_out, o.to_origin, o.from_origin, o.echoes_queued, o.echoes_refused
     );
-    expect(st.strays == 0, "no stray datagram reaches the eyeball", w)?;
+    expect(
+        clients.bad.is_empty(),
+        &format!(
+            "no stray packet or session event reaches a client: {:?}",
+            &clients.bad[..clients.bad.len().min(4)]
+        ),
+        w,
+    )?;
+    expect(
+        st.sent == es.payloads_out + edge_drops,
+        &format!("every client payload went into the tunnel or was dropped by the edge, counted ({line})"),
+        w,
+    )?;
+    expect(
+        st.echoes == es.payloads_in,
+        &format!("every payload the edge delivered reached its client ({line})"),
+        w,
+    )?;
     expect(
         o.to_origin + manager_drops == hub.payloads_in + m.bundled_in,
         &format!("every payload received is forwarded or counted ({line})"),
@@ -277,18 +380,19 @@ fn account(s: &Setup, eye: &Eyeball, edge_conns: &[ConnId], c: usize) -> Result<
         w,
     )?;
     expect(
-        o.from_origin == o.echoes_queued + o.echoes_refused && st.echoes <= o.echoes_queued,
+        o.from_origin == o.echoes_queued + o.echoes_refused,
         &format!("every echo is queued or counted ({line})"),
         w,
     )?;
     expect(
-        payloads_lost_e2c <= lost_e2c && lost_out <= lost_c2e,
+        payloads_lost_e2c <= lost_e2c + send_failed
+            && echoes_lost_c2e <= lost_c2e + es.dropped(EdgeDrop::UnknownSession),
         &format!("whatever went missing on the way, quinn saw go missing ({line})"),
         w,
     )?;
     if s.world.net.stats().lost + s.world.net.stats().partitioned == 0 {
         expect(
-            lost_e2c + lost_c2e == 0,
+            lost_e2c + lost_c2e + send_failed == 0,
             &format!("without loss nothing goes missing ({line})"),
             w,
         )?;
@@ -296,124 +400,136 @@ fn account(s: &Setup, eye: &Eyeball, edge_conns: &[ConnId], c: usize) -> Result<
     Ok(line)
 }
 
-/// Many concurrent sessions echo through one connection under loss; unreachable origins are
-/// refused with `UnableToBindSocket`.
+/// Many concurrent clients echo through the edge's sessions, spread over four connections,
+/// under loss: each client flow is one session and one origin socket; the sessions of an
+/// unreachable destination are refused with `UnableToBindSocket`.
 pub(super) fn udp_echo(p: &Params) -> Result<u64, String> {
-    let mut s = setup_datagrams(p);
+    let mut s = setup_mapped(p, mappings(DEFAULT_IDLE));
     let c = s.add_connector(HA, s.secret.clone());
-    let conn = register(&mut s, c)?;
+    register(&mut s, c)?;
     let n = if p.quick { 300 } else { 10_000 };
     let spread = Duration::from_millis(if p.quick { 500 } else { 5_000 });
-    let ids = ids(&mut s);
-    let mut eye = Eyeball::new(ids, &dests(n, true), &[conn], s.world.now, spread, 0);
-    drive(&mut s, &mut eye, Duration::from_secs(120), |e, _| {
-        e.sessions
-            .iter()
-            .all(|s| s.refused.is_some() || (s.registered && s.sent >= e.per_session))
+    let mut clients = UdpClients::new(&targets(n, true), s.world.now, spread);
+    run_clients(&mut s, &mut clients, Duration::from_secs(120), |e, _| {
+        e.done()
+            && e.clients.iter().all(|c| match c.mapping {
+                NOWHERE => c.session.is_none(),
+                _ => c.registered,
+            })
     })?;
-    drain_queues(&mut s, &mut eye, c, &[conn])?;
+    drain_client_queues(&mut s, &mut clients, c)?;
     if s.lost.is_some() {
         return degraded(
             &mut s,
             &[c],
-            DEFAULT_IDLE,
-            eye.stats.strays,
-            eye.last_registration,
+            hint(DEFAULT_IDLE),
+            clients.bad.len() as u64,
+            None,
         );
     }
-    let unreachable = n / 50;
+    let (reachable, unreachable): (Vec<_>, Vec<_>) =
+        clients.clients.iter().partition(|c| c.mapping == ECHO);
     let w = &s.world;
-    let refused = eye.sessions.iter().filter(|s| s.refused.is_some()).count();
+    let refused: usize = unreachable.iter().map(|c| c.sessions.len()).sum();
     expect(
-        eye.sessions
-            .iter()
-            .filter(|s| s.refused.is_some())
-            .all(|s| {
-                s.refused == Some(ResponseCode::UnableToBindSocket)
-                    && s.dest.ip().to_string().starts_with("10.99.")
-            }),
-        "only unreachable origins are refused, with UnableToBindSocket",
+        unreachable.iter().all(|c| {
+            !c.sessions.is_empty()
+                && c.session.is_none()
+                && c.ended.len() == c.sessions.len()
+                && c.refusals().all(|r| r == ResponseCode::UnableToBindSocket)
+                && c.refusals().count() == c.ended.len()
+        }) && reachable.iter().all(|c| c.ended.is_empty()),
+        "only the unreachable destination's sessions are refused, each with UnableToBindSocket",
+        w,
+    )?;
+    let split: Vec<String> = reachable
+        .iter()
+        .filter(|c| c.sessions.len() != 1)
+        .map(|c| format!("{} {:?}", c.addr, c.sessions))
+        .collect();
+    expect(
+        split.is_empty(),
+        &format!("one session per client flow: {split:?}"),
+        w,
+    )?;
+    let live = reachable.len();
+    expect(
+        w.connectors[c].hub().sessions.active() == live
+            && w.edge().map(|e| e.sessions().active_sessions()) == Some(live),
+        "every reachable session is live, at both ends",
         w,
     )?;
     expect(
-        refused == unreachable,
-        &format!("{refused} refused, {unreachable} unreachable"),
-        w,
-    )?;
-    expect(
-        w.connectors[c].hub().sessions.active() == n - unreachable,
-        "every reachable session is live",
-        w,
-    )?;
-    expect(
-        w.udp.sockets() == n - unreachable,
-        "one origin socket per session",
+        w.udp.sockets() == live && w.udp.stats().sockets_opened == live as u64,
+        &format!(
+            "one origin socket per session ({} open, {} opened, {live} sessions)",
+            w.udp.sockets(),
+            w.udp.stats().sockets_opened
+        ),
         w,
     )?;
     // A lost refusal brings a retried registration, which dials (and fails) again.
     expect(
-        w.connectors[c].hub().sessions.stats().bind_failures >= unreachable as u64,
+        w.connectors[c].hub().sessions.stats().bind_failures >= refused as u64,
         "bind failures counted",
         w,
     )?;
-    let line = account(&s, &eye, &[conn], c)?;
+    let line = account_clients(&s, &clients, c)?;
     s.world.trace.record(s.world.now, &line);
     Ok(s.world.trace.hash())
 }
 
-/// Sessions end on virtual time when idle; every socket is closed.
+/// Sessions end on virtual time when idle: the edge's by its idle timer, the connector's by
+/// the longer one the edge hints; every origin socket closes, none while in use.
 pub(super) fn udp_idle(p: &Params) -> Result<u64, String> {
-    let mut s = setup_datagrams(p);
+    let idle = Duration::from_secs(3);
+    let hint = hint(idle);
+    let mut s = setup_mapped(p, mappings(idle));
     let c = s.add_connector(1, s.secret.clone());
-    let conn = register(&mut s, c)?;
+    register(&mut s, c)?;
     let n = 50;
-    let hint = Duration::from_secs(3);
-    let ids = ids(&mut s);
-    let mut eye = Eyeball::new(
-        ids,
-        &dests(n, false),
-        &[conn],
-        s.world.now,
-        Duration::from_millis(100),
-        hint.as_secs() as u16,
-    );
-    drive(&mut s, &mut eye, Duration::from_secs(60), |e, _| {
-        e.sessions
-            .iter()
-            .all(|s| s.registered && s.sent >= e.per_session)
+    let mut clients = UdpClients::new(&targets(n, false), s.world.now, Duration::from_millis(100));
+    run_clients(&mut s, &mut clients, Duration::from_secs(60), |e, _| {
+        e.done()
+            && e.clients
+                .iter()
+                .all(|c| c.registered || c.session.is_none())
     })?;
-    if s.lost.is_some() {
-        return degraded(&mut s, &[c], hint, eye.stats.strays, eye.last_registration);
-    }
-    // Sessions that registered early may end before the last one is done: what a user relies
-    // on is that none ends while in use, i.e. each origin socket closes only after carrying
-    // nothing for the whole idle hint, and that each does close then. Payloads the edge still
-    // had queued may arrive after the eyeball is done, so each socket's own last packet counts.
-    // A registration retried because its answer was lost restarts the session's idle timer
-    // as in cloudflared, so the quiet time also runs from the eyeball's last registration.
-    let limit = s.world.after(Duration::from_secs(60));
-    while s.world.now < limit && s.lost.is_none() {
-        let last = s.world.udp.last_io().max(eye.last_registration);
-        let quiet_enough = last.is_none_or(|t| {
-            s.world.now.since_start() > t.since_start() + hint + Duration::from_secs(1)
-        });
-        if quiet_enough {
-            break;
-        }
-        settle(&mut s, &mut eye, Duration::from_millis(500))?;
+    if s.lost.is_none() {
+        // Sessions that registered early may end before the last one is done: what a user
+        // relies on is that none ends while in use, i.e. each origin socket closes only after
+        // carrying nothing for the whole hint, and that each does close then.
+        run_out_sessions(&mut s, &mut clients, idle, hint)?;
     }
     if s.lost.is_some() {
-        return degraded(&mut s, &[c], hint, eye.stats.strays, eye.last_registration);
+        return degraded(&mut s, &[c], hint, clients.bad.len() as u64, None);
     }
     let w = &s.world;
-    // A registration retried after its session idled out (its answer was lost) opens it
-    // again: every session gets a socket, and every socket opened ends by the idle timer.
-    let m = w.connectors[c].hub().sessions.stats();
     expect(
-        w.udp.stats().sockets_opened >= n as u64 && w.udp.stats().sockets_opened == m.total_flows,
+        clients.bad.is_empty(),
+        &format!("no stray packet or session event: {:?}", clients.bad),
+        w,
+    )?;
+    let wrong: Vec<String> = clients
+        .clients
+        .iter()
+        .filter(|c| c.sessions.len() != 1 || c.ended != [SessionEnd::Idle])
+        .map(|c| format!("{} {:?} {:?}", c.addr, c.sessions, c.ended))
+        .collect();
+    expect(
+        wrong.is_empty(),
+        &format!("each client flow was one session, ended by the edge's idle timer: {wrong:?}"),
+        w,
+    )?;
+    // A session whose every registration was lost never reached the connector; one that
+    // did has exactly one socket there.
+    let m = w.connectors[c].hub().sessions.stats();
+    let taken = clients.clients.iter().filter(|c| c.was_registered).count() as u64;
+    let opened = w.udp.stats().sockets_opened;
+    expect(
+        opened <= n as u64 && opened >= taken && opened == m.total_flows,
         &format!(
-            "every session got its origin socket ({} opened for {n}; {m:?})",
-            w.udp.stats().sockets_opened
+            "one origin socket per session ({opened} opened for {n}, {taken} answered; {m:?})"
         ),
         w,
     )?;
@@ -431,110 +547,112 @@ pub(super) fn udp_idle(p: &Params) -> Result<u64, String> {
     expect(
         w.connectors[c].hub().sessions.active() == 0,
         &format!(
-            "every session ended within {hint:?} (and a second) of its socket's last packet or its last registration ({} open)",
+            "every session ended within {hint:?} (and a second) of its socket's last packet or the edge's end of it ({} open)",
             w.connectors[c].hub().sessions.active()
         ),
         w,
     )?;
     expect(w.udp.sockets() == 0, "every origin socket closed", w)?;
     expect(
-        w.connectors[c].hub().sessions.stats().idle_closed == m.total_flows,
+        m.idle_closed == m.total_flows,
         "every session opened ended by the idle timer",
         w,
     )?;
     expect(
-        w.connectors[c].hub().sessions.poll_timeout().is_none(),
-        "no timer left armed",
+        w.connectors[c].hub().sessions.poll_timeout().is_none()
+            && w.edge()
+                .is_some_and(|e| e.sessions().poll_timeout().is_none()),
+        "no timer left armed, at either end",
         w,
     )?;
-    record_stats(&mut s, &eye, c);
+    record_client_stats(&mut s, &clients, c);
     Ok(s.world.trace.hash())
 }
 
 /// A connection dies during traffic (its path to the edge is cut): the supervisor re-homes
-/// its sessions to the other HA connection, the edge re-registers them there (each as its
-/// eyeball next sends), and nothing is torn down. The eyeballs' sessions are spread over both
-/// connections, as the edge spreads them.
+/// its sessions to the other HA connection, the edge registers them again there at once, and
+/// nothing is torn down. The edge spreads the clients' sessions over both connections.
 pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
-    let mut s = setup_datagrams(p);
+    let mut s = setup_mapped(p, mappings(DEFAULT_IDLE));
     let c = s.add_connector(2, s.secret.clone());
     register(&mut s, c)?;
     let limit = s.world.after(super::REGISTER_WITHIN);
     s.world
-        .run_ticking(limit, |w, _| Ok(w.connectors[c].live().len() == 2))?;
-    let live = s.world.connectors[c].live();
+        .run_ticking(limit, |w, _| Ok(super::serving(w, c).len() == 2))?;
+    let live = super::serving(&s.world, c);
     expect(live.len() == 2, "both HA connections serve", &s.world)?;
     let (conn_a, conn_b) = (live[0], live[1]);
     let n = if p.quick { 100 } else { 1_000 };
-    let ids = ids(&mut s);
-    let mut eye = Eyeball::new(
-        ids,
-        &dests(n, false),
-        &[conn_a, conn_b],
-        s.world.now,
-        Duration::from_millis(200),
-        0,
-    );
-    eye.per_session = 80;
+    let mut clients = UdpClients::new(&targets(n, false), s.world.now, Duration::from_millis(200));
+    clients.per_client = 80;
     // The same offered load at both scales, 250 datagrams of ~250 B a second: half of what
     // one connection carries at 10% loss (~1 MSS per RTT / sqrt(loss), ~130 KB/s). At 100 ms
     // apart, 1000 sessions offered 2.5 MB/s: the edge's datagram queue (1 MiB) stayed full,
     // registrations waited in it for seconds, and sessions registered late or had sent
-    // everything before the move. This scenario is about migration, not congestion.
-    eye.interval = Duration::from_millis(4 * n as u64);
-    // Traffic flows on every session before A dies, bounded by half of a session's traffic
+    // everything before the move. This scenario is about migration, not congestion. Above
+    // 10% loss a connection carries less (as 1 / sqrt(loss)), so the load is lower by as much:
+    // at 25% B alone, after the move, kept the edge's datagram queue full and refused half of
+    // what the clients sent.
+    let slower = (p.loss / 0.10).sqrt().max(1.0);
+    clients.interval = Duration::from_millis(4 * n as u64).mul_f64(slower);
+    // Traffic flows on every session before A dies, bounded by half of a client's traffic
     // so that every one is mid-traffic when A dies.
-    let mid_traffic = eye.interval * eye.per_session / 2;
-    drive(&mut s, &mut eye, mid_traffic, |e, _| {
-        e.sessions.iter().all(|s| s.registered && s.echoed >= 2)
+    let mid_traffic = clients.interval * clients.per_client / 2;
+    run_clients(&mut s, &mut clients, mid_traffic, |e, _| {
+        e.clients.iter().all(|c| c.registered && c.echoed >= 2)
     })?;
     if s.lost.is_some() {
         return degraded(
             &mut s,
             &[c],
-            DEFAULT_IDLE,
-            eye.stats.strays,
-            eye.last_registration,
+            hint(DEFAULT_IDLE),
+            clients.bad.len() as u64,
+            None,
         );
     }
     let opened = s.world.udp.stats().sockets_opened;
-    let pending: Vec<String> = eye
-        .sessions
+    let pending: Vec<String> = clients
+        .clients
         .iter()
-        .filter(|s| !s.registered)
-        .map(|s| format!("{} registrations {}", s.id, s.registrations))
+        .filter(|c| !c.registered)
+        .map(|c| format!("{} {:?}", c.addr, c.sessions))
         .collect();
     expect(
         opened == n as u64,
         &format!(
             "one socket per session ({opened} for {n}); unregistered: {pending:?} {:?} {:?}",
-            eye.stats,
+            clients.stats,
             s.world.connectors[c].hub().sessions.stats()
         ),
         &s.world,
     )?;
+    let on_a = clients
+        .clients
+        .iter()
+        .filter(|c| c.conn == Some(conn_a))
+        .count();
+    expect(
+        on_a > 0 && on_a < n,
+        &format!("the edge spread the sessions over both connections ({on_a} of {n} on A)"),
+        &s.world,
+    )?;
     // Connection A's path dies: both ends notice by idle timeout. The connector re-homes A's
-    // sessions to B; the edge, once it drops A, re-registers its flows on B.
+    // sessions to B; the edge, once it drops A, registers its sessions again on B.
     s.world.partition_index(c, 0, true);
-    let on_a = eye.sessions.iter().filter(|s| s.conn == conn_a).count();
-    let before: Vec<u32> = eye.sessions.iter().map(|s| s.echoed).collect();
-    let rest = eye.interval * eye.per_session + Duration::from_secs(60);
+    let before: Vec<u32> = clients.clients.iter().map(|c| c.echoed).collect();
+    let rest = clients.interval * clients.per_client + Duration::from_secs(60);
     let (mut edge_moved, mut connector_moved) = (false, false);
-    drive_with(
+    run_clients_with(
         &mut s,
-        &mut eye,
+        &mut clients,
         rest,
         &mut |e, _| {
-            e.sessions
+            e.clients
                 .iter()
-                .all(|s| s.registered && s.sent >= e.per_session)
+                .all(|c| c.registered && c.sent >= e.per_client)
         },
-        |eye, h| match h {
-            Happening::Endpoint(burrow_core::tunnel::edge::EdgeEvent::ConnectionClosed {
-                conn,
-                ..
-            }) if *conn == conn_a => {
-                eye.move_sessions(conn_a, conn_b);
+        |_, h| match h {
+            Happening::Edge(edge::Event::ConnectionClosed { conn, .. }) if *conn == conn_a => {
                 edge_moved = true;
                 Ok(true)
             }
@@ -553,7 +671,7 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
             _ => Ok(false),
         },
     )?;
-    settle(&mut s, &mut eye, Duration::from_secs(2))?;
+    settle_clients(&mut s, &mut clients, Duration::from_secs(2))?;
     if s.lost.is_some() {
         // B died too. The cut of A's path is the scenario's, not the network's: heal it, so
         // that coming back is possible.
@@ -561,13 +679,29 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
         return degraded(
             &mut s,
             &[c],
-            DEFAULT_IDLE,
-            eye.stats.strays,
-            eye.last_registration,
+            hint(DEFAULT_IDLE),
+            clients.bad.len() as u64,
+            None,
         );
     }
     let w = &s.world;
+    expect(
+        clients.bad.is_empty(),
+        &format!("no stray packet or session event: {:?}", clients.bad),
+        w,
+    )?;
     expect(edge_moved && connector_moved, "both ends noticed A die", w)?;
+    let wrong: Vec<String> = clients
+        .clients
+        .iter()
+        .filter(|c| c.sessions.len() != 1 || !c.ended.is_empty() || c.conn != Some(conn_b))
+        .map(|c| format!("{} {:?} {:?} on {:?}", c.addr, c.sessions, c.ended, c.conn))
+        .collect();
+    expect(
+        wrong.is_empty(),
+        &format!("each client flow is one session, alive, on B: {wrong:?}"),
+        w,
+    )?;
     expect(
         w.udp.stats().sockets_opened == opened,
         "no session was re-opened",
@@ -580,25 +714,35 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
             w.udp.stats().sockets_closed,
             &w.udp.quiet_at_close()[..w.udp.quiet_at_close().len().min(8)],
             w.connectors[c].hub().sessions.stats(),
-            eye.stats
+            clients.stats
         ),
         w,
     )?;
     let hub = w.connectors[c].hub();
-    expect(hub.sessions.active() == n, "every session lives on", w)?;
-    let silent: Vec<String> = eye
-        .sessions
+    let edge_sessions = w.edge().map(|e| e.sessions().stats().clone());
+    expect(
+        hub.sessions.active() == n && w.edge().map(|e| e.sessions().active_sessions()) == Some(n),
+        "every session lives on, at both ends",
+        w,
+    )?;
+    let silent: Vec<String> = clients
+        .clients
         .iter()
         .zip(&before)
-        .filter(|(s, b)| s.echoed <= **b)
-        .map(|(s, b)| format!("{} sent {} echoed {} (before {b})", s.id, s.sent, s.echoed))
+        .filter(|(c, b)| c.echoed <= **b)
+        .map(|(c, b)| {
+            format!(
+                "{} sent {} echoed {} (before {b})",
+                c.addr, c.sent, c.echoed
+            )
+        })
         .collect();
     expect(
         silent.is_empty(),
         &format!(
-            "every session echoes after the move; silent: {} {:?} {:?} {:?}",
+            "every session echoes after the move; silent: {} {:?} {:?} {:?} {edge_sessions:?}",
             silent.len(),
-            eye.stats,
+            clients.stats,
             w.udp.stats(),
             hub.sessions.stats()
         ),
@@ -610,22 +754,23 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
         "no origin packet found no connection",
         w,
     )?;
+    let edge_migrated = edge_sessions.map_or(0, |e| e.migrated);
     expect(
-        m.migrated >= on_a as u64,
+        m.migrated >= on_a as u64 && edge_migrated == on_a as u64,
         &format!(
-            "A's sessions counted as migrated ({} for {on_a})",
+            "A's sessions counted as migrated at both ends (connector {}, edge {edge_migrated}, for {on_a})",
             m.migrated
         ),
         w,
     )?;
-    record_stats(&mut s, &eye, c);
+    record_client_stats(&mut s, &clients, c);
     Ok(s.world.trace.hash())
 }
 
-/// Far more registrations than the flow limit: exactly the limit is served, the rest refused
-/// with `TooManyActiveFlows`, and the manager holds no more than the limit.
+/// Far more client flows than the connector's flow limit: exactly the limit is served, the
+/// rest refused with `TooManyActiveFlows`, and the manager holds no more than the limit.
 pub(super) fn udp_flood(p: &Params) -> Result<u64, String> {
-    let mut s = setup_datagrams(p);
+    let mut s = setup_mapped(p, mappings(DEFAULT_IDLE));
     let (limit, flood) = if p.quick {
         (200, 2_000)
     } else {
@@ -633,35 +778,49 @@ pub(super) fn udp_flood(p: &Params) -> Result<u64, String> {
     };
     s.max_active_flows = Some(limit as u64);
     let c = s.add_connector(1, s.secret.clone());
-    let conn = register(&mut s, c)?;
-    let ids = ids(&mut s);
+    register(&mut s, c)?;
     let spread = Duration::from_millis(if p.quick { 1_000 } else { 20_000 });
-    let mut eye = Eyeball::new(ids, &dests(flood, false), &[conn], s.world.now, spread, 0);
-    eye.per_session = 0;
-    eye.bundle = false;
+    let mut clients = UdpClients::new(&targets(flood, false), s.world.now, spread);
+    clients.per_client = 1;
     let mut peak = 0;
-    drive(&mut s, &mut eye, Duration::from_secs(300), |e, w| {
+    run_clients(&mut s, &mut clients, Duration::from_secs(300), |e, w| {
         peak = peak.max(w.connectors[c].hub().sessions.active());
-        e.sessions
-            .iter()
-            .all(|s| s.registered || s.refused.is_some())
+        e.done()
+            && e.clients
+                .iter()
+                .all(|c| c.was_registered || c.refusals().next().is_some())
     })?;
     if s.lost.is_some() {
         return degraded(
             &mut s,
             &[c],
-            DEFAULT_IDLE,
-            eye.stats.strays,
-            eye.last_registration,
+            hint(DEFAULT_IDLE),
+            clients.bad.len() as u64,
+            None,
         );
     }
     let w = &s.world;
-    let ok = eye.sessions.iter().filter(|s| s.registered).count();
-    let refused = eye
-        .sessions
+    expect(
+        clients.bad.is_empty(),
+        &format!("no stray packet or session event: {:?}", clients.bad),
+        w,
+    )?;
+    let ok = clients.clients.iter().filter(|c| c.was_registered).count();
+    let refused = clients
+        .clients
         .iter()
-        .filter(|s| s.refused == Some(ResponseCode::TooManyActiveFlows))
+        .filter(|c| c.refusals().eq([ResponseCode::TooManyActiveFlows]))
         .count();
+    let split = clients
+        .clients
+        .iter()
+        .filter(|c| c.sessions.len() != 1)
+        .count();
+    expect(
+        split == 0,
+        &format!("one session per client flow ({split} split)"),
+        w,
+    )?;
     expect(ok == limit, &format!("{ok} served, limit {limit}"), w)?;
     expect(refused == flood - limit, &format!("{refused} refused"), w)?;
     expect(
@@ -670,17 +829,18 @@ pub(super) fn udp_flood(p: &Params) -> Result<u64, String> {
         w,
     )?;
     expect(w.udp.sockets() == limit, "sockets stay at the limit", w)?;
-    record_stats(&mut s, &eye, c);
+    record_client_stats(&mut s, &clients, c);
     Ok(s.world.trace.hash())
 }
 
 /// Puts the run's counters into the trace, so the fingerprint covers the UDP traffic.
-fn record_stats(s: &mut Setup, eye: &Eyeball, c: usize) {
+fn record_client_stats(s: &mut Setup, clients: &UdpClients, c: usize) {
     let line = format!(
-        "{:?} {:?} {:?}",
-        eye.stats,
+        "{:?} {:?} {:?} {:?}",
+        clients.stats,
         s.world.udp.stats(),
-        s.world.connectors[c].hub().sessions.stats()
+        s.world.connectors[c].hub().sessions.stats(),
+        s.world.edge().map(|e| e.sessions().stats())
     );
     s.world.trace.record(s.world.now, &line);
 }

@@ -15,6 +15,15 @@
 //! session the edge still uses. When a session's connection closes it is registered again
 //! on another connection of the tunnel, which cloudflared answers as a migration.
 //!
+//! One client flow is one session, for as long as the client is active: an unanswered
+//! registration is retried (the backoff capped at [`EdgeSessionsConfig::max_retransmit`])
+//! until it is answered, refused, or the client has been quiet for the idle timeout; it is
+//! never given up while the client sends. Giving up could not tell the connector (v3 has no
+//! close), which may well hold the session with only its answers lost: the client's next
+//! packet would then open a second session, and a second origin socket, for the same flow,
+//! the first one left to the connector's idle timer. Retrying the same RequestId is safe:
+//! the connector answers a registration it already holds as such (B§1.9).
+//!
 //! Payloads that arrive before the registration is answered are held (bounded) and sent as
 //! plain `0x01` once it is: stock cloudflared ignores a bundled payload and handles
 //! registrations asynchronously, so a payload sent right behind one is dropped as
@@ -53,8 +62,9 @@ pub const DEFAULT_IDLE: Duration = Duration::from_secs(120);
 pub const IDLE_HINT_MARGIN_SECS: u64 = 10;
 /// Default first registration retransmission delay; it doubles on each retry.
 pub const DEFAULT_RETRANSMIT: Duration = Duration::from_millis(250);
-/// Default registration attempts before a session is given up.
-pub const DEFAULT_ATTEMPTS: u32 = 6;
+/// Default cap of the registration retransmission delay: a registration is a few dozen bytes,
+/// and a client (a DNS resolver, say) gives up within seconds, so retries stay frequent.
+pub const DEFAULT_MAX_RETRANSMIT: Duration = Duration::from_secs(2);
 /// Default idle expiry of an ICMP echo table entry.
 pub const DEFAULT_ICMP_IDLE: Duration = Duration::from_secs(30);
 /// Room kept in the reusable output buffer; it is refilled in blocks of this size.
@@ -89,8 +99,9 @@ pub struct EdgeSessionsConfig {
     pub idle_timeout: Duration,
     /// First registration retransmission delay; doubles each time.
     pub retransmit: Duration,
-    /// Registrations sent (first one included) before the session is given up.
-    pub attempts: u32,
+    /// Longest registration retransmission delay (the doubling stops there). An unanswered
+    /// registration is retried until the session idles out, never given up before.
+    pub max_retransmit: Duration,
     /// Payloads held per session while its registration is unanswered.
     pub max_pending: usize,
     /// Most UDP sessions at once; new client flows beyond it are dropped.
@@ -110,7 +121,7 @@ impl Default for EdgeSessionsConfig {
         Self {
             idle_timeout: DEFAULT_IDLE,
             retransmit: DEFAULT_RETRANSMIT,
-            attempts: DEFAULT_ATTEMPTS,
+            max_retransmit: DEFAULT_MAX_RETRANSMIT,
             max_pending: 16,
             max_sessions: 65536,
             bundle_first_payload: false,
@@ -187,11 +198,6 @@ pub enum SessionEnd {
         code: v3::ResponseCode,
         /// Its words.
         message: String,
-    },
-    /// Its registration went unanswered this many times.
-    Unanswered {
-        /// Registrations sent in the last round.
-        attempts: u32,
     },
     /// Nothing crossed it either way for the idle timeout.
     Idle,
@@ -292,8 +298,6 @@ pub struct EdgeSessionStats {
     pub refused_bind: u64,
     /// Sessions refused with any other code.
     pub refused_other: u64,
-    /// Sessions given up after [`EdgeSessionsConfig::attempts`] unanswered registrations.
-    pub registration_timeouts: u64,
     /// Sessions ended by the idle timer.
     pub idle_closed: u64,
     /// Sessions registered again on another connection after theirs closed.
@@ -335,7 +339,7 @@ enum State {
     Registering {
         /// Registrations sent this round.
         sent: u32,
-        /// When to send it again (or give up).
+        /// When to send it again.
         retry_at: Instant,
         /// The registration as sent (with the bundled payload on the first round).
         datagram: Bytes,
@@ -406,7 +410,6 @@ impl EdgeSessions {
     pub fn new(config: EdgeSessionsConfig, rng_seed: [u8; 32]) -> Self {
         let config = EdgeSessionsConfig {
             idle_timeout: config.idle_timeout.max(Duration::from_secs(1)),
-            attempts: config.attempts.max(1),
             ..config
         };
         Self {
@@ -428,7 +431,7 @@ impl EdgeSessions {
         }
     }
 
-    /// The configuration in force (idle and attempts clamped).
+    /// The configuration in force (idle clamped).
     pub fn config(&self) -> &EdgeSessionsConfig {
         &self.config
     }
@@ -841,11 +844,29 @@ impl EdgeSessions {
         self.queue.pop_front()
     }
 
-    /// The connection refused a datagram this module handed out (counted as
-    /// [`EdgeDrop::SendFailed`]).
-    pub fn send_failed(&mut self, conn: ConnId) {
+    /// The connection refused `datagram`, which this module handed out (counted as
+    /// [`EdgeDrop::SendFailed`]). A registration that never left is no unanswered attempt:
+    /// it goes again after the first retransmission delay, its backoff not doubled (a full
+    /// queue on a congested connection must not push a session's registration seconds away).
+    pub fn send_failed(&mut self, now: Instant, conn: ConnId, datagram: &[u8]) {
         debug!(conn = conn.0, "connection refused a datagram");
         self.count(EdgeDrop::SendFailed);
+        let Ok(v3::Datagram::Registration(r)) = v3::decode(datagram) else {
+            return;
+        };
+        let (base, idle) = (self.config.retransmit, self.config.idle_timeout);
+        let Some(s) = self.sessions.get_mut(&r.request_id) else {
+            return;
+        };
+        if s.conn != Some(conn) {
+            return;
+        }
+        if let State::Registering { sent, retry_at, .. } = &mut s.state {
+            *sent = sent.saturating_sub(1);
+            *retry_at = now + base;
+            let due = s.deadline(idle);
+            self.deadlines.push(Reverse((due, r.request_id)));
+        }
     }
 
     /// When [`EdgeSessions::handle_timeout`] must run next.
@@ -857,8 +878,7 @@ impl EdgeSessions {
             .min()
     }
 
-    /// Retransmits registrations, gives up unanswered ones, ends idle sessions and forgets
-    /// idle echo entries.
+    /// Retransmits registrations, ends idle sessions and forgets idle echo entries.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.echo.handle_timeout(now);
         let idle = self.config.idle_timeout;
@@ -893,9 +913,9 @@ impl EdgeSessions {
         }
     }
 
-    /// Sends (or re-sends) a registering session's registration, or gives it up.
+    /// Sends (or re-sends) a registering session's registration.
     fn send_registration(&mut self, now: Instant, id: SessionId) {
-        let (attempts, base) = (self.config.attempts, self.config.retransmit);
+        let (base, cap) = (self.config.retransmit, self.config.max_retransmit);
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
@@ -908,17 +928,14 @@ impl EdgeSessions {
         else {
             return;
         };
-        if *sent >= attempts {
-            self.stats.registration_timeouts += 1;
-            self.end(id, SessionEnd::Unanswered { attempts });
-            return;
-        }
         let Some(conn) = s.conn else { return };
         if *sent > 0 {
             self.stats.retransmits += 1;
         }
-        let backoff = base.saturating_mul(1u32 << (*sent).min(16));
-        *sent += 1;
+        let backoff = base
+            .saturating_mul(1u32 << (*sent).min(16))
+            .min(cap.max(base));
+        *sent = sent.saturating_add(1);
         *retry_at = now + backoff;
         self.queue.push_back((conn, datagram.clone()));
         let due = s.deadline(self.config.idle_timeout);

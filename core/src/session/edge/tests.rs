@@ -162,25 +162,76 @@ fn bundled_first_payload_rides_every_retransmission() {
 }
 
 #[test]
-fn unanswered_registration_backs_off_then_gives_up() {
-    let mut t = T::new(EdgeSessionsConfig::default());
+fn unanswered_registration_is_retried_while_the_client_sends_then_idles_out() {
+    let idle = Duration::from_secs(60);
+    let mut t = T::new(EdgeSessionsConfig {
+        idle_timeout: idle,
+        ..EdgeSessionsConfig::default()
+    });
     t.e.handle_client(t.now, t.udp, client(1), b"q").unwrap();
     let start = t.now;
     let mut sent_at = vec![];
-    while t.now < start + Duration::from_secs(60) {
-        for _ in t.out() {
-            sent_at.push(t.now - start);
+    let mut ids = vec![];
+    // The client sends every 30 s for 5 minutes, then stops.
+    while t.now < start + Duration::from_secs(600) {
+        let since = t.now - start;
+        if since <= Duration::from_secs(300)
+            && since.as_millis().is_multiple_of(30_000)
+            && since > Duration::ZERO
+        {
+            t.e.handle_client(t.now, t.udp, client(1), b"q").unwrap();
+        }
+        for (_, d) in t.out() {
+            sent_at.push(since);
+            ids.push(registration(&d).request_id);
         }
         t.advance(Duration::from_millis(50));
     }
-    let expect: Vec<Duration> = (0..DEFAULT_ATTEMPTS)
-        .map(|i| DEFAULT_RETRANSMIT * ((1 << i) - 1))
-        .collect();
+    // 250 ms doubling up to the 2 s cap, then every 2 s; never given up while the client
+    // sends, and always the same session.
+    let mut expect = vec![Duration::ZERO];
+    let mut gap = DEFAULT_RETRANSMIT;
+    while *expect.last().unwrap() + gap < Duration::from_secs(300) + idle {
+        expect.push(*expect.last().unwrap() + gap);
+        gap = (gap * 2).min(DEFAULT_MAX_RETRANSMIT);
+    }
     assert_eq!(sent_at, expect);
+    assert!(
+        ids.iter().all(|id| *id == ids[0]),
+        "one session for the flow"
+    );
+    assert_eq!(t.e.stats().opened, 1);
+    // Quiet for the idle timeout: it ends, and what it held is counted.
     assert_eq!(t.e.active_sessions(), 0);
-    assert_eq!(t.e.stats().registration_timeouts, 1);
-    assert_eq!(t.e.stats().dropped(EdgeDrop::Unregistered), 1);
+    assert_eq!(t.e.stats().idle_closed, 1);
+    assert_eq!(t.e.stats().dropped(EdgeDrop::Unregistered), 11);
     assert_eq!(t.e.poll_timeout(), None, "nothing left to time");
+}
+
+#[test]
+fn a_registration_the_connection_refused_goes_again_soon() {
+    let mut t = T::new(EdgeSessionsConfig::default());
+    t.e.handle_client(t.now, t.udp, client(1), b"q").unwrap();
+    let start = t.now;
+    // The first two go out (unanswered); the third finds the queue full.
+    t.out();
+    t.advance(DEFAULT_RETRANSMIT);
+    t.out();
+    t.advance(DEFAULT_RETRANSMIT * 2);
+    let refused = t.out();
+    assert_eq!(refused.len(), 1);
+    t.e.send_failed(t.now, A, &refused[0].1);
+    assert_eq!(t.e.stats().dropped(EdgeDrop::SendFailed), 1);
+    // Again after the first delay, not after a doubled one; and the backoff goes on from
+    // where the refused one left it.
+    assert_eq!(t.e.poll_timeout(), Some(t.now + DEFAULT_RETRANSMIT));
+    t.advance(DEFAULT_RETRANSMIT);
+    assert_eq!(t.out().len(), 1);
+    assert_eq!(t.now - start, DEFAULT_RETRANSMIT * 4);
+    t.advance(DEFAULT_RETRANSMIT * 3);
+    assert!(t.out().is_empty());
+    t.advance(DEFAULT_RETRANSMIT);
+    assert_eq!(t.out().len(), 1, "1 s after the resent one");
 }
 
 #[test]
@@ -457,7 +508,7 @@ fn echo_table_is_bounded() {
 #[test]
 fn every_session_change_is_reported_once_in_order() {
     use SessionChange::*;
-    // Longer than the registration's attempts take.
+    // Walked through below, with the first session unanswered all along.
     let idle = Duration::from_secs(60);
     let mut t = T::new(EdgeSessionsConfig {
         idle_timeout: idle,
@@ -547,22 +598,13 @@ fn every_session_change_is_reported_once_in_order() {
         ]
     );
 
-    // The first one's registration on A goes unanswered: given up after every attempt.
-    for _ in 0..200 {
+    // The first one's registration on A goes unanswered: retried, never given up, until its
+    // client has been quiet for the idle timeout.
+    for _ in 0..(idle.as_millis() / 100 + 1) {
         t.advance(Duration::from_millis(100));
         t.out();
     }
-    assert_eq!(
-        changes(&mut t),
-        [(
-            id,
-            udp,
-            c1,
-            Ended(SessionEnd::Unanswered {
-                attempts: DEFAULT_ATTEMPTS
-            })
-        )]
-    );
+    assert_eq!(changes(&mut t), [(id, udp, c1, Ended(SessionEnd::Idle))]);
 
     // A third is answered, then idles out.
     t.e.handle_client(t.now, udp, c2, b"q").unwrap();
