@@ -127,6 +127,7 @@ enum Answer {
     EdgeSocket { index: u8, max_segments: usize },
     UdpOpened(UdpFlowId),
     UdpFailed(UdpFlowId, String),
+    UdpWriteFailed(UdpFlowId),
     FunnelFailed(FunnelId),
     EdgeWritten(LinkId),
     EdgeFailed(LinkId, String),
@@ -147,6 +148,7 @@ impl Answer {
                 flow: *flow,
                 reason,
             },
+            Self::UdpWriteFailed(flow) => Input::UdpWriteFailed(*flow),
             Self::FunnelFailed(funnel) => Input::FunnelFailed(*funnel),
             Self::EdgeWritten(link) => Input::EdgeWritten { link: *link },
             Self::EdgeFailed(link, reason) => Input::EdgeFailed {
@@ -301,7 +303,11 @@ impl Driver {
                     }
                 });
             }
-            Io::SendUdp { flow, payload } => self.datagrams.send_udp(flow, payload),
+            Io::SendUdp { flow, payload } => {
+                if !self.datagrams.send_udp(flow, payload) {
+                    return Some(Answer::UdpWriteFailed(flow));
+                }
+            }
             Io::CloseUdp { flow } => {
                 let token = self.datagrams.close_udp(registry, flow);
                 self.tokens.free(token);
@@ -676,8 +682,6 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
             d.figures.udp.clone_from(hub.sessions.index_stats());
         }
         d.figures.udp_dropped = hub.sessions.stats().dropped;
-        d.figures.udp_send_refused = hub.stats().send_refused;
-        d.figures.udp_write_failed = d.datagrams.stats.udp_write_failed;
         if machine.is_stopped() {
             break;
         }

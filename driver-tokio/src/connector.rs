@@ -221,7 +221,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             .ready
             .store(machine.ready_connections(), Ordering::Relaxed);
         startup.on_ready(machine.ready_connections(), machine.ha_connections());
-        metrics.update_datagrams(machine.datagram_hub(), &io.datagrams);
+        metrics.update_datagrams(machine.datagram_hub());
         metrics.update_flows(&machine.flow_stats());
         metrics.update_requests(machine.request_stats());
         metrics
@@ -450,6 +450,7 @@ enum Answer {
     EdgeWritten(LinkId),
     UdpOpened(UdpFlowId),
     UdpFailed(UdpFlowId, String),
+    UdpWriteFailed(UdpFlowId),
     FunnelFailed(FunnelId),
 }
 
@@ -469,6 +470,7 @@ impl Answer {
                 flow: *flow,
                 reason,
             },
+            Self::UdpWriteFailed(flow) => Input::UdpWriteFailed(*flow),
             Self::FunnelFailed(funnel) => Input::FunnelFailed(*funnel),
         }
     }
@@ -650,7 +652,11 @@ impl DriverIo {
                     Err(reason) => Answer::UdpFailed(flow, reason),
                 });
             }
-            Io::SendUdp { flow, payload } => self.datagrams.send_udp(flow, payload),
+            Io::SendUdp { flow, payload } => {
+                if !self.datagrams.send_udp(flow, payload) {
+                    return Some(Answer::UdpWriteFailed(flow));
+                }
+            }
             Io::CloseUdp { flow } => self.datagrams.close_udp(flow),
             Io::OpenFunnel { funnel, bind } => {
                 if !self.datagrams.open_funnel(funnel, bind) {

@@ -145,6 +145,9 @@ pub enum Input<'a> {
         /// The socket error, in words.
         reason: &'a str,
     },
+    /// The origin socket of a UDP session did not take an [`Io::SendUdp`] payload (an error,
+    /// or a full buffer): counted as dropped on its connection.
+    UdpWriteFailed(UdpFlowId),
     /// The origin socket of a UDP session read `len` bytes into `buf[HEADROOM..]`
     /// ([`crate::session::HEADROOM`]); `buf` has [`crate::session::TAILROOM`] more after them.
     /// The datagram is framed in place and split off `buf` without a copy.
@@ -291,7 +294,8 @@ pub enum Io<'a> {
         /// The origin.
         dest: SocketAddr,
     },
-    /// Write one datagram on a session's socket (a full socket drops it, as UDP does).
+    /// Write one datagram on a session's socket (a full socket drops it, as UDP does); a
+    /// payload not written is answered [`Input::UdpWriteFailed`].
     SendUdp {
         /// The session's socket.
         flow: UdpFlowId,
@@ -528,6 +532,7 @@ impl Connector {
             Input::FlowWritten { link, flow } => self.sup.handle_flow_written(now, link, flow),
             Input::UdpOpened(flow) => self.sup.handle_udp_opened(now, flow),
             Input::UdpFailed { flow, reason } => self.sup.handle_udp_failed(flow, reason),
+            Input::UdpWriteFailed(flow) => self.sup.handle_udp_write_failed(flow),
             Input::UdpRead { flow, buf, len } => self.sup.udp_origin_read(now, flow, buf, len),
             Input::PingRead {
                 funnel,
