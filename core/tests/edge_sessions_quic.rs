@@ -382,7 +382,7 @@ fn echo_round_trips(bundle: bool) {
     let hub = w.hub.sessions.stats();
     assert_eq!(hub.total_flows, 8);
     assert_eq!(hub.bundled_in, if bundle { 8 } else { 0 });
-    assert_eq!(hub.dropped, [0; 8], "{hub:?}");
+    assert!(hub.dropped.iter().all(|&n| n == 0), "{hub:?}");
     assert_eq!(w.hub.sessions.active(), 8);
 }
 

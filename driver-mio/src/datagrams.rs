@@ -30,8 +30,6 @@ pub const READS_PER_EVENT: usize = 64;
 pub struct SocketStats {
     /// Echo requests sent through ping sockets.
     pub pings_sent: u64,
-    /// Origin UDP writes that failed or found no socket (`udp_dropped_datagrams{reason="write_failed"}`).
-    pub udp_write_failed: u64,
 }
 
 /// Every origin UDP socket and ping socket.
@@ -81,16 +79,19 @@ impl Datagrams {
         Ok(())
     }
 
-    /// Writes one datagram; a socket that cannot take it now drops it, as UDP does.
-    pub fn send_udp(&mut self, flow: UdpFlowId, payload: &[u8]) {
+    /// Writes one datagram; false if it was not written (a socket that cannot take it now
+    /// drops it, as UDP does; the connector counts it).
+    pub fn send_udp(&mut self, flow: UdpFlowId, payload: &[u8]) -> bool {
         let Some((s, _)) = self.udp.get(&flow) else {
-            self.stats.udp_write_failed += 1;
-            return;
+            return false;
         };
-        if let Err(e) = s.send(payload) {
-            self.stats.udp_write_failed += 1;
-            if e.kind() != io::ErrorKind::WouldBlock {
-                debug!(%flow, error = %e, "origin UDP write failed");
+        match s.send(payload) {
+            Ok(_) => true,
+            Err(e) => {
+                if e.kind() != io::ErrorKind::WouldBlock {
+                    debug!(%flow, error = %e, "origin UDP write failed");
+                }
+                false
             }
         }
     }

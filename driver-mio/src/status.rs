@@ -38,15 +38,12 @@ pub struct Figures {
     pub icmp_requests: u64,
     /// Configuration version applied (`cloudflared_orchestration_config_version`).
     pub config_version: i64,
-    /// Core's UDP flow counters by HA connection index (`cloudflared_udp_*_flows{conn_index}`).
+    /// Core's UDP flow and drop counters by HA connection index
+    /// (`cloudflared_udp_*_flows{conn_index}`, `cloudflared_udp_dropped_datagrams{conn_index,reason}`).
     pub udp: BTreeMap<u8, IndexStats>,
-    /// Core's dropped datagrams by [`DropReason::ALL`] order, then origin writes that failed and
-    /// datagrams QUIC would not queue (`cloudflared_udp_dropped_datagrams{reason}`).
+    /// Core's dropped datagrams of every index by [`DropReason::ALL`] order: what the indexes
+    /// do not account for is no connection's (`conn_index=""`).
     pub udp_dropped: [u64; DropReason::ALL.len()],
-    /// Origin UDP writes that failed.
-    pub udp_write_failed: u64,
-    /// Datagrams the QUIC connection would not queue.
-    pub udp_send_refused: u64,
 }
 
 impl Figures {
@@ -171,19 +168,27 @@ impl Figures {
             }
         }
         let name = "cloudflared_udp_dropped_datagrams";
-        out.push_str(&format!(
-            "# HELP {name} Total count of UDP dropped datagrams\n# TYPE {name} counter\n"
-        ));
-        let reasons = DropReason::ALL
-            .iter()
-            .map(|r| r.label())
-            .zip(self.udp_dropped);
-        let others = [
-            ("write_failed", self.udp_write_failed),
-            ("send_refused", self.udp_send_refused),
-        ];
-        for (reason, n) in reasons.chain(others) {
-            out.push_str(&format!("{name}{{reason=\"{reason}\"}} {n}\n"));
+        let mut lines = String::new();
+        let mut unnamed = self.udp_dropped;
+        for (index, s) in &self.udp {
+            for ((r, n), rest) in DropReason::ALL.iter().zip(s.dropped).zip(&mut unnamed) {
+                *rest = rest.saturating_sub(n);
+                let reason = r.label();
+                lines.push_str(&format!(
+                    "{name}{{conn_index=\"{index}\",reason=\"{reason}\"}} {n}\n"
+                ));
+            }
+        }
+        for (r, n) in DropReason::ALL.iter().zip(unnamed).filter(|(_, n)| *n > 0) {
+            let reason = r.label();
+            lines.push_str(&format!(
+                "{name}{{conn_index=\"\",reason=\"{reason}\"}} {n}\n"
+            ));
+        }
+        if !lines.is_empty() {
+            out.push_str(&format!(
+                "# HELP {name} Total count of UDP dropped datagrams\n# TYPE {name} counter\n{lines}"
+            ));
         }
         out
     }
@@ -347,6 +352,23 @@ mod tests {
         );
         assert!(
             m.contains("\ncloudflared_tunnel_response_by_code{status_code=\"404\"} 2\n"),
+            "{m}"
+        );
+        // Drops by index, and those of no connection's under an empty index.
+        let mut zero = IndexStats::default();
+        zero.dropped[DropReason::TooLarge as usize] = 2;
+        f.udp.insert(0, zero);
+        f.udp_dropped[DropReason::TooLarge as usize] = 3;
+        let m = text(f.respond(b"GET /metrics HTTP/1.1\r\n\r\n"));
+        for line in [
+            "\ncloudflared_udp_dropped_datagrams{conn_index=\"0\",reason=\"read_too_large\"} 2\n",
+            "\ncloudflared_udp_dropped_datagrams{conn_index=\"0\",reason=\"write_failed\"} 0\n",
+            "\ncloudflared_udp_dropped_datagrams{conn_index=\"\",reason=\"read_too_large\"} 1\n",
+        ] {
+            assert!(m.contains(line), "{line} missing in {m}");
+        }
+        assert!(
+            !m.contains("conn_index=\"\",reason=\"write_failed\""),
             "{m}"
         );
         assert!(text(f.respond(b"GET /healthcheck HTTP/1.1\r\n\r\n")).ends_with("\r\n\r\nOK\n"));

@@ -524,6 +524,24 @@ fn udp_echo_through_v3_sessions() {
     check_udp_flow_metrics(&metrics_text(metrics), 8);
 }
 
+/// Dropped datagrams carry the `conn_index` of their session's connection, from core's
+/// counters, as burrow-tokio exports them.
+#[test]
+fn udp_drops_are_counted_by_conn_index() {
+    let (origin, got) = udp_oversized_then_echo();
+    let map = testbed::free_udp().expect("port");
+    let mut eo = EdgeOpts::loopback().expect("ports");
+    eo.udp_maps = vec![format!("{map}=app:{origin}")];
+    let (_bed, _edge, _connector, metrics) = start(
+        "mio-udp-drops",
+        &eo,
+        vec![(None, "http_status:404".into())],
+        2,
+        &[],
+    );
+    check_udp_drops_by_conn_index(map, metrics, &got, 6, 5);
+}
+
 #[test]
 fn ping_v4_v6_and_ttl_exceeded() {
     let _range = PingRange::open_to_all();

@@ -83,10 +83,8 @@ pub enum UdpRead {
 /// Counters of the socket side (the supervisor's hub counts the rest).
 #[derive(Debug, Default, Clone)]
 pub struct SocketStats {
-    /// Payloads written to origin sockets.
+    /// Payloads written to origin sockets (those not written are the connector's to count).
     pub udp_written: u64,
-    /// Payloads an origin socket refused (full buffer, or an error such as a refused port).
-    pub udp_write_failed: u64,
     /// Echo requests sent through ping sockets (`cloudflared_icmp_total_requests`).
     pub pings_sent: u64,
     /// Echo requests a ping socket refused, or whose funnel never opened.
@@ -250,20 +248,22 @@ impl DatagramSockets {
         }
     }
 
-    /// Writes one datagram on the socket of `flow`. Never blocks: a socket that cannot take
-    /// it now drops it, as a full UDP socket buffer would.
-    pub fn send_udp(&mut self, flow: UdpFlowId, payload: &[u8]) {
+    /// Writes one datagram on the socket of `flow`; false if it was not written. Never
+    /// blocks: a socket that cannot take it now drops it, as a full UDP socket buffer would.
+    pub fn send_udp(&mut self, flow: UdpFlowId, payload: &[u8]) -> bool {
         let Some(s) = self.udp.get(&flow) else {
-            self.stats.udp_write_failed += 1;
-            return;
+            return false;
         };
         match s.socket.send(payload) {
-            Ok(_) => self.stats.udp_written += 1,
+            Ok(_) => {
+                self.stats.udp_written += 1;
+                true
+            }
             Err(e) => {
-                self.stats.udp_write_failed += 1;
                 if e.kind() != io::ErrorKind::WouldBlock {
                     debug!(%flow, error = %e, "origin UDP write failed");
                 }
+                false
             }
         }
     }
@@ -431,7 +431,7 @@ mod tests {
         let flow = UdpFlowId(1);
         assert_eq!(s.open_udp(flow, dest), Ok(()));
 
-        s.send_udp(flow, b"question");
+        assert!(s.send_udp(flow, b"question"));
         let mut got = [0u8; 64];
         let (n, from) = recv_from(&origin, &mut got).await;
         assert_eq!(&got[..n], b"question");
@@ -449,15 +449,14 @@ mod tests {
         }
 
         // Payloads that waited for the socket go out the same way.
-        s.send_udp(flow, b"held");
+        assert!(s.send_udp(flow, b"held"));
         let (n, _) = recv_from(&origin, &mut got).await;
         assert_eq!(&got[..n], b"held");
         assert_eq!(s.stats().udp_written, 2);
 
         s.close_udp(flow);
         assert!(!s.has_udp(flow));
-        s.send_udp(flow, b"late");
-        assert_eq!(s.stats().udp_write_failed, 1, "no socket, counted");
+        assert!(!s.send_udp(flow, b"late"), "no socket: not written");
     }
 
     #[tokio::test]

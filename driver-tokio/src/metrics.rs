@@ -20,7 +20,6 @@ use prometheus::{
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::datagram::DatagramSockets;
 use crate::quic_metrics::QuicClientMetrics;
 
 /// Every metric the connector keeps. The `prometheus` crate keeps names verbatim, so
@@ -64,13 +63,10 @@ pub struct Metrics {
     pub udp_migrated_flows: IntCounterVec,
     /// The sum of the by-index flow counts as of the last copy.
     udp_by_index_seen: std::sync::atomic::AtomicU64,
-    /// `cloudflared_udp_dropped_datagrams{reason}`: cloudflared's reasons where they exist,
-    /// by [`DropReason::ALL`] order.
-    pub udp_dropped: [IntCounter; DropReason::ALL.len()],
-    /// Same metric, `reason="write_failed"`: origin socket writes that failed.
-    pub udp_write_failed: IntCounter,
-    /// Same metric, `reason="send_refused"`: datagrams the tunnel connection would not queue.
-    pub udp_send_refused: IntCounter,
+    /// `cloudflared_udp_dropped_datagrams{conn_index,reason}`: core's drop counts by HA index
+    /// and [`DropReason`] (cloudflared's reasons where they exist); a drop no connection can
+    /// be named for has an empty `conn_index`.
+    pub udp_dropped: IntCounterVec,
     /// `flow_client_registrations_rate_limited_total{flow_type}`: TCP flows and UDP sessions
     /// the flow limiter refused, by [`FlowType::ALL`] order.
     pub flow_rate_limited: [IntCounter; FlowType::ALL.len()],
@@ -184,7 +180,7 @@ impl Metrics {
                 "cloudflared_udp_dropped_datagrams",
                 "Total count of UDP dropped datagrams",
             ),
-            &["reason"],
+            &["conn_index", "reason"],
         )
         .expect("static metric");
         let rate_limited = IntCounterVec::new(
@@ -293,10 +289,7 @@ impl Metrics {
             ),
             udp_by_index_seen: std::sync::atomic::AtomicU64::new(0),
             flow_rate_limited: FlowType::ALL.map(|t| rate_limited.with_label_values(&[t.label()])),
-            udp_dropped: DropReason::ALL
-                .map(|r| udp_dropped_datagrams.with_label_values(&[r.label()])),
-            udp_write_failed: udp_dropped_datagrams.with_label_values(&["write_failed"]),
-            udp_send_refused: udp_dropped_datagrams.with_label_values(&["send_refused"]),
+            udp_dropped: udp_dropped_datagrams,
             icmp_total_requests: counter(
                 &r,
                 "cloudflared_icmp_total_requests",
@@ -322,8 +315,8 @@ impl Metrics {
         })
     }
 
-    /// Copies the datagram plane's counters (the supervisor's hub and the daemon's sockets).
-    pub fn update_datagrams(&self, hub: &DatagramHub, sockets: &DatagramSockets) {
+    /// Copies the datagram plane's counters (core counts every drop, by connection).
+    pub fn update_datagrams(&self, hub: &DatagramHub) {
         let s = hub.sessions.stats();
         // The labelled families change only with these counts: skip their look-ups otherwise.
         let seen: u64 = hub
@@ -331,9 +324,13 @@ impl Metrics {
             .index_stats()
             .values()
             .map(|a| a.total_flows + a.ended + a.failed + a.retries + a.migrated)
+            .chain(s.dropped)
             .sum();
-        let changed = self.udp_by_index_seen.swap(seen, Ordering::Relaxed) != seen;
-        for (index, at) in hub.sessions.index_stats().iter().filter(|_| changed) {
+        if self.udp_by_index_seen.swap(seen, Ordering::Relaxed) == seen {
+            return;
+        }
+        let mut named = [0u64; DropReason::ALL.len()];
+        for (index, at) in hub.sessions.index_stats() {
             let label = [index.to_string()];
             let label = [label[0].as_str()];
             self.udp_active_flows
@@ -352,13 +349,24 @@ impl Metrics {
                 &self.udp_migrated_flows.with_label_values(&label),
                 at.migrated,
             );
+            // Every reason of an index with sessions, zeros too (a rate starts from 0).
+            for ((r, n), sum) in DropReason::ALL.iter().zip(at.dropped).zip(&mut named) {
+                *sum += n;
+                follow(
+                    &self.udp_dropped.with_label_values(&[label[0], r.label()]),
+                    n,
+                );
+            }
         }
-        for (c, n) in self.udp_dropped.iter().zip(s.dropped) {
-            follow(c, n);
+        // Drops of no connection's (a session or link already gone).
+        for ((r, n), sum) in DropReason::ALL.iter().zip(s.dropped).zip(named) {
+            if n > sum {
+                follow(
+                    &self.udp_dropped.with_label_values(&["", r.label()]),
+                    n - sum,
+                );
+            }
         }
-        // Origin writes that failed, and datagrams quinn would not queue for the edge.
-        follow(&self.udp_write_failed, sockets.stats().udp_write_failed);
-        follow(&self.udp_send_refused, hub.stats().send_refused);
     }
 
     /// Copies what core counted of the proxied requests (cloudflared's `proxy/metrics.go`).
@@ -497,13 +505,15 @@ mod tests {
         p.encode(&mut d).expect("encode");
         hub.sessions
             .handle_datagram(Instant::now(), LinkId(0), DatagramVersion::V3, &d);
-        let (tx, _rx) = tokio::sync::mpsc::channel(1);
-        let sockets = DatagramSockets::new(tx).expect("epoll set");
-        m.update_datagrams(&hub, &sockets);
-        m.update_datagrams(&hub, &sockets);
+        let unknown = d.clone();
+        m.update_datagrams(&hub);
+        m.update_datagrams(&hub);
         let text = m.render();
+        // LinkId(0) is no connection's: the empty index.
         assert!(
-            text.contains("cloudflared_udp_dropped_datagrams{reason=\"write_flow_unknown\"} 1"),
+            text.contains(
+                "cloudflared_udp_dropped_datagrams{conn_index=\"\",reason=\"write_flow_unknown\"} 1"
+            ),
             "{text}"
         );
         let flows = FlowStats {
@@ -544,9 +554,14 @@ mod tests {
                 hub.sessions.handle_origin_opened(Instant::now(), flow);
             }
         }
-        m.update_datagrams(&hub, &sockets);
+        // One more unknown payload, now on index 2's connection.
+        hub.sessions
+            .handle_datagram(Instant::now(), LinkId(7), DatagramVersion::V3, &unknown);
+        m.update_datagrams(&hub);
         let text = m.render();
         for line in [
+            "cloudflared_udp_dropped_datagrams{conn_index=\"2\",reason=\"write_flow_unknown\"} 1",
+            "cloudflared_udp_dropped_datagrams{conn_index=\"\",reason=\"write_flow_unknown\"} 1",
             "cloudflared_udp_active_flows{conn_index=\"2\"} 1",
             "cloudflared_udp_total_flows{conn_index=\"2\"} 1",
             "cloudflared_udp_migrated_flows{conn_index=\"2\"} 0",

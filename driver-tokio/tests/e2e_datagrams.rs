@@ -14,7 +14,7 @@ use burrow_tokio::testbed::{self, ConnectorOpts, EdgeOpts, Proc, Testbed};
 
 mod common;
 use common::client::*;
-use common::origins::{tcp_echo, udp_echo};
+use common::origins::{tcp_echo, udp_echo, udp_oversized_then_echo};
 use common::ping::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_burrow");
@@ -132,6 +132,26 @@ fn udp_echo_through_v3_sessions() {
     udp_echo_clients(map, CLIENTS, PACKETS);
     // Each client address was one session, with its own connected socket on the connector.
     check_udp_flow_metrics(&metrics_text(metrics), CLIENTS);
+}
+
+/// An origin whose every answer is preceded by one too large for the tunnel: each is counted
+/// dropped (`read_too_large`) under the `conn_index` of its session's connection, as
+/// cloudflared labels `udp_dropped_datagrams`.
+#[test]
+fn udp_drops_are_counted_by_conn_index() {
+    let bed = Testbed::create(
+        std::path::Path::new(BIN),
+        "e2e-udp-drops",
+        "app",
+        &["app.test"],
+    )
+    .expect("tunnel");
+    let (origin, got) = udp_oversized_then_echo();
+    let map = testbed::free_udp().expect("port");
+    let mut eo = EdgeOpts::loopback().expect("ports");
+    eo.udp_maps = vec![format!("{map}=app:{origin}")];
+    let (_edge, _connector, metrics) = start(&bed, &eo, 2, &[]);
+    check_udp_drops_by_conn_index(map, metrics, &got, 6, 5);
 }
 
 #[test]

@@ -193,6 +193,9 @@ const LIMIT: Duration = Duration::from_secs(120);
 const SERVE: Duration = Duration::from_secs(15);
 /// The connector's grace period (cloudflared's default).
 const GRACE: Duration = Duration::from_secs(30);
+/// How long simulated TCP may hold bytes back before its sender gives up (Linux's
+/// `tcp_retries2` retransmissions, the timeout doubling to 120 s: about 15 minutes).
+const TCP_GIVES_UP: Duration = Duration::from_secs(15 * 60);
 /// cloudflared's default HA connections, for the scenarios that run them.
 const HA: u8 = 4;
 
@@ -1120,8 +1123,10 @@ fn flow_limit(p: &Params) -> Result<u64, String> {
     Ok(s.world.trace.hash())
 }
 
-/// Graceful shutdown while requests are in flight: every one of them completes within the
-/// grace period, the edge gets nothing new after unregistering, then the connector stops. On a
+/// Graceful shutdown while requests are in flight: within the grace period the connector
+/// writes every answer whole and then stops, the edge gets nothing new after unregistering,
+/// and every request completes once its bytes arrive (on HTTP/2, TCP delivers what the
+/// connector wrote after the process is gone, which under loss may take minutes). On a
 /// hostile network a request may instead end with its connection: one the path killed, or one
 /// the connector had already given up on when the edge routed the request to it (its close
 /// lost, the edge learns of it only at its idle timeout) - never one that unregistered and
@@ -1158,7 +1163,12 @@ fn shutdown_during_traffic(p: &Params) -> Result<u64, String> {
     expect(in_flight == 8, "requests in flight at shutdown", w)?;
     w.feed(c, Input::Shutdown);
     let (mut unregistered, mut stopped_at, mut lost) = (BTreeSet::new(), None, None);
-    let limit = w.after(Duration::from_secs(40));
+    let mut delivered_at = None;
+    let settle = w.after(Duration::from_secs(40));
+    // What the connector wrote before it stopped is the kernel's to deliver, however long
+    // TCP's retransmissions take: one segment lost again and again waits minutes (its timeout
+    // doubles), so the run goes on while such bytes are on their way, up to TCP giving up.
+    let limit = settle + TCP_GIVES_UP;
     w.run_ticking(limit, |w, h| {
         match &h {
             // Any of the tunnel's connections: the edge spreads requests over them all.
@@ -1180,7 +1190,16 @@ fn shutdown_during_traffic(p: &Params) -> Result<u64, String> {
         }
         // What the connector wrote to TCP before it stopped still reaches the edge (the
         // kernel sends it): the requests may end after the process.
-        Ok(stopped_at.is_some() && client.is_done())
+        if stopped_at.is_none() || client.is_done() {
+            return Ok(stopped_at.is_some());
+        }
+        // Once nothing is on its way, a moment for the edge and the eyeballs to take the rest.
+        if w.now >= settle && !w.tcp.delivering_from(c) {
+            let at = *delivered_at.get_or_insert(w.now + Duration::from_secs(1));
+            return Ok(w.now >= at);
+        }
+        delivered_at = None;
+        Ok(false)
     })?;
     let stopped_at = stopped_at.ok_or("the connector never stopped")?;
     // On a hostile network the grace period may run out first: then what is still in flight

@@ -260,6 +260,14 @@ impl Tcp {
         self.by_link.get(&(node, link)).copied()
     }
 
+    /// Whether bytes connector `node` wrote are still on their way to an open edge socket
+    /// (in flight, or arrived and not read yet), its own socket closed or not.
+    pub fn delivering_from(&self, node: usize) -> bool {
+        self.conns
+            .values()
+            .any(|c| c.node == node && c.edge_open && c.dirs[dir_of(End::Edge)].held > 0)
+    }
+
     /// The connection the edge calls `conn`, while its socket is open.
     pub fn of_edge(&self, conn: ConnId) -> Option<TcpId> {
         self.by_edge.get(&conn).copied()

@@ -60,7 +60,8 @@ pub enum EdgeNode {
     /// The machine `burrow edge` runs.
     Machine(Box<Edge<TunnelAuth>>),
     /// A bare QUIC endpoint whose registrations `registrar` answers, for `udp-v2-and-v3`'s
-    /// eyeballs (the machine's own sessions serve public UDP/ICMP mappings, over v3 only).
+    /// eyeballs (not yet moved onto the machine's sessions, which serve public UDP/ICMP
+    /// mappings over either datagram version).
     Endpoint(Box<EdgeEndpoint>, Box<Registrar>),
 }
 

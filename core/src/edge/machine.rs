@@ -29,7 +29,7 @@ use super::streams::{EyeballId, OpenError, StreamEvent, Streams};
 use crate::control::{ApiError, EdgeCause};
 use crate::rpc_stream::client::RpcCallOutcome;
 use crate::session::edge::{
-    EdgeDrop, EdgeSessions, EdgeSessionsConfig, MappingId, MappingKind, SessionEvent,
+    Call, EdgeDrop, EdgeSessions, EdgeSessionsConfig, MappingId, MappingKind, SessionEvent,
 };
 use crate::session::DatagramVersion;
 use crate::stream::connect::{ConnectRequest, ConnectionType, Metadata};
@@ -221,13 +221,6 @@ pub enum Event {
         /// Why.
         error: ApiError,
     },
-    /// A QUIC connection speaks datagram v2 only: the UDP mappings will not use it.
-    DatagramV2Only {
-        /// Which connection.
-        conn: ConnId,
-        /// Its tunnel.
-        tunnel: Uuid,
-    },
     /// A connection unregistered (graceful shutdown): no new requests.
     Unregistered {
         /// Which connection.
@@ -327,8 +320,6 @@ pub struct Edge<A> {
     registrar: Registrar<A>,
     hostnames: HostnameTable,
     sessions: EdgeSessions,
-    /// Whether any UDP/ICMP mapping exists (a v2-only connection is worth a word then).
-    mapped: bool,
     streams: Streams,
     /// Which tunnel each registered connection serves.
     tunnel_of: BTreeMap<ConnId, Uuid>,
@@ -350,7 +341,6 @@ impl<A: Authenticator> Edge<A> {
     /// An edge serving with `config`; registrations are checked by `auth`.
     pub fn new(config: EdgeConfig, auth: A) -> Self {
         let mut sessions = EdgeSessions::new(config.sessions, config.seed);
-        let mapped = !config.mappings.is_empty();
         for (tunnel, kind) in config.mappings {
             sessions.add_mapping(tunnel, kind);
         }
@@ -362,7 +352,6 @@ impl<A: Authenticator> Edge<A> {
             registrar: Registrar::new(auth),
             hostnames: config.hostnames,
             sessions,
-            mapped,
             streams: Streams::new(),
             tunnel_of: BTreeMap::new(),
             refusals: LogBudget::new(REFUSAL_WINDOW, REFUSALS_LOGGED),
@@ -530,6 +519,11 @@ impl<A: Authenticator> Edge<A> {
                     payload: &self.lent,
                 });
             }
+            // The session table's calls on v2 connections.
+            if let Some(call) = self.sessions.poll_call() {
+                self.call(now, call);
+                continue;
+            }
             // The session table's datagrams into the tunnel.
             if let Some((conn, d)) = self.sessions.poll_datagram() {
                 // A cheap clone (shared bytes), kept to tell the sessions what failed.
@@ -594,6 +588,31 @@ impl<A: Authenticator> Edge<A> {
         self.streams.open(now, &mut self.tp, id, conn, &request)
     }
 
+    /// Makes a datagram-v2 session call (its answer comes as an [`EdgeEvent`]).
+    fn call(&mut self, now: Instant, call: Call) {
+        match call {
+            Call::Register {
+                conn,
+                id,
+                dest,
+                idle_hint,
+            } => {
+                let nanos = i64::try_from(idle_hint.as_nanos()).unwrap_or(i64::MAX);
+                let made = self
+                    .tp
+                    .quic
+                    .register_udp_session(now, conn, id, dest, nanos);
+                if made.is_err() {
+                    self.sessions.call_failed(now, conn, id);
+                }
+            }
+            // Nothing depends on it: a connection that cannot take it is closing.
+            Call::Unregister { conn, id, message } => {
+                let _ = self.tp.quic.unregister_udp_session(now, conn, id, &message);
+            }
+        }
+    }
+
     /// A fresh random (v4) id for an accepted connection.
     fn connection_uuid(&mut self) -> Uuid {
         let mut bytes = [0u8; 16];
@@ -630,12 +649,6 @@ impl<A: Authenticator> Edge<A> {
                         // No datagrams on HTTP/2 (PROTOCOL.md C§1.1).
                         if !http2 {
                             let version = DatagramVersion::from_features(&registration.features);
-                            if version == DatagramVersion::V2 && self.mapped {
-                                self.queue.push_back(Queued::Event(Event::DatagramV2Only {
-                                    conn,
-                                    tunnel,
-                                }));
-                            }
                             self.sessions.add_connection(now, conn, tunnel, version);
                         }
                     }
@@ -686,8 +699,16 @@ impl<A: Authenticator> Edge<A> {
             EdgeEvent::ConfigurationResult { conn, outcome } => self
                 .queue
                 .push_back(Queued::Event(Event::ConfigurationResult { conn, outcome })),
-            // This edge opens no v2 sessions (mapped UDP is v3).
-            EdgeEvent::UdpSessionRegistered { .. } | EdgeEvent::UdpSessionUnregistered { .. } => {}
+            // A failure that only says the connection closed is no refusal: the session moves
+            // with the connection's close.
+            EdgeEvent::UdpSessionRegistered { conn, id, result } => {
+                if result.is_ok() || self.tp.quic.is_open(conn) {
+                    self.sessions.handle_registered(now, conn, id, result);
+                }
+            }
+            EdgeEvent::UdpSessionUnregistered { conn, id, message } => {
+                self.sessions.handle_unregistered(conn, id, message)
+            }
             EdgeEvent::Response {
                 conn,
                 stream,

@@ -167,7 +167,7 @@ impl Role for Client {
                 Poll::Pending => return Drive::Running,
             }
         }
-        let State::Running { conn, .. } = &mut self.state else {
+        let State::Running { conn, send } = &mut self.state else {
             return Drive::Closed(None);
         };
         match Pin::new(&mut **conn).poll(cx) {
@@ -178,6 +178,14 @@ impl Role for Client {
                 return Drive::Closed(result.err());
             }
             Poll::Pending => {}
+        }
+        // h2 fails every new request once the peer's GOAWAY is in: say so, so that requests
+        // go elsewhere instead of failing here.
+        if let Some(s) = send {
+            if let Poll::Ready(Err(_)) = s.poll_ready(cx) {
+                *send = None;
+                events.push_back(Event::GoingAway);
+            }
         }
         poll_responses(cx, streams, events);
         Drive::Running

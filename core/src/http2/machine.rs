@@ -66,6 +66,9 @@ pub enum Event {
     },
     /// A stream became readable or writable, or was reset.
     Stream(StreamEvent),
+    /// Edge role: the connector sent GOAWAY. It takes no new streams (h2 refuses to open
+    /// them from now on); those already open go on to their end.
+    GoingAway,
     /// The connection is over (`None`: cleanly) and every stream with it. Flush the last
     /// `Transmit`, then close the socket.
     Closed(Option<ConnectionError>),

@@ -763,3 +763,82 @@ fn the_edge_disables_server_push() {
         "push must be refused by the edge's settings"
     );
 }
+
+/// Graceful shutdown while an answer is still held back by the edge's flow-control window:
+/// the edge learns at once that no new stream may open (`GoingAway`; opening one is refused),
+/// the connection stays up until every byte of the answer went out, and only then closes.
+#[test]
+fn a_shutdown_ends_the_connection_only_after_every_answer_is_sent() {
+    let mut p = Pair::new();
+    let s =
+        p.e.open(
+            RequestKind::Http,
+            Request::get("http://o/big").body(()).unwrap(),
+            true,
+        )
+        .expect("open");
+    p.run();
+    let r = p.request();
+    p.c.respond(r.stream, StatusCode::OK, &HeaderMap::new())
+        .expect("respond");
+    // Three windows' worth: most of it waits for credit the edge gives only as it reads.
+    let body: Vec<u8> = (0..3 * machine::INITIAL_WINDOW as usize)
+        .map(|i| (i % 251) as u8)
+        .collect();
+    let mut sent = 0;
+    let feed = |p: &mut Pair, sent: &mut usize| {
+        while *sent < body.len() {
+            let n =
+                p.c.send_data(r.stream, Bytes::copy_from_slice(&body[*sent..]))
+                    .expect("send");
+            if n == 0 {
+                break;
+            }
+            *sent += n;
+            if *sent == body.len() {
+                p.c.finish(r.stream, None).expect("finish");
+            }
+        }
+    };
+    feed(&mut p, &mut sent);
+    p.run();
+    assert!(sent < body.len(), "the window holds the answer back");
+
+    p.c.shutdown();
+    p.run();
+    assert!(
+        p.e_events.iter().any(|e| matches!(e, Event::GoingAway)),
+        "{:?}",
+        p.e_events
+    );
+    let refused = p.e.open(
+        RequestKind::Http,
+        Request::get("http://o/").body(()).unwrap(),
+        true,
+    );
+    assert_eq!(refused, Err(ApiError::NotReady));
+    assert!(
+        !p.c_events.iter().any(|e| matches!(e, Event::Closed(_))),
+        "closed with the answer unsent: {:?}",
+        p.c_events
+    );
+
+    let mut got = Vec::new();
+    for _ in 0..10_000 {
+        let (bytes, end) = read_all(&mut p.e, s);
+        got.extend_from_slice(&bytes);
+        feed(&mut p, &mut sent);
+        p.run();
+        if end {
+            break;
+        }
+    }
+    assert_eq!(got.len(), body.len());
+    assert!(got == body, "the answer arrived intact");
+    assert!(
+        p.c_events.iter().any(|e| matches!(e, Event::Closed(None))),
+        "{:?}",
+        p.c_events
+    );
+    assert!(p.c.is_closed(), "everything transmitted");
+}

@@ -191,11 +191,16 @@ pub enum DropReason {
     Unopened,
     /// Bundled with a repeated registration: the first one's payload was already delivered.
     Repeated,
+    /// The origin socket did not take the payload (an error, or a full buffer), as the driver
+    /// reports it (`write_failed`).
+    WriteFailed,
+    /// The tunnel connection would not queue the datagram (queue full, too large, or gone).
+    SendRefused,
 }
 
 impl DropReason {
     /// Every reason, for metrics.
-    pub const ALL: [DropReason; 8] = [
+    pub const ALL: [DropReason; 10] = [
         Self::Malformed,
         Self::UnexpectedType,
         Self::UnknownFlow,
@@ -204,6 +209,8 @@ impl DropReason {
         Self::NoLink,
         Self::Unopened,
         Self::Repeated,
+        Self::WriteFailed,
+        Self::SendRefused,
     ];
 
     /// The metric label.
@@ -217,6 +224,8 @@ impl DropReason {
             Self::NoLink => "no_link",
             Self::Unopened => "unopened",
             Self::Repeated => "repeated",
+            Self::WriteFailed => "write_failed",
+            Self::SendRefused => "send_refused",
         }
     }
 }
@@ -242,8 +251,9 @@ pub struct SessionStats {
     pub failed: u64,
     /// Registrations that carried a bundled payload.
     pub bundled_in: u64,
-    /// Dropped datagrams and payloads, by [`DropReason::ALL`] order.
-    pub dropped: [u64; 8],
+    /// Dropped datagrams and payloads, by [`DropReason::ALL`] order (those of every index,
+    /// and those no connection can be named for).
+    pub dropped: [u64; DropReason::ALL.len()],
 }
 
 impl SessionStats {
@@ -255,7 +265,8 @@ impl SessionStats {
 
 /// One HA connection index's share of the flow counters cloudflared labels with `conn_index`
 /// (`quic/v3/metrics.go`): a session counts where it registered, a retry or migration where
-/// it arrived, a failure where its payloads went.
+/// it arrived, a failure where its payloads went; a drop where the datagram came in, or
+/// where its session's payloads go.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct IndexStats {
     /// Sessions opened (`udp_total_flows`).
@@ -268,9 +279,17 @@ pub struct IndexStats {
     pub retries: u64,
     /// Sessions moved here from another connection (`udp_migrated_flows`).
     pub migrated: u64,
+    /// Dropped datagrams and payloads by [`DropReason::ALL`] order
+    /// (`udp_dropped_datagrams{conn_index,reason}`).
+    pub dropped: [u64; DropReason::ALL.len()],
 }
 
 impl IndexStats {
+    /// Drops counted here for `reason`.
+    pub fn dropped(&self, reason: DropReason) -> u64 {
+        self.dropped[reason as usize]
+    }
+
     /// Sessions opened here and not ended (`udp_active_flows`).
     pub fn active(&self) -> u64 {
         self.total_flows.saturating_sub(self.ended)
@@ -417,13 +436,13 @@ impl SessionManager {
     ) -> Inbound<'a> {
         match version {
             DatagramVersion::V3 => self.handle_v3(now, link, datagram),
-            DatagramVersion::V2 => self.handle_v2(now, datagram),
+            DatagramVersion::V2 => self.handle_v2(now, link, datagram),
         }
     }
 
     fn handle_v3<'a>(&mut self, now: Instant, link: LinkId, datagram: &'a [u8]) -> Inbound<'a> {
         match v3::decode(datagram) {
-            Ok(v3::Datagram::Payload(p)) => self.payload(now, p.request_id, p.payload),
+            Ok(v3::Datagram::Payload(p)) => self.payload(now, link, p.request_id, p.payload),
             Ok(v3::Datagram::Registration(r)) => {
                 let idle = match r.idle_hint_secs {
                     0 => self.limits.default_idle,
@@ -442,21 +461,21 @@ impl SessionManager {
             Ok(v3::Datagram::Icmp(i)) => Inbound::Icmp(i.packet),
             Ok(v3::Datagram::RegistrationResponse(_)) => {
                 warn!(%link, "unexpected datagram type received: 3");
-                self.drop(DropReason::UnexpectedType)
+                self.drop(link, DropReason::UnexpectedType)
             }
             Err(e) => {
                 warn!(%link, error = %e, "dropping malformed datagram");
-                self.drop(DropReason::Malformed)
+                self.drop(link, DropReason::Malformed)
             }
         }
     }
 
-    fn handle_v2<'a>(&mut self, now: Instant, datagram: &'a [u8]) -> Inbound<'a> {
+    fn handle_v2<'a>(&mut self, now: Instant, link: LinkId, datagram: &'a [u8]) -> Inbound<'a> {
         match v2::decode(datagram) {
             Ok(v2::Datagram::Udp {
                 session_id,
                 payload,
-            }) => self.payload(now, SessionId(session_id.as_u128()), payload),
+            }) => self.payload(now, link, SessionId(session_id.as_u128()), payload),
             Ok(v2::Datagram::Ip { packet } | v2::Datagram::IpWithTrace { packet, .. }) => {
                 Inbound::Icmp(packet)
             }
@@ -464,11 +483,11 @@ impl SessionManager {
             // worth that.
             Ok(v2::Datagram::TracingSpan { .. }) => {
                 debug!("dropping a tracing-span datagram from the edge");
-                self.drop(DropReason::UnexpectedType)
+                self.drop(link, DropReason::UnexpectedType)
             }
             Err(e) => {
                 warn!(error = %e, "dropping malformed datagram");
-                self.drop(DropReason::Malformed)
+                self.drop(link, DropReason::Malformed)
             }
         }
     }
@@ -512,7 +531,7 @@ impl SessionManager {
         self.stats.bundled_in += u64::from(has_payload);
         if let Some(&flow) = self.by_id.get(&r.id) {
             if has_payload {
-                self.count(DropReason::Repeated);
+                self.count(Some(r.link), DropReason::Repeated);
             }
             self.reregister(now, flow, r);
             return;
@@ -520,7 +539,7 @@ impl SessionManager {
         let Ok(slot) = self.gate.admit(self.flow_slots()) else {
             self.stats.rate_limited += 1;
             if has_payload {
-                self.count(DropReason::Unopened);
+                self.count(Some(r.link), DropReason::Unopened);
             }
             warn!(flow_id = %r.id, link = %r.link, limit = self.gate.limit(), "Too many concurrent sessions being handled, rejecting udp proxy");
             self.answer(r.link, r.version, r.id, Answer::TooManyFlows);
@@ -591,13 +610,19 @@ impl SessionManager {
         }
     }
 
-    fn payload<'a>(&mut self, now: Instant, id: SessionId, payload: &'a [u8]) -> Inbound<'a> {
+    fn payload<'a>(
+        &mut self,
+        now: Instant,
+        link: LinkId,
+        id: SessionId,
+        payload: &'a [u8],
+    ) -> Inbound<'a> {
         let Some(&flow) = self.by_id.get(&id) else {
             debug!(flow_id = %id, "unable to find flow");
-            return self.drop(DropReason::UnknownFlow);
+            return self.drop(link, DropReason::UnknownFlow);
         };
         let Some(s) = self.sessions.get_mut(&flow) else {
-            return self.drop(DropReason::UnknownFlow);
+            return self.drop(link, DropReason::UnknownFlow);
         };
         match &mut s.state {
             State::Open => {
@@ -608,7 +633,7 @@ impl SessionManager {
                 pending.push_back(Bytes::copy_from_slice(payload));
                 Inbound::Handled
             }
-            State::Opening { .. } => self.drop(DropReason::PendingFull),
+            State::Opening { .. } => self.drop(link, DropReason::PendingFull),
         }
     }
 
@@ -684,19 +709,20 @@ impl SessionManager {
         buf: &mut [u8],
         len: usize,
     ) -> Result<Outbound, DropReason> {
+        let index = self.index_of(flow);
         let Some(s) = self.sessions.get_mut(&flow) else {
-            return Err(self.count(DropReason::UnknownFlow));
+            return Err(self.count_at(None, DropReason::UnknownFlow));
         };
         if len > MAX_PAYLOAD {
             warn!(flow_id = %s.id, len, "origin payload exceeds the datagram limit; dropped");
-            return Err(self.count(DropReason::TooLarge));
+            return Err(self.count_at(index, DropReason::TooLarge));
         }
         let Some(link) = s.link else {
-            return Err(self.count(DropReason::NoLink));
+            return Err(self.count_at(index, DropReason::NoLink));
         };
         if buf.len() < HEADROOM + len + TAILROOM {
             // Caller misuse; the buffer contract is in the doc.
-            return Err(self.count(DropReason::TooLarge));
+            return Err(self.count_at(index, DropReason::TooLarge));
         }
         s.last_active = now;
         let range = match s.version {
@@ -803,7 +829,10 @@ impl SessionManager {
             self.by_index.entry(i).or_default().ended += 1;
         }
         if let State::Opening { pending, .. } = &s.state {
-            self.stats.dropped[DropReason::Unopened as usize] += pending.len() as u64;
+            let index = s.link.and_then(|l| self.indexes.get(&l).copied());
+            for _ in 0..pending.len() {
+                self.count_at(index, DropReason::Unopened);
+            }
         }
         self.actions.push_back(SessionAction::Close { flow });
         Some(s)
@@ -851,12 +880,36 @@ impl SessionManager {
         self.actions.push_back(action);
     }
 
-    fn drop(&mut self, reason: DropReason) -> Inbound<'static> {
-        Inbound::Dropped(self.count(reason))
+    fn drop(&mut self, link: LinkId, reason: DropReason) -> Inbound<'static> {
+        Inbound::Dropped(self.count(Some(link), reason))
     }
 
-    fn count(&mut self, reason: DropReason) -> DropReason {
+    /// Counts a drop on the index of `link` (and in the total).
+    pub fn count(&mut self, link: Option<LinkId>, reason: DropReason) -> DropReason {
+        let index = link.and_then(|l| self.indexes.get(&l).copied());
+        self.count_at(index, reason)
+    }
+
+    /// The origin socket of `flow` did not take a payload: counted on the index its
+    /// payloads go to.
+    pub fn write_failed(&mut self, flow: UdpFlowId) {
+        let index = self.index_of(flow);
+        self.count_at(index, DropReason::WriteFailed);
+    }
+
+    /// The index of the connection a session's payloads go to, else the one it opened on.
+    fn index_of(&self, flow: UdpFlowId) -> Option<u8> {
+        let s = self.sessions.get(&flow)?;
+        s.link
+            .and_then(|l| self.indexes.get(&l).copied())
+            .or(s.opened_on)
+    }
+
+    fn count_at(&mut self, index: Option<u8>, reason: DropReason) -> DropReason {
         self.stats.dropped[reason as usize] += 1;
+        if let Some(i) = index {
+            self.by_index.entry(i).or_default().dropped[reason as usize] += 1;
+        }
         reason
     }
 }

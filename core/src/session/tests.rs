@@ -474,3 +474,53 @@ fn flows_are_counted_by_the_index_of_their_connection() {
     m.set_link_index(LinkId(9), 0);
     assert_eq!(m.stats().total_flows, 2, "the totals are unchanged");
 }
+
+/// Drops are counted on the index of the connection the datagram came in on, or that the
+/// session's payloads go out of (cloudflared's `udp_dropped_datagrams{conn_index,reason}`),
+/// and in the totals; a drop no connection can be named for only in the totals.
+#[test]
+fn drops_are_counted_by_the_index_of_their_connection() {
+    let now = Instant::now();
+    let mut m = SessionManager::new(SessionLimits::default());
+    m.set_link_index(A, 0);
+    m.set_link_index(B, 3);
+    let at = |m: &SessionManager, i: u8, r: DropReason| {
+        m.index_stats().get(&i).map_or(0, |s| s.dropped(r))
+    };
+    // Came in on B: index 3.
+    m.handle_datagram(now, B, DatagramVersion::V3, &[0x09]);
+    m.handle_datagram(now, B, DatagramVersion::V3, &payload(99, b"x"));
+    assert_eq!(at(&m, 3, DropReason::Malformed), 1);
+    assert_eq!(at(&m, 3, DropReason::UnknownFlow), 1);
+    assert_eq!(at(&m, 0, DropReason::Malformed), 0);
+    // A session on A: its too-large origin read and a failed origin write count on index 0.
+    let flow = open(&mut m, now, A, 1, 0);
+    let mut buf = vec![0u8; HEADROOM + MAX_PAYLOAD + 1 + TAILROOM];
+    assert_eq!(
+        m.frame_origin(now, flow, &mut buf, MAX_PAYLOAD + 1),
+        Err(DropReason::TooLarge)
+    );
+    m.write_failed(flow);
+    m.write_failed(flow);
+    assert_eq!(at(&m, 0, DropReason::TooLarge), 1);
+    assert_eq!(at(&m, 0, DropReason::WriteFailed), 2);
+    // Refused by the connection of A (the hub's count).
+    m.count(Some(A), DropReason::SendRefused);
+    assert_eq!(at(&m, 0, DropReason::SendRefused), 1);
+    // Nobody to name: the totals only.
+    m.write_failed(UdpFlowId(12345));
+    m.count(Some(LinkId(77)), DropReason::SendRefused);
+    assert_eq!(m.stats().dropped(DropReason::WriteFailed), 3);
+    assert_eq!(m.stats().dropped(DropReason::SendRefused), 2);
+    let by_index: u64 = m
+        .index_stats()
+        .values()
+        .flat_map(|s| s.dropped.iter())
+        .sum();
+    let total: u64 = m.stats().dropped.iter().sum();
+    assert_eq!(
+        by_index + 2,
+        total,
+        "the by-index counts add up to the totals"
+    );
+}

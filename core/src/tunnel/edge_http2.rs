@@ -485,6 +485,13 @@ fn on_event(id: ConnId, c: &mut Conn, event: Event, events: &mut VecDeque<EdgeEv
                 events.push_back(EdgeEvent::StreamReset { conn: id, stream });
             }
         }
+        // Draining (or closing after a failed registration): no new requests go to it.
+        Event::GoingAway => {
+            if !c.unregistered {
+                c.unregistered = true;
+                events.push_back(EdgeEvent::Unregistered { conn: id });
+            }
+        }
         Event::Closed(error) => {
             c.closed = true;
             let reason = error.map_or_else(|| "closed".to_owned(), |e| e.to_string());
@@ -542,8 +549,10 @@ fn read_control(id: ConnId, c: &mut Conn, events: &mut VecDeque<EdgeEvent<Stream
                 events.push_back(EdgeEvent::LocalConfiguration { conn: id, config })
             }
             EdgeControlEvent::Unregistered => {
-                c.unregistered = true;
-                events.push_back(EdgeEvent::Unregistered { conn: id })
+                if !c.unregistered {
+                    c.unregistered = true;
+                    events.push_back(EdgeEvent::Unregistered { conn: id })
+                }
             }
             EdgeControlEvent::Aborted(reason) => {
                 debug!(conn = id.0, %reason, "connector ended the RPC conversation");

@@ -674,7 +674,7 @@ impl Http2Link {
                     self.data.on_stopped(now, &mut edge, stream);
                 }
             }
-            Event::Response { .. } => {}
+            Event::Response { .. } | Event::GoingAway => {}
             Event::Closed(error) => {
                 let reason = match error {
                     None if self.shutdown_requested => CloseReason::Local(LocalClose::Shutdown),
@@ -701,14 +701,10 @@ impl Http2Link {
                 self.pushes.insert(id, PushBody::default());
                 self.read_push(id);
             }
-            _ if !matches!(
-                self.state,
-                State::Serving | State::Unregistering | State::Draining(_)
-            ) =>
-            {
-                // No request before registration (cloudflared has no origin proxy yet).
-                let _ = self.conn.fail(id, ResponseMeta::Cloudflared);
-            }
+            // Every request h2 accepted is served, whatever the registration's state, as
+            // cloudflared's `ServeHTTP` serves it: the edge sends one only to a connection it
+            // registered, and one sent as this side gave up on registering (a late answer,
+            // GOAWAY on its way) would otherwise fail for nothing. The grace period bounds it.
             _ => match connect_request(&mut req) {
                 Ok(bytes) => {
                     let mut edge = edge(&mut self.conn, &mut self.sides);

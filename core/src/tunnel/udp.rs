@@ -8,7 +8,8 @@
 //! [`DatagramHub::ping_reply`], which frame in place and send on the right connection. What is
 //! left for the driver (open/close a UDP socket or ping socket, v2 RPC answers) comes out of
 //! [`DatagramHub::poll_action`]. Every drop is counted ([`HubStats`], the manager's
-//! [`SessionStats`](crate::session::SessionStats)).
+//! [`SessionStats`](crate::session::SessionStats) and, by the connection it came in on or was
+//! going out of, its [`IndexStats`](crate::session::IndexStats)).
 
 use std::net::IpAddr;
 use std::time::Instant;
@@ -19,7 +20,9 @@ use tracing::debug;
 use super::connector::ConnectorConnection;
 use crate::datagram::{v2, v3, LinkId};
 use crate::icmp::{FunnelId, IcmpRouter, RouteErrorKind, RouterAction, Verdict};
-use crate::session::{DatagramVersion, Inbound, SessionAction, SessionManager, UdpFlowId};
+use crate::session::{
+    DatagramVersion, DropReason, Inbound, SessionAction, SessionManager, UdpFlowId,
+};
 
 /// Room for one IP packet in an ICMP datagram, with its type byte on either side.
 const ICMP_BUF: usize = 1 + 1500 + 1;
@@ -63,10 +66,9 @@ pub struct HubStats {
     pub datagrams_in: u64,
     /// Of those, UDP payload datagrams (v3 `0x01`, v2 suffix `0x00`).
     pub payloads_in: u64,
-    /// Datagrams queued on connections (payloads, ICMP, registration responses).
+    /// Datagrams queued on connections (payloads, ICMP, registration responses); those a
+    /// connection refused are the manager's [`DropReason::SendRefused`].
     pub datagrams_out: u64,
-    /// Datagrams a connection refused (queue full, too large, gone) or whose link is unknown.
-    pub send_refused: u64,
     /// ICMP packets refused by the router because the edge sent something we do not proxy.
     pub icmp_refused: u64,
     /// Origin or ping-socket packets that could not be framed (counted by reason elsewhere).
@@ -224,7 +226,7 @@ impl DatagramHub {
         match verdict {
             Ok(Verdict::Reply { len }) => {
                 let datagram = frame_ip(version, &mut self.out[..], len);
-                self.send(conn, datagram);
+                self.send(link, conn, datagram);
                 false
             }
             Ok(Verdict::Forward {
@@ -276,8 +278,8 @@ impl DatagramHub {
                 framed.advance(out.range.start);
                 let datagram = framed.freeze();
                 match links.connection(out.link) {
-                    Some(conn) => self.send(conn, Some(datagram)),
-                    None => self.stats.send_refused += 1,
+                    Some(conn) => self.send(out.link, conn, Some(datagram)),
+                    None => self.refused(out.link),
                 }
             }
             Err(_) => self.stats.origin_dropped += 1,
@@ -300,9 +302,9 @@ impl DatagramHub {
             Ok((link, len)) => match links.connection(link) {
                 Some(conn) => {
                     let datagram = frame_ip(conn.datagram_version(), &mut self.out[..], len);
-                    self.send(conn, datagram);
+                    self.send(link, conn, datagram);
                 }
-                None => self.stats.send_refused += 1,
+                None => self.refused(link),
             },
             Err(e) => {
                 self.stats.origin_dropped += 1;
@@ -343,18 +345,23 @@ impl DatagramHub {
             }
             match self.sessions.poll_action()? {
                 SessionAction::Datagram { link, datagram } => match links.connection(link) {
-                    Some(conn) => self.send(conn, Some(datagram)),
-                    None => self.stats.send_refused += 1,
+                    Some(conn) => self.send(link, conn, Some(datagram)),
+                    None => self.refused(link),
                 },
                 other => return Some(HubAction::Session(other)),
             }
         }
     }
 
-    fn send(&mut self, conn: &mut ConnectorConnection, datagram: Option<Bytes>) {
+    /// A datagram for `link` its connection would not take (or `link` is gone).
+    fn refused(&mut self, link: LinkId) {
+        self.sessions.count(Some(link), DropReason::SendRefused);
+    }
+
+    fn send(&mut self, link: LinkId, conn: &mut ConnectorConnection, datagram: Option<Bytes>) {
         match datagram.map(|d| conn.send_datagram(d)) {
             Some(Ok(())) => self.stats.datagrams_out += 1,
-            _ => self.stats.send_refused += 1,
+            _ => self.refused(link),
         }
     }
 }

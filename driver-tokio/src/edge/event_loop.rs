@@ -203,11 +203,6 @@ fn log_event(e: Event, local_config_dir: Option<&std::path::Path>) {
         Event::AnswerFailed { conn, error } => {
             warn!(conn = conn.0, %error, "cannot answer registration")
         }
-        Event::DatagramV2Only { conn, tunnel } => info!(
-            conn = conn.0,
-            %tunnel,
-            "connection speaks datagram v2 only; UDP mappings will not use it"
-        ),
         Event::Unregistered { conn } => info!(
             conn = conn.0,
             "tunnel connection unregistered; no new requests"
@@ -266,6 +261,14 @@ fn log_session(e: &SessionEvent) {
         SessionChange::Ended(SessionEnd::Refused { code, message }) => warn!(
             flow_id = %id, %mapping, %client, ?code, %message,
             "connector refused the UDP session"
+        ),
+        SessionChange::Ended(SessionEnd::RefusedV2 { message }) => warn!(
+            flow_id = %id, %mapping, %client, %message,
+            "connector refused the UDP session (registerUdpSession)"
+        ),
+        SessionChange::Ended(SessionEnd::ClosedByConnector { message }) => debug!(
+            flow_id = %id, %mapping, %client, %message,
+            "connector ended the UDP session"
         ),
         SessionChange::Ended(SessionEnd::Idle) => {
             debug!(flow_id = %id, %mapping, %client, "UDP session idle")

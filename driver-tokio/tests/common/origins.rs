@@ -223,3 +223,24 @@ pub fn tcp_echo() -> SocketAddr {
     });
     addr
 }
+
+/// A UDP origin that answers each packet first with one datagram too large for the tunnel
+/// (`burrow_core::session::MAX_PAYLOAD` + 100 bytes: the connector drops it as
+/// `read_too_large`), then with its echo. Returns its address and how many packets it got.
+pub fn udp_oversized_then_echo() -> (SocketAddr, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind origin");
+    let addr = s.local_addr().expect("addr");
+    let got = std::sync::Arc::new(AtomicU64::new(0));
+    let counted = got.clone();
+    thread::spawn(move || {
+        let big = vec![0x42u8; burrow_core::session::MAX_PAYLOAD + 100];
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            counted.fetch_add(1, Ordering::SeqCst);
+            let _ = s.send_to(&big, from);
+            let _ = s.send_to(&buf[..n], from);
+        }
+    });
+    (addr, got)
+}

@@ -560,11 +560,22 @@ fn a_configuration_push_is_answered_and_registrations_name_their_connection_id()
 /// when its connection closes it registers again on the other one, on the same origin socket.
 #[test]
 fn a_mapped_udp_session_echoes_and_moves_when_its_connection_closes() {
+    mapped_session_echoes_and_moves(&["support_datagram_v3_2"]);
+}
+
+/// The same over datagram v2: the session registers by a `registerUdpSession` call on an RPC
+/// stream the edge opens, and its payloads are suffix-typed.
+#[test]
+fn a_mapped_udp_session_over_datagram_v2_echoes_and_moves_when_its_connection_closes() {
+    mapped_session_echoes_and_moves(&[]);
+}
+
+fn mapped_session_echoes_and_moves(features: &[&str]) {
     let dest: SocketAddr = "10.0.0.7:7".parse().expect("addr");
     let client: SocketAddr = "203.0.113.5:5353".parse().expect("addr");
     let mut w = World::with(
         vec![7; 32],
-        vec!["support_datagram_v3_2".into()],
+        features.iter().map(|f| (*f).to_owned()).collect(),
         vec![(TUNNEL, MappingKind::Udp { dest })],
     );
     assert!(w.run(Duration::from_secs(30), |w| w.registered() == 2));

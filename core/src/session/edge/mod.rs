@@ -30,6 +30,15 @@
 //! `write_flow_unknown` (B§1.9). [`EdgeSessionsConfig::bundle_first_payload`] bundles the
 //! first payload into the registration instead, for connectors that deliver it (burrow's).
 //!
+//! A datagram-v2 connection (a connector without `support_datagram_v3_2`) carries sessions
+//! too, as Cloudflare's edge does for v2 connectors (PROTOCOL.md B§2): the registration is a
+//! `registerUdpSession` call on an RPC stream the edge opens ([`Call::Register`], answered
+//! with [`EdgeSessions::handle_registered`]), payloads are suffix-typed v2 datagrams, and a
+//! session ends by an `unregisterUdpSession` call either way ([`Call::Unregister`] when the
+//! edge's idle timer ends it, [`EdgeSessions::handle_unregistered`] when the connector's
+//! does). A call is reliable while its connection lives, so it is not retransmitted; one that
+//! could not be made is tried again after the backoff ([`EdgeSessions::call_failed`]).
+//!
 //! An ICMP mapping carries raw IP packets (echo requests with their IP header) as `0x02`
 //! datagrams; replies and errors go back to the client that last sent a request with the same
 //! (source, destination, echo id), from a small table with idle expiry ([`echo`]).
@@ -47,7 +56,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 use fnv::FnvBuildHasher;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tracing::{debug, warn};
+use tracing::debug;
 use uuid::Uuid;
 
 use crate::datagram::{v2, v3};
@@ -67,6 +76,9 @@ pub const DEFAULT_RETRANSMIT: Duration = Duration::from_millis(250);
 pub const DEFAULT_MAX_RETRANSMIT: Duration = Duration::from_secs(2);
 /// Default idle expiry of an ICMP echo table entry.
 pub const DEFAULT_ICMP_IDLE: Duration = Duration::from_secs(30);
+/// A v2 registration call under way has no retransmission timer: this far away stands for
+/// none (the idle timer comes first).
+const CALL_PENDING: Duration = Duration::from_secs(365 * 24 * 3600);
 /// Room kept in the reusable output buffer; it is refilled in blocks of this size.
 const OUT_BLOCK: usize = 64 * 1024;
 
@@ -142,6 +154,32 @@ pub struct Deliver<'a> {
     pub payload: &'a [u8],
 }
 
+/// An RPC call on a datagram-v2 connection the edge machine must make (PROTOCOL.md B§2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// `registerUdpSession`: answered with [`EdgeSessions::handle_registered`]; if it cannot
+    /// be made, report [`EdgeSessions::call_failed`].
+    Register {
+        /// The connection to call on.
+        conn: ConnId,
+        /// The session.
+        id: SessionId,
+        /// Its destination.
+        dest: SocketAddr,
+        /// `closeAfterIdleHint`.
+        idle_hint: Duration,
+    },
+    /// `unregisterUdpSession`: the edge ended the session (its outcome changes nothing).
+    Unregister {
+        /// The connection to call on.
+        conn: ConnId,
+        /// The session.
+        id: SessionId,
+        /// Why, for the connector's log.
+        message: String,
+    },
+}
+
 /// What happened to a UDP session (one client flow on a UDP mapping), for the driver's logs
 /// and for whoever watches the clients.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,6 +237,16 @@ pub enum SessionEnd {
         /// Its words.
         message: String,
     },
+    /// The connector answered a datagram-v2 `registerUdpSession` with an error.
+    RefusedV2 {
+        /// Its words.
+        message: String,
+    },
+    /// The connector ended it (datagram v2's `unregisterUdpSession`: it idled out there).
+    ClosedByConnector {
+        /// Its words (cloudflared: `session idle for 3s`).
+        message: String,
+    },
     /// Nothing crossed it either way for the idle timeout.
     Idle,
 }
@@ -208,8 +256,7 @@ pub enum SessionEnd {
 pub enum EdgeDrop {
     /// The caller named a mapping it never added.
     UnknownMapping,
-    /// The mapping's tunnel has no connection that can carry it (none, or only datagram-v2
-    /// connections for a UDP mapping).
+    /// The mapping's tunnel has no connection that can carry it.
     NoConnection,
     /// Client payload over the 1280-byte v3 limit (or an unframeable ICMP packet).
     TooLarge,
@@ -227,7 +274,7 @@ pub enum EdgeDrop {
     EchoUnmatched,
     /// A connector datagram that does not decode.
     Malformed,
-    /// A datagram type the edge never receives (registrations, v2 UDP, spans).
+    /// A datagram type the edge never receives (registrations, spans).
     UnexpectedType,
     /// Payload or response for a session the edge does not have (or no longer on that link).
     UnknownSession,
@@ -341,16 +388,18 @@ enum State {
         sent: u32,
         /// When to send it again.
         retry_at: Instant,
-        /// The registration as sent (with the bundled payload on the first round).
+        /// The v3 registration as sent (with the bundled payload on the first round); empty
+        /// on a v2 connection, which registers by a call.
         datagram: Bytes,
-        /// Framed `0x01` datagrams waiting for the answer.
+        /// Client payloads waiting for the answer (framed when sent, for the connection's
+        /// datagram version then).
         pending: VecDeque<Bytes>,
     },
     /// Answered OK: payloads flow.
     Registered,
     /// No connection of the tunnel can carry it; waits (held payloads) for one.
     Orphaned {
-        /// Framed `0x01` datagrams waiting for a connection.
+        /// Client payloads waiting for a connection.
         pending: VecDeque<Bytes>,
     },
 }
@@ -397,8 +446,8 @@ pub struct EdgeSessions {
     echo: EchoTable,
     out: BytesMut,
     queue: VecDeque<(ConnId, Bytes)>,
-    /// Mappings already warned about having only v2 connections.
-    warned_v2: Vec<bool>,
+    /// Calls on v2 connections, until [`EdgeSessions::poll_call`] takes them.
+    calls: VecDeque<Call>,
     stats: EdgeSessionStats,
     /// What happened to sessions, until [`EdgeSessions::poll_event`] takes it (drained
     /// after every input by the edge machine).
@@ -425,7 +474,7 @@ impl EdgeSessions {
             deadlines: BinaryHeap::new(),
             out: BytesMut::new(),
             queue: VecDeque::new(),
-            warned_v2: Vec::new(),
+            calls: VecDeque::new(),
             stats: EdgeSessionStats::default(),
             events: VecDeque::new(),
         }
@@ -440,7 +489,6 @@ impl EdgeSessions {
     pub fn add_mapping(&mut self, tunnel: Uuid, kind: MappingKind) -> MappingId {
         let id = MappingId(u32::try_from(self.mappings.len()).unwrap_or(u32::MAX));
         self.mappings.push(Mapping { tunnel, kind });
-        self.warned_v2.push(false);
         id
     }
 
@@ -471,7 +519,7 @@ impl EdgeSessions {
 
     /// A registered tunnel connection; its datagram version comes from its features
     /// ([`DatagramVersion::from_features`]). Sessions of the tunnel waiting for a connection
-    /// register on it if it speaks v3.
+    /// register on it.
     pub fn add_connection(
         &mut self,
         now: Instant,
@@ -485,14 +533,6 @@ impl EdgeSessions {
             .is_none()
         {
             self.tunnels.entry(tunnel).or_default().push(conn);
-        }
-        if version != DatagramVersion::V3 {
-            return;
-        }
-        for (m, w) in self.mappings.iter().zip(self.warned_v2.iter_mut()) {
-            if m.tunnel == tunnel {
-                *w = false;
-            }
         }
         let orphans: Vec<SessionId> = self
             .sessions
@@ -513,7 +553,7 @@ impl EdgeSessions {
     }
 
     /// A tunnel connection is gone (closed, or unregistered: no new traffic). Its sessions
-    /// register again on another v3 connection of the tunnel, or wait for one.
+    /// register again on another connection of the tunnel, or wait for one.
     pub fn remove_connection(&mut self, now: Instant, conn: ConnId) {
         let Some(info) = self.conns.remove(&conn) else {
             return;
@@ -528,7 +568,7 @@ impl EdgeSessions {
             .map(|(&id, _)| id)
             .collect();
         for id in moved {
-            match self.pick_v3(info.tunnel) {
+            match self.pick(info.tunnel) {
                 Some(next) => {
                     self.stats.migrated += 1;
                     self.event(
@@ -584,7 +624,6 @@ impl EdgeSessions {
         }
         if let Some(&id) = self.by_client.get(&(mapping, client)) {
             let max_pending = self.config.max_pending;
-            let datagram = self.frame_payload(id, payload);
             let Some(s) = self.sessions.get_mut(&id) else {
                 return Err(self.count(EdgeDrop::UnknownSession));
             };
@@ -592,6 +631,7 @@ impl EdgeSessions {
             return match &mut s.state {
                 State::Registered => match s.conn {
                     Some(conn) => {
+                        let datagram = self.frame_payload(conn, id, payload);
                         self.stats.payloads_out += 1;
                         self.queue.push_back((conn, datagram));
                         Ok(())
@@ -602,14 +642,13 @@ impl EdgeSessions {
                 State::Registering { pending, .. } | State::Orphaned { pending }
                     if pending.len() < max_pending =>
                 {
-                    pending.push_back(datagram);
+                    pending.push_back(Bytes::copy_from_slice(payload));
                     Ok(())
                 }
                 _ => Err(self.count(EdgeDrop::PendingFull)),
             };
         }
-        let Some(conn) = self.pick_v3(tunnel) else {
-            self.warn_no_v3(mapping, tunnel);
+        let Some(conn) = self.pick(tunnel) else {
             return Err(self.count(EdgeDrop::NoConnection));
         };
         if self.sessions.len() >= self.config.max_sessions {
@@ -624,13 +663,18 @@ impl EdgeSessions {
         };
         self.stats.opened += 1;
         let mut pending = VecDeque::new();
-        let bundled = if self.config.bundle_first_payload {
+        let v3 = self.version(conn) == Some(DatagramVersion::V3);
+        let bundled = if self.config.bundle_first_payload && v3 {
             payload
         } else {
-            pending.push_back(self.frame_payload(id, payload));
+            pending.push_back(Bytes::copy_from_slice(payload));
             &[]
         };
-        let datagram = self.frame_registration(id, dest, bundled);
+        let datagram = if v3 {
+            self.frame_registration(id, dest, bundled)
+        } else {
+            Bytes::new()
+        };
         self.stats.payloads_out += u64::from(!bundled.is_empty());
         self.sessions.insert(
             id,
@@ -707,7 +751,9 @@ impl EdgeSessions {
         };
         match info.version {
             DatagramVersion::V3 => match v3::decode(datagram) {
-                Ok(v3::Datagram::Payload(p)) => self.payload_from_tunnel(now, conn, p),
+                Ok(v3::Datagram::Payload(p)) => {
+                    self.payload_from_tunnel(now, conn, p.request_id, p.payload)
+                }
                 Ok(v3::Datagram::RegistrationResponse(r)) => {
                     self.response(now, conn, r);
                     None
@@ -727,7 +773,11 @@ impl EdgeSessions {
                 Ok(v2::Datagram::Ip { packet } | v2::Datagram::IpWithTrace { packet, .. }) => {
                     self.icmp_from_tunnel(now, info.tunnel, packet)
                 }
-                // UDP sessions are only carried over v3 here; spans are not expected.
+                Ok(v2::Datagram::Udp {
+                    session_id,
+                    payload,
+                }) => self.payload_from_tunnel(now, conn, SessionId(session_id.as_u128()), payload),
+                // Spans are not expected.
                 Ok(_) => {
                     self.count(EdgeDrop::UnexpectedType);
                     None
@@ -745,9 +795,10 @@ impl EdgeSessions {
         &mut self,
         now: Instant,
         conn: ConnId,
-        p: v3::Payload<'a>,
+        id: SessionId,
+        payload: &'a [u8],
     ) -> Option<Deliver<'a>> {
-        let Some(s) = self.sessions.get_mut(&p.request_id) else {
+        let Some(s) = self.sessions.get_mut(&id) else {
             self.count(EdgeDrop::UnknownSession);
             return None;
         };
@@ -761,13 +812,13 @@ impl EdgeSessions {
         let (mapping, client) = (s.mapping, s.client);
         // A payload proves the registration was taken even if its answer was lost.
         if matches!(s.state, State::Registering { .. }) && s.conn == Some(conn) {
-            self.registered(p.request_id);
+            self.registered(id);
         }
         self.stats.payloads_in += 1;
         Some(Deliver {
             mapping,
             client,
-            payload: p.payload,
+            payload,
         })
     }
 
@@ -812,7 +863,10 @@ impl EdgeSessions {
         self.stats.registered += 1;
         if let Some(conn) = s.conn {
             self.stats.payloads_out += pending.len() as u64;
-            self.queue.extend(pending.into_iter().map(|d| (conn, d)));
+            for payload in pending {
+                let datagram = self.frame_payload(conn, id, &payload);
+                self.queue.push_back((conn, datagram));
+            }
             self.event(id, SessionChange::Registered { conn });
         }
     }
@@ -842,6 +896,77 @@ impl EdgeSessions {
     /// The next datagram to send, with the connection it goes on.
     pub fn poll_datagram(&mut self) -> Option<(ConnId, Bytes)> {
         self.queue.pop_front()
+    }
+
+    /// The next call to make on a datagram-v2 connection.
+    pub fn poll_call(&mut self) -> Option<Call> {
+        self.calls.pop_front()
+    }
+
+    /// The connector answered [`Call::Register`] for session `id` on `conn` (an error is its
+    /// refusal; pass none that only says the connection closed: the session moves then).
+    pub fn handle_registered(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        id: SessionId,
+        result: Result<(), String>,
+    ) {
+        let Some(s) = self.sessions.get_mut(&id) else {
+            self.count(EdgeDrop::UnknownSession);
+            return;
+        };
+        if s.conn != Some(conn) || !matches!(s.state, State::Registering { .. }) {
+            // An answer from a connection the session has left, or a late second one.
+            return;
+        }
+        match result {
+            Ok(()) => {
+                s.last_active = now;
+                self.registered(id);
+            }
+            Err(message) => {
+                self.stats.refused_other += 1;
+                self.end(id, SessionEnd::RefusedV2 { message });
+            }
+        }
+    }
+
+    /// The connector ended session `id` on `conn` (`unregisterUdpSession`, datagram v2).
+    pub fn handle_unregistered(&mut self, conn: ConnId, id: SessionId, message: String) {
+        match self.sessions.get(&id) {
+            Some(s) if s.conn == Some(conn) => {
+                self.end(id, SessionEnd::ClosedByConnector { message })
+            }
+            Some(_) => {}
+            None => {
+                self.count(EdgeDrop::UnknownSession);
+            }
+        }
+    }
+
+    /// [`Call::Register`] for session `id` could not be made on `conn`: it is made again
+    /// after the backoff.
+    pub fn call_failed(&mut self, now: Instant, conn: ConnId, id: SessionId) {
+        let (base, cap, idle) = (
+            self.config.retransmit,
+            self.config.max_retransmit,
+            self.config.idle_timeout,
+        );
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        if s.conn != Some(conn) {
+            return;
+        }
+        if let State::Registering { sent, retry_at, .. } = &mut s.state {
+            *retry_at = now
+                + base
+                    .saturating_mul(1u32 << (*sent).min(16))
+                    .min(cap.max(base));
+            let due = s.deadline(idle);
+            self.deadlines.push(Reverse((due, id)));
+        }
     }
 
     /// The connection refused `datagram`, which this module handed out (counted as
@@ -892,6 +1017,18 @@ impl EdgeSessions {
             };
             if s.last_active + idle <= now {
                 self.stats.idle_closed += 1;
+                // A v2 connector is told (v3 has no close: its own timer, on the longer
+                // hint, ends the session there).
+                let v2 = s
+                    .conn
+                    .filter(|c| self.version(*c) == Some(DatagramVersion::V2));
+                if let Some(conn) = v2 {
+                    self.calls.push_back(Call::Unregister {
+                        conn,
+                        id,
+                        message: format!("session idle for {}", crate::session::go_duration(idle)),
+                    });
+                }
                 self.end(id, SessionEnd::Idle);
                 continue;
             }
@@ -916,6 +1053,7 @@ impl EdgeSessions {
     /// Sends (or re-sends) a registering session's registration.
     fn send_registration(&mut self, now: Instant, id: SessionId) {
         let (base, cap) = (self.config.retransmit, self.config.max_retransmit);
+        let idle_hint = self.hint();
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
@@ -936,8 +1074,20 @@ impl EdgeSessions {
             .saturating_mul(1u32 << (*sent).min(16))
             .min(cap.max(base));
         *sent = sent.saturating_add(1);
-        *retry_at = now + backoff;
-        self.queue.push_back((conn, datagram.clone()));
+        if datagram.is_empty() {
+            // A v2 connection: one call, answered or failed ([`EdgeSessions::call_failed`]
+            // brings the timer back); none of ours re-sends it meanwhile.
+            *retry_at = now + CALL_PENDING;
+            self.calls.push_back(Call::Register {
+                conn,
+                id,
+                dest: s.dest,
+                idle_hint,
+            });
+        } else {
+            *retry_at = now + backoff;
+            self.queue.push_back((conn, datagram.clone()));
+        }
         let due = s.deadline(self.config.idle_timeout);
         self.deadlines.push(Reverse((due, id)));
     }
@@ -949,7 +1099,11 @@ impl EdgeSessions {
         };
         let dest = s.dest;
         // Never bundled: the connector may still hold the session and would drop it.
-        let datagram = self.frame_registration(id, dest, &[]);
+        let datagram = if self.version(conn) == Some(DatagramVersion::V3) {
+            self.frame_registration(id, dest, &[])
+        } else {
+            Bytes::new()
+        };
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
@@ -1014,31 +1168,21 @@ impl EdgeSessions {
         self.events.pop_front()
     }
 
-    /// A v3 connection of `tunnel`, round robin.
-    fn pick_v3(&mut self, tunnel: Uuid) -> Option<ConnId> {
-        let list = self.tunnels.get(&tunnel)?;
-        let v3: usize = list
-            .iter()
-            .filter(|c| self.conns.get(c).map(|i| i.version) == Some(DatagramVersion::V3))
-            .count();
-        if v3 == 0 {
-            return None;
-        }
+    /// A connection of `tunnel`, round robin.
+    fn pick(&mut self, tunnel: Uuid) -> Option<ConnId> {
+        let list = self.tunnels.get(&tunnel).filter(|l| !l.is_empty())?;
         self.rr = self.rr.wrapping_add(1);
-        list.iter()
-            .copied()
-            .filter(|c| self.conns.get(c).map(|i| i.version) == Some(DatagramVersion::V3))
-            .nth(self.rr % v3)
+        list.get(self.rr % list.len()).copied()
     }
 
-    fn warn_no_v3(&mut self, mapping: MappingId, tunnel: Uuid) {
-        let has_v2 = self.tunnels.get(&tunnel).is_some_and(|l| !l.is_empty());
-        if let Some(w) = self.warned_v2.get_mut(mapping.0 as usize) {
-            if has_v2 && !*w {
-                *w = true;
-                warn!(%mapping, %tunnel, "tunnel has only datagram-v2 connections; UDP mappings need a connector with datagram v3 (support_datagram_v3_2); dropping");
-            }
-        }
+    /// The datagram version of connection `conn`.
+    fn version(&self, conn: ConnId) -> Option<DatagramVersion> {
+        self.conns.get(&conn).map(|c| c.version)
+    }
+
+    /// The idle timeout hinted to the connector.
+    fn hint(&self) -> Duration {
+        self.config.idle_timeout + Duration::from_secs(IDLE_HINT_MARGIN_SECS)
     }
 
     fn reserve(&mut self, need: usize) {
@@ -1047,21 +1191,24 @@ impl EdgeSessions {
         }
     }
 
-    /// `0x01` + id + payload, split off the reusable buffer.
-    fn frame_payload(&mut self, id: SessionId, payload: &[u8]) -> Bytes {
+    /// A payload datagram for `conn`'s version, split off the reusable buffer: v3's `0x01` +
+    /// id + payload, or v2's payload + id + `0x00`.
+    fn frame_payload(&mut self, conn: ConnId, id: SessionId, payload: &[u8]) -> Bytes {
         self.reserve(v3::PAYLOAD_HEADER_LEN + payload.len());
-        self.out.put_u8(v3::DatagramType::Payload as u8);
-        self.out.put_slice(&id.to_bytes());
-        self.out.put_slice(payload);
+        if self.version(conn) == Some(DatagramVersion::V2) {
+            self.out.put_slice(payload);
+            self.out.put_slice(&id.to_bytes());
+            self.out.put_u8(v2::DatagramType::Udp as u8);
+        } else {
+            self.out.put_u8(v3::DatagramType::Payload as u8);
+            self.out.put_slice(&id.to_bytes());
+            self.out.put_slice(payload);
+        }
         self.out.split().freeze()
     }
 
     fn frame_registration(&mut self, id: SessionId, dest: SocketAddr, payload: &[u8]) -> Bytes {
-        let hint = self
-            .config
-            .idle_timeout
-            .as_secs()
-            .saturating_add(IDLE_HINT_MARGIN_SECS);
+        let hint = self.hint().as_secs();
         let reg = v3::Registration {
             request_id: id,
             dest,

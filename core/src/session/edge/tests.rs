@@ -346,15 +346,15 @@ fn sessions_wait_for_a_connection_when_none_is_left() {
 }
 
 #[test]
-fn v2_only_tunnels_carry_no_udp_sessions() {
+fn bad_client_packets_are_dropped_and_counted() {
     let mut e = EdgeSessions::new(EdgeSessionsConfig::default(), [0; 32]);
     let m = e.add_mapping(TUNNEL, MappingKind::Udp { dest: dest() });
     let now = Instant::now();
-    e.add_connection(now, A, TUNNEL, DatagramVersion::V2);
     assert_eq!(
         e.handle_client(now, m, client(1), b"q"),
         Err(EdgeDrop::NoConnection)
     );
+    e.add_connection(now, A, TUNNEL, DatagramVersion::V2);
     assert_eq!(
         e.handle_client(now, MappingId(9), client(1), b"q"),
         Err(EdgeDrop::UnknownMapping)
@@ -364,7 +364,184 @@ fn v2_only_tunnels_carry_no_udp_sessions() {
         Err(EdgeDrop::TooLarge)
     );
     assert_eq!(e.poll_datagram(), None);
+    assert_eq!(e.poll_call(), None);
     assert_eq!(e.stats().dropped(EdgeDrop::NoConnection), 1);
+}
+
+/// A v2 payload datagram: payload, session id, type 0x00.
+fn v2_payload(id: SessionId, p: &[u8]) -> Vec<u8> {
+    let d = v2::Datagram::Udp {
+        session_id: Uuid::from_u128(id.0),
+        payload: p,
+    };
+    let mut out = vec![0; d.encoded_len()];
+    d.encode(&mut out).unwrap();
+    out
+}
+
+/// The one registration call made, with its session.
+fn register_call(e: &mut EdgeSessions) -> (ConnId, SessionId, SocketAddr, Duration) {
+    match e.poll_call() {
+        Some(Call::Register {
+            conn,
+            id,
+            dest,
+            idle_hint,
+        }) => (conn, id, dest, idle_hint),
+        other => panic!("expected a registration call, got {other:?}"),
+    }
+}
+
+#[test]
+fn v2_sessions_register_by_call_and_carry_suffix_typed_payloads() {
+    let idle = Duration::from_secs(5);
+    let mut e = EdgeSessions::new(
+        EdgeSessionsConfig {
+            idle_timeout: idle,
+            ..EdgeSessionsConfig::default()
+        },
+        [0; 32],
+    );
+    let m = e.add_mapping(TUNNEL, MappingKind::Udp { dest: dest() });
+    let mut now = Instant::now();
+    e.add_connection(now, A, TUNNEL, DatagramVersion::V2);
+    e.handle_client(now, m, client(1), b"first").unwrap();
+    e.handle_client(now, m, client(1), b"second").unwrap();
+    let (conn, id, to, hint) = register_call(&mut e);
+    assert_eq!(
+        (conn, to, hint),
+        (A, dest(), idle + Duration::from_secs(IDLE_HINT_MARGIN_SECS))
+    );
+    assert_eq!(e.poll_call(), None, "one call per session");
+    assert_eq!(e.poll_datagram(), None, "payloads wait for the answer");
+    // No timer re-sends the call while it is under way.
+    now += Duration::from_secs(3);
+    e.handle_timeout(now);
+    assert_eq!(e.poll_call(), None);
+    e.handle_registered(now, A, id, Ok(()));
+    let out: Vec<_> = std::iter::from_fn(|| e.poll_datagram()).collect();
+    assert_eq!(out.len(), 2);
+    for ((c, d), want) in out.iter().zip([&b"first"[..], b"second"]) {
+        assert_eq!(*c, A);
+        assert_eq!(
+            v2::decode(d).unwrap(),
+            v2::Datagram::Udp {
+                session_id: Uuid::from_u128(id.0),
+                payload: want
+            }
+        );
+    }
+    let reply = v2_payload(id, b"back");
+    let got = e.handle_datagram(now, A, &reply).unwrap();
+    assert_eq!((got.client, got.payload), (client(1), &b"back"[..]));
+    // Idle: the connector is told, and the session ends.
+    now += idle;
+    e.handle_timeout(now);
+    assert_eq!(
+        e.poll_call(),
+        Some(Call::Unregister {
+            conn: A,
+            id,
+            message: "session idle for 5s".into()
+        })
+    );
+    assert_eq!(e.active_sessions(), 0);
+}
+
+#[test]
+fn v2_refusals_and_the_connectors_end_close_the_session() {
+    let mut e = EdgeSessions::new(EdgeSessionsConfig::default(), [0; 32]);
+    let m = e.add_mapping(TUNNEL, MappingKind::Udp { dest: dest() });
+    let now = Instant::now();
+    e.add_connection(now, A, TUNNEL, DatagramVersion::V2);
+    e.handle_client(now, m, client(1), b"q").unwrap();
+    let (_, refused, _, _) = register_call(&mut e);
+    e.handle_registered(now, A, refused, Err("too many flows".into()));
+    e.handle_client(now, m, client(2), b"q").unwrap();
+    let (_, ended, _, _) = register_call(&mut e);
+    e.handle_registered(now, A, ended, Ok(()));
+    e.handle_unregistered(A, ended, "session idle for 2m10s".into());
+    let ends: Vec<_> = std::iter::from_fn(|| e.poll_event())
+        .filter_map(|ev| match ev.change {
+            SessionChange::Ended(why) => Some((ev.id, why)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        ends,
+        [
+            (
+                refused,
+                SessionEnd::RefusedV2 {
+                    message: "too many flows".into()
+                }
+            ),
+            (
+                ended,
+                SessionEnd::ClosedByConnector {
+                    message: "session idle for 2m10s".into()
+                }
+            ),
+        ]
+    );
+    assert_eq!(e.active_sessions(), 0);
+    assert_eq!(e.stats().refused_other, 1);
+    // The client's next packet opens a new session.
+    e.handle_client(now, m, client(2), b"q").unwrap();
+    let (_, again, _, _) = register_call(&mut e);
+    assert_ne!(again, ended);
+}
+
+#[test]
+fn a_v2_call_that_could_not_be_made_is_made_again_after_the_backoff() {
+    let mut e = EdgeSessions::new(EdgeSessionsConfig::default(), [0; 32]);
+    let m = e.add_mapping(TUNNEL, MappingKind::Udp { dest: dest() });
+    let mut now = Instant::now();
+    e.add_connection(now, A, TUNNEL, DatagramVersion::V2);
+    e.handle_client(now, m, client(1), b"q").unwrap();
+    let (_, id, _, _) = register_call(&mut e);
+    e.call_failed(now, A, id);
+    now += DEFAULT_RETRANSMIT;
+    e.handle_timeout(now);
+    assert_eq!(e.poll_call(), None, "backoff doubled from the first call");
+    now += DEFAULT_RETRANSMIT;
+    e.handle_timeout(now);
+    assert_eq!(
+        register_call(&mut e).1,
+        id,
+        "the same session, called again"
+    );
+}
+
+#[test]
+fn sessions_move_between_v2_and_v3_connections_with_their_held_payloads() {
+    let mut t = T::new(EdgeSessionsConfig::default());
+    // A session on A (v3), unanswered; A closes: it moves to B (v2) by a call, its held
+    // payload reframed for v2.
+    t.e.handle_client(t.now, t.udp, client(1), b"held").unwrap();
+    t.e.add_connection(t.now, B, TUNNEL, DatagramVersion::V2);
+    let first = t.out();
+    let id = registration(&first[0].1).request_id;
+    assert_eq!(first[0].0, A);
+    t.e.remove_connection(t.now, A);
+    assert_eq!(t.out(), vec![]);
+    assert_eq!(register_call(&mut t.e).1, id);
+    t.e.handle_registered(t.now, B, id, Ok(()));
+    let out = t.out();
+    assert_eq!(out.len(), 1);
+    assert_eq!(
+        (out[0].0, v2::decode(&out[0].1).unwrap()),
+        (
+            B,
+            v2::Datagram::Udp {
+                session_id: Uuid::from_u128(id.0),
+                payload: b"held"
+            }
+        )
+    );
+    // An answer from a connection it left changes nothing.
+    t.e.handle_registered(t.now, A, id, Err("late".into()));
+    assert_eq!(t.e.active_sessions(), 1);
 }
 
 #[test]

@@ -118,6 +118,11 @@ impl Supervisor {
         self.hub.sessions.handle_origin_failed(flow, reason);
     }
 
+    /// The origin socket of `flow` did not take a payload: a drop on its connection's index.
+    pub fn handle_udp_write_failed(&mut self, flow: UdpFlowId) {
+        self.hub.sessions.write_failed(flow);
+    }
+
     /// The ping socket of `funnel` could not be opened, or reading it failed: the funnel is
     /// forgotten (the driver drops whatever socket it has).
     pub fn handle_funnel_failed(&mut self, funnel: FunnelId) {

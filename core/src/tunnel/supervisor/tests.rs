@@ -21,12 +21,14 @@ use crate::icmp::{write_echo, Echo, EchoKind};
 use crate::quic::tls::{self, PostQuantum};
 use crate::quic::transport::QuicSettings;
 use crate::quic::SERVER_NAME;
+use crate::session::DropReason;
 use crate::session::UdpFlowId;
 use crate::session::{HEADROOM, ORIGIN_READ, TAILROOM};
 use crate::tunnel::data::{FlowId, OriginAction};
 use crate::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
 use crate::tunnel::Received;
 
+mod access;
 mod dials;
 mod flows;
 mod http2;
@@ -111,6 +113,8 @@ struct Origin {
     written: Vec<(UdpFlowId, Vec<u8>)>,
     funnels: Vec<(FunnelId, IpAddr)>,
     pings: Vec<(FunnelId, IpAddr, Vec<u8>)>,
+    /// Access key URLs the connector asked to fetch.
+    key_fetches: Vec<String>,
 }
 
 const LATENCY: Duration = Duration::from_millis(5);
@@ -405,6 +409,7 @@ fn do_io(
             );
             origin.pings.push((funnel, dst, message.to_vec()));
         }
+        Io::FetchAccessKeys { url } => origin.key_fetches.push(url),
         Io::CloseFunnel { .. } | Io::LookupTxt { .. } => {}
         // These tests run QUIC only.
         Io::DialEdge { .. } | Io::WriteEdge { .. } | Io::CloseEdge { .. } => {}
@@ -1188,6 +1193,12 @@ fn datagram_send_queue_is_bounded_and_overload_is_counted() {
     w.run(Duration::from_secs(15), |w| !w.edge_datagrams.is_empty());
     let (flow, _) = w.origin.opened[0];
     let before = w.connector.datagram_hub().stats().clone();
+    let refused_before = w
+        .connector
+        .datagram_hub()
+        .sessions
+        .stats()
+        .dropped(DropReason::SendRefused);
     // 200 reads of 1200 bytes in one go, with no time for the network to take any.
     let payload = vec![0x5a; 1200];
     for _ in 0..200 {
@@ -1204,8 +1215,14 @@ fn datagram_send_queue_is_bounded_and_overload_is_counted() {
     }
     let after = w.connector.datagram_hub().stats().clone();
     let queued = after.datagrams_out - before.datagrams_out;
-    let refused = after.send_refused - before.send_refused;
+    let sessions = &w.connector.datagram_hub().sessions;
+    let refused = sessions.stats().dropped(DropReason::SendRefused) - refused_before;
     assert_eq!(queued + refused, 200, "every read queued or counted");
+    assert_eq!(
+        sessions.index_stats()[&0].dropped(DropReason::SendRefused),
+        sessions.stats().dropped(DropReason::SendRefused),
+        "refusals are counted on the connection's index (conn_index 0)"
+    );
     assert!(
         (30..=40).contains(&queued),
         "about 32 full-size datagrams queued, not {queued}"

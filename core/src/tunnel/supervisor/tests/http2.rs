@@ -346,6 +346,59 @@ fn a_request_read_with_the_registration_answer_is_served() {
     }
 }
 
+/// The connector gives up on its registration (the edge's answer is late) and closes while
+/// the edge, which did register it, routes a request to it: the request crosses the GOAWAY and
+/// is served, as cloudflared's `ServeHTTP` serves every stream its server accepted, instead of
+/// failing with a 502.
+#[test]
+fn a_request_that_crosses_a_failed_registration_is_served() {
+    let mut w = H2World::new(ProtocolFlag::Fixed(Protocol::Http2));
+    w.hold_after_register = true;
+    let link = w.accept_dial();
+    w.run();
+    assert!(w.held && w.registered().is_none());
+    let req = Request::get("http://app.example/").body(()).unwrap();
+    let stream = w.edge().open(RequestKind::Http, req, true).expect("open");
+    w.run();
+    // The registration call times out before its answer and the request get through.
+    w.now += Duration::from_secs(6);
+    w.connector.handle_input(w.now, Input::Timeout);
+    w.run();
+    assert!(
+        w.events
+            .iter()
+            .any(|e| matches!(e, SupervisorEvent::RegistrationFailed { .. })),
+        "{:?}",
+        w.events
+    );
+    w.held = false;
+    w.run();
+    let flow = match w.asked.pop_front() {
+        Some(Asked::OpenFlow(l, flow, FlowKind::Http, dest)) if l == link => {
+            assert_eq!(dest, "http://app.example/");
+            flow
+        }
+        other => panic!("expected an HTTP flow, got {other:?}"),
+    };
+    w.connector
+        .handle_input(w.now, Input::FlowConnected { link, flow });
+    w.run();
+    w.connector
+        .handle_input(w.now, Input::FlowWritten { link, flow });
+    let origin = Bytes::from_static(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+    w.connector.handle_input(
+        w.now,
+        Input::FlowData {
+            link,
+            flow,
+            data: origin,
+        },
+    );
+    let (head, body) = w.response(stream);
+    assert_eq!(head.status, StatusCode::OK);
+    assert_eq!(body, b"ok");
+}
+
 #[test]
 fn http2_origin_failure_is_a_502_from_cloudflared() {
     let mut w = H2World::new(ProtocolFlag::Fixed(Protocol::Http2));
