@@ -2,6 +2,7 @@
 //! flags, config.yml, credentials and token as `burrow tunnel run` (burrow-core's `settings`)
 //! and runs the same connector machine on one thread: a mio event loop, no async runtime.
 
+mod access;
 mod datagrams;
 mod edge_socket;
 mod edge_tcp;

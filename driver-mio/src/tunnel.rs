@@ -159,36 +159,40 @@ impl Answer {
     }
 }
 
-/// TXT lookups the connector asks for (`auto` reading the protocol percentages, hourly):
-/// each on a short-lived thread, as the name servers may take seconds; answers wake the loop.
-struct TxtLookups {
+/// Blocking work the connector asks for now and then, each job on a short-lived thread whose
+/// answer wakes the loop: TXT lookups (`auto` reading the protocol percentages, hourly; the
+/// name servers may take seconds) and Access key fetches (a team's keys, each minute).
+struct OneShots<A> {
     waker: Arc<Waker>,
-    tx: std::sync::mpsc::Sender<(&'static str, Option<String>)>,
-    rx: std::sync::mpsc::Receiver<(&'static str, Option<String>)>,
+    tx: std::sync::mpsc::Sender<A>,
+    rx: std::sync::mpsc::Receiver<A>,
 }
 
-impl TxtLookups {
+impl<A: Send + 'static> OneShots<A> {
     fn new(waker: Arc<Waker>) -> Self {
         let (tx, rx) = std::sync::mpsc::channel();
         Self { waker, tx, rx }
     }
 
-    fn lookup(&self, name: &'static str) {
+    /// Runs `job` on thread `name`; if no thread can start, `failed` is the answer.
+    fn run(
+        &self,
+        name: &str,
+        job: impl FnOnce() -> A + Send + 'static,
+        failed: impl FnOnce() -> A,
+    ) {
         let (tx, waker) = (self.tx.clone(), self.waker.clone());
         let spawned = std::thread::Builder::new()
-            .name("txt".into())
-            .stack_size(128 * 1024)
+            .name(name.into())
+            // rustls's handshake (Access key fetches) wants more than a lookup.
+            .stack_size(256 * 1024)
             .spawn(move || {
-                let text = srv::txt(name)
-                    .map_err(|e| debug!(error = %e, "TXT lookup failed"))
-                    .ok();
-                let _ = tx.send((name, text));
+                let _ = tx.send(job());
                 let _ = waker.wake();
             });
         if let Err(e) = spawned {
-            // Answered as a failed lookup: the connector keeps its protocol and asks again.
-            warn!(error = %e, "cannot start a TXT lookup");
-            let _ = self.tx.send((name, None));
+            warn!(error = %e, job = name, "cannot start a thread");
+            let _ = self.tx.send(failed());
             let _ = self.waker.wake();
         }
     }
@@ -205,7 +209,8 @@ struct Driver {
     /// TCP connections of HTTP/2 links.
     edge_tcp: EdgeLinks,
     origins: Origins,
-    txt: TxtLookups,
+    txt: OneShots<(&'static str, Option<String>)>,
+    keys: OneShots<(String, Result<Vec<u8>, String>)>,
     datagrams: Datagrams,
     listener: TcpListener,
     clients: HashMap<Token, Client>,
@@ -353,7 +358,28 @@ impl Driver {
                 let token = self.edge_tcp.close(registry, link);
                 self.tokens.free(token);
             }
-            Io::LookupTxt { name } => self.txt.lookup(name),
+            Io::LookupTxt { name } => self.txt.run(
+                "txt",
+                move || {
+                    let text = srv::txt(name)
+                        .map_err(|e| debug!(error = %e, "TXT lookup failed"))
+                        .ok();
+                    (name, text)
+                },
+                // A failed lookup: the connector keeps its protocol and asks again.
+                move || (name, None),
+            ),
+            Io::FetchAccessKeys { url } => {
+                let u = url.clone();
+                self.keys.run(
+                    "access-keys",
+                    move || {
+                        let body = crate::access::fetch(&u);
+                        (u, body)
+                    },
+                    move || (url, Err("cannot start a thread".into())),
+                );
+            }
         }
         None
     }
@@ -567,7 +593,8 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
             origin_registry,
             Resolver::new(waker.clone()),
         ),
-        txt: TxtLookups::new(waker),
+        txt: OneShots::new(waker.clone()),
+        keys: OneShots::new(waker),
         datagrams: Datagrams::new(),
         listener,
         clients: HashMap::new(),
@@ -687,6 +714,21 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
                             },
                         );
                     }
+                    let keys: Vec<_> = d.keys.rx.try_iter().collect();
+                    for (url, body) in keys {
+                        let body = match &body {
+                            Ok(b) => Ok(&b[..]),
+                            Err(e) => Err(e.as_str()),
+                        };
+                        machine.handle_input(
+                            now,
+                            Input::AccessKeysFetched {
+                                url: &url,
+                                body,
+                                unix: burrow_os::unix_now(),
+                            },
+                        );
+                    }
                 }
                 SIGNALS => {
                     for _ in signals.pending() {
@@ -780,6 +822,15 @@ fn log_event(e: &Event, stopping: bool) {
             warn!(conn_index = index, "QUIC keeps failing and --protocol quic allows no fallback; check that UDP to the edge port is allowed");
         }
         Event::ConfigurationApplied { version } => info!(version, "Updated to new configuration"),
+        Event::AccessKeysFetched { url, error: None } => {
+            debug!(%url, "Access signing keys fetched");
+        }
+        Event::AccessKeysFetched {
+            url,
+            error: Some(error),
+        } => {
+            warn!(%url, %error, "cannot fetch Access signing keys; requests to rules that require Access are refused until it works");
+        }
         Event::ConfigurationRefused { version, error } => {
             warn!(version, %error, "remote configuration refused");
         }

@@ -1,9 +1,14 @@
 //! TCP over WebSocket through burrow-mio (what `cloudflared access` opens): `ssh://`/`tcp://`
 //! services, `bastion` (by rule, `bastionMode` and `--bastion`), `socks-proxy` and `proxyType:
 //! socks` (by rule and `--socks5`), each through the real `burrow edge` on loopback and checked
-//! by the same code as burrow-tokio (`common::access`).
+//! by the same code as burrow-tokio (`common::access`); and `originRequest.access` (Access
+//! tokens checked against the team's keys, which burrow-mio fetches off its loop), by
+//! `common::access_jwt`.
 
 use std::path::Path;
+use std::process::Command;
+use std::sync::atomic::AtomicUsize;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[path = "../../driver-tokio/tests/common/mod.rs"]
@@ -14,6 +19,7 @@ mod harness;
 mod testbed;
 
 use common::access::*;
+use common::access_jwt::{access_ingress, check_access, key_server, origin, CERTS_BASE};
 use common::origins::tcp_echo;
 use common::stalled::unanswered_origin;
 use harness::{burrow, MIO};
@@ -116,4 +122,53 @@ fn proxy_type_socks_puts_socks5_in_front_of_a_tcp_origin() {
         .expect("burrow-mio --socks5");
     socks_over_tcp_origin(eo.http, "rule.test", None);
     p.terminate(Duration::from_secs(30)).expect("stops");
+}
+
+#[test]
+fn access_protected_rules_refuse_unless_the_token_verifies() {
+    let bed = Testbed::create(
+        burrow(),
+        "mio-access-jwt",
+        "app",
+        &["app.test", "down.test", "open.test"],
+    )
+    .expect("tunnel");
+    let key_hits = Arc::new(AtomicUsize::new(0));
+    let keys = key_server(key_hits.clone());
+    let origin_hits = Arc::new(AtomicUsize::new(0));
+    let origin = origin(origin_hits.clone());
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let metrics = testbed::free_tcp().expect("port");
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    let config = bed.dir().join("config.yml");
+    std::fs::write(
+        &config,
+        format!(
+            "tunnel: {id}\ncredentials-file: {creds}\ningress:\n{ingress}",
+            id = q(&bed.id),
+            creds = q(&bed.credentials().to_string_lossy()),
+            ingress = access_ingress(origin),
+        ),
+    )
+    .expect("config");
+    let mut cmd = Command::new(MIO);
+    cmd.env(CERTS_BASE, format!("http://{keys}"))
+        .args(["tunnel", "--config"])
+        .arg(&config)
+        .args(["--edge", &eo.quic.to_string(), "--cacert"])
+        .arg(bed.ca())
+        .args([
+            "--metrics",
+            &metrics.to_string(),
+            "--ha-connections",
+            "1",
+            "--loglevel",
+            "debug",
+            "run",
+        ]);
+    let mut c = Proc::spawn("burrow-mio tunnel run", cmd, bed.dir().join("mio.log")).expect("mio");
+    testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\nburrow-mio: {}", c.log_tail(4000)));
+    check_access(eo.http, &origin_hits, &key_hits, &|| c.log_tail(4000));
 }

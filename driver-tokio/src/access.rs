@@ -1,17 +1,15 @@
-//! Fetches Cloudflare Access signing keys (the I/O half of `originRequest.access`): core's
-//! [`KeyFetcher`] says which team's certs URL to GET and when; each result goes back to it, and
-//! every change reaches the connector as [`AccessKeys`].
+//! Fetches Cloudflare Access signing keys (the I/O half of `originRequest.access`): the
+//! connector says which team's certs URL to GET and when (`Io::FetchAccessKeys`); each
+//! result goes back to it.
 
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
-use burrow_core::ingress::access::{AccessKeys, KeyFetcher};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
-use tracing::{debug, info, warn};
+use tracing::info;
 
 use crate::origin::Io;
 
@@ -25,60 +23,12 @@ const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 /// read it, so it cannot turn off Access checks in production.
 const TEST_CERTS_BASE: &str = "BURROW_TEST_ACCESS_CERTS_BASE";
 
-/// Runs the fetcher for `urls` until `keys` closes; `urls_rx` replaces the URL list (a
-/// configuration push). Every fetch result sends a fresh snapshot.
-pub async fn run(
-    urls: Vec<String>,
-    mut urls_rx: mpsc::UnboundedReceiver<Vec<String>>,
-    keys: mpsc::UnboundedSender<Arc<AccessKeys>>,
-    roots: Arc<rustls::RootCertStore>,
-) {
-    let mut fetcher = KeyFetcher::new();
-    fetcher.set_urls(Instant::now(), urls.iter().map(String::as_str));
-    let (done_tx, mut done_rx) = mpsc::unbounded_channel::<(String, Result<Bytes, String>)>();
-    loop {
-        let now = Instant::now();
-        while let Some(url) = fetcher.poll_fetch(now) {
-            let done = done_tx.clone();
-            let roots = roots.clone();
-            tokio::spawn(async move {
-                let r = match tokio::time::timeout(FETCH_TIMEOUT, get(&url, roots)).await {
-                    Ok(r) => r,
-                    Err(_) => Err("timeout".to_owned()),
-                };
-                let _ = done.send((url, r));
-            });
-        }
-        let sleep = async {
-            match fetcher.poll_timeout() {
-                Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
-                None => std::future::pending().await,
-            }
-        };
-        tokio::select! {
-            Some((url, body)) = done_rx.recv() => {
-                let now = Instant::now();
-                match fetcher.handle_fetched(now, &url, body.as_deref().map_err(Clone::clone)) {
-                    Ok(()) => debug!(%url, "Access signing keys fetched"),
-                    Err(error) => warn!(%url, %error, "cannot fetch Access signing keys; requests to rules that require Access are refused until it works"),
-                }
-                if keys.send(Arc::new(fetcher.snapshot(now, unix_now()))).is_err() {
-                    return;
-                }
-            }
-            urls = urls_rx.recv() => {
-                let Some(urls) = urls else { return };
-                fetcher.set_urls(Instant::now(), urls.iter().map(String::as_str));
-            }
-            () = sleep => {}
-        }
+/// GET `url` within [`FETCH_TIMEOUT`]: the body of a 200, or why not.
+pub async fn fetch(url: &str, roots: Arc<rustls::RootCertStore>) -> Result<Bytes, String> {
+    match tokio::time::timeout(FETCH_TIMEOUT, get(url, roots)).await {
+        Ok(r) => r,
+        Err(_) => Err("timeout".to_owned()),
     }
-}
-
-fn unix_now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0.0, |d| d.as_secs_f64())
 }
 
 /// GET `url` (https, or the debug-build test base); the body of a 200.

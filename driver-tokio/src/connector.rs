@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 use burrow_core::connector::{Connector, Event, Input, Io, Output};
 use burrow_core::datagram::LinkId;
 use burrow_core::icmp::{FunnelId, RouterConfig};
-use burrow_core::ingress::Ingress;
 use burrow_core::quic::tls;
 use burrow_core::session::UdpFlowId;
 use burrow_core::settings::RunConfig;
@@ -184,20 +183,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     );
     let web_roots = Arc::new(burrow_os::origin_tls::web_roots());
     let dialer = Dialer::new(web_roots.clone());
-    let access_urls =
-        |i: &Ingress| -> Vec<String> { i.access_certs_urls().map(str::to_owned).collect() };
-    let (keys_tx, mut keys_rx) = mpsc::unbounded_channel();
-    let (urls_tx, urls_rx) = mpsc::unbounded_channel();
-    tokio::spawn(crate::access::run(
-        machine
-            .ingress()
-            .map(|i| access_urls(i))
-            .unwrap_or_default(),
-        urls_rx,
-        keys_tx,
-        web_roots,
-    ));
-    let mut io = DriverIo::new(dialer, metrics.clone())?;
+    let mut io = DriverIo::new(dialer, web_roots, metrics.clone())?;
     io.bind = rc.edge_bind_address;
     let mut fatal = None;
     let mut signals = 0u32;
@@ -222,11 +208,6 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                 Output::Event(e) => {
                     if let Event::Fatal(err) = &e {
                         fatal = Some(err.clone());
-                    }
-                    if let Event::ConfigurationApplied { .. } = &e {
-                        if let Some(ingress) = machine.ingress() {
-                            let _ = urls_tx.send(access_urls(ingress));
-                        }
                     }
                     on_event(&metrics, e, signals > 0);
                     None
@@ -328,8 +309,12 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             () = sleep => {
                 machine.handle_input(Instant::now(), Input::Timeout);
             }
-            Some(keys) = keys_rx.recv() => {
-                machine.handle_input(Instant::now(), Input::AccessKeys(keys));
+            Some((url, body)) = io.keys_rx.recv() => {
+                let body = match &body {
+                    Ok(b) => Ok(&b[..]),
+                    Err(e) => Err(e.as_str()),
+                };
+                machine.handle_input(Instant::now(), Input::AccessKeysFetched { url: &url, body, unix: burrow_os::unix_now() });
             }
             Some(()) = shutdown.recv() => {
                 signals += 1;
@@ -436,6 +421,15 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
             metrics.config_version.set(i64::from(version));
             info!(version, "Updated to new configuration");
         }
+        Event::AccessKeysFetched { url, error: None } => {
+            debug!(%url, "Access signing keys fetched");
+        }
+        Event::AccessKeysFetched {
+            url,
+            error: Some(error),
+        } => {
+            warn!(%url, %error, "cannot fetch Access signing keys; requests to rules that require Access are refused until it works");
+        }
         Event::ConfigurationRefused { version, error } => {
             warn!(version, %error, "remote configuration refused");
         }
@@ -507,6 +501,11 @@ struct DriverIo {
     /// TXT lookups the connector asked for, answered from their tasks.
     txt_tx: mpsc::UnboundedSender<(&'static str, Option<String>)>,
     txt_rx: mpsc::UnboundedReceiver<(&'static str, Option<String>)>,
+    /// Roots for the Access key fetches.
+    web_roots: Arc<rustls::RootCertStore>,
+    /// Access key fetches the connector asked for, answered from their tasks.
+    keys_tx: mpsc::UnboundedSender<(String, Result<bytes::Bytes, String>)>,
+    keys_rx: mpsc::UnboundedReceiver<(String, Result<bytes::Bytes, String>)>,
 }
 
 /// The TCP connection of an HTTP/2 link.
@@ -521,12 +520,20 @@ struct EdgeTcp {
 }
 
 impl DriverIo {
-    fn new(dialer: Dialer, metrics: Arc<Metrics>) -> std::io::Result<Self> {
+    fn new(
+        dialer: Dialer,
+        web_roots: Arc<rustls::RootCertStore>,
+        metrics: Arc<Metrics>,
+    ) -> std::io::Result<Self> {
         let (flow_tx, flow_rx) = mpsc::unbounded_channel::<Report>();
         let (socket_tx, socket_rx) = mpsc::channel::<SocketEvent>(crate::datagram::CHANNEL_DEPTH);
         let (dial_tx, dial_rx) = mpsc::unbounded_channel();
         let (txt_tx, txt_rx) = mpsc::unbounded_channel();
+        let (keys_tx, keys_rx) = mpsc::unbounded_channel();
         Ok(Self {
+            web_roots,
+            keys_tx,
+            keys_rx,
             bind: None,
             sockets: HashMap::default(),
             recv_bufs: RecvBufs::new(),
@@ -708,6 +715,14 @@ impl DriverIo {
                 let tx = self.txt_tx.clone();
                 tokio::spawn(async move {
                     let _ = tx.send((name, txt_record(name).await));
+                });
+            }
+            Io::FetchAccessKeys { url } => {
+                let tx = self.keys_tx.clone();
+                let roots = self.web_roots.clone();
+                tokio::spawn(async move {
+                    let body = crate::access::fetch(&url, roots).await;
+                    let _ = tx.send((url, body));
                 });
             }
         }

@@ -23,6 +23,7 @@ use bytes::{Bytes, BytesMut};
 use crate::datagram::LinkId;
 use crate::flow::FlowStats;
 use crate::icmp::{FunnelId, RouterAction};
+use crate::ingress::access::KeyFetcher;
 use crate::ingress::Origin;
 use crate::session::{SessionAction, UdpFlowId};
 use crate::stream::proxy::FlowKind;
@@ -196,9 +197,15 @@ pub enum Input<'a> {
         /// Which connection.
         link: LinkId,
     },
-    /// Signing keys for rules with `originRequest.access`, fetched as a
-    /// [`crate::ingress::access::KeyFetcher`] asked; they replace the ones before.
-    AccessKeys(Arc<crate::ingress::access::AccessKeys>),
+    /// The answer to [`Io::FetchAccessKeys`]: the body of a 200, or why there is none.
+    AccessKeysFetched {
+        /// The URL fetched.
+        url: &'a str,
+        /// The response body, or the failure in words.
+        body: Result<&'a [u8], &'a str>,
+        /// The wall clock now, in Unix seconds (tokens' expiry is checked against it).
+        unix: f64,
+    },
     /// The answer to [`Io::LookupTxt`].
     TxtRecord {
         /// The name looked up.
@@ -353,6 +360,12 @@ pub enum Io<'a> {
         /// The DNS name.
         name: &'static str,
     },
+    /// GET `url` (a team's Access signing keys: `https`, at most 1 MiB, within 10 s) and answer
+    /// [`Input::AccessKeysFetched`]. When and how often is the connector's business.
+    FetchAccessKeys {
+        /// The certs URL.
+        url: String,
+    },
 }
 
 /// What the driver must do next.
@@ -397,14 +410,22 @@ pub struct Connector {
     lent: Bytes,
     /// HTTP/2 links whose TCP connection is open at the driver.
     tcp_links: HashSet<LinkId>,
+    /// When to fetch the Access signing keys the rules need.
+    keys: KeyFetcher,
 }
 
 impl Connector {
     /// A connector over `pool`; `seed` drives every random choice (backoff jitter, address
     /// choice, quinn). Connection 0 starts at `now`.
     pub fn new(now: Instant, config: SupervisorConfig, pool: EdgePool, seed: u64) -> Self {
+        let sup = Supervisor::new(now, config, pool, seed);
+        let mut keys = KeyFetcher::new();
+        if let Some(ingress) = sup.ingress() {
+            keys.set_urls(now, ingress.access_certs_urls());
+        }
         Self {
-            sup: Supervisor::new(now, config, pool, seed),
+            sup,
+            keys,
             queue: VecDeque::new(),
             flows: HashMap::new(),
             segments: BTreeMap::new(),
@@ -525,7 +546,18 @@ impl Connector {
             Input::EdgeFailed { link, reason } => self.sup.handle_edge_failed(now, link, reason),
             Input::EdgeReceived { link, data } => self.sup.handle_edge_bytes(now, link, data),
             Input::EdgeWritten { link } => self.sup.handle_edge_written(now, link),
-            Input::AccessKeys(keys) => self.sup.set_access_keys(keys),
+            Input::AccessKeysFetched { url, body, unix } => {
+                let result = self
+                    .keys
+                    .handle_fetched(now, url, body.map_err(str::to_owned));
+                self.queue
+                    .push_back(Queued::Event(Event::AccessKeysFetched {
+                        url: url.to_owned(),
+                        error: result.err(),
+                    }));
+                self.sup
+                    .set_access_keys(Arc::new(self.keys.snapshot(now, unix)));
+            }
             Input::TxtRecord { name, text } => self.sup.handle_txt_record(now, name, text),
         }
     }
@@ -547,7 +579,7 @@ impl Connector {
         loop {
             // Events and origin actions first: they open the sockets and flows the rest use.
             while let Some(e) = self.sup.poll_event() {
-                self.on_event(e);
+                self.on_event(now, e);
             }
             if let Some((link, action)) = self.sup.poll_origin_action() {
                 self.on_origin_action(now, link, action);
@@ -612,15 +644,28 @@ impl Connector {
             if let Some(name) = self.sup.poll_lookup() {
                 return Output::Io(Io::LookupTxt { name });
             }
+            if let Some(url) = self.keys.poll_fetch(now) {
+                return Output::Io(Io::FetchAccessKeys { url });
+            }
             if self.sup.has_events() {
                 continue;
             }
-            return Output::Timeout(self.sup.poll_timeout());
+            let deadline = match (self.sup.poll_timeout(), self.keys.poll_timeout()) {
+                (Some(a), Some(b)) => Some(a.min(b)),
+                (a, b) => a.or(b),
+            };
+            return Output::Timeout(deadline);
         }
     }
 
-    fn on_event(&mut self, e: Event) {
+    fn on_event(&mut self, now: Instant, e: Event) {
         match &e {
+            Event::ConfigurationApplied { .. } => {
+                // The pushed rules may name other teams.
+                if let Some(ingress) = self.sup.ingress() {
+                    self.keys.set_urls(now, ingress.access_certs_urls());
+                }
+            }
             Event::Connecting {
                 index,
                 edge,

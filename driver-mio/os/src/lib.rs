@@ -181,6 +181,13 @@ pub fn notify_ready() -> io::Result<()> {
     Ok(())
 }
 
+/// The wall clock in Unix seconds (Access tokens' expiry is checked against it).
+pub fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -2,6 +2,7 @@
 #![allow(dead_code)]
 
 pub mod access;
+pub mod access_jwt;
 pub mod body;
 pub mod client;
 pub mod nft;

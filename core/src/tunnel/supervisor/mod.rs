@@ -241,6 +241,14 @@ pub enum SupervisorEvent {
         /// Why.
         reason: CallFailure,
     },
+    /// A team's Access signing keys were fetched (`error: None`), or the fetch failed: the
+    /// keys before stay, and without any, requests to rules requiring Access are refused.
+    AccessKeysFetched {
+        /// The certs URL.
+        url: String,
+        /// Why the fetch failed.
+        error: Option<String>,
+    },
     /// The supervisor gave up; it is stopped.
     Fatal(SupervisorError),
     /// Every connection is closed after a shutdown.

@@ -28,6 +28,7 @@ use crate::tunnel::data::{FlowId, OriginAction};
 use crate::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
 use crate::tunnel::Received;
 
+mod access;
 mod dials;
 mod flows;
 mod http2;
@@ -112,6 +113,8 @@ struct Origin {
     written: Vec<(UdpFlowId, Vec<u8>)>,
     funnels: Vec<(FunnelId, IpAddr)>,
     pings: Vec<(FunnelId, IpAddr, Vec<u8>)>,
+    /// Access key URLs the connector asked to fetch.
+    key_fetches: Vec<String>,
 }
 
 const LATENCY: Duration = Duration::from_millis(5);
@@ -406,6 +409,7 @@ fn do_io(
             );
             origin.pings.push((funnel, dst, message.to_vec()));
         }
+        Io::FetchAccessKeys { url } => origin.key_fetches.push(url),
         Io::CloseFunnel { .. } | Io::LookupTxt { .. } => {}
         // These tests run QUIC only.
         Io::DialEdge { .. } | Io::WriteEdge { .. } | Io::CloseEdge { .. } => {}
