@@ -177,6 +177,18 @@ impl Client {
         if self.retry_at.is_some_and(|t| w.now >= t) {
             self.retry_at = None;
         }
+        // Reading first: the streams it completes free their slots for the requests started
+        // below. The other way round the next requests waited for another step, and a world
+        // with nothing left in flight (no timer either, as on HTTP/2) never takes one.
+        if self.read_budget.is_none() {
+            self.read(w);
+        } else if w.now >= self.next_read {
+            self.read(w);
+            self.next_read = w.after(Duration::from_millis(10));
+            if !self.active.is_empty() {
+                w.wakeups.insert(self.next_read);
+            }
+        }
         while !self.paused && self.retry_at.is_none() && self.active.len() < self.concurrency {
             let Some(request) = self.queue.pop_front() else {
                 break;
@@ -186,15 +198,6 @@ impl Client {
         let streams: Vec<EyeballId> = self.active.keys().copied().collect();
         for id in streams {
             self.push_body(w, id);
-        }
-        if self.read_budget.is_none() {
-            self.read(w);
-        } else if w.now >= self.next_read {
-            self.read(w);
-            self.next_read = w.after(Duration::from_millis(10));
-            if !self.active.is_empty() {
-                w.wakeups.insert(self.next_read);
-            }
         }
         Ok(())
     }
