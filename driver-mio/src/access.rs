@@ -7,10 +7,7 @@ use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Largest response read (Cloudflare's key set is a few KiB).
-const MAX_RESPONSE: usize = 1 << 20;
-/// One fetch, connect to last byte.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+use burrow_core::ingress::access::{FETCH_TIMEOUT, MAX_KEY_SET as MAX_RESPONSE};
 
 /// Debug builds only: fetch every team's keys from this loopback `http://` base instead
 /// (`Host` still names the team), so tests can serve their own key sets, as burrow-tokio's.

@@ -6,7 +6,6 @@
 //! `common::access_jwt`.
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -19,7 +18,7 @@ mod harness;
 mod testbed;
 
 use common::access::*;
-use common::access_jwt::{access_ingress, check_access, key_server, origin, CERTS_BASE};
+use common::access_jwt::{access_config, access_connector, check_access, key_server, origin};
 use common::origins::tcp_echo;
 use common::stalled::unanswered_origin;
 use harness::{burrow, MIO};
@@ -140,34 +139,11 @@ fn access_protected_rules_refuse_unless_the_token_verifies() {
     let eo = EdgeOpts::loopback().expect("ports");
     let _edge = bed.edge(&eo).expect("edge");
     let metrics = testbed::free_tcp().expect("port");
-    let q = |s: &str| serde_json::Value::from(s).to_string();
     let config = bed.dir().join("config.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "tunnel: {id}\ncredentials-file: {creds}\ningress:\n{ingress}",
-            id = q(&bed.id),
-            creds = q(&bed.credentials().to_string_lossy()),
-            ingress = access_ingress(origin),
-        ),
-    )
-    .expect("config");
-    let mut cmd = Command::new(MIO);
-    cmd.env(CERTS_BASE, format!("http://{keys}"))
-        .args(["tunnel", "--config"])
-        .arg(&config)
-        .args(["--edge", &eo.quic.to_string(), "--cacert"])
-        .arg(bed.ca())
-        .args([
-            "--metrics",
-            &metrics.to_string(),
-            "--ha-connections",
-            "1",
-            "--loglevel",
-            "debug",
-            "run",
-        ]);
-    let mut c = Proc::spawn("burrow-mio tunnel run", cmd, bed.dir().join("mio.log")).expect("mio");
+    std::fs::write(&config, access_config(&bed.id, &bed.credentials(), origin)).expect("config");
+    let cmd = access_connector(Path::new(MIO), &config, (eo.quic, &bed.ca()), metrics, keys);
+    let mut c =
+        Proc::spawn("burrow-mio tunnel run", cmd, bed.dir().join("mio.log")).expect("connector");
     testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{e}\nburrow-mio: {}", c.log_tail(4000)));
     check_access(eo.http, &origin_hits, &key_hits, &|| c.log_tail(4000));

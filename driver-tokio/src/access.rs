@@ -3,8 +3,8 @@
 //! result goes back to it.
 
 use std::sync::Arc;
-use std::time::Duration;
 
+use burrow_core::ingress::access::{FETCH_TIMEOUT, MAX_KEY_SET};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
@@ -12,11 +12,6 @@ use tokio::net::TcpStream;
 use tracing::info;
 
 use crate::origin::Io;
-
-/// Largest key set read (Cloudflare's is a few KiB).
-const MAX_BODY: usize = 1 << 20;
-/// One fetch, connect to last byte.
-const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Debug builds only: fetch every team's keys from this loopback `http://` base instead
 /// (`Host` still names the team), so tests can serve their own key sets. Release builds do not
@@ -97,7 +92,7 @@ async fn get(url: &str, roots: Arc<rustls::RootCertStore>) -> Result<Bytes, Stri
     if resp.status() != http::StatusCode::OK {
         return Err(format!("oidc: get keys failed: {}", resp.status()));
     }
-    let body = Limited::new(resp.into_body(), MAX_BODY)
+    let body = Limited::new(resp.into_body(), MAX_KEY_SET)
         .collect()
         .await
         .map_err(|e| format!("reading the key set: {e}"))?;

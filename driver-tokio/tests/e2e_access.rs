@@ -2,7 +2,6 @@
 //! loopback, with the checks burrow-mio runs too (`common::access_jwt`).
 
 use std::path::Path;
-use std::process::Command;
 use std::sync::atomic::AtomicUsize;
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,7 +10,7 @@ use burrow_tokio::testbed::{self, EdgeOpts, Proc, Testbed};
 
 mod common;
 
-use common::access_jwt::{access_ingress, check_access, key_server, origin, CERTS_BASE};
+use common::access_jwt::{access_config, access_connector, check_access, key_server, origin};
 
 const BIN: &str = env!("CARGO_BIN_EXE_burrow");
 
@@ -31,33 +30,9 @@ fn access_protected_rules_refuse_unless_the_token_verifies() {
     let eo = EdgeOpts::loopback().expect("ports");
     let _edge = bed.edge(&eo).expect("edge");
     let metrics = testbed::free_tcp().expect("port");
-    let q = |s: &str| serde_json::Value::from(s).to_string();
     let config = bed.dir().join("config.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "tunnel: {id}\ncredentials-file: {creds}\ningress:\n{ingress}",
-            id = q(&bed.id),
-            creds = q(&bed.credentials().to_string_lossy()),
-            ingress = access_ingress(origin),
-        ),
-    )
-    .expect("config");
-    let mut cmd = Command::new(BIN);
-    cmd.env(CERTS_BASE, format!("http://{keys}"))
-        .args(["tunnel", "--config"])
-        .arg(&config)
-        .args(["--edge", &eo.quic.to_string(), "--cacert"])
-        .arg(bed.ca())
-        .args([
-            "--metrics",
-            &metrics.to_string(),
-            "--ha-connections",
-            "1",
-            "--loglevel",
-            "debug",
-            "run",
-        ]);
+    std::fs::write(&config, access_config(&bed.id, &bed.credentials(), origin)).expect("config");
+    let cmd = access_connector(Path::new(BIN), &config, (eo.quic, &bed.ca()), metrics, keys);
     let mut c =
         Proc::spawn("burrow tunnel run", cmd, bed.dir().join("connector.log")).expect("connector");
     testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))

@@ -129,17 +129,22 @@ fn exe() -> String {
         .to_string()
 }
 
+/// The tunnel token of `bed`'s credentials.
+fn token_of(bed: &Testbed) -> String {
+    Credentials::from_file_json(
+        "credentials",
+        &std::fs::read(bed.credentials()).expect("credentials file"),
+    )
+    .expect("credentials")
+    .to_token()
+}
+
 #[test]
 fn token_install_runs_the_tunnel_and_uninstall_removes_it() {
     let bed = Testbed::create(Path::new(BIN), "e2e-svc", "app", &["app.test"]).expect("tunnel");
     let eo = EdgeOpts::loopback().expect("ports");
     let _edge = bed.edge(&eo).expect("edge");
-    let token = Credentials::from_file_json(
-        "credentials",
-        &std::fs::read(bed.credentials()).expect("credentials file"),
-    )
-    .expect("credentials")
-    .to_token();
+    let token = token_of(&bed);
     let host = Host::new("token", Init::Systemd);
     let out = host.service(&["service", "install", &token]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -375,12 +380,7 @@ fn sysv_install_writes_a_script_that_starts_checks_and_stops_the_tunnel() {
     let bed = Testbed::create(Path::new(BIN), "e2e-sysv", "app", &["app.test"]).expect("tunnel");
     let eo = EdgeOpts::loopback().expect("ports");
     let _edge = bed.edge(&eo).expect("edge");
-    let token = Credentials::from_file_json(
-        "credentials",
-        &std::fs::read(bed.credentials()).expect("credentials file"),
-    )
-    .expect("credentials")
-    .to_token();
+    let token = token_of(&bed);
     let host = Host::new("sysv", Init::SysV);
     for level in ["rc0.d", "rc2.d", "rc3.d", "rc6.d"] {
         std::fs::create_dir_all(host.sysconf().join(level)).expect("rc dir");

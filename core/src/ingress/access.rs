@@ -292,6 +292,11 @@ pub fn check(
     }
 }
 
+/// How long one key fetch may take, connect to last byte (`Io::FetchAccessKeys`).
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// The largest key-set response a driver reads (Cloudflare's is a few KiB).
+pub const MAX_KEY_SET: usize = 1 << 20;
+
 /// How often a team's keys are fetched again while fetching works.
 pub const REFRESH: Duration = Duration::from_secs(60);
 /// First retry after a failed fetch; doubles up to [`REFRESH`].

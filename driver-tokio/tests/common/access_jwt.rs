@@ -7,6 +7,8 @@
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
@@ -148,6 +150,44 @@ pub fn access_ingress(origin: SocketAddr) -> String {
          - hostname: down.test\n  service: http://{origin}\n  originRequest:\n    access:\n      required: true\n      teamName: down\n      audTag: [aud-app]\n\
          - service: http://{origin}\n"
     )
+}
+
+/// The config.yml of tunnel `id` (credentials file `creds`) serving [`access_ingress`].
+pub fn access_config(id: &str, creds: &Path, origin: SocketAddr) -> String {
+    let q = |s: &str| serde_json::Value::from(s).to_string();
+    format!(
+        "tunnel: {id}\ncredentials-file: {creds}\ningress:\n{ingress}",
+        id = q(id),
+        creds = q(&creds.to_string_lossy()),
+        ingress = access_ingress(origin),
+    )
+}
+
+/// `bin tunnel --config config run` on one connection to the edge at `edge` (trusting `ca`),
+/// with its key fetches pointed at [`key_server`] `keys`.
+pub fn access_connector(
+    bin: &Path,
+    config: &Path,
+    (edge, ca): (SocketAddr, &Path),
+    metrics: SocketAddr,
+    keys: SocketAddr,
+) -> Command {
+    let mut cmd = Command::new(bin);
+    cmd.env(CERTS_BASE, format!("http://{keys}"))
+        .args(["tunnel", "--config"])
+        .arg(config)
+        .args(["--edge", &edge.to_string(), "--cacert"])
+        .arg(ca)
+        .args([
+            "--metrics",
+            &metrics.to_string(),
+            "--ha-connections",
+            "1",
+            "--loglevel",
+            "debug",
+            "run",
+        ]);
+    cmd
 }
 
 /// The checks, through the edge's HTTP listener `http`, of a connector serving
