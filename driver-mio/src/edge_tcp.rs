@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, SocketAddr};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use burrow_core::connector::{Connector, Input};
 use burrow_core::datagram::LinkId;
@@ -69,8 +69,13 @@ impl EdgeLinks {
         link: LinkId,
         edge: SocketAddr,
         bind: Option<IpAddr>,
+        keepalive: Duration,
     ) -> io::Result<()> {
         let mut stream = connect(edge, bind)?;
+        // As Go's dialer, a socket that refuses keepalive still serves.
+        if let Err(e) = burrow_os::tcp_keep_alive(&stream, keepalive) {
+            debug!(%link, error = %e, "cannot set TCP keepalive on the edge connection");
+        }
         registry.register(&mut stream, token, Interest::READABLE | Interest::WRITABLE)?;
         self.links.insert(
             link,
@@ -315,4 +320,37 @@ fn connect(edge: SocketAddr, bind: Option<IpAddr>) -> io::Result<TcpStream> {
 /// `EINPROGRESS`: a non-blocking connect under way.
 fn libc_einprogress() -> i32 {
     rustix::io::Errno::INPROGRESS.raw_os_error()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burrow_core::connector::EDGE_TCP_KEEPALIVE;
+
+    /// The edge connection carries cloudflared's keepalive: on, first probe and interval 15 s.
+    #[test]
+    fn edge_dial_sets_tcp_keepalive() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let edge = listener.local_addr().unwrap();
+        let poll = mio::Poll::new().unwrap();
+        let mut links = EdgeLinks::new();
+        let link = LinkId(0);
+        links
+            .dial(
+                poll.registry(),
+                Token(1),
+                link,
+                edge,
+                None,
+                EDGE_TCP_KEEPALIVE,
+            )
+            .unwrap();
+        let sock = socket2::SockRef::from(&links.links[&link].stream);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(15));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(15)
+        );
+    }
 }

@@ -333,10 +333,18 @@ impl Driver {
                 let token = self.datagrams.close_funnel(registry, funnel);
                 self.tokens.free(token);
             }
-            Io::DialEdge { index, link, edge } => {
+            Io::DialEdge {
+                index,
+                link,
+                edge,
+                keepalive,
+            } => {
                 debug!(conn_index = index, %link, %edge, "dialing edge over TCP");
                 let token = self.tokens.alloc(Source::EdgeTcp(link));
-                if let Err(e) = self.edge_tcp.dial(registry, token, link, edge, self.bind) {
+                let dialed = self
+                    .edge_tcp
+                    .dial(registry, token, link, edge, self.bind, keepalive);
+                if let Err(e) = dialed {
                     self.tokens.free(Some(token));
                     return Some(Answer::EdgeFailed(
                         link,

@@ -705,11 +705,16 @@ impl DriverIo {
                     .inc_by(self.datagrams.stats().pings_sent - before);
             }
             Io::CloseFunnel { funnel } => self.datagrams.close_funnel(funnel),
-            Io::DialEdge { index, link, edge } => {
+            Io::DialEdge {
+                index,
+                link,
+                edge,
+                keepalive,
+            } => {
                 debug!(conn_index = index, %link, %edge, "dialing edge over TCP");
                 let tx = self.dial_tx.clone();
                 tokio::spawn(async move {
-                    let _ = tx.send((link, TcpStream::connect(edge).await));
+                    let _ = tx.send((link, dial_edge(link, edge, keepalive).await));
                 });
             }
             Io::WriteEdge { link, data } => {
@@ -767,6 +772,20 @@ struct Flow {
     /// Its dial ended (connected, or failed and counted): a close before that is a dial the
     /// connector gave up on (its deadline, or the stream ended first), counted then.
     settled: bool,
+}
+
+/// Dials an HTTP/2 link's edge connection with the keepalive core asked for. As Go's dialer,
+/// a socket that refuses keepalive still serves.
+async fn dial_edge(
+    link: LinkId,
+    edge: SocketAddr,
+    keepalive: Duration,
+) -> std::io::Result<TcpStream> {
+    let s = TcpStream::connect(edge).await?;
+    if let Err(e) = burrow_os::tcp_keep_alive(&s, keepalive) {
+        debug!(%link, error = %e, "cannot set TCP keepalive on the edge connection");
+    }
+    Ok(s)
 }
 
 async fn open_socket(
@@ -964,4 +983,27 @@ fn flow_input<'r>(
         FlowReport::Finished => Input::FlowFinished { link, flow },
         FlowReport::Written => Input::FlowWritten { link, flow },
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burrow_core::connector::EDGE_TCP_KEEPALIVE;
+
+    /// The edge connection carries cloudflared's keepalive: on, first probe and interval 15 s.
+    #[tokio::test]
+    async fn edge_dial_sets_tcp_keepalive() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let edge = listener.local_addr().unwrap();
+        let s = dial_edge(LinkId(0), edge, EDGE_TCP_KEEPALIVE)
+            .await
+            .unwrap();
+        let sock = socket2::SockRef::from(&s);
+        assert!(sock.keepalive().unwrap());
+        assert_eq!(sock.tcp_keepalive_time().unwrap(), Duration::from_secs(15));
+        assert_eq!(
+            sock.tcp_keepalive_interval().unwrap(),
+            Duration::from_secs(15)
+        );
+    }
 }

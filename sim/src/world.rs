@@ -470,7 +470,9 @@ impl World {
                     udp.close_funnel(n, funnel);
                     None
                 }
-                Io::DialEdge { index, link, edge } => {
+                Io::DialEdge {
+                    index, link, edge, ..
+                } => {
                     tcp.dial(vnow, net, n, link, socket(index), edge);
                     None
                 }

@@ -16,7 +16,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 
@@ -42,6 +42,11 @@ const _: () = {
     const fn assert_send<T: Send>() {}
     assert_send::<Connector>();
 };
+
+/// TCP keepalive period on an HTTP/2 link's edge connection. cloudflared dials the edge with a
+/// zero `net.Dialer{}` (edgediscovery/dial.go), whose `KeepAlive` of zero means Go's default:
+/// first probe after 15 s idle, then every 15 s (net/dial.go `defaultTCPKeepAlive`).
+pub const EDGE_TCP_KEEPALIVE: Duration = Duration::from_secs(15);
 
 /// The reason an edge dial failed, in cloudflared's words (`DialContext error: ...`), for
 /// [`Input::EdgeFailed`] and the QUIC dial failures both drivers report.
@@ -340,6 +345,9 @@ pub enum Io<'a> {
         link: LinkId,
         /// Edge address.
         edge: SocketAddr,
+        /// TCP keepalive on the connection: first probe after this much idle time, then one
+        /// every period. It is what notices a dead edge on an idle link whose reset was lost.
+        keepalive: Duration,
     },
     /// Write all of `data` to the link's TCP connection, then answer [`Input::EdgeWritten`].
     /// At most one write per link is outstanding.
@@ -683,6 +691,7 @@ impl Connector {
                             index: *index,
                             link: *link,
                             edge: *edge,
+                            keepalive: EDGE_TCP_KEEPALIVE,
                         }
                     }
                 };
