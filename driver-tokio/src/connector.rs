@@ -451,6 +451,7 @@ enum Answer {
     UdpOpened(UdpFlowId),
     UdpFailed(UdpFlowId, String),
     UdpWriteFailed(UdpFlowId),
+    PingWriteFailed(FunnelId),
     FunnelFailed(FunnelId),
 }
 
@@ -471,6 +472,7 @@ impl Answer {
                 reason,
             },
             Self::UdpWriteFailed(flow) => Input::UdpWriteFailed(*flow),
+            Self::PingWriteFailed(funnel) => Input::PingWriteFailed(*funnel),
             Self::FunnelFailed(funnel) => Input::FunnelFailed(*funnel),
         }
     }
@@ -669,11 +671,10 @@ impl DriverIo {
                 message,
                 ..
             } => {
-                let before = self.datagrams.stats().pings_sent;
-                self.datagrams.send_ping(funnel, dst, message);
-                metrics
-                    .icmp_total_requests
-                    .inc_by(self.datagrams.stats().pings_sent - before);
+                if !self.datagrams.send_ping(funnel, dst, message) {
+                    return Some(Answer::PingWriteFailed(funnel));
+                }
+                metrics.icmp_total_requests.inc();
             }
             Io::CloseFunnel { funnel } => self.datagrams.close_funnel(funnel),
             Io::DialEdge { index, link, edge } => {

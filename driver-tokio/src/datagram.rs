@@ -80,19 +80,6 @@ pub enum UdpRead {
     },
 }
 
-/// Counters of the socket side (the supervisor's hub counts the rest).
-#[derive(Debug, Default, Clone)]
-pub struct SocketStats {
-    /// Payloads written to origin sockets (those not written are the connector's to count).
-    pub udp_written: u64,
-    /// Echo requests sent through ping sockets (`cloudflared_icmp_total_requests`).
-    pub pings_sent: u64,
-    /// Echo requests a ping socket refused, or whose funnel never opened.
-    pub pings_failed: u64,
-    /// UDP sockets that could not be opened.
-    pub udp_open_failed: u64,
-}
-
 /// A ping socket and the task reading it; dropping it stops the reader and closes the socket.
 struct Owned {
     socket: Arc<UdpSocket>,
@@ -127,7 +114,6 @@ pub struct DatagramSockets {
     slab: BytesMut,
     funnels: HashMap<FunnelId, Owned, FnvBuildHasher>,
     tx: mpsc::Sender<SocketEvent>,
-    stats: SocketStats,
 }
 
 impl DatagramSockets {
@@ -147,13 +133,7 @@ impl DatagramSockets {
             slab: BytesMut::new(),
             funnels: HashMap::default(),
             tx,
-            stats: SocketStats::default(),
         })
-    }
-
-    /// The counters.
-    pub fn stats(&self) -> &SocketStats {
-        &self.stats
     }
 
     /// Whether `flow` still has its socket.
@@ -255,10 +235,7 @@ impl DatagramSockets {
             return false;
         };
         match s.socket.send(payload) {
-            Ok(_) => {
-                self.stats.udp_written += 1;
-                true
-            }
+            Ok(_) => true,
             Err(e) => {
                 if e.kind() != io::ErrorKind::WouldBlock {
                     debug!(%flow, error = %e, "origin UDP write failed");
@@ -268,17 +245,16 @@ impl DatagramSockets {
         }
     }
 
-    /// Sends an ICMP echo request through the ping socket of `funnel`.
-    pub fn send_ping(&mut self, funnel: FunnelId, dst: IpAddr, message: &[u8]) {
+    /// Sends an ICMP echo request through the ping socket of `funnel`; false if it was not sent.
+    pub fn send_ping(&mut self, funnel: FunnelId, dst: IpAddr, message: &[u8]) -> bool {
         let Some(s) = self.funnels.get(&funnel) else {
-            self.stats.pings_failed += 1;
-            return;
+            return false;
         };
         match SockRef::from(&*s.socket).send_to(message, &SocketAddr::new(dst, 0).into()) {
-            Ok(_) => self.stats.pings_sent += 1,
+            Ok(_) => true,
             Err(e) => {
-                self.stats.pings_failed += 1;
                 debug!(%funnel, %dst, error = %e, "failed to send ICMP echo");
+                false
             }
         }
     }
@@ -288,7 +264,6 @@ impl DatagramSockets {
     pub fn open_udp(&mut self, flow: UdpFlowId, dest: SocketAddr) -> Result<(), String> {
         // The flow id is the socket's token; on 32-bit targets ids past 2^32 have none.
         let Ok(token) = usize::try_from(flow.0) else {
-            self.stats.udp_open_failed += 1;
             return Err("no epoll token for this flow id".into());
         };
         let opened = burrow_os::open_udp(dest).and_then(|socket| {
@@ -310,10 +285,7 @@ impl DatagramSockets {
                 self.udp.insert(flow, session);
                 Ok(())
             }
-            Err(e) => {
-                self.stats.udp_open_failed += 1;
-                Err(e.to_string())
-            }
+            Err(e) => Err(e.to_string()),
         }
     }
 
@@ -452,7 +424,6 @@ mod tests {
         assert!(s.send_udp(flow, b"held"));
         let (n, _) = recv_from(&origin, &mut got).await;
         assert_eq!(&got[..n], b"held");
-        assert_eq!(s.stats().udp_written, 2);
 
         s.close_udp(flow);
         assert!(!s.has_udp(flow));
@@ -496,15 +467,13 @@ mod tests {
                 v6: Some(Ipv6Addr::LOCALHOST),
             });
             assert_eq!(config.ipv4_src, None, "IPv4 not proxied without permission");
-            // An echo for the failed funnel is dropped and counted.
-            s.send_ping(funnel, bind, &[8, 0, 0, 0, 0, 1, 0, 1]);
-            assert_eq!(s.stats().pings_failed, 1);
+            // An echo for the failed funnel is not sent, and says so.
+            assert!(!s.send_ping(funnel, bind, &[8, 0, 0, 0, 0, 1, 0, 1]));
             return;
         }
         let echo = [8, 0, 0, 0, 0x12, 0x34, 0, 9, b'h', b'i'];
         assert!(s.open_funnel(funnel, bind));
-        s.send_ping(funnel, bind, &echo);
-        assert_eq!(s.stats().pings_sent, 1);
+        assert!(s.send_ping(funnel, bind, &echo));
         match next(&mut rx).await {
             SocketEvent::PingRead {
                 funnel: f,
