@@ -217,6 +217,16 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                 machine.handle_input(now, answer.as_input());
             }
         };
+        // The origin datagrams of this drain, several per call on each socket.
+        io.datagrams.flush_udp();
+        if let Some(flow) = io.datagrams.write_failure() {
+            let now = Instant::now();
+            machine.handle_input(now, Input::UdpWriteFailed(flow));
+            while let Some(flow) = io.datagrams.write_failure() {
+                machine.handle_input(now, Input::UdpWriteFailed(flow));
+            }
+            continue;
+        }
         metrics
             .ready
             .store(machine.ready_connections(), Ordering::Relaxed);
@@ -450,7 +460,6 @@ enum Answer {
     EdgeWritten(LinkId),
     UdpOpened(UdpFlowId),
     UdpFailed(UdpFlowId, String),
-    UdpWriteFailed(UdpFlowId),
     PingWriteFailed(FunnelId),
     FunnelFailed(FunnelId),
 }
@@ -471,7 +480,6 @@ impl Answer {
                 flow: *flow,
                 reason,
             },
-            Self::UdpWriteFailed(flow) => Input::UdpWriteFailed(*flow),
             Self::PingWriteFailed(funnel) => Input::PingWriteFailed(*funnel),
             Self::FunnelFailed(funnel) => Input::FunnelFailed(*funnel),
         }
@@ -654,11 +662,7 @@ impl DriverIo {
                     Err(reason) => Answer::UdpFailed(flow, reason),
                 });
             }
-            Io::SendUdp { flow, payload } => {
-                if !self.datagrams.send_udp(flow, payload) {
-                    return Some(Answer::UdpWriteFailed(flow));
-                }
-            }
+            Io::SendUdp { flow, payload } => self.datagrams.send_udp(flow, payload),
             Io::CloseUdp { flow } => self.datagrams.close_udp(flow),
             Io::OpenFunnel { funnel, bind } => {
                 if !self.datagrams.open_funnel(funnel, bind) {

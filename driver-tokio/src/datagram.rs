@@ -10,7 +10,8 @@
 use std::collections::{HashMap, VecDeque};
 use std::io;
 use std::net::{IpAddr, SocketAddr};
-use std::os::fd::AsRawFd;
+use std::ops::Range;
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,8 @@ use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::debug;
+
+use crate::mmsg::{self, RecvSlots};
 
 /// Largest ICMP message read from a ping socket (cloudflared's 1500-byte buffer).
 const PING_READ: usize = 1500;
@@ -80,6 +83,15 @@ pub enum UdpRead {
     },
 }
 
+/// Counters of the socket side (the supervisor's hub counts the rest).
+#[derive(Debug, Default, Clone)]
+pub struct SocketStats {
+    /// Payloads written to origin sockets (those not written are the connector's to count).
+    pub udp_written: u64,
+    /// UDP sockets that could not be opened.
+    pub udp_open_failed: u64,
+}
+
 /// A ping socket and the task reading it; dropping it stops the reader and closes the socket.
 struct Owned {
     socket: Arc<UdpSocket>,
@@ -106,14 +118,21 @@ pub struct DatagramSockets {
     /// registered with tokio: one readiness for all sessions.
     poll: AsyncFd<Poll>,
     events: Events,
-    /// Sessions that may have datagrams queued, read one datagram per turn.
+    /// Sessions that may have datagrams queued, read one `recvmmsg` per turn.
     ready: VecDeque<UdpFlowId>,
-    /// The read buffer of session sockets.
-    scratch: Box<[u8; ORIGIN_READ]>,
+    /// The read buffers of session sockets.
+    slots: RecvSlots,
+    /// Datagrams for session sockets, written at once by [`Self::flush_udp`]: the socket and
+    /// where its payload is in `unsent_bytes`.
+    unsent: Vec<(UdpFlowId, Range<usize>)>,
+    unsent_bytes: Vec<u8>,
+    /// Flows of datagrams not written.
+    failed: Vec<UdpFlowId>,
     /// Where each read is copied with room to frame it, then split off (see [`SLAB`]).
     slab: BytesMut,
     funnels: HashMap<FunnelId, Owned, FnvBuildHasher>,
     tx: mpsc::Sender<SocketEvent>,
+    stats: SocketStats,
 }
 
 impl DatagramSockets {
@@ -129,11 +148,20 @@ impl DatagramSockets {
             poll,
             events: Events::with_capacity(EVENTS),
             ready: VecDeque::new(),
-            scratch: Box::new([0; ORIGIN_READ]),
+            slots: RecvSlots::new(ORIGIN_READ),
+            unsent: Vec::new(),
+            unsent_bytes: Vec::new(),
+            failed: Vec::new(),
             slab: BytesMut::new(),
             funnels: HashMap::default(),
             tx,
+            stats: SocketStats::default(),
         })
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &SocketStats {
+        &self.stats
     }
 
     /// Whether `flow` still has its socket.
@@ -167,8 +195,9 @@ impl DatagramSockets {
         }
     }
 
-    /// Reads at most `budget` datagrams from the session sockets that are ready, one per
-    /// socket per turn so a busy session does not starve the others, and hands each to `on`.
+    /// Reads about `budget` datagrams (at most a batch more) from the session sockets that are
+    /// ready, one `recvmmsg` per socket per turn so a busy session does not starve the others,
+    /// and hands each to `on`.
     /// A socket whose read fails is closed and reported as [`UdpRead::Failed`].
     pub fn read_udp(&mut self, budget: usize, mut on: impl FnMut(UdpRead)) {
         match self
@@ -197,23 +226,28 @@ impl DatagramSockets {
             let Some(s) = self.udp.get_mut(&flow) else {
                 continue; // closed while it waited
             };
-            match s.socket.recv(&mut self.scratch[..]) {
-                Ok(len) => {
-                    // Still queued: it may hold more, read on its next turn.
+            match mmsg::recv_many(s.socket.as_fd(), &mut self.slots) {
+                Ok(n) => {
+                    // Still queued, even after a short read: an error met after the first
+                    // datagram is left on the socket without a new readiness, and the next
+                    // read returns it.
                     self.ready.push_back(flow);
-                    read += 1;
-                    // A piece of the slab sized to the payload (one copy of it, small next to
-                    // the 1.5 KiB a buffer per session would pin), with room to frame it in
-                    // place. A slab is reused once every piece of it is gone.
-                    let need = HEADROOM + len + TAILROOM;
-                    if self.slab.capacity() < need {
-                        self.slab.reserve(SLAB);
+                    read += n;
+                    for (payload, _) in self.slots.received() {
+                        // A piece of the slab sized to the payload (one copy of it, small next
+                        // to the 1.5 KiB a buffer per session would pin), with room to frame it
+                        // in place. A slab is reused once every piece of it is gone.
+                        let len = payload.len();
+                        let need = HEADROOM + len + TAILROOM;
+                        if self.slab.capacity() < need {
+                            self.slab.reserve(SLAB);
+                        }
+                        self.slab.resize(HEADROOM, 0);
+                        self.slab.extend_from_slice(payload);
+                        self.slab.resize(need, 0);
+                        let buf = self.slab.split_to(need);
+                        on(UdpRead::Data { flow, buf, len });
                     }
-                    self.slab.resize(HEADROOM, 0);
-                    self.slab.extend_from_slice(&self.scratch[..len]);
-                    self.slab.resize(need, 0);
-                    let buf = self.slab.split_to(need);
-                    on(UdpRead::Data { flow, buf, len });
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => s.queued = false,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => self.ready.push_front(flow),
@@ -228,21 +262,54 @@ impl DatagramSockets {
         }
     }
 
-    /// Writes one datagram on the socket of `flow`; false if it was not written. Never
-    /// blocks: a socket that cannot take it now drops it, as a full UDP socket buffer would.
-    pub fn send_udp(&mut self, flow: UdpFlowId, payload: &[u8]) -> bool {
-        let Some(s) = self.udp.get(&flow) else {
-            return false;
-        };
-        match s.socket.send(payload) {
-            Ok(_) => true,
-            Err(e) => {
-                if e.kind() != io::ErrorKind::WouldBlock {
-                    debug!(%flow, error = %e, "origin UDP write failed");
+    /// Queues one datagram for the socket of `flow`; [`Self::flush_udp`] writes it.
+    pub fn send_udp(&mut self, flow: UdpFlowId, payload: &[u8]) {
+        let at = self.unsent_bytes.len();
+        self.unsent_bytes.extend_from_slice(payload);
+        self.unsent.push((flow, at..self.unsent_bytes.len()));
+    }
+
+    /// Writes the queued datagrams, several per call on each socket, each socket's in the
+    /// order queued; the flow of each one not written waits in [`Self::write_failure`]. Never
+    /// blocks: a socket that cannot take one now drops it, as a full UDP socket buffer would.
+    pub fn flush_udp(&mut self) {
+        // By socket, each socket's in the order queued (offsets grow with it). Unstable: a
+        // stable sort allocates scratch for every flush.
+        self.unsent
+            .sort_unstable_by_key(|(flow, r)| (*flow, r.start));
+        let mut rest = &self.unsent[..];
+        while let Some((flow, _)) = rest.first() {
+            let run = rest.iter().take_while(|(f, _)| f == flow).count();
+            let (batch, after) = rest.split_at(run);
+            rest = after;
+            let written = match self.udp.get(flow) {
+                Some(s) => {
+                    let payloads = batch
+                        .iter()
+                        .map(|(_, r)| (None, &self.unsent_bytes[r.clone()]));
+                    match mmsg::send_many(s.socket.as_fd(), payloads) {
+                        Ok(n) => n,
+                        Err(e) => {
+                            if e.kind() != io::ErrorKind::WouldBlock {
+                                debug!(%flow, error = %e, "origin UDP write failed");
+                            }
+                            0
+                        }
+                    }
                 }
-                false
-            }
+                None => 0,
+            };
+            self.stats.udp_written += written as u64;
+            self.failed
+                .extend(std::iter::repeat_n(*flow, run - written));
         }
+        self.unsent.clear();
+        self.unsent_bytes.clear();
+    }
+
+    /// The flow of a datagram [`Self::flush_udp`] could not write, each once.
+    pub fn write_failure(&mut self) -> Option<UdpFlowId> {
+        self.failed.pop()
     }
 
     /// Sends an ICMP echo request through the ping socket of `funnel`; false if it was not sent.
@@ -264,6 +331,7 @@ impl DatagramSockets {
     pub fn open_udp(&mut self, flow: UdpFlowId, dest: SocketAddr) -> Result<(), String> {
         // The flow id is the socket's token; on 32-bit targets ids past 2^32 have none.
         let Ok(token) = usize::try_from(flow.0) else {
+            self.stats.udp_open_failed += 1;
             return Err("no epoll token for this flow id".into());
         };
         let opened = burrow_os::open_udp(dest).and_then(|socket| {
@@ -285,12 +353,18 @@ impl DatagramSockets {
                 self.udp.insert(flow, session);
                 Ok(())
             }
-            Err(e) => Err(e.to_string()),
+            Err(e) => {
+                self.stats.udp_open_failed += 1;
+                Err(e.to_string())
+            }
         }
     }
 
-    /// Closes the socket of `flow`.
+    /// Closes the socket of `flow`, after writing what was queued for it.
     pub fn close_udp(&mut self, flow: UdpFlowId) {
+        if self.unsent.iter().any(|(f, _)| *f == flow) {
+            self.flush_udp();
+        }
         self.udp.remove(&flow);
     }
 
@@ -403,7 +477,8 @@ mod tests {
         let flow = UdpFlowId(1);
         assert_eq!(s.open_udp(flow, dest), Ok(()));
 
-        assert!(s.send_udp(flow, b"question"));
+        s.send_udp(flow, b"question");
+        s.flush_udp();
         let mut got = [0u8; 64];
         let (n, from) = recv_from(&origin, &mut got).await;
         assert_eq!(&got[..n], b"question");
@@ -420,14 +495,25 @@ mod tests {
             other => panic!("expected a read, got {other:?}"),
         }
 
-        // Payloads that waited for the socket go out the same way.
-        assert!(s.send_udp(flow, b"held"));
-        let (n, _) = recv_from(&origin, &mut got).await;
-        assert_eq!(&got[..n], b"held");
-
+        // Several queued go out in order; what is queued when the socket closes goes first.
+        for p in [&b"one"[..], b"two", b"three"] {
+            s.send_udp(flow, p);
+        }
+        s.flush_udp();
+        s.send_udp(flow, b"last");
         s.close_udp(flow);
+        for want in [&b"one"[..], b"two", b"three", b"last"] {
+            let (n, _) = recv_from(&origin, &mut got).await;
+            assert_eq!(&got[..n], want);
+        }
+        assert_eq!(s.stats().udp_written, 5);
+        assert_eq!(s.write_failure(), None);
         assert!(!s.has_udp(flow));
-        assert!(!s.send_udp(flow, b"late"), "no socket: not written");
+
+        s.send_udp(flow, b"late");
+        s.flush_udp();
+        assert_eq!(s.write_failure(), Some(flow), "no socket: not written");
+        assert_eq!(s.write_failure(), None, "reported once");
     }
 
     #[tokio::test]
@@ -440,6 +526,7 @@ mod tests {
         let flow = UdpFlowId(7);
         assert_eq!(s.open_udp(flow, dest), Ok(()));
         s.send_udp(flow, b"anyone?");
+        s.flush_udp();
         match next_udp(&mut s).await {
             UdpRead::Failed { flow: f, reason } => {
                 assert_eq!(f, flow);

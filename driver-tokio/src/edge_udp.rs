@@ -2,30 +2,32 @@
 //! datagram-v3 sessions, and UDP ports taking raw IP packets (ping) carried as ICMP datagrams.
 //!
 //! Every protocol decision is burrow-core's (the edge machine's session table,
-//! [`burrow_core::session::edge::EdgeSessions`]); this is the glue. One task per mapping reads
-//! its socket and hands packets to the edge loop, which feeds them to the machine and sends
-//! what comes back for clients from the mapping's socket.
+//! [`burrow_core::session::edge::EdgeSessions`]); this is the glue. The edge loop reads the
+//! mapping sockets, feeds their packets to the machine and sends what comes back for clients
+//! from the mapping's socket.
 
+use std::io;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::ops::Range;
+use std::os::fd::AsFd;
+use std::task::Poll;
 use std::time::Duration;
 
 use burrow_core::edge::Input;
 use burrow_core::session::edge::{EdgeSessionsConfig, MappingId, MappingKind, DEFAULT_IDLE};
-use bytes::Bytes;
 use clap::Args;
+use tokio::io::Interest;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
 use tracing::{debug, info};
 use uuid::Uuid;
 
 use crate::edge::TunnelsFile;
+use crate::mmsg::{self, RecvSlots};
 
-/// Client packets queued for the edge loop; a full queue holds the readers (the kernel then
-/// drops, as it would for any slow UDP server).
-const QUEUE: usize = 1024;
 /// Largest packet read from a mapping socket (anything over 1280 is refused by core).
 const READ_BUF: usize = 2048;
+/// `recvmmsg` calls per read of a mapping socket.
+const READ_CALLS: usize = 8;
 
 /// The datagram flags of `burrow edge`.
 #[derive(Debug, Args, Clone)]
@@ -80,25 +82,6 @@ pub fn parse_icmp_map(s: &str) -> Result<(&str, &str), String> {
     }
 }
 
-/// A packet a public client sent to a mapping.
-#[derive(Debug)]
-pub struct ClientPacket {
-    mapping: MappingId,
-    from: SocketAddr,
-    data: Bytes,
-}
-
-impl ClientPacket {
-    /// The edge machine's input for it.
-    pub fn input(&self) -> Input<'_> {
-        Input::ClientPacket {
-            mapping: self.mapping,
-            from: self.from,
-            data: &self.data,
-        }
-    }
-}
-
 /// The bound addresses of the mappings, in flag order.
 #[derive(Debug, Clone, Default)]
 pub struct MappedAddrs {
@@ -116,14 +99,21 @@ pub struct Mappings {
     pub mappings: Vec<(Uuid, MappingKind)>,
 }
 
-/// The mapping sockets: readers feed the edge loop, the loop sends clients their packets.
+/// The mapping sockets, read and written by the edge loop itself, several datagrams per call:
+/// no reader task, channel or allocation per packet.
 pub struct MappingSockets {
     /// By mapping id.
-    sockets: Vec<Arc<UdpSocket>>,
-    rx: mpsc::Receiver<ClientPacket>,
+    sockets: Vec<UdpSocket>,
+    /// The socket read last, so a busy one does not starve the others.
+    last: usize,
+    slots: RecvSlots,
+    /// Packets for clients, written at once by [`MappingSockets::flush`]: the mapping, the
+    /// client and where the payload is in `unsent_bytes`.
+    unsent: Vec<(MappingId, SocketAddr, Range<usize>)>,
+    unsent_bytes: Vec<u8>,
 }
 
-/// Binds every mapping socket and starts its reader.
+/// Binds every mapping socket.
 pub async fn bind(
     args: &DatagramArgs,
     tunnels: &TunnelsFile,
@@ -134,7 +124,6 @@ pub async fn bind(
         ..EdgeSessionsConfig::default()
     };
     let mut mappings = Vec::new();
-    let (tx, rx) = mpsc::channel(QUEUE);
     let mut sockets = Vec::new();
     let mut addrs = MappedAddrs::default();
     let tunnel_id = |flag: &str, map: &str, t: &str| {
@@ -145,25 +134,29 @@ pub async fn bind(
     for map in &args.udp_map {
         let (listen, tunnel, dest) = parse_udp_map(map)?;
         let id = tunnel_id("--udp-map", map, tunnel)?;
-        let mapping = MappingId(u32::try_from(mappings.len()).unwrap_or(u32::MAX));
         mappings.push((id, MappingKind::Udp { dest }));
         let (sock, addr) = listen_on(listen).await?;
         info!(listen = %addr, %tunnel, %dest, "UDP mapping");
         addrs.udp.push(addr);
-        sockets.push(spawn_reader(sock, mapping, tx.clone()));
+        sockets.push(sock);
     }
     for map in &args.icmp_map {
         let (listen, tunnel) = parse_icmp_map(map)?;
         let id = tunnel_id("--icmp-map", map, tunnel)?;
-        let mapping = MappingId(u32::try_from(mappings.len()).unwrap_or(u32::MAX));
         mappings.push((id, MappingKind::Icmp));
         let (sock, addr) = listen_on(listen).await?;
         info!(listen = %addr, %tunnel, "ICMP mapping (raw IP packets over UDP)");
         addrs.icmp.push(addr);
-        sockets.push(spawn_reader(sock, mapping, tx.clone()));
+        sockets.push(sock);
     }
     Ok((
-        MappingSockets { sockets, rx },
+        MappingSockets {
+            sockets,
+            last: 0,
+            slots: RecvSlots::new(READ_BUF),
+            unsent: Vec::new(),
+            unsent_bytes: Vec::new(),
+        },
         Mappings { config, mappings },
         addrs,
     ))
@@ -176,59 +169,90 @@ async fn listen_on(listen: &str) -> Result<(UdpSocket, SocketAddr), String> {
     Ok((sock, addr))
 }
 
-fn spawn_reader(
-    sock: UdpSocket,
-    mapping: MappingId,
-    tx: mpsc::Sender<ClientPacket>,
-) -> Arc<UdpSocket> {
-    let sock = Arc::new(sock);
-    let rd = sock.clone();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; READ_BUF];
-        loop {
-            match rd.recv_from(&mut buf).await {
-                Ok((n, from)) => {
-                    let data = Bytes::copy_from_slice(&buf[..n]);
-                    if tx
-                        .send(ClientPacket {
-                            mapping,
-                            from,
-                            data,
-                        })
-                        .await
-                        .is_err()
-                    {
-                        return;
-                    }
-                }
-                // ICMP errors from earlier sends surface here on Linux; not fatal.
-                Err(e) => debug!(%mapping, error = %e, "mapping socket read error"),
-            }
-        }
-    });
-    sock
-}
-
 impl MappingSockets {
-    /// Next client packet (cancel-safe).
-    pub async fn recv(&mut self) -> Option<ClientPacket> {
-        self.rx.recv().await
+    /// Resolves with the index of a mapping socket that may have packets to read, looking
+    /// first at those after the one read last; pending while there is none. Cancel-safe.
+    pub async fn readable(&self) -> usize {
+        std::future::poll_fn(|cx| {
+            let n = self.sockets.len();
+            for i in (1..=n).map(|k| (self.last + k) % n) {
+                // An error is read (and logged) by `read` like a packet.
+                if self.sockets[i].poll_recv_ready(cx).is_ready() {
+                    return Poll::Ready(i);
+                }
+            }
+            Poll::Pending
+        })
+        .await
     }
 
-    /// A queued client packet, if any.
-    pub fn try_recv(&mut self) -> Option<ClientPacket> {
-        self.rx.try_recv().ok()
-    }
-
-    /// Sends a packet to a client from the mapping's socket.
-    pub fn send(&self, mapping: MappingId, client: SocketAddr, payload: &[u8]) {
-        let Some(sock) = self.sockets.get(mapping.0 as usize) else {
+    /// Reads what socket `index` has queued (a bounded number of calls, so the loop's other
+    /// sources get their turn), handing each packet to `on` as the edge machine's input.
+    pub fn read(&mut self, index: usize, mut on: impl FnMut(Input<'_>)) {
+        self.last = index;
+        let Some(sock) = self.sockets.get(index) else {
             return;
         };
-        // A full socket buffer drops the packet, as the kernel would for a slow reader.
-        if let Err(e) = sock.try_send_to(payload, client) {
-            debug!(%mapping, %client, error = %e, "cannot send to client");
+        let mapping = MappingId(u32::try_from(index).unwrap_or(u32::MAX));
+        for _ in 0..READ_CALLS {
+            let slots = &mut self.slots;
+            match sock.try_io(Interest::READABLE, || mmsg::recv_many(sock.as_fd(), slots)) {
+                Ok(_) => {
+                    for (data, from) in self.slots.received() {
+                        if let Some(from) = from {
+                            on(Input::ClientPacket {
+                                mapping,
+                                from,
+                                data,
+                            });
+                        }
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                // ICMP errors from earlier sends surface here on Linux; not fatal.
+                Err(e) => {
+                    debug!(%mapping, error = %e, "mapping socket read error");
+                    return;
+                }
+            }
         }
+    }
+
+    /// Queues a packet for a client of the mapping's socket; [`Self::flush`] sends it.
+    pub fn send(&mut self, mapping: MappingId, client: SocketAddr, payload: &[u8]) {
+        let at = self.unsent_bytes.len();
+        self.unsent_bytes.extend_from_slice(payload);
+        self.unsent
+            .push((mapping, client, at..self.unsent_bytes.len()));
+    }
+
+    /// Sends the queued packets, several per call on each socket, in the order queued. A
+    /// full socket buffer drops them, as the kernel would for a slow reader.
+    pub fn flush(&mut self) {
+        // By socket, each in the order queued (offsets grow with it); unstable, as a stable
+        // sort allocates scratch.
+        self.unsent.sort_unstable_by_key(|(m, _, r)| (m.0, r.start));
+        let mut rest = &self.unsent[..];
+        while let Some((mapping, _, _)) = rest.first() {
+            let run = rest.iter().take_while(|(m, _, _)| m == mapping).count();
+            let (batch, after) = rest.split_at(run);
+            rest = after;
+            let Some(sock) = self.sockets.get(mapping.0 as usize) else {
+                continue;
+            };
+            let payloads = batch
+                .iter()
+                .map(|(_, to, r)| (Some(*to), &self.unsent_bytes[r.clone()]));
+            match mmsg::send_many(sock.as_fd(), payloads) {
+                Ok(n) if n < run => {
+                    debug!(%mapping, dropped = run - n, "cannot send to clients now");
+                }
+                Ok(_) => {}
+                Err(e) => debug!(%mapping, error = %e, "cannot send to clients"),
+            }
+        }
+        self.unsent.clear();
+        self.unsent_bytes.clear();
     }
 }
 

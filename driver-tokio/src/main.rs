@@ -9,6 +9,7 @@ mod edge;
 mod edge_udp;
 mod heap;
 mod metrics;
+mod mmsg;
 mod origin;
 mod quic_metrics;
 mod quickstart;

@@ -114,6 +114,8 @@ pub(super) async fn run(
                 break deadline;
             }
         };
+        // The client packets of this drain, several per call.
+        mappings.flush();
         if let Some(done) = closing.take() {
             // The closes went out with the drain above.
             let _ = done.send(());
@@ -170,12 +172,9 @@ pub(super) async fn run(
                     sockets.on_event(now, &mut edge, ev);
                 }
             }
-            Some(packet) = mappings.recv() => {
+            index = mappings.readable() => {
                 let now = Instant::now();
-                edge.handle_input(now, packet.input());
-                while let Some(packet) = mappings.try_recv() {
-                    edge.handle_input(now, packet.input());
-                }
+                mappings.read(index, |input| edge.handle_input(now, input));
             }
             () = sleep => edge.handle_input(Instant::now(), Input::Timeout),
         }

@@ -1,0 +1,232 @@
+//! Several datagrams per system call on one UDP socket (`recvmmsg`, `sendmmsg`). The origin
+//! sockets of UDP sessions and the edge's mapping sockets carry small datagrams, whose cost is
+//! the call, not the copy: one call per datagram each way was most of the connector's system
+//! calls on UDP.
+
+use std::io;
+use std::mem::MaybeUninit;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use socket2::SockAddr;
+
+/// Datagrams per call.
+pub const BATCH: usize = 16;
+
+/// Reused receive slots for [`recv_many`]: `BATCH` buffers of one size, and who sent each.
+pub struct RecvSlots {
+    storage: Vec<u8>,
+    slot: usize,
+    lens: [usize; BATCH],
+    addrs: [libc::sockaddr_storage; BATCH],
+    /// Slots the last read filled.
+    filled: usize,
+}
+
+impl RecvSlots {
+    /// Slots of `slot` bytes each (a longer datagram is cut, as `recv` cuts it).
+    pub fn new(slot: usize) -> Self {
+        Self {
+            storage: vec![0; slot * BATCH],
+            slot,
+            lens: [0; BATCH],
+            // SAFETY: all-zero bytes are a valid sockaddr_storage (family AF_UNSPEC).
+            addrs: unsafe { MaybeUninit::zeroed().assume_init() },
+            filled: 0,
+        }
+    }
+
+    /// What the last [`recv_many`] read: each datagram and its sender (none for a family
+    /// other than IPv4/IPv6).
+    pub fn received(&self) -> impl Iterator<Item = (&[u8], Option<SocketAddr>)> + '_ {
+        (0..self.filled).map(|i| {
+            let at = i * self.slot;
+            (
+                &self.storage[at..at + self.lens[i]],
+                socket_addr(&self.addrs[i]),
+            )
+        })
+    }
+}
+
+/// Reads up to [`BATCH`] queued datagrams without waiting; how many. `WouldBlock` when none is
+/// queued; an error the socket holds (a refused port) comes back as the error of the call.
+pub fn recv_many(fd: BorrowedFd<'_>, slots: &mut RecvSlots) -> io::Result<usize> {
+    slots.filled = 0;
+    let slot = slots.slot;
+    let base = slots.storage.as_mut_ptr();
+    let mut iovs: [libc::iovec; BATCH] = std::array::from_fn(|i| libc::iovec {
+        // SAFETY: slot i lies within `storage` (BATCH slots of `slot` bytes).
+        iov_base: unsafe { base.add(i * slot) }.cast(),
+        iov_len: slot,
+    });
+    let addrs = slots.addrs.as_mut_ptr();
+    // SAFETY: all-zero bytes are a valid mmsghdr; every pointer set below is filled in next.
+    let mut msgs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+    for (i, (m, iov)) in msgs.iter_mut().zip(iovs.iter_mut()).enumerate() {
+        m.msg_hdr.msg_iov = iov;
+        m.msg_hdr.msg_iovlen = 1;
+        // SAFETY: i < BATCH, the length of `addrs`.
+        m.msg_hdr.msg_name = unsafe { addrs.add(i) }.cast();
+        m.msg_hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    }
+    // SAFETY: `msgs` holds BATCH headers pointing into `storage` and `addrs`, which outlive
+    // the call; MSG_DONTWAIT keeps it from blocking.
+    let n = unsafe {
+        libc::recvmmsg(
+            fd.as_raw_fd(),
+            msgs.as_mut_ptr(),
+            BATCH as libc::c_uint,
+            libc::MSG_DONTWAIT,
+            std::ptr::null_mut(),
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let n = n as usize;
+    for (len, m) in slots.lens.iter_mut().zip(&msgs[..n]) {
+        *len = (m.msg_len as usize).min(slot);
+    }
+    slots.filled = n;
+    Ok(n)
+}
+
+/// Writes `payloads` in order without waiting, [`BATCH`] per call, each to its address (none
+/// on a connected socket); how many were written. Those after the first refused are not
+/// written; `WouldBlock` (or another error) only when the first is refused.
+pub fn send_many<'a>(
+    fd: BorrowedFd<'_>,
+    payloads: impl Iterator<Item = (Option<SocketAddr>, &'a [u8])>,
+) -> io::Result<usize> {
+    let mut sent = 0;
+    let mut payloads = payloads.peekable();
+    while payloads.peek().is_some() {
+        let mut names: [Option<SockAddr>; BATCH] = Default::default();
+        // SAFETY: all-zero bytes are valid iovec and mmsghdr values; pointers are set below.
+        let mut iovs: [libc::iovec; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+        let mut n = 0;
+        for (name, iov) in names.iter_mut().zip(iovs.iter_mut()) {
+            let Some((to, payload)) = payloads.next() else {
+                break;
+            };
+            *name = to.map(SockAddr::from);
+            iov.iov_base = payload.as_ptr() as *mut libc::c_void;
+            iov.iov_len = payload.len();
+            n += 1;
+        }
+        for ((m, iov), name) in msgs.iter_mut().zip(iovs.iter_mut()).zip(&names).take(n) {
+            m.msg_hdr.msg_iov = iov;
+            m.msg_hdr.msg_iovlen = 1;
+            if let Some(name) = name {
+                m.msg_hdr.msg_name = name.as_ptr() as *mut libc::c_void;
+                m.msg_hdr.msg_namelen = name.len();
+            }
+        }
+        // SAFETY: the first `n` headers point at live payloads and addresses; MSG_DONTWAIT
+        // keeps the call from blocking.
+        let done = unsafe {
+            libc::sendmmsg(
+                fd.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if done < 0 {
+            let e = io::Error::last_os_error();
+            return if sent == 0 { Err(e) } else { Ok(sent) };
+        }
+        sent += done as usize;
+        if (done as usize) < n {
+            return Ok(sent);
+        }
+    }
+    Ok(sent)
+}
+
+/// The address in `s`, if IPv4 or IPv6.
+fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
+    match i32::from(s.ss_family) {
+        libc::AF_INET => {
+            // SAFETY: the family says it holds a sockaddr_in, which fits in the storage.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in>() };
+            Some(SocketAddr::V4(SocketAddrV4::new(
+                Ipv4Addr::from(u32::from_be(a.sin_addr.s_addr)),
+                u16::from_be(a.sin_port),
+            )))
+        }
+        libc::AF_INET6 => {
+            // SAFETY: the family says it holds a sockaddr_in6, which fits in the storage.
+            let a = unsafe { &*(s as *const libc::sockaddr_storage).cast::<libc::sockaddr_in6>() };
+            Some(SocketAddr::V6(SocketAddrV6::new(
+                Ipv6Addr::from(a.sin6_addr.s6_addr),
+                u16::from_be(a.sin6_port),
+                a.sin6_flowinfo,
+                a.sin6_scope_id,
+            )))
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::UdpSocket;
+    use std::os::fd::AsFd;
+
+    use super::*;
+
+    #[test]
+    fn a_batch_goes_out_in_order_and_comes_back_with_its_senders() {
+        for ip in ["127.0.0.1:0", "[::1]:0"] {
+            let Ok(rx) = UdpSocket::bind(ip) else {
+                continue; // no IPv6 here
+            };
+            let tx = UdpSocket::bind(ip).expect("bind");
+            let to = rx.local_addr().expect("addr");
+            // More than one call's worth, of different sizes.
+            let sent: Vec<Vec<u8>> = (0..BATCH + 3).map(|i| vec![i as u8; i + 1]).collect();
+            let n =
+                send_many(tx.as_fd(), sent.iter().map(|p| (Some(to), &p[..]))).expect("sendmmsg");
+            assert_eq!(n, sent.len());
+            let mut slots = RecvSlots::new(64);
+            let mut got = Vec::new();
+            while got.len() < sent.len() {
+                match recv_many(rx.as_fd(), &mut slots) {
+                    Ok(_) => got.extend(slots.received().map(|(d, from)| {
+                        assert_eq!(from, Some(tx.local_addr().expect("addr")));
+                        d.to_vec()
+                    })),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(std::time::Duration::from_millis(1))
+                    }
+                    Err(e) => panic!("recvmmsg: {e}"),
+                }
+            }
+            assert_eq!(got, sent);
+            assert_eq!(
+                recv_many(rx.as_fd(), &mut slots).unwrap_err().kind(),
+                io::ErrorKind::WouldBlock,
+                "drained"
+            );
+        }
+    }
+
+    #[test]
+    fn a_connected_socket_sends_without_addresses_and_cuts_long_reads() {
+        let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let tx = burrow_os::open_udp(rx.local_addr().expect("addr")).expect("connected");
+        let long = [7u8; 100];
+        let n = send_many(tx.as_fd(), [(None, &long[..])].into_iter()).expect("sendmmsg");
+        assert_eq!(n, 1);
+        let mut slots = RecvSlots::new(10);
+        rx.set_nonblocking(false).expect("blocking");
+        let mut one = [0u8; 1];
+        rx.peek(&mut one).expect("arrived");
+        assert_eq!(recv_many(rx.as_fd(), &mut slots).expect("read"), 1);
+        let (d, _) = slots.received().next().expect("one");
+        assert_eq!(d, &long[..10], "cut at the slot size");
+    }
+}
