@@ -94,6 +94,8 @@ pub enum TcpEvent {
 /// A piece of the stream in flight: bytes, or the FIN after them.
 struct Piece {
     at: VirtualTime,
+    /// When it would arrive had no segment of it or before it been lost (no retransmission).
+    clean: VirtualTime,
     data: Vec<u8>,
     fin: bool,
 }
@@ -118,6 +120,8 @@ struct Dir {
     eof_told: bool,
     /// The latest arrival scheduled (pipes deliver in order).
     last: VirtualTime,
+    /// The latest arrival scheduled had nothing been lost.
+    last_clean: VirtualTime,
     /// When the bottleneck has sent what was admitted so far.
     busy: VirtualTime,
     /// Retransmissions of the stalled front piece.
@@ -172,18 +176,74 @@ fn dir_of(toward: End) -> usize {
     }
 }
 
+impl Dir {
+    /// Queues a piece sent at `sent` that takes `delay`, plus `retransmit` for its losses.
+    fn push(
+        &mut self,
+        sent: VirtualTime,
+        (delay, retransmit): (Duration, Duration),
+        piece: Vec<u8>,
+        fin: bool,
+    ) {
+        self.last = (sent + delay + retransmit).max(self.last);
+        self.last_clean = (sent + delay).max(self.last_clean);
+        self.flight.push_back(Piece {
+            at: self.last,
+            clean: self.last_clean,
+            data: piece,
+            fin,
+        });
+    }
+}
+
+/// Time a connector's connections held bytes back (retransmitting them after loss, or across
+/// a partition): the union of the spans in which some piece was due had nothing been lost, yet
+/// not there.
+#[derive(Default)]
+struct HeldBack {
+    /// Of the spans that ended.
+    total: Duration,
+    /// Where the last span counted ended.
+    until: VirtualTime,
+}
+
+impl HeldBack {
+    /// Counts `[from, to]` (spans are counted in order of their ends).
+    fn count(&mut self, from: VirtualTime, to: VirtualTime) {
+        let from = from.max(self.until);
+        if to > from {
+            self.total += to.since_start() - from.since_start();
+            self.until = to;
+        }
+    }
+}
+
 /// Every simulated TCP connection.
 #[derive(Default)]
 pub struct Tcp {
     conns: BTreeMap<TcpId, Conn>,
     by_link: BTreeMap<(usize, LinkId), TcpId>,
     by_edge: BTreeMap<ConnId, TcpId>,
+    /// Per connector process.
+    held_back: BTreeMap<usize, HeldBack>,
     next: u64,
 }
 
-/// One way's delay for `len` bytes from `from` to `to`: the link's latency and jitter, plus a
-/// retransmission timeout (doubling on repeated loss) for the worst-hit of its segments.
-fn transit(net: &mut Network, from: SocketAddr, to: SocketAddr, len: usize) -> Duration {
+/// One way's delay for a segment without data (SYN, FIN, RST), its losses included.
+fn signal(net: &mut Network, from: SocketAddr, to: SocketAddr) -> Duration {
+    let (delay, retransmit) = transit(net, from, to, 0);
+    delay + retransmit
+}
+
+/// One way's delay for `len` bytes from `from` to `to`: the link's latency and jitter, and
+/// apart, the retransmission timeouts (doubling on repeated loss) of the worst-hit of its
+/// segments.
+fn transit(
+    net: &mut Network,
+    from: SocketAddr,
+    to: SocketAddr,
+    len: usize,
+) -> (Duration, Duration) {
     let cfg = net.link(from, to);
     let mut worst = Duration::ZERO;
     for _ in 0..len.div_ceil(MSS).max(1) {
@@ -194,7 +254,7 @@ fn transit(net: &mut Network, from: SocketAddr, to: SocketAddr, len: usize) -> D
         }
         worst = worst.max(extra);
     }
-    net.delay(&cfg) + worst
+    (net.delay(&cfg), worst)
 }
 
 impl Tcp {
@@ -210,7 +270,7 @@ impl Tcp {
     ) {
         let id = TcpId(self.next);
         self.next += 1;
-        let at = now + transit(net, client, server, 0);
+        let at = now + signal(net, client, server);
         self.conns.insert(
             id,
             Conn {
@@ -245,7 +305,7 @@ impl Tcp {
             return;
         };
         let (from, to) = c.ends(End::Connector);
-        c.dial = Dial::Answer(now + transit(net, from, to, 0), edge.is_some(), tries);
+        c.dial = Dial::Answer(now + signal(net, from, to), edge.is_some(), tries);
         if let Some(e) = edge {
             c.edge = Some(e);
             c.edge_open = true;
@@ -353,23 +413,17 @@ impl Tcp {
             for chunk in data.chunks(CHUNK) {
                 let nanos = chunk.len() as u64 * 1_000_000_000 / BANDWIDTH;
                 d.busy = d.busy.max(now) + Duration::from_nanos(nanos);
-                let at = (d.busy + transit(net, from, to, chunk.len())).max(d.last);
-                d.last = at;
-                d.flight.push_back(Piece {
-                    at,
-                    data: chunk.to_vec(),
-                    fin: false,
-                });
+                let busy = d.busy;
+                d.push(
+                    busy,
+                    transit(net, from, to, chunk.len()),
+                    chunk.to_vec(),
+                    false,
+                );
             }
         }
         if d.closing && d.blocked.is_empty() && !d.flight.back().is_some_and(|p| p.fin) {
-            let at = (now + transit(net, from, to, 0)).max(d.last);
-            d.last = at;
-            d.flight.push_back(Piece {
-                at,
-                data: Vec::new(),
-                fin: true,
-            });
+            d.push(now, transit(net, from, to, 0), Vec::new(), true);
         }
     }
 
@@ -460,7 +514,7 @@ impl Tcp {
         if c.rst.is_some() || !c.connector_open || net.link(from, to).partitioned {
             return;
         }
-        let at = (now + transit(net, from, to, 0)).max(c.dirs[1].last);
+        let at = (now + signal(net, from, to)).max(c.dirs[1].last);
         c.rst = Some((at, "connection reset by peer"));
     }
 
@@ -472,6 +526,29 @@ impl Tcp {
                 self.conns.remove(&id);
             }
         }
+    }
+
+    /// How long, by `now`, connector `node`'s connections have held bytes back: time in which
+    /// some piece was due had nothing been lost, and had not arrived (a segment waiting out its
+    /// retransmission timeouts, everything behind it waiting with it).
+    pub fn held_back(&self, node: usize, now: VirtualTime) -> Duration {
+        let (total, until) = self
+            .held_back
+            .get(&node)
+            .map_or((Duration::ZERO, VirtualTime::ZERO), |h| (h.total, h.until));
+        // A front piece is the earliest due of its direction.
+        let ongoing = self
+            .conns
+            .values()
+            .filter(|c| c.node == node)
+            .flat_map(|c| c.dirs.iter().filter_map(|d| d.flight.front()))
+            .map(|p| p.clean.max(until))
+            .filter(|&from| from < now)
+            .min();
+        total
+            + ongoing.map_or(Duration::ZERO, |from| {
+                now.since_start() - from.since_start()
+            })
     }
 
     /// When something next arrives.
@@ -553,8 +630,9 @@ impl Tcp {
                     }
                 }
             }
+            let held_back = self.held_back.entry(c.node).or_default();
             for toward in [End::Edge, End::Connector] {
-                Self::arrive(now, net, c, toward, &mut events);
+                Self::arrive(now, net, c, toward, held_back, &mut events);
             }
             if !c.connector_open {
                 self.by_link.remove(&(c.node, c.link));
@@ -570,6 +648,7 @@ impl Tcp {
         net: &mut Network,
         c: &mut Conn,
         toward: End,
+        held_back: &mut HeldBack,
         events: &mut Vec<TcpEvent>,
     ) {
         let (from, to) = c.ends(toward);
@@ -610,6 +689,7 @@ impl Tcp {
             let Some(piece) = d.flight.pop_front() else {
                 return;
             };
+            held_back.count(piece.clean, now);
             let open = match toward {
                 End::Edge => c.edge_open,
                 End::Connector => c.connector_open,
@@ -761,6 +841,39 @@ mod tests {
             waited > Duration::from_secs(600) && waited < Duration::from_secs(1200),
             "{waited:?}"
         );
+    }
+
+    #[test]
+    fn time_bytes_are_held_back_is_counted_and_only_that() {
+        // Without loss nothing is held back, however much moves.
+        let mut net = Network::new(ChaCha8Rng::seed_from_u64(6), LinkConfig::default());
+        let mut tcp = Tcp::default();
+        let (id, at) = connected(&mut net, &mut tcp);
+        assert!(tcp.write(at, &mut net, id, End::Connector, &vec![7u8; 500_000]));
+        let (_, _, done) = receive(&mut net, &mut tcp, id);
+        assert_eq!(tcp.held_back(0, done), Duration::ZERO);
+        // Across a partition the stalled bytes count while they wait, and once they arrive
+        // the wait is what was counted: no more than the time they took beyond the latency.
+        net.set_partition(addr(1), addr(2), true);
+        assert!(tcp.write(done, &mut net, id, End::Connector, b"stuck"));
+        let mut now = done;
+        let mut counted = Duration::ZERO;
+        while now.since_start() < done.since_start() + Duration::from_secs(10) {
+            now = tcp.next_deadline().expect("retransmitting");
+            assert!(tcp.advance(now, &mut net).is_empty());
+            let held = tcp.held_back(0, now);
+            assert!(held >= counted, "{held:?} < {counted:?}");
+            counted = held;
+        }
+        assert!(counted > Duration::from_secs(9), "{counted:?}");
+        net.set_partition(addr(1), addr(2), false);
+        let (got, _, arrived) = receive(&mut net, &mut tcp, id);
+        assert_eq!(got, b"stuck");
+        let held = tcp.held_back(0, arrived);
+        let took = arrived.since_start() - done.since_start();
+        assert!(held >= counted && held < took, "{held:?} of {took:?}");
+        // Another connector's count is its own.
+        assert_eq!(tcp.held_back(1, arrived), Duration::ZERO);
     }
 
     #[test]

@@ -604,6 +604,8 @@ pub struct UdpClient {
     pub was_registered: bool,
     /// Why each of its sessions ended.
     pub ended: Vec<SessionEnd>,
+    /// Every move of its session off a connection that went away: (from, to).
+    pub moves: Vec<(ConnId, ConnId)>,
     /// The one timer that counts.
     due: VirtualTime,
 }
@@ -683,6 +685,7 @@ impl UdpClients {
                 registered: false,
                 was_registered: false,
                 ended: Vec::new(),
+                moves: Vec::new(),
                 due,
             });
             c.timers.push(Reverse((due, i)));
@@ -806,7 +809,10 @@ impl UdpClients {
                 c.registered = true;
                 c.was_registered = true;
             }
-            SessionChange::Migrated { to, .. } => {
+            SessionChange::Migrated { from, to } => {
+                if let Some(from) = from {
+                    c.moves.push((*from, *to));
+                }
                 c.conn = Some(*to);
                 c.registered = false;
             }
