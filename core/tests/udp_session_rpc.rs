@@ -259,7 +259,9 @@ fn v3_connection_refuses_registration_and_keeps_serving() {
     p.run(Duration::from_millis(20));
     assert_eq!(
         p.take_conn_events(),
-        vec![ConnectorEvent::SessionMethodRefused(SessionMethod::Register)],
+        vec![ConnectorEvent::SessionMethodRefused(
+            SessionMethod::Register
+        )],
         "refused and reported, for the metric; no session is asked for"
     );
     assert_eq!(
