@@ -6,6 +6,8 @@
 
 mod args;
 mod creds;
+mod flag_table;
+mod ignored;
 mod log;
 mod refused;
 pub mod service;
@@ -23,10 +25,9 @@ use crate::stream::tag::Tag;
 use crate::tunnel::protocol::{ProtocolFlag, UnknownProtocol};
 use crate::tunnel::supervisor::IpVersion;
 
-pub use args::{
-    cloudflared_argv, CommonArgs, IgnoredArgs, OriginFlags, RunArgs, TunnelArgs, TunnelCommand,
-};
+pub use args::{cloudflared_argv, CommonArgs, OriginFlags, RunArgs, TunnelArgs, TunnelCommand};
 pub use creds::{Credentials, CredsError};
+pub use ignored::IgnoredArgs;
 pub use log::LogFormat;
 pub use refused::{RefusedArgs, RefusedFlag};
 

@@ -597,6 +597,112 @@ fn flags_cloudflared_itself_ignores_are_taken_and_named() {
     }
 }
 
+/// Every flag of the ignored table is taken, a value either as `--flag value` or `--flag=value`,
+/// before `run` or after it, and named alone with its value.
+#[test]
+fn every_ignored_flag_is_taken_and_named_with_its_value() {
+    use super::flag_table::Takes;
+    for flag in super::ignored::IGNORED {
+        let long = format!("--{}", flag.long);
+        let with_equals = format!("--{}=v", flag.long);
+        let spellings: Vec<Vec<&str>> = match flag.takes {
+            Takes::Switch => vec![vec![&long, "run"], vec!["run", &long]],
+            Takes::Value | Takes::Values => vec![
+                vec![&long, "v", "run"],
+                vec!["run", &long, "v"],
+                vec![&with_equals, "run"],
+                vec!["run", &with_equals],
+            ],
+        };
+        for args in spellings {
+            let t = tunnel_args(&args);
+            assert_eq!(t.common.ignored.given(), [flag.long], "{args:?}");
+            assert!(t.common.refused.given().is_none(), "{args:?}");
+            let value = t.common.ignored.configuration_flag(flag.long);
+            let want = if flag.takes == Takes::Switch {
+                "true"
+            } else {
+                "v"
+            };
+            assert_eq!(value.as_deref(), Some(want), "{args:?}");
+        }
+    }
+    // Repeatable ones keep their first value; `--proto-loglevel` is `--transport-loglevel`.
+    let t = tunnel_args(&["run", "--proxy-dns-upstream", "a", "--proxy-dns-upstream=b"]);
+    assert_eq!(t.common.ignored.given(), ["proxy-dns-upstream"]);
+    let t = tunnel_args(&["--proto-loglevel=warn", "run"]);
+    assert_eq!(
+        t.common.ignored.configuration_flag("transport-loglevel"),
+        Some("warn".into())
+    );
+    assert!(tunnel_args(&["run"]).common.ignored.given().is_empty());
+}
+
+/// Every flag of the refused table stops `tunnel run` naming itself, either spelling.
+#[test]
+fn every_refused_flag_stops_run_naming_itself() {
+    use super::flag_table::Takes;
+    let host = MapHost(HashMap::new());
+    for (flag, why) in super::refused::REFUSED {
+        let long = format!("--{}", flag.long);
+        let with_equals = format!("--{}=v", flag.long);
+        let spellings: Vec<Vec<&str>> = match flag.takes {
+            Takes::Switch => vec![vec![&long, "run"], vec!["run", &long]],
+            Takes::Value | Takes::Values => {
+                vec![vec![&long, "v", "run"], vec!["run", &with_equals]]
+            }
+        };
+        for args in spellings {
+            match start(&tunnel_args(&args), &host) {
+                Err(SetupError::Refused(r)) => {
+                    assert_eq!(
+                        r,
+                        RefusedFlag {
+                            flag: flag.long,
+                            why
+                        },
+                        "{args:?}"
+                    )
+                }
+                other => panic!("{args:?}: {:?}", other.map(|_| ())),
+            }
+        }
+    }
+}
+
+/// Outside the tables clap still refuses: an unknown flag (with the near table flag as a tip),
+/// a table flag without its value, a value given to a switch, a single-value flag twice.
+#[test]
+fn bad_table_flags_are_refused_by_clap() {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    let parse = |args: &[&str]| {
+        Cli::try_parse_from([&["burrow", "tunnel"], args].concat())
+            .expect_err(&format!("{args:?} refused"))
+    };
+    let e = parse(&["run", "--no-autoupdat"]);
+    assert_eq!(e.kind(), ErrorKind::UnknownArgument);
+    assert_eq!(
+        e.get(ContextKind::InvalidArg),
+        Some(&ContextValue::String("--no-autoupdat".into()))
+    );
+    assert_eq!(
+        e.get(ContextKind::SuggestedArg),
+        Some(&ContextValue::String("--no-autoupdate".into()))
+    );
+    let e = parse(&["run", "--label"]);
+    assert_eq!(e.kind(), ErrorKind::InvalidValue);
+    assert_eq!(
+        e.get(ContextKind::InvalidArg),
+        Some(&ContextValue::String("--label <LABEL>".into()))
+    );
+    let e = parse(&["run", "--hostname"]);
+    assert_eq!(e.kind(), ErrorKind::InvalidValue);
+    let e = parse(&["run", "--ui=true"]);
+    assert_eq!(e.kind(), ErrorKind::TooManyValues);
+    let e = parse(&["--label", "a", "run", "--label", "b", "--label", "c"]);
+    assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
+}
+
 /// Private-network TCP flows dial with config.yml's `warp-routing.connectTimeout`, else
 /// cloudflared's default (a remote configuration replaces it later, in the supervisor).
 #[test]
