@@ -213,8 +213,11 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                     None
                 }
             };
-            if let Some(answer) = answer {
-                machine.handle_input(now, answer.as_input());
+            if let Some(input) = answer
+                .as_ref()
+                .and_then(|a| a.as_input(&mut io.flows, &metrics))
+            {
+                machine.handle_input(now, input);
             }
         };
         // The origin datagrams of this drain, several per call on each socket.
@@ -288,9 +291,13 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             }
             Some(report) = io.flow_rx.recv() => {
                 let now = Instant::now();
-                on_report(now, &mut machine, &mut io.flows, &metrics, report);
+                if let Some(input) = flow_input(&mut io.flows, &metrics, &report) {
+                    machine.handle_input(now, input);
+                }
                 while let Ok(report) = io.flow_rx.try_recv() {
-                    on_report(now, &mut machine, &mut io.flows, &metrics, report);
+                    if let Some(input) = flow_input(&mut io.flows, &metrics, &report) {
+                        machine.handle_input(now, input);
+                    }
                 }
             }
             Some((link, dialed)) = io.dial_rx.recv() => {
@@ -456,16 +463,26 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
 
 /// An input the driver owes the connector after doing some I/O.
 enum Answer {
-    EdgeSocket { index: u8, max_segments: usize },
+    EdgeSocket {
+        index: u8,
+        max_segments: usize,
+    },
     EdgeWritten(LinkId),
+    /// What an origin connection did at once (read or written from the loop).
+    Flow(Report),
     UdpOpened(UdpFlowId),
     UdpFailed(UdpFlowId, String),
     FunnelFailed(FunnelId),
 }
 
 impl Answer {
-    fn as_input(&self) -> Input<'_> {
-        match self {
+    /// The input to feed the connector (none for a stale flow report).
+    fn as_input<'a>(
+        &'a self,
+        flows: &mut HashMap<(LinkId, FlowId), Flow, FnvBuildHasher>,
+        metrics: &Metrics,
+    ) -> Option<Input<'a>> {
+        Some(match self {
             Self::EdgeSocket {
                 index,
                 max_segments,
@@ -474,13 +491,14 @@ impl Answer {
                 max_segments: *max_segments,
             },
             Self::EdgeWritten(link) => Input::EdgeWritten { link: *link },
+            Self::Flow(report) => return flow_input(flows, metrics, report),
             Self::UdpOpened(flow) => Input::UdpOpened(*flow),
             Self::UdpFailed(flow, reason) => Input::UdpFailed {
                 flow: *flow,
                 reason,
             },
             Self::FunnelFailed(funnel) => Input::FunnelFailed(*funnel),
-        }
+        })
     }
 }
 
@@ -505,6 +523,9 @@ struct DriverIo {
     dial_rx: mpsc::UnboundedReceiver<(LinkId, std::io::Result<TcpStream>)>,
     /// One read buffer for every TCP connection.
     tcp_buf: Vec<u8>,
+    /// Where the loop reads origin connections itself ([`FlowHandle::read_more`]): reads are
+    /// split off it and handed on, so it is shared by every flow.
+    origin_buf: bytes::BytesMut,
     metrics: Arc<Metrics>,
     /// TXT lookups the connector asked for, answered from their tasks.
     txt_tx: mpsc::UnboundedSender<(&'static str, Option<String>)>,
@@ -556,6 +577,7 @@ impl DriverIo {
             dial_tx,
             dial_rx,
             tcp_buf: vec![0; 64 * 1024],
+            origin_buf: bytes::BytesMut::new(),
             metrics,
             txt_tx,
             txt_rx,
@@ -627,12 +649,15 @@ impl DriverIo {
             }
             Io::WriteFlow { link, flow, data } => {
                 if let Some(f) = self.flows.get(&(link, flow)) {
-                    f.handle.write(data);
+                    if f.handle.write(data) {
+                        return Some(Answer::Flow((link, flow, FlowReport::Written)));
+                    }
                 }
             }
             Io::ReadFlow { link, flow } => {
                 if let Some(f) = self.flows.get(&(link, flow)) {
-                    f.handle.read_more();
+                    let read = f.handle.read_more(&mut self.origin_buf);
+                    return read.map(|r| Answer::Flow((link, flow, r)));
                 }
             }
             Io::ShutdownFlow { link, flow } => {
@@ -900,20 +925,18 @@ fn close_flow_metrics(metrics: &Metrics) {
     metrics.open_flows.fetch_sub(1, Ordering::Relaxed);
 }
 
-fn on_report(
-    now: Instant,
-    machine: &mut Connector,
+/// What a flow's report tells the connector, with the metrics it moves (none if stale).
+fn flow_input<'r>(
     flows: &mut HashMap<(LinkId, FlowId), Flow, FnvBuildHasher>,
     metrics: &Metrics,
-    (link, flow, report): Report,
-) {
+    (link, flow, report): &'r Report,
+) -> Option<Input<'r>> {
+    let (link, flow) = (*link, *flow);
     // Reports of a flow already closed are stale.
-    let Some(f) = flows.get_mut(&(link, flow)) else {
-        return;
-    };
+    let f = flows.get_mut(&(link, flow))?;
     // cloudflared times TCP streams only (proxyStream, proxyTCPStream).
     let tcp = f.kind == FlowKind::Tcp;
-    let input = match &report {
+    Some(match report {
         FlowReport::Handshaking => Input::FlowHandshaking { link, flow },
         FlowReport::Dialing => Input::FlowDialing { link, flow },
         FlowReport::Dialed => Input::FlowDialed { link, flow },
@@ -940,6 +963,5 @@ fn on_report(
         },
         FlowReport::Finished => Input::FlowFinished { link, flow },
         FlowReport::Written => Input::FlowWritten { link, flow },
-    };
-    machine.handle_input(now, input);
+    })
 }

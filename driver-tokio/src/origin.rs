@@ -3,12 +3,15 @@
 //! with one read in flight per flow, so burrow-core's backpressure decides the pace.
 //!
 //! Every flow is one task pair; it reports to the connector loop through [`FlowReport`]s and
-//! takes commands through its [`FlowHandle`]. Dials have no deadline here: the connector fails
-//! one that outlasts its rule's `connectTimeout` or `tlsTimeout` and closes it, which drops
-//! the handle and aborts the task; a SOCKS5 destination dial it aborts through
-//! [`FlowHandle::abort_dial`].
+//! takes commands through its [`FlowHandle`]. A plain TCP origin is read and written by the
+//! loop itself while its socket is ready; its task only waits for the socket when it is not.
+//! Dials have no deadline here: the connector fails one that outlasts its rule's
+//! `connectTimeout` or `tlsTimeout` and closes it, which drops the handle and aborts the task;
+//! a SOCKS5 destination dial it aborts through [`FlowHandle::abort_dial`].
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, OnceLock, PoisonError};
+use std::task::{ready, Context, Poll};
 
 use burrow_core::datagram::LinkId;
 use burrow_core::ingress::{Origin, OriginRequest, Service};
@@ -16,7 +19,7 @@ use burrow_core::stream::proxy::FlowKind;
 use burrow_core::stream::socks::Server;
 use burrow_core::tunnel::data::FlowId;
 use burrow_os::origin_tls::OriginTls;
-use bytes::{Bytes, BytesMut};
+use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -66,13 +69,27 @@ pub struct FlowHandle {
     permit: Arc<Notify>,
     /// Ends a SOCKS5 destination dial as timed out.
     abort: Arc<Notify>,
+    /// A plain TCP origin's socket once dialled, which [`FlowHandle::write`] writes to itself.
+    tcp: Arc<OnceLock<Arc<TcpStream>>>,
     task: JoinHandle<()>,
 }
 
 impl FlowHandle {
-    /// Queues a write; [`FlowReport::Written`] follows.
-    pub fn write(&self, data: Bytes) {
+    /// Writes `data`: to a TCP origin straight away as far as its socket takes it, the rest
+    /// (and any other origin's) by the flow's task, after which [`FlowReport::Written`]
+    /// follows. True: all of it was written now, and no report follows. Handing every write
+    /// to the task cost two cross-thread wake-ups per write (the command, then the report).
+    pub fn write(&self, mut data: Bytes) -> bool {
+        if let Some(s) = self.tcp.get() {
+            match s.try_write(&data) {
+                Ok(n) if n == data.len() => return true,
+                Ok(n) => data.advance(n),
+                // WouldBlock waits in the task; another error recurs there and is reported.
+                Err(_) => {}
+            }
+        }
         let _ = self.writes.send(WriteCmd::Data(data));
+        false
     }
 
     /// FIN toward the origin after queued writes.
@@ -80,9 +97,20 @@ impl FlowHandle {
         let _ = self.writes.send(WriteCmd::Shutdown);
     }
 
-    /// Lets the flow read its next chunk.
-    pub fn read_more(&self) {
+    /// Lets the flow read its next chunk: a TCP origin with bytes waiting is read straight
+    /// away into `buf` (the caller's, shared by its flows), which is what this returns;
+    /// otherwise the flow's task waits for them and reports. Every read through the task
+    /// cost two cross-thread wake-ups (the permit, then the report).
+    pub fn read_more(&self, buf: &mut BytesMut) -> Option<FlowReport> {
+        if let Some(s) = self.tcp.get() {
+            make_room(buf);
+            match s.try_read_buf(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return Some(read_report(r, buf)),
+            }
+        }
         self.permit.notify_one();
+        None
     }
 
     /// The connector gave up on the SOCKS5 destination dial ([`FlowReport::Dialing`]).
@@ -148,8 +176,10 @@ impl Dialer {
         let (writes, write_rx) = mpsc::unbounded_channel();
         let permit = Arc::new(Notify::new());
         let abort = Arc::new(Notify::new());
+        let tcp = Arc::new(OnceLock::new());
         let dialer = self.clone();
         let p = permit.clone();
+        let direct = tcp.clone();
         let progress = Progress {
             id: (link, flow),
             reports: reports.clone(),
@@ -160,9 +190,20 @@ impl Dialer {
                 .dial(kind, &dest, host.as_deref(), origin.as_deref(), &progress)
                 .await
             {
-                Ok(io) => {
+                Ok(dialled) => {
+                    let (rd, wr): (Reader, Box<dyn AsyncWrite + Unpin + Send>) = match dialled {
+                        Dialled::Tcp(s) => {
+                            let s = Arc::new(s);
+                            let _ = direct.set(s.clone());
+                            (Reader::Tcp(s.clone()), Box::new(SharedTcp(s)))
+                        }
+                        Dialled::Other(io) => {
+                            let (rd, wr) = tokio::io::split(io);
+                            (Reader::Other(rd), Box::new(wr))
+                        }
+                    };
                     let _ = reports.send((link, flow, FlowReport::Connected));
-                    pump(io, write_rx, p, move |r| {
+                    pump(rd, wr, write_rx, p, move |r| {
                         let _ = reports.send((link, flow, r));
                     })
                     .await;
@@ -177,6 +218,7 @@ impl Dialer {
             writes,
             permit,
             abort,
+            tcp,
             task,
         }
     }
@@ -188,7 +230,7 @@ impl Dialer {
         host: Option<&str>,
         origin: Option<&Origin>,
         progress: &Progress,
-    ) -> Result<Box<dyn Io>, String> {
+    ) -> Result<Dialled, String> {
         let handshaking = || progress.report(FlowReport::Handshaking);
         if kind == FlowKind::Tcp {
             // Private-network routing: dest is ip:port.
@@ -196,7 +238,7 @@ impl Dialer {
                 .await
                 .map_err(|e| format!("dial tcp {dest}: {e}"))?;
             let _ = s.set_nodelay(true);
-            return Ok(Box::new(s));
+            return Ok(Dialled::Tcp(s));
         }
         let Some(origin) = origin else {
             return Err(format!("no ingress rule resolved {dest}"));
@@ -205,16 +247,16 @@ impl Dialer {
         let name = origin.tls_server_name(host).unwrap_or("localhost");
         let http2 = origin.offers_http2(kind);
         match &origin.service {
-            Service::HttpStatus(code) => Ok(in_process(Responder::Status(*code))),
-            Service::HelloWorld => Ok(in_process(Responder::Hello)),
+            Service::HttpStatus(code) => Ok(Dialled::Other(in_process(Responder::Status(*code)))),
+            Service::HelloWorld => Ok(Dialled::Other(in_process(Responder::Hello))),
             Service::Http { tls, host: h, port } => {
                 let addr = format!("{h}:{port}");
                 let s = connect_tcp(&addr, o).await?;
                 if *tls {
                     handshaking();
-                    self.tls(s, name, o, http2).await
+                    self.tls(s, name, o, http2).await.map(Dialled::Other)
                 } else {
-                    Ok(Box::new(s))
+                    Ok(Dialled::Tcp(s))
                 }
             }
             Service::Unix { path, tls } => {
@@ -223,16 +265,16 @@ impl Dialer {
                     .map_err(|e| format!("dial unix {path}: {e}"))?;
                 if *tls {
                     handshaking();
-                    self.tls(s, name, o, http2).await
+                    self.tls(s, name, o, http2).await.map(Dialled::Other)
                 } else {
-                    Ok(Box::new(s))
+                    Ok(Dialled::Other(Box::new(s)))
                 }
             }
-            Service::SocksProxy => Ok(socks_bridge(
+            Service::SocksProxy => Ok(Dialled::Other(socks_bridge(
                 Server::new(o.ip_rules.clone()),
                 None,
                 progress.clone(),
-            )),
+            ))),
             // Core gives each bastion request the TCP origin it names; never dialled as such.
             Service::Bastion => Err("bastion has no destination of its own".to_owned()),
             // TCP over WebSocket: core unwraps the frames; the origin is a plain socket.
@@ -250,13 +292,13 @@ impl Dialer {
                     let local = tcp
                         .local_addr()
                         .map_err(|e| format!("dial tcp {addr}: {e}"))?;
-                    return Ok(socks_bridge(
+                    return Ok(Dialled::Other(socks_bridge(
                         Server::over_dialled(local),
                         Some(tcp),
                         progress.clone(),
-                    ));
+                    )));
                 }
-                Ok(Box::new(tcp))
+                Ok(Dialled::Tcp(tcp))
             }
         }
     }
@@ -287,6 +329,42 @@ impl Dialer {
             return http2_bridge(s).await;
         }
         Ok(Box::new(s))
+    }
+}
+
+/// A dialled origin connection.
+enum Dialled {
+    /// Plain TCP, which the loop writes to directly ([`FlowHandle::write`]).
+    Tcp(TcpStream),
+    /// Anything else (TLS, unix socket, in-process), moved by the flow's task only.
+    Other(Box<dyn Io>),
+}
+
+/// The writing side of a TCP origin connection the flow's task shares with
+/// [`FlowHandle::write`] (tokio's readiness and `try_*` calls take `&TcpStream`).
+struct SharedTcp(Arc<TcpStream>);
+
+impl AsyncWrite for SharedTcp {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            ready!(self.0.poll_write_ready(cx))?;
+            match self.0.try_write(buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                r => return Poll::Ready(r),
+            }
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
     }
 }
 
@@ -458,15 +536,56 @@ async fn connect_tcp(addr: &str, o: &OriginRequest) -> Result<TcpStream, String>
     Ok(s)
 }
 
+/// Makes room for a read in `buf`. Each read is split off as it is (no copy) and handed on;
+/// core passes it to QUIC by reference. Later reads fill the rest of the same allocation, and
+/// a fresh one comes only when little is left (or reclaimed, once nobody holds the old one).
+fn make_room(buf: &mut BytesMut) {
+    if buf.capacity() < MIN_READ {
+        buf.reserve(READ_CHUNK);
+    }
+}
+
+/// The report of a read into `buf` (what it read is split off).
+fn read_report(read: std::io::Result<usize>, buf: &mut BytesMut) -> FlowReport {
+    match read {
+        Ok(0) => FlowReport::Finished,
+        Ok(_) => FlowReport::Data(buf.split().freeze()),
+        Err(e) => FlowReport::Failed(format!("read from origin: {e}")),
+    }
+}
+
+/// The reading side of an origin connection.
+enum Reader {
+    Tcp(Arc<TcpStream>),
+    Other(tokio::io::ReadHalf<Box<dyn Io>>),
+}
+
+impl Reader {
+    /// Appends what one read returns to `buf` (0: end of stream).
+    async fn read_buf(&mut self, buf: &mut BytesMut) -> std::io::Result<usize> {
+        match self {
+            Self::Tcp(s) => loop {
+                s.readable().await?;
+                match s.try_read_buf(buf) {
+                    // Readiness was stale; it is cleared, so the next wait is a real one.
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                    r => return r,
+                }
+            },
+            Self::Other(r) => r.read_buf(buf).await,
+        }
+    }
+}
+
 /// Moves bytes: a writer half taking commands, a reader half reading one chunk per permit.
 async fn pump(
-    io: Box<dyn Io>,
+    mut rd: Reader,
+    mut wr: Box<dyn AsyncWrite + Unpin + Send>,
     mut writes: mpsc::UnboundedReceiver<WriteCmd>,
     permit: Arc<Notify>,
     report: impl Fn(FlowReport) + Send + Sync + 'static,
 ) {
     let report = Arc::new(report);
-    let (mut rd, mut wr) = tokio::io::split(io);
     let r2 = report.clone();
     let writer = async move {
         while let Some(cmd) = writes.recv().await {
@@ -487,28 +606,16 @@ async fn pump(
         std::future::pending::<()>().await;
     };
     let reader = async move {
-        // Each read is split off as it is (no copy) and handed on; core passes it to QUIC by
-        // reference. Later reads fill the rest of the same allocation, and a fresh one comes
-        // only when little is left (or reclaimed, once nobody holds the old one).
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut buf = BytesMut::new();
         loop {
-            if buf.capacity() < MIN_READ {
-                buf.reserve(READ_CHUNK);
+            make_room(&mut buf);
+            let read = read_report(rd.read_buf(&mut buf).await, &mut buf);
+            let more = matches!(read, FlowReport::Data(_));
+            report(read);
+            if !more {
+                break;
             }
-            match rd.read_buf(&mut buf).await {
-                Ok(0) => {
-                    report(FlowReport::Finished);
-                    break;
-                }
-                Ok(_) => {
-                    report(FlowReport::Data(buf.split().freeze()));
-                    permit.notified().await;
-                }
-                Err(e) => {
-                    report(FlowReport::Failed(format!("read from origin: {e}")));
-                    break;
-                }
-            }
+            permit.notified().await;
         }
         std::future::pending::<()>().await;
     };

@@ -217,13 +217,7 @@ impl<R: Role> Connection<R> {
         match input {
             Input::Received(data) => self.receive(data),
             Input::PeerClosed => {
-                let mut tls = self.pipe.lock();
-                // Reading zero bytes is how rustls learns of the end of the stream.
-                let _ = tls.session.read_tls(&mut &[][..]);
-                if let Err(e) = tls.session.process_new_packets() {
-                    tls.error.get_or_insert(e);
-                }
-                drop(tls);
+                self.pipe.lock().peer_closed();
                 self.pump();
                 0
             }
@@ -352,6 +346,16 @@ impl<R: Role> Connection<R> {
     /// Whether `stream` is known: open, or (after `Closed`) holding an answer to read.
     pub fn has_stream(&self, stream: StreamId) -> bool {
         self.streams.map.contains_key(&stream.0)
+    }
+
+    /// Plaintext rustls decrypted that h2 has not read yet.
+    #[cfg(test)]
+    pub(crate) fn unread_plaintext(&self) -> usize {
+        let mut tls = self.pipe.lock();
+        // With no new input this only reports.
+        tls.session
+            .process_new_packets()
+            .map_or(0, |s| s.plaintext_bytes_to_read())
     }
 
     pub(crate) fn live(&self) -> Result<(), ApiError> {

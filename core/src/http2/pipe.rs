@@ -29,6 +29,29 @@ pub(crate) struct Tls {
     pub(crate) moved: u64,
     /// A TLS error rustls reported; the connection is over.
     pub(crate) error: Option<rustls::Error>,
+    /// The peer's TCP ended and rustls has not taken it yet (it takes no input, the end
+    /// included, while its plaintext buffer is full).
+    eof_untold: bool,
+}
+
+impl Tls {
+    /// The peer's TCP ended: rustls is told now, or as soon as h2's reads make room.
+    pub(crate) fn peer_closed(&mut self) {
+        self.eof_untold = true;
+        self.tell_eof();
+    }
+
+    fn tell_eof(&mut self) {
+        // Reading zero bytes is how rustls learns of the end of the stream; it fails only
+        // while the plaintext buffer is full, and the next read by h2 tries again.
+        if !self.eof_untold || self.session.read_tls(&mut &[][..]).is_err() {
+            return;
+        }
+        self.eof_untold = false;
+        if let Err(e) = self.session.process_new_packets() {
+            self.error.get_or_insert(e);
+        }
+    }
 }
 
 /// Shared handle to the TLS session; h2 holds one as its I/O object.
@@ -43,6 +66,7 @@ impl Pipe {
             session,
             moved: 0,
             error: None,
+            eof_untold: false,
         })))
     }
 
@@ -59,6 +83,7 @@ impl AsyncRead for Pipe {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let mut tls = self.lock();
+        tls.tell_eof();
         match tls.session.reader().read(buf.initialize_unfilled()) {
             Ok(n) => {
                 buf.advance(n);

@@ -1,6 +1,7 @@
 //! Both roles against each other in process, over real rustls TLS, bytes shuttled between them.
 
 use std::collections::VecDeque;
+use std::io::Write;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -841,4 +842,107 @@ fn a_shutdown_ends_the_connection_only_after_every_answer_is_sent() {
         p.c_events
     );
     assert!(p.c.is_closed(), "everything transmitted");
+}
+
+/// A connector whose edge is bare TLS that the test writes HTTP/2 frames into, to send what
+/// the edge machine never would.
+fn connector_and_raw_edge(
+    limits: Limits,
+) -> (Instant, ConnectorConnection, rustls::ServerConnection) {
+    let now = Instant::now();
+    let (server, client, _, _) = tls_configs();
+    let mut c = ConnectorConnection::new(now, client, tls::SERVER_NAME, limits).expect("connector");
+    let mut s = rustls::ServerConnection::new(server).expect("edge TLS");
+    s.set_buffer_limit(None);
+    let mut events = VecDeque::new();
+    for _ in 0..20 {
+        let mut wire = Vec::new();
+        drain(now, &mut c, &mut events, &mut wire);
+        let mut rd = wire.as_slice();
+        while !rd.is_empty() {
+            s.read_tls(&mut rd).expect("edge reads");
+            s.process_new_packets().expect("edge accepts");
+        }
+        let wire = raw_wire(&mut s);
+        assert_eq!(c.handle_input(now, Input::Received(&wire)), wire.len());
+        if !s.is_handshaking() && wire.is_empty() {
+            return (now, c, s);
+        }
+    }
+    panic!("the TLS handshake never completed");
+}
+
+/// What the bare TLS edge has to send.
+fn raw_wire(s: &mut rustls::ServerConnection) -> Vec<u8> {
+    let mut wire = Vec::new();
+    while s.wants_write() {
+        s.write_tls(&mut wire).expect("edge writes");
+    }
+    wire
+}
+
+/// An HTTP/2 PING frame (not an ACK) carrying `n`.
+fn ping(n: u64) -> Vec<u8> {
+    let mut frame = vec![0, 0, 8, 6, 0, 0, 0, 0, 0];
+    frame.extend_from_slice(&n.to_be_bytes());
+    frame
+}
+
+/// rustls takes no input, the end of the stream included, while it holds more plaintext than
+/// this; the end must still be seen once h2 has read the plaintext, or the connection hangs.
+#[test]
+fn the_end_of_the_peer_is_seen_though_it_comes_with_a_full_plaintext_buffer() {
+    const RUSTLS_PLAINTEXT_LIMIT: usize = 16 * 1024;
+    let mut reached = 0;
+    for pings in (600..1600).step_by(20) {
+        let (now, mut c, mut s) = connector_and_raw_edge(Limits {
+            tls_buffer: 1024,
+            ..Limits::default()
+        });
+        // The client preface and SETTINGS, then PINGs, one a TLS record: the connector owes a
+        // PONG for each and nothing transmits them, so h2 stops reading once it cannot write.
+        let mut w = s.writer();
+        w.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+            .expect("preface");
+        for n in 0..pings {
+            w.write_all(&ping(n)).expect("ping");
+        }
+        // A record of 16 KiB (PINGs and a WINDOW_UPDATE filling it exactly), then a few small
+        // ones: completed by one read while h2 is stalled, they leave rustls full.
+        let mut big: Vec<u8> = (0..963).flat_map(ping).collect();
+        big.extend_from_slice(&[0, 0, 4, 8, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+        assert_eq!(big.len(), RUSTLS_PLAINTEXT_LIMIT);
+        w.write_all(&big).expect("big record");
+        for n in 0..3 {
+            w.write_all(&ping(n)).expect("ping");
+        }
+        let wire = raw_wire(&mut s);
+        // As a driver does, the end is read only once every byte was taken.
+        if c.handle_input(now, Input::Received(&wire)) < wire.len()
+            || c.unread_plaintext() <= RUSTLS_PLAINTEXT_LIMIT
+        {
+            continue;
+        }
+        reached += 1;
+        c.handle_input(now, Input::PeerClosed);
+        // The driver transmits; h2 reads on and comes to the end (no close_notify, but h2's
+        // server with nothing left to send takes it as a clean close).
+        let mut events = VecDeque::new();
+        let mut sink = Vec::new();
+        while drain(now, &mut c, &mut events, &mut sink) {
+            sink.clear();
+        }
+        assert!(
+            events.iter().any(|e| matches!(e, Event::Closed(_))),
+            "after {pings} PINGs: {:?}",
+            events
+                .iter()
+                .filter(|e| !matches!(e, Event::Connected))
+                .collect::<Vec<_>>()
+        );
+    }
+    assert!(
+        reached > 0,
+        "no arrangement left rustls's plaintext buffer full at the end"
+    );
 }
