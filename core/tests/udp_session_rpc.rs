@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use burrow_core::control::{ConnectionDetails, Registration};
 use burrow_core::rpc_stream::server::V3_REFUSES_REGISTER;
-use burrow_core::session::SessionId;
+use burrow_core::session::{SessionId, SessionMethod};
 use burrow_core::tunnel::connector::{ConnectorConfig, ConnectorConnection, ConnectorEvent};
 use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
 use common::tls_pair;
@@ -257,7 +257,13 @@ fn v3_connection_refuses_registration_and_keeps_serving() {
         .register_udp_session(p.now, conn, ID, "10.0.0.7:53".parse().unwrap(), 0)
         .unwrap();
     p.run(Duration::from_millis(20));
-    assert_eq!(p.take_conn_events(), vec![]);
+    assert_eq!(
+        p.take_conn_events(),
+        vec![ConnectorEvent::SessionMethodRefused(
+            SessionMethod::Register
+        )],
+        "refused and reported, for the metric; no session is asked for"
+    );
     assert_eq!(
         p.take_edge_events(),
         vec![EdgeEvent::UdpSessionRegistered {

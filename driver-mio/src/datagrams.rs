@@ -161,14 +161,20 @@ impl Datagrams {
         Ok(())
     }
 
-    /// Sends an ICMP echo request through the ping socket of `funnel`.
-    pub fn send_ping(&mut self, funnel: FunnelId, dst: IpAddr, message: &[u8]) {
+    /// Sends an ICMP echo request through the ping socket of `funnel`; false if it was not sent.
+    pub fn send_ping(&mut self, funnel: FunnelId, dst: IpAddr, message: &[u8]) -> bool {
         let Some((s, _)) = self.funnels.get(&funnel) else {
-            return;
+            return false;
         };
         match s.send_to(message, SocketAddr::new(dst, 0)) {
-            Ok(_) => self.stats.pings_sent += 1,
-            Err(e) => debug!(%funnel, %dst, error = %e, "failed to send ICMP echo"),
+            Ok(_) => {
+                self.stats.pings_sent += 1;
+                true
+            }
+            Err(e) => {
+                debug!(%funnel, %dst, error = %e, "failed to send ICMP echo");
+                false
+            }
         }
     }
 

@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 
 use std::collections::BTreeMap;
 
-use burrow_core::session::{DropReason, IndexStats};
+use burrow_core::session::{DropReason, IndexStats, SessionMethod};
 use burrow_core::tunnel::requests::RequestStats;
 use mio::net::{TcpListener, TcpStream};
 
@@ -44,6 +44,9 @@ pub struct Figures {
     /// Core's dropped datagrams of every index by [`DropReason::ALL`] order: what the indexes
     /// do not account for is no connection's (`conn_index=""`).
     pub udp_dropped: [u64; DropReason::ALL.len()],
+    /// Core's ICMP drops of every index: what the indexes do not account for is no
+    /// connection's (`cloudflared_icmp_dropped_packets{conn_index=""}`).
+    pub icmp_dropped: u64,
 }
 
 impl Figures {
@@ -167,30 +170,73 @@ impl Figures {
                 out.push_str(&format!("{name}{{conn_index=\"{index}\"}} {}\n", value(s)));
             }
         }
-        let name = "cloudflared_udp_dropped_datagrams";
+        self.by_index_and(
+            &mut out,
+            (
+                "cloudflared_udp_dropped_datagrams",
+                "Total count of UDP dropped datagrams",
+            ),
+            ("reason", &DropReason::ALL.map(DropReason::label)),
+            |s, i| s.dropped[i],
+            &self.udp_dropped,
+        );
+        // cloudflared counts every ICMP drop as `write_failed`.
+        self.by_index_and(
+            &mut out,
+            (
+                "cloudflared_icmp_dropped_packets",
+                "Total count of ICMP dropped datagrams",
+            ),
+            ("reason", &[DropReason::WriteFailed.label()]),
+            |s, _| s.icmp_dropped,
+            &[self.icmp_dropped],
+        );
+        self.by_index_and(
+            &mut out,
+            (
+                "cloudflared_udp_unsupported_remote_command_total",
+                "Total count of unsupported remote RPC commands called",
+            ),
+            ("command", &SessionMethod::ALL.map(SessionMethod::label)),
+            |s, i| s.unsupported[i],
+            &[],
+        );
+        out
+    }
+
+    /// A counter family labelled `conn_index` and `key`: every value of `labels` for each
+    /// index (zeros too), then what the indexes do not account for of `totals` under
+    /// `conn_index=""`.
+    fn by_index_and(
+        &self,
+        out: &mut String,
+        (name, help): (&str, &str),
+        (key, labels): (&str, &[&str]),
+        at: impl Fn(&IndexStats, usize) -> u64,
+        totals: &[u64],
+    ) {
         let mut lines = String::new();
-        let mut unnamed = self.udp_dropped;
+        let mut unnamed = totals.to_vec();
+        unnamed.resize(labels.len(), 0);
         for (index, s) in &self.udp {
-            for ((r, n), rest) in DropReason::ALL.iter().zip(s.dropped).zip(&mut unnamed) {
+            for (i, (label, rest)) in labels.iter().zip(&mut unnamed).enumerate() {
+                let n = at(s, i);
                 *rest = rest.saturating_sub(n);
-                let reason = r.label();
                 lines.push_str(&format!(
-                    "{name}{{conn_index=\"{index}\",reason=\"{reason}\"}} {n}\n"
+                    "{name}{{conn_index=\"{index}\",{key}=\"{label}\"}} {n}\n"
                 ));
             }
         }
-        for (r, n) in DropReason::ALL.iter().zip(unnamed).filter(|(_, n)| *n > 0) {
-            let reason = r.label();
+        for (label, n) in labels.iter().zip(unnamed).filter(|(_, n)| *n > 0) {
             lines.push_str(&format!(
-                "{name}{{conn_index=\"\",reason=\"{reason}\"}} {n}\n"
+                "{name}{{conn_index=\"\",{key}=\"{label}\"}} {n}\n"
             ));
         }
         if !lines.is_empty() {
             out.push_str(&format!(
-                "# HELP {name} Total count of UDP dropped datagrams\n# TYPE {name} counter\n{lines}"
+                "# HELP {name} {help}\n# TYPE {name} counter\n{lines}"
             ));
         }
-        out
     }
 
     /// The response to a request head.
@@ -371,6 +417,20 @@ mod tests {
             !m.contains("conn_index=\"\",reason=\"write_failed\""),
             "{m}"
         );
+        // ICMP drops and refused v2 calls by index.
+        let at = f.udp.get_mut(&0).expect("index 0");
+        at.icmp_dropped = 4;
+        at.unsupported[SessionMethod::Unregister as usize] = 1;
+        f.icmp_dropped = 5;
+        let m = text(f.respond(b"GET /metrics HTTP/1.1\r\n\r\n"));
+        for line in [
+            "\ncloudflared_icmp_dropped_packets{conn_index=\"0\",reason=\"write_failed\"} 4\n",
+            "\ncloudflared_icmp_dropped_packets{conn_index=\"\",reason=\"write_failed\"} 1\n",
+            "\ncloudflared_udp_unsupported_remote_command_total{conn_index=\"0\",command=\"register_udp_session\"} 0\n",
+            "\ncloudflared_udp_unsupported_remote_command_total{conn_index=\"0\",command=\"unregister_udp_session\"} 1\n",
+        ] {
+            assert!(m.contains(line), "{line} missing in {m}");
+        }
         assert!(text(f.respond(b"GET /healthcheck HTTP/1.1\r\n\r\n")).ends_with("\r\n\r\nOK\n"));
         assert!(text(f.respond(b"GET /nope HTTP/1.1\r\n\r\n")).starts_with("HTTP/1.1 404 "));
         assert!(text(f.respond(b"\xff\xfe\r\n\r\n")).starts_with("HTTP/1.1 400 "));

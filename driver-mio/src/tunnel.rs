@@ -128,6 +128,7 @@ enum Answer {
     UdpOpened(UdpFlowId),
     UdpFailed(UdpFlowId, String),
     UdpWriteFailed(UdpFlowId),
+    PingWriteFailed(FunnelId),
     FunnelFailed(FunnelId),
     EdgeWritten(LinkId),
     EdgeFailed(LinkId, String),
@@ -149,6 +150,7 @@ impl Answer {
                 reason,
             },
             Self::UdpWriteFailed(flow) => Input::UdpWriteFailed(*flow),
+            Self::PingWriteFailed(funnel) => Input::PingWriteFailed(*funnel),
             Self::FunnelFailed(funnel) => Input::FunnelFailed(*funnel),
             Self::EdgeWritten(link) => Input::EdgeWritten { link: *link },
             Self::EdgeFailed(link, reason) => Input::EdgeFailed {
@@ -326,7 +328,9 @@ impl Driver {
                 message,
                 ..
             } => {
-                self.datagrams.send_ping(funnel, dst, message);
+                if !self.datagrams.send_ping(funnel, dst, message) {
+                    return Some(Answer::PingWriteFailed(funnel));
+                }
                 self.figures.icmp_requests = self.datagrams.stats.pings_sent;
             }
             Io::CloseFunnel { funnel } => {
@@ -682,6 +686,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
             d.figures.udp.clone_from(hub.sessions.index_stats());
         }
         d.figures.udp_dropped = hub.sessions.stats().dropped;
+        d.figures.icmp_dropped = hub.sessions.stats().icmp_dropped;
         if machine.is_stopped() {
             break;
         }

@@ -22,7 +22,7 @@ mod testbed;
 use common::body::*;
 use common::client::*;
 use common::origins::*;
-use common::ping::{ping_both, PingRange};
+use common::ping::{check_icmp_drops_counted, ping_both, PingRange};
 use harness::{burrow, MIO};
 use testbed::{ConnectorOpts, EdgeOpts, Proc, Testbed};
 
@@ -553,7 +553,7 @@ fn ping_v4_v6_and_ttl_exceeded() {
     if v6 {
         extra.extend(["--icmpv6-src", "::1"]);
     }
-    let (_bed, _edge, connector, _metrics) = start(
+    let (_bed, _edge, connector, metrics) = start(
         "mio-icmp",
         &eo,
         vec![(None, "http_status:404".into())],
@@ -561,6 +561,7 @@ fn ping_v4_v6_and_ttl_exceeded() {
         &extra,
     );
     ping_both(map, v6);
+    check_icmp_drops_counted(map, metrics);
     assert!(
         !connector
             .log_tail(100_000)

@@ -472,6 +472,7 @@ enum Answer {
     Flow(Report),
     UdpOpened(UdpFlowId),
     UdpFailed(UdpFlowId, String),
+    PingWriteFailed(FunnelId),
     FunnelFailed(FunnelId),
 }
 
@@ -497,6 +498,7 @@ impl Answer {
                 flow: *flow,
                 reason,
             },
+            Self::PingWriteFailed(funnel) => Input::PingWriteFailed(*funnel),
             Self::FunnelFailed(funnel) => Input::FunnelFailed(*funnel),
         })
     }
@@ -693,11 +695,10 @@ impl DriverIo {
                 message,
                 ..
             } => {
-                let before = self.datagrams.stats().pings_sent;
-                self.datagrams.send_ping(funnel, dst, message);
-                metrics
-                    .icmp_total_requests
-                    .inc_by(self.datagrams.stats().pings_sent - before);
+                if !self.datagrams.send_ping(funnel, dst, message) {
+                    return Some(Answer::PingWriteFailed(funnel));
+                }
+                metrics.icmp_total_requests.inc();
             }
             Io::CloseFunnel { funnel } => self.datagrams.close_funnel(funnel),
             Io::DialEdge { index, link, edge } => {

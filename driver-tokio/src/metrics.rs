@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 use burrow_core::flow::{FlowStats, FlowType};
-use burrow_core::session::DropReason;
+use burrow_core::session::{DropReason, SessionMethod};
 use burrow_core::tunnel::requests::RequestStats;
 use burrow_core::tunnel::udp::DatagramHub;
 use bytes::Bytes;
@@ -67,6 +67,12 @@ pub struct Metrics {
     /// and [`DropReason`] (cloudflared's reasons where they exist); a drop no connection can
     /// be named for has an empty `conn_index`.
     pub udp_dropped: IntCounterVec,
+    /// `cloudflared_icmp_dropped_packets{conn_index,reason}`: ICMP packets from the edge not
+    /// proxied; every one is `write_failed`, as in cloudflared (burrow has no queue to be full).
+    pub icmp_dropped: IntCounterVec,
+    /// `cloudflared_udp_unsupported_remote_command_total{conn_index,command}`: datagram-v2
+    /// session calls refused on v3 connections.
+    pub udp_unsupported: IntCounterVec,
     /// `flow_client_registrations_rate_limited_total{flow_type}`: TCP flows and UDP sessions
     /// the flow limiter refused, by [`FlowType::ALL`] order.
     pub flow_rate_limited: [IntCounter; FlowType::ALL.len()],
@@ -109,7 +115,17 @@ fn by_index<T: prometheus::core::Collector + Clone + FromOpts + 'static>(
     name: &str,
     help: &str,
 ) -> T {
-    let v = T::from_opts(Opts::new(name, help), &["conn_index"]);
+    labelled(r, name, help, &["conn_index"])
+}
+
+/// A family with `labels`, registered in `r`.
+fn labelled<T: prometheus::core::Collector + Clone + FromOpts + 'static>(
+    r: &Registry,
+    name: &str,
+    help: &str,
+    labels: &[&str],
+) -> T {
+    let v = T::from_opts(Opts::new(name, help), labels);
     let _ = r.register(Box::new(v.clone()));
     v
 }
@@ -175,14 +191,6 @@ impl Metrics {
         )
         .expect("static metric");
         let _ = r.register(Box::new(response_by_code.clone()));
-        let udp_dropped_datagrams = IntCounterVec::new(
-            Opts::new(
-                "cloudflared_udp_dropped_datagrams",
-                "Total count of UDP dropped datagrams",
-            ),
-            &["conn_index", "reason"],
-        )
-        .expect("static metric");
         let rate_limited = IntCounterVec::new(
             // cloudflared's `flow` namespace, without the `cloudflared_` prefix
             // (`flow/metrics.go`).
@@ -216,7 +224,6 @@ impl Metrics {
         )
         .expect("static metric");
         let _ = r.register(Box::new(connect_latency.clone()));
-        let _ = r.register(Box::new(udp_dropped_datagrams.clone()));
         let _ = r.register(Box::new(rate_limited.clone()));
         let _ = r.register(Box::new(register_success.clone()));
         let _ = r.register(Box::new(register_fail.clone()));
@@ -289,7 +296,24 @@ impl Metrics {
             ),
             udp_by_index_seen: std::sync::atomic::AtomicU64::new(0),
             flow_rate_limited: FlowType::ALL.map(|t| rate_limited.with_label_values(&[t.label()])),
-            udp_dropped: udp_dropped_datagrams,
+            udp_dropped: labelled(
+                &r,
+                "cloudflared_udp_dropped_datagrams",
+                "Total count of UDP dropped datagrams",
+                &["conn_index", "reason"],
+            ),
+            icmp_dropped: labelled(
+                &r,
+                "cloudflared_icmp_dropped_packets",
+                "Total count of ICMP dropped datagrams",
+                &["conn_index", "reason"],
+            ),
+            udp_unsupported: labelled(
+                &r,
+                "cloudflared_udp_unsupported_remote_command_total",
+                "Total count of unsupported remote RPC commands called",
+                &["conn_index", "command"],
+            ),
             icmp_total_requests: counter(
                 &r,
                 "cloudflared_icmp_total_requests",
@@ -323,13 +347,23 @@ impl Metrics {
             .sessions
             .index_stats()
             .values()
-            .map(|a| a.total_flows + a.ended + a.failed + a.retries + a.migrated)
+            .map(|a| {
+                a.total_flows
+                    + a.ended
+                    + a.failed
+                    + a.retries
+                    + a.migrated
+                    + a.icmp_dropped
+                    + a.unsupported.iter().sum::<u64>()
+            })
             .chain(s.dropped)
+            .chain([s.icmp_dropped])
             .sum();
         if self.udp_by_index_seen.swap(seen, Ordering::Relaxed) == seen {
             return;
         }
         let mut named = [0u64; DropReason::ALL.len()];
+        let mut icmp_named = 0;
         for (index, at) in hub.sessions.index_stats() {
             let label = [index.to_string()];
             let label = [label[0].as_str()];
@@ -349,6 +383,21 @@ impl Metrics {
                 &self.udp_migrated_flows.with_label_values(&label),
                 at.migrated,
             );
+            icmp_named += at.icmp_dropped;
+            follow(
+                &self
+                    .icmp_dropped
+                    .with_label_values(&[label[0], DropReason::WriteFailed.label()]),
+                at.icmp_dropped,
+            );
+            for (m, n) in SessionMethod::ALL.iter().zip(at.unsupported) {
+                follow(
+                    &self
+                        .udp_unsupported
+                        .with_label_values(&[label[0], m.label()]),
+                    n,
+                );
+            }
             // Every reason of an index with sessions, zeros too (a rate starts from 0).
             for ((r, n), sum) in DropReason::ALL.iter().zip(at.dropped).zip(&mut named) {
                 *sum += n;
@@ -359,6 +408,14 @@ impl Metrics {
             }
         }
         // Drops of no connection's (a session or link already gone).
+        if s.icmp_dropped > icmp_named {
+            follow(
+                &self
+                    .icmp_dropped
+                    .with_label_values(&["", DropReason::WriteFailed.label()]),
+                s.icmp_dropped - icmp_named,
+            );
+        }
         for ((r, n), sum) in DropReason::ALL.iter().zip(s.dropped).zip(named) {
             if n > sum {
                 follow(
@@ -554,9 +611,13 @@ mod tests {
                 hub.sessions.handle_origin_opened(Instant::now(), flow);
             }
         }
-        // One more unknown payload, now on index 2's connection.
+        // One more unknown payload, now on index 2's connection; an ICMP drop and a refused
+        // v2 call there too.
         hub.sessions
             .handle_datagram(Instant::now(), LinkId(7), DatagramVersion::V3, &unknown);
+        hub.sessions.count_icmp_dropped(Some(LinkId(7)));
+        hub.sessions
+            .count_unsupported(LinkId(7), burrow_core::session::SessionMethod::Register);
         m.update_datagrams(&hub);
         let text = m.render();
         for line in [
@@ -565,6 +626,9 @@ mod tests {
             "cloudflared_udp_active_flows{conn_index=\"2\"} 1",
             "cloudflared_udp_total_flows{conn_index=\"2\"} 1",
             "cloudflared_udp_migrated_flows{conn_index=\"2\"} 0",
+            "cloudflared_icmp_dropped_packets{conn_index=\"2\",reason=\"write_failed\"} 1",
+            "cloudflared_udp_unsupported_remote_command_total{command=\"register_udp_session\",conn_index=\"2\"} 1",
+            "cloudflared_udp_unsupported_remote_command_total{command=\"unregister_udp_session\",conn_index=\"2\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

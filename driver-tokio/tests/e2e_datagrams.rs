@@ -167,8 +167,9 @@ fn ping_through_icmp_mapping() {
     if v6 {
         extra.extend(["--icmpv6-src", "::1"]);
     }
-    let (_edge, connector, _metrics) = start(&bed, &eo, 1, &extra);
+    let (_edge, connector, metrics) = start(&bed, &eo, 1, &extra);
     ping_both(map, v6);
+    check_icmp_drops_counted(map, metrics);
     assert!(
         !connector
             .log_tail(100_000)

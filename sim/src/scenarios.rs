@@ -1,14 +1,12 @@
 //! Scenarios: each builds a world from a seed, runs it, and checks invariants on what
 //! happened. A scenario returns the trace hash, or what went wrong.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burrow_core::connector::{Connector, Event, Input};
-use burrow_core::control::{
-    ConnectionDetails, Refusal, Registration, RegistrationError, RegistrationFailure,
-};
+use burrow_core::control::{Refusal, Registration, RegistrationFailure};
 use burrow_core::datagram::LinkId;
 use burrow_core::edge::auth::TunnelAuth;
 use burrow_core::edge::hostnames::HostnameTable;
@@ -21,7 +19,7 @@ use burrow_core::quic::SERVER_NAME;
 use burrow_core::session::edge::{EdgeSessionsConfig, MappingKind};
 use burrow_core::tunnel::connector::{CloseReason, ConnectorConfig, LocalClose};
 use burrow_core::tunnel::data::DataLimits;
-use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint};
+use burrow_core::tunnel::edge::ConnId;
 use burrow_core::tunnel::protocol::{Protocol, ProtocolFlag};
 use burrow_core::tunnel::supervisor::{EdgePool, SupervisorConfig};
 use quinn_proto::{ClientConfig, ServerConfig};
@@ -218,29 +216,6 @@ fn edge_identity() -> (CertificateDer<'static>, PrivateKeyDer<'static>) {
     (cert.der().clone(), key.into())
 }
 
-/// The bare endpoint's check ([`EdgeNode::Endpoint`]): cloudflared's edge refuses unknown
-/// tunnels and wrong secrets. It names a connection's details after its id.
-fn check(
-    tunnels: &HashMap<Uuid, (String, Vec<u8>)>,
-    conn: ConnId,
-    r: &Registration,
-) -> Result<ConnectionDetails, RegistrationError> {
-    match tunnels.get(&r.tunnel_id) {
-        Some((account, secret)) if *account == r.account_tag && *secret == r.tunnel_secret => {
-            Ok(ConnectionDetails {
-                uuid: Uuid::from_u128(conn.0 as u128 + 1),
-                location: LOCATION.into(),
-                remotely_managed: false,
-            })
-        }
-        _ => Err(RegistrationError {
-            cause: "Unauthorized: invalid tunnel credentials".into(),
-            should_retry: false,
-            retry_after: Duration::ZERO,
-        }),
-    }
-}
-
 struct Setup {
     world: World,
     rng: ChaCha8Rng,
@@ -325,26 +300,16 @@ fn edge_machine(
         mappings: mapped.kinds.iter().map(|k| (tunnel_id, *k)).collect(),
         seed,
     };
-    EdgeNode::Machine(Box::new(Edge::new(config, auth)))
+    Box::new(Edge::new(config, auth))
 }
 
 /// A world whose edge is the edge machine.
 fn setup(p: &Params) -> Setup {
-    setup_with(p, Some(Mapped::default()))
+    setup_mapped(p, Mapped::default())
 }
 
 /// A world whose edge machine serves public UDP/ICMP `mapped` into the tunnel.
 fn setup_mapped(p: &Params, mapped: Mapped) -> Setup {
-    setup_with(p, Some(mapped))
-}
-
-/// A world whose edge is a bare endpoint, for `udp-v2-and-v3`'s eyeballs.
-fn setup_datagrams(p: &Params) -> Setup {
-    setup_with(p, None)
-}
-
-/// A world whose edge is the machine serving `mapped`, or (`None`) a bare endpoint.
-fn setup_with(p: &Params, mapped: Option<Mapped>) -> Setup {
     let mut rng = ChaCha8Rng::seed_from_u64(p.seed);
     let (server, http2_tls, client, client_http2) = tls_pair();
     let mut seed = [0u8; 32];
@@ -360,15 +325,7 @@ fn setup_with(p: &Params, mapped: Option<Mapped>) -> Setup {
     let edges = EDGES.iter().map(|a| a.parse().expect("addr")).collect();
     let tunnel_id = Uuid::from_u128(u128::from(rng.next_u64()) << 64 | u128::from(rng.next_u64()));
     let secret: Vec<u8> = (0..32).map(|_| rng.next_u64() as u8).collect();
-    let edge = if let Some(mapped) = &mapped {
-        edge_machine(&server, &http2_tls, tunnel_id, &secret, seed, mapped)
-    } else {
-        let tunnels = HashMap::from([(tunnel_id, (ACCOUNT.to_owned(), secret.clone()))]);
-        EdgeNode::Endpoint(
-            Box::new(EdgeEndpoint::new(server.clone(), seed)),
-            Box::new(move |conn, r| check(&tunnels, conn, r)),
-        )
-    };
+    let edge = edge_machine(&server, &http2_tls, tunnel_id, &secret, seed, &mapped);
     let world = World::new(Clock::new(Instant::now()), net, edges, edge);
     Setup {
         world,
@@ -384,7 +341,7 @@ fn setup_with(p: &Params, mapped: Option<Mapped>) -> Setup {
         max_active_flows: None,
         hostile: p.loss >= HOSTILE_LOSS,
         lost: None,
-        mapped: mapped.unwrap_or_default(),
+        mapped,
     }
 }
 

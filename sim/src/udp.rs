@@ -1,8 +1,8 @@
 //! UDP sessions and ICMP in the simulation: the network behind the connectors' datagram
 //! planes (UDP echo services, unreachable hosts, ping sockets that rewrite echo ids as Linux's
-//! do), and an eyeball at the edge that registers v3 sessions and sends payloads.
+//! do), and the public clients of the edge machine's UDP mappings.
 //!
-//! Every payload is accounted for: the eyeball counts what it sent and what came back, the
+//! Every payload is accounted for: the clients count what they sent and what came back, the
 //! connector side counts what it received, forwarded, echoed and queued, the manager counts
 //! its drops by reason, and quinn's frame counters give the datagrams the network lost.
 
@@ -17,7 +17,7 @@ use burrow_core::edge::{Event, Input};
 use burrow_core::icmp::FunnelId;
 use burrow_core::session::edge::{MappingId, SessionChange, SessionEnd, SessionEvent};
 use burrow_core::session::{SessionId, UdpFlowId, HEADROOM, ORIGIN_READ, TAILROOM};
-use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint};
+use burrow_core::tunnel::edge::ConnId;
 use bytes::BytesMut;
 
 use crate::clock::VirtualTime;
@@ -74,8 +74,8 @@ pub struct OriginNet {
     last_io: HashMap<(usize, UdpFlowId), VirtualTime>,
     /// For every socket closed: how long it had been quiet.
     quiet_at_close: Vec<(UdpFlowId, Duration)>,
-    /// For every socket closed: its destination and when it closed.
-    closed: Vec<(SocketAddr, VirtualTime)>,
+    /// For every socket closed: its connector, its destination and when it closed.
+    closed: Vec<(usize, SocketAddr, VirtualTime)>,
     /// The read buffer handed to the connector (what a driver keeps between reads).
     pub buf: BytesMut,
 }
@@ -148,13 +148,17 @@ impl OriginNet {
         &self.quiet_at_close
     }
 
-    /// Every origin socket closed so far: its destination, when it closed and how long it had
-    /// carried nothing then.
-    pub fn closed(&self) -> impl Iterator<Item = (SocketAddr, VirtualTime, Duration)> + '_ {
+    /// Every origin socket connector `who` closed so far: its destination, when it closed and
+    /// how long it had carried nothing then.
+    pub fn closed_by(
+        &self,
+        who: usize,
+    ) -> impl Iterator<Item = (SocketAddr, VirtualTime, Duration)> + '_ {
         self.closed
             .iter()
             .zip(&self.quiet_at_close)
-            .map(|(&(dest, at), &(_, quiet))| (dest, at, quiet))
+            .filter(move |((n, ..), _)| *n == who)
+            .map(|(&(_, dest, at), &(_, quiet))| (dest, at, quiet))
     }
 
     /// The last time any open session socket carried a payload (or opened).
@@ -209,7 +213,7 @@ impl OriginNet {
             let at = self.last_io.remove(&(who, flow)).unwrap_or(now);
             let quiet = now.since_start() - at.since_start();
             self.quiet_at_close.push((flow, quiet));
-            self.closed.push((dest, now));
+            self.closed.push((who, dest, now));
         }
     }
 
@@ -309,274 +313,6 @@ impl OriginNet {
     }
 }
 
-/// One eyeball flow at the edge.
-#[derive(Debug, Clone)]
-pub struct EyeSession {
-    /// Its RequestID.
-    pub id: SessionId,
-    /// Origin it asks for.
-    pub dest: SocketAddr,
-    /// The connection it is registered on.
-    pub conn: ConnId,
-    /// Idle hint sent.
-    pub idle_secs: u16,
-    /// The connector answered OK.
-    pub registered: bool,
-    /// The connector refused (response code).
-    pub refused: Option<v3::ResponseCode>,
-    /// Registration datagrams sent.
-    pub registrations: u32,
-    /// Payloads sent.
-    pub sent: u32,
-    /// Echoes received.
-    pub echoed: u32,
-    /// When its last payload was queued at the edge.
-    pub last_sent: Option<VirtualTime>,
-    /// The one timer that counts; older entries in the queue are stale.
-    due: VirtualTime,
-}
-
-/// What the eyeball counted.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct EyeStats {
-    /// Payloads queued at the edge (in payload datagrams or bundled).
-    pub payloads_sent: u64,
-    /// Of those, bundled in a registration.
-    pub bundled: u64,
-    /// Datagrams of any type queued at the edge.
-    pub datagrams_sent: u64,
-    /// Datagrams of any type received at the edge.
-    pub datagrams_in: u64,
-    /// Registration datagrams queued.
-    pub registrations_sent: u64,
-    /// Registration responses received.
-    pub responses_in: u64,
-    /// Echoes received with the right content.
-    pub echoes: u64,
-    /// Datagrams the edge refused to queue.
-    pub send_refused: u64,
-    /// Received datagrams that matched nothing (a bug if non-zero).
-    pub strays: u64,
-}
-
-/// An eyeball that registers v3 sessions and pings through them.
-pub struct Eyeball {
-    /// Its flows.
-    pub sessions: Vec<EyeSession>,
-    by_id: HashMap<SessionId, usize>,
-    /// Payloads per session.
-    pub per_session: u32,
-    /// Time between a session's payloads.
-    pub interval: Duration,
-    /// Re-send a registration not answered within this.
-    pub retry: Duration,
-    /// Send a bundled payload with the first registration.
-    pub bundle: bool,
-    /// Next action per session.
-    timers: BinaryHeap<Reverse<(VirtualTime, usize)>>,
-    /// Counters.
-    pub stats: EyeStats,
-    /// When the last registration datagram was queued: a retried registration restarts its
-    /// session's idle timer (cloudflared's `handleSessionAlreadyRegistered` and `Migrate`),
-    /// so a session's quiet time runs from this as well as from its socket's last packet.
-    pub last_registration: Option<VirtualTime>,
-}
-
-impl Eyeball {
-    /// Sessions to `dests` (one each), registered on `conns` in turn (as the edge spreads
-    /// eyeballs over a tunnel's connections) starting at `start`, spread over `spread` so they
-    /// do not all go in one burst.
-    pub fn new(
-        ids: impl Iterator<Item = u128>,
-        dests: &[SocketAddr],
-        conns: &[ConnId],
-        start: VirtualTime,
-        spread: Duration,
-        idle_secs: u16,
-    ) -> Self {
-        let mut e = Self {
-            sessions: Vec::new(),
-            by_id: HashMap::new(),
-            per_session: 4,
-            interval: Duration::from_millis(200),
-            retry: Duration::from_millis(500),
-            bundle: true,
-            timers: BinaryHeap::new(),
-            stats: EyeStats::default(),
-            last_registration: None,
-        };
-        let n = dests.len().max(1) as u32;
-        for (i, (id, dest)) in ids.zip(dests).enumerate() {
-            let id = SessionId(id);
-            e.by_id.insert(id, i);
-            e.sessions.push(EyeSession {
-                id,
-                dest: *dest,
-                conn: conns[i % conns.len()],
-                idle_secs,
-                registered: false,
-                refused: None,
-                registrations: 0,
-                sent: 0,
-                echoed: 0,
-                last_sent: None,
-                due: start + spread / n * i as u32,
-            });
-            e.timers.push(Reverse((start + spread / n * i as u32, i)));
-        }
-        e
-    }
-
-    /// The next time the eyeball wants to act.
-    pub fn next_wakeup(&self) -> Option<VirtualTime> {
-        self.timers.peek().map(|Reverse((t, _))| *t)
-    }
-
-    /// Moves every session of `from` to `to`, to register there (what the edge does when a
-    /// connection dies): each one when its next payload is due, as the edge re-registers a
-    /// flow when its eyeball next sends, not all of them in one burst.
-    pub fn move_sessions(&mut self, from: ConnId, to: ConnId) {
-        for s in &mut self.sessions {
-            if s.conn == from {
-                s.conn = to;
-                if s.refused.is_none() {
-                    s.registered = false;
-                }
-            }
-        }
-    }
-
-    /// Takes what arrived and sends what is due.
-    pub fn tick(&mut self, now: VirtualTime, edge: &mut EdgeEndpoint) {
-        while let Some((_, d)) = edge.poll_datagram() {
-            self.stats.datagrams_in += 1;
-            self.receive(now, &d);
-        }
-        while let Some(&Reverse((t, i))) = self.timers.peek() {
-            if t > now {
-                break;
-            }
-            self.timers.pop();
-            if self.sessions[i].due == t {
-                self.act(now, i, edge);
-            }
-        }
-    }
-
-    /// Takes one datagram the edge received for this eyeball (when the caller polls the edge
-    /// itself, to share its datagrams out).
-    pub fn take_datagram(&mut self, now: VirtualTime, d: &[u8]) {
-        self.stats.datagrams_in += 1;
-        self.receive(now, d);
-    }
-
-    fn receive(&mut self, now: VirtualTime, d: &[u8]) {
-        match v3::decode(d) {
-            Ok(v3::Datagram::RegistrationResponse(r)) => {
-                self.stats.responses_in += 1;
-                let Some(&i) = self.by_id.get(&r.request_id) else {
-                    self.stats.strays += 1;
-                    return;
-                };
-                let s = &mut self.sessions[i];
-                if r.code == v3::ResponseCode::Ok {
-                    if !s.registered {
-                        s.registered = true;
-                        s.due = now;
-                        self.timers.push(Reverse((now, i)));
-                    }
-                } else {
-                    s.refused = Some(r.code);
-                }
-            }
-            Ok(v3::Datagram::Payload(p)) => {
-                let Some(&i) = self.by_id.get(&p.request_id) else {
-                    self.stats.strays += 1;
-                    return;
-                };
-                if p.payload.starts_with(&p.request_id.0.to_be_bytes()) {
-                    self.sessions[i].echoed += 1;
-                    self.stats.echoes += 1;
-                } else {
-                    self.stats.strays += 1;
-                }
-            }
-            _ => self.stats.strays += 1,
-        }
-    }
-
-    fn payload_bytes(id: SessionId, seq: u32) -> Vec<u8> {
-        let mut p = id.0.to_be_bytes().to_vec();
-        p.extend_from_slice(&seq.to_be_bytes());
-        p.resize(64 + (seq as usize % 4) * 100, 0xa5);
-        p
-    }
-
-    fn act(&mut self, now: VirtualTime, i: usize, edge: &mut EdgeEndpoint) {
-        let s = &mut self.sessions[i];
-        if s.refused.is_some() {
-            return;
-        }
-        if !s.registered {
-            // Bundle the first payload with the first registration only: a retry must not
-            // deliver it twice.
-            let first = (self.bundle && s.registrations == 0 && s.sent == 0)
-                .then(|| Self::payload_bytes(s.id, 0));
-            let r = v3::Registration {
-                request_id: s.id,
-                dest: s.dest,
-                traced: false,
-                idle_hint_secs: s.idle_secs,
-                payload: first.as_deref().unwrap_or(&[]),
-            };
-            let mut out = vec![0; r.encoded_len()];
-            if r.encode(&mut out).is_ok() {
-                match edge.send_datagram(s.conn, out.into()) {
-                    Ok(()) => {
-                        self.last_registration = Some(now);
-                        s.registrations += 1;
-                        self.stats.datagrams_sent += 1;
-                        self.stats.registrations_sent += 1;
-                        if first.is_some() {
-                            s.last_sent = Some(now);
-                            s.sent += 1;
-                            self.stats.payloads_sent += 1;
-                            self.stats.bundled += 1;
-                        }
-                    }
-                    Err(_) => self.stats.send_refused += 1,
-                }
-            }
-            s.due = now + self.retry;
-            self.timers.push(Reverse((s.due, i)));
-            return;
-        }
-        if s.sent >= self.per_session {
-            return;
-        }
-        let body = Self::payload_bytes(s.id, s.sent);
-        let p = v3::Payload {
-            request_id: s.id,
-            payload: &body,
-        };
-        let mut out = vec![0; p.encoded_len()];
-        if p.encode(&mut out).is_ok() {
-            match edge.send_datagram(s.conn, out.into()) {
-                Ok(()) => {
-                    s.last_sent = Some(now);
-                    s.sent += 1;
-                    self.stats.payloads_sent += 1;
-                    self.stats.datagrams_sent += 1;
-                }
-                Err(_) => self.stats.send_refused += 1,
-            }
-        }
-        let s = &mut self.sessions[i];
-        s.due = now + self.interval;
-        self.timers.push(Reverse((s.due, i)));
-    }
-}
-
 /// One public client of the edge machine's UDP mappings (`burrow edge --udp-map`): a socket
 /// that sends payloads to a mapping's port and takes what comes back. What the edge did with
 /// its flow comes from the edge's session events.
@@ -645,6 +381,9 @@ pub struct UdpClients {
     pub per_client: u32,
     /// Time between a client's payloads.
     pub interval: Duration,
+    /// More payloads a client that has heard nothing back sends after its `per_client`, as a
+    /// resolver retries until it is answered.
+    pub retries: u32,
     timers: BinaryHeap<Reverse<(VirtualTime, usize)>>,
     /// Counters.
     pub stats: ClientStats,
@@ -661,6 +400,7 @@ impl UdpClients {
             by_addr: HashMap::new(),
             per_client: 4,
             interval: Duration::from_millis(200),
+            retries: 0,
             timers: BinaryHeap::new(),
             stats: ClientStats::default(),
             bad: Vec::new(),
@@ -700,7 +440,16 @@ impl UdpClients {
 
     /// Clients whose traffic is over.
     pub fn done(&self) -> bool {
-        self.clients.iter().all(|c| c.sent >= self.per_client)
+        self.clients.iter().all(|c| c.sent >= self.quota(c))
+    }
+
+    /// What a client sends in all: its `per_client`, and its retries while it has heard
+    /// nothing.
+    fn quota(&self, c: &UdpClient) -> u32 {
+        match c.echoed {
+            0 => self.per_client.saturating_add(self.retries),
+            _ => self.per_client,
+        }
     }
 
     /// The payload a client sends: its index, the sequence number, padding.
@@ -722,8 +471,9 @@ impl UdpClients {
                 break;
             }
             self.timers.pop();
+            let quota = self.quota(&self.clients[i]);
             let c = &mut self.clients[i];
-            if c.due != t || c.sent >= self.per_client {
+            if c.due != t || c.sent >= quota {
                 continue;
             }
             let payload = Self::payload(i, c.sent);

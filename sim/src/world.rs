@@ -8,9 +8,7 @@
 //! I/O on the simulated network, origins and origin network. The edge is the real [`Edge`]
 //! that `burrow edge` runs (authentication, routing, eyeball streams and their credit), fed
 //! and drained as burrow-tokio's edge loop does (its UDP/ICMP mappings serve the datagram
-//! scenarios' public clients); only `udp-v2-and-v3`, whose eyeballs speak datagram v2 and v2's
-//! session calls to a connection themselves, runs a bare [`EdgeEndpoint`]
-//! ([`EdgeNode::Endpoint`]).
+//! scenarios' public clients).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fmt::Debug;
@@ -19,12 +17,11 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use burrow_core::connector::{Connector, Event, Input, Io, Output};
-use burrow_core::control::{ConnectionDetails, Registration, RegistrationError};
 use burrow_core::datagram::LinkId;
 use burrow_core::edge::auth::TunnelAuth;
 use burrow_core::edge::{self, Edge, EyeballId, StreamEvent};
 use burrow_core::session::edge::MappingId;
-use burrow_core::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
+use burrow_core::tunnel::edge::ConnId;
 use burrow_core::tunnel::udp::DatagramHub;
 use burrow_core::tunnel::Received;
 use fnv::FnvHasher;
@@ -49,21 +46,12 @@ pub enum Happening {
     Edge(edge::Event),
     /// The edge machine told an eyeball stream what happened to it.
     Stream(EyeballId, StreamEvent),
-    /// The bare edge endpoint ([`EdgeNode::Endpoint`]) reported an event.
-    Endpoint(EdgeEvent),
     /// Connector process `index` reported an event.
     Connector(usize, Event),
 }
 
-/// The edge process.
-pub enum EdgeNode {
-    /// The machine `burrow edge` runs.
-    Machine(Box<Edge<TunnelAuth>>),
-    /// A bare QUIC endpoint whose registrations `registrar` answers, for `udp-v2-and-v3`'s
-    /// eyeballs (not yet moved onto the machine's sessions, which serve public UDP/ICMP
-    /// mappings over either datagram version).
-    Endpoint(Box<EdgeEndpoint>, Box<Registrar>),
-}
+/// The edge process: the machine `burrow edge` runs.
+pub type EdgeNode = Box<Edge<TunnelAuth>>;
 
 /// Every event with its virtual time, hashed as it is recorded so a run has one fingerprint.
 pub struct Trace {
@@ -218,7 +206,6 @@ pub struct World {
     pub to_clients: VecDeque<ToClient>,
     /// The next eyeball stream's name.
     next_eyeball: u64,
-    buf: Vec<u8>,
     stalled_steps: u32,
 }
 
@@ -232,9 +219,6 @@ pub struct ToClient {
     /// UDP payload, or an IP packet for an ICMP mapping.
     pub payload: Vec<u8>,
 }
-
-/// How a bare edge endpoint answers a registration on a connection.
-pub type Registrar = dyn Fn(ConnId, &Registration) -> Result<ConnectionDetails, RegistrationError>;
 
 /// What one step did.
 #[derive(Debug)]
@@ -267,7 +251,6 @@ impl World {
             inbox: VecDeque::new(),
             to_clients: VecDeque::new(),
             next_eyeball: 0,
-            buf: Vec::with_capacity(2048),
             stalled_steps: 0,
         };
         w.set_edge(Some(edge));
@@ -281,7 +264,7 @@ impl World {
         // The old process's TCP connections die with it.
         self.tcp.edge_stopped(self.now, &mut self.net);
         let now = self.instant();
-        if let Some(EdgeNode::Machine(m)) = &mut self.edge {
+        if let Some(m) = &mut self.edge {
             m.handle_input(
                 now,
                 edge::Input::QuicSocket {
@@ -291,10 +274,10 @@ impl World {
         }
     }
 
-    /// The edge machine, while it runs (not for [`EdgeNode::Endpoint`] worlds).
+    /// The edge machine, while it runs.
     pub fn edge(&self) -> Option<&Edge<TunnelAuth>> {
         match &self.edge {
-            Some(EdgeNode::Machine(m)) => Some(m),
+            Some(m) => Some(m),
             _ => None,
         }
     }
@@ -302,7 +285,7 @@ impl World {
     /// The edge machine, while it runs, to drive or to ask what needs `&mut`.
     pub fn edge_mut(&mut self) -> Option<&mut Edge<TunnelAuth>> {
         match &mut self.edge {
-            Some(EdgeNode::Machine(m)) => Some(m),
+            Some(m) => Some(m),
             _ => None,
         }
     }
@@ -312,7 +295,7 @@ impl World {
     pub fn edge_input(&mut self, input: edge::Input<'_>) -> bool {
         let now = self.instant();
         match &mut self.edge {
-            Some(EdgeNode::Machine(m)) => {
+            Some(m) => {
                 m.handle_input(now, input);
                 true
             }
@@ -326,27 +309,10 @@ impl World {
         EyeballId(self.next_eyeball)
     }
 
-    /// The bare edge endpoint, in the datagram scenarios' worlds.
-    pub fn endpoint(&mut self) -> Option<&mut EdgeEndpoint> {
-        match &mut self.edge {
-            Some(EdgeNode::Endpoint(e, _)) => Some(e),
-            _ => None,
-        }
-    }
-
-    /// The bare edge endpoint, to read.
-    pub fn endpoint_ref(&self) -> Option<&EdgeEndpoint> {
-        match &self.edge {
-            Some(EdgeNode::Endpoint(e, _)) => Some(e),
-            _ => None,
-        }
-    }
-
     /// Whether the edge holds connection `conn` open.
     pub fn edge_has(&self, conn: ConnId) -> bool {
         match &self.edge {
-            Some(EdgeNode::Machine(m)) => m.is_open(conn),
-            Some(EdgeNode::Endpoint(e, _)) => e.is_open(conn),
+            Some(m) => m.is_open(conn),
             None => false,
         }
     }
@@ -555,7 +521,7 @@ impl World {
             }
             if let Some(conn) = self.tcp.edge_end(id) {
                 let now = self.instant();
-                let Some(EdgeNode::Machine(m)) = &mut self.edge else {
+                let Some(m) = &mut self.edge else {
                     continue;
                 };
                 while m.tcp_wants_read(conn) {
@@ -585,7 +551,7 @@ impl World {
             match e {
                 TcpEvent::Syn(id) => {
                     let conn = match &mut self.edge {
-                        Some(EdgeNode::Machine(m)) => m.accept_tcp(now).ok(),
+                        Some(m) => m.accept_tcp(now).ok(),
                         // A bare QUIC endpoint listens on no TCP port; no edge, no listener.
                         _ => None,
                     };
@@ -636,7 +602,6 @@ impl World {
             pending,
             inbox,
             to_clients,
-            buf,
             edge_addrs,
             tcp,
             ..
@@ -650,76 +615,57 @@ impl World {
                 net.send(vnow, from, destination, d.to_vec());
             }
         };
-        match edge {
-            Some(EdgeNode::Machine(m)) => loop {
-                let mut written = None;
-                match m.poll_output(now) {
-                    edge::Output::Timeout(d) => {
-                        *edge_deadline = d;
-                        break;
-                    }
-                    edge::Output::Transmit { transmit, data } => {
-                        send(net, transmit.destination, &mut transmit.datagrams(data))
-                    }
-                    edge::Output::Io(edge::Io::Stream { id, event }) => {
-                        inbox.push_back((id, event.clone()));
-                        pending.push(Happening::Stream(id, event));
-                    }
-                    edge::Output::Io(edge::Io::WriteTcp { conn, data }) => {
-                        let len = data.len();
-                        if tcp
-                            .of_edge(conn)
-                            .is_none_or(|id| tcp.write(vnow, net, id, End::Edge, data))
-                        {
-                            written = Some((conn, len));
-                        }
-                    }
-                    edge::Output::Io(edge::Io::CloseTcp { conn }) => {
-                        if let Some(id) = tcp.of_edge(conn) {
-                            tcp.close(vnow, net, id, End::Edge);
-                        }
-                    }
-                    edge::Output::Io(edge::Io::SendToClient {
-                        mapping,
-                        client,
-                        payload,
-                    }) => to_clients.push_back(ToClient {
-                        mapping,
-                        client,
-                        payload: payload.to_vec(),
-                    }),
-                    edge::Output::Event(e) => {
-                        if let edge::Event::Registered {
-                            conn, connection, ..
-                        } = &e
-                        {
-                            edge_conns.insert(*connection, *conn);
-                        }
-                        pending.push(Happening::Edge(e));
+        let Some(m) = edge else { return };
+        loop {
+            let mut written = None;
+            match m.poll_output(now) {
+                edge::Output::Timeout(d) => {
+                    *edge_deadline = d;
+                    break;
+                }
+                edge::Output::Transmit { transmit, data } => {
+                    send(net, transmit.destination, &mut transmit.datagrams(data))
+                }
+                edge::Output::Io(edge::Io::Stream { id, event }) => {
+                    inbox.push_back((id, event.clone()));
+                    pending.push(Happening::Stream(id, event));
+                }
+                edge::Output::Io(edge::Io::WriteTcp { conn, data }) => {
+                    let len = data.len();
+                    if tcp
+                        .of_edge(conn)
+                        .is_none_or(|id| tcp.write(vnow, net, id, End::Edge, data))
+                    {
+                        written = Some((conn, len));
                     }
                 }
-                if let Some((conn, len)) = written {
-                    m.handle_input(now, edge::Input::TcpWritten { conn, len });
-                }
-            },
-            Some(EdgeNode::Endpoint(e, registrar)) => {
-                while let Some(t) = e.poll_transmit(now, GSO_SEGMENTS, buf) {
-                    send(net, t.destination, &mut t.datagrams(buf));
-                }
-                while let Some(ev) = e.poll_event() {
-                    if let EdgeEvent::RegisterRequested { conn, registration } = &ev {
-                        let answer = registrar(*conn, registration);
-                        if let Ok(details) = &answer {
-                            edge_conns.insert(details.uuid, *conn);
-                        }
-                        // The connection may have gone meanwhile.
-                        let _ = e.respond_registration(now, *conn, answer);
+                edge::Output::Io(edge::Io::CloseTcp { conn }) => {
+                    if let Some(id) = tcp.of_edge(conn) {
+                        tcp.close(vnow, net, id, End::Edge);
                     }
-                    // Answers go out with the next flush.
-                    pending.push(Happening::Endpoint(ev));
+                }
+                edge::Output::Io(edge::Io::SendToClient {
+                    mapping,
+                    client,
+                    payload,
+                }) => to_clients.push_back(ToClient {
+                    mapping,
+                    client,
+                    payload: payload.to_vec(),
+                }),
+                edge::Output::Event(e) => {
+                    if let edge::Event::Registered {
+                        conn, connection, ..
+                    } = &e
+                    {
+                        edge_conns.insert(*connection, *conn);
+                    }
+                    pending.push(Happening::Edge(e));
                 }
             }
-            None => {}
+            if let Some((conn, len)) = written {
+                m.handle_input(now, edge::Input::TcpWritten { conn, len });
+            }
         }
     }
 
@@ -763,10 +709,8 @@ impl World {
                 next = Some(next.map_or(t, |n| n.min(t)));
             }
         };
-        match &mut self.edge {
-            Some(EdgeNode::Machine(_)) => consider(self.edge_deadline),
-            Some(EdgeNode::Endpoint(e, _)) => consider(e.poll_timeout()),
-            None => {}
+        if self.edge.is_some() {
+            consider(self.edge_deadline);
         }
         for node in &self.connectors {
             consider(node.deadline);
@@ -794,13 +738,11 @@ impl World {
         let now = self.instant();
         while let Some(p) = self.net.poll_arrival(self.now) {
             if self.edge_addrs.contains(&p.to) {
-                match &mut self.edge {
-                    Some(EdgeNode::Machine(m)) => m.handle_input(
+                if let Some(m) = &mut self.edge {
+                    m.handle_input(
                         now,
                         edge::Input::Received(Received::single(p.from, &p.data)),
-                    ),
-                    Some(EdgeNode::Endpoint(e, _)) => e.handle_datagram(now, p.from, &p.data),
-                    None => {}
+                    );
                 }
                 continue;
             }
@@ -819,16 +761,9 @@ impl World {
             self.feed(n, Input::Received { index, received });
             self.connectors[n].watch_rtt(index);
         }
-        let due = match &mut self.edge {
-            Some(EdgeNode::Machine(_)) => self.edge_deadline,
-            Some(EdgeNode::Endpoint(e, _)) => e.poll_timeout(),
-            None => None,
-        };
-        if due.is_some_and(|t| t <= now) {
-            match &mut self.edge {
-                Some(EdgeNode::Machine(m)) => m.handle_input(now, edge::Input::Timeout),
-                Some(EdgeNode::Endpoint(e, _)) => e.handle_timeout(now),
-                None => {}
+        if let Some(m) = &mut self.edge {
+            if self.edge_deadline.is_some_and(|t| t <= now) {
+                m.handle_input(now, edge::Input::Timeout);
             }
         }
         for n in 0..self.connectors.len() {

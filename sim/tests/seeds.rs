@@ -142,17 +142,17 @@ const REGRESSIONS: &[(&str, u64, &str)] = &[
     (
         "udp-v2-and-v3",
         5_700_080,
-        "a v2 session idled out mid-traffic (the path starved it for over 3 s) may stay silent",
+        "bare-endpoint days: a v2 session idled out mid-traffic (the path starved it) may stay silent",
     ),
     (
         "udp-v2-and-v3",
         5_700_084,
-        "a v3 session idled out mid-traffic (the path starved it for over 3 s) may stay silent",
+        "bare-endpoint days: a v3 session idled out mid-traffic (the path starved it) may stay silent",
     ),
     (
         "udp-v2-and-v3",
         5_900_476,
-        "a retried v2 registration call may open a session again after it idled out",
+        "every answer to a v3 registration lost while the client sent: a client unheard retries",
     ),
     (
         "udp-migration",

@@ -170,6 +170,9 @@ pub enum Input<'a> {
     },
     /// A funnel's ping socket could not be opened, or reading it failed.
     FunnelFailed(FunnelId),
+    /// A funnel's ping socket did not take an [`Io::SendPing`]: counted as an ICMP drop on
+    /// its connection.
+    PingWriteFailed(FunnelId),
     /// The TCP connection [`Io::DialEdge`] asked for is up, from local address `local`.
     EdgeConnected {
         /// The HTTP/2 connection it carries.
@@ -315,7 +318,8 @@ pub enum Io<'a> {
         /// Local address.
         bind: IpAddr,
     },
-    /// Send an ICMP echo request through a funnel's ping socket.
+    /// Send an ICMP echo request through a funnel's ping socket; a failed send is answered
+    /// [`Input::PingWriteFailed`].
     SendPing {
         /// The funnel.
         funnel: FunnelId,
@@ -540,6 +544,7 @@ impl Connector {
                 message,
             } => self.sup.ping_reply(now, funnel, from, message),
             Input::FunnelFailed(funnel) => self.sup.handle_funnel_failed(funnel),
+            Input::PingWriteFailed(funnel) => self.sup.handle_ping_write_failed(funnel),
             Input::EdgeConnected { link, local } => {
                 self.sup.handle_edge_connected(now, link, local)
             }

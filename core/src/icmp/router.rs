@@ -520,6 +520,11 @@ impl IcmpRouter {
         }
     }
 
+    /// The connection `funnel`'s replies go to, if it is live and bound.
+    pub fn link_of(&self, funnel: FunnelId) -> Option<LinkId> {
+        self.lookup(funnel)?.1.link
+    }
+
     /// `link` is gone. Its funnels stay open, so that a request re-sent over another link can
     /// re-bind them with their sockets, but their replies are dropped
     /// ([`RouteError::LinkClosed`]) and, without such a request, they close at idle expiry.

@@ -26,7 +26,7 @@ use crate::rpc::session::{
     UnregisterUdpSession, UnregisterUdpSessionRequest,
 };
 use crate::rpc::{BootstrapServer, Inbox};
-use crate::session::{DatagramVersion, SessionId};
+use crate::session::{DatagramVersion, SessionId, SessionMethod};
 
 /// cloudflared's answer to `registerUdpSession` on a datagram-v3 connection (in `result.err`).
 pub const V3_REFUSES_REGISTER: &str = "datagram v3 does not support RegisterUdpSession RPC";
@@ -55,7 +55,7 @@ pub enum RpcStreamEvent {
         config: Vec<u8>,
     },
     /// The edge asked for a datagram-v2 session method on a v3 connection; refused.
-    SessionMethodRefused(&'static str),
+    SessionMethodRefused(SessionMethod),
     /// The edge asks for a datagram-v2 session (validated: 16-byte id, 4- or 16-byte address,
     /// IPv4-mapped read as IPv4); answer with [`RpcStreamServer::respond_register_udp_session`].
     RegisterUdpSession {
@@ -271,12 +271,14 @@ impl Serving {
             });
         } else if call.is::<RegisterUdpSession>() && v2 == Some(false) {
             self.register_answer(q, V3_REFUSES_REGISTER)?;
-            self.events
-                .push_back(RpcStreamEvent::SessionMethodRefused("registerUdpSession"));
+            self.events.push_back(RpcStreamEvent::SessionMethodRefused(
+                SessionMethod::Register,
+            ));
         } else if call.is::<UnregisterUdpSession>() && v2 == Some(false) {
             self.refuse(q, ExceptionType::Failed, V3_REFUSES_UNREGISTER)?;
-            self.events
-                .push_back(RpcStreamEvent::SessionMethodRefused("unregisterUdpSession"));
+            self.events.push_back(RpcStreamEvent::SessionMethodRefused(
+                SessionMethod::Unregister,
+            ));
         } else if call.is::<RegisterUdpSession>() && v2 == Some(true) {
             self.on_register(q, &call)?;
         } else if call.is::<UnregisterUdpSession>() {

@@ -16,7 +16,7 @@ use crate::rpc::method::{Empty, Method};
 use crate::rpc::session::{
     self, RegisterUdpSessionRequest, RegisterUdpSessionResponse, UnregisterUdpSessionRequest,
 };
-use crate::session::{DatagramVersion, SessionId};
+use crate::session::{DatagramVersion, SessionId, SessionMethod};
 use crate::stream::preamble::RPC_STREAM_SIGNATURE;
 
 const ID: SessionId = SessionId(0x0123_4567_89ab_cdef_fedc_ba98_7654_3210);
@@ -170,7 +170,9 @@ fn v3_connection_refuses_session_calls_with_cloudflareds_texts() {
     );
     assert_eq!(
         events,
-        vec![RpcStreamEvent::SessionMethodRefused("registerUdpSession")]
+        vec![RpcStreamEvent::SessionMethodRefused(
+            SessionMethod::Register
+        )]
     );
 
     let mut s = RpcStreamServer::connector(DatagramVersion::V3);
@@ -182,7 +184,9 @@ fn v3_connection_refuses_session_calls_with_cloudflareds_texts() {
     );
     assert_eq!(
         events,
-        vec![RpcStreamEvent::SessionMethodRefused("unregisterUdpSession")]
+        vec![RpcStreamEvent::SessionMethodRefused(
+            SessionMethod::Unregister
+        )]
     );
     assert!(s.is_settled());
 }

@@ -230,6 +230,28 @@ impl DropReason {
     }
 }
 
+/// A datagram-v2 session call of the edge's, which a v3 connection refuses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SessionMethod {
+    /// `registerUdpSession`.
+    Register,
+    /// `unregisterUdpSession`.
+    Unregister,
+}
+
+impl SessionMethod {
+    /// Every method, for metrics.
+    pub const ALL: [SessionMethod; 2] = [Self::Register, Self::Unregister];
+
+    /// The metric label (cloudflared's `command`).
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Register => "register_udp_session",
+            Self::Unregister => "unregister_udp_session",
+        }
+    }
+}
+
 /// Counters, named after cloudflared's metrics where it has them.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct SessionStats {
@@ -254,6 +276,9 @@ pub struct SessionStats {
     /// Dropped datagrams and payloads, by [`DropReason::ALL`] order (those of every index,
     /// and those no connection can be named for).
     pub dropped: [u64; DropReason::ALL.len()],
+    /// ICMP packets from the edge not proxied (those of every index, and those of a link
+    /// gone).
+    pub icmp_dropped: u64,
 }
 
 impl SessionStats {
@@ -282,6 +307,12 @@ pub struct IndexStats {
     /// Dropped datagrams and payloads by [`DropReason::ALL`] order
     /// (`udp_dropped_datagrams{conn_index,reason}`).
     pub dropped: [u64; DropReason::ALL.len()],
+    /// ICMP packets from the edge that were not proxied: not decoded, refused by the router,
+    /// or not written to a ping socket (`icmp_dropped_packets{conn_index,reason="write_failed"}`).
+    pub icmp_dropped: u64,
+    /// Datagram-v2 session calls refused on a v3 connection, by [`SessionMethod::ALL`] order
+    /// (`udp_unsupported_remote_command_total{conn_index,command}`).
+    pub unsupported: [u64; SessionMethod::ALL.len()],
 }
 
 impl IndexStats {
@@ -888,6 +919,21 @@ impl SessionManager {
     pub fn count(&mut self, link: Option<LinkId>, reason: DropReason) -> DropReason {
         let index = link.and_then(|l| self.indexes.get(&l).copied());
         self.count_at(index, reason)
+    }
+
+    /// An ICMP packet that came in on `link` was not proxied: counted on its index.
+    pub fn count_icmp_dropped(&mut self, link: Option<LinkId>) {
+        if let Some(at) = self.at_link(link) {
+            at.icmp_dropped += 1;
+        }
+        self.stats.icmp_dropped += 1;
+    }
+
+    /// The edge called `method` on `link`, a v3 connection, which refused it.
+    pub fn count_unsupported(&mut self, link: LinkId, method: SessionMethod) {
+        if let Some(at) = self.at_link(Some(link)) {
+            at.unsupported[method as usize] += 1;
+        }
     }
 
     /// The origin socket of `flow` did not take a payload: counted on the index its

@@ -39,7 +39,7 @@ use crate::control::{ApiError, CallFailure, ConnectionDetails, Registration, Reg
 use crate::rpc_stream::client::{RpcCallOutcome, RpcStreamClient};
 use crate::rpc_stream::server::{RpcStreamEvent, RpcStreamServer};
 use crate::rpc_stream::ConfigUpdateResult;
-use crate::session::{DatagramVersion, SessionId};
+use crate::session::{DatagramVersion, SessionId, SessionMethod};
 use crate::stream::preamble::{self, StreamKind};
 
 /// What a connector connection needs to know.
@@ -117,6 +117,9 @@ pub enum ConnectorEvent {
         /// `closeAfterIdleHint` in nanoseconds (0 or below: the default).
         idle_hint_nanos: i64,
     },
+    /// The edge called a datagram-v2 session method on this v3 connection; it was refused
+    /// (already answered), as cloudflared refuses it.
+    SessionMethodRefused(SessionMethod),
     /// The edge ended a datagram-v2 UDP session (already acknowledged); close it without
     /// telling the edge back.
     UdpSessionUnregistered {
@@ -771,7 +774,9 @@ impl ConnectorConnection {
                         });
                     }
                     RpcStreamEvent::SessionMethodRefused(method) => {
-                        debug!(stream = %id, method, "refused a datagram-v2 session call");
+                        debug!(stream = %id, method = method.label(), "refused a datagram-v2 session call");
+                        self.events
+                            .push_back(ConnectorEvent::SessionMethodRefused(method));
                     }
                     RpcStreamEvent::RegisterUdpSession {
                         id: session,

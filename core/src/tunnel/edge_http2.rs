@@ -286,7 +286,8 @@ impl Http2Edge {
         if c.closed {
             return Err(ApiError::Closed);
         }
-        if !c.registered() {
+        // Unregistered: the connector drains (GOAWAY) and takes no new streams.
+        if !c.registered() || c.unregistered {
             return Err(ApiError::NotRegistered("a request"));
         }
         let (kind, head) = request_head(request).map_err(|e| ApiError::Encode(e.to_string()))?;
@@ -605,3 +606,7 @@ fn flush_control(c: &mut Conn) {
         ctl.unsent.drain(..n);
     }
 }
+
+#[cfg(test)]
+#[path = "edge_http2_tests.rs"]
+mod tests;

@@ -19,7 +19,7 @@ use tracing::debug;
 
 use super::connector::ConnectorConnection;
 use crate::datagram::{v2, v3, LinkId};
-use crate::icmp::{FunnelId, IcmpRouter, RouteErrorKind, RouterAction, Verdict};
+use crate::icmp::{FunnelId, IcmpRouter, RouterAction, Verdict};
 use crate::session::{
     DatagramVersion, DropReason, Inbound, SessionAction, SessionManager, UdpFlowId,
 };
@@ -69,8 +69,6 @@ pub struct HubStats {
     /// Datagrams queued on connections (payloads, ICMP, registration responses); those a
     /// connection refused are the manager's [`DropReason::SendRefused`].
     pub datagrams_out: u64,
-    /// ICMP packets refused by the router because the edge sent something we do not proxy.
-    pub icmp_refused: u64,
     /// Origin or ping-socket packets that could not be framed (counted by reason elsewhere).
     pub origin_dropped: u64,
 }
@@ -247,10 +245,9 @@ impl DatagramHub {
                 true
             }
             Err(e) => {
-                if e.kind() == RouteErrorKind::Peer {
-                    self.stats.icmp_refused += 1;
-                }
-                debug!(%link, error = %e, "ICMP packet not proxied");
+                // cloudflared counts every packet its router does not take as `write_failed`.
+                self.sessions.count_icmp_dropped(Some(link));
+                debug!(%link, error = %e, kind = ?e.kind(), "ICMP packet not proxied");
                 false
             }
         }
@@ -311,6 +308,13 @@ impl DatagramHub {
                 debug!(%funnel, error = %e, "ping reply dropped");
             }
         }
+    }
+
+    /// `funnel`'s ping socket did not take an echo request: counted on the index of the
+    /// connection it came in on.
+    pub fn ping_write_failed(&mut self, funnel: FunnelId) {
+        let link = self.icmp.link_of(funnel);
+        self.sessions.count_icmp_dropped(link);
     }
 
     /// Lets idle sessions and funnels end.

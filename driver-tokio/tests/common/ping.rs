@@ -178,3 +178,40 @@ pub fn ping_both(map: SocketAddr, v6: bool) {
         ping_family(&sock, client.into(), Ipv6Addr::LOCALHOST.into());
     }
 }
+
+/// Sends echo requests through the mapping at `map` that the connector cannot proxy: two
+/// with code 1 (its router refuses them, as ping sockets send code 0 only) and one to the
+/// IPv4 broadcast address (its ping socket refuses to send it). None is answered, and
+/// `/metrics` at `metrics` counts the three as
+/// `cloudflared_icmp_dropped_packets{conn_index="0",reason="write_failed"}`, cloudflared's
+/// reason for every ICMP packet it does not get to the origin.
+pub fn check_icmp_drops_counted(map: SocketAddr, metrics: SocketAddr) {
+    let sock = UdpSocket::bind("127.0.0.1:0").expect("client");
+    sock.connect(map).expect("connect");
+    let client = Ipv4Addr::new(10, 0, 0, 2).into();
+    for seq in 0..2 {
+        let mut coded = echo_request(client, Ipv4Addr::LOCALHOST.into(), 64, 7, seq, b"code");
+        coded[21] = 1;
+        coded[22..24].fill(0);
+        let c = checksum(0, &coded[20..]);
+        coded[22..24].copy_from_slice(&c);
+        sock.send(&coded).expect("send");
+    }
+    let broadcast = echo_request(client, Ipv4Addr::BROADCAST.into(), 64, 8, 0, b"all");
+    sock.send(&broadcast).expect("send");
+    sock.set_read_timeout(Some(Duration::from_millis(300)))
+        .expect("timeout");
+    let mut buf = [0u8; 1500];
+    assert!(
+        sock.recv(&mut buf).is_err(),
+        "an unproxied echo was answered"
+    );
+    let line = "cloudflared_icmp_dropped_packets{conn_index=\"0\",reason=\"write_failed\"} 3\n";
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    let mut text = super::client::metrics_text(metrics);
+    while !text.contains(line) && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+        text = super::client::metrics_text(metrics);
+    }
+    assert!(text.contains(line), "{line} missing in\n{text}");
+}

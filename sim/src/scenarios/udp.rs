@@ -24,12 +24,12 @@ use crate::udp::{UdpClients, ECHO_PORT, UNREACHABLE};
 use crate::world::Happening;
 
 /// The mapping whose destination is an echo service.
-const ECHO: MappingId = MappingId(0);
+pub(super) const ECHO: MappingId = MappingId(0);
 /// The mapping whose destination the origin network cannot reach.
 const NOWHERE: MappingId = MappingId(1);
 
 /// The edge's UDP mappings ([`ECHO`], [`NOWHERE`]) with sessions idle after `idle`.
-fn mappings(idle: Duration) -> Mapped {
+pub(super) fn mappings(idle: Duration) -> Mapped {
     Mapped {
         sessions: EdgeSessionsConfig {
             idle_timeout: idle,
@@ -48,7 +48,7 @@ fn mappings(idle: Duration) -> Mapped {
 
 /// The connector's idle timeout of a session the edge times out after `idle` (the hint the
 /// edge sends it).
-fn hint(idle: Duration) -> Duration {
+pub(super) fn hint(idle: Duration) -> Duration {
     idle + Duration::from_secs(IDLE_HINT_MARGIN_SECS)
 }
 
@@ -69,7 +69,7 @@ fn targets(n: usize, unreachable: bool) -> Vec<MappingId> {
 /// the clients (which check it). A served connection that closes is a failure unless
 /// `on_event` takes it, or the network is hostile: then the run stops with the reason in
 /// `s.lost` (and later runs do nothing), for [`degraded`] to check.
-fn run_clients(
+pub(super) fn run_clients(
     s: &mut Setup,
     clients: &mut UdpClients,
     limit: Duration,
@@ -167,7 +167,7 @@ fn drain_client_queues(s: &mut Setup, clients: &mut UdpClients, c: usize) -> Res
 /// second) since the later of that end and the last packet an origin socket carried: the
 /// edge retries a registration until the session ends, and each retry restarts the
 /// connector's timer, as cloudflared's `handleSessionAlreadyRegistered` does.
-fn run_out_sessions(
+pub(super) fn run_out_sessions(
     s: &mut Setup,
     clients: &mut UdpClients,
     edge_idle: Duration,
@@ -207,7 +207,6 @@ pub(super) fn degraded(
     nodes: &[usize],
     idle: Duration,
     strays: u64,
-    last_registration: Option<crate::clock::VirtualTime>,
 ) -> Result<u64, String> {
     let why = s.lost.take().unwrap_or(CloseReason::TimedOut);
     let w = &mut s.world;
@@ -236,7 +235,7 @@ pub(super) fn degraded(
     // An edge machine's sessions end by its own idle timer, and it retries a registration
     // until then (each retry restarts the connector's timer): the connector's timers run
     // from that end at the latest.
-    let mut last_registration = last_registration;
+    let mut last_registration = None;
     if w.edge().is_some() {
         let edge_empty =
             |w: &crate::world::World| w.edge().is_none_or(|e| e.sessions().active_sessions() == 0);
@@ -295,42 +294,51 @@ pub(super) fn degraded(
 /// Checks that every payload the clients sent is accounted for: echoed, or dropped where
 /// something counted it (the edge and the manager by reason, the hub, quinn, or the network
 /// as quinn's frame counters show).
-fn account_clients(s: &Setup, clients: &UdpClients, c: usize) -> Result<String, String> {
+pub(super) fn account_clients(
+    s: &Setup,
+    clients: &UdpClients,
+    nodes: &[usize],
+) -> Result<String, String> {
     let w = &s.world;
     let o = w.udp.stats();
-    let node = &w.connectors[c];
-    let hub = node.hub().stats();
-    let m = node.hub().sessions.stats();
     let edge = w.edge().ok_or("edge down")?;
     let es = edge.sessions().stats();
-    let (mut e_tx, mut e_rx) = (0, 0);
-    for conn in node.history() {
-        if let Some(st) = edge.transports().quic.quic_stats(conn) {
-            e_tx += st.frame_tx.datagram;
-            e_rx += st.frame_rx.datagram;
+    // Per connector process: datagrams lost on the way, by quinn's own count of frames sent
+    // and received, plus those the connector's receive buffer shed; what its datagram plane
+    // took in; what its manager dropped, by reason.
+    let (mut lost_e2c, mut lost_c2e, mut payloads_in, mut manager_drops) = (0, 0, 0, 0);
+    for &n in nodes {
+        let node = &w.connectors[n];
+        let hub = node.hub().stats();
+        let m = node.hub().sessions.stats();
+        let (mut e_tx, mut e_rx) = (0, 0);
+        for conn in node.history() {
+            if let Some(st) = edge.transports().quic.quic_stats(conn) {
+                e_tx += st.frame_tx.datagram;
+                e_rx += st.frame_rx.datagram;
+            }
         }
-    }
-    let (mut c_tx, mut c_rx) = (0u64, 0u64);
-    for i in 0..node.connector.ha_connections() as u8 {
-        if let Some(conn) = node.connector.connection(i) {
-            let st = conn.quic_stats();
-            c_tx += st.frame_tx.datagram;
-            c_rx += st.frame_rx.datagram;
+        let (mut c_tx, mut c_rx) = (0u64, 0u64);
+        for i in 0..node.connector.ha_connections() as u8 {
+            if let Some(conn) = node.connector.connection(i) {
+                let st = conn.quic_stats();
+                c_tx += st.frame_tx.datagram;
+                c_rx += st.frame_rx.datagram;
+            }
         }
+        lost_e2c += e_tx.saturating_sub(c_rx) + c_rx.saturating_sub(hub.datagrams_in);
+        lost_c2e += c_tx.saturating_sub(e_rx);
+        payloads_in += hub.payloads_in + m.bundled_in;
+        manager_drops += [
+            DropReason::UnknownFlow,
+            DropReason::PendingFull,
+            DropReason::Unopened,
+            DropReason::Repeated,
+        ]
+        .iter()
+        .map(|r| m.dropped(*r))
+        .sum::<u64>();
     }
-    // Datagrams lost on the way, by quinn's own count of frames sent and received, plus those
-    // the connector's receive buffer shed.
-    let lost_e2c = e_tx.saturating_sub(c_rx) + c_rx.saturating_sub(hub.datagrams_in);
-    let lost_c2e = c_tx.saturating_sub(e_rx);
-    let manager_drops = [
-        DropReason::UnknownFlow,
-        DropReason::PendingFull,
-        DropReason::Unopened,
-        DropReason::Repeated,
-    ]
-    .iter()
-    .map(|r| m.dropped(*r))
-    .sum::<u64>();
     // What the edge dropped of the clients' packets, by reason.
     let edge_drops = [
         EdgeDrop::NoConnection,
@@ -344,9 +352,7 @@ fn account_clients(s: &Setup, clients: &UdpClients, c: usize) -> Result<String, 
     .sum::<u64>();
     let send_failed = es.dropped(EdgeDrop::SendFailed);
     let st = &clients.stats;
-    let payloads_lost_e2c = es
-        .payloads_out
-        .saturating_sub(hub.payloads_in + m.bundled_in);
+    let payloads_lost_e2c = es.payloads_out.saturating_sub(payloads_in);
     let echoes_lost_c2e = o.echoes_queued.saturating_sub(es.payloads_in);
     let line = format!(
         "udp accounting: sent {} echoed {} | edge out {} dropped {edge_drops} send failed {send_failed} | payloads lost e2c {payloads_lost_e2c} (quinn {lost_e2c}) | echoes lost c2e {echoes_lost_c2e} (quinn {lost_c2e}) | manager drops {manager_drops} | to origin {} from origin {} queued {} refused {}",
@@ -371,7 +377,7 @@ fn account_clients(s: &Setup, clients: &UdpClients, c: usize) -> Result<String, 
         w,
     )?;
     expect(
-        o.to_origin + manager_drops == hub.payloads_in + m.bundled_in,
+        o.to_origin + manager_drops == payloads_in,
         &format!("every payload received is forwarded or counted ({line})"),
         w,
     )?;
@@ -420,13 +426,7 @@ pub(super) fn udp_echo(p: &Params) -> Result<u64, String> {
     })?;
     drain_client_queues(&mut s, &mut clients, c)?;
     if s.lost.is_some() {
-        return degraded(
-            &mut s,
-            &[c],
-            hint(DEFAULT_IDLE),
-            clients.bad.len() as u64,
-            None,
-        );
+        return degraded(&mut s, &[c], hint(DEFAULT_IDLE), clients.bad.len() as u64);
     }
     let (reachable, unreachable): (Vec<_>, Vec<_>) =
         clients.clients.iter().partition(|c| c.mapping == ECHO);
@@ -475,7 +475,7 @@ pub(super) fn udp_echo(p: &Params) -> Result<u64, String> {
         "bind failures counted",
         w,
     )?;
-    let line = account_clients(&s, &clients, c)?;
+    let line = account_clients(&s, &clients, &[c])?;
     s.world.trace.record(s.world.now, &line);
     Ok(s.world.trace.hash())
 }
@@ -503,7 +503,7 @@ pub(super) fn udp_idle(p: &Params) -> Result<u64, String> {
         run_out_sessions(&mut s, &mut clients, idle, hint)?;
     }
     if s.lost.is_some() {
-        return degraded(&mut s, &[c], hint, clients.bad.len() as u64, None);
+        return degraded(&mut s, &[c], hint, clients.bad.len() as u64);
     }
     let w = &s.world;
     expect(
@@ -609,13 +609,7 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
         e.clients.iter().all(|c| c.registered && c.echoed >= 2)
     })?;
     if s.lost.is_some() {
-        return degraded(
-            &mut s,
-            &[c],
-            hint(DEFAULT_IDLE),
-            clients.bad.len() as u64,
-            None,
-        );
+        return degraded(&mut s, &[c], hint(DEFAULT_IDLE), clients.bad.len() as u64);
     }
     let opened = s.world.udp.stats().sockets_opened;
     let pending: Vec<String> = clients
@@ -688,13 +682,7 @@ pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
         // B died too. The cut of A's path is the scenario's, not the network's: heal it, so
         // that coming back is possible.
         s.world.partition_index(c, 0, false);
-        return degraded(
-            &mut s,
-            &[c],
-            hint(DEFAULT_IDLE),
-            clients.bad.len() as u64,
-            None,
-        );
+        return degraded(&mut s, &[c], hint(DEFAULT_IDLE), clients.bad.len() as u64);
     }
     let w = &s.world;
     expect(
@@ -832,13 +820,7 @@ pub(super) fn udp_flood(p: &Params) -> Result<u64, String> {
                 .all(|c| c.was_registered || c.refusals().next().is_some())
     })?;
     if s.lost.is_some() {
-        return degraded(
-            &mut s,
-            &[c],
-            hint(DEFAULT_IDLE),
-            clients.bad.len() as u64,
-            None,
-        );
+        return degraded(&mut s, &[c], hint(DEFAULT_IDLE), clients.bad.len() as u64);
     }
     let w = &s.world;
     expect(

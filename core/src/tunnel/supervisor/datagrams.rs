@@ -123,6 +123,11 @@ impl Supervisor {
         self.hub.sessions.write_failed(flow);
     }
 
+    /// The ping socket of `funnel` did not take an [`crate::connector::Io::SendPing`].
+    pub fn handle_ping_write_failed(&mut self, funnel: FunnelId) {
+        self.hub.ping_write_failed(funnel);
+    }
+
     /// The ping socket of `funnel` could not be opened, or reading it failed: the funnel is
     /// forgotten (the driver drops whatever socket it has).
     pub fn handle_funnel_failed(&mut self, funnel: FunnelId) {

@@ -1255,6 +1255,9 @@ impl Supervisor {
                         ConnectorEvent::UdpSessionUnregistered { id, message } => {
                             deferred.push_back(Deferred::UnregisterV2 { id, message });
                         }
+                        ConnectorEvent::SessionMethodRefused(method) => {
+                            self.hub.sessions.count_unsupported(r.link, method);
+                        }
                         ConnectorEvent::Closed { reason } => closed = Some(reason),
                     }
                 }

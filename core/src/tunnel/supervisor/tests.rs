@@ -21,8 +21,8 @@ use crate::icmp::{write_echo, Echo, EchoKind};
 use crate::quic::tls::{self, PostQuantum};
 use crate::quic::transport::QuicSettings;
 use crate::quic::SERVER_NAME;
-use crate::session::DropReason;
 use crate::session::UdpFlowId;
+use crate::session::{DropReason, SessionMethod};
 use crate::session::{HEADROOM, ORIGIN_READ, TAILROOM};
 use crate::tunnel::data::{FlowId, OriginAction};
 use crate::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
@@ -1018,6 +1018,68 @@ fn icmp_echo_goes_out_a_funnel_and_the_reply_comes_back() {
         crate::icmp::IcmpMessage::TimeExceeded { .. }
     ));
     assert_eq!(w.origin.pings.len(), 1);
+}
+
+/// cloudflared's `icmp_dropped_packets{conn_index,reason}` and
+/// `udp_unsupported_remote_command_total{conn_index,command}`: counted on the HA index of the
+/// connection the packet or call came in on.
+#[test]
+fn icmp_drops_and_refused_v2_calls_count_on_their_connection() {
+    let mut w = datagram_world(2, 15, true);
+    w.run(Duration::from_secs(10), |w| {
+        w.connector.ready_connections() == 2
+    });
+    let at = |w: &World, index: u8| {
+        w.connector
+            .datagram_hub()
+            .sessions
+            .index_stats()
+            .get(&index)
+            .cloned()
+            .unwrap_or_default()
+    };
+
+    // The router refuses an echo with code 1 (ping sockets send code 0 only).
+    let conn = w.edge_conn(1);
+    let echo = Echo {
+        src: IpAddr::V4(Ipv4Addr::new(10, 0, 0, 9)),
+        dst: IpAddr::V4(Ipv4Addr::new(198, 51, 100, 30)),
+        ttl: 64,
+        kind: EchoKind::Request,
+        id: 1,
+        seq: 1,
+        data: b"ping",
+    };
+    let mut pkt = [0u8; 128];
+    let n = write_echo(&echo, &mut pkt).expect("echo");
+    let mut coded = pkt[..n].to_vec();
+    coded[21] = 1;
+    w.edge_send_v3(conn, v3::Datagram::Icmp(v3::Icmp { packet: &coded }));
+    w.run(Duration::from_secs(15), |w| at(w, 1).icmp_dropped == 1);
+    assert_eq!(at(&w, 1).icmp_dropped, 1);
+
+    // A good echo goes out a funnel; the ping socket does not take it.
+    w.edge_send_v3(conn, v3::Datagram::Icmp(v3::Icmp { packet: &pkt[..n] }));
+    w.run(Duration::from_secs(20), |w| !w.origin.pings.is_empty());
+    let funnel = w.origin.pings[0].0;
+    w.input(Input::PingWriteFailed(funnel));
+    assert_eq!(at(&w, 1).icmp_dropped, 2);
+    assert_eq!(at(&w, 0).icmp_dropped, 0);
+    let hub = w.connector.datagram_hub();
+    assert_eq!(hub.sessions.stats().icmp_dropped, 2);
+
+    // datagram-v2 session calls on a v3 connection are refused and counted by method.
+    let conn = w.edge_conn(0);
+    let now = w.now;
+    let edge = w.edge.as_mut().expect("edge");
+    edge.register_udp_session(now, conn, SessionId(7), addr("198.51.100.21:53"), 0)
+        .expect("call");
+    edge.unregister_udp_session(now, conn, SessionId(7), "gone")
+        .expect("call");
+    w.run(Duration::from_secs(30), |w| at(w, 0).unsupported == [1, 1]);
+    assert_eq!(at(&w, 0).unsupported[SessionMethod::Register as usize], 1);
+    assert_eq!(at(&w, 0).unsupported[SessionMethod::Unregister as usize], 1);
+    assert_eq!(at(&w, 1).unsupported, [0, 0]);
 }
 
 #[test]
