@@ -468,7 +468,7 @@ enum Answer {
         max_segments: usize,
     },
     EdgeWritten(LinkId),
-    /// What an origin connection did at once (read or written from the loop).
+    /// What an origin connection did at once (written from the loop).
     Flow(Report),
     UdpOpened(UdpFlowId),
     UdpFailed(UdpFlowId, String),
@@ -525,9 +525,6 @@ struct DriverIo {
     dial_rx: mpsc::UnboundedReceiver<(LinkId, std::io::Result<TcpStream>)>,
     /// One read buffer for every TCP connection.
     tcp_buf: Vec<u8>,
-    /// Where the loop reads origin connections itself ([`FlowHandle::read_more`]): reads are
-    /// split off it and handed on, so it is shared by every flow.
-    origin_buf: bytes::BytesMut,
     metrics: Arc<Metrics>,
     /// TXT lookups the connector asked for, answered from their tasks.
     txt_tx: mpsc::UnboundedSender<(&'static str, Option<String>)>,
@@ -579,7 +576,6 @@ impl DriverIo {
             dial_tx,
             dial_rx,
             tcp_buf: vec![0; 64 * 1024],
-            origin_buf: bytes::BytesMut::new(),
             metrics,
             txt_tx,
             txt_rx,
@@ -658,8 +654,7 @@ impl DriverIo {
             }
             Io::ReadFlow { link, flow } => {
                 if let Some(f) = self.flows.get(&(link, flow)) {
-                    let read = f.handle.read_more(&mut self.origin_buf);
-                    return read.map(|r| Answer::Flow((link, flow, r)));
+                    f.handle.read_more();
                 }
             }
             Io::ShutdownFlow { link, flow } => {
