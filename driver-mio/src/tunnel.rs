@@ -14,7 +14,7 @@ use burrow_core::datagram::LinkId;
 use burrow_core::icmp::FunnelId;
 use burrow_core::session::UdpFlowId;
 use burrow_core::settings::{Edges, RunConfig, Settings};
-use burrow_core::tunnel::protocol::{Protocol, PERCENTAGE_RECORD};
+use burrow_core::tunnel::protocol::PERCENTAGE_RECORD;
 use burrow_core::tunnel::supervisor::{srv_service, EdgePool, IpVersion};
 use burrow_os::settings::{edge_roots, write_pidfile};
 use mio::net::TcpListener;
@@ -667,7 +667,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
                         if let Event::ConfigurationApplied { version } = &e {
                             d.figures.config_version = i64::from(*version);
                         }
-                        log_event(&e, signal_count > 0);
+                        burrow_os::events::log(&e, signal_count > 0);
                         None
                     }
                 };
@@ -775,83 +775,5 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
             info!("no more connections active and exiting");
             Ok(())
         }
-    }
-}
-
-/// Logs an event once.
-fn log_event(e: &Event, stopping: bool) {
-    match e {
-        Event::Connecting {
-            index,
-            link,
-            edge,
-            protocol,
-        } => {
-            debug!(conn_index = index, %link, %edge, %protocol, "dialing edge");
-        }
-        Event::Registered {
-            index,
-            edge,
-            details,
-            protocol,
-            ..
-        } => info!(
-            conn_index = index,
-            connection = %details.uuid,
-            event = 0,
-            ip = %edge.ip(),
-            location = %details.location,
-            protocol = %protocol,
-            "Registered tunnel connection"
-        ),
-        Event::ProtocolSelected { protocol } => {
-            info!(%protocol, "the protocol percentages changed: new connections use {protocol}");
-        }
-        Event::ProtocolChanged { index, protocol } => {
-            if *protocol == Protocol::Http2 {
-                warn!(conn_index = index, "If you are using private routing to this Tunnel, then ICMP, UDP (and Private DNS Resolution) will not work unless your cloudflared can connect with Cloudflare Network with `quic`.");
-            }
-            info!(conn_index = index, %protocol, "Changing protocol");
-        }
-        Event::RegistrationFailed { index, error } => {
-            error!(conn_index = index, cause = %error, local = error.is_local(), "Register tunnel error from server side");
-        }
-        Event::LinkClosed {
-            index,
-            link,
-            reason,
-            was_registered,
-        } => {
-            if *was_registered && !stopping {
-                warn!(conn_index = index, %link, %reason, "Connection terminated");
-            } else {
-                debug!(conn_index = index, %link, %reason, "connection attempt failed");
-            }
-        }
-        Event::Reconnecting { index, delay } => {
-            info!(conn_index = index, ?delay, "Retrying connection");
-        }
-        Event::FallbackUnavailable { index } => {
-            warn!(conn_index = index, "QUIC keeps failing and --protocol quic allows no fallback; check that UDP to the edge port is allowed");
-        }
-        Event::ConfigurationApplied { version } => info!(version, "Updated to new configuration"),
-        Event::AccessKeysFetched { url, error: None } => {
-            debug!(%url, "Access signing keys fetched");
-        }
-        Event::AccessKeysFetched {
-            url,
-            error: Some(error),
-        } => {
-            warn!(%url, %error, "cannot fetch Access signing keys; requests to rules that require Access are refused until it works");
-        }
-        Event::ConfigurationRefused { version, error } => {
-            warn!(version, %error, "remote configuration refused");
-        }
-        Event::FlowLimitChanged { limit, active } => info!(limit, active, "flow limit changed"),
-        Event::LocalConfigurationFailed { index, reason } => {
-            warn!(conn_index = index, %reason, "Failed to update local configuration");
-        }
-        Event::Fatal(e) => error!(error = %e, "giving up"),
-        Event::Stopped => {}
     }
 }

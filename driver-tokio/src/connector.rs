@@ -356,34 +356,16 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
 
 /// Logs an event once and updates the metrics it moves.
 fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
+    burrow_os::events::log(&e, stopping);
     match e {
         Event::Connecting {
-            index,
             link,
-            edge,
-            protocol,
+            protocol: Protocol::Quic,
+            ..
         } => {
-            debug!(conn_index = index, %link, %edge, %protocol, "dialing edge");
-            if protocol == Protocol::Quic {
-                metrics.quic.connecting(link);
-            }
+            metrics.quic.connecting(link);
         }
-        Event::Registered {
-            index,
-            link: _,
-            edge,
-            protocol,
-            details,
-        } => {
-            info!(
-                conn_index = index,
-                connection = %details.uuid,
-                event = 0,
-                ip = %edge.ip(),
-                location = %details.location,
-                protocol = %protocol,
-                "Registered tunnel connection"
-            );
+        Event::Registered { index, details, .. } => {
             metrics
                 .register_success
                 .with_label_values(&["registerConnection"])
@@ -394,7 +376,7 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
                 .with_label_values(&[&index.to_string(), &details.location])
                 .set(1);
         }
-        Event::RegistrationFailed { index, error } => {
+        Event::RegistrationFailed { error, .. } => {
             let kind = if error.refusal() == burrow_core::control::Refusal::DuplicateConnection {
                 "dup_edge_conn"
             } else {
@@ -404,60 +386,12 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
                 .register_fail
                 .with_label_values(&[kind, "registerConnection"])
                 .inc();
-            error!(conn_index = index, cause = %error, local = error.is_local(), "Register tunnel error from server side");
         }
-        Event::LinkClosed {
-            index,
-            link,
-            reason,
-            was_registered,
-        } => {
-            metrics.quic.closed(link);
-            if was_registered && !stopping {
-                warn!(conn_index = index, %link, %reason, "Connection terminated");
-            } else {
-                debug!(conn_index = index, %link, %reason, "connection attempt failed");
-            }
-        }
-        Event::Reconnecting { index, delay } => {
-            info!(conn_index = index, ?delay, "Retrying connection");
-        }
-        Event::FallbackUnavailable { index } => {
-            warn!(conn_index = index, "QUIC keeps failing and --protocol quic allows no fallback; check that UDP to the edge port is allowed");
-        }
-        Event::ProtocolSelected { protocol } => {
-            info!(%protocol, "the protocol percentages changed: new connections use {protocol}");
-        }
-        Event::ProtocolChanged { index, protocol } => {
-            if protocol == Protocol::Http2 {
-                warn!(conn_index = index, "If you are using private routing to this Tunnel, then ICMP, UDP (and Private DNS Resolution) will not work unless your cloudflared can connect with Cloudflare Network with `quic`.");
-            }
-            info!(conn_index = index, %protocol, "Changing protocol");
-        }
+        Event::LinkClosed { link, .. } => metrics.quic.closed(link),
         Event::ConfigurationApplied { version } => {
             metrics.config_version.set(i64::from(version));
-            info!(version, "Updated to new configuration");
         }
-        Event::AccessKeysFetched { url, error: None } => {
-            debug!(%url, "Access signing keys fetched");
-        }
-        Event::AccessKeysFetched {
-            url,
-            error: Some(error),
-        } => {
-            warn!(%url, %error, "cannot fetch Access signing keys; requests to rules that require Access are refused until it works");
-        }
-        Event::ConfigurationRefused { version, error } => {
-            warn!(version, %error, "remote configuration refused");
-        }
-        Event::FlowLimitChanged { limit, active } => {
-            info!(limit, active, "flow limit changed");
-        }
-        Event::LocalConfigurationFailed { index, reason } => {
-            warn!(conn_index = index, %reason, "Failed to update local configuration");
-        }
-        Event::Fatal(e) => error!(error = %e, "giving up"),
-        Event::Stopped => {}
+        _ => {}
     }
 }
 

@@ -95,11 +95,7 @@ fn send(http: SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
     let mut out = Vec::new();
     let _ = s.read_to_end(&mut out);
     let out = String::from_utf8_lossy(&out).into_owned();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = common::client::status_of(&out);
     let (head, body) = out.split_once("\r\n\r\n").unwrap_or(("", ""));
     let body = if head
         .to_ascii_lowercase()

@@ -90,11 +90,7 @@ fn get(http: SocketAddr, host: &str) -> (u16, String) {
     .unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = common::client::status_of(&out);
     (
         status,
         out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned(),

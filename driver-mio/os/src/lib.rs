@@ -5,6 +5,7 @@
 //! I/O of core's settings: [`settings`] (files, the system certificate store), [`log`],
 //! [`origin_tls`] (trust for HTTPS origins) and [`service`] (`service install`).
 
+pub mod events;
 pub mod heap;
 pub mod log;
 pub mod origin_tls;

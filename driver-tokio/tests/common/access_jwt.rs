@@ -133,11 +133,7 @@ fn get(http: SocketAddr, host: &str, token: Option<&str>) -> (u16, String) {
     s.write_all(head.as_bytes()).unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = super::client::status_of(&out);
     let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
     (status, body)
 }

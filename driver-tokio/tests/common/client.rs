@@ -17,6 +17,16 @@ pub fn request(port: u16, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
 }
 
 /// Reads a whole response until the peer closes: (status, body, dechunked if chunked).
+/// The status code of an HTTP/1.1 response's status line at the start of `response`, 0 if
+/// there is none.
+pub fn status_of(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
 fn response(mut s: TcpStream) -> (u16, Vec<u8>) {
     let mut out = Vec::new();
     s.read_to_end(&mut out).expect("read");
@@ -25,11 +35,7 @@ fn response(mut s: TcpStream) -> (u16, Vec<u8>) {
         .position(|w| w == b"\r\n\r\n")
         .expect("head end");
     let head = String::from_utf8_lossy(&out[..split]).to_ascii_lowercase();
-    let status = head
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = status_of(&head);
     let body = &out[split + 4..];
     if head.contains("transfer-encoding: chunked") {
         (status, dechunk(body))
@@ -79,11 +85,7 @@ pub fn response_digest(s: TcpStream) -> (u16, String) {
             break;
         }
         if status == 0 {
-            status = line
-                .split_whitespace()
-                .nth(1)
-                .and_then(|s| s.parse().ok())
-                .unwrap_or(0);
+            status = status_of(line);
             continue;
         }
         let lower = line.to_ascii_lowercase();

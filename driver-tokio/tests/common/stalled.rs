@@ -61,11 +61,7 @@ pub fn timed_get(http: SocketAddr, host: &str) -> (u16, Duration) {
     .unwrap();
     let mut out = String::new();
     let _ = s.read_to_string(&mut out);
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let status = super::client::status_of(&out);
     (status, start.elapsed())
 }
 
