@@ -121,6 +121,16 @@ impl Pair {
         panic!("the pair never went quiet");
     }
 
+    /// The edge opens a GET of `uri` (`end`: no body follows) and the connector takes it.
+    fn get(&mut self, uri: &str, end: bool) -> (StreamId, IncomingRequest) {
+        let s = self
+            .e
+            .open(RequestKind::Http, Request::get(uri).body(()).unwrap(), end)
+            .expect("open");
+        self.run();
+        (s, self.request())
+    }
+
     fn request(&mut self) -> IncomingRequest {
         match self.c_events.pop_front() {
             Some(Event::Request(r)) => r,
@@ -327,15 +337,7 @@ fn http_request_and_response_larger_than_the_windows() {
 #[test]
 fn unflushed_empty_response_rides_on_the_head() {
     let mut p = Pair::new();
-    let e_stream =
-        p.e.open(
-            RequestKind::Http,
-            Request::get("http://o/").body(()).unwrap(),
-            true,
-        )
-        .expect("open");
-    p.run();
-    let r = p.request();
+    let (e_stream, r) = p.get("http://o/", true);
     let mut origin = HeaderMap::new();
     origin.insert("content-length", HeaderValue::from_static("0"));
     p.c.respond(r.stream, StatusCode::NO_CONTENT, &origin)
@@ -516,15 +518,7 @@ fn garbage_from_the_edge_is_a_tls_error_not_a_panic() {
 #[test]
 fn peer_reset_and_clean_shutdown_are_reported() {
     let mut p = Pair::new();
-    let s =
-        p.e.open(
-            RequestKind::Http,
-            Request::get("http://o/").body(()).unwrap(),
-            false,
-        )
-        .expect("open");
-    p.run();
-    let r = p.request();
+    let (s, r) = p.get("http://o/", false);
     p.e.reset(s, h2::Reason::CANCEL).expect("reset");
     p.run();
     assert!(p.c_events.iter().any(|e| matches!(e,
@@ -549,15 +543,7 @@ fn peer_reset_and_clean_shutdown_are_reported() {
 #[test]
 fn trailers_follow_the_body() {
     let mut p = Pair::new();
-    let s =
-        p.e.open(
-            RequestKind::Http,
-            Request::get("http://o/grpc").body(()).unwrap(),
-            true,
-        )
-        .expect("open");
-    p.run();
-    let r = p.request();
+    let (s, r) = p.get("http://o/grpc", true);
     let mut origin = HeaderMap::new();
     origin.insert("content-type", HeaderValue::from_static("application/grpc"));
     p.c.respond(r.stream, StatusCode::OK, &origin)
@@ -693,15 +679,7 @@ fn a_full_answer_then_no_error_reset_keeps_the_response() {
 fn an_answer_that_arrives_with_the_connection_end_is_delivered() {
     for abort in [false, true] {
         let mut p = Pair::new();
-        let s =
-            p.e.open(
-                RequestKind::Http,
-                Request::get("http://o/slow").body(()).unwrap(),
-                true,
-            )
-            .expect("open");
-        p.run();
-        let r = p.request();
+        let (s, r) = p.get("http://o/slow", true);
         p.c.respond(r.stream, StatusCode::OK, &HeaderMap::new())
             .expect("respond");
         p.c.send_data(r.stream, Bytes::from_static(b"slow done"))
@@ -771,15 +749,7 @@ fn the_edge_disables_server_push() {
 #[test]
 fn a_shutdown_ends_the_connection_only_after_every_answer_is_sent() {
     let mut p = Pair::new();
-    let s =
-        p.e.open(
-            RequestKind::Http,
-            Request::get("http://o/big").body(()).unwrap(),
-            true,
-        )
-        .expect("open");
-    p.run();
-    let r = p.request();
+    let (s, r) = p.get("http://o/big", true);
     p.c.respond(r.stream, StatusCode::OK, &HeaderMap::new())
         .expect("respond");
     // Three windows' worth: most of it waits for credit the edge gives only as it reads.
