@@ -24,6 +24,7 @@ use burrow_core::tunnel::data::FlowId;
 use burrow_core::tunnel::protocol::{Protocol, PERCENTAGE_RECORD};
 use burrow_core::tunnel::supervisor::{srv_service, EdgePool, IpVersion, SupervisorError};
 use burrow_core::tunnel::Transmit;
+use burrow_tokio::deadline::DeadlineTimer;
 use fnv::FnvBuildHasher;
 use thiserror::Error;
 use tokio::net::TcpStream;
@@ -189,6 +190,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     let mut signals = 0u32;
     // Start-up's pages are given back once, when every connection has registered.
     let mut startup = burrow_os::resident::StartupTrim::new();
+    let mut timer = DeadlineTimer::new();
 
     loop {
         // Drain every output; the connector orders them.
@@ -249,12 +251,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             .iter()
             .map(|(&link, e)| (link, !e.eof && machine.edge_wants_read(link)))
             .collect();
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
-                None => std::future::pending().await,
-            }
-        };
+        timer.set(deadline);
         tokio::select! {
             index = readable(&io.sockets, io.last_read) => {
                 let now = Instant::now();
@@ -323,7 +320,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             Some((name, text)) = io.txt_rx.recv() => {
                 machine.handle_input(Instant::now(), Input::TxtRecord { name, text: text.as_deref() });
             }
-            () = sleep => {
+            () = timer.fired() => {
                 machine.handle_input(Instant::now(), Input::Timeout);
             }
             Some((url, body)) = io.keys_rx.recv() => {

@@ -11,6 +11,7 @@ use burrow_core::edge::auth::TunnelAuth;
 use burrow_core::edge::{Edge, Event, EyeballId, Input, Io, Output, StreamEvent, Target};
 use burrow_core::session::edge::{SessionChange, SessionEnd, SessionEvent};
 use burrow_core::stream::connect::ConnectionType;
+use burrow_tokio::deadline::DeadlineTimer;
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, info, warn};
@@ -56,6 +57,7 @@ pub(super) async fn run(
     let mut closing: Option<oneshot::Sender<()>> = None;
     let (socket_tx, mut socket_rx) = mpsc::unbounded_channel();
     let mut sockets = Sockets::new(socket_tx);
+    let mut timer = DeadlineTimer::new();
     edge.handle_input(
         Instant::now(),
         Input::QuicSocket {
@@ -121,12 +123,7 @@ pub(super) async fn run(
             let _ = done.send(());
             return;
         }
-        let sleep = async {
-            match deadline {
-                Some(d) => tokio::time::sleep_until(tokio::time::Instant::from_std(d)).await,
-                None => std::future::pending().await,
-            }
-        };
+        timer.set(deadline);
         tokio::select! {
             Ok(()) = std::future::poll_fn(|cx| socket.poll_recv_ready(cx)) => {
                 let now = Instant::now();
@@ -176,7 +173,7 @@ pub(super) async fn run(
                 let now = Instant::now();
                 mappings.read(index, |input| edge.handle_input(now, input));
             }
-            () = sleep => edge.handle_input(Instant::now(), Input::Timeout),
+            () = timer.fired() => edge.handle_input(Instant::now(), Input::Timeout),
         }
     }
 }
