@@ -33,7 +33,9 @@ fn free_tcp() -> u16 {
 
 /// The edge takes this port on UDP (QUIC) and on TCP (HTTP/2), so it must be free on both.
 fn free_udp() -> u16 {
-    testbed::free_udp().expect("a port free on UDP and TCP").port()
+    testbed::free_udp()
+        .expect("a port free on UDP and TCP")
+        .port()
 }
 
 fn temp_dir(name: &str) -> PathBuf {
@@ -134,8 +136,7 @@ fn start_edge(s: &Setup) -> Kill {
                 thread::sleep(Duration::from_millis(500));
                 break;
             }
-            if s.dir.join("ca.pem").exists() && TcpStream::connect(("127.0.0.1", s.http)).is_ok()
-            {
+            if s.dir.join("ca.pem").exists() && TcpStream::connect(("127.0.0.1", s.http)).is_ok() {
                 return edge;
             }
             assert!(
