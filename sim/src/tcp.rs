@@ -474,12 +474,9 @@ impl Tcp {
                 let nanos = chunk.len() as u64 * 1_000_000_000 / BANDWIDTH;
                 d.busy = d.busy.max(now) + Duration::from_nanos(nanos);
                 let busy = d.busy;
-                d.push(
-                    busy,
-                    transit(net, from, to, chunk.len()),
-                    chunk.to_vec(),
-                    false,
-                );
+                let (delay, retransmit) = transit(net, from, to, chunk.len());
+                tracing::trace!(%from, %to, len = chunk.len(), ?delay, ?retransmit, "tcp: sent");
+                d.push(busy, (delay, retransmit), chunk.to_vec(), false);
             }
         }
         if d.closing && d.blocked.is_empty() && !d.flight.back().is_some_and(|p| p.fin) {
