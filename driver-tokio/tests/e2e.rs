@@ -2,12 +2,13 @@
 //! loopback sockets, real TLS and QUIC, with an origin served by this test.
 
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{TcpListener, TcpStream, UdpSocket};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use burrow_tokio::testbed;
 use tungstenite::Message;
 
 mod common;
@@ -27,18 +28,13 @@ impl Drop for Kill {
 }
 
 fn free_tcp() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
-        .port()
+    testbed::free_tcp().expect("a free TCP port").port()
 }
 
+/// The edge takes this port on UDP (QUIC) and on TCP (HTTP/2), so it must be free on both.
 fn free_udp() -> u16 {
-    UdpSocket::bind("127.0.0.1:0")
-        .expect("bind")
-        .local_addr()
-        .expect("addr")
+    testbed::free_udp()
+        .expect("a port free on UDP and TCP")
         .port()
 }
 
@@ -127,8 +123,30 @@ fn setup_over(name: &str, protocol: &'static str) -> Setup {
     }
 }
 
+/// Starts the edge and waits until it serves HTTP (its tunnel port is bound by then). A port
+/// that was free when the test picked it can be taken meanwhile by another test's outgoing
+/// connection; the edge then exits with "cannot listen", and is started again.
 fn start_edge(s: &Setup) -> Kill {
-    Kill(edge_command(s, "warn").spawn().expect("edge"))
+    for _ in 0..5 {
+        let mut edge = Kill(edge_command(s, "warn").spawn().expect("edge"));
+        let start = Instant::now();
+        loop {
+            if let Some(code) = edge.0.try_wait().expect("edge status") {
+                eprintln!("the edge exited before serving ({code}); starting it again");
+                thread::sleep(Duration::from_millis(500));
+                break;
+            }
+            if s.dir.join("ca.pem").exists() && TcpStream::connect(("127.0.0.1", s.http)).is_ok() {
+                return edge;
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the edge did not serve HTTP within 20 s"
+            );
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+    panic!("the edge could not start: its ports stayed taken");
 }
 
 fn edge_command(s: &Setup, loglevel: &str) -> Command {

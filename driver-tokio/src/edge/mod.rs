@@ -190,8 +190,8 @@ pub fn main(args: EdgeArgs) -> ExitCode {
     }) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
+            // Once: the subscriber already writes errors to stderr.
             error!("{e}");
-            eprintln!("error: {e}");
             ExitCode::FAILURE
         }
     }
