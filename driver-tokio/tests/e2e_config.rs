@@ -246,13 +246,16 @@ fn path_rules_hold_across_pooled_origin_connections() {
     assert_eq!(seen, want, "connector: {}", c.log_tail(4000));
 }
 
-/// Issue 17: cloudflared's app-level flags come before `tunnel` (`burrow --no-autoupdate
-/// tunnel run`), its `tunnel` flags before `run`; harmless ones are accepted, named at debug,
-/// and the connector runs.
-#[test]
-fn cloudflared_flags_before_tunnel_and_before_run_are_accepted() {
-    let bed =
-        Testbed::create(Path::new(BIN), "e2e-global-flags", "app", &["app.test"]).expect("tunnel");
+/// Runs `burrow <before> tunnel <tunnel> --config FILE run <run>` (with `env` set) against
+/// `burrow edge`, checks that it serves, and returns its debug log.
+fn serves_with(
+    name: &str,
+    before: &[&str],
+    tunnel: &[&str],
+    run: &[&str],
+    env: &[(&str, &str)],
+) -> String {
+    let bed = Testbed::create(Path::new(BIN), name, "app", &["app.test"]).expect("tunnel");
     let eo = EdgeOpts::loopback().expect("ports");
     let _edge = bed.edge(&eo).expect("edge");
     let metrics = testbed::free_tcp().expect("port");
@@ -263,28 +266,61 @@ fn cloudflared_flags_before_tunnel_and_before_run_are_accepted() {
         "ingress:\n  - service: http_status:418\n",
     );
     let mut cmd = Command::new(BIN);
-    cmd.args([
-        "--no-autoupdate",
-        "--autoupdate-freq",
-        "24h",
-        "--loglevel",
-        "debug",
-        "tunnel",
-    ])
-    .args(["--no-prechecks", "--config"])
-    .arg(&config)
-    .args(["run", "--label", "box-1"]);
+    cmd.args(before)
+        .args(["--loglevel", "debug", "tunnel"])
+        .args(tunnel)
+        .arg("--config")
+        .arg(&config)
+        .arg("run")
+        .args(run)
+        .envs(env.iter().copied());
     let mut c =
         Proc::spawn("burrow tunnel run", cmd, bed.dir().join("connector.log")).expect("connector");
     testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{e}\nconnector: {}", c.log_tail(4000)));
     assert_eq!(status(eo.http, "/"), 418, "the connector serves");
-    let log = c.log_tail(40_000);
-    let line = log
-        .lines()
+    c.log_tail(40_000)
+}
+
+/// The line naming the flags burrow does not act on.
+fn ignored_line(log: &str) -> &str {
+    log.lines()
         .find(|l| l.contains("flags burrow does not act on"))
-        .unwrap_or_else(|| panic!("the ignored flags are named at debug:\n{log}"));
+        .unwrap_or_else(|| panic!("the ignored flags are named at debug:\n{log}"))
+}
+
+/// Issue 17: cloudflared's app-level flags come before `tunnel` (`burrow --no-autoupdate
+/// tunnel run`), its `tunnel` flags before `run`; harmless ones are accepted, named at debug,
+/// and the connector runs.
+#[test]
+fn cloudflared_flags_before_tunnel_and_before_run_are_accepted() {
+    let log = serves_with(
+        "e2e-global-flags",
+        &["--no-autoupdate", "--autoupdate-freq", "24h"],
+        &["--no-prechecks"],
+        &["--label", "box-1"],
+        &[],
+    );
+    let line = ignored_line(&log);
     for flag in ["no-autoupdate", "autoupdate-freq", "no-prechecks", "label"] {
+        assert!(line.contains(flag), "{flag} named: {line}");
+    }
+}
+
+/// Switches with a value after `=` as cloudflared takes them (`strconv.ParseBool`'s
+/// spellings; `/work/cfd/cloudflared tunnel --no-autoupdate=false run` gets as far as asking
+/// for the tunnel), and a switch's variable set but empty, which urfave/cli takes as unset.
+#[test]
+fn switches_with_values_are_accepted() {
+    let log = serves_with(
+        "e2e-switch-values",
+        &[],
+        &["--no-autoupdate=true", "--no-prechecks=false"],
+        &["--no-chunked-encoding=0", "--ui=T"],
+        &[("TUNNEL_MANAGEMENT_DIAGNOSTICS", "")],
+    );
+    let line = ignored_line(&log);
+    for flag in ["no-autoupdate", "no-prechecks", "ui"] {
         assert!(line.contains(flag), "{flag} named: {line}");
     }
 }

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Args, Subcommand};
 
+use super::switch::{by_presence, by_value, Switch};
 use crate::ingress::{OriginFlagKeys, OriginRequestConfig};
 
 /// `burrow tunnel ...`.
@@ -170,8 +171,8 @@ const RUN_SWITCHES: &[&str] = &[
 #[derive(Debug, Args, Clone, Default)]
 pub struct OriginFlags {
     /// Skip verifying the origin's TLS certificate.
-    #[arg(long, env = "NO_TLS_VERIFY")]
-    pub no_tls_verify: bool,
+    #[arg(long, env = "NO_TLS_VERIFY", num_args = 0..=1, require_equals = true, default_missing_value = "true", overrides_with = "no_tls_verify")]
+    pub no_tls_verify: Option<Switch>,
     /// `Host` sent to the origin (the original goes in X-Forwarded-Host).
     #[arg(long, env = "TUNNEL_HTTP_HOST_HEADER")]
     pub http_host_header: Option<String>,
@@ -182,17 +183,19 @@ pub struct OriginFlags {
     #[arg(long, env = "TUNNEL_ORIGIN_SERVER_NAME")]
     pub origin_server_name: Option<String>,
     /// Never send request bodies chunked.
-    #[arg(long, env = "TUNNEL_NO_CHUNKED_ENCODING")]
-    pub no_chunked_encoding: bool,
+    #[arg(long, env = "TUNNEL_NO_CHUNKED_ENCODING", num_args = 0..=1, require_equals = true, default_missing_value = "true", overrides_with = "no_chunked_encoding")]
+    pub no_chunked_encoding: Option<Switch>,
     /// Run as a jump host: the one origin is the bastion (each request names its destination).
-    #[arg(long, env = "TUNNEL_BASTION")]
-    pub bastion: bool,
-    /// A SOCKS5 exchange inside the WebSocket of a TCP origin (`proxyType: socks`).
-    #[arg(long, env = "TUNNEL_SOCKS")]
-    pub socks5: bool,
+    /// Given at all, even `=false`, as cloudflared reads it.
+    #[arg(long, env = "TUNNEL_BASTION", num_args = 0..=1, require_equals = true, default_missing_value = "true", overrides_with = "bastion")]
+    pub bastion: Option<Switch>,
+    /// A SOCKS5 exchange inside the WebSocket of a TCP origin (`proxyType: socks`). Given at
+    /// all, even `=false`, as cloudflared reads it.
+    #[arg(long, env = "TUNNEL_SOCKS", num_args = 0..=1, require_equals = true, default_missing_value = "true", overrides_with = "socks5")]
+    pub socks5: Option<Switch>,
     /// Offer HTTP/2 to a TLS origin (`http2Origin`).
-    #[arg(long, env = "TUNNEL_ORIGIN_ENABLE_HTTP2")]
-    pub http2_origin: bool,
+    #[arg(long, env = "TUNNEL_ORIGIN_ENABLE_HTTP2", num_args = 0..=1, require_equals = true, default_missing_value = "true", overrides_with = "http2_origin")]
+    pub http2_origin: Option<Switch>,
     /// `proxyAddress` of the one rule (only reported to the edge; no listener is opened).
     #[arg(long, env = "TUNNEL_PROXY_ADDRESS")]
     pub proxy_address: Option<String>,
@@ -207,17 +210,21 @@ impl OriginFlags {
     pub(super) fn merge(&self, file: &OriginFlagKeys) -> OriginRequestConfig {
         let or = |flag: &Option<String>, key: &Option<String>| flag.clone().or_else(|| key.clone());
         OriginRequestConfig {
-            no_tls_verify: Some(self.no_tls_verify || file.no_tls_verify.unwrap_or(false)),
+            no_tls_verify: Some(by_value(self.no_tls_verify, file.no_tls_verify)),
             http_host_header: or(&self.http_host_header, &file.http_host_header),
             ca_pool: or(&self.origin_ca_pool, &file.origin_ca_pool),
             origin_server_name: or(&self.origin_server_name, &file.origin_server_name),
-            disable_chunked_encoding: Some(
-                self.no_chunked_encoding || file.no_chunked_encoding.unwrap_or(false),
-            ),
-            // cloudflared sets these only when the flag is set (`c.IsSet`), so absent stays None.
-            bastion_mode: (self.bastion || file.bastion == Some(true)).then_some(true),
-            proxy_type: (self.socks5 || file.socks5 == Some(true)).then(|| "socks".to_owned()),
-            http2_origin: (self.http2_origin || file.http2_origin == Some(true)).then_some(true),
+            disable_chunked_encoding: Some(by_value(
+                self.no_chunked_encoding,
+                file.no_chunked_encoding,
+            )),
+            // cloudflared sets these only when the flag is set (`c.IsSet`), so absent stays
+            // None; `bastion_mode` set at all also makes the one origin the bastion.
+            bastion_mode: by_presence(self.bastion, file.bastion)
+                .then(|| by_value(self.bastion, file.bastion)),
+            proxy_type: by_presence(self.socks5, file.socks5).then(|| "socks".to_owned()),
+            http2_origin: by_presence(self.http2_origin, file.http2_origin)
+                .then(|| by_value(self.http2_origin, file.http2_origin)),
             proxy_address: or(&self.proxy_address, &file.proxy_address),
             proxy_port: self.proxy_port.or(file.proxy_port),
             ..OriginRequestConfig::default()
@@ -250,9 +257,10 @@ pub struct RunArgs {
     /// One origin for every request (instead of ingress rules).
     #[arg(long, env = "TUNNEL_URL")]
     pub url: Option<String>,
-    /// The built-in hello-world page for every request (instead of --url).
-    #[arg(long, env = "TUNNEL_HELLO_WORLD")]
-    pub hello_world: bool,
+    /// The built-in hello-world page for every request (instead of --url). Given at all, even
+    /// `=false`, as cloudflared reads it.
+    #[arg(long, env = "TUNNEL_HELLO_WORLD", num_args = 0..=1, require_equals = true, default_missing_value = "true", overrides_with = "hello_world")]
+    pub hello_world: Option<Switch>,
     /// HTTP over this unix socket for every request (instead of --url).
     #[arg(long, env = "TUNNEL_UNIX_SOCKET")]
     pub unix_socket: Option<String>,
@@ -276,10 +284,9 @@ pub struct RunArgs {
     /// Same for IPv6.
     #[arg(long, env = "TUNNEL_ICMPV6_SRC")]
     pub icmpv6_src: Option<std::net::Ipv6Addr>,
-    /// Post-quantum key exchange only. Only "on" counts as given: the file's `post-quantum: true`
-    /// is not turned off by `TUNNEL_POST_QUANTUM=false`.
-    #[arg(long, alias = "pq", env = "TUNNEL_POST_QUANTUM")]
-    pub post_quantum: bool,
+    /// Post-quantum key exchange only.
+    #[arg(long, alias = "pq", env = "TUNNEL_POST_QUANTUM", num_args = 0..=1, require_equals = true, default_missing_value = "true", overrides_with = "post_quantum")]
+    pub post_quantum: Option<Switch>,
     /// Tunnel UUID (or the config file's `tunnel`).
     pub tunnel: Option<String>,
 }

@@ -6,11 +6,15 @@
 
 use clap::{Arg, ArgAction, ArgMatches};
 
+use super::switch::{self, Switch};
+
 /// How a table flag takes a value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Takes {
-    /// None (`--ui`); its environment variable must be `true` or `false`.
+    /// None, or one after `=` (`--ui`, `--ui=false`): a [`Switch`] cloudflared reads by value.
     Switch,
+    /// As `Switch`, but cloudflared reads it by presence (`c.IsSet`): `=false` is on too.
+    Presence,
     /// One, once (`--label x`, `--label=x`).
     Value,
     /// One per use, repeatable (`--proxy-dns-upstream`).
@@ -34,9 +38,14 @@ pub(super) struct Flag {
 }
 
 impl Flag {
-    /// A flag without a value.
+    /// A switch (`--ui`, `--ui=false`).
     pub const fn switch(long: &'static str, id: &'static str) -> Self {
         Self::new(long, id, Takes::Switch)
+    }
+
+    /// A switch cloudflared reads by presence.
+    pub const fn presence(long: &'static str, id: &'static str) -> Self {
+        Self::new(long, id, Takes::Presence)
     }
 
     /// A flag with one value.
@@ -83,8 +92,7 @@ impl Flag {
             .global(true)
             .hide(true);
         let arg = match self.takes {
-            // clap's default parser for a switch reads `true`/`false` (from the variable).
-            Takes::Switch => arg.action(ArgAction::SetTrue),
+            Takes::Switch | Takes::Presence => switch::arg(arg),
             Takes::Value => arg.action(ArgAction::Set),
             Takes::Values => arg.action(ArgAction::Append),
         };
@@ -99,21 +107,36 @@ impl Flag {
     }
 
     /// `None` if the flag was not given (on the command line or through its variable), else
-    /// its value (a switch's is `None`; of a repeated flag, the first).
+    /// its value as Go prints it (of a repeated flag, the first; a switch's variable set but
+    /// empty has none).
     pub fn read(&self, matches: &ArgMatches) -> Option<Option<String>> {
         match self.takes {
-            Takes::Switch => matches
-                .try_get_one::<bool>(self.id)
-                .ok()
-                .flatten()
-                .copied()
-                .unwrap_or(false)
-                .then_some(None),
+            Takes::Switch | Takes::Presence => self
+                .switch_given(matches)
+                .map(|s| s.go_value().map(str::to_owned)),
             Takes::Value | Takes::Values => matches
                 .try_get_many::<String>(self.id)
                 .ok()
                 .flatten()
                 .map(|mut values| values.next().cloned()),
         }
+    }
+
+    /// Whether the flag asks for what it names: a value flag given; a switch on as cloudflared
+    /// reads it (by value, or by presence).
+    pub fn is_on(&self, matches: &ArgMatches) -> bool {
+        match self.takes {
+            Takes::Switch => switch::by_value(self.switch_given(matches), None),
+            Takes::Presence => switch::by_presence(self.switch_given(matches), None),
+            Takes::Value | Takes::Values => self.read(matches).is_some(),
+        }
+    }
+
+    fn switch_given(&self, matches: &ArgMatches) -> Option<Switch> {
+        matches
+            .try_get_one::<Switch>(self.id)
+            .ok()
+            .flatten()
+            .copied()
     }
 }

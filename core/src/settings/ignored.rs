@@ -60,6 +60,13 @@ pub(super) const IGNORED: &[Flag] = &[
     Flag::value("host-key-path", "HOST_KEY_PATH").env("HOST_KEY_PATH"),
 ];
 
+/// Whether the ignored flag `name` is a switch.
+pub(super) fn is_switch(name: &str) -> bool {
+    IGNORED
+        .iter()
+        .any(|f| f.long == name && matches!(f.takes, Takes::Switch | Takes::Presence))
+}
+
 /// The ignored flags given (on the command line or through their environment variable), in
 /// [`IGNORED`]'s order, with their values.
 #[derive(Debug, Clone, Default)]
@@ -70,13 +77,11 @@ pub struct IgnoredArgs {
 impl IgnoredArgs {
     /// The value given for the ignored flag `name` (cloudflared reports some of them in
     /// `__configuration_flags`), in Go's spelling (`--no-autoupdate` is `"true"`); durations as
-    /// given.
-    pub fn configuration_flag(&self, name: &str) -> Option<String> {
-        let (flag, value) = self.given.iter().find(|(flag, _)| flag.long == name)?;
-        match flag.takes {
-            Takes::Switch => Some("true".to_owned()),
-            Takes::Value | Takes::Values => value.clone(),
-        }
+    /// given. `None` if not given; `Some(None)` for a switch whose variable is set but empty
+    /// (cloudflared reports nothing then, and does not read the file's key either).
+    pub fn configuration_flag(&self, name: &str) -> Option<Option<String>> {
+        let (_, value) = self.given.iter().find(|(flag, _)| flag.long == name)?;
+        Some(value.clone())
     }
 
     /// The flags given (on the command line or through their environment variable).

@@ -11,6 +11,7 @@ mod ignored;
 mod log;
 mod refused;
 pub mod service;
+mod switch;
 #[cfg(test)]
 mod tests;
 
@@ -30,6 +31,7 @@ pub use creds::{Credentials, CredsError};
 pub use ignored::IgnoredArgs;
 pub use log::LogFormat;
 pub use refused::{RefusedArgs, RefusedFlag};
+pub use switch::Switch;
 
 /// What settings read from the machine they run on.
 pub trait Host {
@@ -87,7 +89,7 @@ pub struct Settings {
     pub credentials_file: Option<String>,
     /// `--url`.
     pub url: Option<String>,
-    /// `--hello-world`.
+    /// `--hello-world` (given at all, even `=false`, or `true` in the file).
     pub hello_world: bool,
     /// `--unix-socket`.
     pub unix_socket: Option<String>,
@@ -191,14 +193,14 @@ impl Settings {
             max_active_flows: run.max_active_flows.or(file.max_active_flows),
             icmpv4_src: run.icmpv4_src.or(file.icmpv4_src),
             icmpv6_src: run.icmpv6_src.or(file.icmpv6_src),
-            post_quantum: run.post_quantum || file.post_quantum.unwrap_or(false),
+            post_quantum: switch::by_value(run.post_quantum, file.post_quantum),
             protocol,
             token: or(&run.token, &file.token),
             token_file: or(&run.token_file, &file.token_file),
             credentials_contents: or(&run.credentials_contents, &file.credentials_contents),
             credentials_file: or(&run.credentials_file, &file.credentials_file),
             url: or(&run.url, &file.url),
-            hello_world: run.hello_world || file.hello_world.unwrap_or(false),
+            hello_world: switch::by_presence(run.hello_world, file.hello_world),
             unix_socket: or(&run.unix_socket, &file.unix_socket),
             origin: run.origin.merge(&file.origin_flags),
             pidfile: or(&common.pidfile, &file.pidfile),
@@ -236,12 +238,18 @@ fn configuration_flags(
             "edge-ip-version" => common.edge_ip_version.clone(),
             "edge-bind-address" => common.edge_bind_address.map(|a| a.to_string()),
             "max-active-flows" => run.max_active_flows.map(|n| n.to_string()),
-            other => common.ignored.configuration_flag(other),
+            other => match common.ignored.configuration_flag(other) {
+                // A switch's variable set but empty: not set, and the file is not read.
+                Some(None) => continue,
+                given => given.flatten(),
+            },
         };
+        // altsrc sets a switch from the file only when it is `true`.
         let from_file = || {
             (*name != "max-active-flows")
                 .then(|| file.flag_values.get(*name).cloned())
                 .flatten()
+                .filter(|v| !(v == "false" && ignored::is_switch(name)))
         };
         let Some(mut value) = given.or_else(from_file) else {
             continue;
@@ -384,7 +392,8 @@ pub fn single_origin(settings: &Settings) -> Result<Option<Service>, SetupError>
     if settings.hello_world {
         return Ok(Some(Service::HelloWorld));
     }
-    if settings.origin.bastion_mode == Some(true) {
+    // `--bastion=false` too, as cloudflared's `c.IsSet`.
+    if settings.origin.bastion_mode.is_some() {
         return Ok(Some(Service::Bastion));
     }
     if let Some(url) = &settings.url {
@@ -618,7 +627,7 @@ pub fn local_config(settings: &Settings, loaded: &LoadedConfig) -> Result<Vec<u8
         None => {
             let service = if settings.hello_world {
                 Some("hello_world".to_owned())
-            } else if settings.origin.bastion_mode == Some(true) {
+            } else if settings.origin.bastion_mode.is_some() {
                 Some("bastion".to_owned())
             } else if let Some(url) = &settings.url {
                 Some(normalise_service(&url_service_string(url)))

@@ -39,7 +39,7 @@ pub(super) const REFUSED: &[(Flag, &str)] = &[
         "quick tunnels (trycloudflare.com) are created through Cloudflare's API",
     ),
     (
-        Flag::switch("stdin-control", "STDIN_CONTROL"),
+        Flag::presence("stdin-control", "STDIN_CONTROL"),
         "it is cloudflared's test hook (reconnect commands read from stdin)",
     ),
     (
@@ -95,7 +95,9 @@ pub(super) const REFUSED: &[(Flag, &str)] = &[
     ),
 ];
 
-/// The first refused flag given (on the command line), in [`REFUSED`]'s order.
+/// The first refused flag given (on the command line or through its variable) asking for what
+/// burrow cannot do, in [`REFUSED`]'s order: `--quic-disable-pmtu-discovery=false` asks for
+/// nothing, `--stdin-control=false` still does (cloudflared reads it by presence).
 #[derive(Debug, Clone, Default)]
 pub struct RefusedArgs {
     given: Option<RefusedFlag>,
@@ -112,7 +114,7 @@ impl clap::FromArgMatches for RefusedArgs {
     fn from_arg_matches(matches: &ArgMatches) -> Result<Self, clap::Error> {
         let given = REFUSED
             .iter()
-            .find(|(flag, _)| flag.read(matches).is_some())
+            .find(|(flag, _)| flag.is_on(matches))
             .map(|(flag, why)| RefusedFlag {
                 flag: flag.long,
                 why,

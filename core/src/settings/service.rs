@@ -91,8 +91,8 @@ pub enum ServiceCommand {
         /// The tunnel token, as the dashboard shows it.
         token: Option<String>,
         /// Accepted for cloudflared's command line; burrow installs no update timer.
-        #[arg(long)]
-        no_update_service: bool,
+        #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", overrides_with = "no_update_service")]
+        no_update_service: Option<super::Switch>,
     },
     /// Stop, disable and remove the service and its token file.
     Uninstall,

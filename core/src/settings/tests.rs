@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 
 use clap::{Parser, Subcommand};
+use proptest::strategy::Strategy;
 
 use super::*;
 
@@ -14,14 +15,13 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Top {
-    Tunnel(TunnelArgs),
+    Tunnel(Box<TunnelArgs>),
+    Service(service::ServiceArgs),
 }
 
 /// Settings from a `burrow tunnel ...` command line and config.yml text.
 fn settings(args: &[&str], yaml: &str) -> Result<Settings, SetupError> {
-    let Top::Tunnel(t) = Cli::try_parse_from([&["burrow", "tunnel"], args].concat())
-        .expect("flags parse")
-        .command;
+    let t = tunnel_args(args);
     let TunnelCommand::Run(run) = t.command;
     let file = ConfigFile::from_yaml(yaml).expect("file parses");
     Settings::merge(&t.common, &run, &file)
@@ -526,10 +526,13 @@ fn a_token_tunnel_on_auto_starts_on_quic_whatever_the_percentage_record_says() {
 }
 
 fn tunnel_args(args: &[&str]) -> TunnelArgs {
-    let Top::Tunnel(t) = Cli::try_parse_from([&["burrow", "tunnel"], args].concat())
+    match Cli::try_parse_from([&["burrow", "tunnel"], args].concat())
         .expect("flags parse")
-        .command;
-    t
+        .command
+    {
+        Top::Tunnel(t) => *t,
+        Top::Service(_) => unreachable!("parsed `tunnel`"),
+    }
 }
 
 #[test]
@@ -605,26 +608,27 @@ fn every_ignored_flag_is_taken_and_named_with_its_value() {
     for flag in super::ignored::IGNORED {
         let long = format!("--{}", flag.long);
         let with_equals = format!("--{}=v", flag.long);
-        let spellings: Vec<Vec<&str>> = match flag.takes {
-            Takes::Switch => vec![vec![&long, "run"], vec!["run", &long]],
+        let off = format!("--{}=false", flag.long);
+        let spellings: Vec<(Vec<&str>, &str)> = match flag.takes {
+            Takes::Switch | Takes::Presence => vec![
+                (vec![&long, "run"], "true"),
+                (vec!["run", &long], "true"),
+                (vec![&off, "run"], "false"),
+                (vec!["run", &long, &off], "false"),
+            ],
             Takes::Value | Takes::Values => vec![
-                vec![&long, "v", "run"],
-                vec!["run", &long, "v"],
-                vec![&with_equals, "run"],
-                vec!["run", &with_equals],
+                (vec![&long, "v", "run"], "v"),
+                (vec!["run", &long, "v"], "v"),
+                (vec![&with_equals, "run"], "v"),
+                (vec!["run", &with_equals], "v"),
             ],
         };
-        for args in spellings {
+        for (args, want) in spellings {
             let t = tunnel_args(&args);
             assert_eq!(t.common.ignored.given(), [flag.long], "{args:?}");
             assert!(t.common.refused.given().is_none(), "{args:?}");
             let value = t.common.ignored.configuration_flag(flag.long);
-            let want = if flag.takes == Takes::Switch {
-                "true"
-            } else {
-                "v"
-            };
-            assert_eq!(value.as_deref(), Some(want), "{args:?}");
+            assert_eq!(value, Some(Some(want.to_owned())), "{args:?}");
         }
     }
     // Repeatable ones keep their first value; `--proto-loglevel` is `--transport-loglevel`.
@@ -633,7 +637,7 @@ fn every_ignored_flag_is_taken_and_named_with_its_value() {
     let t = tunnel_args(&["--proto-loglevel=warn", "run"]);
     assert_eq!(
         t.common.ignored.configuration_flag("transport-loglevel"),
-        Some("warn".into())
+        Some(Some("warn".into()))
     );
     assert!(tunnel_args(&["run"]).common.ignored.given().is_empty());
 }
@@ -646,8 +650,11 @@ fn every_refused_flag_stops_run_naming_itself() {
     for (flag, why) in super::refused::REFUSED {
         let long = format!("--{}", flag.long);
         let with_equals = format!("--{}=v", flag.long);
+        let on = format!("--{}=1", flag.long);
         let spellings: Vec<Vec<&str>> = match flag.takes {
-            Takes::Switch => vec![vec![&long, "run"], vec!["run", &long]],
+            Takes::Switch | Takes::Presence => {
+                vec![vec![&long, "run"], vec!["run", &long], vec!["run", &on]]
+            }
             Takes::Value | Takes::Values => {
                 vec![vec![&long, "v", "run"], vec!["run", &with_equals]]
             }
@@ -671,7 +678,7 @@ fn every_refused_flag_stops_run_naming_itself() {
 }
 
 /// Outside the tables clap still refuses: an unknown flag (with the near table flag as a tip),
-/// a table flag without its value, a value given to a switch, a single-value flag twice.
+/// a table flag without its value, a value a switch cannot take, a single-value flag twice.
 #[test]
 fn bad_table_flags_are_refused_by_clap() {
     use clap::error::{ContextKind, ContextValue, ErrorKind};
@@ -697,8 +704,18 @@ fn bad_table_flags_are_refused_by_clap() {
     );
     let e = parse(&["run", "--hostname"]);
     assert_eq!(e.kind(), ErrorKind::InvalidValue);
-    let e = parse(&["run", "--ui=true"]);
-    assert_eq!(e.kind(), ErrorKind::TooManyValues);
+    // A switch takes only `strconv.ParseBool`'s spellings after `=` (cloudflared: `invalid
+    // boolean value "yes" for -ui: parse error`), and the error lists true and false.
+    let e = parse(&["run", "--ui=yes"]);
+    assert_eq!(e.kind(), ErrorKind::InvalidValue);
+    assert_eq!(
+        e.get(ContextKind::InvalidValue),
+        Some(&ContextValue::String("yes".into()))
+    );
+    assert_eq!(
+        e.get(ContextKind::ValidValue),
+        Some(&ContextValue::Strings(vec!["true".into(), "false".into()]))
+    );
     let e = parse(&["--label", "a", "run", "--label", "b", "--label", "c"]);
     assert_eq!(e.kind(), ErrorKind::ArgumentConflict);
 }
@@ -742,4 +759,280 @@ fn warp_routing_connect_timeout_reaches_the_tcp_dials() {
         timeout("warp-routing:\n  connectTimeout: 2s\n"),
         std::time::Duration::from_secs(2)
     );
+}
+
+/// `strconv.ParseBool`'s spellings after `=`, as Go's `flag` takes them for a switch; what a
+/// bare `--x` means; and spellings cloudflared refuses (`invalid boolean value "yes" for
+/// -no-autoupdate: parse error`, `/work/cfd/cloudflared tunnel --no-autoupdate=yes run`).
+const SWITCH_SPELLINGS: &[(&str, Option<Switch>)] = &[
+    ("", Some(Switch::On)),
+    ("=true", Some(Switch::On)),
+    ("=True", Some(Switch::On)),
+    ("=TRUE", Some(Switch::On)),
+    ("=t", Some(Switch::On)),
+    ("=T", Some(Switch::On)),
+    ("=1", Some(Switch::On)),
+    ("=false", Some(Switch::Off)),
+    ("=False", Some(Switch::Off)),
+    ("=FALSE", Some(Switch::Off)),
+    ("=f", Some(Switch::Off)),
+    ("=F", Some(Switch::Off)),
+    ("=0", Some(Switch::Off)),
+    ("=yes", None),
+    ("=no", None),
+    ("=on", None),
+    ("=tRUE", None),
+    ("=2", None),
+    ("= true", None),
+    ("=true ", None),
+    ("=-1", None),
+];
+
+/// Every switch of `tunnel`, `tunnel run` and `service install` (table or derived): the ones
+/// of the command tree whose values are [`Switch`]es, by their long names.
+fn switches() -> Vec<(Vec<&'static str>, String, clap::Id)> {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let is_switch =
+        |a: &clap::Arg| a.get_value_parser().type_id() == std::any::TypeId::of::<Switch>();
+    let mut out = Vec::new();
+    let mut add = |path: Vec<&'static str>, cmd: &clap::Command| {
+        for a in cmd.get_arguments().filter(|a| is_switch(a)) {
+            let long = a.get_long().expect("switches are long flags").to_owned();
+            out.push((path.clone(), long, a.get_id().clone()));
+        }
+    };
+    let tunnel = cli.find_subcommand("tunnel").expect("tunnel");
+    add(vec!["tunnel"], tunnel);
+    add(
+        vec!["tunnel", "run"],
+        tunnel.find_subcommand("run").expect("run"),
+    );
+    let service = cli.find_subcommand("service").expect("service");
+    add(
+        vec!["service", "install"],
+        service.find_subcommand("install").expect("install"),
+    );
+    out
+}
+
+/// Every switch takes every spelling cloudflared takes, with its meaning, before or after
+/// `run`; the ones cloudflared refuses are refused with the value named; a value after a
+/// space is the next argument, not the switch's.
+#[test]
+fn every_switch_takes_cloudflareds_spellings() {
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    use clap::CommandFactory;
+    let all = switches();
+    // The derived ones, the table's and `service install`'s; no clap `SetTrue` is left.
+    for name in [
+        "no-tls-verify",
+        "no-chunked-encoding",
+        "bastion",
+        "socks5",
+        "http2-origin",
+        "hello-world",
+        "post-quantum",
+        "no-autoupdate",
+        "ui",
+        "stdin-control",
+        "no-update-service",
+    ] {
+        assert!(all.iter().any(|(_, l, _)| l == name), "{name} is a switch");
+    }
+    let cli = Cli::command();
+    let tunnel = cli.find_subcommand("tunnel").expect("tunnel");
+    for cmd in [tunnel, tunnel.find_subcommand("run").expect("run")] {
+        for a in cmd.get_arguments() {
+            assert!(
+                !matches!(a.get_action(), clap::ArgAction::SetTrue),
+                "{a} is a SetTrue flag"
+            );
+        }
+    }
+    fn deepest(m: &clap::ArgMatches) -> &clap::ArgMatches {
+        m.subcommand().map_or(m, |(_, sub)| deepest(sub))
+    }
+    for (path, long, id) in &all {
+        // `tunnel`'s switches are global: after `run`, and before it.
+        let full: &[&str] = if path == &["tunnel"] {
+            &["tunnel", "run"]
+        } else {
+            path
+        };
+        for (spelling, want) in SWITCH_SPELLINGS {
+            let flag = format!("--{long}{spelling}");
+            let mut argvs = vec![[&["burrow"], full, &[flag.as_str()]].concat()];
+            if path == &["tunnel"] {
+                argvs.push(vec!["burrow", "tunnel", &flag, "run"]);
+            }
+            for argv in argvs {
+                match (want, Cli::command().try_get_matches_from(&argv)) {
+                    (Some(want), Ok(m)) => {
+                        let got = deepest(&m).get_one::<Switch>(id.as_str());
+                        assert_eq!(got, Some(want), "{argv:?}");
+                    }
+                    (None, Err(e)) => {
+                        assert_eq!(e.kind(), ErrorKind::InvalidValue, "{argv:?}");
+                        let value = spelling.strip_prefix('=').expect("a value");
+                        assert_eq!(
+                            e.get(ContextKind::InvalidValue),
+                            Some(&ContextValue::String(value.into())),
+                            "{argv:?}"
+                        );
+                    }
+                    (want, got) => panic!("{argv:?}: want {want:?}, got {got:?}"),
+                }
+            }
+        }
+        // Given twice, the last counts (Go's `flag`).
+        let (on, off) = (format!("--{long}"), format!("--{long}=false"));
+        let twice = [&["burrow"], full, &[on.as_str(), off.as_str()]].concat();
+        let m = Cli::command().try_get_matches_from(&twice).expect("twice");
+        assert_eq!(
+            deepest(&m).get_one::<Switch>(id.as_str()),
+            Some(&Switch::Off),
+            "{twice:?}"
+        );
+    }
+    // `--x false`: the switch is on and `false` is the next argument (here the tunnel).
+    let t = tunnel_args(&["run", "--post-quantum", "false"]);
+    let TunnelCommand::Run(run) = t.command;
+    assert_eq!(run.post_quantum, Some(Switch::On));
+    assert_eq!(run.tunnel.as_deref(), Some("false"));
+    // The alias too.
+    let TunnelCommand::Run(run) = tunnel_args(&["run", "--pq=0"]).command;
+    assert_eq!(run.post_quantum, Some(Switch::Off));
+}
+
+/// What a switch means, as cloudflared reads it (seen with /work/cfd/cloudflared's `Settings:`
+/// line and its hello-world server): read by value, given `=false` it is off over the file's
+/// `true`; read by presence, given at all it is on; its variable set but empty leaves it off
+/// and the file unread.
+#[test]
+fn switches_mean_what_cloudflared_reads_from_them() {
+    let s = |args: &[&str], yaml: &str| settings(args, yaml).expect("settings");
+    // By value.
+    assert!(s(&["run"], "post-quantum: true\n").post_quantum);
+    assert!(!s(&["run", "--post-quantum=false"], "post-quantum: true\n").post_quantum);
+    assert!(!s(&["run", "--pq=0"], "post-quantum: true\n").post_quantum);
+    assert!(s(&["run", "--post-quantum=T"], "post-quantum: false\n").post_quantum);
+    assert!(!s(&["run", "--post-quantum", "--post-quantum=F"], "").post_quantum);
+    let origin = |args: &[&str], yaml: &str| s(args, yaml).origin;
+    let o = origin(
+        &[
+            "run",
+            "--no-tls-verify=false",
+            "--no-chunked-encoding=FALSE",
+        ],
+        "no-tls-verify: true\nno-chunked-encoding: true\n",
+    );
+    assert_eq!(o.no_tls_verify, Some(false));
+    assert_eq!(o.disable_chunked_encoding, Some(false));
+    let o = origin(&["run"], "no-tls-verify: true\nno-chunked-encoding: true\n");
+    assert_eq!(o.no_tls_verify, Some(true));
+    assert_eq!(o.disable_chunked_encoding, Some(true));
+    assert_eq!(
+        origin(&["run", "--http2-origin=0"], "http2-origin: true\n").http2_origin,
+        Some(false)
+    );
+    assert_eq!(origin(&["run"], "http2-origin: false\n").http2_origin, None);
+    // By presence: `--hello-world=false` still serves the page, `--bastion=false` still makes
+    // the one origin the bastion (with bastionMode false), `--socks5=false` still asks SOCKS.
+    assert!(s(&["run", "--hello-world=false"], "").hello_world);
+    assert!(!s(&["run"], "hello-world: false\n").hello_world);
+    assert!(s(&["run"], "hello-world: true\n").hello_world);
+    let b = s(&["run", "--bastion=false", "--url", "http://x"], "");
+    assert_eq!(b.origin.bastion_mode, Some(false));
+    assert_eq!(single_origin(&b).unwrap(), Some(Service::Bastion));
+    let b = s(&["run", "--url", "http://x"], "bastion: false\n");
+    assert_eq!(b.origin.bastion_mode, None);
+    assert!(matches!(
+        single_origin(&b).unwrap(),
+        Some(Service::Http { .. })
+    ));
+    assert_eq!(
+        origin(&["run", "--socks5=f"], "").proxy_type.as_deref(),
+        Some("socks")
+    );
+    // A variable set but empty (clap hands the switch `""`): off, and the file is not read.
+    let mut t = tunnel_args(&["run"]);
+    let TunnelCommand::Run(run) = &mut t.command;
+    run.post_quantum = Some(Switch::Blank);
+    run.hello_world = Some(Switch::Blank);
+    run.origin.no_tls_verify = Some(Switch::Blank);
+    let file =
+        ConfigFile::from_yaml("post-quantum: true\nhello-world: true\nno-tls-verify: true\n")
+            .expect("file");
+    let b = Settings::merge(&t.common, run, &file).expect("merge");
+    assert!(!b.post_quantum);
+    assert!(!b.hello_world);
+    assert_eq!(b.origin.no_tls_verify, Some(false));
+    // `__configuration_flags` prints no-autoupdate as Go's `c.String`; the file only ever
+    // sets it to true.
+    let flag = |args: &[&str], yaml: &str| {
+        s(args, yaml)
+            .configuration_flags
+            .get("no-autoupdate")
+            .cloned()
+    };
+    assert_eq!(
+        flag(&["--no-autoupdate=false", "run"], ""),
+        Some("false".into())
+    );
+    assert_eq!(
+        flag(&["--no-autoupdate=0", "run"], "no-autoupdate: true\n"),
+        Some("false".into())
+    );
+    assert_eq!(flag(&["run", "--no-autoupdate=t"], ""), Some("true".into()));
+    assert_eq!(flag(&["run"], "no-autoupdate: true\n"), Some("true".into()));
+    assert_eq!(flag(&["run"], "no-autoupdate: false\n"), None);
+    // A refused switch off asks for nothing burrow lacks, unless read by presence.
+    let host = MapHost(HashMap::new());
+    let args = tunnel_args(&["--quic-disable-pmtu-discovery=false", "run"]);
+    assert!(start(&args, &host).is_ok());
+    let args = tunnel_args(&["--stdin-control=false", "run"]);
+    assert!(matches!(
+        start(&args, &host),
+        Err(SetupError::Refused(RefusedFlag {
+            flag: "stdin-control",
+            ..
+        }))
+    ));
+}
+
+proptest::proptest! {
+    /// No command line panics the parser or the merge: words from cloudflared's flags and
+    /// switch spellings, and arbitrary ones.
+    #[test]
+    fn no_argv_panics_the_parser(
+        words in proptest::collection::vec(
+            proptest::prop_oneof![
+                proptest::sample::select(vec![
+                    "tunnel", "run", "service", "install", "--no-autoupdate", "-no-autoupdate",
+                    "--post-quantum", "--pq", "--hello-world", "--bastion", "--socks5",
+                    "--no-tls-verify", "--ui", "--stdin-control", "--label", "--url",
+                    "--config", "--protocol", "-p", "--edge", "--no-update-service", "--",
+                    "=", "-", "true", "false",
+                ]).prop_map(str::to_owned),
+                (
+                    proptest::sample::select(vec![
+                        "--no-autoupdate", "--post-quantum", "--hello-world", "--bastion",
+                        "--no-chunked-encoding", "--http2-origin", "--quic-disable-pmtu-discovery",
+                        "--grace-period", "--ha-connections", "--edge-ip-version",
+                    ]),
+                    "\\PC{0,8}",
+                ).prop_map(|(flag, value)| format!("{flag}={value}")),
+                "\\PC{0,16}",
+            ],
+            0..8,
+        )
+    ) {
+        let mut argv = vec!["burrow".to_owned()];
+        argv.extend(words);
+        let argv = cloudflared_argv(argv.into_iter().map(Into::into).collect());
+        if let Ok(Cli { command: Top::Tunnel(t) }) = Cli::try_parse_from(argv) {
+            let _ = start(&t, &MapHost(HashMap::new()));
+        }
+    }
 }
