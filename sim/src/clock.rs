@@ -3,6 +3,7 @@
 //! record offsets, which replay identically.
 
 use std::ops::Add;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 /// Time since the simulation began.
@@ -47,5 +48,24 @@ impl Clock {
     /// Virtual time of an `Instant` a state machine asked for (earlier than zero counts as zero).
     pub fn virtual_time(&self, i: Instant) -> VirtualTime {
         VirtualTime(i.saturating_duration_since(self.base))
+    }
+}
+
+/// Virtual time of the step being run, in nanoseconds, for log lines (`--log`).
+static LOG_NOW_NS: AtomicU64 = AtomicU64::new(0);
+
+/// Stamps log lines from now on with `t`.
+pub fn set_log_time(t: VirtualTime) {
+    let ns = u64::try_from(t.0.as_nanos()).unwrap_or(u64::MAX);
+    LOG_NOW_NS.store(ns, Ordering::Relaxed);
+}
+
+/// Stamps each log line with the virtual time it was written at, as the trace does.
+pub struct LogTime;
+
+impl tracing_subscriber::fmt::time::FormatTime for LogTime {
+    fn format_time(&self, w: &mut tracing_subscriber::fmt::format::Writer<'_>) -> std::fmt::Result {
+        let t = Duration::from_nanos(LOG_NOW_NS.load(Ordering::Relaxed));
+        write!(w, "{:>12.6}s", t.as_secs_f64())
     }
 }

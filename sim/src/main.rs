@@ -64,7 +64,7 @@ fn main() -> ExitCode {
         tracing_subscriber::fmt()
             .with_max_level(level)
             .with_writer(std::io::stderr)
-            .without_time()
+            .with_timer(burrow_sim::clock::LogTime)
             .init();
     }
     if cli.list {

@@ -223,8 +223,10 @@ impl Network {
         }
         if self.chance() < cfg.loss {
             self.stats.lost += 1;
+            tracing::trace!(%from, %to, len = data.len(), "net: lost");
             return;
         }
+        tracing::trace!(%from, %to, len = data.len(), "net: sent");
         let copies = if self.chance() < cfg.duplicate { 2 } else { 1 };
         self.stats.duplicated += copies - 1;
         for _ in 0..copies {

@@ -340,6 +340,7 @@ impl World {
 
     /// Feeds connector `n` one input and does what it asks.
     pub fn feed(&mut self, n: usize, input: Input<'_>) {
+        let _span = tracing::trace_span!("connector", n).entered();
         let now = self.instant();
         self.connectors[n].connector.handle_input(now, input);
         self.drain(n);
@@ -348,6 +349,7 @@ impl World {
     /// Drains connector `n`'s outputs: transmits into the network, I/O on the origins and the
     /// origin network (answered at once where a driver would), events into this step's list.
     fn drain(&mut self, n: usize) {
+        let _span = tracing::trace_span!("connector", n).entered();
         let now = self.instant();
         let vnow = self.now;
         let World {
@@ -437,9 +439,12 @@ impl World {
                     None
                 }
                 Io::DialEdge {
-                    index, link, edge, ..
+                    index,
+                    link,
+                    edge,
+                    keepalive,
                 } => {
-                    tcp.dial(vnow, net, n, link, socket(index), edge);
+                    tcp.dial(vnow, net, n, link, (socket(index), edge), keepalive);
                     None
                 }
                 Io::WriteEdge { link, data } => {
@@ -594,6 +599,7 @@ impl World {
     /// address the connector dialled), stream events to the eyeballs, events into this step's
     /// list, until it says `Timeout`.
     fn drain_edge(&mut self) {
+        let _span = tracing::trace_span!("edge").entered();
         let now = self.instant();
         let World {
             edge,
@@ -719,6 +725,7 @@ impl World {
         }
         let Some(next) = next.filter(|n| *n <= limit) else {
             self.now = self.now.max(limit);
+            crate::clock::set_log_time(self.now);
             return Ok(Step::Idle);
         };
         if next <= self.now {
@@ -732,6 +739,7 @@ impl World {
         } else {
             self.stalled_steps = 0;
             self.now = next;
+            crate::clock::set_log_time(self.now);
         }
         while self.wakeups.first().is_some_and(|t| *t <= self.now) {
             self.wakeups.pop_first();
@@ -741,6 +749,7 @@ impl World {
         while let Some(p) = self.net.poll_arrival(self.now) {
             if self.edge_addrs.contains(&p.to) {
                 if let Some(m) = &mut self.edge {
+                    let _span = tracing::trace_span!("edge").entered();
                     m.handle_input(
                         now,
                         edge::Input::Received(Received::single(p.from, &p.data)),
@@ -765,6 +774,7 @@ impl World {
         }
         if let Some(m) = &mut self.edge {
             if self.edge_deadline.is_some_and(|t| t <= now) {
+                let _span = tracing::trace_span!("edge").entered();
                 m.handle_input(now, edge::Input::Timeout);
             }
         }
