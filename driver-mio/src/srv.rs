@@ -23,13 +23,18 @@ pub fn lookup(service: &str) -> Result<Vec<(String, u16)>, String> {
 /// The first TXT record of `name`, its strings joined (the protocol percentages).
 pub fn txt(name: &str) -> Result<String, String> {
     let answer = query(name, RecordType::TXT)?;
-    first_txt(&answer).ok_or_else(|| format!("TXT {name}: no record ({})", answer.response_code()))
+    first_txt(&answer)
+        .ok_or_else(|| format!("TXT {name}: no record ({})", answer.metadata.response_code))
 }
 
 fn first_txt(answer: &Message) -> Option<String> {
-    answer.answers().iter().find_map(|r| match r.data() {
+    answer.answers.iter().find_map(|r| match &r.data {
         RData::TXT(txt) => {
-            let bytes: Vec<u8> = txt.iter().flat_map(|s| s.iter().copied()).collect();
+            let bytes: Vec<u8> = txt
+                .txt_data
+                .iter()
+                .flat_map(|s| s.iter().copied())
+                .collect();
             String::from_utf8(bytes).ok()
         }
         _ => None,
@@ -45,13 +50,9 @@ fn query(name: &str, kind: RecordType) -> Result<Message, String> {
     let mut id = [0u8; 2];
     let _ = getrandom::fill(&mut id);
     let id = u16::from_be_bytes(id);
-    let mut query = Message::new();
-    query
-        .set_id(id)
-        .set_message_type(MessageType::Query)
-        .set_op_code(OpCode::Query)
-        .set_recursion_desired(true)
-        .add_query(Query::query(name, kind));
+    let mut query = Message::new(id, MessageType::Query, OpCode::Query);
+    query.metadata.recursion_desired = true;
+    query.add_query(Query::query(name, kind));
     let bytes = query.to_vec().map_err(|e| e.to_string())?;
     let mut last = format!("{kind} {service}: no name server in /etc/resolv.conf");
     for ns in &conf.nameservers {
@@ -79,7 +80,9 @@ fn ask(server: SocketAddr, id: u16, query: &[u8]) -> std::io::Result<Message> {
         let n = socket.recv(&mut buf)?;
         // Anything but the answer to this query (a late answer to another) is skipped.
         match Message::from_vec(&buf[..n]) {
-            Ok(m) if m.id() == id && m.message_type() == MessageType::Response => return Ok(m),
+            Ok(m) if m.metadata.id == id && m.metadata.message_type == MessageType::Response => {
+                return Ok(m)
+            }
             _ => continue,
         }
     }
@@ -88,15 +91,18 @@ fn ask(server: SocketAddr, id: u16, query: &[u8]) -> std::io::Result<Message> {
 /// The SRV records of an answer.
 fn targets(answer: &Message) -> Result<Vec<(String, u16)>, String> {
     let found: Vec<(String, u16)> = answer
-        .answers()
+        .answers
         .iter()
-        .filter_map(|r| match r.data() {
-            RData::SRV(srv) => Some((srv.target().to_utf8(), srv.port())),
+        .filter_map(|r| match &r.data {
+            RData::SRV(srv) => Some((srv.target.to_utf8(), srv.port)),
             _ => None,
         })
         .collect();
     if found.is_empty() {
-        return Err(format!("no SRV records ({})", answer.response_code()));
+        return Err(format!(
+            "no SRV records ({})",
+            answer.metadata.response_code
+        ));
     }
     Ok(found)
 }
@@ -124,8 +130,7 @@ mod tests {
 
     #[test]
     fn srv_answers_become_targets_in_order() {
-        let mut m = Message::new();
-        m.set_message_type(MessageType::Response);
+        let mut m = Message::response(0, OpCode::Query);
         let name = Name::from_ascii("_v2-origintunneld._tcp.argotunnel.com.").unwrap();
         for (i, host) in ["region1.v2.argotunnel.com.", "region2.v2.argotunnel.com."]
             .into_iter()
@@ -142,14 +147,13 @@ mod tests {
                 ("region2.v2.argotunnel.com.".to_owned(), 7845)
             ]
         );
-        assert!(targets(&Message::new()).is_err());
+        assert!(targets(&Message::query()).is_err());
     }
 
     #[test]
     fn txt_strings_are_joined() {
         use hickory_proto::rr::rdata::TXT;
-        let mut m = Message::new();
-        m.set_message_type(MessageType::Response);
+        let mut m = Message::response(0, OpCode::Query);
         let name = Name::from_ascii("protocol-v2.argotunnel.com.").unwrap();
         let txt = TXT::new(vec![
             r#"[{"protocol":"quic","#.into(),
@@ -161,6 +165,6 @@ mod tests {
             first_txt(&parsed).as_deref(),
             Some(r#"[{"protocol":"quic","percentage":100}]"#)
         );
-        assert_eq!(first_txt(&Message::new()), None);
+        assert_eq!(first_txt(&Message::query()), None);
     }
 }

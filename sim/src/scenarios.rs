@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use burrow_core::connector::{Connector, Event, Input};
+use burrow_core::connector::{Connector, Event, Input, EDGE_TCP_KEEPALIVE};
 use burrow_core::control::{Refusal, Registration, RegistrationFailure};
 use burrow_core::datagram::LinkId;
 use burrow_core::edge::auth::TunnelAuth;
@@ -1233,8 +1233,9 @@ fn shutdown_during_traffic(p: &Params) -> Result<u64, String> {
     Ok(w.trace.hash())
 }
 
-/// The edge goes away under load; every connection dies by idle timeout; a new edge comes up
-/// at the same addresses and the supervisor, on its own, connects again and serves.
+/// The edge goes away under load; every connection dies (QUIC's by idle timeout, TCP's by the
+/// edge host's reset or, that lost, by keepalive); a new edge comes up at the same addresses
+/// and the supervisor, on its own, connects again and serves.
 fn edge_restart(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
     let c = s.add_connector(HA, s.secret.clone());
@@ -1243,7 +1244,16 @@ fn edge_restart(p: &Params) -> Result<u64, String> {
     serve(&mut s, &mut client, c, Duration::from_secs(120))?;
     // The edge process dies: its state is gone.
     s.world.set_edge(None);
-    let limit = s.world.after(Duration::from_secs(20));
+    // An idle HTTP/2 link sends nothing (as cloudflared's): with its reset lost, the connector
+    // learns of the death from TCP keepalive, at the latest when the last probe goes
+    // unanswered, that long after it last heard from the edge (before the death).
+    let notice = match p.protocol {
+        Protocol::Http2 if p.loss > 0.0 => {
+            EDGE_TCP_KEEPALIVE * (1 + crate::tcp::KEEPALIVE_PROBES) + Duration::from_secs(1)
+        }
+        _ => Duration::from_secs(20),
+    };
+    let limit = s.world.after(notice);
     s.world
         .run_ticking(limit, |w, _| Ok(w.connectors[c].live().is_empty()))?;
     expect(

@@ -19,10 +19,20 @@
 //!   (200 ms doubling to 120 s) and gets through at the first retransmission after the partition
 //!   heals. After Linux's `tcp_retries2` (15) retransmissions the sender gives up and the
 //!   connection is reset (about 15 minutes of partition).
-//! - When the edge process stops, its kernel resets every connection it had: the connector gets
-//!   the reset one way later (a partition drops it; the connector's next segment to reach the
-//!   edge host is answered with one). A side's close sends FIN after what it wrote; bytes that
-//!   reach a closed side are dropped.
+//! - When the edge process stops, its kernel resets every connection it had: what it had sent
+//!   arrives up to the first segment a loss held back (nothing is retransmitted any more), then
+//!   the reset. A reset is sent once, never retransmitted: lost (or partitioned), the connector
+//!   learns of it only when a segment of its own reaches the edge host (answered with another
+//!   reset; a data segment whose reset is lost is retransmitted as any unacknowledged one), or by
+//!   keepalive. A side's close sends FIN after what it wrote; bytes that reach a closed side are
+//!   dropped.
+//! - The connector's keepalive (`SO_KEEPALIVE` with the period the dial carries as both
+//!   `TCP_KEEPIDLE` and `TCP_KEEPINTVL`, and Linux's default `TCP_KEEPCNT` of
+//!   [`KEEPALIVE_PROBES`]): after that long without hearing from the edge, with nothing of its
+//!   own unacknowledged, it sends a probe, and another every period; each crosses the lossy
+//!   network once, is answered with an ACK (by a live socket) or a reset (by a host without
+//!   one), and an answer that arrives restarts the idle time. After [`KEEPALIVE_PROBES`]
+//!   unanswered probes the connection times out.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::net::SocketAddr;
@@ -52,6 +62,10 @@ const RTO_MAX: Duration = Duration::from_secs(120);
 const RETRIES: u32 = 15;
 /// The first SYN retransmission (Linux's initial RTO).
 const SYN_RTO: Duration = Duration::from_secs(1);
+/// Unanswered keepalive probes before the connection times out: Linux's default
+/// `tcp_keepalive_probes`, which `burrow_os::tcp_keep_alive` leaves as it is (Go's dialer, as
+/// cloudflared's, sets the same 9).
+pub const KEEPALIVE_PROBES: u32 = 9;
 
 /// One simulated TCP connection's name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -156,6 +170,16 @@ struct Conn {
     edge_gone: bool,
     /// A reset travelling to the connector.
     rst: Option<(VirtualTime, &'static str)>,
+    /// The connector's keepalive idle time and probe interval (none: off).
+    keepalive: Option<Duration>,
+    /// When the connector's keepalive next sends a probe (or, after the last, times out).
+    probe_due: VirtualTime,
+    /// Keepalive probes sent since the connector last heard from the edge.
+    probes: u32,
+    /// A probe on its way to the edge host, arriving then.
+    probe: Option<VirtualTime>,
+    /// The edge's ACK of a probe on its way back, arriving then.
+    probe_ack: Option<VirtualTime>,
     /// `dirs[0]` connector to edge, `dirs[1]` edge to connector.
     dirs: [Dir; 2],
 }
@@ -166,6 +190,25 @@ impl Conn {
             End::Edge => (self.client, self.server),
             End::Connector => (self.server, self.client),
         }
+    }
+
+    /// The connector heard from the edge at `now` (a segment, or the ACK of one of its own):
+    /// keepalive's idle time starts again.
+    fn heard(&mut self, now: VirtualTime) {
+        if let Some(idle) = self.keepalive {
+            self.probes = 0;
+            self.probe_due = now + idle;
+        }
+    }
+
+    /// When keepalive next acts: while the connector's socket is established and open, with
+    /// nothing of its own in flight (unacknowledged data is the retransmission timer's).
+    fn keepalive_due(&self) -> Option<VirtualTime> {
+        self.keepalive?;
+        let idle = matches!(self.dial, Dial::Done)
+            && self.connector_open
+            && self.dirs[dir_of(End::Edge)].flight.is_empty();
+        idle.then_some(self.probe_due)
     }
 }
 
@@ -229,10 +272,21 @@ pub struct Tcp {
     next: u64,
 }
 
-/// One way's delay for a segment without data (SYN, FIN, RST), its losses included.
+/// One way's delay for a segment without data that is retransmitted until it gets through
+/// (SYN, FIN), its losses included.
 fn signal(net: &mut Network, from: SocketAddr, to: SocketAddr) -> Duration {
     let (delay, retransmit) = transit(net, from, to, 0);
     delay + retransmit
+}
+
+/// One way's delay for a segment sent once (a reset, a keepalive probe or its ACK), or none if
+/// it is lost.
+fn once(net: &mut Network, from: SocketAddr, to: SocketAddr) -> Option<Duration> {
+    let cfg = net.link(from, to);
+    if cfg.partitioned || (cfg.loss > 0.0 && net.chance() < cfg.loss) {
+        return None;
+    }
+    Some(net.delay(&cfg))
 }
 
 /// One way's delay for `len` bytes from `from` to `to`: the link's latency and jitter, and
@@ -258,15 +312,16 @@ fn transit(
 }
 
 impl Tcp {
-    /// Connector `node` dials `server` from `client` for `link`.
+    /// Connector `node` dials `server` from `client` for `link`, with `keepalive` as its idle
+    /// time and probe interval (zero: off, as `burrow_os::tcp_keep_alive` takes it).
     pub fn dial(
         &mut self,
         now: VirtualTime,
         net: &mut Network,
         node: usize,
         link: LinkId,
-        client: SocketAddr,
-        server: SocketAddr,
+        (client, server): (SocketAddr, SocketAddr),
+        keepalive: Duration,
     ) {
         let id = TcpId(self.next);
         self.next += 1;
@@ -284,6 +339,11 @@ impl Tcp {
                 edge_open: false,
                 edge_gone: false,
                 rst: None,
+                keepalive: (!keepalive.is_zero()).then_some(keepalive),
+                probe_due: now,
+                probes: 0,
+                probe: None,
+                probe_ack: None,
                 dirs: [Dir::default(), Dir::default()],
             },
         );
@@ -502,17 +562,75 @@ impl Tcp {
             self.by_edge.remove(&e);
             c.edge_gone = true;
             c.edge_open = false;
+            // What a loss held back would have been retransmitted; nothing is any more, and
+            // the connector never reads past the hole.
+            let d = &mut c.dirs[dir_of(End::Connector)];
+            let sent = d.flight.iter().take_while(|p| p.at <= p.clean).count();
+            for p in d.flight.drain(sent..) {
+                d.held -= p.data.len();
+            }
+            d.last = d.flight.back().map_or(now, |p| p.at);
+            d.blocked.clear();
+            d.written.clear();
             Self::reset_toward_connector(now, net, c);
         }
     }
 
-    fn reset_toward_connector(now: VirtualTime, net: &mut Network, c: &mut Conn) {
+    /// The edge host sends the connector a reset, once; whether one is on its way (or the
+    /// connector's socket is closed, so none is needed).
+    fn reset_toward_connector(now: VirtualTime, net: &mut Network, c: &mut Conn) -> bool {
+        if c.rst.is_some() || !c.connector_open {
+            return true;
+        }
         let (from, to) = c.ends(End::Connector);
-        if c.rst.is_some() || !c.connector_open || net.link(from, to).partitioned {
+        let Some(delay) = once(net, from, to) else {
+            return false;
+        };
+        // Behind what the edge sent before it.
+        let at = (now + delay).max(c.dirs[dir_of(End::Connector)].last);
+        c.rst = Some((at, "connection reset by peer"));
+        true
+    }
+
+    /// Keepalive as time passes: probes sent, arriving, answered; the connection timed out.
+    fn keep_alive(now: VirtualTime, net: &mut Network, c: &mut Conn, events: &mut Vec<TcpEvent>) {
+        if c.probe.is_some_and(|at| at <= now) {
+            c.probe = None;
+            if c.edge_gone {
+                Self::reset_toward_connector(now, net, c);
+            } else {
+                // A socket, open or closing, acknowledges it.
+                let (from, to) = c.ends(End::Connector);
+                if let Some(delay) = once(net, from, to) {
+                    c.probe_ack = Some(now + delay);
+                }
+            }
+        }
+        if c.probe_ack.is_some_and(|at| at <= now) {
+            c.probe_ack = None;
+            c.heard(now);
+        }
+        let (Some(interval), Some(due)) = (c.keepalive, c.keepalive_due()) else {
+            return;
+        };
+        if due > now {
             return;
         }
-        let at = (now + signal(net, from, to)).max(c.dirs[1].last);
-        c.rst = Some((at, "connection reset by peer"));
+        if c.probes >= KEEPALIVE_PROBES {
+            c.connector_open = false;
+            events.push(TcpEvent::Reset {
+                node: c.node,
+                link: c.link,
+                reason: "connection timed out",
+            });
+            return;
+        }
+        c.probes += 1;
+        c.probe_due = now + interval;
+        let (from, to) = c.ends(End::Edge);
+        if let Some(delay) = once(net, from, to) {
+            c.probe = Some(c.probe.unwrap_or(now + delay));
+        }
     }
 
     fn forget_if_done(&mut self, id: TcpId) {
@@ -560,6 +678,9 @@ impl Tcp {
                 let fronts = c.dirs.iter().filter_map(|d| d.flight.front().map(|p| p.at));
                 dial.into_iter()
                     .chain(c.rst.map(|(at, _)| at))
+                    .chain(c.probe)
+                    .chain(c.probe_ack)
+                    .chain(c.keepalive_due())
                     .chain(fronts)
             })
             .min()
@@ -590,6 +711,7 @@ impl Tcp {
                             Dial::Answer(now + SYN_RTO * (1 << tries.min(6)), accepted, tries + 1);
                     } else {
                         c.dial = Dial::Done;
+                        c.heard(now);
                         if c.connector_open {
                             events.push(TcpEvent::Dialled {
                                 node: c.node,
@@ -631,6 +753,9 @@ impl Tcp {
             for toward in [End::Edge, End::Connector] {
                 Self::arrive(now, net, c, toward, held_back, &mut events);
             }
+            if c.connector_open {
+                Self::keep_alive(now, net, c, &mut events);
+            }
             if !c.connector_open {
                 self.by_link.remove(&(c.node, c.link));
             }
@@ -650,14 +775,22 @@ impl Tcp {
     ) {
         let (from, to) = c.ends(toward);
         loop {
-            let d = &mut c.dirs[dir_of(toward)];
-            let Some(front) = d.flight.front_mut() else {
+            let Some(front) = c.dirs[dir_of(toward)].flight.front() else {
                 return;
             };
             if front.at > now {
                 return;
             }
-            if net.link(from, to).partitioned {
+            // A segment to a host without its socket is answered with a reset; if that is lost,
+            // the segment is unacknowledged and sent again, as one a partition stops.
+            let refused = toward == End::Edge && c.edge_gone;
+            if net.link(from, to).partitioned
+                || (refused && !Self::reset_toward_connector(now, net, c))
+            {
+                let d = &mut c.dirs[dir_of(toward)];
+                let Some(front) = d.flight.front_mut() else {
+                    return;
+                };
                 d.retries += 1;
                 if d.retries > RETRIES {
                     // The sender gives up: its socket is reset.
@@ -682,6 +815,7 @@ impl Tcp {
                 front.at = now + rto;
                 return;
             }
+            let d = &mut c.dirs[dir_of(toward)];
             d.retries = 0;
             let Some(piece) = d.flight.pop_front() else {
                 return;
@@ -691,13 +825,13 @@ impl Tcp {
                 End::Edge => c.edge_open,
                 End::Connector => c.connector_open,
             };
+            if !refused {
+                // The connector hears this segment, or the edge's ACK of it.
+                c.heard(now);
+            }
             let d = &mut c.dirs[dir_of(toward)];
             if !open {
                 d.held -= piece.data.len();
-                if toward == End::Edge && c.edge_gone {
-                    // A segment to a socket the edge host no longer has: reset.
-                    Self::reset_toward_connector(now, net, c);
-                }
                 continue;
             }
             if piece.fin {
@@ -714,6 +848,8 @@ mod tests {
     use rand_chacha::rand_core::SeedableRng;
     use rand_chacha::ChaCha8Rng;
 
+    use burrow_core::connector::EDGE_TCP_KEEPALIVE;
+
     use super::*;
     use crate::net::LinkConfig;
 
@@ -721,10 +857,54 @@ mod tests {
         SocketAddr::from(([10, 0, 0, host], 7844))
     }
 
-    /// Dials, accepts, and returns the connection with time at its establishment.
+    /// Dials without keepalive, accepts, and returns the connection with time at its
+    /// establishment.
     fn connected(net: &mut Network, tcp: &mut Tcp) -> (TcpId, VirtualTime) {
-        tcp.dial(VirtualTime::ZERO, net, 0, LinkId(1), addr(1), addr(2));
+        connected_with(net, tcp, Duration::ZERO)
+    }
+
+    /// Dials with `keepalive`, accepts, and returns the connection with time at its
+    /// establishment.
+    fn connected_with(
+        net: &mut Network,
+        tcp: &mut Tcp,
+        keepalive: Duration,
+    ) -> (TcpId, VirtualTime) {
+        tcp.dial(
+            VirtualTime::ZERO,
+            net,
+            0,
+            LinkId(1),
+            (addr(1), addr(2)),
+            keepalive,
+        );
         connected_after_dial(net, tcp)
+    }
+
+    /// Lets time pass up to `until`; the first events and when they happened.
+    fn first_events(
+        net: &mut Network,
+        tcp: &mut Tcp,
+        until: VirtualTime,
+    ) -> Option<(Vec<TcpEvent>, VirtualTime)> {
+        while let Some(at) = tcp.next_deadline().filter(|at| *at <= until) {
+            let events = tcp.advance(at, net);
+            if !events.is_empty() {
+                return Some((events, at));
+            }
+        }
+        None
+    }
+
+    /// The edge process stops at `at` and the reset its kernel sends the connector is lost.
+    fn stop_losing_the_reset(net: &mut Network, tcp: &mut Tcp, at: VirtualTime) {
+        let lossy = LinkConfig {
+            loss: 1.0,
+            ..LinkConfig::default()
+        };
+        net.set_link(addr(2), addr(1), lossy);
+        tcp.edge_stopped(at, net);
+        net.set_link(addr(2), addr(1), LinkConfig::default());
     }
 
     /// Accepts the dial in progress; the connection and the time it is established.
@@ -896,9 +1076,98 @@ mod tests {
     fn a_dial_on_its_way_reaches_the_edge_that_runs_when_it_arrives() {
         let mut net = Network::new(ChaCha8Rng::seed_from_u64(5), LinkConfig::default());
         let mut tcp = Tcp::default();
-        tcp.dial(VirtualTime::ZERO, &mut net, 0, LinkId(1), addr(1), addr(2));
+        tcp.dial(
+            VirtualTime::ZERO,
+            &mut net,
+            0,
+            LinkId(1),
+            (addr(1), addr(2)),
+            Duration::ZERO,
+        );
         // The edge process restarts while the SYN travels: nothing of it is reset.
         tcp.edge_stopped(VirtualTime::ZERO, &mut net);
         let (_, _) = connected_after_dial(&mut net, &mut tcp);
+    }
+
+    #[test]
+    fn keepalive_keeps_an_idle_connection_and_times_out_a_vanished_peer() {
+        // The edge there: probes are answered, an idle hour passes and the connection lives.
+        let mut net = Network::new(ChaCha8Rng::seed_from_u64(7), LinkConfig::default());
+        let mut tcp = Tcp::default();
+        let (id, at) = connected_with(&mut net, &mut tcp, EDGE_TCP_KEEPALIVE);
+        let hour = at + Duration::from_secs(3600);
+        assert_eq!(first_events(&mut net, &mut tcp, hour), None);
+        assert!(tcp.connector_end(id).is_some());
+        // The edge host gone from the path: after the idle time and every probe's interval,
+        // unanswered, the connection times out.
+        let mut net = Network::new(ChaCha8Rng::seed_from_u64(8), LinkConfig::default());
+        let mut tcp = Tcp::default();
+        let (id, at) = connected_with(&mut net, &mut tcp, EDGE_TCP_KEEPALIVE);
+        net.set_partition(addr(1), addr(2), true);
+        let (events, died) = first_events(&mut net, &mut tcp, hour).expect("timed out");
+        assert!(matches!(
+            events[..],
+            [TcpEvent::Reset {
+                reason: "connection timed out",
+                ..
+            }]
+        ));
+        assert_eq!(
+            died.since_start() - at.since_start(),
+            EDGE_TCP_KEEPALIVE * (1 + KEEPALIVE_PROBES)
+        );
+        assert_eq!(tcp.connector_end(id), None);
+    }
+
+    #[test]
+    fn a_lost_reset_is_not_sent_again_and_a_send_after_it_gets_one() {
+        let mut net = Network::new(ChaCha8Rng::seed_from_u64(9), LinkConfig::default());
+        let mut tcp = Tcp::default();
+        let (id, at) = connected(&mut net, &mut tcp);
+        stop_losing_the_reset(&mut net, &mut tcp, at);
+        // Nothing more is on its way: without keepalive the connector would never know.
+        assert_eq!(tcp.next_deadline(), None);
+        assert!(tcp.connector_end(id).is_some());
+        // Its next segment reaches the edge host, which answers it with a reset.
+        let later = at + Duration::from_secs(60);
+        assert!(tcp.write(later, &mut net, id, End::Connector, b"anyone there?"));
+        let (events, reset) =
+            first_events(&mut net, &mut tcp, later + Duration::from_secs(1)).expect("reset");
+        assert!(matches!(
+            events[..],
+            [TcpEvent::Reset {
+                reason: "connection reset by peer",
+                ..
+            }]
+        ));
+        // One round trip (10 ms and up to 2 ms of jitter each way).
+        let took = reset.since_start() - later.since_start();
+        assert!(took <= Duration::from_millis(24), "{took:?}");
+        assert_eq!(tcp.connector_end(id), None);
+    }
+
+    #[test]
+    fn keepalive_finds_a_reset_that_was_lost() {
+        let mut net = Network::new(ChaCha8Rng::seed_from_u64(10), LinkConfig::default());
+        let mut tcp = Tcp::default();
+        let (id, at) = connected_with(&mut net, &mut tcp, EDGE_TCP_KEEPALIVE);
+        stop_losing_the_reset(&mut net, &mut tcp, at);
+        // The first probe, one idle time after the connector last heard from the edge, is
+        // answered with a reset.
+        let (events, reset) =
+            first_events(&mut net, &mut tcp, at + Duration::from_secs(3600)).expect("reset");
+        assert!(matches!(
+            events[..],
+            [TcpEvent::Reset {
+                reason: "connection reset by peer",
+                ..
+            }]
+        ));
+        let took = reset.since_start() - at.since_start();
+        assert!(
+            took >= EDGE_TCP_KEEPALIVE && took <= EDGE_TCP_KEEPALIVE + Duration::from_millis(24),
+            "{took:?}"
+        );
+        assert_eq!(tcp.connector_end(id), None);
     }
 }

@@ -439,9 +439,12 @@ impl World {
                     None
                 }
                 Io::DialEdge {
-                    index, link, edge, ..
+                    index,
+                    link,
+                    edge,
+                    keepalive,
                 } => {
-                    tcp.dial(vnow, net, n, link, socket(index), edge);
+                    tcp.dial(vnow, net, n, link, (socket(index), edge), keepalive);
                     None
                 }
                 Io::WriteEdge { link, data } => {
