@@ -23,7 +23,8 @@ use quinn_proto::RttEstimator;
 pub struct AckProbing {
     inner: Box<dyn Controller>,
     /// On for one `poll_transmit` of one datagram: shared with clones, through which the
-    /// caller reaches it ([`Self::switch`]).
+    /// caller reaches it ([`Self::switch`]). Atomic only because quinn lends its controller
+    /// by shared reference and requires it `Sync`: one thread sets and reads it, uncontended.
     open: Arc<AtomicBool>,
 }
 
