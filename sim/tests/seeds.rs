@@ -160,6 +160,11 @@ const REGRESSIONS: &[(&str, u64, &str)] = &[
         "the edge moves sessions off a connection the connector never registered (its answer came after the call timed out, its close was lost)",
     ),
     (
+        "registration/http2",
+        9_950_696,
+        "the local-config push TCP held back 25.4 s (seven losses in a row) lands after SERVE: its bound counts only time the network let bytes through",
+    ),
+    (
         "hostile-path",
         5_700_384,
         "requests go only over connections the edge still holds (it may time one out first)",
