@@ -190,6 +190,16 @@ const REGRESSIONS: &[(&str, u64, &str)] = &[
         "the local-config push TCP held back 25.4 s (seven losses in a row) lands after SERVE: its bound counts only time the network let bytes through",
     ),
     (
+        "edge-restart/http2",
+        9_932_069,
+        "the edge's reset to an idle HTTP/2 link is lost: keepalive finds it (a reset is sent once)",
+    ),
+    (
+        "udp-blocked",
+        9_970_220,
+        "auto on HTTP/2, index 0 unregistered when the QUIC retry fell due (its dial's SYN-ACK lost six times): the retry waits, it does not spin",
+    ),
+    (
         "hostile-path",
         5_700_384,
         "requests go only over connections the edge still holds (it may time one out first)",
