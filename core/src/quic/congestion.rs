@@ -12,6 +12,8 @@ use quinn_proto::congestion::{
 };
 use quinn_proto::RttEstimator;
 
+use crate::quic::ack_probe::AckProbing;
+
 /// quic-go's congestion states, valued as cloudflared's gauge values them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum CongestionState {
@@ -55,13 +57,16 @@ pub struct Watched {
 }
 
 impl Watched {
-    /// The figures of the controller `c`, if it is a watched one.
+    /// The figures of the controller `c`, if it is a watched one or an [`AckProbing`] around
+    /// one (as the transport config builds them).
     pub fn figures(c: &dyn Controller) -> Option<CongestionFigures> {
-        c.clone_box()
-            .into_any()
-            .downcast::<Self>()
-            .ok()
-            .map(|w| w.figures)
+        match c.clone_box().into_any().downcast::<Self>() {
+            Ok(w) => Some(w.figures),
+            Err(other) => other
+                .downcast::<AckProbing>()
+                .ok()
+                .and_then(|p| Self::figures(p.inner())),
+        }
     }
 
     fn ssthresh(&self) -> u64 {
@@ -161,7 +166,7 @@ impl Controller for Watched {
 }
 
 /// Builds [`Watched`] Cubic controllers with quinn's default Cubic configuration.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 pub struct WatchedCubic(CubicConfig);
 
 impl ControllerFactory for WatchedCubic {
