@@ -522,26 +522,69 @@ pub fn wait_ready(
 
 /// A loopback TCP address free a moment ago.
 pub fn free_tcp() -> Result<SocketAddr, TestbedError> {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map_err(io("bind a free TCP port"))
+    pick_port(false)
 }
 
 /// A loopback UDP address free a moment ago, its port free on TCP too (`burrow edge --listen`
 /// takes both).
 pub fn free_udp() -> Result<SocketAddr, TestbedError> {
+    pick_port(true)
+}
+
+/// Where ports are picked: the 16384 ports below Linux's ephemeral range
+/// (`ip_local_port_range`), from which bind(0) and connect() take theirs. A port picked inside
+/// it is free only until any socket on the machine is given it, which happened between the
+/// pick and a daemon's bind (`burrow edge`: "Address already in use") while other tests ran;
+/// below it, only another explicit pick can take it.
+fn pick_range() -> std::ops::Range<u16> {
+    let low = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|s| s.split_whitespace().next()?.parse::<u16>().ok())
+        .unwrap_or(32768);
+    low.saturating_sub(16384).max(1024)..low
+}
+
+/// A loopback port free on TCP (and on UDP if `udp`) a moment ago, at random in
+/// [`pick_range`] (so concurrent test processes rarely try the same one) and never one this
+/// process handed out before (its parallel tests do not share one either).
+fn pick_port(udp: bool) -> Result<SocketAddr, TestbedError> {
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let range = pick_range();
+    let span = u32::from(range.end - range.start);
     let mut last = None;
-    for _ in 0..32 {
-        let udp = UdpSocket::bind("127.0.0.1:0").map_err(io("bind a free UDP port"))?;
-        let addr = udp.local_addr().map_err(io("bind a free UDP port"))?;
-        match TcpListener::bind(addr) {
-            Ok(_) => return Ok(addr),
-            Err(e) => last = Some(e),
+    for _ in 0..256 {
+        let port = if span == 0 {
+            0
+        } else {
+            let r = getrandom::u32()
+                .map_err(|e| io("pick a port at random")(std::io::Error::other(e.to_string())))?;
+            range.start + u16::try_from(r % span).unwrap_or(0)
+        };
+        let tcp = match TcpListener::bind(("127.0.0.1", port)) {
+            Ok(l) => l,
+            Err(e) => {
+                last = Some(e);
+                continue;
+            }
+        };
+        let addr = tcp.local_addr().map_err(io("bind a free TCP port"))?;
+        if udp {
+            if let Err(e) = UdpSocket::bind(addr) {
+                last = Some(e);
+                continue;
+            }
+        }
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return Ok(addr);
         }
     }
-    Err(io("find a port free on UDP and TCP")(last.unwrap_or_else(
-        || std::io::Error::from(std::io::ErrorKind::AddrInUse),
-    )))
+    Err(io("find a free port")(last.unwrap_or_else(|| {
+        std::io::Error::from(std::io::ErrorKind::AddrInUse)
+    })))
 }
 
 /// VmRSS of process `pid`, in KiB.
@@ -622,4 +665,24 @@ pub fn edge_has_flag(bin: &Path, flag: &str) -> bool {
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).contains(flag))
         .unwrap_or(false)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn picked_ports_are_below_the_ephemeral_range_free_and_never_twice() {
+        let range = pick_range();
+        let mut seen = std::collections::HashSet::new();
+        for k in 0..200 {
+            let a = if k % 2 == 0 { free_udp() } else { free_tcp() }.expect("a port");
+            assert!(range.contains(&a.port()), "{a} outside {range:?}");
+            assert!(seen.insert(a.port()), "{a} handed out twice");
+            TcpListener::bind(a).expect("free on TCP");
+            if k % 2 == 0 {
+                UdpSocket::bind(a).expect("free on UDP");
+            }
+        }
+    }
 }

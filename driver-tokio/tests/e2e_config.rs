@@ -309,14 +309,15 @@ fn cloudflared_flags_before_tunnel_and_before_run_are_accepted() {
 
 /// Switches with a value after `=` as cloudflared takes them (`strconv.ParseBool`'s
 /// spellings; `/work/cfd/cloudflared tunnel --no-autoupdate=false run` gets as far as asking
-/// for the tunnel), and a switch's variable set but empty, which urfave/cli takes as unset.
+/// for the tunnel), Go's single-dash spelling, and a switch's variable set but empty, which
+/// urfave/cli takes as unset.
 #[test]
 fn switches_with_values_are_accepted() {
     let log = serves_with(
         "e2e-switch-values",
         &[],
         &["--no-autoupdate=true", "--no-prechecks=false"],
-        &["--no-chunked-encoding=0", "--ui=T"],
+        &["--no-chunked-encoding=0", "-ui=T", "-pq=false"],
         &[("TUNNEL_MANAGEMENT_DIAGNOSTICS", "")],
     );
     let line = ignored_line(&log);

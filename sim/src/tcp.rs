@@ -4,8 +4,10 @@
 //!
 //! The model, kept simple:
 //! - A dial's SYN takes one way's delay to the edge, which accepts or refuses it (no edge
-//!   process: refused); the answer takes one way back. A partitioned SYN is sent again 1 s, 2 s,
-//!   4 s... later; the connector's handshake deadline gives up first.
+//!   process: refused); the answer takes one way back. A partitioned or lost SYN, or one whose
+//!   answer (SYN-ACK or reset) is lost, is sent again 1 s, 2 s, 4 s... later (Linux's initial
+//!   RTO, not the established connection's 200 ms); the connector's handshake deadline gives up
+//!   first.
 //! - Each direction is a pipe. A write enters it whole while the bytes written and not yet read
 //!   by the other side are under [`WINDOW`] (the socket buffers), and is then reported written;
 //!   past it, writes wait (TCP's backpressure: a reader that does not read holds the writer).
@@ -272,11 +274,24 @@ pub struct Tcp {
     next: u64,
 }
 
-/// One way's delay for a segment without data that is retransmitted until it gets through
-/// (SYN, FIN), its losses included.
-fn signal(net: &mut Network, from: SocketAddr, to: SocketAddr) -> Duration {
-    let (delay, retransmit) = transit(net, from, to, 0);
-    delay + retransmit
+/// One way's delay for a handshake segment (the SYN, or the SYN-ACK or reset answering it),
+/// its losses included: each costs a SYN retransmission timeout, as a lost answer leaves the
+/// SYN unanswered and it is sent (and answered) again.
+fn handshake(net: &mut Network, from: SocketAddr, to: SocketAddr) -> Duration {
+    let cfg = net.link(from, to);
+    let retransmit = backoff(net, cfg.loss, SYN_RTO);
+    net.delay(&cfg) + retransmit
+}
+
+/// What one segment waits out on a link losing `loss` of them: the timeout `first`, doubling
+/// on every further loss.
+fn backoff(net: &mut Network, loss: f64, first: Duration) -> Duration {
+    let (mut extra, mut rto) = (Duration::ZERO, first);
+    while loss > 0.0 && net.chance() < loss && rto <= RTO_MAX {
+        extra += rto;
+        rto *= 2;
+    }
+    extra
 }
 
 /// One way's delay for a segment sent once (a reset, a keepalive probe or its ACK), or none if
@@ -301,12 +316,7 @@ fn transit(
     let cfg = net.link(from, to);
     let mut worst = Duration::ZERO;
     for _ in 0..len.div_ceil(MSS).max(1) {
-        let (mut extra, mut rto) = (Duration::ZERO, RTO_MIN);
-        while cfg.loss > 0.0 && net.chance() < cfg.loss && rto <= RTO_MAX {
-            extra += rto;
-            rto *= 2;
-        }
-        worst = worst.max(extra);
+        worst = worst.max(backoff(net, cfg.loss, RTO_MIN));
     }
     (net.delay(&cfg), worst)
 }
@@ -325,7 +335,7 @@ impl Tcp {
     ) {
         let id = TcpId(self.next);
         self.next += 1;
-        let at = now + signal(net, client, server);
+        let at = now + handshake(net, client, server);
         self.conns.insert(
             id,
             Conn {
@@ -365,7 +375,7 @@ impl Tcp {
             return;
         };
         let (from, to) = c.ends(End::Connector);
-        c.dial = Dial::Answer(now + signal(net, from, to), edge.is_some(), tries);
+        c.dial = Dial::Answer(now + handshake(net, from, to), edge.is_some(), tries);
         if let Some(e) = edge {
             c.edge = Some(e);
             c.edge_open = true;
@@ -1169,5 +1179,27 @@ mod tests {
             "{took:?}"
         );
         assert_eq!(tcp.connector_end(id), None);
+    }
+
+    #[test]
+    fn a_lost_handshake_answer_costs_the_syn_timeout() {
+        // Answers (SYN-ACKs) lost half the time, no jitter: a dial takes one round trip plus
+        // whole SYN retransmission timeouts (1 s, 2 s, ...), never the established 200 ms.
+        let clean = LinkConfig {
+            jitter: Duration::ZERO,
+            ..LinkConfig::default()
+        };
+        let lossy = LinkConfig { loss: 0.5, ..clean };
+        let mut slowest = Duration::ZERO;
+        for seed in 0..40 {
+            let mut net = Network::new(ChaCha8Rng::seed_from_u64(seed), clean);
+            net.set_link(addr(2), addr(1), lossy);
+            let mut tcp = Tcp::default();
+            let (_, at) = connected(&mut net, &mut tcp);
+            let extra = at.since_start() - clean.latency * 2;
+            assert_eq!(extra.subsec_nanos(), 0, "{extra:?}");
+            slowest = slowest.max(extra);
+        }
+        assert!(slowest >= SYN_RTO, "{slowest:?}");
     }
 }

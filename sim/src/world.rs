@@ -731,8 +731,23 @@ impl World {
         if next <= self.now {
             self.stalled_steps += 1;
             if self.stalled_steps > 10_000 {
+                // Each source's next deadline, to tell which one does not move.
+                let connectors: Vec<_> = self
+                    .connectors
+                    .iter()
+                    .map(|c| c.deadline.map(|i| self.clock.virtual_time(i)))
+                    .collect();
+                let sources = format!(
+                    "net {:?}, origins {:?}, wakeups {:?}, udp {:?}, tcp {:?}, edge {:?}, connectors {connectors:?}",
+                    self.net.next_arrival(),
+                    self.origins.next_deadline(),
+                    self.wakeups.first(),
+                    self.udp.next_deadline(),
+                    self.tcp.next_deadline(),
+                    self.edge_deadline.map(|i| self.clock.virtual_time(i)),
+                );
                 return Err(format!(
-                    "busy loop: a deadline keeps asking for {:?} without time moving",
+                    "busy loop: a deadline keeps asking for {:?} without time moving ({sources})",
                     next.since_start()
                 ));
             }

@@ -160,6 +160,46 @@ const REGRESSIONS: &[(&str, u64, &str)] = &[
         "the edge moves sessions off a connection the connector never registered (its answer came after the call timed out, its close was lost)",
     ),
     (
+        "udp-v2-and-v3",
+        9_950_222,
+        "quinn held its ACKs behind full windows at both ends: a v3 path silent past the hint, the session registered twice",
+    ),
+    (
+        "udp-v2-and-v3",
+        9_950_093,
+        "quinn held its ACKs behind full windows at both ends: a v2 path silent past the hint, the session ended mid-flow",
+    ),
+    (
+        "udp-v2-and-v3",
+        9_950_052,
+        "quinn held its ACKs behind full windows at both ends: a v3 client never heard",
+    ),
+    (
+        "udp-migration",
+        9_950_784,
+        "quinn held its ACKs behind full windows at both ends: the edge timed a connection out",
+    ),
+    (
+        "edge-restart",
+        9_950_705,
+        "quinn held its ACKs behind full windows at both ends: late ACKs inflated the RTT, so the idle timer (3 PTO) outlasted 20 s",
+    ),
+    (
+        "registration/http2",
+        9_950_696,
+        "the local-config push TCP held back 25.4 s (seven losses in a row) lands after SERVE: its bound counts only time the network let bytes through",
+    ),
+    (
+        "edge-restart/http2",
+        9_932_069,
+        "the edge's reset to an idle HTTP/2 link is lost: keepalive finds it (a reset is sent once)",
+    ),
+    (
+        "udp-blocked",
+        9_970_220,
+        "auto on HTTP/2, index 0 unregistered when the QUIC retry fell due (its dial's SYN-ACK lost six times): the retry waits, it does not spin",
+    ),
+    (
         "hostile-path",
         5_700_384,
         "requests go only over connections the edge still holds (it may time one out first)",
@@ -178,6 +218,36 @@ fn seeds_that_once_failed_at_25_percent_loss_pass() {
             let p = Params {
                 seed,
                 loss: 0.25,
+                quick: true,
+                protocol: Protocol::Quic,
+            };
+            (s.run)(&p)
+                .err()
+                .map(|why| format!("{name} seed {seed} ({about}): {why}"))
+        })
+        .collect();
+    assert_none(failures);
+}
+
+/// Seeds of 10% loss sweeps (CI scale) that once failed, as [`REGRESSIONS`].
+const REGRESSIONS_10_PERCENT: &[(&str, u64, &str)] = &[(
+    "websocket-echo",
+    9_950_207,
+    "quinn held its ACKs behind full windows at both ends until the connection timed out",
+)];
+
+#[test]
+fn seeds_that_once_failed_at_10_percent_loss_pass() {
+    let failures: Vec<String> = REGRESSIONS_10_PERCENT
+        .iter()
+        .filter_map(|&(name, seed, about)| {
+            let s = ALL
+                .iter()
+                .find(|s| s.name == name)
+                .expect("scenario exists");
+            let p = Params {
+                seed,
+                loss: 0.10,
                 quick: true,
                 protocol: Protocol::Quic,
             };

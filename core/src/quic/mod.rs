@@ -2,6 +2,9 @@
 //! settings cloudflared negotiates. quinn-proto is the (sans-IO) QUIC implementation; this
 //! module only configures it.
 
+pub mod ack_probe;
+pub mod client_metrics;
+pub mod congestion;
 pub mod tls;
 pub mod transport;
 

@@ -93,7 +93,9 @@ pub struct CommonArgs {
 /// `burrow --no-autoupdate tunnel run` is read as `burrow tunnel --no-autoupdate run`; so
 /// is `burrow --config FILE service install`. cloudflared's `tunnel` also takes some of `run`'s
 /// flags (`--credentials-file`, `--protocol`, `--post-quantum`, `--url` and the origin flags):
-/// given between `tunnel` and `run` they move after `run`, with their value.
+/// given between `tunnel` and `run` they move after `run`, with their value. Go's `flag` takes
+/// `-name` as `--name`, so under `tunnel` and `service` a single-dash long name gets its
+/// second dash (`-no-autoupdate=true`, `-url x`), up to `--`.
 pub fn cloudflared_argv(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsString> {
     let leading_flag = args
         .get(1)
@@ -102,6 +104,9 @@ pub fn cloudflared_argv(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsSt
         if leading_flag && at > 1 {
             args[1..=at].rotate_right(1);
         }
+    }
+    if args.get(1).is_some_and(|a| a == "tunnel" || a == "service") {
+        double_dash(&mut args[2..]);
     }
     // Only `burrow tunnel ... run`: `burrow edge ... tunnel create` is left alone.
     let tunnel = args.get(1).is_some_and(|a| a == "tunnel").then_some(1);
@@ -137,6 +142,34 @@ pub fn cloudflared_argv(mut args: Vec<std::ffi::OsString>) -> Vec<std::ffi::OsSt
         }
     }
     args
+}
+
+/// `-name[=value]` made `--name[=value]` where `name` is a long name (or alias) of a flag of
+/// `tunnel`, `run` or `service`, up to `--`; one-letter names stay short flags (`-p quic`).
+fn double_dash(args: &mut [std::ffi::OsString]) {
+    use clap::{Args, Command};
+    let tunnel = TunnelArgs::augment_args(Command::new("tunnel"));
+    let service = super::service::ServiceArgs::augment_args(Command::new("service"));
+    let commands = [&tunnel, &service]
+        .into_iter()
+        .flat_map(|c| std::iter::once(c).chain(c.get_subcommands()));
+    let longs: Vec<&str> = commands
+        .flat_map(Command::get_arguments)
+        .flat_map(|a| {
+            a.get_long()
+                .into_iter()
+                .chain(a.get_all_aliases().unwrap_or_default())
+        })
+        .collect();
+    for arg in args.iter_mut().take_while(|a| *a != "--") {
+        let Some(name) = arg.to_str().and_then(|a| a.strip_prefix('-')) else {
+            continue;
+        };
+        let long = name.split('=').next().unwrap_or_default();
+        if long.len() > 1 && !long.starts_with('-') && longs.contains(&long) {
+            *arg = format!("--{name}").into();
+        }
+    }
 }
 
 /// `run` flags with a value that cloudflared's `tunnel` takes too.

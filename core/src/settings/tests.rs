@@ -228,8 +228,53 @@ fn flags_before_tunnel_move_after_it_and_nothing_else_moves() {
             "id"
         ]
     );
+    // Go's single-dash long names (`-no-autoupdate=true`, `-url x`, `-pq`), before `tunnel`
+    // too; not short flags, unknown names, values after `--`, or outside tunnel and service.
+    assert_eq!(
+        argv(&[
+            "burrow",
+            "-no-autoupdate=true",
+            "tunnel",
+            "-config",
+            "c.yml",
+            "-post-quantum=false",
+            "run",
+            "-url",
+            "http://x",
+            "-p",
+            "quic",
+            "-pq",
+            "-nope",
+            "id",
+            "--",
+            "-url"
+        ]),
+        [
+            "burrow",
+            "tunnel",
+            "--no-autoupdate=true",
+            "--config",
+            "c.yml",
+            "run",
+            "--post-quantum=false",
+            "--url",
+            "http://x",
+            "-p",
+            "quic",
+            "--pq",
+            "-nope",
+            "id",
+            "--",
+            "-url"
+        ]
+    );
+    assert_eq!(
+        argv(&["burrow", "service", "install", "-no-update-service=1"]),
+        ["burrow", "service", "install", "--no-update-service=1"]
+    );
     for same in [
         &["burrow", "tunnel", "--no-autoupdate", "run"][..],
+        &["burrow", "edge", "-url", "x"],
         &["burrow", "edge", "--dir", "tunnel"],
         &["burrow", "edge", "--url", "x", "tunnel", "run"],
         &["burrow", "--version"],

@@ -30,8 +30,8 @@ use tracing::{debug, info, warn};
 
 use super::data::{reset, DataLimits, DataStreams, FlowId, OriginAction};
 use super::quic_io::{
-    exchange_events, flush_rpc_server, flush_stream, handle_received, poll_conn_transmit,
-    read_stream, send_datagram, DatagramError,
+    exchange_events, flush_rpc_server, flush_stream, handle_received, read_stream, send_datagram,
+    AckWatch, DatagramError,
 };
 use super::{Received, Transmit};
 use crate::control::connector::{ControlClient, ControlEvent};
@@ -274,6 +274,8 @@ pub struct ConnectorConnection {
     datagram_queued: usize,
     /// `unregisterUdpSession` calls of ours that failed or went unanswered.
     failed_unregistrations: u64,
+    /// ACKs quinn owes and holds behind a full congestion window.
+    acks: AckWatch,
 }
 
 impl ConnectorConnection {
@@ -295,6 +297,7 @@ impl ConnectorConnection {
             endpoint.connect(now, config.client.clone(), edge, &config.server_name)?;
         let data = DataStreams::new(config.data.clone(), config.registration.client_id);
         let datagram_room = conn.datagrams().send_buffer_space();
+        let acks = AckWatch::new(&conn);
         Ok(Self {
             endpoint,
             handle,
@@ -312,6 +315,7 @@ impl ConnectorConnection {
             datagram_room,
             datagram_queued: 0,
             failed_unregistrations: 0,
+            acks,
         })
     }
 
@@ -492,7 +496,9 @@ impl ConnectorConnection {
         max_datagrams: usize,
         buf: &mut Vec<u8>,
     ) -> Option<Transmit> {
-        let t = poll_conn_transmit(&mut self.conn, now, max_datagrams, buf);
+        let t = self
+            .acks
+            .poll_transmit(&mut self.conn, now, max_datagrams, buf);
         self.note_datagram_queue();
         t
     }
@@ -514,6 +520,7 @@ impl ConnectorConnection {
         let call = self.calls.values().map(|c| c.deadline).min();
         [
             self.conn.poll_timeout(),
+            self.acks.deadline(&self.conn),
             control,
             self.data.poll_timeout(),
             drain,
@@ -580,6 +587,19 @@ impl ConnectorConnection {
     /// quinn's counters for the connection (frames, packets, path).
     pub fn quic_stats(&self) -> quinn_proto::ConnectionStats {
         self.conn.stats()
+    }
+
+    /// The congestion state and latest RTT sample the controller recorded.
+    pub fn congestion(&self) -> Option<crate::quic::congestion::CongestionFigures> {
+        crate::quic::congestion::Watched::figures(self.conn.congestion_state())
+    }
+
+    /// The edge's `max_udp_payload_size` transport parameter, once its first flight is in.
+    pub fn peer_max_udp_payload(&self) -> Option<u64> {
+        let params = self.conn.crypto_session().transport_parameters().ok()??;
+        let mut encoded = Vec::new();
+        params.write(&mut encoded);
+        Some(crate::quic::client_metrics::max_udp_payload(&encoded))
     }
 
     /// True once the connection is fully gone.

@@ -31,8 +31,8 @@ use quinn_proto::{
 use tracing::{debug, warn};
 
 use super::quic_io::{
-    exchange_events, flush_rpc_server, flush_stream, handle_received, poll_conn_transmit,
-    read_stream, read_stream_max, send_datagram, DatagramError,
+    exchange_events, flush_rpc_server, flush_stream, handle_received, read_stream, read_stream_max,
+    send_datagram, AckWatch, DatagramError,
 };
 use super::{EcnCodepoint, Received, Transmit};
 use crate::control::edge::{ControlServer, EdgeControlEvent};
@@ -204,6 +204,8 @@ struct EdgeConnection {
     closed: bool,
     /// quinn's datagram send buffer when empty, to tell how much of it is taken.
     datagram_room: usize,
+    /// ACKs quinn owes and holds behind a full congestion window.
+    acks: AckWatch,
 }
 
 /// One request we sent on a data stream.
@@ -408,6 +410,7 @@ impl EdgeEndpoint {
                                 id,
                                 EdgeConnection {
                                     datagram_room: conn.datagrams().send_buffer_space(),
+                                    acks: AckWatch::new(&conn),
                                     conn,
                                     handle: h,
                                     register_by: now + REGISTRATION_DEADLINE,
@@ -702,7 +705,7 @@ impl EdgeEndpoint {
         }
         self.conns
             .values_mut()
-            .find_map(|c| poll_conn_transmit(&mut c.conn, now, max_datagrams, buf))
+            .find_map(|c| c.acks.poll_transmit(&mut c.conn, now, max_datagrams, buf))
     }
 
     /// When [`EdgeEndpoint::handle_timeout`] must be called next.
@@ -711,7 +714,7 @@ impl EdgeEndpoint {
             .values_mut()
             .filter_map(|c| {
                 let deadline = (!c.registered() && !c.conn.is_closed()).then_some(c.register_by);
-                [c.conn.poll_timeout(), deadline]
+                [c.conn.poll_timeout(), deadline, c.acks.deadline(&c.conn)]
                     .into_iter()
                     .flatten()
                     .min()

@@ -2,12 +2,15 @@
 //! buffered stream writes.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
 use quinn_proto::{
     Connection, ConnectionHandle, DatagramEvent, Endpoint, ReadError, StreamId, VarInt, WriteError,
 };
 
+use crate::quic::ack_probe::AckProbing;
 use crate::rpc_stream::server::RpcStreamServer;
 
 /// Explicit Congestion Notification codepoint of a UDP datagram (RFC 3168), as the socket
@@ -174,7 +177,7 @@ pub(crate) fn exchange_events(endpoint: &mut Endpoint, h: ConnectionHandle, conn
 /// `buf` (cleared first).
 pub(crate) fn poll_conn_transmit(
     conn: &mut Connection,
-    now: std::time::Instant,
+    now: Instant,
     max_datagrams: usize,
     buf: &mut Vec<u8>,
 ) -> Option<Transmit> {
@@ -187,6 +190,124 @@ pub(crate) fn poll_conn_transmit(
             segment_size: t.segment_size,
             ecn: t.ecn.map(Into::into),
         })
+}
+
+/// How long quinn may hold an ACK it owes by its own choice: its `max_ack_delay` (25 ms).
+const ACK_DELAY: Duration = Duration::from_millis(25);
+
+/// Watches whether quinn holds back the ACKs it owes behind a full congestion window, and then
+/// lets one packet past the window to carry them ([`crate::quic::ack_probe`]): at most one per
+/// round trip, and only while an ACK has been owed for longer than quinn's ACK delay.
+#[derive(Debug)]
+pub(crate) struct AckWatch {
+    /// The controller has the switch (the connection uses burrow's transport settings).
+    probing: bool,
+    /// ACK frames sent, as of the last look.
+    acks_sent: u64,
+    /// Ack-eliciting frames received, as of the last ACK frame sent.
+    heard: u64,
+    /// Since when an ACK has been owed: ack-eliciting frames came after the last ACK sent.
+    owed_since: Option<Instant>,
+    /// When the window was last opened for an ACK.
+    probed_at: Option<Instant>,
+}
+
+impl AckWatch {
+    /// The watch of `conn`.
+    pub(crate) fn new(conn: &Connection) -> Self {
+        Self {
+            probing: AckProbing::switch(conn.congestion_state()).is_some(),
+            acks_sent: 0,
+            heard: 0,
+            owed_since: None,
+            probed_at: None,
+        }
+    }
+
+    /// Up to `max_datagrams` datagrams from `conn` (a GSO batch when more than one), written
+    /// into `buf` (cleared first); when quinn sends nothing though it has owed an ACK for
+    /// longer than its ACK delay, one datagram past its congestion window.
+    pub(crate) fn poll_transmit(
+        &mut self,
+        conn: &mut Connection,
+        now: Instant,
+        max_datagrams: usize,
+        buf: &mut Vec<u8>,
+    ) -> Option<Transmit> {
+        let t = poll_conn_transmit(conn, now, max_datagrams, buf);
+        if t.is_some() || !self.probing {
+            return t;
+        }
+        // Drivers poll until nothing comes, and nothing is received meanwhile: looking at the
+        // end of each round is enough.
+        self.note(conn, now);
+        if self.deadline(conn).is_none_or(|at| at > now) {
+            return None;
+        }
+        self.probed_at = Some(now);
+        let switch = AckProbing::switch(conn.congestion_state())?;
+        switch.store(true, Ordering::Relaxed);
+        let t = poll_conn_transmit(conn, now, 1, buf);
+        switch.store(false, Ordering::Relaxed);
+        tracing::trace!(
+            sent = t.is_some(),
+            "congestion window opened for an owed ACK"
+        );
+        self.note(conn, now);
+        t
+    }
+
+    /// When to open the window for an owed ACK, if one is owed.
+    pub(crate) fn deadline(&self, conn: &Connection) -> Option<Instant> {
+        let since = self.owed_since?;
+        if !self.probing || conn.is_closed() || conn.is_handshaking() {
+            return None;
+        }
+        let due = since + ACK_DELAY;
+        Some(
+            self.probed_at
+                .map_or(due, |at| due.max(at + conn.rtt().max(ACK_DELAY))),
+        )
+    }
+
+    fn note(&mut self, conn: &Connection, now: Instant) {
+        let st = conn.stats();
+        let heard = ack_eliciting_frames(&st.frame_rx);
+        if st.frame_tx.acks != self.acks_sent {
+            self.acks_sent = st.frame_tx.acks;
+            self.heard = heard;
+            self.owed_since = None;
+        } else if heard != self.heard && self.owed_since.is_none() {
+            self.owed_since = Some(now);
+        }
+    }
+}
+
+/// Frames that make a packet ack-eliciting: all but ACK and CONNECTION_CLOSE (RFC 9002 §2;
+/// quinn does not count PADDING).
+fn ack_eliciting_frames(f: &quinn_proto::FrameStats) -> u64 {
+    f.ack_frequency
+        + f.crypto
+        + f.data_blocked
+        + f.datagram
+        + u64::from(f.handshake_done)
+        + f.immediate_ack
+        + f.max_data
+        + f.max_stream_data
+        + f.max_streams_bidi
+        + f.max_streams_uni
+        + f.new_connection_id
+        + f.new_token
+        + f.path_challenge
+        + f.path_response
+        + f.ping
+        + f.reset_stream
+        + f.retire_connection_id
+        + f.stream_data_blocked
+        + f.streams_blocked_bidi
+        + f.streams_blocked_uni
+        + f.stop_sending
+        + f.stream
 }
 
 /// Appends everything readable on stream `id` to `sink`. Returns true once the peer finished

@@ -648,8 +648,22 @@ impl Supervisor {
         let Some((at, wait)) = self.quic_retry else {
             return;
         };
-        if at > now || self.returning.is_some() || self.state != State::Running {
+        if at > now {
             return;
+        }
+        match self.state {
+            State::Running if self.returning.is_none() => {}
+            // Index 0 not registered yet, or a return under way: look again later (a due
+            // retry left as it is would be reported as the next deadline forever: a spin).
+            State::Starting | State::Running => {
+                self.quic_retry = Some((now + wait, wait));
+                return;
+            }
+            // Shutting down: nothing returns.
+            State::ShuttingDown(_) | State::Stopped => {
+                self.quic_retry = None;
+                return;
+            }
         }
         if self.selected() != Protocol::Quic {
             // The percentage record wants HTTP/2 now: there is nothing to return to.

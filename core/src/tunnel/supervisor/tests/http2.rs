@@ -639,6 +639,26 @@ fn auto_tries_quic_again_and_falls_back_with_a_longer_wait() {
     );
 }
 
+#[test]
+fn auto_waits_for_quic_again_without_spinning_while_http2_has_not_registered() {
+    let mut w = H2World::new(ProtocolFlag::Auto);
+    w.advance_until(Duration::from_secs(30), |w| !w.dials.is_empty());
+    let fell_back = w.now;
+    // The HTTP/2 dials are never answered: index 0 is still unregistered when the QUIC retry
+    // is due (a minute after the fallback), and every deadline must still move time on.
+    while w.now - fell_back < Duration::from_secs(300) {
+        w.run();
+        let t = w.timeout.expect("a deadline");
+        assert!(
+            t > w.now,
+            "timeout stuck {:?} after the fallback",
+            w.now - fell_back
+        );
+        w.now = t;
+        w.connector.handle_input(w.now, Input::Timeout);
+    }
+}
+
 /// The transports new connections were started on, in order.
 fn connecting(w: &H2World) -> Vec<Protocol> {
     w.events
