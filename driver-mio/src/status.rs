@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use std::collections::BTreeMap;
 
+use burrow_core::quic::client_metrics::QuicClientStats;
 use burrow_core::session::{DropReason, IndexStats, SessionMethod};
 use burrow_core::tunnel::requests::RequestStats;
 use mio::net::{TcpListener, TcpStream};
@@ -23,7 +24,7 @@ type IndexFamily = (
 );
 
 /// What the endpoints report, read from the connector by the loop.
-#[derive(Debug, Default, Clone)]
+#[derive(Debug, Default)]
 pub struct Figures {
     /// The connector id (`/ready`'s `connectorId`).
     pub connector_id: String,
@@ -47,6 +48,8 @@ pub struct Figures {
     /// Core's ICMP drops of every index: what the indexes do not account for is no
     /// connection's (`cloudflared_icmp_dropped_packets{conn_index=""}`).
     pub icmp_dropped: u64,
+    /// Core's QUIC figures (`quic_client_*{conn_index}`).
+    pub quic: QuicClientStats,
 }
 
 impl Figures {
@@ -201,6 +204,8 @@ impl Figures {
             |s, i| s.unsupported[i],
             &[],
         );
+        // The families burrow-tokio renders the same way: QUIC, process, build_info.
+        burrow_os::exposition::render(&mut out, &self.quic);
         out
     }
 

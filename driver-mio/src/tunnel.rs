@@ -667,6 +667,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
                         if let Event::ConfigurationApplied { version } = &e {
                             d.figures.config_version = i64::from(*version);
                         }
+                        d.figures.quic.on_event(&e);
                         burrow_os::events::log(&e, signal_count > 0);
                         None
                     }
@@ -695,6 +696,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         }
         d.figures.udp_dropped = hub.sessions.stats().dropped;
         d.figures.icmp_dropped = hub.sessions.stats().icmp_dropped;
+        d.figures.quic.sample(now, &machine);
         if machine.is_stopped() {
             break;
         }

@@ -506,6 +506,21 @@ fn tcp_echo_with_half_close_over(protocol: &str) {
     }
 }
 
+/// cloudflared's `quic_client_*` families per `conn_index`, Go's `process_*` and `build_info`,
+/// rendered by the code burrow-tokio renders them with, checked by the same helper.
+#[test]
+fn quic_and_process_metrics_of_four_connections() {
+    let eo = EdgeOpts::loopback().expect("ports");
+    let (_bed, _edge, _connector, metrics) = start(
+        "mio-quic-metrics",
+        &eo,
+        vec![(None, "http_status:404".into())],
+        4,
+        &[],
+    );
+    check_quic_and_process_metrics(metrics, 4);
+}
+
 #[test]
 fn udp_echo_through_v3_sessions() {
     let echo = udp_echo();

@@ -21,7 +21,7 @@ use burrow_core::session::UdpFlowId;
 use burrow_core::settings::RunConfig;
 use burrow_core::stream::proxy::FlowKind;
 use burrow_core::tunnel::data::FlowId;
-use burrow_core::tunnel::protocol::{Protocol, PERCENTAGE_RECORD};
+use burrow_core::tunnel::protocol::PERCENTAGE_RECORD;
 use burrow_core::tunnel::supervisor::{srv_service, EdgePool, IpVersion, SupervisorError};
 use burrow_core::tunnel::Transmit;
 use fnv::FnvBuildHasher;
@@ -237,9 +237,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         metrics.update_datagrams(machine.datagram_hub());
         metrics.update_flows(&machine.flow_stats());
         metrics.update_requests(machine.request_stats());
-        metrics
-            .quic
-            .sample(Instant::now(), &machine, opts.run.ha_connections);
+        metrics.quic().sample(Instant::now(), &machine);
         if machine.is_stopped() {
             break;
         }
@@ -357,14 +355,8 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
 /// Logs an event once and updates the metrics it moves.
 fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
     burrow_os::events::log(&e, stopping);
+    metrics.quic().on_event(&e);
     match e {
-        Event::Connecting {
-            link,
-            protocol: Protocol::Quic,
-            ..
-        } => {
-            metrics.quic.connecting(link);
-        }
         Event::Registered { index, details, .. } => {
             metrics
                 .register_success
@@ -387,7 +379,6 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
                 .with_label_values(&[kind, "registerConnection"])
                 .inc();
         }
-        Event::LinkClosed { link, .. } => metrics.quic.closed(link),
         Event::ConfigurationApplied { version } => {
             metrics.config_version.set(i64::from(version));
         }

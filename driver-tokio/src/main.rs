@@ -11,7 +11,6 @@ mod heap;
 mod metrics;
 mod mmsg;
 mod origin;
-mod quic_metrics;
 mod quickstart;
 mod run;
 

@@ -20,7 +20,7 @@ use prometheus::{
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use crate::quic_metrics::QuicClientMetrics;
+use burrow_core::quic::client_metrics::QuicClientStats;
 
 /// Every metric the connector keeps. The `prometheus` crate keeps names verbatim, so
 /// cloudflared's counters (which have no `_total` suffix) keep their names.
@@ -80,8 +80,8 @@ pub struct Metrics {
     pub icmp_total_requests: IntCounter,
     /// `cloudflared_icmp_total_replies`: echo replies sent back to the edge.
     pub icmp_total_replies: IntCounter,
-    /// `quic_client_*`, per `conn_index`.
-    pub quic: QuicClientMetrics,
+    /// `quic_client_*`, per `conn_index` (rendered by [`burrow_os::exposition`]).
+    quic: std::sync::Mutex<QuicClientStats>,
     /// `cloudflared_proxy_connect_latency`: milliseconds from dialing a TCP flow's origin
     /// (ingress `tcp://`-style services and private-network TCP) to its stream acknowledged.
     pub connect_latency: Histogram,
@@ -201,20 +201,6 @@ impl Metrics {
             &["flow_type"],
         )
         .expect("static metric");
-        // cloudflared's process_* family (CPU, memory, descriptors, start time), from /proc.
-        let _ = r.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        ));
-        // cloudflared's un-namespaced build_info; burrow has no Go version or build type.
-        let build_info = IntGaugeVec::new(
-            Opts::new("build_info", "Build and version information"),
-            &["goversion", "type", "revision", "version"],
-        )
-        .expect("static metric");
-        build_info
-            .with_label_values(&["none (rust)", "burrow", "", env!("CARGO_PKG_VERSION")])
-            .set(1);
-        let _ = r.register(Box::new(build_info));
         let connect_latency = Histogram::with_opts(
             HistogramOpts::new(
                 "cloudflared_proxy_connect_latency",
@@ -324,7 +310,7 @@ impl Metrics {
                 "cloudflared_icmp_total_replies",
                 "Total count of ICMP replies that have been proxied from any origin",
             ),
-            quic: QuicClientMetrics::new(&r),
+            quic: std::sync::Mutex::default(),
             connect_latency,
             connect_stream_errors: counter(
                 &r,
@@ -453,7 +439,8 @@ impl Metrics {
         }
     }
 
-    /// Prometheus text exposition.
+    /// Prometheus text exposition: the registry's families, then those both drivers render
+    /// alike (`quic_client_*`, `process_*`, `build_info`).
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         if TextEncoder::new()
@@ -462,7 +449,16 @@ impl Metrics {
         {
             out.clear();
         }
-        String::from_utf8(out).unwrap_or_default()
+        let mut out = String::from_utf8(out).unwrap_or_default();
+        burrow_os::exposition::render(&mut out, &self.quic());
+        out
+    }
+
+    /// The QUIC figures, for the connector loop to update.
+    pub fn quic(&self) -> std::sync::MutexGuard<'_, QuicClientStats> {
+        self.quic
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// `/ready`: status and body.

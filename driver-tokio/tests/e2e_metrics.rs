@@ -1,7 +1,8 @@
 //! `/metrics` as dashboards built for cloudflared query it, scraped from a real connector
 //! serving real traffic through `burrow edge`: the `quic_client_*` families per `conn_index`,
 //! `process_*`, `build_info`, `cloudflared_proxy_connect_latency` for TCP streams; and
-//! `--metrics 127.0.0.1:0` on an ephemeral port.
+//! `--metrics 127.0.0.1:0` on an ephemeral port. With `BURROW_CLOUDFLARED` (`--ignored`), the
+//! names, types and labels of those families beside a stock cloudflared's.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -12,7 +13,10 @@ use std::time::Duration;
 use burrow_tokio::testbed::{self, ConnectorOpts, EdgeOpts, Proc, Testbed};
 
 mod common;
-use common::client::{counting_ingress, metric, metrics_text, request, request_counts_by_code};
+use common::client::{
+    check_quic_and_process_metrics, counting_ingress, families, metric, metrics_text, request,
+    request_counts_by_code,
+};
 use common::origins::{origin, tcp_echo};
 
 const BIN: &str = env!("CARGO_BIN_EXE_burrow");
@@ -55,12 +59,12 @@ fn dashboards_metrics_with_real_traffic() {
                 ),
                 (None, "http_status:404".into()),
             ],
-            ha_connections: 2,
+            ha_connections: 4,
             extra: vec![],
             config_extra: String::new(),
         })
         .expect("connector");
-    testbed::wait_ready(&mut connector, metrics, 2, Duration::from_secs(30)).expect("ready");
+    testbed::wait_ready(&mut connector, metrics, 4, Duration::from_secs(30)).expect("ready");
 
     for _ in 0..20 {
         let (status, _) = request(
@@ -81,50 +85,23 @@ fn dashboards_metrics_with_real_traffic() {
     let text = scrape_until(
         metrics,
         &[
-            r#"quic_client_sent_bytes{conn_index="0"}"#,
-            r#"quic_client_sent_bytes{conn_index="1"}"#,
-            r#"quic_client_receive_bytes{conn_index="0"}"#,
             r#"quic_client_sent_frames{conn_index="0",frame_type="Stream"}"#,
             r#"quic_client_received_frames{conn_index="0",frame_type="Stream"}"#,
-            r#"quic_client_congestion_window{conn_index="0"}"#,
-            r#"quic_client_mtu{conn_index="1"}"#,
             "cloudflared_proxy_connect_latency_count",
         ],
     );
     let m = |name: &str| metric(&text, name);
-    for i in ["0", "1"] {
-        assert!(m(&format!(r#"quic_client_sent_bytes{{conn_index="{i}"}}"#)) > 0.0);
-        assert!(m(&format!(r#"quic_client_mtu{{conn_index="{i}"}}"#)) >= 1200.0);
-        assert!(
-            m(&format!(
-                r#"quic_client_congestion_window{{conn_index="{i}"}}"#
-            )) > 0.0
-        );
-        // Loopback: the RTT is there, in whole milliseconds, and small.
-        let srtt = m(&format!(r#"quic_client_smoothed_rtt{{conn_index="{i}"}}"#));
-        let min = m(&format!(r#"quic_client_min_rtt{{conn_index="{i}"}}"#));
-        assert!((0.0..1000.0).contains(&srtt) && min <= srtt.max(min));
-        m(&format!(
-            r#"quic_client_lost_packets{{conn_index="{i}",reason="unknown_loss_reason"}}"#
-        ));
-    }
-    assert!(m("quic_client_total_connections") >= 2.0);
-    assert_eq!(m("quic_client_closed_connections"), 0.0);
     assert!(m("cloudflared_tunnel_total_requests") >= 21.0);
     assert_eq!(m("cloudflared_tcp_total_sessions"), 1.0);
     assert!(m("cloudflared_proxy_connect_latency_count") >= 1.0);
     assert_eq!(m("cloudflared_proxy_connect_streams_errors"), 0.0);
-    assert!(m("process_resident_memory_bytes") > 1e6);
-    assert!(m("process_open_fds") > 0.0);
-    assert!(m("process_start_time_seconds") > 1.6e9);
-    assert!(m("process_cpu_seconds_total") >= 0.0);
+    let text = check_quic_and_process_metrics(metrics, 4);
     let build = text
         .lines()
         .find(|l| l.starts_with("build_info{"))
         .expect("build_info");
     assert!(
-        build.contains(&format!(r#"version="{}""#, env!("CARGO_PKG_VERSION")))
-            && build.ends_with(" 1"),
+        build.contains(&format!(r#"version="{}""#, env!("CARGO_PKG_VERSION"))),
         "{build}"
     );
 }
@@ -195,4 +172,73 @@ fn metrics_port_zero_is_ephemeral() {
         "an explicit :0 is an ephemeral port, not cloudflared's default range: {addr}"
     );
     assert!(metrics_text(addr).contains("cloudflared_tunnel_ha_connections"));
+}
+
+/// cloudflared's families a burrow connector cannot fill from quinn: packets buffered or
+/// dropped before decryption are not counted by quinn.
+const NOT_FROM_QUINN: [&str; 2] = [
+    "quic_client_buffered_packets",
+    "quic_client_dropped_packets",
+];
+
+/// burrow's families that cloudflared only shows from its first event: burrow starts them at 0.
+const FROM_ZERO: [&str; 1] = ["quic_client_lost_packets"];
+
+/// The `quic_client_*`, `process_*` and `build_info` families of burrow and of a stock
+/// cloudflared, both serving one tunnel through `burrow edge` with 4 connections: the same
+/// names, types, help texts and label names (but for [`NOT_FROM_QUINN`] and [`FROM_ZERO`]).
+#[test]
+#[ignore = "needs a stock cloudflared: BURROW_CLOUDFLARED=/path/to/cloudflared, --ignored"]
+fn quic_process_and_build_families_match_cloudflared() {
+    let cfd = std::env::var_os("BURROW_CLOUDFLARED")
+        .map(std::path::PathBuf::from)
+        .expect("set BURROW_CLOUDFLARED to a cloudflared binary");
+    let bed =
+        Testbed::create(Path::new(BIN), "e2e-metrics-cfd", "app", &["app.test"]).expect("tunnel");
+    let port = testbed::free_udp().expect("port").port();
+    let eo = EdgeOpts {
+        // All addresses: cloudflared reaches it at 127.0.0.1..4, one connection each.
+        quic: SocketAddr::from(([0, 0, 0, 0], port)),
+        ..EdgeOpts::loopback().expect("ports")
+    };
+    let _edge = bed.edge(&eo).expect("edge");
+    let opts = |edge: SocketAddr| ConnectorOpts {
+        edge,
+        metrics: testbed::free_tcp().expect("port"),
+        ingress: vec![(None, "http_status:404".into())],
+        ha_connections: 4,
+        extra: vec![],
+        config_extra: String::new(),
+    };
+    let co = opts(eo.quic);
+    let mut stock = bed.cloudflared(&cfd, &co).expect("cloudflared");
+    testbed::wait_ready(&mut stock, co.metrics, 4, Duration::from_secs(30)).expect("ready");
+    let bo = opts(SocketAddr::from(([127, 0, 0, 1], port)));
+    let mut ours = bed.connector(&bo).expect("connector");
+    testbed::wait_ready(&mut ours, bo.metrics, 4, Duration::from_secs(30)).expect("ready");
+    let ours_text = check_quic_and_process_metrics(bo.metrics, 4);
+    // A few keep-alives on cloudflared's side too.
+    std::thread::sleep(Duration::from_secs(3));
+    let prefixes = ["quic_client_", "process_", "build_info"];
+    // HTTP/1.0: Go's server would chunk an HTTP/1.1 answer.
+    let mut s = TcpStream::connect(co.metrics).expect("cloudflared metrics");
+    s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")
+        .expect("write");
+    let mut text = String::new();
+    s.read_to_string(&mut text).expect("read");
+    let theirs = families(&text, &prefixes);
+    let ours = families(&ours_text, &prefixes);
+    eprintln!("cloudflared: {theirs:#?}\nburrow: {ours:#?}");
+    for (name, family) in &theirs {
+        if NOT_FROM_QUINN.contains(&name.as_str()) {
+            continue;
+        }
+        assert_eq!(ours.get(name), Some(family), "{name}");
+    }
+    for name in ours.keys() {
+        assert!(
+            theirs.contains_key(name) || FROM_ZERO.contains(&name.as_str()),
+            "{name} is not cloudflared's"
+        );
+    }
 }

@@ -16,8 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use quinn_proto::congestion::{Controller, ControllerFactory, ControllerMetrics, CubicConfig};
+use quinn_proto::congestion::{Controller, ControllerFactory, ControllerMetrics};
 use quinn_proto::RttEstimator;
+
+use crate::quic::congestion::WatchedCubic;
 
 /// A congestion controller whose window is unbounded while its switch is on.
 pub struct AckProbing {
@@ -29,6 +31,11 @@ pub struct AckProbing {
 }
 
 impl AckProbing {
+    /// The controller it switches.
+    pub fn inner(&self) -> &dyn Controller {
+        &*self.inner
+    }
+
     /// The switch of the controller `c`, if it is an [`AckProbing`] one.
     pub fn switch(c: &dyn Controller) -> Option<Arc<AtomicBool>> {
         c.clone_box()
@@ -112,9 +119,10 @@ impl Controller for AckProbing {
     }
 }
 
-/// Builds [`AckProbing`] controllers around those of quinn's default, Cubic.
+/// Builds [`AckProbing`] controllers around quinn's default, Cubic, watched for the metrics
+/// ([`crate::quic::congestion::Watched`]).
 #[derive(Debug, Default)]
-pub struct AckProbingCubic(CubicConfig);
+pub struct AckProbingCubic(WatchedCubic);
 
 impl ControllerFactory for AckProbingCubic {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {

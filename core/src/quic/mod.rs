@@ -3,6 +3,8 @@
 //! module only configures it.
 
 pub mod ack_probe;
+pub mod client_metrics;
+pub mod congestion;
 pub mod tls;
 pub mod transport;
 

@@ -279,6 +279,9 @@ pub struct SessionStats {
     /// ICMP packets from the edge not proxied (those of every index, and those of a link
     /// gone).
     pub icmp_dropped: u64,
+    /// Of the [`DropReason::TooLarge`] drops, origin payloads of datagram-v2 sessions
+    /// (cloudflared's `quic_client_packet_too_big_dropped`, which its v2 muxer counts).
+    pub packet_too_big: u64,
 }
 
 impl SessionStats {
@@ -746,6 +749,7 @@ impl SessionManager {
         };
         if len > MAX_PAYLOAD {
             warn!(flow_id = %s.id, len, "origin payload exceeds the datagram limit; dropped");
+            self.stats.packet_too_big += u64::from(s.version == DatagramVersion::V2);
             return Err(self.count_at(index, DropReason::TooLarge));
         }
         let Some(link) = s.link else {

@@ -236,6 +236,7 @@ fn frame_origin_writes_in_place_and_drops_oversize() {
         m.frame_origin(now, flow, &mut buf, MAX_PAYLOAD + 1),
         Err(DropReason::TooLarge)
     );
+    assert_eq!(m.stats().packet_too_big, 0, "a v3 session's");
     assert_eq!(
         m.active(),
         1,
@@ -318,6 +319,13 @@ fn v2_sessions_answer_over_rpc_and_unregister_when_idle() {
     expected.extend_from_slice(uuid.as_bytes());
     expected.push(0x00);
     assert_eq!(&buf[out.range], &expected[..]);
+    // Too big for a datagram: cloudflared's v2 muxer counts it as packet_too_big.
+    let mut big = vec![0u8; HEADROOM + MAX_PAYLOAD + 1 + TAILROOM];
+    assert_eq!(
+        m.frame_origin(t0, flow, &mut big, MAX_PAYLOAD + 1),
+        Err(DropReason::TooLarge)
+    );
+    assert_eq!(m.stats().packet_too_big, 1);
 
     m.handle_timeout(t0 + DEFAULT_IDLE);
     assert_eq!(

@@ -589,6 +589,19 @@ impl ConnectorConnection {
         self.conn.stats()
     }
 
+    /// The congestion state and latest RTT sample the controller recorded.
+    pub fn congestion(&self) -> Option<crate::quic::congestion::CongestionFigures> {
+        crate::quic::congestion::Watched::figures(self.conn.congestion_state())
+    }
+
+    /// The edge's `max_udp_payload_size` transport parameter, once its first flight is in.
+    pub fn peer_max_udp_payload(&self) -> Option<u64> {
+        let params = self.conn.crypto_session().transport_parameters().ok()??;
+        let mut encoded = Vec::new();
+        params.write(&mut encoded);
+        Some(crate::quic::client_metrics::max_udp_payload(&encoded))
+    }
+
     /// True once the connection is fully gone.
     pub fn is_closed(&self) -> bool {
         self.state == State::Closed

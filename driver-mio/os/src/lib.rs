@@ -3,9 +3,11 @@
 //! origin UDP and ping sockets, the ICMP source probe, the open-file limit, [`heap`]
 //! (returning freed heap to the kernel), [`resident`] (start-up's pages given back), and the
 //! I/O of core's settings: [`settings`] (files, the system certificate store), [`log`],
-//! [`origin_tls`] (trust for HTTPS origins) and [`service`] (`service install`).
+//! [`origin_tls`] (trust for HTTPS origins) and [`service`] (`service install`); and the
+//! metric families both export alike ([`exposition`]).
 
 pub mod events;
+pub mod exposition;
 pub mod heap;
 pub mod log;
 pub mod origin_tls;

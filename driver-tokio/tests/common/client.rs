@@ -1,5 +1,6 @@
 //! Client side: HTTP requests and responses, UDP round trips, metrics scraping.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
 use std::time::Duration;
@@ -410,4 +411,138 @@ pub fn check_udp_drops_by_conn_index(
     for (index, _) in &lines {
         assert!(index == "0" || index == "1", "conn_index {index:?}\n{text}");
     }
+}
+
+/// The QUIC, process and build families both drivers export, as cloudflared's dashboards
+/// query them: scraped from `metrics` until every HA index `0..ha` has its RTT, window and
+/// the edge's payload limit, then checked for plausible values. Returns the text.
+pub fn check_quic_and_process_metrics(metrics: SocketAddr, ha: u8) -> String {
+    let per_index = [
+        "quic_client_sent_bytes",
+        "quic_client_receive_bytes",
+        "quic_client_min_rtt",
+        "quic_client_latest_rtt",
+        "quic_client_smoothed_rtt",
+        "quic_client_mtu",
+        "quic_client_congestion_window",
+        "quic_client_congestion_state",
+        "quic_client_max_udp_payload",
+    ];
+    let value = |text: &str, name: &str, i: u8| {
+        let series = format!("{name}{{conn_index=\"{i}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&series)?.trim().parse::<f64>().ok())
+    };
+    let start = std::time::Instant::now();
+    let mut text = metrics_text(metrics);
+    while !(0..ha).all(|i| per_index.iter().all(|n| value(&text, n, i).is_some())) {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "not every index reports {per_index:?} in\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        text = metrics_text(metrics);
+    }
+    for i in 0..ha {
+        let v = |name: &str| value(&text, name, i).expect("scraped above");
+        assert!(v("quic_client_sent_bytes") > 0.0 && v("quic_client_receive_bytes") > 0.0);
+        // Loopback: the RTTs are there, in whole milliseconds, and small; the lowest is the
+        // lowest.
+        let (min, latest, smoothed) = (
+            v("quic_client_min_rtt"),
+            v("quic_client_latest_rtt"),
+            v("quic_client_smoothed_rtt"),
+        );
+        for rtt in [min, latest, smoothed] {
+            assert!((0.0..1000.0).contains(&rtt), "index {i}: rtt {rtt}\n{text}");
+        }
+        assert!(min <= latest && min <= smoothed, "index {i}\n{text}");
+        assert!(v("quic_client_mtu") >= 1200.0);
+        // At least quinn's minimum window (two packets).
+        assert!(v("quic_client_congestion_window") >= 2400.0);
+        let state = v("quic_client_congestion_state");
+        assert!([0.0, 1.0, 2.0, 3.0].contains(&state), "state {state}");
+        // burrow edge does not send the parameter: RFC 9000's default.
+        assert!(v("quic_client_max_udp_payload") >= 1200.0);
+        // Keep-alives and their acknowledgements; losses, if any, of no known reason.
+        for series in [
+            format!(r#"quic_client_sent_frames{{conn_index="{i}",frame_type="Ack"}} "#),
+            format!(r#"quic_client_received_frames{{conn_index="{i}",frame_type="Ack"}} "#),
+            format!(
+                r#"quic_client_lost_packets{{conn_index="{i}",reason="unknown_loss_reason"}} "#
+            ),
+        ] {
+            assert!(
+                text.lines().any(|l| l.starts_with(&series)),
+                "{series}\n{text}"
+            );
+        }
+    }
+    assert!(metric(&text, "quic_client_total_connections") >= f64::from(ha));
+    assert_eq!(metric(&text, "quic_client_closed_connections"), 0.0);
+    assert!(metric(&text, "process_resident_memory_bytes") > 1e6);
+    assert!(
+        metric(&text, "process_virtual_memory_bytes")
+            >= metric(&text, "process_resident_memory_bytes")
+    );
+    assert!(metric(&text, "process_open_fds") > 0.0);
+    assert!(metric(&text, "process_max_fds") >= metric(&text, "process_open_fds"));
+    let started = metric(&text, "process_start_time_seconds");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs_f64();
+    assert!(started > now - 600.0 && started <= now + 1.0, "{started}");
+    assert!(metric(&text, "process_cpu_seconds_total") > 0.0);
+    let build = text
+        .lines()
+        .find(|l| l.starts_with("build_info{"))
+        .expect("build_info");
+    assert!(
+        build.contains("version=\"") && build.ends_with(" 1"),
+        "{build}"
+    );
+    text
+}
+
+/// Each family in `text` whose name starts with one of `prefixes`: its type, help text and the
+/// label names of its series.
+pub fn families(text: &str, prefixes: &[&str]) -> BTreeMap<String, Family> {
+    let mut out: BTreeMap<String, Family> = BTreeMap::new();
+    let wanted = |name: &str| prefixes.iter().any(|p| name.starts_with(p));
+    for l in text.lines() {
+        if let Some((name, help)) = l.strip_prefix("# HELP ").and_then(|t| t.split_once(' ')) {
+            if wanted(name) {
+                out.entry(name.to_owned()).or_default().help = help.to_owned();
+            }
+        } else if let Some((name, kind)) = l.strip_prefix("# TYPE ").and_then(|t| t.split_once(' '))
+        {
+            if wanted(name) {
+                out.entry(name.to_owned()).or_default().kind = kind.to_owned();
+            }
+        } else if !l.starts_with('#') {
+            let name = l.split(['{', ' ']).next().unwrap_or("");
+            if let Some(f) = out.get_mut(name) {
+                if let Some((inner, _)) = l.split_once('{').and_then(|(_, r)| r.split_once('}')) {
+                    f.labels.extend(
+                        inner
+                            .split(',')
+                            .filter_map(|kv| kv.split_once('=').map(|(k, _)| k.to_owned())),
+                    );
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A metric family as [`families`] reads it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Family {
+    /// `counter`, `gauge`, ...
+    pub kind: String,
+    /// The HELP text.
+    pub help: String,
+    /// Label names of its series.
+    pub labels: BTreeSet<String>,
 }

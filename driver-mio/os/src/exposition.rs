@@ -1,0 +1,385 @@
+//! The metric families both drivers export alike, in Prometheus text under cloudflared's names,
+//! help texts and labels: `quic_client_*` (figures core decides,
+//! [`burrow_core::quic::client_metrics`]), Go's `process_*` (read from `/proc`, as client_golang's
+//! process collector reads them) and `build_info`.
+
+use std::fmt::Write;
+
+use burrow_core::quic::client_metrics::{IndexFigures, QuicClientStats, FRAME_TYPES};
+
+/// Appends one family's HELP and TYPE lines, then `lines` (nothing when there are none, as
+/// client_golang leaves out a family without series).
+fn family(out: &mut String, name: &str, kind: &str, help: &str, lines: &str) {
+    if !lines.is_empty() {
+        let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n{lines}");
+    }
+}
+
+/// A family with one series per index: `value` gives an index's value, if it has one.
+fn by_index(
+    out: &mut String,
+    indexes: &[(u8, IndexFigures)],
+    (name, kind, help): (&str, &str, &str),
+    value: impl Fn(&IndexFigures) -> Option<u64>,
+) {
+    let mut lines = String::new();
+    for (i, f) in indexes {
+        if let Some(v) = value(f) {
+            let _ = writeln!(lines, "{name}{{conn_index=\"{i}\"}} {v}");
+        }
+    }
+    family(out, name, kind, help, &lines);
+}
+
+/// A gauge family by index: name, help, an index's value.
+type Gauge = (&'static str, &'static str, fn(&IndexFigures) -> Option<u64>);
+
+/// The `quic_client_*` families.
+pub fn quic(out: &mut String, q: &QuicClientStats) {
+    let counter = |out: &mut String, name: &str, help: &str, v: u64| {
+        family(out, name, "counter", help, &format!("{name} {v}\n"));
+    };
+    counter(
+        out,
+        "quic_client_total_connections",
+        "Number of connections initiated",
+        q.total_connections,
+    );
+    counter(
+        out,
+        "quic_client_closed_connections",
+        "Number of connections that has been closed",
+        q.closed_connections,
+    );
+    counter(
+        out,
+        "quic_client_packet_too_big_dropped",
+        "Count of packets received from origin that are too big to send to the edge and are dropped as a result",
+        q.packet_too_big_dropped,
+    );
+    let indexes: Vec<(u8, IndexFigures)> = q.indexes().collect();
+    let ix = &indexes;
+    by_index(
+        out,
+        ix,
+        (
+            "quic_client_max_udp_payload",
+            "gauge",
+            "Maximum UDP payload size in bytes for a QUIC packet",
+        ),
+        |f| f.gauges.max_udp_payload,
+    );
+    for (name, help, of) in [
+        (
+            "quic_client_sent_frames",
+            "Number of frames that have been sent through a connection",
+            (|f: &IndexFigures| f.totals.sent_frames) as fn(&IndexFigures) -> [u64; 20],
+        ),
+        (
+            "quic_client_received_frames",
+            "Number of frames that have been received through a connection",
+            |f| f.totals.received_frames,
+        ),
+    ] {
+        // Only the frame types seen, as cloudflared creates a series at a type's first frame.
+        let mut lines = String::new();
+        for (i, f) in ix {
+            for (ty, n) in FRAME_TYPES.iter().zip(of(f)).filter(|(_, n)| *n > 0) {
+                let _ = writeln!(
+                    lines,
+                    "{name}{{conn_index=\"{i}\",frame_type=\"{ty}\"}} {n}"
+                );
+            }
+        }
+        family(out, name, "counter", help, &lines);
+    }
+    by_index(
+        out,
+        ix,
+        (
+            "quic_client_sent_bytes",
+            "counter",
+            "Number of bytes that have been sent through a connection",
+        ),
+        |f| Some(f.totals.sent_bytes),
+    );
+    by_index(
+        out,
+        ix,
+        (
+            "quic_client_receive_bytes",
+            "counter",
+            "Number of bytes that have been received through a connection",
+        ),
+        |f| Some(f.totals.receive_bytes),
+    );
+    // quinn does not say why a packet was declared lost.
+    let mut lines = String::new();
+    for (i, f) in ix {
+        let _ = writeln!(
+            lines,
+            "quic_client_lost_packets{{conn_index=\"{i}\",reason=\"unknown_loss_reason\"}} {}",
+            f.totals.lost_packets
+        );
+    }
+    family(
+        out,
+        "quic_client_lost_packets",
+        "counter",
+        "Number of packets that have been lost from a connection",
+        &lines,
+    );
+    let gauges: [Gauge; 5] = [
+        (
+            "quic_client_min_rtt",
+            "Lowest RTT measured on a connection in millisec",
+            |f| Some(f.gauges.min_rtt_ms),
+        ),
+        (
+            "quic_client_latest_rtt",
+            "Latest RTT measured on a connection",
+            |f| f.gauges.latest_rtt_ms,
+        ),
+        (
+            "quic_client_smoothed_rtt",
+            "Calculated smoothed RTT measured on a connection in millisec",
+            |f| Some(f.gauges.smoothed_rtt_ms),
+        ),
+        (
+            "quic_client_mtu",
+            "Current maximum transmission unit (MTU) of a connection",
+            |f| Some(u64::from(f.gauges.mtu)),
+        ),
+        (
+            "quic_client_congestion_window",
+            "Current congestion window size",
+            |f| Some(f.gauges.congestion_window),
+        ),
+    ];
+    for (name, help, value) in gauges {
+        by_index(out, ix, (name, "gauge", help), value);
+    }
+    let mut lines = String::new();
+    for (i, f) in ix {
+        if let Some(s) = f.gauges.congestion_state {
+            let _ = writeln!(
+                lines,
+                "quic_client_congestion_state{{conn_index=\"{i}\"}} {s}"
+            );
+        }
+    }
+    family(
+        out,
+        "quic_client_congestion_state",
+        "gauge",
+        "Current congestion control state (0=slow_start, 1=congestion_avoidance, 2=application_limited, 3=recovery, -1=unknown)",
+        &lines,
+    );
+}
+
+/// cloudflared's un-namespaced `build_info`; burrow has no Go version or build type.
+pub fn build_info(out: &mut String) {
+    family(
+        out,
+        "build_info",
+        "gauge",
+        "Build and version information",
+        &format!(
+            "build_info{{goversion=\"none (rust)\",revision=\"\",type=\"burrow\",version=\"{}\"}} 1\n",
+            env!("CARGO_PKG_VERSION")
+        ),
+    );
+}
+
+/// What `/proc` says of this process, in client_golang's units.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Process {
+    /// User plus system CPU time, seconds.
+    pub cpu_seconds: f64,
+    /// Entries of `/proc/self/fd`.
+    pub open_fds: u64,
+    /// The soft limit of open files (`u64::MAX` unlimited, as procfs reads it).
+    pub max_fds: u64,
+    /// Virtual memory size, bytes.
+    pub virtual_memory: u64,
+    /// The soft address-space limit.
+    pub virtual_memory_max: u64,
+    /// Resident set, bytes.
+    pub resident_memory: u64,
+    /// Start time, Unix seconds.
+    pub start_time: f64,
+    /// The network namespace's IP bytes in and out (`/proc/self/net/netstat`'s `IpExt`), what
+    /// client_golang reports as the process's.
+    pub network: Option<(u64, u64)>,
+}
+
+impl Process {
+    /// Reads this process's figures; `None` without `/proc`.
+    pub fn read() -> Option<Self> {
+        use rustix::process::{getrlimit, Resource};
+        let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+        // Fields after the command name, which may hold spaces and parentheses.
+        let fields: Vec<&str> = stat
+            .get(stat.rfind(')')? + 1..)?
+            .split_whitespace()
+            .collect();
+        // stat(5) numbers fields from 1; field 3 (state) is the first after the name.
+        let field = |n: usize| fields.get(n - 3).and_then(|f| f.parse::<u64>().ok());
+        let ticks = rustix::param::clock_ticks_per_second() as f64;
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime ")?.trim().parse::<u64>().ok())
+        })?;
+        let limit = |r| getrlimit(r).current.unwrap_or(u64::MAX);
+        Some(Self {
+            cpu_seconds: (field(14)? + field(15)?) as f64 / ticks,
+            open_fds: std::fs::read_dir("/proc/self/fd").ok()?.count() as u64,
+            max_fds: limit(Resource::Nofile),
+            virtual_memory: field(23)?,
+            virtual_memory_max: limit(Resource::As),
+            resident_memory: field(24)? * rustix::param::page_size() as u64,
+            start_time: boot as f64 + field(22)? as f64 / ticks,
+            network: std::fs::read_to_string("/proc/self/net/netstat")
+                .ok()
+                .and_then(|s| ip_octets(&s)),
+        })
+    }
+
+    /// The `process_*` families.
+    pub fn render(&self, out: &mut String) {
+        let mut one = |name: &str, kind: &str, help: &str, v: String| {
+            family(out, name, kind, help, &format!("{name} {v}\n"));
+        };
+        one(
+            "process_cpu_seconds_total",
+            "counter",
+            "Total user and system CPU time spent in seconds.",
+            self.cpu_seconds.to_string(),
+        );
+        one(
+            "process_open_fds",
+            "gauge",
+            "Number of open file descriptors.",
+            self.open_fds.to_string(),
+        );
+        one(
+            "process_max_fds",
+            "gauge",
+            "Maximum number of open file descriptors.",
+            go_float(self.max_fds),
+        );
+        one(
+            "process_virtual_memory_bytes",
+            "gauge",
+            "Virtual memory size in bytes.",
+            self.virtual_memory.to_string(),
+        );
+        one(
+            "process_virtual_memory_max_bytes",
+            "gauge",
+            "Maximum amount of virtual memory available in bytes.",
+            go_float(self.virtual_memory_max),
+        );
+        one(
+            "process_resident_memory_bytes",
+            "gauge",
+            "Resident memory size in bytes.",
+            self.resident_memory.to_string(),
+        );
+        one(
+            "process_start_time_seconds",
+            "gauge",
+            "Start time of the process since unix epoch in seconds.",
+            self.start_time.to_string(),
+        );
+        if let Some((rx, tx)) = self.network {
+            one(
+                "process_network_receive_bytes_total",
+                "counter",
+                "Number of bytes received by the process over the network.",
+                rx.to_string(),
+            );
+            one(
+                "process_network_transmit_bytes_total",
+                "counter",
+                "Number of bytes sent by the process over the network.",
+                tx.to_string(),
+            );
+        }
+    }
+}
+
+/// A count as Go prints the float it becomes (`unlimited`, u64::MAX, is 1.8446744073709552e+19).
+fn go_float(v: u64) -> String {
+    if v < 1 << 53 {
+        v.to_string()
+    } else {
+        format!("{:e}", v as f64).replace('e', "e+")
+    }
+}
+
+/// `IpExt`'s `InOctets` and `OutOctets` in `/proc/net/netstat`: a line of names, then one of
+/// values.
+fn ip_octets(netstat: &str) -> Option<(u64, u64)> {
+    let mut ext = netstat.lines().filter(|l| l.starts_with("IpExt:"));
+    let (names, values) = (ext.next()?, ext.next()?);
+    let pairs: Vec<(&str, &str)> = names
+        .split_whitespace()
+        .zip(values.split_whitespace())
+        .collect();
+    let get = |k: &str| {
+        pairs
+            .iter()
+            .find(|(n, _)| *n == k)
+            .and_then(|(_, v)| v.parse().ok())
+    };
+    Some((get("InOctets")?, get("OutOctets")?))
+}
+
+/// Every family of this module: the QUIC figures, the process's, `build_info`.
+pub fn render(out: &mut String, q: &QuicClientStats) {
+    quic(out, q);
+    if let Some(p) = Process::read() {
+        p.render(out);
+    }
+    build_info(out);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn process_figures_are_this_process() {
+        let p = Process::read().expect("/proc");
+        assert!(p.resident_memory > 1 << 20 && p.virtual_memory >= p.resident_memory);
+        assert!(p.open_fds >= 3 && p.max_fds >= p.open_fds);
+        assert!(p.start_time > 1.6e9 && p.start_time <= crate::unix_now() + 1.0);
+        let mut out = String::new();
+        p.render(&mut out);
+        assert!(
+            out.contains("# TYPE process_cpu_seconds_total counter\nprocess_cpu_seconds_total "),
+            "{out}"
+        );
+        assert_eq!(go_float(u64::MAX), "1.8446744073709552e+19");
+        assert_eq!(go_float(1024), "1024");
+    }
+
+    #[test]
+    fn ip_octets_follow_the_names_line() {
+        let s =
+            "TcpExt: A B\nTcpExt: 1 2\nIpExt: InNoRoutes InOctets OutOctets\nIpExt: 0 123 456\n";
+        assert_eq!(ip_octets(s), Some((123, 456)));
+        assert_eq!(ip_octets("IpExt: InOctets\n"), None);
+    }
+
+    #[test]
+    fn quic_families_without_connections_are_the_two_counters() {
+        let mut out = String::new();
+        quic(&mut out, &QuicClientStats::default());
+        assert_eq!(
+            out,
+            "# HELP quic_client_total_connections Number of connections initiated\n# TYPE quic_client_total_connections counter\nquic_client_total_connections 0\n# HELP quic_client_closed_connections Number of connections that has been closed\n# TYPE quic_client_closed_connections counter\nquic_client_closed_connections 0\n# HELP quic_client_packet_too_big_dropped Count of packets received from origin that are too big to send to the edge and are dropped as a result\n# TYPE quic_client_packet_too_big_dropped counter\nquic_client_packet_too_big_dropped 0\n"
+        );
+    }
+}
