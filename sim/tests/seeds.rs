@@ -258,3 +258,35 @@ fn seeds_that_once_failed_at_10_percent_loss_pass() {
         .collect();
     assert_none(failures);
 }
+
+/// Seeds of sweeps (CI scale) at other loss levels that once failed: scenario, seed, loss,
+/// what it taught.
+const REGRESSIONS_AT: &[(&str, u64, f64, &str)] = &[(
+    "udp-blocked",
+    9_990_297,
+    0.15,
+    "a request the edge routed to a QUIC connection whose registration answer came after the connector's call timed out fails with it",
+)];
+
+#[test]
+fn seeds_that_once_failed_at_other_loss_levels_pass() {
+    let failures: Vec<String> = REGRESSIONS_AT
+        .iter()
+        .filter_map(|&(name, seed, loss, about)| {
+            let s = ALL
+                .iter()
+                .find(|s| s.name == name)
+                .expect("scenario exists");
+            let p = Params {
+                seed,
+                loss,
+                quick: true,
+                protocol: Protocol::Quic,
+            };
+            (s.run)(&p)
+                .err()
+                .map(|why| format!("{name} seed {seed} at {loss} loss ({about}): {why}"))
+        })
+        .collect();
+    assert_none(failures);
+}
