@@ -200,6 +200,11 @@ const REGRESSIONS: &[(&str, u64, &str)] = &[
         "auto on HTTP/2, index 0 unregistered when the QUIC retry fell due (its dial's SYN-ACK lost six times): the retry waits, it does not spin",
     ),
     (
+        "udp-v2-and-v3",
+        10_220_006,
+        "a v3 registration's answers and retries held past the hint: the connector's timer ended the session and the edge's retry opened it again",
+    ),
+    (
         "hostile-path",
         5_700_384,
         "requests go only over connections the edge still holds (it may time one out first)",

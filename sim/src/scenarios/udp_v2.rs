@@ -134,10 +134,23 @@ pub(super) fn udp_v2_and_v3(p: &Params) -> Result<u64, String> {
         &format!("the edge spread the sessions over both versions ({summary})"),
         w,
     )?;
+    // On a hostile network the path can stall longer than the hint while the edge still waits
+    // for a v3 registration's answer (quinn's backed-off probes; seed 10220006 at 25%: answered
+    // at 2.6 s, every answer and retry held until 18.1 s). The connector's timer has then ended
+    // the session after the whole hint quiet, and v3 has no close message, so the edge's next
+    // retry opens it anew: a second socket for that session, never two at once (one flow per
+    // session id), each ended by the timer after the hint quiet (checked below for every v3
+    // close). Anywhere else, exactly one socket per session.
     let opened = w.udp.stats().sockets_opened;
+    let reopened = opened.saturating_sub(n as u64);
     expect(
-        opened == n as u64 && m2.total_flows + m3.total_flows == opened,
-        &format!("one origin socket per session ({opened} opened for {n}; {summary})"),
+        m2.total_flows + m3.total_flows == opened
+            && opened >= n as u64
+            && (reopened == 0 || s.hostile && reopened <= m3.idle_closed),
+        &format!(
+            "one origin socket per session, or (hostile network only) a v3 session opened \
+             again after the connector's timer ended it ({opened} opened for {n}; {summary})"
+        ),
         w,
     )?;
     // A v2 session ends at the connector by the edge's call, or by the connector's timer when
