@@ -7,6 +7,7 @@ use std::net::SocketAddr;
 
 use std::collections::BTreeMap;
 
+use burrow_core::connector::Connector;
 use burrow_core::quic::client_metrics::QuicClientStats;
 use burrow_core::session::{DropReason, IndexStats, SessionMethod};
 use burrow_core::tunnel::requests::RequestStats;
@@ -244,8 +245,9 @@ impl Figures {
         }
     }
 
-    /// The response to a request head.
-    fn respond(&self, head: &[u8]) -> Vec<u8> {
+    /// The response to a request head; `sample` brings the QUIC figures up to date, called
+    /// only for `/metrics` (nothing reads the connections while no one scrapes).
+    fn respond(&mut self, head: &[u8], sample: impl FnOnce(&mut QuicClientStats)) -> Vec<u8> {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         let path = match req.parse(head) {
@@ -253,11 +255,14 @@ impl Figures {
             Err(_) => return response(400, "text/plain; charset=utf-8", "bad request\n"),
         };
         match path.split('?').next().unwrap_or("/") {
-            "/metrics" => response(
-                200,
-                "text/plain; version=0.0.4; charset=utf-8",
-                &self.metrics(),
-            ),
+            "/metrics" => {
+                sample(&mut self.quic);
+                response(
+                    200,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    &self.metrics(),
+                )
+            }
             "/ready" => {
                 let (status, body) = self.ready();
                 response(status, "application/json", &body)
@@ -330,7 +335,7 @@ impl Client {
     }
 
     /// Reads and answers what it can; true once done (close it).
-    pub fn drive(&mut self, figures: &Figures) -> bool {
+    pub fn drive(&mut self, figures: &mut Figures, machine: &Connector) -> bool {
         if self.out.is_empty() {
             let mut buf = [0u8; 1024];
             loop {
@@ -339,7 +344,7 @@ impl Client {
                     Ok(n) => {
                         self.head.extend_from_slice(&buf[..n]);
                         if self.head.windows(4).any(|w| w == b"\r\n\r\n") {
-                            self.out = figures.respond(&self.head);
+                            self.out = figures.respond(&self.head, |q| q.sample(machine));
                             break;
                         }
                         if self.head.len() > MAX_HEAD {
@@ -380,11 +385,11 @@ mod tests {
             ..Figures::default()
         };
         let head = b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n";
-        let r = text(f.respond(head));
+        let r = text(f.respond(head, |_| {}));
         assert!(r.starts_with("HTTP/1.1 503 "), "{r}");
         assert!(r.ends_with("{\"status\":503,\"readyConnections\":0,\"connectorId\":\"c\"}"));
         f.ready = 4;
-        let r = text(f.respond(head));
+        let r = text(f.respond(head, |_| {}));
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
         assert!(r.contains("\"readyConnections\":4"));
     }
@@ -395,7 +400,7 @@ mod tests {
         f.requests.total = 7;
         f.requests.ended = 6;
         f.requests.by_status.insert(404, 2);
-        let m = text(f.respond(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n"));
+        let m = text(f.respond(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n", |_| {}));
         assert!(m.contains("\ncloudflared_tunnel_total_requests 7\n"), "{m}");
         assert!(
             m.contains("\ncloudflared_tunnel_concurrent_requests_per_tunnel 1\n"),
@@ -410,7 +415,7 @@ mod tests {
         zero.dropped[DropReason::TooLarge as usize] = 2;
         f.udp.insert(0, zero);
         f.udp_dropped[DropReason::TooLarge as usize] = 3;
-        let m = text(f.respond(b"GET /metrics HTTP/1.1\r\n\r\n"));
+        let m = text(f.respond(b"GET /metrics HTTP/1.1\r\n\r\n", |_| {}));
         for line in [
             "\ncloudflared_udp_dropped_datagrams{conn_index=\"0\",reason=\"read_too_large\"} 2\n",
             "\ncloudflared_udp_dropped_datagrams{conn_index=\"0\",reason=\"write_failed\"} 0\n",
@@ -427,7 +432,7 @@ mod tests {
         at.icmp_dropped = 4;
         at.unsupported[SessionMethod::Unregister as usize] = 1;
         f.icmp_dropped = 5;
-        let m = text(f.respond(b"GET /metrics HTTP/1.1\r\n\r\n"));
+        let m = text(f.respond(b"GET /metrics HTTP/1.1\r\n\r\n", |_| {}));
         for line in [
             "\ncloudflared_icmp_dropped_packets{conn_index=\"0\",reason=\"write_failed\"} 4\n",
             "\ncloudflared_icmp_dropped_packets{conn_index=\"\",reason=\"write_failed\"} 1\n",
@@ -436,8 +441,10 @@ mod tests {
         ] {
             assert!(m.contains(line), "{line} missing in {m}");
         }
-        assert!(text(f.respond(b"GET /healthcheck HTTP/1.1\r\n\r\n")).ends_with("\r\n\r\nOK\n"));
-        assert!(text(f.respond(b"GET /nope HTTP/1.1\r\n\r\n")).starts_with("HTTP/1.1 404 "));
-        assert!(text(f.respond(b"\xff\xfe\r\n\r\n")).starts_with("HTTP/1.1 400 "));
+        assert!(
+            text(f.respond(b"GET /healthcheck HTTP/1.1\r\n\r\n", |_| {})).ends_with("\r\n\r\nOK\n")
+        );
+        assert!(text(f.respond(b"GET /nope HTTP/1.1\r\n\r\n", |_| {})).starts_with("HTTP/1.1 404 "));
+        assert!(text(f.respond(b"\xff\xfe\r\n\r\n", |_| {})).starts_with("HTTP/1.1 400 "));
     }
 }

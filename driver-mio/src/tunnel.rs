@@ -489,7 +489,7 @@ impl Driver {
             }
             Source::Status => {
                 let done = match self.clients.get_mut(&token) {
-                    Some(c) => c.drive(&self.figures),
+                    Some(c) => c.drive(&mut self.figures, machine),
                     None => true,
                 };
                 if done {
@@ -696,7 +696,6 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         }
         d.figures.udp_dropped = hub.sessions.stats().dropped;
         d.figures.icmp_dropped = hub.sessions.stats().icmp_dropped;
-        d.figures.quic.sample(now, &machine);
         if machine.is_stopped() {
             break;
         }

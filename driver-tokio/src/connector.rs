@@ -149,6 +149,9 @@ async fn txt_record(name: &str) -> Option<String> {
 /// Session datagrams read per turn of the loop (a bounded batch, as for the other sources).
 const UDP_READ_BATCH: usize = 256;
 
+/// How often the QUIC figures are read for the metrics task.
+const QUIC_SAMPLE_EVERY: Duration = Duration::from_secs(1);
+
 /// Runs the connector until shut down. Each message on `shutdown` is one signal: the first
 /// starts a graceful shutdown, the second closes at once.
 pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Result<(), RunError> {
@@ -190,6 +193,9 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     let mut signals = 0u32;
     // Start-up's pages are given back once, when every connection has registered.
     let mut startup = burrow_os::resident::StartupTrim::new();
+    // The QUIC figures are read for the metrics task at most once a second (the scrape
+    // handler cannot reach the connector).
+    let mut quic_sampled: Option<Instant> = None;
     let mut timer = DeadlineTimer::new();
 
     loop {
@@ -239,7 +245,11 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         metrics.update_datagrams(machine.datagram_hub());
         metrics.update_flows(&machine.flow_stats());
         metrics.update_requests(machine.request_stats());
-        metrics.quic().sample(Instant::now(), &machine);
+        let at = Instant::now();
+        if quic_sampled.is_none_or(|t| at.saturating_duration_since(t) >= QUIC_SAMPLE_EVERY) {
+            quic_sampled = Some(at);
+            metrics.quic().sample(&machine);
+        }
         if machine.is_stopped() {
             break;
         }

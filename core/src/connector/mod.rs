@@ -489,6 +489,12 @@ impl Connector {
         self.sup.flow_stats()
     }
 
+    /// What the closed QUIC connections of HA index `index` counted (their counters summed,
+    /// the last one's gauges), for cloudflared's `quic_client_*` families.
+    pub fn closed_quic(&self, index: u8) -> Option<&crate::quic::client_metrics::IndexFigures> {
+        self.sup.closed_quic(index)
+    }
+
     /// The connection of HA index `index`, while it has one (for its counters).
     pub fn connection(&self, index: u8) -> Option<&ConnectorConnection> {
         self.sup.connection(index)

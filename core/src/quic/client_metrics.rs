@@ -1,13 +1,13 @@
 //! cloudflared's `quic_client_*` figures (its `quic/metrics.go`) per HA index, decided here so
 //! both drivers only render them. cloudflared counts in quic-go's tracer callbacks; burrow
-//! samples each QUIC connection's quinn counters (at most once a second) and keeps the
-//! counters monotonic across reconnects by adding a replaced connection's last sample to its
-//! index's base. Not known from quinn: buffered and dropped packets (never counted) and a
+//! reads each QUIC connection's quinn counters when the figures are wanted, and keeps the
+//! counters monotonic across reconnects with what the connector kept of every closed
+//! connection (its final counters, added up per index). Not known from quinn: buffered and dropped packets (never counted) and a
 //! loss's reason (every loss is `unknown_loss_reason`, cloudflared's label for a reason it
 //! does not know).
 
 use std::collections::{BTreeMap, HashSet};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use quinn_proto::coding::Codec;
 use quinn_proto::{ConnectionStats, FrameStats, VarInt};
@@ -16,9 +16,6 @@ use crate::connector::{Connector, Event};
 use crate::datagram::LinkId;
 use crate::tunnel::connector::ConnectorConnection;
 use crate::tunnel::protocol::Protocol;
-
-/// How often connections are sampled.
-pub const SAMPLE_EVERY: Duration = Duration::from_secs(1);
 
 /// quic-go's frame type names (its qlog frame types without `Frame`), in [`IndexFigures`]'
 /// frame count order.
@@ -140,18 +137,41 @@ pub struct IndexFigures {
     pub gauges: Gauges,
 }
 
-/// One index's sampling state.
-#[derive(Debug, Default)]
-struct Track {
-    link: Option<LinkId>,
-    /// Everything earlier connections on this index counted.
-    base: Totals,
-    /// The current connection's last sample.
-    last: Totals,
-    gauges: Gauges,
+impl IndexFigures {
+    /// The figures of one QUIC connection, read from quinn and the watched controller.
+    pub fn of(conn: &ConnectorConnection) -> Self {
+        let stats = conn.quic_stats();
+        let congestion = conn.congestion();
+        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+        Self {
+            totals: Totals::of(&stats),
+            gauges: Gauges {
+                min_rtt_ms: ms(stats.path.min_rtt),
+                latest_rtt_ms: congestion.and_then(|c| c.latest_rtt).map(ms),
+                smoothed_rtt_ms: ms(stats.path.rtt),
+                mtu: stats.path.current_mtu,
+                congestion_window: stats.path.cwnd,
+                congestion_state: congestion.map(|c| c.state.value()),
+                max_udp_payload: conn.peer_max_udp_payload(),
+            },
+        }
+    }
+
+    /// `self` (an index's closed connections) followed by `next`: the counters summed, the
+    /// gauges `next`'s (a latest RTT it has not sampled yet stays the one before).
+    pub fn then(&self, next: &Self) -> Self {
+        let mut gauges = next.gauges;
+        gauges.latest_rtt_ms = gauges.latest_rtt_ms.or(self.gauges.latest_rtt_ms);
+        Self {
+            totals: self.totals.plus(&next.totals),
+            gauges,
+        }
+    }
 }
 
-/// cloudflared's QUIC client figures, kept from the connector's events and samples.
+/// cloudflared's QUIC client figures, kept from the connector's events and read from its
+/// connections when asked for ([`QuicClientStats::sample`]), not on a timer: an idle
+/// connector runs none of this code (burrow-mio's idle RSS counts every page it touches).
 #[derive(Debug, Default)]
 pub struct QuicClientStats {
     /// `quic_client_total_connections`: QUIC connection attempts (cloudflared counts a dial).
@@ -161,8 +181,8 @@ pub struct QuicClientStats {
     /// `quic_client_packet_too_big_dropped`: datagram-v2 origin payloads too big for a
     /// datagram ([`crate::session::SessionStats::packet_too_big`]).
     pub packet_too_big_dropped: u64,
-    sampled: Option<Instant>,
-    tracks: BTreeMap<u8, Track>,
+    /// Each index's figures as of the last sample.
+    indexes: BTreeMap<u8, IndexFigures>,
     /// QUIC connection attempts not yet closed.
     open: HashSet<LinkId>,
 }
@@ -186,65 +206,29 @@ impl QuicClientStats {
         }
     }
 
-    /// Samples every index's QUIC connection, at most once per [`SAMPLE_EVERY`]; true if it
-    /// did.
-    pub fn sample(&mut self, now: Instant, machine: &Connector) -> bool {
-        if self
-            .sampled
-            .is_some_and(|t| now.saturating_duration_since(t) < SAMPLE_EVERY)
-        {
-            return false;
-        }
-        self.sampled = Some(now);
+    /// Reads every index's figures: what its closed QUIC connections counted (the
+    /// connector keeps that, [`Connector::closed_quic`]) followed by its current one's. Exact
+    /// whenever it is called, so a driver calls it when the figures are wanted (a scrape).
+    pub fn sample(&mut self, machine: &Connector) {
         self.packet_too_big_dropped = machine.datagram_hub().sessions.stats().packet_too_big;
         for index in 0..machine.ha_connections() {
             let Ok(index) = u8::try_from(index) else {
                 break;
             };
-            if let (Some(conn), Some(link)) = (machine.connection(index), machine.link_of(index)) {
-                self.sample_one(index, link, conn);
-            }
-        }
-        true
-    }
-
-    fn sample_one(&mut self, index: u8, link: LinkId, conn: &ConnectorConnection) {
-        let stats = conn.quic_stats();
-        let track = self.tracks.entry(index).or_default();
-        if track.link != Some(link) {
-            track.base = track.base.plus(&track.last);
-            track.last = Totals::default();
-            track.link = Some(link);
-            track.gauges.max_udp_payload = None;
-        }
-        track.last = Totals::of(&stats);
-        let congestion = conn.congestion();
-        let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
-        let g = &mut track.gauges;
-        g.min_rtt_ms = ms(stats.path.min_rtt);
-        g.smoothed_rtt_ms = ms(stats.path.rtt);
-        if let Some(rtt) = congestion.and_then(|c| c.latest_rtt) {
-            g.latest_rtt_ms = Some(ms(rtt));
-        }
-        g.congestion_state = congestion.map(|c| c.state.value());
-        g.mtu = stats.path.current_mtu;
-        g.congestion_window = stats.path.cwnd;
-        if g.max_udp_payload.is_none() {
-            g.max_udp_payload = conn.peer_max_udp_payload();
+            let current = machine.connection(index).map(IndexFigures::of);
+            let figures = match (machine.closed_quic(index), current) {
+                (Some(closed), Some(current)) => closed.then(&current),
+                (Some(closed), None) => *closed,
+                (None, Some(current)) => current,
+                (None, None) => continue,
+            };
+            self.indexes.insert(index, figures);
         }
     }
 
     /// Each index that has had a QUIC connection, with its figures.
     pub fn indexes(&self) -> impl Iterator<Item = (u8, IndexFigures)> + '_ {
-        self.tracks.iter().map(|(&i, t)| {
-            (
-                i,
-                IndexFigures {
-                    totals: t.base.plus(&t.last),
-                    gauges: t.gauges,
-                },
-            )
-        })
+        self.indexes.iter().map(|(&i, f)| (i, *f))
     }
 }
 

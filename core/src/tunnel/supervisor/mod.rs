@@ -14,11 +14,12 @@
 //! Its parts: [`pool`] (edge addresses), [`backoff`], [`datagrams`] (the datagram plane of every
 //! connection: UDP sessions, ICMP, v2 registrations, re-homing sessions when a link goes).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::quic::client_metrics::IndexFigures;
 use quinn_proto::StreamId;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
@@ -371,6 +372,8 @@ pub(crate) struct Supervisor {
     /// What every request of this process came to, taken from the connections after each
     /// step.
     requests: RequestStats,
+    /// Per HA index, what its closed QUIC connections counted ([`Self::closed_quic`]).
+    closed_quic: BTreeMap<u8, IndexFigures>,
     /// The flow limit in force (0: unlimited): the flag's, else the configuration's.
     flow_limit: u64,
     /// `auto` following the percentage record.
@@ -446,6 +449,7 @@ impl Supervisor {
             quic_retry: None,
             returning: None,
             requests: RequestStats::default(),
+            closed_quic: BTreeMap::new(),
             flow_limit,
             selector,
         }
@@ -882,6 +886,12 @@ impl Supervisor {
     /// What every request of this process came to (connections gone included).
     pub fn request_stats(&self) -> &RequestStats {
         &self.requests
+    }
+
+    /// What the closed QUIC connections of `index` counted (their counters summed, the last
+    /// one's gauges).
+    pub fn closed_quic(&self, index: u8) -> Option<&IndexFigures> {
+        self.closed_quic.get(&index)
     }
 
     /// The datagram plane, for its counters ([`DatagramHub::stats`], `sessions.stats()`,
@@ -1380,6 +1390,12 @@ impl Supervisor {
         let mut r = r;
         self.requests.add(&r.conn.take_request_stats());
         let index = self.slots[i].index;
+        if let link::Link::Quic(c) = &r.conn {
+            // Its final figures, so an index's QUIC counters stay whole across reconnects.
+            let last = IndexFigures::of(c);
+            let closed = self.closed_quic.entry(index).or_default();
+            *closed = closed.then(&last);
+        }
         if self.state == State::Stopped {
             // close_all already reported it.
             return;
