@@ -211,25 +211,28 @@ const REGRESSIONS: &[(&str, u64, &str)] = &[
     ),
 ];
 
+/// Runs scenario `name` on `seed` at `loss` (CI scale, QUIC): what broke, if anything.
+fn replay(name: &str, seed: u64, loss: f64, about: &str) -> Option<String> {
+    let s = ALL
+        .iter()
+        .find(|s| s.name == name)
+        .expect("scenario exists");
+    let p = Params {
+        seed,
+        loss,
+        quick: true,
+        protocol: Protocol::Quic,
+    };
+    (s.run)(&p)
+        .err()
+        .map(|why| format!("{name} seed {seed} at {loss} loss ({about}): {why}"))
+}
+
 #[test]
 fn seeds_that_once_failed_at_25_percent_loss_pass() {
     let failures: Vec<String> = REGRESSIONS
         .iter()
-        .filter_map(|&(name, seed, about)| {
-            let s = ALL
-                .iter()
-                .find(|s| s.name == name)
-                .expect("scenario exists");
-            let p = Params {
-                seed,
-                loss: 0.25,
-                quick: true,
-                protocol: Protocol::Quic,
-            };
-            (s.run)(&p)
-                .err()
-                .map(|why| format!("{name} seed {seed} ({about}): {why}"))
-        })
+        .filter_map(|&(name, seed, about)| replay(name, seed, 0.25, about))
         .collect();
     assert_none(failures);
 }
@@ -245,21 +248,7 @@ const REGRESSIONS_10_PERCENT: &[(&str, u64, &str)] = &[(
 fn seeds_that_once_failed_at_10_percent_loss_pass() {
     let failures: Vec<String> = REGRESSIONS_10_PERCENT
         .iter()
-        .filter_map(|&(name, seed, about)| {
-            let s = ALL
-                .iter()
-                .find(|s| s.name == name)
-                .expect("scenario exists");
-            let p = Params {
-                seed,
-                loss: 0.10,
-                quick: true,
-                protocol: Protocol::Quic,
-            };
-            (s.run)(&p)
-                .err()
-                .map(|why| format!("{name} seed {seed} ({about}): {why}"))
-        })
+        .filter_map(|&(name, seed, about)| replay(name, seed, 0.10, about))
         .collect();
     assert_none(failures);
 }
@@ -282,21 +271,7 @@ const REGRESSIONS_AT: &[(&str, u64, f64, &str)] = &[(
 fn seeds_that_once_failed_at_other_loss_levels_pass() {
     let failures: Vec<String> = REGRESSIONS_AT
         .iter()
-        .filter_map(|&(name, seed, loss, about)| {
-            let s = ALL
-                .iter()
-                .find(|s| s.name == name)
-                .expect("scenario exists");
-            let p = Params {
-                seed,
-                loss,
-                quick: true,
-                protocol: Protocol::Quic,
-            };
-            (s.run)(&p)
-                .err()
-                .map(|why| format!("{name} seed {seed} at {loss} loss ({about}): {why}"))
-        })
+        .filter_map(|&(name, seed, loss, about)| replay(name, seed, loss, about))
         .collect();
     assert_none(failures);
 }
