@@ -8,7 +8,7 @@
 //! 64 KiB around it (the kernel's fault-around). With the whole binary cached, the few
 //! pages an idle loop reads (keep-alives, ACKs, timers) brought back their neighbours too:
 //! 448 kB of constants and 336 kB of relocated constants in a burrow-mio idle with 4
-//! connections, 120 kB and 40 kB with only the pages in use cached. Read-ahead is off for
+//! connections, 60 kB and 40 kB with only the pages in use cached. Read-ahead is off for
 //! the executable's mappings (`MADV_RANDOM`) while that working set faults back in, so each
 //! fault reads its own page only, then [`SETTLE`] later it is back on, for what runs later
 //! (a burst of traffic, a reconnect) to come in with read-ahead as usual. Code is the
@@ -84,12 +84,16 @@ pub fn trim_file_pages() -> usize {
     let Ok(smaps) = std::fs::read_to_string("/proc/self/smaps") else {
         return 0;
     };
-    let exe = std::fs::read_link("/proc/self/exe").ok();
-    let exe = exe.as_deref().and_then(|p| p.to_str());
+    let exe_path = std::fs::read_link("/proc/self/exe").ok();
+    let exe_path = exe_path.as_deref().and_then(|p| p.to_str());
+    let exe = File::open("/proc/self/exe").ok();
     let pagemap = File::open("/proc/self/pagemap").ok();
     let page_ok = rustix::param::page_size() == PAGE;
-    let mut freed = 0;
-    for m in parse(&smaps, exe) {
+    // Every range is decided (files opened, pagemap read, memory allocated) before the first
+    // is dropped: code run after the drop faults back in, and the trim's own (file opening,
+    // allocation) has no place in the idle working set.
+    let mut ranges: Vec<(usize, usize)> = Vec::new();
+    for m in parse(&smaps, exe_path) {
         if m.writable || !m.file {
             continue;
         }
@@ -98,7 +102,7 @@ pub fn trim_file_pages() -> usize {
             advise(&m, rustix::mm::Advice::Random);
         }
         if m.anonymous_kb == 0 {
-            freed += drop_range(m.start, m.end);
+            ranges.push((m.start, m.end));
             continue;
         }
         // Private copies inside: drop the runs of pages around them.
@@ -112,16 +116,26 @@ pub fn trim_file_pages() -> usize {
         for (i, keep) in keep.iter().enumerate() {
             let at = m.start + i * PAGE;
             if *keep {
-                freed += drop_range(run, at);
+                ranges.push((run, at));
                 run = at + PAGE;
             }
         }
-        freed += drop_range(run, m.end);
+        ranges.push((run, m.end));
     }
+    if let Some(exe) = &exe {
+        // Pages of a binary written a moment ago (a fresh build or install) are still dirty,
+        // and the page cache keeps dirty pages: written back first, they can go as well.
+        // A no-op for a binary on disk long ago.
+        let _ = rustix::fs::fdatasync(exe);
+    }
+    let freed = ranges
+        .iter()
+        .map(|(start, end)| drop_range(*start, *end))
+        .sum();
     // The executable's pages nobody maps any more leave the page cache: what faults back in
     // is read again, page by page (see the module's note).
-    if let Ok(f) = File::open("/proc/self/exe") {
-        let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::DontNeed);
+    if let Some(exe) = &exe {
+        let _ = rustix::fs::fadvise(exe, 0, None, rustix::fs::Advice::DontNeed);
     }
     debug!(freed, "gave back clean file pages");
     freed
