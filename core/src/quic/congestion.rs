@@ -1,7 +1,8 @@
 //! quinn's Cubic controller, watched: the congestion state quic-go's cubic sender reports
 //! (cloudflared's `quic_client_congestion_state`) and RFC 9002's latest RTT sample
 //! (`quic_client_latest_rtt`), both of which quinn keeps private. The window itself is
-//! Cubic's, untouched.
+//! Cubic's, except while the ACK probe's switch is on ([`crate::quic::ack_probe`]): one
+//! wrapper does both, so each ACK passes through one forwarding layer, not two.
 
 use std::any::Any;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use quinn_proto::congestion::{
 };
 use quinn_proto::RttEstimator;
 
-use crate::quic::ack_probe::AckProbing;
+use crate::quic::ack_probe::AckSwitch;
 
 /// quic-go's congestion states, valued as cloudflared's gauge values them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -45,10 +46,12 @@ pub struct CongestionFigures {
     pub latest_rtt: Option<Duration>,
 }
 
-/// Cubic, with its state and RTT samples recorded on the side.
+/// Cubic, with its state and RTT samples recorded on the side and the ACK probe's switch.
 #[derive(Debug, Clone)]
 pub struct Watched {
     inner: Cubic,
+    /// While on, the window is unbounded; shared with clones (as quinn's path copies are).
+    probe: AckSwitch,
     figures: CongestionFigures,
     /// When the current recovery period started (RFC 9002 §7.3.2).
     recovery_start: Option<Instant>,
@@ -57,16 +60,21 @@ pub struct Watched {
 }
 
 impl Watched {
-    /// The figures of the controller `c`, if it is a watched one or an [`AckProbing`] around
-    /// one (as the transport config builds them).
+    /// The figures of the controller `c`, if it is a watched one (as the transport config
+    /// builds them).
     pub fn figures(c: &dyn Controller) -> Option<CongestionFigures> {
-        match c.clone_box().into_any().downcast::<Self>() {
-            Ok(w) => Some(w.figures),
-            Err(other) => other
-                .downcast::<AckProbing>()
-                .ok()
-                .and_then(|p| Self::figures(p.inner())),
-        }
+        Self::of(c).map(|w| w.figures)
+    }
+
+    /// The ACK probe's switch of the controller `c`, if it is a watched one.
+    pub fn switch(c: &dyn Controller) -> Option<AckSwitch> {
+        Self::of(c).map(|w| w.probe)
+    }
+
+    /// A copy of `c` if it is a watched one: quinn lends its controller only as a trait
+    /// object with no by-reference downcast.
+    fn of(c: &dyn Controller) -> Option<Box<Self>> {
+        c.clone_box().into_any().downcast::<Self>().ok()
     }
 
     fn ssthresh(&self) -> u64 {
@@ -76,6 +84,8 @@ impl Watched {
 
 impl Controller for Watched {
     fn on_sent(&mut self, now: Instant, bytes: u64, last_packet_number: u64) {
+        // One batch past the window, no more.
+        self.probe.set(false);
         self.inner.on_sent(now, bytes, last_packet_number);
     }
 
@@ -145,7 +155,12 @@ impl Controller for Watched {
     }
 
     fn window(&self) -> u64 {
-        self.inner.window()
+        if self.probe.is_open() {
+            // Past quinn's check (and its pacer, which does not pace windows this large).
+            u64::MAX / 2
+        } else {
+            self.inner.window()
+        }
     }
 
     fn metrics(&self) -> ControllerMetrics {
@@ -165,7 +180,8 @@ impl Controller for Watched {
     }
 }
 
-/// Builds [`Watched`] Cubic controllers with quinn's default Cubic configuration.
+/// Builds [`Watched`] Cubic controllers with quinn's default Cubic configuration, each with
+/// its own ACK probe switch, off.
 #[derive(Debug, Default, Clone)]
 pub struct WatchedCubic(CubicConfig);
 
@@ -173,6 +189,7 @@ impl ControllerFactory for WatchedCubic {
     fn build(self: Arc<Self>, now: Instant, current_mtu: u16) -> Box<dyn Controller> {
         Box::new(Watched {
             inner: Cubic::new(Arc::new(self.0.clone()), now, current_mtu),
+            probe: AckSwitch::default(),
             figures: CongestionFigures::default(),
             recovery_start: None,
             batch: None,

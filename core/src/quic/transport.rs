@@ -109,7 +109,7 @@ impl QuicSettings {
             .initial_mtu(initial_mtu(edge_is_ipv4))
             // quinn's Cubic, watched for what cloudflared's metrics report (congestion.rs),
             // opened for one packet when ACKs are owed and held (ack_probe.rs).
-            .congestion_controller_factory(Arc::new(super::ack_probe::AckProbingCubic::default()));
+            .congestion_controller_factory(Arc::new(super::congestion::WatchedCubic::default()));
         if !self.mtu_discovery {
             t.mtu_discovery_config(None);
         }

@@ -2,7 +2,6 @@
 //! buffered stream writes.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::BytesMut;
@@ -10,7 +9,7 @@ use quinn_proto::{
     Connection, ConnectionHandle, DatagramEvent, Endpoint, ReadError, StreamId, VarInt, WriteError,
 };
 
-use crate::quic::ack_probe::AckProbing;
+use crate::quic::congestion::Watched;
 use crate::rpc_stream::server::RpcStreamServer;
 
 /// Explicit Congestion Notification codepoint of a UDP datagram (RFC 3168), as the socket
@@ -216,7 +215,7 @@ impl AckWatch {
     /// The watch of `conn`.
     pub(crate) fn new(conn: &Connection) -> Self {
         Self {
-            probing: AckProbing::switch(conn.congestion_state()).is_some(),
+            probing: Watched::switch(conn.congestion_state()).is_some(),
             acks_sent: 0,
             heard: 0,
             owed_since: None,
@@ -245,10 +244,10 @@ impl AckWatch {
             return None;
         }
         self.probed_at = Some(now);
-        let switch = AckProbing::switch(conn.congestion_state())?;
-        switch.store(true, Ordering::Relaxed);
+        let switch = Watched::switch(conn.congestion_state())?;
+        switch.set(true);
         let t = poll_conn_transmit(conn, now, 1, buf);
-        switch.store(false, Ordering::Relaxed);
+        switch.set(false);
         tracing::trace!(
             sent = t.is_some(),
             "congestion window opened for an owed ACK"
