@@ -684,7 +684,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         let wanted: Vec<Token> = d.edge_tcp.wanted(&mut machine).collect();
         d.again.extend(wanted);
         d.figures.ready = machine.ready_connections();
-        startup.on_ready(d.figures.ready, d.figures.ha_connections);
+        startup.on_ready(now, d.figures.ready, d.figures.ha_connections);
         let requests = machine.request_stats();
         if (requests.total, requests.ended) != (d.figures.requests.total, d.figures.requests.ended)
         {

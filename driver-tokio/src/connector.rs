@@ -241,7 +241,11 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         metrics
             .ready
             .store(machine.ready_connections(), Ordering::Relaxed);
-        startup.on_ready(machine.ready_connections(), machine.ha_connections());
+        startup.on_ready(
+            Instant::now(),
+            machine.ready_connections(),
+            machine.ha_connections(),
+        );
         metrics.update_datagrams(machine.datagram_hub());
         metrics.update_flows(&machine.flow_stats());
         metrics.update_requests(machine.request_stats());

@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
+use tracing::info;
 use uuid::Uuid;
 
 use super::hostnames::HostnameTable;
@@ -628,7 +629,11 @@ impl<A: Authenticator> Edge<A> {
         match e {
             EdgeEvent::RegisterRequested { conn, registration } => {
                 let uuid = self.connection_uuid();
-                let result = self.registrar.register(conn, &registration, uuid);
+                let (result, superseded) = match self.registrar.register(conn, &registration, uuid)
+                {
+                    Ok((details, old)) => (Ok(details), old),
+                    Err(e) => (Err(e), None),
+                };
                 let tunnel = registration.tunnel_id;
                 match &result {
                     Ok(_) => {
@@ -667,6 +672,20 @@ impl<A: Authenticator> Edge<A> {
                 if let Err(error) = self.tp.respond_registration(now, conn, result) {
                     self.queue
                         .push_back(Queued::Event(Event::AnswerFailed { conn, error }));
+                }
+                // The connector dialed this index again, so it gave up on the old connection
+                // (its close was lost): move what it carried now, not at its idle timeout.
+                if let Some(old) = superseded {
+                    let index = registration.conn_index;
+                    info!(
+                        conn = old.0,
+                        by = conn.0,
+                        conn_index = index,
+                        "connector registered its index again; closing the connection it abandoned"
+                    );
+                    let reason =
+                        format!("superseded by connection {} (conn_index {index})", conn.0);
+                    self.tp.close(now, old, &reason);
                 }
             }
             EdgeEvent::Unregistered { conn } => {

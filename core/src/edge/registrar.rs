@@ -43,26 +43,35 @@ impl<A: Authenticator> Registrar<A> {
     }
 
     /// Answers `conn`'s registration; accepted, the connection takes its tunnel's requests and
-    /// is told `connection_id` (the caller's fresh id for it).
+    /// is told `connection_id` (the caller's fresh id for it). With the answer comes the
+    /// connection this one supersedes, if any (the same connector's earlier connection of
+    /// this HA index, which it abandoned): it takes no new requests, and the caller closes it.
     pub fn register(
         &mut self,
         conn: ConnId,
         registration: &Registration,
         connection_id: Uuid,
-    ) -> Result<ConnectionDetails, RegistrationError> {
+    ) -> Result<(ConnectionDetails, Option<ConnId>), RegistrationError> {
         let tunnel = self.auth.authenticate(registration)?;
-        self.routes
-            .register(conn, tunnel)
+        let superseded = self
+            .routes
+            .register(
+                conn,
+                tunnel,
+                registration.client_id,
+                registration.conn_index,
+            )
             .map_err(|e| RegistrationError {
                 cause: e.to_string().into(),
                 should_retry: false,
                 retry_after: Duration::ZERO,
             })?;
-        Ok(ConnectionDetails {
+        let details = ConnectionDetails {
             uuid: connection_id,
             location: LOCATION.into(),
             remotely_managed: false,
-        })
+        };
+        Ok((details, superseded))
     }
 
     /// `conn` unregistered: no new requests.
@@ -99,8 +108,9 @@ mod tests {
         assert!(r.register(ConnId(1), &reg(&[8; 32]), Uuid::nil()).is_err());
         assert_eq!(r.pick(A), None, "a refused connection takes no requests");
         let id = Uuid::from_u128(9);
-        let details = r.register(ConnId(1), &reg(&[7; 32]), id).expect("accepted");
+        let (details, superseded) = r.register(ConnId(1), &reg(&[7; 32]), id).expect("accepted");
         assert_eq!((details.uuid, details.location.as_str()), (id, LOCATION));
+        assert_eq!(superseded, None);
         assert_eq!(r.pick(A), Some(ConnId(1)));
         let again = r.register(ConnId(1), &reg(&[7; 32]), id).expect_err("once");
         assert!(!again.should_retry);

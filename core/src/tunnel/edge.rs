@@ -480,6 +480,24 @@ impl EdgeEndpoint {
         self.progress(now);
     }
 
+    /// Closes connection `conn` because its connector abandoned it, and reports it closed
+    /// at once ([`EdgeEvent::ConnectionClosed`]): the connector is gone from it, so what the
+    /// connection carried (requests, sessions) must move now, not after the closing period
+    /// (3 PTO, which loss inflates to tens of seconds).
+    pub fn close(&mut self, now: Instant, conn: ConnId, reason: &str) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            if !c.closed {
+                c.conn.close(
+                    now,
+                    VarInt::from_u32(0),
+                    Bytes::copy_from_slice(reason.as_bytes()),
+                );
+                closed(conn, c, reason.to_owned(), &mut self.events);
+            }
+        }
+        self.progress(now);
+    }
+
     /// Answers a pending registration on `conn`.
     pub fn respond_registration(
         &mut self,
@@ -829,7 +847,7 @@ fn on_quic_event(
     events: &mut VecDeque<EdgeEvent>,
 ) {
     match event {
-        Event::ConnectionLost { reason } => closed(id, c, reason.to_string(), events),
+        Event::ConnectionLost { reason } if !c.closed => closed(id, c, reason.to_string(), events),
         Event::Stream(StreamEvent::Opened { dir: Dir::Bi }) => {
             while let Some(stream) = c.conn.streams().accept(Dir::Bi) {
                 if c.control.is_none() {

@@ -252,6 +252,14 @@ impl Http2Edge {
         }
     }
 
+    /// Ends connection `conn` now (its connector abandoned it).
+    pub fn close(&mut self, now: Instant, conn: ConnId) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            c.h2.abort();
+        }
+        self.progress(now, conn);
+    }
+
     /// The next event.
     pub fn poll_event(&mut self) -> Option<EdgeEvent<StreamId>> {
         self.events.pop_front()

@@ -141,6 +141,16 @@ impl EdgeTransports {
         self.http2.close_all(now);
     }
 
+    /// Closes connection `conn`, on whichever transport holds it, because its connector
+    /// abandoned it: it is reported closed now, not after QUIC's closing period.
+    pub fn close(&mut self, now: Instant, conn: ConnId, reason: &str) {
+        if self.is_http2(conn) {
+            self.http2.close(now, conn);
+        } else {
+            self.quic.close(now, conn, reason);
+        }
+    }
+
     /// When `handle_timeout` of either transport must be called next.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
         [self.quic.poll_timeout(), self.http2.poll_timeout()]

@@ -47,30 +47,36 @@ mod imp {
         Some(resident.saturating_sub(shared) * page)
     }
 
-    /// Anonymous resident bytes, bytes malloc has handed out, and free bytes in its arenas.
-    fn usage() -> Option<(u64, u64, u64)> {
+    /// Bytes malloc has handed out, and free bytes in its arenas.
+    fn allocated() -> (u64, u64) {
         // `mallinfo`, not `mallinfo2`: the latter needs glibc 2.33, which would raise the
         // oldest system the daemon runs on. Its int fields are read as u32 (right up to 4 GiB).
         // SAFETY: mallinfo only reads the allocator's statistics.
         #[allow(deprecated)]
         let info = unsafe { libc::mallinfo() };
         let in_use = u64::from(info.uordblks as u32) + u64::from(info.hblkhd as u32);
-        let free = u64::from(info.fordblks as u32);
-        Some((anon_resident()?, in_use, free))
+        (in_use, u64::from(info.fordblks as u32))
     }
 
     pub fn release_idle_heap(residue: &mut u64) -> Option<u64> {
-        let (before, in_use, free) = usage()?;
+        // The allocator's own figures first: an idle connector stops here every second,
+        // without opening, reading and parsing a /proc file (code it would otherwise keep
+        // resident for that alone).
+        let (in_use, free) = allocated();
+        if free < MIN_RELEASE || free < in_use {
+            return None;
+        }
+        let before = anon_resident()?;
         // Resident beyond what malloc hands out: freed chunks not yet returned (plus thread
         // stacks and the allocator's own books, which the threshold absorbs).
         let idle = before.saturating_sub(in_use);
-        if idle < *residue + MIN_RELEASE || free < MIN_RELEASE || free < in_use {
+        if idle < *residue + MIN_RELEASE {
             return None;
         }
         // SAFETY: malloc_trim only returns free pages of the arenas to the kernel.
         unsafe { libc::malloc_trim(0) };
-        let (after, in_use, _) = usage()?;
-        *residue = after.saturating_sub(in_use);
+        let after = anon_resident()?;
+        *residue = after.saturating_sub(allocated().0);
         Some(before.saturating_sub(after))
     }
 }

@@ -578,7 +578,8 @@ pub(super) fn udp_idle(p: &Params) -> Result<u64, String> {
 /// was on is A, whose path the scenario cut, or one the connector never registered (its
 /// registration answer came after the connector's call timed out, and the connector's close
 /// was lost: to the edge such a connection is registered until its idle timeout, like any
-/// connection that dies silently). Every session on A when the cut came moved off it.
+/// connection that dies silently, or until the connector registers that index again, which
+/// supersedes it). Every session on A when the cut came moved off it.
 pub(super) fn udp_migration(p: &Params) -> Result<u64, String> {
     let mut s = setup_mapped(p, mappings(DEFAULT_IDLE));
     let c = s.add_connector(2, s.secret.clone());

@@ -69,6 +69,16 @@ impl World {
 
     /// [`World::new`], the connector registering `features`, the edge serving `mappings`.
     fn with(secret: Vec<u8>, features: Vec<String>, mappings: Vec<(Uuid, MappingKind)>) -> Self {
+        Self::with_rpc_timeout(secret, features, mappings, Duration::from_secs(5))
+    }
+
+    /// [`World::with`], the connector giving up on a control-stream call after `rpc_timeout`.
+    fn with_rpc_timeout(
+        secret: Vec<u8>,
+        features: Vec<String>,
+        mappings: Vec<(Uuid, MappingKind)>,
+        rpc_timeout: Duration,
+    ) -> Self {
         let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("key");
         let cert = rcgen::CertificateParams::new(vec![SERVER_NAME.into()])
             .expect("params")
@@ -112,7 +122,10 @@ impl World {
         client.transport_config(QuicSettings::default().transport_config(true));
         let registration =
             Registration::new("account", vec![7; 32], TUNNEL, Uuid::from_u128(2), features);
-        let mut config = SupervisorConfig::new(ConnectorConfig::new(registration, client));
+        let mut config = SupervisorConfig::new(ConnectorConfig {
+            rpc_timeout,
+            ..ConnectorConfig::new(registration, client)
+        });
         config.ha_connections = 2;
         let pool = EdgePool::from_static(&[EDGE.parse().expect("addr")]).expect("pool");
         Self {
@@ -450,6 +463,62 @@ fn a_request_body_chunk_is_acked_once_taken_and_reaches_the_origin() {
     };
     assert!(w.run(Duration::from_secs(5), |w| written(w).len() == 12));
     assert_eq!(written(&w), b"hello tunnel");
+}
+
+/// The connector gives up on a registration whose answer the network lost, and its close is
+/// lost too: the edge still holds that connection registered (until its idle timeout, at
+/// least 3 PTO, tens of seconds under heavy loss). When the connector registers the same index
+/// again, the edge closes the abandoned connection at once, so that nothing is routed to it.
+#[test]
+fn an_index_registered_again_closes_the_connection_its_connector_abandoned() {
+    let mut w =
+        World::with_rpc_timeout(vec![7; 32], Vec::new(), Vec::new(), Duration::from_secs(1));
+    let registrations = |w: &World| -> Vec<(ConnId, u8)> {
+        w.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::Registered {
+                    conn, conn_index, ..
+                } => Some((*conn, *conn_index)),
+                _ => None,
+            })
+            .collect()
+    };
+    assert!(w.run(Duration::from_secs(10), |w| registrations(w).len() == 1));
+    let (abandoned, index) = registrations(&w)[0];
+    assert_eq!(index, 0);
+    // The answer and, after the connector's 1 s call timeout, its close are lost.
+    w.cut = Some(conn_addr(0));
+    w.run(Duration::from_millis(1500), |_| false);
+    w.cut = None;
+    let start = w.now;
+    assert!(
+        w.run(Duration::from_secs(10), |w| registrations(w).len() == 3),
+        "both indexes register: {:?}",
+        w.events
+    );
+    let again = registrations(&w)[1];
+    assert_eq!(again.1, 0, "index 0 again first");
+    let closed: Vec<&str> = w
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::ConnectionClosed { conn, reason } if *conn == abandoned => Some(reason.as_str()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        closed,
+        [format!("superseded by connection {} (conn_index 0)", again.0 .0).as_str()],
+        "closed when index 0 registered again, {:?} after the cut healed, before its idle timeout",
+        w.now - start
+    );
+    assert!(!w.edge.is_open(abandoned));
+    // Every request goes to a connection the connector serves.
+    for id in 0..4 {
+        w.open(id, Target::Tunnel(TUNNEL));
+    }
+    assert!(w.run(Duration::from_secs(5), |w| w.opened().len() == 4));
 }
 
 #[test]
