@@ -19,6 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burrow_core::datagram::LinkId;
+use burrow_core::http2::origin::{FlowRead, Http2Origin};
 use burrow_core::ingress::{Origin, OriginRequest, Service};
 use burrow_core::stream::proxy::FlowKind;
 use burrow_core::stream::socks::{DialFailure, Server, Step};
@@ -151,6 +152,8 @@ struct Flow {
     target: String,
     stream: Option<Stream>,
     tls: Option<Box<ClientConnection>>,
+    /// The origin chose HTTP/2 (`http2Origin`): core's bridge owns the TLS session now.
+    h2: Option<Box<H2>>,
     /// May read once more.
     permit: bool,
     /// What is left of the outstanding write.
@@ -169,6 +172,17 @@ struct Flow {
     /// Bytes of the client's that came with its SOCKS request, for the destination before
     /// anything else (the connector heard they were written).
     internal: Option<Bytes>,
+}
+
+/// An HTTP/2 origin connection's bridge and the ciphertext on its way.
+struct H2 {
+    bridge: Http2Origin,
+    /// Read from the socket, not yet taken by the bridge.
+    inbound: Vec<u8>,
+    /// From the bridge, not yet taken by the socket.
+    outbound: Vec<u8>,
+    /// The socket's read side ended (told to the bridge).
+    closed: bool,
 }
 
 /// Where a SOCKS5 exchange is.
@@ -257,6 +271,7 @@ impl Origins {
             target: dest.clone(),
             stream: None,
             tls: None,
+            h2: None,
             permit: true,
             write: None,
             shutdown: false,
@@ -623,11 +638,26 @@ fn step(
         if tls.is_handshaking() {
             return Ok(());
         }
+        if tls.alpn_protocol() == Some(b"h2") {
+            // Offered only for `http2Origin` (core's `Origin::offers_http2`); the flow stays
+            // HTTP/1.1 toward the connector, core's bridge speaks HTTP/2 to the origin.
+            if let Some(tls) = f.tls.take() {
+                f.h2 = Some(Box::new(H2 {
+                    bridge: Http2Origin::new(Instant::now(), *tls),
+                    inbound: Vec::new(),
+                    outbound: Vec::new(),
+                    closed: false,
+                }));
+            }
+        }
         f.state = State::Open;
         reports.push((key, Report::Connected));
     }
     if f.state != State::Open {
         return Ok(());
+    }
+    if f.h2.is_some() {
+        return step_h2(f, scratch, reports, key);
     }
     if let Some(r) = &mut f.responder {
         if let Some(data) = f.write.take() {
@@ -737,6 +767,95 @@ fn step(
         }
     }
     Ok(())
+}
+
+/// An HTTP/2 origin's flow: the connector's HTTP/1.1 through core's bridge, ciphertext both
+/// ways as far as the socket goes. The socket is read whenever it has bytes, not per permit:
+/// HTTP/2 carries its own control frames, and its windows (credit returned only as the
+/// connector reads) bound what the origin sends ahead.
+fn step_h2(
+    f: &mut Flow,
+    scratch: &mut [u8],
+    reports: &mut Vec<(Key, Report)>,
+    key: Key,
+) -> Result<(), String> {
+    let (Some(s), Some(h)) = (&mut f.stream, &mut f.h2) else {
+        return Ok(());
+    };
+    let now = Instant::now();
+    loop {
+        let mut moved = false;
+        if let Some(data) = &mut f.write {
+            let n = h.bridge.write(now, data).map_err(|e| e.to_string())?;
+            data.advance(n);
+            moved |= n > 0;
+            if data.is_empty() {
+                f.write = None;
+                reports.push((key, Report::Written));
+            }
+        }
+        if f.shutdown && !f.shut && f.write.is_none() {
+            h.bridge.shutdown(now);
+            f.shut = true;
+            moved = true;
+        }
+        loop {
+            if h.outbound.is_empty() {
+                let n = h.bridge.transmit(now, scratch);
+                if n == 0 {
+                    break;
+                }
+                h.outbound.extend_from_slice(&scratch[..n]);
+            }
+            match s.write(&h.outbound) {
+                Ok(0) => return Err("write to origin: wrote zero bytes".to_owned()),
+                Ok(n) => {
+                    h.outbound.drain(..n);
+                    moved = true;
+                }
+                Err(e) if would_block(&e) => break,
+                Err(e) => return Err(format!("write to origin: {e}")),
+            }
+        }
+        if h.inbound.is_empty() && !h.closed {
+            match s.read(scratch) {
+                Ok(0) => {
+                    h.closed = true;
+                    h.bridge.peer_closed(now);
+                    moved = true;
+                }
+                Ok(n) => {
+                    h.inbound.extend_from_slice(&scratch[..n]);
+                    moved = true;
+                }
+                Err(e) if would_block(&e) => {}
+                Err(e) => return Err(format!("read from origin: {e}")),
+            }
+        }
+        if !h.inbound.is_empty() {
+            let n = h.bridge.received(now, &h.inbound);
+            h.inbound.drain(..n);
+            moved |= n > 0;
+        }
+        if f.permit && !f.eof {
+            match h.bridge.read(now) {
+                FlowRead::Data(b) => {
+                    f.permit = false;
+                    reports.push((key, Report::Data(b)));
+                    moved = true;
+                }
+                FlowRead::End => {
+                    f.eof = true;
+                    reports.push((key, Report::Finished));
+                }
+                FlowRead::Failed(e) => return Err(e.to_string()),
+                FlowRead::Blocked => {}
+            }
+        }
+        if !moved {
+            return Ok(());
+        }
+    }
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -894,7 +1013,8 @@ fn plan(
         }
     };
     let tls = if with_tls {
-        Some(client(tls, origin.tls_server_name(host), o)?)
+        let http2 = origin.offers_http2(kind);
+        Some(client(tls, origin.tls_server_name(host), o, http2)?)
     } else {
         None
     };
@@ -906,13 +1026,15 @@ fn plan(
     })
 }
 
-/// A TLS client for server name `name` (None: `localhost`, as for a unix socket).
+/// A TLS client for server name `name` (None: `localhost`, as for a unix socket), offering
+/// `h2` before `http/1.1` with `http2`.
 fn client(
     tls: &mut OriginTls,
     name: Option<&str>,
     o: &OriginRequest,
+    http2: bool,
 ) -> Result<Box<ClientConnection>, String> {
-    let config = tls.config(o, false)?;
+    let config = tls.config(o, http2)?;
     let name = name.unwrap_or("localhost").to_owned();
     let name = ServerName::try_from(name.clone())
         .map_err(|e| format!("bad origin server name {name}: {e}"))?;

@@ -141,7 +141,7 @@ pub struct Dialer {
 /// Bytes asked of the origin per read when a fresh buffer is needed. Each read is a round trip
 /// through the connector loop (report, then permit), two cross-thread wake-ups: 128 KiB rather
 /// than 32 KiB cut a download's syscalls per MB by about 60% and its context switches by about
-/// half (measured on loopback; see the commit).
+/// half (measured on loopback; see the commit). 256 KiB measured no better (README, issue 16).
 const READ_CHUNK: usize = 128 * 1024;
 /// Least room worth a read: below it the buffer is renewed first.
 const MIN_READ: usize = 16 * 1024;

@@ -284,6 +284,11 @@ impl<R: Role> Connection<R> {
         written
     }
 
+    /// Whether ciphertext is waiting for [`Connection::transmit`].
+    pub(crate) fn wants_transmit(&self) -> bool {
+        self.pipe.lock().session.wants_write()
+    }
+
     /// Whether the connection is over and everything has been transmitted.
     pub fn is_closed(&self) -> bool {
         self.closed && !self.pipe.lock().session.wants_write()

@@ -9,6 +9,8 @@
 //! - [`connector::ConnectorConnection`]: cloudflared's side, serving what the edge sends.
 //! - [`edge::EdgeConnection`]: the edge's side, opening streams toward a connector.
 //! - [`headers`], [`request`], [`response`]: cloudflared's header conventions, shared by both.
+//! - [`origin::Http2Origin`]: not the tunnel but an origin spoken to in HTTP/2 (`http2Origin`),
+//!   on the same machine.
 //!
 //! There are no datagrams on HTTP/2 (no UDP, ICMP or private DNS, C§1.1).
 
@@ -17,6 +19,7 @@ pub mod connector;
 pub mod edge;
 pub mod headers;
 pub mod machine;
+pub mod origin;
 mod pipe;
 pub mod request;
 pub mod response;
