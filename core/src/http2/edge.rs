@@ -3,27 +3,21 @@
 //! the connector's serialized response heads (C§1.7–1.8).
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Instant;
 
-use bytes::Bytes;
-use h2::client::{self, SendRequest};
 use h2::Reason;
 use http::header::HeaderName;
 use http::{HeaderValue, Method, Request, StatusCode, Uri};
 use thiserror::Error;
 
-use super::machine::{
-    Connection, Drive, Event, Limits, Role, INITIAL_WINDOW, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE,
-    RESET_RETENTION,
-};
+use super::client::{self, ClientState, Step};
+use super::machine::{Connection, Drive, Event, Limits, Role};
 use super::pipe::Pipe;
 use super::request::RequestKind;
 use super::response::{ConnectorResponse, ResponseMeta};
-use super::streams::{reason_of, ApiError, Stream, StreamEvent, StreamId, Streams};
+use super::streams::{ApiError, Stream, StreamId, Streams};
 use super::tls;
 use crate::quic::tls::TlsError;
 use crate::stream::connect::{key, ConnectRequest, ConnectionType};
@@ -32,34 +26,15 @@ use crate::stream::http1::canonical;
 /// The edge's HTTP/2 connection to one connector.
 pub type EdgeConnection = Connection<Client>;
 
-type HandshakeFuture = Pin<
-    Box<
-        dyn Future<
-                Output = Result<(SendRequest<Bytes>, client::Connection<Pipe, Bytes>), h2::Error>,
-            > + Send,
-    >,
->;
-
 /// HTTP/2 client state.
 pub struct Client {
-    state: State,
+    state: ClientState,
 }
 
 impl std::fmt::Debug for Client {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Client").finish_non_exhaustive()
     }
-}
-
-enum State {
-    Handshaking(HandshakeFuture),
-    Running {
-        /// `None` after shutdown: no new streams.
-        send: Option<SendRequest<Bytes>>,
-        /// Boxed: h2's connection is large and lives as long as the connection.
-        conn: Box<client::Connection<Pipe, Bytes>>,
-    },
-    Done,
 }
 
 impl EdgeConnection {
@@ -71,17 +46,8 @@ impl EdgeConnection {
     ) -> Result<Self, TlsError> {
         let session = tls::server_session(config)?;
         let pipe = Pipe::new(session.into(), limits.tls_buffer);
-        let handshake = client::Builder::new()
-            // As Cloudflare's edge: the connector may not push (SETTINGS_ENABLE_PUSH 0).
-            .enable_push(false)
-            .initial_window_size(INITIAL_WINDOW)
-            .initial_connection_window_size(INITIAL_WINDOW)
-            .max_frame_size(MAX_FRAME_SIZE)
-            .max_header_list_size(MAX_HEADER_LIST_SIZE)
-            .reset_stream_duration(RESET_RETENTION)
-            .handshake(pipe.clone());
         let role = Client {
-            state: State::Handshaking(Box::pin(handshake)),
+            state: ClientState::handshake(pipe.clone()),
         };
         Ok(Connection::build(now, role, pipe, limits))
     }
@@ -119,10 +85,7 @@ impl EdgeConnection {
         if kind == RequestKind::Configuration {
             *request.method_mut() = Method::PUT;
         }
-        let State::Running {
-            send: Some(send), ..
-        } = &mut self.role.state
-        else {
+        let Some(send) = self.role.state.sender() else {
             return Err(ApiError::NotReady);
         };
         let mut cx = Context::from_waker(std::task::Waker::noop());
@@ -152,95 +115,52 @@ impl Role for Client {
         streams: &mut Streams,
         events: &mut VecDeque<Event>,
     ) -> Drive {
-        if let State::Handshaking(handshake) = &mut self.state {
-            match handshake.as_mut().poll(cx) {
-                Poll::Ready(Ok((send, conn))) => {
-                    self.state = State::Running {
-                        send: Some(send),
-                        conn: Box::new(conn),
-                    }
-                }
-                Poll::Ready(Err(e)) => {
-                    self.state = State::Done;
-                    return Drive::Closed(Some(e));
-                }
-                Poll::Pending => return Drive::Running,
-            }
-        }
-        let State::Running { conn, send } = &mut self.state else {
-            return Drive::Closed(None);
-        };
-        match Pin::new(&mut **conn).poll(cx) {
-            Poll::Ready(result) => {
-                self.state = State::Done;
+        match self.state.step(cx) {
+            Step::Handshaking => return Drive::Running,
+            Step::Closed(e) => return Drive::Closed(e),
+            Step::Ended(e) => {
                 // Heads that came with the end are still delivered (see `Streams::settle`).
                 poll_responses(cx, streams, events);
-                return Drive::Closed(result.err());
+                return Drive::Closed(e);
             }
-            Poll::Pending => {}
+            Step::Running => {}
         }
         // h2 fails every new request once the peer's GOAWAY is in: say so, so that requests
         // go elsewhere instead of failing here.
-        if let Some(s) = send {
-            if let Poll::Ready(Err(_)) = s.poll_ready(cx) {
-                *send = None;
-                events.push_back(Event::GoingAway);
-            }
+        let going = self
+            .state
+            .sender()
+            .is_some_and(|s| matches!(s.poll_ready(cx), Poll::Ready(Err(_))));
+        if going {
+            self.state.shutdown();
+            events.push_back(Event::GoingAway);
         }
         poll_responses(cx, streams, events);
         Drive::Running
     }
 
     fn ready(&self) -> bool {
-        matches!(self.state, State::Running { .. })
+        self.state.ready()
     }
 
     fn shutdown(&mut self) {
-        if let State::Running { send, .. } = &mut self.state {
-            // Without a SendRequest h2 ends the connection once the open streams finish.
-            *send = None;
-        }
+        self.state.shutdown();
     }
 }
 
 /// Turns arrived response heads into events; a head that cannot be read resets its stream.
 fn poll_responses(cx: &mut Context<'_>, streams: &mut Streams, events: &mut VecDeque<Event>) {
-    let mut gone = Vec::new();
-    for (&raw, s) in streams.map.iter_mut() {
-        let Some(future) = s.response.as_mut() else {
-            continue;
-        };
-        let stream = StreamId(raw);
-        match Pin::new(future).poll(cx) {
-            Poll::Ready(Ok(response)) => {
-                s.response = None;
-                let (head, body) = response.into_parts();
-                let response = ConnectorResponse::from_head(head);
-                if response.is_err() {
-                    if let Some(send) = s.send.as_mut() {
-                        send.send_reset(Reason::PROTOCOL_ERROR);
-                    }
-                    gone.push(raw);
-                } else {
-                    s.recv = Some(body);
-                }
-                streams.progress = true;
-                events.push_back(Event::Response { stream, response });
-            }
-            Poll::Ready(Err(e)) => {
-                gone.push(raw);
-                events.push_back(Event::Stream(StreamEvent::Reset {
-                    stream,
-                    reason: reason_of(&e),
-                }));
-            }
-            Poll::Pending => {}
+    client::poll_heads(cx, streams, events, |stream, s, head, body, events| {
+        let response = ConnectorResponse::from_head(head);
+        let stays = response.is_ok();
+        if stays {
+            s.recv = Some(body);
+        } else if let Some(send) = s.send.as_mut() {
+            send.send_reset(Reason::PROTOCOL_ERROR);
         }
-    }
-    for raw in gone {
-        streams.progress = true;
-        streams.map.remove(&raw);
-    }
+        events.push_back(Event::Response { stream, response });
+        stays
+    });
 }
 
 /// A tunnel request could not be put into an HTTP/2 request head.

@@ -14,6 +14,7 @@
 //!
 //! There are no datagrams on HTTP/2 (no UDP, ICMP or private DNS, C§1.1).
 
+mod client;
 pub mod configuration;
 pub mod connector;
 pub mod edge;

@@ -18,22 +18,17 @@
 //! requests ([`Http2Origin::write`]) and responses ([`Http2Origin::read`]).
 
 use std::collections::VecDeque;
-use std::future::Future;
-use std::pin::Pin;
-use std::task::{Context, Poll};
+use std::task::Context;
 use std::time::Instant;
 
 use bytes::Bytes;
-use h2::client::{self, SendRequest};
 use h2::Reason;
 use http::header::{HeaderName, CONTENT_LENGTH, HOST, TE};
 use http::{HeaderValue, Method, Request, Uri};
 use thiserror::Error;
 
-use super::machine::{
-    Connection, ConnectionError, Drive, Event, Input, Limits, Output, Role, INITIAL_WINDOW,
-    MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, RESET_RETENTION,
-};
+use super::client::{self, ClientState, Step};
+use super::machine::{Connection, ConnectionError, Drive, Event, Input, Limits, Output, Role};
 use super::pipe::Pipe;
 use super::request::RequestKind;
 use super::streams::{reason_of, Read, Stream, StreamEvent, StreamId, Streams};
@@ -52,18 +47,10 @@ const CONNECTION_SPECIFIC: [&str; 5] = [
     "upgrade",
 ];
 
-type HandshakeFuture = Pin<
-    Box<
-        dyn Future<
-                Output = Result<(SendRequest<Bytes>, client::Connection<Pipe, Bytes>), h2::Error>,
-            > + Send,
-    >,
->;
-
 /// The HTTP/2 client role toward an origin (the edge's role is [`super::edge::Client`], which
 /// speaks cloudflared's conventions; this one speaks plain HTTP/2).
 pub struct OriginClient {
-    state: State,
+    state: ClientState,
     /// Response heads that arrived, in order, until the bridge takes them.
     heads: VecDeque<(StreamId, http::response::Parts, bool)>,
 }
@@ -74,17 +61,6 @@ impl std::fmt::Debug for OriginClient {
     }
 }
 
-enum State {
-    Handshaking(HandshakeFuture),
-    Running {
-        /// `None` after shutdown: no new streams.
-        send: Option<SendRequest<Bytes>>,
-        /// Boxed: h2's connection is large and lives as long as the connection.
-        conn: Box<client::Connection<Pipe, Bytes>>,
-    },
-    Done,
-}
-
 impl Role for OriginClient {
     fn drive(
         &mut self,
@@ -92,85 +68,28 @@ impl Role for OriginClient {
         streams: &mut Streams,
         events: &mut VecDeque<Event>,
     ) -> Drive {
-        if let State::Handshaking(handshake) = &mut self.state {
-            match handshake.as_mut().poll(cx) {
-                Poll::Ready(Ok((send, conn))) => {
-                    self.state = State::Running {
-                        send: Some(send),
-                        conn: Box::new(conn),
-                    }
-                }
-                Poll::Ready(Err(e)) => {
-                    self.state = State::Done;
-                    return Drive::Closed(Some(e));
-                }
-                Poll::Pending => return Drive::Running,
-            }
-        }
-        let State::Running { conn, .. } = &mut self.state else {
-            return Drive::Closed(None);
+        let drive = match self.state.step(cx) {
+            Step::Handshaking => return Drive::Running,
+            Step::Closed(e) => return Drive::Closed(e),
+            // Heads that came with the end are still delivered.
+            Step::Ended(e) => Drive::Closed(e),
+            Step::Running => Drive::Running,
         };
-        let done = Pin::new(&mut **conn).poll(cx);
-        // Heads that came with the end are still delivered.
-        self.poll_heads(cx, streams, events);
-        match done {
-            Poll::Ready(result) => {
-                self.state = State::Done;
-                Drive::Closed(result.err())
-            }
-            Poll::Pending => Drive::Running,
-        }
+        let heads = &mut self.heads;
+        client::poll_heads(cx, streams, events, |stream, s, head, body, _| {
+            heads.push_back((stream, head, body.is_end_stream()));
+            s.recv = Some(body);
+            true
+        });
+        drive
     }
 
     fn ready(&self) -> bool {
-        matches!(self.state, State::Running { .. })
+        self.state.ready()
     }
 
     fn shutdown(&mut self) {
-        if let State::Running { send, .. } = &mut self.state {
-            // Without a SendRequest h2 ends the connection once the open streams finish.
-            *send = None;
-        }
-    }
-}
-
-impl OriginClient {
-    /// Moves arrived response heads to `heads`; a failed one is reported as a reset.
-    fn poll_heads(
-        &mut self,
-        cx: &mut Context<'_>,
-        streams: &mut Streams,
-        events: &mut VecDeque<Event>,
-    ) {
-        let mut gone = Vec::new();
-        for (&raw, s) in streams.map.iter_mut() {
-            let Some(future) = s.response.as_mut() else {
-                continue;
-            };
-            let stream = StreamId(raw);
-            match Pin::new(future).poll(cx) {
-                Poll::Ready(Ok(response)) => {
-                    s.response = None;
-                    let (head, body) = response.into_parts();
-                    let ended = body.is_end_stream();
-                    s.recv = Some(body);
-                    streams.progress = true;
-                    self.heads.push_back((stream, head, ended));
-                }
-                Poll::Ready(Err(e)) => {
-                    gone.push(raw);
-                    events.push_back(Event::Stream(StreamEvent::Reset {
-                        stream,
-                        reason: reason_of(&e),
-                    }));
-                }
-                Poll::Pending => {}
-            }
-        }
-        for raw in gone {
-            streams.progress = true;
-            streams.map.remove(&raw);
-        }
+        self.state.shutdown();
     }
 }
 
@@ -253,17 +172,8 @@ impl Http2Origin {
     pub fn new(now: Instant, session: rustls::ClientConnection) -> Self {
         let limits = Limits::default();
         let pipe = Pipe::new(session.into(), limits.tls_buffer);
-        let handshake = client::Builder::new()
-            // Go's transport takes no pushes either.
-            .enable_push(false)
-            .initial_window_size(INITIAL_WINDOW)
-            .initial_connection_window_size(INITIAL_WINDOW)
-            .max_frame_size(MAX_FRAME_SIZE)
-            .max_header_list_size(MAX_HEADER_LIST_SIZE)
-            .reset_stream_duration(RESET_RETENTION)
-            .handshake(pipe.clone());
         let role = OriginClient {
-            state: State::Handshaking(Box::pin(handshake)),
+            state: ClientState::handshake(pipe.clone()),
             heads: VecDeque::new(),
         };
         Http2Origin {
@@ -504,10 +414,7 @@ impl Http2Origin {
         if !self.conn.connected() {
             return Ok(false);
         }
-        let State::Running {
-            send: Some(send), ..
-        } = &mut self.conn.role.state
-        else {
+        let Some(send) = self.conn.role.state.sender() else {
             return Err(self.broken());
         };
         if send

@@ -1,6 +1,7 @@
 //! The bridge against an HTTP/2-only origin in process: the `h2` crate's server over real
 //! rustls TLS (ALPN `h2`), polled with a no-op waker, bytes shuttled between the two.
 
+use std::future::Future;
 use std::io::Write as _;
 use std::pin::Pin;
 use std::sync::Arc;
