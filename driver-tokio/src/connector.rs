@@ -22,7 +22,9 @@ use burrow_core::settings::RunConfig;
 use burrow_core::stream::proxy::FlowKind;
 use burrow_core::tunnel::data::FlowId;
 use burrow_core::tunnel::protocol::PERCENTAGE_RECORD;
-use burrow_core::tunnel::supervisor::{srv_service, EdgePool, IpVersion, SupervisorError};
+use burrow_core::tunnel::supervisor::{
+    region_targets, srv_service, EdgePool, IpVersion, SupervisorError,
+};
 use burrow_core::tunnel::Transmit;
 use burrow_tokio::deadline::DeadlineTimer;
 use fnv::FnvBuildHasher;
@@ -112,9 +114,9 @@ pub async fn discover(edges: &Edges, ip_version: IpVersion) -> Result<EdgePool, 
                 .iter()
                 .map(|r| (r.target().to_utf8(), r.port()))
                 .collect();
-            // Only the first two targets are regions; resolve no more.
+            // Only the regions are resolved.
             let mut regions = Vec::new();
-            for (target, port) in targets.iter().take(2) {
+            for (target, port) in region_targets(&targets) {
                 let ips = resolver
                     .lookup_ip(target.as_str())
                     .await
