@@ -424,6 +424,8 @@ pub struct Connector {
     tcp_links: HashSet<LinkId>,
     /// When to fetch the Access signing keys the rules need.
     keys: KeyFetcher,
+    /// What the edge said to each registration.
+    registrations: crate::tunnel::registrations::RegistrationStats,
 }
 
 impl Connector {
@@ -445,6 +447,7 @@ impl Connector {
             buf: Vec::with_capacity(64 * 1500),
             lent: Bytes::new(),
             tcp_links: HashSet::new(),
+            registrations: Default::default(),
         }
     }
 
@@ -482,6 +485,12 @@ impl Connector {
     /// What every proxied request came to, for cloudflared's request metrics.
     pub fn request_stats(&self) -> &crate::tunnel::requests::RequestStats {
         self.sup.request_stats()
+    }
+
+    /// Registrations accepted and refused, and each index's server locations, for
+    /// cloudflared's registration metrics.
+    pub fn registration_stats(&self) -> &crate::tunnel::registrations::RegistrationStats {
+        &self.registrations
     }
 
     /// The process-wide flow figures (TCP flows and UDP sessions): limit, active, refused.
@@ -678,6 +687,7 @@ impl Connector {
     }
 
     fn on_event(&mut self, now: Instant, e: Event) {
+        self.registrations.on_event(&e);
         match &e {
             Event::ConfigurationApplied { .. } => {
                 // The pushed rules may name other teams.
