@@ -889,6 +889,7 @@ fn flow_input<'r>(
     let tcp = f.kind == FlowKind::Tcp;
     Some(match report {
         FlowReport::Handshaking => Input::FlowHandshaking { link, flow },
+        FlowReport::Http2 => Input::FlowHttp2 { link, flow },
         FlowReport::Dialing => Input::FlowDialing { link, flow },
         FlowReport::Dialed => Input::FlowDialed { link, flow },
         FlowReport::Connected => {
