@@ -837,6 +837,7 @@ fn flow_input<'r>(
     flows.get(&(link, flow))?;
     Some(match report {
         FlowReport::Handshaking => Input::FlowHandshaking { link, flow },
+        FlowReport::Http2 => Input::FlowHttp2 { link, flow },
         FlowReport::Dialing => Input::FlowDialing { link, flow },
         FlowReport::Dialed => Input::FlowDialed { link, flow },
         FlowReport::Connected => Input::FlowConnected { link, flow },

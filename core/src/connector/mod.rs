@@ -101,6 +101,15 @@ pub enum Input<'a> {
         /// Which flow.
         flow: FlowId,
     },
+    /// The origin's TLS handshake chose HTTP/2 (`http2Origin`): the flow is core's
+    /// [`crate::http2::origin::Http2Origin`] bridge from now on. Say it before
+    /// [`Input::FlowConnected`], so that requests are framed for the bridge.
+    FlowHttp2 {
+        /// The connection attempt it belongs to.
+        link: LinkId,
+        /// Which flow.
+        flow: FlowId,
+    },
     /// The origin connection of a flow is up ([`Io::OpenFlow`]), TLS included.
     FlowConnected {
         /// The connection attempt it belongs to.
@@ -546,6 +555,7 @@ impl Connector {
             }
             Input::FlowDialing { link, flow } => self.sup.handle_flow_dialing(now, link, flow),
             Input::FlowDialed { link, flow } => self.sup.handle_flow_dialed(now, link, flow),
+            Input::FlowHttp2 { link, flow } => self.sup.handle_flow_http2(now, link, flow),
             Input::FlowConnected { link, flow } => self.sup.handle_flow_connected(now, link, flow),
             Input::FlowFailed { link, flow, reason } => {
                 self.sup.handle_flow_failed(now, link, flow, reason)

@@ -166,6 +166,8 @@ struct Flow<I> {
     kind: FlowKind,
     key: PoolKey,
     connected: bool,
+    /// The origin chose HTTP/2: the driver runs core's bridge on this flow.
+    http2: bool,
     /// A write is outstanding at the driver.
     writing: bool,
     /// The driver stopped reading this flow.
@@ -359,6 +361,9 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
                 f.idle_since = None;
                 f.stream = Some(id);
                 data.flow = Some(flow);
+                if f.http2 {
+                    data.proxy.on_origin_http2();
+                }
                 data.proxy.on_origin_connected();
                 return;
             }
@@ -373,6 +378,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
                 kind: target.kind,
                 key,
                 connected: false,
+                http2: false,
                 writing: false,
                 paused: false,
                 shut: false,
@@ -461,6 +467,13 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
     }
 
     /// The origin of `flow` is connected and its TLS handshake begins (its own deadline).
+    /// The origin of `flow` chose HTTP/2 (said before it is connected).
+    pub(crate) fn on_flow_http2(&mut self, flow: FlowId) {
+        if let Some(f) = self.flows.get_mut(&flow) {
+            f.http2 = true;
+        }
+    }
+
     pub(crate) fn on_flow_handshaking(&mut self, now: Instant, flow: FlowId) {
         if let Some(d) = self.flows.get_mut(&flow).and_then(|f| f.dial.as_mut()) {
             d.on_handshaking(now);
@@ -520,6 +533,9 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
         f.dial = None;
         if let Some(id) = f.stream {
             if let Some(data) = self.streams.get_mut(&id) {
+                if f.http2 {
+                    data.proxy.on_origin_http2();
+                }
                 data.proxy.on_origin_connected();
             }
             self.drive(now, conn, id);
