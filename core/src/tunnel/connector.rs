@@ -389,6 +389,11 @@ impl ConnectorConnection {
         self.data.on_flow_dialed(flow);
     }
 
+    /// The origin of `flow` chose HTTP/2: its requests go through core's bridge.
+    pub fn handle_flow_http2(&mut self, flow: FlowId) {
+        self.data.on_flow_http2(flow);
+    }
+
     /// The origin connection of `flow` is up.
     pub fn handle_flow_connected(&mut self, now: Instant, flow: FlowId) {
         self.data.on_flow_connected(now, &mut self.conn, flow);

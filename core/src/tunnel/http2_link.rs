@@ -505,6 +505,11 @@ impl Http2Link {
         self.data.on_flow_dialed(flow);
     }
 
+    /// The origin of `flow` chose HTTP/2: its requests go through core's bridge.
+    pub fn handle_flow_http2(&mut self, flow: FlowId) {
+        self.data.on_flow_http2(flow);
+    }
+
     /// The origin connection of `flow` is up.
     pub fn handle_flow_connected(&mut self, now: Instant, flow: FlowId) {
         let mut edge = edge(&mut self.conn, &mut self.sides);

@@ -837,6 +837,11 @@ impl Supervisor {
         self.with_link(now, link, |c| c.handle_flow_dialed(flow));
     }
 
+    /// The origin of `flow` speaks HTTP/2 through core's bridge. Stale links are ignored.
+    pub fn handle_flow_http2(&mut self, now: Instant, link: LinkId, flow: FlowId) {
+        self.with_link(now, link, |c| c.handle_flow_http2(flow));
+    }
+
     /// The origin connection of `flow` is up. Stale links are ignored.
     pub fn handle_flow_connected(&mut self, now: Instant, link: LinkId, flow: FlowId) {
         self.with_link(now, link, |c| c.handle_flow_connected(now, flow));

@@ -1020,6 +1020,8 @@ fn icmp_echo_goes_out_a_funnel_and_the_reply_comes_back() {
         crate::icmp::IcmpMessage::TimeExceeded { .. }
     ));
     assert_eq!(w.origin.pings.len(), 1);
+    // `cloudflared_icmp_total_replies`: the origin's reply, not the router's own answer.
+    assert_eq!(w.connector.datagram_hub().stats().icmp_replies, 1);
 }
 
 /// cloudflared's `icmp_dropped_packets{conn_index,reason}` and
