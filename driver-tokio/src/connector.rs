@@ -49,6 +49,8 @@ pub struct Options {
     pub icmp: bool,
     /// Metrics (shared with the metrics server).
     pub metrics: Arc<Metrics>,
+    /// Where origin connections' tasks run; none: the runtime that runs the loop.
+    pub origin_runtime: Option<tokio::runtime::Handle>,
 }
 
 /// Why the connector stopped with an error.
@@ -186,7 +188,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         "Starting tunnel"
     );
     let web_roots = Arc::new(burrow_os::origin_tls::web_roots());
-    let dialer = Dialer::new(web_roots.clone());
+    let dialer = Dialer::new(web_roots.clone(), opts.origin_runtime.clone());
     let mut io = DriverIo::new(dialer, web_roots, metrics.clone())?;
     io.bind = rc.edge_bind_address;
     let mut fatal = None;
