@@ -52,6 +52,9 @@ pub enum Report {
     Dialing,
     /// That dial ended, connected or failed.
     Dialed,
+    /// The origin's TLS handshake chose HTTP/2: core's bridge carries the flow (before
+    /// [`Report::Connected`]).
+    Http2,
     /// Dialled (TLS included).
     Connected,
     /// Could not dial, or broke.
@@ -648,6 +651,7 @@ fn step(
                     outbound: Vec::new(),
                     closed: false,
                 }));
+                reports.push((key, Report::Http2));
             }
         }
         f.state = State::Open;

@@ -11,6 +11,7 @@ use burrow_core::connector::Connector;
 use burrow_core::quic::client_metrics::QuicClientStats;
 use burrow_core::session::{DropReason, IndexStats, SessionMethod};
 use burrow_core::tunnel::requests::RequestStats;
+use burrow_os::exposition::ConnectorFigures;
 use mio::net::{TcpListener, TcpStream};
 
 /// Longest request head read; anything longer is answered 431 and closed.
@@ -51,6 +52,8 @@ pub struct Figures {
     pub icmp_dropped: u64,
     /// Core's QUIC figures (`quic_client_*{conn_index}`).
     pub quic: QuicClientStats,
+    /// Core's registration, origin dial, flow limit and ICMP reply counts.
+    pub connector: ConnectorFigures,
 }
 
 impl Figures {
@@ -205,8 +208,9 @@ impl Figures {
             |s, i| s.unsupported[i],
             &[],
         );
-        // The families burrow-tokio renders the same way: QUIC, process, build_info.
-        burrow_os::exposition::render(&mut out, &self.quic);
+        // The families burrow-tokio renders the same way: registrations, connect latency, flow
+        // limit, ICMP replies, QUIC, process, build_info.
+        burrow_os::exposition::render(&mut out, &self.quic, &self.connector);
         out
     }
 
@@ -245,9 +249,13 @@ impl Figures {
         }
     }
 
-    /// The response to a request head; `sample` brings the QUIC figures up to date, called
-    /// only for `/metrics` (nothing reads the connections while no one scrapes).
-    fn respond(&mut self, head: &[u8], sample: impl FnOnce(&mut QuicClientStats)) -> Vec<u8> {
+    /// The response to a request head; `sample` brings the QUIC and connector figures up to
+    /// date, called only for `/metrics` (nothing reads the connections while no one scrapes).
+    fn respond(
+        &mut self,
+        head: &[u8],
+        sample: impl FnOnce(&mut QuicClientStats, &mut ConnectorFigures),
+    ) -> Vec<u8> {
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut req = httparse::Request::new(&mut headers);
         let path = match req.parse(head) {
@@ -256,7 +264,7 @@ impl Figures {
         };
         match path.split('?').next().unwrap_or("/") {
             "/metrics" => {
-                sample(&mut self.quic);
+                sample(&mut self.quic, &mut self.connector);
                 response(
                     200,
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -344,7 +352,10 @@ impl Client {
                     Ok(n) => {
                         self.head.extend_from_slice(&buf[..n]);
                         if self.head.windows(4).any(|w| w == b"\r\n\r\n") {
-                            self.out = figures.respond(&self.head, |q| q.sample(machine));
+                            self.out = figures.respond(&self.head, |q, c| {
+                                q.sample(machine);
+                                c.update(machine);
+                            });
                             break;
                         }
                         if self.head.len() > MAX_HEAD {
@@ -385,11 +396,11 @@ mod tests {
             ..Figures::default()
         };
         let head = b"GET /ready HTTP/1.1\r\nHost: x\r\n\r\n";
-        let r = text(f.respond(head, |_| {}));
+        let r = text(f.respond(head, |_, _| {}));
         assert!(r.starts_with("HTTP/1.1 503 "), "{r}");
         assert!(r.ends_with("{\"status\":503,\"readyConnections\":0,\"connectorId\":\"c\"}"));
         f.ready = 4;
-        let r = text(f.respond(head, |_| {}));
+        let r = text(f.respond(head, |_, _| {}));
         assert!(r.starts_with("HTTP/1.1 200 OK\r\n"), "{r}");
         assert!(r.contains("\"readyConnections\":4"));
     }
@@ -400,7 +411,7 @@ mod tests {
         f.requests.total = 7;
         f.requests.ended = 6;
         f.requests.by_status.insert(404, 2);
-        let m = text(f.respond(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n", |_| {}));
+        let m = text(f.respond(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n", |_, _| {}));
         assert!(m.contains("\ncloudflared_tunnel_total_requests 7\n"), "{m}");
         assert!(
             m.contains("\ncloudflared_tunnel_concurrent_requests_per_tunnel 1\n"),
@@ -415,7 +426,7 @@ mod tests {
         zero.dropped[DropReason::TooLarge as usize] = 2;
         f.udp.insert(0, zero);
         f.udp_dropped[DropReason::TooLarge as usize] = 3;
-        let m = text(f.respond(b"GET /metrics HTTP/1.1\r\n\r\n", |_| {}));
+        let m = text(f.respond(b"GET /metrics HTTP/1.1\r\n\r\n", |_, _| {}));
         for line in [
             "\ncloudflared_udp_dropped_datagrams{conn_index=\"0\",reason=\"read_too_large\"} 2\n",
             "\ncloudflared_udp_dropped_datagrams{conn_index=\"0\",reason=\"write_failed\"} 0\n",
@@ -432,7 +443,7 @@ mod tests {
         at.icmp_dropped = 4;
         at.unsupported[SessionMethod::Unregister as usize] = 1;
         f.icmp_dropped = 5;
-        let m = text(f.respond(b"GET /metrics HTTP/1.1\r\n\r\n", |_| {}));
+        let m = text(f.respond(b"GET /metrics HTTP/1.1\r\n\r\n", |_, _| {}));
         for line in [
             "\ncloudflared_icmp_dropped_packets{conn_index=\"0\",reason=\"write_failed\"} 4\n",
             "\ncloudflared_icmp_dropped_packets{conn_index=\"\",reason=\"write_failed\"} 1\n",
@@ -442,9 +453,12 @@ mod tests {
             assert!(m.contains(line), "{line} missing in {m}");
         }
         assert!(
-            text(f.respond(b"GET /healthcheck HTTP/1.1\r\n\r\n", |_| {})).ends_with("\r\n\r\nOK\n")
+            text(f.respond(b"GET /healthcheck HTTP/1.1\r\n\r\n", |_, _| {}))
+                .ends_with("\r\n\r\nOK\n")
         );
-        assert!(text(f.respond(b"GET /nope HTTP/1.1\r\n\r\n", |_| {})).starts_with("HTTP/1.1 404 "));
-        assert!(text(f.respond(b"\xff\xfe\r\n\r\n", |_| {})).starts_with("HTTP/1.1 400 "));
+        assert!(
+            text(f.respond(b"GET /nope HTTP/1.1\r\n\r\n", |_, _| {})).starts_with("HTTP/1.1 404 ")
+        );
+        assert!(text(f.respond(b"\xff\xfe\r\n\r\n", |_, _| {})).starts_with("HTTP/1.1 400 "));
     }
 }

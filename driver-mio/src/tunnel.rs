@@ -411,6 +411,7 @@ impl Driver {
                 Report::Handshaking => Input::FlowHandshaking { link, flow },
                 Report::Dialing => Input::FlowDialing { link, flow },
                 Report::Dialed => Input::FlowDialed { link, flow },
+                Report::Http2 => Input::FlowHttp2 { link, flow },
                 Report::Connected => Input::FlowConnected { link, flow },
                 Report::Failed(r) => {
                     reason = r;

@@ -22,7 +22,7 @@ mod testbed;
 use common::body::*;
 use common::client::*;
 use common::origins::*;
-use common::ping::{check_icmp_drops_counted, ping_both, PingRange};
+use common::ping::{check_icmp_drops_counted, check_icmp_totals, ping_both, PingRange};
 use harness::{burrow, MIO};
 use testbed::{ConnectorOpts, EdgeOpts, Proc, Testbed};
 
@@ -506,19 +506,20 @@ fn tcp_echo_with_half_close_over(protocol: &str) {
     }
 }
 
-/// cloudflared's `quic_client_*` families per `conn_index`, Go's `process_*` and `build_info`,
-/// rendered by the code burrow-tokio renders them with, checked by the same helper.
+/// What dashboards built for cloudflared read, after real traffic through 4 connections:
+/// request counters, the TCP stream's connect latency, registrations and server locations, the
+/// flow limit and ICMP reply counters, `quic_client_*` per `conn_index`, Go's `process_*` and
+/// `build_info`, rendered by the code burrow-tokio renders them with and checked by the helper
+/// its `e2e_metrics.rs` runs.
 #[test]
-fn quic_and_process_metrics_of_four_connections() {
-    let eo = EdgeOpts::loopback().expect("ports");
-    let (_bed, _edge, _connector, metrics) = start(
-        "mio-quic-metrics",
-        &eo,
-        vec![(None, "http_status:404".into())],
-        4,
-        &[],
-    );
-    check_quic_and_process_metrics(metrics, 4);
+fn dashboards_metrics_with_real_traffic() {
+    let echo = tcp_echo();
+    let tcp = testbed::free_tcp().expect("port");
+    let mut eo = EdgeOpts::loopback().expect("ports");
+    eo.tcp_maps = vec![format!("{tcp}=app:{echo}")];
+    let (_bed, _edge, _connector, metrics) =
+        start("mio-dashboards", &eo, origin_ingress(origin()), 4, &[]);
+    dashboards_after_traffic(eo.http.port(), tcp, metrics, 4);
 }
 
 #[test]
@@ -577,6 +578,8 @@ fn ping_v4_v6_and_ttl_exceeded() {
     );
     ping_both(map, v6);
     check_icmp_drops_counted(map, metrics);
+    // Counted with the drops, which came after the echoes.
+    check_icmp_totals(metrics, 1 + u8::from(v6));
     assert!(
         !connector
             .log_tail(100_000)

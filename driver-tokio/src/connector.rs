@@ -19,10 +19,11 @@ use burrow_core::icmp::{FunnelId, RouterConfig};
 use burrow_core::quic::tls;
 use burrow_core::session::UdpFlowId;
 use burrow_core::settings::RunConfig;
-use burrow_core::stream::proxy::FlowKind;
 use burrow_core::tunnel::data::FlowId;
 use burrow_core::tunnel::protocol::PERCENTAGE_RECORD;
-use burrow_core::tunnel::supervisor::{srv_service, EdgePool, IpVersion, SupervisorError};
+use burrow_core::tunnel::supervisor::{
+    region_targets, srv_service, EdgePool, IpVersion, SupervisorError,
+};
 use burrow_core::tunnel::Transmit;
 use burrow_tokio::deadline::DeadlineTimer;
 use fnv::FnvBuildHasher;
@@ -114,9 +115,9 @@ pub async fn discover(edges: &Edges, ip_version: IpVersion) -> Result<EdgePool, 
                 .iter()
                 .map(|r| (r.target().to_utf8(), r.port()))
                 .collect();
-            // Only the first two targets are regions; resolve no more.
+            // Only the regions are resolved.
             let mut regions = Vec::new();
-            for (target, port) in targets.iter().take(2) {
+            for (target, port) in region_targets(&targets) {
                 let ips = resolver
                     .lookup_ip(target.as_str())
                     .await
@@ -223,10 +224,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                     None
                 }
             };
-            if let Some(input) = answer
-                .as_ref()
-                .and_then(|a| a.as_input(&mut io.flows, &metrics))
-            {
+            if let Some(input) = answer.as_ref().and_then(|a| a.as_input(&io.flows)) {
                 machine.handle_input(now, input);
             }
         };
@@ -249,7 +247,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             machine.ha_connections(),
         );
         metrics.update_datagrams(machine.datagram_hub());
-        metrics.update_flows(&machine.flow_stats());
+        metrics.connector().update(&machine);
         metrics.update_requests(machine.request_stats());
         let at = Instant::now();
         if quic_sampled.is_none_or(|t| at.saturating_duration_since(t) >= QUIC_SAMPLE_EVERY) {
@@ -293,20 +291,20 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             }
             Some(event) = io.socket_rx.recv() => {
                 let now = Instant::now();
-                on_socket_event(now, &mut machine, &mut io.datagrams, &metrics, event);
+                on_socket_event(now, &mut machine, &mut io.datagrams, event);
                 // A bounded batch, so timers and the edge's packets are not starved.
                 for _ in 0..256 {
                     let Ok(event) = io.socket_rx.try_recv() else { break };
-                    on_socket_event(now, &mut machine, &mut io.datagrams, &metrics, event);
+                    on_socket_event(now, &mut machine, &mut io.datagrams, event);
                 }
             }
             Some(report) = io.flow_rx.recv() => {
                 let now = Instant::now();
-                if let Some(input) = flow_input(&mut io.flows, &metrics, &report) {
+                if let Some(input) = flow_input(&io.flows, &report) {
                     machine.handle_input(now, input);
                 }
                 while let Ok(report) = io.flow_rx.try_recv() {
-                    if let Some(input) = flow_input(&mut io.flows, &metrics, &report) {
+                    if let Some(input) = flow_input(&io.flows, &report) {
                         machine.handle_input(now, input);
                     }
                 }
@@ -370,28 +368,7 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
     burrow_os::events::log(&e, stopping);
     metrics.quic().on_event(&e);
     match e {
-        Event::Registered { index, details, .. } => {
-            metrics
-                .register_success
-                .with_label_values(&["registerConnection"])
-                .inc();
-            metrics.registered.notify_one();
-            metrics
-                .server_locations
-                .with_label_values(&[&index.to_string(), &details.location])
-                .set(1);
-        }
-        Event::RegistrationFailed { error, .. } => {
-            let kind = if error.refusal() == burrow_core::control::Refusal::DuplicateConnection {
-                "dup_edge_conn"
-            } else {
-                "server_error"
-            };
-            metrics
-                .register_fail
-                .with_label_values(&[kind, "registerConnection"])
-                .inc();
-        }
+        Event::Registered { .. } => metrics.registered.notify_one(),
         Event::ConfigurationApplied { version } => {
             metrics.config_version.set(i64::from(version));
         }
@@ -418,8 +395,7 @@ impl Answer {
     /// The input to feed the connector (none for a stale flow report).
     fn as_input<'a>(
         &'a self,
-        flows: &mut HashMap<(LinkId, FlowId), Flow, FnvBuildHasher>,
-        metrics: &Metrics,
+        flows: &HashMap<(LinkId, FlowId), Flow, FnvBuildHasher>,
     ) -> Option<Input<'a>> {
         Some(match self {
             Self::EdgeSocket {
@@ -430,7 +406,7 @@ impl Answer {
                 max_segments: *max_segments,
             },
             Self::EdgeWritten(link) => Input::EdgeWritten { link: *link },
-            Self::Flow(report) => return flow_input(flows, metrics, report),
+            Self::Flow(report) => return flow_input(flows, report),
             Self::UdpOpened(flow) => Input::UdpOpened(*flow),
             Self::UdpFailed(flow, reason) => Input::UdpFailed {
                 flow: *flow,
@@ -573,15 +549,7 @@ impl DriverIo {
                 let handle =
                     self.dialer
                         .open((link, flow), kind, dest, host, origin, self.flow_tx.clone());
-                self.flows.insert(
-                    (link, flow),
-                    Flow {
-                        handle,
-                        kind,
-                        opened: Instant::now(),
-                        settled: false,
-                    },
-                );
+                self.flows.insert((link, flow), Flow { handle });
             }
             Io::WriteFlow { link, flow, data } => {
                 if let Some(f) = self.flows.get(&(link, flow)) {
@@ -606,11 +574,7 @@ impl DriverIo {
                 }
             }
             Io::CloseFlow { link, flow } => {
-                if let Some(f) = self.flows.remove(&(link, flow)) {
-                    // A TCP stream whose dial the connector gave up on failed to connect.
-                    if !f.settled && f.kind == FlowKind::Tcp {
-                        metrics.connect_stream_errors.inc();
-                    }
+                if self.flows.remove(&(link, flow)).is_some() {
                     close_flow_metrics(metrics);
                 }
             }
@@ -700,12 +664,6 @@ impl DriverIo {
 
 struct Flow {
     handle: FlowHandle,
-    kind: FlowKind,
-    /// When its origin was dialed (for `cloudflared_proxy_connect_latency`).
-    opened: Instant,
-    /// Its dial ended (connected, or failed and counted): a close before that is a dial the
-    /// connector gave up on (its deadline, or the stream ended first), counted then.
-    settled: bool,
 }
 
 /// Dials an HTTP/2 link's edge connection with the keepalive core asked for. As Go's dialer,
@@ -843,7 +801,6 @@ fn on_socket_event(
     now: Instant,
     machine: &mut Connector,
     sockets: &mut DatagramSockets,
-    metrics: &Metrics,
     event: SocketEvent,
 ) {
     match event {
@@ -853,16 +810,12 @@ fn on_socket_event(
             message,
         } => {
             if sockets.has_funnel(funnel) {
-                let before = machine.datagram_hub().stats().datagrams_out;
                 let input = Input::PingRead {
                     funnel,
                     from,
                     message: &message,
                 };
                 machine.handle_input(now, input);
-                metrics
-                    .icmp_total_replies
-                    .inc_by(machine.datagram_hub().stats().datagrams_out - before);
             }
         }
         SocketEvent::FunnelFailed { funnel, reason } => {
@@ -878,37 +831,21 @@ fn close_flow_metrics(metrics: &Metrics) {
     metrics.open_flows.fetch_sub(1, Ordering::Relaxed);
 }
 
-/// What a flow's report tells the connector, with the metrics it moves (none if stale).
+/// What a flow's report tells the connector (none if stale).
 fn flow_input<'r>(
-    flows: &mut HashMap<(LinkId, FlowId), Flow, FnvBuildHasher>,
-    metrics: &Metrics,
+    flows: &HashMap<(LinkId, FlowId), Flow, FnvBuildHasher>,
     (link, flow, report): &'r Report,
 ) -> Option<Input<'r>> {
     let (link, flow) = (*link, *flow);
     // Reports of a flow already closed are stale.
-    let f = flows.get_mut(&(link, flow))?;
-    // cloudflared times TCP streams only (proxyStream, proxyTCPStream).
-    let tcp = f.kind == FlowKind::Tcp;
+    flows.get(&(link, flow))?;
     Some(match report {
         FlowReport::Handshaking => Input::FlowHandshaking { link, flow },
+        FlowReport::Http2 => Input::FlowHttp2 { link, flow },
         FlowReport::Dialing => Input::FlowDialing { link, flow },
         FlowReport::Dialed => Input::FlowDialed { link, flow },
-        FlowReport::Connected => {
-            f.settled = true;
-            if tcp {
-                metrics
-                    .connect_latency
-                    .observe(f.opened.elapsed().as_millis() as f64);
-            }
-            Input::FlowConnected { link, flow }
-        }
-        FlowReport::Failed(reason) => {
-            f.settled = true;
-            if tcp {
-                metrics.connect_stream_errors.inc();
-            }
-            Input::FlowFailed { link, flow, reason }
-        }
+        FlowReport::Connected => Input::FlowConnected { link, flow },
+        FlowReport::Failed(reason) => Input::FlowFailed { link, flow, reason },
         FlowReport::Data(data) => Input::FlowData {
             link,
             flow,

@@ -5,7 +5,6 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use burrow_core::flow::{FlowStats, FlowType};
 use burrow_core::session::{DropReason, SessionMethod};
 use burrow_core::tunnel::requests::RequestStats;
 use burrow_core::tunnel::udp::DatagramHub;
@@ -14,13 +13,13 @@ use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
 use burrow_core::quic::client_metrics::QuicClientStats;
+use burrow_os::exposition::ConnectorFigures;
 
 /// Every metric the connector keeps. The `prometheus` crate keeps names verbatim, so
 /// cloudflared's counters (which have no `_total` suffix) keep their names.
@@ -38,12 +37,6 @@ pub struct Metrics {
     pub response_by_code: IntCounterVec,
     /// Requests ended as of the last copy of the by-code counts (they change only then).
     requests_ended: std::sync::atomic::AtomicU64,
-    /// `cloudflared_tunnel_tunnel_register_success{rpcName}`.
-    pub register_success: IntCounterVec,
-    /// `cloudflared_tunnel_tunnel_register_fail{error,rpcName}`.
-    pub register_fail: IntCounterVec,
-    /// `cloudflared_tunnel_server_locations{connection_id,edge_location}`.
-    pub server_locations: IntGaugeVec,
     /// `cloudflared_orchestration_config_version`.
     pub config_version: IntGauge,
     /// `cloudflared_tcp_active_sessions`.
@@ -73,20 +66,13 @@ pub struct Metrics {
     /// `cloudflared_udp_unsupported_remote_command_total{conn_index,command}`: datagram-v2
     /// session calls refused on v3 connections.
     pub udp_unsupported: IntCounterVec,
-    /// `flow_client_registrations_rate_limited_total{flow_type}`: TCP flows and UDP sessions
-    /// the flow limiter refused, by [`FlowType::ALL`] order.
-    pub flow_rate_limited: [IntCounter; FlowType::ALL.len()],
     /// `cloudflared_icmp_total_requests`: echo requests sent through ping sockets.
     pub icmp_total_requests: IntCounter,
-    /// `cloudflared_icmp_total_replies`: echo replies sent back to the edge.
-    pub icmp_total_replies: IntCounter,
     /// `quic_client_*`, per `conn_index` (rendered by [`burrow_os::exposition`]).
     quic: std::sync::Mutex<QuicClientStats>,
-    /// `cloudflared_proxy_connect_latency`: milliseconds from dialing a TCP flow's origin
-    /// (ingress `tcp://`-style services and private-network TCP) to its stream acknowledged.
-    pub connect_latency: Histogram,
-    /// `cloudflared_proxy_connect_streams_errors`: TCP flows whose origin could not be reached.
-    pub connect_stream_errors: IntCounter,
+    /// Core's registration, origin dial, flow limit and ICMP reply counts (rendered by
+    /// [`burrow_os::exposition`]).
+    connector: std::sync::Mutex<ConnectorFigures>,
     /// Registered connections, for `/ready`.
     pub ready: AtomicUsize,
     /// Signalled at each registration; the first wakes the `--pidfile` writer.
@@ -158,30 +144,6 @@ impl Metrics {
     /// A fresh set, registered under cloudflared's names.
     pub fn new(connector_id: uuid::Uuid) -> Arc<Self> {
         let r = Registry::new();
-        let register_success = IntCounterVec::new(
-            Opts::new(
-                "cloudflared_tunnel_tunnel_register_success",
-                "Count of successful tunnel registrations",
-            ),
-            &["rpcName"],
-        )
-        .expect("static metric");
-        let register_fail = IntCounterVec::new(
-            Opts::new(
-                "cloudflared_tunnel_tunnel_register_fail",
-                "Count of tunnel registration errors by type",
-            ),
-            &["error", "rpcName"],
-        )
-        .expect("static metric");
-        let server_locations = IntGaugeVec::new(
-            Opts::new(
-                "cloudflared_tunnel_server_locations",
-                "Where each tunnel is connected to. 1 means current location, 0 means previous locations.",
-            ),
-            &["connection_id", "edge_location"],
-        )
-        .expect("static metric");
         let response_by_code = IntCounterVec::new(
             Opts::new(
                 "cloudflared_tunnel_response_by_code",
@@ -191,29 +153,6 @@ impl Metrics {
         )
         .expect("static metric");
         let _ = r.register(Box::new(response_by_code.clone()));
-        let rate_limited = IntCounterVec::new(
-            // cloudflared's `flow` namespace, without the `cloudflared_` prefix
-            // (`flow/metrics.go`).
-            Opts::new(
-                "flow_client_registrations_rate_limited_total",
-                "Count registrations dropped due to high number of concurrent flows being handled",
-            ),
-            &["flow_type"],
-        )
-        .expect("static metric");
-        let connect_latency = Histogram::with_opts(
-            HistogramOpts::new(
-                "cloudflared_proxy_connect_latency",
-                "Time it takes to establish and acknowledge connections in milliseconds",
-            )
-            .buckets(vec![1.0, 10.0, 25.0, 50.0, 100.0, 500.0, 1000.0, 5000.0]),
-        )
-        .expect("static metric");
-        let _ = r.register(Box::new(connect_latency.clone()));
-        let _ = r.register(Box::new(rate_limited.clone()));
-        let _ = r.register(Box::new(register_success.clone()));
-        let _ = r.register(Box::new(register_fail.clone()));
-        let _ = r.register(Box::new(server_locations.clone()));
         Arc::new(Metrics {
             ha_connections: gauge(
                 &r,
@@ -237,9 +176,6 @@ impl Metrics {
             ),
             response_by_code,
             requests_ended: std::sync::atomic::AtomicU64::new(0),
-            register_success,
-            register_fail,
-            server_locations,
             config_version: gauge(
                 &r,
                 "cloudflared_orchestration_config_version",
@@ -281,7 +217,6 @@ impl Metrics {
                 "Total count of UDP flows have been migrated across local connections",
             ),
             udp_by_index_seen: std::sync::atomic::AtomicU64::new(0),
-            flow_rate_limited: FlowType::ALL.map(|t| rate_limited.with_label_values(&[t.label()])),
             udp_dropped: labelled(
                 &r,
                 "cloudflared_udp_dropped_datagrams",
@@ -305,18 +240,8 @@ impl Metrics {
                 "cloudflared_icmp_total_requests",
                 "Total count of ICMP requests that have been proxied to any origin",
             ),
-            icmp_total_replies: counter(
-                &r,
-                "cloudflared_icmp_total_replies",
-                "Total count of ICMP replies that have been proxied from any origin",
-            ),
             quic: std::sync::Mutex::default(),
-            connect_latency,
-            connect_stream_errors: counter(
-                &r,
-                "cloudflared_proxy_connect_streams_errors",
-                "Total count of failure to establish and acknowledge connections",
-            ),
+            connector: std::sync::Mutex::default(),
             ready: AtomicUsize::new(0),
             registered: tokio::sync::Notify::new(),
             connector_id,
@@ -432,15 +357,17 @@ impl Metrics {
         }
     }
 
-    /// Copies the flow limit's rejection counters.
-    pub fn update_flows(&self, flows: &FlowStats) {
-        for (c, t) in self.flow_rate_limited.iter().zip(FlowType::ALL) {
-            follow(c, flows.rejected(t));
-        }
+    /// The connector's figures for the families both drivers render alike, for the connector
+    /// loop to update.
+    pub fn connector(&self) -> std::sync::MutexGuard<'_, ConnectorFigures> {
+        self.connector
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Prometheus text exposition: the registry's families, then those both drivers render
-    /// alike (`quic_client_*`, `process_*`, `build_info`).
+    /// alike (registrations, connect latency, flow limit, ICMP replies, `quic_client_*`,
+    /// `process_*`, `build_info`).
     pub fn render(&self) -> String {
         let mut out = Vec::new();
         if TextEncoder::new()
@@ -450,7 +377,7 @@ impl Metrics {
             out.clear();
         }
         let mut out = String::from_utf8(out).unwrap_or_default();
-        burrow_os::exposition::render(&mut out, &self.quic());
+        burrow_os::exposition::render(&mut out, &self.quic(), &self.connector());
         out
     }
 
@@ -569,13 +496,11 @@ mod tests {
             ),
             "{text}"
         );
-        let flows = FlowStats {
+        m.connector().flows = burrow_core::flow::FlowStats {
             limit: 1,
             active: 1,
             rejected: [2, 1],
         };
-        m.update_flows(&flows);
-        m.update_flows(&flows);
         let text = m.render();
         for line in [
             "flow_client_registrations_rate_limited_total{flow_type=\"tcp\"} 2",

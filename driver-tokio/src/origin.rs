@@ -7,13 +7,17 @@
 //! itself while its socket takes the bytes; its task only waits for the socket when it does
 //! not. Dials have no deadline here: the connector fails one that outlasts its rule's
 //! `connectTimeout` or `tlsTimeout` and closes it, which drops the handle and aborts the task;
-//! a SOCKS5 destination dial it aborts through [`FlowHandle::abort_dial`].
+//! a SOCKS5 destination dial it aborts through [`FlowHandle::abort_dial`]. An origin whose TLS
+//! handshake chose HTTP/2 (`http2Origin`) is spoken to through burrow-core's `Http2Origin`
+//! bridge, which its task drives ([`pump_http2`]) as burrow-mio's loop does.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{ready, Context, Poll};
 
 use burrow_core::datagram::LinkId;
+use burrow_core::http2::origin::{FlowRead, Http2Origin};
 use burrow_core::ingress::{Origin, OriginRequest, Service};
 use burrow_core::stream::proxy::FlowKind;
 use burrow_core::stream::socks::Server;
@@ -22,8 +26,8 @@ use burrow_os::origin_tls::OriginTls;
 use bytes::{Buf, Bytes, BytesMut};
 use http_body_util::Full;
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
@@ -43,6 +47,9 @@ pub enum FlowReport {
     Dialing,
     /// That dial ended, connected or failed.
     Dialed,
+    /// The origin's TLS handshake chose HTTP/2 (`http2Origin`): burrow-core's bridge carries
+    /// the flow (reported before [`FlowReport::Connected`]).
+    Http2,
     /// Dialled (TLS included).
     Connected,
     /// Could not dial, or broke.
@@ -197,6 +204,17 @@ impl Dialer {
                             let (rd, wr) = tokio::io::split(io);
                             (Reader::Other(rd), Box::new(wr))
                         }
+                        Dialled::Http2(io, tls) => {
+                            let _ = reports.send((link, flow, FlowReport::Http2));
+                            let _ = reports.send((link, flow, FlowReport::Connected));
+                            let bridge = Http2Origin::new(std::time::Instant::now(), *tls);
+                            let failed = pump_http2(io, bridge, write_rx, &p, |r| {
+                                let _ = reports.send((link, flow, r));
+                            })
+                            .await;
+                            let _ = reports.send((link, flow, FlowReport::Failed(failed)));
+                            return;
+                        }
                     };
                     let _ = reports.send((link, flow, FlowReport::Connected));
                     pump(rd, wr, write_rx, p, move |r| {
@@ -250,7 +268,7 @@ impl Dialer {
                 let s = connect_tcp(&addr, o).await?;
                 if *tls {
                     handshaking();
-                    self.tls(s, name, o, http2).await.map(Dialled::Other)
+                    self.tls(s, name, o, http2).await
                 } else {
                     Ok(Dialled::Tcp(s))
                 }
@@ -261,7 +279,7 @@ impl Dialer {
                     .map_err(|e| format!("dial unix {path}: {e}"))?;
                 if *tls {
                     handshaking();
-                    self.tls(s, name, o, http2).await.map(Dialled::Other)
+                    self.tls(s, name, o, http2).await
                 } else {
                     Ok(Dialled::Other(Box::new(s)))
                 }
@@ -300,14 +318,15 @@ impl Dialer {
     }
 
     /// TLS to the origin; with `http2` (core's [`Origin::offers_http2`]) `h2` is offered
-    /// first, and if the origin picks it the flow goes through [`http2_bridge`].
+    /// first, and if the origin picks it the TLS session goes to burrow-core's HTTP/2 bridge
+    /// ([`pump_http2`]), as in burrow-mio.
     async fn tls<S: Io + 'static>(
         &self,
         s: S,
         host: &str,
         o: &OriginRequest,
         http2: bool,
-    ) -> Result<Box<dyn Io>, String> {
+    ) -> Result<Dialled, String> {
         let config = self
             .tls
             .lock()
@@ -322,9 +341,11 @@ impl Dialer {
             .await
             .map_err(|e| format!("TLS handshake with the origin failed: {e}"))?;
         if s.get_ref().1.alpn_protocol() == Some(b"h2") {
-            return http2_bridge(s).await;
+            // The session holds whatever it read past the handshake; the bridge reads it first.
+            let (io, session) = s.into_inner();
+            return Ok(Dialled::Http2(Box::new(io), Box::new(session)));
         }
-        Ok(Box::new(s))
+        Ok(Dialled::Other(Box::new(s)))
     }
 }
 
@@ -334,6 +355,9 @@ enum Dialled {
     Tcp(TcpStream),
     /// Anything else (TLS, unix socket, in-process), moved by the flow's task only.
     Other(Box<dyn Io>),
+    /// An origin whose TLS handshake chose HTTP/2: the socket and its TLS session, for
+    /// burrow-core's bridge.
+    Http2(Box<dyn Io>, Box<rustls::ClientConnection>),
 }
 
 /// The writing side of a TCP origin connection the flow's task shares with
@@ -362,36 +386,6 @@ impl AsyncWrite for SharedTcp {
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Poll::Ready(socket2::SockRef::from(&*self.0).shutdown(std::net::Shutdown::Write))
     }
-}
-
-/// HTTP/2 to the origin behind an HTTP/1.1 flow: core speaks HTTP/1.1 on the flow as to any
-/// origin; an in-process hyper HTTP/1.1 server reads each request and sends it on one HTTP/2
-/// connection (hyper's client), whose responses it writes back as HTTP/1.1. Keep-alive on the
-/// flow reuses that connection.
-async fn http2_bridge<S: Io + 'static>(s: S) -> Result<Box<dyn Io>, String> {
-    let (send, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(s))
-        .await
-        .map_err(|e| format!("HTTP/2 handshake with the origin failed: {e}"))?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            debug!(error = %e, "HTTP/2 origin connection ended");
-        }
-    });
-    let (client, server) = tokio::io::duplex(64 * 1024);
-    tokio::spawn(async move {
-        let svc = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
-            let mut send = send.clone();
-            // An error closes the flow without a response: core fails the request (a 502).
-            async move {
-                let req = as_http2(req).map_err(BridgeError::Request)?;
-                send.send_request(req).await.map_err(BridgeError::Origin)
-            }
-        });
-        let _ = hyper::server::conn::http1::Builder::new()
-            .serve_connection(TokioIo::new(server), svc)
-            .await;
-    });
-    Ok(Box::new(client))
 }
 
 /// A SOCKS5 origin: an in-process SOCKS5 server on the flow's (WebSocket-unwrapped) bytes,
@@ -462,63 +456,6 @@ fn socks_bridge(
         }
     });
     Box::new(client)
-}
-
-/// Why the HTTP/2 bridge failed a request.
-#[derive(Debug, thiserror::Error)]
-enum BridgeError {
-    #[error("request not expressible in HTTP/2: {0}")]
-    Request(http::Error),
-    #[error("HTTP/2 origin: {0}")]
-    Origin(hyper::Error),
-}
-
-/// An HTTP/1.1 request as HTTP/2 sends it: `Host` becomes the `:authority` of an absolute
-/// URI (Go's transport sends no `Host` header on HTTP/2 either), and the connection-specific
-/// headers HTTP/2 forbids (RFC 9113 8.2.2; `TE` only as `trailers`) are dropped.
-fn as_http2<B>(mut req: hyper::Request<B>) -> Result<hyper::Request<B>, http::Error> {
-    let headers = req.headers_mut();
-    let named: Vec<http::HeaderName> = headers
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| http::HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
-        headers.remove(n);
-    }
-    for n in [
-        "connection",
-        "keep-alive",
-        "proxy-connection",
-        "transfer-encoding",
-        "upgrade",
-    ] {
-        headers.remove(n);
-    }
-    if headers
-        .get(http::header::TE)
-        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"trailers"))
-    {
-        headers.remove(http::header::TE);
-    }
-    let authority = headers
-        .remove(http::header::HOST)
-        .and_then(|h| h.to_str().ok().map(str::to_owned))
-        .unwrap_or_else(|| "localhost".to_owned());
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_owned();
-    *req.uri_mut() = http::Uri::builder()
-        .scheme("https")
-        .authority(authority)
-        .path_and_query(path)
-        .build()?;
-    *req.version_mut() = http::Version::HTTP_2;
-    Ok(req)
 }
 
 async fn connect_tcp(addr: &str, o: &OriginRequest) -> Result<TcpStream, String> {
@@ -610,6 +547,135 @@ async fn pump(
         std::future::pending::<()>().await;
     };
     tokio::join!(writer, reader);
+}
+
+/// Ciphertext moved per socket read or write of an HTTP/2 origin's flow.
+const H2_IO: usize = 32 * 1024;
+
+/// An HTTP/2 origin's flow (`http2Origin`): the connector's HTTP/1.1 through burrow-core's
+/// bridge ([`Http2Origin`], the one burrow-mio drives), ciphertext both ways as far as the
+/// socket goes. The socket is read whenever it has bytes, not per permit: HTTP/2 carries its
+/// own control frames, and its windows (credit returned only as the connector reads) bound
+/// what the origin sends ahead. Runs until the flow fails; returns why.
+async fn pump_http2(
+    mut io: Box<dyn Io>,
+    mut bridge: Http2Origin,
+    mut writes: mpsc::UnboundedReceiver<WriteCmd>,
+    permit: &Notify,
+    report: impl Fn(FlowReport),
+) -> String {
+    let notified = permit.notified();
+    tokio::pin!(notified);
+    // The first read needs no permit, as in [`pump`].
+    let mut may_read = true;
+    let mut eof = false;
+    // The connector's write under way, taken by the bridge as far as it goes.
+    let mut write: Option<Bytes> = None;
+    let mut outbound = vec![0u8; H2_IO];
+    let (mut out_at, mut out_end) = (0, 0);
+    let mut inbound = vec![0u8; H2_IO];
+    let (mut in_at, mut in_end) = (0, 0);
+    let mut closed = false;
+    std::future::poll_fn(|cx| loop {
+        let now = std::time::Instant::now();
+        let mut moved = false;
+        // The connector's commands in order: the next one once the last write is taken.
+        if write.is_none() {
+            match writes.poll_recv(cx) {
+                Poll::Ready(Some(WriteCmd::Data(b))) => {
+                    write = Some(b);
+                    moved = true;
+                }
+                Poll::Ready(Some(WriteCmd::Shutdown)) => {
+                    bridge.shutdown(now);
+                    moved = true;
+                }
+                // The loop dropped the flow: the task is aborted next.
+                Poll::Ready(None) | Poll::Pending => {}
+            }
+        }
+        if let Some(data) = &mut write {
+            match bridge.write(now, data) {
+                Ok(n) => {
+                    data.advance(n);
+                    moved |= n > 0;
+                }
+                Err(e) => return Poll::Ready(e.to_string()),
+            }
+            if data.is_empty() {
+                write = None;
+                report(FlowReport::Written);
+                moved = true;
+            }
+        }
+        // To the origin.
+        loop {
+            if out_at == out_end {
+                (out_at, out_end) = (0, bridge.transmit(now, &mut outbound));
+                if out_end == 0 {
+                    break;
+                }
+            }
+            match Pin::new(&mut io).poll_write(cx, &outbound[out_at..out_end]) {
+                Poll::Ready(Ok(0)) => {
+                    return Poll::Ready("write to origin: wrote zero bytes".to_owned())
+                }
+                Poll::Ready(Ok(n)) => {
+                    out_at += n;
+                    moved = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(format!("write to origin: {e}")),
+                Poll::Pending => break,
+            }
+        }
+        // From the origin.
+        if in_at == in_end && !closed {
+            let mut buf = ReadBuf::new(&mut inbound);
+            match Pin::new(&mut io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
+                    closed = true;
+                    bridge.peer_closed(now);
+                    moved = true;
+                }
+                Poll::Ready(Ok(())) => {
+                    (in_at, in_end) = (0, buf.filled().len());
+                    moved = true;
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(format!("read from origin: {e}")),
+                Poll::Pending => {}
+            }
+        }
+        if in_at < in_end {
+            let n = bridge.received(now, &inbound[in_at..in_end]);
+            in_at += n;
+            moved |= n > 0;
+        }
+        // To the connector: one read per permit.
+        if !may_read && notified.as_mut().poll(cx).is_ready() {
+            notified.set(permit.notified());
+            may_read = true;
+            moved = true;
+        }
+        if may_read && !eof {
+            match bridge.read(now) {
+                FlowRead::Data(b) => {
+                    may_read = false;
+                    report(FlowReport::Data(b));
+                    moved = true;
+                }
+                FlowRead::End => {
+                    eof = true;
+                    report(FlowReport::Finished);
+                }
+                FlowRead::Failed(e) => return Poll::Ready(e.to_string()),
+                FlowRead::Blocked => {}
+            }
+        }
+        if !moved {
+            return Poll::Pending;
+        }
+    })
+    .await
 }
 
 /// In-process origins.

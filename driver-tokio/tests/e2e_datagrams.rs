@@ -170,6 +170,8 @@ fn ping_through_icmp_mapping() {
     let (_edge, connector, metrics) = start(&bed, &eo, 1, &extra);
     ping_both(map, v6);
     check_icmp_drops_counted(map, metrics);
+    // Counted with the drops, which came after the echoes.
+    check_icmp_totals(metrics, 1 + u8::from(v6));
     assert!(
         !connector
             .log_tail(100_000)

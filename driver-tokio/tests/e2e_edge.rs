@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 mod common;
 use common::body::BIG;
-use common::client::request;
+use common::client::{labelled, metrics_text, request};
 use common::origins::origin;
 use common::quic::RawQuic;
 
@@ -27,6 +27,12 @@ const BIN: &str = env!("CARGO_BIN_EXE_burrow");
 
 /// Edge and a connector with `ha` connections whose every hostname goes to the test origin.
 fn start(bed: &Testbed, eo: &EdgeOpts, ha: u8) -> (Proc, Proc) {
+    let (edge, connector, _) = start_with_metrics(bed, eo, ha);
+    (edge, connector)
+}
+
+/// [`start`], with the connector's metrics address.
+fn start_with_metrics(bed: &Testbed, eo: &EdgeOpts, ha: u8) -> (Proc, Proc, SocketAddr) {
     let edge = bed.edge(eo).expect("edge");
     let metrics = testbed::free_tcp().expect("port");
     let mut connector = bed
@@ -46,7 +52,7 @@ fn start(bed: &Testbed, eo: &EdgeOpts, ha: u8) -> (Proc, Proc) {
         Duration::from_secs(30),
     )
     .unwrap_or_else(|e| panic!("{e}\nconnector: {}", connector.log_tail(4000)));
-    (edge, connector)
+    (edge, connector, metrics)
 }
 
 fn get_host(http: SocketAddr, host: &str, path: &str, extra: &str) -> (u16, Vec<u8>) {
@@ -213,6 +219,72 @@ fn eyeballs_that_hang_up_free_their_tunnel_streams() {
         "a later 16 MiB response came through ({} bytes, {read:?})",
         got.len()
     );
+}
+
+/// Issue 12: a hang-up is an input of the edge loop, not something it scans for, and none is
+/// missed. Many eyeballs hang up at once at different points of the exchange (before the
+/// response head, after part of a response body); the edge resets every one of their tunnel
+/// streams, so the connector ends every request (were one missed, its stream would sit on
+/// unread response bytes, in flight for good).
+#[test]
+fn many_eyeballs_hanging_up_mid_exchange_leave_nothing_behind() {
+    const EACH: usize = 16;
+    let bed = Testbed::create(Path::new(BIN), "e-hangups", "app", &["app.test"]).expect("bed");
+    let eo = EdgeOpts::loopback().expect("ports");
+    let (_edge, _connector, metrics) = start_with_metrics(&bed, &eo, 2);
+    let total = || labelled(&metrics_text(metrics), "cloudflared_tunnel_total_requests");
+    let before = total();
+    // Before the head (the origin answers after 1 s), and in the middle of a 16 MiB and of a
+    // 100 MiB body.
+    let paths = ["/slowbig", "/big", "/huge"];
+    let all_sent = std::sync::Arc::new(std::sync::Barrier::new(paths.len() * EACH + 1));
+    let eyeballs: Vec<_> = (0..paths.len() * EACH)
+        .map(|i| {
+            let path = paths[i % paths.len()];
+            let all_sent = all_sent.clone();
+            let http = eo.http;
+            thread::spawn(move || {
+                let mut s = TcpStream::connect(http).expect("connect");
+                s.set_read_timeout(Some(Duration::from_secs(20)))
+                    .expect("timeout");
+                s.write_all(format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes())
+                    .expect("request");
+                all_sent.wait();
+                if path != "/slowbig" {
+                    // The head and the first 256 KiB of the body, then gone.
+                    let mut got = 0;
+                    let mut buf = [0u8; 16 * 1024];
+                    while got < 256 * 1024 {
+                        match s.read(&mut buf) {
+                            Ok(0) | Err(_) => panic!("{path}: the edge ended it first"),
+                            Ok(n) => got += n,
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    // Every request reached the connector before anyone hangs up.
+    let want = before + (paths.len() * EACH) as f64;
+    testbed::wait_for(
+        Duration::from_secs(20),
+        "every request at the connector",
+        || Ok(total() >= want),
+    )
+    .expect("requests");
+    all_sent.wait();
+    for e in eyeballs {
+        e.join().expect("eyeball");
+    }
+    testbed::wait_for(Duration::from_secs(20), "no request in flight", || {
+        Ok(labelled(
+            &metrics_text(metrics),
+            "cloudflared_tunnel_concurrent_requests_per_tunnel",
+        ) == 0.0)
+    })
+    .unwrap_or_else(|e| panic!("{e}\n{}", metrics_text(metrics)));
+    let (status, body) = get_host(eo.http, "app.test", "/big", "");
+    assert_eq!((status, body.len()), (200, BIG), "a later request");
 }
 
 /// Whether the edge closed `s` (EOF or reset) within `limit`.

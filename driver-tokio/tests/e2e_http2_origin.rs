@@ -1,112 +1,20 @@
 //! `http2Origin: true` end to end (real `burrow edge` and `burrow tunnel run` on loopback): an
 //! origin that speaks only HTTP/2 (TLS with ALPN `h2` and nothing else, self-signed, reached
 //! with `noTLSVerify`) answers requests sent through the tunnel, bodies both ways, on one
-//! HTTP/2 connection; the same origin under a rule without `http2Origin` fails (502).
+//! HTTP/2 connection; the same origin under a rule without `http2Origin` fails (502). The
+//! origin is `common/h2_origin.rs`, which burrow-mio's test uses too.
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use burrow_tokio::testbed::{self, ConnectorOpts, EdgeOpts, Testbed};
-use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 mod common;
 
+use common::h2_origin::{h2_origin, send};
+
 const BIN: &str = env!("CARGO_BIN_EXE_burrow");
-
-/// The HTTP/2-only origin: answers `version method authority path-and-query host=<Host>
-/// len=<body length> sum=<byte sum>`. Returns its address and a count of its TLS connections.
-fn h2_origin() -> (SocketAddr, Arc<AtomicUsize>) {
-    let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
-    let key = PrivateKeyDer::from(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(vec![ck.cert.der().clone()], key)
-        .unwrap();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    l.set_nonblocking(true).unwrap();
-    let addr = l.local_addr().unwrap();
-    let conns = Arc::new(AtomicUsize::new(0));
-    let count = conns.clone();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::from_std(l).unwrap();
-            while let Ok((s, _)) = l.accept().await {
-                let acceptor = acceptor.clone();
-                let count = count.clone();
-                tokio::spawn(async move {
-                    // A client that offers no h2 fails here or at the HTTP/2 preface.
-                    let Ok(tls) = acceptor.accept(s).await else {
-                        return;
-                    };
-                    count.fetch_add(1, Ordering::SeqCst);
-                    let svc = hyper::service::service_fn(
-                        |req: hyper::Request<hyper::body::Incoming>| async move {
-                            let head = format!(
-                                "{:?} {} {} {} host={}",
-                                req.version(),
-                                req.method(),
-                                req.uri().authority().map_or("-", |a| a.as_str()),
-                                req.uri().path_and_query().map_or("-", |p| p.as_str()),
-                                req.headers()
-                                    .get("host")
-                                    .and_then(|h| h.to_str().ok())
-                                    .unwrap_or("-"),
-                            );
-                            let body = req.into_body().collect().await?.to_bytes();
-                            let sum: u64 = body.iter().map(|&b| u64::from(b)).sum();
-                            let text = format!("{head} len={} sum={sum}", body.len());
-                            Ok::<_, hyper::Error>(hyper::Response::new(Full::new(Bytes::from(
-                                text,
-                            ))))
-                        },
-                    );
-                    let _ = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), svc)
-                        .await;
-                });
-            }
-        });
-    });
-    (addr, conns)
-}
-
-/// One request through the edge: (status, body).
-fn send(http: SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
-    let mut s = TcpStream::connect(http).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-    s.write_all(head.as_bytes()).unwrap();
-    s.write_all(body).unwrap();
-    let mut out = Vec::new();
-    let _ = s.read_to_end(&mut out);
-    let out = String::from_utf8_lossy(&out).into_owned();
-    let status = common::client::status_of(&out);
-    let (head, body) = out.split_once("\r\n\r\n").unwrap_or(("", ""));
-    let body = if head
-        .to_ascii_lowercase()
-        .contains("transfer-encoding: chunked")
-    {
-        String::from_utf8_lossy(&common::client::dechunk(body.as_bytes())).into_owned()
-    } else {
-        body.to_owned()
-    };
-    (status, body)
-}
 
 #[test]
 fn requests_reach_an_http2_only_origin() {
@@ -217,6 +125,52 @@ fn http2_origin_flag_with_url() {
             .connector_without_config(&bin, eo.quic, &flags)
             .expect("connector");
         assert_eq!(send(eo.http, get, b"").0, 502, "{name}: without the flag");
+        c.terminate(Duration::from_secs(30)).expect("stops");
+    }
+}
+
+/// What cloudflared does with `http2Origin` beyond the plain case, and burrow with it (the same
+/// checks against stock cloudflared when `BURROW_CLOUDFLARED` is set):
+/// - with `--no-chunked-encoding` a body of no known length (chunked from the eyeball) goes to
+///   an HTTP/2 origin whole: Go's transport sends it as DATA frames ended by END_STREAM;
+/// - a cleartext (`http://`) origin is spoken to in HTTP/1.1, never h2c: Go's transport offers
+///   HTTP/2 only over TLS unless its `Protocols` ask for unencrypted HTTP/2, which cloudflared's
+///   do not set.
+#[test]
+fn bare_bodies_and_cleartext_origins() {
+    let bed = Testbed::create(Path::new(BIN), "e2e-h2o-bare", "app", &["h2.test"]).expect("tunnel");
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let mut bins = vec![(std::path::PathBuf::from(BIN), Vec::new())];
+    if let Some(cfd) = std::env::var_os("BURROW_CLOUDFLARED") {
+        let flags = vec!["--features", "support_datagram_v3_2", "--protocol", "quic"];
+        bins.push((cfd.into(), flags));
+    }
+    for (bin, extra) in bins {
+        let name = bin.display().to_string();
+        let (origin, conns) = h2_origin();
+        let url = format!("https://127.0.0.1:{}", origin.port());
+        let mut flags = vec![
+            "--url",
+            url.as_str(),
+            "--no-tls-verify",
+            "--http2-origin",
+            "--no-chunked-encoding",
+        ];
+        flags.extend(&extra);
+        let mut c = bed
+            .connector_without_config(&bin, eo.quic, &flags)
+            .expect("connector");
+        common::h2_origin::check_bare_body(&name, eo.http, &conns);
+        c.terminate(Duration::from_secs(30)).expect("stops");
+
+        let url = format!("http://{}", common::h2_origin::cleartext_origin());
+        let mut flags = vec!["--url", url.as_str(), "--http2-origin"];
+        flags.extend(&extra);
+        let mut c = bed
+            .connector_without_config(&bin, eo.quic, &flags)
+            .expect("connector");
+        common::h2_origin::check_cleartext(&name, eo.http);
         c.terminate(Duration::from_secs(30)).expect("stops");
     }
 }

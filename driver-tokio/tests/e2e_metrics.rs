@@ -1,6 +1,7 @@
 //! `/metrics` as dashboards built for cloudflared query it, scraped from a real connector
 //! serving real traffic through `burrow edge`: the `quic_client_*` families per `conn_index`,
-//! `process_*`, `build_info`, `cloudflared_proxy_connect_latency` for TCP streams; and
+//! `process_*`, `build_info`, `cloudflared_proxy_connect_latency` for TCP streams, the
+//! registrations and server locations (the checks burrow-mio's `e2e.rs` runs too); and
 //! `--metrics 127.0.0.1:0` on an ephemeral port. With `BURROW_CLOUDFLARED` (`--ignored`), the
 //! names, types and labels of those families beside a stock cloudflared's.
 
@@ -14,29 +15,12 @@ use burrow_tokio::testbed::{self, ConnectorOpts, EdgeOpts, Proc, Testbed};
 
 mod common;
 use common::client::{
-    check_quic_and_process_metrics, counting_ingress, families, metric, metrics_text, request,
-    request_counts_by_code,
+    check_quic_and_process_metrics, counting_ingress, dashboards_after_traffic, families,
+    metrics_text, request_counts_by_code,
 };
 use common::origins::{origin, tcp_echo};
 
 const BIN: &str = env!("CARGO_BIN_EXE_burrow");
-
-/// Scrapes until every one of `names` has a value above zero, or gives up after 20 s.
-fn scrape_until(metrics: SocketAddr, names: &[&str]) -> String {
-    let mut text = String::new();
-    let _ = testbed::wait_for(Duration::from_secs(20), "metrics", || {
-        text = metrics_text(metrics);
-        Ok(names.iter().all(|n| {
-            text.lines().any(|l| {
-                l.strip_prefix(n)
-                    .and_then(|v| v.strip_prefix(' '))
-                    .and_then(|v| v.trim().parse::<f64>().ok())
-                    .is_some_and(|v| v > 0.0)
-            })
-        }))
-    });
-    text
-}
 
 #[test]
 fn dashboards_metrics_with_real_traffic() {
@@ -65,45 +49,7 @@ fn dashboards_metrics_with_real_traffic() {
         })
         .expect("connector");
     testbed::wait_ready(&mut connector, metrics, 4, Duration::from_secs(30)).expect("ready");
-
-    for _ in 0..20 {
-        let (status, _) = request(
-            eo.http.port(),
-            "GET /hello HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
-            b"",
-        );
-        assert_eq!(status, 200);
-    }
-    let mut c = TcpStream::connect(tcp_port).expect("tcp map");
-    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    c.write_all(b"ping").expect("write");
-    let mut got = [0u8; 4];
-    c.read_exact(&mut got).expect("echo");
-    assert_eq!(&got, b"ping");
-    drop(c);
-
-    let text = scrape_until(
-        metrics,
-        &[
-            r#"quic_client_sent_frames{conn_index="0",frame_type="Stream"}"#,
-            r#"quic_client_received_frames{conn_index="0",frame_type="Stream"}"#,
-            "cloudflared_proxy_connect_latency_count",
-        ],
-    );
-    let m = |name: &str| metric(&text, name);
-    assert!(m("cloudflared_tunnel_total_requests") >= 21.0);
-    assert_eq!(m("cloudflared_tcp_total_sessions"), 1.0);
-    assert!(m("cloudflared_proxy_connect_latency_count") >= 1.0);
-    assert_eq!(m("cloudflared_proxy_connect_streams_errors"), 0.0);
-    let text = check_quic_and_process_metrics(metrics, 4);
-    let build = text
-        .lines()
-        .find(|l| l.starts_with("build_info{"))
-        .expect("build_info");
-    assert!(
-        build.contains(&format!(r#"version="{}""#, env!("CARGO_PKG_VERSION"))),
-        "{build}"
-    );
+    dashboards_after_traffic(eo.http.port(), tcp_port, metrics, 4);
 }
 
 /// cloudflared's per-request metrics (`total_requests`, `response_by_code`, `request_errors`,
@@ -182,10 +128,14 @@ const NOT_FROM_QUINN: [&str; 2] = [
 ];
 
 /// burrow's families that cloudflared only shows from its first event: burrow starts them at 0.
-const FROM_ZERO: [&str; 1] = ["quic_client_lost_packets"];
+const FROM_ZERO: [&str; 2] = [
+    "quic_client_lost_packets",
+    "flow_client_registrations_rate_limited_total",
+];
 
 /// The `quic_client_*`, `process_*` and `build_info` families of burrow and of a stock
-/// cloudflared, both serving one tunnel through `burrow edge` with 4 connections: the same
+/// cloudflared, and those of registrations, server locations, connect latency, ICMP totals and
+/// the flow limit, both serving one tunnel through `burrow edge` with 4 connections: the same
 /// names, types, help texts and label names (but for [`NOT_FROM_QUINN`] and [`FROM_ZERO`]).
 #[test]
 #[ignore = "needs a stock cloudflared: BURROW_CLOUDFLARED=/path/to/cloudflared, --ignored"]
@@ -219,7 +169,16 @@ fn quic_process_and_build_families_match_cloudflared() {
     let ours_text = check_quic_and_process_metrics(bo.metrics, 4);
     // A few keep-alives on cloudflared's side too.
     std::thread::sleep(Duration::from_secs(3));
-    let prefixes = ["quic_client_", "process_", "build_info"];
+    let prefixes = [
+        "quic_client_",
+        "process_",
+        "build_info",
+        "cloudflared_tunnel_tunnel_register",
+        "cloudflared_tunnel_server_locations",
+        "cloudflared_proxy_connect",
+        "cloudflared_icmp_total",
+        "flow_client_",
+    ];
     // HTTP/1.0: Go's server would chunk an HTTP/1.1 answer.
     let mut s = TcpStream::connect(co.metrics).expect("cloudflared metrics");
     s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n")

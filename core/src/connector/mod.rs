@@ -101,6 +101,15 @@ pub enum Input<'a> {
         /// Which flow.
         flow: FlowId,
     },
+    /// The origin's TLS handshake chose HTTP/2 (`http2Origin`): the flow is core's
+    /// [`crate::http2::origin::Http2Origin`] bridge from now on. Say it before
+    /// [`Input::FlowConnected`], so that requests are framed for the bridge.
+    FlowHttp2 {
+        /// The connection attempt it belongs to.
+        link: LinkId,
+        /// Which flow.
+        flow: FlowId,
+    },
     /// The origin connection of a flow is up ([`Io::OpenFlow`]), TLS included.
     FlowConnected {
         /// The connection attempt it belongs to.
@@ -424,6 +433,8 @@ pub struct Connector {
     tcp_links: HashSet<LinkId>,
     /// When to fetch the Access signing keys the rules need.
     keys: KeyFetcher,
+    /// What the edge said to each registration.
+    registrations: crate::tunnel::registrations::RegistrationStats,
 }
 
 impl Connector {
@@ -445,6 +456,7 @@ impl Connector {
             buf: Vec::with_capacity(64 * 1500),
             lent: Bytes::new(),
             tcp_links: HashSet::new(),
+            registrations: Default::default(),
         }
     }
 
@@ -482,6 +494,12 @@ impl Connector {
     /// What every proxied request came to, for cloudflared's request metrics.
     pub fn request_stats(&self) -> &crate::tunnel::requests::RequestStats {
         self.sup.request_stats()
+    }
+
+    /// Registrations accepted and refused, and each index's server locations, for
+    /// cloudflared's registration metrics.
+    pub fn registration_stats(&self) -> &crate::tunnel::registrations::RegistrationStats {
+        &self.registrations
     }
 
     /// The process-wide flow figures (TCP flows and UDP sessions): limit, active, refused.
@@ -537,6 +555,7 @@ impl Connector {
             }
             Input::FlowDialing { link, flow } => self.sup.handle_flow_dialing(now, link, flow),
             Input::FlowDialed { link, flow } => self.sup.handle_flow_dialed(now, link, flow),
+            Input::FlowHttp2 { link, flow } => self.sup.handle_flow_http2(now, link, flow),
             Input::FlowConnected { link, flow } => self.sup.handle_flow_connected(now, link, flow),
             Input::FlowFailed { link, flow, reason } => {
                 self.sup.handle_flow_failed(now, link, flow, reason)
@@ -678,6 +697,7 @@ impl Connector {
     }
 
     fn on_event(&mut self, now: Instant, e: Event) {
+        self.registrations.on_event(&e);
         match &e {
             Event::ConfigurationApplied { .. } => {
                 // The pushed rules may name other teams.

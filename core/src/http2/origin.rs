@@ -6,11 +6,15 @@
 //! HTTP/1.1. Keep-alive on the flow reuses the connection, one exchange at a time, as the
 //! connector's pool uses an origin connection.
 //!
-//! The decisions are the ones burrow-tokio's bridge makes with hyper: `Host` becomes the
+//! Both drivers run it (burrow-mio on its loop, burrow-tokio in each flow's task), so both
+//! daemons speak HTTP/2 to origins the same way: `Host` becomes the
 //! `:authority` of an `https` URI (Go's transport sends no `Host` header on HTTP/2 either),
 //! connection-specific headers are dropped (RFC 9113 §8.2.2; `TE` only as `trailers`), a
 //! response body without `Content-Length` is sent chunked, trailers are dropped (the connector
-//! drops them too). Flow control is the shared machine's: credit goes back to the origin only
+//! drops them too). A request body of no known length (`disableChunkedEncoding`, which goes
+//! bare over HTTP/1.1) reaches the bridge chunked, framed so by the connector once the driver
+//! says the origin chose HTTP/2 (`stream::proxy::DataStream::on_origin_http2`), and goes out as
+//! DATA frames ended by END_STREAM, as Go's transport sends it. Flow control is the shared machine's: credit goes back to the origin only
 //! as the connector reads, and request bodies go out as the origin's windows open.
 //!
 //! Like the tunnel's machines this is bytes in and out: ciphertext from the socket
@@ -619,7 +623,7 @@ fn no_body(status: u16) -> bool {
 }
 
 /// Appends the HTTP/1.1 head of `head`; returns whether its body is sent chunked (no
-/// `Content-Length` known), as hyper's server writes an HTTP/2 response it relays.
+/// `Content-Length` known), as an HTTP/1.1 server relaying an HTTP/2 response writes it.
 fn write_head(head: &http::response::Parts, ended: bool, is_head: bool, out: &mut Vec<u8>) -> bool {
     let status = head.status;
     out.extend_from_slice(b"HTTP/1.1 ");

@@ -150,6 +150,9 @@ pub struct DataStream {
     /// The request body went without framing: the origin cannot tell where it ended, so the
     /// connection must not carry another request.
     bare_body: bool,
+    /// Where the head of a bare-body request ends in `to_origin`, until the origin connection
+    /// is known: an HTTP/2 one has it framed ([`DataStream::on_origin_http2`]).
+    bare_head: Option<usize>,
     /// The exchange failed (a request error in cloudflared's metrics).
     errored: bool,
     /// The origin's response status, unless it was a 101.
@@ -186,6 +189,7 @@ impl DataStream {
             now: None,
             ws: None,
             bare_body: false,
+            bare_head: None,
             errored: false,
             status: None,
             delivered: false,
@@ -487,6 +491,7 @@ impl DataStream {
                         self.is_head = head.is_head;
                         host = head.host;
                         self.bare_body = head.body == Framing::UntilClose && !websocket;
+                        self.bare_head = self.bare_body.then_some(self.to_origin.len());
                         self.up = match head.body {
                             _ if websocket => Up::AwaitUpgrade,
                             Framing::Empty => Up::Done,
@@ -592,8 +597,40 @@ impl DataStream {
         self.abort();
     }
 
+    /// The origin connection about to be [connected](DataStream::on_origin_connected) speaks
+    /// HTTP/2 through core's bridge (`http2Origin`). A bare body (`disableChunkedEncoding`
+    /// with no length known) is then framed in chunks for the bridge, which sends it as DATA
+    /// frames ended by END_STREAM and no length, as cloudflared's Go transport sends a body of
+    /// unknown length over HTTP/2; the connection stays reusable. Over HTTP/1.1 the body goes
+    /// bare, delimited by nothing, as cloudflared sends it.
+    pub fn on_origin_http2(&mut self) {
+        let Some(end) = self.bare_head.take() else {
+            return;
+        };
+        // Nothing is written to an origin before it is connected, so the head is all there
+        // (an aborted exchange cleared it and is left alone).
+        if self.edge_end.is_some() || self.to_origin.len() < end || end < 2 {
+            return;
+        }
+        let body = self.to_origin.split_off(end);
+        // The head ends in its blank line; the framing header goes before it.
+        self.to_origin.truncate(end - 2);
+        self.to_origin
+            .extend_from_slice(b"Transfer-Encoding: chunked\r\n\r\n");
+        http1::write_chunk(&mut self.to_origin, &body);
+        match self.up {
+            Up::Body(Framing::UntilClose) => self.up = Up::Body(Framing::Chunked),
+            // The edge finished the body already.
+            Up::Done => self.to_origin.extend_from_slice(http1::LAST_CHUNK),
+            _ => {}
+        }
+        self.bare_body = false;
+    }
+
     /// The origin connection is up (or a pooled one was handed over).
     pub fn on_origin_connected(&mut self) {
+        // Over HTTP/1.1 a bare body stays bare.
+        self.bare_head = None;
         if self.down != Down::Connecting || self.edge_end.is_some() {
             return;
         }
@@ -1245,6 +1282,53 @@ ingress:
         // No rules: as the edge sent it.
         let mut s = stream_with(None, "http://a.test/raw", &meta);
         assert!(String::from_utf8_lossy(s.to_origin()).contains("Transfer-Encoding: chunked"));
+    }
+
+    /// Over an HTTP/2 origin (`http2Origin`) a bare body is framed for core's bridge, which
+    /// sends it whole with END_STREAM and no length, as cloudflared's Go transport does; the
+    /// connection can carry the next request.
+    #[test]
+    fn a_bare_body_to_an_http2_origin_is_framed_for_the_bridge() {
+        let meta = [
+            ("HttpMethod", "POST"),
+            ("HttpHost", "a.test"),
+            ("HttpHeader:Transfer-Encoding", "chunked"),
+        ];
+        // Body bytes before the connection is known, and after.
+        let mut s = stream_with(ingress(RULES), "http://a.test/raw", &meta);
+        s.on_edge_data(b"bare ").unwrap();
+        s.on_origin_http2();
+        s.on_origin_connected();
+        s.on_edge_data(b"bytes").unwrap();
+        s.on_edge_finished();
+        let wire = std::mem::take(s.to_origin());
+        let (request, framing, end) = crate::http2::origin::parse_request(&wire).unwrap().unwrap();
+        assert_eq!(framing, Framing::Chunked);
+        assert!(!request.headers().contains_key("content-length"));
+        assert!(!request.headers().contains_key("transfer-encoding"));
+        assert_eq!(&wire[end..], b"5\r\nbare \r\n5\r\nbytes\r\n0\r\n\r\n");
+        feed_origin(&mut s, b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok");
+        assert_eq!(s.origin_end(), Some(OriginEnd::Reusable));
+
+        // The edge finished the body before the origin was connected.
+        let mut s = stream_with(ingress(RULES), "http://a.test/raw", &meta);
+        s.on_edge_data(b"abc").unwrap();
+        s.on_edge_finished();
+        s.on_origin_http2();
+        s.on_origin_connected();
+        let wire = String::from_utf8(std::mem::take(s.to_origin())).unwrap();
+        assert!(
+            wire.ends_with("Transfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"),
+            "{wire}"
+        );
+
+        // Over HTTP/1.1 it stays bare.
+        let mut s = stream_with(ingress(RULES), "http://a.test/raw", &meta);
+        s.on_origin_connected();
+        s.on_origin_http2();
+        s.on_edge_data(b"abc").unwrap();
+        let wire = String::from_utf8(std::mem::take(s.to_origin())).unwrap();
+        assert!(wire.ends_with("keep-alive\r\n\r\nabc"), "{wire}");
     }
 
     #[test]

@@ -21,7 +21,7 @@ use super::dial::Dial;
 use super::quic_io::{flush_stream, read_stream_max};
 use crate::flow::{FlowGate, FlowSlot, SlotMap};
 use crate::ingress::access::AccessKeys;
-use crate::ingress::{Ingress, Origin};
+use crate::ingress::{Ingress, Origin, Service};
 use crate::rpc::frame::FrameLimits;
 use crate::stream::proxy::{DataStream, EdgeEnd, FlowKind, OriginEnd, OriginTarget};
 use crate::stream::tag::Tag;
@@ -166,6 +166,8 @@ struct Flow<I> {
     kind: FlowKind,
     key: PoolKey,
     connected: bool,
+    /// The origin chose HTTP/2: the driver runs core's bridge on this flow.
+    http2: bool,
     /// A write is outstanding at the driver.
     writing: bool,
     /// The driver stopped reading this flow.
@@ -177,6 +179,8 @@ struct Flow<I> {
     /// The dial's deadline, until the driver says the origin is connected; then that of a
     /// destination dial its in-process origin makes, while it runs.
     dial: Option<Dial>,
+    /// When its dial began, if cloudflared times it (a stream to a TCP origin).
+    timed: Option<Instant>,
 }
 
 /// Every data stream and origin flow of one connection.
@@ -357,6 +361,9 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
                 f.idle_since = None;
                 f.stream = Some(id);
                 data.flow = Some(flow);
+                if f.http2 {
+                    data.proxy.on_origin_http2();
+                }
                 data.proxy.on_origin_connected();
                 return;
             }
@@ -371,6 +378,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
                 kind: target.kind,
                 key,
                 connected: false,
+                http2: false,
                 writing: false,
                 paused: false,
                 shut: false,
@@ -382,6 +390,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
                     target.origin.as_deref(),
                     self.limits.tcp_connect_timeout,
                 )),
+                timed: timed(target.kind, target.origin.as_deref()).then_some(now),
             },
             slot,
         );
@@ -458,6 +467,13 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
     }
 
     /// The origin of `flow` is connected and its TLS handshake begins (its own deadline).
+    /// The origin of `flow` chose HTTP/2 (said before it is connected).
+    pub(crate) fn on_flow_http2(&mut self, flow: FlowId) {
+        if let Some(f) = self.flows.get_mut(&flow) {
+            f.http2 = true;
+        }
+    }
+
     pub(crate) fn on_flow_handshaking(&mut self, now: Instant, flow: FlowId) {
         if let Some(d) = self.flows.get_mut(&flow).and_then(|f| f.dial.as_mut()) {
             d.on_handshaking(now);
@@ -507,10 +523,19 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
         let Some(f) = self.flows.get_mut(&flow) else {
             return;
         };
+        if let Some(start) = f.timed.take() {
+            let ms = now.saturating_duration_since(start).as_millis();
+            self.stats
+                .connect
+                .observe(u64::try_from(ms).unwrap_or(u64::MAX));
+        }
         f.connected = true;
         f.dial = None;
         if let Some(id) = f.stream {
             if let Some(data) = self.streams.get_mut(&id) {
+                if f.http2 {
+                    data.proxy.on_origin_http2();
+                }
                 data.proxy.on_origin_connected();
             }
             self.drive(now, conn, id);
@@ -527,6 +552,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
         let Some(f) = self.flows.remove(&flow) else {
             return;
         };
+        count_unconnected(&mut self.stats, &f);
         debug!(%flow, %reason, "origin flow failed");
         // The driver lets go of it too: a dial still under way, a socket that broke.
         self.actions.push_back(OriginAction::Close { flow });
@@ -843,7 +869,8 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
     }
 
     fn close_flow(&mut self, flow: FlowId) {
-        if self.flows.remove(&flow).is_some() {
+        if let Some(f) = self.flows.remove(&flow) {
+            count_unconnected(&mut self.stats, &f);
             self.actions.push_back(OriginAction::Close { flow });
         }
     }
@@ -863,6 +890,28 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
         for flow in flows {
             self.close_flow(flow);
         }
+    }
+}
+
+/// Whether cloudflared times the dial of a flow of `kind` to `origin`: streams to TCP origins
+/// (`proxyTCPStream` for warp routing, `proxyStream` for WebSocket-carried `tcp://`-style,
+/// bastion and SOCKS services), not HTTP requests.
+fn timed(kind: FlowKind, origin: Option<&Origin>) -> bool {
+    kind == FlowKind::Tcp
+        || (kind == FlowKind::WebSocket
+            && origin.is_some_and(|o| {
+                matches!(
+                    o.service,
+                    Service::Tcp { .. } | Service::Bastion | Service::SocksProxy
+                )
+            }))
+}
+
+/// A timed flow that goes before its origin connected is a failed dial
+/// (`cloudflared_proxy_connect_streams_errors`).
+fn count_unconnected<I>(stats: &mut RequestStats, f: &Flow<I>) {
+    if f.timed.is_some() {
+        stats.connect.errors += 1;
     }
 }
 

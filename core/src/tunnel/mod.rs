@@ -16,6 +16,7 @@ pub mod edge_transports;
 pub mod http2_link;
 pub mod protocol;
 mod quic_io;
+pub mod registrations;
 pub mod requests;
 pub mod supervisor;
 pub mod udp;

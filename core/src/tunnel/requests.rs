@@ -44,6 +44,53 @@ pub struct RequestStats {
     pub tcp_ended: u64,
     /// TCP requests the flow limit refused (`cloudflared_flow_rate_limited_total{flow_type="tcp"}`).
     pub tcp_refused: u64,
+    /// Origin dials of stream requests, timed as cloudflared's `proxyStream`/`proxyTCPStream`
+    /// time them (`cloudflared_proxy_connect_latency`, `_connect_streams_errors`).
+    pub connect: ConnectStats,
+}
+
+/// `cloudflared_proxy_connect_latency`'s upper bounds, milliseconds (cloudflared's buckets).
+pub const CONNECT_LATENCY_BUCKETS_MS: [u64; 8] = [1, 10, 25, 50, 100, 500, 1000, 5000];
+
+/// How the origin dials of TCP streams (warp routing, and the WebSocket-carried `tcp://`-style,
+/// bastion and SOCKS services) went: a histogram of the time from the dial to the origin
+/// connected, and the dials that never connected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ConnectStats {
+    /// Dials connected, by the first bucket of [`CONNECT_LATENCY_BUCKETS_MS`] they fit in
+    /// (the last entry: above every bound). Not cumulative.
+    pub buckets: [u64; CONNECT_LATENCY_BUCKETS_MS.len() + 1],
+    /// Whole milliseconds of every connected dial, summed.
+    pub sum_ms: u64,
+    /// Dials that failed or were given up before connecting
+    /// (`cloudflared_proxy_connect_streams_errors`).
+    pub errors: u64,
+}
+
+impl ConnectStats {
+    /// A dial connected after `ms` whole milliseconds (as Go's `Milliseconds()` truncates).
+    pub(crate) fn observe(&mut self, ms: u64) {
+        let at = CONNECT_LATENCY_BUCKETS_MS
+            .iter()
+            .position(|&le| ms <= le)
+            .unwrap_or(CONNECT_LATENCY_BUCKETS_MS.len());
+        self.buckets[at] += 1;
+        self.sum_ms += ms;
+    }
+
+    /// Dials connected.
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+
+    /// Adds `other`'s counts to these.
+    pub fn add(&mut self, other: &ConnectStats) {
+        for (a, b) in self.buckets.iter_mut().zip(other.buckets) {
+            *a += b;
+        }
+        self.sum_ms += other.sum_ms;
+        self.errors += other.errors;
+    }
 }
 
 impl RequestStats {
@@ -89,11 +136,12 @@ impl RequestStats {
         self.tcp_total += other.tcp_total;
         self.tcp_ended += other.tcp_ended;
         self.tcp_refused += other.tcp_refused;
+        self.connect.add(&other.connect);
     }
 
     /// True when nothing was counted.
     pub fn is_empty(&self) -> bool {
-        self.total == 0 && self.ended == 0
+        self.total == 0 && self.ended == 0 && self.connect == ConnectStats::default()
     }
 }
 
@@ -127,5 +175,19 @@ mod tests {
         assert_eq!((sum.total, sum.in_flight(), sum.errors), (4, 1, 1));
         assert_eq!(sum.tcp_active(), 0);
         assert_eq!(sum.by_status.get(&404), Some(&1));
+    }
+
+    #[test]
+    fn connect_latency_falls_in_cloudflareds_buckets() {
+        let mut c = ConnectStats::default();
+        for ms in [0, 1, 2, 10, 5000, 5001] {
+            c.observe(ms);
+        }
+        c.errors += 1;
+        assert_eq!(c.buckets, [2, 2, 0, 0, 0, 0, 0, 1, 1]);
+        let mut sum = ConnectStats::default();
+        sum.add(&c);
+        sum.add(&c);
+        assert_eq!((sum.count(), sum.sum_ms, sum.errors), (12, 2 * 10014, 2));
     }
 }

@@ -71,6 +71,8 @@ pub struct HubStats {
     pub datagrams_out: u64,
     /// Origin or ping-socket packets that could not be framed (counted by reason elsewhere).
     pub origin_dropped: u64,
+    /// Echo replies queued to the edge (`cloudflared_icmp_total_replies`).
+    pub icmp_replies: u64,
 }
 
 /// The tunnel connections the hub sends on, by link.
@@ -224,6 +226,7 @@ impl DatagramHub {
         match verdict {
             Ok(Verdict::Reply { len }) => {
                 let datagram = frame_ip(version, &mut self.out[..], len);
+                // The router's own answer (time exceeded), not an origin's reply.
                 self.send(link, conn, datagram);
                 false
             }
@@ -275,7 +278,9 @@ impl DatagramHub {
                 framed.advance(out.range.start);
                 let datagram = framed.freeze();
                 match links.connection(out.link) {
-                    Some(conn) => self.send(out.link, conn, Some(datagram)),
+                    Some(conn) => {
+                        self.send(out.link, conn, Some(datagram));
+                    }
                     None => self.refused(out.link),
                 }
             }
@@ -299,7 +304,9 @@ impl DatagramHub {
             Ok((link, len)) => match links.connection(link) {
                 Some(conn) => {
                     let datagram = frame_ip(conn.datagram_version(), &mut self.out[..], len);
-                    self.send(link, conn, datagram);
+                    if self.send(link, conn, datagram) {
+                        self.stats.icmp_replies += 1;
+                    }
                 }
                 None => self.refused(link),
             },
@@ -349,7 +356,9 @@ impl DatagramHub {
             }
             match self.sessions.poll_action()? {
                 SessionAction::Datagram { link, datagram } => match links.connection(link) {
-                    Some(conn) => self.send(link, conn, Some(datagram)),
+                    Some(conn) => {
+                        self.send(link, conn, Some(datagram));
+                    }
                     None => self.refused(link),
                 },
                 other => return Some(HubAction::Session(other)),
@@ -362,10 +371,22 @@ impl DatagramHub {
         self.sessions.count(Some(link), DropReason::SendRefused);
     }
 
-    fn send(&mut self, link: LinkId, conn: &mut ConnectorConnection, datagram: Option<Bytes>) {
+    /// Queues `datagram` on `conn`; false if it was refused (and counted so).
+    fn send(
+        &mut self,
+        link: LinkId,
+        conn: &mut ConnectorConnection,
+        datagram: Option<Bytes>,
+    ) -> bool {
         match datagram.map(|d| conn.send_datagram(d)) {
-            Some(Ok(())) => self.stats.datagrams_out += 1,
-            _ => self.refused(link),
+            Some(Ok(())) => {
+                self.stats.datagrams_out += 1;
+                true
+            }
+            _ => {
+                self.refused(link);
+                false
+            }
         }
     }
 }

@@ -1,11 +1,16 @@
 //! The metric families both drivers export alike, in Prometheus text under cloudflared's names,
 //! help texts and labels: `quic_client_*` (figures core decides,
 //! [`burrow_core::quic::client_metrics`]), Go's `process_*` (read from `/proc`, as client_golang's
-//! process collector reads them) and `build_info`.
+//! process collector reads them), `build_info`, and what the connector counts of registrations,
+//! TCP origin dials, the flow limit and ICMP replies ([`ConnectorFigures`]).
 
 use std::fmt::Write;
 
+use burrow_core::connector::Connector;
+use burrow_core::flow::{FlowStats, FlowType};
 use burrow_core::quic::client_metrics::{IndexFigures, QuicClientStats, FRAME_TYPES};
+use burrow_core::tunnel::registrations::RegistrationStats;
+use burrow_core::tunnel::requests::{ConnectStats, CONNECT_LATENCY_BUCKETS_MS};
 
 /// Appends one family's HELP and TYPE lines, then `lines` (nothing when there are none, as
 /// client_golang leaves out a family without series).
@@ -336,8 +341,146 @@ fn ip_octets(netstat: &str) -> Option<(u64, u64)> {
     Some((get("InOctets")?, get("OutOctets")?))
 }
 
-/// Every family of this module: the QUIC figures, the process's, `build_info`.
-pub fn render(out: &mut String, q: &QuicClientStats) {
+/// What the connector counted beyond the QUIC figures, copied through its read-only
+/// accessors (burrow-tokio copies them for its metrics task; burrow-mio at each scrape).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConnectorFigures {
+    /// Registrations and server locations (`cloudflared_tunnel_tunnel_register_*`,
+    /// `cloudflared_tunnel_server_locations`).
+    pub registrations: RegistrationStats,
+    /// Origin dials of TCP streams (`cloudflared_proxy_connect_latency`,
+    /// `cloudflared_proxy_connect_streams_errors`).
+    pub connect: ConnectStats,
+    /// Flows the limit refused (`flow_client_registrations_rate_limited_total{flow_type}`).
+    pub flows: FlowStats,
+    /// Echo replies sent to the edge (`cloudflared_icmp_total_replies`).
+    pub icmp_replies: u64,
+}
+
+impl ConnectorFigures {
+    /// Brings these up to `machine`'s counts (the registrations copied only if they moved).
+    pub fn update(&mut self, machine: &Connector) {
+        let r = machine.registration_stats();
+        if r.changes != self.registrations.changes {
+            self.registrations.clone_from(r);
+        }
+        self.connect = machine.request_stats().connect;
+        self.flows = machine.flow_stats();
+        self.icmp_replies = machine.datagram_hub().stats().icmp_replies;
+    }
+
+    /// Their families, under cloudflared's names, help texts and labels.
+    pub fn render(&self, out: &mut String) {
+        let r = &self.registrations;
+        let rpc = "rpcName=\"registerConnection\"";
+        family(
+            out,
+            "cloudflared_tunnel_tunnel_register_success",
+            "counter",
+            "Count of successful tunnel registrations",
+            &if r.success > 0 {
+                format!(
+                    "cloudflared_tunnel_tunnel_register_success{{{rpc}}} {}\n",
+                    r.success
+                )
+            } else {
+                String::new()
+            },
+        );
+        let mut lines = String::new();
+        for (kind, n) in &r.failed {
+            let _ = writeln!(
+                lines,
+                "cloudflared_tunnel_tunnel_register_fail{{error=\"{kind}\",{rpc}}} {n}"
+            );
+        }
+        family(
+            out,
+            "cloudflared_tunnel_tunnel_register_fail",
+            "counter",
+            "Count of tunnel registration errors by type",
+            &lines,
+        );
+        let mut lines = String::new();
+        for ((index, location), v) in &r.locations {
+            let _ = writeln!(
+                lines,
+                "cloudflared_tunnel_server_locations{{connection_id=\"{index}\",edge_location=\"{}\"}} {v}",
+                escape(location)
+            );
+        }
+        family(
+            out,
+            "cloudflared_tunnel_server_locations",
+            "gauge",
+            "Where each tunnel is connected to. 1 means current location, 0 means previous locations.",
+            &lines,
+        );
+        let name = "cloudflared_proxy_connect_latency";
+        let mut lines = String::new();
+        let mut below = 0;
+        for (le, n) in CONNECT_LATENCY_BUCKETS_MS.iter().zip(self.connect.buckets) {
+            below += n;
+            let _ = writeln!(lines, "{name}_bucket{{le=\"{le}\"}} {below}");
+        }
+        let count = self.connect.count();
+        let _ = write!(
+            lines,
+            "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {}\n{name}_count {count}\n",
+            self.connect.sum_ms
+        );
+        family(
+            out,
+            name,
+            "histogram",
+            "Time it takes to establish and acknowledge connections in milliseconds",
+            &lines,
+        );
+        let mut one = |name: &str, help: &str, v: u64| {
+            family(out, name, "counter", help, &format!("{name} {v}\n"));
+        };
+        one(
+            "cloudflared_proxy_connect_streams_errors",
+            "Total count of failure to establish and acknowledge connections",
+            self.connect.errors,
+        );
+        one(
+            "cloudflared_icmp_total_replies",
+            "Total count of ICMP replies that have been proxied from any origin",
+            self.icmp_replies,
+        );
+        // cloudflared's `flow` namespace, without the `cloudflared_` prefix (`flow/metrics.go`).
+        let name = "flow_client_registrations_rate_limited_total";
+        let mut lines = String::new();
+        for t in FlowType::ALL {
+            let _ = writeln!(
+                lines,
+                "{name}{{flow_type=\"{}\"}} {}",
+                t.label(),
+                self.flows.rejected(t)
+            );
+        }
+        family(
+            out,
+            name,
+            "counter",
+            "Count registrations dropped due to high number of concurrent flows being handled",
+            &lines,
+        );
+    }
+}
+
+/// A label value as the text format wants it (the edge names its locations; be safe anyway).
+fn escape(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+/// Every family of this module: the connector's, the QUIC figures, the process's,
+/// `build_info`.
+pub fn render(out: &mut String, q: &QuicClientStats, c: &ConnectorFigures) {
+    c.render(out);
     quic(out, q);
     if let Some(p) = Process::read() {
         p.render(out);
@@ -371,6 +514,51 @@ mod tests {
             "TcpExt: A B\nTcpExt: 1 2\nIpExt: InNoRoutes InOctets OutOctets\nIpExt: 0 123 456\n";
         assert_eq!(ip_octets(s), Some((123, 456)));
         assert_eq!(ip_octets("IpExt: InOctets\n"), None);
+    }
+
+    #[test]
+    fn connector_families_under_cloudflareds_names() {
+        let mut c = ConnectorFigures::default();
+        let mut out = String::new();
+        c.render(&mut out);
+        // Before any registration: no register or location series, the rest at zero.
+        assert!(!out.contains("register_success{"), "{out}");
+        assert!(!out.contains("server_locations{"), "{out}");
+        for line in [
+            "cloudflared_proxy_connect_latency_bucket{le=\"+Inf\"} 0\n",
+            "cloudflared_proxy_connect_latency_count 0\n",
+            "cloudflared_proxy_connect_streams_errors 0\n",
+            "cloudflared_icmp_total_replies 0\n",
+            "flow_client_registrations_rate_limited_total{flow_type=\"udp\"} 0\n",
+        ] {
+            assert!(out.contains(line), "{line} missing in\n{out}");
+        }
+        c.registrations.success = 2;
+        c.registrations.failed.insert("dup_edge_conn", 1);
+        c.registrations.locations.insert((0, "SJC".into()), 0);
+        c.registrations.locations.insert((0, "LAX".into()), 1);
+        c.connect.buckets = [1, 0, 2, 0, 0, 0, 0, 0, 1];
+        c.connect.sum_ms = 6050;
+        c.connect.errors = 3;
+        c.flows.rejected = [4, 5];
+        c.icmp_replies = 6;
+        let mut out = String::new();
+        c.render(&mut out);
+        for line in [
+            "# TYPE cloudflared_tunnel_tunnel_register_success counter\ncloudflared_tunnel_tunnel_register_success{rpcName=\"registerConnection\"} 2\n",
+            "cloudflared_tunnel_tunnel_register_fail{error=\"dup_edge_conn\",rpcName=\"registerConnection\"} 1\n",
+            "cloudflared_tunnel_server_locations{connection_id=\"0\",edge_location=\"LAX\"} 1\n",
+            "cloudflared_tunnel_server_locations{connection_id=\"0\",edge_location=\"SJC\"} 0\n",
+            "# TYPE cloudflared_proxy_connect_latency histogram\ncloudflared_proxy_connect_latency_bucket{le=\"1\"} 1\n",
+            "cloudflared_proxy_connect_latency_bucket{le=\"25\"} 3\n",
+            "cloudflared_proxy_connect_latency_bucket{le=\"5000\"} 3\ncloudflared_proxy_connect_latency_bucket{le=\"+Inf\"} 4\ncloudflared_proxy_connect_latency_sum 6050\ncloudflared_proxy_connect_latency_count 4\n",
+            "cloudflared_proxy_connect_streams_errors 3\n",
+            "cloudflared_icmp_total_replies 6\n",
+            "flow_client_registrations_rate_limited_total{flow_type=\"tcp\"} 4\n",
+            "flow_client_registrations_rate_limited_total{flow_type=\"udp\"} 5\n",
+        ] {
+            assert!(out.contains(line), "{line} missing in\n{out}");
+        }
     }
 
     #[test]

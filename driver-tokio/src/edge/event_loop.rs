@@ -33,6 +33,9 @@ pub(super) enum Cmd {
     },
     Body(EyeballId, Bytes),
     Finish(EyeballId),
+    /// The eyeball is done with the stream before its end (it hung up, or gave up on it):
+    /// sent by the eyeball side, and by [`Events`] when dropped early, so a hang-up is an
+    /// input of the loop rather than something it scans for.
     Reset(EyeballId),
     ReadMore(EyeballId),
     /// Close every connection, send the closes, then answer and stop.
@@ -81,7 +84,8 @@ pub(super) async fn run(
                     Output::Io(Io::Stream { id, event }) => {
                         let last = event.is_last();
                         if let Some(tx) = eyeballs.get(&id) {
-                            // A listener task that is gone is noticed below.
+                            // A listener task that is gone has sent, or is sending, its
+                            // `Cmd::Reset` (see `Events`).
                             let _ = tx.send(event);
                         }
                         if last {
@@ -98,21 +102,8 @@ pub(super) async fn run(
                     Output::Event(e) => log_event(e, local_config_dir.as_deref()),
                 }
             };
-            // The eyeball side went away (at any point of the exchange): nobody reads its
-            // stream, so reset it.
-            let gone: Vec<EyeballId> = eyeballs
-                .iter()
-                .filter(|(_, tx)| tx.is_closed())
-                .map(|(&id, _)| id)
-                .collect();
-            let mut fed = !gone.is_empty();
-            for id in gone {
-                eyeballs.remove(&id);
-                edge.handle_input(now, Input::Reset(id));
-            }
             // Reads the edge could not take before may go in now.
-            fed |= sockets.feed(now, &mut edge);
-            if !fed {
+            if !sockets.feed(now, &mut edge) {
                 break deadline;
             }
         };
@@ -150,10 +141,12 @@ pub(super) async fn run(
                         }
                         Cmd::Body(id, data) => Input::Body { id, data },
                         Cmd::Finish(id) => Input::Finish(id),
-                        Cmd::Reset(id) => {
-                            eyeballs.remove(&id);
-                            Input::Reset(id)
-                        }
+                        // After the stream's last event the edge holds nothing of it: the
+                        // report of a task ending then has nothing to reset.
+                        Cmd::Reset(id) => match eyeballs.remove(&id) {
+                            Some(_) => Input::Reset(id),
+                            None => continue,
+                        },
                         Cmd::ReadMore(id) => Input::ReadMore(id),
                     };
                     edge.handle_input(now, input);
@@ -272,15 +265,48 @@ fn log_session(e: &SessionEvent) {
     }
 }
 
-/// Opens a stream through the edge loop: its name and the receiver of its events (the
-/// first is its response, or why it could not be opened).
+/// The events of one eyeball stream, as the edge loop sends them. Dropped before the
+/// stream's last event (the eyeball hung up at any point of the exchange, or its task gave
+/// up), it reports the hang-up to the loop as a [`Cmd::Reset`]: nobody reads the stream any
+/// more, so the edge resets it.
+pub(super) struct Events {
+    rx: mpsc::UnboundedReceiver<StreamEvent>,
+    cmds: mpsc::UnboundedSender<Cmd>,
+    id: EyeballId,
+    /// The last event (or the loop's end) was seen: nothing is left to reset.
+    done: bool,
+}
+
+impl Events {
+    /// The next event; `None` once the loop sent the last one or stopped.
+    pub(super) async fn recv(&mut self) -> Option<StreamEvent> {
+        if self.done {
+            return None;
+        }
+        let ev = self.rx.recv().await;
+        self.done = ev.as_ref().is_none_or(StreamEvent::is_last);
+        ev
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        if !self.done {
+            // A stopped loop has nothing left to reset.
+            let _ = self.cmds.send(Cmd::Reset(self.id));
+        }
+    }
+}
+
+/// Opens a stream through the edge loop: its name and its events (the first is its
+/// response, or why it could not be opened).
 pub(super) fn open(
     cmds: &mpsc::UnboundedSender<Cmd>,
     target: Target,
     dest: String,
     kind: ConnectionType,
     metadata: Vec<(String, String)>,
-) -> Result<(EyeballId, mpsc::UnboundedReceiver<StreamEvent>), &'static str> {
+) -> Result<(EyeballId, Events), &'static str> {
     let id = EyeballId(NEXT_ID.fetch_add(1, Ordering::Relaxed));
     let (events, rx) = mpsc::unbounded_channel();
     cmds.send(Cmd::Open {
@@ -292,7 +318,15 @@ pub(super) fn open(
         events,
     })
     .map_err(|_| "edge stopped")?;
-    Ok((id, rx))
+    Ok((
+        id,
+        Events {
+            rx,
+            cmds: cmds.clone(),
+            id,
+            done: false,
+        },
+    ))
 }
 
 /// Writes `config` to DIR/<tunnel>.json whole (a temporary file renamed), so a reader never

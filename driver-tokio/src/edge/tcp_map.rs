@@ -10,7 +10,7 @@ use uuid::Uuid;
 use burrow_core::edge::{EyeballId, StreamEvent, Target};
 use burrow_core::stream::connect::ConnectionType;
 
-use super::event_loop::{open, Cmd};
+use super::event_loop::{open, Cmd, Events};
 
 /// Pipes a raw byte stream (an upgraded WebSocket, a mapped TCP connection) both ways through
 /// tunnel stream `key`. Each read goes up only after the previous one was acknowledged, so a
@@ -20,7 +20,7 @@ pub(super) async fn splice(
     mut rd: impl tokio::io::AsyncRead + Unpin,
     mut wr: impl tokio::io::AsyncWrite + Unpin,
     cmds: mpsc::UnboundedSender<Cmd>,
-    mut events: mpsc::UnboundedReceiver<StreamEvent>,
+    mut events: Events,
     ack_tx: mpsc::UnboundedSender<()>,
     mut ack_rx: mpsc::UnboundedReceiver<()>,
 ) {

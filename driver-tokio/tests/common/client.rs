@@ -505,6 +505,120 @@ pub fn check_quic_and_process_metrics(metrics: SocketAddr, ha: u8) -> String {
     text
 }
 
+/// Scrapes until every one of `names` has a value above zero, or gives up after 20 s.
+pub fn scrape_until(metrics: SocketAddr, names: &[&str]) -> String {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let text = metrics_text(metrics);
+        let positive = |n: &str| {
+            text.lines().any(|l| {
+                l.strip_prefix(n)
+                    .and_then(|v| v.strip_prefix(' '))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .is_some_and(|v| v > 0.0)
+            })
+        };
+        if names.iter().all(|n| positive(n)) || std::time::Instant::now() > deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// What dashboards built for cloudflared read, after real traffic: 20 requests to an HTTP
+/// origin through the edge's public port `http` and a TCP stream echoed through the edge's
+/// `tcp` map, on a connector of `ha` registered connections. Checks the request counters, the
+/// connect latency of the TCP stream, the registrations and each index's server location,
+/// the flow limit and ICMP reply counters, and the QUIC and process families
+/// ([`check_quic_and_process_metrics`]); returns the last scrape.
+pub fn dashboards_after_traffic(http: u16, tcp: SocketAddr, metrics: SocketAddr, ha: u8) -> String {
+    for _ in 0..20 {
+        let (status, _) = request(
+            http,
+            "GET /hello HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+            b"",
+        );
+        assert_eq!(status, 200);
+    }
+    let mut c = TcpStream::connect(tcp).expect("tcp map");
+    c.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    c.write_all(b"ping").expect("write");
+    let mut got = [0u8; 4];
+    c.read_exact(&mut got).expect("echo");
+    assert_eq!(&got, b"ping");
+    drop(c);
+
+    let text = scrape_until(
+        metrics,
+        &[
+            r#"quic_client_sent_frames{conn_index="0",frame_type="Stream"}"#,
+            r#"quic_client_received_frames{conn_index="0",frame_type="Stream"}"#,
+            "cloudflared_proxy_connect_latency_count",
+        ],
+    );
+    let m = |name: &str| metric(&text, name);
+    assert!(m("cloudflared_tunnel_total_requests") >= 21.0);
+    assert_eq!(m("cloudflared_tcp_total_sessions"), 1.0);
+    // The TCP stream's dial, on loopback: well under a second, in cloudflared's buckets.
+    let count = m("cloudflared_proxy_connect_latency_count");
+    assert_eq!(count, 1.0, "{text}");
+    assert_eq!(
+        m(r#"cloudflared_proxy_connect_latency_bucket{le="+Inf"}"#),
+        count
+    );
+    assert_eq!(
+        m(r#"cloudflared_proxy_connect_latency_bucket{le="1000"}"#),
+        count
+    );
+    let mut below = 0.0;
+    for le in [1, 10, 25, 50, 100, 500, 1000, 5000] {
+        let n = m(&format!(
+            r#"cloudflared_proxy_connect_latency_bucket{{le="{le}"}}"#
+        ));
+        assert!(n >= below, "buckets are cumulative\n{text}");
+        below = n;
+    }
+    assert!((0.0..1000.0).contains(&m("cloudflared_proxy_connect_latency_sum")));
+    assert_eq!(m("cloudflared_proxy_connect_streams_errors"), 0.0);
+    // Every connection registered once, each index at one location (`burrow edge`'s).
+    assert_eq!(
+        m(r#"cloudflared_tunnel_tunnel_register_success{rpcName="registerConnection"}"#),
+        f64::from(ha),
+        "{text}"
+    );
+    assert!(
+        !text.contains("\ncloudflared_tunnel_tunnel_register_fail{"),
+        "{text}"
+    );
+    for i in 0..ha {
+        let series =
+            format!("cloudflared_tunnel_server_locations{{connection_id=\"{i}\",edge_location=\"");
+        let at: Vec<&str> = text.lines().filter(|l| l.starts_with(&series)).collect();
+        assert!(
+            at.len() == 1 && at[0].ends_with("\"} 1"),
+            "index {i}: {at:?}\n{text}"
+        );
+    }
+    for series in [
+        r#"flow_client_registrations_rate_limited_total{flow_type="tcp"}"#,
+        r#"flow_client_registrations_rate_limited_total{flow_type="udp"}"#,
+        "cloudflared_icmp_total_replies",
+        "cloudflared_icmp_total_requests",
+    ] {
+        assert_eq!(m(series), 0.0, "{series}");
+    }
+    let text = check_quic_and_process_metrics(metrics, ha);
+    let build = text
+        .lines()
+        .find(|l| l.starts_with("build_info{"))
+        .expect("build_info");
+    assert!(
+        build.contains(&format!(r#"version="{}""#, env!("CARGO_PKG_VERSION"))),
+        "{build}"
+    );
+    text
+}
+
 /// Each family in `text` whose name starts with one of `prefixes`: its type, help text and the
 /// label names of its series.
 pub fn families(text: &str, prefixes: &[&str]) -> BTreeMap<String, Family> {

@@ -215,3 +215,15 @@ pub fn check_icmp_drops_counted(map: SocketAddr, metrics: SocketAddr) {
     }
     assert!(text.contains(line), "{line} missing in\n{text}");
 }
+
+/// After [`ping_both`] over `families` address families: `/metrics` at `metrics` counts at
+/// least its five echoes a family as requests sent through ping sockets and replies proxied
+/// back (`cloudflared_icmp_total_requests`, `_replies`; the TTL-1 probes, answered by the
+/// connector itself, are neither).
+pub fn check_icmp_totals(metrics: SocketAddr, families: u8) {
+    let text = super::client::metrics_text(metrics);
+    let m = |name: &str| super::client::metric(&text, name);
+    let echoes = 5.0 * f64::from(families);
+    assert!(m("cloudflared_icmp_total_requests") >= echoes, "{text}");
+    assert!(m("cloudflared_icmp_total_replies") >= echoes, "{text}");
+}

@@ -115,6 +115,10 @@ impl Link {
         both!(self, c => c.handle_flow_dialed(flow))
     }
 
+    pub(crate) fn handle_flow_http2(&mut self, flow: FlowId) {
+        both!(self, c => c.handle_flow_http2(flow))
+    }
+
     pub(crate) fn handle_flow_connected(&mut self, now: Instant, flow: FlowId) {
         both!(self, c => c.handle_flow_connected(now, flow))
     }

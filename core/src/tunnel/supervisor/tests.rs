@@ -453,7 +453,9 @@ fn without_an_edge_it_backs_off_with_jitter_and_connects_once_the_edge_is_up() {
         .events
         .iter()
         .filter_map(|(_, e)| match e {
-            SupervisorEvent::Reconnecting { index: 0, delay } => Some(*delay),
+            SupervisorEvent::Reconnecting {
+                index: 0, delay, ..
+            } => Some(*delay),
             _ => None,
         })
         .collect();
@@ -1018,6 +1020,8 @@ fn icmp_echo_goes_out_a_funnel_and_the_reply_comes_back() {
         crate::icmp::IcmpMessage::TimeExceeded { .. }
     ));
     assert_eq!(w.origin.pings.len(), 1);
+    // `cloudflared_icmp_total_replies`: the origin's reply, not the router's own answer.
+    assert_eq!(w.connector.datagram_hub().stats().icmp_replies, 1);
 }
 
 /// cloudflared's `icmp_dropped_packets{conn_index,reason}` and

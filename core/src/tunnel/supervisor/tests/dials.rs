@@ -390,3 +390,61 @@ fn a_socks_destination_dial_that_ends_in_time_is_never_aborted() {
         "an unconnected flow's report is ignored"
     );
 }
+
+/// cloudflared times the dials of TCP streams (warp routing and WebSocket-carried `tcp://`
+/// services) from the dial to the origin connected, and counts those that never connect;
+/// HTTP requests are neither timed nor counted.
+#[test]
+fn tcp_stream_dials_are_timed_and_failures_counted() {
+    let (mut w, conn) = world_of(
+        37,
+        Service::Tcp {
+            host: "127.0.0.1".into(),
+            port: Some(22),
+        },
+    );
+    // The connector counted its registration and where it is served from.
+    let r = w.connector.registration_stats();
+    assert_eq!((r.success, r.failed.len()), (1, 0));
+    assert_eq!(r.locations.keys().map(|(i, _)| *i).collect::<Vec<_>>(), [0]);
+    assert_eq!(r.locations.values().copied().collect::<Vec<_>>(), [1]);
+    let connect = |w: &World| w.connector.request_stats().connect;
+    // Warp routing: connected after 30 ms.
+    let (_, link, flow, opened) = w.open(conn, ConnectionType::Tcp, "10.0.0.9:22");
+    w.run_until(opened + Duration::from_millis(30), |_| false);
+    w.input(Input::FlowConnected { link, flow });
+    // Then broken: not a dial error.
+    w.input(Input::FlowFailed {
+        link,
+        flow,
+        reason: "read from origin: connection reset by peer",
+    });
+    // A `tcp://` service's WebSocket: refused.
+    let (_, link, flow, _) = w.open(conn, ConnectionType::WebSocket, "ws://app.test/");
+    w.input(Input::FlowFailed {
+        link,
+        flow,
+        reason: "dial tcp 127.0.0.1:22: connect: connection refused",
+    });
+    // A TCP stream whose dial times out.
+    let (_, link, flow, opened) = w.open(conn, ConnectionType::Tcp, "10.0.0.10:22");
+    w.run_until(opened + TCP_DIAL_TIMEOUT + Duration::from_secs(1), |w| {
+        w.dial_closed(link, flow)
+    });
+    let c = connect(&w);
+    assert_eq!((c.count(), c.sum_ms, c.errors), (1, 30, 2), "{c:?}");
+    assert_eq!(c.buckets[3], 1, "30 ms is in the le=50 bucket: {c:?}");
+    // HTTP requests (another rule's) are not counted.
+    let (mut w, conn) = world(38, false);
+    let (_, link, flow, _) = w.open(conn, ConnectionType::Http, "http://app.test/");
+    w.input(Input::FlowFailed {
+        link,
+        flow,
+        reason: "dial tcp 127.0.0.1:9: connect: connection refused",
+    });
+    assert_eq!(
+        w.connector.request_stats().connect,
+        Default::default(),
+        "HTTP dials are not timed"
+    );
+}
