@@ -8,6 +8,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
 use std::time::Duration;
 
+use burrow_core::tunnel::supervisor::region_targets;
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 
@@ -107,11 +108,10 @@ fn targets(answer: &Message) -> Result<Vec<(String, u16)>, String> {
     Ok(found)
 }
 
-/// The addresses of the first two targets (cloudflared's two regions).
+/// The addresses of the targets that are regions (core's [`region_targets`]).
 pub fn regions(targets: &[(String, u16)]) -> Result<Vec<Vec<SocketAddr>>, String> {
-    targets
+    region_targets(targets)
         .iter()
-        .take(2)
         .map(|(host, port)| {
             (host.trim_end_matches('.'), *port)
                 .to_socket_addrs()

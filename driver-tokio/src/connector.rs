@@ -21,7 +21,9 @@ use burrow_core::session::UdpFlowId;
 use burrow_core::settings::RunConfig;
 use burrow_core::tunnel::data::FlowId;
 use burrow_core::tunnel::protocol::PERCENTAGE_RECORD;
-use burrow_core::tunnel::supervisor::{srv_service, EdgePool, IpVersion, SupervisorError};
+use burrow_core::tunnel::supervisor::{
+    region_targets, srv_service, EdgePool, IpVersion, SupervisorError,
+};
 use burrow_core::tunnel::Transmit;
 use burrow_tokio::deadline::DeadlineTimer;
 use fnv::FnvBuildHasher;
@@ -48,6 +50,8 @@ pub struct Options {
     pub icmp: bool,
     /// Metrics (shared with the metrics server).
     pub metrics: Arc<Metrics>,
+    /// Where origin connections' tasks run; none: the runtime that runs the loop.
+    pub origin_runtime: Option<tokio::runtime::Handle>,
 }
 
 /// Why the connector stopped with an error.
@@ -111,9 +115,9 @@ pub async fn discover(edges: &Edges, ip_version: IpVersion) -> Result<EdgePool, 
                 .iter()
                 .map(|r| (r.target().to_utf8(), r.port()))
                 .collect();
-            // Only the first two targets are regions; resolve no more.
+            // Only the regions are resolved.
             let mut regions = Vec::new();
-            for (target, port) in targets.iter().take(2) {
+            for (target, port) in region_targets(&targets) {
                 let ips = resolver
                     .lookup_ip(target.as_str())
                     .await
@@ -185,7 +189,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         "Starting tunnel"
     );
     let web_roots = Arc::new(burrow_os::origin_tls::web_roots());
-    let dialer = Dialer::new(web_roots.clone());
+    let dialer = Dialer::new(web_roots.clone(), opts.origin_runtime.clone());
     let mut io = DriverIo::new(dialer, web_roots, metrics.clone())?;
     io.bind = rc.edge_bind_address;
     let mut fatal = None;

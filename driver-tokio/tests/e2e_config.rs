@@ -519,7 +519,7 @@ fn token_file_hello_world_logfile_and_pidfile() {
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(body.contains("Congrats! You created a tunnel!"), "{body}");
     let logged = std::fs::read_to_string(&logfile).expect("the log file exists");
-    assert!(logged.contains("registered tunnel connection"), "{logged}");
+    assert!(logged.contains("Registered tunnel connection"), "{logged}");
     let mut pid = String::new();
     testbed::wait_for(Duration::from_secs(10), "the pid file", || {
         pid = std::fs::read_to_string(&pidfile).unwrap_or_default();
@@ -582,5 +582,5 @@ fn credentials_contents_unix_socket_origin_and_log_directory() {
     // cloudflared applies httpHostHeader to URL origins only, not unix sockets.
     assert!(body.contains("Host: app.test\r\n"), "{body}");
     let logged = std::fs::read_to_string(logs.join("cloudflared.log")).expect("cloudflared.log");
-    assert!(logged.contains("registered tunnel connection"), "{logged}");
+    assert!(logged.contains("Registered tunnel connection"), "{logged}");
 }

@@ -26,7 +26,7 @@ use quinn_proto::{
     StreamEvent, StreamId, VarInt,
 };
 use thiserror::Error;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 use super::data::{reset, DataLimits, DataStreams, FlowId, OriginAction};
 use super::quic_io::{
@@ -1057,7 +1057,7 @@ impl ConnectorConnection {
         let conn_index = self.config.registration.conn_index;
         match event {
             ControlEvent::Registered(details) => {
-                info!(conn_index, location = %details.location, connection = %details.uuid, "registered tunnel connection");
+                // Logged once, by the driver, from the supervisor's event (as the ones below).
                 self.state = State::Serving;
                 self.events.push_back(ConnectorEvent::Registered(details));
                 if self.shutdown_requested {
@@ -1065,7 +1065,6 @@ impl ConnectorConnection {
                 }
             }
             ControlEvent::RegistrationFailed(e) => {
-                warn!(conn_index, cause = %e, should_retry = e.should_retry(), local = e.is_local(), "registration failed");
                 self.events
                     .push_back(ConnectorEvent::RegistrationFailed(e.clone()));
                 self.close_with(LocalClose::Registration(e), now);
@@ -1074,7 +1073,6 @@ impl ConnectorConnection {
                 debug!(conn_index, "local configuration pushed")
             }
             ControlEvent::LocalConfigurationFailed(reason) => {
-                warn!(conn_index, %reason, "pushing local configuration failed");
                 self.events
                     .push_back(ConnectorEvent::LocalConfigurationFailed(reason));
             }
@@ -1117,8 +1115,8 @@ impl ConnectorConnection {
         }
     }
 
+    /// Closes for `reason`, which the supervisor's `LinkClosed` carries to the driver's log.
     fn close_with(&mut self, reason: LocalClose, now: Instant) {
-        warn!(conn_index = self.config.registration.conn_index, %reason, "closing tunnel connection");
         if self.close_reason.is_none() {
             self.close_reason = Some(reason);
         }

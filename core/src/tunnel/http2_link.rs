@@ -862,7 +862,7 @@ impl Http2Link {
                 }
             }
             ControlEvent::RegistrationFailed(e) => {
-                warn!(conn_index, cause = %e, should_retry = e.should_retry(), local = e.is_local(), "registration failed");
+                // Logged once, by the driver, from the supervisor's event (as the one below).
                 self.events
                     .push_back(ConnectorEvent::RegistrationFailed(e.clone()));
                 self.close_with(LocalClose::Registration(e), now);
@@ -871,7 +871,6 @@ impl Http2Link {
                 debug!(conn_index, "local configuration pushed")
             }
             ControlEvent::LocalConfigurationFailed(reason) => {
-                warn!(conn_index, %reason, "pushing local configuration failed");
                 self.events
                     .push_back(ConnectorEvent::LocalConfigurationFailed(reason));
             }
@@ -915,8 +914,8 @@ impl Http2Link {
         self.state = State::Closing(now + self.config.grace_period);
     }
 
+    /// Closes for `reason`, which the supervisor's `LinkClosed` carries to the driver's log.
     fn close_with(&mut self, reason: LocalClose, now: Instant) {
-        warn!(conn_index = self.config.registration.conn_index, %reason, "closing tunnel connection");
         if self.close_reason.is_none() {
             self.close_reason = Some(CloseReason::Local(reason));
         }

@@ -37,9 +37,11 @@ pub fn log(e: &Event, stopping: bool) {
         }
         Event::ProtocolChanged { index, protocol } => {
             if *protocol == Protocol::Http2 {
+                warn!(conn_index = index, "Switching to fallback protocol http2");
                 warn!(conn_index = index, "If you are using private routing to this Tunnel, then ICMP, UDP (and Private DNS Resolution) will not work unless your cloudflared can connect with Cloudflare Network with `quic`.");
+            } else {
+                info!(conn_index = index, %protocol, "trying quic again: draining the http2 connection");
             }
-            info!(conn_index = index, %protocol, "Changing protocol");
         }
         Event::RegistrationFailed { index, error } => {
             error!(conn_index = index, cause = %error, local = error.is_local(), "Register tunnel error from server side");
@@ -56,8 +58,12 @@ pub fn log(e: &Event, stopping: bool) {
                 debug!(conn_index = index, %link, %reason, "connection attempt failed");
             }
         }
-        Event::Reconnecting { index, delay } => {
-            info!(conn_index = index, ?delay, "Retrying connection");
+        Event::Reconnecting {
+            index,
+            delay,
+            up_to,
+        } => {
+            info!(conn_index = index, ?delay, ?up_to, "Retrying connection");
         }
         Event::FallbackUnavailable { index } => {
             warn!(conn_index = index, "QUIC keeps failing and --protocol quic allows no fallback; check that UDP to the edge port is allowed");

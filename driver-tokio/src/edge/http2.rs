@@ -6,7 +6,7 @@
 //! [`burrow_core::edge::machine::WRITE_AHEAD`] unwritten bytes per connection), so a slow or
 //! hostile peer holds its own socket, not the edge's memory.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -51,6 +51,9 @@ struct Socket {
 /// Every HTTP/2 connector socket.
 pub(crate) struct Sockets {
     socks: HashMap<ConnId, Socket>,
+    /// Sockets holding reads (or an end of file) the machine has not taken: the only ones
+    /// [`Sockets::feed`] looks at, so a drain costs nothing per idle socket.
+    held: HashSet<ConnId>,
     events: mpsc::UnboundedSender<SocketEv>,
 }
 
@@ -59,6 +62,7 @@ impl Sockets {
     pub(crate) fn new(events: mpsc::UnboundedSender<SocketEv>) -> Self {
         Self {
             socks: HashMap::new(),
+            held: HashSet::new(),
             events,
         }
     }
@@ -135,11 +139,13 @@ impl Sockets {
             SocketEv::Read(id, bytes) => {
                 if let Some(s) = self.socks.get_mut(&id) {
                     s.pending.push_back(bytes);
+                    self.held.insert(id);
                 }
             }
             SocketEv::Eof(id) => {
                 if let Some(s) = self.socks.get_mut(&id) {
                     s.eof = true;
+                    self.held.insert(id);
                 }
             }
             SocketEv::Wrote(id, len) => edge.handle_input(now, Input::TcpWritten { conn: id, len }),
@@ -149,7 +155,11 @@ impl Sockets {
     /// Feeds held reads to the connections that want them; true if any went in.
     pub(crate) fn feed(&mut self, now: Instant, edge: &mut Edge<TunnelAuth>) -> bool {
         let mut fed = false;
-        for (&id, s) in self.socks.iter_mut() {
+        let Self { socks, held, .. } = self;
+        held.retain(|&id| {
+            let Some(s) = socks.get_mut(&id) else {
+                return false;
+            };
             while edge.tcp_wants_read(id) {
                 if let Some(bytes) = s.pending.pop_front() {
                     edge.handle_input(
@@ -174,7 +184,9 @@ impl Sockets {
                 }
                 fed = true;
             }
-        }
+            // Still holding: the machine wants no more from it now.
+            !s.pending.is_empty() || s.eof
+        });
         fed
     }
 
@@ -187,6 +199,7 @@ impl Sockets {
 
     /// The connection is done: the writer sends what is queued, then shuts the socket down.
     pub(crate) fn close(&mut self, conn: ConnId) {
+        self.held.remove(&conn);
         if let Some(s) = self.socks.remove(&conn) {
             s.reader.abort();
         }

@@ -16,13 +16,13 @@ pub(super) struct Backoff {
 }
 
 impl Backoff {
-    /// The next delay, drawn from `rng`.
-    pub(super) fn next_delay(&mut self, rng: &mut impl Rng) -> Duration {
+    /// The next delay, drawn from `rng`, and the bound it was drawn under.
+    pub(super) fn next_delay(&mut self, rng: &mut impl Rng) -> (Duration, Duration) {
         if self.retries < self.max_retries {
             self.retries += 1;
         }
         let cap = self.base.saturating_mul(1u32 << self.retries.min(20));
         let nanos = u64::try_from(cap.as_nanos()).unwrap_or(u64::MAX).max(1);
-        Duration::from_nanos(rng.next_u64() % nanos)
+        (Duration::from_nanos(rng.next_u64() % nanos), cap)
     }
 }

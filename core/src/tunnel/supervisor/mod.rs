@@ -24,14 +24,14 @@ use quinn_proto::StreamId;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
-use tracing::{debug, info, warn};
+use tracing::{debug, warn};
 
 mod backoff;
 mod datagrams;
 mod link;
 mod pool;
 
-pub use pool::{srv_service, EdgePool, IpVersion, PoolError};
+pub use pool::{region_targets, srv_service, EdgePool, IpVersion, PoolError};
 
 use super::connector::{
     CloseReason, ConnectorConfig, ConnectorConnection, ConnectorEvent, LocalClose,
@@ -195,6 +195,8 @@ pub enum SupervisorEvent {
         index: u8,
         /// Backoff drawn.
         delay: Duration,
+        /// The bound it was drawn under (cloudflared's "in up to").
+        up_to: Duration,
     },
     /// cloudflared would now fall back to HTTP/2, but `--protocol quic` forbids it: QUIC is
     /// retried.
@@ -683,10 +685,7 @@ impl Supervisor {
             return;
         };
         let index = self.slots[i].index;
-        info!(
-            conn_index = index,
-            "trying quic again: draining the http2 connection"
-        );
+        // Logged by the driver, from the event below.
         self.slots[i].protocol = Protocol::Quic;
         self.slots[i].in_fallback = false;
         self.returning = Some(i);
@@ -910,12 +909,9 @@ impl Supervisor {
     pub fn shutdown(&mut self, now: Instant) {
         match self.state {
             State::Stopped => return,
-            State::ShuttingDown(_) => {
-                info!("second shutdown request: closing every connection now");
-                self.close_all(now);
-            }
+            // The driver logs the signal it turned into this input.
+            State::ShuttingDown(_) => self.close_all(now),
             State::Starting | State::Running => {
-                info!("initiating graceful shutdown");
                 self.state = State::ShuttingDown(now + self.config.connector.grace_period);
                 for i in 0..self.slots.len() {
                     self.sync_flow_gates();
@@ -1101,7 +1097,6 @@ impl Supervisor {
     }
 
     fn fatal(&mut self, now: Instant, e: SupervisorError) {
-        warn!(error = %e, "supervisor gives up");
         self.events.push_back(SupervisorEvent::Fatal(e));
         self.close_all(now);
     }
@@ -1131,7 +1126,6 @@ impl Supervisor {
             || slot.quic_timeouts >= self.config.fallback_after_timeouts.max(1);
         if fall_back && slot.protocol == Protocol::Quic {
             if self.config.protocol == ProtocolFlag::Auto && self.config.http2_tls.is_some() {
-                warn!(conn_index = index, "Switching to fallback protocol http2");
                 let base = self.config.quic_retry_interval;
                 let wait = match self.returning.take() {
                     // The try failed: wait longer before the next one.
@@ -1154,10 +1148,6 @@ impl Supervisor {
                     protocol: Protocol::Http2,
                 });
             } else if dial_cap {
-                warn!(
-                    conn_index = index,
-                    "QUIC keeps failing; cloudflared would fall back to http2, which --protocol quic forbids"
-                );
                 self.events
                     .push_back(SupervisorEvent::FallbackUnavailable { index });
             }
@@ -1171,18 +1161,12 @@ impl Supervisor {
                 self.pool.release(index);
             }
         }
-        let delay = self.slots[i].backoff.next_delay(&mut self.rng);
-        info!(
-            conn_index = index,
-            ?delay,
-            "Retrying connection in up to {:?}",
-            self.slots[i]
-                .backoff
-                .base
-                .saturating_mul(1 << self.slots[i].backoff.retries.min(20))
-        );
-        self.events
-            .push_back(SupervisorEvent::Reconnecting { index, delay });
+        let (delay, up_to) = self.slots[i].backoff.next_delay(&mut self.rng);
+        self.events.push_back(SupervisorEvent::Reconnecting {
+            index,
+            delay,
+            up_to,
+        });
         // Never schedule at `now` itself: a timeout that does not move forward is a busy loop.
         self.slots[i].phase = Phase::StartAt(now + delay.max(Duration::from_millis(1)));
     }

@@ -82,10 +82,19 @@ impl Region {
 /// How long an IPv6 connectivity error moves a region to IPv4 (cloudflared's `timeoutDuration`).
 const SECONDARY_FOR: Duration = Duration::from_secs(600);
 
+/// Regions of an SRV-discovered edge (cloudflared's `ResolveEdge`).
+const REGIONS: usize = 2;
+
+/// The SRV targets that are regions, in the resolver's order: the first [`REGIONS`], the only
+/// ones worth resolving for [`EdgePool::from_srv_targets`].
+pub fn region_targets<T>(targets: &[T]) -> &[T] {
+    &targets[..targets.len().min(REGIONS)]
+}
+
 /// Edge addresses and which HA index holds which (cloudflared's `edgediscovery`).
 #[derive(Debug, Clone)]
 pub struct EdgePool {
-    regions: [Region; 2],
+    regions: [Region; REGIONS],
     /// Held address per index.
     held: Vec<Option<SocketAddr>>,
     /// Static edge: an address may serve several indexes (see [`EdgePool::from_static`]).

@@ -453,7 +453,9 @@ fn without_an_edge_it_backs_off_with_jitter_and_connects_once_the_edge_is_up() {
         .events
         .iter()
         .filter_map(|(_, e)| match e {
-            SupervisorEvent::Reconnecting { index: 0, delay } => Some(*delay),
+            SupervisorEvent::Reconnecting {
+                index: 0, delay, ..
+            } => Some(*delay),
             _ => None,
         })
         .collect();
