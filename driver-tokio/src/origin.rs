@@ -143,6 +143,8 @@ impl Drop for FlowHandle {
 pub struct Dialer {
     /// Client configurations for HTTPS origins, shared by every flow's task.
     tls: Arc<Mutex<OriginTls>>,
+    /// The runtime the flows' tasks run on.
+    runtime: tokio::runtime::Handle,
 }
 
 /// Bytes asked of the origin per read when a fresh buffer is needed. Each read is a round trip
@@ -154,10 +156,12 @@ const READ_CHUNK: usize = 128 * 1024;
 const MIN_READ: usize = 16 * 1024;
 
 impl Dialer {
-    /// A dialer trusting `roots` (webpki and the system store) plus each rule's `caPool`.
-    pub fn new(roots: Arc<rustls::RootCertStore>) -> Self {
+    /// A dialer trusting `roots` (webpki and the system store) plus each rule's `caPool`,
+    /// whose flows run on `runtime` (none: the current one; call inside a runtime).
+    pub fn new(roots: Arc<rustls::RootCertStore>, runtime: Option<tokio::runtime::Handle>) -> Self {
         Self {
             tls: Arc::new(Mutex::new(OriginTls::new(Some(roots)))),
+            runtime: runtime.unwrap_or_else(tokio::runtime::Handle::current),
         }
     }
 
@@ -184,7 +188,7 @@ impl Dialer {
             reports: reports.clone(),
             abort: abort.clone(),
         };
-        let task = tokio::spawn(async move {
+        let task = self.runtime.spawn(async move {
             match dialer
                 .dial(kind, &dest, host.as_deref(), origin.as_deref(), &progress)
                 .await

@@ -124,6 +124,7 @@ async fn run(args: QuickstartArgs) -> Result<(), String> {
         // As for cloudflared's quick tunnels: no ICMP proxy.
         icmp: false,
         metrics: m.clone(),
+        origin_runtime: None,
     };
     let (stop_tx, stop_rx) = mpsc::unbounded_channel();
     let connector = tokio::spawn(connector::run(opts, stop_rx));

@@ -23,14 +23,29 @@ pub fn main(args: TunnelArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let rt = match tokio::runtime::Runtime::new() {
+    // The loop's thread runs its own runtime and so waits in its own epoll: a datagram from
+    // the edge wakes it directly. On a multi-thread runtime the loop, in `block_on`, was woken
+    // by the worker that polled the I/O driver, a second context switch per wake. Origin
+    // connections' tasks run on a runtime of their own (one worker per CPU), so the loop
+    // does not run them between its turns.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .and_then(|rt| {
+            let origins = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .thread_name("burrow-origin")
+                .build()?;
+            Ok((rt, origins))
+        });
+    let (rt, origins) = match rt {
         Ok(rt) => rt,
         Err(e) => {
             error!(error = %e, "cannot start the runtime");
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(run_tunnel(settings, loaded)) {
+    match rt.block_on(run_tunnel(settings, loaded, origins.handle().clone())) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             error!("{e}");
@@ -54,6 +69,7 @@ pub fn options(
         run: rc,
         icmp: true,
         metrics,
+        origin_runtime: None,
     })
 }
 
@@ -82,11 +98,16 @@ pub fn signals() -> mpsc::UnboundedReceiver<()> {
     rx
 }
 
-async fn run_tunnel(settings: Settings, loaded: LoadedConfig) -> Result<(), String> {
+async fn run_tunnel(
+    settings: Settings,
+    loaded: LoadedConfig,
+    origins: tokio::runtime::Handle,
+) -> Result<(), String> {
     let connector_id = Uuid::new_v4();
     info!(%connector_id, "Generated Connector ID");
     let m = Metrics::new(connector_id);
-    let opts = options(&settings, &loaded, m.clone()).map_err(|e| e.to_string())?;
+    let mut opts = options(&settings, &loaded, m.clone()).map_err(|e| e.to_string())?;
+    opts.origin_runtime = Some(origins);
     let listener = metrics::bind(&settings.metrics)
         .await
         .map_err(|e| format!("cannot bind metrics server on {}: {e}", settings.metrics))?;

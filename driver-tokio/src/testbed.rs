@@ -425,6 +425,7 @@ impl Testbed {
             .arg("--credentials-file")
             .arg(self.credentials())
             .arg(&self.id);
+        own_session(&mut cmd);
         Proc::spawn("burrow tunnel run", cmd, self.dir.join("connector.log"))
     }
 
@@ -461,11 +462,31 @@ impl Testbed {
             cmd.args(["--protocol", "quic"]);
         }
         cmd.args(&o.extra);
+        own_session(&mut cmd);
         Proc::spawn(
             "cloudflared tunnel run",
             cmd,
             self.dir.join("cloudflared.log"),
         )
+    }
+}
+
+/// Starts the child in a session of its own, as a service manager starts a daemon. Under the
+/// kernel's autogroup scheduling (on by default) a session's threads share one CPU weight,
+/// spread over the CPUs by where its load is: a connector left in the bench's session (with
+/// `--pin`, the bench's load on CPU 0) got a small weight on CPU 1 and waited there behind other
+/// sessions' compilers. A single loop thread waited 1.2 s of 2 (`perf sched timehist`, UDP
+/// part) and ran 0.43 s while a compiler ran 1.4 s; in its own session it waits as the others.
+fn own_session(cmd: &mut Command) {
+    // SAFETY: setsid is async-signal-safe and touches no memory of the parent; a child just
+    // forked is no process group leader, so it succeeds.
+    unsafe {
+        cmd.pre_exec(|| {
+            if libc::setsid() == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
     }
 }
 
