@@ -331,7 +331,23 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
                 machine.handle_input(Instant::now(), Input::TxtRecord { name, text: text.as_deref() });
             }
             () = timer.fired() => {
-                machine.handle_input(Instant::now(), Input::Timeout);
+                let now = Instant::now();
+                // A timer that fires late means this process was stalled (a loaded machine
+                // descheduled it 4.5 s): what the edge sent meanwhile waits in the sockets and
+                // is taken first. Handled after the timers, the idle timers of the connections
+                // expired on that turn although the edge's keep-alives were queued, and every
+                // connection closed and registered again (issue 16).
+                if deadline.is_some_and(|d| now.saturating_duration_since(d) >= STALLED) {
+                    for (&index, s) in &io.sockets {
+                        let got = s.read_round_uncached(&mut io.recv_bufs, |received| {
+                            machine.handle_input(now, Input::Received { index, received: *received });
+                        });
+                        if let Err(e) = got {
+                            debug!(conn_index = index, error = %e, "UDP receive error");
+                        }
+                    }
+                }
+                machine.handle_input(now, Input::Timeout);
             }
             Some((url, body)) = io.keys_rx.recv() => {
                 let body = match &body {
@@ -688,6 +704,10 @@ async fn open_socket(
 /// Resolves with the index of a socket that has datagrams to read, looking first at the
 /// indexes after `last` so a busy socket does not starve the others; pending while there is
 /// none (or no socket).
+/// A timer this late means the process was stalled: the sockets are read before the timers.
+/// Timers fire on time otherwise, and reading every socket on each would cost system calls.
+const STALLED: Duration = Duration::from_millis(100);
+
 async fn readable(sockets: &HashMap<u8, QuicSocket, FnvBuildHasher>, last: u8) -> u8 {
     std::future::poll_fn(|cx| {
         let after = sockets.iter().filter(|(i, _)| **i > last);

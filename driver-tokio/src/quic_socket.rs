@@ -107,6 +107,12 @@ impl QuicSocket {
     /// Reads what is queued, without waiting, into `bufs`; then [`RecvBufs::received`] lists
     /// it. `WouldBlock` when nothing is.
     pub fn try_recv(&self, bufs: &mut RecvBufs) -> io::Result<()> {
+        self.recv_into(bufs, false)
+    }
+
+    /// Reads into `bufs`; `uncached`: straight from the (non-blocking) socket, not only when
+    /// tokio's readiness cache says readable.
+    fn recv_into(&self, bufs: &mut RecvBufs, uncached: bool) -> io::Result<()> {
         bufs.filled = 0;
         let RecvBufs {
             storage,
@@ -117,9 +123,13 @@ impl QuicSocket {
         let mut slices = storage.chunks_mut(*chunk).map(IoSliceMut::new);
         let mut iovs: [IoSliceMut<'_>; RECV_BATCH] =
             std::array::from_fn(|_| slices.next().expect("RECV_BATCH chunks"));
-        let n = self.io.try_io(Interest::READABLE, || {
-            self.state.recv((&self.io).into(), &mut iovs, meta)
-        })?;
+        let n = if uncached {
+            self.state.recv((&self.io).into(), &mut iovs, meta)?
+        } else {
+            self.io.try_io(Interest::READABLE, || {
+                self.state.recv((&self.io).into(), &mut iovs, meta)
+            })?
+        };
         *filled = n;
         Ok(())
     }
@@ -127,13 +137,29 @@ impl QuicSocket {
     /// Reads what is queued, for at most a bounded number of `recvmmsg` calls, handing every
     /// buffer to `f`. Ok once the socket is drained or the bound is reached; a receive error
     /// (ICMP port-unreachable and the like surface as such on some systems) ends the round.
-    pub fn read_round(
+    pub fn read_round(&self, bufs: &mut RecvBufs, f: impl FnMut(&Received<'_>)) -> io::Result<()> {
+        self.round(bufs, false, f)
+    }
+
+    /// [`Self::read_round`] asking the socket itself, whatever tokio's readiness cache says:
+    /// after the process was descheduled for seconds, the cache did not yet report the
+    /// datagrams queued meanwhile on the turn its timers expired.
+    pub fn read_round_uncached(
         &self,
         bufs: &mut RecvBufs,
+        f: impl FnMut(&Received<'_>),
+    ) -> io::Result<()> {
+        self.round(bufs, true, f)
+    }
+
+    fn round(
+        &self,
+        bufs: &mut RecvBufs,
+        uncached: bool,
         mut f: impl FnMut(&Received<'_>),
     ) -> io::Result<()> {
         for _ in 0..READ_BATCHES {
-            match self.try_recv(bufs) {
+            match self.recv_into(bufs, uncached) {
                 Ok(()) => bufs.received().for_each(|r| f(&r)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
