@@ -164,9 +164,7 @@ pub async fn bind(
 /// Binds a mapping socket, registered with the runtime for reads only: sends never wait (a
 /// full buffer drops, see [`MappingSockets::flush`]), and asking for writability too made
 /// every send to clients signal the runtime again when loopback freed its buffer.
-async fn listen_on(
-    listen: &str,
-) -> Result<(AsyncFd<std::net::UdpSocket>, SocketAddr), String> {
+async fn listen_on(listen: &str) -> Result<(AsyncFd<std::net::UdpSocket>, SocketAddr), String> {
     let err = |e: io::Error| format!("cannot listen on {listen}: {e}");
     let sock = tokio::net::UdpSocket::bind(listen)
         .await
