@@ -5,25 +5,13 @@
 use std::io::{self, Read, Write};
 use std::net::SocketAddr;
 
-use std::collections::BTreeMap;
-
 use burrow_core::connector::Connector;
 use burrow_core::quic::client_metrics::QuicClientStats;
-use burrow_core::session::{DropReason, IndexStats, SessionMethod};
-use burrow_core::tunnel::requests::RequestStats;
 use burrow_os::exposition::ConnectorFigures;
 use mio::net::{TcpListener, TcpStream};
 
 /// Longest request head read; anything longer is answered 431 and closed.
 const MAX_HEAD: usize = 4096;
-
-/// A family labelled `conn_index`: name, type, help, and its value in core's counters.
-type IndexFamily = (
-    &'static str,
-    &'static str,
-    &'static str,
-    fn(&IndexStats) -> u64,
-);
 
 /// What the endpoints report, read from the connector by the loop.
 #[derive(Debug, Default)]
@@ -32,27 +20,10 @@ pub struct Figures {
     pub connector_id: String,
     /// Registered connections now.
     pub ready: usize,
-    /// HA connections configured.
-    pub ha_connections: usize,
-    /// What core counted of the proxied requests (`cloudflared_tunnel_total_requests`,
-    /// `_concurrent_requests_per_tunnel`, `_request_errors`, `_response_by_code`).
-    pub requests: RequestStats,
-    /// Echo requests sent (`cloudflared_icmp_total_requests`).
-    pub icmp_requests: u64,
-    /// Configuration version applied (`cloudflared_orchestration_config_version`).
-    pub config_version: i64,
-    /// Core's UDP flow and drop counters by HA connection index
-    /// (`cloudflared_udp_*_flows{conn_index}`, `cloudflared_udp_dropped_datagrams{conn_index,reason}`).
-    pub udp: BTreeMap<u8, IndexStats>,
-    /// Core's dropped datagrams of every index by [`DropReason::ALL`] order: what the indexes
-    /// do not account for is no connection's (`conn_index=""`).
-    pub udp_dropped: [u64; DropReason::ALL.len()],
-    /// Core's ICMP drops of every index: what the indexes do not account for is no
-    /// connection's (`cloudflared_icmp_dropped_packets{conn_index=""}`).
-    pub icmp_dropped: u64,
     /// Core's QUIC figures (`quic_client_*{conn_index}`).
     pub quic: QuicClientStats,
-    /// Core's registration, origin dial, flow limit and ICMP reply counts.
+    /// Every other family's figures, from core's counters (and the driver's ICMP requests and
+    /// configuration version).
     pub connector: ConnectorFigures,
 }
 
@@ -67,186 +38,12 @@ impl Figures {
         (status, body)
     }
 
-    /// Prometheus text exposition of cloudflared's names for these figures.
+    /// Prometheus text exposition of cloudflared's names for these figures, rendered as
+    /// burrow-tokio renders them.
     fn metrics(&self) -> String {
         let mut out = String::new();
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            ));
-        };
-        metric(
-            "cloudflared_tunnel_ha_connections",
-            "gauge",
-            "Number of active ha connections",
-            self.ha_connections.to_string(),
-        );
-        metric(
-            "cloudflared_tunnel_total_requests",
-            "counter",
-            "Amount of requests proxied through all the tunnels",
-            self.requests.total.to_string(),
-        );
-        metric(
-            "cloudflared_tunnel_concurrent_requests_per_tunnel",
-            "gauge",
-            "Concurrent requests proxied through each tunnel",
-            self.requests.in_flight().to_string(),
-        );
-        metric(
-            "cloudflared_tunnel_request_errors",
-            "counter",
-            "Count of error proxying to origin",
-            self.requests.errors.to_string(),
-        );
-        metric(
-            "cloudflared_tcp_total_sessions",
-            "counter",
-            "Total count of TCP sessions that have been proxied to any origin",
-            self.requests.tcp_total.to_string(),
-        );
-        metric(
-            "cloudflared_tcp_active_sessions",
-            "gauge",
-            "Concurrent count of TCP sessions that are being proxied to any origin",
-            self.requests.tcp_active().to_string(),
-        );
-        metric(
-            "cloudflared_icmp_total_requests",
-            "counter",
-            "Total count of ICMP requests that have been proxied to any origin",
-            self.icmp_requests.to_string(),
-        );
-        // A labelled family: one HELP/TYPE, a line per code seen (none before the first).
-        if !self.requests.by_status.is_empty() {
-            let name = "cloudflared_tunnel_response_by_code";
-            out.push_str(&format!(
-                "# HELP {name} Count of responses by HTTP status code\n# TYPE {name} counter\n"
-            ));
-            for (code, n) in &self.requests.by_status {
-                out.push_str(&format!("{name}{{status_code=\"{code}\"}} {n}\n"));
-            }
-        }
-        let mut metric = |name: &str, kind: &str, help: &str, value: String| {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} {kind}\n{name} {value}\n"
-            ));
-        };
-        metric(
-            "cloudflared_orchestration_config_version",
-            "gauge",
-            "Configuration Version",
-            self.config_version.to_string(),
-        );
-        // burrow-tokio's families under the same names, helps and labels.
-        let by_index: [IndexFamily; 5] = [
-            (
-                "cloudflared_udp_active_flows",
-                "gauge",
-                "Concurrent count of UDP flows that are being proxied to any origin",
-                IndexStats::active,
-            ),
-            (
-                "cloudflared_udp_total_flows",
-                "counter",
-                "Total count of UDP flows that have been proxied to any origin",
-                |s| s.total_flows,
-            ),
-            (
-                "cloudflared_udp_failed_flows",
-                "counter",
-                "Total count of flows that errored and closed",
-                |s| s.failed,
-            ),
-            (
-                "cloudflared_udp_retry_flow_responses",
-                "counter",
-                "Total count of UDP flows that have had to send their registration response more than once",
-                |s| s.retries,
-            ),
-            (
-                "cloudflared_udp_migrated_flows",
-                "counter",
-                "Total count of UDP flows have been migrated across local connections",
-                |s| s.migrated,
-            ),
-        ];
-        for (name, kind, help, value) in by_index.iter().filter(|_| !self.udp.is_empty()) {
-            out.push_str(&format!("# HELP {name} {help}\n# TYPE {name} {kind}\n"));
-            for (index, s) in &self.udp {
-                out.push_str(&format!("{name}{{conn_index=\"{index}\"}} {}\n", value(s)));
-            }
-        }
-        self.by_index_and(
-            &mut out,
-            (
-                "cloudflared_udp_dropped_datagrams",
-                "Total count of UDP dropped datagrams",
-            ),
-            ("reason", &DropReason::ALL.map(DropReason::label)),
-            |s, i| s.dropped[i],
-            &self.udp_dropped,
-        );
-        // cloudflared counts every ICMP drop as `write_failed`.
-        self.by_index_and(
-            &mut out,
-            (
-                "cloudflared_icmp_dropped_packets",
-                "Total count of ICMP dropped datagrams",
-            ),
-            ("reason", &[DropReason::WriteFailed.label()]),
-            |s, _| s.icmp_dropped,
-            &[self.icmp_dropped],
-        );
-        self.by_index_and(
-            &mut out,
-            (
-                "cloudflared_udp_unsupported_remote_command_total",
-                "Total count of unsupported remote RPC commands called",
-            ),
-            ("command", &SessionMethod::ALL.map(SessionMethod::label)),
-            |s, i| s.unsupported[i],
-            &[],
-        );
-        // The families burrow-tokio renders the same way: registrations, connect latency, flow
-        // limit, ICMP replies, QUIC, process, build_info.
         burrow_os::exposition::render(&mut out, &self.quic, &self.connector);
         out
-    }
-
-    /// A counter family labelled `conn_index` and `key`: every value of `labels` for each
-    /// index (zeros too), then what the indexes do not account for of `totals` under
-    /// `conn_index=""`.
-    fn by_index_and(
-        &self,
-        out: &mut String,
-        (name, help): (&str, &str),
-        (key, labels): (&str, &[&str]),
-        at: impl Fn(&IndexStats, usize) -> u64,
-        totals: &[u64],
-    ) {
-        let mut lines = String::new();
-        let mut unnamed = totals.to_vec();
-        unnamed.resize(labels.len(), 0);
-        for (index, s) in &self.udp {
-            for (i, (label, rest)) in labels.iter().zip(&mut unnamed).enumerate() {
-                let n = at(s, i);
-                *rest = rest.saturating_sub(n);
-                lines.push_str(&format!(
-                    "{name}{{conn_index=\"{index}\",{key}=\"{label}\"}} {n}\n"
-                ));
-            }
-        }
-        for (label, n) in labels.iter().zip(unnamed).filter(|(_, n)| *n > 0) {
-            lines.push_str(&format!(
-                "{name}{{conn_index=\"\",{key}=\"{label}\"}} {n}\n"
-            ));
-        }
-        if !lines.is_empty() {
-            out.push_str(&format!(
-                "# HELP {name} {help}\n# TYPE {name} counter\n{lines}"
-            ));
-        }
     }
 
     /// The response to a request head; `sample` brings the QUIC and connector figures up to
@@ -384,6 +181,7 @@ impl Client {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burrow_core::session::{DropReason, IndexStats, SessionMethod};
 
     fn text(b: Vec<u8>) -> String {
         String::from_utf8(b).expect("utf8")
@@ -408,9 +206,9 @@ mod tests {
     #[test]
     fn metrics_healthcheck_unknown_paths_and_garbage() {
         let mut f = Figures::default();
-        f.requests.total = 7;
-        f.requests.ended = 6;
-        f.requests.by_status.insert(404, 2);
+        f.connector.requests.total = 7;
+        f.connector.requests.ended = 6;
+        f.connector.requests.by_status.insert(404, 2);
         let m = text(f.respond(b"GET /metrics?x=1 HTTP/1.1\r\n\r\n", |_, _| {}));
         assert!(m.contains("\ncloudflared_tunnel_total_requests 7\n"), "{m}");
         assert!(
@@ -424,8 +222,8 @@ mod tests {
         // Drops by index, and those of no connection's under an empty index.
         let mut zero = IndexStats::default();
         zero.dropped[DropReason::TooLarge as usize] = 2;
-        f.udp.insert(0, zero);
-        f.udp_dropped[DropReason::TooLarge as usize] = 3;
+        f.connector.udp.insert(0, zero);
+        f.connector.udp_dropped[DropReason::TooLarge as usize] = 3;
         let m = text(f.respond(b"GET /metrics HTTP/1.1\r\n\r\n", |_, _| {}));
         for line in [
             "\ncloudflared_udp_dropped_datagrams{conn_index=\"0\",reason=\"read_too_large\"} 2\n",
@@ -439,10 +237,10 @@ mod tests {
             "{m}"
         );
         // ICMP drops and refused v2 calls by index.
-        let at = f.udp.get_mut(&0).expect("index 0");
+        let at = f.connector.udp.get_mut(&0).expect("index 0");
         at.icmp_dropped = 4;
         at.unsupported[SessionMethod::Unregister as usize] = 1;
-        f.icmp_dropped = 5;
+        f.connector.icmp_dropped = 5;
         let m = text(f.respond(b"GET /metrics HTTP/1.1\r\n\r\n", |_, _| {}));
         for line in [
             "\ncloudflared_icmp_dropped_packets{conn_index=\"0\",reason=\"write_failed\"} 4\n",

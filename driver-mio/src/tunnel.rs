@@ -331,7 +331,7 @@ impl Driver {
                 if !self.datagrams.send_ping(funnel, dst, message) {
                     return Some(Answer::PingWriteFailed(funnel));
                 }
-                self.figures.icmp_requests = self.datagrams.stats.pings_sent;
+                self.figures.connector.icmp_requests = self.datagrams.stats.pings_sent;
             }
             Io::CloseFunnel { funnel } => {
                 let token = self.datagrams.close_funnel(registry, funnel);
@@ -614,7 +614,6 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         client_order: VecDeque::new(),
         figures: Figures {
             connector_id: connector_id.to_string(),
-            ha_connections: machine.ha_connections(),
             ..Figures::default()
         },
         again: Vec::new(),
@@ -666,7 +665,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
                             }
                         }
                         if let Event::ConfigurationApplied { version } = &e {
-                            d.figures.config_version = i64::from(*version);
+                            d.figures.connector.config_version = i64::from(*version);
                         }
                         d.figures.quic.on_event(&e);
                         burrow_os::events::log(&e, signal_count > 0);
@@ -685,18 +684,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         let wanted: Vec<Token> = d.edge_tcp.wanted(&mut machine).collect();
         d.again.extend(wanted);
         d.figures.ready = machine.ready_connections();
-        startup.on_ready(now, d.figures.ready, d.figures.ha_connections);
-        let requests = machine.request_stats();
-        if (requests.total, requests.ended) != (d.figures.requests.total, d.figures.requests.ended)
-        {
-            d.figures.requests.clone_from(requests);
-        }
-        let hub = machine.datagram_hub();
-        if hub.sessions.index_stats() != &d.figures.udp {
-            d.figures.udp.clone_from(hub.sessions.index_stats());
-        }
-        d.figures.udp_dropped = hub.sessions.stats().dropped;
-        d.figures.icmp_dropped = hub.sessions.stats().icmp_dropped;
+        startup.on_ready(now, d.figures.ready, machine.ha_connections());
         if machine.is_stopped() {
             break;
         }

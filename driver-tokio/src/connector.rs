@@ -182,7 +182,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     };
     let config = rc.supervisor_config(roots, metrics.connector_id, icmp, percentage.as_deref())?;
     let mut machine = Connector::new(Instant::now(), config, pool, random_u64());
-    metrics.ha_connections.set(machine.ha_connections() as i64);
+    metrics.connector().ha_connections = machine.ha_connections();
     info!(
         tunnel_id = %rc.creds.tunnel_id,
         connector_id = %metrics.connector_id,
@@ -246,9 +246,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             machine.ready_connections(),
             machine.ha_connections(),
         );
-        metrics.update_datagrams(machine.datagram_hub());
         metrics.connector().update(&machine);
-        metrics.update_requests(machine.request_stats());
         let at = Instant::now();
         if quic_sampled.is_none_or(|t| at.saturating_duration_since(t) >= QUIC_SAMPLE_EVERY) {
             quic_sampled = Some(at);
@@ -370,7 +368,7 @@ fn on_event(metrics: &Metrics, e: Event, stopping: bool) {
     match e {
         Event::Registered { .. } => metrics.registered.notify_one(),
         Event::ConfigurationApplied { version } => {
-            metrics.config_version.set(i64::from(version));
+            metrics.connector().config_version = i64::from(version);
         }
         _ => {}
     }
@@ -600,7 +598,7 @@ impl DriverIo {
                 if !self.datagrams.send_ping(funnel, dst, message) {
                     return Some(Answer::PingWriteFailed(funnel));
                 }
-                metrics.icmp_total_requests.inc();
+                metrics.connector().icmp_requests += 1;
             }
             Io::CloseFunnel { funnel } => self.datagrams.close_funnel(funnel),
             Io::DialEdge {

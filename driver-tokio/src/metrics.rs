@@ -5,73 +5,22 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use burrow_core::session::{DropReason, SessionMethod};
-use burrow_core::tunnel::requests::RequestStats;
-use burrow_core::tunnel::udp::DatagramHub;
+use burrow_core::quic::client_metrics::QuicClientStats;
+use burrow_os::exposition::ConnectorFigures;
 use bytes::Bytes;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use prometheus::{
-    Encoder, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
-};
 use tokio::net::TcpListener;
 use tracing::{info, warn};
 
-use burrow_core::quic::client_metrics::QuicClientStats;
-use burrow_os::exposition::ConnectorFigures;
-
-/// Every metric the connector keeps. The `prometheus` crate keeps names verbatim, so
-/// cloudflared's counters (which have no `_total` suffix) keep their names.
+/// What `/metrics` and `/ready` report: the connector loop updates the figures, the server's
+/// tasks render them (with burrow-mio's code, [`burrow_os::exposition`]).
 pub struct Metrics {
-    registry: Registry,
-    /// `cloudflared_tunnel_ha_connections`.
-    pub ha_connections: IntGauge,
-    /// `cloudflared_tunnel_total_requests`.
-    pub total_requests: IntCounter,
-    /// `cloudflared_tunnel_concurrent_requests_per_tunnel`.
-    pub concurrent_requests: IntGauge,
-    /// `cloudflared_tunnel_request_errors`.
-    pub request_errors: IntCounter,
-    /// `cloudflared_tunnel_response_by_code{status_code}`.
-    pub response_by_code: IntCounterVec,
-    /// Requests ended as of the last copy of the by-code counts (they change only then).
-    requests_ended: std::sync::atomic::AtomicU64,
-    /// `cloudflared_orchestration_config_version`.
-    pub config_version: IntGauge,
-    /// `cloudflared_tcp_active_sessions`.
-    pub tcp_active: IntGauge,
-    /// `cloudflared_tcp_total_sessions`.
-    pub tcp_total: IntCounter,
-    /// `cloudflared_udp_active_flows{conn_index}`: UDP sessions (v2 and v3) open now, under the
-    /// index they registered on.
-    pub udp_active_flows: IntGaugeVec,
-    /// `cloudflared_udp_total_flows{conn_index}`.
-    pub udp_total_flows: IntCounterVec,
-    /// `cloudflared_udp_failed_flows{conn_index}`.
-    pub udp_failed_flows: IntCounterVec,
-    /// `cloudflared_udp_retry_flow_responses{conn_index}`.
-    pub udp_retry_flow_responses: IntCounterVec,
-    /// `cloudflared_udp_migrated_flows{conn_index}`.
-    pub udp_migrated_flows: IntCounterVec,
-    /// The sum of the by-index flow counts as of the last copy.
-    udp_by_index_seen: std::sync::atomic::AtomicU64,
-    /// `cloudflared_udp_dropped_datagrams{conn_index,reason}`: core's drop counts by HA index
-    /// and [`DropReason`] (cloudflared's reasons where they exist); a drop no connection can
-    /// be named for has an empty `conn_index`.
-    pub udp_dropped: IntCounterVec,
-    /// `cloudflared_icmp_dropped_packets{conn_index,reason}`: ICMP packets from the edge not
-    /// proxied; every one is `write_failed`, as in cloudflared (burrow has no queue to be full).
-    pub icmp_dropped: IntCounterVec,
-    /// `cloudflared_udp_unsupported_remote_command_total{conn_index,command}`: datagram-v2
-    /// session calls refused on v3 connections.
-    pub udp_unsupported: IntCounterVec,
-    /// `cloudflared_icmp_total_requests`: echo requests sent through ping sockets.
-    pub icmp_total_requests: IntCounter,
-    /// `quic_client_*`, per `conn_index` (rendered by [`burrow_os::exposition`]).
+    /// `quic_client_*`, per `conn_index`.
     quic: std::sync::Mutex<QuicClientStats>,
-    /// Core's registration, origin dial, flow limit and ICMP reply counts (rendered by
-    /// [`burrow_os::exposition`]).
+    /// Every other family's figures: core's counters, the ping sockets' echo requests, the
+    /// configuration version.
     connector: std::sync::Mutex<ConnectorFigures>,
     /// Registered connections, for `/ready`.
     pub ready: AtomicUsize,
@@ -83,300 +32,30 @@ pub struct Metrics {
     pub open_flows: AtomicI64,
 }
 
-fn gauge(r: &Registry, name: &str, help: &str) -> IntGauge {
-    let g = IntGauge::new(name, help)
-        .unwrap_or_else(|_| IntGauge::new("invalid", "x").expect("static"));
-    let _ = r.register(Box::new(g.clone()));
-    g
-}
-
-/// Brings a counter up to `value` (the source counts; the metric follows).
-fn follow(c: &IntCounter, value: u64) {
-    c.inc_by(value.saturating_sub(c.get()));
-}
-
-/// A family labelled `conn_index`, as cloudflared's UDP flow metrics (counter or gauge).
-fn by_index<T: prometheus::core::Collector + Clone + FromOpts + 'static>(
-    r: &Registry,
-    name: &str,
-    help: &str,
-) -> T {
-    labelled(r, name, help, &["conn_index"])
-}
-
-/// A family with `labels`, registered in `r`.
-fn labelled<T: prometheus::core::Collector + Clone + FromOpts + 'static>(
-    r: &Registry,
-    name: &str,
-    help: &str,
-    labels: &[&str],
-) -> T {
-    let v = T::from_opts(Opts::new(name, help), labels);
-    let _ = r.register(Box::new(v.clone()));
-    v
-}
-
-/// Builds a labelled family from static options.
-trait FromOpts: Sized {
-    fn from_opts(opts: Opts, labels: &[&str]) -> Self;
-}
-
-impl FromOpts for IntCounterVec {
-    fn from_opts(opts: Opts, labels: &[&str]) -> Self {
-        IntCounterVec::new(opts, labels).expect("static metric")
-    }
-}
-
-impl FromOpts for IntGaugeVec {
-    fn from_opts(opts: Opts, labels: &[&str]) -> Self {
-        IntGaugeVec::new(opts, labels).expect("static metric")
-    }
-}
-
-fn counter(r: &Registry, name: &str, help: &str) -> IntCounter {
-    let c = IntCounter::new(name, help)
-        .unwrap_or_else(|_| IntCounter::new("invalid", "x").expect("static"));
-    let _ = r.register(Box::new(c.clone()));
-    c
-}
-
 impl Metrics {
-    /// A fresh set, registered under cloudflared's names.
+    /// A fresh set.
     pub fn new(connector_id: uuid::Uuid) -> Arc<Self> {
-        let r = Registry::new();
-        let response_by_code = IntCounterVec::new(
-            Opts::new(
-                "cloudflared_tunnel_response_by_code",
-                "Count of responses by HTTP status code",
-            ),
-            &["status_code"],
-        )
-        .expect("static metric");
-        let _ = r.register(Box::new(response_by_code.clone()));
         Arc::new(Metrics {
-            ha_connections: gauge(
-                &r,
-                "cloudflared_tunnel_ha_connections",
-                "Number of active ha connections",
-            ),
-            total_requests: counter(
-                &r,
-                "cloudflared_tunnel_total_requests",
-                "Amount of requests proxied through all the tunnels",
-            ),
-            concurrent_requests: gauge(
-                &r,
-                "cloudflared_tunnel_concurrent_requests_per_tunnel",
-                "Concurrent requests proxied through each tunnel",
-            ),
-            request_errors: counter(
-                &r,
-                "cloudflared_tunnel_request_errors",
-                "Count of error proxying to origin",
-            ),
-            response_by_code,
-            requests_ended: std::sync::atomic::AtomicU64::new(0),
-            config_version: gauge(
-                &r,
-                "cloudflared_orchestration_config_version",
-                "Configuration Version",
-            ),
-            tcp_active: gauge(
-                &r,
-                "cloudflared_tcp_active_sessions",
-                "Concurrent count of TCP sessions that are being proxied to any origin",
-            ),
-            tcp_total: counter(
-                &r,
-                "cloudflared_tcp_total_sessions",
-                "Total count of TCP sessions that have been proxied to any origin",
-            ),
-            udp_active_flows: by_index(
-                &r,
-                "cloudflared_udp_active_flows",
-                "Concurrent count of UDP flows that are being proxied to any origin",
-            ),
-            udp_total_flows: by_index(
-                &r,
-                "cloudflared_udp_total_flows",
-                "Total count of UDP flows that have been proxied to any origin",
-            ),
-            udp_failed_flows: by_index(
-                &r,
-                "cloudflared_udp_failed_flows",
-                "Total count of flows that errored and closed",
-            ),
-            udp_retry_flow_responses: by_index(
-                &r,
-                "cloudflared_udp_retry_flow_responses",
-                "Total count of UDP flows that have had to send their registration response more than once",
-            ),
-            udp_migrated_flows: by_index(
-                &r,
-                "cloudflared_udp_migrated_flows",
-                "Total count of UDP flows have been migrated across local connections",
-            ),
-            udp_by_index_seen: std::sync::atomic::AtomicU64::new(0),
-            udp_dropped: labelled(
-                &r,
-                "cloudflared_udp_dropped_datagrams",
-                "Total count of UDP dropped datagrams",
-                &["conn_index", "reason"],
-            ),
-            icmp_dropped: labelled(
-                &r,
-                "cloudflared_icmp_dropped_packets",
-                "Total count of ICMP dropped datagrams",
-                &["conn_index", "reason"],
-            ),
-            udp_unsupported: labelled(
-                &r,
-                "cloudflared_udp_unsupported_remote_command_total",
-                "Total count of unsupported remote RPC commands called",
-                &["conn_index", "command"],
-            ),
-            icmp_total_requests: counter(
-                &r,
-                "cloudflared_icmp_total_requests",
-                "Total count of ICMP requests that have been proxied to any origin",
-            ),
             quic: std::sync::Mutex::default(),
             connector: std::sync::Mutex::default(),
             ready: AtomicUsize::new(0),
             registered: tokio::sync::Notify::new(),
             connector_id,
             open_flows: AtomicI64::new(0),
-            registry: r,
         })
     }
 
-    /// Copies the datagram plane's counters (core counts every drop, by connection).
-    pub fn update_datagrams(&self, hub: &DatagramHub) {
-        let s = hub.sessions.stats();
-        // The labelled families change only with these counts: skip their look-ups otherwise.
-        let seen: u64 = hub
-            .sessions
-            .index_stats()
-            .values()
-            .map(|a| {
-                a.total_flows
-                    + a.ended
-                    + a.failed
-                    + a.retries
-                    + a.migrated
-                    + a.icmp_dropped
-                    + a.unsupported.iter().sum::<u64>()
-            })
-            .chain(s.dropped)
-            .chain([s.icmp_dropped])
-            .sum();
-        if self.udp_by_index_seen.swap(seen, Ordering::Relaxed) == seen {
-            return;
-        }
-        let mut named = [0u64; DropReason::ALL.len()];
-        let mut icmp_named = 0;
-        for (index, at) in hub.sessions.index_stats() {
-            let label = [index.to_string()];
-            let label = [label[0].as_str()];
-            self.udp_active_flows
-                .with_label_values(&label)
-                .set(at.active() as i64);
-            follow(
-                &self.udp_total_flows.with_label_values(&label),
-                at.total_flows,
-            );
-            follow(&self.udp_failed_flows.with_label_values(&label), at.failed);
-            follow(
-                &self.udp_retry_flow_responses.with_label_values(&label),
-                at.retries,
-            );
-            follow(
-                &self.udp_migrated_flows.with_label_values(&label),
-                at.migrated,
-            );
-            icmp_named += at.icmp_dropped;
-            follow(
-                &self
-                    .icmp_dropped
-                    .with_label_values(&[label[0], DropReason::WriteFailed.label()]),
-                at.icmp_dropped,
-            );
-            for (m, n) in SessionMethod::ALL.iter().zip(at.unsupported) {
-                follow(
-                    &self
-                        .udp_unsupported
-                        .with_label_values(&[label[0], m.label()]),
-                    n,
-                );
-            }
-            // Every reason of an index with sessions, zeros too (a rate starts from 0).
-            for ((r, n), sum) in DropReason::ALL.iter().zip(at.dropped).zip(&mut named) {
-                *sum += n;
-                follow(
-                    &self.udp_dropped.with_label_values(&[label[0], r.label()]),
-                    n,
-                );
-            }
-        }
-        // Drops of no connection's (a session or link already gone).
-        if s.icmp_dropped > icmp_named {
-            follow(
-                &self
-                    .icmp_dropped
-                    .with_label_values(&["", DropReason::WriteFailed.label()]),
-                s.icmp_dropped - icmp_named,
-            );
-        }
-        for ((r, n), sum) in DropReason::ALL.iter().zip(s.dropped).zip(named) {
-            if n > sum {
-                follow(
-                    &self.udp_dropped.with_label_values(&["", r.label()]),
-                    n - sum,
-                );
-            }
-        }
-    }
-
-    /// Copies what core counted of the proxied requests (cloudflared's `proxy/metrics.go`).
-    pub fn update_requests(&self, stats: &RequestStats) {
-        follow(&self.total_requests, stats.total);
-        follow(&self.request_errors, stats.errors);
-        follow(&self.tcp_total, stats.tcp_total);
-        self.concurrent_requests.set(stats.in_flight() as i64);
-        self.tcp_active.set(stats.tcp_active() as i64);
-        // Codes only change when a request ends: skip the label look-ups otherwise.
-        if self.requests_ended.swap(stats.ended, Ordering::Relaxed) != stats.ended {
-            for (code, n) in &stats.by_status {
-                follow(
-                    &self
-                        .response_by_code
-                        .with_label_values(&[&code.to_string()]),
-                    *n,
-                );
-            }
-        }
-    }
-
-    /// The connector's figures for the families both drivers render alike, for the connector
-    /// loop to update.
+    /// The connector's figures, for the connector loop to update.
     pub fn connector(&self) -> std::sync::MutexGuard<'_, ConnectorFigures> {
         self.connector
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
-    /// Prometheus text exposition: the registry's families, then those both drivers render
-    /// alike (registrations, connect latency, flow limit, ICMP replies, `quic_client_*`,
-    /// `process_*`, `build_info`).
+    /// Prometheus text exposition, as burrow-mio renders it.
     pub fn render(&self) -> String {
-        let mut out = Vec::new();
-        if TextEncoder::new()
-            .encode(&self.registry.gather(), &mut out)
-            .is_err()
-        {
-            out.clear();
-        }
-        let mut out = String::from_utf8(out).unwrap_or_default();
+        let mut out = String::new();
+        // The loop never holds both locks.
         burrow_os::exposition::render(&mut out, &self.quic(), &self.connector());
         out
     }
@@ -467,6 +146,7 @@ mod tests {
     use burrow_core::datagram::{v3, LinkId};
     use burrow_core::icmp::{IcmpRouter, RouterConfig};
     use burrow_core::session::{DatagramVersion, SessionId, SessionLimits, SessionManager};
+    use burrow_core::tunnel::udp::DatagramHub;
     use std::time::Instant;
 
     #[tokio::test]
@@ -486,8 +166,8 @@ mod tests {
         hub.sessions
             .handle_datagram(Instant::now(), LinkId(0), DatagramVersion::V3, &d);
         let unknown = d.clone();
-        m.update_datagrams(&hub);
-        m.update_datagrams(&hub);
+        m.connector().update_datagrams(&hub);
+        m.connector().update_datagrams(&hub);
         let text = m.render();
         // LinkId(0) is no connection's: the empty index.
         assert!(
@@ -539,7 +219,7 @@ mod tests {
         hub.sessions.count_icmp_dropped(Some(LinkId(7)));
         hub.sessions
             .count_unsupported(LinkId(7), burrow_core::session::SessionMethod::Register);
-        m.update_datagrams(&hub);
+        m.connector().update_datagrams(&hub);
         let text = m.render();
         for line in [
             "cloudflared_udp_dropped_datagrams{conn_index=\"2\",reason=\"write_flow_unknown\"} 1",
@@ -548,8 +228,8 @@ mod tests {
             "cloudflared_udp_total_flows{conn_index=\"2\"} 1",
             "cloudflared_udp_migrated_flows{conn_index=\"2\"} 0",
             "cloudflared_icmp_dropped_packets{conn_index=\"2\",reason=\"write_failed\"} 1",
-            "cloudflared_udp_unsupported_remote_command_total{command=\"register_udp_session\",conn_index=\"2\"} 1",
-            "cloudflared_udp_unsupported_remote_command_total{command=\"unregister_udp_session\",conn_index=\"2\"} 0",
+            "cloudflared_udp_unsupported_remote_command_total{conn_index=\"2\",command=\"register_udp_session\"} 1",
+            "cloudflared_udp_unsupported_remote_command_total{conn_index=\"2\",command=\"unregister_udp_session\"} 0",
         ] {
             assert!(text.contains(line), "{line} missing in\n{text}");
         }

@@ -3,7 +3,7 @@
 //! `process_*`, `build_info`, `cloudflared_proxy_connect_latency` for TCP streams, the
 //! registrations and server locations (the checks burrow-mio's `e2e.rs` runs too); and
 //! `--metrics 127.0.0.1:0` on an ephemeral port. With `BURROW_CLOUDFLARED` (`--ignored`), the
-//! names, types and labels of those families beside a stock cloudflared's.
+//! names, types and labels of every family beside a stock cloudflared's.
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -127,16 +127,27 @@ const NOT_FROM_QUINN: [&str; 2] = [
     "quic_client_dropped_packets",
 ];
 
+/// cloudflared's families burrow does not export yet: its local configuration pushes, its RPC
+/// client's latency and operations, and the datagram-v2 session counters beside the flow ones.
+const NOT_YET: [&str; 6] = [
+    "cloudflared_config_local_config_pushes",
+    "cloudflared_config_local_config_pushes_errors",
+    "cloudflared_rpc_client_latency_secs",
+    "cloudflared_rpc_client_operations",
+    "cloudflared_udp_active_sessions",
+    "cloudflared_udp_total_sessions",
+];
+
 /// burrow's families that cloudflared only shows from its first event: burrow starts them at 0.
 const FROM_ZERO: [&str; 2] = [
     "quic_client_lost_packets",
     "flow_client_registrations_rate_limited_total",
 ];
 
-/// The `quic_client_*`, `process_*` and `build_info` families of burrow and of a stock
-/// cloudflared, and those of registrations, server locations, connect latency, ICMP totals and
-/// the flow limit, both serving one tunnel through `burrow edge` with 4 connections: the same
-/// names, types, help texts and label names (but for [`NOT_FROM_QUINN`] and [`FROM_ZERO`]).
+/// Every family of burrow and of a stock cloudflared (`quic_client_*`, `process_*`,
+/// `build_info`, `cloudflared_*`, `flow_*`), both serving one tunnel through `burrow edge` with
+/// 4 connections: the same names, types, help texts and label names (but for
+/// [`NOT_FROM_QUINN`], [`NOT_YET`] and [`FROM_ZERO`]).
 #[test]
 #[ignore = "needs a stock cloudflared: BURROW_CLOUDFLARED=/path/to/cloudflared, --ignored"]
 fn quic_process_and_build_families_match_cloudflared() {
@@ -173,11 +184,8 @@ fn quic_process_and_build_families_match_cloudflared() {
         "quic_client_",
         "process_",
         "build_info",
-        "cloudflared_tunnel_tunnel_register",
-        "cloudflared_tunnel_server_locations",
-        "cloudflared_proxy_connect",
-        "cloudflared_icmp_total",
-        "flow_client_",
+        "cloudflared_",
+        "flow_",
     ];
     // HTTP/1.0: Go's server would chunk an HTTP/1.1 answer.
     let mut s = TcpStream::connect(co.metrics).expect("cloudflared metrics");
@@ -189,7 +197,7 @@ fn quic_process_and_build_families_match_cloudflared() {
     let ours = families(&ours_text, &prefixes);
     eprintln!("cloudflared: {theirs:#?}\nburrow: {ours:#?}");
     for (name, family) in &theirs {
-        if NOT_FROM_QUINN.contains(&name.as_str()) {
+        if NOT_FROM_QUINN.contains(&name.as_str()) || NOT_YET.contains(&name.as_str()) {
             continue;
         }
         assert_eq!(ours.get(name), Some(family), "{name}");

@@ -1,16 +1,21 @@
 //! The metric families both drivers export alike, in Prometheus text under cloudflared's names,
 //! help texts and labels: `quic_client_*` (figures core decides,
 //! [`burrow_core::quic::client_metrics`]), Go's `process_*` (read from `/proc`, as client_golang's
-//! process collector reads them), `build_info`, and what the connector counts of registrations,
-//! TCP origin dials, the flow limit and ICMP replies ([`ConnectorFigures`]).
+//! process collector reads them), `build_info`, and what the connector counts of requests, UDP
+//! flows and drops, ICMP, registrations, TCP origin dials and the flow limit
+//! ([`ConnectorFigures`]): the whole of `/metrics` for both daemons.
 
 use std::fmt::Write;
+
+use std::collections::BTreeMap;
 
 use burrow_core::connector::Connector;
 use burrow_core::flow::{FlowStats, FlowType};
 use burrow_core::quic::client_metrics::{IndexFigures, QuicClientStats, FRAME_TYPES};
+use burrow_core::session::{DropReason, IndexStats, SessionMethod};
 use burrow_core::tunnel::registrations::RegistrationStats;
-use burrow_core::tunnel::requests::{ConnectStats, CONNECT_LATENCY_BUCKETS_MS};
+use burrow_core::tunnel::requests::{RequestStats, CONNECT_LATENCY_BUCKETS_MS};
+use burrow_core::tunnel::udp::DatagramHub;
 
 /// Appends one family's HELP and TYPE lines, then `lines` (nothing when there are none, as
 /// client_golang leaves out a family without series).
@@ -341,16 +346,42 @@ fn ip_octets(netstat: &str) -> Option<(u64, u64)> {
     Some((get("InOctets")?, get("OutOctets")?))
 }
 
-/// What the connector counted beyond the QUIC figures, copied through its read-only
-/// accessors (burrow-tokio copies them for its metrics task; burrow-mio at each scrape).
+/// A family labelled `conn_index`: name, type, help, and its value in core's counters.
+type IndexFamily = (
+    &'static str,
+    &'static str,
+    &'static str,
+    fn(&IndexStats) -> u64,
+);
+
+/// What the connector counted, copied through its read-only accessors (burrow-tokio each loop
+/// turn for its metrics task, burrow-mio at each scrape), for every family but the QUIC,
+/// process and build ones.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct ConnectorFigures {
+    /// HA connections configured (`cloudflared_tunnel_ha_connections`).
+    pub ha_connections: usize,
+    /// What core counted of the proxied requests (`cloudflared_tunnel_total_requests`,
+    /// `_concurrent_requests_per_tunnel`, `_request_errors`, `_response_by_code`,
+    /// `cloudflared_tcp_*_sessions`, `cloudflared_proxy_connect_*`).
+    pub requests: RequestStats,
+    /// Echo requests the driver's ping sockets sent (`cloudflared_icmp_total_requests`).
+    pub icmp_requests: u64,
+    /// Configuration version applied, from the driver's events
+    /// (`cloudflared_orchestration_config_version`).
+    pub config_version: i64,
+    /// Core's UDP flow and drop counters by HA connection index
+    /// (`cloudflared_udp_*_flows{conn_index}`, `cloudflared_udp_dropped_datagrams{conn_index,reason}`).
+    pub udp: BTreeMap<u8, IndexStats>,
+    /// Core's dropped datagrams of every index by [`DropReason::ALL`] order: what the indexes
+    /// do not account for is no connection's (`conn_index=""`).
+    pub udp_dropped: [u64; DropReason::ALL.len()],
+    /// Core's ICMP drops of every index: what the indexes do not account for is no
+    /// connection's (`cloudflared_icmp_dropped_packets{conn_index=""}`).
+    pub icmp_dropped: u64,
     /// Registrations and server locations (`cloudflared_tunnel_tunnel_register_*`,
     /// `cloudflared_tunnel_server_locations`).
     pub registrations: RegistrationStats,
-    /// Origin dials of TCP streams (`cloudflared_proxy_connect_latency`,
-    /// `cloudflared_proxy_connect_streams_errors`).
-    pub connect: ConnectStats,
     /// Flows the limit refused (`flow_client_registrations_rate_limited_total{flow_type}`).
     pub flows: FlowStats,
     /// Echo replies sent to the edge (`cloudflared_icmp_total_replies`).
@@ -358,19 +389,224 @@ pub struct ConnectorFigures {
 }
 
 impl ConnectorFigures {
-    /// Brings these up to `machine`'s counts (the registrations copied only if they moved).
+    /// Brings these up to `machine`'s counts (maps and by-code counts copied only if they
+    /// moved).
     pub fn update(&mut self, machine: &Connector) {
+        self.ha_connections = machine.ha_connections();
+        let r = machine.request_stats();
+        let moved = |a: &RequestStats| (a.total, a.ended, a.tcp_refused, a.connect);
+        if moved(r) != moved(&self.requests) {
+            self.requests.clone_from(r);
+        }
         let r = machine.registration_stats();
         if r.changes != self.registrations.changes {
             self.registrations.clone_from(r);
         }
-        self.connect = machine.request_stats().connect;
         self.flows = machine.flow_stats();
-        self.icmp_replies = machine.datagram_hub().stats().icmp_replies;
+        self.update_datagrams(machine.datagram_hub());
+    }
+
+    /// Brings the datagram plane's counts up to `hub`'s.
+    pub fn update_datagrams(&mut self, hub: &DatagramHub) {
+        if hub.sessions.index_stats() != &self.udp {
+            self.udp.clone_from(hub.sessions.index_stats());
+        }
+        self.udp_dropped = hub.sessions.stats().dropped;
+        self.icmp_dropped = hub.sessions.stats().icmp_dropped;
+        self.icmp_replies = hub.stats().icmp_replies;
     }
 
     /// Their families, under cloudflared's names, help texts and labels.
     pub fn render(&self, out: &mut String) {
+        self.render_tunnel(out);
+        self.render_datagrams(out);
+        self.render_registrations(out);
+        self.render_connect(out);
+    }
+
+    /// The request, TCP session, HA and configuration families.
+    fn render_tunnel(&self, out: &mut String) {
+        let q = &self.requests;
+        let mut one = |name: &str, kind: &str, help: &str, v: String| {
+            family(out, name, kind, help, &format!("{name} {v}\n"));
+        };
+        one(
+            "cloudflared_tunnel_ha_connections",
+            "gauge",
+            "Number of active ha connections",
+            self.ha_connections.to_string(),
+        );
+        one(
+            "cloudflared_tunnel_total_requests",
+            "counter",
+            "Amount of requests proxied through all the tunnels",
+            q.total.to_string(),
+        );
+        one(
+            "cloudflared_tunnel_concurrent_requests_per_tunnel",
+            "gauge",
+            "Concurrent requests proxied through each tunnel",
+            q.in_flight().to_string(),
+        );
+        one(
+            "cloudflared_tunnel_request_errors",
+            "counter",
+            "Count of error proxying to origin",
+            q.errors.to_string(),
+        );
+        one(
+            "cloudflared_tcp_total_sessions",
+            "counter",
+            "Total count of TCP sessions that have been proxied to any origin",
+            q.tcp_total.to_string(),
+        );
+        one(
+            "cloudflared_tcp_active_sessions",
+            "gauge",
+            "Concurrent count of TCP sessions that are being proxied to any origin",
+            q.tcp_active().to_string(),
+        );
+        one(
+            "cloudflared_icmp_total_requests",
+            "counter",
+            "Total count of ICMP requests that have been proxied to any origin",
+            self.icmp_requests.to_string(),
+        );
+        one(
+            "cloudflared_icmp_total_replies",
+            "counter",
+            "Total count of ICMP replies that have been proxied from any origin",
+            self.icmp_replies.to_string(),
+        );
+        one(
+            "cloudflared_orchestration_config_version",
+            "gauge",
+            "Configuration Version",
+            self.config_version.to_string(),
+        );
+        // A line per code seen (no family before the first).
+        let mut lines = String::new();
+        for (code, n) in &q.by_status {
+            let _ = writeln!(
+                lines,
+                "cloudflared_tunnel_response_by_code{{status_code=\"{code}\"}} {n}"
+            );
+        }
+        family(
+            out,
+            "cloudflared_tunnel_response_by_code",
+            "counter",
+            "Count of responses by HTTP status code",
+            &lines,
+        );
+    }
+
+    /// The UDP flow, dropped datagram and ICMP drop families, by `conn_index`.
+    fn render_datagrams(&self, out: &mut String) {
+        let by_index: [IndexFamily; 5] = [
+            (
+                "cloudflared_udp_active_flows",
+                "gauge",
+                "Concurrent count of UDP flows that are being proxied to any origin",
+                IndexStats::active,
+            ),
+            (
+                "cloudflared_udp_total_flows",
+                "counter",
+                "Total count of UDP flows that have been proxied to any origin",
+                |s| s.total_flows,
+            ),
+            (
+                "cloudflared_udp_failed_flows",
+                "counter",
+                "Total count of flows that errored and closed",
+                |s| s.failed,
+            ),
+            (
+                "cloudflared_udp_retry_flow_responses",
+                "counter",
+                "Total count of UDP flows that have had to send their registration response more than once",
+                |s| s.retries,
+            ),
+            (
+                "cloudflared_udp_migrated_flows",
+                "counter",
+                "Total count of UDP flows have been migrated across local connections",
+                |s| s.migrated,
+            ),
+        ];
+        for (name, kind, help, value) in by_index {
+            let mut lines = String::new();
+            for (index, s) in &self.udp {
+                let _ = writeln!(lines, "{name}{{conn_index=\"{index}\"}} {}", value(s));
+            }
+            family(out, name, kind, help, &lines);
+        }
+        self.by_index_and(
+            out,
+            (
+                "cloudflared_udp_dropped_datagrams",
+                "Total count of UDP dropped datagrams",
+            ),
+            ("reason", &DropReason::ALL.map(DropReason::label)),
+            |s, i| s.dropped[i],
+            &self.udp_dropped,
+        );
+        // cloudflared counts every ICMP drop as `write_failed`.
+        self.by_index_and(
+            out,
+            (
+                "cloudflared_icmp_dropped_packets",
+                "Total count of ICMP dropped datagrams",
+            ),
+            ("reason", &[DropReason::WriteFailed.label()]),
+            |s, _| s.icmp_dropped,
+            &[self.icmp_dropped],
+        );
+        self.by_index_and(
+            out,
+            (
+                "cloudflared_udp_unsupported_remote_command_total",
+                "Total count of unsupported remote RPC commands called",
+            ),
+            ("command", &SessionMethod::ALL.map(SessionMethod::label)),
+            |s, i| s.unsupported[i],
+            &[],
+        );
+    }
+
+    /// A counter family labelled `conn_index` and `key`: every value of `labels` for each
+    /// index (zeros too, so a rate starts from 0), then what the indexes do not account for
+    /// of `totals` under `conn_index=""`.
+    fn by_index_and(
+        &self,
+        out: &mut String,
+        (name, help): (&str, &str),
+        (key, labels): (&str, &[&str]),
+        at: impl Fn(&IndexStats, usize) -> u64,
+        totals: &[u64],
+    ) {
+        let mut lines = String::new();
+        let mut unnamed = totals.to_vec();
+        unnamed.resize(labels.len(), 0);
+        for (index, s) in &self.udp {
+            for (i, (label, rest)) in labels.iter().zip(&mut unnamed).enumerate() {
+                let n = at(s, i);
+                *rest = rest.saturating_sub(n);
+                let _ = writeln!(
+                    lines,
+                    "{name}{{conn_index=\"{index}\",{key}=\"{label}\"}} {n}"
+                );
+            }
+        }
+        for (label, n) in labels.iter().zip(unnamed).filter(|(_, n)| *n > 0) {
+            let _ = writeln!(lines, "{name}{{conn_index=\"\",{key}=\"{label}\"}} {n}");
+        }
+        family(out, name, "counter", help, &lines);
+    }
+
+    /// Registrations and server locations.
+    fn render_registrations(&self, out: &mut String) {
         let r = &self.registrations;
         let rpc = "rpcName=\"registerConnection\"";
         family(
@@ -416,18 +652,23 @@ impl ConnectorFigures {
             "Where each tunnel is connected to. 1 means current location, 0 means previous locations.",
             &lines,
         );
+    }
+
+    /// Connect latency and errors of TCP streams, and the flow limit's refusals.
+    fn render_connect(&self, out: &mut String) {
+        let c = &self.requests.connect;
         let name = "cloudflared_proxy_connect_latency";
         let mut lines = String::new();
         let mut below = 0;
-        for (le, n) in CONNECT_LATENCY_BUCKETS_MS.iter().zip(self.connect.buckets) {
+        for (le, n) in CONNECT_LATENCY_BUCKETS_MS.iter().zip(c.buckets) {
             below += n;
             let _ = writeln!(lines, "{name}_bucket{{le=\"{le}\"}} {below}");
         }
-        let count = self.connect.count();
+        let count = c.count();
         let _ = write!(
             lines,
             "{name}_bucket{{le=\"+Inf\"}} {count}\n{name}_sum {}\n{name}_count {count}\n",
-            self.connect.sum_ms
+            c.sum_ms
         );
         family(
             out,
@@ -436,18 +677,13 @@ impl ConnectorFigures {
             "Time it takes to establish and acknowledge connections in milliseconds",
             &lines,
         );
-        let mut one = |name: &str, help: &str, v: u64| {
-            family(out, name, "counter", help, &format!("{name} {v}\n"));
-        };
-        one(
-            "cloudflared_proxy_connect_streams_errors",
+        let name = "cloudflared_proxy_connect_streams_errors";
+        family(
+            out,
+            name,
+            "counter",
             "Total count of failure to establish and acknowledge connections",
-            self.connect.errors,
-        );
-        one(
-            "cloudflared_icmp_total_replies",
-            "Total count of ICMP replies that have been proxied from any origin",
-            self.icmp_replies,
+            &format!("{name} {}\n", c.errors),
         );
         // cloudflared's `flow` namespace, without the `cloudflared_` prefix (`flow/metrics.go`).
         let name = "flow_client_registrations_rate_limited_total";
@@ -537,9 +773,9 @@ mod tests {
         c.registrations.failed.insert("dup_edge_conn", 1);
         c.registrations.locations.insert((0, "SJC".into()), 0);
         c.registrations.locations.insert((0, "LAX".into()), 1);
-        c.connect.buckets = [1, 0, 2, 0, 0, 0, 0, 0, 1];
-        c.connect.sum_ms = 6050;
-        c.connect.errors = 3;
+        c.requests.connect.buckets = [1, 0, 2, 0, 0, 0, 0, 0, 1];
+        c.requests.connect.sum_ms = 6050;
+        c.requests.connect.errors = 3;
         c.flows.rejected = [4, 5];
         c.icmp_replies = 6;
         let mut out = String::new();
