@@ -3,7 +3,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use burrow_core::control::connector::{ControlClient, ControlEvent};
+use burrow_core::control::connector::{ControlClient, ControlEvent, RpcCall, RpcMethod};
 use burrow_core::control::edge::{ControlServer, EdgeControlEvent};
 use burrow_core::control::{
     CallFailure, ConnectionDetails, Registration, RegistrationError, RegistrationFailure,
@@ -89,6 +89,15 @@ fn split<'a>(bytes: &'a [u8], sizes: &mut impl Iterator<Item = usize>) -> Vec<&'
     out
 }
 
+/// The count of a call answered at once (these conversations take no time).
+fn called(method: RpcMethod, failed: bool) -> ControlEvent {
+    ControlEvent::Called(RpcCall {
+        method,
+        latency: Duration::ZERO,
+        failed,
+    })
+}
+
 const CONFIG: &[u8] = br#"{"ingress":[{"service":"hello_world"}]}"#;
 
 proptest! {
@@ -100,13 +109,18 @@ proptest! {
         let mut c = ControlClient::new(now, &registration(0), Some(CONFIG.to_vec()), Duration::from_secs(5)).unwrap();
         let mut s = ControlServer::new();
         let (ce, se) = converse(&mut c, &mut s, &chunks, &Ok(details(false)), now);
-        prop_assert_eq!(ce, vec![ControlEvent::Registered(details(false)), ControlEvent::LocalConfigurationAccepted]);
+        prop_assert_eq!(ce, vec![
+            called(RpcMethod::RegisterConnection, false),
+            ControlEvent::Registered(details(false)),
+            called(RpcMethod::UpdateLocalConfiguration, false),
+            ControlEvent::LocalConfigurationAccepted,
+        ]);
         prop_assert_eq!(se, vec![EdgeControlEvent::RegisterRequested(registration(0)), EdgeControlEvent::LocalConfiguration(CONFIG.to_vec())]);
         prop_assert!(c.is_registered());
 
         c.unregister(now, Duration::from_secs(30)).unwrap();
         let (ce, se) = converse(&mut c, &mut s, &chunks, &Ok(details(false)), now);
-        prop_assert_eq!(ce, vec![ControlEvent::Unregistered]);
+        prop_assert_eq!(ce, vec![called(RpcMethod::UnregisterConnection, false), ControlEvent::Unregistered]);
         prop_assert_eq!(se, vec![EdgeControlEvent::Unregistered]);
         prop_assert_eq!(c.poll_timeout(), None);
 
@@ -129,9 +143,10 @@ fn refusal_reaches_the_connector_with_cause_and_retry_hint() {
     let (ce, _) = converse(&mut c, &mut s, &[7], &Err(refusal.clone()), now);
     assert_eq!(
         ce,
-        vec![ControlEvent::RegistrationFailed(
-            RegistrationFailure::Refused(refusal.clone())
-        )]
+        vec![
+            called(RpcMethod::RegisterConnection, true),
+            ControlEvent::RegistrationFailed(RegistrationFailure::Refused(refusal.clone()))
+        ]
     );
     assert!(refusal.is_duplicate_connection());
     assert!(!c.is_registered());
@@ -153,7 +168,10 @@ fn no_local_config_when_remotely_managed_or_not_connection_zero() {
         let (ce, se) = converse(&mut c, &mut s, &[1000], &Ok(details(remote)), now);
         assert_eq!(
             ce,
-            vec![ControlEvent::Registered(details(remote))],
+            vec![
+                called(RpcMethod::RegisterConnection, false),
+                ControlEvent::Registered(details(remote))
+            ],
             "index {index}"
         );
         assert_eq!(se.len(), 1, "only the registration: {se:?}");
@@ -170,6 +188,14 @@ fn unregister_that_is_never_answered_times_out_at_the_grace_period() {
     let _lost = c.poll_transmit();
     assert_eq!(c.poll_timeout(), Some(now + Duration::from_secs(30)));
     c.handle_timeout(now + Duration::from_secs(30));
+    assert_eq!(
+        c.poll_event(),
+        Some(ControlEvent::Called(RpcCall {
+            method: RpcMethod::UnregisterConnection,
+            latency: Duration::from_secs(30),
+            failed: true,
+        }))
+    );
     assert_eq!(
         c.poll_event(),
         Some(ControlEvent::UnregisterFailed(CallFailure::TimedOut))

@@ -16,8 +16,8 @@ use std::time::Duration;
 use burrow_core::edge::Input;
 use burrow_core::session::edge::{EdgeSessionsConfig, MappingId, MappingKind, DEFAULT_IDLE};
 use clap::Args;
+use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
-use tokio::net::UdpSocket;
 use tracing::{debug, info};
 use uuid::Uuid;
 
@@ -102,8 +102,8 @@ pub struct Mappings {
 /// The mapping sockets, read and written by the edge loop itself, several datagrams per call:
 /// no reader task, channel or allocation per packet.
 pub struct MappingSockets {
-    /// By mapping id.
-    sockets: Vec<UdpSocket>,
+    /// By mapping id; registered for reads only (see [`listen_on`]).
+    sockets: Vec<AsyncFd<std::net::UdpSocket>>,
     /// The socket read last, so a busy one does not starve the others.
     last: usize,
     slots: RecvSlots,
@@ -161,11 +161,20 @@ pub async fn bind(
         addrs,
     ))
 }
-async fn listen_on(listen: &str) -> Result<(UdpSocket, SocketAddr), String> {
-    let sock = UdpSocket::bind(listen)
+/// Binds a mapping socket, registered with the runtime for reads only: sends never wait (a
+/// full buffer drops, see [`MappingSockets::flush`]), and asking for writability too made
+/// every send to clients signal the runtime again when loopback freed its buffer.
+async fn listen_on(listen: &str) -> Result<(AsyncFd<std::net::UdpSocket>, SocketAddr), String> {
+    let err = |e: io::Error| format!("cannot listen on {listen}: {e}");
+    let sock = tokio::net::UdpSocket::bind(listen)
         .await
-        .map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+        .and_then(|s| s.into_std())
+        .map_err(err)?;
     let addr = sock.local_addr().map_err(|e| e.to_string())?;
+    // SAFETY: the socket owns its descriptor, open until it drops, which the AsyncFd does
+    // after deregistering it; it is never swapped for another.
+    let sock = unsafe { AsyncFd::register_with_interest(sock, Interest::READABLE) }
+        .map_err(|e| err(e.into()))?;
     Ok((sock, addr))
 }
 
@@ -177,7 +186,8 @@ impl MappingSockets {
             let n = self.sockets.len();
             for i in (1..=n).map(|k| (self.last + k) % n) {
                 // An error is read (and logged) by `read` like a packet.
-                if self.sockets[i].poll_recv_ready(cx).is_ready() {
+                // The guard is dropped without clearing: only a read that finds nothing does.
+                if self.sockets[i].poll_read_ready(cx).is_ready() {
                     return Poll::Ready(i);
                 }
             }
@@ -196,7 +206,7 @@ impl MappingSockets {
         let mapping = MappingId(u32::try_from(index).unwrap_or(u32::MAX));
         for _ in 0..READ_CALLS {
             let slots = &mut self.slots;
-            match sock.try_io(Interest::READABLE, || mmsg::recv_many(sock.as_fd(), slots)) {
+            match sock.try_io(Interest::READABLE, |s| mmsg::recv_many(s.as_fd(), slots)) {
                 Ok(_) => {
                     for (data, from) in self.slots.received() {
                         if let Some(from) = from {
@@ -243,7 +253,7 @@ impl MappingSockets {
             let payloads = batch
                 .iter()
                 .map(|(_, to, r)| (Some(*to), &self.unsent_bytes[r.clone()]));
-            match mmsg::send_many(sock.as_fd(), payloads) {
+            match mmsg::send_many(sock.get_ref().as_fd(), payloads) {
                 Ok(n) if n < run => {
                     debug!(%mapping, dropped = run - n, "cannot send to clients now");
                 }

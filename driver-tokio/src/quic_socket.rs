@@ -10,6 +10,7 @@ use std::task::{Context, Poll};
 
 use burrow_core::tunnel::{EcnCodepoint, Received, Transmit};
 use quinn_udp::{RecvMeta, UdpSocketState};
+use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tracing::debug;
@@ -36,10 +37,14 @@ const READ_BATCHES: usize = 16;
 /// datagrams already, and fewer buffers keep the memory (64 x 1472 B each) small.
 const RECV_BATCH: usize = 8;
 
-/// A tokio UDP socket with quinn-udp's batched, ECN-aware send and receive.
+/// A UDP socket on the runtime with quinn-udp's batched, ECN-aware send and receive.
 #[derive(Debug)]
 pub struct QuicSocket {
-    io: UdpSocket,
+    /// Registered for reads only. A tokio `UdpSocket` also asks for writability, and on
+    /// loopback every send frees its buffer at once, so each `sendmsg` signalled the runtime:
+    /// its worker woke from `epoll_wait` for nothing (a third of the connector's worker
+    /// wake-ups in the UDP bench), and nothing here waits to write.
+    io: AsyncFd<std::net::UdpSocket>,
     state: UdpSocketState,
 }
 
@@ -47,6 +52,8 @@ impl QuicSocket {
     /// Wraps a bound socket, turning on what the platform offers (GRO, ECN and
     /// packet-info reporting, don't-fragment).
     pub fn new(io: UdpSocket) -> io::Result<Self> {
+        // Out of the runtime's set (it stays non-blocking), then back in for reads only.
+        let io = io.into_std()?;
         let state = UdpSocketState::new((&io).into())?;
         // Best effort: the kernel caps the size at net.core.{r,w}mem_max.
         if let Err(e) = state.set_recv_buffer_size((&io).into(), SOCKET_BUFFER) {
@@ -63,6 +70,9 @@ impl QuicSocket {
                 "UDP receive buffer smaller than wanted (see net.core.rmem_max)"
             );
         }
+        // SAFETY: the socket owns its descriptor, open until it drops, which the AsyncFd does
+        // after deregistering it; it is never swapped for another.
+        let io = unsafe { AsyncFd::register_with_interest(io, Interest::READABLE)? };
         Ok(Self { io, state })
     }
 
@@ -73,7 +83,7 @@ impl QuicSocket {
 
     /// The bound address.
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
-        self.io.local_addr()
+        self.io.get_ref().local_addr()
     }
 
     /// How many datagrams one transmit may hold: ask `poll_transmit` for this many.
@@ -96,12 +106,13 @@ impl QuicSocket {
         // Straight to the (non-blocking) socket, not through tokio's readiness cache: nothing
         // here waits for writability, and a fresh socket's cache says "not writable" until the
         // reactor has turned, which would drop the first Initial.
-        self.state.try_send((&self.io).into(), &t)
+        self.state.try_send(self.io.get_ref().into(), &t)
     }
 
     /// Ready when a read may find datagrams (registers `cx` otherwise).
     pub fn poll_recv_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.io.poll_recv_ready(cx)
+        // The guard is dropped without clearing: only a read that finds nothing clears it.
+        self.io.poll_read_ready(cx).map_ok(drop)
     }
 
     /// Reads what is queued, without waiting, into `bufs`; then [`RecvBufs::received`] lists
@@ -117,8 +128,8 @@ impl QuicSocket {
         let mut slices = storage.chunks_mut(*chunk).map(IoSliceMut::new);
         let mut iovs: [IoSliceMut<'_>; RECV_BATCH] =
             std::array::from_fn(|_| slices.next().expect("RECV_BATCH chunks"));
-        let n = self.io.try_io(Interest::READABLE, || {
-            self.state.recv((&self.io).into(), &mut iovs, meta)
+        let n = self.io.try_io(Interest::READABLE, |io| {
+            self.state.recv(io.into(), &mut iovs, meta)
         })?;
         *filled = n;
         Ok(())

@@ -469,8 +469,11 @@ fn converse(
         if !got.is_empty() {
             client.handle_bytes(Instant::now(), &got).expect("answer");
         }
-        if let Some(ev) = client.poll_event() {
-            return ev;
+        // The call's count (for the RPC client metrics) comes before its outcome.
+        while let Some(ev) = client.poll_event() {
+            if !matches!(ev, ControlEvent::Called(_)) {
+                return ev;
+            }
         }
     }
     panic!("no answer (connection lost: {})", q.is_lost());

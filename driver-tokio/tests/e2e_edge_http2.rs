@@ -244,6 +244,8 @@ fn readable(
                             ControlEvent::Registered(_) => {
                                 registered.fetch_add(1, Ordering::SeqCst);
                             }
+                            // The registration call's count, for the RPC client metrics.
+                            ControlEvent::Called(_) => {}
                             other => panic!("control: {other:?}"),
                         }
                     }

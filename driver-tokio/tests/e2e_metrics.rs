@@ -127,17 +127,6 @@ const NOT_FROM_QUINN: [&str; 2] = [
     "quic_client_dropped_packets",
 ];
 
-/// cloudflared's families burrow does not export yet: its local configuration pushes, its RPC
-/// client's latency and operations, and the datagram-v2 session counters beside the flow ones.
-const NOT_YET: [&str; 6] = [
-    "cloudflared_config_local_config_pushes",
-    "cloudflared_config_local_config_pushes_errors",
-    "cloudflared_rpc_client_latency_secs",
-    "cloudflared_rpc_client_operations",
-    "cloudflared_udp_active_sessions",
-    "cloudflared_udp_total_sessions",
-];
-
 /// burrow's families that cloudflared only shows from its first event: burrow starts them at 0.
 const FROM_ZERO: [&str; 2] = [
     "quic_client_lost_packets",
@@ -147,7 +136,7 @@ const FROM_ZERO: [&str; 2] = [
 /// Every family of burrow and of a stock cloudflared (`quic_client_*`, `process_*`,
 /// `build_info`, `cloudflared_*`, `flow_*`), both serving one tunnel through `burrow edge` with
 /// 4 connections: the same names, types, help texts and label names (but for
-/// [`NOT_FROM_QUINN`], [`NOT_YET`] and [`FROM_ZERO`]).
+/// [`NOT_FROM_QUINN`] and [`FROM_ZERO`]).
 #[test]
 #[ignore = "needs a stock cloudflared: BURROW_CLOUDFLARED=/path/to/cloudflared, --ignored"]
 fn quic_process_and_build_families_match_cloudflared() {
@@ -197,7 +186,7 @@ fn quic_process_and_build_families_match_cloudflared() {
     let ours = families(&ours_text, &prefixes);
     eprintln!("cloudflared: {theirs:#?}\nburrow: {ours:#?}");
     for (name, family) in &theirs {
-        if NOT_FROM_QUINN.contains(&name.as_str()) || NOT_YET.contains(&name.as_str()) {
+        if NOT_FROM_QUINN.contains(&name.as_str()) {
             continue;
         }
         assert_eq!(ours.get(name), Some(family), "{name}");

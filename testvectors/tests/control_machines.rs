@@ -5,7 +5,7 @@
 use std::net::IpAddr;
 use std::time::{Duration, Instant};
 
-use burrow_core::control::connector::{ControlClient, ControlEvent};
+use burrow_core::control::connector::{ControlClient, ControlEvent, RpcCall, RpcMethod};
 use burrow_core::control::edge::{ControlServer, EdgeControlEvent};
 use burrow_core::control::{ConnectionDetails, Registration};
 use burrow_core::rpc::frame::{frame_len, FrameLimits};
@@ -88,9 +88,19 @@ fn our_connector_writes_cloudflareds_bytes_given_the_edges_replies() {
 
     c.handle_bytes(now, &edge[0]).unwrap();
     c.handle_bytes(now, &edge[1]).unwrap();
+    // Each call's count (cloudflared's RPC client metrics) comes before its outcome.
+    let called = |method| {
+        Some(ControlEvent::Called(RpcCall {
+            method,
+            latency: Duration::ZERO,
+            failed: false,
+        }))
+    };
+    assert_eq!(c.poll_event(), called(RpcMethod::RegisterConnection));
     assert_eq!(c.poll_event(), Some(ControlEvent::Registered(details())));
     wrote.extend(drain(&mut c));
     c.handle_bytes(now, &edge[2]).unwrap();
+    assert_eq!(c.poll_event(), called(RpcMethod::UpdateLocalConfiguration));
     assert_eq!(
         c.poll_event(),
         Some(ControlEvent::LocalConfigurationAccepted)
@@ -100,6 +110,7 @@ fn our_connector_writes_cloudflareds_bytes_given_the_edges_replies() {
     c.unregister(now, Duration::from_secs(30)).unwrap();
     wrote.extend(drain(&mut c));
     c.handle_bytes(now, &edge[3]).unwrap();
+    assert_eq!(c.poll_event(), called(RpcMethod::UnregisterConnection));
     assert_eq!(c.poll_event(), Some(ControlEvent::Unregistered));
     wrote.extend(drain(&mut c));
     assert_eq!(c.poll_event(), None);

@@ -40,6 +40,43 @@ pub enum ControlEvent {
     Unregistered,
     /// `unregisterConnection` failed or timed out: drain and close anyway.
     UnregisterFailed(CallFailure),
+    /// A registration-server call ended (answered, refused or timed out): what cloudflared's
+    /// RPC client metrics count. Comes before the call's own event.
+    Called(RpcCall),
+}
+
+/// A `RegistrationServer` method the connector calls, as cloudflared's RPC client metrics
+/// label it (`tunnelrpc/metrics`: `handler="registration"`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum RpcMethod {
+    /// `registerConnection`.
+    RegisterConnection,
+    /// `updateLocalConfiguration`.
+    UpdateLocalConfiguration,
+    /// `unregisterConnection`.
+    UnregisterConnection,
+}
+
+impl RpcMethod {
+    /// The metric's `method` label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::RegisterConnection => "register_connection",
+            Self::UpdateLocalConfiguration => "update_local_configuration",
+            Self::UnregisterConnection => "unregister_connection",
+        }
+    }
+}
+
+/// One ended call: which, how long from asking to its end, and whether it failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RpcCall {
+    /// The method.
+    pub method: RpcMethod,
+    /// From the call being queued to its answer or deadline.
+    pub latency: Duration,
+    /// Refused, failed or timed out.
+    pub failed: bool,
 }
 
 /// What an outstanding question asked.
@@ -52,6 +89,16 @@ enum Asked {
 }
 
 impl Asked {
+    /// The method a question calls (the bootstrap is no method call).
+    fn method(self) -> Option<RpcMethod> {
+        match self {
+            Asked::Bootstrap => None,
+            Asked::Register => Some(RpcMethod::RegisterConnection),
+            Asked::LocalConfig => Some(RpcMethod::UpdateLocalConfiguration),
+            Asked::Unregister => Some(RpcMethod::UnregisterConnection),
+        }
+    }
+
     /// The event a failure of this question produces (bootstrap failing fails registration).
     fn failure(self, failure: CallFailure) -> ControlEvent {
         match self {
@@ -82,6 +129,8 @@ enum Phase {
 struct Question {
     id: u32,
     asked: Asked,
+    /// When it was queued, for its latency.
+    at: Instant,
     deadline: Instant,
     /// Failed by its deadline; the id stays taken until its late answer arrives (Cap'n Proto
     /// frees a question id only once it is both returned and finished).
@@ -151,7 +200,7 @@ impl ControlClient {
     /// Feeds bytes read from the control stream.
     pub fn handle_bytes(&mut self, now: Instant, bytes: &[u8]) -> Result<(), ControlError> {
         let conv = &mut self.conv;
-        self.inbox.feed(bytes, |m| conv.on_message(m))?;
+        self.inbox.feed(bytes, |m| conv.on_message(now, m))?;
         conv.push_local_config(now)
     }
 
@@ -190,14 +239,22 @@ impl ControlClient {
     /// ignored (see [`ControlClient::late_answers`]).
     pub fn handle_timeout(&mut self, now: Instant) {
         let conv = &mut self.conv;
-        while let Some(q) = conv
+        let mut due = Vec::new();
+        for q in conv
             .questions
             .iter_mut()
-            .find(|q| !q.timed_out && q.deadline <= now)
+            .filter(|q| !q.timed_out && q.deadline <= now)
         {
             q.timed_out = true;
-            let (id, asked) = (q.id, q.asked);
-            warn!(question = id, asked = ?asked, "control-stream call timed out");
+            warn!(question = q.id, asked = ?q.asked, "control-stream call timed out");
+            due.push((q.asked, q.at));
+        }
+        // Every call counted before the failures they cause (a bootstrap failing fails the
+        // registration: its event is the registration's).
+        for (asked, at) in &due {
+            conv.called(*asked, now.saturating_duration_since(*at), true);
+        }
+        for (asked, _) in due {
             // Under heavy loss an answer can take longer than the deadline (a lost handshake
             // flight backs quinn's probe timer off past it); the edge refused nothing, so the
             // supervisor must retry, as cloudflared retries every QUIC registration failure.
@@ -253,10 +310,22 @@ impl Conversation {
         self.questions.push(Question {
             id,
             asked,
+            at: now,
             deadline: now + timeout,
             timed_out: false,
         });
         id
+    }
+
+    /// Records an ended call of `asked`'s, before its own event.
+    fn called(&mut self, asked: Asked, latency: Duration, failed: bool) {
+        if let Some(method) = asked.method() {
+            self.events.push_back(ControlEvent::Called(RpcCall {
+                method,
+                latency,
+                failed,
+            }));
+        }
     }
 
     /// Records a failed question: the event, and what it means for the phase.
@@ -292,7 +361,7 @@ impl Conversation {
         Ok(())
     }
 
-    fn on_message(&mut self, m: Message<'_>) -> Result<(), ControlError> {
+    fn on_message(&mut self, now: Instant, m: Message<'_>) -> Result<(), ControlError> {
         if self.phase == Phase::Closed {
             // We aborted the conversation: what the edge sent meanwhile has no one to act on it.
             if let Message::Return(_) = m {
@@ -301,7 +370,7 @@ impl Conversation {
             return Ok(());
         }
         match m {
-            Message::Return(r) => self.on_return(r),
+            Message::Return(r) => self.on_return(now, r),
             Message::Abort(e) => Err(ControlError::Aborted(e.reason.to_owned())),
             // The connector exposes nothing on the control stream (cloudflared has no main
             // interface here): refuse the question, keep the conversation.
@@ -319,7 +388,7 @@ impl Conversation {
         }
     }
 
-    fn on_return(&mut self, r: message::Return<'_>) -> Result<(), ControlError> {
+    fn on_return(&mut self, now: Instant, r: message::Return<'_>) -> Result<(), ControlError> {
         let pos = self
             .questions
             .iter()
@@ -338,14 +407,17 @@ impl Conversation {
             return Ok(());
         }
         let asked = q.asked;
+        let latency = now.saturating_duration_since(q.at);
         let payload = match r.body {
             ReturnBody::Results(p) => p,
             ReturnBody::Exception(e) => {
+                self.called(asked, latency, true);
                 self.fail(asked, CallFailure::Remote(EdgeCause::parse(e.reason)));
                 return Ok(());
             }
             other => {
                 let cause = EdgeCause::Other(format!("unsupported return {other:?}"));
+                self.called(asked, latency, true);
                 self.fail(asked, CallFailure::Remote(cause));
                 return Ok(());
             }
@@ -378,20 +450,26 @@ impl Conversation {
                     if details.remotely_managed {
                         self.local_config = None;
                     }
+                    self.called(asked, latency, false);
                     self.events.push_back(ControlEvent::Registered(details));
                 }
                 ConnectionResponse::Error(e) => {
                     self.phase = Phase::Done;
+                    // cloudflared's client returns the edge's refusal as the call's error.
+                    self.called(asked, latency, true);
                     self.events.push_back(ControlEvent::RegistrationFailed(
                         RegistrationFailure::Refused(RegistrationError::from_wire(&e)),
                     ));
                 }
             },
-            Asked::LocalConfig => self
-                .events
-                .push_back(ControlEvent::LocalConfigurationAccepted),
+            Asked::LocalConfig => {
+                self.called(asked, latency, false);
+                self.events
+                    .push_back(ControlEvent::LocalConfigurationAccepted);
+            }
             Asked::Unregister => {
                 self.phase = Phase::Done;
+                self.called(asked, latency, false);
                 self.events.push_back(ControlEvent::Unregistered);
             }
         }
@@ -413,6 +491,15 @@ mod tests {
         c.handle_timeout(now + Duration::from_secs(4));
         assert_eq!(c.poll_event(), None);
         c.handle_timeout(now + Duration::from_secs(5));
+        // The failed call is counted first (cloudflared's RPC client metrics).
+        assert_eq!(
+            c.poll_event(),
+            Some(ControlEvent::Called(RpcCall {
+                method: RpcMethod::RegisterConnection,
+                latency: Duration::from_secs(5),
+                failed: true,
+            }))
+        );
         assert!(matches!(
             c.poll_event(),
             Some(ControlEvent::RegistrationFailed(RegistrationFailure::Call(
@@ -445,6 +532,14 @@ mod tests {
             .unwrap();
         c.handle_bytes(now, &server.poll_transmit().unwrap())
             .unwrap();
+        assert_eq!(
+            c.poll_event(),
+            Some(ControlEvent::Called(RpcCall {
+                method: RpcMethod::RegisterConnection,
+                latency: Duration::ZERO,
+                failed: false,
+            }))
+        );
         assert!(matches!(c.poll_event(), Some(ControlEvent::Registered(_))));
         (c, server)
     }
@@ -459,6 +554,14 @@ mod tests {
             .expect("finish and updateLocalConfiguration");
         let late = now + Duration::from_secs(6);
         c.handle_timeout(late);
+        assert_eq!(
+            c.poll_event(),
+            Some(ControlEvent::Called(RpcCall {
+                method: RpcMethod::UpdateLocalConfiguration,
+                latency: Duration::from_secs(6),
+                failed: true,
+            }))
+        );
         assert_eq!(
             c.poll_event(),
             Some(ControlEvent::LocalConfigurationFailed(
@@ -476,8 +579,19 @@ mod tests {
         // The id was held until the answer came, and is free again: unregistering still works.
         c.unregister(late, Duration::from_secs(30)).unwrap();
         server.handle_bytes(&c.poll_transmit().unwrap()).unwrap();
-        c.handle_bytes(late, &server.poll_transmit().unwrap())
-            .unwrap();
+        c.handle_bytes(
+            late + Duration::from_millis(30),
+            &server.poll_transmit().unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            c.poll_event(),
+            Some(ControlEvent::Called(RpcCall {
+                method: RpcMethod::UnregisterConnection,
+                latency: Duration::from_millis(30),
+                failed: false,
+            }))
+        );
         assert_eq!(c.poll_event(), Some(ControlEvent::Unregistered));
         // An answer to a question never asked is still a protocol error.
         let mut bogus = Vec::new();

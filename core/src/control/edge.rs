@@ -223,6 +223,7 @@ mod tests {
         client
             .handle_bytes(now, &server.poll_transmit().expect("answer"))
             .expect("read");
+        assert!(matches!(client.poll_event(), Some(ControlEvent::Called(_))));
         assert!(matches!(
             client.poll_event(),
             Some(ControlEvent::Registered(_))

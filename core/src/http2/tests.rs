@@ -227,6 +227,7 @@ fn control_stream_carries_a_registration() {
     let (bytes, finished) = read_all(&mut p.c, stream);
     assert!(!finished);
     client.handle_bytes(now, &bytes).expect("connector RPC");
+    assert!(matches!(client.poll_event(), Some(ControlEvent::Called(_))));
     assert_eq!(client.poll_event(), Some(ControlEvent::Registered(details)));
 }
 

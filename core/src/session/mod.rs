@@ -282,9 +282,19 @@ pub struct SessionStats {
     /// Of the [`DropReason::TooLarge`] drops, origin payloads of datagram-v2 sessions
     /// (cloudflared's `quic_client_packet_too_big_dropped`, which its v2 muxer counts).
     pub packet_too_big: u64,
+    /// Datagram-v2 sessions whose origin socket opened, as cloudflared's v2 session manager
+    /// counts them (`udp_total_sessions`).
+    pub v2_sessions: u64,
+    /// Of those, sessions ended (`udp_active_sessions` is the difference).
+    pub v2_ended: u64,
 }
 
 impl SessionStats {
+    /// Datagram-v2 sessions open (`udp_active_sessions`).
+    pub fn v2_active(&self) -> u64 {
+        self.v2_sessions.saturating_sub(self.v2_ended)
+    }
+
     /// Drops counted for `reason`.
     pub fn dropped(&self, reason: DropReason) -> u64 {
         self.dropped[reason as usize]
@@ -684,6 +694,7 @@ impl SessionManager {
         let deadline = now + s.idle;
         let (id, version, link) = (s.id, s.version, s.link);
         self.stats.total_flows += 1;
+        self.stats.v2_sessions += u64::from(version == DatagramVersion::V2);
         let index = link.and_then(|l| self.indexes.get(&l).copied());
         if let Some(i) = index {
             self.by_index.entry(i).or_default().total_flows += 1;
@@ -862,6 +873,9 @@ impl SessionManager {
         self.by_id.remove(&s.id);
         if let Some(i) = s.opened_on {
             self.by_index.entry(i).or_default().ended += 1;
+        }
+        if s.version == DatagramVersion::V2 && matches!(s.state, State::Open) {
+            self.stats.v2_ended += 1;
         }
         if let State::Opening { pending, .. } = &s.state {
             let index = s.link.and_then(|l| self.indexes.get(&l).copied());

@@ -112,6 +112,8 @@ fn registration_opens_answers_and_forwards_in_order() {
         "payloads are accepted from any connection, as in cloudflared"
     );
     assert_eq!(m.stats().total_flows, 1);
+    // A v3 flow is no datagram-v2 session.
+    assert_eq!(m.stats().v2_sessions, 0);
 }
 
 #[test]
@@ -326,6 +328,8 @@ fn v2_sessions_answer_over_rpc_and_unregister_when_idle() {
         Err(DropReason::TooLarge)
     );
     assert_eq!(m.stats().packet_too_big, 1);
+    // cloudflared's v2 session gauge and counter (`udp_active_sessions`, `_total_sessions`).
+    assert_eq!((m.stats().v2_sessions, m.stats().v2_active()), (1, 1));
 
     m.handle_timeout(t0 + DEFAULT_IDLE);
     assert_eq!(
@@ -339,6 +343,7 @@ fn v2_sessions_answer_over_rpc_and_unregister_when_idle() {
             }
         ]
     );
+    assert_eq!(m.stats().v2_active(), 0);
 }
 
 #[test]
@@ -362,8 +367,11 @@ fn v2_unregister_by_edge_is_not_echoed_and_limit_text_matches() {
             result: Err(V2_RATE_LIMITED.into())
         }]
     );
+    // A refused registration opened no session.
+    assert_eq!((m.stats().v2_sessions, m.stats().v2_active()), (1, 1));
     m.unregister_v2(id, "eyeball went away");
     assert_eq!(actions(&mut m), vec![SessionAction::Close { flow }]);
+    assert_eq!((m.stats().v2_sessions, m.stats().v2_active()), (1, 0));
 }
 
 #[test]

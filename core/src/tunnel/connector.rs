@@ -94,6 +94,8 @@ pub enum ConnectorEvent {
     LocalConfigurationFailed(CallFailure),
     /// Graceful shutdown: the edge acknowledged `unregisterConnection` (or it timed out).
     Unregistered,
+    /// A registration-server call ended (cloudflared's RPC client metrics).
+    Called(crate::control::connector::RpcCall),
     /// The edge offers remote configuration; apply the version rule with
     /// [`crate::rpc_stream::ConfigVersions`] and answer with
     /// [`ConnectorConnection::respond_configuration`].
@@ -1069,6 +1071,7 @@ impl ConnectorConnection {
                     .push_back(ConnectorEvent::RegistrationFailed(e.clone()));
                 self.close_with(LocalClose::Registration(e), now);
             }
+            ControlEvent::Called(call) => self.events.push_back(ConnectorEvent::Called(call)),
             ControlEvent::LocalConfigurationAccepted => {
                 debug!(conn_index, "local configuration pushed")
             }

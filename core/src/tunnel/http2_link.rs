@@ -867,6 +867,7 @@ impl Http2Link {
                     .push_back(ConnectorEvent::RegistrationFailed(e.clone()));
                 self.close_with(LocalClose::Registration(e), now);
             }
+            ControlEvent::Called(call) => self.events.push_back(ConnectorEvent::Called(call)),
             ControlEvent::LocalConfigurationAccepted => {
                 debug!(conn_index, "local configuration pushed")
             }

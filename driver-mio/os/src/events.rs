@@ -85,6 +85,9 @@ pub fn log(e: &Event, stopping: bool) {
         Event::LocalConfigurationFailed { index, reason } => {
             warn!(conn_index = index, %reason, "Failed to update local configuration");
         }
+        Event::RpcCalled { index, call } => {
+            debug!(conn_index = index, method = call.method.label(), latency = ?call.latency, failed = call.failed, "registration call ended");
+        }
         Event::Fatal(e) => error!(error = %e, "giving up"),
         Event::Stopped => {}
     }

@@ -13,7 +13,7 @@ use burrow_core::connector::Connector;
 use burrow_core::flow::{FlowStats, FlowType};
 use burrow_core::quic::client_metrics::{IndexFigures, QuicClientStats, FRAME_TYPES};
 use burrow_core::session::{DropReason, IndexStats, SessionMethod};
-use burrow_core::tunnel::registrations::RegistrationStats;
+use burrow_core::tunnel::registrations::{rpc_latency_bounds, RegistrationStats};
 use burrow_core::tunnel::requests::{RequestStats, CONNECT_LATENCY_BUCKETS_MS};
 use burrow_core::tunnel::udp::DatagramHub;
 
@@ -386,6 +386,9 @@ pub struct ConnectorFigures {
     pub flows: FlowStats,
     /// Echo replies sent to the edge (`cloudflared_icmp_total_replies`).
     pub icmp_replies: u64,
+    /// Datagram-v2 sessions opened and still open (`cloudflared_udp_total_sessions`,
+    /// `cloudflared_udp_active_sessions`).
+    pub udp_sessions: (u64, u64),
 }
 
 impl ConnectorFigures {
@@ -414,6 +417,8 @@ impl ConnectorFigures {
         self.udp_dropped = hub.sessions.stats().dropped;
         self.icmp_dropped = hub.sessions.stats().icmp_dropped;
         self.icmp_replies = hub.stats().icmp_replies;
+        let s = hub.sessions.stats();
+        self.udp_sessions = (s.v2_sessions, s.v2_active());
     }
 
     /// Their families, under cloudflared's names, help texts and labels.
@@ -501,8 +506,26 @@ impl ConnectorFigures {
         );
     }
 
-    /// The UDP flow, dropped datagram and ICMP drop families, by `conn_index`.
+    /// The UDP flow, dropped datagram and ICMP drop families, by `conn_index`, and the
+    /// datagram-v2 session ones.
     fn render_datagrams(&self, out: &mut String) {
+        // Without labels, as cloudflared's `datagramsession` registers them.
+        for (name, kind, help, v) in [
+            (
+                "cloudflared_udp_active_sessions",
+                "gauge",
+                "Concurrent count of UDP sessions that are being proxied to any origin",
+                self.udp_sessions.1,
+            ),
+            (
+                "cloudflared_udp_total_sessions",
+                "counter",
+                "Total count of UDP sessions that have been proxied to any origin",
+                self.udp_sessions.0,
+            ),
+        ] {
+            family(out, name, kind, help, &format!("{name} {v}\n"));
+        }
         let by_index: [IndexFamily; 5] = [
             (
                 "cloudflared_udp_active_flows",
@@ -605,9 +628,72 @@ impl ConnectorFigures {
         family(out, name, "counter", help, &lines);
     }
 
-    /// Registrations and server locations.
+    /// Registrations and server locations, the registration-server calls and the local
+    /// configuration pushes.
     fn render_registrations(&self, out: &mut String) {
         let r = &self.registrations;
+        for (name, help, v) in [
+            (
+                "cloudflared_config_local_config_pushes",
+                "Number of local configuration pushes to the edge",
+                r.config_pushes,
+            ),
+            (
+                "cloudflared_config_local_config_pushes_errors",
+                "Number of errors occurred during local configuration pushes",
+                r.config_push_errors,
+            ),
+        ] {
+            family(out, name, "counter", help, &format!("{name} {v}\n"));
+        }
+        // A series per method called (client_golang's vectors show none before the first).
+        let labels = |m: burrow_core::control::connector::RpcMethod| {
+            format!("handler=\"registration\",method=\"{}\"", m.label())
+        };
+        for (name, help, failures) in [
+            (
+                "cloudflared_rpc_client_operations",
+                "Number of rpc methods by handler requested",
+                false,
+            ),
+            (
+                "cloudflared_rpc_client_failures",
+                "Number of rpc method failures by handler requested",
+                true,
+            ),
+        ] {
+            let mut lines = String::new();
+            for (m, f) in &r.rpc {
+                let n = if failures { f.failures } else { f.operations };
+                if n > 0 {
+                    let _ = writeln!(lines, "{name}{{{}}} {n}", labels(*m));
+                }
+            }
+            family(out, name, "counter", help, &lines);
+        }
+        let name = "cloudflared_rpc_client_latency_secs";
+        let mut lines = String::new();
+        for (m, f) in &r.rpc {
+            let l = labels(*m);
+            let mut below = 0;
+            for (le, n) in rpc_latency_bounds().iter().zip(f.buckets) {
+                below += n;
+                let _ = writeln!(lines, "{name}_bucket{{{l},le=\"{le}\"}} {below}");
+            }
+            let _ = write!(
+                lines,
+                "{name}_bucket{{{l},le=\"+Inf\"}} {n}\n{name}_sum{{{l}}} {}\n{name}_count{{{l}}} {n}\n",
+                f.sum_secs,
+                n = f.operations
+            );
+        }
+        family(
+            out,
+            name,
+            "histogram",
+            "Latency of rpc methods by handler requested",
+            &lines,
+        );
         let rpc = "rpcName=\"registerConnection\"";
         family(
             out,
@@ -766,10 +852,27 @@ mod tests {
             "cloudflared_proxy_connect_streams_errors 0\n",
             "cloudflared_icmp_total_replies 0\n",
             "flow_client_registrations_rate_limited_total{flow_type=\"udp\"} 0\n",
+            "cloudflared_config_local_config_pushes 0\n",
+            "cloudflared_config_local_config_pushes_errors 0\n",
+            "# TYPE cloudflared_udp_active_sessions gauge\ncloudflared_udp_active_sessions 0\n",
+            "# TYPE cloudflared_udp_total_sessions counter\ncloudflared_udp_total_sessions 0\n",
         ] {
             assert!(out.contains(line), "{line} missing in\n{out}");
         }
+        // No call yet: no RPC client series (client_golang's vectors show none).
+        assert!(!out.contains("rpc_client"), "{out}");
         c.registrations.success = 2;
+        c.registrations.rpc.insert(
+            burrow_core::control::connector::RpcMethod::RegisterConnection,
+            burrow_core::tunnel::registrations::RpcFigures {
+                operations: 3,
+                failures: 1,
+                buckets: [1, 1, 0, 0, 0],
+                sum_secs: 0.25,
+            },
+        );
+        c.registrations.config_pushes = 1;
+        c.udp_sessions = (5, 2);
         c.registrations.failed.insert("dup_edge_conn", 1);
         c.registrations.locations.insert((0, "SJC".into()), 0);
         c.registrations.locations.insert((0, "LAX".into()), 1);
@@ -792,6 +895,15 @@ mod tests {
             "cloudflared_icmp_total_replies 6\n",
             "flow_client_registrations_rate_limited_total{flow_type=\"tcp\"} 4\n",
             "flow_client_registrations_rate_limited_total{flow_type=\"udp\"} 5\n",
+            "cloudflared_config_local_config_pushes 1\n",
+            "cloudflared_udp_active_sessions 2\n",
+            "cloudflared_udp_total_sessions 5\n",
+            "# TYPE cloudflared_rpc_client_operations counter\ncloudflared_rpc_client_operations{handler=\"registration\",method=\"register_connection\"} 3\n",
+            "cloudflared_rpc_client_failures{handler=\"registration\",method=\"register_connection\"} 1\n",
+            "# TYPE cloudflared_rpc_client_latency_secs histogram\ncloudflared_rpc_client_latency_secs_bucket{handler=\"registration\",method=\"register_connection\",le=\"0.05\"} 1\n",
+            "{handler=\"registration\",method=\"register_connection\",le=\"0.15000000000000002\"} 2\n",
+            "{handler=\"registration\",method=\"register_connection\",le=\"4.050000000000001\"} 2\n",
+            "{handler=\"registration\",method=\"register_connection\",le=\"+Inf\"} 3\ncloudflared_rpc_client_latency_secs_sum{handler=\"registration\",method=\"register_connection\"} 0.25\ncloudflared_rpc_client_latency_secs_count{handler=\"registration\",method=\"register_connection\"} 3\n",
         ] {
             assert!(out.contains(line), "{line} missing in\n{out}");
         }

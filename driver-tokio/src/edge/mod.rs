@@ -262,11 +262,13 @@ pub async fn start(args: &EdgeArgs, tunnels_path: &Path) -> Result<RunningEdge, 
     let mut server = quinn_proto::ServerConfig::with_crypto(Arc::new(
         tls::server_config(chain, key, PostQuantum::Prefer).map_err(|e| e.to_string())?,
     ));
-    server.transport_config(QuicSettings::edge().transport_config(true));
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(|e| format!("no randomness for the edge: {e}"))?;
     let (socket, tunnel_tcp) = bind_tunnel_port(&args.listen).await?;
     let quic = socket.local_addr().map_err(|e| e.to_string())?;
+    // The initial packet size of the socket's family: an IPv6 (or dual-stack) edge must fit
+    // 1280-byte paths with IPv6's larger headers, as the connector's side does.
+    server.transport_config(QuicSettings::edge().transport_config(quic.is_ipv4()));
     let (accepted_tx, accepted) = mpsc::unbounded_channel();
     tokio::spawn(http2::serve(tunnel_tcp, accepted_tx));
     let http_listener = TcpListener::bind(&args.http)

@@ -300,6 +300,12 @@ pub fn request_counts_by_code(http: u16, metrics: SocketAddr) {
 /// The UDP flow metrics after `clients` sessions, all still open, over 2 HA connections:
 /// cloudflared's families labelled by the `conn_index` each session registered on.
 pub fn check_udp_flow_metrics(text: &str, clients: usize) {
+    // Datagram-v3 flows, which cloudflared does not count as v2 sessions.
+    assert_eq!(
+        metric(text, "cloudflared_udp_total_sessions"),
+        0.0,
+        "{text}"
+    );
     let total = summed(text, "cloudflared_udp_total_flows");
     assert!(
         total >= clients as f64,
@@ -554,6 +560,8 @@ pub fn dashboards_after_traffic(http: u16, tcp: SocketAddr, metrics: SocketAddr,
             r#"quic_client_sent_frames{conn_index="0",frame_type="Stream"}"#,
             r#"quic_client_received_frames{conn_index="0",frame_type="Stream"}"#,
             "cloudflared_proxy_connect_latency_count",
+            // Pushed on connection 0 once registered (the connector has a config file).
+            "cloudflared_config_local_config_pushes",
         ],
     );
     let m = |name: &str| metric(&text, name);
@@ -590,6 +598,47 @@ pub fn dashboards_after_traffic(http: u16, tcp: SocketAddr, metrics: SocketAddr,
         !text.contains("\ncloudflared_tunnel_tunnel_register_fail{"),
         "{text}"
     );
+    // cloudflared's RPC client metrics: every registration and the one local configuration
+    // push, answered on loopback well within the 4.05 s bucket, none failed.
+    let rpc = |method: &str| format!(r#"handler="registration",method="{method}""#);
+    for (method, n) in [
+        ("register_connection", f64::from(ha)),
+        ("update_local_configuration", 1.0),
+    ] {
+        let l = rpc(method);
+        assert_eq!(
+            m(&format!("cloudflared_rpc_client_operations{{{l}}}")),
+            n,
+            "{method}\n{text}"
+        );
+        let name = "cloudflared_rpc_client_latency_secs";
+        assert_eq!(m(&format!("{name}_count{{{l}}}")), n, "{text}");
+        assert_eq!(m(&format!(r#"{name}_bucket{{{l},le="+Inf"}}"#)), n);
+        let mut below = 0.0;
+        for le in [
+            "0.05",
+            "0.15000000000000002",
+            "0.45000000000000007",
+            "1.35",
+            "4.050000000000001",
+        ] {
+            let b = m(&format!(r#"{name}_bucket{{{l},le="{le}"}}"#));
+            assert!(b >= below, "buckets are cumulative\n{text}");
+            below = b;
+        }
+        assert_eq!(below, n, "answered within 4.05 s on loopback\n{text}");
+        let sum = m(&format!("{name}_sum{{{l}}}"));
+        assert!((0.0..4.05 * n).contains(&sum), "{sum}\n{text}");
+    }
+    assert!(
+        !text.contains("\ncloudflared_rpc_client_failures{"),
+        "{text}"
+    );
+    assert_eq!(m("cloudflared_config_local_config_pushes"), 1.0, "{text}");
+    assert_eq!(m("cloudflared_config_local_config_pushes_errors"), 0.0);
+    // No UDP here (and burrow's connectors speak datagram v3): no v2 session.
+    assert_eq!(m("cloudflared_udp_total_sessions"), 0.0);
+    assert_eq!(m("cloudflared_udp_active_sessions"), 0.0);
     for i in 0..ha {
         let series =
             format!("cloudflared_tunnel_server_locations{{connection_id=\"{i}\",edge_location=\"");

@@ -237,6 +237,14 @@ pub enum SupervisorEvent {
         /// Flows active now.
         active: u64,
     },
+    /// A registration-server call of `index`'s connection ended: counted for cloudflared's
+    /// RPC client and local configuration metrics.
+    RpcCalled {
+        /// HA index.
+        index: u8,
+        /// Which, how long, whether it failed.
+        call: crate::control::connector::RpcCall,
+    },
     /// Pushing the local configuration failed (logged, not fatal).
     LocalConfigurationFailed {
         /// HA index.
@@ -1204,6 +1212,9 @@ impl Supervisor {
                             .events
                             .push_back(SupervisorEvent::LocalConfigurationFailed { index, reason }),
                         ConnectorEvent::Unregistered => {}
+                        ConnectorEvent::Called(call) => self
+                            .events
+                            .push_back(SupervisorEvent::RpcCalled { index, call }),
                         ConnectorEvent::ConfigurationOffered {
                             stream,
                             version,
