@@ -285,7 +285,7 @@ fn gso_batches_and_gro_buffers_carry_a_tcp_flow_intact_both_ways() {
 
     // Both directions at once: origin bytes down to the edge, request bytes up to the origin.
     let down = bytes::Bytes::from(pattern(0x5a, DOWN));
-    let up = pattern(0xa5, UP);
+    let up = bytes::Bytes::from(pattern(0xa5, UP));
     let (mut fed, mut queued) = (0, 0);
     let mut got_down = Vec::with_capacity(DOWN);
     let mut got_up = Vec::with_capacity(UP);
@@ -315,7 +315,7 @@ fn gso_batches_and_gro_buffers_carry_a_tcp_flow_intact_both_ways() {
             if queued < UP {
                 let n = p
                     .edge
-                    .send_request_body(p.now, conn, stream, &up[queued..], 256 * 1024)
+                    .send_request_body(p.now, conn, stream, &up.slice(queued..), 256 * 1024)
                     .unwrap();
                 queued += n;
                 progress |= n > 0;

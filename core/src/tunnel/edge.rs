@@ -31,8 +31,8 @@ use quinn_proto::{
 use tracing::{debug, warn};
 
 use super::quic_io::{
-    exchange_events, flush_rpc_server, flush_stream, handle_received, read_stream, read_stream_max,
-    send_datagram, AckWatch, DatagramError,
+    exchange_events, flush_chunks, flush_rpc_server, flush_stream, handle_received, read_stream,
+    read_stream_max, send_datagram, AckWatch, Chunks, DatagramError,
 };
 use super::{EcnCodepoint, Received, Transmit};
 use crate::control::edge::{ControlServer, EdgeControlEvent};
@@ -211,7 +211,7 @@ struct EdgeConnection {
 /// One request we sent on a data stream.
 struct DataStream {
     /// Request bytes quinn has not taken yet.
-    unsent: Vec<u8>,
+    unsent: Chunks,
     /// FIN once `unsent` is written.
     finish: bool,
     /// Response bytes until the whole `ConnectResponse` is in; `None` once it was reported.
@@ -593,10 +593,12 @@ impl EdgeEndpoint {
         if !c.registered() {
             return Err(ApiError::NotRegistered("a request"));
         }
-        let mut unsent = Vec::new();
+        let mut head = Vec::new();
         request
-            .encode(&mut unsent)
+            .encode(&mut head)
             .map_err(|e| ApiError::Encode(e.to_string()))?;
+        let mut unsent = Chunks::default();
+        unsent.push(head.into());
         let stream = c.name_stream()?;
         c.data.insert(
             stream,
@@ -618,7 +620,7 @@ impl EdgeEndpoint {
         now: Instant,
         conn: ConnId,
         stream: StreamId,
-        bytes: &[u8],
+        bytes: &Bytes,
         window: usize,
     ) -> Result<usize, ApiError> {
         let c = self.conns.get_mut(&conn).ok_or(ApiError::Closed)?;
@@ -627,7 +629,7 @@ impl EdgeEndpoint {
             return Err(ApiError::Closed);
         }
         let n = bytes.len().min(window.saturating_sub(d.unsent.len()));
-        d.unsent.extend_from_slice(&bytes[..n]);
+        d.unsent.push(bytes.slice(..n));
         self.progress(now);
         Ok(n)
     }
@@ -804,7 +806,7 @@ impl EdgeEndpoint {
             }
             let mut broken = Vec::new();
             for (&stream, d) in c.data.iter_mut().filter(|(s, _)| opened(s)) {
-                if flush_stream(&mut c.conn, stream, &mut d.unsent).is_err() {
+                if flush_chunks(&mut c.conn, stream, &mut d.unsent).is_err() {
                     broken.push(stream);
                 } else if d.finish && d.unsent.is_empty() {
                     // Finishing twice is harmless; quinn refuses the second.

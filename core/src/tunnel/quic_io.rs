@@ -4,7 +4,9 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::BytesMut;
+use std::collections::VecDeque;
+
+use bytes::{Bytes, BytesMut};
 use quinn_proto::{
     Connection, ConnectionHandle, DatagramEvent, Endpoint, ReadError, StreamId, VarInt, WriteError,
 };
@@ -354,6 +356,64 @@ pub(crate) fn read_stream_max(
 }
 
 /// Writes as much of `pending` as flow control allows to stream `id`, keeping the rest.
+/// Bytes queued for a stream as the chunks they came in, so quinn takes them without a copy
+/// ([`flush_chunks`]); a byte queue would copy each twice (in, and into quinn's buffer).
+#[derive(Debug, Default)]
+pub(crate) struct Chunks {
+    queue: VecDeque<Bytes>,
+    len: usize,
+}
+
+impl Chunks {
+    /// Queues `bytes` after the rest.
+    pub(crate) fn push(&mut self, bytes: Bytes) {
+        if !bytes.is_empty() {
+            self.len += bytes.len();
+            self.queue.push_back(bytes);
+        }
+    }
+
+    /// Bytes queued.
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is queued.
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Drops what is queued.
+    pub(crate) fn clear(&mut self) {
+        self.queue.clear();
+        self.len = 0;
+    }
+}
+
+/// Hands as much of `pending` to the stream as quinn takes, by reference count.
+pub(crate) fn flush_chunks(
+    conn: &mut Connection,
+    id: StreamId,
+    pending: &mut Chunks,
+) -> Result<(), WriteError> {
+    while !pending.is_empty() {
+        let (front, _) = pending.queue.as_mut_slices();
+        match conn.send_stream(id).write_chunks(front) {
+            Ok(w) => {
+                // A partly taken chunk was advanced in place.
+                pending.len -= w.bytes;
+                pending.queue.drain(..w.chunks);
+                if w.bytes == 0 {
+                    return Ok(());
+                }
+            }
+            Err(WriteError::Blocked) => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
 pub(crate) fn flush_stream(
     conn: &mut Connection,
     id: StreamId,
