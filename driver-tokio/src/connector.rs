@@ -701,13 +701,13 @@ async fn open_socket(
     QuicSocket::bind(burrow_os::edge_bind(edge, local)).await
 }
 
-/// Resolves with the index of a socket that has datagrams to read, looking first at the
-/// indexes after `last` so a busy socket does not starve the others; pending while there is
-/// none (or no socket).
 /// A timer this late means the process was stalled: the sockets are read before the timers.
 /// Timers fire on time otherwise, and reading every socket on each would cost system calls.
 const STALLED: Duration = Duration::from_millis(100);
 
+/// Resolves with the index of a socket that has datagrams to read, looking first at the
+/// indexes after `last` so a busy socket does not starve the others; pending while there is
+/// none (or no socket).
 async fn readable(sockets: &HashMap<u8, QuicSocket, FnvBuildHasher>, last: u8) -> u8 {
     std::future::poll_fn(|cx| {
         let after = sockets.iter().filter(|(i, _)| **i > last);

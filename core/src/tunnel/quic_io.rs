@@ -1,10 +1,9 @@
 //! The plumbing both roles share around quinn-proto: endpoint-event exchange, stream reads and
 //! buffered stream writes.
 
+use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-
-use std::collections::VecDeque;
 
 use bytes::{Bytes, BytesMut};
 use quinn_proto::{
@@ -355,7 +354,6 @@ pub(crate) fn read_stream_max(
     result
 }
 
-/// Writes as much of `pending` as flow control allows to stream `id`, keeping the rest.
 /// Bytes queued for a stream as the chunks they came in, so quinn takes them without a copy
 /// ([`flush_chunks`]); a byte queue would copy each twice (in, and into quinn's buffer).
 #[derive(Debug, Default)]
@@ -414,6 +412,7 @@ pub(crate) fn flush_chunks(
     Ok(())
 }
 
+/// Writes as much of `pending` as flow control allows to stream `id`, keeping the rest.
 pub(crate) fn flush_stream(
     conn: &mut Connection,
     id: StreamId,

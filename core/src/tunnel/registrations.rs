@@ -4,6 +4,16 @@
 //! count them, the registration-server calls and the local configuration pushes. The connector
 //! counts them from its own events; the drivers only export them.
 
+use std::collections::BTreeMap;
+
+use crate::control::connector::{RpcCall, RpcMethod};
+use crate::control::Refusal;
+use crate::tunnel::supervisor::SupervisorEvent;
+
+/// Locations kept, current and left ones: the edge names them, so a connector that keeps
+/// re-registering at new ones would grow the map without a bound. Past it, left ones go.
+const MAX_LOCATIONS: usize = 64;
+
 /// Upper bounds of cloudflared's RPC latency buckets in seconds: 50 ms growing by 3, five of
 /// them (`prometheus.ExponentialBuckets(0.05, 3, 5)`).
 pub const RPC_LATENCY_BUCKETS: usize = 5;
@@ -31,12 +41,6 @@ pub struct RpcFigures {
     /// Their latencies' sum, in seconds.
     pub sum_secs: f64,
 }
-
-use std::collections::BTreeMap;
-
-use crate::control::connector::{RpcCall, RpcMethod};
-use crate::control::Refusal;
-use crate::tunnel::supervisor::SupervisorEvent;
 
 /// Registration counters and server locations. `changes` moves whenever anything else does,
 /// so a copy is refreshed only then.
@@ -75,6 +79,9 @@ impl RegistrationStats {
                     *current = 0;
                 }
                 self.locations.insert((*index, details.location.clone()), 1);
+                if self.locations.len() > MAX_LOCATIONS {
+                    self.locations.retain(|_, current| *current == 1);
+                }
             }
             SupervisorEvent::RegistrationFailed { error, .. } => {
                 let kind = if error.refusal() == Refusal::DuplicateConnection {
@@ -181,6 +188,13 @@ mod tests {
         );
         assert_eq!((s.config_pushes, s.config_push_errors), (1, 1));
         assert_eq!(s.changes, 9);
+        // Locations the edge names are bounded: left ones go past the bound.
+        for n in 0..200 {
+            s.on_event(&registered(2, &format!("L{n}")));
+        }
+        assert!(s.locations.len() <= MAX_LOCATIONS);
+        assert_eq!(s.locations.get(&(2, "L199".to_string())), Some(&1));
+        assert_eq!(s.locations.get(&(0, "SJC".to_string())), Some(&1));
         let before = s.clone();
         s.on_event(&SupervisorEvent::ConfigurationApplied { version: 3 });
         assert_eq!(s, before);
