@@ -5,7 +5,6 @@
 //! origin is `common/h2_origin.rs`, which burrow-mio's test uses too.
 
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use burrow_tokio::testbed::{self, ConnectorOpts, EdgeOpts, Testbed};
@@ -41,50 +40,7 @@ fn requests_reach_an_http2_only_origin() {
     let mut conn = bed.connector(&co).expect("connector");
     testbed::wait_ready(&mut conn, co.metrics, 1, Duration::from_secs(30)).expect("ready");
 
-    let (status, body) = send(
-        eo.http,
-        "GET /path?q=1 HTTP/1.1\r\nHost: h2.test\r\nConnection: close\r\n\r\n",
-        b"",
-    );
-    assert_eq!(status, 200, "{body}");
-    assert!(
-        body.starts_with("HTTP/2.0 GET h2.test /path?q=1 host=- len=0 sum=0"),
-        "{body}"
-    );
-
-    // A body both ways, streamed (chunked from the eyeball).
-    let upload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
-    let sum: u64 = upload.iter().map(|&b| u64::from(b)).sum();
-    let (status, body) = send(
-        eo.http,
-        "POST /upload HTTP/1.1\r\nHost: h2.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
-        &common::client::chunked(&upload, 16 * 1024),
-    );
-    assert_eq!(status, 200, "{body}");
-    assert_eq!(
-        body,
-        format!("HTTP/2.0 POST h2.test /upload host=- len=1000000 sum={sum}")
-    );
-    let (status, body) = send(
-        eo.http,
-        "GET /again HTTP/1.1\r\nHost: h2.test\r\nConnection: close\r\n\r\n",
-        b"",
-    );
-    assert_eq!(status, 200, "{body}");
-    assert!(body.starts_with("HTTP/2.0 GET h2.test /again"), "{body}");
-    assert_eq!(
-        conns.load(Ordering::SeqCst),
-        1,
-        "sequential requests share one HTTP/2 connection"
-    );
-
-    // Without http2Origin the origin is spoken to in HTTP/1.1, which it refuses.
-    let (status, _) = send(
-        eo.http,
-        "GET / HTTP/1.1\r\nHost: h1.test\r\nConnection: close\r\n\r\n",
-        b"",
-    );
-    assert_eq!(status, 502);
+    common::h2_origin::check_requests(eo.http, &conns);
     conn.check_alive().expect("connector alive");
 }
 

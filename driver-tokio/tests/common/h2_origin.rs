@@ -387,3 +387,54 @@ pub fn check_cleartext(name: &str, http: SocketAddr) {
     assert_eq!(status, 200, "{name}: {body}");
     assert_eq!(body, "HTTP/1.1 GET /plain", "{name}");
 }
+
+/// The checks both daemons pass against [`h2_origin`] through `http` (an eyeball port whose
+/// catch-all rule has `http2Origin` and whose `h1.test` rule has not): a GET with a query, a
+/// chunked 1,000,000-byte upload larger than HTTP/2's windows, a second GET on the same HTTP/2
+/// connection, and a 502 from the rule that speaks HTTP/1.1 to the HTTP/2-only origin.
+pub fn check_requests(http: SocketAddr, conns: &AtomicUsize) {
+    let (status, body) = send(
+        http,
+        "GET /path?q=1 HTTP/1.1\r\nHost: h2.test\r\nConnection: close\r\n\r\n",
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(
+        body.starts_with("HTTP/2.0 GET h2.test /path?q=1 host=- len=0 sum=0"),
+        "{body}"
+    );
+
+    // A body both ways, streamed (chunked from the eyeball), larger than HTTP/2's windows.
+    let upload: Vec<u8> = (0..1_000_000u32).map(|i| (i % 251) as u8).collect();
+    let sum: u64 = upload.iter().map(|&b| u64::from(b)).sum();
+    let (status, body) = send(
+        http,
+        "POST /upload HTTP/1.1\r\nHost: h2.test\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        &super::client::chunked(&upload, 16 * 1024),
+    );
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body,
+        format!("HTTP/2.0 POST h2.test /upload host=- len=1000000 sum={sum}")
+    );
+    let (status, body) = send(
+        http,
+        "GET /again HTTP/1.1\r\nHost: h2.test\r\nConnection: close\r\n\r\n",
+        b"",
+    );
+    assert_eq!(status, 200, "{body}");
+    assert!(body.starts_with("HTTP/2.0 GET h2.test /again"), "{body}");
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        1,
+        "sequential requests share one HTTP/2 connection"
+    );
+
+    // Without http2Origin the origin is spoken to in HTTP/1.1, which it refuses.
+    let (status, _) = send(
+        http,
+        "GET / HTTP/1.1\r\nHost: h1.test\r\nConnection: close\r\n\r\n",
+        b"",
+    );
+    assert_eq!(status, 502);
+}
