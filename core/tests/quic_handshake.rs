@@ -324,7 +324,12 @@ fn acks_for_a_transfer(settings: &QuicSettings) -> (u64, u64) {
         at += conn.send_stream(id).write(&data[at..]).unwrap();
     }
     let before = conn.stats();
-    let server_acks = |s: &Peer| s.conns.values().map(|c| c.stats().frame_tx.acks).sum::<u64>();
+    let server_acks = |s: &Peer| {
+        s.conns
+            .values()
+            .map(|c| c.stats().frame_tx.acks)
+            .sum::<u64>()
+    };
     let acks_before = server_acks(&server);
     let mut now = start;
     let mut buf = Vec::new();
