@@ -134,6 +134,49 @@ fn udp_echo_through_v3_sessions() {
     check_udp_flow_metrics(&metrics_text(metrics), CLIENTS);
 }
 
+/// A connector run with `--features support_datagram_v2` (cloudflared's way to choose datagram
+/// v2) advertises no v3, so the edge registers its UDP sessions by `registerUdpSession` calls:
+/// cloudflared's v2 session gauges count them on the connector's `/metrics`, and the active one
+/// drops back to 0 once the edge's idle timeout unregisters them.
+#[test]
+fn udp_echo_through_v2_sessions_counts_v2_session_metrics() {
+    let bed = Testbed::create(std::path::Path::new(BIN), "e2e-udp-v2", "app", &["app.test"])
+        .expect("tunnel");
+    let origin = udp_echo();
+    let map = testbed::free_udp().expect("port");
+    let mut eo = EdgeOpts::loopback().expect("ports");
+    eo.udp_maps = vec![format!("{map}=app:{origin}")];
+    eo.extra = vec!["--udp-idle-timeout".into(), "2s".into()];
+    let (_edge, connector, metrics) = start(&bed, &eo, 2, &["--features", "support_datagram_v2"]);
+
+    const CLIENTS: usize = 4;
+    udp_echo_clients(map, CLIENTS, 10);
+    let text = metrics_text(metrics);
+    let m = |name: &str| metric(&text, name);
+    assert_eq!(m("cloudflared_udp_total_sessions"), CLIENTS as f64, "{text}");
+    assert_eq!(m("cloudflared_udp_active_sessions"), CLIENTS as f64, "{text}");
+    // v2 sessions are no v3 flows.
+    assert_eq!(summed(&text, "cloudflared_udp_total_flows"), 0.0, "{text}");
+
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        let text = metrics_text(metrics);
+        if metric(&text, "cloudflared_udp_active_sessions") == 0.0
+            || std::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        metric(&text, "cloudflared_udp_active_sessions"),
+        0.0,
+        "idle sessions end\n{text}\nconnector: {}",
+        connector.log_tail(3000)
+    );
+    assert_eq!(metric(&text, "cloudflared_udp_total_sessions"), CLIENTS as f64);
+}
+
 /// An origin whose every answer is preceded by one too large for the tunnel: each is counted
 /// dropped (`read_too_large`) under the `conn_index` of its session's connection, as
 /// cloudflared labels `udp_dropped_datagrams`.
