@@ -140,8 +140,13 @@ fn udp_echo_through_v3_sessions() {
 /// drops back to 0 once the edge's idle timeout unregisters them.
 #[test]
 fn udp_echo_through_v2_sessions_counts_v2_session_metrics() {
-    let bed = Testbed::create(std::path::Path::new(BIN), "e2e-udp-v2", "app", &["app.test"])
-        .expect("tunnel");
+    let bed = Testbed::create(
+        std::path::Path::new(BIN),
+        "e2e-udp-v2",
+        "app",
+        &["app.test"],
+    )
+    .expect("tunnel");
     let origin = udp_echo();
     let map = testbed::free_udp().expect("port");
     let mut eo = EdgeOpts::loopback().expect("ports");
@@ -153,8 +158,16 @@ fn udp_echo_through_v2_sessions_counts_v2_session_metrics() {
     udp_echo_clients(map, CLIENTS, 10);
     let text = metrics_text(metrics);
     let m = |name: &str| metric(&text, name);
-    assert_eq!(m("cloudflared_udp_total_sessions"), CLIENTS as f64, "{text}");
-    assert_eq!(m("cloudflared_udp_active_sessions"), CLIENTS as f64, "{text}");
+    assert_eq!(
+        m("cloudflared_udp_total_sessions"),
+        CLIENTS as f64,
+        "{text}"
+    );
+    assert_eq!(
+        m("cloudflared_udp_active_sessions"),
+        CLIENTS as f64,
+        "{text}"
+    );
     // v2 sessions are no v3 flows.
     assert_eq!(summed(&text, "cloudflared_udp_total_flows"), 0.0, "{text}");
 
@@ -174,7 +187,10 @@ fn udp_echo_through_v2_sessions_counts_v2_session_metrics() {
         "idle sessions end\n{text}\nconnector: {}",
         connector.log_tail(3000)
     );
-    assert_eq!(metric(&text, "cloudflared_udp_total_sessions"), CLIENTS as f64);
+    assert_eq!(
+        metric(&text, "cloudflared_udp_total_sessions"),
+        CLIENTS as f64
+    );
 }
 
 /// An origin whose every answer is preceded by one too large for the tunnel: each is counted
