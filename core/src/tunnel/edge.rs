@@ -179,7 +179,10 @@ impl std::fmt::Display for ControlFailure {
         match self {
             Self::Broken { error } => write!(f, "control stream broken: {error}"),
             Self::Unread { unsent } => {
-                write!(f, "peer leaves its control stream unread ({unsent} bytes unsent)")
+                write!(
+                    f,
+                    "peer leaves its control stream unread ({unsent} bytes unsent)"
+                )
             }
         }
     }
@@ -1265,7 +1268,10 @@ fn pump_control(
                 failure: ControlFailure::Unread { unsent },
             });
         } else {
-            debug!(conn = id.0, unsent, "unregistered peer leaves its control stream unread; closing");
+            debug!(
+                conn = id.0,
+                unsent, "unregistered peer leaves its control stream unread; closing"
+            );
         }
         ctl.unsent = Vec::new();
         c.conn.close(
