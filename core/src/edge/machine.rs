@@ -234,6 +234,16 @@ pub enum Event {
         /// The HA index.
         conn_index: u8,
     },
+    /// A connector's RPC call was refused for its parameters. Only a few per window are
+    /// reported.
+    RpcRefused {
+        /// Which connection.
+        conn: ConnId,
+        /// What was refused.
+        refusal: crate::rpc_stream::server::CallRefusal,
+        /// Refusals since the last reported one that were not reported.
+        suppressed: u64,
+    },
     /// A registered connector's control stream failed; its connection is being closed.
     ControlStreamFailed {
         /// Which connection.
@@ -354,6 +364,8 @@ pub struct Edge<A> {
     /// Refused connection attempts: a budget of their own, so a flood of handshakes cannot
     /// hide refused registrations.
     refused_conns: LogBudget,
+    /// Refused RPC calls.
+    refused_calls: LogBudget,
     tcp: BTreeMap<ConnId, TcpConn>,
     queue: VecDeque<Queued>,
     segments: usize,
@@ -386,6 +398,7 @@ impl<A: Authenticator> Edge<A> {
             tunnel_of: BTreeMap::new(),
             refusals: LogBudget::new(REFUSAL_WINDOW, REFUSALS_LOGGED),
             refused_conns: LogBudget::new(REFUSAL_WINDOW, REFUSALS_LOGGED),
+            refused_calls: LogBudget::new(REFUSAL_WINDOW, REFUSALS_LOGGED),
             tcp: BTreeMap::new(),
             queue: VecDeque::new(),
             segments: 1,
@@ -742,6 +755,15 @@ impl<A: Authenticator> Edge<A> {
                             cause,
                             suppressed,
                         }));
+                }
+            }
+            EdgeEvent::RpcRefused { conn, refusal } => {
+                if let Verdict::Log { suppressed } = self.refused_calls.check(now) {
+                    self.queue.push_back(Queued::Event(Event::RpcRefused {
+                        conn,
+                        refusal,
+                        suppressed,
+                    }));
                 }
             }
             EdgeEvent::ControlFailed { conn, failure } => self

@@ -148,6 +148,14 @@ pub enum EdgeEvent<S = StreamId> {
         /// Why quinn refused it.
         cause: quinn_proto::ConnectionError,
     },
+    /// A connector's RPC call was refused for its parameters (already answered). A connector
+    /// may repeat it: [`crate::edge::Edge`] reports only a few per window.
+    RpcRefused {
+        /// Which connection.
+        conn: ConnId,
+        /// What was refused.
+        refusal: crate::rpc_stream::server::CallRefusal,
+    },
     /// A registered connector's control stream failed; the connection is being closed.
     /// (An unregistered peer's failures are not reported: anyone may be talking.)
     ControlFailed {
@@ -223,6 +231,7 @@ impl<S> EdgeEvent<S> {
             ConnectionClosed { conn, reason } => ConnectionClosed { conn, reason },
             ConnectionRefused { from, cause } => ConnectionRefused { from, cause },
             ControlFailed { conn, failure } => ControlFailed { conn, failure },
+            RpcRefused { conn, refusal } => RpcRefused { conn, refusal },
         }
     }
 }
@@ -1171,6 +1180,9 @@ fn read_served(
                 message,
             }),
             // The edge's server refuses everything else itself.
+            RpcStreamEvent::CallRefused(refusal) => {
+                events.push_back(EdgeEvent::RpcRefused { conn: id, refusal })
+            }
             other => debug!(conn = id.0, event = ?other, "connector RPC call"),
         }
     }

@@ -204,6 +204,11 @@ fn log_event(e: Event, local_config_dir: Option<&std::path::Path>) {
             conn_index,
             "connector registered its index again; closing the connection it abandoned"
         ),
+        Event::RpcRefused {
+            conn,
+            refusal,
+            suppressed,
+        } => warn!(conn = conn.0, %refusal, suppressed, "refused an RPC call"),
         Event::ControlStreamFailed { conn, failure } => {
             warn!(conn = conn.0, %failure, "closing the tunnel connection")
         }
