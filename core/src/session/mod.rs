@@ -778,6 +778,7 @@ impl SessionManager {
         // The new registration's destination and hint are ignored, as in cloudflared.
         s.last_active = now;
         let retry = s.link == Some(r.link);
+        let v3 = s.version == DatagramVersion::V3;
         if retry {
             self.stats.retries += 1;
         } else {
@@ -785,7 +786,9 @@ impl SessionManager {
             s.link = Some(r.link);
             self.stats.migrated += 1;
         }
-        if let Some(at) = self.at_link(Some(r.link)) {
+        // The per-index flow families are cloudflared's v3 muxer's (`quic/v3/metrics.go`); its
+        // v2 session manager counts only `udp_*_sessions`.
+        if let Some(at) = self.at_link(Some(r.link)).filter(|_| v3) {
             if retry {
                 at.retries += 1;
             } else {
@@ -847,7 +850,7 @@ impl SessionManager {
         self.stats.total_flows += 1;
         self.stats.v2_sessions += u64::from(version == DatagramVersion::V2);
         let index = link.and_then(|l| self.indexes.get(&l).copied());
-        if let Some(i) = index {
+        if let Some(i) = index.filter(|_| version == DatagramVersion::V3) {
             self.by_index.entry(i).or_default().total_flows += 1;
         }
         if let Some(s) = self.sessions.get_mut(&flow) {
@@ -869,7 +872,7 @@ impl SessionManager {
         let Some(s) = self.sessions.get(&flow) else {
             return;
         };
-        let (id, dest, link) = (s.id, s.dest, s.link);
+        let (id, dest, link, v3) = (s.id, s.dest, s.link, s.version == DatagramVersion::V3);
         if matches!(s.state, State::Open) {
             self.notice(
                 now,
@@ -881,7 +884,7 @@ impl SessionManager {
                 },
             );
             self.stats.failed += 1;
-            if let Some(at) = self.at_link(link) {
+            if let Some(at) = self.at_link(link).filter(|_| v3) {
                 at.failed += 1;
             }
             self.end(flow, Some(reason.to_owned()));
@@ -968,11 +971,12 @@ impl SessionManager {
     /// otherwise they wait, unlinked, for the edge to re-register them on another connection,
     /// and end by their idle timer if it never does.
     pub fn link_closed(&mut self, link: LinkId, successor: Option<LinkId>) {
-        let mut moved = 0u64;
+        let (mut moved, mut moved_v3) = (0u64, 0u64);
         for s in self.sessions.values_mut() {
             if s.link == Some(link) {
                 s.link = successor;
                 moved += 1;
+                moved_v3 += u64::from(s.version == DatagramVersion::V3);
             }
             if let State::Opening { answer, .. } = &mut s.state {
                 answer.retain(|l| *l != link);
@@ -981,7 +985,7 @@ impl SessionManager {
         if successor.is_some() {
             self.stats.migrated += moved;
             if let Some(at) = self.at_link(successor) {
-                at.migrated += moved;
+                at.migrated += moved_v3;
             }
         }
         self.indexes.remove(&link);
@@ -1048,7 +1052,7 @@ impl SessionManager {
     fn remove(&mut self, flow: UdpFlowId) -> Option<Session> {
         let s = self.sessions.remove(&flow)?;
         self.by_id.remove(&s.id);
-        if let Some(i) = s.opened_on {
+        if let Some(i) = s.opened_on.filter(|_| s.version == DatagramVersion::V3) {
             self.by_index.entry(i).or_default().ended += 1;
         }
         if s.version == DatagramVersion::V2 && matches!(s.state, State::Open) {

@@ -285,6 +285,7 @@ fn dead_link_rehomes_or_waits_for_reregistration() {
 fn v2_sessions_answer_over_rpc_and_unregister_when_idle() {
     let t0 = Instant::now();
     let mut m = SessionManager::new(SessionLimits::default());
+    m.set_link_index(A, 0);
     let id = SessionId(0x0b6e4c3e6a4f4f559d1c3b1f2a7c9e10);
     m.register_v2(t0, A, id, dest(), -5);
     let flow = match actions(&mut m).as_slice() {
@@ -330,6 +331,13 @@ fn v2_sessions_answer_over_rpc_and_unregister_when_idle() {
     assert_eq!(m.stats().packet_too_big, 1);
     // cloudflared's v2 session gauge and counter (`udp_active_sessions`, `_total_sessions`).
     assert_eq!((m.stats().v2_sessions, m.stats().v2_active()), (1, 1));
+    // Not a flow: cloudflared's per-index flow families are its v3 muxer's.
+    let flows = |m: &SessionManager| {
+        m.index_stats()
+            .get(&0)
+            .map_or((0, 0), |s| (s.total_flows, s.active()))
+    };
+    assert_eq!(flows(&m), (0, 0));
 
     m.handle_timeout(t0 + DEFAULT_IDLE);
     assert_eq!(
@@ -344,6 +352,7 @@ fn v2_sessions_answer_over_rpc_and_unregister_when_idle() {
         ]
     );
     assert_eq!(m.stats().v2_active(), 0);
+    assert_eq!(flows(&m), (0, 0));
 }
 
 #[test]

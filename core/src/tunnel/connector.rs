@@ -660,7 +660,7 @@ impl ConnectorConnection {
         // A close we started ends without a ConnectionLost event, once quinn has drained.
         if self.state == State::Closing && self.conn.is_drained() {
             let reason = self.close_reason.take().unwrap_or(LocalClose::Shutdown);
-            self.finish(CloseReason::Local(reason));
+            self.finish(now, CloseReason::Local(reason));
         }
     }
 
@@ -684,7 +684,7 @@ impl ConnectorConnection {
                     }
                     reason => reason.into(),
                 };
-                self.finish(reason);
+                self.finish(now, reason);
             }
             Event::Stream(StreamEvent::Readable { id }) if self.data.owns(id) => {
                 self.data.on_readable(now, &mut self.conn, id);
@@ -1124,7 +1124,7 @@ impl ConnectorConnection {
                 // cloudflared ends the RPC conversation now (Abort + FIN), which tells the edge
                 // we have its answer, then serves what still comes until the edge closes the
                 // connection or the grace period ends.
-                self.end_control();
+                self.end_control(now);
                 self.state = State::Draining(now + self.config.grace_period);
             }
         }
@@ -1135,7 +1135,7 @@ impl ConnectorConnection {
         if matches!(self.state, State::Closing | State::Closed) {
             return;
         }
-        self.end_control();
+        self.end_control(now);
         self.conn.close(now, VarInt::from_u32(0), Bytes::new());
         // Nothing moves on a closed connection: its streams end now (their origins closed), not
         // when quinn has drained, which a stop may not wait for.
@@ -1144,7 +1144,8 @@ impl ConnectorConnection {
     }
 
     /// Ends the control conversation: Abort("rpc: shutdown"), then FIN.
-    fn end_control(&mut self) {
+    fn end_control(&mut self, now: Instant) {
+        self.abandon_calls(now);
         if let Some(c) = &mut self.control {
             c.client.close();
             if let Some(bytes) = c.client.poll_transmit() {
@@ -1163,7 +1164,17 @@ impl ConnectorConnection {
         self.close(now);
     }
 
-    fn finish(&mut self, reason: CloseReason) {
+    /// Calls still outstanding fail with the connection, as cloudflared counts them.
+    fn abandon_calls(&mut self, now: Instant) {
+        if let Some(c) = &mut self.control {
+            let calls = c.client.abandon(now);
+            self.events
+                .extend(calls.into_iter().map(ConnectorEvent::Called));
+        }
+    }
+
+    fn finish(&mut self, now: Instant, reason: CloseReason) {
+        self.abandon_calls(now);
         self.data.close_all();
         self.calls.clear();
         if self.state != State::Closed {
