@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::{
     ApiError, CallFailure, ConnectionDetails, ControlError, EdgeCause, Inbox, Registration,
@@ -270,7 +270,9 @@ impl ControlClient {
             .filter(|q| !q.timed_out && q.deadline <= now)
         {
             q.timed_out = true;
-            warn!(question = q.id, asked = ?q.asked, "control-stream call timed out");
+            // The failure it causes is an event of its own (registration, local configuration,
+            // unregistration).
+            debug!(question = q.id, asked = ?q.asked, "control-stream call timed out");
             due.push((q.asked, q.at));
         }
         // Every call counted before the failures they cause (a bootstrap failing fails the

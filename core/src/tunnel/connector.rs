@@ -26,7 +26,7 @@ use quinn_proto::{
     StreamEvent, StreamId, VarInt,
 };
 use thiserror::Error;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::data::{reset, DataLimits, DataStreams, FlowId, OriginAction};
 use super::quic_io::{
@@ -130,11 +130,43 @@ pub enum ConnectorEvent {
         /// The edge's reason.
         message: String,
     },
+    /// `unregisterConnection` failed; the connection drains anyway ([`Self::Unregistered`]
+    /// follows).
+    UnregisterFailed(CallFailure),
+    /// The drain's grace period ran out with streams in flight: the connection closes now.
+    DrainCutShort {
+        /// Streams still in flight.
+        streams: usize,
+    },
+    /// The edge did not acknowledge the end of a datagram-v2 session.
+    UdpUnregisterFailed {
+        /// The session.
+        id: SessionId,
+        /// What came back.
+        failure: UdpUnregisterFailure,
+    },
+    /// The edge called a method with parameters refused (already answered).
+    RpcRefused(crate::rpc_stream::server::CallRefusal),
     /// The connection is gone; nothing more will happen.
     Closed {
         /// Why.
         reason: CloseReason,
     },
+}
+
+/// Why the edge did not acknowledge `unregisterUdpSession` (cloudflared: "Failed to unregister
+/// udp session with edge").
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum UdpUnregisterFailure {
+    /// The edge answered with a failure.
+    #[error("{0}")]
+    Failed(String),
+    /// The edge answered something else.
+    #[error("unexpected answer {0}")]
+    UnexpectedAnswer(String),
+    /// No answer before the RPC timeout.
+    #[error("no answer before the RPC timeout")]
+    TimedOut,
 }
 
 /// Why a tunnel connection ended: by our decision ([`CloseReason::Local`]) or the edge's and
@@ -359,10 +391,8 @@ impl ConnectorConnection {
         if matches!(self.state, State::Draining(deadline) if deadline <= now) {
             let (conn_index, streams) = (self.config.registration.conn_index, self.data.active());
             if streams > 0 {
-                warn!(
-                    conn_index,
-                    streams, "grace period over; closing with streams in flight"
-                );
+                self.events
+                    .push_back(ConnectorEvent::DrainCutShort { streams });
             } else {
                 debug!(conn_index, "grace period over; closing");
             }
@@ -463,6 +493,11 @@ impl ConnectorConnection {
     /// the caller sums what it takes).
     pub fn take_request_stats(&mut self) -> crate::tunnel::requests::RequestStats {
         self.data.take_request_stats()
+    }
+
+    /// The TCP flows the flow limit refused since the last call.
+    pub fn take_flow_refusals(&mut self) -> Vec<crate::tunnel::data::FlowRefusal> {
+        self.data.take_flow_refusals()
     }
 
     /// Bytes buffered in data streams beyond QUIC's own buffers (bounded by the window).
@@ -787,7 +822,8 @@ impl ConnectorConnection {
         }
         if let Some(Incoming::Rpc { server, .. }) = self.incoming.get_mut(&id) {
             if let Err(e) = server.handle_bytes(&received) {
-                warn!(stream = %id, error = %e, "RPC stream broken");
+                // The edge broke one RPC stream: it is refused, the connection serves on.
+                debug!(stream = %id, error = %e, "RPC stream broken");
                 self.refuse(id);
                 return;
             }
@@ -817,6 +853,9 @@ impl ConnectorConnection {
                             dest,
                             idle_hint_nanos,
                         });
+                    }
+                    RpcStreamEvent::CallRefused(refusal) => {
+                        self.events.push_back(ConnectorEvent::RpcRefused(refusal));
                     }
                     RpcStreamEvent::UnregisterUdpSession {
                         id: session,
@@ -885,7 +924,8 @@ impl ConnectorConnection {
         let mut client = match RpcStreamClient::unregister_udp_session(id, message) {
             Ok(client) => client,
             Err(e) => {
-                warn!(conn_index, session_id = %id, error = %e, "Failed to unregister udp session with edge");
+                // Only a message too large to encode gets here.
+                debug!(conn_index, session_id = %id, error = %e, "Failed to unregister udp session with edge");
                 return;
             }
         };
@@ -958,7 +998,7 @@ impl ConnectorConnection {
             return;
         };
         let conn_index = self.config.registration.conn_index;
-        match outcome {
+        let failure = match outcome {
             Some(RpcCallOutcome::UdpSessionUnregistered) => {
                 debug!(conn_index, session_id = %id, "edge acknowledged the UDP session's end");
                 if let Some(bytes) = call.client.poll_transmit() {
@@ -969,16 +1009,12 @@ impl ConnectorConnection {
                 let _ = self.conn.recv_stream(stream).stop(VarInt::from_u32(0));
                 return;
             }
-            Some(RpcCallOutcome::Failed(reason)) => {
-                warn!(conn_index, session_id = %id, %reason, "Failed to unregister udp session with edge");
-            }
-            Some(other) => {
-                warn!(conn_index, session_id = %id, answer = ?other, "Failed to unregister udp session with edge");
-            }
-            None => {
-                warn!(conn_index, session_id = %id, "Failed to unregister udp session with edge: no answer before the RPC timeout");
-            }
-        }
+            Some(RpcCallOutcome::Failed(reason)) => UdpUnregisterFailure::Failed(reason),
+            Some(other) => UdpUnregisterFailure::UnexpectedAnswer(format!("{other:?}")),
+            None => UdpUnregisterFailure::TimedOut,
+        };
+        self.events
+            .push_back(ConnectorEvent::UdpUnregisterFailed { id, failure });
         self.failed_unregistrations += 1;
         reset(&mut self.conn, stream);
     }
@@ -1081,7 +1117,8 @@ impl ConnectorConnection {
             }
             ControlEvent::Unregistered | ControlEvent::UnregisterFailed(_) => {
                 if let ControlEvent::UnregisterFailed(reason) = &event {
-                    warn!(conn_index, %reason, "unregistering failed; draining anyway");
+                    self.events
+                        .push_back(ConnectorEvent::UnregisterFailed(reason.clone()));
                 }
                 self.events.push_back(ConnectorEvent::Unregistered);
                 // cloudflared ends the RPC conversation now (Abort + FIN), which tells the edge

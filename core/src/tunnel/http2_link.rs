@@ -18,7 +18,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use h2::Reason;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::connector::{CloseReason, ConnectorConfig, ConnectorEvent, LocalClose};
 use super::data::{DataStreams, EdgeStreams, FlowId, OriginAction};
@@ -419,11 +419,16 @@ impl Http2Link {
         self.data.expire_dials(now, &mut edge);
         match self.state {
             State::Draining(deadline) if deadline <= now => {
-                warn!(
-                    conn_index = self.config.registration.conn_index,
-                    streams = self.data.active(),
-                    "grace period over; closing with streams in flight"
-                );
+                let streams = self.data.active();
+                if streams > 0 {
+                    self.events
+                        .push_back(ConnectorEvent::DrainCutShort { streams });
+                } else {
+                    debug!(
+                        conn_index = self.config.registration.conn_index,
+                        "grace period over; closing"
+                    );
+                }
                 self.close(now);
             }
             State::Closing(deadline) if deadline <= now => {
@@ -582,6 +587,11 @@ impl Http2Link {
     /// the caller sums what it takes).
     pub fn take_request_stats(&mut self) -> crate::tunnel::requests::RequestStats {
         self.data.take_request_stats()
+    }
+
+    /// The TCP flows the flow limit refused since the last call.
+    pub fn take_flow_refusals(&mut self) -> Vec<crate::tunnel::data::FlowRefusal> {
+        self.data.take_flow_refusals()
     }
 
     /// Starts graceful shutdown: unregister, drain, GOAWAY, close.
@@ -877,7 +887,8 @@ impl Http2Link {
             }
             ControlEvent::Unregistered | ControlEvent::UnregisterFailed(_) => {
                 if let ControlEvent::UnregisterFailed(reason) = &event {
-                    warn!(conn_index, %reason, "unregistering failed; draining anyway");
+                    self.events
+                        .push_back(ConnectorEvent::UnregisterFailed(reason.clone()));
                 }
                 self.events.push_back(ConnectorEvent::Unregistered);
                 // As cloudflared's control handler returns once unregistered, the control

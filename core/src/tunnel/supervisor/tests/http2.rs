@@ -40,6 +40,8 @@ struct H2World {
     closed_tcp: Vec<LinkId>,
     /// TXT lookups asked for.
     lookups: Vec<&'static str>,
+    /// The deadline each lookup was given.
+    lookup_timeouts: Vec<Duration>,
     /// Hold the edge's bytes back from the connector once it answers a registration...
     hold_after_register: bool,
     /// ...which it now does.
@@ -91,6 +93,7 @@ impl H2World {
             events: Vec::new(),
             closed_tcp: Vec::new(),
             lookups: Vec::new(),
+            lookup_timeouts: Vec::new(),
             hold_after_register: false,
             held: false,
         }
@@ -116,7 +119,10 @@ impl H2World {
                         written = Some(link);
                     }
                     Io::CloseEdge { link } => self.closed_tcp.push(link),
-                    Io::LookupTxt { name } => self.lookups.push(name),
+                    Io::LookupTxt { name, timeout } => {
+                        self.lookups.push(name);
+                        self.lookup_timeouts.push(timeout);
+                    }
                     Io::OpenFlow {
                         link,
                         flow,
@@ -765,6 +771,49 @@ fn auto_reads_the_percentage_record_again_every_hour_and_new_connections_follow_
         "{:?}",
         connecting(&w)
     );
+}
+
+/// The lookup's deadline is core's: the driver is told it, and core stops waiting at it. A
+/// lookup that never answers counts as failed at the deadline (the protocol stays, the record
+/// is read again an hour later), and an answer after it changes nothing.
+#[test]
+fn a_percentage_lookup_that_never_answers_fails_at_cores_deadline() {
+    use crate::tunnel::protocol::{PERCENTAGE_RECORD, RESOLVE_TTL, TXT_LOOKUP_TIMEOUT};
+    let mut w = H2World::with(ProtocolFlag::Auto, |c| {
+        c.auto_initial = Protocol::Http2;
+        c.remote_selector = Some("account".into());
+    });
+    w.accept_dial();
+    w.run();
+    w.advance_until(RESOLVE_TTL * 2, |w| !w.lookups.is_empty());
+    assert_eq!(w.lookup_timeouts, [TXT_LOOKUP_TIMEOUT]);
+    let asked = w.now;
+    let failed = |w: &H2World| {
+        w.events
+            .iter()
+            .filter(|e| matches!(e, SupervisorEvent::ProtocolRefreshFailed { .. }))
+            .count()
+    };
+    // No answer: nothing fails before the deadline, the reading fails at it.
+    w.advance_until(TXT_LOOKUP_TIMEOUT * 2, |w| failed(w) > 0);
+    assert_eq!(w.now - asked, TXT_LOOKUP_TIMEOUT);
+    assert!(w.events.contains(&SupervisorEvent::ProtocolRefreshFailed {
+        reason: RefreshFailure::TimedOut(TXT_LOOKUP_TIMEOUT)
+    }));
+    // The late answer is ignored: still HTTP/2, no second failure.
+    let record = percentages(100, 0);
+    w.answer_percentages(Some(&record));
+    w.run();
+    assert!(!w
+        .events
+        .iter()
+        .any(|e| matches!(e, SupervisorEvent::ProtocolSelected { .. })));
+    assert_eq!(failed(&w), 1);
+    // Read again an hour after giving up.
+    let gave_up = w.now;
+    w.advance_until(RESOLVE_TTL * 2, |w| w.lookups.len() >= 2);
+    assert_eq!(w.lookups, [PERCENTAGE_RECORD, PERCENTAGE_RECORD]);
+    assert!(w.now - gave_up >= RESOLVE_TTL);
 }
 
 #[test]
