@@ -832,3 +832,43 @@ fn a_fixed_protocol_never_reads_the_percentage_record() {
     }
     assert!(w.lookups.is_empty());
 }
+
+/// A registration still unanswered when the HTTP/2 connection breaks counts as a failed
+/// `register_connection` call, as cloudflared's RPC client counts a call the connection's end
+/// fails (`tunnelrpc/registration_client.go`), once.
+#[test]
+fn a_registration_outstanding_when_the_tcp_connection_fails_counts_as_a_failed_call() {
+    let mut w = H2World::new(ProtocolFlag::Fixed(Protocol::Http2));
+    w.hold_after_register = true;
+    let link = w.accept_dial();
+    w.run();
+    assert!(w.held && w.registered().is_none());
+    w.now += Duration::from_secs(2);
+    w.connector.handle_input(
+        w.now,
+        Input::EdgeFailed {
+            link,
+            reason: "connection reset by peer",
+        },
+    );
+    w.run();
+    let calls: Vec<_> = w
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            SupervisorEvent::RpcCalled { call, .. } => Some(*call),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(calls.len(), 1, "{:?}", w.events);
+    assert_eq!(
+        calls[0].method,
+        crate::control::connector::RpcMethod::RegisterConnection
+    );
+    assert!(calls[0].failed);
+    assert!(
+        calls[0].latency >= Duration::from_secs(2) && calls[0].latency < Duration::from_secs(3),
+        "{:?}",
+        calls[0]
+    );
+}
