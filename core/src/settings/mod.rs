@@ -686,12 +686,19 @@ impl RunConfig {
         let http2_tls = crate::http2::tls::client_config(roots.clone(), pq)?;
         let client =
             quinn_proto::ClientConfig::new(std::sync::Arc::new(tls::client_config(roots, pq)?));
+        // `--features` may choose the datagram version; else the feature record does, read
+        // before the first connection (v2 until then, and if it cannot be read).
+        let cli_version = crate::control::features::cli_datagram_version(&self.features);
         let registration = crate::control::Registration::new(
             self.creds.account_tag.clone(),
             self.creds.secret.clone(),
             self.creds.tunnel_id,
             connector_id,
-            crate::control::features::features(self.post_quantum, &self.features),
+            crate::control::features::features(
+                self.post_quantum,
+                &self.features,
+                cli_version.unwrap_or(crate::session::DatagramVersion::V2),
+            ),
         );
         let data = DataLimits {
             ingress: Some(std::sync::Arc::new(self.ingress.clone())),
@@ -724,6 +731,9 @@ impl RunConfig {
         // ... and reads the record again every hour.
         config.remote_selector = self
             .wants_percentage_record()
+            .then(|| self.creds.account_tag.clone());
+        config.features_selector = cli_version
+            .is_none()
             .then(|| self.creds.account_tag.clone());
         config.http2_tls = Some(http2_tls);
         Ok(config)

@@ -1081,3 +1081,51 @@ proptest::proptest! {
         }
     }
 }
+
+/// `--features` decides the datagram version when it names one (no lookup then); otherwise the
+/// feature record does, whatever the edge (cloudflared's `NewFeatureSelector` reads it for
+/// every tunnel), and the list starts as v2's until it is read.
+#[test]
+fn features_flag_or_the_feature_record_chooses_the_datagram_version() {
+    use crate::session::DatagramVersion;
+    let host = MapHost(HashMap::from([("/c.json", CREDS)]));
+    let chosen = |extra: &[&str]| {
+        let mut args = vec![
+            "run",
+            "--credentials-file",
+            "/c.json",
+            "--edge",
+            "127.0.0.1:7844",
+        ];
+        args.extend_from_slice(extra);
+        let s = settings(&args, "").unwrap();
+        let (rc, _) = run_config(&s, &LoadedConfig::default(), &host).unwrap();
+        let config = rc
+            .supervisor_config(
+                rustls::RootCertStore::empty(),
+                uuid::Uuid::nil(),
+                crate::icmp::RouterConfig::default(),
+                None,
+            )
+            .unwrap();
+        let features = &config.connector.registration.features;
+        (
+            DatagramVersion::from_features(features),
+            config.features_selector.clone(),
+        )
+    };
+    assert_eq!(
+        chosen(&["--features", "support_datagram_v3_2"]),
+        (DatagramVersion::V3, None)
+    );
+    assert_eq!(
+        chosen(&["--features", "support_datagram_v2"]),
+        (DatagramVersion::V2, None)
+    );
+    let tag = Some("acc".to_owned()); // CREDS's
+    assert_eq!(chosen(&[]), (DatagramVersion::V2, tag.clone()));
+    assert_eq!(
+        chosen(&["--features", "custom"]),
+        (DatagramVersion::V2, tag)
+    );
+}

@@ -118,13 +118,10 @@ pub fn selection(txt: &str, account_tag: &str) -> Option<Protocol> {
     )
 }
 
-/// cloudflared's `switchThreshold`: 32-bit FNV-1a of the account tag, modulo 100.
+/// cloudflared's `switchThreshold` ([`crate::control::features::switch_threshold`]).
 fn threshold(account_tag: &str) -> i32 {
-    // The fnv crate has only the 64-bit variant; 32-bit FNV-1a is these two constants.
-    let hash = account_tag.bytes().fold(0x811c_9dc5_u32, |h, b| {
-        (h ^ u32::from(b)).wrapping_mul(0x0100_0193)
-    });
-    (hash % 100) as i32
+    // Below 100, so it fits.
+    crate::control::features::switch_threshold(account_tag) as i32
 }
 
 #[cfg(test)]

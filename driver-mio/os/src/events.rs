@@ -2,6 +2,7 @@
 //! [`Event`], in cloudflared's words where cloudflared logs the same thing.
 
 use burrow_core::connector::Event;
+use burrow_core::control::features::FEATURES_RECORD;
 use burrow_core::rpc_stream::server::CallRefusal;
 use burrow_core::session::{DatagramFault, SessionNotice};
 use burrow_core::tunnel::protocol::{Protocol, PERCENTAGE_RECORD};
@@ -98,6 +99,24 @@ pub fn log(e: &Event, stopping: bool) {
             available,
             "You requested {requested} HA connections but I can give you at most {available}."
         ),
+        Event::DatagramVersionSelected { version, record } => info!(
+            record = FEATURES_RECORD,
+            dv3_2 = record.dv3_2,
+            datagram_version = ?version,
+            "datagram version for new connections: {version:?} (no --features support_datagram_v3_2 or support_datagram_v2; from the feature record)"
+        ),
+        Event::FeaturesRefreshFailed {
+            reason,
+            error,
+            first,
+        } => {
+            let detail = error.as_ref().map(ToString::to_string);
+            if *first {
+                error!(record = FEATURES_RECORD, %reason, error = ?detail, "Failed to fetch features, default to disable");
+            } else {
+                error!(record = FEATURES_RECORD, %reason, error = ?detail, "Failed to refresh feature selector");
+            }
+        }
         Event::ProtocolRefreshFailed { reason } => {
             warn!(record = PERCENTAGE_RECORD, %reason, "Failed to refresh protocol");
         }

@@ -40,6 +40,7 @@ use super::connector::{
 use super::data::{FlowId, OriginAction};
 use super::udp::DatagramHub;
 use super::{Received, Transmit};
+use crate::control::features::{self, FeaturesRecord, RecordError, FEATURES_RECORD};
 use crate::control::{CallFailure, ConnectionDetails, Refusal, RegistrationFailure};
 use crate::datagram::LinkId;
 use crate::flow::{effective_limit, FlowGate, FlowStats, FlowType};
@@ -50,7 +51,8 @@ use crate::quic::transport::QuicSettings;
 use crate::rpc_stream::server::CallRefusal;
 use crate::rpc_stream::ConfigVersions;
 use crate::session::{
-    SessionId, SessionLimits, SessionManager, SessionNotice, NOTICES_LOGGED, NOTICE_WINDOW,
+    DatagramVersion, SessionId, SessionLimits, SessionManager, SessionNotice, NOTICES_LOGGED,
+    NOTICE_WINDOW,
 };
 use crate::tunnel::http2_link::Http2Link;
 use crate::tunnel::protocol::{self, Protocol, ProtocolFlag, PERCENTAGE_RECORD};
@@ -99,6 +101,15 @@ pub struct SupervisorConfig {
     pub remote_selector: Option<String>,
     /// How long a reading of the percentage record holds (cloudflared: one hour).
     pub selector_ttl: Duration,
+    /// When `--features` leaves the datagram version to Cloudflare's feature record
+    /// ([`FEATURES_RECORD`]): the account tag it is read against. As cloudflared's
+    /// `NewFeatureSelector`, connection 0 waits for the first reading (an answer, a failure,
+    /// or [`protocol::TXT_LOOKUP_TIMEOUT`]); it is read again every `features_ttl`, and
+    /// connections made after a reading advertise the version it selects
+    /// (`connector.registration.features` is the list for v2 then).
+    pub features_selector: Option<String>,
+    /// How often the feature record is read again (cloudflared: one hour).
+    pub features_ttl: Duration,
     /// TLS of HTTP/2 connections (same roots and key exchange as QUIC's); none: HTTP/2 is not
     /// available.
     pub http2_tls: Option<Arc<rustls::ClientConfig>>,
@@ -130,6 +141,8 @@ impl SupervisorConfig {
             auto_initial: Protocol::Quic,
             remote_selector: None,
             selector_ttl: protocol::RESOLVE_TTL,
+            features_selector: None,
+            features_ttl: features::FEATURES_REFRESH,
             http2_tls: None,
             fallback_after_timeouts: 2,
             quic_retry_interval: Duration::from_secs(60),
@@ -163,7 +176,7 @@ pub enum StartError {
     NoHttp2Tls,
 }
 
-/// Why reading the percentage record again gave nothing.
+/// Why reading the percentage record or the feature record gave nothing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
 pub enum RefreshFailure {
     /// The driver's lookup failed.
@@ -172,7 +185,7 @@ pub enum RefreshFailure {
     /// No answer within [`protocol::TXT_LOOKUP_TIMEOUT`].
     #[error("no answer to the TXT lookup within {0:?}")]
     TimedOut(Duration),
-    /// The record selects nothing for this account.
+    /// The record does not read.
     #[error("the record is unreadable")]
     Unreadable,
 }
@@ -306,6 +319,25 @@ pub enum SupervisorEvent {
     ProtocolRefreshFailed {
         /// What went wrong.
         reason: RefreshFailure,
+    },
+    /// The feature record's first reading chose the datagram version (`--features` did not),
+    /// or a later reading changed it: connections made from now on use `version`; those up
+    /// stay as they are.
+    DatagramVersionSelected {
+        /// The version new connections use.
+        version: DatagramVersion,
+        /// The record it was read from (the defaults when no reading succeeded yet).
+        record: FeaturesRecord,
+    },
+    /// Reading the feature record failed: the datagram version stays (at the first reading:
+    /// v2, as cloudflared's "Failed to fetch features, default to disable").
+    FeaturesRefreshFailed {
+        /// What went wrong.
+        reason: RefreshFailure,
+        /// Why the record did not read ([`RefreshFailure::Unreadable`]).
+        error: Option<RecordError>,
+        /// Whether it was the first reading (at startup, before connection 0).
+        first: bool,
     },
     /// The shutdown's grace period ran out: every connection closes now.
     GracePeriodOver,
@@ -459,7 +491,21 @@ struct Selector {
     lookup: Lookup,
 }
 
-/// Where the next reading of the percentage record stands.
+/// Why a reading of the feature record failed, for [`SupervisorEvent::FeaturesRefreshFailed`].
+type FeaturesFailure = (RefreshFailure, Option<RecordError>);
+
+/// The datagram version as the feature record selects it, and when to read it again.
+struct FeatureSelector {
+    account_tag: String,
+    /// The last record that read (the defaults before).
+    record: FeaturesRecord,
+    version: DatagramVersion,
+    lookup: Lookup,
+    /// Whether a first reading ended (connection 0 waits for it).
+    read_once: bool,
+}
+
+/// Where the next reading of a TXT record stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Lookup {
     /// Read it again at this time.
@@ -521,6 +567,8 @@ pub(crate) struct Supervisor {
     flow_limit: u64,
     /// `auto` following the percentage record.
     selector: Option<Selector>,
+    /// The datagram version following the feature record.
+    features: Option<FeatureSelector>,
     budgets: PeerBudgets,
 }
 
@@ -544,10 +592,21 @@ impl Supervisor {
             max_retries: config.retries,
             base: config.backoff_base,
         };
+        let features = config
+            .features_selector
+            .clone()
+            .map(|account_tag| FeatureSelector {
+                account_tag,
+                record: FeaturesRecord::default(),
+                version: DatagramVersion::from_features(&config.connector.registration.features),
+                lookup: Lookup::Due,
+                read_once: false,
+            });
         let slots = (0..ha)
             .map(|i| Slot {
                 index: i as u8,
-                phase: if i == 0 {
+                // With a feature record to read, connection 0 waits for its first reading.
+                phase: if i == 0 && features.is_none() {
                     Phase::StartAt(now)
                 } else {
                     Phase::Waiting
@@ -595,14 +654,19 @@ impl Supervisor {
             closed_quic: BTreeMap::new(),
             flow_limit,
             selector,
+            features,
             budgets: PeerBudgets::new(),
         }
     }
 
-    /// The TXT record the driver must look up now ([`PERCENTAGE_RECORD`]), once per reading.
-    /// An answer later than [`protocol::TXT_LOOKUP_TIMEOUT`] from `now` is not waited for:
-    /// the reading fails then, as a failed lookup does.
+    /// The TXT record the driver must look up now ([`FEATURES_RECORD`], [`PERCENTAGE_RECORD`]),
+    /// once per reading. An answer later than [`protocol::TXT_LOOKUP_TIMEOUT`] from `now` is
+    /// not waited for: the reading fails then, as a failed lookup does.
     pub fn poll_lookup(&mut self, now: Instant) -> Option<&'static str> {
+        if let Some(f) = self.features.as_mut().filter(|f| f.lookup == Lookup::Due) {
+            f.lookup = Lookup::Asked(now + protocol::TXT_LOOKUP_TIMEOUT);
+            return Some(FEATURES_RECORD);
+        }
         let s = self.selector.as_mut()?;
         (s.lookup == Lookup::Due).then(|| {
             s.lookup = Lookup::Asked(now + protocol::TXT_LOOKUP_TIMEOUT);
@@ -619,10 +683,73 @@ impl Supervisor {
         }
     }
 
+    /// A reading of the feature record ended: `read` is the record if it read, else why not.
+    /// As cloudflared's `refresh`, a failed reading keeps the record before (the defaults at
+    /// first). The first reading lets connection 0 start.
+    fn features_read(&mut self, now: Instant, read: Result<FeaturesRecord, FeaturesFailure>) {
+        let Some(f) = self.features.as_mut() else {
+            return;
+        };
+        f.lookup = Lookup::At(now + self.config.features_ttl);
+        let first = !std::mem::replace(&mut f.read_once, true);
+        match read {
+            Ok(record) => f.record = record,
+            Err((reason, error)) => self
+                .events
+                .push_back(SupervisorEvent::FeaturesRefreshFailed {
+                    reason,
+                    error,
+                    first,
+                }),
+        }
+        let version = f.record.datagram_version(&f.account_tag);
+        if first || version != f.version {
+            f.version = version;
+            features::set_datagram_version(
+                &mut self.config.connector.registration.features,
+                version,
+            );
+            self.events
+                .push_back(SupervisorEvent::DatagramVersionSelected {
+                    version,
+                    record: f.record,
+                });
+        }
+        if first
+            && self.state == State::Starting
+            && self
+                .slots
+                .first()
+                .is_some_and(|s| matches!(s.phase, Phase::Waiting))
+        {
+            self.sync_flow_gates();
+            self.start(now, 0);
+            self.progress(now);
+        }
+    }
+
     /// The driver looked up the TXT record `name`: its first record's text, none if the lookup
     /// failed. A record that selects another protocol than before changes the protocol of new
-    /// connections; a failed or unreadable one keeps it (cloudflared's `Current`).
+    /// connections; a failed or unreadable one keeps it (cloudflared's `Current`). The feature
+    /// record likewise sets the datagram version of new connections.
     pub fn handle_txt_record(&mut self, now: Instant, name: &str, text: Option<&str>) {
+        if name == FEATURES_RECORD {
+            // An answer after the deadline was given up on already.
+            if !matches!(
+                self.features.as_ref().map(|f| f.lookup),
+                Some(Lookup::Asked(_))
+            ) {
+                return;
+            }
+            let read = match text {
+                None => Err((RefreshFailure::LookupFailed, None)),
+                Some(t) => {
+                    FeaturesRecord::parse(t).map_err(|e| (RefreshFailure::Unreadable, Some(e)))
+                }
+            };
+            self.features_read(now, read);
+            return;
+        }
         let ttl = self.config.selector_ttl;
         let Some(s) = self.selector.as_mut() else {
             return;
@@ -755,6 +882,16 @@ impl Supervisor {
             }
         }
         self.try_quic_again(now);
+        if let Some(f) = &mut self.features {
+            match f.lookup {
+                Lookup::At(at) if at <= now => f.lookup = Lookup::Due,
+                Lookup::Asked(by) if by <= now => {
+                    let reason = RefreshFailure::TimedOut(protocol::TXT_LOOKUP_TIMEOUT);
+                    self.features_read(now, Err((reason, None)));
+                }
+                _ => {}
+            }
+        }
         if let Some(s) = &mut self.selector {
             match s.lookup {
                 Lookup::At(at) if at <= now => s.lookup = Lookup::Due,
@@ -801,11 +938,15 @@ impl Supervisor {
             .chain(deadline)
             .chain(datagrams)
             .chain(self.quic_retry.map(|(at, _)| at))
-            .chain(self.selector.as_ref().and_then(|s| match s.lookup {
-                Lookup::At(at) => Some(at),
-                Lookup::Asked(by) => Some(by),
-                Lookup::Due => None,
-            }))
+            .chain(
+                (self.selector.as_ref().map(|s| s.lookup).into_iter())
+                    .chain(self.features.as_ref().map(|f| f.lookup))
+                    .filter_map(|l| match l {
+                        Lookup::At(at) => Some(at),
+                        Lookup::Asked(by) => Some(by),
+                        Lookup::Due => None,
+                    }),
+            )
             .min()
     }
 

@@ -42,6 +42,8 @@ struct H2World {
     lookups: Vec<&'static str>,
     /// The deadline each lookup was given.
     lookup_timeouts: Vec<Duration>,
+    /// The features of each registration the edge received.
+    registered_features: Vec<Vec<String>>,
     /// Hold the edge's bytes back from the connector once it answers a registration...
     hold_after_register: bool,
     /// ...which it now does.
@@ -94,6 +96,7 @@ impl H2World {
             closed_tcp: Vec::new(),
             lookups: Vec::new(),
             lookup_timeouts: Vec::new(),
+            registered_features: Vec::new(),
             hold_after_register: false,
             held: false,
         }
@@ -198,6 +201,7 @@ impl H2World {
                 }
                 while let Some(ev) = self.control.poll_event() {
                     if let EdgeControlEvent::RegisterRequested(r) = ev {
+                        self.registered_features.push(r.features.clone());
                         assert_eq!(
                             r.origin_local_ip,
                             Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 9)))
@@ -870,5 +874,189 @@ fn a_registration_outstanding_when_the_tcp_connection_fails_counts_as_a_failed_c
         calls[0].latency >= Duration::from_secs(2) && calls[0].latency < Duration::from_secs(3),
         "{:?}",
         calls[0]
+    );
+}
+
+/// A connector whose `--features` leave the datagram version to the feature record, for
+/// account "a" (FNV-1a 32 0xe40c292c: threshold 20).
+fn feature_world() -> H2World {
+    use crate::control::features::features;
+    H2World::with(ProtocolFlag::Fixed(Protocol::Http2), |c| {
+        c.connector.registration.account_tag = "a".into();
+        c.connector.registration.features = features(false, &[], DatagramVersion::V2);
+        c.features_selector = Some("a".into());
+    })
+}
+
+impl H2World {
+    /// The driver's answer to core's feature-record lookup (`None`: the lookup failed).
+    fn answer_features(&mut self, text: Option<&str>) {
+        use crate::control::features::FEATURES_RECORD;
+        self.connector.handle_input(
+            self.now,
+            Input::TxtRecord {
+                name: FEATURES_RECORD,
+                text,
+            },
+        );
+    }
+
+    /// The datagram version of each registration the edge received.
+    fn registered_versions(&self) -> Vec<DatagramVersion> {
+        self.registered_features
+            .iter()
+            .map(|f| DatagramVersion::from_features(f))
+            .collect()
+    }
+
+    /// Lets connection 0 dial and register.
+    fn register(&mut self) {
+        self.accept_dial();
+        self.run();
+        assert!(self.registered().is_some(), "{:?}", self.changes());
+    }
+
+    fn features_failures(&self) -> Vec<(RefreshFailure, bool, bool)> {
+        self.events
+            .iter()
+            .filter_map(|e| match e {
+                SupervisorEvent::FeaturesRefreshFailed {
+                    reason,
+                    error,
+                    first,
+                } => Some((*reason, error.is_some(), *first)),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// As cloudflared's `NewFeatureSelector`, the feature record is read before connection 0 dials,
+/// once, with core's deadline; the version it gives the account is the one registered.
+#[test]
+fn connection_0_waits_for_the_feature_record_and_registers_what_it_selects() {
+    use crate::control::features::FEATURES_RECORD;
+    use crate::tunnel::protocol::TXT_LOOKUP_TIMEOUT;
+    for (record, version) in [
+        (
+            r#"{"dv3_2":21,"skip_prechecks":false}"#,
+            DatagramVersion::V3,
+        ),
+        (r#"{"dv3_2":100,"future":[1]}"#, DatagramVersion::V3),
+        (r#"{"dv3_2":20}"#, DatagramVersion::V2),
+        (r#"{"dv3_2":0}"#, DatagramVersion::V2),
+    ] {
+        let mut w = feature_world();
+        w.flush();
+        assert_eq!(w.lookups, [FEATURES_RECORD]);
+        assert_eq!(w.lookup_timeouts, [TXT_LOOKUP_TIMEOUT]);
+        assert!(w.dials.is_empty(), "no dial before the record is read");
+        w.answer_features(Some(record));
+        w.register();
+        assert_eq!(w.registered_versions(), [version], "{record}");
+        assert!(w
+            .events
+            .contains(&SupervisorEvent::DatagramVersionSelected {
+                version,
+                record: FeaturesRecord::parse(record).unwrap(),
+            }));
+        assert!(w.features_failures().is_empty());
+        assert_eq!(w.lookups.len(), 1, "read once at start");
+    }
+}
+
+/// A lookup that fails, a record that does not read, or no answer by core's deadline: v2,
+/// reported once, and connection 0 starts then (no later than the deadline).
+#[test]
+fn without_a_readable_feature_record_connection_0_starts_on_datagram_v2() {
+    use crate::tunnel::protocol::TXT_LOOKUP_TIMEOUT;
+    let mut w = feature_world();
+    w.flush();
+    w.answer_features(None);
+    w.register();
+    assert_eq!(w.registered_versions(), [DatagramVersion::V2]);
+    assert_eq!(
+        w.features_failures(),
+        [(RefreshFailure::LookupFailed, false, true)]
+    );
+
+    let mut w = feature_world();
+    w.flush();
+    w.answer_features(Some(r#"{"dv3_2":"100"}"#));
+    w.register();
+    assert_eq!(w.registered_versions(), [DatagramVersion::V2]);
+    assert_eq!(
+        w.features_failures(),
+        [(RefreshFailure::Unreadable, true, true)]
+    );
+
+    let mut w = feature_world();
+    let start = w.now;
+    w.advance_until(TXT_LOOKUP_TIMEOUT * 2, |w| !w.dials.is_empty());
+    assert_eq!(w.now - start, TXT_LOOKUP_TIMEOUT, "the deadline is core's");
+    assert_eq!(
+        w.features_failures(),
+        [(RefreshFailure::TimedOut(TXT_LOOKUP_TIMEOUT), false, true)]
+    );
+    // A late answer changes nothing.
+    w.answer_features(Some(r#"{"dv3_2":100}"#));
+    w.register();
+    assert_eq!(w.registered_versions(), [DatagramVersion::V2]);
+    assert!(w
+        .events
+        .contains(&SupervisorEvent::DatagramVersionSelected {
+            version: DatagramVersion::V2,
+            record: FeaturesRecord::default(),
+        }));
+}
+
+/// Read again every hour: a record that changes the account's version applies to connections
+/// made after it; the connection up keeps its version. A failed or unreadable reading keeps
+/// the record before (cloudflared's `refresh` returns before storing).
+#[test]
+fn the_feature_record_is_read_hourly_and_new_connections_follow_it() {
+    use crate::control::features::{FEATURES_RECORD, FEATURES_REFRESH};
+    let mut w = feature_world();
+    w.flush();
+    w.answer_features(Some(r#"{"dv3_2":0}"#));
+    let read = w.now;
+    w.register();
+    assert_eq!(w.registered_versions(), [DatagramVersion::V2]);
+
+    w.advance_until(FEATURES_REFRESH * 2, |w| w.lookups.len() >= 2);
+    assert_eq!(w.lookups, [FEATURES_RECORD, FEATURES_RECORD]);
+    assert!(w.now - read >= FEATURES_REFRESH);
+    w.answer_features(Some(r#"{"dv3_2":50}"#));
+    w.run();
+    assert!(w
+        .events
+        .contains(&SupervisorEvent::DatagramVersionSelected {
+            version: DatagramVersion::V3,
+            record: FeaturesRecord {
+                dv3_2: 50,
+                skip_prechecks: false
+            },
+        }));
+    assert!(w.closed_tcp.is_empty(), "the connection up stays");
+    assert_eq!(w.registered_versions(), [DatagramVersion::V2]);
+
+    // A failed and an unreadable reading keep v3.
+    w.advance_until(FEATURES_REFRESH * 2, |w| w.lookups.len() >= 3);
+    w.answer_features(None);
+    w.advance_until(FEATURES_REFRESH * 2, |w| w.lookups.len() >= 4);
+    w.answer_features(Some("{"));
+    w.run();
+    assert_eq!(w.features_failures().len(), 2);
+    assert!(w.features_failures().iter().all(|f| !f.2), "not first");
+
+    // The connection ends: the next one registers v3.
+    let (link, _) = w.edge.as_ref().map(|(l, _)| (*l, ())).expect("edge");
+    w.connector
+        .handle_input(w.now, Input::EdgeReceived { link, data: &[] });
+    w.advance_until(Duration::from_secs(30), |w| !w.dials.is_empty());
+    w.register();
+    assert_eq!(
+        w.registered_versions(),
+        [DatagramVersion::V2, DatagramVersion::V3]
     );
 }
