@@ -57,6 +57,7 @@ fn mio_connector_with_env(
         .args(["--metrics", &o.metrics.to_string()])
         .args(["--ha-connections", &o.ha_connections.to_string()])
         .args(["--grace-period", grace, "--loglevel", "info", "run"])
+        .args(testbed::datagram_v3_unless_named(&o.extra))
         .args(&o.extra)
         .arg("--credentials-file")
         .arg(bed.credentials())

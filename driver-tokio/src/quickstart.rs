@@ -109,7 +109,9 @@ async fn run(args: QuickstartArgs) -> Result<(), String> {
             cacert: Some(cacert),
             ha_connections: 4,
             grace_period: Duration::from_secs(5),
-            features: Vec::new(),
+            // Its edge is burrow's own, here: datagram v3, without asking Cloudflare's
+            // feature record (`cfd-features.argotunnel.com`) at every start.
+            features: vec!["support_datagram_v3_2".into()],
             tags: Vec::new(),
             max_active_flows: None,
             local_max_active_flows: None,

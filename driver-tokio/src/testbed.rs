@@ -361,7 +361,8 @@ impl Testbed {
             .arg(self.ca())
             .args(["--metrics", &metrics.to_string(), "--ha-connections", "1"])
             .args(flags)
-            .arg("run");
+            .arg("run")
+            .args(datagram_v3_unless_named(flags));
         let mut c = Proc::spawn("burrow tunnel run", cmd, self.dir.join("connector.log"))?;
         wait_ready(&mut c, metrics, 1, Duration::from_secs(30)).map_err(|e| match e {
             // An exit carries the log already; a timeout gets it here.
@@ -395,6 +396,7 @@ impl Testbed {
             .arg(self.ca())
             .args(["--metrics", &metrics.to_string(), "--ha-connections", "1"])
             .args(["--grace-period", "1s", "run"])
+            .args(datagram_v3_unless_named(run_flags))
             .args(run_flags)
             .arg("--credentials-file")
             .arg(self.credentials())
@@ -421,6 +423,7 @@ impl Testbed {
             .args(["--metrics", &o.metrics.to_string()])
             .args(["--ha-connections", &o.ha_connections.to_string()])
             .args(["--grace-period", "1s", "--loglevel", "warn", "run"])
+            .args(datagram_v3_unless_named(&o.extra))
             .args(&o.extra)
             .arg("--credentials-file")
             .arg(self.credentials())
@@ -457,10 +460,7 @@ impl Testbed {
                 "warn",
             ])
             .arg("run");
-        // Datagram v3 unless the caller names features (`support_datagram_v2` picks v2).
-        if !o.extra.iter().any(|a| a == "--features") {
-            cmd.args(["--features", "support_datagram_v3_2"]);
-        }
+        cmd.args(datagram_v3_unless_named(&o.extra));
         // QUIC unless the caller picks a protocol.
         if !o.extra.iter().any(|a| a == "--protocol") {
             cmd.args(["--protocol", "quic"]);
@@ -680,6 +680,18 @@ pub fn burrow_beside_current_exe() -> Result<PathBuf, TestbedError> {
             what: format!("find burrow next to {}", exe.display()),
             source: std::io::ErrorKind::NotFound.into(),
         })
+}
+
+/// `--features support_datagram_v3_2` unless `args` name `--features`: the test bed's
+/// connectors (burrow, burrow-mio and cloudflared alike) speak datagram v3 unless a test
+/// picks otherwise (`support_datagram_v2`), so no test depends on Cloudflare's feature record
+/// (`cfd-features.argotunnel.com`), which would choose v2 here, where it cannot be read.
+pub fn datagram_v3_unless_named<S: AsRef<str>>(args: &[S]) -> &'static [&'static str] {
+    if args.iter().any(|a| a.as_ref() == "--features") {
+        &[]
+    } else {
+        &["--features", "support_datagram_v3_2"]
+    }
 }
 
 /// Whether `burrow edge --help` lists `flag` (features land in parallel; callers skip what

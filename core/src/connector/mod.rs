@@ -376,7 +376,8 @@ pub enum Io<'a> {
         link: LinkId,
     },
     /// Look up the TXT record of `name` with the system's resolver and answer
-    /// [`Input::TxtRecord`] (`auto` reading the protocol percentages again, hourly). Give up
+    /// [`Input::TxtRecord`] (`auto` reading the protocol percentages again, hourly; the
+    /// feature record that picks the datagram version, before connection 0 and hourly). Give up
     /// after `timeout`, all name servers together: the connector stops waiting then and
     /// counts the reading as failed (a later answer is ignored).
     LookupTxt {

@@ -666,8 +666,10 @@ impl RunConfig {
 
     /// The connector's configuration: registration with `connector_id`, the edge's TLS trusting
     /// `roots` (QUIC and HTTP/2), the protocol (`auto` starting where `percentage`, the TXT
-    /// record the driver looked up when [`Self::wants_percentage_record`], says), the ingress,
-    /// limits, and `icmp` (which the driver finds by probing sockets).
+    /// record the driver looked up when [`Self::wants_percentage_record`], says), the datagram
+    /// version (`--features`, else the feature record the connector has looked up before
+    /// connection 0), the ingress, limits, and `icmp` (which the driver finds by probing
+    /// sockets).
     pub fn supervisor_config(
         &self,
         roots: rustls::RootCertStore,

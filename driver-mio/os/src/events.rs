@@ -4,7 +4,7 @@
 use burrow_core::connector::Event;
 use burrow_core::control::features::FEATURES_RECORD;
 use burrow_core::rpc_stream::server::CallRefusal;
-use burrow_core::session::{DatagramFault, SessionNotice};
+use burrow_core::session::{DatagramFault, DatagramVersion, SessionNotice};
 use burrow_core::tunnel::protocol::{Protocol, PERCENTAGE_RECORD};
 use tracing::{debug, error, info, warn};
 
@@ -99,22 +99,27 @@ pub fn log(e: &Event, stopping: bool) {
             available,
             "You requested {requested} HA connections but I can give you at most {available}."
         ),
-        Event::DatagramVersionSelected { version, record } => info!(
-            record = FEATURES_RECORD,
-            dv3_2 = record.dv3_2,
-            datagram_version = ?version,
-            "datagram version for new connections: {version:?} (no --features support_datagram_v3_2 or support_datagram_v2; from the feature record)"
-        ),
+        Event::DatagramVersionSelected { version, record } => {
+            let version = match version {
+                DatagramVersion::V2 => "v2",
+                DatagramVersion::V3 => "v3",
+            };
+            info!(
+                record = FEATURES_RECORD,
+                dv3_2 = record.dv3_2,
+                "datagram {version} for new connections (--features names no datagram version: the feature record chooses)"
+            );
+        }
         Event::FeaturesRefreshFailed {
             reason,
             error,
             first,
         } => {
-            let detail = error.as_ref().map(ToString::to_string);
+            let detail = error.as_ref().map(ToString::to_string).unwrap_or_default();
             if *first {
-                error!(record = FEATURES_RECORD, %reason, error = ?detail, "Failed to fetch features, default to disable");
+                error!(record = FEATURES_RECORD, %reason, detail, "Failed to fetch features, default to disable");
             } else {
-                error!(record = FEATURES_RECORD, %reason, error = ?detail, "Failed to refresh feature selector");
+                error!(record = FEATURES_RECORD, %reason, detail, "Failed to refresh feature selector");
             }
         }
         Event::ProtocolRefreshFailed { reason } => {
