@@ -11,6 +11,7 @@ pub mod flow;
 pub mod http2;
 pub mod icmp;
 pub mod ingress;
+pub mod log_budget;
 pub mod quic;
 pub mod rpc;
 pub mod rpc_stream;

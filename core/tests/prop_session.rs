@@ -128,7 +128,7 @@ proptest! {
                 }
                 Op::Fail { id } => {
                     if let Some(flow) = m.flow_of(SessionId(id.into())) {
-                        m.handle_origin_failed(flow, "read: connection refused");
+                        m.handle_origin_failed(now, flow, "read: connection refused");
                     }
                 }
                 Op::LinkClosed { link, successor } => {
@@ -148,7 +148,7 @@ proptest! {
                         opened += 1;
                         // Every 3rd dial fails.
                         if opened.is_multiple_of(3) {
-                            m.handle_origin_failed(flow, "connect: network is unreachable");
+                            m.handle_origin_failed(now, flow, "connect: network is unreachable");
                         } else {
                             open.insert(flow);
                             m.handle_origin_opened(now, flow);

@@ -12,14 +12,14 @@
 //!
 //! [`Io::OpenFlow`]: burrow_core::connector::Io::OpenFlow
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::io::{self, Read, Write};
 use std::net::{IpAddr, Shutdown, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burrow_core::datagram::LinkId;
-use burrow_core::http2::origin::{FlowRead, Http2Origin};
+use burrow_core::http2::origin::{BridgeReport, Http2Flow, SocketRead};
 use burrow_core::ingress::{Origin, OriginRequest, Service};
 use burrow_core::stream::proxy::FlowKind;
 use burrow_core::stream::socks::{DialFailure, Server, Step};
@@ -168,6 +168,8 @@ struct Flow {
     responder: Option<Responder>,
     /// `tcpKeepAlive` for the origin connection (zero: the system's).
     keep_alive: Duration,
+    /// `keepAliveTimeout`: an idle HTTP/2 origin connection closes after it (zero: never).
+    idle_timeout: Duration,
     /// A SOCKS5 exchange in front of the origin, until it pipes.
     socks: Option<Box<Socks>>,
     /// `proxyType: socks`: the exchange starts once the origin is connected.
@@ -177,15 +179,11 @@ struct Flow {
     internal: Option<Bytes>,
 }
 
-/// An HTTP/2 origin connection's bridge and the ciphertext on its way.
+/// An HTTP/2 origin connection's flow (core's bridge, its bytes in transit) and its deadline
+/// as entered in [`Origins`]'s timers.
 struct H2 {
-    bridge: Http2Origin,
-    /// Read from the socket, not yet taken by the bridge.
-    inbound: Vec<u8>,
-    /// From the bridge, not yet taken by the socket.
-    outbound: Vec<u8>,
-    /// The socket's read side ended (told to the bridge).
-    closed: bool,
+    flow: Http2Flow,
+    deadline: Option<Instant>,
 }
 
 /// Where a SOCKS5 exchange is.
@@ -235,6 +233,8 @@ pub struct Origins {
     scratch: Vec<u8>,
     /// What the connector must hear, in order.
     pub reports: Vec<(Key, Report)>,
+    /// HTTP/2 origin flows' deadlines (their keep-alive timeouts).
+    timers: BTreeSet<(Instant, Key)>,
 }
 
 impl Origins {
@@ -249,6 +249,7 @@ impl Origins {
             next_lookup: 0,
             scratch: vec![0; READ_CHUNK],
             reports: Vec::new(),
+            timers: BTreeSet::new(),
         }
     }
 
@@ -282,6 +283,7 @@ impl Origins {
             eof: false,
             responder: None,
             keep_alive: Duration::ZERO,
+            idle_timeout: Duration::ZERO,
             socks: None,
             socks_over: false,
             internal: None,
@@ -312,10 +314,12 @@ impl Origins {
                 target,
                 tls,
                 keep_alive,
+                idle_timeout,
                 socks_over,
             } => {
                 flow.tls = tls;
                 flow.keep_alive = keep_alive;
+                flow.idle_timeout = idle_timeout;
                 flow.socks_over = socks_over;
                 match target {
                     Target::Addr(addr) => {
@@ -358,14 +362,25 @@ impl Origins {
         }
     }
 
-    /// When [`Origins::tick`] has work: the resolver's.
+    /// When [`Origins::tick`] has work: the resolver's, or an HTTP/2 origin flow's.
     pub fn deadline(&self) -> Option<Instant> {
-        self.resolver.deadline()
+        let h2 = self.timers.first().map(|(t, _)| *t);
+        [self.resolver.deadline(), h2].into_iter().flatten().min()
     }
 
-    /// Lets the resolver thread end when idle.
+    /// Lets the resolver thread end when idle; steps the HTTP/2 origin flows whose deadline
+    /// passed.
     pub fn tick(&mut self, now: Instant) {
         self.resolver.retire(now);
+        let due: Vec<Key> = self
+            .timers
+            .iter()
+            .take_while(|(t, _)| *t <= now)
+            .map(|(_, key)| *key)
+            .collect();
+        for key in due {
+            self.drive(key);
+        }
     }
 
     /// The connector gave up on the SOCKS destination dial of `key` ([`Report::Dialing`]):
@@ -563,6 +578,9 @@ impl Origins {
     /// Closes and forgets the flow; its token is free again.
     pub fn close(&mut self, key: Key) -> Option<Token> {
         let mut f = self.flows.remove(&key)?;
+        if let Some(at) = f.h2.as_ref().and_then(|h| h.deadline) {
+            self.timers.remove(&(at, key));
+        }
         if let Some(s) = &mut f.stream {
             let _ = self.registry.deregister(s.source());
         }
@@ -574,6 +592,10 @@ impl Origins {
             if f.state != State::Dead {
                 debug!(link = %key.0, flow = %key.1, %reason, "origin flow failed");
                 f.state = State::Dead;
+                // A dead flow is never stepped again: its deadline goes.
+                if let Some(at) = f.h2.as_mut().and_then(|h| h.deadline.take()) {
+                    self.timers.remove(&(at, key));
+                }
                 self.reports.push((key, Report::Failed(reason)));
             }
         }
@@ -587,7 +609,13 @@ impl Origins {
         let Some(f) = self.flows.get_mut(&key) else {
             return;
         };
-        let result = step(f, &mut self.scratch, &mut self.reports, key);
+        let result = step(
+            f,
+            &mut self.scratch,
+            &mut self.reports,
+            &mut self.timers,
+            key,
+        );
         if let Err(e) = result {
             self.fail(key, e);
         }
@@ -599,6 +627,7 @@ fn step(
     f: &mut Flow,
     scratch: &mut [u8],
     reports: &mut Vec<(Key, Report)>,
+    timers: &mut BTreeSet<(Instant, Key)>,
     key: Key,
 ) -> Result<(), String> {
     if f.state == State::Connecting {
@@ -646,10 +675,8 @@ fn step(
             // HTTP/1.1 toward the connector, core's bridge speaks HTTP/2 to the origin.
             if let Some(tls) = f.tls.take() {
                 f.h2 = Some(Box::new(H2 {
-                    bridge: Http2Origin::new(Instant::now(), *tls),
-                    inbound: Vec::new(),
-                    outbound: Vec::new(),
-                    closed: false,
+                    flow: Http2Flow::new(Instant::now(), *tls, f.idle_timeout),
+                    deadline: None,
                 }));
                 reports.push((key, Report::Http2));
             }
@@ -661,7 +688,7 @@ fn step(
         return Ok(());
     }
     if f.h2.is_some() {
-        return step_h2(f, scratch, reports, key);
+        return step_h2(f, scratch, reports, timers, key);
     }
     if let Some(r) = &mut f.responder {
         if let Some(data) = f.write.take() {
@@ -773,93 +800,98 @@ fn step(
     Ok(())
 }
 
-/// An HTTP/2 origin's flow: the connector's HTTP/1.1 through core's bridge, ciphertext both
-/// ways as far as the socket goes. The socket is read whenever it has bytes, not per permit:
-/// HTTP/2 carries its own control frames, and its windows (credit returned only as the
-/// connector reads) bound what the origin sends ahead.
+/// An HTTP/2 origin's flow: core's [`Http2Flow`] decides the order of everything (the one
+/// burrow-tokio runs); this hands it the connector's write, end and permit, and moves
+/// ciphertext both ways as far as the socket goes. The socket is read whenever the flow asks,
+/// not per permit: HTTP/2 carries its own control frames, and its windows (credit returned
+/// only as the connector reads) bound what the origin sends ahead. Its deadline is kept in
+/// `timers` for [`Origins::deadline`].
 fn step_h2(
     f: &mut Flow,
     scratch: &mut [u8],
     reports: &mut Vec<(Key, Report)>,
+    timers: &mut BTreeSet<(Instant, Key)>,
     key: Key,
 ) -> Result<(), String> {
     let (Some(s), Some(h)) = (&mut f.stream, &mut f.h2) else {
         return Ok(());
     };
     let now = Instant::now();
-    loop {
-        let mut moved = false;
-        if let Some(data) = &mut f.write {
-            let n = h.bridge.write(now, data).map_err(|e| e.to_string())?;
-            data.advance(n);
-            moved |= n > 0;
-            if data.is_empty() {
-                f.write = None;
-                reports.push((key, Report::Written));
+    let mut report = |r: BridgeReport| {
+        reports.push((
+            key,
+            match r {
+                BridgeReport::Written => Report::Written,
+                BridgeReport::Data(b) => Report::Data(b),
+                BridgeReport::Finished => Report::Finished,
+            },
+        ))
+    };
+    let result = loop {
+        // The connector's commands: one write at a time (it waits for `Written`), its end, and
+        // its permit, all handed over.
+        if h.flow.takes_command() {
+            if let Some(data) = f.write.take() {
+                h.flow.write(data);
             }
         }
-        if f.shutdown && !f.shut && f.write.is_none() {
-            h.bridge.shutdown(now);
+        if f.shutdown && !f.shut {
+            h.flow.shutdown();
             f.shut = true;
-            moved = true;
         }
-        loop {
-            if h.outbound.is_empty() {
-                let n = h.bridge.transmit(now, scratch);
-                if n == 0 {
+        if std::mem::take(&mut f.permit) {
+            h.flow.permit();
+        }
+        let mut read = SocketRead::Nothing;
+        if h.flow.wants_read() {
+            match s.read(scratch) {
+                Ok(0) => read = SocketRead::Closed,
+                Ok(n) => read = SocketRead::Data(&scratch[..n]),
+                Err(e) if would_block(&e) => {}
+                Err(e) => break Err(format!("read from origin: {e}")),
+            }
+        }
+        let mut moved = !matches!(read, SocketRead::Nothing);
+        match h.flow.step(now, read, &mut report) {
+            Ok(m) => moved |= m,
+            Err(e) => break Err(e.to_string()),
+        }
+        let mut failed = None;
+        while !h.flow.to_send().is_empty() {
+            match s.write(h.flow.to_send()) {
+                Ok(0) => {
+                    failed = Some("write to origin: wrote zero bytes".to_owned());
                     break;
                 }
-                h.outbound.extend_from_slice(&scratch[..n]);
-            }
-            match s.write(&h.outbound) {
-                Ok(0) => return Err("write to origin: wrote zero bytes".to_owned()),
                 Ok(n) => {
-                    h.outbound.drain(..n);
+                    h.flow.sent(n);
                     moved = true;
                 }
                 Err(e) if would_block(&e) => break,
-                Err(e) => return Err(format!("write to origin: {e}")),
+                Err(e) => {
+                    failed = Some(format!("write to origin: {e}"));
+                    break;
+                }
             }
         }
-        if h.inbound.is_empty() && !h.closed {
-            match s.read(scratch) {
-                Ok(0) => {
-                    h.closed = true;
-                    h.bridge.peer_closed(now);
-                    moved = true;
-                }
-                Ok(n) => {
-                    h.inbound.extend_from_slice(&scratch[..n]);
-                    moved = true;
-                }
-                Err(e) if would_block(&e) => {}
-                Err(e) => return Err(format!("read from origin: {e}")),
-            }
-        }
-        if !h.inbound.is_empty() {
-            let n = h.bridge.received(now, &h.inbound);
-            h.inbound.drain(..n);
-            moved |= n > 0;
-        }
-        if f.permit && !f.eof {
-            match h.bridge.read(now) {
-                FlowRead::Data(b) => {
-                    f.permit = false;
-                    reports.push((key, Report::Data(b)));
-                    moved = true;
-                }
-                FlowRead::End => {
-                    f.eof = true;
-                    reports.push((key, Report::Finished));
-                }
-                FlowRead::Failed(e) => return Err(e.to_string()),
-                FlowRead::Blocked => {}
-            }
+        if let Some(e) = failed {
+            break Err(e);
         }
         if !moved {
-            return Ok(());
+            break Ok(());
         }
+    };
+    let deadline = h.flow.poll_timeout();
+    if h.deadline != deadline {
+        if let Some(old) = h.deadline {
+            timers.remove(&(old, key));
+        }
+        if let Some(new) = deadline {
+            timers.insert((new, key));
+        }
+        h.deadline = deadline;
     }
+    result
 }
 
 fn would_block(e: &io::Error) -> bool {
@@ -958,6 +990,8 @@ enum Plan {
         target: Target,
         tls: Option<Box<ClientConnection>>,
         keep_alive: Duration,
+        /// `keepAliveTimeout`, for an HTTP/2 origin connection.
+        idle_timeout: Duration,
         /// `proxyType: socks`: a SOCKS5 exchange over the dialled connection.
         socks_over: bool,
     },
@@ -989,6 +1023,7 @@ fn plan(
             target,
             tls: None,
             keep_alive: Duration::ZERO,
+            idle_timeout: Duration::ZERO,
             socks_over: false,
         });
     }
@@ -1026,6 +1061,7 @@ fn plan(
         target,
         tls,
         keep_alive: o.tcp_keep_alive,
+        idle_timeout: o.keep_alive_timeout,
         socks_over: origin.socks_over_tcp(),
     })
 }

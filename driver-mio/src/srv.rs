@@ -6,24 +6,25 @@
 //! /etc/resolv.conf (resolv-conf), target addresses from `getaddrinfo`.
 
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, ToSocketAddrs, UdpSocket};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use burrow_core::tunnel::supervisor::region_targets;
 use hickory_proto::op::{Message, MessageType, OpCode, Query};
 use hickory_proto::rr::{Name, RData, RecordType};
 
-/// How long one name server has to answer.
+/// How long one name server has to answer an SRV query.
 const TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The SRV targets of `service` (`host`, `port`), in the order the name server gave them.
 pub fn lookup(service: &str) -> Result<Vec<(String, u16)>, String> {
-    let answer = query(service, RecordType::SRV)?;
+    let answer = query(service, RecordType::SRV, None)?;
     targets(&answer).map_err(|e| format!("SRV {service}: {e}"))
 }
 
-/// The first TXT record of `name`, its strings joined (the protocol percentages).
-pub fn txt(name: &str) -> Result<String, String> {
-    let answer = query(name, RecordType::TXT)?;
+/// The first TXT record of `name`, its strings joined (the protocol percentages), asked of
+/// the name servers in turn within `timeout` all together (core's deadline).
+pub fn txt(name: &str, timeout: Duration) -> Result<String, String> {
+    let answer = query(name, RecordType::TXT, Some(timeout))?;
     first_txt(&answer)
         .ok_or_else(|| format!("TXT {name}: no record ({})", answer.metadata.response_code))
 }
@@ -42,8 +43,10 @@ fn first_txt(answer: &Message) -> Option<String> {
     })
 }
 
-/// Asks the system's name servers in turn for `name`'s `kind` records.
-fn query(name: &str, kind: RecordType) -> Result<Message, String> {
+/// Asks the system's name servers in turn for `name`'s `kind` records: each within
+/// [`TIMEOUT`], or all of them within `total`.
+fn query(name: &str, kind: RecordType, total: Option<Duration>) -> Result<Message, String> {
+    let start = Instant::now();
     let conf = std::fs::read("/etc/resolv.conf").map_err(|e| format!("/etc/resolv.conf: {e}"))?;
     let conf = resolv_conf::Config::parse(&conf).map_err(|e| format!("/etc/resolv.conf: {e}"))?;
     let service = name;
@@ -58,7 +61,14 @@ fn query(name: &str, kind: RecordType) -> Result<Message, String> {
     let mut last = format!("{kind} {service}: no name server in /etc/resolv.conf");
     for ns in &conf.nameservers {
         let server = SocketAddr::new(IpAddr::from(ns), 53);
-        match ask(server, id, &bytes) {
+        let deadline = match total {
+            Some(t) => start + t,
+            None => Instant::now() + TIMEOUT,
+        };
+        if Instant::now() >= deadline {
+            return Err(format!("{kind} {service}: no answer within {total:?}"));
+        }
+        match ask(server, id, &bytes, deadline) {
             Ok(answer) => return Ok(answer),
             Err(e) => last = format!("{kind} {service} from {server}: {e}"),
         }
@@ -66,7 +76,7 @@ fn query(name: &str, kind: RecordType) -> Result<Message, String> {
     Err(last)
 }
 
-fn ask(server: SocketAddr, id: u16, query: &[u8]) -> std::io::Result<Message> {
+fn ask(server: SocketAddr, id: u16, query: &[u8], deadline: Instant) -> std::io::Result<Message> {
     let bind: SocketAddr = if server.is_ipv4() {
         (Ipv4Addr::UNSPECIFIED, 0).into()
     } else {
@@ -74,10 +84,15 @@ fn ask(server: SocketAddr, id: u16, query: &[u8]) -> std::io::Result<Message> {
     };
     let socket = UdpSocket::bind(bind)?;
     socket.connect(server)?;
-    socket.set_read_timeout(Some(TIMEOUT))?;
     socket.send(query)?;
     let mut buf = [0u8; 4096];
     loop {
+        // The deadline holds across answers skipped below.
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(std::io::ErrorKind::TimedOut.into());
+        }
+        socket.set_read_timeout(Some(left))?;
         let n = socket.recv(&mut buf)?;
         // Anything but the answer to this query (a late answer to another) is skipped.
         match Message::from_vec(&buf[..n]) {

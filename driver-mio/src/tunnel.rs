@@ -14,7 +14,7 @@ use burrow_core::datagram::LinkId;
 use burrow_core::icmp::FunnelId;
 use burrow_core::session::UdpFlowId;
 use burrow_core::settings::{Edges, RunConfig, Settings};
-use burrow_core::tunnel::protocol::PERCENTAGE_RECORD;
+use burrow_core::tunnel::protocol::{PERCENTAGE_RECORD, TXT_LOOKUP_TIMEOUT};
 use burrow_core::tunnel::supervisor::{srv_service, EdgePool, IpVersion};
 use burrow_os::settings::{edge_roots, write_pidfile};
 use mio::net::TcpListener;
@@ -370,10 +370,10 @@ impl Driver {
                 let token = self.edge_tcp.close(registry, link);
                 self.tokens.free(token);
             }
-            Io::LookupTxt { name } => self.txt.run(
+            Io::LookupTxt { name, timeout } => self.txt.run(
                 "txt",
                 move || {
-                    let text = srv::txt(name)
+                    let text = srv::txt(name, timeout)
                         .map_err(|e| debug!(error = %e, "TXT lookup failed"))
                         .ok();
                     (name, text)
@@ -573,7 +573,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         v6: rc.icmpv6_src,
     });
     let percentage = if rc.wants_percentage_record() {
-        let txt = srv::txt(PERCENTAGE_RECORD);
+        let txt = srv::txt(PERCENTAGE_RECORD, TXT_LOOKUP_TIMEOUT);
         if let Err(e) = &txt {
             warn!(error = %e, "Unable to lookup protocol percentage.");
         }

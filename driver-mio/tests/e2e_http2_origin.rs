@@ -98,3 +98,23 @@ fn bare_bodies_and_cleartext_origins() {
     common::h2_origin::check_cleartext("burrow-mio", eo.http);
     c.terminate(Duration::from_secs(30)).expect("stops");
 }
+
+/// An idle HTTP/2 origin connection is closed after the rule's `keepAliveTimeout`: the check
+/// burrow-tokio's test makes of burrow and cloudflared.
+#[test]
+fn an_idle_http2_origin_connection_closes_after_the_keep_alive_timeout() {
+    let (origin, conns, ended) = common::h2_origin::h2_origin_watched();
+    let bed = Testbed::create(burrow(), "mio-h2o-idle", "app", &["h2.test"]).expect("tunnel");
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let ingress = format!(
+        "- service: https://127.0.0.1:{}\n  originRequest:\n    http2Origin: true\n    \
+         keepAliveTimeout: 2s\noriginRequest:\n  noTLSVerify: true\n",
+        origin.port()
+    );
+    let (mut c, _metrics) = bed
+        .connector_with_ingress_from(Path::new(MIO), eo.quic, &ingress, &[])
+        .expect("burrow-mio");
+    common::h2_origin::check_idle_close("burrow-mio", eo.http, &conns, &ended);
+    c.terminate(Duration::from_secs(30)).expect("stops");
+}

@@ -20,7 +20,7 @@ use burrow_core::quic::tls;
 use burrow_core::session::UdpFlowId;
 use burrow_core::settings::RunConfig;
 use burrow_core::tunnel::data::FlowId;
-use burrow_core::tunnel::protocol::PERCENTAGE_RECORD;
+use burrow_core::tunnel::protocol::{PERCENTAGE_RECORD, TXT_LOOKUP_TIMEOUT};
 use burrow_core::tunnel::supervisor::{
     region_targets, srv_service, EdgePool, IpVersion, SupervisorError,
 };
@@ -134,10 +134,11 @@ pub async fn discover(edges: &Edges, ip_version: IpVersion) -> Result<EdgePool, 
     }
 }
 
-/// The first TXT record of `name`, its strings joined (none if the lookup fails).
-async fn txt_record(name: &str) -> Option<String> {
+/// The first TXT record of `name`, its strings joined (none if the lookup fails or takes
+/// longer than `timeout`, which is core's).
+async fn txt_record(name: &str, timeout: Duration) -> Option<String> {
     let resolver = hickory_resolver::Resolver::builder_tokio().ok()?.build();
-    let lookup = tokio::time::timeout(Duration::from_secs(10), resolver.txt_lookup(name))
+    let lookup = tokio::time::timeout(timeout, resolver.txt_lookup(name))
         .await
         .ok()?
         .ok()?;
@@ -163,7 +164,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     let pool = discover(&rc.edges, rc.ip_version).await?;
     let roots = burrow_os::settings::edge_roots(rc.cacert.as_deref())?;
     let percentage = if rc.wants_percentage_record() {
-        let txt = txt_record(PERCENTAGE_RECORD).await;
+        let txt = txt_record(PERCENTAGE_RECORD, TXT_LOOKUP_TIMEOUT).await;
         if txt.is_none() {
             warn!("Unable to lookup protocol percentage.");
         }
@@ -653,10 +654,10 @@ impl DriverIo {
                     }
                 }
             }
-            Io::LookupTxt { name } => {
+            Io::LookupTxt { name, timeout } => {
                 let tx = self.txt_tx.clone();
                 tokio::spawn(async move {
-                    let _ = tx.send((name, txt_record(name).await));
+                    let _ = tx.send((name, txt_record(name, timeout).await));
                 });
             }
             Io::FetchAccessKeys { url } => {

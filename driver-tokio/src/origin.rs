@@ -9,7 +9,7 @@
 //! `connectTimeout` or `tlsTimeout` and closes it, which drops the handle and aborts the task;
 //! a SOCKS5 destination dial it aborts through [`FlowHandle::abort_dial`]. An origin whose TLS
 //! handshake chose HTTP/2 (`http2Origin`) is spoken to through burrow-core's `Http2Origin`
-//! bridge, which its task drives ([`pump_http2`]) as burrow-mio's loop does.
+//! bridge, which its task drives ([`pump_http2`]) through core's `Http2Flow` as burrow-mio's loop does.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex, OnceLock, PoisonError};
 use std::task::{ready, Context, Poll};
 
 use burrow_core::datagram::LinkId;
-use burrow_core::http2::origin::{FlowRead, Http2Origin};
+use burrow_core::http2::origin::{BridgeReport, Http2Flow, SocketRead};
 use burrow_core::ingress::{Origin, OriginRequest, Service};
 use burrow_core::stream::proxy::FlowKind;
 use burrow_core::stream::socks::Server;
@@ -207,8 +207,13 @@ impl Dialer {
                         Dialled::Http2(io, tls) => {
                             let _ = reports.send((link, flow, FlowReport::Http2));
                             let _ = reports.send((link, flow, FlowReport::Connected));
-                            let bridge = Http2Origin::new(std::time::Instant::now(), *tls);
-                            let failed = pump_http2(io, bridge, write_rx, &p, |r| {
+                            // The rule's keep-alive timeout closes the idle connection, as
+                            // Go's `IdleConnTimeout` in cloudflared.
+                            let idle = origin.as_ref().map_or(std::time::Duration::ZERO, |o| {
+                                o.origin_request.keep_alive_timeout
+                            });
+                            let h2 = Http2Flow::new(std::time::Instant::now(), *tls, idle);
+                            let failed = pump_http2(io, h2, write_rx, &p, |r| {
                                 let _ = reports.send((link, flow, r));
                             })
                             .await;
@@ -549,127 +554,93 @@ async fn pump(
     tokio::join!(writer, reader);
 }
 
-/// Ciphertext moved per socket read or write of an HTTP/2 origin's flow.
+/// Ciphertext read per socket read of an HTTP/2 origin's flow.
 const H2_IO: usize = 32 * 1024;
 
-/// An HTTP/2 origin's flow (`http2Origin`): the connector's HTTP/1.1 through burrow-core's
-/// bridge ([`Http2Origin`], the one burrow-mio drives), ciphertext both ways as far as the
-/// socket goes. The socket is read whenever it has bytes, not per permit: HTTP/2 carries its
-/// own control frames, and its windows (credit returned only as the connector reads) bound
-/// what the origin sends ahead. Runs until the flow fails; returns why.
+/// An HTTP/2 origin's flow (`http2Origin`): burrow-core's [`Http2Flow`] (the one burrow-mio
+/// runs) decides the order of everything; this only moves the connector's commands and
+/// permits in, ciphertext both ways as far as the socket goes, and wakes at its deadline. The
+/// socket is read whenever the flow asks, not per permit: HTTP/2 carries its own control
+/// frames, and its windows (credit returned only as the connector reads) bound what the
+/// origin sends ahead. Runs until the flow fails; returns why.
 async fn pump_http2(
     mut io: Box<dyn Io>,
-    mut bridge: Http2Origin,
+    mut flow: Http2Flow,
     mut writes: mpsc::UnboundedReceiver<WriteCmd>,
     permit: &Notify,
     report: impl Fn(FlowReport),
 ) -> String {
     let notified = permit.notified();
     tokio::pin!(notified);
-    // The first read needs no permit, as in [`pump`].
-    let mut may_read = true;
-    let mut eof = false;
-    // The connector's write under way, taken by the bridge as far as it goes.
-    let mut write: Option<Bytes> = None;
-    let mut outbound = vec![0u8; H2_IO];
-    let (mut out_at, mut out_end) = (0, 0);
+    let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(timer);
     let mut inbound = vec![0u8; H2_IO];
-    let (mut in_at, mut in_end) = (0, 0);
-    let mut closed = false;
+    let mut report = |r: BridgeReport| {
+        report(match r {
+            BridgeReport::Written => FlowReport::Written,
+            BridgeReport::Data(b) => FlowReport::Data(b),
+            BridgeReport::Finished => FlowReport::Finished,
+        })
+    };
     std::future::poll_fn(|cx| loop {
         let now = std::time::Instant::now();
         let mut moved = false;
         // The connector's commands in order: the next one once the last write is taken.
-        if write.is_none() {
+        if flow.takes_command() {
             match writes.poll_recv(cx) {
                 Poll::Ready(Some(WriteCmd::Data(b))) => {
-                    write = Some(b);
+                    flow.write(b);
                     moved = true;
                 }
                 Poll::Ready(Some(WriteCmd::Shutdown)) => {
-                    bridge.shutdown(now);
+                    flow.shutdown();
                     moved = true;
                 }
                 // The loop dropped the flow: the task is aborted next.
                 Poll::Ready(None) | Poll::Pending => {}
             }
         }
-        if let Some(data) = &mut write {
-            match bridge.write(now, data) {
-                Ok(n) => {
-                    data.advance(n);
-                    moved |= n > 0;
+        if !flow.has_permit() && notified.as_mut().poll(cx).is_ready() {
+            notified.set(permit.notified());
+            flow.permit();
+            moved = true;
+        }
+        let mut read = SocketRead::Nothing;
+        if flow.wants_read() {
+            let mut buf = ReadBuf::new(&mut inbound);
+            match Pin::new(&mut io).poll_read(cx, &mut buf) {
+                Poll::Ready(Ok(())) if buf.filled().is_empty() => read = SocketRead::Closed,
+                Poll::Ready(Ok(())) => {
+                    let n = buf.filled().len();
+                    read = SocketRead::Data(&inbound[..n]);
                 }
-                Err(e) => return Poll::Ready(e.to_string()),
-            }
-            if data.is_empty() {
-                write = None;
-                report(FlowReport::Written);
-                moved = true;
+                Poll::Ready(Err(e)) => return Poll::Ready(format!("read from origin: {e}")),
+                Poll::Pending => {}
             }
         }
-        // To the origin.
-        loop {
-            if out_at == out_end {
-                (out_at, out_end) = (0, bridge.transmit(now, &mut outbound));
-                if out_end == 0 {
-                    break;
-                }
-            }
-            match Pin::new(&mut io).poll_write(cx, &outbound[out_at..out_end]) {
+        match flow.step(now, read, &mut report) {
+            Ok(m) => moved |= m,
+            Err(e) => return Poll::Ready(e.to_string()),
+        }
+        while !flow.to_send().is_empty() {
+            match Pin::new(&mut io).poll_write(cx, flow.to_send()) {
                 Poll::Ready(Ok(0)) => {
                     return Poll::Ready("write to origin: wrote zero bytes".to_owned())
                 }
                 Poll::Ready(Ok(n)) => {
-                    out_at += n;
+                    flow.sent(n);
                     moved = true;
                 }
                 Poll::Ready(Err(e)) => return Poll::Ready(format!("write to origin: {e}")),
                 Poll::Pending => break,
             }
         }
-        // From the origin.
-        if in_at == in_end && !closed {
-            let mut buf = ReadBuf::new(&mut inbound);
-            match Pin::new(&mut io).poll_read(cx, &mut buf) {
-                Poll::Ready(Ok(())) if buf.filled().is_empty() => {
-                    closed = true;
-                    bridge.peer_closed(now);
-                    moved = true;
-                }
-                Poll::Ready(Ok(())) => {
-                    (in_at, in_end) = (0, buf.filled().len());
-                    moved = true;
-                }
-                Poll::Ready(Err(e)) => return Poll::Ready(format!("read from origin: {e}")),
-                Poll::Pending => {}
+        if let Some(at) = flow.poll_timeout() {
+            let at = tokio::time::Instant::from_std(at);
+            if timer.deadline() != at {
+                timer.as_mut().reset(at);
             }
-        }
-        if in_at < in_end {
-            let n = bridge.received(now, &inbound[in_at..in_end]);
-            in_at += n;
-            moved |= n > 0;
-        }
-        // To the connector: one read per permit.
-        if !may_read && notified.as_mut().poll(cx).is_ready() {
-            notified.set(permit.notified());
-            may_read = true;
-            moved = true;
-        }
-        if may_read && !eof {
-            match bridge.read(now) {
-                FlowRead::Data(b) => {
-                    may_read = false;
-                    report(FlowReport::Data(b));
-                    moved = true;
-                }
-                FlowRead::End => {
-                    eof = true;
-                    report(FlowReport::Finished);
-                }
-                FlowRead::Failed(e) => return Poll::Ready(e.to_string()),
-                FlowRead::Blocked => {}
-            }
+            moved |= timer.as_mut().poll(cx).is_ready();
         }
         if !moved {
             return Poll::Pending;

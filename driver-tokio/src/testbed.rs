@@ -430,7 +430,7 @@ impl Testbed {
     }
 
     /// Writes the same config.yml and starts a stock `cloudflared` (at `bin`) as the connector,
-    /// over QUIC with datagram v3 (or the `--protocol` given in `o.extra`). cloudflared opens at
+    /// over QUIC with datagram v3 (or the `--protocol` and `--features` given in `o.extra`). cloudflared opens at
     /// most one connection per edge address, so when `o.edge` is unspecified (`0.0.0.0:port`,
     /// the edge listening on all addresses) it is given `127.0.0.1..=127.0.0.N` at that port for
     /// `N` HA connections; otherwise `o.edge`.
@@ -456,7 +456,11 @@ impl Testbed {
                 "--loglevel",
                 "warn",
             ])
-            .args(["run", "--features", "support_datagram_v3_2"]);
+            .arg("run");
+        // Datagram v3 unless the caller names features (`support_datagram_v2` picks v2).
+        if !o.extra.iter().any(|a| a == "--features") {
+            cmd.args(["--features", "support_datagram_v3_2"]);
+        }
         // QUIC unless the caller picks a protocol.
         if !o.extra.iter().any(|a| a == "--protocol") {
             cmd.args(["--protocol", "quic"]);

@@ -134,6 +134,97 @@ fn udp_echo_through_v3_sessions() {
     check_udp_flow_metrics(&metrics_text(metrics), CLIENTS);
 }
 
+/// A connector run with `--features support_datagram_v2` (cloudflared's way to choose datagram
+/// v2) advertises no v3, so the edge registers its UDP sessions by `registerUdpSession` calls:
+/// cloudflared's v2 session gauges count them on the connector's `/metrics` (and its v3 flow
+/// families do not), and the active one drops back to 0 once the edge's idle timeout
+/// unregisters them. The same of stock cloudflared when `BURROW_CLOUDFLARED` is set.
+#[test]
+fn udp_echo_through_v2_sessions_counts_v2_session_metrics() {
+    let bed = Testbed::create(
+        std::path::Path::new(BIN),
+        "e2e-udp-v2",
+        "app",
+        &["app.test"],
+    )
+    .expect("tunnel");
+    let origin = udp_echo();
+    let map = testbed::free_udp().expect("port");
+    let mut eo = EdgeOpts::loopback().expect("ports");
+    eo.udp_maps = vec![format!("{map}=app:{origin}")];
+    eo.extra = vec!["--udp-idle-timeout".into(), "2s".into()];
+    let v2 = ["--features", "support_datagram_v2"];
+    {
+        let (_edge, connector, metrics) = start(&bed, &eo, 2, &v2);
+        check_v2_sessions("burrow", map, metrics, &connector);
+    }
+    if let Some(cfd) = std::env::var_os("BURROW_CLOUDFLARED") {
+        let _edge = bed.edge(&eo).expect("edge");
+        let metrics = testbed::free_tcp().expect("port");
+        let co = ConnectorOpts {
+            edge: eo.quic,
+            metrics,
+            ingress: vec![(None, "http_status:404".into())],
+            // cloudflared opens one connection per edge address.
+            ha_connections: 1,
+            extra: v2.iter().map(|s| (*s).to_owned()).collect(),
+            config_extra: String::new(),
+        };
+        let mut c = bed
+            .cloudflared(std::path::Path::new(&cfd), &co)
+            .expect("cloudflared");
+        testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}\ncloudflared: {}", c.log_tail(4000)));
+        check_v2_sessions("cloudflared", map, metrics, &c);
+    }
+}
+
+/// Four UDP clients through `map` to a connector speaking datagram v2 (`metrics`): the v2
+/// session gauges, no v3 flows, and no active session once the edge's 2 s idle timeout ends
+/// them.
+fn check_v2_sessions(name: &str, map: SocketAddr, metrics: SocketAddr, connector: &Proc) {
+    const CLIENTS: usize = 4;
+    udp_echo_clients(map, CLIENTS, 10);
+    let text = metrics_text(metrics);
+    let m = |n: &str| metric(&text, n);
+    assert_eq!(
+        m("cloudflared_udp_total_sessions"),
+        CLIENTS as f64,
+        "{name}\n{text}"
+    );
+    assert_eq!(
+        m("cloudflared_udp_active_sessions"),
+        CLIENTS as f64,
+        "{name}\n{text}"
+    );
+    assert_eq!(
+        summed(&text, "cloudflared_udp_total_flows"),
+        0.0,
+        "{name}: v2 sessions are no v3 flows\n{text}"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    let text = loop {
+        let text = metrics_text(metrics);
+        if metric(&text, "cloudflared_udp_active_sessions") == 0.0
+            || std::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert_eq!(
+        metric(&text, "cloudflared_udp_active_sessions"),
+        0.0,
+        "{name}: idle sessions end\n{text}\nconnector: {}",
+        connector.log_tail(3000)
+    );
+    assert_eq!(
+        metric(&text, "cloudflared_udp_total_sessions"),
+        CLIENTS as f64,
+        "{name}"
+    );
+}
+
 /// An origin whose every answer is preceded by one too large for the tunnel: each is counted
 /// dropped (`read_too_large`) under the `conn_index` of its session's connection, as
 /// cloudflared labels `udp_dropped_datagrams`.

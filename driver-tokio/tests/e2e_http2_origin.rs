@@ -130,3 +130,34 @@ fn bare_bodies_and_cleartext_origins() {
         c.terminate(Duration::from_secs(30)).expect("stops");
     }
 }
+
+/// An idle HTTP/2 origin connection is closed after the rule's `keepAliveTimeout`, as
+/// cloudflared's Go transport closes it (`IdleConnTimeout`; no PINGs meanwhile); the same
+/// checks against stock cloudflared when `BURROW_CLOUDFLARED` is set.
+#[test]
+fn an_idle_http2_origin_connection_closes_after_the_keep_alive_timeout() {
+    let (origin, conns, ended) = common::h2_origin::h2_origin_watched();
+    let bed = Testbed::create(Path::new(BIN), "e2e-h2o-idle", "app", &["h2.test"]).expect("tunnel");
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let co = ConnectorOpts {
+        edge: eo.quic,
+        metrics: testbed::free_tcp().expect("port"),
+        ingress: vec![(None, format!("https://127.0.0.1:{}", origin.port()))],
+        ha_connections: 1,
+        extra: Vec::new(),
+        config_extra: "    originRequest:\n      http2Origin: true\n      keepAliveTimeout: 2s\n\
+                       originRequest:\n  noTLSVerify: true\n"
+            .into(),
+    };
+    let mut conn = bed.connector(&co).expect("connector");
+    testbed::wait_ready(&mut conn, co.metrics, 1, Duration::from_secs(30)).expect("ready");
+    common::h2_origin::check_idle_close("burrow", eo.http, &conns, &ended);
+    conn.terminate(Duration::from_secs(30)).expect("stops");
+    if let Some(cfd) = std::env::var_os("BURROW_CLOUDFLARED") {
+        let mut c = bed.cloudflared(Path::new(&cfd), &co).expect("cloudflared");
+        testbed::wait_ready(&mut c, co.metrics, 1, Duration::from_secs(30)).expect("ready");
+        common::h2_origin::check_idle_close("cloudflared", eo.http, &conns, &ended);
+        c.terminate(Duration::from_secs(30)).expect("stops");
+    }
+}

@@ -45,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
                     m.handle_origin_opened(now, flow);
                     flows.push(flow);
                 } else {
-                    m.handle_origin_failed(flow, "refused");
+                    m.handle_origin_failed(now, flow, "refused");
                 }
             }
         }

@@ -376,10 +376,14 @@ pub enum Io<'a> {
         link: LinkId,
     },
     /// Look up the TXT record of `name` with the system's resolver and answer
-    /// [`Input::TxtRecord`] (`auto` reading the protocol percentages again, hourly).
+    /// [`Input::TxtRecord`] (`auto` reading the protocol percentages again, hourly). Give up
+    /// after `timeout`, all name servers together: the connector stops waiting then and
+    /// counts the reading as failed (a later answer is ignored).
     LookupTxt {
         /// The DNS name.
         name: &'static str,
+        /// How long the lookup may take ([`crate::tunnel::protocol::TXT_LOOKUP_TIMEOUT`]).
+        timeout: Duration,
     },
     /// GET `url` (a team's Access signing keys: `https`, at most 1 MiB, within 10 s) and answer
     /// [`Input::AccessKeysFetched`]. When and how often is the connector's business.
@@ -568,7 +572,7 @@ impl Connector {
             Input::FlowFinished { link, flow } => self.sup.handle_flow_finished(now, link, flow),
             Input::FlowWritten { link, flow } => self.sup.handle_flow_written(now, link, flow),
             Input::UdpOpened(flow) => self.sup.handle_udp_opened(now, flow),
-            Input::UdpFailed { flow, reason } => self.sup.handle_udp_failed(flow, reason),
+            Input::UdpFailed { flow, reason } => self.sup.handle_udp_failed(now, flow, reason),
             Input::UdpWriteFailed(flow) => self.sup.handle_udp_write_failed(flow),
             Input::UdpRead { flow, buf, len } => self.sup.udp_origin_read(now, flow, buf, len),
             Input::PingRead {
@@ -679,8 +683,11 @@ impl Connector {
                 let data = self.sup.edge_lent(link);
                 return Output::Io(Io::WriteEdge { link, data });
             }
-            if let Some(name) = self.sup.poll_lookup() {
-                return Output::Io(Io::LookupTxt { name });
+            if let Some(name) = self.sup.poll_lookup(now) {
+                return Output::Io(Io::LookupTxt {
+                    name,
+                    timeout: crate::tunnel::protocol::TXT_LOOKUP_TIMEOUT,
+                });
             }
             if let Some(url) = self.keys.poll_fetch(now) {
                 return Output::Io(Io::FetchAccessKeys { url });

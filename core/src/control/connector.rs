@@ -9,7 +9,7 @@
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::{
     ApiError, CallFailure, ConnectionDetails, ControlError, EdgeCause, Inbox, Registration,
@@ -222,8 +222,32 @@ impl ControlClient {
         Ok(())
     }
 
+    /// Fails every call still outstanding because the connection ends under it, at `now`:
+    /// cloudflared's RPC client returns an error for each (the context or transport is gone),
+    /// which its metrics count as an operation, a failure and a latency. Returned rather than
+    /// queued as [`ControlEvent::Called`]: the conversation is over and nothing else follows.
+    /// Calls already failed by their deadline were counted then; the bootstrap is no method.
+    pub fn abandon(&mut self, now: Instant) -> Vec<RpcCall> {
+        let conv = &mut self.conv;
+        let calls = conv
+            .questions
+            .iter()
+            .filter(|q| !q.timed_out)
+            .filter_map(|q| {
+                Some(RpcCall {
+                    method: q.asked.method()?,
+                    latency: now.saturating_duration_since(q.at),
+                    failed: true,
+                })
+            })
+            .collect();
+        conv.questions.clear();
+        calls
+    }
+
     /// Ends the RPC conversation with cloudflared's `Abort("rpc: shutdown")`; then finish the
-    /// stream. Outstanding questions are dropped without events.
+    /// stream. Outstanding questions are dropped without events (take them first with
+    /// [`ControlClient::abandon`]).
     pub fn close(&mut self) {
         let conv = &mut self.conv;
         if conv.phase == Phase::Closed {
@@ -246,7 +270,9 @@ impl ControlClient {
             .filter(|q| !q.timed_out && q.deadline <= now)
         {
             q.timed_out = true;
-            warn!(question = q.id, asked = ?q.asked, "control-stream call timed out");
+            // The failure it causes is an event of its own (registration, local configuration,
+            // unregistration).
+            debug!(question = q.id, asked = ?q.asked, "control-stream call timed out");
             due.push((q.asked, q.at));
         }
         // Every call counted before the failures they cause (a bootstrap failing fails the
@@ -509,6 +535,42 @@ mod tests {
         // Bootstrap and register both timed out: one event, not two.
         assert_eq!(c.poll_event(), None);
         assert_eq!(c.poll_timeout(), None, "no deadline left to wake for");
+    }
+
+    #[test]
+    fn calls_outstanding_when_the_connection_ends_count_as_failed_once() {
+        let now = Instant::now();
+        let reg = crate::control::tests::registration(0);
+        let mut c = ControlClient::new(now, &reg, None, Duration::from_secs(5)).unwrap();
+        // The connection ends 2 s into registering: the call fails with it (the bootstrap
+        // is no method and is not counted).
+        let at = now + Duration::from_secs(2);
+        assert_eq!(
+            c.abandon(at),
+            vec![RpcCall {
+                method: RpcMethod::RegisterConnection,
+                latency: Duration::from_secs(2),
+                failed: true,
+            }]
+        );
+        assert_eq!(c.abandon(at), vec![], "counted once");
+        assert_eq!(c.poll_timeout(), None, "no deadline left to fail it again");
+        // A call its deadline already failed was counted then, not again at the end.
+        let mut c = ControlClient::new(now, &reg, None, Duration::from_secs(5)).unwrap();
+        c.handle_timeout(now + Duration::from_secs(5));
+        assert!(matches!(c.poll_event(), Some(ControlEvent::Called(_))));
+        assert_eq!(c.abandon(now + Duration::from_secs(6)), vec![]);
+        // A local configuration push still out when the connection closes counts as failed.
+        let (mut c, _server) = registered(now);
+        while c.poll_event().is_some() {}
+        assert_eq!(
+            c.abandon(now + Duration::from_millis(300)),
+            vec![RpcCall {
+                method: RpcMethod::UpdateLocalConfiguration,
+                latency: Duration::from_millis(300),
+                failed: true,
+            }]
+        );
     }
 
     /// A client registered with a server, with a local configuration to push.

@@ -19,10 +19,26 @@ const NOT_ADVERTISED: &[&str] = &[
     "management_logs",
 ];
 
+/// The feature that selects datagram v3.
+const DATAGRAM_V3: &str = "support_datagram_v3_2";
+/// The feature that, given without [`DATAGRAM_V3`], selects datagram v2.
+const DATAGRAM_V2: &str = "support_datagram_v2";
+
 /// The defaults, `postquantum` when post-quantum key exchange is enforced, then each of `extra`
 /// (`--features`) once, without [`NOT_ADVERTISED`] ones.
+///
+/// The datagram version is chosen as cloudflared's `features/selector.go` does:
+/// `support_datagram_v3_2` in `--features` selects v3; else `support_datagram_v2` selects v2
+/// (the list then lacks `support_datagram_v3_2`, so the edge speaks v2 to this connector);
+/// else cloudflared asks Cloudflare's DNS, where burrow takes v3.
 pub fn features(post_quantum: bool, extra: &[String]) -> Vec<String> {
-    let mut out: Vec<String> = DEFAULT_FEATURES.iter().map(|s| (*s).to_owned()).collect();
+    let asked = |name: &str| extra.iter().any(|f| f == name);
+    let v2 = asked(DATAGRAM_V2) && !asked(DATAGRAM_V3);
+    let mut out: Vec<String> = DEFAULT_FEATURES
+        .iter()
+        .filter(|f| !(v2 && **f == DATAGRAM_V3))
+        .map(|s| (*s).to_owned())
+        .collect();
     if post_quantum {
         out.push("postquantum".into());
     }
@@ -56,6 +72,37 @@ mod tests {
         assert!(
             !f.iter().any(|f| f == "management_logs"),
             "no management stream is served, so none is advertised"
+        );
+    }
+
+    #[test]
+    fn features_select_the_datagram_version_as_cloudflareds_selector() {
+        let v = |extra: &[&str]| {
+            let extra: Vec<String> = extra.iter().map(|s| (*s).to_owned()).collect();
+            let f = features(false, &extra);
+            assert_eq!(
+                f.iter().filter(|f| *f == "support_datagram_v2").count(),
+                1,
+                "v2 support is always advertised, once: {f:?}"
+            );
+            DatagramVersion::from_features(&f)
+        };
+        assert_eq!(v(&["support_datagram_v2"]), DatagramVersion::V2);
+        assert_eq!(
+            v(&["support_datagram_v2", "support_datagram_v3_2"]),
+            DatagramVersion::V3,
+            "v3 asked for wins, as in cloudflared"
+        );
+        assert_eq!(v(&["support_datagram_v3_2"]), DatagramVersion::V3);
+        assert_eq!(v(&["custom"]), DatagramVersion::V3);
+        assert_eq!(
+            features(false, &["support_datagram_v2".to_owned()]),
+            [
+                "allow_remote_config",
+                "serialized_headers",
+                "support_datagram_v2",
+                "support_quic_eof"
+            ]
         );
     }
 }

@@ -20,7 +20,6 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
-use tracing::info;
 use uuid::Uuid;
 
 use super::hostnames::HostnameTable;
@@ -34,7 +33,7 @@ use crate::session::edge::{
 };
 use crate::session::DatagramVersion;
 use crate::stream::connect::{ConnectRequest, ConnectionType, Metadata};
-use crate::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
+use crate::tunnel::edge::{ConnId, ControlFailure, EdgeEndpoint, EdgeEvent};
 use crate::tunnel::edge_http2::{AcceptError, Http2Edge};
 use crate::tunnel::edge_transports::{DataStream, EdgeTransports};
 use crate::tunnel::protocol::Protocol;
@@ -47,7 +46,7 @@ pub const WRITE_AHEAD: usize = 1024 * 1024;
 const TCP_CHUNK: usize = 64 * 1024;
 /// Refused registrations logged per window ([`REFUSAL_WINDOW`]).
 const REFUSALS_LOGGED: u32 = 5;
-/// See [`REFUSALS_LOGGED`].
+/// See [`REFUSALS_LOGGED`]; refused connection attempts have the same allowance.
 const REFUSAL_WINDOW: Duration = Duration::from_secs(10);
 
 /// How to build an [`Edge`].
@@ -215,6 +214,43 @@ pub enum Event {
         /// Refusals since the last reported one that were not reported.
         suppressed: u64,
     },
+    /// A connection attempt was refused in its handshake. Only a few per window are reported
+    /// (anyone may try).
+    ConnectionRefused {
+        /// Who tried.
+        from: SocketAddr,
+        /// Why quinn refused it.
+        cause: quinn_proto::ConnectionError,
+        /// Refused attempts since the last reported one that were not reported.
+        suppressed: u64,
+    },
+    /// A connector registered an HA index again, so it abandoned the connection that held it
+    /// (whose close was lost): that one is closed now, not at its idle timeout.
+    Superseded {
+        /// The abandoned connection, closed now.
+        old: ConnId,
+        /// The connection that registered the index again.
+        by: ConnId,
+        /// The HA index.
+        conn_index: u8,
+    },
+    /// A connector's RPC call was refused for its parameters. Only a few per window are
+    /// reported.
+    RpcRefused {
+        /// Which connection.
+        conn: ConnId,
+        /// What was refused.
+        refusal: crate::rpc_stream::server::CallRefusal,
+        /// Refusals since the last reported one that were not reported.
+        suppressed: u64,
+    },
+    /// A registered connector's control stream failed; its connection is being closed.
+    ControlStreamFailed {
+        /// Which connection.
+        conn: ConnId,
+        /// What went wrong.
+        failure: ControlFailure,
+    },
     /// A registration could not be answered (the connection is closing).
     AnswerFailed {
         /// Which connection.
@@ -325,6 +361,11 @@ pub struct Edge<A> {
     /// Which tunnel each registered connection serves.
     tunnel_of: BTreeMap<ConnId, Uuid>,
     refusals: LogBudget,
+    /// Refused connection attempts: a budget of their own, so a flood of handshakes cannot
+    /// hide refused registrations.
+    refused_conns: LogBudget,
+    /// Refused RPC calls.
+    refused_calls: LogBudget,
     tcp: BTreeMap<ConnId, TcpConn>,
     queue: VecDeque<Queued>,
     segments: usize,
@@ -356,6 +397,8 @@ impl<A: Authenticator> Edge<A> {
             streams: Streams::new(),
             tunnel_of: BTreeMap::new(),
             refusals: LogBudget::new(REFUSAL_WINDOW, REFUSALS_LOGGED),
+            refused_conns: LogBudget::new(REFUSAL_WINDOW, REFUSALS_LOGGED),
+            refused_calls: LogBudget::new(REFUSAL_WINDOW, REFUSALS_LOGGED),
             tcp: BTreeMap::new(),
             queue: VecDeque::new(),
             segments: 1,
@@ -677,12 +720,11 @@ impl<A: Authenticator> Edge<A> {
                 // (its close was lost): move what it carried now, not at its idle timeout.
                 if let Some(old) = superseded {
                     let index = registration.conn_index;
-                    info!(
-                        conn = old.0,
-                        by = conn.0,
-                        conn_index = index,
-                        "connector registered its index again; closing the connection it abandoned"
-                    );
+                    self.queue.push_back(Queued::Event(Event::Superseded {
+                        old,
+                        by: conn,
+                        conn_index: index,
+                    }));
                     let reason =
                         format!("superseded by connection {} (conn_index {index})", conn.0);
                     self.tp.close(now, old, &reason);
@@ -705,6 +747,28 @@ impl<A: Authenticator> Edge<A> {
                 self.queue
                     .push_back(Queued::Event(Event::ConnectionClosed { conn, reason }));
             }
+            EdgeEvent::ConnectionRefused { from, cause } => {
+                if let Verdict::Log { suppressed } = self.refused_conns.check(now) {
+                    self.queue
+                        .push_back(Queued::Event(Event::ConnectionRefused {
+                            from,
+                            cause,
+                            suppressed,
+                        }));
+                }
+            }
+            EdgeEvent::RpcRefused { conn, refusal } => {
+                if let Verdict::Log { suppressed } = self.refused_calls.check(now) {
+                    self.queue.push_back(Queued::Event(Event::RpcRefused {
+                        conn,
+                        refusal,
+                        suppressed,
+                    }));
+                }
+            }
+            EdgeEvent::ControlFailed { conn, failure } => self
+                .queue
+                .push_back(Queued::Event(Event::ControlStreamFailed { conn, failure })),
             EdgeEvent::LocalConfiguration { conn, config } => {
                 if let Some(&tunnel) = self.tunnel_of.get(&conn) {
                     self.queue

@@ -8,11 +8,13 @@
 pub mod auth;
 pub mod forwarded;
 pub mod hostnames;
-pub mod log_budget;
 pub mod machine;
 pub mod registrar;
 pub mod routes;
 pub mod streams;
+
+/// Shared with the connector, which budgets what the edge can make it log.
+pub use crate::log_budget;
 
 pub use machine::{Edge, EdgeConfig, Event, Input, Io, Output, Target};
 pub use streams::{EyeballId, OpenError, StreamEvent};

@@ -375,6 +375,11 @@ impl<R: Role> Connection<R> {
         self.limits
     }
 
+    /// The handshake deadline while it runs (what [`Output::Timeout`] carries).
+    pub(crate) fn deadline(&self) -> Option<Instant> {
+        self.deadline
+    }
+
     pub(crate) fn connected(&self) -> bool {
         self.connected
     }

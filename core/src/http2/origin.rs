@@ -19,17 +19,29 @@
 //!
 //! Like the tunnel's machines this is bytes in and out: ciphertext from the socket
 //! ([`Http2Origin::received`]), ciphertext to it ([`Http2Origin::transmit`]), the flow's
-//! requests ([`Http2Origin::write`]) and responses ([`Http2Origin::read`]).
+//! requests ([`Http2Origin::write`]) and responses ([`Http2Origin::read`]), and time
+//! ([`Http2Origin::poll_timeout`], [`Http2Origin::handle_timeout`]). Drivers run it through
+//! [`Http2Flow`], which keeps the order of those calls and the bytes in transit, so a driver
+//! only moves bytes between it and the socket.
+//!
+//! Timers are those of Go's HTTP/2 transport as cloudflared configures it (`newHTTPTransport`:
+//! `IdleConnTimeout` = `originRequest.keepAliveTimeout`, no `HTTP2` config): a connection with
+//! no request under way for the keep-alive timeout is closed (TLS close_notify and TCP close,
+//! no GOAWAY, as Go's `closeIfIdle`), which ends the flow. Go sends no PINGs there: its health
+//! check runs only with `ReadIdleTimeout` set, which cloudflared leaves at 0 (so
+//! `PingTimeout`'s 15 s default never applies). A dead origin is found as in cloudflared, by
+//! TCP keep-alive (`originRequest.tcpKeepAlive`, which both drivers set on the socket).
 
 use std::collections::VecDeque;
 use std::task::Context;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use h2::Reason;
 use http::header::{HeaderName, CONTENT_LENGTH, HOST, TE};
 use http::{HeaderValue, Method, Request, Uri};
 use thiserror::Error;
+use tracing::debug;
 
 use super::client::{self, ClientState, Step};
 use super::machine::{Connection, ConnectionError, Drive, Event, Input, Limits, Output, Role};
@@ -37,6 +49,9 @@ use super::pipe::Pipe;
 use super::request::RequestKind;
 use super::streams::{reason_of, Read, Stream, StreamEvent, StreamId, Streams};
 use crate::stream::http1::{write_chunk, BodyReader, Framing, LAST_CHUNK, MAX_HEAD_BYTES};
+
+mod flow;
+pub use flow::{BridgeReport, Http2Flow, SocketRead};
 
 /// Request header lines read from the connector.
 const MAX_HEADERS: usize = 256;
@@ -168,12 +183,17 @@ pub struct Http2Origin {
     failed: Option<Http2OriginError>,
     /// The connection ended (with its error, if any).
     closed: Option<Option<ConnectionError>>,
+    /// `originRequest.keepAliveTimeout` (zero: none, as Go's `IdleConnTimeout`).
+    idle_timeout: Duration,
+    /// Since when no request is under way (`None`: one is, or its head is arriving).
+    idle_since: Option<Instant>,
 }
 
 impl Http2Origin {
     /// Takes over `session`, a TLS session to the origin whose handshake chose ALPN `h2`
-    /// (plaintext it already decrypted is read first), at `now`.
-    pub fn new(now: Instant, session: rustls::ClientConnection) -> Self {
+    /// (plaintext it already decrypted is read first), at `now`; the connection closes once
+    /// idle for `idle_timeout` (the rule's `keepAliveTimeout`; zero: never).
+    pub fn new(now: Instant, session: rustls::ClientConnection, idle_timeout: Duration) -> Self {
         let limits = Limits::default();
         let pipe = Pipe::new(session.into(), limits.tls_buffer);
         let role = OriginClient {
@@ -188,6 +208,44 @@ impl Http2Origin {
             out: VecDeque::new(),
             failed: None,
             closed: None,
+            idle_timeout,
+            // Go's transport starts the idle timer as the connection is made.
+            idle_since: Some(now),
+        }
+    }
+
+    /// When [`Http2Origin::handle_timeout`] has work: the HTTP/2 handshake's deadline, or
+    /// the end of the idle time (`None`: nothing to wait for).
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let idle = self
+            .idle_since
+            .filter(|_| !self.idle_timeout.is_zero() && self.closed.is_none())
+            .map(|t| t + self.idle_timeout);
+        [self.conn.deadline(), idle].into_iter().flatten().min()
+    }
+
+    /// Acts on deadlines passed at `now`: an unfinished handshake ends the connection, and so
+    /// does the idle time (the flow then ends: [`FlowRead::End`]).
+    pub fn handle_timeout(&mut self, now: Instant) {
+        self.conn.handle_input(now, Input::Timeout);
+        let idle_end = self.idle_since.map(|t| t + self.idle_timeout);
+        if !self.idle_timeout.is_zero()
+            && self.closed.is_none()
+            && idle_end.is_some_and(|end| now >= end)
+        {
+            debug!(idle = ?self.idle_timeout, "closing the idle HTTP/2 origin connection");
+            self.conn.abort();
+        }
+        self.settle(now);
+    }
+
+    /// Starts or stops the idle time: idle while no exchange is under way and no request head
+    /// has begun (Go's `closeIfIdle` spares a connection with a stream open or reserved).
+    fn track_idle(&mut self, now: Instant) {
+        if self.exchange.is_none() && self.head.is_empty() {
+            self.idle_since.get_or_insert(now);
+        } else {
+            self.idle_since = None;
         }
     }
 
@@ -198,6 +256,7 @@ impl Http2Origin {
         self.settle(now);
         self.process();
         self.settle(now);
+        self.track_idle(now);
         n
     }
 
@@ -236,6 +295,7 @@ impl Http2Origin {
         buf.extend_from_slice(&data[..take]);
         self.process();
         self.settle(now);
+        self.track_idle(now);
         match &self.failed {
             Some(e) => Err(e.clone()),
             None => Ok(take),
@@ -251,6 +311,12 @@ impl Http2Origin {
 
     /// The next response bytes for the connector.
     pub fn read(&mut self, now: Instant) -> FlowRead {
+        let read = self.read_on(now);
+        self.track_idle(now);
+        read
+    }
+
+    fn read_on(&mut self, now: Instant) -> FlowRead {
         self.settle(now);
         loop {
             if let Some(b) = self.out.pop_front() {

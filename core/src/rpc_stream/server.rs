@@ -14,7 +14,7 @@
 use std::collections::VecDeque;
 use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::ConfigUpdateResult;
 use crate::control::{ApiError, ControlError};
@@ -75,6 +75,37 @@ pub enum RpcStreamEvent {
         /// Why, in the peer's words.
         message: String,
     },
+    /// A call was refused for its parameters (already answered).
+    CallRefused(CallRefusal),
+}
+
+/// Why a call's parameters were refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CallRefusal {
+    /// `registerUdpSession` named a destination IP that is not 4 or 16 bytes (cloudflared:
+    /// "Failed to parse destination proxy IP").
+    DestinationIp {
+        /// The answer sent back.
+        error: &'static str,
+    },
+    /// Parameters cloudflared's handler rejects, answered with an exception.
+    BadParams {
+        /// The method called.
+        method: &'static str,
+        /// Why.
+        reason: String,
+    },
+}
+
+impl std::fmt::Display for CallRefusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::DestinationIp { error } => {
+                write!(f, "Failed to parse destination proxy IP: {error}")
+            }
+            Self::BadParams { method, reason } => write!(f, "refused {method}: {reason}"),
+        }
+    }
 }
 
 /// Which capability this side serves.
@@ -314,7 +345,11 @@ impl Serving {
                 Ok(())
             }
             Registration::Refused(err) => {
-                warn!(dst_ip = ?p.dst_ip, error = err, "Failed to parse destination proxy IP");
+                debug!(dst_ip = ?p.dst_ip, error = err, "Failed to parse destination proxy IP");
+                self.events
+                    .push_back(RpcStreamEvent::CallRefused(CallRefusal::DestinationIp {
+                        error: err,
+                    }));
                 Ok(self.register_answer(q, err)?)
             }
             Registration::Exception(reason) => self.bad_params::<RegisterUdpSession>(q, reason),
@@ -340,7 +375,12 @@ impl Serving {
 
     /// Params cloudflared's handler rejects: an exception with its reason.
     fn bad_params<M: Method>(&mut self, q: u32, reason: String) -> Result<(), ControlError> {
-        warn!(method = M::NAME, %reason, "refused an RPC call");
-        self.refuse(q, ExceptionType::Failed, &reason)
+        self.refuse(q, ExceptionType::Failed, &reason)?;
+        self.events
+            .push_back(RpcStreamEvent::CallRefused(CallRefusal::BadParams {
+                method: M::NAME,
+                reason,
+            }));
+        Ok(())
     }
 }

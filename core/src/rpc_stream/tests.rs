@@ -6,8 +6,8 @@ use std::net::SocketAddr;
 
 use super::client::{Called, RpcCallOutcome, RpcStreamClient};
 use super::server::{
-    invalid_uuid, RpcStreamEvent, RpcStreamServer, INVALID_DESTINATION_IP, NULL_DESTINATION_IP,
-    V3_REFUSES_REGISTER, V3_REFUSES_UNREGISTER,
+    invalid_uuid, CallRefusal, RpcStreamEvent, RpcStreamServer, INVALID_DESTINATION_IP,
+    NULL_DESTINATION_IP, V3_REFUSES_REGISTER, V3_REFUSES_UNREGISTER,
 };
 use super::ConfigUpdateResult;
 use crate::rpc::frame::FrameLimits;
@@ -265,7 +265,14 @@ fn malformed_registrations_get_cloudflareds_answers() {
             ..ok
         });
         assert_eq!(outcome, Some(RpcCallOutcome::Failed(invalid_uuid(id_len))));
-        assert_eq!(events, vec![]);
+        // Reported (for the driver's log, which budgets it), and nothing else.
+        assert_eq!(
+            events,
+            vec![RpcStreamEvent::CallRefused(CallRefusal::BadParams {
+                method: "registerUdpSession",
+                reason: invalid_uuid(id_len),
+            })]
+        );
     }
     assert_eq!(invalid_uuid(15), "invalid UUID (got 15 bytes)");
     let (outcome, _) = raw_register(RegisterUdpSessionRequest { dst_ip: None, ..ok });
@@ -285,7 +292,12 @@ fn malformed_registrations_get_cloudflareds_answers() {
             ))),
             "{ip:?}"
         );
-        assert_eq!(events, vec![]);
+        assert_eq!(
+            events,
+            vec![RpcStreamEvent::CallRefused(CallRefusal::DestinationIp {
+                error: INVALID_DESTINATION_IP
+            })]
+        );
     }
 
     let mut c = RpcStreamClient::call::<RawUnregister>(
@@ -299,7 +311,13 @@ fn malformed_registrations_get_cloudflareds_answers() {
     let mut s = RpcStreamServer::edge();
     let (outcome, events) = converse(&mut c, &mut s, 4096, Ok(()));
     assert_eq!(outcome, Some(RpcCallOutcome::Failed(invalid_uuid(3))));
-    assert_eq!(events, vec![]);
+    assert_eq!(
+        events,
+        vec![RpcStreamEvent::CallRefused(CallRefusal::BadParams {
+            method: "unregisterUdpSession",
+            reason: invalid_uuid(3),
+        })]
+    );
 }
 
 #[test]

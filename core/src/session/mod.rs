@@ -25,10 +25,11 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use fnv::FnvBuildHasher;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use crate::datagram::{v2, v3, LinkId};
 use crate::flow::{FlowGate, FlowSlot};
+use crate::log_budget::{LogBudget, Verdict};
 
 pub mod edge;
 #[cfg(test)]
@@ -230,6 +231,108 @@ impl DropReason {
     }
 }
 
+/// Notices of one kind reported per [`NOTICE_WINDOW`]; the rest are counted into the next.
+pub const NOTICES_LOGGED: u32 = 5;
+/// See [`NOTICES_LOGGED`].
+pub const NOTICE_WINDOW: Duration = Duration::from_secs(10);
+
+/// Something about UDP sessions an operator should hear of (logged once, by the driver). The
+/// edge and origins can repeat each of these as often as they like, so only
+/// [`NOTICES_LOGGED`] of a kind come per [`NOTICE_WINDOW`], each counting those left out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionNotice {
+    /// A datagram from the edge was dropped.
+    DatagramDropped {
+        /// The connection it came on.
+        link: LinkId,
+        /// What was wrong with it.
+        fault: DatagramFault,
+        /// Drops of this kind since the last reported one that were not reported.
+        suppressed: u64,
+    },
+    /// The flow limit refused a session (cloudflared: "Too many concurrent sessions being
+    /// handled, rejecting udp proxy").
+    FlowLimited {
+        /// The session.
+        id: SessionId,
+        /// The connection it was asked on.
+        link: LinkId,
+        /// The limit in force.
+        limit: u64,
+        /// Refusals since the last reported one that were not reported.
+        suppressed: u64,
+    },
+    /// An open session's origin socket failed; the session ended (cloudflared: "flow closed
+    /// with an error").
+    OriginFailed {
+        /// The session.
+        id: SessionId,
+        /// The socket error, in the driver's words.
+        reason: String,
+        /// Failures since the last reported one that were not reported.
+        suppressed: u64,
+    },
+    /// A session's origin socket could not be opened; it is refused (cloudflared: "flow
+    /// registration failure").
+    OpenFailed {
+        /// The session.
+        id: SessionId,
+        /// The origin.
+        dest: SocketAddr,
+        /// The socket error, in the driver's words.
+        reason: String,
+        /// Failures since the last reported one that were not reported.
+        suppressed: u64,
+    },
+    /// An origin payload over [`MAX_PAYLOAD`] was dropped (the session stays).
+    PayloadTooLarge {
+        /// The session.
+        id: SessionId,
+        /// Its length.
+        len: usize,
+        /// Drops since the last reported one that were not reported.
+        suppressed: u64,
+    },
+}
+
+/// What was wrong with a datagram from the edge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DatagramFault {
+    /// Not a valid v3 datagram.
+    #[error("{0}")]
+    V3(v3::DecodeError),
+    /// Not a valid v2 datagram.
+    #[error("{0}")]
+    V2(v2::DecodeError),
+    /// A v3 registration response, which only the edge receives (cloudflared: "unexpected
+    /// datagram type received: 3").
+    #[error("unexpected datagram type received: 3")]
+    RegistrationResponse,
+}
+
+/// One [`LogBudget`] per kind of [`SessionNotice`].
+#[derive(Debug)]
+struct NoticeBudgets {
+    dropped: LogBudget,
+    flow_limited: LogBudget,
+    origin_failed: LogBudget,
+    open_failed: LogBudget,
+    too_large: LogBudget,
+}
+
+impl Default for NoticeBudgets {
+    fn default() -> Self {
+        let b = || LogBudget::new(NOTICE_WINDOW, NOTICES_LOGGED);
+        Self {
+            dropped: b(),
+            flow_limited: b(),
+            origin_failed: b(),
+            open_failed: b(),
+            too_large: b(),
+        }
+    }
+}
+
 /// A datagram-v2 session call of the edge's, which a v3 connection refuses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum SessionMethod {
@@ -397,6 +500,8 @@ pub struct SessionManager {
     indexes: Map<LinkId, u8>,
     /// The counters by HA index (at most 256 entries).
     by_index: BTreeMap<u8, IndexStats>,
+    notices: VecDeque<SessionNotice>,
+    budgets: NoticeBudgets,
 }
 
 impl SessionManager {
@@ -413,6 +518,30 @@ impl SessionManager {
             stats: SessionStats::default(),
             indexes: Map::default(),
             by_index: BTreeMap::new(),
+            notices: VecDeque::new(),
+            budgets: NoticeBudgets::default(),
+        }
+    }
+
+    /// The next notice for the driver's log.
+    pub fn poll_notice(&mut self) -> Option<SessionNotice> {
+        self.notices.pop_front()
+    }
+
+    /// Whether a notice waits.
+    pub fn has_notices(&self) -> bool {
+        !self.notices.is_empty()
+    }
+
+    /// Queues the notice `make` builds if `budget` allows one now.
+    fn notice(
+        &mut self,
+        now: Instant,
+        budget: impl FnOnce(&mut NoticeBudgets) -> &mut LogBudget,
+        make: impl FnOnce(u64) -> SessionNotice,
+    ) {
+        if let Verdict::Log { suppressed } = budget(&mut self.budgets).check(now) {
+            self.notices.push_back(make(suppressed));
         }
     }
 
@@ -504,11 +633,11 @@ impl SessionManager {
             }
             Ok(v3::Datagram::Icmp(i)) => Inbound::Icmp(i.packet),
             Ok(v3::Datagram::RegistrationResponse(_)) => {
-                warn!(%link, "unexpected datagram type received: 3");
+                self.dropped_notice(now, link, DatagramFault::RegistrationResponse);
                 self.drop(link, DropReason::UnexpectedType)
             }
             Err(e) => {
-                warn!(%link, error = %e, "dropping malformed datagram");
+                self.dropped_notice(now, link, DatagramFault::V3(e));
                 self.drop(link, DropReason::Malformed)
             }
         }
@@ -530,10 +659,22 @@ impl SessionManager {
                 self.drop(link, DropReason::UnexpectedType)
             }
             Err(e) => {
-                warn!(error = %e, "dropping malformed datagram");
+                self.dropped_notice(now, link, DatagramFault::V2(e));
                 self.drop(link, DropReason::Malformed)
             }
         }
+    }
+
+    fn dropped_notice(&mut self, now: Instant, link: LinkId, fault: DatagramFault) {
+        self.notice(
+            now,
+            |b| &mut b.dropped,
+            |suppressed| SessionNotice::DatagramDropped {
+                link,
+                fault,
+                suppressed,
+            },
+        );
     }
 
     /// A v2 `registerUdpSession` call received on `link`. `idle_hint` is the call's
@@ -585,7 +726,17 @@ impl SessionManager {
             if has_payload {
                 self.count(Some(r.link), DropReason::Unopened);
             }
-            warn!(flow_id = %r.id, link = %r.link, limit = self.gate.limit(), "Too many concurrent sessions being handled, rejecting udp proxy");
+            let (id, link, limit) = (r.id, r.link, self.gate.limit());
+            self.notice(
+                now,
+                |b| &mut b.flow_limited,
+                |suppressed| SessionNotice::FlowLimited {
+                    id,
+                    link,
+                    limit,
+                    suppressed,
+                },
+            );
             self.answer(r.link, r.version, r.id, Answer::TooManyFlows);
             return;
         };
@@ -627,6 +778,7 @@ impl SessionManager {
         // The new registration's destination and hint are ignored, as in cloudflared.
         s.last_active = now;
         let retry = s.link == Some(r.link);
+        let v3 = s.version == DatagramVersion::V3;
         if retry {
             self.stats.retries += 1;
         } else {
@@ -634,7 +786,9 @@ impl SessionManager {
             s.link = Some(r.link);
             self.stats.migrated += 1;
         }
-        if let Some(at) = self.at_link(Some(r.link)) {
+        // The per-index flow families are cloudflared's v3 muxer's (`quic/v3/metrics.go`); its
+        // v2 session manager counts only `udp_*_sessions`.
+        if let Some(at) = self.at_link(Some(r.link)).filter(|_| v3) {
             if retry {
                 at.retries += 1;
             } else {
@@ -696,7 +850,7 @@ impl SessionManager {
         self.stats.total_flows += 1;
         self.stats.v2_sessions += u64::from(version == DatagramVersion::V2);
         let index = link.and_then(|l| self.indexes.get(&l).copied());
-        if let Some(i) = index {
+        if let Some(i) = index.filter(|_| version == DatagramVersion::V3) {
             self.by_index.entry(i).or_default().total_flows += 1;
         }
         if let Some(s) = self.sessions.get_mut(&flow) {
@@ -714,21 +868,38 @@ impl SessionManager {
 
     /// The origin socket of `flow` could not be opened, or failed later (a read or write error
     /// other than a timeout): the session ends. `reason` is the socket error's text.
-    pub fn handle_origin_failed(&mut self, flow: UdpFlowId, reason: &str) {
+    pub fn handle_origin_failed(&mut self, now: Instant, flow: UdpFlowId, reason: &str) {
         let Some(s) = self.sessions.get(&flow) else {
             return;
         };
+        let (id, dest, link, v3) = (s.id, s.dest, s.link, s.version == DatagramVersion::V3);
         if matches!(s.state, State::Open) {
-            warn!(flow_id = %s.id, %reason, "flow closed with an error");
+            self.notice(
+                now,
+                |b| &mut b.origin_failed,
+                |suppressed| SessionNotice::OriginFailed {
+                    id,
+                    reason: reason.to_owned(),
+                    suppressed,
+                },
+            );
             self.stats.failed += 1;
-            let link = s.link;
-            if let Some(at) = self.at_link(link) {
+            if let Some(at) = self.at_link(link).filter(|_| v3) {
                 at.failed += 1;
             }
             self.end(flow, Some(reason.to_owned()));
             return;
         }
-        warn!(flow_id = %s.id, dest = %s.dest, %reason, "flow registration failure");
+        self.notice(
+            now,
+            |b| &mut b.open_failed,
+            |suppressed| SessionNotice::OpenFailed {
+                id,
+                dest,
+                reason: reason.to_owned(),
+                suppressed,
+            },
+        );
         self.stats.bind_failures += 1;
         // Unlike cloudflared's v3 path (B§5 #2) the flow slot is freed: the session is gone.
         if let Some(Session {
@@ -759,8 +930,17 @@ impl SessionManager {
             return Err(self.count_at(None, DropReason::UnknownFlow));
         };
         if len > MAX_PAYLOAD {
-            warn!(flow_id = %s.id, len, "origin payload exceeds the datagram limit; dropped");
             self.stats.packet_too_big += u64::from(s.version == DatagramVersion::V2);
+            let id = s.id;
+            self.notice(
+                now,
+                |b| &mut b.too_large,
+                |suppressed| SessionNotice::PayloadTooLarge {
+                    id,
+                    len,
+                    suppressed,
+                },
+            );
             return Err(self.count_at(index, DropReason::TooLarge));
         }
         let Some(link) = s.link else {
@@ -791,11 +971,12 @@ impl SessionManager {
     /// otherwise they wait, unlinked, for the edge to re-register them on another connection,
     /// and end by their idle timer if it never does.
     pub fn link_closed(&mut self, link: LinkId, successor: Option<LinkId>) {
-        let mut moved = 0u64;
+        let (mut moved, mut moved_v3) = (0u64, 0u64);
         for s in self.sessions.values_mut() {
             if s.link == Some(link) {
                 s.link = successor;
                 moved += 1;
+                moved_v3 += u64::from(s.version == DatagramVersion::V3);
             }
             if let State::Opening { answer, .. } = &mut s.state {
                 answer.retain(|l| *l != link);
@@ -804,7 +985,7 @@ impl SessionManager {
         if successor.is_some() {
             self.stats.migrated += moved;
             if let Some(at) = self.at_link(successor) {
-                at.migrated += moved;
+                at.migrated += moved_v3;
             }
         }
         self.indexes.remove(&link);
@@ -871,7 +1052,7 @@ impl SessionManager {
     fn remove(&mut self, flow: UdpFlowId) -> Option<Session> {
         let s = self.sessions.remove(&flow)?;
         self.by_id.remove(&s.id);
-        if let Some(i) = s.opened_on {
+        if let Some(i) = s.opened_on.filter(|_| s.version == DatagramVersion::V3) {
             self.by_index.entry(i).or_default().ended += 1;
         }
         if s.version == DatagramVersion::V2 && matches!(s.state, State::Open) {

@@ -157,7 +157,7 @@ fn flow_limit_answers_too_many_and_failed_binds_free_their_slot() {
         actions(&mut m),
         vec![response(A, 2, ResponseCode::TooManyActiveFlows)]
     );
-    m.handle_origin_failed(flow, "connect: network is unreachable");
+    m.handle_origin_failed(now, flow, "connect: network is unreachable");
     assert_eq!(
         actions(&mut m),
         vec![
@@ -285,6 +285,7 @@ fn dead_link_rehomes_or_waits_for_reregistration() {
 fn v2_sessions_answer_over_rpc_and_unregister_when_idle() {
     let t0 = Instant::now();
     let mut m = SessionManager::new(SessionLimits::default());
+    m.set_link_index(A, 0);
     let id = SessionId(0x0b6e4c3e6a4f4f559d1c3b1f2a7c9e10);
     m.register_v2(t0, A, id, dest(), -5);
     let flow = match actions(&mut m).as_slice() {
@@ -330,6 +331,13 @@ fn v2_sessions_answer_over_rpc_and_unregister_when_idle() {
     assert_eq!(m.stats().packet_too_big, 1);
     // cloudflared's v2 session gauge and counter (`udp_active_sessions`, `_total_sessions`).
     assert_eq!((m.stats().v2_sessions, m.stats().v2_active()), (1, 1));
+    // Not a flow: cloudflared's per-index flow families are its v3 muxer's.
+    let flows = |m: &SessionManager| {
+        m.index_stats()
+            .get(&0)
+            .map_or((0, 0), |s| (s.total_flows, s.active()))
+    };
+    assert_eq!(flows(&m), (0, 0));
 
     m.handle_timeout(t0 + DEFAULT_IDLE);
     assert_eq!(
@@ -344,6 +352,7 @@ fn v2_sessions_answer_over_rpc_and_unregister_when_idle() {
         ]
     );
     assert_eq!(m.stats().v2_active(), 0);
+    assert_eq!(flows(&m), (0, 0));
 }
 
 #[test]
@@ -428,10 +437,10 @@ fn every_session_end_releases_its_flow_slot_once_and_migration_keeps_it() {
     };
     assert_eq!(m.flow_slots(), 5);
 
-    m.handle_origin_failed(undialled, "connect: network is unreachable");
-    m.handle_origin_failed(undialled, "reported twice");
+    m.handle_origin_failed(now, undialled, "connect: network is unreachable");
+    m.handle_origin_failed(now, undialled, "reported twice");
     assert_eq!(m.flow_slots(), 4, "a failed dial releases, once");
-    m.handle_origin_failed(failed, "read: connection refused");
+    m.handle_origin_failed(now, failed, "read: connection refused");
     assert_eq!(m.flow_slots(), 3);
     m.unregister_v2(SessionId(4), "closed by eyeball");
     m.unregister_v2(SessionId(4), "again");
@@ -466,7 +475,7 @@ fn flows_are_counted_by_the_index_of_their_connection() {
     let _ = actions(&mut m);
     // Its origin fails while it is on B: a failure of index 1, still an active flow of 0 until
     // it is gone.
-    m.handle_origin_failed(f1, "connection refused");
+    m.handle_origin_failed(now, f1, "connection refused");
     let at = |m: &SessionManager, i: u8| m.index_stats().get(&i).cloned().unwrap_or_default();
     let zero = at(&m, 0);
     assert_eq!(
@@ -538,5 +547,55 @@ fn drops_are_counted_by_the_index_of_their_connection() {
         by_index + 2,
         total,
         "the by-index counts add up to the totals"
+    );
+}
+
+/// The edge (or anyone on its path) can send malformed datagrams and over-limit registrations
+/// as fast as it likes: each kind is reported a few times per window, then with a count of
+/// what was left out, while every drop is still counted.
+#[test]
+fn floods_of_malformed_datagrams_and_refused_sessions_are_reported_a_few_times_per_window() {
+    let t0 = Instant::now();
+    let mut m = SessionManager::new(SessionLimits::default()).with_flow_limit(1);
+    m.handle_datagram(t0, A, DatagramVersion::V3, &registration(1, 0, b""));
+    for i in 0..1000u128 {
+        // An unknown v3 type, an empty v2 datagram, and a registration over the flow limit.
+        assert_eq!(
+            m.handle_datagram(t0, A, DatagramVersion::V3, &[0x7f]),
+            Inbound::Dropped(DropReason::Malformed)
+        );
+        let _ = m.handle_datagram(t0, B, DatagramVersion::V2, &[]);
+        m.handle_datagram(t0, A, DatagramVersion::V3, &registration(2 + i, 0, b""));
+    }
+    assert_eq!(m.stats().dropped(DropReason::Malformed), 2000);
+    assert_eq!(m.stats().rate_limited, 1000);
+    let notices: Vec<_> = std::iter::from_fn(|| m.poll_notice()).collect();
+    let dropped = notices
+        .iter()
+        .filter(|n| matches!(n, SessionNotice::DatagramDropped { suppressed: 0, .. }))
+        .count();
+    let limited = notices
+        .iter()
+        .filter(|n| matches!(n, SessionNotice::FlowLimited { suppressed: 0, .. }))
+        .count();
+    assert_eq!(
+        (dropped, limited, notices.len()),
+        (
+            NOTICES_LOGGED as usize,
+            NOTICES_LOGGED as usize,
+            2 * NOTICES_LOGGED as usize
+        ),
+        "{notices:?}"
+    );
+    // The next window's first report carries the count of the last one's silence.
+    let t1 = t0 + NOTICE_WINDOW;
+    m.handle_datagram(t1, A, DatagramVersion::V3, &[0x7f]);
+    assert_eq!(
+        m.poll_notice(),
+        Some(SessionNotice::DatagramDropped {
+            link: A,
+            fault: DatagramFault::V3(v3::DecodeError::UnknownType(0x7f)),
+            suppressed: 2000 - u64::from(NOTICES_LOGGED),
+        })
     );
 }

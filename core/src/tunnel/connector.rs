@@ -26,7 +26,7 @@ use quinn_proto::{
     StreamEvent, StreamId, VarInt,
 };
 use thiserror::Error;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::data::{reset, DataLimits, DataStreams, FlowId, OriginAction};
 use super::quic_io::{
@@ -130,11 +130,43 @@ pub enum ConnectorEvent {
         /// The edge's reason.
         message: String,
     },
+    /// `unregisterConnection` failed; the connection drains anyway ([`Self::Unregistered`]
+    /// follows).
+    UnregisterFailed(CallFailure),
+    /// The drain's grace period ran out with streams in flight: the connection closes now.
+    DrainCutShort {
+        /// Streams still in flight.
+        streams: usize,
+    },
+    /// The edge did not acknowledge the end of a datagram-v2 session.
+    UdpUnregisterFailed {
+        /// The session.
+        id: SessionId,
+        /// What came back.
+        failure: UdpUnregisterFailure,
+    },
+    /// The edge called a method with parameters refused (already answered).
+    RpcRefused(crate::rpc_stream::server::CallRefusal),
     /// The connection is gone; nothing more will happen.
     Closed {
         /// Why.
         reason: CloseReason,
     },
+}
+
+/// Why the edge did not acknowledge `unregisterUdpSession` (cloudflared: "Failed to unregister
+/// udp session with edge").
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum UdpUnregisterFailure {
+    /// The edge answered with a failure.
+    #[error("{0}")]
+    Failed(String),
+    /// The edge answered something else.
+    #[error("unexpected answer {0}")]
+    UnexpectedAnswer(String),
+    /// No answer before the RPC timeout.
+    #[error("no answer before the RPC timeout")]
+    TimedOut,
 }
 
 /// Why a tunnel connection ended: by our decision ([`CloseReason::Local`]) or the edge's and
@@ -364,10 +396,8 @@ impl ConnectorConnection {
         if matches!(self.state, State::Draining(deadline) if deadline <= now) {
             let (conn_index, streams) = (self.config.registration.conn_index, self.data.active());
             if streams > 0 {
-                warn!(
-                    conn_index,
-                    streams, "grace period over; closing with streams in flight"
-                );
+                self.events
+                    .push_back(ConnectorEvent::DrainCutShort { streams });
             } else {
                 debug!(conn_index, "grace period over; closing");
             }
@@ -468,6 +498,11 @@ impl ConnectorConnection {
     /// the caller sums what it takes).
     pub fn take_request_stats(&mut self) -> crate::tunnel::requests::RequestStats {
         self.data.take_request_stats()
+    }
+
+    /// The TCP flows the flow limit refused since the last call.
+    pub fn take_flow_refusals(&mut self) -> Vec<crate::tunnel::data::FlowRefusal> {
+        self.data.take_flow_refusals()
     }
 
     /// Bytes buffered in data streams beyond QUIC's own buffers (bounded by the window).
@@ -630,7 +665,7 @@ impl ConnectorConnection {
         // A close we started ends without a ConnectionLost event, once quinn has drained.
         if self.state == State::Closing && self.conn.is_drained() {
             let reason = self.close_reason.take().unwrap_or(LocalClose::Shutdown);
-            self.finish(CloseReason::Local(reason));
+            self.finish(now, CloseReason::Local(reason));
         }
     }
 
@@ -654,7 +689,7 @@ impl ConnectorConnection {
                     }
                     reason => reason.into(),
                 };
-                self.finish(reason);
+                self.finish(now, reason);
             }
             Event::Stream(StreamEvent::Readable { id }) if self.data.owns(id) => {
                 self.data.on_readable(now, &mut self.conn, id);
@@ -792,7 +827,8 @@ impl ConnectorConnection {
         }
         if let Some(Incoming::Rpc { server, .. }) = self.incoming.get_mut(&id) {
             if let Err(e) = server.handle_bytes(&received) {
-                warn!(stream = %id, error = %e, "RPC stream broken");
+                // The edge broke one RPC stream: it is refused, the connection serves on.
+                debug!(stream = %id, error = %e, "RPC stream broken");
                 self.refuse(id);
                 return;
             }
@@ -822,6 +858,9 @@ impl ConnectorConnection {
                             dest,
                             idle_hint_nanos,
                         });
+                    }
+                    RpcStreamEvent::CallRefused(refusal) => {
+                        self.events.push_back(ConnectorEvent::RpcRefused(refusal));
                     }
                     RpcStreamEvent::UnregisterUdpSession {
                         id: session,
@@ -890,7 +929,8 @@ impl ConnectorConnection {
         let mut client = match RpcStreamClient::unregister_udp_session(id, message) {
             Ok(client) => client,
             Err(e) => {
-                warn!(conn_index, session_id = %id, error = %e, "Failed to unregister udp session with edge");
+                // Only a message too large to encode gets here.
+                debug!(conn_index, session_id = %id, error = %e, "Failed to unregister udp session with edge");
                 return;
             }
         };
@@ -963,7 +1003,7 @@ impl ConnectorConnection {
             return;
         };
         let conn_index = self.config.registration.conn_index;
-        match outcome {
+        let failure = match outcome {
             Some(RpcCallOutcome::UdpSessionUnregistered) => {
                 debug!(conn_index, session_id = %id, "edge acknowledged the UDP session's end");
                 if let Some(bytes) = call.client.poll_transmit() {
@@ -974,16 +1014,12 @@ impl ConnectorConnection {
                 let _ = self.conn.recv_stream(stream).stop(VarInt::from_u32(0));
                 return;
             }
-            Some(RpcCallOutcome::Failed(reason)) => {
-                warn!(conn_index, session_id = %id, %reason, "Failed to unregister udp session with edge");
-            }
-            Some(other) => {
-                warn!(conn_index, session_id = %id, answer = ?other, "Failed to unregister udp session with edge");
-            }
-            None => {
-                warn!(conn_index, session_id = %id, "Failed to unregister udp session with edge: no answer before the RPC timeout");
-            }
-        }
+            Some(RpcCallOutcome::Failed(reason)) => UdpUnregisterFailure::Failed(reason),
+            Some(other) => UdpUnregisterFailure::UnexpectedAnswer(format!("{other:?}")),
+            None => UdpUnregisterFailure::TimedOut,
+        };
+        self.events
+            .push_back(ConnectorEvent::UdpUnregisterFailed { id, failure });
         self.failed_unregistrations += 1;
         reset(&mut self.conn, stream);
     }
@@ -1086,13 +1122,14 @@ impl ConnectorConnection {
             }
             ControlEvent::Unregistered | ControlEvent::UnregisterFailed(_) => {
                 if let ControlEvent::UnregisterFailed(reason) = &event {
-                    warn!(conn_index, %reason, "unregistering failed; draining anyway");
+                    self.events
+                        .push_back(ConnectorEvent::UnregisterFailed(reason.clone()));
                 }
                 self.events.push_back(ConnectorEvent::Unregistered);
                 // cloudflared ends the RPC conversation now (Abort + FIN), which tells the edge
                 // we have its answer, then serves what still comes until the edge closes the
                 // connection or the grace period ends.
-                self.end_control();
+                self.end_control(now);
                 self.state = State::Draining(now + self.config.grace_period);
             }
         }
@@ -1103,7 +1140,7 @@ impl ConnectorConnection {
         if matches!(self.state, State::Closing | State::Closed) {
             return;
         }
-        self.end_control();
+        self.end_control(now);
         self.conn.close(now, VarInt::from_u32(0), Bytes::new());
         // Nothing moves on a closed connection: its streams end now (their origins closed), not
         // when quinn has drained, which a stop may not wait for.
@@ -1112,7 +1149,8 @@ impl ConnectorConnection {
     }
 
     /// Ends the control conversation: Abort("rpc: shutdown"), then FIN.
-    fn end_control(&mut self) {
+    fn end_control(&mut self, now: Instant) {
+        self.abandon_calls(now);
         if let Some(c) = &mut self.control {
             c.client.close();
             if let Some(bytes) = c.client.poll_transmit() {
@@ -1131,7 +1169,17 @@ impl ConnectorConnection {
         self.close(now);
     }
 
-    fn finish(&mut self, reason: CloseReason) {
+    /// Calls still outstanding fail with the connection, as cloudflared counts them.
+    fn abandon_calls(&mut self, now: Instant) {
+        if let Some(c) = &mut self.control {
+            let calls = c.client.abandon(now);
+            self.events
+                .extend(calls.into_iter().map(ConnectorEvent::Called));
+        }
+    }
+
+    fn finish(&mut self, now: Instant, reason: CloseReason) {
+        self.abandon_calls(now);
         self.data.close_all();
         self.calls.clear();
         if self.state != State::Closed {

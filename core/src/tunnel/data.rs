@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use quinn_proto::{Connection, StreamId, VarInt};
 use std::fmt::{Debug, Display};
-use tracing::{debug, trace, warn};
+use tracing::{debug, trace};
 
 use super::dial::Dial;
 use super::quic_io::{flush_stream, read_stream_max};
@@ -203,6 +203,18 @@ pub(crate) struct DataStreams<I = StreamId> {
     tags: Arc<[Tag]>,
     /// What the requests of this connection came to since last taken.
     stats: RequestStats,
+    /// TCP flows the flow limit refused since last taken.
+    refusals: Vec<FlowRefusal>,
+}
+
+/// A TCP flow the flow limit refused (cloudflared: "Too many concurrent flows being handled,
+/// rejecting tcp proxy").
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FlowRefusal {
+    /// `ConnectRequest.dest`.
+    pub dest: String,
+    /// The limit in force.
+    pub limit: u64,
 }
 
 impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
@@ -220,7 +232,13 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             next_flow: 0,
             actions: VecDeque::new(),
             stats: RequestStats::default(),
+            refusals: Vec::new(),
         }
+    }
+
+    /// The TCP flows the flow limit refused since the last call.
+    pub(crate) fn take_flow_refusals(&mut self) -> Vec<FlowRefusal> {
+        std::mem::take(&mut self.refusals)
     }
 
     /// What the requests of this connection came to since the last call.
@@ -336,7 +354,11 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             match self.gate.admit(self.flows.slots()) {
                 Ok(slot) => Some(slot),
                 Err(_) => {
-                    warn!(stream = %id, dest = %target.dest, limit = self.gate.limit(), "Too many concurrent flows being handled, rejecting tcp proxy");
+                    debug!(stream = %id, dest = %target.dest, "flow limit reached; refusing the flow");
+                    self.refusals.push(FlowRefusal {
+                        dest: target.dest.clone(),
+                        limit: self.gate.limit(),
+                    });
                     data.proxy.refuse_rate_limited();
                     self.stats.tcp_refused += 1;
                     return;

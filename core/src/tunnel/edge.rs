@@ -28,7 +28,7 @@ use quinn_proto::{
     Connection, ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event,
     ServerConfig, Side, StreamEvent, StreamId, VarInt,
 };
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::quic_io::{
     exchange_events, flush_chunks, flush_rpc_server, flush_stream, handle_received, read_stream,
@@ -140,6 +140,60 @@ pub enum EdgeEvent<S = StreamId> {
         /// Why, in words.
         reason: String,
     },
+    /// A connection attempt was refused in its handshake. Anyone may try, as often as they
+    /// like: [`crate::edge::Edge`] reports only a few per window.
+    ConnectionRefused {
+        /// Who tried.
+        from: SocketAddr,
+        /// Why quinn refused it.
+        cause: quinn_proto::ConnectionError,
+    },
+    /// A connector's RPC call was refused for its parameters (already answered). A connector
+    /// may repeat it: [`crate::edge::Edge`] reports only a few per window.
+    RpcRefused {
+        /// Which connection.
+        conn: ConnId,
+        /// What was refused.
+        refusal: crate::rpc_stream::server::CallRefusal,
+    },
+    /// A registered connector's control stream failed; the connection is being closed.
+    /// (An unregistered peer's failures are not reported: anyone may be talking.)
+    ControlFailed {
+        /// Which connection.
+        conn: ConnId,
+        /// What went wrong.
+        failure: ControlFailure,
+    },
+}
+
+/// How a control stream failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlFailure {
+    /// The connector broke the control-stream protocol.
+    Broken {
+        /// The protocol error, in words.
+        error: String,
+    },
+    /// The connector leaves its control stream unread: our answers piled up past
+    /// `CONTROL_UNSENT_MAX`.
+    Unread {
+        /// Bytes waiting.
+        unsent: usize,
+    },
+}
+
+impl std::fmt::Display for ControlFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Broken { error } => write!(f, "control stream broken: {error}"),
+            Self::Unread { unsent } => {
+                write!(
+                    f,
+                    "peer leaves its control stream unread ({unsent} bytes unsent)"
+                )
+            }
+        }
+    }
 }
 
 impl<S> EdgeEvent<S> {
@@ -175,6 +229,9 @@ impl<S> EdgeEvent<S> {
                 stream: f(stream),
             },
             ConnectionClosed { conn, reason } => ConnectionClosed { conn, reason },
+            ConnectionRefused { from, cause } => ConnectionRefused { from, cause },
+            ControlFailed { conn, failure } => ControlFailed { conn, failure },
+            RpcRefused { conn, refusal } => RpcRefused { conn, refusal },
         }
     }
 }
@@ -379,11 +436,12 @@ impl EdgeEndpoint {
     /// Feeds UDP datagrams received in one buffer (GRO: `stride` bytes each).
     pub fn handle_received(&mut self, now: Instant, received: &Received<'_>) {
         let from = received.from;
-        let (conns, ids, next_id, responses) = (
+        let (conns, ids, next_id, responses, events) = (
             &mut self.conns,
             &mut self.ids,
             &mut self.next_id,
             &mut self.responses,
+            &mut self.events,
         );
         handle_received(
             &mut self.endpoint,
@@ -432,7 +490,11 @@ impl EdgeEndpoint {
                             );
                         }
                         Err(e) => {
-                            warn!(%from, cause = %e.cause, "refused a connection");
+                            // Logged by the driver, within the edge's log budget.
+                            events.push_back(EdgeEvent::ConnectionRefused {
+                                from,
+                                cause: e.cause,
+                            });
                             if let Some(t) = e.response {
                                 responses.push_back(stateless(&t, scratch));
                             }
@@ -865,7 +927,7 @@ fn on_quic_event(
                         received: Vec::new(),
                     });
                     // Data that came with the opening frame gets no Readable event of its own.
-                    read_control(now, id, c);
+                    read_control(now, id, c, events);
                 } else if c.registered() {
                     // Further connector streams are RPC streams to our `SessionManager`.
                     c.served.insert(stream, Served::Preamble(Vec::new()));
@@ -879,7 +941,7 @@ fn on_quic_event(
         Event::Stream(StreamEvent::Readable { id: stream })
             if c.control.as_ref().is_some_and(|ctl| ctl.stream == stream) =>
         {
-            read_control(now, id, c);
+            read_control(now, id, c, events);
         }
         Event::Stream(StreamEvent::Readable { id: stream }) if c.data.contains_key(&stream) => {
             read_data(id, stream, c, events)
@@ -1058,7 +1120,8 @@ fn report_call(
             debug!(conn = id.0, session_id = %session, "connector acknowledged unregisterUdpSession");
         }
         (Called::UnregisterUdpSession(session), outcome) => {
-            warn!(conn = id.0, session_id = %session, ?outcome, "unregisterUdpSession failed");
+            // The session is gone on this side either way; nothing for the operator to do.
+            debug!(conn = id.0, session_id = %session, ?outcome, "unregisterUdpSession failed");
         }
     }
 }
@@ -1105,7 +1168,8 @@ fn read_served(
         return;
     };
     if let Err(e) = server.handle_bytes(&received) {
-        warn!(conn = id.0, stream = %stream, error = %e, "RPC stream broken");
+        // One stream of the connector's is reset; the connection serves on.
+        debug!(conn = id.0, stream = %stream, error = %e, "RPC stream broken");
         c.served.remove(&stream);
         super::data::reset(&mut c.conn, stream);
         return;
@@ -1121,6 +1185,9 @@ fn read_served(
                 message,
             }),
             // The edge's server refuses everything else itself.
+            RpcStreamEvent::CallRefused(refusal) => {
+                events.push_back(EdgeEvent::RpcRefused { conn: id, refusal })
+            }
             other => debug!(conn = id.0, event = ?other, "connector RPC call"),
         }
     }
@@ -1143,7 +1210,12 @@ fn flush_served(c: &mut EdgeConnection, stream: StreamId) {
 }
 
 /// Feeds what the control stream has to the control server; a broken one closes the connection.
-fn read_control(now: Instant, id: ConnId, c: &mut EdgeConnection) {
+fn read_control(
+    now: Instant,
+    id: ConnId,
+    c: &mut EdgeConnection,
+    events: &mut VecDeque<EdgeEvent>,
+) {
     let Some(ctl) = c.control.as_mut() else {
         return;
     };
@@ -1154,7 +1226,12 @@ fn read_control(now: Instant, id: ConnId, c: &mut EdgeConnection) {
             if let Err(e) = ctl.server.handle_bytes(&bytes) {
                 // Before registration anyone may be talking: not worth a warning each.
                 if ctl.server.is_registered() {
-                    warn!(conn = id.0, error = %e, "control stream broken; closing");
+                    events.push_back(EdgeEvent::ControlFailed {
+                        conn: id,
+                        failure: ControlFailure::Broken {
+                            error: e.to_string(),
+                        },
+                    });
                 } else {
                     debug!(conn = id.0, error = %e, "unregistered peer broke the control stream; closing");
                 }
@@ -1201,11 +1278,18 @@ fn pump_control(
         debug!(conn = id.0, error = %e, "control stream write failed");
     }
     if ctl.unsent.len() > CONTROL_UNSENT_MAX && !c.conn.is_closed() {
-        warn!(
-            conn = id.0,
-            unsent = ctl.unsent.len(),
-            "peer leaves its control stream unread; closing"
-        );
+        let unsent = ctl.unsent.len();
+        if ctl.server.is_registered() {
+            events.push_back(EdgeEvent::ControlFailed {
+                conn: id,
+                failure: ControlFailure::Unread { unsent },
+            });
+        } else {
+            debug!(
+                conn = id.0,
+                unsent, "unregistered peer leaves its control stream unread; closing"
+            );
+        }
         ctl.unsent = Vec::new();
         c.conn.close(
             now,

@@ -18,7 +18,7 @@ use std::time::Instant;
 use bytes::Bytes;
 use h2::Reason;
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::connector::{CloseReason, ConnectorConfig, ConnectorEvent, LocalClose};
 use super::data::{DataStreams, EdgeStreams, FlowId, OriginAction};
@@ -354,7 +354,7 @@ impl Http2Link {
     pub fn handle_failed(&mut self, now: Instant, reason: &str) {
         self.tcp_up = false;
         self.writing = false;
-        self.finish(CloseReason::Transport(reason.to_owned()));
+        self.finish(now, CloseReason::Transport(reason.to_owned()));
         self.progress(now);
     }
 
@@ -419,15 +419,20 @@ impl Http2Link {
         self.data.expire_dials(now, &mut edge);
         match self.state {
             State::Draining(deadline) if deadline <= now => {
-                warn!(
-                    conn_index = self.config.registration.conn_index,
-                    streams = self.data.active(),
-                    "grace period over; closing with streams in flight"
-                );
+                let streams = self.data.active();
+                if streams > 0 {
+                    self.events
+                        .push_back(ConnectorEvent::DrainCutShort { streams });
+                } else {
+                    debug!(
+                        conn_index = self.config.registration.conn_index,
+                        "grace period over; closing"
+                    );
+                }
                 self.close(now);
             }
             State::Closing(deadline) if deadline <= now => {
-                self.finish(CloseReason::Local(LocalClose::Shutdown));
+                self.finish(now, CloseReason::Local(LocalClose::Shutdown));
             }
             _ => {}
         }
@@ -584,6 +589,11 @@ impl Http2Link {
         self.data.take_request_stats()
     }
 
+    /// The TCP flows the flow limit refused since the last call.
+    pub fn take_flow_refusals(&mut self) -> Vec<crate::tunnel::data::FlowRefusal> {
+        self.data.take_flow_refusals()
+    }
+
     /// Starts graceful shutdown: unregister, drain, GOAWAY, close.
     pub fn shutdown(&mut self, now: Instant) {
         self.shutdown_requested = true;
@@ -607,7 +617,7 @@ impl Http2Link {
     pub fn close_now(&mut self, now: Instant) {
         self.shutdown_requested = true;
         self.close(now);
-        self.finish(CloseReason::Local(LocalClose::Shutdown));
+        self.finish(now, CloseReason::Local(LocalClose::Shutdown));
         self.progress(now);
     }
 
@@ -687,7 +697,7 @@ impl Http2Link {
                     Some(e) => close_reason(e),
                 };
                 let reason = self.close_reason.clone().unwrap_or(reason);
-                self.finish(reason);
+                self.finish(now, reason);
             }
         }
     }
@@ -877,14 +887,15 @@ impl Http2Link {
             }
             ControlEvent::Unregistered | ControlEvent::UnregisterFailed(_) => {
                 if let ControlEvent::UnregisterFailed(reason) = &event {
-                    warn!(conn_index, %reason, "unregistering failed; draining anyway");
+                    self.events
+                        .push_back(ConnectorEvent::UnregisterFailed(reason.clone()));
                 }
                 self.events.push_back(ConnectorEvent::Unregistered);
                 // As cloudflared's control handler returns once unregistered, the control
                 // stream ends now (what the edge still sends on it is read and dropped); and
                 // GOAWAY: no new streams. Both go out before the last responses, so the edge
                 // closes once it has read them instead of racing an end that comes with them.
-                if let Some(c) = self.control.take() {
+                if let Some(c) = self.take_control(now) {
                     let _ = self.conn.finish(c.stream, None);
                 }
                 self.conn.shutdown();
@@ -902,13 +913,14 @@ impl Http2Link {
         self.shutdown_requested = true;
         if self.state == State::Dialing {
             self.finish(
+                now,
                 self.close_reason
                     .clone()
                     .unwrap_or(CloseReason::Local(LocalClose::Shutdown)),
             );
             return;
         }
-        if let Some(c) = self.control.take() {
+        if let Some(c) = self.take_control(now) {
             let _ = self.conn.reset(c.stream, Reason::NO_ERROR);
         }
         self.conn.shutdown();
@@ -926,17 +938,27 @@ impl Http2Link {
     /// The connection is over. `Closed` is reported once its last ciphertext (the end of the
     /// responses, GOAWAY, close_notify) is written: the supervisor drops the link then, and the
     /// driver closes the socket.
-    fn finish(&mut self, reason: CloseReason) {
+    fn finish(&mut self, now: Instant, reason: CloseReason) {
+        self.take_control(now);
         self.data.close_all();
         self.sides.clear();
         self.pushes.clear();
-        self.control = None;
         self.inbox.clear();
         if self.state != State::Closed {
             self.state = State::Closed;
             self.close_reason.get_or_insert(reason.clone());
             self.closing = Some(reason);
         }
+    }
+
+    /// Ends the control conversation: calls still outstanding fail with it, as cloudflared
+    /// counts them.
+    fn take_control(&mut self, now: Instant) -> Option<Control> {
+        let mut c = self.control.take()?;
+        let calls = c.client.abandon(now);
+        self.events
+            .extend(calls.into_iter().map(ConnectorEvent::Called));
+        Some(c)
     }
 
     /// Reports `Closed` once nothing is left to write (or nothing can be: no TCP yet). True

@@ -72,6 +72,12 @@ pub fn auto_follows_percentage_record(flag: ProtocolFlag, srv_edges: bool, token
 /// DNS TXT record holding the protocol percentages.
 pub const PERCENTAGE_RECORD: &str = "protocol-v2.argotunnel.com";
 
+/// How long the percentage record's lookup may take, all name servers together, before it
+/// counts as failed: Go's resolver, which cloudflared's `net.LookupTXT` uses, gives a query
+/// 5 s and tries twice by default (resolv.conf `timeout:5 attempts:2`). Core gives up on an
+/// answer later than this; both drivers bound their lookup by it too (at startup as well).
+pub const TXT_LOOKUP_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// How long a reading of the percentage record holds before `auto` reads it again
 /// (cloudflared's `ResolveTTL`).
 pub const RESOLVE_TTL: Duration = Duration::from_secs(3600);

@@ -2,7 +2,9 @@
 //! [`Event`], in cloudflared's words where cloudflared logs the same thing.
 
 use burrow_core::connector::Event;
-use burrow_core::tunnel::protocol::Protocol;
+use burrow_core::rpc_stream::server::CallRefusal;
+use burrow_core::session::{DatagramFault, SessionNotice};
+use burrow_core::tunnel::protocol::{Protocol, PERCENTAGE_RECORD};
 use tracing::{debug, error, info, warn};
 
 /// Logs `e` once, in cloudflared's words where it has them; `stopping` once shutdown began
@@ -88,7 +90,123 @@ pub fn log(e: &Event, stopping: bool) {
         Event::RpcCalled { index, call } => {
             debug!(conn_index = index, method = call.method.label(), latency = ?call.latency, failed = call.failed, "registration call ended");
         }
+        Event::HaConnectionsCapped {
+            requested,
+            available,
+        } => warn!(
+            requested,
+            available,
+            "You requested {requested} HA connections but I can give you at most {available}."
+        ),
+        Event::ProtocolRefreshFailed { reason } => {
+            warn!(record = PERCENTAGE_RECORD, %reason, "Failed to refresh protocol");
+        }
+        Event::GracePeriodOver => warn!("grace period over; closing every connection now"),
+        Event::DrainCutShort { index, streams } => warn!(
+            conn_index = index,
+            streams, "grace period over; closing with streams in flight"
+        ),
+        Event::StartFailed { index, edge, error } => {
+            warn!(conn_index = index, %edge, %error, "cannot start a connection");
+        }
+        Event::ConnectFailed { index, error } => {
+            warn!(conn_index = index, %error, "cannot connect; retrying");
+        }
+        Event::UnregisterFailed { index, reason } => {
+            warn!(conn_index = index, %reason, "unregistering failed; draining anyway");
+        }
+        Event::UdpUnregisterFailed {
+            index,
+            session,
+            failure,
+            suppressed,
+        } => warn!(
+            conn_index = index,
+            session_id = %session,
+            reason = %failure,
+            suppressed,
+            "Failed to unregister udp session with edge"
+        ),
+        Event::FlowRefused {
+            index,
+            dest,
+            limit,
+            suppressed,
+        } => warn!(
+            conn_index = index,
+            %dest,
+            limit,
+            suppressed,
+            "Too many concurrent flows being handled, rejecting tcp proxy"
+        ),
+        Event::RpcRefused {
+            index,
+            refusal,
+            suppressed,
+        } => match refusal {
+            CallRefusal::DestinationIp { error } => warn!(
+                conn_index = index,
+                error, suppressed, "Failed to parse destination proxy IP"
+            ),
+            CallRefusal::BadParams { method, reason } => warn!(
+                conn_index = index,
+                method,
+                %reason,
+                suppressed,
+                "refused an RPC call"
+            ),
+        },
+        Event::Session(notice) => log_session(notice),
         Event::Fatal(e) => error!(error = %e, "giving up"),
         Event::Stopped => {}
+    }
+}
+
+/// One UDP session notice, in cloudflared's words where it has them.
+fn log_session(notice: &SessionNotice) {
+    match notice {
+        SessionNotice::DatagramDropped {
+            link,
+            fault: DatagramFault::RegistrationResponse,
+            suppressed,
+        } => warn!(%link, suppressed, "unexpected datagram type received: 3"),
+        SessionNotice::DatagramDropped {
+            link,
+            fault,
+            suppressed,
+        } => warn!(%link, error = %fault, suppressed, "dropping malformed datagram"),
+        SessionNotice::FlowLimited {
+            id,
+            link,
+            limit,
+            suppressed,
+        } => warn!(
+            flow_id = %id,
+            %link,
+            limit,
+            suppressed,
+            "Too many concurrent sessions being handled, rejecting udp proxy"
+        ),
+        SessionNotice::OriginFailed {
+            id,
+            reason,
+            suppressed,
+        } => warn!(flow_id = %id, %reason, suppressed, "flow closed with an error"),
+        SessionNotice::OpenFailed {
+            id,
+            dest,
+            reason,
+            suppressed,
+        } => warn!(flow_id = %id, %dest, %reason, suppressed, "flow registration failure"),
+        SessionNotice::PayloadTooLarge {
+            id,
+            len,
+            suppressed,
+        } => warn!(
+            flow_id = %id,
+            len,
+            suppressed,
+            "origin payload exceeds the datagram limit; dropped"
+        ),
     }
 }

@@ -205,6 +205,29 @@ fn log_event(e: Event, local_config_dir: Option<&std::path::Path>) {
             cause,
             suppressed,
         } => warn!(conn = conn.0, %tunnel, %cause, suppressed, "registration refused"),
+        Event::ConnectionRefused {
+            from,
+            cause,
+            suppressed,
+        } => warn!(%from, %cause, suppressed, "refused a connection"),
+        Event::Superseded {
+            old,
+            by,
+            conn_index,
+        } => info!(
+            conn = old.0,
+            by = by.0,
+            conn_index,
+            "connector registered its index again; closing the connection it abandoned"
+        ),
+        Event::RpcRefused {
+            conn,
+            refusal,
+            suppressed,
+        } => warn!(conn = conn.0, %refusal, suppressed, "refused an RPC call"),
+        Event::ControlStreamFailed { conn, failure } => {
+            warn!(conn = conn.0, %failure, "closing the tunnel connection")
+        }
         Event::AnswerFailed { conn, error } => {
             warn!(conn = conn.0, %error, "cannot answer registration")
         }

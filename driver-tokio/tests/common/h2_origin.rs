@@ -223,6 +223,12 @@ fn serve<T: AsyncRead + AsyncWrite + Unpin>(io: T) {
 /// The HTTP/2-only origin: TLS with ALPN `h2` and nothing else, self-signed (reach it with
 /// `noTLSVerify`). Returns its address and a count of its TLS connections.
 pub fn h2_origin() -> (SocketAddr, Arc<AtomicUsize>) {
+    let (addr, conns, _) = h2_origin_watched();
+    (addr, conns)
+}
+
+/// [`h2_origin`], with a count of its connections that ended too (the client closed them).
+pub fn h2_origin_watched() -> (SocketAddr, Arc<AtomicUsize>, Arc<AtomicUsize>) {
     let ck = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).unwrap();
     let key = PrivateKeyDer::from(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
@@ -237,12 +243,15 @@ pub fn h2_origin() -> (SocketAddr, Arc<AtomicUsize>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let conns = Arc::new(AtomicUsize::new(0));
+    let ended = Arc::new(AtomicUsize::new(0));
     let count = conns.clone();
+    let ends = ended.clone();
     std::thread::spawn(move || {
         for s in l.incoming() {
             let Ok(mut sock) = s else { return };
             let config = config.clone();
             let count = count.clone();
+            let ends = ends.clone();
             std::thread::spawn(move || {
                 let Ok(mut tls) = rustls::ServerConnection::new(config) else {
                     return;
@@ -259,10 +268,11 @@ pub fn h2_origin() -> (SocketAddr, Arc<AtomicUsize>) {
                 if sock.set_nonblocking(true).is_ok() {
                     serve(TlsIo { tls, sock });
                 }
+                ends.fetch_add(1, Ordering::SeqCst);
             });
         }
     });
-    (addr, conns)
+    (addr, conns, ended)
 }
 
 /// The same origin in cleartext, telling which protocol a client speaks: HTTP/2 with prior
@@ -437,4 +447,49 @@ pub fn check_requests(http: SocketAddr, conns: &AtomicUsize) {
         b"",
     );
     assert_eq!(status, 502);
+}
+
+/// With `keepAliveTimeout: 2s` on the rule that speaks HTTP/2 to [`h2_origin_watched`]
+/// (`conns` made, `ended`): the connector `name` closes the origin connection once idle for
+/// 2 s, as cloudflared's Go transport does (`IdleConnTimeout`), and not before; two requests
+/// in a row share it, and a request after the close opens a new one.
+pub fn check_idle_close(name: &str, http: SocketAddr, conns: &AtomicUsize, ended: &AtomicUsize) {
+    let (c0, e0) = (conns.load(Ordering::SeqCst), ended.load(Ordering::SeqCst));
+    let get = |path: &str| {
+        let head = format!("GET {path} HTTP/1.1\r\nHost: h2.test\r\nConnection: close\r\n\r\n");
+        let (status, body) = send(http, &head, b"");
+        assert_eq!(status, 200, "{name}: {body}");
+        assert!(
+            body.starts_with(&format!("HTTP/2.0 GET h2.test {path}")),
+            "{name}: {body}"
+        );
+    };
+    get("/one");
+    get("/two");
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        c0 + 1,
+        "{name}: one connection for both"
+    );
+    std::thread::sleep(Duration::from_millis(1000));
+    assert_eq!(
+        ended.load(Ordering::SeqCst),
+        e0,
+        "{name}: still open 1 s after"
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while ended.load(Ordering::SeqCst) == e0 && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(
+        ended.load(Ordering::SeqCst),
+        e0 + 1,
+        "{name}: closed once idle"
+    );
+    get("/three");
+    assert_eq!(
+        conns.load(Ordering::SeqCst),
+        c0 + 2,
+        "{name}: a new connection after"
+    );
 }

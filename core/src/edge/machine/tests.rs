@@ -754,3 +754,62 @@ fn mapped_session_echoes_and_moves(features: &[&str]) {
         .count();
     assert_eq!(opened, 1, "no second origin socket");
 }
+
+/// Anyone may start handshakes the edge refuses (here: a client offering another ALPN), as
+/// fast as they like: the edge reports a few per window, then how many it left out.
+#[test]
+fn a_flood_of_refused_connections_is_reported_a_few_times_per_window() {
+    let mut w = World::new(vec![7; 32]);
+    // X25519 alone keeps the ClientHello in the first datagram, which the edge refuses.
+    let provider = rustls::crypto::CryptoProvider {
+        kx_groups: vec![rustls::crypto::aws_lc_rs::kx_group::X25519],
+        ..rustls::crypto::aws_lc_rs::default_provider()
+    };
+    let mut tls = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("tls13")
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    tls.alpn_protocols = vec![b"not-argotunnel".to_vec()];
+    let quic = quinn_proto::crypto::rustls::QuicClientConfig::try_from(tls).expect("quic tls");
+    let client = quinn_proto::ClientConfig::new(Arc::new(quic));
+    let mut peer = quinn_proto::Endpoint::new(
+        Arc::new(quinn_proto::EndpointConfig::default()),
+        None,
+        true,
+        None,
+    );
+    let edge_addr: SocketAddr = EDGE.parse().expect("addr");
+    let mut attempt = |w: &mut World, i: u16| {
+        let (_, mut conn) = peer
+            .connect(w.now, client.clone(), edge_addr, SERVER_NAME)
+            .expect("connect");
+        let mut buf = Vec::new();
+        let from = SocketAddr::from(([203, 0, 113, 9], 1024 + i));
+        while let Some(t) = conn.poll_transmit(w.now, 1, &mut buf) {
+            let data = buf[..t.size].to_vec();
+            buf.clear();
+            w.edge_input(Input::Received(Received::single(from, &data)));
+        }
+    };
+    let refused = |w: &World| -> Vec<u64> {
+        w.events
+            .iter()
+            .filter_map(|e| match e {
+                Event::ConnectionRefused { suppressed, .. } => Some(*suppressed),
+                _ => None,
+            })
+            .collect()
+    };
+    for i in 0..1000 {
+        attempt(&mut w, i);
+    }
+    assert_eq!(refused(&w), vec![0; REFUSALS_LOGGED as usize]);
+    w.now += REFUSAL_WINDOW;
+    attempt(&mut w, 1000);
+    assert_eq!(
+        refused(&w).last(),
+        Some(&(1000 - u64::from(REFUSALS_LOGGED))),
+        "the next window's first report counts what the last one left out"
+    );
+}

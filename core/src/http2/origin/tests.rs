@@ -82,6 +82,8 @@ struct Origin {
 }
 
 const BIG: usize = 3 << 20;
+/// The bridge's keep-alive timeout (cloudflared's default `keepAliveTimeout`).
+const IDLE: std::time::Duration = std::time::Duration::from_secs(90);
 
 impl Origin {
     fn new(session: rustls::ServerConnection) -> Self {
@@ -226,7 +228,7 @@ impl Pair {
         let now = Instant::now();
         Pair {
             now,
-            b: Http2Origin::new(now, c),
+            b: Http2Origin::new(now, c, IDLE),
             o: Origin::new(s),
             to_o: Vec::new(),
             to_b: Vec::new(),
@@ -547,4 +549,198 @@ proptest::proptest! {
         proptest::prop_assert_eq!(request.uri(), request2.uri());
         proptest::prop_assert_eq!(request.headers(), request2.headers());
     }
+}
+
+/// The bridge's keep-alive timer, on virtual time: idle from the connection's start and from
+/// each exchange's end, never while a request is under way, and closing as Go's
+/// `IdleConnTimeout` does (close_notify, no GOAWAY), which ends the flow.
+#[test]
+fn an_idle_connection_closes_after_the_keep_alive_timeout() {
+    let mut p = Pair::new();
+    let t0 = p.now;
+    p.run();
+    assert_eq!(p.b.poll_timeout(), Some(t0 + IDLE), "idle from the start");
+
+    // A request head arriving at t0 + 60 s stops the timer, over the 90 s mark too.
+    p.now = t0 + Duration::from_secs(60);
+    assert_eq!(p.b.write(p.now, b"GET /a HTTP/1.1\r\n"), Ok(17));
+    assert_eq!(p.b.poll_timeout(), None, "a request is under way");
+    p.now = t0 + Duration::from_secs(200);
+    p.b.handle_timeout(p.now);
+    p.write(b"Host: a\r\n\r\n");
+    let (head, _, _) = p.response(false);
+    assert_eq!(
+        head.status, 200,
+        "the connection outlived the idle time while busy"
+    );
+
+    // Idle again from the exchange's end; nothing happens before the timeout.
+    let idle_at = p.now;
+    assert_eq!(p.b.poll_timeout(), Some(idle_at + IDLE));
+    p.now = idle_at + IDLE - Duration::from_millis(1);
+    p.b.handle_timeout(p.now);
+    p.run();
+    assert_eq!(p.b.read(p.now), FlowRead::Blocked);
+    p.now = idle_at + IDLE;
+    p.b.handle_timeout(p.now);
+    p.run();
+    assert_eq!(p.b.read(p.now), FlowRead::End);
+    assert_eq!(p.b.poll_timeout(), None, "nothing left to wake for");
+    // The origin saw TLS close_notify, and no GOAWAY (h2 would end its connection cleanly
+    // either way; what it read is TLS's end).
+    let mut plain = [0u8; 1];
+    let read = std::io::Read::read(&mut p.o.pipe.lock().session.reader(), &mut plain);
+    assert!(matches!(read, Ok(0)), "{read:?}");
+}
+
+#[test]
+fn a_zero_keep_alive_timeout_never_closes() {
+    let (c, _s) = tls_pair();
+    let t0 = Instant::now();
+    let mut b = Http2Origin::new(t0, c, Duration::ZERO);
+    // Only the handshake's deadline, until it is done.
+    assert_eq!(b.poll_timeout(), Some(t0 + Duration::from_secs(15)));
+    let mut buf = vec![0u8; 64 * 1024];
+    while b.transmit(t0, &mut buf) > 0 {}
+    assert_eq!(b.poll_timeout(), None);
+    b.handle_timeout(t0 + Duration::from_secs(3600));
+    assert_eq!(b.read(t0), FlowRead::Blocked);
+}
+
+/// [`Http2Flow`] driven as the drivers drive it (socket reads only when it asks, writes of
+/// what it gives, steps until nothing moves), against the in-process origin on virtual time.
+struct FlowPair {
+    now: Instant,
+    f: Http2Flow,
+    o: Origin,
+    /// From the origin, not yet read by the flow's socket.
+    to_f: Vec<u8>,
+    reports: Vec<BridgeReport>,
+}
+
+impl FlowPair {
+    fn new() -> Self {
+        let (c, s) = tls_pair();
+        let now = Instant::now();
+        FlowPair {
+            now,
+            f: Http2Flow::new(now, c, IDLE),
+            o: Origin::new(s),
+            to_f: Vec::new(),
+            reports: Vec::new(),
+        }
+    }
+
+    /// One driver wake-up: steps and socket I/O until nothing moves.
+    fn run(&mut self) {
+        for _ in 0..100_000 {
+            self.o.poll();
+            {
+                let mut tls = self.o.pipe.lock();
+                while tls.session.wants_write() {
+                    tls.session.write_tls(&mut self.to_f).expect("origin write");
+                }
+            }
+            // A socket read gives at most what one read takes.
+            let n = if self.f.wants_read() {
+                self.to_f.len().min(16 * 1024)
+            } else {
+                0
+            };
+            let chunk: Vec<u8> = self.to_f.drain(..n).collect();
+            let read = if chunk.is_empty() {
+                SocketRead::Nothing
+            } else {
+                SocketRead::Data(&chunk)
+            };
+            let reports = &mut self.reports;
+            let mut moved = n > 0;
+            moved |= self
+                .f
+                .step(self.now, read, &mut |r| reports.push(r))
+                .expect("step");
+            let out = self.f.to_send().to_vec();
+            if !out.is_empty() {
+                let mut tls = self.o.pipe.lock();
+                let mut rest = &out[..];
+                while !rest.is_empty() && matches!(tls.session.read_tls(&mut rest), Ok(n) if n > 0)
+                {
+                    tls.session.process_new_packets().expect("origin TLS");
+                }
+                let used = out.len() - rest.len();
+                self.f.sent(used);
+                moved |= used > 0;
+            }
+            if !moved {
+                return;
+            }
+        }
+        panic!("no quiescence");
+    }
+
+    /// Response bytes until none come, giving a permit after each as the connector does.
+    fn take_data(&mut self) -> Vec<u8> {
+        let mut out = Vec::new();
+        for _ in 0..100_000 {
+            self.run();
+            let mut got = false;
+            self.reports.retain(|r| match r {
+                BridgeReport::Data(d) => {
+                    out.extend_from_slice(d);
+                    got = true;
+                    false
+                }
+                _ => true,
+            });
+            if !got {
+                return out;
+            }
+            self.f.permit();
+        }
+        panic!("no end of data");
+    }
+}
+
+#[test]
+fn the_flow_step_runs_exchanges_and_its_idle_timer_on_virtual_time() {
+    let mut p = FlowPair::new();
+    let t0 = p.now;
+    p.run();
+    p.f.write(Bytes::from_static(
+        b"POST /x HTTP/1.1\r\nHost: app.test\r\nContent-Length: 5\r\n\r\nhello",
+    ));
+    assert!(!p.f.takes_command(), "a write is under way");
+    p.run();
+    assert!(p.f.takes_command());
+    assert_eq!(p.reports.first(), Some(&BridgeReport::Written));
+    p.reports.remove(0);
+    let raw = p.take_data();
+    let (head, used) = parse_response(&raw, false).expect("head").expect("whole");
+    assert_eq!(head.status, 200);
+    let mut body = Vec::new();
+    BodyReader::new(head.body)
+        .read(&raw[used..], &mut body, usize::MAX)
+        .expect("body");
+    assert_eq!(
+        text(&body),
+        "POST app.test /x host=- len=5 sum=532 te=None conn=None"
+    );
+    assert!(p.reports.is_empty(), "{:?}", p.reports);
+
+    // A download larger than the windows, read one permit at a time.
+    p.f.write(Bytes::from_static(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n"));
+    p.run();
+    p.reports.retain(|r| *r != BridgeReport::Written);
+    let raw = p.take_data();
+    assert!(raw.len() > BIG, "{}", raw.len());
+
+    // Idle from the last exchange's end: the driver wakes at the deadline and the flow ends.
+    let idle_at = p.now;
+    let deadline = p.f.poll_timeout().expect("idle deadline");
+    assert_eq!(deadline, idle_at + IDLE);
+    assert!(deadline > t0);
+    p.now = deadline;
+    p.run();
+    assert_eq!(p.reports, [BridgeReport::Finished]);
+    assert_eq!(p.f.poll_timeout(), None, "no busy loop after the close");
 }

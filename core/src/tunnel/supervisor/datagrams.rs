@@ -114,8 +114,8 @@ impl Supervisor {
 
     /// The origin socket of `flow` could not be opened, or reading or writing it failed for
     /// good; `reason` is the socket error's text. The session ends.
-    pub fn handle_udp_failed(&mut self, flow: UdpFlowId, reason: &str) {
-        self.hub.sessions.handle_origin_failed(flow, reason);
+    pub fn handle_udp_failed(&mut self, now: Instant, flow: UdpFlowId, reason: &str) {
+        self.hub.sessions.handle_origin_failed(now, flow, reason);
     }
 
     /// The origin socket of `flow` did not take a payload: a drop on its connection's index.

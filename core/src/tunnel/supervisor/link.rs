@@ -186,6 +186,10 @@ impl Link {
         both!(self, c => c.take_request_stats())
     }
 
+    pub(crate) fn take_flow_refusals(&mut self) -> Vec<crate::tunnel::data::FlowRefusal> {
+        both!(self, c => c.take_flow_refusals())
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         both!(self, c => c.is_closed())
     }

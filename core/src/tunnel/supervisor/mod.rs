@@ -24,7 +24,7 @@ use quinn_proto::StreamId;
 use rand_chacha::rand_core::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use thiserror::Error;
-use tracing::{debug, warn};
+use tracing::debug;
 
 mod backoff;
 mod datagrams;
@@ -35,6 +35,7 @@ pub use pool::{region_targets, srv_service, EdgePool, IpVersion, PoolError};
 
 use super::connector::{
     CloseReason, ConnectorConfig, ConnectorConnection, ConnectorEvent, LocalClose,
+    UdpUnregisterFailure,
 };
 use super::data::{FlowId, OriginAction};
 use super::udp::DatagramHub;
@@ -44,9 +45,13 @@ use crate::datagram::LinkId;
 use crate::flow::{effective_limit, FlowGate, FlowStats, FlowType};
 use crate::icmp::{IcmpRouter, RouterConfig};
 use crate::ingress::RemoteConfig;
+use crate::log_budget::{LogBudget, Verdict};
 use crate::quic::transport::QuicSettings;
+use crate::rpc_stream::server::CallRefusal;
 use crate::rpc_stream::ConfigVersions;
-use crate::session::{SessionId, SessionLimits, SessionManager};
+use crate::session::{
+    SessionId, SessionLimits, SessionManager, SessionNotice, NOTICES_LOGGED, NOTICE_WINDOW,
+};
 use crate::tunnel::http2_link::Http2Link;
 use crate::tunnel::protocol::{self, Protocol, ProtocolFlag, PERCENTAGE_RECORD};
 use crate::tunnel::requests::RequestStats;
@@ -142,6 +147,34 @@ pub enum SupervisorError {
     /// No edge address to connect to.
     #[error(transparent)]
     Pool(#[from] PoolError),
+}
+
+/// Why a connection attempt could not start (no dial happened).
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+pub enum StartError {
+    /// quinn refused to start the QUIC connection.
+    #[error("{0}")]
+    Quic(String),
+    /// The HTTP/2 connection's TLS could not be set up.
+    #[error("{0}")]
+    Http2(String),
+    /// HTTP/2 was chosen but there is no TLS configuration for it.
+    #[error("no TLS configuration for http2")]
+    NoHttp2Tls,
+}
+
+/// Why reading the percentage record again gave nothing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Error)]
+pub enum RefreshFailure {
+    /// The driver's lookup failed.
+    #[error("the TXT lookup failed")]
+    LookupFailed,
+    /// No answer within [`protocol::TXT_LOOKUP_TIMEOUT`].
+    #[error("no answer to the TXT lookup within {0:?}")]
+    TimedOut(Duration),
+    /// The record selects nothing for this account.
+    #[error("the record is unreadable")]
+    Unreadable,
 }
 
 /// What happened, for the driver (metrics, logs, readiness, flow bookkeeping).
@@ -260,6 +293,88 @@ pub enum SupervisorEvent {
         /// Why the fetch failed.
         error: Option<String>,
     },
+    /// `--ha-connections` asks for more connections than the edge pool has addresses for;
+    /// `available` run.
+    HaConnectionsCapped {
+        /// Asked for.
+        requested: usize,
+        /// Run.
+        available: usize,
+    },
+    /// Reading the percentage record again failed: new connections keep the protocol they had
+    /// (cloudflared: "Failed to refresh protocol").
+    ProtocolRefreshFailed {
+        /// What went wrong.
+        reason: RefreshFailure,
+    },
+    /// The shutdown's grace period ran out: every connection closes now.
+    GracePeriodOver,
+    /// A draining connection's grace period ran out with streams in flight: it closes now.
+    DrainCutShort {
+        /// HA index.
+        index: u8,
+        /// Streams still in flight.
+        streams: usize,
+    },
+    /// A connection attempt could not start; the index retries after backoff.
+    StartFailed {
+        /// HA index.
+        index: u8,
+        /// The edge it was to dial.
+        edge: SocketAddr,
+        /// Why.
+        error: StartError,
+    },
+    /// An index could not connect after the first registration; it retries after backoff.
+    ConnectFailed {
+        /// HA index.
+        index: u8,
+        /// Why.
+        error: SupervisorError,
+    },
+    /// `unregisterConnection` failed: the connection drains anyway.
+    UnregisterFailed {
+        /// HA index.
+        index: u8,
+        /// Why.
+        reason: CallFailure,
+    },
+    /// The edge did not acknowledge the end of a datagram-v2 session (cloudflared: "Failed
+    /// to unregister udp session with edge"). A few per window, then a count of the rest.
+    UdpUnregisterFailed {
+        /// HA index.
+        index: u8,
+        /// The session.
+        session: SessionId,
+        /// What came back.
+        failure: UdpUnregisterFailure,
+        /// Failures since the last reported one that were not reported.
+        suppressed: u64,
+    },
+    /// The flow limit refused a TCP flow (cloudflared: "Too many concurrent flows being
+    /// handled, rejecting tcp proxy"). A few per window, then a count of the rest.
+    FlowRefused {
+        /// HA index.
+        index: u8,
+        /// `ConnectRequest.dest`.
+        dest: String,
+        /// The limit in force.
+        limit: u64,
+        /// Refusals since the last reported one that were not reported.
+        suppressed: u64,
+    },
+    /// The edge called a method with parameters that were refused (already answered). A few
+    /// per window, then a count of the rest.
+    RpcRefused {
+        /// HA index.
+        index: u8,
+        /// What was refused.
+        refusal: CallRefusal,
+        /// Refusals since the last reported one that were not reported.
+        suppressed: u64,
+    },
+    /// Something about UDP sessions (already budgeted by the session manager).
+    Session(SessionNotice),
     /// The supervisor gave up; it is stopped.
     Fatal(SupervisorError),
     /// Every connection is closed after a shutdown.
@@ -351,8 +466,26 @@ enum Lookup {
     At(Instant),
     /// Due: the driver is to be asked.
     Due,
-    /// Asked; waiting for the answer.
-    Asked,
+    /// Asked; waiting for the answer until this time, then given up as failed.
+    Asked(Instant),
+}
+
+/// What the edge can make the supervisor report as often as it likes: a few per window each.
+struct PeerBudgets {
+    flow_refused: LogBudget,
+    rpc_refused: LogBudget,
+    udp_unregister: LogBudget,
+}
+
+impl PeerBudgets {
+    fn new() -> Self {
+        let b = || LogBudget::new(NOTICE_WINDOW, NOTICES_LOGGED);
+        Self {
+            flow_refused: b(),
+            rpc_refused: b(),
+            udp_unregister: b(),
+        }
+    }
 }
 
 /// The HA connections of one connector process.
@@ -388,6 +521,7 @@ pub(crate) struct Supervisor {
     flow_limit: u64,
     /// `auto` following the percentage record.
     selector: Option<Selector>,
+    budgets: PeerBudgets,
 }
 
 impl Supervisor {
@@ -395,13 +529,12 @@ impl Supervisor {
     /// Connection 0 starts at `now`.
     pub fn new(now: Instant, config: SupervisorConfig, pool: EdgePool, seed: u64) -> Self {
         let ha = usize::from(config.ha_connections.max(1));
+        let mut events = VecDeque::new();
         let ha = if ha > pool.capacity() {
-            warn!(
-                requested = ha,
-                available = pool.capacity(),
-                "You requested {ha} HA connections but I can give you at most {}.",
-                pool.capacity()
-            );
+            events.push_back(SupervisorEvent::HaConnectionsCapped {
+                requested: ha,
+                available: pool.capacity(),
+            });
             pool.capacity()
         } else {
             ha
@@ -450,7 +583,7 @@ impl Supervisor {
             slots,
             state: State::Starting,
             next_link: 0,
-            events: VecDeque::new(),
+            events,
             actions: VecDeque::new(),
             cursor: 0,
             hub,
@@ -462,16 +595,28 @@ impl Supervisor {
             closed_quic: BTreeMap::new(),
             flow_limit,
             selector,
+            budgets: PeerBudgets::new(),
         }
     }
 
     /// The TXT record the driver must look up now ([`PERCENTAGE_RECORD`]), once per reading.
-    pub fn poll_lookup(&mut self) -> Option<&'static str> {
+    /// An answer later than [`protocol::TXT_LOOKUP_TIMEOUT`] from `now` is not waited for:
+    /// the reading fails then, as a failed lookup does.
+    pub fn poll_lookup(&mut self, now: Instant) -> Option<&'static str> {
         let s = self.selector.as_mut()?;
         (s.lookup == Lookup::Due).then(|| {
-            s.lookup = Lookup::Asked;
+            s.lookup = Lookup::Asked(now + protocol::TXT_LOOKUP_TIMEOUT);
             PERCENTAGE_RECORD
         })
+    }
+
+    /// A reading that failed: the protocol stays, the record is read again after the TTL.
+    fn refresh_failed(&mut self, now: Instant, reason: RefreshFailure) {
+        if let Some(s) = self.selector.as_mut() {
+            s.lookup = Lookup::At(now + self.config.selector_ttl);
+            self.events
+                .push_back(SupervisorEvent::ProtocolRefreshFailed { reason });
+        }
     }
 
     /// The driver looked up the TXT record `name`: its first record's text, none if the lookup
@@ -482,12 +627,17 @@ impl Supervisor {
         let Some(s) = self.selector.as_mut() else {
             return;
         };
-        if name != PERCENTAGE_RECORD || s.lookup != Lookup::Asked {
+        // An answer after the deadline was given up on already.
+        if name != PERCENTAGE_RECORD || !matches!(s.lookup, Lookup::Asked(_)) {
             return;
         }
         s.lookup = Lookup::At(now + ttl);
-        let Some(selected) = text.and_then(|t| protocol::selection(t, &s.account_tag)) else {
-            warn!(record = PERCENTAGE_RECORD, "Failed to refresh protocol");
+        let Some(text) = text else {
+            self.refresh_failed(now, RefreshFailure::LookupFailed);
+            return;
+        };
+        let Some(selected) = protocol::selection(text, &s.account_tag) else {
+            self.refresh_failed(now, RefreshFailure::Unreadable);
             return;
         };
         if selected == s.current {
@@ -600,14 +750,19 @@ impl Supervisor {
     pub fn handle_timeout(&mut self, now: Instant) {
         if let State::ShuttingDown(deadline) = self.state {
             if now >= deadline {
-                warn!("grace period over; closing every connection now");
+                self.events.push_back(SupervisorEvent::GracePeriodOver);
                 self.close_all(now);
             }
         }
         self.try_quic_again(now);
         if let Some(s) = &mut self.selector {
-            if matches!(s.lookup, Lookup::At(at) if at <= now) {
-                s.lookup = Lookup::Due;
+            match s.lookup {
+                Lookup::At(at) if at <= now => s.lookup = Lookup::Due,
+                Lookup::Asked(by) if by <= now => {
+                    let reason = RefreshFailure::TimedOut(protocol::TXT_LOOKUP_TIMEOUT);
+                    self.refresh_failed(now, reason);
+                }
+                _ => {}
             }
         }
         for i in 0..self.slots.len() {
@@ -648,7 +803,8 @@ impl Supervisor {
             .chain(self.quic_retry.map(|(at, _)| at))
             .chain(self.selector.as_ref().and_then(|s| match s.lookup {
                 Lookup::At(at) => Some(at),
-                Lookup::Due | Lookup::Asked => None,
+                Lookup::Asked(by) => Some(by),
+                Lookup::Due => None,
             }))
             .min()
     }
@@ -704,8 +860,9 @@ impl Supervisor {
         });
         self.sync_flow_gates();
         if let Some(r) = self.slots[i].running() {
+            // Only misuse errors come back; the connection closes either way.
             if let Err(e) = r.conn.shutdown(now) {
-                warn!(conn_index = index, error = %e, "shutdown refused");
+                debug!(conn_index = index, error = %e, "shutdown refused");
             }
         }
     }
@@ -747,7 +904,12 @@ impl Supervisor {
 
     /// The next event.
     pub fn poll_event(&mut self) -> Option<SupervisorEvent> {
-        self.events.pop_front()
+        self.events.pop_front().or_else(|| {
+            self.hub
+                .sessions
+                .poll_notice()
+                .map(SupervisorEvent::Session)
+        })
     }
 
     /// The TCP connection of HTTP/2 link `link` is up, from local address `local`.
@@ -806,7 +968,7 @@ impl Supervisor {
 
     /// Whether events wait for [`Supervisor::poll_event`].
     pub fn has_events(&self) -> bool {
-        !self.events.is_empty()
+        !self.events.is_empty() || self.hub.sessions.has_notices()
     }
 
     /// The ciphertext the last [`Supervisor::poll_edge_write`] lent for `link`.
@@ -928,7 +1090,7 @@ impl Supervisor {
                         Phase::Running(r) => {
                             // Only misuse errors come back; the connection closes either way.
                             if let Err(e) = r.conn.shutdown(now) {
-                                warn!(conn_index = s.index, error = %e, "shutdown refused");
+                                debug!(conn_index = s.index, error = %e, "shutdown refused");
                             }
                         }
                         _ => s.phase = Phase::Stopped,
@@ -1059,15 +1221,15 @@ impl Supervisor {
         let conn = match (protocol, &self.config.http2_tls) {
             (Protocol::Quic, _) => ConnectorConnection::connect(now, config, edge, seed)
                 .map(Link::Quic)
-                .map_err(|e| e.to_string()),
+                .map_err(|e| StartError::Quic(e.to_string())),
             (Protocol::Http2, Some(tls)) => {
                 // cloudflared sends the TCP socket's local address here: set once connected.
                 config.registration.origin_local_ip = None;
                 Http2Link::new(now, config, tls.clone())
                     .map(|c| Link::Http2(Box::new(c)))
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| StartError::Http2(e.to_string()))
             }
-            (Protocol::Http2, None) => Err("no TLS configuration for http2".to_owned()),
+            (Protocol::Http2, None) => Err(StartError::NoHttp2Tls),
         };
         match conn {
             Ok(conn) => {
@@ -1088,8 +1250,9 @@ impl Supervisor {
                 }));
                 self.sync_flow_gates();
             }
-            Err(e) => {
-                warn!(conn_index = index, %edge, error = %e, "cannot start a connection");
+            Err(error) => {
+                self.events
+                    .push_back(SupervisorEvent::StartFailed { index, edge, error });
                 self.retry(now, i, true, false);
             }
         }
@@ -1099,7 +1262,9 @@ impl Supervisor {
         if self.state == State::Starting {
             self.fatal(now, e);
         } else {
-            warn!(conn_index = self.slots[i].index, error = %e, "cannot connect; retrying");
+            let index = self.slots[i].index;
+            self.events
+                .push_back(SupervisorEvent::ConnectFailed { index, error: e });
             self.retry(now, i, false, false);
         }
     }
@@ -1212,6 +1377,34 @@ impl Supervisor {
                             .events
                             .push_back(SupervisorEvent::LocalConfigurationFailed { index, reason }),
                         ConnectorEvent::Unregistered => {}
+                        ConnectorEvent::UnregisterFailed(reason) => self
+                            .events
+                            .push_back(SupervisorEvent::UnregisterFailed { index, reason }),
+                        ConnectorEvent::DrainCutShort { streams } => self
+                            .events
+                            .push_back(SupervisorEvent::DrainCutShort { index, streams }),
+                        ConnectorEvent::UdpUnregisterFailed { id, failure } => {
+                            if let Verdict::Log { suppressed } =
+                                self.budgets.udp_unregister.check(now)
+                            {
+                                self.events.push_back(SupervisorEvent::UdpUnregisterFailed {
+                                    index,
+                                    session: id,
+                                    failure,
+                                    suppressed,
+                                });
+                            }
+                        }
+                        ConnectorEvent::RpcRefused(refusal) => {
+                            if let Verdict::Log { suppressed } = self.budgets.rpc_refused.check(now)
+                            {
+                                self.events.push_back(SupervisorEvent::RpcRefused {
+                                    index,
+                                    refusal,
+                                    suppressed,
+                                });
+                            }
+                        }
                         ConnectorEvent::Called(call) => self
                             .events
                             .push_back(SupervisorEvent::RpcCalled { index, call }),
@@ -1328,6 +1521,16 @@ impl Supervisor {
             let taken = r.conn.take_request_stats();
             if !taken.is_empty() {
                 self.requests.add(&taken);
+            }
+            for refusal in r.conn.take_flow_refusals() {
+                if let Verdict::Log { suppressed } = self.budgets.flow_refused.check(now) {
+                    self.events.push_back(SupervisorEvent::FlowRefused {
+                        index,
+                        dest: refusal.dest,
+                        limit: refusal.limit,
+                        suppressed,
+                    });
+                }
             }
             if r.registered && self.returning == Some(i) && r.conn.protocol() == Protocol::Quic {
                 // QUIC works again: the next HTTP/2 connection follows shortly.

@@ -14,6 +14,7 @@ use uuid::Uuid;
 
 use super::*;
 use crate::connector::{Connector, Input, Io, Output};
+use crate::control::connector::{RpcCall, RpcMethod};
 use crate::control::{ConnectionDetails, Registration, RegistrationError};
 use crate::datagram::{v2, v3};
 use crate::icmp::FunnelId;
@@ -26,6 +27,7 @@ use crate::session::{DropReason, SessionMethod};
 use crate::session::{HEADROOM, ORIGIN_READ, TAILROOM};
 use crate::tunnel::data::{FlowId, OriginAction};
 use crate::tunnel::edge::{ConnId, EdgeEndpoint, EdgeEvent};
+use crate::tunnel::registrations::RegistrationStats;
 use crate::tunnel::Received;
 
 mod access;
@@ -642,6 +644,58 @@ fn a_first_registration_that_times_out_is_retried_not_fatal() {
     w.answer = Answer::Accept;
     w.run(Duration::from_secs(120), |w| !w.registered().is_empty());
     assert_eq!(w.registered().len(), 1, "{:?}", w.events);
+}
+
+/// cloudflared's RPC client returns an error for a call the connection's end leaves
+/// unanswered, which its metrics count as an operation and a failure
+/// (`tunnelrpc/registration_client.go`): so does burrow, once, with the call's method.
+#[test]
+fn a_registration_outstanding_when_the_edge_closes_counts_as_a_failed_call() {
+    let mut w = World::new(1, 10);
+    w.answer = Answer::Silent;
+    w.run(Duration::from_secs(10), |w| {
+        w.edge_events
+            .iter()
+            .any(|e| matches!(e, EdgeEvent::RegisterRequested { .. }))
+    });
+    let asked = w.now;
+    let Some(EdgeEvent::RegisterRequested { conn, .. }) = w.edge_events.last().cloned() else {
+        panic!("no registration asked: {:?}", w.edge_events);
+    };
+    w.run(Duration::from_secs(1), |_| false);
+    let now = w.now;
+    w.edge
+        .as_mut()
+        .expect("edge")
+        .close(now, conn, "edge going away");
+    w.run(Duration::from_secs(3), |w| {
+        w.events
+            .iter()
+            .any(|(_, e)| matches!(e, SupervisorEvent::LinkClosed { .. }))
+    });
+    let calls: Vec<RpcCall> = w
+        .events
+        .iter()
+        .filter_map(|(_, e)| match e {
+            SupervisorEvent::RpcCalled { call, .. } => Some(*call),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(calls.len(), 1, "{:?}", w.events);
+    assert_eq!(calls[0].method, RpcMethod::RegisterConnection);
+    assert!(calls[0].failed);
+    // Ended by the close (a packet's latency after it), not by the 5 s RPC deadline.
+    assert!(
+        calls[0].latency >= now - asked && calls[0].latency < Duration::from_secs(2),
+        "{:?}",
+        calls[0]
+    );
+    let mut stats = RegistrationStats::default();
+    for (_, e) in &w.events {
+        stats.on_event(e);
+    }
+    let reg = &stats.rpc[&RpcMethod::RegisterConnection];
+    assert_eq!((reg.operations, reg.failures), (1, 1));
 }
 
 fn addr(s: &str) -> SocketAddr {

@@ -40,6 +40,8 @@ struct H2World {
     closed_tcp: Vec<LinkId>,
     /// TXT lookups asked for.
     lookups: Vec<&'static str>,
+    /// The deadline each lookup was given.
+    lookup_timeouts: Vec<Duration>,
     /// Hold the edge's bytes back from the connector once it answers a registration...
     hold_after_register: bool,
     /// ...which it now does.
@@ -91,6 +93,7 @@ impl H2World {
             events: Vec::new(),
             closed_tcp: Vec::new(),
             lookups: Vec::new(),
+            lookup_timeouts: Vec::new(),
             hold_after_register: false,
             held: false,
         }
@@ -116,7 +119,10 @@ impl H2World {
                         written = Some(link);
                     }
                     Io::CloseEdge { link } => self.closed_tcp.push(link),
-                    Io::LookupTxt { name } => self.lookups.push(name),
+                    Io::LookupTxt { name, timeout } => {
+                        self.lookups.push(name);
+                        self.lookup_timeouts.push(timeout);
+                    }
                     Io::OpenFlow {
                         link,
                         flow,
@@ -767,6 +773,49 @@ fn auto_reads_the_percentage_record_again_every_hour_and_new_connections_follow_
     );
 }
 
+/// The lookup's deadline is core's: the driver is told it, and core stops waiting at it. A
+/// lookup that never answers counts as failed at the deadline (the protocol stays, the record
+/// is read again an hour later), and an answer after it changes nothing.
+#[test]
+fn a_percentage_lookup_that_never_answers_fails_at_cores_deadline() {
+    use crate::tunnel::protocol::{PERCENTAGE_RECORD, RESOLVE_TTL, TXT_LOOKUP_TIMEOUT};
+    let mut w = H2World::with(ProtocolFlag::Auto, |c| {
+        c.auto_initial = Protocol::Http2;
+        c.remote_selector = Some("account".into());
+    });
+    w.accept_dial();
+    w.run();
+    w.advance_until(RESOLVE_TTL * 2, |w| !w.lookups.is_empty());
+    assert_eq!(w.lookup_timeouts, [TXT_LOOKUP_TIMEOUT]);
+    let asked = w.now;
+    let failed = |w: &H2World| {
+        w.events
+            .iter()
+            .filter(|e| matches!(e, SupervisorEvent::ProtocolRefreshFailed { .. }))
+            .count()
+    };
+    // No answer: nothing fails before the deadline, the reading fails at it.
+    w.advance_until(TXT_LOOKUP_TIMEOUT * 2, |w| failed(w) > 0);
+    assert_eq!(w.now - asked, TXT_LOOKUP_TIMEOUT);
+    assert!(w.events.contains(&SupervisorEvent::ProtocolRefreshFailed {
+        reason: RefreshFailure::TimedOut(TXT_LOOKUP_TIMEOUT)
+    }));
+    // The late answer is ignored: still HTTP/2, no second failure.
+    let record = percentages(100, 0);
+    w.answer_percentages(Some(&record));
+    w.run();
+    assert!(!w
+        .events
+        .iter()
+        .any(|e| matches!(e, SupervisorEvent::ProtocolSelected { .. })));
+    assert_eq!(failed(&w), 1);
+    // Read again an hour after giving up.
+    let gave_up = w.now;
+    w.advance_until(RESOLVE_TTL * 2, |w| w.lookups.len() >= 2);
+    assert_eq!(w.lookups, [PERCENTAGE_RECORD, PERCENTAGE_RECORD]);
+    assert!(w.now - gave_up >= RESOLVE_TTL);
+}
+
 #[test]
 fn a_fixed_protocol_never_reads_the_percentage_record() {
     let mut w = H2World::with(ProtocolFlag::Fixed(Protocol::Http2), |c| {
@@ -782,4 +831,44 @@ fn a_fixed_protocol_never_reads_the_percentage_record() {
         w.connector.handle_input(w.now, Input::Timeout);
     }
     assert!(w.lookups.is_empty());
+}
+
+/// A registration still unanswered when the HTTP/2 connection breaks counts as a failed
+/// `register_connection` call, as cloudflared's RPC client counts a call the connection's end
+/// fails (`tunnelrpc/registration_client.go`), once.
+#[test]
+fn a_registration_outstanding_when_the_tcp_connection_fails_counts_as_a_failed_call() {
+    let mut w = H2World::new(ProtocolFlag::Fixed(Protocol::Http2));
+    w.hold_after_register = true;
+    let link = w.accept_dial();
+    w.run();
+    assert!(w.held && w.registered().is_none());
+    w.now += Duration::from_secs(2);
+    w.connector.handle_input(
+        w.now,
+        Input::EdgeFailed {
+            link,
+            reason: "connection reset by peer",
+        },
+    );
+    w.run();
+    let calls: Vec<_> = w
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            SupervisorEvent::RpcCalled { call, .. } => Some(*call),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(calls.len(), 1, "{:?}", w.events);
+    assert_eq!(
+        calls[0].method,
+        crate::control::connector::RpcMethod::RegisterConnection
+    );
+    assert!(calls[0].failed);
+    assert!(
+        calls[0].latency >= Duration::from_secs(2) && calls[0].latency < Duration::from_secs(3),
+        "{:?}",
+        calls[0]
+    );
 }

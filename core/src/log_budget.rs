@@ -1,4 +1,4 @@
-//! How often peers may make the edge log one kind of event: a few lines per window, then one
+//! How often peers may make the edge or the connector log one kind of event: a few lines per window, then one
 //! line saying how many were left out, so a peer repeating a refused request cannot fill the
 //! disk or the CPU.
 
