@@ -292,3 +292,80 @@ fn empty_ca_file_is_an_error_not_a_fallback() {
     )
     .is_err());
 }
+
+/// Packets the client sent and ACK frames the server sent for a 200 kB stream, each packet
+/// handed over (and the server's answers back) one at a time.
+fn acks_for_a_transfer(settings: &QuicSettings) -> (u64, u64) {
+    let (c, k) = cert();
+    let crypto = tls::server_config(vec![c.clone()], k, PostQuantum::Prefer).unwrap();
+    let mut server_cfg = ServerConfig::with_crypto(Arc::new(crypto));
+    server_cfg.transport_config(settings.transport_config(true));
+    let mut start = Instant::now();
+    let mut server = Peer::new("127.0.0.1:7844", Some(server_cfg));
+    let mut client = Peer::new("127.0.0.1:50000", None);
+    let mut roots = RootCertStore::empty();
+    roots.add(c).unwrap();
+    let mut cfg = ClientConfig::new(Arc::new(
+        tls::client_config(roots, PostQuantum::Prefer).unwrap(),
+    ));
+    cfg.transport_config(settings.transport_config(true));
+    let (h, conn) = client
+        .endpoint
+        .connect(start, cfg, server.addr, SERVER_NAME)
+        .unwrap();
+    client.conns.insert(h, conn);
+    run(&mut client, &mut server, start, Duration::from_millis(200));
+    start += Duration::from_millis(200);
+    let conn = client.conns.get_mut(&h).unwrap();
+    let id = conn.streams().open(quinn_proto::Dir::Bi).unwrap();
+    let data = vec![7u8; 200_000];
+    let mut at = 0;
+    while at < data.len() {
+        at += conn.send_stream(id).write(&data[at..]).unwrap();
+    }
+    let before = conn.stats();
+    let server_acks = |s: &Peer| {
+        s.conns
+            .values()
+            .map(|c| c.stats().frame_tx.acks)
+            .sum::<u64>()
+    };
+    let acks_before = server_acks(&server);
+    let mut now = start;
+    let mut buf = Vec::new();
+    for _ in 0..10_000 {
+        now += Duration::from_micros(100);
+        client.fire_timers(now);
+        server.fire_timers(now);
+        let conn = client.conns.get_mut(&h).unwrap();
+        let Some(t) = conn.poll_transmit(now, 1, &mut buf) else {
+            if conn.poll_timeout().is_none() {
+                break;
+            }
+            continue;
+        };
+        let packet = buf[..t.size].to_vec();
+        buf.clear();
+        server.receive(now, client.addr, &packet);
+        for (_, bytes) in server.drain(now) {
+            client.receive(now, server.addr, &bytes);
+        }
+    }
+    let sent = client.conns[&h].stats().udp_tx.datagrams - before.udp_tx.datagrams;
+    (sent, server_acks(&server) - acks_before)
+}
+
+#[test]
+fn ack_frequency_when_set_asks_the_peer_for_fewer_acks() {
+    let fewer = QuicSettings {
+        ack_eliciting_threshold: Some(9),
+        ..QuicSettings::default()
+    };
+    let (packets, acks) = acks_for_a_transfer(&fewer);
+    assert!(packets > 100, "{packets} packets");
+    // About an ACK per 10 ack-eliciting packets (144 packets, 18 ACKs), not per 2.
+    assert!(acks <= packets / 6, "{acks} ACKs for {packets} packets");
+    // The default asks nothing: RFC 9000's ACK per 2 packets.
+    let (packets, acks) = acks_for_a_transfer(&QuicSettings::default());
+    assert!(acks >= packets / 3, "{acks} ACKs for {packets} packets");
+}

@@ -79,6 +79,35 @@ struct Args {
     /// so throughput and round trips measure the connector, not the contention for two cores.
     #[arg(long)]
     pin: bool,
+    /// Run only these parts (comma-separated), e.g. `--only http-up,udp-pps` to profile one
+    /// part at a time; the table then has only their rows.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    only: Vec<Part>,
+}
+
+/// One measurement of the run, for `--only`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum Part {
+    /// The QUIC ceiling column.
+    Ceiling,
+    /// HTTP download.
+    HttpDown,
+    /// HTTP upload.
+    HttpUp,
+    /// HTTP round trips.
+    HttpRtt,
+    /// TCP download.
+    TcpDown,
+    /// TCP upload.
+    TcpUp,
+    /// TCP round trips.
+    TcpRtt,
+    /// UDP packet rate.
+    UdpPps,
+    /// UDP round trips.
+    UdpRtt,
+    /// UDP sessions (and the memory rows taken with them).
+    Sessions,
 }
 
 /// Settings after defaults.
@@ -93,6 +122,8 @@ struct Plan {
     udp_size: usize,
     udp_sessions: usize,
     ha: u8,
+    /// Parts to run; empty runs all.
+    only: Vec<Part>,
 }
 
 impl Plan {
@@ -117,7 +148,13 @@ impl Plan {
                 .unwrap_or(if q { 500 } else { 10_000 })
                 .max(1),
             ha: a.ha_connections.max(1),
+            only: a.only.clone(),
         }
+    }
+
+    /// Whether `part` runs.
+    fn runs(&self, part: Part) -> bool {
+        self.only.is_empty() || self.only.contains(&part)
     }
 }
 
@@ -567,59 +604,76 @@ fn main() -> ExitCode {
     let conns = p.conns;
     let id = |x: &f64| *x;
     eprintln!("burrow-bench: QUIC ceiling ...");
-    let (ceil_down, ceil_up) = match ceiling::Peer::start(args.pin) {
-        Ok(peer) => (peer.measure(false, hb), peer.measure(true, hb)),
-        Err(e) => (Err(e.clone()), Err(e)),
+    let (ceil_down, ceil_up) = if !p.runs(Part::Ceiling) {
+        let skipped = || Err("not in --only".to_owned());
+        (skipped(), skipped())
+    } else {
+        match ceiling::Peer::start(args.pin) {
+            Ok(peer) => (peer.measure(false, hb), peer.measure(true, hb)),
+            Err(e) => (Err(e.clone()), Err(e)),
+        }
     };
     eprintln!("burrow-bench: HTTP ...");
-    let (d, t) = each(
-        origins.http,
-        &mut tunnels,
-        |t| Ok(t.http),
-        |a| client::http_download(a, HOST, hb, conns),
-    );
-    carried(&t, hb);
-    rows.push(Row::new("HTTP download MB/s", Cell::of(&d), cells(&t, id)).ceiling(&ceil_down));
-    let (d, t) = each(
-        origins.http,
-        &mut tunnels,
-        |t| Ok(t.http),
-        |a| client::http_upload(a, HOST, hb, conns),
-    );
-    carried(&t, hb);
-    rows.push(Row::new("HTTP upload MB/s", Cell::of(&d), cells(&t, id)).ceiling(&ceil_up));
-    let (d, t) = each(
-        origins.http,
-        &mut tunnels,
-        |t| Ok(t.http),
-        |a| client::http_rtt(a, HOST, p.samples),
-    );
-    rows.extend(rtt_rows("HTTP request", d, t));
+    if p.runs(Part::HttpDown) {
+        let (d, t) = each(
+            origins.http,
+            &mut tunnels,
+            |t| Ok(t.http),
+            |a| client::http_download(a, HOST, hb, conns),
+        );
+        carried(&t, hb);
+        rows.push(Row::new("HTTP download MB/s", Cell::of(&d), cells(&t, id)).ceiling(&ceil_down));
+    }
+    if p.runs(Part::HttpUp) {
+        let (d, t) = each(
+            origins.http,
+            &mut tunnels,
+            |t| Ok(t.http),
+            |a| client::http_upload(a, HOST, hb, conns),
+        );
+        carried(&t, hb);
+        rows.push(Row::new("HTTP upload MB/s", Cell::of(&d), cells(&t, id)).ceiling(&ceil_up));
+    }
+    if p.runs(Part::HttpRtt) {
+        let (d, t) = each(
+            origins.http,
+            &mut tunnels,
+            |t| Ok(t.http),
+            |a| client::http_rtt(a, HOST, p.samples),
+        );
+        rows.extend(rtt_rows("HTTP request", d, t));
+    }
 
     eprintln!("burrow-bench: TCP ...");
-    let (d, t) = each(
-        origins.tcp,
-        &mut tunnels,
-        |t| Ok(t.tcp),
-        |a| client::tcp_download(a, tb, conns),
-    );
-    carried(&t, tb);
-    rows.push(Row::new("TCP download MB/s", Cell::of(&d), cells(&t, id)).ceiling(&ceil_down));
-    let (d, t) = each(
-        origins.tcp,
-        &mut tunnels,
-        |t| Ok(t.tcp),
-        |a| client::tcp_upload(a, tb, conns),
-    );
-    carried(&t, tb);
-    rows.push(Row::new("TCP upload MB/s", Cell::of(&d), cells(&t, id)).ceiling(&ceil_up));
-    let (d, t) = each(
-        origins.tcp,
-        &mut tunnels,
-        |t| Ok(t.tcp),
-        |a| client::tcp_rtt(a, p.samples),
-    );
-    rows.extend(rtt_rows("TCP 64 B", d, t));
+    if p.runs(Part::TcpDown) {
+        let (d, t) = each(
+            origins.tcp,
+            &mut tunnels,
+            |t| Ok(t.tcp),
+            |a| client::tcp_download(a, tb, conns),
+        );
+        carried(&t, tb);
+        rows.push(Row::new("TCP download MB/s", Cell::of(&d), cells(&t, id)).ceiling(&ceil_down));
+    }
+    if p.runs(Part::TcpUp) {
+        let (d, t) = each(
+            origins.tcp,
+            &mut tunnels,
+            |t| Ok(t.tcp),
+            |a| client::tcp_upload(a, tb, conns),
+        );
+        carried(&t, tb);
+        rows.push(Row::new("TCP upload MB/s", Cell::of(&d), cells(&t, id)).ceiling(&ceil_up));
+    }
+    if p.runs(Part::TcpRtt) {
+        let (d, t) = each(
+            origins.tcp,
+            &mut tunnels,
+            |t| Ok(t.tcp),
+            |a| client::tcp_rtt(a, p.samples),
+        );
+        rows.extend(rtt_rows("TCP 64 B", d, t));
+    }
 
     let cpu_after: Vec<_> = tunnels.iter().map(cpu).collect();
     let mut conn_cpu = Vec::new();
@@ -649,31 +703,35 @@ fn main() -> ExitCode {
         }
     }
     let udp_via = |t: &Tunnel| t.udp.clone();
-    let (d, t) = each(origins.udp, &mut tunnels, udp_via, |a| {
-        client::udp_pps(a, p.udp_time, p.udp_flows, p.udp_window, p.udp_size)
-    });
-    let note = sides("loss", &names, Some(&d), &t, |(_, l)| {
-        format!("{:.1}%", l * 100.0)
-    });
-    rows.push(
-        Row::new(
-            format!("UDP {} B packets/s", p.udp_size),
-            Cell::of(&d.map(|x| x.0)),
-            cells(&t, |x| x.0),
-        )
-        .note(note),
-    );
-    let (d, t) = each(origins.udp, &mut tunnels, udp_via, |a| {
-        client::udp_rtt(a, p.samples, p.udp_size)
-    });
-    let note = sides("lost", &names, Some(&d), &t, |(_, l)| l.to_string());
-    let mut udp_rows = rtt_rows(
-        &format!("UDP {} B", p.udp_size),
-        d.map(|x| x.0),
-        t.into_iter().map(|r| r.map(|x| x.0)).collect(),
-    );
-    udp_rows[1].note = note;
-    rows.extend(udp_rows);
+    if p.runs(Part::UdpPps) {
+        let (d, t) = each(origins.udp, &mut tunnels, udp_via, |a| {
+            client::udp_pps(a, p.udp_time, p.udp_flows, p.udp_window, p.udp_size)
+        });
+        let note = sides("loss", &names, Some(&d), &t, |(_, l)| {
+            format!("{:.1}%", l * 100.0)
+        });
+        rows.push(
+            Row::new(
+                format!("UDP {} B packets/s", p.udp_size),
+                Cell::of(&d.map(|x| x.0)),
+                cells(&t, |x| x.0),
+            )
+            .note(note),
+        );
+    }
+    if p.runs(Part::UdpRtt) {
+        let (d, t) = each(origins.udp, &mut tunnels, udp_via, |a| {
+            client::udp_rtt(a, p.samples, p.udp_size)
+        });
+        let note = sides("lost", &names, Some(&d), &t, |(_, l)| l.to_string());
+        let mut udp_rows = rtt_rows(
+            &format!("UDP {} B", p.udp_size),
+            d.map(|x| x.0),
+            t.into_iter().map(|r| r.map(|x| x.0)).collect(),
+        );
+        udp_rows[1].note = note;
+        rows.extend(udp_rows);
+    }
 
     // Memory: after the transfers, then with many UDP sessions open at once.
     let conn_after: Vec<Cell> = tunnels
@@ -682,13 +740,21 @@ fn main() -> ExitCode {
         .collect();
     let n = p.udp_sessions;
     eprintln!("burrow-bench: {n} UDP sessions ...");
-    let direct_sessions =
-        client::udp_sessions(origins.udp, n, 128, |_| ()).map(|(r, a, ())| (r, a));
+    let skip_sessions = !p.runs(Part::Sessions);
+    let direct_sessions = if skip_sessions {
+        Err("not in --only".to_owned())
+    } else {
+        client::udp_sessions(origins.udp, n, 128, |_| ()).map(|(r, a, ())| (r, a))
+    };
     let mut conn_busy = Vec::new();
     let mut edge_busy = Vec::new();
     let mut tunnel_sessions = Vec::new();
     for tunnel in &mut tunnels {
         let (c, e, s) = match tunnel {
+            Ok(_) if skip_sessions => {
+                let e = "not in --only".to_owned();
+                (failed(&e), failed(&e), Err(e))
+            }
             Ok(t) => match t.alive().and_then(|()| t.udp.clone()) {
                 Ok(udp) => {
                     let r = client::udp_sessions(udp, n, 128, |_| {

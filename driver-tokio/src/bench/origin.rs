@@ -3,10 +3,10 @@
 
 use std::io::{self, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream, UdpSocket};
-use std::thread;
 
 use tracing::debug;
 
+use crate::client::named;
 use crate::http::Reader;
 
 /// What every byte-sending path writes, repeated.
@@ -62,28 +62,31 @@ pub fn drain_up_to(r: &mut impl Read, limit: u64) -> io::Result<u64> {
     Ok(total)
 }
 
-fn serve<F>(l: TcpListener, f: F) -> io::Result<SocketAddr>
+fn serve<F>(name: &'static str, l: TcpListener, f: F) -> io::Result<SocketAddr>
 where
     F: Fn(TcpStream) -> io::Result<()> + Send + Sync + Copy + 'static,
 {
     let addr = l.local_addr()?;
-    thread::spawn(move || {
+    named(name).spawn(move || {
         for s in l.incoming().flatten() {
             let _ = s.set_nodelay(true);
-            thread::spawn(move || {
+            let conn = named(name).spawn(move || {
                 if let Err(e) = f(s) {
                     debug!(error = %e, "origin connection ended");
                 }
             });
+            if let Err(e) = conn {
+                debug!(error = %e, "origin connection thread");
+            }
         }
-    });
+    })?;
     Ok(addr)
 }
 
 /// HTTP/1.1 origin: `GET /bytes/N` answers N bytes, `POST /sink` answers the body's length,
 /// anything else a short body. Keep-alive unless the client says close.
 pub fn http() -> io::Result<SocketAddr> {
-    serve(TcpListener::bind("127.0.0.1:0")?, |s| {
+    serve("origin-http", TcpListener::bind("127.0.0.1:0")?, |s| {
         let mut w = s.try_clone()?;
         let mut r = Reader::new(s);
         while let Some(head) = r.head()? {
@@ -120,7 +123,7 @@ pub fn http() -> io::Result<SocketAddr> {
 
 /// TCP origin; see [`mode`].
 pub fn tcp() -> io::Result<SocketAddr> {
-    serve(TcpListener::bind("127.0.0.1:0")?, |mut s| {
+    serve("origin-tcp", TcpListener::bind("127.0.0.1:0")?, |mut s| {
         let mut first = [0u8; 1];
         s.read_exact(&mut first)?;
         match first[0] {
@@ -158,7 +161,7 @@ pub fn udp() -> io::Result<SocketAddr> {
     let addr = sock.local_addr()?;
     for _ in 0..2 {
         let s = sock.try_clone()?;
-        thread::spawn(move || {
+        named("origin-udp").spawn(move || {
             let mut buf = [0u8; 2048];
             loop {
                 match s.recv_from(&mut buf) {
@@ -168,7 +171,7 @@ pub fn udp() -> io::Result<SocketAddr> {
                     Err(e) => debug!(error = %e, "udp origin recv"),
                 }
             }
-        });
+        })?;
     }
     Ok(addr)
 }
