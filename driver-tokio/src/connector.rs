@@ -333,12 +333,8 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             }
             () = timer.fired() => {
                 let now = Instant::now();
-                // A timer that fires late means this process was stalled (a loaded machine
-                // descheduled it 4.5 s): what the edge sent meanwhile waits in the sockets and
-                // is taken first. Handled after the timers, the idle timers of the connections
-                // expired on that turn although the edge's keep-alives were queued, and every
-                // connection closed and registered again (issue 16).
-                if deadline.is_some_and(|d| now.saturating_duration_since(d) >= STALLED) {
+                // Stalled: what the edge sent meanwhile is taken before the timers run.
+                if timer.stalled(now) {
                     for (&index, s) in &io.sockets {
                         let got = s.read_round_uncached(&mut io.recv_bufs, |received| {
                             machine.handle_input(now, Input::Received { index, received: *received });
@@ -701,10 +697,6 @@ async fn open_socket(
 ) -> std::io::Result<QuicSocket> {
     QuicSocket::bind(burrow_os::edge_bind(edge, local)).await
 }
-
-/// A timer this late means the process was stalled: the sockets are read before the timers.
-/// Timers fire on time otherwise, and reading every socket on each would cost system calls.
-const STALLED: Duration = Duration::from_millis(100);
 
 /// Resolves with the index of a socket that has datagrams to read, looking first at the
 /// indexes after `last` so a busy socket does not starve the others; pending while there is

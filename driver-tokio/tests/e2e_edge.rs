@@ -616,3 +616,42 @@ fn bootstrap_flood_stays_within_a_memory_budget() {
         .unwrap_or_else(|e| panic!("{e}\nconnector: {}", connector.log_tail(4000)));
     assert_eq!(get_host(eo.http, "app.test", "/", "").0, 200);
 }
+
+/// An edge process descheduled for 4.5 s (a loaded machine; here SIGSTOP), less than the 5 s
+/// QUIC idle timeout, keeps its tunnel connections: on resuming it takes the connector's
+/// keep-alives queued in its socket before it lets its timers expire them. The connector
+/// keeps its 4 registrations and no connection is re-registered.
+#[test]
+fn a_stalled_edge_keeps_its_connections() {
+    let bed =
+        Testbed::create(Path::new(BIN), "e2e-edge-stall", "app", &["app.test"]).expect("tunnel");
+    let eo = EdgeOpts::loopback().expect("ports");
+    let (mut edge, connector, metrics) = start_with_metrics(&bed, &eo, 4);
+    let registrations = |text: &str| {
+        labelled(
+            text,
+            r#"cloudflared_tunnel_tunnel_register_success{rpcName="registerConnection"}"#,
+        )
+    };
+    assert_eq!(registrations(&metrics_text(metrics)), 4.0);
+    let signal = |sig| {
+        let pid = libc::pid_t::try_from(edge.pid()).expect("pid");
+        assert_eq!(unsafe { libc::kill(pid, sig) }, 0, "kill");
+    };
+    signal(libc::SIGSTOP);
+    thread::sleep(Duration::from_millis(4500));
+    signal(libc::SIGCONT);
+    // Long enough for a closed connection to be noticed and registered again.
+    thread::sleep(Duration::from_secs(3));
+    edge.check_alive().expect("edge");
+    let text = metrics_text(metrics);
+    assert_eq!(
+        registrations(&text),
+        4.0,
+        "a connection was re-registered\nedge: {}\nconnector: {}",
+        edge.log_tail(3000),
+        connector.log_tail(3000)
+    );
+    assert_eq!(testbed::ready_connections(metrics), Some(4));
+    assert_eq!(get_host(eo.http, "app.test", "/", "").0, 200);
+}

@@ -62,3 +62,9 @@ pub fn assert_no_allocations(rows: &[(&str, f64)]) {
         assert_eq!(*per_op, 0.0, "{name} allocates on the hot path");
     }
 }
+
+/// Allocations made so far, for counting around a part of a bench's work.
+#[allow(dead_code)]
+pub fn allocations() -> u64 {
+    ALLOCS.load(Ordering::Relaxed)
+}

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use quinn_proto::{
     ClientConfig, ConnectError, Connection, ConnectionHandle, Dir, Endpoint, EndpointConfig, Event,
     StreamEvent, StreamId, VarInt,
@@ -300,6 +300,9 @@ pub struct ConnectorConnection {
     events: VecDeque<ConnectorEvent>,
     /// Where quinn writes stateless responses (a client sends none; reused, not reallocated).
     scratch: Vec<u8>,
+    /// Received UDP buffers are copied into this for quinn, reused while quinn holds no
+    /// piece of it (see `quic_io::handle_received`).
+    rx: BytesMut,
     /// Why we are closing, once we are.
     close_reason: Option<LocalClose>,
     /// Room in quinn's datagram send queue when it is empty (for [`Self::datagram_bytes_queued`]).
@@ -345,6 +348,7 @@ impl ConnectorConnection {
             shutdown_requested: false,
             events: VecDeque::new(),
             scratch: Vec::new(),
+            rx: BytesMut::new(),
             close_reason: None,
             datagram_room,
             datagram_queued: 0,
@@ -365,6 +369,7 @@ impl ConnectorConnection {
             &mut self.endpoint,
             now,
             received,
+            &mut self.rx,
             &mut self.scratch,
             |_, event, _| match event {
                 quinn_proto::DatagramEvent::ConnectionEvent(h, ev) if h == handle => {

@@ -23,7 +23,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use quinn_proto::{
     Connection, ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event,
     ServerConfig, Side, StreamEvent, StreamId, VarInt,
@@ -387,6 +387,9 @@ pub struct EdgeEndpoint {
     events: VecDeque<EdgeEvent>,
     /// Where quinn writes stateless responses (reused, not reallocated per datagram).
     scratch: Vec<u8>,
+    /// Received UDP buffers are copied into this for quinn, reused while quinn holds no
+    /// piece of it (see `quic_io::handle_received`).
+    rx: BytesMut,
 }
 
 /// A stateless datagram quinn's endpoint wants sent.
@@ -421,6 +424,7 @@ impl EdgeEndpoint {
             responses: VecDeque::new(),
             events: VecDeque::new(),
             scratch: Vec::new(),
+            rx: BytesMut::new(),
         }
     }
 
@@ -443,6 +447,7 @@ impl EdgeEndpoint {
             &mut self.endpoint,
             now,
             received,
+            &mut self.rx,
             &mut self.scratch,
             |endpoint, event, scratch| match event {
                 DatagramEvent::ConnectionEvent(h, ev) => {

@@ -166,7 +166,23 @@ pub(super) async fn run(
                 let now = Instant::now();
                 mappings.read(index, |input| edge.handle_input(now, input));
             }
-            () = timer.fired() => edge.handle_input(Instant::now(), Input::Timeout),
+            () = timer.fired() => {
+                let now = Instant::now();
+                // Stalled: what the connectors sent meanwhile is taken before the timers run
+                // (`DeadlineTimer::stalled`), as the connector does.
+                if timer.stalled(now) {
+                    let mut buffers = 0;
+                    let got = socket.read_round_uncached(&mut recv_bufs, |r| {
+                        buffers += 1;
+                        edge.handle_input(now, Input::Received(*r));
+                    });
+                    debug!(buffers, "timer fired late (process stalled): read the socket first");
+                    if let Err(e) = got {
+                        debug!(error = %e, "UDP receive error");
+                    }
+                }
+                edge.handle_input(now, Input::Timeout);
+            }
         }
     }
 }
