@@ -40,16 +40,6 @@ pub struct QuicSettings {
     pub datagram_send_buffer: usize,
     /// Path MTU discovery (cloudflared: on unless `--quic-disable-pmtu-discovery`).
     pub mtu_discovery: bool,
-    /// Ack-eliciting packets the peer may take before it must acknowledge, asked of a peer
-    /// that supports the ACK frequency extension (draft-ietf-quic-ack-frequency; quinn does,
-    /// so a burrow edge and a burrow connector ask it of each other; quic-go, which
-    /// cloudflared and Cloudflare's edge use, does not advertise it and is never asked).
-    /// `None` (the default) asks nothing: RFC 9000's default, an ACK for every second packet.
-    /// Out-of-order packets are still acknowledged at once and the peer's ACK delay is not
-    /// raised. Off because under loss it costs far more than the ACKs it saves: 2 MB over a
-    /// 20 ms RTT path at 1% loss took 1.8-2.1 s with a threshold of 3-9 against 0.38 s without
-    /// (quinn-proto 0.11, in-memory peers); the pinned UDP echo gained 42% with 9.
-    pub ack_eliciting_threshold: Option<u32>,
 }
 
 impl Default for QuicSettings {
@@ -65,7 +55,6 @@ impl Default for QuicSettings {
             datagram_receive_buffer: 1024 * 1024,
             datagram_send_buffer: 32 * 1500,
             mtu_discovery: true,
-            ack_eliciting_threshold: None,
         }
     }
 }
@@ -123,13 +112,6 @@ impl QuicSettings {
             .congestion_controller_factory(Arc::new(super::congestion::WatchedCubic::default()));
         if !self.mtu_discovery {
             t.mtu_discovery_config(None);
-        }
-        if let Some(threshold) = self.ack_eliciting_threshold {
-            let mut ack = quinn_proto::AckFrequencyConfig::default();
-            // Reordering threshold 1: a gap is reported at once, as without the extension.
-            ack.ack_eliciting_threshold(VarInt::from_u32(threshold))
-                .reordering_threshold(VarInt::from_u32(1));
-            t.ack_frequency_config(Some(ack));
         }
         Arc::new(t)
     }
