@@ -27,6 +27,21 @@ fn settings(args: &[&str], yaml: &str) -> Result<Settings, SetupError> {
     Settings::merge(&t.common, &run, &file)
 }
 
+/// What the supervisor starts with for `rc`: no edge CA, a nil connector id, default ICMP, and
+/// `percentage` as the protocol percentage record.
+fn supervisor_config(
+    rc: &RunConfig,
+    percentage: Option<&str>,
+) -> crate::tunnel::supervisor::SupervisorConfig {
+    rc.supervisor_config(
+        rustls::RootCertStore::empty(),
+        uuid::Uuid::nil(),
+        crate::icmp::RouterConfig::default(),
+        percentage,
+    )
+    .unwrap()
+}
+
 const FILE: &str = "
 tunnel: from-file
 edge: [192.0.2.1:7844, 192.0.2.2:7844]
@@ -541,14 +556,7 @@ fn a_token_tunnel_on_auto_starts_on_quic_whatever_the_percentage_record_says() {
     let auto_start = |args: &[&str]| {
         let s = settings(args, "").unwrap();
         let (rc, _) = run_config(&s, &LoadedConfig::default(), &host).unwrap();
-        let config = rc
-            .supervisor_config(
-                rustls::RootCertStore::empty(),
-                uuid::Uuid::nil(),
-                crate::icmp::RouterConfig::default(),
-                Some(http2_only),
-            )
-            .unwrap();
+        let config = supervisor_config(&rc, Some(http2_only));
         (rc.wants_percentage_record(), config.auto_initial)
     };
     assert_eq!(
@@ -788,16 +796,10 @@ fn warp_routing_connect_timeout_reaches_the_tcp_dials() {
             file: ConfigFile::from_yaml(yaml).expect("file parses"),
         };
         let (rc, _) = run_config(&s, &loaded, &host).unwrap();
-        rc.supervisor_config(
-            rustls::RootCertStore::empty(),
-            uuid::Uuid::nil(),
-            crate::icmp::RouterConfig::default(),
-            None,
-        )
-        .unwrap()
-        .connector
-        .data
-        .tcp_connect_timeout
+        supervisor_config(&rc, None)
+            .connector
+            .data
+            .tcp_connect_timeout
     };
     assert_eq!(timeout(""), crate::tunnel::dial::TCP_DIAL_TIMEOUT);
     assert_eq!(
@@ -1100,14 +1102,7 @@ fn features_flag_or_the_feature_record_chooses_the_datagram_version() {
         args.extend_from_slice(extra);
         let s = settings(&args, "").unwrap();
         let (rc, _) = run_config(&s, &LoadedConfig::default(), &host).unwrap();
-        let config = rc
-            .supervisor_config(
-                rustls::RootCertStore::empty(),
-                uuid::Uuid::nil(),
-                crate::icmp::RouterConfig::default(),
-                None,
-            )
-            .unwrap();
+        let config = supervisor_config(&rc, None);
         let features = &config.connector.registration.features;
         (
             DatagramVersion::from_features(features),
