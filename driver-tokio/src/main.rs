@@ -2,6 +2,7 @@
 
 mod accept;
 mod access;
+mod chunked;
 mod connector;
 mod datagram;
 mod decode;

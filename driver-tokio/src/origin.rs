@@ -33,6 +33,8 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tracing::debug;
 
+use crate::chunked::{make_room, READ_CHUNK};
+
 /// Any origin byte stream.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
@@ -146,14 +148,6 @@ pub struct Dialer {
     /// The runtime the flows' tasks run on.
     runtime: tokio::runtime::Handle,
 }
-
-/// Bytes asked of the origin per read when a fresh buffer is needed. Each read is a round trip
-/// through the connector loop (report, then permit), two cross-thread wake-ups: 128 KiB rather
-/// than 32 KiB cut a download's syscalls per MB by about 60% and its context switches by about
-/// half (measured on loopback; see the commit). 256 KiB measured no better (README, issue 16).
-const READ_CHUNK: usize = 128 * 1024;
-/// Least room worth a read: below it the buffer is renewed first.
-const MIN_READ: usize = 16 * 1024;
 
 impl Dialer {
     /// A dialer trusting `roots` (webpki and the system store) plus each rule's `caPool`,
@@ -531,9 +525,7 @@ async fn pump(
         // only when little is left (or reclaimed, once nobody holds the old one).
         let mut buf = BytesMut::with_capacity(READ_CHUNK);
         loop {
-            if buf.capacity() < MIN_READ {
-                buf.reserve(READ_CHUNK);
-            }
+            make_room(&mut buf);
             match rd.read_buf(&mut buf).await {
                 Ok(0) => {
                     report(FlowReport::Finished);

@@ -118,7 +118,9 @@ pub enum Input<'a> {
         /// `ConnectRequest.metadata`.
         metadata: Vec<(String, String)>,
     },
-    /// Request-body bytes; the next only after [`StreamEvent::Ack`].
+    /// Request-body bytes, acknowledged ([`StreamEvent::Ack`], one per chunk) once the
+    /// transport took them whole. Chunks sent ahead of their acks queue in the edge: the
+    /// driver bounds how many it keeps unacknowledged.
     Body {
         /// Which stream.
         id: EyeballId,

@@ -1,7 +1,7 @@
 //! Eyeball streams: each request the edge forwards into a tunnel, named by the driver
 //! ([`EyeballId`]) and paced both ways. A request-body chunk is acknowledged
-//! ([`StreamEvent::Ack`]) once the transport took it whole, so the eyeball sends the next only
-//! then; a response-body chunk goes out only against a credit ([`Streams::read_more`]), so a
+//! ([`StreamEvent::Ack`]) once the transport took it whole, so the eyeball keeps a bounded
+//! number of chunks unacknowledged (queued here until there is room); a response-body chunk goes out only against a credit ([`Streams::read_more`]), so a
 //! slow eyeball holds its tunnel stream (and the connector, through flow control) rather than
 //! the edge's memory.
 
@@ -51,7 +51,7 @@ pub enum StreamEvent {
         /// Its metadata, in wire order.
         metadata: Vec<(String, String)>,
     },
-    /// The last request-body chunk was taken: send the next.
+    /// The oldest unacknowledged request-body chunk was taken whole (one per chunk, in order).
     Ack,
     /// Response-body bytes; call [`Streams::read_more`] for the next chunk.
     Body(Bytes),

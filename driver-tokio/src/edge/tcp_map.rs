@@ -1,7 +1,7 @@
 //! `--tcp-map` ports, and the byte splice they share with upgraded WebSockets.
 
-use bytes::Bytes;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -11,10 +11,16 @@ use burrow_core::edge::{EyeballId, StreamEvent, Target};
 use burrow_core::stream::connect::ConnectionType;
 
 use super::event_loop::{open, Cmd, Events};
+use crate::chunked::{read_chunk, READ_CHUNK};
+
+/// Chunks sent up (each at most [`READ_CHUNK`]) and not yet acknowledged, at most: the
+/// socket is read again while the edge still holds this many, so reading overlaps the edge
+/// taking the last chunk, and a slow tunnel holds the socket instead of filling memory.
+const IN_FLIGHT: usize = 2;
 
 /// Pipes a raw byte stream (an upgraded WebSocket, a mapped TCP connection) both ways through
-/// tunnel stream `key`. Each read goes up only after the previous one was acknowledged, so a
-/// slow tunnel holds the socket instead of filling memory.
+/// tunnel stream `key`. Reads go up as they are (no copy), at most [`IN_FLIGHT`] of them not
+/// yet acknowledged.
 pub(super) async fn splice(
     key: EyeballId,
     mut rd: impl tokio::io::AsyncRead + Unpin,
@@ -26,20 +32,28 @@ pub(super) async fn splice(
 ) {
     let c = cmds.clone();
     let up = async move {
-        let mut buf = vec![0u8; 32 * 1024];
+        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut in_flight = 0usize;
         loop {
-            match rd.read(&mut buf).await {
-                Ok(0) | Err(_) => {
-                    let _ = c.send(Cmd::Finish(key));
+            while ack_rx.try_recv().is_ok() {
+                in_flight = in_flight.saturating_sub(1);
+            }
+            if in_flight == IN_FLIGHT {
+                if ack_rx.recv().await.is_none() {
                     break;
                 }
-                Ok(n) => {
-                    if c.send(Cmd::Body(key, Bytes::copy_from_slice(&buf[..n])))
-                        .is_err()
-                        || ack_rx.recv().await.is_none()
-                    {
+                in_flight -= 1;
+            }
+            match read_chunk(&mut rd, &mut buf).await {
+                Ok(Some(chunk)) => {
+                    if c.send(Cmd::Body(key, chunk)).is_err() {
                         break;
                     }
+                    in_flight += 1;
+                }
+                Ok(None) | Err(_) => {
+                    let _ = c.send(Cmd::Finish(key));
+                    break;
                 }
             }
         }
@@ -103,5 +117,95 @@ pub(super) async fn serve(
             let (ack_tx, ack_rx) = mpsc::unbounded_channel::<()>();
             splice(key, rd, wr, cmds, events, ack_tx, ack_rx).await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::AsyncReadExt;
+
+    /// What the splice sent up, in order: its bytes, and whether it finished.
+    fn drain(cmds: &mut mpsc::UnboundedReceiver<Cmd>, up: &mut Vec<u8>) -> (usize, bool) {
+        let (mut bodies, mut finished) = (0, false);
+        while let Ok(cmd) = cmds.try_recv() {
+            match cmd {
+                Cmd::Body(_, b) => {
+                    bodies += 1;
+                    up.extend_from_slice(&b);
+                }
+                Cmd::Finish(_) => finished = true,
+                _ => {}
+            }
+        }
+        (bodies, finished)
+    }
+
+    async fn settle() {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// An unacknowledging tunnel holds the socket after `IN_FLIGHT` chunks; each ack lets
+    /// one more go up; the bytes arrive whole and in order, then the end, and the down
+    /// direction carries what the tunnel sends.
+    #[tokio::test]
+    async fn splice_holds_at_most_in_flight_chunks() {
+        let (cmds_tx, mut cmds) = mpsc::unbounded_channel();
+        let (key, events) = open(
+            &cmds_tx,
+            Target::Hostname("x".into()),
+            String::new(),
+            ConnectionType::Tcp,
+            Vec::new(),
+        )
+        .unwrap();
+        let Some(Cmd::Open { events: ev_tx, .. }) = cmds.recv().await else {
+            panic!("no open");
+        };
+        let (client, edge_side) = tokio::io::duplex(4 * READ_CHUNK);
+        let (mut client_rd, mut client_wr) = tokio::io::split(client);
+        let (rd, wr) = tokio::io::split(edge_side);
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let task = tokio::spawn(splice(key, rd, wr, cmds_tx, events, ack_tx, ack_rx));
+
+        let sent: Vec<u8> = (0..10 * READ_CHUNK).map(|i| (i % 251) as u8).collect();
+        let writer = {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                client_wr.write_all(&sent).await.unwrap();
+                client_wr.shutdown().await.unwrap();
+            })
+        };
+        let mut up = Vec::new();
+        settle().await;
+        assert_eq!(drain(&mut cmds, &mut up), (IN_FLIGHT, false));
+        ev_tx.send(StreamEvent::Ack).unwrap();
+        settle().await;
+        assert_eq!(drain(&mut cmds, &mut up), (1, false));
+        let mut finished = false;
+        for _ in 0..1000 {
+            ev_tx.send(StreamEvent::Ack).unwrap();
+            settle().await;
+            let (_, f) = drain(&mut cmds, &mut up);
+            if f {
+                finished = true;
+                break;
+            }
+        }
+        assert!(finished);
+        assert_eq!(up, sent);
+
+        writer.await.unwrap();
+        ev_tx
+            .send(StreamEvent::Body(bytes::Bytes::from_static(b"down")))
+            .unwrap();
+        ev_tx.send(StreamEvent::End).unwrap();
+        task.await.unwrap();
+        let mut down = Vec::new();
+        client_rd.read_to_end(&mut down).await.unwrap();
+        assert_eq!(down, b"down");
+        assert!(matches!(cmds.try_recv(), Ok(Cmd::ReadMore(k)) if k == key));
     }
 }
