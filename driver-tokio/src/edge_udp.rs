@@ -111,6 +111,8 @@ pub struct MappingSockets {
     /// client and where the payload is in `unsent_bytes`.
     unsent: Vec<(MappingId, SocketAddr, Range<usize>)>,
     unsent_bytes: Vec<u8>,
+    /// By mapping id: whether its socket sends segmented messages (UDP GSO).
+    segmenting: Vec<bool>,
 }
 
 /// Binds every mapping socket.
@@ -149,8 +151,13 @@ pub async fn bind(
         addrs.icmp.push(addr);
         sockets.push(sock);
     }
+    let segmenting = sockets
+        .iter()
+        .map(|s| mmsg::segmenting_supported(s.get_ref().as_fd()))
+        .collect();
     Ok((
         MappingSockets {
+            segmenting,
             sockets,
             last: 0,
             slots: RecvSlots::new(READ_BUF),
@@ -236,12 +243,15 @@ impl MappingSockets {
             .push((mapping, client, at..self.unsent_bytes.len()));
     }
 
-    /// Sends the queued packets, several per call on each socket, in the order queued. A
-    /// full socket buffer drops them, as the kernel would for a slow reader.
+    /// Sends the queued packets, several per call on each socket, each client's in the order
+    /// queued; a client's run of equal-sized packets goes as one segmented message where the
+    /// socket can (see [`mmsg::send_segmented`]). A full socket buffer drops them, as the
+    /// kernel would for a slow reader.
     pub fn flush(&mut self) {
-        // By socket, each in the order queued (offsets grow with it); unstable, as a stable
-        // sort allocates scratch.
-        self.unsent.sort_unstable_by_key(|(m, _, r)| (m.0, r.start));
+        // By socket and client, each in the order queued (offsets grow with it); unstable, as
+        // a stable sort allocates scratch.
+        self.unsent
+            .sort_unstable_by_key(|(m, client, r)| (m.0, *client, r.start));
         let mut rest = &self.unsent[..];
         while let Some((mapping, _, _)) = rest.first() {
             let run = rest.iter().take_while(|(m, _, _)| m == mapping).count();
@@ -250,15 +260,26 @@ impl MappingSockets {
             let Some(sock) = self.sockets.get(mapping.0 as usize) else {
                 continue;
             };
-            let payloads = batch
-                .iter()
-                .map(|(_, to, r)| (Some(*to), &self.unsent_bytes[r.clone()]));
-            match mmsg::send_many(sock.get_ref().as_fd(), payloads) {
-                Ok(n) if n < run => {
-                    debug!(%mapping, dropped = run - n, "cannot send to clients now");
+            let segment = self.segmenting.get(mapping.0 as usize).copied() == Some(true);
+            let bytes = &self.unsent_bytes;
+            let item =
+                |(_, to, r): &(MappingId, SocketAddr, Range<usize>)| (Some(*to), &bytes[r.clone()]);
+            let fd = sock.get_ref().as_fd();
+            let (mut sent, mut error) = mmsg::send_segmented(fd, batch, segment, item);
+            if segment && error.as_ref().is_some_and(mmsg::is_segmenting_error) {
+                // This socket's route cannot segment: plain sends from now on.
+                debug!(%mapping, error = ?error, "segmented sends refused; sending plainly");
+                self.segmenting[mapping.0 as usize] = false;
+                let (more, e) = mmsg::send_segmented(fd, &batch[sent..], false, item);
+                (sent, error) = (sent + more, e);
+            }
+            if sent < run {
+                match error {
+                    Some(e) if e.kind() != io::ErrorKind::WouldBlock => {
+                        debug!(%mapping, dropped = run - sent, error = %e, "cannot send to clients")
+                    }
+                    _ => debug!(%mapping, dropped = run - sent, "cannot send to clients now"),
                 }
-                Ok(_) => {}
-                Err(e) => debug!(%mapping, error = %e, "cannot send to clients"),
             }
         }
         self.unsent.clear();

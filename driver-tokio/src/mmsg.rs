@@ -152,6 +152,148 @@ pub fn send_many<'a>(
     Ok(sent)
 }
 
+/// Most datagrams in one segmented send (Linux's `UDP_MAX_SEGMENTS`, 64 on older kernels).
+const MAX_SEGMENTS: usize = 64;
+/// Most bytes in one segmented send: one IP datagram's payload, less the UDP header.
+const MAX_SEGMENTED_BYTES: usize = 65_000;
+/// Buffers (one per datagram) in one [`send_segmented`] call.
+const IOVS: usize = 4 * BATCH;
+/// Room for one `UDP_SEGMENT` control message (checked against `CMSG_SPACE` in
+/// [`send_segmented`]).
+type SegmentCmsg = [u64; 4];
+
+/// Whether the kernel cuts segmented sends on `fd` (UDP GSO, Linux 4.18): sets the socket's
+/// default segment size and clears it again, so plain sends stay plain.
+pub fn segmenting_supported(fd: BorrowedFd<'_>) -> bool {
+    let set = |size: libc::c_int| {
+        // SAFETY: a valid descriptor and a c_int option value of the size given.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_UDP,
+                libc::UDP_SEGMENT,
+                (&raw const size).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            ) == 0
+        }
+    };
+    set(1200) && set(0)
+}
+
+/// Whether a segmented send failed because this socket or route cannot segment (`EIO`: no
+/// checksum offload on older kernels, or IPsec; `EINVAL`: a segment over the route's MTU):
+/// the caller then sends plainly.
+pub fn is_segmenting_error(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL))
+}
+
+/// Writes `items` in order without waiting, as [`send_many`] does, but with `segment` each run
+/// of consecutive datagrams to one address and of one size (the run's last may be shorter)
+/// goes as one message the kernel cuts back into datagrams (UDP GSO). On loopback a
+/// `sendmmsg` of 64 small datagrams delivers each one alone and wakes its reader each time,
+/// which then preempts the sender; a segmented message is delivered in one go. `item` gives
+/// each one's address (none on a connected socket) and payload. Returns how many were
+/// written, and the error that stopped the rest (`WouldBlock` when the buffer is full; see
+/// [`is_segmenting_error`]).
+pub fn send_segmented<'a, T>(
+    fd: BorrowedFd<'_>,
+    items: &'a [T],
+    segment: bool,
+    item: impl Fn(&'a T) -> (Option<SocketAddr>, &'a [u8]),
+) -> (usize, Option<io::Error>) {
+    // SAFETY: CMSG_SPACE only computes a size.
+    let cmsg_space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<u16>() as u32) } as usize;
+    debug_assert!(cmsg_space <= std::mem::size_of::<SegmentCmsg>());
+    let mut sent = 0;
+    while sent < items.len() {
+        let mut names: [Option<SockAddr>; BATCH] = std::array::from_fn(|_| None);
+        // SAFETY: all-zero bytes are valid iovec, mmsghdr and cmsg buffer values; pointers
+        // are set below.
+        let mut iovs: [libc::iovec; IOVS] = unsafe { MaybeUninit::zeroed().assume_init() };
+        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
+        let mut cmsgs: [SegmentCmsg; BATCH] = [[0; 4]; BATCH];
+        // Per message: its first buffer, its datagrams and their size.
+        let mut runs = [(0usize, 0usize, 0usize); BATCH];
+        let (mut n, mut niov, mut i) = (0, 0, sent);
+        while i < items.len() && n < BATCH && niov < IOVS {
+            let (to, first) = item(&items[i]);
+            let size = first.len();
+            let mut j = i + 1;
+            if segment && size > 0 {
+                let mut bytes = size;
+                while j < items.len() && j - i < MAX_SEGMENTS && niov + (j - i) < IOVS {
+                    let (next_to, p) = item(&items[j]);
+                    // An empty datagram cannot be a segment: it would vanish.
+                    if next_to != to || p.is_empty() || p.len() > size {
+                        break;
+                    }
+                    bytes += p.len();
+                    if bytes > MAX_SEGMENTED_BYTES {
+                        break;
+                    }
+                    j += 1;
+                    if p.len() < size {
+                        break; // a shorter datagram ends its run
+                    }
+                }
+            }
+            for (iov, k) in iovs[niov..].iter_mut().zip(i..j) {
+                let p = item(&items[k]).1;
+                iov.iov_base = p.as_ptr() as *mut libc::c_void;
+                iov.iov_len = p.len();
+            }
+            names[n] = to.map(SockAddr::from);
+            runs[n] = (niov, j - i, size);
+            niov += j - i;
+            n += 1;
+            i = j;
+        }
+        let iov_base = iovs.as_mut_ptr();
+        for (k, m) in msgs.iter_mut().enumerate().take(n) {
+            let (first, count, size) = runs[k];
+            // SAFETY: first + count <= niov <= IOVS.
+            m.msg_hdr.msg_iov = unsafe { iov_base.add(first) };
+            m.msg_hdr.msg_iovlen = count;
+            if let Some(name) = &names[k] {
+                m.msg_hdr.msg_name = name.as_ptr() as *mut libc::c_void;
+                m.msg_hdr.msg_namelen = name.len();
+            }
+            if count > 1 {
+                m.msg_hdr.msg_control = cmsgs[k].as_mut_ptr().cast();
+                m.msg_hdr.msg_controllen = cmsg_space;
+                // SAFETY: the header points at a zeroed buffer of at least CMSG_SPACE(2)
+                // bytes, so CMSG_FIRSTHDR is within it and has room for a u16.
+                unsafe {
+                    let c = libc::CMSG_FIRSTHDR(&m.msg_hdr);
+                    (*c).cmsg_level = libc::SOL_UDP;
+                    (*c).cmsg_type = libc::UDP_SEGMENT;
+                    (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<u16>() as u32) as usize;
+                    std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<u16>(), size as u16);
+                }
+            }
+        }
+        // SAFETY: the first `n` headers point at live payloads, addresses and control
+        // buffers; MSG_DONTWAIT keeps the call from blocking.
+        let done = unsafe {
+            libc::sendmmsg(
+                fd.as_raw_fd(),
+                msgs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_DONTWAIT,
+            )
+        };
+        if done < 0 {
+            return (sent, Some(io::Error::last_os_error()));
+        }
+        if done == 0 {
+            break; // not done by Linux for n > 0; no progress either way
+        }
+        // A short count is followed by another call, which sends on or says what stopped it.
+        sent += runs[..done as usize].iter().map(|r| r.1).sum::<usize>();
+    }
+    (sent, None)
+}
+
 /// The address in `s`, if IPv4 or IPv6.
 fn socket_addr(s: &libc::sockaddr_storage) -> Option<SocketAddr> {
     match i32::from(s.ss_family) {
@@ -217,6 +359,50 @@ mod tests {
                 io::ErrorKind::WouldBlock,
                 "drained"
             );
+        }
+    }
+
+    #[test]
+    fn segmented_sends_arrive_as_the_datagrams_queued() {
+        let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+        let rx: Vec<UdpSocket> = (0..2)
+            .map(|_| UdpSocket::bind("127.0.0.1:0").expect("bind"))
+            .collect();
+        let to: Vec<SocketAddr> = rx.iter().map(|s| s.local_addr().expect("addr")).collect();
+        // Runs longer than a message's segments, a shorter datagram ending a run, an empty
+        // one, a longer one after a run, and addresses alternating.
+        let mut items: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
+        for i in 0..150u8 {
+            items.push((to[0], vec![i; 64]));
+        }
+        items.push((to[0], vec![1; 10]));
+        items.push((to[0], vec![2; 64]));
+        items.push((to[0], Vec::new()));
+        items.push((to[0], vec![3; 64]));
+        items.push((to[0], vec![4; 900]));
+        for i in 0..10u8 {
+            items.push((to[usize::from(i % 2)], vec![i; 64]));
+        }
+        for segment in [true, false] {
+            let segment = segment && segmenting_supported(tx.as_fd());
+            let (n, e) = send_segmented(tx.as_fd(), &items, segment, |(a, p)| (Some(*a), &p[..]));
+            assert!(e.is_none(), "{e:?}");
+            assert_eq!(n, items.len());
+            for (r, addr) in rx.iter().zip(&to) {
+                let want: Vec<&Vec<u8>> = items
+                    .iter()
+                    .filter(|(a, _)| a == addr)
+                    .map(|(_, p)| p)
+                    .collect();
+                r.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                    .expect("timeout");
+                let mut buf = [0u8; 2048];
+                for (k, w) in want.iter().enumerate() {
+                    let (len, from) = r.recv_from(&mut buf).expect("datagram");
+                    assert_eq!(from, tx.local_addr().expect("addr"));
+                    assert_eq!(&buf[..len], &w[..], "datagram {k} (segmented: {segment})");
+                }
+            }
         }
     }
 

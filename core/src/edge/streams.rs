@@ -20,6 +20,12 @@ use crate::tunnel::edge_transports::{DataStream, EdgeTransports};
 pub const SEND_WINDOW: usize = 256 * 1024;
 /// Largest response chunk handed to the eyeball at once.
 pub const READ_CHUNK: usize = 64 * 1024;
+/// A response chunk read as one piece at least this large goes to the eyeball as it is:
+/// quinn gathers a stream's unread packets into one buffer when they pile up (an eyeball
+/// slower than the connector), so copying its slices again would copy every byte twice.
+/// Smaller pieces (one packet's worth) are copied together, so the eyeball holds no slice of
+/// a receive buffer the connection would otherwise reuse.
+const UNCOPIED_MIN: usize = 16 * 1024;
 
 /// One eyeball stream, as the driver numbered it when it opened it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -91,6 +97,8 @@ pub struct Streams {
     by_key: HashMap<(ConnId, DataStream), EyeballId>,
     /// Streams that may have work; a stream blocked on transport room stays here.
     active: BTreeSet<EyeballId>,
+    /// The pieces of the response chunk being read (kept for its capacity).
+    pieces: Vec<Bytes>,
 }
 
 impl Streams {
@@ -266,14 +274,14 @@ impl Streams {
                 progress = true;
             }
             if s.readable && s.credit {
-                let mut chunk = Vec::new();
-                match tp.read_response(now, s.conn, s.stream, READ_CHUNK, &mut chunk) {
+                self.pieces.clear();
+                match tp.read_response(now, s.conn, s.stream, READ_CHUNK, &mut self.pieces) {
                     Ok(done) => {
                         progress = true;
                         s.readable = false;
-                        if !chunk.is_empty() {
+                        if let Some(chunk) = join(&mut self.pieces) {
                             s.credit = false;
-                            out(id, StreamEvent::Body(Bytes::from(chunk)));
+                            out(id, StreamEvent::Body(chunk));
                         }
                         if done {
                             self.remove(id);
@@ -282,7 +290,10 @@ impl Streams {
                         }
                     }
                     // Response head not in yet, or the stream is gone.
-                    Err(_) => s.readable = false,
+                    Err(_) => {
+                        s.readable = false;
+                        self.pieces.clear();
+                    }
                 }
             }
             if !s.has_work() {
@@ -297,5 +308,52 @@ impl Streams {
         self.by_key.remove(&(s.conn, s.stream));
         self.active.remove(&id);
         Some(s)
+    }
+}
+
+/// One response chunk of `pieces` (emptied): a single large piece as it is, else one copy of
+/// them all; `None` if they hold no bytes.
+fn join(pieces: &mut Vec<Bytes>) -> Option<Bytes> {
+    let len: usize = pieces.iter().map(Bytes::len).sum();
+    if len == 0 {
+        pieces.clear();
+        return None;
+    }
+    if pieces.len() == 1 && len >= UNCOPIED_MIN {
+        return pieces.pop();
+    }
+    let mut chunk = Vec::with_capacity(len);
+    for piece in pieces.drain(..) {
+        chunk.extend_from_slice(&piece);
+    }
+    Some(Bytes::from(chunk))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn one_large_piece_goes_uncopied_and_small_ones_are_joined() {
+        let big = Bytes::from(vec![7u8; UNCOPIED_MIN]);
+        let mut pieces = vec![big.clone()];
+        let chunk = join(&mut pieces).unwrap();
+        assert_eq!(chunk.as_ptr(), big.as_ptr());
+        assert!(pieces.is_empty());
+
+        let mut pieces = vec![Bytes::from_static(b"ab"), Bytes::new(), big.slice(..3)];
+        assert_eq!(
+            join(&mut pieces).unwrap(),
+            Bytes::from_static(b"ab\x07\x07\x07")
+        );
+        assert!(pieces.is_empty());
+
+        // A small single piece is copied: the eyeball holds no slice of a receive buffer.
+        let mut pieces = vec![big.slice(..UNCOPIED_MIN - 1)];
+        assert_ne!(join(&mut pieces).unwrap().as_ptr(), big.as_ptr());
+
+        let mut pieces = vec![Bytes::new()];
+        assert_eq!(join(&mut pieces), None);
+        assert!(pieces.is_empty());
     }
 }

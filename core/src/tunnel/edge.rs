@@ -32,7 +32,7 @@ use tracing::debug;
 
 use super::quic_io::{
     exchange_events, flush_chunks, flush_rpc_server, flush_stream, handle_received, read_stream,
-    read_stream_max, send_datagram, AckWatch, Chunks, DatagramError,
+    read_stream_chunks, read_stream_max, send_datagram, AckWatch, Chunks, DatagramError,
 };
 use super::{EcnCodepoint, Received, Transmit};
 use crate::control::edge::{ControlServer, EdgeControlEvent};
@@ -749,14 +749,35 @@ impl EdgeEndpoint {
         max: usize,
         sink: &mut Vec<u8>,
     ) -> Result<bool, ApiError> {
+        let mut pieces = Vec::new();
+        let finished = self.read_response_chunks(now, conn, stream, max, &mut pieces)?;
+        for piece in pieces {
+            sink.extend_from_slice(&piece);
+        }
+        Ok(finished)
+    }
+
+    /// [`Self::read_response`] handing over the bytes as quinn holds them, uncopied: at most
+    /// `max` bytes are appended to `sink` as pieces.
+    pub fn read_response_chunks(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        stream: StreamId,
+        max: usize,
+        sink: &mut Vec<Bytes>,
+    ) -> Result<bool, ApiError> {
         let c = self.conns.get_mut(&conn).ok_or(ApiError::Closed)?;
         let d = c.data.get_mut(&stream).ok_or(ApiError::Closed)?;
         if d.head.is_some() {
             return Err(ApiError::NothingPending("response body"));
         }
         let n = d.body.len().min(max);
-        sink.extend(d.body.drain(..n));
-        let finished = match read_stream_max(&mut c.conn, stream, max - n, sink) {
+        if n > 0 {
+            sink.push(Bytes::copy_from_slice(&d.body[..n]));
+            d.body.drain(..n);
+        }
+        let finished = match read_stream_chunks(&mut c.conn, stream, max - n, sink) {
             Ok(finished) => finished && d.body.is_empty(),
             Err(_) => {
                 c.data.remove(&stream);

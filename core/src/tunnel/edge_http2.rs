@@ -375,13 +375,32 @@ impl Http2Edge {
         max: usize,
         sink: &mut Vec<u8>,
     ) -> Result<bool, ApiError> {
+        let mut pieces = Vec::new();
+        let finished = self.read_response_chunks(now, conn, stream, max, &mut pieces)?;
+        for piece in pieces {
+            sink.extend_from_slice(&piece);
+        }
+        Ok(finished)
+    }
+
+    /// [`Self::read_response`] handing over the bytes as `h2` gave them, uncopied: at most `max`
+    /// bytes are appended to `sink` as pieces.
+    pub fn read_response_chunks(
+        &mut self,
+        now: Instant,
+        conn: ConnId,
+        stream: StreamId,
+        max: usize,
+        sink: &mut Vec<Bytes>,
+    ) -> Result<bool, ApiError> {
         let c = self.conns.get_mut(&conn).ok_or(ApiError::Closed)?;
         let d = c.data.get_mut(&stream).ok_or(ApiError::Closed)?;
         if !d.answered {
             return Err(ApiError::NothingPending("response body"));
         }
         let mut finished = false;
-        while sink.len() < max {
+        let mut taken = 0;
+        while taken < max {
             if d.stash.is_empty() {
                 match c.h2.read(stream) {
                     Ok(Read::Data(data)) => d.stash = data,
@@ -394,8 +413,11 @@ impl Http2Edge {
                     Err(_) => break,
                 }
             }
-            let n = d.stash.len().min(max - sink.len());
-            sink.extend_from_slice(&d.stash.split_to(n));
+            let n = d.stash.len().min(max - taken);
+            if n > 0 {
+                taken += n;
+                sink.push(d.stash.split_to(n));
+            }
         }
         if finished && c.data.remove(&stream).is_some_and(|d| !d.finished) {
             // The answer is complete while the request still streams (an early response, or

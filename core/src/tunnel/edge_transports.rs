@@ -120,18 +120,19 @@ impl EdgeTransports {
         }
     }
 
-    /// Reads up to `max` response-body bytes into `sink`; true once the body is complete.
+    /// Reads up to `max` response-body bytes into `sink`, as the pieces the transport holds
+    /// them in (uncopied); true once the body is complete.
     pub fn read_response(
         &mut self,
         now: Instant,
         conn: ConnId,
         stream: DataStream,
         max: usize,
-        sink: &mut Vec<u8>,
+        sink: &mut Vec<Bytes>,
     ) -> Result<bool, ApiError> {
         match stream {
-            DataStream::Quic(s) => self.quic.read_response(now, conn, s, max, sink),
-            DataStream::Http2(s) => self.http2.read_response(now, conn, s, max, sink),
+            DataStream::Quic(s) => self.quic.read_response_chunks(now, conn, s, max, sink),
+            DataStream::Http2(s) => self.http2.read_response_chunks(now, conn, s, max, sink),
         }
     }
 

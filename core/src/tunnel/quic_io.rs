@@ -378,6 +378,42 @@ pub(crate) fn read_stream_max(
     result
 }
 
+/// Like [`read_stream_max`], but hands over quinn's chunks as they are, uncopied: a reader
+/// that passes bytes on (the edge's response bodies) copies at most once, and not at all where
+/// quinn already gathered them into one buffer (it does when a stream holds many packets'
+/// worth unread).
+pub(crate) fn read_stream_chunks(
+    conn: &mut Connection,
+    id: StreamId,
+    max: usize,
+    sink: &mut Vec<Bytes>,
+) -> Result<bool, ReadError> {
+    let mut max = max;
+    let mut stream = conn.recv_stream(id);
+    let mut chunks = match stream.read(true) {
+        Ok(chunks) => chunks,
+        // Already finished and read out: nothing more will come.
+        Err(_) => return Ok(true),
+    };
+    let result = loop {
+        if max == 0 {
+            break Ok(false);
+        }
+        match chunks.next(max) {
+            Ok(Some(chunk)) => {
+                max -= chunk.bytes.len();
+                sink.push(chunk.bytes);
+            }
+            Ok(None) => break Ok(true),
+            Err(ReadError::Blocked) => break Ok(false),
+            Err(e) => break Err(e),
+        }
+    };
+    // Whether flow-control credit must be sent is picked up by the next poll_transmit.
+    let _ = chunks.finalize();
+    result
+}
+
 /// Bytes queued for a stream as the chunks they came in, so quinn takes them without a copy
 /// ([`flush_chunks`]); a byte queue would copy each twice (in, and into quinn's buffer).
 #[derive(Debug, Default)]
