@@ -92,4 +92,29 @@ mod tests {
             Some(HandshakeKind::Full)
         );
     }
+
+    #[test]
+    fn the_edge_takes_the_suite_the_connector_offers_first_as_go_orders_them() {
+        use rustls::CipherSuite::{
+            TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256,
+        };
+        let (server, client, _, _) = crate::http2::tests::tls_configs();
+        let offered: Vec<_> = client
+            .crypto_provider()
+            .cipher_suites
+            .iter()
+            .map(|s| s.suite())
+            .collect();
+        let go_order = if crate::quic::tls::aes_gcm_in_hardware() {
+            [TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256]
+        } else {
+            [TLS13_CHACHA20_POLY1305_SHA256, TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384]
+        };
+        assert_eq!(offered, go_order);
+        let c = handshake(&client, &server);
+        assert_eq!(
+            c.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(go_order[0])
+        );
+    }
 }
