@@ -106,9 +106,17 @@ mod tests {
             .map(|s| s.suite())
             .collect();
         let go_order = if crate::quic::tls::aes_gcm_in_hardware() {
-            [TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384, TLS13_CHACHA20_POLY1305_SHA256]
+            [
+                TLS13_AES_128_GCM_SHA256,
+                TLS13_AES_256_GCM_SHA384,
+                TLS13_CHACHA20_POLY1305_SHA256,
+            ]
         } else {
-            [TLS13_CHACHA20_POLY1305_SHA256, TLS13_AES_128_GCM_SHA256, TLS13_AES_256_GCM_SHA384]
+            [
+                TLS13_CHACHA20_POLY1305_SHA256,
+                TLS13_AES_128_GCM_SHA256,
+                TLS13_AES_256_GCM_SHA384,
+            ]
         };
         assert_eq!(offered, go_order);
         let c = handshake(&client, &server);
