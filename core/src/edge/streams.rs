@@ -1,9 +1,9 @@
 //! Eyeball streams: each request the edge forwards into a tunnel, named by the driver
 //! ([`EyeballId`]) and paced both ways. A request-body chunk is acknowledged
 //! ([`StreamEvent::Ack`]) once the transport took it whole, so the eyeball keeps a bounded
-//! number of chunks unacknowledged (queued here until there is room); a response-body chunk goes out only against a credit ([`Streams::read_more`]), so a
-//! slow eyeball holds its tunnel stream (and the connector, through flow control) rather than
-//! the edge's memory.
+//! number of chunks unacknowledged (queued here until there is room); a response-body chunk
+//! goes out only against a credit ([`Streams::read_more`]), so a slow eyeball holds its tunnel
+//! stream (and the connector, through flow control) rather than the edge's memory.
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::time::Instant;
