@@ -28,7 +28,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tracing::debug;
 
-use crate::mmsg::{self, RecvSlots};
+use burrow_tokio::mmsg::{self, RecvSlots};
 
 /// Largest ICMP message read from a ping socket (cloudflared's 1500-byte buffer).
 const PING_READ: usize = 1500;

@@ -22,7 +22,7 @@ use tracing::{debug, info};
 use uuid::Uuid;
 
 use crate::edge::TunnelsFile;
-use crate::mmsg::{self, RecvSlots};
+use burrow_tokio::mmsg::{self, RecvSlots};
 
 /// Largest packet read from a mapping socket (anything over 1280 is refused by core).
 const READ_BUF: usize = 2048;

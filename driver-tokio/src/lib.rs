@@ -2,5 +2,6 @@
 //! integration tests share. The daemon itself lives in the `burrow` binary.
 
 pub mod deadline;
+pub mod mmsg;
 pub mod quic_socket;
 pub mod testbed;

@@ -10,7 +10,6 @@ mod edge;
 mod edge_udp;
 mod heap;
 mod metrics;
-mod mmsg;
 mod origin;
 mod quickstart;
 mod run;
