@@ -1,6 +1,6 @@
 //! The edge's replies to `--udp-map` clients: 64 datagrams of 64 bytes to one client on
-//! loopback, as one `sendmmsg` of 64 messages (`mmsg::send_many`) and as one segmented (UDP
-//! GSO) message (`mmsg::send_segmented`), which the kernel delivers to the reader in one go.
+//! loopback, as one `sendmmsg` of 64 messages and as one segmented (UDP GSO) message, which
+//! the kernel delivers to the reader in one go (`mmsg::send_many` without and with `segment`).
 //!
 //! `cargo bench -p burrow-tokio --bench mmsg`. The receiving socket is drained between
 //! iterations, outside the timing, so each send finds room.
@@ -44,17 +44,12 @@ fn benches(c: &mut Criterion) {
                     let mut spent = Duration::ZERO;
                     for _ in 0..iters {
                         let start = Instant::now();
-                        let (sent, error) = if segment && segmenting {
-                            mmsg::send_segmented(tx.as_fd(), &payloads, true, |(a, p)| {
-                                (Some(*a), &p[..])
-                            })
-                        } else {
-                            let items = payloads.iter().map(|(a, p)| (Some(*a), &p[..]));
-                            match mmsg::send_many(tx.as_fd(), items) {
-                                Ok(n) => (n, None),
-                                Err(e) => (0, Some(e)),
-                            }
-                        };
+                        let (sent, error) = mmsg::send_many(
+                            tx.as_fd(),
+                            &payloads,
+                            segment && segmenting,
+                            |(a, p)| (Some(*a), &p[..]),
+                        );
                         spent += start.elapsed();
                         assert_eq!((sent, error.map(|e| e.kind())), (DATAGRAMS, None));
                         drain(&rx, &mut buf);

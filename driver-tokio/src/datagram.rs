@@ -285,18 +285,13 @@ impl DatagramSockets {
             rest = after;
             let written = match self.udp.get(flow) {
                 Some(s) => {
-                    let payloads = batch
-                        .iter()
-                        .map(|(_, r)| (None, &self.unsent_bytes[r.clone()]));
-                    match mmsg::send_many(s.socket.as_fd(), payloads) {
-                        Ok(n) => n,
-                        Err(e) => {
-                            if e.kind() != io::ErrorKind::WouldBlock {
-                                debug!(%flow, error = %e, "origin UDP write failed");
-                            }
-                            0
-                        }
+                    let bytes = &self.unsent_bytes;
+                    let item = |(_, r): &(UdpFlowId, Range<usize>)| (None, &bytes[r.clone()]);
+                    let (n, error) = mmsg::send_many(s.socket.as_fd(), batch, false, item);
+                    if let Some(e) = error.filter(|e| e.kind() != io::ErrorKind::WouldBlock) {
+                        debug!(%flow, error = %e, "origin UDP write failed");
                     }
+                    n
                 }
                 None => 0,
             };

@@ -245,7 +245,7 @@ impl MappingSockets {
 
     /// Sends the queued packets, several per call on each socket, each client's in the order
     /// queued; a client's run of equal-sized packets goes as one segmented message where the
-    /// socket can (see [`mmsg::send_segmented`]). A full socket buffer drops them, as the
+    /// socket can (see [`mmsg::send_many`]). A full socket buffer drops them, as the
     /// kernel would for a slow reader.
     pub fn flush(&mut self) {
         // By socket and client, each in the order queued (offsets grow with it); unstable, as
@@ -265,12 +265,12 @@ impl MappingSockets {
             let item =
                 |(_, to, r): &(MappingId, SocketAddr, Range<usize>)| (Some(*to), &bytes[r.clone()]);
             let fd = sock.get_ref().as_fd();
-            let (mut sent, mut error) = mmsg::send_segmented(fd, batch, segment, item);
+            let (mut sent, mut error) = mmsg::send_many(fd, batch, segment, item);
             if segment && error.as_ref().is_some_and(mmsg::is_segmenting_error) {
                 // This socket's route cannot segment: plain sends from now on.
                 debug!(%mapping, error = ?error, "segmented sends refused; sending plainly");
                 self.segmenting[mapping.0 as usize] = false;
-                let (more, e) = mmsg::send_segmented(fd, &batch[sent..], false, item);
+                let (more, e) = mmsg::send_many(fd, &batch[sent..], false, item);
                 (sent, error) = (sent + more, e);
             }
             if sent < run {

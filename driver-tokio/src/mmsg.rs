@@ -98,68 +98,14 @@ pub fn recv_many(fd: BorrowedFd<'_>, slots: &mut RecvSlots) -> io::Result<usize>
     Ok(n)
 }
 
-/// Writes `payloads` in order without waiting, [`BATCH`] per call, each to its address (none
-/// on a connected socket); how many were written. Those after the first refused are not
-/// written; `WouldBlock` (or another error) only when the first is refused.
-pub fn send_many<'a>(
-    fd: BorrowedFd<'_>,
-    payloads: impl Iterator<Item = (Option<SocketAddr>, &'a [u8])>,
-) -> io::Result<usize> {
-    let mut sent = 0;
-    let mut payloads = payloads.peekable();
-    while payloads.peek().is_some() {
-        let mut names: [Option<SockAddr>; BATCH] = std::array::from_fn(|_| None);
-        // SAFETY: all-zero bytes are valid iovec and mmsghdr values; pointers are set below.
-        let mut iovs: [libc::iovec; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
-        let mut msgs: [libc::mmsghdr; BATCH] = unsafe { MaybeUninit::zeroed().assume_init() };
-        let mut n = 0;
-        for (name, iov) in names.iter_mut().zip(iovs.iter_mut()) {
-            let Some((to, payload)) = payloads.next() else {
-                break;
-            };
-            *name = to.map(SockAddr::from);
-            iov.iov_base = payload.as_ptr() as *mut libc::c_void;
-            iov.iov_len = payload.len();
-            n += 1;
-        }
-        for ((m, iov), name) in msgs.iter_mut().zip(iovs.iter_mut()).zip(&names).take(n) {
-            m.msg_hdr.msg_iov = iov;
-            m.msg_hdr.msg_iovlen = 1;
-            if let Some(name) = name {
-                m.msg_hdr.msg_name = name.as_ptr() as *mut libc::c_void;
-                m.msg_hdr.msg_namelen = name.len();
-            }
-        }
-        // SAFETY: the first `n` headers point at live payloads and addresses; MSG_DONTWAIT
-        // keeps the call from blocking.
-        let done = unsafe {
-            libc::sendmmsg(
-                fd.as_raw_fd(),
-                msgs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if done < 0 {
-            let e = io::Error::last_os_error();
-            return if sent == 0 { Err(e) } else { Ok(sent) };
-        }
-        sent += done as usize;
-        if (done as usize) < n {
-            return Ok(sent);
-        }
-    }
-    Ok(sent)
-}
-
 /// Most datagrams in one segmented send (Linux's `UDP_MAX_SEGMENTS`, 64 on older kernels).
 const MAX_SEGMENTS: usize = 64;
 /// Most bytes in one segmented send: one IP datagram's payload, less the UDP header.
 const MAX_SEGMENTED_BYTES: usize = 65_000;
-/// Buffers (one per datagram) in one [`send_segmented`] call.
+/// Buffers (one per datagram) in one [`send_many`] call.
 const IOVS: usize = 4 * BATCH;
 /// Room for one `UDP_SEGMENT` control message (checked against `CMSG_SPACE` in
-/// [`send_segmented`]).
+/// [`send_many`]).
 type SegmentCmsg = [u64; 4];
 
 /// Whether the kernel cuts segmented sends on `fd` (UDP GSO, Linux 4.18): sets the socket's
@@ -187,15 +133,16 @@ pub fn is_segmenting_error(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL))
 }
 
-/// Writes `items` in order without waiting, as [`send_many`] does, but with `segment` each run
-/// of consecutive datagrams to one address and of one size (the run's last may be shorter)
-/// goes as one message the kernel cuts back into datagrams (UDP GSO). On loopback a
+/// Writes `items` in order without waiting, up to [`BATCH`] messages per call, each datagram
+/// its own message; with `segment` each run of consecutive datagrams to one address and of
+/// one size (the run's last may be shorter) goes as one message the kernel cuts back into
+/// datagrams (UDP GSO). On loopback a
 /// `sendmmsg` of 64 small datagrams delivers each one alone and wakes its reader each time,
 /// which then preempts the sender; a segmented message is delivered in one go. `item` gives
 /// each one's address (none on a connected socket) and payload. Returns how many were
 /// written, and the error that stopped the rest (`WouldBlock` when the buffer is full; see
 /// [`is_segmenting_error`]).
-pub fn send_segmented<'a, T>(
+pub fn send_many<'a, T>(
     fd: BorrowedFd<'_>,
     items: &'a [T],
     segment: bool,
@@ -336,8 +283,8 @@ mod tests {
             let to = rx.local_addr().expect("addr");
             // More than one call's worth, of different sizes.
             let sent: Vec<Vec<u8>> = (0..BATCH + 3).map(|i| vec![i as u8; i + 1]).collect();
-            let n =
-                send_many(tx.as_fd(), sent.iter().map(|p| (Some(to), &p[..]))).expect("sendmmsg");
+            let (n, e) = send_many(tx.as_fd(), &sent, false, |p| (Some(to), &p[..]));
+            assert!(e.is_none(), "{e:?}");
             assert_eq!(n, sent.len());
             let mut slots = RecvSlots::new(BATCH + 8);
             let mut got = Vec::new();
@@ -385,7 +332,7 @@ mod tests {
         }
         for segment in [true, false] {
             let segment = segment && segmenting_supported(tx.as_fd());
-            let (n, e) = send_segmented(tx.as_fd(), &items, segment, |(a, p)| (Some(*a), &p[..]));
+            let (n, e) = send_many(tx.as_fd(), &items, segment, |(a, p)| (Some(*a), &p[..]));
             assert!(e.is_none(), "{e:?}");
             assert_eq!(n, items.len());
             for (r, addr) in rx.iter().zip(&to) {
@@ -411,7 +358,8 @@ mod tests {
         let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let tx = burrow_os::open_udp(rx.local_addr().expect("addr")).expect("connected");
         let long = [7u8; 100];
-        let n = send_many(tx.as_fd(), [(None, &long[..])].into_iter()).expect("sendmmsg");
+        let (n, e) = send_many(tx.as_fd(), &[long], false, |p| (None, &p[..]));
+        assert!(e.is_none(), "{e:?}");
         assert_eq!(n, 1);
         let mut slots = RecvSlots::new(10);
         rx.set_nonblocking(false).expect("blocking");

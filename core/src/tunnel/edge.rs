@@ -32,9 +32,9 @@ use tracing::debug;
 
 use super::quic_io::{
     exchange_events, flush_chunks, flush_rpc_server, flush_stream, handle_received, read_stream,
-    read_stream_chunks, read_stream_max, send_datagram, AckWatch, Chunks, DatagramError,
+    read_stream_max, send_datagram, AckWatch, Chunks, DatagramError,
 };
-use super::{EcnCodepoint, Received, Transmit};
+use super::{BodySink, EcnCodepoint, Received, Transmit};
 use crate::control::edge::{ControlServer, EdgeControlEvent};
 use crate::control::{ApiError, ConnectionDetails, Registration, RegistrationError};
 use crate::rpc::frame::{frame_len, FrameLimits};
@@ -739,33 +739,16 @@ impl EdgeEndpoint {
         Ok(())
     }
 
-    /// Reads up to `max` response-body bytes into `sink`. Returns true once the body is complete
-    /// (the connector finished the stream); the stream is then forgotten.
+    /// Reads up to `max` response-body bytes into `sink` (pieces quinn holds go to a
+    /// `Vec<Bytes>` uncopied). Returns true once the body is complete (the connector finished
+    /// the stream); the stream is then forgotten.
     pub fn read_response(
         &mut self,
         now: Instant,
         conn: ConnId,
         stream: StreamId,
         max: usize,
-        sink: &mut Vec<u8>,
-    ) -> Result<bool, ApiError> {
-        let mut pieces = Vec::new();
-        let finished = self.read_response_chunks(now, conn, stream, max, &mut pieces)?;
-        for piece in pieces {
-            sink.extend_from_slice(&piece);
-        }
-        Ok(finished)
-    }
-
-    /// [`Self::read_response`] handing over the bytes as quinn holds them, uncopied: at most
-    /// `max` bytes are appended to `sink` as pieces.
-    pub fn read_response_chunks(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        stream: StreamId,
-        max: usize,
-        sink: &mut Vec<Bytes>,
+        sink: &mut impl BodySink,
     ) -> Result<bool, ApiError> {
         let c = self.conns.get_mut(&conn).ok_or(ApiError::Closed)?;
         let d = c.data.get_mut(&stream).ok_or(ApiError::Closed)?;
@@ -773,11 +756,9 @@ impl EdgeEndpoint {
             return Err(ApiError::NothingPending("response body"));
         }
         let n = d.body.len().min(max);
-        if n > 0 {
-            sink.push(Bytes::copy_from_slice(&d.body[..n]));
-            d.body.drain(..n);
-        }
-        let finished = match read_stream_chunks(&mut c.conn, stream, max - n, sink) {
+        sink.put_slice(&d.body[..n]);
+        d.body.drain(..n);
+        let finished = match read_stream_max(&mut c.conn, stream, max - n, sink) {
             Ok(finished) => finished && d.body.is_empty(),
             Err(_) => {
                 c.data.remove(&stream);

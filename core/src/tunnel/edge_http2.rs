@@ -17,6 +17,7 @@ use thiserror::Error;
 use tracing::debug;
 
 use super::edge::{ConnId, EdgeEvent, CONTROL_UNSENT_MAX, MAX_UNREGISTERED, REGISTRATION_DEADLINE};
+use super::BodySink;
 use crate::control::edge::{ControlServer, EdgeControlEvent};
 use crate::control::{ApiError, ConnectionDetails, RegistrationError};
 use crate::http2::edge::{connect_response, request_head};
@@ -365,33 +366,15 @@ impl Http2Edge {
     }
 
     /// Reads up to `max` response-body bytes into `sink` (credit goes back to the connector
-    /// as they are read). Returns true once the body is complete; the stream is then forgotten
-    /// on our side once our body is done too.
+    /// as they are read; the pieces `h2` gave go to a `Vec<Bytes>` uncopied). Returns true once
+    /// the body is complete; the stream is then forgotten on our side once our body is done too.
     pub fn read_response(
         &mut self,
         now: Instant,
         conn: ConnId,
         stream: StreamId,
         max: usize,
-        sink: &mut Vec<u8>,
-    ) -> Result<bool, ApiError> {
-        let mut pieces = Vec::new();
-        let finished = self.read_response_chunks(now, conn, stream, max, &mut pieces)?;
-        for piece in pieces {
-            sink.extend_from_slice(&piece);
-        }
-        Ok(finished)
-    }
-
-    /// [`Self::read_response`] handing over the bytes as `h2` gave them, uncopied: at most `max`
-    /// bytes are appended to `sink` as pieces.
-    pub fn read_response_chunks(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        stream: StreamId,
-        max: usize,
-        sink: &mut Vec<Bytes>,
+        sink: &mut impl BodySink,
     ) -> Result<bool, ApiError> {
         let c = self.conns.get_mut(&conn).ok_or(ApiError::Closed)?;
         let d = c.data.get_mut(&stream).ok_or(ApiError::Closed)?;
@@ -414,10 +397,8 @@ impl Http2Edge {
                 }
             }
             let n = d.stash.len().min(max - taken);
-            if n > 0 {
-                taken += n;
-                sink.push(d.stash.split_to(n));
-            }
+            taken += n;
+            sink.put(d.stash.split_to(n));
         }
         if finished && c.data.remove(&stream).is_some_and(|d| !d.finished) {
             // The answer is complete while the request still streams (an early response, or

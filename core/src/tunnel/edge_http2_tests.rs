@@ -195,7 +195,7 @@ fn a_goaway_from_the_connector_unregisters_the_connection_and_it_takes_no_more_r
         "{:?}",
         l.edge_events
     );
-    let mut body = Vec::new();
+    let mut body = Vec::<u8>::new();
     assert_eq!(
         l.edge
             .read_response(l.now, CONN, in_flight, 1024, &mut body),

@@ -8,6 +8,7 @@ use bytes::Bytes;
 
 use super::edge::{ConnId, EdgeEndpoint, EdgeEvent};
 use super::edge_http2::Http2Edge;
+use super::BodySink;
 use crate::control::{ApiError, ConnectionDetails, RegistrationError};
 use crate::http2;
 use crate::stream::connect::ConnectRequest;
@@ -128,11 +129,11 @@ impl EdgeTransports {
         conn: ConnId,
         stream: DataStream,
         max: usize,
-        sink: &mut Vec<Bytes>,
+        sink: &mut impl BodySink,
     ) -> Result<bool, ApiError> {
         match stream {
-            DataStream::Quic(s) => self.quic.read_response_chunks(now, conn, s, max, sink),
-            DataStream::Http2(s) => self.http2.read_response_chunks(now, conn, s, max, sink),
+            DataStream::Quic(s) => self.quic.read_response(now, conn, s, max, sink),
+            DataStream::Http2(s) => self.http2.read_response(now, conn, s, max, sink),
         }
     }
 

@@ -7,6 +7,7 @@
 //! socket or a clock. I/O is batched as quinn does it: `handle_received` takes a GRO buffer of
 //! several datagrams ([`Received`]) and `poll_transmit` may return a GSO batch ([`Transmit`]).
 
+mod body_sink;
 pub mod connector;
 pub mod data;
 pub mod dial;
@@ -21,4 +22,5 @@ pub mod requests;
 pub mod supervisor;
 pub mod udp;
 
+pub use body_sink::BodySink;
 pub use quic_io::{DatagramError, EcnCodepoint, Received, Transmit};

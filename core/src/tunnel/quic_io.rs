@@ -10,6 +10,7 @@ use quinn_proto::{
     Connection, ConnectionHandle, DatagramEvent, Endpoint, ReadError, StreamId, VarInt, WriteError,
 };
 
+use super::BodySink;
 use crate::quic::congestion::Watched;
 use crate::rpc_stream::server::RpcStreamServer;
 
@@ -345,12 +346,13 @@ pub(crate) fn read_stream(
 }
 
 /// Like [`read_stream`], but appends at most `max` bytes: what is left stays in quinn, whose
-/// flow control then holds the peer back.
+/// flow control then holds the peer back. A [`BodySink`] that keeps pieces takes quinn's
+/// chunks uncopied (quinn gathers a stream's unread packets into one buffer when they pile up).
 pub(crate) fn read_stream_max(
     conn: &mut Connection,
     id: StreamId,
     max: usize,
-    sink: &mut Vec<u8>,
+    sink: &mut impl BodySink,
 ) -> Result<bool, ReadError> {
     let mut max = max;
     let mut stream = conn.recv_stream(id);
@@ -366,43 +368,7 @@ pub(crate) fn read_stream_max(
         match chunks.next(max) {
             Ok(Some(chunk)) => {
                 max -= chunk.bytes.len();
-                sink.extend_from_slice(&chunk.bytes);
-            }
-            Ok(None) => break Ok(true),
-            Err(ReadError::Blocked) => break Ok(false),
-            Err(e) => break Err(e),
-        }
-    };
-    // Whether flow-control credit must be sent is picked up by the next poll_transmit.
-    let _ = chunks.finalize();
-    result
-}
-
-/// Like [`read_stream_max`], but hands over quinn's chunks as they are, uncopied: a reader
-/// that passes bytes on (the edge's response bodies) copies at most once, and not at all where
-/// quinn already gathered them into one buffer (it does when a stream holds many packets'
-/// worth unread).
-pub(crate) fn read_stream_chunks(
-    conn: &mut Connection,
-    id: StreamId,
-    max: usize,
-    sink: &mut Vec<Bytes>,
-) -> Result<bool, ReadError> {
-    let mut max = max;
-    let mut stream = conn.recv_stream(id);
-    let mut chunks = match stream.read(true) {
-        Ok(chunks) => chunks,
-        // Already finished and read out: nothing more will come.
-        Err(_) => return Ok(true),
-    };
-    let result = loop {
-        if max == 0 {
-            break Ok(false);
-        }
-        match chunks.next(max) {
-            Ok(Some(chunk)) => {
-                max -= chunk.bytes.len();
-                sink.push(chunk.bytes);
+                sink.put(chunk.bytes);
             }
             Ok(None) => break Ok(true),
             Err(ReadError::Blocked) => break Ok(false),

@@ -300,6 +300,19 @@ impl World {
             .collect()
     }
 
+    /// Every byte the origin was written on `flow` of `link`, in order.
+    fn written_to(&self, link: LinkId, flow: FlowId) -> Vec<u8> {
+        self.origin
+            .iter()
+            .filter_map(|o| match o {
+                Origin::Write(l, f, d) if (*l, *f) == (link, flow) => Some(d.as_slice()),
+                _ => None,
+            })
+            .flatten()
+            .copied()
+            .collect()
+    }
+
     fn opened(&self) -> Vec<(LinkId, FlowId)> {
         self.origin
             .iter()
@@ -451,16 +464,7 @@ fn a_request_body_chunk_is_acked_once_taken_and_reaches_the_origin() {
         assert_eq!(acks(&w), before + 1, "acked once the transport took it");
     }
     w.edge_input(Input::Finish(EyeballId(2)));
-    let written = |w: &World| {
-        w.origin
-            .iter()
-            .filter_map(|o| match o {
-                Origin::Write(l, f, d) if (*l, *f) == (link, flow) => Some(d.clone()),
-                _ => None,
-            })
-            .flatten()
-            .collect::<Vec<u8>>()
-    };
+    let written = |w: &World| w.written_to(link, flow);
     assert!(w.run(Duration::from_secs(5), |w| written(w).len() == 12));
     assert_eq!(written(&w), b"hello tunnel");
 }
@@ -480,16 +484,7 @@ fn request_body_chunks_sent_ahead_are_each_acked_and_arrive_in_order() {
         });
     }
     w.edge_input(Input::Finish(EyeballId(2)));
-    let written = |w: &World| {
-        w.origin
-            .iter()
-            .filter_map(|o| match o {
-                Origin::Write(l, f, d) if (*l, *f) == (link, flow) => Some(d.clone()),
-                _ => None,
-            })
-            .flatten()
-            .collect::<Vec<u8>>()
-    };
+    let written = |w: &World| w.written_to(link, flow);
     assert!(w.run(Duration::from_secs(5), |w| written(w).len() == body.len()));
     assert_eq!(written(&w), body);
     let acks = w
