@@ -1042,11 +1042,17 @@ impl EdgeSessions {
                 }
             }
         }
-        // Stale entries of sessions that ended early must not pile up under a flood.
+        // Entries pile up: of sessions that ended early (a flood), and several per live
+        // session (each registration retry or refused send adds one, and a stale one popped
+        // early is pushed again). Keeping those of live sessions removed nothing then, and
+        // every call paid for the whole heap: compact to one entry per live session, its
+        // current deadline, so the next compaction is at least 64 pushes away.
         if self.deadlines.len() > 2 * self.sessions.len() + 64 {
-            let sessions = &self.sessions;
-            self.deadlines
-                .retain(|Reverse((_, id))| sessions.contains_key(id));
+            self.deadlines = self
+                .sessions
+                .iter()
+                .map(|(id, s)| Reverse((s.deadline(idle), *id)))
+                .collect();
         }
     }
 

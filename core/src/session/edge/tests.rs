@@ -234,6 +234,26 @@ fn a_registration_the_connection_refused_goes_again_soon() {
     assert_eq!(t.out().len(), 1, "1 s after the resent one");
 }
 
+/// Each refused registration adds a deadline for its live session. Hundreds of them must
+/// not stay in the heap (each popped early was pushed again, and the compaction kept every
+/// entry of a live session, so every later call walked them all): the next timeout leaves
+/// one entry per session, and the registration still goes out once per retry.
+#[test]
+fn refused_sends_leave_one_deadline_per_live_session() {
+    let mut t = T::new(EdgeSessionsConfig::default());
+    t.e.handle_client(t.now, t.udp, client(1), b"q").unwrap();
+    let sent = t.out();
+    assert_eq!(sent.len(), 1);
+    for _ in 0..500 {
+        t.e.send_failed(t.now, A, &sent[0].1);
+    }
+    assert!(t.e.deadlines.len() > 500);
+    t.advance(DEFAULT_RETRANSMIT);
+    assert_eq!(t.out().len(), 1, "one registration per retry");
+    assert_eq!(t.e.deadlines.len(), 1, "one deadline for the one session");
+    assert_eq!(t.e.poll_timeout(), Some(t.now + DEFAULT_RETRANSMIT));
+}
+
 #[test]
 fn refusals_end_the_session_and_are_counted() {
     let mut t = T::new(EdgeSessionsConfig::default());
