@@ -598,8 +598,9 @@ impl Connector {
                         url: url.to_owned(),
                         error: result.err(),
                     }));
+                let keys = Arc::new(self.keys.snapshot(now, unix));
                 self.sup
-                    .set_access_keys(Arc::new(self.keys.snapshot(now, unix)));
+                    .change_data_limits(|l| l.access = Some(keys.clone()));
             }
             Input::TxtRecord { name, text } => self.sup.handle_txt_record(now, name, text),
         }

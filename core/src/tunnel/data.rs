@@ -265,19 +265,10 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
         }
     }
 
-    /// New streams check Access JWTs with `keys`.
-    pub(crate) fn set_access_keys(&mut self, keys: Arc<AccessKeys>) {
-        self.limits.access = Some(keys);
-    }
-
-    /// New private-network TCP flows dial with `timeout` (a configuration push).
-    pub(crate) fn set_tcp_connect_timeout(&mut self, timeout: Duration) {
-        self.limits.tcp_connect_timeout = timeout;
-    }
-
-    /// New streams resolve origins with `ingress` (a configuration push).
-    pub(crate) fn set_ingress(&mut self, ingress: Arc<Ingress>) {
-        self.limits.ingress = Some(ingress);
+    /// What new streams and flows are held to (Access keys, ingress, dial timeout): changed
+    /// by configuration pushes and key fetches, read as each stream starts.
+    pub(crate) fn limits_mut(&mut self) -> &mut DataLimits {
+        &mut self.limits
     }
 
     /// Streams still in progress, counting finished ones the edge has not fully acknowledged.

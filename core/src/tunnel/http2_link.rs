@@ -551,47 +551,19 @@ impl Http2Link {
         self.progress(now);
     }
 
-    /// New data streams check Access JWTs with `keys`.
-    pub fn set_access_keys(&mut self, keys: std::sync::Arc<crate::ingress::access::AccessKeys>) {
-        self.data.set_access_keys(keys);
+    /// This connection's data streams: their limits, flow slots and what they came to.
+    pub(crate) fn data(&self) -> &DataStreams<StreamId> {
+        &self.data
     }
 
-    /// New private-network TCP flows dial with `timeout` (a configuration push).
-    pub fn set_tcp_connect_timeout(&mut self, timeout: std::time::Duration) {
-        self.data.set_tcp_connect_timeout(timeout);
-    }
-
-    /// New data streams resolve origins with `ingress` (a configuration push).
-    pub fn set_ingress(&mut self, ingress: std::sync::Arc<crate::ingress::Ingress>) {
-        self.data.set_ingress(ingress);
-    }
-
-    /// New TCP flows are admitted by `gate` (see [`ConnectorConnection::set_flow_gate`]).
-    ///
-    /// [`ConnectorConnection::set_flow_gate`]: crate::tunnel::connector::ConnectorConnection::set_flow_gate
-    pub fn set_flow_gate(&mut self, gate: crate::flow::FlowGate) {
-        self.data.set_flow_gate(gate);
-    }
-
-    /// TCP flows holding a slot of the flow limit.
-    pub fn flow_slots(&self) -> u64 {
-        self.data.flow_slots()
+    /// The same, to change.
+    pub(crate) fn data_mut(&mut self) -> &mut DataStreams<StreamId> {
+        &mut self.data
     }
 
     /// Data streams in progress.
     pub fn active_streams(&self) -> usize {
         self.data.active()
-    }
-
-    /// What this connection's requests came to since the last call (counters only grow, so
-    /// the caller sums what it takes).
-    pub fn take_request_stats(&mut self) -> crate::tunnel::requests::RequestStats {
-        self.data.take_request_stats()
-    }
-
-    /// The TCP flows the flow limit refused since the last call.
-    pub fn take_flow_refusals(&mut self) -> Vec<crate::tunnel::data::FlowRefusal> {
-        self.data.take_flow_refusals()
     }
 
     /// Starts graceful shutdown: unregister, drain, GOAWAY, close.

@@ -155,19 +155,9 @@ impl Link {
         }
     }
 
-    pub(crate) fn set_access_keys(
-        &mut self,
-        keys: std::sync::Arc<crate::ingress::access::AccessKeys>,
-    ) {
-        both!(self, c => c.set_access_keys(keys))
-    }
-
-    pub(crate) fn set_tcp_connect_timeout(&mut self, timeout: std::time::Duration) {
-        both!(self, c => c.set_tcp_connect_timeout(timeout))
-    }
-
-    pub(crate) fn set_ingress(&mut self, ingress: std::sync::Arc<crate::ingress::Ingress>) {
-        both!(self, c => c.set_ingress(ingress))
+    /// What this connection's new streams and flows are held to.
+    pub(crate) fn limits_mut(&mut self) -> &mut crate::tunnel::data::DataLimits {
+        both!(self, c => c.data_mut().limits_mut())
     }
 
     pub(crate) fn close_now(&mut self, now: Instant) {
@@ -175,19 +165,19 @@ impl Link {
     }
 
     pub(crate) fn set_flow_gate(&mut self, gate: crate::flow::FlowGate) {
-        both!(self, c => c.set_flow_gate(gate))
+        both!(self, c => c.data_mut().set_flow_gate(gate))
     }
 
     pub(crate) fn flow_slots(&self) -> u64 {
-        both!(self, c => c.flow_slots())
+        both!(self, c => c.data().flow_slots())
     }
 
     pub(crate) fn take_request_stats(&mut self) -> RequestStats {
-        both!(self, c => c.take_request_stats())
+        both!(self, c => c.data_mut().take_request_stats())
     }
 
     pub(crate) fn take_flow_refusals(&mut self) -> Vec<crate::tunnel::data::FlowRefusal> {
-        both!(self, c => c.take_flow_refusals())
+        both!(self, c => c.data_mut().take_flow_refusals())
     }
 
     pub(crate) fn is_closed(&self) -> bool {

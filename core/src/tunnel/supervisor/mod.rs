@@ -37,7 +37,7 @@ use super::connector::{
     CloseReason, ConnectorConfig, ConnectorConnection, ConnectorEvent, LocalClose,
     UdpUnregisterFailure,
 };
-use super::data::{FlowId, OriginAction};
+use super::data::{DataLimits, FlowId, OriginAction};
 use super::udp::DatagramHub;
 use super::{Received, Transmit};
 use crate::control::features::{self, FeaturesRecord, RecordError, FEATURES_RECORD};
@@ -1276,37 +1276,15 @@ impl Supervisor {
         }
     }
 
-    /// Every connection, and every later one, checks Access JWTs with `keys`.
-    pub(crate) fn set_access_keys(
-        &mut self,
-        keys: std::sync::Arc<crate::ingress::access::AccessKeys>,
-    ) {
+    /// Every connection, and every later one, holds new streams and flows to limits changed
+    /// by `change` (new Access keys, a configuration push).
+    pub(crate) fn change_data_limits(&mut self, change: impl Fn(&mut DataLimits)) {
         for s in &mut self.slots {
             if let Phase::Running(r) = &mut s.phase {
-                r.conn.set_access_keys(keys.clone());
+                change(r.conn.limits_mut());
             }
         }
-        self.config.connector.data.access = Some(keys);
-    }
-
-    /// Every connection, and every later one, dials private-network TCP flows with `timeout`.
-    fn set_tcp_connect_timeout(&mut self, timeout: Duration) {
-        for s in &mut self.slots {
-            if let Phase::Running(r) = &mut s.phase {
-                r.conn.set_tcp_connect_timeout(timeout);
-            }
-        }
-        self.config.connector.data.tcp_connect_timeout = timeout;
-    }
-
-    /// Every connection, and every later one, resolves new requests with `ingress`.
-    fn set_ingress(&mut self, ingress: std::sync::Arc<crate::ingress::Ingress>) {
-        for s in &mut self.slots {
-            if let Phase::Running(r) = &mut s.phase {
-                r.conn.set_ingress(ingress.clone());
-            }
-        }
-        self.config.connector.data.ingress = Some(ingress);
+        change(&mut self.config.connector.data);
     }
 
     /// The ingress rules in force (the last configuration push's, else the local ones).
@@ -1699,10 +1677,10 @@ impl Supervisor {
             }
         }
         if let Some(ingress) = pushed {
-            self.set_ingress(ingress);
+            self.change_data_limits(|l| l.ingress = Some(ingress.clone()));
         }
         if let Some(timeout) = tcp_connect_timeout {
-            self.set_tcp_connect_timeout(timeout);
+            self.change_data_limits(|l| l.tcp_connect_timeout = timeout);
         }
         if let State::ShuttingDown(_) = self.state {
             if self.slots.iter().all(|s| matches!(s.phase, Phase::Stopped)) {
