@@ -61,7 +61,7 @@ pub fn cli_datagram_version(extra: &[String]) -> Option<DatagramVersion> {
 /// The list sent to the edge, as cloudflared's `clientFeatures`: the defaults, the datagram
 /// version's feature (`support_datagram_v3_2` for v3; v2's is a default), `postquantum` when
 /// post-quantum key exchange is enforced, then each of `extra` (`--features`) once, without
-/// [`NOT_ADVERTISED`] ones. `version` is [`cli_datagram_version`]'s when it has one.
+/// `NOT_ADVERTISED` ones. `version` is [`cli_datagram_version`]'s when it has one.
 pub fn features(post_quantum: bool, extra: &[String], version: DatagramVersion) -> Vec<String> {
     let mut out: Vec<String> = DEFAULT_FEATURES.iter().map(|s| (*s).to_owned()).collect();
     if version == DatagramVersion::V3 {

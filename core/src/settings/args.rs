@@ -284,7 +284,7 @@ pub struct RunArgs {
     /// Credentials file contents (JSON), instead of --credentials-file.
     #[arg(long, env = "TUNNEL_CRED_CONTENTS", hide_env_values = true)]
     pub credentials_contents: Option<String>,
-    /// Credentials file (cloudflared's <TunnelID>.json).
+    /// Credentials file (cloudflared's `<TunnelID>.json`).
     #[arg(long, alias = "cred-file", env = "TUNNEL_CRED_FILE")]
     pub credentials_file: Option<String>,
     /// One origin for every request (instead of ingress rules).

@@ -68,7 +68,7 @@ pub(super) fn is_switch(name: &str) -> bool {
 }
 
 /// The ignored flags given (on the command line or through their environment variable), in
-/// [`IGNORED`]'s order, with their values.
+/// `IGNORED`'s order, with their values.
 #[derive(Debug, Clone, Default)]
 pub struct IgnoredArgs {
     given: Vec<(&'static Flag, Option<String>)>,

@@ -53,7 +53,7 @@ pub struct Settings {
     pub cacert: Option<String>,
     /// `--ha-connections`.
     pub ha_connections: u8,
-    /// `--grace-period`, at most [`MAX_GRACE`].
+    /// `--grace-period`, at most `MAX_GRACE`.
     pub grace_period: Duration,
     /// `--edge-ip-version`.
     pub ip_version: IpVersion,

@@ -96,7 +96,7 @@ pub(super) const REFUSED: &[(Flag, &str)] = &[
 ];
 
 /// The first refused flag given (on the command line or through its variable) asking for what
-/// burrow cannot do, in [`REFUSED`]'s order: `--quic-disable-pmtu-discovery=false` asks for
+/// burrow cannot do, in `REFUSED`'s order: `--quic-disable-pmtu-discovery=false` asks for
 /// nothing, `--stdin-control=false` still does (cloudflared reads it by presence).
 #[derive(Debug, Clone, Default)]
 pub struct RefusedArgs {

@@ -6,7 +6,7 @@
 //! origin is slow, and the driver stops reading an origin (until [`OriginAction::Resume`]) while
 //! the edge is slow. HTTP flows whose exchange ended cleanly on a keep-alive connection go to an
 //! idle pool and carry only a later request that resolved to the same origin (service and
-//! settings, see [`PoolKey`]).
+//! settings, see `PoolKey`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -103,7 +103,7 @@ pub struct DataLimits {
     pub idle_timeout: Duration,
     /// The ingress rules, which resolve each request's origin and whose `originRequest`
     /// options (`httpHostHeader`, `disableChunkedEncoding`) change HTTP requests; a
-    /// configuration push replaces them ([`DataStreams::set_ingress`]). None: requests go as
+    /// configuration push replaces them (`DataStreams::limits_mut`). None: requests go as
     /// the edge sent them.
     pub ingress: Option<Arc<Ingress>>,
     /// The user's connector tags (`--tag`); the connector id is added to them.

@@ -4,7 +4,7 @@
 //! The driver dials TCP to the edge and moves bytes; [`Http2Link`] runs TLS and HTTP/2
 //! ([`crate::http2::ConnectorConnection`]) over them and serves what the edge opens: the control
 //! stream (the same registration RPC as on QUIC, in the stream's bodies), configuration pushes,
-//! and data streams. Data streams go through the same proxy as QUIC's ([`DataStreams`]): each
+//! and data streams. Data streams go through the same proxy as QUIC's (`DataStreams`): each
 //! request head is turned into the `ConnectRequest` the edge would have sent over QUIC, and the
 //! proxy's `ConnectResponse` back into cloudflared's HTTP/2 response head (C§1.7, 1.8, 1.13). So
 //! origin framing, ingress, WebSocket upgrades, TCP half-close and the idle origin pool are one

@@ -368,7 +368,7 @@ pub(super) fn open(
     ))
 }
 
-/// Writes `config` to DIR/<tunnel>.json whole (a temporary file renamed), so a reader never
+/// Writes `config` to `DIR/<tunnel>.json` whole (a temporary file renamed), so a reader never
 /// sees half of it.
 fn record_local_config(dir: &std::path::Path, tunnel: Uuid, config: &[u8]) {
     let path = dir.join(format!("{tunnel}.json"));

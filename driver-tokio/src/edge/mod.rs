@@ -1,11 +1,11 @@
 //! `burrow edge`: a self-hosted edge. Tunnel connections come in over QUIC (UDP) or HTTP/2 over
 //! TLS (TCP, [`http2`]) on the same port and are served by burrow-core's
-//! [`Edge`](burrow_core::edge::Edge) machine; registrations are checked against a tunnels file; eyeball
+//! [`Edge`] machine; registrations are checked against a tunnels file; eyeball
 //! HTTP/1.1 requests (WebSocket upgrades included) are routed by `Host` to a registered tunnel,
 //! spread over its HA connections; `--tcp-map` ports carry raw TCP streams; `--udp-map` and
 //! `--icmp-map` ports carry UDP sessions and ping as QUIC datagrams ([`crate::edge_udp`]).
 //!
-//! Modules: [`tunnels`] (the tunnels file), [`identity`] (certificate and local CA),
+//! Modules: [`tunnels`] (the tunnels file), [`identity`](mod@identity) (certificate and local CA),
 //! [`event_loop`] (the task driving the edge machine), [`eyeball`] (the public HTTP port),
 //! [`tcp_map`] (`--tcp-map` ports), [`http2`] (the TCP sockets of HTTP/2 connectors).
 
@@ -72,7 +72,7 @@ pub struct EdgeArgs {
     #[arg(long, global = true, default_value = "info")]
     pub loglevel: String,
     /// Write each local configuration a connector sends (`updateLocalConfiguration`) to
-    /// DIR/<tunnel id>.json, as received.
+    /// `DIR/<tunnel id>.json`, as received.
     #[arg(long)]
     pub local_config_dir: Option<PathBuf>,
     #[command(subcommand)]
@@ -120,7 +120,7 @@ pub enum TunnelCommand {
         /// Hostname routed to it (repeatable; `*.example.com` allowed).
         #[arg(long)]
         hostname: Vec<String>,
-        /// Where to write the credentials file (default DIR/<id>.json).
+        /// Where to write the credentials file (default `DIR/<id>.json`).
         #[arg(long)]
         credentials_file: Option<PathBuf>,
     },

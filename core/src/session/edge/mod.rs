@@ -41,7 +41,7 @@
 //!
 //! An ICMP mapping carries raw IP packets (echo requests with their IP header) as `0x02`
 //! datagrams; replies and errors go back to the client that last sent a request with the same
-//! (source, destination, echo id), from a small table with idle expiry ([`echo`]).
+//! (source, destination, echo id), from a small table with idle expiry (`echo`).
 
 mod echo;
 #[cfg(test)]

@@ -11,7 +11,7 @@
 //! connection it replaces. Pushed remote configurations are versioned and applied here.
 //!
 //! Drivers do not call it: [`crate::connector::Connector`] wraps it and orders its outputs.
-//! Its parts: [`pool`] (edge addresses), [`backoff`], [`datagrams`] (the datagram plane of every
+//! Its parts: `pool` (edge addresses), `backoff`, `datagrams` (the datagram plane of every
 //! connection: UDP sessions, ICMP, v2 registrations, re-homing sessions when a link goes).
 
 use std::collections::{BTreeMap, HashMap, VecDeque};

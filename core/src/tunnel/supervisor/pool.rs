@@ -85,7 +85,7 @@ const SECONDARY_FOR: Duration = Duration::from_secs(600);
 /// Regions of an SRV-discovered edge (cloudflared's `ResolveEdge`).
 const REGIONS: usize = 2;
 
-/// The SRV targets that are regions, in the resolver's order: the first [`REGIONS`], the only
+/// The SRV targets that are regions, in the resolver's order: the first two (`REGIONS`), the only
 /// ones worth resolving for [`EdgePool::from_srv_targets`].
 pub fn region_targets<T>(targets: &[T]) -> &[T] {
     &targets[..targets.len().min(REGIONS)]
