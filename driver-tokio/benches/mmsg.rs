@@ -47,7 +47,7 @@ fn benches(c: &mut Criterion) {
                         let (sent, error) = mmsg::send_many(
                             tx.as_fd(),
                             &payloads,
-                            segment && segmenting,
+                            if segment && segmenting { SIZE } else { 0 },
                             |(a, p)| (Some(*a), &p[..]),
                         );
                         spent += start.elapsed();

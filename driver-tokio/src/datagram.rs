@@ -287,7 +287,7 @@ impl DatagramSockets {
                 Some(s) => {
                     let bytes = &self.unsent_bytes;
                     let item = |(_, r): &(UdpFlowId, Range<usize>)| (None, &bytes[r.clone()]);
-                    let (n, error) = mmsg::send_many(s.socket.as_fd(), batch, false, item);
+                    let (n, error) = mmsg::send_many(s.socket.as_fd(), batch, 0, item);
                     if let Some(e) = error.filter(|e| e.kind() != io::ErrorKind::WouldBlock) {
                         debug!(%flow, error = %e, "origin UDP write failed");
                     }

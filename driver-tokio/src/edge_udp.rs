@@ -111,8 +111,9 @@ pub struct MappingSockets {
     /// client and where the payload is in `unsent_bytes`.
     unsent: Vec<(MappingId, SocketAddr, Range<usize>)>,
     unsent_bytes: Vec<u8>,
-    /// By mapping id: whether its socket sends segmented messages (UDP GSO).
-    segmenting: Vec<bool>,
+    /// By mapping id: the largest datagrams its socket sends in segmented messages (UDP GSO;
+    /// 0: none), lowered when the route refuses them ([`mmsg::send_many_adapting`]).
+    max_segment: Vec<usize>,
 }
 
 /// Binds every mapping socket.
@@ -151,13 +152,16 @@ pub async fn bind(
         addrs.icmp.push(addr);
         sockets.push(sock);
     }
-    let segmenting = sockets
+    let max_segment = sockets
         .iter()
-        .map(|s| mmsg::segmenting_supported(s.get_ref().as_fd()))
+        .map(|s| match mmsg::segmenting_supported(s.get_ref().as_fd()) {
+            true => usize::MAX,
+            false => 0,
+        })
         .collect();
     Ok((
         MappingSockets {
-            segmenting,
+            max_segment,
             sockets,
             last: 0,
             slots: RecvSlots::new(READ_BUF),
@@ -260,18 +264,21 @@ impl MappingSockets {
             let Some(sock) = self.sockets.get(mapping.0 as usize) else {
                 continue;
             };
-            let segment = self.segmenting.get(mapping.0 as usize).copied() == Some(true);
+            let Some(max_segment) = self.max_segment.get_mut(mapping.0 as usize) else {
+                continue;
+            };
             let bytes = &self.unsent_bytes;
             let item =
                 |(_, to, r): &(MappingId, SocketAddr, Range<usize>)| (Some(*to), &bytes[r.clone()]);
-            let fd = sock.get_ref().as_fd();
-            let (mut sent, mut error) = mmsg::send_many(fd, batch, segment, item);
-            if segment && error.as_ref().is_some_and(mmsg::is_segmenting_error) {
-                // This socket's route cannot segment: plain sends from now on.
-                debug!(%mapping, error = ?error, "segmented sends refused; sending plainly");
-                self.segmenting[mapping.0 as usize] = false;
-                let (more, e) = mmsg::send_many(fd, &batch[sent..], false, item);
-                (sent, error) = (sent + more, e);
+            let before = *max_segment;
+            let (sent, error) =
+                mmsg::send_many_adapting(sock.get_ref().as_fd(), batch, max_segment, item);
+            if *max_segment != before {
+                debug!(
+                    %mapping,
+                    max_segment = *max_segment,
+                    "segmented sends refused; larger datagrams go plainly"
+                );
             }
             if sent < run {
                 match error {

@@ -126,26 +126,61 @@ pub fn segmenting_supported(fd: BorrowedFd<'_>) -> bool {
     set(1200) && set(0)
 }
 
-/// Whether a segmented send failed because this socket or route cannot segment (`EIO`: no
-/// checksum offload on older kernels, or IPsec; `EINVAL`: a segment over the route's MTU):
-/// the caller then sends plainly.
-pub fn is_segmenting_error(e: &io::Error) -> bool {
-    matches!(e.raw_os_error(), Some(libc::EIO | libc::EINVAL))
+/// Whether a segmented send failed because this socket or route cannot segment it (`EIO`: no
+/// checksum offload on older kernels, or IPsec; a segment over the route's MTU: `EINVAL` on
+/// older kernels, `EMSGSIZE` on newer ones such as this machine's 6.18).
+fn is_segmenting_error(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EIO | libc::EINVAL | libc::EMSGSIZE)
+    )
+}
+
+/// [`send_many`] on a socket whose route may refuse segmented messages: the refused message
+/// and what follows it go again at once, and `max_segment` is lowered for good: below the
+/// refused size for a segment over the route's MTU (smaller runs still segment), to 0 for
+/// `EIO` (this socket cannot segment at all). Each retry lowers it, so they end; a refused
+/// message that was not segmented (a datagram too long for UDP) ends them too.
+pub fn send_many_adapting<'a, T>(
+    fd: BorrowedFd<'_>,
+    items: &'a [T],
+    max_segment: &mut usize,
+    item: impl Fn(&'a T) -> (Option<SocketAddr>, &'a [u8]),
+) -> (usize, Option<io::Error>) {
+    let (mut sent, mut error) = send_many(fd, items, *max_segment, &item);
+    while let Some(e) = error.as_ref().filter(|e| is_segmenting_error(e)) {
+        // The failed call's first message, which starts at `sent`, is the refused one.
+        let Some(refused) = items.get(sent) else {
+            break;
+        };
+        let lowered = match e.raw_os_error() {
+            Some(libc::EIO) => 0,
+            _ => item(refused).1.len().saturating_sub(1),
+        };
+        if lowered >= *max_segment {
+            break; // that message was not segmented: the error is another one
+        }
+        *max_segment = lowered;
+        let (more, e) = send_many(fd, &items[sent..], *max_segment, &item);
+        sent += more;
+        error = e;
+    }
+    (sent, error)
 }
 
 /// Writes `items` in order without waiting, up to [`BATCH`] messages per call, each datagram
-/// its own message; with `segment` each run of consecutive datagrams to one address and of
-/// one size (the run's last may be shorter) goes as one message the kernel cuts back into
-/// datagrams (UDP GSO). On loopback a
+/// its own message; each run of consecutive datagrams to one address and of one size up to
+/// `max_segment` (the run's last may be shorter; 0: no runs) goes as one message the kernel
+/// cuts back into datagrams (UDP GSO). On loopback a
 /// `sendmmsg` of 64 small datagrams delivers each one alone and wakes its reader each time,
 /// which then preempts the sender; a segmented message is delivered in one go. `item` gives
 /// each one's address (none on a connected socket) and payload. Returns how many were
-/// written, and the error that stopped the rest (`WouldBlock` when the buffer is full; see
-/// [`is_segmenting_error`]).
+/// written, and the error that stopped the rest (`WouldBlock` when the buffer is full; a
+/// refused segmented message: see [`send_many_adapting`]).
 pub fn send_many<'a, T>(
     fd: BorrowedFd<'_>,
     items: &'a [T],
-    segment: bool,
+    max_segment: usize,
     item: impl Fn(&'a T) -> (Option<SocketAddr>, &'a [u8]),
 ) -> (usize, Option<io::Error>) {
     // SAFETY: CMSG_SPACE only computes a size.
@@ -166,7 +201,7 @@ pub fn send_many<'a, T>(
             let (to, first) = item(&items[i]);
             let size = first.len();
             let mut j = i + 1;
-            if segment && size > 0 {
+            if size > 0 && size <= max_segment {
                 let mut bytes = size;
                 while j < items.len() && j - i < MAX_SEGMENTS && niov + (j - i) < IOVS {
                     let (next_to, p) = item(&items[j]);
@@ -283,7 +318,7 @@ mod tests {
             let to = rx.local_addr().expect("addr");
             // More than one call's worth, of different sizes.
             let sent: Vec<Vec<u8>> = (0..BATCH + 3).map(|i| vec![i as u8; i + 1]).collect();
-            let (n, e) = send_many(tx.as_fd(), &sent, false, |p| (Some(to), &p[..]));
+            let (n, e) = send_many(tx.as_fd(), &sent, 0, |p| (Some(to), &p[..]));
             assert!(e.is_none(), "{e:?}");
             assert_eq!(n, sent.len());
             let mut slots = RecvSlots::new(BATCH + 8);
@@ -332,7 +367,8 @@ mod tests {
         }
         for segment in [true, false] {
             let segment = segment && segmenting_supported(tx.as_fd());
-            let (n, e) = send_many(tx.as_fd(), &items, segment, |(a, p)| (Some(*a), &p[..]));
+            let max_segment = if segment { usize::MAX } else { 0 };
+            let (n, e) = send_many(tx.as_fd(), &items, max_segment, |(a, p)| (Some(*a), &p[..]));
             assert!(e.is_none(), "{e:?}");
             assert_eq!(n, items.len());
             for (r, addr) in rx.iter().zip(&to) {
@@ -353,12 +389,61 @@ mod tests {
         }
     }
 
+    /// On a route whose MTU a run's segments exceed (loopback at 1280 bytes in a network
+    /// namespace of the test's own thread), the refused run goes again plainly, and only sizes
+    /// from the refused one up stop segmenting. Skips where namespaces or `ip` are not at hand.
+    #[test]
+    fn a_route_refusing_large_segments_lowers_the_limit_and_loses_nothing() {
+        let run = || -> Option<usize> {
+            // SAFETY: unshare(CLONE_NEWNET) moves only this thread to a new network namespace.
+            if unsafe { libc::unshare(libc::CLONE_NEWNET) } != 0 {
+                return None;
+            }
+            // A child inherits the namespace of the thread that spawns it.
+            let up = std::process::Command::new("ip")
+                .args(["link", "set", "lo", "mtu", "1280", "up"])
+                .status();
+            if !up.is_ok_and(|s| s.success()) {
+                return None;
+            }
+            let tx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
+            if !segmenting_supported(tx.as_fd()) {
+                return None;
+            }
+            let to = rx.local_addr().expect("addr");
+            // Runs too large to segment on this route, one small enough between them.
+            let items: Vec<Vec<u8>> = [1400, 200, 1400]
+                .iter()
+                .enumerate()
+                .flat_map(|(k, &size)| (0..5u8).map(move |i| vec![k as u8 * 10 + i; size]))
+                .collect();
+            let mut max_segment = usize::MAX;
+            let (n, e) =
+                send_many_adapting(tx.as_fd(), &items, &mut max_segment, |p| (Some(to), &p[..]));
+            assert!(e.is_none(), "{e:?}");
+            assert_eq!(n, items.len());
+            rx.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .expect("timeout");
+            let mut buf = [0u8; 2048];
+            for (k, want) in items.iter().enumerate() {
+                let len = rx.recv(&mut buf).expect("datagram");
+                assert_eq!(&buf[..len], &want[..], "datagram {k}");
+            }
+            Some(max_segment)
+        };
+        match std::thread::spawn(run).join().expect("the test's thread") {
+            Some(max_segment) => assert_eq!(max_segment, 1399, "only 1400-byte runs go plainly"),
+            None => eprintln!("skipped: no network namespace, `ip` or UDP segmenting here"),
+        }
+    }
+
     #[test]
     fn a_connected_socket_sends_without_addresses_and_cuts_long_reads() {
         let rx = UdpSocket::bind("127.0.0.1:0").expect("bind");
         let tx = burrow_os::open_udp(rx.local_addr().expect("addr")).expect("connected");
         let long = [7u8; 100];
-        let (n, e) = send_many(tx.as_fd(), &[long], false, |p| (None, &p[..]));
+        let (n, e) = send_many(tx.as_fd(), &[long], 0, |p| (None, &p[..]));
         assert!(e.is_none(), "{e:?}");
         assert_eq!(n, 1);
         let mut slots = RecvSlots::new(10);
