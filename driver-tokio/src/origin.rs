@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tracing::debug;
 
-use crate::chunked::{make_room, READ_CHUNK};
+use crate::chunked::ChunkBuf;
 
 /// Any origin byte stream.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -521,18 +521,16 @@ async fn pump(
     };
     let reader = async move {
         // Each read is split off as it is (no copy) and handed on; core passes it to QUIC by
-        // reference. Later reads fill the rest of the same allocation, and a fresh one comes
-        // only when little is left (or reclaimed, once nobody holds the old one).
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        // reference.
+        let mut buf = ChunkBuf::default();
         loop {
-            make_room(&mut buf);
-            match rd.read_buf(&mut buf).await {
-                Ok(0) => {
+            match rd.read_buf(buf.room()).await.map(|n| buf.take(n)) {
+                Ok(None) => {
                     report(FlowReport::Finished);
                     break;
                 }
-                Ok(_) => {
-                    report(FlowReport::Data(buf.split().freeze()));
+                Ok(Some(chunk)) => {
+                    report(FlowReport::Data(chunk));
                     permit.notified().await;
                 }
                 Err(e) => {

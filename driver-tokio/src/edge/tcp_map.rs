@@ -1,6 +1,5 @@
 //! `--tcp-map` ports, and the byte splice they share with upgraded WebSockets.
 
-use bytes::BytesMut;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -11,9 +10,9 @@ use burrow_core::edge::{EyeballId, StreamEvent, Target};
 use burrow_core::stream::connect::ConnectionType;
 
 use super::event_loop::{open, Cmd, Events};
-use crate::chunked::{read_chunk, READ_CHUNK};
+use crate::chunked::ChunkBuf;
 
-/// Chunks sent up (each at most [`READ_CHUNK`]) and not yet acknowledged, at most: the
+/// Chunks sent up (each at most [`crate::chunked::READ_CHUNK`]) and not yet acknowledged, at most: the
 /// socket is read again while the edge still holds this many, so reading overlaps the edge
 /// taking the last chunk, and a slow tunnel holds the socket instead of filling memory.
 const IN_FLIGHT: usize = 2;
@@ -32,7 +31,7 @@ pub(super) async fn splice(
 ) {
     let c = cmds.clone();
     let up = async move {
-        let mut buf = BytesMut::with_capacity(READ_CHUNK);
+        let mut buf = ChunkBuf::default();
         let mut in_flight = 0usize;
         loop {
             while ack_rx.try_recv().is_ok() {
@@ -44,7 +43,7 @@ pub(super) async fn splice(
                 }
                 in_flight -= 1;
             }
-            match read_chunk(&mut rd, &mut buf).await {
+            match buf.read(&mut rd).await {
                 Ok(Some(chunk)) => {
                     if c.send(Cmd::Body(key, chunk)).is_err() {
                         break;
@@ -123,6 +122,7 @@ pub(super) async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::chunked::READ_CHUNK;
     use tokio::io::AsyncReadExt;
 
     /// What the splice sent up, in order: its bytes, and whether it finished.
