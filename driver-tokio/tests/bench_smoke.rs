@@ -106,6 +106,10 @@ fn quick_bench_prints_the_table() {
     }
     let idle = row("connector RSS idle MiB");
     assert!(number(idle[3], "connector RSS") > 1.0, "{idle:?}");
+    for who in ["connector", "edge"] {
+        let chatty = row(&format!("{who} RSS 20 chatty TCP streams MiB"));
+        assert!(number(chatty[3], "chatty streams RSS") > 1.0, "{chatty:?}");
+    }
     assert!(
         rows.iter()
             .any(|r| r[0].starts_with("UDP") && r[0].ends_with("packets/s")),

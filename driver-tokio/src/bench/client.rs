@@ -221,6 +221,39 @@ pub fn tcp_rtt(addr: SocketAddr, samples: usize) -> Result<Percentiles, String> 
     Percentiles::of(times)
 }
 
+/// Opens `n` echo streams and moves `bytes` through each in `msg`-byte round trips, every
+/// stream's message out before any answer is read (a chatty WebSocket or SSH session, many at
+/// once). Calls `live()` while every stream is still open and idle, then closes them.
+pub fn chatty_streams<T>(
+    addr: SocketAddr,
+    n: usize,
+    msg: usize,
+    bytes: usize,
+    live: impl FnOnce() -> T,
+) -> Result<T, String> {
+    let mut streams = Vec::with_capacity(n);
+    for _ in 0..n {
+        let mut s = connect(addr)?;
+        s.write_all(&[mode::ECHO])
+            .map_err(|e| format!("send: {e}"))?;
+        streams.push(s);
+    }
+    let out = &origin::PATTERN[..msg];
+    let mut back = vec![0u8; msg];
+    for _ in 0..bytes / msg {
+        for s in &mut streams {
+            s.write_all(out).map_err(|e| format!("send: {e}"))?;
+        }
+        for s in &mut streams {
+            s.read_exact(&mut back).map_err(|e| format!("echo: {e}"))?;
+            if back != out {
+                return Err("echo differs".into());
+            }
+        }
+    }
+    Ok(live())
+}
+
 fn udp_socket(addr: SocketAddr, timeout: Duration) -> Result<UdpSocket, String> {
     let s = UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.connect(addr).map(|()| s))

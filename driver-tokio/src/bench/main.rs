@@ -23,6 +23,12 @@ use clap::Parser;
 
 use client::Percentiles;
 
+/// Message size of the chatty-streams part: a small WebSocket or SSH message.
+const CHATTY_MSG: usize = 1024;
+/// Bytes each chatty stream carries before the memory is read: more than the largest read
+/// buffer, so a buffer walked through by small reads has been touched whole.
+const CHATTY_BYTES: usize = 192 * 1024;
+
 /// The hostname the tunnel serves on the edge's HTTP listener.
 const HOST: &str = "bench.burrow.test";
 
@@ -60,6 +66,10 @@ struct Args {
     /// UDP sessions held open at once for the memory figure [default: 10000, quick 500].
     #[arg(long)]
     udp_sessions: Option<usize>,
+    /// TCP echo streams held open at once for the chatty-streams memory figure, each
+    /// carrying 192 KiB in 1 KiB round trips [default: 300, quick 20].
+    #[arg(long)]
+    tcp_streams: Option<usize>,
     /// HA connections of the connector.
     #[arg(long, default_value_t = 4)]
     ha_connections: u8,
@@ -108,6 +118,8 @@ enum Part {
     UdpRtt,
     /// UDP sessions (and the memory rows taken with them).
     Sessions,
+    /// Many chatty TCP streams held open (the memory rows taken with them).
+    Streams,
 }
 
 /// Settings after defaults.
@@ -121,6 +133,7 @@ struct Plan {
     udp_window: usize,
     udp_size: usize,
     udp_sessions: usize,
+    tcp_streams: usize,
     ha: u8,
     /// Parts to run; empty runs all.
     only: Vec<Part>,
@@ -147,6 +160,7 @@ impl Plan {
                 .udp_sessions
                 .unwrap_or(if q { 500 } else { 10_000 })
                 .max(1),
+            tcp_streams: a.tcp_streams.unwrap_or(if q { 20 } else { 300 }).max(1),
             ha: a.ha_connections.max(1),
             only: a.only.clone(),
         }
@@ -738,6 +752,33 @@ fn main() -> ExitCode {
         .iter()
         .map(|t| t.as_ref().map_or_else(failed, |t| rss(&t.connector)))
         .collect();
+    // Memory with many chatty TCP streams open and idle: what each stream keeps.
+    let streams = p.tcp_streams;
+    let (conn_streams, edge_streams): (Vec<Cell>, Vec<Cell>) = tunnels
+        .iter_mut()
+        .map(|t| {
+            let t = match t {
+                Ok(t) if p.runs(Part::Streams) => t,
+                Ok(_) => {
+                    let e = "not in --only".to_owned();
+                    return (failed(&e), failed(&e));
+                }
+                Err(e) => return (failed(e), failed(e)),
+            };
+            eprintln!("burrow-bench: {streams} chatty TCP streams ...");
+            let r = t.alive().and_then(|()| {
+                client::chatty_streams(t.tcp, streams, CHATTY_MSG, CHATTY_BYTES, || {
+                    std::thread::sleep(Duration::from_millis(500));
+                    (rss(&t.connector), rss(&t.edge))
+                })
+            });
+            r.unwrap_or_else(|e| {
+                let e = t.alive().err().unwrap_or(e);
+                (failed(&e), failed(&e))
+            })
+        })
+        .unzip();
+
     let n = p.udp_sessions;
     eprintln!("burrow-bench: {n} UDP sessions ...");
     let skip_sessions = !p.runs(Part::Sessions);
@@ -819,12 +860,32 @@ fn main() -> ExitCode {
         )
         .note(sides("answered", &names, None, &tunnel_sessions, answered)),
     );
+    let chatty = format!(
+        "{streams} TCP streams open, each after {} KiB in {CHATTY_MSG} B round trips",
+        CHATTY_BYTES >> 10
+    );
+    rows.push(
+        Row::new(
+            format!("connector RSS {streams} chatty TCP streams MiB"),
+            na(),
+            conn_streams,
+        )
+        .note(chatty.clone()),
+    );
     let note = "HTTP and TCP parts";
     rows.push(Row::new("connector CPU ms per MB", na(), conn_cpu).note(note));
     rows.push(Row::new("edge CPU ms per MB", na(), edge_cpu).note(note));
     rows.push(Row::new("edge RSS idle MiB", na(), edge_idle).note("the burrow edge"));
     rows.push(
         Row::new(format!("edge RSS {n} UDP sessions MiB"), na(), edge_busy).note("the burrow edge"),
+    );
+    rows.push(
+        Row::new(
+            format!("edge RSS {streams} chatty TCP streams MiB"),
+            na(),
+            edge_streams,
+        )
+        .note(format!("the burrow edge; {chatty}")),
     );
 
     println!();
