@@ -99,6 +99,8 @@ pub struct Streams {
     active: BTreeSet<EyeballId>,
     /// The pieces of the response chunk being read (kept for its capacity).
     pieces: Vec<Bytes>,
+    /// The active streams one pump visits (kept for its capacity: a pump runs per packet).
+    visiting: Vec<EyeballId>,
 }
 
 impl Streams {
@@ -243,8 +245,10 @@ impl Streams {
         out: &mut impl FnMut(EyeballId, StreamEvent),
     ) -> bool {
         let mut progress = false;
-        let ids: Vec<EyeballId> = self.active.iter().copied().collect();
-        for id in ids {
+        let mut visiting = std::mem::take(&mut self.visiting);
+        visiting.clear();
+        visiting.extend(self.active.iter().copied());
+        for &id in &visiting {
             let Some(s) = self.by_id.get_mut(&id) else {
                 self.active.remove(&id);
                 continue;
@@ -300,6 +304,7 @@ impl Streams {
                 self.active.remove(&id);
             }
         }
+        self.visiting = visiting;
         progress
     }
 
