@@ -79,11 +79,8 @@ impl EdgeSocket {
     }
 
     /// Reads what is queued (a bounded number of `recvmmsg` calls), handing each buffer to
-    /// `f`. Ok(true) once drained, which mio's edge-triggered readiness needs: a read that
-    /// fills fewer buffers than it has found the queue empty (the socket is not connected and
-    /// asks for no ICMP errors, so nothing else stops it short), sparing the read that would
-    /// return `WouldBlock`. Ok(false) at the bound: the caller must come back without waiting
-    /// for a new event.
+    /// `f`. Ok once drained (`WouldBlock`, which mio's edge-triggered readiness needs) or at
+    /// the bound (then the caller must come back without waiting for a new event).
     pub fn read_round(
         &self,
         bufs: &mut RecvBufs,
@@ -103,9 +100,6 @@ impl EdgeSocket {
                             data: &b[..m.len.min(b.len())],
                             stride: m.stride,
                         });
-                    }
-                    if n < RECV_BATCH {
-                        return Ok(true);
                     }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(true),

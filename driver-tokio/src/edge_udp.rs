@@ -217,34 +217,20 @@ impl MappingSockets {
         let mapping = MappingId(u32::try_from(index).unwrap_or(u32::MAX));
         for _ in 0..READ_CALLS {
             let slots = &mut self.slots;
-            // A short read took the whole queue: it clears the runtime's readiness as a
-            // `WouldBlock` would, sparing an empty read (the socket is not connected and asks
-            // for no ICMP errors, so only an empty queue stops a read short; see
-            // `QuicSocket::recv_into`).
-            let mut n = 0;
-            let read = sock.try_io(Interest::READABLE, |s| {
-                n = mmsg::recv_many(s.as_fd(), slots)?;
-                if n < mmsg::BATCH {
-                    Err(io::ErrorKind::WouldBlock.into())
-                } else {
-                    Ok(())
-                }
-            });
-            if n > 0 {
-                for (data, from) in self.slots.received() {
-                    if let Some(from) = from {
-                        on(Input::ClientPacket {
-                            mapping,
-                            from,
-                            data,
-                        });
+            match sock.try_io(Interest::READABLE, |s| mmsg::recv_many(s.as_fd(), slots)) {
+                Ok(_) => {
+                    for (data, from) in self.slots.received() {
+                        if let Some(from) = from {
+                            on(Input::ClientPacket {
+                                mapping,
+                                from,
+                                data,
+                            });
+                        }
                     }
                 }
-            }
-            match read {
-                Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                // None is expected (see above), but one ends only this turn.
+                // ICMP errors from earlier sends surface here on Linux; not fatal.
                 Err(e) => {
                     debug!(%mapping, error = %e, "mapping socket read error");
                     return;

@@ -118,18 +118,12 @@ impl QuicSocket {
     /// Reads what is queued, without waiting, into `bufs`; then [`RecvBufs::received`] lists
     /// it. `WouldBlock` when nothing is.
     pub fn try_recv(&self, bufs: &mut RecvBufs) -> io::Result<()> {
-        self.recv_into(bufs, false).map(drop)
+        self.recv_into(bufs, false)
     }
 
     /// Reads into `bufs`; `uncached`: straight from the (non-blocking) socket, not only when
-    /// tokio's readiness cache says readable. True if the read filled fewer buffers than it
-    /// had, so nothing more was queued: then the cache is cleared as a `WouldBlock` would,
-    /// sparing the read that would find nothing (a third of the edge's `recvmmsg` calls in
-    /// the UDP bench). That is safe because the runtime's epoll is edge-triggered: a datagram
-    /// arriving after this read signals again. A read stops short only on an empty queue here:
-    /// the socket is not connected and does not ask for ICMP errors (`IP_RECVERR`), so no
-    /// error can stop it after the first datagram.
-    fn recv_into(&self, bufs: &mut RecvBufs, uncached: bool) -> io::Result<bool> {
+    /// tokio's readiness cache says readable.
+    fn recv_into(&self, bufs: &mut RecvBufs, uncached: bool) -> io::Result<()> {
         bufs.filled = 0;
         let RecvBufs {
             storage,
@@ -140,28 +134,15 @@ impl QuicSocket {
         let mut slices = storage.chunks_mut(*chunk).map(IoSliceMut::new);
         let mut iovs: [IoSliceMut<'_>; RECV_BATCH] =
             std::array::from_fn(|_| slices.next().expect("RECV_BATCH chunks"));
-        let mut n = 0;
-        let read = if uncached {
-            self.state
-                .recv(self.io.get_ref().into(), &mut iovs, meta)
-                .map(|got| n = got)
+        let n = if uncached {
+            self.state.recv(self.io.get_ref().into(), &mut iovs, meta)?
         } else {
             self.io.try_io(Interest::READABLE, |io| {
-                n = self.state.recv(io.into(), &mut iovs, meta)?;
-                if n < RECV_BATCH {
-                    Err(io::ErrorKind::WouldBlock.into())
-                } else {
-                    Ok(())
-                }
-            })
+                self.state.recv(io.into(), &mut iovs, meta)
+            })?
         };
-        match read {
-            Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock && n > 0 => {}
-            Err(e) => return Err(e),
-        }
         *filled = n;
-        Ok(n < RECV_BATCH)
+        Ok(())
     }
 
     /// Reads what is queued, for at most a bounded number of `recvmmsg` calls, handing every
@@ -190,12 +171,7 @@ impl QuicSocket {
     ) -> io::Result<()> {
         for _ in 0..READ_BATCHES {
             match self.recv_into(bufs, uncached) {
-                Ok(drained) => {
-                    bufs.received().for_each(|r| f(&r));
-                    if drained {
-                        return Ok(());
-                    }
-                }
+                Ok(()) => bufs.received().for_each(|r| f(&r)),
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
                 Err(e) => return Err(e),
             }
@@ -390,7 +366,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_short_read_ends_the_round_and_the_next_datagram_wakes_the_reader() {
+    async fn a_read_round_leaves_no_readiness_behind_and_the_next_datagram_wakes_the_reader() {
         let tx = QuicSocket::bind("127.0.0.1:0".parse().unwrap())
             .await
             .unwrap();
@@ -412,14 +388,14 @@ mod tests {
             let wait = std::future::poll_fn(|cx| rx.poll_recv_ready(cx));
             tokio::time::timeout(Duration::from_secs(10), wait)
                 .await
-                .expect("a datagram sent after a short read wakes the reader")
+                .expect("a datagram sent after a round wakes the reader")
                 .expect("readable");
             let mut got = Vec::new();
             rx.read_round(&mut bufs, |r| got.extend(r.datagrams().map(<[u8]>::to_vec)))
                 .expect("read");
             assert_eq!(got, vec![vec![byte; 100]]);
-            // The short read (one buffer of RECV_BATCH) ended the round with the readiness
-            // cleared: the next datagram, not a read of an empty queue, wakes the reader.
+            // The round cleared the readiness it consumed: the loop sleeps until the next
+            // datagram rather than spinning on a stale "readable".
             assert!(!ready_now(&rx), "readiness cleared after datagram {byte}");
         }
     }
