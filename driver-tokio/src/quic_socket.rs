@@ -256,14 +256,15 @@ mod tests {
         got
     }
 
+    /// A sending and a receiving socket on loopback.
+    async fn pair() -> (QuicSocket, QuicSocket) {
+        let bind = || QuicSocket::bind("127.0.0.1:0".parse().unwrap());
+        (bind().await.unwrap(), bind().await.unwrap())
+    }
+
     #[tokio::test]
     async fn a_gso_batch_arrives_as_its_datagrams_with_their_ecn_mark() {
-        let tx = QuicSocket::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let rx = QuicSocket::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        let (tx, rx) = pair().await;
         // Five full segments and a short last one, as quinn builds a batch.
         let mut sent: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 1200]).collect();
         sent.push(vec![0xee; 300]);
@@ -302,12 +303,7 @@ mod tests {
 
     #[tokio::test]
     async fn the_largest_batch_of_the_largest_datagrams_is_one_send() {
-        let tx = QuicSocket::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let rx = QuicSocket::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        let (tx, rx) = pair().await;
         let n = tx.max_transmit_segments();
         let sent: Vec<Vec<u8>> = (0..n).map(|i| vec![i as u8; MAX_UDP_PAYLOAD]).collect();
         let buf = sent.concat();
@@ -328,12 +324,7 @@ mod tests {
 
     #[tokio::test]
     async fn queued_datagrams_of_mixed_sizes_arrive_intact_in_order() {
-        let tx = QuicSocket::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let rx = QuicSocket::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        let (tx, rx) = pair().await;
         // Different sizes and no ECN: GRO cannot merge them; each comes in a buffer of its own.
         let sent: Vec<Vec<u8>> = (1..=RECV_BATCH).map(|n| vec![n as u8; n * 100]).collect();
         for d in &sent {
@@ -367,12 +358,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_read_round_leaves_no_readiness_behind_and_the_next_datagram_wakes_the_reader() {
-        let tx = QuicSocket::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
-        let rx = QuicSocket::bind("127.0.0.1:0".parse().unwrap())
-            .await
-            .unwrap();
+        let (tx, rx) = pair().await;
         let send = |byte: u8| {
             let t = Transmit {
                 destination: rx.local_addr().unwrap(),
