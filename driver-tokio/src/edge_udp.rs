@@ -154,9 +154,12 @@ pub async fn bind(
     }
     let max_segment = sockets
         .iter()
-        .map(|s| match mmsg::segmenting_supported(s.get_ref().as_fd()) {
-            true => usize::MAX,
-            false => 0,
+        .map(|s| {
+            if mmsg::segmenting_supported(s.get_ref().as_fd()) {
+                usize::MAX
+            } else {
+                0
+            }
         })
         .collect();
     Ok((

@@ -12,9 +12,9 @@ use burrow_core::stream::connect::ConnectionType;
 use super::event_loop::{open, Cmd, Events};
 use crate::chunked::ChunkBuf;
 
-/// Chunks sent up (each at most [`crate::chunked::READ_CHUNK`]) and not yet acknowledged, at most: the
-/// socket is read again while the edge still holds this many, so reading overlaps the edge
-/// taking the last chunk, and a slow tunnel holds the socket instead of filling memory.
+/// Chunks sent up (each at most [`crate::chunked::READ_CHUNK`]) and not yet acknowledged, at
+/// most: the socket is read again while the edge still holds this many, so reading overlaps the
+/// edge taking the last chunk, and a slow tunnel holds the socket instead of filling memory.
 const IN_FLIGHT: usize = 2;
 
 /// Pipes a raw byte stream (an upgraded WebSocket, a mapped TCP connection) both ways through
