@@ -221,6 +221,43 @@ fn eyeballs_that_hang_up_free_their_tunnel_streams() {
     );
 }
 
+/// A response the origin cuts short (its connection closes in the middle of a chunked body)
+/// reaches the eyeball cut short too: the edge aborts the eyeball's connection after the bytes
+/// that came, rather than end the chunked body as if it were whole.
+#[test]
+fn a_response_cut_at_the_origin_is_not_ended_as_whole_at_the_eyeball() {
+    let bed = Testbed::create(Path::new(BIN), "e-cut", "app", &["app.test"]).expect("bed");
+    let eo = EdgeOpts::loopback().expect("ports");
+    let (_edge, _connector) = start(&bed, &eo, 1);
+    let mut s = TcpStream::connect(eo.http).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    s.write_all(b"GET /cut HTTP/1.1\r\nHost: app.test\r\n\r\n")
+        .expect("request");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    let ended = loop {
+        match s.read(&mut buf) {
+            Ok(0) => break "EOF".to_owned(),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => break e.kind().to_string(),
+        }
+    };
+    let text = String::from_utf8_lossy(&got);
+    assert!(
+        text.starts_with("HTTP/1.1 200") && text.contains("first"),
+        "the head and the first chunk came ({ended}): {text:?}"
+    );
+    assert!(
+        ended == "EOF" || ended.contains("reset"),
+        "the edge closed the connection (not a read timeout): {ended}, {text:?}"
+    );
+    assert!(
+        !text.ends_with("0\r\n\r\n"),
+        "the body was not ended as whole: {text:?}"
+    );
+}
+
 /// Issue 12: a hang-up is an input of the edge loop, not something it scans for, and none is
 /// missed. Many eyeballs hang up at once at different points of the exchange (before the
 /// response head, after part of a response body); the edge resets every one of their tunnel

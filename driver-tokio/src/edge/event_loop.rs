@@ -5,6 +5,8 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Instant;
 
 use burrow_core::edge::auth::TunnelAuth;
@@ -13,7 +15,7 @@ use burrow_core::session::edge::{SessionChange, SessionEnd, SessionEvent};
 use burrow_core::stream::connect::ConnectionType;
 use burrow_tokio::deadline::DeadlineTimer;
 use bytes::Bytes;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
 use tracing::{debug, info, warn};
 use uuid::Uuid;
 
@@ -30,6 +32,7 @@ pub(super) enum Cmd {
         kind: ConnectionType,
         metadata: Vec<(String, String)>,
         events: mpsc::UnboundedSender<StreamEvent>,
+        acks: Arc<Semaphore>,
     },
     Body(EyeballId, Bytes),
     Finish(EyeballId),
@@ -56,7 +59,7 @@ pub(super) async fn run(
 ) {
     // Read in the loop, in batches, into buffers reused for every read.
     let mut recv_bufs = RecvBufs::new();
-    let mut eyeballs: HashMap<EyeballId, mpsc::UnboundedSender<StreamEvent>> = HashMap::new();
+    let mut eyeballs: HashMap<EyeballId, Eyeball> = HashMap::new();
     let mut closing: Option<oneshot::Sender<()>> = None;
     let (socket_tx, mut socket_rx) = mpsc::unbounded_channel();
     let mut sockets = Sockets::new(socket_tx);
@@ -83,10 +86,8 @@ pub(super) async fn run(
                     }
                     Output::Io(Io::Stream { id, event }) => {
                         let last = event.is_last();
-                        if let Some(tx) = eyeballs.get(&id) {
-                            // A listener task that is gone has sent, or is sending, its
-                            // `Cmd::Reset` (see `Events`).
-                            let _ = tx.send(event);
+                        if let Some(eyeball) = eyeballs.get(&id) {
+                            eyeball.deliver(event);
                         }
                         if last {
                             eyeballs.remove(&id);
@@ -135,8 +136,8 @@ pub(super) async fn run(
                             closing = Some(done);
                             break;
                         }
-                        Cmd::Open { id, target, dest, kind, metadata, events } => {
-                            eyeballs.insert(id, events);
+                        Cmd::Open { id, target, dest, kind, metadata, events, acks } => {
+                            eyeballs.insert(id, Eyeball { events, acks: AckGate(acks) });
                             Input::Open { id, target, dest, kind, metadata }
                         }
                         Cmd::Body(id, data) => Input::Body { id, data },
@@ -319,12 +320,17 @@ pub(super) struct Events {
 impl Events {
     /// The next event; `None` once the loop sent the last one or stopped.
     pub(super) async fn recv(&mut self) -> Option<StreamEvent> {
+        std::future::poll_fn(|cx| self.poll_recv(cx)).await
+    }
+
+    /// [`Events::recv`], polled.
+    pub(super) fn poll_recv(&mut self, cx: &mut Context<'_>) -> Poll<Option<StreamEvent>> {
         if self.done {
-            return None;
+            return Poll::Ready(None);
         }
-        let ev = self.rx.recv().await;
+        let ev = std::task::ready!(self.rx.poll_recv(cx));
         self.done = ev.as_ref().is_none_or(StreamEvent::is_last);
-        ev
+        Poll::Ready(ev)
     }
 }
 
@@ -337,17 +343,71 @@ impl Drop for Events {
     }
 }
 
-/// Opens a stream through the edge loop: its name and its events (the first is its
-/// response, or why it could not be opened).
+/// The acknowledgements of one eyeball stream's request-body chunks, apart from its other
+/// events: an eyeball task blocked writing the response (a slow reader) still learns at once
+/// that the tunnel took a chunk, so the upload goes on meanwhile.
+pub(super) struct Acks(Arc<Semaphore>);
+
+impl Acks {
+    /// Waits for the next chunk's acknowledgement; false once the stream is over (after its
+    /// last event, a reset, or the loop's end).
+    pub(super) async fn wait(&self) -> bool {
+        match self.0.acquire().await {
+            Ok(ack) => {
+                ack.forget();
+                true
+            }
+            Err(_) => false,
+        }
+    }
+
+    /// Takes one acknowledgement that already came, if any.
+    pub(super) fn take(&self) -> bool {
+        self.0.try_acquire().map(|ack| ack.forget()).is_ok()
+    }
+}
+
+/// The loop's end of an eyeball stream.
+struct Eyeball {
+    events: mpsc::UnboundedSender<StreamEvent>,
+    acks: AckGate,
+}
+
+impl Eyeball {
+    /// Hands `event` to the eyeball's task. A task that is gone has sent, or is sending, its
+    /// `Cmd::Reset` (see [`Events`]).
+    fn deliver(&self, event: StreamEvent) {
+        match event {
+            StreamEvent::Ack => self.acks.0.add_permits(1),
+            event => {
+                let _ = self.events.send(event);
+            }
+        }
+    }
+}
+
+/// Closes the acknowledgements when the loop lets go of the stream, so a task waiting for one
+/// stops.
+struct AckGate(Arc<Semaphore>);
+
+impl Drop for AckGate {
+    fn drop(&mut self) {
+        self.0.close();
+    }
+}
+
+/// Opens a stream through the edge loop: its name, its events (the first is its response, or
+/// why it could not be opened) and its request-body acknowledgements.
 pub(super) fn open(
     cmds: &mpsc::UnboundedSender<Cmd>,
     target: Target,
     dest: String,
     kind: ConnectionType,
     metadata: Vec<(String, String)>,
-) -> Result<(EyeballId, Events), &'static str> {
+) -> Result<(EyeballId, Events, Acks), &'static str> {
     let id = EyeballId(NEXT_ID.fetch_add(1, Ordering::Relaxed));
     let (events, rx) = mpsc::unbounded_channel();
+    let acks = Arc::new(Semaphore::new(0));
     cmds.send(Cmd::Open {
         id,
         target,
@@ -355,17 +415,16 @@ pub(super) fn open(
         kind,
         metadata,
         events,
+        acks: acks.clone(),
     })
     .map_err(|_| "edge stopped")?;
-    Ok((
+    let events = Events {
+        rx,
+        cmds: cmds.clone(),
         id,
-        Events {
-            rx,
-            cmds: cmds.clone(),
-            id,
-            done: false,
-        },
-    ))
+        done: false,
+    };
+    Ok((id, events, Acks(acks)))
 }
 
 /// Writes `config` to `DIR/<tunnel>.json` whole (a temporary file renamed), so a reader never

@@ -17,13 +17,15 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::sync::{mpsc, Semaphore};
 
-use super::event_loop::{open, Cmd};
+use super::event_loop::{open, Cmd, Events};
 use super::tcp_map::splice;
 use super::HttpLimits;
 
-/// Response body fed by the edge loop, one chunk per credit.
+/// Response body fed by the edge loop, one chunk per credit. A stream that ends early
+/// (reset, refused, or the loop gone) fails the body, so hyper aborts the connection rather
+/// than end a chunked response as if it were whole.
 struct ChanBody {
-    rx: mpsc::UnboundedReceiver<Bytes>,
+    events: Events,
     cmds: mpsc::UnboundedSender<Cmd>,
     key: EyeballId,
     done: bool,
@@ -37,28 +39,24 @@ impl hyper::body::Body for ChanBody {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, std::io::Error>>> {
-        if self.done {
-            return Poll::Ready(None);
-        }
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(b)) => {
-                let _ = self.cmds.send(Cmd::ReadMore(self.key));
-                Poll::Ready(Some(Ok(Frame::data(b))))
+        while !self.done {
+            let ended = match std::task::ready!(self.events.poll_recv(cx)) {
+                Some(StreamEvent::Body(b)) => {
+                    let _ = self.cmds.send(Cmd::ReadMore(self.key));
+                    return Poll::Ready(Some(Ok(Frame::data(b))));
+                }
+                Some(StreamEvent::End) => true,
+                Some(StreamEvent::Reset | StreamEvent::Refused(_)) | None => false,
+                Some(StreamEvent::Ack | StreamEvent::Response { .. }) => continue,
+            };
+            self.done = true;
+            if !ended {
+                return Poll::Ready(Some(Err(std::io::Error::other(
+                    "the tunnel reset the response",
+                ))));
             }
-            Poll::Ready(None) => {
-                self.done = true;
-                Poll::Ready(None)
-            }
-            Poll::Pending => Poll::Pending,
         }
-    }
-}
-
-impl Drop for ChanBody {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = self.cmds.send(Cmd::Reset(self.key));
-        }
+        Poll::Ready(None)
     }
 }
 
@@ -140,19 +138,16 @@ async fn handle(
         ConnectionType::Http
     };
     let dest = format!("http://{host}{pq}");
-    let (key, mut events) = match open(&cmds, Target::Hostname(host), dest, kind, metadata) {
+    let (key, mut events, acks) = match open(&cmds, Target::Hostname(host), dest, kind, metadata) {
         Ok(x) => x,
         Err(e) => return plain(502, &format!("{e}\n")),
     };
-    // Request body (not for WebSocket: bytes flow after the upgrade).
-    let (ack_tx, ack_rx) = mpsc::unbounded_channel::<()>();
-    let mut ack_rx = Some(ack_rx);
+    // Request body (not for WebSocket: bytes flow after the upgrade, acknowledged alike).
     let upgrade = if websocket {
-        Some(hyper::upgrade::on(&mut req))
+        Some((hyper::upgrade::on(&mut req), acks))
     } else {
         let body = req.into_body();
         let c = cmds.clone();
-        let mut ack_rx = ack_rx.take();
         tokio::spawn(async move {
             let mut body = body;
             while let Some(frame) = body.frame().await {
@@ -165,11 +160,7 @@ async fn handle(
                             if c.send(Cmd::Body(key, data)).is_err() {
                                 return;
                             }
-                            let acked = match ack_rx.as_mut() {
-                                Some(rx) => rx.recv().await.is_some(),
-                                None => false,
-                            };
-                            if !acked {
+                            if !acks.wait().await {
                                 return;
                             }
                         }
@@ -184,13 +175,10 @@ async fn handle(
         });
         None
     };
-    // Wait for the response head, passing acks along.
+    // Wait for the response head.
     let (error, meta) = loop {
         match events.recv().await {
             Some(StreamEvent::Response { error, metadata }) => break (error, metadata),
-            Some(StreamEvent::Ack) => {
-                let _ = ack_tx.send(());
-            }
             Some(StreamEvent::Refused(e)) => {
                 let status = if e == OpenError::NoRoute { 404 } else { 502 };
                 return plain(status, &format!("{e}\n"));
@@ -198,7 +186,7 @@ async fn handle(
             Some(StreamEvent::Reset) | None | Some(StreamEvent::End) => {
                 return plain(502, "the tunnel reset the request\n");
             }
-            Some(StreamEvent::Body(_)) => {}
+            Some(StreamEvent::Ack | StreamEvent::Body(_)) => {}
         }
     };
     if !error.is_empty() {
@@ -210,7 +198,6 @@ async fn handle(
         .find(|(k, _)| k == key::HTTP_STATUS)
         .and_then(|(_, v)| v.parse::<u16>().ok())
         .unwrap_or(502);
-    let (body_tx, body_rx) = mpsc::unbounded_channel::<Bytes>();
     let mut builder = hyper::Response::builder().status(status);
     for (k, v) in &meta {
         if let Some(name) = k.strip_prefix(key::HTTP_HEADER_PREFIX) {
@@ -223,7 +210,7 @@ async fn handle(
         }
     }
     if status == 101 {
-        if let (Some(upgrade), Some(ack_rx)) = (upgrade, ack_rx.take()) {
+        if let Some((upgrade, acks)) = upgrade {
             let c = cmds.clone();
             tokio::spawn(async move {
                 let Ok(upgraded) = upgrade.await else {
@@ -231,7 +218,7 @@ async fn handle(
                     return;
                 };
                 let (rd, wr) = tokio::io::split(TokioIo::new(upgraded));
-                splice(key, rd, wr, c, events, ack_tx, ack_rx).await;
+                splice(key, rd, wr, c, events, acks).await;
             });
         }
         return builder
@@ -240,28 +227,8 @@ async fn handle(
             )))
             .unwrap_or_else(|_| plain(502, "bad response headers\n"));
     }
-    // Forward body events into the response body.
-    tokio::spawn(async move {
-        while let Some(ev) = events.recv().await {
-            match ev {
-                StreamEvent::Body(b) => {
-                    if body_tx.send(b).is_err() {
-                        return;
-                    }
-                }
-                StreamEvent::Ack => {
-                    let _ = ack_tx.send(());
-                }
-                StreamEvent::End => return,
-                // Dropping body_tx without End: hyper sees an early end; for a body with a
-                // length that aborts the connection, which is what a reset must look like.
-                StreamEvent::Reset | StreamEvent::Refused(_) => return,
-                StreamEvent::Response { .. } => {}
-            }
-        }
-    });
     let body = ChanBody {
-        rx: body_rx,
+        events,
         cmds,
         key,
         done: false,

@@ -9,7 +9,7 @@ use uuid::Uuid;
 use burrow_core::edge::{EyeballId, StreamEvent, Target};
 use burrow_core::stream::connect::ConnectionType;
 
-use super::event_loop::{open, Cmd, Events};
+use super::event_loop::{open, Acks, Cmd, Events};
 use crate::chunked::ChunkBuf;
 
 /// Chunks sent up (each at most [`crate::chunked::READ_CHUNK`]) and not yet acknowledged, at
@@ -26,19 +26,18 @@ pub(super) async fn splice(
     mut wr: impl tokio::io::AsyncWrite + Unpin,
     cmds: mpsc::UnboundedSender<Cmd>,
     mut events: Events,
-    ack_tx: mpsc::UnboundedSender<()>,
-    mut ack_rx: mpsc::UnboundedReceiver<()>,
+    acks: Acks,
 ) {
     let c = cmds.clone();
     let up = async move {
         let mut buf = ChunkBuf::default();
         let mut in_flight = 0usize;
         loop {
-            while ack_rx.try_recv().is_ok() {
-                in_flight = in_flight.saturating_sub(1);
+            while in_flight > 0 && acks.take() {
+                in_flight -= 1;
             }
             if in_flight == IN_FLIGHT {
-                if ack_rx.recv().await.is_none() {
+                if !acks.wait().await {
                     break;
                 }
                 in_flight -= 1;
@@ -67,14 +66,11 @@ pub(super) async fn splice(
                     }
                     let _ = cmds.send(Cmd::ReadMore(key));
                 }
-                StreamEvent::Ack => {
-                    let _ = ack_tx.send(());
-                }
                 StreamEvent::End | StreamEvent::Reset | StreamEvent::Refused(_) => {
                     let _ = wr.shutdown().await;
                     break;
                 }
-                StreamEvent::Response { .. } => {}
+                StreamEvent::Ack | StreamEvent::Response { .. } => {}
             }
         }
     };
@@ -95,14 +91,14 @@ pub(super) async fn serve(
         let dest = dest.clone();
         tokio::spawn(async move {
             let target = Target::Tunnel(tunnel);
-            let (key, mut events) = match open(&cmds, target, dest, ConnectionType::Tcp, Vec::new())
-            {
-                Ok(x) => x,
-                Err(e) => {
-                    debug!(error = %e, "TCP mapping: cannot open a stream");
-                    return;
-                }
-            };
+            let (key, mut events, acks) =
+                match open(&cmds, target, dest, ConnectionType::Tcp, Vec::new()) {
+                    Ok(x) => x,
+                    Err(e) => {
+                        debug!(error = %e, "TCP mapping: cannot open a stream");
+                        return;
+                    }
+                };
             // The ack (ConnectResponse) first.
             match events.recv().await {
                 Some(StreamEvent::Response { error, .. }) if error.is_empty() => {}
@@ -113,8 +109,7 @@ pub(super) async fn serve(
                 }
             }
             let (rd, wr) = sock.into_split();
-            let (ack_tx, ack_rx) = mpsc::unbounded_channel::<()>();
-            splice(key, rd, wr, cmds, events, ack_tx, ack_rx).await;
+            splice(key, rd, wr, cmds, events, acks).await;
         });
     }
 }
@@ -153,7 +148,7 @@ mod tests {
     #[tokio::test]
     async fn splice_holds_at_most_in_flight_chunks() {
         let (cmds_tx, mut cmds) = mpsc::unbounded_channel();
-        let (key, events) = open(
+        let (key, events, acks) = open(
             &cmds_tx,
             Target::Hostname("x".into()),
             String::new(),
@@ -161,14 +156,18 @@ mod tests {
             Vec::new(),
         )
         .unwrap();
-        let Some(Cmd::Open { events: ev_tx, .. }) = cmds.recv().await else {
+        let Some(Cmd::Open {
+            events: ev_tx,
+            acks: ack_tx,
+            ..
+        }) = cmds.recv().await
+        else {
             panic!("no open");
         };
         let (client, edge_side) = tokio::io::duplex(4 * READ_CHUNK);
         let (mut client_rd, mut client_wr) = tokio::io::split(client);
         let (rd, wr) = tokio::io::split(edge_side);
-        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
-        let task = tokio::spawn(splice(key, rd, wr, cmds_tx, events, ack_tx, ack_rx));
+        let task = tokio::spawn(splice(key, rd, wr, cmds_tx, events, acks));
 
         let sent: Vec<u8> = (0..10 * READ_CHUNK).map(|i| (i % 251) as u8).collect();
         let writer = {
@@ -181,12 +180,12 @@ mod tests {
         let mut up = Vec::new();
         settle().await;
         assert_eq!(drain(&mut cmds, &mut up), (IN_FLIGHT, false));
-        ev_tx.send(StreamEvent::Ack).unwrap();
+        ack_tx.add_permits(1);
         settle().await;
         assert_eq!(drain(&mut cmds, &mut up), (1, false));
         let mut finished = false;
         for _ in 0..1000 {
-            ev_tx.send(StreamEvent::Ack).unwrap();
+            ack_tx.add_permits(1);
             settle().await;
             let (_, f) = drain(&mut cmds, &mut up);
             if f {
@@ -207,5 +206,65 @@ mod tests {
         client_rd.read_to_end(&mut down).await.unwrap();
         assert_eq!(down, b"down");
         assert!(matches!(cmds.try_recv(), Ok(Cmd::ReadMore(k)) if k == key));
+    }
+
+    /// Acknowledgements reach the upload while the download is stuck writing to an eyeball
+    /// that does not read: a client that sends its whole request before reading the answer
+    /// (an echo through a mapped port) is not stalled behind its own unread response.
+    #[tokio::test]
+    async fn the_upload_goes_on_while_the_download_waits_for_the_eyeball() {
+        let (cmds_tx, mut cmds) = mpsc::unbounded_channel();
+        let (key, events, acks) = open(
+            &cmds_tx,
+            Target::Hostname("x".into()),
+            String::new(),
+            ConnectionType::Tcp,
+            Vec::new(),
+        )
+        .unwrap();
+        let Some(Cmd::Open {
+            events: ev_tx,
+            acks: ack_tx,
+            ..
+        }) = cmds.recv().await
+        else {
+            panic!("no open");
+        };
+        let (client, edge_side) = tokio::io::duplex(READ_CHUNK);
+        let (mut client_rd, mut client_wr) = tokio::io::split(client);
+        let (rd, wr) = tokio::io::split(edge_side);
+        let task = tokio::spawn(splice(key, rd, wr, cmds_tx, events, acks));
+        // More than the eyeball's pipe holds: the splice's write waits for the reader.
+        let answer: Vec<u8> = (0..4 * READ_CHUNK).map(|i| (i % 253) as u8).collect();
+        ev_tx
+            .send(StreamEvent::Body(bytes::Bytes::from(answer.clone())))
+            .unwrap();
+        let sent: Vec<u8> = (0..8 * READ_CHUNK).map(|i| (i % 251) as u8).collect();
+        let writer = {
+            let sent = sent.clone();
+            tokio::spawn(async move {
+                client_wr.write_all(&sent).await.unwrap();
+                client_wr.shutdown().await.unwrap();
+            })
+        };
+        let mut up = Vec::new();
+        let mut finished = false;
+        for _ in 0..1000 {
+            ack_tx.add_permits(1);
+            settle().await;
+            if drain(&mut cmds, &mut up).1 {
+                finished = true;
+                break;
+            }
+        }
+        assert!(finished, "the upload stalled at {} bytes", up.len());
+        assert_eq!(up, sent);
+        writer.await.unwrap();
+        // The eyeball reads at last: the whole answer, then the end.
+        ev_tx.send(StreamEvent::End).unwrap();
+        let mut down = Vec::new();
+        client_rd.read_to_end(&mut down).await.unwrap();
+        assert_eq!(down, answer);
+        task.await.unwrap();
     }
 }

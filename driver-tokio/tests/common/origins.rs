@@ -12,8 +12,9 @@ use super::body::{byte, pattern, Digest, BIG, BLOCK, HUGE};
 /// The origin: `/big` (16 MiB, fixed length), `/huge` (100 MiB of [`word`]s, fixed length),
 /// `/sum` (digest of the request body, fixed or chunked), `/host` (the `Host` and
 /// `X-Forwarded-Host` it was sent), `/headers` (every header line it was sent, names in lower
-/// case), `/slow` (answers after 1 s), `/slowbig` (16 MiB after 1 s), anything else a small
-/// body.
+/// case), `/slow` (answers after 1 s), `/slowbig` (16 MiB after 1 s), `/cut` (a chunked body
+/// whose connection closes after its first chunk, without the last chunk), anything else a
+/// small body.
 pub fn origin() -> u16 {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind");
     let port = l.local_addr().expect("addr").port();
@@ -117,6 +118,12 @@ pub fn serve(s: TcpStream) {
             "/slow" => {
                 thread::sleep(Duration::from_secs(1));
                 reply(&mut w, b"slow done")
+            }
+            "/cut" => {
+                let head = "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n";
+                let _ = w.write_all(format!("{head}5\r\nfirst\r\n").as_bytes());
+                thread::sleep(Duration::from_millis(200));
+                return;
             }
             _ => reply(&mut w, b"hello from the origin"),
         };
