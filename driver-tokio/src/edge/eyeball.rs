@@ -145,6 +145,10 @@ async fn handle(
     // Request body (not for WebSocket: bytes flow after the upgrade, acknowledged alike).
     let upgrade = if websocket {
         Some((hyper::upgrade::on(&mut req), acks))
+    } else if hyper::body::Body::is_end_stream(req.body()) {
+        // No body (a GET, a `Content-Length: 0`): no task to relay one.
+        let _ = cmds.send(Cmd::Finish(key));
+        None
     } else {
         let body = req.into_body();
         let c = cmds.clone();
