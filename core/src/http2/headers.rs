@@ -79,7 +79,7 @@ pub fn push_canonical(name: &[u8], out: &mut Vec<u8>) {
 }
 
 /// RFC 7230 `tchar`, as Go's `validHeaderFieldByte`.
-fn is_token_byte(b: u8) -> bool {
+pub(crate) fn is_token_byte(b: u8) -> bool {
     b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
 }
 

@@ -6,11 +6,12 @@
 //! Go's canonical form (`content-type` → `Content-Type`) because the edge sees the names Go's
 //! header map produced.
 
-use http::{HeaderName, HeaderValue, Uri};
+use http::Uri;
 use thiserror::Error;
 
 use super::connect::{key, ConnectRequestReader};
 use super::tag::{self, Tag};
+use crate::http2::headers::{is_token_byte, push_canonical};
 use crate::rpc::frame::DecodeError;
 
 /// Most response header lines accepted from an origin.
@@ -203,11 +204,10 @@ fn write_request_inner(
         if options.host_header.is_some() && name.eq_ignore_ascii_case(FORWARDED_HOST) {
             continue;
         }
-        write_header(out, &canonical(name), entry.val)?;
+        write_header(out, name, entry.val)?;
     }
     for t in options.tags {
-        let name = canonical(&format!("{}{}", tag::HEADER_PREFIX, t.name));
-        write_header(out, &name, &t.value)?;
+        write_header(out, &format!("{}{}", tag::HEADER_PREFIX, t.name), &t.value)?;
     }
     if options.host_header.is_some() {
         write_header(out, FORWARDED_HOST, host.as_deref().unwrap_or(""))?;
@@ -256,35 +256,36 @@ fn header_name(key: &str) -> Result<&str, RequestError> {
     }
 }
 
+/// Appends `name: value` with the name in Go's canonical form; either checked as `http` checks
+/// them (`HeaderName::from_bytes`, `HeaderValue::from_str`) but without building them, which
+/// allocates per header.
 fn write_header(out: &mut Vec<u8>, name: &str, value: &str) -> Result<(), RequestError> {
-    if HeaderName::from_bytes(name.as_bytes()).is_err() || HeaderValue::from_str(value).is_err() {
+    if !valid_name(name.as_bytes()) || !valid_value(value.as_bytes()) {
         return Err(RequestError::HeaderInvalid(name.to_owned()));
     }
-    out.extend_from_slice(name.as_bytes());
+    push_canonical(name.as_bytes(), out);
     out.extend_from_slice(b": ");
     out.extend_from_slice(value.as_bytes());
     out.extend_from_slice(b"\r\n");
     Ok(())
 }
 
-/// Go's `CanonicalMIMEHeaderKey`: first letter and letters after `-` upper case, the rest
-/// lower; names with bytes outside token characters are left as they are.
+/// A header name `http` takes: a token of at most 65,535 bytes.
+fn valid_name(name: &[u8]) -> bool {
+    !name.is_empty() && name.len() < 1 << 16 && name.iter().all(|&b| is_token_byte(b))
+}
+
+/// A header value `http` takes from a string: no control byte but tab.
+fn valid_value(value: &[u8]) -> bool {
+    value.iter().all(|&b| b >= 32 && b != 127 || b == b'\t')
+}
+
+/// Go's `CanonicalMIMEHeaderKey` ([`push_canonical`]) as a string.
 pub fn canonical(name: &str) -> String {
-    if HeaderName::from_bytes(name.as_bytes()).is_err() || name.contains(' ') {
-        return name.to_owned();
-    }
-    let mut upper = true;
-    name.chars()
-        .map(|c| {
-            let out = if upper {
-                c.to_ascii_uppercase()
-            } else {
-                c.to_ascii_lowercase()
-            };
-            upper = c == '-';
-            out
-        })
-        .collect()
+    let mut out = Vec::with_capacity(name.len());
+    push_canonical(name.as_bytes(), &mut out);
+    // Only ASCII letters change case, so the bytes stay UTF-8.
+    String::from_utf8(out).unwrap_or_else(|_| name.to_owned())
 }
 
 /// Appends one chunk of the chunked transfer coding (nothing for an empty `data`, which would
@@ -899,5 +900,42 @@ mod tests {
         assert!(BodyReader::new(Framing::Chunked)
             .read(b"zz\r\n", &mut out, 9)
             .is_err());
+    }
+
+    /// The header checks take and refuse exactly what `http`'s `HeaderName::from_bytes` and
+    /// `HeaderValue::from_str` do, on any bytes.
+    #[test]
+    fn header_checks_match_the_http_crate() {
+        use proptest::prelude::*;
+        let bytes = || {
+            prop_oneof![
+                proptest::collection::vec(any::<u8>(), 0..40),
+                proptest::collection::vec(
+                    prop::sample::select(b"aZ09-_!~ \t:\x7f\x80\r\n\"(".to_vec()),
+                    0..12
+                ),
+            ]
+        };
+        proptest!(|(name in bytes(), value in bytes())| {
+            prop_assert_eq!(
+                valid_name(&name),
+                http::HeaderName::from_bytes(&name).is_ok(),
+                "name {:?}", name
+            );
+            if let Ok(value) = std::str::from_utf8(&value) {
+                prop_assert_eq!(
+                    valid_value(value.as_bytes()),
+                    http::HeaderValue::from_str(value).is_ok(),
+                    "value {:?}", value
+                );
+            }
+        });
+        let long = vec![b'a'; (1 << 16) - 1];
+        assert!(valid_name(&long) && http::HeaderName::from_bytes(&long).is_ok());
+        let longer = vec![b'a'; 1 << 16];
+        assert!(!valid_name(&longer) && http::HeaderName::from_bytes(&longer).is_err());
+        assert!(
+            valid_value("caf\u{e9}".as_bytes()) && http::HeaderValue::from_str("caf\u{e9}").is_ok()
+        );
     }
 }
