@@ -7,7 +7,7 @@
 use std::net::IpAddr;
 
 use crate::stream::connect::key;
-use crate::stream::http1::canonical;
+use crate::stream::http1::header_key;
 
 /// Request headers that describe this hop only (lower case).
 pub const HOP_BY_HOP: &[&str] = &[
@@ -52,10 +52,7 @@ pub fn request_metadata<'a>(
             }
             continue;
         }
-        metadata.push((
-            format!("{}{}", key::HTTP_HEADER_PREFIX, canonical(name)),
-            value.to_owned(),
-        ));
+        metadata.push((header_key(name), value.to_owned()));
     }
     let peer = peer.to_string();
     chain.push_str(&peer);

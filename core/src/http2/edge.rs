@@ -21,7 +21,7 @@ use super::streams::{ApiError, Stream, StreamId, Streams};
 use super::tls;
 use crate::quic::tls::TlsError;
 use crate::stream::connect::{key, ConnectRequest, ConnectionType};
-use crate::stream::http1::canonical;
+use crate::stream::http1::header_key;
 
 /// The edge's HTTP/2 connection to one connector.
 pub type EdgeConnection = Connection<Client>;
@@ -267,10 +267,7 @@ pub fn connect_response(
         let Ok(value) = value.to_str() else {
             continue;
         };
-        metadata.push((
-            format!("{}{}", key::HTTP_HEADER_PREFIX, canonical(name.as_str())),
-            value.to_owned(),
-        ));
+        metadata.push((header_key(name.as_str()), value.to_owned()));
     }
     (String::new(), metadata)
 }

@@ -282,10 +282,21 @@ fn valid_value(value: &[u8]) -> bool {
 
 /// Go's `CanonicalMIMEHeaderKey` ([`push_canonical`]) as a string.
 pub fn canonical(name: &str) -> String {
-    let mut out = Vec::with_capacity(name.len());
+    prefixed_canonical("", name)
+}
+
+/// The `ConnectRequest` metadata key of header `name`: `HttpHeader:` and the name's canonical
+/// form, in one allocation.
+pub fn header_key(name: &str) -> String {
+    prefixed_canonical(key::HTTP_HEADER_PREFIX, name)
+}
+
+fn prefixed_canonical(prefix: &str, name: &str) -> String {
+    let mut out = Vec::with_capacity(prefix.len() + name.len());
+    out.extend_from_slice(prefix.as_bytes());
     push_canonical(name.as_bytes(), &mut out);
     // Only ASCII letters change case, so the bytes stay UTF-8.
-    String::from_utf8(out).unwrap_or_else(|_| name.to_owned())
+    String::from_utf8(out).unwrap_or_else(|_| format!("{prefix}{name}"))
 }
 
 /// Appends one chunk of the chunked transfer coding (nothing for an empty `data`, which would

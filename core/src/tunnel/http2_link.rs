@@ -35,7 +35,7 @@ use crate::rpc_stream::ConfigUpdateResult;
 use crate::stream::connect::{
     decode_connect_response, key, ConnectRequest, ConnectionType, Metadata,
 };
-use crate::stream::http1::canonical;
+use crate::stream::http1::header_key;
 use crate::stream::preamble::DATA_PREAMBLE_LEN;
 
 /// The metadata entry that asks the proxy for a chunked request body.
@@ -237,7 +237,7 @@ fn connect_request(req: &mut IncomingRequest) -> Result<Vec<u8>, String> {
     let names: Vec<String> = head
         .headers
         .keys()
-        .map(|n| format!("{}{}", key::HTTP_HEADER_PREFIX, canonical(n.as_str())))
+        .map(|n| header_key(n.as_str()))
         .collect();
     let mut metadata = Vec::with_capacity(2 + head.headers.len());
     if connection_type != ConnectionType::Tcp {

@@ -205,9 +205,11 @@ async fn handle(
     let mut builder = hyper::Response::builder().status(status);
     for (k, v) in &meta {
         if let Some(name) = k.strip_prefix(key::HTTP_HEADER_PREFIX) {
-            let lower = name.to_ascii_lowercase();
-            if !websocket && (HOP_BY_HOP.contains(&lower.as_str()) || lower == "transfer-encoding")
-            {
+            let hop_by_hop = HOP_BY_HOP
+                .iter()
+                .chain(&["transfer-encoding"])
+                .any(|h| name.eq_ignore_ascii_case(h));
+            if !websocket && hop_by_hop {
                 continue;
             }
             builder = builder.header(name, v);
