@@ -136,21 +136,24 @@ mod tests {
         (bodies, finished)
     }
 
-    async fn settle() {
-        for _ in 0..100 {
-            tokio::task::yield_now().await;
-        }
-    }
-
-    /// An unacknowledging tunnel holds the socket after `IN_FLIGHT` chunks; each ack lets
-    /// one more go up; the bytes arrive whole and in order, then the end, and the down
-    /// direction carries what the tunnel sends.
-    #[tokio::test]
-    async fn splice_holds_at_most_in_flight_chunks() {
+    /// A stream opened as the listeners open one and spliced to an in-memory eyeball whose
+    /// pipe holds `pipe` bytes: the loop's commands, its ends of the events and the acks, the
+    /// stream's name, the splice's task and the eyeball.
+    async fn spliced(
+        pipe: usize,
+    ) -> (
+        mpsc::UnboundedReceiver<Cmd>,
+        mpsc::UnboundedSender<StreamEvent>,
+        std::sync::Arc<tokio::sync::Semaphore>,
+        EyeballId,
+        tokio::task::JoinHandle<()>,
+        tokio::io::DuplexStream,
+    ) {
         let (cmds_tx, mut cmds) = mpsc::unbounded_channel();
+        let target = Target::Hostname("x".into());
         let (key, events, acks) = open(
             &cmds_tx,
-            Target::Hostname("x".into()),
+            target,
             String::new(),
             ConnectionType::Tcp,
             Vec::new(),
@@ -164,19 +167,41 @@ mod tests {
         else {
             panic!("no open");
         };
-        let (client, edge_side) = tokio::io::duplex(4 * READ_CHUNK);
-        let (mut client_rd, mut client_wr) = tokio::io::split(client);
+        let (client, edge_side) = tokio::io::duplex(pipe);
         let (rd, wr) = tokio::io::split(edge_side);
         let task = tokio::spawn(splice(key, rd, wr, cmds_tx, events, acks));
+        (cmds, ev_tx, ack_tx, key, task, client)
+    }
 
-        let sent: Vec<u8> = (0..10 * READ_CHUNK).map(|i| (i % 251) as u8).collect();
-        let writer = {
-            let sent = sent.clone();
-            tokio::spawn(async move {
-                client_wr.write_all(&sent).await.unwrap();
-                client_wr.shutdown().await.unwrap();
-            })
-        };
+    /// The eyeball sends `len` patterned bytes, then its end: what it sends, and the task.
+    fn upload(
+        mut wr: impl AsyncWriteExt + Unpin + Send + 'static,
+        len: usize,
+    ) -> (Vec<u8>, tokio::task::JoinHandle<()>) {
+        let sent: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        let bytes = sent.clone();
+        let task = tokio::spawn(async move {
+            wr.write_all(&bytes).await.unwrap();
+            wr.shutdown().await.unwrap();
+        });
+        (sent, task)
+    }
+
+    async fn settle() {
+        for _ in 0..100 {
+            tokio::task::yield_now().await;
+        }
+    }
+
+    /// An unacknowledging tunnel holds the socket after `IN_FLIGHT` chunks; each ack lets
+    /// one more go up; the bytes arrive whole and in order, then the end, and the down
+    /// direction carries what the tunnel sends.
+    #[tokio::test]
+    async fn splice_holds_at_most_in_flight_chunks() {
+        let (mut cmds, ev_tx, ack_tx, key, task, client) = spliced(4 * READ_CHUNK).await;
+        let (mut client_rd, client_wr) = tokio::io::split(client);
+
+        let (sent, writer) = upload(client_wr, 10 * READ_CHUNK);
         let mut up = Vec::new();
         settle().await;
         assert_eq!(drain(&mut cmds, &mut up), (IN_FLIGHT, false));
@@ -213,40 +238,14 @@ mod tests {
     /// (an echo through a mapped port) is not stalled behind its own unread response.
     #[tokio::test]
     async fn the_upload_goes_on_while_the_download_waits_for_the_eyeball() {
-        let (cmds_tx, mut cmds) = mpsc::unbounded_channel();
-        let (key, events, acks) = open(
-            &cmds_tx,
-            Target::Hostname("x".into()),
-            String::new(),
-            ConnectionType::Tcp,
-            Vec::new(),
-        )
-        .unwrap();
-        let Some(Cmd::Open {
-            events: ev_tx,
-            acks: ack_tx,
-            ..
-        }) = cmds.recv().await
-        else {
-            panic!("no open");
-        };
-        let (client, edge_side) = tokio::io::duplex(READ_CHUNK);
-        let (mut client_rd, mut client_wr) = tokio::io::split(client);
-        let (rd, wr) = tokio::io::split(edge_side);
-        let task = tokio::spawn(splice(key, rd, wr, cmds_tx, events, acks));
+        let (mut cmds, ev_tx, ack_tx, _, task, client) = spliced(READ_CHUNK).await;
+        let (mut client_rd, client_wr) = tokio::io::split(client);
         // More than the eyeball's pipe holds: the splice's write waits for the reader.
         let answer: Vec<u8> = (0..4 * READ_CHUNK).map(|i| (i % 253) as u8).collect();
         ev_tx
             .send(StreamEvent::Body(bytes::Bytes::from(answer.clone())))
             .unwrap();
-        let sent: Vec<u8> = (0..8 * READ_CHUNK).map(|i| (i % 251) as u8).collect();
-        let writer = {
-            let sent = sent.clone();
-            tokio::spawn(async move {
-                client_wr.write_all(&sent).await.unwrap();
-                client_wr.shutdown().await.unwrap();
-            })
-        };
+        let (sent, writer) = upload(client_wr, 8 * READ_CHUNK);
         let mut up = Vec::new();
         let mut finished = false;
         for _ in 0..1000 {
