@@ -332,6 +332,11 @@ impl Events {
         self.done = ev.as_ref().is_none_or(StreamEvent::is_last);
         Poll::Ready(ev)
     }
+
+    /// The eyeball took the last response chunk: the next may come.
+    pub(super) fn read_more(&self) {
+        let _ = self.cmds.send(Cmd::ReadMore(self.id));
+    }
 }
 
 impl Drop for Events {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use burrow_core::edge::forwarded::{request_metadata, HOP_BY_HOP};
-use burrow_core::edge::{EyeballId, OpenError, StreamEvent, Target};
+use burrow_core::edge::{OpenError, StreamEvent, Target};
 use burrow_core::stream::connect::{key, ConnectionType};
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -26,8 +26,6 @@ use super::HttpLimits;
 /// than end a chunked response as if it were whole.
 struct ChanBody {
     events: Events,
-    cmds: mpsc::UnboundedSender<Cmd>,
-    key: EyeballId,
     done: bool,
 }
 
@@ -42,7 +40,7 @@ impl hyper::body::Body for ChanBody {
         while !self.done {
             let ended = match std::task::ready!(self.events.poll_recv(cx)) {
                 Some(StreamEvent::Body(b)) => {
-                    let _ = self.cmds.send(Cmd::ReadMore(self.key));
+                    self.events.read_more();
                     return Poll::Ready(Some(Ok(Frame::data(b))));
                 }
                 Some(StreamEvent::End) => true,
@@ -235,8 +233,6 @@ async fn handle(
     }
     let body = ChanBody {
         events,
-        cmds,
-        key,
         done: false,
     };
     builder

@@ -64,7 +64,7 @@ pub(super) async fn splice(
                         let _ = cmds.send(Cmd::Reset(key));
                         break;
                     }
-                    let _ = cmds.send(Cmd::ReadMore(key));
+                    events.read_more();
                 }
                 StreamEvent::End | StreamEvent::Reset | StreamEvent::Refused(_) => {
                     let _ = wr.shutdown().await;
