@@ -20,6 +20,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::net::SocketAddr;
+use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -390,6 +391,8 @@ pub struct EdgeEndpoint {
     /// Received UDP buffers are copied into this for quinn, reused while quinn holds no
     /// piece of it (see `quic_io::handle_received`).
     rx: BytesMut,
+    /// Connections the datagrams of one `handle_received` reached, in arrival order.
+    touched: Vec<ConnId>,
 }
 
 /// A stateless datagram quinn's endpoint wants sent.
@@ -425,6 +428,7 @@ impl EdgeEndpoint {
             events: VecDeque::new(),
             scratch: Vec::new(),
             rx: BytesMut::new(),
+            touched: Vec::new(),
         }
     }
 
@@ -436,6 +440,8 @@ impl EdgeEndpoint {
     /// Feeds UDP datagrams received in one buffer (GRO: `stride` bytes each).
     pub fn handle_received(&mut self, now: Instant, received: &Received<'_>) {
         let from = received.from;
+        let mut touched = std::mem::take(&mut self.touched);
+        touched.clear();
         let (conns, ids, next_id, responses, events) = (
             &mut self.conns,
             &mut self.ids,
@@ -451,8 +457,13 @@ impl EdgeEndpoint {
             &mut self.scratch,
             |endpoint, event, scratch| match event {
                 DatagramEvent::ConnectionEvent(h, ev) => {
-                    if let Some(c) = ids.get(&h).and_then(|id| conns.get_mut(id)) {
-                        c.conn.handle_event(ev);
+                    if let Some(&id) = ids.get(&h) {
+                        if let Some(c) = conns.get_mut(&id) {
+                            c.conn.handle_event(ev);
+                            if touched.last() != Some(&id) {
+                                touched.push(id);
+                            }
+                        }
                     }
                 }
                 DatagramEvent::NewConnection(incoming) => {
@@ -469,6 +480,7 @@ impl EdgeEndpoint {
                             *next_id += 1;
                             debug!(conn = id.0, %from, "connector connection accepted");
                             ids.insert(h, id);
+                            touched.push(id);
                             conns.insert(
                                 id,
                                 EdgeConnection {
@@ -504,7 +516,13 @@ impl EdgeEndpoint {
                 DatagramEvent::Response(t) => responses.push_back(stateless(&t, scratch)),
             },
         );
-        self.progress(now);
+        // Only the connections a datagram reached have anything new to act on. A connection
+        // met twice, not back to back, is visited twice: harmless, and rare (GRO runs come
+        // from one peer).
+        for &id in &touched {
+            self.progress_conn(now, id);
+        }
+        self.touched = touched;
     }
 
     /// A fresh id, never used by this endpoint, for a connection another transport holds
@@ -562,7 +580,7 @@ impl EdgeEndpoint {
                 closed(conn, c, reason.to_owned(), &mut self.events);
             }
         }
-        self.progress(now);
+        self.progress_conn(now, conn);
     }
 
     /// Answers a pending registration on `conn`.
@@ -578,7 +596,7 @@ impl EdgeEndpoint {
             .as_mut()
             .ok_or(ApiError::NothingPending("registration"))?;
         control.server.respond_registration(result)?;
-        self.progress(now);
+        self.progress_conn(now, conn);
         Ok(())
     }
 
@@ -643,7 +661,7 @@ impl EdgeEndpoint {
                 received: Vec::new(),
             },
         );
-        self.progress(now);
+        self.progress_conn(now, conn);
         Ok(stream)
     }
 
@@ -676,7 +694,7 @@ impl EdgeEndpoint {
                 body: Vec::new(),
             },
         );
-        self.progress(now);
+        self.progress_conn(now, conn);
         Ok(stream)
     }
 
@@ -697,7 +715,7 @@ impl EdgeEndpoint {
         }
         let n = bytes.len().min(window.saturating_sub(d.unsent.len()));
         d.unsent.push(bytes.slice(..n));
-        self.progress(now);
+        self.progress_conn(now, conn);
         Ok(n)
     }
 
@@ -718,7 +736,7 @@ impl EdgeEndpoint {
     ) -> Result<(), ApiError> {
         let c = self.conns.get_mut(&conn).ok_or(ApiError::Closed)?;
         c.data.get_mut(&stream).ok_or(ApiError::Closed)?.finish = true;
-        self.progress(now);
+        self.progress_conn(now, conn);
         Ok(())
     }
 
@@ -735,7 +753,7 @@ impl EdgeEndpoint {
         if c.opened(stream) {
             super::data::reset(&mut c.conn, stream);
         }
-        self.progress(now);
+        self.progress_conn(now, conn);
         Ok(())
     }
 
@@ -770,7 +788,7 @@ impl EdgeEndpoint {
         if finished && d.unsent.is_empty() {
             c.data.remove(&stream);
         }
-        self.progress(now);
+        self.progress_conn(now, conn);
         Ok(finished)
     }
 
@@ -851,61 +869,74 @@ impl EdgeEndpoint {
         self.conns.get(&conn).map(|c| c.conn.stats())
     }
 
+    /// Lets every connection act on what changed.
     fn progress(&mut self, now: Instant) {
-        let mut gone = Vec::new();
-        for (&id, c) in self.conns.iter_mut() {
-            exchange_events(&mut self.endpoint, c.handle, &mut c.conn);
-            while let Some(event) = c.conn.poll() {
-                on_quic_event(now, id, c, event, &mut self.events);
+        // Walked by key, as a connection may go away on its turn.
+        let mut next = self.conns.keys().next().copied();
+        while let Some(id) = next {
+            self.progress_conn(now, id);
+            next = self
+                .conns
+                .range((Excluded(id), Unbounded))
+                .next()
+                .map(|(&k, _)| k);
+        }
+    }
+
+    /// Lets connection `id` act on what changed: events in and out of quinn, stream writes,
+    /// closing once drained, forgetting it once quinn has.
+    fn progress_conn(&mut self, now: Instant, id: ConnId) {
+        let Some(c) = self.conns.get_mut(&id) else {
+            return;
+        };
+        exchange_events(&mut self.endpoint, c.handle, &mut c.conn);
+        while let Some(event) = c.conn.poll() {
+            on_quic_event(now, id, c, event, &mut self.events);
+        }
+        c.open_waiting();
+        pump_control(now, id, c, &mut self.events);
+        // Streams still waiting for credit have nothing to write to yet.
+        let unopened = c.waiting.front().copied();
+        let opened = |stream: &StreamId| unopened.is_none_or(|w| *stream < w);
+        for (&stream, call) in c.calls.iter_mut().filter(|(s, _)| opened(s)) {
+            if let Some(bytes) = call.client.poll_transmit() {
+                call.unsent.extend_from_slice(&bytes);
             }
-            c.open_waiting();
-            pump_control(now, id, c, &mut self.events);
-            // Streams still waiting for credit have nothing to write to yet.
-            let unopened = c.waiting.front().copied();
-            let opened = |stream: &StreamId| unopened.is_none_or(|w| *stream < w);
-            for (&stream, call) in c.calls.iter_mut().filter(|(s, _)| opened(s)) {
-                if let Some(bytes) = call.client.poll_transmit() {
-                    call.unsent.extend_from_slice(&bytes);
-                }
-                let _ = flush_stream(&mut c.conn, stream, &mut call.unsent);
-            }
-            let served: Vec<StreamId> = c.served.keys().copied().collect();
-            for stream in served {
-                flush_served(c, stream);
-            }
-            let mut broken = Vec::new();
-            for (&stream, d) in c.data.iter_mut().filter(|(s, _)| opened(s)) {
-                if flush_chunks(&mut c.conn, stream, &mut d.unsent).is_err() {
-                    broken.push(stream);
-                } else if d.finish && d.unsent.is_empty() {
-                    // Finishing twice is harmless; quinn refuses the second.
-                    let _ = c.conn.send_stream(stream).finish();
-                }
-            }
-            for stream in broken {
-                c.data.remove(&stream);
-                self.events
-                    .push_back(EdgeEvent::StreamReset { conn: id, stream });
-            }
-            if c.drained() && !c.conn.is_closed() {
-                debug!(
-                    conn = id.0,
-                    "connector unregistered and nothing is in flight; closing"
-                );
-                c.conn.close(now, VarInt::from_u32(0), Bytes::new());
-            }
-            exchange_events(&mut self.endpoint, c.handle, &mut c.conn);
-            if c.conn.is_drained() {
-                if !c.closed {
-                    closed(id, c, "closed".into(), &mut self.events);
-                }
-                gone.push(id);
+            let _ = flush_stream(&mut c.conn, stream, &mut call.unsent);
+        }
+        let served: Vec<StreamId> = c.served.keys().copied().collect();
+        for stream in served {
+            flush_served(c, stream);
+        }
+        let mut broken = Vec::new();
+        for (&stream, d) in c.data.iter_mut().filter(|(s, _)| opened(s)) {
+            if flush_chunks(&mut c.conn, stream, &mut d.unsent).is_err() {
+                broken.push(stream);
+            } else if d.finish && d.unsent.is_empty() {
+                // Finishing twice is harmless; quinn refuses the second.
+                let _ = c.conn.send_stream(stream).finish();
             }
         }
-        for id in gone {
-            if let Some(c) = self.conns.remove(&id) {
-                self.ids.remove(&c.handle);
+        for stream in broken {
+            c.data.remove(&stream);
+            self.events
+                .push_back(EdgeEvent::StreamReset { conn: id, stream });
+        }
+        if c.drained() && !c.conn.is_closed() {
+            debug!(
+                conn = id.0,
+                "connector unregistered and nothing is in flight; closing"
+            );
+            c.conn.close(now, VarInt::from_u32(0), Bytes::new());
+        }
+        exchange_events(&mut self.endpoint, c.handle, &mut c.conn);
+        if c.conn.is_drained() {
+            if !c.closed {
+                closed(id, c, "closed".into(), &mut self.events);
             }
+            let handle = c.handle;
+            self.conns.remove(&id);
+            self.ids.remove(&handle);
         }
     }
 }
