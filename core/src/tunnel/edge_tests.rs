@@ -436,3 +436,39 @@ fn calls_waiting_for_credit_fail_when_the_connection_closes() {
         "nothing waits on a closed connection"
     );
 }
+
+#[test]
+fn a_quiet_connection_is_not_polled_until_something_reaches_it() {
+    let t0 = Instant::now();
+    let (server, cfg) = tls_pair();
+    let mut p = Pair::new(EdgeEndpoint::new(server, [4; 32]), cfg, t0);
+    p.exchange(t0);
+    let ctl = p.conn.streams().open(Dir::Bi).expect("stream");
+    let conn = register(&mut p, ctl, t0);
+    p.exchange(t0);
+    let mut buf = Vec::new();
+    assert!(p.edge.poll_transmit(t0, 1, &mut buf).is_none(), "quiet");
+    assert!(
+        !p.edge.conns[&conn].may_send,
+        "quinn had nothing: not asked again"
+    );
+    // A datagram queued outside any stream operation still goes out at once.
+    p.edge
+        .send_datagram(conn, Bytes::from_static(b"hello"))
+        .expect("queued");
+    assert!(p.edge.conns[&conn].may_send);
+    p.exchange(t0);
+    assert_eq!(
+        p.conn.datagrams().recv(),
+        Some(Bytes::from_static(b"hello"))
+    );
+    // A timer that fires lets every connection speak (here: a keep-alive is due).
+    assert!(p.edge.poll_transmit(t0, 1, &mut buf).is_none());
+    let later = t0 + Duration::from_secs(2);
+    p.edge.handle_timeout(later);
+    assert!(p.edge.conns[&conn].may_send);
+    assert!(
+        p.edge.poll_transmit(later, 1, &mut buf).is_some(),
+        "the keep-alive goes out"
+    );
+}
