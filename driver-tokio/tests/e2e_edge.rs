@@ -55,6 +55,15 @@ fn start_with_metrics(bed: &Testbed, eo: &EdgeOpts, ha: u8) -> (Proc, Proc, Sock
     (edge, connector, metrics)
 }
 
+/// An eyeball connection to `http` that has sent `request` and waits at most 20 s per read.
+fn sent(http: SocketAddr, request: &str) -> TcpStream {
+    let mut s = TcpStream::connect(http).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(20)))
+        .expect("timeout");
+    s.write_all(request.as_bytes()).expect("request");
+    s
+}
+
 fn get_host(http: SocketAddr, host: &str, path: &str, extra: &str) -> (u16, Vec<u8>) {
     request(
         http.port(),
@@ -207,11 +216,10 @@ fn eyeballs_that_hang_up_free_their_tunnel_streams() {
     }
     // The origin answers the abandoned requests.
     thread::sleep(Duration::from_secs(3));
-    let mut s = TcpStream::connect(eo.http).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    s.write_all(b"GET /big HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n")
-        .expect("request");
+    let mut s = sent(
+        eo.http,
+        "GET /big HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+    );
     let mut got = Vec::new();
     let read = s.read_to_end(&mut got);
     assert!(
@@ -229,11 +237,7 @@ fn a_response_cut_at_the_origin_is_not_ended_as_whole_at_the_eyeball() {
     let bed = Testbed::create(Path::new(BIN), "e-cut", "app", &["app.test"]).expect("bed");
     let eo = EdgeOpts::loopback().expect("ports");
     let (_edge, _connector) = start(&bed, &eo, 1);
-    let mut s = TcpStream::connect(eo.http).expect("connect");
-    s.set_read_timeout(Some(Duration::from_secs(20)))
-        .expect("timeout");
-    s.write_all(b"GET /cut HTTP/1.1\r\nHost: app.test\r\n\r\n")
-        .expect("request");
+    let mut s = sent(eo.http, "GET /cut HTTP/1.1\r\nHost: app.test\r\n\r\n");
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     let ended = loop {
@@ -281,11 +285,10 @@ fn many_eyeballs_hanging_up_mid_exchange_leave_nothing_behind() {
             let all_sent = all_sent.clone();
             let http = eo.http;
             thread::spawn(move || {
-                let mut s = TcpStream::connect(http).expect("connect");
-                s.set_read_timeout(Some(Duration::from_secs(20)))
-                    .expect("timeout");
-                s.write_all(format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n").as_bytes())
-                    .expect("request");
+                let mut s = sent(
+                    http,
+                    &format!("GET {path} HTTP/1.1\r\nHost: app.test\r\n\r\n"),
+                );
                 all_sent.wait();
                 if path != "/slowbig" {
                     // The head and the first 256 KiB of the body, then gone.
