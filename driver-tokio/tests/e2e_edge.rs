@@ -229,6 +229,123 @@ fn eyeballs_that_hang_up_free_their_tunnel_streams() {
     );
 }
 
+/// Downloads whose eyeballs take nothing do not stop the tunnel connection they share: each
+/// holds at most its own stream window of unread response at the edge, and the connection's
+/// window keeps room for the other streams. With a fixed 30 MiB connection window, five
+/// unread 6 MiB stream windows used it up and no other response could come.
+#[test]
+fn unread_downloads_leave_room_for_other_requests() {
+    requests_beside_unread_downloads("e-unread", 10, Duration::from_secs(3));
+}
+
+/// Past the streams the window makes room for (32), a new request resets those that waited
+/// on their eyeballs longer than 10 s, and goes through.
+#[test]
+fn a_crowd_of_unread_downloads_makes_way_for_new_requests() {
+    requests_beside_unread_downloads("e-crowd", 40, Duration::from_secs(12));
+}
+
+/// Leaves `unread` downloads of 100 MiB unread for `wait`, then downloads 16 MiB three
+/// times, on a tunnel of one connection.
+fn requests_beside_unread_downloads(label: &str, unread: usize, wait: Duration) {
+    let bed = Testbed::create(Path::new(BIN), label, "app", &["app.test"]).expect("bed");
+    let eo = EdgeOpts::loopback().expect("ports");
+    let (_edge, _connector) = start(&bed, &eo, 1);
+    // Never read: each fills its socket buffers, then its stream window at the edge.
+    let unread: Vec<TcpStream> = (0..unread)
+        .map(|_| sent(eo.http, "GET /huge HTTP/1.1\r\nHost: app.test\r\n\r\n"))
+        .collect();
+    thread::sleep(wait);
+    for _ in 0..3 {
+        let mut s = sent(
+            eo.http,
+            "GET /big HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+        );
+        let mut got = Vec::new();
+        let read = s.read_to_end(&mut got);
+        assert!(
+            read.is_ok() && got.len() > BIG,
+            "a 16 MiB response came through beside {} unread ones ({} bytes, {read:?})",
+            unread.len(),
+            got.len()
+        );
+    }
+}
+
+/// The same at the connector: request bodies an origin does not read hold their stream
+/// windows there, and the tunnel connection keeps room for the other requests.
+#[test]
+fn unread_uploads_leave_room_for_other_requests() {
+    let bed =
+        Testbed::create(Path::new(BIN), "e-sink", "app", &["app.test", "sink.test"]).expect("bed");
+    let eo = EdgeOpts::loopback().expect("ports");
+    // Takes connections and never reads from them.
+    let sink = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let sink_port = sink.local_addr().expect("addr").port();
+    thread::spawn(move || {
+        let held: Vec<TcpStream> = sink.incoming().flatten().collect();
+        drop(held);
+    });
+    let _edge = bed.edge(&eo).expect("edge");
+    let metrics = testbed::free_tcp().expect("port");
+    let mut connector = bed
+        .connector(&ConnectorOpts {
+            edge: eo.quic,
+            metrics,
+            ingress: vec![
+                (
+                    Some("sink.test".into()),
+                    format!("http://127.0.0.1:{sink_port}"),
+                ),
+                (None, format!("http://127.0.0.1:{}", origin())),
+            ],
+            ha_connections: 1,
+            extra: Vec::new(),
+            config_extra: String::new(),
+        })
+        .expect("connector");
+    testbed::wait_ready(&mut connector, metrics, 1, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\nconnector: {}", connector.log_tail(4000)));
+    let chunk = vec![7u8; 256 * 1024];
+    let unread: Vec<TcpStream> = (0..8)
+        .map(|_| {
+            let mut s = sent(
+                eo.http,
+                "POST /up HTTP/1.1\r\nHost: sink.test\r\nContent-Length: 104857600\r\n\r\n",
+            );
+            s.set_nonblocking(true).expect("nonblocking");
+            // As much as the way to the origin takes: 16 MiB is more than a stream window
+            // plus the sockets' buffers on the way.
+            let mut stuck = Instant::now();
+            let mut sent_bytes = 0;
+            while sent_bytes < 16 << 20 && stuck.elapsed() < Duration::from_secs(2) {
+                match s.write(&chunk) {
+                    Ok(n) => {
+                        sent_bytes += n;
+                        stuck = Instant::now();
+                    }
+                    Err(_) => thread::sleep(Duration::from_millis(10)),
+                }
+            }
+            s
+        })
+        .collect();
+    for _ in 0..3 {
+        let mut s = sent(
+            eo.http,
+            "GET /big HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+        );
+        let mut got = Vec::new();
+        let read = s.read_to_end(&mut got);
+        assert!(
+            read.is_ok() && got.len() > BIG,
+            "a 16 MiB response came through beside 8 unread uploads ({} bytes, {read:?})",
+            got.len()
+        );
+    }
+    drop(unread);
+}
+
 /// A response the origin cuts short (its connection closes in the middle of a chunked body)
 /// reaches the eyeball cut short too: the edge aborts the eyeball's connection after the bytes
 /// that came, rather than end the chunked body as if it were whole.

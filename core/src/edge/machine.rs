@@ -631,7 +631,11 @@ impl<A: Authenticator> Edge<A> {
             connection_type: kind,
             metadata: &meta,
         };
-        self.streams.open(now, &mut self.tp, id, conn, &request)
+        let queue = &mut self.queue;
+        self.streams
+            .open(now, &mut self.tp, id, conn, &request, &mut |id, event| {
+                queue.push_back(Queued::Io(Io::Stream { id, event }));
+            })
     }
 
     /// Makes a datagram-v2 session call (its answer comes as an [`EdgeEvent`]).

@@ -4,14 +4,21 @@
 //! number of chunks unacknowledged (queued here until there is room); a response-body chunk
 //! goes out only against a credit ([`Streams::read_more`]), so a slow eyeball holds its tunnel
 //! stream (and the connector, through flow control) rather than the edge's memory.
+//!
+//! What a stream holds for its eyeball takes room in its connection's receive window, which
+//! makes room for [`EDGE_HELD_STREAMS`] such streams beside the others. When that many of a
+//! connection's streams wait on their eyeballs, a new request on it resets those that waited
+//! longer than [`EYEBALL_PATIENCE`], longest first: eyeballs that stopped reading, or read
+//! slower than a chunk per [`EYEBALL_PATIENCE`], cannot stop the tunnel's other requests.
 
-use std::collections::{BTreeSet, HashMap, VecDeque};
-use std::time::Instant;
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use thiserror::Error;
 
 use crate::control::ApiError;
+use crate::quic::transport::EDGE_HELD_STREAMS;
 use crate::stream::connect::ConnectRequest;
 use crate::tunnel::edge::ConnId;
 use crate::tunnel::edge_transports::{DataStream, EdgeTransports};
@@ -26,6 +33,9 @@ pub const READ_CHUNK: usize = 64 * 1024;
 /// Smaller pieces (one packet's worth) are copied together, so the eyeball holds no slice of
 /// a receive buffer the connection would otherwise reuse.
 const UNCOPIED_MIN: usize = 16 * 1024;
+/// How long a stream may wait on its eyeball to take a chunk before a crowded connection's
+/// new request may reset it (see the module's doc).
+pub const EYEBALL_PATIENCE: Duration = Duration::from_secs(10);
 
 /// One eyeball stream, as the driver numbered it when it opened it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -82,6 +92,8 @@ struct Stream {
     finish: bool,
     readable: bool,
     credit: bool,
+    /// When the chunk the eyeball has not taken yet went out.
+    waiting_since: Option<Instant>,
 }
 
 impl Stream {
@@ -101,6 +113,8 @@ pub struct Streams {
     pieces: Vec<Bytes>,
     /// The active streams one pump visits (kept for its capacity: a pump runs per packet).
     visiting: Vec<EyeballId>,
+    /// Per connection, the streams waiting on their eyeballs, by when they began to.
+    waiting: BTreeMap<ConnId, BTreeSet<(Instant, EyeballId)>>,
 }
 
 impl Streams {
@@ -119,7 +133,8 @@ impl Streams {
         self.by_id.is_empty()
     }
 
-    /// Opens `id` on `conn` with `request`.
+    /// Opens `id` on `conn` with `request`, first resetting streams that kept `conn`'s window
+    /// waiting on their eyeballs too long (see the module's doc).
     pub fn open(
         &mut self,
         now: Instant,
@@ -127,7 +142,9 @@ impl Streams {
         id: EyeballId,
         conn: ConnId,
         request: &ConnectRequest<'_>,
+        out: &mut impl FnMut(EyeballId, StreamEvent),
     ) -> Result<(), OpenError> {
+        self.make_room(now, tp, conn, out);
         let stream = tp.open_request(now, conn, request)?;
         self.by_key.insert((conn, stream), id);
         self.by_id.insert(
@@ -139,6 +156,7 @@ impl Streams {
                 finish: false,
                 readable: false,
                 credit: true,
+                waiting_since: None,
             },
         );
         Ok(())
@@ -169,6 +187,7 @@ impl Streams {
     pub fn read_more(&mut self, id: EyeballId) {
         if let Some(s) = self.by_id.get_mut(&id) {
             s.credit = true;
+            unwait(&mut self.waiting, id, s);
             // Whatever is buffered may be readable without a new event.
             s.readable = true;
             self.active.insert(id);
@@ -285,6 +304,8 @@ impl Streams {
                         s.readable = false;
                         if let Some(chunk) = join(&mut self.pieces) {
                             s.credit = false;
+                            s.waiting_since = Some(now);
+                            self.waiting.entry(s.conn).or_default().insert((now, id));
                             out(id, StreamEvent::Body(chunk));
                         }
                         if done {
@@ -309,10 +330,51 @@ impl Streams {
     }
 
     fn remove(&mut self, id: EyeballId) -> Option<Stream> {
-        let s = self.by_id.remove(&id)?;
+        let mut s = self.by_id.remove(&id)?;
         self.by_key.remove(&(s.conn, s.stream));
         self.active.remove(&id);
+        unwait(&mut self.waiting, id, &mut s);
         Some(s)
+    }
+
+    /// While [`EDGE_HELD_STREAMS`] of `conn`'s streams wait on their eyeballs, resets the one
+    /// that has waited longest if that is longer than [`EYEBALL_PATIENCE`].
+    fn make_room(
+        &mut self,
+        now: Instant,
+        tp: &mut EdgeTransports,
+        conn: ConnId,
+        out: &mut impl FnMut(EyeballId, StreamEvent),
+    ) {
+        while let Some(waiting) = self.waiting.get(&conn) {
+            let Some(&(since, id)) = waiting.first() else {
+                return;
+            };
+            let crowded = waiting.len() >= EDGE_HELD_STREAMS as usize;
+            if !crowded || now.saturating_duration_since(since) < EYEBALL_PATIENCE {
+                return;
+            }
+            self.reset(now, tp, id);
+            out(id, StreamEvent::Reset);
+        }
+    }
+}
+
+/// Takes `s` (stream `id`) out of the streams waiting on their eyeballs.
+fn unwait(
+    waiting: &mut BTreeMap<ConnId, BTreeSet<(Instant, EyeballId)>>,
+    id: EyeballId,
+    s: &mut Stream,
+) {
+    let Some(since) = s.waiting_since.take() else {
+        return;
+    };
+    if let Some(set) = waiting.get_mut(&s.conn) {
+        set.remove(&(since, id));
+        // Connection ids are never reused: an empty entry would stay forever.
+        if set.is_empty() {
+            waiting.remove(&s.conn);
+        }
     }
 }
 

@@ -15,8 +15,12 @@ pub struct QuicSettings {
     /// Per-stream receive window: bytes a peer may send ahead of our reads (cloudflared's
     /// auto-tuning ceiling, 6 MiB). This bounds buffered memory per stream.
     pub stream_receive_window: u32,
-    /// Connection-wide receive window (cloudflared's ceiling, 30 MiB).
+    /// Connection-wide receive window (cloudflared's ceiling, 30 MiB) for the streams that
+    /// read what comes; the window given is larger by [`Self::held_streams`] stream windows.
     pub connection_receive_window: u32,
+    /// Streams whose reader takes nothing that the connection window makes room for beside
+    /// the others (see [`Self::receive_window`]).
+    pub held_streams: u32,
     /// Bidirectional streams the peer may have open at once, at most. cloudflared grants 2^60;
     /// quinn keeps bookkeeping for every stream granted (about 85 bytes each), so the
     /// connector grants at most 8192 per connection (32768 requests in flight over 4
@@ -49,6 +53,8 @@ impl Default for QuicSettings {
             keep_alive: Duration::from_secs(1),
             stream_receive_window: 6 * 1024 * 1024,
             connection_receive_window: 30 * 1024 * 1024,
+            // Request bodies an origin does not read: 78 MiB in all, for small boxes.
+            held_streams: 8,
             max_concurrent_bidi_streams: 1 << 13,
             initial_bidi_streams: 128,
             max_concurrent_uni_streams: 0,
@@ -58,6 +64,11 @@ impl Default for QuicSettings {
         }
     }
 }
+
+/// [`QuicSettings::held_streams`] at the edge, where the streams' readers are eyeballs, who
+/// are the public: 222 MiB per connection in all. Past it, a new request resets the stream
+/// that has waited longest on its eyeball (`edge::streams`).
+pub const EDGE_HELD_STREAMS: u32 = 32;
 
 /// Initial packet size for an edge address family: the largest that fits a 1280-byte path MTU.
 /// cloudflared picks 1232 for IPv4 and 1252 for IPv6, which is the wrong way round.
@@ -75,8 +86,25 @@ impl QuicSettings {
     pub fn edge() -> Self {
         Self {
             max_concurrent_bidi_streams: 256,
+            held_streams: EDGE_HELD_STREAMS,
             ..Self::default()
         }
+    }
+
+    /// The connection receive window given to the peer.
+    ///
+    /// quinn counts what a stream holds unread against the connection window, and a stream
+    /// may hold its whole stream window. Had the connection window been only
+    /// `connection_receive_window`, five streams whose reader takes nothing (an eyeball on a
+    /// slow link or one that stopped reading, an origin that does not read a request body)
+    /// would hold all 30 MiB of it and no other stream would get a byte, new requests'
+    /// responses included. So it is larger by `held_streams` stream windows: that many such
+    /// streams leave the others their 30 MiB. What a connection holds unread stays bounded by
+    /// the smaller of this window and its open streams' windows (HTTP/2 proxies size theirs
+    /// the same way: Go's HTTP/2 transport gives 1 GiB per connection and 4 MiB per stream).
+    pub fn receive_window(&self) -> VarInt {
+        let held = u64::from(self.held_streams) * u64::from(self.stream_receive_window);
+        VarInt::from_u64(u64::from(self.connection_receive_window) + held).unwrap_or(VarInt::MAX)
     }
 
     /// quinn-proto transport configuration for a path to an edge of the given family,
@@ -101,7 +129,7 @@ impl QuicSettings {
         t.max_idle_timeout(Some(idle))
             .keep_alive_interval(Some(self.keep_alive))
             .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
-            .receive_window(VarInt::from_u32(self.connection_receive_window))
+            .receive_window(self.receive_window())
             .max_concurrent_bidi_streams(VarInt::from_u32(bidi_streams))
             .max_concurrent_uni_streams(VarInt::from_u32(self.max_concurrent_uni_streams))
             .datagram_receive_buffer_size(Some(self.datagram_receive_buffer))

@@ -13,9 +13,9 @@ use crate::connector::{Connector, Input as CInput, Io as CIo, Output as COutput}
 use crate::control::Registration;
 use crate::datagram::LinkId;
 use crate::edge::auth::{TunnelAuth, UNAUTHORIZED};
-use crate::edge::streams::READ_CHUNK;
+use crate::edge::streams::{EYEBALL_PATIENCE, READ_CHUNK};
 use crate::quic::tls::{self, PostQuantum};
-use crate::quic::transport::QuicSettings;
+use crate::quic::transport::{QuicSettings, EDGE_HELD_STREAMS};
 use crate::quic::SERVER_NAME;
 use crate::session::edge::SessionChange;
 use crate::session::{UdpFlowId, HEADROOM, ORIGIN_READ, TAILROOM};
@@ -443,6 +443,51 @@ fn a_response_body_moves_one_chunk_per_credit() {
         .events_of(1)
         .contains(&StreamEvent::End)));
     assert_eq!(w.edge.open_streams(), 0);
+}
+
+#[test]
+fn a_new_request_on_a_crowded_connection_resets_the_stream_that_waited_longest_on_its_eyeball() {
+    let mut w = registered_world();
+    // Round robin: the even streams on one connection, the odd ones on the other.
+    let n = 2 * u64::from(EDGE_HELD_STREAMS);
+    for id in 0..n {
+        let (link, flow) = w.connected(id);
+        w.connector_input(CInput::FlowData {
+            link,
+            flow,
+            data: Bytes::from_static(b"a chunk"),
+        });
+    }
+    let handed = |w: &World, id: u64| {
+        w.events_of(id)
+            .iter()
+            .any(|e| matches!(e, StreamEvent::Body(_)))
+    };
+    assert!(w.run(Duration::from_secs(5), |w| (0..n).all(|id| handed(w, id))));
+    // Stream 0's eyeball takes its chunk: the even streams' connection has one waiting fewer.
+    w.edge_input(Input::ReadMore(EyeballId(0)));
+    let reset = |w: &World| {
+        (0..n)
+            .filter(|&id| w.events_of(id).contains(&StreamEvent::Reset))
+            .collect::<Vec<_>>()
+    };
+    // Sooner than the patience, a new request resets nothing.
+    w.open(100, Target::Tunnel(TUNNEL));
+    w.open(101, Target::Tunnel(TUNNEL));
+    assert!(w.run(Duration::from_secs(1), |w| w.opened().len()
+        == n as usize + 2));
+    assert_eq!(reset(&w), Vec::<u64>::new());
+    w.run(EYEBALL_PATIENCE + Duration::from_secs(1), |_| false);
+    let before = w.edge.open_streams();
+    w.open(102, Target::Tunnel(TUNNEL));
+    w.open(103, Target::Tunnel(TUNNEL));
+    // Only the crowded connection makes room, by one stream: the first to wait on it.
+    assert_eq!(reset(&w), [1]);
+    assert_eq!(w.edge.open_streams(), before + 2 - 1);
+    // Not again: it is no longer crowded.
+    w.open(104, Target::Tunnel(TUNNEL));
+    w.open(105, Target::Tunnel(TUNNEL));
+    assert_eq!(reset(&w), [1]);
 }
 
 #[test]
