@@ -13,6 +13,7 @@ pub mod icmp;
 pub mod ingress;
 pub mod log_budget;
 pub mod quic;
+pub mod receive_window;
 pub mod rpc;
 pub mod rpc_stream;
 pub mod schema;

@@ -18,7 +18,7 @@ use burrow_tokio::testbed::{self, ConnectorOpts, EdgeOpts, Proc, Testbed};
 use uuid::Uuid;
 
 mod common;
-use common::body::BIG;
+use common::body::{byte, digest, BIG};
 use common::client::{labelled, metrics_text, request};
 use common::origins::origin;
 use common::quic::RawQuic;
@@ -33,15 +33,27 @@ fn start(bed: &Testbed, eo: &EdgeOpts, ha: u8) -> (Proc, Proc) {
 
 /// [`start`], with the connector's metrics address.
 fn start_with_metrics(bed: &Testbed, eo: &EdgeOpts, ha: u8) -> (Proc, Proc, SocketAddr) {
+    let ingress = vec![(None, format!("http://127.0.0.1:{}", origin()))];
+    start_over(bed, eo, ha, "quic", ingress)
+}
+
+/// [`start_with_metrics`] over `protocol` with these ingress rules.
+fn start_over(
+    bed: &Testbed,
+    eo: &EdgeOpts,
+    ha: u8,
+    protocol: &str,
+    ingress: Vec<(Option<String>, String)>,
+) -> (Proc, Proc, SocketAddr) {
     let edge = bed.edge(eo).expect("edge");
     let metrics = testbed::free_tcp().expect("port");
     let mut connector = bed
         .connector(&ConnectorOpts {
             edge: eo.quic,
             metrics,
-            ingress: vec![(None, format!("http://127.0.0.1:{}", origin()))],
+            ingress,
             ha_connections: ha,
-            extra: Vec::new(),
+            extra: vec!["--protocol".into(), protocol.into()],
             config_extra: String::new(),
         })
         .expect("connector");
@@ -235,22 +247,29 @@ fn eyeballs_that_hang_up_free_their_tunnel_streams() {
 /// unread 6 MiB stream windows used it up and no other response could come.
 #[test]
 fn unread_downloads_leave_room_for_other_requests() {
-    requests_beside_unread_downloads("e-unread", 10, Duration::from_secs(3));
+    requests_beside_unread_downloads("e-unread", "quic", 10, Duration::from_secs(3));
+}
+
+/// The same over HTTP/2, where a stream's window was the whole connection's (1 MiB).
+#[test]
+fn unread_downloads_leave_room_for_other_requests_over_http2() {
+    requests_beside_unread_downloads("e-unread2", "http2", 10, Duration::from_secs(3));
 }
 
 /// Past the streams the window makes room for (32), a new request resets those that waited
 /// on their eyeballs longer than 10 s, and goes through.
 #[test]
 fn a_crowd_of_unread_downloads_makes_way_for_new_requests() {
-    requests_beside_unread_downloads("e-crowd", 40, Duration::from_secs(12));
+    requests_beside_unread_downloads("e-crowd", "quic", 40, Duration::from_secs(12));
 }
 
 /// Leaves `unread` downloads of 100 MiB unread for `wait`, then downloads 16 MiB three
-/// times, on a tunnel of one connection.
-fn requests_beside_unread_downloads(label: &str, unread: usize, wait: Duration) {
+/// times, on a tunnel of one connection over `protocol`.
+fn requests_beside_unread_downloads(label: &str, protocol: &str, unread: usize, wait: Duration) {
     let bed = Testbed::create(Path::new(BIN), label, "app", &["app.test"]).expect("bed");
     let eo = EdgeOpts::loopback().expect("ports");
-    let (_edge, _connector) = start(&bed, &eo, 1);
+    let ingress = vec![(None, format!("http://127.0.0.1:{}", origin()))];
+    let (_edge, _connector, _) = start_over(&bed, &eo, 1, protocol, ingress);
     // Never read: each fills its socket buffers, then its stream window at the edge.
     let unread: Vec<TcpStream> = (0..unread)
         .map(|_| sent(eo.http, "GET /huge HTTP/1.1\r\nHost: app.test\r\n\r\n"))
@@ -276,8 +295,20 @@ fn requests_beside_unread_downloads(label: &str, unread: usize, wait: Duration) 
 /// windows there, and the tunnel connection keeps room for the other requests.
 #[test]
 fn unread_uploads_leave_room_for_other_requests() {
+    requests_beside_unread_uploads("e-sink", "quic");
+}
+
+/// The same over HTTP/2.
+#[test]
+fn unread_uploads_leave_room_for_other_requests_over_http2() {
+    requests_beside_unread_uploads("e-sink2", "http2");
+}
+
+/// Sends 8 uploads to an origin that never reads, then uploads 1 MiB three times, on a
+/// tunnel of one connection over `protocol`.
+fn requests_beside_unread_uploads(label: &str, protocol: &str) {
     let bed =
-        Testbed::create(Path::new(BIN), "e-sink", "app", &["app.test", "sink.test"]).expect("bed");
+        Testbed::create(Path::new(BIN), label, "app", &["app.test", "sink.test"]).expect("bed");
     let eo = EdgeOpts::loopback().expect("ports");
     // Takes connections and never reads from them.
     let sink = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
@@ -286,26 +317,14 @@ fn unread_uploads_leave_room_for_other_requests() {
         let held: Vec<TcpStream> = sink.incoming().flatten().collect();
         drop(held);
     });
-    let _edge = bed.edge(&eo).expect("edge");
-    let metrics = testbed::free_tcp().expect("port");
-    let mut connector = bed
-        .connector(&ConnectorOpts {
-            edge: eo.quic,
-            metrics,
-            ingress: vec![
-                (
-                    Some("sink.test".into()),
-                    format!("http://127.0.0.1:{sink_port}"),
-                ),
-                (None, format!("http://127.0.0.1:{}", origin())),
-            ],
-            ha_connections: 1,
-            extra: Vec::new(),
-            config_extra: String::new(),
-        })
-        .expect("connector");
-    testbed::wait_ready(&mut connector, metrics, 1, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e}\nconnector: {}", connector.log_tail(4000)));
+    let ingress = vec![
+        (
+            Some("sink.test".into()),
+            format!("http://127.0.0.1:{sink_port}"),
+        ),
+        (None, format!("http://127.0.0.1:{}", origin())),
+    ];
+    let (_edge, _connector, _) = start_over(&bed, &eo, 1, protocol, ingress);
     let chunk = vec![7u8; 256 * 1024];
     let unread: Vec<TcpStream> = (0..8)
         .map(|_| {
@@ -330,17 +349,18 @@ fn unread_uploads_leave_room_for_other_requests() {
             s
         })
         .collect();
+    // Uploads of their own: over HTTP/2 only request bodies take the connector's window.
+    let body: Vec<u8> = (0..1 << 20).map(byte).collect();
     for _ in 0..3 {
-        let mut s = sent(
-            eo.http,
-            "GET /big HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+        let (status, sum) = request(
+            eo.http.port(),
+            "POST /sum HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1048576\r\nConnection: close\r\n\r\n",
+            &body,
         );
-        let mut got = Vec::new();
-        let read = s.read_to_end(&mut got);
-        assert!(
-            read.is_ok() && got.len() > BIG,
-            "a 16 MiB response came through beside 8 unread uploads ({} bytes, {read:?})",
-            got.len()
+        assert_eq!(
+            (status, String::from_utf8_lossy(&sum).into_owned()),
+            (200, digest(&body)),
+            "a 1 MiB upload came through beside 8 unread ones"
         );
     }
     drop(unread);

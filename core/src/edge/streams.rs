@@ -6,7 +6,8 @@
 //! stream (and the connector, through flow control) rather than the edge's memory.
 //!
 //! What a stream holds for its eyeball takes room in its connection's receive window, which
-//! makes room for [`EDGE_HELD_STREAMS`] such streams beside the others. When that many of a
+//! makes room for [`EDGE_HELD_STREAMS`] such streams beside the others
+//! ([`crate::receive_window`]). When that many of a
 //! connection's streams wait on their eyeballs, a new request on it resets those that waited
 //! longer than [`EYEBALL_PATIENCE`], longest first: eyeballs that stopped reading, or read
 //! slower than a chunk per [`EYEBALL_PATIENCE`], cannot stop the tunnel's other requests.
@@ -18,7 +19,7 @@ use bytes::Bytes;
 use thiserror::Error;
 
 use crate::control::ApiError;
-use crate::quic::transport::EDGE_HELD_STREAMS;
+use crate::receive_window::EDGE_HELD_STREAMS;
 use crate::stream::connect::ConnectRequest;
 use crate::tunnel::edge::ConnId;
 use crate::tunnel::edge_transports::{DataStream, EdgeTransports};

@@ -13,7 +13,7 @@ use h2::client::{self, SendRequest};
 use h2::RecvStream;
 
 use super::machine::{
-    Event, INITIAL_WINDOW, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, RESET_RETENTION,
+    connection_window, Event, INITIAL_WINDOW, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, RESET_RETENTION,
 };
 use super::pipe::Pipe;
 use super::streams::{reason_of, Stream, StreamEvent, StreamId, Streams};
@@ -51,13 +51,14 @@ pub(super) enum Step {
 }
 
 impl ClientState {
-    /// Starts h2's client handshake over `pipe`. Neither peer may push (Cloudflare's edge
+    /// Starts h2's client handshake over `pipe`, its connection window making room for
+    /// `held` streams whose reader takes nothing. Neither peer may push (Cloudflare's edge
     /// sends SETTINGS_ENABLE_PUSH 0; Go's transport takes no pushes either).
-    pub(super) fn handshake(pipe: Pipe) -> Self {
+    pub(super) fn handshake(pipe: Pipe, held: u32) -> Self {
         let handshake = client::Builder::new()
             .enable_push(false)
             .initial_window_size(INITIAL_WINDOW)
-            .initial_connection_window_size(INITIAL_WINDOW)
+            .initial_connection_window_size(connection_window(held))
             .max_frame_size(MAX_FRAME_SIZE)
             .max_header_list_size(MAX_HEADER_LIST_SIZE)
             .reset_stream_duration(RESET_RETENTION)

@@ -21,8 +21,8 @@ use h2::Reason;
 use http::{HeaderMap, StatusCode};
 
 use super::machine::{
-    Connection, Drive, Event, IncomingRequest, Limits, Role, INITIAL_WINDOW, MAX_FRAME_SIZE,
-    MAX_HEADER_LIST_SIZE, RESET_RETENTION,
+    connection_window, Connection, Drive, Event, IncomingRequest, Limits, Role, INITIAL_WINDOW,
+    MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE, RESET_RETENTION,
 };
 use super::pipe::Pipe;
 use super::request::RequestKind;
@@ -30,6 +30,7 @@ use super::response::{self, HeadScratch, ResponseMeta};
 use super::streams::{ApiError, Stream, StreamId, Streams};
 use super::tls;
 use crate::quic::tls::TlsError;
+use crate::receive_window::CONNECTOR_HELD_STREAMS;
 
 /// The connector's HTTP/2 connection to the edge.
 pub type ConnectorConnection = Connection<Server>;
@@ -71,7 +72,7 @@ impl ConnectorConnection {
         let handshake = server::Builder::new()
             .max_concurrent_streams(u32::MAX)
             .initial_window_size(INITIAL_WINDOW)
-            .initial_connection_window_size(INITIAL_WINDOW)
+            .initial_connection_window_size(connection_window(CONNECTOR_HELD_STREAMS))
             .max_frame_size(MAX_FRAME_SIZE)
             .max_header_list_size(MAX_HEADER_LIST_SIZE)
             .reset_stream_duration(RESET_RETENTION)

@@ -20,6 +20,7 @@ use super::response::{ConnectorResponse, ResponseMeta};
 use super::streams::{ApiError, Stream, StreamId, Streams};
 use super::tls;
 use crate::quic::tls::TlsError;
+use crate::receive_window::EDGE_HELD_STREAMS;
 use crate::stream::connect::{key, ConnectRequest, ConnectionType};
 use crate::stream::http1::header_key;
 
@@ -47,7 +48,7 @@ impl EdgeConnection {
         let session = tls::server_session(config)?;
         let pipe = Pipe::new(session.into(), limits.tls_buffer);
         let role = Client {
-            state: ClientState::handshake(pipe.clone()),
+            state: ClientState::handshake(pipe.clone(), EDGE_HELD_STREAMS),
         };
         Ok(Connection::build(now, role, pipe, limits))
     }

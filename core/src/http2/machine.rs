@@ -156,6 +156,17 @@ pub(crate) const MAX_FRAME_SIZE: u32 = 1 << 20;
 pub(crate) const MAX_HEADER_LIST_SIZE: u32 = (1 << 20) + 320;
 pub(crate) const RESET_RETENTION: Duration = Duration::MAX;
 
+/// The connection window: one stream window for the streams that read, plus one per held
+/// stream ([`crate::receive_window`]; HTTP/2's window is at most 2^31 - 1).
+pub(crate) fn connection_window(held: u32) -> u32 {
+    let window = crate::receive_window::connection_window(
+        u64::from(INITIAL_WINDOW),
+        u64::from(INITIAL_WINDOW),
+        held,
+    );
+    u32::try_from(window.min((1 << 31) - 1)).unwrap_or(INITIAL_WINDOW)
+}
+
 /// How one role drives its h2 connection.
 pub(crate) trait Role {
     /// Polls the connection (and role-specific stream parts) once.

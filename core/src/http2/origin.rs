@@ -48,6 +48,7 @@ use super::machine::{Connection, ConnectionError, Drive, Event, Input, Limits, O
 use super::pipe::Pipe;
 use super::request::RequestKind;
 use super::streams::{reason_of, Read, Stream, StreamEvent, StreamId, Streams};
+use crate::receive_window::CONNECTOR_HELD_STREAMS;
 use crate::stream::http1::{write_chunk, BodyReader, Framing, LAST_CHUNK, MAX_HEAD_BYTES};
 
 mod flow;
@@ -197,7 +198,7 @@ impl Http2Origin {
         let limits = Limits::default();
         let pipe = Pipe::new(session.into(), limits.tls_buffer);
         let role = OriginClient {
-            state: ClientState::handshake(pipe.clone()),
+            state: ClientState::handshake(pipe.clone(), CONNECTOR_HELD_STREAMS),
             heads: VecDeque::new(),
         };
         Http2Origin {

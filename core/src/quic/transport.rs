@@ -5,6 +5,8 @@ use std::time::Duration;
 
 use quinn_proto::{IdleTimeout, TransportConfig, VarInt};
 
+use crate::receive_window::{connection_window, CONNECTOR_HELD_STREAMS, EDGE_HELD_STREAMS};
+
 /// QUIC transport settings of a tunnel connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuicSettings {
@@ -19,7 +21,7 @@ pub struct QuicSettings {
     /// read what comes; the window given is larger by [`Self::held_streams`] stream windows.
     pub connection_receive_window: u32,
     /// Streams whose reader takes nothing that the connection window makes room for beside
-    /// the others (see [`Self::receive_window`]).
+    /// the others ([`crate::receive_window`]).
     pub held_streams: u32,
     /// Bidirectional streams the peer may have open at once, at most. cloudflared grants 2^60;
     /// quinn keeps bookkeeping for every stream granted (about 85 bytes each), so the
@@ -53,8 +55,8 @@ impl Default for QuicSettings {
             keep_alive: Duration::from_secs(1),
             stream_receive_window: 6 * 1024 * 1024,
             connection_receive_window: 30 * 1024 * 1024,
-            // Request bodies an origin does not read: 78 MiB in all, for small boxes.
-            held_streams: 8,
+            // 78 MiB in all.
+            held_streams: CONNECTOR_HELD_STREAMS,
             max_concurrent_bidi_streams: 1 << 13,
             initial_bidi_streams: 128,
             max_concurrent_uni_streams: 0,
@@ -64,11 +66,6 @@ impl Default for QuicSettings {
         }
     }
 }
-
-/// [`QuicSettings::held_streams`] at the edge, where the streams' readers are eyeballs, who
-/// are the public: 222 MiB per connection in all. Past it, a new request resets the stream
-/// that has waited longest on its eyeball (`edge::streams`).
-pub const EDGE_HELD_STREAMS: u32 = 32;
 
 /// Initial packet size for an edge address family: the largest that fits a 1280-byte path MTU.
 /// cloudflared picks 1232 for IPv4 and 1252 for IPv6, which is the wrong way round.
@@ -86,25 +83,21 @@ impl QuicSettings {
     pub fn edge() -> Self {
         Self {
             max_concurrent_bidi_streams: 256,
+            // 222 MiB in all.
             held_streams: EDGE_HELD_STREAMS,
             ..Self::default()
         }
     }
 
-    /// The connection receive window given to the peer.
-    ///
-    /// quinn counts what a stream holds unread against the connection window, and a stream
-    /// may hold its whole stream window. Had the connection window been only
-    /// `connection_receive_window`, five streams whose reader takes nothing (an eyeball on a
-    /// slow link or one that stopped reading, an origin that does not read a request body)
-    /// would hold all 30 MiB of it and no other stream would get a byte, new requests'
-    /// responses included. So it is larger by `held_streams` stream windows: that many such
-    /// streams leave the others their 30 MiB. What a connection holds unread stays bounded by
-    /// the smaller of this window and its open streams' windows (HTTP/2 proxies size theirs
-    /// the same way: Go's HTTP/2 transport gives 1 GiB per connection and 4 MiB per stream).
+    /// The connection receive window given to the peer: `connection_receive_window` plus
+    /// `held_streams` stream windows ([`crate::receive_window`]).
     pub fn receive_window(&self) -> VarInt {
-        let held = u64::from(self.held_streams) * u64::from(self.stream_receive_window);
-        VarInt::from_u64(u64::from(self.connection_receive_window) + held).unwrap_or(VarInt::MAX)
+        let window = connection_window(
+            u64::from(self.connection_receive_window),
+            u64::from(self.stream_receive_window),
+            self.held_streams,
+        );
+        VarInt::from_u64(window).unwrap_or(VarInt::MAX)
     }
 
     /// quinn-proto transport configuration for a path to an edge of the given family,
