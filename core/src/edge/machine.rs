@@ -465,6 +465,7 @@ impl<A: Authenticator> Edge<A> {
         match input {
             Input::Timeout => {
                 self.tp.handle_timeout(now);
+                self.streams.hold(now, &mut self.tp);
                 if self.sessions.poll_timeout().is_some_and(|t| t <= now) {
                     self.sessions.handle_timeout(now);
                 }

@@ -5,12 +5,13 @@
 //! goes out only against a credit ([`Streams::read_more`]), so a slow eyeball holds its tunnel
 //! stream (and the connector, through flow control) rather than the edge's memory.
 //!
-//! What a stream holds for its eyeball takes room in its connection's receive window, which
-//! makes room for [`EDGE_HELD_STREAMS`] such streams beside the others
-//! ([`crate::receive_window`]). When that many of a
-//! connection's streams wait on their eyeballs, a new request on it resets those that waited
-//! longer than [`EYEBALL_PATIENCE`], longest first: eyeballs that stopped reading, or read
-//! slower than a chunk per [`EYEBALL_PATIENCE`], cannot stop the tunnel's other requests.
+//! What a stream holds for its eyeball takes room in its connection's receive window. A
+//! stream whose eyeball has not taken its chunk for [`HELD_AFTER`] is held: its connection's
+//! window grows to make room for it beside the others, for up to [`EDGE_HELD_STREAMS`] of them
+//! ([`crate::receive_window`]), looked at when a request opens on the connection and on every
+//! timeout. When that many wait on their eyeballs, a new request on it resets those that
+//! waited longer than [`EYEBALL_PATIENCE`], longest first: eyeballs that stopped reading, or
+//! read slower than a chunk per [`EYEBALL_PATIENCE`], cannot stop the tunnel's other requests.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::time::{Duration, Instant};
@@ -37,6 +38,10 @@ const UNCOPIED_MIN: usize = 16 * 1024;
 /// How long a stream may wait on its eyeball to take a chunk before a crowded connection's
 /// new request may reset it (see the module's doc).
 pub const EYEBALL_PATIENCE: Duration = Duration::from_secs(10);
+/// How long a stream waits on its eyeball before its connection's window makes room for it:
+/// long past what a busy edge takes to write a chunk to an eyeball that reads, so that those
+/// do not widen it.
+pub const HELD_AFTER: Duration = Duration::from_secs(1);
 
 /// One eyeball stream, as the driver numbered it when it opened it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -146,6 +151,7 @@ impl Streams {
         out: &mut impl FnMut(EyeballId, StreamEvent),
     ) -> Result<(), OpenError> {
         self.make_room(now, tp, conn, out);
+        tp.hold(conn, self.held(now, conn));
         let stream = tp.open_request(now, conn, request)?;
         self.by_key.insert((conn, stream), id);
         self.by_id.insert(
@@ -336,6 +342,28 @@ impl Streams {
         self.active.remove(&id);
         unwait(&mut self.waiting, id, &mut s);
         Some(s)
+    }
+
+    /// Widens the windows of the connections with streams held by their eyeballs (on every
+    /// timeout: a connection whose window they filled has nothing else to say).
+    pub fn hold(&mut self, now: Instant, tp: &mut EdgeTransports) {
+        for &conn in self.waiting.keys() {
+            tp.hold(conn, self.held(now, conn));
+        }
+    }
+
+    /// `conn`'s streams that have waited on their eyeballs for [`HELD_AFTER`], up to
+    /// [`EDGE_HELD_STREAMS`].
+    fn held(&self, now: Instant, conn: ConnId) -> u32 {
+        let Some(waiting) = self.waiting.get(&conn) else {
+            return 0;
+        };
+        let held = waiting
+            .iter()
+            .take(EDGE_HELD_STREAMS as usize)
+            .take_while(|(since, _)| now.saturating_duration_since(*since) >= HELD_AFTER)
+            .count();
+        u32::try_from(held).unwrap_or(EDGE_HELD_STREAMS)
     }
 
     /// While [`EDGE_HELD_STREAMS`] of `conn`'s streams wait on their eyeballs, resets the one

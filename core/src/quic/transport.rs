@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use quinn_proto::{IdleTimeout, TransportConfig, VarInt};
 
-use crate::receive_window::{connection_window, CONNECTOR_HELD_STREAMS, EDGE_HELD_STREAMS};
+use crate::receive_window::{CONNECTOR_HELD_STREAMS, EDGE_HELD_STREAMS};
 
 /// QUIC transport settings of a tunnel connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,10 +18,10 @@ pub struct QuicSettings {
     /// auto-tuning ceiling, 6 MiB). This bounds buffered memory per stream.
     pub stream_receive_window: u32,
     /// Connection-wide receive window (cloudflared's ceiling, 30 MiB) for the streams that
-    /// read what comes; the window given is larger by [`Self::held_streams`] stream windows.
+    /// read what comes; it grows by a stream window per held stream, see [`Self::held_streams`].
     pub connection_receive_window: u32,
-    /// Streams whose reader takes nothing that the connection window makes room for beside
-    /// the others ([`crate::receive_window`]).
+    /// Streams whose reader takes nothing that the connection window grows to make room for
+    /// beside the others, at most ([`crate::receive_window`]).
     pub held_streams: u32,
     /// Bidirectional streams the peer may have open at once, at most. cloudflared grants 2^60;
     /// quinn keeps bookkeeping for every stream granted (about 85 bytes each), so the
@@ -55,7 +55,7 @@ impl Default for QuicSettings {
             keep_alive: Duration::from_secs(1),
             stream_receive_window: 6 * 1024 * 1024,
             connection_receive_window: 30 * 1024 * 1024,
-            // 78 MiB in all.
+            // Up to 78 MiB.
             held_streams: CONNECTOR_HELD_STREAMS,
             max_concurrent_bidi_streams: 1 << 13,
             initial_bidi_streams: 128,
@@ -83,21 +83,10 @@ impl QuicSettings {
     pub fn edge() -> Self {
         Self {
             max_concurrent_bidi_streams: 256,
-            // 222 MiB in all.
+            // Up to 222 MiB.
             held_streams: EDGE_HELD_STREAMS,
             ..Self::default()
         }
-    }
-
-    /// The connection receive window given to the peer: `connection_receive_window` plus
-    /// `held_streams` stream windows ([`crate::receive_window`]).
-    pub fn receive_window(&self) -> VarInt {
-        let window = connection_window(
-            u64::from(self.connection_receive_window),
-            u64::from(self.stream_receive_window),
-            self.held_streams,
-        );
-        VarInt::from_u64(window).unwrap_or(VarInt::MAX)
     }
 
     /// quinn-proto transport configuration for a path to an edge of the given family,
@@ -122,7 +111,7 @@ impl QuicSettings {
         t.max_idle_timeout(Some(idle))
             .keep_alive_interval(Some(self.keep_alive))
             .stream_receive_window(VarInt::from_u32(self.stream_receive_window))
-            .receive_window(self.receive_window())
+            .receive_window(VarInt::from_u32(self.connection_receive_window))
             .max_concurrent_bidi_streams(VarInt::from_u32(bidi_streams))
             .max_concurrent_uni_streams(VarInt::from_u32(self.max_concurrent_uni_streams))
             .datagram_receive_buffer_size(Some(self.datagram_receive_buffer))

@@ -20,7 +20,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use quinn_proto::{
     ClientConfig, ConnectError, Connection, ConnectionHandle, Dir, Endpoint, EndpointConfig, Event,
     StreamEvent, StreamId, VarInt,
@@ -33,9 +33,11 @@ use super::quic_io::{
     exchange_events, flush_rpc_server, flush_stream, handle_received, read_stream, send_datagram,
     AckWatch, DatagramError,
 };
+use super::rx::RxBuffers;
 use super::{Received, Transmit};
 use crate::control::connector::{ControlClient, ControlEvent};
 use crate::control::{ApiError, CallFailure, ConnectionDetails, Registration, RegistrationFailure};
+use crate::receive_window::GrowingWindow;
 use crate::rpc_stream::client::{RpcCallOutcome, RpcStreamClient};
 use crate::rpc_stream::server::{RpcStreamEvent, RpcStreamServer};
 use crate::rpc_stream::ConfigUpdateResult;
@@ -62,6 +64,8 @@ pub struct ConnectorConfig {
     /// Most streams the edge may have open at once: the grant grows to it from the transport
     /// configuration's initial one ([`crate::quic::transport::QuicSettings::max_concurrent_bidi_streams`]).
     pub max_streams: u32,
+    /// The receive window as the transport configuration starts it, and how far it may grow.
+    pub receive_window: GrowingWindow,
 }
 
 impl ConnectorConfig {
@@ -79,6 +83,7 @@ impl ConnectorConfig {
             data: DataLimits::default(),
             max_streams: crate::quic::transport::QuicSettings::default()
                 .max_concurrent_bidi_streams,
+            receive_window: GrowingWindow::new(&crate::quic::transport::QuicSettings::default()),
         }
     }
 }
@@ -300,9 +305,8 @@ pub struct ConnectorConnection {
     events: VecDeque<ConnectorEvent>,
     /// Where quinn writes stateless responses (a client sends none; reused, not reallocated).
     scratch: Vec<u8>,
-    /// Received UDP buffers are copied into this for quinn, reused while quinn holds no
-    /// piece of it (see `quic_io::handle_received`).
-    rx: BytesMut,
+    /// Where received UDP datagrams are copied for quinn (`rx`).
+    rx: RxBuffers,
     /// Why we are closing, once we are.
     close_reason: Option<LocalClose>,
     /// Room in quinn's datagram send queue when it is empty (for [`Self::datagram_bytes_queued`]).
@@ -313,6 +317,10 @@ pub struct ConnectorConnection {
     failed_unregistrations: u64,
     /// ACKs quinn owes and holds behind a full congestion window.
     acks: AckWatch,
+    /// The receive window, grown while the edge finds it too narrow.
+    window: GrowingWindow,
+    /// DATA_BLOCKED frames received, as of the last look.
+    data_blocked: u64,
 }
 
 impl ConnectorConnection {
@@ -333,6 +341,7 @@ impl ConnectorConnection {
         let (handle, mut conn) =
             endpoint.connect(now, config.client.clone(), edge, &config.server_name)?;
         let data = DataStreams::new(config.data.clone(), config.registration.client_id);
+        let window = config.receive_window;
         let datagram_room = conn.datagrams().send_buffer_space();
         let acks = AckWatch::new(&conn);
         Ok(Self {
@@ -348,12 +357,14 @@ impl ConnectorConnection {
             shutdown_requested: false,
             events: VecDeque::new(),
             scratch: Vec::new(),
-            rx: BytesMut::new(),
+            rx: RxBuffers::default(),
             close_reason: None,
             datagram_room,
             datagram_queued: 0,
             failed_unregistrations: 0,
             acks,
+            window,
+            data_blocked: 0,
         })
     }
 
@@ -390,6 +401,8 @@ impl ConnectorConnection {
         if let Some(c) = &mut self.control {
             c.client.handle_timeout(now);
         }
+        self.widen_receive_window();
+        self.rx.let_go();
         self.data.expire_idle(now);
         self.data.expire_dials(now, &mut self.conn);
         self.expire_calls(now);
@@ -698,6 +711,20 @@ impl ConnectorConnection {
             // Received datagrams wait in quinn for `poll_datagram`; uni streams are refused by
             // the transport settings.
             _ => {}
+        }
+    }
+
+    /// Grows the receive window by a stream window, up to its bound, when the edge said it
+    /// was blocked by it (DATA_BLOCKED) since the last look: request bodies an origin does not
+    /// read each hold a stream window of it, and the window makes room for them beside the
+    /// other requests ([`crate::receive_window`]). The edge, which knows the HTTP requests,
+    /// may also just be faster than the origins; the bound keeps that growth small.
+    fn widen_receive_window(&mut self) {
+        let blocked = self.conn.stats().frame_rx.data_blocked;
+        if blocked > self.data_blocked {
+            self.data_blocked = blocked;
+            let held = self.window.held() + 1;
+            self.window.hold(&mut self.conn, held);
         }
     }
 

@@ -24,7 +24,7 @@ use std::ops::Bound::{Excluded, Unbounded};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use quinn_proto::{
     Connection, ConnectionHandle, DatagramEvent, Dir, Endpoint, EndpointConfig, Event,
     ServerConfig, Side, StreamEvent, StreamId, VarInt,
@@ -35,9 +35,12 @@ use super::quic_io::{
     exchange_events, flush_chunks, flush_rpc_server, flush_stream, handle_received, read_stream,
     read_stream_max, send_datagram, AckWatch, Chunks, DatagramError,
 };
+use super::rx::RxBuffers;
 use super::{BodySink, EcnCodepoint, Received, Transmit};
 use crate::control::edge::{ControlServer, EdgeControlEvent};
 use crate::control::{ApiError, ConnectionDetails, Registration, RegistrationError};
+use crate::quic::transport::QuicSettings;
+use crate::receive_window::GrowingWindow;
 use crate::rpc::frame::{frame_len, FrameLimits};
 use crate::rpc_stream::client::{RpcCallOutcome, RpcStreamClient};
 use crate::rpc_stream::server::{RpcStreamEvent, RpcStreamServer};
@@ -268,6 +271,8 @@ struct EdgeConnection {
     /// again can find something. Asking an untouched connection costs a `poll_transmit` and a
     /// stats copy for nothing, per connection, at the end of every round.
     may_send: bool,
+    /// Its receive window, grown for streams held by their eyeballs.
+    window: GrowingWindow,
 }
 
 /// One request we sent on a data stream.
@@ -392,11 +397,12 @@ pub struct EdgeEndpoint {
     events: VecDeque<EdgeEvent>,
     /// Where quinn writes stateless responses (reused, not reallocated per datagram).
     scratch: Vec<u8>,
-    /// Received UDP buffers are copied into this for quinn, reused while quinn holds no
-    /// piece of it (see `quic_io::handle_received`).
-    rx: BytesMut,
+    /// Where received UDP datagrams are copied for quinn (`rx`).
+    rx: RxBuffers,
     /// Connections the datagrams of one `handle_received` reached, in arrival order.
     touched: Vec<ConnId>,
+    /// Every connection's receive window as it starts.
+    window: GrowingWindow,
 }
 
 /// A stateless datagram quinn's endpoint wants sent.
@@ -431,8 +437,9 @@ impl EdgeEndpoint {
             responses: VecDeque::new(),
             events: VecDeque::new(),
             scratch: Vec::new(),
-            rx: BytesMut::new(),
+            rx: RxBuffers::default(),
             touched: Vec::new(),
+            window: GrowingWindow::new(&QuicSettings::edge()),
         }
     }
 
@@ -446,12 +453,13 @@ impl EdgeEndpoint {
         let from = received.from;
         let mut touched = std::mem::take(&mut self.touched);
         touched.clear();
-        let (conns, ids, next_id, responses, events) = (
+        let (conns, ids, next_id, responses, events, window) = (
             &mut self.conns,
             &mut self.ids,
             &mut self.next_id,
             &mut self.responses,
             &mut self.events,
+            &self.window,
         );
         handle_received(
             &mut self.endpoint,
@@ -503,6 +511,7 @@ impl EdgeEndpoint {
                                     control_ended: false,
                                     closed: false,
                                     may_send: true,
+                                    window: *window,
                                 },
                             );
                         }
@@ -540,6 +549,7 @@ impl EdgeEndpoint {
 
     /// Lets timers fire.
     pub fn handle_timeout(&mut self, now: Instant) {
+        self.rx.let_go();
         for (id, c) in self.conns.iter_mut() {
             if c.conn.poll_timeout().is_some_and(|t| t <= now) {
                 c.conn.handle_timeout(now);
@@ -746,6 +756,15 @@ impl EdgeEndpoint {
     }
 
     /// Abandons a request: RESET_STREAM and STOP_SENDING, code 0.
+    /// Widens `conn`'s receive window to make room for `held` streams whose eyeballs take
+    /// nothing, beside the others ([`crate::receive_window`]).
+    pub fn hold(&mut self, conn: ConnId, held: u32) {
+        if let Some(c) = self.conns.get_mut(&conn) {
+            // The wider window goes out in a MAX_DATA frame.
+            c.may_send |= c.window.hold(&mut c.conn, held);
+        }
+    }
+
     pub fn reset_request(
         &mut self,
         now: Instant,

@@ -19,6 +19,7 @@ pub mod protocol;
 mod quic_io;
 pub mod registrations;
 pub mod requests;
+mod rx;
 pub mod supervisor;
 pub mod udp;
 

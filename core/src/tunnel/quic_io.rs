@@ -5,11 +5,12 @@ use std::collections::VecDeque;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use quinn_proto::{
     Connection, ConnectionHandle, DatagramEvent, Endpoint, ReadError, StreamId, VarInt, WriteError,
 };
 
+use super::rx::RxBuffers;
 use super::BodySink;
 use crate::quic::congestion::Watched;
 use crate::rpc_stream::server::RpcStreamServer;
@@ -140,53 +141,24 @@ impl<'a> Received<'a> {
     }
 }
 
-/// Size of the reused receive buffer ([`handle_received`]'s `rx`), kept by each connection.
-/// 16 KiB left the UDP proxy's GRO runs (64-byte datagrams, 20-50 KB a run) on the
-/// allocating path: 3x the mallocs per packet of 64 KiB. Larger runs (bulk streams: up to
-/// 64 x 1472 bytes) get a buffer of their own, as before, freed with them, so no connection
-/// keeps the memory of its largest run.
-const RX_BUFFER: usize = 64 * 1024;
-
-/// Feeds every datagram of `received` to `endpoint`, calling `on_event` with what each one
-/// yields. One copy per buffer; the segments are split off it without copying again. quinn
-/// keeps pieces of them (stream data until it is read, datagrams until they are taken), so
-/// a segment cannot go back into a pool by hand: a buffer up to [`RX_BUFFER`] is appended to
-/// `rx` (kept empty between calls) behind the segments cut before, and once `rx` is full it
-/// takes its allocation back if quinn has dropped every piece of it, or else starts a new
-/// one. Small datagrams (the UDP proxy's, ACKs) thus cost no allocation per buffer, where a
-/// copy and a split cost two. `scratch` is where quinn writes a stateless response, if any.
+/// Feeds every datagram of `received` to `endpoint`, each in a buffer from `rx`, calling
+/// `on_event` with what each one yields. `scratch` is where quinn writes a stateless
+/// response, if any.
 pub(crate) fn handle_received(
     endpoint: &mut Endpoint,
     now: std::time::Instant,
     received: &Received<'_>,
-    rx: &mut BytesMut,
+    rx: &mut RxBuffers,
     scratch: &mut Vec<u8>,
     mut on_event: impl FnMut(&mut Endpoint, DatagramEvent, &mut Vec<u8>),
 ) {
-    if received.data.is_empty() {
-        return;
-    }
-    let stride = received.stride();
     let ecn = received.ecn.map(Into::into);
-    let mut run;
-    let data = if received.data.len() > RX_BUFFER {
-        run = BytesMut::from(received.data);
-        &mut run
-    } else {
-        if rx.capacity() < received.data.len() {
-            // `rx` is empty: reclaiming copies nothing.
-            rx.reserve(RX_BUFFER);
-        }
-        rx.extend_from_slice(received.data);
-        rx
-    };
-    while !data.is_empty() {
-        let segment = data.split_to(stride.min(data.len()));
+    rx.split(received, |segment| {
         scratch.clear();
         if let Some(event) = endpoint.handle(now, received.from, None, ecn, segment, scratch) {
             on_event(endpoint, event, scratch);
         }
-    }
+    });
 }
 
 /// Lets the endpoint and one of its connections tell each other what they need to.

@@ -48,6 +48,7 @@ use crate::icmp::{IcmpRouter, RouterConfig};
 use crate::ingress::RemoteConfig;
 use crate::log_budget::{LogBudget, Verdict};
 use crate::quic::transport::QuicSettings;
+use crate::receive_window::GrowingWindow;
 use crate::rpc_stream::server::CallRefusal;
 use crate::rpc_stream::ConfigVersions;
 use crate::session::{
@@ -1329,6 +1330,7 @@ impl Supervisor {
             .client
             .transport_config(self.config.quic.connector_transport_config(edge.is_ipv4()));
         config.max_streams = self.config.quic.max_concurrent_bidi_streams;
+        config.receive_window = GrowingWindow::new(&self.config.quic);
         if index != 0 {
             config.local_config = None;
         }
