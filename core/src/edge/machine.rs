@@ -307,6 +307,15 @@ pub enum Event {
         /// Why.
         error: DatagramError,
     },
+    /// A stream whose eyeball had taken nothing for longer than
+    /// [`crate::edge::streams::EYEBALL_PATIENCE`] was reset to make room for a new request on
+    /// its crowded connection.
+    HeldStreamReset {
+        /// Which connection.
+        conn: ConnId,
+        /// The stream.
+        id: EyeballId,
+    },
 }
 
 /// What the driver must do next.
@@ -633,8 +642,10 @@ impl<A: Authenticator> Edge<A> {
             metadata: &meta,
         };
         let queue = &mut self.queue;
+        // Opening only resets streams held too long, to make room.
         self.streams
             .open(now, &mut self.tp, id, conn, &request, &mut |id, event| {
+                queue.push_back(Queued::Event(Event::HeldStreamReset { conn, id }));
                 queue.push_back(Queued::Io(Io::Stream { id, event }));
             })
     }

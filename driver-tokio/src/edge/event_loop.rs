@@ -261,6 +261,12 @@ fn log_event(e: Event, local_config_dir: Option<&std::path::Path>) {
             debug!(conn = conn.0, %error, "tunnel connection refused a datagram")
         }
         Event::Session(e) => log_session(&e),
+        Event::HeldStreamReset { conn, id } => warn!(
+            conn = conn.0,
+            stream = id.0,
+            patience_s = burrow_core::edge::streams::EYEBALL_PATIENCE.as_secs(),
+            "reset a request its eyeball held, to make room on a crowded tunnel connection"
+        ),
     }
 }
 

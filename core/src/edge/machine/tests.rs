@@ -485,6 +485,15 @@ fn a_new_request_on_a_crowded_connection_resets_the_stream_that_waited_longest_o
     // Only the crowded connection makes room, by one stream: the first to wait on it.
     assert_eq!(reset(&w), [1]);
     assert_eq!(w.edge.open_streams(), before + 2 - 1);
+    let told: Vec<u64> = w
+        .events
+        .iter()
+        .filter_map(|e| match e {
+            Event::HeldStreamReset { id, .. } => Some(id.0),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(told, [1], "the driver is told, to log it");
     // Not again: it is no longer crowded.
     w.open(104, Target::Tunnel(TUNNEL));
     w.open(105, Target::Tunnel(TUNNEL));
