@@ -228,15 +228,21 @@ fn eyeballs_that_hang_up_free_their_tunnel_streams() {
     }
     // The origin answers the abandoned requests.
     thread::sleep(Duration::from_secs(3));
+    big_download_comes(eo.http, "a later 16 MiB response came through");
+}
+
+/// Downloads `/big` (16 MiB) on an eyeball connection of its own: all of it comes, each read
+/// within 20 s, or the test fails saying `what`.
+fn big_download_comes(http: SocketAddr, what: &str) {
     let mut s = sent(
-        eo.http,
+        http,
         "GET /big HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
     );
     let mut got = Vec::new();
     let read = s.read_to_end(&mut got);
     assert!(
         read.is_ok() && got.len() > BIG,
-        "a later 16 MiB response came through ({} bytes, {read:?})",
+        "{what} ({} bytes, {read:?})",
         got.len()
     );
 }
@@ -275,19 +281,12 @@ fn requests_beside_unread_downloads(label: &str, protocol: &str, unread: usize, 
         .map(|_| sent(eo.http, "GET /huge HTTP/1.1\r\nHost: app.test\r\n\r\n"))
         .collect();
     thread::sleep(wait);
+    let what = format!(
+        "a 16 MiB response came through beside {} unread ones",
+        unread.len()
+    );
     for _ in 0..3 {
-        let mut s = sent(
-            eo.http,
-            "GET /big HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
-        );
-        let mut got = Vec::new();
-        let read = s.read_to_end(&mut got);
-        assert!(
-            read.is_ok() && got.len() > BIG,
-            "a 16 MiB response came through beside {} unread ones ({} bytes, {read:?})",
-            unread.len(),
-            got.len()
-        );
+        big_download_comes(eo.http, &what);
     }
 }
 
