@@ -341,6 +341,16 @@ enum Queued {
     Event(Event),
 }
 
+/// A stream reset to make room on its crowded connection: the driver is told, and the eyeball
+/// gets its reset.
+fn held_reset(queue: &mut VecDeque<Queued>, conn: ConnId, id: EyeballId) {
+    queue.push_back(Queued::Event(Event::HeldStreamReset { conn, id }));
+    queue.push_back(Queued::Io(Io::Stream {
+        id,
+        event: StreamEvent::Reset,
+    }));
+}
+
 /// One HTTP/2 connector's TCP connection, as the edge sees it.
 #[derive(Default)]
 struct TcpConn {
@@ -474,7 +484,10 @@ impl<A: Authenticator> Edge<A> {
         match input {
             Input::Timeout => {
                 self.tp.handle_timeout(now);
-                self.streams.hold(now, &mut self.tp);
+                let queue = &mut self.queue;
+                self.streams.on_timeout(now, &mut self.tp, &mut |conn, id| {
+                    held_reset(queue, conn, id)
+                });
                 if self.sessions.poll_timeout().is_some_and(|t| t <= now) {
                     self.sessions.handle_timeout(now);
                 }
@@ -642,11 +655,9 @@ impl<A: Authenticator> Edge<A> {
             metadata: &meta,
         };
         let queue = &mut self.queue;
-        // Opening only resets streams held too long, to make room.
         self.streams
-            .open(now, &mut self.tp, id, conn, &request, &mut |id, event| {
-                queue.push_back(Queued::Event(Event::HeldStreamReset { conn, id }));
-                queue.push_back(Queued::Io(Io::Stream { id, event }));
+            .open(now, &mut self.tp, id, conn, &request, &mut |conn, id| {
+                held_reset(queue, conn, id)
             })
     }
 

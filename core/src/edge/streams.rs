@@ -8,12 +8,13 @@
 //! What a stream holds for its eyeball takes room in its connection's receive window. A
 //! stream whose eyeball has not taken its chunk for [`HELD_AFTER`] is held: its connection's
 //! window grows to make room for it beside the others, for up to [`EDGE_HELD_STREAMS`] of them
-//! ([`crate::receive_window`]), looked at when a request opens on the connection and on every
-//! timeout. When that many wait on their eyeballs, a new request on it resets those that
-//! waited longer than [`EYEBALL_PATIENCE`], longest first: eyeballs that stopped reading, or
-//! read slower than a chunk per [`EYEBALL_PATIENCE`], cannot stop the tunnel's other requests.
+//! ([`crate::receive_window`]). When that many wait on their eyeballs, those that waited
+//! longer than [`EYEBALL_PATIENCE`] are reset, longest first: eyeballs that stopped reading,
+//! or read slower than a chunk per [`EYEBALL_PATIENCE`], cannot stop the tunnel's other
+//! requests. Both are looked at when a request opens on the connection and on every timeout.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::ops::Bound;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -139,8 +140,9 @@ impl Streams {
         self.by_id.is_empty()
     }
 
-    /// Opens `id` on `conn` with `request`, first resetting streams that kept `conn`'s window
-    /// waiting on their eyeballs too long (see the module's doc).
+    /// Opens `id` on `conn` with `request`, first making room on `conn` for it (see the
+    /// module's doc; each stream reset for it is passed to `reset`, and gets no event of its
+    /// own).
     pub fn open(
         &mut self,
         now: Instant,
@@ -148,10 +150,9 @@ impl Streams {
         id: EyeballId,
         conn: ConnId,
         request: &ConnectRequest<'_>,
-        out: &mut impl FnMut(EyeballId, StreamEvent),
+        reset: &mut impl FnMut(ConnId, EyeballId),
     ) -> Result<(), OpenError> {
-        self.make_room(now, tp, conn, out);
-        tp.hold(conn, self.held(now, conn));
+        self.make_room(now, tp, conn, reset);
         let stream = tp.open_request(now, conn, request)?;
         self.by_key.insert((conn, stream), id);
         self.by_id.insert(
@@ -344,11 +345,23 @@ impl Streams {
         Some(s)
     }
 
-    /// Widens the windows of the connections with streams held by their eyeballs (on every
-    /// timeout: a connection whose window they filled has nothing else to say).
-    pub fn hold(&mut self, now: Instant, tp: &mut EdgeTransports) {
-        for &conn in self.waiting.keys() {
-            tp.hold(conn, self.held(now, conn));
+    /// Makes room on every connection with streams waiting on their eyeballs (on every
+    /// timeout: a connection whose window they filled has nothing else to say, and the
+    /// requests already on it need the room as much as a new one).
+    pub fn on_timeout(
+        &mut self,
+        now: Instant,
+        tp: &mut EdgeTransports,
+        reset: &mut impl FnMut(ConnId, EyeballId),
+    ) {
+        let mut next = self.waiting.keys().next().copied();
+        while let Some(conn) = next {
+            self.make_room(now, tp, conn, reset);
+            next = self
+                .waiting
+                .range((Bound::Excluded(conn), Bound::Unbounded))
+                .next()
+                .map(|(&c, _)| c);
         }
     }
 
@@ -366,26 +379,28 @@ impl Streams {
         u32::try_from(held).unwrap_or(EDGE_HELD_STREAMS)
     }
 
-    /// While [`EDGE_HELD_STREAMS`] of `conn`'s streams wait on their eyeballs, resets the one
-    /// that has waited longest if that is longer than [`EYEBALL_PATIENCE`].
+    /// Makes room on `conn` for the requests that read: while [`EDGE_HELD_STREAMS`] of its
+    /// streams wait on their eyeballs, resets the one that has waited longest if that is
+    /// longer than [`EYEBALL_PATIENCE`]; then widens its window for those held.
     fn make_room(
         &mut self,
         now: Instant,
         tp: &mut EdgeTransports,
         conn: ConnId,
-        out: &mut impl FnMut(EyeballId, StreamEvent),
+        reset: &mut impl FnMut(ConnId, EyeballId),
     ) {
         while let Some(waiting) = self.waiting.get(&conn) {
             let Some(&(since, id)) = waiting.first() else {
-                return;
+                break;
             };
             let crowded = waiting.len() >= EDGE_HELD_STREAMS as usize;
             if !crowded || now.saturating_duration_since(since) < EYEBALL_PATIENCE {
-                return;
+                break;
             }
             self.reset(now, tp, id);
-            out(id, StreamEvent::Reset);
+            reset(conn, id);
         }
+        tp.hold(conn, self.held(now, conn));
     }
 }
 
