@@ -308,8 +308,8 @@ pub enum Event {
         error: DatagramError,
     },
     /// A stream whose eyeball had taken nothing for longer than
-    /// [`crate::edge::streams::EYEBALL_PATIENCE`] was reset to make room for a new request on
-    /// its crowded connection.
+    /// [`crate::edge::streams::EYEBALL_PATIENCE`] was reset to make room on its crowded
+    /// connection.
     HeldStreamReset {
         /// Which connection.
         conn: ConnId,

@@ -36,8 +36,8 @@ pub const READ_CHUNK: usize = 64 * 1024;
 /// Smaller pieces (one packet's worth) are copied together, so the eyeball holds no slice of
 /// a receive buffer the connection would otherwise reuse.
 const UNCOPIED_MIN: usize = 16 * 1024;
-/// How long a stream may wait on its eyeball to take a chunk before a crowded connection's
-/// new request may reset it (see the module's doc).
+/// How long a stream may wait on its eyeball to take a chunk before its crowded connection
+/// may reset it (see the module's doc).
 pub const EYEBALL_PATIENCE: Duration = Duration::from_secs(10);
 /// How long a stream waits on its eyeball before its connection's window makes room for it:
 /// long past what a busy edge takes to write a chunk to an eyeball that reads, so that those
@@ -120,7 +120,9 @@ pub struct Streams {
     pieces: Vec<Bytes>,
     /// The active streams one pump visits (kept for its capacity: a pump runs per packet).
     visiting: Vec<EyeballId>,
-    /// Per connection, the streams waiting on their eyeballs, by when they began to.
+    /// Per connection, the streams waiting on their eyeballs, by when they began to. A
+    /// connection's set stays, empty or not, until it closes: a download takes it in and out
+    /// of it once per chunk, which would otherwise allocate and free a map node each time.
     waiting: BTreeMap<ConnId, BTreeSet<(Instant, EyeballId)>>,
 }
 
@@ -247,7 +249,7 @@ impl Streams {
         }
     }
 
-    /// A connection closed: every stream on it is reset.
+    /// A connection closed: every stream on it is reset, and its waiting set goes.
     pub fn on_closed(&mut self, conn: ConnId, out: &mut impl FnMut(EyeballId, StreamEvent)) {
         let mut gone: Vec<EyeballId> = self
             .by_id
@@ -261,6 +263,7 @@ impl Streams {
             self.remove(id);
             out(id, StreamEvent::Reset);
         }
+        self.waiting.remove(&conn);
     }
 
     /// Request bodies in, response bodies out, as far as room and credit go; true if anything
@@ -415,10 +418,6 @@ fn unwait(
     };
     if let Some(set) = waiting.get_mut(&s.conn) {
         set.remove(&(since, id));
-        // Connection ids are never reused: an empty entry would stay forever.
-        if set.is_empty() {
-            waiting.remove(&s.conn);
-        }
     }
 }
 

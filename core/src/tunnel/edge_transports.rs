@@ -108,7 +108,6 @@ impl EdgeTransports {
         }
     }
 
-    /// Abandons a request.
     /// Makes room in `conn`'s receive window for `held` streams whose eyeballs take nothing
     /// (QUIC; HTTP/2's window has that room from the start, see [`crate::receive_window`]).
     pub fn hold(&mut self, conn: ConnId, held: u32) {
@@ -117,6 +116,7 @@ impl EdgeTransports {
         }
     }
 
+    /// Abandons a request.
     pub fn reset_request(
         &mut self,
         now: Instant,
