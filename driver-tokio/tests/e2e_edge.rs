@@ -19,7 +19,7 @@ use uuid::Uuid;
 
 mod common;
 use common::body::{byte, digest, BIG};
-use common::client::{labelled, metrics_text, request};
+use common::client::{labelled, metrics_text, request, response};
 use common::origins::origin;
 use common::quic::RawQuic;
 
@@ -294,18 +294,32 @@ fn requests_beside_unread_downloads(label: &str, protocol: &str, unread: usize, 
 /// windows there, and the tunnel connection keeps room for the other requests.
 #[test]
 fn unread_uploads_leave_room_for_other_requests() {
-    requests_beside_unread_uploads("e-sink", "quic");
+    requests_beside_unread_uploads("e-sink", "quic", 8, Duration::ZERO);
 }
 
 /// The same over HTTP/2.
 #[test]
 fn unread_uploads_leave_room_for_other_requests_over_http2() {
-    requests_beside_unread_uploads("e-sink2", "http2");
+    requests_beside_unread_uploads("e-sink2", "http2", 8, Duration::ZERO);
 }
 
-/// Sends 8 uploads to an origin that never reads, then uploads 1 MiB three times, on a
-/// tunnel of one connection over `protocol`.
-fn requests_beside_unread_uploads(label: &str, protocol: &str) {
+/// Past the requests the window makes room for (8), those whose origin took nothing for
+/// more than 10 s are reset, and new uploads go through.
+#[test]
+fn a_crowd_of_unread_uploads_makes_way_for_new_requests() {
+    requests_beside_unread_uploads("e-sinks", "quic", 16, Duration::from_secs(11));
+}
+
+/// The same over HTTP/2.
+#[test]
+fn a_crowd_of_unread_uploads_makes_way_for_new_requests_over_http2() {
+    requests_beside_unread_uploads("e-sinks2", "http2", 16, Duration::from_secs(11));
+}
+
+/// Sends `unread` uploads to an origin that never reads and waits `wait`, then uploads 1 MiB
+/// three times, on a tunnel of one connection over `protocol`. With more than 8 unread, some
+/// must have been reset to make room.
+fn requests_beside_unread_uploads(label: &str, protocol: &str, unread: usize, wait: Duration) {
     let bed =
         Testbed::create(Path::new(BIN), label, "app", &["app.test", "sink.test"]).expect("bed");
     let eo = EdgeOpts::loopback().expect("ports");
@@ -323,46 +337,86 @@ fn requests_beside_unread_uploads(label: &str, protocol: &str) {
         ),
         (None, format!("http://127.0.0.1:{}", origin())),
     ];
-    let (_edge, _connector, _) = start_over(&bed, &eo, 1, protocol, ingress);
-    let chunk = vec![7u8; 256 * 1024];
-    let unread: Vec<TcpStream> = (0..8)
-        .map(|_| {
-            let mut s = sent(
-                eo.http,
-                "POST /up HTTP/1.1\r\nHost: sink.test\r\nContent-Length: 104857600\r\n\r\n",
-            );
-            s.set_nonblocking(true).expect("nonblocking");
-            // As much as the way to the origin takes: 16 MiB is more than a stream window
-            // plus the sockets' buffers on the way.
-            let mut stuck = Instant::now();
-            let mut sent_bytes = 0;
-            while sent_bytes < 16 << 20 && stuck.elapsed() < Duration::from_secs(2) {
-                match s.write(&chunk) {
-                    Ok(n) => {
-                        sent_bytes += n;
-                        stuck = Instant::now();
-                    }
-                    Err(_) => thread::sleep(Duration::from_millis(10)),
-                }
-            }
-            s
-        })
-        .collect();
+    let (_edge, connector, _) = start_over(&bed, &eo, 1, protocol, ingress);
+    let unread: Vec<TcpStream> = thread::scope(|scope| {
+        let stuffing: Vec<_> = (0..unread)
+            .map(|_| scope.spawn(|| stuffed_upload(eo.http)))
+            .collect();
+        stuffing
+            .into_iter()
+            .map(|h| h.join().expect("stuffed"))
+            .collect()
+    });
+    thread::sleep(wait);
     // Uploads of their own: over HTTP/2 only request bodies take the connector's window.
     let body: Vec<u8> = (0..1 << 20).map(byte).collect();
     for _ in 0..3 {
-        let (status, sum) = request(
-            eo.http.port(),
+        let mut s = sent(
+            eo.http,
             "POST /sum HTTP/1.1\r\nHost: app.test\r\nContent-Length: 1048576\r\nConnection: close\r\n\r\n",
-            &body,
         );
+        s.set_write_timeout(Some(Duration::from_secs(20)))
+            .expect("timeout");
+        s.write_all(&body)
+            .unwrap_or_else(|e| panic!("a 1 MiB upload beside {} unread ones: {e}", unread.len()));
+        let (status, sum) = response(s);
         assert_eq!(
             (status, String::from_utf8_lossy(&sum).into_owned()),
             (200, digest(&body)),
-            "a 1 MiB upload came through beside 8 unread ones"
+            "a 1 MiB upload came through beside {} unread ones",
+            unread.len()
         );
     }
-    drop(unread);
+    if unread.len() > 8 {
+        assert!(
+            unread.iter().any(ended),
+            "no unread upload was reset to make room"
+        );
+        let log = connector.log_tail(100_000);
+        assert!(
+            log.contains("origin took none of the request body"),
+            "each reset is logged: {log}"
+        );
+    }
+}
+
+/// An upload to `sink.test` of a 100 MiB body, sent as far as the way to the origin takes:
+/// until 16 MiB (more than a stream window plus the sockets' buffers on the way) or 2 s
+/// without progress.
+fn stuffed_upload(http: SocketAddr) -> TcpStream {
+    let mut s = sent(
+        http,
+        "POST /up HTTP/1.1\r\nHost: sink.test\r\nContent-Length: 104857600\r\n\r\n",
+    );
+    s.set_nonblocking(true).expect("nonblocking");
+    let chunk = vec![7u8; 256 * 1024];
+    let mut stuck = Instant::now();
+    let mut sent_bytes = 0;
+    while sent_bytes < 16 << 20 && stuck.elapsed() < Duration::from_secs(2) {
+        match s.write(&chunk) {
+            Ok(n) => {
+                sent_bytes += n;
+                stuck = Instant::now();
+            }
+            Err(_) => thread::sleep(Duration::from_millis(10)),
+        }
+    }
+    s.set_nonblocking(false).expect("blocking");
+    s
+}
+
+/// Whether the edge ended the exchange on `s` (an answer, a close or a reset) within 5 s.
+fn ended(s: &TcpStream) -> bool {
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    // A peek sees a close (0), an answer, or a reset alike.
+    match s.peek(&mut [0u8; 256]) {
+        Ok(_) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
 }
 
 /// A response the origin cuts short (its connection closes in the middle of a chunked body)

@@ -597,6 +597,12 @@ impl DataStream {
         self.abort();
     }
 
+    /// The connector ends the exchange (its origin took nothing for too long): the edge sees
+    /// a reset stream and the origin connection closes, as when the edge resets it.
+    pub fn give_up(&mut self) {
+        self.abort();
+    }
+
     /// The origin connection about to be [connected](DataStream::on_origin_connected) speaks
     /// HTTP/2 through core's bridge (`http2Origin`). A bare body (`disableChunkedEncoding`
     /// with no length known) is then framed in chunks for the bridge, which sends it as DATA

@@ -7,6 +7,13 @@
 //! the edge is slow. HTTP flows whose exchange ended cleanly on a keep-alive connection go to an
 //! idle pool and carry only a later request that resolved to the same origin (service and
 //! settings, see `PoolKey`).
+//!
+//! A request body its origin does not take stays in quinn and takes room in the connection's
+//! receive window, which makes room for [`CONNECTOR_HELD_STREAMS`] of them
+//! ([`crate::receive_window`]). When that many wait on their origins, those whose origin took
+//! no write for [`ORIGIN_PATIENCE`] are reset, longest first, as the edge resets downloads
+//! whose eyeballs stopped reading: origins that stopped reading cannot stop the tunnel's
+//! other requests.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -22,10 +29,15 @@ use super::quic_io::{flush_stream, read_stream_max};
 use crate::flow::{FlowGate, FlowSlot, SlotMap};
 use crate::ingress::access::AccessKeys;
 use crate::ingress::{Ingress, Origin, Service};
+use crate::receive_window::CONNECTOR_HELD_STREAMS;
 use crate::rpc::frame::FrameLimits;
 use crate::stream::proxy::{DataStream, EdgeEnd, FlowKind, OriginEnd, OriginTarget};
 use crate::stream::tag::Tag;
 use crate::tunnel::requests::RequestStats;
+
+/// How long a request may wait on its origin to take a write before its crowded connection
+/// may reset it (see the module's doc).
+pub const ORIGIN_PATIENCE: Duration = Duration::from_secs(10);
 
 /// Identifies one origin connection held by the driver.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -168,8 +180,8 @@ struct Flow<I> {
     connected: bool,
     /// The origin chose HTTP/2: the driver runs core's bridge on this flow.
     http2: bool,
-    /// A write is outstanding at the driver.
-    writing: bool,
+    /// A write is outstanding at the driver, since then.
+    writing: Option<Instant>,
     /// The driver stopped reading this flow.
     paused: bool,
     /// ShutdownWrite already asked.
@@ -205,6 +217,18 @@ pub(crate) struct DataStreams<I = StreamId> {
     stats: RequestStats,
     /// TCP flows the flow limit refused since last taken.
     refusals: Vec<FlowRefusal>,
+    /// Requests reset to make room since last taken.
+    held_resets: Vec<HeldReset>,
+}
+
+/// A request reset because its origin took no write for [`ORIGIN_PATIENCE`] while
+/// [`CONNECTOR_HELD_STREAMS`] requests on its connection waited on their origins.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HeldReset {
+    /// The origin's pool key host: the request's `Host`, or a TCP flow's destination.
+    pub host: String,
+    /// How long its write had waited.
+    pub waited: Duration,
 }
 
 /// A TCP flow the flow limit refused (cloudflared: "Too many concurrent flows being handled,
@@ -233,7 +257,13 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             actions: VecDeque::new(),
             stats: RequestStats::default(),
             refusals: Vec::new(),
+            held_resets: Vec::new(),
         }
+    }
+
+    /// The requests reset to make room since the last call.
+    pub(crate) fn take_held_resets(&mut self) -> Vec<HeldReset> {
+        std::mem::take(&mut self.held_resets)
     }
 
     /// The TCP flows the flow limit refused since the last call.
@@ -392,7 +422,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
                 key,
                 connected: false,
                 http2: false,
-                writing: false,
+                writing: None,
                 paused: false,
                 shut: false,
                 idle_since: None,
@@ -430,9 +460,19 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
         }
     }
 
-    /// When the first idle connection expires, or the first dial gives up.
+    /// When the first idle connection expires, the first dial gives up, or the request that
+    /// waited longest on its origin runs out of patience on a crowded connection.
     pub(crate) fn poll_timeout(&self) -> Option<Instant> {
-        self.flows
+        let (mut held, mut oldest) = (0, None::<Instant>);
+        for (since, _) in self.waiting_on_origins() {
+            held += 1;
+            oldest = Some(oldest.map_or(since, |o| o.min(since)));
+        }
+        let patience = oldest
+            .filter(|_| held >= CONNECTOR_HELD_STREAMS)
+            .map(|o| o + ORIGIN_PATIENCE);
+        let first = self
+            .flows
             .values()
             .flat_map(|f| {
                 [
@@ -441,7 +481,46 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
                 ]
             })
             .flatten()
-            .min()
+            .min();
+        first.into_iter().chain(patience).min()
+    }
+
+    /// The streams whose origin has not taken their last write yet, and since when.
+    fn waiting_on_origins(&self) -> impl Iterator<Item = (Instant, I)> + '_ {
+        self.flows.values().filter_map(|f| {
+            let id = f.stream.filter(|id| self.streams.contains_key(id))?;
+            Some((f.writing?, id))
+        })
+    }
+
+    /// Makes room for the requests whose origins read: while [`CONNECTOR_HELD_STREAMS`]
+    /// requests wait on their origins, resets the one that waited longest if that is longer
+    /// than [`ORIGIN_PATIENCE`].
+    pub(crate) fn make_room<E: EdgeStreams<Id = I>>(&mut self, now: Instant, conn: &mut E) {
+        let mut waiting: Vec<(Instant, I)> = self.waiting_on_origins().collect();
+        let crowd = (waiting.len() + 1).saturating_sub(CONNECTOR_HELD_STREAMS as usize);
+        if crowd == 0 {
+            return;
+        }
+        waiting.sort_unstable();
+        for (since, id) in waiting.into_iter().take(crowd) {
+            let waited = now.saturating_duration_since(since);
+            if waited < ORIGIN_PATIENCE {
+                break;
+            }
+            let Some(data) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            let host = data
+                .flow
+                .and_then(|flow| self.flows.get(&flow))
+                .map(|f| f.key.host.clone())
+                .unwrap_or_default();
+            debug!(stream = %id, ?waited, "origin took nothing; resetting to make room");
+            data.proxy.give_up();
+            self.held_resets.push(HeldReset { host, waited });
+            self.settle(now, conn, id);
+        }
     }
 
     /// Fails the flows whose origin did not connect (or finish its TLS handshake) in time, as
@@ -688,7 +767,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
         let Some(f) = self.flows.get_mut(&flow) else {
             return;
         };
-        f.writing = false;
+        f.writing = None;
         if let Some(id) = f.stream {
             self.drive(now, conn, id);
         }
@@ -767,8 +846,8 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             if let Some(flow) = data.flow {
                 if let Some(f) = self.flows.get_mut(&flow) {
                     let pending = data.proxy.to_origin();
-                    if f.connected && !f.writing && !pending.is_empty() {
-                        f.writing = true;
+                    if f.connected && f.writing.is_none() && !pending.is_empty() {
+                        f.writing = Some(now);
                         let bytes = Bytes::from(std::mem::take(pending));
                         self.actions
                             .push_back(OriginAction::Write { flow, data: bytes });
@@ -809,7 +888,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
         let origin_end = data.proxy.origin_end();
         if let (Some(end), Some(flow)) = (origin_end, data.flow) {
             let drained = data.proxy.to_origin().is_empty()
-                && self.flows.get(&flow).is_some_and(|f| !f.writing);
+                && self.flows.get(&flow).is_some_and(|f| f.writing.is_none());
             match end {
                 OriginEnd::ShutdownWrite => {
                     if let Some(f) = self.flows.get_mut(&flow) {

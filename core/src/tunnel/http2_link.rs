@@ -417,6 +417,7 @@ impl Http2Link {
         self.data.expire_idle(now);
         let mut edge = edge(&mut self.conn, &mut self.sides);
         self.data.expire_dials(now, &mut edge);
+        self.data.make_room(now, &mut edge);
         match self.state {
             State::Draining(deadline) if deadline <= now => {
                 let streams = self.data.active();

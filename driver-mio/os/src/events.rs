@@ -163,6 +163,18 @@ pub fn log(e: &Event, stopping: bool) {
             suppressed,
             "Too many concurrent flows being handled, rejecting tcp proxy"
         ),
+        Event::HeldRequestReset {
+            index,
+            host,
+            waited,
+            suppressed,
+        } => warn!(
+            conn_index = index,
+            %host,
+            waited_ms = waited.as_millis() as u64,
+            suppressed,
+            "origin took none of the request body; reset it to make room for other requests"
+        ),
         Event::RpcRefused {
             index,
             refusal,

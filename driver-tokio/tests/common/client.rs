@@ -17,7 +17,6 @@ pub fn request(port: u16, head: &str, body: &[u8]) -> (u16, Vec<u8>) {
     response(s)
 }
 
-/// Reads a whole response until the peer closes: (status, body, dechunked if chunked).
 /// The status code of an HTTP/1.1 response's status line at the start of `response`, 0 if
 /// there is none.
 pub fn status_of(response: &str) -> u16 {
@@ -28,7 +27,8 @@ pub fn status_of(response: &str) -> u16 {
         .unwrap_or(0)
 }
 
-fn response(mut s: TcpStream) -> (u16, Vec<u8>) {
+/// Reads a response from `s` until the peer closes: (status, body, dechunked if chunked).
+pub fn response(mut s: TcpStream) -> (u16, Vec<u8>) {
     let mut out = Vec::new();
     s.read_to_end(&mut out).expect("read");
     let split = out

@@ -180,6 +180,10 @@ impl Link {
         both!(self, c => c.data_mut().take_flow_refusals())
     }
 
+    pub(crate) fn take_held_resets(&mut self) -> Vec<crate::tunnel::data::HeldReset> {
+        both!(self, c => c.data_mut().take_held_resets())
+    }
+
     pub(crate) fn is_closed(&self) -> bool {
         both!(self, c => c.is_closed())
     }

@@ -396,6 +396,19 @@ pub enum SupervisorEvent {
         /// Refusals since the last reported one that were not reported.
         suppressed: u64,
     },
+    /// A request whose origin took none of its body for
+    /// [`crate::tunnel::data::ORIGIN_PATIENCE`] was reset to make room on its crowded
+    /// connection. A few per window, then a count of the rest.
+    HeldRequestReset {
+        /// HA index.
+        index: u8,
+        /// The request's `Host` (a TCP flow's destination).
+        host: String,
+        /// How long its origin had taken nothing.
+        waited: Duration,
+        /// Resets since the last reported one that were not reported.
+        suppressed: u64,
+    },
     /// The edge called a method with parameters that were refused (already answered). A few
     /// per window, then a count of the rest.
     RpcRefused {
@@ -520,6 +533,7 @@ enum Lookup {
 /// What the edge can make the supervisor report as often as it likes: a few per window each.
 struct PeerBudgets {
     flow_refused: LogBudget,
+    held_reset: LogBudget,
     rpc_refused: LogBudget,
     udp_unregister: LogBudget,
 }
@@ -529,6 +543,7 @@ impl PeerBudgets {
         let b = || LogBudget::new(NOTICE_WINDOW, NOTICES_LOGGED);
         Self {
             flow_refused: b(),
+            held_reset: b(),
             rpc_refused: b(),
             udp_unregister: b(),
         }
@@ -1649,6 +1664,16 @@ impl Supervisor {
                         index,
                         dest: refusal.dest,
                         limit: refusal.limit,
+                        suppressed,
+                    });
+                }
+            }
+            for reset in r.conn.take_held_resets() {
+                if let Verdict::Log { suppressed } = self.budgets.held_reset.check(now) {
+                    self.events.push_back(SupervisorEvent::HeldRequestReset {
+                        index,
+                        host: reset.host,
+                        waited: reset.waited,
                         suppressed,
                     });
                 }

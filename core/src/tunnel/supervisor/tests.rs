@@ -33,6 +33,7 @@ use crate::tunnel::Received;
 mod access;
 mod dials;
 mod flows;
+mod held;
 mod http2;
 
 const EDGE: &str = "192.0.2.1:7844";

@@ -14,7 +14,7 @@ const TLS: Duration = Duration::from_secs(4);
 
 /// A connector whose one rule sends HTTP requests to `127.0.0.1:9` (HTTPS with `tls`), with
 /// [`CONNECT`] and [`TLS`] as its timeouts; registered.
-fn world(seed: u64, tls: bool) -> (World, ConnId) {
+pub(super) fn world(seed: u64, tls: bool) -> (World, ConnId) {
     world_of(
         seed,
         Service::Http {
@@ -48,7 +48,7 @@ fn world_of(seed: u64, service: Service) -> (World, ConnId) {
 impl World {
     /// The edge opens a data stream (`GET dest` or a TCP stream to `dest`); returns it with
     /// the origin flow the connector opened for it, and when it did.
-    fn open(
+    pub(super) fn open(
         &mut self,
         conn: ConnId,
         kind: ConnectionType,
@@ -104,7 +104,7 @@ impl World {
     }
 
     /// Runs until virtual time `at`, or `stop`.
-    fn run_until(&mut self, at: Instant, stop: impl FnMut(&World) -> bool) {
+    pub(super) fn run_until(&mut self, at: Instant, stop: impl FnMut(&World) -> bool) {
         self.run(at - self.start, stop);
     }
 
