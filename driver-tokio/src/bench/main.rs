@@ -14,6 +14,7 @@ mod http;
 mod origin;
 mod pin;
 
+use std::cell::RefCell;
 use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
@@ -423,6 +424,38 @@ fn start_tunnel(
     })
 }
 
+/// What CPUs 0 and 1 did while each measurement ran, by the address it ran against.
+#[derive(Default)]
+struct CpuLog(RefCell<Vec<(SocketAddr, pin::CpuTicks)>>);
+
+impl CpuLog {
+    /// `f`, logging the CPUs' ticks over each run.
+    fn watch<'a, T>(
+        &'a self,
+        f: impl Fn(SocketAddr) -> Result<T, String> + 'a,
+    ) -> impl Fn(SocketAddr) -> Result<T, String> + 'a {
+        move |a| {
+            let before = pin::CpuTicks::now();
+            let r = f(a);
+            if let (Some(before), Some(after)) = (before, pin::CpuTicks::now()) {
+                self.0.borrow_mut().push((a, after.since(&before)));
+            }
+            r
+        }
+    }
+
+    /// How busy CPU `cpu` was over the runs against any of `addrs`.
+    fn busy(&self, addrs: &[SocketAddr], cpu: usize) -> Cell {
+        self.0
+            .borrow()
+            .iter()
+            .filter(|(a, _)| addrs.contains(a))
+            .fold(pin::CpuTicks::default(), |sum, (_, t)| sum.plus(t))
+            .busy_percent(cpu)
+            .map_or_else(|| Cell::Failed("not measured".into()), Cell::Val)
+    }
+}
+
 /// Runs `f` against the origin and through each tunnel that is up.
 fn each<T>(
     direct: SocketAddr,
@@ -617,6 +650,7 @@ fn main() -> ExitCode {
     let tb = p.tcp_bytes;
     let conns = p.conns;
     let id = |x: &f64| *x;
+    let (bulk_cpus, udp_cpus) = (CpuLog::default(), CpuLog::default());
     eprintln!("burrow-bench: QUIC ceiling ...");
     let (ceil_down, ceil_up) = if !p.runs(Part::Ceiling) {
         let skipped = || Err("not in --only".to_owned());
@@ -633,7 +667,7 @@ fn main() -> ExitCode {
             origins.http,
             &mut tunnels,
             |t| Ok(t.http),
-            |a| client::http_download(a, HOST, hb, conns),
+            bulk_cpus.watch(|a| client::http_download(a, HOST, hb, conns)),
         );
         carried(&t, hb);
         rows.push(Row::new("HTTP download MB/s", Cell::of(&d), cells(&t, id)).ceiling(&ceil_down));
@@ -643,7 +677,7 @@ fn main() -> ExitCode {
             origins.http,
             &mut tunnels,
             |t| Ok(t.http),
-            |a| client::http_upload(a, HOST, hb, conns),
+            bulk_cpus.watch(|a| client::http_upload(a, HOST, hb, conns)),
         );
         carried(&t, hb);
         rows.push(Row::new("HTTP upload MB/s", Cell::of(&d), cells(&t, id)).ceiling(&ceil_up));
@@ -664,7 +698,7 @@ fn main() -> ExitCode {
             origins.tcp,
             &mut tunnels,
             |t| Ok(t.tcp),
-            |a| client::tcp_download(a, tb, conns),
+            bulk_cpus.watch(|a| client::tcp_download(a, tb, conns)),
         );
         carried(&t, tb);
         rows.push(Row::new("TCP download MB/s", Cell::of(&d), cells(&t, id)).ceiling(&ceil_down));
@@ -674,7 +708,7 @@ fn main() -> ExitCode {
             origins.tcp,
             &mut tunnels,
             |t| Ok(t.tcp),
-            |a| client::tcp_upload(a, tb, conns),
+            bulk_cpus.watch(|a| client::tcp_upload(a, tb, conns)),
         );
         carried(&t, tb);
         rows.push(Row::new("TCP upload MB/s", Cell::of(&d), cells(&t, id)).ceiling(&ceil_up));
@@ -718,9 +752,13 @@ fn main() -> ExitCode {
     }
     let udp_via = |t: &Tunnel| t.udp.clone();
     if p.runs(Part::UdpPps) {
-        let (d, t) = each(origins.udp, &mut tunnels, udp_via, |a| {
-            client::udp_pps(a, p.udp_time, p.udp_flows, p.udp_window, p.udp_size)
-        });
+        let (d, t) = each(
+            origins.udp,
+            &mut tunnels,
+            udp_via,
+            udp_cpus
+                .watch(|a| client::udp_pps(a, p.udp_time, p.udp_flows, p.udp_window, p.udp_size)),
+        );
         let note = sides("loss", &names, Some(&d), &t, |(_, l)| {
             format!("{:.1}%", l * 100.0)
         });
@@ -875,6 +913,23 @@ fn main() -> ExitCode {
     let note = "HTTP and TCP parts";
     rows.push(Row::new("connector CPU ms per MB", na(), conn_cpu).note(note));
     rows.push(Row::new("edge CPU ms per MB", na(), edge_cpu).note(note));
+    if args.pin {
+        let mut busy_rows = |log: &CpuLog, what: &str, addrs: fn(&Tunnel) -> Vec<SocketAddr>| {
+            for (cpu, who) in [(0, "edge, origins and clients"), (1, "the connector alone")] {
+                let cells = tunnels
+                    .iter()
+                    .map(|t| t.as_ref().map_or_else(failed, |t| log.busy(&addrs(t), cpu)))
+                    .collect();
+                rows.push(Row::new(format!("CPU {cpu} busy %, {what}"), na(), cells).note(who));
+            }
+        };
+        busy_rows(&bulk_cpus, "HTTP and TCP throughput", |t| {
+            vec![t.http, t.tcp]
+        });
+        busy_rows(&udp_cpus, "UDP packet rate", |t| {
+            t.udp.iter().copied().collect()
+        });
+    }
     rows.push(Row::new("edge RSS idle MiB", na(), edge_idle).note("the burrow edge"));
     rows.push(
         Row::new(format!("edge RSS {n} UDP sessions MiB"), na(), edge_busy).note("the burrow edge"),
