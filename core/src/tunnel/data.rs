@@ -497,11 +497,13 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
     /// requests wait on their origins, resets the one that waited longest if that is longer
     /// than [`ORIGIN_PATIENCE`].
     pub(crate) fn make_room<E: EdgeStreams<Id = I>>(&mut self, now: Instant, conn: &mut E) {
-        let mut waiting: Vec<(Instant, I)> = self.waiting_on_origins().collect();
-        let crowd = (waiting.len() + 1).saturating_sub(CONNECTOR_HELD_STREAMS as usize);
+        // Counted first: this runs on every timeout, and only a crowd needs the list.
+        let held = self.waiting_on_origins().count();
+        let crowd = (held + 1).saturating_sub(CONNECTOR_HELD_STREAMS as usize);
         if crowd == 0 {
             return;
         }
+        let mut waiting: Vec<(Instant, I)> = self.waiting_on_origins().collect();
         waiting.sort_unstable();
         for (since, id) in waiting.into_iter().take(crowd) {
             let waited = now.saturating_duration_since(since);
