@@ -104,6 +104,12 @@ fn quick_bench_prints_the_table() {
             }
         }
     }
+    for who in ["connector", "edge"] {
+        let echo = row(&format!("{who} CPU us per UDP echo"));
+        if echo[3] != "n/a" {
+            assert!(number(echo[3], "CPU per UDP echo") > 0.0, "{echo:?}");
+        }
+    }
     let idle = row("connector RSS idle MiB");
     assert!(number(idle[3], "connector RSS") > 1.0, "{idle:?}");
     for who in ["connector", "edge"] {

@@ -1,10 +1,13 @@
 //! The bench's clients. Each measurement takes only an address, so the same code runs against
 //! the origin directly and through the tunnel.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
+use std::os::fd::{AsFd, AsRawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use burrow_tokio::mmsg::{self, RecvSlots};
 
 use crate::http::Reader;
 use crate::origin::{self, mode};
@@ -254,6 +257,22 @@ pub fn chatty_streams<T>(
     Ok(live())
 }
 
+/// Asks the kernel to hand `s`'s datagrams of one segmented send over as one read (UDP GRO,
+/// Linux 5.0); whether it will.
+fn coalesce_reads(s: &UdpSocket) -> bool {
+    let on: libc::c_int = 1;
+    // SAFETY: a valid descriptor and a c_int option value of the size given.
+    unsafe {
+        libc::setsockopt(
+            s.as_raw_fd(),
+            libc::SOL_UDP,
+            libc::UDP_GRO,
+            (&raw const on).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+    }
+}
+
 fn udp_socket(addr: SocketAddr, timeout: Duration) -> Result<UdpSocket, String> {
     let s = UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.connect(addr).map(|()| s))
@@ -289,15 +308,18 @@ fn udp_hello(s: &UdpSocket, size: usize) -> Result<(), String> {
     Err("no UDP echo within 10 s".into())
 }
 
+/// How long [`udp_pps`] waits for an echo before it counts what is outstanding as lost.
+const QUIET: Duration = Duration::from_millis(20);
+
 /// UDP packets per second echoed, `flows` sockets each keeping `window` packets of `size`
-/// bytes in flight for `dur`. Returns (echoes per second, fraction lost).
+/// bytes in flight for `dur`. Returns (echoes per second, fraction lost, echoes).
 pub fn udp_pps(
     addr: SocketAddr,
     dur: Duration,
     flows: usize,
     window: usize,
     size: usize,
-) -> Result<(f64, f64), String> {
+) -> Result<(f64, f64, u64), String> {
     let size = size.clamp(1, 1400);
     let start = Instant::now();
     let results: Vec<Result<(u64, u64), String>> = std::thread::scope(|sc| {
@@ -306,23 +328,50 @@ pub fn udp_pps(
                 named("client-udp").spawn_scoped(sc, || {
                     let s = udp_socket(addr, Duration::from_millis(20))?;
                     udp_hello(&s, size)?;
+                    s.set_nonblocking(true)
+                        .map_err(|e| format!("UDP socket: {e}"))?;
+                    // As the origin does: the echoes a read finds are answered as one
+                    // segmented send, not a `send` each.
+                    let mut max_segment = if mmsg::segmenting_supported(s.as_fd()) {
+                        usize::MAX
+                    } else {
+                        0
+                    };
+                    // The edge's echoes come as segmented sends too: taken whole (UDP GRO),
+                    // the kernel does not cut them back into datagrams on CPU 0. Every echo
+                    // is `size` bytes, so a coalesced read of `n` bytes is `n / size` echoes.
+                    let coalesced = coalesce_reads(&s);
+                    let mut slots = RecvSlots::new(if coalesced { 64 * 1024 } else { 2048 });
+                    let packets = vec![(); window];
+                    let payload = &origin::PATTERN[..size];
                     let (mut sent, mut got, mut out) = (0u64, 0u64, 0usize);
-                    let mut buf = [0u8; 2048];
                     let end = Instant::now() + dur;
                     while Instant::now() < end {
-                        while out < window {
-                            s.send(&origin::PATTERN[..size])
-                                .map_err(|e| format!("UDP send: {e}"))?;
-                            sent += 1;
-                            out += 1;
-                        }
-                        match s.recv(&mut buf) {
-                            Ok(_) => {
-                                got += 1;
-                                out -= 1;
+                        if out < window {
+                            let (n, e) = mmsg::send_many_adapting(
+                                s.as_fd(),
+                                &packets[out..],
+                                &mut max_segment,
+                                |()| (None, payload),
+                            );
+                            if let Some(e) = e.filter(|e| e.kind() != ErrorKind::WouldBlock) {
+                                return Err(format!("UDP send: {e}"));
                             }
+                            sent += n as u64;
+                            out += n;
+                        }
+                        let ready = origin::readable(&s, Some(QUIET))
+                            .map_err(|e| format!("UDP poll: {e}"))?;
+                        match ready.then(|| mmsg::recv_many(s.as_fd(), &mut slots)) {
+                            Some(Ok(_)) => {
+                                let n: usize =
+                                    slots.received().map(|(d, _)| d.len().div_ceil(size)).sum();
+                                got += n as u64;
+                                out = out.saturating_sub(n);
+                            }
+                            Some(Err(e)) if e.kind() == ErrorKind::WouldBlock => {}
                             // Whatever is outstanding after a quiet spell is lost.
-                            Err(_) => out = 0,
+                            _ => out = 0,
                         }
                     }
                     Ok((sent, got))
@@ -341,7 +390,11 @@ pub fn udp_pps(
     if got == 0 {
         return Err(format!("no echo of {sent} packets"));
     }
-    Ok((got as f64 / secs, 1.0 - got as f64 / sent.max(1) as f64))
+    Ok((
+        got as f64 / secs,
+        1.0 - got as f64 / sent.max(1) as f64,
+        got,
+    ))
 }
 
 /// UDP round trips: sequential echoes on one socket. Returns the percentiles and the lost

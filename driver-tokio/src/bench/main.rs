@@ -751,7 +751,9 @@ fn main() -> ExitCode {
         }
     }
     let udp_via = |t: &Tunnel| t.udp.clone();
+    let (mut conn_echo_cpu, mut edge_echo_cpu) = (Vec::new(), Vec::new());
     if p.runs(Part::UdpPps) {
+        let cpu_before: Vec<_> = tunnels.iter().map(cpu).collect();
         let (d, t) = each(
             origins.udp,
             &mut tunnels,
@@ -759,7 +761,24 @@ fn main() -> ExitCode {
             udp_cpus
                 .watch(|a| client::udp_pps(a, p.udp_time, p.udp_flows, p.udp_window, p.udp_size)),
         );
-        let note = sides("loss", &names, Some(&d), &t, |(_, l)| {
+        let cpu_after = tunnels.iter().map(cpu);
+        for ((before, after), r) in cpu_before.iter().zip(cpu_after).zip(&t) {
+            match (before, after, r) {
+                (Some((c0, e0)), Some((c1, e1)), Ok((_, _, echoes))) if *echoes > 0 => {
+                    let per = |a: &Duration, b: &Duration| {
+                        Cell::Val((*b - *a).as_secs_f64() * 1e6 / *echoes as f64)
+                    };
+                    conn_echo_cpu.push(per(c0, &c1));
+                    edge_echo_cpu.push(per(e0, &e1));
+                }
+                _ => {
+                    let e = || Cell::Failed("no CPU figures (no tunnel, or no echo)".into());
+                    conn_echo_cpu.push(e());
+                    edge_echo_cpu.push(e());
+                }
+            }
+        }
+        let note = sides("loss", &names, Some(&d), &t, |(_, l, _)| {
             format!("{:.1}%", l * 100.0)
         });
         rows.push(
@@ -913,6 +932,11 @@ fn main() -> ExitCode {
     let note = "HTTP and TCP parts";
     rows.push(Row::new("connector CPU ms per MB", na(), conn_cpu).note(note));
     rows.push(Row::new("edge CPU ms per MB", na(), edge_cpu).note(note));
+    if p.runs(Part::UdpPps) {
+        let note = "UDP packet rate; an echo is a datagram each way";
+        rows.push(Row::new("connector CPU us per UDP echo", na(), conn_echo_cpu).note(note));
+        rows.push(Row::new("edge CPU us per UDP echo", na(), edge_echo_cpu).note(note));
+    }
     if args.pin {
         let mut busy_rows = |log: &CpuLog, what: &str, addrs: fn(&Tunnel) -> Vec<SocketAddr>| {
             for (cpu, who) in [(0, "edge, origins and clients"), (1, "the connector alone")] {
