@@ -938,19 +938,26 @@ fn main() -> ExitCode {
         rows.push(Row::new("edge CPU us per UDP echo", na(), edge_echo_cpu).note(note));
     }
     if args.pin {
-        let mut busy_rows = |log: &CpuLog, what: &str, addrs: fn(&Tunnel) -> Vec<SocketAddr>| {
-            for (cpu, who) in [(0, "edge, origins and clients"), (1, "the connector alone")] {
-                let cells = tunnels
-                    .iter()
-                    .map(|t| t.as_ref().map_or_else(failed, |t| log.busy(&addrs(t), cpu)))
-                    .collect();
-                rows.push(Row::new(format!("CPU {cpu} busy %, {what}"), na(), cells).note(who));
-            }
-        };
-        busy_rows(&bulk_cpus, "HTTP and TCP throughput", |t| {
+        let mut busy_rows =
+            |log: &CpuLog, ran: bool, what: &str, addrs: fn(&Tunnel) -> Vec<SocketAddr>| {
+                for (cpu, who) in [(0, "edge, origins and clients"), (1, "the connector alone")] {
+                    let cells = tunnels
+                        .iter()
+                        .map(|t| match t {
+                            Err(e) => failed(e),
+                            Ok(_) if !ran => Cell::Failed("not in --only".into()),
+                            Ok(t) => log.busy(&addrs(t), cpu),
+                        })
+                        .collect();
+                    rows.push(Row::new(format!("CPU {cpu} busy %, {what}"), na(), cells).note(who));
+                }
+            };
+        let bulk = [Part::HttpDown, Part::HttpUp, Part::TcpDown, Part::TcpUp];
+        let ran_bulk = bulk.into_iter().any(|part| p.runs(part));
+        busy_rows(&bulk_cpus, ran_bulk, "HTTP and TCP throughput", |t| {
             vec![t.http, t.tcp]
         });
-        busy_rows(&udp_cpus, "UDP packet rate", |t| {
+        busy_rows(&udp_cpus, p.runs(Part::UdpPps), "UDP packet rate", |t| {
             t.udp.iter().copied().collect()
         });
     }
