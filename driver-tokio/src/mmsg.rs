@@ -111,19 +111,27 @@ type SegmentCmsg = [u64; 4];
 /// Whether the kernel cuts segmented sends on `fd` (UDP GSO, Linux 4.18): sets the socket's
 /// default segment size and clears it again, so plain sends stay plain.
 pub fn segmenting_supported(fd: BorrowedFd<'_>) -> bool {
-    let set = |size: libc::c_int| {
-        // SAFETY: a valid descriptor and a c_int option value of the size given.
-        unsafe {
-            libc::setsockopt(
-                fd.as_raw_fd(),
-                libc::SOL_UDP,
-                libc::UDP_SEGMENT,
-                (&raw const size).cast(),
-                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-            ) == 0
-        }
-    };
-    set(1200) && set(0)
+    set_udp_option(fd, libc::UDP_SEGMENT, 1200) && set_udp_option(fd, libc::UDP_SEGMENT, 0)
+}
+
+/// Asks the kernel to hand the datagrams of one segmented send to `fd` over as one read (UDP
+/// GRO, Linux 5.0), their size in a control message; whether it will.
+pub fn coalesce_reads(fd: BorrowedFd<'_>) -> bool {
+    set_udp_option(fd, libc::UDP_GRO, 1)
+}
+
+/// Sets a `SOL_UDP` option of `fd`; whether the kernel took it.
+fn set_udp_option(fd: BorrowedFd<'_>, option: libc::c_int, value: libc::c_int) -> bool {
+    // SAFETY: a valid descriptor and a c_int option value of the size given.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_UDP,
+            option,
+            (&raw const value).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        ) == 0
+    }
 }
 
 /// Whether a segmented send failed because this socket or route cannot segment it (`EIO`: no

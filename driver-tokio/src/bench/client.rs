@@ -3,7 +3,7 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream, UdpSocket};
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -257,22 +257,6 @@ pub fn chatty_streams<T>(
     Ok(live())
 }
 
-/// Asks the kernel to hand `s`'s datagrams of one segmented send over as one read (UDP GRO,
-/// Linux 5.0); whether it will.
-fn coalesce_reads(s: &UdpSocket) -> bool {
-    let on: libc::c_int = 1;
-    // SAFETY: a valid descriptor and a c_int option value of the size given.
-    unsafe {
-        libc::setsockopt(
-            s.as_raw_fd(),
-            libc::SOL_UDP,
-            libc::UDP_GRO,
-            (&raw const on).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        ) == 0
-    }
-}
-
 fn udp_socket(addr: SocketAddr, timeout: Duration) -> Result<UdpSocket, String> {
     let s = UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.connect(addr).map(|()| s))
@@ -340,7 +324,7 @@ pub fn udp_pps(
                     // The edge's echoes come as segmented sends too: taken whole (UDP GRO),
                     // the kernel does not cut them back into datagrams on CPU 0. Every echo
                     // is `size` bytes, so a coalesced read of `n` bytes is `n / size` echoes.
-                    let coalesced = coalesce_reads(&s);
+                    let coalesced = mmsg::coalesce_reads(s.as_fd());
                     let mut slots = RecvSlots::new(if coalesced { 64 * 1024 } else { 2048 });
                     let packets = vec![(); window];
                     let payload = &origin::PATTERN[..size];
