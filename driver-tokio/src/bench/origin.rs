@@ -192,7 +192,7 @@ fn udp_echo(s: &UdpSocket) {
                 let _ =
                     mmsg::send_many_adapting(s.as_fd(), &echoes, &mut max_segment, |e| (e.1, e.0));
             }
-            // The other thread took them.
+            // Readable, yet nothing queued (a datagram with a bad checksum is dropped late).
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
             Err(e) => debug!(error = %e, "udp origin recv"),
         }
