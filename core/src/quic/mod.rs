@@ -5,6 +5,7 @@
 pub mod ack_probe;
 pub mod client_metrics;
 pub mod congestion;
+pub mod send_window;
 pub mod tls;
 pub mod transport;
 

@@ -117,6 +117,8 @@ impl QuicSettings {
             .datagram_receive_buffer_size(Some(self.datagram_receive_buffer))
             .datagram_send_buffer_size(self.datagram_send_buffer)
             .initial_mtu(initial_mtu(edge_is_ipv4))
+            // Refitted to the path as it goes (send_window.rs).
+            .send_window(super::send_window::CEILING)
             // quinn's Cubic, watched for what cloudflared's metrics report (congestion.rs),
             // opened for one packet when ACKs are owed and held (ack_probe.rs).
             .congestion_controller_factory(Arc::new(super::congestion::WatchedCubic::default()));

@@ -37,6 +37,7 @@ use super::rx::RxBuffers;
 use super::{Received, Transmit};
 use crate::control::connector::{ControlClient, ControlEvent};
 use crate::control::{ApiError, CallFailure, ConnectionDetails, Registration, RegistrationFailure};
+use crate::quic::send_window;
 use crate::receive_window::GrowingWindow;
 use crate::rpc_stream::client::{RpcCallOutcome, RpcStreamClient};
 use crate::rpc_stream::server::{RpcStreamEvent, RpcStreamServer};
@@ -644,6 +645,7 @@ impl ConnectorConnection {
     /// Everything that follows an input: quinn events, control-stream bytes, state changes.
     fn progress(&mut self, now: Instant) {
         exchange_events(&mut self.endpoint, self.handle, &mut self.conn);
+        send_window::refit(&mut self.conn);
         while let Some(event) = self.conn.poll() {
             self.on_quic_event(now, event);
         }

@@ -39,6 +39,7 @@ use super::rx::RxBuffers;
 use super::{BodySink, EcnCodepoint, Received, Transmit};
 use crate::control::edge::{ControlServer, EdgeControlEvent};
 use crate::control::{ApiError, ConnectionDetails, Registration, RegistrationError};
+use crate::quic::send_window;
 use crate::quic::transport::QuicSettings;
 use crate::receive_window::GrowingWindow;
 use crate::rpc::frame::{frame_len, FrameLimits};
@@ -923,6 +924,7 @@ impl EdgeEndpoint {
         };
         c.may_send = true;
         exchange_events(&mut self.endpoint, c.handle, &mut c.conn);
+        send_window::refit(&mut c.conn);
         while let Some(event) = c.conn.poll() {
             on_quic_event(now, id, c, event, &mut self.events);
         }
