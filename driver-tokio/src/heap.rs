@@ -7,8 +7,10 @@ use burrow_os::heap::HeapTrim;
 use tokio::time::MissedTickBehavior;
 use tracing::debug;
 
-/// Starts the once-a-second check on the current runtime.
+/// Holds bursts' buffers ([`burrow_os::heap::hold_bursts`]) and starts the once-a-second check
+/// on the current runtime.
 pub fn spawn_trim() {
+    burrow_os::heap::hold_bursts();
     tokio::spawn(async {
         let mut trim = HeapTrim::new();
         let mut tick = tokio::time::interval(Duration::from_secs(1));

@@ -1,11 +1,29 @@
-//! Handing freed heap back to the kernel after a burst. glibc's malloc keeps what is freed
-//! inside its arenas and returns only the top of the main heap by itself: after a burst of
-//! transfers a connector held about 19 MiB it no longer used (36.5 MiB resident, 17.4 MiB
-//! after a `malloc_trim`). Drivers call [`HeapTrim::tick`] about once a second.
+//! Handing freed heap back to the kernel after a burst, not during one. glibc's malloc keeps
+//! what is freed inside its arenas and returns only the top of a heap by itself: after a burst
+//! of transfers a connector held about 19 MiB it no longer used (36.5 MiB resident, 17.4 MiB
+//! after a `malloc_trim`). Drivers call [`HeapTrim::tick`] about once a second. And during a
+//! burst glibc returned too much: a stream's buffers (hyper's reads of up to 408 KiB, handed
+//! to quinn and freed once acknowledged) were trimmed off the top of the heap as they were
+//! freed, or mapped and unmapped one by one, and faulted in again by the next read (3.4 % of
+//! an edge's CPU in page faults under an upload, all in the kernel's copy into hyper's buffer).
 
 /// Free heap, resident and not in use, worth a trim: below it a trim is not worth its walk
 /// over the arenas.
 pub const MIN_RELEASE: u64 = 4 << 20;
+
+/// Freed heap glibc may keep on top of a heap before it trims by itself: a burst's working
+/// set, which [`HeapTrim::tick`] returns once the burst is over.
+pub const TRIM_THRESHOLD: i32 = 8 << 20;
+/// Blocks from this size up are mapped and unmapped on their own; below, they come from the
+/// arenas (glibc starts at 128 KiB).
+pub const MMAP_THRESHOLD: i32 = 4 << 20;
+
+/// Keeps a burst's freed buffers in the arenas for the next read ([`TRIM_THRESHOLD`],
+/// [`MMAP_THRESHOLD`]) instead of trimming them as they are freed; [`HeapTrim::tick`] still
+/// returns them once the burst is over. Once per process, beside its [`HeapTrim`].
+pub fn hold_bursts() {
+    imp::hold_bursts();
+}
 
 /// Decides when to trim the allocator's arenas; one per process.
 #[derive(Debug, Default)]
@@ -58,6 +76,16 @@ mod imp {
         (in_use, u64::from(info.fordblks as u32))
     }
 
+    pub fn hold_bursts() {
+        use super::{MMAP_THRESHOLD, TRIM_THRESHOLD};
+        // SAFETY: mallopt only sets the allocator's parameters; both values are in range
+        // (the mmap threshold's ceiling is 32 MiB on 64-bit).
+        unsafe {
+            libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
+            libc::mallopt(libc::M_MMAP_THRESHOLD, MMAP_THRESHOLD);
+        }
+    }
+
     pub fn release_idle_heap(residue: &mut u64) -> Option<u64> {
         // The allocator's own figures first: an idle connector stops here every second,
         // without opening, reading and parsing a /proc file (code it would otherwise keep
@@ -83,6 +111,8 @@ mod imp {
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 mod imp {
+    pub fn hold_bursts() {}
+
     pub fn release_idle_heap(_: &mut u64) -> Option<u64> {
         None
     }
@@ -91,6 +121,17 @@ mod imp {
 #[cfg(all(test, target_os = "linux", target_env = "gnu"))]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_streams_buffer_comes_from_the_arena_not_a_mapping_of_its_own() {
+        hold_bursts();
+        // 2 MiB: above glibc's initial mmap threshold, below ours.
+        let block = vec![1u8; 2 << 20];
+        // SAFETY: glibc keeps each block's size word, with its IS_MMAPPED bit (2), in the
+        // machine word before the block, which the allocation owns.
+        let size_word = unsafe { *(block.as_ptr() as *const usize).sub(1) };
+        assert_eq!(size_word & 2, 0, "a 2 MiB block was mapped on its own");
+    }
 
     #[test]
     fn a_fragmented_burst_is_released() {
