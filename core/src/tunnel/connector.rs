@@ -31,7 +31,7 @@ use tracing::debug;
 use super::data::{reset, DataLimits, DataStreams, FlowId, OriginAction};
 use super::quic_io::{
     exchange_events, flush_rpc_server, flush_stream, handle_received, read_stream, send_datagram,
-    AckWatch, DatagramError,
+    AckWatch, DatagramError, Finishing,
 };
 use super::rx::RxBuffers;
 use super::{Received, Transmit};
@@ -318,6 +318,8 @@ pub struct ConnectorConnection {
     failed_unregistrations: u64,
     /// ACKs quinn owes and holds behind a full congestion window.
     acks: AckWatch,
+    /// Ended conversations (control, RPC calls) whose last bytes wait for send window.
+    finishing: Finishing,
     /// The receive window, grown while the edge finds it too narrow.
     window: GrowingWindow,
     /// DATA_BLOCKED frames received, as of the last look.
@@ -364,6 +366,7 @@ impl ConnectorConnection {
             datagram_queued: 0,
             failed_unregistrations: 0,
             acks,
+            finishing: Finishing::default(),
             window,
             data_blocked: 0,
         })
@@ -646,6 +649,7 @@ impl ConnectorConnection {
     fn progress(&mut self, now: Instant) {
         exchange_events(&mut self.endpoint, self.handle, &mut self.conn);
         send_window::refit(&mut self.conn);
+        self.finishing.flush(&mut self.conn);
         while let Some(event) = self.conn.poll() {
             self.on_quic_event(now, event);
         }
@@ -1012,8 +1016,8 @@ impl ConnectorConnection {
                 if let Some(bytes) = call.client.poll_transmit() {
                     call.unsent.extend_from_slice(&bytes);
                 }
-                let _ = flush_stream(&mut self.conn, stream, &mut call.unsent);
-                let _ = self.conn.send_stream(stream).finish();
+                let unsent = std::mem::take(&mut call.unsent);
+                self.finishing.finish(&mut self.conn, stream, unsent);
                 let _ = self.conn.recv_stream(stream).stop(VarInt::from_u32(0));
                 return;
             }
@@ -1159,8 +1163,8 @@ impl ConnectorConnection {
             if let Some(bytes) = c.client.poll_transmit() {
                 c.unsent.extend_from_slice(&bytes);
             }
-            let _ = flush_stream(&mut self.conn, c.stream, &mut c.unsent);
-            let _ = self.conn.send_stream(c.stream).finish();
+            let unsent = std::mem::take(&mut c.unsent);
+            self.finishing.finish(&mut self.conn, c.stream, unsent);
         }
     }
 

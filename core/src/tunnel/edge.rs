@@ -33,7 +33,7 @@ use tracing::debug;
 
 use super::quic_io::{
     exchange_events, flush_chunks, flush_rpc_server, flush_stream, handle_received, read_stream,
-    read_stream_max, send_datagram, AckWatch, Chunks, DatagramError,
+    read_stream_max, send_datagram, AckWatch, Chunks, DatagramError, Finishing,
 };
 use super::rx::RxBuffers;
 use super::{BodySink, EcnCodepoint, Received, Transmit};
@@ -268,6 +268,8 @@ struct EdgeConnection {
     datagram_room: usize,
     /// ACKs quinn owes and holds behind a full congestion window.
     acks: AckWatch,
+    /// Ended RPC conversations whose last bytes wait for send window.
+    finishing: Finishing,
     /// Something happened to the connection since quinn last had nothing to send: asking it
     /// again can find something. Asking an untouched connection costs a `poll_transmit` and a
     /// stats copy for nothing, per connection, at the end of every round.
@@ -499,6 +501,7 @@ impl EdgeEndpoint {
                                 EdgeConnection {
                                     datagram_room: conn.datagrams().send_buffer_space(),
                                     acks: AckWatch::new(&conn),
+                                    finishing: Finishing::default(),
                                     conn,
                                     handle: h,
                                     register_by: now + REGISTRATION_DEADLINE,
@@ -925,6 +928,7 @@ impl EdgeEndpoint {
         c.may_send = true;
         exchange_events(&mut self.endpoint, c.handle, &mut c.conn);
         send_window::refit(&mut c.conn);
+        c.finishing.flush(&mut c.conn);
         while let Some(event) = c.conn.poll() {
             on_quic_event(now, id, c, event, &mut self.events);
         }
@@ -1137,8 +1141,8 @@ fn read_call(
     if let Some(bytes) = call.client.poll_transmit() {
         call.unsent.extend_from_slice(&bytes);
     }
-    let _ = flush_stream(&mut c.conn, stream, &mut call.unsent);
-    let _ = c.conn.send_stream(stream).finish();
+    let unsent = std::mem::take(&mut call.unsent);
+    c.finishing.finish(&mut c.conn, stream, unsent);
     // Whatever else the connector sends on it is of no interest.
     let _ = c.conn.recv_stream(stream).stop(VarInt::from_u32(0));
     let called = call.called;

@@ -428,6 +428,39 @@ pub(crate) fn flush_stream(
     Ok(())
 }
 
+/// Streams whose conversation is over but whose last bytes did not fit yet (the connection's
+/// send window was full): each is finished (FIN) once they are written, never before, since a
+/// write after the FIN fails and the bytes would be lost.
+#[derive(Debug, Default)]
+pub(crate) struct Finishing(Vec<(StreamId, Vec<u8>)>);
+
+impl Finishing {
+    /// Writes `pending` to stream `id` and finishes it: now if flow control takes it all,
+    /// otherwise from [`Finishing::flush`] once it has.
+    pub(crate) fn finish(&mut self, conn: &mut Connection, id: StreamId, mut pending: Vec<u8>) {
+        match flush_stream(conn, id, &mut pending) {
+            Ok(()) if !pending.is_empty() => self.0.push((id, pending)),
+            _ => {
+                let _ = conn.send_stream(id).finish();
+            }
+        }
+    }
+
+    /// Writes what waits, finishing each stream it empties; a stream that broke meanwhile is
+    /// dropped (nothing more can reach its peer).
+    pub(crate) fn flush(&mut self, conn: &mut Connection) {
+        self.0
+            .retain_mut(|(id, pending)| match flush_stream(conn, *id, pending) {
+                Ok(()) if !pending.is_empty() => true,
+                Ok(()) => {
+                    let _ = conn.send_stream(*id).finish();
+                    false
+                }
+                Err(_) => false,
+            });
+    }
+}
+
 /// Writes what a served RPC stream has to say and, once its call is answered and written,
 /// closes the stream as cloudflared does when a conversation is over: FIN, and STOP_SENDING for
 /// whatever the peer still sends (Finish, Abort). True when the stream is done with (closed or
