@@ -626,9 +626,9 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
     let mut systemd_told = false;
     // Start-up's pages are given back once, when every connection has registered.
     let mut startup = burrow_os::resident::StartupTrim::new();
-    // Freed heap is held during a burst and goes back to the kernel after it. Checked at most once a second, and
-    // only when the loop wakes anyway (keep-alives wake it while connections are up), so
-    // an idle box gets no extra wake-ups.
+    // Freed heap is held during a burst and goes back to the kernel after it. Checked at most
+    // once a second, and only when the loop wakes anyway (keep-alives wake it while
+    // connections are up), so an idle box gets no extra wake-ups.
     burrow_os::heap::hold_bursts();
     let mut heap = burrow_os::heap::HeapTrim::new();
     let mut now = Instant::now();
