@@ -29,8 +29,9 @@ pub fn fit(cwnd: u64, smoothed_rtt: Duration, min_rtt: Duration) -> u64 {
     u64::try_from(bdp).unwrap_or(u64::MAX).clamp(FLOOR, CEILING)
 }
 
-/// Sets `conn`'s send window from its path as it is now ([`fit`]); call before polling its
-/// events, so a window that grew wakes the streams it blocked.
+/// Sets `conn`'s send window from its path as it is now ([`fit`]); call once its events are
+/// exchanged, so the writes that follow see the latest ACKs' window. quinn only stores it:
+/// streams it held back are woken at the next ACK, which a non-empty window always brings.
 pub fn refit(conn: &mut quinn_proto::Connection) {
     let window = fit(conn.congestion_state().window(), conn.rtt(), conn.min_rtt());
     conn.set_send_window(window);
