@@ -1,8 +1,8 @@
 #![no_main]
 //! Any bytes as a SOCKS5 client's, in any pieces: no panic; a request that decodes encodes
-//! back to the bytes it was read from (domains as UTF-8 aside); the exchange only asks to
-//! dial an address the rules allow (here: none, so never); over a dialled connection it never
-//! asks to resolve or dial.
+//! back to the bytes it was read from (domains as UTF-8 and the reserved byte aside); the
+//! exchange only asks to dial an address the rules allow (here: none, so never); over a
+//! dialled connection it never asks to resolve or dial.
 
 use burrow_core::stream::socks::{decode_request, encode_request, Host, Server, Step};
 use libfuzzer_sys::fuzz_target;
@@ -13,7 +13,10 @@ fuzz_target!(|data: &[u8]| {
     };
     if let Ok(Some((req, used))) = decode_request(rest) {
         if !matches!(req.host, Host::Domain(_)) {
-            assert_eq!(encode_request(&req), rest[..used]);
+            // The reserved byte is ignored, as cloudflared's socks package ignores it.
+            let mut wire = rest[..used].to_vec();
+            wire[2] = 0;
+            assert_eq!(encode_request(&req), wire);
         }
     }
     let mut s = Server::new(Vec::new());

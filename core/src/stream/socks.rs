@@ -99,7 +99,8 @@ pub fn decode_greeting(buf: &[u8]) -> Result<Option<(&[u8], usize)>, SocksError>
     Ok(buf.get(2..end).map(|m| (m, end)))
 }
 
-/// A request (`VER CMD RSV ATYP DST.ADDR DST.PORT`): `Ok(None)` until it is whole.
+/// A request (`VER CMD RSV ATYP DST.ADDR DST.PORT`): `Ok(None)` until it is whole. `RSV` is not
+/// checked, as cloudflared's socks package does not check it.
 pub fn decode_request(buf: &[u8]) -> Result<Option<(Request, usize)>, SocksError> {
     let Some(head) = buf.get(..4) else {
         if let Some(&v) = buf.first().filter(|&&v| v != VERSION) {
