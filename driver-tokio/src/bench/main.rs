@@ -558,7 +558,13 @@ fn machine(pin: bool) -> String {
     } else {
         "daemons, origins and clients share them".to_owned()
     };
-    format!("{cores} cores available ({cpu}); {layout}")
+    // Every TCP hop here is loopback, and a pacing congestion control (BBR) moves the bulk
+    // rows by a fifth, uploads and downloads opposite ways (README: "The box's TCP congestion
+    // control").
+    let tcp_cc = std::fs::read_to_string("/proc/sys/net/ipv4/tcp_congestion_control")
+        .map(|c| c.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{cores} cores available ({cpu}); {layout}; TCP congestion control {tcp_cc}")
 }
 
 fn main() -> ExitCode {
