@@ -26,6 +26,7 @@ use tracing::{debug, trace};
 
 use super::dial::Dial;
 use super::quic_io::{flush_stream, read_stream_max};
+use super::BodySink;
 use crate::flow::{FlowGate, FlowSlot, SlotMap};
 use crate::ingress::access::AccessKeys;
 use crate::ingress::{Ingress, Origin, Service};
@@ -104,6 +105,8 @@ pub enum OriginAction {
 #[derive(Debug, Clone)]
 pub struct DataLimits {
     /// Bytes buffered per stream per direction beyond what QUIC and the origin socket hold.
+    /// 256 KiB: writes to the origin of up to a window each, and at 64 KiB a pinned upload
+    /// cost the connector 15% more CPU per MB in 2.5x as many origin writes.
     pub window: usize,
     /// Largest `ConnectRequest` accepted.
     pub request: FrameLimits,
@@ -130,7 +133,7 @@ pub struct DataLimits {
 impl Default for DataLimits {
     fn default() -> Self {
         Self {
-            window: 64 * 1024,
+            window: 256 * 1024,
             request: FrameLimits::CONNECT_REQUEST,
             max_idle: 100,
             idle_timeout: Duration::from_secs(90),
@@ -209,6 +212,8 @@ pub(crate) struct DataStreams<I = StreamId> {
     finishing: std::collections::BTreeSet<I>,
     /// Reused for every read from the edge.
     scratch: Vec<u8>,
+    /// Reused for every read of body bytes passed on as sent: the transport's pieces.
+    pieces: Vec<Bytes>,
     next_flow: u64,
     actions: VecDeque<OriginAction>,
     /// Every tag sent to HTTP origins, shared by the streams.
@@ -253,6 +258,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             gate: FlowGate::UNLIMITED,
             finishing: std::collections::BTreeSet::new(),
             scratch: Vec::new(),
+            pieces: Vec::new(),
             next_flow: 0,
             actions: VecDeque::new(),
             stats: RequestStats::default(),
@@ -797,13 +803,19 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             if room > 0 && !data.edge_finished {
                 let verbatim = data.proxy.passthrough_up();
                 let (r, target) = if verbatim > 0 {
-                    // Body bytes as sent: straight from QUIC into what the origin gets, one
-                    // copy fewer; sized once, so QUIC's packet-sized chunks never regrow it.
+                    // Body bytes as sent: straight from the transport's pieces into what the
+                    // origin gets, one copy fewer. The pieces are gathered first so that the
+                    // buffer is sized once to what came: a window's worth reserved per read
+                    // cost the chatty streams' 1 KiB messages a window each.
+                    let mut pieces = std::mem::take(&mut self.pieces);
+                    let r = conn.read(id, verbatim, &mut pieces);
+                    let n: usize = pieces.iter().map(Bytes::len).sum();
                     let sink = data.proxy.to_origin();
-                    sink.reserve(verbatim);
-                    let before = sink.len();
-                    let r = conn.read(id, verbatim, sink);
-                    let n = data.proxy.to_origin().len() - before;
+                    sink.reserve(n);
+                    for piece in pieces.drain(..) {
+                        sink.extend_from_slice(&piece);
+                    }
+                    self.pieces = pieces;
                     data.proxy.passed_up(n);
                     (r, (n > 0).then_some(Ok(None)))
                 } else {
@@ -1016,7 +1028,7 @@ pub(crate) trait EdgeStreams {
     type Id;
     /// Appends at most `max` bytes of stream `id` to `sink`; true once the edge finished its
     /// side. An error means the edge reset the stream.
-    fn read(&mut self, id: Self::Id, max: usize, sink: &mut Vec<u8>) -> Result<bool, String>;
+    fn read(&mut self, id: Self::Id, max: usize, sink: &mut impl BodySink) -> Result<bool, String>;
     /// Writes what the stream takes of `pending` and removes it; an error means the edge
     /// stopped reading.
     fn write(&mut self, id: Self::Id, pending: &mut Vec<u8>) -> Result<(), String>;
@@ -1038,7 +1050,7 @@ pub(crate) trait EdgeStreams {
 impl EdgeStreams for Connection {
     type Id = StreamId;
 
-    fn read(&mut self, id: StreamId, max: usize, sink: &mut Vec<u8>) -> Result<bool, String> {
+    fn read(&mut self, id: StreamId, max: usize, sink: &mut impl BodySink) -> Result<bool, String> {
         read_stream_max(self, id, max, sink).map_err(|e| e.to_string())
     }
 

@@ -22,6 +22,7 @@ use tracing::debug;
 
 use super::connector::{CloseReason, ConnectorConfig, ConnectorEvent, LocalClose};
 use super::data::{DataStreams, EdgeStreams, FlowId, OriginAction};
+use super::BodySink;
 use crate::control::connector::{ControlClient, ControlEvent};
 use crate::http2::configuration::{self, PushBody};
 use crate::http2::machine::{ConnectionError, Event, Input, Limits, Output};
@@ -87,7 +88,7 @@ struct H2Edge<'a> {
 impl EdgeStreams for H2Edge<'_> {
     type Id = StreamId;
 
-    fn read(&mut self, id: StreamId, max: usize, sink: &mut Vec<u8>) -> Result<bool, String> {
+    fn read(&mut self, id: StreamId, max: usize, sink: &mut impl BodySink) -> Result<bool, String> {
         let side = self.sides.entry(id).or_default();
         let mut max = max;
         loop {
@@ -101,7 +102,7 @@ impl EdgeStreams for H2Edge<'_> {
                 },
             };
             let n = chunk.len().min(max);
-            sink.extend_from_slice(&chunk[..n]);
+            sink.put(chunk.slice(..n));
             max -= n;
             if n < chunk.len() {
                 side.stash = Some(chunk.slice(n..));
