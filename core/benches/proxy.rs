@@ -102,8 +102,8 @@ fn upload_passthrough(s: &mut DataStream, packets: &[Bytes]) -> usize {
     for window in packets.chunks(WINDOW / PACKET) {
         // As `DataStreams` does: the pieces a read takes (up to the room), then one buffer of
         // their size.
-        assert!(s.passthrough_up() >= window.iter().map(Bytes::len).sum::<usize>());
         let n = window.iter().map(Bytes::len).sum();
+        assert!(s.passthrough_up() >= n);
         let sink = s.to_origin();
         sink.reserve(n);
         for p in window {

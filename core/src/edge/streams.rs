@@ -23,6 +23,7 @@ use thiserror::Error;
 use crate::control::ApiError;
 use crate::receive_window::EDGE_HELD_STREAMS;
 use crate::stream::connect::ConnectRequest;
+use crate::tunnel::append_pieces;
 use crate::tunnel::edge::ConnId;
 use crate::tunnel::edge_transports::{DataStream, EdgeTransports};
 
@@ -433,9 +434,7 @@ fn join(pieces: &mut Vec<Bytes>) -> Option<Bytes> {
         return pieces.pop();
     }
     let mut chunk = Vec::with_capacity(len);
-    for piece in pieces.drain(..) {
-        chunk.extend_from_slice(&piece);
-    }
+    append_pieces(&mut chunk, pieces);
     Some(Bytes::from(chunk))
 }
 

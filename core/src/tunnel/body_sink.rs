@@ -4,6 +4,17 @@
 
 use bytes::Bytes;
 
+/// Appends `pieces` to `out` (growing it once by their total) and empties `pieces`; returns
+/// how many bytes were appended.
+pub(crate) fn append_pieces(out: &mut Vec<u8>, pieces: &mut Vec<Bytes>) -> usize {
+    let len = pieces.iter().map(Bytes::len).sum();
+    out.reserve(len);
+    for piece in pieces.drain(..) {
+        out.extend_from_slice(&piece);
+    }
+    len
+}
+
 /// A destination for body bytes read from a transport.
 pub trait BodySink {
     /// Appends bytes the transport hands over as its own.
@@ -55,5 +66,16 @@ mod tests {
         pieces.put_slice(&[]);
         assert_eq!(pieces, [held.clone(), Bytes::from_static(&[4])]);
         assert_eq!(pieces[0].as_ptr(), held.as_ptr(), "kept, not copied");
+    }
+
+    #[test]
+    fn appended_pieces_follow_what_the_buffer_held_and_leave_none_behind() {
+        let mut out = vec![9u8];
+        let mut pieces = vec![Bytes::from_static(&[1, 2]), Bytes::from_static(&[3])];
+        assert_eq!(append_pieces(&mut out, &mut pieces), 3);
+        assert_eq!(out, [9, 1, 2, 3]);
+        assert!(pieces.is_empty());
+        assert_eq!(append_pieces(&mut out, &mut pieces), 0);
+        assert_eq!(out, [9, 1, 2, 3]);
     }
 }

@@ -26,7 +26,7 @@ use tracing::{debug, trace};
 
 use super::dial::Dial;
 use super::quic_io::{flush_stream, read_stream_max};
-use super::BodySink;
+use super::{append_pieces, BodySink};
 use crate::flow::{FlowGate, FlowSlot, SlotMap};
 use crate::ingress::access::AccessKeys;
 use crate::ingress::{Ingress, Origin, Service};
@@ -807,15 +807,8 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
                     // origin gets, one copy fewer. The pieces are gathered first so that the
                     // buffer is sized once to what came: a window's worth reserved per read
                     // cost the chatty streams' 1 KiB messages a window each.
-                    let mut pieces = std::mem::take(&mut self.pieces);
-                    let r = conn.read(id, verbatim, &mut pieces);
-                    let n: usize = pieces.iter().map(Bytes::len).sum();
-                    let sink = data.proxy.to_origin();
-                    sink.reserve(n);
-                    for piece in pieces.drain(..) {
-                        sink.extend_from_slice(&piece);
-                    }
-                    self.pieces = pieces;
+                    let r = conn.read(id, verbatim, &mut self.pieces);
+                    let n = append_pieces(data.proxy.to_origin(), &mut self.pieces);
                     data.proxy.passed_up(n);
                     (r, (n > 0).then_some(Ok(None)))
                 } else {

@@ -23,5 +23,6 @@ mod rx;
 pub mod supervisor;
 pub mod udp;
 
+pub(crate) use body_sink::append_pieces;
 pub use body_sink::BodySink;
 pub use quic_io::{DatagramError, EcnCodepoint, Received, Transmit};
