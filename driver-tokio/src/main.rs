@@ -2,7 +2,6 @@
 
 mod accept;
 mod access;
-mod chunked;
 mod connector;
 mod datagram;
 mod decode;

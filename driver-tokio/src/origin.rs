@@ -33,7 +33,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio::task::JoinHandle;
 use tracing::debug;
 
-use crate::chunked::ChunkBuf;
+use burrow_os::chunk_buf::ChunkBuf;
 
 /// Any origin byte stream.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}

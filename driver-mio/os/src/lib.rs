@@ -4,8 +4,10 @@
 //! (returning freed heap to the kernel), [`resident`] (start-up's pages given back), and the
 //! I/O of core's settings: [`settings`] (files, the system certificate store), [`log`],
 //! [`origin_tls`] (trust for HTTPS origins) and [`service`] (`service install`); and the
-//! metric families both export alike ([`exposition`]).
+//! metric families both export alike ([`exposition`]); [`chunk_buf`], the read buffer whose
+//! chunks go on to QUIC without a copy.
 
+pub mod chunk_buf;
 pub mod events;
 pub mod exposition;
 pub mod heap;

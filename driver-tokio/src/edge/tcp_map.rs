@@ -1,6 +1,6 @@
 //! `--tcp-map` ports, and the byte splice they share with upgraded WebSockets.
 
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
 use tracing::debug;
@@ -10,9 +10,9 @@ use burrow_core::edge::{EyeballId, StreamEvent, Target};
 use burrow_core::stream::connect::ConnectionType;
 
 use super::event_loop::{open, Acks, Cmd, Events};
-use crate::chunked::ChunkBuf;
+use burrow_os::chunk_buf::ChunkBuf;
 
-/// Chunks sent up (each at most [`crate::chunked::READ_CHUNK`]) and not yet acknowledged, at
+/// Chunks sent up (each at most [`burrow_os::chunk_buf::READ_CHUNK`]) and not yet acknowledged, at
 /// most: the socket is read again while the edge still holds this many, so reading overlaps the
 /// edge taking the last chunk, and a slow tunnel holds the socket instead of filling memory.
 const IN_FLIGHT: usize = 2;
@@ -42,7 +42,7 @@ pub(super) async fn splice(
                 }
                 in_flight -= 1;
             }
-            match buf.read(&mut rd).await {
+            match rd.read_buf(buf.room()).await.map(|n| buf.take(n)) {
                 Ok(Some(chunk)) => {
                     if c.send(Cmd::Body(key, chunk)).is_err() {
                         break;
@@ -117,7 +117,7 @@ pub(super) async fn serve(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::chunked::READ_CHUNK;
+    use burrow_os::chunk_buf::READ_CHUNK;
     use tokio::io::AsyncReadExt;
 
     /// What the splice sent up, in order: its bytes, and whether it finished.

@@ -1,14 +1,16 @@
-//! Reading a byte stream in chunks handed on without a copy: the connector's origin reader
+//! Reading a byte stream in chunks handed on without a copy: both connectors' origin readers
 //! and the edge's raw-byte splice share it.
 
+use std::io;
+use std::os::fd::AsFd;
+
 use bytes::{Bytes, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt};
 
 /// Bytes asked of the socket per read on a busy stream. Each read is a round trip through an
 /// event loop (report or command, then permit or ack): 128 KiB rather than 32 KiB cut the
 /// connector's syscalls per MB on a download by about 60% and its context switches by about
 /// half; 256 KiB measured no better (README, issue 16). On the edge's TCP upload it cut the
-/// client reads per MB from 31 to 8 (see the commit).
+/// client reads per MB from 31 to 8.
 pub const READ_CHUNK: usize = 128 * 1024;
 /// The buffer of a stream whose reads are small (a chatty WebSocket, an SSH session): every page
 /// a read touches stays resident while the buffer lives, so 128 KiB walked through by small
@@ -33,16 +35,6 @@ pub struct ChunkBuf {
 }
 
 impl ChunkBuf {
-    /// Reads what `rd` has (up to the room left) and splits it off as it is; `None` at the end
-    /// of the stream.
-    pub async fn read(
-        &mut self,
-        rd: &mut (impl AsyncRead + Unpin),
-    ) -> std::io::Result<Option<Bytes>> {
-        let n = rd.read_buf(self.room()).await?;
-        Ok(self.take(n))
-    }
-
     /// The buffer to append one read to, renewed first if little room is left in it.
     pub fn room(&mut self) -> &mut BytesMut {
         if self.buf.capacity() < MIN_READ {
@@ -70,6 +62,18 @@ impl ChunkBuf {
         Some(self.buf.split().freeze())
     }
 
+    /// One `read(2)` of `fd` straight into the buffer's free room (a non-blocking socket gives
+    /// `WouldBlock`); `None` at the end of the stream.
+    pub fn read_fd(&mut self, fd: impl AsFd) -> io::Result<Option<Bytes>> {
+        let room = self.room();
+        let len = room.len();
+        let (filled, _) = rustix::io::read(fd, room.spare_capacity_mut())?;
+        let n = filled.len();
+        // SAFETY: the kernel initialised the first `n` bytes of the spare capacity.
+        unsafe { room.set_len(len + n) };
+        Ok(self.take(n))
+    }
+
     /// Size of the allocation reads go to now.
     #[cfg(test)]
     fn size(&self) -> usize {
@@ -79,20 +83,21 @@ impl ChunkBuf {
 
 #[cfg(test)]
 mod tests {
-    use tokio::io::AsyncWriteExt;
+    use std::io::Write;
+    use std::os::unix::net::UnixStream;
 
     use super::*;
 
     /// Reads `want` bytes through `buf`, each write of `each` bytes read before the next.
-    async fn carry(buf: &mut ChunkBuf, each: usize, want: usize) -> Vec<Bytes> {
-        let (mut tx, mut rx) = tokio::io::duplex(READ_CHUNK * 2);
+    fn carry(buf: &mut ChunkBuf, each: usize, want: usize) -> Vec<Bytes> {
+        let (mut tx, rx) = UnixStream::pair().expect("pair");
         let mut chunks = Vec::new();
         let mut got = 0;
         while got < want {
-            tx.write_all(&vec![7u8; each]).await.expect("write");
+            tx.write_all(&vec![7u8; each]).expect("write");
             let mut this = 0;
             while this < each {
-                let c = buf.read(&mut rx).await.expect("read").expect("not ended");
+                let c = buf.read_fd(&rx).expect("read").expect("not ended");
                 this += c.len();
                 chunks.push(c);
             }
@@ -101,52 +106,59 @@ mod tests {
         chunks
     }
 
-    #[tokio::test]
-    async fn small_reads_keep_a_small_buffer_and_a_busy_stream_gets_a_large_one() {
+    #[test]
+    fn small_reads_keep_a_small_buffer_and_a_busy_stream_gets_a_large_one() {
         let mut buf = ChunkBuf::default();
         // A chatty stream: 1 KiB messages through several renewals.
-        carry(&mut buf, 1024, 4 * SMALL_CHUNK).await;
+        carry(&mut buf, 1024, 4 * SMALL_CHUNK);
         assert_eq!(buf.size(), SMALL_CHUNK);
         // Bulk: reads of MIN_READ or more; the next renewal is large.
-        carry(&mut buf, 2 * READ_CHUNK, 4 * READ_CHUNK).await;
+        carry(&mut buf, 2 * MIN_READ, 4 * READ_CHUNK);
         assert_eq!(buf.size(), READ_CHUNK);
         // Quiet again: back to small at the next renewals.
-        carry(&mut buf, 512, 2 * READ_CHUNK).await;
+        carry(&mut buf, 512, 2 * READ_CHUNK);
         assert_eq!(buf.size(), SMALL_CHUNK);
     }
 
-    #[tokio::test]
-    async fn chunks_hold_the_bytes_in_order_across_renewals_and_reclaims() {
+    #[test]
+    fn chunks_hold_the_bytes_in_order_across_renewals_and_reclaims() {
         let mut buf = ChunkBuf::default();
-        let (mut tx, mut rx) = tokio::io::duplex(1 << 20);
+        let (tx, rx) = UnixStream::pair().expect("pair");
         let sent: Vec<u8> = (0..3 * READ_CHUNK + 777).map(|i| (i % 251) as u8).collect();
-        let writer = async {
+        let want = [sent.clone(), sent.clone()].concat();
+        let writer = std::thread::spawn(move || {
+            let mut tx = tx;
             // Sizes that cross every threshold: small, at MIN_READ, and bulk.
             for piece in sent.chunks(MIN_READ - 1).chain(sent.chunks(READ_CHUNK)) {
-                tx.write_all(piece).await.expect("write");
+                tx.write_all(piece).expect("write");
             }
-            drop(tx);
-        };
-        let reader = async {
-            let mut got = Vec::new();
-            let mut held = Vec::new();
-            let mut reads = 0;
-            while let Some(c) = buf.read(&mut rx).await.expect("read") {
-                // Keep every other chunk alive, so some renewals cannot reclaim.
-                if reads % 2 == 0 {
-                    held.push((got.len(), c.clone()));
-                }
-                reads += 1;
-                got.extend_from_slice(&c);
+        });
+        let mut got = Vec::new();
+        let mut held = Vec::new();
+        let mut reads = 0;
+        while let Some(c) = buf.read_fd(&rx).expect("read") {
+            // Keep every other chunk alive, so some renewals cannot reclaim.
+            if reads % 2 == 0 {
+                held.push((got.len(), c.clone()));
             }
-            (got, held)
-        };
-        let ((), (got, held)) = tokio::join!(writer, reader);
-        let want = [sent.clone(), sent].concat();
+            reads += 1;
+            got.extend_from_slice(&c);
+        }
+        writer.join().expect("writer");
         assert!(got == want, "bytes in order");
         // A kept chunk was never written over by a later read into a reclaimed buffer.
         for (at, c) in &held {
             assert!(want[*at..*at + c.len()] == c[..], "chunk at {at}");
         }
+    }
+
+    #[test]
+    fn a_non_blocking_read_with_nothing_there_would_block_and_keeps_the_buffer() {
+        let mut buf = ChunkBuf::default();
+        let (_tx, rx) = UnixStream::pair().expect("pair");
+        rx.set_nonblocking(true).expect("non-blocking");
+        let e = buf.read_fd(&rx).expect_err("nothing to read");
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        assert_eq!(buf.size(), SMALL_CHUNK);
     }
 }
