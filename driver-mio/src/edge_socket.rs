@@ -7,21 +7,14 @@ use std::io::{self, IoSliceMut};
 use std::net::SocketAddr;
 
 use burrow_core::tunnel::{EcnCodepoint, Received, Transmit};
+use burrow_os::quic_udp::{GRO_MAX_SEGMENTS, MAX_TRANSMIT_SEGMENTS, MAX_UDP_PAYLOAD, READ_BATCHES};
 use mio::net::UdpSocket;
 use quinn_udp::{RecvMeta, UdpSocketState};
 use tracing::debug;
 
-/// Largest UDP payload quinn-proto sends or accepts: one GRO segment fits in this.
-const MAX_UDP_PAYLOAD: usize = 1472;
-/// Most datagrams per transmit (quinn's `MAX_TRANSMIT_SEGMENTS`).
-const MAX_TRANSMIT_SEGMENTS: usize = 10;
 /// Kernel socket buffer asked for each way. Smaller than burrow-tokio's 7 MiB: a small box's
 /// kernel memory is what is scarce, and its link is slow enough for 1 MiB.
 const SOCKET_BUFFER: usize = 1 << 20;
-/// Most datagrams Linux coalesces into one GRO buffer (`UDP_GRO_CNT_MAX`).
-const GRO_MAX_SEGMENTS: usize = 64;
-/// `recvmmsg` calls per read round, so origins and timers still get their turn under load.
-const READ_BATCHES: usize = 16;
 /// Buffers filled per `recvmmsg`; each holds a GRO run already. Pages of buffers the kernel
 /// never fills are never touched, so idle memory stays small.
 const RECV_BATCH: usize = 4;

@@ -9,30 +9,17 @@ use std::net::SocketAddr;
 use std::task::{Context, Poll};
 
 use burrow_core::tunnel::{EcnCodepoint, Received, Transmit};
+use burrow_os::quic_udp::{GRO_MAX_SEGMENTS, MAX_TRANSMIT_SEGMENTS, MAX_UDP_PAYLOAD, READ_BATCHES};
 use quinn_udp::{RecvMeta, UdpSocketState};
 use tokio::io::unix::AsyncFd;
 use tokio::io::Interest;
 use tokio::net::UdpSocket;
 use tracing::debug;
 
-/// Largest UDP payload quinn-proto sends or accepts (its `EndpointConfig` default, which both
-/// roles use): one GRO segment fits in this.
-const MAX_UDP_PAYLOAD: usize = 1472;
-/// Most datagrams per transmit. quinn caps it at 10; 40 cuts the `sendmsg` calls per MB by
-/// about 3x on bulk transfers (measured: 79-85 -> 31 on a connector download, 73 -> 20-25 on
-/// an edge upload). The platform may allow 64, but 64 full-size datagrams exceed the
-/// 65,507-byte UDP payload limit and the kernel refuses the whole batch (EMSGSIZE); 40 of the
-/// largest (1472 bytes) fit.
-const MAX_TRANSMIT_SEGMENTS: usize = 40;
 /// Kernel socket buffer asked for each way: quic-go's (cloudflared's QUIC stack) 7 MiB. A GSO
 /// batch or GRO run is up to 64 datagrams in one buffer entry, and the 208 KiB default drops
 /// such entries whole.
 const SOCKET_BUFFER: usize = 7 << 20;
-/// Most datagrams Linux coalesces into one GRO buffer (`UDP_GRO_CNT_MAX`).
-const GRO_MAX_SEGMENTS: usize = 64;
-/// `recvmmsg` calls per [`QuicSocket::read_round`], so that under load a loop's commands and
-/// timers still get their turn.
-const READ_BATCHES: usize = 16;
 /// Buffers filled per `recvmmsg`. quinn uses 32; with GRO each buffer holds up to 64
 /// datagrams already, and fewer buffers keep the memory (64 x 1472 B each) small.
 const RECV_BATCH: usize = 8;

@@ -5,7 +5,7 @@
 //! I/O of core's settings: [`settings`] (files, the system certificate store), [`log`],
 //! [`origin_tls`] (trust for HTTPS origins) and [`service`] (`service install`); and the
 //! metric families both export alike ([`exposition`]); [`chunk_buf`], the read buffer whose
-//! chunks go on to QUIC without a copy.
+//! chunks go on to QUIC without a copy; and [`quic_udp`], the QUIC sockets' batch sizes.
 
 pub mod chunk_buf;
 pub mod events;
@@ -13,6 +13,7 @@ pub mod exposition;
 pub mod heap;
 pub mod log;
 pub mod origin_tls;
+pub mod quic_udp;
 pub mod resident;
 pub mod service;
 pub mod settings;
