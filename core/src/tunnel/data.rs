@@ -152,6 +152,10 @@ struct Data {
     edge_finished: bool,
     /// Its request was read and counted as started (of this kind).
     counted: Option<FlowKind>,
+    /// Origin bytes passed through (the proxy counted them) that QUIC did not take yet, kept
+    /// as read rather than copied: they go before anything in the proxy's `to_edge`, which
+    /// stays empty meanwhile, and they count against the window.
+    held: Bytes,
 }
 
 impl Data {
@@ -323,7 +327,10 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
 
     /// Bytes buffered across all streams (for memory checks).
     pub(crate) fn buffered(&self) -> usize {
-        self.streams.values().map(|d| d.proxy.buffered()).sum()
+        self.streams
+            .values()
+            .map(|d| d.proxy.buffered() + d.held.len())
+            .sum()
     }
 
     /// Takes over stream `id` after its data preamble; `rest` followed the preamble.
@@ -344,6 +351,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             flow: None,
             edge_finished: false,
             counted: None,
+            held: Bytes::new(),
         };
         let target = data.proxy.on_edge_data(rest);
         data.note_request(&mut self.stats);
@@ -687,15 +695,22 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             let Some(data) = self.streams.get_mut(&id) else {
                 break;
             };
+            if !data.held.is_empty() {
+                // QUIC is full: the rest of the read waits (the flow pauses) until drive()
+                // has moved the held bytes on.
+                break;
+            }
             let verbatim = data.proxy.passthrough_down().min(bytes.len() - taken);
             let n = if verbatim > 0 {
                 // Payload as read: the stream takes the origin's buffer itself, no copy. What
-                // it cannot take now goes the buffered way below, so the window still decides
+                // it cannot take now is held as read, within the window, which still decides
                 // when the origin is read again.
                 match conn.write_shared(id, bytes.slice(taken..taken + verbatim)) {
                     Ok(n) => {
-                        data.proxy.passed_down(n);
-                        n
+                        let keep = (verbatim - n).min(data.proxy.origin_room());
+                        data.held = bytes.slice(taken + n..taken + n + keep);
+                        data.proxy.passed_down(n + keep);
+                        n + keep
                     }
                     Err(_) => {
                         data.proxy.on_edge_reset();
@@ -712,12 +727,12 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             };
             taken += n;
             // Make room by moving bytes into QUIC, then try again.
-            let before = data.proxy.to_edge().len();
+            let before = data.proxy.to_edge().len() + data.held.len();
             self.drive(now, conn, id);
             let after = self
                 .streams
                 .get_mut(&id)
-                .map_or(0, |d| d.proxy.to_edge().len());
+                .map_or(0, |d| d.proxy.to_edge().len() + d.held.len());
             if n == 0 && after >= before {
                 break;
             }
@@ -862,9 +877,21 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
                     }
                 }
             }
-            // Stream → edge.
+            // Stream → edge: held bytes first, as read.
+            if !data.held.is_empty() {
+                match conn.write_shared(id, data.held.clone()) {
+                    Ok(n) => {
+                        data.held = data.held.slice(n..);
+                        progressed |= n > 0;
+                    }
+                    Err(_) => {
+                        data.held = Bytes::new();
+                        data.proxy.on_edge_reset();
+                    }
+                }
+            }
             let out = data.proxy.to_edge();
-            if !out.is_empty() {
+            if data.held.is_empty() && !out.is_empty() {
                 let before = out.len();
                 if conn.write(id, out).is_err() {
                     // The edge stopped reading: nothing more can reach it.
@@ -874,7 +901,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             }
             // Origin reads resume once there is room.
             if let Some(f) = data.flow.and_then(|flow| self.flows.get_mut(&flow)) {
-                if f.paused && data.proxy.origin_room() > 0 {
+                if f.paused && data.held.is_empty() && data.proxy.origin_room() > 0 {
                     f.paused = false;
                     let flow = data.flow.expect("checked");
                     self.actions.push_back(OriginAction::Resume { flow });
@@ -920,7 +947,11 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             return;
         };
         match data.proxy.edge_end() {
-            Some(EdgeEnd::Finish) if data.proxy.to_edge().is_empty() && data.flow.is_none() => {
+            Some(EdgeEnd::Finish)
+                if data.proxy.to_edge().is_empty()
+                    && data.held.is_empty()
+                    && data.flow.is_none() =>
+            {
                 if conn.finish(id) {
                     self.finishing.insert(id);
                 }
@@ -1028,9 +1059,7 @@ pub(crate) trait EdgeStreams {
     /// Writes what the stream takes of `data`, keeping a reference rather than a copy where it
     /// can; returns how many bytes it took. An error means the edge stopped reading.
     fn write_shared(&mut self, id: Self::Id, data: Bytes) -> Result<usize, String> {
-        let mut pending = data.to_vec();
-        self.write(id, &mut pending)?;
-        Ok(data.len() - pending.len())
+        write_copied(self, id, &data)
     }
     /// Ends our side after what was written; true if the edge must still acknowledge it.
     fn finish(&mut self, id: Self::Id) -> bool;
@@ -1038,6 +1067,17 @@ pub(crate) trait EdgeStreams {
     fn stop(&mut self, id: Self::Id);
     /// Fails the stream.
     fn reset(&mut self, id: Self::Id);
+}
+
+/// [`EdgeStreams::write_shared`] by way of a copy and [`EdgeStreams::write`].
+pub(crate) fn write_copied<E: EdgeStreams + ?Sized>(
+    edge: &mut E,
+    id: E::Id,
+    data: &Bytes,
+) -> Result<usize, String> {
+    let mut pending = data.to_vec();
+    edge.write(id, &mut pending)?;
+    Ok(data.len() - pending.len())
 }
 
 impl EdgeStreams for Connection {
@@ -1077,3 +1117,7 @@ pub(crate) fn reset(conn: &mut Connection, id: StreamId) {
     let _ = conn.recv_stream(id).stop(VarInt::from_u32(0));
     let _ = conn.send_stream(id).reset(VarInt::from_u32(0));
 }
+
+#[cfg(test)]
+#[path = "data_tests.rs"]
+mod tests;

@@ -21,7 +21,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, StatusCode};
 use tracing::debug;
 
 use super::connector::{CloseReason, ConnectorConfig, ConnectorEvent, LocalClose};
-use super::data::{DataStreams, EdgeStreams, FlowId, OriginAction};
+use super::data::{write_copied, DataStreams, EdgeStreams, FlowId, OriginAction};
 use super::BodySink;
 use crate::control::connector::{ControlClient, ControlEvent};
 use crate::http2::configuration::{self, PushBody};
@@ -132,6 +132,14 @@ impl EdgeStreams for H2Edge<'_> {
             pending.extend_from_slice(&data[n..]);
         }
         Ok(())
+    }
+
+    fn write_shared(&mut self, id: StreamId, data: Bytes) -> Result<usize, String> {
+        if !self.sides.get(&id).is_some_and(|s| s.answered) {
+            // The response head goes first, and only `write` answers with it.
+            return write_copied(self, id, &data);
+        }
+        self.conn.send_data(id, data).map_err(|e| e.to_string())
     }
 
     fn finish(&mut self, id: StreamId) -> bool {
