@@ -13,6 +13,17 @@ struct Edge {
     refused: usize,
 }
 
+impl Edge {
+    /// Takes what there is room for of `data`; returns how much.
+    fn take(&mut self, data: &[u8]) -> usize {
+        let n = data.len().min(self.room);
+        self.refused += usize::from(n == 0 && !data.is_empty());
+        self.took.extend_from_slice(&data[..n]);
+        self.room -= n;
+        n
+    }
+}
+
 impl EdgeStreams for Edge {
     type Id = u64;
 
@@ -21,19 +32,13 @@ impl EdgeStreams for Edge {
     }
 
     fn write(&mut self, _: u64, pending: &mut Vec<u8>) -> Result<(), String> {
-        let n = pending.len().min(self.room);
-        self.refused += usize::from(n == 0 && !pending.is_empty());
-        self.took.extend(pending.drain(..n));
-        self.room -= n;
+        let n = self.take(pending);
+        pending.drain(..n);
         Ok(())
     }
 
     fn write_shared(&mut self, _: u64, data: Bytes) -> Result<usize, String> {
-        let n = data.len().min(self.room);
-        self.refused += usize::from(n == 0 && !data.is_empty());
-        self.took.extend_from_slice(&data[..n]);
-        self.room -= n;
-        Ok(n)
+        Ok(self.take(&data))
     }
 
     fn finish(&mut self, _: u64) -> bool {
