@@ -7,7 +7,7 @@
 //! its drops by reason, and quinn's frame counters give the datagrams the network lost.
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::Duration;
 
@@ -369,6 +369,8 @@ pub struct ClientStats {
     pub dropped: u64,
     /// Session events seen.
     pub events: u64,
+    /// Datagrams each edge connection refused (its send queue full), by connection.
+    pub refused_on: BTreeMap<ConnId, u64>,
 }
 
 /// The public clients of the edge machine's UDP mappings, each sending `per_client` payloads
@@ -518,6 +520,9 @@ impl UdpClients {
             Event::Session(e) => self.on_session(e),
             Event::ClientPacketDropped { client, .. } if self.by_addr.contains_key(client) => {
                 self.stats.dropped += 1
+            }
+            Event::DatagramRefused { conn, .. } => {
+                *self.stats.refused_on.entry(*conn).or_default() += 1
             }
             _ => {}
         }
