@@ -413,6 +413,11 @@ pub(super) fn account_clients(
         // a window cut left it no room for. The network reorders even without loss, and a
         // packet overtaken far enough is taken for lost (quic_lossy_transfer.rs).
         expect(
+            clients.stats.refused_on.values().sum::<u64>() == send_failed,
+            &format!("every refusal the edge counted reached the clients as an event ({line})"),
+            w,
+        )?;
+        expect(
             refused_uncut.is_empty(),
             &format!("without loss the edge refuses only on a connection whose window was cut: {refused_uncut:?} ({line})"),
             w,
