@@ -28,6 +28,14 @@ struct Transfer {
     loss_seed: u64,
 }
 
+/// Steps the pseudo-random sequence `n`; true `per_mille` times in a thousand.
+fn chance(n: &mut u64, per_mille: u64) -> bool {
+    *n = n
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (*n >> 33) % 1000 < per_mille
+}
+
 /// What a transfer took: virtual time, the server's ACK frames, the client's lost packets, the
 /// client's largest smoothed RTT.
 fn run(settings: &QuicSettings, t: Transfer) -> (Duration, u64, u64, Duration) {
@@ -72,20 +80,10 @@ fn run(settings: &QuicSettings, t: Transfer) -> (Duration, u64, u64, Duration) {
     let mut to_c: VecDeque<(Instant, Vec<u8>)> = VecDeque::new();
     let one_way = Duration::from_millis(10);
     let mut rng: u64 = loss_seed;
-    let drop = |n: &mut u64| {
-        *n = n
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (*n >> 33) % 1000 < loss_per_mille
-    };
+    let drop = |n: &mut u64| chance(n, loss_per_mille);
     // A sequence of its own, so the losses stay the same with and without reordering.
     let mut early_rng: u64 = 999;
-    let mut early = move || {
-        early_rng = early_rng
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        (early_rng >> 33) % 1000 < reorder_per_mille
-    };
+    let mut early = move || chance(&mut early_rng, reorder_per_mille);
     let mut written = 0usize;
     let mut stream = None;
     let mut received = 0usize;

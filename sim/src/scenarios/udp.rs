@@ -409,14 +409,14 @@ pub(super) fn account_clients(
             &format!("without loss nothing goes missing ({line})"),
             w,
         )?;
-        // The send queue is bounded (quic-go's 32 datagrams): it refuses, counted, only what
-        // a window cut left it no room for. The network reorders even without loss, and a
-        // packet overtaken far enough is taken for lost (quic_lossy_transfer.rs).
         expect(
             clients.stats.refused_on.values().sum::<u64>() == send_failed,
             &format!("every refusal the edge counted reached the clients as an event ({line})"),
             w,
         )?;
+        // The send queue is bounded (quic-go's 32 datagrams): it refuses, counted, only what
+        // a window cut left it no room for. The network reorders even without loss, and a
+        // packet overtaken far enough is taken for lost (quic_lossy_transfer.rs).
         expect(
             refused_uncut.is_empty(),
             &format!("without loss the edge refuses only on a connection whose window was cut: {refused_uncut:?} ({line})"),
