@@ -815,7 +815,7 @@ impl<A: Authenticator> Edge<A> {
             // with the connection's close.
             EdgeEvent::UdpSessionRegistered { conn, id, result } => {
                 if result.is_ok() || self.tp.quic.is_open(conn) {
-                    self.sessions.handle_registered(now, conn, id, result);
+                    self.sessions.handle_registered(conn, id, result);
                 }
             }
             EdgeEvent::UdpSessionUnregistered { conn, id, message } => {

@@ -755,7 +755,7 @@ impl EdgeSessions {
                     self.payload_from_tunnel(now, conn, p.request_id, p.payload)
                 }
                 Ok(v3::Datagram::RegistrationResponse(r)) => {
-                    self.response(now, conn, r);
+                    self.response(conn, r);
                     None
                 }
                 Ok(v3::Datagram::Icmp(i)) => self.icmp_from_tunnel(now, info.tunnel, i.packet),
@@ -822,7 +822,7 @@ impl EdgeSessions {
         })
     }
 
-    fn response(&mut self, now: Instant, conn: ConnId, r: v3::RegistrationResponse<'_>) {
+    fn response(&mut self, conn: ConnId, r: v3::RegistrationResponse<'_>) {
         let Some(s) = self.sessions.get_mut(&r.request_id) else {
             self.count(EdgeDrop::UnknownSession);
             return;
@@ -833,9 +833,10 @@ impl EdgeSessions {
             return;
         }
         match r.code {
+            // An answer is no traffic: a quiet client's session moved by connection churn
+            // still ends `idle` after its last payload.
             v3::ResponseCode::Ok => {
                 if matches!(s.state, State::Registering { .. }) {
-                    s.last_active = now;
                     self.registered(r.request_id);
                 }
             }
@@ -905,13 +906,7 @@ impl EdgeSessions {
 
     /// The connector answered [`Call::Register`] for session `id` on `conn` (an error is its
     /// refusal; pass none that only says the connection closed: the session moves then).
-    pub fn handle_registered(
-        &mut self,
-        now: Instant,
-        conn: ConnId,
-        id: SessionId,
-        result: Result<(), String>,
-    ) {
+    pub fn handle_registered(&mut self, conn: ConnId, id: SessionId, result: Result<(), String>) {
         let Some(s) = self.sessions.get_mut(&id) else {
             self.count(EdgeDrop::UnknownSession);
             return;
@@ -921,10 +916,7 @@ impl EdgeSessions {
             return;
         }
         match result {
-            Ok(()) => {
-                s.last_active = now;
-                self.registered(id);
-            }
+            Ok(()) => self.registered(id),
             Err(message) => {
                 self.stats.refused_other += 1;
                 self.end(id, SessionEnd::RefusedV2 { message });

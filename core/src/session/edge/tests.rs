@@ -342,6 +342,44 @@ fn closed_connection_moves_sessions_to_another() {
 }
 
 #[test]
+fn a_moved_session_still_ends_idle_after_its_last_payload() {
+    let idle = Duration::from_secs(100);
+    let mut t = T::new(EdgeSessionsConfig {
+        idle_timeout: idle,
+        ..EdgeSessionsConfig::default()
+    });
+    t.e.add_connection(t.now, B, TUNNEL, DatagramVersion::V3);
+    t.e.handle_client(t.now, t.udp, client(1), b"q").unwrap();
+    let (conn, d) = t.out().remove(0);
+    let id = registration(&d).request_id;
+    t.respond(conn, id, v3::ResponseCode::Ok);
+    t.out();
+    // The client goes quiet; its session's connection closes twice, and each time the
+    // session's registration is answered on another.
+    let mut on = conn;
+    for _ in 0..2 {
+        t.advance(Duration::from_secs(40));
+        let other = if on == A { B } else { A };
+        t.e.remove_connection(t.now, on);
+        t.e.add_connection(t.now, on, TUNNEL, DatagramVersion::V3);
+        let out = t.out();
+        assert_eq!(registration(&out[0].1).request_id, id);
+        t.respond(other, id, v3::ResponseCode::Ok);
+        on = other;
+    }
+    assert_eq!(t.e.stats().migrated, 2);
+    t.advance(Duration::from_secs(19));
+    assert_eq!(t.e.active_sessions(), 1);
+    t.advance(Duration::from_secs(1));
+    assert_eq!(
+        t.e.active_sessions(),
+        0,
+        "ended {idle:?} after the client's packet, not after the last answer"
+    );
+    assert_eq!(t.e.stats().idle_closed, 1);
+}
+
+#[test]
 fn sessions_wait_for_a_connection_when_none_is_left() {
     let mut t = T::new(EdgeSessionsConfig::default());
     t.e.handle_client(t.now, t.udp, client(1), b"q").unwrap();
@@ -438,7 +476,7 @@ fn v2_sessions_register_by_call_and_carry_suffix_typed_payloads() {
     now += Duration::from_secs(3);
     e.handle_timeout(now);
     assert_eq!(e.poll_call(), None);
-    e.handle_registered(now, A, id, Ok(()));
+    e.handle_registered(A, id, Ok(()));
     let out: Vec<_> = std::iter::from_fn(|| e.poll_datagram()).collect();
     assert_eq!(out.len(), 2);
     for ((c, d), want) in out.iter().zip([&b"first"[..], b"second"]) {
@@ -476,10 +514,10 @@ fn v2_refusals_and_the_connectors_end_close_the_session() {
     e.add_connection(now, A, TUNNEL, DatagramVersion::V2);
     e.handle_client(now, m, client(1), b"q").unwrap();
     let (_, refused, _, _) = register_call(&mut e);
-    e.handle_registered(now, A, refused, Err("too many flows".into()));
+    e.handle_registered(A, refused, Err("too many flows".into()));
     e.handle_client(now, m, client(2), b"q").unwrap();
     let (_, ended, _, _) = register_call(&mut e);
-    e.handle_registered(now, A, ended, Ok(()));
+    e.handle_registered(A, ended, Ok(()));
     e.handle_unregistered(A, ended, "session idle for 2m10s".into());
     let ends: Vec<_> = std::iter::from_fn(|| e.poll_event())
         .filter_map(|ev| match ev.change {
@@ -546,7 +584,7 @@ fn sessions_move_between_v2_and_v3_connections_with_their_held_payloads() {
     t.e.remove_connection(t.now, A);
     assert_eq!(t.out(), vec![]);
     assert_eq!(register_call(&mut t.e).1, id);
-    t.e.handle_registered(t.now, B, id, Ok(()));
+    t.e.handle_registered(B, id, Ok(()));
     let out = t.out();
     assert_eq!(out.len(), 1);
     assert_eq!(
@@ -560,7 +598,7 @@ fn sessions_move_between_v2_and_v3_connections_with_their_held_payloads() {
         )
     );
     // An answer from a connection it left changes nothing.
-    t.e.handle_registered(t.now, A, id, Err("late".into()));
+    t.e.handle_registered(A, id, Err("late".into()));
     assert_eq!(t.e.active_sessions(), 1);
 }
 
