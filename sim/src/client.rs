@@ -458,8 +458,14 @@ impl Client {
             }
             StreamEvent::Reset => {
                 // The edge resets the streams of a connection that closed; otherwise the
-                // connector reset it.
-                if a.conn.is_some_and(|c| w.edge_has(c)) {
+                // connector reset it, which it may do only when its grace period ran out on a
+                // hostile network (HTTP/2 resets each stream before the connection closes).
+                let stopped = a.conn.is_some_and(|c| {
+                    w.connectors
+                        .iter()
+                        .any(|n| n.history().contains(&c) && n.connector.is_stopped())
+                });
+                if a.conn.is_some_and(|c| w.edge_has(c)) && !(self.hostile && stopped) {
                     return Err(format!(
                         "stream {id:?} reset by the connector ({:?})",
                         a.request

@@ -16,6 +16,7 @@ use burrow_core::icmp::RouterConfig;
 use burrow_core::quic::tls::{self, PostQuantum};
 use burrow_core::quic::transport::QuicSettings;
 use burrow_core::quic::SERVER_NAME;
+use burrow_core::rpc_stream::client::RpcCallOutcome;
 use burrow_core::session::edge::{EdgeSessionsConfig, MappingKind};
 use burrow_core::tunnel::connector::{CloseReason, ConnectorConfig, LocalClose};
 use burrow_core::tunnel::data::DataLimits;
@@ -586,6 +587,10 @@ fn partition(p: &Params) -> Result<u64, String> {
     // Serve a while (keep-alives only) before the cut.
     let until = s.world.now.max(VirtualTime::ZERO + Duration::from_secs(20));
     s.world.run_until(until, |_, _| Ok(()))?;
+    if s.hostile {
+        // The connection may have died meanwhile: the cut is of a served one.
+        register(&mut s, c)?;
+    }
     let w = &mut s.world;
     w.partition_node(c, true);
     let (mut connector_closed, mut edge_closed) = (None, None);
@@ -711,38 +716,61 @@ fn remote_config(p: &Params) -> Result<u64, String> {
         (2, good, 2, false),
     ];
     let mut applied = None;
+    let mut conn = conn;
+    let hostile = s.hostile;
     for (version, config, want_latest, want_error) in pushes {
-        let w = &mut s.world;
-        let push = edge::Input::PushConfiguration {
-            conn,
-            version,
-            config,
-        };
-        expect(w.edge_input(push), "the edge runs", w)?;
-        let (mut answer, mut decided) = (None, None);
-        let limit = w.after(LIMIT);
-        w.run_ticking(limit, |w, h| {
-            match h {
-                Some(Happening::Connector(_, e @ Event::ConfigurationApplied { .. }))
-                | Some(Happening::Connector(_, e @ Event::ConfigurationRefused { .. })) => {
-                    expect(decided.is_none(), "one decision per push", w)?;
-                    if let Event::ConfigurationApplied { version } = e {
-                        applied = Some(version);
+        // On a hostile network the connection may die before the answer: the push is made
+        // again on the next connection (a version is applied once, so the answer is the same).
+        let answer = loop {
+            let w = &mut s.world;
+            let push = edge::Input::PushConfiguration {
+                conn,
+                version,
+                config,
+            };
+            expect(w.edge_input(push), "the edge runs", w)?;
+            let (mut answer, mut decided, mut died) = (None, None, false);
+            let limit = w.after(LIMIT);
+            w.run_ticking(limit, |w, h| {
+                match h {
+                    Some(Happening::Connector(_, e @ Event::ConfigurationApplied { .. }))
+                    | Some(Happening::Connector(_, e @ Event::ConfigurationRefused { .. })) => {
+                        expect(decided.is_none(), "one decision per push", w)?;
+                        if let Event::ConfigurationApplied { version } = e {
+                            applied = Some(version);
+                        }
+                        decided = Some(());
                     }
-                    decided = Some(());
+                    // The edge may see the connection close first.
+                    Some(Happening::Edge(edge::Event::ConfigurationResult {
+                        outcome: RpcCallOutcome::ConnectionClosed,
+                        ..
+                    })) if hostile => {
+                        died = true;
+                        return Ok(true);
+                    }
+                    Some(Happening::Edge(edge::Event::ConfigurationResult { outcome, .. })) => {
+                        expect(answer.is_none(), "one answer per push", w)?;
+                        answer = Some(outcome);
+                    }
+                    Some(Happening::Connector(_, Event::LinkClosed { reason, .. })) => {
+                        if !hostile {
+                            return Err(broken(&format!("connection closed: {reason}"), w));
+                        }
+                        died = true;
+                        return Ok(true);
+                    }
+                    _ => {}
                 }
-                Some(Happening::Edge(edge::Event::ConfigurationResult { outcome, .. })) => {
-                    expect(answer.is_none(), "one answer per push", w)?;
-                    answer = Some(outcome);
-                }
-                Some(Happening::Connector(_, Event::LinkClosed { reason, .. })) => {
-                    return Err(broken(&format!("connection closed: {reason}"), w))
-                }
-                _ => {}
+                Ok(answer.is_some() && decided.is_some())
+            })?;
+            if !died {
+                break answer;
             }
-            Ok(answer.is_some() && decided.is_some())
-        })?;
-        let Some(burrow_core::rpc_stream::client::RpcCallOutcome::Configuration(r)) = answer else {
+            conn = register(&mut s, c)?;
+        };
+        let w = &s.world;
+        let Some(RpcCallOutcome::Configuration(r)) = answer else {
             return Err(format!(
                 "push of version {version}: answer {answer:?}\n{}",
                 w.trace.tail().join("\n")
@@ -1572,7 +1600,7 @@ fn udp_blocked(p: &Params) -> Result<u64, String> {
     let mut on: [Protocol; HA as usize] = [Protocol::Http2; HA as usize];
     let hostile = s.hostile;
     let (mut sent, mut answered, mut failed, mut unregistered) = (0u64, 0u64, 0u64, 0u64);
-    let mut back = None;
+    let (mut back, mut counted) = (None, false);
     let limit = s.world.after(RETURN_WITHIN + REGISTER_WITHIN);
     let mut client = Client::new(s.tunnel_id, Vec::new(), 4);
     client.hostile = hostile;
@@ -1603,6 +1631,7 @@ fn udp_blocked(p: &Params) -> Result<u64, String> {
                     failed += client.failed;
                     unregistered += client.unregistered;
                     if back.is_some() {
+                        counted = true;
                         return Ok(true);
                     }
                     let requests = http_requests(&mut s.rng, 8, 64 * 1024);
@@ -1632,6 +1661,17 @@ fn udp_blocked(p: &Params) -> Result<u64, String> {
         &format!("back on QUIC {took:?} after UDP came back, within {RETURN_WITHIN:?}"),
         w,
     )?;
+    // The switch's time ran out with a batch in flight (a slow, lossy path): it ends as any
+    // batch does.
+    if !counted {
+        if !client.is_done() {
+            serve(&mut s, &mut client, c, LIMIT)?;
+        }
+        answered += client.completed;
+        failed += client.failed;
+        unregistered += client.unregistered;
+    }
+    let w = &s.world;
     expect(
         answered + failed == sent && (hostile || failed == unregistered),
         &format!("every request sent during the switch is answered ({answered} of {sent}; {failed} failed, {unregistered} with a connection the connector never registered)"),

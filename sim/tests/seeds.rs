@@ -311,6 +311,36 @@ const REGRESSIONS_AT: &[(&str, u64, f64, &str)] = &[(
     10_100_202,
     0.19,
     "auto switched at 11.8 s; its first HTTP/2 registration timed out, so it registered at 30.2 s: the 30 s bound is on the switch",
+), (
+    "udp-echo",
+    13_012,
+    0.4,
+    "a second connection died 160 s after the first; each registration answer restarted the edge's idle timer of its 294 moved sessions",
+), (
+    "shutdown-during-traffic/http2",
+    15_009,
+    0.4,
+    "the grace period ran out; the connector resets an HTTP/2 connection's streams before closing it, which the edge sees first",
+), (
+    "remote-config",
+    15_042,
+    0.4,
+    "the connection died during a push: the push is made again on the next connection",
+), (
+    "udp-blocked",
+    15_001,
+    0.5,
+    "the switch back to QUIC ended with a batch of requests in flight: it runs to its end",
+), (
+    "udp-migration",
+    16_075,
+    0.4,
+    "the edge timed connection A out before the cut and before the connector noticed: A died, as a cut one does",
+), (
+    "partition",
+    17_029,
+    0.4,
+    "the connection died before the cut and its successor had not registered: the cut is of a served one",
 )];
 
 #[test]
