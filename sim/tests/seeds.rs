@@ -341,6 +341,11 @@ const REGRESSIONS_AT: &[(&str, u64, f64, &str)] = &[(
     17_029,
     0.4,
     "the connection died before the cut and its successor had not registered: the cut is of a served one",
+), (
+    "udp-idle",
+    19_085,
+    0.4,
+    "a registration the edge sent before its end reached the connector after it and restarted that session's timer",
 )];
 
 #[test]

@@ -186,13 +186,31 @@ pub(super) fn run_out_sessions(
         &format!("every session at the edge ends within {edge_idle:?} of its client's last packet"),
         &s.world,
     )?;
-    let ended = Some(s.world.now);
+    // A registration the edge sent before its end may reach the connector after it (queued
+    // behind a lossy path's window) and restart that session's timer there too.
+    let mut ended = Some(s.world.now);
+    let mut seen = registrations(&s.world);
     run_clients(s, clients, hint + Duration::from_secs(60), |_, w| {
+        let now = registrations(w);
+        if now != seen {
+            (seen, ended) = (now, Some(w.now));
+        }
         w.udp
             .last_io()
             .max(ended)
             .is_none_or(|t| w.now.since_start() > t.since_start() + hint + Duration::from_secs(1))
     })
+}
+
+/// Registrations the connectors' session managers took: new flows, repeats and moves.
+fn registrations(w: &crate::world::World) -> u64 {
+    w.connectors
+        .iter()
+        .map(|n| {
+            let m = n.hub().sessions.stats();
+            m.total_flows + m.retries + m.migrated
+        })
+        .sum()
 }
 
 /// A served connection died mid-traffic on a hostile network (`s.lost`): the eyeballs stop,
