@@ -458,8 +458,10 @@ impl Http2Link {
             self.drain_machine(now);
             match self.conn.poll_output(now) {
                 Output::Timeout(t) => t,
-                // Ciphertext waits for `poll_write`, not for a timer.
-                _ => None,
+                // Ciphertext waits for `poll_write`, which waits for the TCP connect; the
+                // handshake deadline (cloudflared's 15 s dial timeout) covers that wait too,
+                // or an edge that drops SYNs holds the link for the kernel's two minutes.
+                _ => self.conn.deadline(),
             }
         };
         let control = self.control.as_ref().and_then(|c| c.client.poll_timeout());
@@ -628,8 +630,10 @@ impl Http2Link {
         self.now = self.now.max(now);
         if self.state != State::Dialing {
             self.offer_inbox(now);
-            self.drain_machine(now);
         }
+        // Dialing too: a handshake deadline that fired closes the link now, not on the next
+        // input (the machine's close is one of its events).
+        self.drain_machine(now);
         self.pump_control(now);
         if matches!(self.state, State::Draining(_)) && self.data.active() == 0 {
             debug!(

@@ -1060,3 +1060,26 @@ fn the_feature_record_is_read_hourly_and_new_connections_follow_it() {
         [DatagramVersion::V2, DatagramVersion::V3]
     );
 }
+
+/// An edge whose TCP connection never comes up (its SYNs go unanswered, the kernel retrying
+/// for two minutes): the connection fails at cloudflared's 15 s dial timeout, which covers the
+/// TCP connect and the TLS handshake, and the next dial follows.
+#[test]
+fn a_tcp_connect_that_never_completes_fails_at_the_dial_timeout() {
+    let mut w = H2World::new(ProtocolFlag::Fixed(Protocol::Http2));
+    w.flush();
+    let (link, _) = w.dials.pop().expect("a dial");
+    let dialed = w.now;
+    let closed = |w: &H2World| {
+        w.events.iter().find_map(|e| match e {
+            SupervisorEvent::LinkClosed {
+                link: l, reason, ..
+            } if *l == link => Some(reason.clone()),
+            _ => None,
+        })
+    };
+    w.advance_until(Duration::from_secs(20), |w| closed(w).is_some());
+    assert_eq!(closed(&w), Some(CloseReason::TimedOut));
+    assert_eq!(w.now - dialed, Duration::from_secs(15));
+    w.advance_until(Duration::from_secs(10), |w| !w.dials.is_empty());
+}
