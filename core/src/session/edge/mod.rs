@@ -339,6 +339,9 @@ pub struct EdgeSessionStats {
     pub registered: u64,
     /// Registration datagrams sent again after no answer.
     pub retransmits: u64,
+    /// Registrations sent again for a registered v3 session whose client kept sending while
+    /// nothing came back from the tunnel for [`EdgeSessions::refresh_after`].
+    pub refreshes: u64,
     /// Sessions refused with `TooManyActiveFlows`.
     pub refused_too_many_flows: u64,
     /// Sessions refused with `UnableToBindSocket`.
@@ -412,15 +415,19 @@ struct Session {
     dest: SocketAddr,
     conn: Option<ConnId>,
     last_active: Instant,
+    /// When the tunnel last showed the session alive (a payload from it, an answer) or was
+    /// last asked to (a refresh).
+    tunnel_seen: Instant,
     state: State,
 }
 
 impl Session {
-    fn deadline(&self, idle: Duration) -> Instant {
+    fn deadline(&self, (idle, refresh): (Duration, Duration)) -> Instant {
         let idle_at = self.last_active + idle;
         match self.state {
             State::Registering { retry_at, .. } => retry_at.min(idle_at),
-            _ => idle_at,
+            State::Registered => (self.tunnel_seen + refresh).min(idle_at),
+            State::Orphaned { .. } => idle_at,
         }
     }
 }
@@ -685,6 +692,7 @@ impl EdgeSessions {
                 dest,
                 conn: Some(conn),
                 last_active: now,
+                tunnel_seen: now,
                 state: State::Registering {
                     sent: 0,
                     retry_at: now,
@@ -755,7 +763,7 @@ impl EdgeSessions {
                     self.payload_from_tunnel(now, conn, p.request_id, p.payload)
                 }
                 Ok(v3::Datagram::RegistrationResponse(r)) => {
-                    self.response(conn, r);
+                    self.response(now, conn, r);
                     None
                 }
                 Ok(v3::Datagram::Icmp(i)) => self.icmp_from_tunnel(now, info.tunnel, i.packet),
@@ -808,7 +816,7 @@ impl EdgeSessions {
             self.count(EdgeDrop::UnknownSession);
             return None;
         }
-        s.last_active = now;
+        (s.last_active, s.tunnel_seen) = (now, now);
         let (mapping, client) = (s.mapping, s.client);
         // A payload proves the registration was taken even if its answer was lost.
         if matches!(s.state, State::Registering { .. }) && s.conn == Some(conn) {
@@ -822,7 +830,7 @@ impl EdgeSessions {
         })
     }
 
-    fn response(&mut self, conn: ConnId, r: v3::RegistrationResponse<'_>) {
+    fn response(&mut self, now: Instant, conn: ConnId, r: v3::RegistrationResponse<'_>) {
         let Some(s) = self.sessions.get_mut(&r.request_id) else {
             self.count(EdgeDrop::UnknownSession);
             return;
@@ -834,8 +842,9 @@ impl EdgeSessions {
         }
         match r.code {
             // An answer is no traffic: a quiet client's session moved by connection churn
-            // still ends `idle` after its last payload.
+            // still ends `idle` after its last payload. It does show the connector holds it.
             v3::ResponseCode::Ok => {
+                s.tunnel_seen = now;
                 if matches!(s.state, State::Registering { .. }) {
                     self.registered(r.request_id);
                 }
@@ -940,11 +949,8 @@ impl EdgeSessions {
     /// [`Call::Register`] for session `id` could not be made on `conn`: it is made again
     /// after the backoff.
     pub fn call_failed(&mut self, now: Instant, conn: ConnId, id: SessionId) {
-        let (base, cap, idle) = (
-            self.config.retransmit,
-            self.config.max_retransmit,
-            self.config.idle_timeout,
-        );
+        let (base, cap) = (self.config.retransmit, self.config.max_retransmit);
+        let timers = self.timers();
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
@@ -956,7 +962,7 @@ impl EdgeSessions {
                 + base
                     .saturating_mul(1u32 << (*sent).min(16))
                     .min(cap.max(base));
-            let due = s.deadline(idle);
+            let due = s.deadline(timers);
             self.deadlines.push(Reverse((due, id)));
         }
     }
@@ -965,25 +971,31 @@ impl EdgeSessions {
     /// [`EdgeDrop::SendFailed`]). A registration that never left is no unanswered attempt:
     /// it goes again after the first retransmission delay, its backoff not doubled (a full
     /// queue on a congested connection must not push a session's registration seconds away).
+    /// A refresh that never left goes again after that delay too.
     pub fn send_failed(&mut self, now: Instant, conn: ConnId, datagram: &[u8]) {
         debug!(conn = conn.0, "connection refused a datagram");
         self.count(EdgeDrop::SendFailed);
         let Ok(v3::Datagram::Registration(r)) = v3::decode(datagram) else {
             return;
         };
-        let (base, idle) = (self.config.retransmit, self.config.idle_timeout);
+        let base = self.config.retransmit;
+        let timers @ (_, refresh) = self.timers();
         let Some(s) = self.sessions.get_mut(&r.request_id) else {
             return;
         };
         if s.conn != Some(conn) {
             return;
         }
-        if let State::Registering { sent, retry_at, .. } = &mut s.state {
-            *sent = sent.saturating_sub(1);
-            *retry_at = now + base;
-            let due = s.deadline(idle);
-            self.deadlines.push(Reverse((due, r.request_id)));
+        match &mut s.state {
+            State::Registering { sent, retry_at, .. } => {
+                *sent = sent.saturating_sub(1);
+                *retry_at = now + base;
+            }
+            State::Registered => s.tunnel_seen = (now + base).checked_sub(refresh).unwrap_or(now),
+            State::Orphaned { .. } => return,
         }
+        let due = s.deadline(timers);
+        self.deadlines.push(Reverse((due, r.request_id)));
     }
 
     /// When [`EdgeSessions::handle_timeout`] must run next.
@@ -998,7 +1010,7 @@ impl EdgeSessions {
     /// Retransmits registrations, ends idle sessions and forgets idle echo entries.
     pub fn handle_timeout(&mut self, now: Instant) {
         self.echo.handle_timeout(now);
-        let idle = self.config.idle_timeout;
+        let timers @ (idle, refresh) = self.timers();
         while let Some(&Reverse((at, id))) = self.deadlines.peek() {
             if at > now {
                 break;
@@ -1028,8 +1040,9 @@ impl EdgeSessions {
                 State::Registering { retry_at, .. } if retry_at <= now => {
                     self.send_registration(now, id)
                 }
+                State::Registered if s.tunnel_seen + refresh <= now => self.refresh(now, id),
                 _ => {
-                    let due = s.deadline(idle);
+                    let due = s.deadline(timers);
                     self.deadlines.push(Reverse((due, id)));
                 }
             }
@@ -1043,7 +1056,7 @@ impl EdgeSessions {
             self.deadlines = self
                 .sessions
                 .iter()
-                .map(|(id, s)| Reverse((s.deadline(idle), *id)))
+                .map(|(id, s)| Reverse((s.deadline(timers), *id)))
                 .collect();
         }
     }
@@ -1051,6 +1064,7 @@ impl EdgeSessions {
     /// Sends (or re-sends) a registering session's registration.
     fn send_registration(&mut self, now: Instant, id: SessionId) {
         let (base, cap) = (self.config.retransmit, self.config.max_retransmit);
+        let timers = self.timers();
         let idle_hint = self.hint();
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
@@ -1086,7 +1100,7 @@ impl EdgeSessions {
             *retry_at = now + backoff;
             self.queue.push_back((conn, datagram.clone()));
         }
-        let due = s.deadline(self.config.idle_timeout);
+        let due = s.deadline(timers);
         self.deadlines.push(Reverse((due, id)));
     }
 
@@ -1120,6 +1134,7 @@ impl EdgeSessions {
     }
 
     fn orphan(&mut self, id: SessionId) {
+        let timers = self.timers();
         let Some(s) = self.sessions.get_mut(&id) else {
             return;
         };
@@ -1129,7 +1144,7 @@ impl EdgeSessions {
         };
         s.conn = None;
         s.state = State::Orphaned { pending };
-        let due = s.deadline(self.config.idle_timeout);
+        let due = s.deadline(timers);
         self.deadlines.push(Reverse((due, id)));
     }
 
@@ -1181,6 +1196,46 @@ impl EdgeSessions {
     /// The idle timeout hinted to the connector.
     fn hint(&self) -> Duration {
         self.config.idle_timeout + Duration::from_secs(IDLE_HINT_MARGIN_SECS)
+    }
+
+    /// How long a registered v3 session's client may send with nothing coming back from the
+    /// tunnel before its registration is sent again: half the connector's idle timeout. v3 has
+    /// no close, so a connector that idled a session out (every payload to it refused or lost
+    /// on an overloaded connection, or an origin that never answers) drops the client's later
+    /// payloads unseen; a repeated registration restarts its timer, or opens the flow again,
+    /// as cloudflared does (`ResetIdleTimer`).
+    pub fn refresh_after(&self) -> Duration {
+        self.hint() / 4
+    }
+
+    /// The idle timeout and [`EdgeSessions::refresh_after`], for [`Session::deadline`].
+    fn timers(&self) -> (Duration, Duration) {
+        (self.config.idle_timeout, self.refresh_after())
+    }
+
+    /// Sends a registered session's registration again if its client sent since the tunnel
+    /// last showed it alive, and sets the next refresh.
+    fn refresh(&mut self, now: Instant, id: SessionId) {
+        let timers = self.timers();
+        let Some(s) = self.sessions.get_mut(&id) else {
+            return;
+        };
+        let quiet_client = s.last_active <= s.tunnel_seen;
+        s.tunnel_seen = now;
+        let due = s.deadline(timers);
+        self.deadlines.push(Reverse((due, id)));
+        let Some(conn) = s.conn.filter(|_| !quiet_client) else {
+            return;
+        };
+        // v2 needs none: its connector unregisters a session it idles out.
+        if self.version(conn) != Some(DatagramVersion::V3) {
+            return;
+        }
+        let dest = self.sessions[&id].dest;
+        let datagram = self.frame_registration(id, dest, &[]);
+        debug!(flow_id = %id, conn = conn.0, "nothing back from the tunnel; registering again");
+        self.stats.refreshes += 1;
+        self.queue.push_back((conn, datagram));
     }
 
     fn reserve(&mut self, need: usize) {

@@ -379,6 +379,83 @@ fn a_moved_session_still_ends_idle_after_its_last_payload() {
     assert_eq!(t.e.stats().idle_closed, 1);
 }
 
+/// v3 has no close: a connector that idled a session out (every payload to it lost) would
+/// drop the client's later payloads unseen. While the client sends and nothing comes back,
+/// the registration goes again every quarter hint; an answer or a reply puts it off.
+#[test]
+fn a_session_sending_into_silence_is_registered_again() {
+    let idle = Duration::from_secs(60);
+    let mut t = T::new(EdgeSessionsConfig {
+        idle_timeout: idle,
+        ..EdgeSessionsConfig::default()
+    });
+    let refresh = t.e.refresh_after();
+    assert_eq!(refresh, Duration::from_millis(17_500), "a quarter of the 70 s hint");
+    t.e.handle_client(t.now, t.udp, client(1), b"q").unwrap();
+    let id = registration(&t.out()[0].1).request_id;
+    t.respond(A, id, v3::ResponseCode::Ok);
+    while t.e.poll_event().is_some() {}
+    let registrations = |out: &[(ConnId, Bytes)]| {
+        out.iter()
+            .filter(|(_, d)| matches!(v3::decode(d), Ok(v3::Datagram::Registration(_))))
+            .map(|(c, d)| (*c, registration(d).request_id))
+            .collect::<Vec<_>>()
+    };
+    // The client sends every 5 s; nothing comes back.
+    let mut sent_again = Vec::new();
+    for _ in 0..8 {
+        t.advance(Duration::from_secs(5));
+        t.e.handle_client(t.now, t.udp, client(1), b"q").unwrap();
+        sent_again.extend(registrations(&t.out()));
+    }
+    assert_eq!(sent_again, [(A, id), (A, id)], "due at 17.5 s and 37.5 s, run at 20 and 40");
+    assert_eq!(t.e.stats().refreshes, 2);
+    // The answer to a refresh is no new registration, and puts the next one off.
+    t.respond(A, id, v3::ResponseCode::Ok);
+    assert!(t.e.poll_event().is_none());
+    assert_eq!(t.e.stats().registered, 1);
+    // Replies keep it from going again.
+    for _ in 0..20 {
+        t.advance(Duration::from_secs(5));
+        t.e.handle_client(t.now, t.udp, client(1), b"q").unwrap();
+        let reply = payload_datagram(id, b"a");
+        assert!(t.e.handle_datagram(t.now, A, &reply).is_some());
+        assert!(registrations(&t.out()).is_empty());
+    }
+    // A quiet client is left to the idle timer.
+    let mut out = Vec::new();
+    for _ in 0..13 {
+        t.advance(Duration::from_secs(5));
+        out.extend(t.out());
+    }
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(t.e.stats().refreshes, 2);
+    assert_eq!(t.e.active_sessions(), 0);
+    assert_eq!(t.e.stats().idle_closed, 1);
+}
+
+/// A refresh the full connection refused goes again after the first retransmission delay.
+#[test]
+fn a_refused_refresh_goes_again_soon() {
+    let mut t = T::new(EdgeSessionsConfig::default());
+    t.e.handle_client(t.now, t.udp, client(1), b"q").unwrap();
+    let id = registration(&t.out()[0].1).request_id;
+    t.respond(A, id, v3::ResponseCode::Ok);
+    let refresh = t.e.refresh_after();
+    t.advance(refresh / 2);
+    t.e.handle_client(t.now, t.udp, client(1), b"q").unwrap();
+    t.out();
+    t.advance(refresh / 2);
+    let out = t.out();
+    assert_eq!(registration(&out[0].1).request_id, id);
+    t.e.send_failed(t.now, A, &out[0].1);
+    t.advance(DEFAULT_RETRANSMIT);
+    let out = t.out();
+    assert_eq!(out.len(), 1, "{out:?}");
+    assert_eq!(registration(&out[0].1).request_id, id);
+    assert_eq!(t.e.stats().refreshes, 2);
+}
+
 #[test]
 fn sessions_wait_for_a_connection_when_none_is_left() {
     let mut t = T::new(EdgeSessionsConfig::default());
