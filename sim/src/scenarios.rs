@@ -691,13 +691,14 @@ fn partition(p: &Params) -> Result<u64, String> {
 fn remote_config(p: &Params) -> Result<u64, String> {
     let mut s = setup(p);
     let c = s.add_connector(1, s.secret.clone());
-    let conn = register(&mut s, c)?;
-    // Connection 0 pushes its local configuration after registering; let it land first.
+    let mut conn = register(&mut s, c)?;
+    // Connection 0 pushes its local configuration after registering; let it land first (on a
+    // hostile network, from the connection that replaced one that died meanwhile).
     let mut local_config = false;
     let until = s.world.after(Duration::from_secs(15));
     s.world.run_ticking(until, |_, h| {
-        if let Some(Happening::Edge(edge::Event::LocalConfiguration { .. })) = h {
-            local_config = true;
+        if let Some(Happening::Edge(edge::Event::LocalConfiguration { conn: from, .. })) = h {
+            (local_config, conn) = (true, from);
         }
         Ok(local_config)
     })?;
@@ -716,7 +717,6 @@ fn remote_config(p: &Params) -> Result<u64, String> {
         (2, good, 2, false),
     ];
     let mut applied = None;
-    let mut conn = conn;
     let hostile = s.hostile;
     for (version, config, want_latest, want_error) in pushes {
         // On a hostile network the connection may die before the answer: the push is made
@@ -741,6 +741,10 @@ fn remote_config(p: &Params) -> Result<u64, String> {
                         }
                         decided = Some(());
                     }
+                    // The end of a push made on a connection that died before: not this one's.
+                    Some(Happening::Edge(edge::Event::ConfigurationResult {
+                        conn: on, ..
+                    })) if hostile && on != conn => {}
                     // The edge may see the connection close first.
                     Some(Happening::Edge(edge::Event::ConfigurationResult {
                         outcome: RpcCallOutcome::ConnectionClosed,

@@ -351,6 +351,11 @@ const REGRESSIONS_AT: &[(&str, u64, f64, &str)] = &[(
     20_001,
     0.4,
     "an HTTP/2 dial whose TCP connect never completed waited 127 s of SYN retries: the 15 s handshake deadline was hidden behind the unsent ClientHello",
+), (
+    "remote-config",
+    22_065,
+    0.4,
+    "the connection died before its local configuration landed: the pushes go to the connection that sent it",
 )];
 
 #[test]
