@@ -270,3 +270,101 @@ fn ping_through_icmp_mapping() {
         "ping sockets were refused"
     );
 }
+
+/// A v3 session whose client keeps sending while nothing comes back (the origin answers only
+/// packets that ask for it): the edge registers it again every quarter of the connector's idle
+/// hint (`--udp-idle-timeout 2s`: a 12 s hint, every 3 s). The connector takes each as a retry
+/// of the flow it holds (`udp_retry_flow_responses`), not a new flow: one origin socket, one
+/// flow, and the session still answers. The same of stock cloudflared when `BURROW_CLOUDFLARED`
+/// is set.
+#[test]
+fn a_client_sending_into_silence_keeps_its_one_flow_through_repeated_registrations() {
+    let bed = Testbed::create(
+        std::path::Path::new(BIN),
+        "e2e-udp-refresh",
+        "app",
+        &["app.test"],
+    )
+    .expect("tunnel");
+    let map = testbed::free_udp().expect("port");
+    let mut eo = EdgeOpts::loopback().expect("ports");
+    eo.extra = vec!["--udp-idle-timeout".into(), "2s".into()];
+    let stock = std::env::var_os("BURROW_CLOUDFLARED");
+    for cloudflared in std::iter::once(None).chain(stock.map(Some)) {
+        let (origin, sources) = udp_answering_when_asked();
+        eo.udp_maps = vec![format!("{map}=app:{origin}")];
+        let _edge = bed.edge(&eo).expect("edge");
+        let metrics = testbed::free_tcp().expect("port");
+        let co = ConnectorOpts {
+            edge: eo.quic,
+            metrics,
+            ingress: vec![(None, "http_status:404".into())],
+            ha_connections: 1,
+            extra: Vec::new(),
+            config_extra: String::new(),
+        };
+        let (name, mut connector) = match &cloudflared {
+            None => ("burrow", bed.connector(&co).expect("connector")),
+            Some(cfd) => (
+                "cloudflared",
+                bed.cloudflared(std::path::Path::new(cfd), &co)
+                    .expect("cloudflared"),
+            ),
+        };
+        testbed::wait_ready(&mut connector, metrics, 1, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}\n{name}: {}", connector.log_tail(4000)));
+        let sock = UdpSocket::bind("127.0.0.1:0").expect("client");
+        sock.connect(map).expect("connect");
+        // 8 s of packets the origin does not answer, every 400 ms (the edge's 2 s idle timer
+        // never fires), then one it answers.
+        for i in 0..20 {
+            sock.send(format!("quiet {i}").as_bytes()).expect("send");
+            std::thread::sleep(Duration::from_millis(400));
+        }
+        sock.set_read_timeout(Some(Duration::from_millis(700)))
+            .expect("timeout");
+        let mut buf = [0u8; 64];
+        let answered = (0..3).any(|_| {
+            sock.send(b"echo").expect("send");
+            sock.recv(&mut buf).is_ok_and(|n| &buf[..n] == b"echo")
+        });
+        let text = metrics_text(metrics);
+        assert!(answered, "{name}: the session answers\n{text}");
+        assert_eq!(
+            summed(&text, "cloudflared_udp_total_flows"),
+            1.0,
+            "{name}: one flow\n{text}"
+        );
+        assert!(
+            summed(&text, "cloudflared_udp_retry_flow_responses") >= 2.0,
+            "{name}: the repeated registrations were retries of that flow\n{text}"
+        );
+        assert_eq!(
+            sources.lock().expect("sources").len(),
+            1,
+            "{name}: one origin socket"
+        );
+    }
+}
+
+/// A UDP origin that answers only packets starting with `echo`, and the source addresses it
+/// heard from.
+fn udp_answering_when_asked() -> (
+    SocketAddr,
+    std::sync::Arc<std::sync::Mutex<std::collections::BTreeSet<SocketAddr>>>,
+) {
+    let s = UdpSocket::bind("127.0.0.1:0").expect("bind origin");
+    let addr = s.local_addr().expect("addr");
+    let sources = std::sync::Arc::new(std::sync::Mutex::new(std::collections::BTreeSet::new()));
+    let seen = sources.clone();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            seen.lock().expect("sources").insert(from);
+            if buf[..n].starts_with(b"echo") {
+                let _ = s.send_to(&buf[..n], from);
+            }
+        }
+    });
+    (addr, sources)
+}
