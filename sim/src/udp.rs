@@ -45,6 +45,8 @@ pub struct OriginStats {
     pub echoes_queued: u64,
     /// Of those, refused (by the manager, by reason, or by quinn).
     pub echoes_refused: u64,
+    /// Echoes due on a socket the connector closed after the payload went out: never read.
+    pub echoes_unread: u64,
     /// Origin sockets opened.
     pub sockets_opened: u64,
     /// Origin sockets closed.
@@ -286,7 +288,9 @@ impl OriginNet {
             }
             let Reverse((_, _, who, flow, payload)) = self.echoes.pop()?;
             if !self.sockets.contains_key(&(who, flow)) {
-                continue; // closed meanwhile: the read never happens
+                // Closed meanwhile: the read never happens.
+                self.stats.echoes_unread += 1;
+                continue;
             }
             self.stats.from_origin += 1;
             self.last_io.insert((who, flow), now);

@@ -405,9 +405,14 @@ pub(super) fn account_clients(
         &format!("every payload received is forwarded or counted ({line})"),
         w,
     )?;
+    // On a hostile network a session may end with its connection (v2) right after a payload
+    // went out: its echo, due on a closed socket, is never read.
     expect(
-        o.to_origin == o.from_origin,
-        &format!("every forwarded payload is echoed ({line})"),
+        o.to_origin == o.from_origin + o.echoes_unread && (s.hostile || o.echoes_unread == 0),
+        &format!(
+            "every forwarded payload is echoed ({line}; {} due on a closed socket)",
+            o.echoes_unread
+        ),
         w,
     )?;
     expect(
