@@ -390,7 +390,11 @@ fn a_session_sending_into_silence_is_registered_again() {
         ..EdgeSessionsConfig::default()
     });
     let refresh = t.e.refresh_after();
-    assert_eq!(refresh, Duration::from_millis(17_500), "a quarter of the 70 s hint");
+    assert_eq!(
+        refresh,
+        Duration::from_millis(17_500),
+        "a quarter of the 70 s hint"
+    );
     t.e.handle_client(t.now, t.udp, client(1), b"q").unwrap();
     let id = registration(&t.out()[0].1).request_id;
     t.respond(A, id, v3::ResponseCode::Ok);
@@ -408,7 +412,11 @@ fn a_session_sending_into_silence_is_registered_again() {
         t.e.handle_client(t.now, t.udp, client(1), b"q").unwrap();
         sent_again.extend(registrations(&t.out()));
     }
-    assert_eq!(sent_again, [(A, id), (A, id)], "due at 17.5 s and 37.5 s, run at 20 and 40");
+    assert_eq!(
+        sent_again,
+        [(A, id), (A, id)],
+        "due at 17.5 s and 37.5 s, run at 20 and 40"
+    );
     assert_eq!(t.e.stats().refreshes, 2);
     // The answer to a refresh is no new registration, and puts the next one off.
     t.respond(A, id, v3::ResponseCode::Ok);
