@@ -74,6 +74,8 @@ pub struct OriginNet {
     stats: OriginStats,
     /// When each open socket last carried a payload either way (or opened).
     last_io: HashMap<(usize, UdpFlowId), VirtualTime>,
+    /// When a ping socket last sent a request or read a reply.
+    last_ping: Option<VirtualTime>,
     /// For every socket closed: how long it had been quiet.
     quiet_at_close: Vec<(UdpFlowId, Duration)>,
     /// For every socket closed: its connector, its destination and when it closed.
@@ -92,6 +94,7 @@ impl Default for OriginNet {
             order: 0,
             stats: OriginStats::default(),
             last_io: HashMap::new(),
+            last_ping: None,
             quiet_at_close: Vec::new(),
             closed: Vec::new(),
             buf: BytesMut::with_capacity(64 * 1024),
@@ -182,6 +185,11 @@ impl OriginNet {
         }
     }
 
+    /// When a ping socket last sent a request or read a reply.
+    pub fn last_ping(&self) -> Option<VirtualTime> {
+        self.last_ping
+    }
+
     /// Open ping sockets.
     pub fn funnels(&self) -> usize {
         self.pings.len()
@@ -243,6 +251,7 @@ impl OriginNet {
             return;
         };
         self.stats.pings += 1;
+        self.last_ping = Some(now);
         // The origin network answers echo requests to 10/8 and fd00::/8 hosts.
         let reachable = match dst {
             IpAddr::V4(a) => a.octets()[0] == 10 && a.octets()[..2] != UNREACHABLE,
@@ -303,6 +312,7 @@ impl OriginNet {
             let Reverse((_, _, who, funnel, from, message)) = self.ping_replies.pop()?;
             if self.pings.contains_key(&(who, funnel)) {
                 self.stats.ping_replies += 1;
+                self.last_ping = Some(now);
                 return Some(Read::Ping(who, funnel, from, message));
             }
         }

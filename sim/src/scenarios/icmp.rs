@@ -251,9 +251,15 @@ pub(super) fn icmp_traceroute(p: &Params) -> Result<u64, String> {
         &format!("one funnel per (src, dst, id): {funnels}"),
         w,
     )?;
-    // Quiet for longer than the funnel idle timeout: every ping socket closes.
-    let quiet = s.world.after(Duration::from_secs(12));
-    s.world.run_ticking(quiet, |w, _| Ok(w.now >= quiet))?;
+    // Quiet for longer than the funnel idle timeout: every ping socket closes. The quiet runs
+    // from the last ping socket traffic: a probe sent again may reach the connector late,
+    // queued behind a lossy path's window.
+    let limit = s.world.after(Duration::from_secs(60));
+    s.world.run_ticking(limit, |w, _| {
+        Ok(w.udp
+            .last_ping()
+            .is_none_or(|t| w.now.since_start() >= t.since_start() + Duration::from_secs(12)))
+    })?;
     let w = &s.world;
     expect(
         w.connectors[c].hub().icmp.funnels() == 0 && w.udp.funnels() == 0,
