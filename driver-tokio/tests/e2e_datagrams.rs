@@ -160,23 +160,39 @@ fn udp_echo_through_v2_sessions_counts_v2_session_metrics() {
     }
     if let Some(cfd) = std::env::var_os("BURROW_CLOUDFLARED") {
         let _edge = bed.edge(&eo).expect("edge");
-        let metrics = testbed::free_tcp().expect("port");
-        let co = ConnectorOpts {
-            edge: eo.quic,
-            metrics,
-            ingress: vec![(None, "http_status:404".into())],
-            // cloudflared opens one connection per edge address.
-            ha_connections: 1,
-            extra: v2.iter().map(|s| (*s).to_owned()).collect(),
-            config_extra: String::new(),
-        };
-        let mut c = bed
-            .cloudflared(std::path::Path::new(&cfd), &co)
-            .expect("cloudflared");
-        testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("{e}\ncloudflared: {}", c.log_tail(4000)));
+        let (c, metrics) = one_connection(&bed, &eo, Some(&cfd), &v2);
         check_v2_sessions("cloudflared", map, metrics, &c);
     }
+}
+
+/// burrow, or stock cloudflared at `cfd` (which opens one connection per edge address), with
+/// one HA connection to `eo`'s edge, registered; and its metrics address.
+fn one_connection(
+    bed: &Testbed,
+    eo: &EdgeOpts,
+    cfd: Option<&std::ffi::OsStr>,
+    extra: &[&str],
+) -> (Proc, SocketAddr) {
+    let metrics = testbed::free_tcp().expect("port");
+    let co = ConnectorOpts {
+        edge: eo.quic,
+        metrics,
+        ingress: vec![(None, "http_status:404".into())],
+        ha_connections: 1,
+        extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+        config_extra: String::new(),
+    };
+    let (name, mut c) = match cfd {
+        None => ("burrow", bed.connector(&co).expect("connector")),
+        Some(cfd) => (
+            "cloudflared",
+            bed.cloudflared(std::path::Path::new(cfd), &co)
+                .expect("cloudflared"),
+        ),
+    };
+    testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("{e}\n{name}: {}", c.log_tail(4000)));
+    (c, metrics)
 }
 
 /// Four UDP clients through `map` to a connector speaking datagram v2 (`metrics`): the v2
@@ -294,25 +310,12 @@ fn a_client_sending_into_silence_keeps_its_one_flow_through_repeated_registratio
         let (origin, sources) = udp_answering_when_asked();
         eo.udp_maps = vec![format!("{map}=app:{origin}")];
         let _edge = bed.edge(&eo).expect("edge");
-        let metrics = testbed::free_tcp().expect("port");
-        let co = ConnectorOpts {
-            edge: eo.quic,
-            metrics,
-            ingress: vec![(None, "http_status:404".into())],
-            ha_connections: 1,
-            extra: Vec::new(),
-            config_extra: String::new(),
+        let (_connector, metrics) = one_connection(&bed, &eo, cloudflared.as_deref(), &[]);
+        let name = if cloudflared.is_some() {
+            "cloudflared"
+        } else {
+            "burrow"
         };
-        let (name, mut connector) = match &cloudflared {
-            None => ("burrow", bed.connector(&co).expect("connector")),
-            Some(cfd) => (
-                "cloudflared",
-                bed.cloudflared(std::path::Path::new(cfd), &co)
-                    .expect("cloudflared"),
-            ),
-        };
-        testbed::wait_ready(&mut connector, metrics, 1, Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("{e}\n{name}: {}", connector.log_tail(4000)));
         let sock = UdpSocket::bind("127.0.0.1:0").expect("client");
         sock.connect(map).expect("connect");
         // 8 s of packets the origin does not answer, every 400 ms (the edge's 2 s idle timer
