@@ -327,11 +327,6 @@ const REGRESSIONS_AT: &[(&str, u64, f64, &str)] = &[(
     0.4,
     "the connection died during a push: the push is made again on the next connection",
 ), (
-    "udp-blocked",
-    15_001,
-    0.5,
-    "the switch back to QUIC ended with a batch of requests in flight: it runs to its end",
-), (
     "udp-migration",
     16_075,
     0.4,
