@@ -1199,7 +1199,8 @@ impl EdgeSessions {
     }
 
     /// How long a registered v3 session's client may send with nothing coming back from the
-    /// tunnel before its registration is sent again: half the connector's idle timeout. v3 has
+    /// tunnel before its registration is sent again: a quarter of the connector's idle timeout
+    /// (the hint), so a few refreshes may be lost before that timer runs out. v3 has
     /// no close, so a connector that idled a session out (every payload to it refused or lost
     /// on an overloaded connection, or an origin that never answers) drops the client's later
     /// payloads unseen; a repeated registration restarts its timer, or opens the flow again,
@@ -1224,14 +1225,13 @@ impl EdgeSessions {
         s.tunnel_seen = now;
         let due = s.deadline(timers);
         self.deadlines.push(Reverse((due, id)));
-        let Some(conn) = s.conn.filter(|_| !quiet_client) else {
+        let (Some(conn), dest) = (s.conn.filter(|_| !quiet_client), s.dest) else {
             return;
         };
         // v2 needs none: its connector unregisters a session it idles out.
         if self.version(conn) != Some(DatagramVersion::V3) {
             return;
         }
-        let dest = self.sessions[&id].dest;
         let datagram = self.frame_registration(id, dest, &[]);
         debug!(flow_id = %id, conn = conn.0, "nothing back from the tunnel; registering again");
         self.stats.refreshes += 1;
