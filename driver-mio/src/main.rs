@@ -37,11 +37,11 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse_from(cloudflared_argv(std::env::args_os().collect()));
-    let args = match cli.command {
+    let mut args = match cli.command {
         Command::Tunnel(args) => args,
         Command::Service(args) => return burrow_os::service::main(args),
     };
-    let (loaded, settings) = match start(&args) {
+    let (loaded, settings) = match start(&mut args) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("error: {e}");

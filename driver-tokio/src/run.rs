@@ -20,8 +20,8 @@ use crate::metrics::{self, Metrics};
 const ORIGIN_WORKERS_FROM_CPUS: usize = 2;
 
 /// Entry point of `burrow tunnel`.
-pub fn main(args: TunnelArgs) -> ExitCode {
-    let (loaded, settings) = match start(&args) {
+pub fn main(mut args: TunnelArgs) -> ExitCode {
+    let (loaded, settings) = match start(&mut args) {
         Ok(x) => x,
         Err(e) => {
             eprintln!("error: {e}");

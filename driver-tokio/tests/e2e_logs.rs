@@ -136,3 +136,69 @@ fn debug_duration(d: &str) -> Option<Duration> {
     };
     Some(Duration::from_secs_f64(secs))
 }
+
+/// `--output`'s two variables, as cloudflared 2026.8.2 reads them (checked against it): the
+/// first set of `TUNNEL_MANAGEMENT_OUTPUT`, `TUNNEL_LOG_OUTPUT` wins.
+#[test]
+fn the_log_format_comes_from_the_first_of_its_two_variables() {
+    use std::io::BufRead;
+    let dir = std::env::temp_dir().join(format!("burrow-e2e-output-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let creds = dir.join("creds.json");
+    std::fs::write(
+        &creds,
+        r#"{"AccountTag":"acc","TunnelSecret":"AQIDBAUGBwgJCgsMDQ4PEBESExQVFhcYGRobHB0eHyA=","TunnelID":"11111111-2222-3333-4444-555555555555"}"#,
+    )
+    .expect("creds");
+    let first_line = |vars: &[(&str, &str)]| {
+        let mut cmd = Command::new(BIN);
+        cmd.args([
+            "tunnel",
+            "--edge",
+            "127.0.0.1:9",
+            "--metrics",
+            "127.0.0.1:0",
+            "run",
+        ])
+        .args(["--url", "http://127.0.0.1:9", "--credentials-file"])
+        .arg(&creds)
+        .arg("11111111-2222-3333-4444-555555555555")
+        .env_remove("TUNNEL_MANAGEMENT_OUTPUT")
+        .env_remove("TUNNEL_LOG_OUTPUT")
+        .envs(vars.iter().copied())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn");
+        let mut line = String::new();
+        let read =
+            std::io::BufReader::new(child.stderr.take().expect("stderr")).read_line(&mut line);
+        let _ = child.kill();
+        let _ = child.wait();
+        read.expect("a log line");
+        line
+    };
+    let json = |line: &str| serde_json::from_str::<serde_json::Value>(line).is_ok();
+    for (vars, want_json) in [
+        (&[("TUNNEL_LOG_OUTPUT", "json")][..], true),
+        (&[("TUNNEL_MANAGEMENT_OUTPUT", "json")][..], true),
+        (
+            &[
+                ("TUNNEL_MANAGEMENT_OUTPUT", "json"),
+                ("TUNNEL_LOG_OUTPUT", "default"),
+            ][..],
+            true,
+        ),
+        (
+            &[
+                ("TUNNEL_MANAGEMENT_OUTPUT", "default"),
+                ("TUNNEL_LOG_OUTPUT", "json"),
+            ][..],
+            false,
+        ),
+        (&[][..], false),
+    ] {
+        let line = first_line(vars);
+        assert_eq!(json(&line), want_json, "{vars:?}: {line}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}

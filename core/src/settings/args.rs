@@ -65,7 +65,8 @@ pub struct CommonArgs {
     #[arg(long, global = true, env = "TUNNEL_LOGDIRECTORY")]
     pub log_directory: Option<String>,
     /// Log format on stderr: `default` (text lines) or `json` (cloudflared's JSON lines).
-    #[arg(long, global = true, env = "TUNNEL_LOG_OUTPUT")]
+    /// Also read from `TUNNEL_LOG_OUTPUT` when this variable is unset.
+    #[arg(long, global = true, env = "TUNNEL_MANAGEMENT_OUTPUT")]
     pub output: Option<String>,
     /// Maximum retries for connection errors: the backoff's exponent cap (at most 2^N s
     /// between tries) and, with `--protocol auto`, when a connection falls back to HTTP/2
@@ -87,6 +88,18 @@ pub struct CommonArgs {
     /// cloudflared flags burrow cannot honour: `tunnel run` stops, naming why.
     #[command(flatten)]
     pub refused: super::refused::RefusedArgs,
+}
+
+impl CommonArgs {
+    /// Completes the flags cloudflared also reads from a second environment variable (clap
+    /// reads one): urfave/cli takes the first of a flag's variables that is set, so the second
+    /// counts only when neither the flag nor the first is given.
+    pub fn read_later_env(&mut self, host: &dyn super::Host) {
+        if self.output.is_none() {
+            self.output = host.var("TUNNEL_LOG_OUTPUT");
+        }
+        self.ignored.read_later_env(host);
+    }
 }
 
 /// cloudflared's app-level flags are its `tunnel` flags, so they may come before `tunnel`:

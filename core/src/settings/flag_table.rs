@@ -33,6 +33,9 @@ pub(super) struct Flag {
     pub takes: Takes,
     /// Its environment variable, if cloudflared reads one.
     env: Option<&'static str>,
+    /// A second variable cloudflared reads when the first is unset; clap reads one, so
+    /// [`Flag::later_env`] is read by the caller.
+    pub later_env: Option<&'static str>,
     /// cloudflared's other name for it.
     alias: Option<&'static str>,
 }
@@ -64,6 +67,7 @@ impl Flag {
             id,
             takes,
             env: None,
+            later_env: None,
             alias: None,
         }
     }
@@ -72,6 +76,14 @@ impl Flag {
     pub const fn env(self, var: &'static str) -> Self {
         Self {
             env: Some(var),
+            ..self
+        }
+    }
+
+    /// Also read from `var` when neither the flag nor its first variable is given.
+    pub const fn or_env(self, var: &'static str) -> Self {
+        Self {
+            later_env: Some(var),
             ..self
         }
     }

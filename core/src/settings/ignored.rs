@@ -25,7 +25,8 @@ pub(super) const IGNORED: &[Flag] = &[
     Flag::value("dial-edge-timeout", "DIAL_EDGE_TIMEOUT").env("DIAL_EDGE_TIMEOUT"),
     Flag::value("transport-loglevel", "TRANSPORT_LOGLEVEL")
         .alias("proto-loglevel")
-        .env("TUNNEL_TRANSPORT_LOGLEVEL"),
+        .env("TUNNEL_PROTO_LOGLEVEL")
+        .or_env("TUNNEL_TRANSPORT_LOGLEVEL"),
     Flag::switch("use-reconnect-token", "USE_RECONNECT_TOKEN").env("TUNNEL_USE_RECONNECT_TOKEN"),
     Flag::switch("ui", "UI"),
     Flag::switch("management-diagnostics", "MANAGEMENT_DIAGNOSTICS")
@@ -82,6 +83,24 @@ impl IgnoredArgs {
     pub fn configuration_flag(&self, name: &str) -> Option<Option<String>> {
         let (_, value) = self.given.iter().find(|(flag, _)| flag.long == name)?;
         Some(value.clone())
+    }
+
+    /// Adds the flags not given that cloudflared also reads from a second variable, set in
+    /// `host`'s environment (the only such flag takes a value), in `IGNORED`'s order.
+    pub fn read_later_env(&mut self, host: &dyn super::Host) {
+        for flag in IGNORED {
+            let Some(var) = flag.later_env.filter(|_| flag.takes == Takes::Value) else {
+                continue;
+            };
+            if self.given.iter().any(|(f, _)| std::ptr::eq(*f, flag)) {
+                continue;
+            }
+            if let Some(value) = host.var(var) {
+                self.given.push((flag, Some(value)));
+            }
+        }
+        self.given
+            .sort_by_key(|(f, _)| IGNORED.iter().position(|g| std::ptr::eq(g, *f)));
     }
 
     /// The flags given (on the command line or through their environment variable).

@@ -41,6 +41,8 @@ pub trait Host {
     fn is_file(&self, path: &str) -> bool;
     /// `$HOME` (empty when unset).
     fn home(&self) -> String;
+    /// Environment variable `name`, if set and not empty.
+    fn var(&self, name: &str) -> Option<String>;
 }
 
 /// `tunnel run`'s settings: each from its flag or environment variable, else config.yml's key
@@ -292,10 +294,15 @@ pub struct LoadedConfig {
     pub file: ConfigFile,
 }
 
-/// How `tunnel run` starts in either driver: config.yml read (it may set the log level, so
-/// before logging starts), settings merged and checked. The driver then sets up logging and
+/// How `tunnel run` starts in either driver: the flags cloudflared reads from a second
+/// environment variable completed from it (see [`CommonArgs::read_later_env`]), config.yml
+/// read (it may set the log level, so before logging starts), settings merged and checked. The driver then sets up logging and
 /// calls [`note_ignored`]. An error here goes to stderr only.
-pub fn start(args: &TunnelArgs, host: &dyn Host) -> Result<(LoadedConfig, Settings), SetupError> {
+pub fn start(
+    args: &mut TunnelArgs,
+    host: &dyn Host,
+) -> Result<(LoadedConfig, Settings), SetupError> {
+    args.common.read_later_env(host);
     let TunnelCommand::Run(run) = &args.command;
     if let Some(refused) = args.common.refused.given() {
         return Err(refused.into());

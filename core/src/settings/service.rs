@@ -529,6 +529,9 @@ mod tests {
         fn home(&self) -> String {
             String::new()
         }
+        fn var(&self, _: &str) -> Option<String> {
+            None
+        }
     }
 
     fn args(openrc_run: Option<&str>) -> ServiceArgs {

@@ -447,6 +447,13 @@ impl Host for MapHost {
     fn home(&self) -> String {
         "/home/u".into()
     }
+    /// Variables are the map's `$NAME` keys.
+    fn var(&self, name: &str) -> Option<String> {
+        self.0
+            .iter()
+            .find(|(k, _)| k.strip_prefix('$') == Some(name))
+            .map(|(_, v)| (*v).to_owned())
+    }
 }
 
 const ID: &str = "11111111-2222-3333-4444-555555555555";
@@ -607,7 +614,7 @@ fn flags_burrow_cannot_honour_stop_it_with_the_reason() {
             "dns-resolver-addrs",
         ),
     ] {
-        match start(&tunnel_args(args), &host) {
+        match start(&mut tunnel_args(args), &host) {
             Err(SetupError::Refused(r)) => {
                 assert_eq!(r.flag, flag);
                 let text = r.to_string();
@@ -695,6 +702,52 @@ fn every_ignored_flag_is_taken_and_named_with_its_value() {
     assert!(tunnel_args(&["run"]).common.ignored.given().is_empty());
 }
 
+/// `--output` and `--transport-loglevel` are also read from a second variable, as urfave/cli
+/// reads a flag's variables: the first set wins, so the second counts only when neither the
+/// flag nor the first (which clap reads) is given.
+#[test]
+fn a_second_environment_variable_counts_when_the_flag_is_not_given() {
+    let host = MapHost(HashMap::from([
+        ("$TUNNEL_LOG_OUTPUT", "json"),
+        ("$TUNNEL_TRANSPORT_LOGLEVEL", "debug"),
+    ]));
+    let started = |args: &[&str]| {
+        let mut t = tunnel_args(args);
+        let (_, s) = start(&mut t, &host).expect("starts");
+        (s, t.common.ignored.given())
+    };
+    let (s, ignored) = started(&["run", "--url", "http://x"]);
+    assert_eq!(s.log_format, LogFormat::Json);
+    assert_eq!(
+        s.configuration_flags
+            .get("transport-loglevel")
+            .map(String::as_str),
+        Some("debug")
+    );
+    assert_eq!(ignored, ["transport-loglevel"]);
+    let (s, _) = started(&[
+        "--output",
+        "default",
+        "--proto-loglevel",
+        "warn",
+        "run",
+        "--url",
+        "http://x",
+    ]);
+    assert_eq!(s.log_format, LogFormat::Text);
+    assert_eq!(
+        s.configuration_flags
+            .get("transport-loglevel")
+            .map(String::as_str),
+        Some("warn")
+    );
+    let quiet = MapHost(HashMap::new());
+    let mut t = tunnel_args(&["run", "--url", "http://x"]);
+    let (_, s) = start(&mut t, &quiet).expect("starts");
+    assert_eq!(s.log_format, LogFormat::Text);
+    assert!(!s.configuration_flags.contains_key("transport-loglevel"));
+}
+
 /// Every flag of the refused table stops `tunnel run` naming itself, either spelling.
 #[test]
 fn every_refused_flag_stops_run_naming_itself() {
@@ -713,7 +766,7 @@ fn every_refused_flag_stops_run_naming_itself() {
             }
         };
         for args in spellings {
-            match start(&tunnel_args(&args), &host) {
+            match start(&mut tunnel_args(&args), &host) {
                 Err(SetupError::Refused(r)) => {
                     assert_eq!(
                         r,
@@ -1036,11 +1089,11 @@ fn switches_mean_what_cloudflared_reads_from_them() {
     assert_eq!(flag(&["run"], "no-autoupdate: false\n"), None);
     // A refused switch off asks for nothing burrow lacks, unless read by presence.
     let host = MapHost(HashMap::new());
-    let args = tunnel_args(&["--quic-disable-pmtu-discovery=false", "run"]);
-    assert!(start(&args, &host).is_ok());
-    let args = tunnel_args(&["--stdin-control=false", "run"]);
+    let mut args = tunnel_args(&["--quic-disable-pmtu-discovery=false", "run"]);
+    assert!(start(&mut args, &host).is_ok());
+    let mut args = tunnel_args(&["--stdin-control=false", "run"]);
     assert!(matches!(
-        start(&args, &host),
+        start(&mut args, &host),
         Err(SetupError::Refused(RefusedFlag {
             flag: "stdin-control",
             ..
@@ -1078,8 +1131,8 @@ proptest::proptest! {
         let mut argv = vec!["burrow".to_owned()];
         argv.extend(words);
         let argv = cloudflared_argv(argv.into_iter().map(Into::into).collect());
-        if let Ok(Cli { command: Top::Tunnel(t) }) = Cli::try_parse_from(argv) {
-            let _ = start(&t, &MapHost(HashMap::new()));
+        if let Ok(Cli { command: Top::Tunnel(mut t) }) = Cli::try_parse_from(argv) {
+            let _ = start(&mut t, &MapHost(HashMap::new()));
         }
     }
 }

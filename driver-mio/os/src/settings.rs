@@ -28,11 +28,14 @@ impl Host for OsHost {
     fn home(&self) -> String {
         std::env::var("HOME").unwrap_or_default()
     }
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
 }
 
 /// How `tunnel run` starts in either driver: core's settings read and merged, logging set up
 /// as they say, then the flags and keys burrow does not act on named once at debug level.
-pub fn start(args: &TunnelArgs) -> Result<(LoadedConfig, Settings), SetupError> {
+pub fn start(args: &mut TunnelArgs) -> Result<(LoadedConfig, Settings), SetupError> {
     let (loaded, settings) = settings::start(args, &OsHost)?;
     init_logging_as(
         &settings.loglevel,
