@@ -148,3 +148,22 @@ fn access_protected_rules_refuse_unless_the_token_verifies() {
         .unwrap_or_else(|e| panic!("{e}\nburrow-mio: {}", c.log_tail(4000)));
     check_access(eo.http, &origin_hits, &key_hits, &|| c.log_tail(4000));
 }
+
+/// `matchSNItoHost`, `originServerName`, `caPool` and `tcpKeepAlive` on HTTPS origins, by the
+/// checks burrow-tokio's `e2e_origin_tls.rs` runs (`common::origin_tls`).
+#[test]
+fn origin_tls_names_ca_pool_and_tcp_keep_alive() {
+    use common::origin_tls::{check_names, names_ingress, tls_origin};
+    let (origin, pem) = tls_origin(&["named.internal", "sni.test"]);
+    let dir = std::env::temp_dir().join(format!("burrow-mio-origin-ca-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let ca = dir.join("origin-ca.pem");
+    std::fs::write(&ca, &pem).expect("ca");
+    let (_bed, _edge, _c, eo) = start(
+        "e2e-mio-origin-tls",
+        &["sni.test", "pool.test", "any.test"],
+        &names_ingress(origin, &ca.to_string_lossy()),
+    );
+    check_names(eo.http, origin.port());
+    let _ = std::fs::remove_dir_all(&dir);
+}

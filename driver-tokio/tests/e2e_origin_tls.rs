@@ -4,121 +4,20 @@
 //! origin socket, and per-rule `keepAliveConnections` and `keepAliveTimeout` (sockets read from
 //! /proc/net/tcp).
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::io::{Read, Write};
+use std::net::TcpStream;
 use std::path::Path;
 use std::process::Command;
-use std::sync::Arc;
 use std::thread;
 use std::time::Duration;
 
 use burrow_tokio::testbed::{self, EdgeOpts, Proc, Testbed};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 
 mod common;
 
+use common::origin_tls::{check_names, get, names_ingress, timers_to, tls_origin};
+
 const BIN: &str = env!("CARGO_BIN_EXE_burrow");
-
-/// An HTTPS origin whose certificate names `names`; it answers every request with the SNI it
-/// was offered. Returns its address and its certificate (PEM).
-fn tls_origin(names: &[&str]) -> (SocketAddr, String) {
-    let ck = rcgen::generate_simple_self_signed(
-        names.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
-    )
-    .unwrap();
-    let pem = ck.cert.pem();
-    let key = PrivateKeyDer::from(PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()));
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = Arc::new(
-        rustls::ServerConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(vec![ck.cert.der().clone()], key)
-            .unwrap(),
-    );
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    thread::spawn(move || {
-        for s in l.incoming().flatten() {
-            let config = config.clone();
-            thread::spawn(move || {
-                let conn = rustls::ServerConnection::new(config).unwrap();
-                let mut tls = rustls::StreamOwned::new(conn, s);
-                loop {
-                    let mut head = Vec::new();
-                    let mut line = String::new();
-                    {
-                        let mut r = BufReader::new(&mut tls);
-                        loop {
-                            line.clear();
-                            if r.read_line(&mut line).unwrap_or(0) == 0 {
-                                return;
-                            }
-                            if line == "\r\n" {
-                                break;
-                            }
-                            head.push(line.clone());
-                        }
-                    }
-                    let sni = tls.conn.server_name().unwrap_or("(none)").to_owned();
-                    let body = format!("sni={sni}");
-                    if write!(
-                        tls,
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{body}",
-                        body.len()
-                    )
-                    .is_err()
-                    {
-                        return;
-                    }
-                    let _ = tls.flush();
-                }
-            });
-        }
-    });
-    (addr, pem)
-}
-
-fn get(http: SocketAddr, host: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(http).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    write!(
-        s,
-        "GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut out = String::new();
-    let _ = s.read_to_string(&mut out);
-    let status = common::client::status_of(&out);
-    (
-        status,
-        out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned(),
-    )
-}
-
-/// The keep-alive timer of the loopback TCP sockets connected to `port` (remote side), in
-/// seconds, from /proc/net/tcp: (timer kind, seconds left). Kind 2 is keep-alive.
-fn timers_to(port: u16) -> Vec<(u32, f64)> {
-    let text = std::fs::read_to_string("/proc/net/tcp").unwrap();
-    let hz = 100.0; // USER_HZ, what /proc reports jiffies in
-    text.lines()
-        .skip(1)
-        .filter_map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            let rem_port = u16::from_str_radix(f.get(2)?.split(':').nth(1)?, 16).ok()?;
-            let st = f.get(3)?;
-            if rem_port != port || *st != "01" {
-                return None;
-            }
-            let (kind, when) = f.get(5)?.split_once(':')?;
-            Some((
-                u32::from_str_radix(kind, 16).ok()?,
-                u64::from_str_radix(when, 16).ok()? as f64 / hz,
-            ))
-        })
-        .collect()
-}
 
 #[test]
 fn origin_tls_names_ca_pool_and_tcp_keep_alive() {
@@ -134,61 +33,10 @@ fn origin_tls_names_ca_pool_and_tcp_keep_alive() {
     std::fs::write(&ca, &pem).unwrap();
     let eo = EdgeOpts::loopback().expect("ports");
     let _edge = bed.edge(&eo).expect("edge");
-    let metrics = testbed::free_tcp().expect("port");
-    let q = |s: &str| serde_json::Value::from(s).to_string();
-    let config = bed.dir().join("config.yml");
-    std::fs::write(
-        &config,
-        format!(
-            "tunnel: {id}\ncredentials-file: {creds}\ningress:\n\
-             - hostname: sni.test\n  service: https://{origin}\n  originRequest:\n    matchSNItoHost: true\n    caPool: {ca}\n    tcpKeepAlive: 7s\n\
-             - hostname: pool.test\n  service: https://{origin}\n  originRequest:\n    originServerName: named.internal\n    caPool: {ca}\n\
-             - service: https://{origin}\n  originRequest:\n    originServerName: named.internal\n",
-            id = q(&bed.id),
-            creds = q(&bed.credentials().to_string_lossy()),
-            ca = q(&ca.to_string_lossy()),
-        ),
-    )
-    .unwrap();
-    let mut cmd = Command::new(BIN);
-    cmd.args(["tunnel", "--config"])
-        .arg(&config)
-        .args(["--edge", &eo.quic.to_string(), "--cacert"])
-        .arg(bed.ca())
-        .args([
-            "--metrics",
-            &metrics.to_string(),
-            "--ha-connections",
-            "1",
-            "run",
-        ]);
-    let mut c =
-        Proc::spawn("burrow tunnel run", cmd, bed.dir().join("connector.log")).expect("connector");
-    testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
-        .unwrap_or_else(|e| panic!("{e}\nconnector: {}", c.log_tail(4000)));
-
-    assert_eq!(
-        get(eo.http, "sni.test"),
-        (200, "sni=sni.test".into()),
-        "matchSNItoHost: the Host is the name, verified by caPool"
-    );
-    assert_eq!(
-        get(eo.http, "pool.test"),
-        (200, "sni=named.internal".into()),
-        "originServerName, verified by caPool"
-    );
-    let (status, body) = get(eo.http, "any.test");
-    assert_eq!(
-        status, 502,
-        "a self-signed origin without caPool is not trusted: {body}"
-    );
-
-    // The sni.test connection idles in the pool with a 7 s keep-alive timer (default 30 s).
-    let ka = timers_to(origin.port());
-    assert!(
-        ka.iter().any(|&(kind, left)| kind == 2 && left <= 7.0),
-        "a keep-alive timer of at most 7 s on the origin socket: {ka:?}"
-    );
+    let (_c, _) = bed
+        .connector_with_ingress(eo.quic, &names_ingress(origin, &ca.to_string_lossy()), &[])
+        .expect("connector");
+    check_names(eo.http, origin.port());
 }
 
 /// Starts `burrow tunnel run` for `bed` with `args` after `run` (before the credentials) and
