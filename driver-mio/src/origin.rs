@@ -166,6 +166,10 @@ struct Flow {
     state: State,
     /// What it dials, for error messages.
     target: String,
+    /// The name's addresses not dialled yet, tried in order (last first) when the one being
+    /// dialled fails, as Go's dialer (cloudflared's) tries every address of a name: `localhost`
+    /// is often `::1` first, and an origin may listen on 127.0.0.1 alone.
+    untried: Vec<SocketAddr>,
     stream: Option<Stream>,
     tls: Option<Box<ClientConnection>>,
     /// The origin chose HTTP/2 (`http2Origin`): core's bridge owns the TLS session now.
@@ -292,6 +296,7 @@ impl Origins {
             token,
             state: State::Resolving,
             target: dest.clone(),
+            untried: Vec::new(),
             stream: None,
             tls: None,
             h2: None,
@@ -375,10 +380,21 @@ impl Origins {
             let socks = self.flows.get_mut(&key).and_then(|f| f.socks.as_mut());
             match socks {
                 Some(sx) if sx.phase == Phase::Resolving => {
-                    let step = sx.server.resolved(answer.ok().map(|a| a.ip()));
+                    let ip = answer.ok().and_then(|a| a.first().map(SocketAddr::ip));
+                    let step = sx.server.resolved(ip);
                     self.run_socks(key, step);
                 }
-                _ => self.connect(key, answer.map(Target::Addr)),
+                _ => {
+                    let first = answer.map(|mut addrs| {
+                        let first = addrs.remove(0);
+                        if let Some(f) = self.flows.get_mut(&key) {
+                            addrs.reverse();
+                            f.untried = addrs;
+                        }
+                        Target::Addr(first)
+                    });
+                    self.connect(key, first)
+                }
             }
         }
     }
@@ -537,6 +553,9 @@ impl Origins {
         let mut stream = match stream {
             Ok(s) => s,
             Err(e) => {
+                if let Some(next) = flow.untried.pop() {
+                    return self.connect(key, Ok(Target::Addr(next)));
+                }
                 let msg = format!("dial {scheme} {}: {e}", flow.target);
                 return self.fail(key, msg);
             }
@@ -638,6 +657,16 @@ impl Origins {
             key,
         );
         if let Err(e) = result {
+            if f.state == State::Connecting {
+                if let Some(next) = f.untried.pop() {
+                    debug!(target = %f.target, error = %e, %next, "origin address failed; dialling the next");
+                    if let Some(mut s) = f.stream.take() {
+                        let _ = self.registry.deregister(s.source());
+                    }
+                    f.state = State::Resolving;
+                    return self.connect(key, Ok(Target::Addr(next)));
+                }
+            }
             self.fail(key, e);
         }
     }

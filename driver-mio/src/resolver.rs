@@ -19,8 +19,12 @@ const IDLE: Duration = Duration::from_secs(60);
 /// A lookup: the caller's id and `host:port`.
 type Job = (u64, String);
 
-/// A lookup's answer: the id it was asked with, the first address or the error in words.
-pub type Answer = (u64, Result<SocketAddr, String>);
+/// Addresses of one name kept for dialling, in the resolver's order; the rest are dropped.
+pub const MAX_ADDRESSES: usize = 8;
+
+/// A lookup's answer: the id it was asked with, the addresses (at least one, at most
+/// [`MAX_ADDRESSES`], in the resolver's order) or the error in words.
+pub type Answer = (u64, Result<Vec<SocketAddr>, String>);
 
 /// The loop's side of the resolver thread.
 pub struct Resolver {
@@ -110,8 +114,8 @@ impl Resolver {
 fn serve(jobs: Receiver<Job>, answers: Sender<Answer>, waker: Arc<mio::Waker>) {
     while let Ok((id, host_port)) = jobs.recv() {
         let answer = match host_port.to_socket_addrs() {
-            Ok(mut addrs) => addrs
-                .next()
+            Ok(addrs) => Some(addrs.take(MAX_ADDRESSES).collect::<Vec<_>>())
+                .filter(|a| !a.is_empty())
                 .ok_or_else(|| format!("dial tcp {host_port}: no address")),
             Err(e) => Err(format!("dial tcp {host_port}: lookup: {e}")),
         };

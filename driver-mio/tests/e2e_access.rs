@@ -167,3 +167,24 @@ fn origin_tls_names_ca_pool_and_tcp_keep_alive() {
     check_names(eo.http, origin.port());
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// An origin name whose first address refuses (`::1`, the origin listening on 127.0.0.1 only)
+/// is dialled at its next one, as cloudflared dials every address of a name
+/// (`common::dual_stack`).
+#[test]
+fn a_name_whose_first_address_refuses_is_dialled_at_the_next() {
+    let bed =
+        Testbed::create(burrow(), "e2e-mio-dual-stack", "app", &["app.test"]).expect("tunnel");
+    let Some(wrapped) = common::dual_stack::wrapper(bed.dir(), Path::new(MIO)) else {
+        return;
+    };
+    let port = common::origins::origin();
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let ingress = format!("  - service: http://{}:{port}\n", common::dual_stack::NAME);
+    let (_c, _) = bed
+        .connector_with_ingress_from(&wrapped, eo.quic, &ingress, &[])
+        .expect("burrow-mio");
+    let (status, body) = common::origin_tls::get(eo.http, "app.test");
+    assert_eq!(status, 200, "{body}");
+}

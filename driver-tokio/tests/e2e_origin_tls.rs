@@ -232,3 +232,23 @@ fn keep_alive_pools_are_per_rule() {
         "the other rule keeps its default 90 s"
     );
 }
+
+/// An origin name whose first address refuses (`::1`, the origin listening on 127.0.0.1 only)
+/// is dialled at its next one, as cloudflared dials every address of a name.
+#[test]
+fn a_name_whose_first_address_refuses_is_dialled_at_the_next() {
+    let bed =
+        Testbed::create(Path::new(BIN), "e2e-dual-stack", "app", &["app.test"]).expect("tunnel");
+    let Some(wrapped) = common::dual_stack::wrapper(bed.dir(), Path::new(BIN)) else {
+        return;
+    };
+    let port = common::origins::origin();
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let ingress = format!("  - service: http://{}:{port}\n", common::dual_stack::NAME);
+    let (_c, _) = bed
+        .connector_with_ingress_from(&wrapped, eo.quic, &ingress, &[])
+        .expect("connector");
+    let (status, body) = get(eo.http, "app.test");
+    assert_eq!(status, 200, "{body}");
+}

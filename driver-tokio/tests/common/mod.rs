@@ -5,6 +5,7 @@ pub mod access;
 pub mod access_jwt;
 pub mod body;
 pub mod client;
+pub mod dual_stack;
 pub mod h2_origin;
 pub mod nft;
 pub mod origin_tls;
