@@ -15,7 +15,7 @@ use burrow_core::connector::Input as ConnectorInput;
 use burrow_core::datagram::v3;
 use burrow_core::edge::{Event, Input};
 use burrow_core::icmp::FunnelId;
-use burrow_core::session::edge::{MappingId, SessionChange, SessionEnd, SessionEvent};
+use burrow_core::session::edge::{EdgeDrop, MappingId, SessionChange, SessionEnd, SessionEvent};
 use burrow_core::session::{SessionId, UdpFlowId, HEADROOM, ORIGIN_READ, TAILROOM};
 use burrow_core::tunnel::edge::ConnId;
 use bytes::BytesMut;
@@ -356,6 +356,8 @@ pub struct UdpClient {
     pub ended: Vec<SessionEnd>,
     /// Every move of its session off a connection that went away: (from, to).
     pub moves: Vec<(ConnId, ConnId)>,
+    /// Its packets the edge dropped because its session table was full (no session opened).
+    pub table_full: u32,
     /// The one timer that counts.
     due: VirtualTime,
 }
@@ -442,6 +444,7 @@ impl UdpClients {
                 was_registered: false,
                 ended: Vec::new(),
                 moves: Vec::new(),
+                table_full: 0,
                 due,
             });
             c.timers.push(Reverse((due, i)));
@@ -532,8 +535,13 @@ impl UdpClients {
     pub fn on_event(&mut self, e: &Event) {
         match e {
             Event::Session(e) => self.on_session(e),
-            Event::ClientPacketDropped { client, .. } if self.by_addr.contains_key(client) => {
-                self.stats.dropped += 1
+            Event::ClientPacketDropped { client, reason, .. } => {
+                if let Some(&i) = self.by_addr.get(client) {
+                    self.stats.dropped += 1;
+                    if *reason == EdgeDrop::SessionsFull {
+                        self.clients[i].table_full += 1;
+                    }
+                }
             }
             Event::DatagramRefused { conn, .. } => {
                 *self.stats.refused_on.entry(*conn).or_default() += 1
