@@ -15,7 +15,7 @@ use burrow_core::icmp::FunnelId;
 use burrow_core::session::UdpFlowId;
 use burrow_core::settings::{Edges, RunConfig, Settings};
 use burrow_core::tunnel::protocol::{PERCENTAGE_RECORD, TXT_LOOKUP_TIMEOUT};
-use burrow_core::tunnel::supervisor::{srv_service, EdgePool, IpVersion};
+use burrow_core::tunnel::supervisor::{srv_service, static_edge_address, EdgePool, IpVersion};
 use burrow_os::settings::{edge_roots, write_pidfile};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -97,7 +97,7 @@ fn discover(edges: &Edges, ip_version: IpVersion) -> Result<EdgePool, String> {
         Edges::Static(list) => {
             let mut addrs: Vec<SocketAddr> = Vec::new();
             for e in list {
-                match e.to_socket_addrs().map(|mut it| it.next()) {
+                match e.to_socket_addrs().map(static_edge_address) {
                     Ok(Some(a)) => addrs.push(a),
                     Ok(None) => warn!(edge = %e, "edge address resolves to nothing; skipped"),
                     Err(err) => {

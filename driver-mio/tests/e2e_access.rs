@@ -188,3 +188,22 @@ fn a_name_whose_first_address_refuses_is_dialled_at_the_next() {
     let (status, body) = common::origin_tls::get(eo.http, "app.test");
     assert_eq!(status, 200, "{body}");
 }
+
+/// A static `--edge` name resolving to `::1` first is dialled at its IPv4 address, as
+/// cloudflared's `ResolveTCPAddr` picks it: the edge here listens on 127.0.0.1 alone.
+#[test]
+fn a_static_edge_name_is_dialled_at_its_ipv4_address() {
+    let bed = Testbed::create(burrow(), "e2e-mio-edge-name", "app", &["app.test"]).expect("tunnel");
+    let Some(wrapped) = common::dual_stack::wrapper_naming_edge(bed.dir(), Path::new(MIO), true)
+    else {
+        return;
+    };
+    let port = common::origins::origin();
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let ingress = format!("  - service: http://127.0.0.1:{port}\n");
+    let (_c, _) = bed
+        .connector_with_ingress_from(&wrapped, eo.quic, &ingress, &[])
+        .expect("burrow-mio registered through the named edge");
+    assert_eq!(common::origin_tls::get(eo.http, "app.test").0, 200);
+}

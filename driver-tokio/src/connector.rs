@@ -22,7 +22,7 @@ use burrow_core::settings::RunConfig;
 use burrow_core::tunnel::data::FlowId;
 use burrow_core::tunnel::protocol::{PERCENTAGE_RECORD, TXT_LOOKUP_TIMEOUT};
 use burrow_core::tunnel::supervisor::{
-    region_targets, srv_service, EdgePool, IpVersion, SupervisorError,
+    region_targets, srv_service, static_edge_address, EdgePool, IpVersion, SupervisorError,
 };
 use burrow_core::tunnel::Transmit;
 use burrow_tokio::deadline::DeadlineTimer;
@@ -86,7 +86,7 @@ pub async fn discover(edges: &Edges, ip_version: IpVersion) -> Result<EdgePool, 
             let mut addrs = Vec::new();
             for e in list {
                 match tokio::net::lookup_host(e.as_str()).await {
-                    Ok(mut it) => match it.next() {
+                    Ok(it) => match static_edge_address(it) {
                         Some(a) => addrs.push(a),
                         None => warn!(edge = %e, "edge address resolves to nothing; skipped"),
                     },

@@ -252,3 +252,23 @@ fn a_name_whose_first_address_refuses_is_dialled_at_the_next() {
     let (status, body) = get(eo.http, "app.test");
     assert_eq!(status, 200, "{body}");
 }
+
+/// A static `--edge` name resolving to `::1` first is dialled at its IPv4 address, as
+/// cloudflared's `ResolveTCPAddr` picks it: the edge here listens on 127.0.0.1 alone.
+#[test]
+fn a_static_edge_name_is_dialled_at_its_ipv4_address() {
+    let bed =
+        Testbed::create(Path::new(BIN), "e2e-edge-name", "app", &["app.test"]).expect("tunnel");
+    let Some(wrapped) = common::dual_stack::wrapper_naming_edge(bed.dir(), Path::new(BIN), true)
+    else {
+        return;
+    };
+    let port = common::origins::origin();
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let ingress = format!("  - service: http://127.0.0.1:{port}\n");
+    let (_c, _) = bed
+        .connector_with_ingress_from(&wrapped, eo.quic, &ingress, &[])
+        .expect("connector registered through the named edge");
+    assert_eq!(get(eo.http, "app.test").0, 200);
+}

@@ -14,6 +14,12 @@ pub const NAME: &str = "dual.burrow.test";
 /// passed on) in a new mount namespace with that hosts file bound over `/etc/hosts`. None,
 /// said on stderr, where this machine cannot (not root, no `unshare`, no IPv6 loopback).
 pub fn wrapper(dir: &Path, bin: &Path) -> Option<PathBuf> {
+    wrapper_naming_edge(dir, bin, false)
+}
+
+/// [`wrapper`], and with `edge_by_name` the value of `--edge` (`127.0.0.1:PORT`, the
+/// testbed's) becomes [`NAME`]`:PORT`.
+pub fn wrapper_naming_edge(dir: &Path, bin: &Path, edge_by_name: bool) -> Option<PathBuf> {
     let can = Command::new("unshare")
         .args([
             "--mount",
@@ -34,11 +40,19 @@ pub fn wrapper(dir: &Path, bin: &Path) -> Option<PathBuf> {
         format!("127.0.0.1 localhost\n::1 {NAME}\n127.0.0.1 {NAME}\n"),
     )
     .expect("hosts");
-    let script = dir.join("in-dual-stack-namespace.sh");
+    let script = dir.join(format!("in-dual-stack-namespace-{edge_by_name}.sh"));
+    // Rewrites the argument after `--edge` to the name, keeping its port.
+    let rename = if edge_by_name {
+        format!(
+            "prev=\nfor a in \"$@\"; do\n  shift\n  [ \"$prev\" = --edge ] && a=\"{NAME}:${{a##*:}}\"\n  set -- \"$@\" \"$a\"\n  prev=$a\ndone\n"
+        )
+    } else {
+        String::new()
+    };
     std::fs::write(
         &script,
         format!(
-            "#!/bin/sh\nexec unshare --mount sh -c 'mount --bind \"$0\" /etc/hosts && exec \"$@\"' '{}' '{}' \"$@\"\n",
+            "#!/bin/sh\n{rename}exec unshare --mount sh -c 'mount --bind \"$0\" /etc/hosts && exec \"$@\"' '{}' '{}' \"$@\"\n",
             hosts.display(),
             bin.display()
         ),

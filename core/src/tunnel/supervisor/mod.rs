@@ -31,7 +31,7 @@ mod datagrams;
 mod link;
 mod pool;
 
-pub use pool::{region_targets, srv_service, EdgePool, IpVersion, PoolError};
+pub use pool::{region_targets, srv_service, static_edge_address, EdgePool, IpVersion, PoolError};
 
 use super::connector::{
     CloseReason, ConnectorConfig, ConnectorConnection, ConnectorEvent, LocalClose,

@@ -91,6 +91,20 @@ pub fn region_targets<T>(targets: &[T]) -> &[T] {
     &targets[..targets.len().min(REGIONS)]
 }
 
+/// The one address kept of a static `--edge` entry's resolved addresses, as cloudflared's
+/// `ResolveTCPAddr` keeps it: the first IPv4 address, else the first. `localhost` is often
+/// `::1` first, and an edge may listen on IPv4 alone.
+pub fn static_edge_address(resolved: impl IntoIterator<Item = SocketAddr>) -> Option<SocketAddr> {
+    let mut first = None;
+    for a in resolved {
+        if a.is_ipv4() {
+            return Some(a);
+        }
+        first = first.or(Some(a));
+    }
+    first
+}
+
 /// Edge addresses and which HA index holds which (cloudflared's `edgediscovery`).
 #[derive(Debug, Clone)]
 pub struct EdgePool {

@@ -1368,3 +1368,23 @@ fn datagram_send_queue_is_bounded_and_overload_is_counted() {
         "and the queue is empty after"
     );
 }
+
+/// A static `--edge` name keeps one address, cloudflared's (`ResolveTCPAddr`): the first IPv4
+/// one, else the first.
+#[test]
+fn a_static_edge_name_keeps_its_first_ipv4_address() {
+    use super::static_edge_address as pick;
+    assert_eq!(
+        pick([
+            addr("[::1]:7844"),
+            addr("127.0.0.1:7844"),
+            addr("10.0.0.1:7844")
+        ]),
+        Some(addr("127.0.0.1:7844"))
+    );
+    assert_eq!(
+        pick([addr("[::1]:7844"), addr("[::2]:7844")]),
+        Some(addr("[::1]:7844"))
+    );
+    assert_eq!(pick([]), None);
+}
