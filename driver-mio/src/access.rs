@@ -47,12 +47,18 @@ pub fn fetch(url: &str) -> Result<Vec<u8>, String> {
             read_all(&mut s, deadline)?
         }
         None => {
-            let addr = (host, port_of(authority))
+            // Every address in turn, as burrow-tokio's connect and Go's dialer go.
+            let mut tcp = Err(format!("lookup {host}: no address"));
+            for addr in (host, port_of(authority))
                 .to_socket_addrs()
                 .map_err(|e| format!("lookup {host}: {e}"))?
-                .next()
-                .ok_or_else(|| format!("lookup {host}: no address"))?;
-            let tcp = connect(addr, deadline)?;
+            {
+                tcp = connect(addr, deadline);
+                if tcp.is_ok() {
+                    break;
+                }
+            }
+            let tcp = tcp?;
             let config = rustls::ClientConfig::builder_with_provider(Arc::new(
                 rustls::crypto::aws_lc_rs::default_provider(),
             ))
