@@ -111,10 +111,30 @@ pub(super) fn udp_v2_and_v3(p: &Params) -> Result<u64, String> {
         &format!("no stray packet or session event: {:?}", clients.bad),
         w,
     )?;
+    // On a hostile network a connection can carry none of a v2 session's payloads for the
+    // whole hint (seed 80116 at 40%: the path stalled while the client kept sending): the v2
+    // connector's timer ends it and tells the edge (`unregisterUdpSession`), and the client's
+    // next payload opens a new session. Such earlier sessions are allowed there, as many as
+    // the v2 connector ended by its timer (each with the hint quiet at its origin socket,
+    // checked below); the last session still ends by the edge's timer.
+    let closed_by_connector = |c: &crate::udp::UdpClient| {
+        c.ended
+            .iter()
+            .filter(|e| matches!(e, SessionEnd::ClosedByConnector { .. }))
+            .count()
+    };
+    let reopened_v2: usize = clients.clients.iter().map(closed_by_connector).sum();
     let wrong: Vec<String> = clients
         .clients
         .iter()
-        .filter(|c| c.sessions.len() != 1 || c.ended != [SessionEnd::Idle] || c.echoed == 0)
+        .filter(|c| {
+            let earlier = c.sessions.len().saturating_sub(1);
+            let timed_out = s.hostile && closed_by_connector(c) == earlier;
+            (c.sessions.len() != 1 && !timed_out)
+                || c.ended.len() != c.sessions.len()
+                || c.ended.last() != Some(&SessionEnd::Idle)
+                || c.echoed == 0
+        })
         .map(|c| {
             format!(
                 "{} {:?} {:?} echoed {}",
@@ -126,6 +146,21 @@ pub(super) fn udp_v2_and_v3(p: &Params) -> Result<u64, String> {
         wrong.is_empty(),
         &format!(
             "each client flow was one session, which echoed and which the edge ended by its idle timer: {wrong:?} ({summary})"
+        ),
+        w,
+    )?;
+    let v2_quiet = w
+        .udp
+        .closed_by(a)
+        .filter(|(_, _, quiet)| *quiet >= hint)
+        .count();
+    expect(
+        reopened_v2 as u64 <= m2.idle_closed && m2.idle_closed <= v2_quiet as u64,
+        &format!(
+            "a v2 session ended by the connector while its client was active was ended by its \
+             timer after the hint quiet ({reopened_v2} such, {} timer ends, {v2_quiet} sockets \
+             closed after the hint quiet; {summary})",
+            m2.idle_closed
         ),
         w,
     )?;
@@ -146,7 +181,7 @@ pub(super) fn udp_v2_and_v3(p: &Params) -> Result<u64, String> {
     expect(
         m2.total_flows + m3.total_flows == opened
             && opened >= n as u64
-            && (reopened == 0 || s.hostile && reopened <= m3.idle_closed),
+            && (reopened == 0 || s.hostile && reopened <= m3.idle_closed + m2.idle_closed),
         &format!(
             "one origin socket per session, or (hostile network only) a v3 session opened \
              again after the connector's timer ended it ({opened} opened for {n}; {summary})"
