@@ -385,13 +385,13 @@ impl Origins {
                     self.run_socks(key, step);
                 }
                 _ => {
-                    let first = answer.map(|mut addrs| {
-                        let first = addrs.remove(0);
+                    let first = answer.and_then(|mut addrs| {
+                        addrs.reverse();
+                        let first = addrs.pop().ok_or("the resolver gave no address")?;
                         if let Some(f) = self.flows.get_mut(&key) {
-                            addrs.reverse();
                             f.untried = addrs;
                         }
-                        Target::Addr(first)
+                        Ok(Target::Addr(first))
                     });
                     self.connect(key, first)
                 }

@@ -296,8 +296,9 @@ pub struct LoadedConfig {
 
 /// How `tunnel run` starts in either driver: the flags cloudflared reads from a second
 /// environment variable completed from it (see [`CommonArgs::read_later_env`]), config.yml
-/// read (it may set the log level, so before logging starts), settings merged and checked. The driver then sets up logging and
-/// calls [`note_ignored`]. An error here goes to stderr only.
+/// read (it may set the log level, so before logging starts), settings merged and checked.
+/// The driver then sets up logging and calls [`note_ignored`]. An error here goes to stderr
+/// only.
 pub fn start(
     args: &mut TunnelArgs,
     host: &dyn Host,
