@@ -3,8 +3,10 @@
 //! without blocking, moved one read per permit so the connector's backpressure sets the pace.
 //! HTTP framing, WebSocket and TCP streams are all bytes here: the connector frames them.
 //!
-//! Names go to the [`Resolver`] thread and the flow waits for its answer. Dial and TLS
-//! deadlines are the connector's: it fails a slow flow and closes it.
+//! Names go to the [`Resolver`] thread and the flow waits for its answer, then races the
+//! name's addresses as core's [`DialPlan`] says (cloudflared's dialer: the other family 300 ms
+//! after the first). Dial and TLS deadlines are the connector's: it fails a slow flow and
+//! closes it.
 //!
 //! A SOCKS5 origin (`socks-proxy`, or a TCP origin with `proxyType: socks`) is core's
 //! [`Server`] in front of the flow: the client's bytes feed it, its replies go back as the
@@ -25,6 +27,7 @@ use burrow_core::ingress::{Origin, OriginRequest, Service};
 use burrow_core::stream::proxy::FlowKind;
 use burrow_core::stream::socks::{DialFailure, Server, Step};
 use burrow_core::tunnel::data::FlowId;
+use burrow_core::tunnel::happy_eyeballs::{AttemptId, DialPlan, DialStep};
 use bytes::{Buf, Bytes};
 use mio::net::{TcpStream, UnixStream};
 use mio::{Interest, Registry, Token};
@@ -166,10 +169,12 @@ struct Flow {
     state: State,
     /// What it dials, for error messages.
     target: String,
-    /// The name's addresses not dialled yet, tried in order (last first) when the one being
-    /// dialled fails, as Go's dialer (cloudflared's) tries every address of a name: `localhost`
-    /// is often `::1` first, and an origin may listen on 127.0.0.1 alone.
-    untried: Vec<SocketAddr>,
+    /// The dial to a name's addresses, until one connects: `localhost` is often `::1` first,
+    /// and an origin may listen on 127.0.0.1 alone, or drop SYNs on one family.
+    race: Option<Box<Race>>,
+    /// When a dial to a name gives up (`connectTimeout` from the flow's start; none: never),
+    /// which the race shares between the name's addresses.
+    dial_deadline: Option<Instant>,
     stream: Option<Stream>,
     tls: Option<Box<ClientConnection>>,
     /// The origin chose HTTP/2 (`http2Origin`): core's bridge owns the TLS session now.
@@ -200,6 +205,17 @@ struct Flow {
     /// Bytes of the client's that came with its SOCKS request, for the destination before
     /// anything else (the connector heard they were written).
     internal: Option<Bytes>,
+}
+
+/// A dial to a name's addresses as core's [`DialPlan`] orders it: the attempts under way, each
+/// registered under the flow's token, until one connects and becomes the flow's stream.
+struct Race {
+    plan: DialPlan,
+    attempts: Vec<(AttemptId, TcpStream)>,
+    /// The first attempt's failure: the dial's, if none connects (as Go's dialer reports).
+    first_error: Option<io::Error>,
+    /// When the plan next wants a poll, as entered in [`Origins`]'s timers.
+    wake: Option<Instant>,
 }
 
 /// An HTTP/2 origin connection's flow (core's bridge, its bytes in transit) and its deadline
@@ -256,7 +272,7 @@ pub struct Origins {
     scratch: Vec<u8>,
     /// What the connector must hear, in order.
     pub reports: Vec<(Key, Report)>,
-    /// HTTP/2 origin flows' deadlines (their keep-alive timeouts).
+    /// HTTP/2 origin flows' deadlines (their keep-alive timeouts) and races' next steps.
     timers: BTreeSet<(Instant, Key)>,
 }
 
@@ -296,7 +312,8 @@ impl Origins {
             token,
             state: State::Resolving,
             target: dest.clone(),
-            untried: Vec::new(),
+            race: None,
+            dial_deadline: None,
             stream: None,
             tls: None,
             h2: None,
@@ -342,7 +359,10 @@ impl Origins {
                 keep_alive,
                 idle_timeout,
                 socks_over,
+                connect_timeout,
             } => {
+                flow.dial_deadline =
+                    (!connect_timeout.is_zero()).then(|| Instant::now() + connect_timeout);
                 flow.tls = tls;
                 flow.keep_alive = keep_alive;
                 flow.idle_timeout = idle_timeout;
@@ -384,29 +404,37 @@ impl Origins {
                     let step = sx.server.resolved(ip);
                     self.run_socks(key, step);
                 }
-                _ => {
-                    let first = answer.and_then(|mut addrs| {
-                        addrs.reverse();
-                        let first = addrs.pop().ok_or("the resolver gave no address")?;
-                        if let Some(f) = self.flows.get_mut(&key) {
-                            f.untried = addrs;
+                _ => match answer {
+                    Ok(addrs) => {
+                        let Some(f) = self.flows.get_mut(&key) else {
+                            continue;
+                        };
+                        if f.state != State::Resolving {
+                            continue;
                         }
-                        Ok(Target::Addr(first))
-                    });
-                    self.connect(key, first)
-                }
+                        f.state = State::Connecting;
+                        f.race = Some(Box::new(Race {
+                            plan: DialPlan::new(now, &addrs, f.dial_deadline),
+                            attempts: Vec::new(),
+                            first_error: None,
+                            wake: None,
+                        }));
+                        self.race(key);
+                    }
+                    Err(e) => self.connect(key, Err(e)),
+                },
             }
         }
     }
 
-    /// When [`Origins::tick`] has work: the resolver's, or an HTTP/2 origin flow's.
+    /// When [`Origins::tick`] has work: the resolver's, an HTTP/2 origin flow's or a race's.
     pub fn deadline(&self) -> Option<Instant> {
         let h2 = self.timers.first().map(|(t, _)| *t);
         [self.resolver.deadline(), h2].into_iter().flatten().min()
     }
 
-    /// Lets the resolver thread end when idle; steps the HTTP/2 origin flows whose deadline
-    /// passed.
+    /// Lets the resolver thread end when idle; steps the HTTP/2 origin flows and the races
+    /// whose deadline passed.
     pub fn tick(&mut self, now: Instant) {
         self.resolver.retire(now);
         let due: Vec<Key> = self
@@ -553,9 +581,6 @@ impl Origins {
         let mut stream = match stream {
             Ok(s) => s,
             Err(e) => {
-                if let Some(next) = flow.untried.pop() {
-                    return self.connect(key, Ok(Target::Addr(next)));
-                }
                 let msg = format!("dial {scheme} {}: {e}", flow.target);
                 return self.fail(key, msg);
             }
@@ -624,6 +649,9 @@ impl Origins {
         if let Some(s) = &mut f.stream {
             let _ = self.registry.deregister(s.source());
         }
+        if let Some(r) = f.race.take() {
+            self.end_race(key, *r);
+        }
         Some(f.token)
     }
 
@@ -641,8 +669,112 @@ impl Origins {
         }
     }
 
+    /// Moves the race of `key` on: settles the attempts their sockets have an answer for,
+    /// starts and abandons what the plan says, and hands a connected socket to the flow.
+    fn race(&mut self, key: Key) {
+        let now = Instant::now();
+        let Some(f) = self.flows.get_mut(&key) else {
+            return;
+        };
+        let Some(r) = f.race.as_mut() else {
+            return;
+        };
+        let mut i = 0;
+        while i < r.attempts.len() {
+            let s = &r.attempts[i].1;
+            let outcome = match s.take_error() {
+                Ok(Some(e)) | Err(e) => Err(e),
+                Ok(None) => match s.peer_addr() {
+                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+                        i += 1;
+                        continue;
+                    }
+                    r => r.map(drop),
+                },
+            };
+            let (id, mut s) = r.attempts.swap_remove(i);
+            match outcome {
+                Ok(()) => {
+                    let r = f.race.take().map(|r| *r);
+                    f.stream = Some(Stream::Tcp(s));
+                    if let Some(r) = r {
+                        self.end_race(key, r);
+                    }
+                    return self.drive(key);
+                }
+                Err(e) => {
+                    let _ = self.registry.deregister(&mut s);
+                    r.first_error.get_or_insert(e);
+                    r.plan.failed(now, id);
+                }
+            }
+        }
+        loop {
+            match r.plan.poll(now) {
+                DialStep::Connect(id, addr) => {
+                    let dialled = TcpStream::connect(addr).and_then(|mut s| {
+                        let interest = Interest::READABLE | Interest::WRITABLE;
+                        self.registry.register(&mut s, f.token, interest)?;
+                        Ok(s)
+                    });
+                    match dialled {
+                        Ok(s) => r.attempts.push((id, s)),
+                        Err(e) => {
+                            r.first_error.get_or_insert(e);
+                            r.plan.failed(now, id);
+                        }
+                    }
+                }
+                DialStep::Abandon(id) => {
+                    if let Some(at) = r.attempts.iter().position(|(a, _)| *a == id) {
+                        let (_, mut s) = r.attempts.swap_remove(at);
+                        let _ = self.registry.deregister(&mut s);
+                    }
+                    r.first_error
+                        .get_or_insert_with(|| io::ErrorKind::TimedOut.into());
+                }
+                DialStep::Exhausted => {
+                    let e = r.first_error.take().map_or_else(
+                        || "the resolver gave no address".to_owned(),
+                        |e| e.to_string(),
+                    );
+                    let msg = format!("dial tcp {}: {e}", f.target);
+                    if let Some(r) = f.race.take() {
+                        self.end_race(key, *r);
+                    }
+                    return self.fail(key, msg);
+                }
+                DialStep::Wait(until) => {
+                    if r.wake != until {
+                        if let Some(at) = r.wake {
+                            self.timers.remove(&(at, key));
+                        }
+                        if let Some(at) = until {
+                            self.timers.insert((at, key));
+                        }
+                        r.wake = until;
+                    }
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Drops what is left of a race: its other attempts and its timer.
+    fn end_race(&mut self, key: Key, mut r: Race) {
+        for (_, mut s) in r.attempts.drain(..) {
+            let _ = self.registry.deregister(&mut s);
+        }
+        if let Some(at) = r.wake {
+            self.timers.remove(&(at, key));
+        }
+    }
+
     /// Makes every step the flow can make now.
     fn drive(&mut self, key: Key) {
+        if self.flows.get(&key).is_some_and(|f| f.race.is_some()) {
+            return self.race(key);
+        }
         if let Some(step) = self.socks_dialled(key) {
             return self.run_socks(key, step);
         }
@@ -657,16 +789,6 @@ impl Origins {
             key,
         );
         if let Err(e) = result {
-            if f.state == State::Connecting {
-                if let Some(next) = f.untried.pop() {
-                    debug!(target = %f.target, error = %e, %next, "origin address failed; dialling the next");
-                    if let Some(mut s) = f.stream.take() {
-                        let _ = self.registry.deregister(s.source());
-                    }
-                    f.state = State::Resolving;
-                    return self.connect(key, Ok(Target::Addr(next)));
-                }
-            }
             self.fail(key, e);
         }
     }
@@ -1059,6 +1181,8 @@ enum Plan {
     Socks(Box<Socks>),
     Dial {
         target: Target,
+        /// `connectTimeout`, shared between a name's addresses (zero: none).
+        connect_timeout: Duration,
         tls: Option<Box<ClientConnection>>,
         keep_alive: Duration,
         /// `keepAliveTimeout`, for an HTTP/2 origin connection.
@@ -1092,6 +1216,8 @@ fn plan(
         };
         return Ok(Plan::Dial {
             target,
+            // Core's deadline (`warp-routing.connectTimeout`) bounds it.
+            connect_timeout: Duration::ZERO,
             tls: None,
             keep_alive: Duration::ZERO,
             idle_timeout: Duration::ZERO,
@@ -1130,6 +1256,7 @@ fn plan(
     };
     Ok(Plan::Dial {
         target,
+        connect_timeout: o.connect_timeout,
         tls,
         keep_alive: o.tcp_keep_alive,
         idle_timeout: o.keep_alive_timeout,

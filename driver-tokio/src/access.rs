@@ -58,7 +58,8 @@ async fn get(url: &str, roots: Arc<rustls::RootCertStore>) -> Result<Bytes, Stri
             if uri.scheme_str() != Some("https") {
                 return Err(format!("{url} is not https"));
             }
-            let tcp = TcpStream::connect((host.as_str(), uri.port_u16().unwrap_or(443)))
+            let target = format!("{host}:{}", uri.port_u16().unwrap_or(443));
+            let tcp = crate::dial::dial(&target, FETCH_TIMEOUT)
                 .await
                 .map_err(|e| format!("dial {host}: {e}"))?;
             let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

@@ -5,6 +5,7 @@ mod access;
 mod connector;
 mod datagram;
 mod decode;
+mod dial;
 mod edge;
 mod edge_udp;
 mod heap;

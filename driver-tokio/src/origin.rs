@@ -458,7 +458,7 @@ fn socks_bridge(
 }
 
 async fn connect_tcp(addr: &str, o: &OriginRequest) -> Result<TcpStream, String> {
-    let s = TcpStream::connect(addr)
+    let s = crate::dial::dial(addr, o.connect_timeout)
         .await
         .map_err(|e| format!("dial tcp {addr}: {e}"))?;
     let _ = s.set_nodelay(true);

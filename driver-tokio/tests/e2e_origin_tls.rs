@@ -233,24 +233,69 @@ fn keep_alive_pools_are_per_rule() {
     );
 }
 
+/// Through the connector, in whose namespace [`common::dual_stack::NAME`] resolves to
+/// `addrs` in order, one rule `http://NAME:PORT` with `connectTimeout: 5s`, the origin
+/// listening on `origin_ip` and `hole_ip` dropping SYNs on the same port: the answer to a
+/// request. None where this machine cannot set that up (said on stderr).
+fn get_through_name(
+    name: &str,
+    addrs: &[&str],
+    origin_ip: &str,
+    hole_ip: Option<&str>,
+) -> Option<(u16, String)> {
+    let bed = Testbed::create(Path::new(BIN), name, "app", &["app.test"]).expect("tunnel");
+    let wrapped = common::dual_stack::wrapper_resolving(bed.dir(), Path::new(BIN), addrs, false)?;
+    let port = common::origins::origin_at(origin_ip);
+    let _hole = match hole_ip {
+        Some(ip) => Some(common::dual_stack::blackhole(
+            format!("{ip}:{port}").parse().expect("addr"),
+        )?),
+        None => None,
+    };
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let ingress = format!(
+        "  - service: http://{}:{port}\n    originRequest:\n      connectTimeout: 5s\n",
+        common::dual_stack::NAME
+    );
+    let (_c, _) = bed
+        .connector_with_ingress_from(&wrapped, eo.quic, &ingress, &[])
+        .expect("connector");
+    Some(common::origin_tls::get(eo.http, "app.test"))
+}
+
 /// An origin name whose first address refuses (`::1`, the origin listening on 127.0.0.1 only)
 /// is dialled at its next one, as cloudflared dials every address of a name.
 #[test]
 fn a_name_whose_first_address_refuses_is_dialled_at_the_next() {
-    let bed =
-        Testbed::create(Path::new(BIN), "e2e-dual-stack", "app", &["app.test"]).expect("tunnel");
-    let Some(wrapped) = common::dual_stack::wrapper(bed.dir(), Path::new(BIN)) else {
-        return;
-    };
-    let port = common::origins::origin();
-    let eo = EdgeOpts::loopback().expect("ports");
-    let _edge = bed.edge(&eo).expect("edge");
-    let ingress = format!("  - service: http://{}:{port}\n", common::dual_stack::NAME);
-    let (_c, _) = bed
-        .connector_with_ingress_from(&wrapped, eo.quic, &ingress, &[])
-        .expect("connector");
-    let (status, body) = get(eo.http, "app.test");
-    assert_eq!(status, 200, "{body}");
+    let dual = ["::1", "127.0.0.1"];
+    if let Some((status, body)) = get_through_name("e2e-refuses", &dual, "127.0.0.1", None) {
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+/// An origin name whose first address drops SYNs (`::1`) is answered from its IPv4 address,
+/// which the dial starts 300 ms later beside it, as cloudflared's (Go's) dialer does. Dialled
+/// in turn, the first address took the whole `connectTimeout` and the request failed (502).
+#[test]
+fn a_name_whose_first_address_drops_syns_is_answered_from_the_other_family() {
+    let dual = ["::1", "127.0.0.1"];
+    let answer = get_through_name("e2e-drops-v6", &dual, "127.0.0.1", Some("[::1]"));
+    if let Some((status, body)) = answer {
+        assert_eq!(status, 200, "{body}");
+    }
+}
+
+/// A name's first IPv4 address dropping SYNs is given up after its share of `connectTimeout`
+/// (half of 5 s for the first of two) and the next one answers, as cloudflared's (Go's)
+/// dialer shares the time (2.5 s for both, and cloudflared, in the same set-up).
+#[test]
+fn a_name_whose_first_address_drops_syns_is_given_up_after_its_share() {
+    let two = ["127.0.0.1", "127.0.0.2"];
+    let answer = get_through_name("e2e-drops-v4", &two, "127.0.0.2", Some("127.0.0.1"));
+    if let Some((status, body)) = answer {
+        assert_eq!(status, 200, "{body}");
+    }
 }
 
 /// A static `--edge` name resolving to `::1` first is dialled at its IPv4 address, as
@@ -259,8 +304,12 @@ fn a_name_whose_first_address_refuses_is_dialled_at_the_next() {
 fn a_static_edge_name_is_dialled_at_its_ipv4_address() {
     let bed =
         Testbed::create(Path::new(BIN), "e2e-edge-name", "app", &["app.test"]).expect("tunnel");
-    let Some(wrapped) = common::dual_stack::wrapper_naming_edge(bed.dir(), Path::new(BIN), true)
-    else {
+    let Some(wrapped) = common::dual_stack::wrapper_resolving(
+        bed.dir(),
+        Path::new(BIN),
+        &["::1", "127.0.0.1"],
+        true,
+    ) else {
         return;
     };
     let port = common::origins::origin();

@@ -14,6 +14,7 @@ pub mod dial;
 pub mod edge;
 pub mod edge_http2;
 pub mod edge_transports;
+pub mod happy_eyeballs;
 pub mod http2_link;
 pub mod protocol;
 mod quic_io;

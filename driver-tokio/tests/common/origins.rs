@@ -16,7 +16,12 @@ use super::body::{byte, pattern, Digest, BIG, BLOCK, HUGE};
 /// whose connection closes after its first chunk, without the last chunk), anything else a
 /// small body.
 pub fn origin() -> u16 {
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind");
+    origin_at("127.0.0.1")
+}
+
+/// [`origin`] listening on `ip`.
+pub fn origin_at(ip: &str) -> u16 {
+    let l = TcpListener::bind((ip, 0)).expect("bind");
     let port = l.local_addr().expect("addr").port();
     thread::spawn(move || {
         for s in l.incoming().flatten() {
