@@ -175,6 +175,8 @@ struct Flow {
     /// When a dial to a name gives up (`connectTimeout` from the flow's start; none: never),
     /// which the race shares between the name's addresses.
     dial_deadline: Option<Instant>,
+    /// Whether the race runs the two address families side by side (`noHappyEyeballs`).
+    race_families: bool,
     stream: Option<Stream>,
     tls: Option<Box<ClientConnection>>,
     /// The origin chose HTTP/2 (`http2Origin`): core's bridge owns the TLS session now.
@@ -314,6 +316,7 @@ impl Origins {
             target: dest.clone(),
             race: None,
             dial_deadline: None,
+            race_families: true,
             stream: None,
             tls: None,
             h2: None,
@@ -360,7 +363,9 @@ impl Origins {
                 idle_timeout,
                 socks_over,
                 connect_timeout,
+                race_families,
             } => {
+                flow.race_families = race_families;
                 flow.dial_deadline =
                     (!connect_timeout.is_zero()).then(|| Instant::now() + connect_timeout);
                 flow.tls = tls;
@@ -414,7 +419,7 @@ impl Origins {
                         }
                         f.state = State::Connecting;
                         f.race = Some(Box::new(Race {
-                            plan: DialPlan::new(now, &addrs, f.dial_deadline),
+                            plan: DialPlan::new(now, &addrs, f.dial_deadline, f.race_families),
                             attempts: Vec::new(),
                             first_error: None,
                             wake: None,
@@ -1183,6 +1188,8 @@ enum Plan {
         target: Target,
         /// `connectTimeout`, shared between a name's addresses (zero: none).
         connect_timeout: Duration,
+        /// See [`Origin::races_families`].
+        race_families: bool,
         tls: Option<Box<ClientConnection>>,
         keep_alive: Duration,
         /// `keepAliveTimeout`, for an HTTP/2 origin connection.
@@ -1218,6 +1225,7 @@ fn plan(
             target,
             // Core's deadline (`warp-routing.connectTimeout`) bounds it.
             connect_timeout: Duration::ZERO,
+            race_families: true,
             tls: None,
             keep_alive: Duration::ZERO,
             idle_timeout: Duration::ZERO,
@@ -1257,6 +1265,7 @@ fn plan(
     Ok(Plan::Dial {
         target,
         connect_timeout: o.connect_timeout,
+        race_families: origin.races_families(),
         tls,
         keep_alive: o.tcp_keep_alive,
         idle_timeout: o.keep_alive_timeout,

@@ -59,7 +59,7 @@ async fn get(url: &str, roots: Arc<rustls::RootCertStore>) -> Result<Bytes, Stri
                 return Err(format!("{url} is not https"));
             }
             let target = format!("{host}:{}", uri.port_u16().unwrap_or(443));
-            let tcp = crate::dial::dial(&target, FETCH_TIMEOUT)
+            let tcp = crate::dial::dial(&target, FETCH_TIMEOUT, true)
                 .await
                 .map_err(|e| format!("dial {host}: {e}"))?;
             let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());

@@ -11,10 +11,11 @@ use tokio::task::JoinSet;
 
 /// Connects to `target` (`host:port`), resolving it first; a zero `timeout` is none. Core's
 /// deadline for the flow still applies on top; this one only shares the time between addresses.
-pub async fn dial(target: &str, timeout: Duration) -> io::Result<TcpStream> {
+/// `race_families`: see [`DialPlan::new`].
+pub async fn dial(target: &str, timeout: Duration, race_families: bool) -> io::Result<TcpStream> {
     let deadline = (!timeout.is_zero()).then(|| Instant::now() + timeout);
     let addrs: Vec<SocketAddr> = tokio::net::lookup_host(target).await?.collect();
-    let mut plan = DialPlan::new(Instant::now(), &addrs, deadline);
+    let mut plan = DialPlan::new(Instant::now(), &addrs, deadline, race_families);
     // Dropping the set (a winner, or the caller giving up) aborts the attempts left.
     let mut attempts = JoinSet::new();
     let mut handles = HashMap::new();
@@ -77,7 +78,7 @@ mod tests {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = l.local_addr().unwrap().port();
         drop(l);
-        let e = dial(&format!("127.0.0.1:{port}"), Duration::from_secs(5))
+        let e = dial(&format!("127.0.0.1:{port}"), Duration::from_secs(5), true)
             .await
             .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);

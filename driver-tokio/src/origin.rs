@@ -264,7 +264,7 @@ impl Dialer {
             Service::HelloWorld => Ok(Dialled::Other(in_process(Responder::Hello))),
             Service::Http { tls, host: h, port } => {
                 let addr = format!("{h}:{port}");
-                let s = connect_tcp(&addr, o).await?;
+                let s = connect_tcp(&addr, origin).await?;
                 if *tls {
                     handshaking();
                     self.tls(s, name, o, http2).await
@@ -300,7 +300,7 @@ impl Dialer {
                 } else {
                     format!("{host}:{port}")
                 };
-                let tcp = connect_tcp(&addr, o).await?;
+                let tcp = connect_tcp(&addr, origin).await?;
                 if origin.socks_over_tcp() {
                     let local = tcp
                         .local_addr()
@@ -457,8 +457,9 @@ fn socks_bridge(
     Box::new(client)
 }
 
-async fn connect_tcp(addr: &str, o: &OriginRequest) -> Result<TcpStream, String> {
-    let s = crate::dial::dial(addr, o.connect_timeout)
+async fn connect_tcp(addr: &str, origin: &Origin) -> Result<TcpStream, String> {
+    let o = &origin.origin_request;
+    let s = crate::dial::dial(addr, o.connect_timeout, origin.races_families())
         .await
         .map_err(|e| format!("dial tcp {addr}: {e}"))?;
     let _ = s.set_nodelay(true);

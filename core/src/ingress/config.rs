@@ -18,7 +18,7 @@ pub struct OriginRequestConfig {
     pub tls_timeout: Option<Dur>,
     /// `tcpKeepAlive`.
     pub tcp_keep_alive: Option<Dur>,
-    /// `noHappyEyeballs` (parsed; the driver's dialer has no happy eyeballs anyway).
+    /// `noHappyEyeballs`.
     pub no_happy_eyeballs: Option<bool>,
     /// `keepAliveConnections`.
     pub keep_alive_connections: Option<u32>,
@@ -94,6 +94,8 @@ pub struct OriginFlagKeys {
     pub proxy_address: Option<String>,
     /// `proxy-port`.
     pub proxy_port: Option<u64>,
+    /// `proxy-no-happy-eyeballs`.
+    pub proxy_no_happy_eyeballs: Option<bool>,
 }
 
 /// One `ipRules` entry as written.

@@ -270,6 +270,9 @@ pub struct OriginRequest {
     /// `proxyType: socks`: a TCP service's WebSocket carries a SOCKS5 exchange before the
     /// bytes (see [`Origin::socks_over_tcp`]).
     pub socks: bool,
+    /// `noHappyEyeballs`: an HTTP service's name is dialled address by address, the two
+    /// families not raced (see [`Origin::races_families`]).
+    pub no_happy_eyeballs: bool,
 }
 
 impl Default for OriginRequest {
@@ -291,6 +294,7 @@ impl Default for OriginRequest {
             bastion_mode: false,
             ip_rules: Vec::new(),
             socks: false,
+            no_happy_eyeballs: false,
         }
     }
 }
@@ -334,6 +338,9 @@ impl OriginRequest {
         }
         if let Some(v) = c.bastion_mode {
             o.bastion_mode = v;
+        }
+        if let Some(v) = c.no_happy_eyeballs {
+            o.no_happy_eyeballs = v;
         }
         if let Some(v) = &c.proxy_type {
             o.socks = v == "socks";
@@ -456,6 +463,14 @@ impl Origin {
             Service::Http { tls: true, .. } | Service::Unix { tls: true, .. }
         );
         self.origin_request.http2_origin && tls && kind == FlowKind::Http
+    }
+
+    /// Whether a dial to this origin's name races its two address families
+    /// ([`crate::tunnel::happy_eyeballs`]). cloudflared's `noHappyEyeballs` turns that off
+    /// (Go's `FallbackDelay = -1`) in the dialer of its HTTP transport only, so HTTP services
+    /// honour it and TCP services (`ssh://`, `tcp://`, ...) always race.
+    pub fn races_families(&self) -> bool {
+        !(matches!(self.service, Service::Http { .. }) && self.origin_request.no_happy_eyeballs)
     }
 
     /// Whether this TCP origin is reached through a SOCKS5 exchange inside the eyeball's

@@ -352,6 +352,27 @@ fn request_options_follow_the_rule_and_its_service_kind() {
     assert_eq!((o.host_header, o.disable_chunked_encoding), (None, true));
 }
 
+/// `noHappyEyeballs` stops the family race for HTTP services only, as cloudflared sets it on
+/// its HTTP transport's dialer alone; a rule's value overrides the global one.
+#[test]
+fn no_happy_eyeballs_holds_for_http_services_only() {
+    let yaml = "originRequest:\n  noHappyEyeballs: true\ningress:\n  - hostname: web.test\n    service: http://localhost:8000\n  - hostname: tls.test\n    service: https://localhost:8443\n  - hostname: again.test\n    service: http://localhost:8001\n    originRequest:\n      noHappyEyeballs: false\n  - hostname: ssh.test\n    service: ssh://localhost:22\n  - service: http_status:404\n";
+    let ingress = ConfigFile::from_yaml(yaml)
+        .unwrap()
+        .ingress()
+        .unwrap()
+        .unwrap();
+    let races = |host: &str| ingress.find(host, "/").1.origin.races_families();
+    assert!(!races("web.test"));
+    assert!(!races("tls.test"));
+    assert!(races("again.test"), "the rule's false over the global true");
+    assert!(races("ssh.test"), "TCP services always race");
+    let plain = ConfigFile::from_yaml("ingress:\n  - service: http://localhost:8000\n").unwrap();
+    assert!(plain.ingress().unwrap().unwrap().rules()[0]
+        .origin
+        .races_families());
+}
+
 /// Every `tunnel`/`tunnel run` flag burrow acts on, as cloudflared's config.yml writes it.
 const FLAG_KEYS: &str = r#"
 tunnel: 6ff42ae2-765d-4adf-8112-31c55c1551ef

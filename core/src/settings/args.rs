@@ -210,6 +210,7 @@ const RUN_SWITCHES: &[&str] = &[
     "--bastion",
     "--socks5",
     "--http2-origin",
+    "--proxy-no-happy-eyeballs",
 ];
 
 /// cloudflared's `originRequest` flags for the origin of `--url`, `--hello-world` or
@@ -248,6 +249,10 @@ pub struct OriginFlags {
     /// `proxyPort` of the one rule (as `--proxy-address`).
     #[arg(long, env = "TUNNEL_PROXY_PORT")]
     pub proxy_port: Option<u64>,
+    /// `noHappyEyeballs` of the one rule: a name's addresses in turn, the two families not
+    /// raced (no variable, as in cloudflared).
+    #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", overrides_with = "proxy_no_happy_eyeballs")]
+    pub proxy_no_happy_eyeballs: Option<Switch>,
 }
 
 impl OriginFlags {
@@ -273,6 +278,12 @@ impl OriginFlags {
                 .then(|| by_value(self.http2_origin, file.http2_origin)),
             proxy_address: or(&self.proxy_address, &file.proxy_address),
             proxy_port: self.proxy_port.or(file.proxy_port),
+            // cloudflared reads it only when set (`c.IsSet`).
+            no_happy_eyeballs: by_presence(
+                self.proxy_no_happy_eyeballs,
+                file.proxy_no_happy_eyeballs,
+            )
+            .then(|| by_value(self.proxy_no_happy_eyeballs, file.proxy_no_happy_eyeballs)),
             ..OriginRequestConfig::default()
         }
     }

@@ -33,7 +33,6 @@ pub(super) const IGNORED: &[Flag] = &[
         .env("TUNNEL_MANAGEMENT_DIAGNOSTICS"),
     Flag::value("trace-output", "TRACE_OUTPUT").env("TUNNEL_TRACE_OUTPUT"),
     Flag::value("max-fetch-size", "MAX_FETCH_SIZE").env("TUNNEL_MAX_FETCH_SIZE"),
-    Flag::switch("proxy-no-happy-eyeballs", "PROXY_NO_HAPPY_EYEBALLS"),
     Flag::value("proxy-connection-timeout", "PROXY_CONNECTION_TIMEOUT"),
     Flag::value(
         "proxy-expect-continue-timeout",

@@ -642,7 +642,6 @@ fn flags_cloudflared_itself_ignores_are_taken_and_named() {
         "--ssh-server",
         "--proxy-connection-timeout",
         "90s",
-        "--proxy-no-happy-eyeballs",
         "id",
     ]);
     assert!(t.common.refused.given().is_none());
@@ -654,7 +653,6 @@ fn flags_cloudflared_itself_ignores_are_taken_and_named() {
         "use-reconnect-token",
         "ssh-server",
         "proxy-connection-timeout",
-        "proxy-no-happy-eyeballs",
     ] {
         assert!(named.contains(&flag), "{flag} in {named:?}");
     }
@@ -931,6 +929,7 @@ fn every_switch_takes_cloudflareds_spellings() {
         "bastion",
         "socks5",
         "http2-origin",
+        "proxy-no-happy-eyeballs",
         "hello-world",
         "post-quantum",
         "no-autoupdate",
@@ -1037,6 +1036,19 @@ fn switches_mean_what_cloudflared_reads_from_them() {
         Some(false)
     );
     assert_eq!(origin(&["run"], "http2-origin: false\n").http2_origin, None);
+    // `--proxy-no-happy-eyeballs` too is read only when set, then by value.
+    let happy = |args: &[&str], file| origin(args, file).no_happy_eyeballs;
+    assert_eq!(happy(&["run", "--proxy-no-happy-eyeballs"], ""), Some(true));
+    let off = happy(
+        &["run", "--proxy-no-happy-eyeballs=false"],
+        "proxy-no-happy-eyeballs: true\n",
+    );
+    assert_eq!(off, Some(false));
+    assert_eq!(
+        happy(&["run"], "proxy-no-happy-eyeballs: true\n"),
+        Some(true)
+    );
+    assert_eq!(happy(&["run"], ""), None);
     // By presence: `--hello-world=false` still serves the page, `--bastion=false` still makes
     // the one origin the bastion (with bastionMode false), `--socks5=false` still asks SOCKS.
     assert!(s(&["run", "--hello-world=false"], "").hello_world);
