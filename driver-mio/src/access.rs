@@ -2,12 +2,15 @@
 //! connector says which team's certs URL to GET and when (`Io::FetchAccessKeys`); this does one
 //! blocking HTTPS GET on a short-lived thread and the answer goes back to the connector.
 
-use std::io::{Read, Write};
+use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream, ToSocketAddrs};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burrow_core::ingress::access::{FETCH_TIMEOUT, MAX_KEY_SET as MAX_RESPONSE};
+use burrow_core::tunnel::happy_eyeballs::{AttemptId, DialPlan, DialStep};
+use mio::{Events, Interest, Poll, Token};
 
 /// Debug builds only: fetch every team's keys from this loopback `http://` base instead
 /// (`Host` still names the team), so tests can serve their own key sets, as burrow-tokio's.
@@ -47,18 +50,12 @@ pub fn fetch(url: &str) -> Result<Vec<u8>, String> {
             read_all(&mut s, deadline)?
         }
         None => {
-            // Every address in turn, as burrow-tokio's connect and Go's dialer go.
-            let mut tcp = Err(format!("lookup {host}: no address"));
-            for addr in (host, port_of(authority))
+            let addrs: Vec<SocketAddr> = (host, port_of(authority))
                 .to_socket_addrs()
                 .map_err(|e| format!("lookup {host}: {e}"))?
-            {
-                tcp = connect(addr, deadline);
-                if tcp.is_ok() {
-                    break;
-                }
-            }
-            let tcp = tcp?;
+                .collect();
+            let tcp = race(&addrs, deadline).map_err(|e| format!("dial {host}: {e}"))?;
+            timeouts(&tcp, deadline)?;
             let config = rustls::ClientConfig::builder_with_provider(Arc::new(
                 rustls::crypto::aws_lc_rs::default_provider(),
             ))
@@ -90,11 +87,80 @@ fn connect(addr: SocketAddr, deadline: Instant) -> Result<TcpStream, String> {
     let left = deadline.saturating_duration_since(Instant::now());
     let s = TcpStream::connect_timeout(&addr, left.max(Duration::from_millis(1)))
         .map_err(|e| format!("dial {addr}: {e}"))?;
-    s.set_read_timeout(Some(left.max(Duration::from_millis(1))))
-        .map_err(|e| e.to_string())?;
-    s.set_write_timeout(Some(left.max(Duration::from_millis(1))))
-        .map_err(|e| e.to_string())?;
+    timeouts(&s, deadline)?;
     Ok(s)
+}
+
+/// Reads and writes on `s` give up at `deadline`.
+fn timeouts(s: &TcpStream, deadline: Instant) -> Result<(), String> {
+    let left = deadline.saturating_duration_since(Instant::now());
+    let left = Some(left.max(Duration::from_millis(1)));
+    s.set_read_timeout(left).map_err(|e| e.to_string())?;
+    s.set_write_timeout(left).map_err(|e| e.to_string())
+}
+
+/// Connects to one of `addrs` as core's [`DialPlan`] orders it (the families raced, as Go's
+/// dialer behind cloudflared's key fetch), on a poll of this thread's own, by `deadline`.
+fn race(addrs: &[SocketAddr], deadline: Instant) -> io::Result<TcpStream> {
+    let mut poll = Poll::new()?;
+    let mut events = Events::with_capacity(8);
+    let mut plan = DialPlan::new(Instant::now(), addrs, Some(deadline), true);
+    let mut attempts: Vec<(AttemptId, mio::net::TcpStream)> = Vec::new();
+    let mut first_error = None;
+    loop {
+        let now = Instant::now();
+        match plan.poll(now) {
+            DialStep::Connect(id, addr) => {
+                let dialled = mio::net::TcpStream::connect(addr).and_then(|mut s| {
+                    poll.registry()
+                        .register(&mut s, Token(0), Interest::WRITABLE)?;
+                    Ok(s)
+                });
+                match dialled {
+                    Ok(s) => attempts.push((id, s)),
+                    Err(e) => {
+                        first_error.get_or_insert(e);
+                        plan.failed(now, id);
+                    }
+                }
+            }
+            DialStep::Abandon(id) => {
+                attempts.retain(|(a, _)| *a != id);
+                first_error.get_or_insert_with(|| io::ErrorKind::TimedOut.into());
+            }
+            DialStep::Exhausted => {
+                return Err(first_error
+                    .unwrap_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no address")))
+            }
+            DialStep::Wait(until) => {
+                // The last attempt runs to the dial's deadline, which nobody else keeps here.
+                let until = until.map_or(deadline, |t| t.min(deadline));
+                if now >= deadline {
+                    return Err(io::ErrorKind::TimedOut.into());
+                }
+                poll.poll(&mut events, Some(until - now))?;
+                let mut i = 0;
+                while i < attempts.len() {
+                    let Some(outcome) = crate::origin::connect_outcome(&attempts[i].1) else {
+                        i += 1;
+                        continue;
+                    };
+                    let (id, s) = attempts.swap_remove(i);
+                    match outcome {
+                        Ok(()) => {
+                            let s = TcpStream::from(OwnedFd::from(s));
+                            s.set_nonblocking(false)?;
+                            return Ok(s);
+                        }
+                        Err(e) => {
+                            first_error.get_or_insert(e);
+                            plan.failed(Instant::now(), id);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
 
 /// Reads until the server closes, at most [`MAX_RESPONSE`] bytes, by `deadline`.
@@ -157,6 +223,55 @@ fn body_of_200(response: &[u8]) -> Result<Vec<u8>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The key fetch's dial races the families: `::1` dropping SYNs (a full accept queue of
+    /// one) does not hold it, 127.0.0.1 answers.
+    #[test]
+    fn the_key_fetch_dial_is_answered_by_the_other_family() {
+        use socket2::{Domain, Socket, Type};
+        let v4 = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = v4.local_addr().unwrap().port();
+        let v6: SocketAddr = format!("[::1]:{port}").parse().unwrap();
+        let hole = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
+        hole.set_only_v6(true).unwrap();
+        if hole.bind(&v6.into()).is_err() {
+            eprintln!("skipped: no IPv6 loopback");
+            return;
+        }
+        hole.listen(0).unwrap();
+        let _filler = TcpStream::connect(v6).unwrap();
+        let probe = Socket::new(Domain::IPV6, Type::STREAM, None).unwrap();
+        if probe
+            .connect_timeout(&v6.into(), Duration::from_millis(300))
+            .is_ok()
+        {
+            eprintln!("skipped: a full accept queue does not drop SYNs here");
+            return;
+        }
+        let addrs = [v6, v4.local_addr().unwrap()];
+        let s = race(&addrs, Instant::now() + Duration::from_secs(10)).unwrap();
+        assert_eq!(s.peer_addr().unwrap(), addrs[1]);
+        // Blocking again, for the TLS that follows: a read waits out its timeout (a
+        // non-blocking socket would answer at once).
+        let mut one = [0u8; 1];
+        s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        let t = Instant::now();
+        assert!((&s).read(&mut one).is_err());
+        assert!(
+            t.elapsed() >= Duration::from_millis(40),
+            "{:?}",
+            t.elapsed()
+        );
+    }
+
+    #[test]
+    fn a_key_fetch_dial_to_nothing_fails_with_the_first_error() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        drop(l);
+        let e = race(&[addr], Instant::now() + Duration::from_secs(5)).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionRefused);
+    }
 
     #[test]
     fn a_200_gives_its_body_and_anything_else_an_error() {

@@ -686,16 +686,9 @@ impl Origins {
         };
         let mut i = 0;
         while i < r.attempts.len() {
-            let s = &r.attempts[i].1;
-            let outcome = match s.take_error() {
-                Ok(Some(e)) | Err(e) => Err(e),
-                Ok(None) => match s.peer_addr() {
-                    Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-                        i += 1;
-                        continue;
-                    }
-                    r => r.map(drop),
-                },
+            let Some(outcome) = connect_outcome(&r.attempts[i].1) else {
+                i += 1;
+                continue;
             };
             let (id, mut s) = r.attempts.swap_remove(i);
             match outcome {
@@ -796,6 +789,17 @@ impl Origins {
         if let Err(e) = result {
             self.fail(key, e);
         }
+    }
+}
+
+/// How the non-blocking connect of `s` ended; none while it is under way.
+pub(crate) fn connect_outcome(s: &TcpStream) -> Option<io::Result<()>> {
+    match s.take_error() {
+        Ok(Some(e)) | Err(e) => Some(Err(e)),
+        Ok(None) => match s.peer_addr() {
+            Err(e) if e.kind() == io::ErrorKind::NotConnected => None,
+            r => Some(r.map(drop)),
+        },
     }
 }
 
