@@ -405,8 +405,10 @@ impl Origins {
             let socks = self.flows.get_mut(&key).and_then(|f| f.socks.as_mut());
             match socks {
                 Some(sx) if sx.phase == Phase::Resolving => {
-                    let ip = answer.ok().and_then(|a| a.first().map(SocketAddr::ip));
-                    let step = sx.server.resolved(ip);
+                    let ips: Vec<IpAddr> = answer
+                        .map(|a| a.iter().map(SocketAddr::ip).collect())
+                        .unwrap_or_default();
+                    let step = sx.server.resolved(&ips);
                     self.run_socks(key, step);
                 }
                 _ => match answer {

@@ -415,12 +415,11 @@ fn socks_bridge(
                     *next
                 }
                 Step::Resolve(name) => {
-                    let ip = tokio::net::lookup_host((name.as_str(), 0))
+                    let ips: Vec<_> = tokio::net::lookup_host((name.as_str(), 0))
                         .await
-                        .ok()
-                        .and_then(|mut a| a.next())
-                        .map(|a| a.ip());
-                    socks.resolved(ip)
+                        .map(|a| a.map(|a| a.ip()).collect())
+                        .unwrap_or_default();
+                    socks.resolved(&ips)
                 }
                 Step::Dial(addr) => {
                     progress.report(FlowReport::Dialing);

@@ -27,7 +27,7 @@ fuzz_target!(|data: &[u8]| {
         }
         match next {
             Step::Dial(_) | Step::Pipe(_) => panic!("no rules, yet asked to connect"),
-            Step::Resolve(_) => next = s.resolved(Some([127, 0, 0, 1].into())),
+            Step::Resolve(_) => next = s.resolved(&[[127, 0, 0, 1].into()]),
             _ => {}
         }
         while let Step::Send(_, after) = next {

@@ -340,12 +340,14 @@ impl Server {
         }
     }
 
-    /// The answer to [`Step::Resolve`]: the name's first address, if any.
-    pub fn resolved(&mut self, ip: Option<IpAddr>) -> Step {
+    /// The answer to [`Step::Resolve`]: the name's addresses in the resolver's order (none:
+    /// it did not resolve). The first IPv4 one is checked and dialled, else the first, as
+    /// cloudflared's `net.ResolveIPAddr("ip", name)` picks it.
+    pub fn resolved(&mut self, ips: &[IpAddr]) -> Step {
         let State::Resolving(req) = std::mem::replace(&mut self.state, State::Done) else {
             return Step::Close(SocksError::OutOfOrder);
         };
-        match ip {
+        match ips.iter().find(|ip| ip.is_ipv4()).or(ips.first()).copied() {
             Some(ip) => self.check(req, ip),
             None => Step::Send(
                 encode_reply(reply::RULE_FAILURE, Some((&req.host, req.port))),

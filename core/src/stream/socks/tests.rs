@@ -104,7 +104,8 @@ fn names_are_resolved_then_checked_and_dial_failures_answered() {
     input.extend(connect(Host::Domain("db.internal".into()), 5432));
     let (_, step) = run(s.feed(&input));
     assert_eq!(step, Step::Resolve("db.internal".into()));
-    let (_, step) = run(s.resolved(Some([192, 0, 2, 7].into())));
+    // The first IPv4 address, as cloudflared's `ResolveIPAddr("ip", ...)` picks it.
+    let (_, step) = run(s.resolved(&["2001:db8::7".parse().unwrap(), [192, 0, 2, 7].into()]));
     assert_eq!(step, Step::Dial("192.0.2.7:5432".parse().unwrap()));
     let (sent, step) = run(s.dial_failed(DialFailure::Refused));
     assert_eq!(sent, [5, reply::CONNECTION_REFUSED, 0, 1, 0, 0, 0, 0, 0, 0]);
@@ -115,10 +116,19 @@ fn names_are_resolved_then_checked_and_dial_failures_answered() {
         Step::Close(SocksError::OutOfOrder)
     );
 
+    // Without one, the first address.
+    let mut v6 = Server::new(rules(&[("2001:db8::/32", &[], true)]));
+    run(v6.feed(&input));
+    let (_, step) = run(v6.resolved(&[
+        "2001:db8::7".parse().unwrap(),
+        "2001:db8::8".parse().unwrap(),
+    ]));
+    assert_eq!(step, Step::Dial("[2001:db8::7]:5432".parse().unwrap()));
+
     let mut s = Server::new(Vec::new());
     let (_, step) = run(s.feed(&input));
     assert_eq!(step, Step::Resolve("db.internal".into()));
-    let (sent, step) = run(s.resolved(None));
+    let (sent, step) = run(s.resolved(&[]));
     assert_eq!(sent[1], reply::RULE_FAILURE);
     assert_eq!(sent[3], 3, "the name is echoed back, as cloudflared");
     assert_eq!(step, Step::Close(SocksError::Unresolved));
