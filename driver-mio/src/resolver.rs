@@ -13,14 +13,13 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use burrow_core::tunnel::happy_eyeballs::MAX_ADDRESSES;
+
 /// How long the helper thread is kept after its last answer.
 const IDLE: Duration = Duration::from_secs(60);
 
 /// A lookup: the caller's id and `host:port`.
 type Job = (u64, String);
-
-/// Addresses of one name kept for dialling, in the resolver's order; the rest are dropped.
-pub const MAX_ADDRESSES: usize = 8;
 
 /// A lookup's answer: the id it was asked with, the addresses (at least one, at most
 /// [`MAX_ADDRESSES`], in the resolver's order) or the error in words.

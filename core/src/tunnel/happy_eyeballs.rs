@@ -18,6 +18,11 @@ pub const FALLBACK_DELAY: Duration = Duration::from_millis(300);
 /// `saneMinimum`).
 const SANE_MINIMUM: Duration = Duration::from_secs(2);
 
+/// Most addresses of one name a plan dials; the resolver's order decides which. Go's dialer
+/// has no cap, but a name's answer is the resolver's to make big, and past this many the
+/// 2 s shares of a 30 s `connectTimeout` run out first anyway.
+pub const MAX_ADDRESSES: usize = 32;
+
 /// Names one connection attempt of a [`DialPlan`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct AttemptId(u32);
@@ -65,8 +70,8 @@ pub struct DialPlan {
 }
 
 impl DialPlan {
-    /// A dial begun at `now` to `addrs` in the resolver's order, giving up at `deadline`
-    /// (none: never). Without `race_families` (cloudflared's `noHappyEyeballs`) every address
+    /// A dial begun at `now` to `addrs` (the first [`MAX_ADDRESSES`]) in the resolver's order,
+    /// giving up at `deadline` (none: never). Without `race_families` (cloudflared's `noHappyEyeballs`) every address
     /// is tried in turn, whatever its family.
     pub fn new(
         now: Instant,
@@ -77,6 +82,7 @@ impl DialPlan {
         let first_v4 = addrs.first().is_none_or(SocketAddr::is_ipv4);
         let (primaries, fallbacks): (VecDeque<_>, VecDeque<_>) = addrs
             .iter()
+            .take(MAX_ADDRESSES)
             .partition(|a| !race_families || a.is_ipv4() == first_v4);
         let fallback_at = (!fallbacks.is_empty()).then_some(now + FALLBACK_DELAY);
         Self {
@@ -338,6 +344,27 @@ mod tests {
         p.failed(t0, id);
         p.failed(t0, id);
         assert_eq!(p.poll(t0), DialStep::Exhausted);
+    }
+
+    #[test]
+    fn a_name_with_more_addresses_than_the_bound_dials_the_first_ones() {
+        let t0 = Instant::now();
+        let addrs: Vec<SocketAddr> = (0..100u16)
+            .map(|i| SocketAddr::from(([10, 0, (i >> 8) as u8, i as u8], 80)))
+            .collect();
+        let mut p = DialPlan::new(t0, &addrs, None, true);
+        let mut dialled = Vec::new();
+        loop {
+            match p.poll(t0) {
+                DialStep::Connect(id, addr) => {
+                    dialled.push(addr);
+                    p.failed(t0, id);
+                }
+                DialStep::Exhausted => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(dialled, addrs[..MAX_ADDRESSES]);
     }
 
     #[test]
