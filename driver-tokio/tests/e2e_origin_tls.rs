@@ -321,3 +321,33 @@ fn a_static_edge_name_is_dialled_at_its_ipv4_address() {
         .expect("connector registered through the named edge");
     assert_eq!(get(eo.http, "app.test").0, 200);
 }
+
+/// `--proxy-connect-timeout` bounds the dial of `--url`'s origin, as cloudflared's flag does:
+/// an origin that drops SYNs is answered 502 after about 1 s, not after the default 30 s.
+#[test]
+fn proxy_connect_timeout_bounds_the_url_origins_dial() {
+    let bed =
+        Testbed::create(Path::new(BIN), "e2e-proxy-timeout", "app", &["app.test"]).expect("tunnel");
+    let hole_addr = testbed::free_tcp().expect("port");
+    let Some(_hole) = common::dual_stack::blackhole(hole_addr) else {
+        return;
+    };
+    let eo = EdgeOpts::loopback().expect("ports");
+    let _edge = bed.edge(&eo).expect("edge");
+    let url = format!("http://{hole_addr}");
+    let c = run_connector(
+        &bed,
+        &eo,
+        None,
+        &["--url", &url, "--proxy-connect-timeout", "1s"],
+    );
+    let t0 = std::time::Instant::now();
+    let (status, body) = get(eo.http, "app.test");
+    let took = t0.elapsed();
+    assert_eq!(status, 502, "{body}\n{}", c.log_tail(3000));
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(10),
+        "answered after {took:?}"
+    );
+    stop(c);
+}

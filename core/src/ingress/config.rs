@@ -96,6 +96,16 @@ pub struct OriginFlagKeys {
     pub proxy_port: Option<u64>,
     /// `proxy-no-happy-eyeballs`.
     pub proxy_no_happy_eyeballs: Option<bool>,
+    /// `proxy-connect-timeout`.
+    pub proxy_connect_timeout: Option<Dur>,
+    /// `proxy-tls-timeout`.
+    pub proxy_tls_timeout: Option<Dur>,
+    /// `proxy-tcp-keepalive`.
+    pub proxy_tcp_keepalive: Option<Dur>,
+    /// `proxy-keepalive-connections`.
+    pub proxy_keepalive_connections: Option<u32>,
+    /// `proxy-keepalive-timeout`.
+    pub proxy_keepalive_timeout: Option<Dur>,
 }
 
 /// One `ipRules` entry as written.

@@ -11,7 +11,7 @@ pub mod bastion;
 mod config;
 mod duration;
 pub mod local_config;
-pub use duration::parse as parse_duration;
+pub use duration::{parse as parse_duration, Dur};
 pub mod no_tls_verify;
 #[cfg(test)]
 mod tests;

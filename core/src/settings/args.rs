@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Subcommand};
 
 use super::switch::{by_presence, by_value, Switch};
-use crate::ingress::{OriginFlagKeys, OriginRequestConfig};
+use crate::ingress::{Dur, OriginFlagKeys, OriginRequestConfig};
 
 /// `burrow tunnel ...`.
 #[derive(Debug, Args)]
@@ -198,6 +198,11 @@ const RUN_FLAGS_WITH_VALUE: &[&str] = &[
     "--origin-server-name",
     "--proxy-address",
     "--proxy-port",
+    "--proxy-connect-timeout",
+    "--proxy-tls-timeout",
+    "--proxy-tcp-keepalive",
+    "--proxy-keepalive-connections",
+    "--proxy-keepalive-timeout",
 ];
 
 /// `run` switches that cloudflared's `tunnel` takes too.
@@ -253,6 +258,21 @@ pub struct OriginFlags {
     /// raced (no variable, as in cloudflared).
     #[arg(long, num_args = 0..=1, require_equals = true, default_missing_value = "true", overrides_with = "proxy_no_happy_eyeballs")]
     pub proxy_no_happy_eyeballs: Option<Switch>,
+    /// `connectTimeout` of the one rule (no variable, as in cloudflared) [default: 30s].
+    #[arg(long, value_parser = parse_go_duration)]
+    pub proxy_connect_timeout: Option<Duration>,
+    /// `tlsTimeout` of the one rule [default: 10s].
+    #[arg(long, value_parser = parse_go_duration)]
+    pub proxy_tls_timeout: Option<Duration>,
+    /// `tcpKeepAlive` of the one rule [default: 30s].
+    #[arg(long, value_parser = parse_go_duration)]
+    pub proxy_tcp_keepalive: Option<Duration>,
+    /// `keepAliveConnections` of the one rule [default: 100].
+    #[arg(long)]
+    pub proxy_keepalive_connections: Option<u32>,
+    /// `keepAliveTimeout` of the one rule [default: 1m30s].
+    #[arg(long, value_parser = parse_go_duration)]
+    pub proxy_keepalive_timeout: Option<Duration>,
 }
 
 impl OriginFlags {
@@ -284,6 +304,13 @@ impl OriginFlags {
                 file.proxy_no_happy_eyeballs,
             )
             .then(|| by_value(self.proxy_no_happy_eyeballs, file.proxy_no_happy_eyeballs)),
+            connect_timeout: dur(self.proxy_connect_timeout, file.proxy_connect_timeout),
+            tls_timeout: dur(self.proxy_tls_timeout, file.proxy_tls_timeout),
+            tcp_keep_alive: dur(self.proxy_tcp_keepalive, file.proxy_tcp_keepalive),
+            keep_alive_connections: self
+                .proxy_keepalive_connections
+                .or(file.proxy_keepalive_connections),
+            keep_alive_timeout: dur(self.proxy_keepalive_timeout, file.proxy_keepalive_timeout),
             ..OriginRequestConfig::default()
         }
     }
@@ -351,4 +378,14 @@ pub struct RunArgs {
 /// `--grace-period` as a Go duration (`30s`, `1m30s`).
 fn parse_duration(s: &str) -> Result<Duration, String> {
     humantime::parse_duration(s).map_err(|e| format!("invalid duration {s:?}: {e}"))
+}
+
+/// A Go duration flag that may be `0`, as `time.ParseDuration` reads it.
+fn parse_go_duration(s: &str) -> Result<Duration, String> {
+    crate::ingress::parse_duration(s).ok_or_else(|| format!("invalid duration {s:?}"))
+}
+
+/// A duration flag over its config-file key.
+fn dur(flag: Option<Duration>, key: Option<Dur>) -> Option<Dur> {
+    flag.map(Dur).or(key)
 }

@@ -20,8 +20,6 @@ Cloudflare's API; run an existing tunnel with its credentials file or token";
 const QUIC_TUNING: &str = "burrow's QUIC flow-control windows, stream writes and path MTU \
 discovery (with black-hole detection) are fixed";
 const MANAGEMENT: &str = "burrow serves no management service (cloudflared tail)";
-const ORIGIN_OPTION: &str = "not yet as a flag; set the same option under originRequest in \
-config.yml (connectTimeout, tlsTimeout, tcpKeepAlive, keepAliveConnections, keepAliveTimeout)";
 
 /// The refused flags, as cloudflared spells them (every one takes a value but
 /// `stdin-control` and `quic-disable-pmtu-discovery`), each with why burrow refuses it.
@@ -72,26 +70,6 @@ pub(super) const REFUSED: &[(Flag, &str)] = &[
     (
         Flag::value("dns-resolver-addrs", "DNS_RESOLVER_ADDRS"),
         "burrow has no resolver of its own for private-network DNS to override",
-    ),
-    (
-        Flag::value("proxy-connect-timeout", "PROXY_CONNECT_TIMEOUT"),
-        ORIGIN_OPTION,
-    ),
-    (
-        Flag::value("proxy-tls-timeout", "PROXY_TLS_TIMEOUT"),
-        ORIGIN_OPTION,
-    ),
-    (
-        Flag::value("proxy-tcp-keepalive", "PROXY_TCP_KEEPALIVE"),
-        ORIGIN_OPTION,
-    ),
-    (
-        Flag::value("proxy-keepalive-connections", "PROXY_KEEPALIVE_CONNECTIONS"),
-        ORIGIN_OPTION,
-    ),
-    (
-        Flag::value("proxy-keepalive-timeout", "PROXY_KEEPALIVE_TIMEOUT"),
-        ORIGIN_OPTION,
     ),
 ];
 

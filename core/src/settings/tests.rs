@@ -606,8 +606,8 @@ fn flags_burrow_cannot_honour_stop_it_with_the_reason() {
             "quic-disable-pmtu-discovery",
         ),
         (
-            &["run", "--proxy-connect-timeout", "5s", "--url", "http://x"],
-            "proxy-connect-timeout",
+            &["run", "--write-stream-timeout", "5s", "--url", "http://x"],
+            "write-stream-timeout",
         ),
         (
             &["--dns-resolver-addrs", "1.1.1.1:53", "run"],
@@ -1002,6 +1002,75 @@ fn every_switch_takes_cloudflareds_spellings() {
     // The alias too.
     let TunnelCommand::Run(run) = tunnel_args(&["run", "--pq=0"]).command;
     assert_eq!(run.post_quantum, Some(Switch::Off));
+}
+
+/// The `--url`-mode origin timeouts and pool flags are the one rule's `originRequest`
+/// options, as cloudflared's `originRequestFromSingleRule` reads them: the flag, else the
+/// config file's key of the same name, else the option's default (left to ingress).
+#[test]
+fn proxy_timeout_flags_shape_the_one_origin() {
+    use crate::ingress::Dur;
+    let secs = |s| Some(Dur(Duration::from_secs(s)));
+    let origin = |args: &[&str], yaml: &str| settings(args, yaml).expect("settings").origin;
+    let o = origin(
+        &[
+            "run",
+            "--url",
+            "http://x",
+            "--proxy-connect-timeout",
+            "3s",
+            "--proxy-tls-timeout=1m",
+            "--proxy-tcp-keepalive",
+            "0",
+            "--proxy-keepalive-connections",
+            "7",
+            "--proxy-keepalive-timeout",
+            "1m30s",
+        ],
+        "",
+    );
+    assert_eq!(o.connect_timeout, secs(3));
+    assert_eq!(o.tls_timeout, secs(60));
+    assert_eq!(o.tcp_keep_alive, secs(0));
+    assert_eq!(o.keep_alive_connections, Some(7));
+    assert_eq!(o.keep_alive_timeout, secs(90));
+    // The file's keys, and a flag over its key.
+    let yaml = "proxy-connect-timeout: 4s\nproxy-keepalive-connections: 2\nproxy-tls-timeout: 5s\n";
+    let o = origin(&["run", "--proxy-tls-timeout", "6s"], yaml);
+    assert_eq!(o.connect_timeout, secs(4));
+    assert_eq!(o.keep_alive_connections, Some(2));
+    assert_eq!(o.tls_timeout, secs(6));
+    assert_eq!(o.keep_alive_timeout, None);
+    // Between `tunnel` and `run` they move after `run` with their value, as the other
+    // origin flags.
+    let argv = cloudflared_argv(
+        [
+            "burrow",
+            "tunnel",
+            "--proxy-connect-timeout",
+            "2s",
+            "run",
+            "id",
+        ]
+        .map(std::ffi::OsString::from)
+        .to_vec(),
+    );
+    assert_eq!(
+        argv,
+        [
+            "burrow",
+            "tunnel",
+            "run",
+            "--proxy-connect-timeout",
+            "2s",
+            "id"
+        ]
+        .map(std::ffi::OsString::from)
+        .to_vec()
+    );
+    // Not a duration: clap's error names the value.
+    let bad = Cli::try_parse_from(["burrow", "tunnel", "run", "--proxy-connect-timeout", "soon"]);
+    assert!(bad.is_err_and(|e| e.to_string().contains("soon")));
 }
 
 /// What a switch means, as cloudflared reads it (seen with /work/cfd/cloudflared's `Settings:`
