@@ -119,6 +119,7 @@ async fn run(args: QuickstartArgs) -> Result<(), String> {
             icmpv4_src: None,
             icmpv6_src: None,
             post_quantum: false,
+            quic: Default::default(),
             protocol: burrow_core::tunnel::protocol::ProtocolFlag::Auto,
             retries: 5,
             token: false,

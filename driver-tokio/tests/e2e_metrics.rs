@@ -198,3 +198,52 @@ fn quic_process_and_build_families_match_cloudflared() {
         );
     }
 }
+
+/// `quic_client_mtu` of connection 0: after the handshake quinn's path MTU discovery raises
+/// the packet size from the 1,280-byte path's 1,252 (an IPv4 edge); with
+/// `--quic-disable-pmtu-discovery` (cloudflared's hidden flag) it stays there.
+#[test]
+fn quic_disable_pmtu_discovery_keeps_the_initial_packet_size() {
+    let mtu = |metrics: SocketAddr| -> Option<u32> {
+        metrics_text(metrics)
+            .lines()
+            .find_map(|l| l.strip_prefix("quic_client_mtu{conn_index=\"0\"} "))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    for disabled in [false, true] {
+        let bed =
+            Testbed::create(Path::new(BIN), "e2e-pmtu", "app", &["app.test"]).expect("tunnel");
+        let eo = EdgeOpts::loopback().expect("ports");
+        let _edge = bed.edge(&eo).expect("edge");
+        let metrics = testbed::free_tcp().expect("port");
+        let mut connector = bed
+            .connector(&ConnectorOpts {
+                edge: eo.quic,
+                metrics,
+                ingress: vec![(None, "http_status:404".into())],
+                ha_connections: 1,
+                extra: if disabled {
+                    vec!["--quic-disable-pmtu-discovery".into()]
+                } else {
+                    vec![]
+                },
+                config_extra: String::new(),
+            })
+            .expect("connector");
+        testbed::wait_ready(&mut connector, metrics, 1, Duration::from_secs(30)).expect("ready");
+        // Discovery takes a few round trips on loopback; give it 5 s to move.
+        let mut seen = mtu(metrics);
+        for _ in 0..50 {
+            if seen.is_some_and(|m| m > 1252) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            seen = mtu(metrics);
+        }
+        if disabled {
+            assert_eq!(seen, Some(1252), "{}", connector.log_tail(2000));
+        } else {
+            assert!(seen.is_some_and(|m| m > 1252), "{seen:?}");
+        }
+    }
+}

@@ -197,6 +197,12 @@ pub struct ConfigFile {
     pub log_directory: Option<String>,
     /// `retries`.
     pub retries: Option<u32>,
+    /// `quic-disable-pmtu-discovery`.
+    pub quic_disable_pmtu_discovery: Option<bool>,
+    /// `quic-connection-level-flow-control-limit`.
+    pub quic_connection_level_flow_control_limit: Option<u64>,
+    /// `quic-stream-level-flow-control-limit`.
+    pub quic_stream_level_flow_control_limit: Option<u64>,
     /// The single origin's flag keys (`no-tls-verify`, ...).
     #[serde(flatten)]
     pub origin_flags: OriginFlagKeys,

@@ -73,6 +73,26 @@ pub struct CommonArgs {
     /// [default: 5].
     #[arg(long, global = true, env = "TUNNEL_RETRIES")]
     pub retries: Option<u32>,
+    /// QUIC without path MTU discovery: packets stay at the 1,280-byte path's size.
+    #[arg(long, global = true, hide = true, env = "TUNNEL_DISABLE_QUIC_PMTU", num_args = 0..=1, require_equals = true, default_missing_value = "true", overrides_with = "quic_disable_pmtu_discovery")]
+    pub quic_disable_pmtu_discovery: Option<Switch>,
+    /// Bytes the edge may send on a QUIC connection ahead of the connector's reads (0:
+    /// quic-go's 15 MiB) [default: 30 MiB].
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "TUNNEL_QUIC_CONN_LEVEL_FLOW_CONTROL_LIMIT"
+    )]
+    pub quic_connection_level_flow_control_limit: Option<u64>,
+    /// The same per QUIC stream (0: quic-go's 6 MiB) [default: 6 MiB].
+    #[arg(
+        long,
+        global = true,
+        hide = true,
+        env = "TUNNEL_QUIC_STREAM_LEVEL_FLOW_CONTROL_LIMIT"
+    )]
+    pub quic_stream_level_flow_control_limit: Option<u64>,
     /// Tag `KEY=VALUE` sent to origins as `Cf-Warp-Tag-KEY` (repeatable).
     #[arg(
         long,

@@ -103,6 +103,8 @@ pub struct Settings {
     pub pidfile: Option<String>,
     /// `--retries`.
     pub retries: u32,
+    /// QUIC receive windows and path MTU discovery (`--quic-*`).
+    pub quic: QuicTuning,
     /// `--output`.
     pub log_format: LogFormat,
     /// The tunnel argument, else the file's `tunnel`.
@@ -211,6 +213,7 @@ impl Settings {
                     .map(|d| format!("{}/cloudflared.log", d.trim_end_matches('/')))
             }),
             retries: common.retries.or(file.retries).unwrap_or(5),
+            quic: QuicTuning::merge(common, file),
             log_format: common
                 .output
                 .as_deref()
@@ -218,6 +221,69 @@ impl Settings {
             tunnel: or(&run.tunnel, &file.tunnel),
             configuration_flags: configuration_flags(common, run, file),
         })
+    }
+}
+
+/// cloudflared's hidden QUIC flags: `--quic-disable-pmtu-discovery` and the receive-window
+/// ceilings `--quic-connection-level-flow-control-limit` and
+/// `--quic-stream-level-flow-control-limit`. quic-go grows its windows up to these; quinn's
+/// are that wide from the start (the connection's also grows per held stream,
+/// [`crate::receive_window`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct QuicTuning {
+    /// Path MTU discovery on (cloudflared's default).
+    pub mtu_discovery: bool,
+    /// Connection receive window, bytes (none: cloudflared's 30 MiB).
+    pub connection_window: Option<u64>,
+    /// Stream receive window, bytes (none: cloudflared's 6 MiB).
+    pub stream_window: Option<u64>,
+}
+
+impl Default for QuicTuning {
+    /// cloudflared's defaults.
+    fn default() -> Self {
+        Self {
+            mtu_discovery: true,
+            connection_window: None,
+            stream_window: None,
+        }
+    }
+}
+
+impl QuicTuning {
+    /// quic-go's own ceilings, which it takes for 0.
+    const QUIC_GO_CONNECTION_WINDOW: u64 = 15 << 20;
+    const QUIC_GO_STREAM_WINDOW: u64 = 6 << 20;
+
+    fn merge(common: &CommonArgs, file: &ConfigFile) -> Self {
+        let zero_is = |v: u64, default: u64| if v == 0 { default } else { v };
+        Self {
+            mtu_discovery: !switch::by_value(
+                common.quic_disable_pmtu_discovery,
+                file.quic_disable_pmtu_discovery,
+            ),
+            connection_window: common
+                .quic_connection_level_flow_control_limit
+                .or(file.quic_connection_level_flow_control_limit)
+                .map(|v| zero_is(v, Self::QUIC_GO_CONNECTION_WINDOW)),
+            stream_window: common
+                .quic_stream_level_flow_control_limit
+                .or(file.quic_stream_level_flow_control_limit)
+                .map(|v| zero_is(v, Self::QUIC_GO_STREAM_WINDOW)),
+        }
+    }
+
+    /// Sets these on `quic` (windows past 4 GiB are 4 GiB: quinn's are `u32` here, and no
+    /// connector holds that much).
+    pub fn apply(&self, quic: &mut crate::quic::transport::QuicSettings) {
+        let clamp = |v: u64| u32::try_from(v).unwrap_or(u32::MAX);
+        quic.mtu_discovery = self.mtu_discovery;
+        if let Some(v) = self.connection_window {
+            quic.connection_receive_window = clamp(v);
+        }
+        if let Some(v) = self.stream_window {
+            quic.stream_receive_window = clamp(v);
+        }
     }
 }
 
@@ -514,6 +580,8 @@ pub struct RunConfig {
     pub icmpv6_src: Option<std::net::Ipv6Addr>,
     /// `--post-quantum`.
     pub post_quantum: bool,
+    /// `--quic-*`.
+    pub quic: QuicTuning,
     /// `--protocol`.
     pub protocol: ProtocolFlag,
     /// `--token` (or `TUNNEL_TOKEN`) was given: `auto` starts on QUIC whatever the
@@ -612,6 +680,7 @@ pub fn run_config(
         icmpv4_src: settings.icmpv4_src,
         icmpv6_src: settings.icmpv6_src,
         post_quantum: settings.post_quantum,
+        quic: settings.quic,
         protocol: settings.protocol,
         token: settings.token.is_some(),
         retries: settings.retries,
@@ -746,6 +815,7 @@ impl RunConfig {
             .is_none()
             .then(|| self.creds.account_tag.clone());
         config.http2_tls = Some(http2_tls);
+        self.quic.apply(&mut config.quic);
         Ok(config)
     }
 }

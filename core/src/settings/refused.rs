@@ -17,12 +17,12 @@ pub struct RefusedFlag {
 
 const PROVISIONING: &str = "burrow creates no tunnels, DNS records or load balancers through \
 Cloudflare's API; run an existing tunnel with its credentials file or token";
-const QUIC_TUNING: &str = "burrow's QUIC flow-control windows, stream writes and path MTU \
-discovery (with black-hole detection) are fixed";
+const STREAM_WRITES: &str = "burrow's stream and origin writes wait for the peer, bounded by \
+flow control and the idle timeouts, not by a write deadline";
 const MANAGEMENT: &str = "burrow serves no management service (cloudflared tail)";
 
 /// The refused flags, as cloudflared spells them (every one takes a value but
-/// `stdin-control` and `quic-disable-pmtu-discovery`), each with why burrow refuses it.
+/// `stdin-control`), each with why burrow refuses it.
 pub(super) const REFUSED: &[(Flag, &str)] = &[
     (Flag::value("hostname", "HOSTNAME"), PROVISIONING),
     (Flag::value("id", "ID"), PROVISIONING),
@@ -42,25 +42,7 @@ pub(super) const REFUSED: &[(Flag, &str)] = &[
     ),
     (
         Flag::value("write-stream-timeout", "WRITE_STREAM_TIMEOUT"),
-        QUIC_TUNING,
-    ),
-    (
-        Flag::switch("quic-disable-pmtu-discovery", "QUIC_DISABLE_PMTU_DISCOVERY"),
-        QUIC_TUNING,
-    ),
-    (
-        Flag::value(
-            "quic-connection-level-flow-control-limit",
-            "QUIC_CONNECTION_LEVEL_FLOW_CONTROL_LIMIT",
-        ),
-        QUIC_TUNING,
-    ),
-    (
-        Flag::value(
-            "quic-stream-level-flow-control-limit",
-            "QUIC_STREAM_LEVEL_FLOW_CONTROL_LIMIT",
-        ),
-        QUIC_TUNING,
+        STREAM_WRITES,
     ),
     (
         Flag::value("management-hostname", "MANAGEMENT_HOSTNAME"),
@@ -74,8 +56,8 @@ pub(super) const REFUSED: &[(Flag, &str)] = &[
 ];
 
 /// The first refused flag given (on the command line or through its variable) asking for what
-/// burrow cannot do, in `REFUSED`'s order: `--quic-disable-pmtu-discovery=false` asks for
-/// nothing, `--stdin-control=false` still does (cloudflared reads it by presence).
+/// burrow cannot do, in `REFUSED`'s order: `--stdin-control=false` still does (cloudflared reads
+/// it by presence).
 #[derive(Debug, Clone, Default)]
 pub struct RefusedArgs {
     given: Option<RefusedFlag>,

@@ -602,8 +602,8 @@ fn flags_burrow_cannot_honour_stop_it_with_the_reason() {
         (&["--lb-pool", "p", "run", "id"][..], "lb-pool"),
         (&["run", "--hostname", "a.example.com", "id"], "hostname"),
         (
-            &["--quic-disable-pmtu-discovery", "run"],
-            "quic-disable-pmtu-discovery",
+            &["--management-hostname", "m.example.com", "run"],
+            "management-hostname",
         ),
         (
             &["run", "--write-stream-timeout", "5s", "--url", "http://x"],
@@ -930,6 +930,7 @@ fn every_switch_takes_cloudflareds_spellings() {
         "socks5",
         "http2-origin",
         "proxy-no-happy-eyeballs",
+        "quic-disable-pmtu-discovery",
         "hello-world",
         "post-quantum",
         "no-autoupdate",
@@ -1071,6 +1072,77 @@ fn proxy_timeout_flags_shape_the_one_origin() {
     // Not a duration: clap's error names the value.
     let bad = Cli::try_parse_from(["burrow", "tunnel", "run", "--proxy-connect-timeout", "soon"]);
     assert!(bad.is_err_and(|e| e.to_string().contains("soon")));
+}
+
+/// cloudflared's hidden QUIC flags set the transport: by flag, variable or config-file key;
+/// 0 is quic-go's own ceiling, as quic-go reads it; the switch by value.
+#[test]
+fn quic_flags_set_the_transport() {
+    let host = MapHost(HashMap::from([("/c.json", CREDS)]));
+    let quic = |args: &[&str], yaml: &str| {
+        let args = [
+            args,
+            &[
+                "--credentials-file",
+                "/c.json",
+                "--url",
+                "http://127.0.0.1:1",
+            ],
+        ]
+        .concat();
+        let s = settings(&args, yaml).expect("settings");
+        let loaded = LoadedConfig {
+            path: Some("/config.yml".into()),
+            text: Some(yaml.into()),
+            file: ConfigFile::from_yaml(yaml).expect("file parses"),
+        };
+        let (rc, _) = run_config(&s, &loaded, &host).unwrap();
+        let q = supervisor_config(&rc, None).quic;
+        (
+            q.mtu_discovery,
+            q.connection_receive_window,
+            q.stream_receive_window,
+        )
+    };
+    assert_eq!(quic(&["run"], ""), (true, 30 << 20, 6 << 20));
+    assert_eq!(
+        quic(
+            &[
+                "--quic-disable-pmtu-discovery",
+                "--quic-connection-level-flow-control-limit",
+                "1048576",
+                "run",
+                "--quic-stream-level-flow-control-limit=65536",
+            ],
+            "",
+        ),
+        (false, 1 << 20, 1 << 16)
+    );
+    let yaml = "quic-disable-pmtu-discovery: true\nquic-connection-level-flow-control-limit: 0\n\
+                quic-stream-level-flow-control-limit: 99999999999\n";
+    assert_eq!(quic(&["run"], yaml), (false, 15 << 20, u32::MAX));
+    assert!(quic(&["run", "--quic-disable-pmtu-discovery=false"], yaml).0);
+    // cloudflared's variables (not the flags' names).
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let tunnel = cli.find_subcommand("tunnel").expect("tunnel");
+    for (long, var) in [
+        ("quic-disable-pmtu-discovery", "TUNNEL_DISABLE_QUIC_PMTU"),
+        (
+            "quic-connection-level-flow-control-limit",
+            "TUNNEL_QUIC_CONN_LEVEL_FLOW_CONTROL_LIMIT",
+        ),
+        (
+            "quic-stream-level-flow-control-limit",
+            "TUNNEL_QUIC_STREAM_LEVEL_FLOW_CONTROL_LIMIT",
+        ),
+    ] {
+        let arg = tunnel
+            .get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .expect(long);
+        assert_eq!(arg.get_env(), Some(std::ffi::OsStr::new(var)), "{long}");
+    }
 }
 
 /// What a switch means, as cloudflared reads it (seen with /work/cfd/cloudflared's `Settings:`
