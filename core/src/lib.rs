@@ -22,3 +22,4 @@ pub mod session;
 pub mod settings;
 pub mod stream;
 pub mod tunnel;
+pub mod virtual_dns;

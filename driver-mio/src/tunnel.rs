@@ -212,6 +212,8 @@ struct Driver {
     edge_tcp: EdgeLinks,
     origins: Origins,
     txt: OneShots<(&'static str, Option<String>)>,
+    /// The virtual DNS service's resolver lookups: resolv.conf if the lookup succeeded.
+    local_resolver: OneShots<Option<String>>,
     keys: OneShots<(String, Result<Vec<u8>, String>)>,
     datagrams: Datagrams,
     listener: TcpListener,
@@ -380,6 +382,20 @@ impl Driver {
                 },
                 // A failed lookup: the connector keeps its protocol and asks again.
                 move || (name, None),
+            ),
+            // getaddrinfo has no timeout of its own: the connector ignores a late answer.
+            Io::FindLocalResolver { host, timeout: _ } => self.local_resolver.run(
+                "resolver-lookup",
+                move || {
+                    use std::net::ToSocketAddrs;
+                    let resolved = (host, 0)
+                        .to_socket_addrs()
+                        .is_ok_and(|mut a| a.next().is_some());
+                    resolved
+                        .then(|| std::fs::read_to_string("/etc/resolv.conf").ok())
+                        .flatten()
+                },
+                || None,
             ),
             Io::FetchAccessKeys { url } => {
                 let u = url.clone();
@@ -607,6 +623,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
             Resolver::new(waker.clone()),
         ),
         txt: OneShots::new(waker.clone()),
+        local_resolver: OneShots::new(waker.clone()),
         keys: OneShots::new(waker),
         datagrams: Datagrams::new(),
         listener,
@@ -717,6 +734,11 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
                                 text: text.as_deref(),
                             },
                         );
+                    }
+                    let found: Vec<_> = d.local_resolver.rx.try_iter().collect();
+                    for conf in found {
+                        let resolv_conf = conf.as_deref();
+                        machine.handle_input(now, Input::LocalResolver { resolv_conf });
                     }
                     let keys: Vec<_> = d.keys.rx.try_iter().collect();
                     for (url, body) in keys {

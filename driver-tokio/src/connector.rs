@@ -331,6 +331,9 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
             Some((name, text)) = io.txt_rx.recv() => {
                 machine.handle_input(Instant::now(), Input::TxtRecord { name, text: text.as_deref() });
             }
+            Some(conf) = io.resolver_rx.recv() => {
+                machine.handle_input(Instant::now(), Input::LocalResolver { resolv_conf: conf.as_deref() });
+            }
             () = timer.fired() => {
                 let now = Instant::now();
                 // Stalled: what the edge sent meanwhile is taken before the timers run.
@@ -454,6 +457,9 @@ struct DriverIo {
     /// TXT lookups the connector asked for, answered from their tasks.
     txt_tx: mpsc::UnboundedSender<(&'static str, Option<String>)>,
     txt_rx: mpsc::UnboundedReceiver<(&'static str, Option<String>)>,
+    /// The virtual DNS service's resolver lookups: resolv.conf if the lookup succeeded.
+    resolver_tx: mpsc::UnboundedSender<Option<String>>,
+    resolver_rx: mpsc::UnboundedReceiver<Option<String>>,
     /// Roots for the Access key fetches.
     web_roots: Arc<rustls::RootCertStore>,
     /// Access key fetches the connector asked for, answered from their tasks.
@@ -482,6 +488,7 @@ impl DriverIo {
         let (socket_tx, socket_rx) = mpsc::channel::<SocketEvent>(crate::datagram::CHANNEL_DEPTH);
         let (dial_tx, dial_rx) = mpsc::unbounded_channel();
         let (txt_tx, txt_rx) = mpsc::unbounded_channel();
+        let (resolver_tx, resolver_rx) = mpsc::unbounded_channel();
         let (keys_tx, keys_rx) = mpsc::unbounded_channel();
         Ok(Self {
             web_roots,
@@ -504,6 +511,8 @@ impl DriverIo {
             metrics,
             txt_tx,
             txt_rx,
+            resolver_tx,
+            resolver_rx,
         })
     }
 
@@ -660,6 +669,17 @@ impl DriverIo {
                     let _ = tx.send((name, txt_record(name, timeout).await));
                 });
             }
+            Io::FindLocalResolver { host, timeout } => {
+                let tx = self.resolver_tx.clone();
+                tokio::spawn(async move {
+                    let lookup = tokio::time::timeout(timeout, tokio::net::lookup_host((host, 0)));
+                    let conf = match lookup.await {
+                        Ok(Ok(_)) => tokio::fs::read_to_string(RESOLV_CONF).await.ok(),
+                        _ => None,
+                    };
+                    let _ = tx.send(conf);
+                });
+            }
             Io::FetchAccessKeys { url } => {
                 let tx = self.keys_tx.clone();
                 let roots = self.web_roots.clone();
@@ -676,6 +696,9 @@ impl DriverIo {
 struct Flow {
     handle: FlowHandle,
 }
+
+/// Where the system's resolver reads its name servers.
+const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// Dials an HTTP/2 link's edge connection with the keepalive core asked for. As Go's dialer,
 /// a socket that refuses keepalive still serves.

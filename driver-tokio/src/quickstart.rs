@@ -115,6 +115,7 @@ async fn run(args: QuickstartArgs) -> Result<(), String> {
             tags: Vec::new(),
             max_active_flows: None,
             local_max_active_flows: None,
+            dns_resolvers: None,
             local_tcp_connect_timeout: None,
             icmpv4_src: None,
             icmpv6_src: None,

@@ -371,3 +371,79 @@ fn udp_answering_when_asked() -> (
     });
     (addr, sources)
 }
+
+/// A UDP echo and a TCP echo on the same loopback port.
+fn udp_and_tcp_echo() -> SocketAddr {
+    for _ in 0..20 {
+        let udp = udp_echo();
+        if let Ok(l) = std::net::TcpListener::bind(udp) {
+            std::thread::spawn(move || {
+                for mut s in l.incoming().flatten() {
+                    std::thread::spawn(move || {
+                        let mut buf = [0u8; 4096];
+                        while let Ok(n) = s.read(&mut buf) {
+                            if n == 0 || s.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    });
+                }
+            });
+            return udp;
+        }
+    }
+    panic!("no port free for both UDP and TCP");
+}
+
+/// cloudflared's virtual DNS service: a WARP client's UDP session and TCP flow to
+/// `[2606:4700:cf1:2000::1]:53` go to the resolver `--dns-resolver-addrs` names, and are
+/// counted in `cloudflared_virtual_origins_dns_requests_total{protocol}`. The same of stock
+/// cloudflared when `BURROW_CLOUDFLARED` is set.
+#[test]
+fn the_virtual_dns_service_is_taken_to_the_local_resolver() {
+    let bed = Testbed::create(std::path::Path::new(BIN), "e2e-vdns", "app", &["app.test"])
+        .expect("tunnel");
+    let resolver = udp_and_tcp_echo();
+    let (map, tcp_map) = (
+        testbed::free_udp().expect("port"),
+        testbed::free_tcp().expect("port"),
+    );
+    let service = "[2606:4700:cf1:2000::1]:53";
+    let mut eo = EdgeOpts::loopback().expect("ports");
+    eo.udp_maps = vec![format!("{map}=app:{service}")];
+    eo.tcp_maps = vec![format!("{tcp_map}=app:{service}")];
+    let resolver_flag = resolver.to_string();
+    let extra = ["--dns-resolver-addrs", resolver_flag.as_str()];
+    let stock = std::env::var_os("BURROW_CLOUDFLARED");
+    for cloudflared in std::iter::once(None).chain(stock.map(Some)) {
+        let _edge = bed.edge(&eo).expect("edge");
+        let (c, metrics) = one_connection(&bed, &eo, cloudflared.as_deref(), &extra);
+        let name = if cloudflared.is_some() {
+            "cloudflared"
+        } else {
+            "burrow"
+        };
+        assert!(
+            echoed(map, b"\x12\x34 a DNS query"),
+            "{name}: UDP to the service\n{}",
+            c.log_tail(3000)
+        );
+        let mut s = TcpStream::connect(tcp_map).expect("tcp map");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(b"\x00\x05query").expect("write");
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("{name}: TCP to the service: {e}\n{}", c.log_tail(3000)));
+        assert_eq!(&buf, b"\x00\x05query", "{name}");
+        let text = metrics_text(metrics);
+        let dns = "cloudflared_virtual_origins_dns_requests_total";
+        for protocol in ["udp", "tcp"] {
+            assert_eq!(
+                labelled(&text, &format!("{dns}{{protocol=\"{protocol}\"}}")),
+                1.0,
+                "{name}\n{text}"
+            );
+        }
+    }
+}

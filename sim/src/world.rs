@@ -459,6 +459,9 @@ impl World {
                     }
                     None
                 }
+                // The simulated box resolves no names: the virtual DNS service's lookup fails
+                // at once and its resolver stays the default.
+                Io::FindLocalResolver { .. } => Some(Input::LocalResolver { resolv_conf: None }),
                 flow_io => {
                     origins.apply(vnow, n, flow_io);
                     None

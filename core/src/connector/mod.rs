@@ -33,6 +33,7 @@ use crate::tunnel::protocol::Protocol;
 use crate::tunnel::supervisor::{EdgePool, Supervisor, SupervisorConfig};
 use crate::tunnel::udp::{DatagramHub, Egress, HubAction};
 use crate::tunnel::{Received, Transmit};
+use crate::virtual_dns::LocalResolver;
 
 pub use crate::tunnel::supervisor::SupervisorEvent as Event;
 
@@ -223,6 +224,12 @@ pub enum Input<'a> {
         /// The wall clock now, in Unix seconds (tokens' expiry is checked against it).
         unix: f64,
     },
+    /// The answer to [`Io::FindLocalResolver`]: the system's resolv.conf if the lookup
+    /// succeeded, none if it failed (or the file could not be read).
+    LocalResolver {
+        /// /etc/resolv.conf's text.
+        resolv_conf: Option<&'a str>,
+    },
     /// The answer to [`Io::LookupTxt`].
     TxtRecord {
         /// The name looked up.
@@ -386,6 +393,17 @@ pub enum Io<'a> {
         /// How long the lookup may take ([`crate::tunnel::protocol::TXT_LOOKUP_TIMEOUT`]).
         timeout: Duration,
     },
+    /// Look `host` up through the system's resolver (as any program on the box resolves a
+    /// name) and answer [`Input::LocalResolver`]: with /etc/resolv.conf if it resolved, whose
+    /// first name server then becomes the virtual DNS service's resolver
+    /// ([`crate::virtual_dns`]); with none if it did not. Every 5 minutes, unless
+    /// `--dns-resolver-addrs` fixed the resolvers; an answer later than `timeout` is ignored.
+    FindLocalResolver {
+        /// The name ([`crate::virtual_dns::LOOKUP_HOST`]).
+        host: &'static str,
+        /// How long the lookup may take ([`crate::virtual_dns::LOOKUP_TIMEOUT`]).
+        timeout: Duration,
+    },
     /// GET `url` (a team's Access signing keys: `https`, at most 1 MiB, within 10 s) and answer
     /// [`Input::AccessKeysFetched`]. When and how often is the connector's business.
     FetchAccessKeys {
@@ -438,6 +456,8 @@ pub struct Connector {
     tcp_links: HashSet<LinkId>,
     /// When to fetch the Access signing keys the rules need.
     keys: KeyFetcher,
+    /// The virtual DNS service's resolver.
+    dns: LocalResolver,
     /// What the edge said to each registration.
     registrations: crate::tunnel::registrations::RegistrationStats,
 }
@@ -446,7 +466,12 @@ impl Connector {
     /// A connector over `pool`; `seed` drives every random choice (backoff jitter, address
     /// choice, quinn). Connection 0 starts at `now`.
     pub fn new(now: Instant, config: SupervisorConfig, pool: EdgePool, seed: u64) -> Self {
-        let sup = Supervisor::new(now, config, pool, seed);
+        let dns = match &config.dns_resolvers {
+            Some(addrs) => LocalResolver::fixed(addrs),
+            None => LocalResolver::discovered(now),
+        };
+        let mut sup = Supervisor::new(now, config, pool, seed);
+        sup.set_dns_resolvers(dns.addrs());
         let mut keys = KeyFetcher::new();
         if let Some(ingress) = sup.ingress() {
             keys.set_urls(now, ingress.access_certs_urls());
@@ -454,6 +479,7 @@ impl Connector {
         Self {
             sup,
             keys,
+            dns,
             queue: VecDeque::new(),
             flows: HashMap::new(),
             segments: BTreeMap::new(),
@@ -546,7 +572,10 @@ impl Connector {
     /// Takes one input. Stale ones (a flow or link that is gone) are ignored.
     pub fn handle_input(&mut self, now: Instant, input: Input<'_>) {
         match input {
-            Input::Timeout => self.sup.handle_timeout(now),
+            Input::Timeout => {
+                self.dns.handle_timeout(now);
+                self.sup.handle_timeout(now);
+            }
             Input::Shutdown => self.sup.shutdown(now),
             Input::EdgeSocket {
                 index,
@@ -603,6 +632,11 @@ impl Connector {
                     .change_data_limits(|l| l.access = Some(keys.clone()));
             }
             Input::TxtRecord { name, text } => self.sup.handle_txt_record(now, name, text),
+            Input::LocalResolver { resolv_conf } => {
+                if self.dns.looked_up(now, resolv_conf) {
+                    self.sup.set_dns_resolvers(self.dns.addrs());
+                }
+            }
         }
     }
 
@@ -694,13 +728,25 @@ impl Connector {
             if let Some(url) = self.keys.poll_fetch(now) {
                 return Output::Io(Io::FetchAccessKeys { url });
             }
+            // A stopped connector has nothing to look up for.
+            let running = !self.sup.is_stopped();
+            if running && self.dns.poll_lookup(now) {
+                return Output::Io(Io::FindLocalResolver {
+                    host: crate::virtual_dns::LOOKUP_HOST,
+                    timeout: crate::virtual_dns::LOOKUP_TIMEOUT,
+                });
+            }
             if self.sup.has_events() {
                 continue;
             }
-            let deadline = match (self.sup.poll_timeout(), self.keys.poll_timeout()) {
-                (Some(a), Some(b)) => Some(a.min(b)),
-                (a, b) => a.or(b),
-            };
+            let deadline = [
+                self.sup.poll_timeout(),
+                self.keys.poll_timeout(),
+                self.dns.poll_timeout().filter(|_| running),
+            ]
+            .into_iter()
+            .flatten()
+            .min();
             return Output::Timeout(deadline);
         }
     }

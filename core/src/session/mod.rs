@@ -390,6 +390,9 @@ pub struct SessionStats {
     pub v2_sessions: u64,
     /// Of those, sessions ended (`udp_active_sessions` is the difference).
     pub v2_ended: u64,
+    /// Sessions to the virtual DNS service taken to the local resolver
+    /// (`cloudflared_virtual_origins_dns_requests_total{protocol="udp"}`).
+    pub dns: u64,
 }
 
 impl SessionStats {
@@ -502,6 +505,8 @@ pub struct SessionManager {
     by_index: BTreeMap<u8, IndexStats>,
     notices: VecDeque<SessionNotice>,
     budgets: NoticeBudgets,
+    /// Where sessions to the virtual DNS service go, in turn ([`crate::virtual_dns`]).
+    dns_resolvers: std::sync::Arc<[SocketAddr]>,
 }
 
 impl SessionManager {
@@ -520,7 +525,13 @@ impl SessionManager {
             by_index: BTreeMap::new(),
             notices: VecDeque::new(),
             budgets: NoticeBudgets::default(),
+            dns_resolvers: std::sync::Arc::new([crate::virtual_dns::DEFAULT_RESOLVER]),
         }
+    }
+
+    /// Sessions opened from now on to the virtual DNS service go to `resolvers`.
+    pub fn set_dns_resolvers(&mut self, resolvers: std::sync::Arc<[SocketAddr]>) {
+        self.dns_resolvers = resolvers;
     }
 
     /// The next notice for the driver's log.
@@ -766,8 +777,15 @@ impl SessionManager {
             },
         );
         self.by_id.insert(r.id, flow);
-        self.actions
-            .push_back(SessionAction::Open { flow, dest: r.dest });
+        let dest = match crate::virtual_dns::redirect(&self.dns_resolvers, r.dest, flow.0) {
+            Some(to) => {
+                debug!(flow_id = %r.id, %flow, resolver = %to, "virtual DNS service: to the local resolver");
+                self.stats.dns += 1;
+                to
+            }
+            None => r.dest,
+        };
+        self.actions.push_back(SessionAction::Open { flow, dest });
     }
 
     /// A registration for a live session: a retry on the same link, or a migration.

@@ -381,6 +381,10 @@ pub struct RunArgs {
     /// `warp-routing.maxActiveFlows` of the local and the remote configuration.
     #[arg(long, env = "TUNNEL_MAX_ACTIVE_FLOWS")]
     pub max_active_flows: Option<u64>,
+    /// Resolvers (`ip:port`, at most 10) for the virtual DNS service, one per flow, instead of
+    /// the system's (repeatable).
+    #[arg(long, env = "TUNNEL_DNS_RESOLVER_ADDRS", value_delimiter = ',')]
+    pub dns_resolver_addrs: Vec<String>,
     /// Source (and ping-socket bind) address of the ICMP proxy for IPv4; default: the
     /// address of the route out.
     #[arg(long, env = "TUNNEL_ICMPV4_SRC")]

@@ -73,6 +73,8 @@ pub struct Settings {
     pub tags: Vec<Tag>,
     /// `--max-active-flows`.
     pub max_active_flows: Option<u64>,
+    /// `--dns-resolver-addrs` (none: the system's resolver).
+    pub dns_resolvers: Option<Vec<std::net::SocketAddr>>,
     /// `--icmpv4-src`.
     pub icmpv4_src: Option<std::net::Ipv4Addr>,
     /// `--icmpv6-src`.
@@ -195,6 +197,16 @@ impl Settings {
                 .collect::<Result<_, _>>()
                 .map_err(|e| SetupError::Config(e.to_string()))?,
             max_active_flows: run.max_active_flows.or(file.max_active_flows),
+            // A plain flag in cloudflared, not read from the file.
+            dns_resolvers: if run.dns_resolver_addrs.is_empty() {
+                None
+            } else {
+                Some(
+                    crate::virtual_dns::parse_static(&run.dns_resolver_addrs).map_err(|e| {
+                        SetupError::Config(format!("invalid dns-resolver-addrs provided: {e}"))
+                    })?,
+                )
+            },
             icmpv4_src: run.icmpv4_src.or(file.icmpv4_src),
             icmpv6_src: run.icmpv6_src.or(file.icmpv6_src),
             post_quantum: switch::by_value(run.post_quantum, file.post_quantum),
@@ -572,6 +584,8 @@ pub struct RunConfig {
     pub max_active_flows: Option<u64>,
     /// The configuration file's `warp-routing.maxActiveFlows`.
     pub local_max_active_flows: Option<u64>,
+    /// `--dns-resolver-addrs`.
+    pub dns_resolvers: Option<Vec<std::net::SocketAddr>>,
     /// The configuration file's `warp-routing.connectTimeout`.
     pub local_tcp_connect_timeout: Option<std::time::Duration>,
     /// `--icmpv4-src`.
@@ -676,6 +690,7 @@ pub fn run_config(
         tags: settings.tags.clone(),
         max_active_flows: settings.max_active_flows,
         local_max_active_flows: file.warp_routing.max_active_flows,
+        dns_resolvers: settings.dns_resolvers.clone(),
         local_tcp_connect_timeout: file.warp_routing.connect_timeout.map(|d| d.0),
         icmpv4_src: settings.icmpv4_src,
         icmpv6_src: settings.icmpv6_src,
@@ -800,6 +815,7 @@ impl RunConfig {
         config.retries = self.retries;
         config.max_active_flows = self.max_active_flows;
         config.local_max_active_flows = self.local_max_active_flows;
+        config.dns_resolvers = self.dns_resolvers.clone();
         config.icmp = icmp;
         config.protocol = self.protocol;
         config.auto_initial = if self.wants_percentage_record() {

@@ -49,10 +49,6 @@ pub(super) const REFUSED: &[(Flag, &str)] = &[
         MANAGEMENT,
     ),
     (Flag::value("service-op-ip", "SERVICE_OP_IP"), MANAGEMENT),
-    (
-        Flag::value("dns-resolver-addrs", "DNS_RESOLVER_ADDRS"),
-        "burrow has no resolver of its own for private-network DNS to override",
-    ),
 ];
 
 /// The first refused flag given (on the command line or through its variable) asking for what

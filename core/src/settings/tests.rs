@@ -609,10 +609,7 @@ fn flags_burrow_cannot_honour_stop_it_with_the_reason() {
             &["run", "--write-stream-timeout", "5s", "--url", "http://x"],
             "write-stream-timeout",
         ),
-        (
-            &["--dns-resolver-addrs", "1.1.1.1:53", "run"],
-            "dns-resolver-addrs",
-        ),
+        (&["--service-op-ip", "1.1.1.1:53", "run"], "service-op-ip"),
     ] {
         match start(&mut tunnel_args(args), &host) {
             Err(SetupError::Refused(r)) => {
@@ -1143,6 +1140,72 @@ fn quic_flags_set_the_transport() {
             .expect(long);
         assert_eq!(arg.get_env(), Some(std::ffi::OsStr::new(var)), "{long}");
     }
+}
+
+/// `--dns-resolver-addrs` (a `run` flag; cloudflared reads it from no file): `ip:port`
+/// addresses, repeated or comma-separated, at most 10, refused as cloudflared refuses them.
+#[test]
+fn dns_resolver_addrs_fix_the_virtual_dns_services_resolvers() {
+    let a = |s: &str| s.parse::<std::net::SocketAddr>().unwrap();
+    let host = MapHost(HashMap::from([("/c.json", CREDS)]));
+    let resolvers = |args: &[&str]| {
+        let args = [
+            &[
+                "run",
+                "--credentials-file",
+                "/c.json",
+                "--url",
+                "http://127.0.0.1:1",
+            ],
+            args,
+        ]
+        .concat();
+        let s = settings(&args, "")?;
+        let (rc, _) = run_config(&s, &LoadedConfig::default(), &host).unwrap();
+        Ok::<_, SetupError>(supervisor_config(&rc, None).dns_resolvers)
+    };
+    assert_eq!(resolvers(&[]).unwrap(), None);
+    assert_eq!(
+        resolvers(&[
+            "--dns-resolver-addrs",
+            "10.0.0.1:53",
+            "--dns-resolver-addrs=[fd00::1]:5353,10.0.0.2:53",
+        ])
+        .unwrap(),
+        Some(vec![
+            a("10.0.0.1:53"),
+            a("[fd00::1]:5353"),
+            a("10.0.0.2:53")
+        ])
+    );
+    let err = |args: &[&str]| match resolvers(args) {
+        Err(SetupError::Config(text)) => text,
+        other => panic!("{args:?}: {other:?}"),
+    };
+    assert_eq!(
+        err(&["--dns-resolver-addrs", "10.0.0.1"]),
+        "invalid dns-resolver-addrs provided: \"10.0.0.1\" is not an ip:port"
+    );
+    let eleven: Vec<String> = (0..11).map(|i| format!("10.0.0.{i}:53")).collect();
+    let eleven = format!("--dns-resolver-addrs={}", eleven.join(","));
+    assert_eq!(
+        err(&[&eleven]),
+        "invalid dns-resolver-addrs provided: too many addresses provided, max: 10"
+    );
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let run = cli
+        .find_subcommand("tunnel")
+        .and_then(|t| t.find_subcommand("run"))
+        .expect("run");
+    let arg = run
+        .get_arguments()
+        .find(|a| a.get_long() == Some("dns-resolver-addrs"))
+        .expect("a run flag");
+    assert_eq!(
+        arg.get_env(),
+        Some(std::ffi::OsStr::new("TUNNEL_DNS_RESOLVER_ADDRS"))
+    );
 }
 
 /// What a switch means, as cloudflared reads it (seen with /work/cfd/cloudflared's `Settings:`

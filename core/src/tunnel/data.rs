@@ -35,6 +35,7 @@ use crate::rpc::frame::FrameLimits;
 use crate::stream::proxy::{DataStream, EdgeEnd, FlowKind, OriginEnd, OriginTarget};
 use crate::stream::tag::Tag;
 use crate::tunnel::requests::RequestStats;
+use crate::virtual_dns;
 
 /// How long a request may wait on its origin to take a write before its crowded connection
 /// may reset it (see the module's doc).
@@ -128,6 +129,9 @@ pub struct DataLimits {
     /// Dial timeout of private-network TCP flows: `warp-routing.connectTimeout`, the remote
     /// configuration's once one is pushed.
     pub tcp_connect_timeout: Duration,
+    /// Where private-network TCP flows to the virtual DNS service go, in turn
+    /// ([`crate::virtual_dns`]).
+    pub dns_resolvers: Arc<[std::net::SocketAddr]>,
 }
 
 impl Default for DataLimits {
@@ -141,6 +145,7 @@ impl Default for DataLimits {
             tags: Vec::new(),
             access: None,
             tcp_connect_timeout: super::dial::TCP_DIAL_TIMEOUT,
+            dns_resolvers: Arc::new([crate::virtual_dns::DEFAULT_RESOLVER]),
         }
     }
 }
@@ -379,8 +384,20 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
         }
     }
 
-    fn open_flow(&mut self, now: Instant, id: I, target: OriginTarget) {
+    fn open_flow(&mut self, now: Instant, id: I, mut target: OriginTarget) {
         self.expire_idle(now);
+        let mut tcp_timeout = self.limits.tcp_connect_timeout;
+        if target.kind == FlowKind::Tcp {
+            let dest = target.dest.parse().ok();
+            let resolvers = &self.limits.dns_resolvers;
+            if let Some(to) = dest.and_then(|d| virtual_dns::redirect(resolvers, d, self.next_flow))
+            {
+                debug!(stream = %id, resolver = %to, "virtual DNS service: to the local resolver");
+                target.dest = to.to_string();
+                tcp_timeout = virtual_dns::DIAL_TIMEOUT;
+                self.stats.dns_tcp += 1;
+            }
+        }
         let Some(data) = self.streams.get_mut(&id) else {
             return;
         };
@@ -445,7 +462,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
                     target.kind,
                     &target.dest,
                     target.origin.as_deref(),
-                    self.limits.tcp_connect_timeout,
+                    tcp_timeout,
                 )),
                 timed: timed(target.kind, target.origin.as_deref()).then_some(now),
             },

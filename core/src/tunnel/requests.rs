@@ -44,6 +44,9 @@ pub struct RequestStats {
     pub tcp_ended: u64,
     /// TCP requests the flow limit refused (`cloudflared_flow_rate_limited_total{flow_type="tcp"}`).
     pub tcp_refused: u64,
+    /// TCP flows to the virtual DNS service taken to the local resolver
+    /// (`cloudflared_virtual_origins_dns_requests_total{protocol="tcp"}`).
+    pub dns_tcp: u64,
     /// Origin dials of stream requests, timed as cloudflared's `proxyStream`/`proxyTCPStream`
     /// time them (`cloudflared_proxy_connect_latency`, `_connect_streams_errors`).
     pub connect: ConnectStats,
@@ -136,6 +139,7 @@ impl RequestStats {
         self.tcp_total += other.tcp_total;
         self.tcp_ended += other.tcp_ended;
         self.tcp_refused += other.tcp_refused;
+        self.dns_tcp += other.dns_tcp;
         self.connect.add(&other.connect);
     }
 

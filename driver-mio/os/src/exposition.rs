@@ -389,6 +389,10 @@ pub struct ConnectorFigures {
     /// Datagram-v2 sessions opened and still open (`cloudflared_udp_total_sessions`,
     /// `cloudflared_udp_active_sessions`).
     pub udp_sessions: (u64, u64),
+    /// UDP sessions taken to the virtual DNS service's resolver
+    /// (`cloudflared_virtual_origins_dns_requests_total{protocol="udp"}`; TCP's is in
+    /// `requests`).
+    pub dns_udp: u64,
 }
 
 impl ConnectorFigures {
@@ -419,6 +423,7 @@ impl ConnectorFigures {
         self.icmp_replies = hub.stats().icmp_replies;
         let s = hub.sessions.stats();
         self.udp_sessions = (s.v2_sessions, s.v2_active());
+        self.dns_udp = s.dns;
     }
 
     /// Their families, under cloudflared's names, help texts and labels.
@@ -427,6 +432,28 @@ impl ConnectorFigures {
         self.render_datagrams(out);
         self.render_registrations(out);
         self.render_connect(out);
+        self.render_virtual_dns(out);
+    }
+
+    /// `cloudflared_virtual_origins_dns_requests_total{protocol}`: as a Prometheus vector
+    /// does, a protocol shows once it counted one, the family once either did.
+    fn render_virtual_dns(&self, out: &mut String) {
+        let name = "cloudflared_virtual_origins_dns_requests_total";
+        let mut lines = String::new();
+        for (protocol, n) in [("tcp", self.requests.dns_tcp), ("udp", self.dns_udp)] {
+            if n > 0 {
+                let _ = writeln!(lines, "{name}{{protocol=\"{protocol}\"}} {n}");
+            }
+        }
+        if !lines.is_empty() {
+            family(
+                out,
+                name,
+                "counter",
+                "Total count of DNS requests that have been proxied to the virtual DNS resolver origin",
+                &lines,
+            );
+        }
     }
 
     /// The request, TCP session, HA and configuration families.
@@ -859,8 +886,9 @@ mod tests {
         ] {
             assert!(out.contains(line), "{line} missing in\n{out}");
         }
-        // No call yet: no RPC client series (client_golang's vectors show none).
+        // No call yet: no RPC client series (client_golang's vectors show none); no DNS yet.
         assert!(!out.contains("rpc_client"), "{out}");
+        assert!(!out.contains("virtual_origins"), "{out}");
         c.registrations.success = 2;
         c.registrations.rpc.insert(
             burrow_core::control::connector::RpcMethod::RegisterConnection,
@@ -881,8 +909,14 @@ mod tests {
         c.requests.connect.errors = 3;
         c.flows.rejected = [4, 5];
         c.icmp_replies = 6;
+        c.dns_udp = 7;
         let mut out = String::new();
         c.render(&mut out);
+        assert!(
+            out.contains("cloudflared_virtual_origins_dns_requests_total{protocol=\"udp\"} 7\n"),
+            "{out}"
+        );
+        assert!(!out.contains("{protocol=\"tcp\"}"), "{out}");
         for line in [
             "# TYPE cloudflared_tunnel_tunnel_register_success counter\ncloudflared_tunnel_tunnel_register_success{rpcName=\"registerConnection\"} 2\n",
             "cloudflared_tunnel_tunnel_register_fail{error=\"dup_edge_conn\",rpcName=\"registerConnection\"} 1\n",

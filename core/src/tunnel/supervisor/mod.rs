@@ -121,6 +121,9 @@ pub struct SupervisorConfig {
     /// `auto`: how long after falling back to HTTP/2 one connection tries QUIC again (it
     /// drains and reconnects over QUIC; a failed try doubles the wait, up to 16 times).
     pub quic_retry_interval: Duration,
+    /// `--dns-resolver-addrs`: where flows to the virtual DNS service go (none: the system's
+    /// resolver, found by lookups, [`crate::virtual_dns`]).
+    pub dns_resolvers: Option<Vec<std::net::SocketAddr>>,
 }
 
 impl SupervisorConfig {
@@ -147,6 +150,7 @@ impl SupervisorConfig {
             http2_tls: None,
             fallback_after_timeouts: 2,
             quic_retry_interval: Duration::from_secs(60),
+            dns_resolvers: None,
         }
     }
 }
@@ -1301,6 +1305,13 @@ impl Supervisor {
             }
         }
         change(&mut self.config.connector.data);
+    }
+
+    /// TCP flows and UDP sessions opened from now on to the virtual DNS service go to
+    /// `resolvers` ([`crate::virtual_dns`]).
+    pub(crate) fn set_dns_resolvers(&mut self, resolvers: &Arc<[std::net::SocketAddr]>) {
+        self.change_data_limits(|l| l.dns_resolvers = resolvers.clone());
+        self.hub.sessions.set_dns_resolvers(resolvers.clone());
     }
 
     /// The ingress rules in force (the last configuration push's, else the local ones).

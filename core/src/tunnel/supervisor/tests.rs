@@ -413,7 +413,7 @@ fn do_io(
             origin.pings.push((funnel, dst, message.to_vec()));
         }
         Io::FetchAccessKeys { url } => origin.key_fetches.push(url),
-        Io::CloseFunnel { .. } | Io::LookupTxt { .. } => {}
+        Io::CloseFunnel { .. } | Io::LookupTxt { .. } | Io::FindLocalResolver { .. } => {}
         // These tests run QUIC only.
         Io::DialEdge { .. } | Io::WriteEdge { .. } | Io::CloseEdge { .. } => {}
     }
