@@ -447,3 +447,168 @@ fn the_virtual_dns_service_is_taken_to_the_local_resolver() {
         }
     }
 }
+
+/// The system's resolver, faked: a DNS server on `ip`:53 (UDP) answering A queries for
+/// cloudflared's lookup name with an address, other queries NXDOMAIN, and echoing anything
+/// that is not a DNS query (the test's datagrams); and a TCP echo on the same port. None where
+/// the port cannot be bound.
+fn fake_system_resolver(ip: &str) -> Option<SocketAddr> {
+    use hickory_resolver::proto::op::{Message, MessageType, ResponseCode};
+    use hickory_resolver::proto::rr::{rdata::A, RData, Record, RecordType};
+    let addr: SocketAddr = format!("{ip}:53").parse().expect("addr");
+    let udp = UdpSocket::bind(addr).ok()?;
+    let tcp = std::net::TcpListener::bind(addr).ok()?;
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = udp.recv_from(&mut buf) {
+            let query = Message::from_vec(&buf[..n])
+                .ok()
+                .filter(|m| m.message_type() == MessageType::Query && !m.queries().is_empty());
+            let Some(query) = query else {
+                let _ = udp.send_to(&buf[..n], from);
+                continue;
+            };
+            let mut answer = Message::new();
+            answer
+                .set_id(query.id())
+                .set_message_type(MessageType::Response)
+                .set_recursion_desired(true)
+                .set_recursion_available(true)
+                .add_queries(query.queries().to_vec());
+            let q = &query.queries()[0];
+            let ours = q
+                .name()
+                .to_ascii()
+                .trim_end_matches('.')
+                .eq_ignore_ascii_case(burrow_core::virtual_dns::LOOKUP_HOST);
+            if !ours {
+                answer.set_response_code(ResponseCode::NXDomain);
+            } else if q.query_type() == RecordType::A {
+                answer.add_answer(Record::from_rdata(
+                    q.name().clone(),
+                    60,
+                    RData::A(A::new(198, 41, 192, 7)),
+                ));
+            }
+            if let Ok(bytes) = answer.to_vec() {
+                let _ = udp.send_to(&bytes, from);
+            }
+        }
+    });
+    std::thread::spawn(move || {
+        for mut s in tcp.incoming().flatten() {
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 4096];
+                while let Ok(n) = s.read(&mut buf) {
+                    if n == 0 || s.write_all(&buf[..n]).is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    Some(addr)
+}
+
+/// A script in `dir` that runs `bin` (its arguments passed on) in a mount namespace of its own
+/// whose /etc/resolv.conf names only `name_server`. None, said on stderr, where this machine
+/// cannot (not root, no `unshare`).
+fn wrapper_with_name_server(
+    dir: &std::path::Path,
+    bin: &std::path::Path,
+    name_server: &str,
+) -> Option<std::path::PathBuf> {
+    let can = std::process::Command::new("unshare")
+        .args([
+            "--mount",
+            "sh",
+            "-c",
+            "mount --bind /dev/null /etc/hostname",
+        ])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !can {
+        eprintln!("skipped: needs root and unshare");
+        return None;
+    }
+    let conf = dir.join("resolv.conf");
+    std::fs::write(&conf, format!("nameserver {name_server}\n")).expect("resolv.conf");
+    let name = bin.file_name().expect("a file").to_string_lossy();
+    let script = dir.join(format!("with-resolver-{name}.sh"));
+    std::fs::write(
+        &script,
+        format!(
+            "#!/bin/sh\nexec unshare --mount sh -c 'mount --bind \"$0\" /etc/resolv.conf && exec \"$@\"' '{}' '{}' \"$@\"\n",
+            conf.display(),
+            bin.display()
+        ),
+    )
+    .expect("script");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+    Some(script)
+}
+
+/// Without `--dns-resolver-addrs` the virtual DNS service goes to the system's resolver: the
+/// name server of /etc/resolv.conf that answered the lookup of `region1.v2.argotunnel.com`
+/// (here a fake one on 127.0.0.2:53, in the connector's mount namespace). The same of stock
+/// cloudflared when `BURROW_CLOUDFLARED` is set.
+#[test]
+fn the_virtual_dns_service_finds_the_systems_resolver() {
+    let bed = Testbed::create(
+        std::path::Path::new(BIN),
+        "e2e-vdns-sys",
+        "app",
+        &["app.test"],
+    )
+    .expect("tunnel");
+    let Some(resolver) = fake_system_resolver("127.0.0.2") else {
+        eprintln!("skipped: 127.0.0.2:53 is taken");
+        return;
+    };
+    let (map, tcp_map) = (
+        testbed::free_udp().expect("port"),
+        testbed::free_tcp().expect("port"),
+    );
+    let service = "[2606:4700:cf1:2000::1]:53";
+    let mut eo = EdgeOpts::loopback().expect("ports");
+    eo.udp_maps = vec![format!("{map}=app:{service}")];
+    eo.tcp_maps = vec![format!("{tcp_map}=app:{service}")];
+    let stock = std::env::var_os("BURROW_CLOUDFLARED").map(std::path::PathBuf::from);
+    for cloudflared in std::iter::once(None).chain(stock.map(Some)) {
+        let bin = cloudflared.clone().unwrap_or_else(|| BIN.into());
+        let Some(wrapped) = wrapper_with_name_server(bed.dir(), &bin, &resolver.ip().to_string())
+        else {
+            return;
+        };
+        let _edge = bed.edge(&eo).expect("edge");
+        let metrics = testbed::free_tcp().expect("port");
+        let co = ConnectorOpts {
+            edge: eo.quic,
+            metrics,
+            ingress: vec![(None, "http_status:404".into())],
+            ha_connections: 1,
+            extra: vec![],
+            config_extra: String::new(),
+        };
+        let (name, started) = match cloudflared {
+            None => ("burrow", bed.connector_from(&wrapped, &co)),
+            Some(_) => ("cloudflared", bed.cloudflared(&wrapped, &co)),
+        };
+        let mut c = started.expect("connector");
+        testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{e}\n{name}: {}", c.log_tail(4000)));
+        // The first lookup runs beside the first connection: sessions before it ends go to
+        // 127.0.0.1:53, where nothing answers.
+        let answered = (0..10).any(|_| echoed(map, b"\x12\x34 a DNS query"));
+        assert!(answered, "{name}: UDP to the service\n{}", c.log_tail(3000));
+        let mut s = TcpStream::connect(tcp_map).expect("tcp map");
+        s.set_read_timeout(Some(Duration::from_secs(5)))
+            .expect("timeout");
+        s.write_all(b"\x00\x05query").expect("write");
+        let mut buf = [0u8; 7];
+        s.read_exact(&mut buf)
+            .unwrap_or_else(|e| panic!("{name}: TCP to the service: {e}\n{}", c.log_tail(3000)));
+        assert_eq!(&buf, b"\x00\x05query", "{name}");
+    }
+}
