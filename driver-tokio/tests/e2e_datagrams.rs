@@ -14,7 +14,7 @@ use burrow_tokio::testbed::{self, ConnectorOpts, EdgeOpts, Proc, Testbed};
 
 mod common;
 use common::client::*;
-use common::origins::{tcp_echo, udp_echo, udp_oversized_then_echo};
+use common::origins::{tcp_echo, tcp_echo_on, udp_echo, udp_oversized_then_echo};
 use common::ping::*;
 
 const BIN: &str = env!("CARGO_BIN_EXE_burrow");
@@ -173,6 +173,20 @@ fn one_connection(
     cfd: Option<&std::ffi::OsStr>,
     extra: &[&str],
 ) -> (Proc, SocketAddr) {
+    match cfd {
+        None => one_connection_of(bed, eo, std::path::Path::new(BIN), false, extra),
+        Some(cfd) => one_connection_of(bed, eo, std::path::Path::new(cfd), true, extra),
+    }
+}
+
+/// [`one_connection`] of the connector `bin`, stock cloudflared if `cloudflared`.
+fn one_connection_of(
+    bed: &Testbed,
+    eo: &EdgeOpts,
+    bin: &std::path::Path,
+    cloudflared: bool,
+    extra: &[&str],
+) -> (Proc, SocketAddr) {
     let metrics = testbed::free_tcp().expect("port");
     let co = ConnectorOpts {
         edge: eo.quic,
@@ -182,14 +196,12 @@ fn one_connection(
         extra: extra.iter().map(|s| (*s).to_owned()).collect(),
         config_extra: String::new(),
     };
-    let (name, mut c) = match cfd {
-        None => ("burrow", bed.connector(&co).expect("connector")),
-        Some(cfd) => (
-            "cloudflared",
-            bed.cloudflared(std::path::Path::new(cfd), &co)
-                .expect("cloudflared"),
-        ),
+    let (name, started) = if cloudflared {
+        ("cloudflared", bed.cloudflared(bin, &co))
+    } else {
+        ("burrow", bed.connector_from(bin, &co))
     };
+    let mut c = started.expect("connector");
     testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
         .unwrap_or_else(|e| panic!("{e}\n{name}: {}", c.log_tail(4000)));
     (c, metrics)
@@ -377,22 +389,45 @@ fn udp_and_tcp_echo() -> SocketAddr {
     for _ in 0..20 {
         let udp = udp_echo();
         if let Ok(l) = std::net::TcpListener::bind(udp) {
-            std::thread::spawn(move || {
-                for mut s in l.incoming().flatten() {
-                    std::thread::spawn(move || {
-                        let mut buf = [0u8; 4096];
-                        while let Ok(n) = s.read(&mut buf) {
-                            if n == 0 || s.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    });
-                }
-            });
+            tcp_echo_on(l);
             return udp;
         }
     }
     panic!("no port free for both UDP and TCP");
+}
+
+/// Edge ports mapped to the virtual DNS service, UDP and TCP.
+fn map_the_service(eo: &mut EdgeOpts) -> (SocketAddr, SocketAddr) {
+    let (map, tcp_map) = (
+        testbed::free_udp().expect("port"),
+        testbed::free_tcp().expect("port"),
+    );
+    let service = burrow_core::virtual_dns::SERVICE;
+    eo.udp_maps = vec![format!("{map}=app:{service}")];
+    eo.tcp_maps = vec![format!("{tcp_map}=app:{service}")];
+    (map, tcp_map)
+}
+
+/// A datagram through `map` and a TCP stream through `tcp_map` are echoed by the resolver
+/// connector `c` (`name`) takes the virtual DNS service to; datagrams are tried `tries`
+/// times, each with a new session.
+fn check_the_service_answers(
+    name: &str,
+    map: SocketAddr,
+    tcp_map: SocketAddr,
+    c: &Proc,
+    tries: usize,
+) {
+    let answered = (0..tries).any(|_| echoed(map, b"\x12\x34 a DNS query"));
+    assert!(answered, "{name}: UDP to the service\n{}", c.log_tail(3000));
+    let mut s = TcpStream::connect(tcp_map).expect("tcp map");
+    s.set_read_timeout(Some(Duration::from_secs(5)))
+        .expect("timeout");
+    s.write_all(b"\x00\x05query").expect("write");
+    let mut buf = [0u8; 7];
+    s.read_exact(&mut buf)
+        .unwrap_or_else(|e| panic!("{name}: TCP to the service: {e}\n{}", c.log_tail(3000)));
+    assert_eq!(&buf, b"\x00\x05query", "{name}");
 }
 
 /// cloudflared's virtual DNS service: a WARP client's UDP session and TCP flow to
@@ -404,14 +439,8 @@ fn the_virtual_dns_service_is_taken_to_the_local_resolver() {
     let bed = Testbed::create(std::path::Path::new(BIN), "e2e-vdns", "app", &["app.test"])
         .expect("tunnel");
     let resolver = udp_and_tcp_echo();
-    let (map, tcp_map) = (
-        testbed::free_udp().expect("port"),
-        testbed::free_tcp().expect("port"),
-    );
-    let service = "[2606:4700:cf1:2000::1]:53";
     let mut eo = EdgeOpts::loopback().expect("ports");
-    eo.udp_maps = vec![format!("{map}=app:{service}")];
-    eo.tcp_maps = vec![format!("{tcp_map}=app:{service}")];
+    let (map, tcp_map) = map_the_service(&mut eo);
     let resolver_flag = resolver.to_string();
     let extra = ["--dns-resolver-addrs", resolver_flag.as_str()];
     let stock = std::env::var_os("BURROW_CLOUDFLARED");
@@ -423,19 +452,7 @@ fn the_virtual_dns_service_is_taken_to_the_local_resolver() {
         } else {
             "burrow"
         };
-        assert!(
-            echoed(map, b"\x12\x34 a DNS query"),
-            "{name}: UDP to the service\n{}",
-            c.log_tail(3000)
-        );
-        let mut s = TcpStream::connect(tcp_map).expect("tcp map");
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        s.write_all(b"\x00\x05query").expect("write");
-        let mut buf = [0u8; 7];
-        s.read_exact(&mut buf)
-            .unwrap_or_else(|e| panic!("{name}: TCP to the service: {e}\n{}", c.log_tail(3000)));
-        assert_eq!(&buf, b"\x00\x05query", "{name}");
+        check_the_service_answers(name, map, tcp_map, &c, 1);
         let text = metrics_text(metrics);
         let dns = "cloudflared_virtual_origins_dns_requests_total";
         for protocol in ["udp", "tcp"] {
@@ -495,18 +512,7 @@ fn fake_system_resolver(ip: &str) -> Option<SocketAddr> {
             }
         }
     });
-    std::thread::spawn(move || {
-        for mut s in tcp.incoming().flatten() {
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 4096];
-                while let Ok(n) = s.read(&mut buf) {
-                    if n == 0 || s.write_all(&buf[..n]).is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
+    tcp_echo_on(tcp);
     Some(addr)
 }
 
@@ -518,16 +524,7 @@ fn wrapper_with_name_server(
     bin: &std::path::Path,
     name_server: &str,
 ) -> Option<std::path::PathBuf> {
-    let can = std::process::Command::new("unshare")
-        .args([
-            "--mount",
-            "sh",
-            "-c",
-            "mount --bind /dev/null /etc/hostname",
-        ])
-        .status()
-        .is_ok_and(|s| s.success());
-    if !can {
+    if !common::dual_stack::can_unshare() {
         eprintln!("skipped: needs root and unshare");
         return None;
     }
@@ -566,14 +563,8 @@ fn the_virtual_dns_service_finds_the_systems_resolver() {
         eprintln!("skipped: 127.0.0.2:53 is taken");
         return;
     };
-    let (map, tcp_map) = (
-        testbed::free_udp().expect("port"),
-        testbed::free_tcp().expect("port"),
-    );
-    let service = "[2606:4700:cf1:2000::1]:53";
     let mut eo = EdgeOpts::loopback().expect("ports");
-    eo.udp_maps = vec![format!("{map}=app:{service}")];
-    eo.tcp_maps = vec![format!("{tcp_map}=app:{service}")];
+    let (map, tcp_map) = map_the_service(&mut eo);
     let stock = std::env::var_os("BURROW_CLOUDFLARED").map(std::path::PathBuf::from);
     for cloudflared in std::iter::once(None).chain(stock.map(Some)) {
         let bin = cloudflared.clone().unwrap_or_else(|| BIN.into());
@@ -582,33 +573,14 @@ fn the_virtual_dns_service_finds_the_systems_resolver() {
             return;
         };
         let _edge = bed.edge(&eo).expect("edge");
-        let metrics = testbed::free_tcp().expect("port");
-        let co = ConnectorOpts {
-            edge: eo.quic,
-            metrics,
-            ingress: vec![(None, "http_status:404".into())],
-            ha_connections: 1,
-            extra: vec![],
-            config_extra: String::new(),
+        let (c, _) = one_connection_of(&bed, &eo, &wrapped, cloudflared.is_some(), &[]);
+        let name = if cloudflared.is_some() {
+            "cloudflared"
+        } else {
+            "burrow"
         };
-        let (name, started) = match cloudflared {
-            None => ("burrow", bed.connector_from(&wrapped, &co)),
-            Some(_) => ("cloudflared", bed.cloudflared(&wrapped, &co)),
-        };
-        let mut c = started.expect("connector");
-        testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("{e}\n{name}: {}", c.log_tail(4000)));
         // The first lookup runs beside the first connection: sessions before it ends go to
         // 127.0.0.1:53, where nothing answers.
-        let answered = (0..10).any(|_| echoed(map, b"\x12\x34 a DNS query"));
-        assert!(answered, "{name}: UDP to the service\n{}", c.log_tail(3000));
-        let mut s = TcpStream::connect(tcp_map).expect("tcp map");
-        s.set_read_timeout(Some(Duration::from_secs(5)))
-            .expect("timeout");
-        s.write_all(b"\x00\x05query").expect("write");
-        let mut buf = [0u8; 7];
-        s.read_exact(&mut buf)
-            .unwrap_or_else(|e| panic!("{name}: TCP to the service: {e}\n{}", c.log_tail(3000)));
-        assert_eq!(&buf, b"\x00\x05query", "{name}");
+        check_the_service_answers(name, map, tcp_map, &c, 10);
     }
 }

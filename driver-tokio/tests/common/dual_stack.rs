@@ -22,16 +22,7 @@ pub fn wrapper_resolving(
     addrs: &[&str],
     edge_by_name: bool,
 ) -> Option<PathBuf> {
-    let can = Command::new("unshare")
-        .args([
-            "--mount",
-            "sh",
-            "-c",
-            "mount --bind /dev/null /etc/hostname",
-        ])
-        .status()
-        .is_ok_and(|s| s.success())
-        && std::net::TcpListener::bind("[::1]:0").is_ok();
+    let can = can_unshare() && std::net::TcpListener::bind("[::1]:0").is_ok();
     if !can {
         eprintln!("skipped: needs root, unshare and an IPv6 loopback");
         return None;
@@ -61,6 +52,20 @@ pub fn wrapper_resolving(
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).expect("chmod");
     Some(script)
+}
+
+/// Whether this machine can run a program in a mount namespace of its own with a file bound
+/// over one of /etc's (root and `unshare`).
+pub fn can_unshare() -> bool {
+    Command::new("unshare")
+        .args([
+            "--mount",
+            "sh",
+            "-c",
+            "mount --bind /dev/null /etc/hostname",
+        ])
+        .status()
+        .is_ok_and(|s| s.success())
 }
 
 /// An address dropping every SYN, as a firewalled or dead one does: a listener there whose

@@ -221,6 +221,12 @@ pub fn udp_echo() -> SocketAddr {
 pub fn tcp_echo() -> SocketAddr {
     let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind echo");
     let addr = l.local_addr().expect("addr");
+    tcp_echo_on(l);
+    addr
+}
+
+/// Echoes every connection `l` accepts, on threads of its own.
+pub fn tcp_echo_on(l: std::net::TcpListener) {
     thread::spawn(move || {
         for mut s in l.incoming().flatten() {
             thread::spawn(move || {
@@ -233,7 +239,6 @@ pub fn tcp_echo() -> SocketAddr {
             });
         }
     });
-    addr
 }
 
 /// A UDP origin that answers each packet first with one datagram too large for the tunnel
