@@ -35,6 +35,9 @@ pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 /// Dial timeout of a TCP flow taken to the resolver (cloudflared's `NewDNSDialer`).
 pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// The file whose text answers a lookup that resolved ([`first_name_server`] reads it).
+pub const RESOLV_CONF: &str = "/etc/resolv.conf";
+
 /// Most `--dns-resolver-addrs` (cloudflared refuses more).
 pub const MAX_STATIC: usize = 10;
 
@@ -279,7 +282,7 @@ mod tests {
         #[test]
         fn static_addresses_round_trip(addrs in proptest::collection::vec(proptest::arbitrary::any::<SocketAddr>(), 0..=MAX_STATIC)) {
             let text: Vec<String> = addrs.iter().map(|a| a.to_string()).collect();
-            // Scope ids and flow info do not print; compare what prints.
+            // Flow info does not print; compare what prints.
             let back: Vec<String> = parse_static(&text).unwrap().iter().map(|a| a.to_string()).collect();
             proptest::prop_assert_eq!(back, text);
         }

@@ -16,6 +16,7 @@ use burrow_core::session::UdpFlowId;
 use burrow_core::settings::{Edges, RunConfig, Settings};
 use burrow_core::tunnel::protocol::{PERCENTAGE_RECORD, TXT_LOOKUP_TIMEOUT};
 use burrow_core::tunnel::supervisor::{srv_service, static_edge_address, EdgePool, IpVersion};
+use burrow_core::virtual_dns;
 use burrow_os::settings::{edge_roots, write_pidfile};
 use mio::net::TcpListener;
 use mio::{Events, Interest, Poll, Registry, Token, Waker};
@@ -392,7 +393,7 @@ impl Driver {
                         .to_socket_addrs()
                         .is_ok_and(|mut a| a.next().is_some());
                     resolved
-                        .then(|| std::fs::read_to_string("/etc/resolv.conf").ok())
+                        .then(|| std::fs::read_to_string(virtual_dns::RESOLV_CONF).ok())
                         .flatten()
                 },
                 || None,

@@ -25,6 +25,7 @@ use burrow_core::tunnel::supervisor::{
     region_targets, srv_service, static_edge_address, EdgePool, IpVersion, SupervisorError,
 };
 use burrow_core::tunnel::Transmit;
+use burrow_core::virtual_dns;
 use burrow_tokio::deadline::DeadlineTimer;
 use fnv::FnvBuildHasher;
 use thiserror::Error;
@@ -673,9 +674,15 @@ impl DriverIo {
                 let tx = self.resolver_tx.clone();
                 tokio::spawn(async move {
                     let lookup = tokio::time::timeout(timeout, tokio::net::lookup_host((host, 0)));
-                    let conf = match lookup.await {
-                        Ok(Ok(_)) => tokio::fs::read_to_string(RESOLV_CONF).await.ok(),
-                        _ => None,
+                    let resolved = (lookup.await.ok())
+                        .and_then(Result::ok)
+                        .is_some_and(|mut addrs| addrs.next().is_some());
+                    let conf = if resolved {
+                        tokio::fs::read_to_string(virtual_dns::RESOLV_CONF)
+                            .await
+                            .ok()
+                    } else {
+                        None
                     };
                     let _ = tx.send(conf);
                 });
@@ -696,9 +703,6 @@ impl DriverIo {
 struct Flow {
     handle: FlowHandle,
 }
-
-/// Where the system's resolver reads its name servers.
-const RESOLV_CONF: &str = "/etc/resolv.conf";
 
 /// Dials an HTTP/2 link's edge connection with the keepalive core asked for. As Go's dialer,
 /// a socket that refuses keepalive still serves.

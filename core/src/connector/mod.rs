@@ -394,7 +394,8 @@ pub enum Io<'a> {
         timeout: Duration,
     },
     /// Look `host` up through the system's resolver (as any program on the box resolves a
-    /// name) and answer [`Input::LocalResolver`]: with /etc/resolv.conf if it resolved, whose
+    /// name) and answer [`Input::LocalResolver`]: with [`crate::virtual_dns::RESOLV_CONF`]'s
+    /// text if it resolved to at least one address, whose
     /// first name server then becomes the virtual DNS service's resolver
     /// ([`crate::virtual_dns`]); with none if it did not. Every 5 minutes, unless
     /// `--dns-resolver-addrs` fixed the resolvers; an answer later than `timeout` is ignored.

@@ -71,8 +71,8 @@ pub struct DialPlan {
 
 impl DialPlan {
     /// A dial begun at `now` to `addrs` (the first [`MAX_ADDRESSES`]) in the resolver's order,
-    /// giving up at `deadline` (none: never). Without `race_families` (cloudflared's `noHappyEyeballs`) every address
-    /// is tried in turn, whatever its family.
+    /// giving up at `deadline` (none: never). Without `race_families` (cloudflared's
+    /// `noHappyEyeballs`) every address is tried in turn, whatever its family.
     pub fn new(
         now: Instant,
         addrs: &[SocketAddr],
