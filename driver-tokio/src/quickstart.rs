@@ -121,6 +121,7 @@ async fn run(args: QuickstartArgs) -> Result<(), String> {
             icmpv6_src: None,
             post_quantum: false,
             quic: Default::default(),
+            write_stream_timeout: None,
             protocol: burrow_core::tunnel::protocol::ProtocolFlag::Auto,
             retries: 5,
             token: false,

@@ -203,6 +203,8 @@ pub struct ConfigFile {
     pub quic_connection_level_flow_control_limit: Option<u64>,
     /// `quic-stream-level-flow-control-limit`.
     pub quic_stream_level_flow_control_limit: Option<u64>,
+    /// `write-stream-timeout`.
+    pub write_stream_timeout: Option<Dur>,
     /// The single origin's flag keys (`no-tls-verify`, ...).
     #[serde(flatten)]
     pub origin_flags: OriginFlagKeys,

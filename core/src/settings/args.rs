@@ -93,6 +93,10 @@ pub struct CommonArgs {
         env = "TUNNEL_QUIC_STREAM_LEVEL_FLOW_CONTROL_LIMIT"
     )]
     pub quic_stream_level_flow_control_limit: Option<u64>,
+    /// How long a write to the edge or to a private-network TCP origin may wait (0: no
+    /// limit) [default: 0].
+    #[arg(long, global = true, hide = true, env = "TUNNEL_STREAM_WRITE_TIMEOUT", value_parser = parse_go_duration)]
+    pub write_stream_timeout: Option<Duration>,
     /// Tag `KEY=VALUE` sent to origins as `Cf-Warp-Tag-KEY` (repeatable).
     #[arg(
         long,

@@ -107,6 +107,8 @@ pub struct Settings {
     pub retries: u32,
     /// QUIC receive windows and path MTU discovery (`--quic-*`).
     pub quic: QuicTuning,
+    /// `--write-stream-timeout` (none: 0, no limit).
+    pub write_stream_timeout: Option<Duration>,
     /// `--output`.
     pub log_format: LogFormat,
     /// The tunnel argument, else the file's `tunnel`.
@@ -226,6 +228,10 @@ impl Settings {
             }),
             retries: common.retries.or(file.retries).unwrap_or(5),
             quic: QuicTuning::merge(common, file),
+            write_stream_timeout: common
+                .write_stream_timeout
+                .or(file.write_stream_timeout.map(|d| d.0))
+                .filter(|d| !d.is_zero()),
             log_format: common
                 .output
                 .as_deref()
@@ -596,6 +602,8 @@ pub struct RunConfig {
     pub post_quantum: bool,
     /// `--quic-*`.
     pub quic: QuicTuning,
+    /// `--write-stream-timeout`.
+    pub write_stream_timeout: Option<Duration>,
     /// `--protocol`.
     pub protocol: ProtocolFlag,
     /// `--token` (or `TUNNEL_TOKEN`) was given: `auto` starts on QUIC whatever the
@@ -696,6 +704,7 @@ pub fn run_config(
         icmpv6_src: settings.icmpv6_src,
         post_quantum: settings.post_quantum,
         quic: settings.quic,
+        write_stream_timeout: settings.write_stream_timeout,
         protocol: settings.protocol,
         token: settings.token.is_some(),
         retries: settings.retries,
@@ -802,6 +811,7 @@ impl RunConfig {
             tcp_connect_timeout: self
                 .local_tcp_connect_timeout
                 .unwrap_or(crate::tunnel::dial::TCP_DIAL_TIMEOUT),
+            write_timeout: self.write_stream_timeout,
             ..DataLimits::default()
         };
         let connector = ConnectorConfig {

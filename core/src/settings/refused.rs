@@ -17,8 +17,6 @@ pub struct RefusedFlag {
 
 const PROVISIONING: &str = "burrow creates no tunnels, DNS records or load balancers through \
 Cloudflare's API; run an existing tunnel with its credentials file or token";
-const STREAM_WRITES: &str = "burrow's stream and origin writes wait for the peer, bounded by \
-flow control and the idle timeouts, not by a write deadline";
 const MANAGEMENT: &str = "burrow serves no management service (cloudflared tail)";
 
 /// The refused flags, as cloudflared spells them (every one takes a value but
@@ -39,10 +37,6 @@ pub(super) const REFUSED: &[(Flag, &str)] = &[
     (
         Flag::presence("stdin-control", "STDIN_CONTROL"),
         "it is cloudflared's test hook (reconnect commands read from stdin)",
-    ),
-    (
-        Flag::value("write-stream-timeout", "WRITE_STREAM_TIMEOUT"),
-        STREAM_WRITES,
     ),
     (
         Flag::value("management-hostname", "MANAGEMENT_HOSTNAME"),

@@ -605,10 +605,6 @@ fn flags_burrow_cannot_honour_stop_it_with_the_reason() {
             &["--management-hostname", "m.example.com", "run"],
             "management-hostname",
         ),
-        (
-            &["run", "--write-stream-timeout", "5s", "--url", "http://x"],
-            "write-stream-timeout",
-        ),
         (&["--service-op-ip", "1.1.1.1:53", "run"], "service-op-ip"),
     ] {
         match start(&mut tunnel_args(args), &host) {
@@ -1140,6 +1136,66 @@ fn quic_flags_set_the_transport() {
             .expect(long);
         assert_eq!(arg.get_env(), Some(std::ffi::OsStr::new(var)), "{long}");
     }
+}
+
+/// `--write-stream-timeout` (`TUNNEL_STREAM_WRITE_TIMEOUT`, or the file's key) bounds the
+/// connector's writes; 0, its default, is no bound.
+#[test]
+fn write_stream_timeout_bounds_the_connectors_writes() {
+    let host = MapHost(HashMap::from([("/c.json", CREDS)]));
+    let timeout = |args: &[&str], yaml: &str| {
+        let args = [
+            args,
+            &[
+                "--credentials-file",
+                "/c.json",
+                "--url",
+                "http://127.0.0.1:1",
+            ],
+        ]
+        .concat();
+        let s = settings(&args, yaml).expect("settings");
+        let loaded = LoadedConfig {
+            path: Some("/config.yml".into()),
+            text: Some(yaml.into()),
+            file: ConfigFile::from_yaml(yaml).expect("file parses"),
+        };
+        let (rc, _) = run_config(&s, &loaded, &host).unwrap();
+        supervisor_config(&rc, None).connector.data.write_timeout
+    };
+    let secs = |n| Some(Duration::from_secs(n));
+    assert_eq!(timeout(&["run"], ""), None);
+    assert_eq!(
+        timeout(&["run", "--write-stream-timeout", "5s"], ""),
+        secs(5)
+    );
+    assert_eq!(
+        timeout(&["--write-stream-timeout=1m30s", "run"], ""),
+        secs(90)
+    );
+    assert_eq!(timeout(&["run", "--write-stream-timeout", "0"], ""), None);
+    assert_eq!(timeout(&["run"], "write-stream-timeout: 2s\n"), secs(2));
+    assert_eq!(
+        timeout(
+            &["run", "--write-stream-timeout", "0s"],
+            "write-stream-timeout: 2s\n"
+        ),
+        None,
+        "the flag over the file"
+    );
+    let bad = Cli::try_parse_from(["burrow", "tunnel", "run", "--write-stream-timeout", "5"]);
+    assert!(bad.is_err_and(|e| e.to_string().contains("invalid duration")));
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let tunnel = cli.find_subcommand("tunnel").expect("tunnel");
+    let arg = tunnel
+        .get_arguments()
+        .find(|a| a.get_long() == Some("write-stream-timeout"))
+        .expect("flag");
+    assert_eq!(
+        arg.get_env(),
+        Some(std::ffi::OsStr::new("TUNNEL_STREAM_WRITE_TIMEOUT"))
+    );
 }
 
 /// `--dns-resolver-addrs` (a `run` flag; cloudflared reads it from no file): `ip:port`

@@ -603,6 +603,20 @@ impl DataStream {
         self.abort();
     }
 
+    /// The origin took no write for `--write-stream-timeout`: the exchange ends as
+    /// cloudflared's pipe ends when a write to its origin fails. The origin closes, the edge
+    /// gets what the origin sent, then the end of the stream; no request error.
+    pub fn on_origin_write_timeout(&mut self) {
+        if self.edge_end.is_some() {
+            return;
+        }
+        self.to_origin.clear();
+        self.up = Up::Done;
+        self.down = Down::Done;
+        self.origin_end = Some(OriginEnd::Close);
+        self.edge_end = Some(EdgeEnd::Finish);
+    }
+
     /// The origin connection about to be [connected](DataStream::on_origin_connected) speaks
     /// HTTP/2 through core's bridge (`http2Origin`). A bare body (`disableChunkedEncoding`
     /// with no length known) is then framed in chunks for the bridge, which sends it as DATA

@@ -410,6 +410,7 @@ impl ConnectorConnection {
         self.data.expire_idle(now);
         self.data.expire_dials(now, &mut self.conn);
         self.data.make_room(now, &mut self.conn);
+        self.data.expire_writes(now, &mut self.conn);
         self.expire_calls(now);
         if matches!(self.state, State::Draining(deadline) if deadline <= now) {
             let (conn_index, streams) = (self.config.registration.conn_index, self.data.active());

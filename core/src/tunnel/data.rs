@@ -14,6 +14,10 @@
 //! no write for [`ORIGIN_PATIENCE`] are reset, longest first, as the edge resets downloads
 //! whose eyeballs stopped reading: origins that stopped reading cannot stop the tunnel's
 //! other requests.
+//!
+//! With `--write-stream-timeout` (cloudflared's `SafeStreamCloser` and `tcpConnection`), a
+//! stream whose bytes for the edge wait that long with none taken is reset, and a
+//! private-network TCP origin that takes no write for that long is closed.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -132,6 +136,9 @@ pub struct DataLimits {
     /// Where private-network TCP flows to the virtual DNS service go, in turn
     /// ([`crate::virtual_dns`]).
     pub dns_resolvers: Arc<[std::net::SocketAddr]>,
+    /// `--write-stream-timeout` (none: off, cloudflared's 0): how long bytes for the edge may
+    /// wait with none taken, and a private-network TCP origin's write may take.
+    pub write_timeout: Option<Duration>,
 }
 
 impl Default for DataLimits {
@@ -146,6 +153,7 @@ impl Default for DataLimits {
             access: None,
             tcp_connect_timeout: super::dial::TCP_DIAL_TIMEOUT,
             dns_resolvers: Arc::new([crate::virtual_dns::DEFAULT_RESOLVER]),
+            write_timeout: None,
         }
     }
 }
@@ -161,9 +169,23 @@ struct Data {
     /// as read rather than copied: they go before anything in the proxy's `to_edge`, which
     /// stays empty meanwhile, and they count against the window.
     held: Bytes,
+    /// Since when bytes for the edge (held, or in the proxy's `to_edge`) have waited with
+    /// none taken; none while there are none.
+    edge_waits: Option<Instant>,
 }
 
 impl Data {
+    /// The edge took some of the bytes waiting for it (`took`), or none: the wait starts over
+    /// whenever it takes some, as cloudflared's deadline does with each write.
+    fn note_edge_write(&mut self, now: Instant, took: bool) {
+        let waiting = !self.held.is_empty() || !self.proxy.to_edge().is_empty();
+        self.edge_waits = match waiting {
+            false => None,
+            true if took => Some(now),
+            true => self.edge_waits.or(Some(now)),
+        };
+    }
+
     /// Counts the request as started once its `ConnectRequest` has been read.
     fn note_request(&mut self, stats: &mut RequestStats) {
         if self.counted.is_none() {
@@ -231,18 +253,35 @@ pub(crate) struct DataStreams<I = StreamId> {
     stats: RequestStats,
     /// TCP flows the flow limit refused since last taken.
     refusals: Vec<FlowRefusal>,
-    /// Requests reset to make room since last taken.
+    /// Requests ended because their bytes did not move, since last taken.
     held_resets: Vec<HeldReset>,
+    /// Whether the edge's writes have `--write-stream-timeout`: QUIC streams do, cloudflared's
+    /// HTTP/2 transport has no such deadline.
+    edge_write_deadlines: bool,
 }
 
-/// A request reset because its origin took no write for [`ORIGIN_PATIENCE`] while
-/// [`CONNECTOR_HELD_STREAMS`] requests on its connection waited on their origins.
+/// A request the connector ended because its bytes did not move.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct HeldReset {
     /// The origin's pool key host: the request's `Host`, or a TCP flow's destination.
     pub host: String,
     /// How long its write had waited.
     pub waited: Duration,
+    /// Whose write waited.
+    pub stall: Stall,
+}
+
+/// Whose write waited too long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stall {
+    /// Its origin took no write for [`ORIGIN_PATIENCE`] while [`CONNECTOR_HELD_STREAMS`]
+    /// requests on its connection waited on their origins: the stream was reset.
+    Crowded,
+    /// The edge took none of its bytes for `--write-stream-timeout`: the stream was reset.
+    Edge,
+    /// Its private-network TCP origin took no write for `--write-stream-timeout`: the origin
+    /// was closed and the stream finished.
+    Origin,
 }
 
 /// A TCP flow the flow limit refused (cloudflared: "Too many concurrent flows being handled,
@@ -273,7 +312,14 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             stats: RequestStats::default(),
             refusals: Vec::new(),
             held_resets: Vec::new(),
+            edge_write_deadlines: true,
         }
+    }
+
+    /// The edge's writes have no deadline (cloudflared's HTTP/2 transport).
+    pub(crate) fn without_edge_write_deadlines(mut self) -> Self {
+        self.edge_write_deadlines = false;
+        self
     }
 
     /// The requests reset to make room since the last call.
@@ -357,6 +403,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             edge_finished: false,
             counted: None,
             held: Bytes::new(),
+            edge_waits: None,
         };
         let target = data.proxy.on_edge_data(rest);
         data.note_request(&mut self.stats);
@@ -513,7 +560,78 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             })
             .flatten()
             .min();
-        first.into_iter().chain(patience).min()
+        first
+            .into_iter()
+            .chain(patience)
+            .chain(self.write_deadline())
+            .min()
+    }
+
+    /// When the first write runs out of `--write-stream-timeout`.
+    fn write_deadline(&self) -> Option<Instant> {
+        let timeout = self.limits.write_timeout?;
+        let edge = self
+            .streams
+            .values()
+            .filter(|_| self.edge_write_deadlines)
+            .filter_map(|d| d.edge_waits);
+        let origin = self.flows.values().filter_map(origin_write_since);
+        edge.chain(origin).min().map(|since| since + timeout)
+    }
+
+    /// `--write-stream-timeout`: resets the streams whose bytes for the edge waited that long
+    /// with none taken, as cloudflared's `SafeStreamCloser` resets a stream whose write timed
+    /// out; closes the private-network TCP origins that took no write for that long and
+    /// finishes their streams after what the origin sent, as cloudflared's pipe ends when a
+    /// write to the origin fails.
+    pub(crate) fn expire_writes<E: EdgeStreams<Id = I>>(&mut self, now: Instant, conn: &mut E) {
+        let Some(timeout) = self.limits.write_timeout else {
+            return;
+        };
+        let late = |since: Instant| now.saturating_duration_since(since) >= timeout;
+        let edge: Vec<(I, Instant)> = self
+            .streams
+            .iter()
+            .filter(|_| self.edge_write_deadlines)
+            .filter_map(|(&id, d)| Some((id, d.edge_waits.filter(|&t| late(t))?)))
+            .collect();
+        let origin: Vec<(I, Instant)> = self
+            .flows
+            .values()
+            .filter_map(|f| Some((f.stream?, origin_write_since(f).filter(|&t| late(t))?)))
+            .collect();
+        for (stall, (id, since)) in edge
+            .into_iter()
+            .map(|e| (Stall::Edge, e))
+            .chain(origin.into_iter().map(|o| (Stall::Origin, o)))
+        {
+            let Some(data) = self.streams.get_mut(&id) else {
+                continue;
+            };
+            let waited = now.saturating_duration_since(since);
+            debug!(stream = %id, ?stall, ?waited, "write timed out");
+            match stall {
+                Stall::Origin => data.proxy.on_origin_write_timeout(),
+                _ => data.proxy.give_up(),
+            }
+            let host = self.host_of(id);
+            self.held_resets.push(HeldReset {
+                host,
+                waited,
+                stall,
+            });
+            self.settle(now, conn, id);
+        }
+    }
+
+    /// The pool key host of stream `id`'s flow.
+    fn host_of(&self, id: I) -> String {
+        self.streams
+            .get(&id)
+            .and_then(|d| d.flow)
+            .and_then(|flow| self.flows.get(&flow))
+            .map(|f| f.key.host.clone())
+            .unwrap_or_default()
     }
 
     /// The streams whose origin has not taken their last write yet, and since when.
@@ -541,17 +659,17 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             if waited < ORIGIN_PATIENCE {
                 break;
             }
+            let host = self.host_of(id);
             let Some(data) = self.streams.get_mut(&id) else {
                 continue;
             };
-            let host = data
-                .flow
-                .and_then(|flow| self.flows.get(&flow))
-                .map(|f| f.key.host.clone())
-                .unwrap_or_default();
             debug!(stream = %id, ?waited, "origin took nothing; resetting to make room");
             data.proxy.give_up();
-            self.held_resets.push(HeldReset { host, waited });
+            self.held_resets.push(HeldReset {
+                host,
+                waited,
+                stall: Stall::Crowded,
+            });
             self.settle(now, conn, id);
         }
     }
@@ -727,6 +845,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
                         let keep = (verbatim - n).min(data.proxy.origin_room());
                         data.held = bytes.slice(taken + n..taken + n + keep);
                         data.proxy.passed_down(n + keep);
+                        data.note_edge_write(now, n > 0);
                         n + keep
                     }
                     Err(_) => {
@@ -895,6 +1014,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
                 }
             }
             // Stream → edge: held bytes first, as read.
+            let waiting = data.held.len() + data.proxy.to_edge().len();
             if !data.held.is_empty() {
                 match conn.write_shared(id, data.held.clone()) {
                     Ok(n) => {
@@ -916,6 +1036,8 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
                 }
                 progressed |= data.proxy.to_edge().len() != before;
             }
+            let left = data.held.len() + data.proxy.to_edge().len();
+            data.note_edge_write(now, left < waiting);
             // Origin reads resume once there is room.
             if let Some(f) = data.flow.and_then(|flow| self.flows.get_mut(&flow)) {
                 if f.paused && data.held.is_empty() && data.proxy.origin_room() > 0 {
@@ -1052,6 +1174,12 @@ fn timed(kind: FlowKind, origin: Option<&Origin>) -> bool {
                     Service::Tcp { .. } | Service::Bastion | Service::SocksProxy
                 )
             }))
+}
+
+/// Since when a private-network TCP origin has not taken its outstanding write: only those
+/// writes have cloudflared's `--write-stream-timeout` (`tcpConnection`).
+fn origin_write_since<I>(f: &Flow<I>) -> Option<Instant> {
+    f.writing.filter(|_| f.kind == FlowKind::Tcp)
 }
 
 /// A timed flow that goes before its origin connected is a failed dial

@@ -11,6 +11,9 @@ struct Edge {
     finished: bool,
     /// Calls that took nothing (each one the transport's "blocked").
     refused: usize,
+    /// Stream resets seen; a test that expects none leaves `may_reset` off.
+    resets: usize,
+    may_reset: bool,
 }
 
 impl Edge {
@@ -49,13 +52,25 @@ impl EdgeStreams for Edge {
     fn stop(&mut self, _: u64) {}
 
     fn reset(&mut self, _: u64) {
-        panic!("stream reset");
+        assert!(self.may_reset, "stream reset");
+        self.resets += 1;
     }
 }
 
 /// A TCP stream to an origin, connected; returns its flow.
 fn tcp_stream(d: &mut DataStreams<u64>, edge: &mut Edge, now: Instant) -> FlowId {
-    let request = request_bytes(ConnectionType::Tcp, "127.0.0.1:9000", &[]);
+    tcp_stream_sending(d, edge, now, b"")
+}
+
+/// A TCP stream whose edge sent `sent` after its request, connected; returns its flow.
+fn tcp_stream_sending(
+    d: &mut DataStreams<u64>,
+    edge: &mut Edge,
+    now: Instant,
+    sent: &[u8],
+) -> FlowId {
+    let mut request = request_bytes(ConnectionType::Tcp, "127.0.0.1:9000", &[]);
+    request.extend_from_slice(sent);
     d.accept(now, edge, 1, &request);
     let flow = std::iter::from_fn(|| d.poll_action())
         .find_map(|a| match a {
@@ -134,4 +149,142 @@ fn origin_bytes_quic_cannot_take_are_held_within_the_window_then_sent_in_order()
     edge.room = usize::MAX;
     d.drive(now, &mut edge, 1);
     assert!(edge.took == sent, "every byte once, in order");
+}
+
+/// Streams with `--write-stream-timeout` of `timeout`.
+fn with_write_timeout(timeout: Duration) -> DataStreams<u64> {
+    let limits = DataLimits {
+        write_timeout: Some(timeout),
+        ..DataLimits::default()
+    };
+    DataStreams::new(limits, uuid::Uuid::nil())
+}
+
+/// `--write-stream-timeout`: origin bytes the edge takes none of for that long reset the
+/// stream (RESET_STREAM, and its origin closes); each byte the edge takes starts the wait over.
+#[test]
+fn a_write_to_the_edge_that_waits_out_the_write_timeout_resets_the_stream() {
+    let t0 = Instant::now();
+    let timeout = Duration::from_secs(5);
+    let mut d = with_write_timeout(timeout);
+    let mut edge = Edge {
+        may_reset: true,
+        ..Edge::default()
+    };
+    let flow = tcp_stream(&mut d, &mut edge, t0);
+    assert_eq!(d.poll_timeout(), None, "nothing waits for the edge yet");
+    let read = Bytes::from(vec![7u8; 10_000]);
+    edge.room = 1000;
+    d.on_flow_data(t0, &mut edge, flow, &read);
+    assert_eq!(
+        d.poll_timeout(),
+        Some(t0 + timeout),
+        "the wait began with the read"
+    );
+
+    // Some room before the deadline: the wait starts over from there.
+    let t1 = t0 + Duration::from_secs(3);
+    edge.room = 500;
+    d.drive(t1, &mut edge, 1);
+    assert_eq!(d.poll_timeout(), Some(t1 + timeout));
+    d.expire_writes(t0 + timeout, &mut edge);
+    assert_eq!(
+        edge.resets, 0,
+        "reset though the edge took bytes 2 s before"
+    );
+
+    // None taken for the whole timeout: reset, the origin closed, reported once.
+    d.expire_writes(t1 + timeout - Duration::from_millis(1), &mut edge);
+    assert_eq!(edge.resets, 0, "reset before the timeout ran out");
+    d.expire_writes(t1 + timeout, &mut edge);
+    assert_eq!(edge.resets, 1);
+    assert!(std::iter::from_fn(|| d.poll_action())
+        .any(|a| matches!(a, OriginAction::Close { flow: f } if f == flow)));
+    let reports = d.take_held_resets();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].stall, Stall::Edge);
+    assert_eq!(reports[0].waited, timeout);
+    assert_eq!(d.poll_timeout(), None, "no timer left behind");
+}
+
+/// Without the flag, or over HTTP/2 (cloudflared's HTTP/2 transport has no such deadline),
+/// bytes may wait for the edge as long as they must.
+#[test]
+fn without_the_write_timeout_or_over_http2_edge_writes_wait() {
+    let t0 = Instant::now();
+    let over_http2 = with_write_timeout(Duration::from_secs(5)).without_edge_write_deadlines();
+    for mut d in [
+        DataStreams::<u64>::new(DataLimits::default(), uuid::Uuid::nil()),
+        over_http2,
+    ] {
+        let mut edge = Edge::default();
+        let flow = tcp_stream(&mut d, &mut edge, t0);
+        d.on_flow_data(t0, &mut edge, flow, &Bytes::from(vec![7u8; 10_000]));
+        assert_eq!(d.poll_timeout(), None);
+        d.expire_writes(t0 + Duration::from_secs(3600), &mut edge);
+        assert!(d.take_held_resets().is_empty());
+    }
+}
+
+/// `--write-stream-timeout`: a private-network TCP origin that takes no write for that long
+/// is closed and the stream finishes (FIN and STOP_SENDING), after what the origin sent, as
+/// cloudflared's pipe ends when a write to its origin fails.
+#[test]
+fn a_tcp_origin_that_takes_no_write_within_the_write_timeout_is_closed() {
+    let t0 = Instant::now();
+    let timeout = Duration::from_secs(2);
+    let mut d = with_write_timeout(timeout);
+    let mut edge = Edge::default();
+    let flow = tcp_stream_sending(&mut d, &mut edge, t0, b"for the origin");
+    let writes: Vec<OriginAction> = std::iter::from_fn(|| d.poll_action()).collect();
+    assert!(
+        writes
+            .iter()
+            .any(|a| matches!(a, OriginAction::Write { flow: f, .. } if *f == flow)),
+        "{writes:?}"
+    );
+    // A second later the origin sent something the edge cannot take yet (its wait is not
+    // over when the origin's is).
+    edge.room = 0;
+    let answered = t0 + Duration::from_secs(1);
+    d.on_flow_data(answered, &mut edge, flow, &Bytes::from_static(b"answer"));
+    assert_eq!(d.poll_timeout(), Some(t0 + timeout));
+    d.expire_writes(t0 + timeout, &mut edge);
+    assert!(std::iter::from_fn(|| d.poll_action())
+        .any(|a| matches!(a, OriginAction::Close { flow: f } if f == flow)));
+    assert!(!edge.finished, "finished before the origin's bytes went");
+    edge.room = 100;
+    d.drive(t0 + timeout, &mut edge, 1);
+    assert_eq!(edge.took, b"answer");
+    assert!(edge.finished, "the stream ends after what the origin sent");
+    assert_eq!(edge.resets, 0);
+    let reports = d.take_held_resets();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].stall, Stall::Origin);
+    assert_eq!(reports[0].host, "127.0.0.1:9000");
+}
+
+/// The origin write timeout is private-network TCP's only (cloudflared's `tcpConnection`):
+/// an HTTP origin's write may take as long as it takes.
+#[test]
+fn http_origin_writes_have_no_write_timeout() {
+    let t0 = Instant::now();
+    let mut d = with_write_timeout(Duration::from_secs(2));
+    let mut edge = Edge::default();
+    let request = request_bytes(ConnectionType::Http, "http://a.test/", &[]);
+    d.accept(t0, &mut edge, 1, &request);
+    let flow = std::iter::from_fn(|| d.poll_action())
+        .find_map(|a| match a {
+            OriginAction::Open { flow, .. } => Some(flow),
+            _ => None,
+        })
+        .expect("the origin is opened");
+    d.on_flow_connected(t0, &mut edge, flow);
+    assert!(
+        std::iter::from_fn(|| d.poll_action()).any(|a| matches!(a, OriginAction::Write { .. })),
+        "the request went to the origin"
+    );
+    assert_eq!(d.poll_timeout(), None);
+    d.expire_writes(t0 + Duration::from_secs(3600), &mut edge);
+    assert!(d.take_held_resets().is_empty());
 }

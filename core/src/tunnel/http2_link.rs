@@ -326,7 +326,8 @@ impl Http2Link {
     ) -> Result<Self, TlsError> {
         let conn =
             ConnectorConnection::new(now, tls, crate::http2::tls::SERVER_NAME, Limits::default())?;
-        let data = DataStreams::new(config.data.clone(), config.registration.client_id);
+        let data = DataStreams::new(config.data.clone(), config.registration.client_id)
+            .without_edge_write_deadlines();
         Ok(Self {
             conn,
             config,
@@ -427,6 +428,7 @@ impl Http2Link {
         let mut edge = edge(&mut self.conn, &mut self.sides);
         self.data.expire_dials(now, &mut edge);
         self.data.make_room(now, &mut edge);
+        self.data.expire_writes(now, &mut edge);
         match self.state {
             State::Draining(deadline) if deadline <= now => {
                 let streams = self.data.active();

@@ -5,6 +5,7 @@ use burrow_core::connector::Event;
 use burrow_core::control::features::FEATURES_RECORD;
 use burrow_core::rpc_stream::server::CallRefusal;
 use burrow_core::session::{DatagramFault, DatagramVersion, SessionNotice};
+use burrow_core::tunnel::data::Stall;
 use burrow_core::tunnel::protocol::{Protocol, PERCENTAGE_RECORD};
 use tracing::{debug, error, info, warn};
 
@@ -167,14 +168,35 @@ pub fn log(e: &Event, stopping: bool) {
             index,
             host,
             waited,
+            stall,
             suppressed,
-        } => warn!(
-            conn_index = index,
-            %host,
-            waited_ms = waited.as_millis() as u64,
-            suppressed,
-            "origin took none of the request body; reset it to make room for other requests"
-        ),
+        } => {
+            let waited_ms = waited.as_millis() as u64;
+            match stall {
+                Stall::Crowded => warn!(
+                    conn_index = index,
+                    %host,
+                    waited_ms,
+                    suppressed,
+                    "origin took none of the request body; reset it to make room for other requests"
+                ),
+                // cloudflared's own message (`quic/safe_stream.go`).
+                Stall::Edge => error!(
+                    conn_index = index,
+                    %host,
+                    waited_ms,
+                    suppressed,
+                    "Closing quic stream due to timeout while writing"
+                ),
+                Stall::Origin => warn!(
+                    conn_index = index,
+                    %host,
+                    waited_ms,
+                    suppressed,
+                    "origin took no write within --write-stream-timeout; closed it and ended the stream"
+                ),
+            }
+        }
         Event::RpcRefused {
             index,
             refusal,

@@ -400,16 +400,19 @@ pub enum SupervisorEvent {
         /// Refusals since the last reported one that were not reported.
         suppressed: u64,
     },
-    /// A request whose origin took none of its body for
-    /// [`crate::tunnel::data::ORIGIN_PATIENCE`] was reset to make room on its crowded
-    /// connection. A few per window, then a count of the rest.
+    /// A request whose bytes did not move was ended: its origin took none of its body for
+    /// [`crate::tunnel::data::ORIGIN_PATIENCE`] on a crowded connection, or a write to the
+    /// edge or to its private-network origin ran out of `--write-stream-timeout`. A few per
+    /// window, then a count of the rest.
     HeldRequestReset {
         /// HA index.
         index: u8,
         /// The request's `Host` (a TCP flow's destination).
         host: String,
-        /// How long its origin had taken nothing.
+        /// How long the write had waited.
         waited: Duration,
+        /// Whose write it was.
+        stall: crate::tunnel::data::Stall,
         /// Resets since the last reported one that were not reported.
         suppressed: u64,
     },
@@ -1685,6 +1688,7 @@ impl Supervisor {
                         index,
                         host: reset.host,
                         waited: reset.waited,
+                        stall: reset.stall,
                         suppressed,
                     });
                 }
