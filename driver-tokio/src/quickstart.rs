@@ -122,6 +122,8 @@ async fn run(args: QuickstartArgs) -> Result<(), String> {
             post_quantum: false,
             quic: Default::default(),
             write_stream_timeout: None,
+            rpc_timeout: std::time::Duration::from_secs(5),
+            max_edge_addr_retries: 8,
             protocol: burrow_core::tunnel::protocol::ProtocolFlag::Auto,
             retries: 5,
             token: false,

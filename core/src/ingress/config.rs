@@ -205,6 +205,10 @@ pub struct ConfigFile {
     pub quic_stream_level_flow_control_limit: Option<u64>,
     /// `write-stream-timeout`.
     pub write_stream_timeout: Option<Dur>,
+    /// `rpc-timeout`.
+    pub rpc_timeout: Option<Dur>,
+    /// `max-edge-addr-retries`.
+    pub max_edge_addr_retries: Option<i64>,
     /// The single origin's flag keys (`no-tls-verify`, ...).
     #[serde(flatten)]
     pub origin_flags: OriginFlagKeys,
@@ -264,6 +268,18 @@ pub const CONFIG_FILE_KEYS: &[&str] = &[
     "http2-origin",
     "proxy-address",
     "proxy-port",
+    "proxy-no-happy-eyeballs",
+    "proxy-connect-timeout",
+    "proxy-tls-timeout",
+    "proxy-tcp-keepalive",
+    "proxy-keepalive-connections",
+    "proxy-keepalive-timeout",
+    "quic-disable-pmtu-discovery",
+    "quic-connection-level-flow-control-limit",
+    "quic-stream-level-flow-control-limit",
+    "write-stream-timeout",
+    "rpc-timeout",
+    "max-edge-addr-retries",
     "ingress",
     "originRequest",
     "warp-routing",

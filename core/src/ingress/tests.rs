@@ -600,3 +600,33 @@ fn bastion_mode_turns_url_services_into_the_bastion_as_cloudflared() {
         ["bastion", "bastion", "hello_world", "http://x:1"]
     );
 }
+
+/// The flag keys the file reads (the single origin's, the QUIC and write tuning) are read,
+/// not named as ignored.
+#[test]
+fn tuning_keys_are_read_not_called_ignored() {
+    let default = format!("{:?}", ConfigFile::default());
+    for (key, value) in [
+        ("proxy-no-happy-eyeballs", "true"),
+        ("proxy-connect-timeout", "3s"),
+        ("proxy-tls-timeout", "3s"),
+        ("proxy-tcp-keepalive", "3s"),
+        ("proxy-keepalive-connections", "3"),
+        ("proxy-keepalive-timeout", "3s"),
+        ("quic-disable-pmtu-discovery", "true"),
+        ("quic-connection-level-flow-control-limit", "3"),
+        ("quic-stream-level-flow-control-limit", "3"),
+        ("write-stream-timeout", "3s"),
+        ("rpc-timeout", "3s"),
+        ("max-edge-addr-retries", "3"),
+    ] {
+        let file = ConfigFile::from_yaml(&format!("{key}: {value}\n")).expect(key);
+        assert!(
+            file.ignored_keys.is_empty(),
+            "{key}: {:?}",
+            file.ignored_keys
+        );
+        assert_ne!(format!("{file:?}"), default, "{key} was not read");
+        assert!(CONFIG_FILE_KEYS.contains(&key), "{key}");
+    }
+}

@@ -97,6 +97,14 @@ pub struct CommonArgs {
     /// limit) [default: 0].
     #[arg(long, global = true, hide = true, env = "TUNNEL_STREAM_WRITE_TIMEOUT", value_parser = parse_go_duration)]
     pub write_stream_timeout: Option<Duration>,
+    /// How long an RPC call to the edge may take (registration, configuration, session
+    /// unregistration) [default: 5s].
+    #[arg(long, global = true, hide = true, value_parser = parse_go_duration)]
+    pub rpc_timeout: Option<Duration>,
+    /// Dial failures in a row on one connection before the next protocol is tried
+    /// [default: 8].
+    #[arg(long, global = true, hide = true, allow_negative_numbers = true)]
+    pub max_edge_addr_retries: Option<i64>,
     /// Tag `KEY=VALUE` sent to origins as `Cf-Warp-Tag-KEY` (repeatable).
     #[arg(
         long,

@@ -19,8 +19,6 @@ pub(super) const IGNORED: &[Flag] = &[
     Flag::value("label", "LABEL"),
     Flag::value("heartbeat-interval", "HEARTBEAT_INTERVAL"),
     Flag::value("heartbeat-count", "HEARTBEAT_COUNT"),
-    Flag::value("max-edge-addr-retries", "MAX_EDGE_ADDR_RETRIES"),
-    Flag::value("rpc-timeout", "RPC_TIMEOUT"),
     Flag::value("compression-quality", "COMPRESSION_QUALITY").env("TUNNEL_COMPRESSION_LEVEL"),
     Flag::value("dial-edge-timeout", "DIAL_EDGE_TIMEOUT").env("DIAL_EDGE_TIMEOUT"),
     Flag::value("transport-loglevel", "TRANSPORT_LOGLEVEL")

@@ -109,6 +109,10 @@ pub struct Settings {
     pub quic: QuicTuning,
     /// `--write-stream-timeout` (none: 0, no limit).
     pub write_stream_timeout: Option<Duration>,
+    /// `--rpc-timeout`.
+    pub rpc_timeout: Duration,
+    /// `--max-edge-addr-retries`.
+    pub max_edge_addr_retries: u32,
     /// `--output`.
     pub log_format: LogFormat,
     /// The tunnel argument, else the file's `tunnel`.
@@ -232,6 +236,20 @@ impl Settings {
                 .write_stream_timeout
                 .or(file.write_stream_timeout.map(|d| d.0))
                 .filter(|d| !d.is_zero()),
+            rpc_timeout: match common.rpc_timeout.or(file.rpc_timeout.map(|d| d.0)) {
+                // Every call would time out at once (cloudflared's context expires as made).
+                Some(d) if d.is_zero() => {
+                    return Err(SetupError::Config(
+                        "--rpc-timeout must be longer than 0".into(),
+                    ))
+                }
+                d => d.unwrap_or(Duration::from_secs(5)),
+            },
+            // cloudflared's `uint8(c.Int(...))`: the count wraps as Go's conversion does.
+            max_edge_addr_retries: common
+                .max_edge_addr_retries
+                .or(file.max_edge_addr_retries)
+                .map_or(8, |n| u32::from(n as u8)),
             log_format: common
                 .output
                 .as_deref()
@@ -604,6 +622,10 @@ pub struct RunConfig {
     pub quic: QuicTuning,
     /// `--write-stream-timeout`.
     pub write_stream_timeout: Option<Duration>,
+    /// `--rpc-timeout`.
+    pub rpc_timeout: Duration,
+    /// `--max-edge-addr-retries`.
+    pub max_edge_addr_retries: u32,
     /// `--protocol`.
     pub protocol: ProtocolFlag,
     /// `--token` (or `TUNNEL_TOKEN`) was given: `auto` starts on QUIC whatever the
@@ -705,6 +727,8 @@ pub fn run_config(
         post_quantum: settings.post_quantum,
         quic: settings.quic,
         write_stream_timeout: settings.write_stream_timeout,
+        rpc_timeout: settings.rpc_timeout,
+        max_edge_addr_retries: settings.max_edge_addr_retries,
         protocol: settings.protocol,
         token: settings.token.is_some(),
         retries: settings.retries,
@@ -817,12 +841,14 @@ impl RunConfig {
         let connector = ConnectorConfig {
             local_config: self.local_config.clone(),
             grace_period: self.grace_period,
+            rpc_timeout: self.rpc_timeout,
             data,
             ..ConnectorConfig::new(registration, client)
         };
         let mut config = crate::tunnel::supervisor::SupervisorConfig::new(connector);
         config.ha_connections = self.ha_connections;
         config.retries = self.retries;
+        config.max_edge_addr_retries = self.max_edge_addr_retries;
         config.max_active_flows = self.max_active_flows;
         config.local_max_active_flows = self.local_max_active_flows;
         config.dns_resolvers = self.dns_resolvers.clone();

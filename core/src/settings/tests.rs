@@ -1198,6 +1198,66 @@ fn write_stream_timeout_bounds_the_connectors_writes() {
     );
 }
 
+/// `--rpc-timeout` and `--max-edge-addr-retries` (hidden, no variables, config-file keys) set
+/// the connector's RPC deadline and the dial failures before a protocol fallback; the count
+/// wraps as cloudflared's `uint8` conversion wraps it, and a zero timeout is refused.
+#[test]
+fn rpc_timeout_and_max_edge_addr_retries_tune_the_supervisor() {
+    let host = MapHost(HashMap::from([("/c.json", CREDS)]));
+    let tuned = |args: &[&str], yaml: &str| {
+        let args = [
+            args,
+            &[
+                "--credentials-file",
+                "/c.json",
+                "--url",
+                "http://127.0.0.1:1",
+            ],
+        ]
+        .concat();
+        let s = settings(&args, yaml)?;
+        let loaded = LoadedConfig {
+            path: Some("/config.yml".into()),
+            text: Some(yaml.into()),
+            file: ConfigFile::from_yaml(yaml).expect("file parses"),
+        };
+        let (rc, _) = run_config(&s, &loaded, &host).unwrap();
+        let c = supervisor_config(&rc, None);
+        Ok::<_, SetupError>((c.connector.rpc_timeout, c.max_edge_addr_retries))
+    };
+    let secs = Duration::from_secs;
+    assert_eq!(tuned(&["run"], "").unwrap(), (secs(5), 8));
+    assert_eq!(
+        tuned(
+            &["--rpc-timeout", "2s", "run", "--max-edge-addr-retries", "3"],
+            ""
+        )
+        .unwrap(),
+        (secs(2), 3)
+    );
+    let yaml = "rpc-timeout: 1m\nmax-edge-addr-retries: 0\n";
+    assert_eq!(tuned(&["run"], yaml).unwrap(), (secs(60), 0));
+    assert_eq!(
+        tuned(&["run", "--rpc-timeout=7s"], yaml).unwrap(),
+        (secs(7), 0),
+        "the flag over the file"
+    );
+    assert_eq!(
+        tuned(&["run", "--max-edge-addr-retries", "257"], "")
+            .unwrap()
+            .1,
+        1
+    );
+    assert_eq!(
+        tuned(&["run", "--max-edge-addr-retries", "-1"], "")
+            .unwrap()
+            .1,
+        255
+    );
+    let zero = tuned(&["run", "--rpc-timeout", "0s"], "");
+    assert!(zero.is_err_and(|e| e.to_string().contains("rpc-timeout")));
+}
+
 /// `--dns-resolver-addrs` (a `run` flag; cloudflared reads it from no file): `ip:port`
 /// addresses, repeated or comma-separated, at most 10, refused as cloudflared refuses them.
 #[test]

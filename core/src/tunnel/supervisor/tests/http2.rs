@@ -1083,3 +1083,37 @@ fn a_tcp_connect_that_never_completes_fails_at_the_dial_timeout() {
     assert_eq!(w.now - dialed, Duration::from_secs(15));
     w.advance_until(Duration::from_secs(10), |w| !w.dials.is_empty());
 }
+
+/// `--max-edge-addr-retries`: QUIC falls back after that many dial failures in a row and one
+/// more (burrow's own fallback after handshake timeouts put out of the way).
+#[test]
+fn max_edge_addr_retries_counts_the_dials_before_the_fallback() {
+    for retries in [0u32, 3] {
+        let mut w = H2World::with(ProtocolFlag::Auto, |c| {
+            c.max_edge_addr_retries = retries;
+            c.fallback_after_timeouts = 100;
+        });
+        // UDP goes nowhere: every QUIC handshake times out.
+        w.advance_until(Duration::from_secs(600), |w| !w.dials.is_empty());
+        let quic_dials = w
+            .events
+            .iter()
+            .filter(|e| {
+                matches!(
+                    e,
+                    SupervisorEvent::Connecting {
+                        protocol: Protocol::Quic,
+                        ..
+                    }
+                )
+            })
+            .count();
+        assert_eq!(
+            quic_dials as u32,
+            retries + 1,
+            "{retries}: {:?}",
+            w.changes()
+        );
+        assert_eq!(w.changes(), vec![Protocol::Http2]);
+    }
+}
