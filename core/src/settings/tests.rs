@@ -1067,30 +1067,39 @@ fn proxy_timeout_flags_shape_the_one_origin() {
     assert!(bad.is_err_and(|e| e.to_string().contains("soon")));
 }
 
+/// What the supervisor starts with for `tunnel ARGS` with `yaml` as config.yml, a
+/// credentials file and `--url` added.
+fn supervised(
+    args: &[&str],
+    yaml: &str,
+) -> Result<crate::tunnel::supervisor::SupervisorConfig, SetupError> {
+    let host = MapHost(HashMap::from([("/c.json", CREDS)]));
+    let args = [
+        args,
+        &[
+            "--credentials-file",
+            "/c.json",
+            "--url",
+            "http://127.0.0.1:1",
+        ],
+    ]
+    .concat();
+    let s = settings(&args, yaml)?;
+    let loaded = LoadedConfig {
+        path: Some("/config.yml".into()),
+        text: Some(yaml.into()),
+        file: ConfigFile::from_yaml(yaml).expect("file parses"),
+    };
+    let (rc, _) = run_config(&s, &loaded, &host)?;
+    Ok(supervisor_config(&rc, None))
+}
+
 /// cloudflared's hidden QUIC flags set the transport: by flag, variable or config-file key;
 /// 0 is quic-go's own ceiling, as quic-go reads it; the switch by value.
 #[test]
 fn quic_flags_set_the_transport() {
-    let host = MapHost(HashMap::from([("/c.json", CREDS)]));
     let quic = |args: &[&str], yaml: &str| {
-        let args = [
-            args,
-            &[
-                "--credentials-file",
-                "/c.json",
-                "--url",
-                "http://127.0.0.1:1",
-            ],
-        ]
-        .concat();
-        let s = settings(&args, yaml).expect("settings");
-        let loaded = LoadedConfig {
-            path: Some("/config.yml".into()),
-            text: Some(yaml.into()),
-            file: ConfigFile::from_yaml(yaml).expect("file parses"),
-        };
-        let (rc, _) = run_config(&s, &loaded, &host).unwrap();
-        let q = supervisor_config(&rc, None).quic;
+        let q = supervised(args, yaml).expect("settings").quic;
         (
             q.mtu_discovery,
             q.connection_receive_window,
@@ -1142,26 +1151,12 @@ fn quic_flags_set_the_transport() {
 /// connector's writes; 0, its default, is no bound.
 #[test]
 fn write_stream_timeout_bounds_the_connectors_writes() {
-    let host = MapHost(HashMap::from([("/c.json", CREDS)]));
     let timeout = |args: &[&str], yaml: &str| {
-        let args = [
-            args,
-            &[
-                "--credentials-file",
-                "/c.json",
-                "--url",
-                "http://127.0.0.1:1",
-            ],
-        ]
-        .concat();
-        let s = settings(&args, yaml).expect("settings");
-        let loaded = LoadedConfig {
-            path: Some("/config.yml".into()),
-            text: Some(yaml.into()),
-            file: ConfigFile::from_yaml(yaml).expect("file parses"),
-        };
-        let (rc, _) = run_config(&s, &loaded, &host).unwrap();
-        supervisor_config(&rc, None).connector.data.write_timeout
+        supervised(args, yaml)
+            .expect("settings")
+            .connector
+            .data
+            .write_timeout
     };
     let secs = |n| Some(Duration::from_secs(n));
     assert_eq!(timeout(&["run"], ""), None);
@@ -1203,27 +1198,8 @@ fn write_stream_timeout_bounds_the_connectors_writes() {
 /// wraps as cloudflared's `uint8` conversion wraps it, and a zero timeout is refused.
 #[test]
 fn rpc_timeout_and_max_edge_addr_retries_tune_the_supervisor() {
-    let host = MapHost(HashMap::from([("/c.json", CREDS)]));
     let tuned = |args: &[&str], yaml: &str| {
-        let args = [
-            args,
-            &[
-                "--credentials-file",
-                "/c.json",
-                "--url",
-                "http://127.0.0.1:1",
-            ],
-        ]
-        .concat();
-        let s = settings(&args, yaml)?;
-        let loaded = LoadedConfig {
-            path: Some("/config.yml".into()),
-            text: Some(yaml.into()),
-            file: ConfigFile::from_yaml(yaml).expect("file parses"),
-        };
-        let (rc, _) = run_config(&s, &loaded, &host).unwrap();
-        let c = supervisor_config(&rc, None);
-        Ok::<_, SetupError>((c.connector.rpc_timeout, c.max_edge_addr_retries))
+        supervised(args, yaml).map(|c| (c.connector.rpc_timeout, c.max_edge_addr_retries))
     };
     let secs = Duration::from_secs;
     assert_eq!(tuned(&["run"], "").unwrap(), (secs(5), 8));
