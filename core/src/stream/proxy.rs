@@ -607,14 +607,9 @@ impl DataStream {
     /// cloudflared's pipe ends when a write to its origin fails. The origin closes, the edge
     /// gets what the origin sent, then the end of the stream; no request error.
     pub fn on_origin_write_timeout(&mut self) {
-        if self.edge_end.is_some() {
-            return;
+        if self.edge_end.is_none() {
+            self.end(EdgeEnd::Finish);
         }
-        self.to_origin.clear();
-        self.up = Up::Done;
-        self.down = Down::Done;
-        self.origin_end = Some(OriginEnd::Close);
-        self.edge_end = Some(EdgeEnd::Finish);
     }
 
     /// The origin connection about to be [connected](DataStream::on_origin_connected) speaks
@@ -937,12 +932,17 @@ impl DataStream {
         // A raw stream (TCP, WebSocket after its 101) that breaks is no request error in
         // cloudflared (its pipe logs and returns nothing); an HTTP exchange that breaks is.
         self.errored |= !self.raw;
-        self.to_origin.clear();
         self.to_edge.clear();
+        self.end(EdgeEnd::Reset);
+    }
+
+    /// Nothing more moves either way: the origin closes, the edge's stream ends as `edge`.
+    fn end(&mut self, edge: EdgeEnd) {
+        self.to_origin.clear();
         self.up = Up::Done;
         self.down = Down::Done;
-        self.edge_end = Some(EdgeEnd::Reset);
         self.origin_end = Some(OriginEnd::Close);
+        self.edge_end = Some(edge);
     }
 
     /// From now on bytes pass as they are, both ways.
