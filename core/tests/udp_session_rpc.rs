@@ -296,36 +296,3 @@ fn unanswered_unregistration_gives_up_after_the_rpc_timeout() {
         "not fatal"
     );
 }
-
-/// An edge-opened RPC stream still open at `--rpc-timeout` (5 s from its signature) is closed
-/// as cloudflared closes it: `Abort("rpc: shutdown")`, then FIN; the call left unanswered
-/// fails at the edge, and a late answer finds the stream gone.
-#[test]
-fn an_rpc_stream_left_open_is_closed_at_the_rpc_timeout() {
-    let mut p = Pair::registered(&["support_datagram_v2"]);
-    let conn = p.conn_id();
-    let dest: SocketAddr = "10.0.0.7:53".parse().unwrap();
-    p.edge
-        .register_udp_session(p.now, conn, ID, dest, 0)
-        .unwrap();
-    p.run(Duration::from_millis(20));
-    let stream = match &p.take_conn_events()[..] {
-        [ConnectorEvent::UdpSessionRequested { stream, .. }] => *stream,
-        other => panic!("expected one session request, got {other:?}"),
-    };
-    // Nobody answers.
-    p.run(Duration::from_millis(4900));
-    assert_eq!(p.take_edge_events(), vec![], "closed before the timeout");
-    p.run(Duration::from_millis(200));
-    let events = p.take_edge_events();
-    assert!(
-        matches!(
-            &events[..],
-            [EdgeEvent::UdpSessionRegistered { id, result: Err(_), .. }] if *id == ID
-        ),
-        "{events:?}"
-    );
-    assert!(p.conn.respond_udp_session(p.now, stream, Ok(())).is_err());
-    let timeout = p.conn.poll_timeout();
-    assert!(timeout.is_none_or(|t| t > p.now), "no timer left behind");
-}

@@ -133,8 +133,6 @@ struct Serving {
     pending_registration: Option<u32>,
     /// Calls answered so far.
     answered: u32,
-    /// [`RpcStreamServer::close`]d: nothing more is served.
-    closed: bool,
     events: VecDeque<RpcStreamEvent>,
 }
 
@@ -159,7 +157,6 @@ impl RpcStreamServer {
                 pending_configuration: None,
                 pending_registration: None,
                 answered: 0,
-                closed: false,
                 events: VecDeque::new(),
             },
         }
@@ -221,28 +218,7 @@ impl RpcStreamServer {
     /// (the stream can be finished once the answer is written).
     pub fn is_settled(&self) -> bool {
         let c = &self.conv;
-        c.closed
-            || (c.answered > 0
-                && c.pending_configuration.is_none()
-                && c.pending_registration.is_none())
-    }
-
-    /// Ends the conversation as cloudflared does when its `--rpc-timeout` runs out on a stream
-    /// the peer kept open: an `Abort("rpc: shutdown")`, calls still pending dropped unanswered;
-    /// then finish the stream.
-    pub fn close(&mut self) {
-        let c = &mut self.conv;
-        if c.closed {
-            return;
-        }
-        // A fixed short exception always encodes; were it not to, the FIN still ends the stream.
-        let _ = message::encode_abort(
-            &message::Exception::failed(message::SHUTDOWN_REASON),
-            &mut c.outbox,
-        );
-        c.pending_configuration = None;
-        c.pending_registration = None;
-        c.closed = true;
+        c.answered > 0 && c.pending_configuration.is_none() && c.pending_registration.is_none()
     }
 }
 

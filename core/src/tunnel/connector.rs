@@ -269,9 +269,6 @@ enum Incoming {
     Rpc {
         server: RpcStreamServer,
         unsent: Vec<u8>,
-        /// Closed by then if still open (`--rpc-timeout` from the signature, as cloudflared);
-        /// none once closed, while the close waits to be written.
-        deadline: Option<Instant>,
     },
 }
 
@@ -415,7 +412,6 @@ impl ConnectorConnection {
         self.data.make_room(now, &mut self.conn);
         self.data.expire_writes(now, &mut self.conn);
         self.expire_calls(now);
-        self.expire_rpc_streams(now);
         if matches!(self.state, State::Draining(deadline) if deadline <= now) {
             let (conn_index, streams) = (self.config.registration.conn_index, self.data.active());
             if streams > 0 {
@@ -561,14 +557,6 @@ impl ConnectorConnection {
             _ => None,
         };
         let call = self.calls.values().map(|c| c.deadline).min();
-        let rpc = self
-            .incoming
-            .values()
-            .filter_map(|i| match i {
-                Incoming::Rpc { deadline, .. } => *deadline,
-                Incoming::Preamble(_) => None,
-            })
-            .min();
         [
             self.conn.poll_timeout(),
             self.acks.deadline(&self.conn),
@@ -576,7 +564,6 @@ impl ConnectorConnection {
             self.data.poll_timeout(),
             drain,
             call,
-            rpc,
         ]
         .into_iter()
         .flatten()
@@ -830,7 +817,6 @@ impl ConnectorConnection {
                     *state = Incoming::Rpc {
                         server: RpcStreamServer::connector(version),
                         unsent: Vec::new(),
-                        deadline: Some(now + self.config.rpc_timeout),
                     };
                 }
                 Ok(Some(kind @ StreamKind::Data { .. })) => {
@@ -1058,31 +1044,9 @@ impl ConnectorConnection {
         }
     }
 
-    /// Closes the edge-opened RPC streams still open at their deadline.
-    fn expire_rpc_streams(&mut self, now: Instant) {
-        let expired: Vec<StreamId> = self
-            .incoming
-            .iter_mut()
-            .filter_map(|(&id, i)| match i {
-                Incoming::Rpc {
-                    server, deadline, ..
-                } if deadline.is_some_and(|d| d <= now) => {
-                    *deadline = None;
-                    server.close();
-                    Some(id)
-                }
-                _ => None,
-            })
-            .collect();
-        for id in expired {
-            debug!(stream = %id, "RPC stream open past --rpc-timeout; closing it");
-            self.flush_incoming(id);
-        }
-    }
-
     /// Writes what an RPC stream has to say; finishes it once answered.
     fn flush_incoming(&mut self, id: StreamId) {
-        let Some(Incoming::Rpc { server, unsent, .. }) = self.incoming.get_mut(&id) else {
+        let Some(Incoming::Rpc { server, unsent }) = self.incoming.get_mut(&id) else {
             return;
         };
         if flush_rpc_server(&mut self.conn, id, server, unsent) {
