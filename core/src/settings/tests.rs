@@ -879,6 +879,21 @@ const SWITCH_SPELLINGS: &[(&str, Option<Switch>)] = &[
     ("=-1", None),
 ];
 
+/// The environment variable of flag `--long` of the subcommand at `path` (`["tunnel"]`,
+/// `["tunnel", "run"]`).
+fn flag_env(path: &[&str], long: &str) -> Option<String> {
+    use clap::CommandFactory;
+    let cli = Cli::command();
+    let cmd = path.iter().fold(&cli, |cmd, name| {
+        cmd.find_subcommand(name).expect("subcommand")
+    });
+    let arg = cmd
+        .get_arguments()
+        .find(|a| a.get_long() == Some(long))
+        .unwrap_or_else(|| panic!("no --{long} in {path:?}"));
+    arg.get_env().map(|v| v.to_string_lossy().into_owned())
+}
+
 /// Every switch of `tunnel`, `tunnel run` and `service install` (table or derived): the ones
 /// of the command tree whose values are [`Switch`]es, by their long names.
 fn switches() -> Vec<(Vec<&'static str>, String, clap::Id)> {
@@ -1125,9 +1140,6 @@ fn quic_flags_set_the_transport() {
     assert_eq!(quic(&["run"], yaml), (false, 15 << 20, u32::MAX));
     assert!(quic(&["run", "--quic-disable-pmtu-discovery=false"], yaml).0);
     // cloudflared's variables (not the flags' names).
-    use clap::CommandFactory;
-    let cli = Cli::command();
-    let tunnel = cli.find_subcommand("tunnel").expect("tunnel");
     for (long, var) in [
         ("quic-disable-pmtu-discovery", "TUNNEL_DISABLE_QUIC_PMTU"),
         (
@@ -1139,11 +1151,7 @@ fn quic_flags_set_the_transport() {
             "TUNNEL_QUIC_STREAM_LEVEL_FLOW_CONTROL_LIMIT",
         ),
     ] {
-        let arg = tunnel
-            .get_arguments()
-            .find(|a| a.get_long() == Some(long))
-            .expect(long);
-        assert_eq!(arg.get_env(), Some(std::ffi::OsStr::new(var)), "{long}");
+        assert_eq!(flag_env(&["tunnel"], long).as_deref(), Some(var), "{long}");
     }
 }
 
@@ -1180,16 +1188,9 @@ fn write_stream_timeout_bounds_the_connectors_writes() {
     );
     let bad = Cli::try_parse_from(["burrow", "tunnel", "run", "--write-stream-timeout", "5"]);
     assert!(bad.is_err_and(|e| e.to_string().contains("invalid duration")));
-    use clap::CommandFactory;
-    let cli = Cli::command();
-    let tunnel = cli.find_subcommand("tunnel").expect("tunnel");
-    let arg = tunnel
-        .get_arguments()
-        .find(|a| a.get_long() == Some("write-stream-timeout"))
-        .expect("flag");
     assert_eq!(
-        arg.get_env(),
-        Some(std::ffi::OsStr::new("TUNNEL_STREAM_WRITE_TIMEOUT"))
+        flag_env(&["tunnel"], "write-stream-timeout").as_deref(),
+        Some("TUNNEL_STREAM_WRITE_TIMEOUT")
     );
 }
 
@@ -1284,19 +1285,9 @@ fn dns_resolver_addrs_fix_the_virtual_dns_services_resolvers() {
         err(&[&eleven]),
         "invalid dns-resolver-addrs provided: too many addresses provided, max: 10"
     );
-    use clap::CommandFactory;
-    let cli = Cli::command();
-    let run = cli
-        .find_subcommand("tunnel")
-        .and_then(|t| t.find_subcommand("run"))
-        .expect("run");
-    let arg = run
-        .get_arguments()
-        .find(|a| a.get_long() == Some("dns-resolver-addrs"))
-        .expect("a run flag");
     assert_eq!(
-        arg.get_env(),
-        Some(std::ffi::OsStr::new("TUNNEL_DNS_RESOLVER_ADDRS"))
+        flag_env(&["tunnel", "run"], "dns-resolver-addrs").as_deref(),
+        Some("TUNNEL_DNS_RESOLVER_ADDRS")
     );
 }
 

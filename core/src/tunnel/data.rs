@@ -605,16 +605,25 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             .map(|e| (Stall::Edge, e))
             .chain(origin.into_iter().map(|o| (Stall::Origin, o)))
         {
+            if !self.streams.contains_key(&id) {
+                continue;
+            }
+            let waited = now.saturating_duration_since(since);
+            debug!(stream = %id, ?stall, ?waited, "write timed out");
+            let host = self.host_of(id);
             let Some(data) = self.streams.get_mut(&id) else {
                 continue;
             };
-            let waited = now.saturating_duration_since(since);
-            debug!(stream = %id, ?stall, ?waited, "write timed out");
             match stall {
-                Stall::Origin => data.proxy.on_origin_write_timeout(),
-                _ => data.proxy.give_up(),
+                Stall::Origin => {
+                    data.proxy.on_origin_write_timeout();
+                    // The origin goes whatever the exchange's state, and its timer with it.
+                    if let Some(flow) = data.flow.take() {
+                        self.close_flow(flow);
+                    }
+                }
+                Stall::Edge | Stall::Crowded => data.proxy.give_up(),
             }
-            let host = self.host_of(id);
             self.held_resets.push(HeldReset {
                 host,
                 waited,

@@ -252,6 +252,11 @@ fn a_tcp_origin_that_takes_no_write_within_the_write_timeout_is_closed() {
     d.expire_writes(t0 + timeout, &mut edge);
     assert!(std::iter::from_fn(|| d.poll_action())
         .any(|a| matches!(a, OriginAction::Close { flow: f } if f == flow)));
+    assert_eq!(
+        d.poll_timeout(),
+        Some(answered + timeout),
+        "only the edge's wait is left, no timer in the past"
+    );
     assert!(!edge.finished, "finished before the origin's bytes went");
     edge.room = 100;
     d.drive(t0 + timeout, &mut edge, 1);
