@@ -12,6 +12,7 @@ pub mod http2;
 pub mod icmp;
 pub mod ingress;
 pub mod log_budget;
+pub mod management;
 pub mod quic;
 pub mod receive_window;
 pub mod rpc;

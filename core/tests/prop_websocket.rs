@@ -1,5 +1,5 @@
 //! WebSocket client frames of any sizes and masks, split anywhere, decode to their payloads
-//! in order; pings come back as pings.
+//! in order; pings come back as pings, each message's end as its end.
 
 use burrow_core::stream::websocket::{Control, Decoder, OP_BINARY};
 use proptest::prelude::*;
@@ -30,15 +30,16 @@ proptest! {
     ) {
         let mut wire = Vec::new();
         let mut want = Vec::new();
-        let mut pings = Vec::new();
+        let mut wanted = Vec::new();
         for (payload, mask, ping) in &frames {
             if *ping {
                 let p = &payload[..payload.len().min(125)];
                 wire.extend(client_frame(9, p, *mask));
-                pings.push(Control::Ping(p.to_vec()));
+                wanted.push(Control::Ping(p.to_vec()));
             } else {
                 wire.extend(client_frame(OP_BINARY, payload, *mask));
                 want.extend_from_slice(payload);
+                wanted.push(Control::MessageEnd { text: false });
             }
         }
         let mut d = Decoder::default();
@@ -48,6 +49,6 @@ proptest! {
             controls.extend(d.feed(chunk, &mut out).unwrap());
         }
         prop_assert_eq!(out, want);
-        prop_assert_eq!(controls, pings);
+        prop_assert_eq!(controls, wanted);
     }
 }

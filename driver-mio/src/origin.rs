@@ -1257,6 +1257,8 @@ fn plan(
         } => (target(host, *port), false),
         // Core gives each bastion request the TCP origin it names; never dialled as such.
         Service::Bastion => return Err("bastion has no destination of its own".to_owned()),
+        // Never a rule here: burrow-mio does not add the management service's.
+        Service::Management => return Err("the management service is not served".to_owned()),
         Service::SocksProxy => {
             let server = Server::new(o.ip_rules.clone());
             return Ok(Plan::Socks(Socks::new(server)));

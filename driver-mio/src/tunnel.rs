@@ -599,7 +599,8 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         None
     };
     let mut config = rc
-        .supervisor_config(roots, connector_id, icmp, percentage.as_deref())
+        // burrow-mio does not serve the management service: no rule for it, not advertised.
+        .supervisor_config(roots, connector_id, icmp, percentage.as_deref(), false)
         .map_err(|e| format!("TLS: {e}"))?;
     config.quic.max_concurrent_bidi_streams = MAX_STREAMS;
     let origin_registry = poll

@@ -72,6 +72,16 @@ pub enum RunError {
     Socket(#[from] std::io::Error),
 }
 
+/// The machine's host name (`/host_details`), "unknown" if it cannot be read, as Go's
+/// `os.Hostname` failing gives cloudflared.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "unknown".to_owned())
+}
+
 /// Fresh OS randomness for seeds.
 pub fn random_u64() -> u64 {
     let mut b = [0u8; 8];
@@ -182,7 +192,13 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     } else {
         RouterConfig::default()
     };
-    let config = rc.supervisor_config(roots, metrics.connector_id, icmp, percentage.as_deref())?;
+    let config = rc.supervisor_config(
+        roots,
+        metrics.connector_id,
+        icmp,
+        percentage.as_deref(),
+        true,
+    )?;
     let mut machine = Connector::new(Instant::now(), config, pool, random_u64());
     metrics.connector().ha_connections = machine.ha_connections();
     info!(
@@ -191,7 +207,13 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         "Starting tunnel"
     );
     let web_roots = Arc::new(burrow_os::origin_tls::web_roots());
-    let dialer = Dialer::new(web_roots.clone(), opts.origin_runtime.clone());
+    let management = crate::management::spawn(
+        rc.management.config(metrics.connector_id, host_name()),
+        rc.management.service_op_ip.clone(),
+        metrics.clone(),
+    );
+    let dialer =
+        Dialer::new(web_roots.clone(), opts.origin_runtime.clone()).with_management(management);
     let mut io = DriverIo::new(dialer, web_roots, metrics.clone())?;
     io.bind = rc.edge_bind_address;
     let mut fatal = None;

@@ -9,6 +9,7 @@ mod dial;
 mod edge;
 mod edge_udp;
 mod heap;
+mod management;
 mod metrics;
 mod origin;
 mod quickstart;

@@ -147,6 +147,8 @@ pub struct Dialer {
     tls: Arc<Mutex<OriginTls>>,
     /// The runtime the flows' tasks run on.
     runtime: tokio::runtime::Handle,
+    /// The management service's task, when served.
+    management: Option<crate::management::ManagementHandle>,
 }
 
 impl Dialer {
@@ -156,7 +158,14 @@ impl Dialer {
         Self {
             tls: Arc::new(Mutex::new(OriginTls::new(Some(roots)))),
             runtime: runtime.unwrap_or_else(tokio::runtime::Handle::current),
+            management: None,
         }
+    }
+
+    /// Requests to the management hostname go to `handle`'s task.
+    pub fn with_management(mut self, handle: crate::management::ManagementHandle) -> Self {
+        self.management = Some(handle);
+        self
     }
 
     /// Starts flow `flow` of `link`: dials (`host` is the request's, for `matchSNItoHost`),
@@ -262,6 +271,10 @@ impl Dialer {
         match &origin.service {
             Service::HttpStatus(code) => Ok(Dialled::Other(in_process(Responder::Status(*code)))),
             Service::HelloWorld => Ok(Dialled::Other(in_process(Responder::Hello))),
+            Service::Management => match self.management.as_ref().and_then(|m| m.connect()) {
+                Some(conn) => Ok(Dialled::Other(Box::new(conn))),
+                None => Err("the management service is not running".to_owned()),
+            },
             Service::Http { tls, host: h, port } => {
                 let addr = format!("{h}:{port}");
                 let s = connect_tcp(&addr, origin).await?;

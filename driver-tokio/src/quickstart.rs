@@ -124,6 +124,7 @@ async fn run(args: QuickstartArgs) -> Result<(), String> {
             write_stream_timeout: None,
             rpc_timeout: std::time::Duration::from_secs(5),
             max_edge_addr_retries: 8,
+            management: Default::default(),
             protocol: burrow_core::tunnel::protocol::ProtocolFlag::Auto,
             retries: 5,
             token: false,

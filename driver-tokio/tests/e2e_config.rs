@@ -298,11 +298,16 @@ fn cloudflared_flags_before_tunnel_and_before_run_are_accepted() {
         "e2e-global-flags",
         &["--no-autoupdate", "--autoupdate-freq", "24h"],
         &["--no-prechecks"],
-        &["--label", "box-1"],
+        &["--heartbeat-count", "5"],
         &[],
     );
     let line = ignored_line(&log);
-    for flag in ["no-autoupdate", "autoupdate-freq", "no-prechecks", "label"] {
+    for flag in [
+        "no-autoupdate",
+        "autoupdate-freq",
+        "no-prechecks",
+        "heartbeat-count",
+    ] {
         assert!(line.contains(flag), "{flag} named: {line}");
     }
 }

@@ -10,8 +10,9 @@ use thiserror::Error;
 
 use crate::session::DatagramVersion;
 
-/// cloudflared's default feature list less `management_logs` (burrow serves no management log
-/// stream, so it must not tell the edge it does). The datagram version chosen is added to it.
+/// cloudflared's default feature list less `management_logs`, which only a connector serving
+/// the management log stream advertises ([`MANAGEMENT_LOGS`]). The datagram version chosen is
+/// added to it.
 pub const DEFAULT_FEATURES: &[&str] = &[
     "allow_remote_config",
     "serialized_headers",
@@ -19,12 +20,15 @@ pub const DEFAULT_FEATURES: &[&str] = &[
     "support_quic_eof",
 ];
 
+/// Advertised by a connector that serves the management log stream (burrow-mio does not).
+pub const MANAGEMENT_LOGS: &str = "management_logs";
+
 /// Never advertised: earlier datagram-v3 variants cloudflared retired (asking for them changes
-/// nothing), and features burrow does not serve.
+/// nothing). [`MANAGEMENT_LOGS`] is not taken from `--features` either.
 const NOT_ADVERTISED: &[&str] = &[
     "support_datagram_v3",
     "support_datagram_v3_1",
-    "management_logs",
+    MANAGEMENT_LOGS,
 ];
 
 /// The feature that selects datagram v3.
@@ -58,12 +62,21 @@ pub fn cli_datagram_version(extra: &[String]) -> Option<DatagramVersion> {
     }
 }
 
-/// The list sent to the edge, as cloudflared's `clientFeatures`: the defaults, the datagram
+/// The list sent to the edge, as cloudflared's `clientFeatures`: the defaults,
+/// [`MANAGEMENT_LOGS`] when `management` (the driver serves the log stream), the datagram
 /// version's feature (`support_datagram_v3_2` for v3; v2's is a default), `postquantum` when
 /// post-quantum key exchange is enforced, then each of `extra` (`--features`) once, without
 /// `NOT_ADVERTISED` ones. `version` is [`cli_datagram_version`]'s when it has one.
-pub fn features(post_quantum: bool, extra: &[String], version: DatagramVersion) -> Vec<String> {
+pub fn features(
+    post_quantum: bool,
+    management: bool,
+    extra: &[String],
+    version: DatagramVersion,
+) -> Vec<String> {
     let mut out: Vec<String> = DEFAULT_FEATURES.iter().map(|s| (*s).to_owned()).collect();
+    if management {
+        out.push(MANAGEMENT_LOGS.into());
+    }
     if version == DatagramVersion::V3 {
         out.push(DATAGRAM_V3.into());
     }
@@ -84,7 +97,10 @@ pub fn set_datagram_version(list: &mut Vec<String>, version: DatagramVersion) {
     let at = list.iter().position(|f| f == DATAGRAM_V3);
     match (version, at) {
         (DatagramVersion::V3, None) => {
-            let after = list.iter().position(|f| f == "support_quic_eof");
+            let after = list
+                .iter()
+                .position(|f| f == MANAGEMENT_LOGS)
+                .or_else(|| list.iter().position(|f| f == "support_quic_eof"));
             list.insert(after.map_or(list.len(), |i| i + 1), DATAGRAM_V3.into());
         }
         (DatagramVersion::V2, Some(i)) => {
@@ -220,10 +236,10 @@ mod tests {
 
     #[test]
     fn defaults_and_extras_come_once() {
-        let f = features(false, &[], DatagramVersion::V2);
+        let f = features(false, false, &[], DatagramVersion::V2);
         assert_eq!(f, DEFAULT_FEATURES);
         assert_eq!(DatagramVersion::from_features(&f), DatagramVersion::V2);
-        let f = features(false, &[], DatagramVersion::V3);
+        let f = features(false, false, &[], DatagramVersion::V3);
         assert_eq!(&f[DEFAULT_FEATURES.len()..], ["support_datagram_v3_2"]);
         assert_eq!(DatagramVersion::from_features(&f), DatagramVersion::V3);
         let extra = strings(&[
@@ -233,12 +249,21 @@ mod tests {
             "custom",
             "management_logs",
         ]);
-        let f = features(true, &extra, DatagramVersion::V2);
+        let f = features(true, false, &extra, DatagramVersion::V2);
         assert_eq!(&f[DEFAULT_FEATURES.len()..], ["postquantum", "custom"]);
         assert!(
-            !f.iter().any(|f| f == "management_logs"),
+            !f.iter().any(|f| f == MANAGEMENT_LOGS),
             "no management stream is served, so none is advertised"
         );
+        // cloudflared's order: its defaults (management_logs last of them), then v3's.
+        let mut f = features(false, true, &extra, DatagramVersion::V3);
+        assert_eq!(
+            &f[DEFAULT_FEATURES.len()..],
+            [MANAGEMENT_LOGS, "support_datagram_v3_2", "custom"]
+        );
+        set_datagram_version(&mut f, DatagramVersion::V2);
+        set_datagram_version(&mut f, DatagramVersion::V3);
+        assert_eq!(f[DEFAULT_FEATURES.len() + 1], "support_datagram_v3_2");
     }
 
     #[test]
@@ -256,7 +281,7 @@ mod tests {
         for extra in [&["support_datagram_v2"][..], &["support_datagram_v3_2"]] {
             let extra = strings(extra);
             let v = cli_datagram_version(&extra).unwrap();
-            let f = features(false, &extra, v);
+            let f = features(false, false, &extra, v);
             assert_eq!(DatagramVersion::from_features(&f), v);
             assert_eq!(
                 f.iter().filter(|f| *f == "support_datagram_v2").count(),
@@ -268,13 +293,13 @@ mod tests {
 
     #[test]
     fn set_datagram_version_toggles_only_the_v3_feature() {
-        let mut f = features(true, &strings(&["custom"]), DatagramVersion::V2);
+        let mut f = features(true, false, &strings(&["custom"]), DatagramVersion::V2);
         let v2 = f.clone();
         set_datagram_version(&mut f, DatagramVersion::V3);
         assert_eq!(DatagramVersion::from_features(&f), DatagramVersion::V3);
         assert_eq!(
             f,
-            features(true, &strings(&["custom"]), DatagramVersion::V3)
+            features(true, false, &strings(&["custom"]), DatagramVersion::V3)
         );
         set_datagram_version(&mut f, DatagramVersion::V3);
         assert_eq!(f.iter().filter(|f| *f == DATAGRAM_V3).count(), 1);

@@ -209,6 +209,14 @@ pub struct ConfigFile {
     pub rpc_timeout: Option<Dur>,
     /// `max-edge-addr-retries`.
     pub max_edge_addr_retries: Option<i64>,
+    /// `management-hostname`.
+    pub management_hostname: Option<String>,
+    /// `management-diagnostics`.
+    pub management_diagnostics: Option<bool>,
+    /// `label`.
+    pub label: Option<String>,
+    /// `service-op-ip`.
+    pub service_op_ip: Option<String>,
     /// The single origin's flag keys (`no-tls-verify`, ...).
     #[serde(flatten)]
     pub origin_flags: OriginFlagKeys,
@@ -280,6 +288,10 @@ pub const CONFIG_FILE_KEYS: &[&str] = &[
     "write-stream-timeout",
     "rpc-timeout",
     "max-edge-addr-retries",
+    "management-hostname",
+    "management-diagnostics",
+    "label",
+    "service-op-ip",
     "ingress",
     "originRequest",
     "warp-routing",

@@ -114,6 +114,9 @@ pub enum Service {
     HttpStatus(u16),
     /// The built-in hello-world page.
     HelloWorld,
+    /// The connector's own management service ([`crate::management`]): an internal rule
+    /// only, never written in a configuration.
+    Management,
     /// cloudflared's SOCKS5 proxy over WebSocket (`socks-proxy`), limited by `ipRules`.
     SocksProxy,
     /// cloudflared's bastion (`service: bastion` or `bastionMode`): TCP over WebSocket to the
@@ -224,6 +227,7 @@ impl std::fmt::Display for Service {
             Service::Unix { path, tls: true } => write!(f, "unix+tls:{path}"),
             Service::HttpStatus(s) => write!(f, "http_status:{s}"),
             Service::HelloWorld => f.write_str("hello_world"),
+            Service::Management => f.write_str("management"),
             Service::Bastion => f.write_str("bastion"),
             Service::SocksProxy => f.write_str("socks-proxy"),
             Service::Tcp { host, port } => match port {
@@ -554,6 +558,9 @@ impl Rule {
 #[derive(Debug, Clone)]
 pub struct Ingress {
     rules: Vec<Rule>,
+    /// Rules the connector adds ahead of the user's (cloudflared's `InternalRules`: the
+    /// management hostname); a configuration push keeps them.
+    internal: Vec<Rule>,
     /// Global options.
     pub defaults: OriginRequest,
 }
@@ -632,7 +639,11 @@ impl Ingress {
                 }),
             });
         }
-        Ok(Self { rules, defaults })
+        Ok(Self {
+            rules,
+            internal: Vec::new(),
+            defaults,
+        })
     }
 
     /// One catch-all rule to `service` (`--url`, `--hello-world`).
@@ -653,6 +664,7 @@ impl Ingress {
 
     fn one_rule(service: Service, origin_request: OriginRequest) -> Self {
         Self {
+            internal: Vec::new(),
             rules: vec![Rule {
                 host: Host::Any,
                 hostname: String::new(),
@@ -669,6 +681,27 @@ impl Ingress {
     /// What cloudflared serves with no rules and no `--url`: 503 for everything.
     pub fn default_origin() -> Self {
         Self::single(Service::HttpStatus(503))
+    }
+
+    /// These rules with the management service's ahead of them, for requests to `hostname`.
+    pub fn with_management(mut self, hostname: &str) -> Self {
+        self.internal = vec![Rule {
+            host: Host::Exact(hostname.to_owned()),
+            hostname: hostname.to_owned(),
+            path: None,
+            origin: Arc::new(Origin {
+                service: Service::Management,
+                origin_request: OriginRequest::default(),
+            }),
+        }];
+        self
+    }
+
+    /// These rules with `other`'s internal ones (a pushed configuration keeps the
+    /// connector's).
+    pub fn keeping_internal_of(mut self, other: &Ingress) -> Self {
+        self.internal = other.internal.clone();
+        self
     }
 
     /// The rules, in order.
@@ -689,9 +722,13 @@ impl Ingress {
 
     /// The first rule taking `host` (a port is stripped) and `path`, with its index; the last
     /// rule when none does.
+    /// Internal rules come first, numbered after the user's.
     pub fn find(&self, host: &str, path: &str) -> (usize, &Rule) {
         let host = strip_port(host);
         let last = self.rules.len() - 1;
+        if let Some(i) = self.internal.iter().position(|r| r.matches(host, path)) {
+            return (self.rules.len() + i, &self.internal[i]);
+        }
         self.rules
             .iter()
             .enumerate()

@@ -630,3 +630,42 @@ fn tuning_keys_are_read_not_called_ignored() {
         assert!(CONFIG_FILE_KEYS.contains(&key), "{key}");
     }
 }
+
+/// The management hostname's internal rule comes before every user rule, catch-all included,
+/// and a pushed configuration keeps it.
+#[test]
+fn the_management_rule_comes_first_and_survives_a_push() {
+    let ing = ConfigFile::from_yaml(CONFIG)
+        .expect("parses")
+        .ingress()
+        .expect("valid")
+        .expect("rules");
+    let users = ing.rules().len();
+    assert_ne!(
+        ing.find("management.argotunnel.com", "/logs")
+            .1
+            .origin
+            .service,
+        Service::Management
+    );
+    let ing = ing.with_management("management.argotunnel.com");
+    let (i, rule) = ing.find("management.argotunnel.com:443", "/logs");
+    assert_eq!((i, &rule.origin.service), (users, &Service::Management));
+    assert_ne!(
+        ing.find("app.example.com", "/").1.origin.service,
+        Service::Management
+    );
+    let pushed = Ingress::default_origin().keeping_internal_of(&ing);
+    assert_eq!(
+        pushed
+            .find("management.argotunnel.com", "/")
+            .1
+            .origin
+            .service,
+        Service::Management
+    );
+    assert_eq!(
+        pushed.find("other", "/").1.origin.service,
+        Service::HttpStatus(503)
+    );
+}

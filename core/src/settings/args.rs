@@ -101,6 +101,21 @@ pub struct CommonArgs {
     /// unregistration) [default: 5s].
     #[arg(long, global = true, hide = true, value_parser = parse_go_duration)]
     pub rpc_timeout: Option<Duration>,
+    /// The host whose requests the connector serves itself: the management service
+    /// (`cloudflared tail`) [default: management.argotunnel.com].
+    #[arg(long, global = true, hide = true, env = "TUNNEL_MANAGEMENT_HOSTNAME")]
+    pub management_hostname: Option<String>,
+    /// Whether the management service also serves `/metrics` [default: true].
+    #[arg(long, global = true, env = "TUNNEL_MANAGEMENT_DIAGNOSTICS", num_args = 0..=1, require_equals = true, default_missing_value = "true", overrides_with = "management_diagnostics")]
+    pub management_diagnostics: Option<Switch>,
+    /// The connector's name in the management service's `/host_details` (else the machine's
+    /// host name).
+    #[arg(long, global = true)]
+    pub label: Option<String>,
+    /// The address whose route gives the connector's own address in `/host_details`
+    /// [default: 198.41.200.113:80].
+    #[arg(long, global = true, hide = true, env = "TUNNEL_SERVICE_OP_IP")]
+    pub service_op_ip: Option<String>,
     /// Dial failures in a row on one connection before the next protocol is tried
     /// [default: 8].
     #[arg(long, global = true, hide = true, allow_negative_numbers = true)]

@@ -16,7 +16,6 @@ pub(super) const IGNORED: &[Flag] = &[
     Flag::switch("no-prechecks", "NO_PRECHECKS").env("TUNNEL_NO_PRECHECKS"),
     Flag::value("metrics-update-freq", "METRICS_UPDATE_FREQ").env("TUNNEL_METRICS_UPDATE_FREQ"),
     Flag::value("origincert", "ORIGINCERT").env("TUNNEL_ORIGIN_CERT"),
-    Flag::value("label", "LABEL"),
     Flag::value("heartbeat-interval", "HEARTBEAT_INTERVAL"),
     Flag::value("heartbeat-count", "HEARTBEAT_COUNT"),
     Flag::value("compression-quality", "COMPRESSION_QUALITY").env("TUNNEL_COMPRESSION_LEVEL"),
@@ -27,8 +26,6 @@ pub(super) const IGNORED: &[Flag] = &[
         .or_env("TUNNEL_TRANSPORT_LOGLEVEL"),
     Flag::switch("use-reconnect-token", "USE_RECONNECT_TOKEN").env("TUNNEL_USE_RECONNECT_TOKEN"),
     Flag::switch("ui", "UI"),
-    Flag::switch("management-diagnostics", "MANAGEMENT_DIAGNOSTICS")
-        .env("TUNNEL_MANAGEMENT_DIAGNOSTICS"),
     Flag::value("trace-output", "TRACE_OUTPUT").env("TUNNEL_TRACE_OUTPUT"),
     Flag::value("max-fetch-size", "MAX_FETCH_SIZE").env("TUNNEL_MAX_FETCH_SIZE"),
     Flag::value("proxy-connection-timeout", "PROXY_CONNECTION_TIMEOUT"),

@@ -113,6 +113,8 @@ pub struct Settings {
     pub rpc_timeout: Duration,
     /// `--max-edge-addr-retries`.
     pub max_edge_addr_retries: u32,
+    /// `--management-hostname`, `--management-diagnostics`, `--label`, `--service-op-ip`.
+    pub management: ManagementFlags,
     /// `--output`.
     pub log_format: LogFormat,
     /// The tunnel argument, else the file's `tunnel`.
@@ -250,6 +252,18 @@ impl Settings {
                 .max_edge_addr_retries
                 .or(file.max_edge_addr_retries)
                 .map_or(8, |n| u32::from(n as u8)),
+            management: ManagementFlags {
+                hostname: or(&common.management_hostname, &file.management_hostname)
+                    .unwrap_or_else(|| crate::management::DEFAULT_HOSTNAME.to_owned()),
+                diagnostics: common
+                    .management_diagnostics
+                    .map(Switch::value)
+                    .or(file.management_diagnostics)
+                    .unwrap_or(true),
+                label: or(&common.label, &file.label).filter(|l| !l.is_empty()),
+                service_op_ip: or(&common.service_op_ip, &file.service_op_ip)
+                    .unwrap_or_else(|| DEFAULT_SERVICE_OP_IP.to_owned()),
+            },
             log_format: common
                 .output
                 .as_deref()
@@ -626,6 +640,8 @@ pub struct RunConfig {
     pub rpc_timeout: Duration,
     /// `--max-edge-addr-retries`.
     pub max_edge_addr_retries: u32,
+    /// The management service's flags.
+    pub management: ManagementFlags,
     /// `--protocol`.
     pub protocol: ProtocolFlag,
     /// `--token` (or `TUNNEL_TOKEN`) was given: `auto` starts on QUIC whatever the
@@ -633,6 +649,53 @@ pub struct RunConfig {
     pub token: bool,
     /// `--retries`.
     pub retries: u32,
+}
+
+/// The management service's flags.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ManagementFlags {
+    /// `--management-hostname`.
+    pub hostname: String,
+    /// `--management-diagnostics`.
+    pub diagnostics: bool,
+    /// `--label`.
+    pub label: Option<String>,
+    /// `--service-op-ip`: the connector's own address in `/host_details` is the one it routes
+    /// to this address from.
+    pub service_op_ip: String,
+}
+
+impl Default for ManagementFlags {
+    /// cloudflared's defaults.
+    fn default() -> Self {
+        Self {
+            hostname: crate::management::DEFAULT_HOSTNAME.to_owned(),
+            diagnostics: true,
+            label: None,
+            service_op_ip: DEFAULT_SERVICE_OP_IP.to_owned(),
+        }
+    }
+}
+
+/// cloudflared's default `--service-op-ip`.
+const DEFAULT_SERVICE_OP_IP: &str = "198.41.200.113:80";
+
+impl ManagementFlags {
+    /// The service's configuration, for the connector `connector_id` on the machine
+    /// `host_name`.
+    pub fn config(
+        &self,
+        connector_id: Uuid,
+        host_name: String,
+    ) -> crate::management::ManagementConfig {
+        crate::management::ManagementConfig {
+            hostname: self.hostname.clone(),
+            diagnostics: self.diagnostics,
+            connector_id,
+            label: self.label.clone(),
+            host_name,
+        }
+    }
 }
 
 /// What [`run_config`] noticed that the driver should log (it has no logger of its own).
@@ -729,6 +792,7 @@ pub fn run_config(
         write_stream_timeout: settings.write_stream_timeout,
         rpc_timeout: settings.rpc_timeout,
         max_edge_addr_retries: settings.max_edge_addr_retries,
+        management: settings.management.clone(),
         protocol: settings.protocol,
         token: settings.token.is_some(),
         retries: settings.retries,
@@ -793,14 +857,16 @@ impl RunConfig {
     /// `roots` (QUIC and HTTP/2), the protocol (`auto` starting where `percentage`, the TXT
     /// record the driver looked up when [`Self::wants_percentage_record`], says), the datagram
     /// version (`--features`, else the feature record the connector has looked up before
-    /// connection 0), the ingress, limits, and `icmp` (which the driver finds by probing
-    /// sockets).
+    /// connection 0), the ingress (with the management hostname's rule ahead of it, and
+    /// `management_logs` advertised, when the driver serves the service: `management`), limits,
+    /// and `icmp` (which the driver finds by probing sockets).
     pub fn supervisor_config(
         &self,
         roots: rustls::RootCertStore,
         connector_id: Uuid,
         icmp: crate::icmp::RouterConfig,
         percentage: Option<&str>,
+        management: bool,
     ) -> Result<crate::tunnel::supervisor::SupervisorConfig, crate::quic::tls::TlsError> {
         use crate::quic::tls::{self, PostQuantum};
         use crate::tunnel::connector::ConnectorConfig;
@@ -823,12 +889,19 @@ impl RunConfig {
             connector_id,
             crate::control::features::features(
                 self.post_quantum,
+                management,
                 &self.features,
                 cli_version.unwrap_or(crate::session::DatagramVersion::V2),
             ),
         );
         let data = DataLimits {
-            ingress: Some(std::sync::Arc::new(self.ingress.clone())),
+            ingress: Some(std::sync::Arc::new(if management {
+                self.ingress
+                    .clone()
+                    .with_management(&self.management.hostname)
+            } else {
+                self.ingress.clone()
+            })),
             max_idle: self.ingress.defaults.keep_alive_connections as usize,
             idle_timeout: self.ingress.defaults.keep_alive_timeout,
             tags: self.tags.clone(),

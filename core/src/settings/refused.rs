@@ -17,7 +17,6 @@ pub struct RefusedFlag {
 
 const PROVISIONING: &str = "burrow creates no tunnels, DNS records or load balancers through \
 Cloudflare's API; run an existing tunnel with its credentials file or token";
-const MANAGEMENT: &str = "burrow serves no management service (cloudflared tail)";
 
 /// The refused flags, as cloudflared spells them (every one takes a value but
 /// `stdin-control`), each with why burrow refuses it.
@@ -38,11 +37,6 @@ pub(super) const REFUSED: &[(Flag, &str)] = &[
         Flag::presence("stdin-control", "STDIN_CONTROL"),
         "it is cloudflared's test hook (reconnect commands read from stdin)",
     ),
-    (
-        Flag::value("management-hostname", "MANAGEMENT_HOSTNAME"),
-        MANAGEMENT,
-    ),
-    (Flag::value("service-op-ip", "SERVICE_OP_IP"), MANAGEMENT),
 ];
 
 /// The first refused flag given (on the command line or through its variable) asking for what

@@ -33,11 +33,21 @@ fn supervisor_config(
     rc: &RunConfig,
     percentage: Option<&str>,
 ) -> crate::tunnel::supervisor::SupervisorConfig {
+    served_supervisor_config(rc, percentage, false)
+}
+
+/// [`supervisor_config`] for a driver that serves the management service when `management`.
+fn served_supervisor_config(
+    rc: &RunConfig,
+    percentage: Option<&str>,
+    management: bool,
+) -> crate::tunnel::supervisor::SupervisorConfig {
     rc.supervisor_config(
         rustls::RootCertStore::empty(),
         uuid::Uuid::nil(),
         crate::icmp::RouterConfig::default(),
         percentage,
+        management,
     )
     .unwrap()
 }
@@ -601,11 +611,7 @@ fn flags_burrow_cannot_honour_stop_it_with_the_reason() {
     for (args, flag) in [
         (&["--lb-pool", "p", "run", "id"][..], "lb-pool"),
         (&["run", "--hostname", "a.example.com", "id"], "hostname"),
-        (
-            &["--management-hostname", "m.example.com", "run"],
-            "management-hostname",
-        ),
-        (&["--service-op-ip", "1.1.1.1:53", "run"], "service-op-ip"),
+        (&["--api-url", "https://api.example", "run"], "api-url"),
     ] {
         match start(&mut tunnel_args(args), &host) {
             Err(SetupError::Refused(r)) => {
@@ -1475,4 +1481,92 @@ fn features_flag_or_the_feature_record_chooses_the_datagram_version() {
         chosen(&["--features", "custom"]),
         (DatagramVersion::V2, tag)
     );
+}
+
+/// The management service's flags, keys and variables, and what a driver serving it adds: the
+/// internal rule ahead of the user's, and `management_logs` among the features.
+#[test]
+fn management_flags_set_the_service_and_a_serving_driver_advertises_it() {
+    let m = |args: &[&str], yaml: &str| settings(args, yaml).unwrap().management;
+    let d = m(&["run"], "");
+    assert_eq!(d.hostname, "management.argotunnel.com");
+    assert!(d.diagnostics, "cloudflared's default is true");
+    assert_eq!(d.label, None);
+    assert_eq!(d.service_op_ip, "198.41.200.113:80");
+    let given = m(
+        &[
+            "--management-hostname",
+            "m.example",
+            "--management-diagnostics=false",
+            "--label",
+            "box-1",
+            "--service-op-ip",
+            "192.0.2.9:80",
+            "run",
+        ],
+        "",
+    );
+    assert_eq!(
+        (
+            given.hostname.as_str(),
+            given.diagnostics,
+            given.label.as_deref(),
+            given.service_op_ip.as_str()
+        ),
+        ("m.example", false, Some("box-1"), "192.0.2.9:80")
+    );
+    let file = m(
+        &["run"],
+        "management-hostname: f.example\nmanagement-diagnostics: false\nlabel: l\nservice-op-ip: 192.0.2.1:1\n",
+    );
+    assert_eq!(
+        (
+            file.hostname.as_str(),
+            file.diagnostics,
+            file.label.as_deref()
+        ),
+        ("f.example", false, Some("l"))
+    );
+    assert_eq!(
+        flag_env(&["tunnel"], "management-hostname").as_deref(),
+        Some("TUNNEL_MANAGEMENT_HOSTNAME")
+    );
+    assert_eq!(
+        flag_env(&["tunnel"], "management-diagnostics").as_deref(),
+        Some("TUNNEL_MANAGEMENT_DIAGNOSTICS")
+    );
+    assert_eq!(
+        flag_env(&["tunnel"], "service-op-ip").as_deref(),
+        Some("TUNNEL_SERVICE_OP_IP")
+    );
+    assert_eq!(flag_env(&["tunnel"], "label"), None);
+
+    let host = MapHost(HashMap::from([("/c.json", CREDS)]));
+    let s = settings(
+        &[
+            "run",
+            "--credentials-file",
+            "/c.json",
+            "--url",
+            "http://127.0.0.1:1",
+        ],
+        "",
+    )
+    .unwrap();
+    let loaded = LoadedConfig {
+        path: None,
+        text: None,
+        file: ConfigFile::default(),
+    };
+    let (rc, _) = run_config(&s, &loaded, &host).unwrap();
+    for served in [false, true] {
+        let c = served_supervisor_config(&rc, None, served);
+        let ingress = c.connector.data.ingress.as_ref().unwrap();
+        let rule = ingress.find("management.argotunnel.com:443", "/logs").1;
+        assert_eq!(rule.origin.service == Service::Management, served);
+        let user = ingress.find("app.example.com", "/logs").1;
+        assert_ne!(user.origin.service, Service::Management);
+        let features = &c.connector.registration.features;
+        assert_eq!(features.iter().any(|f| f == "management_logs"), served);
+    }
 }

@@ -161,6 +161,8 @@ pub struct DataStream {
     delivered: bool,
     /// The stream turned into raw bytes (TCP acked, WebSocket answered 101).
     raw: bool,
+    /// The ingress rule that took the request, and its index, for the response's log line.
+    rule: Option<(usize, Arc<Origin>)>,
 }
 
 impl DataStream {
@@ -194,6 +196,7 @@ impl DataStream {
             status: None,
             delivered: false,
             raw: false,
+            rule: None,
         }
     }
 
@@ -390,10 +393,27 @@ impl DataStream {
             FlowKind::Http | FlowKind::WebSocket => {
                 let ingress = self.ingress.clone();
                 // An unreadable request fails in write_request below, with its reason.
-                let rule = match (&ingress, http1::request_host(&req)) {
-                    (Some(ingress), Ok(h)) => Some(ingress.find_request(dest, h.as_deref()).1),
+                let found = match (&ingress, http1::request_host(&req)) {
+                    (Some(ingress), Ok(h)) => Some(ingress.find_request(dest, h.as_deref())),
                     _ => None,
                 };
+                let rule = found.map(|(_, r)| r);
+                self.rule = found.map(|(i, r)| (i, r.origin.clone()));
+                // cloudflared's `logHTTPRequest` (event 1: HTTP), for its management log stream
+                // and debug logs; nothing is built unless debug is on.
+                tracing::debug!(
+                    event = 1u8,
+                    host = http1::request_host(&req).ok().flatten().unwrap_or_default(),
+                    path = dest.parse::<http::Uri>().map(|u| u.path().to_owned()).unwrap_or_default(),
+                    originService = %rule.map(|r| r.origin.service.to_string()).unwrap_or_default(),
+                    ingressRule = found.map(|(i, _)| i),
+                    "{} {} HTTP/1.1",
+                    req.metadata()
+                        .flatten()
+                        .find(|m| m.key == key::HTTP_METHOD)
+                        .map_or("GET", |m| m.val),
+                    dest,
+                );
                 let policy = match rule {
                     Some(r) => r.origin.origin_request.access.as_ref(),
                     // A request whose host cannot be read matches no rule: if any rule is
@@ -556,6 +576,8 @@ impl DataStream {
                             self.up = Up::Done;
                             self.origin_end.get_or_insert(OriginEnd::ShutdownWrite);
                         }
+                        // The origin takes a byte stream: message bounds do not reach it.
+                        Control::MessageEnd { .. } => {}
                     }
                 }
             }
@@ -818,6 +840,24 @@ impl DataStream {
             metadata: &metadata,
         });
         self.keep_alive = response.keep_alive;
+        // cloudflared's `logOriginHTTPResponse`.
+        tracing::debug!(
+            event = 1u8,
+            originService = %self.rule.as_ref().map(|(_, o)| o.service.to_string()).unwrap_or_default(),
+            ingressRule = self.rule.as_ref().map(|(i, _)| *i),
+            "content-length" = response
+                .headers
+                .iter()
+                .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+                .and_then(|(_, v)| v.parse::<i64>().ok())
+                .unwrap_or(-1),
+            "{} {}",
+            response.status,
+            http::StatusCode::from_u16(response.status)
+                .ok()
+                .and_then(|s| s.canonical_reason())
+                .unwrap_or(""),
+        );
         if response.status != 101 {
             self.status = Some(response.status);
         }
@@ -888,6 +928,15 @@ impl DataStream {
         }
         // cloudflared's flow limit refusal is returned without being logged as a request error.
         self.errored |= !rate_limited;
+        if !rate_limited {
+            // cloudflared's `logRequestError` (event 2 for TCP, 1 for HTTP).
+            let event: u8 = if self.kind == Some(FlowKind::Tcp) {
+                2
+            } else {
+                1
+            };
+            tracing::error!(event, error = reason);
+        }
         let limited = [Metadata {
             key: key::FLOW_CONNECT_RATE_LIMITED,
             val: key::FLOW_CONNECT_RATE_LIMITED_VALUE,

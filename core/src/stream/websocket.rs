@@ -41,10 +41,14 @@ pub fn write_frame(out: &mut Vec<u8>, opcode: u8, payload: &[u8]) {
     out.extend_from_slice(payload);
 }
 
+/// Text data frame.
+pub const OP_TEXT: u8 = 1;
 /// Binary data frame.
 pub const OP_BINARY: u8 = 2;
-const OP_CLOSE: u8 = 8;
-const OP_PING: u8 = 9;
+/// Close frame.
+pub const OP_CLOSE: u8 = 8;
+/// Ping frame.
+pub const OP_PING: u8 = 9;
 /// Pong frame (answers to pings).
 pub const OP_PONG: u8 = 10;
 
@@ -69,6 +73,11 @@ pub enum Control {
     Ping(Vec<u8>),
     /// The eyeball closed the WebSocket.
     Close,
+    /// A data message ended (its last frame had FIN); `text` if it began as a text frame.
+    MessageEnd {
+        /// Whether the message is text (else binary).
+        text: bool,
+    },
 }
 
 /// Streaming decoder of client frames.
@@ -79,6 +88,9 @@ pub struct Decoder {
     mask: [u8; 4],
     pos: usize,
     opcode: u8,
+    /// The opcode the current data message began with (continuations keep it).
+    message_op: u8,
+    fin: bool,
     control: Vec<u8>,
     closed: bool,
 }
@@ -150,6 +162,10 @@ impl Decoder {
         if matches!(self.opcode, 3..=7 | 11..=15) {
             return Err(WsError::Reserved(b0));
         }
+        self.fin = b0 & 0x80 != 0;
+        if matches!(self.opcode, OP_TEXT | OP_BINARY) {
+            self.message_op = self.opcode;
+        }
         let (len, mask_at) = match b1 & 0x7f {
             126 => (
                 u64::from(u16::from_be_bytes([self.head[2], self.head[3]])),
@@ -180,6 +196,9 @@ impl Decoder {
                 controls.push(Control::Close);
             }
             OP_PONG => {}
+            _ if self.fin => controls.push(Control::MessageEnd {
+                text: self.message_op == OP_TEXT,
+            }),
             _ => {}
         }
         self.head.clear();
@@ -237,8 +256,37 @@ mod tests {
                 controls.extend(d.feed(chunk, &mut out).unwrap());
             }
             assert_eq!(out, want, "step {step}");
-            assert_eq!(controls, [Control::Ping(b"p".to_vec()), Control::Close]);
+            let end = Control::MessageEnd { text: false };
+            let want_controls = [
+                end.clone(),
+                Control::Ping(b"p".to_vec()),
+                end.clone(),
+                end.clone(),
+                end,
+                Control::Close,
+            ];
+            assert_eq!(controls, want_controls);
         }
+    }
+
+    #[test]
+    fn a_fragmented_text_message_ends_once_with_its_first_opcode() {
+        let mut first = client_frame(OP_TEXT, b"{\"type\":", [1, 2, 3, 4]);
+        first[0] &= 0x7f; // no FIN
+        let mut wire = first;
+        wire.extend(client_frame(OP_PING, b"", [0; 4]));
+        wire.extend(client_frame(0, b"\"x\"}", [5, 6, 7, 8]));
+        let mut d = Decoder::default();
+        let mut out = Vec::new();
+        let controls = d.feed(&wire, &mut out).unwrap();
+        assert_eq!(out, b"{\"type\":\"x\"}");
+        assert_eq!(
+            controls,
+            [
+                Control::Ping(Vec::new()),
+                Control::MessageEnd { text: true }
+            ]
+        );
     }
 
     #[test]

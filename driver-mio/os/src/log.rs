@@ -2,16 +2,20 @@
 //! up: text lines on stderr, or JSON lines with `--output json`; the log file always gets
 //! JSON lines, as cloudflared's file writer does.
 
+use std::cell::Cell;
+use std::collections::BTreeMap;
 use std::fmt;
+use std::sync::{OnceLock, RwLock};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
+use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::Writer;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
-use tracing_subscriber::Layer;
+use tracing_subscriber::{reload, Layer, Registry};
 
 use burrow_core::settings::{LogFormat, SetupError};
 
@@ -28,51 +32,140 @@ pub fn init_logging_as(
     format: LogFormat,
 ) -> Result<(), SetupError> {
     let level = match level {
-        "debug" | "trace" => tracing::Level::DEBUG,
-        "warn" => tracing::Level::WARN,
-        "error" | "fatal" => tracing::Level::ERROR,
-        _ => tracing::Level::INFO,
+        "debug" | "trace" => LevelFilter::DEBUG,
+        "warn" => LevelFilter::WARN,
+        "error" | "fatal" => LevelFilter::ERROR,
+        _ => LevelFilter::INFO,
     };
-    let stderr: Box<dyn Layer<_> + Send + Sync> = match format {
+    type Boxed = Box<dyn Layer<Registry> + Send + Sync>;
+    let stderr: Boxed = match format {
         LogFormat::Text => Box::new(
             tracing_subscriber::fmt::layer()
                 .with_ansi(false)
-                .with_writer(std::io::stderr),
+                .with_writer(std::io::stderr)
+                .with_filter(level),
         ),
         LogFormat::Json => Box::new(
             tracing_subscriber::fmt::layer()
                 .event_format(JsonLines)
-                .with_writer(std::io::stderr),
+                .with_writer(std::io::stderr)
+                .with_filter(level),
         ),
     };
-    let file_layer = match file {
-        None => None,
-        Some(path) => {
-            let open = || {
-                if let Some(dir) = std::path::Path::new(path).parent() {
-                    std::fs::create_dir_all(dir)?;
-                }
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)
-            };
-            let f = open().map_err(|e| {
-                SetupError::Config(format!("unable to create a new logfile {path}: {e}"))
-            })?;
-            Some(
-                tracing_subscriber::fmt::layer()
-                    .event_format(JsonLines)
-                    .with_writer(std::sync::Mutex::new(f)),
-            )
-        }
-    };
-    let _ = tracing_subscriber::registry()
-        .with(tracing_subscriber::filter::LevelFilter::from_level(level))
-        .with(stderr)
-        .with(file_layer)
-        .try_init();
+    let mut layers = vec![stderr];
+    if let Some(path) = file {
+        let open = || {
+            if let Some(dir) = std::path::Path::new(path).parent() {
+                std::fs::create_dir_all(dir)?;
+            }
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+        };
+        let f = open().map_err(|e| {
+            SetupError::Config(format!("unable to create a new logfile {path}: {e}"))
+        })?;
+        layers.push(Box::new(
+            tracing_subscriber::fmt::layer()
+                .event_format(JsonLines)
+                .with_writer(std::sync::Mutex::new(f))
+                .with_filter(level),
+        ));
+    }
+    // The tap sees nothing (and costs nothing: callsites below `level` stay off) until a
+    // sink is set; then it sees debug events too, as cloudflared's management writer does.
+    let (tap_filter, handle) = reload::Layer::new(LevelFilter::OFF);
+    layers.push(Box::new(TapLayer.with_filter(tap_filter)));
+    if tracing_subscriber::registry()
+        .with(layers)
+        .try_init()
+        .is_ok()
+    {
+        let _ = TAP.set(Tap {
+            sink: RwLock::new(None),
+            filter: handle,
+        });
+    }
     Ok(())
+}
+
+/// Where the tap's lines go, and the tap's level.
+struct Tap {
+    sink: RwLock<Option<LineSink>>,
+    filter: reload::Handle<LevelFilter, Registry>,
+}
+
+/// Takes one JSON log line; must not block (it runs inside whatever logged).
+pub type LineSink = Box<dyn Fn(&[u8]) + Send + Sync>;
+
+static TAP: OnceLock<Tap> = OnceLock::new();
+
+thread_local! {
+    /// Set while a line is in the sink, so that the sink's own logging does not loop.
+    static IN_TAP: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Hands every log event from now on, debug included, to `sink` as a JSON line (the
+/// management service's log stream); None stops it. Does nothing before
+/// [`init_logging_as`].
+pub fn set_log_tap(sink: Option<LineSink>) {
+    let Some(tap) = TAP.get() else {
+        return;
+    };
+    let level = if sink.is_some() {
+        LevelFilter::DEBUG
+    } else {
+        LevelFilter::OFF
+    };
+    if let Ok(mut s) = tap.sink.write() {
+        *s = sink;
+    }
+    let _ = tap.filter.reload(level);
+}
+
+/// The layer behind [`set_log_tap`].
+struct TapLayer;
+
+impl<S: Subscriber> Layer<S> for TapLayer {
+    fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
+        let Some(tap) = TAP.get() else {
+            return;
+        };
+        if IN_TAP.with(|t| t.replace(true)) {
+            return;
+        }
+        if let Ok(sink) = tap.sink.read() {
+            if let Some(sink) = sink.as_ref() {
+                if let Ok(line) = serde_json::to_vec(&json_fields(event)) {
+                    sink(&line);
+                }
+            }
+        }
+        IN_TAP.with(|t| t.set(false));
+    }
+}
+
+/// An event as cloudflared's JSON log line has it: `level` in lower case, `time` in RFC 3339
+/// (UTC), `message`, and the event's fields under their own names.
+fn json_fields(event: &Event<'_>) -> BTreeMap<String, serde_json::Value> {
+    let mut fields = BTreeMap::new();
+    event.record(&mut JsonFields(&mut fields));
+    let level = match *event.metadata().level() {
+        tracing::Level::TRACE => "trace",
+        tracing::Level::DEBUG => "debug",
+        tracing::Level::INFO => "info",
+        tracing::Level::WARN => "warn",
+        tracing::Level::ERROR => "error",
+    };
+    fields.insert("level".into(), level.into());
+    fields.insert(
+        "time".into(),
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now())
+            .to_string()
+            .into(),
+    );
+    fields
 }
 
 /// One JSON object per event, as cloudflared (zerolog) writes them: `level` in lower case,
@@ -91,29 +184,13 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let mut fields = std::collections::BTreeMap::new();
-        event.record(&mut JsonFields(&mut fields));
-        let level = match *event.metadata().level() {
-            tracing::Level::TRACE => "trace",
-            tracing::Level::DEBUG => "debug",
-            tracing::Level::INFO => "info",
-            tracing::Level::WARN => "warn",
-            tracing::Level::ERROR => "error",
-        };
-        fields.insert("level".into(), level.into());
-        fields.insert(
-            "time".into(),
-            humantime::format_rfc3339_seconds(std::time::SystemTime::now())
-                .to_string()
-                .into(),
-        );
-        let line = serde_json::to_string(&fields).map_err(|_| fmt::Error)?;
+        let line = serde_json::to_string(&json_fields(event)).map_err(|_| fmt::Error)?;
         writeln!(writer, "{line}")
     }
 }
 
 /// Collects an event's fields as JSON values.
-struct JsonFields<'a>(&'a mut std::collections::BTreeMap<String, serde_json::Value>);
+struct JsonFields<'a>(&'a mut BTreeMap<String, serde_json::Value>);
 
 /// cloudflared's names for the fields burrow spells in snake case (`connection.LogFieldConnIndex`
 /// and friends), so log queries written for cloudflared match.

@@ -1565,14 +1565,14 @@ impl Supervisor {
                         } => {
                             // Without rules of its own the connector proxies as the edge asks,
                             // whatever a push says.
-                            let has_rules = self.config.connector.data.ingress.is_some();
                             let max_active_flows = self.config.max_active_flows;
                             let mut limit = None;
                             let result = self.versions.offer(version, || {
                                 let (remote, new) =
                                     RemoteConfig::from_json(&config).map_err(|e| e.to_string())?;
-                                if has_rules {
-                                    pushed = Some(std::sync::Arc::new(new));
+                                if let Some(local) = &self.config.connector.data.ingress {
+                                    pushed =
+                                        Some(std::sync::Arc::new(new.keeping_internal_of(local)));
                                 }
                                 // cloudflared replaces the whole warp-routing section, its
                                 // default included.

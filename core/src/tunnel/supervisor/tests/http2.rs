@@ -883,7 +883,7 @@ fn feature_world() -> H2World {
     use crate::control::features::features;
     H2World::with(ProtocolFlag::Fixed(Protocol::Http2), |c| {
         c.connector.registration.account_tag = "a".into();
-        c.connector.registration.features = features(false, &[], DatagramVersion::V2);
+        c.connector.registration.features = features(false, false, &[], DatagramVersion::V2);
         c.features_selector = Some("a".into());
     })
 }
