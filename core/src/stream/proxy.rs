@@ -114,6 +114,13 @@ struct WsBridge {
     accept: Option<String>,
 }
 
+/// The path of a request's URL (`/` when it has none), for its log line.
+fn url_path(url: &str) -> &str {
+    let rest = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let rest = rest.find('/').map_or("/", |i| &rest[i..]);
+    rest.split(['?', '#']).next().unwrap_or("/")
+}
+
 /// One data stream's proxying state.
 #[derive(Debug)]
 pub struct DataStream {
@@ -393,7 +400,8 @@ impl DataStream {
             FlowKind::Http | FlowKind::WebSocket => {
                 let ingress = self.ingress.clone();
                 // An unreadable request fails in write_request below, with its reason.
-                let found = match (&ingress, http1::request_host(&req)) {
+                let request_host = http1::request_host(&req);
+                let found = match (&ingress, &request_host) {
                     (Some(ingress), Ok(h)) => Some(ingress.find_request(dest, h.as_deref())),
                     _ => None,
                 };
@@ -403,8 +411,8 @@ impl DataStream {
                 // and debug logs; nothing is built unless debug is on.
                 tracing::debug!(
                     event = 1u8,
-                    host = http1::request_host(&req).ok().flatten().unwrap_or_default(),
-                    path = dest.parse::<http::Uri>().map(|u| u.path().to_owned()).unwrap_or_default(),
+                    host = request_host.as_ref().ok().and_then(|h| h.as_deref()),
+                    path = url_path(dest),
                     originService = %rule.map(|r| r.origin.service.to_string()).unwrap_or_default(),
                     ingressRule = found.map(|(i, _)| i),
                     "{} {} HTTP/1.1",

@@ -2,19 +2,26 @@
 //! up: text lines on stderr, or JSON lines with `--output json`; the log file always gets
 //! JSON lines, as cloudflared's file writer does.
 
+#[cfg(feature = "log-tap")]
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
+#[cfg(feature = "log-tap")]
 use std::sync::{OnceLock, RwLock};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::filter::LevelFilter;
 use tracing_subscriber::fmt::format::Writer;
+#[cfg(feature = "log-tap")]
+use tracing_subscriber::fmt::writer::MakeWriterExt;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-use tracing_subscriber::layer::{Context, SubscriberExt};
+#[cfg(feature = "log-tap")]
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
+#[cfg(feature = "log-tap")]
 use tracing_subscriber::{reload, Layer, Registry};
 
 use burrow_core::settings::{LogFormat, SetupError};
@@ -32,80 +39,100 @@ pub fn init_logging_as(
     format: LogFormat,
 ) -> Result<(), SetupError> {
     let level = match level {
-        "debug" | "trace" => LevelFilter::DEBUG,
-        "warn" => LevelFilter::WARN,
-        "error" | "fatal" => LevelFilter::ERROR,
-        _ => LevelFilter::INFO,
+        "debug" | "trace" => tracing::Level::DEBUG,
+        "warn" => tracing::Level::WARN,
+        "error" | "fatal" => tracing::Level::ERROR,
+        _ => tracing::Level::INFO,
     };
-    type Boxed = Box<dyn Layer<Registry> + Send + Sync>;
-    let stderr: Boxed = match format {
-        LogFormat::Text => Box::new(
-            tracing_subscriber::fmt::layer()
-                .with_ansi(false)
-                .with_writer(std::io::stderr)
-                .with_filter(level),
-        ),
-        LogFormat::Json => Box::new(
-            tracing_subscriber::fmt::layer()
-                .event_format(JsonLines)
-                .with_writer(std::io::stderr)
-                .with_filter(level),
-        ),
+    let file = match file {
+        None => None,
+        Some(path) => {
+            let open = || {
+                if let Some(dir) = std::path::Path::new(path).parent() {
+                    std::fs::create_dir_all(dir)?;
+                }
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)
+            };
+            Some(open().map_err(|e| {
+                SetupError::Config(format!("unable to create a new logfile {path}: {e}"))
+            })?)
+        }
     };
-    let mut layers = vec![stderr];
-    if let Some(path) = file {
-        let open = || {
-            if let Some(dir) = std::path::Path::new(path).parent() {
-                std::fs::create_dir_all(dir)?;
-            }
-            std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(path)
-        };
-        let f = open().map_err(|e| {
-            SetupError::Config(format!("unable to create a new logfile {path}: {e}"))
-        })?;
-        layers.push(Box::new(
-            tracing_subscriber::fmt::layer()
-                .event_format(JsonLines)
-                .with_writer(std::sync::Mutex::new(f))
-                .with_filter(level),
-        ));
-    }
-    // The tap sees nothing (and costs nothing: callsites below `level` stay off) until a
-    // sink is set; then it sees debug events too, as cloudflared's management writer does.
-    let (tap_filter, handle) = reload::Layer::new(LevelFilter::OFF);
-    layers.push(Box::new(TapLayer.with_filter(tap_filter)));
-    if tracing_subscriber::registry()
-        .with(layers)
-        .try_init()
-        .is_ok()
-    {
+    // With the tap: one global level, raised to debug while the tap has a sink, and writers
+    // that drop what is below `level` themselves (per-layer filters would cost more code).
+    // Without it (burrow-mio, which does not serve the management service): the global level
+    // alone, the smallest build.
+    #[cfg(feature = "log-tap")]
+    let (global, handle) = reload::Layer::new(LevelFilter::from_level(level));
+    #[cfg(not(feature = "log-tap"))]
+    let global = LevelFilter::from_level(level);
+    #[cfg(feature = "log-tap")]
+    let writer = || std::io::stderr.with_max_level(level);
+    #[cfg(not(feature = "log-tap"))]
+    let writer = || std::io::stderr;
+    let text = (format == LogFormat::Text).then(|| {
+        tracing_subscriber::fmt::layer()
+            .with_ansi(false)
+            .with_writer(writer())
+    });
+    let json = (format == LogFormat::Json).then(|| {
+        tracing_subscriber::fmt::layer()
+            .event_format(JsonLines)
+            .with_writer(writer())
+    });
+    #[cfg(feature = "log-tap")]
+    let file = file.map(|f| std::sync::Mutex::new(f).with_max_level(level));
+    #[cfg(not(feature = "log-tap"))]
+    let file = file.map(std::sync::Mutex::new);
+    let file = file.map(|f| {
+        tracing_subscriber::fmt::layer()
+            .event_format(JsonLines)
+            .with_writer(f)
+    });
+    let logging = tracing_subscriber::registry()
+        .with(global)
+        .with(text)
+        .with(json)
+        .with(file);
+    #[cfg(feature = "log-tap")]
+    let logging = logging.with(TapLayer);
+    if logging.try_init().is_ok() {
+        #[cfg(feature = "log-tap")]
         let _ = TAP.set(Tap {
             sink: RwLock::new(None),
             filter: handle,
+            level: LevelFilter::from_level(level),
         });
     }
     Ok(())
 }
 
-/// Where the tap's lines go, and the tap's level.
+#[cfg(feature = "log-tap")]
+/// Where the tap's lines go, and the global level it raises.
 struct Tap {
     sink: RwLock<Option<LineSink>>,
     filter: reload::Handle<LevelFilter, Registry>,
+    /// `--loglevel`'s.
+    level: LevelFilter,
 }
 
+#[cfg(feature = "log-tap")]
 /// Takes one JSON log line; must not block (it runs inside whatever logged).
 pub type LineSink = Box<dyn Fn(&[u8]) + Send + Sync>;
 
+#[cfg(feature = "log-tap")]
 static TAP: OnceLock<Tap> = OnceLock::new();
 
+#[cfg(feature = "log-tap")]
 thread_local! {
     /// Set while a line is in the sink, so that the sink's own logging does not loop.
     static IN_TAP: Cell<bool> = const { Cell::new(false) };
 }
 
+#[cfg(feature = "log-tap")]
 /// Hands every log event from now on, debug included, to `sink` as a JSON line (the
 /// management service's log stream); None stops it. Does nothing before
 /// [`init_logging_as`].
@@ -114,9 +141,9 @@ pub fn set_log_tap(sink: Option<LineSink>) {
         return;
     };
     let level = if sink.is_some() {
-        LevelFilter::DEBUG
+        tap.level.max(LevelFilter::DEBUG)
     } else {
-        LevelFilter::OFF
+        tap.level
     };
     if let Ok(mut s) = tap.sink.write() {
         *s = sink;
@@ -124,15 +151,20 @@ pub fn set_log_tap(sink: Option<LineSink>) {
     let _ = tap.filter.reload(level);
 }
 
+#[cfg(feature = "log-tap")]
 /// The layer behind [`set_log_tap`].
 struct TapLayer;
 
+#[cfg(feature = "log-tap")]
 impl<S: Subscriber> Layer<S> for TapLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let Some(tap) = TAP.get() else {
             return;
         };
-        if IN_TAP.with(|t| t.replace(true)) {
+        // burrow's own events only, as cloudflared's management writer sees its zerolog lines
+        // and not quic-go's (which has a logger of its own): quinn's events would also feed
+        // back through the stream they are sent on.
+        if !event.metadata().target().starts_with("burrow") || IN_TAP.with(|t| t.replace(true)) {
             return;
         }
         if let Ok(sink) = tap.sink.read() {

@@ -7,6 +7,7 @@ pub mod body;
 pub mod client;
 pub mod dual_stack;
 pub mod h2_origin;
+pub mod management;
 pub mod nft;
 pub mod origin_tls;
 pub mod origins;

@@ -1,0 +1,220 @@
+//! The management service's checks, for either connector behind `burrow edge`: requests
+//! whose host is `management.argotunnel.com` reach the connector itself (`/ping`,
+//! `/host_details`, `/metrics`, and `/logs`, a WebSocket streaming the connector's log lines).
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use burrow_core::management::token;
+use tungstenite::protocol::frame::coding::CloseCode;
+use tungstenite::Message;
+
+use super::client::request;
+
+/// The management hostname.
+pub const MANAGEMENT: &str = "management.argotunnel.com";
+
+fn get(port: u16, target: &str, extra: &str) -> (u16, String) {
+    let head =
+        format!("GET {target} HTTP/1.1\r\nHost: {MANAGEMENT}\r\nConnection: close\r\n{extra}\r\n");
+    let (status, body) = request(port, &head, b"");
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+type Ws = tungstenite::WebSocket<TcpStream>;
+
+fn logs(port: u16, actor: &str) -> Ws {
+    let tcp = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    tcp.set_read_timeout(Some(Duration::from_secs(2)))
+        .expect("timeout");
+    let tok = token::forge("tunnel", "account", actor);
+    let url = format!("ws://{MANAGEMENT}/logs?access_token={tok}");
+    let (ws, resp) = tungstenite::client(url, tcp).expect("handshake");
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+fn send(ws: &mut Ws, json: &str) {
+    ws.send(Message::text(json)).expect("send");
+}
+
+/// Reads until a `logs` event or `limit`, sending a request through `app_port` between reads
+/// so that the connector has something to log.
+fn read_logs_until(ws: &mut Ws, app_port: u16, limit: Duration) -> serde_json::Value {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        let _ = request(
+            app_port,
+            "GET /x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
+            b"",
+        );
+        match ws.read() {
+            Ok(Message::Text(t)) => {
+                let v: serde_json::Value = serde_json::from_str(&t).expect("JSON");
+                return v;
+            }
+            Ok(Message::Ping(_) | Message::Pong(_)) => {}
+            Ok(other) => panic!("unexpected message {other:?}"),
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("log stream failed: {e}"),
+        }
+    }
+    panic!("no log line within {limit:?}");
+}
+
+/// How a stream ended: its close (code, reason), or None if the connection ended without one.
+fn ended(ws: &mut Ws, what: &str) -> Option<(u16, String)> {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => return Some((u16::from(f.code), f.reason.to_string())),
+            Ok(Message::Close(None)) => return Some((0, String::new())),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(tungstenite::Error::Protocol(
+                tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
+            )) => return None,
+            Err(e) => panic!("{what}: expected the stream to end, got {e}"),
+        }
+    }
+    panic!("{what}: the stream did not end within 20 s");
+}
+
+/// The close the service sends: (code, reason).
+fn closed_with(ws: &mut Ws, what: &str) -> (u16, String) {
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(20) {
+        match ws.read() {
+            Ok(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string()),
+            Ok(Message::Close(None)) => return (0, String::new()),
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("{what}: expected a close, got {e}"),
+        }
+    }
+    panic!("no close within 20 s");
+}
+
+/// Every check, through the edge's HTTP port `http`, of a connector run with `label: box-1`
+/// serving `app.test` (named `name` in failures).
+pub fn check_service(name: &str, http: u16) {
+    let tok = token::forge("tunnel", "account", "alice");
+    // Every route wants a token; a bad one is a missing one.
+    let (status, body) = get(http, "/ping", "");
+    assert_eq!(status, 400, "{name}: {body}");
+    assert_eq!(
+        body,
+        "{\"errors\":[{\"code\":1001,\"message\":\"missing access_token query parameter\"}]}\n",
+        "{name}"
+    );
+    assert_eq!(
+        get(http, "/ping?access_token=nonsense", "").0,
+        400,
+        "{name}"
+    );
+    assert_eq!(
+        get(http, &format!("/ping?access_token={tok}"), "").0,
+        200,
+        "{name}"
+    );
+    let (status, body) = get(http, &format!("/host_details?access_token={tok}"), "");
+    assert_eq!(status, 200, "{name}: {body}");
+    let details: serde_json::Value = serde_json::from_str(&body).expect("JSON");
+    assert!(
+        details["connector_id"]
+            .as_str()
+            .is_some_and(|id| id.len() == 36),
+        "{name}: {body}"
+    );
+    assert_eq!(details["hostname"], "custom:box-1", "{name}: --label");
+    assert!(details["ip"].as_str().is_some(), "{name}: {body}");
+    let (status, body) = get(http, &format!("/metrics?access_token={tok}"), "");
+    assert_eq!(status, 200, "{name}");
+    assert!(body.contains("cloudflared_tunnel_ha_connections"), "{name}");
+    let (status, body) = get(http, &format!("/nowhere?access_token={tok}"), "");
+    assert_eq!(
+        (status, body.as_str()),
+        (404, "404 page not found\n"),
+        "{name}"
+    );
+
+    // The log stream: nothing until started; then the connector's lines, debug included.
+    let mut alice = logs(http, "alice");
+    send(
+        &mut alice,
+        r#"{"type":"start_streaming","filters":{"level":"debug"}}"#,
+    );
+    let event = read_logs_until(&mut alice, http, Duration::from_secs(20));
+    assert_eq!(event["type"], "logs", "{name}: {event}");
+    eprintln!("{name}: first log event {event}");
+    let lines = event["logs"].as_array().expect("logs");
+    assert_eq!(lines.len(), 1, "{name}: one line per event");
+    assert!(lines[0]["time"].as_str().is_some(), "{name}: {event}");
+
+    // Streaming what is logged while streaming must not feed itself: without requests, the
+    // stream goes quiet.
+    let quiet = Instant::now();
+    let mut lines = 0;
+    while quiet.elapsed() < Duration::from_millis(1500) {
+        match alice.read() {
+            Ok(Message::Text(_)) => lines += 1,
+            Ok(_) => {}
+            Err(tungstenite::Error::Io(e))
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("{name}: log stream failed: {e}"),
+        }
+    }
+    assert!(lines < 50, "{name}: {lines} lines in 1.5 s without traffic");
+
+    // One stream at a time: another actor is refused, the same actor takes over.
+    let mut bob = logs(http, "bob");
+    send(&mut bob, r#"{"type":"start_streaming"}"#);
+    assert_eq!(
+        closed_with(&mut bob, &format!("{name}: bob")),
+        (4002, "limit exceeded for streaming sessions".to_owned()),
+        "{name}"
+    );
+    let mut alice2 = logs(http, "alice");
+    send(&mut alice2, r#"{"type":"start_streaming"}"#);
+    // The replaced stream ends: burrow closes it normally ("context closed", cloudflared's
+    // handler's close); cloudflared's reader, cancelled at the same time, may get there first
+    // with a policy-violation close or no close at all.
+    let ended = ended(&mut alice, &format!("{name}: alice"));
+    if name == "burrow" {
+        assert_eq!(
+            ended,
+            Some((u16::from(CloseCode::Normal), "context closed".to_owned()))
+        );
+    } else {
+        assert!(
+            matches!(ended, None | Some((1000 | 1008, _))),
+            "{name}: {ended:?}"
+        );
+    }
+    read_logs_until(&mut alice2, http, Duration::from_secs(20));
+    // A message the service does not know ends the stream.
+    send(&mut alice2, r#"{"type":"dance"}"#);
+    assert_eq!(
+        closed_with(&mut alice2, &format!("{name}: alice2")),
+        (
+            1003,
+            "invalid client message type was provided: dance".to_owned()
+        ),
+        "{name}"
+    );
+}
