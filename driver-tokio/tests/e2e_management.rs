@@ -1,8 +1,8 @@
 //! The management service through `burrow edge`, as Cloudflare's dashboard and `cloudflared
 //! tail` reach it: requests whose host is `management.argotunnel.com` are served by the
 //! connector itself (`/ping`, `/host_details`, `/metrics`, and `/logs`, a WebSocket streaming the
-//! connector's log lines), whatever the ingress rules say. With `BURROW_CLOUDFLARED`, stock
-//! cloudflared answers the same requests the same way.
+//! connector's log lines), whatever the ingress rules say, over QUIC and over HTTP/2. With
+//! `BURROW_CLOUDFLARED`, stock cloudflared answers the same requests the same way.
 
 use std::path::Path;
 use std::time::Duration;
@@ -14,10 +14,11 @@ use common::management::{check_service, MANAGEMENT};
 use common::origins::origin;
 
 const BIN: &str = env!("CARGO_BIN_EXE_burrow");
-fn run(name: &str, bin: Option<&Path>) {
+fn run(name: &str, bin: Option<&Path>, protocol: &str) {
+    let name = &format!("{name} over {protocol}");
     let bed = Testbed::create(
         Path::new(BIN),
-        &format!("e2e-mgmt-{name}"),
+        &format!("e2e-mgmt-{}", name.replace(' ', "-")),
         "app",
         &["app.test", MANAGEMENT],
     )
@@ -38,7 +39,7 @@ fn run(name: &str, bin: Option<&Path>) {
             (None, "http_status:404".into()),
         ],
         ha_connections: 1,
-        extra: vec![],
+        extra: vec!["--protocol".into(), protocol.into()],
         // cloudflared takes --label only before `run`: the key works for both.
         config_extra: "label: box-1\n".into(),
     };
@@ -54,8 +55,11 @@ fn run(name: &str, bin: Option<&Path>) {
 
 #[test]
 fn the_management_service_answers_on_its_hostname() {
-    run("burrow", None);
-    if let Some(cfd) = std::env::var_os("BURROW_CLOUDFLARED") {
-        run("cloudflared", Some(Path::new(&cfd)));
+    let stock = std::env::var_os("BURROW_CLOUDFLARED");
+    for protocol in ["quic", "http2"] {
+        run("burrow", None, protocol);
+        if let Some(cfd) = &stock {
+            run("cloudflared", Some(Path::new(cfd)), protocol);
+        }
     }
 }
