@@ -39,7 +39,7 @@ proptest! {
             } else {
                 wire.extend(client_frame(OP_BINARY, payload, *mask));
                 want.extend_from_slice(payload);
-                wanted.push(Control::MessageEnd { text: false });
+                wanted.push(Control::MessageEnd { text: false, end: want.len() });
             }
         }
         let mut d = Decoder::default();

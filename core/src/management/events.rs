@@ -49,18 +49,26 @@ impl LogEventType {
     }
 }
 
-/// The filters of a `start_streaming` event.
+/// The filters of a `start_streaming` event (`null` reads as absent, as Go reads it).
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 pub struct Filters {
     /// Only these kinds (all when empty).
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub events: Vec<LogEventType>,
     /// Only this level and above.
     #[serde(default)]
     pub level: Option<LogLevel>,
     /// The share of lines kept, in (0, 1); 0 or 1 (or beyond) keeps them all.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_as_default")]
     pub sampling: f64,
+}
+
+fn null_as_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
 }
 
 impl Filters {

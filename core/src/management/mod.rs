@@ -107,6 +107,13 @@ struct Stream {
     ping_at: Instant,
 }
 
+/// What a log stream's client sent, in order.
+enum StreamInput {
+    Ping(Vec<u8>),
+    Close,
+    Message { text: bool, message: Vec<u8> },
+}
+
 #[derive(Debug)]
 struct Conn {
     phase: Phase,
@@ -212,16 +219,35 @@ impl Management {
                     return;
                 }
                 let mut payload = std::mem::take(&mut s.message);
-                let controls = s.decoder.feed(data, &mut payload);
-                let too_big = payload.len() > MAX_CLIENT_MESSAGE;
-                s.message = payload;
-                match controls {
-                    Err(e) => Self::close_stream(conn, close::PROTOCOL_ERROR, &e.to_string()),
-                    Ok(_) if too_big => Self::close_stream(conn, close::TOO_BIG, "message too big"),
-                    Ok(controls) => {
-                        for c in controls {
-                            self.on_control(now, id, c);
+                let controls = match s.decoder.feed(data, &mut payload) {
+                    Ok(c) => c,
+                    Err(e) => {
+                        return Self::close_stream(conn, close::PROTOCOL_ERROR, &e.to_string());
+                    }
+                };
+                // Several messages may end in one read: each is the bytes since the last end.
+                let mut start = 0;
+                let mut inputs = Vec::with_capacity(controls.len());
+                for c in controls {
+                    inputs.push(match c {
+                        Control::MessageEnd { text, end } => {
+                            let message = payload.get(start..end).unwrap_or_default().to_vec();
+                            start = end.max(start);
+                            StreamInput::Message { text, message }
                         }
+                        Control::Ping(p) => StreamInput::Ping(p),
+                        Control::Close => StreamInput::Close,
+                    });
+                }
+                payload.drain(..start.min(payload.len()));
+                s.message = payload;
+                let unfinished_too_big = s.message.len() > MAX_CLIENT_MESSAGE;
+                for input in inputs {
+                    self.on_stream_input(now, id, input);
+                }
+                if unfinished_too_big {
+                    if let Some(conn) = self.conns.get_mut(&id).filter(|c| !c.close) {
+                        Self::close_stream(conn, close::TOO_BIG, "message too big");
                     }
                 }
             }
@@ -416,7 +442,7 @@ impl Management {
         Self::answer(conn, &reply, head_only);
     }
 
-    fn on_control(&mut self, now: Instant, id: ConnId, c: Control) {
+    fn on_stream_input(&mut self, now: Instant, id: ConnId, input: StreamInput) {
         let Some(conn) = self.conns.get_mut(&id) else {
             return;
         };
@@ -426,14 +452,19 @@ impl Management {
         if conn.close {
             return;
         }
-        match c {
-            Control::Ping(p) => websocket::write_frame(&mut conn.out, websocket::OP_PONG, &p),
-            Control::Close => {
-                // Answer the close; the proxy's side ends the connection.
-                Self::close_stream(conn, close::NORMAL, "");
+        match input {
+            // A client that pings and never reads gets no more pongs than the bound allows.
+            StreamInput::Ping(p) => {
+                if conn.out.len() + conn.in_flight < MAX_PENDING {
+                    websocket::write_frame(&mut conn.out, websocket::OP_PONG, &p);
+                }
             }
-            Control::MessageEnd { text } => {
-                let message = std::mem::take(&mut s.message);
+            // Answer the close; the proxy's side ends the connection.
+            StreamInput::Close => Self::close_stream(conn, close::NORMAL, ""),
+            StreamInput::Message { message, .. } if message.len() > MAX_CLIENT_MESSAGE => {
+                Self::close_stream(conn, close::TOO_BIG, "message too big");
+            }
+            StreamInput::Message { text, message } => {
                 let event = if text {
                     ClientEvent::parse(&message)
                 } else {

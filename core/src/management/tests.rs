@@ -436,3 +436,63 @@ fn a_slow_reader_loses_lines_not_memory() {
     m.handle_log(line.as_bytes());
     assert_eq!(frames(&drain(&mut m, now).out[&id]).len(), 1);
 }
+
+#[test]
+fn messages_that_arrive_together_are_read_one_by_one() {
+    let now = Instant::now();
+    let mut m = service(false, None);
+    let id = open_logs(&mut m, now, "me");
+    // A start and, in the same read, a stop and a start with new filters, the last split.
+    let mut wire = masked(OP_TEXT, br#"{"type":"start_streaming"}"#);
+    wire.extend(masked(OP_TEXT, br#"{"type":"stop_streaming"}"#));
+    wire.extend(masked(
+        OP_TEXT,
+        br#"{"type":"start_streaming","filters":{"level":"error"}}"#,
+    ));
+    let (first, second) = wire.split_at(wire.len() - 5);
+    m.handle_bytes(now, id, first);
+    m.handle_bytes(now, id, second);
+    let d = drain(&mut m, now);
+    assert!(
+        d.closed.is_empty(),
+        "{:?}",
+        d.out.get(&id).map(|b| frames(b))
+    );
+    m.handle_log(br#"{"level":"info","message":"filtered out"}"#);
+    m.handle_log(br#"{"level":"error","message":"kept"}"#);
+    let d = drain(&mut m, now);
+    assert_eq!(
+        frames(&d.out[&id]),
+        [(
+            OP_TEXT,
+            br#"{"type":"logs","logs":[{"level":"error","message":"kept"}]}"#.to_vec()
+        )]
+    );
+}
+
+#[test]
+fn a_client_that_pings_and_never_reads_gets_bounded_pongs() {
+    let now = Instant::now();
+    let mut m = service(false, None);
+    let id = open_logs(&mut m, now, "me");
+    let ping = masked(9, &[7; 125]);
+    let mut queued = 0;
+    for _ in 0..2000 {
+        m.handle_bytes(now, id, &ping);
+        if let Output::Transmit(_, b) = m.poll_output(now) {
+            queued += b.len();
+        }
+    }
+    assert!(queued < MAX_PENDING + 2000, "{queued} bytes of pongs");
+}
+
+#[test]
+fn null_filters_read_as_go_reads_them() {
+    let f = events::ClientEvent::parse(
+        br#"{"type":"start_streaming","filters":{"events":null,"level":null,"sampling":null}}"#,
+    );
+    assert_eq!(
+        f,
+        Ok(events::ClientEvent::Start(events::Filters::default()))
+    );
+}

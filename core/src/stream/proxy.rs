@@ -169,7 +169,7 @@ pub struct DataStream {
     /// The stream turned into raw bytes (TCP acked, WebSocket answered 101).
     raw: bool,
     /// The ingress rule that took the request, and its index, for the response's log line.
-    rule: Option<(usize, Arc<Origin>)>,
+    rule: Option<(i64, Arc<Origin>)>,
 }
 
 impl DataStream {
@@ -406,7 +406,16 @@ impl DataStream {
                     _ => None,
                 };
                 let rule = found.map(|(_, r)| r);
-                self.rule = found.map(|(i, r)| (i, r.origin.clone()));
+                self.rule = found.zip(ingress.as_ref()).map(|((i, r), ing)| {
+                    // cloudflared numbers its internal rules -1, -2, ...
+                    let users = ing.rules().len();
+                    let n = if i < users {
+                        i as i64
+                    } else {
+                        -1 - (i - users) as i64
+                    };
+                    (n, r.origin.clone())
+                });
                 // cloudflared's `logHTTPRequest` (event 1: HTTP), for its management log stream
                 // and debug logs; nothing is built unless debug is on.
                 tracing::debug!(
@@ -414,7 +423,7 @@ impl DataStream {
                     host = request_host.as_ref().ok().and_then(|h| h.as_deref()),
                     path = url_path(dest),
                     originService = %rule.map(|r| r.origin.service.to_string()).unwrap_or_default(),
-                    ingressRule = found.map(|(i, _)| i),
+                    ingressRule = self.rule.as_ref().map(|(i, _)| *i),
                     "{} {} HTTP/1.1",
                     req.metadata()
                         .flatten()

@@ -77,6 +77,9 @@ pub enum Control {
     MessageEnd {
         /// Whether the message is text (else binary).
         text: bool,
+        /// The length `out` had when it ended: the message is the bytes since the previous
+        /// end (several may end in one [`Decoder::feed`]).
+        end: usize,
     },
 }
 
@@ -112,7 +115,7 @@ impl Decoder {
                 }
                 self.start_frame()?;
                 if self.left == 0 {
-                    self.end_frame(&mut controls);
+                    self.end_frame(&mut controls, out.len());
                 }
                 continue;
             }
@@ -132,7 +135,7 @@ impl Decoder {
             data = &data[n..];
             self.left -= n as u64;
             if self.left == 0 {
-                self.end_frame(&mut controls);
+                self.end_frame(&mut controls, out.len());
             }
         }
         Ok(controls)
@@ -188,7 +191,7 @@ impl Decoder {
         Ok(())
     }
 
-    fn end_frame(&mut self, controls: &mut Vec<Control>) {
+    fn end_frame(&mut self, controls: &mut Vec<Control>, end: usize) {
         match self.opcode {
             OP_PING => controls.push(Control::Ping(std::mem::take(&mut self.control))),
             OP_CLOSE => {
@@ -198,6 +201,7 @@ impl Decoder {
             OP_PONG => {}
             _ if self.fin => controls.push(Control::MessageEnd {
                 text: self.message_op == OP_TEXT,
+                end,
             }),
             _ => {}
         }
@@ -256,13 +260,13 @@ mod tests {
                 controls.extend(d.feed(chunk, &mut out).unwrap());
             }
             assert_eq!(out, want, "step {step}");
-            let end = Control::MessageEnd { text: false };
+            let end = |end| Control::MessageEnd { text: false, end };
             let want_controls = [
-                end.clone(),
+                end(2),
                 Control::Ping(b"p".to_vec()),
-                end.clone(),
-                end.clone(),
-                end,
+                end(302),
+                end(70_302),
+                end(70_302),
                 Control::Close,
             ];
             assert_eq!(controls, want_controls);
@@ -284,7 +288,10 @@ mod tests {
             controls,
             [
                 Control::Ping(Vec::new()),
-                Control::MessageEnd { text: true }
+                Control::MessageEnd {
+                    text: true,
+                    end: 12
+                }
             ]
         );
     }

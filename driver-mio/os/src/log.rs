@@ -12,6 +12,8 @@ use std::sync::{OnceLock, RwLock};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
 use tracing_subscriber::filter::LevelFilter;
+#[cfg(feature = "log-tap")]
+use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::format::Writer;
 #[cfg(feature = "log-tap")]
 use tracing_subscriber::fmt::writer::MakeWriterExt;
@@ -61,12 +63,13 @@ pub fn init_logging_as(
             })?)
         }
     };
-    // With the tap: one global level, raised to debug while the tap has a sink, and writers
-    // that drop what is below `level` themselves (per-layer filters would cost more code).
-    // Without it (burrow-mio, which does not serve the management service): the global level
-    // alone, the smallest build.
+    // With the tap: one global filter, raised to debug for burrow's own events while the tap
+    // has a sink, and writers that drop what is below `level` themselves (per-layer filters
+    // would cost more code). Without it (burrow-mio, which does not serve the management
+    // service): the global level alone, the smallest build.
     #[cfg(feature = "log-tap")]
-    let (global, handle) = reload::Layer::new(LevelFilter::from_level(level));
+    let (global, handle) =
+        reload::Layer::new(Targets::new().with_default(LevelFilter::from_level(level)));
     #[cfg(not(feature = "log-tap"))]
     let global = LevelFilter::from_level(level);
     #[cfg(feature = "log-tap")]
@@ -114,7 +117,7 @@ pub fn init_logging_as(
 /// Where the tap's lines go, and the global level it raises.
 struct Tap {
     sink: RwLock<Option<LineSink>>,
-    filter: reload::Handle<LevelFilter, Registry>,
+    filter: reload::Handle<Targets, Registry>,
     /// `--loglevel`'s.
     level: LevelFilter,
 }
@@ -140,15 +143,15 @@ pub fn set_log_tap(sink: Option<LineSink>) {
     let Some(tap) = TAP.get() else {
         return;
     };
-    let level = if sink.is_some() {
-        tap.level.max(LevelFilter::DEBUG)
-    } else {
-        tap.level
-    };
+    // burrow's own debug events only: other crates' stay at `--loglevel`, unformatted.
+    let mut targets = Targets::new().with_default(tap.level);
+    if sink.is_some() {
+        targets = targets.with_target("burrow", tap.level.max(LevelFilter::DEBUG));
+    }
     if let Ok(mut s) = tap.sink.write() {
         *s = sink;
     }
-    let _ = tap.filter.reload(level);
+    let _ = tap.filter.reload(targets);
 }
 
 #[cfg(feature = "log-tap")]
