@@ -946,13 +946,15 @@ impl DataStream {
         // cloudflared's flow limit refusal is returned without being logged as a request error.
         self.errored |= !rate_limited;
         if !rate_limited {
-            // cloudflared's `logRequestError` (event 2 for TCP, 1 for HTTP).
+            // cloudflared's `logRequestError` (event 2 for TCP, 1 for HTTP), at debug: core
+            // logs nothing above it. The management stream still shows it as an error (a line
+            // with an `error` field is one, as cloudflared reads its own lines).
             let event: u8 = if self.kind == Some(FlowKind::Tcp) {
                 2
             } else {
                 1
             };
-            tracing::error!(event, error = reason);
+            tracing::debug!(event, error = reason);
         }
         let limited = [Metadata {
             key: key::FLOW_CONNECT_RATE_LIMITED,

@@ -38,6 +38,21 @@ fn send(ws: &mut Ws, json: &str) {
     ws.send(Message::text(json)).expect("send");
 }
 
+/// The next message, None when the socket's 2 s read timeout passed first.
+fn next(ws: &mut Ws) -> Option<Result<Message, tungstenite::Error>> {
+    match ws.read() {
+        Err(tungstenite::Error::Io(e))
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+            ) =>
+        {
+            None
+        }
+        other => Some(other),
+    }
+}
+
 /// Reads until a `logs` event or `limit`, sending a request through `app_port` between reads
 /// so that the connector has something to log.
 fn read_logs_until(ws: &mut Ws, app_port: u16, limit: Duration) -> serde_json::Value {
@@ -48,19 +63,11 @@ fn read_logs_until(ws: &mut Ws, app_port: u16, limit: Duration) -> serde_json::V
             "GET /x HTTP/1.1\r\nHost: app.test\r\nConnection: close\r\n\r\n",
             b"",
         );
-        match ws.read() {
-            Ok(Message::Text(t)) => {
-                let v: serde_json::Value = serde_json::from_str(&t).expect("JSON");
-                return v;
-            }
-            Ok(Message::Ping(_) | Message::Pong(_)) => {}
-            Ok(other) => panic!("unexpected message {other:?}"),
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("log stream failed: {e}"),
+        match next(ws) {
+            Some(Ok(Message::Text(t))) => return serde_json::from_str(&t).expect("JSON"),
+            None | Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
+            Some(Ok(other)) => panic!("unexpected message {other:?}"),
+            Some(Err(e)) => panic!("log stream failed: {e}"),
         }
     }
     panic!("no log line within {limit:?}");
@@ -70,19 +77,16 @@ fn read_logs_until(ws: &mut Ws, app_port: u16, limit: Duration) -> serde_json::V
 fn ended(ws: &mut Ws, what: &str) -> Option<(u16, String)> {
     let start = Instant::now();
     while start.elapsed() < Duration::from_secs(20) {
-        match ws.read() {
-            Ok(Message::Close(Some(f))) => return Some((u16::from(f.code), f.reason.to_string())),
-            Ok(Message::Close(None)) => return Some((0, String::new())),
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(tungstenite::Error::Protocol(
+        match next(ws) {
+            Some(Ok(Message::Close(Some(f)))) => {
+                return Some((u16::from(f.code), f.reason.to_string()))
+            }
+            Some(Ok(Message::Close(None))) => return Some((0, String::new())),
+            None | Some(Ok(_)) => {}
+            Some(Err(tungstenite::Error::Protocol(
                 tungstenite::error::ProtocolError::ResetWithoutClosingHandshake,
-            )) => return None,
-            Err(e) => panic!("{what}: expected the stream to end, got {e}"),
+            ))) => return None,
+            Some(Err(e)) => panic!("{what}: expected the stream to end, got {e}"),
         }
     }
     panic!("{what}: the stream did not end within 20 s");
@@ -90,21 +94,7 @@ fn ended(ws: &mut Ws, what: &str) -> Option<(u16, String)> {
 
 /// The close the service sends: (code, reason).
 fn closed_with(ws: &mut Ws, what: &str) -> (u16, String) {
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(20) {
-        match ws.read() {
-            Ok(Message::Close(Some(f))) => return (u16::from(f.code), f.reason.to_string()),
-            Ok(Message::Close(None)) => return (0, String::new()),
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("{what}: expected a close, got {e}"),
-        }
-    }
-    panic!("no close within 20 s");
+    ended(ws, what).unwrap_or_else(|| panic!("{what}: the stream ended without a close"))
 }
 
 /// Every check, through the edge's HTTP port `http`, of a connector run with `label: box-1`
@@ -168,15 +158,10 @@ pub fn check_service(name: &str, http: u16) {
     let quiet = Instant::now();
     let mut lines = 0;
     while quiet.elapsed() < Duration::from_millis(1500) {
-        match alice.read() {
-            Ok(Message::Text(_)) => lines += 1,
-            Ok(_) => {}
-            Err(tungstenite::Error::Io(e))
-                if matches!(
-                    e.kind(),
-                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                ) => {}
-            Err(e) => panic!("{name}: log stream failed: {e}"),
+        match next(&mut alice) {
+            Some(Ok(Message::Text(_))) => lines += 1,
+            None | Some(Ok(_)) => {}
+            Some(Err(e)) => panic!("{name}: log stream failed: {e}"),
         }
     }
     assert!(lines < 50, "{name}: {lines} lines in 1.5 s without traffic");
