@@ -384,20 +384,25 @@ impl Management {
                 body: Vec::new(),
             },
             Route::HostDetails => {
-                let mut details = serde_json::json!({
-                    "connector_id": self.config.connector_id.to_string(),
-                });
-                if let Some(ip) = self.private_ip {
-                    details["ip"] = ip.to_string().into();
+                // cloudflared's struct, in its field order whatever serde_json's map keeps.
+                #[derive(serde::Serialize)]
+                struct HostDetails {
+                    connector_id: String,
+                    #[serde(skip_serializing_if = "Option::is_none")]
+                    ip: Option<String>,
+                    #[serde(skip_serializing_if = "String::is_empty")]
+                    hostname: String,
                 }
-                let host = match &self.config.label {
-                    Some(l) if !l.is_empty() => format!("custom:{l}"),
-                    _ => self.config.host_name.clone(),
+                let details = HostDetails {
+                    connector_id: self.config.connector_id.to_string(),
+                    ip: self.private_ip.map(|ip| ip.to_string()),
+                    hostname: match &self.config.label {
+                        Some(l) if !l.is_empty() => format!("custom:{l}"),
+                        _ => self.config.host_name.clone(),
+                    },
                 };
-                if !host.is_empty() {
-                    details["hostname"] = host.into();
-                }
-                Reply::json(200, &details)
+                let body = serde_json::to_string(&details).unwrap_or_default();
+                Reply::json(200, body)
             }
             Route::Metrics => {
                 conn.phase = Phase::Metrics {

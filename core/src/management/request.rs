@@ -183,9 +183,9 @@ impl Reply {
         r
     }
 
-    /// JSON `value` and a newline, as Go's `json.Encoder` writes it.
-    pub fn json(status: u16, value: &serde_json::Value) -> Self {
-        Self::new(status, "application/json", format!("{value}\n"))
+    /// A JSON body and a newline, as Go's `json.Encoder` writes it.
+    pub fn json(status: u16, body: String) -> Self {
+        Self::new(status, "application/json", format!("{body}\n"))
     }
 
     /// The bytes of an HTTP/1.1 response that closes the connection after it (the connector
@@ -216,18 +216,16 @@ fn reason(status: u16) -> &'static str {
 
 /// Routes `head` as cloudflared's chi router with its token middleware in front.
 pub fn route(head: &Head, diagnostics: bool) -> Route {
-    let claims = match head.access_token.as_deref().map(token::parse) {
-        Some(Ok(c)) => c,
-        // cloudflared answers a bad token as a missing one.
-        _ => {
-            return Route::Reply(Reply::json(
+    let claims =
+        match head.access_token.as_deref().map(token::parse) {
+            Some(Ok(c)) => c,
+            // cloudflared answers a bad token as a missing one.
+            _ => return Route::Reply(Reply::json(
                 400,
-                &serde_json::json!({"errors": [
-                    {"code": 1001, "message": "missing access_token query parameter"}
-                ]}),
-            ))
-        }
-    };
+                r#"{"errors":[{"code":1001,"message":"missing access_token query parameter"}]}"#
+                    .to_owned(),
+            )),
+        };
     let allowed: &[&str] = match head.path.as_str() {
         "/ping" => &["GET", "HEAD"],
         "/logs" | "/host_details" => &["GET"],

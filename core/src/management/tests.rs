@@ -216,7 +216,7 @@ fn host_details_report_the_label_and_address_and_metrics_come_from_the_driver() 
         "",
     );
     assert!(text(&d, id).ends_with(
-        "{\"connector_id\":\"00000000-0000-0000-0000-000000001234\",\"hostname\":\"custom:edge-box\",\"ip\":\"10.0.0.7\"}\n"
+        "{\"connector_id\":\"00000000-0000-0000-0000-000000001234\",\"ip\":\"10.0.0.7\",\"hostname\":\"custom:edge-box\"}\n"
     ));
     let (id, d) = get(&mut m, now, &format!("/metrics?access_token={tok}"), "");
     assert_eq!(d.metrics, [id]);
