@@ -152,11 +152,6 @@ impl Management {
         }
     }
 
-    /// The service's configuration.
-    pub fn config(&self) -> &ManagementConfig {
-        &self.config
-    }
-
     /// The address `/host_details` reports: the connector's own address towards the edge.
     pub fn set_private_ip(&mut self, ip: Option<IpAddr>) {
         self.private_ip = ip;

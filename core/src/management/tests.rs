@@ -59,22 +59,7 @@ fn text(d: &Drained, id: ConnId) -> String {
 }
 
 fn masked(opcode: u8, payload: &[u8]) -> Vec<u8> {
-    let mask = [3, 1, 4, 1];
-    let mut f = vec![0x80 | opcode];
-    match payload.len() {
-        n @ 0..=125 => f.push(0x80 | n as u8),
-        n @ 126..=0xffff => {
-            f.push(0x80 | 126);
-            f.extend_from_slice(&(n as u16).to_be_bytes());
-        }
-        n => {
-            f.push(0x80 | 127);
-            f.extend_from_slice(&(n as u64).to_be_bytes());
-        }
-    }
-    f.extend_from_slice(&mask);
-    f.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
-    f
+    crate::stream::websocket::tests::client_frame(opcode, payload, [3, 1, 4, 1])
 }
 
 /// Server frames in `bytes` (after any HTTP head): (opcode, payload).

@@ -78,8 +78,8 @@ pub fn parse(token: &str) -> Result<Claims, TokenError> {
     Ok(claims)
 }
 
-/// An unsigned-looking ES256 token carrying `claims` (tests and the simulator's eyeballs:
-/// the signature is not checked, only its encoding).
+/// An ES256-headed token with these claims and a dummy signature, for tests that play
+/// Cloudflare's API (the service checks the signature's encoding, not the signature).
 pub fn forge(tunnel_id: &str, account_tag: &str, actor: &str) -> String {
     use base64::Engine;
     let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);

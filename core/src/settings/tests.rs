@@ -1092,6 +1092,15 @@ fn supervised(
     args: &[&str],
     yaml: &str,
 ) -> Result<crate::tunnel::supervisor::SupervisorConfig, SetupError> {
+    supervised_serving(args, yaml, false)
+}
+
+/// [`supervised`] for a driver that serves the management service when `management`.
+fn supervised_serving(
+    args: &[&str],
+    yaml: &str,
+    management: bool,
+) -> Result<crate::tunnel::supervisor::SupervisorConfig, SetupError> {
     let host = MapHost(HashMap::from([("/c.json", CREDS)]));
     let args = [
         args,
@@ -1110,7 +1119,7 @@ fn supervised(
         file: ConfigFile::from_yaml(yaml).expect("file parses"),
     };
     let (rc, _) = run_config(&s, &loaded, &host)?;
-    Ok(supervisor_config(&rc, None))
+    Ok(served_supervisor_config(&rc, None, management))
 }
 
 /// cloudflared's hidden QUIC flags set the transport: by flag, variable or config-file key;
@@ -1539,26 +1548,8 @@ fn management_flags_set_the_service_and_a_serving_driver_advertises_it() {
     );
     assert_eq!(flag_env(&["tunnel"], "label"), None);
 
-    let host = MapHost(HashMap::from([("/c.json", CREDS)]));
-    let s = settings(
-        &[
-            "run",
-            "--credentials-file",
-            "/c.json",
-            "--url",
-            "http://127.0.0.1:1",
-        ],
-        "",
-    )
-    .unwrap();
-    let loaded = LoadedConfig {
-        path: None,
-        text: None,
-        file: ConfigFile::default(),
-    };
-    let (rc, _) = run_config(&s, &loaded, &host).unwrap();
     for served in [false, true] {
-        let c = served_supervisor_config(&rc, None, served);
+        let c = supervised_serving(&["run"], "", served).unwrap();
         let ingress = c.connector.data.ingress.as_ref().unwrap();
         let rule = ingress.find("management.argotunnel.com:443", "/logs").1;
         assert_eq!(rule.origin.service == Service::Management, served);

@@ -211,10 +211,11 @@ impl Decoder {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
+    /// A client (masked) frame, for tests that play the client.
+    pub(crate) fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
         let mut f = vec![0x80 | opcode];
         match payload.len() {
             n @ 0..=125 => f.push(0x80 | n as u8),
