@@ -83,14 +83,6 @@ impl Tokens {
     }
 }
 
-/// Fresh OS randomness for the connector's seed.
-fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    // A failing OS RNG leaves zeros: jitter is then merely predictable, nothing breaks.
-    let _ = getrandom::fill(&mut b);
-    u64::from_le_bytes(b)
-}
-
 /// The edge as an address pool. Names are resolved here, before the loop starts, where
 /// blocking stalls nothing.
 fn discover(edges: &Edges, ip_version: IpVersion) -> Result<EdgePool, String> {
@@ -607,7 +599,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         .registry()
         .try_clone()
         .map_err(|e| format!("cannot create the event loop: {e}"))?;
-    let mut machine = Connector::new(Instant::now(), config, pool, random_u64());
+    let mut machine = Connector::new(Instant::now(), config, pool, burrow_os::host::random_u64());
     info!(tunnel_id = %rc.creds.tunnel_id, %connector_id, "Starting tunnel");
 
     let mut d = Driver {

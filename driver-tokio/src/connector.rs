@@ -72,24 +72,6 @@ pub enum RunError {
     Socket(#[from] std::io::Error),
 }
 
-/// The machine's host name (`/host_details`), "unknown" if it cannot be read, as Go's
-/// `os.Hostname` failing gives cloudflared.
-fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_owned())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "unknown".to_owned())
-}
-
-/// Fresh OS randomness for seeds.
-pub fn random_u64() -> u64 {
-    let mut b = [0u8; 8];
-    // A failing OS RNG leaves zeros: jitter is then merely predictable, nothing breaks.
-    let _ = getrandom::fill(&mut b);
-    u64::from_le_bytes(b)
-}
-
 /// Resolves the edge into an address pool.
 pub async fn discover(edges: &Edges, ip_version: IpVersion) -> Result<EdgePool, RunError> {
     match edges {
@@ -199,7 +181,7 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
         percentage.as_deref(),
         true,
     )?;
-    let mut machine = Connector::new(Instant::now(), config, pool, random_u64());
+    let mut machine = Connector::new(Instant::now(), config, pool, burrow_os::host::random_u64());
     metrics.connector().ha_connections = machine.ha_connections();
     info!(
         tunnel_id = %rc.creds.tunnel_id,
@@ -208,7 +190,8 @@ pub async fn run(opts: Options, mut shutdown: mpsc::UnboundedReceiver<()>) -> Re
     );
     let web_roots = Arc::new(burrow_os::origin_tls::web_roots());
     let management = crate::management::spawn(
-        rc.management.config(metrics.connector_id, host_name()),
+        rc.management
+            .config(metrics.connector_id, burrow_os::host::host_name()),
         rc.management.service_op_ip.clone(),
         metrics.clone(),
     );

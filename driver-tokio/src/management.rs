@@ -50,20 +50,10 @@ pub fn spawn(
     metrics: Arc<Metrics>,
 ) -> ManagementHandle {
     let (conns, conn_rx) = mpsc::channel(CONN_QUEUE);
-    let mut machine = Management::new(config, crate::connector::random_u64());
-    machine.set_private_ip(own_address(&service_op_ip));
+    let mut machine = Management::new(config, burrow_os::host::random_u64());
+    machine.set_private_ip(burrow_os::host::own_address(&service_op_ip));
     tokio::spawn(run(machine, conn_rx, metrics));
     ManagementHandle { conns }
-}
-
-/// The local address of a UDP socket connected to `to` (no packet is sent): the address the
-/// connector reaches the outside from, as cloudflared's dial to the service IP finds it.
-fn own_address(to: &str) -> Option<std::net::IpAddr> {
-    let to: std::net::SocketAddr = to.parse().ok()?;
-    let bind = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" };
-    let s = std::net::UdpSocket::bind(bind).ok()?;
-    s.connect(to).ok()?;
-    s.local_addr().ok().map(|a| a.ip())
 }
 
 async fn run(

@@ -1,6 +1,6 @@
 //! The operating-system pieces both drivers (burrow-tokio and burrow-mio) share, std-only so
 //! each wraps the sockets in its own event loop's type: the edge sockets' local address,
-//! origin UDP and ping sockets, the ICMP source probe, the open-file limit, [`heap`]
+//! origin UDP and ping sockets, the ICMP source probe, the open-file limit, [`host`] (seeds, the host's name and address), [`heap`]
 //! (returning freed heap to the kernel), [`resident`] (start-up's pages given back), and the
 //! I/O of core's settings: [`settings`] (files, the system certificate store), [`log`],
 //! [`origin_tls`] (trust for HTTPS origins) and [`service`] (`service install`); and the
@@ -11,6 +11,7 @@ pub mod chunk_buf;
 pub mod events;
 pub mod exposition;
 pub mod heap;
+pub mod host;
 pub mod log;
 pub mod origin_tls;
 pub mod quic_udp;
