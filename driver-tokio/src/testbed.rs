@@ -716,9 +716,27 @@ mod tests {
             let a = if k % 2 == 0 { free_udp() } else { free_tcp() }.expect("a port");
             assert!(range.contains(&a.port()), "{a} outside {range:?}");
             assert!(seen.insert(a.port()), "{a} handed out twice");
-            TcpListener::bind(a).expect("free on TCP");
+            bound_soon(|| TcpListener::bind(a)).expect("free on TCP");
             if k % 2 == 0 {
-                UdpSocket::bind(a).expect("free on UDP");
+                bound_soon(|| UdpSocket::bind(a)).expect("free on UDP");
+            }
+        }
+    }
+
+    /// Binds, retrying for up to a second: a test spawning a process meanwhile (the e2e tests
+    /// compiled into the same binary) holds a copy of every socket of this process, the pick's
+    /// included, from its fork to its exec.
+    fn bound_soon<T>(bind: impl Fn() -> std::io::Result<T>) -> std::io::Result<T> {
+        let start = Instant::now();
+        loop {
+            match bind() {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::AddrInUse
+                        && start.elapsed() < Duration::from_secs(1) =>
+                {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                r => return r,
             }
         }
     }
