@@ -6,6 +6,7 @@ mod access;
 mod datagrams;
 mod edge_socket;
 mod edge_tcp;
+mod management;
 mod origin;
 mod resolver;
 mod srv;

@@ -1,6 +1,7 @@
 //! Origin connections on the loop: what the connector's [`Io::OpenFlow`] names (TCP, unix
-//! socket, TLS over either, or an in-process `http_status:N` / `hello_world`), connected
-//! without blocking, moved one read per permit so the connector's backpressure sets the pace.
+//! socket, TLS over either, an in-process `http_status:N` / `hello_world`, or the management
+//! service, [`crate::management`]), connected without blocking, moved one read per permit so
+//! the connector's backpressure sets the pace.
 //! HTTP framing, WebSocket and TCP streams are all bytes here: the connector frames them.
 //!
 //! Names go to the [`Resolver`] thread and the flow waits for its answer, then races the
@@ -24,6 +25,7 @@ use std::time::{Duration, Instant};
 use burrow_core::datagram::LinkId;
 use burrow_core::http2::origin::{BridgeReport, Http2Flow, SocketRead};
 use burrow_core::ingress::{Origin, OriginRequest, Service};
+use burrow_core::management::ConnId;
 use burrow_core::stream::proxy::FlowKind;
 use burrow_core::stream::socks::{DialFailure, Server, Step};
 use burrow_core::tunnel::data::FlowId;
@@ -35,6 +37,7 @@ use rustls::pki_types::ServerName;
 use rustls::ClientConnection;
 use tracing::debug;
 
+use crate::management::{Read as ServiceRead, Service as Management};
 use crate::resolver::Resolver;
 use burrow_os::chunk_buf::{ChunkBuf, MIN_READ};
 use burrow_os::origin_tls::OriginTls;
@@ -196,6 +199,8 @@ struct Flow {
     shut: bool,
     eof: bool,
     responder: Option<Responder>,
+    /// The management service's connection this flow is.
+    management: Option<ConnId>,
     /// `tcpKeepAlive` for the origin connection (zero: the system's).
     keep_alive: Duration,
     /// `keepAliveTimeout`: an idle HTTP/2 origin connection closes after it (zero: never).
@@ -276,11 +281,19 @@ pub struct Origins {
     pub reports: Vec<(Key, Report)>,
     /// HTTP/2 origin flows' deadlines (their keep-alive timeouts) and races' next steps.
     timers: BTreeSet<(Instant, Key)>,
+    /// The management service.
+    management: Management,
 }
 
 impl Origins {
-    /// No flows yet; sockets are registered with `registry`.
-    pub fn new(tls: OriginTls, registry: Registry, resolver: Resolver) -> Self {
+    /// No flows yet; sockets are registered with `registry`; requests to the management
+    /// hostname go to `management`.
+    pub fn new(
+        tls: OriginTls,
+        registry: Registry,
+        resolver: Resolver,
+        management: Management,
+    ) -> Self {
         Self {
             flows: HashMap::new(),
             tls,
@@ -291,6 +304,7 @@ impl Origins {
             scratch: vec![0; SCRATCH],
             reports: Vec::new(),
             timers: BTreeSet::new(),
+            management,
         }
     }
 
@@ -326,6 +340,7 @@ impl Origins {
             shut: false,
             eof: false,
             responder: None,
+            management: None,
             keep_alive: Duration::ZERO,
             idle_timeout: Duration::ZERO,
             socks: None,
@@ -346,6 +361,12 @@ impl Origins {
         match plan {
             Plan::InProcess(r) => {
                 flow.responder = Some(r);
+                flow.state = State::Open;
+                self.flows.insert(key, flow);
+                self.reports.push((key, Report::Connected));
+            }
+            Plan::Management => {
+                flow.management = Some(self.management.open(key));
                 flow.state = State::Open;
                 self.flows.insert(key, flow);
                 self.reports.push((key, Report::Connected));
@@ -434,10 +455,14 @@ impl Origins {
         }
     }
 
-    /// When [`Origins::tick`] has work: the resolver's, an HTTP/2 origin flow's or a race's.
+    /// When [`Origins::tick`] has work: the resolver's, an HTTP/2 origin flow's, a race's or
+    /// the management service's.
     pub fn deadline(&self) -> Option<Instant> {
         let h2 = self.timers.first().map(|(t, _)| *t);
-        [self.resolver.deadline(), h2].into_iter().flatten().min()
+        [self.resolver.deadline(), h2, self.management.deadline()]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Lets the resolver thread end when idle; steps the HTTP/2 origin flows and the races
@@ -452,6 +477,32 @@ impl Origins {
             .collect();
         for key in due {
             self.drive(key);
+        }
+        self.management.tick(now);
+        self.drive_management();
+    }
+
+    /// Connections of the management service waiting for the connector's figures.
+    pub fn wants_metrics(&mut self) -> Vec<ConnId> {
+        self.management.wants_metrics()
+    }
+
+    /// The connector's Prometheus exposition for the management connection `id`.
+    pub fn metrics(&mut self, id: ConnId, exposition: &str) {
+        self.management.metrics(Instant::now(), id, exposition);
+        self.drive_management();
+    }
+
+    /// Steps the management flows the service has something new for.
+    fn drive_management(&mut self) {
+        loop {
+            let touched = self.management.touched();
+            if touched.is_empty() {
+                return;
+            }
+            for key in touched {
+                self.drive(key);
+            }
         }
     }
 
@@ -643,6 +694,9 @@ impl Origins {
     pub fn read_more(&mut self, key: Key) {
         if let Some(f) = self.flows.get_mut(&key) {
             f.permit = true;
+            if let Some(id) = f.management {
+                self.management.consumed(Instant::now(), id);
+            }
             self.drive(key);
         }
     }
@@ -650,6 +704,9 @@ impl Origins {
     /// Closes and forgets the flow; its token is free again.
     pub fn close(&mut self, key: Key) -> Option<Token> {
         let mut f = self.flows.remove(&key)?;
+        if let Some(id) = f.management {
+            self.management.forget(id);
+        }
         if let Some(at) = f.h2.as_ref().and_then(|h| h.deadline) {
             self.timers.remove(&(at, key));
         }
@@ -781,6 +838,10 @@ impl Origins {
         let Some(f) = self.flows.get_mut(&key) else {
             return;
         };
+        if let Some(id) = f.management {
+            step_management(f, &mut self.management, id, &mut self.reports, key);
+            return self.drive_management();
+        }
         let result = step(
             f,
             &mut self.scratch,
@@ -790,6 +851,39 @@ impl Origins {
         );
         if let Err(e) = result {
             self.fail(key, e);
+        }
+    }
+}
+
+/// A management flow's progress: the request's bytes to the service, its answer back, one
+/// read per permit.
+fn step_management(
+    f: &mut Flow,
+    m: &mut Management,
+    id: ConnId,
+    reports: &mut Vec<(Key, Report)>,
+    key: Key,
+) {
+    let now = Instant::now();
+    if let Some(data) = f.write.take() {
+        m.write(now, id, &data);
+        reports.push((key, Report::Written));
+    }
+    if f.shutdown && !f.shut {
+        f.shut = true;
+        m.ended(id);
+    }
+    if f.permit && !f.eof {
+        match m.read(id) {
+            ServiceRead::Data(b) => {
+                f.permit = false;
+                reports.push((key, Report::Data(b)));
+            }
+            ServiceRead::End => {
+                f.eof = true;
+                reports.push((key, Report::Finished));
+            }
+            ServiceRead::Nothing => {}
         }
     }
 }
@@ -1188,6 +1282,8 @@ enum Target {
 /// How a flow starts.
 enum Plan {
     InProcess(Responder),
+    /// The connector's own management service.
+    Management,
     /// A SOCKS5 server that dials what the client asks.
     Socks(Box<Socks>),
     Dial {
@@ -1257,8 +1353,7 @@ fn plan(
         } => (target(host, *port), false),
         // Core gives each bastion request the TCP origin it names; never dialled as such.
         Service::Bastion => return Err("bastion has no destination of its own".to_owned()),
-        // Never a rule here: burrow-mio does not add the management service's.
-        Service::Management => return Err("the management service is not served".to_owned()),
+        Service::Management => return Ok(Plan::Management),
         Service::SocksProxy => {
             let server = Server::new(o.ip_rules.clone());
             return Ok(Plan::Socks(Socks::new(server)));

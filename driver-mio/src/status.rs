@@ -38,6 +38,13 @@ impl Figures {
         (status, body)
     }
 
+    /// The exposition of the connector's figures now (the management service's `/metrics`).
+    pub fn exposition(&mut self, machine: &Connector) -> String {
+        self.quic.sample(machine);
+        self.connector.update(machine);
+        self.metrics()
+    }
+
     /// Prometheus text exposition of cloudflared's names for these figures, rendered as
     /// burrow-tokio renders them.
     fn metrics(&self) -> String {

@@ -28,6 +28,7 @@ use uuid::Uuid;
 use crate::datagrams::{icmp_config, raise_nofile_limit, Datagrams, IcmpSources, Round};
 use crate::edge_socket::{EdgeSocket, RecvBufs};
 use crate::edge_tcp::{EdgeLinks, Round as EdgeRound};
+use crate::management;
 use crate::origin::{Key, Origins, Report};
 use crate::resolver::Resolver;
 use crate::srv;
@@ -405,8 +406,16 @@ impl Driver {
         None
     }
 
-    /// Feeds what the origins reported.
+    /// Feeds what the origins reported (answering the management service's requests for
+    /// the connector's figures first).
     fn feed_reports(&mut self, now: Instant, machine: &mut Connector) -> bool {
+        let wanted = self.origins.wants_metrics();
+        if !wanted.is_empty() {
+            let exposition = self.figures.exposition(machine);
+            for id in wanted {
+                self.origins.metrics(id, &exposition);
+            }
+        }
         if self.origins.reports.is_empty() {
             return false;
         }
@@ -591,8 +600,7 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
         None
     };
     let mut config = rc
-        // burrow-mio does not serve the management service: no rule for it, not advertised.
-        .supervisor_config(roots, connector_id, icmp, percentage.as_deref(), false)
+        .supervisor_config(roots, connector_id, icmp, percentage.as_deref(), true)
         .map_err(|e| format!("TLS: {e}"))?;
     config.quic.max_concurrent_bidi_streams = MAX_STREAMS;
     let origin_registry = poll
@@ -615,6 +623,11 @@ pub fn run(settings: &Settings, rc: RunConfig) -> Result<(), String> {
             OriginTls::new(None),
             origin_registry,
             Resolver::new(waker.clone()),
+            management::Service::new(
+                rc.management
+                    .config(connector_id, burrow_os::host::host_name()),
+                &rc.management.service_op_ip,
+            ),
         ),
         txt: OneShots::new(waker.clone()),
         local_resolver: OneShots::new(waker.clone()),

@@ -49,7 +49,10 @@ fn run(name: &str, bin: Option<&Path>, protocol: &str) {
     }
     .expect("connector");
     testbed::wait_ready(&mut connector, metrics, 1, Duration::from_secs(30)).expect("ready");
-    check_service(name, eo.http.port());
+    let pid = connector.pid();
+    check_service(name, eo.http.port(), || {
+        testbed::cpu_time(pid).expect("CPU time")
+    });
     connector.check_alive().expect("connector alive");
 }
 

@@ -2,28 +2,20 @@
 //! up: text lines on stderr, or JSON lines with `--output json`; the log file always gets
 //! JSON lines, as cloudflared's file writer does.
 
-#[cfg(feature = "log-tap")]
 use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
-#[cfg(feature = "log-tap")]
 use std::sync::{OnceLock, RwLock};
 
 use tracing::field::{Field, Visit};
 use tracing::{Event, Subscriber};
-use tracing_subscriber::filter::LevelFilter;
-#[cfg(feature = "log-tap")]
-use tracing_subscriber::filter::Targets;
+use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::format::Writer;
-#[cfg(feature = "log-tap")]
 use tracing_subscriber::fmt::writer::MakeWriterExt;
 use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
-#[cfg(feature = "log-tap")]
-use tracing_subscriber::layer::Context;
-use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 use tracing_subscriber::util::SubscriberInitExt;
-#[cfg(feature = "log-tap")]
 use tracing_subscriber::{reload, Layer, Registry};
 
 use burrow_core::settings::{LogFormat, SetupError};
@@ -63,19 +55,12 @@ pub fn init_logging_as(
             })?)
         }
     };
-    // With the tap: one global filter, raised to debug for burrow's own events while the tap
-    // has a sink, and writers that drop what is below `level` themselves (per-layer filters
-    // would cost more code). Without it (burrow-mio, which does not serve the management
-    // service): the global level alone, the smallest build.
-    #[cfg(feature = "log-tap")]
+    // One global filter, raised to debug for burrow's own events while the tap (the
+    // management service's log stream) has a sink, and writers that drop what is below
+    // `level` themselves (per-layer filters would cost more code).
     let (global, handle) =
         reload::Layer::new(Targets::new().with_default(LevelFilter::from_level(level)));
-    #[cfg(not(feature = "log-tap"))]
-    let global = LevelFilter::from_level(level);
-    #[cfg(feature = "log-tap")]
     let writer = || std::io::stderr.with_max_level(level);
-    #[cfg(not(feature = "log-tap"))]
-    let writer = || std::io::stderr;
     let text = (format == LogFormat::Text).then(|| {
         tracing_subscriber::fmt::layer()
             .with_ansi(false)
@@ -86,10 +71,7 @@ pub fn init_logging_as(
             .event_format(JsonLines)
             .with_writer(writer())
     });
-    #[cfg(feature = "log-tap")]
     let file = file.map(|f| std::sync::Mutex::new(f).with_max_level(level));
-    #[cfg(not(feature = "log-tap"))]
-    let file = file.map(std::sync::Mutex::new);
     let file = file.map(|f| {
         tracing_subscriber::fmt::layer()
             .event_format(JsonLines)
@@ -99,11 +81,9 @@ pub fn init_logging_as(
         .with(global)
         .with(text)
         .with(json)
-        .with(file);
-    #[cfg(feature = "log-tap")]
-    let logging = logging.with(TapLayer);
+        .with(file)
+        .with(TapLayer);
     if logging.try_init().is_ok() {
-        #[cfg(feature = "log-tap")]
         let _ = TAP.set(Tap {
             sink: RwLock::new(None),
             filter: handle,
@@ -113,7 +93,6 @@ pub fn init_logging_as(
     Ok(())
 }
 
-#[cfg(feature = "log-tap")]
 /// Where the tap's lines go, and the global level it raises.
 struct Tap {
     sink: RwLock<Option<LineSink>>,
@@ -122,20 +101,16 @@ struct Tap {
     level: LevelFilter,
 }
 
-#[cfg(feature = "log-tap")]
 /// Takes one JSON log line; must not block (it runs inside whatever logged).
 pub type LineSink = Box<dyn Fn(&[u8]) + Send + Sync>;
 
-#[cfg(feature = "log-tap")]
 static TAP: OnceLock<Tap> = OnceLock::new();
 
-#[cfg(feature = "log-tap")]
 thread_local! {
     /// Set while a line is in the sink, so that the sink's own logging does not loop.
     static IN_TAP: Cell<bool> = const { Cell::new(false) };
 }
 
-#[cfg(feature = "log-tap")]
 /// Hands every log event from now on, debug included, to `sink` as a JSON line (the
 /// management service's log stream); None stops it. Does nothing before
 /// [`init_logging_as`].
@@ -154,11 +129,9 @@ pub fn set_log_tap(sink: Option<LineSink>) {
     let _ = tap.filter.reload(targets);
 }
 
-#[cfg(feature = "log-tap")]
 /// The layer behind [`set_log_tap`].
 struct TapLayer;
 
-#[cfg(feature = "log-tap")]
 impl<S: Subscriber> Layer<S> for TapLayer {
     fn on_event(&self, event: &Event<'_>, _ctx: Context<'_, S>) {
         let Some(tap) = TAP.get() else {

@@ -98,8 +98,8 @@ fn closed_with(ws: &mut Ws, what: &str) -> (u16, String) {
 }
 
 /// Every check, through the edge's HTTP port `http`, of a connector run with `label: box-1`
-/// serving `app.test` (named `name` in failures).
-pub fn check_service(name: &str, http: u16) {
+/// serving `app.test` (named `name` in failures) whose CPU time so far `cpu` reads.
+pub fn check_service(name: &str, http: u16, cpu: impl Fn() -> Duration) {
     let tok = token::forge("tunnel", "account", "alice");
     // Every route wants a token; a bad one is a missing one.
     let (status, body) = get(http, "/ping", "");
@@ -154,8 +154,9 @@ pub fn check_service(name: &str, http: u16) {
     assert!(lines[0]["time"].as_str().is_some(), "{name}: {event}");
 
     // Streaming what is logged while streaming must not feed itself: without requests, the
-    // stream goes quiet.
+    // stream goes quiet, and burrow idles (no loop on its own lines or timers).
     let quiet = Instant::now();
+    let busy = cpu();
     let mut lines = 0;
     while quiet.elapsed() < Duration::from_millis(1500) {
         match next(&mut alice) {
@@ -165,6 +166,14 @@ pub fn check_service(name: &str, http: u16) {
         }
     }
     assert!(lines < 50, "{name}: {lines} lines in 1.5 s without traffic");
+    let busy = cpu() - busy;
+    eprintln!("{name}: {busy:?} of CPU in 1.5 s of streaming without traffic");
+    // Stock cloudflared 2026.8.2 is busy here (about 2 s of CPU in the 1.5 s), so only burrow
+    // is held to it.
+    assert!(
+        name.starts_with("cloudflared") || busy < Duration::from_millis(500),
+        "{name}: {busy:?} of CPU in 1.5 s without traffic"
+    );
 
     // One stream at a time: another actor is refused, the same actor takes over.
     let mut bob = logs(http, "bob");
@@ -180,10 +189,11 @@ pub fn check_service(name: &str, http: u16) {
     // handler's close); cloudflared's reader, cancelled at the same time, may get there first
     // with a policy-violation close or no close at all.
     let ended = ended(&mut alice, &format!("{name}: alice"));
-    if name == "burrow" {
+    if !name.starts_with("cloudflared") {
         assert_eq!(
             ended,
-            Some((u16::from(CloseCode::Normal), "context closed".to_owned()))
+            Some((u16::from(CloseCode::Normal), "context closed".to_owned())),
+            "{name}"
         );
     } else {
         assert!(
