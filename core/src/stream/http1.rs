@@ -22,9 +22,9 @@ pub const MAX_HEAD_BYTES: usize = 1 << 20;
 pub const MAX_LINE: usize = 4096;
 
 /// Header cloudflared strips from requests: the edge's marker for WebSocket upgrades.
-const INTERNAL_UPGRADE: &str = "Cf-Cloudflared-Proxy-Connection-Upgrade";
+pub(crate) const INTERNAL_UPGRADE: &str = "Cf-Cloudflared-Proxy-Connection-Upgrade";
 /// Header carrying the Jaeger trace id; cloudflared consumes and deletes it.
-const TRACE_HEADER: &str = "Cf-Trace-Id";
+pub(crate) const TRACE_HEADER: &str = "Cf-Trace-Id";
 /// Where the eyeball's `Host` goes when `httpHostHeader` replaces it.
 const FORWARDED_HOST: &str = "X-Forwarded-Host";
 

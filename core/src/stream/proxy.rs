@@ -13,7 +13,9 @@ use std::time::Instant;
 
 use thiserror::Error;
 
-use super::connect::{decode_connect_request, key, ConnectResponse, ConnectionType, Metadata};
+use super::connect::{
+    decode_connect_request, key, ConnectRequestReader, ConnectResponse, ConnectionType, Metadata,
+};
 use super::http1::{self, BodyReader, Framing, ResponseHead};
 use super::tag::Tag;
 use super::websocket::{self, Control};
@@ -121,6 +123,61 @@ fn url_path(url: &str) -> &str {
     rest.split(['?', '#']).next().unwrap_or("/")
 }
 
+/// The `User-Agent` of Cloudflare's load balancer health checks (cloudflared's
+/// `lbProbeUserAgentPrefix`): their requests are logged with `lbProbe`.
+const LB_PROBE_USER_AGENT: &str =
+    "Mozilla/5.0 (compatible; Cloudflare-Traffic-Manager/1.0; +https://www.cloudflare.com/traffic-manager/;";
+
+/// The first value of request header `name` (any case).
+fn header<'a>(req: &'a ConnectRequestReader<'_>, name: &str) -> Option<&'a str> {
+    req.metadata().flatten().find_map(|m| {
+        m.key
+            .strip_prefix(key::HTTP_HEADER_PREFIX)
+            .filter(|n| n.eq_ignore_ascii_case(name))
+            .map(|_| m.val)
+    })
+}
+
+/// The request's headers as cloudflared logs `r.Header`: a JSON object of Go's canonical
+/// names to their values (keys sorted, as Go encodes a map), without the internal upgrade
+/// marker and the trace header, which cloudflared strips before it logs, nor, over HTTP/2,
+/// the `Transfer-Encoding` the link adds for a body of unknown length (HTTP/2 has none); with
+/// the `Cf-Warp-Tag-*` headers of `tags`, which cloudflared has added by then.
+fn logged_headers(req: &ConnectRequestReader<'_>, http2: bool, tags: &[Tag]) -> String {
+    let mut headers: std::collections::BTreeMap<String, Vec<&str>> = Default::default();
+    for m in req.metadata().flatten() {
+        let Some(name) = m.key.strip_prefix(key::HTTP_HEADER_PREFIX) else {
+            continue;
+        };
+        let internal = [http1::INTERNAL_UPGRADE, http1::TRACE_HEADER]
+            .iter()
+            .any(|h| name.eq_ignore_ascii_case(h));
+        if internal || (http2 && name.eq_ignore_ascii_case("Transfer-Encoding")) {
+            continue;
+        }
+        headers
+            .entry(http1::canonical(name))
+            .or_default()
+            .push(m.val);
+    }
+    for t in tags {
+        let name = http1::canonical(&format!("{}{}", super::tag::HEADER_PREFIX, t.name));
+        headers.entry(name).or_default().push(&t.value);
+    }
+    serde_json::to_string(&headers).unwrap_or_default()
+}
+
+/// The request's `ContentLength` as cloudflared logs it: its `Content-Length`; else -1 over
+/// HTTP/2 for a body of unknown length (Go's HTTP/2 server), 0 over QUIC (cloudflared reads
+/// only the header there).
+fn logged_length(req: &ConnectRequestReader<'_>, http2: bool) -> i64 {
+    match header(req, "Content-Length").and_then(|v| v.parse().ok()) {
+        Some(n) => n,
+        None if http2 && header(req, "Transfer-Encoding").is_some() => -1,
+        None => 0,
+    }
+}
+
 /// One data stream's proxying state.
 #[derive(Debug)]
 pub struct DataStream {
@@ -170,6 +227,10 @@ pub struct DataStream {
     raw: bool,
     /// The ingress rule that took the request, and its index, for the response's log line.
     rule: Option<(i64, Arc<Origin>)>,
+    /// The HA connection it came on, for the log lines.
+    conn_index: u8,
+    /// It came over cloudflared's HTTP/2 transport, for the request's log line.
+    http2: bool,
 }
 
 impl DataStream {
@@ -204,7 +265,17 @@ impl DataStream {
             delivered: false,
             raw: false,
             rule: None,
+            conn_index: 0,
+            http2: false,
         }
+    }
+
+    /// Logs the request as arriving on HA connection `index`, over the HTTP/2 transport if
+    /// `http2`.
+    pub fn logged_as(mut self, index: u8, http2: bool) -> Self {
+        self.conn_index = index;
+        self.http2 = http2;
+        self
     }
 
     /// What the `ConnectRequest` asked for, once it is read (then the stream is a request).
@@ -416,20 +487,29 @@ impl DataStream {
                     };
                     (n, r.origin.clone())
                 });
-                // cloudflared's `logHTTPRequest` (event 1: HTTP), for its management log stream
-                // and debug logs; nothing is built unless debug is on.
+                // cloudflared's `logHTTPRequest` with its `newHTTPLogger` fields (event 1:
+                // HTTP), for its management log stream and debug logs; nothing is built unless
+                // debug is on.
                 tracing::debug!(
                     event = 1u8,
-                    host = request_host.as_ref().ok().and_then(|h| h.as_deref()),
-                    path = url_path(dest),
+                    conn_index = self.conn_index,
+                    cfRay = header(&req, "Cf-Ray"),
+                    lbProbe = header(&req, "User-Agent")
+                        .is_some_and(|ua| ua.starts_with(LB_PROBE_USER_AGENT))
+                        .then_some(true),
                     originService = %rule.map(|r| r.origin.service.to_string()).unwrap_or_default(),
                     ingressRule = self.rule.as_ref().map(|(i, _)| *i),
-                    "{} {} HTTP/1.1",
+                    host = request_host.as_ref().ok().and_then(|h| h.as_deref()),
+                    path = url_path(dest),
+                    headers = logged_headers(&req, self.http2, &self.tags),
+                    "content-length" = logged_length(&req, self.http2),
+                    "{} {} {}",
                     req.metadata()
                         .flatten()
                         .find(|m| m.key == key::HTTP_METHOD)
                         .map_or("GET", |m| m.val),
                     dest,
+                    if self.http2 { "HTTP/2.0" } else { "HTTP/1.1" },
                 );
                 let policy = match rule {
                     Some(r) => r.origin.origin_request.access.as_ref(),
@@ -442,12 +522,7 @@ impl DataStream {
                     }),
                 };
                 if let Some(policy) = policy {
-                    let token = req.metadata().flatten().find_map(|m| {
-                        m.key
-                            .strip_prefix(key::HTTP_HEADER_PREFIX)
-                            .filter(|name| name.eq_ignore_ascii_case(access::JWT_HEADER))
-                            .map(|_| m.val)
-                    });
+                    let token = header(&req, access::JWT_HEADER);
                     let Some(now) = self.now else {
                         self.fail("no clock to judge the Access token by", false);
                         return Ok(None);
@@ -860,6 +935,7 @@ impl DataStream {
         // cloudflared's `logOriginHTTPResponse`.
         tracing::debug!(
             event = 1u8,
+            conn_index = self.conn_index,
             originService = %self.rule.as_ref().map(|(_, o)| o.service.to_string()).unwrap_or_default(),
             ingressRule = self.rule.as_ref().map(|(i, _)| *i),
             "content-length" = response
@@ -1552,5 +1628,53 @@ ingress:
         assert_eq!(error, "unsupported error type: 7");
         let mut s = DataStream::new(WINDOW, FrameLimits::CONNECT_REQUEST);
         assert!(s.on_edge_data(&[0xff; 64]).is_err());
+    }
+
+    /// The request's log line shows its headers and length as cloudflared's does, by
+    /// transport.
+    #[test]
+    fn request_log_headers_and_length_by_transport() {
+        let bytes = request_bytes(
+            ConnectionType::Http,
+            "http://app.test/up",
+            &[
+                ("HttpMethod", "POST"),
+                ("HttpHeader:user-agent", "curl"),
+                ("HttpHeader:X-Two", "a"),
+                ("HttpHeader:x-two", "b"),
+                ("HttpHeader:Transfer-Encoding", "chunked"),
+                (
+                    "HttpHeader:Cf-Cloudflared-Proxy-Connection-Upgrade",
+                    "websocket",
+                ),
+                ("HttpHeader:Cf-Trace-Id", "1:2:3"),
+            ],
+        );
+        let (req, _) = decode_connect_request(&bytes, &FrameLimits::CONNECT_REQUEST)
+            .expect("decodes")
+            .expect("whole");
+        let tags = [Tag::parse("ID=c").expect("tag")];
+        assert_eq!(
+            logged_headers(&req, false, &tags),
+            r#"{"Cf-Warp-Tag-Id":["c"],"Transfer-Encoding":["chunked"],"User-Agent":["curl"],"X-Two":["a","b"]}"#
+        );
+        assert_eq!(logged_length(&req, false), 0);
+        assert_eq!(
+            logged_headers(&req, true, &[]),
+            r#"{"User-Agent":["curl"],"X-Two":["a","b"]}"#
+        );
+        assert_eq!(logged_length(&req, true), -1);
+        let bytes = request_bytes(
+            ConnectionType::Http,
+            "http://app.test/up",
+            &[("HttpHeader:Content-Length", "12")],
+        );
+        let (req, _) = decode_connect_request(&bytes, &FrameLimits::CONNECT_REQUEST)
+            .expect("decodes")
+            .expect("whole");
+        assert_eq!(
+            (logged_length(&req, false), logged_length(&req, true)),
+            (12, 12)
+        );
     }
 }

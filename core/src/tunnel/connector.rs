@@ -343,7 +343,11 @@ impl ConnectorConnection {
         );
         let (handle, mut conn) =
             endpoint.connect(now, config.client.clone(), edge, &config.server_name)?;
-        let data = DataStreams::new(config.data.clone(), config.registration.client_id);
+        let data = DataStreams::new(
+            config.data.clone(),
+            config.registration.client_id,
+            config.registration.conn_index,
+        );
         let window = config.receive_window;
         let datagram_room = conn.datagrams().send_buffer_space();
         let acks = AckWatch::new(&conn);

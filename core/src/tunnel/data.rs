@@ -255,9 +255,11 @@ pub(crate) struct DataStreams<I = StreamId> {
     refusals: Vec<FlowRefusal>,
     /// Requests ended because their bytes did not move, since last taken.
     held_resets: Vec<HeldReset>,
-    /// Whether the edge's writes have `--write-stream-timeout`: QUIC streams do, cloudflared's
-    /// HTTP/2 transport has no such deadline.
-    edge_write_deadlines: bool,
+    /// Streams of cloudflared's HTTP/2 transport: the edge's writes have no
+    /// `--write-stream-timeout` (QUIC streams do), and requests are logged as HTTP/2 ones.
+    http2: bool,
+    /// The HA connection's index, for the requests' log lines.
+    conn_index: u8,
 }
 
 /// A request the connector ended because its bytes did not move.
@@ -295,8 +297,8 @@ pub struct FlowRefusal {
 }
 
 impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
-    /// Streams of a connector whose id is `connector_id`.
-    pub(crate) fn new(limits: DataLimits, connector_id: uuid::Uuid) -> Self {
+    /// Streams of HA connection `conn_index` of a connector whose id is `connector_id`.
+    pub(crate) fn new(limits: DataLimits, connector_id: uuid::Uuid, conn_index: u8) -> Self {
         let tags = Tag::with_connector_id(&limits.tags, connector_id).into();
         Self {
             tags,
@@ -312,13 +314,14 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             stats: RequestStats::default(),
             refusals: Vec::new(),
             held_resets: Vec::new(),
-            edge_write_deadlines: true,
+            http2: false,
+            conn_index,
         }
     }
 
-    /// The edge's writes have no deadline (cloudflared's HTTP/2 transport).
-    pub(crate) fn without_edge_write_deadlines(mut self) -> Self {
-        self.edge_write_deadlines = false;
+    /// Streams of cloudflared's HTTP/2 transport: the edge's writes have no deadline.
+    pub(crate) fn over_http2(mut self) -> Self {
+        self.http2 = true;
         self
     }
 
@@ -398,7 +401,8 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
             proxy: DataStream::new(self.limits.window, self.limits.request)
                 .with_ingress(ingress)
                 .with_access(self.limits.access.clone(), now)
-                .with_tags(self.tags.clone()),
+                .with_tags(self.tags.clone())
+                .logged_as(self.conn_index, self.http2),
             flow: None,
             edge_finished: false,
             counted: None,
@@ -573,7 +577,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
         let edge = self
             .streams
             .values()
-            .filter(|_| self.edge_write_deadlines)
+            .filter(|_| !self.http2)
             .filter_map(|d| d.edge_waits);
         let origin = self.flows.values().filter_map(origin_write_since);
         edge.chain(origin).min().map(|since| since + timeout)
@@ -592,7 +596,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
         let edge: Vec<(I, Instant)> = self
             .streams
             .iter()
-            .filter(|_| self.edge_write_deadlines)
+            .filter(|_| !self.http2)
             .filter_map(|(&id, d)| Some((id, d.edge_waits.filter(|&t| late(t))?)))
             .collect();
         let origin: Vec<(I, Instant)> = self

@@ -90,7 +90,7 @@ fn tcp_stream_sending(
 fn origin_bytes_quic_cannot_take_are_held_within_the_window_then_sent_in_order() {
     let now = Instant::now();
     let window = DataLimits::default().window;
-    let mut d = DataStreams::<u64>::new(DataLimits::default(), uuid::Uuid::nil());
+    let mut d = DataStreams::<u64>::new(DataLimits::default(), uuid::Uuid::nil(), 0);
     let mut edge = Edge::default();
     let flow = tcp_stream(&mut d, &mut edge, now);
     let sent: Vec<u8> = (0..3 * window + 1234).map(|i| (i % 251) as u8).collect();
@@ -157,7 +157,7 @@ fn with_write_timeout(timeout: Duration) -> DataStreams<u64> {
         write_timeout: Some(timeout),
         ..DataLimits::default()
     };
-    DataStreams::new(limits, uuid::Uuid::nil())
+    DataStreams::new(limits, uuid::Uuid::nil(), 0)
 }
 
 /// `--write-stream-timeout`: origin bytes the edge takes none of for that long reset the
@@ -212,9 +212,9 @@ fn a_write_to_the_edge_that_waits_out_the_write_timeout_resets_the_stream() {
 #[test]
 fn without_the_write_timeout_or_over_http2_edge_writes_wait() {
     let t0 = Instant::now();
-    let over_http2 = with_write_timeout(Duration::from_secs(5)).without_edge_write_deadlines();
+    let over_http2 = with_write_timeout(Duration::from_secs(5)).over_http2();
     for mut d in [
-        DataStreams::<u64>::new(DataLimits::default(), uuid::Uuid::nil()),
+        DataStreams::<u64>::new(DataLimits::default(), uuid::Uuid::nil(), 0),
         over_http2,
     ] {
         let mut edge = Edge::default();

@@ -326,8 +326,12 @@ impl Http2Link {
     ) -> Result<Self, TlsError> {
         let conn =
             ConnectorConnection::new(now, tls, crate::http2::tls::SERVER_NAME, Limits::default())?;
-        let data = DataStreams::new(config.data.clone(), config.registration.client_id)
-            .without_edge_write_deadlines();
+        let data = DataStreams::new(
+            config.data.clone(),
+            config.registration.client_id,
+            config.registration.conn_index,
+        )
+        .over_http2();
         Ok(Self {
             conn,
             config,

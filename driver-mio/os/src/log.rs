@@ -217,6 +217,14 @@ impl Visit for JsonFields<'_> {
         self.0.insert(json_name(field), format!("{value:?}").into());
     }
     fn record_str(&mut self, field: &Field, value: &str) {
+        // A request's headers are an object in cloudflared's lines; core hands them over as
+        // JSON text (a tracing field holds no map).
+        if field.name() == "headers" {
+            if let Ok(v @ serde_json::Value::Object(_)) = serde_json::from_str(value) {
+                self.0.insert(json_name(field), v);
+                return;
+            }
+        }
         self.0.insert(json_name(field), value.into());
     }
     fn record_i64(&mut self, field: &Field, value: i64) {

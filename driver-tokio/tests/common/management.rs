@@ -152,6 +152,42 @@ pub fn check_service(name: &str, http: u16, cpu: impl Fn() -> Duration) {
     let lines = event["logs"].as_array().expect("logs");
     assert_eq!(lines.len(), 1, "{name}: one line per event");
     assert!(lines[0]["time"].as_str().is_some(), "{name}: {event}");
+    // The request's line carries what cloudflared's HTTP logger adds.
+    let start = Instant::now();
+    let line = loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{name}: no request line"
+        );
+        let event = read_logs_until(&mut alice, http, Duration::from_secs(20));
+        let line = &event["logs"][0];
+        // Over HTTP/2, cloudflared names the URL the edge's request has and HTTP/2.0.
+        let message = line["message"].as_str().unwrap_or("");
+        if message.starts_with("GET ") && message.contains("/x HTTP/") {
+            break line.clone();
+        }
+    };
+    let fields = &line["fields"];
+    for key in [
+        "connIndex",
+        "originService",
+        "ingressRule",
+        "host",
+        "path",
+        "headers",
+        "content-length",
+    ] {
+        assert!(fields.get(key).is_some(), "{name}: no {key} in {line}");
+    }
+    assert_eq!(fields["connIndex"], 0, "{name}: {line}");
+    // Go's HTTP/2 server does not know the length of a body the edge has not ended.
+    let length = if name.ends_with("http2") { -1 } else { 0 };
+    assert_eq!(fields["content-length"], length, "{name}: {line}");
+    assert_eq!(fields["path"], "/x", "{name}: {line}");
+    assert!(
+        fields["headers"]["Cf-Warp-Tag-Id"].is_array(),
+        "{name}: {line}"
+    );
 
     // Streaming what is logged while streaming must not feed itself: without requests, the
     // stream goes quiet, and burrow idles (no loop on its own lines or timers).
