@@ -12,7 +12,7 @@ mod harness;
 mod testbed;
 
 use common::management::{check_service, MANAGEMENT};
-use common::origins::origin;
+use common::origins::{origin, tcp_echo};
 use harness::{burrow, MIO};
 use testbed::{ConnectorOpts, EdgeOpts, Testbed};
 
@@ -25,7 +25,10 @@ fn run(protocol: &str) {
         &["app.test", MANAGEMENT],
     )
     .expect("tunnel");
-    let eo = EdgeOpts::loopback().expect("ports");
+    let echo = tcp_echo();
+    let tcp_port = testbed::free_tcp().expect("port");
+    let mut eo = EdgeOpts::loopback().expect("ports");
+    eo.tcp_maps = vec![format!("{tcp_port}=app:{echo}")];
     let _edge = bed.edge(&eo).expect("edge");
     let metrics = testbed::free_tcp().expect("port");
     let o = ConnectorOpts {
@@ -47,7 +50,7 @@ fn run(protocol: &str) {
     let mut c = bed.connector_from(Path::new(MIO), &o).expect("burrow-mio");
     testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30)).expect("ready");
     let pid = c.pid();
-    check_service(&name, eo.http.port(), || {
+    check_service(&name, eo.http.port(), (tcp_port.port(), echo), || {
         testbed::cpu_time(pid).expect("CPU time")
     });
     c.check_alive().expect("burrow-mio alive");

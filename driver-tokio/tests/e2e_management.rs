@@ -11,7 +11,7 @@ use burrow_tokio::testbed::{self, ConnectorOpts, EdgeOpts, Testbed};
 
 mod common;
 use common::management::{check_service, MANAGEMENT};
-use common::origins::origin;
+use common::origins::{origin, tcp_echo};
 
 const BIN: &str = env!("CARGO_BIN_EXE_burrow");
 fn run(name: &str, bin: Option<&Path>, protocol: &str) {
@@ -23,7 +23,10 @@ fn run(name: &str, bin: Option<&Path>, protocol: &str) {
         &["app.test", MANAGEMENT],
     )
     .expect("tunnel");
-    let eo = EdgeOpts::loopback().expect("ports");
+    let echo = tcp_echo();
+    let tcp_port = testbed::free_tcp().expect("port");
+    let mut eo = EdgeOpts::loopback().expect("ports");
+    eo.tcp_maps = vec![format!("{tcp_port}=app:{echo}")];
     let _edge = bed.edge(&eo).expect("edge");
     let metrics = testbed::free_tcp().expect("port");
     let o = ConnectorOpts {
@@ -50,7 +53,7 @@ fn run(name: &str, bin: Option<&Path>, protocol: &str) {
     .expect("connector");
     testbed::wait_ready(&mut connector, metrics, 1, Duration::from_secs(30)).expect("ready");
     let pid = connector.pid();
-    check_service(name, eo.http.port(), || {
+    check_service(name, eo.http.port(), (tcp_port.port(), echo), || {
         testbed::cpu_time(pid).expect("CPU time")
     });
     connector.check_alive().expect("connector alive");

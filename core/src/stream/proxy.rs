@@ -178,6 +178,9 @@ fn logged_length(req: &ConnectRequestReader<'_>, http2: bool) -> i64 {
     }
 }
 
+/// The service cloudflared names in a private-network TCP request's log lines.
+const WARP_ROUTING: &str = "warp-routing";
+
 /// One data stream's proxying state.
 #[derive(Debug)]
 pub struct DataStream {
@@ -231,6 +234,17 @@ pub struct DataStream {
     conn_index: u8,
     /// It came over cloudflared's HTTP/2 transport, for the request's log line.
     http2: bool,
+    /// A private-network TCP request's destination and `FlowID`, for its log lines.
+    tcp: Option<Box<TcpLog>>,
+}
+
+/// What cloudflared's `newTCPLogger` adds to a TCP request's lines.
+#[derive(Debug)]
+struct TcpLog {
+    dest: String,
+    flow_id: String,
+    /// Its flow was admitted (cloudflared logs no start nor end for a refused one).
+    started: bool,
 }
 
 impl DataStream {
@@ -267,6 +281,7 @@ impl DataStream {
             rule: None,
             conn_index: 0,
             http2: false,
+            tcp: None,
         }
     }
 
@@ -276,6 +291,32 @@ impl DataStream {
         self.conn_index = index;
         self.http2 = http2;
         self
+    }
+
+    /// cloudflared's TCP request lines, `tcp proxy stream started` when its flow is admitted
+    /// and `tcp proxy stream finished successfully` when it ends without error (none for
+    /// other requests).
+    pub fn log_tcp(&mut self, started: bool) {
+        let Some(t) = &mut self.tcp else {
+            return;
+        };
+        if !started && (self.errored || !t.started) {
+            return;
+        }
+        t.started = true;
+        tracing::debug!(
+            event = 2u8,
+            conn_index = self.conn_index,
+            originService = WARP_ROUTING,
+            flowID = t.flow_id,
+            destAddr = t.dest,
+            "{}",
+            if started {
+                "tcp proxy stream started"
+            } else {
+                "tcp proxy stream finished successfully"
+            }
+        );
     }
 
     /// What the `ConnectRequest` asked for, once it is read (then the stream is a request).
@@ -616,7 +657,15 @@ impl DataStream {
                     }
                 }
             }
-            FlowKind::Tcp => self.up = Up::Raw,
+            FlowKind::Tcp => {
+                self.up = Up::Raw;
+                let flow_id = req.metadata().flatten().find(|m| m.key == key::FLOW_ID);
+                self.tcp = Some(Box::new(TcpLog {
+                    dest: dest.to_owned(),
+                    flow_id: flow_id.map_or_else(String::new, |m| m.val.to_owned()),
+                    started: false,
+                }));
+            }
         }
         let target = OriginTarget {
             kind,
@@ -1022,15 +1071,26 @@ impl DataStream {
         // cloudflared's flow limit refusal is returned without being logged as a request error.
         self.errored |= !rate_limited;
         if !rate_limited {
-            // cloudflared's `logRequestError` (event 2 for TCP, 1 for HTTP), at debug: core
-            // logs nothing above it. The management stream still shows it as an error (a line
-            // with an `error` field is one, as cloudflared reads its own lines).
-            let event: u8 = if self.kind == Some(FlowKind::Tcp) {
-                2
-            } else {
-                1
-            };
-            tracing::debug!(event, error = reason);
+            // cloudflared's `logRequestError`, at debug: core logs nothing above it. The
+            // management stream still shows it as an error (a line with an `error` field is
+            // one, as cloudflared reads its own lines).
+            match &self.tcp {
+                Some(t) => tracing::debug!(
+                    event = 2u8,
+                    conn_index = self.conn_index,
+                    originService = WARP_ROUTING,
+                    flowID = t.flow_id,
+                    destAddr = t.dest,
+                    error = reason
+                ),
+                None => tracing::debug!(
+                    event = 1u8,
+                    conn_index = self.conn_index,
+                    originService = %self.rule.as_ref().map(|(_, o)| o.service.to_string()).unwrap_or_default(),
+                    ingressRule = self.rule.as_ref().map(|(i, _)| *i),
+                    error = reason
+                ),
+            }
         }
         let limited = [Metadata {
             key: key::FLOW_CONNECT_RATE_LIMITED,

@@ -352,10 +352,11 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
 
     /// Forgets stream `id`, counting its request's outcome.
     fn end_stream(&mut self, id: I) {
-        if let Some(data) = self.streams.remove(&id) {
+        if let Some(mut data) = self.streams.remove(&id) {
             if let Some(kind) = data.counted {
                 self.stats.ended(kind, data.proxy.outcome());
             }
+            data.proxy.log_tcp(false);
         }
     }
 
@@ -496,6 +497,7 @@ impl<I: Copy + Ord + Display + Debug> DataStreams<I> {
         let flow = FlowId(self.next_flow);
         self.next_flow += 1;
         debug!(stream = %id, %flow, kind = ?target.kind, dest = %target.dest, "opening origin flow");
+        data.proxy.log_tcp(true);
         self.flows.insert(
             flow,
             Flow {

@@ -97,9 +97,36 @@ fn closed_with(ws: &mut Ws, what: &str) -> (u16, String) {
     ended(ws, what).unwrap_or_else(|| panic!("{what}: the stream ended without a close"))
 }
 
+/// The first log line, within 20 s, whose message `wanted` takes.
+fn line_where(
+    ws: &mut Ws,
+    app_port: u16,
+    name: &str,
+    wanted: impl Fn(&str) -> bool,
+) -> serde_json::Value {
+    let start = Instant::now();
+    loop {
+        assert!(
+            start.elapsed() < Duration::from_secs(20),
+            "{name}: no such log line"
+        );
+        let event = read_logs_until(ws, app_port, Duration::from_secs(20));
+        let line = &event["logs"][0];
+        if wanted(line["message"].as_str().unwrap_or("")) {
+            return line.clone();
+        }
+    }
+}
+
 /// Every check, through the edge's HTTP port `http`, of a connector run with `label: box-1`
-/// serving `app.test` (named `name` in failures) whose CPU time so far `cpu` reads.
-pub fn check_service(name: &str, http: u16, cpu: impl Fn() -> Duration) {
+/// serving `app.test` (named `name` in failures) whose CPU time so far `cpu` reads;
+/// `tcp_port` is the edge's TCP map to a private-network echo server at `echo`.
+pub fn check_service(
+    name: &str,
+    http: u16,
+    (tcp_port, echo): (u16, std::net::SocketAddr),
+    cpu: impl Fn() -> Duration,
+) {
     let tok = token::forge("tunnel", "account", "alice");
     // Every route wants a token; a bad one is a missing one.
     let (status, body) = get(http, "/ping", "");
@@ -152,21 +179,11 @@ pub fn check_service(name: &str, http: u16, cpu: impl Fn() -> Duration) {
     let lines = event["logs"].as_array().expect("logs");
     assert_eq!(lines.len(), 1, "{name}: one line per event");
     assert!(lines[0]["time"].as_str().is_some(), "{name}: {event}");
-    // The request's line carries what cloudflared's HTTP logger adds.
-    let start = Instant::now();
-    let line = loop {
-        assert!(
-            start.elapsed() < Duration::from_secs(20),
-            "{name}: no request line"
-        );
-        let event = read_logs_until(&mut alice, http, Duration::from_secs(20));
-        let line = &event["logs"][0];
-        // Over HTTP/2, cloudflared names the URL the edge's request has and HTTP/2.0.
-        let message = line["message"].as_str().unwrap_or("");
-        if message.starts_with("GET ") && message.contains("/x HTTP/") {
-            break line.clone();
-        }
-    };
+    // The request's line carries what cloudflared's HTTP logger adds. Over HTTP/2,
+    // cloudflared names the URL the edge's request has and HTTP/2.0.
+    let line = line_where(&mut alice, http, name, |m| {
+        m.starts_with("GET ") && m.contains("/x HTTP/")
+    });
     let fields = &line["fields"];
     for key in [
         "connIndex",
@@ -188,6 +205,26 @@ pub fn check_service(name: &str, http: u16, cpu: impl Fn() -> Duration) {
         fields["headers"]["Cf-Warp-Tag-Id"].is_array(),
         "{name}: {line}"
     );
+    // A private-network TCP flow's lines, with what cloudflared's TCP logger adds.
+    let mut tcp = TcpStream::connect(("127.0.0.1", tcp_port)).expect("TCP map");
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    std::io::Write::write_all(&mut tcp, b"ping").expect("write");
+    let mut back = [0u8; 4];
+    std::io::Read::read_exact(&mut tcp, &mut back).expect("echo");
+    drop(tcp);
+    for message in [
+        "tcp proxy stream started",
+        "tcp proxy stream finished successfully",
+    ] {
+        let line = line_where(&mut alice, http, name, |m| m == message);
+        let fields = &line["fields"];
+        assert_eq!(fields["originService"], "warp-routing", "{name}: {line}");
+        assert_eq!(fields["destAddr"], echo.to_string(), "{name}: {line}");
+        assert_eq!(fields["connIndex"], 0, "{name}: {line}");
+        assert!(fields.get("flowID").is_some(), "{name}: {line}");
+        assert_eq!(line["event"], "tcp", "{name}: {line}");
+    }
 
     // Streaming what is logged while streaming must not feed itself: without requests, the
     // stream goes quiet, and burrow idles (no loop on its own lines or timers).
