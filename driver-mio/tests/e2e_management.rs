@@ -1,8 +1,8 @@
 //! The management service served by burrow-mio, through the real `burrow edge` on loopback,
-//! over QUIC and over HTTP/2: the same checks as burrow-tokio's (`common::management`).
+//! over QUIC and over HTTP/2: the same set-up and checks as burrow-tokio's
+//! (`common/management_bed.rs`, `common::management`).
 
 use std::path::Path;
-use std::time::Duration;
 
 #[path = "../../driver-tokio/tests/common/mod.rs"]
 mod common;
@@ -11,49 +11,18 @@ mod harness;
 #[path = "../../driver-tokio/src/testbed.rs"]
 mod testbed;
 
-use common::management::{check_service, MANAGEMENT};
-use common::origins::{origin, tcp_echo};
+use common::management::check_service;
 use harness::{burrow, MIO};
-use testbed::{ConnectorOpts, EdgeOpts, Testbed};
+
+include!("../../driver-tokio/tests/common/management_bed.rs");
 
 fn run(protocol: &str) {
-    let name = format!("burrow-mio over {protocol}");
-    let bed = Testbed::create(
+    serve_and_check(
+        &format!("burrow-mio over {protocol}"),
         burrow(),
-        &format!("mio-mgmt-{protocol}"),
-        "app",
-        &["app.test", MANAGEMENT],
-    )
-    .expect("tunnel");
-    let echo = tcp_echo();
-    let tcp_port = testbed::free_tcp().expect("port");
-    let mut eo = EdgeOpts::loopback().expect("ports");
-    eo.tcp_maps = vec![format!("{tcp_port}=app:{echo}")];
-    let _edge = bed.edge(&eo).expect("edge");
-    let metrics = testbed::free_tcp().expect("port");
-    let o = ConnectorOpts {
-        edge: eo.quic,
-        metrics,
-        // The catch-all would take the management host if the service's rule did not come
-        // first.
-        ingress: vec![
-            (
-                Some("app.test".into()),
-                format!("http://127.0.0.1:{}", origin()),
-            ),
-            (None, "http_status:404".into()),
-        ],
-        ha_connections: 1,
-        extra: vec!["--protocol".into(), protocol.into()],
-        config_extra: "label: box-1\n".into(),
-    };
-    let mut c = bed.connector_from(Path::new(MIO), &o).expect("burrow-mio");
-    testbed::wait_ready(&mut c, metrics, 1, Duration::from_secs(30)).expect("ready");
-    let pid = c.pid();
-    check_service(&name, eo.http.port(), (tcp_port.port(), echo), || {
-        testbed::cpu_time(pid).expect("CPU time")
-    });
-    c.check_alive().expect("burrow-mio alive");
+        protocol,
+        |bed, o| bed.connector_from(Path::new(MIO), o),
+    );
 }
 
 #[test]
