@@ -23,6 +23,9 @@ pub struct Service {
     machine: Management,
     conns: HashMap<ConnId, Conn>,
     lines: Lines,
+    /// A log stream streams: the tap is set, and `lines` worth a look (otherwise the loop's
+    /// turns take no lock).
+    listening: bool,
     /// The machine's next timer.
     timer: Option<Instant>,
     /// Connections waiting for the connector's figures.
@@ -61,6 +64,7 @@ impl Service {
             machine,
             conns: HashMap::new(),
             lines: Arc::new(Mutex::new(Vec::new())),
+            listening: false,
             timer: None,
             wants_metrics: Vec::new(),
             touched: Vec::new(),
@@ -130,8 +134,7 @@ impl Service {
 
     /// When [`Service::tick`] has work: the machine's timer, or now if log lines wait.
     pub fn deadline(&self) -> Option<Instant> {
-        let lines = self.lines.lock().is_ok_and(|l| !l.is_empty());
-        if lines {
+        if self.listening && self.lines.lock().is_ok_and(|l| !l.is_empty()) {
             return Some(Instant::now());
         }
         self.timer
@@ -139,11 +142,12 @@ impl Service {
 
     /// Hands the queued log lines to the machine and runs its timers if due.
     pub fn tick(&mut self, now: Instant) {
-        let lines = self
-            .lines
-            .lock()
-            .map(|mut l| std::mem::take(&mut *l))
-            .unwrap_or_default();
+        let lines = if self.listening {
+            let taken = self.lines.lock().map(|mut l| std::mem::take(&mut *l));
+            taken.unwrap_or_default()
+        } else {
+            Vec::new()
+        };
         let due = self.timer.is_some_and(|t| t <= now);
         if lines.is_empty() && !due {
             return;
@@ -191,6 +195,7 @@ impl Service {
                 }
                 Output::WantMetrics(id) => self.wants_metrics.push(id),
                 Output::Listening(on) => {
+                    self.listening = on;
                     let lines = self.lines.clone();
                     burrow_os::log::set_log_tap(on.then(|| {
                         Box::new(move |line: &[u8]| {
@@ -309,5 +314,8 @@ mod tests {
         s.tick(timer);
         let next = s.deadline().expect("a timer");
         assert!(next > timer, "{next:?} does not move past {timer:?}");
+        // Without a stream, a line left in the queue does not make the loop spin.
+        s.lines.lock().expect("lock").push(b"{}".to_vec());
+        assert_eq!(s.deadline(), Some(next));
     }
 }

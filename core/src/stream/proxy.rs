@@ -293,6 +293,14 @@ impl DataStream {
         self
     }
 
+    /// The service of the rule that took the request, for its log lines ("" before one did).
+    fn rule_service(&self) -> String {
+        self.rule
+            .as_ref()
+            .map(|(_, o)| o.service.to_string())
+            .unwrap_or_default()
+    }
+
     /// cloudflared's TCP request lines, `tcp proxy stream started` when its flow is admitted
     /// and `tcp proxy stream finished successfully` when it ends without error (none for
     /// other requests).
@@ -538,7 +546,7 @@ impl DataStream {
                     lbProbe = header(&req, "User-Agent")
                         .is_some_and(|ua| ua.starts_with(LB_PROBE_USER_AGENT))
                         .then_some(true),
-                    originService = %rule.map(|r| r.origin.service.to_string()).unwrap_or_default(),
+                    originService = %self.rule_service(),
                     ingressRule = self.rule.as_ref().map(|(i, _)| *i),
                     host = request_host.as_ref().ok().and_then(|h| h.as_deref()),
                     path = url_path(dest),
@@ -985,7 +993,7 @@ impl DataStream {
         tracing::debug!(
             event = 1u8,
             conn_index = self.conn_index,
-            originService = %self.rule.as_ref().map(|(_, o)| o.service.to_string()).unwrap_or_default(),
+            originService = %self.rule_service(),
             ingressRule = self.rule.as_ref().map(|(i, _)| *i),
             "content-length" = response
                 .headers
@@ -1086,7 +1094,7 @@ impl DataStream {
                 None => tracing::debug!(
                     event = 1u8,
                     conn_index = self.conn_index,
-                    originService = %self.rule.as_ref().map(|(_, o)| o.service.to_string()).unwrap_or_default(),
+                    originService = %self.rule_service(),
                     ingressRule = self.rule.as_ref().map(|(i, _)| *i),
                     error = reason
                 ),
